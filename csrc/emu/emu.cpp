@@ -1,0 +1,261 @@
+// The emulator's scheduler: the threads of a block are ucontext fibers; see cuda_emu.h.
+#include "cuda_emu.h"
+
+#include <ucontext.h>
+
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <vector>
+
+namespace emu {
+
+ThreadState* current = nullptr;
+uint3 block_idx{0, 0, 0};
+dim3 block_dim, grid_dim;
+
+namespace {
+
+enum class Wait { running, barrier, warp, done };
+
+struct Fiber {
+  ThreadState state{};
+  ucontext_t context{};
+  Wait wait = Wait::running;
+  unsigned warp_mask = 0;  // the mask given at a warp-level barrier
+};
+
+// Stack size of one emulated thread: kernels keep register tiles (e.g. 8x8 doubles) on it, and
+// the sanitizers enlarge frames.
+constexpr size_t kStackBytes = 256 * 1024;
+
+struct Block {
+  const char* kernel = "";
+  const std::function<void()>* body = nullptr;
+  std::vector<Fiber> fibers;
+  // Two exchange buffers per warp, used alternately: a lane that runs ahead into its next
+  // shuffle writes the other buffer while its warp-mates still read this one.
+  std::vector<uint64_t> exchange_slots;  // [warp][2][32]
+  std::vector<unsigned char> smem;
+  ucontext_t scheduler{};
+  Fiber* running = nullptr;
+  std::exception_ptr error;
+};
+
+Block* block = nullptr;
+std::mutex launch_mutex;  // one launch at a time: static __shared__ arrays are process-wide
+
+// Fiber stacks, kept between launches (allocating and touching 256 KiB per thread per launch
+// would dominate small launches). Guarded by launch_mutex.
+std::vector<std::unique_ptr<char[]>> stack_pool;
+
+char* stack_of(int thread) {
+  while ((int)stack_pool.size() <= thread) stack_pool.emplace_back(new char[kStackBytes]);
+  return stack_pool[thread].get();
+}
+
+void fiber_entry() {
+  try {
+    (*block->body)();
+  } catch (...) {
+    block->error = std::current_exception();
+  }
+  block->running->wait = Wait::done;
+  // uc_link returns to the scheduler.
+}
+
+void suspend(Wait why) {
+  Fiber* self = block->running;
+  self->wait = why;
+  swapcontext(&self->context, &block->scheduler);
+}
+
+void resume(Fiber& f) {
+  block->running = &f;
+  current = &f.state;
+  f.wait = Wait::running;
+  swapcontext(&block->scheduler, &f.context);
+  current = nullptr;
+}
+
+std::string describe(const Fiber& f) {
+  std::ostringstream s;
+  s << "thread (" << f.state.idx.x << "," << f.state.idx.y << "," << f.state.idx.z << ")";
+  return s.str();
+}
+
+[[noreturn]] void deadlock(const std::string& detail) {
+  std::ostringstream s;
+  s << "kernel " << block->kernel << ", block (" << block_idx.x << "," << block_idx.y << ","
+    << block_idx.z << "): " << detail;
+  throw std::runtime_error(s.str());
+}
+
+// Releases the lanes of each warp whose warp-level barrier is complete. Returns whether any were.
+bool release_warps(int nthreads) {
+  bool released = false;
+  for (int w0 = 0; w0 < nthreads; w0 += kWarpSize) {
+    int w1 = std::min(nthreads, w0 + kWarpSize);
+    unsigned waiting = 0, needed = 0, exited = 0;
+    for (int t = w0; t < w1; ++t) {
+      const Fiber& f = block->fibers[t];
+      if (f.wait == Wait::warp) { waiting |= 1u << (t - w0); needed |= f.warp_mask; }
+      if (f.wait == Wait::done) exited |= 1u << (t - w0);
+    }
+    if (!waiting) continue;
+    unsigned present = (w1 - w0 == 32) ? 0xffffffffu : ((1u << (w1 - w0)) - 1);
+    needed &= present;
+    if ((needed & waiting) == needed) {
+      for (int t = w0; t < w1; ++t)
+        if (waiting >> (t - w0) & 1) block->fibers[t].wait = Wait::running;
+      released = true;
+    } else if (needed & exited) {
+      std::ostringstream s;
+      s << "a warp-level operation (__shfl_*_sync/__syncwarp) in warp " << w0 / kWarpSize
+        << " names lanes in its mask that have exited (mask 0x" << std::hex << needed << ", exited 0x" << exited << ")";
+      deadlock(s.str());
+    }
+  }
+  return released;
+}
+
+void run_block(int nthreads) {
+  for (int t = 0; t < nthreads; ++t) {
+    Fiber& f = block->fibers[t];
+    f.wait = Wait::running;
+    f.state.shuffle_round = 0;
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = stack_of(t);
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = &block->scheduler;
+    makecontext(&f.context, fiber_entry, 0);
+  }
+  for (;;) {
+    bool ran = false;
+    for (int t = 0; t < nthreads; ++t) {
+      Fiber& f = block->fibers[t];
+      if (f.wait != Wait::running) continue;
+      resume(f);
+      ran = true;
+      if (block->error) std::rethrow_exception(block->error);
+    }
+    if (ran) continue;
+    int done = 0, at_barrier = 0;
+    for (int t = 0; t < nthreads; ++t) {
+      done += block->fibers[t].wait == Wait::done;
+      at_barrier += block->fibers[t].wait == Wait::barrier;
+    }
+    if (done == nthreads) return;
+    if (release_warps(nthreads)) continue;
+    if (at_barrier == nthreads) {
+      for (auto& f : block->fibers) f.wait = Wait::running;
+      continue;
+    }
+    // Nothing can run and no barrier can complete: report who waits where.
+    std::ostringstream s;
+    const Fiber* example_done = nullptr;
+    const Fiber* example_wait = nullptr;
+    for (int t = 0; t < nthreads; ++t) {
+      const Fiber& f = block->fibers[t];
+      if (f.wait == Wait::done && !example_done) example_done = &f;
+      if (f.wait != Wait::done && !example_wait) example_wait = &f;
+    }
+    s << "__syncthreads() reached by " << at_barrier << " of " << nthreads << " threads; " << done
+      << " exited without reaching it";
+    if (example_done) s << " (e.g. " << describe(*example_done) << ")";
+    if (example_wait) s << ", " << describe(*example_wait) << " is waiting";
+    s << "; the barrier can never complete";
+    deadlock(s.str());
+  }
+}
+
+}  // namespace
+
+void syncthreads() {
+  if (!block) throw std::logic_error("__syncthreads() outside a kernel");
+  suspend(Wait::barrier);
+}
+
+void syncwarp(unsigned mask) {
+  if (!block) throw std::logic_error("__syncwarp() outside a kernel");
+  block->running->warp_mask = mask | (1u << current->lane);
+  suspend(Wait::warp);
+}
+
+uint64_t exchange(unsigned mask, uint64_t value, int src_lane) {
+  ThreadState& me = *current;
+  int warp_threads = std::min<int>(kWarpSize, (int)(block_dim.x * block_dim.y * block_dim.z) - me.warp * kWarpSize);
+  if (!(mask >> me.lane & 1)) kernel_error("a lane calls a __shfl_*_sync whose mask does not include it");
+  if (src_lane < 0 || src_lane >= warp_threads || !(mask >> src_lane & 1)) {
+    std::ostringstream s;
+    s << "lane " << me.lane << " of warp " << me.warp << " reads lane " << src_lane
+      << " in a __shfl_*_sync, which is not in the mask 0x" << std::hex << mask << std::dec
+      << " or does not exist (warp of " << warp_threads << " threads): the value is undefined on a GPU";
+    kernel_error(s.str());
+  }
+  uint64_t* slots = &block->exchange_slots[(size_t)me.warp * 64 + (me.shuffle_round & 1) * 32];
+  slots[me.lane] = value;
+  syncwarp(mask);
+  uint64_t result = slots[src_lane];
+  me.shuffle_round++;
+  return result;
+}
+
+void* dynamic_smem() { return block && !block->smem.empty() ? block->smem.data() : nullptr; }
+
+void kernel_error(const std::string& what) {
+  std::ostringstream s;
+  s << "kernel " << (block ? block->kernel : "?") << ", block (" << block_idx.x << "," << block_idx.y
+    << "," << block_idx.z << ")";
+  if (current) s << ", thread (" << current->idx.x << "," << current->idx.y << "," << current->idx.z << ")";
+  s << ": " << what;
+  throw std::runtime_error(s.str());
+}
+
+void launch(const char* kernel, dim3 grid, dim3 block_shape, size_t smem_bytes, const std::function<void()>& body) {
+  long nthreads = (long)block_shape.x * block_shape.y * block_shape.z;
+  if (nthreads <= 0 || nthreads > 1024 || block_shape.z > 64)
+    throw std::runtime_error(std::string("kernel ") + kernel + ": invalid block shape (at most 1024 threads, z <= 64)");
+  if (grid.y > 65535 || grid.z > 65535)
+    throw std::runtime_error(std::string("kernel ") + kernel + ": grid y/z dimension above 65535");
+  if (smem_bytes > 227 * 1024)
+    throw std::runtime_error(std::string("kernel ") + kernel + ": dynamic shared memory above 227 KiB");
+  if ((long)grid.x * grid.y * grid.z == 0) return;
+
+  std::lock_guard<std::mutex> lock(launch_mutex);
+  Block b;
+  b.kernel = kernel;
+  b.body = &body;
+  b.fibers.resize(nthreads);
+  b.exchange_slots.assign(((nthreads + kWarpSize - 1) / kWarpSize) * 64, 0);
+  for (int t = 0; t < nthreads; ++t) {
+    ThreadState& s = b.fibers[t].state;
+    s.idx = {(unsigned)(t % block_shape.x), (unsigned)(t / block_shape.x % block_shape.y),
+             (unsigned)(t / (block_shape.x * block_shape.y))};
+    s.linear = t;
+    s.lane = t % kWarpSize;
+    s.warp = t / kWarpSize;
+  }
+  block_dim = block_shape;
+  grid_dim = grid;
+  block = &b;
+  try {
+    for (unsigned z = 0; z < grid.z; ++z)
+      for (unsigned y = 0; y < grid.y; ++y)
+        for (unsigned x = 0; x < grid.x; ++x) {
+          block_idx = {x, y, z};
+          // Uninitialized shared memory reads as NaN/garbage, as on a GPU, not as zeros.
+          b.smem.assign(smem_bytes, 0xff);
+          run_block((int)nthreads);
+        }
+  } catch (...) {
+    block = nullptr;
+    current = nullptr;
+    throw;
+  }
+  block = nullptr;
+}
+
+}  // namespace emu

@@ -1,0 +1,6 @@
+// Launchers of the loss kernels (loss.cuh). (To be written.)
+#pragma once
+
+#include "common.h"
+
+namespace fc {}  // namespace fc

@@ -1,0 +1,14 @@
+"""fastconv: a small deep-learning engine. Hand-written CUDA kernels with their backward passes,
+a CUDA emulator that runs the same kernels on the CPU for testing, and a Numba CPU backend.
+
+    import fastconv
+    fastconv.get_backend()            # "cuda" with a GPU, else "cpu"
+    y = fastconv.ops.linear_forward(x, w, b, activation="relu")
+"""
+__version__ = "0.1.0"
+
+from . import ops
+from .backend import get_backend, set_backend, use_backend
+from ._info import info
+
+__all__ = ["__version__", "ops", "get_backend", "set_backend", "use_backend", "info"]

@@ -1,0 +1,3 @@
+"""optim ops. (To be written.)"""
+
+__all__ = []

@@ -1,0 +1,60 @@
+"""fastconv.info(): the version, the extension modules built, the backend chosen and why, the device."""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _extension(name: str) -> str:
+    try:
+        ext = importlib.import_module(f"fastconv.{name}")
+    except ImportError as exc:
+        return f"not built ({exc})"
+    text = f"built ({os.path.basename(ext.__file__)})"
+    if name == "_cuda":
+        count, why = ext.device_count()
+        text += f", architectures {ext.archs}; devices: {count}" + (f" ({why})" if why else "")
+    return text
+
+
+def info(file=None) -> str:
+    """Prints (and returns) a report of the build and the backend."""
+    import numba
+    import numpy
+
+    from . import __version__, backend
+
+    lines = [f"fastconv {__version__}",
+             f"  python {platform.python_version()}, numpy {numpy.__version__}, numba {numba.__version__}",
+             "extensions:",
+             f"  _emu   {_extension('_emu')}",
+             f"  _cuda  {_extension('_cuda')}",
+             "backends:"]
+    for name in backend.NAMES:
+        ok, why = backend.availability(name)
+        lines.append(f"  {name:5s}  {'available' if ok else 'unavailable: ' + why}")
+    try:
+        chosen, why = backend.get_backend(), backend.backend_reason()
+    except RuntimeError as exc:
+        chosen, why = "none", str(exc)
+    lines.append(f"backend: {chosen} ({why})")
+    if chosen == "cuda":
+        device = backend.load("cuda").ext.device_name(0)
+    else:
+        device = f"{_cpu_model()}, {os.cpu_count()} logical cores, {numba.get_num_threads()} Numba threads"
+    lines.append(f"device:  {device}")
+    text = "\n".join(lines)
+    print(text, file=file)
+    return text

@@ -1,0 +1,55 @@
+"""Dense path on the native backends: GEMM with fused bias + activation, column sums, ReLU, sigmoid."""
+from ..ops._activation import ACTIVATIONS
+
+__all__ = ["matmul", "linear_forward", "linear_backward", "relu_forward", "relu_backward",
+           "sigmoid_forward", "sigmoid_backward"]
+
+
+def _gemm(be, a, b, bias, trans_a, trans_b, activation):
+    m = a.shape[1] if trans_a else a.shape[0]
+    k = a.shape[0] if trans_a else a.shape[1]
+    n = b.shape[0] if trans_b else b.shape[1]
+    c = be.empty((m, n), a.dtype)
+    be.kernel("gemm", a.dtype)(be.ptr(a), be.ptr(b), be.ptr(bias), be.ptr(c), m, n, k, trans_a, trans_b,
+                               ACTIVATIONS[activation], be.stream())
+    return c
+
+
+def matmul(be, a, b, trans_a, trans_b):
+    return _gemm(be, a, b, None, trans_a, trans_b, None)
+
+
+def linear_forward(be, x, w, b, activation):
+    return _gemm(be, x, w, b, False, True, activation)
+
+
+def linear_backward(be, dy, x, w, bias):
+    dx = _gemm(be, dy, w, None, False, False, None)  # (N, out) @ (out, in)
+    dw = _gemm(be, dy, x, None, True, False, None)   # (N, out)^T @ (N, in)
+    db = None
+    if bias:
+        db = be.empty((dy.shape[1],), dy.dtype)
+        be.kernel("column_sum", dy.dtype)(be.ptr(dy), be.ptr(db), dy.shape[0], dy.shape[1], be.stream())
+    return dx, dw, db
+
+
+def _elementwise(be, name, *inputs):
+    out = be.empty(inputs[0].shape, inputs[0].dtype)
+    be.kernel(name, out.dtype)(*(be.ptr(t) for t in inputs), be.ptr(out), out.size, be.stream())
+    return out
+
+
+def relu_forward(be, x):
+    return _elementwise(be, "relu_forward", x)
+
+
+def relu_backward(be, dy, x):
+    return _elementwise(be, "relu_backward", dy, x)
+
+
+def sigmoid_forward(be, x):
+    return _elementwise(be, "sigmoid_forward", x)
+
+
+def sigmoid_backward(be, dy, y):
+    return _elementwise(be, "sigmoid_backward", dy, y)

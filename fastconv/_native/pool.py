@@ -1,0 +1,3 @@
+"""pool ops. (To be written.)"""
+
+__all__ = []

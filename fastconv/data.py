@@ -1,0 +1,329 @@
+"""Bundled real data sets and batching (pure NumPy).
+
+The data ship inside scikit-learn (no download): the Wisconsin breast cancer data
+(binary classification), the UCI handwritten digits (8x8 images, 10 classes) and the
+diabetes data (one variable against another, for linear regression).
+
+Every loader splits into train / validation / test with a seeded, stratified split,
+and fits any standardization on the training rows only, so that validation and test
+data stay unseen (as they would be in a clinical study).
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+__all__ = [
+    "Dataset",
+    "Standardizer",
+    "batches",
+    "load_breast_cancer",
+    "load_digits",
+    "load_regression_pair",
+    "train_val_test_split",
+]
+
+
+@dataclass
+class Dataset:
+    """Arrays of one data set, split three ways, plus what they mean."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    feature_names: list
+    class_names: list
+    description: str
+    scaler: Optional["Standardizer"] = field(default=None, repr=False)
+
+
+# ----------------------------------------------------------------------------------
+# splitting and scaling
+
+
+def _check_fraction(value, name):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
+    return float(value)
+
+
+def train_val_test_split(x, y, val=0.15, test=0.15, seed=0, stratify=True):
+    """Split rows into (x_train, y_train, x_val, y_val, x_test, y_test).
+
+    Deterministic for a given seed (``np.random.default_rng(seed)``). With
+    ``stratify=True`` (y must hold class labels) each class is split in the same
+    proportions, rounded per class. Rows keep their original order inside each part.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+        raise ValueError(f"x and y must have the same number of rows, got shapes {x.shape} and {y.shape}")
+    val, test = _check_fraction(val, "val"), _check_fraction(test, "test")
+    if val + test >= 1:
+        raise ValueError(f"val + test must be below 1 to leave training rows, got {val} + {test}")
+
+    rng = np.random.default_rng(seed)
+    if stratify:
+        labels = y.ravel() if y.ndim == 2 and y.shape[1] == 1 else y
+        if labels.ndim != 1 or labels.dtype.kind not in "biuf" or (
+            labels.dtype.kind == "f" and not np.all(labels == np.round(labels))
+        ):
+            raise ValueError(
+                f"stratify=True needs 1-D class labels, got y of shape {y.shape} dtype {y.dtype}; "
+                "pass stratify=False for regression targets"
+            )
+        groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    else:
+        groups = [np.arange(len(y))]
+
+    parts = {"train": [], "val": [], "test": []}
+    for rows in groups:
+        rows = rng.permutation(rows)
+        n_test = int(round(test * rows.size))
+        n_val = int(round(val * rows.size))
+        parts["test"].append(rows[:n_test])
+        parts["val"].append(rows[n_test : n_test + n_val])
+        parts["train"].append(rows[n_test + n_val :])
+    train, val_rows, test_rows = (np.sort(np.concatenate(parts[k])) for k in ("train", "val", "test"))
+    if train.size == 0:
+        raise ValueError(f"no rows left for training out of {len(y)}")
+    return x[train], y[train], x[val_rows], y[val_rows], x[test_rows], y[test_rows]
+
+
+class Standardizer:
+    """(x - mean) / std per feature, with mean and std from the training rows.
+
+    Statistics run over axis 0 (the rows). A feature that is constant in training
+    gets std 1, so it maps to 0 instead of dividing by zero.
+    """
+
+    def __init__(self):
+        self.mean_ = None
+        self.std_ = None
+
+    def fit(self, x):
+        x = np.asarray(x)
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise ValueError(f"fit needs at least one row, got shape {x.shape}")
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"x must be numeric, got dtype {x.dtype}")
+        self.mean_ = x.mean(axis=0, dtype=np.float64)
+        std = x.std(axis=0, dtype=np.float64)
+        self.std_ = np.where(std > 0, std, 1.0)
+        return self
+
+    def transform(self, x):
+        if self.mean_ is None:
+            raise RuntimeError("Standardizer is not fitted; call fit(x_train) first")
+        x = np.asarray(x)
+        if x.shape[1:] != self.mean_.shape:
+            raise ValueError(f"x rows have shape {x.shape[1:]}, the fit saw {self.mean_.shape}")
+        out_dtype = x.dtype if x.dtype.kind == "f" else np.float64
+        return ((x - self.mean_) / self.std_).astype(out_dtype)
+
+    def fit_transform(self, x):
+        return self.fit(x).transform(x)
+
+    def state(self):
+        """Plain lists, so the scaler can be saved to JSON next to model weights."""
+        if self.mean_ is None:
+            raise RuntimeError("Standardizer is not fitted; nothing to save")
+        return {"mean": self.mean_.tolist(), "std": self.std_.tolist()}
+
+    @classmethod
+    def from_state(cls, state):
+        mean = np.asarray(state["mean"], dtype=np.float64)
+        std = np.asarray(state["std"], dtype=np.float64)
+        if mean.shape != std.shape:
+            raise ValueError(f"state mean and std differ in shape: {mean.shape} vs {std.shape}")
+        if np.any(std <= 0):
+            raise ValueError("state std must be positive")
+        scaler = cls()
+        scaler.mean_, scaler.std_ = mean, std
+        return scaler
+
+
+# ----------------------------------------------------------------------------------
+# loaders
+
+
+def _float_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise TypeError(f"dtype must be a floating type, got {dtype}")
+    return dtype
+
+
+def _split_and_scale(x, y, *, seed, val, test, stratify, standardize, dtype):
+    """Split, then (optionally) standardize with statistics of the training rows."""
+    x_train, y_train, x_val, y_val, x_test, y_test = train_val_test_split(
+        x, y, val=val, test=test, seed=seed, stratify=stratify
+    )
+    scaler = None
+    if standardize:
+        scaler = Standardizer().fit(x_train)
+        x_train, x_val, x_test = (scaler.transform(a) for a in (x_train, x_val, x_test))
+    x_train, x_val, x_test = (np.ascontiguousarray(a, dtype=dtype) for a in (x_train, x_val, x_test))
+    return dict(
+        x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val,
+        x_test=x_test, y_test=y_test, scaler=scaler,
+    )
+
+
+def _select_features(features, names):
+    """Column indices for a list of feature names and/or indices."""
+    if features is None:
+        return list(range(len(names)))
+    if isinstance(features, (str, numbers.Integral)):
+        features = [features]
+    columns = []
+    for f in features:
+        if isinstance(f, str):
+            if f not in names:
+                close = difflib.get_close_matches(f, names, n=3)
+                hint = f"; did you mean {close}?" if close else ""
+                raise ValueError(f"unknown feature {f!r}{hint}")
+            columns.append(names.index(f))
+        elif isinstance(f, numbers.Integral) and not isinstance(f, bool):
+            if not -len(names) <= f < len(names):
+                raise ValueError(f"feature index {f} out of range for {len(names)} features")
+            columns.append(int(f) % len(names))
+        else:
+            raise TypeError(f"features must be names or integer indices, got {f!r}")
+    if not columns:
+        raise ValueError("features is empty")
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"features repeats a column: {features}")
+    return columns
+
+
+def load_breast_cancer(features=None, standardize=True, seed=0, dtype=np.float32, *, val=0.15, test=0.15):
+    """Wisconsin diagnostic breast cancer: 569 tumours, 30 features, binary label.
+
+    Labels: 1 = malignant (212 cases), 0 = benign (357). NOTE: scikit-learn's own
+    target is the opposite (0 = malignant); it is flipped here so that the positive
+    class is the disease, as ROC analysis and sensitivity assume.
+
+    features: None for all 30, or a list of names (e.g. ``["mean radius"]``) or
+    column indices. x is (N, F) ``dtype``; y is int64 (N,).
+    """
+    from sklearn import datasets
+
+    dtype = _float_dtype(dtype)
+    raw = datasets.load_breast_cancer()
+    names = [str(n) for n in raw.feature_names]
+    columns = _select_features(features, names)
+    x = raw.data[:, columns].astype(np.float64)
+    y = (raw.target == 0).astype(np.int64)  # flip: sklearn has 0 = malignant
+    parts = _split_and_scale(
+        x, y, seed=seed, val=val, test=test, stratify=True, standardize=standardize, dtype=dtype
+    )
+    return Dataset(
+        **parts,
+        feature_names=[names[c] for c in columns],
+        class_names=["benign", "malignant"],
+        description=(
+            "Wisconsin diagnostic breast cancer (UCI, via scikit-learn): features of cell "
+            "nuclei from fine-needle aspirates; label 1 = malignant, 0 = benign."
+        ),
+    )
+
+
+def load_digits(seed=0, dtype=np.float32, as_images=True, standardize=False, *, val=0.15, test=0.15):
+    """UCI handwritten digits: 1797 images of 8x8 pixels, labels 0..9 (int64).
+
+    x is (N, 1, 8, 8) (NCHW, one channel) if ``as_images`` else (N, 64), with pixel
+    values 0..16 divided by 16 into [0, 1]; or, with ``standardize=True``, each pixel
+    standardized with training statistics.
+    """
+    from sklearn import datasets
+
+    dtype = _float_dtype(dtype)
+    raw = datasets.load_digits()
+    x = raw.data.astype(np.float64) / 16.0
+    if as_images:
+        x = x.reshape(-1, 1, 8, 8)
+    y = raw.target.astype(np.int64)
+    parts = _split_and_scale(
+        x, y, seed=seed, val=val, test=test, stratify=True, standardize=standardize, dtype=dtype
+    )
+    return Dataset(
+        **parts,
+        feature_names=[str(n) for n in raw.feature_names],
+        class_names=[str(d) for d in range(10)],
+        description="UCI optical recognition of handwritten digits (via scikit-learn): 8x8 images, 10 classes.",
+    )
+
+
+def load_regression_pair(seed=0, dtype=np.float32, standardize=True, *, val=0.15, test=0.15):
+    """One real variable against another, for fitting y = m·x + b.
+
+    scikit-learn's diabetes data (442 patients): x = body-mass index (kg/m², column
+    "bmi"), standardized with training statistics unless ``standardize=False``;
+    y = a quantitative measure of disease progression one year after baseline,
+    left in its own units. Both are (N, 1) ``dtype``. The split is not stratified.
+    """
+    from sklearn import datasets
+
+    dtype = _float_dtype(dtype)
+    raw = datasets.load_diabetes(scaled=False)  # raw BMI in kg/m², not sklearn's rescaling
+    bmi = list(raw.feature_names).index("bmi")
+    x = raw.data[:, [bmi]].astype(np.float64)
+    y = raw.target.reshape(-1, 1).astype(dtype)
+    parts = _split_and_scale(
+        x, y, seed=seed, val=val, test=test, stratify=False, standardize=standardize, dtype=dtype
+    )
+    return Dataset(
+        **parts,
+        feature_names=["bmi"],
+        class_names=[],
+        description=(
+            "Diabetes (Efron et al. 2004, via scikit-learn): x = body-mass index, "
+            "y = disease progression one year after baseline."
+        ),
+    )
+
+
+# ----------------------------------------------------------------------------------
+# batching
+
+
+def batches(x, y, batch_size, shuffle=True, seed=None, drop_last=False, rng=None):
+    """Iterate over (xb, yb) mini-batches of rows.
+
+    shuffle: a fresh order from ``rng`` (a ``np.random.Generator``) or, if not given,
+    from ``np.random.default_rng(seed)``. A fixed seed repeats the same order on every
+    call; to reshuffle each epoch reproducibly, pass one Generator as ``rng``.
+    drop_last: skip a final batch smaller than ``batch_size``.
+    """
+    # Validate here, not inside the generator, so errors surface at the call.
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if len(x) != len(y):
+        raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+    if seed is not None and rng is not None:
+        raise ValueError("give seed or rng, not both")
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    order = None
+    if shuffle:
+        order = (rng if rng is not None else np.random.default_rng(seed)).permutation(len(x))
+    return _batch_iterator(x, y, int(batch_size), order, drop_last)
+
+
+def _batch_iterator(x, y, batch_size, order, drop_last):
+    n = len(x)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        if order is None:
+            yield x[start : start + batch_size], y[start : start + batch_size]
+        else:
+            rows = order[start : start + batch_size]
+            yield x[rows], y[rows]

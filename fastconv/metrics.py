@@ -1,0 +1,496 @@
+"""Evaluation metrics the way clinical studies report them (pure NumPy).
+
+Binary conventions: labels are 0/1 with 1 = disease present; a score is "positive"
+when ``score >= threshold``.
+
+Formulas
+--------
+With m positives x_1..x_m and n negatives y_1..y_n, let
+``psi(x, y) = 1 if x > y, 1/2 if x == y, 0 otherwise``.
+
+* Mann–Whitney AUC:  ``AUC = (1 / (m n)) * sum_i sum_j psi(x_i, y_j)``.
+  Computed in O(N log N) from midranks R of the pooled scores:
+  ``AUC = (sum_{i positive} R_i - m (m + 1) / 2) / (m n)``.
+
+* DeLong variance (DeLong, DeLong & Clarke-Pearson 1988), structural components
+  ``V10_i = (1/n) sum_j psi(x_i, y_j)`` and ``V01_j = (1/m) sum_i psi(x_i, y_j)``:
+  ``Var(AUC) = S10 / m + S01 / n`` with S10, S01 the sample variances (ddof=1) of
+  V10 and V01. The fast algorithm (Sun & Xu 2014) gets the components from midranks:
+  ``V10_i = (Tz_i - Tx_i) / n`` and ``V01_j = 1 - (Tz_j - Ty_j) / m``, where Tz are
+  midranks in the pooled sample, Tx within the positives, Ty within the negatives.
+  The interval is ``AUC ± z_{(1+level)/2} * sqrt(Var)``, clipped to [0, 1].
+
+* Sensitivity = TP / (TP + FN), specificity = TN / (TN + FP).
+
+Inputs may be NumPy arrays, lists, or CuPy arrays (anything with ``.get()``).
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+__all__ = [
+    "AUCResult",
+    "OperatingPoint",
+    "accuracy",
+    "auc",
+    "auc_ci",
+    "coarse_probabilities",
+    "confusion_matrix",
+    "evaluate_operating_point",
+    "operating_point",
+    "per_class_auc",
+    "roc_curve",
+    "sensitivity_specificity",
+]
+
+
+@dataclass(frozen=True)
+class AUCResult:
+    """AUC with a confidence interval [low, high] at the given level."""
+
+    auc: float
+    low: float
+    high: float
+    method: str
+    level: float
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A decision threshold and the sensitivity/specificity it gives on some data.
+
+    ``target`` is ``("sensitivity", value)`` or ``("specificity", value)``: the
+    requirement the threshold was chosen to meet (on validation data).
+    """
+
+    threshold: float
+    sensitivity: float
+    specificity: float
+    target: tuple
+
+
+# ----------------------------------------------------------------------------------
+# input validation
+
+
+def _to_numpy(x, name):
+    """np.asarray, first copying CuPy (or any object with .get()) to the host."""
+    if not isinstance(x, np.ndarray) and hasattr(x, "get") and callable(x.get):
+        try:
+            x = x.get()
+        except TypeError:  # e.g. a dict's .get needs an argument: not an array
+            pass
+    try:
+        return np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} could not be converted to an array: {exc}") from exc
+
+
+def _as_vector(x, name):
+    """A 1-D array; an (N, 1) column (a sigmoid output, say) is accepted too."""
+    a = _to_numpy(x, name)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (or an (N, 1) column), got shape {a.shape}")
+    return a
+
+
+def _binary_labels(y, name="y_true"):
+    y = _as_vector(y, name)
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers 0/1, got dtype {y.dtype}")
+    if y.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.all((y == 0) | (y == 1)):
+        bad = np.unique(y[(y != 0) & (y != 1)])[:5]
+        raise ValueError(f"{name} must contain only 0 and 1, found e.g. {bad.tolist()}")
+    return y.astype(np.int64)
+
+
+def _scores(s, name="scores"):
+    s = _as_vector(s, name)
+    if s.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be real numbers, got dtype {s.dtype}")
+    s = s.astype(np.float64)
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"{name} contains NaN or inf ({np.sum(~np.isfinite(s))} values)")
+    return s
+
+
+def _labels_and_scores(y_true, scores, need_both_classes=True):
+    y = _binary_labels(y_true, "y_true")
+    s = _scores(scores, "scores")
+    if y.shape != s.shape:
+        raise ValueError(f"y_true and scores differ in length: {y.shape} vs {s.shape}")
+    if need_both_classes:
+        n_pos = int(y.sum())
+        if n_pos == 0 or n_pos == y.size:
+            only = 1 if n_pos else 0
+            raise ValueError(
+                f"y_true contains only class {only} ({y.size} samples); "
+                "this metric needs both positives and negatives"
+            )
+    return y, s
+
+
+def _class_labels(y, name):
+    """Non-negative integer class labels (integer-valued floats are accepted)."""
+    y = _as_vector(y, name)
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise ValueError(
+                f"{name} must hold integer class labels, got non-integer values; "
+                "for scores pass a 2-D (N, C) array, for probabilities threshold them first"
+            )
+    if y.size and y.min() < 0:
+        raise ValueError(f"{name} has negative class labels (min {y.min()})")
+    return y.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------
+# classification
+
+
+def accuracy(y_true, y_pred_or_scores):
+    """Fraction of correct predictions.
+
+    The second argument is either predicted labels (N,) or class scores (N, C), in
+    which case the prediction is the argmax over axis 1.
+    """
+    y = _class_labels(y_true, "y_true")
+    p = _to_numpy(y_pred_or_scores, "y_pred_or_scores")
+    if p.ndim == 2 and p.shape[1] > 1:
+        p = np.argmax(p, axis=1)
+    elif p.ndim == 2:
+        # argmax of one column is always 0: almost surely a sigmoid output by mistake.
+        raise ValueError(
+            f"y_pred_or_scores has shape {p.shape}: one score column, so argmax is always 0; "
+            "pass predicted labels instead, e.g. (probs >= 0.5)"
+        )
+    p = _class_labels(p, "y_pred_or_scores")
+    if y.shape != p.shape:
+        raise ValueError(f"y_true and predictions differ in length: {y.shape} vs {p.shape}")
+    if y.size == 0:
+        raise ValueError("y_true is empty")
+    return float(np.mean(y == p))
+
+
+def confusion_matrix(y_true, y_pred, num_classes=None):
+    """Counts (C, C), int64: entry [i, j] = samples of true class i predicted as j."""
+    y = _class_labels(y_true, "y_true")
+    p = _class_labels(y_pred, "y_pred")
+    if y.shape != p.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {y.shape} vs {p.shape}")
+    seen = int(max(y.max(initial=-1), p.max(initial=-1))) + 1
+    if num_classes is None:
+        num_classes = seen
+    elif not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool):
+        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    elif num_classes < seen:
+        raise ValueError(f"num_classes={num_classes} but labels go up to {seen - 1}")
+    c = int(num_classes)
+    counts = np.bincount(y * c + p, minlength=c * c)
+    return counts.reshape(c, c).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------
+# ROC and AUC
+
+
+def roc_curve(y_true, scores):
+    """(fpr, tpr, thresholds) at every distinct score, highest threshold first.
+
+    Same as ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``: the first
+    threshold is +inf (nothing called positive); tied scores form one point.
+    """
+    y, s = _labels_and_scores(y_true, scores)
+    fps, tps, thresholds = _roc_counts(y, s)
+    return fps / fps[-1], tps / tps[-1], thresholds
+
+
+def _roc_counts(y, s):
+    """False- and true-positive counts (float64) at thresholds +inf, then distinct scores."""
+    # Stable sort, descending; the last index of each run of equal scores is a cut.
+    order = np.argsort(s, kind="mergesort")[::-1]
+    s_sorted, y_sorted = s[order], y[order]
+    cut = np.r_[np.flatnonzero(np.diff(s_sorted)), s.size - 1]
+    tps = np.cumsum(y_sorted)[cut]
+    fps = cut + 1 - tps
+    tps = np.r_[0, tps].astype(np.float64)
+    fps = np.r_[0, fps].astype(np.float64)
+    return fps, tps, np.r_[np.inf, s_sorted[cut]]
+
+
+def _midranks(values):
+    """1-based ranks, ties sharing the mean of the ranks they span."""
+    order = np.argsort(values, kind="mergesort")
+    v = values[order]
+    starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
+    ends = np.r_[starts[1:], v.size]  # exclusive
+    ranks = np.empty(v.size, dtype=np.float64)
+    ranks[order] = np.repeat((starts + 1 + ends) / 2.0, ends - starts)
+    return ranks
+
+
+def auc(y_true, scores):
+    """Area under the ROC curve, Mann–Whitney form (ties count 1/2)."""
+    y, s = _labels_and_scores(y_true, scores)
+    return _auc_from_ranks(y, s)
+
+
+def _auc_from_ranks(y, s):
+    m = int(y.sum())
+    n = y.size - m
+    rank_sum = _midranks(s)[y == 1].sum()
+    return float((rank_sum - m * (m + 1) / 2.0) / (m * n))
+
+
+def _delong_components(pos, neg):
+    """V10 (one per positive) and V01 (one per negative), via midranks (Sun & Xu)."""
+    m, n = pos.size, neg.size
+    tz = _midranks(np.concatenate([pos, neg]))
+    tx = _midranks(pos)
+    ty = _midranks(neg)
+    v10 = (tz[:m] - tx) / n
+    v01 = 1.0 - (tz[m:] - ty) / m
+    return v10, v01
+
+
+def _bootstrap_aucs(pos, neg, n_bootstrap, rng):
+    """AUCs of stratified resamples, without re-sorting per resample.
+
+    For a positive x, the sum of psi(x, ·) over a resample of negatives only needs
+    how many copies of each negative were drawn: with negatives sorted, it is a
+    cumulative count read at x's insertion points (left: start of ties, right: end).
+    """
+    m, n = pos.size, neg.size
+    neg = np.sort(neg)  # resampling indices of a sorted copy is still uniform
+    below = np.searchsorted(neg, pos, side="left")  # negatives < x
+    below_or_tied = np.searchsorted(neg, pos, side="right")  # negatives <= x
+    # Chunks bound memory at a few million counts per array.
+    chunk = max(1, 4_000_000 // (m + n + 1))
+    out = []
+    for start in range(0, n_bootstrap, chunk):
+        b = min(chunk, n_bootstrap - start)
+        pos_count = _row_bincount(rng.integers(0, m, size=(b, m)), m)
+        neg_count = _row_bincount(rng.integers(0, n, size=(b, n)), n)
+        cum = np.concatenate([np.zeros((b, 1)), np.cumsum(neg_count, axis=1)], axis=1)
+        psi_sum = 0.5 * (cum[:, below] + cum[:, below_or_tied])  # (b, m)
+        out.append((pos_count * psi_sum).sum(axis=1) / (m * n))
+    return np.concatenate(out)
+
+
+def _row_bincount(indices, size):
+    """Per-row counts of each value in [0, size) of a 2-D integer array."""
+    b = indices.shape[0]
+    flat = indices + size * np.arange(b)[:, None]
+    return np.bincount(flat.ravel(), minlength=b * size).reshape(b, size).astype(np.float64)
+
+
+def auc_ci(y_true, scores, level=0.95, method="delong", n_bootstrap=2000, seed=0):
+    """AUC with a confidence interval.
+
+    method="delong": normal interval from the DeLong variance (fast midrank
+    algorithm), clipped to [0, 1]. Needs at least 2 positives and 2 negatives.
+    method="bootstrap": percentile interval of ``n_bootstrap`` stratified resamples
+    (positives and negatives resampled separately, so each keeps its count), drawn
+    from ``np.random.default_rng(seed)``.
+    """
+    y, s = _labels_and_scores(y_true, scores)
+    if not isinstance(level, numbers.Real) or not 0.0 < level < 1.0:
+        raise ValueError(f"level must be a number in (0, 1), got {level!r}")
+    pos, neg = s[y == 1], s[y == 0]
+    area = _auc_from_ranks(y, s)
+
+    if method == "delong":
+        if pos.size < 2 or neg.size < 2:
+            raise ValueError(
+                f"DeLong needs at least 2 positives and 2 negatives, "
+                f"got {pos.size} and {neg.size}"
+            )
+        v10, v01 = _delong_components(pos, neg)
+        variance = v10.var(ddof=1) / pos.size + v01.var(ddof=1) / neg.size
+        z = NormalDist().inv_cdf(0.5 + level / 2.0)
+        half_width = z * np.sqrt(variance)
+        low, high = max(0.0, area - half_width), min(1.0, area + half_width)
+    elif method == "bootstrap":
+        if (
+            not isinstance(n_bootstrap, numbers.Integral)
+            or isinstance(n_bootstrap, bool)
+            or n_bootstrap < 1
+        ):
+            raise ValueError(f"n_bootstrap must be a positive int, got {n_bootstrap!r}")
+        rng = np.random.default_rng(seed)
+        aucs = _bootstrap_aucs(pos, neg, int(n_bootstrap), rng)
+        alpha = 1.0 - level
+        low, high = np.quantile(aucs, [alpha / 2.0, 1.0 - alpha / 2.0])
+    else:
+        raise ValueError(f"method must be 'delong' or 'bootstrap', got {method!r}")
+    return AUCResult(float(area), float(low), float(high), method, float(level))
+
+
+def per_class_auc(Y_true, scores):
+    """AUC of each of C binary outputs: (N, C) 0/1 labels and (N, C) scores -> (C,).
+
+    A column whose labels hold one class only has no AUC: NaN, with a warning.
+    """
+    Y = _to_numpy(Y_true, "Y_true")
+    S = _to_numpy(scores, "scores")
+    if Y.ndim != 2 or S.ndim != 2:
+        raise ValueError(f"Y_true and scores must be 2-D (N, C), got {Y.shape} and {S.shape}")
+    if Y.shape != S.shape:
+        raise ValueError(f"Y_true and scores differ in shape: {Y.shape} vs {S.shape}")
+    out = np.full(Y.shape[1], np.nan)
+    for c in range(Y.shape[1]):
+        y, s = _labels_and_scores(Y[:, c], S[:, c], need_both_classes=False)
+        if 0 < y.sum() < y.size:
+            out[c] = _auc_from_ranks(y, s)
+        else:
+            warnings.warn(
+                f"per_class_auc: column {c} of Y_true has one class only; its AUC is NaN",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# thresholds and operating points
+
+
+def sensitivity_specificity(y_true, scores, threshold):
+    """(sensitivity, specificity) when ``score >= threshold`` means positive."""
+    y, s = _labels_and_scores(y_true, scores)
+    if not isinstance(threshold, numbers.Real) or np.isnan(threshold):
+        raise ValueError(f"threshold must be a real number, got {threshold!r}")
+    called_positive = s >= threshold
+    sensitivity = np.mean(called_positive[y == 1])
+    specificity = np.mean(~called_positive[y == 0])
+    return float(sensitivity), float(specificity)
+
+
+def operating_point(y_true, scores, target_sensitivity=None, target_specificity=None):
+    """Choose a threshold (on validation data) meeting one clinical requirement.
+
+    target_sensitivity: the HIGHEST threshold with sensitivity >= target — as few
+    false positives as possible while catching enough cases (screening).
+    target_specificity: the LOWEST threshold with specificity >= target — as many
+    cases caught as possible while keeping false alarms rare (high-risk decisions).
+
+    Candidate thresholds are +inf and the distinct scores; any threshold between two
+    scores acts like the score above it, so these are the extreme choices.
+    Report test performance with ``evaluate_operating_point``.
+    """
+    if (target_sensitivity is None) == (target_specificity is None):
+        raise ValueError("give exactly one of target_sensitivity and target_specificity")
+    name, target = (
+        ("sensitivity", target_sensitivity)
+        if target_specificity is None
+        else ("specificity", target_specificity)
+    )
+    if not isinstance(target, numbers.Real) or not 0.0 <= target <= 1.0:
+        raise ValueError(f"target_{name} must be a number in [0, 1], got {target!r}")
+
+    y, s = _labels_and_scores(y_true, scores)
+    fps, tps, thresholds = _roc_counts(y, s)
+    n_pos, n_neg = tps[-1], fps[-1]
+    # Rates straight from counts (not 1 - fpr), so k/n compares exactly with a target.
+    sensitivity = tps / n_pos
+    specificity = (n_neg - fps) / n_neg
+    # Along decreasing thresholds sensitivity rises and specificity falls.
+    if name == "sensitivity":
+        k = int(np.flatnonzero(sensitivity >= target)[0])  # last entry is 1.0
+    else:
+        k = int(np.flatnonzero(specificity >= target)[-1])  # first entry is 1.0
+    return OperatingPoint(
+        float(thresholds[k]), float(sensitivity[k]), float(specificity[k]), (name, float(target))
+    )
+
+
+def evaluate_operating_point(op, y_true, scores):
+    """The same threshold applied to other (test) data: a new OperatingPoint."""
+    if not isinstance(op, OperatingPoint):
+        raise TypeError(f"op must be an OperatingPoint, got {type(op).__name__}")
+    sensitivity, specificity = sensitivity_specificity(y_true, scores, op.threshold)
+    return OperatingPoint(op.threshold, sensitivity, specificity, op.target)
+
+
+# ----------------------------------------------------------------------------------
+# multi-class helpers
+
+
+def coarse_probabilities(probs, groups):
+    """Sum fine-grained class probabilities (N, F) into coarse classes (N, G).
+
+    groups: a list of G lists of fine class indices (each of 0..F-1 exactly once),
+    or a length-F integer array mapping fine class -> coarse class 0..G-1.
+    """
+    p = _to_numpy(probs, "probs")
+    if p.ndim != 2:
+        raise ValueError(f"probs must be 2-D (N, F), got shape {p.shape}")
+    if p.dtype.kind not in "fiu":
+        raise TypeError(f"probs must be real numbers, got dtype {p.dtype}")
+    if not np.all(np.isfinite(p)):
+        raise ValueError("probs contains NaN or inf")
+    if np.any(p < 0):
+        raise ValueError("probs has negative values; pass probabilities (softmax), not logits")
+    n_fine = p.shape[1]
+    mapping = _fine_to_coarse(groups, n_fine)
+    n_coarse = int(mapping.max()) + 1
+    dtype = p.dtype if p.dtype.kind == "f" else np.float64
+    one_hot = np.zeros((n_fine, n_coarse), dtype=dtype)
+    one_hot[np.arange(n_fine), mapping] = 1
+    return p.astype(dtype, copy=False) @ one_hot
+
+
+def _fine_to_coarse(groups, n_fine):
+    """Validate `groups` and return the length-F mapping fine index -> coarse index."""
+    if not isinstance(groups, (list, tuple)):
+        groups = _to_numpy(groups, "groups")  # an array mapping (NumPy or CuPy)
+    is_mapping = isinstance(groups, np.ndarray) or (
+        isinstance(groups, (list, tuple))
+        and len(groups) > 0
+        and all(isinstance(g, numbers.Integral) for g in groups)
+    )
+    if is_mapping:
+        mapping = np.asarray(groups)
+        if mapping.ndim != 1 or mapping.dtype.kind not in "iu":
+            raise ValueError(
+                f"groups as a mapping must be a 1-D integer array, got shape "
+                f"{mapping.shape} dtype {mapping.dtype}"
+            )
+        if mapping.size != n_fine:
+            raise ValueError(f"groups mapping has length {mapping.size}, probs has {n_fine} columns")
+        if mapping.min() < 0:
+            raise ValueError("groups mapping has negative coarse indices")
+        empty = np.setdiff1d(np.arange(mapping.max() + 1), mapping)
+        if empty.size:
+            raise ValueError(f"coarse classes {empty.tolist()} receive no fine class")
+        return mapping.astype(np.int64)
+
+    if not isinstance(groups, (list, tuple)) or len(groups) == 0:
+        raise TypeError("groups must be a non-empty list of lists of fine class indices")
+    mapping = np.full(n_fine, -1, dtype=np.int64)
+    for g, members in enumerate(groups):
+        members = list(np.atleast_1d(_to_numpy(members, f"groups[{g}]")))
+        if not members:
+            raise ValueError(f"groups[{g}] is empty")
+        for f in members:
+            if not isinstance(f, numbers.Integral) or not 0 <= f < n_fine:
+                raise ValueError(f"groups[{g}] has {f!r}, not a fine class index in [0, {n_fine})")
+            if mapping[f] != -1:
+                raise ValueError(f"fine class {f} appears in groups {mapping[f]} and {g}")
+            mapping[f] = g
+    missing = np.flatnonzero(mapping == -1)
+    if missing.size:
+        raise ValueError(f"fine classes {missing.tolist()} are in no group")
+    return mapping

@@ -1,0 +1,10 @@
+"""Names of the activations that GEMM and convolution epilogues fuse, and their kernel codes
+(csrc/kernels/common.h: enum Activation)."""
+
+ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2}
+
+
+def check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'relu' or 'sigmoid', got {activation!r}")
+    return activation

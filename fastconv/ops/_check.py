@@ -1,0 +1,115 @@
+"""Input validation for the public ops, done once at the boundary, before any pointer leaves Python.
+
+Rules (docs/bad_inputs.md lists every case and its message):
+- arrays must live where the backend computes: NumPy (or anything np.asarray takes) on "cpu" and
+  "emu"; CuPy, __cuda_array_interface__ or CUDA DLPack objects on "cuda". The wrong device is a
+  TypeError naming the argument.
+- floating arrays only, float32 or float64, the same for every array of one call (TypeError);
+- the expected number of dimensions and agreeing shapes (ValueError naming argument and shapes);
+- non-contiguous views (transposes, steps, negative strides) are copied to C order, never read as
+  if they were contiguous.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _is_gpu_array(x) -> bool:
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    device = getattr(x, "__dlpack_device__", None)
+    if device is not None:
+        try:
+            return int(device()[0]) in (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+        except Exception:
+            return False
+    return False
+
+
+def _to_backend(x, name: str, be):
+    """The backend's array for x, or TypeError when x lives on another device."""
+    if be.name == "cuda":
+        xp = be.xp
+        if isinstance(x, xp.ndarray):
+            return x
+        if hasattr(x, "__cuda_array_interface__"):
+            return xp.asarray(x)
+        if _is_gpu_array(x):
+            return xp.from_dlpack(x)
+        raise TypeError(
+            f"{name} is a {type(x).__module__}.{type(x).__name__} in host memory, but the backend is "
+            "'cuda': pass a CuPy array (cupy.asarray(...)) or switch backend")
+    if _is_gpu_array(x):
+        raise TypeError(
+            f"{name} is a GPU array ({type(x).__module__}.{type(x).__name__}), but the backend is "
+            f"{be.name!r}: copy it to the host (.get()) or use the 'cuda' backend")
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        return np.asarray(x)
+    except Exception as exc:
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}") from exc
+
+
+def tensor(x, name: str, be, ndim=None, dtype=None):
+    """Validates one floating input and returns it as a C-contiguous backend array.
+
+    ndim: an int, or a tuple of accepted ints. dtype: the dtype it must share with other inputs.
+    """
+    if x is None:
+        raise TypeError(f"{name} is required, got None")
+    a = _to_backend(x, name, be)
+    if a.dtype not in FLOAT_DTYPES:
+        kind = {"i": "integer", "u": "unsigned integer", "b": "boolean", "c": "complex"}.get(a.dtype.kind, str(a.dtype))
+        raise TypeError(f"{name} must be float32 or float64, got {kind} dtype {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{name} is {a.dtype} but the other inputs are {np.dtype(dtype)}: "
+                        "mixed dtypes are not converted implicitly; cast one of them")
+    if ndim is not None:
+        accepted = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if a.ndim not in accepted:
+            want = " or ".join(f"{d}-D" for d in accepted)
+            raise ValueError(f"{name} must be {want}, got shape {tuple(a.shape)} ({a.ndim}-D)")
+    if not a.flags.c_contiguous:
+        a = be.xp.ascontiguousarray(a)
+    return a
+
+
+def labels(x, name: str, be, n: int):
+    """Class indices: an integer array of shape (n,), returned as a contiguous int64 backend array."""
+    if x is None:
+        raise TypeError(f"{name} is required, got None")
+    a = _to_backend(x, name, be)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer class indices, got dtype {a.dtype}")
+    if a.ndim != 1 or a.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) to match the batch, got {tuple(a.shape)}")
+    return be.xp.ascontiguousarray(a, dtype=be.xp.int64)
+
+
+def flag(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def number(value, name: str, *, low=None, high=None, low_open=False, high_open=False) -> float:
+    """A real scalar in [low, high] (open ends where asked); TypeError/ValueError otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if v != v:
+        raise ValueError(f"{name} must not be NaN")
+    if low is not None and (v < low or (low_open and v == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {v}")
+    if high is not None and (v > high or (high_open and v == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {v}")
+    return v
+
+
+def shape_str(shape) -> str:
+    return str(tuple(int(s) for s in shape))

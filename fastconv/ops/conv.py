@@ -1,0 +1,3 @@
+"""conv ops. (To be written.)"""
+
+__all__ = []

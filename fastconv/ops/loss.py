@@ -1,0 +1,3 @@
+"""loss ops. (To be written.)"""
+
+__all__ = []

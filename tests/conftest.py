@@ -1,0 +1,50 @@
+"""Every op test runs on each backend present: the `backend` fixture yields the backend object
+inside `fastconv.use_backend(name)`. FASTCONV_TEST_BACKENDS (e.g. "emu") restricts the set; CI's
+sanitizer pass uses it."""
+import os
+
+import pytest
+
+import fastconv.backend
+
+ALL_BACKENDS = ("cpu", "emu", "cuda")
+
+
+def _selected():
+    names = os.environ.get("FASTCONV_TEST_BACKENDS")
+    return tuple(n.strip() for n in names.split(",")) if names else ALL_BACKENDS
+
+
+def _params(names):
+    return [pytest.param(n, marks=pytest.mark.cuda) if n == "cuda" else n for n in names]
+
+
+def _use(name):
+    if name not in _selected():
+        pytest.skip(f"backend {name} not selected (FASTCONV_TEST_BACKENDS)")
+    ok, why = fastconv.backend.availability(name)
+    if not ok:
+        pytest.skip(f"backend {name} unavailable: {why}")
+    return fastconv.use_backend(name)
+
+
+@pytest.fixture(params=_params(ALL_BACKENDS))
+def backend(request):
+    """Each backend present: cpu (Numba), emu (CUDA kernels on the emulator), cuda (a GPU)."""
+    with _use(request.param) as be:
+        yield be
+
+
+@pytest.fixture(params=_params(("emu", "cuda")))
+def native_backend(request):
+    """The backends that run the CUDA kernels."""
+    with _use(request.param) as be:
+        yield be
+
+
+def pytest_collection_modifyitems(config, items):
+    # Tests that run ops on a backend are the kernel tests: CI reruns them (emu only) with the
+    # sanitizer build of the emulator, selected by `-m kernels`.
+    for item in items:
+        if {"backend", "native_backend"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kernels)

@@ -1,0 +1,82 @@
+"""Shared test helpers: compare against a float64 NumPy reference with a tolerance derived from what
+float32 NumPy itself achieves, and finite-difference gradients in float64."""
+from __future__ import annotations
+
+import numpy as np
+
+DTYPES = (np.float32, np.float64)
+
+
+def to_numpy(a):
+    if a is None:
+        return None
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def on(be, *arrays):
+    """The arrays on the backend's device."""
+    out = tuple(None if a is None else be.xp.asarray(a) for a in arrays)
+    return out if len(out) > 1 else out[0]
+
+
+def cast(arrays, dtype):
+    return [a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in arrays]
+
+
+def tolerance(reference, inputs, dtype, index=None):
+    """Absolute tolerance for a `dtype` result of reference(*inputs).
+
+    The error model: float32 NumPy computing the same reference deviates from float64 by err32; a
+    kernel may deviate by a few times that (a different summation order), plus a few ulps of the
+    result's scale. For float64 results the float32 error is scaled down by eps64/eps32.
+    """
+    ref64 = reference(*cast(inputs, np.float64))
+    ref32 = reference(*cast(inputs, np.float32))
+    if index is not None:
+        ref64, ref32 = ref64[index], ref32[index]
+    ref64 = np.asarray(ref64, dtype=np.float64)
+    err32 = float(np.max(np.abs(np.asarray(ref32, np.float64) - ref64), initial=0.0))
+    scale = float(np.max(np.abs(ref64), initial=0.0)) or 1.0
+    eps = float(np.finfo(dtype).eps)
+    ratio = eps / float(np.finfo(np.float32).eps)
+    return 8 * err32 * ratio + 16 * eps * scale, ref64
+
+
+def assert_matches(actual, reference, inputs, dtype, index=None, what="result"):
+    """actual (from a backend, at `dtype`) against reference(*inputs) computed in float64."""
+    actual = to_numpy(actual)
+    tol, ref64 = tolerance(reference, inputs, dtype, index)
+    assert actual.dtype == np.dtype(dtype), f"{what}: dtype {actual.dtype}, expected {np.dtype(dtype)}"
+    assert actual.shape == ref64.shape, f"{what}: shape {actual.shape}, expected {ref64.shape}"
+    err = np.abs(actual.astype(np.float64) - ref64)
+    bad = ~(err <= tol) & ~(np.isnan(actual) & np.isnan(ref64))
+    if bad.any():
+        where = np.unravel_index(np.argmax(np.where(bad, np.nan_to_num(err, nan=np.inf), -1)), err.shape)
+        raise AssertionError(f"{what}: {int(bad.sum())} of {err.size} values off by more than {tol:.3g}; "
+                             f"worst at {where}: got {actual[where]!r}, expected {ref64[where]!r}")
+
+
+def numerical_gradient(f, inputs, wrt, dy, h=1e-6):
+    """d sum(f(*inputs) * dy) / d inputs[wrt], by central differences in float64."""
+    x = np.array(inputs[wrt], dtype=np.float64)
+    grad = np.zeros_like(x)
+    flat, g = x.reshape(-1), grad.reshape(-1)
+    args = list(inputs)
+    for i in range(flat.size):
+        orig = flat[i]
+        step = h * max(1.0, abs(orig))
+        flat[i] = orig + step
+        args[wrt] = x
+        up = np.sum(np.asarray(f(*args)) * dy)
+        flat[i] = orig - step
+        down = np.sum(np.asarray(f(*args)) * dy)
+        flat[i] = orig
+        g[i] = (up - down) / (2 * step)
+    return grad
+
+
+def assert_gradient(analytic, numeric, what="gradient"):
+    analytic = to_numpy(analytic).astype(np.float64)
+    scale = max(1.0, float(np.max(np.abs(numeric), initial=0.0)))
+    err = float(np.max(np.abs(analytic - numeric), initial=0.0))
+    assert err <= 1e-6 * scale, f"{what}: analytic and finite-difference gradients differ by {err:.3g} (scale {scale:.3g})"

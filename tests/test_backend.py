@@ -1,0 +1,75 @@
+"""Backend selection: names, the context manager, the environment variable, info()."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import ops
+
+
+def test_default_is_cpu_or_cuda():
+    assert fastconv.get_backend() in ("cpu", "cuda")
+
+
+def test_use_backend_restores():
+    before = fastconv.get_backend()
+    with fastconv.use_backend("emu") as be:
+        assert fastconv.get_backend() == "emu" and be.name == "emu"
+    assert fastconv.get_backend() == before
+
+
+def test_set_backend_and_back():
+    before = fastconv.get_backend()
+    try:
+        assert fastconv.set_backend("emu") == "emu"
+        assert fastconv.get_backend() == "emu"
+        out = ops.relu_forward(np.array([-1.0, 2.0], np.float32))
+        assert out.tolist() == [0.0, 2.0]
+    finally:
+        fastconv.set_backend(before)
+
+
+@pytest.mark.parametrize("name", ["gpu", "", None, 3, "CUDA!"])
+def test_unknown_backend(name):
+    with pytest.raises(ValueError, match="unknown backend"):
+        fastconv.set_backend(name)
+    with pytest.raises(ValueError, match="unknown backend"):
+        with fastconv.use_backend(name):
+            pass
+
+
+def test_unavailable_cuda_is_a_clear_error():
+    ok, why = fastconv.backend.availability("cuda")
+    if ok:
+        pytest.skip("cuda is available here")
+    with pytest.raises(RuntimeError, match="backend 'cuda' is not available"):
+        fastconv.set_backend("cuda")
+
+
+def test_environment_variable_and_info():
+    env = dict(os.environ, FASTCONV_BACKEND="emu")
+    out = subprocess.run([sys.executable, "-m", "fastconv", "info"], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert "fastconv " + fastconv.__version__ in out
+    assert "_emu   built" in out
+    assert "backend: emu (FASTCONV_BACKEND=emu)" in out
+    assert "device:" in out
+
+
+def test_bad_environment_variable():
+    env = dict(os.environ, FASTCONV_BACKEND="tpu")
+    proc = subprocess.run([sys.executable, "-c", "import fastconv; fastconv.get_backend()"], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "unknown backend 'tpu'" in proc.stderr
+
+
+def test_gpu_array_refused_on_host_backends():
+    class FakeGpuArray:
+        __cuda_array_interface__ = {"shape": (2,), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    with fastconv.use_backend("cpu"):
+        with pytest.raises(TypeError, match="x is a GPU array .* but the backend is 'cpu'"):
+            ops.relu_forward(FakeGpuArray())

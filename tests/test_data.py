@@ -1,0 +1,175 @@
+"""fastconv.data: splits, standardization, bundled data sets, batching."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fastconv import data as D
+
+
+def labelled_rows(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.choice(3, size=n, p=[0.6, 0.3, 0.1])
+    x = np.arange(n)[:, None] * np.ones((1, 2))  # column 0 = original row number
+    return x, y
+
+
+# ---------------------------------------------------------------- splitting
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    x, y = labelled_rows()
+    a = D.train_val_test_split(x, y, seed=3)
+    b = D.train_val_test_split(x, y, seed=3)
+    c = D.train_val_test_split(x, y, seed=4)
+    for part_a, part_b in zip(a, b):
+        np.testing.assert_array_equal(part_a, part_b)
+    assert not np.array_equal(a[0], c[0])
+    rows = [part[:, 0].astype(int) for part in a[0::2]]
+    all_rows = np.concatenate(rows)
+    assert sorted(all_rows) == list(range(len(y)))  # disjoint and covering
+    for part_x, part_y in zip(a[0::2], a[1::2]):
+        np.testing.assert_array_equal(y[part_x[:, 0].astype(int)], part_y)
+
+
+def test_split_is_stratified():
+    x, y = labelled_rows(n=1000)
+    x_tr, y_tr, x_va, y_va, x_te, y_te = D.train_val_test_split(x, y, val=0.2, test=0.1, seed=0)
+    assert len(y_va) == pytest.approx(200, abs=2) and len(y_te) == pytest.approx(100, abs=2)
+    overall = np.bincount(y) / len(y)
+    for part in (y_tr, y_va, y_te):
+        np.testing.assert_allclose(np.bincount(part, minlength=3) / len(part), overall, atol=0.01)
+
+
+def test_split_unstratified_for_regression_targets():
+    x = np.arange(100.0)[:, None]
+    y = x * 2.5 + 0.1
+    parts = D.train_val_test_split(x, y, stratify=False)
+    assert [len(p) for p in parts] == [70, 70, 15, 15, 15, 15]
+    with pytest.raises(ValueError, match="stratify=False"):
+        D.train_val_test_split(x, y, stratify=True)
+
+
+@pytest.mark.parametrize("kwargs", [dict(val=0.5, test=0.5), dict(val=-0.1), dict(test=1.2)])
+def test_split_rejects_bad_fractions(kwargs):
+    x, y = labelled_rows()
+    with pytest.raises(ValueError):
+        D.train_val_test_split(x, y, **kwargs)
+
+
+def test_split_rejects_length_mismatch():
+    with pytest.raises(ValueError, match="same number of rows"):
+        D.train_val_test_split(np.zeros((5, 2)), np.zeros(4))
+
+
+# ---------------------------------------------------------------- standardization
+
+
+def test_standardizer_fit_on_train_only_and_state_round_trip():
+    rng = np.random.default_rng(0)
+    x_train = rng.normal(5.0, 3.0, size=(200, 3))
+    x_train[:, 2] = 7.0  # constant feature: std 1, not a division by zero
+    x_val = rng.normal(5.0, 3.0, size=(50, 3))
+    scaler = D.Standardizer().fit(x_train)
+    z = scaler.transform(x_train)
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(z[:, :2].std(axis=0), 1.0)
+    assert scaler.std_[2] == 1.0 and np.all(z[:, 2] == 0)
+    assert np.all(scaler.transform(x_val)[:, :2].mean(axis=0) != 0)
+    restored = D.Standardizer.from_state(json.loads(json.dumps(scaler.state())))
+    np.testing.assert_array_equal(restored.transform(x_val), scaler.transform(x_val))
+
+
+def test_standardizer_errors():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        D.Standardizer().transform(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="shape"):
+        D.Standardizer().fit(np.zeros((3, 2))).transform(np.zeros((3, 4)))
+
+
+# ---------------------------------------------------------------- data sets
+
+
+def test_breast_cancer_labels_flipped_and_standardized():
+    ds = D.load_breast_cancer()
+    y = np.concatenate([ds.y_train, ds.y_val, ds.y_test])
+    assert y.dtype == np.int64 and len(y) == 569
+    assert y.sum() == 212  # malignant = 1
+    assert ds.class_names == ["benign", "malignant"]
+    assert ds.x_train.shape[1] == 30 and ds.x_train.dtype == np.float32
+    np.testing.assert_allclose(ds.x_train.mean(axis=0), 0.0, atol=1e-5)
+    assert np.abs(ds.x_val.mean(axis=0)).max() > 1e-3  # scaled with train statistics
+    assert ds.scaler is not None
+
+
+def test_breast_cancer_feature_selection():
+    ds = D.load_breast_cancer(features=["mean radius", 1], standardize=False, dtype=np.float64)
+    assert ds.feature_names == ["mean radius", "mean texture"]
+    assert ds.x_train.shape[1] == 2 and ds.x_train.dtype == np.float64
+    assert ds.x_train[:, 0].min() > 5  # raw radius in mm-ish units, not standardized
+    assert ds.scaler is None
+    with pytest.raises(ValueError, match="did you mean"):
+        D.load_breast_cancer(features=["mean radiuss"])
+    with pytest.raises(TypeError, match="floating"):
+        D.load_breast_cancer(dtype=np.int32)
+
+
+def test_digits_shapes_and_range():
+    ds = D.load_digits()
+    parts = (ds.x_train, ds.x_val, ds.x_test)
+    assert sum(len(p) for p in parts) == 1797
+    assert all(p.shape[1:] == (1, 8, 8) and p.dtype == np.float32 for p in parts)
+    assert min(p.min() for p in parts) == 0.0 and max(p.max() for p in parts) == 1.0
+    y = np.concatenate([ds.y_train, ds.y_val, ds.y_test])
+    assert y.dtype == np.int64 and set(np.unique(y)) == set(range(10))
+    flat = D.load_digits(as_images=False, standardize=True)
+    assert flat.x_train.shape[1] == 64
+    np.testing.assert_allclose(flat.x_train.mean(axis=0), 0.0, atol=1e-5)
+
+
+def test_regression_pair():
+    ds = D.load_regression_pair()
+    assert ds.x_train.shape[1:] == (1,) and ds.y_train.shape[1:] == (1,)
+    assert ds.x_train.dtype == ds.y_train.dtype == np.float32
+    assert sum(len(p) for p in (ds.y_train, ds.y_val, ds.y_test)) == 442
+    assert abs(ds.x_train.mean()) < 1e-5
+    # BMI and progression are clearly positively correlated.
+    assert np.corrcoef(ds.x_train[:, 0], ds.y_train[:, 0])[0, 1] > 0.4
+
+
+# ---------------------------------------------------------------- batching
+
+
+def test_batches_cover_all_rows_once():
+    x = np.arange(10)[:, None]
+    y = np.arange(10)
+    got = list(D.batches(x, y, 4, shuffle=True, seed=0))
+    assert [len(yb) for _, yb in got] == [4, 4, 2]
+    assert sorted(np.concatenate([yb for _, yb in got])) == list(range(10))
+    for xb, yb in got:
+        np.testing.assert_array_equal(xb[:, 0], yb)
+    in_order = list(D.batches(x, y, 4, shuffle=False, drop_last=True))
+    assert [yb.tolist() for _, yb in in_order] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_batches_seeded_and_rng_driven_orders():
+    x = y = np.arange(20)
+    order = lambda it: np.concatenate([yb for _, yb in it]).tolist()
+    assert order(D.batches(x, y, 5, seed=1)) == order(D.batches(x, y, 5, seed=1))
+    rng = np.random.default_rng(1)
+    first, second = order(D.batches(x, y, 5, rng=rng)), order(D.batches(x, y, 5, rng=rng))
+    assert first != second  # one Generator reshuffles every epoch
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, 2.5, True, "8"])
+def test_batches_rejects_bad_batch_size(batch_size):
+    with pytest.raises(ValueError, match="batch_size"):
+        D.batches(np.zeros(4), np.zeros(4), batch_size)
+
+
+def test_batches_rejects_length_mismatch_and_seed_with_rng():
+    with pytest.raises(ValueError, match="same length"):
+        D.batches(np.zeros(4), np.zeros(5), 2)
+    with pytest.raises(ValueError, match="not both"):
+        D.batches(np.zeros(4), np.zeros(4), 2, seed=0, rng=np.random.default_rng())

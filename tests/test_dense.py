@@ -1,0 +1,164 @@
+"""Dense path on every backend: matmul, linear forward/backward, ReLU, sigmoid, against float64
+NumPy, with finite-difference gradients and the bad inputs the ops must refuse."""
+import numpy as np
+import pytest
+
+from fastconv import ops
+from helpers import DTYPES, assert_gradient, assert_matches, numerical_gradient, on, to_numpy
+
+# (M, N, K): 1x1, primes, non-multiples of the 128x128x8 tile, past one block in every dimension.
+GEMM_SHAPES = [(1, 1, 1), (1, 7, 3), (5, 1, 13), (13, 17, 19), (129, 131, 9), (130, 257, 33), (64, 128, 8),
+               (3, 2, 0), (0, 4, 5)]
+
+
+def _sigmoid64(z):
+    return 1 / (1 + np.exp(-z))
+
+
+ACT = {None: lambda z: z, "relu": lambda z: np.maximum(z, 0), "sigmoid": _sigmoid64}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("m,n,k", GEMM_SHAPES)
+def test_matmul(backend, m, n, k, trans_a, trans_b, dtype):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    a = rng.standard_normal((k, m) if trans_a else (m, k))
+    b = rng.standard_normal((n, k) if trans_b else (k, n))
+    out = ops.matmul(*on(backend, a.astype(dtype), b.astype(dtype)), trans_a=trans_a, trans_b=trans_b)
+    ref = lambda a, b: (a.T if trans_a else a) @ (b.T if trans_b else b)
+    assert_matches(out, ref, [a, b], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n,fin,fout", [(1, 1, 1), (7, 30, 1), (130, 33, 131), (3, 257, 10)])
+def test_linear_forward(backend, n, fin, fout, bias, activation, dtype):
+    rng = np.random.default_rng(n + fin + fout)
+    x, w, b = rng.standard_normal((n, fin)), rng.standard_normal((fout, fin)) / np.sqrt(fin), rng.standard_normal(fout)
+    args = [x, w, b if bias else None]
+    out = ops.linear_forward(*on(backend, *[a if a is None else a.astype(dtype) for a in args]), activation=activation)
+    ref = lambda x, w, b: ACT[activation](x @ w.T + (0 if b is None else b))
+    assert_matches(out, ref, args, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("n,fin,fout", [(1, 1, 1), (7, 30, 1), (130, 33, 131), (3, 257, 10)])
+def test_linear_backward(backend, n, fin, fout, bias, dtype):
+    rng = np.random.default_rng(n * fin + fout)
+    dy, x, w = rng.standard_normal((n, fout)), rng.standard_normal((n, fin)), rng.standard_normal((fout, fin))
+    dx, dw, db = ops.linear_backward(*on(backend, dy.astype(dtype), x.astype(dtype), w.astype(dtype)), bias=bias)
+    assert_matches(dx, lambda dy, x, w: dy @ w, [dy, x, w], dtype, what="dx")
+    assert_matches(dw, lambda dy, x, w: dy.T @ x, [dy, x, w], dtype, what="dw")
+    if bias:
+        assert_matches(db, lambda dy, x, w: dy.sum(axis=0), [dy, x, w], dtype, what="db")
+    else:
+        assert db is None
+
+
+def test_linear_gradients_by_finite_differences(backend):
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal((4, 5)), rng.standard_normal((3, 5)), rng.standard_normal(3)
+    dy = rng.standard_normal((4, 3))
+
+    def forward(x, w, b):
+        return to_numpy(ops.linear_forward(*on(backend, x, w, b)))
+
+    dx, dw, db = ops.linear_backward(*on(backend, dy, x, w))
+    for i, (name, grad) in enumerate([("dx", dx), ("dw", dw), ("db", db)]):
+        assert_gradient(grad, numerical_gradient(forward, [x, w, b], i, dy), name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 4, 5), (1000, 33)])
+def test_relu_sigmoid(backend, shape, dtype):
+    rng = np.random.default_rng(len(shape))
+    x = rng.standard_normal(shape) * 5
+    dy = rng.standard_normal(shape)
+    assert_matches(ops.relu_forward(on(backend, x.astype(dtype))), lambda x: np.maximum(x, 0), [x], dtype)
+    assert_matches(ops.relu_backward(*on(backend, dy.astype(dtype), x.astype(dtype))),
+                   lambda dy, x: dy * (x > 0), [dy, x], dtype)
+    assert_matches(ops.sigmoid_forward(on(backend, x.astype(dtype))), _sigmoid64, [x], dtype)
+    y = _sigmoid64(x)
+    assert_matches(ops.sigmoid_backward(*on(backend, dy.astype(dtype), y.astype(dtype))),
+                   lambda dy, y: dy * y * (1 - y), [dy, y], dtype)
+
+
+def test_activation_gradients_by_finite_differences(backend):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 7))
+    x[np.abs(x) < 1e-3] = 0.5  # keep away from ReLU's kink
+    dy = rng.standard_normal((3, 7))
+    relu = lambda x: to_numpy(ops.relu_forward(on(backend, x)))
+    sigmoid = lambda x: to_numpy(ops.sigmoid_forward(on(backend, x)))
+    assert_gradient(ops.relu_backward(*on(backend, dy, x)), numerical_gradient(relu, [x], 0, dy), "relu")
+    y = ops.sigmoid_forward(on(backend, x))
+    assert_gradient(ops.sigmoid_backward(on(backend, dy), y), numerical_gradient(sigmoid, [x], 0, dy), "sigmoid")
+
+
+def test_sigmoid_extremes_and_nan(backend):
+    x = np.array([-1e4, -100.0, -20.0, 0.0, 20.0, 100.0, 1e4, np.nan], dtype=np.float32)
+    y = to_numpy(ops.sigmoid_forward(on(backend, x)))
+    assert np.all(np.isfinite(y[:-1])) and np.isnan(y[-1])
+    assert y[0] == 0.0 and y[-2] == 1.0 and y[3] == 0.5
+    r = to_numpy(ops.relu_forward(on(backend, x)))
+    assert np.isnan(r[-1]) and r[0] == 0 and r[-2] == 1e4
+
+
+def test_non_contiguous_views_are_read_correctly(backend):
+    rng = np.random.default_rng(5)
+    big = rng.standard_normal((40, 30)).astype(np.float32)
+    a = big[::2, 1::3]           # stepped slice
+    b = big[:7, :10].T           # transpose: (10, 7)
+    c = big[::-1, ::-1][:10, :]  # negative strides
+    assert_matches(ops.matmul(*on(backend, a, b)), lambda a, b: a @ b, [a, b], np.float32)
+    assert_matches(ops.relu_forward(on(backend, c)), lambda c: np.maximum(c, 0), [c], np.float32)
+    w = np.asfortranarray(rng.standard_normal((10, 30)).astype(np.float32))
+    assert_matches(ops.linear_forward(*on(backend, c, w)), lambda c, w: c @ w.T, [c, w], np.float32)
+
+
+class TestBadInput:
+    def test_inner_dimensions(self, backend):
+        a, b = on(backend, np.ones((3, 4), np.float32), np.ones((5, 6), np.float32))
+        with pytest.raises(ValueError, match=r"inner dimensions disagree.*\(3, 4\).*\(5, 6\)"):
+            ops.matmul(a, b)
+
+    def test_wrong_ndim(self, backend):
+        with pytest.raises(ValueError, match=r"a must be 2-D, got shape \(3,\)"):
+            ops.matmul(*on(backend, np.ones(3, np.float32), np.ones((3, 3), np.float32)))
+        with pytest.raises(ValueError, match=r"x must be 2-D"):
+            ops.linear_forward(*on(backend, np.ones((2, 3, 4), np.float32), np.ones((3, 4), np.float32)))
+
+    def test_integer_and_mixed_dtypes(self, backend):
+        with pytest.raises(TypeError, match=r"a must be float32 or float64, got integer"):
+            ops.matmul(*on(backend, np.ones((2, 2), np.int64), np.ones((2, 2), np.float32)))
+        with pytest.raises(TypeError, match=r"b is float64 but the other inputs are float32"):
+            ops.matmul(*on(backend, np.ones((2, 2), np.float32), np.ones((2, 2), np.float64)))
+        with pytest.raises(TypeError, match=r"complex"):
+            ops.relu_forward(on(backend, np.ones(3, np.complex64)))
+
+    def test_linear_shapes(self, backend):
+        x, w = on(backend, np.ones((2, 3), np.float32), np.ones((4, 5), np.float32))
+        with pytest.raises(ValueError, match=r"in_features 3 != 5"):
+            ops.linear_forward(x, w)
+        x, w, b = on(backend, np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), np.ones(5, np.float32))
+        with pytest.raises(ValueError, match=r"b must be \(4,\)"):
+            ops.linear_forward(x, w, b)
+        with pytest.raises(ValueError, match=r"dy is \(2, 5\) but x @ w.T is \(2, 4\)"):
+            ops.linear_backward(on(backend, np.ones((2, 5), np.float32)), x, w)
+
+    def test_unknown_activation(self, backend):
+        x, w = on(backend, np.ones((2, 3), np.float32), np.ones((4, 3), np.float32))
+        with pytest.raises(ValueError, match=r"activation must be None, 'relu' or 'sigmoid', got 'tanh'"):
+            ops.linear_forward(x, w, activation="tanh")
+
+    def test_elementwise_shape_mismatch(self, backend):
+        with pytest.raises(ValueError, match=r"relu_backward: dy is \(3,\) but x is \(4,\)"):
+            ops.relu_backward(*on(backend, np.ones(3, np.float32), np.ones(4, np.float32)))
+
+    def test_flags_must_be_bool(self, backend):
+        with pytest.raises(TypeError, match="trans_a must be True or False"):
+            ops.matmul(*on(backend, np.ones((2, 2), np.float32), np.ones((2, 2), np.float32)), trans_a="yes")

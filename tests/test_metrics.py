@@ -1,0 +1,252 @@
+"""fastconv.metrics against scikit-learn and direct (slow, obvious) implementations."""
+
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+import sklearn.metrics as skm
+
+from fastconv import metrics as M
+
+
+def tied_data(seed, n=200, decimals=1):
+    """Labels and scores where many scores tie (rounded), to exercise tie handling."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    y[:2], y[2:4] = 0, 1  # both classes, at least 2 of each
+    scores = np.round(rng.normal(size=n) + 0.8 * y, decimals)
+    return y, scores
+
+
+def delong_direct(y, s, level=0.95):
+    """O(N^2) DeLong: structural components from the full psi matrix."""
+    pos, neg = s[y == 1], s[y == 0]
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    area = psi.mean()
+    var = v10.var(ddof=1) / pos.size + v01.var(ddof=1) / neg.size
+    half = NormalDist().inv_cdf(0.5 + level / 2) * np.sqrt(var)
+    return area, max(0.0, area - half), min(1.0, area + half)
+
+
+# ---------------------------------------------------------------- ROC and AUC
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("decimals", [0, 1, 3])
+def test_roc_curve_and_auc_match_sklearn(seed, decimals):
+    y, s = tied_data(seed, decimals=decimals)
+    fpr, tpr, thr = M.roc_curve(y, s)
+    fpr_sk, tpr_sk, thr_sk = skm.roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_array_equal(thr, thr_sk)
+    np.testing.assert_allclose(fpr, fpr_sk, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(tpr, tpr_sk, rtol=0, atol=1e-15)
+    assert thr[0] == np.inf
+    assert M.auc(y, s) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+
+
+def test_auc_edge_values():
+    assert M.auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert M.auc([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4]) == 0.0
+    assert M.auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5  # all tied: each pair 1/2
+
+
+def test_accepts_column_vectors_and_float32():
+    y, s = tied_data(0)
+    ref = M.auc(y, s)
+    assert M.auc(y[:, None].astype(np.float32), s[:, None].astype(np.float32)) == pytest.approx(ref)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_delong_matches_direct_implementation(seed):
+    y, s = tied_data(seed, n=150)
+    result = M.auc_ci(y, s, method="delong")
+    area, low, high = delong_direct(y, s)
+    assert result.auc == pytest.approx(area, abs=1e-12)
+    assert result.low == pytest.approx(low, abs=1e-12)
+    assert result.high == pytest.approx(high, abs=1e-12)
+    assert result.low < result.auc < result.high
+    assert 0.02 < result.high - result.low < 0.4  # 150 samples: a few points either side
+    assert result.method == "delong" and result.level == 0.95
+
+
+def test_delong_wider_at_higher_level_and_clipped():
+    y, s = tied_data(1)
+    narrow = M.auc_ci(y, s, level=0.8)
+    wide = M.auc_ci(y, s, level=0.99)
+    assert wide.low < narrow.low and narrow.high < wide.high
+    perfect = M.auc_ci([0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    assert (perfect.auc, perfect.low, perfect.high) == (1.0, 1.0, 1.0)
+
+
+def test_bootstrap_reproducible_and_close_to_delong():
+    y, s = tied_data(2, n=300)
+    a = M.auc_ci(y, s, method="bootstrap", n_bootstrap=500, seed=7)
+    b = M.auc_ci(y, s, method="bootstrap", n_bootstrap=500, seed=7)
+    c = M.auc_ci(y, s, method="bootstrap", n_bootstrap=500, seed=8)
+    assert a == b
+    assert (a.low, a.high) != (c.low, c.high)
+    assert a.low < a.auc < a.high
+    d = M.auc_ci(y, s, method="delong")
+    assert abs(a.low - d.low) < 0.03 and abs(a.high - d.high) < 0.03
+
+
+def test_bootstrap_aucs_match_direct_resampling():
+    # The counting shortcut must equal computing AUC on each explicit resample.
+    y, s = tied_data(3, n=60)
+    pos, neg = s[y == 1], s[y == 0]
+    fast = M._bootstrap_aucs(pos, neg, 50, np.random.default_rng(0))
+    # Same draws as the implementation (one chunk): all positive indices, then negative.
+    rng = np.random.default_rng(0)
+    pos_draws = rng.integers(0, pos.size, (50, pos.size))
+    neg_draws = rng.integers(0, neg.size, (50, neg.size))
+    labels = np.r_[np.ones(pos.size), np.zeros(neg.size)]
+    for value, i, j in zip(fast, pos_draws, neg_draws):
+        resample = np.r_[pos[i], np.sort(neg)[j]]
+        assert value == pytest.approx(skm.roc_auc_score(labels, resample), abs=1e-12)
+
+
+def test_per_class_auc():
+    rng = np.random.default_rng(0)
+    Y = rng.integers(0, 2, (100, 3))
+    S = rng.normal(size=(100, 3)) + Y
+    got = M.per_class_auc(Y, S)
+    assert got == pytest.approx([skm.roc_auc_score(Y[:, c], S[:, c]) for c in range(3)])
+    Y[:, 1] = 0
+    with pytest.warns(RuntimeWarning, match="column 1"):
+        got = M.per_class_auc(Y, S)
+    assert np.isnan(got[1]) and not np.isnan(got[0])
+
+
+# ---------------------------------------------------------------- operating points
+
+
+def brute_force_rates(y, s, t):
+    called = s >= t
+    return called[y == 1].mean(), (~called[y == 0]).mean()
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("target", [0.0, 0.5, 0.8, 0.9, 0.95, 1.0])
+def test_operating_point_sensitivity_is_highest_threshold(seed, target):
+    y, s = tied_data(seed, n=120)
+    op = M.operating_point(y, s, target_sensitivity=target)
+    sens, spec = brute_force_rates(y, s, op.threshold)
+    assert (op.sensitivity, op.specificity) == (sens, spec)
+    assert sens >= target
+    # Every higher candidate threshold misses the target.
+    for t in np.r_[np.unique(s), np.inf]:
+        if t > op.threshold:
+            assert brute_force_rates(y, s, t)[0] < target
+    assert op.target == ("sensitivity", target)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("target", [0.0, 0.5, 0.8, 0.9, 0.95, 1.0])
+def test_operating_point_specificity_is_lowest_threshold(seed, target):
+    y, s = tied_data(seed, n=120)
+    op = M.operating_point(y, s, target_specificity=target)
+    sens, spec = brute_force_rates(y, s, op.threshold)
+    assert (op.sensitivity, op.specificity) == (sens, spec)
+    assert spec >= target
+    for t in np.unique(s):
+        if t < op.threshold:
+            assert brute_force_rates(y, s, t)[1] < target
+
+
+def test_operating_point_exact_fraction_target():
+    # 9 of 10 positives is exactly 0.9: that threshold qualifies.
+    y = np.r_[np.ones(10), np.zeros(5)].astype(int)
+    s = np.r_[np.arange(10, 0, -1), np.zeros(5)].astype(float)
+    op = M.operating_point(y, s, target_sensitivity=0.9)
+    assert op.threshold == 2.0 and op.sensitivity == 0.9
+
+
+def test_evaluate_operating_point_keeps_threshold():
+    y_val, s_val = tied_data(0)
+    y_test, s_test = tied_data(1)
+    op = M.operating_point(y_val, s_val, target_sensitivity=0.9)
+    test_op = M.evaluate_operating_point(op, y_test, s_test)
+    assert test_op.threshold == op.threshold and test_op.target == op.target
+    assert (test_op.sensitivity, test_op.specificity) == brute_force_rates(y_test, s_test, op.threshold)
+    assert (test_op.sensitivity, test_op.specificity) == M.sensitivity_specificity(
+        y_test, s_test, op.threshold
+    )
+
+
+# ---------------------------------------------------------------- classification
+
+
+def test_accuracy_and_confusion_matrix():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 50)
+    scores = rng.normal(size=(50, 4))
+    pred = scores.argmax(axis=1)
+    assert M.accuracy(y, scores) == M.accuracy(y, pred) == skm.accuracy_score(y, pred)
+    cm = M.confusion_matrix(y, pred)
+    assert cm.dtype == np.int64
+    np.testing.assert_array_equal(cm, skm.confusion_matrix(y, pred, labels=range(4)))
+    assert M.confusion_matrix([0, 1], [1, 1], num_classes=3).shape == (3, 3)
+
+
+def test_coarse_probabilities():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(20, 6))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    groups = [[0, 3], [1], [2, 4, 5]]
+    coarse = M.coarse_probabilities(probs, groups)
+    assert coarse.shape == (20, 3)
+    np.testing.assert_allclose(coarse.sum(axis=1), 1.0)
+    np.testing.assert_allclose(coarse[:, 0], probs[:, 0] + probs[:, 3])
+    mapping = np.array([0, 1, 2, 0, 2, 2])
+    np.testing.assert_allclose(M.coarse_probabilities(probs, mapping), coarse)
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: M.auc([0, 1, 2], [0.1, 0.2, 0.3]), ValueError, "only 0 and 1"),
+        (lambda: M.auc([0, 1, 1], [0.1, 0.2]), ValueError, "length"),
+        (lambda: M.auc([1, 1, 1], [0.1, 0.2, 0.3]), ValueError, "only class 1"),
+        (lambda: M.auc([0, 1, 1], [0.1, np.nan, 0.3]), ValueError, "NaN"),
+        (lambda: M.auc([0, 1], ["a", "b"]), TypeError, "scores"),
+        (lambda: M.roc_curve([0, 0], [0.1, 0.3]), ValueError, "only class 0"),
+        (lambda: M.auc_ci([0, 1, 1, 0], [1, 2, 3, 4], method="magic"), ValueError, "method"),
+        (lambda: M.auc_ci([0, 1, 1, 0], [1, 2, 3, 4], level=95), ValueError, "level"),
+        (lambda: M.auc_ci([0, 1, 1], [1, 2, 3]), ValueError, "at least 2"),
+        (lambda: M.auc_ci([0, 1, 1, 0], [1, 2, 3, 4], method="bootstrap", n_bootstrap=0),
+         ValueError, "n_bootstrap"),
+        (lambda: M.operating_point([0, 1], [0.1, 0.2]), ValueError, "exactly one"),
+        (lambda: M.operating_point([0, 1], [0.1, 0.2], 0.9, 0.9), ValueError, "exactly one"),
+        (lambda: M.operating_point([0, 1], [0.1, 0.2], target_sensitivity=1.5), ValueError, "\\[0, 1\\]"),
+        (lambda: M.evaluate_operating_point(0.5, [0, 1], [0.1, 0.2]), TypeError, "OperatingPoint"),
+        (lambda: M.accuracy([0, 1], [0.2, 0.7]), ValueError, "integer"),
+        (lambda: M.accuracy([0, 1], [[0.2], [0.7]]), ValueError, "one score column"),
+        (lambda: M.accuracy([0, 1, 1], [0, 1]), ValueError, "length"),
+        (lambda: M.confusion_matrix([0, 3], [0, 1], num_classes=2), ValueError, "num_classes"),
+        (lambda: M.per_class_auc(np.zeros((3, 2)), np.zeros((3, 3))), ValueError, "shape"),
+        (lambda: M.coarse_probabilities(np.ones((2, 3)) / 3, [[0, 1], [1, 2]]), ValueError, "appears"),
+        (lambda: M.coarse_probabilities(np.ones((2, 3)) / 3, [[0], [1]]), ValueError, "no group"),
+        (lambda: M.coarse_probabilities(np.ones((2, 3)) / 3, [0, 2, 2]), ValueError, "no fine"),
+        (lambda: M.coarse_probabilities(np.ones((2, 3)) / 3, [0, 1]), ValueError, "length"),
+        (lambda: M.coarse_probabilities(-np.ones((2, 3)), [0, 1, 1]), ValueError, "logits"),
+    ],
+)
+def test_bad_inputs_raise(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_objects_with_get_are_copied_to_host():
+    class FakeCupy:
+        def __init__(self, a):
+            self.a = np.asarray(a)
+
+        def get(self):
+            return self.a
+
+    y, s = tied_data(0)
+    assert M.auc(FakeCupy(y), FakeCupy(s)) == M.auc(y, s)
