@@ -24,12 +24,12 @@
 //   MSE: loss = sum (p - t)^2 / n;  dloss/dp = 2 (p - t) / n.
 //
 // Decomposition
-//   Cross-entropy forward: ONE fused kernel pass per row: a block (32..512 threads) owns a row
-//   (grid-stride over rows), each thread owns the columns c = tid, tid + blockDim, ...; it reduces
-//   the row max, then in one sweep writes exp(z - m) into probs while summing s (and the
-//   smoothing sums), rescales its own probs by 1/s, and thread 0 writes the row's loss and
-//   weight. Block reductions: warp shuffles (xor butterfly, so every lane gets bit-identical
-//   results), then one value per warp through shared memory.
+//   Cross-entropy forward: ONE fused kernel pass per row: a warp owns a row when C <= 256 (8 rows
+//   per block), else a block of 288..512 threads does (grid-stride over rows); each thread owns
+//   the columns c = lane, lane + lanes, ...; the owner reduces the row max, then in one sweep writes exp(z - m) into probs while summing s (and the
+//   smoothing sums), rescales its own probs by 1/s, and lane 0 writes the row's loss and weight.
+//   Reductions: warp shuffles (xor butterfly, so every lane gets bit-identical results), and for
+//   a block-owned row one value per warp through shared memory, then a last warp butterfly.
 //   Elementwise losses (BCE, MSE) forward: a fixed number of blocks, loss_partial_count(n),
 //   that depends on n only; each thread accumulates a grid-stride slice in double, the block
 //   reduces it and writes one partial.
@@ -108,14 +108,26 @@ void mean(const double* values, const double* weights, int64_t n, double count, 
   launch("mean_kernel", mean_kernel<T>, dim3(1), dim3(kMeanThreads), 0, stream, values, weights, n, count, out);
 }
 
-// Threads per cross-entropy row block: a multiple of 32 covering C, at most 512.
+// Cross-entropy rows of up to kWarpRowMaxClasses classes are owned by one warp (8 rows per
+// block of kWarpRowThreads); wider rows by a block of row_threads(C) threads: a multiple of 32
+// covering C, at most 512.
+constexpr int64_t kWarpRowMaxClasses = 256;
+constexpr int kWarpRowThreads = 256;
 inline int row_threads(int64_t C) { return (int)min64(512, ((C + 31) / 32) * 32); }
 
 }  // namespace loss_detail
 
 // ---- softmax cross-entropy --------------------------------------------------------------------
 
-template <typename T>
+// The threads that own one row reduce with a warp butterfly (WARP_ROWS: a warp owns the row) or a
+// block reduction (the block owns the row).
+template <bool WARP_ROWS, typename V, typename Op>
+__device__ __forceinline__ V row_reduce(V v, Op op, V identity, V* scratch) {
+  if (WARP_ROWS) return loss_detail::warp_reduce(v, op);
+  return loss_detail::block_reduce(v, op, identity, scratch);
+}
+
+template <typename T, bool WARP_ROWS>
 __global__ void softmax_cross_entropy_forward_kernel(const T* __restrict__ logits, const int64_t* __restrict__ labels,
                                                      const T* __restrict__ weight, T smoothing, T* __restrict__ probs,
                                                      double* __restrict__ row_loss, double* __restrict__ row_weight,
@@ -123,17 +135,23 @@ __global__ void softmax_cross_entropy_forward_kernel(const T* __restrict__ logit
   using namespace loss_detail;
   __shared__ T scratch[32];
   const bool smooth = smoothing != T(0);
-  for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
+  // Who owns a row: a warp (lanes 0..31, blockDim.x / 32 rows per block) or the whole block.
+  const int lane = WARP_ROWS ? threadIdx.x % 32 : threadIdx.x;
+  const int lanes = WARP_ROWS ? 32 : blockDim.x;
+  const int64_t rows_per_block = WARP_ROWS ? blockDim.x / 32 : 1;
+  const int64_t first_row = (int64_t)blockIdx.x * rows_per_block + (WARP_ROWS ? threadIdx.x / 32 : 0);
+  // The loop condition is uniform over the row's owner, so every reduction has all its threads.
+  for (int64_t row = first_row; row < N; row += (int64_t)gridDim.x * rows_per_block) {
     const T* z = logits + row * C;
     T* p = probs + row * C;
 
     T m = z[0];  // C >= 1
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) m = MaxNaN()(m, z[c]);
-    m = block_reduce(m, MaxNaN(), z[0], scratch);
+    for (int64_t c = lane; c < C; c += lanes) m = MaxNaN()(m, z[c]);
+    m = row_reduce<WARP_ROWS>(m, MaxNaN(), z[0], scratch);
 
     // exp(z - m) into probs; s, and for smoothing sum w (z - m) and sum w.
     T s = T(0), w_shift = T(0), w_total = T(0);
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    for (int64_t c = lane; c < C; c += lanes) {
       T shifted = z[c] - m;
       T e = dev_exp(shifted);
       p[c] = e;
@@ -144,15 +162,15 @@ __global__ void softmax_cross_entropy_forward_kernel(const T* __restrict__ logit
         w_total += wc;
       }
     }
-    s = block_reduce(s, Sum(), T(0), scratch);
+    s = row_reduce<WARP_ROWS>(s, Sum(), T(0), scratch);
     if (smooth) {
-      w_shift = block_reduce(w_shift, Sum(), T(0), scratch);
-      w_total = block_reduce(w_total, Sum(), T(0), scratch);
+      w_shift = row_reduce<WARP_ROWS>(w_shift, Sum(), T(0), scratch);
+      w_total = row_reduce<WARP_ROWS>(w_total, Sum(), T(0), scratch);
     }
     const T inv_s = T(1) / s;
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) p[c] *= inv_s;  // this thread's own values
+    for (int64_t c = lane; c < C; c += lanes) p[c] *= inv_s;  // this thread's own values
 
-    if (threadIdx.x == 0) {
+    if (lane == 0) {
       const T log_s = dev_log(s);
       const int64_t y = labels[row];
       T wy = T(1), nll = T(NAN);  // an out-of-range label (the host refuses them) gives NaN, not a stray read
@@ -174,10 +192,18 @@ void softmax_cross_entropy_forward(const T* logits, const int64_t* labels, const
   using namespace loss_detail;
   require(N > 0 && C > 0, "softmax_cross_entropy_forward: empty logits");
   require(!weight || row_weight, "softmax_cross_entropy_forward: weight needs the row_weight workspace");
-  launch("softmax_cross_entropy_forward_kernel", softmax_cross_entropy_forward_kernel<T>,
-         dim3((unsigned)min64(N, kMaxRowBlocks)), dim3(row_threads(C)), 0, stream, logits, labels, weight,
-         (T)smoothing, probs, row_loss, weight ? row_weight : (double*)nullptr, N, C);
-  mean<T>(row_loss, weight ? row_weight : nullptr, N, (double)N, loss, stream);
+  row_weight = weight ? row_weight : nullptr;
+  if (C <= kWarpRowMaxClasses) {
+    constexpr int rows_per_block = kWarpRowThreads / 32;
+    launch("softmax_cross_entropy_forward_kernel<warp per row>", softmax_cross_entropy_forward_kernel<T, true>,
+           dim3((unsigned)min64((N + rows_per_block - 1) / rows_per_block, kMaxRowBlocks)), dim3(kWarpRowThreads), 0,
+           stream, logits, labels, weight, (T)smoothing, probs, row_loss, row_weight, N, C);
+  } else {
+    launch("softmax_cross_entropy_forward_kernel<block per row>", softmax_cross_entropy_forward_kernel<T, false>,
+           dim3((unsigned)min64(N, kMaxRowBlocks)), dim3(row_threads(C)), 0, stream, logits, labels, weight,
+           (T)smoothing, probs, row_loss, row_weight, N, C);
+  }
+  mean<T>(row_loss, row_weight, N, (double)N, loss, stream);
 }
 
 // totals[0] = sum_i weight[labels[i]], totals[1] = sum_c weight[c]. One block, fixed order.
