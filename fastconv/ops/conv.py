@@ -1,3 +1,119 @@
-"""conv ops. (To be written.)"""
+"""2-D convolution (PyTorch's conv2d: cross-correlation, NCHW), forward with fused bias + activation,
+and backward."""
+from __future__ import annotations
 
-__all__ = []
+import numbers
+
+import numpy as np
+
+from .. import backend as _backend
+from ._activation import check_activation
+from ._check import flag, shape_str, tensor
+
+__all__ = ["conv2d_forward", "conv2d_backward"]
+
+
+def _int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return int(value)
+
+
+def _pair(value, name, low):
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        pair = (_int(value[0], name), _int(value[1], name))
+    else:
+        pair = (_int(value, name),) * 2
+    if min(pair) < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return pair
+
+
+def _padding(padding, kernel, stride, dilation):
+    """(top, bottom, left, right) for an int, a pair, "valid" or "same" (PyTorch: the odd extra one
+    goes to the bottom / right)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' needs stride 1, got stride {stride}")
+            (tot_h, tot_w) = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))
+            return (tot_h // 2, tot_h - tot_h // 2, tot_w // 2, tot_w - tot_w // 2)
+        raise ValueError(f"padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
+    ph, pw = _pair(padding, "padding", 0)
+    return (ph, ph, pw, pw)
+
+
+def _output_size(size, kernel, stride, pad_before, pad_after, dilation):
+    return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _geometry(x, w, stride, padding, dilation, groups, op):
+    """Checks x against w and the hyperparameters; returns (stride, padding4, dilation, groups, (OH, OW))."""
+    stride = _pair(stride, "stride", 1)
+    dilation = _pair(dilation, "dilation", 1)
+    groups = _int(groups, "groups")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    n, c, h, wd = x.shape
+    c_out, c_per_group, kh, kw = w.shape
+    if c_out < 1 or c_per_group < 1 or kh < 1 or kw < 1:
+        raise ValueError(f"{op}: w is {shape_str(w.shape)} (C_out, C_in/groups, kh, kw): every dimension must be >= 1")
+    if c % groups or c_out % groups:
+        raise ValueError(f"{op}: groups={groups} must divide both C_in={c} (x {shape_str(x.shape)}) and "
+                         f"C_out={c_out} (w {shape_str(w.shape)})")
+    if c != c_per_group * groups:
+        raise ValueError(f"{op}: x is {shape_str(x.shape)} with C_in={c}, but w is {shape_str(w.shape)}: "
+                         f"w.shape[1] * groups = {c_per_group} * {groups} = {c_per_group * groups} != C_in")
+    pad = _padding(padding, (kh, kw), stride, dilation)
+    oh = _output_size(h, kh, stride[0], pad[0], pad[1], dilation[0])
+    ow = _output_size(wd, kw, stride[1], pad[2], pad[3], dilation[1])
+    if oh < 1 or ow < 1:
+        raise ValueError(f"{op}: no output: x is {shape_str(x.shape)}, w is {shape_str(w.shape)} with padding "
+                         f"(top, bottom, left, right) {pad}, dilation {dilation}, stride {stride}: the output "
+                         f"would be {oh} x {ow}")
+    return stride, pad, dilation, groups, (oh, ow)
+
+
+def _inputs(be, x, w):
+    x = tensor(x, "x", be, ndim=4)
+    w = tensor(w, "w", be, ndim=4, dtype=x.dtype)
+    return x, w
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
+    """act(conv2d(x, w) + b), as torch.nn.functional.conv2d followed by the activation.
+
+    x (N, C_in, H, W); w (C_out, C_in/groups, kh, kw); b (C_out,) or None; stride, padding,
+    dilation an int or a pair; padding also "same" (stride 1 only) or "valid"; activation None,
+    "relu" or "sigmoid", fused into the kernel's epilogue. Returns y (N, C_out, OH, OW).
+    """
+    be = _backend.current()
+    check_activation(activation)
+    x, w = _inputs(be, x, w)
+    stride, pad, dilation, groups, _ = _geometry(x, w, stride, padding, dilation, groups, "conv2d")
+    if b is not None:
+        b = tensor(b, "b", be, ndim=1, dtype=x.dtype)
+        if b.shape[0] != w.shape[0]:
+            raise ValueError(f"conv2d: b is {shape_str(b.shape)} but w is {shape_str(w.shape)}: "
+                             f"b must be ({w.shape[0]},)")
+    return be.conv2d_forward(x, w, b, stride, pad, dilation, groups, activation)
+
+
+def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, bias=True):
+    """Gradients of z = conv2d(x, w) + b given dy = dL/dz: returns (dx, dw, db); db is None when
+    bias=False. When the forward fused an activation, pass dy through relu_backward /
+    sigmoid_backward first. The hyperparameters must be the forward's."""
+    be = _backend.current()
+    bias = flag(bias, "bias")
+    x, w = _inputs(be, x, w)
+    stride, pad, dilation, groups, (oh, ow) = _geometry(x, w, stride, padding, dilation, groups, "conv2d_backward")
+    dy = tensor(dy, "dy", be, ndim=4, dtype=x.dtype)
+    expected = (x.shape[0], w.shape[0], oh, ow)
+    if dy.shape != expected:
+        raise ValueError(f"conv2d_backward: dy is {shape_str(dy.shape)} but the convolution of x "
+                         f"{shape_str(x.shape)} with w {shape_str(w.shape)} gives {shape_str(expected)}")
+    return be.conv2d_backward(dy, x, w, stride, pad, dilation, groups, bias)

@@ -1,0 +1,266 @@
+"""2-D convolution on every backend: forward (bias + fused activation) and the three gradients
+against a float64 NumPy reference (direct sums over the kernel taps), finite differences in
+float64, the shapes that break naive code, and the bad inputs conv2d must refuse."""
+import numpy as np
+import pytest
+
+from fastconv import ops
+from helpers import DTYPES, assert_gradient, assert_matches, numerical_gradient, on, to_numpy
+
+
+# ---- float64 reference: one strided view of the padded input per kernel tap ----
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _pads(padding, kernel, dilation):
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
+        return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    ph, pw = _pair(padding)
+    return (ph, ph, pw, pw)
+
+
+class Geometry:
+    def __init__(self, x_shape, w_shape, stride, padding, dilation, groups):
+        self.n, self.c, self.h, self.w = x_shape
+        self.c_out, _, self.kh, self.kw = w_shape
+        self.stride, self.dil, self.groups = _pair(stride), _pair(dilation), groups
+        self.pad = _pads(padding, (self.kh, self.kw), self.dil)
+        pt, pb, pl, pr = self.pad
+        self.oh = (self.h + pt + pb - self.dil[0] * (self.kh - 1) - 1) // self.stride[0] + 1
+        self.ow = (self.w + pl + pr - self.dil[1] * (self.kw - 1) - 1) // self.stride[1] + 1
+
+    def taps(self):
+        """(group slices, i, j, the padded-input window of tap (i, j)) for every group and tap."""
+        cg, cog = self.c // self.groups, self.c_out // self.groups
+        for g in range(self.groups):
+            for i in range(self.kh):
+                for j in range(self.kw):
+                    rows = slice(i * self.dil[0], i * self.dil[0] + (self.oh - 1) * self.stride[0] + 1, self.stride[0])
+                    cols = slice(j * self.dil[1], j * self.dil[1] + (self.ow - 1) * self.stride[1] + 1, self.stride[1])
+                    yield slice(g * cg, (g + 1) * cg), slice(g * cog, (g + 1) * cog), i, j, rows, cols
+
+    def padded(self, x):
+        pt, pb, pl, pr = self.pad
+        return np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+
+    def forward(self, x, w, b=None):
+        xp = self.padded(x)
+        y = np.zeros((self.n, self.c_out, self.oh, self.ow), x.dtype)
+        for cin, cout, i, j, rows, cols in self.taps():
+            y[:, cout] += np.einsum("nchw,oc->nohw", xp[:, cin, rows, cols], w[cout, :, i, j])
+        return y if b is None else y + b[None, :, None, None]
+
+    def dx(self, dy, x, w):
+        pt, _, pl, _ = self.pad
+        dxp = np.zeros(self.padded(x).shape, x.dtype)
+        for cin, cout, i, j, rows, cols in self.taps():
+            dxp[:, cin, rows, cols] += np.einsum("nohw,oc->nchw", dy[:, cout], w[cout, :, i, j])
+        return dxp[:, :, pt:pt + self.h, pl:pl + self.w]
+
+    def dw(self, dy, x, w):
+        xp = self.padded(x)
+        dw = np.zeros(w.shape, x.dtype)
+        for cin, cout, i, j, rows, cols in self.taps():
+            dw[cout, :, i, j] = np.einsum("nohw,nchw->oc", dy[:, cout], xp[:, cin, rows, cols])
+        return dw
+
+
+def _sigmoid64(z):
+    return 1 / (1 + np.exp(-z))
+
+
+ACT = {None: lambda z: z, "relu": lambda z: np.maximum(z, 0), "sigmoid": _sigmoid64}
+
+# (x shape, w shape, stride, padding, dilation, groups)
+CASES = {
+    "kernel_larger_than_input": ((2, 3, 3, 4), (5, 3, 5, 6), 1, 2, 1, 1),
+    "stride_larger_than_kernel": ((2, 2, 11, 9), (3, 2, 2, 2), (3, 4), 1, 1, 1),
+    "dilation_2": ((1, 3, 9, 10), (4, 3, 3, 3), 1, 2, 2, 1),
+    "1x1": ((3, 5, 6, 7), (4, 5, 1, 1), 1, 0, 1, 1),
+    "1x1_groups": ((2, 4, 3, 5), (6, 2, 1, 1), 1, 0, 1, 2),
+    "1x1_stride_2_padded": ((2, 4, 7, 7), (3, 4, 1, 1), 2, 1, 1, 1),
+    "7x7_stride_2": ((1, 2, 13, 12), (3, 2, 7, 7), 2, 3, 1, 1),
+    "rectangular": ((2, 3, 5, 11), (2, 3, 2, 5), (1, 2), (1, 0), (1, 2), 1),
+    "depthwise": ((2, 4, 7, 6), (8, 1, 3, 3), 1, 1, 1, 4),
+    "groups_2_of_4": ((2, 4, 6, 6), (6, 2, 3, 3), 1, 1, 1, 2),
+    "batch_1_one_channel": ((1, 1, 5, 5), (1, 1, 3, 3), 1, 0, 1, 1),
+    "odd_sizes": ((3, 3, 9, 7), (5, 3, 3, 3), 2, 1, 1, 1),
+    "same_even_kernel": ((2, 3, 6, 7), (4, 3, 4, 2), 1, "same", 1, 1),
+    "same_dilated_groups": ((1, 4, 5, 6), (2, 2, 3, 4), 1, "same", (2, 1), 2),
+    "valid": ((2, 2, 6, 5), (3, 2, 3, 2), 1, "valid", 1, 1),
+    # past one 128 x 64 x 8 tile in every GEMM dimension of all three GEMMs
+    "multi_tile": ((2, 66, 9, 8), (67, 66, 3, 3), 1, 1, 1, 1),
+    "multi_tile_groups": ((2, 130, 9, 8), (132, 65, 2, 2), 1, 1, 1, 2),
+    # N*OH*OW long enough that the weight gradient is split into slices
+    "split_weight_reduction": ((2, 3, 17, 17), (4, 3, 3, 3), 1, 1, 1, 1),
+    "split_weight_reduction_groups": ((3, 4, 16, 15), (6, 2, 3, 2), 1, (1, 0), 1, 2),
+}
+
+
+def _case(name, seed):
+    x_shape, w_shape, stride, padding, dilation, groups = CASES[name]
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape)
+    fan_in = w_shape[1] * w_shape[2] * w_shape[3]
+    w = rng.standard_normal(w_shape) / np.sqrt(fan_in)
+    b = rng.standard_normal(w_shape[0])
+    hyper = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return x, w, b, hyper, Geometry(x_shape, w_shape, stride, padding, dilation, groups)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward(backend, name, dtype):
+    x, w, b, hyper, geo = _case(name, 1)
+    y = ops.conv2d_forward(*on(backend, x.astype(dtype), w.astype(dtype), b.astype(dtype)), **hyper)
+    assert_matches(y, geo.forward, [x, w, b], dtype)
+    y = ops.conv2d_forward(*on(backend, x.astype(dtype), w.astype(dtype)), **hyper)
+    assert_matches(y, geo.forward, [x, w], dtype, what="without bias")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+@pytest.mark.parametrize("name", ["odd_sizes", "groups_2_of_4", "multi_tile"])
+def test_forward_fused_activation(backend, name, activation, dtype):
+    x, w, b, hyper, geo = _case(name, 2)
+    y = ops.conv2d_forward(*on(backend, x.astype(dtype), w.astype(dtype), b.astype(dtype)), activation=activation,
+                           **hyper)
+    assert_matches(y, lambda x, w, b: ACT[activation](geo.forward(x, w, b)), [x, w, b], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(CASES))
+def test_backward(backend, name, dtype):
+    x, w, _, hyper, geo = _case(name, 3)
+    dy = np.random.default_rng(4).standard_normal((geo.n, geo.c_out, geo.oh, geo.ow))
+    args = [dy, x, w]
+    dx, dw, db = ops.conv2d_backward(*on(backend, *(a.astype(dtype) for a in args)), **hyper)
+    assert_matches(dx, geo.dx, args, dtype, what="dx")
+    assert_matches(dw, geo.dw, args, dtype, what="dw")
+    assert_matches(db, lambda dy, x, w: dy.sum(axis=(0, 2, 3)), args, dtype, what="db")
+    dx2, dw2, db2 = ops.conv2d_backward(*on(backend, *(a.astype(dtype) for a in args)), bias=False, **hyper)
+    assert db2 is None
+    assert_matches(dw2, geo.dw, args, dtype, what="dw (bias=False)")
+
+
+@pytest.mark.parametrize("name", ["same_even_kernel", "groups_2_of_4", "stride_larger_than_kernel", "dilation_2"])
+def test_gradients_by_finite_differences(backend, name):
+    x_shape, w_shape, stride, padding, dilation, groups = CASES[name]
+    # shrink the batch and the image: every element costs two forward passes
+    x_shape = (1, x_shape[1], min(x_shape[2], 6), min(x_shape[3], 6))
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])
+    hyper = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    geo = Geometry(x_shape, w_shape, stride, padding, dilation, groups)
+    dy = rng.standard_normal((geo.n, geo.c_out, geo.oh, geo.ow))
+
+    def forward(x, w, b):
+        return to_numpy(ops.conv2d_forward(*on(backend, x, w, b), **hyper))
+
+    grads = ops.conv2d_backward(*on(backend, dy, x, w), **hyper)
+    for i, name in enumerate(["dx", "dw", "db"]):
+        assert_gradient(grads[i], numerical_gradient(forward, [x, w, b], i, dy), name)
+
+
+def test_non_contiguous_inputs(backend):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 8, 14))[:, :, :, ::2]  # stepped view
+    w = np.asfortranarray(rng.standard_normal((4, 3, 3, 3)))
+    geo = Geometry(x.shape, w.shape, 1, 1, 1, 1)
+    assert_matches(ops.conv2d_forward(*on(backend, x, w), padding=1), geo.forward, [x, w], np.float64)
+
+
+class TestBadInput:
+    @staticmethod
+    def arrays(backend, x_shape=(2, 4, 5, 5), w_shape=(6, 4, 3, 3), dtype=np.float32):
+        return on(backend, np.ones(x_shape, dtype), np.ones(w_shape, dtype))
+
+    def test_x_not_4d(self, backend):
+        x, w = on(backend, np.ones((4, 5, 5), np.float32), np.ones((6, 4, 3, 3), np.float32))
+        with pytest.raises(ValueError, match=r"x must be 4-D, got shape \(4, 5, 5\)"):
+            ops.conv2d_forward(x, w)
+        with pytest.raises(ValueError, match=r"w must be 4-D"):
+            ops.conv2d_forward(*on(backend, np.ones((1, 4, 5, 5), np.float32), np.ones((6, 4, 3), np.float32)))
+
+    def test_channel_mismatch(self, backend):
+        x, w = self.arrays(backend, w_shape=(6, 3, 3, 3))
+        with pytest.raises(ValueError, match=r"x is \(2, 4, 5, 5\) with C_in=4, but w is \(6, 3, 3, 3\)"):
+            ops.conv2d_forward(x, w)
+
+    def test_groups_must_divide(self, backend):
+        x, w = self.arrays(backend, w_shape=(6, 2, 3, 3))
+        with pytest.raises(ValueError, match=r"groups=3 must divide both C_in=4 .* and C_out=6"):
+            ops.conv2d_forward(x, w, groups=3)
+        x, w = self.arrays(backend, w_shape=(5, 2, 3, 3))
+        with pytest.raises(ValueError, match=r"groups=2 must divide .*C_out=5"):
+            ops.conv2d_forward(x, w, groups=2)
+        with pytest.raises(ValueError, match=r"groups must be >= 1, got 0"):
+            ops.conv2d_forward(x, w, groups=0)
+
+    def test_no_output(self, backend):
+        x, w = self.arrays(backend, w_shape=(6, 4, 7, 3))
+        with pytest.raises(ValueError, match=r"no output: x is \(2, 4, 5, 5\), w is \(6, 4, 7, 3\).*-1 x 3"):
+            ops.conv2d_forward(x, w)
+        x, w = self.arrays(backend, w_shape=(6, 4, 3, 3))
+        with pytest.raises(ValueError, match=r"no output"):
+            ops.conv2d_forward(x, w, dilation=3)
+
+    @pytest.mark.parametrize("kwargs,error,message", [
+        (dict(padding=-1), ValueError, r"padding must be >= 0, got -1"),
+        (dict(padding=(1, -2)), ValueError, r"padding must be >= 0"),
+        (dict(stride=0), ValueError, r"stride must be >= 1, got 0"),
+        (dict(stride=(1, -1)), ValueError, r"stride must be >= 1"),
+        (dict(dilation=0), ValueError, r"dilation must be >= 1, got 0"),
+        (dict(dilation=-2), ValueError, r"dilation must be >= 1"),
+        (dict(padding="same", stride=2), ValueError, r"padding='same' needs stride 1, got stride \(2, 2\)"),
+        (dict(padding="full"), ValueError, r"padding must be an int, a pair of ints, 'same' or 'valid', got 'full'"),
+        (dict(stride=1.5), TypeError, r"stride must be an int or a pair of ints, got 1.5"),
+        (dict(stride=(1, 2, 3)), ValueError, r"stride must be an int or a pair of ints"),
+        (dict(groups=True), TypeError, r"groups must be an int"),
+    ])
+    def test_hyperparameters(self, backend, kwargs, error, message):
+        x, w = self.arrays(backend)
+        with pytest.raises(error, match=message):
+            ops.conv2d_forward(x, w, **kwargs)
+        dy = on(backend, np.ones((2, 6, 3, 3), np.float32))
+        with pytest.raises(error, match=message):
+            ops.conv2d_backward(dy, x, w, **kwargs)
+
+    def test_mixed_dtypes(self, backend):
+        x, w = on(backend, np.ones((2, 4, 5, 5), np.float32), np.ones((6, 4, 3, 3), np.float64))
+        with pytest.raises(TypeError, match=r"w is float64 but the other inputs are float32"):
+            ops.conv2d_forward(x, w)
+        x, w = self.arrays(backend)
+        with pytest.raises(TypeError, match=r"b is float64 but the other inputs are float32"):
+            ops.conv2d_forward(x, w, on(backend, np.ones(6, np.float64)))
+        with pytest.raises(TypeError, match=r"dy is float64"):
+            ops.conv2d_backward(on(backend, np.ones((2, 6, 3, 3), np.float64)), x, w)
+        with pytest.raises(TypeError, match=r"x must be float32 or float64, got integer"):
+            ops.conv2d_forward(on(backend, np.ones((2, 4, 5, 5), np.int32)), w)
+
+    def test_bias_shape(self, backend):
+        x, w = self.arrays(backend)
+        with pytest.raises(ValueError, match=r"b is \(5,\) but w is \(6, 4, 3, 3\): b must be \(6,\)"):
+            ops.conv2d_forward(x, w, on(backend, np.ones(5, np.float32)))
+        with pytest.raises(ValueError, match=r"b must be 1-D"):
+            ops.conv2d_forward(x, w, on(backend, np.ones((6, 1), np.float32)))
+
+    def test_dy_shape(self, backend):
+        x, w = self.arrays(backend)
+        with pytest.raises(ValueError, match=r"dy is \(2, 6, 5, 5\) but the convolution of x \(2, 4, 5, 5\) with "
+                                             r"w \(6, 4, 3, 3\) gives \(2, 6, 3, 3\)"):
+            ops.conv2d_backward(on(backend, np.ones((2, 6, 5, 5), np.float32)), x, w)
+        with pytest.raises(ValueError, match=r"dy must be 4-D"):
+            ops.conv2d_backward(on(backend, np.ones((2, 6, 9), np.float32)), x, w)
+
+    def test_unknown_activation_and_bias_flag(self, backend):
+        x, w = self.arrays(backend)
+        with pytest.raises(ValueError, match=r"activation must be None, 'relu' or 'sigmoid', got 'tanh'"):
+            ops.conv2d_forward(x, w, activation="tanh")
+        with pytest.raises(TypeError, match=r"bias must be True or False"):
+            ops.conv2d_backward(on(backend, np.ones((2, 6, 3, 3), np.float32)), x, w, bias=1)
