@@ -18,8 +18,8 @@
 //                 ho in [hp < kh ? 0 : (hp - kh) / sh + 1, min(hp / sh, Ho - 1)], same for columns.
 //
 // Decomposition: one thread per output element (forward) or per input element (backward), flat
-// 64-bit index over (plane, row, col), grid-stride loops; no shared memory, no atomics, so every
-// result is deterministic.
+// 64-bit index over (plane, row, col), grid-stride loops. No atomics anywhere: every result is
+// deterministic (the max backward's bounds step below is the only user of shared memory).
 //
 // Max backward as a gather without the window geometry. The backward only receives the indices,
 // so it cannot enumerate "the windows that cover (h, w)". Instead it derives, from the indices
