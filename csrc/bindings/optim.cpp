@@ -4,6 +4,28 @@
 
 namespace fc {
 
-void bind_optim(py::module_& m) { (void)m; }
+template <typename T>
+static void bind_optim_typed(py::module_& m) {
+  m.def(typed<T>("sgd_step").c_str(),
+        [](uintptr_t param, uintptr_t grad, uintptr_t velocity, int64_t n, double lr, double momentum,
+           double weight_decay, bool nesterov, uintptr_t stream) {
+          sgd_step<T>(ptr<T>(param), ptr<const T>(grad), ptr<T>(velocity), n, lr, momentum, weight_decay, nesterov,
+                      ptr<void>(stream));
+        },
+        nogil());
+  m.def(typed<T>("adam_step").c_str(),
+        [](uintptr_t param, uintptr_t grad, uintptr_t m_, uintptr_t v, int64_t n, double beta1, double beta2,
+           double eps, double weight_decay, bool decoupled, double decay, double step_size,
+           double bias_correction2_sqrt, uintptr_t stream) {
+          adam_step<T>(ptr<T>(param), ptr<const T>(grad), ptr<T>(m_), ptr<T>(v), n, beta1, beta2, eps, weight_decay,
+                       decoupled, decay, step_size, bias_correction2_sqrt, ptr<void>(stream));
+        },
+        nogil());
+}
+
+void bind_optim(py::module_& m) {
+  bind_optim_typed<float>(m);
+  bind_optim_typed<double>(m);
+}
 
 }  // namespace fc

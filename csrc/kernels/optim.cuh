@@ -1,5 +1,99 @@
-// optim kernels. (To be written: the math of forward and backward and the parallel decomposition go here.)
+// Optimizer steps: torch.optim.SGD and torch.optim.Adam / AdamW, one fused elementwise pass each.
+//
+// Math (per element; p param, g grad; all updates in place; torch's single-tensor algorithm with
+// its order of operations, so float32 results round as torch's do up to FMA contraction):
+//   SGD (dampening 0)
+//     g = g + weight_decay * p                              (when weight_decay != 0)
+//     b = momentum * b + g                                  (when momentum != 0; b the velocity)
+//     g = nesterov ? g + momentum * b : b
+//     p = p - lr * g
+//   torch starts the velocity as b = g on the first step; a zero-initialized b gives
+//   momentum * 0 + g = g, the same value, so the caller passes zeros for a new buffer.
+//   Adam (step t >= 1, bias corrections computed by the caller in double)
+//     AdamW (decoupled): p = p * (1 - lr * weight_decay);  Adam (L2): g = g + weight_decay * p
+//     m = lerp(m, g, 1 - beta1)         torch's lerp: w < 0.5 ? m + w (g - m) : g - (g - m)(1 - w)
+//     v = beta2 * v + (1 - beta2) * g * g
+//     p = p - step_size * m / (sqrt(v) / sqrt(1 - beta2^t) + eps),  step_size = lr / (1 - beta1^t)
+//   The scalars arrive as double and are rounded to T once (torch casts its Python floats the same way).
+//
+// Decomposition: a grid-stride loop over the n elements, one element per thread per iteration,
+// 64-bit indices. Each element is read once and written once: memory-bound, 3 (SGD without
+// momentum) to 7 (Adam) value streams.
 #pragma once
 
 #include "common.cuh"
 #include "optim.h"
+
+namespace fc {
+
+namespace optim_launch {
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 8192;
+inline dim3 grid_for(int64_t n) { return dim3((unsigned)min64(blocks_for(n, kThreads), kMaxBlocks)); }
+}  // namespace optim_launch
+
+template <typename T>
+__global__ void sgd_step_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ velocity,
+                                int64_t n, T lr, T momentum, T weight_decay, bool nesterov) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const T p = param[i];
+    T g = grad[i];
+    if (weight_decay != T(0)) g = g + weight_decay * p;
+    if (momentum != T(0)) {
+      const T b = velocity[i] * momentum + g;
+      velocity[i] = b;
+      g = nesterov ? g + momentum * b : b;
+    }
+    param[i] = p - lr * g;
+  }
+}
+
+template <typename T>
+__global__ void adam_step_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ m,
+                                 T* __restrict__ v, int64_t n, T one_minus_beta1, T beta2, T one_minus_beta2, T eps,
+                                 T weight_decay, bool decoupled, T decay, T step_size, T bias_correction2_sqrt) {
+  const bool small_weight = one_minus_beta1 < T(0.5);
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    T p = param[i], g = grad[i];
+    if (weight_decay != T(0)) {
+      if (decoupled) p = p * decay;
+      else g = g + weight_decay * p;
+    }
+    T mi = m[i];
+    mi = small_weight ? mi + one_minus_beta1 * (g - mi) : g - (g - mi) * (T(1) - one_minus_beta1);
+    const T vi = v[i] * beta2 + one_minus_beta2 * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    const T denom = dev_sqrt(vi) / bias_correction2_sqrt + eps;
+    param[i] = p - step_size * mi / denom;
+  }
+}
+
+template <typename T>
+void sgd_step(T* param, const T* grad, T* velocity, int64_t n, double lr, double momentum, double weight_decay,
+              bool nesterov, void* stream) {
+  if (n == 0) return;
+  require(momentum == 0 || velocity != nullptr, "sgd_step: momentum needs a velocity buffer");
+  launch("sgd_step_kernel", sgd_step_kernel<T>, optim_launch::grid_for(n), dim3(optim_launch::kThreads), 0, stream,
+         param, grad, velocity, n, T(lr), T(momentum), T(weight_decay), nesterov);
+}
+
+template <typename T>
+void adam_step(T* param, const T* grad, T* m, T* v, int64_t n, double beta1, double beta2, double eps,
+               double weight_decay, bool decoupled, double decay, double step_size, double bias_correction2_sqrt,
+               void* stream) {
+  if (n == 0) return;
+  launch("adam_step_kernel", adam_step_kernel<T>, optim_launch::grid_for(n), dim3(optim_launch::kThreads), 0, stream,
+         param, grad, m, v, n, T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(eps), T(weight_decay), decoupled, T(decay),
+         T(step_size), T(bias_correction2_sqrt));
+}
+
+#define FC_INSTANTIATE_OPTIM(T)                                                                                  \
+  template void sgd_step<T>(T*, const T*, T*, int64_t, double, double, double, bool, void*);                    \
+  template void adam_step<T>(T*, const T*, T*, T*, int64_t, double, double, double, double, bool, double, double, \
+                             double, void*);
+FC_INSTANTIATE_OPTIM(float)
+FC_INSTANTIATE_OPTIM(double)
+#undef FC_INSTANTIATE_OPTIM
+
+}  // namespace fc

@@ -1,3 +1,104 @@
-"""pool ops. (To be written.)"""
+"""2-D pooling on the CPU: Numba, parallel over the N * C planes (each plane's output is owned by one
+thread, so the backward scatter-adds need no atomics and run in output order, deterministically).
+`g` is the validated fastconv.ops.pool.PoolGeometry."""
+import numpy as np
+from numba import njit, prange
 
-__all__ = []
+__all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
+
+
+@njit(parallel=True, cache=True)
+def _max_forward(x, y, indices, kh, kw, sh, sw, ph, pw):
+    planes, H, W = x.shape
+    Ho, Wo = y.shape[1], y.shape[2]
+    for p in prange(planes):
+        for ho in range(Ho):
+            h_first = ho * sh - ph
+            h0, h_end = max(h_first, 0), min(h_first + kh, H)
+            for wo in range(Wo):
+                w_first = wo * sw - pw
+                w0, w_end = max(w_first, 0), min(w_first + kw, W)
+                best = -np.inf
+                best_index = h0 * W + w0
+                for h in range(h0, h_end):
+                    for w in range(w0, w_end):
+                        v = x[p, h, w]
+                        if v > best or v != v:  # ties keep the first maximum; NaN wins (torch's rule)
+                            best = v
+                            best_index = h * W + w
+                y[p, ho, wo] = best
+                indices[p, ho, wo] = best_index
+
+
+@njit(parallel=True, cache=True)
+def _max_backward(dy, indices, dx):
+    planes, Ho, Wo = dy.shape
+    for p in prange(planes):
+        flat = dx[p].reshape(-1)
+        flat[:] = 0
+        for ho in range(Ho):
+            for wo in range(Wo):
+                flat[indices[p, ho, wo]] += dy[p, ho, wo]
+
+
+@njit(parallel=True, cache=True)
+def _avg_forward(x, y, kh, kw, sh, sw, ph, pw):
+    planes, H, W = x.shape
+    Ho, Wo = y.shape[1], y.shape[2]
+    divisor = kh * kw
+    for p in prange(planes):
+        for ho in range(Ho):
+            h_first = ho * sh - ph
+            for wo in range(Wo):
+                w_first = wo * sw - pw
+                total = 0.0
+                for h in range(max(h_first, 0), min(h_first + kh, H)):
+                    for w in range(max(w_first, 0), min(w_first + kw, W)):
+                        total += x[p, h, w]
+                y[p, ho, wo] = total / divisor
+
+
+@njit(parallel=True, cache=True)
+def _avg_backward(dy, dx, kh, kw, sh, sw, ph, pw):
+    planes, Ho, Wo = dy.shape
+    H, W = dx.shape[1], dx.shape[2]
+    divisor = kh * kw
+    for p in prange(planes):
+        dx[p] = 0
+        for ho in range(Ho):
+            h_first = ho * sh - ph
+            for wo in range(Wo):
+                w_first = wo * sw - pw
+                share = dy[p, ho, wo] / divisor
+                for h in range(max(h_first, 0), min(h_first + kh, H)):
+                    for w in range(max(w_first, 0), min(w_first + kw, W)):
+                        dx[p, h, w] += share
+
+
+def _planes(a):
+    return a.reshape(-1, a.shape[2], a.shape[3])
+
+
+def max_pool2d_forward(x, g):
+    y = np.empty(g.out_shape, x.dtype)
+    indices = np.empty(g.out_shape, np.int64)
+    _max_forward(_planes(x), _planes(y), _planes(indices), *g.kernel, *g.stride, *g.padding)
+    return y, indices
+
+
+def max_pool2d_backward(dy, indices, g):
+    dx = np.empty(g.in_shape, dy.dtype)
+    _max_backward(_planes(dy), _planes(indices), _planes(dx))
+    return dx
+
+
+def avg_pool2d_forward(x, g):
+    y = np.empty(g.out_shape, x.dtype)
+    _avg_forward(_planes(x), _planes(y), *g.kernel, *g.stride, *g.padding)
+    return y
+
+
+def avg_pool2d_backward(dy, g):
+    dx = np.empty(g.in_shape, dy.dtype)
+    _avg_backward(_planes(dy), _planes(dx), *g.kernel, *g.stride, *g.padding)
+    return dx

@@ -1,3 +1,16 @@
-"""optim ops. (To be written.)"""
+"""Optimizer steps on the native backends: one fused kernel per parameter tensor, in place.
+Arguments were validated (and the bias corrections computed) by fastconv.ops.optim."""
 
-__all__ = []
+__all__ = ["sgd_step", "adam_step"]
+
+
+def sgd_step(be, param, grad, velocity, lr, momentum, weight_decay, nesterov):
+    be.kernel("sgd_step", param.dtype)(be.ptr(param), be.ptr(grad), be.ptr(velocity), param.size, lr, momentum,
+                                       weight_decay, nesterov, be.stream())
+
+
+def adam_step(be, param, grad, m, v, beta1, beta2, eps, weight_decay, decoupled, decay, step_size,
+              bias_correction2_sqrt):
+    be.kernel("adam_step", param.dtype)(be.ptr(param), be.ptr(grad), be.ptr(m), be.ptr(v), param.size, beta1, beta2,
+                                        eps, weight_decay, decoupled, decay, step_size, bias_correction2_sqrt,
+                                        be.stream())

@@ -1,0 +1,246 @@
+"""Optimizer steps (SGD, Adam, AdamW) on every backend: several consecutive in-place steps against a
+NumPy re-implementation of torch.optim's single-tensor algorithm (its order of operations, its
+lazily created momentum buffer), in float32 and float64, and the inputs the steps must refuse."""
+import math
+
+import numpy as np
+import pytest
+
+from fastconv import ops
+from helpers import DTYPES, assert_matches, on, to_numpy
+
+STEPS = 5
+SHAPES = [(1,), (7,), (3, 5), (2, 3, 4, 5), (1100,)]
+
+
+def torch_sgd(p, grads, lr, momentum, weight_decay, nesterov):
+    """torch.optim.SGD (dampening 0): (param, momentum buffer) after len(grads) steps."""
+    buf = None
+    for g in grads:
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        if momentum != 0:
+            buf = g.copy() if buf is None else buf * momentum + g  # torch clones g into a new buffer
+            g = g + momentum * buf if nesterov else buf
+        p = p - lr * g
+    return p, buf
+
+
+def torch_adam(p, grads, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """torch.optim.Adam / AdamW: (param, exp_avg, exp_avg_sq) after len(grads) steps."""
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    for step, g in enumerate(grads, start=1):
+        if weight_decay != 0:
+            if decoupled:
+                p = p * (1 - lr * weight_decay)
+            else:
+                g = g + weight_decay * p
+        m = m + (1 - beta1) * (g - m)  # exp_avg.lerp_(g, 1 - beta1)
+        v = v * beta2 + (1 - beta2) * g * g
+        step_size = lr / (1 - beta1 ** step)
+        denom = np.sqrt(v) / math.sqrt(1 - beta2 ** step) + eps
+        p = p - step_size * m / denom
+    return p, m, v
+
+
+def _problem(shape, seed):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(shape), rng.standard_normal((STEPS,) + shape)
+
+
+SGD_SETTINGS = [
+    dict(lr=0.1),
+    dict(lr=0.05, weight_decay=0.1),
+    dict(lr=0.1, momentum=0.9),
+    dict(lr=0.1, momentum=0.9, nesterov=True),
+    dict(lr=0.02, momentum=0.5, weight_decay=0.01, nesterov=True),
+    dict(lr=0.0, momentum=0.3),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("settings", SGD_SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sgd_steps_match_torch(backend, shape, settings, dtype):
+    p0, grads = _problem(shape, len(shape) + 1)
+    full = {"momentum": 0.0, "weight_decay": 0.0, "nesterov": False, **settings}
+    param = on(backend, p0.astype(dtype))
+    velocity = on(backend, np.zeros(shape, dtype)) if full["momentum"] else None
+    for k in range(1, STEPS + 1):
+        assert ops.sgd_step(param, on(backend, grads[k - 1].astype(dtype)), velocity, **settings) is None
+        ref = lambda p0, grads: torch_sgd(p0, grads[:k], **full)[0]
+        assert_matches(param, ref, [p0, grads], dtype, what=f"param after step {k}")
+        if velocity is not None:
+            ref = lambda p0, grads: torch_sgd(p0, grads[:k], **full)[1]
+            assert_matches(velocity, ref, [p0, grads], dtype, what=f"velocity after step {k}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sgd_zero_velocity_is_torchs_new_buffer(backend, dtype):
+    # torch's first momentum step clones g into the buffer; momentum * 0 + g is the same value, exactly.
+    p0, grads = _problem((4, 6), 3)
+    p0, g = p0.astype(dtype), grads[0].astype(dtype)
+    param, velocity = on(backend, p0.copy(), np.zeros_like(p0))
+    ops.sgd_step(param, on(backend, g), velocity, lr=0.5, momentum=0.9)
+    np.testing.assert_array_equal(to_numpy(velocity), g)
+    plain = on(backend, p0.copy())
+    ops.sgd_step(plain, on(backend, g), lr=0.5)  # the first momentum step is a plain step
+    np.testing.assert_array_equal(to_numpy(param), to_numpy(plain))
+
+
+ADAM_SETTINGS = [
+    dict(lr=1e-3),
+    dict(lr=0.01, beta1=0.5, beta2=0.9, eps=1e-6),
+    dict(lr=0.01, weight_decay=0.1),
+    dict(lr=0.01, weight_decay=0.1, decoupled=True),
+    dict(lr=0.05, beta1=0.0, beta2=0.0),
+    dict(lr=0.02, beta1=0.3, weight_decay=0.05, decoupled=True),  # 1 - beta1 >= 0.5: lerp's other branch
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("settings", ADAM_SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_adam_steps_match_torch(backend, shape, settings, dtype):
+    p0, grads = _problem(shape, len(shape) + 2)
+    full = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "decoupled": False, **settings}
+    param, m, v = on(backend, p0.astype(dtype), np.zeros(shape, dtype), np.zeros(shape, dtype))
+    for k in range(1, STEPS + 1):
+        assert ops.adam_step(param, on(backend, grads[k - 1].astype(dtype)), m, v, k, **settings) is None
+        for i, (name, state) in enumerate([("param", param), ("m", m), ("v", v)]):
+            ref = lambda p0, grads: torch_adam(p0, grads[:k], **full)[i]
+            assert_matches(state, ref, [p0, grads], dtype, what=f"{name} after step {k}")
+
+
+def test_adam_bias_correction_uses_step(backend):
+    # With m, v from a previous step, the update depends on `step` exactly as torch's bias corrections say.
+    p0, grads = _problem((5,), 9)
+    for step in (1, 2, 10, 10_000):
+        param, m, v = on(backend, p0.copy(), 0.1 * grads[1], 0.01 * grads[2] ** 2)
+        ops.adam_step(param, on(backend, grads[0]), m, v, step, lr=0.01)
+        m1 = 0.9 * (0.1 * grads[1]) + 0.1 * grads[0]
+        v1 = 0.999 * (0.01 * grads[2] ** 2) + 0.001 * grads[0] ** 2
+        expected = p0 - 0.01 / (1 - 0.9 ** step) * m1 / (np.sqrt(v1) / math.sqrt(1 - 0.999 ** step) + 1e-8)
+        np.testing.assert_allclose(to_numpy(param), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_non_contiguous_grad_is_read_correctly(backend):
+    rng = np.random.default_rng(5)
+    big = rng.standard_normal((6, 10))
+    grad = big[::2, 1::3]  # (3, 3) view with steps
+    param, velocity = on(backend, np.ones((3, 3)), np.zeros((3, 3)))
+    ops.sgd_step(param, on(backend, big)[::2, 1::3], velocity, lr=0.1, momentum=0.9)
+    np.testing.assert_allclose(to_numpy(param), 1 - 0.1 * grad, rtol=1e-15)
+
+
+def test_empty_and_scalar_params(backend):
+    empty = on(backend, np.zeros((0, 3)))
+    ops.adam_step(empty, empty.copy(), empty.copy(), empty.copy(), 1, lr=0.1)
+    scalar, m, v = on(backend, np.array(2.0), np.array(0.0), np.array(0.0))
+    ops.adam_step(scalar, on(backend, np.array(4.0)), m, v, 1, lr=0.1)
+    assert float(to_numpy(scalar)) == pytest.approx(2.0 - 0.1, rel=1e-9)
+
+
+class TestBadInput:
+    def _sgd_args(self, be, dtype=np.float32):
+        return on(be, np.ones((2, 3), dtype), np.ones((2, 3), dtype), np.zeros((2, 3), dtype))
+
+    def _adam_args(self, be, dtype=np.float32):
+        return on(be, np.ones((2, 3), dtype), np.ones((2, 3), dtype), np.zeros((2, 3), dtype), np.zeros((2, 3), dtype))
+
+    @pytest.mark.parametrize("settings,error,message", [
+        (dict(lr=-0.1), ValueError, r"lr must be >= 0"),
+        (dict(lr=float("nan")), ValueError, r"lr must not be NaN"),
+        (dict(lr=float("inf")), ValueError, r"lr must be finite"),
+        (dict(lr="0.1"), TypeError, r"lr must be a real number"),
+        (dict(lr=0.1, momentum=1.0), ValueError, r"momentum must be < 1"),
+        (dict(lr=0.1, momentum=-0.5), ValueError, r"momentum must be >= 0"),
+        (dict(lr=0.1, weight_decay=-1e-4), ValueError, r"weight_decay must be >= 0"),
+        (dict(lr=0.1, nesterov=True), ValueError, r"nesterov=True requires momentum > 0"),
+        (dict(lr=0.1, momentum=0.9, nesterov=1), TypeError, r"nesterov must be True or False"),
+    ])
+    def test_sgd_hyperparameters(self, backend, settings, error, message):
+        param, grad, velocity = self._sgd_args(backend)
+        with pytest.raises(error, match=message):
+            ops.sgd_step(param, grad, velocity, **settings)
+        np.testing.assert_array_equal(to_numpy(param), 1)  # refused before anything ran
+
+    def test_lr_is_required(self, backend):
+        param, grad, velocity = self._sgd_args(backend)
+        with pytest.raises(TypeError, match=r"lr"):
+            ops.sgd_step(param, grad, velocity)
+        with pytest.raises(TypeError, match=r"lr"):
+            ops.adam_step(param, grad, velocity, velocity.copy(), 1)
+
+    def test_momentum_needs_velocity(self, backend):
+        param, grad, _ = self._sgd_args(backend)
+        with pytest.raises(ValueError, match=r"momentum > 0 requires a velocity buffer"):
+            ops.sgd_step(param, grad, lr=0.1, momentum=0.9)
+
+    @pytest.mark.parametrize("settings,error,message", [
+        (dict(lr=-1.0), ValueError, r"lr must be >= 0"),
+        (dict(lr=0.1, beta1=1.0), ValueError, r"beta1 must be < 1"),
+        (dict(lr=0.1, beta2=-0.1), ValueError, r"beta2 must be >= 0"),
+        (dict(lr=0.1, eps=0.0), ValueError, r"eps must be > 0"),
+        (dict(lr=0.1, weight_decay=-0.01), ValueError, r"weight_decay must be >= 0"),
+        (dict(lr=0.1, decoupled="yes"), TypeError, r"decoupled must be True or False"),
+    ])
+    def test_adam_hyperparameters(self, backend, settings, error, message):
+        param, grad, m, v = self._adam_args(backend)
+        with pytest.raises(error, match=message):
+            ops.adam_step(param, grad, m, v, 1, **settings)
+        np.testing.assert_array_equal(to_numpy(param), 1)
+
+    @pytest.mark.parametrize("step,error", [(0, ValueError), (-3, ValueError), (1.0, TypeError), (True, TypeError),
+                                            (None, TypeError)])
+    def test_adam_step_count(self, backend, step, error):
+        param, grad, m, v = self._adam_args(backend)
+        with pytest.raises(error, match=r"step must be"):
+            ops.adam_step(param, grad, m, v, step, lr=0.1)
+
+    def test_shapes_must_agree(self, backend):
+        param, grad, velocity = self._sgd_args(backend)
+        with pytest.raises(ValueError, match=r"grad is \(3, 2\) but param is \(2, 3\)"):
+            ops.sgd_step(param, grad.reshape(3, 2), lr=0.1)
+        with pytest.raises(ValueError, match=r"velocity is \(6,\) but param is \(2, 3\)"):
+            ops.sgd_step(param, grad, velocity.reshape(6), lr=0.1, momentum=0.9)
+        param, grad, m, v = self._adam_args(backend)
+        with pytest.raises(ValueError, match=r"v is \(3, 2\) but param is \(2, 3\)"):
+            ops.adam_step(param, grad, m, v.reshape(3, 2), 1, lr=0.1)
+
+    def test_dtypes_must_agree(self, backend):
+        param, grad, velocity = self._sgd_args(backend)
+        with pytest.raises(TypeError, match=r"grad is float64 but the other inputs are float32"):
+            ops.sgd_step(param, grad.astype(np.float64), lr=0.1)
+        with pytest.raises(TypeError, match=r"velocity is float64 but param is float32"):
+            ops.sgd_step(param, grad, velocity.astype(np.float64), lr=0.1, momentum=0.5)
+        with pytest.raises(TypeError, match=r"param must be float32 or float64"):
+            ops.sgd_step(param.astype(np.int32), grad, lr=0.1)
+
+    def test_in_place_needs_a_contiguous_backend_array(self, backend):
+        big = on(backend, np.ones((4, 6), np.float32))
+        grad = on(backend, np.ones((2, 3), np.float32))
+        with pytest.raises(ValueError, match=r"param \(2, 3\) is not C-contiguous, so it cannot be updated in place"):
+            ops.sgd_step(big[::2, ::2], grad, lr=0.1)
+        with pytest.raises(ValueError, match=r"m \(2, 3\) is not C-contiguous"):
+            ops.adam_step(big[:2, :3].copy(), grad, big[::2, ::2], big[:2, :3].copy(), 1, lr=0.1)
+        with pytest.raises(TypeError, match=r"param must be a .*ndarray to be updated in place"):
+            ops.sgd_step([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], grad, lr=0.1)
+
+    def test_read_only_param(self, backend):
+        if backend.name == "cuda":
+            pytest.skip("CuPy arrays have no read-only flag")
+        param = np.ones((2, 3), np.float32)
+        param.flags.writeable = False
+        with pytest.raises(ValueError, match=r"param is read-only"):
+            ops.sgd_step(param, np.ones((2, 3), np.float32), lr=0.1)
+
+    def test_buffers_must_not_share_memory(self, backend):
+        param, grad, m, v = self._adam_args(backend)
+        with pytest.raises(ValueError, match=r"m and v share memory"):
+            ops.adam_step(param, grad, m, m, 1, lr=0.1)
+        with pytest.raises(ValueError, match=r"param and velocity share memory"):
+            ops.sgd_step(param, grad, param, lr=0.1, momentum=0.9)
+        flat = on(backend, np.zeros(12, np.float32))
+        with pytest.raises(ValueError, match=r"param and grad share memory"):
+            ops.sgd_step(flat[:6].reshape(2, 3), flat[3:9].reshape(2, 3), lr=0.1)
