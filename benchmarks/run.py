@@ -13,6 +13,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+try:  # PyTorch first, so its OpenMP runtime starts with its own defaults (fastconv sets passive waiting)
+    import torch  # noqa: F401
+except ImportError:
+    pass
+
 import harness  # noqa: E402
 
 FAMILIES = ("dense", "activations", "conv", "pool", "losses", "optim", "train_step")

@@ -5,6 +5,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..ops._activation import ACTIVATIONS
+from ._vecmath import exp_nonpositive
 
 __all__ = ["matmul", "linear_forward", "linear_backward", "relu_forward", "relu_backward",
            "sigmoid_forward", "sigmoid_backward"]
@@ -20,7 +21,7 @@ _ZERO = np.float32(0)
 
 @njit(inline="always")
 def _sigmoid(v):
-    e = np.exp(-abs(v))  # never overflows
+    e = exp_nonpositive(-abs(v))  # never overflows; vectorizes
     return _ONE / (_ONE + e) if v >= _ZERO else e / (_ONE + e)
 
 

@@ -5,6 +5,8 @@ reproducible). Math: csrc/kernels/loss.cuh."""
 import numpy as np
 from numba import njit, prange
 
+from ._vecmath import exp_nonpositive
+
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "bce_with_logits_forward",
            "bce_with_logits_backward", "mse_forward", "mse_backward"]
 
@@ -12,37 +14,62 @@ _CHUNK = 4096        # elements per partial sum of the elementwise losses
 _MAX_CHUNKS = 1024
 
 
+# Row reductions live in small functions with relaxed floating-point flags: LLVM vectorizes a sum
+# only when it may reassociate it, and a max only when it may assume no NaN. NaN still propagates
+# to the loss: a NaN logit makes its exp NaN, and the (reassociated) sum of a NaN is NaN.
+@njit(fastmath={"nnan", "nsz", "reassoc"}, cache=True)
+def _row_max(row):
+    m = row[0]
+    for c in range(1, row.size):
+        m = max(m, row[c])
+    return m
+
+
+@njit(fastmath={"reassoc", "contract"}, cache=True)
+def _row_sum(row):
+    s = 0.0
+    for c in range(row.size):
+        s += row[c]
+    return s
+
+
+@njit(fastmath={"reassoc", "contract"}, cache=True)
+def _row_weighted_shift(row, m, weight, has_weight):
+    """sum_c w_c * (z_c - m), the label-smoothing term's numerator."""
+    s = 0.0
+    if has_weight:
+        for c in range(row.size):
+            s += weight[c] * (row[c] - m)
+    else:
+        for c in range(row.size):
+            s += row[c] - m
+    return s
+
+
 @njit(parallel=True, cache=True)
 def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight):
     n, classes = z.shape
     share = smoothing / classes
+    w_total = 0.0
+    if smoothing != 0.0:
+        w_total = _row_sum(weight) if has_weight else float(classes)
     for i in prange(n):
-        m = z[i, 0]
+        row, p = z[i], probs[i]
+        m = _row_max(row)
         for c in range(classes):
-            v = z[i, c]
-            if v > m or v != v:  # keeps NaN
-                m = v
-        s = 0.0
-        w_shift = 0.0
-        w_total = 0.0
+            p[c] = exp_nonpositive(row[c] - m)
+        s = _row_sum(p)
+        scale = np.empty(1, p.dtype)
+        scale[0] = 1.0 / s  # in the row's dtype, so float32 rows stay float32 math
+        k = scale[0]
         for c in range(classes):
-            shifted = z[i, c] - m
-            e = np.exp(shifted)
-            probs[i, c] = e
-            s += e
-            if smoothing != 0.0:
-                wc = weight[c] if has_weight else 1.0
-                w_shift += wc * shifted
-                w_total += wc
-        inv_s = 1.0 / s
-        for c in range(classes):
-            probs[i, c] *= inv_s
+            p[c] *= k
         log_s = np.log(s)
         y = labels[i]
         wy = weight[y] if has_weight else 1.0
-        r = (1.0 - smoothing) * wy * (log_s - (z[i, y] - m))
+        r = (1.0 - smoothing) * wy * (log_s - (row[y] - m))
         if smoothing != 0.0:
-            r += share * (w_total * log_s - w_shift)
+            r += share * (w_total * log_s - _row_weighted_shift(row, m, weight, has_weight))
         row_loss[i] = r
         row_weight[i] = wy
 
@@ -52,16 +79,21 @@ def _cross_entropy_grad(probs, labels, weight, has_weight, smoothing, label_weig
     n, classes = probs.shape
     share = smoothing / classes
     for i in prange(n):
+        p, g = probs[i], out[i]
         y = labels[i]
         wy = weight[y] if has_weight else 1.0
         true_part = (1.0 - smoothing) * wy
-        scale = true_part + share * class_weight_sum
-        for c in range(classes):
-            wc = weight[c] if has_weight else 1.0
-            g = probs[i, c] * scale - share * wc
-            if c == y:
-                g -= true_part
-            out[i, c] = g / label_weight_sum
+        consts = np.empty(2, probs.dtype)  # the row's factors in its dtype (float32 math for float32)
+        consts[0] = (true_part + share * class_weight_sum) / label_weight_sum
+        consts[1] = share / label_weight_sum
+        a, b = consts[0], consts[1]
+        if has_weight and smoothing != 0.0:
+            for c in range(classes):
+                g[c] = p[c] * a - b * weight[c]
+        else:
+            for c in range(classes):
+                g[c] = p[c] * a - b
+        g[y] -= true_part / label_weight_sum
 
 
 @njit(parallel=True, cache=True)

@@ -1,0 +1,71 @@
+"""Fused softmax cross-entropy (forward + backward), BCE with logits and MSE (GB/s)."""
+import numpy as np
+
+import fastconv
+from fastconv import ops
+
+from harness import Row, measure, measure_torch_cuda, torch_or_none
+
+# (rows, classes): logits well past the last-level cache, and the course's 10-class case.
+CE_SHAPES = {"cpu": [(65536, 1000), (4096, 10)], "cuda": [(262144, 1000), (65536, 10)]}
+
+
+def _numpy_cross_entropy(xp, logits, labels):
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = xp.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    probs = e / s
+    loss = -(z[xp.arange(len(labels)), labels] - xp.log(s[:, 0])).mean()
+    grad = probs.copy()
+    grad[xp.arange(len(labels)), labels] -= 1
+    return loss, grad / len(labels)
+
+
+def cases(device: str, ceilings: dict) -> list:
+    rows = []
+    torch = torch_or_none()
+    tdev = "cuda" if device == "cuda" else "cpu"
+    tmeasure = measure_torch_cuda if device == "cuda" else measure
+    with fastconv.use_backend(device) as be:
+        xp = be.xp
+        rng = np.random.default_rng(0)
+        for n, c in CE_SHAPES[device]:
+            logits = xp.asarray(rng.standard_normal((n, c), dtype=np.float32))
+            labels = xp.asarray(rng.integers(0, c, n))
+            nbytes = 4 * 3 * n * c  # read logits, write probs, write dlogits (reading probs again is cache-missed too)
+
+            def ours():
+                loss, probs = ops.softmax_cross_entropy_forward(logits, labels)
+                return ops.softmax_cross_entropy_backward(probs, labels)
+
+            peers = {("numpy" if device == "cpu" else "cupy"): measure(lambda: _numpy_cross_entropy(xp, logits, labels),
+                                                                       device=device, repeats=7)}
+            if torch is not None:
+                tl = torch.as_tensor(logits, device=tdev).clone().requires_grad_(True)
+                tlab = torch.as_tensor(labels, device=tdev)
+
+                def torch_ce():
+                    loss = torch.nn.functional.cross_entropy(tl, tlab)
+                    return torch.autograd.grad(loss, tl)
+
+                peers["torch"] = tmeasure(torch_ce)
+            rows.append(Row("losses", f"softmax CE fwd+bwd {n}x{c}", "GB/s", nbytes,
+                            measure(ours, device=device, repeats=7), peers, ceilings["copy_gbs"]))
+
+        n = 2**24 if device == "cpu" else 2**26
+        pred = xp.asarray(rng.standard_normal(n, dtype=np.float32))
+        target = xp.asarray((rng.random(n) > 0.5).astype(np.float32))
+        peers = {("numpy" if device == "cpu" else "cupy"): measure(
+            lambda: (xp.mean(xp.maximum(pred, 0) - pred * target + xp.log1p(xp.exp(-xp.abs(pred))))), device=device)}
+        if torch is not None:
+            tp, tt = torch.as_tensor(pred, device=tdev), torch.as_tensor(target, device=tdev)
+            peers["torch"] = tmeasure(lambda: torch.nn.functional.binary_cross_entropy_with_logits(tp, tt))
+        rows.append(Row("losses", f"bce_with_logits fwd {n}", "GB/s", 8 * n,
+                        measure(lambda: ops.bce_with_logits_forward(pred, target), device=device), peers,
+                        ceilings["copy_gbs"]))
+        peers = {("numpy" if device == "cpu" else "cupy"): measure(lambda: xp.mean((pred - target) ** 2), device=device)}
+        if torch is not None:
+            peers["torch"] = tmeasure(lambda: torch.nn.functional.mse_loss(tp, tt))
+        rows.append(Row("losses", f"mse fwd {n}", "GB/s", 8 * n,
+                        measure(lambda: ops.mse_forward(pred, target), device=device), peers, ceilings["copy_gbs"]))
+    return rows
