@@ -12,10 +12,16 @@ __all__ = ["matmul", "linear_forward", "linear_backward", "relu_forward", "relu_
 _RELU, _SIGMOID = ACTIVATIONS["relu"], ACTIVATIONS["sigmoid"]
 
 
+# Constants are float32 so that float32 math stays float32 (an int literal would promote it to
+# float64, halving the vector width); with float64 inputs they promote exactly.
+_ONE = np.float32(1)
+_ZERO = np.float32(0)
+
+
 @njit(inline="always")
 def _sigmoid(v):
     e = np.exp(-abs(v))  # never overflows
-    return 1 / (1 + e) if v >= 0 else e / (1 + e)
+    return _ONE / (_ONE + e) if v >= _ZERO else e / (_ONE + e)
 
 
 @njit(parallel=True, cache=True)
@@ -27,7 +33,7 @@ def _bias_activation_inplace(y, b, has_bias, act):
             if has_bias:
                 v += b[j]
             if act == _RELU:
-                v = 0 if v < 0 else v
+                v = _ZERO if v < _ZERO else v
             elif act == _SIGMOID:
                 v = _sigmoid(v)
             y[i, j] = v
@@ -53,13 +59,13 @@ def _column_sum(dy, bands):
 def _relu_forward(x, y):
     for i in prange(x.size):
         v = x[i]
-        y[i] = 0 if v < 0 else v
+        y[i] = _ZERO if v < _ZERO else v
 
 
 @njit(parallel=True, cache=True)
 def _relu_backward(dy, x, dx):
     for i in prange(x.size):
-        dx[i] = dy[i] if x[i] > 0 else 0
+        dx[i] = dy[i] if x[i] > _ZERO else _ZERO
 
 
 @njit(parallel=True, cache=True)
@@ -71,7 +77,7 @@ def _sigmoid_forward(x, y):
 @njit(parallel=True, cache=True)
 def _sigmoid_backward(dy, y, dx):
     for i in prange(y.size):
-        dx[i] = dy[i] * y[i] * (1 - y[i])
+        dx[i] = dy[i] * y[i] * (_ONE - y[i])
 
 
 def _op(a, trans):

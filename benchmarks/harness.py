@@ -1,0 +1,259 @@
+"""Benchmark harness: time fastconv and its peers on the same inputs in the same process.
+
+Every case: the first call is timed on its own (JIT compilation, first-call costs), then warm-up
+calls, then `repeats` timed calls; the median is reported with the 10th-90th percentile spread.
+On the GPU, calls are timed with CUDA events on CuPy's current stream (torch.cuda events for
+PyTorch). Throughput is GFLOP/s for compute-bound ops and GB/s for memory-bound ones, each also
+as a percentage of the machine's ceiling measured by this script (a large SGEMM, a large copy).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+import fastconv
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclasses.dataclass
+class Timing:
+    first_s: float
+    median_s: float
+    p10_s: float
+    p90_s: float
+    repeats: int
+
+
+def _sync(device: str):
+    if device == "cuda":
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
+
+
+def measure(fn, *, device="cpu", warmup=3, repeats=15, min_seconds=0.2) -> Timing:
+    """Times fn() (which runs one case); returns first-call and steady-state statistics."""
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    samples = []
+    if device == "cuda":
+        import cupy
+
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    deadline = time.perf_counter() + min_seconds
+    while len(samples) < repeats or (time.perf_counter() < deadline and len(samples) < 10 * repeats):
+        if device == "cuda":
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(cupy.cuda.get_elapsed_time(start, end) / 1e3)
+        else:
+            t = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t)
+    q = np.percentile(samples, [10, 90])
+    return Timing(first, statistics.median(samples), float(q[0]), float(q[1]), len(samples))
+
+
+def measure_torch_cuda(fn, warmup=3, repeats=15) -> Timing:
+    import torch
+
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1e3)
+    q = np.percentile(samples, [10, 90])
+    return Timing(first, statistics.median(samples), float(q[0]), float(q[1]), len(samples))
+
+
+def torch_or_none():
+    """PyTorch, set to the same thread count as Numba, or None when it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    import numba
+
+    torch.set_num_threads(numba.get_num_threads())
+    return torch
+
+
+def cupy_or_none():
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+        return cupy
+    except Exception:
+        return None
+
+
+# ---- ceilings ---------------------------------------------------------------------------------
+
+def cpu_ceilings() -> dict:
+    """Peak SGEMM GFLOP/s (NumPy's BLAS, 2048^3) and copy bandwidth GB/s (256 MiB, read + write)."""
+    n = 2048
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    c = np.empty_like(a)
+    t = measure(lambda: np.dot(a, a, out=c), repeats=5)
+    src = np.ones(64 * 2**20, np.float32)
+    dst = np.empty_like(src)
+    tc = measure(lambda: np.copyto(dst, src), repeats=10)
+    return {"sgemm_gflops": 2 * n**3 / t.median_s / 1e9, "copy_gbs": 2 * src.nbytes / tc.median_s / 1e9}
+
+
+def gpu_ceilings() -> dict:
+    import cupy
+
+    n = 8192
+    a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
+    t = measure(lambda: a @ a, device="cuda", repeats=5)
+    src = cupy.ones(256 * 2**20, cupy.float32)
+    dst = cupy.empty_like(src)
+    tc = measure(lambda: cupy.copyto(dst, src), device="cuda", repeats=10)
+    return {"sgemm_gflops": 2 * n**3 / t.median_s / 1e9, "copy_gbs": 2 * src.nbytes / tc.median_s / 1e9}
+
+
+# ---- results ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Row:
+    family: str
+    case: str
+    unit: str                  # "GFLOP/s", "GB/s" or "images/s"
+    work: float                # flops, bytes or images per call
+    fastconv: Timing
+    peers: dict                # name -> Timing
+    ceiling: float | None = None  # in `unit`, for the % column
+
+    def rate(self, t: Timing) -> float:
+        scale = 1.0 if self.unit == "images/s" else 1e9
+        return self.work / t.median_s / scale
+
+    def as_dict(self) -> dict:
+        d = {"family": self.family, "case": self.case, "unit": self.unit, "work": self.work,
+             "fastconv": dataclasses.asdict(self.fastconv), "fastconv_rate": self.rate(self.fastconv),
+             "peers": {k: dataclasses.asdict(v) for k, v in self.peers.items()},
+             "peer_rates": {k: self.rate(v) for k, v in self.peers.items()},
+             "ratios": {k: v.median_s / self.fastconv.median_s for k, v in self.peers.items()}}
+        if self.ceiling:
+            d["percent_of_ceiling"] = 100 * self.rate(self.fastconv) / self.ceiling
+        return d
+
+    def line(self) -> str:
+        spread = f"[{self.work / self.fastconv.p90_s / (1 if self.unit == 'images/s' else 1e9):.3g}-" \
+                 f"{self.work / self.fastconv.p10_s / (1 if self.unit == 'images/s' else 1e9):.3g}]"
+        text = f"{self.family:11s} {self.case:44s} {self.rate(self.fastconv):10.2f} {self.unit:9s} {spread:>17s}"
+        for name, t in self.peers.items():
+            text += f"  {name} {self.rate(t):8.2f} (x{t.median_s / self.fastconv.median_s:5.2f})"
+        if self.ceiling:
+            text += f"  {100 * self.rate(self.fastconv) / self.ceiling:5.1f}% of ceiling"
+        text += f"  first call {self.fastconv.first_s * 1e3:.1f} ms"
+        return text
+
+
+def machine(device: str) -> dict:
+    import numba
+
+    info = {"date": datetime.date.today().isoformat(), "device": device, "python": platform.python_version(),
+            "numpy": np.__version__, "numba": numba.__version__, "fastconv": fastconv.__version__,
+            "threads": numba.get_num_threads(), "cpu": fastconv._info._cpu_model()}
+    torch = torch_or_none()
+    if torch is not None:
+        info["torch"] = torch.__version__
+    if device == "cuda":
+        import cupy
+
+        info["gpu"] = fastconv.backend.load("cuda").ext.device_name(0)
+        info["cupy"] = cupy.__version__
+        info["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+    return info
+
+
+def header() -> str:
+    return "x(peer) = peer time / fastconv time: above 1 means fastconv is faster"
+
+
+def write(rows: list[Row], device: str, ceilings: dict, name: str, out_dir: Path = RESULTS) -> Path:
+    """Writes <name>.json, <name>.md and <name>.png into out_dir; returns the JSON path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = machine(device)
+    data = {"machine": meta, "ceilings": ceilings, "rows": [r.as_dict() for r in rows]}
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(data, indent=1))
+    (out_dir / f"{name}.md").write_text(markdown(data))
+    plot(data, out_dir / f"{name}.png")
+    return path
+
+
+def markdown(data: dict) -> str:
+    m, c = data["machine"], data["ceilings"]
+    where = m.get("gpu") or m["cpu"]
+    lines = [f"### {where} — {m['date']}", "",
+             f"fastconv {m['fastconv']}, numpy {m['numpy']}, numba {m['numba']}"
+             + (f", torch {m['torch']}" if "torch" in m else "") + (f", cupy {m['cupy']}" if "cupy" in m else "")
+             + f"; {m['threads']} threads. Ceilings measured in the same run: SGEMM {c['sgemm_gflops']:.1f} GFLOP/s, "
+             f"copy {c['copy_gbs']:.1f} GB/s. Ratio = peer time / fastconv time (> 1: fastconv faster); "
+             "median of the timed calls, [p10–p90 of fastconv's rate].", "",
+             "| family | case | fastconv | spread | % ceiling | peers (rate, ratio) | first call |",
+             "|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        scale = 1 if r["unit"] == "images/s" else 1e9
+        f = r["fastconv"]
+        spread = f"{r['work'] / f['p90_s'] / scale:.3g}–{r['work'] / f['p10_s'] / scale:.3g}"
+        peers = "; ".join(f"{k} {r['peer_rates'][k]:.3g} (×{r['ratios'][k]:.2f})" for k in r["peers"])
+        pct = f"{r['percent_of_ceiling']:.0f}%" if "percent_of_ceiling" in r else ""
+        lines.append(f"| {r['family']} | {r['case']} | {r['fastconv_rate']:.3g} {r['unit']} | {spread} | {pct} | "
+                     f"{peers} | {f['first_s'] * 1e3:.0f} ms |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    peers = sorted({k for r in rows for k in r["ratios"]})
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5))
+    y = np.arange(len(rows))
+    height = 0.8 / max(1, len(peers))
+    for i, peer in enumerate(peers):
+        ax.barh(y + i * height, [r["ratios"].get(peer, np.nan) for r in rows], height, label=f"vs {peer}")
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_yticks(y + 0.4 - height / 2)
+    ax.set_yticklabels([f"{r['family']}: {r['case']}" for r in rows], fontsize=7)
+    ax.set_xlabel("speed-up of fastconv (peer time / fastconv time)")
+    ax.set_title(data["machine"].get("gpu") or data["machine"]["cpu"], fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
