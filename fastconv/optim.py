@@ -55,6 +55,10 @@ class Optimizer:
 
     _buffers: tuple = ()
 
+    def _buffers_for(self, hyperparameters) -> tuple:
+        """Names of the per-parameter buffers a state with these hyperparameters holds."""
+        return self._buffers
+
     def __init__(self, params, lr):
         name = type(self).__name__
         self.params = _params(params, name)
@@ -97,6 +101,7 @@ class Optimizer:
         if state_dict.get("type", name) != name:
             raise ValueError(f"{name}.load_state_dict: the state is from a {state_dict['type']} optimizer")
         xp = _backend.current().xp
+        buffers = self._buffers_for(state_dict.get("hyperparameters", {}))
         state = {}
         for key, entry in state_dict["state"].items():
             i = int(key)
@@ -105,7 +110,7 @@ class Optimizer:
                                  f"{len(self.params)} parameters")
             p = self.params[i]
             new = {}
-            for buf in self._buffers:
+            for buf in buffers:
                 if buf not in entry:
                     raise KeyError(f"{name}.load_state_dict: parameter {i} lacks its {buf!r} buffer")
                 value = entry[buf]
@@ -144,9 +149,8 @@ class SGD(Optimizer):
             raise ValueError("SGD: nesterov=True needs momentum > 0")
         self.nesterov = nesterov
 
-    @property
-    def _buffers(self):
-        return ("momentum_buffer",) if self.momentum > 0 else ()
+    def _buffers_for(self, hyperparameters):
+        return ("momentum_buffer",) if hyperparameters.get("momentum", self.momentum) > 0 else ()
 
     def hyperparameters(self):
         return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay, "nesterov": self.nesterov}
