@@ -7,7 +7,8 @@
     fastconv bench [ARGS...]
 
 The examples are the scripts in examples/ (beside the package in a source checkout; elsewhere set
-FASTCONV_EXAMPLES_DIR). Each defines NAME, DEFAULTS, run(...) and evaluate_checkpoint(path).
+FASTCONV_EXAMPLES_DIR). Each defines NAME, DEFAULTS, run(...), load_data(...) and evaluate(...)
+(see fastconv.runs).
 Exit codes: 0 success, 1 a failure while running, 2 a usage error (unknown example, bad option).
 """
 from __future__ import annotations
@@ -110,7 +111,7 @@ def _train(args) -> int:
     out = args.out or os.path.join("runs", args.example)
     options = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "subset") if getattr(args, k) is not None}
     with _use_backend(args.backend):
-        example.run(out=out, seed=args.seed, verbose=not args.quiet, **options)
+        example.run(out=out, seed=args.seed, progress=not args.quiet, **options)
     return 0
 
 
@@ -120,8 +121,7 @@ def _evaluate(args) -> int:
     path = Path(args.checkpoint)
     with _use_backend(args.backend):
         name = runs.checkpoint_example(path)
-        example = load_example(name)
-        example.evaluate_checkpoint(path, verbose=True)
+        runs.evaluate_checkpoint(load_example(name), path)
     return 0
 
 
@@ -130,7 +130,7 @@ def _search(args) -> int:
     out = args.out or os.path.join("runs", "search")
     grid = {k: getattr(args, k) for k in ("lrs", "widths", "batch_sizes") if getattr(args, k) is not None}
     with _use_backend(args.backend):
-        example.run(out=out, seed=args.seed, epochs=args.epochs, verbose=not args.quiet, **grid)
+        example.run(out=out, seed=args.seed, epochs=args.epochs, progress=not args.quiet, **grid)
     return 0
 
 

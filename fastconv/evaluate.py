@@ -205,12 +205,13 @@ def format_report(report) -> str:
 
 
 def history_dict(history) -> dict:
-    """A training History as {name: list}: accepts a dict, an object with to_dict()/as_dict(),
-    or a list of per-epoch dicts."""
-    for method in ("to_dict", "as_dict"):
-        if hasattr(history, method):
-            history = getattr(history, method)()
-            break
+    """A training history as columns {name: list, one entry per evaluation}: accepts a
+    fastconv.train.History (or its to_dict(), whose "records" hold one dict per evaluation),
+    a list of per-evaluation dicts, or a dict of columns."""
+    if hasattr(history, "to_dict"):
+        history = history.to_dict()
+    if isinstance(history, dict) and isinstance(history.get("records"), list):
+        history = history["records"]
     if isinstance(history, (list, tuple)):
         keys = []
         for row in history:

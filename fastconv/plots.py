@@ -28,16 +28,17 @@ def _save(fig, path):
     return str(path)
 
 
-def plot_history(history: dict, path, title="training"):
+def plot_history(history: dict, path, title="training", best_epoch=None):
     """Loss per epoch (train and validation) and, beside it, the validation metric if recorded.
 
     history: a dict of equally long lists, e.g. {"epoch": [...], "train_loss": [...],
     "val_loss": [...], "val_accuracy": [...]} (fastconv.evaluate.history_dict makes one).
+    best_epoch: marked with a vertical line (the epoch of the saved best checkpoint).
     """
     plt = _pyplot()
     losses = [k for k in ("train_loss", "val_loss") if history.get(k)]
     others = [k for k, v in history.items()
-              if k.startswith("val_") and k != "val_loss" and v and _numeric(v)]
+              if k.startswith("val_") and k not in ("val_loss", "val_metric") and v and _numeric(v)]
     fig, axes = plt.subplots(1, 2 if others else 1, figsize=(10 if others else 5.5, 4), squeeze=False)
     ax = axes[0, 0]
     for key in losses:
@@ -45,6 +46,10 @@ def plot_history(history: dict, path, title="training"):
         x = np.asarray(history.get("epoch") or np.arange(1, len(y) + 1))[: len(y)]
         ax.plot(x, y, marker="." if len(y) < 40 else None, label=key.replace("_", " "))
     ax.set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
+    if best_epoch is not None:
+        for a in axes[0]:
+            a.axvline(best_epoch, color="grey", ls=":", lw=1)
+        ax.plot([], [], color="grey", ls=":", label=f"best (epoch {best_epoch})")
     if losses:
         ax.legend()
     ax.grid(alpha=0.3)
