@@ -66,10 +66,6 @@ def _pair(value, name, layer, low=1):
     return (v, v)
 
 
-def _to_host(a):
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
-
-
 class Parameter:
     """A trainable array: .data (on the backend's device), .grad (None until a backward pass),
     .requires_grad (False when frozen: no gradient is accumulated and optimizers skip it), .name."""

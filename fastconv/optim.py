@@ -46,10 +46,6 @@ def _params(params, owner):
     return params
 
 
-def _host(a):
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
-
-
 class Optimizer:
     """Base: .params, .lr (schedules change it), .state (per parameter index: buffers and step)."""
 

@@ -3,7 +3,6 @@ whole small Sequential, on every backend; state dicts, freezing, configs, input 
 import numpy as np
 import pytest
 
-import fastconv
 from fastconv import nn, ops
 from helpers import DTYPES, assert_gradient, assert_matches, numerical_gradient, on, to_numpy
 
