@@ -32,7 +32,8 @@ from . import checkpoint as _checkpoint
 from .evaluate import format_report, history_dict, jsonable
 from .plots import plot_history
 
-__all__ = ["settings", "take_subset", "describe", "finish", "evaluate_checkpoint", "checkpoint_example", "save_json"]
+__all__ = ["settings", "take_subset", "describe", "finish", "tag_checkpoint", "evaluate_saved", "evaluate_checkpoint",
+           "checkpoint_example", "save_json"]
 
 RECORD_KEY = "run"
 
@@ -63,9 +64,23 @@ def describe(name, dataset, model, *, seed, options) -> str:
             f"model: {count_parameters(model):,} parameters: " + " -> ".join(_layer_names(model)))
 
 
+_DEFAULT_ARGS = {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1, "bias": True,
+                 "dtype": "float32"}
+
+
 def _layer_names(model):
-    layers = list(model) if hasattr(model, "__iter__") else [model]
-    return [repr(layer) for layer in layers]
+    """Short layer descriptions, e.g. "Conv2d(1, 16, [3, 3], padding=[1, 1])"."""
+    names = []
+    for layer in (list(model) if hasattr(model, "__iter__") else [model]):
+        cfg = layer.config()
+        kind = cfg.pop("type")
+        positional = [cfg.pop(k) for k in ("in_features", "out_features", "in_channels", "out_channels",
+                                           "kernel_size") if k in cfg]
+        if kind.endswith("Pool2d") and positional and cfg.get("stride") == positional[-1]:
+            cfg.pop("stride")  # the default: stride = kernel_size
+        keyword = [f"{k}={v}" for k, v in cfg.items() if _DEFAULT_ARGS.get(k, object()) != v]
+        names.append(f"{kind}({', '.join([str(v) for v in positional] + keyword)})")
+    return names
 
 
 def save_json(obj, path) -> str:
@@ -77,7 +92,7 @@ def save_json(obj, path) -> str:
     return str(path)
 
 
-def _tag_checkpoint(directory, record):
+def tag_checkpoint(directory, record):
     """Re-saves the checkpoint with the run record added to its JSON's extra (weights unchanged;
     train.fit writes `best` without an optimizer-independent place for our own fields)."""
     model, info = _checkpoint.load(directory)
@@ -98,14 +113,14 @@ def finish(example, out, history, *, record, started, verbose=True) -> dict:
     best = out / "best"
     if not (best / _checkpoint.INDEX).exists():
         raise RuntimeError(f"training wrote no best checkpoint in {best} (no validation improved?)")
-    _tag_checkpoint(best, record)
+    tag_checkpoint(best, record)
     files = {"checkpoint": str(best)}
     history.to_json(out / "history.json")
     files["history"] = str(out / "history.json")
     files["loss_plot"] = plot_history(history_dict(history), out / "loss.png", title=example.NAME,
                                       best_epoch=history.best_epoch)
 
-    report, model, dataset = _evaluate(example, best)
+    report, model, dataset = evaluate_saved(example, best)
     if hasattr(example, "plots"):
         files.update(example.plots(out, model, dataset, report))
     files["report"] = save_json(report, out / "report.json")
@@ -146,7 +161,8 @@ def checkpoint_example(path) -> str:
     return _record(path)["example"]
 
 
-def _evaluate(example, path):
+def evaluate_saved(example, path):
+    """(report, model, dataset) of a checkpoint tagged with its run record."""
     record = _record(path)
     if record["example"] != example.NAME:
         raise ValueError(f"{path} was trained by example {record['example']!r}, not {example.NAME!r}")
@@ -157,7 +173,7 @@ def _evaluate(example, path):
 
 def evaluate_checkpoint(example, path, verbose=True) -> dict:
     """The test report of a saved checkpoint (same code as at the end of training)."""
-    report, _, _ = _evaluate(example, path)
+    report, _, _ = evaluate_saved(example, path)
     if verbose:
         print(f"fastconv evaluate {path}: example {example.NAME}, backend {_backend.get_backend()}")
         print(format_report(report))
