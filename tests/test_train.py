@@ -134,16 +134,11 @@ def test_fit_input_errors():
         train.fit(model, loss, opt, (x, y), epochs=1, batch_size=0, progress=False)
 
 
-def test_fit_on_emu_with_a_tiny_model():
-    import fastconv
-    ok, why = fastconv.backend.availability("emu")
-    if not ok:
-        pytest.skip(why)
+def test_fit_on_every_backend_with_a_tiny_model(backend):
     x, y = blobs(24, seed=5)
-    with fastconv.use_backend("emu"):
-        model = mlp(seed=2)
-        history = train.fit(model, losses.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=0.05), (x, y),
-                            (x, y), epochs=3, batch_size=12, metric="accuracy", progress=False)
+    model = mlp(seed=2)
+    history = train.fit(model, losses.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=0.05), (x, y),
+                        (x, y), epochs=3, batch_size=12, metric="accuracy", progress=False)
     assert len(history) == 3 and history.records[-1]["train_loss"] < history.records[0]["train_loss"]
 
 
