@@ -323,7 +323,6 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     total_steps = epochs * batches_per_epoch
     bar = _progress_bar(total_steps, progress, min(s["step"], total_steps))
     shown_every = max(1, batches_per_epoch // 20)
-    window_start, window_examples = time.perf_counter(), 0
     model.train()
     try:
         while s["epoch"] < epochs and not history.stopped_early:
@@ -331,6 +330,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
                 s["epoch_rng"] = rng.bit_generator.state
             rng.bit_generator.state = s["epoch_rng"]
             order = rng.permutation(n)  # leaves rng where the next epoch starts
+            window_start, window_examples = time.perf_counter(), 0  # examples/s over this epoch so far
             while s["batch"] < batches_per_epoch and not history.stopped_early:
                 rows = order[s["batch"] * batch_size:(s["batch"] + 1) * batch_size]
                 xb, yb = xp.asarray(x_train[rows]), y_train[rows]
@@ -350,7 +350,6 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
                         now = time.perf_counter()
                         bar.set_postfix(epoch=s["epoch"] + 1, loss=f"{float(loss):.4f}",
                                         ex_per_s=f"{window_examples / max(now - window_start, 1e-9):.0f}")
-                        window_start, window_examples = now, 0
                 if eval_every is not None and s["step"] % eval_every == 0:
                     checkpoint(*run_evaluation())
             if history.stopped_early and s["batch"] < batches_per_epoch:
