@@ -201,13 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("info", help="version, extension modules, backend and device").set_defaults(run=_info)
 
     bench = commands.add_parser("bench", help="run the benchmark suite in benchmarks/ (source checkout)")
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on to the benchmark scripts")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                       help="passed on to benchmarks/run.py (e.g. --device cuda --only dense,conv)")
     bench.set_defaults(run=_bench)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to the suite (its --help too)
+        return _bench(argparse.Namespace(command="bench", bench_args=argv[1:]))
     args = parser.parse_args(argv)
     if args.command == "train" and args.example not in known_examples():
         try:
