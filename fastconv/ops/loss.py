@@ -1,3 +1,147 @@
-"""loss ops. (To be written.)"""
+"""Losses with their gradients, PyTorch's semantics with reduction="mean": softmax cross-entropy
+(class weights, label smoothing), binary cross-entropy with logits (pos_weight), mean squared error.
 
-__all__ = []
+Each forward returns the loss as a 0-d array on the backend's device in the inputs' dtype
+(float(loss) gives the number). Reductions are deterministic: the same inputs give the same bits
+on every run. Differences from torch: an empty batch is refused (torch returns NaN); a NaN logit
+gives a NaN loss, as in torch; when every label's class weight is 0 the weighted mean is 0/0 = NaN,
+as in torch.
+"""
+from __future__ import annotations
+
+from .. import backend as _backend
+from ._check import labels as _labels
+from ._check import number, shape_str, tensor
+
+__all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "bce_with_logits_forward",
+           "bce_with_logits_backward", "mse_forward", "mse_backward"]
+
+
+def _class_labels(be, labels, n, classes, op):
+    """labels as contiguous int64 of shape (n,), every value in [0, classes), checked on the host
+    before any kernel sees them."""
+    y = _labels(labels, "labels", be, n)
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= classes:
+        bad = low if low < 0 else high
+        index = int(be.xp.flatnonzero(y == bad)[0])
+        raise ValueError(f"{op}: labels must be class indices in [0, {classes}) for {classes} classes, "
+                         f"got {bad} at index {index}")
+    return y
+
+
+def _class_weight(be, weight, classes, dtype, op):
+    if weight is None:
+        return None
+    w = tensor(weight, "weight", be, ndim=1, dtype=dtype)
+    if w.shape != (classes,):
+        raise ValueError(f"{op}: weight is {shape_str(w.shape)} but there are {classes} classes: "
+                         f"weight must be ({classes},)")
+    if not bool((w >= 0).all()):
+        raise ValueError(f"{op}: weight must be non-negative (and not NaN), got min {float(w.min())}")
+    return w
+
+
+def _batch(be, name, x, op):
+    x = tensor(x, name, be, ndim=2)
+    n, classes = x.shape
+    if n == 0:
+        raise ValueError(f"{op}: {name} is {shape_str(x.shape)}: the batch is empty (torch would return NaN; "
+                         "fastconv refuses an empty batch)")
+    if classes == 0:
+        raise ValueError(f"{op}: {name} is {shape_str(x.shape)}: there must be at least one class")
+    return x
+
+
+def _cross_entropy_inputs(be, first, first_name, labels, weight, label_smoothing, op):
+    smoothing = number(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    x = _batch(be, first_name, first, op)
+    n, classes = x.shape
+    y = _class_labels(be, labels, n, classes, op)
+    w = _class_weight(be, weight, classes, x.dtype, op)
+    return x, y, w, smoothing
+
+
+def softmax_cross_entropy_forward(logits, labels, weight=None, label_smoothing=0.0):
+    """(loss, probs) for logits (N, C) and integer labels (N,) in [0, C).
+
+    loss = mean over the batch of -log softmax(logits)[i, labels[i]], as
+    torch.nn.functional.cross_entropy: with weight (C,) the weighted mean
+    sum_i w[y_i] l_i / sum_i w[y_i]; with label_smoothing e the target is (1 - e) onehot + e/C,
+    the smoothing term weighted per class and normalized by the same sum_i w[y_i] (torch's rule).
+    probs = softmax(logits) (N, C), what the backward takes. Finite for any finite logits; a NaN
+    logit makes the loss NaN.
+    """
+    be = _backend.current()
+    x, y, w, smoothing = _cross_entropy_inputs(be, logits, "logits", labels, weight, label_smoothing,
+                                               "softmax_cross_entropy_forward")
+    return be.softmax_cross_entropy_forward(x, y, w, smoothing)
+
+
+def softmax_cross_entropy_backward(probs, labels, weight=None, label_smoothing=0.0):
+    """dloss/dlogits (N, C) of softmax_cross_entropy_forward's mean loss, from its probs:
+    [p (((1 - e) w[y] + (e/C) sum(w)) - (1 - e) w[y] onehot - (e/C) w] / sum_i w[y_i]
+    (= (probs - onehot) / N without weight and smoothing)."""
+    be = _backend.current()
+    p, y, w, smoothing = _cross_entropy_inputs(be, probs, "probs", labels, weight, label_smoothing,
+                                               "softmax_cross_entropy_backward")
+    return be.softmax_cross_entropy_backward(p, y, w, smoothing)
+
+
+def _binary_inputs(be, logits, targets, pos_weight, op):
+    x = tensor(logits, "logits", be)
+    t = tensor(targets, "targets", be, dtype=x.dtype)
+    if t.shape != x.shape:
+        raise ValueError(f"{op}: targets is {shape_str(t.shape)} but logits is {shape_str(x.shape)}; "
+                         "they must have the same shape")
+    if x.size == 0:
+        raise ValueError(f"{op}: logits is {shape_str(x.shape)}: empty (torch would return NaN; fastconv refuses)")
+    pw = None
+    if pos_weight is not None:
+        pw = tensor(pos_weight, "pos_weight", be, ndim=1, dtype=x.dtype)
+        classes = x.shape[-1] if x.ndim else None
+        if pw.shape != (classes,):
+            want = f"({classes},), one per entry of logits' last dimension" if classes else "1-D logits or more"
+            raise ValueError(f"{op}: pos_weight is {shape_str(pw.shape)} but logits is {shape_str(x.shape)}: "
+                             f"expected {want}")
+    return x, t, pw
+
+
+def bce_with_logits_forward(logits, targets, pos_weight=None):
+    """Mean over all elements of binary cross-entropy on logits, as
+    torch.nn.functional.binary_cross_entropy_with_logits: targets (same shape) are 0/1 labels or
+    probabilities; pos_weight (C,) weighs the positive term along the last dimension.
+    l = (1 - t) x + (1 + (pw - 1) t) (log1p(exp(-|x|)) + max(-x, 0)), finite for any finite x."""
+    be = _backend.current()
+    x, t, pw = _binary_inputs(be, logits, targets, pos_weight, "bce_with_logits_forward")
+    return be.bce_with_logits_forward(x, t, pw)
+
+
+def bce_with_logits_backward(logits, targets, pos_weight=None):
+    """dloss/dlogits of bce_with_logits_forward's mean: [(1 - t) - (1 + (pw - 1) t) sigmoid(-x)] / n."""
+    be = _backend.current()
+    x, t, pw = _binary_inputs(be, logits, targets, pos_weight, "bce_with_logits_backward")
+    return be.bce_with_logits_backward(x, t, pw)
+
+
+def _regression_inputs(be, pred, target, op):
+    p = tensor(pred, "pred", be)
+    t = tensor(target, "target", be, dtype=p.dtype)
+    if t.shape != p.shape:
+        raise ValueError(f"{op}: target is {shape_str(t.shape)} but pred is {shape_str(p.shape)}; "
+                         "they must have the same shape")
+    if p.size == 0:
+        raise ValueError(f"{op}: pred is {shape_str(p.shape)}: empty (torch would return NaN; fastconv refuses)")
+    return p, t
+
+
+def mse_forward(pred, target):
+    """Mean of (pred - target)^2 over all elements (torch.nn.functional.mse_loss)."""
+    be = _backend.current()
+    return be.mse_forward(*_regression_inputs(be, pred, target, "mse_forward"))
+
+
+def mse_backward(pred, target):
+    """dloss/dpred = 2 (pred - target) / n."""
+    be = _backend.current()
+    return be.mse_backward(*_regression_inputs(be, pred, target, "mse_backward"))

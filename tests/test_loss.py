@@ -1,0 +1,300 @@
+"""Losses on every backend: softmax cross-entropy (weights, label smoothing), BCE with logits
+(pos_weight, probabilistic targets), MSE, and their gradients, against float64 NumPy references
+written from torch's definitions, with finite-difference checks, extreme and NaN inputs, and the
+bad inputs the ops must refuse."""
+import numpy as np
+import pytest
+
+from fastconv import ops
+from helpers import DTYPES, assert_gradient, assert_matches, numerical_gradient, on, to_numpy
+
+# ---- float64 references --------------------------------------------------------------------------
+
+
+def log_softmax64(z):
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def cross_entropy64(z, y, w, eps):
+    """torch.nn.functional.cross_entropy(z, y, weight=w, label_smoothing=eps), reduction="mean"."""
+    n, classes = z.shape
+    logp = log_softmax64(z)
+    wv = np.ones(classes, z.dtype) if w is None else w
+    wy = wv[y]
+    nll = -logp[np.arange(n), y]
+    smooth = -(logp * wv).sum(axis=1)
+    return ((1 - eps) * (wy * nll).sum() + eps / classes * smooth.sum()) / wy.sum()
+
+
+def cross_entropy_grad64(p, y, w, eps):
+    """d cross_entropy64 / dz written with p = softmax(z)."""
+    n, classes = p.shape
+    wv = np.ones(classes, p.dtype) if w is None else w
+    wy = wv[y][:, None]
+    onehot = np.zeros_like(p)
+    onehot[np.arange(n), y] = 1
+    g = p * ((1 - eps) * wy + eps / classes * wv.sum()) - (1 - eps) * wy * onehot - eps / classes * wv
+    return g / wv[y].sum()
+
+
+def bce64(x, t, pw):
+    """torch.nn.functional.binary_cross_entropy_with_logits(x, t, pos_weight=pw), mean."""
+    pw = 1 if pw is None else pw
+    softplus_neg = np.log1p(np.exp(-np.abs(x))) + np.maximum(-x, 0)
+    return ((1 - t) * x + (1 + (pw - 1) * t) * softplus_neg).mean()
+
+
+def bce_grad64(x, t, pw):
+    pw = 1 if pw is None else pw
+    e = np.exp(-np.abs(x))  # sigmoid(-x) without overflow
+    sigmoid_neg = np.where(x >= 0, e / (1 + e), 1 / (1 + e))
+    return ((1 - t) - (1 + (pw - 1) * t) * sigmoid_neg) / x.size
+
+
+def mse64(p, t):
+    return ((p - t) ** 2).mean()
+
+
+# ---- softmax cross-entropy -----------------------------------------------------------------------
+
+# (N, C): one class, two classes; a warp per row up to C = 256 (N not a multiple of the 8 rows per
+# block), a block per row from C = 257, C past the block's 512 threads; N past the mean kernel's
+# 256 threads.
+CE_SHAPES = [(1, 1), (1, 2), (6, 3), (9, 256), (2, 257), (3, 1000), (601, 7)]
+CE_OPTIONS = {"plain": (False, 0.0), "weight": (True, 0.0), "smoothing": (False, 0.1), "weight+smoothing": (True, 0.25)}
+
+
+def _cross_entropy_case(n, classes, with_weight, seed=0):
+    rng = np.random.default_rng(seed + 31 * n + classes)
+    z = rng.standard_normal((n, classes)) * 3
+    y = rng.integers(0, classes, n)
+    w = rng.uniform(0.2, 2.0, classes) if with_weight else None
+    return z, y, w
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("option", CE_OPTIONS)
+@pytest.mark.parametrize("n,classes", CE_SHAPES)
+def test_cross_entropy(backend, n, classes, option, dtype):
+    with_weight, eps = CE_OPTIONS[option]
+    z, y, w = _cross_entropy_case(n, classes, with_weight)
+    wd = None if w is None else w.astype(dtype)
+    loss, probs = ops.softmax_cross_entropy_forward(*on(backend, z.astype(dtype), y, wd), label_smoothing=eps)
+    assert loss.shape == () and isinstance(loss, backend.xp.ndarray)
+    assert_matches(loss, lambda z, y, w: cross_entropy64(z, y, w, eps), [z, y, w], dtype, what="loss")
+    assert_matches(probs, lambda z: np.exp(log_softmax64(z)), [z], dtype, what="probs")
+
+    p = np.exp(log_softmax64(z))
+    grad = ops.softmax_cross_entropy_backward(*on(backend, p.astype(dtype), y, wd), label_smoothing=eps)
+    assert_matches(grad, lambda p, y, w: cross_entropy_grad64(p, y, w, eps), [p, y, w], dtype, what="dlogits")
+
+
+@pytest.mark.parametrize("option", CE_OPTIONS)
+def test_cross_entropy_gradient_by_finite_differences(backend, option):
+    with_weight, eps = CE_OPTIONS[option]
+    z, y, w = _cross_entropy_case(4, 5, with_weight, seed=1)
+
+    def forward(z):
+        return to_numpy(ops.softmax_cross_entropy_forward(*on(backend, z, y, w), label_smoothing=eps)[0])
+
+    _, probs = ops.softmax_cross_entropy_forward(*on(backend, z, y, w), label_smoothing=eps)
+    grad = ops.softmax_cross_entropy_backward(probs, *on(backend, y, w), label_smoothing=eps)
+    assert_gradient(grad, numerical_gradient(forward, [z], 0, 1.0), f"dlogits ({option})")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_worked_example(backend, dtype):
+    # The course's example: predicted probabilities (0.25, 0.60, 0.15), second class true.
+    probs = np.array([[0.25, 0.60, 0.15]])
+    loss, p = ops.softmax_cross_entropy_forward(*on(backend, np.log(probs).astype(dtype), np.array([1])))
+    assert float(loss) == pytest.approx(-np.log(0.60), rel=1e-6)
+    assert round(float(loss), 2) == 0.51
+    np.testing.assert_allclose(to_numpy(p), probs, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_extreme_logits(backend, dtype):
+    z = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4]])
+    y = np.array([1, 2, 0])
+    for w, eps in [(None, 0.0), (np.array([1.0, 2.0, 0.5]), 0.3)]:
+        args = on(backend, z.astype(dtype), y, None if w is None else w.astype(dtype))
+        loss, probs = ops.softmax_cross_entropy_forward(*args, label_smoothing=eps)
+        grad = to_numpy(ops.softmax_cross_entropy_backward(probs, *args[1:], label_smoothing=eps))
+        assert np.isfinite(float(loss)) and np.all(np.isfinite(to_numpy(probs))) and np.all(np.isfinite(grad))
+        assert float(loss) == pytest.approx(cross_entropy64(z, y, w, eps), rel=1e-6)
+
+
+def test_cross_entropy_nan_logit_gives_nan_loss(backend):
+    z = np.array([[0.0, 1.0, 2.0], [0.5, np.nan, 0.0]], dtype=np.float32)
+    loss, probs = ops.softmax_cross_entropy_forward(*on(backend, z, np.array([0, 2])))
+    assert np.isnan(float(loss))
+    probs = to_numpy(probs)
+    assert np.all(np.isnan(probs[1])) and np.allclose(probs[0].sum(), 1)
+
+
+def test_cross_entropy_is_deterministic(backend):
+    z, y, w = _cross_entropy_case(600, 7, True, seed=2)
+    args = on(backend, z.astype(np.float32), y, w.astype(np.float32))
+    first = float(ops.softmax_cross_entropy_forward(*args, label_smoothing=0.1)[0])
+    assert first == float(ops.softmax_cross_entropy_forward(*args, label_smoothing=0.1)[0])
+
+
+# ---- BCE with logits ----------------------------------------------------------------------------
+
+BCE_SHAPES = [(1, 1), (7,), (4, 3), (3, 2, 5), (40, 33)]
+
+
+def _bce_case(shape, with_pos_weight, probabilistic, seed=0):
+    rng = np.random.default_rng(seed + sum(shape))
+    x = rng.standard_normal(shape) * 4
+    t = rng.uniform(0, 1, shape) if probabilistic else rng.integers(0, 2, shape).astype(np.float64)
+    pw = rng.uniform(0.5, 3.0, shape[-1]) if with_pos_weight else None
+    return x, t, pw
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("probabilistic", [False, True])
+@pytest.mark.parametrize("with_pos_weight", [False, True])
+@pytest.mark.parametrize("shape", BCE_SHAPES)
+def test_bce_with_logits(backend, shape, with_pos_weight, probabilistic, dtype):
+    x, t, pw = _bce_case(shape, with_pos_weight, probabilistic)
+    args = on(backend, x.astype(dtype), t.astype(dtype), None if pw is None else pw.astype(dtype))
+    loss = ops.bce_with_logits_forward(*args)
+    assert loss.shape == () and isinstance(loss, backend.xp.ndarray)
+    assert_matches(loss, bce64, [x, t, pw], dtype, what="loss")
+    assert_matches(ops.bce_with_logits_backward(*args), bce_grad64, [x, t, pw], dtype, what="dlogits")
+
+
+def test_bce_with_logits_many_partials(backend):
+    # More elements than 256 blocks x 256 threads: the mean kernel sums more partials than threads.
+    x, t, pw = _bce_case((260, 257), True, True)
+    args = on(backend, x.astype(np.float32), t.astype(np.float32), pw.astype(np.float32))
+    assert_matches(ops.bce_with_logits_forward(*args), bce64, [x, t, pw], np.float32, what="loss")
+    assert_matches(ops.bce_with_logits_backward(*args), bce_grad64, [x, t, pw], np.float32, what="dlogits")
+
+
+@pytest.mark.parametrize("with_pos_weight", [False, True])
+def test_bce_gradient_by_finite_differences(backend, with_pos_weight):
+    x, t, pw = _bce_case((3, 4), with_pos_weight, True, seed=3)
+
+    def forward(x):
+        return to_numpy(ops.bce_with_logits_forward(*on(backend, x, t, pw)))
+
+    grad = ops.bce_with_logits_backward(*on(backend, x, t, pw))
+    assert_gradient(grad, numerical_gradient(forward, [x], 0, 1.0), "dlogits")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_extreme_logits(backend, dtype):
+    x = np.array([[1e4, -1e4, 1e4, -1e4, 0.0, 50.0]])
+    t = np.array([[1.0, 0.0, 0.0, 1.0, 0.5, 0.3]])
+    pw = np.array([2.0, 1.0, 0.5, 3.0, 1.0, 1.0])
+    args = on(backend, x.astype(dtype), t.astype(dtype), pw.astype(dtype))
+    loss = float(ops.bce_with_logits_forward(*args))
+    grad = to_numpy(ops.bce_with_logits_backward(*args))
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    assert loss == pytest.approx(bce64(x, t, pw), rel=1e-6)
+    np.testing.assert_allclose(grad, bce_grad64(x, t, pw), rtol=1e-5, atol=1e-7)
+
+
+# ---- MSE ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(), (1,), (5, 3), (2, 3, 4, 5), (1100,)])
+def test_mse(backend, shape, dtype):
+    rng = np.random.default_rng(len(shape))
+    p, t = rng.standard_normal(shape), rng.standard_normal(shape)
+    args = on(backend, p.astype(dtype), t.astype(dtype))
+    loss = ops.mse_forward(*args)
+    assert loss.shape == () and isinstance(loss, backend.xp.ndarray)
+    assert_matches(loss, mse64, [p, t], dtype, what="loss")
+    assert_matches(ops.mse_backward(*args), lambda p, t: 2 * (p - t) / p.size, [p, t], dtype, what="dpred")
+
+
+def test_mse_gradient_by_finite_differences(backend):
+    rng = np.random.default_rng(4)
+    p, t = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    forward = lambda p: to_numpy(ops.mse_forward(*on(backend, p, t)))
+    assert_gradient(ops.mse_backward(*on(backend, p, t)), numerical_gradient(forward, [p], 0, 1.0), "dpred")
+
+
+# ---- bad inputs ---------------------------------------------------------------------------------
+
+
+class TestBadInput:
+    def _ce(self, backend, z=None, y=None, w=None, **kw):
+        z = np.zeros((3, 4), np.float32) if z is None else z
+        y = np.array([0, 1, 3]) if y is None else y
+        return ops.softmax_cross_entropy_forward(*on(backend, z, y, w), **kw)
+
+    def test_labels_must_be_integers(self, backend):
+        with pytest.raises(TypeError, match=r"labels must hold integer class indices, got dtype float"):
+            self._ce(backend, y=np.array([0.0, 1.0, 2.0]))
+
+    def test_labels_out_of_range_name_the_value(self, backend):
+        with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 4\).*got 4 at index 1"):
+            self._ce(backend, y=np.array([0, 4, 1]))
+        with pytest.raises(ValueError, match=r"got -1 at index 2"):
+            self._ce(backend, y=np.array([0, 1, -1]))
+        p = np.full((3, 4), 0.25, np.float32)
+        with pytest.raises(ValueError, match=r"got 7 at index 0"):
+            ops.softmax_cross_entropy_backward(*on(backend, p, np.array([7, 0, 0])))
+
+    def test_label_and_logit_shapes(self, backend):
+        with pytest.raises(ValueError, match=r"labels must have shape \(3,\).*got \(2,\)"):
+            self._ce(backend, y=np.array([0, 1]))
+        with pytest.raises(ValueError, match=r"labels must have shape \(3,\).*got \(3, 1\)"):
+            self._ce(backend, y=np.array([[0], [1], [2]]))
+        with pytest.raises(ValueError, match=r"logits must be 2-D, got shape \(4,\)"):
+            self._ce(backend, z=np.zeros(4, np.float32), y=np.array([0, 1, 2, 3]))
+        with pytest.raises(ValueError, match=r"probs must be 2-D"):
+            ops.softmax_cross_entropy_backward(*on(backend, np.zeros((2, 3, 4), np.float32), np.array([0, 1])))
+        with pytest.raises(ValueError, match=r"labels must have shape \(2,\).*got \(3,\)"):
+            ops.softmax_cross_entropy_backward(*on(backend, np.full((2, 3), 1 / 3, np.float32), np.array([0, 1, 2])))
+        with pytest.raises(ValueError, match=r"at least one class"):
+            self._ce(backend, z=np.zeros((3, 0), np.float32))
+
+    def test_empty_batch_is_refused(self, backend):
+        with pytest.raises(ValueError, match=r"logits is \(0, 4\): the batch is empty"):
+            self._ce(backend, z=np.zeros((0, 4), np.float32), y=np.zeros(0, np.int64))
+        with pytest.raises(ValueError, match=r"empty"):
+            ops.bce_with_logits_forward(*on(backend, np.zeros((0, 3)), np.zeros((0, 3))))
+        with pytest.raises(ValueError, match=r"empty"):
+            ops.mse_forward(*on(backend, np.zeros(0), np.zeros(0)))
+
+    def test_weight(self, backend):
+        with pytest.raises(ValueError, match=r"weight is \(3,\) but there are 4 classes: weight must be \(4,\)"):
+            self._ce(backend, w=np.ones(3, np.float32))
+        with pytest.raises(ValueError, match=r"weight must be non-negative"):
+            self._ce(backend, w=np.array([1, -1, 1, 1], np.float32))
+        with pytest.raises(TypeError, match=r"weight is float64 but the other inputs are float32"):
+            self._ce(backend, w=np.ones(4))
+
+    def test_label_smoothing(self, backend):
+        with pytest.raises(ValueError, match=r"label_smoothing must be <= 1.0, got 1.5"):
+            self._ce(backend, label_smoothing=1.5)
+        with pytest.raises(ValueError, match=r"label_smoothing must be >= 0.0"):
+            self._ce(backend, label_smoothing=-0.1)
+        with pytest.raises(TypeError, match=r"label_smoothing must be a real number"):
+            self._ce(backend, label_smoothing="0.1")
+
+    def test_integer_logits(self, backend):
+        with pytest.raises(TypeError, match=r"logits must be float32 or float64, got integer"):
+            self._ce(backend, z=np.zeros((3, 4), np.int32))
+
+    def test_bce_shapes(self, backend):
+        x = np.zeros((2, 3), np.float32)
+        with pytest.raises(ValueError, match=r"targets is \(3, 2\) but logits is \(2, 3\)"):
+            ops.bce_with_logits_forward(*on(backend, x, np.zeros((3, 2), np.float32)))
+        with pytest.raises(ValueError, match=r"pos_weight is \(2,\) but logits is \(2, 3\): expected \(3,\)"):
+            ops.bce_with_logits_backward(*on(backend, x, x, np.ones(2, np.float32)))
+        with pytest.raises(ValueError, match=r"pos_weight must be 1-D"):
+            ops.bce_with_logits_forward(*on(backend, x, x, np.ones((1, 3), np.float32)))
+        with pytest.raises(TypeError, match=r"targets is float64 but the other inputs are float32"):
+            ops.bce_with_logits_forward(*on(backend, x, np.zeros((2, 3))))
+
+    def test_mse_shapes(self, backend):
+        with pytest.raises(ValueError, match=r"target is \(4,\) but pred is \(2, 2\)"):
+            ops.mse_backward(*on(backend, np.zeros((2, 2)), np.zeros(4)))
