@@ -124,6 +124,9 @@ def finish(example, out, history, *, record, started, verbose=True) -> dict:
     if hasattr(example, "plots"):
         files.update(example.plots(out, model, dataset, report))
     files["report"] = save_json(report, out / "report.json")
+    if (out / "last" / _checkpoint.INDEX).exists():
+        files["last_checkpoint"] = str(out / "last")
+    files["run"] = str(out / "run.json")
     save_json({**record, "backend": _backend.get_backend(), "train_seconds": train_seconds,
                "best_epoch": history.best_epoch, "best_val_metric": history.best_metric,
                "val_metric": history.metric, "epochs_run": history.records[-1]["epoch"] if len(history) else 0,
