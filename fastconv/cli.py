@@ -1,8 +1,137 @@
-"""The `fastconv` command (also `python -m fastconv`)."""
+"""The `fastconv` command (also `python -m fastconv`).
+
+    fastconv train EXAMPLE [--epochs N --lr LR --batch-size B --backend NAME --seed S --out DIR]
+    fastconv evaluate CHECKPOINT [--backend NAME]
+    fastconv search [--epochs N --lrs ... --widths ... --batch-sizes ... --out DIR]
+    fastconv info
+    fastconv bench [ARGS...]
+
+The examples are the scripts in examples/ (beside the package in a source checkout; elsewhere set
+FASTCONV_EXAMPLES_DIR). Each defines NAME, DEFAULTS, run(...), load_data(...) and evaluate(...)
+(see fastconv.runs).
+Exit codes: 0 success, 1 a failure while running, 2 a usage error (unknown example, bad option).
+"""
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import subprocess
 import sys
+from pathlib import Path
+
+BACKENDS = ("auto", "cpu", "emu", "cuda")
+
+
+# ------------------------------------------------------------------------------------------
+# the examples
+
+
+def examples_dir() -> Path:
+    """Where the example scripts live: $FASTCONV_EXAMPLES_DIR, else examples/ beside the package."""
+    env = os.environ.get("FASTCONV_EXAMPLES_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "examples"
+
+
+def known_examples() -> list[str]:
+    folder = examples_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+
+
+def load_example(name: str):
+    """The example's module, imported from examples/NAME.py; ValueError naming the known ones."""
+    known = known_examples()
+    if name not in known:
+        where = examples_dir()
+        if not known:
+            raise ValueError(f"no examples found in {where} (a source checkout has them in examples/; "
+                             "elsewhere set FASTCONV_EXAMPLES_DIR)")
+        raise ValueError(f"unknown example {name!r}; known examples: {', '.join(known)}")
+    module_name = f"fastconv_examples.{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, examples_dir() / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[module_name]
+            raise
+    return sys.modules[module_name]
+
+
+# ------------------------------------------------------------------------------------------
+# option types: a bad value is an argparse error (exit code 2) that names the option
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _list_of(item_type):
+    def parse(text):
+        values = [item_type(t) for t in text.split(",") if t.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return values
+    parse.__name__ = f"list of {item_type.__name__}"
+    return parse
+
+
+# ------------------------------------------------------------------------------------------
+# commands
+
+
+def _use_backend(name):
+    import fastconv
+
+    return fastconv.use_backend(name)
+
+
+def _train(args) -> int:
+    example = load_example(args.example)
+    out = args.out or os.path.join("runs", args.example)
+    options = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "subset") if getattr(args, k) is not None}
+    with _use_backend(args.backend):
+        example.run(out=out, seed=args.seed, progress=not args.quiet, **options)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from . import runs
+
+    path = Path(args.checkpoint)
+    with _use_backend(args.backend):
+        name = runs.checkpoint_example(path)
+        runs.evaluate_checkpoint(load_example(name), path)
+    return 0
+
+
+def _search(args) -> int:
+    example = load_example("search")
+    out = args.out or os.path.join("runs", "search")
+    grid = {k: getattr(args, k) for k in ("lrs", "widths", "batch_sizes") if getattr(args, k) is not None}
+    with _use_backend(args.backend):
+        example.run(out=out, seed=args.seed, epochs=args.epochs, progress=not args.quiet, **grid)
+    return 0
 
 
 def _info(args) -> int:
@@ -12,16 +141,90 @@ def _info(args) -> int:
     return 0
 
 
+def benchmarks_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _bench(args) -> int:
+    folder = benchmarks_dir()
+    scripts = [folder / "run.py"] if (folder / "run.py").exists() else sorted(
+        p for p in folder.glob("*.py") if not p.stem.startswith("_")) if folder.is_dir() else []
+    if not scripts:
+        print(f"fastconv bench: no benchmark suite found in {folder} (it ships with the source checkout "
+              "of fastconv, not with an installed package); nothing was run", file=sys.stderr)
+        return 1
+    status = 0
+    for script in scripts:
+        print(f"== {script.name}", flush=True)
+        status = subprocess.call([sys.executable, str(script), *args.bench_args]) or status
+    return status
+
+
+# ------------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastconv", description="fastconv: kernels, training and evaluation")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    known = ", ".join(known_examples()) or "none found"
+    train = commands.add_parser("train", help=f"train an example ({known})",
+                                description=f"Train one of the examples: {known}. Writes the best checkpoint, "
+                                            "history.json, report.json and PNG plots to --out.")
+    train.add_argument("example", metavar="EXAMPLE", help=f"one of: {known}")
+    train.add_argument("--epochs", type=positive_int, help="epochs (default: the example's)")
+    train.add_argument("--lr", type=positive_float, help="learning rate (default: the example's)")
+    train.add_argument("--batch-size", type=positive_int, help="batch size (default: the example's)")
+    train.add_argument("--backend", choices=BACKENDS, default="auto", help="where the ops run (default: auto)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the split, the initialization and the batches")
+    train.add_argument("--out", metavar="DIR", help="output directory (default: runs/EXAMPLE)")
+    train.add_argument("--subset", type=positive_int, help="train on the first N training rows only (quick checks)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a saved checkpoint on its example's test data")
+    evaluate.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by `fastconv train`")
+    evaluate.add_argument("--backend", choices=BACKENDS, default="auto")
+    evaluate.set_defaults(run=_evaluate)
+
+    search = commands.add_parser("search", help="hyperparameter search on the two-layer tumour network")
+    search.add_argument("--epochs", type=positive_int, help="epochs per setting")
+    search.add_argument("--lrs", type=_list_of(positive_float), metavar="LR,LR,...", help="learning rates")
+    search.add_argument("--widths", type=_list_of(positive_int), metavar="W,W,...", help="hidden widths")
+    search.add_argument("--batch-sizes", type=_list_of(positive_int), metavar="B,B,...", help="batch sizes")
+    search.add_argument("--backend", choices=BACKENDS, default="auto")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--out", metavar="DIR", help="output directory (default: runs/search)")
+    search.add_argument("--quiet", action="store_true")
+    search.set_defaults(run=_search)
+
     commands.add_parser("info", help="version, extension modules, backend and device").set_defaults(run=_info)
+
+    bench = commands.add_parser("bench", help="run the benchmark suite in benchmarks/ (source checkout)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                       help="passed on to benchmarks/run.py (e.g. --device cuda --only dense,conv)")
+    bench.set_defaults(run=_bench)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.run(args)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to the suite (its --help too)
+        return _bench(argparse.Namespace(command="bench", bench_args=argv[1:]))
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.example not in known_examples():
+        try:
+            load_example(args.example)
+        except ValueError as exc:
+            parser.error(str(exc))  # exit code 2
+    try:
+        return args.run(args)
+    except (ValueError, RuntimeError, OSError) as exc:
+        if os.environ.get("FASTCONV_DEBUG"):
+            raise
+        print(f"fastconv {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

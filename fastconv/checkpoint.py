@@ -1,0 +1,297 @@
+"""Checkpoints: a directory holding the weights in safetensors (readable by other tools) and a JSON
+file describing them (architecture config, epoch, metric, fastconv version, optimizer and scheduler
+state, the weights file's SHA-256).
+
+    save("runs/best", model, optimizer=opt, epoch=3, metric=0.97)
+    model, info = load("runs/best")                  # rebuilt from the config
+    info = load_into("runs/last", model, opt)       # resume / fine-tune an existing model
+
+Layout of a checkpoint directory:
+    checkpoint.json                       names the weights file and its checksum
+    weights-<unique>.safetensors          model parameters ("0.weight", ...) and optimizer buffers
+                                          ("optim.<param index>.<buffer>")
+
+Crash safety. Each save writes a NEW weights file under a fresh name (temp file, flush, fsync,
+os.replace, fsync of the directory), then replaces checkpoint.json the same way, and only then
+deletes the weights files the new JSON does not name. Until the JSON's os.replace the old JSON
+names the old weights, which still exist; after it, the new JSON names new, fully written
+weights. A crash at any point therefore leaves a complete, loadable checkpoint (old or new);
+what a crash can leave behind is an unreferenced temp or weights file, removed by the next save.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+
+import numpy as np
+
+from . import __version__
+from . import backend as _backend
+from . import nn
+
+__all__ = ["CheckpointError", "save", "load", "load_into", "read_info"]
+
+FORMAT = "fastconv-checkpoint"
+FORMAT_VERSION = 1
+INDEX = "checkpoint.json"
+OPTIM_PREFIX = "optim."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, corrupt, truncated, or of another architecture."""
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def _directory(path) -> str:
+    path = os.fspath(path)
+    return os.path.dirname(path) or "." if os.path.basename(path) == INDEX else path
+
+
+def _fsync_directory(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(directory, name, data: bytes):
+    tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _jsonable(value):
+    """Optimizer/scheduler state minus arrays (those go to safetensors)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _split_optimizer(optimizer):
+    """(JSON-able optimizer state, {safetensors key: host array})."""
+    sd = optimizer.state_dict()
+    arrays, state = {}, {}
+    for i, entry in sd["state"].items():
+        state[str(i)] = {}
+        for key, value in entry.items():
+            if hasattr(value, "shape") and getattr(value, "ndim", 0) > 0:
+                arrays[f"{OPTIM_PREFIX}{i}.{key}"] = np.ascontiguousarray(_host(value))
+            else:
+                state[str(i)][key] = _jsonable(value)
+    return {"type": sd["type"], "hyperparameters": _jsonable(sd["hyperparameters"]), "state": state}, arrays
+
+
+def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, extra=None) -> str:
+    """Writes the checkpoint directory `path` (created if needed); returns the JSON's path.
+
+    extra: any JSON-able dict stored as is (the training loop keeps its own state there).
+    """
+    from safetensors.numpy import save as st_save
+
+    directory = _directory(path)
+    os.makedirs(directory, exist_ok=True)
+    tensors = {name: np.ascontiguousarray(_host(a)) for name, a in model.state_dict().items()}
+    optim_state = None
+    if optimizer is not None:
+        optim_state, optim_arrays = _split_optimizer(optimizer)
+        tensors.update(optim_arrays)
+    data = st_save(tensors, metadata={"format": FORMAT, "fastconv_version": __version__})
+    weights = f"weights-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.safetensors"
+    _write_atomically(directory, weights, data)
+
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "fastconv_version": __version__,
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "epoch": epoch,
+        "metric": None if metric is None else float(metric),
+        "config": model.config(),
+        "parameters": list(model.state_dict().keys()),
+        "module_state": _jsonable(model.extra_state()),
+        "weights": {"file": weights, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
+        "optimizer": optim_state,
+        "scheduler": None if scheduler is None else _jsonable(scheduler.state_dict()),
+        "extra": extra,
+    }
+    text = json.dumps(info, indent=1, allow_nan=True).encode()
+    _write_atomically(directory, INDEX, text)  # the commit point
+
+    for name in os.listdir(directory):
+        stale_weights = name.startswith("weights-") and name.endswith(".safetensors") and name != weights
+        if stale_weights or name.startswith(".tmp-"):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+    _fsync_directory(directory)
+    return os.path.join(directory, INDEX)
+
+
+def read_info(path) -> dict:
+    """The checkpoint's JSON (no weights read)."""
+    directory = _directory(path)
+    index = os.path.join(directory, INDEX)
+    try:
+        with open(index, "rb") as f:
+            info = json.loads(f.read())
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {directory!r} ({INDEX} not found)") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{index} is not valid JSON ({exc}): the checkpoint is corrupt") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise CheckpointError(f"{index} is not a fastconv checkpoint")
+    if info.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{index} has format version {info['format_version']}; this fastconv "
+                              f"({__version__}) reads up to {FORMAT_VERSION}")
+    return info
+
+
+def _read_tensors(directory, info) -> dict:
+    """The weights file's arrays, after checking its size and SHA-256 against the JSON."""
+    from safetensors.numpy import load as st_load
+
+    meta = info["weights"]
+    file = os.path.join(directory, meta["file"])
+    try:
+        with open(file, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise CheckpointError(f"the checkpoint's weights file {file!r} is missing") from None
+    if len(data) != meta["bytes"]:
+        raise CheckpointError(f"{file} is {len(data)} bytes but the checkpoint recorded {meta['bytes']}: "
+                              "the file is truncated or was replaced")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != meta["sha256"]:
+        raise CheckpointError(f"{file} fails its SHA-256 check (expected {meta['sha256']}, got {digest}): "
+                              "the file is corrupt")
+    try:
+        return st_load(data)
+    except Exception as exc:
+        raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
+
+
+def _model_weights(tensors):
+    return {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
+
+
+def _optimizer_state(info, tensors):
+    saved = info.get("optimizer")
+    if saved is None:
+        return None
+    state = {}
+    for i, entry in saved["state"].items():
+        state[int(i)] = dict(entry)
+    for key, value in tensors.items():
+        if key.startswith(OPTIM_PREFIX):
+            i, buf = key[len(OPTIM_PREFIX):].split(".", 1)
+            state.setdefault(int(i), {})[buf] = value
+    return {"type": saved["type"], "hyperparameters": saved["hyperparameters"], "state": state}
+
+
+def _config_difference(a, b, where="model"):
+    """A short description of the first difference between two configs, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in list(a) + [k for k in b if k not in a]:
+            if key not in a or key not in b:
+                return f"{where}.{key}: present in only one of them"
+            diff = _config_difference(a[key], b[key], f"{where}.{key}")
+            if diff:
+                return diff
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{where}: {len(a)} entries vs {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            diff = _config_difference(x, y, f"{where}[{i}]")
+            if diff:
+                return diff
+        return None
+    return None if a == b else f"{where}: {a!r} in the checkpoint, {b!r} in the model"
+
+
+def load(path):
+    """(model rebuilt from the checkpoint's config with its weights, info dict)."""
+    directory = _directory(path)
+    info = read_info(directory)
+    tensors = _read_tensors(directory, info)
+    try:
+        model = nn.from_config(info["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"cannot rebuild the model from {directory!r}: {exc}") from None
+    try:
+        model.load_state_dict(_model_weights(tensors))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"the weights in {directory!r} do not fit its own config: {exc}") from None
+    model.load_extra_state(info.get("module_state") or {})
+    return model, info
+
+
+def load_into(path, model, optimizer=None, scheduler=None, *, strict=True):
+    """Loads the checkpoint's weights (and optimizer / scheduler state when given) into existing
+    objects; returns the info dict. Everything is checked before anything changes: a corrupt file or
+    another architecture raises CheckpointError and leaves model, optimizer and scheduler untouched.
+
+    strict=False (fine-tuning into a changed model): the architectures need not match; the
+    parameters present in both with the same names are loaded (their shapes must agree).
+    """
+    directory = _directory(path)
+    info = read_info(directory)
+    if strict:
+        diff = _config_difference(info["config"], model.config())
+        if diff:
+            raise CheckpointError(f"the checkpoint {directory!r} holds another architecture than the model "
+                                  f"({diff})")
+    tensors = _read_tensors(directory, info)
+    try:
+        pairs, _, _ = model.check_state_dict(_model_weights(tensors), strict=strict)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"the checkpoint {directory!r} does not fit the model: {exc}") from None
+    optim_state = None
+    if optimizer is not None:
+        saved = _optimizer_state(info, tensors)
+        if saved is None:
+            raise CheckpointError(f"the checkpoint {directory!r} has no optimizer state")
+        try:
+            optim_state = optimizer.check_state_dict(saved)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"the optimizer state in {directory!r} does not fit the optimizer: {exc}") from None
+    if scheduler is not None:
+        if info.get("scheduler") is None:
+            raise CheckpointError(f"the checkpoint {directory!r} has no scheduler state")
+        if info["scheduler"].get("type") != type(scheduler).__name__:
+            raise CheckpointError(f"the checkpoint {directory!r} holds a {info['scheduler'].get('type')} state, "
+                                  f"not a {type(scheduler).__name__}")
+
+    xp = _backend.current().xp
+    for p, value in pairs:
+        p.data[...] = xp.asarray(value)
+    if strict:
+        model.load_extra_state(info.get("module_state") or {})
+    if optimizer is not None:
+        optimizer.state = optim_state
+        for key, value in saved["hyperparameters"].items():
+            setattr(optimizer, key, tuple(value) if isinstance(value, list) else value)
+    if scheduler is not None:
+        scheduler.load_state_dict(info["scheduler"])
+    return info

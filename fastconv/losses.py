@@ -1,0 +1,187 @@
+"""Loss functions, averaged over the batch (PyTorch's reduction="mean"), on fastconv.ops.
+
+    loss_fn = CrossEntropyLoss()
+    loss = loss_fn(logits, labels)     # 0-d array on the device; float(loss) works
+    dlogits = loss_fn.backward()       # gradient of the loss for the output of that call
+
+Targets may be NumPy arrays on any backend (they are moved to the device); outputs must already
+be on the backend's device. Targets that do not fit the loss are a clear error.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import backend as _backend
+from . import ops
+
+__all__ = ["Loss", "CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss"]
+
+
+def _shape(a):
+    return tuple(int(s) for s in a.shape)
+
+
+def _output(name, output, ndim=None):
+    shape = getattr(output, "shape", None)
+    if shape is None:
+        raise TypeError(f"{name}: the output must be an array on the backend's device, got {type(output).__name__}")
+    if ndim is not None and len(shape) != ndim:
+        raise ValueError(f"{name}: expected the output to be {ndim}-D, got shape {tuple(shape)}")
+    if output.dtype.kind != "f":
+        raise TypeError(f"{name}: the output must be float32 or float64, got {output.dtype}")
+    return output
+
+
+def _float_target(name, target, output, what="target"):
+    xp = _backend.current().xp
+    target = xp.asarray(target)
+    if target.dtype.kind not in "fiub":
+        raise TypeError(f"{name}: {what} must be numeric, got dtype {target.dtype}")
+    if _shape(target) != _shape(output):
+        hint = ""
+        if target.size == output.size:
+            hint = f"; reshape it (e.g. target.reshape{_shape(output)})"
+        raise ValueError(f"{name}: {what} has shape {_shape(target)} but the output has shape {_shape(output)}; "
+                         f"they must be equal{hint}")
+    return xp.ascontiguousarray(target, dtype=output.dtype)
+
+
+class Loss:
+    """Base: __call__(output, target) -> loss and stores what backward() needs."""
+
+    def __call__(self, output, target):
+        raise NotImplementedError
+
+    def backward(self):
+        raise NotImplementedError
+
+    def _saved(self):
+        saved = getattr(self, "_ctx", None)
+        if saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() called before computing the loss")
+        return saved
+
+    def config(self) -> dict:
+        return {"type": type(self).__name__}
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class CrossEntropyLoss(Loss):
+    """Softmax cross-entropy of logits (N, C) against integer class labels (N,) in [0, C).
+
+    weight: per-class weights (C,) (the mean is then weighted, as in PyTorch);
+    label_smoothing: in [0, 1], mixes the one-hot target with the uniform distribution.
+    """
+
+    def __init__(self, weight=None, label_smoothing=0.0):
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
+                or not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+        if weight is not None:
+            host = weight.get() if hasattr(weight, "get") and not isinstance(weight, np.ndarray) else np.asarray(weight)
+            if host.ndim != 1 or host.dtype.kind not in "fiu":
+                raise ValueError(f"CrossEntropyLoss: weight must be a 1-D array of class weights, got shape "
+                                 f"{host.shape} dtype {host.dtype}")
+            if (host < 0).any():
+                raise ValueError("CrossEntropyLoss: class weights must be >= 0")
+            weight = host
+        self.weight = weight
+
+    def __call__(self, logits, labels):
+        name = "CrossEntropyLoss"
+        logits = _output(name, logits, ndim=2)
+        n, c = _shape(logits)
+        xp = _backend.current().xp
+        labels = xp.asarray(labels)
+        if labels.dtype.kind not in "iu":
+            hint = (" (one-hot or probability targets: pass labels.argmax(axis=1); binary targets with one output: "
+                    "use BCEWithLogitsLoss)") if labels.dtype.kind == "f" else ""
+            raise TypeError(f"{name}: labels must be integer class indices, got dtype {labels.dtype}{hint}")
+        if labels.ndim != 1 or labels.shape[0] != n:
+            raise ValueError(f"{name}: labels must have shape ({n},) for logits of shape {(n, c)}, "
+                             f"got {_shape(labels)}")
+        if n:
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= c:
+                bad = high if high >= c else low
+                raise ValueError(f"{name}: label {bad} is out of range for {c} outputs (labels must be in [0, {c - 1}])")
+        weight = None
+        if self.weight is not None:
+            if self.weight.shape[0] != c:
+                raise ValueError(f"{name}: weight has {self.weight.shape[0]} entries but the logits have {c} classes")
+            weight = xp.asarray(self.weight, dtype=logits.dtype)
+        labels = xp.ascontiguousarray(labels, dtype=xp.int64)
+        loss, probs = ops.softmax_cross_entropy_forward(logits, labels, weight, self.label_smoothing)
+        self._ctx = (probs, labels, weight)
+        return loss
+
+    def backward(self):
+        probs, labels, weight = self._saved()
+        return ops.softmax_cross_entropy_backward(probs, labels, weight, self.label_smoothing)
+
+    def config(self):
+        return {"type": "CrossEntropyLoss", "label_smoothing": self.label_smoothing,
+                "weight": None if self.weight is None else self.weight.tolist()}
+
+
+class BCEWithLogitsLoss(Loss):
+    """Binary cross-entropy of sigmoid(logits) against targets in [0, 1] of the output's shape.
+
+    pos_weight: weight of the positive term, a scalar or one value per output column.
+    """
+
+    def __init__(self, pos_weight=None):
+        if pos_weight is not None:
+            host = np.atleast_1d(pos_weight.get() if hasattr(pos_weight, "get") and not isinstance(pos_weight, np.ndarray)
+                                 else np.asarray(pos_weight))
+            if host.ndim != 1 or host.dtype.kind not in "fiu" or (host < 0).any():
+                raise ValueError(f"BCEWithLogitsLoss: pos_weight must be a non-negative scalar or 1-D array, got {pos_weight!r}")
+            pos_weight = host
+        self.pos_weight = pos_weight
+
+    def __call__(self, logits, targets):
+        name = "BCEWithLogitsLoss"
+        logits = _output(name, logits)
+        targets = _float_target(name, targets, logits, "targets")
+        if targets.size and (float(targets.min()) < 0.0 or float(targets.max()) > 1.0):
+            raise ValueError(f"{name}: targets must be probabilities in [0, 1], got values in "
+                             f"[{float(targets.min())}, {float(targets.max())}] (class indices? use CrossEntropyLoss)")
+        pos_weight = None
+        if self.pos_weight is not None:
+            cols = logits.shape[-1] if logits.ndim else 1
+            pw = self.pos_weight
+            if pw.shape[0] not in (1, cols):
+                raise ValueError(f"{name}: pos_weight has {pw.shape[0]} entries but the output has {cols} columns")
+            pw = np.broadcast_to(pw, (cols,))
+            pos_weight = _backend.current().xp.asarray(np.ascontiguousarray(pw), dtype=logits.dtype)
+        loss = ops.bce_with_logits_forward(logits, targets, pos_weight)
+        self._ctx = (logits, targets, pos_weight)
+        return loss
+
+    def backward(self):
+        logits, targets, pos_weight = self._saved()
+        return ops.bce_with_logits_backward(logits, targets, pos_weight)
+
+    def config(self):
+        return {"type": "BCEWithLogitsLoss", "pos_weight": None if self.pos_weight is None else self.pos_weight.tolist()}
+
+
+class MSELoss(Loss):
+    """Mean of (pred - target)^2 over all elements; target of the prediction's shape."""
+
+    def __call__(self, pred, target):
+        name = "MSELoss"
+        pred = _output(name, pred)
+        target = _float_target(name, target, pred)
+        loss = ops.mse_forward(pred, target)
+        self._ctx = (pred, target)
+        return loss
+
+    def backward(self):
+        pred, target = self._saved()
+        return ops.mse_backward(pred, target)

@@ -1,0 +1,560 @@
+"""Layers: modules with a forward pass, a backward pass and parameters, running on fastconv.ops.
+
+    model = nn.Sequential(nn.Linear(30, 16), nn.ReLU(), nn.Linear(16, 1))
+    out = model(x)                 # x on the backend's device, (N, 30)
+    dx = model.backward(dout)      # gradients ACCUMULATE into each parameter's .grad
+
+Each layer caches what its backward needs during forward (the input, the output, pooling indices);
+backward() uses the cache of the most recent forward. Parameters live on the current backend's
+device (fastconv.backend.current().xp: NumPy or CuPy). Initialization is PyTorch's default,
+U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, drawn from a NumPy Generator on the host:
+`seed=` on a layer, or the module-level generator set by `manual_seed(s)` (seed 0 at import), so the
+same seed gives the same weights on every backend.
+
+`model.config()` is a JSON-able description of the architecture; `from_config(cfg)` rebuilds it.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections import OrderedDict
+
+import numpy as np
+
+from . import backend as _backend
+from . import ops
+
+__all__ = ["Parameter", "Module", "Linear", "Conv2d", "ReLU", "Sigmoid", "MaxPool2d", "AvgPool2d", "Flatten",
+           "Dropout", "Sequential", "manual_seed", "from_config", "register"]
+
+_rng = np.random.default_rng(0)
+
+
+def manual_seed(seed: int) -> None:
+    """Reseeds the generator that initializes layers (and seeds Dropout) when no `seed=` is given."""
+    global _rng
+    _rng = np.random.default_rng(seed)
+
+
+def _xp():
+    return _backend.current().xp
+
+
+def _generator(seed):
+    return _rng if seed is None else np.random.default_rng(seed)
+
+
+def _float_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _positive_int(value, name, layer, low=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{layer}: {name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def _pair(value, name, layer, low=1):
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{layer}: {name} must be an int or a pair, got {value!r}")
+        return tuple(_positive_int(v, name, layer, low) for v in value)
+    v = _positive_int(value, name, layer, low)
+    return (v, v)
+
+
+class Parameter:
+    """A trainable array: .data (on the backend's device), .grad (None until a backward pass),
+    .requires_grad (False when frozen: no gradient is accumulated and optimizers skip it), .name."""
+
+    def __init__(self, data, name=None, requires_grad=True):
+        self.data = data
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self.name = name
+
+    @property
+    def frozen(self) -> bool:
+        return not self.requires_grad
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def accumulate(self, grad) -> None:
+        """Adds grad to .grad (sets it when None); does nothing when frozen."""
+        if not self.requires_grad or grad is None:
+            return
+        if self.grad is None:
+            self.grad = grad
+        else:
+            self.grad += grad
+
+    def __repr__(self):
+        return f"Parameter({self.name!r}, shape={self.shape}, dtype={self.dtype}{', frozen' if self.frozen else ''})"
+
+
+class Module:
+    """Base class. Subclasses set Parameter and Module attributes (registered in assignment order),
+    implement forward(x) and backward(dy) -> dx, and `_args()` (constructor arguments, for config())."""
+
+    training = True
+
+    def __setattr__(self, name, value):
+        params = self.__dict__.setdefault("_parameters", OrderedDict())
+        modules = self.__dict__.setdefault("_modules", OrderedDict())
+        params.pop(name, None)
+        modules.pop(name, None)
+        if isinstance(value, Parameter):
+            params[name] = value
+        elif isinstance(value, Module):
+            modules[name] = value
+        object.__setattr__(self, name, value)
+
+    # --- computation -------------------------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
+
+    def backward(self, dy):
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def _cached(self, name):
+        value = self.__dict__.get(name)
+        if value is None:
+            raise RuntimeError(f"{self!r}: backward() called before forward()")
+        return value
+
+    # --- parameters --------------------------------------------------------------------------
+    def named_parameters(self, prefix=""):
+        """(name, Parameter) pairs, recursively, in a stable order ("0.weight", "0.bias", ...).
+        Frozen parameters are included (their .frozen is True)."""
+        for name, p in self.__dict__.get("_parameters", {}).items():
+            yield prefix + name, p
+        for name, m in self.__dict__.get("_modules", {}).items():
+            yield from m.named_parameters(prefix + name + ".")
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def modules(self):
+        """This module and every submodule, depth first."""
+        yield self
+        for m in self.__dict__.get("_modules", {}).values():
+            yield from m.modules()
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def freeze(self):
+        """No gradients for this module's parameters; optimizers leave them unchanged."""
+        for p in self.parameters():
+            p.requires_grad = False
+        return self
+
+    def unfreeze(self):
+        for p in self.parameters():
+            p.requires_grad = True
+        return self
+
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            m.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # --- state -------------------------------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, object]":
+        """name -> parameter array (the arrays themselves, on the device; not copies)."""
+        return OrderedDict((name, p.data) for name, p in self.named_parameters())
+
+    def check_state_dict(self, state_dict, strict=True):
+        """Validates a state dict against this model without changing it; returns
+        (pairs to copy, missing keys, unexpected keys). Raises KeyError/ValueError/TypeError."""
+        own = OrderedDict(self.named_parameters())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if unexpected:
+                parts.append(f"unexpected keys {unexpected}")
+            raise KeyError(f"load_state_dict: {'; '.join(parts)} (the model has {list(own)})")
+        pairs = []
+        for name, p in own.items():
+            if name not in state_dict:
+                continue
+            value = state_dict[name]
+            shape = tuple(getattr(value, "shape", ()))
+            if shape != p.shape:
+                raise ValueError(f"load_state_dict: {name} has shape {shape} in the state dict, "
+                                 f"but the model's parameter is {p.shape}")
+            dtype = getattr(value, "dtype", None)
+            if dtype is None or np.dtype(dtype) != np.dtype(p.dtype):
+                raise TypeError(f"load_state_dict: {name} is {dtype} in the state dict, but the model's "
+                                f"parameter is {p.dtype}")
+            pairs.append((p, value))
+        return pairs, missing, unexpected
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copies arrays into the parameters (in place). Everything is checked first: on any error
+        the model is unchanged. Returns (missing keys, unexpected keys) (both empty when strict)."""
+        pairs, missing, unexpected = self.check_state_dict(state_dict, strict)
+        xp = _xp()
+        for p, value in pairs:
+            p.data[...] = xp.asarray(value)
+        return missing, unexpected
+
+    def extra_state(self) -> dict:
+        """JSON-able state besides parameters (e.g. Dropout's generator), by module path."""
+        out = {}
+        for name, m in self._named_modules():
+            s = m._extra_state()
+            if s is not None:
+                out[name] = s
+        return out
+
+    def load_extra_state(self, state: dict) -> None:
+        for name, m in self._named_modules():
+            if name in state:
+                m._load_extra_state(state[name])
+
+    def _named_modules(self, prefix=""):
+        yield prefix.rstrip("."), self
+        for name, m in self.__dict__.get("_modules", {}).items():
+            yield from m._named_modules(prefix + name + ".")
+
+    def _extra_state(self):
+        return None
+
+    def _load_extra_state(self, state):
+        pass
+
+    # --- architecture ------------------------------------------------------------------------
+    def _args(self) -> dict:
+        raise NotImplementedError(f"{type(self).__name__} does not describe its architecture: implement _args() "
+                                  "and decorate the class with @fastconv.nn.register")
+
+    def config(self) -> dict:
+        """A JSON-able description of the architecture: {"type": class name, constructor args...}."""
+        return {"type": type(self).__name__, **self._args()}
+
+    def __repr__(self):
+        try:
+            args = ", ".join(f"{k}={v!r}" for k, v in self._args().items() if k != "dtype")
+        except NotImplementedError:
+            args = ""
+        return f"{type(self).__name__}({args})"
+
+
+def _check_input(layer, x, ndim, what, size=None, dim=1, dtype=None):
+    """ValueError naming the layer, the expected and the received shape."""
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        raise TypeError(f"{layer!r}: input must be an array on the backend's device, got {type(x).__name__}")
+    if len(shape) != ndim or (size is not None and shape[dim] != size):
+        raise ValueError(f"{layer!r}: expected input of shape {what}, got {tuple(shape)}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{layer!r}: input is {x.dtype} but the layer's parameters are {dtype}; "
+                        f"cast the input (x.astype({np.dtype(dtype).name}))")
+
+
+def _uniform(rng, bound, shape, dtype):
+    host = rng.uniform(-bound, bound, size=shape).astype(dtype)
+    return _xp().asarray(host)
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias; weight (out_features, in_features), bias (out_features,)."""
+
+    fusable = True
+
+    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None):
+        self.in_features = _positive_int(in_features, "in_features", "Linear")
+        self.out_features = _positive_int(out_features, "out_features", "Linear")
+        self.dtype = _float_dtype(dtype)
+        rng = _generator(seed)
+        bound = 1.0 / math.sqrt(self.in_features)
+        self.weight = Parameter(_uniform(rng, bound, (self.out_features, self.in_features), self.dtype), "weight")
+        self.bias = Parameter(_uniform(rng, bound, (self.out_features,), self.dtype), "bias") if bias else None
+
+    def _args(self):
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
+                "dtype": self.dtype.name}
+
+    def forward(self, x, activation=None):
+        """activation ("relu"/"sigmoid") is fused into the GEMM epilogue; Sequential uses it."""
+        _check_input(self, x, 2, f"(N, {self.in_features})", self.in_features, dtype=self.dtype)
+        self._x = x
+        return ops.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data, activation)
+
+    def backward(self, dy):
+        dx, dw, db = ops.linear_backward(dy, self._cached("_x"), self.weight.data, bias=self.bias is not None)
+        self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx
+
+
+class Conv2d(Module):
+    """2-D cross-correlation over NCHW input; weight (out_channels, in_channels // groups, kh, kw)."""
+
+    fusable = True
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, *, dtype=np.float32, seed=None):
+        name = "Conv2d"
+        self.in_channels = _positive_int(in_channels, "in_channels", name)
+        self.out_channels = _positive_int(out_channels, "out_channels", name)
+        self.kernel_size = _pair(kernel_size, "kernel_size", name)
+        self.stride = _pair(stride, "stride", name)
+        self.padding = _pair(padding, "padding", name, low=0)
+        self.dilation = _pair(dilation, "dilation", name)
+        self.groups = _positive_int(groups, "groups", name)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"Conv2d: in_channels ({self.in_channels}) and out_channels ({self.out_channels}) "
+                             f"must both be divisible by groups ({self.groups})")
+        self.dtype = _float_dtype(dtype)
+        rng = _generator(seed)
+        kh, kw = self.kernel_size
+        fan_in = self.in_channels // self.groups * kh * kw
+        bound = 1.0 / math.sqrt(fan_in)
+        shape = (self.out_channels, self.in_channels // self.groups, kh, kw)
+        self.weight = Parameter(_uniform(rng, bound, shape, self.dtype), "weight")
+        self.bias = Parameter(_uniform(rng, bound, (self.out_channels,), self.dtype), "bias") if bias else None
+
+    def _args(self):
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
+                "dilation": list(self.dilation), "groups": self.groups, "bias": self.bias is not None,
+                "dtype": self.dtype.name}
+
+    def _geometry(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+    def forward(self, x, activation=None):
+        _check_input(self, x, 4, f"(N, {self.in_channels}, H, W)", self.in_channels, dtype=self.dtype)
+        self._x = x
+        return ops.conv2d_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
+                                  activation=activation, **self._geometry())
+
+    def backward(self, dy):
+        dx, dw, db = ops.conv2d_backward(dy, self._cached("_x"), self.weight.data, bias=self.bias is not None,
+                                         **self._geometry())
+        self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx
+
+
+class ReLU(Module):
+    activation = "relu"
+
+    def _args(self):
+        return {}
+
+    def forward(self, x):
+        self._x = x
+        return ops.relu_forward(x)
+
+    def _absorb(self, y):
+        # After a fused Linear/Conv2d + ReLU the cached input is the output: y > 0 exactly where the
+        # pre-activation is > 0, so relu_backward gives the same mask.
+        self._x = y
+
+    def backward(self, dy):
+        return ops.relu_backward(dy, self._cached("_x"))
+
+
+class Sigmoid(Module):
+    activation = "sigmoid"
+
+    def _args(self):
+        return {}
+
+    def forward(self, x):
+        self._y = ops.sigmoid_forward(x)
+        return self._y
+
+    def _absorb(self, y):
+        self._y = y
+
+    def backward(self, dy):
+        return ops.sigmoid_backward(dy, self._cached("_y"))
+
+
+class _Pool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        name = type(self).__name__
+        self.kernel_size = _pair(kernel_size, "kernel_size", name)
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", name)
+        self.padding = _pair(padding, "padding", name, low=0)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"{name}: padding {self.padding} must be at most half of kernel_size {self.kernel_size}")
+
+    def _args(self):
+        return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
+
+    def _check(self, x):
+        _check_input(self, x, 4, "(N, C, H, W)")
+
+
+class MaxPool2d(_Pool2d):
+    def forward(self, x):
+        self._check(x)
+        y, self._indices = ops.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        self._x_shape = tuple(x.shape)
+        return y
+
+    def backward(self, dy):
+        return ops.max_pool2d_backward(dy, self._cached("_indices"), self._cached("_x_shape"))
+
+
+class AvgPool2d(_Pool2d):
+    def forward(self, x):
+        self._check(x)
+        self._x_shape = tuple(x.shape)
+        return ops.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+
+    def backward(self, dy):
+        return ops.avg_pool2d_backward(dy, self._cached("_x_shape"), self.kernel_size, self.stride, self.padding)
+
+
+class Flatten(Module):
+    """(N, d1, d2, ...) -> (N, d1 * d2 * ...)."""
+
+    def _args(self):
+        return {}
+
+    def forward(self, x):
+        if getattr(x, "ndim", 0) < 1:
+            raise ValueError(f"{self!r}: expected input of shape (N, ...), got {tuple(getattr(x, 'shape', ()))}")
+        self._x_shape = tuple(x.shape)
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._cached("_x_shape"))
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zeroes each element with probability p and scales the rest by
+    1 / (1 - p); the identity in eval mode. The mask comes from the layer's own seeded generator
+    (its state is saved in checkpoints, so a resumed run draws the same masks)."""
+
+    def __init__(self, p=0.5, *, seed=None):
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
+        self.p = float(p)
+        self._gen = np.random.default_rng(_generator(seed).integers(2**63) if seed is None else seed)
+
+    def _args(self):
+        return {"p": self.p}
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        keep = self._gen.random(tuple(x.shape)) >= self.p
+        scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
+        self._mask = _xp().asarray((keep * scale).astype(x.dtype))
+        return x * self._mask
+
+    def backward(self, dy):
+        mask = self.__dict__.get("_mask")
+        return dy if mask is None else dy * mask
+
+    def _extra_state(self):
+        return {"generator": self._gen.bit_generator.state}
+
+    def _load_extra_state(self, state):
+        self._gen.bit_generator.state = state["generator"]
+
+
+class Sequential(Module):
+    """Layers applied in order; submodules are named "0", "1", ... (so parameters are "0.weight").
+
+    A Linear or Conv2d directly followed by ReLU or Sigmoid runs as one fused op (bias and activation
+    in the kernel's epilogue); the activation layer then caches the fused output for its backward.
+    """
+
+    def __init__(self, *layers):
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: layer {i} is a {type(layer).__name__}, not a fastconv.nn.Module")
+            self.__dict__.setdefault("_modules", OrderedDict())[str(i)] = layer
+
+    def __getitem__(self, index):
+        layers = list(self)
+        return Sequential(*layers[index]) if isinstance(index, slice) else layers[index]
+
+    def __len__(self):
+        return len(self.__dict__.get("_modules", {}))
+
+    def __iter__(self):
+        return iter(self.__dict__.get("_modules", {}).values())
+
+    def _args(self):
+        return {"layers": [layer.config() for layer in self]}
+
+    def __repr__(self):
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self))
+        return f"Sequential({inner}\n)"
+
+    def forward(self, x):
+        layers = list(self)
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            if getattr(layer, "fusable", False) and type(nxt) in (ReLU, Sigmoid):
+                x = layer.forward(x, activation=nxt.activation)
+                nxt._absorb(x)
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(list(self)):
+            dy = layer.backward(dy)
+        return dy
+
+
+_REGISTRY = {}
+
+
+def register(cls):
+    """Makes a Module subclass known to from_config() (by class name). Usable as a decorator."""
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+for _cls in (Linear, Conv2d, ReLU, Sigmoid, MaxPool2d, AvgPool2d, Flatten, Dropout):
+    register(_cls)
+
+
+def from_config(cfg: dict) -> Module:
+    """Rebuilds a model from Module.config() (fresh weights; load a state dict for trained ones)."""
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        raise ValueError(f"a model config must be a dict with a 'type', got {cfg!r}")
+    args = {k: v for k, v in cfg.items() if k != "type"}
+    kind = cfg["type"]
+    if kind == "Sequential":
+        return Sequential(*(from_config(c) for c in args.get("layers", [])))
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown layer type {kind!r} in the model config (known: {sorted(_REGISTRY)}, Sequential)")
+    return _REGISTRY[kind](**args)

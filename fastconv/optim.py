@@ -1,0 +1,261 @@
+"""Optimizers (SGD, Adam, AdamW) and learning-rate schedules (StepLR, CosineAnnealingLR), with
+PyTorch's update rules. The updates run as fastconv.ops kernels, in place, on the backend's device;
+so do the state buffers (momentum, Adam's moments).
+
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn(model(x), y); opt.zero_grad(); model.backward(loss_fn.backward()); opt.step()
+
+`step()` skips frozen parameters and parameters without a gradient. `state_dict()` holds the
+hyperparameters, the per-parameter buffers (device arrays) and step counts; `load_state_dict()`
+restores them for resuming a run.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from . import backend as _backend
+from . import ops
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRScheduler", "StepLR", "CosineAnnealingLR"]
+
+
+def _number(value, name, owner, *, low=None, high=None, high_open=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or value != value:
+        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
+    value = float(value)
+    if low is not None and value < low:
+        raise ValueError(f"{owner}: {name} must be >= {low}, got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{owner}: {name} must be {'<' if high_open else '<='} {high}, got {value}")
+    return value
+
+
+def _params(params, owner):
+    if hasattr(params, "parameters") and callable(params.parameters):
+        params = params.parameters()
+    params = list(params)
+    if not params:
+        raise ValueError(f"{owner}: got an empty parameter list")
+    for i, p in enumerate(params):
+        if not (hasattr(p, "data") and hasattr(p, "grad")):
+            raise TypeError(f"{owner}: parameter {i} is a {type(p).__name__}, not a fastconv.nn.Parameter "
+                            "(pass model.parameters())")
+    return params
+
+
+class Optimizer:
+    """Base: .params, .lr (schedules change it), .state (per parameter index: buffers and step)."""
+
+    _buffers: tuple = ()
+
+    def _buffers_for(self, hyperparameters) -> tuple:
+        """Names of the per-parameter buffers a state with these hyperparameters holds."""
+        return self._buffers
+
+    def __init__(self, params, lr):
+        name = type(self).__name__
+        self.params = _params(params, name)
+        self.lr = _number(lr, "lr", name, low=0.0)
+        self.state = {}
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _trainable(self):
+        """(index, parameter) for each parameter step() updates now."""
+        for i, p in enumerate(self.params):
+            if getattr(p, "requires_grad", True) and p.grad is not None:
+                if tuple(p.grad.shape) != tuple(p.data.shape):
+                    raise ValueError(f"{type(self).__name__}: parameter {i} ({getattr(p, 'name', '')}) has shape "
+                                     f"{tuple(p.data.shape)} but its grad is {tuple(p.grad.shape)}")
+                yield i, p
+
+    def _zeros_like(self, p):
+        return _backend.current().xp.zeros(p.data.shape, dtype=p.data.dtype)
+
+    def hyperparameters(self) -> dict:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    # --- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """{"type", "hyperparameters", "state": {index: {buffer name: device array, "step": int}}}."""
+        return {"type": type(self).__name__, "hyperparameters": self.hyperparameters(),
+                "state": {i: dict(s) for i, s in self.state.items()}}
+
+    def check_state_dict(self, state_dict) -> dict:
+        """Validates without changing anything; returns the state converted to device arrays."""
+        name = type(self).__name__
+        if not isinstance(state_dict, dict) or "state" not in state_dict:
+            raise ValueError(f"{name}.load_state_dict: not an optimizer state dict")
+        if state_dict.get("type", name) != name:
+            raise ValueError(f"{name}.load_state_dict: the state is from a {state_dict['type']} optimizer")
+        xp = _backend.current().xp
+        buffers = self._buffers_for(state_dict.get("hyperparameters", {}))
+        state = {}
+        for key, entry in state_dict["state"].items():
+            i = int(key)
+            if not 0 <= i < len(self.params):
+                raise ValueError(f"{name}.load_state_dict: state for parameter {i}, but the optimizer has "
+                                 f"{len(self.params)} parameters")
+            p = self.params[i]
+            new = {}
+            for buf in buffers:
+                if buf not in entry:
+                    raise KeyError(f"{name}.load_state_dict: parameter {i} lacks its {buf!r} buffer")
+                value = entry[buf]
+                if tuple(value.shape) != tuple(p.data.shape) or np.dtype(value.dtype) != np.dtype(p.data.dtype):
+                    raise ValueError(f"{name}.load_state_dict: parameter {i}'s {buf!r} is {tuple(value.shape)} "
+                                     f"{value.dtype}, but the parameter is {tuple(p.data.shape)} {p.data.dtype}")
+                new[buf] = xp.array(value, dtype=p.data.dtype, copy=True)
+            if "step" in entry:
+                new["step"] = int(entry["step"])
+            state[i] = new
+        return state
+
+    def load_state_dict(self, state_dict) -> None:
+        state = self.check_state_dict(state_dict)
+        hyper = state_dict.get("hyperparameters", {})
+        self.state = state
+        for key, value in hyper.items():
+            setattr(self, key, tuple(value) if isinstance(value, list) else value)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """PyTorch's SGD: g = grad + weight_decay * p; with momentum, v = momentum * v + g and the step
+    uses v (or g + momentum * v with nesterov); p -= lr * step."""
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+        super().__init__(params, lr)
+        self.momentum = _number(momentum, "momentum", "SGD", low=0.0, high=1.0, high_open=True)
+        self.weight_decay = _number(weight_decay, "weight_decay", "SGD", low=0.0)
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"SGD: nesterov must be True or False, got {nesterov!r}")
+        if nesterov and self.momentum == 0.0:
+            raise ValueError("SGD: nesterov=True needs momentum > 0")
+        self.nesterov = nesterov
+
+    def _buffers_for(self, hyperparameters):
+        return ("momentum_buffer",) if hyperparameters.get("momentum", self.momentum) > 0 else ()
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay, "nesterov": self.nesterov}
+
+    def step(self):
+        for i, p in self._trainable():
+            velocity = None
+            if self.momentum > 0:
+                s = self.state.setdefault(i, {})
+                if "momentum_buffer" not in s:
+                    s["momentum_buffer"] = self._zeros_like(p)
+                velocity = s["momentum_buffer"]
+            ops.sgd_step(p.data, p.grad, velocity, lr=self.lr, momentum=self.momentum,
+                         weight_decay=self.weight_decay, nesterov=self.nesterov)
+
+
+class Adam(Optimizer):
+    """PyTorch's Adam (weight decay added to the gradient) and, with decoupled=True (AdamW), decay
+    applied to the parameter: p -= lr * wd * p. Bias-corrected moments, step counts per parameter."""
+
+    _buffers = ("exp_avg", "exp_avg_sq")
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        name = type(self).__name__
+        super().__init__(params, lr)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = tuple(_number(b, f"betas[{k}]", name, low=0.0, high=1.0, high_open=True) for k, b in enumerate(betas))
+        self.eps = _number(eps, "eps", name, low=0.0)
+        self.weight_decay = _number(weight_decay, "weight_decay", name, low=0.0)
+
+    def hyperparameters(self):
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
+
+    def step(self):
+        beta1, beta2 = self.betas
+        for i, p in self._trainable():
+            s = self.state.setdefault(i, {})
+            if "exp_avg" not in s:
+                s.update(exp_avg=self._zeros_like(p), exp_avg_sq=self._zeros_like(p), step=0)
+            s["step"] += 1
+            ops.adam_step(p.data, p.grad, s["exp_avg"], s["exp_avg_sq"], s["step"], lr=self.lr, beta1=beta1,
+                          beta2=beta2, eps=self.eps, weight_decay=self.weight_decay, decoupled=self._decoupled)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch's default weight_decay 1e-2."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+class LRScheduler:
+    """Base: sets optimizer.lr from the number of step() calls (usually one per epoch)."""
+
+    def __init__(self, optimizer):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(self).__name__}: expected a fastconv.optim optimizer, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.last_epoch = 0
+
+    def lr_at(self, epoch: int) -> float:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        self.optimizer.lr = self.lr_at(self.last_epoch)
+
+    def get_last_lr(self) -> float:
+        return self.optimizer.lr
+
+    def state_dict(self) -> dict:
+        return {"type": type(self).__name__, "base_lr": self.base_lr, "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("type", type(self).__name__) != type(self).__name__:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state is from a {state['type']}")
+        self.base_lr = float(state["base_lr"])
+        self.last_epoch = int(state["last_epoch"])
+        self.optimizer.lr = self.lr_at(self.last_epoch)
+
+
+class StepLR(LRScheduler):
+    """lr = base_lr * gamma ** (epoch // step_size)."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        super().__init__(optimizer)
+        if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) or step_size < 1:
+            raise ValueError(f"StepLR: step_size must be an int >= 1, got {step_size!r}")
+        self.step_size = int(step_size)
+        self.gamma = _number(gamma, "gamma", "StepLR", low=0.0)
+
+    def lr_at(self, epoch):
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class CosineAnnealingLR(LRScheduler):
+    """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2 (PyTorch's closed form)."""
+
+    def __init__(self, optimizer, T_max, eta_min=0.0):
+        super().__init__(optimizer)
+        if isinstance(T_max, bool) or not isinstance(T_max, numbers.Integral) or T_max < 1:
+            raise ValueError(f"CosineAnnealingLR: T_max must be an int >= 1, got {T_max!r}")
+        self.T_max = int(T_max)
+        self.eta_min = _number(eta_min, "eta_min", "CosineAnnealingLR", low=0.0)
+
+    def lr_at(self, epoch):
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2

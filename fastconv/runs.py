@@ -1,0 +1,185 @@
+"""What `fastconv train EXAMPLE --out DIR` leaves in DIR, and the steps every example shares.
+
+    DIR/best/          the best checkpoint (fastconv.checkpoint; written by train.fit whenever the
+                       validation metric improved). Its JSON's "extra" also records the run:
+                       {"run": {"example": name, "data": loader arguments, "options": ...}}
+    DIR/last/          the checkpoint after the last epoch (optimizer state included: resume)
+    DIR/run.json       the same run record, plus backend, wall time and the files written
+    DIR/history.json   train.History.to_dict(): one record per validation (losses, metric, lr)
+    DIR/report.json    the test report (fastconv.evaluate) of the best checkpoint
+    DIR/*.png          loss curves; ROC with the operating points (binary); confusion matrix (digits)
+
+`fastconv evaluate DIR/best` reloads the checkpoint, finds the example and its data in the
+record, and prints the same report from the same code path (evaluate_checkpoint), so its numbers
+equal those printed at the end of training.
+
+An example module provides NAME, DEFAULTS, load_data(seed=0, subset=None) -> data.Dataset,
+evaluate(model, dataset) -> report dict, and optionally plots(out, model, dataset, report) -> {name:
+path} and summary(report) -> a line of text printed after the report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from . import backend as _backend
+from . import checkpoint as _checkpoint
+from .evaluate import format_report, history_dict, jsonable
+from .plots import plot_history
+
+__all__ = ["settings", "take_subset", "describe", "finish", "tag_checkpoint", "evaluate_saved", "evaluate_checkpoint",
+           "checkpoint_example", "save_json"]
+
+RECORD_KEY = "run"
+
+
+def take_subset(dataset, n):
+    """The first n rows of each split (quick checks); the dataset itself when n is None."""
+    if n is None:
+        return dataset
+    return replace(dataset, **{f"{part}_{split}": getattr(dataset, f"{part}_{split}")[:n]
+                               for part in ("x", "y") for split in ("train", "val", "test")})
+
+
+def settings(defaults, **given) -> dict:
+    """The example's defaults, overridden by the settings given (those not None)."""
+    return {**defaults, **{k: v for k, v in given.items() if v is not None}}
+
+
+def count_parameters(model) -> int:
+    return int(sum(int(np.prod(p.shape)) for p in model.parameters()))
+
+
+def describe(name, dataset, model, *, seed, options) -> str:
+    """The header a run prints: what is trained on what, where."""
+    sizes = f"{len(dataset.x_train)} train / {len(dataset.x_val)} val / {len(dataset.x_test)} test"
+    settings = ", ".join(f"{k} {v}" for k, v in options.items())
+    return (f"fastconv train {name}: backend {_backend.get_backend()}, seed {seed}, {settings}\n"
+            f"data:  {dataset.description.split(':')[0]}: {sizes}\n"
+            f"model: {count_parameters(model):,} parameters: " + " -> ".join(_layer_names(model)))
+
+
+_DEFAULT_ARGS = {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1, "bias": True,
+                 "dtype": "float32"}
+
+
+def _layer_names(model):
+    """Short layer descriptions, e.g. "Conv2d(1, 16, [3, 3], padding=[1, 1])"."""
+    names = []
+    for layer in (list(model) if hasattr(model, "__iter__") else [model]):
+        cfg = layer.config()
+        kind = cfg.pop("type")
+        positional = [cfg.pop(k) for k in ("in_features", "out_features", "in_channels", "out_channels",
+                                           "kernel_size") if k in cfg]
+        if kind.endswith("Pool2d") and positional and cfg.get("stride") == positional[-1]:
+            cfg.pop("stride")  # the default: stride = kernel_size
+        keyword = [f"{k}={v}" for k, v in cfg.items() if _DEFAULT_ARGS.get(k, object()) != v]
+        names.append(f"{kind}({', '.join([str(v) for v in positional] + keyword)})")
+    return names
+
+
+def save_json(obj, path) -> str:
+    """Writes JSON atomically (temp file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(jsonable(obj), indent=1, allow_nan=True))
+    os.replace(tmp, path)
+    return str(path)
+
+
+def tag_checkpoint(directory, record):
+    """Re-saves the checkpoint with the run record added to its JSON's extra (weights unchanged;
+    train.fit writes `best` without an optimizer-independent place for our own fields)."""
+    model, info = _checkpoint.load(directory)
+    extra = dict(info.get("extra") or {})
+    extra[RECORD_KEY] = record
+    _checkpoint.save(directory, model, epoch=info["epoch"], metric=info["metric"], extra=extra)
+
+
+def finish(example, out, history, *, record, started, verbose=True) -> dict:
+    """After train.fit(..., checkpoint_dir=out): tags out/best with the run record, evaluates it on
+    the test split, writes history.json, report.json, run.json and the plots, prints the report.
+
+    record: {"example": name, "data": load_data arguments, "options": training settings}.
+    Returns {"report", "history", "files", "checkpoint", "train_seconds"}.
+    """
+    out = Path(out)
+    train_seconds = time.perf_counter() - started
+    best = out / "best"
+    if not (best / _checkpoint.INDEX).exists():
+        raise RuntimeError(f"training wrote no best checkpoint in {best} (no validation improved?)")
+    tag_checkpoint(best, record)
+    files = {"checkpoint": str(best)}
+    history.to_json(out / "history.json")
+    files["history"] = str(out / "history.json")
+    files["loss_plot"] = plot_history(history_dict(history), out / "loss.png", title=example.NAME,
+                                      best_epoch=history.best_epoch)
+
+    report, model, dataset = evaluate_saved(example, best)
+    if hasattr(example, "plots"):
+        files.update(example.plots(out, model, dataset, report))
+    files["report"] = save_json(report, out / "report.json")
+    if (out / "last" / _checkpoint.INDEX).exists():
+        files["last_checkpoint"] = str(out / "last")
+    files["run"] = str(out / "run.json")
+    save_json({**record, "backend": _backend.get_backend(), "train_seconds": train_seconds,
+               "best_epoch": history.best_epoch, "best_val_metric": history.best_metric,
+               "val_metric": history.metric, "epochs_run": history.records[-1]["epoch"] if len(history) else 0,
+               "stopped_early": history.stopped_early, "files": files}, out / "run.json")
+    if verbose:
+        print(f"trained in {train_seconds:.1f} s; best epoch {history.best_epoch} "
+              f"(validation {history.metric} {history.best_metric:.4f}), {len(history)} evaluations"
+              + (", stopped early" if history.stopped_early else ""))
+        print(format_report(report))
+        if hasattr(example, "summary"):
+            print(example.summary(report))
+        print(f"wrote {out}/: " + ", ".join(sorted(os.path.relpath(p, out) for p in files.values())))
+    return {"report": report, "history": history, "files": files, "checkpoint": str(best),
+            "train_seconds": train_seconds}
+
+
+def _record(path) -> dict:
+    """The run record of a checkpoint: its JSON's extra, else run.json in the run directory."""
+    directory = Path(path)
+    if directory.name == _checkpoint.INDEX:
+        directory = directory.parent
+    info = _checkpoint.read_info(directory)
+    record = (info.get("extra") or {}).get(RECORD_KEY)
+    if record is None and (directory.parent / "run.json").exists():
+        record = json.loads((directory.parent / "run.json").read_text())
+    if not isinstance(record, dict) or "example" not in record:
+        raise _checkpoint.CheckpointError(
+            f"{directory} does not record which example and data it was trained on; `fastconv evaluate` "
+            "reads checkpoints written by `fastconv train` (DIR/best)")
+    return record
+
+
+def checkpoint_example(path) -> str:
+    """The name of the example a checkpoint was trained by."""
+    return _record(path)["example"]
+
+
+def evaluate_saved(example, path):
+    """(report, model, dataset) of a checkpoint tagged with its run record."""
+    record = _record(path)
+    if record["example"] != example.NAME:
+        raise ValueError(f"{path} was trained by example {record['example']!r}, not {example.NAME!r}")
+    model, _ = _checkpoint.load(path)
+    dataset = example.load_data(**record["data"])
+    return example.evaluate(model, dataset), model, dataset
+
+
+def evaluate_checkpoint(example, path, verbose=True) -> dict:
+    """The test report of a saved checkpoint (same code as at the end of training)."""
+    report, _, _ = evaluate_saved(example, path)
+    if verbose:
+        print(f"fastconv evaluate {path}: example {example.NAME}, backend {_backend.get_backend()}")
+        print(format_report(report))
+        if hasattr(example, "summary"):
+            print(example.summary(report))
+    return report

@@ -1,0 +1,496 @@
+"""The training loop the course teaches, and hyperparameter search.
+
+    history = fit(model, CrossEntropyLoss(), Adam(model.parameters()), (x_tr, y_tr), (x_va, y_va),
+                  epochs=20, batch_size=64, metric="accuracy", checkpoint_dir="runs/cnn", patience=5)
+
+fit(): shuffled mini-batches (a seeded NumPy Generator), forward, loss, backward, optimizer step;
+an evaluation on the validation set every epoch (or every `eval_every` steps): validation loss and
+the chosen metric; the checkpoint `<checkpoint_dir>/best` rewritten whenever the metric is the best
+so far, `<checkpoint_dir>/last` after every evaluation and epoch (for resume=True); early stopping
+after `patience` evaluations without improvement.
+
+Resume is exact: "last" holds the weights, the optimizer and scheduler state, Dropout generators,
+the data generator's state at the start of the current epoch and the position in it, the loss sum
+since the last evaluation and the history; a resumed run repeats the uninterrupted one bit for bit
+on the cpu backend.
+
+Metrics: "loss" (minimized), "accuracy", "auc" (maximized), or a callable(y_true, scores) -> float
+(maximized unless mode="min"). Scores are the model's outputs turned into probabilities where the
+loss says how: softmax for CrossEntropyLoss, sigmoid for BCEWithLogitsLoss, raw otherwise.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import numbers
+import os
+import shutil
+import time
+
+import numpy as np
+
+from . import backend as _backend
+from . import checkpoint as _checkpoint
+from . import losses as _losses
+from . import metrics as _metrics
+
+__all__ = ["History", "fit", "predict", "search", "SearchResult"]
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+def _host(a):
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def _pair(data, name):
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise TypeError(f"{name} must be a pair (x, y) of arrays, got {type(data).__name__}")
+    x, y = data
+    x, y = np.asarray(x) if not hasattr(x, "shape") else x, np.asarray(y) if not hasattr(y, "shape") else y
+    if len(x) != len(y):
+        raise ValueError(f"{name}: x has {len(x)} rows but y has {len(y)}")
+    if len(x) == 0:
+        raise ValueError(f"{name} is empty")
+    return x, y
+
+
+def _positive_int(value, name, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def predict(model, x, batch_size=256):
+    """The model's outputs for x (host NumPy array in, host NumPy array out), in eval mode, by batches.
+    The model's train/eval mode is restored afterwards."""
+    batch_size = _positive_int(batch_size, "batch_size")
+    xp = _backend.current().xp
+    was_training = model.training
+    model.eval()
+    try:
+        outs = [_host(model(xp.asarray(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
+    return np.concatenate(outs, axis=0)
+
+
+def _scores(outputs, loss_fn):
+    """Probabilities from raw outputs, following the loss (float64, host)."""
+    out = np.asarray(outputs, dtype=np.float64)
+    if isinstance(loss_fn, _losses.CrossEntropyLoss):
+        e = np.exp(out - out.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    if isinstance(loss_fn, _losses.BCEWithLogitsLoss):
+        return 0.5 * (1.0 + np.tanh(0.5 * out))  # sigmoid without overflow
+    return out
+
+
+def _accuracy(y, scores):
+    if scores.ndim == 2 and scores.shape[1] > 1:
+        return _metrics.accuracy(y, scores)
+    return _metrics.accuracy(np.asarray(y).reshape(-1).astype(np.int64), (scores.reshape(-1) >= 0.5).astype(np.int64))
+
+
+def _auc(y, scores):
+    y = np.asarray(y)
+    if scores.ndim == 1 or scores.shape[1] == 1:
+        return _metrics.auc(y.reshape(-1).astype(np.int64), scores.reshape(-1))
+    if scores.shape[1] == 2 and y.ndim == 1:
+        return _metrics.auc(y.astype(np.int64), scores[:, 1])
+    onehot = np.eye(scores.shape[1], dtype=np.int64)[y.astype(np.int64)] if y.ndim == 1 else y
+    return float(np.mean(_metrics.per_class_auc(onehot, scores)))  # macro one-vs-rest
+
+
+_METRICS = {"accuracy": _accuracy, "auc": _auc}
+
+
+def _metric(metric, mode):
+    """(name, function or None for loss, mode)."""
+    if callable(metric):
+        name, fn = getattr(metric, "__name__", "metric"), metric
+    elif metric == "loss":
+        name, fn = "loss", None
+    elif metric in _METRICS:
+        name, fn = metric, _METRICS[metric]
+    else:
+        raise ValueError(f"metric must be 'loss', 'accuracy', 'auc' or a callable(y_true, scores), got {metric!r}")
+    if mode is None:
+        mode = "min" if name == "loss" else "max"
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min', 'max' or None, got {mode!r}")
+    return name, fn, mode
+
+
+def _improved(value, best, mode):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return best is None or (value < best if mode == "min" else value > best)
+
+
+def evaluate(model, loss_fn, data, batch_size, metric_fn=None):
+    """(mean loss, metric or None) of the model on (x, y), in eval mode."""
+    x, y = data
+    xp = _backend.current().xp
+    was_training = model.training
+    model.eval()
+    total, outs = 0.0, []
+    try:
+        for i in range(0, len(x), batch_size):
+            out = model(xp.asarray(x[i:i + batch_size]))
+            total += float(loss_fn(out, y[i:i + batch_size])) * len(out)
+            if metric_fn is not None:
+                outs.append(_host(out))
+    finally:
+        model.train(was_training)
+    value = None
+    if metric_fn is not None:
+        value = float(metric_fn(_host(y), _scores(np.concatenate(outs), loss_fn)))
+    return total / len(x), value
+
+
+class History:
+    """One record per evaluation: epoch, step, train_loss, val_loss, val_metric (the monitored
+    metric; also under "val_<name>"), lr, time (seconds since fit started). best_* name the best
+    evaluation; stopped_early says whether patience ran out."""
+
+    def __init__(self, metric="loss", mode="min", records=None, best_index=None, stopped_early=False):
+        self.metric, self.mode = metric, mode
+        self.records = list(records or [])
+        self.best_index = best_index
+        self.stopped_early = stopped_early
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return self.records[i]
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def column(self, key):
+        return [r.get(key) for r in self.records]
+
+    @property
+    def best(self):
+        return None if self.best_index is None else self.records[self.best_index]
+
+    @property
+    def best_metric(self):
+        return None if self.best is None else self.best["val_metric"]
+
+    @property
+    def best_epoch(self):
+        return None if self.best is None else self.best["epoch"]
+
+    @property
+    def best_step(self):
+        return None if self.best is None else self.best["step"]
+
+    def to_dict(self):
+        return {"metric": self.metric, "mode": self.mode, "best_index": self.best_index,
+                "best_epoch": self.best_epoch, "best_metric": self.best_metric,
+                "stopped_early": self.stopped_early, "records": self.records}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(d["metric"], d["mode"], d["records"], d["best_index"], d.get("stopped_early", False))
+
+    def to_json(self, path):
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+
+    def __repr__(self):
+        return (f"History({len(self)} evaluations, best {self.metric}={self.best_metric} at epoch "
+                f"{self.best_epoch})")
+
+
+# ----------------------------------------------------------------------------------------------
+# fit
+
+def _progress_bar(total, enabled, initial):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, unit="batch", dynamic_ncols=True, leave=True)
+
+
+def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metric="loss", mode=None,
+        eval_every=None, checkpoint_dir=None, patience=None, scheduler=None, seed=0, resume=False,
+        progress=True, predict_batch_size=None, restore_best=False):
+    """Trains `model` and returns its History (see the module docstring).
+
+    train, val: (x, y) NumPy arrays (moved to the device one batch at a time); without val the
+    monitored value is the training loss (metric must then be "loss").
+    eval_every: evaluate every that many optimizer steps (default: at the end of each epoch).
+    scheduler: stepped at the end of every epoch.
+    resume: continue from <checkpoint_dir>/last when it exists (start fresh otherwise).
+    restore_best: at the end, load the best evaluation's weights back into the model.
+    """
+    x_train, y_train = _pair(train, "train")
+    if val is not None:
+        val = _pair(val, "val")
+    epochs = _positive_int(epochs, "epochs")
+    batch_size = _positive_int(batch_size, "batch_size")
+    eval_every = _positive_int(eval_every, "eval_every", allow_none=True)
+    patience = _positive_int(patience, "patience", allow_none=True)
+    predict_batch_size = _positive_int(predict_batch_size, "predict_batch_size", allow_none=True) or max(batch_size, 256)
+    name, metric_fn, mode = _metric(metric, mode)
+    if val is None and name != "loss":
+        raise ValueError(f"metric={name!r} needs validation data (val=(x, y)); without it only 'loss' (the "
+                         "training loss) can be monitored")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
+    xp = _backend.current().xp
+
+    n = len(x_train)
+    batches_per_epoch = -(-n // batch_size)
+    # Loop state: everything a resumed run needs to continue exactly.
+    rng = np.random.default_rng(seed)
+    s = {"epoch": 0, "batch": 0, "step": 0, "epoch_rng": None, "loss_sum": 0.0, "loss_count": 0,
+         "evals_since_best": 0, "best": None, "elapsed": 0.0}
+    history = History(name, mode)
+    last_dir = best_dir = None
+    if checkpoint_dir is not None:
+        last_dir, best_dir = os.path.join(checkpoint_dir, "last"), os.path.join(checkpoint_dir, "best")
+    if resume and os.path.exists(os.path.join(last_dir, _checkpoint.INDEX)):
+        info = _checkpoint.load_into(last_dir, model, optimizer, scheduler)
+        saved = info["extra"]["fit"]
+        s.update(saved["state"])
+        rng.bit_generator.state = saved["rng"]
+        history = History.from_dict(saved["history"])
+        if history.metric != name or history.mode != mode:
+            raise ValueError(f"resume: the checkpoint monitored {history.metric} ({history.mode}), this call "
+                             f"{name} ({mode})")
+    best_state = None
+    if restore_best and s["best"] is not None and os.path.exists(os.path.join(best_dir or "", _checkpoint.INDEX)):
+        best_state = {k: xp.array(v, copy=True) for k, v in _checkpoint.load(best_dir)[0].state_dict().items()}
+
+    def save(directory, metric_value):
+        fit_state = {"state": dict(s), "rng": rng.bit_generator.state, "history": history.to_dict()}
+        _checkpoint.save(directory, model, optimizer=optimizer, scheduler=scheduler, epoch=s["epoch"],
+                         metric=metric_value, extra={"fit": fit_state})
+
+    started = time.perf_counter() - s["elapsed"]
+    loss_sum = xp.zeros((), dtype=np.float64) + s["loss_sum"]  # summed on the device, read at evaluations
+
+    def run_evaluation():
+        nonlocal loss_sum
+        train_loss = float(loss_sum) / max(s["loss_count"], 1) if s["loss_count"] else None
+        val_loss = value = None
+        if val is not None:
+            val_loss, value = evaluate(model, loss_fn, val, predict_batch_size, metric_fn)
+            if metric_fn is None:
+                value = val_loss
+        else:
+            value = train_loss
+        record = {"epoch": s["epoch"] + 1, "step": s["step"], "train_loss": train_loss,
+                  "val_loss": val_loss, "val_metric": value, "lr": optimizer.lr,
+                  "time": time.perf_counter() - started}
+        if name != "loss":
+            record[f"val_{name}"] = value
+        history.records.append(record)
+        loss_sum = xp.zeros((), dtype=np.float64)
+        s["loss_sum"], s["loss_count"] = 0.0, 0
+        improved = _improved(value, s["best"], mode)
+        if improved:
+            s["best"], s["evals_since_best"] = value, 0
+            history.best_index = len(history.records) - 1
+        else:
+            s["evals_since_best"] += 1
+        if patience is not None and s["evals_since_best"] >= patience:
+            history.stopped_early = True
+        return improved, value
+
+    def checkpoint(improved, value):
+        nonlocal best_state
+        s["elapsed"] = time.perf_counter() - started
+        s["loss_sum"] = float(loss_sum)
+        if improved and restore_best:
+            best_state = {k: xp.array(v, copy=True) for k, v in model.state_dict().items()}
+        if checkpoint_dir is None:
+            return
+        if improved:
+            save(best_dir, value)
+        save(last_dir, value)
+
+    total_steps = epochs * batches_per_epoch
+    bar = _progress_bar(total_steps, progress, min(s["step"], total_steps))
+    shown_every = max(1, batches_per_epoch // 20)
+    model.train()
+    try:
+        while s["epoch"] < epochs and not history.stopped_early:
+            if s["epoch_rng"] is None:
+                s["epoch_rng"] = rng.bit_generator.state
+            rng.bit_generator.state = s["epoch_rng"]
+            order = rng.permutation(n)  # leaves rng where the next epoch starts
+            window_start, window_examples = time.perf_counter(), 0  # examples/s over this epoch so far
+            while s["batch"] < batches_per_epoch and not history.stopped_early:
+                rows = order[s["batch"] * batch_size:(s["batch"] + 1) * batch_size]
+                xb, yb = xp.asarray(x_train[rows]), y_train[rows]
+                out = model(xb)
+                loss = loss_fn(out, yb)
+                optimizer.zero_grad()
+                model.backward(loss_fn.backward())
+                optimizer.step()
+                loss_sum += loss.astype(np.float64) * len(rows)
+                s["loss_count"] += len(rows)
+                s["batch"] += 1
+                s["step"] += 1
+                window_examples += len(rows)
+                if bar is not None:
+                    bar.update(1)
+                    if s["step"] % shown_every == 0:
+                        now = time.perf_counter()
+                        bar.set_postfix(epoch=s["epoch"] + 1, loss=f"{float(loss):.4f}",
+                                        ex_per_s=f"{window_examples / max(now - window_start, 1e-9):.0f}")
+                if eval_every is not None and s["step"] % eval_every == 0:
+                    checkpoint(*run_evaluation())
+            if history.stopped_early and s["batch"] < batches_per_epoch:
+                break
+            s["epoch_rng"], s["batch"] = None, 0
+            at_eval = eval_every is None
+            improved_value = run_evaluation() if at_eval else None
+            if scheduler is not None:
+                scheduler.step()
+            s["epoch"] += 1
+            if improved_value is not None:
+                checkpoint(*improved_value)
+            elif checkpoint_dir is not None:
+                checkpoint(False, None)
+    finally:
+        if bar is not None:
+            bar.close()
+    if restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+    return history
+
+
+# ----------------------------------------------------------------------------------------------
+# search
+
+class SearchResult:
+    """table: one row per trial, best first (settings, best_metric, best_epoch, epochs_run, time_s);
+    best: the best row; best_checkpoint: the directory of its saved model."""
+
+    def __init__(self, table, metric, mode, best_checkpoint):
+        self.table, self.metric, self.mode, self.best_checkpoint = table, metric, mode, best_checkpoint
+
+    @property
+    def best(self):
+        return self.table[0] if self.table else None
+
+    @property
+    def best_settings(self):
+        return None if self.best is None else self.best["settings"]
+
+    def __repr__(self):
+        return f"SearchResult({len(self.table)} trials, best {self.metric}={self.best and self.best['best_metric']})"
+
+
+def _settings(space, method, n_trials, seed):
+    if not isinstance(space, dict) or not space:
+        raise ValueError("space must be a non-empty dict: setting name -> list of values (or, for random "
+                         "search, a callable(rng) -> value)")
+    keys = list(space)
+    if method == "grid":
+        for k in keys:
+            if callable(space[k]) or not isinstance(space[k], (list, tuple)) or not space[k]:
+                raise ValueError(f"grid search: space[{k!r}] must be a non-empty list of values")
+        grid = [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys))]
+        return grid if n_trials is None else grid[:n_trials]
+    if method == "random":
+        if n_trials is None:
+            raise ValueError("random search needs n_trials")
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(n_trials):
+            one = {}
+            for k in keys:
+                choice = space[k]
+                if callable(choice):
+                    one[k] = choice(rng)
+                else:
+                    if not isinstance(choice, (list, tuple)) or not choice:
+                        raise ValueError(f"random search: space[{k!r}] must be a non-empty list or a callable(rng)")
+                    one[k] = choice[int(rng.integers(len(choice)))]
+                one[k] = one[k].item() if isinstance(one[k], np.generic) else one[k]
+            out.append(one)
+        return out
+    raise ValueError(f"method must be 'grid' or 'random', got {method!r}")
+
+
+def _write_table(out_dir, rows, keys):
+    with open(os.path.join(out_dir, "search.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    columns = ["rank", "trial", *keys, "best_metric", "best_epoch", "epochs_run", "time_s"]
+    with open(os.path.join(out_dir, "search.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow([r["rank"], r["trial"], *(r["settings"][k] for k in keys), r["best_metric"],
+                             r["best_epoch"], r["epochs_run"], round(r["time_s"], 3)])
+
+
+def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, out_dir, metric="loss", mode=None,
+           progress=False, verbose=True, **fit_kwargs):
+    """Hyperparameter search: runs fit() once per setting and ranks the settings on the best validation
+    metric each reached.
+
+    build(settings) -> (model, loss_fn, optimizer) or (model, loss_fn, optimizer, fit_overrides):
+        makes a fresh model and optimizer for one setting (a dict: name -> value).
+    space: name -> list of values; for method="random" a value may also be a callable(rng) -> value
+        (e.g. lambda rng: 10 ** rng.uniform(-4, -1)). Grid search tries every combination (the first
+        n_trials of them when given); random search draws n_trials settings with `seed`.
+    Settings named "epochs" or "batch_size" are passed to fit(); so are fit_kwargs (epochs,
+    batch_size, patience, ...) and the overrides build returns.
+
+    Writes out_dir/search.csv and out_dir/search.json (best first) and out_dir/best, the checkpoint
+    of the best model (each trial's best evaluation). Returns a SearchResult.
+    """
+    name, _, mode = _metric(metric, mode)
+    settings = _settings(space, method, n_trials, seed)
+    os.makedirs(out_dir, exist_ok=True)
+    work = os.path.join(out_dir, "trial")
+    best_dir = os.path.join(out_dir, "best")
+    rows, best_value = [], None
+    for trial, setting in enumerate(settings):
+        built = build(dict(setting))
+        if not isinstance(built, tuple) or len(built) not in (3, 4):
+            raise TypeError("build(settings) must return (model, loss_fn, optimizer) or "
+                            "(model, loss_fn, optimizer, fit_overrides)")
+        model, loss_fn, optimizer = built[:3]
+        kwargs = {"seed": seed, "progress": progress, **fit_kwargs,
+                  **{k: setting[k] for k in ("epochs", "batch_size") if k in setting},
+                  **(built[3] if len(built) == 4 else {})}
+        shutil.rmtree(work, ignore_errors=True)
+        t0 = time.perf_counter()
+        history = fit(model, loss_fn, optimizer, train, val, metric=metric, mode=mode, checkpoint_dir=work,
+                      **kwargs)
+        row = {"trial": trial, "settings": setting, "best_metric": history.best_metric,
+               "best_epoch": history.best_epoch, "epochs_run": history.records[-1]["epoch"] if history.records else 0,
+               "time_s": time.perf_counter() - t0}
+        rows.append(row)
+        if _improved(history.best_metric, best_value, mode):
+            best_value = history.best_metric
+            # Copy the trial's best checkpoint (atomically, through save) to out_dir/best.
+            trial_model, info = _checkpoint.load(os.path.join(work, "best"))
+            _checkpoint.save(best_dir, trial_model, epoch=info["epoch"], metric=info["metric"],
+                             extra={"settings": setting, "trial": trial})
+        if verbose:
+            print(f"trial {trial + 1}/{len(settings)} {setting}: best {name} {history.best_metric} "
+                  f"at epoch {history.best_epoch} ({row['time_s']:.1f} s)")
+    shutil.rmtree(work, ignore_errors=True)
+    worst = math.inf if mode == "min" else -math.inf
+    rows.sort(key=lambda r: (r["best_metric"] if r["best_metric"] is not None and not math.isnan(r["best_metric"])
+                             else worst) * (1 if mode == "min" else -1))
+    for rank, r in enumerate(rows, 1):
+        r["rank"] = rank
+    _write_table(out_dir, rows, list(space))
+    return SearchResult(rows, name, mode, best_dir if best_value is not None else None)

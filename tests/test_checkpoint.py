@@ -1,0 +1,178 @@
+"""fastconv.checkpoint: save/load gives identical outputs, optimizer state round trips, corrupt /
+truncated / other-architecture checkpoints are clear errors that change nothing, and a crash at any
+point of a save leaves the previous checkpoint loadable."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fastconv import checkpoint, nn, ops, optim
+from fastconv.checkpoint import CheckpointError
+from helpers import on, to_numpy
+
+
+def model_and_input(seed=0):
+    model = nn.Sequential(nn.Linear(6, 5, seed=seed), nn.ReLU(), nn.Dropout(0.2, seed=seed),
+                          nn.Linear(5, 3, seed=seed + 1))
+    x = np.random.default_rng(seed).standard_normal((4, 6)).astype(np.float32)
+    return model, x
+
+
+def outputs(model, x):
+    model.eval()
+    return to_numpy(model(x)).copy()
+
+
+def test_save_load_gives_identical_outputs(backend, tmp_path):
+    model, x = model_and_input()
+    x = on(backend, x)
+    path = checkpoint.save(tmp_path / "best", model, epoch=3, metric=0.25, extra={"note": "hi"})
+    assert os.path.basename(path) == "checkpoint.json"
+    loaded, info = checkpoint.load(tmp_path / "best")
+    np.testing.assert_array_equal(outputs(loaded, x), outputs(model, x))
+    assert info["epoch"] == 3 and info["metric"] == 0.25 and info["extra"] == {"note": "hi"}
+    assert info["fastconv_version"] and info["config"] == model.config()
+    # Also by the JSON's path, and readable by safetensors itself.
+    loaded2, _ = checkpoint.load(path)
+    np.testing.assert_array_equal(outputs(loaded2, x), outputs(model, x))
+    from safetensors.numpy import load_file
+    tensors = load_file(str(tmp_path / "best" / info["weights"]["file"]))
+    np.testing.assert_array_equal(tensors["3.weight"], to_numpy(model[3].weight.data))
+
+
+@pytest.mark.skipif(not hasattr(ops, "adam_step"), reason="ops not merged yet: adam_step")
+def test_optimizer_and_scheduler_state_round_trip(tmp_path):
+    model, x = model_and_input()
+    opt = optim.Adam(model.parameters(), lr=0.1)
+    sched = optim.StepLR(opt, step_size=1, gamma=0.5)
+    for p in model.parameters():
+        p.grad = np.ones(p.shape, np.float32)
+    opt.step()
+    sched.step()
+    checkpoint.save(tmp_path / "ck", model, optimizer=opt, scheduler=sched, epoch=1)
+
+    model2, _ = model_and_input(seed=5)
+    opt2 = optim.Adam(model2.parameters(), lr=0.7)
+    sched2 = optim.StepLR(opt2, step_size=1, gamma=0.5)
+    checkpoint.load_into(tmp_path / "ck", model2, opt2, sched2)
+    assert opt2.lr == opt.lr == 0.05 and sched2.last_epoch == 1
+    for i, s in opt.state.items():
+        assert opt2.state[i]["step"] == s["step"] == 1
+        np.testing.assert_array_equal(to_numpy(opt2.state[i]["exp_avg_sq"]), to_numpy(s["exp_avg_sq"]))
+    np.testing.assert_array_equal(outputs(model2, x), outputs(model, x))
+
+
+def test_corrupt_or_truncated_weights_are_clear_errors(tmp_path):
+    model, x = model_and_input()
+    checkpoint.save(tmp_path / "ck", model, epoch=1)
+    info = checkpoint.read_info(tmp_path / "ck")
+    weights = tmp_path / "ck" / info["weights"]["file"]
+    data = weights.read_bytes()
+    target, target_x = model_and_input(seed=9)
+    before = outputs(target, target_x)
+
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        checkpoint.load(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="truncated"):
+        checkpoint.load_into(tmp_path / "ck", target)
+
+    flipped = bytearray(data)
+    flipped[-3] ^= 0xFF
+    weights.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        checkpoint.load_into(tmp_path / "ck", target)
+    np.testing.assert_array_equal(outputs(target, target_x), before)
+
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        checkpoint.load(tmp_path / "ck")
+    (tmp_path / "ck" / "checkpoint.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        checkpoint.load(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        checkpoint.load(tmp_path / "nowhere")
+
+
+def test_other_architecture_is_a_clear_error(tmp_path):
+    model, _ = model_and_input()
+    checkpoint.save(tmp_path / "ck", model, epoch=1)
+    wider = nn.Sequential(nn.Linear(6, 7), nn.ReLU(), nn.Dropout(0.2), nn.Linear(7, 3))
+    before = [to_numpy(p.data).copy() for p in wider.parameters()]
+    with pytest.raises(CheckpointError, match=r"another architecture.*out_features: 5 in the checkpoint, 7"):
+        checkpoint.load_into(tmp_path / "ck", wider)
+    with pytest.raises(CheckpointError, match="does not fit the model.*shape"):
+        checkpoint.load_into(tmp_path / "ck", wider, strict=False)
+    for b, p in zip(before, wider.parameters()):
+        np.testing.assert_array_equal(to_numpy(p.data), b)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(CheckpointError, match="no optimizer state"):
+        checkpoint.load_into(tmp_path / "ck", model, opt)
+
+
+def test_fine_tuning_loads_matching_layers_into_a_new_head(tmp_path):
+    model, x = model_and_input()
+    checkpoint.save(tmp_path / "ck", model, epoch=1)
+    new = nn.Sequential(nn.Linear(6, 5, seed=3), nn.ReLU(), nn.Dropout(0.2), nn.Linear(5, 3, seed=4),
+                        nn.ReLU(), nn.Linear(3, 2))
+    checkpoint.load_into(tmp_path / "ck", new, strict=False)
+    np.testing.assert_array_equal(to_numpy(new[0].weight.data), to_numpy(model[0].weight.data))
+    new[0].freeze()
+    assert new[0].weight.frozen and not new[5].weight.frozen
+
+
+def stages():
+    """The calls a save makes that a crash could interrupt (first, second, ... occurrence)."""
+    # weights file, directory, JSON file, directory, directory after the cleanup
+    return [("fsync", k) for k in range(5)] + [("replace", k) for k in range(2)] + [("unlink", 0)]
+
+
+@pytest.mark.parametrize("call, occurrence", stages())
+def test_crash_at_any_point_of_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch, call, occurrence):
+    old, x = model_and_input(seed=0)
+    checkpoint.save(tmp_path / "best", old, epoch=1, metric=0.5)
+    expected_old = outputs(old, x)
+    new, _ = model_and_input(seed=1)
+    expected_new = outputs(new, x)
+
+    class Crash(Exception):
+        pass
+
+    real = getattr(os, call)
+    count = {"n": 0}
+
+    def crashing(*args, **kwargs):
+        if count["n"] == occurrence:
+            raise Crash(f"simulated crash in os.{call} #{occurrence}")
+        count["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, call, crashing)
+    try:
+        checkpoint.save(tmp_path / "best", new, epoch=2, metric=0.4)
+        crashed = False
+    except Crash:
+        crashed = True
+    monkeypatch.undo()
+    assert crashed
+    loaded, info = checkpoint.load(tmp_path / "best")
+    got = outputs(loaded, x)
+    # Either the old checkpoint, complete, or (a crash after the commit point) the new one.
+    if info["epoch"] == 1:
+        np.testing.assert_array_equal(got, expected_old)
+    else:
+        np.testing.assert_array_equal(got, expected_new)
+    # The next save cleans up whatever the crash left behind.
+    checkpoint.save(tmp_path / "best", new, epoch=3)
+    files = sorted(os.listdir(tmp_path / "best"))
+    assert len(files) == 2 and "checkpoint.json" in files, files
+
+
+def test_json_names_checksum_and_parameters(tmp_path):
+    model, _ = model_and_input()
+    checkpoint.save(tmp_path / "ck", model, epoch=0)
+    info = json.loads((tmp_path / "ck" / "checkpoint.json").read_text())
+    assert info["parameters"] == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    assert len(info["weights"]["sha256"]) == 64
+    assert "2" in info["module_state"]  # the Dropout generator, for exact resume

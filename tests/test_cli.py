@@ -1,0 +1,119 @@
+"""The `fastconv` command: parsing, usage errors (exit code 2), failures (exit code 1), info, bench."""
+import json
+
+import pytest
+
+from fastconv import checkpoint, cli, nn
+
+
+def run_cli(argv, capsys):
+    """(exit code, stdout, stderr) of `fastconv ARGV`, whether it returns or exits."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_examples_are_found():
+    assert {"neuron", "tumour_mlp", "digits_cnn", "regression", "search"} <= set(cli.known_examples())
+
+
+def test_unknown_example_is_a_usage_error_listing_the_known_ones(capsys):
+    code, _, err = run_cli(["train", "resnet50"], capsys)
+    assert code == 2
+    assert "unknown example 'resnet50'" in err
+    for name in ("neuron", "tumour_mlp", "digits_cnn", "regression", "search"):
+        assert name in err
+
+
+def test_missing_examples_directory_is_explained(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTCONV_EXAMPLES_DIR", str(tmp_path / "nowhere"))
+    code, _, err = run_cli(["train", "neuron"], capsys)
+    assert code == 2
+    assert "no examples found" in err and "FASTCONV_EXAMPLES_DIR" in err
+
+
+@pytest.mark.parametrize("option, value", [("--lr", "-0.1"), ("--lr", "0"), ("--lr", "fast"), ("--lr", "nan"),
+                                           ("--epochs", "0"), ("--epochs", "2.5"), ("--batch-size", "-3"),
+                                           ("--backend", "tpu"), ("--subset", "0")])
+def test_bad_option_values_are_usage_errors_naming_the_option(capsys, option, value):
+    code, _, err = run_cli(["train", "neuron", option, value], capsys)
+    assert code == 2
+    assert option in err
+
+
+def test_bad_search_lists_are_usage_errors(capsys):
+    code, _, err = run_cli(["search", "--lrs", "0.1,-1"], capsys)
+    assert code == 2 and "--lrs" in err
+    code, _, err = run_cli(["search", "--widths", ","], capsys)
+    assert code == 2 and "--widths" in err
+
+
+def test_options_reach_the_example(monkeypatch, capsys, tmp_path):
+    seen = {}
+    example = cli.load_example("neuron")
+    monkeypatch.setattr(example, "run", lambda **kwargs: seen.update(kwargs))
+    code, _, _ = run_cli(["train", "neuron", "--epochs", "3", "--lr", "0.5", "--batch-size", "8", "--seed", "7",
+                          "--out", str(tmp_path), "--subset", "20", "--quiet", "--backend", "cpu"], capsys)
+    assert code == 0
+    assert seen == {"out": str(tmp_path), "seed": 7, "progress": False, "epochs": 3, "lr": 0.5, "batch_size": 8,
+                    "subset": 20}
+
+
+def test_no_command_is_a_usage_error(capsys):
+    code, _, _ = run_cli([], capsys)
+    assert code == 2
+
+
+def test_info_reports_the_backends(capsys):
+    code, out, _ = run_cli(["info"], capsys)
+    assert code == 0
+    assert "backend:" in out and "cpu" in out
+
+
+def test_evaluate_of_a_missing_checkpoint_fails_clearly(capsys, tmp_path):
+    code, _, err = run_cli(["evaluate", str(tmp_path / "missing")], capsys)
+    assert code == 1
+    assert "no checkpoint" in err
+
+
+def test_evaluate_of_a_corrupt_checkpoint_fails_clearly(capsys, tmp_path):
+    (tmp_path / "checkpoint.json").write_text("{not json")
+    code, _, err = run_cli(["evaluate", str(tmp_path)], capsys)
+    assert code == 1
+    assert "corrupt" in err
+
+
+def test_evaluate_needs_a_checkpoint_written_by_train(capsys, tmp_path):
+    checkpoint.save(tmp_path / "ckpt", nn.Sequential(nn.Linear(2, 1)), epoch=0)
+    code, _, err = run_cli(["evaluate", str(tmp_path / "ckpt")], capsys)
+    assert code == 1
+    assert "does not record which example" in err
+
+
+def test_evaluate_of_a_record_naming_an_unknown_example(capsys, tmp_path):
+    checkpoint.save(tmp_path / "ckpt", nn.Sequential(nn.Linear(2, 1)), epoch=0,
+                    extra={"run": {"example": "gone", "data": {}}})
+    code, _, err = run_cli(["evaluate", str(tmp_path / "ckpt")], capsys)
+    assert code == 1
+    assert "unknown example 'gone'" in err
+
+
+def test_bench_without_a_suite_says_so(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "benchmarks_dir", lambda: tmp_path / "benchmarks")
+    code, _, err = run_cli(["bench"], capsys)
+    assert code == 1
+    assert "no benchmark suite found" in err
+
+
+def test_bench_runs_the_suite_with_its_arguments(capsys, monkeypatch, tmp_path):
+    (tmp_path / "run.py").write_text("import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    monkeypatch.setattr(cli, "benchmarks_dir", lambda: tmp_path)
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    code, _, _ = run_cli(["bench", "--only", "dense"], capsys)
+    assert code == 0
+    assert len(calls) == 1 and calls[0][1:] == [str(tmp_path / "run.py"), "--only", "dense"]
+    json.dumps(calls)  # plain strings

@@ -1,0 +1,138 @@
+"""Each example end to end with tiny settings: `fastconv train` writes its checkpoint, history and
+plots; `fastconv evaluate` of the saved checkpoint gives the numbers printed after training."""
+import json
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import checkpoint, cli, ops, runs
+from fastconv.evaluate import jsonable
+
+# The examples need the loss, conv, pool and optimizer ops (each merged from its own branch).
+NEEDED_OPS = ("bce_with_logits_forward", "softmax_cross_entropy_forward", "mse_forward", "conv2d_forward",
+              "max_pool2d_forward", "sgd_step", "adam_step")
+missing = [op for op in NEEDED_OPS if not hasattr(ops, op)]
+pytestmark = pytest.mark.skipif(bool(missing), reason=f"ops not merged yet: {missing}")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# example -> (extra options for a quick run, the PNGs it writes)
+QUICK = {
+    "neuron": (["--epochs", "3"], ["loss.png", "roc.png"]),
+    "tumour_mlp": (["--epochs", "3"], ["loss.png", "roc.png"]),
+    "regression": (["--epochs", "3"], ["loss.png", "fit.png"]),
+    "digits_cnn": (["--epochs", "1", "--subset", "120"], ["loss.png", "confusion.png"]),
+}
+
+
+def assert_valid_png(path):
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def same_report(a, b):
+    """Equal as written to report.json (NaN, e.g. the precision of a class never predicted, equals NaN)."""
+    return json.dumps(jsonable(a), sort_keys=True) == json.dumps(jsonable(b), sort_keys=True)
+
+
+def train(name, out, *options, backend="cpu"):
+    code = cli.main(["train", name, "--out", str(out), "--quiet", "--backend", backend, *options])
+    assert code == 0
+
+
+@pytest.mark.parametrize("name", sorted(QUICK))
+def test_train_writes_its_outputs_and_evaluate_repeats_its_numbers(name, tmp_path, capsys):
+    options, pngs = QUICK[name]
+    train(name, tmp_path, *options)
+    printed = capsys.readouterr().out
+
+    info = checkpoint.read_info(tmp_path / "best")
+    assert info["extra"]["run"]["example"] == name
+    assert (tmp_path / "last" / "checkpoint.json").exists()
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert len(history["records"]) == int(options[1])
+    assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in history["records"])
+    for png in pngs:
+        assert_valid_png(tmp_path / png)
+    report = json.loads((tmp_path / "report.json").read_text())
+    run_record = json.loads((tmp_path / "run.json").read_text())
+    assert run_record["example"] == name and run_record["backend"] == "cpu"
+
+    # The same report again, from the saved checkpoint (a fresh model rebuilt from its config).
+    assert same_report(runs.evaluate_checkpoint(cli.load_example(name), tmp_path / "best", verbose=False), report)
+    assert cli.main(["evaluate", str(tmp_path / "best"), "--backend", "cpu"]) == 0
+    evaluated = capsys.readouterr().out
+    report_lines = evaluated.splitlines()[1:]  # after the "fastconv evaluate PATH" header
+    assert report_lines and all(line in printed.splitlines() for line in report_lines)
+
+
+def test_neuron_reports_auc_ci_and_both_operating_points(tmp_path, capsys):
+    train("neuron", tmp_path, "--epochs", "5")
+    report = json.loads((tmp_path / "report.json").read_text())
+    auc = report["auc"]
+    assert auc["method"] == "delong" and auc["low"] <= auc["auc"] <= auc["high"]
+    points = report["operating_points"]
+    assert points["screening"]["target"] == ["sensitivity", 0.95]
+    assert points["high-risk"]["target"] == ["specificity", 0.95]
+    # Chosen on validation data: the targets hold there by construction.
+    assert points["screening"]["val"]["sensitivity"] >= 0.95
+    assert points["high-risk"]["val"]["specificity"] >= 0.95
+    for point in points.values():
+        test = point["test"]
+        assert test["tp"] + test["fn"] == report["n_test_positive"]
+        assert test["tn"] + test["fp"] == report["n_test"] - report["n_test_positive"]
+    out = capsys.readouterr().out
+    assert "95% CI" in out and "screening" in out and "high-risk" in out
+
+
+def test_digits_report_has_per_class_and_coarse_results(tmp_path):
+    train("digits_cnn", tmp_path, "--epochs", "1", "--subset", "120")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [c["class"] for c in report["per_class"]] == [str(d) for d in range(10)]
+    assert np.asarray(report["confusion_matrix"]).sum() == report["n_test"] == 120
+    assert set(report["coarse"]) == {"parity", "low/high"}
+    assert report["coarse"]["parity"]["classes"] == {"even": [0, 2, 4, 6, 8], "odd": [1, 3, 5, 7, 9]}
+
+
+def test_the_same_seed_gives_the_same_run(tmp_path):
+    for out in ("a", "b"):
+        train("regression", tmp_path / out, "--epochs", "2", "--seed", "3")
+    a, b = (json.loads((tmp_path / out / "report.json").read_text()) for out in ("a", "b"))
+    assert same_report(a, b)
+
+
+def test_search_ranks_the_grid_and_keeps_the_best_model(tmp_path, capsys):
+    code = cli.main(["search", "--epochs", "2", "--lrs", "0.01,0.001", "--widths", "4", "--batch-sizes", "64",
+                     "--out", str(tmp_path), "--backend", "cpu"])
+    assert code == 0
+    out = capsys.readouterr().out
+    table = json.loads((tmp_path / "search.json").read_text())
+    assert [row["rank"] for row in table] == [1, 2]
+    assert table[0]["best_metric"] <= table[1]["best_metric"]  # validation loss: lower is better
+    assert "ranked on validation loss" in out
+    assert (tmp_path / "search.csv").read_text().count("\n") == 3
+    assert_valid_png(tmp_path / "roc.png")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert same_report(runs.evaluate_checkpoint(cli.load_example("search"), tmp_path / "best", verbose=False), report)
+
+
+def test_an_example_script_runs_through_its_main(tmp_path, capsys):
+    assert cli.load_example("regression").main(["--epochs", "1", "--out", str(tmp_path), "--quiet"]) == 0
+    assert "test MSE" in capsys.readouterr().out
+
+
+def test_neuron_trains_on_the_emulator(tmp_path):
+    ok, why = fastconv.backend.availability("emu")
+    if not ok:
+        pytest.skip(f"emu unavailable: {why}")
+    train("neuron", tmp_path, "--epochs", "1", "--subset", "48", "--batch-size", "16", backend="emu")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert json.loads((tmp_path / "run.json").read_text())["backend"] == "emu"
+    assert 0.0 <= report["auc"]["auc"] <= 1.0
+    with fastconv.use_backend("emu"):
+        again = runs.evaluate_checkpoint(cli.load_example("neuron"), tmp_path / "best", verbose=False)
+    assert same_report(again, report)

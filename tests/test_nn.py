@@ -1,0 +1,259 @@
+"""fastconv.nn: layers' forward against float64 NumPy, backward against finite differences through a
+whole small Sequential, on every backend; state dicts, freezing, configs, input checks."""
+import numpy as np
+import pytest
+
+from fastconv import nn, ops
+from helpers import DTYPES, assert_gradient, assert_matches, numerical_gradient, on, to_numpy
+
+
+def needs(*names):
+    missing = [n for n in names if not hasattr(ops, n)]
+    return pytest.mark.skipif(bool(missing), reason=f"ops not merged yet: {missing}")
+
+
+CONV = needs("conv2d_forward", "max_pool2d_forward", "avg_pool2d_forward")
+
+
+# --- float64 NumPy references -------------------------------------------------------------------
+
+def conv_ref(x, w, b, stride, padding):
+    n, c, h, wd = x.shape
+    co, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1
+    y = np.zeros((n, co, ho, wo), x.dtype)
+    for i in range(ho):
+        for j in range(wo):
+            patch = xp[:, :, i * stride:i * stride + kh, j * stride:j * stride + kw]
+            y[:, :, i, j] = np.einsum("nchw,ochw->no", patch, w)
+    return y + b[None, :, None, None]
+
+
+def pool_ref(x, k, reduce):
+    n, c, h, w = x.shape
+    return reduce(x[:, :, :h // k * k, :w // k * k].reshape(n, c, h // k, k, w // k, k), axis=(3, 5))
+
+
+def relu(z):
+    return np.maximum(z, 0)
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def params64(model):
+    return [to_numpy(p.data).astype(np.float64) for p in model.parameters()]
+
+
+def dense_model(dtype, seed=1):
+    return nn.Sequential(nn.Linear(5, 4, dtype=dtype, seed=seed), nn.ReLU(), nn.Linear(4, 3, dtype=dtype, seed=seed + 1),
+                         nn.Sigmoid(), nn.Linear(3, 2, dtype=dtype, seed=seed + 2))
+
+
+def dense_ref(x, w1, b1, w2, b2, w3, b3):
+    return sigmoid(relu(x @ w1.T + b1) @ w2.T + b2) @ w3.T + b3
+
+
+def conv_model(dtype, seed=1):
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, dtype=dtype, seed=seed), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(2, 2, 2, stride=1, dtype=dtype, seed=seed + 1), nn.AvgPool2d(2), nn.Flatten(),
+                         nn.Linear(2, 3, dtype=dtype, seed=seed + 2))
+
+
+def conv_ref_model(x, w1, b1, w2, b2, w3, b3):
+    h = pool_ref(relu(conv_ref(x, w1, b1, 1, 1)), 2, np.max)
+    h = pool_ref(conv_ref(h, w2, b2, 1, 0), 2, np.mean).reshape(len(x), -1)
+    return h @ w3.T + b3
+
+
+def check_model(be, model_fn, ref, x_shape, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape)
+    model = model_fn(dtype)
+    out = model(on(be, x.astype(dtype)))
+    assert_matches(out, ref, [x, *params64(model)], dtype, what="forward")
+
+    # Backward through the whole model in float64 against central differences of its forward.
+    model = model_fn(np.float64)
+    dy = rng.standard_normal(to_numpy(model(on(be, x))).shape)
+    model.zero_grad()
+    model(on(be, x))
+    dx = model.backward(on(be, dy))
+
+    def forward_x(x_):
+        return to_numpy(model(on(be, x_)))
+    assert_gradient(dx, numerical_gradient(forward_x, [x], 0, dy), "dx")
+    for name, p in model.named_parameters():
+        grad = to_numpy(p.grad).copy()
+        original = to_numpy(p.data).copy()
+
+        def forward_p(value, p=p):
+            p.data[...] = on(be, value)
+            return to_numpy(model(on(be, x)))
+        numeric = numerical_gradient(forward_p, [original], 0, dy)
+        p.data[...] = on(be, original)
+        assert_gradient(grad, numeric, f"d{name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_sequential_forward_backward(backend, dtype):
+    check_model(backend, dense_model, dense_ref, (3, 5), dtype)
+
+
+@CONV
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv_sequential_forward_backward(backend, dtype):
+    check_model(backend, conv_model, conv_ref_model, (2, 1, 6, 6), dtype)
+
+
+def test_gradients_accumulate_and_zero_grad(backend):
+    model = dense_model(np.float64)
+    x = on(backend, np.random.default_rng(1).standard_normal((4, 5)))
+    dy = on(backend, np.ones((4, 2)))
+    model(x)
+    model.backward(dy)
+    once = [to_numpy(p.grad).copy() for p in model.parameters()]
+    model(x)
+    model.backward(dy)
+    for g1, p in zip(once, model.parameters()):
+        np.testing.assert_allclose(to_numpy(p.grad), 2 * g1, rtol=1e-12, atol=1e-12)
+    model.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_fused_linear_relu_matches_separate_layers(backend):
+    x = on(backend, np.random.default_rng(2).standard_normal((6, 5)).astype(np.float32))
+    lin, act = nn.Linear(5, 4, seed=3), nn.ReLU()
+    fused = nn.Sequential(lin, act)
+    separate = act(lin(x))
+    np.testing.assert_array_equal(to_numpy(fused(x)), to_numpy(separate))
+    dy = on(backend, np.random.default_rng(3).standard_normal((6, 4)).astype(np.float32))
+    fused(x)
+    dx_fused = to_numpy(fused.backward(dy))
+    grads = [to_numpy(p.grad).copy() for p in lin.parameters()]
+    lin.zero_grad()
+    act(lin(x))
+    dx_separate = to_numpy(lin.backward(act.backward(dy)))
+    np.testing.assert_array_equal(dx_fused, dx_separate)
+    for g, p in zip(grads, lin.parameters()):
+        np.testing.assert_array_equal(g, to_numpy(p.grad))
+
+
+def test_initialization_is_pytorch_default_and_seeded():
+    lin = nn.Linear(50, 40, seed=7)
+    w, b = to_numpy(lin.weight.data), to_numpy(lin.bias.data)
+    bound = 1 / np.sqrt(50)
+    assert w.shape == (40, 50) and b.shape == (40,) and w.dtype == np.float32
+    assert np.abs(w).max() <= bound and np.abs(b).max() <= bound
+    assert np.abs(w).max() > 0.9 * bound  # uniform over the whole range, not a narrower one
+    np.testing.assert_array_equal(w, to_numpy(nn.Linear(50, 40, seed=7).weight.data))
+    assert not np.array_equal(w, to_numpy(nn.Linear(50, 40, seed=8).weight.data))
+    conv = nn.Conv2d(4, 6, 3, groups=2, seed=1)
+    assert conv.weight.shape == (6, 2, 3, 3)
+    assert np.abs(to_numpy(conv.weight.data)).max() <= 1 / np.sqrt(2 * 9)
+    nn.manual_seed(5)
+    first = to_numpy(nn.Linear(3, 3).weight.data)
+    nn.manual_seed(5)
+    np.testing.assert_array_equal(first, to_numpy(nn.Linear(3, 3).weight.data))
+    assert nn.Linear(3, 3, dtype=np.float64).weight.dtype == np.float64
+
+
+def test_dropout_train_and_eval(backend):
+    drop = nn.Dropout(0.25, seed=0)
+    x = on(backend, np.ones((200, 50), np.float32))
+    y = to_numpy(drop(x))
+    kept = y != 0
+    assert abs(kept.mean() - 0.75) < 0.02
+    np.testing.assert_allclose(y[kept], 1 / 0.75, rtol=1e-6)
+    dx = to_numpy(drop.backward(on(backend, np.ones((200, 50), np.float32))))
+    np.testing.assert_array_equal(dx, y)  # same mask, same scale
+    drop.eval()
+    np.testing.assert_array_equal(to_numpy(drop(x)), to_numpy(x))
+    # Seeded: the same seed draws the same masks.
+    np.testing.assert_array_equal(to_numpy(nn.Dropout(0.25, seed=0)(x)), y)
+    with pytest.raises(ValueError, match="Dropout"):
+        nn.Dropout(1.5)
+
+
+def test_state_dict_round_trip_and_names(backend):
+    model = dense_model(np.float32, seed=1)
+    other = dense_model(np.float32, seed=10)
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    x = on(backend, np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32))
+    other.load_state_dict({k: to_numpy(v).copy() for k, v in model.state_dict().items()})
+    np.testing.assert_array_equal(to_numpy(other(x)), to_numpy(model(x)))
+
+
+def test_load_state_dict_errors_leave_model_untouched():
+    model = dense_model(np.float32)
+    before = {k: to_numpy(v).copy() for k, v in model.state_dict().items()}
+    good = {k: np.zeros_like(v) for k, v in before.items()}
+    cases = [
+        ({k: v for k, v in good.items() if k != "2.bias"}, KeyError, "missing keys \\['2.bias'\\]"),
+        ({**good, "9.weight": np.zeros(3, np.float32)}, KeyError, "unexpected keys \\['9.weight'\\]"),
+        ({**good, "4.weight": np.zeros((2, 4), np.float32)}, ValueError, "4.weight has shape \\(2, 4\\)"),
+        ({**good, "4.bias": np.zeros(2, np.float64)}, TypeError, "4.bias is float64"),
+    ]
+    for sd, error, message in cases:
+        with pytest.raises(error, match=message):
+            model.load_state_dict(sd)
+        for k, v in model.state_dict().items():
+            np.testing.assert_array_equal(to_numpy(v), before[k])
+    missing, unexpected = model.load_state_dict({"0.bias": np.ones(4, np.float32), "x": np.ones(1)}, strict=False)
+    assert "0.weight" in missing and unexpected == ["x"]
+    np.testing.assert_array_equal(to_numpy(model[0].bias.data), np.ones(4))
+
+
+def test_freeze_stops_gradients(backend):
+    model = dense_model(np.float32)
+    model[0].freeze()
+    assert [p.frozen for p in model.parameters()] == [True, True, False, False, False, False]
+    x = on(backend, np.ones((2, 5), np.float32))
+    model(x)
+    model.backward(on(backend, np.ones((2, 2), np.float32)))
+    assert model[0].weight.grad is None and model[2].weight.grad is not None
+    model.unfreeze()
+    assert not any(p.frozen for p in model.parameters())
+
+
+@pytest.mark.parametrize("make", [
+    lambda: dense_model(np.float64),
+    lambda: nn.Sequential(nn.Conv2d(3, 4, (3, 2), stride=2, padding=(1, 0), groups=1, bias=False), nn.ReLU(),
+                          nn.MaxPool2d(2, stride=1), nn.AvgPool2d(2, padding=1), nn.Flatten(), nn.Dropout(0.1),
+                          nn.Linear(8, 2)),
+])
+def test_config_rebuilds_the_architecture(make):
+    import json
+    model = make()
+    cfg = json.loads(json.dumps(model.config()))
+    rebuilt = nn.from_config(cfg)
+    assert rebuilt.config() == model.config()
+    assert [(n, p.shape, p.dtype) for n, p in rebuilt.named_parameters()] == \
+        [(n, p.shape, p.dtype) for n, p in model.named_parameters()]
+    with pytest.raises(ValueError, match="unknown layer type"):
+        nn.from_config({"type": "Transformer"})
+
+
+def test_wrong_input_shapes_name_the_layer(backend):
+    lin = nn.Linear(4, 3)
+    with pytest.raises(ValueError, match=r"Linear\(in_features=4.*expected input of shape \(N, 4\), got \(2, 5\)"):
+        lin(on(backend, np.zeros((2, 5), np.float32)))
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 4\), got \(4,\)"):
+        lin(on(backend, np.zeros(4, np.float32)))
+    with pytest.raises(TypeError, match="input is float64 but the layer's parameters are float32"):
+        lin(on(backend, np.zeros((2, 4))))
+    conv = nn.Conv2d(3, 2, 3)
+    with pytest.raises(ValueError, match=r"Conv2d\(in_channels=3.*expected input of shape \(N, 3, H, W\), got \(1, 2, 5, 5\)"):
+        conv(on(backend, np.zeros((1, 2, 5, 5), np.float32)))
+    with pytest.raises(ValueError, match=r"MaxPool2d.*expected input of shape \(N, C, H, W\), got \(5, 5\)"):
+        nn.MaxPool2d(2)(on(backend, np.zeros((5, 5), np.float32)))
+    with pytest.raises(RuntimeError, match="backward\\(\\) called before forward"):
+        nn.Linear(2, 2).backward(on(backend, np.zeros((1, 2), np.float32)))
+    with pytest.raises(ValueError, match="divisible by groups"):
+        nn.Conv2d(3, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="in_features must be an int >= 1"):
+        nn.Linear(0, 3)
+    with pytest.raises(TypeError, match="not a fastconv.nn.Module"):
+        nn.Sequential(nn.ReLU(), "relu")

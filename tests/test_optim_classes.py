@@ -1,0 +1,179 @@
+"""fastconv.optim: SGD / Adam / AdamW against a float64 NumPy re-implementation of torch.optim's
+rules over several steps (frozen and gradient-less parameters untouched), state_dict round trips,
+hyperparameter validation, and the learning-rate schedules' sequences."""
+import math
+
+import numpy as np
+import pytest
+
+from fastconv import nn, ops, optim
+from helpers import on, to_numpy
+
+
+def needs(*names):
+    missing = [n for n in names if not hasattr(ops, n)]
+    return pytest.mark.skipif(bool(missing), reason=f"ops not merged yet: {missing}")
+
+
+# --- torch.optim's update rules in float64 NumPy ------------------------------------------------
+
+def sgd_ref(p, grads, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    p, buf = p.copy(), None
+    for g in grads:
+        g = g + weight_decay * p
+        if momentum:
+            buf = g.copy() if buf is None else momentum * buf + g
+            g = g + momentum * buf if nesterov else buf
+        p = p - lr * g
+    return p
+
+
+def adam_ref(p, grads, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
+    p, m, v = p.copy(), np.zeros_like(p), np.zeros_like(p)
+    b1, b2 = betas
+    for t, g in enumerate(grads, 1):
+        if decoupled:
+            p = p * (1 - lr * weight_decay)
+        else:
+            g = g + weight_decay * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr / (1 - b1 ** t) * m / (np.sqrt(v) / math.sqrt(1 - b2 ** t) + eps)
+    return p
+
+
+CASES = [
+    (optim.SGD, dict(lr=0.1), sgd_ref, {}),
+    (optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=0.01), sgd_ref, {}),
+    (optim.SGD, dict(lr=0.05, momentum=0.8, nesterov=True), sgd_ref, {}),
+    (optim.Adam, dict(lr=0.01), adam_ref, {}),
+    (optim.Adam, dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1), adam_ref, {}),
+    (optim.AdamW, dict(lr=0.01), adam_ref, dict(weight_decay=1e-2, decoupled=True)),
+    (optim.AdamW, dict(lr=0.02, weight_decay=0.3, eps=1e-6), adam_ref, dict(decoupled=True)),
+]
+
+
+@needs("sgd_step", "adam_step")
+@pytest.mark.parametrize("cls, kwargs, ref, ref_extra", CASES)
+def test_optimizer_matches_torch_rules(backend, cls, kwargs, ref, ref_extra):
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal((3, 4)), rng.standard_normal(4), rng.standard_normal(2)]
+    params = [nn.Parameter(on(backend, a.copy()), f"p{i}") for i, a in enumerate(start)]
+    params[2].requires_grad = False  # frozen: never changes
+    opt = cls(params, **kwargs)
+    grads = [[rng.standard_normal(a.shape) for _ in range(5)] for a in start]
+    for step in range(5):
+        for p, g in zip(params, grads):
+            p.grad = on(backend, g[step].copy())
+        params[1].grad = None if step == 2 else params[1].grad  # no gradient this step: skipped
+        opt.step()
+    ref_kwargs = {**{k: v for k, v in kwargs.items() if k not in ("lr",)}, **ref_extra}
+    expected0 = ref(start[0], grads[0], kwargs["lr"], **ref_kwargs)
+    expected1 = ref(start[1], [g for i, g in enumerate(grads[1]) if i != 2], kwargs["lr"], **ref_kwargs)
+    np.testing.assert_allclose(to_numpy(params[0].data), expected0, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(params[1].data), expected1, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(to_numpy(params[2].data), start[2])
+
+
+@needs("sgd_step", "adam_step")
+@pytest.mark.parametrize("cls, kwargs", [(optim.SGD, dict(lr=0.1, momentum=0.9)), (optim.AdamW, dict(lr=0.01))])
+def test_state_dict_resumes_exactly(backend, cls, kwargs):
+    rng = np.random.default_rng(1)
+    start = rng.standard_normal((4, 3)).astype(np.float32)
+    grads = [rng.standard_normal((4, 3)).astype(np.float32) for _ in range(6)]
+
+    def run(p, opt, gs):
+        for g in gs:
+            p.grad = on(backend, g)
+            opt.step()
+
+    p_full = nn.Parameter(on(backend, start.copy()))
+    opt_full = cls([p_full], **kwargs)
+    run(p_full, opt_full, grads)
+
+    p_a = nn.Parameter(on(backend, start.copy()))
+    opt_a = cls([p_a], **kwargs)
+    run(p_a, opt_a, grads[:3])
+    saved = {"type": cls.__name__, "hyperparameters": opt_a.hyperparameters(),
+             "state": {i: {k: (to_numpy(v).copy() if hasattr(v, "shape") else v) for k, v in s.items()}
+                       for i, s in opt_a.state_dict()["state"].items()}}
+    p_b = nn.Parameter(on(backend, to_numpy(p_a.data).copy()))
+    opt_b = cls([p_b], lr=123.0)
+    opt_b.load_state_dict(saved)
+    assert opt_b.lr == kwargs["lr"]
+    run(p_b, opt_b, grads[3:])
+    np.testing.assert_array_equal(to_numpy(p_b.data), to_numpy(p_full.data))
+
+
+def test_state_dict_errors():
+    p = nn.Parameter(np.zeros(3, np.float32))
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="from a Adam optimizer"):
+        opt.load_state_dict({"type": "Adam", "state": {}})
+    with pytest.raises(ValueError, match="'momentum_buffer' is \\(4,\\)"):
+        opt.load_state_dict({"type": "SGD", "state": {0: {"momentum_buffer": np.zeros(4, np.float32)}}})
+    with pytest.raises(ValueError, match="optimizer has 1 parameters"):
+        opt.load_state_dict({"type": "SGD", "state": {5: {"momentum_buffer": np.zeros(3, np.float32)}}})
+    assert opt.state == {}
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: optim.SGD(p, lr=-0.1), "lr must be >= 0"),
+    (lambda p: optim.SGD(p, lr=0.1, momentum=1.0), "momentum must be < 1"),
+    (lambda p: optim.SGD(p, lr=0.1, momentum=-0.5), "momentum must be >= 0"),
+    (lambda p: optim.SGD(p, lr=0.1, weight_decay=-1), "weight_decay must be >= 0"),
+    (lambda p: optim.SGD(p, lr=0.1, nesterov=True), "nesterov=True needs momentum > 0"),
+    (lambda p: optim.Adam(p, betas=(0.9, 1.0)), "betas\\[1\\] must be < 1"),
+    (lambda p: optim.Adam(p, betas=0.9), "betas must be a pair"),
+    (lambda p: optim.AdamW(p, eps=-1e-8), "eps must be >= 0"),
+    (lambda p: optim.Adam([], lr=0.1), "empty parameter list"),
+    (lambda p: optim.Adam(p, lr="fast"), "lr must be a real number"),
+])
+def test_hyperparameter_validation(make, message):
+    params = [nn.Parameter(np.zeros(2, np.float32))]
+    with pytest.raises((ValueError, TypeError), match=message):
+        make(params)
+
+
+def test_accepts_a_module_and_zero_grad():
+    model = nn.Linear(3, 2)
+    opt = optim.SGD(model, lr=0.1)
+    assert opt.params == model.parameters()
+    for p in model.parameters():
+        p.grad = np.ones(p.shape, np.float32)
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(TypeError, match="not a fastconv.nn.Parameter"):
+        optim.SGD([np.zeros(3)], lr=0.1)
+
+
+def test_step_lr_sequence():
+    opt = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.5)
+    sched = optim.StepLR(opt, step_size=3, gamma=0.5)
+    lrs = [opt.lr]
+    for _ in range(9):
+        sched.step()
+        lrs.append(opt.lr)
+    expected = [0.5 * 0.5 ** (e // 3) for e in range(10)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-15)
+
+
+def test_cosine_lr_sequence_and_state():
+    opt = optim.Adam([nn.Parameter(np.zeros(1, np.float32))], lr=0.1)
+    sched = optim.CosineAnnealingLR(opt, T_max=5, eta_min=0.01)
+    lrs = [opt.lr]
+    for _ in range(5):
+        sched.step()
+        lrs.append(sched.get_last_lr())
+    expected = [0.01 + 0.09 * (1 + math.cos(math.pi * e / 5)) / 2 for e in range(6)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-14)
+    assert lrs[-1] == pytest.approx(0.01) and lrs[0] == 0.1
+    # Resume: a fresh scheduler loaded from the state continues the same sequence.
+    opt2 = optim.Adam([nn.Parameter(np.zeros(1, np.float32))], lr=0.1)
+    sched2 = optim.CosineAnnealingLR(opt2, T_max=5, eta_min=0.01)
+    sched2.load_state_dict(sched.state_dict())
+    assert opt2.lr == opt.lr
+    with pytest.raises(ValueError, match="T_max must be an int >= 1"):
+        optim.CosineAnnealingLR(opt, T_max=0)
+    with pytest.raises(ValueError, match="step_size must be an int >= 1"):
+        optim.StepLR(opt, step_size=0)
