@@ -1,10 +1,15 @@
 """The CUDA emulator's self-test kernels (csrc/kernels/selftest.cuh): barriers, static and dynamic
 shared memory, warp shuffles with full and partial masks, atomics, 3-D launch geometry, and the
 errors it must raise instead of hanging. On the cuda backend the same tests check the GPU agrees."""
+import os
+
 import numpy as np
 import pytest
 
+import fastconv.backend
 from helpers import DTYPES, on, to_numpy
+
+pytestmark = pytest.mark.kernels  # every test here runs kernels: CI's sanitizer pass reruns them all
 
 # Block sizes: one thread, a partial single warp (5, 20: some lanes skip some shuffles), one full
 # warp, several warps with a partial last one, a full maximal block.
@@ -42,13 +47,23 @@ def test_block_sum_in_dynamic_shared_memory(native_backend, threads, n, dtype):
     np.testing.assert_array_equal(to_numpy(sums), [x[c].sum() for c in _chunks(n, threads)])
 
 
+@pytest.fixture
+def emu():
+    """The emulator backend alone: for what only it can check (on a GPU these hang or are undefined)."""
+    selected = os.environ.get("FASTCONV_TEST_BACKENDS")
+    if selected and "emu" not in [n.strip() for n in selected.split(",")]:
+        pytest.skip("backend emu not selected (FASTCONV_TEST_BACKENDS)")
+    ok, why = fastconv.backend.availability("emu")
+    if not ok:
+        pytest.skip(f"backend emu unavailable: {why}")
+    return fastconv.backend.load("emu")
+
+
 @pytest.mark.parametrize("kernel", ["selftest_reverse", "selftest_block_sum"])
-def test_missing_barrier_gives_a_wrong_answer_on_the_emulator(kernel):
+def test_missing_barrier_gives_a_wrong_answer_on_the_emulator(emu, kernel):
     # The planted bug: without __syncthreads a thread reads slots other threads have not written
     # yet. The emulator runs each thread up to its next barrier, so the bug shows every time.
-    import fastconv.backend
-
-    be = fastconv.backend.load("emu")
+    be = emu
     n, threads = 64, 32
     x = np.arange(1, n + 1, dtype=np.float32)
     out = np.zeros(n, np.float32)
@@ -127,13 +142,6 @@ def test_coordinates_in_3d(native_backend, grid, block):
 
 
 # ---- errors: the emulator only (on a GPU these kernels hang or give undefined values) -----------
-
-@pytest.fixture
-def emu():
-    import fastconv.backend
-
-    return fastconv.backend.load("emu")
-
 
 def _emu_still_works(be):
     x = np.arange(40, dtype=np.float32)

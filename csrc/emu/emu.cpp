@@ -1,14 +1,29 @@
 // The emulator's scheduler: the threads of a block are ucontext fibers; see cuda_emu.h.
 #include "cuda_emu.h"
 
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <sstream>
 #include <vector>
+
+// AddressSanitizer must be told when the stack changes (fiber switches): otherwise an exception
+// thrown inside a kernel (an emulator error) unwinds a stack ASan does not know, and it reports
+// false stack-buffer-overflows.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define EMU_START_SWITCH(save, bottom, size) __sanitizer_start_switch_fiber(save, bottom, size)
+#define EMU_FINISH_SWITCH(save, bottom, size) __sanitizer_finish_switch_fiber(save, bottom, size)
+#else
+#define EMU_START_SWITCH(save, bottom, size) ((void)(save), (void)(bottom), (void)(size))
+#define EMU_FINISH_SWITCH(save, bottom, size) ((void)(save), (void)(bottom), (void)(size))
+#endif
 
 namespace emu {
 
@@ -23,6 +38,7 @@ enum class Wait { running, barrier, warp, done };
 struct Fiber {
   ThreadState state{};
   ucontext_t context{};
+  char* stack = nullptr;  // kStackBytes
   Wait wait = Wait::running;
   // At a warp-level operation: its mask, and for a shuffle the value this lane publishes, the lane
   // it reads (-1 at a __syncwarp) and, once the warp releases it, the value read.
@@ -41,6 +57,8 @@ struct Block {
   std::vector<Fiber> fibers;
   std::vector<unsigned char> smem;
   ucontext_t scheduler{};
+  const void* scheduler_stack = nullptr;  // the launching thread's stack (for the sanitizer)
+  size_t scheduler_stack_size = 0;
   Fiber* running = nullptr;
   std::exception_ptr error;
 };
@@ -49,35 +67,51 @@ Block* block = nullptr;
 std::mutex launch_mutex;  // one launch at a time: static __shared__ arrays are process-wide
 
 // Fiber stacks, kept between launches (allocating and touching 256 KiB per thread per launch
-// would dominate small launches). Guarded by launch_mutex.
-std::vector<std::unique_ptr<char[]>> stack_pool;
+// would dominate small launches), each above an inaccessible guard page so that a kernel that
+// overflows its stack crashes there instead of silently corrupting a neighbour's stack.
+// Guarded by launch_mutex.
+std::vector<char*> stack_pool;
 
 char* stack_of(int thread) {
-  while ((int)stack_pool.size() <= thread) stack_pool.emplace_back(new char[kStackBytes]);
-  return stack_pool[thread].get();
+  while ((int)stack_pool.size() <= thread) {
+    long page = sysconf(_SC_PAGESIZE);
+    void* p = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    mprotect(p, page, PROT_NONE);  // stacks grow down: the guard page is below
+    stack_pool.push_back(static_cast<char*>(p) + page);
+  }
+  return stack_pool[thread];
 }
 
 void fiber_entry() {
+  EMU_FINISH_SWITCH(nullptr, &block->scheduler_stack, &block->scheduler_stack_size);
   try {
     (*block->body)();
   } catch (...) {
     block->error = std::current_exception();
   }
   block->running->wait = Wait::done;
-  // uc_link returns to the scheduler.
+  // uc_link returns to the scheduler; this fiber's stack is not used again in this block.
+  EMU_START_SWITCH(nullptr, block->scheduler_stack, block->scheduler_stack_size);
 }
 
 void suspend(Wait why) {
   Fiber* self = block->running;
   self->wait = why;
+  void* fake_stack = nullptr;
+  EMU_START_SWITCH(&fake_stack, block->scheduler_stack, block->scheduler_stack_size);
   swapcontext(&self->context, &block->scheduler);
+  EMU_FINISH_SWITCH(fake_stack, &block->scheduler_stack, &block->scheduler_stack_size);
 }
 
 void resume(Fiber& f) {
   block->running = &f;
   current = &f.state;
   f.wait = Wait::running;
+  void* fake_stack = nullptr;
+  EMU_START_SWITCH(&fake_stack, f.stack, kStackBytes);
   swapcontext(&block->scheduler, &f.context);
+  EMU_FINISH_SWITCH(fake_stack, nullptr, nullptr);
   current = nullptr;
 }
 
@@ -141,7 +175,8 @@ void run_block(int nthreads) {
     Fiber& f = block->fibers[t];
     f.wait = Wait::running;
     getcontext(&f.context);
-    f.context.uc_stack.ss_sp = stack_of(t);
+    f.stack = stack_of(t);
+    f.context.uc_stack.ss_sp = f.stack;
     f.context.uc_stack.ss_size = kStackBytes;
     f.context.uc_link = &block->scheduler;
     makecontext(&f.context, fiber_entry, 0);
