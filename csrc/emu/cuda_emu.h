@@ -58,7 +58,6 @@ struct ThreadState {
   uint3 idx;          // threadIdx
   int linear;         // x + y*bx + z*bx*by
   int lane, warp;     // linear % 32, linear / 32
-  unsigned shuffle_round;  // counts this thread's warp exchanges (selects the exchange buffer)
 };
 
 extern ThreadState* current;

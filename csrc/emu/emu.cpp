@@ -1,14 +1,29 @@
 // The emulator's scheduler: the threads of a block are ucontext fibers; see cuda_emu.h.
 #include "cuda_emu.h"
 
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <sstream>
 #include <vector>
+
+// AddressSanitizer must be told when the stack changes (fiber switches): otherwise an exception
+// thrown inside a kernel (an emulator error) unwinds a stack ASan does not know, and it reports
+// false stack-buffer-overflows.
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define EMU_START_SWITCH(save, bottom, size) __sanitizer_start_switch_fiber(save, bottom, size)
+#define EMU_FINISH_SWITCH(save, bottom, size) __sanitizer_finish_switch_fiber(save, bottom, size)
+#else
+#define EMU_START_SWITCH(save, bottom, size) ((void)(save), (void)(bottom), (void)(size))
+#define EMU_FINISH_SWITCH(save, bottom, size) ((void)(save), (void)(bottom), (void)(size))
+#endif
 
 namespace emu {
 
@@ -23,8 +38,13 @@ enum class Wait { running, barrier, warp, done };
 struct Fiber {
   ThreadState state{};
   ucontext_t context{};
+  char* stack = nullptr;  // kStackBytes
   Wait wait = Wait::running;
-  unsigned warp_mask = 0;  // the mask given at a warp-level barrier
+  // At a warp-level operation: its mask, and for a shuffle the value this lane publishes, the lane
+  // it reads (-1 at a __syncwarp) and, once the warp releases it, the value read.
+  unsigned warp_mask = 0;
+  int src_lane = -1;
+  uint64_t published = 0, received = 0;
 };
 
 // Stack size of one emulated thread: kernels keep register tiles (e.g. 8x8 doubles) on it, and
@@ -35,11 +55,10 @@ struct Block {
   const char* kernel = "";
   const std::function<void()>* body = nullptr;
   std::vector<Fiber> fibers;
-  // Two exchange buffers per warp, used alternately: a lane that runs ahead into its next
-  // shuffle writes the other buffer while its warp-mates still read this one.
-  std::vector<uint64_t> exchange_slots;  // [warp][2][32]
   std::vector<unsigned char> smem;
   ucontext_t scheduler{};
+  const void* scheduler_stack = nullptr;  // the launching thread's stack (for the sanitizer)
+  size_t scheduler_stack_size = 0;
   Fiber* running = nullptr;
   std::exception_ptr error;
 };
@@ -48,35 +67,51 @@ Block* block = nullptr;
 std::mutex launch_mutex;  // one launch at a time: static __shared__ arrays are process-wide
 
 // Fiber stacks, kept between launches (allocating and touching 256 KiB per thread per launch
-// would dominate small launches). Guarded by launch_mutex.
-std::vector<std::unique_ptr<char[]>> stack_pool;
+// would dominate small launches), each above an inaccessible guard page so that a kernel that
+// overflows its stack crashes there instead of silently corrupting a neighbour's stack.
+// Guarded by launch_mutex.
+std::vector<char*> stack_pool;
 
 char* stack_of(int thread) {
-  while ((int)stack_pool.size() <= thread) stack_pool.emplace_back(new char[kStackBytes]);
-  return stack_pool[thread].get();
+  while ((int)stack_pool.size() <= thread) {
+    long page = sysconf(_SC_PAGESIZE);
+    void* p = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    mprotect(p, page, PROT_NONE);  // stacks grow down: the guard page is below
+    stack_pool.push_back(static_cast<char*>(p) + page);
+  }
+  return stack_pool[thread];
 }
 
 void fiber_entry() {
+  EMU_FINISH_SWITCH(nullptr, &block->scheduler_stack, &block->scheduler_stack_size);
   try {
     (*block->body)();
   } catch (...) {
     block->error = std::current_exception();
   }
   block->running->wait = Wait::done;
-  // uc_link returns to the scheduler.
+  // uc_link returns to the scheduler; this fiber's stack is not used again in this block.
+  EMU_START_SWITCH(nullptr, block->scheduler_stack, block->scheduler_stack_size);
 }
 
 void suspend(Wait why) {
   Fiber* self = block->running;
   self->wait = why;
+  void* fake_stack = nullptr;
+  EMU_START_SWITCH(&fake_stack, block->scheduler_stack, block->scheduler_stack_size);
   swapcontext(&self->context, &block->scheduler);
+  EMU_FINISH_SWITCH(fake_stack, &block->scheduler_stack, &block->scheduler_stack_size);
 }
 
 void resume(Fiber& f) {
   block->running = &f;
   current = &f.state;
   f.wait = Wait::running;
+  void* fake_stack = nullptr;
+  EMU_START_SWITCH(&fake_stack, f.stack, kStackBytes);
   swapcontext(&block->scheduler, &f.context);
+  EMU_FINISH_SWITCH(fake_stack, nullptr, nullptr);
   current = nullptr;
 }
 
@@ -93,30 +128,44 @@ std::string describe(const Fiber& f) {
   throw std::runtime_error(s.str());
 }
 
-// Releases the lanes of each warp whose warp-level barrier is complete. Returns whether any were.
+// Releases each lane waiting at a warp-level operation whose mask's lanes all wait there, with the
+// same mask, and hands each shuffling lane the value its source lane published, before any of them
+// runs on (so a lane that runs ahead into its next shuffle cannot overwrite a value not yet read).
+// Lanes of one warp may wait under different, disjoint masks. Returns whether any lane was released.
 bool release_warps(int nthreads) {
   bool released = false;
   for (int w0 = 0; w0 < nthreads; w0 += kWarpSize) {
-    int w1 = std::min(nthreads, w0 + kWarpSize);
-    unsigned waiting = 0, needed = 0, exited = 0;
-    for (int t = w0; t < w1; ++t) {
-      const Fiber& f = block->fibers[t];
-      if (f.wait == Wait::warp) { waiting |= 1u << (t - w0); needed |= f.warp_mask; }
-      if (f.wait == Wait::done) exited |= 1u << (t - w0);
+    const int lanes = std::min(nthreads, w0 + kWarpSize) - w0;
+    const unsigned present = lanes == kWarpSize ? 0xffffffffu : (1u << lanes) - 1;
+    Fiber* warp = &block->fibers[w0];
+    unsigned waiting = 0, exited = 0;
+    for (int l = 0; l < lanes; ++l) {
+      if (warp[l].wait == Wait::warp) waiting |= 1u << l;
+      if (warp[l].wait == Wait::done) exited |= 1u << l;
     }
-    if (!waiting) continue;
-    unsigned present = (w1 - w0 == 32) ? 0xffffffffu : ((1u << (w1 - w0)) - 1);
-    needed &= present;
-    if ((needed & waiting) == needed) {
-      for (int t = w0; t < w1; ++t)
-        if (waiting >> (t - w0) & 1) block->fibers[t].wait = Wait::running;
-      released = true;
-    } else if (needed & exited) {
-      std::ostringstream s;
-      s << "a warp-level operation (__shfl_*_sync/__syncwarp) in warp " << w0 / kWarpSize
-        << " names lanes in its mask that have exited (mask 0x" << std::hex << needed << ", exited 0x" << exited << ")";
-      deadlock(s.str());
+    unsigned release = 0;
+    for (int l = 0; l < lanes; ++l) {
+      if (!(waiting >> l & 1)) continue;
+      const unsigned mask = warp[l].warp_mask & present;
+      if ((mask & waiting) != mask) {
+        if (mask & exited) {
+          std::ostringstream s;
+          s << "a warp-level operation (__shfl_*_sync/__syncwarp) in warp " << w0 / kWarpSize
+            << " names lanes in its mask that have exited (mask 0x" << std::hex << mask << ", exited 0x" << exited << ")";
+          deadlock(s.str());
+        }
+        continue;  // some lanes of the mask have not arrived yet
+      }
+      bool same = true;
+      for (int m = 0; m < lanes; ++m)
+        if (mask >> m & 1) same &= (warp[m].warp_mask & present) == mask && (warp[m].src_lane < 0) == (warp[l].src_lane < 0);
+      if (same) release |= 1u << l;
     }
+    for (int l = 0; l < lanes; ++l)
+      if (release >> l & 1 && warp[l].src_lane >= 0) warp[l].received = warp[warp[l].src_lane].published;
+    for (int l = 0; l < lanes; ++l)
+      if (release >> l & 1) warp[l].wait = Wait::running;
+    released |= release != 0;
   }
   return released;
 }
@@ -125,9 +174,9 @@ void run_block(int nthreads) {
   for (int t = 0; t < nthreads; ++t) {
     Fiber& f = block->fibers[t];
     f.wait = Wait::running;
-    f.state.shuffle_round = 0;
     getcontext(&f.context);
-    f.context.uc_stack.ss_sp = stack_of(t);
+    f.stack = stack_of(t);
+    f.context.uc_stack.ss_sp = f.stack;
     f.context.uc_stack.ss_size = kStackBytes;
     f.context.uc_link = &block->scheduler;
     makecontext(&f.context, fiber_entry, 0);
@@ -142,10 +191,11 @@ void run_block(int nthreads) {
       if (block->error) std::rethrow_exception(block->error);
     }
     if (ran) continue;
-    int done = 0, at_barrier = 0;
+    int done = 0, at_barrier = 0, at_warp = 0;
     for (int t = 0; t < nthreads; ++t) {
       done += block->fibers[t].wait == Wait::done;
       at_barrier += block->fibers[t].wait == Wait::barrier;
+      at_warp += block->fibers[t].wait == Wait::warp;
     }
     if (done == nthreads) return;
     if (release_warps(nthreads)) continue;
@@ -164,6 +214,7 @@ void run_block(int nthreads) {
     }
     s << "__syncthreads() reached by " << at_barrier << " of " << nthreads << " threads; " << done
       << " exited without reaching it";
+    if (at_warp) s << " and " << at_warp << " wait at a warp-level operation (__shfl_*_sync/__syncwarp)";
     if (example_done) s << " (e.g. " << describe(*example_done) << ")";
     if (example_wait) s << ", " << describe(*example_wait) << " is waiting";
     s << "; the barrier can never complete";
@@ -180,11 +231,14 @@ void syncthreads() {
 
 void syncwarp(unsigned mask) {
   if (!block) throw std::logic_error("__syncwarp() outside a kernel");
-  block->running->warp_mask = mask | (1u << current->lane);
+  Fiber* self = block->running;
+  self->warp_mask = mask | (1u << current->lane);
+  self->src_lane = -1;
   suspend(Wait::warp);
 }
 
 uint64_t exchange(unsigned mask, uint64_t value, int src_lane) {
+  if (!block) throw std::logic_error("__shfl_*_sync() outside a kernel");
   ThreadState& me = *current;
   int warp_threads = std::min<int>(kWarpSize, (int)(block_dim.x * block_dim.y * block_dim.z) - me.warp * kWarpSize);
   if (!(mask >> me.lane & 1)) kernel_error("a lane calls a __shfl_*_sync whose mask does not include it");
@@ -195,12 +249,12 @@ uint64_t exchange(unsigned mask, uint64_t value, int src_lane) {
       << " or does not exist (warp of " << warp_threads << " threads): the value is undefined on a GPU";
     kernel_error(s.str());
   }
-  uint64_t* slots = &block->exchange_slots[(size_t)me.warp * 64 + (me.shuffle_round & 1) * 32];
-  slots[me.lane] = value;
-  syncwarp(mask);
-  uint64_t result = slots[src_lane];
-  me.shuffle_round++;
-  return result;
+  Fiber* self = block->running;
+  self->warp_mask = mask;
+  self->src_lane = src_lane;
+  self->published = value;
+  suspend(Wait::warp);
+  return self->received;
 }
 
 void* dynamic_smem() { return block && !block->smem.empty() ? block->smem.data() : nullptr; }
@@ -229,7 +283,6 @@ void launch(const char* kernel, dim3 grid, dim3 block_shape, size_t smem_bytes, 
   b.kernel = kernel;
   b.body = &body;
   b.fibers.resize(nthreads);
-  b.exchange_slots.assign(((nthreads + kWarpSize - 1) / kWarpSize) * 64, 0);
   for (int t = 0; t < nthreads; ++t) {
     ThreadState& s = b.fibers[t].state;
     s.idx = {(unsigned)(t % block_shape.x), (unsigned)(t / block_shape.x % block_shape.y),
