@@ -342,6 +342,13 @@ def ck_bad_json(be, tmp_path):
     load_untouched(directory)
 
 
+def ck_index_edited(be, tmp_path):
+    directory, info, _ = saved(tmp_path)
+    text = (directory / checkpoint.INDEX).read_text()
+    (directory / checkpoint.INDEX).write_text(text.replace('"epoch": 1,', '"epoch": 7,'))
+    load_untouched(directory)
+
+
 def ck_not_fastconv(be, tmp_path):
     directory, info, _ = saved(tmp_path)
     (directory / checkpoint.INDEX).write_text(json.dumps({**info, "format": "other"}))
@@ -702,6 +709,8 @@ CASES = [
       CheckpointError, r"fails its SHA-256 check \(expected [0-9a-f]{64}, got [0-9a-f]{64}\): the file is corrupt"),
     C("checkpoint", "load_into(dir, model): weights file deleted", ck_missing_weights,
       CheckpointError, r"the checkpoint's weights file .* is missing"),
+    C("checkpoint", "load_into(dir, model): a value in checkpoint.json changed (epoch 1 -> 7)", ck_index_edited,
+      CheckpointError, r"checkpoint.json fails its SHA-256 check .*: the checkpoint is corrupt"),
     C("checkpoint", "load_into(dir, model): checkpoint.json cut short", ck_bad_json,
       CheckpointError, r"checkpoint.json is not valid JSON .*: the checkpoint is corrupt"),
     C("checkpoint", "load_into(dir, model): checkpoint.json of another format", ck_not_fastconv,

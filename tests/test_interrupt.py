@@ -156,3 +156,49 @@ def test_kill_at_random_moments_many_times(tmp_path, reference):
     tried, runs, before_first = kill_many(tmp_path, reference, 200, seed=11)
     print(f"\n{tried} kill points in {runs} runs ({before_first} before the first checkpoint)")
     assert tried == 200
+
+
+# ---- corruption sweep: every sampled single-bit flip, in either file, is refused ---------------------
+
+def _flip_sweep(tmp_path, which, positions):
+    from fastconv import nn, optim
+    from helpers import to_numpy
+
+    def make(seed):
+        return nn.Sequential(nn.Linear(4, 8, seed=seed), nn.ReLU(), nn.Dropout(0.2, seed=seed), nn.Linear(8, 2, seed=seed))
+
+    src = make(1)
+    opt = optim.Adam(src.parameters(), lr=0.01)
+    directory = tmp_path / "ck"
+    checkpoint.save(directory, src, optimizer=opt, epoch=3, metric=0.25, extra={"note": "kept"})
+    info = json.loads((directory / checkpoint.INDEX).read_text())
+    target = directory / (info["weights"]["file"] if which == "weights" else checkpoint.INDEX)
+    original = target.read_bytes()
+    rng = np.random.default_rng(5)
+    model = make(2)
+    model_opt = optim.Adam(model.parameters(), lr=0.5)
+    before = [to_numpy(p.data).copy() for p in model.parameters()]
+    refused = 0
+    for pos in rng.choice(len(original), size=min(positions, len(original)), replace=False):
+        data = bytearray(original)
+        data[pos] ^= 1 << int(rng.integers(8))
+        target.write_bytes(bytes(data))
+        with pytest.raises(checkpoint.CheckpointError):
+            checkpoint.load_into(directory, model, model_opt)
+        refused += 1
+        for b, p in zip(before, model.parameters()):
+            assert to_numpy(p.data).tobytes() == b.tobytes(), f"a refused load changed the model (flip at {pos})"
+        assert model_opt.lr == 0.5 and not model_opt.state
+    target.write_bytes(original)
+    checkpoint.load_into(directory, model, model_opt)  # the intact checkpoint still loads
+    return refused
+
+
+def test_every_bit_flip_in_the_weights_is_refused(tmp_path):
+    assert _flip_sweep(tmp_path, "weights", 150) == 150
+
+
+def test_every_bit_flip_in_the_index_is_refused(tmp_path):
+    # checkpoint.json carries the epoch, metric, optimizer hyperparameters and the training loop's
+    # state: a flipped digit there would otherwise resume silently from wrong values.
+    assert _flip_sweep(tmp_path, "index", 150) == 150
