@@ -102,6 +102,7 @@ def kill_many(tmp_path, reference, kills, seed):
     rng = np.random.default_rng(seed)
     ref_final, ref_history, ref_best, ref_info, duration = reference
     done_kills, runs, before_first = 0, 0, 0
+    window = 0.5 * duration  # kill anywhere in [0, window) after the worker is ready
     steps_at_kill = []  # the step of the last checkpoint found after each kill: where the kills landed
     while done_kills < kills:
         runs += 1
@@ -109,10 +110,13 @@ def kill_many(tmp_path, reference, kills, seed):
         best_seen = None
         while True:
             proc = start(ckpt, out)
-            # Kill anywhere in the first half of an uninterrupted fit's duration (measured), so that a run
-            # survives a few kills, each resumed from the checkpoint the previous one left, before it ends.
-            time.sleep(rng.uniform(0.0, 0.5 * duration))
+            # The window starts at half an uninterrupted fit's (measured) duration, so that a run survives
+            # a few kills, each resumed from the checkpoint the previous one left, before it ends. It
+            # shrinks when a run ends before its kill (a loaded machine makes the measurement stale).
+            time.sleep(rng.uniform(0.0, window))
             if proc.poll() is not None or done_kills >= kills:
+                if done_kills < kills:
+                    window *= 0.7
                 finish(proc)
                 break
             proc.send_signal(signal.SIGKILL)
