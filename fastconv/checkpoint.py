@@ -7,7 +7,8 @@ state, the weights file's SHA-256).
     info = load_into("runs/last", model, opt)       # resume / fine-tune an existing model
 
 Layout of a checkpoint directory:
-    checkpoint.json                       names the weights file and its checksum
+    checkpoint.json                       names the weights file and its checksum; carries its own
+                                          checksum (index_sha256, over its canonical content)
     weights-<unique>.safetensors          model parameters ("0.weight", ...) and optimizer buffers
                                           ("optim.<param index>.<buffer>")
 
@@ -101,6 +102,14 @@ def _split_optimizer(optimizer):
     return {"type": sd["type"], "hyperparameters": _jsonable(sd["hyperparameters"]), "state": state}, arrays
 
 
+def _index_digest(info) -> str:
+    """SHA-256 of the JSON's content (canonical form, without this field): the weights carry their own
+    checksum, and this one covers what the JSON holds (epoch, metric, optimizer hyperparameters, the
+    training loop's state), where a flipped digit would otherwise load silently."""
+    content = {k: v for k, v in info.items() if k != "index_sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, allow_nan=True).encode()).hexdigest()
+
+
 def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, extra=None) -> str:
     """Writes the checkpoint directory `path` (created if needed); returns the JSON's path.
 
@@ -134,6 +143,7 @@ def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, ext
         "scheduler": None if scheduler is None else _jsonable(scheduler.state_dict()),
         "extra": extra,
     }
+    info["index_sha256"] = _index_digest(info)
     text = json.dumps(info, indent=1, allow_nan=True).encode()
     _write_atomically(directory, INDEX, text)  # the commit point
 
@@ -164,6 +174,9 @@ def read_info(path) -> dict:
     if info.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{index} has format version {info['format_version']}; this fastconv "
                               f"({__version__}) reads up to {FORMAT_VERSION}")
+    if info.get("index_sha256") != _index_digest(info):
+        raise CheckpointError(f"{index} fails its SHA-256 check (its content does not match the checksum "
+                              "written with it): the checkpoint is corrupt")
     return info
 
 

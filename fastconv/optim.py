@@ -23,9 +23,11 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRScheduler", "StepLR", "Cosine
 
 
 def _number(value, name, owner, *, low=None, high=None, high_open=False):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or value != value:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
     value = float(value)
+    if not math.isfinite(value):  # NaN or inf would only fail later, inside the first step()
+        raise ValueError(f"{owner}: {name} must be finite, got {value}")
     if low is not None and value < low:
         raise ValueError(f"{owner}: {name} must be >= {low}, got {value}")
     if high is not None and (value > high or (high_open and value == high)):

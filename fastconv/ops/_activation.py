@@ -5,6 +5,7 @@ ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2}
 
 
 def check_activation(activation):
-    if activation not in ACTIVATIONS:
+    # A non-string (e.g. a list) is refused with the same message, not a TypeError from the dict lookup.
+    if not (activation is None or isinstance(activation, str)) or activation not in ACTIVATIONS:
         raise ValueError(f"activation must be None, 'relu' or 'sigmoid', got {activation!r}")
     return activation

@@ -88,6 +88,9 @@ def labels(x, name: str, be, n: int):
         raise TypeError(f"{name} must hold integer class indices, got dtype {a.dtype}")
     if a.ndim != 1 or a.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},) to match the batch, got {tuple(a.shape)}")
+    if a.dtype == np.uint64 and a.size and int(a.max()) > np.iinfo(np.int64).max:
+        # Checked before the cast to int64, which would wrap the value to a negative one.
+        raise ValueError(f"{name} holds {int(a.max())}, beyond any class index (int64)")
     return be.xp.ascontiguousarray(a, dtype=be.xp.int64)
 
 

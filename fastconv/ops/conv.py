@@ -60,6 +60,10 @@ def _geometry(x, w, stride, padding, dilation, groups, op):
         raise ValueError(f"groups must be >= 1, got {groups}")
     n, c, h, wd = x.shape
     c_out, c_per_group, kh, kw = w.shape
+    if min(c, h, wd) < 1:
+        # As torch: only the batch may be empty (an empty image with padding would be all padding).
+        raise ValueError(f"{op}: x is {shape_str(x.shape)} (N, C_in, H, W): C_in, H and W must be >= 1 "
+                         "(only N may be 0)")
     if c_out < 1 or c_per_group < 1 or kh < 1 or kw < 1:
         raise ValueError(f"{op}: w is {shape_str(w.shape)} (C_out, C_in/groups, kh, kw): every dimension must be >= 1")
     if c % groups or c_out % groups:

@@ -1,0 +1,181 @@
+"""Steady state on cpu: 10,000 calls of each op and 1,000 training steps keep the resident memory flat,
+and the ops give correct results when called from several Python threads at once.
+
+RSS is read from /proc/self/statm after a warm-up (first-call compilation, allocator pools). Arrays are
+about 4 KiB per result, so a leak of one result per call (40 MB over 10,000 calls) is far above the
+slack; the slack absorbs allocator noise.
+"""
+import gc
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import losses, nn, ops, optim
+
+from helpers import to_numpy
+
+CALLS = 10_000
+STEPS = 1_000
+SLACK = 8 * 2**20  # bytes
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc/self/statm (Linux)")
+
+
+def rss() -> int:
+    gc.collect()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _problems():
+    """name -> a zero-argument call of one op on small arrays (results of about 4 KiB)."""
+    rng = np.random.default_rng(0)
+    f = np.float32
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(f)
+
+    a, b = r(32, 16), r(16, 32)
+    x, w, bias, dy = r(32, 16), r(32, 16), r(32), r(32, 32)
+    cx, cw, cb = r(2, 2, 8, 8), r(4, 2, 3, 3), r(4)
+    cdy = r(2, 4, 8, 8)
+    px = r(2, 4, 16, 16)
+    py, pidx = ops.max_pool2d_forward(px, 2)
+    pdy = r(*py.shape)
+    logits, labels = r(32, 32), rng.integers(0, 32, 32)
+    probs = to_numpy(ops.softmax_cross_entropy_forward(logits, labels)[1])
+    t01 = rng.uniform(0, 1, (32, 32)).astype(f)
+    param, grad, vel = r(1024), r(1024), np.zeros(1024, f)
+    m, v = np.zeros(1024, f), np.zeros(1024, f)
+    return {
+        "matmul": lambda: ops.matmul(a, b),
+        "matmul_tt": lambda: ops.matmul(b, a, trans_a=True, trans_b=True),
+        "linear_forward": lambda: ops.linear_forward(x, w, bias, activation="relu"),
+        "linear_backward": lambda: ops.linear_backward(dy, x, w),
+        "relu_forward": lambda: ops.relu_forward(dy),
+        "relu_backward": lambda: ops.relu_backward(dy, logits),
+        "sigmoid_forward": lambda: ops.sigmoid_forward(dy),
+        "sigmoid_backward": lambda: ops.sigmoid_backward(dy, t01),
+        "conv2d_forward": lambda: ops.conv2d_forward(cx, cw, cb, padding=1, activation="sigmoid"),
+        "conv2d_backward": lambda: ops.conv2d_backward(cdy, cx, cw, padding=1),
+        "max_pool2d_forward": lambda: ops.max_pool2d_forward(px, 2),
+        "max_pool2d_backward": lambda: ops.max_pool2d_backward(pdy, pidx, px.shape),
+        "avg_pool2d_forward": lambda: ops.avg_pool2d_forward(px, 3, 1, 1),
+        "avg_pool2d_backward": lambda: ops.avg_pool2d_backward(pdy, px.shape, 2),
+        "softmax_cross_entropy_forward": lambda: ops.softmax_cross_entropy_forward(logits, labels, label_smoothing=0.1),
+        "softmax_cross_entropy_backward": lambda: ops.softmax_cross_entropy_backward(probs, labels),
+        "bce_with_logits_forward": lambda: ops.bce_with_logits_forward(logits, t01),
+        "bce_with_logits_backward": lambda: ops.bce_with_logits_backward(logits, t01),
+        "mse_forward": lambda: ops.mse_forward(logits, t01),
+        "mse_backward": lambda: ops.mse_backward(logits, t01),
+        "sgd_step": lambda: ops.sgd_step(param, grad, vel, lr=1e-6, momentum=0.9),
+        "adam_step": lambda: ops.adam_step(param, grad, m, v, 1, lr=1e-6),
+    }
+
+
+@pytest.fixture
+def cpu():
+    if not fastconv.backend.availability("cpu")[0]:
+        pytest.skip("cpu backend unavailable")
+    with fastconv.use_backend("cpu") as be:
+        yield be
+
+
+def test_repeated_calls_keep_memory_flat(cpu):
+    growth = {}
+    for name, call in _problems().items():
+        for _ in range(200):  # warm-up
+            call()
+        before = rss()
+        for _ in range(CALLS):
+            call()
+        growth[name] = rss() - before
+    leaking = {k: f"{g / 2**20:.1f} MiB" for k, g in growth.items() if g > SLACK}
+    assert not leaking, f"resident memory grew over {CALLS} calls: {leaking}"
+
+
+def test_training_steps_keep_memory_flat(cpu):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((16, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 16)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, seed=0), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Dropout(0.1, seed=1), nn.Linear(64, 3, seed=2))
+    loss_fn, opt = losses.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        model.backward(loss_fn.backward())
+        opt.step()
+        return float(loss)
+
+    for _ in range(100):
+        step()
+    before = rss()
+    losses_seen = [step() for _ in range(STEPS)]
+    grown = rss() - before
+    assert grown <= SLACK, f"resident memory grew by {grown / 2**20:.1f} MiB over {STEPS} training steps"
+    assert all(np.isfinite(losses_seen)) and losses_seen[-1] < losses_seen[0]
+
+
+def test_ops_from_several_threads_at_once(cpu):
+    """Threads run different ops and shapes concurrently; each result must equal the one the same op
+    gave single-threaded (bit for bit: the cpu kernels are deterministic)."""
+    problems = _problems()
+    names = [n for n in problems if not n.endswith("_step")]  # the steps update shared buffers in place
+    expected = {n: [to_numpy(a).copy() for a in _as_tuple(problems[n]())] for n in names}
+    errors, barrier = [], threading.Barrier(4)
+
+    def worker(k):
+        with fastconv.use_backend("cpu"):  # the backend choice is per thread (a context variable)
+            barrier.wait()
+            mine = names[k::4]
+            for i in range(300):
+                name = mine[i % len(mine)]
+                got = [to_numpy(a) for a in _as_tuple(problems[name]())]
+                if not all(np.array_equal(g, e) for g, e in zip(got, expected[name])):
+                    errors.append(name)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, f"wrong results under concurrency: {sorted(set(errors))}"
+
+
+def test_optimizer_steps_from_several_threads_at_once(cpu):
+    """Each thread steps its own parameter; the result equals the same steps taken single-threaded."""
+    rng = np.random.default_rng(2)
+    params0 = [rng.standard_normal(257 * (k + 1)).astype(np.float32) for k in range(4)]
+    grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params0]
+
+    def run(k, out):
+        with fastconv.use_backend("cpu"):
+            steps(k, out)
+
+    def steps(k, out):
+        p, m, v = params0[k].copy(), np.zeros_like(params0[k]), np.zeros_like(params0[k])
+        vel = np.zeros_like(p)
+        for step in range(1, 51):
+            ops.adam_step(p, grads[k], m, v, step, lr=1e-2) if k % 2 else \
+                ops.sgd_step(p, grads[k], vel, lr=1e-2, momentum=0.9)
+        out[k] = p
+
+    alone, together = {}, {}
+    for k in range(4):
+        run(k, alone)
+    threads = [threading.Thread(target=run, args=(k, together)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(4):
+        assert together[k].tobytes() == alone[k].tobytes()
+
+
+def _as_tuple(r):
+    return r if isinstance(r, tuple) else (r,)
