@@ -63,9 +63,6 @@ def test_same_seed_same_bits_on_cpu(tmp_path):
     assert len(first[1]) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="fastconv/_cpu/dense.py linear_backward: db's column sum splits the rows "
-                   "into numba.get_num_threads() bands, so its summation order (and last bits) depend on the "
-                   "thread count; bands of a fixed size would make it thread-count independent")
 def test_same_bits_whatever_the_thread_count(tmp_path):
     # Every other cpu kernel splits work over threads without changing any summation order.
     _assert_identical(_fit(tmp_path / "one", threads=1), _fit(tmp_path / "two", threads=2))
@@ -80,7 +77,9 @@ def _code(path):
 
 
 def test_no_floating_point_atomics_in_any_kernel():
-    sources = [os.path.join(KERNELS, n) for n in sorted(os.listdir(KERNELS)) if n.endswith((".cuh", ".h", ".cu"))]
+    # selftest.cuh is not an op: it exercises the emulator's atomics on purpose.
+    sources = [os.path.join(KERNELS, n) for n in sorted(os.listdir(KERNELS))
+               if n.endswith((".cuh", ".h", ".cu")) and not n.startswith("selftest.")]
     assert len(sources) >= 6
     calls = []
     for path in sources:

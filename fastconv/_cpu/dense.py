@@ -81,6 +81,12 @@ def _sigmoid_backward(dy, y, dx):
         dx[i] = dy[i] * y[i] * (_ONE - y[i])
 
 
+def _bands(rows):
+    """Row bands of the column sum: a function of the size only, never of the thread count, so the
+    summation order (and every bit of db) is the same on any machine."""
+    return max(1, min(64, rows // 128))
+
+
 def _op(a, trans):
     return a.T if trans else a
 
@@ -100,7 +106,7 @@ def linear_forward(x, w, b, activation):
 def linear_backward(dy, x, w, bias):
     dx = np.dot(dy, w)
     dw = np.dot(dy.T, x)
-    db = _column_sum(dy, max(1, min(numba.get_num_threads(), dy.shape[0]))) if bias else None
+    db = _column_sum(dy, _bands(dy.shape[0])) if bias else None
     return dx, dw, db
 
 
