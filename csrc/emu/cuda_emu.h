@@ -10,6 +10,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -60,7 +61,9 @@ struct ThreadState {
   int lane, warp;     // linear % 32, linear / 32
 };
 
-extern ThreadState* current;
+// The running thread's state; atomic only so that the race detector does not count the scheduler
+// switching threads as a race (a relaxed load is a plain load).
+extern std::atomic<ThreadState*> current;
 extern uint3 block_idx;
 extern dim3 block_dim, grid_dim;
 
@@ -95,7 +98,7 @@ T from_bits(uint64_t bits) {
 
 }  // namespace emu
 
-#define threadIdx (emu::current->idx)
+#define threadIdx (emu::current.load(std::memory_order_relaxed)->idx)
 #define blockIdx (emu::block_idx)
 #define blockDim (emu::block_dim)
 #define gridDim (emu::grid_dim)
@@ -109,49 +112,64 @@ inline void __threadfence_block() {}
 // ---- warp shuffles (the semantics of the CUDA Programming Guide, width a power of two <= 32) ---
 template <typename T>
 T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize) {
-  int lane = emu::current->lane;
+  int lane = emu::current.load(std::memory_order_relaxed)->lane;
   int src = (lane & ~(width - 1)) + (src_lane & (width - 1));
   return emu::from_bits<T>(emu::exchange(mask, emu::to_bits(var), src));
 }
 template <typename T>
 T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
-  int lane = emu::current->lane;
+  int lane = emu::current.load(std::memory_order_relaxed)->lane;
   int src = ((lane & (width - 1)) >= (int)delta) ? lane - (int)delta : lane;
   return emu::from_bits<T>(emu::exchange(mask, emu::to_bits(var), src));
 }
 template <typename T>
 T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
-  int lane = emu::current->lane;
+  int lane = emu::current.load(std::memory_order_relaxed)->lane;
   int src = ((lane & (width - 1)) + (int)delta < width) ? lane + (int)delta : lane;
   return emu::from_bits<T>(emu::exchange(mask, emu::to_bits(var), src));
 }
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize) {
-  int lane = emu::current->lane;
+  int lane = emu::current.load(std::memory_order_relaxed)->lane;
   int src = lane ^ lane_mask;
   if ((src & ~(width - 1)) != (lane & ~(width - 1))) src = lane;
   return emu::from_bits<T>(emu::exchange(mask, emu::to_bits(var), src));
 }
 
-// ---- atomics: blocks and threads never run at once in the emulator, so plain updates are atomic
+// ---- atomics: real atomic read-modify-writes (a CAS loop), so that the race detector sees them as
+// atomics; blocks and threads never run at once here, so they never actually contend.
+namespace emu {
+template <typename T, typename Update>
+T atomic_update(T* address, Update update) {
+  T old;
+  __atomic_load(address, &old, __ATOMIC_RELAXED);
+  T desired = update(old);
+  while (!__atomic_compare_exchange(address, &old, &desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+    desired = update(old);
+  return old;
+}
+}  // namespace emu
+
 template <typename T>
-T atomicAdd(T* address, T val) { T old = *address; *address = old + val; return old; }
+T atomicAdd(T* address, T val) { return emu::atomic_update(address, [val](T old) { return old + val; }); }
 template <typename T>
-T atomicSub(T* address, T val) { T old = *address; *address = old - val; return old; }
+T atomicSub(T* address, T val) { return emu::atomic_update(address, [val](T old) { return old - val; }); }
 template <typename T>
 T atomicMax(T* address, T val) {
   static_assert(std::is_integral<T>::value, "CUDA's atomicMax takes integers");
-  T old = *address; *address = old > val ? old : val; return old;
+  return emu::atomic_update(address, [val](T old) { return old > val ? old : val; });
 }
 template <typename T>
 T atomicMin(T* address, T val) {
   static_assert(std::is_integral<T>::value, "CUDA's atomicMin takes integers");
-  T old = *address; *address = old < val ? old : val; return old;
+  return emu::atomic_update(address, [val](T old) { return old < val ? old : val; });
 }
 template <typename T>
-T atomicExch(T* address, T val) { T old = *address; *address = val; return old; }
+T atomicExch(T* address, T val) { return emu::atomic_update(address, [val](T) { return val; }); }
 template <typename T>
-T atomicCAS(T* address, T compare, T val) { T old = *address; if (old == compare) *address = val; return old; }
+T atomicCAS(T* address, T compare, T val) {
+  return emu::atomic_update(address, [compare, val](T old) { return old == compare ? val : old; });
+}
 
 // ---- math intrinsics ---------------------------------------------------------------------------
 using std::max;

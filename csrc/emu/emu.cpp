@@ -5,6 +5,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <exception>
 #include <memory>
@@ -25,13 +26,73 @@
 #define EMU_FINISH_SWITCH(save, bottom, size) ((void)(save), (void)(bottom), (void)(size))
 #endif
 
+// The shared-memory race detector (FASTCONV_RACECHECK builds, -fsanitize=thread): every emulated
+// thread is a ThreadSanitizer fiber, switched without implied synchronization, and the only
+// happens-before edges between the threads of a block are the ones CUDA guarantees: __syncthreads
+// (and warp-level operations within a warp). Two threads touching the same word between barriers,
+// one writing, are then a data race that TSan reports with the kernel's source line, the array
+// (e.g. a static __shared__ tile) and both threads by name. Blocks run one after another, ordered
+// by the scheduler. The scheduler's own bookkeeping is excluded from the analysis.
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+extern "C" void AnnotateIgnoreReadsBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreReadsEnd(const char* file, int line);
+extern "C" void AnnotateIgnoreWritesBegin(const char* file, int line);
+extern "C" void AnnotateIgnoreWritesEnd(const char* file, int line);
+#define EMU_RACECHECK 1
+#else
+#define EMU_RACECHECK 0
+#endif
+
 namespace emu {
 
-ThreadState* current = nullptr;
+std::atomic<ThreadState*> current{nullptr};
 uint3 block_idx{0, 0, 0};
 dim3 block_dim, grid_dim;
 
 namespace {
+
+// Ignores the emulator's own memory accesses (scheduler state shared with the fibers) in race
+// checking, for the guard's lifetime. A no-op in other builds.
+inline void ignore_begin() {
+#if EMU_RACECHECK
+  AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+  AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+#endif
+}
+inline void ignore_end() {
+#if EMU_RACECHECK
+  AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+  AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+#endif
+}
+struct Bookkeeping {
+  Bookkeeping() { ignore_begin(); }
+  ~Bookkeeping() { ignore_end(); }
+};
+
+// Happens-before edges for the race detector (no-ops in other builds).
+inline void hb_release(void* sync) {
+#if EMU_RACECHECK
+  __tsan_release(sync);
+#else
+  (void)sync;
+#endif
+}
+inline void hb_acquire(void* sync) {
+#if EMU_RACECHECK
+  __tsan_acquire(sync);
+#else
+  (void)sync;
+#endif
+}
+inline void tsan_switch_to(void* fiber) {
+#if EMU_RACECHECK
+  __tsan_switch_to_fiber(fiber, __tsan_switch_to_fiber_no_sync);
+#else
+  (void)fiber;
+#endif
+}
 
 enum class Wait { running, barrier, warp, done };
 
@@ -45,6 +106,10 @@ struct Fiber {
   unsigned warp_mask = 0;
   int src_lane = -1;
   uint64_t published = 0, received = 0;
+  // Race detection: the TSan fiber, and how many barriers / warp operations this thread passed
+  // (their parity picks the sync object, see sync_point()).
+  void* tsan_fiber = nullptr;
+  unsigned barriers = 0, warp_ops = 0;
 };
 
 // Stack size of one emulated thread: kernels keep register tiles (e.g. 8x8 doubles) on it, and
@@ -61,6 +126,11 @@ struct Block {
   size_t scheduler_stack_size = 0;
   Fiber* running = nullptr;
   std::exception_ptr error;
+  // Race detection: sync objects (only their addresses matter) for the block's start and end,
+  // its barriers and its warps' operations, and the scheduler's own TSan fiber.
+  char start_sync = 0, end_sync = 0, barrier_sync[2] = {0, 0};
+  std::vector<char> warp_sync;  // [warp][2]
+  void* scheduler_fiber = nullptr;
 };
 
 Block* block = nullptr;
@@ -85,23 +155,48 @@ char* stack_of(int thread) {
 
 void fiber_entry() {
   EMU_FINISH_SWITCH(nullptr, &block->scheduler_stack, &block->scheduler_stack_size);
+  hb_acquire(&block->start_sync);  // what the scheduler set up for this block
+  ignore_end();  // resume() switched here while ignoring (see there)
   try {
     (*block->body)();
   } catch (...) {
+    Bookkeeping ignore;
     block->error = std::current_exception();
   }
+  // The rest is the emulator's (the fiber ends here, so the ignore is never closed). Release only
+  // now: every access of this fiber, the emulator's reads of the block included, comes before it.
+  ignore_begin();
   block->running->wait = Wait::done;
-  // uc_link returns to the scheduler; this fiber's stack is not used again in this block.
+  hb_release(&block->end_sync);
+  // Back to the scheduler for good; this fiber's stack is not used again in this block. Jumping
+  // (instead of returning through uc_link) keeps the race detector's shadow call stacks balanced:
+  // nothing of this function runs after the switch.
+  tsan_switch_to(block->scheduler_fiber);
   EMU_START_SWITCH(nullptr, block->scheduler_stack, block->scheduler_stack_size);
+  setcontext(&block->scheduler);
 }
 
 void suspend(Wait why) {
+  Bookkeeping ignore;
   Fiber* self = block->running;
   self->wait = why;
   void* fake_stack = nullptr;
+  tsan_switch_to(block->scheduler_fiber);
   EMU_START_SWITCH(&fake_stack, block->scheduler_stack, block->scheduler_stack_size);
   swapcontext(&self->context, &block->scheduler);
   EMU_FINISH_SWITCH(fake_stack, &block->scheduler_stack, &block->scheduler_stack_size);
+  ignore_end();  // resume() switched here while ignoring (see there)
+}
+
+// Suspends at a barrier (block-wide or warp-level) with the happens-before edges it implies:
+// everything each participant did before arriving is visible to all after leaving. Two sync
+// objects used alternately: a thread that runs ahead to the next barrier releases into the other
+// one, so it does not order its new work before threads still leaving this barrier.
+void sync_point(Wait why, char* sync_pair, unsigned& count) {
+  char* sync = &sync_pair[count++ & 1];
+  hb_release(sync);
+  suspend(why);
+  hb_acquire(sync);
 }
 
 void resume(Fiber& f) {
@@ -109,6 +204,10 @@ void resume(Fiber& f) {
   current = &f.state;
   f.wait = Wait::running;
   void* fake_stack = nullptr;
+  // From the switch on, the scheduler's remaining instructions count as the fiber's: they are
+  // ignored until the fiber ends the ignore where it lands (fiber_entry or suspend).
+  tsan_switch_to(f.tsan_fiber);
+  ignore_begin();
   EMU_START_SWITCH(&fake_stack, f.stack, kStackBytes);
   swapcontext(&block->scheduler, &f.context);
   EMU_FINISH_SWITCH(fake_stack, nullptr, nullptr);
@@ -170,10 +269,38 @@ bool release_warps(int nthreads) {
   return released;
 }
 
+#if EMU_RACECHECK
+// One TSan fiber per emulated thread, named after the CUDA thread and block so that reports say
+// which threads raced. Kept between blocks and launches (creating thousands per launch dominated
+// the race-check run); blocks are ordered by the scheduler's start/end sync, so reuse hides no race
+// within a block. Guarded by launch_mutex.
+std::vector<void*> tsan_fiber_pool;
+
+struct TsanFibers {
+  explicit TsanFibers(int nthreads) {
+    while ((int)tsan_fiber_pool.size() < nthreads) tsan_fiber_pool.push_back(__tsan_create_fiber(0));
+    for (int t = 0; t < nthreads; ++t) {
+      Fiber& f = block->fibers[t];
+      f.tsan_fiber = tsan_fiber_pool[t];
+      std::ostringstream name;
+      name << "thread (" << f.state.idx.x << "," << f.state.idx.y << "," << f.state.idx.z << ") of block ("
+           << block_idx.x << "," << block_idx.y << "," << block_idx.z << ") in " << block->kernel;
+      __tsan_set_fiber_name(f.tsan_fiber, name.str().c_str());
+    }
+  }
+};
+#else
+struct TsanFibers {
+  explicit TsanFibers(int) {}
+};
+#endif
+
 void run_block(int nthreads) {
+  TsanFibers tsan_fibers(nthreads);
   for (int t = 0; t < nthreads; ++t) {
     Fiber& f = block->fibers[t];
     f.wait = Wait::running;
+    f.barriers = f.warp_ops = 0;
     getcontext(&f.context);
     f.stack = stack_of(t);
     f.context.uc_stack.ss_sp = f.stack;
@@ -181,6 +308,7 @@ void run_block(int nthreads) {
     f.context.uc_link = &block->scheduler;
     makecontext(&f.context, fiber_entry, 0);
   }
+  hb_release(&block->start_sync);
   for (;;) {
     bool ran = false;
     for (int t = 0; t < nthreads; ++t) {
@@ -197,7 +325,10 @@ void run_block(int nthreads) {
       at_barrier += block->fibers[t].wait == Wait::barrier;
       at_warp += block->fibers[t].wait == Wait::warp;
     }
-    if (done == nthreads) return;
+    if (done == nthreads) {
+      hb_acquire(&block->end_sync);  // the next block (and the caller) come after this one
+      return;
+    }
     if (release_warps(nthreads)) continue;
     if (at_barrier == nthreads) {
       for (auto& f : block->fibers) f.wait = Wait::running;
@@ -226,15 +357,26 @@ void run_block(int nthreads) {
 
 void syncthreads() {
   if (!block) throw std::logic_error("__syncthreads() outside a kernel");
-  suspend(Wait::barrier);
+  Fiber* self;
+  {
+    Bookkeeping ignore;
+    self = block->running;
+  }
+  sync_point(Wait::barrier, block->barrier_sync, self->barriers);
 }
+
+namespace {
+char* warp_sync_of(const ThreadState& me) { return &block->warp_sync[(size_t)me.warp * 2]; }
+}  // namespace
 
 void syncwarp(unsigned mask) {
   if (!block) throw std::logic_error("__syncwarp() outside a kernel");
+  Bookkeeping ignore;
   Fiber* self = block->running;
-  self->warp_mask = mask | (1u << current->lane);
+  ThreadState& me = *current;
+  self->warp_mask = mask | (1u << me.lane);
   self->src_lane = -1;
-  suspend(Wait::warp);
+  sync_point(Wait::warp, warp_sync_of(me), self->warp_ops);
 }
 
 uint64_t exchange(unsigned mask, uint64_t value, int src_lane) {
@@ -249,11 +391,12 @@ uint64_t exchange(unsigned mask, uint64_t value, int src_lane) {
       << " or does not exist (warp of " << warp_threads << " threads): the value is undefined on a GPU";
     kernel_error(s.str());
   }
+  Bookkeeping ignore;
   Fiber* self = block->running;
   self->warp_mask = mask;
   self->src_lane = src_lane;
   self->published = value;
-  suspend(Wait::warp);
+  sync_point(Wait::warp, warp_sync_of(me), self->warp_ops);
   return self->received;
 }
 
@@ -263,7 +406,7 @@ void kernel_error(const std::string& what) {
   std::ostringstream s;
   s << "kernel " << (block ? block->kernel : "?") << ", block (" << block_idx.x << "," << block_idx.y
     << "," << block_idx.z << ")";
-  if (current) s << ", thread (" << current->idx.x << "," << current->idx.y << "," << current->idx.z << ")";
+  if (ThreadState* t = current.load()) s << ", thread (" << t->idx.x << "," << t->idx.y << "," << t->idx.z << ")";
   s << ": " << what;
   throw std::runtime_error(s.str());
 }
@@ -279,10 +422,15 @@ void launch(const char* kernel, dim3 grid, dim3 block_shape, size_t smem_bytes, 
   if ((long)grid.x * grid.y * grid.z == 0) return;
 
   std::lock_guard<std::mutex> lock(launch_mutex);
+  Bookkeeping ignore;  // the scheduler's accesses are not the kernel's
   Block b;
   b.kernel = kernel;
   b.body = &body;
   b.fibers.resize(nthreads);
+  b.warp_sync.assign(((nthreads + kWarpSize - 1) / kWarpSize) * 2, 0);
+#if EMU_RACECHECK
+  b.scheduler_fiber = __tsan_get_current_fiber();
+#endif
   for (int t = 0; t < nthreads; ++t) {
     ThreadState& s = b.fibers[t].state;
     s.idx = {(unsigned)(t % block_shape.x), (unsigned)(t / block_shape.x % block_shape.y),
