@@ -38,13 +38,15 @@ class CMakeBuild(build_ext):
 
         extdir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         mode = os.environ.get("FASTCONV_CUDA", "AUTO").upper()
+        sanitize = os.environ.get("FASTCONV_SANITIZE") == "1"
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={extdir}{os.sep}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
-            "-DCMAKE_BUILD_TYPE=Release",
+            # Sanitizer reports need file:line, and pybind11 strips Release modules.
+            f"-DCMAKE_BUILD_TYPE={'RelWithDebInfo' if sanitize else 'Release'}",
             f"-DFASTCONV_CUDA={mode}",
-            f"-DFASTCONV_SANITIZE={'ON' if os.environ.get('FASTCONV_SANITIZE') == '1' else 'OFF'}",
+            f"-DFASTCONV_SANITIZE={'ON' if sanitize else 'OFF'}",
         ]
         env = dict(os.environ)
         nvcc = _find_nvcc() if mode != "OFF" else None
