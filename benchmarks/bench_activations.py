@@ -4,7 +4,7 @@ import numpy as np
 import fastconv
 from fastconv import ops
 
-from harness import Row, measure, measure_torch_cuda, torch_or_none
+from harness import Row, measure, torch_peer
 
 SIZES = {"cpu": 2**25, "cuda": 2**28}  # 128 MiB / 1 GiB of float32 per array
 
@@ -18,9 +18,7 @@ def cases(device: str, ceilings: dict) -> list:
         x = xp.asarray(rng.standard_normal(n, dtype=np.float32))
         dy = xp.asarray(rng.standard_normal(n, dtype=np.float32))
         y = ops.sigmoid_forward(x)
-        torch = torch_or_none()
-        tdev = "cuda" if device == "cuda" else "cpu"
-        tmeasure = measure_torch_cuda if device == "cuda" else measure
+        torch, tdev, tmeasure = torch_peer(device)
         if torch is not None:
             tx, tdy, ty = (torch.as_tensor(t, device=tdev) for t in (x, dy, y))
         timer = lambda f: measure(f, device=device, repeats=7)  # noqa: E731
@@ -34,10 +32,10 @@ def cases(device: str, ceilings: dict) -> list:
             ("sigmoid bwd", 3, lambda: ops.sigmoid_backward(dy, y), lambda: dy * y * (1 - y),
              lambda: torch.ops.aten.sigmoid_backward(tdy, ty)),
         ]
-        for name, arrays, ours, array_peer, torch_peer in cases_:
+        for name, arrays, ours, array_peer, torch_case in cases_:
             peers = {("numpy" if device == "cpu" else "cupy"): timer(array_peer)}
             if torch is not None:
-                peers["torch"] = tmeasure(torch_peer)
+                peers["torch"] = tmeasure(torch_case)
             rows.append(Row("activations", f"{name} {n} f32", "GB/s", arrays * 4 * n, timer(ours), peers,
                             ceilings["copy_gbs"]))
     return rows

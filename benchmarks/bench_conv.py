@@ -7,7 +7,7 @@ import numpy as np
 import fastconv
 from fastconv import ops
 
-from harness import Row, measure, measure_torch_cuda, torch_or_none
+from harness import Row, Timing, measure, torch_peer
 
 # (name, N, C_in, H, W, C_out, k, padding): the LeNet-style reference CNN at batch 128, and a
 # larger layer for the GPU.
@@ -20,12 +20,7 @@ LAYERS = {
 
 def cases(device: str, ceilings: dict) -> list:
     rows = []
-    torch = torch_or_none()
-    tdev = "cuda" if device == "cuda" else "cpu"
-    tmeasure = measure_torch_cuda if device == "cuda" else measure
-    if device == "cuda" and torch is not None:
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+    torch, tdev, tmeasure = torch_peer(device)
     with fastconv.use_backend(device) as be:
         xp = be.xp
         rng = np.random.default_rng(0)
@@ -63,7 +58,6 @@ def cases(device: str, ceilings: dict) -> list:
             ours = measure(lambda: ops.conv2d_backward(dy, x, w, padding=pad), device=device)
             peers_b = {}
             if torch is not None:
-                from harness import Timing
 
                 t_in, t_w = peers_bd["torch"], peers_bw["torch"]
                 peers_b["torch (dx + dw)"] = Timing(t_in.first_s + t_w.first_s, t_in.median_s + t_w.median_s,

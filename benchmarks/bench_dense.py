@@ -7,7 +7,7 @@ import numpy as np
 import fastconv
 from fastconv import ops
 
-from harness import Row, cupy_or_none, measure, measure_torch_cuda, torch_or_none
+from harness import Row, cupy_or_none, measure, torch_peer
 
 MATMUL_SIZES = {"cpu": (256, 512, 1024, 2048), "cuda": (512, 1024, 2048, 4096)}
 # (batch, in, out): the reference CNN's dense layers, and a large square one.
@@ -19,12 +19,7 @@ def cases(device: str, ceilings: dict) -> list:
     with fastconv.use_backend(device) as be:
         xp = be.xp
         rng = np.random.default_rng(0)
-        torch = torch_or_none()
-        if device == "cuda" and torch is not None:
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-        tdev = "cuda" if device == "cuda" else "cpu"
-        tmeasure = measure_torch_cuda if device == "cuda" else measure
+        torch, tdev, tmeasure = torch_peer(device)
 
         for n in MATMUL_SIZES[device]:
             a = xp.asarray(rng.standard_normal((n, n), dtype=np.float32))

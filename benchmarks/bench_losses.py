@@ -4,7 +4,7 @@ import numpy as np
 import fastconv
 from fastconv import ops
 
-from harness import Row, measure, measure_torch_cuda, torch_or_none
+from harness import Row, measure, torch_peer
 
 # (rows, classes): logits well past the last-level cache, and the course's 10-class case.
 CE_SHAPES = {"cpu": [(65536, 1000), (4096, 10)], "cuda": [(262144, 1000), (65536, 10)]}
@@ -23,9 +23,7 @@ def _numpy_cross_entropy(xp, logits, labels):
 
 def cases(device: str, ceilings: dict) -> list:
     rows = []
-    torch = torch_or_none()
-    tdev = "cuda" if device == "cuda" else "cpu"
-    tmeasure = measure_torch_cuda if device == "cuda" else measure
+    torch, tdev, tmeasure = torch_peer(device)
     with fastconv.use_backend(device) as be:
         xp = be.xp
         rng = np.random.default_rng(0)

@@ -4,14 +4,12 @@ import numpy as np
 import fastconv
 from fastconv import ops
 
-from harness import Row, measure, measure_torch_cuda, torch_or_none
+from harness import Row, measure, torch_peer
 
 
 def cases(device: str, ceilings: dict) -> list:
     rows = []
-    torch = torch_or_none()
-    tdev = "cuda" if device == "cuda" else "cpu"
-    tmeasure = measure_torch_cuda if device == "cuda" else measure
+    torch, tdev, tmeasure = torch_peer(device)
     n = 2**24 if device == "cpu" else 2**27
     with fastconv.use_backend(device) as be:
         xp = be.xp

@@ -4,16 +4,14 @@ import numpy as np
 import fastconv
 from fastconv import ops
 
-from harness import Row, measure, measure_torch_cuda, torch_or_none
+from harness import Row, measure, torch_peer
 
 SHAPES = {"cpu": [(128, 32, 28, 28), (128, 64, 14, 14)], "cuda": [(128, 32, 28, 28), (64, 64, 112, 112)]}
 
 
 def cases(device: str, ceilings: dict) -> list:
     rows = []
-    torch = torch_or_none()
-    tdev = "cuda" if device == "cuda" else "cpu"
-    tmeasure = measure_torch_cuda if device == "cuda" else measure
+    torch, tdev, tmeasure = torch_peer(device)
     with fastconv.use_backend(device) as be:
         xp = be.xp
         rng = np.random.default_rng(0)

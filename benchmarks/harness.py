@@ -105,6 +105,16 @@ def torch_or_none():
     return torch
 
 
+def torch_peer(device: str):
+    """(torch or None, the torch device for `device`, the timer for it). On the GPU, TF32 is off so
+    that FP32 is compared with FP32."""
+    torch = torch_or_none()
+    if torch is not None and device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return torch, ("cuda" if device == "cuda" else "cpu"), (measure_torch_cuda if device == "cuda" else measure)
+
+
 def cupy_or_none():
     try:
         import cupy
