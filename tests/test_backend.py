@@ -73,3 +73,19 @@ def test_gpu_array_refused_on_host_backends():
     with fastconv.use_backend("cpu"):
         with pytest.raises(TypeError, match="x is a GPU array .* but the backend is 'cpu'"):
             ops.relu_forward(FakeGpuArray())
+
+
+def test_kernel_failures_name_the_op_and_shapes():
+    """A failing launch (here a stand-in raising like a CUDA error would) reaches the caller as the
+    same exception type, naming the kernel, the op and the input shapes."""
+    from fastconv._native import NativeBackend
+
+    class FailingExtension:
+        def __getattr__(self, name):
+            def launch(*args):
+                raise RuntimeError("fastconv: CUDA error in gemm_kernel<NN>: cudaErrorIllegalAddress (an illegal memory access)")
+            return launch
+
+    be = NativeBackend("emu", FailingExtension(), np, lambda a: a.ctypes.data, lambda: 0)
+    with pytest.raises(RuntimeError, match=r"gemm_kernel<NN>.*\[in matmul with inputs \(3, 4\), \(4, 5\)\]"):
+        be.matmul(np.ones((3, 4), np.float32), np.ones((4, 5), np.float32), False, False)

@@ -13,6 +13,23 @@ from . import conv, dense, loss, optim, pool
 FAMILIES = (dense, conv, pool, loss, optim)
 
 
+def _shapes(args) -> str:
+    return ", ".join(str(tuple(a.shape)) for a in args if hasattr(a, "shape"))
+
+
+def _naming_failures(op, run):
+    """run(...), with a kernel failure (a CUDA error or an emulator error: RuntimeError; a launch
+    limit: ValueError) re-raised as the same type with the op and its input shapes added. A CuPy
+    out-of-memory error passes through unchanged (CuPy's pool stays usable: later calls work)."""
+    @functools.wraps(run)
+    def checked(*args, **kwargs):
+        try:
+            return run(*args, **kwargs)
+        except (RuntimeError, ValueError) as exc:
+            raise type(exc)(f"{exc} [in {op} with inputs {_shapes(args)}]") from exc
+    return checked
+
+
 class NativeBackend:
     def __init__(self, name, ext, xp, pointer, stream):
         self.name = name
@@ -23,7 +40,7 @@ class NativeBackend:
         # Bind every family's op functions to this backend: backend.matmul(a, b, ...) etc.
         for family in FAMILIES:
             for op in family.__all__:
-                setattr(self, op, functools.partial(getattr(family, op), self))
+                setattr(self, op, _naming_failures(op, functools.partial(getattr(family, op), self)))
 
     def kernel(self, name, dtype):
         """The launcher for `name` at `dtype` (e.g. ext.gemm_f32)."""
