@@ -33,6 +33,12 @@ class Timing:
     repeats: int
 
 
+def quiesce():
+    """Lets the thread pools of whatever ran before (OpenMP, OpenBLAS) stop spin-waiting, so that the
+    next measurement, ours or a peer's, does not share the cores with them."""
+    time.sleep(0.1)
+
+
 def _sync(device: str):
     if device == "cuda":
         import cupy
@@ -42,6 +48,7 @@ def _sync(device: str):
 
 def measure(fn, *, device="cpu", warmup=3, repeats=15, min_seconds=0.2) -> Timing:
     """Times fn() (which runs one case); returns first-call and steady-state statistics."""
+    quiesce()
     _sync(device)
     t0 = time.perf_counter()
     fn()
@@ -74,6 +81,7 @@ def measure(fn, *, device="cpu", warmup=3, repeats=15, min_seconds=0.2) -> Timin
 def measure_torch_cuda(fn, warmup=3, repeats=15) -> Timing:
     import torch
 
+    quiesce()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()

@@ -1,122 +1,268 @@
-"""2-D convolution on the CPU: im2col + BLAS GEMM per group, with parallel Numba im2col / col2im
-and one fused parallel pass for bias + activation.
+"""2-D convolution on the CPU: per-sample GEMMs, each Numba thread owning a contiguous block of
+samples and calling single-threaded BLAS itself (_blas.py says why), in per-thread buffers that
+stay in the core's cache.
 
-Layouts (R = C_in/groups * kh * kw rows of the column matrix, P = OH * OW):
-- forward: col is (N, R, P), so the batched GEMM W_g (C_out/g, R) @ col[n] lands directly in NCHW
-  y[n, group's channels] (no transpose); bias + activation then run in place over y in one
-  parallel pass. A 1x1, stride-1, unpadded convolution needs no im2col: col is x itself.
-- backward data: dcol = W_g^T @ dy[n] (batched, (N, R, P), dy read as it is), then col2im, where
-  one thread owns a whole (n, c) plane of dx (no races, deterministic). 1x1 unpadded: dx = W^T @ dy.
-- backward weight: with R >= 64, dy is transposed once to (C_out, N*P) (the same pass sums db) and
-  im2col builds (R, N*P), so dw_g is ONE large GEMM dyT_g @ col^T (BLAS reads the transpose in
-  place); with a small R that GEMM is skinny (e.g. 32 x 9 outputs over K = 100352), which OpenBLAS
-  ran ~10x slower than per-sample GEMMs over (N, R, P) summed over n, so small R takes that path.
+Stride 1 (the common case) uses the "wide" layout described above _forward_wide: no im2col for
+layers with >= 8 input channels per group (one accumulating GEMM per kernel tap on shifted slices
+of the padded sample), contiguous copies otherwise. Other strides use per-sample im2col (_forward /
+_backward). In both, per sample n and group g:
+- forward: y[n, g's channels] = W_g @ col, then bias + activation while y[n] is in cache;
+- backward: dW_g += dy[n, g] @ col^T into the thread's own partial dW (GEMM with beta = 1),
+  dcol = W_g^T @ dy[n, g] scattered back into dx[n]; db from the same dy[n] rows. The threads'
+  partial dW / db are added in thread order: deterministic for a given thread count.
 
-Measured on this 2-core machine (NUMBA_NUM_THREADS=2, OpenBLAS, float32, batch 128, best of 7;
-the machine was shared with other jobs (load 3-11), so absolute numbers are noisy, the ratios held
-in every run):
-  forward                               im2col+GEMM (N,R,P)  im2col+GEMM (R,N*P)  direct loops
-  Conv2d(1, 32, 3, padding=1), 28x28        1.2 ms              8.7 ms            10.9 ms
-  Conv2d(32, 64, 3, padding=1), 14x14      12.7 ms             18.0 ms           166 ms
-  (a later run at load 11: im2col+GEMM 32 / 184 ms vs direct 57 / 396 ms.)
-  The direct alternative was parallel over (n, o) with the tap loop innermost over output rows.
-im2col + BLAS won; the (N, R, P) layout won the forward. Backward-weight GEMM parts, layer 1:
-(N,R,P) 1.0 ms vs (R,N*P) 9.7 ms; layer 2: (R,N*P) 44 ms vs (N,R,P) 79 ms, hence the R threshold.
+Measured on this 2-core machine (float32, batch 128, 2 threads, one CPU time per part, one thread):
+conv2 (32->64, 14x14, k3) forward: im2col 6.3 ms + GEMM 7.7 ms; the 9 shifted GEMMs 7.5 ms in all.
+For 1 input channel the 9 shifted GEMMs (K = 1) took 2.6 ms against 0.5 ms for one GEMM over
+copied rows, hence the channel threshold. Before/after numbers of each change: this file's git log.
 """
+import numba
 import numpy as np
 from numba import njit, prange
 
 from ..ops._activation import ACTIVATIONS
+from ._blas import gemm, single_threaded_blas
 from .dense import _sigmoid
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
 _RELU, _SIGMOID = ACTIVATIONS["relu"], ACTIVATIONS["sigmoid"]
-# From this many column-matrix rows (C_in/groups * kh * kw) on, the weight gradient is one GEMM over
-# a transposed dy; below it, per-sample GEMMs (see _weight_gradient).
-_ROWS_FOR_ONE_GEMM = 64
 
 
-@njit(parallel=True, cache=True)
-def _im2col(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col):
-    """col[(c*kh + i)*kw + j, n, a*ow + b] = x[n, c0 + c, a*sh - pt + i*dh, b*sw - pl + j*dw] (0 outside).
+@njit(inline="always")
+def _valid_columns(j, kw_, sw, pl, dw, w, ow):
+    """The output columns b whose input column b*sw - pl + j*dw lies inside [0, w): [lo, hi)."""
+    off = j * dw - pl
+    lo = 0 if off >= 0 else min(ow, (-off + sw - 1) // sw)
+    hi = 0 if w - 1 - off < 0 else min(ow, (w - 1 - off) // sw + 1)
+    return off, lo, max(lo, hi)
 
-    col is (R, N, P): either that array or a transposed view of an (N, R, P) one.
-    """
-    n_img, _, h, w = x.shape
-    for t in prange(n_img * cg):
-        n, c = t // cg, t % cg
+
+@njit(nogil=True)
+def _im2col(x, n, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col):
+    """col[(c*kh + i)*kw + j, a*ow + b] = x[n, c0 + c, a*sh - pt + i*dh, b*sw - pl + j*dw] (0 outside)."""
+    h, w = x.shape[2], x.shape[3]
+    for c in range(cg):
         for i in range(kh):
             for j in range(kw):
                 r = (c * kh + i) * kw + j
+                off, lo, hi = _valid_columns(j, kw, sw, pl, dw, w, ow)
                 for a in range(oh):
                     ih = a * sh - pt + i * dh
-                    row_inside = 0 <= ih < h
-                    for b in range(ow):
-                        iw = b * sw - pl + j * dw
-                        col[r, n, a * ow + b] = x[n, c0 + c, ih, iw] if row_inside and 0 <= iw < w else 0
+                    q = a * ow
+                    if 0 <= ih < h:
+                        for b in range(lo):
+                            col[r, q + b] = 0
+                        for b in range(lo, hi):
+                            col[r, q + b] = x[n, c0 + c, ih, b * sw + off]
+                        for b in range(hi, ow):
+                            col[r, q + b] = 0
+                    else:
+                        for b in range(ow):
+                            col[r, q + b] = 0
 
 
-@njit(parallel=True, cache=True)
-def _col2im(dcol, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, dx):
-    """dx[n, c0 + c] = the sum of dcol's (R, N, P) entries that _im2col would have read from it."""
-    n_img, _, h, w = dx.shape
-    for t in prange(n_img * cg):
-        n, c = t // cg, t % cg
+@njit(nogil=True)
+def _col2im(dcol, n, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, dx):
+    """dx[n, c0:c0 + cg] = the sum of dcol's entries that _im2col would have read from there."""
+    h, w = dx.shape[2], dx.shape[3]
+    for c in range(cg):
         dx[n, c0 + c] = 0
         for i in range(kh):
             for j in range(kw):
                 r = (c * kh + i) * kw + j
+                off, lo, hi = _valid_columns(j, kw, sw, pl, dw, w, ow)
                 for a in range(oh):
                     ih = a * sh - pt + i * dh
                     if 0 <= ih < h:
-                        for b in range(ow):
-                            iw = b * sw - pl + j * dw
-                            if 0 <= iw < w:
-                                dx[n, c0 + c, ih, iw] += dcol[r, n, a * ow + b]
+                        q = a * ow
+                        for b in range(lo, hi):
+                            dx[n, c0 + c, ih, b * sw + off] += dcol[r, q + b]
 
 
-@njit(parallel=True, cache=True)
-def _bias_activation(src, b, has_bias, act, o0, y):
-    """y[n, o0 + o, p] = act(src[n, o, p] + b[o0 + o]); src may be y itself (in place)."""
-    n_img, co, p = src.shape
-    for t in prange(n_img * co):
-        n, o = t // co, t % co
-        bias = b[o0 + o] if has_bias else 0
-        for q in range(p):
-            v = src[n, o, q] + bias
-            if act == _RELU:
-                v = 0 if v < 0 else v
-            elif act == _SIGMOID:
-                v = _sigmoid(v)
-            y[n, o0 + o, q] = v
+@njit(parallel=True, nogil=True, cache=True)
+def _forward(x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
+    """y (N, C_out, P) = act(conv(x, w) + b); w2 is w as (C_out, R); cols (threads, R * P) scratch."""
+    n_img, c = x.shape[0], x.shape[1]
+    c_out, rows = w2.shape
+    cg, cog, p = c // groups, c_out // groups, oh * ow
+    threads = cols.shape[0]
+    for t in prange(threads):
+        col = cols[t, :rows * p].reshape(rows, p)
+        for n in range(t * n_img // threads, (t + 1) * n_img // threads):
+            for g in range(groups):
+                _im2col(x, n, g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col)
+                gemm(w2[g * cog:(g + 1) * cog], col, y[n, g * cog:(g + 1) * cog], 0.0, False, False)
+            if has_bias or act:
+                for o in range(c_out):
+                    bias = b[o] if has_bias else 0
+                    for q in range(p):
+                        v = y[n, o, q] + bias
+                        if act == _RELU:
+                            v = 0 if v < 0 else v
+                        elif act == _SIGMOID:
+                            v = _sigmoid(v)
+                        y[n, o, q] = v
 
 
-@njit(parallel=True, cache=True)
-def _channel_sum(dy, db):
-    """db[o] = sum of dy[:, o, :], per channel in a fixed order (deterministic)."""
-    n_img, co, p = dy.shape
-    for o in prange(co):
-        total = 0.0
-        for n in range(n_img):
-            for q in range(p):
-                total += dy[n, o, q]
-        db[o] = total
+@njit(parallel=True, nogil=True, cache=True)
+def _backward(dy, x, w2, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, dcols, dw_parts, db_parts, dx):
+    """dx; dw_parts[t] / db_parts[t] = thread t's share of dW (C_out, R) / db (C_out,)."""
+    n_img, c = x.shape[0], x.shape[1]
+    c_out, rows = w2.shape
+    cg, cog, p = c // groups, c_out // groups, oh * ow
+    threads = cols.shape[0]
+    for t in prange(threads):
+        col = cols[t, :rows * p].reshape(rows, p)
+        dcol = dcols[t, :rows * p].reshape(rows, p)
+        dw_t, db_t = dw_parts[t], db_parts[t]
+        dw_t[:] = 0
+        db_t[:] = 0
+        for n in range(t * n_img // threads, (t + 1) * n_img // threads):
+            for o in range(c_out):
+                total = 0.0
+                for q in range(p):
+                    total += dy[n, o, q]
+                db_t[o] += total
+            for g in range(groups):
+                dy_g = dy[n, g * cog:(g + 1) * cog]
+                w_g = w2[g * cog:(g + 1) * cog]
+                _im2col(x, n, g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col)
+                gemm(dy_g, col, dw_t[g * cog:(g + 1) * cog], 1.0, False, True)
+                gemm(w_g, dy_g, dcol, 0.0, True, False)
+                _col2im(dcol, n, g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, dx)
 
 
-@njit(parallel=True, cache=True)
-def _transpose_and_sum(dy, dyt, db, has_bias):
-    """dyt[o, n, p] = dy[n, o, p], and db[o] = its sum over n and p."""
-    n_img, co, p = dy.shape
-    for o in prange(co):
-        total = 0.0
-        for n in range(n_img):
-            for q in range(p):
-                v = dy[n, o, q]
-                dyt[o, n, q] = v
-                total += v
-        if has_bias:
-            db[o] = total
+# ---- stride 1: the "wide" layout -------------------------------------------------------------
+# With stride 1, the input pixel under tap (i, j) of output (a, b) sits at a fixed offset
+# s(i, j) = i*dh*Wp + j*dw from the output's own position a*Wp + b in the zero-padded image
+# (Hp x Wp, flattened). Computing outputs over the padded width (L = OH * Wp columns, the last
+# Wp - OW of each row are discarded) turns every tap into a plain shift: the column matrix's row
+# (c, i, j) is the contiguous slice xp[c, s(i, j) : s(i, j) + L]. With many channels per group the
+# GEMMs read those slices in place (one GEMM per tap with K = C_in/groups, accumulating: no im2col
+# at all); with few channels the rows are copied into a (R, L) matrix (contiguous copies) for one
+# GEMM with K = R. Backward uses the same shifts: dW per tap from the slices, dx by adding each tap's
+# rows back into a padded dx at its shift. xp has (kw-1)*dw zeros of slack at the end, for the
+# discarded columns' reads.
+_MIN_CHANNELS_FOR_SHIFTED_GEMMS = 8
+
+
+@njit(inline="always")
+def _shift(tap, kw, dh, dw, wp):
+    return (tap // kw) * dh * wp + (tap % kw) * dw
+
+
+@njit(nogil=True)
+def _pad(x, n, c0, cg, pt, pl, wp, xp):
+    """xp[c, (pt + h)*wp + pl + w] = x[n, c0 + c, h, w]; the rest of xp stays as it is (zeros)."""
+    h_in, w_in = x.shape[2], x.shape[3]
+    for c in range(cg):
+        for h in range(h_in):
+            base = (pt + h) * wp + pl
+            for w in range(w_in):
+                xp[c, base + w] = x[n, c0 + c, h, w]
+
+
+@njit(nogil=True)
+def _copy_taps(xp, kh, kw, dh, dw, wp, col):
+    """col[c*kh*kw + tap] = xp[c, shift(tap) : shift(tap) + L]."""
+    taps, length = kh * kw, col.shape[1]
+    for c in range(xp.shape[0]):
+        for tap in range(taps):
+            s = _shift(tap, kw, dh, dw, wp)
+            for q in range(length):
+                col[c * taps + tap, q] = xp[c, s + q]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _forward_wide(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, xps, cols, yws, y):
+    """Stride-1 forward. w2: w as (C_out, R); wt: w as (kh*kw, C_out, C_in/g); per-thread scratch
+    xps (threads, cg, Lp), cols (threads, R*L or 0), yws (threads, C_out/g * L)."""
+    n_img, c = x.shape[0], x.shape[1]
+    c_out, rows = w2.shape
+    cg, cog, length, taps = c // groups, c_out // groups, oh * wp, kh * kw
+    shifted = cg >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS
+    threads = xps.shape[0]
+    for t in prange(threads):
+        xp = xps[t]
+        xp[:] = 0
+        yw = yws[t, :cog * length].reshape(cog, length)
+        col = cols[t].reshape(-1, length)
+        for n in range(t * n_img // threads, (t + 1) * n_img // threads):
+            for g in range(groups):
+                _pad(x, n, g * cg, cg, pt, pl, wp, xp)
+                if shifted:
+                    for tap in range(taps):
+                        s = _shift(tap, kw, dh, dw, wp)
+                        gemm(wt[tap, g * cog:(g + 1) * cog], xp[:, s:s + length], yw, 1.0 if tap else 0.0,
+                             False, False)
+                else:
+                    _copy_taps(xp, kh, kw, dh, dw, wp, col)
+                    gemm(w2[g * cog:(g + 1) * cog], col, yw, 0.0, False, False)
+                for o in range(cog):
+                    bias = b[g * cog + o] if has_bias else 0
+                    for a in range(oh):
+                        for bb in range(ow):
+                            v = yw[o, a * wp + bb] + bias
+                            if act == _RELU:
+                                v = 0 if v < 0 else v
+                            elif act == _SIGMOID:
+                                v = _sigmoid(v)
+                            y[n, g * cog + o, a * ow + bb] = v
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _backward_wide(dy, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, xps, dxps, cols, dcols, dyws,
+                   dw_parts, dwt_parts, db_parts, dx):
+    """Stride-1 backward: dx; thread t's share of dW in dw_parts[t] (C_out, R; copied-rows path) or
+    dwt_parts[t] (kh*kw, C_out, C_in/g; shifted path), of db in db_parts[t]."""
+    n_img, c, h_in, w_in = x.shape
+    c_out, rows = w2.shape
+    cg, cog, length, taps = c // groups, c_out // groups, oh * wp, kh * kw
+    shifted = cg >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS
+    threads = xps.shape[0]
+    for t in prange(threads):
+        xp, dxp = xps[t], dxps[t]
+        xp[:] = 0
+        dyw = dyws[t, :cog * length].reshape(cog, length)
+        dyw[:] = 0  # the discarded columns stay 0, so they add nothing to dW or dx
+        col, dcol = cols[t].reshape(-1, length), dcols[t].reshape(-1, length)
+        dw_parts[t] = 0
+        dwt_parts[t] = 0
+        db_t = db_parts[t]
+        db_t[:] = 0
+        for n in range(t * n_img // threads, (t + 1) * n_img // threads):
+            for o in range(c_out):
+                total = 0.0
+                for q in range(oh * ow):
+                    total += dy[n, o, q]
+                db_t[o] += total
+            for g in range(groups):
+                for o in range(cog):
+                    for a in range(oh):
+                        for bb in range(ow):
+                            dyw[o, a * wp + bb] = dy[n, g * cog + o, a * ow + bb]
+                _pad(x, n, g * cg, cg, pt, pl, wp, xp)
+                dxp[:] = 0
+                if shifted:
+                    for tap in range(taps):
+                        s = _shift(tap, kw, dh, dw, wp)
+                        gemm(dyw, xp[:, s:s + length], dwt_parts[t, tap, g * cog:(g + 1) * cog], 1.0, False, True)
+                        gemm(wt[tap, g * cog:(g + 1) * cog], dyw, dxp[:, s:s + length], 1.0, True, False)
+                else:
+                    _copy_taps(xp, kh, kw, dh, dw, wp, col)
+                    gemm(dyw, col, dw_parts[t, g * cog:(g + 1) * cog], 1.0, False, True)
+                    gemm(w2[g * cog:(g + 1) * cog], dyw, dcol, 0.0, True, False)
+                    for cc in range(cg):
+                        for tap in range(taps):
+                            s = _shift(tap, kw, dh, dw, wp)
+                            for q in range(length):
+                                dxp[cc, s + q] += dcol[cc * taps + tap, q]
+                for cc in range(cg):
+                    for hh in range(h_in):
+                        base = (pt + hh) * wp + pl
+                        for ww in range(w_in):
+                            dx[n, g * cg + cc, hh, ww] = dxp[cc, base + ww]
 
 
 def _geometry(x, w, stride, padding, dilation):
@@ -126,82 +272,86 @@ def _geometry(x, w, stride, padding, dilation):
     return oh, ow
 
 
-def _is_pointwise(w, stride, padding):
-    """1x1, stride 1, unpadded: the column matrix is x itself."""
-    return w.shape[2:] == (1, 1) and stride == (1, 1) and not any(padding)
+def _threads(n):
+    return max(1, min(numba.get_num_threads(), n))
+
+
+# Backward passes sum partial weight/bias gradients over blocks of samples. The number of blocks is
+# a function of the batch size only, never of the thread count, so that dw and db (and so training)
+# are bit-identical on any machine; 8 blocks keep up to 8 cores busy.
+_GRADIENT_PARTS = 8
+
+
+def _parts(n):
+    return max(1, min(_GRADIENT_PARTS, n))
+
+
+class _Wide:
+    """Stride-1 geometry and per-thread scratch for the wide layout."""
+
+    def __init__(self, x, w, padding, dilation, groups, oh, ow, threads, backward):
+        c_out, cg, kh, kw = w.shape
+        self.hp, self.wp = x.shape[2] + padding[0] + padding[1], x.shape[3] + padding[2] + padding[3]
+        length = oh * self.wp
+        rows = cg * kh * kw
+        copied = rows * length if cg < _MIN_CHANNELS_FOR_SHIFTED_GEMMS else 0
+        self.xps = np.empty((threads, cg, self.hp * self.wp + (kw - 1) * dilation[1]), x.dtype)
+        self.cols = np.empty((threads, copied), x.dtype)
+        self.outs = np.empty((threads, c_out // groups * length), x.dtype)  # y or dy over the wide grid
+        if backward:
+            self.dxps = np.empty_like(self.xps)
+            self.dcols = np.empty_like(self.cols)
+        # w as (kh*kw, C_out, C_in/g): each tap's (C_out/g, C_in/g) block is a plain 2-D slice
+        self.wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, c_out, cg)
 
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups, activation):
     n, c, _, _ = x.shape
     c_out, cg, kh, kw = w.shape
     oh, ow = _geometry(x, w, stride, padding, dilation)
-    cog, rows = c_out // groups, cg * kh * kw
-    act = ACTIVATIONS[activation]
+    rows, p = cg * kh * kw, oh * ow
     has_bias = b is not None
+    x = np.ascontiguousarray(x)
+    w2 = np.ascontiguousarray(w).reshape(c_out, rows)
     bias = b if has_bias else np.empty(0, x.dtype)
-    y = np.empty((n, c_out, oh * ow), x.dtype)
-    pointwise = _is_pointwise(w, stride, padding)
-    col = None if pointwise else np.empty((n, rows, oh * ow), x.dtype)
-    for g in range(groups):
-        w_g = w[g * cog:(g + 1) * cog].reshape(cog, rows)
-        if pointwise:
-            col = x.reshape(n, c, oh * ow)[:, g * cg:(g + 1) * cg]
+    act = ACTIVATIONS[activation]
+    y = np.empty((n, c_out, p), x.dtype)
+    threads = _threads(n)
+    with single_threaded_blas():
+        if stride == (1, 1):
+            s = _Wide(x, w, padding, dilation, groups, oh, ow, threads, backward=False)
+            _forward_wide(x, w2, s.wt, bias, has_bias, act, groups, kh, kw, dilation[0], dilation[1], padding[0],
+                          padding[2], s.hp, s.wp, oh, ow, s.xps, s.cols, s.outs, y)
         else:
-            _im2col(x, g * cg, cg, kh, kw, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1],
-                    oh, ow, col.transpose(1, 0, 2))
-        if groups == 1:
-            np.matmul(w_g, col, out=y)  # (C_out, R) @ (N, R, P) -> (N, C_out, P): NCHW already
-            if has_bias or act:
-                _bias_activation(y, bias, has_bias, act, 0, y)
-        else:
-            _bias_activation(np.matmul(w_g, col), bias, has_bias, act, g * cog, y)
+            _forward(x, w2, bias, has_bias, act, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],
+                     dilation[0], dilation[1], oh, ow, np.empty((threads, rows * p), x.dtype), y)
     return y.reshape(n, c_out, oh, ow)
-
-
-def _weight_gradient(dy3, x, dw, g, cog, rows, conv, dyt):
-    """dw for group g: one large GEMM over N*P with the (R, N*P) column matrix when R is large, else
-    batched per-sample GEMMs over the (N, R, P) one summed over n (a tiny R makes the single GEMM
-    skinny, which BLAS runs poorly)."""
-    n, _, p = dy3.shape
-    dw_g = dw[g * cog:(g + 1) * cog].reshape(cog, rows)
-    if dyt is not None:
-        col = np.empty((rows, n, p), x.dtype)
-        _im2col(x, *conv, col)
-        np.dot(dyt[g * cog:(g + 1) * cog].reshape(cog, n * p), col.reshape(rows, n * p).T, out=dw_g)
-    else:
-        col = np.empty((n, rows, p), x.dtype)
-        _im2col(x, *conv, col.transpose(1, 0, 2))
-        np.sum(np.matmul(dy3[:, g * cog:(g + 1) * cog], col.transpose(0, 2, 1)), axis=0, out=dw_g)
 
 
 def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias):
     n, c, _, _ = x.shape
     c_out, cg, kh, kw = w.shape
     oh, ow = _geometry(x, w, stride, padding, dilation)
-    cog, rows, p = c_out // groups, cg * kh * kw, oh * ow
-    dy3 = dy.reshape(n, c_out, p)
-    db = np.empty(c_out, dy.dtype) if bias else np.empty(0, dy.dtype)
-    dyt = None
-    if rows >= _ROWS_FOR_ONE_GEMM:
-        dyt = np.empty((c_out, n, p), dy.dtype)
-        _transpose_and_sum(dy3, dyt, db, bias)
-    elif bias:
-        _channel_sum(dy3, db)
-
-    dx = np.empty_like(x)
-    dw = np.empty_like(w)
-    pointwise = _is_pointwise(w, stride, padding)
-    for g in range(groups):
-        conv = (g * cg, cg, kh, kw, stride[0], stride[1], padding[0], padding[2], dilation[0], dilation[1], oh, ow)
-        _weight_gradient(dy3, x, dw, g, cog, rows, conv, dyt)
-        w_g = w[g * cog:(g + 1) * cog].reshape(cog, rows)
-        dy_g = dy3[:, g * cog:(g + 1) * cog]
-        if pointwise:  # dx[n, group] = W_g^T @ dy[n, group]: NCHW directly
-            if groups == 1:
-                np.matmul(w_g.T, dy3, out=dx.reshape(n, c, p))
-            else:
-                dx.reshape(n, c, p)[:, g * cg:(g + 1) * cg] = np.matmul(w_g.T, dy_g)
+    rows, p = cg * kh * kw, oh * ow
+    parts = _parts(n)
+    x = np.ascontiguousarray(x)
+    dy3 = np.ascontiguousarray(dy).reshape(n, c_out, p)
+    w2 = np.ascontiguousarray(w).reshape(c_out, rows)
+    dw_parts = np.zeros((parts, c_out, rows), x.dtype)  # zeros: an empty batch has no samples to write them
+    db_parts = np.zeros((parts, c_out), x.dtype)
+    dx = np.empty(x.shape, x.dtype)
+    with single_threaded_blas():
+        if stride == (1, 1):
+            s = _Wide(x, w, padding, dilation, groups, oh, ow, parts, backward=True)
+            dwt_parts = np.zeros((parts,) + s.wt.shape, x.dtype)
+            _backward_wide(dy3, x, w2, s.wt, groups, kh, kw, dilation[0], dilation[1], padding[0], padding[2], s.hp,
+                           s.wp, oh, ow, s.xps, s.dxps, s.cols, s.dcols, s.outs, dw_parts, dwt_parts, db_parts, dx)
+            if cg >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS:  # (parts, kh*kw, C_out, cg) -> (parts, C_out, R)
+                dw_parts = dwt_parts.reshape(parts, kh, kw, c_out, cg).transpose(0, 3, 4, 1, 2)
         else:
-            dcol = np.matmul(w_g.T, dy_g)  # (N, R, P), no transpose of dy needed
-            _col2im(dcol.transpose(1, 0, 2), *conv, dx)
+            cols = np.empty((parts, rows * p), x.dtype)
+            _backward(dy3, x, w2, groups, kh, kw, stride[0], stride[1], padding[0], padding[2], dilation[0],
+                      dilation[1], oh, ow, cols, np.empty_like(cols), dw_parts, db_parts, dx)
+    dw = np.ascontiguousarray(dw_parts.sum(axis=0) if parts > 1 else dw_parts[0]).reshape(w.shape)
+    db = db_parts.sum(axis=0) if parts > 1 else db_parts[0]
     return dx, dw, db if bias else None

@@ -1,10 +1,16 @@
 """Dense path on the CPU: BLAS for the GEMMs, one fused parallel Numba pass for bias + activation,
-and parallel elementwise ReLU / sigmoid."""
+and parallel elementwise ReLU / sigmoid.
+
+linear_forward / linear_backward split their GEMMs between the Numba threads (each runs a block
+with single-threaded BLAS, then its share of the epilogue while it is in cache: see _blas.py),
+so OpenBLAS's own threads never wake up and spin against the Numba loops that follow.
+"""
 import numba
 import numpy as np
 from numba import njit, prange
 
 from ..ops._activation import ACTIVATIONS
+from ._blas import gemm, single_threaded_blas
 from ._vecmath import exp_nonpositive
 
 __all__ = ["matmul", "linear_forward", "linear_backward", "relu_forward", "relu_backward",
@@ -23,37 +29,6 @@ _ZERO = np.float32(0)
 def _sigmoid(v):
     e = exp_nonpositive(-abs(v))  # never overflows; vectorizes
     return _ONE / (_ONE + e) if v >= _ZERO else e / (_ONE + e)
-
-
-@njit(parallel=True, cache=True)
-def _bias_activation_inplace(y, b, has_bias, act):
-    rows, cols = y.shape
-    for i in prange(rows):
-        for j in range(cols):
-            v = y[i, j]
-            if has_bias:
-                v += b[j]
-            if act == _RELU:
-                v = _ZERO if v < _ZERO else v
-            elif act == _SIGMOID:
-                v = _sigmoid(v)
-            y[i, j] = v
-
-
-@njit(parallel=True, cache=True)
-def _column_sum(dy, bands):
-    # Each thread sums a band of rows (contiguous reads); the bands' partial sums are then added.
-    rows, cols = dy.shape
-    partial = np.zeros((bands, cols), dtype=dy.dtype)
-    for t in prange(bands):
-        for i in range(t * rows // bands, (t + 1) * rows // bands):
-            for j in range(cols):
-                partial[t, j] += dy[i, j]
-    out = np.zeros(cols, dtype=dy.dtype)
-    for t in range(bands):
-        for j in range(cols):
-            out[j] += partial[t, j]
-    return out
 
 
 @njit(parallel=True, cache=True)
@@ -81,12 +56,6 @@ def _sigmoid_backward(dy, y, dx):
         dx[i] = dy[i] * y[i] * (_ONE - y[i])
 
 
-def _bands(rows):
-    """Row bands of the column sum: a function of the size only, never of the thread count, so the
-    summation order (and every bit of db) is the same on any machine."""
-    return max(1, min(64, rows // 128))
-
-
 def _op(a, trans):
     return a.T if trans else a
 
@@ -95,18 +64,84 @@ def matmul(a, b, trans_a, trans_b):
     return np.dot(_op(a, trans_a), _op(b, trans_b))
 
 
+@njit(inline="always")
+def _epilogue(y, r0, r1, c0, c1, b, has_bias, act):
+    for i in range(r0, r1):
+        for j in range(c0, c1):
+            v = y[i, j]
+            if has_bias:
+                v += b[j]
+            if act == _RELU:
+                v = _ZERO if v < _ZERO else v
+            elif act == _SIGMOID:
+                v = _sigmoid(v)
+            y[i, j] = v
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _linear_forward(x, w, b, has_bias, act, threads, y):
+    """y = act(x @ w.T + b), the rows of y (or its columns, when there are fewer rows than output
+    features) split in `threads` blocks, each one GEMM plus its epilogue."""
+    rows, cols = y.shape
+    by_rows = rows >= cols
+    for t in prange(threads):
+        if by_rows:
+            r0, r1, c0, c1 = t * rows // threads, (t + 1) * rows // threads, 0, cols
+        else:
+            r0, r1, c0, c1 = 0, rows, t * cols // threads, (t + 1) * cols // threads
+        if r1 > r0 and c1 > c0:
+            gemm(x[r0:r1], w[c0:c1], y[r0:r1, c0:c1], 0.0, False, True)
+            if has_bias or act:
+                _epilogue(y, r0, r1, c0, c1, b, has_bias, act)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _linear_backward(dy, x, w, has_bias, dx, dw_parts, db_parts):
+    """dx = dy @ w by row blocks; thread t's share of dw = dy^T @ x (and of db) over its rows of dy
+    in dw_parts[t] (db_parts[t]), added in thread order by the caller."""
+    rows = dy.shape[0]
+    threads = dw_parts.shape[0]
+    for t in prange(threads):
+        r0, r1 = t * rows // threads, (t + 1) * rows // threads
+        gemm(dy[r0:r1], w, dx[r0:r1], 0.0, False, False)
+        gemm(dy[r0:r1], x[r0:r1], dw_parts[t], 0.0, True, False)
+        if has_bias:
+            db_parts[t] = 0
+            for i in range(r0, r1):
+                for j in range(dy.shape[1]):
+                    db_parts[t, j] += dy[i, j]
+
+
+def _threads(n):
+    return max(1, min(numba.get_num_threads(), n))
+
+
+def _gradient_parts(rows):
+    """Row blocks whose partial dw and db linear_backward adds up: a function of the size only,
+    never of the thread count, so every bit of dw and db is the same on any machine."""
+    return max(1, min(4, rows // 32))
+
+
 def linear_forward(x, w, b, activation):
-    y = np.dot(x, w.T)
-    act = ACTIVATIONS[activation]
-    if b is not None or act:
-        _bias_activation_inplace(y, b if b is not None else np.empty(0, y.dtype), b is not None, act)
+    x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+    y = np.empty((x.shape[0], w.shape[0]), x.dtype)
+    has_bias = b is not None
+    with single_threaded_blas():
+        _linear_forward(x, w, b if has_bias else np.empty(0, x.dtype), has_bias, ACTIVATIONS[activation],
+                        _threads(max(y.shape)), y)
     return y
 
 
 def linear_backward(dy, x, w, bias):
-    dx = np.dot(dy, w)
-    dw = np.dot(dy.T, x)
-    db = _column_sum(dy, _bands(dy.shape[0])) if bias else None
+    dy, x, w = np.ascontiguousarray(dy), np.ascontiguousarray(x), np.ascontiguousarray(w)
+    parts = _gradient_parts(dy.shape[0])
+    dx = np.empty(x.shape, x.dtype)
+    dw_parts = np.zeros((parts,) + w.shape, x.dtype)  # zeros: an empty batch has no rows to write them
+    db_parts = np.zeros((parts, w.shape[0]), x.dtype)
+    with single_threaded_blas():
+        _linear_backward(dy, x, w, bias, dx, dw_parts, db_parts)
+    dw = dw_parts.sum(axis=0) if parts > 1 else dw_parts[0]
+    db = (db_parts.sum(axis=0) if parts > 1 else db_parts[0]) if bias else None
     return dx, dw, db
 
 

@@ -1,0 +1,84 @@
+"""BLAS GEMM callable from inside Numba parallel loops, and a guard that keeps it single-threaded.
+
+Why: the convolution's GEMMs are small per sample (e.g. 64 x 288 x 196). Run as one batched
+np.matmul they were one multi-threaded OpenBLAS call each, and OpenBLAS's 2-thread split of small
+GEMMs collapsed whenever the machine was busy (2000 ms instead of 14 ms for 128 of them); its
+worker threads also spin after each call, taking the cores from the Numba loop that follows.
+Instead each Numba thread runs its own samples' GEMMs with single-threaded BLAS, so one parallel
+runtime (Numba's) owns the cores.
+
+`gemm` calls Numba's own BLAS entry point (numba_xxgemm in Numba's helper library, which forwards
+to scipy.linalg.cython_blas, i.e. scipy's OpenBLAS): unlike np.dot it takes strided views (any
+leading dimension), transposes and beta, so no operand is copied and C += A @ B needs no temporary.
+"""
+import contextlib
+
+import numba.np.linalg
+import numpy as np
+from numba import njit, types
+from threadpoolctl import ThreadpoolController
+
+__all__ = ["gemm", "single_threaded_blas"]
+
+numba.np.linalg.ensure_blas()  # imports scipy.linalg.cython_blas (raises if SciPy is missing)
+
+_xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
+    types.char, types.char, types.char,              # kind ('s'/'d'), transa, transb ('n'/'t')
+    types.intp, types.intp, types.intp,              # m, n, k
+    types.voidptr, types.voidptr, types.intp,        # alpha, a, lda
+    types.voidptr, types.intp, types.voidptr,        # b, ldb, beta
+    types.voidptr, types.intp))                      # c, ldc
+
+_N, _T = ord("n"), ord("t")
+
+
+@njit(inline="always")
+def _leading(a):
+    return a.strides[0] // a.itemsize
+
+
+@njit(nogil=True)
+def gemm(a, b, c, beta, trans_a, trans_b):
+    """c = op(a) @ op(b) + beta * c on row-major 2-D arrays whose last dimension is contiguous
+    (any row stride); op transposes when trans_* is True. c must not overlap a or b."""
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    if m == 0 or n == 0:
+        return
+    alpha = np.ones(1, c.dtype)
+    beta_ = np.full(1, beta, c.dtype)
+    kind = 115 if c.itemsize == 4 else 100  # 's' or 'd'
+    # Row-major C = A' B' is column-major C^T = B'^T A'^T: swap the operands, keep the flags.
+    _xxgemm(kind, _T if trans_b else _N, _T if trans_a else _N, n, m, k,
+            alpha.ctypes, b.ctypes, max(1, _leading(b)), a.ctypes, max(1, _leading(a)),
+            beta_.ctypes, c.ctypes, max(1, _leading(c)))
+
+
+@njit(nogil=True, cache=True)
+def _first_call(a):
+    # Numba's helper resolves the BLAS function pointer (taking the GIL) on its first call: do that
+    # once here, on the calling thread, rather than inside a parallel loop.
+    c = np.empty((1, 1), a.dtype)
+    gemm(a, a, c, 0.0, False, False)
+
+
+for _dtype in (np.float32, np.float64):
+    _first_call(np.ones((1, 1), _dtype))
+
+
+# The BLAS libraries loaded now (NumPy's and SciPy's OpenBLAS; `gemm` calls SciPy's).
+_blas_libraries = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Every loaded BLAS library at 1 thread inside, its previous count restored on exit (a few
+    microseconds). Used around Numba loops that call `gemm` from several threads."""
+    saved = [lib.num_threads for lib in _blas_libraries]
+    for lib in _blas_libraries:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, count in zip(_blas_libraries, saved):
+            lib.set_num_threads(count)
