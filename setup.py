@@ -60,6 +60,21 @@ class CMakeBuild(build_ext):
         build_temp.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cmake", ext.sourcedir, *args], cwd=build_temp, check=True, env=env)
         subprocess.run(["cmake", "--build", "."], cwd=build_temp, check=True, env=env)
+        self._place_cuda_module(extdir)
+
+    def _place_cuda_module(self, extdir: Path) -> None:
+        """CMake builds _cuda beside _emu. A regular install packages everything in that folder;
+        an editable install copies only the declared extension (_emu) into the source tree, so
+        _cuda is copied there too (and a stale copy removed when this build made none)."""
+        if not (getattr(self, "editable_mode", False) or self.inplace):
+            return
+        package = Path(__file__).resolve().parent / "fastconv"
+        built = sorted(extdir.glob("_cuda*.so"))
+        for stale in package.glob("_cuda*.so"):
+            if not built or stale.name != built[0].name:
+                stale.unlink()
+        for module in built:
+            shutil.copy2(module, package / module.name)
 
 
 def _python_ninja():
