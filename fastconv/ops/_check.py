@@ -30,7 +30,7 @@ def _is_gpu_array(x) -> bool:
     return False
 
 
-def _to_backend(x, name: str, be):
+def on_backend(x, name: str, be):
     """The backend's array for x, or TypeError when x lives on another device."""
     if be.name == "cuda":
         xp = be.xp
@@ -62,7 +62,7 @@ def tensor(x, name: str, be, ndim=None, dtype=None):
     """
     if x is None:
         raise TypeError(f"{name} is required, got None")
-    a = _to_backend(x, name, be)
+    a = on_backend(x, name, be)
     if a.dtype not in FLOAT_DTYPES:
         kind = {"i": "integer", "u": "unsigned integer", "b": "boolean", "c": "complex"}.get(a.dtype.kind, str(a.dtype))
         raise TypeError(f"{name} must be float32 or float64, got {kind} dtype {a.dtype}")
@@ -83,7 +83,7 @@ def labels(x, name: str, be, n: int):
     """Class indices: an integer array of shape (n,), returned as a contiguous int64 backend array."""
     if x is None:
         raise TypeError(f"{name} is required, got None")
-    a = _to_backend(x, name, be)
+    a = on_backend(x, name, be)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer class indices, got dtype {a.dtype}")
     if a.ndim != 1 or a.shape[0] != n:

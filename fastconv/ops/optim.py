@@ -19,7 +19,7 @@ import numbers
 import numpy as np
 
 from .. import backend as _backend
-from ._check import FLOAT_DTYPES, _to_backend, flag, number, shape_str, tensor
+from ._check import FLOAT_DTYPES, flag, number, on_backend, shape_str, tensor
 
 __all__ = ["sgd_step", "adam_step"]
 
@@ -35,7 +35,7 @@ def _updatable(a, name: str, be, like=None):
     """An array that can be updated in place, unchanged (no conversion, no copy)."""
     if a is None:
         raise TypeError(f"{name} is required, got None")
-    _to_backend(a, name, be)  # the wrong-device errors
+    on_backend(a, name, be)  # the wrong-device errors
     if not isinstance(a, be.xp.ndarray):
         raise TypeError(f"{name} must be a {be.xp.__name__}.ndarray to be updated in place on the {be.name!r} "
                         f"backend, got {type(a).__module__}.{type(a).__name__}")

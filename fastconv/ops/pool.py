@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import backend as _backend
-from ._check import _to_backend, shape_str, tensor
+from ._check import on_backend, shape_str, tensor
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
 
@@ -105,7 +105,7 @@ def _indices(indices, be, dy, plane_size: int):
     """indices: an int64 array of dy's shape, every value in [0, plane_size) (checked here, before any kernel)."""
     if indices is None:
         raise TypeError("indices is required, got None")
-    a = _to_backend(indices, "indices", be)
+    a = on_backend(indices, "indices", be)
     if a.dtype != np.int64:
         raise TypeError(f"max_pool2d_backward: indices must be int64 (as max_pool2d_forward returns), got {a.dtype}")
     if a.shape != dy.shape:
