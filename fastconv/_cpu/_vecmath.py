@@ -1,4 +1,4 @@
-"""exp(x) for x <= 0 in a form LLVM vectorizes.
+"""exp(x) for x <= 0, and log1p(e) for e in [0, 1], in forms LLVM vectorizes.
 
 Numba calls libm's scalar exp (PyPI's llvmlite has no SVML), which keeps sigmoid and softmax far
 from memory bandwidth. For float32 this computes exp as 2^k * p(r) (Cody-Waite reduction, the
@@ -58,3 +58,30 @@ def _exp_nonpositive(x):
         return x if x != x else y
 
     return impl
+
+
+def log1p_unit(e):
+    """log(1 + e) for 0 <= e <= 1 (NaN stays NaN); jit-only, see the overload below."""
+    return np.log1p(e)
+
+
+@overload(log1p_unit, inline="always")
+def _log1p_unit(e):
+    """float32: log1p(e) = 2 atanh(s), s = e / (2 + e) in [0, 1/3], by its odd series to s^15
+    (truncation below 1e-9 relative; exact as e -> 0, unlike log(1 + e)). Only a division and
+    multiply-adds, so a loop of it vectorizes. float64 uses np.log1p."""
+    if e != types.float32:
+        return lambda e: np.log1p(e)
+
+    def impl(e):
+        s = e / (_TWO + e)
+        z = s * s
+        p = ((((((_C15 * z + _C13) * z + _C11) * z + _C9) * z + _C7) * z + _C5) * z + _C3) * z + _ONE
+        return _TWO * s * p
+
+    return impl
+
+
+_TWO = np.float32(2)
+_C3, _C5, _C7, _C9 = np.float32(1 / 3), np.float32(1 / 5), np.float32(1 / 7), np.float32(1 / 9)
+_C11, _C13, _C15 = np.float32(1 / 11), np.float32(1 / 13), np.float32(1 / 15)

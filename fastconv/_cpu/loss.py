@@ -5,7 +5,7 @@ reproducible). Math: csrc/kernels/loss.cuh."""
 import numpy as np
 from numba import njit, prange
 
-from ._vecmath import exp_nonpositive
+from ._vecmath import exp_nonpositive, log1p_unit
 
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "bce_with_logits_forward",
            "bce_with_logits_backward", "mse_forward", "mse_backward"]
@@ -96,22 +96,31 @@ def _cross_entropy_grad(probs, labels, weight, has_weight, smoothing, label_weig
         g[y] -= true_part / label_weight_sum
 
 
+@njit(fastmath={"reassoc", "contract"}, cache=True)
+def _chunk_loss_sum(a, b, pos_weight, has_pos_weight, classes, squared, start, stop):
+    """One chunk's sum of squared differences or BCE terms; reassociation allowed so that the
+    loop vectorizes (the order is still fixed by the code, the same on every call)."""
+    acc = 0.0
+    if squared:
+        for i in range(start, stop):
+            d = a[i] - b[i]
+            acc += d * d
+    else:
+        for i in range(start, stop):
+            x, t = a[i], b[i]
+            pw = pos_weight[i % classes] if has_pos_weight else 1.0
+            softplus_neg = log1p_unit(exp_nonpositive(-abs(x))) + (-x if x < 0 else 0.0)
+            acc += (1 - t) * x + (1 + (pw - 1) * t) * softplus_neg
+    return acc
+
+
 @njit(parallel=True, cache=True)
 def _elementwise_loss_sum(a, b, pos_weight, has_pos_weight, classes, squared, chunks):
     n = a.size
     partials = np.zeros(chunks)
     for k in prange(chunks):
-        acc = 0.0
-        for i in range(k * n // chunks, (k + 1) * n // chunks):
-            if squared:
-                d = a[i] - b[i]
-                acc += d * d
-            else:
-                x, t = a[i], b[i]
-                pw = pos_weight[i % classes] if has_pos_weight else 1.0
-                softplus_neg = np.log1p(np.exp(-abs(x))) + (-x if x < 0 else 0.0)
-                acc += (1 - t) * x + (1 + (pw - 1) * t) * softplus_neg
-        partials[k] = acc
+        partials[k] = _chunk_loss_sum(a, b, pos_weight, has_pos_weight, classes, squared, k * n // chunks,
+                                      (k + 1) * n // chunks)
     total = 0.0
     for k in range(chunks):
         total += partials[k]
@@ -123,7 +132,7 @@ def _bce_grad(x, t, pos_weight, has_pos_weight, classes, out):
     n = x.size
     for i in prange(n):
         pw = pos_weight[i % classes] if has_pos_weight else 1.0
-        e = np.exp(-abs(x[i]))
+        e = exp_nonpositive(-abs(x[i]))
         sig_neg = e / (1 + e) if x[i] >= 0 else 1 / (1 + e)  # sigmoid(-x) without overflow
         out[i] = ((1 - t[i]) - (1 + (pw - 1) * t[i]) * sig_neg) / n
 
