@@ -89,3 +89,45 @@ def test_kernel_failures_name_the_op_and_shapes():
     be = NativeBackend("emu", FailingExtension(), np, lambda a: a.ctypes.data, lambda: 0)
     with pytest.raises(RuntimeError, match=r"gemm_kernel<NN>.*\[in matmul with inputs \(3, 4\), \(4, 5\)\]"):
         be.matmul(np.ones((3, 4), np.float32), np.ones((4, 5), np.float32), False, False)
+
+
+def test_library_errors_with_their_own_constructor_pass_through_unchanged():
+    """CuPy's CUDARuntimeError(status) cannot be rebuilt from a message: it must reach the caller
+    as it is (not as a TypeError from re-raising it)."""
+    from fastconv._native import NativeBackend
+
+    class CudaRuntimeError(RuntimeError):  # like cupy_backends.cuda.api.runtime.CUDARuntimeError
+        def __init__(self, status: int):
+            super().__init__(f"cudaErrorIllegalAddress ({status})")
+            self.status = status
+
+    class FailingExtension:
+        def __getattr__(self, name):
+            def launch(*args):
+                raise CudaRuntimeError(700)
+            return launch
+
+    be = NativeBackend("emu", FailingExtension(), np, lambda a: a.ctypes.data, lambda: 0)
+    with pytest.raises(CudaRuntimeError) as info:
+        be.relu_forward(np.ones(3, np.float32))
+    assert info.value.status == 700
+
+
+def test_array_on_another_gpu_is_refused():
+    """On the cuda backend a CuPy array must live on the current device (checked with a stand-in
+    for CuPy: no GPU is needed for the check itself)."""
+    import types
+
+    from fastconv.ops._check import on_backend
+
+    class FakeArray:
+        def __init__(self, device_id):
+            self.device = types.SimpleNamespace(id=device_id)
+
+    xp = types.SimpleNamespace(ndarray=FakeArray,
+                               cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0)))
+    be = types.SimpleNamespace(name="cuda", xp=xp)
+    same = FakeArray(0)
+    assert on_backend(same, "x", be) is same
+    with pytest.raises(TypeError, match=r"x is on GPU 1 but the current device is GPU 0"):
+        on_backend(FakeArray(1), "x", be)

@@ -26,6 +26,8 @@ def _naming_failures(op, run):
         try:
             return run(*args, **kwargs)
         except (RuntimeError, ValueError) as exc:
+            if type(exc) not in (RuntimeError, ValueError):
+                raise  # a library's own subclass (e.g. CuPy's CUDARuntimeError(status)): as it is
             raise type(exc)(f"{exc} [in {op} with inputs {_shapes(args)}]") from exc
     return checked
 

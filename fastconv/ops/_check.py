@@ -35,11 +35,20 @@ def on_backend(x, name: str, be):
     if be.name == "cuda":
         xp = be.xp
         if isinstance(x, xp.ndarray):
-            return x
-        if hasattr(x, "__cuda_array_interface__"):
-            return xp.asarray(x)
-        if _is_gpu_array(x):
-            return xp.from_dlpack(x)
+            array = x
+        elif hasattr(x, "__cuda_array_interface__"):
+            array = xp.asarray(x)
+        elif _is_gpu_array(x):
+            array = xp.from_dlpack(x)
+        else:
+            array = None
+        if array is not None:
+            # Kernels run on the current device: a pointer into another GPU's memory would fault.
+            current = xp.cuda.runtime.getDevice()
+            if array.device.id != current:
+                raise TypeError(f"{name} is on GPU {array.device.id} but the current device is GPU {current}: "
+                                f"move it (cupy.asarray under cupy.cuda.Device({current})) or switch devices")
+            return array
         raise TypeError(
             f"{name} is a {type(x).__module__}.{type(x).__name__} in host memory, but the backend is "
             "'cuda': pass a CuPy array (cupy.asarray(...)) or switch backend")
