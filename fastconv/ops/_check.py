@@ -103,6 +103,12 @@ def labels(x, name: str, be, n: int):
     return be.xp.ascontiguousarray(a, dtype=be.xp.int64)
 
 
+def value_range(a, xp) -> tuple[int, int]:
+    """(min, max) of a non-empty integer array, read back in one transfer (one sync on a GPU)."""
+    low, high = xp.stack((a.min(), a.max())).tolist()
+    return int(low), int(high)
+
+
 def flag(value, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .. import backend as _backend
 from ._check import labels as _labels
-from ._check import number, shape_str, tensor
+from ._check import number, shape_str, tensor, value_range
 
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "bce_with_logits_forward",
            "bce_with_logits_backward", "mse_forward", "mse_backward"]
@@ -21,7 +21,7 @@ def _class_labels(be, labels, n, classes, op):
     """labels as contiguous int64 of shape (n,), every value in [0, classes), checked on the host
     before any kernel sees them."""
     y = _labels(labels, "labels", be, n)
-    low, high = int(y.min()), int(y.max())
+    low, high = value_range(y, be.xp)
     if low < 0 or high >= classes:
         bad = low if low < 0 else high
         index = int(be.xp.flatnonzero(y == bad)[0])

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import backend as _backend
-from ._check import on_backend, shape_str, tensor
+from ._check import on_backend, shape_str, tensor, value_range
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
 
@@ -112,7 +112,7 @@ def _indices(indices, be, dy, plane_size: int):
         raise ValueError(f"max_pool2d_backward: indices is {shape_str(a.shape)} but dy is {shape_str(dy.shape)}; "
                          "they must have the same shape")
     if a.size:
-        lo, hi = int(a.min()), int(a.max())
+        lo, hi = value_range(a, be.xp)
         if lo < 0 or hi >= plane_size:
             raise ValueError(f"max_pool2d_backward: indices must lie in [0, H * W) = [0, {plane_size}), "
                              f"got values in [{lo}, {hi}]")
