@@ -99,6 +99,11 @@ CASES = {
     # N*OH*OW long enough that the weight gradient is split into slices
     "split_weight_reduction": ((2, 3, 17, 17), (4, 3, 3, 3), 1, 1, 1, 1),
     "split_weight_reduction_groups": ((3, 4, 16, 15), (6, 2, 3, 2), 1, (1, 0), 1, 2),
+    # stride 1 with >= 8 channels per group: the CPU backend's shifted-GEMM path (no im2col), with
+    # dilation, uneven ("same", even kernel) and asymmetric padding, and groups
+    "shifted_same_even_kernel": ((2, 9, 6, 7), (4, 9, 4, 2), 1, "same", 1, 1),
+    "shifted_dilated_groups": ((1, 16, 8, 7), (6, 8, 3, 3), 1, 2, 2, 2),
+    "shifted_rectangular_padding": ((2, 8, 5, 9), (3, 8, 3, 2), 1, (2, 0), (1, 2), 1),
 }
 
 
