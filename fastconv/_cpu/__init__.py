@@ -1,5 +1,6 @@
 """The "cpu" backend: Numba kernels (parallel over the machine's cores) on NumPy arrays, with BLAS
-(through np.dot) for the GEMM cores. Exposes the same op functions as the native backends.
+for the GEMM cores (called single-threaded from inside the Numba threads, see _blas.py; matmul
+uses np.dot). Exposes the same op functions as the native backends.
 
 Kernels are compiled on first use and cached on disk (cache=True); Numba falls back to a per-user
 cache directory when the install directory is read-only.
