@@ -417,6 +417,7 @@ class MaxPool2d(_Pool2d):
         self._check(x)
         y, self._indices = ops.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
         self._x_shape = tuple(x.shape)
+        self._y = y  # for Sequential's ReLU + MaxPool2d backward
         return y
 
     def backward(self, dy):
@@ -529,8 +530,20 @@ class Sequential(Module):
         return x
 
     def backward(self, dy):
-        for layer in reversed(list(self)):
-            dy = layer.backward(dy)
+        layers = list(self)
+        i = len(layers) - 1
+        while i >= 0:
+            layer = layers[i]
+            if type(layer) is MaxPool2d and i > 0 and type(layers[i - 1]) is ReLU:
+                # ReLU then max pooling: each pooled value is the ReLU output at the element the
+                # gradient goes back to, so the ReLU's mask there is (pooled > 0). Applied to the
+                # small pooled gradient before the scatter, it replaces the full-size relu_backward
+                # with the same result, bit for bit (the same terms, masked alike).
+                dy = layer.backward(ops.relu_backward(dy, layer._cached("_y")))
+                i -= 2
+            else:
+                dy = layer.backward(dy)
+                i -= 1
         return dy
 
 

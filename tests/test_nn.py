@@ -257,3 +257,22 @@ def test_wrong_input_shapes_name_the_layer(backend):
         nn.Linear(0, 3)
     with pytest.raises(TypeError, match="not a fastconv.nn.Module"):
         nn.Sequential(nn.ReLU(), "relu")
+
+
+def test_relu_then_max_pool_backward_is_the_unfused_result_bit_for_bit(backend):
+    """Sequential applies ReLU's mask to the pooled gradient (pooled > 0) instead of running
+    relu_backward on the full-size input: same bits, including ties, overlap, padding and NaN."""
+    rng = np.random.default_rng(7)
+    for kernel, stride, padding in [(2, None, 0), (3, 2, 1), (3, 1, 1)]:
+        x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+        x[0, 0, :2, :2] = 0.0   # ties at zero
+        x[1, 2, 3, 3] = np.nan  # NaN wins the pool and is masked by ReLU
+        model = nn.Sequential(nn.ReLU(), nn.MaxPool2d(kernel, stride, padding))
+        xb = on(backend, x)
+        y = model(xb)
+        dy = on(backend, rng.standard_normal(tuple(y.shape)).astype(np.float32))
+        fused = to_numpy(model.backward(dy))
+        r = ops.relu_forward(xb)
+        _, idx = ops.max_pool2d_forward(r, kernel, stride, padding)
+        unfused = to_numpy(ops.relu_backward(ops.max_pool2d_backward(dy, idx, tuple(x.shape)), xb))
+        assert fused.tobytes() == unfused.tobytes()
