@@ -88,3 +88,24 @@ def test_no_floating_point_atomics_in_any_kernel():
     # Integer atomics would be deterministic too, but there are none at all: any atomic call is a change
     # to review against docs/reliability.md (a float atomicAdd would make results run-dependent).
     assert not calls, f"atomic operations in the kernels: {calls}"
+
+
+@pytest.mark.parametrize("rows,out_features,in_features", [(128, 128, 3136), (37, 13, 517), (5, 3, 1)])
+def test_linear_backward_bits_do_not_depend_on_its_column_split(rows, out_features, in_features):
+    # The cpu linear_backward splits x's features into a thread-count-dependent number of column
+    # blocks; this holds only if BLAS gives each element the same bits wherever its column falls.
+    from fastconv._cpu import dense
+    from fastconv._cpu._blas import single_threaded_blas
+
+    rng = np.random.default_rng(0)
+    dy = rng.standard_normal((rows, out_features), dtype=np.float32)
+    x = rng.standard_normal((rows, in_features), dtype=np.float32)
+    w = rng.standard_normal((out_features, in_features), dtype=np.float32)
+    results = []
+    for blocks in (1, 2, 3, 8):
+        dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty(out_features, np.float32)
+        with single_threaded_blas():
+            dense._linear_backward(dy, x, w, True, blocks, dx, dw, db)
+        results.append((dx.tobytes(), dw.tobytes(), db.tobytes()))
+    assert all(r == results[0] for r in results)
+    np.testing.assert_allclose(dw, dy.T.astype(np.float64) @ x, rtol=1e-4, atol=1e-3)

@@ -96,30 +96,38 @@ def _linear_forward(x, w, b, has_bias, act, threads, y):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _linear_backward(dy, x, w, has_bias, dx, dw_parts, db_parts):
-    """dx = dy @ w by row blocks; thread t's share of dw = dy^T @ x (and of db) over its rows of dy
-    in dw_parts[t] (db_parts[t]), added in thread order by the caller."""
-    rows = dy.shape[0]
-    threads = dw_parts.shape[0]
-    for t in prange(threads):
-        r0, r1 = t * rows // threads, (t + 1) * rows // threads
-        gemm(dy[r0:r1], w, dx[r0:r1], 0.0, False, False)
-        gemm(dy[r0:r1], x[r0:r1], dw_parts[t], 0.0, True, False)
-        if has_bias:
-            db_parts[t] = 0
-            for i in range(r0, r1):
-                for j in range(dy.shape[1]):
-                    db_parts[t, j] += dy[i, j]
+def _linear_backward(dy, x, w, has_bias, blocks, dx, dw, db):
+    """dx = dy @ w and dw = dy^T @ x, each as `blocks` GEMMs over column blocks of x's features
+    (every one with the full K, so no partial sums are ever added: each element is one BLAS dot
+    product, the same bits however the columns are split), spread over the threads; db by column
+    sums. Column blocks, not row blocks: a row block of dx would repack all of w."""
+    rows, cols = dy.shape
+    inner = x.shape[1]
+    for task in prange(2 * blocks):
+        k = task % blocks
+        c0, c1 = k * inner // blocks, (k + 1) * inner // blocks
+        if c1 > c0:
+            if task < blocks:
+                gemm(dy, w[:, c0:c1], dx[:, c0:c1], 0.0, False, False)
+            elif rows == 0:
+                dw[:, c0:c1] = 0
+            else:
+                gemm(dy, x[:, c0:c1], dw[:, c0:c1], 0.0, True, False)
+        if has_bias and task == blocks:
+            db[:] = 0
+            for i in range(rows):
+                for j in range(cols):
+                    db[j] += dy[i, j]
 
 
 def _threads(n):
     return max(1, min(numba.get_num_threads(), n))
 
 
-def _gradient_parts(rows):
-    """Row blocks whose partial dw and db linear_backward adds up: a function of the size only,
-    never of the thread count, so every bit of dw and db is the same on any machine."""
-    return max(1, min(4, rows // 32))
+def _blocks(inner):
+    """Column blocks per GEMM in linear_backward: two GEMMs of equal size already keep two threads
+    busy; more threads need more blocks. The split never changes a bit (see _linear_backward)."""
+    return max(1, min((numba.get_num_threads() + 1) // 2, inner // 64))
 
 
 def linear_forward(x, w, b, activation):
@@ -134,15 +142,12 @@ def linear_forward(x, w, b, activation):
 
 def linear_backward(dy, x, w, bias):
     dy, x, w = np.ascontiguousarray(dy), np.ascontiguousarray(x), np.ascontiguousarray(w)
-    parts = _gradient_parts(dy.shape[0])
     dx = np.empty(x.shape, x.dtype)
-    dw_parts = np.zeros((parts,) + w.shape, x.dtype)  # zeros: an empty batch has no rows to write them
-    db_parts = np.zeros((parts, w.shape[0]), x.dtype)
+    dw = np.empty(w.shape, x.dtype)
+    db = np.zeros(w.shape[0], x.dtype)
     with single_threaded_blas():
-        _linear_backward(dy, x, w, bias, dx, dw_parts, db_parts)
-    dw = dw_parts.sum(axis=0) if parts > 1 else dw_parts[0]
-    db = (db_parts.sum(axis=0) if parts > 1 else db_parts[0]) if bias else None
-    return dx, dw, db
+        _linear_backward(dy, x, w, bias, _blocks(x.shape[1]), dx, dw, db)
+    return dx, dw, db if bias else None
 
 
 def _flat_map(kernel, *inputs):
