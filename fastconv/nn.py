@@ -301,8 +301,10 @@ class Linear(Module):
         self._x = x
         return ops.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data, activation)
 
-    def backward(self, dy):
-        dx, dw, db = ops.linear_backward(dy, self._cached("_x"), self.weight.data, bias=self.bias is not None)
+    def backward(self, dy, input_grad=True):
+        """input_grad=False skips dx (returns None): what a first layer needs."""
+        dx, dw, db = ops.linear_backward(dy, self._cached("_x"), self.weight.data, bias=self.bias is not None,
+                                         input_grad=input_grad)
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
@@ -351,9 +353,10 @@ class Conv2d(Module):
         return ops.conv2d_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
                                   activation=activation, **self._geometry())
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        """input_grad=False skips dx (returns None): what a first layer needs."""
         dx, dw, db = ops.conv2d_backward(dy, self._cached("_x"), self.weight.data, bias=self.bias is not None,
-                                         **self._geometry())
+                                         input_grad=input_grad, **self._geometry())
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
@@ -529,12 +532,24 @@ class Sequential(Module):
                 i += 1
         return x
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
+        """Returns dL/dx, or None with input_grad=False: then the layers in front of the first one
+        with a trainable parameter are skipped, and that one computes no dx (as PyTorch does for an
+        input that does not require grad: the first conv's dx is a large share of a small CNN's step)."""
         layers = list(self)
+        first = 0
+        if not input_grad:
+            first = next((k for k, layer in enumerate(layers) if _trains(layer)), len(layers))
         i = len(layers) - 1
-        while i >= 0:
+        while i >= first:
             layer = layers[i]
-            if type(layer) is MaxPool2d and i > 0 and type(layers[i - 1]) is ReLU:
+            if i == first and not input_grad:
+                if isinstance(layer, (Linear, Conv2d, Sequential)):
+                    layer.backward(dy, input_grad=False)
+                else:
+                    layer.backward(dy)
+                return None
+            if type(layer) is MaxPool2d and i > first and type(layers[i - 1]) is ReLU:
                 # ReLU then max pooling: each pooled value is the ReLU output at the element the
                 # gradient goes back to, so the ReLU's mask there is (pooled > 0). Applied to the
                 # small pooled gradient before the scatter, it replaces the full-size relu_backward
@@ -544,7 +559,11 @@ class Sequential(Module):
             else:
                 dy = layer.backward(dy)
                 i -= 1
-        return dy
+        return None if not input_grad else dy
+
+
+def _trains(module):
+    return any(p.requires_grad for p in module.parameters())
 
 
 _REGISTRY = {}

@@ -35,6 +35,7 @@ from . import backend as _backend
 from . import checkpoint as _checkpoint
 from . import losses as _losses
 from . import metrics as _metrics
+from . import nn
 
 __all__ = ["History", "fit", "predict", "search", "SearchResult"]
 
@@ -337,7 +338,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
                 out = model(xb)
                 loss = loss_fn(out, yb)
                 optimizer.zero_grad()
-                model.backward(loss_fn.backward())
+                _backward(model, loss_fn.backward())
                 optimizer.step()
                 loss_sum += loss.astype(np.float64) * len(rows)
                 s["loss_count"] += len(rows)
@@ -494,3 +495,12 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
         r["rank"] = rank
     _write_table(out_dir, rows, list(space))
     return SearchResult(rows, name, mode, best_dir if best_value is not None else None)
+
+
+def _backward(model, grad):
+    """The model's backward pass without the gradient for the input batch, which nobody reads
+    (built-in layers skip computing it; any other Module computes it as usual)."""
+    if isinstance(model, (nn.Sequential, nn.Linear, nn.Conv2d)):
+        model.backward(grad, input_grad=False)
+    else:
+        model.backward(grad)

@@ -491,6 +491,8 @@ CASES = [
       TypeError, r"param must be a (numpy|cupy).ndarray to be updated in place"),
     C("dtype", "matmul(a, b, trans_a='yes')", lambda be, _: ops.matmul(rand(be, (2, 2)), rand(be, (2, 2)), trans_a="yes"),
       TypeError, r"trans_a must be True or False, got 'yes'"),
+    C("dtype", "conv2d_backward(..., input_grad=None)", lambda be, _: ops.conv2d_backward(rand(be, (1, 1, 3, 3)), rand(be, (1, 1, 5, 5)), rand(be, (1, 1, 3, 3)), input_grad=None),
+      TypeError, r"input_grad must be True or False, got None"),
     C("dtype", "nn.Linear(3, 2, dtype=int32)", lambda be, _: nn.Linear(3, 2, dtype=np.int32),
       TypeError, r"dtype must be float32 or float64, got int32"),
 

@@ -153,6 +153,19 @@ def test_backward(backend, name, dtype):
     assert_matches(dw2, geo.dw, args, dtype, what="dw (bias=False)")
 
 
+@pytest.mark.parametrize("name", list(CASES))
+def test_backward_without_input_grad(backend, name):
+    # input_grad=False (a first layer): no dx, and dw / db bit for bit those of the full backward
+    x, w, _, hyper, geo = _case(name, 3)
+    dy = np.random.default_rng(4).standard_normal((geo.n, geo.c_out, geo.oh, geo.ow)).astype(np.float32)
+    args = on(backend, dy, x.astype(np.float32), w.astype(np.float32))
+    _, dw, db = ops.conv2d_backward(*args, **hyper)
+    dx_skipped, dw_skipped, db_skipped = ops.conv2d_backward(*args, input_grad=False, **hyper)
+    assert dx_skipped is None
+    np.testing.assert_array_equal(to_numpy(dw_skipped), to_numpy(dw))
+    np.testing.assert_array_equal(to_numpy(db_skipped), to_numpy(db))
+
+
 @pytest.mark.parametrize("name", ["same_even_kernel", "groups_2_of_4", "stride_larger_than_kernel", "dilation_2"])
 def test_gradients_by_finite_differences(backend, name):
     x_shape, w_shape, stride, padding, dilation, groups = CASES[name]

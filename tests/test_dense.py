@@ -59,6 +59,18 @@ def test_linear_backward(backend, n, fin, fout, bias, dtype):
         assert db is None
 
 
+@pytest.mark.parametrize("n,fin,fout", [(1, 1, 1), (130, 33, 131), (0, 4, 3), (128, 3136, 128)])
+def test_linear_backward_without_input_grad(backend, n, fin, fout):
+    # input_grad=False (a first layer): no dx, and dw / db bit for bit those of the full backward
+    rng = np.random.default_rng(fin)
+    args = on(backend, *(rng.standard_normal(s).astype(np.float32) for s in [(n, fout), (n, fin), (fout, fin)]))
+    _, dw, db = ops.linear_backward(*args)
+    dx_skipped, dw_skipped, db_skipped = ops.linear_backward(*args, input_grad=False)
+    assert dx_skipped is None
+    np.testing.assert_array_equal(to_numpy(dw_skipped), to_numpy(dw))
+    np.testing.assert_array_equal(to_numpy(db_skipped), to_numpy(db))
+
+
 def test_linear_gradients_by_finite_differences(backend):
     rng = np.random.default_rng(3)
     x, w, b = rng.standard_normal((4, 5)), rng.standard_normal((3, 5)), rng.standard_normal(3)

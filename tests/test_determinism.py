@@ -105,7 +105,7 @@ def test_linear_backward_bits_do_not_depend_on_its_column_split(rows, out_featur
     for blocks in (1, 2, 3, 8):
         dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty(out_features, np.float32)
         with single_threaded_blas():
-            dense._linear_backward(dy, x, w, True, blocks, dx, dw, db)
+            dense._linear_backward(dy, x, w, True, True, blocks, dx, dw, db)
         results.append((dx.tobytes(), dw.tobytes(), db.tobytes()))
     assert all(r == results[0] for r in results)
     np.testing.assert_allclose(dw, dy.T.astype(np.float64) @ x, rtol=1e-4, atol=1e-3)

@@ -276,3 +276,29 @@ def test_relu_then_max_pool_backward_is_the_unfused_result_bit_for_bit(backend):
         _, idx = ops.max_pool2d_forward(r, kernel, stride, padding)
         unfused = to_numpy(ops.relu_backward(ops.max_pool2d_backward(dy, idx, tuple(x.shape)), xb))
         assert fused.tobytes() == unfused.tobytes()
+
+
+@pytest.mark.parametrize("freeze_first", [False, True])
+def test_backward_without_input_grad_gives_the_same_parameter_gradients(backend, freeze_first):
+    """Sequential.backward(dy, input_grad=False) returns None, skips the layers in front of the first
+    trainable one (and that one's dx), and leaves every parameter gradient bit for bit as it was."""
+    rng = np.random.default_rng(3)
+    x = on(backend, rng.standard_normal((3, 2, 6, 6)).astype(np.float32))
+
+    def run(input_grad):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(18, 9, seed=1), nn.ReLU(), nn.Linear(9, 4, seed=2))
+        conv = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, seed=3), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(3, 2, 3, padding=1, seed=4), nn.ReLU())
+        full = nn.Sequential(conv, model)
+        if freeze_first:
+            conv[0].freeze()
+        y = full(x)
+        dx = full.backward(on(backend, np.ones(tuple(y.shape), np.float32)), input_grad=input_grad)
+        return dx, [None if p.grad is None else to_numpy(p.grad).tobytes() for p in full.parameters()]
+
+    dx, grads = run(True)
+    skipped, grads_skipped = run(False)
+    assert dx is not None and dx.shape == x.shape
+    assert skipped is None
+    assert grads_skipped == grads
+    assert (grads[0] is None) == freeze_first

@@ -106,8 +106,9 @@ def _forward(x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _backward(dy, x, w2, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, dcols, dw_parts, db_parts, dx):
-    """dx; dw_parts[t] / db_parts[t] = thread t's share of dW (C_out, R) / db (C_out,)."""
+def _backward(dy, x, w2, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, input_grad, cols, dcols, dw_parts, db_parts,
+              dx):
+    """dx (when input_grad); dw_parts[t] / db_parts[t] = thread t's share of dW (C_out, R) / db (C_out,)."""
     n_img, c = x.shape[0], x.shape[1]
     c_out, rows = w2.shape
     cg, cog, p = c // groups, c_out // groups, oh * ow
@@ -129,8 +130,9 @@ def _backward(dy, x, w2, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, d
                 w_g = w2[g * cog:(g + 1) * cog]
                 _im2col(x, n, g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col)
                 gemm(dy_g, col, dw_t[g * cog:(g + 1) * cog], 1.0, False, True)
-                gemm(w_g, dy_g, dcol, 0.0, True, False)
-                _col2im(dcol, n, g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, dx)
+                if input_grad:
+                    gemm(w_g, dy_g, dcol, 0.0, True, False)
+                    _col2im(dcol, n, g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, dx)
 
 
 # ---- stride 1: the "wide" layout -------------------------------------------------------------
@@ -212,9 +214,9 @@ def _forward_wide(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, h
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _backward_wide(dy, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, xps, dxps, cols, dcols, dyws,
-                   dw_parts, dwt_parts, db_parts, dx):
-    """Stride-1 backward: dx; thread t's share of dW in dw_parts[t] (C_out, R; copied-rows path) or
+def _backward_wide(dy, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, input_grad, xps, dxps, cols, dcols,
+                   dyws, dw_parts, dwt_parts, db_parts, dx):
+    """Stride-1 backward: dx (when input_grad); thread t's share of dW in dw_parts[t] (C_out, R; copied-rows path) or
     dwt_parts[t] (kh*kw, C_out, C_in/g; shifted path), of db in db_parts[t]."""
     n_img, c, h_in, w_in = x.shape
     c_out, rows = w2.shape
@@ -243,21 +245,27 @@ def _backward_wide(dy, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow
                         for bb in range(ow):
                             dyw[o, a * wp + bb] = dy[n, g * cog + o, a * ow + bb]
                 _pad(x, n, g * cg, cg, pt, pl, wp, xp)
-                dxp[:] = 0
+                if input_grad:
+                    dxp[:] = 0
                 if shifted:
                     for tap in range(taps):
                         s = _shift(tap, kw, dh, dw, wp)
                         gemm(dyw, xp[:, s:s + length], dwt_parts[t, tap, g * cog:(g + 1) * cog], 1.0, False, True)
-                        gemm(wt[tap, g * cog:(g + 1) * cog], dyw, dxp[:, s:s + length], 1.0, True, False)
+                        if input_grad:
+                            gemm(wt[tap, g * cog:(g + 1) * cog], dyw, dxp[:, s:s + length], 1.0, True, False)
                 else:
                     _copy_taps(xp, kh, kw, dh, dw, wp, col)
                     gemm(dyw, col, dw_parts[t, g * cog:(g + 1) * cog], 1.0, False, True)
+                    if not input_grad:
+                        continue
                     gemm(w2[g * cog:(g + 1) * cog], dyw, dcol, 0.0, True, False)
                     for cc in range(cg):
                         for tap in range(taps):
                             s = _shift(tap, kw, dh, dw, wp)
                             for q in range(length):
                                 dxp[cc, s + q] += dcol[cc * taps + tap, q]
+                if not input_grad:
+                    continue
                 for cc in range(cg):
                     for hh in range(h_in):
                         base = (pt + hh) * wp + pl
@@ -328,7 +336,7 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, activation):
     return y.reshape(n, c_out, oh, ow)
 
 
-def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias):
+def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias, input_grad):
     n, c, _, _ = x.shape
     c_out, cg, kh, kw = w.shape
     oh, ow = _geometry(x, w, stride, padding, dilation)
@@ -339,19 +347,19 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias):
     w2 = np.ascontiguousarray(w).reshape(c_out, rows)
     dw_parts = np.zeros((parts, c_out, rows), x.dtype)  # zeros: an empty batch has no samples to write them
     db_parts = np.zeros((parts, c_out), x.dtype)
-    dx = np.empty(x.shape, x.dtype)
+    dx = np.empty(x.shape if input_grad else (0, 0, 0, 0), x.dtype)
     with single_threaded_blas():
         if stride == (1, 1):
             s = _Wide(x, w, padding, dilation, groups, oh, ow, parts, backward=True)
             dwt_parts = np.zeros((parts,) + s.wt.shape, x.dtype)
             _backward_wide(dy3, x, w2, s.wt, groups, kh, kw, dilation[0], dilation[1], padding[0], padding[2], s.hp,
-                           s.wp, oh, ow, s.xps, s.dxps, s.cols, s.dcols, s.outs, dw_parts, dwt_parts, db_parts, dx)
+                           s.wp, oh, ow, input_grad, s.xps, s.dxps, s.cols, s.dcols, s.outs, dw_parts, dwt_parts, db_parts, dx)
             if cg >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS:  # (parts, kh*kw, C_out, cg) -> (parts, C_out, R)
                 dw_parts = dwt_parts.reshape(parts, kh, kw, c_out, cg).transpose(0, 3, 4, 1, 2)
         else:
             cols = np.empty((parts, rows * p), x.dtype)
             _backward(dy3, x, w2, groups, kh, kw, stride[0], stride[1], padding[0], padding[2], dilation[0],
-                      dilation[1], oh, ow, cols, np.empty_like(cols), dw_parts, db_parts, dx)
+                      dilation[1], oh, ow, input_grad, cols, np.empty_like(cols), dw_parts, db_parts, dx)
     dw = np.ascontiguousarray(dw_parts.sum(axis=0) if parts > 1 else dw_parts[0]).reshape(w.shape)
     db = db_parts.sum(axis=0) if parts > 1 else db_parts[0]
-    return dx, dw, db if bias else None
+    return dx if input_grad else None, dw, db if bias else None

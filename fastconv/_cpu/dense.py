@@ -96,24 +96,25 @@ def _linear_forward(x, w, b, has_bias, act, threads, y):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _linear_backward(dy, x, w, has_bias, blocks, dx, dw, db):
-    """dx = dy @ w and dw = dy^T @ x, each as `blocks` GEMMs over column blocks of x's features
+def _linear_backward(dy, x, w, has_bias, input_grad, blocks, dx, dw, db):
+    """dx = dy @ w (when input_grad) and dw = dy^T @ x, each as `blocks` GEMMs over column blocks of x's features
     (every one with the full K, so no partial sums are ever added: each element is one BLAS dot
     product, the same bits however the columns are split), spread over the threads; db by column
     sums. Column blocks, not row blocks: a row block of dx would repack all of w."""
     rows, cols = dy.shape
     inner = x.shape[1]
-    for task in prange(2 * blocks):
+    dx_tasks = blocks if input_grad else 0
+    for task in prange(dx_tasks + blocks):
         k = task % blocks
         c0, c1 = k * inner // blocks, (k + 1) * inner // blocks
         if c1 > c0:
-            if task < blocks:
+            if task < dx_tasks:
                 gemm(dy, w[:, c0:c1], dx[:, c0:c1], 0.0, False, False)
             elif rows == 0:
                 dw[:, c0:c1] = 0
             else:
                 gemm(dy, x[:, c0:c1], dw[:, c0:c1], 0.0, True, False)
-        if has_bias and task == blocks:
+        if has_bias and task == dx_tasks:
             db[:] = 0
             for i in range(rows):
                 for j in range(cols):
@@ -124,10 +125,11 @@ def _threads(n):
     return max(1, min(numba.get_num_threads(), n))
 
 
-def _blocks(inner):
-    """Column blocks per GEMM in linear_backward: two GEMMs of equal size already keep two threads
-    busy; more threads need more blocks. The split never changes a bit (see _linear_backward)."""
-    return max(1, min((numba.get_num_threads() + 1) // 2, inner // 64))
+def _blocks(inner, gemms):
+    """Column blocks per GEMM in linear_backward, enough for every thread when `gemms` (1 or 2)
+    GEMMs are split. The split never changes a bit (see _linear_backward)."""
+    threads = numba.get_num_threads()
+    return max(1, min((threads + gemms - 1) // gemms, inner // 64))
 
 
 def linear_forward(x, w, b, activation):
@@ -140,14 +142,14 @@ def linear_forward(x, w, b, activation):
     return y
 
 
-def linear_backward(dy, x, w, bias):
+def linear_backward(dy, x, w, bias, input_grad):
     dy, x, w = np.ascontiguousarray(dy), np.ascontiguousarray(x), np.ascontiguousarray(w)
-    dx = np.empty(x.shape, x.dtype)
+    dx = np.empty(x.shape if input_grad else (0, 0), x.dtype)
     dw = np.empty(w.shape, x.dtype)
     db = np.zeros(w.shape[0], x.dtype)
     with single_threaded_blas():
-        _linear_backward(dy, x, w, bias, _blocks(x.shape[1]), dx, dw, db)
-    return dx, dw, db if bias else None
+        _linear_backward(dy, x, w, bias, input_grad, _blocks(x.shape[1], 2 if input_grad else 1), dx, dw, db)
+    return dx if input_grad else None, dw, db if bias else None
 
 
 def _flat_map(kernel, *inputs):

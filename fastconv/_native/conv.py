@@ -41,11 +41,13 @@ def _weight_slices(s):
     return max(1, min(_MAX_SLICES, _blocks(_TARGET_BLOCKS, tiles), k // _MIN_K_PER_SLICE, 65535 // groups))
 
 
-def conv2d_backward(be, dy, x, w, stride, padding, dilation, groups, bias):
+def conv2d_backward(be, dy, x, w, stride, padding, dilation, groups, bias, input_grad):
     s = _shape(x, w, stride, padding, dilation, groups)
     stream = be.stream()
-    dx = be.empty(x.shape, x.dtype)
-    be.kernel("conv2d_backward_data", x.dtype)(be.ptr(dy), be.ptr(w), be.ptr(dx), s, stream)
+    dx = None
+    if input_grad:
+        dx = be.empty(x.shape, x.dtype)
+        be.kernel("conv2d_backward_data", x.dtype)(be.ptr(dy), be.ptr(w), be.ptr(dx), s, stream)
     dw = be.empty(w.shape, w.dtype)
     slices = _weight_slices(s)
     workspace = be.empty((slices,) + w.shape, w.dtype) if slices > 1 else None

@@ -23,8 +23,8 @@ def linear_forward(be, x, w, b, activation):
     return _gemm(be, x, w, b, False, True, activation)
 
 
-def linear_backward(be, dy, x, w, bias):
-    dx = _gemm(be, dy, w, None, False, False, None)  # (N, out) @ (out, in)
+def linear_backward(be, dy, x, w, bias, input_grad):
+    dx = _gemm(be, dy, w, None, False, False, None) if input_grad else None  # (N, out) @ (out, in)
     dw = _gemm(be, dy, x, None, True, False, None)   # (N, out)^T @ (N, in)
     db = None
     if bias:

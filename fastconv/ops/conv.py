@@ -107,12 +107,12 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, acti
     return be.conv2d_forward(x, w, b, stride, pad, dilation, groups, activation)
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, bias=True):
+def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, bias=True, input_grad=True):
     """Gradients of z = conv2d(x, w) + b given dy = dL/dz: returns (dx, dw, db); db is None when
-    bias=False. When the forward fused an activation, pass dy through relu_backward /
+    bias=False, dx is None (and not computed) when input_grad=False, e.g. for a network's first layer. When the forward fused an activation, pass dy through relu_backward /
     sigmoid_backward first. The hyperparameters must be the forward's."""
     be = _backend.current()
-    bias = flag(bias, "bias")
+    bias, input_grad = flag(bias, "bias"), flag(input_grad, "input_grad")
     x, w = _inputs(be, x, w)
     stride, pad, dilation, groups, (oh, ow) = _geometry(x, w, stride, padding, dilation, groups, "conv2d_backward")
     dy = tensor(dy, "dy", be, ndim=4, dtype=x.dtype)
@@ -120,4 +120,4 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, bias=Tr
     if dy.shape != expected:
         raise ValueError(f"conv2d_backward: dy is {shape_str(dy.shape)} but the convolution of x "
                          f"{shape_str(x.shape)} with w {shape_str(w.shape)} gives {shape_str(expected)}")
-    return be.conv2d_backward(dy, x, w, stride, pad, dilation, groups, bias)
+    return be.conv2d_backward(dy, x, w, stride, pad, dilation, groups, bias, input_grad)

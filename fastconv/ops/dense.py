@@ -49,19 +49,20 @@ def linear_forward(x, w, b=None, activation=None):
     return be.linear_forward(x, w, b, activation)
 
 
-def linear_backward(dy, x, w, bias=True):
-    """Gradients of z = x @ w.T + b given dy = dL/dz: returns (dx, dw, db); db is None when bias=False.
+def linear_backward(dy, x, w, bias=True, input_grad=True):
+    """Gradients of z = x @ w.T + b given dy = dL/dz: returns (dx, dw, db); db is None when bias=False,
+    dx is None (and not computed) when input_grad=False, e.g. for a network's first layer.
 
     When the forward fused an activation, pass dy through relu_backward / sigmoid_backward first.
     """
     be = _backend.current()
-    bias = flag(bias, "bias")
+    bias, input_grad = flag(bias, "bias"), flag(input_grad, "input_grad")
     x, w = _linear_inputs(be, x, w)
     dy = tensor(dy, "dy", be, ndim=2, dtype=x.dtype)
     if dy.shape != (x.shape[0], w.shape[0]):
         raise ValueError(f"linear_backward: dy is {shape_str(dy.shape)} but x @ w.T is "
                          f"{shape_str((x.shape[0], w.shape[0]))} (x {shape_str(x.shape)}, w {shape_str(w.shape)})")
-    return be.linear_backward(dy, x, w, bias)
+    return be.linear_backward(dy, x, w, bias, input_grad)
 
 
 def _same_shape(be, first, first_name, second, second_name, op):
