@@ -357,6 +357,26 @@ class Conv2d(Module):
         """input_grad=False skips dx (returns None): what a first layer needs."""
         dx, dw, db = ops.conv2d_backward(dy, self._cached("_x"), self.weight.data, bias=self.bias is not None,
                                          input_grad=input_grad, **self._geometry())
+        return self._accumulate(dx, dw, db)
+
+    def forward_max_pool(self, x, activation, pool):
+        """pool(activation(self(x))) as one op (ops.conv2d_max_pool2d_forward); pool is a MaxPool2d,
+        left ready for backward_max_pool. Sequential uses it."""
+        _check_input(self, x, 4, f"(N, {self.in_channels}, H, W)", self.in_channels, dtype=self.dtype)
+        self._x = x
+        y, indices = ops.conv2d_max_pool2d_forward(
+            x, self.weight.data, None if self.bias is None else self.bias.data, activation=activation,
+            pool_kernel=pool.kernel_size, pool_stride=pool.stride, pool_padding=pool.padding, **self._geometry())
+        pool._y, pool._indices, pool._x_shape = y, indices, None  # _x_shape: see MaxPool2d.backward
+        return y
+
+    def backward_max_pool(self, dy, activation, pool, input_grad=True):
+        dx, dw, db = ops.conv2d_max_pool2d_backward(
+            dy, pool._cached("_y"), pool._cached("_indices"), self._cached("_x"), self.weight.data,
+            activation=activation, bias=self.bias is not None, input_grad=input_grad, **self._geometry())
+        return self._accumulate(dx, dw, db)
+
+    def _accumulate(self, dx, dw, db):
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
@@ -424,6 +444,8 @@ class MaxPool2d(_Pool2d):
         return y
 
     def backward(self, dy):
+        # _x_shape is None after Sequential ran this pooling fused with the convolution before it:
+        # that convolution's output, this layer's input, never existed; Sequential's backward knows.
         return ops.max_pool2d_backward(dy, self._cached("_indices"), self._cached("_x_shape"))
 
 
@@ -492,6 +514,9 @@ class Sequential(Module):
 
     A Linear or Conv2d directly followed by ReLU or Sigmoid runs as one fused op (bias and activation
     in the kernel's epilogue); the activation layer then caches the fused output for its backward.
+    A Conv2d followed by MaxPool2d, or by ReLU then MaxPool2d, runs as ops.conv2d_max_pool2d_forward
+    (its full-size output never exists; a ReLU in between then caches nothing). Every result is bit
+    for bit that of the layers run one by one.
     """
 
     def __init__(self, *layers):
@@ -519,11 +544,21 @@ class Sequential(Module):
 
     def forward(self, x):
         layers = list(self)
+        self._pooled_convs = {}  # MaxPool2d index -> (Conv2d index, activation), fused by this pass
         i = 0
         while i < len(layers):
             layer = layers[i]
             nxt = layers[i + 1] if i + 1 < len(layers) else None
-            if getattr(layer, "fusable", False) and type(nxt) in (ReLU, Sigmoid):
+            relu = type(nxt) is ReLU
+            pool_at = i + 2 if relu else i + 1
+            if type(layer) is Conv2d and pool_at < len(layers) and type(layers[pool_at]) is MaxPool2d:
+                activation = "relu" if relu else None
+                x = layer.forward_max_pool(x, activation, layers[pool_at])
+                if relu:
+                    nxt._absorb(None)
+                self._pooled_convs[pool_at] = (i, activation)
+                i = pool_at + 1
+            elif getattr(layer, "fusable", False) and type(nxt) in (ReLU, Sigmoid):
                 x = layer.forward(x, activation=nxt.activation)
                 nxt._absorb(x)
                 i += 2
@@ -540,9 +575,18 @@ class Sequential(Module):
         first = 0
         if not input_grad:
             first = next((k for k, layer in enumerate(layers) if _trains(layer)), len(layers))
+        pooled_convs = self.__dict__.get("_pooled_convs", {})
         i = len(layers) - 1
         while i >= first:
             layer = layers[i]
+            if i in pooled_convs:  # (a pooling is never `first`: it has no parameters)
+                conv_at, activation = pooled_convs[i]
+                last = conv_at == first and not input_grad
+                dy = layers[conv_at].backward_max_pool(dy, activation, layer, input_grad=not last)
+                if last:
+                    return None
+                i = conv_at - 1
+                continue
             if i == first and not input_grad:
                 if isinstance(layer, (Linear, Conv2d, Sequential)):
                     layer.backward(dy, input_grad=False)

@@ -302,3 +302,32 @@ def test_backward_without_input_grad_gives_the_same_parameter_gradients(backend,
     assert skipped is None
     assert grads_skipped == grads
     assert (grads[0] is None) == freeze_first
+
+
+def test_sequential_conv_pool_fusion_is_the_layers_one_by_one_bit_for_bit(backend):
+    """Sequential runs Conv2d + ReLU + MaxPool2d and Conv2d + MaxPool2d as conv2d_max_pool2d ops: the
+    output, the input gradient and every parameter gradient are those of the layers run one by one."""
+    rng = np.random.default_rng(11)
+    x = on(backend, rng.standard_normal((3, 2, 10, 10)).astype(np.float32))
+
+    def layers():
+        return [nn.Conv2d(2, 4, 3, padding=1, seed=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 3, 3, seed=2),
+                nn.MaxPool2d(3, stride=1, padding=1), nn.Flatten(), nn.Linear(27, 2, seed=3)]
+
+    model = nn.Sequential(*layers())
+    y = model(x)
+    assert sorted(model._pooled_convs) == [2, 4]  # both pairs fused
+    dy = on(backend, rng.standard_normal(tuple(y.shape)).astype(np.float32))
+    dx = model.backward(dy)
+
+    one_by_one = layers()
+    h = x
+    for layer in one_by_one:
+        h = layer(h)
+    g = dy
+    for layer in reversed(one_by_one):
+        g = layer.backward(g)
+    assert to_numpy(y).tobytes() == to_numpy(h).tobytes()
+    assert to_numpy(dx).tobytes() == to_numpy(g).tobytes()
+    for fused, plain in zip(model.parameters(), [p for layer in one_by_one for p in layer.parameters()]):
+        assert to_numpy(fused.grad).tobytes() == to_numpy(plain.grad).tobytes(), fused.name

@@ -22,9 +22,11 @@ from numba import njit, prange
 
 from ..ops._activation import ACTIVATIONS
 from ._blas import gemm, single_threaded_blas
-from .dense import _sigmoid
+from .dense import _ZERO, _sigmoid
+from ..ops.pool import PoolGeometry
+from .pool import max_pool2d_backward, max_pool2d_forward, max_pool_plane
 
-__all__ = ["conv2d_forward", "conv2d_backward"]
+__all__ = ["conv2d_forward", "conv2d_backward", "conv2d_max_pool2d_forward", "conv2d_max_pool2d_backward"]
 
 _RELU, _SIGMOID = ACTIVATIONS["relu"], ACTIVATIONS["sigmoid"]
 
@@ -80,6 +82,15 @@ def _col2im(dcol, n, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, dx):
                             dx[n, c0 + c, ih, b * sw + off] += dcol[r, q + b]
 
 
+@njit(inline="always")
+def _activate(v, act):
+    if act == _RELU:
+        return _ZERO if v < _ZERO else v
+    if act == _SIGMOID:
+        return _sigmoid(v)
+    return v
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def _forward(x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
     """y (N, C_out, P) = act(conv(x, w) + b); w2 is w as (C_out, R); cols (threads, R * P) scratch."""
@@ -97,12 +108,7 @@ def _forward(x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh
                 for o in range(c_out):
                     bias = b[o] if has_bias else 0
                     for q in range(p):
-                        v = y[n, o, q] + bias
-                        if act == _RELU:
-                            v = 0 if v < 0 else v
-                        elif act == _SIGMOID:
-                            v = _sigmoid(v)
-                        y[n, o, q] = v
+                        y[n, o, q] = _activate(y[n, o, q] + bias, act)
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -178,9 +184,14 @@ def _copy_taps(xp, kh, kw, dh, dw, wp, col):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _forward_wide(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, xps, cols, yws, y):
+def _forward_wide(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool, xps, cols, yws, y,
+                  pooled, indices):
     """Stride-1 forward. w2: w as (C_out, R); wt: w as (kh*kw, C_out, C_in/g); per-thread scratch
-    xps (threads, cg, Lp), cols (threads, R*L or 0), yws (threads, C_out/g * L)."""
+    xps (threads, cg, Lp), cols (threads, R*L or 0), yws (threads, C_out/g * L).
+
+    pool = (kh, kw, sh, sw, ph, pw) of a max pooling applied to each output plane while it is in
+    the cache, into pooled / indices (N, C_out, Ho, Wo): y is then never written (pool[0] = 0: no
+    pooling, y (N, C_out, OH*OW) is the output)."""
     n_img, c = x.shape[0], x.shape[1]
     c_out, rows = w2.shape
     cg, cog, length, taps = c // groups, c_out // groups, oh * wp, kh * kw
@@ -204,21 +215,27 @@ def _forward_wide(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, h
                     gemm(w2[g * cog:(g + 1) * cog], col, yw, 0.0, False, False)
                 for o in range(cog):
                     bias = b[g * cog + o] if has_bias else 0
-                    for a in range(oh):
-                        for bb in range(ow):
-                            v = yw[o, a * wp + bb] + bias
-                            if act == _RELU:
-                                v = 0 if v < 0 else v
-                            elif act == _SIGMOID:
-                                v = _sigmoid(v)
-                            y[n, g * cog + o, a * ow + bb] = v
+                    if pool[0]:  # in place, then pooled
+                        plane = yw[o]
+                        for q in range(length):
+                            plane[q] = _activate(plane[q] + bias, act)
+                        max_pool_plane(plane.reshape((oh, wp)), oh, ow, pooled[n, g * cog + o],
+                                       indices[n, g * cog + o], pool[0], pool[1], pool[2], pool[3], pool[4], pool[5])
+                    else:
+                        for a in range(oh):
+                            for bb in range(ow):
+                                y[n, g * cog + o, a * ow + bb] = _activate(yw[o, a * wp + bb] + bias, act)
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _backward_wide(dy, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, input_grad, block, xps, dxps, cols,
-                   dcols, dyws, dwt_parts, db_parts, dx):
+def _backward_wide(dy, from_pool, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, input_grad, block,
+                   xps, dxps, cols, dcols, dyws, dwt_parts, db_parts, dx):
     """Stride-1 backward: dx (when input_grad); thread t's share of dW^T in dwt_parts[t]
     (groups, R, C_out/g) and of db in db_parts[t].
+
+    dy is (N, C_out, OH*OW); or, when from_pool, the gradient at a max pooling of the output,
+    (N, C_out, Ho*Wo) with the pool's indices: each sample's dy is then scatter-added in the cache
+    (in output order, as max_pool2d_backward) and never exists at full size in memory.
 
     dW^T += col @ dy^T with col the copied tap rows of `block` channels at a time (one GEMM with
     N = C_out/g and K = L: 118 GFLOP/s on one core here, where the 9 per-tap GEMMs with N = C_in/g
@@ -232,22 +249,29 @@ def _backward_wide(dy, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow
         xp, dxp = xps[t], dxps[t]
         xp[:] = 0
         dyw = dyws[t, :cog * length].reshape(cog, length)
-        dyw[:] = 0  # the discarded columns stay 0, so they add nothing to dW or dx
+        dyw[:] = 0  # the discarded columns stay 0, so they add nothing to dW, db or dx
         col, dcol = cols[t].reshape(-1, length), dcols[t].reshape(-1, length)
         dwt_parts[t] = 0
         db_t = db_parts[t]
         db_t[:] = 0
+        wide = np.empty(oh * ow if from_pool else 0, np.int64)  # a pooled index's wide position
+        for q in range(wide.size):
+            wide[q] = (q // ow) * wp + q % ow  # (an integer division per scattered value cost more than the GEMMs)
         for n in range(t * n_img // threads, (t + 1) * n_img // threads):
-            for o in range(w2.shape[0]):
-                total = 0.0
-                for q in range(oh * ow):
-                    total += dy[n, o, q]
-                db_t[o] += total
             for g in range(groups):
                 for o in range(cog):
-                    for a in range(oh):
-                        for bb in range(ow):
-                            dyw[o, a * wp + bb] = dy[n, g * cog + o, a * ow + bb]
+                    if from_pool:
+                        dyw[o] = 0
+                        for q in range(dy.shape[2]):
+                            dyw[o, wide[indices[n, g * cog + o, q]]] += dy[n, g * cog + o, q]
+                    else:
+                        for a in range(oh):
+                            for bb in range(ow):
+                                dyw[o, a * wp + bb] = dy[n, g * cog + o, a * ow + bb]
+                    total = 0.0
+                    for q in range(length):
+                        total += dyw[o, q]
+                    db_t[g * cog + o] += total
                 _pad(x, n, g * cg, cg, pt, pl, wp, xp)
                 for c0 in range(0, cg, block):
                     c1 = min(cg, c0 + block)
@@ -319,7 +343,22 @@ class _Wide:
         self.wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, c_out, cg)
 
 
+_NO_POOL = (0, 0, 0, 0, 0, 0)
+
+
 def conv2d_forward(x, w, b, stride, padding, dilation, groups, activation):
+    return _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, None)
+
+
+def conv2d_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool):
+    """(y, indices) = max pooling (pool: the validated ops.pool.PoolGeometry of the convolution's
+    output) of the convolution, fused for stride 1: each output plane is pooled while in cache."""
+    if stride != (1, 1):  # no fused kernel for this case: the two ops
+        return max_pool2d_forward(conv2d_forward(x, w, b, stride, padding, dilation, groups, activation), pool)
+    return _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool)
+
+
+def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool):
     n, c, _, _ = x.shape
     c_out, cg, kh, kw = w.shape
     oh, ow = _geometry(x, w, stride, padding, dilation)
@@ -329,27 +368,48 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, activation):
     w2 = np.ascontiguousarray(w).reshape(c_out, rows)
     bias = b if has_bias else np.empty(0, x.dtype)
     act = ACTIVATIONS[activation]
-    y = np.empty((n, c_out, p), x.dtype)
+    y = np.empty((n, c_out, p) if pool is None else (0, 0, 0), x.dtype)
+    pool_shape = (0, 0, 0, 0) if pool is None else pool.out_shape
+    pooled, indices = np.empty(pool_shape, x.dtype), np.empty(pool_shape, np.int64)
     threads = _threads(n)
     with single_threaded_blas():
         if stride == (1, 1):
             s = _Wide(x, w, padding, dilation, groups, oh, ow, threads, backward=False)
+            window = _NO_POOL if pool is None else (*pool.kernel, *pool.stride, *pool.padding)
             _forward_wide(x, w2, s.wt, bias, has_bias, act, groups, kh, kw, dilation[0], dilation[1], padding[0],
-                          padding[2], s.hp, s.wp, oh, ow, s.xps, s.cols, s.outs, y)
+                          padding[2], s.hp, s.wp, oh, ow, window, s.xps, s.cols, s.outs, y, pooled, indices)
         else:
             _forward(x, w2, bias, has_bias, act, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],
                      dilation[0], dilation[1], oh, ow, np.empty((threads, rows * p), x.dtype), y)
-    return y.reshape(n, c_out, oh, ow)
+    return y.reshape(n, c_out, oh, ow) if pool is None else (pooled, indices)
 
 
 def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias, input_grad):
+    return _conv2d_backward(dy, None, x, w, stride, padding, dilation, groups, bias, input_grad)
+
+
+def conv2d_max_pool2d_backward(dy, indices, x, w, stride, padding, dilation, groups, bias, input_grad):
+    """conv2d_backward of max_pool2d_backward(dy, indices, <the convolution's output shape>), fused
+    for stride 1: the full-size gradient is only ever built one sample at a time, in cache."""
+    if stride != (1, 1):  # no fused kernel for this case: the two ops
+        oh, ow = _geometry(x, w, stride, padding, dilation)
+        out = PoolGeometry(x.shape[0], w.shape[0], oh, ow, dy.shape[2], dy.shape[3])
+        return conv2d_backward(max_pool2d_backward(dy, indices, out), x, w, stride, padding, dilation, groups, bias,
+                               input_grad)
+    return _conv2d_backward(dy, indices, x, w, stride, padding, dilation, groups, bias, input_grad)
+
+
+def _conv2d_backward(dy, indices, x, w, stride, padding, dilation, groups, bias, input_grad):
+    """indices None: dy is the convolution's output gradient; else the pooled one (stride 1 only)."""
     n, c, _, _ = x.shape
     c_out, cg, kh, kw = w.shape
     oh, ow = _geometry(x, w, stride, padding, dilation)
     rows, p = cg * kh * kw, oh * ow
     parts = _parts(n)
     x = np.ascontiguousarray(x)
-    dy3 = np.ascontiguousarray(dy).reshape(n, c_out, p)
+    from_pool = indices is not None
+    dy3 = np.ascontiguousarray(dy).reshape(n, c_out, dy.shape[2] * dy.shape[3])
+    indices3 = indices.reshape(dy3.shape) if from_pool else np.empty((0, 0, 0), np.int64)
     w2 = np.ascontiguousarray(w).reshape(c_out, rows)
     db_parts = np.zeros((parts, c_out), x.dtype)
     dx = np.empty(x.shape if input_grad else (0, 0, 0, 0), x.dtype)
@@ -357,9 +417,9 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias, input_gra
         if stride == (1, 1):
             s = _Wide(x, w, padding, dilation, groups, oh, ow, parts, backward=True)
             dwt_parts = np.zeros((parts, groups, rows, c_out // groups), x.dtype)  # zeros: as dw_parts below
-            _backward_wide(dy3, x, w2, s.wt, groups, kh, kw, dilation[0], dilation[1], padding[0], padding[2], s.hp,
-                           s.wp, oh, ow, input_grad, s.block, s.xps, s.dxps, s.cols, s.dcols, s.outs, dwt_parts,
-                           db_parts, dx)
+            _backward_wide(dy3, from_pool, indices3, x, w2, s.wt, groups, kh, kw, dilation[0], dilation[1], padding[0],
+                           padding[2], s.hp, s.wp, oh, ow, input_grad, s.block, s.xps, s.dxps, s.cols, s.dcols, s.outs,
+                           dwt_parts, db_parts, dx)
             dw_parts = dwt_parts.transpose(0, 1, 3, 2)  # (parts, groups, C_out/g, R): dW's own layout
         else:
             cols = np.empty((parts, rows * p), x.dtype)

@@ -7,57 +7,60 @@ from numba import njit, prange
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
 
 
-@njit(parallel=True, cache=True)
-def _max_forward(x, y, indices, kh, kw, sh, sw, ph, pw):
-    planes, H, W = x.shape
-    Ho, Wo = y.shape[1], y.shape[2]
-    for p in prange(planes):
-        for ho in range(Ho):
-            h_first = ho * sh - ph
-            h0, h_end = max(h_first, 0), min(h_first + kh, H)
-            for wo in range(Wo):
-                w_first = wo * sw - pw
-                w0, w_end = max(w_first, 0), min(w_first + kw, W)
-                best = -np.inf
-                best_index = h0 * W + w0
-                for h in range(h0, h_end):
-                    for w in range(w0, w_end):
-                        v = x[p, h, w]
-                        if v > best or v != v:  # ties keep the first maximum; NaN wins (torch's rule)
-                            best = v
-                            best_index = h * W + w
-                y[p, ho, wo] = best
-                indices[p, ho, wo] = best_index
-
-
 @njit(inline="always")
 def _better(v, best):
     return (v > best) | (v != v)  # ties keep the first maximum; NaN wins (torch's rule)
 
 
-@njit(parallel=True, cache=True)
-def _max_forward_2x2(x, y, indices, sh, sw):
-    """_max_forward for a 2x2 window without padding, unrolled and branch-free: the general loop
-    nest with its per-window bounds took 7.3 ms on 128x32x28x28 (one thread), this one 0.9 ms."""
-    planes, W = x.shape[0], x.shape[2]
-    Ho, Wo = y.shape[1], y.shape[2]
-    for p in prange(planes):
+@njit(inline="always")
+def max_pool_plane(x, H, W, y, indices, kh, kw, sh, sw, ph, pw):
+    """y, indices (Ho, Wo) = max pooling of the plane x[:H, :W]; x may have more columns than W (the
+    convolution's wide grid: they are never read); indices are h * W + w.
+
+    A 2x2 window without padding is unrolled and branch-free: the general loop nest with its
+    per-window bounds took 7.3 ms on 128x32x28x28 (one thread), the unrolled one 0.9 ms."""
+    Ho, Wo = y.shape
+    if kh == 2 and kw == 2 and ph == 0 and pw == 0:
         for ho in range(Ho):
             h = ho * sh
             for wo in range(Wo):
                 w = wo * sw
-                best, index = x[p, h, w], h * W + w
-                v = x[p, h, w + 1]
+                best, index = x[h, w], h * W + w
+                v = x[h, w + 1]
                 take = _better(v, best)
                 best, index = (v, index + 1) if take else (best, index)
-                v = x[p, h + 1, w]
+                v = x[h + 1, w]
                 take = _better(v, best)
                 best, index = (v, (h + 1) * W + w) if take else (best, index)
-                v = x[p, h + 1, w + 1]
+                v = x[h + 1, w + 1]
                 take = _better(v, best)
                 best, index = (v, (h + 1) * W + w + 1) if take else (best, index)
-                y[p, ho, wo] = best
-                indices[p, ho, wo] = index
+                y[ho, wo] = best
+                indices[ho, wo] = index
+        return
+    for ho in range(Ho):
+        h_first = ho * sh - ph
+        h0, h_end = max(h_first, 0), min(h_first + kh, H)
+        for wo in range(Wo):
+            w_first = wo * sw - pw
+            w0, w_end = max(w_first, 0), min(w_first + kw, W)
+            best = -np.inf
+            best_index = h0 * W + w0
+            for h in range(h0, h_end):
+                for w in range(w0, w_end):
+                    v = x[h, w]
+                    if _better(v, best):
+                        best = v
+                        best_index = h * W + w
+            y[ho, wo] = best
+            indices[ho, wo] = best_index
+
+
+@njit(parallel=True, cache=True)
+def _max_forward(x, y, indices, kh, kw, sh, sw, ph, pw):
+    planes, H, W = x.shape
+    for p in prange(planes):
+        max_pool_plane(x[p], H, W, y[p], indices[p], kh, kw, sh, sw, ph, pw)
 
 
 @njit(parallel=True, cache=True)
@@ -112,10 +115,7 @@ def _planes(a):
 def max_pool2d_forward(x, g):
     y = np.empty(g.out_shape, x.dtype)
     indices = np.empty(g.out_shape, np.int64)
-    if tuple(g.kernel) == (2, 2) and not any(g.padding):
-        _max_forward_2x2(_planes(x), _planes(y), _planes(indices), *g.stride)
-    else:
-        _max_forward(_planes(x), _planes(y), _planes(indices), *g.kernel, *g.stride, *g.padding)
+    _max_forward(_planes(x), _planes(y), _planes(indices), *g.kernel, *g.stride, *g.padding)
     return y, indices
 
 

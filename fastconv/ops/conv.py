@@ -88,6 +88,15 @@ def _inputs(be, x, w):
     return x, w
 
 
+def _bias(be, b, x, w, op):
+    if b is None:
+        return None
+    b = tensor(b, "b", be, ndim=1, dtype=x.dtype)
+    if b.shape[0] != w.shape[0]:
+        raise ValueError(f"{op}: b is {shape_str(b.shape)} but w is {shape_str(w.shape)}: b must be ({w.shape[0]},)")
+    return b
+
+
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
     """act(conv2d(x, w) + b), as torch.nn.functional.conv2d followed by the activation.
 
@@ -99,11 +108,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, acti
     check_activation(activation)
     x, w = _inputs(be, x, w)
     stride, pad, dilation, groups, _ = _geometry(x, w, stride, padding, dilation, groups, "conv2d")
-    if b is not None:
-        b = tensor(b, "b", be, ndim=1, dtype=x.dtype)
-        if b.shape[0] != w.shape[0]:
-            raise ValueError(f"conv2d: b is {shape_str(b.shape)} but w is {shape_str(w.shape)}: "
-                             f"b must be ({w.shape[0]},)")
+    b = _bias(be, b, x, w, "conv2d")
     return be.conv2d_forward(x, w, b, stride, pad, dilation, groups, activation)
 
 

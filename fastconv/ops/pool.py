@@ -101,20 +101,20 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
     return be.max_pool2d_forward(x, g)
 
 
-def _indices(indices, be, dy, plane_size: int):
+def _indices(indices, be, dy, plane_size: int, op: str = "max_pool2d_backward"):
     """indices: an int64 array of dy's shape, every value in [0, plane_size) (checked here, before any kernel)."""
     if indices is None:
         raise TypeError("indices is required, got None")
     a = on_backend(indices, "indices", be)
     if a.dtype != np.int64:
-        raise TypeError(f"max_pool2d_backward: indices must be int64 (as max_pool2d_forward returns), got {a.dtype}")
+        raise TypeError(f"{op}: indices must be int64 (as max_pool2d_forward returns), got {a.dtype}")
     if a.shape != dy.shape:
-        raise ValueError(f"max_pool2d_backward: indices is {shape_str(a.shape)} but dy is {shape_str(dy.shape)}; "
+        raise ValueError(f"{op}: indices is {shape_str(a.shape)} but dy is {shape_str(dy.shape)}; "
                          "they must have the same shape")
     if a.size:
         lo, hi = value_range(a, be.xp)
         if lo < 0 or hi >= plane_size:
-            raise ValueError(f"max_pool2d_backward: indices must lie in [0, H * W) = [0, {plane_size}), "
+            raise ValueError(f"{op}: indices must lie in [0, H * W) = [0, {plane_size}), "
                              f"got values in [{lo}, {hi}]")
     return be.xp.ascontiguousarray(a)
 
