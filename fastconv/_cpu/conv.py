@@ -22,7 +22,7 @@ from numba import njit, prange
 
 from ..ops._activation import ACTIVATIONS
 from ._blas import gemm, single_threaded_blas
-from .dense import _ZERO, _sigmoid
+from .dense import _ONE, _ZERO, _sigmoid, relu_backward, sigmoid_backward
 from ..ops.pool import PoolGeometry
 from .pool import max_pool2d_backward, max_pool2d_forward, max_pool_plane
 
@@ -83,6 +83,26 @@ def _col2im(dcol, n, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, dx):
 
 
 @njit(inline="always")
+def _sum(row):
+    """The sum of a 1-D array in float64, as 8 interleaved partial sums added in a fixed order (the
+    same bits on every run): a single running sum waits on each add's latency."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    n = row.size // 8 * 8
+    for i in range(0, n, 8):
+        s0 += row[i]
+        s1 += row[i + 1]
+        s2 += row[i + 2]
+        s3 += row[i + 3]
+        s4 += row[i + 4]
+        s5 += row[i + 5]
+        s6 += row[i + 6]
+        s7 += row[i + 7]
+    for i in range(n, row.size):
+        s0 += row[i]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@njit(inline="always")
 def _activate(v, act):
     if act == _RELU:
         return _ZERO if v < _ZERO else v
@@ -127,10 +147,7 @@ def _backward(dy, x, w2, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, input_g
         db_t[:] = 0
         for n in range(t * n_img // threads, (t + 1) * n_img // threads):
             for o in range(c_out):
-                total = 0.0
-                for q in range(p):
-                    total += dy[n, o, q]
-                db_t[o] += total
+                db_t[o] += _sum(dy[n, o])
             for g in range(groups):
                 dy_g = dy[n, g * cog:(g + 1) * cog]
                 w_g = w2[g * cog:(g + 1) * cog]
@@ -228,19 +245,21 @@ def _forward_wide(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, h
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _backward_wide(dy, from_pool, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, input_grad, block,
-                   xps, dxps, cols, dcols, dyws, dwt_parts, db_parts, dx):
-    """Stride-1 backward: dx (when input_grad); thread t's share of dW^T in dwt_parts[t]
-    (groups, R, C_out/g) and of db in db_parts[t].
+def _backward_wide(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, input_grad,
+                   block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
+    """Stride-1 backward: dx (when input_grad); thread t's share of (db, dW^T) in grad_parts[t]
+    (groups, 1 + R, C_out/g): row 0 is db, rows 1.. dW^T.
 
     dy is (N, C_out, OH*OW); or, when from_pool, the gradient at a max pooling of the output,
-    (N, C_out, Ho*Wo) with the pool's indices: each sample's dy is then scatter-added in the cache
-    (in output order, as max_pool2d_backward) and never exists at full size in memory.
+    (N, C_out, Ho*Wo), with the pooled output y (for the derivative of the activation act, applied
+    to each pooled value first) and the pool's indices: each sample's full-size gradient is then
+    scatter-added in the cache (in output order, as max_pool2d_backward) and never exists in memory.
 
-    dW^T += col @ dy^T with col the copied tap rows of `block` channels at a time (one GEMM with
-    N = C_out/g and K = L: 118 GFLOP/s on one core here, where the 9 per-tap GEMMs with N = C_in/g
-    reading the slices in place ran at 72). dx as the forward: per-tap GEMMs added at each shift
-    (many channels) or one GEMM into copied rows, scattered back (few)."""
+    (db, dW^T) += col @ dy^T with col a row of ones (for db) over the copied tap rows of `block`
+    channels at a time: one GEMM with N = C_out/g and K = L, 118 GFLOP/s on one core here, where the
+    9 per-tap GEMMs with N = C_in/g reading the slices in place ran at 72, and summing db in a loop
+    cost as much as conv1's whole GEMM. dx as the forward: per-tap GEMMs added at each shift (many
+    channels) or one GEMM into copied rows, scattered back (few)."""
     n_img, c, h_in, w_in = x.shape
     cg, cog, length, taps = c // groups, w2.shape[0] // groups, oh * wp, kh * kw
     shifted = cg >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS
@@ -251,9 +270,8 @@ def _backward_wide(dy, from_pool, indices, x, w2, wt, groups, kh, kw, dh, dw, pt
         dyw = dyws[t, :cog * length].reshape(cog, length)
         dyw[:] = 0  # the discarded columns stay 0, so they add nothing to dW, db or dx
         col, dcol = cols[t].reshape(-1, length), dcols[t].reshape(-1, length)
-        dwt_parts[t] = 0
-        db_t = db_parts[t]
-        db_t[:] = 0
+        col[0] = 1  # the ones row: (col @ dy^T)[0] = db
+        grad_parts[t] = 0
         wide = np.empty(oh * ow if from_pool else 0, np.int64)  # a pooled index's wide position
         for q in range(wide.size):
             wide[q] = (q // ow) * wp + q % ow  # (an integer division per scattered value cost more than the GEMMs)
@@ -263,21 +281,25 @@ def _backward_wide(dy, from_pool, indices, x, w2, wt, groups, kh, kw, dh, dw, pt
                     if from_pool:
                         dyw[o] = 0
                         for q in range(dy.shape[2]):
-                            dyw[o, wide[indices[n, g * cog + o, q]]] += dy[n, g * cog + o, q]
+                            d = dy[n, g * cog + o, q]
+                            if act == _RELU:  # relu_backward / sigmoid_backward of the pooled value
+                                d = d if y[n, g * cog + o, q] > _ZERO else _ZERO
+                            elif act == _SIGMOID:
+                                d = d * y[n, g * cog + o, q] * (_ONE - y[n, g * cog + o, q])
+                            dyw[o, wide[indices[n, g * cog + o, q]]] += d
                     else:
                         for a in range(oh):
                             for bb in range(ow):
                                 dyw[o, a * wp + bb] = dy[n, g * cog + o, a * ow + bb]
-                    total = 0.0
-                    for q in range(length):
-                        total += dyw[o, q]
-                    db_t[g * cog + o] += total
                 _pad(x, n, g * cg, cg, pt, pl, wp, xp)
                 for c0 in range(0, cg, block):
                     c1 = min(cg, c0 + block)
-                    col_b = col[:(c1 - c0) * taps]
-                    _copy_taps(xp[c0:c1], kh, kw, dh, dw, wp, col_b)
-                    gemm(col_b, dyw, dwt_parts[t, g, c0 * taps:c1 * taps], 1.0, False, True)
+                    _copy_taps(xp[c0:c1], kh, kw, dh, dw, wp, col[1:1 + (c1 - c0) * taps])
+                    if c0 == 0:  # with the ones row
+                        gemm(col[:1 + c1 * taps], dyw, grad_parts[t, g, :1 + c1 * taps], 1.0, False, True)
+                    else:
+                        gemm(col[1:1 + (c1 - c0) * taps], dyw, grad_parts[t, g, 1 + c0 * taps:1 + c1 * taps], 1.0,
+                             False, True)
                 if not input_grad:
                     continue
                 dxp[:] = 0
@@ -334,7 +356,7 @@ class _Wide:
         if backward:
             # dW's copied tap rows, `block` channels at a time: about _COL_BYTES per thread
             self.block = max(1, min(cg, _COL_BYTES // max(1, kh * kw * length * x.itemsize)))
-            self.cols = np.empty((threads, self.block * kh * kw * length), x.dtype)
+            self.cols = np.empty((threads, (1 + self.block * kh * kw) * length), x.dtype)
             self.dxps = np.empty_like(self.xps)
             self.dcols = np.empty((threads, copied), x.dtype)  # dx's copied rows (few channels)
         else:
@@ -385,21 +407,24 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
 
 
 def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias, input_grad):
-    return _conv2d_backward(dy, None, x, w, stride, padding, dilation, groups, bias, input_grad)
+    return _conv2d_backward(dy, None, None, None, x, w, stride, padding, dilation, groups, bias, input_grad)
 
 
-def conv2d_max_pool2d_backward(dy, indices, x, w, stride, padding, dilation, groups, bias, input_grad):
-    """conv2d_backward of max_pool2d_backward(dy, indices, <the convolution's output shape>), fused
-    for stride 1: the full-size gradient is only ever built one sample at a time, in cache."""
-    if stride != (1, 1):  # no fused kernel for this case: the two ops
+def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride, padding, dilation, groups, activation, bias, input_grad):
+    """conv2d_backward of max_pool2d_backward(activation's backward(dy, y), indices, <the
+    convolution's output shape>), fused for stride 1: the full-size gradient is only ever built one
+    sample at a time, in cache."""
+    if stride != (1, 1):  # no fused kernel for this case: the ops one after another
+        if activation is not None:
+            dy = relu_backward(dy, y) if activation == "relu" else sigmoid_backward(dy, y)
         oh, ow = _geometry(x, w, stride, padding, dilation)
         out = PoolGeometry(x.shape[0], w.shape[0], oh, ow, dy.shape[2], dy.shape[3])
         return conv2d_backward(max_pool2d_backward(dy, indices, out), x, w, stride, padding, dilation, groups, bias,
                                input_grad)
-    return _conv2d_backward(dy, indices, x, w, stride, padding, dilation, groups, bias, input_grad)
+    return _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation, groups, bias, input_grad)
 
 
-def _conv2d_backward(dy, indices, x, w, stride, padding, dilation, groups, bias, input_grad):
+def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation, groups, bias, input_grad):
     """indices None: dy is the convolution's output gradient; else the pooled one (stride 1 only)."""
     n, c, _, _ = x.shape
     c_out, cg, kh, kw = w.shape
@@ -410,20 +435,22 @@ def _conv2d_backward(dy, indices, x, w, stride, padding, dilation, groups, bias,
     from_pool = indices is not None
     dy3 = np.ascontiguousarray(dy).reshape(n, c_out, dy.shape[2] * dy.shape[3])
     indices3 = indices.reshape(dy3.shape) if from_pool else np.empty((0, 0, 0), np.int64)
+    y3 = y.reshape(dy3.shape) if y is not None else np.empty((0, 0, 0), x.dtype)
     w2 = np.ascontiguousarray(w).reshape(c_out, rows)
-    db_parts = np.zeros((parts, c_out), x.dtype)
     dx = np.empty(x.shape if input_grad else (0, 0, 0, 0), x.dtype)
     with single_threaded_blas():
         if stride == (1, 1):
             s = _Wide(x, w, padding, dilation, groups, oh, ow, parts, backward=True)
-            dwt_parts = np.zeros((parts, groups, rows, c_out // groups), x.dtype)  # zeros: as dw_parts below
-            _backward_wide(dy3, from_pool, indices3, x, w2, s.wt, groups, kh, kw, dilation[0], dilation[1], padding[0],
-                           padding[2], s.hp, s.wp, oh, ow, input_grad, s.block, s.xps, s.dxps, s.cols, s.dcols, s.outs,
-                           dwt_parts, db_parts, dx)
-            dw_parts = dwt_parts.transpose(0, 1, 3, 2)  # (parts, groups, C_out/g, R): dW's own layout
+            grad_parts = np.zeros((parts, groups, 1 + rows, c_out // groups), x.dtype)  # zeros: as dw_parts below
+            _backward_wide(dy3, from_pool, y3, ACTIVATIONS[activation], indices3, x, w2, s.wt, groups, kh, kw,
+                           dilation[0], dilation[1], padding[0], padding[2], s.hp, s.wp, oh, ow, input_grad, s.block,
+                           s.xps, s.dxps, s.cols, s.dcols, s.outs, grad_parts, dx)
+            db_parts = grad_parts[:, :, 0].reshape(parts, c_out)
+            dw_parts = grad_parts[:, :, 1:].transpose(0, 1, 3, 2)  # (parts, groups, C_out/g, R): dW's own layout
         else:
             cols = np.empty((parts, rows * p), x.dtype)
             dw_parts = np.zeros((parts, c_out, rows), x.dtype)  # zeros: an empty batch has no samples to write them
+            db_parts = np.zeros((parts, c_out), x.dtype)
             _backward(dy3, x, w2, groups, kh, kw, stride[0], stride[1], padding[0], padding[2], dilation[0],
                       dilation[1], oh, ow, input_grad, cols, np.empty_like(cols), dw_parts, db_parts, dx)
     dw = np.ascontiguousarray(dw_parts.sum(axis=0) if parts > 1 else dw_parts[0]).reshape(w.shape)

@@ -66,9 +66,12 @@ def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride=1, padding=0, dilati
         if y.shape != dy.shape:
             raise ValueError(f"{op}: y is {shape_str(y.shape)} but dy is {shape_str(dy.shape)}; "
                              "they must have the same shape")
-        dy = relu_backward(dy, y) if activation == "relu" else sigmoid_backward(dy, y)
+    else:
+        y = None
     fused = getattr(be, op, None)
     if fused is not None:
-        return fused(dy, indices, x, w, stride, pad, dilation, groups, bias, input_grad)
+        return fused(dy, y, indices, x, w, stride, pad, dilation, groups, activation, bias, input_grad)
+    if activation is not None:
+        dy = relu_backward(dy, y) if activation == "relu" else sigmoid_backward(dy, y)
     dz = be.max_pool2d_backward(dy, indices, PoolGeometry(x.shape[0], w.shape[0], oh, ow, dy.shape[2], dy.shape[3]))
     return be.conv2d_backward(dz, x, w, stride, pad, dilation, groups, bias, input_grad)
