@@ -11,6 +11,7 @@ from numba import njit, prange
 
 from ..ops._activation import ACTIVATIONS
 from ._blas import gemm, single_threaded_blas
+from ._parallel import SERIAL_BELOW
 from ._vecmath import exp_nonpositive
 
 __all__ = ["matmul", "linear_forward", "linear_backward", "relu_forward", "relu_backward",
@@ -31,29 +32,74 @@ def _sigmoid(v):
     return _ONE / (_ONE + e) if v >= _ZERO else e / (_ONE + e)
 
 
+# Each elementwise kernel: the element's math once, a parallel and a serial loop (_parallel.py).
+@njit(inline="always")
+def _relu(x, y, i):
+    v = x[i]
+    y[i] = _ZERO if v < _ZERO else v
+
+
+@njit(inline="always")
+def _relu_grad(dy, x, dx, i):
+    dx[i] = dy[i] if x[i] > _ZERO else _ZERO
+
+
+@njit(inline="always")
+def _sigmoid_of(x, y, i):
+    y[i] = _sigmoid(x[i])
+
+
+@njit(inline="always")
+def _sigmoid_grad(dy, y, dx, i):
+    dx[i] = dy[i] * y[i] * (_ONE - y[i])
+
+
 @njit(parallel=True, cache=True)
 def _relu_forward(x, y):
     for i in prange(x.size):
-        v = x[i]
-        y[i] = _ZERO if v < _ZERO else v
+        _relu(x, y, i)
+
+
+@njit(cache=True)
+def _relu_forward_serial(x, y):
+    for i in range(x.size):
+        _relu(x, y, i)
 
 
 @njit(parallel=True, cache=True)
 def _relu_backward(dy, x, dx):
     for i in prange(x.size):
-        dx[i] = dy[i] if x[i] > _ZERO else _ZERO
+        _relu_grad(dy, x, dx, i)
+
+
+@njit(cache=True)
+def _relu_backward_serial(dy, x, dx):
+    for i in range(x.size):
+        _relu_grad(dy, x, dx, i)
 
 
 @njit(parallel=True, cache=True)
 def _sigmoid_forward(x, y):
     for i in prange(x.size):
-        y[i] = _sigmoid(x[i])
+        _sigmoid_of(x, y, i)
+
+
+@njit(cache=True)
+def _sigmoid_forward_serial(x, y):
+    for i in range(x.size):
+        _sigmoid_of(x, y, i)
 
 
 @njit(parallel=True, cache=True)
 def _sigmoid_backward(dy, y, dx):
     for i in prange(y.size):
-        dx[i] = dy[i] * y[i] * (_ONE - y[i])
+        _sigmoid_grad(dy, y, dx, i)
+
+
+@njit(cache=True)
+def _sigmoid_backward_serial(dy, y, dx):
+    for i in range(y.size):
+        _sigmoid_grad(dy, y, dx, i)
 
 
 def _op(a, trans):
@@ -152,23 +198,24 @@ def linear_backward(dy, x, w, bias, input_grad):
     return dx if input_grad else None, dw, db if bias else None
 
 
-def _flat_map(kernel, *inputs):
+def _flat_map(parallel, serial, *inputs):
     out = np.empty_like(inputs[0])
+    kernel = serial if out.size < SERIAL_BELOW else parallel
     kernel(*(t.reshape(-1) for t in inputs), out.reshape(-1))
     return out
 
 
 def relu_forward(x):
-    return _flat_map(_relu_forward, x)
+    return _flat_map(_relu_forward, _relu_forward_serial, x)
 
 
 def relu_backward(dy, x):
-    return _flat_map(_relu_backward, dy, x)
+    return _flat_map(_relu_backward, _relu_backward_serial, dy, x)
 
 
 def sigmoid_forward(x):
-    return _flat_map(_sigmoid_forward, x)
+    return _flat_map(_sigmoid_forward, _sigmoid_forward_serial, x)
 
 
 def sigmoid_backward(dy, y):
-    return _flat_map(_sigmoid_backward, dy, y)
+    return _flat_map(_sigmoid_backward, _sigmoid_backward_serial, dy, y)
