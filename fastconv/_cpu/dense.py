@@ -11,7 +11,7 @@ from numba import njit, prange
 
 from ..ops._activation import ACTIVATIONS
 from ._blas import gemm, single_threaded_blas
-from ._parallel import SERIAL_BELOW
+from ._parallel import run
 from ._vecmath import exp_nonpositive
 
 __all__ = ["matmul", "linear_forward", "linear_backward", "relu_forward", "relu_backward",
@@ -32,74 +32,29 @@ def _sigmoid(v):
     return _ONE / (_ONE + e) if v >= _ZERO else e / (_ONE + e)
 
 
-# Each elementwise kernel: the element's math once, a parallel and a serial loop (_parallel.py).
-@njit(inline="always")
-def _relu(x, y, i):
-    v = x[i]
-    y[i] = _ZERO if v < _ZERO else v
-
-
-@njit(inline="always")
-def _relu_grad(dy, x, dx, i):
-    dx[i] = dy[i] if x[i] > _ZERO else _ZERO
-
-
-@njit(inline="always")
-def _sigmoid_of(x, y, i):
-    y[i] = _sigmoid(x[i])
-
-
-@njit(inline="always")
-def _sigmoid_grad(dy, y, dx, i):
-    dx[i] = dy[i] * y[i] * (_ONE - y[i])
-
-
 @njit(parallel=True, cache=True)
 def _relu_forward(x, y):
     for i in prange(x.size):
-        _relu(x, y, i)
-
-
-@njit(cache=True)
-def _relu_forward_serial(x, y):
-    for i in range(x.size):
-        _relu(x, y, i)
+        v = x[i]
+        y[i] = _ZERO if v < _ZERO else v
 
 
 @njit(parallel=True, cache=True)
 def _relu_backward(dy, x, dx):
     for i in prange(x.size):
-        _relu_grad(dy, x, dx, i)
-
-
-@njit(cache=True)
-def _relu_backward_serial(dy, x, dx):
-    for i in range(x.size):
-        _relu_grad(dy, x, dx, i)
+        dx[i] = dy[i] if x[i] > _ZERO else _ZERO
 
 
 @njit(parallel=True, cache=True)
 def _sigmoid_forward(x, y):
     for i in prange(x.size):
-        _sigmoid_of(x, y, i)
-
-
-@njit(cache=True)
-def _sigmoid_forward_serial(x, y):
-    for i in range(x.size):
-        _sigmoid_of(x, y, i)
+        y[i] = _sigmoid(x[i])
 
 
 @njit(parallel=True, cache=True)
 def _sigmoid_backward(dy, y, dx):
     for i in prange(y.size):
-        _sigmoid_grad(dy, y, dx, i)
-
-
-@njit(cache=True)
-def _sigmoid_backward_serial(dy, y, dx):
-    for i in range(y.size):
-        _sigmoid_grad(dy, y, dx, i)
+        dx[i] = dy[i] * y[i] * (_ONE - y[i])
 
 
 def _op(a, trans):
@@ -178,13 +133,19 @@ def _blocks(inner, gemms):
     return max(1, min((threads + gemms - 1) // gemms, inner // 64))
 
 
+def _gemm_work(m, n, k):
+    """A GEMM's work in _parallel.run's units: a core does ~100 multiply-adds in the time it
+    streams one element, so (m n k) / 100 (a 128x128x10 layer: serial; 128x3136x128: parallel)."""
+    return m * n * k // 100
+
+
 def linear_forward(x, w, b, activation):
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     y = np.empty((x.shape[0], w.shape[0]), x.dtype)
     has_bias = b is not None
     with single_threaded_blas():
-        _linear_forward(x, w, b if has_bias else np.empty(0, x.dtype), has_bias, ACTIVATIONS[activation],
-                        _threads(max(y.shape)), y)
+        run(_linear_forward, _gemm_work(*y.shape, x.shape[1]), x, w, b if has_bias else np.empty(0, x.dtype),
+            has_bias, ACTIVATIONS[activation], _threads(max(y.shape)), y)
     return y
 
 
@@ -194,28 +155,28 @@ def linear_backward(dy, x, w, bias, input_grad):
     dw = np.empty(w.shape, x.dtype)
     db = np.zeros(w.shape[0], x.dtype)
     with single_threaded_blas():
-        _linear_backward(dy, x, w, bias, input_grad, _blocks(x.shape[1], 2 if input_grad else 1), dx, dw, db)
+        run(_linear_backward, _gemm_work(*dy.shape, x.shape[1]), dy, x, w, bias, input_grad,
+            _blocks(x.shape[1], 2 if input_grad else 1), dx, dw, db)
     return dx if input_grad else None, dw, db if bias else None
 
 
-def _flat_map(parallel, serial, *inputs):
+def _flat_map(kernel, *inputs):
     out = np.empty_like(inputs[0])
-    kernel = serial if out.size < SERIAL_BELOW else parallel
-    kernel(*(t.reshape(-1) for t in inputs), out.reshape(-1))
+    run(kernel, out.size, *(t.reshape(-1) for t in inputs), out.reshape(-1))
     return out
 
 
 def relu_forward(x):
-    return _flat_map(_relu_forward, _relu_forward_serial, x)
+    return _flat_map(_relu_forward, x)
 
 
 def relu_backward(dy, x):
-    return _flat_map(_relu_backward, _relu_backward_serial, dy, x)
+    return _flat_map(_relu_backward, dy, x)
 
 
 def sigmoid_forward(x):
-    return _flat_map(_sigmoid_forward, _sigmoid_forward_serial, x)
+    return _flat_map(_sigmoid_forward, x)
 
 
 def sigmoid_backward(dy, y):
-    return _flat_map(_sigmoid_backward, _sigmoid_backward_serial, dy, y)
+    return _flat_map(_sigmoid_backward, dy, y)

@@ -5,77 +5,51 @@ fastconv.ops.optim."""
 import numpy as np
 from numba import njit, prange
 
-from ._parallel import SERIAL_BELOW
+from ._parallel import run
 
 __all__ = ["sgd_step", "adam_step"]
 
 
-@njit(inline="always")
-def _sgd_element(i, param, grad, velocity, lr, momentum, weight_decay, use_momentum, use_decay, nesterov):
-    p = param[i]
-    g = grad[i]
-    if use_decay:
-        g = g + weight_decay * p
-    if use_momentum:
-        b = velocity[i] * momentum + g
-        velocity[i] = b
-        g = g + momentum * b if nesterov else b
-    param[i] = p - lr * g
-
-
 @njit(parallel=True, cache=True)
-def _sgd_parallel(param, grad, velocity, lr, momentum, weight_decay, use_momentum, use_decay, nesterov):
+def _sgd(param, grad, velocity, lr, momentum, weight_decay, use_momentum, use_decay, nesterov):
     for i in prange(param.size):
-        _sgd_element(i, param, grad, velocity, lr, momentum, weight_decay, use_momentum, use_decay, nesterov)
-
-
-@njit(cache=True)
-def _sgd_serial(param, grad, velocity, lr, momentum, weight_decay, use_momentum, use_decay, nesterov):
-    for i in range(param.size):
-        _sgd_element(i, param, grad, velocity, lr, momentum, weight_decay, use_momentum, use_decay, nesterov)
-
-
-@njit(inline="always")
-def _adam_element(i, param, grad, m, v, one_minus_beta1, beta1_complement, beta2, one_minus_beta2, eps, weight_decay,
-                  use_decay, decoupled, decay, step_size, bias_correction2_sqrt):
-    p = param[i]
-    g = grad[i]
-    if use_decay:
-        if decoupled:
-            p = p * decay
-        else:
+        p = param[i]
+        g = grad[i]
+        if use_decay:
             g = g + weight_decay * p
-    mi = m[i]
-    # torch's lerp(m, g, w); beta1_complement = 1 - w rounded in the parameter's dtype
-    mi = mi + one_minus_beta1 * (g - mi) if one_minus_beta1 < 0.5 else g - (g - mi) * beta1_complement
-    vi = v[i] * beta2 + one_minus_beta2 * g * g
-    m[i] = mi
-    v[i] = vi
-    param[i] = p - step_size * mi / (np.sqrt(vi) / bias_correction2_sqrt + eps)
+        if use_momentum:
+            b = velocity[i] * momentum + g
+            velocity[i] = b
+            g = g + momentum * b if nesterov else b
+        param[i] = p - lr * g
 
 
 @njit(parallel=True, cache=True)
-def _adam_parallel(param, grad, m, v, one_minus_beta1, beta1_complement, beta2, one_minus_beta2, eps, weight_decay,
-                   use_decay, decoupled, decay, step_size, bias_correction2_sqrt):
+def _adam(param, grad, m, v, one_minus_beta1, beta1_complement, beta2, one_minus_beta2, eps, weight_decay,
+          use_decay, decoupled, decay, step_size, bias_correction2_sqrt):
+    small_weight = one_minus_beta1 < 0.5
     for i in prange(param.size):
-        _adam_element(i, param, grad, m, v, one_minus_beta1, beta1_complement, beta2, one_minus_beta2, eps,
-                      weight_decay, use_decay, decoupled, decay, step_size, bias_correction2_sqrt)
-
-
-@njit(cache=True)
-def _adam_serial(param, grad, m, v, one_minus_beta1, beta1_complement, beta2, one_minus_beta2, eps, weight_decay,
-                 use_decay, decoupled, decay, step_size, bias_correction2_sqrt):
-    for i in range(param.size):
-        _adam_element(i, param, grad, m, v, one_minus_beta1, beta1_complement, beta2, one_minus_beta2, eps,
-                      weight_decay, use_decay, decoupled, decay, step_size, bias_correction2_sqrt)
+        p = param[i]
+        g = grad[i]
+        if use_decay:
+            if decoupled:
+                p = p * decay
+            else:
+                g = g + weight_decay * p
+        mi = m[i]
+        # torch's lerp(m, g, w); beta1_complement = 1 - w rounded in the parameter's dtype
+        mi = mi + one_minus_beta1 * (g - mi) if small_weight else g - (g - mi) * beta1_complement
+        vi = v[i] * beta2 + one_minus_beta2 * g * g
+        m[i] = mi
+        v[i] = vi
+        param[i] = p - step_size * mi / (np.sqrt(vi) / bias_correction2_sqrt + eps)
 
 
 def sgd_step(param, grad, velocity, lr, momentum, weight_decay, nesterov):
     t = param.dtype.type
     flat = param.reshape(-1)  # a view: param is C-contiguous
     buf = velocity.reshape(-1) if velocity is not None else np.empty(0, param.dtype)
-    kernel = _sgd_serial if param.size < SERIAL_BELOW else _sgd_parallel
-    kernel(flat, grad.reshape(-1), buf, t(lr), t(momentum), t(weight_decay), momentum != 0, weight_decay != 0,
+    run(_sgd, param.size, flat, grad.reshape(-1), buf, t(lr), t(momentum), t(weight_decay), momentum != 0, weight_decay != 0,
          nesterov)
 
 
@@ -83,6 +57,5 @@ def adam_step(param, grad, m, v, beta1, beta2, eps, weight_decay, decoupled, dec
               bias_correction2_sqrt):
     t = param.dtype.type
     w = t(1.0 - beta1)
-    kernel = _adam_serial if param.size < SERIAL_BELOW else _adam_parallel
-    kernel(param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), w, t(1) - w, t(beta2), t(1.0 - beta2),
+    run(_adam, param.size, param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), w, t(1) - w, t(beta2), t(1.0 - beta2),
           t(eps), t(weight_decay), weight_decay != 0, decoupled, t(decay), t(step_size), t(bias_correction2_sqrt))
