@@ -260,6 +260,11 @@ class Module:
         return f"{type(self).__name__}({args})"
 
 
+def _conv_output_size(size, kernel, stride, padding, dilation):
+    """(OH, OW) of a Conv2d layer (symmetric padding) on an input of spatial size (H, W)."""
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(size, kernel, stride, padding, dilation))
+
+
 def _check_input(layer, x, ndim, what, size=None, dim=1, dtype=None):
     """ValueError naming the layer, the expected and the received shape."""
     shape = getattr(x, "shape", None)
@@ -367,7 +372,10 @@ class Conv2d(Module):
         y, indices = ops.conv2d_max_pool2d_forward(
             x, self.weight.data, None if self.bias is None else self.bias.data, activation=activation,
             pool_kernel=pool.kernel_size, pool_stride=pool.stride, pool_padding=pool.padding, **self._geometry())
-        pool._y, pool._indices, pool._x_shape = y, indices, None  # _x_shape: see MaxPool2d.backward
+        n, c_out = x.shape[0], self.out_channels
+        pool._y, pool._indices = y, indices
+        pool._x_shape = (n, c_out) + _conv_output_size(x.shape[2:], self.kernel_size, self.stride, self.padding,
+                                                       self.dilation)
         return y
 
     def backward_max_pool(self, dy, activation, pool, input_grad=True):
@@ -395,10 +403,15 @@ class ReLU(Module):
 
     def _absorb(self, y):
         # After a fused Linear/Conv2d + ReLU the cached input is the output: y > 0 exactly where the
-        # pre-activation is > 0, so relu_backward gives the same mask.
+        # pre-activation is > 0, so relu_backward gives the same mask. None: fused with a pooling
+        # too (Sequential), the output was never stored.
         self._x = y
+        self._fused_into_pool = y is None
 
     def backward(self, dy):
+        if self.__dict__.get("_fused_into_pool"):
+            raise RuntimeError(f"{self!r} ran fused with the Conv2d before it and the MaxPool2d after it "
+                               "(its full-size output was never stored): call the Sequential's backward()")
         return ops.relu_backward(dy, self._cached("_x"))
 
 
@@ -444,8 +457,6 @@ class MaxPool2d(_Pool2d):
         return y
 
     def backward(self, dy):
-        # _x_shape is None after Sequential ran this pooling fused with the convolution before it:
-        # that convolution's output, this layer's input, never existed; Sequential's backward knows.
         return ops.max_pool2d_backward(dy, self._cached("_indices"), self._cached("_x_shape"))
 
 

@@ -21,6 +21,7 @@ loss says how: softmax for CrossEntropyLoss, sigmoid for BCEWithLogitsLoss, raw 
 from __future__ import annotations
 
 import csv
+import inspect
 import itertools
 import json
 import math
@@ -35,7 +36,6 @@ from . import backend as _backend
 from . import checkpoint as _checkpoint
 from . import losses as _losses
 from . import metrics as _metrics
-from . import nn
 
 __all__ = ["History", "fit", "predict", "search", "SearchResult"]
 
@@ -499,8 +499,8 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
 
 def _backward(model, grad):
     """The model's backward pass without the gradient for the input batch, which nobody reads
-    (built-in layers skip computing it; any other Module computes it as usual)."""
-    if isinstance(model, (nn.Sequential, nn.Linear, nn.Conv2d)):
+    (where its backward() takes input_grad, as the built-in layers' do; others compute it)."""
+    if "input_grad" in inspect.signature(model.backward).parameters:
         model.backward(grad, input_grad=False)
     else:
         model.backward(grad)

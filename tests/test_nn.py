@@ -331,3 +331,14 @@ def test_sequential_conv_pool_fusion_is_the_layers_one_by_one_bit_for_bit(backen
     assert to_numpy(dx).tobytes() == to_numpy(g).tobytes()
     for fused, plain in zip(model.parameters(), [p for layer in one_by_one for p in layer.parameters()]):
         assert to_numpy(fused.grad).tobytes() == to_numpy(plain.grad).tobytes(), fused.name
+
+
+def test_layers_of_a_fused_conv_pool_say_what_they_can_do_alone(backend):
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, seed=1), nn.ReLU(), nn.MaxPool2d(2))
+    x = on(backend, np.random.default_rng(0).standard_normal((2, 2, 6, 6)).astype(np.float32))
+    y = model(x)
+    dy = on(backend, np.ones(tuple(y.shape), np.float32))
+    # the pooling's own backward still works: its input (the ReLU's output) had shape (2, 3, 6, 6)
+    assert tuple(model[2].backward(dy).shape) == (2, 3, 6, 6)
+    with pytest.raises(RuntimeError, match="fused with the Conv2d before it"):
+        model[1].backward(dy)

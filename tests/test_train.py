@@ -142,6 +142,19 @@ def test_fit_on_every_backend_with_a_tiny_model(backend):
     assert len(history) == 3 and history.records[-1]["train_loss"] < history.records[0]["train_loss"]
 
 
+def test_fit_skips_the_input_gradient_only_where_backward_takes_input_grad():
+    class OwnBackward(nn.Sequential):  # a user model whose backward() has no input_grad
+        def backward(self, dy):
+            self.calls = getattr(self, "calls", 0) + 1
+            return super().backward(dy)
+
+    x, y = blobs(24, seed=5)
+    model = OwnBackward(*mlp(seed=2))
+    train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.05), (x, y), (x, y), epochs=1,
+              batch_size=12, progress=False)
+    assert model.calls == 2
+
+
 def test_search_ranks_settings_and_keeps_the_best(tmp_path, capsys):
     x, y = blobs(80, seed=6)
     val = blobs(40, seed=6)

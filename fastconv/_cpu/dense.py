@@ -5,7 +5,6 @@ linear_forward / linear_backward split their GEMMs between the Numba threads (ea
 with single-threaded BLAS, then its share of the epilogue while it is in cache: see _blas.py),
 so OpenBLAS's own threads never wake up and spin against the Numba loops that follow.
 """
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -80,16 +79,16 @@ def _epilogue(y, r0, r1, c0, c1, b, has_bias, act):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _linear_forward(x, w, b, has_bias, act, threads, y):
+def _linear_forward(x, w, b, has_bias, act, blocks, y):
     """y = act(x @ w.T + b), the rows of y (or its columns, when there are fewer rows than output
-    features) split in `threads` blocks, each one GEMM plus its epilogue."""
+    features) split in `blocks` blocks, each one GEMM plus its epilogue."""
     rows, cols = y.shape
     by_rows = rows >= cols
-    for t in prange(threads):
+    for t in prange(blocks):
         if by_rows:
-            r0, r1, c0, c1 = t * rows // threads, (t + 1) * rows // threads, 0, cols
+            r0, r1, c0, c1 = t * rows // blocks, (t + 1) * rows // blocks, 0, cols
         else:
-            r0, r1, c0, c1 = 0, rows, t * cols // threads, (t + 1) * cols // threads
+            r0, r1, c0, c1 = 0, rows, t * cols // blocks, (t + 1) * cols // blocks
         if r1 > r0 and c1 > c0:
             gemm(x[r0:r1], w[c0:c1], y[r0:r1, c0:c1], 0.0, False, True)
             if has_bias or act:
@@ -98,10 +97,10 @@ def _linear_forward(x, w, b, has_bias, act, threads, y):
 
 @njit(parallel=True, nogil=True, cache=True)
 def _linear_backward(dy, x, w, has_bias, input_grad, blocks, dx, dw, db):
-    """dx = dy @ w (when input_grad) and dw = dy^T @ x, each as `blocks` GEMMs over column blocks of x's features
-    (every one with the full K, so no partial sums are ever added: each element is one BLAS dot
-    product, the same bits however the columns are split), spread over the threads; db by column
-    sums. Column blocks, not row blocks: a row block of dx would repack all of w."""
+    """dx = dy @ w (when input_grad) and dw = dy^T @ x, each as `blocks` GEMMs over column blocks
+    of x's features, every one with the full K (no partial sums to add afterwards), spread over the
+    threads; db by column sums. Column blocks, not row blocks: a row block of dx would repack all
+    of w."""
     rows, cols = dy.shape
     inner = x.shape[1]
     dx_tasks = blocks if input_grad else 0
@@ -122,15 +121,13 @@ def _linear_backward(dy, x, w, has_bias, input_grad, blocks, dx, dw, db):
                     db[j] += dy[i, j]
 
 
-def _threads(n):
-    return max(1, min(numba.get_num_threads(), n))
-
-
-def _blocks(inner, gemms):
-    """Column blocks per GEMM in linear_backward, enough for every thread when `gemms` (1 or 2)
-    GEMMs are split. The split never changes a bit (see _linear_backward)."""
-    threads = numba.get_num_threads()
-    return max(1, min((threads + gemms - 1) // gemms, inner // 64))
+def _blocks(n):
+    """How many blocks a linear layer's GEMMs are split into along a dimension of size n: a function
+    of the size only, never of the thread count. BLAS may round an element differently depending on
+    where the block edges fall (OpenBLAS's edge tiles do), so a thread-dependent split would make
+    the bits depend on the machine; this split keeps them the same on any machine (up to 8 cores
+    busy; blocks of >= 64 rows or columns)."""
+    return max(1, min(8, n // 64))
 
 
 def _gemm_work(m, n, k):
@@ -145,7 +142,7 @@ def linear_forward(x, w, b, activation):
     has_bias = b is not None
     with single_threaded_blas():
         run(_linear_forward, _gemm_work(*y.shape, x.shape[1]), x, w, b if has_bias else np.empty(0, x.dtype),
-            has_bias, ACTIVATIONS[activation], _threads(max(y.shape)), y)
+            has_bias, ACTIVATIONS[activation], _blocks(max(y.shape)), y)
     return y
 
 
@@ -156,7 +153,7 @@ def linear_backward(dy, x, w, bias, input_grad):
     db = np.zeros(w.shape[0], x.dtype)
     with single_threaded_blas():
         run(_linear_backward, _gemm_work(*dy.shape, x.shape[1]), dy, x, w, bias, input_grad,
-            _blocks(x.shape[1], 2 if input_grad else 1), dx, dw, db)
+            _blocks(x.shape[1]), dx, dw, db)
     return dx if input_grad else None, dw, db if bias else None
 
 

@@ -48,8 +48,11 @@ def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride=1, padding=0, dilati
     """Gradients (dx, dw, db) of conv2d_max_pool2d_forward given dy = dL/dy (N, C_out, Ho, Wo), its
     output y and indices (y may be None when activation is None); db is None when bias=False, dx
     when input_grad=False. With relu or no activation the bits are those of the unfused backward
-    (max_pool2d_backward, relu_backward, conv2d_backward); with sigmoid the derivative is applied
-    per window before the scatter, so overlapping windows may round differently."""
+    (max_pool2d_backward, relu_backward, conv2d_backward). With sigmoid the derivative is applied
+    to each pooled value before the scatter, so the result can differ from the unfused ops:
+    overlapping windows round differently, and a NaN output that no window picks contributes 0
+    (unfused: NaN). Ho, Wo cannot be checked against the pooling (its parameters are not passed):
+    dy, y and indices must come from the forward."""
     op = "conv2d_max_pool2d_backward"
     be = _backend.current()
     check_activation(activation)
