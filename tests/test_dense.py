@@ -31,6 +31,48 @@ def test_matmul(backend, m, n, k, trans_a, trans_b, dtype):
     assert_matches(out, ref, [a, b], dtype)
 
 
+# Few tiles and a long K: the native GEMM splits K into slices (a last partial k-step; the
+# reference layer's one-tile 128x3136->128; 64 slices of which the last ones are empty).
+SPLIT_K_SHAPES = [(5, 7, 1000), (1, 1, 260), (129, 3, 517), (128, 128, 3136), (3, 5, 8200)]
+
+
+@pytest.mark.parametrize("m,n,k", SPLIT_K_SHAPES)
+def test_matmul_split_k(native_backend, m, n, k):
+    splits = native_backend.ext.gemm_splits(m, n, k)
+    assert splits > 1, "the shape no longer exercises split-K; pick another"
+    rng = np.random.default_rng(k)
+    for trans_a, trans_b in [(False, False), (True, True), (False, True), (True, False)]:
+        a = rng.standard_normal((k, m) if trans_a else (m, k))
+        b = rng.standard_normal((n, k) if trans_b else (k, n))
+        args = on(native_backend, a.astype(np.float32), b.astype(np.float32))
+        out = ops.matmul(*args, trans_a=trans_a, trans_b=trans_b)
+        ref = lambda a, b: (a.T if trans_a else a) @ (b.T if trans_b else b)
+        assert_matches(out, ref, [a, b], np.float32)
+        again = ops.matmul(*args, trans_a=trans_a, trans_b=trans_b)  # the slices are summed in a fixed order
+        assert np.array_equal(to_numpy(out), to_numpy(again))
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_forward_split_k_applies_bias_and_activation_after_the_sum(native_backend, activation, dtype):
+    n, fin, fout = 6, 1100, 9
+    assert native_backend.ext.gemm_splits(n, fout, fin) > 1
+    rng = np.random.default_rng(1)
+    x, w, b = rng.standard_normal((n, fin)), rng.standard_normal((fout, fin)) / np.sqrt(fin), rng.standard_normal(fout)
+    out = ops.linear_forward(*on(native_backend, x.astype(dtype), w.astype(dtype), b.astype(dtype)),
+                             activation=activation)
+    assert_matches(out, lambda x, w, b: ACT[activation](x @ w.T + b), [x, w, b], dtype)
+
+
+def test_split_k_is_chosen_by_shape_only(native_backend):
+    ext = native_backend.ext
+    assert ext.gemm_splits(4096, 4096, 4096) == 1  # enough tiles
+    assert ext.gemm_splits(128, 128, 100) == 1      # too short a K to split
+    assert ext.gemm_splits(128, 128, 3136) == 24    # 3136 / 128 slices of at least 128 k
+    assert ext.gemm_splits(1, 1, 10**6) == 64       # at most 64 slices
+    assert ext.gemm_splits(0, 5, 10**6) == 1 and ext.gemm_splits(5, 0, 10**6) == 1  # empty C
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
 @pytest.mark.parametrize("bias", [True, False])

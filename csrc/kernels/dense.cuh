@@ -16,6 +16,12 @@
 //   contiguous dimension when the leading dimension and base pointer allow it (else scalar with
 //   bounds checks), and the next tile is fetched into registers while the current one computes.
 //   Bias and activation are applied in the epilogue, before the single store of C.
+//   Split-K: when the tile grid alone would leave most of the GPU idle (few tiles, long K, e.g.
+//   a 128 x 3136 -> 128 linear layer is ONE 128 x 128 tile), K is cut into `splits` slices of
+//   whole k-steps (blockIdx.z = slice); each slice stores its raw partial tile in a workspace
+//   (splits x M x N) and gemm_reduce_kernel sums the slices in order s = 0, 1, ... and applies
+//   bias and activation: no atomics, so the result is the same on every run. gemm_splits picks
+//   the count from the shape alone, so it is the same on every device too.
 //   Edges: out-of-range loads read 0 and out-of-range outputs are not stored, so any M, N, K
 //   (including 1, primes and K = 0) is exact. Indices are 64-bit.
 #pragma once
@@ -32,27 +38,29 @@ static_assert(BM * BK == 4 * THREADS && BN * BK == 4 * THREADS, "each thread sta
 }  // namespace gemm_tile
 
 // Fetches this thread's 4 values of the op(A) tile at (m0, k0) and of the op(B) tile at (k0, n0).
+// K is the operands' inner dimension (a leading dimension when K is contiguous); k values at or
+// past k_end (K, or the end of this block's split-K slice) read as 0.
 template <typename T, bool TRANS_A, bool TRANS_B>
 __device__ __forceinline__ void gemm_fetch(const T* __restrict__ A, const T* __restrict__ B, int64_t M, int64_t N,
-                                           int64_t K, int64_t m0, int64_t n0, int64_t k0, bool vec_a, bool vec_b,
-                                           int tid, T a[4], T b[4]) {
+                                           int64_t K, int64_t k_end, int64_t m0, int64_t n0, int64_t k0, bool vec_a,
+                                           bool vec_b, int tid, T a[4], T b[4]) {
   using namespace gemm_tile;
   if (!TRANS_A) {  // A is M x K: 4 consecutive k of one row
     int64_t m = m0 + tid / 2, k = k0 + (tid % 2) * 4;
-    int64_t valid = m < M ? min64(4, K - k) : 0;
+    int64_t valid = m < M ? min64(4, k_end - k) : 0;
     load4(A + m * K + k, vec_a, valid, a);
   } else {  // A is K x M: 4 consecutive m of one k
     int64_t k = k0 + tid / 32, m = m0 + (tid % 32) * 4;
-    int64_t valid = k < K ? min64(4, M - m) : 0;
+    int64_t valid = k < k_end ? min64(4, M - m) : 0;
     load4(A + k * M + m, vec_a, valid, a);
   }
   if (!TRANS_B) {  // B is K x N: 4 consecutive n of one k
     int64_t k = k0 + tid / 32, n = n0 + (tid % 32) * 4;
-    int64_t valid = k < K ? min64(4, N - n) : 0;
+    int64_t valid = k < k_end ? min64(4, N - n) : 0;
     load4(B + k * N + n, vec_b, valid, b);
   } else {  // B is N x K: 4 consecutive k of one n
     int64_t n = n0 + tid / 2, k = k0 + (tid % 2) * 4;
-    int64_t valid = n < N ? min64(4, K - k) : 0;
+    int64_t valid = n < N ? min64(4, k_end - k) : 0;
     load4(B + n * K + k, vec_b, valid, b);
   }
 }
@@ -72,7 +80,8 @@ __device__ __forceinline__ void gemm_stage(T (*As)[gemm_tile::BM], T (*Bs)[gemm_
 template <typename T, bool TRANS_A, bool TRANS_B>
 __global__ void __launch_bounds__(gemm_tile::THREADS)
     gemm_kernel(const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ bias, T* __restrict__ C,
-                int64_t M, int64_t N, int64_t K, int act, bool vec_a, bool vec_b) {
+                T* __restrict__ partials, int64_t M, int64_t N, int64_t K, int64_t k_chunk, int act, bool vec_a,
+                bool vec_b) {
   using namespace gemm_tile;
   __shared__ __align__(16) T As[BK][BM];
   __shared__ __align__(16) T Bs[BK][BN];
@@ -87,13 +96,17 @@ __global__ void __launch_bounds__(gemm_tile::THREADS)
 #pragma unroll
     for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
 
+  // This block's slice of K (all of it without split-K). k_chunk is a multiple of BK, so the
+  // slice's k-steps are the unsplit kernel's; loads stop at k_end, so slices never overlap.
+  const int64_t k_begin = (int64_t)blockIdx.z * k_chunk, k_end = min64(K, k_begin + k_chunk);
   T a_next[4], b_next[4];
-  if (K > 0) gemm_fetch<T, TRANS_A, TRANS_B>(A, B, M, N, K, m0, n0, 0, vec_a, vec_b, tid, a_next, b_next);
-  for (int64_t k0 = 0; k0 < K; k0 += BK) {
+  if (k_begin < k_end)
+    gemm_fetch<T, TRANS_A, TRANS_B>(A, B, M, N, K, k_end, m0, n0, k_begin, vec_a, vec_b, tid, a_next, b_next);
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
     gemm_stage<T, TRANS_A, TRANS_B>(As, Bs, tid, a_next, b_next);
     __syncthreads();
-    if (k0 + BK < K)  // overlap the next tile's global loads with this tile's math
-      gemm_fetch<T, TRANS_A, TRANS_B>(A, B, M, N, K, m0, n0, k0 + BK, vec_a, vec_b, tid, a_next, b_next);
+    if (k0 + BK < k_end)  // overlap the next tile's global loads with this tile's math
+      gemm_fetch<T, TRANS_A, TRANS_B>(A, B, M, N, K, k_end, m0, n0, k0 + BK, vec_a, vec_b, tid, a_next, b_next);
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
       T a[TM], b[TN];
@@ -109,6 +122,7 @@ __global__ void __launch_bounds__(gemm_tile::THREADS)
     __syncthreads();  // before the next stage overwrites the tiles
   }
 
+  T* out = partials ? partials + (int64_t)blockIdx.z * M * N : C;
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
     int64_t m = m0 + ty * TM + i;
@@ -118,30 +132,65 @@ __global__ void __launch_bounds__(gemm_tile::THREADS)
       int64_t n = n0 + tx * TN + j;
       if (n < N) {
         T v = acc[i][j];
-        if (bias) v += bias[n];
-        C[m * N + n] = activate(v, act);
+        if (!partials) {  // split-K applies bias and activation after the sum
+          if (bias) v += bias[n];
+          v = activate(v, act);
+        }
+        out[m * N + n] = v;
       }
     }
   }
 }
 
+// C[i] = act(sum_s partials[s * M * N + i] + bias[i % N]), slices summed in order.
+template <typename T>
+__global__ void gemm_reduce_kernel(const T* __restrict__ partials, const T* __restrict__ bias, T* __restrict__ C,
+                                   int64_t M, int64_t N, int64_t splits, int act) {
+  const int64_t n = M * N;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    T v = T(0);
+    for (int64_t s = 0; s < splits; ++s) v += partials[s * n + i];
+    if (bias) v += bias[i % N];
+    C[i] = activate(v, act);
+  }
+}
+
+int64_t gemm_splits(int64_t M, int64_t N, int64_t K) {
+  using namespace gemm_tile;
+  // Aim for about 192 blocks (some 1.5 waves of a 132-SM H100; any GPU of the last years has
+  // fewer SMs), each slice keeping at least 128 k values (16 k-steps) of work.
+  constexpr int64_t kTargetBlocks = 192, kMinKPerSlice = 128, kMaxSplits = 64;
+  const int64_t tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
+  if (tiles == 0 || tiles >= kTargetBlocks / 2) return 1;  // (an empty C needs no launch)
+  return max64(1, min64(min64((kTargetBlocks + tiles - 1) / tiles, K / kMinKPerSlice), kMaxSplits));
+}
+
 template <typename T>
 void gemm(const T* A, const T* B, const T* bias, T* C, int64_t M, int64_t N, int64_t K, bool trans_a, bool trans_b,
-          int act, void* stream) {
+          int act, T* workspace, int64_t splits, void* stream) {
   using namespace gemm_tile;
   if (M == 0 || N == 0) return;
   require((M + BM - 1) / BM <= 65535, "gemm: M too large for the grid's y dimension");
-  dim3 grid(blocks_for(N, BN), blocks_for(M, BM));
+  require(splits >= 1 && splits <= 65535, "gemm: splits must be in [1, 65535]");
+  require(splits == 1 || workspace != nullptr, "gemm: splits > 1 needs a workspace of splits * M * N values");
+  int64_t k_chunk = (K + splits - 1) / splits;
+  k_chunk = max64(BK, (k_chunk + BK - 1) / BK * BK);  // slices start on a k-step boundary
+  T* partials = splits > 1 ? workspace : nullptr;
+  dim3 grid(blocks_for(N, BN), blocks_for(M, BM), (unsigned)splits);
   // 16-byte loads need the contiguous dimension to keep every row start aligned.
   bool vec_a = aligned16(A) && ((trans_a ? M : K) % 4 == 0);
   bool vec_b = aligned16(B) && ((trans_b ? K : N) % 4 == 0);
   auto args = [&](auto kernel, const char* name) {
-    launch(name, kernel, grid, dim3(THREADS), 0, stream, A, B, bias, C, M, N, K, act, vec_a, vec_b);
+    launch(name, kernel, grid, dim3(THREADS), 0, stream, A, B, bias, C, partials, M, N, K, k_chunk, act, vec_a,
+           vec_b);
   };
   if (!trans_a && !trans_b) args(gemm_kernel<T, false, false>, "gemm_kernel<NN>");
   else if (!trans_a && trans_b) args(gemm_kernel<T, false, true>, "gemm_kernel<NT>");
   else if (trans_a && !trans_b) args(gemm_kernel<T, true, false>, "gemm_kernel<TN>");
   else args(gemm_kernel<T, true, true>, "gemm_kernel<TT>");
+  if (partials)
+    launch("gemm_reduce_kernel", gemm_reduce_kernel<T>, dim3((unsigned)min64(blocks_for(M * N, 256), 4096)), dim3(256),
+           0, stream, (const T*)partials, bias, C, M, N, splits, act);
 }
 
 // Column sums: a block of 32 x 8 threads owns 32 columns; thread (x, y) sums rows y, y + 8, ...
@@ -222,7 +271,8 @@ void sigmoid_backward(const T* dy, const T* y, T* dx, int64_t n, void* stream) {
 }
 
 #define FC_INSTANTIATE_DENSE(T)                                                                              \
-  template void gemm<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, bool, bool, int, void*); \
+  template void gemm<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, bool, bool, int, T*, int64_t, \
+                        void*);                                                                              \
   template void column_sum<T>(const T*, T*, int64_t, int64_t, void*);                                        \
   template void relu_forward<T>(const T*, T*, int64_t, void*);                                               \
   template void relu_backward<T>(const T*, const T*, T*, int64_t, void*);                                    \

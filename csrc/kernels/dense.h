@@ -9,9 +9,13 @@ namespace fc {
 
 // C (M x N) = act(op(A) @ op(B) + bias); op(A) is M x K, op(B) is K x N; bias (N) may be null.
 // A is stored M x K (K x M when trans_a), B is stored K x N (N x K when trans_b).
+// splits > 1 splits K (see dense.cuh) and needs a workspace of splits * M * N values.
 template <typename T>
 void gemm(const T* A, const T* B, const T* bias, T* C, int64_t M, int64_t N, int64_t K, bool trans_a,
-          bool trans_b, int act, void* stream);
+          bool trans_b, int act, T* workspace, int64_t splits, void* stream);
+
+// How many K slices gemm should use for this shape (1: no split); the shape alone decides.
+int64_t gemm_splits(int64_t M, int64_t N, int64_t K);
 
 // db[c] = sum_r dy[r, c] for dy (rows x cols).
 template <typename T>
