@@ -116,13 +116,19 @@ class CrossEntropyLoss(Loss):
                 raise ValueError(f"{name}: weight has {self.weight.shape[0]} entries but the logits have {c} classes")
             weight = xp.asarray(self.weight, dtype=logits.dtype)
         labels = xp.ascontiguousarray(labels, dtype=xp.int64)
-        loss, probs = ops.softmax_cross_entropy_forward(logits, labels, weight, self.label_smoothing)
-        self._ctx = (probs, labels, weight)
+        # The fused op: the gradient comes out of the same pass over the logits (a training step
+        # always asks for it; computing it costs no more memory traffic than storing the probs).
+        loss, dlogits = ops.softmax_cross_entropy_with_grad(logits, labels, weight, self.label_smoothing)
+        self._ctx = (dlogits,)
+        self._handed_out = False
         return loss
 
     def backward(self):
-        probs, labels, weight = self._saved()
-        return ops.softmax_cross_entropy_backward(probs, labels, weight, self.label_smoothing)
+        (dlogits,) = self._saved()
+        if self._handed_out:  # a second call gets its own array: the caller may have changed the first
+            return dlogits.copy()
+        self._handed_out = True
+        return dlogits
 
     def config(self):
         return {"type": "CrossEntropyLoss", "label_smoothing": self.label_smoothing,

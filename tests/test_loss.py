@@ -90,6 +90,29 @@ def test_cross_entropy(backend, n, classes, option, dtype):
     assert_matches(grad, lambda p, y, w: cross_entropy_grad64(p, y, w, eps), [p, y, w], dtype, what="dlogits")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("option", CE_OPTIONS)
+# (one class: the gradient is exactly 0 and the reference's is rounding noise, below any tolerance)
+@pytest.mark.parametrize("n,classes", [shape for shape in CE_SHAPES if shape[1] > 1])
+def test_cross_entropy_with_grad_is_forward_then_backward(backend, n, classes, option, dtype):
+    """The fused op against the float64 reference and against the two ops it fuses (warp-owned
+    rows up to 256 classes, block-owned rows past that on the native backends)."""
+    with_weight, eps = CE_OPTIONS[option]
+    z, y, w = _cross_entropy_case(n, classes, with_weight, seed=n + classes)
+    args = on(backend, z.astype(dtype), y, None if w is None else w.astype(dtype))
+    loss, grad = ops.softmax_cross_entropy_with_grad(*args, label_smoothing=eps)
+    assert loss.shape == () and grad.shape == (n, classes) and grad.dtype == dtype
+    assert_matches(loss, lambda z, y, w: cross_entropy64(z, y, w, eps), [z, y, w], dtype, what="loss")
+    assert_matches(grad, lambda z, y, w: cross_entropy_grad64(np.exp(log_softmax64(z)), y, w, eps), [z, y, w], dtype,
+                   what="dlogits")
+    loss2, probs = ops.softmax_cross_entropy_forward(*args, label_smoothing=eps)
+    grad2 = ops.softmax_cross_entropy_backward(probs, *args[1:], label_smoothing=eps)
+    assert to_numpy(loss) == to_numpy(loss2)
+    # The same formula on the same p; a compiler may still contract the two kernels differently.
+    g2 = to_numpy(grad2)
+    np.testing.assert_allclose(to_numpy(grad), g2, rtol=0, atol=4 * np.finfo(dtype).eps * np.abs(g2).max())
+
+
 @pytest.mark.parametrize("option", CE_OPTIONS)
 def test_cross_entropy_gradient_by_finite_differences(backend, option):
     with_weight, eps = CE_OPTIONS[option]
@@ -100,7 +123,10 @@ def test_cross_entropy_gradient_by_finite_differences(backend, option):
 
     _, probs = ops.softmax_cross_entropy_forward(*on(backend, z, y, w), label_smoothing=eps)
     grad = ops.softmax_cross_entropy_backward(probs, *on(backend, y, w), label_smoothing=eps)
-    assert_gradient(grad, numerical_gradient(forward, [z], 0, 1.0), f"dlogits ({option})")
+    expected = numerical_gradient(forward, [z], 0, 1.0)
+    assert_gradient(grad, expected, f"dlogits ({option})")
+    _, fused = ops.softmax_cross_entropy_with_grad(*on(backend, z, y, w), label_smoothing=eps)
+    assert_gradient(fused, expected, f"fused dlogits ({option})")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

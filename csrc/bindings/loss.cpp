@@ -21,6 +21,16 @@ static void bind_loss_typed(py::module_& m) {
                                             smoothing, ptr<double>(totals), ptr<T>(dlogits), N, C, ptr<void>(s));
         },
         nogil());
+  m.def(typed<T>("softmax_cross_entropy_with_grad").c_str(),
+        [](uintptr_t logits, uintptr_t labels, uintptr_t weight, double smoothing, uintptr_t dlogits,
+           uintptr_t row_loss, uintptr_t row_weight, uintptr_t totals, uintptr_t loss, int64_t N, int64_t C,
+           uintptr_t s) {
+          softmax_cross_entropy_with_grad<T>(ptr<const T>(logits), ptr<const int64_t>(labels), ptr<const T>(weight),
+                                             smoothing, ptr<T>(dlogits), ptr<double>(row_loss),
+                                             ptr<double>(row_weight), ptr<double>(totals), ptr<T>(loss), N, C,
+                                             ptr<void>(s));
+        },
+        nogil());
   m.def(typed<T>("bce_with_logits_forward").c_str(),
         [](uintptr_t x, uintptr_t t, uintptr_t pw, uintptr_t partials, uintptr_t loss, int64_t n, int64_t C,
            uintptr_t s) {

@@ -33,6 +33,10 @@
 //   Elementwise losses (BCE, MSE) forward: a fixed number of blocks, loss_partial_count(n),
 //   that depends on n only; each thread accumulates a grid-stride slice in double, the block
 //   reduces it and writes one partial.
+//   Fused forward + backward (softmax_cross_entropy_with_grad, what a training step calls): the
+//   same row kernel writes dloss/dz instead of p from each thread's own p_ic, so the logits are
+//   read once and the gradient written once (the probs never reach memory); with class weights
+//   the totals W and S are reduced first by one block.
 //   Mean: a second kernel of one block sums the per-row (or per-block) doubles in a fixed order
 //   (thread-strided, then the block tree) and divides by W or n. No float atomics anywhere, so
 //   results are bitwise reproducible. Accumulation is double for float32 and float64 inputs.
@@ -127,14 +131,27 @@ __device__ __forceinline__ V row_reduce(V v, Op op, V identity, V* scratch) {
   return loss_detail::block_reduce(v, op, identity, scratch);
 }
 
-template <typename T, bool WARP_ROWS>
+// dloss/dz_ic from p_ic (see the math above): W = sum_i w_{y_i}, S = sum_c w_c, share = e / C.
+// The backward kernel and the fused forward+backward use this one formula, so they agree bitwise.
+template <typename T>
+__device__ __forceinline__ T cross_entropy_grad(T p, bool is_label, T wy, T wc, T smoothing, T share, T S, T W) {
+  const T true_part = (T(1) - smoothing) * wy;
+  T g = p * (true_part + share * S) - share * wc;
+  if (is_label) g -= true_part;
+  return g / W;
+}
+
+// GRAD = false: probs = softmax(z). GRAD = true (the fused forward+backward): `probs` receives
+// dloss/dz instead, from each thread's own just-computed p_ic; totals = (W, S) when weighted.
+template <typename T, bool WARP_ROWS, bool GRAD>
 __global__ void softmax_cross_entropy_forward_kernel(const T* __restrict__ logits, const int64_t* __restrict__ labels,
                                                      const T* __restrict__ weight, T smoothing, T* __restrict__ probs,
                                                      double* __restrict__ row_loss, double* __restrict__ row_weight,
-                                                     int64_t N, int64_t C) {
+                                                     const double* __restrict__ totals, int64_t N, int64_t C) {
   using namespace loss_detail;
   __shared__ T scratch[32];
   const bool smooth = smoothing != T(0);
+  const T W = totals ? (T)totals[0] : (T)N, S = totals ? (T)totals[1] : (T)C, share = smoothing / (T)C;
   // Who owns a row: a warp (lanes 0..31, blockDim.x / 32 rows per block) or the whole block.
   const int lane = WARP_ROWS ? threadIdx.x % 32 : threadIdx.x;
   const int lanes = WARP_ROWS ? 32 : blockDim.x;
@@ -168,7 +185,17 @@ __global__ void softmax_cross_entropy_forward_kernel(const T* __restrict__ logit
       w_total = row_reduce<WARP_ROWS>(w_total, Sum(), T(0), scratch);
     }
     const T inv_s = T(1) / s;
-    for (int64_t c = lane; c < C; c += lanes) p[c] *= inv_s;  // this thread's own values
+    if (GRAD) {
+      const int64_t y = labels[row];
+      const bool valid = y >= 0 && y < C;
+      const T wy = weight ? (valid ? weight[y] : T(NAN)) : T(1);
+      for (int64_t c = lane; c < C; c += lanes) {  // this thread's own values
+        const T g = cross_entropy_grad(p[c] * inv_s, c == y, wy, weight ? weight[c] : T(1), smoothing, share, S, W);
+        p[c] = valid ? g : T(NAN);
+      }
+    } else {
+      for (int64_t c = lane; c < C; c += lanes) p[c] *= inv_s;  // this thread's own values
+    }
 
     if (lane == 0) {
       const T log_s = dev_log(s);
@@ -186,6 +213,23 @@ __global__ void softmax_cross_entropy_forward_kernel(const T* __restrict__ logit
   }
 }
 
+template <typename T, bool GRAD>
+void cross_entropy_rows(const T* logits, const int64_t* labels, const T* weight, double smoothing, T* out,
+                        double* row_loss, double* row_weight, const double* totals, int64_t N, int64_t C,
+                        void* stream) {
+  using namespace loss_detail;
+  if (C <= kWarpRowMaxClasses) {
+    constexpr int rows_per_block = kWarpRowThreads / 32;
+    launch("softmax_cross_entropy_forward_kernel<warp per row>", softmax_cross_entropy_forward_kernel<T, true, GRAD>,
+           dim3((unsigned)min64((N + rows_per_block - 1) / rows_per_block, kMaxRowBlocks)), dim3(kWarpRowThreads), 0,
+           stream, logits, labels, weight, (T)smoothing, out, row_loss, row_weight, totals, N, C);
+  } else {
+    launch("softmax_cross_entropy_forward_kernel<block per row>", softmax_cross_entropy_forward_kernel<T, false, GRAD>,
+           dim3((unsigned)min64(N, kMaxRowBlocks)), dim3(row_threads(C)), 0, stream, logits, labels, weight,
+           (T)smoothing, out, row_loss, row_weight, totals, N, C);
+  }
+}
+
 template <typename T>
 void softmax_cross_entropy_forward(const T* logits, const int64_t* labels, const T* weight, double smoothing, T* probs,
                                    double* row_loss, double* row_weight, T* loss, int64_t N, int64_t C, void* stream) {
@@ -193,18 +237,10 @@ void softmax_cross_entropy_forward(const T* logits, const int64_t* labels, const
   require(N > 0 && C > 0, "softmax_cross_entropy_forward: empty logits");
   require(!weight || row_weight, "softmax_cross_entropy_forward: weight needs the row_weight workspace");
   row_weight = weight ? row_weight : nullptr;
-  if (C <= kWarpRowMaxClasses) {
-    constexpr int rows_per_block = kWarpRowThreads / 32;
-    launch("softmax_cross_entropy_forward_kernel<warp per row>", softmax_cross_entropy_forward_kernel<T, true>,
-           dim3((unsigned)min64((N + rows_per_block - 1) / rows_per_block, kMaxRowBlocks)), dim3(kWarpRowThreads), 0,
-           stream, logits, labels, weight, (T)smoothing, probs, row_loss, row_weight, N, C);
-  } else {
-    launch("softmax_cross_entropy_forward_kernel<block per row>", softmax_cross_entropy_forward_kernel<T, false>,
-           dim3((unsigned)min64(N, kMaxRowBlocks)), dim3(row_threads(C)), 0, stream, logits, labels, weight,
-           (T)smoothing, probs, row_loss, row_weight, N, C);
-  }
+  cross_entropy_rows<T, false>(logits, labels, weight, smoothing, probs, row_loss, row_weight, nullptr, N, C, stream);
   mean<T>(row_loss, row_weight, N, (double)N, loss, stream);
 }
+
 
 // totals[0] = sum_i weight[labels[i]], totals[1] = sum_c weight[c]. One block, fixed order.
 template <typename T>
@@ -228,6 +264,23 @@ __global__ void __launch_bounds__(loss_detail::kMeanThreads)
 }
 
 template <typename T>
+void softmax_cross_entropy_with_grad(const T* logits, const int64_t* labels, const T* weight, double smoothing,
+                                     T* dlogits, double* row_loss, double* row_weight, double* totals, T* loss,
+                                     int64_t N, int64_t C, void* stream) {
+  using namespace loss_detail;
+  require(N > 0 && C > 0, "softmax_cross_entropy_with_grad: empty logits");
+  require(!weight || (row_weight && totals),
+          "softmax_cross_entropy_with_grad: weight needs the row_weight and totals workspaces");
+  if (weight)  // W and S first: every row's gradient is divided by W
+    launch("cross_entropy_weight_totals_kernel", cross_entropy_weight_totals_kernel<T>, dim3(1), dim3(kMeanThreads), 0,
+           stream, labels, weight, N, C, totals);
+  else
+    row_weight = totals = nullptr;
+  cross_entropy_rows<T, true>(logits, labels, weight, smoothing, dlogits, row_loss, row_weight, totals, N, C, stream);
+  mean<T>(row_loss, row_weight, N, (double)N, loss, stream);
+}
+
+template <typename T>
 __global__ void softmax_cross_entropy_backward_kernel(const T* __restrict__ probs, const int64_t* __restrict__ labels,
                                                       const T* __restrict__ weight, T smoothing,
                                                       const double* __restrict__ totals, T* __restrict__ dlogits,
@@ -241,11 +294,8 @@ __global__ void softmax_cross_entropy_backward_kernel(const T* __restrict__ prob
     const int64_t y = labels[row];
     const bool valid = y >= 0 && y < C;
     const T wy = weight ? (valid ? weight[y] : T(NAN)) : T(1);
-    const T wc = weight ? weight[c] : T(1);
-    const T true_part = (T(1) - smoothing) * wy;
-    T g = probs[i] * (true_part + share * S) - share * wc;
-    if (c == y) g -= true_part;
-    dlogits[i] = valid ? g / W : T(NAN);
+    const T g = cross_entropy_grad(probs[i], c == y, wy, weight ? weight[c] : T(1), smoothing, share, S, W);
+    dlogits[i] = valid ? g : T(NAN);
   }
 }
 
@@ -363,6 +413,8 @@ void mse_backward(const T* pred, const T* target, T* dpred, int64_t n, void* str
                                                  T*, int64_t, int64_t, void*);                                     \
   template void softmax_cross_entropy_backward<T>(const T*, const int64_t*, const T*, double, double*, T*, int64_t, \
                                                   int64_t, void*);                                                 \
+  template void softmax_cross_entropy_with_grad<T>(const T*, const int64_t*, const T*, double, T*, double*, double*, \
+                                                   double*, T*, int64_t, int64_t, void*);                          \
   template void bce_with_logits_forward<T>(const T*, const T*, const T*, double*, T*, int64_t, int64_t, void*);    \
   template void bce_with_logits_backward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, void*);            \
   template void mse_forward<T>(const T*, const T*, double*, T*, int64_t, void*);                                   \

@@ -29,6 +29,14 @@ template <typename T>
 void softmax_cross_entropy_backward(const T* probs, const int64_t* labels, const T* weight, double smoothing,
                                     double* totals, T* dlogits, int64_t N, int64_t C, void* stream);
 
+// The forward and the backward in one pass: loss as softmax_cross_entropy_forward, and dlogits
+// (N, C) as softmax_cross_entropy_backward would compute from its probs (the same bits).
+// row_weight and totals may be null when weight is.
+template <typename T>
+void softmax_cross_entropy_with_grad(const T* logits, const int64_t* labels, const T* weight, double smoothing,
+                                     T* dlogits, double* row_loss, double* row_weight, double* totals, T* loss,
+                                     int64_t N, int64_t C, void* stream);
+
 // logits, targets: n values whose last dimension has C entries; pos_weight (C) or null.
 template <typename T>
 void bce_with_logits_forward(const T* logits, const T* targets, const T* pos_weight, double* partials, T* loss,

@@ -7,7 +7,8 @@ from numba import njit, prange
 
 from ._vecmath import exp_nonpositive, log1p_unit
 
-__all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "bce_with_logits_forward",
+__all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "softmax_cross_entropy_with_grad",
+           "bce_with_logits_forward",
            "bce_with_logits_backward", "mse_forward", "mse_backward"]
 
 _CHUNK = 4096        # elements per partial sum of the elementwise losses
@@ -46,8 +47,30 @@ def _row_weighted_shift(row, m, weight, has_weight):
     return s
 
 
+@njit(cache=True)
+def _grad_row(p, g, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum):
+    """g = dloss/dz of one row from its probs p (g may be p itself): the backward's formula, in the
+    row's dtype (float32 math for float32)."""
+    wy = weight[y] if has_weight else 1.0
+    true_part = (1.0 - smoothing) * wy
+    consts = np.empty(2, p.dtype)
+    consts[0] = (true_part + share * class_weight_sum) / label_weight_sum
+    consts[1] = share / label_weight_sum
+    a, b = consts[0], consts[1]
+    if has_weight and smoothing != 0.0:
+        for c in range(p.size):
+            g[c] = p[c] * a - b * weight[c]
+    else:
+        for c in range(p.size):
+            g[c] = p[c] * a - b
+    g[y] -= true_part / label_weight_sum
+
+
 @njit(parallel=True, cache=True)
-def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight):
+def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
+                        label_weight_sum, class_weight_sum):
+    """Each row's loss, and probs = softmax(z); with grad, `probs` receives dloss/dz instead (the
+    fused forward + backward: the row is still in cache, so the gradient costs no memory pass)."""
     n, classes = z.shape
     share = smoothing / classes
     w_total = 0.0
@@ -72,28 +95,16 @@ def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_los
             r += share * (w_total * log_s - _row_weighted_shift(row, m, weight, has_weight))
         row_loss[i] = r
         row_weight[i] = wy
+        if grad:
+            _grad_row(p, p, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum)
 
 
 @njit(parallel=True, cache=True)
 def _cross_entropy_grad(probs, labels, weight, has_weight, smoothing, label_weight_sum, class_weight_sum, out):
-    n, classes = probs.shape
-    share = smoothing / classes
-    for i in prange(n):
-        p, g = probs[i], out[i]
-        y = labels[i]
-        wy = weight[y] if has_weight else 1.0
-        true_part = (1.0 - smoothing) * wy
-        consts = np.empty(2, probs.dtype)  # the row's factors in its dtype (float32 math for float32)
-        consts[0] = (true_part + share * class_weight_sum) / label_weight_sum
-        consts[1] = share / label_weight_sum
-        a, b = consts[0], consts[1]
-        if has_weight and smoothing != 0.0:
-            for c in range(classes):
-                g[c] = p[c] * a - b * weight[c]
-        else:
-            for c in range(classes):
-                g[c] = p[c] * a - b
-        g[y] -= true_part / label_weight_sum
+    share = smoothing / probs.shape[1]
+    for i in prange(probs.shape[0]):
+        _grad_row(probs[i], out[i], labels[i], weight, has_weight, smoothing, share, label_weight_sum,
+                  class_weight_sum)
 
 
 @njit(fastmath={"reassoc", "contract"}, cache=True)
@@ -152,24 +163,37 @@ def _scalar(value, dtype):
     return np.asarray(value, dtype=dtype)
 
 
-def softmax_cross_entropy_forward(logits, labels, weight, smoothing):
-    n = logits.shape[0]
-    probs = np.empty_like(logits)
+def _weight_sums(w, has_weight, labels, n, classes):
+    """(sum_i w[y_i], sum_c w_c): the gradient's normalizer and the smoothing term's total."""
+    if has_weight:
+        return _ordered_sum(w[labels].astype(np.float64)), _ordered_sum(w.astype(np.float64))
+    return float(n), float(classes)
+
+
+def _cross_entropy(logits, labels, weight, smoothing, grad):
+    n, classes = logits.shape
+    out = np.empty_like(logits)
     row_loss, row_weight = np.empty(n), np.empty(n)
     w, has_weight = _optional(weight, logits.dtype)
-    _cross_entropy_rows(logits, labels, w, has_weight, smoothing, probs, row_loss, row_weight)
+    label_weight_sum, class_weight_sum = _weight_sums(w, has_weight, labels, n, classes) if grad else (1.0, 1.0)
+    _cross_entropy_rows(logits, labels, w, has_weight, smoothing, out, row_loss, row_weight, grad,
+                        label_weight_sum, class_weight_sum)
     total_weight = _ordered_sum(row_weight) if has_weight else float(n)
-    return _scalar(_ordered_sum(row_loss) / total_weight, logits.dtype), probs
+    return _scalar(_ordered_sum(row_loss) / total_weight, logits.dtype), out
+
+
+def softmax_cross_entropy_forward(logits, labels, weight, smoothing):
+    return _cross_entropy(logits, labels, weight, smoothing, grad=False)
+
+
+def softmax_cross_entropy_with_grad(logits, labels, weight, smoothing):
+    return _cross_entropy(logits, labels, weight, smoothing, grad=True)
 
 
 def softmax_cross_entropy_backward(probs, labels, weight, smoothing):
     n, classes = probs.shape
     w, has_weight = _optional(weight, probs.dtype)
-    if has_weight:
-        label_weight_sum = _ordered_sum(w[labels].astype(np.float64))
-        class_weight_sum = _ordered_sum(w.astype(np.float64))
-    else:
-        label_weight_sum, class_weight_sum = float(n), float(classes)
+    label_weight_sum, class_weight_sum = _weight_sums(w, has_weight, labels, n, classes)
     out = np.empty_like(probs)
     _cross_entropy_grad(probs, labels, w, has_weight, smoothing, label_weight_sum, class_weight_sum, out)
     return out

@@ -3,7 +3,8 @@ followed by the deterministic mean kernel; the gradients are elementwise kernels
 workspaces the reductions need are allocated here."""
 import numpy as np
 
-__all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "bce_with_logits_forward",
+__all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "softmax_cross_entropy_with_grad",
+           "bce_with_logits_forward",
            "bce_with_logits_backward", "mse_forward", "mse_backward"]
 
 
@@ -27,6 +28,19 @@ def softmax_cross_entropy_backward(be, probs, labels, weight, smoothing):
         be.ptr(probs), be.ptr(labels), be.ptr(weight), smoothing, be.ptr(totals), be.ptr(dlogits), n, classes,
         be.stream())
     return dlogits
+
+
+def softmax_cross_entropy_with_grad(be, logits, labels, weight, smoothing):
+    n, classes = logits.shape
+    dlogits = be.empty(logits.shape, logits.dtype)
+    loss = be.empty((), logits.dtype)
+    row_loss = be.empty((n,), np.float64)
+    row_weight = be.empty((n,), np.float64) if weight is not None else None
+    totals = be.empty((2,), np.float64) if weight is not None else None
+    be.kernel("softmax_cross_entropy_with_grad", logits.dtype)(
+        be.ptr(logits), be.ptr(labels), be.ptr(weight), smoothing, be.ptr(dlogits), be.ptr(row_loss),
+        be.ptr(row_weight), be.ptr(totals), be.ptr(loss), n, classes, be.stream())
+    return loss, dlogits
 
 
 def _last_dim(x):

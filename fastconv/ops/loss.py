@@ -13,7 +13,8 @@ from .. import backend as _backend
 from ._check import labels as _labels
 from ._check import number, shape_str, tensor, value_range
 
-__all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "bce_with_logits_forward",
+__all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "softmax_cross_entropy_with_grad",
+           "bce_with_logits_forward",
            "bce_with_logits_backward", "mse_forward", "mse_backward"]
 
 
@@ -86,6 +87,16 @@ def softmax_cross_entropy_backward(probs, labels, weight=None, label_smoothing=0
     p, y, w, smoothing = _cross_entropy_inputs(be, probs, "probs", labels, weight, label_smoothing,
                                                "softmax_cross_entropy_backward")
     return be.softmax_cross_entropy_backward(p, y, w, smoothing)
+
+
+def softmax_cross_entropy_with_grad(logits, labels, weight=None, label_smoothing=0.0):
+    """(loss, dlogits): softmax_cross_entropy_forward's loss and softmax_cross_entropy_backward's
+    gradient in one pass over the logits (read once, the gradient written once; the probs are
+    never stored) — what a training step needs. The same values as the two ops."""
+    be = _backend.current()
+    x, y, w, smoothing = _cross_entropy_inputs(be, logits, "logits", labels, weight, label_smoothing,
+                                               "softmax_cross_entropy_with_grad")
+    return be.softmax_cross_entropy_with_grad(x, y, w, smoothing)
 
 
 def _binary_inputs(be, logits, targets, pos_weight, op):
