@@ -13,7 +13,7 @@ set -u
 OUT=${OUT:-/tmp/gpu-session}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-NAME=${1:-cuda-$(date +%F)}
+NAME=${1:-cuda-$(date +%F)}  # name the card in it: the tool may lend an H200 for an H100
 PY=python3
 stage() { echo; echo "== $1 ($(date +%T))"; }
 
@@ -41,6 +41,11 @@ echo "pytest exit $?"; grep -E "^(FAILED|ERROR)" "$OUT/pytest-cuda.log" | head -
 
 stage "benchmarks"
 timeout 240 $PY benchmarks/run.py --device cuda --out "$OUT" --name "$NAME" 2>&1 | tee "$OUT/bench.log"
+
+stage "the training step, op by op (and A/B of this session's changes)"
+for variant in "" no-split-k slices64; do
+  timeout 60 $PY benchmarks/gpu_step_breakdown.py --variant "$variant" 2>&1 | tee -a "$OUT/breakdown.log"
+done
 
 stage "memcheck over the kernel tests (small shapes)"
 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -m cuda -p no:cacheprovider -x \
