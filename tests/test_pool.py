@@ -189,6 +189,22 @@ def test_max_backward_takes_any_valid_indices(backend, dtype):
     assert_matches(dx, lambda dy: max_unpool_reference(dy, idx, x_shape), [dy], dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_backward_of_planes_past_shared_memory(backend, dtype):
+    # The native backends gather one plane per block from shared memory when Ho*Wo*(8 + itemsize)
+    # plus the bounds fit in 48 KiB; a 65x65 output plane does not, so this takes the global path
+    # (bounds over all planes), with pooling indices and with arbitrary ones.
+    rng = np.random.default_rng(14)
+    x_shape = (1, 2, 130, 130)
+    x = rng.standard_normal(x_shape)
+    _, idx = ops.max_pool2d_forward(on(backend, x.astype(dtype)), 2)
+    random_idx = rng.integers(0, 130 * 130, (1, 2, 65, 65))
+    for indices in (to_numpy(idx), random_idx):
+        dy = rng.standard_normal(indices.shape)
+        dx = ops.max_pool2d_backward(on(backend, dy.astype(dtype)), on(backend, indices), x_shape)
+        assert_matches(dx, lambda dy: max_unpool_reference(dy, indices, x_shape), [dy], dtype)
+
+
 def test_empty_batch(backend):
     y, idx = ops.max_pool2d_forward(on(backend, np.zeros((0, 2, 4, 4), np.float32)), 2)
     assert to_numpy(y).shape == (0, 2, 2, 2) and to_numpy(idx).shape == (0, 2, 2, 2)

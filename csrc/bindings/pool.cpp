@@ -43,6 +43,8 @@ static void bind_pool_typed(py::module_& m) {
 }
 
 void bind_pool(py::module_& m) {
+  m.def("max_pool2d_plane_fits", &max_pool2d_plane_fits,
+        "whether max_pool2d_backward gathers (H, W) planes from (Ho, Wo) outputs in shared memory");
   bind_pool_typed<float>(m);
   bind_pool_typed<double>(m);
 }

@@ -36,6 +36,11 @@
 // Cheap for indices from a real pooling: a picked row lies in its window, so the envelope is
 // inside the set of windows covering h (at most ceil(kh / sh) rows), as in PyTorch's gather.
 // The sum runs in output order, so the result equals a sequential scatter-add bit for bit.
+// Planes that fit in shared memory (max_pool2d_plane_fits) take one block per plane instead:
+// the block loads the plane's indices and dy into shared memory once and runs the three steps
+// on that plane alone (its own, tighter envelopes; the same argument makes them complete). The
+// global steps 1-2 above use only Ho + Wo blocks, each reading every plane: latency-bound on a
+// GPU (the reference CNN's pool backward: 246 us for 22 MB on an H200).
 #pragma once
 
 #include "common.cuh"
@@ -162,6 +167,77 @@ __global__ void max_pool2d_backward_kernel(const T* __restrict__ dy, const int64
   }
 }
 
+// Shared memory of the per-plane max backward: idx[Ho*Wo] (int64), dy[Ho*Wo] (T), then int32
+// rmin/rmax[Ho], cmin/cmax[Wo], lo/hi_h[H], lo/hi_w[W].
+constexpr int64_t kPlaneSharedBytes = 48 * 1024;  // the default per-block limit: no opt-in needed
+
+inline int64_t max_pool2d_plane_bytes(int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t itemsize) {
+  return Ho * Wo * (int64_t)(sizeof(int64_t) + itemsize) + 2 * (Ho + Wo + H + W) * (int64_t)sizeof(int);
+}
+
+bool max_pool2d_plane_fits(int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t itemsize) {
+  return max_pool2d_plane_bytes(H, W, Ho, Wo, itemsize) <= kPlaneSharedBytes;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(pool_launch::kThreads)
+    max_pool2d_backward_plane_kernel(const T* __restrict__ dy, const int64_t* __restrict__ indices,
+                                     T* __restrict__ dx, PoolGeometry g) {
+  FC_DYNAMIC_SMEM(int64_t, idx);
+  const int64_t P = g.Ho * g.Wo, HW = g.H * g.W;
+  T* dys = reinterpret_cast<T*>(idx + P);
+  int* rmin = reinterpret_cast<int*>(dys + P);
+  int *rmax = rmin + g.Ho, *cmin = rmax + g.Ho, *cmax = cmin + g.Wo;
+  int *lo_h = cmax + g.Wo, *hi_h = lo_h + g.H, *lo_w = hi_h + g.H, *hi_w = lo_w + g.W;
+  for (int64_t plane = blockIdx.x; plane < g.planes; plane += gridDim.x) {
+    for (int64_t o = threadIdx.x; o < P; o += blockDim.x) {
+      idx[o] = indices[plane * P + o];
+      dys[o] = dy[plane * P + o];
+    }
+    __syncthreads();
+    // 1. bounds of each output row (thread t < Ho) and col (Ho <= t < Ho + Wo)
+    for (int64_t t = threadIdx.x; t < g.Ho + g.Wo; t += blockDim.x) {
+      const bool is_row = t < g.Ho;
+      const int64_t line = is_row ? t : t - g.Ho, across = is_row ? g.Wo : g.Ho;
+      int64_t lo = INT64_MAX, hi = -1;
+      for (int64_t k = 0; k < across; ++k) {
+        const int64_t v = is_row ? idx[line * g.Wo + k] / g.W : idx[k * g.Wo + line] % g.W;
+        lo = min64(lo, v);
+        hi = max64(hi, v);
+      }
+      (is_row ? rmin : cmin)[line] = (int)lo;
+      (is_row ? rmax : cmax)[line] = (int)hi;
+    }
+    __syncthreads();
+    // 2. envelope of each input row (t < H) and col (H <= t < H + W)
+    for (int64_t t = threadIdx.x; t < g.H + g.W; t += blockDim.x) {
+      const bool is_row = t < g.H;
+      const int pos = (int)(is_row ? t : t - g.H), count = (int)(is_row ? g.Ho : g.Wo);
+      const int* lows = is_row ? rmin : cmin;
+      const int* highs = is_row ? rmax : cmax;
+      int first = count, last = -1;
+      for (int o = 0; o < count; ++o)
+        if (lows[o] <= pos && pos <= highs[o]) {
+          if (first == count) first = o;
+          last = o;
+        }
+      (is_row ? lo_h : lo_w)[pos] = first;
+      (is_row ? hi_h : hi_w)[pos] = last;
+    }
+    __syncthreads();
+    // 3. the gather, in output order
+    for (int64_t hw = threadIdx.x; hw < HW; hw += blockDim.x) {
+      const int64_t h = hw / g.W, w = hw % g.W;
+      T sum = T(0);
+      for (int64_t ho = lo_h[h]; ho <= hi_h[h]; ++ho)
+        for (int64_t wo = lo_w[w]; wo <= hi_w[w]; ++wo)
+          if (idx[ho * g.Wo + wo] == hw) sum += dys[ho * g.Wo + wo];
+      dx[plane * HW + hw] = sum;
+    }
+    __syncthreads();  // before the next plane overwrites shared memory
+  }
+}
+
 template <typename T>
 __global__ void avg_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict__ y, PoolGeometry g) {
   const int64_t total = g.planes * g.Ho * g.Wo;
@@ -211,6 +287,14 @@ void max_pool2d_backward(const T* dy, const int64_t* indices, T* dx, int64_t* wo
   const int64_t n = g.planes * g.H * g.W;
   if (n == 0) return;
   require(g.Ho >= 1 && g.Wo >= 1 && g.Ho + g.Wo <= 2147483647, "max_pool2d_backward: bad output size");
+  if (!workspace) {  // the caller checked max_pool2d_plane_fits
+    require(max_pool2d_plane_fits(g.H, g.W, g.Ho, g.Wo, sizeof(T)),
+            "max_pool2d_backward: the plane does not fit in shared memory; pass the workspace");
+    launch("max_pool2d_backward_plane_kernel", max_pool2d_backward_plane_kernel<T>,
+           dim3((unsigned)min64(g.planes, 1 << 20)), dim3(pool_launch::kThreads),
+           (size_t)max_pool2d_plane_bytes(g.H, g.W, g.Ho, g.Wo, sizeof(T)), stream, dy, indices, dx, g);
+    return;
+  }
   launch("max_pool2d_bounds_kernel", max_pool2d_bounds_kernel, dim3((unsigned)(g.Ho + g.Wo)),
          dim3(pool_launch::kThreads), 0, stream, indices, workspace, g);
   launch("max_pool2d_envelope_kernel", max_pool2d_envelope_kernel, pool_launch::grid_for(g.H + g.W),

@@ -22,7 +22,12 @@ void max_pool2d_forward(const T* x, T* y, int64_t* indices, PoolGeometry g, void
 
 // dx (planes, H, W) = scatter-add of dy (planes, Ho, Wo) to the recorded indices, computed as a
 // deterministic gather. Only planes, H, W, Ho, Wo of `g` are used (the window is not needed).
-// `workspace` holds 2 * (Ho + Wo + H + W) int64 values.
+// `workspace`: null when max_pool2d_plane_fits (one block per plane, in shared memory), else
+// 2 * (Ho + Wo + H + W) int64 values.
+// Whether max_pool2d_backward can gather a whole plane in one block's shared memory; then it
+// takes no workspace (null), else it needs 2 * (Ho + Wo + H + W) int64 of workspace.
+bool max_pool2d_plane_fits(int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t itemsize);
+
 template <typename T>
 void max_pool2d_backward(const T* dy, const int64_t* indices, T* dx, int64_t* workspace, PoolGeometry g,
                          void* stream);

@@ -17,8 +17,11 @@ def max_pool2d_forward(be, x, g):
 
 def max_pool2d_backward(be, dy, indices, g):
     dx = be.empty(g.in_shape, dy.dtype)
-    # Row/column bounds and envelopes of the gather (see csrc/kernels/pool.cuh).
-    workspace = be.empty((2 * (g.out_h + g.out_w + g.h + g.w),), be.xp.int64)
+    # A plane that fits in shared memory is gathered by one block; else the bounds and envelopes
+    # over all planes go through a workspace (see csrc/kernels/pool.cuh).
+    workspace = None
+    if not be.ext.max_pool2d_plane_fits(g.h, g.w, g.out_h, g.out_w, dy.itemsize):
+        workspace = be.empty((2 * (g.out_h + g.out_w + g.h + g.w),), be.xp.int64)
     be.kernel("max_pool2d_backward", dy.dtype)(be.ptr(dy), be.ptr(indices), be.ptr(dx), be.ptr(workspace),
                                                g.n * g.c, g.h, g.w, g.out_h, g.out_w, be.stream())
     return dx
