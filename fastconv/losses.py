@@ -15,6 +15,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import ops
+from .ops._check import value_range
 
 __all__ = ["Loss", "CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss"]
 
@@ -106,7 +107,7 @@ class CrossEntropyLoss(Loss):
             raise ValueError(f"{name}: labels must have shape ({n},) for logits of shape {(n, c)}, "
                              f"got {_shape(labels)}")
         if n:
-            low, high = int(labels.min()), int(labels.max())
+            low, high = value_range(labels, xp)  # one transfer (one sync on a GPU), not two
             if low < 0 or high >= c:
                 bad = high if high >= c else low
                 raise ValueError(f"{name}: label {bad} is out of range for {c} outputs (labels must be in [0, {c - 1}])")
