@@ -42,8 +42,8 @@ echo "pytest exit $?"; grep -E "^(FAILED|ERROR)" "$OUT/pytest-cuda.log" | head -
 stage "benchmarks"
 timeout 240 $PY benchmarks/run.py --device cuda --out "$OUT" --name "$NAME" 2>&1 | tee "$OUT/bench.log"
 
-stage "the training step, op by op (and A/B of this session's changes)"
-for variant in "" no-split-k slices64; do
+stage "the training step, op by op"
+for variant in ${VARIANTS:-current}; do  # VARIANTS="current no-split-k slices64": the A/B of 2026-11-26
   timeout 60 $PY benchmarks/gpu_step_breakdown.py --variant "$variant" 2>&1 | tee -a "$OUT/breakdown.log"
 done
 

@@ -4,7 +4,8 @@ then the whole step. Run on the cuda backend:  python benchmarks/gpu_step_breakd
 
 `--variant` names in-run A/B switches, so that a change and its predecessor are timed on the same
 card in the same process: `no-split-k` (the GEMM never splits K), `slices64` (conv weight-gradient
-slices capped at 64, the earlier setting).
+slices capped at 64, the earlier setting), `global-pool-bwd` (the max-pool backward's global bounds
+path for every plane, as before the per-plane kernel).
 """
 from __future__ import annotations
 
@@ -23,15 +24,22 @@ import bench_train_step  # noqa: E402
 from harness import measure, measure_torch_cuda, torch_peer  # noqa: E402
 
 
+def _override(be, name, fn):
+    """be.ext with one function replaced (the extension module itself is read-only)."""
+    ext = be.ext
+
+    class Patched:
+        def __getattr__(self, attr):
+            return fn if attr == name else getattr(ext, attr)
+
+    be.ext = Patched()
+
+
 def _apply(variant: str, be):
     if variant == "no-split-k":
-        ext = be.ext
-
-        class NoSplit:
-            def __getattr__(self, name):
-                return (lambda m, n, k: 1) if name == "gemm_splits" else getattr(ext, name)
-
-        be.ext = NoSplit()
+        _override(be, "gemm_splits", lambda m, n, k: 1)
+    elif variant == "global-pool-bwd":  # the max-pool backward before the per-plane kernel
+        _override(be, "max_pool2d_plane_fits", lambda *args: False)
     elif variant == "slices64":
         import fastconv._native.conv as native_conv
 
@@ -100,12 +108,13 @@ def ops_table(be, torch):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--variant", default="", help="no-split-k or slices64 (A/B against the current code)")
+    parser.add_argument("--variant", default="current", choices=("current", "no-split-k", "slices64", "global-pool-bwd"),
+                        help="an A/B switch (see above); 'current' runs the code as it is")
     args = parser.parse_args(argv)
     torch, _, _ = torch_peer("cuda")
     with fastconv.use_backend("cuda") as be:
         _apply(args.variant, be)
-        print(f"variant: {args.variant or 'current'}  ({be.ext.device_name(0)})")
+        print(f"variant: {args.variant}  ({be.ext.device_name(0)})")
         ops_table(be, torch)
         step = measure(bench_train_step.fastconv_step("cuda"), device="cuda", repeats=30)
         line = f"  {'whole training step':28s} {step.median_s * 1e6:9.1f} us"
