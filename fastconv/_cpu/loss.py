@@ -8,8 +8,7 @@ from numba import njit, prange
 from ._vecmath import exp_nonpositive, log1p_unit
 
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "softmax_cross_entropy_with_grad",
-           "bce_with_logits_forward",
-           "bce_with_logits_backward", "mse_forward", "mse_backward"]
+           "bce_with_logits_forward", "bce_with_logits_backward", "mse_forward", "mse_backward"]
 
 _CHUNK = 4096        # elements per partial sum of the elementwise losses
 _MAX_CHUNKS = 1024

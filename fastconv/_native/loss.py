@@ -4,16 +4,20 @@ workspaces the reductions need are allocated here."""
 import numpy as np
 
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "softmax_cross_entropy_with_grad",
-           "bce_with_logits_forward",
-           "bce_with_logits_backward", "mse_forward", "mse_backward"]
+           "bce_with_logits_forward", "bce_with_logits_backward", "mse_forward", "mse_backward"]
+
+
+def _row_buffers(be, logits, weight):
+    """What the cross-entropy row kernel writes: the (N, C) output (probs or dlogits), the 0-d
+    loss, and the per-row loss and weight (the latter only with class weights) for the mean."""
+    n = logits.shape[0]
+    row_weight = be.empty((n,), np.float64) if weight is not None else None
+    return be.empty(logits.shape, logits.dtype), be.empty((), logits.dtype), be.empty((n,), np.float64), row_weight
 
 
 def softmax_cross_entropy_forward(be, logits, labels, weight, smoothing):
     n, classes = logits.shape
-    probs = be.empty(logits.shape, logits.dtype)
-    loss = be.empty((), logits.dtype)
-    row_loss = be.empty((n,), np.float64)
-    row_weight = be.empty((n,), np.float64) if weight is not None else None
+    probs, loss, row_loss, row_weight = _row_buffers(be, logits, weight)
     be.kernel("softmax_cross_entropy_forward", logits.dtype)(
         be.ptr(logits), be.ptr(labels), be.ptr(weight), smoothing, be.ptr(probs), be.ptr(row_loss),
         be.ptr(row_weight), be.ptr(loss), n, classes, be.stream())
@@ -32,11 +36,8 @@ def softmax_cross_entropy_backward(be, probs, labels, weight, smoothing):
 
 def softmax_cross_entropy_with_grad(be, logits, labels, weight, smoothing):
     n, classes = logits.shape
-    dlogits = be.empty(logits.shape, logits.dtype)
-    loss = be.empty((), logits.dtype)
-    row_loss = be.empty((n,), np.float64)
-    row_weight = be.empty((n,), np.float64) if weight is not None else None
-    totals = be.empty((2,), np.float64) if weight is not None else None
+    dlogits, loss, row_loss, row_weight = _row_buffers(be, logits, weight)
+    totals = be.empty((2,), np.float64) if weight is not None else None  # sum w[y_i], sum w_c
     be.kernel("softmax_cross_entropy_with_grad", logits.dtype)(
         be.ptr(logits), be.ptr(labels), be.ptr(weight), smoothing, be.ptr(dlogits), be.ptr(row_loss),
         be.ptr(row_weight), be.ptr(totals), be.ptr(loss), n, classes, be.stream())

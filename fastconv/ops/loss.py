@@ -14,8 +14,7 @@ from ._check import labels as _labels
 from ._check import number, shape_str, tensor, value_range
 
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "softmax_cross_entropy_with_grad",
-           "bce_with_logits_forward",
-           "bce_with_logits_backward", "mse_forward", "mse_backward"]
+           "bce_with_logits_forward", "bce_with_logits_backward", "mse_forward", "mse_backward"]
 
 
 def _class_labels(be, labels, n, classes, op):
