@@ -127,23 +127,38 @@ __global__ void __launch_bounds__(pool_launch::kThreads)
   }
 }
 
+// Step 2 for one input row or col at `pos`: [lo, hi] = the first and last of the `count` output
+// lines whose bounds contain pos (lo = count, hi = -1: empty). I: the bounds' integer type.
+template <typename I>
+__device__ __forceinline__ void max_pool2d_envelope(const I* lows, const I* highs, I count, I pos, I* lo, I* hi) {
+  I first = count, last = -1;  // empty unless some output line picked this position
+  for (I o = 0; o < count; ++o)
+    if (lows[o] <= pos && pos <= highs[o]) {
+      if (first == count) first = o;
+      last = o;
+    }
+  *lo = first;
+  *hi = last;
+}
+
+// Step 3 for input position hw = (h, w) of one plane: the sum of dy over the outputs of its
+// envelope that picked hw, in output order.
+template <typename T, typename I>
+__device__ __forceinline__ T max_pool2d_gather(const int64_t* plane_idx, const T* plane_dy, int64_t Wo, int64_t hw,
+                                               I ho0, I ho1, I wo0, I wo1) {
+  T sum = T(0);
+  for (int64_t ho = ho0; ho <= ho1; ++ho)
+    for (int64_t wo = wo0; wo <= wo1; ++wo)
+      if (plane_idx[ho * Wo + wo] == hw) sum += plane_dy[ho * Wo + wo];
+  return sum;
+}
+
 // Step 2: thread t < H finds input row t's envelope of output rows, thread H + c input col c's.
 __global__ void max_pool2d_envelope_kernel(int64_t* workspace, PoolGeometry g) {
   MaxBackwardWorkspace ws(workspace, g);
   FC_GRID_STRIDE(t, g.H + g.W) {
-    const bool is_row = t < g.H;
-    const int64_t pos = is_row ? t : t - g.H;
-    const int64_t count = is_row ? g.Ho : g.Wo;
-    const int64_t* lows = is_row ? ws.rmin : ws.cmin;
-    const int64_t* highs = is_row ? ws.rmax : ws.cmax;
-    int64_t first = count, last = -1;  // empty unless some output line picked this position
-    for (int64_t o = 0; o < count; ++o)
-      if (lows[o] <= pos && pos <= highs[o]) {
-        if (first == count) first = o;
-        last = o;
-      }
-    (is_row ? ws.lo_h : ws.lo_w)[pos] = first;
-    (is_row ? ws.hi_h : ws.hi_w)[pos] = last;
+    if (t < g.H) max_pool2d_envelope(ws.rmin, ws.rmax, g.Ho, t, ws.lo_h + t, ws.hi_h + t);
+    else max_pool2d_envelope(ws.cmin, ws.cmax, g.Wo, t - g.H, ws.lo_w + (t - g.H), ws.hi_w + (t - g.H));
   }
 }
 
@@ -156,14 +171,8 @@ __global__ void max_pool2d_backward_kernel(const T* __restrict__ dy, const int64
   FC_GRID_STRIDE(i, total) {
     const int64_t hw = i % (g.H * g.W), plane = i / (g.H * g.W);
     const int64_t h = hw / g.W, w = hw % g.W;
-    const int64_t* plane_idx = indices + plane * g.Ho * g.Wo;
-    const T* plane_dy = dy + plane * g.Ho * g.Wo;
-    const int64_t wo0 = ws.lo_w[w], wo1 = ws.hi_w[w];
-    T sum = T(0);
-    for (int64_t ho = ws.lo_h[h]; ho <= ws.hi_h[h]; ++ho)
-      for (int64_t wo = wo0; wo <= wo1; ++wo)
-        if (plane_idx[ho * g.Wo + wo] == hw) sum += plane_dy[ho * g.Wo + wo];
-    dx[i] = sum;
+    dx[i] = max_pool2d_gather(indices + plane * g.Ho * g.Wo, dy + plane * g.Ho * g.Wo, g.Wo, hw, ws.lo_h[h],
+                              ws.hi_h[h], ws.lo_w[w], ws.hi_w[w]);
   }
 }
 
@@ -210,29 +219,16 @@ __global__ void __launch_bounds__(pool_launch::kThreads)
     }
     __syncthreads();
     // 2. envelope of each input row (t < H) and col (H <= t < H + W)
-    for (int64_t t = threadIdx.x; t < g.H + g.W; t += blockDim.x) {
-      const bool is_row = t < g.H;
-      const int pos = (int)(is_row ? t : t - g.H), count = (int)(is_row ? g.Ho : g.Wo);
-      const int* lows = is_row ? rmin : cmin;
-      const int* highs = is_row ? rmax : cmax;
-      int first = count, last = -1;
-      for (int o = 0; o < count; ++o)
-        if (lows[o] <= pos && pos <= highs[o]) {
-          if (first == count) first = o;
-          last = o;
-        }
-      (is_row ? lo_h : lo_w)[pos] = first;
-      (is_row ? hi_h : hi_w)[pos] = last;
+    for (int t = threadIdx.x; t < g.H + g.W; t += blockDim.x) {
+      const int r = t - (int)g.H;
+      if (r < 0) max_pool2d_envelope(rmin, rmax, (int)g.Ho, t, lo_h + t, hi_h + t);
+      else max_pool2d_envelope(cmin, cmax, (int)g.Wo, r, lo_w + r, hi_w + r);
     }
     __syncthreads();
     // 3. the gather, in output order
     for (int64_t hw = threadIdx.x; hw < HW; hw += blockDim.x) {
       const int64_t h = hw / g.W, w = hw % g.W;
-      T sum = T(0);
-      for (int64_t ho = lo_h[h]; ho <= hi_h[h]; ++ho)
-        for (int64_t wo = lo_w[w]; wo <= hi_w[w]; ++wo)
-          if (idx[ho * g.Wo + wo] == hw) sum += dys[ho * g.Wo + wo];
-      dx[plane * HW + hw] = sum;
+      dx[plane * HW + hw] = max_pool2d_gather(idx, dys, g.Wo, hw, lo_h[h], hi_h[h], lo_w[w], hi_w[w]);
     }
     __syncthreads();  // before the next plane overwrites shared memory
   }
