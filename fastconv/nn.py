@@ -381,7 +381,8 @@ class Conv2d(Module):
     def backward_max_pool(self, dy, activation, pool, input_grad=True):
         dx, dw, db = ops.conv2d_max_pool2d_backward(
             dy, pool._cached("_y"), pool._cached("_indices"), self._cached("_x"), self.weight.data,
-            activation=activation, bias=self.bias is not None, input_grad=input_grad, **self._geometry())
+            activation=activation, bias=self.bias is not None, input_grad=input_grad, check_indices=False,
+            **self._geometry())
         return self._accumulate(dx, dw, db)
 
     def _accumulate(self, dx, dw, db):
@@ -457,7 +458,8 @@ class MaxPool2d(_Pool2d):
         return y
 
     def backward(self, dy):
-        return ops.max_pool2d_backward(dy, self._cached("_indices"), self._cached("_x_shape"))
+        # The indices are this layer's own forward's: no range check (a sync per step on a GPU).
+        return ops.max_pool2d_backward(dy, self._cached("_indices"), self._cached("_x_shape"), check_indices=False)
 
 
 class AvgPool2d(_Pool2d):

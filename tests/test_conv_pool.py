@@ -70,6 +70,27 @@ def test_fused_is_the_unfused_ops_bit_for_bit(backend, name, dtype):
                 assert to_numpy(got).tobytes() == to_numpy(ref).tobytes(), what
 
 
+def test_unchecked_indices_give_the_same_bits_and_never_write_out_of_bounds(backend):
+    # check_indices=False is what Conv2d.backward_max_pool passes for its own forward's indices.
+    x, w, b, conv, pool, act = _case("lenet_conv2_many_channels")
+    x, w, b = on(backend, x, w, b)
+    y, idx = _fused_forward(x, w, b, conv, pool, act)
+    dy = on(backend, np.random.default_rng(2).standard_normal(tuple(y.shape)).astype(np.float32))
+    checked = ops.conv2d_max_pool2d_backward(dy, y, idx, x, w, activation=act, **conv)
+    unchecked = ops.conv2d_max_pool2d_backward(dy, y, idx, x, w, activation=act, check_indices=False, **conv)
+    for what, got, ref in zip(("dx", "dw", "db"), unchecked, checked):
+        assert to_numpy(got).tobytes() == to_numpy(ref).tobytes(), what
+    # Out of range and unchecked: those gradients are lost, nothing else is touched or crashes.
+    bad = to_numpy(idx).copy()
+    bad[0, 0, 0, 0], bad[-1, -1, -1, -1] = -1, 2**40
+    dropped = to_numpy(dy).copy()
+    dropped[0, 0, 0, 0] = dropped[-1, -1, -1, -1] = 0
+    got = ops.conv2d_max_pool2d_backward(dy, y, on(backend, bad), x, w, activation=act, check_indices=False, **conv)
+    ref = ops.conv2d_max_pool2d_backward(on(backend, dropped), y, idx, x, w, activation=act, **conv)
+    for what, g, r in zip(("dx", "dw", "db"), got, ref):
+        np.testing.assert_allclose(to_numpy(g), to_numpy(r), rtol=1e-5, atol=1e-5, err_msg=what)
+
+
 def test_nan_wins_the_pool_and_relu_keeps_it(backend):
     x, w, b, conv, pool, act = _case("lenet_conv2_many_channels")
     x[0, :, 2, 2] = np.nan  # every output near (2, 2) is NaN, so are the pooled values there

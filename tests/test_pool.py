@@ -189,6 +189,29 @@ def test_max_backward_takes_any_valid_indices(backend, dtype):
     assert_matches(dx, lambda dy: max_unpool_reference(dy, idx, x_shape), [dy], dtype)
 
 
+@pytest.mark.parametrize("x_shape", [(2, 3, 5, 7), (1, 2, 130, 130)], ids=["shared-plane", "global-path"])
+def test_unchecked_indices_out_of_range_add_nowhere(backend, x_shape):
+    # check_indices=False (what the layers pass for their own forward's indices) skips the host
+    # check; the kernels still never write out of bounds: an out-of-range index adds its dy nowhere,
+    # every valid one is honoured, and for valid indices the bits are those of the checked call.
+    rng = np.random.default_rng(15)
+    n, c, h, w = x_shape
+    idx = rng.integers(0, h * w, (n, c, h // 2, w // 2))
+    dy = rng.standard_normal(idx.shape).astype(np.float32)
+    checked = to_numpy(ops.max_pool2d_backward(on(backend, dy), on(backend, idx), x_shape))
+    unchecked = ops.max_pool2d_backward(on(backend, dy), on(backend, idx), x_shape, check_indices=False)
+    assert to_numpy(unchecked).tobytes() == checked.tobytes()
+    bad = idx.copy()
+    bad.reshape(-1)[::3] = [-1, h * w, 2**40, -(2**40)] * (bad.size // 12) + [h * w + 7] * (len(bad.reshape(-1)[::3]) % 4)
+    dropped = dy.copy()
+    dropped.reshape(-1)[::3] = 0
+    got = ops.max_pool2d_backward(on(backend, dy), on(backend, bad), x_shape, check_indices=False)
+    assert_matches(got, lambda d: max_unpool_reference(d, np.where(bad < 0, 0, np.minimum(bad, h * w - 1)), x_shape),
+                   [dropped.astype(np.float64)], np.float32)
+    with pytest.raises(TypeError, match="check_indices must be True or False"):
+        ops.max_pool2d_backward(on(backend, dy), on(backend, idx), x_shape, check_indices=None)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_max_backward_of_planes_past_shared_memory(backend, dtype):
     # The native backends gather one plane per block from shared memory when Ho*Wo*(8 + itemsize)

@@ -33,6 +33,8 @@
 //      idx == h * W + w, in row-major output order.
 // Complete for ANY in-range indices: an output (ho, wo) whose index is (h, w) has
 // rmin[ho] <= h <= rmax[ho] and cmin[wo] <= w <= cmax[wo], so it lies in both envelopes.
+// An index outside [0, H * W) (possible only when the op's range check is skipped) is left out of
+// the bounds and matches no input: its dy adds nowhere, and nothing is read or written out of bounds.
 // Cheap for indices from a real pooling: a picked row lies in its window, so the envelope is
 // inside the set of windows covering h (at most ceil(kh / sh) rows), as in PyTorch's gather.
 // The sum runs in output order, so the result equals a sequential scatter-add bit for bit.
@@ -107,7 +109,9 @@ __global__ void __launch_bounds__(pool_launch::kThreads)
   for (int64_t j = threadIdx.x; j < g.planes * across; j += blockDim.x) {
     const int64_t plane = j / across, k = j % across;
     const int64_t o = is_row ? (plane * g.Ho + line) * g.Wo + k : (plane * g.Ho + k) * g.Wo + line;
-    const int64_t v = is_row ? indices[o] / g.W : indices[o] % g.W;
+    const int64_t index = indices[o];
+    if (index < 0 || index >= g.H * g.W) continue;  // adds nowhere (see the top)
+    const int64_t v = is_row ? index / g.W : index % g.W;
     lo = min64(lo, v);
     hi = max64(hi, v);
   }
@@ -208,9 +212,11 @@ __global__ void __launch_bounds__(pool_launch::kThreads)
     for (int64_t t = threadIdx.x; t < g.Ho + g.Wo; t += blockDim.x) {
       const bool is_row = t < g.Ho;
       const int64_t line = is_row ? t : t - g.Ho, across = is_row ? g.Wo : g.Ho;
-      int64_t lo = INT64_MAX, hi = -1;
+      int64_t lo = is_row ? g.H : g.W, hi = -1;  // an empty line (every index out of range) contains no position
       for (int64_t k = 0; k < across; ++k) {
-        const int64_t v = is_row ? idx[line * g.Wo + k] / g.W : idx[k * g.Wo + line] % g.W;
+        const int64_t index = is_row ? idx[line * g.Wo + k] : idx[k * g.Wo + line];
+        if (index < 0 || index >= HW) continue;  // adds nowhere (see the top)
+        const int64_t v = is_row ? index / g.W : index % g.W;
         lo = min64(lo, v);
         hi = max64(hi, v);
       }

@@ -286,7 +286,9 @@ def _backward_wide(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh
                                 d = d if y[n, g * cog + o, q] > _ZERO else _ZERO
                             elif act == _SIGMOID:
                                 d = d * y[n, g * cog + o, q] * (_ONE - y[n, g * cog + o, q])
-                            dyw[o, wide[indices[n, g * cog + o, q]]] += d
+                            i = indices[n, g * cog + o, q]
+                            if 0 <= i < wide.size:  # unchecked indices never write out of bounds
+                                dyw[o, wide[i]] += d
                     else:
                         for a in range(oh):
                             for bb in range(ow):

@@ -71,7 +71,9 @@ def _max_backward(dy, indices, dx):
         flat[:] = 0
         for ho in range(Ho):
             for wo in range(Wo):
-                flat[indices[p, ho, wo]] += dy[p, ho, wo]
+                i = indices[p, ho, wo]
+                if 0 <= i < flat.size:  # unchecked indices (check_indices=False) never write out of bounds
+                    flat[i] += dy[p, ho, wo]
 
 
 @njit(parallel=True, cache=True)

@@ -44,7 +44,7 @@ def conv2d_max_pool2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, gro
 
 
 def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride=1, padding=0, dilation=1, groups=1, activation=None,
-                               bias=True, input_grad=True):
+                               bias=True, input_grad=True, *, check_indices=True):
     """Gradients (dx, dw, db) of conv2d_max_pool2d_forward given dy = dL/dy (N, C_out, Ho, Wo), its
     output y and indices (y may be None when activation is None); db is None when bias=False, dx
     when input_grad=False. With relu or no activation the bits are those of the unfused backward
@@ -52,7 +52,8 @@ def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride=1, padding=0, dilati
     to each pooled value before the scatter, so the result can differ from the unfused ops:
     overlapping windows round differently, and a NaN output that no window picks contributes 0
     (unfused: NaN). Ho, Wo cannot be checked against the pooling (its parameters are not passed):
-    dy, y and indices must come from the forward."""
+    dy, y and indices must come from the forward. check_indices=False skips the indices' range check
+    (a sync on a GPU), as in max_pool2d_backward."""
     op = "conv2d_max_pool2d_backward"
     be = _backend.current()
     check_activation(activation)
@@ -63,7 +64,7 @@ def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride=1, padding=0, dilati
     if dy.shape[:2] != (x.shape[0], w.shape[0]) or min(dy.shape[2:]) < 1:
         raise ValueError(f"{op}: dy is {shape_str(dy.shape)} but x {shape_str(x.shape)} and w {shape_str(w.shape)} "
                          f"need ({x.shape[0]}, {w.shape[0]}, Ho, Wo) with Ho, Wo >= 1")
-    indices = _indices(indices, be, dy, oh * ow, op)
+    indices = _indices(indices, be, dy, oh * ow, op, flag(check_indices, "check_indices"))
     if activation is not None:
         y = tensor(y, "y", be, ndim=4, dtype=x.dtype)
         if y.shape != dy.shape:

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import backend as _backend
-from ._check import on_backend, shape_str, tensor, value_range
+from ._check import flag, on_backend, shape_str, tensor, value_range
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
 
@@ -101,8 +101,10 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
     return be.max_pool2d_forward(x, g)
 
 
-def _indices(indices, be, dy, plane_size: int, op: str = "max_pool2d_backward"):
-    """indices: an int64 array of dy's shape, every value in [0, plane_size) (checked here, before any kernel)."""
+def _indices(indices, be, dy, plane_size: int, op: str, check_range: bool):
+    """indices: an int64 array of dy's shape, every value in [0, plane_size) (checked here, before any
+    kernel, unless check_range is False: the range check reads the min and max back to the host, a
+    sync on a GPU, which the layers skip for the indices their own forward made)."""
     if indices is None:
         raise TypeError("indices is required, got None")
     a = on_backend(indices, "indices", be)
@@ -111,7 +113,7 @@ def _indices(indices, be, dy, plane_size: int, op: str = "max_pool2d_backward"):
     if a.shape != dy.shape:
         raise ValueError(f"{op}: indices is {shape_str(a.shape)} but dy is {shape_str(dy.shape)}; "
                          "they must have the same shape")
-    if a.size:
+    if check_range and a.size:
         lo, hi = value_range(a, be.xp)
         if lo < 0 or hi >= plane_size:
             raise ValueError(f"{op}: indices must lie in [0, H * W) = [0, {plane_size}), "
@@ -119,11 +121,14 @@ def _indices(indices, be, dy, plane_size: int, op: str = "max_pool2d_backward"):
     return be.xp.ascontiguousarray(a)
 
 
-def max_pool2d_backward(dy, indices, x_shape):
+def max_pool2d_backward(dy, indices, x_shape, *, check_indices=True):
     """dx (x_shape) = scatter-add of dy (N, C, Ho, Wo) to the flat plane positions in indices.
 
     Several outputs may name the same input (overlapping windows); their gradients add up, in output
     order, deterministically on every backend.
+    check_indices=False skips the check that every index lies in [0, H * W) (on a GPU it costs a
+    device-to-host read and so a sync): only for indices straight from max_pool2d_forward. The
+    kernels never write out of bounds; an out-of-range index then adds its dy nowhere.
     """
     be = _backend.current()
     op = "max_pool2d_backward"
@@ -132,7 +137,7 @@ def max_pool2d_backward(dy, indices, x_shape):
     if dy.shape[:2] != (n, c) or min(dy.shape[2:]) < 1:
         raise ValueError(f"{op}: dy is {shape_str(dy.shape)} but x_shape is {shape_str(x_shape)}: dy must be "
                          f"({n}, {c}, Ho, Wo) with Ho, Wo >= 1")
-    indices = _indices(indices, be, dy, h * w)
+    indices = _indices(indices, be, dy, h * w, op, flag(check_indices, "check_indices"))
     g = PoolGeometry(n, c, h, w, int(dy.shape[2]), int(dy.shape[3]))
     return be.max_pool2d_backward(dy, indices, g)
 
