@@ -106,5 +106,7 @@ def use_backend(name: str):
 
 
 def current():
-    """The backend object the ops dispatch to."""
-    return load(get_backend())
+    """The backend object the ops dispatch to. (Every op asks: once loaded, a dict lookup, no lock.)"""
+    name = get_backend()
+    be = _loaded.get(name)
+    return be if be is not None else load(name)

@@ -52,6 +52,8 @@ def on_backend(x, name: str, be):
         raise TypeError(
             f"{name} is a {type(x).__module__}.{type(x).__name__} in host memory, but the backend is "
             "'cuda': pass a CuPy array (cupy.asarray(...)) or switch backend")
+    if type(x) is np.ndarray:  # the common case, never a GPU array
+        return x
     if _is_gpu_array(x):
         raise TypeError(
             f"{name} is a GPU array ({type(x).__module__}.{type(x).__name__}), but the backend is "
@@ -117,7 +119,8 @@ def flag(value, name: str) -> bool:
 
 def number(value, name: str, *, low=None, high=None, low_open=False, high_open=False) -> float:
     """A real scalar in [low, high] (open ends where asked); TypeError/ValueError otherwise."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    # A plain float skips the slow abstract-base-class check (optimizers pass several per tensor).
+    if type(value) is not float and (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     v = float(value)
     if v != v:

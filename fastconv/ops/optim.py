@@ -63,18 +63,13 @@ def _gradient(grad, be, param):
     return g
 
 
-def _span(a):
-    iface = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
-    start = int(iface["data"][0])
-    return start, start + a.nbytes
-
-
-def _no_overlap(named):
-    """The in-place update reads and writes each element in one pass: no two arrays may share memory."""
-    spans = [(name, *_span(a)) for name, a in named if a is not None and a.size]
-    for i, (name_a, lo_a, hi_a) in enumerate(spans):
-        for name_b, lo_b, hi_b in spans[i + 1:]:
-            if lo_a < hi_b and lo_b < hi_a:
+def _no_overlap(named, xp):
+    """The in-place update reads and writes each element in one pass: no two arrays may share memory
+    (their byte ranges may not overlap: xp.may_share_memory, a bounds check)."""
+    named = [(name, a) for name, a in named if a is not None and a.size]
+    for i, (name_a, a) in enumerate(named):
+        for name_b, b in named[i + 1:]:
+            if xp.may_share_memory(a, b):
                 raise ValueError(f"{name_a} and {name_b} share memory; the in-place update needs separate arrays")
 
 
@@ -101,7 +96,7 @@ def sgd_step(param, grad, velocity=None, *, lr, momentum=0.0, weight_decay=0.0, 
     grad = _gradient(grad, be, param)
     if velocity is not None:
         velocity = _updatable(velocity, "velocity", be, like=param)
-    _no_overlap([("param", param), ("grad", grad), ("velocity", velocity)])
+    _no_overlap([("param", param), ("grad", grad), ("velocity", velocity)], be.xp)
     be.sgd_step(param, grad, velocity if momentum > 0 else None, lr, momentum, weight_decay, nesterov)
 
 
@@ -130,7 +125,7 @@ def adam_step(param, grad, m, v, step, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, 
     grad = _gradient(grad, be, param)
     m = _updatable(m, "m", be, like=param)
     v = _updatable(v, "v", be, like=param)
-    _no_overlap([("param", param), ("grad", grad), ("m", m), ("v", v)])
+    _no_overlap([("param", param), ("grad", grad), ("m", m), ("v", v)], be.xp)
     # The scalar part of torch's update, in double as torch computes it in Python floats.
     step_size = lr / (1 - beta1 ** step)
     bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
