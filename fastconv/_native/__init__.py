@@ -35,6 +35,7 @@ def _naming_failures(op, run):
 class NativeBackend:
     def __init__(self, name, ext, xp, pointer, stream):
         self.name = name
+        self._kernels = {}
         self.ext = ext
         self.xp = xp
         self.pointer = pointer
@@ -44,9 +45,22 @@ class NativeBackend:
             for op in family.__all__:
                 setattr(self, op, _naming_failures(op, functools.partial(getattr(family, op), self)))
 
+    @property
+    def ext(self):
+        return self._ext
+
+    @ext.setter
+    def ext(self, module):
+        self._ext = module
+        self._kernels.clear()  # launchers are looked up again in the new module
+
     def kernel(self, name, dtype):
-        """The launcher for `name` at `dtype` (e.g. ext.gemm_f32)."""
-        return getattr(self.ext, f"{name}_{'f32' if self.xp.dtype(dtype).itemsize == 4 else 'f64'}")
+        """The launcher for `name` at `dtype` (e.g. ext.gemm_f32); cached: every op call asks."""
+        launcher = self._kernels.get((name, dtype))
+        if launcher is None:
+            suffix = "f32" if self.xp.dtype(dtype).itemsize == 4 else "f64"
+            launcher = self._kernels[(name, dtype)] = getattr(self._ext, f"{name}_{suffix}")
+        return launcher
 
     def empty(self, shape, dtype):
         return self.xp.empty(shape, dtype=dtype)

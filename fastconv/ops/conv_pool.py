@@ -18,7 +18,6 @@ from ._activation import check_activation
 from ._check import flag, shape_str, tensor
 from .conv import _geometry as _conv_geometry
 from .conv import _bias, _inputs
-from .dense import relu_backward, sigmoid_backward
 from .pool import _geometry as _pool_geometry
 from .pool import PoolGeometry, _indices
 
@@ -75,7 +74,7 @@ def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride=1, padding=0, dilati
     fused = getattr(be, op, None)
     if fused is not None:
         return fused(dy, y, indices, x, w, stride, pad, dilation, groups, activation, bias, input_grad)
-    if activation is not None:
-        dy = relu_backward(dy, y) if activation == "relu" else sigmoid_backward(dy, y)
+    if activation is not None:  # dy and y are validated above: straight to the backend
+        dy = be.relu_backward(dy, y) if activation == "relu" else be.sigmoid_backward(dy, y)
     dz = be.max_pool2d_backward(dy, indices, PoolGeometry(x.shape[0], w.shape[0], oh, ow, dy.shape[2], dy.shape[3]))
     return be.conv2d_backward(dz, x, w, stride, pad, dilation, groups, bias, input_grad)
