@@ -64,7 +64,7 @@ struct GemmTile {
 // correct, so its registers are not capped).
 template <typename T, bool LARGE>
 using GemmConfig = typename std::conditional<
-    LARGE, GemmTile<128, 128, sizeof(T) == 4 ? 16 : 8, 64, 32, 2, 2, sizeof(T) == 4 ? 2 : 1>,
+    LARGE, GemmTile<128, 128, 8, 64, 32, 2, 2, sizeof(T) == 4 ? 2 : 1>,
     GemmTile<64, 64, sizeof(T) == 4 ? 16 : 8, 32, 32, 1, 2, sizeof(T) == 4 ? 4 : 1>>::type;
 
 // Large tiles when there are enough of them to fill the GPU (the same threshold as split-K's).
@@ -90,39 +90,50 @@ __device__ __forceinline__ void vec_store4(double* p, const double v[4]) {
   reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
 }
 
-// Fetches this thread's groups of 4 values of the op(A) tile at (m0, k0) and of the op(B) tile
-// at (k0, n0), each group along the operand's contiguous dimension (consecutive threads take
-// consecutive groups, so a warp's loads are coalesced). K is the operands' inner dimension (a
-// leading dimension when K is contiguous); k values at or past k_end (K, or the end of this
-// block's split-K slice) read as 0.
-template <typename T, class Cfg, bool TRANS_A, bool TRANS_B>
-__device__ __forceinline__ void gemm_fetch(const T* __restrict__ A, const T* __restrict__ B, int64_t M, int64_t N,
-                                           int64_t K, int64_t k_end, int64_t m0, int64_t n0, int64_t k0, bool vec_a,
-                                           bool vec_b, int tid, T a[][4], T b[][4]) {
-  constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK;
+// One operand's global -> register loads for one thread: the thread moves LOADS groups of 4
+// values per k-step, each group along the operand's contiguous dimension (consecutive threads
+// take consecutive groups, so a warp's loads are coalesced). Set up once per block: where each
+// group starts and how many of its 4 values along m or n exist (4 inside C, fewer or none past
+// its edge); each step then only adds a constant to the pointers and checks k against k_end.
+// K_CONTIGUOUS: the operand is stored (M or N) x K, so a group is 4 consecutive k of one row;
+// else it is stored K x (M or N), so a group is 4 consecutive m (n) of one k.
+template <typename T, int LOADS, int THREADS, int BMN, int BK, bool K_CONTIGUOUS>
+struct GemmLoader {
+  const T* p[LOADS];
+  int kq[LOADS];    // the group's first k, relative to the step's k0
+  int valid[LOADS];  // values of the group inside the tile's m (n) range
+  int64_t step;      // elements from one k-step to the next
+
+  // X is the operand, MN its M or N, ld its leading dimension (K or MN).
+  __device__ __forceinline__ GemmLoader(const T* X, int64_t MN, int64_t K, int64_t mn0, int64_t k_begin, int tid) {
+    step = K_CONTIGUOUS ? BK : (int64_t)BK * MN;
 #pragma unroll
-  for (int l = 0; l < Cfg::LOADS_A; ++l) {
-    const int g = tid + l * Cfg::THREADS;
-    if (!TRANS_A) {  // A is M x K: 4 consecutive k of one row
-      int64_t m = m0 + g / (BK / 4), k = k0 + (g % (BK / 4)) * 4;
-      load4(A + m * K + k, vec_a, m < M ? min64(4, k_end - k) : 0, a[l]);
-    } else {  // A is K x M: 4 consecutive m of one k
-      int64_t k = k0 + g / (BM / 4), m = m0 + (g % (BM / 4)) * 4;
-      load4(A + k * M + m, vec_a, k < k_end ? min64(4, M - m) : 0, a[l]);
+    for (int l = 0; l < LOADS; ++l) {
+      const int g = tid + l * THREADS;
+      int64_t mn;
+      if (K_CONTIGUOUS) {
+        mn = mn0 + g / (BK / 4), kq[l] = (g % (BK / 4)) * 4;
+        valid[l] = mn < MN ? 4 : 0;
+      } else {
+        kq[l] = g / (BMN / 4), mn = mn0 + (g % (BMN / 4)) * 4;
+        valid[l] = (int)max64(0, min64(4, MN - mn));
+      }
+      // (a group wholly outside the operand keeps a pointer to its start: it is never read)
+      p[l] = valid[l] ? X + (K_CONTIGUOUS ? mn * K + k_begin + kq[l] : (k_begin + kq[l]) * MN + mn) : X;
     }
   }
+
+  // Loads the groups of the step at k0, of which k_left (clamped to BK) k values remain before
+  // k_end (the rest read as 0), then moves on to the next step.
+  __device__ __forceinline__ void fetch(int k_left, bool vec, T out[][4]) {
 #pragma unroll
-  for (int l = 0; l < Cfg::LOADS_B; ++l) {
-    const int g = tid + l * Cfg::THREADS;
-    if (!TRANS_B) {  // B is K x N: 4 consecutive n of one k
-      int64_t k = k0 + g / (BN / 4), n = n0 + (g % (BN / 4)) * 4;
-      load4(B + k * N + n, vec_b, k < k_end ? min64(4, N - n) : 0, b[l]);
-    } else {  // B is N x K: 4 consecutive k of one n
-      int64_t n = n0 + g / (BK / 4), k = k0 + (g % (BK / 4)) * 4;
-      load4(B + n * K + k, vec_b, n < N ? min64(4, k_end - k) : 0, b[l]);
+    for (int l = 0; l < LOADS; ++l) {
+      const int n = K_CONTIGUOUS ? min(valid[l], max(0, k_left - kq[l])) : (kq[l] < k_left ? valid[l] : 0);
+      load4(p[l], vec, n, out[l]);
+      p[l] += step;  // (a pointer of an empty group is never read)
     }
   }
-}
+};
 
 // Stores the fetched groups into one stage, k-major: a group along m or n is one 16-byte store,
 // a group along k is 4 scalar stores down a column.
@@ -177,17 +188,24 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
   // This block's slice of K (all of it without split-K). k_chunk is a multiple of BK, so the
   // slice's k-steps are the unsplit kernel's; loads stop at k_end, so slices never overlap.
   const int64_t k_begin = (int64_t)blockIdx.z * k_chunk, k_end = min64(K, k_begin + k_chunk);
+  GemmLoader<T, Cfg::LOADS_A, Cfg::THREADS, BM, BK, !TRANS_A> a_loader(A, M, K, m0, k_begin, tid);
+  GemmLoader<T, Cfg::LOADS_B, Cfg::THREADS, BN, BK, TRANS_B> b_loader(B, N, K, n0, k_begin, tid);
   T a_next[Cfg::LOADS_A][4], b_next[Cfg::LOADS_B][4];
   if (k_begin < k_end) {
-    gemm_fetch<T, Cfg, TRANS_A, TRANS_B>(A, B, M, N, K, k_end, m0, n0, k_begin, vec_a, vec_b, tid, a_next, b_next);
+    const int k_left = (int)min64(BK, k_end - k_begin);
+    a_loader.fetch(k_left, vec_a, a_next);
+    b_loader.fetch(k_left, vec_b, b_next);
     gemm_stage<T, Cfg, TRANS_A, TRANS_B>(As[0], Bs[0], tid, a_next, b_next);
   }
   __syncthreads();
   int stage = 0;
   for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
     const bool more = k0 + BK < k_end;
-    if (more)  // the next step's global loads are in flight during this step's math
-      gemm_fetch<T, Cfg, TRANS_A, TRANS_B>(A, B, M, N, K, k_end, m0, n0, k0 + BK, vec_a, vec_b, tid, a_next, b_next);
+    if (more) {  // the next step's global loads are in flight during this step's math
+      const int k_left = (int)min64(BK, k_end - (k0 + BK));
+      a_loader.fetch(k_left, vec_a, a_next);
+      b_loader.fetch(k_left, vec_b, b_next);
+    }
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
       T a[FM][4], b[FN][4];
