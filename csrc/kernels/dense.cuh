@@ -18,7 +18,8 @@
 //   warp's lanes form an 8 x 4 grid (lane / 4, lane % 4) and fragment (i, j) of lane (lm, ln) is
 //   rows 32 i + 4 lm .. + 3, columns 16 j + 4 ln .. + 3 of the warp's tile, so one 16-byte shared
 //   load gives a thread 4 values and a warp's loads touch 128 (A) and 64 (B) contiguous bytes.
-//   The block walks K in steps of BK = 16 (8 for double, to keep shared memory under 48 KB):
+//   The block walks K in steps of BK: 8 in large (BK = 16 spills there at the 128 registers that
+//   let 2 blocks share an SM), 16 in small, 8 for double (its two stages stay at 32 KB):
 //   op(A)[BM x BK] and op(B)[BK x BN] are staged in shared memory k-major (A is transposed on the
 //   way in), in two stages: while the block computes on one stage, each thread's global loads
 //   of the next step are in flight into registers, and are stored into the other stage after
