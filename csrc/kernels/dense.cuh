@@ -54,11 +54,13 @@ struct GemmTile {
   static constexpr int MIN_BLOCKS = MIN_BLOCKS_;
   static constexpr int LM = WM / (4 * FM), LN = WN / (4 * FN);  // the warp's lane grid
   static constexpr int WARPS_N = BN / WN, THREADS = 32 * (BM / WM) * WARPS_N;
-  // Global -> shared staging: each thread moves LOADS_A (LOADS_B) groups of 4 values per k-step.
-  static constexpr int LOADS_A = BM * BK / (4 * THREADS), LOADS_B = BN * BK / (4 * THREADS);
+  // Global -> shared staging: each thread moves LOADS groups of 4 values of A and of B per k-step.
+  static constexpr int LOADS = BM * BK / (4 * THREADS);
+  static constexpr int KK_PER_LOAD = BK / LOADS;  // k of math per group in flight
   static_assert(LM * LN == 32, "a warp's lanes tile its warp tile");
+  static_assert(BM == BN, "A and B stage the same number of groups");
   static_assert(BM % WM == 0 && BN % WN == 0 && BK % 4 == 0, "warps tile the block tile");
-  static_assert(LOADS_A * 4 * THREADS == BM * BK && LOADS_B * 4 * THREADS == BN * BK, "loads cover the tiles");
+  static_assert(LOADS * 4 * THREADS == BM * BK && BK % LOADS == 0, "loads cover the tiles");
 };
 
 // The two configs per type (double: BK = 8 keeps the two stages at 32 KB; double only needs to be
@@ -124,43 +126,33 @@ struct GemmLoader {
     }
   }
 
-  // Loads the groups of the step at k0, of which k_left (clamped to BK) k values remain before
-  // k_end (the rest read as 0), then moves on to the next step.
-  __device__ __forceinline__ void fetch(int k_left, bool vec, T out[][4]) {
-#pragma unroll
-    for (int l = 0; l < LOADS; ++l) {
-      const int n = K_CONTIGUOUS ? min(valid[l], max(0, k_left - kq[l])) : (kq[l] < k_left ? valid[l] : 0);
-      load4(p[l], vec, n, out[l]);
-      p[l] += step;  // (a pointer of an empty group is never read)
-    }
+  // Loads group l of the step at k0, of which k_left (clamped to BK) k values remain before k_end
+  // (the rest read as 0), and moves the group on to the next step.
+  __device__ __forceinline__ void fetch(int l, int k_left, bool vec, T out[4]) {
+    const int n = K_CONTIGUOUS ? min(valid[l], max(0, k_left - kq[l])) : (kq[l] < k_left ? valid[l] : 0);
+    load4(p[l], vec, n, out);
+    p[l] += step;  // (a pointer of an empty group is never read)
   }
 };
 
-// Stores the fetched groups into one stage, k-major: a group along m or n is one 16-byte store,
-// a group along k is 4 scalar stores down a column.
+// Stores group l of A and of B into one stage, k-major: a group along m or n is one 16-byte
+// store, a group along k is 4 scalar stores down a column.
 template <typename T, class Cfg, bool TRANS_A, bool TRANS_B>
-__device__ __forceinline__ void gemm_stage(T (*As)[Cfg::BM], T (*Bs)[Cfg::BN], int tid, const T a[][4],
-                                           const T b[][4]) {
+__device__ __forceinline__ void gemm_stage(T (*As)[Cfg::BM], T (*Bs)[Cfg::BN], int tid, int l, const T a[4],
+                                           const T b[4]) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK;
+  const int g = tid + l * Cfg::THREADS;
+  if (!TRANS_A) {
 #pragma unroll
-  for (int l = 0; l < Cfg::LOADS_A; ++l) {
-    const int g = tid + l * Cfg::THREADS;
-    if (!TRANS_A) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) As[(g % (BK / 4)) * 4 + j][g / (BK / 4)] = a[l][j];
-    } else {
-      vec_store4(&As[g / (BM / 4)][(g % (BM / 4)) * 4], a[l]);
-    }
+    for (int j = 0; j < 4; ++j) As[(g % (BK / 4)) * 4 + j][g / (BK / 4)] = a[j];
+  } else {
+    vec_store4(&As[g / (BM / 4)][(g % (BM / 4)) * 4], a);
   }
+  if (!TRANS_B) {
+    vec_store4(&Bs[g / (BN / 4)][(g % (BN / 4)) * 4], b);
+  } else {
 #pragma unroll
-  for (int l = 0; l < Cfg::LOADS_B; ++l) {
-    const int g = tid + l * Cfg::THREADS;
-    if (!TRANS_B) {
-      vec_store4(&Bs[g / (BN / 4)][(g % (BN / 4)) * 4], b[l]);
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) Bs[(g % (BK / 4)) * 4 + j][g / (BK / 4)] = b[l][j];
-    }
+    for (int j = 0; j < 4; ++j) Bs[(g % (BK / 4)) * 4 + j][g / (BK / 4)] = b[j];
   }
 }
 
@@ -189,26 +181,32 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
   // This block's slice of K (all of it without split-K). k_chunk is a multiple of BK, so the
   // slice's k-steps are the unsplit kernel's; loads stop at k_end, so slices never overlap.
   const int64_t k_begin = (int64_t)blockIdx.z * k_chunk, k_end = min64(K, k_begin + k_chunk);
-  GemmLoader<T, Cfg::LOADS_A, Cfg::THREADS, BM, BK, !TRANS_A> a_loader(A, M, K, m0, k_begin, tid);
-  GemmLoader<T, Cfg::LOADS_B, Cfg::THREADS, BN, BK, TRANS_B> b_loader(B, N, K, n0, k_begin, tid);
-  T a_next[Cfg::LOADS_A][4], b_next[Cfg::LOADS_B][4];
+  GemmLoader<T, Cfg::LOADS, Cfg::THREADS, BM, BK, !TRANS_A> a_loader(A, M, K, m0, k_begin, tid);
+  GemmLoader<T, Cfg::LOADS, Cfg::THREADS, BN, BK, TRANS_B> b_loader(B, N, K, n0, k_begin, tid);
+  T a_next[4], b_next[4];
   if (k_begin < k_end) {
     const int k_left = (int)min64(BK, k_end - k_begin);
-    a_loader.fetch(k_left, vec_a, a_next);
-    b_loader.fetch(k_left, vec_b, b_next);
-    gemm_stage<T, Cfg, TRANS_A, TRANS_B>(As[0], Bs[0], tid, a_next, b_next);
+#pragma unroll
+    for (int l = 0; l < Cfg::LOADS; ++l) {
+      a_loader.fetch(l, k_left, vec_a, a_next);
+      b_loader.fetch(l, k_left, vec_b, b_next);
+      gemm_stage<T, Cfg, TRANS_A, TRANS_B>(As[0], Bs[0], tid, l, a_next, b_next);
+    }
   }
   __syncthreads();
   int stage = 0;
   for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
     const bool more = k0 + BK < k_end;
-    if (more) {  // the next step's global loads are in flight during this step's math
-      const int k_left = (int)min64(BK, k_end - (k0 + BK));
-      a_loader.fetch(k_left, vec_a, a_next);
-      b_loader.fetch(k_left, vec_b, b_next);
-    }
+    const int k_left = (int)min64(BK, k_end - (k0 + BK));
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
+      // The next step's groups, one at a time (few registers held): group l's global loads are
+      // in flight during KK_PER_LOAD k of math, then it is stored into the other stage.
+      constexpr int KK = Cfg::KK_PER_LOAD;
+      if (more && kk % KK == 0) {
+        a_loader.fetch(kk / KK, k_left, vec_a, a_next);
+        b_loader.fetch(kk / KK, k_left, vec_b, b_next);
+      }
       T a[FM][4], b[FN][4];
 #pragma unroll
       for (int i = 0; i < FM; ++i) vec_load4(&As[stage][kk][wm + 4 * Cfg::LM * i], a[i]);
@@ -218,8 +216,9 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
       for (int i = 0; i < FM * 4; ++i)
 #pragma unroll
         for (int j = 0; j < FN * 4; ++j) acc[i][j] += a[i / 4][i % 4] * b[j / 4][j % 4];
+      if (more && kk % KK == KK - 1)
+        gemm_stage<T, Cfg, TRANS_A, TRANS_B>(As[stage ^ 1], Bs[stage ^ 1], tid, kk / KK, a_next, b_next);
     }
-    if (more) gemm_stage<T, Cfg, TRANS_A, TRANS_B>(As[stage ^ 1], Bs[stage ^ 1], tid, a_next, b_next);
     __syncthreads();  // the other stage is written; this one may be overwritten next step
     stage ^= 1;
   }
