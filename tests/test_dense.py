@@ -6,7 +6,7 @@ import pytest
 from fastconv import ops
 from helpers import DTYPES, assert_gradient, assert_matches, numerical_gradient, on, to_numpy
 
-# (M, N, K): 1x1, primes, non-multiples of the 128x128x8 tile, past one block in every dimension.
+# (M, N, K): 1x1, primes, non-multiples of the tiles (64x64x16, 128x128x8), past one block in every dimension.
 GEMM_SHAPES = [(1, 1, 1), (1, 7, 3), (5, 1, 13), (13, 17, 19), (129, 131, 9), (130, 257, 33), (64, 128, 8),
                (3, 2, 0), (0, 4, 5)]
 

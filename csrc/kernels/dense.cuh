@@ -22,9 +22,10 @@
 //   let 2 blocks share an SM), 16 in small, 8 for double (its two stages stay at 32 KB):
 //   op(A)[BM x BK] and op(B)[BK x BN] are staged in shared memory k-major (A is transposed on the
 //   way in), in two stages: while the block computes on one stage, each thread's global loads
-//   of the next step are in flight into registers, and are stored into the other stage after
-//   the math, so one __syncthreads per k-step suffices (a stage is rewritten only after every
-//   thread has passed the barrier that ended its last use). Per k a thread does 4 FM FN FMAs
+//   of the next step are in flight into registers (one group of 4 values of A and of B at a time,
+//   KK_PER_LOAD k of math each) and are stored into the other stage, so one __syncthreads per
+//   k-step suffices (a stage is rewritten only after every thread has passed the barrier that
+//   ended its last use). Per k a thread does 4 FM FN FMAs
 //   from FM + FN 16-byte shared loads (64 from 4 in large).
 //   Global loads are 16-byte vectors along the contiguous dimension when the leading dimension
 //   and base pointer allow it (else scalar with bounds checks); stores of C likewise.
