@@ -6,7 +6,7 @@ import pytest
 from fastconv import ops
 from helpers import DTYPES, assert_gradient, assert_matches, numerical_gradient, on, to_numpy
 
-# (M, N, K): 1x1, primes, non-multiples of the 128x128x8 tile, past one block in every dimension.
+# (M, N, K): 1x1, primes, non-multiples of the tiles (64x64x16, 128x128x8), past one block in every dimension.
 GEMM_SHAPES = [(1, 1, 1), (1, 7, 3), (5, 1, 13), (13, 17, 19), (129, 131, 9), (130, 257, 33), (64, 128, 8),
                (3, 2, 0), (0, 4, 5)]
 
@@ -31,9 +31,44 @@ def test_matmul(backend, m, n, k, trans_a, trans_b, dtype):
     assert_matches(out, ref, [a, b], dtype)
 
 
+# The kernel's tile configs and their edges: 64 x 64 tiles below 96 tiles of 128 x 128, 128 x 128
+# tiles from there (1290 x 1030 and 1536 x 1024); k-steps of 16 (8 for double) with and without a
+# partial last step; sizes that are multiples of 4 (16-byte loads and stores) and that are not.
+TILE_SHAPES = [(64, 64, 16), (128, 192, 40), (68, 132, 36), (65, 63, 17), (1290, 1030, 21), (1536, 1024, 36)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,n,k", TILE_SHAPES)
+def test_matmul_tile_configs(native_backend, m, n, k, dtype):
+    rng = np.random.default_rng(m + n + k)
+    for trans_a, trans_b in [(False, False), (True, True), (False, True), (True, False)]:
+        a = rng.standard_normal((k, m) if trans_a else (m, k))
+        b = rng.standard_normal((n, k) if trans_b else (k, n))
+        out = ops.matmul(*on(native_backend, a.astype(dtype), b.astype(dtype)), trans_a=trans_a, trans_b=trans_b)
+        ref = lambda a, b: (a.T if trans_a else a) @ (b.T if trans_b else b)
+        assert_matches(out, ref, [a, b], dtype)
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, True), (False, True), (True, False)])
+def test_matmul_unaligned_base_pointers(native_backend, trans_a, trans_b):
+    # sizes that allow 16-byte loads, but operands that start 4 bytes past a 16-byte boundary
+    m, n, k = 68, 72, 40
+    rng = np.random.default_rng(7)
+
+    def unaligned(shape):
+        flat = native_backend.xp.asarray(rng.standard_normal(1 + shape[0] * shape[1]).astype(np.float32))
+        return flat[1:].reshape(shape)
+
+    a, b = unaligned((k, m) if trans_a else (m, k)), unaligned((n, k) if trans_b else (k, n))
+    out = ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b)
+    ref = lambda a, b: (a.T if trans_a else a) @ (b.T if trans_b else b)
+    assert_matches(out, ref, [to_numpy(a).astype(np.float64), to_numpy(b).astype(np.float64)], np.float32)
+
+
 # Few tiles and a long K: the native GEMM splits K into slices (a last partial k-step; the
 # reference layer's one-tile 128x3136->128; 64 slices of which the last ones are empty).
-SPLIT_K_SHAPES = [(5, 7, 1000), (1, 1, 260), (129, 3, 517), (128, 128, 3136), (3, 5, 8200)]
+SPLIT_K_SHAPES = [(5, 7, 1000), (1, 1, 260), (129, 3, 517), (128, 128, 3136), (3, 5, 8200), (64, 64, 1000),
+                  (512, 512, 512)]
 
 
 @pytest.mark.parametrize("m,n,k", SPLIT_K_SHAPES)

@@ -8,16 +8,30 @@
 // so the GEMM is C = act(op(A) @ op(B) + bias), op = identity or transpose, and the backward
 // uses the transposed variants: dx = gemm(dz, W), dW = gemm(dz, x, trans_a).
 //
-// GEMM decomposition (the classic register-blocked SGEMM, cf. siboehm's and llm.c's kernels):
-//   a block of 256 threads owns a 128 x 128 tile of C and walks K in steps of 8;
-//   per step it stages op(A)[128 x 8] and op(B)[8 x 128] in shared memory, stored k-major so the
-//   inner loop reads contiguous rows; each thread owns an 8 x 8 sub-tile of C in registers and
-//   does 64 FMAs per k from 16 shared-memory reads. Global loads are 16-byte vectors along the
-//   contiguous dimension when the leading dimension and base pointer allow it (else scalar with
-//   bounds checks), and the next tile is fetched into registers while the current one computes.
+// GEMM decomposition (the register-blocked, warp-tiled FFMA SGEMM of CUTLASS's SIMT kernels and
+// siboehm's kernels 9-10): one kernel, templated on a tile config (GemmTile), two configs picked
+// from the shape alone (gemm_large_tiles), so the result is the same on every device:
+//   large  a block of 256 threads (8 warps) owns a 128 x 128 tile of C; a warp owns 64 x 32;
+//   small  a block of 128 threads (4 warps) owns a  64 x  64 tile of C; a warp owns 32 x 32;
+//   small is used while large would leave most of a 132-SM GPU idle (fewer than 96 tiles).
+//   A thread owns FM x FN fragments of 4 x 4 values of C (2 x 2 in large, 1 x 2 in small): the
+//   warp's lanes form an 8 x 4 grid (lane / 4, lane % 4) and fragment (i, j) of lane (lm, ln) is
+//   rows 32 i + 4 lm .. + 3, columns 16 j + 4 ln .. + 3 of the warp's tile, so one 16-byte shared
+//   load gives a thread 4 values and a warp's loads touch 128 (A) and 64 (B) contiguous bytes.
+//   The block walks K in steps of BK: 8 in large (BK = 16 spills there at the 128 registers that
+//   let 2 blocks share an SM), 16 in small, 8 for double (its two stages stay at 32 KB):
+//   op(A)[BM x BK] and op(B)[BK x BN] are staged in shared memory k-major (A is transposed on the
+//   way in), in two stages: while the block computes on one stage, each thread's global loads
+//   of the next step are in flight into registers (one group of 4 values of A and of B at a time,
+//   KK_PER_LOAD k of math each) and are stored into the other stage, so one __syncthreads per
+//   k-step suffices (a stage is rewritten only after every thread has passed the barrier that
+//   ended its last use). Per k a thread does 4 FM FN FMAs
+//   from FM + FN 16-byte shared loads (64 from 4 in large).
+//   Global loads are 16-byte vectors along the contiguous dimension when the leading dimension
+//   and base pointer allow it (else scalar with bounds checks); stores of C likewise.
 //   Bias and activation are applied in the epilogue, before the single store of C.
 //   Split-K: when the tile grid alone would leave most of the GPU idle (few tiles, long K, e.g.
-//   a 128 x 3136 -> 128 linear layer is ONE 128 x 128 tile), K is cut into `splits` slices of
+//   a 128 x 3136 -> 128 linear layer is four 64 x 64 tiles), K is cut into `splits` slices of
 //   whole k-steps (blockIdx.z = slice); each slice stores its raw partial tile in a workspace
 //   (splits x M x N) and gemm_reduce_kernel sums the slices in order s = 0, 1, ... and applies
 //   bias and activation: no atomics, so the result is the same on every run. gemm_splits picks
@@ -26,117 +40,213 @@
 //   (including 1, primes and K = 0) is exact. Indices are 64-bit.
 #pragma once
 
+#include <type_traits>
+
 #include "common.cuh"
 #include "dense.h"
 
 namespace fc {
 
-namespace gemm_tile {
-constexpr int BM = 128, BN = 128, BK = 8, TM = 8, TN = 8;
-constexpr int THREADS = (BM / TM) * (BN / TN);  // 256
-static_assert(BM * BK == 4 * THREADS && BN * BK == 4 * THREADS, "each thread stages 4 + 4 values");
-}  // namespace gemm_tile
+// A GEMM tile config: the block's BM x BN tile of C, its k-step BK, the warp's WM x WN tile, a
+// thread's FM x FN fragments of 4 x 4, and how many blocks per SM the registers must allow.
+template <int BM_, int BN_, int BK_, int WM_, int WN_, int FM_, int FN_, int MIN_BLOCKS_>
+struct GemmTile {
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, WM = WM_, WN = WN_, FM = FM_, FN = FN_;
+  static constexpr int MIN_BLOCKS = MIN_BLOCKS_;
+  static constexpr int LM = WM / (4 * FM), LN = WN / (4 * FN);  // the warp's lane grid
+  static constexpr int WARPS_N = BN / WN, THREADS = 32 * (BM / WM) * WARPS_N;
+  // Global -> shared staging: each thread moves LOADS groups of 4 values of A and of B per k-step.
+  static constexpr int LOADS = BM * BK / (4 * THREADS);
+  static constexpr int KK_PER_LOAD = BK / LOADS;  // k of math per group in flight
+  static_assert(LM * LN == 32, "a warp's lanes tile its warp tile");
+  static_assert(BM == BN, "A and B stage the same number of groups");
+  static_assert(BM % WM == 0 && BN % WN == 0 && BK % 4 == 0, "warps tile the block tile");
+  static_assert(LOADS * 4 * THREADS == BM * BK && BK % LOADS == 0, "loads cover the tiles");
+};
 
-// Fetches this thread's 4 values of the op(A) tile at (m0, k0) and of the op(B) tile at (k0, n0).
-// K is the operands' inner dimension (a leading dimension when K is contiguous); k values at or
-// past k_end (K, or the end of this block's split-K slice) read as 0.
-template <typename T, bool TRANS_A, bool TRANS_B>
-__device__ __forceinline__ void gemm_fetch(const T* __restrict__ A, const T* __restrict__ B, int64_t M, int64_t N,
-                                           int64_t K, int64_t k_end, int64_t m0, int64_t n0, int64_t k0, bool vec_a,
-                                           bool vec_b, int tid, T a[4], T b[4]) {
-  using namespace gemm_tile;
-  if (!TRANS_A) {  // A is M x K: 4 consecutive k of one row
-    int64_t m = m0 + tid / 2, k = k0 + (tid % 2) * 4;
-    int64_t valid = m < M ? min64(4, k_end - k) : 0;
-    load4(A + m * K + k, vec_a, valid, a);
-  } else {  // A is K x M: 4 consecutive m of one k
-    int64_t k = k0 + tid / 32, m = m0 + (tid % 32) * 4;
-    int64_t valid = k < k_end ? min64(4, M - m) : 0;
-    load4(A + k * M + m, vec_a, valid, a);
-  }
-  if (!TRANS_B) {  // B is K x N: 4 consecutive n of one k
-    int64_t k = k0 + tid / 32, n = n0 + (tid % 32) * 4;
-    int64_t valid = k < k_end ? min64(4, N - n) : 0;
-    load4(B + k * N + n, vec_b, valid, b);
-  } else {  // B is N x K: 4 consecutive k of one n
-    int64_t n = n0 + tid / 2, k = k0 + (tid % 2) * 4;
-    int64_t valid = n < N ? min64(4, k_end - k) : 0;
-    load4(B + n * K + k, vec_b, valid, b);
-  }
+// The two configs per type (double: BK = 8 keeps the two stages at 32 KB; double only needs to be
+// correct, so its registers are not capped).
+template <typename T, bool LARGE>
+using GemmConfig = typename std::conditional<
+    LARGE, GemmTile<128, 128, 8, 64, 32, 2, 2, sizeof(T) == 4 ? 2 : 1>,
+    GemmTile<64, 64, sizeof(T) == 4 ? 16 : 8, 32, 32, 1, 2, sizeof(T) == 4 ? 4 : 1>>::type;
+
+// Large tiles when there are enough of them to fill the GPU (the same threshold as split-K's).
+constexpr int64_t kGemmTargetBlocks = 192;
+inline bool gemm_large_tiles(int64_t M, int64_t N) {
+  return ((M + 127) / 128) * ((N + 127) / 128) >= kGemmTargetBlocks / 2;
 }
 
-template <typename T, bool TRANS_A, bool TRANS_B>
-__device__ __forceinline__ void gemm_stage(T (*As)[gemm_tile::BM], T (*Bs)[gemm_tile::BN], int tid, const T a[4],
-                                           const T b[4]) {
+// 4 consecutive values from / to 16-byte aligned memory (shared or global).
+__device__ __forceinline__ void vec_load4(const float* p, float out[4]) {
+  float4 v = *reinterpret_cast<const float4*>(p);
+  out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+}
+__device__ __forceinline__ void vec_load4(const double* p, double out[4]) {
+  double2 v0 = reinterpret_cast<const double2*>(p)[0], v1 = reinterpret_cast<const double2*>(p)[1];
+  out[0] = v0.x; out[1] = v0.y; out[2] = v1.x; out[3] = v1.y;
+}
+__device__ __forceinline__ void vec_store4(float* p, const float v[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void vec_store4(double* p, const double v[4]) {
+  reinterpret_cast<double2*>(p)[0] = make_double2(v[0], v[1]);
+  reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
+}
+
+// One operand's global -> register loads for one thread: the thread moves LOADS groups of 4
+// values per k-step, each group along the operand's contiguous dimension (consecutive threads
+// take consecutive groups, so a warp's loads are coalesced). Set up once per block: where each
+// group starts and how many of its 4 values along m or n exist (4 inside C, fewer or none past
+// its edge); each step then only adds a constant to the pointers and checks k against k_end.
+// K_CONTIGUOUS: the operand is stored (M or N) x K, so a group is 4 consecutive k of one row;
+// else it is stored K x (M or N), so a group is 4 consecutive m (n) of one k.
+template <typename T, int LOADS, int THREADS, int BMN, int BK, bool K_CONTIGUOUS>
+struct GemmLoader {
+  const T* p[LOADS];
+  int kq[LOADS];    // the group's first k, relative to the step's k0
+  int valid[LOADS];  // values of the group inside the tile's m (n) range
+  int64_t step;      // elements from one k-step to the next
+
+  // X is the operand, MN its M or N, ld its leading dimension (K or MN).
+  __device__ __forceinline__ GemmLoader(const T* X, int64_t MN, int64_t K, int64_t mn0, int64_t k_begin, int tid) {
+    step = K_CONTIGUOUS ? BK : (int64_t)BK * MN;
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    if (!TRANS_A) As[(tid % 2) * 4 + j][tid / 2] = a[j];
-    else As[tid / 32][(tid % 32) * 4 + j] = a[j];
-    if (!TRANS_B) Bs[tid / 32][(tid % 32) * 4 + j] = b[j];
-    else Bs[(tid % 2) * 4 + j][tid / 2] = b[j];
+    for (int l = 0; l < LOADS; ++l) {
+      const int g = tid + l * THREADS;
+      int64_t mn;
+      if (K_CONTIGUOUS) {
+        mn = mn0 + g / (BK / 4), kq[l] = (g % (BK / 4)) * 4;
+        valid[l] = mn < MN ? 4 : 0;
+      } else {
+        kq[l] = g / (BMN / 4), mn = mn0 + (g % (BMN / 4)) * 4;
+        valid[l] = (int)max64(0, min64(4, MN - mn));
+      }
+      // (a group wholly outside the operand keeps a pointer to its start: it is never read)
+      p[l] = valid[l] ? X + (K_CONTIGUOUS ? mn * K + k_begin + kq[l] : (k_begin + kq[l]) * MN + mn) : X;
+    }
+  }
+
+  // Loads group l of the step at k0, of which k_left (clamped to BK) k values remain before k_end
+  // (the rest read as 0), and moves the group on to the next step.
+  __device__ __forceinline__ void fetch(int l, int k_left, bool vec, T out[4]) {
+    const int n = K_CONTIGUOUS ? min(valid[l], max(0, k_left - kq[l])) : (kq[l] < k_left ? valid[l] : 0);
+    load4(p[l], vec, n, out);
+    p[l] += step;  // (a pointer of an empty group is never read)
+  }
+};
+
+// Stores group l of A and of B into one stage, k-major: a group along m or n is one 16-byte
+// store, a group along k is 4 scalar stores down a column.
+template <typename T, class Cfg, bool TRANS_A, bool TRANS_B>
+__device__ __forceinline__ void gemm_stage(T (*As)[Cfg::BM], T (*Bs)[Cfg::BN], int tid, int l, const T a[4],
+                                           const T b[4]) {
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK;
+  const int g = tid + l * Cfg::THREADS;
+  if (!TRANS_A) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) As[(g % (BK / 4)) * 4 + j][g / (BK / 4)] = a[j];
+  } else {
+    vec_store4(&As[g / (BM / 4)][(g % (BM / 4)) * 4], a);
+  }
+  if (!TRANS_B) {
+    vec_store4(&Bs[g / (BN / 4)][(g % (BN / 4)) * 4], b);
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) Bs[(g % (BK / 4)) * 4 + j][g / (BK / 4)] = b[j];
   }
 }
 
-template <typename T, bool TRANS_A, bool TRANS_B>
-__global__ void __launch_bounds__(gemm_tile::THREADS)
+template <typename T, class Cfg, bool TRANS_A, bool TRANS_B>
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     gemm_kernel(const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ bias, T* __restrict__ C,
                 T* __restrict__ partials, int64_t M, int64_t N, int64_t K, int64_t k_chunk, int act, bool vec_a,
-                bool vec_b) {
-  using namespace gemm_tile;
-  __shared__ __align__(16) T As[BK][BM];
-  __shared__ __align__(16) T Bs[BK][BN];
+                bool vec_b, bool vec_c) {
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, FM = Cfg::FM, FN = Cfg::FN;
+  __shared__ __align__(16) T As[2][BK][BM];
+  __shared__ __align__(16) T Bs[2][BK][BN];
 
-  const int tid = threadIdx.x;
-  const int tx = tid % (BN / TN), ty = tid / (BN / TN);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  // This thread's fragments start at rows wm + 4 * Cfg::LM * i and columns wn + 4 * Cfg::LN * j
+  // of the block's tile.
+  const int wm = (warp / Cfg::WARPS_N) * Cfg::WM + (lane / Cfg::LN) * 4;
+  const int wn = (warp % Cfg::WARPS_N) * Cfg::WN + (lane % Cfg::LN) * 4;
   const int64_t m0 = (int64_t)blockIdx.y * BM, n0 = (int64_t)blockIdx.x * BN;
 
-  T acc[TM][TN];
+  T acc[FM * 4][FN * 4];
 #pragma unroll
-  for (int i = 0; i < TM; ++i)
+  for (int i = 0; i < FM * 4; ++i)
 #pragma unroll
-    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+    for (int j = 0; j < FN * 4; ++j) acc[i][j] = T(0);
 
   // This block's slice of K (all of it without split-K). k_chunk is a multiple of BK, so the
   // slice's k-steps are the unsplit kernel's; loads stop at k_end, so slices never overlap.
   const int64_t k_begin = (int64_t)blockIdx.z * k_chunk, k_end = min64(K, k_begin + k_chunk);
+  GemmLoader<T, Cfg::LOADS, Cfg::THREADS, BM, BK, !TRANS_A> a_loader(A, M, K, m0, k_begin, tid);
+  GemmLoader<T, Cfg::LOADS, Cfg::THREADS, BN, BK, TRANS_B> b_loader(B, N, K, n0, k_begin, tid);
   T a_next[4], b_next[4];
-  if (k_begin < k_end)
-    gemm_fetch<T, TRANS_A, TRANS_B>(A, B, M, N, K, k_end, m0, n0, k_begin, vec_a, vec_b, tid, a_next, b_next);
+  if (k_begin < k_end) {
+    const int k_left = (int)min64(BK, k_end - k_begin);
+#pragma unroll
+    for (int l = 0; l < Cfg::LOADS; ++l) {
+      a_loader.fetch(l, k_left, vec_a, a_next);
+      b_loader.fetch(l, k_left, vec_b, b_next);
+      gemm_stage<T, Cfg, TRANS_A, TRANS_B>(As[0], Bs[0], tid, l, a_next, b_next);
+    }
+  }
+  __syncthreads();
+  int stage = 0;
   for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
-    gemm_stage<T, TRANS_A, TRANS_B>(As, Bs, tid, a_next, b_next);
-    __syncthreads();
-    if (k0 + BK < k_end)  // overlap the next tile's global loads with this tile's math
-      gemm_fetch<T, TRANS_A, TRANS_B>(A, B, M, N, K, k_end, m0, n0, k0 + BK, vec_a, vec_b, tid, a_next, b_next);
+    const bool more = k0 + BK < k_end;
+    const int k_left = (int)min64(BK, k_end - (k0 + BK));
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
-      T a[TM], b[TN];
+      // The next step's groups, one at a time (few registers held): group l's global loads are
+      // in flight during KK_PER_LOAD k of math, then it is stored into the other stage.
+      constexpr int KK = Cfg::KK_PER_LOAD;
+      if (more && kk % KK == 0) {
+        a_loader.fetch(kk / KK, k_left, vec_a, a_next);
+        b_loader.fetch(kk / KK, k_left, vec_b, b_next);
+      }
+      T a[FM][4], b[FN][4];
 #pragma unroll
-      for (int i = 0; i < TM; ++i) a[i] = As[kk][ty * TM + i];
+      for (int i = 0; i < FM; ++i) vec_load4(&As[stage][kk][wm + 4 * Cfg::LM * i], a[i]);
 #pragma unroll
-      for (int j = 0; j < TN; ++j) b[j] = Bs[kk][tx * TN + j];
+      for (int j = 0; j < FN; ++j) vec_load4(&Bs[stage][kk][wn + 4 * Cfg::LN * j], b[j]);
 #pragma unroll
-      for (int i = 0; i < TM; ++i)
+      for (int i = 0; i < FM * 4; ++i)
 #pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] += a[i] * b[j];
+        for (int j = 0; j < FN * 4; ++j) acc[i][j] += a[i / 4][i % 4] * b[j / 4][j % 4];
+      if (more && kk % KK == KK - 1)
+        gemm_stage<T, Cfg, TRANS_A, TRANS_B>(As[stage ^ 1], Bs[stage ^ 1], tid, kk / KK, a_next, b_next);
     }
-    __syncthreads();  // before the next stage overwrites the tiles
+    __syncthreads();  // the other stage is written; this one may be overwritten next step
+    stage ^= 1;
   }
 
   T* out = partials ? partials + (int64_t)blockIdx.z * M * N : C;
 #pragma unroll
-  for (int i = 0; i < TM; ++i) {
-    int64_t m = m0 + ty * TM + i;
-    if (m >= M) break;
+  for (int i = 0; i < FM * 4; ++i) {
+    const int64_t m = m0 + wm + 4 * Cfg::LM * (i / 4) + i % 4;
+    if (m >= M) continue;
 #pragma unroll
-    for (int j = 0; j < TN; ++j) {
-      int64_t n = n0 + tx * TN + j;
-      if (n < N) {
-        T v = acc[i][j];
-        if (!partials) {  // split-K applies bias and activation after the sum
-          if (bias) v += bias[n];
-          v = activate(v, act);
+    for (int j = 0; j < FN; ++j) {
+      const int64_t n = n0 + wn + 4 * Cfg::LN * j;
+      T v[4];
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        v[c] = acc[i][4 * j + c];
+        if (!partials && n + c < N) {  // split-K applies bias and activation after the sum
+          if (bias) v[c] += bias[n + c];
+          v[c] = activate(v[c], act);
         }
-        out[m * N + n] = v;
+      }
+      if (vec_c && n + 4 <= N) {
+        vec_store4(out + m * N + n, v);
+      } else {
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          if (n + c < N) out[m * N + n + c] = v[c];
       }
     }
   }
@@ -156,38 +266,48 @@ __global__ void gemm_reduce_kernel(const T* __restrict__ partials, const T* __re
 }
 
 int64_t gemm_splits(int64_t M, int64_t N, int64_t K) {
-  using namespace gemm_tile;
   // Aim for about 192 blocks (some 1.5 waves of a 132-SM H100; any GPU of the last years has
-  // fewer SMs), each slice keeping at least 128 k values (16 k-steps) of work.
-  constexpr int64_t kTargetBlocks = 192, kMinKPerSlice = 128, kMaxSplits = 64;
-  const int64_t tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
-  if (tiles == 0 || tiles >= kTargetBlocks / 2) return 1;  // (an empty C needs no launch)
-  return max64(1, min64(min64((kTargetBlocks + tiles - 1) / tiles, K / kMinKPerSlice), kMaxSplits));
+  // fewer SMs), each slice keeping at least 128 k values of work. Tiles are counted in the config
+  // gemm picks for the shape (both configs have the same tile size for float and double).
+  constexpr int64_t kMinKPerSlice = 128, kMaxSplits = 64;
+  const int64_t tm = gemm_large_tiles(M, N) ? 128 : 64;
+  const int64_t tiles = ((M + tm - 1) / tm) * ((N + tm - 1) / tm);
+  if (tiles == 0 || tiles >= kGemmTargetBlocks / 2) return 1;  // (an empty C needs no launch)
+  return max64(1, min64(min64((kGemmTargetBlocks + tiles - 1) / tiles, K / kMinKPerSlice), kMaxSplits));
+}
+
+template <typename T, class Cfg>
+void gemm_launch(const T* A, const T* B, const T* bias, T* C, int64_t M, int64_t N, int64_t K, bool trans_a,
+                 bool trans_b, int act, T* partials, int64_t splits, void* stream) {
+  require((M + Cfg::BM - 1) / Cfg::BM <= 65535, "gemm: M too large for the grid's y dimension");
+  int64_t k_chunk = (K + splits - 1) / splits;
+  k_chunk = max64(Cfg::BK, (k_chunk + Cfg::BK - 1) / Cfg::BK * Cfg::BK);  // slices start on a k-step boundary
+  dim3 grid(blocks_for(N, Cfg::BN), blocks_for(M, Cfg::BM), (unsigned)splits);
+  // 16-byte loads and stores need the contiguous dimension to keep every row start aligned.
+  const bool vec_a = aligned16(A) && ((trans_a ? M : K) % 4 == 0);
+  const bool vec_b = aligned16(B) && ((trans_b ? K : N) % 4 == 0);
+  const bool vec_c = aligned16(partials ? (const T*)partials : (const T*)C) && N % 4 == 0;
+  auto args = [&](auto kernel, const char* name) {
+    launch(name, kernel, grid, dim3(Cfg::THREADS), 0, stream, A, B, bias, C, partials, M, N, K, k_chunk, act, vec_a,
+           vec_b, vec_c);
+  };
+  if (!trans_a && !trans_b) args(gemm_kernel<T, Cfg, false, false>, "gemm_kernel<NN>");
+  else if (!trans_a && trans_b) args(gemm_kernel<T, Cfg, false, true>, "gemm_kernel<NT>");
+  else if (trans_a && !trans_b) args(gemm_kernel<T, Cfg, true, false>, "gemm_kernel<TN>");
+  else args(gemm_kernel<T, Cfg, true, true>, "gemm_kernel<TT>");
 }
 
 template <typename T>
 void gemm(const T* A, const T* B, const T* bias, T* C, int64_t M, int64_t N, int64_t K, bool trans_a, bool trans_b,
           int act, T* workspace, int64_t splits, void* stream) {
-  using namespace gemm_tile;
   if (M == 0 || N == 0) return;
-  require((M + BM - 1) / BM <= 65535, "gemm: M too large for the grid's y dimension");
   require(splits >= 1 && splits <= 65535, "gemm: splits must be in [1, 65535]");
   require(splits == 1 || workspace != nullptr, "gemm: splits > 1 needs a workspace of splits * M * N values");
-  int64_t k_chunk = (K + splits - 1) / splits;
-  k_chunk = max64(BK, (k_chunk + BK - 1) / BK * BK);  // slices start on a k-step boundary
   T* partials = splits > 1 ? workspace : nullptr;
-  dim3 grid(blocks_for(N, BN), blocks_for(M, BM), (unsigned)splits);
-  // 16-byte loads need the contiguous dimension to keep every row start aligned.
-  bool vec_a = aligned16(A) && ((trans_a ? M : K) % 4 == 0);
-  bool vec_b = aligned16(B) && ((trans_b ? K : N) % 4 == 0);
-  auto args = [&](auto kernel, const char* name) {
-    launch(name, kernel, grid, dim3(THREADS), 0, stream, A, B, bias, C, partials, M, N, K, k_chunk, act, vec_a,
-           vec_b);
-  };
-  if (!trans_a && !trans_b) args(gemm_kernel<T, false, false>, "gemm_kernel<NN>");
-  else if (!trans_a && trans_b) args(gemm_kernel<T, false, true>, "gemm_kernel<NT>");
-  else if (trans_a && !trans_b) args(gemm_kernel<T, true, false>, "gemm_kernel<TN>");
-  else args(gemm_kernel<T, true, true>, "gemm_kernel<TT>");
+  if (gemm_large_tiles(M, N))
+    gemm_launch<T, GemmConfig<T, true>>(A, B, bias, C, M, N, K, trans_a, trans_b, act, partials, splits, stream);
+  else
+    gemm_launch<T, GemmConfig<T, false>>(A, B, bias, C, M, N, K, trans_a, trans_b, act, partials, splits, stream);
   if (partials)
     launch("gemm_reduce_kernel", gemm_reduce_kernel<T>, dim3((unsigned)min64(blocks_for(M * N, 256), 4096)), dim3(256),
            0, stream, (const T*)partials, bias, C, M, N, splits, act);
