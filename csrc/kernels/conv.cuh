@@ -100,16 +100,16 @@ struct ConvGeom {
 };
 
 // Whether 32-bit indices are exact for this convolution: every tensor (workspace included) and
-// every coordinate a gather forms (padded and dilated window corners) below `conv_index32_limit`
-// (2^30: headroom for a k-step past K and for sums of two in-range terms). Tests lower the limit
-// to run the 64-bit kernels on small shapes.
+// every coordinate a gather forms (padded and dilated window corners; the w offsets that a masked
+// k-step past K decodes) below `conv_index32_limit` (2^30: headroom for sums of two in-range
+// terms). Tests lower the limit to run the 64-bit kernels on small shapes.
 inline int64_t& conv_index32_limit() {
   static int64_t limit = int64_t(1) << 30;
   return limit;
 }
 inline bool conv_fits_int32(const ConvShape& s, int64_t workspace) {
   const int64_t extents[] = {s.N * s.C * s.H * s.W, s.N * s.C_out * s.OH * s.OW,
-                             s.C_out * (s.C / s.groups) * s.KH * s.KW + s.C_out, workspace,
+                             (s.C_out + 32) * (s.C / s.groups) * s.KH * s.KW + s.C_out, workspace,
                              s.H + s.pad_h + s.dil_h * s.KH + s.stride_h * s.OH + s.KH,
                              s.W + s.pad_w + s.dil_w * s.KW + s.stride_w * s.OW + s.KW, s.N * s.OH * s.OW + 64};
   for (int64_t e : extents)
