@@ -23,16 +23,16 @@
 // (c, i, j) for dw), so the epilogue's stores run along memory.
 //
 // Decomposition: one kernel template, implicit_gemm_kernel<Tile, Problem>. The Problem supplies the
-// gathers (a row of A is decoded once per kernel, a k once per k-step and thread, then each element
-// is an add, a bounds check and a load) and the epilogue; the Tile (ConvTile) fixes the block's
+// gathers (a row of A is decoded once per kernel, a k once per k-step and thread, then an element
+// is a few adds, a bounds check and a load) and the epilogue; the Tile (ConvTile) fixes the block's
 // BM x BN piece of C for one group (blockIdx.z), the k-step BK, and each thread's TM x TN values of
 // C in registers: rows rt*4 + 0..3 (+ BM/2 when TM = 8), columns ct*4 + 0..3 (+ BN/2 when TN = 8),
 // read from shared memory as 16-byte vectors. A k-step stages A[BM x BK] and B[BK x BN] in shared
 // memory k-major (one stage; the next step's gathers go to registers while this step computes).
-// Loads: B and the weight GEMM's A ("k-fixed") give each thread one k and several columns / rows,
-// with 8 consecutive k per 8 threads (32-byte runs of dy / x along pixels); the forward and data
-// GEMMs' A ("row-fixed") gives each thread one row and several k, 32 threads on 32 consecutive
-// pixels. Tiles, a pure function of the shape (same result on every device):
+// Loads give each thread one k of the step (decoded once) and several rows of A and columns of B;
+// 8 threads take 8 consecutive k (runs along memory where k is a pixel or a kernel column), and
+// the shared-memory rows are padded by 4 so that a warp's 8 k x 4 rows stores hit 32 banks.
+// Tiles, a pure function of the shape (same result on every device):
 //   ConvTileWide   128 x 64 x 8,  8x4 per thread, 256 threads: forward / data with Nc > 32
 //   ConvTileNarrow 128 x 32 x 8,  8x4 per thread, 128 threads: forward / data with Nc <= 32
 //   ConvTileWgrad   64 x 64 x 16, 8x4 per thread, 128 threads: weight gradient
@@ -119,22 +119,20 @@ inline bool conv_fits_int32(const ConvShape& s, int64_t workspace) {
 
 // ---- tiles ----
 
-template <int BM_, int BN_, int BK_, int TM_, int TN_, bool A_K_FIXED_>
+template <int BM_, int BN_, int BK_, int TM_, int TN_>
 struct ConvTile {
   static constexpr int BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_;
-  static constexpr bool A_K_FIXED = A_K_FIXED_;  // A loads: one k and several rows per thread (else one row)
   static constexpr int RT = BM / TM, CT = BN / TN;  // thread rows / columns of C
   static constexpr int THREADS = RT * CT;
-  static constexpr int TPK = THREADS / BK;          // loader threads per k (k-fixed loads)
-  static constexpr int A_PER = BM * BK / THREADS, B_PER = BN * BK / THREADS;
+  static constexpr int TPK = THREADS / BK;          // loader threads per k
+  static constexpr int A_PER = BM / TPK, B_PER = BN / TPK;  // A rows / B columns a thread loads
   static_assert(TM % 4 == 0 && TN % 4 == 0 && TM <= 8 && TN <= 8, "fragments of 4, 16-byte shared loads");
-  static_assert(BK % 8 == 0 && THREADS % BK == 0 && BN % TPK == 0 && BM % TPK == 0, "k-fixed loader layout");
-  static_assert(A_K_FIXED || (THREADS % BM == 0 && BK % (THREADS / BM) == 0), "row-fixed loader layout");
+  static_assert(BK % 8 == 0 && THREADS % BK == 0 && BN % TPK == 0 && BM % TPK == 0, "loader layout");
 };
-using ConvTileWide = ConvTile<128, 64, 8, 8, 4, false>;
-using ConvTileNarrow = ConvTile<128, 32, 8, 8, 4, false>;
-using ConvTileWgrad = ConvTile<64, 64, 16, 8, 4, true>;
-using ConvTileWgradS = ConvTile<32, 32, 16, 4, 4, true>;
+using ConvTileWide = ConvTile<128, 64, 8, 8, 4>;
+using ConvTileNarrow = ConvTile<128, 32, 8, 8, 4>;
+using ConvTileWgrad = ConvTile<64, 64, 16, 8, 4>;
+using ConvTileWgradS = ConvTile<32, 32, 16, 4, 4>;
 
 // ---- the three problems: gathers of A and B, and the epilogue ----
 // row(g, m): what A's row m needs for every k; ka(k): what A's column k needs for every row; a():
@@ -196,7 +194,9 @@ struct ConvForwardProblem {
   }
 };
 
-template <typename T, typename I>
+// Strided: a stride other than 1 x 1 (the gather then tests that the stride divides the offset;
+// with unit stride that is one bounds check per coordinate).
+template <typename T, typename I, bool Strided>
 struct ConvBackwardDataProblem {
   using value_type = T;
   using index_type = I;
@@ -225,10 +225,15 @@ struct ConvBackwardDataProblem {
     return KA{co * s.P, i * s.dh, (rem - i * s.KW) * s.dw};
   }
   __device__ __forceinline__ T a(const Row& r, const KA& q) const {
-    I th = r.th0 - q.di, tw = r.tw0 - q.dj;
-    if (th < 0 || tw < 0) return T(0);
-    I oh = s.by_sh(th), ow = s.by_sw(tw);
-    if (oh * s.sh != th || ow * s.sw != tw || oh >= s.OH || ow >= s.OW) return T(0);
+    I oh = r.th0 - q.di, ow = r.tw0 - q.dj;
+    if constexpr (Strided) {
+      if (oh < 0 || ow < 0) return T(0);
+      I th = oh, tw = ow;
+      oh = s.by_sh(th);
+      ow = s.by_sw(tw);
+      if (oh * s.sh != th || ow * s.sw != tw) return T(0);
+    }
+    if (!inside(oh, s.OH) || !inside(ow, s.OW)) return T(0);
     return dy[r.off + q.off + oh * s.OW + ow];
   }
   struct KB {
@@ -325,7 +330,6 @@ __global__ void __launch_bounds__(Tile::THREADS) implicit_gemm_kernel(const Prob
   using I = typename Problem::index_type;
   constexpr int BM = Tile::BM, BN = Tile::BN, BK = Tile::BK, TM = Tile::TM, TN = Tile::TN, RT = Tile::RT,
                 CT = Tile::CT, TPK = Tile::TPK, A_PER = Tile::A_PER, B_PER = Tile::B_PER;
-  constexpr int A_ROWS = Tile::A_K_FIXED ? A_PER : 1;  // A rows a thread loads
   // +4: rows stay 16-byte aligned, and the k-fixed stores (8 k x 4 rows per warp) hit 32 banks
   __shared__ __align__(16) T As[BK][BM + 4];
   __shared__ __align__(16) T Bs[BK][BN + 4];
@@ -336,42 +340,30 @@ __global__ void __launch_bounds__(Tile::THREADS) implicit_gemm_kernel(const Prob
   const I m0 = (I)blockIdx.x * BM, n0 = (I)blockIdx.y * BN;
   const I k_begin = split * p.k_chunk, k_end = p.K - k_begin < p.k_chunk ? p.K : k_begin + p.k_chunk;
 
-  // Loader coordinates. k-fixed: k = k_lo, rows / columns j_lo + r*TPK. Row-fixed A: row tid % BM,
-  // k = tid / BM + r * (THREADS / BM).
+  // Loader coordinates: k = k0 + k_lo, A rows and B columns j_lo + r*TPK.
   const int k_lo = tid % 8 + 8 * (tid / 8 / TPK), j_lo = tid / 8 % TPK;
-  auto a_row = [&](int r) { return Tile::A_K_FIXED ? j_lo + r * TPK : tid % BM; };
-  auto a_k = [&](int r) { return Tile::A_K_FIXED ? k_lo : tid / BM + r * (Tile::THREADS / BM); };
 
   // The A rows this thread loads, decoded once (a row past M is masked; it decodes row M - 1).
-  typename Problem::Row rows[A_ROWS];
-  bool live[A_ROWS];
+  typename Problem::Row rows[A_PER];
+  bool live[A_PER];
 #pragma unroll
-  for (int r = 0; r < A_ROWS; ++r) {
-    const I m = m0 + a_row(r);
+  for (int r = 0; r < A_PER; ++r) {
+    const I m = m0 + j_lo + r * TPK;
     live[r] = m < p.M;
     rows[r] = p.row(g, live[r] ? m : p.M - 1);
   }
 
   // This thread's A and B values of the k-step at k0 (0 past k_end, past M, past N).
   auto fetch = [&](I k0, T (&a)[A_PER], T (&b)[B_PER]) {
-    if constexpr (Tile::A_K_FIXED) {
-      const I k = k0 + k_lo;
-      const typename Problem::KA q = p.ka(k);
-#pragma unroll
-      for (int r = 0; r < A_PER; ++r) a[r] = (k < k_end && live[r]) ? p.a(rows[r], q) : T(0);
-    } else {
-#pragma unroll
-      for (int r = 0; r < A_PER; ++r) {
-        const I k = k0 + a_k(r);
-        a[r] = (k < k_end && live[0]) ? p.a(rows[0], p.ka(k)) : T(0);
-      }
-    }
     const I k = k0 + k_lo;
-    const typename Problem::KB q = p.kb(g, k);
+    const typename Problem::KA qa = p.ka(k);
+#pragma unroll
+    for (int r = 0; r < A_PER; ++r) a[r] = (k < k_end && live[r]) ? p.a(rows[r], qa) : T(0);
+    const typename Problem::KB qb = p.kb(g, k);
 #pragma unroll
     for (int r = 0; r < B_PER; ++r) {
       const I n = n0 + j_lo + r * TPK;
-      b[r] = (k < k_end && n < p.N) ? p.b(q, n) : T(0);
+      b[r] = (k < k_end && n < p.N) ? p.b(qb, n) : T(0);
     }
   };
 
@@ -385,7 +377,7 @@ __global__ void __launch_bounds__(Tile::THREADS) implicit_gemm_kernel(const Prob
   if (k_begin < k_end) fetch(k_begin, a_next, b_next);
   for (I k0 = k_begin; k0 < k_end; k0 += BK) {
 #pragma unroll
-    for (int r = 0; r < A_PER; ++r) As[a_k(r)][Tile::A_K_FIXED ? a_row(r) : a_row(0)] = a_next[r];
+    for (int r = 0; r < A_PER; ++r) As[k_lo][j_lo + r * TPK] = a_next[r];
 #pragma unroll
     for (int r = 0; r < B_PER; ++r) Bs[k_lo][j_lo + r * TPK] = b_next[r];
     __syncthreads();
@@ -474,9 +466,9 @@ void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const ConvShape
   else conv2d_forward_as<T, int64_t>(x, w, bias, y, s, act, stream);
 }
 
-template <typename T, typename I>
+template <typename T, typename I, bool Strided>
 void conv2d_backward_data_as(const T* dy, const T* w, T* dx, const ConvShape& s, void* stream) {
-  ConvBackwardDataProblem<T, I> p;
+  ConvBackwardDataProblem<T, I, Strided> p;
   p.dy = dy; p.w = w; p.dx = dx; p.s = ConvGeom<I>(s);
   p.M = (I)(s.N * s.H * s.W); p.N = (I)(s.C / s.groups); p.K = (I)((s.C_out / s.groups) * s.KH * s.KW);
   p.splits = 1; p.k_chunk = 0;
@@ -486,8 +478,11 @@ void conv2d_backward_data_as(const T* dy, const T* w, T* dx, const ConvShape& s,
 
 template <typename T>
 void conv2d_backward_data(const T* dy, const T* w, T* dx, const ConvShape& s, void* stream) {
-  if (conv_fits_int32(s, 0)) conv2d_backward_data_as<T, int32_t>(dy, w, dx, s, stream);
-  else conv2d_backward_data_as<T, int64_t>(dy, w, dx, s, stream);
+  const bool wide = !conv_fits_int32(s, 0), strided = s.stride_h != 1 || s.stride_w != 1;
+  if (!wide && !strided) conv2d_backward_data_as<T, int32_t, false>(dy, w, dx, s, stream);
+  else if (!wide) conv2d_backward_data_as<T, int32_t, true>(dy, w, dx, s, stream);
+  else if (!strided) conv2d_backward_data_as<T, int64_t, false>(dy, w, dx, s, stream);
+  else conv2d_backward_data_as<T, int64_t, true>(dy, w, dx, s, stream);
 }
 
 // The weight gradient's tile and slice count: a pure function of the shape. Slices are added until
