@@ -99,19 +99,21 @@ struct ConvGeom {
         by_sw(s.stride_w) {}
 };
 
-// Whether 32-bit indices are exact for this convolution: every tensor (workspace included) and
-// every coordinate a gather forms (padded and dilated window corners; the w offsets that a masked
-// k-step past K decodes) below `conv_index32_limit` (2^30: headroom for sums of two in-range
-// terms). Tests lower the limit to run the 64-bit kernels on small shapes.
+// Whether 32-bit indices are exact for this convolution: every tensor (workspace included), every
+// coordinate and offset a gather forms (x offsets of window corners and rows of the padded and
+// dilated image: within x with its spans of padding and strided windows added on each side; the w
+// offsets that a masked k-step past K decodes) below `conv_index32_limit` (2^30: headroom for sums
+// of two in-range terms). Tests lower the limit to run the 64-bit kernels on small shapes.
 inline int64_t& conv_index32_limit() {
   static int64_t limit = int64_t(1) << 30;
   return limit;
 }
 inline bool conv_fits_int32(const ConvShape& s, int64_t workspace) {
-  const int64_t extents[] = {s.N * s.C * s.H * s.W, s.N * s.C_out * s.OH * s.OW,
-                             (s.C_out + 32) * (s.C / s.groups) * s.KH * s.KW + s.C_out, workspace,
-                             s.H + s.pad_h + s.dil_h * s.KH + s.stride_h * s.OH + s.KH,
-                             s.W + s.pad_w + s.dil_w * s.KW + s.stride_w * s.OW + s.KW, s.N * s.OH * s.OW + 64};
+  const int64_t span_h = s.H + s.pad_h + s.dil_h * s.KH + s.stride_h * s.OH + s.KH,
+                span_w = s.W + s.pad_w + s.dil_w * s.KW + s.stride_w * s.OW + s.KW;
+  const int64_t extents[] = {s.N * s.C * s.H * s.W, s.N * s.C * (s.H + span_h) * (s.W + span_w), span_h, span_w,
+                             s.N * s.C_out * s.OH * s.OW, (s.C_out + 32) * (s.C / s.groups) * s.KH * s.KW + s.C_out,
+                             workspace, s.N * s.OH * s.OW + 64};
   for (int64_t e : extents)
     if (e >= conv_index32_limit()) return false;
   return true;
@@ -268,30 +270,31 @@ struct ConvBackwardWeightProblem {
   I M, N, K, splits, k_chunk;
 
   struct Row {
-    I off, ioff, joff;  // offset of x[0, g*Cg + c, 0, 0]; i*dh - pt; j*dw - pl
-    bool ones;          // the bias row
+    I off, ioff, joff;  // offset of x[0, g*Cg + c, i*dh - pt, j*dw - pl]; i*dh - pt; j*dw - pl
+    T fill;             // the value outside the image: 0, or 1 for the bias row (whose ioff is out of range)
   };
   __device__ __forceinline__ Row row(I g, I m) const {
     I c = s.by_KK(m), rem = m - c * s.KK, i = s.by_KW(rem);
     Row r;
-    r.ones = m >= Mw;
-    r.off = (g * s.Cg + c) * s.HW;
-    r.ioff = i * s.dh - s.ph;
+    r.fill = m < Mw ? T(0) : T(1);
+    r.ioff = m < Mw ? i * s.dh - s.ph : -s.H - s.sh * s.OH;  // the bias row: never inside
     r.joff = (rem - i * s.KW) * s.dw - s.pw;
+    r.off = m < Mw ? (g * s.Cg + c) * s.HW + r.ioff * s.W + r.joff : 0;
     return r;
   }
   struct KA {
-    I off, ih, iw;  // offset of x[n', 0, 0, 0]; oh*sh; ow*sw
+    I off, ih, iw;  // offset of x[n', 0, oh*sh, ow*sw]; oh*sh; ow*sw
   };
   __device__ __forceinline__ KA ka(I k) const {
     I n = s.by_P(k), pix = k - n * s.P, oh = s.by_OW(pix);
-    return KA{n * s.C * s.HW, oh * s.sh, (pix - oh * s.OW) * s.sw};
+    KA q;
+    q.ih = oh * s.sh;
+    q.iw = (pix - oh * s.OW) * s.sw;
+    q.off = n * s.C * s.HW + q.ih * s.W + q.iw;
+    return q;
   }
   __device__ __forceinline__ T a(const Row& r, const KA& q) const {
-    if (r.ones) return T(1);
-    I ih = q.ih + r.ioff, iw = q.iw + r.joff;
-    if (!inside(ih, s.H) || !inside(iw, s.W)) return T(0);
-    return x[q.off + r.off + ih * s.W + iw];
+    return inside(q.ih + r.ioff, s.H) && inside(q.iw + r.joff, s.W) ? x[q.off + r.off] : r.fill;
   }
   struct KB {
     I off;  // offset of dy[n', g*Cog, oh, ow]
@@ -486,9 +489,10 @@ void conv2d_backward_data(const T* dy, const T* w, T* dx, const ConvShape& s, vo
 }
 
 // The weight gradient's tile and slice count: a pure function of the shape. Slices are added until
-// the grid holds about kWgradTargetThreads threads (a few resident blocks per SM on an H100),
-// keeping at least kWgradMinK values of K per slice.
-constexpr int64_t kWgradTargetThreads = 65536, kWgradMinK = 256, kWgradMaxSlices = 1024;
+// the grid holds about kWgradTargetThreads threads (about 4 waves of resident blocks on an H100,
+// so that the last wave's idle SMs cost little; the workspace they add is small beside the GEMM's
+// reads), keeping at least kWgradMinK values of K per slice.
+constexpr int64_t kWgradTargetThreads = 262144, kWgradMinK = 256, kWgradMaxSlices = 1024;
 
 inline bool wgrad_small_tile(int64_t M, int64_t N) { return M <= ConvTileWgradS::BM && N <= ConvTileWgradS::BN; }
 
