@@ -136,6 +136,25 @@ using ConvTileNarrow = ConvTile<128, 32, 8, 8, 4>;
 using ConvTileWgrad = ConvTile<64, 64, 16, 8, 4>;
 using ConvTileWgradS = ConvTile<32, 32, 16, 4, 4>;
 
+// ---- 16-byte shared loads and global stores of 4 values ----
+
+__device__ __forceinline__ void lds4(const float* p, float out[4]) {
+  float4 v = *reinterpret_cast<const float4*>(p);
+  out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+}
+__device__ __forceinline__ void lds4(const double* p, double out[4]) {
+  double2 v0 = reinterpret_cast<const double2*>(p)[0], v1 = reinterpret_cast<const double2*>(p)[1];
+  out[0] = v0.x; out[1] = v0.y; out[2] = v1.x; out[3] = v1.y;
+}
+
+__device__ __forceinline__ void stg4(float* p, const float v[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void stg4(double* p, const double v[4]) {
+  reinterpret_cast<double2*>(p)[0] = make_double2(v[0], v[1]);
+  reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
+}
+
 // ---- the three problems: gathers of A and B, and the epilogue ----
 // row(g, m): what A's row m needs for every k; ka(k): what A's column k needs for every row; a():
 // the element. kb(g, k) and b(): the same for B by column. out(g, split, m) and store(): C's row m.
@@ -193,6 +212,19 @@ struct ConvForwardProblem {
   __device__ __forceinline__ void store(const Out& o, I n, T v) const {
     if (bias) v += bias[o.o0 + n];
     y[o.off + n * s.P] = activate(v, act);
+  }
+  // Rows m .. m+3 (m % 4 == 0) at once: 4 consecutive pixels of one plane when OH*OW % 4 == 0.
+  static constexpr bool kVec4 = true;
+  bool vec4;  // OH*OW % 4 == 0 and y 16-byte aligned
+  __device__ __forceinline__ void store4(const Out& o, I n, T v[4]) const {
+    if (bias) {
+      const T b = bias[o.o0 + n];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) v[q] += b;
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) v[q] = activate(v[q], act);
+    stg4(&y[o.off + n * s.P], v);
   }
 };
 
@@ -254,6 +286,9 @@ struct ConvBackwardDataProblem {
     return Out{(n * s.C + g * N) * s.HW + (m - n * s.HW)};
   }
   __device__ __forceinline__ void store(const Out& o, I n, T v) const { dx[o.off + n * s.HW] = v; }
+  static constexpr bool kVec4 = true;
+  bool vec4;  // H*W % 4 == 0 and dx 16-byte aligned
+  __device__ __forceinline__ void store4(const Out& o, I n, T v[4]) const { stg4(&dx[o.off + n * s.HW], v); }
 };
 
 template <typename T, typename I>
@@ -314,18 +349,10 @@ struct ConvBackwardWeightProblem {
     return Out{db, g * N, 1};
   }
   __device__ __forceinline__ void store(const Out& o, I n, T v) const { o.p[o.off + n * o.stride] = v; }
+  static constexpr bool kVec4 = false;  // (a small output: scalar stores)
 };
 
 // ---- the generic implicit GEMM ----
-
-__device__ __forceinline__ void lds4(const float* p, float out[4]) {
-  float4 v = *reinterpret_cast<const float4*>(p);
-  out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
-}
-__device__ __forceinline__ void lds4(const double* p, double out[4]) {
-  double2 v0 = reinterpret_cast<const double2*>(p)[0], v1 = reinterpret_cast<const double2*>(p)[1];
-  out[0] = v0.x; out[1] = v0.y; out[2] = v1.x; out[3] = v1.y;
-}
 
 template <typename Tile, typename Problem>
 __global__ void __launch_bounds__(Tile::THREADS) implicit_gemm_kernel(const Problem p) {
@@ -401,14 +428,30 @@ __global__ void __launch_bounds__(Tile::THREADS) implicit_gemm_kernel(const Prob
   }
 
 #pragma unroll
-  for (int i = 0; i < TM; ++i) {
-    const I m = m0 + (i / 4) * RT * 4 + rt * 4 + i % 4;
-    if (m >= p.M) continue;
-    const typename Problem::Out o = p.out(g, split, m);
+  for (int f = 0; f < TM / 4; ++f) {
+    const I mb = m0 + f * RT * 4 + rt * 4;  // this fragment's rows mb .. mb + 3
+    if constexpr (Problem::kVec4) {
+      if (p.vec4 && mb + 3 < p.M) {  // one 16-byte store per column
+        const typename Problem::Out o = p.out(g, split, mb);
 #pragma unroll
-    for (int j = 0; j < TN; ++j) {
-      const I n = n0 + (j / 4) * CT * 4 + ct * 4 + j % 4;
-      if (n < p.N) p.store(o, n, acc[i][j]);
+        for (int j = 0; j < TN; ++j) {
+          const I n = n0 + (j / 4) * CT * 4 + ct * 4 + j % 4;
+          T v[4] = {acc[f * 4][j], acc[f * 4 + 1][j], acc[f * 4 + 2][j], acc[f * 4 + 3][j]};
+          if (n < p.N) p.store4(o, n, v);
+        }
+        continue;
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const I m = mb + q;
+      if (m >= p.M) continue;
+      const typename Problem::Out o = p.out(g, split, m);
+#pragma unroll
+      for (int j = 0; j < TN; ++j) {
+        const I n = n0 + (j / 4) * CT * 4 + ct * 4 + j % 4;
+        if (n < p.N) p.store(o, n, acc[f * 4 + q][j]);
+      }
     }
   }
 }
@@ -457,6 +500,7 @@ template <typename T, typename I>
 void conv2d_forward_as(const T* x, const T* w, const T* bias, T* y, const ConvShape& s, int act, void* stream) {
   ConvForwardProblem<T, I> p;
   p.x = x; p.w = w; p.bias = bias; p.y = y; p.act = act; p.s = ConvGeom<I>(s);
+  p.vec4 = (s.OH * s.OW) % 4 == 0 && aligned16(y);
   p.M = (I)(s.N * s.OH * s.OW); p.N = (I)(s.C_out / s.groups); p.K = (I)((s.C / s.groups) * s.KH * s.KW);
   p.splits = 1; p.k_chunk = 0;
   if (p.N <= ConvTileNarrow::BN) run_implicit_gemm<ConvTileNarrow>("conv2d_forward_kernel", p, s.groups, stream);
@@ -473,6 +517,7 @@ template <typename T, typename I, bool Strided>
 void conv2d_backward_data_as(const T* dy, const T* w, T* dx, const ConvShape& s, void* stream) {
   ConvBackwardDataProblem<T, I, Strided> p;
   p.dy = dy; p.w = w; p.dx = dx; p.s = ConvGeom<I>(s);
+  p.vec4 = (s.H * s.W) % 4 == 0 && aligned16(dx);
   p.M = (I)(s.N * s.H * s.W); p.N = (I)(s.C / s.groups); p.K = (I)((s.C_out / s.groups) * s.KH * s.KW);
   p.splits = 1; p.k_chunk = 0;
   if (p.N <= ConvTileNarrow::BN) run_implicit_gemm<ConvTileNarrow>("conv2d_backward_data_kernel", p, s.groups, stream);
