@@ -460,9 +460,11 @@ template <typename Tile, typename Problem>
 void run_implicit_gemm(const char* name, Problem p, int64_t groups, void* stream) {
   if (p.M == 0 || p.N == 0) return;
   require(p.splits >= 1, std::string(name) + ": splits must be >= 1");
-  int64_t chunk = ((int64_t)p.K + p.splits - 1) / p.splits;
-  p.k_chunk = (typename Problem::index_type)((chunk + Tile::BK - 1) / Tile::BK * Tile::BK);  // slices start on a k-step boundary
-  require(((int64_t)p.N + Tile::BN - 1) / Tile::BN <= 65535, std::string(name) + ": too many output columns for the grid");
+  const int64_t chunk = ((int64_t)p.K + p.splits - 1) / p.splits;
+  // slices start on a k-step boundary
+  p.k_chunk = (typename Problem::index_type)((chunk + Tile::BK - 1) / Tile::BK * Tile::BK);
+  require(((int64_t)p.N + Tile::BN - 1) / Tile::BN <= 65535,
+          std::string(name) + ": too many output columns for the grid");
   require(groups * p.splits <= 65535, std::string(name) + ": groups * splits too large for the grid");
   dim3 grid(blocks_for(p.M, Tile::BM), blocks_for(p.N, Tile::BN), (unsigned)(groups * p.splits));
   launch(name, implicit_gemm_kernel<Tile, Problem>, grid, dim3(Tile::THREADS), 0, stream, p);
@@ -544,7 +546,8 @@ inline bool wgrad_small_tile(int64_t M, int64_t N) { return M <= ConvTileWgradS:
 int64_t conv2d_backward_weight_slices(const ConvShape& s, bool bias) {
   const int64_t M = (s.C / s.groups) * s.KH * s.KW + (bias ? 1 : 0), N = s.C_out / s.groups, K = s.N * s.OH * s.OW;
   const bool small = wgrad_small_tile(M, N);
-  const int64_t bm = small ? ConvTileWgradS::BM : ConvTileWgrad::BM, bn = small ? ConvTileWgradS::BN : ConvTileWgrad::BN;
+  const int64_t bm = small ? ConvTileWgradS::BM : ConvTileWgrad::BM;
+  const int64_t bn = small ? ConvTileWgradS::BN : ConvTileWgrad::BN;
   const int64_t threads = small ? ConvTileWgradS::THREADS : ConvTileWgrad::THREADS;
   const int64_t tiles = s.groups * ((M + bm - 1) / bm) * ((N + bn - 1) / bn);
   const int64_t want = (kWgradTargetThreads / threads + tiles - 1) / tiles;
