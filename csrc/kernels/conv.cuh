@@ -485,6 +485,8 @@ __global__ void __launch_bounds__(kSumThreads)
   const int64_t warps = (int64_t)gridDim.x * (kSumThreads / 32);
   for (int64_t i = (int64_t)blockIdx.x * (kSumThreads / 32) + threadIdx.x / 32; i < values; i += warps) {
     T total = T(0);
+    // unrolled: 4 loads in flight; the adds stay in slice order
+#pragma unroll 4
     for (int64_t s = lane; s < slices; s += 32) total += parts[s * values + i];
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffffu, total, offset);
