@@ -32,11 +32,14 @@
 // Loads give each thread one k of the step (decoded once) and several rows of A and columns of B;
 // 8 threads take 8 consecutive k (runs along memory where k is a pixel or a kernel column), and
 // the shared-memory rows are padded by 4 so that a warp's 8 k x 4 rows stores hit 32 banks.
+// Epilogue: the forward adds the bias and applies the activation; the forward and data gradient
+// write a thread's 4 consecutive rows (pixels) of a column as one 16-byte store when the planes
+// are a multiple of 4 long.
 // Tiles, a pure function of the shape (same result on every device):
 //   ConvTileWide   128 x 64 x 8,  8x4 per thread, 256 threads: forward / data with Nc > 32
 //   ConvTileNarrow 128 x 32 x 8,  8x4 per thread, 128 threads: forward / data with Nc <= 32
 //   ConvTileWgrad   64 x 64 x 16, 8x4 per thread, 128 threads: weight gradient
-//   ConvTileWgradS  32 x 32 x 16, 4x4 per thread,  64 threads: weight gradient with M, Nc <= 32
+//   ConvTileWgradS  32 x 32 x 16, 4x4 per thread,  64 threads: weight gradient with M (db row included), Nc <= 32
 // Weight gradient: K = N*OH*OW is long and M x Nc small, so K is split into `splits` slices
 // (blockIdx.z = group * splits + slice, conv2d_backward_weight_slices) writing partial dw (and db)
 // to a workspace, then summed over the slices by one warp per value in a fixed order:
