@@ -41,9 +41,8 @@ def _apply(variant: str, be):
     elif variant == "global-pool-bwd":  # the max-pool backward before the per-plane kernel
         _override(be, "max_pool2d_plane_fits", lambda *args: False)
     elif variant == "slices64":
-        import fastconv._native.conv as native_conv
-
-        native_conv._MAX_SLICES = 64
+        slices = be.ext.conv2d_backward_weight_slices
+        _override(be, "conv2d_backward_weight_slices", lambda shape, bias: min(64, slices(shape, bias)))
 
 
 def ops_table(be, torch):

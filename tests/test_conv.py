@@ -104,6 +104,14 @@ CASES = {
     "shifted_same_even_kernel": ((2, 9, 6, 7), (4, 9, 4, 2), 1, "same", 1, 1),
     "shifted_dilated_groups": ((1, 16, 8, 7), (6, 8, 3, 3), 1, 2, 2, 2),
     "shifted_rectangular_padding": ((2, 8, 5, 9), (3, 8, 3, 2), 1, (2, 0), (1, 2), 1),
+    # the GPU kernels' tile boundaries (csrc/kernels/conv.cuh): 32 output channels and 132 pixels (the
+    # 128 x 32 tile, past one row tile; dw 28 x 32 with db in the 32 x 32 tile), 33 channels (the
+    # 128 x 64 tile; dw 33 x 33 in the 64 x 64 tile), dw 32 rows + db = 33 (64 x 64) or 32 without db
+    # (32 x 32), and K = N*OH*OW long enough for more slices than a warp has lanes
+    "tile_cols_32": ((1, 3, 11, 12), (32, 3, 3, 3), 1, 1, 1, 1),
+    "tile_cols_33": ((1, 33, 5, 5), (33, 33, 1, 1), 1, 0, 1, 1),
+    "tile_wgrad_rows_32": ((2, 32, 4, 4), (8, 32, 1, 1), 1, 0, 1, 1),
+    "wgrad_many_slices": ((2, 1, 64, 66), (4, 1, 3, 3), 1, 1, 1, 1),
 }
 
 
@@ -183,6 +191,41 @@ def test_gradients_by_finite_differences(backend, name):
     grads = ops.conv2d_backward(*on(backend, dy, x, w), **hyper)
     for i, name in enumerate(["dx", "dw", "db"]):
         assert_gradient(grads[i], numerical_gradient(forward, [x, w, b], i, dy), name)
+
+
+@pytest.mark.parametrize("name", ["multi_tile_groups", "stride_larger_than_kernel", "same_dilated_groups",
+                                  "tile_cols_32", "wgrad_many_slices"])
+def test_64_bit_index_kernels(native_backend, name):
+    # The kernels with 64-bit indices (chosen for tensors past 2^30 elements) on small shapes: with the
+    # 32-bit limit lowered to 0. Same tiles and summation order as the 32-bit kernels: same bits.
+    x, w, b, hyper, geo = _case(name, 7)
+    dy = np.random.default_rng(8).standard_normal((geo.n, geo.c_out, geo.oh, geo.ow))
+    x, w, b, dy = (a.astype(np.float32) for a in (x, w, b, dy))
+
+    def run():
+        y = ops.conv2d_forward(*on(native_backend, x, w, b), activation="relu", **hyper)
+        return [to_numpy(a) for a in (y, *ops.conv2d_backward(*on(native_backend, dy, x, w), **hyper))]
+
+    narrow = run()
+    native_backend.ext.conv_set_index32_limit(0)
+    try:
+        wide = run()
+    finally:
+        native_backend.ext.conv_set_index32_limit(1 << 30)
+    assert_matches(wide[0], lambda x, w, b: ACT["relu"](geo.forward(x, w, b)), [x, w, b], np.float32)
+    assert_matches(wide[1], geo.dx, [dy, x, w], np.float32, what="dx")
+    assert_matches(wide[2], geo.dw, [dy, x, w], np.float32, what="dw")
+    for what, a, b in zip(["y", "dx", "dw", "db"], narrow, wide):
+        np.testing.assert_array_equal(a, b, err_msg=what)
+
+
+def test_weight_slices(native_backend):
+    # The weight gradient's split-K slice count: a function of the shape alone, 1 for a short
+    # reduction, many for the reference CNN's conv1 (dw 9 x 32 over K = 128*28*28)
+    slices = native_backend.ext.conv2d_backward_weight_slices
+    conv1 = (128, 1, 28, 28, 32, 3, 3, 28, 28, 1, 1, 1, 1, 1, 1, 1)
+    assert slices(conv1, True) == slices(conv1, True) > 32
+    assert slices((1, 3, 5, 5, 4, 3, 3, 5, 5, 1, 1, 1, 1, 1, 1, 1), True) == 1
 
 
 def test_non_contiguous_inputs(backend):

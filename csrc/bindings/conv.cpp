@@ -30,20 +30,18 @@ static void bind_conv_typed(py::module_& m) {
         },
         nogil());
   m.def(typed<T>("conv2d_backward_weight").c_str(),
-        [](uintptr_t dy, uintptr_t x, uintptr_t dw, uintptr_t workspace, int64_t splits, const ShapeTuple& shape,
-           uintptr_t stream) {
-          conv2d_backward_weight<T>(ptr<const T>(dy), ptr<const T>(x), ptr<T>(dw), ptr<T>(workspace), splits,
-                                    conv_shape(shape), ptr<void>(stream));
-        },
-        nogil());
-  m.def(typed<T>("conv2d_backward_bias").c_str(),
-        [](uintptr_t dy, uintptr_t db, const ShapeTuple& shape, uintptr_t stream) {
-          conv2d_backward_bias<T>(ptr<const T>(dy), ptr<T>(db), conv_shape(shape), ptr<void>(stream));
+        [](uintptr_t dy, uintptr_t x, uintptr_t dw, uintptr_t db, uintptr_t workspace, int64_t splits,
+           const ShapeTuple& shape, uintptr_t stream) {
+          conv2d_backward_weight<T>(ptr<const T>(dy), ptr<const T>(x), ptr<T>(dw), ptr<T>(db), ptr<T>(workspace),
+                                    splits, conv_shape(shape), ptr<void>(stream));
         },
         nogil());
 }
 
 void bind_conv(py::module_& m) {
+  m.def("conv2d_backward_weight_slices",
+        [](const ShapeTuple& shape, bool bias) { return conv2d_backward_weight_slices(conv_shape(shape), bias); });
+  m.def("conv_set_index32_limit", &conv_set_index32_limit);
   bind_conv_typed<float>(m);
   bind_conv_typed<double>(m);
 }

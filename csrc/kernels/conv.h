@@ -23,15 +23,19 @@ void conv2d_forward(const T* x, const T* w, const T* bias, T* y, const ConvShape
 template <typename T>
 void conv2d_backward_data(const T* dy, const T* w, T* dx, const ConvShape& s, void* stream);
 
-// dw = d(sum(y * dy)) / dw. With splits > 1 the reduction over N*OH*OW is cut into `splits` slices
-// whose partial results go to `workspace` (splits * C_out * C/groups * KH * KW values) and are then
-// summed in a fixed order (deterministic); with splits == 1 workspace may be null.
+// dw = d(sum(y * dy)) / dw and, when db is not null, db[o] = sum over n, oh, ow of dy[n, o, oh, ow].
+// With splits > 1 the reduction over N*OH*OW is cut into `splits` slices whose partial results go
+// to `workspace` (splits * C_out * (C/groups * KH * KW + (db ? 1 : 0)) values) and are then summed in
+// a fixed order (deterministic, no atomics); with splits == 1 workspace may be null.
 template <typename T>
-void conv2d_backward_weight(const T* dy, const T* x, T* dw, T* workspace, int64_t splits, const ConvShape& s,
+void conv2d_backward_weight(const T* dy, const T* x, T* dw, T* db, T* workspace, int64_t splits, const ConvShape& s,
                             void* stream);
 
-// db[c] = sum over n, oh, ow of dy[n, c, oh, ow] (deterministic, no atomics).
-template <typename T>
-void conv2d_backward_bias(const T* dy, T* db, const ConvShape& s, void* stream);
+// The slice count conv2d_backward_weight is meant to get for this shape (a pure function of it).
+int64_t conv2d_backward_weight_slices(const ConvShape& s, bool bias);
+
+// Tensors and coordinates below `limit` elements use the 32-bit index kernels (default 2^30);
+// tests lower it to run the 64-bit ones on small shapes.
+void conv_set_index32_limit(int64_t limit);
 
 }  // namespace fc
