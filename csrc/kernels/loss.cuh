@@ -80,10 +80,11 @@ struct Sum {
   template <typename V>
   __device__ __forceinline__ V operator()(V a, V b) const { return a + b; }
 };
-// Max that keeps NaN: a NaN on either side wins.
-struct MaxNaN {
-  template <typename V>
-  __device__ __forceinline__ V operator()(V a, V b) const { return (a > b || a != a) ? a : b; }
+// Max that ignores NaN (one instruction): a NaN logit still makes its row's sum, hence its loss
+// and outputs, NaN, through exp(NaN - m).
+struct Max {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+  __device__ __forceinline__ double operator()(double a, double b) const { return fmax(a, b); }
 };
 
 template <typename V, typename Op>
@@ -198,25 +199,19 @@ __device__ __forceinline__ void store_chunk(double* p, int64_t c0, int64_t cols,
   }
 }
 
-// Online softmax sum: folds the first `chunks` chunks of x into (m, s), s = sum exp(z - m) over the
-// values folded so far. The max is taken first, so one exp per value plus one to rescale s.
-// Padding is -inf (exp gives 0). While m is -inf (nothing but -inf seen) the exponents are taken
-// against 0, so s stays 0 rather than exp(-inf - -inf) = NaN; a NaN or +inf value makes m, and so
-// s, NaN (+inf - +inf), as the two-pass formula does.
-template <typename T, int K>
-__device__ __forceinline__ void fold(T& m, T& s, const T (&x)[K][kChunk], int chunks) {
+// Online softmax sum: folds one chunk x into (m, s), s = sum exp(z - m) over the values folded so
+// far: the chunk's max first, so one exp per value plus one to rescale s. Padding is -inf (exp
+// gives 0). While m is -inf (nothing but -inf seen) the exponents are taken against 0, so s stays
+// 0 rather than exp(-inf - -inf) = NaN; a NaN value makes s NaN, and so does +inf (+inf - +inf).
+template <typename T>
+__device__ __forceinline__ void fold(T& m, T& s, const T (&x)[kChunk]) {
   T new_m = m;
 #pragma unroll
-  for (int k = 0; k < K; ++k)
-#pragma unroll
-    for (int j = 0; j < kChunk; ++j) new_m = MaxNaN()(new_m, x[k][j]);
+  for (int j = 0; j < kChunk; ++j) new_m = Max()(new_m, x[j]);
   const T base = new_m == -T(INFINITY) ? T(0) : new_m;
   T acc = s * dev_exp(m - base);
 #pragma unroll
-  for (int k = 0; k < K; ++k)
-    if (k < chunks)
-#pragma unroll
-      for (int j = 0; j < kChunk; ++j) acc += dev_exp(x[k][j] - base);
+  for (int j = 0; j < kChunk; ++j) acc += dev_exp(x[j] - base);
   m = new_m;
   s = acc;
 }
@@ -310,54 +305,82 @@ __global__ void __launch_bounds__(loss_detail::kRowThreads)
     const T* z = logits + min64(row, N - 1) * C;
     T* o = out + min64(row, N - 1) * C;
 
-    // Read the row once: the first CACHED chunks stay in registers (all loads issued before any
-    // use), further chunks are folded as they come.
-    T m = -T(INFINITY), s = T(0);
-    T v[CACHED][kChunk];
-#pragma unroll
-    for (int k = 0; k < CACHED; ++k) load_chunk(z, (int64_t)(lane + k * lanes) * kChunk, cols, vec, -T(INFINITY), v[k]);
-    const int64_t lane_chunks = cols > (int64_t)lane * kChunk ? (cols - (int64_t)lane * kChunk + (int64_t)lanes * kChunk - 1) / ((int64_t)lanes * kChunk) : 0;
-    fold(m, s, v, (int)min64(lane_chunks, CACHED));
-    for (int64_t c0 = (int64_t)(lane + CACHED * lanes) * kChunk; c0 < cols; c0 += (int64_t)lanes * kChunk) {
-      T x[1][kChunk];
-      load_chunk(z, c0, cols, vec, -T(INFINITY), x[0]);
-      fold(m, s, x, 1);
-    }
-    const T row_m = group_reduce<LANES>(m, MaxNaN(), -T(INFINITY), scratch);
-    s *= dev_exp(m - (row_m == -T(INFINITY) ? T(0) : row_m));  // to the row's max
-    s = group_reduce<LANES>(s, Sum(), T(0), scratch);
-    const T inv_s = T(1) / s;
-
-    // Write the row: p = exp(z - m) / s, or its gradient; the smoothing sums on the way.
+    // The label first: its load flies with the row's.
     const int64_t y = row < N ? labels[row] : 0;
     const bool valid = y >= 0 && y < C;  // the host refuses other labels; NaN rather than a stray read
     const T wy = weight ? (valid ? weight[y] : T(NAN)) : T(1);
+    auto chunk_col = [&](int k) { return (int64_t)(lane + k * lanes) * kChunk; };  // k-th chunk's first column
+    const int64_t stride = (int64_t)lanes * kChunk;
+
+    // Read the row once. The first CACHED chunks stay in registers (all their loads issued before
+    // any use) and give the thread's max; later chunks are folded online (m, s) as they arrive.
+    T v[CACHED][kChunk];
+#pragma unroll
+    for (int k = 0; k < CACHED; ++k) load_chunk(z, chunk_col(k), cols, vec, -T(INFINITY), v[k]);
+    T m = -T(INFINITY), s = T(0);  // s: of the later chunks, against m
+#pragma unroll
+    for (int k = 0; k < CACHED; ++k)
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) m = Max()(m, v[k][j]);
+    for (int64_t c0 = chunk_col(CACHED); c0 < cols; c0 += stride) {
+      T x[kChunk];
+      load_chunk(z, c0, cols, vec, -T(INFINITY), x);
+      fold(m, s, x);
+    }
+    const T row_m = group_reduce<LANES>(m, Max(), -T(INFINITY), scratch);
+    s *= dev_exp(m - (row_m == -T(INFINITY) ? T(0) : row_m));  // to the row's max (0 stays 0)
+
+    // The registers become exp(z - m) (one exp per value); s, and the smoothing sums.
     T w_shift = T(0), w_total = T(0);  // sum_c w_c (z_c - m), sum_c w_c
-    auto write_chunk = [&](const T (&x)[kChunk], int64_t c0) {
-      if (c0 >= cols) return;
+    auto smoothing_terms = [&](const T (&x)[kChunk], int64_t c0) {
       T wc[kChunk] = {T(1), T(1), T(1), T(1)};
-      if (weight && (GRAD || smooth)) load4(weight + c0, vec, cols - c0, wc);
+      if (weight) load4(weight + c0, vec, cols - c0, wc);
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j)
+        if (c0 + j < cols) {
+          w_shift += wc[j] * (x[j] - row_m);
+          w_total += wc[j];
+        }
+    };
+#pragma unroll
+    for (int k = 0; k < CACHED; ++k) {
+      if (chunk_col(k) >= cols) continue;
+      if (smooth) smoothing_terms(v[k], chunk_col(k));
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) {
+        v[k][j] = dev_exp(v[k][j] - row_m);  // padding: exp(-inf) = 0
+        s += v[k][j];
+      }
+    }
+    s = group_reduce<LANES>(s, Sum(), T(0), scratch);
+    const T inv_s = T(1) / s;
+
+    // Write the row: p = exp(z - m) / s, or its gradient; later chunks re-read (L1/L2 hits).
+    const int64_t label_col = valid ? y : -1;
+    auto write_chunk = [&](const T (&e)[kChunk], int64_t c0) {
+      T wc[kChunk] = {T(1), T(1), T(1), T(1)};
+      if (GRAD && weight) load4(weight + c0, vec, cols - c0, wc);
+      const int64_t label_j = label_col - c0;  // the label's place in this chunk, if in [0, kChunk)
       T r[kChunk];
 #pragma unroll
       for (int j = 0; j < kChunk; ++j) {
-        const T shifted = x[j] - row_m;
-        const T p = dev_exp(shifted) * inv_s;
+        const T p = e[j] * inv_s;
         if (GRAD)
-          r[j] = valid ? cross_entropy_grad(p, c0 + j == y, wy, wc[j], smoothing, share, (T)S, inv_W) : T(NAN);
+          r[j] = valid ? cross_entropy_grad(p, label_j == j, wy, wc[j], smoothing, share, (T)S, inv_W) : T(NAN);
         else
           r[j] = p;
-        if (smooth && c0 + j < cols) {
-          w_shift += wc[j] * shifted;
-          w_total += wc[j];
-        }
       }
       store_chunk(o, c0, cols, vec, r);
     };
 #pragma unroll
-    for (int k = 0; k < CACHED; ++k) write_chunk(v[k], (int64_t)(lane + k * lanes) * kChunk);
-    for (int64_t c0 = (int64_t)(lane + CACHED * lanes) * kChunk; c0 < cols; c0 += (int64_t)lanes * kChunk) {
+    for (int k = 0; k < CACHED; ++k)
+      if (chunk_col(k) < cols) write_chunk(v[k], chunk_col(k));
+    for (int64_t c0 = chunk_col(CACHED); c0 < cols; c0 += stride) {
       T x[kChunk];
       load_chunk(z, c0, cols, vec, -T(INFINITY), x);
+      if (smooth) smoothing_terms(x, c0);
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) x[j] = dev_exp(x[j] - row_m);
       write_chunk(x, c0);
     }
     if (smooth) {
