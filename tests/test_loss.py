@@ -58,9 +58,8 @@ def mse64(p, t):
 
 # ---- softmax cross-entropy -----------------------------------------------------------------------
 
-# (N, C): one class, two classes; a warp per row up to C = 256 (N not a multiple of the 8 rows per
-# block), a block per row from C = 257, C past the block's 512 threads; N past the mean kernel's
-# 256 threads.
+# (N, C): one class, two classes, a few shapes of each kind (ROW_PATH_SHAPES below walks the
+# native row kernel's boundaries); (601, 7): three blocks of 256 one-thread rows, then the mean.
 CE_SHAPES = [(1, 1), (1, 2), (6, 3), (9, 256), (2, 257), (3, 1000), (601, 7)]
 CE_OPTIONS = {"plain": (False, 0.0), "weight": (True, 0.0), "smoothing": (False, 0.1), "weight+smoothing": (True, 0.25)}
 
@@ -147,9 +146,9 @@ def test_cross_entropy_row_paths(backend, n, classes, option, dtype):
 
 @pytest.mark.parametrize("classes", [1, 8, 12, 129, 1024, 4097, 8192])
 def test_cross_entropy_one_class_and_unaligned_rows(backend, classes):
-    """One class (loss 0, gradient 0 up to rounding), and C-contiguous logits that start 4 bytes
-    past a 16-byte boundary, so that no row is 16-byte aligned even where C is a multiple of 4:
-    the scalar loads and stores."""
+    """One class (loss 0, gradient 0 up to rounding), and C-contiguous logits (probs for the
+    backward) that start 4 bytes past a 16-byte boundary, so that no row is 16-byte aligned even
+    where C is a multiple of 4: the scalar loads and stores."""
     rng = np.random.default_rng(classes)
     n = 3
     z = rng.standard_normal((n, classes)).astype(np.float32)
@@ -161,6 +160,10 @@ def test_cross_entropy_one_class_and_unaligned_rows(backend, classes):
     assert_matches(loss, lambda z, y: cross_entropy64(z, y, None, 0.0), [z, y], np.float32, what="loss")
     assert_matches(grad, lambda z, y: cross_entropy_grad64(np.exp(log_softmax64(z)), y, None, 0.0), [z, y],
                    np.float32, what="dlogits")
+    p = np.exp(log_softmax64(z))
+    logits[...] = on(backend, p.astype(np.float32))  # the backward's probs, at the same offset
+    assert_matches(ops.softmax_cross_entropy_backward(logits, on(backend, y)),
+                   lambda p, y: cross_entropy_grad64(p, y, None, 0.0), [p, y], np.float32, what="backward dlogits")
     if classes == 1:
         assert float(loss) == 0 and np.all(np.abs(to_numpy(grad)) <= np.finfo(np.float32).eps)
 

@@ -57,8 +57,9 @@
 //   that depends on n only; each thread accumulates a grid-stride slice in double, the block
 //   reduces it and writes one partial; the same mean kernel sums the partials.
 //   Accumulation of the means is double for float32 and float64 inputs.
-//   Backward kernels are elementwise grid-stride loops; the weighted cross-entropy backward
-//   first reduces W and S with one block (same fixed order).
+//   Backward kernels are elementwise grid-stride loops (the cross-entropy backward's items are
+//   chunks of 4 columns of a row, 16-byte loads and stores where aligned); the weighted
+//   cross-entropy backward first reduces W and S with one block (same fixed order).
 //   Indices are 64-bit; every load is inside its array for any shape.
 #pragma once
 
@@ -483,18 +484,26 @@ template <typename T>
 __global__ void softmax_cross_entropy_backward_kernel(const T* __restrict__ probs, const int64_t* __restrict__ labels,
                                                       const T* __restrict__ weight, T smoothing,
                                                       const double* __restrict__ totals, T* __restrict__ dlogits,
-                                                      int64_t N, int64_t C) {
+                                                      int64_t N, int64_t C, bool vec) {
   const T inv_W = T(1) / (totals ? (T)totals[0] : (T)N);  // 1 / sum_i w_{y_i}
   const T S = totals ? (T)totals[1] : (T)C;                // sum_c w_c
   const T share = smoothing / (T)C;                        // e / C
-  const int64_t n = N * C;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t row = i / C, c = i - row * C;
+  // A thread takes chunks of kChunk columns of one row (16-byte loads and stores when `vec`): one
+  // division per chunk, not per value.
+  using loss_detail::kChunk;
+  const int64_t row_chunks = (C + kChunk - 1) / kChunk, chunks = N * row_chunks;
+  for (int64_t q = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; q < chunks; q += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t row = q / row_chunks, c0 = (q - row * row_chunks) * kChunk;
     const int64_t y = labels[row];
     const bool valid = y >= 0 && y < C;
     const T wy = weight ? (valid ? weight[y] : T(NAN)) : T(1);
-    const T g = cross_entropy_grad(probs[i], c == y, wy, weight ? weight[c] : T(1), smoothing, share, S, inv_W);
-    dlogits[i] = valid ? g : T(NAN);
+    T p[kChunk], wc[kChunk] = {T(1), T(1), T(1), T(1)}, g[kChunk];
+    loss_detail::load_chunk(probs + row * C, c0, C, vec, T(0), p);
+    if (weight) load4(weight + c0, vec, C - c0, wc);
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j)
+      g[j] = valid ? cross_entropy_grad(p[j], c0 + j == y, wy, wc[j], smoothing, share, S, inv_W) : T(NAN);
+    loss_detail::store_chunk(dlogits + row * C, c0, C, vec, g);
   }
 }
 
@@ -507,11 +516,12 @@ void softmax_cross_entropy_backward(const T* probs, const int64_t* labels, const
   if (weight)
     launch("cross_entropy_weight_totals_kernel", cross_entropy_weight_totals_kernel<T>, dim3(1), dim3(kMeanThreads), 0,
            stream, labels, weight, N, C, totals);
-  const int64_t n = N * C;
+  const bool vec = (C * (int64_t)sizeof(T)) % 16 == 0 && aligned16(probs) && aligned16(dlogits) &&
+                   (!weight || aligned16(weight));
   launch("softmax_cross_entropy_backward_kernel", softmax_cross_entropy_backward_kernel<T>,
-         dim3((unsigned)min64(blocks_for(n, kElementwiseThreads), kMaxGridBlocks)), dim3(kElementwiseThreads), 0,
-         stream, probs, labels, weight, (T)smoothing, weight ? (const double*)totals : (const double*)nullptr,
-         dlogits, N, C);
+         dim3((unsigned)min64(blocks_for(N * ((C + kChunk - 1) / kChunk), kElementwiseThreads), kMaxGridBlocks)),
+         dim3(kElementwiseThreads), 0, stream, probs, labels, weight, (T)smoothing,
+         weight ? (const double*)totals : (const double*)nullptr, dlogits, N, C, vec);
 }
 
 // ---- elementwise losses: BCE with logits, MSE -------------------------------------------------
