@@ -164,10 +164,13 @@ inline int row_lanes(int64_t C) {
 // gets bit-identical results; every lane of the warp takes part) or over the block.
 template <int LANES, typename V, typename Op>
 __device__ __forceinline__ V group_reduce(V v, Op op, V identity, V* scratch) {
-  if (LANES == kBlockRow) return block_reduce(v, op, identity, scratch);
+  if constexpr (LANES == kBlockRow) {
+    return block_reduce(v, op, identity, scratch);
+  } else {
 #pragma unroll
-  for (int offset = LANES / 2; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(kFullMask, v, offset));
-  return v;
+    for (int offset = LANES / 2; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(kFullMask, v, offset));
+    return v;
+  }
 }
 
 // x[0..kChunk) = p[c0 ..] for the columns below `cols`, `pad` for the rest.
