@@ -321,6 +321,7 @@ __global__ void __launch_bounds__(loss_detail::kRowThreads)
     T v[CACHED][kChunk];
 #pragma unroll
     for (int k = 0; k < CACHED; ++k) load_chunk(z, chunk_col(k), cols, vec, -T(INFINITY), v[k]);
+    const T z_y = lane == 0 && valid ? z[y] : T(0);  // for the loss; its load flies with the row's
     T m = -T(INFINITY), s = T(0);  // s: of the later chunks, against m
 #pragma unroll
     for (int k = 0; k < CACHED; ++k)
@@ -397,7 +398,7 @@ __global__ void __launch_bounds__(loss_detail::kRowThreads)
       T wl = T(1), nll = T(NAN);  // an out-of-range label gives NaN
       if (valid) {
         if (weight) wl = weight[y];
-        nll = log_s - (z[y] - row_m);
+        nll = log_s - (z_y - row_m);
       }
       T r = (T(1) - smoothing) * wl * nll;
       if (smooth) r += share * (w_total * log_s - w_shift);
