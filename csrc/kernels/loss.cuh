@@ -29,20 +29,23 @@
 //
 // Decomposition
 //   Softmax cross-entropy, forward and fused forward + backward: one kernel template,
-//   softmax_cross_entropy_rows_kernel<T, LANES, GRAD>, blocks of 256 threads. A row is owned by
-//   LANES consecutive lanes of a warp, the fewest (1, 2, 4, ..., 32) that cover it with 2 chunks
-//   each, and by the whole block past 4096 classes; a block owns 256 / LANES rows at a time (one
-//   row past 4096) and takes the next rows grid-stride (at most 2048 blocks). A row is cut into
-//   chunks of 4 values (a 16-byte load of float, two of double, when every row is 16-byte aligned;
-//   else scalar loads); lane l owns chunks l, l + LANES, ..., so one chunk index is contiguous
-//   over the lanes. A thread reads its chunks once: the first ones stay in registers (2 chunks in a
-//   group of up to 16 lanes; 32 floats or 16 doubles per thread of a warp or block, so float rows
-//   of up to 1024 or 8192 values), later ones are folded as they arrive and re-read (from L1/L2)
-//   for the output. Per row: the online (m, s) per thread, two reductions over the owners (max,
-//   then the rescaled sum), then each thread writes its columns of p = exp(z - m) / s (forward) or
-//   of dloss/dz (GRAD: the probs never reach memory; logits read once, gradient written once),
-//   summing the smoothing terms on the way (two more reductions, only with smoothing). Lane 0
-//   of the row adds the row's r_i (and w_{y_i}) in double to its thread's sum.
+//   softmax_cross_entropy_rows_kernel<T, LANES, GRAD>, blocks of 256 threads.
+//     A row is owned by LANES consecutive lanes of a warp, the fewest of 1, 2, 4, ..., 32 that
+//     cover it with 2 chunks each (LANES = 2 for 10 classes: 16 rows per warp), 32 (a warp) up to
+//     4096 classes, and by the whole block beyond. A block owns 256 / LANES rows at a time (one
+//     past 4096 classes) and takes the next ones grid-stride; at most 2048 blocks.
+//     A row is cut into chunks of 4 values (a 16-byte load of float, two of double, when every
+//     row is 16-byte aligned; else scalar loads); a thread (lane l of its row's LANES) owns chunks
+//     l, l + LANES, ..., so one chunk index is contiguous over the lanes.
+//   Per row, the logits are read once: a thread keeps its first chunks in registers (2 in a group
+//   of up to 16 lanes; 32 floats or 16 doubles per thread of a warp or block: float rows of up to
+//   1024 or 8192 values), all their loads issued first, and folds later chunks online (m, s) as
+//   they arrive. Reduce m over the row's lanes; the registers become exp(z - m) (one exp per
+//   value) and join s; reduce s; each thread writes its columns of p = exp(z - m) / s (forward)
+//   or of dloss/dz (GRAD: the probs never reach memory; the gradient is written once), later
+//   chunks re-read (L1/L2 hits) and exponentiated again. With smoothing, sum_c w_c (z_c - m) and
+//   sum_c w_c come along (two more reductions). Lane 0 of the row adds the row's r_i (and
+//   w_{y_i}) in double to its thread's sum.
 //   Reductions over a row's lanes: an xor butterfly of shuffles inside the group (every lane gets
 //   bit-identical results; all 32 lanes of the warp take part, a group past the last row with no
 //   columns); over a block: one value per warp through shared memory, then a warp butterfly.
