@@ -58,9 +58,8 @@ def mse64(p, t):
 
 # ---- softmax cross-entropy -----------------------------------------------------------------------
 
-# (N, C): one class, two classes; a warp per row up to C = 256 (N not a multiple of the 8 rows per
-# block), a block per row from C = 257, C past the block's 512 threads; N past the mean kernel's
-# 256 threads.
+# (N, C): one class, two classes, a few shapes of each kind (ROW_PATH_SHAPES below walks the
+# native row kernel's boundaries); (601, 7): three blocks of 256 one-thread rows, then the mean.
 CE_SHAPES = [(1, 1), (1, 2), (6, 3), (9, 256), (2, 257), (3, 1000), (601, 7)]
 CE_OPTIONS = {"plain": (False, 0.0), "weight": (True, 0.0), "smoothing": (False, 0.1), "weight+smoothing": (True, 0.25)}
 
@@ -111,6 +110,102 @@ def test_cross_entropy_with_grad_is_forward_then_backward(backend, n, classes, o
     # The same formula on the same p; a compiler may still contract the two kernels differently.
     g2 = to_numpy(grad2)
     np.testing.assert_allclose(to_numpy(grad), g2, rtol=0, atol=4 * np.finfo(dtype).eps * np.abs(g2).max())
+
+
+# (N, C) at each boundary of the native row kernel (csrc/kernels/loss.cuh, row_lanes): lanes per
+# row 1 | 2 at C = 8 | 9, 2 | 4 at 16 | 17, 4 | 8 at 32 | 33, 8 | 16 at 64 | 65, 16 | 32 at 128 | 129;
+# a warp's registers full at 1024 floats (512 doubles), re-read past them; a warp | the block at
+# 4096 | 4097; the block's registers full at 8192 floats. C not a multiple of 4 (no 16-byte
+# loads): 9, 17, 33, 65, 129, 1001, 4097. N: one block (which then also writes the mean) or more
+# (the mean kernel after): 256 / 128 / 64 / 32 / 16 / 8 / 1 rows per block; (128, 10) is the
+# reference training step's batch.
+ROW_PATH_SHAPES = [(257, 8), (3, 9), (128, 10), (129, 10), (70, 16), (5, 17), (65, 32), (3, 33), (33, 64),
+                   (17, 65), (16, 128), (9, 129), (9, 512), (3, 513), (2, 1001), (3, 1024), (2, 1025), (2, 4096),
+                   (2, 4097), (1, 8192), (2, 8193)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("option", CE_OPTIONS)
+@pytest.mark.parametrize("n,classes", ROW_PATH_SHAPES)
+def test_cross_entropy_row_paths(backend, n, classes, option, dtype):
+    """Forward and fused op on every path of the row kernel, with weights and smoothing on each:
+    against the float64 reference, and the fused op against the forward and backward it fuses."""
+    with_weight, eps = CE_OPTIONS[option]
+    z, y, w = _cross_entropy_case(n, classes, with_weight, seed=7)
+    args = on(backend, z.astype(dtype), y, None if w is None else w.astype(dtype))
+    loss, grad = ops.softmax_cross_entropy_with_grad(*args, label_smoothing=eps)
+    loss2, probs = ops.softmax_cross_entropy_forward(*args, label_smoothing=eps)
+    assert_matches(loss, lambda z, y, w: cross_entropy64(z, y, w, eps), [z, y, w], dtype, what="loss")
+    assert_matches(probs, lambda z: np.exp(log_softmax64(z)), [z], dtype, what="probs")
+    assert_matches(grad, lambda z, y, w: cross_entropy_grad64(np.exp(log_softmax64(z)), y, w, eps), [z, y, w], dtype,
+                   what="dlogits")
+    assert to_numpy(loss) == to_numpy(loss2)
+    g2 = to_numpy(ops.softmax_cross_entropy_backward(probs, *args[1:], label_smoothing=eps))
+    np.testing.assert_allclose(to_numpy(grad), g2, rtol=0, atol=4 * np.finfo(dtype).eps * np.abs(g2).max())
+
+
+@pytest.mark.parametrize("classes", [1, 8, 12, 129, 1024, 4097, 8192])
+def test_cross_entropy_one_class_and_unaligned_rows(backend, classes):
+    """One class (loss 0, gradient 0 up to rounding), and C-contiguous logits (probs for the
+    backward) that start 4 bytes past a 16-byte boundary, so that no row is 16-byte aligned even
+    where C is a multiple of 4: the scalar loads and stores."""
+    rng = np.random.default_rng(classes)
+    n = 3
+    z = rng.standard_normal((n, classes)).astype(np.float32)
+    y = rng.integers(0, classes, n)
+    flat = on(backend, np.zeros(n * classes + 1, np.float32))
+    logits = flat[1:].reshape(n, classes)  # an offset view, still C-contiguous
+    logits[...] = on(backend, z)
+    loss, grad = ops.softmax_cross_entropy_with_grad(logits, on(backend, y))
+    assert_matches(loss, lambda z, y: cross_entropy64(z, y, None, 0.0), [z, y], np.float32, what="loss")
+    assert_matches(grad, lambda z, y: cross_entropy_grad64(np.exp(log_softmax64(z)), y, None, 0.0), [z, y],
+                   np.float32, what="dlogits")
+    p = np.exp(log_softmax64(z))
+    logits[...] = on(backend, p.astype(np.float32))  # the backward's probs, at the same offset
+    assert_matches(ops.softmax_cross_entropy_backward(logits, on(backend, y)),
+                   lambda p, y: cross_entropy_grad64(p, y, None, 0.0), [p, y], np.float32, what="backward dlogits")
+    if classes == 1:
+        assert float(loss) == 0 and np.all(np.abs(to_numpy(grad)) <= np.finfo(np.float32).eps)
+
+
+@pytest.mark.parametrize("classes", [3, 10, 129, 1025, 4097, 8193])
+def test_cross_entropy_infinite_and_nan_logits_on_each_path(backend, classes):
+    """-inf logits are probability 0 (finite loss when the label's logit is finite and there is no
+    smoothing); a row of only -inf, a +inf or a NaN logit makes that row's values NaN, others not."""
+    rng = np.random.default_rng(classes)
+    z = rng.standard_normal((5, classes)).astype(np.float32)
+    z[0, 1:] = -np.inf           # row 0: all but the label's logit -inf
+    z[1, : classes // 2 + 1] = -np.inf  # row 1: the first half -inf, the label in the second half
+    y = np.array([0, classes - 1, 0, 0, 0])
+    loss, grad = ops.softmax_cross_entropy_with_grad(*on(backend, z[:2], y[:2]))
+    assert np.isfinite(float(loss))
+    nll = lambda z, y: -log_softmax64(z)[np.arange(len(y)), y].mean()  # (0 * -inf in the smoothing term)
+    assert_matches(loss, nll, [z[:2], y[:2]], np.float32, what="loss")
+    _, probs = ops.softmax_cross_entropy_forward(*on(backend, z[:2], y[:2]))
+    probs = to_numpy(probs)
+    assert probs[0, 0] == 1 and not np.any(probs[0, 1:]) and not np.any(probs[1, : classes // 2 + 1])
+    z[2, :] = -np.inf
+    z[3, classes // 2] = np.inf
+    z[4, classes - 1] = np.nan
+    for bad in (2, 3, 4):
+        rows = [0, 1, bad]
+        loss, grad = ops.softmax_cross_entropy_with_grad(*on(backend, z[rows], y[rows]))
+        _, probs = ops.softmax_cross_entropy_forward(*on(backend, z[rows], y[rows]))
+        assert np.isnan(float(loss))
+        for out in (to_numpy(grad), to_numpy(probs)):
+            assert np.all(np.isnan(out[2])) and np.all(np.isfinite(out[:2]))
+
+
+@pytest.mark.slow
+def test_cross_entropy_rows_past_the_grid(native_backend):
+    """More rows than the row kernel's 2048 blocks cover at once (a thread per row: 256 per block):
+    each block takes several rows in turn (grid-stride)."""
+    z, y, w = _cross_entropy_case(2048 * 256 + 3, 2, True, seed=5)
+    args = on(native_backend, z.astype(np.float32), y, w.astype(np.float32))
+    loss, grad = ops.softmax_cross_entropy_with_grad(*args, label_smoothing=0.1)
+    assert_matches(loss, lambda z, y, w: cross_entropy64(z, y, w, 0.1), [z, y, w], np.float32, what="loss")
+    assert_matches(grad, lambda z, y, w: cross_entropy_grad64(np.exp(log_softmax64(z)), y, w, 0.1), [z, y, w],
+                   np.float32, what="dlogits")
 
 
 @pytest.mark.parametrize("option", CE_OPTIONS)

@@ -14,7 +14,11 @@
 //   S = sum_c w_c, and both terms are >= 0 (no cancellation).
 //     dloss/dz_ic = [ p_ic ((1 - e) w_{y_i} + (e/C) S) - (1 - e) w_{y_i} [c = y_i] - (e/C) w_c ] / W
 //   (without weights and smoothing: (p_ic - [c = y_i]) / N).
-//   A NaN logit makes its row's max or sum NaN, hence its loss and the mean NaN (as in torch).
+//   A NaN logit makes its row's max or sum NaN, hence its loss and the mean NaN (as in torch);
+//   so does +inf (inf - inf), and a row of only -inf. A -inf logit alone has p = 0.
+//   One pass for m and s (online softmax): a thread folds each batch of values x into its running
+//   (m, s) as m' = max(m, max x), s' = s exp(m - m') + sum exp(x - m'); the threads of a row then
+//   combine theirs: m_i = max m, s_i = sum s exp(m - m_i).
 //
 //   BCE with logits, x and t of n elements, pos_weight pw over the last dimension (1 if absent):
 //     l = (1 - t) x + (1 + (pw - 1) t) softplus(-x),   softplus(-x) = log1p(exp(-|x|)) + max(-x, 0)
@@ -24,24 +28,41 @@
 //   MSE: loss = sum (p - t)^2 / n;  dloss/dp = 2 (p - t) / n.
 //
 // Decomposition
-//   Cross-entropy forward: ONE fused kernel pass per row: a warp owns a row when C <= 256 (8 rows
-//   per block), else a block of 288..512 threads does (grid-stride over rows); each thread owns
-//   the columns c = lane, lane + lanes, ...; the owner reduces the row max, then in one sweep writes exp(z - m) into probs while summing s (and the
-//   smoothing sums), rescales its own probs by 1/s, and lane 0 writes the row's loss and weight.
-//   Reductions: warp shuffles (xor butterfly, so every lane gets bit-identical results), and for
-//   a block-owned row one value per warp through shared memory, then a last warp butterfly.
+//   Softmax cross-entropy, forward and fused forward + backward: one kernel template,
+//   softmax_cross_entropy_rows_kernel<T, LANES, GRAD>, blocks of 256 threads.
+//     A row is owned by LANES consecutive lanes of a warp, the fewest of 1, 2, 4, ..., 32 that
+//     cover it with 2 chunks each (LANES = 2 for 10 classes: 16 rows per warp), 32 (a warp) up to
+//     4096 classes, and by the whole block beyond. A block owns 256 / LANES rows at a time (one
+//     past 4096 classes) and takes the next ones grid-stride; at most 2048 blocks.
+//     A row is cut into chunks of 4 values (a 16-byte load of float, two of double, when every
+//     row is 16-byte aligned; else scalar loads); a thread (lane l of its row's LANES) owns chunks
+//     l, l + LANES, ..., so one chunk index is contiguous over the lanes.
+//   Per row, the logits are read once: a thread keeps its first chunks in registers (2 in a group
+//   of up to 16 lanes; 32 floats or 16 doubles per thread of a warp or block: float rows of up to
+//   1024 or 8192 values), all their loads issued first, and folds later chunks online (m, s) as
+//   they arrive. Reduce m over the row's lanes; the registers become exp(z - m) (one exp per
+//   value) and join s; reduce s; each thread writes its columns of p = exp(z - m) / s (forward)
+//   or of dloss/dz (GRAD: the probs never reach memory; the gradient is written once), later
+//   chunks re-read (L1/L2 hits) and exponentiated again. With smoothing, sum_c w_c (z_c - m) and
+//   sum_c w_c come along (two more reductions). Lane 0 of the row adds the row's r_i (and
+//   w_{y_i}) in double to its thread's sum.
+//   Reductions over a row's lanes: an xor butterfly of shuffles inside the group (every lane gets
+//   bit-identical results; all 32 lanes of the warp take part, a group past the last row with no
+//   columns); over a block: one value per warp through shared memory, then a warp butterfly.
+//   The mean, deterministic (no float atomics): each block reduces its threads' sums (fixed tree)
+//   into one partial; a second one-block kernel sums the partials (thread-strided, then the tree)
+//   and divides by W (the partial weights) or N. The number of blocks depends on N and C only, so
+//   the result is bitwise reproducible, and the forward and fused op give the same loss. When one
+//   block covers the batch (N <= 256 / LANES rows: the reference step's 128 x 10), that block
+//   writes the mean itself, and with class weights also computes W and S first: one launch.
+//   With class weights and more blocks, the fused op first reduces W and S with one block.
 //   Elementwise losses (BCE, MSE) forward: a fixed number of blocks, loss_partial_count(n),
 //   that depends on n only; each thread accumulates a grid-stride slice in double, the block
-//   reduces it and writes one partial.
-//   Fused forward + backward (softmax_cross_entropy_with_grad, what a training step calls): the
-//   same row kernel writes dloss/dz instead of p from each thread's own p_ic, so the logits are
-//   read once and the gradient written once (the probs never reach memory); with class weights
-//   the totals W and S are reduced first by one block.
-//   Mean: a second kernel of one block sums the per-row (or per-block) doubles in a fixed order
-//   (thread-strided, then the block tree) and divides by W or n. No float atomics anywhere, so
-//   results are bitwise reproducible. Accumulation is double for float32 and float64 inputs.
-//   Backward kernels are elementwise grid-stride loops; the weighted cross-entropy backward
-//   first reduces W and S with one block (same fixed order).
+//   reduces it and writes one partial; the same mean kernel sums the partials.
+//   Accumulation of the means is double for float32 and float64 inputs.
+//   Backward kernels are elementwise grid-stride loops (the cross-entropy backward's items are
+//   chunks of 4 columns of a row, 16-byte loads and stores where aligned); the weighted
+//   cross-entropy backward first reduces W and S with one block (same fixed order).
 //   Indices are 64-bit; every load is inside its array for any shape.
 #pragma once
 
@@ -63,10 +84,11 @@ struct Sum {
   template <typename V>
   __device__ __forceinline__ V operator()(V a, V b) const { return a + b; }
 };
-// Max that keeps NaN: a NaN on either side wins.
-struct MaxNaN {
-  template <typename V>
-  __device__ __forceinline__ V operator()(V a, V b) const { return (a > b || a != a) ? a : b; }
+// Max that ignores NaN (one instruction): a NaN logit still makes its row's sum, hence its loss
+// and outputs, NaN, through exp(NaN - m).
+struct Max {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+  __device__ __forceinline__ double operator()(double a, double b) const { return fmax(a, b); }
 };
 
 template <typename V, typename Op>
@@ -112,144 +134,102 @@ void mean(const double* values, const double* weights, int64_t n, double count, 
   launch("mean_kernel", mean_kernel<T>, dim3(1), dim3(kMeanThreads), 0, stream, values, weights, n, count, out);
 }
 
-// Cross-entropy rows of up to kWarpRowMaxClasses classes are owned by one warp (8 rows per
-// block of kWarpRowThreads); wider rows by a block of row_threads(C) threads: a multiple of 32
-// covering C, at most 512.
-constexpr int64_t kWarpRowMaxClasses = 256;
-constexpr int kWarpRowThreads = 256;
-inline int row_threads(int64_t C) { return (int)min64(512, ((C + 31) / 32) * 32); }
+// Cross-entropy row kernels. A row is owned by a group of LANES consecutive threads of a warp
+// (LANES = 1, 2, ..., 32) or, past kWarpRowMaxClasses, by the whole block (LANES = kBlockRow).
+// A row is cut into chunks of kChunk values (one 16-byte load for float, two for double); lane l
+// of the group owns chunks l, l + LANES, ..., so a warp's loads of one chunk index are contiguous.
+constexpr int kRowThreads = 256;
+constexpr int kBlockRow = 0;
+constexpr int kChunk = 4;
+constexpr int64_t kWarpRowMaxClasses = 4096;
+// Row-kernel blocks at most: each writes one partial loss sum, so the mean kernel sums few values.
+// A constant (not the device's SM count), so the summation order depends on N and C only.
+constexpr int64_t kMaxRowGrid = 2048;
 
-}  // namespace loss_detail
+// Chunks a thread keeps in registers between reading its values and writing the row's output
+// (further chunks are re-read; they hit L1/L2): a smaller group 2 chunks per lane; a warp or a
+// block 32 floats or 16 doubles per thread (8 or 4 chunks: float rows of up to 1024 values in a
+// warp's registers, 8192 in a block's; fewer for double, which otherwise spills).
+template <typename T, int LANES>
+constexpr int cached_chunks() { return LANES == 32 || LANES == kBlockRow ? 32 / sizeof(T) : 2; }
 
-// ---- softmax cross-entropy --------------------------------------------------------------------
-
-// The threads that own one row reduce with a warp butterfly (WARP_ROWS: a warp owns the row) or a
-// block reduction (the block owns the row).
-template <bool WARP_ROWS, typename V, typename Op>
-__device__ __forceinline__ V row_reduce(V v, Op op, V identity, V* scratch) {
-  if (WARP_ROWS) return loss_detail::warp_reduce(v, op);
-  return loss_detail::block_reduce(v, op, identity, scratch);
+// Lanes per row for C classes: the fewest (a power of two) whose cached chunks cover the row,
+// a warp up to kWarpRowMaxClasses, the block beyond.
+inline int row_lanes(int64_t C) {
+  if (C > kWarpRowMaxClasses) return kBlockRow;
+  const int64_t chunks = (C + kChunk - 1) / kChunk;
+  int lanes = 1;
+  while (lanes < 32 && lanes * cached_chunks<float, 1>() < chunks) lanes *= 2;
+  return lanes;
 }
 
-// dloss/dz_ic from p_ic (see the math above): W = sum_i w_{y_i}, S = sum_c w_c, share = e / C.
-// The backward kernel and the fused forward+backward use this one formula, so they agree bitwise.
-template <typename T>
-__device__ __forceinline__ T cross_entropy_grad(T p, bool is_label, T wy, T wc, T smoothing, T share, T S, T W) {
-  const T true_part = (T(1) - smoothing) * wy;
-  T g = p * (true_part + share * S) - share * wc;
-  if (is_label) g -= true_part;
-  return g / W;
-}
-
-// GRAD = false: probs = softmax(z). GRAD = true (the fused forward+backward): `probs` receives
-// dloss/dz instead, from each thread's own just-computed p_ic; totals = (W, S) when weighted.
-template <typename T, bool WARP_ROWS, bool GRAD>
-__global__ void softmax_cross_entropy_forward_kernel(const T* __restrict__ logits, const int64_t* __restrict__ labels,
-                                                     const T* __restrict__ weight, T smoothing, T* __restrict__ probs,
-                                                     double* __restrict__ row_loss, double* __restrict__ row_weight,
-                                                     const double* __restrict__ totals, int64_t N, int64_t C) {
-  using namespace loss_detail;
-  __shared__ T scratch[32];
-  const bool smooth = smoothing != T(0);
-  const T W = totals ? (T)totals[0] : (T)N, S = totals ? (T)totals[1] : (T)C, share = smoothing / (T)C;
-  // Who owns a row: a warp (lanes 0..31, blockDim.x / 32 rows per block) or the whole block.
-  const int lane = WARP_ROWS ? threadIdx.x % 32 : threadIdx.x;
-  const int lanes = WARP_ROWS ? 32 : blockDim.x;
-  const int64_t rows_per_block = WARP_ROWS ? blockDim.x / 32 : 1;
-  const int64_t first_row = (int64_t)blockIdx.x * rows_per_block + (WARP_ROWS ? threadIdx.x / 32 : 0);
-  // The loop condition is uniform over the row's owner, so every reduction has all its threads.
-  for (int64_t row = first_row; row < N; row += (int64_t)gridDim.x * rows_per_block) {
-    const T* z = logits + row * C;
-    T* p = probs + row * C;
-
-    T m = z[0];  // C >= 1
-    for (int64_t c = lane; c < C; c += lanes) m = MaxNaN()(m, z[c]);
-    m = row_reduce<WARP_ROWS>(m, MaxNaN(), z[0], scratch);
-
-    // exp(z - m) into probs; s, and for smoothing sum w (z - m) and sum w.
-    T s = T(0), w_shift = T(0), w_total = T(0);
-    for (int64_t c = lane; c < C; c += lanes) {
-      T shifted = z[c] - m;
-      T e = dev_exp(shifted);
-      p[c] = e;
-      s += e;
-      if (smooth) {
-        T wc = weight ? weight[c] : T(1);
-        w_shift += wc * shifted;
-        w_total += wc;
-      }
-    }
-    s = row_reduce<WARP_ROWS>(s, Sum(), T(0), scratch);
-    if (smooth) {
-      w_shift = row_reduce<WARP_ROWS>(w_shift, Sum(), T(0), scratch);
-      w_total = row_reduce<WARP_ROWS>(w_total, Sum(), T(0), scratch);
-    }
-    const T inv_s = T(1) / s;
-    if (GRAD) {
-      const int64_t y = labels[row];
-      const bool valid = y >= 0 && y < C;
-      const T wy = weight ? (valid ? weight[y] : T(NAN)) : T(1);
-      for (int64_t c = lane; c < C; c += lanes) {  // this thread's own values
-        const T g = cross_entropy_grad(p[c] * inv_s, c == y, wy, weight ? weight[c] : T(1), smoothing, share, S, W);
-        p[c] = valid ? g : T(NAN);
-      }
-    } else {
-      for (int64_t c = lane; c < C; c += lanes) p[c] *= inv_s;  // this thread's own values
-    }
-
-    if (lane == 0) {
-      const T log_s = dev_log(s);
-      const int64_t y = labels[row];
-      T wy = T(1), nll = T(NAN);  // an out-of-range label (the host refuses them) gives NaN, not a stray read
-      if (y >= 0 && y < C) {
-        if (weight) wy = weight[y];
-        nll = log_s - (z[y] - m);
-      }
-      T r = (T(1) - smoothing) * wy * nll;
-      if (smooth) r += smoothing / T(C) * (w_total * log_s - w_shift);
-      row_loss[row] = (double)r;
-      if (row_weight) row_weight[row] = (double)wy;
-    }
-  }
-}
-
-template <typename T, bool GRAD>
-void cross_entropy_rows(const T* logits, const int64_t* labels, const T* weight, double smoothing, T* out,
-                        double* row_loss, double* row_weight, const double* totals, int64_t N, int64_t C,
-                        void* stream) {
-  using namespace loss_detail;
-  if (C <= kWarpRowMaxClasses) {
-    constexpr int rows_per_block = kWarpRowThreads / 32;
-    launch("softmax_cross_entropy_forward_kernel<warp per row>", softmax_cross_entropy_forward_kernel<T, true, GRAD>,
-           dim3((unsigned)min64((N + rows_per_block - 1) / rows_per_block, kMaxRowBlocks)), dim3(kWarpRowThreads), 0,
-           stream, logits, labels, weight, (T)smoothing, out, row_loss, row_weight, totals, N, C);
+// Reduces v over the LANES lanes of a row's group (an xor butterfly within the group: every lane
+// gets bit-identical results; every lane of the warp takes part) or over the block.
+template <int LANES, typename V, typename Op>
+__device__ __forceinline__ V group_reduce(V v, Op op, V identity, V* scratch) {
+  if constexpr (LANES == kBlockRow) {
+    return block_reduce(v, op, identity, scratch);
   } else {
-    launch("softmax_cross_entropy_forward_kernel<block per row>", softmax_cross_entropy_forward_kernel<T, false, GRAD>,
-           dim3((unsigned)min64(N, kMaxRowBlocks)), dim3(row_threads(C)), 0, stream, logits, labels, weight,
-           (T)smoothing, out, row_loss, row_weight, totals, N, C);
+#pragma unroll
+    for (int offset = LANES / 2; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(kFullMask, v, offset));
+    return v;
   }
 }
 
+// x[0..kChunk) = p[c0 ..] for the columns below `cols`, `pad` for the rest.
 template <typename T>
-void softmax_cross_entropy_forward(const T* logits, const int64_t* labels, const T* weight, double smoothing, T* probs,
-                                   double* row_loss, double* row_weight, T* loss, int64_t N, int64_t C, void* stream) {
-  using namespace loss_detail;
-  require(N > 0 && C > 0, "softmax_cross_entropy_forward: empty logits");
-  require(!weight || row_weight, "softmax_cross_entropy_forward: weight needs the row_weight workspace");
-  row_weight = weight ? row_weight : nullptr;
-  cross_entropy_rows<T, false>(logits, labels, weight, smoothing, probs, row_loss, row_weight, nullptr, N, C, stream);
-  mean<T>(row_loss, row_weight, N, (double)N, loss, stream);
+__device__ __forceinline__ void load_chunk(const T* p, int64_t c0, int64_t cols, bool vec, T pad, T (&x)[kChunk]) {
+  load4(p + c0, vec, cols - c0, x);
+#pragma unroll
+  for (int j = 0; j < kChunk; ++j)
+    if (c0 + j >= cols) x[j] = pad;
 }
 
+// p[c0 ..] = x for the columns below `cols`: one 16-byte store (two for double) when `vec`.
+__device__ __forceinline__ void store_chunk(float* p, int64_t c0, int64_t cols, bool vec, const float (&x)[kChunk]) {
+  if (vec && cols - c0 >= 4) {
+    *reinterpret_cast<float4*>(p + c0) = make_float4(x[0], x[1], x[2], x[3]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j)
+      if (c0 + j < cols) p[c0 + j] = x[j];
+  }
+}
+__device__ __forceinline__ void store_chunk(double* p, int64_t c0, int64_t cols, bool vec, const double (&x)[kChunk]) {
+  if (vec && cols - c0 >= 4) {
+    reinterpret_cast<double2*>(p + c0)[0] = make_double2(x[0], x[1]);
+    reinterpret_cast<double2*>(p + c0)[1] = make_double2(x[2], x[3]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j)
+      if (c0 + j < cols) p[c0 + j] = x[j];
+  }
+}
 
-// totals[0] = sum_i weight[labels[i]], totals[1] = sum_c weight[c]. One block, fixed order.
+// Online softmax sum: folds one chunk x into (m, s), s = sum exp(z - m) over the values folded so
+// far: the chunk's max first, so one exp per value plus one to rescale s. Padding is -inf (exp
+// gives 0). While m is -inf (nothing but -inf seen) the exponents are taken against 0, so s stays
+// 0 rather than exp(-inf - -inf) = NaN; a NaN value makes s NaN, and so does +inf (+inf - +inf).
 template <typename T>
-__global__ void __launch_bounds__(loss_detail::kMeanThreads)
-    cross_entropy_weight_totals_kernel(const int64_t* __restrict__ labels, const T* __restrict__ weight, int64_t N,
-                                       int64_t C, double* __restrict__ totals) {
-  using namespace loss_detail;
-  __shared__ double scratch[32];
-  double label_sum = 0.0, class_sum = 0.0;
+__device__ __forceinline__ void fold(T& m, T& s, const T (&x)[kChunk]) {
+  T new_m = m;
+#pragma unroll
+  for (int j = 0; j < kChunk; ++j) new_m = Max()(new_m, x[j]);
+  const T base = new_m == -T(INFINITY) ? T(0) : new_m;
+  T acc = s * dev_exp(m - base);
+#pragma unroll
+  for (int j = 0; j < kChunk; ++j) acc += dev_exp(x[j] - base);
+  m = new_m;
+  s = acc;
+}
+
+// label_sum = sum_i w[y_i] (NaN for a label outside [0, C)), class_sum = sum_c w_c. Every thread
+// of the block calls it; a fixed order (thread-strided, then the block tree).
+template <typename T>
+__device__ void weight_totals(const int64_t* __restrict__ labels, const T* __restrict__ weight, int64_t N, int64_t C,
+                              double* scratch, double& label_sum, double& class_sum) {
+  label_sum = 0.0;
+  class_sum = 0.0;
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
     int64_t y = labels[i];
     label_sum += (y >= 0 && y < C) ? (double)weight[y] : (double)NAN;
@@ -257,45 +237,280 @@ __global__ void __launch_bounds__(loss_detail::kMeanThreads)
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) class_sum += (double)weight[c];
   label_sum = block_reduce(label_sum, Sum(), 0.0, scratch);
   class_sum = block_reduce(class_sum, Sum(), 0.0, scratch);
+}
+
+}  // namespace loss_detail
+
+// ---- softmax cross-entropy --------------------------------------------------------------------
+
+// dloss/dz_ic from p_ic (see the math above): inv_W = 1 / sum_i w_{y_i}, S = sum_c w_c, share = e / C.
+// The backward kernel and the fused forward+backward use this one formula, so they agree bitwise.
+template <typename T>
+__device__ __forceinline__ T cross_entropy_grad(T p, bool is_label, T wy, T wc, T smoothing, T share, T S, T inv_W) {
+  const T true_part = (T(1) - smoothing) * wy;
+  T g = p * (true_part + share * S) - share * wc;
+  if (is_label) g -= true_part;
+  return g * inv_W;
+}
+
+// totals[0] = sum_i weight[labels[i]], totals[1] = sum_c weight[c]. One block, fixed order: the
+// same function and block size as a single-block row kernel's own, so the same bits.
+template <typename T>
+__global__ void __launch_bounds__(loss_detail::kMeanThreads)
+    cross_entropy_weight_totals_kernel(const int64_t* __restrict__ labels, const T* __restrict__ weight, int64_t N,
+                                       int64_t C, double* __restrict__ totals) {
+  __shared__ double scratch[32];
+  double label_sum, class_sum;
+  loss_detail::weight_totals(labels, weight, N, C, scratch, label_sum, class_sum);
   if (threadIdx.x == 0) {
     totals[0] = label_sum;
     totals[1] = class_sum;
   }
+}
+static_assert(loss_detail::kMeanThreads == loss_detail::kRowThreads, "W from either kernel must be the same bits");
+
+// The rows of logits (N, C), LANES threads per row (see loss_detail above). GRAD = false: out =
+// softmax(z). GRAD = true (the fused forward+backward): out = dloss/dz, from each thread's own
+// just-computed p_ic. Each block writes the sum of its rows' losses (and label weights) to
+// partial_loss[blockIdx.x] (partial_weight), or, when it is the only block and `loss` is given,
+// the mean itself. totals = (W, S) when weighted and GRAD; a single block may be given none and
+// then reduces them itself first. vec: logits, out (and weight) rows are 16-byte aligned.
+template <typename T, int LANES, bool GRAD>
+__global__ void __launch_bounds__(loss_detail::kRowThreads)
+    softmax_cross_entropy_rows_kernel(const T* __restrict__ logits, const int64_t* __restrict__ labels,
+                                      const T* __restrict__ weight, T smoothing, T* __restrict__ out,
+                                      double* __restrict__ partial_loss, double* __restrict__ partial_weight,
+                                      const double* __restrict__ totals, T* __restrict__ loss, int64_t N, int64_t C,
+                                      bool vec) {
+  using namespace loss_detail;
+  constexpr bool BLOCK = LANES == kBlockRow;
+  constexpr int CACHED = cached_chunks<T, LANES>();
+  __shared__ T scratch[32];
+  __shared__ double dscratch[32];
+  const bool smooth = smoothing != T(0);
+  double W = (double)N, S = (double)C;
+  if (GRAD && weight) {
+    if (totals) {
+      W = totals[0];
+      S = totals[1];
+    } else {
+      weight_totals(labels, weight, N, C, dscratch, W, S);
+    }
+  }
+  const T inv_W = T(1) / (T)W, share = smoothing / (T)C;
+
+  const int lanes = BLOCK ? (int)blockDim.x : LANES;
+  const int lane = BLOCK ? (int)threadIdx.x : (int)threadIdx.x % LANES;  // within the row's group
+  const int64_t rows_per_block = BLOCK ? 1 : blockDim.x / LANES;
+  const int64_t group = BLOCK ? 0 : threadIdx.x / LANES;
+  double sum_loss = 0.0, sum_weight = 0.0;  // of the rows whose lane 0 this thread is
+  // `first` is uniform over the block, so every shuffle and barrier has all its threads; a group
+  // past the last row takes part with no columns.
+  for (int64_t first = (int64_t)blockIdx.x * rows_per_block; first < N; first += (int64_t)gridDim.x * rows_per_block) {
+    const int64_t row = first + group;
+    const int64_t cols = row < N ? C : 0;
+    const T* z = logits + min64(row, N - 1) * C;
+    T* o = out + min64(row, N - 1) * C;
+
+    // The label first: its load flies with the row's.
+    const int64_t y = row < N ? labels[row] : 0;
+    const bool valid = y >= 0 && y < C;  // the host refuses other labels; NaN rather than a stray read
+    const T wy = weight ? (valid ? weight[y] : T(NAN)) : T(1);
+    auto chunk_col = [&](int k) { return (int64_t)(lane + k * lanes) * kChunk; };  // k-th chunk's first column
+    const int64_t stride = (int64_t)lanes * kChunk;
+
+    // Read the row once. The first CACHED chunks stay in registers (all their loads issued before
+    // any use) and give the thread's max; later chunks are folded online (m, s) as they arrive.
+    T v[CACHED][kChunk];
+#pragma unroll
+    for (int k = 0; k < CACHED; ++k) load_chunk(z, chunk_col(k), cols, vec, -T(INFINITY), v[k]);
+    const T z_y = lane == 0 && valid ? z[y] : T(0);  // for the loss; its load flies with the row's
+    T m = -T(INFINITY), s = T(0);  // s: of the later chunks, against m
+#pragma unroll
+    for (int k = 0; k < CACHED; ++k)
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) m = Max()(m, v[k][j]);
+    for (int64_t c0 = chunk_col(CACHED); c0 < cols; c0 += stride) {
+      T x[kChunk];
+      load_chunk(z, c0, cols, vec, -T(INFINITY), x);
+      fold(m, s, x);
+    }
+    const T row_m = group_reduce<LANES>(m, Max(), -T(INFINITY), scratch);
+    s *= dev_exp(m - (row_m == -T(INFINITY) ? T(0) : row_m));  // to the row's max (0 stays 0)
+
+    // The registers become exp(z - m) (one exp per value); s, and the smoothing sums.
+    T w_shift = T(0), w_total = T(0);  // sum_c w_c (z_c - m), sum_c w_c
+    auto smoothing_terms = [&](const T (&x)[kChunk], int64_t c0) {
+      T wc[kChunk] = {T(1), T(1), T(1), T(1)};
+      if (weight) load4(weight + c0, vec, cols - c0, wc);
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j)
+        if (c0 + j < cols) {
+          w_shift += wc[j] * (x[j] - row_m);
+          w_total += wc[j];
+        }
+    };
+#pragma unroll
+    for (int k = 0; k < CACHED; ++k) {
+      if (chunk_col(k) >= cols) continue;
+      if (smooth) smoothing_terms(v[k], chunk_col(k));
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) {
+        v[k][j] = dev_exp(v[k][j] - row_m);  // padding: exp(-inf) = 0
+        s += v[k][j];
+      }
+    }
+    s = group_reduce<LANES>(s, Sum(), T(0), scratch);
+    const T inv_s = T(1) / s;
+
+    // Write the row: p = exp(z - m) / s, or its gradient; later chunks re-read (L1/L2 hits).
+    const int64_t label_col = valid ? y : -1;
+    auto write_chunk = [&](const T (&e)[kChunk], int64_t c0) {
+      T wc[kChunk] = {T(1), T(1), T(1), T(1)};
+      if (GRAD && weight) load4(weight + c0, vec, cols - c0, wc);
+      const int64_t label_j = label_col - c0;  // the label's place in this chunk, if in [0, kChunk)
+      T r[kChunk];
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) {
+        const T p = e[j] * inv_s;
+        if (GRAD)
+          r[j] = valid ? cross_entropy_grad(p, label_j == j, wy, wc[j], smoothing, share, (T)S, inv_W) : T(NAN);
+        else
+          r[j] = p;
+      }
+      store_chunk(o, c0, cols, vec, r);
+    };
+#pragma unroll
+    for (int k = 0; k < CACHED; ++k)
+      if (chunk_col(k) < cols) write_chunk(v[k], chunk_col(k));
+    for (int64_t c0 = chunk_col(CACHED); c0 < cols; c0 += stride) {
+      T x[kChunk];
+      load_chunk(z, c0, cols, vec, -T(INFINITY), x);
+      if (smooth) smoothing_terms(x, c0);
+#pragma unroll
+      for (int j = 0; j < kChunk; ++j) x[j] = dev_exp(x[j] - row_m);
+      write_chunk(x, c0);
+    }
+    if (smooth) {
+      w_shift = group_reduce<LANES>(w_shift, Sum(), T(0), scratch);
+      w_total = group_reduce<LANES>(w_total, Sum(), T(0), scratch);
+    }
+
+    if (lane == 0 && row < N) {
+      const T log_s = dev_log(s);
+      T wl = T(1), nll = T(NAN);  // an out-of-range label gives NaN
+      if (valid) {
+        if (weight) wl = weight[y];
+        nll = log_s - (z_y - row_m);
+      }
+      T r = (T(1) - smoothing) * wl * nll;
+      if (smooth) r += share * (w_total * log_s - w_shift);
+      sum_loss += (double)r;
+      sum_weight += (double)wl;
+    }
+  }
+
+  sum_loss = block_reduce(sum_loss, Sum(), 0.0, dscratch);
+  if (weight) sum_weight = block_reduce(sum_weight, Sum(), 0.0, dscratch);
+  if (threadIdx.x == 0) {
+    if (loss) {
+      *loss = T(sum_loss / (weight ? sum_weight : (double)N));  // as mean_kernel would from this one partial
+    } else {
+      partial_loss[blockIdx.x] = sum_loss;
+      if (weight) partial_weight[blockIdx.x] = sum_weight;
+    }
+  }
+}
+
+template <typename T, int LANES, bool GRAD>
+void launch_cross_entropy_rows(const char* name, dim3 grid, void* stream, const T* logits, const int64_t* labels,
+                               const T* weight, T smoothing, T* out, double* partial_loss, double* partial_weight,
+                               const double* totals, T* loss, int64_t N, int64_t C, bool vec) {
+  launch(name, softmax_cross_entropy_rows_kernel<T, LANES, GRAD>, grid, dim3(loss_detail::kRowThreads), 0, stream,
+         logits, labels, weight, smoothing, out, partial_loss, partial_weight, totals, loss, N, C, vec);
+}
+
+// The row kernel (and, for more than one block, the weight totals first and the mean after):
+// out = probs (GRAD = false) or dlogits, loss = the mean. partial_loss and partial_weight hold at
+// least min(N, kMaxRowGrid) doubles; totals 2 (used when GRAD, weighted and more than one block).
+template <typename T, bool GRAD>
+void cross_entropy_rows(const T* logits, const int64_t* labels, const T* weight, double smoothing, T* out,
+                        double* partial_loss, double* partial_weight, double* totals, T* loss, int64_t N, int64_t C,
+                        void* stream) {
+  using namespace loss_detail;
+  const int lanes = row_lanes(C);
+  const int64_t rows_per_block = lanes == kBlockRow ? 1 : kRowThreads / lanes;
+  const int64_t blocks = min64((N + rows_per_block - 1) / rows_per_block, kMaxRowGrid);
+  const bool one_block = blocks == 1;  // then one launch does it all (the reference step's 128 x 10)
+  const bool vec = (C * (int64_t)sizeof(T)) % 16 == 0 && aligned16(logits) && aligned16(out) &&
+                   (!weight || aligned16(weight));
+  if (GRAD && weight && !one_block)  // W and S first: every row's gradient is divided by W
+    launch("cross_entropy_weight_totals_kernel", cross_entropy_weight_totals_kernel<T>, dim3(1), dim3(kMeanThreads), 0,
+           stream, labels, weight, N, C, totals);
+  const double* row_totals = GRAD && weight && !one_block ? totals : nullptr;
+  T* row_mean = one_block ? loss : nullptr;
+  const dim3 grid((unsigned)blocks);
+  const T e = (T)smoothing;
+#define FC_CE_ROWS(L)                                                                                                 \
+  launch_cross_entropy_rows<T, L, GRAD>("softmax_cross_entropy_rows_kernel<" #L " lanes per row>", grid, stream,   \
+                                        logits, labels, weight, e, out, partial_loss, partial_weight, row_totals,     \
+                                        row_mean, N, C, vec)
+  switch (lanes) {
+    case 1: FC_CE_ROWS(1); break;
+    case 2: FC_CE_ROWS(2); break;
+    case 4: FC_CE_ROWS(4); break;
+    case 8: FC_CE_ROWS(8); break;
+    case 16: FC_CE_ROWS(16); break;
+    case 32: FC_CE_ROWS(32); break;
+    default: FC_CE_ROWS(kBlockRow); break;
+  }
+#undef FC_CE_ROWS
+  if (!one_block) mean<T>(partial_loss, weight ? partial_weight : nullptr, blocks, (double)N, loss, stream);
+}
+
+template <typename T>
+void softmax_cross_entropy_forward(const T* logits, const int64_t* labels, const T* weight, double smoothing, T* probs,
+                                   double* row_loss, double* row_weight, T* loss, int64_t N, int64_t C, void* stream) {
+  require(N > 0 && C > 0, "softmax_cross_entropy_forward: empty logits");
+  require(!weight || row_weight, "softmax_cross_entropy_forward: weight needs the row_weight workspace");
+  cross_entropy_rows<T, false>(logits, labels, weight, smoothing, probs, row_loss, row_weight, nullptr, loss, N, C,
+                               stream);
 }
 
 template <typename T>
 void softmax_cross_entropy_with_grad(const T* logits, const int64_t* labels, const T* weight, double smoothing,
                                      T* dlogits, double* row_loss, double* row_weight, double* totals, T* loss,
                                      int64_t N, int64_t C, void* stream) {
-  using namespace loss_detail;
   require(N > 0 && C > 0, "softmax_cross_entropy_with_grad: empty logits");
   require(!weight || (row_weight && totals),
           "softmax_cross_entropy_with_grad: weight needs the row_weight and totals workspaces");
-  if (weight)  // W and S first: every row's gradient is divided by W
-    launch("cross_entropy_weight_totals_kernel", cross_entropy_weight_totals_kernel<T>, dim3(1), dim3(kMeanThreads), 0,
-           stream, labels, weight, N, C, totals);
-  else
-    row_weight = totals = nullptr;
-  cross_entropy_rows<T, true>(logits, labels, weight, smoothing, dlogits, row_loss, row_weight, totals, N, C, stream);
-  mean<T>(row_loss, row_weight, N, (double)N, loss, stream);
+  cross_entropy_rows<T, true>(logits, labels, weight, smoothing, dlogits, row_loss, row_weight, totals, loss, N, C,
+                              stream);
 }
-
 template <typename T>
 __global__ void softmax_cross_entropy_backward_kernel(const T* __restrict__ probs, const int64_t* __restrict__ labels,
                                                       const T* __restrict__ weight, T smoothing,
                                                       const double* __restrict__ totals, T* __restrict__ dlogits,
-                                                      int64_t N, int64_t C) {
-  const T W = totals ? (T)totals[0] : (T)N;  // sum_i w_{y_i}
-  const T S = totals ? (T)totals[1] : (T)C;  // sum_c w_c
-  const T share = smoothing / (T)C;          // e / C
-  const int64_t n = N * C;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t row = i / C, c = i - row * C;
+                                                      int64_t N, int64_t C, bool vec) {
+  const T inv_W = T(1) / (totals ? (T)totals[0] : (T)N);  // 1 / sum_i w_{y_i}
+  const T S = totals ? (T)totals[1] : (T)C;                // sum_c w_c
+  const T share = smoothing / (T)C;                        // e / C
+  // A thread takes chunks of kChunk columns of one row (16-byte loads and stores when `vec`): one
+  // division per chunk, not per value.
+  using loss_detail::kChunk;
+  const int64_t row_chunks = (C + kChunk - 1) / kChunk, chunks = N * row_chunks;
+  for (int64_t q = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; q < chunks; q += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t row = q / row_chunks, c0 = (q - row * row_chunks) * kChunk;
     const int64_t y = labels[row];
     const bool valid = y >= 0 && y < C;
     const T wy = weight ? (valid ? weight[y] : T(NAN)) : T(1);
-    const T g = cross_entropy_grad(probs[i], c == y, wy, weight ? weight[c] : T(1), smoothing, share, S, W);
-    dlogits[i] = valid ? g : T(NAN);
+    T p[kChunk], wc[kChunk] = {T(1), T(1), T(1), T(1)}, g[kChunk];
+    loss_detail::load_chunk(probs + row * C, c0, C, vec, T(0), p);
+    if (weight) load4(weight + c0, vec, C - c0, wc);
+#pragma unroll
+    for (int j = 0; j < kChunk; ++j)
+      g[j] = valid ? cross_entropy_grad(p[j], c0 + j == y, wy, wc[j], smoothing, share, S, inv_W) : T(NAN);
+    loss_detail::store_chunk(dlogits + row * C, c0, C, vec, g);
   }
 }
 
@@ -308,11 +523,12 @@ void softmax_cross_entropy_backward(const T* probs, const int64_t* labels, const
   if (weight)
     launch("cross_entropy_weight_totals_kernel", cross_entropy_weight_totals_kernel<T>, dim3(1), dim3(kMeanThreads), 0,
            stream, labels, weight, N, C, totals);
-  const int64_t n = N * C;
+  const bool vec = (C * (int64_t)sizeof(T)) % 16 == 0 && aligned16(probs) && aligned16(dlogits) &&
+                   (!weight || aligned16(weight));
   launch("softmax_cross_entropy_backward_kernel", softmax_cross_entropy_backward_kernel<T>,
-         dim3((unsigned)min64(blocks_for(n, kElementwiseThreads), kMaxGridBlocks)), dim3(kElementwiseThreads), 0,
-         stream, probs, labels, weight, (T)smoothing, weight ? (const double*)totals : (const double*)nullptr,
-         dlogits, N, C);
+         dim3((unsigned)min64(blocks_for(N * ((C + kChunk - 1) / kChunk), kElementwiseThreads), kMaxGridBlocks)),
+         dim3(kElementwiseThreads), 0, stream, probs, labels, weight, (T)smoothing,
+         weight ? (const double*)totals : (const double*)nullptr, dlogits, N, C, vec);
 }
 
 // ---- elementwise losses: BCE with logits, MSE -------------------------------------------------

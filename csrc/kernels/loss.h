@@ -4,7 +4,8 @@
 //
 // Every loss is a mean, written as a 0-d value `loss` (one T) by a deterministic two-stage
 // reduction through a double workspace the caller allocates:
-//   softmax cross-entropy: row_loss (N) and, with class weights, row_weight (N);
+//   softmax cross-entropy: row_loss (N) and, with class weights, row_weight (N) (the row kernel
+//   writes one partial sum per block there, at most min(N, 2048));
 //   BCE-with-logits, MSE:   partials (loss_partial_count(n)).
 #pragma once
 

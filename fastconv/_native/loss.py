@@ -9,7 +9,8 @@ __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "s
 
 def _row_buffers(be, logits, weight):
     """What the cross-entropy row kernel writes: the (N, C) output (probs or dlogits), the 0-d
-    loss, and the per-row loss and weight (the latter only with class weights) for the mean."""
+    loss, and N doubles each for the per-block partial sums of the loss and the weight (the latter
+    only with class weights) that the mean kernel adds up."""
     n = logits.shape[0]
     row_weight = be.empty((n,), np.float64) if weight is not None else None
     return be.empty(logits.shape, logits.dtype), be.empty((), logits.dtype), be.empty((n,), np.float64), row_weight
