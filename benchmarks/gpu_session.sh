@@ -5,6 +5,7 @@
 # Logs and results go to $OUT (the device tool brings that folder back; default /tmp/gpu-session).
 #
 #   bash benchmarks/gpu_session.sh [results-name]       (run from the repository root)
+#   ONLY=dense,conv (benchmark families; default all), SKIP_MEMCHECK=1, VARIANTS="current no-split-k"
 #
 # Same-card A/B: with BASE=DIR (a source tree of the predecessor, e.g. `git archive REV | tar -x -C
 # DIR` inside an ignored folder that the device tool carries), that tree is built in place first and
@@ -58,7 +59,8 @@ timeout 150 $PY -m pytest -q -m cuda -p no:cacheprovider --timeout 60 -rfE tests
 echo "pytest exit $?"; grep -E "^(FAILED|ERROR)" "$OUT/pytest-cuda.log" | head -40; tail -3 "$OUT/pytest-cuda.log"
 
 stage "benchmarks"
-timeout 240 $PY benchmarks/run.py --device cuda --out "$OUT" --name "$NAME" 2>&1 | tee "$OUT/bench.log"
+timeout 240 $PY benchmarks/run.py --device cuda --only "${ONLY:-dense,activations,conv,pool,losses,optim,train_step}" \
+  --out "$OUT" --name "$NAME" 2>&1 | tee "$OUT/bench.log"
 
 stage "the training step, op by op"
 for variant in ${VARIANTS:-current}; do  # VARIANTS="current no-split-k slices64": the A/B of 2026-11-26
@@ -66,11 +68,13 @@ for variant in ${VARIANTS:-current}; do  # VARIANTS="current no-split-k slices64
   timeout 90 $PY benchmarks/gpu_step_breakdown.py --variant "$variant" $extra 2>&1 | tee -a "$OUT/breakdown.log"
 done
 
+[ -n "${SKIP_MEMCHECK:-}" ] || {
 stage "memcheck over the kernel tests (small shapes)"
 timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -m cuda -p no:cacheprovider -x \
   tests/test_dense.py tests/test_conv.py tests/test_pool.py tests/test_loss.py tests/test_optim.py \
   -k "not bad and not Bad" >"$OUT/memcheck.log" 2>&1
 echo "memcheck exit $? (9: an error was reported; 124: ran out of time)"; grep -m5 -E "Invalid|ERROR SUMMARY|passed|failed" "$OUT/memcheck.log"
+}
 # The device tool brings back at most 8 files: everything goes back as one archive.
 (cd "$OUT" && tar czf session.tgz --remove-files $(ls | grep -v '^session.tgz$')) && ls -la "$OUT"
 echo "done $(date +%T)"
