@@ -33,6 +33,12 @@ def _find_nvcc():
 
 
 class CMakeBuild(build_ext):
+    def run(self):
+        # setuptools clears `inplace` while the extensions build (it copies them afterwards), so
+        # remember here whether this build goes into the source tree.
+        self._in_source = bool(self.inplace)
+        super().run()
+
     def build_extension(self, ext: CMakeExtension) -> None:
         import pybind11
 
@@ -66,7 +72,7 @@ class CMakeBuild(build_ext):
         """CMake builds _cuda beside _emu. A regular install packages everything in that folder;
         an editable install copies only the declared extension (_emu) into the source tree, so
         _cuda is copied there too (and a stale copy removed when this build made none)."""
-        if not (getattr(self, "editable_mode", False) or self.inplace):
+        if not (getattr(self, "editable_mode", False) or getattr(self, "_in_source", False)):
             return
         package = Path(__file__).resolve().parent / "fastconv"
         built = sorted(extdir.glob("_cuda*.so"))

@@ -29,5 +29,6 @@ PYBIND11_MODULE(FASTCONV_MODULE, m) {
   fc::bind_pool(m);
   fc::bind_loss(m);
   fc::bind_optim(m);
+  fc::bind_check(m);
   fc::bind_selftest(m);
 }

@@ -29,6 +29,7 @@ void bind_conv(py::module_& m);
 void bind_pool(py::module_& m);
 void bind_loss(py::module_& m);
 void bind_optim(py::module_& m);
+void bind_check(py::module_& m);
 void bind_selftest(py::module_& m);  // the emulator's self-test kernels
 
 }  // namespace fc

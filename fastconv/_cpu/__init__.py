@@ -15,9 +15,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
-from . import conv, dense, loss, optim, pool
+from . import check, conv, dense, loss, optim, pool
 
-FAMILIES = (dense, conv, pool, loss, optim)
+FAMILIES = (dense, conv, pool, loss, optim, check)
 
 
 class CpuBackend:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import functools
 
-from . import conv, dense, loss, optim, pool
+from . import check, conv, dense, loss, optim, pool
 
-FAMILIES = (dense, conv, pool, loss, optim)
+FAMILIES = (dense, conv, pool, loss, optim, check)
 
 
 def _shapes(args) -> str:

@@ -105,10 +105,10 @@ def labels(x, name: str, be, n: int):
     return be.xp.ascontiguousarray(a, dtype=be.xp.int64)
 
 
-def value_range(a, xp) -> tuple[int, int]:
-    """(min, max) of a non-empty integer array, read back in one transfer (one sync on a GPU)."""
-    low, high = xp.stack((a.min(), a.max())).tolist()
-    return int(low), int(high)
+def value_range(a, be) -> tuple[int, int]:
+    """(min, max) of a non-empty, contiguous int64 array of the backend, read back in one transfer
+    (one sync on a GPU)."""
+    return be.index_range(a)
 
 
 def flag(value, name: str) -> bool:

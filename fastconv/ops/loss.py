@@ -21,7 +21,7 @@ def _class_labels(be, labels, n, classes, op):
     """labels as contiguous int64 of shape (n,), every value in [0, classes), checked on the host
     before any kernel sees them."""
     y = _labels(labels, "labels", be, n)
-    low, high = value_range(y, be.xp)
+    low, high = value_range(y, be)
     if low < 0 or high >= classes:
         bad = low if low < 0 else high
         index = int(be.xp.flatnonzero(y == bad)[0])

@@ -113,12 +113,13 @@ def _indices(indices, be, dy, plane_size: int, op: str, check_range: bool):
     if a.shape != dy.shape:
         raise ValueError(f"{op}: indices is {shape_str(a.shape)} but dy is {shape_str(dy.shape)}; "
                          "they must have the same shape")
+    a = be.xp.ascontiguousarray(a)
     if check_range and a.size:
-        lo, hi = value_range(a, be.xp)
+        lo, hi = value_range(a, be)
         if lo < 0 or hi >= plane_size:
             raise ValueError(f"{op}: indices must lie in [0, H * W) = [0, {plane_size}), "
                              f"got values in [{lo}, {hi}]")
-    return be.xp.ascontiguousarray(a)
+    return a
 
 
 def max_pool2d_backward(dy, indices, x_shape, *, check_indices=True):

@@ -1,0 +1,27 @@
+"""The index range every op checks labels and pooling indices against (value_range: one kernel and
+one transfer on the native backends), on every backend, against NumPy's min and max."""
+import numpy as np
+import pytest
+
+from fastconv.ops._check import value_range
+from helpers import on
+
+INT64 = np.iinfo(np.int64)
+
+
+@pytest.mark.parametrize("n", [1, 2, 511, 512, 513, 1025, 100_003])
+def test_range_of_any_length(backend, n):
+    # Lengths around the block's 512 threads and its tree, and one a thread strides many times.
+    a = np.random.default_rng(n).integers(-(10**6), 10**6, n)
+    assert value_range(on(backend, a), backend) == (int(a.min()), int(a.max()))
+
+
+@pytest.mark.parametrize("where", [0, 511, 512, -1])
+def test_extremes_anywhere(backend, where):
+    a = np.zeros(1000, np.int64)
+    a[where], a[(where + 7) % 1000] = INT64.min, INT64.max
+    assert value_range(on(backend, a), backend) == (INT64.min, INT64.max)
+
+
+def test_a_constant_array(backend):
+    assert value_range(on(backend, np.full(777, -3, np.int64)), backend) == (-3, -3)
