@@ -108,6 +108,13 @@ class Module:
     training = True
 
     def __setattr__(self, name, value):
+        if name[0] == "_" and not isinstance(value, (Parameter, Module)):
+            # A layer's cached arrays (self._x, ...), set on every forward: nothing to register,
+            # unless the name held a parameter or module before.
+            d = self.__dict__
+            if name not in d.get("_parameters", ()) and name not in d.get("_modules", ()):
+                object.__setattr__(self, name, value)
+                return
         params = self.__dict__.setdefault("_parameters", OrderedDict())
         modules = self.__dict__.setdefault("_modules", OrderedDict())
         params.pop(name, None)

@@ -154,6 +154,9 @@ class SGD(Optimizer):
         return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay, "nesterov": self.nesterov}
 
     def step(self):
+        # Every trainable tensor of one dtype in one call (one launch on a GPU, where a small
+        # model's step is bound by the host's per-call cost); the same bits as one call each.
+        groups = {}  # dtype -> (params, grads, velocities)
         for i, p in self._trainable():
             velocity = None
             if self.momentum > 0:
@@ -161,8 +164,12 @@ class SGD(Optimizer):
                 if "momentum_buffer" not in s:
                     s["momentum_buffer"] = self._zeros_like(p)
                 velocity = s["momentum_buffer"]
-            ops.sgd_step(p.data, p.grad, velocity, lr=self.lr, momentum=self.momentum,
-                         weight_decay=self.weight_decay, nesterov=self.nesterov)
+            group = groups.setdefault(p.data.dtype, ([], [], []))
+            for part, array in zip(group, (p.data, p.grad, velocity)):
+                part.append(array)
+        for params, grads, velocities in groups.values():
+            ops.sgd_step_foreach(params, grads, velocities if self.momentum > 0 else None, lr=self.lr,
+                                 momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov)
 
 
 class Adam(Optimizer):

@@ -88,6 +88,87 @@ def test_sgd_zero_velocity_is_torchs_new_buffer(backend, dtype):
     np.testing.assert_array_equal(to_numpy(param), to_numpy(plain))
 
 
+# Sizes around the kernels' blocks, an empty tensor, and 40 tensors: two launches of <= 32.
+FOREACH_SIZES = [[5], [1, 0, 257, 6, 1100], [3] * 7 + [2049] + [1] * 32]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("settings", SGD_SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+@pytest.mark.parametrize("sizes", FOREACH_SIZES, ids=lambda s: f"{len(s)}-tensors")
+def test_sgd_foreach_is_sgd_step_on_each_tensor_bit_for_bit(backend, sizes, settings, dtype):
+    rng = np.random.default_rng(len(sizes))
+    momentum = settings.get("momentum", 0.0)
+    starts = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    params = [on(backend, p.copy()) for p in starts]
+    singles = [on(backend, p.copy()) for p in starts]
+    velocities = [on(backend, np.zeros(n, dtype)) for n in sizes] if momentum else None
+    single_velocities = [on(backend, np.zeros(n, dtype)) for n in sizes] if momentum else [None] * len(sizes)
+    for _ in range(3):
+        grads = [on(backend, rng.standard_normal(n).astype(dtype)) for n in sizes]
+        assert ops.sgd_step_foreach(params, grads, velocities, **settings) is None
+        for p, g, v in zip(singles, grads, single_velocities):
+            ops.sgd_step(p, g, v, **settings)
+    for k, (got, want) in enumerate(zip(params, singles)):
+        assert to_numpy(got).tobytes() == to_numpy(want).tobytes(), f"params[{k}]"
+    for k, (got, want) in enumerate(zip(velocities or [], single_velocities)):
+        assert to_numpy(got).tobytes() == to_numpy(want).tobytes(), f"velocities[{k}]"
+
+
+def test_sgd_foreach_of_nothing_and_grads_that_share(backend):
+    ops.sgd_step_foreach([], [], lr=0.1)  # nothing to do
+    # grads are only read: two params may take the same gradient array
+    g = on(backend, np.ones(4, np.float32))
+    a, b = on(backend, np.zeros(4, np.float32), np.zeros(4, np.float32))
+    ops.sgd_step_foreach([a, b], [g, g], lr=0.5)
+    assert to_numpy(a).tolist() == to_numpy(b).tolist() == [-0.5] * 4
+
+
+class TestForeachBadInput:
+    def _arrays(self, backend, count=3, dtype=np.float32):
+        return ([on(backend, np.zeros(4, dtype)) for _ in range(count)],
+                [on(backend, np.ones(4, dtype)) for _ in range(count)])
+
+    def test_lengths_differ(self, backend):
+        params, grads = self._arrays(backend)
+        with pytest.raises(ValueError, match=r"same length, got 3, 2 and 3"):
+            ops.sgd_step_foreach(params, grads[:2], lr=0.1)
+
+    def test_not_a_sequence(self, backend):
+        params, grads = self._arrays(backend)
+        with pytest.raises(TypeError, match=r"params must be a list or tuple of arrays"):
+            ops.sgd_step_foreach(params[0], grads, lr=0.1)
+
+    def test_mixed_dtypes(self, backend):
+        params, grads = self._arrays(backend)
+        params[2], grads[2] = on(backend, np.zeros(4), np.ones(4))
+        with pytest.raises(TypeError, match=r"params\[2\] is float64 but params\[0\] is float32"):
+            ops.sgd_step_foreach(params, grads, lr=0.1)
+
+    def test_shape_mismatch_names_the_tensor(self, backend):
+        params, grads = self._arrays(backend)
+        grads[1] = on(backend, np.ones(5, np.float32))
+        with pytest.raises(ValueError, match=r"grads\[1\] is \(5,\) but params\[1\] is \(4,\)"):
+            ops.sgd_step_foreach(params, grads, lr=0.1)
+
+    def test_momentum_needs_every_velocity(self, backend):
+        params, grads = self._arrays(backend)
+        velocities = [on(backend, np.zeros(4, np.float32)), None, on(backend, np.zeros(4, np.float32))]
+        with pytest.raises(ValueError, match=r"velocities\[1\] is None"):
+            ops.sgd_step_foreach(params, grads, velocities, lr=0.1, momentum=0.9)
+
+    def test_written_arrays_must_not_share_memory_across_tensors(self, backend):
+        flat = on(backend, np.zeros(12, np.float32))
+        params, grads = [flat[:6], flat[4:10]], [on(backend, np.ones(6, np.float32)) for _ in range(2)]
+        with pytest.raises(ValueError, match=r"params\[0\] and params\[1\] share memory"):
+            ops.sgd_step_foreach(params, grads, lr=0.1)
+        params = [on(backend, np.zeros(6, np.float32)) for _ in range(2)]
+        with pytest.raises(ValueError, match=r"params\[1\] and grads\[1\] share memory"):
+            ops.sgd_step_foreach(params, [grads[0], params[1]], lr=0.1)
+        velocities = [on(backend, np.zeros(6, np.float32)), params[0]]
+        with pytest.raises(ValueError, match=r"params\[0\] and velocities\[1\] share memory"):
+            ops.sgd_step_foreach(params, grads, velocities, lr=0.1, momentum=0.9)
+
+
 ADAM_SETTINGS = [
     dict(lr=1e-3),
     dict(lr=0.01, beta1=0.5, beta2=0.9, eps=1e-6),

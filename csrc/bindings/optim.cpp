@@ -1,5 +1,10 @@
 #include "../kernels/optim.h"
 
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <vector>
+
 #include "bind.h"
 
 namespace fc {
@@ -11,6 +16,24 @@ static void bind_optim_typed(py::module_& m) {
            double weight_decay, bool nesterov, uintptr_t stream) {
           sgd_step<T>(ptr<T>(param), ptr<const T>(grad), ptr<T>(velocity), n, lr, momentum, weight_decay, nesterov,
                       ptr<void>(stream));
+        },
+        nogil());
+  m.def(typed<T>("sgd_step_foreach").c_str(),
+        [](const std::vector<uintptr_t>& params, const std::vector<uintptr_t>& grads,
+           const std::vector<uintptr_t>& velocities, const std::vector<int64_t>& sizes, double lr, double momentum,
+           double weight_decay, bool nesterov, uintptr_t stream) {
+          const size_t count = params.size();
+          if (grads.size() != count || velocities.size() != count || sizes.size() != count)
+            throw std::invalid_argument("sgd_step_foreach: params, grads, velocities and sizes differ in length");
+          std::vector<T*> p(count), v(count);
+          std::vector<const T*> g(count);
+          for (size_t k = 0; k < count; ++k) {
+            p[k] = ptr<T>(params[k]);
+            g[k] = ptr<const T>(grads[k]);
+            v[k] = ptr<T>(velocities[k]);
+          }
+          sgd_step_foreach<T>(p.data(), g.data(), v.data(), sizes.data(), (int)count, lr, momentum, weight_decay,
+                              nesterov, ptr<void>(stream));
         },
         nogil());
   m.def(typed<T>("adam_step").c_str(),

@@ -19,6 +19,10 @@
 // Decomposition: a grid-stride loop over the n elements, one element per thread per iteration,
 // 64-bit indices. Each element is read once and written once: memory-bound, 3 (SGD without
 // momentum) to 7 (Adam) value streams.
+// SGD foreach (all of a model's parameter tensors in one launch, as torch's foreach path): the
+// tensors' pointers and sizes travel in the kernel's arguments (up to kSgdForeachTensors per
+// launch, 1 KiB); blockIdx.y picks the tensor, blockIdx.x strides over it as above. A small model's
+// step is bound by the host's launches, not by memory: 8 tensors, 1 launch instead of 8.
 #pragma once
 
 #include "common.cuh"
@@ -32,9 +36,11 @@ constexpr int64_t kMaxBlocks = 8192;
 inline dim3 grid_for(int64_t n) { return dim3((unsigned)min64(blocks_for(n, kThreads), kMaxBlocks)); }
 }  // namespace optim_launch
 
+// This block's share (grid-stride over blockIdx.x) of one tensor's SGD step.
 template <typename T>
-__global__ void sgd_step_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ velocity,
-                                int64_t n, T lr, T momentum, T weight_decay, bool nesterov) {
+__device__ __forceinline__ void sgd_update(T* __restrict__ param, const T* __restrict__ grad,
+                                           T* __restrict__ velocity, int64_t n, T lr, T momentum, T weight_decay,
+                                           bool nesterov) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const T p = param[i];
     T g = grad[i];
@@ -46,6 +52,26 @@ __global__ void sgd_step_kernel(T* __restrict__ param, const T* __restrict__ gra
     }
     param[i] = p - lr * g;
   }
+}
+
+template <typename T>
+__global__ void sgd_step_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ velocity,
+                                int64_t n, T lr, T momentum, T weight_decay, bool nesterov) {
+  sgd_update(param, grad, velocity, n, lr, momentum, weight_decay, nesterov);
+}
+
+template <typename T>
+struct SgdTensors {  // one launch's tensors, passed by value in the kernel's arguments
+  T* param[kSgdForeachTensors];
+  const T* grad[kSgdForeachTensors];
+  T* velocity[kSgdForeachTensors];
+  int64_t n[kSgdForeachTensors];
+};
+
+template <typename T>
+__global__ void sgd_step_foreach_kernel(SgdTensors<T> t, T lr, T momentum, T weight_decay, bool nesterov) {
+  const int k = blockIdx.y;
+  sgd_update(t.param[k], t.grad[k], t.velocity[k], t.n[k], lr, momentum, weight_decay, nesterov);
 }
 
 template <typename T>
@@ -79,6 +105,29 @@ void sgd_step(T* param, const T* grad, T* velocity, int64_t n, double lr, double
 }
 
 template <typename T>
+void sgd_step_foreach(T* const* param, const T* const* grad, T* const* velocity, const int64_t* n, int count,
+                      double lr, double momentum, double weight_decay, bool nesterov, void* stream) {
+  for (int first = 0; first < count; first += kSgdForeachTensors) {
+    const int here = count - first < kSgdForeachTensors ? count - first : kSgdForeachTensors;
+    SgdTensors<T> t{};
+    int64_t longest = 0;
+    for (int k = 0; k < here; ++k) {
+      t.param[k] = param[first + k];
+      t.grad[k] = grad[first + k];
+      t.velocity[k] = velocity[first + k];
+      t.n[k] = n[first + k];
+      require(momentum == 0 || t.n[k] == 0 || t.velocity[k] != nullptr, "sgd_step: momentum needs a velocity buffer");
+      longest = max64(longest, t.n[k]);
+    }
+    if (longest == 0) continue;
+    dim3 grid = optim_launch::grid_for(longest);
+    grid.y = (unsigned)here;
+    launch("sgd_step_foreach_kernel", sgd_step_foreach_kernel<T>, grid, dim3(optim_launch::kThreads), 0, stream, t,
+           T(lr), T(momentum), T(weight_decay), nesterov);
+  }
+}
+
+template <typename T>
 void adam_step(T* param, const T* grad, T* m, T* v, int64_t n, double beta1, double beta2, double eps,
                double weight_decay, bool decoupled, double decay, double step_size, double bias_correction2_sqrt,
                void* stream) {
@@ -90,6 +139,8 @@ void adam_step(T* param, const T* grad, T* m, T* v, int64_t n, double beta1, dou
 
 #define FC_INSTANTIATE_OPTIM(T)                                                                                  \
   template void sgd_step<T>(T*, const T*, T*, int64_t, double, double, double, bool, void*);                    \
+  template void sgd_step_foreach<T>(T* const*, const T* const*, T* const*, const int64_t*, int, double, double,  \
+                                    double, bool, void*);                                                         \
   template void adam_step<T>(T*, const T*, T*, T*, int64_t, double, double, double, double, bool, double, double, \
                              double, void*);
 FC_INSTANTIATE_OPTIM(float)

@@ -17,6 +17,14 @@ template <typename T>
 void sgd_step(T* param, const T* grad, T* velocity, int64_t n, double lr, double momentum, double weight_decay,
               bool nesterov, void* stream);
 
+// The same SGD step on `count` tensors at once (torch's foreach): tensor k has n[k] values at
+// param[k], grad[k], velocity[k] (velocity[k] null when momentum == 0). No array overlaps another
+// that is written. One launch per kSgdForeachTensors tensors.
+constexpr int kSgdForeachTensors = 32;
+template <typename T>
+void sgd_step_foreach(T* const* param, const T* const* grad, T* const* velocity, const int64_t* n, int count,
+                      double lr, double momentum, double weight_decay, bool nesterov, void* stream);
+
 // torch.optim.Adam / AdamW, in place on param, m, v. step_size = lr / (1 - beta1^step) and
 // bias_correction2_sqrt = sqrt(1 - beta2^step) are computed by the caller in double;
 // decay = 1 - lr * weight_decay is used when decoupled (AdamW).

@@ -14,6 +14,8 @@ __all__ = ["conv2d_forward", "conv2d_backward"]
 
 
 def _int(value, name):
+    if type(value) is int:  # the common case, without the slow abstract-base-class check
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     return int(value)

@@ -35,7 +35,8 @@ class PoolGeometry(NamedTuple):
 
 
 def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+    # A plain int first: the abstract-base-class check is slow, and every pooling call asks ~10 times.
+    return type(v) is int or (isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)))
 
 
 def _pair(value, name: str, low: int) -> tuple:
