@@ -5,13 +5,14 @@
 # Logs and results go to $OUT (the device tool brings that folder back; default /tmp/gpu-session).
 #
 #   bash benchmarks/gpu_session.sh [results-name]       (run from the repository root)
-#   ONLY=dense,conv (benchmark families; default all), SKIP_MEMCHECK=1, VARIANTS="current no-split-k"
+#   ONLY=dense,conv (benchmark families; default all), SKIP_MEMCHECK=1, VARIANTS="current no-split-k",
+#   SPLIT_SWEEP=1 (benchmarks/gpu_gemm_splits.py)
 #
-# Same-card A/B: with BASE=DIR (a source tree of the predecessor, e.g. `git archive REV | tar -x -C
-# DIR` inside an ignored folder that the device tool carries), that tree is built in place first and
-# the families in BASE_ONLY (default dense,conv,losses,train_step) and the step breakdown run on it,
-# into $OUT/base-*; then this tree runs as usual. (The breakdown script is this tree's: a row that
-# uses an API the base lacks prints "failed" there.)
+# Same-card A/B: BASES="DIR=FAMILIES ..." names source trees of predecessors or variants (e.g.
+# `git archive REV | tar -x -C DIR` inside an ignored folder that the device tool carries); each is
+# built in place after this tree's stages and its benchmark FAMILIES and the step breakdown run on it, into
+# $OUT/<dir name>-*; then this tree runs as usual. (The scripts are this tree's: a row that uses an
+# API a base lacks prints "failed" there.)
 #
 # The machine reaches no registry: it builds with --no-build-isolation against what is installed
 # (pybind11, cmake, ninja, numba, cupy, pytest are). CUDAARCHS=90 builds Hopper code only, which
@@ -29,21 +30,6 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,
   --format=csv
 $PY -c "import sys, numpy, numba, cupy, torch; print(sys.version.split()[0], 'numpy', numpy.__version__, 'numba', numba.__version__, 'cupy', cupy.__version__, 'torch', torch.__version__)"
 nvcc --version | tail -1
-
-if [ -n "${BASE:-}" ]; then
-  stage "base: build $BASE in place, then its benchmarks"
-  BASE=$(realpath "$BASE")
-  # (an older setup.py left _cuda in build/ on an in-place build: copy it beside _emu)
-  if (cd "$BASE" && CUDAARCHS=90 FASTCONV_CUDA=ON timeout 180 $PY setup.py -q build_ext --inplace \
-        && cp -f build/lib*/fastconv/_cuda*.so fastconv/) >"$OUT/base-build.log" 2>&1; then
-    (cd /tmp && PYTHONPATH="$BASE" $PY -c "import fastconv, fastconv._cuda; print('base fastconv from', fastconv.__file__)")
-    PYTHONPATH="$BASE" timeout 200 $PY benchmarks/run.py --device cuda --only "${BASE_ONLY:-dense,conv,losses,train_step}" \
-      --out "$OUT" --name "base-$NAME" 2>&1 | tee "$OUT/base-bench.log"
-    PYTHONPATH="$BASE" timeout 60 $PY benchmarks/gpu_step_breakdown.py 2>&1 | tee "$OUT/base-breakdown.log"
-  else
-    tail -20 "$OUT/base-build.log"; echo "BASE BUILD FAILED (going on with this tree)"
-  fi
-fi
 
 stage "build (CUDAARCHS=90)"
 if ! (time CUDAARCHS=90 FASTCONV_CUDA=ON timeout 180 $PY -m pip install --no-build-isolation --no-deps -e . ) \
@@ -73,11 +59,34 @@ done
 
 [ -n "${SKIP_MEMCHECK:-}" ] || {
 stage "memcheck over the kernel tests (small shapes)"
-timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -m cuda -p no:cacheprovider -x \
-  tests/test_dense.py tests/test_conv.py tests/test_pool.py tests/test_loss.py tests/test_optim.py \
+timeout 100 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -m cuda -p no:cacheprovider -x \
+  tests/test_dense.py tests/test_conv.py tests/test_pool.py tests/test_loss.py tests/test_optim.py tests/test_check.py \
   -k "not bad and not Bad" >"$OUT/memcheck.log" 2>&1
 echo "memcheck exit $? (9: an error was reported; 124: ran out of time)"; grep -m5 -E "Invalid|ERROR SUMMARY|passed|failed" "$OUT/memcheck.log"
 }
+if [ -n "${SPLIT_SWEEP:-}" ]; then
+  stage "GEMM split-K sweep"
+  timeout 90 $PY benchmarks/gpu_gemm_splits.py 2>&1 | tee "$OUT/gemm-splits.log"
+fi
+
+# The predecessors last (this tree's results come first if time runs out); the editable install
+# above loses to PYTHONPATH. Each entry of BASES is DIR=FAMILIES (e.g. ".scratch/base=dense,conv .scratch/variant=losses").
+for entry in ${BASES:-}; do
+  BASE=$(realpath "${entry%%=*}"); ONLY_BASE=${entry#*=}; TAG=$(basename "$BASE")
+  stage "base $TAG: build $BASE in place, then $ONLY_BASE (and the step breakdown with train_step)"
+  # (an older setup.py left _cuda in build/ on an in-place build: copy it beside _emu)
+  if (cd "$BASE" && CUDAARCHS=90 FASTCONV_CUDA=ON timeout 180 $PY setup.py -q build_ext --inplace \
+        && cp -f build/lib*/fastconv/_cuda*.so fastconv/) >"$OUT/$TAG-build.log" 2>&1; then
+    (cd /tmp && PYTHONPATH="$BASE" $PY -c "import fastconv, fastconv._cuda; print('base fastconv from', fastconv.__file__)")
+    PYTHONPATH="$BASE" timeout 200 $PY benchmarks/run.py --device cuda --only "$ONLY_BASE" \
+      --out "$OUT" --name "$TAG-$NAME" 2>&1 | tee "$OUT/$TAG-bench.log"
+    case ",$ONLY_BASE," in *,train_step,*)
+      PYTHONPATH="$BASE" timeout 60 $PY benchmarks/gpu_step_breakdown.py 2>&1 | tee "$OUT/$TAG-breakdown.log";; esac
+  else
+    tail -20 "$OUT/$TAG-build.log"; echo "BASE $TAG BUILD FAILED (going on)"
+  fi
+done
+
 # The device tool brings back at most 8 files: everything goes back as one archive.
 (cd "$OUT" && tar czf session.tgz --remove-files $(ls | grep -v '^session.tgz$')) && ls -la "$OUT"
 echo "done $(date +%T)"
