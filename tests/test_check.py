@@ -9,9 +9,10 @@ from helpers import on
 INT64 = np.iinfo(np.int64)
 
 
-@pytest.mark.parametrize("n", [1, 2, 511, 512, 513, 1025, 100_003])
+@pytest.mark.parametrize("n", [1, 2, 511, 512, 513, 1025, 100_003, (1 << 20) + 1])
 def test_range_of_any_length(backend, n):
-    # Lengths around the block's 512 threads and its tree, and one a thread strides many times.
+    # Lengths around the block's 512 threads and its tree, one a thread strides many times, and one
+    # past the one-block limit (the array library's reductions on the native backends).
     a = np.random.default_rng(n).integers(-(10**6), 10**6, n)
     assert value_range(on(backend, a), backend) == (int(a.min()), int(a.max()))
 

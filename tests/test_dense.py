@@ -101,7 +101,9 @@ def test_linear_forward_split_k_applies_bias_and_activation_after_the_sum(native
 
 def test_split_k_is_chosen_by_shape_only(native_backend):
     ext = native_backend.ext
-    assert ext.gemm_splits(4096, 4096, 4096) == 1  # enough tiles
+    assert ext.gemm_splits(4096, 4096, 4096) == 1  # 1024 large tiles fill 97% of their waves
+    assert ext.gemm_splits(1536, 1536, 1536) == 3  # 144 large tiles fill 55% of a wave; 432 blocks 82%
+    assert ext.gemm_splits(768, 768, 768) == 3     # 144 small tiles: 27% -> 82%
     assert ext.gemm_splits(128, 128, 100) == 1      # too short a K to split
     assert ext.gemm_splits(128, 128, 3136) == 24    # 3136 / 128 slices of at least 128 k
     assert ext.gemm_splits(1, 1, 10**6) == 64       # at most 64 slices

@@ -35,7 +35,7 @@
 //   whole k-steps (blockIdx.z = slice); each slice stores its raw partial tile in a workspace
 //   (splits x M x N) and gemm_reduce_kernel sums the slices in order s = 0, 1, ... and applies
 //   bias and activation: no atomics, so the result is the same on every run. gemm_splits picks
-//   the count from the shape alone, so it is the same on every device too.
+//   the count from the shape alone (the fill of a 132-SM GPU's waves), the same on every device.
 //   Edges: out-of-range loads read 0 and out-of-range outputs are not stored, so any M, N, K
 //   (including 1, primes and K = 0) is exact. Indices are 64-bit.
 #pragma once
@@ -71,11 +71,8 @@ using GemmConfig = typename std::conditional<
     LARGE, GemmTile<128, 128, 8, 64, 32, 2, 2, sizeof(T) == 4 ? 2 : 1>,
     GemmTile<64, 64, sizeof(T) == 4 ? 16 : 8, 32, 32, 1, 2, sizeof(T) == 4 ? 4 : 1>>::type;
 
-// Large tiles when there are enough of them to fill the GPU (the same threshold as split-K's).
-constexpr int64_t kGemmTargetBlocks = 192;
-inline bool gemm_large_tiles(int64_t M, int64_t N) {
-  return ((M + 127) / 128) * ((N + 127) / 128) >= kGemmTargetBlocks / 2;
-}
+// Large tiles when there are at least 96 of them (then gemm_splits evens out the waves).
+inline bool gemm_large_tiles(int64_t M, int64_t N) { return ((M + 127) / 128) * ((N + 127) / 128) >= 96; }
 
 // 4 consecutive values from / to 16-byte aligned memory (shared or global).
 __device__ __forceinline__ void vec_load4(const float* p, float out[4]) {
@@ -266,14 +263,29 @@ __global__ void gemm_reduce_kernel(const T* __restrict__ partials, const T* __re
 }
 
 int64_t gemm_splits(int64_t M, int64_t N, int64_t K) {
-  // Aim for about 192 blocks (some 1.5 waves of a 132-SM H100; any GPU of the last years has
-  // fewer SMs), each slice keeping at least 128 k values of work. Tiles are counted in the config
-  // gemm picks for the shape (both configs have the same tile size for float and double).
-  constexpr int64_t kMinKPerSlice = 128, kMaxSplits = 64;
-  const int64_t tm = gemm_large_tiles(M, N) ? 128 : 64;
+  // Split-K against the wave quantization of a 132-SM GPU (H100/H200: a notional wave, the same on
+  // every device, so that the result is too): a wave is 132 x the blocks per SM the config's launch
+  // bounds allow (2 large, 4 small). The count is the smallest s whose s x tiles blocks fill at
+  // least 80% of the waves they take, else the s that fills them best; each slice keeps at least
+  // 128 k values of work, and there are at most 64. Measured on an H200 with every count forced
+  // (benchmarks/gpu_gemm_splits.py, 2026-11-26): 1536^3 is 144 large tiles, 55% of a wave, and runs
+  // 20.7 TFLOP/s unsplit, 26.7 in 3 slices; 768^3 10.96 -> 15.8 (3); 1024 x 1024 x 4096 25.9 -> 29.8
+  // (2); 2048^3 and 4096^3 fill their waves unsplit and are fastest so.
+  constexpr int64_t kMinKPerSlice = 128, kMaxSplits = 64, kSMs = 132;
+  const bool large = gemm_large_tiles(M, N);
+  const int64_t tm = large ? 128 : 64, wave = kSMs * (large ? 2 : 4);
   const int64_t tiles = ((M + tm - 1) / tm) * ((N + tm - 1) / tm);
-  if (tiles == 0 || tiles >= kGemmTargetBlocks / 2) return 1;  // (an empty C needs no launch)
-  return max64(1, min64(min64((kGemmTargetBlocks + tiles - 1) / tiles, K / kMinKPerSlice), kMaxSplits));
+  if (tiles == 0) return 1;  // an empty C needs no launch
+  const int64_t most = max64(1, min64(K / kMinKPerSlice, kMaxSplits));
+  int64_t best = 1;
+  double best_fill = 0;
+  for (int64_t s = 1; s <= most; ++s) {
+    const int64_t blocks = tiles * s, waves = (blocks + wave - 1) / wave;
+    const double fill = (double)blocks / (double)(waves * wave);
+    if (fill >= 0.8) return s;
+    if (fill > best_fill) best = s, best_fill = fill;
+  }
+  return best;
 }
 
 template <typename T, class Cfg>
