@@ -110,10 +110,10 @@ class CrossEntropyLoss(Loss):
             if self.weight.shape[0] != c:
                 raise ValueError(f"{name}: weight has {self.weight.shape[0]} entries but the logits have {c} classes")
             weight = xp.asarray(self.weight, dtype=logits.dtype)
-        labels = xp.ascontiguousarray(labels, dtype=xp.int64)
         # The fused op: the gradient comes out of the same pass over the logits (a training step
         # always asks for it; computing it costs no more memory traffic than storing the probs).
-        # It checks the labels' range (one device-to-host read: the step's one sync on a GPU).
+        # It checks the labels (uint64 past int64 too) and their range (one device-to-host read:
+        # the step's one sync on a GPU), and makes them contiguous int64.
         loss, dlogits = ops.softmax_cross_entropy_with_grad(logits, labels, weight, self.label_smoothing)
         self._ctx = (dlogits,)
         self._handed_out = False

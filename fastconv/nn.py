@@ -108,7 +108,7 @@ class Module:
     training = True
 
     def __setattr__(self, name, value):
-        if name[0] == "_" and not isinstance(value, (Parameter, Module)):
+        if name[:1] == "_" and not isinstance(value, (Parameter, Module)):
             # A layer's cached arrays (self._x, ...), set on every forward: nothing to register,
             # unless the name held a parameter or module before.
             d = self.__dict__
@@ -151,7 +151,14 @@ class Module:
             yield from m.named_parameters(prefix + name + ".")
 
     def parameters(self):
-        return [p for _, p in self.named_parameters()]
+        """Each Parameter once, in named_parameters' order (a layer used twice, or tied weights,
+        would otherwise be updated twice per step)."""
+        seen, out = set(), []
+        for _, p in self.named_parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
 
     def modules(self):
         """This module and every submodule, depth first."""

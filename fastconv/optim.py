@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -45,7 +46,13 @@ def _params(params, owner):
         if not (hasattr(p, "data") and hasattr(p, "grad")):
             raise TypeError(f"{owner}: parameter {i} is a {type(p).__name__}, not a fastconv.nn.Parameter "
                             "(pass model.parameters())")
-    return params
+    first = {}
+    for i, p in enumerate(params):
+        if id(p) in first:
+            warnings.warn(f"{owner}: parameter {i} is parameter {first[id(p)]} again; it is updated once per step",
+                          stacklevel=3)
+        first.setdefault(id(p), i)
+    return [p for i, p in enumerate(params) if first[id(p)] == i]
 
 
 class Optimizer:
@@ -156,7 +163,7 @@ class SGD(Optimizer):
     def step(self):
         # Every trainable tensor of one dtype in one call (one launch on a GPU, where a small
         # model's step is bound by the host's per-call cost); the same bits as one call each.
-        groups = {}  # dtype -> (params, grads, velocities)
+        groups, indices = {}, {}  # dtype -> (params, grads, velocities), the optimizer's indices
         for i, p in self._trainable():
             velocity = None
             if self.momentum > 0:
@@ -167,9 +174,17 @@ class SGD(Optimizer):
             group = groups.setdefault(p.data.dtype, ([], [], []))
             for part, array in zip(group, (p.data, p.grad, velocity)):
                 part.append(array)
-        for params, grads, velocities in groups.values():
-            ops.sgd_step_foreach(params, grads, velocities if self.momentum > 0 else None, lr=self.lr,
-                                 momentum=self.momentum, weight_decay=self.weight_decay, nesterov=self.nesterov)
+            indices.setdefault(p.data.dtype, []).append(i)
+        for dtype, (params, grads, velocities) in groups.items():
+            try:
+                ops.sgd_step_foreach(params, grads, velocities if self.momentum > 0 else None, lr=self.lr,
+                                     momentum=self.momentum, weight_decay=self.weight_decay,
+                                     nesterov=self.nesterov)
+            except (TypeError, ValueError) as exc:  # name the optimizer's parameters, not the call's
+                if type(exc) not in (TypeError, ValueError):
+                    raise
+                raise type(exc)(f"SGD.step: {exc} (params[k], grads[k] and velocities[k] of this call belong to "
+                                f"the optimizer's parameter {indices[dtype]}[k])") from exc
 
 
 class Adam(Optimizer):

@@ -603,6 +603,8 @@ CASES = [
       ValueError, r"labels must be class indices in \[0, 3\) for 3 classes, got 3 at index 1"),
     C("range", "softmax_cross_entropy_backward(probs (2, 3), labels [-1, 0])", lambda be, _: ops.softmax_cross_entropy_backward(rand(be, (2, 3)), on(be, np.array([-1, 0]))),
       ValueError, r"labels must be class indices in \[0, 3\) for 3 classes, got -1 at index 0"),
+    C("range", "CrossEntropyLoss()(logits (2, 3), labels uint64 [2**64 - 1, 0])", lambda be, _: fastconv.losses.CrossEntropyLoss()(rand(be, (2, 3)), np.array([2**64 - 1, 0], np.uint64)),
+      ValueError, r"labels holds 18446744073709551615, beyond any class index"),
     C("range", "softmax_cross_entropy_forward(logits, labels uint64 [2**63 + 5, 0])", lambda be, _: ops.softmax_cross_entropy_forward(rand(be, (2, 3)), on(be, np.array([2**63 + 5, 0], np.uint64))),
       ValueError, r"labels holds 9223372036854775813, beyond any class index"),
     C("range", "CrossEntropyLoss()(logits (2, 3), labels [1, 7])", lambda be, _: fastconv.losses.CrossEntropyLoss()(rand(be, (2, 3)), np.array([1, 7])),

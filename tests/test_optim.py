@@ -121,6 +121,10 @@ def test_sgd_foreach_of_nothing_and_grads_that_share(backend):
     a, b = on(backend, np.zeros(4, np.float32), np.zeros(4, np.float32))
     ops.sgd_step_foreach([a, b], [g, g], lr=0.5)
     assert to_numpy(a).tolist() == to_numpy(b).tolist() == [-0.5] * 4
+    # without momentum the velocities are not used: one shared dummy buffer is fine
+    v = on(backend, np.zeros(4, np.float32))
+    ops.sgd_step_foreach([a, b], [g, g], [v, v], lr=0.5)
+    assert to_numpy(a).tolist() == [-1.0] * 4
 
 
 class TestForeachBadInput:

@@ -147,6 +147,29 @@ def test_accepts_a_module_and_zero_grad():
         optim.SGD([np.zeros(3)], lr=0.1)
 
 
+def test_a_parameter_listed_twice_is_updated_once():
+    lin = nn.Linear(3, 2, seed=0)
+    model = nn.Sequential(lin, nn.ReLU(), lin)  # one layer used twice: its parameters once
+    assert model.parameters() == lin.parameters()
+    w0 = lin.weight.data.copy()
+    with pytest.warns(UserWarning, match=r"parameter 2 is parameter 0 again; it is updated once per step"):
+        opt = optim.SGD(lin.parameters() + [lin.weight], lr=0.5)
+    assert len(opt.params) == 2
+    lin.weight.grad = np.ones_like(w0)
+    opt.step()
+    np.testing.assert_array_equal(lin.weight.data, w0 - np.float32(0.5))
+
+
+def test_sgd_step_names_the_optimizers_parameters():
+    flat = np.zeros(8, np.float32)
+    a, b, c = nn.Parameter(np.zeros(2, np.float32), "a"), nn.Parameter(flat[:6], "b"), nn.Parameter(flat[4:], "c")
+    for p in (a, b, c):
+        p.grad = np.ones(p.shape, np.float32)
+    a.grad = None  # no gradient: not in the step's call, so the call's params[0] is b
+    with pytest.raises(ValueError, match=r"SGD.step: params\[0\] and params\[1\] share memory.*parameter \[1, 2\]\[k\]"):
+        optim.SGD([a, b, c], lr=0.1).step()
+
+
 def test_step_lr_sequence():
     opt = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.5)
     sched = optim.StepLR(opt, step_size=3, gamma=0.5)

@@ -20,9 +20,10 @@
 // 64-bit indices. Each element is read once and written once: memory-bound, 3 (SGD without
 // momentum) to 7 (Adam) value streams.
 // SGD foreach (all of a model's parameter tensors in one launch, as torch's foreach path): the
-// tensors' pointers and sizes travel in the kernel's arguments (up to kSgdForeachTensors per
-// launch, 1 KiB); blockIdx.y picks the tensor, blockIdx.x strides over it as above. A small model's
-// step is bound by the host's launches, not by memory: 8 tensors, 1 launch instead of 8.
+// tensors' pointers, sizes and first blocks travel in the kernel's arguments (up to
+// kSgdForeachTensors per launch); each tensor gets the blocks sgd_step would give it alone, laid
+// end to end in one grid, and a block finds its tensor by scanning the first blocks. A small
+// model's step is bound by the host's launches, not by memory: 8 tensors, 1 launch instead of 8.
 #pragma once
 
 #include "common.cuh"
@@ -36,12 +37,12 @@ constexpr int64_t kMaxBlocks = 8192;
 inline dim3 grid_for(int64_t n) { return dim3((unsigned)min64(blocks_for(n, kThreads), kMaxBlocks)); }
 }  // namespace optim_launch
 
-// This block's share (grid-stride over blockIdx.x) of one tensor's SGD step.
+// Block `block` of the `blocks` that share one tensor's SGD step (a grid-stride loop over them).
 template <typename T>
 __device__ __forceinline__ void sgd_update(T* __restrict__ param, const T* __restrict__ grad,
-                                           T* __restrict__ velocity, int64_t n, T lr, T momentum, T weight_decay,
-                                           bool nesterov) {
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+                                           T* __restrict__ velocity, int64_t n, int64_t block, int64_t blocks, T lr,
+                                           T momentum, T weight_decay, bool nesterov) {
+  for (int64_t i = block * blockDim.x + threadIdx.x; i < n; i += blocks * blockDim.x) {
     const T p = param[i];
     T g = grad[i];
     if (weight_decay != T(0)) g = g + weight_decay * p;
@@ -57,21 +58,24 @@ __device__ __forceinline__ void sgd_update(T* __restrict__ param, const T* __res
 template <typename T>
 __global__ void sgd_step_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ velocity,
                                 int64_t n, T lr, T momentum, T weight_decay, bool nesterov) {
-  sgd_update(param, grad, velocity, n, lr, momentum, weight_decay, nesterov);
+  sgd_update(param, grad, velocity, n, blockIdx.x, gridDim.x, lr, momentum, weight_decay, nesterov);
 }
 
 template <typename T>
-struct SgdTensors {  // one launch's tensors, passed by value in the kernel's arguments
+struct SgdTensors {  // one launch's tensors, passed by value in the kernel's arguments (1.3 KiB)
   T* param[kSgdForeachTensors];
   const T* grad[kSgdForeachTensors];
   T* velocity[kSgdForeachTensors];
   int64_t n[kSgdForeachTensors];
+  int64_t first_block[kSgdForeachTensors + 1];  // tensor k owns blocks [first_block[k], first_block[k + 1])
 };
 
 template <typename T>
 __global__ void sgd_step_foreach_kernel(SgdTensors<T> t, T lr, T momentum, T weight_decay, bool nesterov) {
-  const int k = blockIdx.y;
-  sgd_update(t.param[k], t.grad[k], t.velocity[k], t.n[k], lr, momentum, weight_decay, nesterov);
+  int k = 0;
+  while ((int64_t)blockIdx.x >= t.first_block[k + 1]) ++k;  // at most 32 steps, the same for the whole block
+  sgd_update(t.param[k], t.grad[k], t.velocity[k], t.n[k], blockIdx.x - t.first_block[k],
+             t.first_block[k + 1] - t.first_block[k], lr, momentum, weight_decay, nesterov);
 }
 
 template <typename T>
@@ -110,20 +114,21 @@ void sgd_step_foreach(T* const* param, const T* const* grad, T* const* velocity,
   for (int first = 0; first < count; first += kSgdForeachTensors) {
     const int here = count - first < kSgdForeachTensors ? count - first : kSgdForeachTensors;
     SgdTensors<T> t{};
-    int64_t longest = 0;
+    int64_t blocks = 0;  // each tensor gets the blocks sgd_step would launch for it alone
     for (int k = 0; k < here; ++k) {
       t.param[k] = param[first + k];
       t.grad[k] = grad[first + k];
       t.velocity[k] = velocity[first + k];
       t.n[k] = n[first + k];
-      require(momentum == 0 || t.n[k] == 0 || t.velocity[k] != nullptr, "sgd_step: momentum needs a velocity buffer");
-      longest = max64(longest, t.n[k]);
+      require(momentum == 0 || t.n[k] == 0 || t.velocity[k] != nullptr,
+              "sgd_step_foreach: momentum needs a velocity buffer");
+      t.first_block[k] = blocks;
+      blocks += t.n[k] ? (int64_t)optim_launch::grid_for(t.n[k]).x : 0;
     }
-    if (longest == 0) continue;
-    dim3 grid = optim_launch::grid_for(longest);
-    grid.y = (unsigned)here;
-    launch("sgd_step_foreach_kernel", sgd_step_foreach_kernel<T>, grid, dim3(optim_launch::kThreads), 0, stream, t,
-           T(lr), T(momentum), T(weight_decay), nesterov);
+    for (int k = here; k <= kSgdForeachTensors; ++k) t.first_block[k] = blocks;
+    if (blocks == 0) continue;
+    launch("sgd_step_foreach_kernel", sgd_step_foreach_kernel<T>, dim3((unsigned)blocks),
+           dim3(optim_launch::kThreads), 0, stream, t, T(lr), T(momentum), T(weight_decay), nesterov);
   }
 }
 

@@ -1,4 +1,5 @@
-"""Optimizer steps on the native backends: one fused kernel per parameter tensor, in place.
+"""Optimizer steps on the native backends: one fused kernel per parameter tensor (per 32 tensors for
+sgd_step_foreach), in place.
 Arguments were validated (and the bias corrections computed) by fastconv.ops.optim."""
 
 __all__ = ["sgd_step", "sgd_step_foreach", "adam_step"]

@@ -108,6 +108,9 @@ def labels(x, name: str, be, n: int):
 def value_range(a, be) -> tuple[int, int]:
     """(min, max) of a non-empty, contiguous int64 array of the backend, read back in one transfer
     (one sync on a GPU)."""
+    if a.dtype != np.int64 or not a.flags.c_contiguous:  # the kernel reads 8-byte values in a row
+        raise TypeError(f"value_range needs a contiguous int64 array, got {a.dtype}, "
+                        f"{'' if a.flags.c_contiguous else 'not '}contiguous")
     return be.index_range(a)
 
 

@@ -146,7 +146,9 @@ def sgd_step_foreach(params, grads, velocities=None, *, lr, momentum=0.0, weight
                              "(pass zeros of the param's shape before the first step)")
         if v is not None:
             v = velocities[k] = _updatable(v, f"velocities[{k}]", be, like=p)
-        entries += [(f"params[{k}]", p, True), (f"grads[{k}]", g, False), (f"velocities[{k}]", v, True)]
+        entries += [(f"params[{k}]", p, True), (f"grads[{k}]", g, False)]
+        if momentum > 0:  # (without momentum the velocities are neither read nor written)
+            entries.append((f"velocities[{k}]", v, True))
     _disjoint(entries)
     if params:
         be.sgd_step_foreach(params, grads, velocities if momentum > 0 else [None] * len(params), lr, momentum,
