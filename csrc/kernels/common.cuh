@@ -40,25 +40,33 @@ __device__ __forceinline__ T activate(T x, int act) {
   return x;
 }
 
-// Loads p[0..3] into out: one 16-byte vector load when `vec` (caller checked alignment) and all
-// four are in bounds, else scalar loads of the first `valid` and zeros for the rest.
-__device__ __forceinline__ void load4(const float* p, bool vec, int64_t valid, float out[4]) {
-  if (vec && valid >= 4) {
-    float4 v = *reinterpret_cast<const float4*>(p);
-    out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
-  } else {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) out[j] = j < valid ? p[j] : 0.0f;
-  }
+// 4 consecutive values from / to 16-byte aligned memory (shared or global): one 16-byte access
+// for float, two for double.
+__device__ __forceinline__ void vec_load4(const float* p, float out[4]) {
+  float4 v = *reinterpret_cast<const float4*>(p);
+  out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
 }
-__device__ __forceinline__ void load4(const double* p, bool vec, int64_t valid, double out[4]) {
+__device__ __forceinline__ void vec_load4(const double* p, double out[4]) {
+  double2 v0 = reinterpret_cast<const double2*>(p)[0], v1 = reinterpret_cast<const double2*>(p)[1];
+  out[0] = v0.x; out[1] = v0.y; out[2] = v1.x; out[3] = v1.y;
+}
+__device__ __forceinline__ void vec_store4(float* p, const float v[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void vec_store4(double* p, const double v[4]) {
+  reinterpret_cast<double2*>(p)[0] = make_double2(v[0], v[1]);
+  reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
+}
+
+// Loads p[0..3] into out: one vector load when `vec` (caller checked alignment) and all four are
+// in bounds, else scalar loads of the first `valid` and zeros for the rest.
+template <typename T>
+__device__ __forceinline__ void load4(const T* p, bool vec, int64_t valid, T out[4]) {
   if (vec && valid >= 4) {
-    double2 v0 = reinterpret_cast<const double2*>(p)[0];
-    double2 v1 = reinterpret_cast<const double2*>(p)[1];
-    out[0] = v0.x; out[1] = v0.y; out[2] = v1.x; out[3] = v1.y;
+    vec_load4(p, out);
   } else {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) out[j] = j < valid ? p[j] : 0.0;
+    for (int j = 0; j < 4; ++j) out[j] = j < valid ? p[j] : T(0);
   }
 }
 

@@ -139,25 +139,6 @@ using ConvTileNarrow = ConvTile<128, 32, 8, 8, 4>;
 using ConvTileWgrad = ConvTile<64, 64, 16, 8, 4>;
 using ConvTileWgradS = ConvTile<32, 32, 16, 4, 4>;
 
-// ---- 16-byte shared loads and global stores of 4 values ----
-
-__device__ __forceinline__ void lds4(const float* p, float out[4]) {
-  float4 v = *reinterpret_cast<const float4*>(p);
-  out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
-}
-__device__ __forceinline__ void lds4(const double* p, double out[4]) {
-  double2 v0 = reinterpret_cast<const double2*>(p)[0], v1 = reinterpret_cast<const double2*>(p)[1];
-  out[0] = v0.x; out[1] = v0.y; out[2] = v1.x; out[3] = v1.y;
-}
-
-__device__ __forceinline__ void stg4(float* p, const float v[4]) {
-  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-}
-__device__ __forceinline__ void stg4(double* p, const double v[4]) {
-  reinterpret_cast<double2*>(p)[0] = make_double2(v[0], v[1]);
-  reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
-}
-
 // ---- the three problems: gathers of A and B, and the epilogue ----
 // row(g, m): what A's row m needs for every k; ka(k): what A's column k needs for every row; a():
 // the element. kb(g, k) and b(): the same for B by column. out(g, split, m) and store(): C's row m.
@@ -227,7 +208,7 @@ struct ConvForwardProblem {
     }
 #pragma unroll
     for (int q = 0; q < 4; ++q) v[q] = activate(v[q], act);
-    stg4(&y[o.off + n * s.P], v);
+    vec_store4(&y[o.off + n * s.P], v);
   }
 };
 
@@ -291,7 +272,7 @@ struct ConvBackwardDataProblem {
   __device__ __forceinline__ void store(const Out& o, I n, T v) const { dx[o.off + n * s.HW] = v; }
   static constexpr bool kVec4 = true;
   bool vec4;  // H*W % 4 == 0 and dx 16-byte aligned
-  __device__ __forceinline__ void store4(const Out& o, I n, T v[4]) const { stg4(&dx[o.off + n * s.HW], v); }
+  __device__ __forceinline__ void store4(const Out& o, I n, T v[4]) const { vec_store4(&dx[o.off + n * s.HW], v); }
 };
 
 template <typename T, typename I>
@@ -419,9 +400,9 @@ __global__ void __launch_bounds__(Tile::THREADS) implicit_gemm_kernel(const Prob
     for (int kk = 0; kk < BK; ++kk) {
       T a[TM], b[TN];
 #pragma unroll
-      for (int f = 0; f < TM / 4; ++f) lds4(&As[kk][f * RT * 4 + rt * 4], &a[f * 4]);
+      for (int f = 0; f < TM / 4; ++f) vec_load4(&As[kk][f * RT * 4 + rt * 4], &a[f * 4]);
 #pragma unroll
-      for (int f = 0; f < TN / 4; ++f) lds4(&Bs[kk][f * CT * 4 + ct * 4], &b[f * 4]);
+      for (int f = 0; f < TN / 4; ++f) vec_load4(&Bs[kk][f * CT * 4 + ct * 4], &b[f * 4]);
 #pragma unroll
       for (int i = 0; i < TM; ++i)
 #pragma unroll

@@ -74,23 +74,6 @@ using GemmConfig = typename std::conditional<
 // Large tiles when there are at least 96 of them (then gemm_splits evens out the waves).
 inline bool gemm_large_tiles(int64_t M, int64_t N) { return ((M + 127) / 128) * ((N + 127) / 128) >= 96; }
 
-// 4 consecutive values from / to 16-byte aligned memory (shared or global).
-__device__ __forceinline__ void vec_load4(const float* p, float out[4]) {
-  float4 v = *reinterpret_cast<const float4*>(p);
-  out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
-}
-__device__ __forceinline__ void vec_load4(const double* p, double out[4]) {
-  double2 v0 = reinterpret_cast<const double2*>(p)[0], v1 = reinterpret_cast<const double2*>(p)[1];
-  out[0] = v0.x; out[1] = v0.y; out[2] = v1.x; out[3] = v1.y;
-}
-__device__ __forceinline__ void vec_store4(float* p, const float v[4]) {
-  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
-}
-__device__ __forceinline__ void vec_store4(double* p, const double v[4]) {
-  reinterpret_cast<double2*>(p)[0] = make_double2(v[0], v[1]);
-  reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
-}
-
 // One operand's global -> register loads for one thread: the thread moves LOADS groups of 4
 // values per k-step, each group along the operand's contiguous dimension (consecutive threads
 // take consecutive groups, so a warp's loads are coalesced). Set up once per block: where each

@@ -186,19 +186,10 @@ __device__ __forceinline__ void load_chunk(const T* p, int64_t c0, int64_t cols,
 }
 
 // p[c0 ..] = x for the columns below `cols`: one 16-byte store (two for double) when `vec`.
-__device__ __forceinline__ void store_chunk(float* p, int64_t c0, int64_t cols, bool vec, const float (&x)[kChunk]) {
+template <typename T>
+__device__ __forceinline__ void store_chunk(T* p, int64_t c0, int64_t cols, bool vec, const T (&x)[kChunk]) {
   if (vec && cols - c0 >= 4) {
-    *reinterpret_cast<float4*>(p + c0) = make_float4(x[0], x[1], x[2], x[3]);
-  } else {
-#pragma unroll
-    for (int j = 0; j < kChunk; ++j)
-      if (c0 + j < cols) p[c0 + j] = x[j];
-  }
-}
-__device__ __forceinline__ void store_chunk(double* p, int64_t c0, int64_t cols, bool vec, const double (&x)[kChunk]) {
-  if (vec && cols - c0 >= 4) {
-    reinterpret_cast<double2*>(p + c0)[0] = make_double2(x[0], x[1]);
-    reinterpret_cast<double2*>(p + c0)[1] = make_double2(x[2], x[3]);
+    vec_store4(p + c0, x);
   } else {
 #pragma unroll
     for (int j = 0; j < kChunk; ++j)
