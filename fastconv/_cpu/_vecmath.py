@@ -1,4 +1,4 @@
-"""exp(x) for x <= 0, and log1p(e) for e in [0, 1], in forms LLVM vectorizes.
+"""exp(x) for x <= 0, log1p(e) for e in [0, 1] and a float max, in forms LLVM vectorizes.
 
 Numba calls libm's scalar exp (PyPI's llvmlite has no SVML), which keeps sigmoid and softmax far
 from memory bandwidth. For float32 this computes exp as 2^k * p(r) (Cody-Waite reduction, the
@@ -10,6 +10,7 @@ float64 inputs use np.exp (they are for gradient checks, not speed).
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 _LOG2E = np.float32(1.44269504088896341)
@@ -85,3 +86,20 @@ def _log1p_unit(e):
 _TWO = np.float32(2)
 _C3, _C5, _C7, _C9 = np.float32(1 / 3), np.float32(1 / 5), np.float32(1 / 7), np.float32(1 / 9)
 _C11, _C13, _C15 = np.float32(1 / 11), np.float32(1 / 13), np.float32(1 / 15)
+
+
+@intrinsic
+def maxnum(typingctx, a, b):
+    """LLVM's maxnum: the larger of two floats of one type, the other one when either is NaN. A
+    loop of it, in a function with fastmath {"nnan", "nsz"}, vectorizes to a max reduction (the
+    Python max() in such a loop stayed scalar: a row max of float32 at 8 GB/s, this at 32 GB/s)."""
+    if not (isinstance(a, types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = context.get_value_type(signature.args[0])
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(value, [value, value]),
+                                            f"llvm.maxnum.f{signature.args[0].bitwidth}")
+        return builder.call(fn, args)
+
+    return a(a, b), codegen

@@ -5,7 +5,7 @@ reproducible). Math: csrc/kernels/loss.cuh."""
 import numpy as np
 from numba import njit, prange
 
-from ._vecmath import exp_nonpositive, log1p_unit
+from ._vecmath import exp_nonpositive, log1p_unit, maxnum
 
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "softmax_cross_entropy_with_grad",
            "bce_with_logits_forward", "bce_with_logits_backward", "mse_forward", "mse_backward"]
@@ -16,12 +16,14 @@ _MAX_CHUNKS = 1024
 
 # Row reductions live in small functions with relaxed floating-point flags: LLVM vectorizes a sum
 # only when it may reassociate it, and a max only when it may assume no NaN. NaN still propagates
-# to the loss: a NaN logit makes its exp NaN, and the (reassociated) sum of a NaN is NaN.
-@njit(fastmath={"nnan", "nsz", "reassoc"}, cache=True)
+# to the loss: a NaN logit makes its exp NaN, and the (reassociated) sum of a NaN is NaN; the max
+# only shifts the row (softmax(z) = softmax(z - m) for any m), so whatever it makes of a NaN row
+# cannot hide the NaN.
+@njit(fastmath={"nnan", "nsz"}, cache=True)
 def _row_max(row):
     m = row[0]
     for c in range(1, row.size):
-        m = max(m, row[c])
+        m = maxnum(m, row[c])
     return m
 
 
@@ -30,6 +32,19 @@ def _row_sum(row):
     s = 0.0
     for c in range(row.size):
         s += row[c]
+    return s
+
+
+@njit(fastmath={"reassoc", "contract"}, cache=True)
+def _exp_shift_sum(row, m, p):
+    """p = exp(row - m) and its sum, in one pass. The sum is in the row's dtype, as on the GPU:
+    float32 vectors hold twice the lanes (fused 262144x1000 forward + backward: 10.4 -> 13.3 GB/s
+    into existing memory), and a float64 row makes it float64."""
+    s = np.float32(0.0)
+    for c in range(row.size):
+        e = exp_nonpositive(row[c] - m)
+        p[c] = e
+        s += e
     return s
 
 
@@ -47,13 +62,13 @@ def _row_weighted_shift(row, m, weight, has_weight):
 
 
 @njit(cache=True)
-def _grad_row(p, g, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum):
-    """g = dloss/dz of one row from its probs p (g may be p itself): the backward's formula, in the
-    row's dtype (float32 math for float32)."""
+def _grad_row(p, g, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum, p_scale=1.0):
+    """g = dloss/dz of one row from its probs p_scale * p (g may be p itself): the backward's
+    formula, in the row's dtype (float32 math for float32)."""
     wy = weight[y] if has_weight else 1.0
     true_part = (1.0 - smoothing) * wy
     consts = np.empty(2, p.dtype)
-    consts[0] = (true_part + share * class_weight_sum) / label_weight_sum
+    consts[0] = p_scale * (true_part + share * class_weight_sum) / label_weight_sum
     consts[1] = share / label_weight_sum
     a, b = consts[0], consts[1]
     if has_weight and smoothing != 0.0:
@@ -78,14 +93,13 @@ def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_los
     for i in prange(n):
         row, p = z[i], probs[i]
         m = _row_max(row)
-        for c in range(classes):
-            p[c] = exp_nonpositive(row[c] - m)
-        s = _row_sum(p)
-        scale = np.empty(1, p.dtype)
-        scale[0] = 1.0 / s  # in the row's dtype, so float32 rows stay float32 math
-        k = scale[0]
-        for c in range(classes):
-            p[c] *= k
+        s = _exp_shift_sum(row, m, p)
+        if not grad:
+            scale = np.empty(1, p.dtype)
+            scale[0] = 1.0 / s  # in the row's dtype, so float32 rows stay float32 math
+            k = scale[0]
+            for c in range(classes):
+                p[c] *= k
         log_s = np.log(s)
         y = labels[i]
         wy = weight[y] if has_weight else 1.0
@@ -94,8 +108,8 @@ def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_los
             r += share * (w_total * log_s - _row_weighted_shift(row, m, weight, has_weight))
         row_loss[i] = r
         row_weight[i] = wy
-        if grad:
-            _grad_row(p, p, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum)
+        if grad:  # p holds exp(z - m): the probs are p / s
+            _grad_row(p, p, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum, 1.0 / s)
 
 
 @njit(parallel=True, cache=True)
