@@ -8,7 +8,7 @@ a CUDA emulator that runs the same kernels on the CPU for testing, and a Numba C
 __version__ = "0.1.0"
 
 from . import ops
-from .backend import get_backend, set_backend, use_backend
+from .backend import empty_cache, get_backend, set_backend, use_backend
 from ._info import info
 
-__all__ = ["__version__", "ops", "get_backend", "set_backend", "use_backend", "info"]
+__all__ = ["__version__", "ops", "get_backend", "set_backend", "use_backend", "empty_cache", "info"]

@@ -110,3 +110,10 @@ def current():
     name = get_backend()
     be = _loaded.get(name)
     return be if be is not None else load(name)
+
+
+def empty_cache() -> None:
+    """Frees the memory the loaded backends keep for reuse: the cpu backend's buffers of dead large
+    outputs, CuPy's memory pool on cuda. Arrays in use keep theirs."""
+    for be in list(_loaded.values()):
+        be.empty_cache()

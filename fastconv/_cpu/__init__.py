@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
-from . import check, conv, dense, loss, optim, pool
+from . import _memory, check, conv, dense, loss, optim, pool
 
 FAMILIES = (dense, conv, pool, loss, optim, check)
 
@@ -28,6 +28,11 @@ class CpuBackend:
         for family in FAMILIES:
             for op in family.__all__:
                 setattr(self, op, getattr(family, op))
+
+    @staticmethod
+    def empty_cache():
+        """Frees the cached buffers of dead large outputs (_memory.py)."""
+        _memory.empty_cache()
 
     def __repr__(self):
         return "<fastconv backend 'cpu'>"

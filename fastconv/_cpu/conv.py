@@ -22,6 +22,7 @@ from numba import njit, prange
 
 from ..ops._activation import ACTIVATIONS
 from ._blas import gemm, single_threaded_blas
+from ._memory import empty
 from .dense import _ONE, _ZERO, _sigmoid, relu_backward, sigmoid_backward
 from ..ops.pool import PoolGeometry
 from .pool import max_pool2d_backward, max_pool2d_forward, max_pool_plane
@@ -392,9 +393,9 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     w2 = np.ascontiguousarray(w).reshape(c_out, rows)
     bias = b if has_bias else np.empty(0, x.dtype)
     act = ACTIVATIONS[activation]
-    y = np.empty((n, c_out, p) if pool is None else (0, 0, 0), x.dtype)
+    y = empty((n, c_out, p) if pool is None else (0, 0, 0), x.dtype)
     pool_shape = (0, 0, 0, 0) if pool is None else pool.out_shape
-    pooled, indices = np.empty(pool_shape, x.dtype), np.empty(pool_shape, np.int64)
+    pooled, indices = empty(pool_shape, x.dtype), empty(pool_shape, np.int64)
     threads = _threads(n)
     with single_threaded_blas():
         if stride == (1, 1):
@@ -439,7 +440,7 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
     indices3 = indices.reshape(dy3.shape) if from_pool else np.empty((0, 0, 0), np.int64)
     y3 = y.reshape(dy3.shape) if y is not None else np.empty((0, 0, 0), x.dtype)
     w2 = np.ascontiguousarray(w).reshape(c_out, rows)
-    dx = np.empty(x.shape if input_grad else (0, 0, 0, 0), x.dtype)
+    dx = empty(x.shape if input_grad else (0, 0, 0, 0), x.dtype)
     with single_threaded_blas():
         if stride == (1, 1):
             s = _Wide(x, w, padding, dilation, groups, oh, ow, parts, backward=True)

@@ -1,5 +1,5 @@
 """Dense path on the CPU: BLAS for the GEMMs, one fused parallel Numba pass for bias + activation,
-and parallel elementwise ReLU / sigmoid.
+and parallel elementwise ReLU / sigmoid (outputs past the last-level cache streamed: _stream.py).
 
 linear_forward / linear_backward split their GEMMs between the Numba threads (each runs a block
 with single-threaded BLAS, then its share of the epilogue while it is in cache: see _blas.py),
@@ -10,7 +10,9 @@ from numba import njit, prange
 
 from ..ops._activation import ACTIVATIONS
 from ._blas import gemm, single_threaded_blas
+from ._memory import empty, empty_like
 from ._parallel import run
+from ._stream import align_skip, map1, map2, should_stream
 from ._vecmath import exp_nonpositive
 
 __all__ = ["matmul", "linear_forward", "linear_backward", "relu_forward", "relu_backward",
@@ -28,32 +30,47 @@ _ZERO = np.float32(0)
 @njit(inline="always")
 def _sigmoid(v):
     e = exp_nonpositive(-abs(v))  # never overflows; vectorizes
-    return _ONE / (_ONE + e) if v >= _ZERO else e / (_ONE + e)
+    r = _ONE / (_ONE + e)         # one division for either sign
+    return r if v >= _ZERO else e * r
+
+
+@njit(inline="always")
+def _relu(v):
+    return _ZERO if v < _ZERO else v
+
+
+@njit(inline="always")
+def _relu_grad(dy, x):
+    return dy if x > _ZERO else _ZERO
+
+
+@njit(inline="always")
+def _sigmoid_grad(dy, y):
+    return dy * y * (_ONE - y)
+
+
+# Each takes its output's streaming flag and alignment (see _stream.py).
+@njit(parallel=True, cache=True)
+def _relu_forward(x, y, stream, skip):
+    map1(_relu, x, y, stream, skip)
 
 
 @njit(parallel=True, cache=True)
-def _relu_forward(x, y):
-    for i in prange(x.size):
-        v = x[i]
-        y[i] = _ZERO if v < _ZERO else v
-
-
-@njit(parallel=True, cache=True)
-def _relu_backward(dy, x, dx):
-    for i in prange(x.size):
-        dx[i] = dy[i] if x[i] > _ZERO else _ZERO
+def _relu_backward(dy, x, dx, stream, skip):
+    map2(_relu_grad, dy, x, dx, stream, skip)
 
 
 @njit(parallel=True, cache=True)
 def _sigmoid_forward(x, y):
+    """Not streamed: bound by its exp, which ran 2-5x slower in the streamed path's block loops
+    than in this plain parallel loop (measured, not understood)."""
     for i in prange(x.size):
         y[i] = _sigmoid(x[i])
 
 
 @njit(parallel=True, cache=True)
-def _sigmoid_backward(dy, y, dx):
-    for i in prange(y.size):
-        dx[i] = dy[i] * y[i] * (_ONE - y[i])
+def _sigmoid_backward(dy, y, dx, stream, skip):
+    map2(_sigmoid_grad, dy, y, dx, stream, skip)
 
 
 def _op(a, trans):
@@ -168,7 +185,7 @@ def _gemm_work(m, n, k):
 
 def linear_forward(x, w, b, activation):
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
-    y = np.empty((x.shape[0], w.shape[0]), x.dtype)
+    y = empty((x.shape[0], w.shape[0]), x.dtype)
     has_bias = b is not None
     bias = b if has_bias else np.empty(0, x.dtype)
     if y.size * x.shape[1] <= _OWN_THREADS_BELOW:
@@ -182,8 +199,8 @@ def linear_forward(x, w, b, activation):
 
 def linear_backward(dy, x, w, bias, input_grad):
     dy, x, w = np.ascontiguousarray(dy), np.ascontiguousarray(x), np.ascontiguousarray(w)
-    dx = np.empty(x.shape if input_grad else (0, 0), x.dtype)
-    dw = np.empty(w.shape, x.dtype)
+    dx = empty(x.shape if input_grad else (0, 0), x.dtype)
+    dw = empty(w.shape, x.dtype)
     db = np.zeros(w.shape[0], x.dtype)
     if dy.size * x.shape[1] <= _OWN_THREADS_BELOW:
         _linear_backward_serial(dy, x, w, bias, input_grad, dx, dw, db)
@@ -194,9 +211,13 @@ def linear_backward(dy, x, w, bias, input_grad):
     return dx if input_grad else None, dw, db if bias else None
 
 
-def _flat_map(kernel, *inputs):
-    out = np.empty_like(inputs[0])
-    run(kernel, out.size, *(t.reshape(-1) for t in inputs), out.reshape(-1))
+def _flat_map(kernel, *inputs, streamed=True):
+    out = empty_like(inputs[0])
+    flat = (t.reshape(-1) for t in inputs)
+    if streamed:
+        run(kernel, out.size, *flat, out.reshape(-1), should_stream(out), align_skip(out))
+    else:
+        run(kernel, out.size, *flat, out.reshape(-1))
     return out
 
 
@@ -209,7 +230,7 @@ def relu_backward(dy, x):
 
 
 def sigmoid_forward(x):
-    return _flat_map(_sigmoid_forward, x)
+    return _flat_map(_sigmoid_forward, x, streamed=False)
 
 
 def sigmoid_backward(dy, y):

@@ -5,6 +5,7 @@ reproducible). Math: csrc/kernels/loss.cuh."""
 import numpy as np
 from numba import njit, prange
 
+from ._memory import empty_like
 from ._vecmath import exp_nonpositive, log1p_unit, maxnum
 
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "softmax_cross_entropy_with_grad",
@@ -185,7 +186,7 @@ def _weight_sums(w, has_weight, labels, n, classes):
 
 def _cross_entropy(logits, labels, weight, smoothing, grad):
     n, classes = logits.shape
-    out = np.empty_like(logits)
+    out = empty_like(logits)
     row_loss, row_weight = np.empty(n), np.empty(n)
     w, has_weight = _optional(weight, logits.dtype)
     label_weight_sum, class_weight_sum = _weight_sums(w, has_weight, labels, n, classes) if grad else (1.0, 1.0)
@@ -207,7 +208,7 @@ def softmax_cross_entropy_backward(probs, labels, weight, smoothing):
     n, classes = probs.shape
     w, has_weight = _optional(weight, probs.dtype)
     label_weight_sum, class_weight_sum = _weight_sums(w, has_weight, labels, n, classes)
-    out = np.empty_like(probs)
+    out = empty_like(probs)
     _cross_entropy_grad(probs, labels, w, has_weight, smoothing, label_weight_sum, class_weight_sum, out)
     return out
 
@@ -233,7 +234,7 @@ def bce_with_logits_forward(logits, targets, pos_weight):
 
 def bce_with_logits_backward(logits, targets, pos_weight):
     pw, has_pw = _optional(pos_weight, logits.dtype)
-    out = np.empty_like(logits)
+    out = empty_like(logits)
     _bce_grad(logits.reshape(-1), targets.reshape(-1), pw, has_pw, _last_dim(logits), out.reshape(-1))
     return out
 
@@ -245,6 +246,6 @@ def mse_forward(pred, target):
 
 
 def mse_backward(pred, target):
-    out = np.empty_like(pred)
+    out = empty_like(pred)
     _mse_grad(pred.reshape(-1), target.reshape(-1), out.reshape(-1))
     return out

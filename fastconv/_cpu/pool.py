@@ -4,6 +4,8 @@ thread, so the backward scatter-adds need no atomics and run in output order, de
 import numpy as np
 from numba import njit, prange
 
+from ._memory import empty
+
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
 
 
@@ -115,25 +117,25 @@ def _planes(a):
 
 
 def max_pool2d_forward(x, g):
-    y = np.empty(g.out_shape, x.dtype)
-    indices = np.empty(g.out_shape, np.int64)
+    y = empty(g.out_shape, x.dtype)
+    indices = empty(g.out_shape, np.int64)
     _max_forward(_planes(x), _planes(y), _planes(indices), *g.kernel, *g.stride, *g.padding)
     return y, indices
 
 
 def max_pool2d_backward(dy, indices, g):
-    dx = np.empty(g.in_shape, dy.dtype)
+    dx = empty(g.in_shape, dy.dtype)
     _max_backward(_planes(dy), _planes(indices), _planes(dx))
     return dx
 
 
 def avg_pool2d_forward(x, g):
-    y = np.empty(g.out_shape, x.dtype)
+    y = empty(g.out_shape, x.dtype)
     _avg_forward(_planes(x), _planes(y), *g.kernel, *g.stride, *g.padding)
     return y
 
 
 def avg_pool2d_backward(dy, g):
-    dx = np.empty(g.in_shape, dy.dtype)
+    dx = empty(g.in_shape, dy.dtype)
     _avg_backward(_planes(dy), _planes(dx), *g.kernel, *g.stride, *g.padding)
     return dx

@@ -65,6 +65,12 @@ class NativeBackend:
     def empty(self, shape, dtype):
         return self.xp.empty(shape, dtype=dtype)
 
+    def empty_cache(self):
+        """Frees the array library's cached blocks: CuPy's memory pool (NumPy keeps none)."""
+        pool = getattr(self.xp, "get_default_memory_pool", None)
+        if pool is not None:
+            pool().free_all_blocks()
+
     def ptr(self, array) -> int:
         """The address of an array's data, or 0 for None (an absent optional input)."""
         return 0 if array is None else self.pointer(array)

@@ -1,0 +1,168 @@
+"""The cpu backend's memory paths: the cache of large output buffers (_cpu/_memory.py) and the
+streaming stores for outputs past the last-level cache (_cpu/_stream.py).
+
+The streamed path only runs for outputs larger than the last-level cache (480 MiB on the dev
+machine), so the tests call its kernels with `stream=True` on small arrays, at every alignment
+and around the block and task edges, and compare with the plain path bit for bit."""
+import threading
+
+import numpy as np
+import pytest
+
+import fastconv
+import fastconv.ops as ops
+from fastconv._cpu import _memory, _stream, dense
+
+BIG = _memory.MIN_BYTES // 4  # float32 values in the smallest cached array
+
+
+@pytest.fixture
+def cache():
+    _memory.empty_cache()
+    yield _memory
+    _memory.empty_cache()
+
+
+def test_a_dead_output_s_buffer_is_reused_and_the_result_is_right(cache):
+    x = np.random.default_rng(0).standard_normal(BIG, dtype=np.float32)
+    y = ops.relu_forward(x)
+    address = y.ctypes.data
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    assert isinstance(y.base, _memory._Lease) and y.flags.writeable and y.flags.c_contiguous
+    del y
+    assert cache.cached_bytes() >= x.nbytes
+    y = ops.sigmoid_backward(x, x)
+    assert y.ctypes.data == address and cache.cached_bytes() == 0
+    np.testing.assert_allclose(y, x * x * (1 - x), rtol=1e-6)
+
+
+def test_live_outputs_and_their_views_keep_their_buffers(cache):
+    x = np.ones(BIG, np.float32)
+    a = ops.relu_forward(x)
+    view = a[5:17]
+    del a
+    assert cache.cached_bytes() == 0  # the view keeps the buffer
+    b = ops.relu_forward(-x)
+    assert not np.shares_memory(view, b)
+    np.testing.assert_array_equal(view, 1)
+    np.testing.assert_array_equal(b, 0)
+    del view
+    assert cache.cached_bytes() > 0
+
+
+def test_small_arrays_are_plain_numpy(cache):
+    y = ops.relu_forward(np.ones(1000, np.float32))
+    assert y.base is None and cache.cached_bytes() == 0
+
+
+def test_the_cache_keeps_at_most_its_limit_oldest_out_first(cache, monkeypatch):
+    monkeypatch.setattr(_memory, "_limit", 3 * _memory.MIN_BYTES)
+    arrays = [_memory.empty((BIG,), np.float32) for _ in range(4)]
+    first = arrays[0].ctypes.data
+    while arrays:
+        arrays.pop(0)  # freed in order: the first is the oldest in the cache
+    assert cache.cached_bytes() == 3 * _memory.MIN_BYTES
+    assert all(b.ctypes.data != first for b in _memory._cached)
+
+
+def test_a_zero_limit_turns_the_cache_off(cache, monkeypatch):
+    monkeypatch.setattr(_memory, "_limit", 0)
+    y = _memory.empty((BIG,), np.float32)
+    assert y.base is None
+    del y
+    assert cache.cached_bytes() == 0
+
+
+def test_sizes_are_matched_by_their_rounded_size(cache):
+    a = _memory.empty((BIG + 1,), np.float32)
+    address = a.ctypes.data
+    del a
+    assert _memory.empty((BIG + 2,), np.float32).ctypes.data == address  # same 2 MiB granule
+    assert _memory.empty((2 * BIG,), np.float32).ctypes.data != address
+
+
+def test_empty_cache_is_public_and_frees_everything(cache):
+    y = _memory.empty((3, BIG), np.float64)
+    assert y.shape == (3, BIG) and y.dtype == np.float64
+    del y
+    assert cache.cached_bytes() > 0
+    fastconv.empty_cache()
+    assert cache.cached_bytes() == 0
+
+
+def test_outputs_freed_from_other_threads_come_back(cache):
+    arrays = [_memory.empty((BIG,), np.float32) for _ in range(2)]
+
+    def drop():
+        arrays.clear()
+
+    worker = threading.Thread(target=drop)
+    worker.start()
+    worker.join()
+    assert cache.cached_bytes() == 2 * _memory.MIN_BYTES
+
+
+def test_a_bad_cache_size_in_the_environment_is_a_clear_error(monkeypatch):
+    for value in ("lots", "-1", "1.5"):
+        monkeypatch.setenv("FASTCONV_CPU_CACHE_MB", value)
+        with pytest.raises(ValueError, match="FASTCONV_CPU_CACHE_MB must be a whole number of MiB >= 0"):
+            _memory._limit_from_environment()
+    monkeypatch.setenv("FASTCONV_CPU_CACHE_MB", "64")
+    assert _memory._limit_from_environment() == 64 << 20
+
+
+# ---- streaming stores ----------------------------------------------------------------------------
+
+def _offset_view(n, dtype, skip):
+    """A 1-D array of n values whose element `skip` starts a 64-byte line."""
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(n + 64, dtype)
+    start = ((-raw.ctypes.data) % 64 // itemsize - skip) % (64 // itemsize)
+    view = raw[start:start + n]
+    assert _stream.align_skip(view) == skip
+    return view
+
+
+SIZES = [0, 1, 5, 15, 16, 17, 127, 128, 129, 300, _stream.SPAN - 1, _stream.SPAN, _stream.SPAN + 17,
+         3 * _stream.SPAN + 200]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", SIZES)
+def test_streamed_kernels_write_every_value_once_and_nothing_else(n, dtype):
+    rng = np.random.default_rng(n)
+    lanes = 64 // np.dtype(dtype).itemsize
+    for skip in sorted({0, 1, lanes - 1, 3 % lanes}):
+        x = rng.standard_normal(n).astype(dtype)
+        dy = rng.standard_normal(n).astype(dtype)
+        for kernel, inputs, reference in [
+            (dense._relu_forward, (x,), np.maximum(x, 0)),
+            (dense._relu_backward, (dy, x), np.where(x > 0, dy, 0)),
+            (dense._sigmoid_backward, (dy, x), dy * x * (1 - x)),
+        ]:
+            raw_out = _offset_view(n + 2 * lanes, dtype, skip)  # guard values either side
+            raw_out[:] = 7
+            out = raw_out[lanes:lanes + n]
+            kernel(*inputs, out, True, _stream.align_skip(out))
+            plain = np.empty_like(out)
+            kernel(*inputs, plain, False, 0)
+            np.testing.assert_array_equal(out, plain)
+            np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-7)
+            assert (raw_out[:lanes] == 7).all() and (raw_out[lanes + n:] == 7).all()
+
+
+def test_only_outputs_past_the_last_level_cache_are_streamed(monkeypatch):
+    monkeypatch.setattr(_stream, "_STREAM_FROM", 1000)
+    assert _stream.should_stream(np.empty(251, np.float32))
+    assert not _stream.should_stream(np.empty(250, np.float32))
+    assert not _stream.should_stream(np.empty((40, 40), np.float32)[:, ::2])  # not contiguous
+    unaligned = np.frombuffer(bytearray(4 * 300 + 1), np.uint8)[1:].view(np.float32)
+    assert not _stream.should_stream(unaligned)
+
+
+def test_the_last_level_cache_size_is_read_from_sysfs(tmp_path):
+    for index, size in [("index0", "48K"), ("index2", "2048K"), ("index3", "491520K")]:
+        (tmp_path / index).mkdir()
+        (tmp_path / index / "size").write_text(size + "\n")
+    assert _stream._last_level_cache_bytes(str(tmp_path)) == 491520 << 10
+    assert _stream._last_level_cache_bytes(str(tmp_path / "nothing")) == 32 << 20
