@@ -24,7 +24,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-__all__ = ["align_skip", "should_stream", "map1", "map2"]
+__all__ = ["align_skip", "should_stream", "map1", "map2", "write_out", "store_fence"]
 
 LINE = 64           # bytes per cache line and per streaming store
 BLOCK = 128         # values computed into the L1 buffer per write_out
@@ -90,6 +90,22 @@ def store_fence(typingctx):
         return context.get_dummy_value()
 
     return types.void(), codegen
+
+
+@njit(inline="always")
+def write_out(dst, lo, buf, count, skip):
+    """dst[lo : lo + count] = buf[:count] for a 1-D C-contiguous dst with skip = align_skip(dst):
+    its whole lines streamed, the partial lines at either end by ordinary stores."""
+    lanes = LINE // dst.itemsize
+    head = min(count, (skip - lo) % lanes)
+    lines_end = head + (count - head) // lanes * lanes
+    out = dst[lo:lo + count]
+    for k in range(head):
+        out[k] = buf[k]
+    for k in range(head, lines_end, lanes):
+        _stream_line(dst, lo + k, buf, k)
+    for k in range(lines_end, count):
+        out[k] = buf[k]
 
 
 @njit(inline="always")

@@ -6,6 +6,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._memory import empty_like
+from ._stream import SPAN, align_skip, should_stream, store_fence, write_out
 from ._vecmath import exp_nonpositive, log1p_unit, maxnum
 
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "softmax_cross_entropy_with_grad",
@@ -64,8 +65,8 @@ def _row_weighted_shift(row, m, weight, has_weight):
 
 @njit(cache=True)
 def _grad_row(p, g, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum, p_scale=1.0):
-    """g = dloss/dz of one row from its probs p_scale * p (g may be p itself): the backward's
-    formula, in the row's dtype (float32 math for float32)."""
+    """g = dloss/dz of one row from its probs p_scale * p: the backward's formula, in the row's
+    dtype (float32 math for float32). g must not be p (see _cross_entropy_rows)."""
     wy = weight[y] if has_weight else 1.0
     true_part = (1.0 - smoothing) * wy
     consts = np.empty(2, p.dtype)
@@ -83,34 +84,52 @@ def _grad_row(p, g, y, weight, has_weight, smoothing, share, label_weight_sum, c
 
 @njit(parallel=True, cache=True)
 def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
-                        label_weight_sum, class_weight_sum):
+                        label_weight_sum, class_weight_sum, stream, skip):
     """Each row's loss, and probs = softmax(z); with grad, `probs` receives dloss/dz instead (the
-    fused forward + backward: the row is still in cache, so the gradient costs no memory pass)."""
+    fused forward + backward: the row is still in cache, so the gradient costs no memory pass).
+    A row is worked on in buffers of the task's own (two: LLVM vectorizes a loop whose input and
+    output are the same array only after a runtime overlap check, which then fails), and written
+    to probs with streaming stores when `stream` (see _stream.py)."""
     n, classes = z.shape
     share = smoothing / classes
     w_total = 0.0
     if smoothing != 0.0:
         w_total = _row_sum(weight) if has_weight else float(classes)
-    for i in prange(n):
-        row, p = z[i], probs[i]
-        m = _row_max(row)
-        s = _exp_shift_sum(row, m, p)
-        if not grad:
-            scale = np.empty(1, p.dtype)
-            scale[0] = 1.0 / s  # in the row's dtype, so float32 rows stay float32 math
-            k = scale[0]
-            for c in range(classes):
-                p[c] *= k
-        log_s = np.log(s)
-        y = labels[i]
-        wy = weight[y] if has_weight else 1.0
-        r = (1.0 - smoothing) * wy * (log_s - (row[y] - m))
-        if smoothing != 0.0:
-            r += share * (w_total * log_s - _row_weighted_shift(row, m, weight, has_weight))
-        row_loss[i] = r
-        row_weight[i] = wy
-        if grad:  # p holds exp(z - m): the probs are p / s
-            _grad_row(p, p, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum, 1.0 / s)
+    flat = probs.reshape(-1)
+    rows_per_task = max(1, SPAN // max(1, classes))
+    for t in prange((n + rows_per_task - 1) // rows_per_task):
+        exps = np.empty(classes, probs.dtype)
+        staged = np.empty(classes if stream else 0, probs.dtype)
+        for i in range(t * rows_per_task, min(n, (t + 1) * rows_per_task)):
+            row = z[i]
+            out = staged if stream else probs[i]
+            m = _row_max(row)
+            s = _exp_shift_sum(row, m, exps)
+            y = labels[i]
+            if grad:  # exps / s are the probs
+                _grad_row(exps, out, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum,
+                          1.0 / s)
+            else:
+                _scaled(exps, 1.0 / s, out)
+            if stream:
+                write_out(flat, i * classes, staged, classes, skip)
+            log_s = np.log(s)
+            wy = weight[y] if has_weight else 1.0
+            r = (1.0 - smoothing) * wy * (log_s - (row[y] - m))
+            if smoothing != 0.0:
+                r += share * (w_total * log_s - _row_weighted_shift(row, m, weight, has_weight))
+            row_loss[i] = r
+            row_weight[i] = wy
+        store_fence()
+
+
+@njit(cache=True)
+def _scaled(p, scale, out):
+    """out = p * scale, in p's dtype (float32 rows stay float32 math)."""
+    k = np.empty(1, p.dtype)
+    k[0] = scale
+    for c in range(p.size):
+        out[c] = p[c] * k[0]
 
 
 @njit(parallel=True, cache=True)
@@ -191,7 +210,7 @@ def _cross_entropy(logits, labels, weight, smoothing, grad):
     w, has_weight = _optional(weight, logits.dtype)
     label_weight_sum, class_weight_sum = _weight_sums(w, has_weight, labels, n, classes) if grad else (1.0, 1.0)
     _cross_entropy_rows(logits, labels, w, has_weight, smoothing, out, row_loss, row_weight, grad,
-                        label_weight_sum, class_weight_sum)
+                        label_weight_sum, class_weight_sum, should_stream(out), align_skip(out))
     total_weight = _ordered_sum(row_weight) if has_weight else float(n)
     return _scalar(_ordered_sum(row_loss) / total_weight, logits.dtype), out
 
