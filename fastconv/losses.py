@@ -82,15 +82,27 @@ class CrossEntropyLoss(Loss):
                 or not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing!r}")
         self.label_smoothing = float(label_smoothing)
+        self.weight = weight
+
+    @property
+    def weight(self):
+        """The class weights (a read-only host copy), or None."""
+        return self._weight
+
+    @weight.setter
+    def weight(self, weight):
+        # Checked here, once: each call then passes check_weight=False (no device-to-host read).
         if weight is not None:
             host = weight.get() if hasattr(weight, "get") and not isinstance(weight, np.ndarray) else np.asarray(weight)
             if host.ndim != 1 or host.dtype.kind not in "fiu":
                 raise ValueError(f"CrossEntropyLoss: weight must be a 1-D array of class weights, got shape "
                                  f"{host.shape} dtype {host.dtype}")
-            if (host < 0).any():
-                raise ValueError("CrossEntropyLoss: class weights must be >= 0")
-            weight = host
-        self.weight = weight
+            if not (host >= 0).all():
+                raise ValueError("CrossEntropyLoss: class weights must be >= 0 (and not NaN)")
+            weight = np.array(host)  # a copy the caller cannot change behind the check
+            weight.flags.writeable = False
+        self._weight = weight
+        self._weight_on_device = {}  # (array library, device, dtype) -> the weights there, copied once
 
     def __call__(self, logits, labels):
         name = "CrossEntropyLoss"
@@ -109,12 +121,17 @@ class CrossEntropyLoss(Loss):
         if self.weight is not None:
             if self.weight.shape[0] != c:
                 raise ValueError(f"{name}: weight has {self.weight.shape[0]} entries but the logits have {c} classes")
-            weight = xp.asarray(self.weight, dtype=logits.dtype)
+            key = (xp.__name__, str(getattr(logits, "device", "")), logits.dtype.str)
+            weight = self._weight_on_device.get(key)
+            if weight is None:
+                weight = self._weight_on_device[key] = xp.asarray(self.weight, dtype=logits.dtype)
         # The fused op: the gradient comes out of the same pass over the logits (a training step
         # always asks for it; computing it costs no more memory traffic than storing the probs).
         # It checks the labels (uint64 past int64 too) and their range (one device-to-host read:
-        # the step's one sync on a GPU), and makes them contiguous int64.
-        loss, dlogits = ops.softmax_cross_entropy_with_grad(logits, labels, weight, self.label_smoothing)
+        # the step's one sync on a GPU), and makes them contiguous int64. The weights were checked
+        # at construction: check_weight=False spares a second read.
+        loss, dlogits = ops.softmax_cross_entropy_with_grad(logits, labels, weight, self.label_smoothing,
+                                                            check_weight=False)
         self._ctx = (dlogits,)
         self._handed_out = False
         return loss

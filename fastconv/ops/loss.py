@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .. import backend as _backend
 from ._check import labels as _labels
-from ._check import number, shape_str, tensor, value_range
+from ._check import flag, number, shape_str, tensor, value_range
 
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "softmax_cross_entropy_with_grad",
            "bce_with_logits_forward", "bce_with_logits_backward", "mse_forward", "mse_backward"]
@@ -30,14 +30,14 @@ def _class_labels(be, labels, n, classes, op):
     return y
 
 
-def _class_weight(be, weight, classes, dtype, op):
+def _class_weight(be, weight, classes, dtype, op, check_values):
     if weight is None:
         return None
     w = tensor(weight, "weight", be, ndim=1, dtype=dtype)
     if w.shape != (classes,):
         raise ValueError(f"{op}: weight is {shape_str(w.shape)} but there are {classes} classes: "
                          f"weight must be ({classes},)")
-    if not bool((w >= 0).all()):
+    if check_values and not bool((w >= 0).all()):  # a device-to-host read on a GPU
         raise ValueError(f"{op}: weight must be non-negative (and not NaN), got min {float(w.min())}")
     return w
 
@@ -53,16 +53,17 @@ def _batch(be, name, x, op):
     return x
 
 
-def _cross_entropy_inputs(be, first, first_name, labels, weight, label_smoothing, op):
+def _cross_entropy_inputs(be, first, first_name, labels, weight, label_smoothing, check_weight, op):
     smoothing = number(label_smoothing, "label_smoothing", low=0.0, high=1.0)
+    check_weight = flag(check_weight, "check_weight")
     x = _batch(be, first_name, first, op)
     n, classes = x.shape
     y = _class_labels(be, labels, n, classes, op)
-    w = _class_weight(be, weight, classes, x.dtype, op)
+    w = _class_weight(be, weight, classes, x.dtype, op, check_weight)
     return x, y, w, smoothing
 
 
-def softmax_cross_entropy_forward(logits, labels, weight=None, label_smoothing=0.0):
+def softmax_cross_entropy_forward(logits, labels, weight=None, label_smoothing=0.0, check_weight=True):
     """(loss, probs) for logits (N, C) and integer labels (N,) in [0, C).
 
     loss = mean over the batch of -log softmax(logits)[i, labels[i]], as
@@ -71,30 +72,34 @@ def softmax_cross_entropy_forward(logits, labels, weight=None, label_smoothing=0
     the smoothing term weighted per class and normalized by the same sum_i w[y_i] (torch's rule).
     probs = softmax(logits) (N, C), what the backward takes. Finite for any finite logits; a NaN
     logit makes the loss NaN.
+
+    check_weight=False skips the check that every weight is >= 0 (a device-to-host read on a GPU)
+    for a caller that has checked them already, as CrossEntropyLoss does once at construction; the
+    same for the two ops below.
     """
     be = _backend.current()
     x, y, w, smoothing = _cross_entropy_inputs(be, logits, "logits", labels, weight, label_smoothing,
-                                               "softmax_cross_entropy_forward")
+                                               check_weight, "softmax_cross_entropy_forward")
     return be.softmax_cross_entropy_forward(x, y, w, smoothing)
 
 
-def softmax_cross_entropy_backward(probs, labels, weight=None, label_smoothing=0.0):
+def softmax_cross_entropy_backward(probs, labels, weight=None, label_smoothing=0.0, check_weight=True):
     """dloss/dlogits (N, C) of softmax_cross_entropy_forward's mean loss, from its probs:
     [p (((1 - e) w[y] + (e/C) sum(w)) - (1 - e) w[y] onehot - (e/C) w] / sum_i w[y_i]
     (= (probs - onehot) / N without weight and smoothing)."""
     be = _backend.current()
     p, y, w, smoothing = _cross_entropy_inputs(be, probs, "probs", labels, weight, label_smoothing,
-                                               "softmax_cross_entropy_backward")
+                                               check_weight, "softmax_cross_entropy_backward")
     return be.softmax_cross_entropy_backward(p, y, w, smoothing)
 
 
-def softmax_cross_entropy_with_grad(logits, labels, weight=None, label_smoothing=0.0):
+def softmax_cross_entropy_with_grad(logits, labels, weight=None, label_smoothing=0.0, check_weight=True):
     """(loss, dlogits): softmax_cross_entropy_forward's loss and softmax_cross_entropy_backward's
     gradient in one pass over the logits (read once, the gradient written once; the probs are
     never stored) — what a training step needs. The same values as the two ops."""
     be = _backend.current()
     x, y, w, smoothing = _cross_entropy_inputs(be, logits, "logits", labels, weight, label_smoothing,
-                                               "softmax_cross_entropy_with_grad")
+                                               check_weight, "softmax_cross_entropy_with_grad")
     return be.softmax_cross_entropy_with_grad(x, y, w, smoothing)
 
 

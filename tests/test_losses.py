@@ -1,0 +1,62 @@
+"""The loss layers' class-weight handling: checked once (construction or assignment), copied to the
+device once, then handed to the op with check_weight=False (no device-to-host read per call)."""
+import numpy as np
+import pytest
+
+from fastconv import losses, ops
+from helpers import on, to_numpy
+
+
+def _reference(logits, labels, weight):
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    w = weight[labels]
+    return -(w * logp[np.arange(len(labels)), labels]).sum() / w.sum()
+
+
+def test_weighted_cross_entropy_layer_matches_the_reference_on_every_call(backend):
+    rng = np.random.default_rng(0)
+    logits, labels = rng.standard_normal((6, 4)), rng.integers(0, 4, 6)
+    weight = np.array([0.5, 2.0, 1.0, 0.0])
+    loss_fn = losses.CrossEntropyLoss(weight=weight)
+    for _ in range(2):  # the second call takes the weights already on the device
+        x = on(backend, logits)
+        loss = loss_fn(x, labels)
+        np.testing.assert_allclose(float(loss), _reference(logits, labels, weight), rtol=1e-12)
+    assert len(loss_fn._weight_on_device) == 1
+    dlogits = to_numpy(loss_fn.backward())
+    _, expected = ops.softmax_cross_entropy_with_grad(x, on(backend, labels), on(backend, weight))
+    np.testing.assert_array_equal(dlogits, to_numpy(expected))
+
+
+@pytest.mark.parametrize("bad", [[1.0, -0.5], [1.0, np.nan]])
+def test_class_weights_are_checked_at_construction_and_assignment(bad):
+    with pytest.raises(ValueError, match=r"class weights must be >= 0 \(and not NaN\)"):
+        losses.CrossEntropyLoss(weight=bad)
+    loss_fn = losses.CrossEntropyLoss(weight=[1.0, 2.0])
+    with pytest.raises(ValueError, match=r"class weights must be >= 0 \(and not NaN\)"):
+        loss_fn.weight = bad
+
+
+def test_the_layer_keeps_a_read_only_copy_of_the_weights():
+    weight = np.array([1.0, 2.0])
+    loss_fn = losses.CrossEntropyLoss(weight=weight)
+    weight[0] = -1.0  # the caller's array: the layer's copy stays as checked
+    assert loss_fn.weight[0] == 1.0
+    with pytest.raises(ValueError):
+        loss_fn.weight[0] = -1.0
+    loss_fn(np.zeros((1, 2)), np.array([0]))
+    loss_fn.weight = [3.0, 4.0]  # a new assignment is checked and drops the device copies
+    assert loss_fn._weight_on_device == {}
+
+
+def test_check_weight_false_skips_only_the_value_check(backend):
+    logits, labels = on(backend, np.zeros((2, 3)), np.array([0, 2]))
+    negative = on(backend, np.array([1.0, -1.0, 1.0]))
+    with pytest.raises(ValueError, match="weight must be non-negative"):
+        ops.softmax_cross_entropy_with_grad(logits, labels, negative)
+    ops.softmax_cross_entropy_with_grad(logits, labels, negative, check_weight=False)  # the caller's promise
+    with pytest.raises(ValueError, match=r"weight must be \(3,\)"):
+        ops.softmax_cross_entropy_forward(logits, labels, on(backend, np.ones(2)), check_weight=False)
+    with pytest.raises(TypeError, match="check_weight must be True or False"):
+        ops.softmax_cross_entropy_backward(logits, labels, None, check_weight="no")
