@@ -135,17 +135,17 @@ def test_streamed_kernels_write_every_value_once_and_nothing_else(n, dtype):
     for skip in sorted({0, 1, lanes - 1, 3 % lanes}):
         x = rng.standard_normal(n).astype(dtype)
         dy = rng.standard_normal(n).astype(dtype)
-        for kernel, inputs, reference in [
-            (dense._relu_forward, (x,), np.maximum(x, 0)),
-            (dense._relu_backward, (dy, x), np.where(x > 0, dy, 0)),
-            (dense._sigmoid_backward, (dy, x), dy * x * (1 - x)),
+        for kernel, streamed, inputs, reference in [
+            (dense._relu_forward, dense._relu_forward_streamed, (x,), np.maximum(x, 0)),
+            (dense._relu_backward, dense._relu_backward_streamed, (dy, x), np.where(x > 0, dy, 0)),
+            (dense._sigmoid_backward, dense._sigmoid_backward_streamed, (dy, x), dy * x * (1 - x)),
         ]:
             raw_out = _offset_view(n + 2 * lanes, dtype, skip)  # guard values either side
             raw_out[:] = 7
             out = raw_out[lanes:lanes + n]
-            kernel(*inputs, out, True, _stream.align_skip(out))
+            streamed(*inputs, out, _stream.align_skip(out))
             plain = np.empty_like(out)
-            kernel(*inputs, plain, False, 0)
+            kernel(*inputs, plain)
             np.testing.assert_array_equal(out, plain)
             np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-7)
             assert (raw_out[:lanes] == 7).all() and (raw_out[lanes + n:] == 7).all()

@@ -12,7 +12,7 @@ from ..ops._activation import ACTIVATIONS
 from ._blas import gemm, single_threaded_blas
 from ._memory import empty, empty_like
 from ._parallel import run
-from ._stream import align_skip, map1, map2, should_stream
+from ._stream import align_skip, should_stream, stream_map1, stream_map2
 from ._vecmath import exp_nonpositive
 
 __all__ = ["matmul", "linear_forward", "linear_backward", "relu_forward", "relu_backward",
@@ -49,28 +49,46 @@ def _sigmoid_grad(dy, y):
     return dy * y * (_ONE - y)
 
 
-# Each takes its output's streaming flag and alignment (see _stream.py).
 @njit(parallel=True, cache=True)
-def _relu_forward(x, y, stream, skip):
-    map1(_relu, x, y, stream, skip)
+def _relu_forward(x, y):
+    for i in prange(x.size):
+        y[i] = _relu(x[i])
 
 
 @njit(parallel=True, cache=True)
-def _relu_backward(dy, x, dx, stream, skip):
-    map2(_relu_grad, dy, x, dx, stream, skip)
+def _relu_backward(dy, x, dx):
+    for i in prange(x.size):
+        dx[i] = _relu_grad(dy[i], x[i])
 
 
 @njit(parallel=True, cache=True)
 def _sigmoid_forward(x, y):
-    """Not streamed: bound by its exp, which ran 2-5x slower in the streamed path's block loops
-    than in this plain parallel loop (measured, not understood)."""
     for i in prange(x.size):
         y[i] = _sigmoid(x[i])
 
 
 @njit(parallel=True, cache=True)
-def _sigmoid_backward(dy, y, dx, stream, skip):
-    map2(_sigmoid_grad, dy, y, dx, stream, skip)
+def _sigmoid_backward(dy, y, dx):
+    for i in prange(y.size):
+        dx[i] = _sigmoid_grad(dy[i], y[i])
+
+
+# The same with the output streamed, for outputs past the last-level cache (see _stream.py; the
+# last argument is the output's align_skip). Sigmoid's forward has none: it is bound by its exp,
+# which ran 2-5x slower in the streamed path's block loops than in the plain loop above.
+@njit(parallel=True, cache=True)
+def _relu_forward_streamed(x, y, skip):
+    stream_map1(_relu, x, y, skip)
+
+
+@njit(parallel=True, cache=True)
+def _relu_backward_streamed(dy, x, dx, skip):
+    stream_map2(_relu_grad, dy, x, dx, skip)
+
+
+@njit(parallel=True, cache=True)
+def _sigmoid_backward_streamed(dy, y, dx, skip):
+    stream_map2(_sigmoid_grad, dy, y, dx, skip)
 
 
 def _op(a, trans):
@@ -211,27 +229,27 @@ def linear_backward(dy, x, w, bias, input_grad):
     return dx if input_grad else None, dw, db if bias else None
 
 
-def _flat_map(kernel, *inputs, streamed=True):
+def _flat_map(kernel, streamed_kernel, *inputs):
     out = empty_like(inputs[0])
-    flat = (t.reshape(-1) for t in inputs)
-    if streamed:
-        run(kernel, out.size, *flat, out.reshape(-1), should_stream(out), align_skip(out))
+    flat = [t.reshape(-1) for t in inputs] + [out.reshape(-1)]
+    if streamed_kernel is not None and should_stream(out):
+        run(streamed_kernel, out.size, *flat, align_skip(out))
     else:
-        run(kernel, out.size, *flat, out.reshape(-1))
+        run(kernel, out.size, *flat)
     return out
 
 
 def relu_forward(x):
-    return _flat_map(_relu_forward, x)
+    return _flat_map(_relu_forward, _relu_forward_streamed, x)
 
 
 def relu_backward(dy, x):
-    return _flat_map(_relu_backward, dy, x)
+    return _flat_map(_relu_backward, _relu_backward_streamed, dy, x)
 
 
 def sigmoid_forward(x):
-    return _flat_map(_sigmoid_forward, x, streamed=False)
+    return _flat_map(_sigmoid_forward, None, x)
 
 
 def sigmoid_backward(dy, y):
-    return _flat_map(_sigmoid_backward, dy, y)
+    return _flat_map(_sigmoid_backward, _sigmoid_backward_streamed, dy, y)
