@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import importlib
 import os
+import sys
 import threading
 
 NAMES = ("cpu", "emu", "cuda")
@@ -117,3 +118,6 @@ def empty_cache() -> None:
     outputs, CuPy's memory pool on cuda. Arrays in use keep theirs."""
     for be in list(_loaded.values()):
         be.empty_cache()
+    memory = sys.modules.get("fastconv._cpu._memory")  # imported without the backend being chosen
+    if memory is not None:
+        memory.empty_cache()

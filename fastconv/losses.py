@@ -99,10 +99,19 @@ class CrossEntropyLoss(Loss):
                                  f"{host.shape} dtype {host.dtype}")
             if not (host >= 0).all():
                 raise ValueError("CrossEntropyLoss: class weights must be >= 0 (and not NaN)")
-            weight = np.array(host)  # a copy the caller cannot change behind the check
-            weight.flags.writeable = False
+            base = np.array(host)  # a copy the caller cannot change behind the check: a view of a
+            base.flags.writeable = False  # read-only base cannot be made writeable again
+            weight = base[...]
         self._weight = weight
         self._weight_on_device = {}  # (array library, device, dtype) -> the weights there, copied once
+
+    def __getstate__(self):  # pickle / deepcopy: the checked weights, not the device copies
+        return {"label_smoothing": self.label_smoothing, "weight": self._weight}
+
+    def __setstate__(self, state):
+        self.__dict__.update(_ctx=None, _handed_out=False)
+        self.label_smoothing = state["label_smoothing"]
+        self.weight = state["weight"]  # checked again, read-only again
 
     def __call__(self, logits, labels):
         name = "CrossEntropyLoss"

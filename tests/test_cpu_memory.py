@@ -193,3 +193,70 @@ def test_streamed_cross_entropy_rows_match_the_plain_path(classes, dtype):
             results.append((probs.copy(), row_loss))
         np.testing.assert_array_equal(results[0][0], results[1][0])
         np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_the_ops_dispatch_to_the_streamed_kernels_past_the_threshold(monkeypatch):
+    rng = np.random.default_rng(5)
+    x, dy = rng.standard_normal(1000).astype(np.float32), rng.standard_normal(1000).astype(np.float32)
+    z, labels = rng.standard_normal((50, 33)).astype(np.float32), rng.integers(0, 33, 50)
+    calls = [lambda: ops.relu_forward(x), lambda: ops.relu_backward(dy, x), lambda: ops.sigmoid_backward(dy, x),
+             lambda: ops.softmax_cross_entropy_with_grad(z, labels)[1], lambda: ops.softmax_cross_entropy_forward(z, labels)[1]]
+    plain = [call() for call in calls]
+    monkeypatch.setattr(_stream, "_STREAM_FROM", 0)
+    used = []
+    real = _stream.align_skip
+    monkeypatch.setattr(dense, "align_skip", lambda out: used.append(1) or real(out))
+    for call, expected in zip(calls, plain):
+        np.testing.assert_array_equal(call(), expected)
+    assert len(used) == 3  # the three elementwise ops took the streamed kernels
+
+
+def test_an_empty_cache_setting_means_the_default(monkeypatch):
+    monkeypatch.setenv("FASTCONV_CPU_CACHE_MB", " ")
+    assert _memory._limit_from_environment() == 2048 << 20
+
+
+def test_a_failed_allocation_empties_the_cache_and_tries_again(cache, monkeypatch):
+    import types
+
+    held = _memory.empty((BIG,), np.float32)
+    del held
+    assert cache.cached_bytes() > 0
+    failures = []
+
+    def empty(shape, dtype=float):
+        if not failures:
+            failures.append(shape)
+            raise MemoryError
+        return np.empty(shape, dtype)
+
+    shim = types.SimpleNamespace(**{name: getattr(np, name) for name in ("uint8", "asarray", "dtype", "ndim")},
+                                 empty=empty)
+    monkeypatch.setattr(_memory, "np", shim)
+    y = _memory.empty((2 * BIG,), np.float32)
+    assert failures and y.shape == (2 * BIG,) and cache.cached_bytes() == 0
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_fork_while_the_cache_is_locked_does_not_deadlock_the_child(cache):
+    import os
+
+    with _memory._lock:  # another thread inside _take at the moment of the fork
+        pid = os.fork()
+        if pid == 0:
+            try:
+                y = _memory.empty((BIG,), np.float32)
+                code = 0 if y.shape == (BIG,) and _memory.cached_bytes() == 0 else 1
+            except BaseException:
+                code = 2
+            os._exit(code)
+    deadline = __import__("time").monotonic() + 30
+    while __import__("time").monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        __import__("time").sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the child deadlocked on the cache's lock")

@@ -253,3 +253,16 @@ class TestBadInput:
     def test_flags_must_be_bool(self, backend):
         with pytest.raises(TypeError, match="trans_a must be True or False"):
             ops.matmul(*on(backend, np.ones((2, 2), np.float32), np.ones((2, 2), np.float32)), trans_a="yes")
+
+
+def test_linear_with_an_empty_sum_gives_zeros(backend):
+    # out_features = 0 makes dx's sum empty, an empty batch makes dw's: both are zeros, not garbage
+    f32 = np.float32
+    dx, dw, db = ops.linear_backward(*on(backend, np.ones((3, 0), f32), np.ones((3, 4), f32), np.ones((0, 4), f32)))
+    np.testing.assert_array_equal(to_numpy(dx), np.zeros((3, 4)))
+    assert to_numpy(dw).shape == (0, 4) and to_numpy(db).shape == (0,)
+    dx, dw, db = ops.linear_backward(*on(backend, np.ones((0, 2), f32), np.ones((0, 4), f32), np.ones((2, 4), f32)))
+    np.testing.assert_array_equal(to_numpy(dw), np.zeros((2, 4)))
+    np.testing.assert_array_equal(to_numpy(db), np.zeros(2))
+    np.testing.assert_array_equal(to_numpy(ops.matmul(*on(backend, np.ones((3, 0), f32), np.ones((0, 2), f32)))),
+                                  np.zeros((3, 2)))

@@ -60,3 +60,19 @@ def test_check_weight_false_skips_only_the_value_check(backend):
         ops.softmax_cross_entropy_forward(logits, labels, on(backend, np.ones(2)), check_weight=False)
     with pytest.raises(TypeError, match="check_weight must be True or False"):
         ops.softmax_cross_entropy_backward(logits, labels, None, check_weight="no")
+
+
+def test_copies_of_the_layer_keep_checked_read_only_weights():
+    import copy
+    import pickle
+
+    loss_fn = losses.CrossEntropyLoss(weight=[1.0, 2.0], label_smoothing=0.1)
+    loss_fn(np.zeros((1, 2)), np.array([0]))
+    with pytest.raises(ValueError):
+        loss_fn.weight.flags.writeable = True  # a view of a read-only base stays read-only
+    for twin in (copy.deepcopy(loss_fn), pickle.loads(pickle.dumps(loss_fn))):
+        assert not twin.weight.flags.writeable and twin._weight_on_device == {}
+        assert twin.label_smoothing == 0.1 and list(twin.weight) == [1.0, 2.0]
+        with pytest.raises(ValueError):
+            twin.weight.flags.writeable = True
+        assert np.isfinite(float(twin(np.zeros((1, 2)), np.array([1]))))

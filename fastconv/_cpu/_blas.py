@@ -45,6 +45,12 @@ def gemm(a, b, c, beta, trans_a, trans_b):
     k = a.shape[0] if trans_a else a.shape[1]
     if m == 0 or n == 0:
         return
+    if k == 0:  # an empty sum: BLAS refuses a leading dimension of 0 and leaves c as it was
+        if beta == 0.0:
+            c[:] = 0
+        else:
+            c *= beta
+        return
     alpha = np.ones(1, c.dtype)
     beta_ = np.full(1, beta, c.dtype)
     kind = 115 if c.itemsize == 4 else 100  # 's' or 'd'

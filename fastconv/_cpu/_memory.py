@@ -26,7 +26,7 @@ _GRANULE = 2 << 20
 
 
 def _limit_from_environment():
-    raw = os.environ.get("FASTCONV_CPU_CACHE_MB", "2048")
+    raw = os.environ.get("FASTCONV_CPU_CACHE_MB", "").strip() or "2048"
     try:
         mib = int(raw)
     except ValueError:
@@ -41,14 +41,23 @@ _cached = []                # free buffers, oldest first
 _lock = threading.Lock()
 
 
+def _after_fork_in_child():
+    # A thread of the parent may have held the lock at the fork: the child starts afresh.
+    global _lock, _cached
+    _lock, _cached = threading.Lock(), []
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _Lease:
     """The base of an array that views a cached buffer: gives the buffer back when it dies."""
     __slots__ = ("buffer", "__array_interface__")
 
     def __init__(self, buffer, shape, dtype):
         self.buffer = buffer
-        self.__array_interface__ = {"shape": shape, "typestr": dtype.str, "data": (buffer.ctypes.data, False),
-                                    "version": 3}
+        self.__array_interface__ = {"shape": shape, "typestr": dtype.str, "descr": dtype.descr,
+                                    "data": (buffer.ctypes.data, False), "version": 3}
 
     def __del__(self):
         try:
@@ -67,7 +76,11 @@ def empty(shape, dtype):
     size = -(-nbytes // _GRANULE) * _GRANULE
     buffer = _take(size)
     if buffer is None:
-        buffer = np.empty(size, np.uint8)
+        try:
+            buffer = np.empty(size, np.uint8)
+        except MemoryError:  # the cached buffers of other sizes may be what is missing
+            empty_cache()
+            buffer = np.empty(size, np.uint8)
     return np.asarray(_Lease(buffer, shape, dtype))
 
 
@@ -102,7 +115,9 @@ def _give_back(buffer):
 def empty_cache():
     """Hands every cached buffer back to the system (arrays in use keep theirs)."""
     with _lock:
+        freed = _cached[:]
         _cached.clear()
+    del freed  # unmapped outside the lock
 
 
 def cached_bytes():

@@ -169,10 +169,7 @@ def _linear_backward_serial(dy, x, w, has_bias, input_grad, dx, dw, db):
     """_linear_backward's GEMMs on the calling thread, for layers below _OWN_THREADS_BELOW."""
     if input_grad:
         gemm(dy, w, dx, 0.0, False, False)
-    if dy.shape[0] == 0:
-        dw[:] = 0
-    else:
-        gemm(dy, x, dw, 0.0, True, False)
+    gemm(dy, x, dw, 0.0, True, False)
     if has_bias:
         for i in range(dy.shape[0]):
             for j in range(dy.shape[1]):
