@@ -260,3 +260,21 @@ def test_a_fork_while_the_cache_is_locked_does_not_deadlock_the_child(cache):
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     pytest.fail("the child deadlocked on the cache's lock")
+
+
+def test_repeated_large_calls_reuse_one_buffer_instead_of_growing(cache):
+    def resident():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    x = np.ones(BIG, np.float32)
+    y = ops.relu_forward(x)
+    del y
+    before = resident()
+    addresses = set()
+    for _ in range(20):
+        y = ops.relu_forward(x)
+        addresses.add(y.ctypes.data)
+        del y
+    assert len(addresses) == 1
+    assert resident() - before < _memory.MIN_BYTES  # 20 fresh outputs would have been 640 MiB of traffic
