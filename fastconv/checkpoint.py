@@ -32,6 +32,7 @@ import numpy as np
 from . import __version__
 from . import backend as _backend
 from . import nn
+from ._host import to_numpy
 
 __all__ = ["CheckpointError", "save", "load", "load_into", "read_info"]
 
@@ -43,10 +44,6 @@ OPTIM_PREFIX = "optim."
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, corrupt, truncated, or of another architecture."""
-
-
-def _host(a):
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
 def _directory(path) -> str:
@@ -96,7 +93,7 @@ def _split_optimizer(optimizer):
         state[str(i)] = {}
         for key, value in entry.items():
             if hasattr(value, "shape") and getattr(value, "ndim", 0) > 0:
-                arrays[f"{OPTIM_PREFIX}{i}.{key}"] = np.ascontiguousarray(_host(value))
+                arrays[f"{OPTIM_PREFIX}{i}.{key}"] = np.ascontiguousarray(to_numpy(value))
             else:
                 state[str(i)][key] = _jsonable(value)
     return {"type": sd["type"], "hyperparameters": _jsonable(sd["hyperparameters"]), "state": state}, arrays
@@ -119,7 +116,7 @@ def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, ext
 
     directory = _directory(path)
     os.makedirs(directory, exist_ok=True)
-    tensors = {name: np.ascontiguousarray(_host(a)) for name, a in model.state_dict().items()}
+    tensors = {name: np.ascontiguousarray(to_numpy(a)) for name, a in model.state_dict().items()}
     optim_state = None
     if optimizer is not None:
         optim_state, optim_arrays = _split_optimizer(optimizer)

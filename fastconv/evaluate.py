@@ -17,16 +17,10 @@ import numbers
 import numpy as np
 
 from . import metrics
+from ._host import to_numpy
 
 __all__ = ["to_numpy", "sigmoid", "softmax", "binary_report", "multiclass_report", "regression_report",
            "format_report", "history_dict", "jsonable"]
-
-
-def to_numpy(a):
-    """A host NumPy array (copies CuPy arrays, or anything with .get(), off the device)."""
-    if not isinstance(a, np.ndarray) and hasattr(a, "get") and callable(a.get):
-        a = a.get()
-    return np.asarray(a)
 
 
 def sigmoid(logits):

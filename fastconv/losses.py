@@ -15,6 +15,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import ops
+from ._host import to_numpy
 
 __all__ = ["Loss", "CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss"]
 
@@ -93,7 +94,7 @@ class CrossEntropyLoss(Loss):
     def weight(self, weight):
         # Checked here, once: each call then passes check_weight=False (no device-to-host read).
         if weight is not None:
-            host = weight.get() if hasattr(weight, "get") and not isinstance(weight, np.ndarray) else np.asarray(weight)
+            host = to_numpy(weight)
             if host.ndim != 1 or host.dtype.kind not in "fiu":
                 raise ValueError(f"CrossEntropyLoss: weight must be a 1-D array of class weights, got shape "
                                  f"{host.shape} dtype {host.dtype}")
@@ -165,8 +166,7 @@ class BCEWithLogitsLoss(Loss):
 
     def __init__(self, pos_weight=None):
         if pos_weight is not None:
-            host = np.atleast_1d(pos_weight.get() if hasattr(pos_weight, "get") and not isinstance(pos_weight, np.ndarray)
-                                 else np.asarray(pos_weight))
+            host = np.atleast_1d(to_numpy(pos_weight))
             if host.ndim != 1 or host.dtype.kind not in "fiu" or (host < 0).any():
                 raise ValueError(f"BCEWithLogitsLoss: pos_weight must be a non-negative scalar or 1-D array, got {pos_weight!r}")
             pos_weight = host

@@ -34,6 +34,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from ._host import to_numpy
+
 __all__ = [
     "AUCResult",
     "OperatingPoint",
@@ -80,14 +82,9 @@ class OperatingPoint:
 
 
 def _to_numpy(x, name):
-    """np.asarray, first copying CuPy (or any object with .get()) to the host."""
-    if not isinstance(x, np.ndarray) and hasattr(x, "get") and callable(x.get):
-        try:
-            x = x.get()
-        except TypeError:  # e.g. a dict's .get needs an argument: not an array
-            pass
+    """A host array (CuPy copied off the device), or TypeError naming the argument."""
     try:
-        return np.asarray(x)
+        return to_numpy(x)
     except Exception as exc:  # ragged lists and the like
         raise TypeError(f"{name} could not be converted to an array: {exc}") from exc
 

@@ -36,15 +36,13 @@ from . import backend as _backend
 from . import checkpoint as _checkpoint
 from . import losses as _losses
 from . import metrics as _metrics
+from ._host import to_numpy
 
 __all__ = ["History", "fit", "predict", "search", "SearchResult"]
 
 
 # ----------------------------------------------------------------------------------------------
 # helpers
-
-def _host(a):
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
 def _pair(data, name):
@@ -75,7 +73,7 @@ def predict(model, x, batch_size=256):
     was_training = model.training
     model.eval()
     try:
-        outs = [_host(model(xp.asarray(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
+        outs = [to_numpy(model(xp.asarray(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
     return np.concatenate(outs, axis=0)
@@ -146,12 +144,12 @@ def evaluate(model, loss_fn, data, batch_size, metric_fn=None):
             out = model(xp.asarray(x[i:i + batch_size]))
             total += float(loss_fn(out, y[i:i + batch_size])) * len(out)
             if metric_fn is not None:
-                outs.append(_host(out))
+                outs.append(to_numpy(out))
     finally:
         model.train(was_training)
     value = None
     if metric_fn is not None:
-        value = float(metric_fn(_host(y), _scores(np.concatenate(outs), loss_fn)))
+        value = float(metric_fn(to_numpy(y), _scores(np.concatenate(outs), loss_fn)))
     return total / len(x), value
 
 

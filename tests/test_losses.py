@@ -76,3 +76,21 @@ def test_copies_of_the_layer_keep_checked_read_only_weights():
         with pytest.raises(ValueError):
             twin.weight.flags.writeable = True
         assert np.isfinite(float(twin(np.zeros((1, 2)), np.array([1]))))
+
+
+class _SeriesLike:
+    """Host data with a dict-style .get (as a pandas Series has): not a device array."""
+
+    def __init__(self, values):
+        self.values = np.asarray(values)
+
+    def get(self, key, default=None):
+        return default
+
+    def __array__(self, dtype=None, copy=None):
+        return self.values if dtype is None else self.values.astype(dtype)
+
+
+def test_weights_with_a_dict_style_get_are_read_as_host_data():
+    assert list(losses.CrossEntropyLoss(weight=_SeriesLike([1.0, 2.0])).weight) == [1.0, 2.0]
+    assert list(losses.BCEWithLogitsLoss(pos_weight=_SeriesLike([3.0])).pos_weight) == [3.0]

@@ -241,7 +241,9 @@ def test_bad_inputs_raise(call, error, match):
 
 
 def test_objects_with_get_are_copied_to_host():
-    class FakeCupy:
+    class FakeCupy:  # what fastconv._host looks for: the CUDA array interface and .get()
+        __cuda_array_interface__ = {}
+
         def __init__(self, a):
             self.a = np.asarray(a)
 
