@@ -156,33 +156,6 @@ def _linear_backward(dy, x, w, has_bias, input_grad, blocks, dx, dw, db):
                     db[j] += dy[i, j]
 
 
-@njit(nogil=True, cache=True)
-def _linear_forward_serial(x, w, b, has_bias, act, y):
-    """_linear_forward as one GEMM on the calling thread, for layers below _OWN_THREADS_BELOW."""
-    gemm(x, w, y, 0.0, False, True)
-    if has_bias or act:
-        _epilogue(y, 0, y.shape[0], 0, y.shape[1], b, has_bias, act)
-
-
-@njit(nogil=True, cache=True)
-def _linear_backward_serial(dy, x, w, has_bias, input_grad, dx, dw, db):
-    """_linear_backward's GEMMs on the calling thread, for layers below _OWN_THREADS_BELOW."""
-    if input_grad:
-        gemm(dy, w, dx, 0.0, False, False)
-    gemm(dy, x, dw, 0.0, True, False)
-    if has_bias:
-        for i in range(dy.shape[0]):
-            for j in range(dy.shape[1]):
-                db[j] += dy[i, j]
-
-
-# OpenBLAS runs a GEMM of at most 65536 * 4 multiply-adds on one thread whatever its thread count
-# (SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD in its interface/gemm.c), so a layer that small
-# needs neither the Numba threads nor single_threaded_blas (~5 us of the ~12 us a 128x128->10
-# layer took through them; NumPy's whole x @ w.T + b and ReLU: ~6 us).
-_OWN_THREADS_BELOW = 65536 * 4
-
-
 def _blocks(n):
     """How many blocks a linear layer's GEMMs are split into along a dimension of size n: a function
     of the size only, never of the thread count. BLAS may round an element differently depending on
@@ -203,9 +176,6 @@ def linear_forward(x, w, b, activation):
     y = empty((x.shape[0], w.shape[0]), x.dtype)
     has_bias = b is not None
     bias = b if has_bias else np.empty(0, x.dtype)
-    if y.size * x.shape[1] <= _OWN_THREADS_BELOW:
-        _linear_forward_serial(x, w, bias, has_bias, ACTIVATIONS[activation], y)
-        return y
     with single_threaded_blas():
         run(_linear_forward, _gemm_work(*y.shape, x.shape[1]), x, w, bias, has_bias, ACTIVATIONS[activation],
             _blocks(max(y.shape)), y)
@@ -217,9 +187,6 @@ def linear_backward(dy, x, w, bias, input_grad):
     dx = empty(x.shape if input_grad else (0, 0), x.dtype)
     dw = empty(w.shape, x.dtype)
     db = np.zeros(w.shape[0], x.dtype)
-    if dy.size * x.shape[1] <= _OWN_THREADS_BELOW:
-        _linear_backward_serial(dy, x, w, bias, input_grad, dx, dw, db)
-        return dx if input_grad else None, dw, db if bias else None
     with single_threaded_blas():
         run(_linear_backward, _gemm_work(*dy.shape, x.shape[1]), dy, x, w, bias, input_grad,
             _blocks(x.shape[1]), dx, dw, db)

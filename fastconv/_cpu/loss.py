@@ -37,23 +37,31 @@ def _row_sum(row):
     return s
 
 
-_SUM_CHUNK = 512  # values per float32 partial sum in _exp_shift_sum
+_SUM_CHUNK = 512  # values per float32 partial sum in _chunked_sum
 
 
-@njit(fastmath={"reassoc", "contract"}, cache=True)
-def _exp_shift_sum(row, m, p):
-    """p = exp(row - m) and its sum (float64), in one pass. Each chunk of _SUM_CHUNK values is
-    summed in the row's dtype (float32 vectors hold twice the lanes: fused 262144x1000 forward +
-    backward 10.4 -> 13.3 GB/s into existing memory), the chunks' sums in float64: one float32
-    sum over a whole row of 10^6 classes lost ~40x the accuracy of NumPy's."""
+@njit(cache=True)
+def _exp_shift(row, m, p):
+    """p = exp(row - m), elementwise (no fast-math flags: the scalar and vector forms of this loop,
+    which LLVM picks at run time by checking whether p overlaps row, give the same bits)."""
+    for c in range(row.size):
+        p[c] = exp_nonpositive(row[c] - m)
+
+
+@njit(fastmath={"reassoc"}, cache=True)
+def _chunked_sum(p):
+    """sum(p) in float64: each chunk of _SUM_CHUNK values summed in the row's dtype (float32
+    vectors hold twice the lanes), the chunks' sums in float64 (one float32 sum over a row of 10^6
+    classes lost ~40x the accuracy of NumPy's). A loop that only reads: a reduction in a loop that
+    also writes got LLVM's runtime overlap check, whose scalar fallback sums in another order, and
+    whether it was taken depended on where the allocator put the buffers (training runs differed
+    by an ulp between processes)."""
     total = 0.0
-    for start in range(0, row.size, _SUM_CHUNK):
-        chunk, out = row[start:start + _SUM_CHUNK], p[start:start + _SUM_CHUNK]
+    for start in range(0, p.size, _SUM_CHUNK):
+        chunk = p[start:start + _SUM_CHUNK]
         s = np.float32(0.0)
         for c in range(chunk.size):
-            e = exp_nonpositive(chunk[c] - m)
-            out[c] = e
-            s += e
+            s += chunk[c]
         total += s
     return total
 
@@ -112,7 +120,8 @@ def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_los
             row = z[i]
             out = staged if stream else probs[i]
             m = _row_max(row)
-            s = _exp_shift_sum(row, m, exps)
+            _exp_shift(row, m, exps)
+            s = _chunked_sum(exps)
             y = labels[i]
             if grad:  # exps / s are the probs
                 _grad_row(exps, out, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum,
