@@ -5,8 +5,9 @@
 # Logs and results go to $OUT (the device tool brings that folder back; default /tmp/gpu-session).
 #
 #   bash benchmarks/gpu_session.sh [results-name]       (run from the repository root)
-#   ONLY=dense,conv (benchmark families; default all), SKIP_MEMCHECK=1, VARIANTS="current no-split-k",
-#   SPLIT_SWEEP=1 (benchmarks/gpu_gemm_splits.py)
+#   ONLY=dense,conv (benchmark families; default all), SKIP_MEMCHECK=1, MEMCHECK_TESTS="tests/test_dense.py",
+#   VARIANTS="current no-split-k" (none: skip the step breakdown), GEMM_SWEEP=1 (benchmarks/gpu_gemm_sweep.py),
+#   PROFILE=1 (benchmarks/gpu_profile.py timed, then its kernels under Nsight Compute)
 #
 # Same-card A/B: BASES="DIR=FAMILIES ..." names source trees of predecessors or variants (e.g.
 # `git archive REV | tar -x -C DIR` inside an ignored folder that the device tool carries); each is
@@ -52,7 +53,7 @@ timeout 240 $PY benchmarks/run.py --device cuda --only "${ONLY:-dense,activation
   --out "$OUT" --name "$NAME" 2>&1 | tee "$OUT/bench.log"
 
 stage "the training step, op by op"
-for variant in ${VARIANTS:-current}; do  # VARIANTS="current no-split-k slices64": the A/B of 2026-11-26
+for variant in ${VARIANTS-current}; do  # VARIANTS="current no-split-k slices64": the A/B of 2026-11-26
   extra=$([ "$variant" = current ] && echo --profile)
   timeout 90 $PY benchmarks/gpu_step_breakdown.py --variant "$variant" $extra 2>&1 | tee -a "$OUT/breakdown.log"
 done
@@ -60,13 +61,22 @@ done
 [ -n "${SKIP_MEMCHECK:-}" ] || {
 stage "memcheck over the kernel tests (small shapes)"
 timeout 100 compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -m cuda -p no:cacheprovider -x \
-  tests/test_dense.py tests/test_conv.py tests/test_pool.py tests/test_loss.py tests/test_optim.py tests/test_check.py \
+  ${MEMCHECK_TESTS:-tests/test_dense.py tests/test_conv.py tests/test_pool.py tests/test_loss.py tests/test_optim.py tests/test_check.py} \
   -k "not bad and not Bad" >"$OUT/memcheck.log" 2>&1
 echo "memcheck exit $? (9: an error was reported; 124: ran out of time)"; grep -m5 -E "Invalid|ERROR SUMMARY|passed|failed" "$OUT/memcheck.log"
 }
-if [ -n "${SPLIT_SWEEP:-}" ]; then
-  stage "GEMM split-K sweep"
-  timeout 90 $PY benchmarks/gpu_gemm_splits.py 2>&1 | tee "$OUT/gemm-splits.log"
+if [ -n "${GEMM_SWEEP:-}" ]; then
+  stage "GEMM plan sweep (tiles x K slices)"
+  timeout 150 $PY benchmarks/gpu_gemm_sweep.py --json "$OUT/gemm-sweep.json" 2>&1 | tee "$OUT/gemm-sweep.log"
+fi
+
+if [ -n "${PROFILE:-}" ]; then
+  stage "cross-entropy by row length, then kernels under Nsight Compute"
+  timeout 60 $PY benchmarks/gpu_profile.py 2>&1 | tee "$OUT/profile.log"
+  timeout 150 ncu --clock-control none --kernel-name regex:"softmax_cross_entropy_rows|gemm_kernel|copy" \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section MemoryWorkloadAnalysis $PY benchmarks/gpu_profile.py --ncu >"$OUT/ncu.log" 2>&1
+  echo "ncu exit $?"; grep -E "^  [a-z_]+.*\(|Duration|Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.log" | head -60
 fi
 
 # The predecessors last (this tree's results come first if time runs out); the editable install

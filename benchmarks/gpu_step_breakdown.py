@@ -37,7 +37,7 @@ def _override(be, name, fn):
 
 def _apply(variant: str, be):
     if variant == "no-split-k":
-        _override(be, "gemm_splits", lambda m, n, k: 1)
+        _override(be, "gemm_splits", lambda m, n, k, tile: 1)
     elif variant == "global-pool-bwd":  # the max-pool backward before the per-plane kernel
         _override(be, "max_pool2d_plane_fits", lambda *args: False)
     elif variant == "slices64":

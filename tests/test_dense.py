@@ -73,7 +73,7 @@ SPLIT_K_SHAPES = [(5, 7, 1000), (1, 1, 260), (129, 3, 517), (128, 128, 3136), (3
 
 @pytest.mark.parametrize("m,n,k", SPLIT_K_SHAPES)
 def test_matmul_split_k(native_backend, m, n, k):
-    splits = native_backend.ext.gemm_splits(m, n, k)
+    splits = _splits(native_backend.ext, m, n, k)
     assert splits > 1, "the shape no longer exercises split-K; pick another"
     rng = np.random.default_rng(k)
     for trans_a, trans_b in [(False, False), (True, True), (False, True), (True, False)]:
@@ -91,7 +91,7 @@ def test_matmul_split_k(native_backend, m, n, k):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_linear_forward_split_k_applies_bias_and_activation_after_the_sum(native_backend, activation, dtype):
     n, fin, fout = 6, 1100, 9
-    assert native_backend.ext.gemm_splits(n, fout, fin) > 1
+    assert _splits(native_backend.ext, n, fout, fin) > 1
     rng = np.random.default_rng(1)
     x, w, b = rng.standard_normal((n, fin)), rng.standard_normal((fout, fin)) / np.sqrt(fin), rng.standard_normal(fout)
     out = ops.linear_forward(*on(native_backend, x.astype(dtype), w.astype(dtype), b.astype(dtype)),
@@ -99,15 +99,62 @@ def test_linear_forward_split_k_applies_bias_and_activation_after_the_sum(native
     assert_matches(out, lambda x, w, b: ACT[activation](x @ w.T + b), [x, w, b], dtype)
 
 
-def test_split_k_is_chosen_by_shape_only(native_backend):
+def _splits(ext, m, n, k):
+    return ext.gemm_splits(m, n, k, ext.gemm_tile(m, n, k))
+
+
+def test_gemm_plan_is_chosen_by_shape_only(native_backend):
     ext = native_backend.ext
-    assert ext.gemm_splits(4096, 4096, 4096) == 1  # 1024 large tiles fill 97% of their waves
-    assert ext.gemm_splits(1536, 1536, 1536) == 3  # 144 large tiles fill 55% of a wave; 432 blocks 82%
-    assert ext.gemm_splits(768, 768, 768) == 3     # 144 small tiles: 27% -> 82%
-    assert ext.gemm_splits(128, 128, 100) == 1      # too short a K to split
-    assert ext.gemm_splits(128, 128, 3136) == 24    # 3136 / 128 slices of at least 128 k
-    assert ext.gemm_splits(1, 1, 10**6) == 64       # at most 64 slices
-    assert ext.gemm_splits(0, 5, 10**6) == 1 and ext.gemm_splits(5, 0, 10**6) == 1  # empty C
+    SMALL, LARGE, WIDE = 0, 1, 2
+    assert ext.gemm_tile(4096, 4096, 4096) == LARGE and ext.gemm_tile(1024, 1024, 1024) == SMALL
+    assert _splits(ext, 4096, 4096, 4096) == 1  # 1024 large tiles fill 97% of their waves
+    assert _splits(ext, 1536, 1536, 1536) == 3  # 144 large tiles fill 55% of a wave; 432 blocks 82%
+    assert _splits(ext, 768, 768, 768) == 3     # 144 small tiles: 27% -> 82%
+    assert _splits(ext, 128, 128, 100) == 1      # too short a K to split
+    assert _splits(ext, 128, 128, 3136) == 24    # 3136 / 128 slices of at least 128 k
+    assert _splits(ext, 1, 1, 10**6) == 64       # at most 64 slices
+    assert _splits(ext, 0, 5, 10**6) == 1 and _splits(ext, 5, 0, 10**6) == 1  # empty C
+    assert ext.gemm_splits(1024, 1024, 1024, WIDE) == 4  # 32 wide tiles, one per SM: 4 slices fill 97%
+    with pytest.raises(Exception, match="tile must be"):
+        ext.gemm_splits(8, 8, 8, 4)
+
+
+class _Planned:
+    """A backend's extension with the GEMM plan forced to (tile, splits)."""
+
+    def __init__(self, ext, tile, splits):
+        self._ext, self._tile, self._splits = ext, tile, splits
+
+    def gemm_tile(self, m, n, k):
+        return self._tile
+
+    def gemm_splits(self, m, n, k, tile):
+        return self._splits
+
+    def __getattr__(self, name):
+        return getattr(self._ext, name)
+
+
+# Every tile config on shapes around its edges (wide: 128 x 256 with k-steps of 8 or 16, B's loads
+# in twice A's groups), with and without split-K, any layout; each config must be exact on any shape, not
+# only on those the plan gives it.
+@pytest.mark.parametrize("tile", [0, 1, 2, 3])
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("m,n,k", [(128, 256, 8), (129, 257, 17), (127, 255, 9), (260, 130, 44), (3, 5, 2)])
+def test_matmul_every_tile_config(native_backend, monkeypatch, tile, splits, m, n, k):
+    monkeypatch.setattr(native_backend, "ext", _Planned(native_backend.ext, tile, splits))
+    rng = np.random.default_rng(m * n + k + tile)
+    for trans_a, trans_b in [(False, False), (True, True), (False, True), (True, False)]:
+        for dtype in DTYPES:
+            a = rng.standard_normal((k, m) if trans_a else (m, k))
+            b = rng.standard_normal((n, k) if trans_b else (k, n))
+            out = ops.matmul(*on(native_backend, a.astype(dtype), b.astype(dtype)), trans_a=trans_a, trans_b=trans_b)
+            ref = lambda a, b: (a.T if trans_a else a) @ (b.T if trans_b else b)
+            assert_matches(out, ref, [a, b], dtype)
+    # bias and activation in the epilogue (or after the split-K sum)
+    x, w, bias = rng.standard_normal((m, k)), rng.standard_normal((n, k)), rng.standard_normal(n)
+    out = ops.linear_forward(*on(native_backend, *(t.astype(np.float32) for t in (x, w, bias))), activation="relu")
+    assert_matches(out, lambda x, w, b: np.maximum(x @ w.T + b, 0), [x, w, bias], np.float32)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -8,9 +8,9 @@ template <typename T>
 static void bind_dense_typed(py::module_& m) {
   m.def(typed<T>("gemm").c_str(),
         [](uintptr_t a, uintptr_t b, uintptr_t bias, uintptr_t c, int64_t M, int64_t N, int64_t K, bool trans_a,
-           bool trans_b, int act, uintptr_t workspace, int64_t splits, uintptr_t stream) {
+           bool trans_b, int act, uintptr_t workspace, int tile, int64_t splits, uintptr_t stream) {
           gemm<T>(ptr<const T>(a), ptr<const T>(b), ptr<const T>(bias), ptr<T>(c), M, N, K, trans_a, trans_b, act,
-                  ptr<T>(workspace), splits, ptr<void>(stream));
+                  ptr<T>(workspace), tile, splits, ptr<void>(stream));
         },
         nogil());
   m.def(typed<T>("column_sum").c_str(),
@@ -37,7 +37,9 @@ static void bind_dense_typed(py::module_& m) {
 }
 
 void bind_dense(py::module_& m) {
-  m.def("gemm_splits", &gemm_splits, "K slices gemm uses for an M x N x K product (1: no split)");
+  m.def("gemm_tile", &gemm_tile, "the block tile gemm uses for an M x N x K product (0 small, 1 large, 2 wide)");
+  m.def("gemm_splits", &gemm_splits, "K slices gemm uses for an M x N x K product with that tile (1: no split)",
+        py::arg("M"), py::arg("N"), py::arg("K"), py::arg("tile"));
   bind_dense_typed<float>(m);
   bind_dense_typed<double>(m);
 }

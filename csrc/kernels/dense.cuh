@@ -55,24 +55,41 @@ struct GemmTile {
   static constexpr int MIN_BLOCKS = MIN_BLOCKS_;
   static constexpr int LM = WM / (4 * FM), LN = WN / (4 * FN);  // the warp's lane grid
   static constexpr int WARPS_N = BN / WN, THREADS = 32 * (BM / WM) * WARPS_N;
-  // Global -> shared staging: each thread moves LOADS groups of 4 values of A and of B per k-step.
-  static constexpr int LOADS = BM * BK / (4 * THREADS);
-  static constexpr int KK_PER_LOAD = BK / LOADS;  // k of math per group in flight
+  // Global -> shared staging: each thread moves LOADS_A groups of 4 values of A and LOADS_B of B
+  // per k-step, one group of each in flight at a time, during KK_A (KK_B) k of math.
+  static constexpr int LOADS_A = BM * BK / (4 * THREADS), LOADS_B = BN * BK / (4 * THREADS);
+  static constexpr int KK_A = BK / LOADS_A, KK_B = BK / LOADS_B;
   static_assert(LM * LN == 32, "a warp's lanes tile its warp tile");
-  static_assert(BM == BN, "A and B stage the same number of groups");
   static_assert(BM % WM == 0 && BN % WN == 0 && BK % 4 == 0, "warps tile the block tile");
-  static_assert(LOADS * 4 * THREADS == BM * BK && BK % LOADS == 0, "loads cover the tiles");
+  static_assert(LOADS_A * 4 * THREADS == BM * BK && BK % LOADS_A == 0, "loads cover A's tile");
+  static_assert(LOADS_B * 4 * THREADS == BN * BK && BK % LOADS_B == 0, "loads cover B's tile");
 };
 
-// The two configs per type (double: BK = 8 keeps the two stages at 32 KB; double only needs to be
-// correct, so its registers are not capped).
-template <typename T, bool LARGE>
-using GemmConfig = typename std::conditional<
-    LARGE, GemmTile<128, 128, 8, 64, 32, 2, 2, sizeof(T) == 4 ? 2 : 1>,
-    GemmTile<64, 64, sizeof(T) == 4 ? 16 : 8, 32, 32, 1, 2, sizeof(T) == 4 ? 4 : 1>>::type;
-
-// Large tiles when there are at least 96 of them (then gemm_splits evens out the waves).
-inline bool gemm_large_tiles(int64_t M, int64_t N) { return ((M + 127) / 128) * ((N + 127) / 128) >= 96; }
+// The configs per type, indexed by GemmTileId (double only needs to be correct: BK = 8 keeps its
+// two stages at 32 KB, its registers are not capped, and it has no wide config).
+enum GemmTileId : int { kGemmSmall = 0, kGemmLarge = 1, kGemmWide = 2, kGemmWideDeep = 3, kGemmTiles = 4 };
+template <typename T, int ID>
+struct GemmConfigOf;
+template <typename T>
+struct GemmConfigOf<T, kGemmSmall> {
+  using type = GemmTile<64, 64, sizeof(T) == 4 ? 16 : 8, 32, 32, 1, 2, sizeof(T) == 4 ? 4 : 1>;
+};
+template <typename T>
+struct GemmConfigOf<T, kGemmLarge> {
+  using type = GemmTile<128, 128, 8, 64, 32, 2, 2, sizeof(T) == 4 ? 2 : 1>;
+};
+template <typename T>
+struct GemmConfigOf<T, kGemmWide> {
+  using type = typename std::conditional<sizeof(T) == 4, GemmTile<128, 256, 8, 64, 64, 2, 4, 1>,
+                                         typename GemmConfigOf<T, kGemmLarge>::type>::type;
+};
+template <typename T>
+struct GemmConfigOf<T, kGemmWideDeep> {  // wide with k-steps of 16: half the barriers, 48 KB of stages
+  using type = typename std::conditional<sizeof(T) == 4, GemmTile<128, 256, 16, 64, 64, 2, 4, 1>,
+                                         typename GemmConfigOf<T, kGemmLarge>::type>::type;
+};
+template <typename T, int ID>
+using GemmConfig = typename GemmConfigOf<T, ID>::type;
 
 // One operand's global -> register loads for one thread: the thread moves LOADS groups of 4
 // values per k-step, each group along the operand's contiguous dimension (consecutive threads
@@ -116,24 +133,16 @@ struct GemmLoader {
   }
 };
 
-// Stores group l of A and of B into one stage, k-major: a group along m or n is one 16-byte
-// store, a group along k is 4 scalar stores down a column.
-template <typename T, class Cfg, bool TRANS_A, bool TRANS_B>
-__device__ __forceinline__ void gemm_stage(T (*As)[Cfg::BM], T (*Bs)[Cfg::BN], int tid, int l, const T a[4],
-                                           const T b[4]) {
-  constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK;
-  const int g = tid + l * Cfg::THREADS;
-  if (!TRANS_A) {
+// Stores group l of one operand into one stage, k-major (Xs is BK x BMN): a group along m or n is
+// one 16-byte store, a group along k (K_CONTIGUOUS) is 4 scalar stores down a column.
+template <typename T, int THREADS, int BMN, int BK, bool K_CONTIGUOUS>
+__device__ __forceinline__ void gemm_stage(T (*Xs)[BMN], int tid, int l, const T x[4]) {
+  const int g = tid + l * THREADS;
+  if (K_CONTIGUOUS) {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) As[(g % (BK / 4)) * 4 + j][g / (BK / 4)] = a[j];
+    for (int j = 0; j < 4; ++j) Xs[(g % (BK / 4)) * 4 + j][g / (BK / 4)] = x[j];
   } else {
-    vec_store4(&As[g / (BM / 4)][(g % (BM / 4)) * 4], a);
-  }
-  if (!TRANS_B) {
-    vec_store4(&Bs[g / (BN / 4)][(g % (BN / 4)) * 4], b);
-  } else {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) Bs[(g % (BK / 4)) * 4 + j][g / (BK / 4)] = b[j];
+    vec_store4(&Xs[g / (BMN / 4)][(g % (BMN / 4)) * 4], x);
   }
 }
 
@@ -162,17 +171,21 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
   // This block's slice of K (all of it without split-K). k_chunk is a multiple of BK, so the
   // slice's k-steps are the unsplit kernel's; loads stop at k_end, so slices never overlap.
   const int64_t k_begin = (int64_t)blockIdx.z * k_chunk, k_end = min64(K, k_begin + k_chunk);
-  GemmLoader<T, Cfg::LOADS, Cfg::THREADS, BM, BK, !TRANS_A> a_loader(A, M, K, m0, k_begin, tid);
-  GemmLoader<T, Cfg::LOADS, Cfg::THREADS, BN, BK, TRANS_B> b_loader(B, N, K, n0, k_begin, tid);
+  GemmLoader<T, Cfg::LOADS_A, Cfg::THREADS, BM, BK, !TRANS_A> a_loader(A, M, K, m0, k_begin, tid);
+  GemmLoader<T, Cfg::LOADS_B, Cfg::THREADS, BN, BK, TRANS_B> b_loader(B, N, K, n0, k_begin, tid);
+  auto stage_a = [&](int s, int l, const T x[4]) {
+    gemm_stage<T, Cfg::THREADS, BM, BK, !TRANS_A>(As[s], tid, l, x);
+  };
+  auto stage_b = [&](int s, int l, const T x[4]) {
+    gemm_stage<T, Cfg::THREADS, BN, BK, TRANS_B>(Bs[s], tid, l, x);
+  };
   T a_next[4], b_next[4];
   if (k_begin < k_end) {
     const int k_left = (int)min64(BK, k_end - k_begin);
 #pragma unroll
-    for (int l = 0; l < Cfg::LOADS; ++l) {
-      a_loader.fetch(l, k_left, vec_a, a_next);
-      b_loader.fetch(l, k_left, vec_b, b_next);
-      gemm_stage<T, Cfg, TRANS_A, TRANS_B>(As[0], Bs[0], tid, l, a_next, b_next);
-    }
+    for (int l = 0; l < Cfg::LOADS_A; ++l) a_loader.fetch(l, k_left, vec_a, a_next), stage_a(0, l, a_next);
+#pragma unroll
+    for (int l = 0; l < Cfg::LOADS_B; ++l) b_loader.fetch(l, k_left, vec_b, b_next), stage_b(0, l, b_next);
   }
   __syncthreads();
   int stage = 0;
@@ -181,13 +194,11 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
     const int k_left = (int)min64(BK, k_end - (k0 + BK));
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
-      // The next step's groups, one at a time (few registers held): group l's global loads are
-      // in flight during KK_PER_LOAD k of math, then it is stored into the other stage.
-      constexpr int KK = Cfg::KK_PER_LOAD;
-      if (more && kk % KK == 0) {
-        a_loader.fetch(kk / KK, k_left, vec_a, a_next);
-        b_loader.fetch(kk / KK, k_left, vec_b, b_next);
-      }
+      // The next step's groups, one of each operand at a time (few registers held): a group's
+      // global loads are in flight during KK_A (KK_B) k of math, then it goes to the other stage.
+      constexpr int KA = Cfg::KK_A, KB = Cfg::KK_B;
+      if (more && kk % KA == 0) a_loader.fetch(kk / KA, k_left, vec_a, a_next);
+      if (more && kk % KB == 0) b_loader.fetch(kk / KB, k_left, vec_b, b_next);
       T a[FM][4], b[FN][4];
 #pragma unroll
       for (int i = 0; i < FM; ++i) vec_load4(&As[stage][kk][wm + 4 * Cfg::LM * i], a[i]);
@@ -197,8 +208,8 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
       for (int i = 0; i < FM * 4; ++i)
 #pragma unroll
         for (int j = 0; j < FN * 4; ++j) acc[i][j] += a[i / 4][i % 4] * b[j / 4][j % 4];
-      if (more && kk % KK == KK - 1)
-        gemm_stage<T, Cfg, TRANS_A, TRANS_B>(As[stage ^ 1], Bs[stage ^ 1], tid, kk / KK, a_next, b_next);
+      if (more && kk % KA == KA - 1) stage_a(stage ^ 1, kk / KA, a_next);
+      if (more && kk % KB == KB - 1) stage_b(stage ^ 1, kk / KB, b_next);
     }
     __syncthreads();  // the other stage is written; this one may be overwritten next step
     stage ^= 1;
@@ -245,19 +256,40 @@ __global__ void gemm_reduce_kernel(const T* __restrict__ partials, const T* __re
   }
 }
 
-int64_t gemm_splits(int64_t M, int64_t N, int64_t K) {
+// The float configs' shape facts that the plan needs (the plan is the same for every type, so
+// that a shape always gets the same tiles and slices).
+struct GemmTileShape { int64_t bm, bn, blocks_per_sm; };
+template <int ID>
+constexpr GemmTileShape gemm_tile_shape() {
+  using Cfg = GemmConfig<float, ID>;
+  return {Cfg::BM, Cfg::BN, Cfg::MIN_BLOCKS};
+}
+static GemmTileShape gemm_tile_shape(int tile) {
+  require(tile >= 0 && tile < kGemmTiles, "gemm: tile must be 0 (small), 1 (large), 2 (wide) or 3 (wide, deep)");
+  constexpr GemmTileShape shapes[kGemmTiles] = {gemm_tile_shape<kGemmSmall>(), gemm_tile_shape<kGemmLarge>(),
+                                                gemm_tile_shape<kGemmWide>(), gemm_tile_shape<kGemmWideDeep>()};
+  return shapes[tile];
+}
+
+int gemm_tile(int64_t M, int64_t N, int64_t K) {
+  (void)K;
+  // Large tiles when there are at least 96 of them (then gemm_splits evens out the waves).
+  return ((M + 127) / 128) * ((N + 127) / 128) >= 96 ? kGemmLarge : kGemmSmall;
+}
+
+int64_t gemm_splits(int64_t M, int64_t N, int64_t K, int tile) {
   // Split-K against the wave quantization of a 132-SM GPU (H100/H200: a notional wave, the same on
   // every device, so that the result is too): a wave is 132 x the blocks per SM the config's launch
-  // bounds allow (2 large, 4 small). The count is the smallest s whose s x tiles blocks fill at
-  // least 80% of the waves they take, else the s that fills them best; each slice keeps at least
+  // bounds allow (1 wide, 2 large, 4 small). The count is the smallest s whose s x tiles blocks fill
+  // at least 80% of the waves they take, else the s that fills them best; each slice keeps at least
   // 128 k values of work, and there are at most 64. Measured on an H200 with every count forced
   // (benchmarks/gpu_gemm_splits.py, 2026-11-26): 1536^3 is 144 large tiles, 55% of a wave, and runs
   // 20.7 TFLOP/s unsplit, 26.7 in 3 slices; 768^3 10.96 -> 15.8 (3); 1024 x 1024 x 4096 25.9 -> 29.8
   // (2); 2048^3 and 4096^3 fill their waves unsplit and are fastest so.
   constexpr int64_t kMinKPerSlice = 128, kMaxSplits = 64, kSMs = 132;
-  const bool large = gemm_large_tiles(M, N);
-  const int64_t tm = large ? 128 : 64, wave = kSMs * (large ? 2 : 4);
-  const int64_t tiles = ((M + tm - 1) / tm) * ((N + tm - 1) / tm);
+  const GemmTileShape t = gemm_tile_shape(tile);
+  const int64_t wave = kSMs * t.blocks_per_sm;
+  const int64_t tiles = ((M + t.bm - 1) / t.bm) * ((N + t.bn - 1) / t.bn);
   if (tiles == 0) return 1;  // an empty C needs no launch
   const int64_t most = max64(1, min64(K / kMinKPerSlice, kMaxSplits));
   int64_t best = 1;
@@ -294,15 +326,20 @@ void gemm_launch(const T* A, const T* B, const T* bias, T* C, int64_t M, int64_t
 
 template <typename T>
 void gemm(const T* A, const T* B, const T* bias, T* C, int64_t M, int64_t N, int64_t K, bool trans_a, bool trans_b,
-          int act, T* workspace, int64_t splits, void* stream) {
+          int act, T* workspace, int tile, int64_t splits, void* stream) {
+  gemm_tile_shape(tile);  // checks the id
   if (M == 0 || N == 0) return;
   require(splits >= 1 && splits <= 65535, "gemm: splits must be in [1, 65535]");
   require(splits == 1 || workspace != nullptr, "gemm: splits > 1 needs a workspace of splits * M * N values");
   T* partials = splits > 1 ? workspace : nullptr;
-  if (gemm_large_tiles(M, N))
-    gemm_launch<T, GemmConfig<T, true>>(A, B, bias, C, M, N, K, trans_a, trans_b, act, partials, splits, stream);
-  else
-    gemm_launch<T, GemmConfig<T, false>>(A, B, bias, C, M, N, K, trans_a, trans_b, act, partials, splits, stream);
+  auto run = [&](auto config) {
+    using Cfg = decltype(config);
+    gemm_launch<T, Cfg>(A, B, bias, C, M, N, K, trans_a, trans_b, act, partials, splits, stream);
+  };
+  if (tile == kGemmSmall) run(GemmConfig<T, kGemmSmall>{});
+  else if (tile == kGemmLarge) run(GemmConfig<T, kGemmLarge>{});
+  else if (tile == kGemmWide) run(GemmConfig<T, kGemmWide>{});
+  else run(GemmConfig<T, kGemmWideDeep>{});
   if (partials)
     launch("gemm_reduce_kernel", gemm_reduce_kernel<T>, dim3((unsigned)min64(blocks_for(M * N, 256), 4096)), dim3(256),
            0, stream, (const T*)partials, bias, C, M, N, splits, act);
@@ -386,7 +423,7 @@ void sigmoid_backward(const T* dy, const T* y, T* dx, int64_t n, void* stream) {
 }
 
 #define FC_INSTANTIATE_DENSE(T)                                                                              \
-  template void gemm<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, bool, bool, int, T*, int64_t, \
+  template void gemm<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, bool, bool, int, T*, int, int64_t, \
                         void*);                                                                              \
   template void column_sum<T>(const T*, T*, int64_t, int64_t, void*);                                        \
   template void relu_forward<T>(const T*, T*, int64_t, void*);                                               \

@@ -10,10 +10,11 @@ def _gemm(be, a, b, bias, trans_a, trans_b, activation):
     k = a.shape[0] if trans_a else a.shape[1]
     n = b.shape[0] if trans_b else b.shape[1]
     c = be.empty((m, n), a.dtype)
-    splits = be.ext.gemm_splits(m, n, k)  # split-K for few tiles and a long K (see dense.cuh)
+    tile = be.ext.gemm_tile(m, n, k)
+    splits = be.ext.gemm_splits(m, n, k, tile)  # split-K for few tiles and a long K (see dense.cuh)
     workspace = be.empty((splits, m, n), a.dtype) if splits > 1 else None
     be.kernel("gemm", a.dtype)(be.ptr(a), be.ptr(b), be.ptr(bias), be.ptr(c), m, n, k, trans_a, trans_b,
-                               ACTIVATIONS[activation], be.ptr(workspace), splits, be.stream())
+                               ACTIVATIONS[activation], be.ptr(workspace), tile, splits, be.stream())
     return c
 
 
