@@ -1,5 +1,5 @@
 """GEMM plan sweep on the GPU: each shape timed with every tile config forced (0 small 64x64,
-1 large 128x128, 2 wide 128x256, 3 wide with k-steps of 16) and every K-slice count in SPLITS
+1 large 128x128, 2 wide 128x256) and every K-slice count in SPLITS
 (the same kernels; only the plan differs), beside cuBLAS (CuPy) and PyTorch, and the plan that
 gemm_tile / gemm_splits pick (*). Evidence for the plan in csrc/kernels/dense.cuh.
 
@@ -24,7 +24,7 @@ from gpu_step_breakdown import _override  # noqa: E402
 
 SHAPES = [(512, 512, 512), (768, 768, 768), (1024, 1024, 1024), (1536, 1536, 1536), (2048, 2048, 2048),
           (4096, 4096, 4096), (128, 128, 3136), (1024, 1024, 4096), (4096, 1024, 1024)]  # (M, N, K)
-TILES = {0: "small", 1: "large", 2: "wide", 3: "wide16"}
+TILES = {0: "small", 1: "large", 2: "wide"}
 SPLITS = (1, 2, 3, 4, 6, 8)
 
 

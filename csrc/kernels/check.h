@@ -6,7 +6,9 @@
 
 namespace fc {
 
-// range[0] = min, range[1] = max of the n >= 1 values of a (int64, contiguous).
-void index_range(const int64_t* a, int64_t n, int64_t* range, void* stream);
+// range[0] = min, range[1] = max of the n >= 1 values of a (int64, contiguous). The kernel runs
+// in index_range_blocks(n) blocks; more than one needs a workspace of 2 * that many values.
+int64_t index_range_blocks(int64_t n);
+void index_range(const int64_t* a, int64_t n, int64_t* range, int64_t* workspace, void* stream);
 
 }  // namespace fc

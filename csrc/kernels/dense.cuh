@@ -9,24 +9,29 @@
 // uses the transposed variants: dx = gemm(dz, W), dW = gemm(dz, x, trans_a).
 //
 // GEMM decomposition (the register-blocked, warp-tiled FFMA SGEMM of CUTLASS's SIMT kernels and
-// siboehm's kernels 9-10): one kernel, templated on a tile config (GemmTile), two configs picked
-// from the shape alone (gemm_large_tiles), so the result is the same on every device:
+// siboehm's kernels 9-10): one kernel, templated on a tile config (GemmTile), three configs; the
+// plan (gemm_tile, then gemm_splits) is picked from the shape alone, so the result is the same on
+// every device:
 //   large  a block of 256 threads (8 warps) owns a 128 x 128 tile of C; a warp owns 64 x 32;
+//   wide   a block of 256 threads owns a 128 x 256 tile; a warp owns 64 x 64 (one block per SM);
 //   small  a block of 128 threads (4 warps) owns a  64 x  64 tile of C; a warp owns 32 x 32;
-//   small is used while large would leave most of a 132-SM GPU idle (fewer than 96 tiles).
-//   A thread owns FM x FN fragments of 4 x 4 values of C (2 x 2 in large, 1 x 2 in small): the
-//   warp's lanes form an 8 x 4 grid (lane / 4, lane % 4) and fragment (i, j) of lane (lm, ln) is
-//   rows 32 i + 4 lm .. + 3, columns 16 j + 4 ln .. + 3 of the warp's tile, so one 16-byte shared
-//   load gives a thread 4 values and a warp's loads touch 128 (A) and 64 (B) contiguous bytes.
+//   large from 96 of its tiles up; below, wide when K is long enough to split into slices that
+//   fill a 132-SM GPU's waves, else small (measurements beside gemm_tile).
+//   A thread owns FM x FN fragments of 4 x 4 values of C (2 x 2 in large, 2 x 4 in wide, 1 x 2 in
+//   small): the warp's lanes form an 8 x 4 grid (lane / 4, lane % 4) and fragment (i, j) of lane
+//   (lm, ln) is rows 32 i + 4 lm .. + 3, columns 16 j + 4 ln .. + 3 of the warp's tile, so one
+//   16-byte shared load gives a thread 4 values and a warp's loads touch 128 (A) and 64 (B)
+//   contiguous bytes.
 //   The block walks K in steps of BK: 8 in large (BK = 16 spills there at the 128 registers that
-//   let 2 blocks share an SM), 16 in small, 8 for double (its two stages stay at 32 KB):
+//   let 2 blocks share an SM) and wide (16 measured 10% slower), 16 in small, 8 for double (its
+//   two stages stay at 32 KB):
 //   op(A)[BM x BK] and op(B)[BK x BN] are staged in shared memory k-major (A is transposed on the
 //   way in), in two stages: while the block computes on one stage, each thread's global loads
 //   of the next step are in flight into registers (one group of 4 values of A and of B at a time,
-//   KK_PER_LOAD k of math each) and are stored into the other stage, so one __syncthreads per
+//   KK_A and KK_B k of math each) and are stored into the other stage, so one __syncthreads per
 //   k-step suffices (a stage is rewritten only after every thread has passed the barrier that
 //   ended its last use). Per k a thread does 4 FM FN FMAs
-//   from FM + FN 16-byte shared loads (64 from 4 in large).
+//   from FM + FN 16-byte shared loads (64 from 4 in large, 128 from 6 in wide).
 //   Global loads are 16-byte vectors along the contiguous dimension when the leading dimension
 //   and base pointer allow it (else scalar with bounds checks); stores of C likewise.
 //   Bias and activation are applied in the epilogue, before the single store of C.
@@ -67,7 +72,7 @@ struct GemmTile {
 
 // The configs per type, indexed by GemmTileId (double only needs to be correct: BK = 8 keeps its
 // two stages at 32 KB, its registers are not capped, and it has no wide config).
-enum GemmTileId : int { kGemmSmall = 0, kGemmLarge = 1, kGemmWide = 2, kGemmWideDeep = 3, kGemmTiles = 4 };
+enum GemmTileId : int { kGemmSmall = 0, kGemmLarge = 1, kGemmWide = 2, kGemmTiles = 3 };
 template <typename T, int ID>
 struct GemmConfigOf;
 template <typename T>
@@ -81,11 +86,6 @@ struct GemmConfigOf<T, kGemmLarge> {
 template <typename T>
 struct GemmConfigOf<T, kGemmWide> {
   using type = typename std::conditional<sizeof(T) == 4, GemmTile<128, 256, 8, 64, 64, 2, 4, 1>,
-                                         typename GemmConfigOf<T, kGemmLarge>::type>::type;
-};
-template <typename T>
-struct GemmConfigOf<T, kGemmWideDeep> {  // wide with k-steps of 16: half the barriers, 48 KB of stages
-  using type = typename std::conditional<sizeof(T) == 4, GemmTile<128, 256, 16, 64, 64, 2, 4, 1>,
                                          typename GemmConfigOf<T, kGemmLarge>::type>::type;
 };
 template <typename T, int ID>
@@ -265,16 +265,23 @@ constexpr GemmTileShape gemm_tile_shape() {
   return {Cfg::BM, Cfg::BN, Cfg::MIN_BLOCKS};
 }
 static GemmTileShape gemm_tile_shape(int tile) {
-  require(tile >= 0 && tile < kGemmTiles, "gemm: tile must be 0 (small), 1 (large), 2 (wide) or 3 (wide, deep)");
+  require(tile >= 0 && tile < kGemmTiles, "gemm: tile must be 0 (small), 1 (large) or 2 (wide)");
   constexpr GemmTileShape shapes[kGemmTiles] = {gemm_tile_shape<kGemmSmall>(), gemm_tile_shape<kGemmLarge>(),
-                                                gemm_tile_shape<kGemmWide>(), gemm_tile_shape<kGemmWideDeep>()};
+                                                gemm_tile_shape<kGemmWide>()};
   return shapes[tile];
 }
 
-int gemm_tile(int64_t M, int64_t N, int64_t K) {
-  (void)K;
-  // Large tiles when there are at least 96 of them (then gemm_splits evens out the waves).
-  return ((M + 127) / 128) * ((N + 127) / 128) >= 96 ? kGemmLarge : kGemmSmall;
+// The share of its waves that `blocks` blocks fill, a wave being the blocks a notional 132-SM
+// GPU (H100/H200) holds at once with this tile: the same on every device, so that the plan and
+// hence the result are too.
+static double gemm_wave_fill(int64_t blocks, const GemmTileShape& t) {
+  constexpr int64_t kSMs = 132;
+  const int64_t wave = kSMs * t.blocks_per_sm, waves = (blocks + wave - 1) / wave;
+  return (double)blocks / (double)(waves * wave);
+}
+
+static int64_t gemm_tile_count(int64_t M, int64_t N, const GemmTileShape& t) {
+  return ((M + t.bm - 1) / t.bm) * ((N + t.bn - 1) / t.bn);
 }
 
 int64_t gemm_splits(int64_t M, int64_t N, int64_t K, int tile) {
@@ -283,24 +290,38 @@ int64_t gemm_splits(int64_t M, int64_t N, int64_t K, int tile) {
   // bounds allow (1 wide, 2 large, 4 small). The count is the smallest s whose s x tiles blocks fill
   // at least 80% of the waves they take, else the s that fills them best; each slice keeps at least
   // 128 k values of work, and there are at most 64. Measured on an H200 with every count forced
-  // (benchmarks/gpu_gemm_splits.py, 2026-11-26): 1536^3 is 144 large tiles, 55% of a wave, and runs
+  // (benchmarks/gpu_gemm_sweep.py, 2026-11-26): 1536^3 is 144 large tiles, 55% of a wave, and runs
   // 20.7 TFLOP/s unsplit, 26.7 in 3 slices; 768^3 10.96 -> 15.8 (3); 1024 x 1024 x 4096 25.9 -> 29.8
   // (2); 2048^3 and 4096^3 fill their waves unsplit and are fastest so.
-  constexpr int64_t kMinKPerSlice = 128, kMaxSplits = 64, kSMs = 132;
+  constexpr int64_t kMinKPerSlice = 128, kMaxSplits = 64;
   const GemmTileShape t = gemm_tile_shape(tile);
-  const int64_t wave = kSMs * t.blocks_per_sm;
-  const int64_t tiles = ((M + t.bm - 1) / t.bm) * ((N + t.bn - 1) / t.bn);
+  const int64_t tiles = gemm_tile_count(M, N, t);
   if (tiles == 0) return 1;  // an empty C needs no launch
   const int64_t most = max64(1, min64(K / kMinKPerSlice, kMaxSplits));
   int64_t best = 1;
   double best_fill = 0;
   for (int64_t s = 1; s <= most; ++s) {
-    const int64_t blocks = tiles * s, waves = (blocks + wave - 1) / wave;
-    const double fill = (double)blocks / (double)(waves * wave);
+    const double fill = gemm_wave_fill(tiles * s, t);
     if (fill >= 0.8) return s;
     if (fill > best_fill) best = s, best_fill = fill;
   }
   return best;
+}
+
+int gemm_tile(int64_t M, int64_t N, int64_t K) {
+  // Measured on an H200 with every tile and slice count forced (benchmarks/gpu_gemm_sweep.py,
+  // 2026-11-26, results/logs/cuda-h200-2026-11-26-session4-gemm-sweep.log), TFLOP/s:
+  //   large (128 x 128, 2 blocks per SM) wherever there are at least 96 of its tiles: 4096^3 40.5
+  //     (wide 39.8, small 33.9), 2048^3 38.3 (wide 37.3), 4096 x 1024 x 1024 36.1 (wide 34.9);
+  //   wide (128 x 256, 1 block per SM) when there are fewer, if K is long enough for the slices
+  //     that fill its waves to keep 256 k each: 1024^3 in 4 slices 25.8 (small in 2: 24.0, large
+  //     in 4: 24.2), 1024 x 1024 x 4096 34.4 (small: 28.8);
+  //   small (64 x 64, 4 blocks per SM) for the rest: 768^3 16.3, 512^3 8.2, 128 x 128 x 3136.
+  if (gemm_tile_count(M, N, gemm_tile_shape(kGemmLarge)) >= 96) return kGemmLarge;
+  const GemmTileShape wide = gemm_tile_shape(kGemmWide);
+  const int64_t tiles = gemm_tile_count(M, N, wide), splits = gemm_splits(M, N, K, kGemmWide);
+  if (tiles > 0 && gemm_wave_fill(tiles * splits, wide) >= 0.8 && K / splits >= 256) return kGemmWide;
+  return kGemmSmall;
 }
 
 template <typename T, class Cfg>
@@ -338,8 +359,7 @@ void gemm(const T* A, const T* B, const T* bias, T* C, int64_t M, int64_t N, int
   };
   if (tile == kGemmSmall) run(GemmConfig<T, kGemmSmall>{});
   else if (tile == kGemmLarge) run(GemmConfig<T, kGemmLarge>{});
-  else if (tile == kGemmWide) run(GemmConfig<T, kGemmWide>{});
-  else run(GemmConfig<T, kGemmWideDeep>{});
+  else run(GemmConfig<T, kGemmWide>{});
   if (partials)
     launch("gemm_reduce_kernel", gemm_reduce_kernel<T>, dim3((unsigned)min64(blocks_for(M * N, 256), 4096)), dim3(256),
            0, stream, (const T*)partials, bias, C, M, N, splits, act);

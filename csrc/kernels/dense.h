@@ -9,8 +9,7 @@ namespace fc {
 
 // C (M x N) = act(op(A) @ op(B) + bias); op(A) is M x K, op(B) is K x N; bias (N) may be null.
 // A is stored M x K (K x M when trans_a), B is stored K x N (N x K when trans_b).
-// `tile` picks the block tile (0 small 64 x 64, 1 large 128 x 128, 2 wide 128 x 256, 3 wide with
-// k-steps of 16; see dense.cuh); splits > 1 splits K and needs a workspace of splits * M * N values.
+// `tile` picks the block tile (0 small 64 x 64, 1 large 128 x 128, 2 wide 128 x 256; see dense.cuh); splits > 1 splits K and needs a workspace of splits * M * N values.
 template <typename T>
 void gemm(const T* A, const T* B, const T* bias, T* C, int64_t M, int64_t N, int64_t K, bool trans_a,
           bool trans_b, int act, T* workspace, int tile, int64_t splits, void* stream);
