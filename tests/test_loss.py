@@ -363,6 +363,20 @@ class TestBadInput:
         with pytest.raises(ValueError, match=r"got 7 at index 0"):
             ops.softmax_cross_entropy_backward(*on(backend, p, np.array([7, 0, 0])))
 
+    @pytest.mark.parametrize("op", ["forward", "with_grad", "backward"])
+    def test_labels_far_out_of_range_are_refused_whenever_the_check_runs(self, backend, monkeypatch, op):
+        # The native backends launch the kernel before reading the labels' range back (the kernel
+        # writes NaN for such a label, never reads outside the logits: ASan watches this in CI);
+        # the cpu backend checks first, since its kernels would index with the label.
+        z, w = np.random.default_rng(0).standard_normal((5, 300)).astype(np.float32), np.ones(300, np.float32)
+        y = np.array([0, 2**62, 3, -(2**62), 1])
+        run = getattr(ops, f"softmax_cross_entropy_{op}")
+        if not backend.kernels_tolerate_bad_indices:
+            monkeypatch.setattr(backend, f"softmax_cross_entropy_{op}", lambda *a: pytest.fail("kernel ran"))
+        for weight in (None, w):
+            with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 300\).*got -4611686018427387904 at index 3"):
+                run(*on(backend, z, y, weight), label_smoothing=0.1)
+
     def test_label_and_logit_shapes(self, backend):
         with pytest.raises(ValueError, match=r"labels must have shape \(3,\).*got \(2,\)"):
             self._ce(backend, y=np.array([0, 1]))

@@ -25,6 +25,7 @@ FAMILIES = (dense, conv, pool, loss, optim, check)
 class CpuBackend:
     name = "cpu"
     xp = np
+    kernels_tolerate_bad_indices = False  # the Numba kernels index without bounds checks
 
     def __init__(self):
         for family in FAMILIES:

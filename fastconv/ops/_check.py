@@ -108,10 +108,18 @@ def labels(x, name: str, be, n: int):
 def value_range(a, be) -> tuple[int, int]:
     """(min, max) of a non-empty, contiguous int64 array of the backend, read back in one transfer
     (one sync on a GPU)."""
+    return value_range_start(a, be)()
+
+
+def value_range_start(a, be):
+    """value_range started: returns a function that gives it. On the native backends the range is
+    computed on the device meanwhile, so kernels that tolerate indices out of range (ours skip
+    them or write NaN, never outside an array) may be launched before the one sync that reads it;
+    on the cpu backend it is computed before returning."""
     if a.dtype != np.int64 or not a.flags.c_contiguous:  # the kernel reads 8-byte values in a row
         raise TypeError(f"value_range needs a contiguous int64 array, got {a.dtype}, "
                         f"{'' if a.flags.c_contiguous else 'not '}contiguous")
-    return be.index_range(a)
+    return be.index_range_start(a)
 
 
 def flag(value, name: str) -> bool:

@@ -11,23 +11,32 @@ from __future__ import annotations
 
 from .. import backend as _backend
 from ._check import labels as _labels
-from ._check import flag, number, shape_str, tensor, value_range
+from ._check import flag, number, shape_str, tensor, value_range_start
 
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "softmax_cross_entropy_with_grad",
            "bce_with_logits_forward", "bce_with_logits_backward", "mse_forward", "mse_backward"]
 
 
 def _class_labels(be, labels, n, classes, op):
-    """labels as contiguous int64 of shape (n,), every value in [0, classes), checked on the host
-    before any kernel sees them."""
+    """(labels as contiguous int64 of shape (n,), check): check() raises ValueError unless every
+    value is in [0, classes). On the native backends the range is computed on the device while the
+    op's kernel runs (the kernel writes NaN for a label out of range, never reads outside the
+    logits), and the op calls check() after launching it: the one sync of the call then waits for
+    the op instead of leaving the device idle before it. On the cpu backend the check is done here,
+    before any kernel sees the labels."""
     y = _labels(labels, "labels", be, n)
-    low, high = value_range(y, be)
-    if low < 0 or high >= classes:
-        bad = low if low < 0 else high
-        index = int(be.xp.flatnonzero(y == bad)[0])
-        raise ValueError(f"{op}: labels must be class indices in [0, {classes}) for {classes} classes, "
-                         f"got {bad} at index {index}")
-    return y
+    pending = value_range_start(y, be)
+
+    def check():
+        low, high = pending()
+        if low < 0 or high >= classes:
+            bad = low if low < 0 else high
+            index = int(be.xp.flatnonzero(y == bad)[0])
+            raise ValueError(f"{op}: labels must be class indices in [0, {classes}) for {classes} classes, "
+                             f"got {bad} at index {index}")
+    if not be.kernels_tolerate_bad_indices:
+        check()
+    return y, check
 
 
 def _class_weight(be, weight, classes, dtype, op, check_values):
@@ -58,9 +67,9 @@ def _cross_entropy_inputs(be, first, first_name, labels, weight, label_smoothing
     check_weight = flag(check_weight, "check_weight")
     x = _batch(be, first_name, first, op)
     n, classes = x.shape
-    y = _class_labels(be, labels, n, classes, op)
+    y, check_labels = _class_labels(be, labels, n, classes, op)
     w = _class_weight(be, weight, classes, x.dtype, op, check_weight)
-    return x, y, w, smoothing
+    return x, y, w, smoothing, check_labels
 
 
 def softmax_cross_entropy_forward(logits, labels, weight=None, label_smoothing=0.0, check_weight=True):
@@ -78,9 +87,11 @@ def softmax_cross_entropy_forward(logits, labels, weight=None, label_smoothing=0
     same for the two ops below.
     """
     be = _backend.current()
-    x, y, w, smoothing = _cross_entropy_inputs(be, logits, "logits", labels, weight, label_smoothing,
+    x, y, w, smoothing, check_labels = _cross_entropy_inputs(be, logits, "logits", labels, weight, label_smoothing,
                                                check_weight, "softmax_cross_entropy_forward")
-    return be.softmax_cross_entropy_forward(x, y, w, smoothing)
+    result = be.softmax_cross_entropy_forward(x, y, w, smoothing)
+    check_labels()  # (on a GPU: after the launch, see _class_labels)
+    return result
 
 
 def softmax_cross_entropy_backward(probs, labels, weight=None, label_smoothing=0.0, check_weight=True):
@@ -88,9 +99,11 @@ def softmax_cross_entropy_backward(probs, labels, weight=None, label_smoothing=0
     [p (((1 - e) w[y] + (e/C) sum(w)) - (1 - e) w[y] onehot - (e/C) w] / sum_i w[y_i]
     (= (probs - onehot) / N without weight and smoothing)."""
     be = _backend.current()
-    p, y, w, smoothing = _cross_entropy_inputs(be, probs, "probs", labels, weight, label_smoothing,
+    p, y, w, smoothing, check_labels = _cross_entropy_inputs(be, probs, "probs", labels, weight, label_smoothing,
                                                check_weight, "softmax_cross_entropy_backward")
-    return be.softmax_cross_entropy_backward(p, y, w, smoothing)
+    result = be.softmax_cross_entropy_backward(p, y, w, smoothing)
+    check_labels()  # (on a GPU: after the launch, see _class_labels)
+    return result
 
 
 def softmax_cross_entropy_with_grad(logits, labels, weight=None, label_smoothing=0.0, check_weight=True):
@@ -98,9 +111,11 @@ def softmax_cross_entropy_with_grad(logits, labels, weight=None, label_smoothing
     gradient in one pass over the logits (read once, the gradient written once; the probs are
     never stored) — what a training step needs. The same values as the two ops."""
     be = _backend.current()
-    x, y, w, smoothing = _cross_entropy_inputs(be, logits, "logits", labels, weight, label_smoothing,
+    x, y, w, smoothing, check_labels = _cross_entropy_inputs(be, logits, "logits", labels, weight, label_smoothing,
                                                check_weight, "softmax_cross_entropy_with_grad")
-    return be.softmax_cross_entropy_with_grad(x, y, w, smoothing)
+    result = be.softmax_cross_entropy_with_grad(x, y, w, smoothing)
+    check_labels()  # (on a GPU: after the launch, see _class_labels)
+    return result
 
 
 def _binary_inputs(be, logits, targets, pos_weight, op):
