@@ -139,11 +139,13 @@ class _Planned:
         return getattr(self._ext, name)
 
 
-# Every tile config on shapes around its edges (wide: 128 x 256, B's loads in twice A's groups), with and without split-K, any layout; each config must be exact on any shape, not
-# only on those the plan gives it.
+# Every tile config on shapes around its edges (wide: 128 x 256, B's loads in twice A's groups), with
+# and without split-K, any layout (264 x 520 x 64: interior blocks, on the unconditional-load path,
+# beside edge blocks); each config must be exact on any shape, not only on those the plan gives it.
 @pytest.mark.parametrize("tile", [0, 1, 2])
 @pytest.mark.parametrize("splits", [1, 3])
-@pytest.mark.parametrize("m,n,k", [(128, 256, 8), (129, 257, 17), (127, 255, 9), (260, 130, 44), (3, 5, 2)])
+@pytest.mark.parametrize("m,n,k", [(128, 256, 8), (129, 257, 17), (127, 255, 9), (260, 130, 44), (3, 5, 2),
+                                   (264, 520, 64)])
 def test_matmul_every_tile_config(native_backend, monkeypatch, tile, splits, m, n, k):
     monkeypatch.setattr(native_backend, "ext", _Planned(native_backend.ext, tile, splits))
     rng = np.random.default_rng(m * n + k + tile)

@@ -125,10 +125,16 @@ struct GemmLoader {
   }
 
   // Loads group l of the step at k0, of which k_left (clamped to BK) k values remain before k_end
-  // (the rest read as 0), and moves the group on to the next step.
+  // (the rest read as 0), and moves the group on to the next step. FULL: the caller knows the
+  // group is whole and 16-byte aligned (an interior block, see gemm_kernel): one vector load.
+  template <bool FULL>
   __device__ __forceinline__ void fetch(int l, int k_left, bool vec, T out[4]) {
-    const int n = K_CONTIGUOUS ? min(valid[l], max(0, k_left - kq[l])) : (kq[l] < k_left ? valid[l] : 0);
-    load4(p[l], vec, n, out);
+    if (FULL) {
+      vec_load4(p[l], out);
+    } else {
+      const int n = K_CONTIGUOUS ? min(valid[l], max(0, k_left - kq[l])) : (kq[l] < k_left ? valid[l] : 0);
+      load4(p[l], vec, n, out);
+    }
     p[l] += step;  // (a pointer of an empty group is never read)
   }
 };
@@ -179,41 +185,52 @@ __global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
   auto stage_b = [&](int s, int l, const T x[4]) {
     gemm_stage<T, Cfg::THREADS, BN, BK, TRANS_B>(Bs[s], tid, l, x);
   };
-  T a_next[4], b_next[4];
-  if (k_begin < k_end) {
-    const int k_left = (int)min64(BK, k_end - k_begin);
+  // The k loop, in two copies: FULL for an interior block (its tile inside C, every k-step whole,
+  // both operands 16-byte aligned: unconditional vector loads, none of the edge arithmetic in the
+  // loop) and the general one for the others.
+  auto k_loop = [&](auto full) {
+    constexpr bool FULL = decltype(full)::value;
+    T a_next[4], b_next[4];
+    if (k_begin < k_end) {
+      const int k_left = (int)min64(BK, k_end - k_begin);
 #pragma unroll
-    for (int l = 0; l < Cfg::LOADS_A; ++l) a_loader.fetch(l, k_left, vec_a, a_next), stage_a(0, l, a_next);
+      for (int l = 0; l < Cfg::LOADS_A; ++l)
+        a_loader.template fetch<FULL>(l, k_left, vec_a, a_next), stage_a(0, l, a_next);
 #pragma unroll
-    for (int l = 0; l < Cfg::LOADS_B; ++l) b_loader.fetch(l, k_left, vec_b, b_next), stage_b(0, l, b_next);
-  }
-  __syncthreads();
-  int stage = 0;
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
-    const bool more = k0 + BK < k_end;
-    const int k_left = (int)min64(BK, k_end - (k0 + BK));
-#pragma unroll
-    for (int kk = 0; kk < BK; ++kk) {
-      // The next step's groups, one of each operand at a time (few registers held): a group's
-      // global loads are in flight during KK_A (KK_B) k of math, then it goes to the other stage.
-      constexpr int KA = Cfg::KK_A, KB = Cfg::KK_B;
-      if (more && kk % KA == 0) a_loader.fetch(kk / KA, k_left, vec_a, a_next);
-      if (more && kk % KB == 0) b_loader.fetch(kk / KB, k_left, vec_b, b_next);
-      T a[FM][4], b[FN][4];
-#pragma unroll
-      for (int i = 0; i < FM; ++i) vec_load4(&As[stage][kk][wm + 4 * Cfg::LM * i], a[i]);
-#pragma unroll
-      for (int j = 0; j < FN; ++j) vec_load4(&Bs[stage][kk][wn + 4 * Cfg::LN * j], b[j]);
-#pragma unroll
-      for (int i = 0; i < FM * 4; ++i)
-#pragma unroll
-        for (int j = 0; j < FN * 4; ++j) acc[i][j] += a[i / 4][i % 4] * b[j / 4][j % 4];
-      if (more && kk % KA == KA - 1) stage_a(stage ^ 1, kk / KA, a_next);
-      if (more && kk % KB == KB - 1) stage_b(stage ^ 1, kk / KB, b_next);
+      for (int l = 0; l < Cfg::LOADS_B; ++l)
+        b_loader.template fetch<FULL>(l, k_left, vec_b, b_next), stage_b(0, l, b_next);
     }
-    __syncthreads();  // the other stage is written; this one may be overwritten next step
-    stage ^= 1;
-  }
+    __syncthreads();
+    int stage = 0;
+    for (int64_t k0 = k_begin; k0 < k_end; k0 += BK) {
+      const bool more = k0 + BK < k_end;
+      const int k_left = (int)min64(BK, k_end - (k0 + BK));
+#pragma unroll
+      for (int kk = 0; kk < BK; ++kk) {
+        // The next step's groups, one of each operand at a time (few registers held): a group's
+        // global loads are in flight during KK_A (KK_B) k of math, then it goes to the other stage.
+        constexpr int KA = Cfg::KK_A, KB = Cfg::KK_B;
+        if (more && kk % KA == 0) a_loader.template fetch<FULL>(kk / KA, k_left, vec_a, a_next);
+        if (more && kk % KB == 0) b_loader.template fetch<FULL>(kk / KB, k_left, vec_b, b_next);
+        T a[FM][4], b[FN][4];
+#pragma unroll
+        for (int i = 0; i < FM; ++i) vec_load4(&As[stage][kk][wm + 4 * Cfg::LM * i], a[i]);
+#pragma unroll
+        for (int j = 0; j < FN; ++j) vec_load4(&Bs[stage][kk][wn + 4 * Cfg::LN * j], b[j]);
+#pragma unroll
+        for (int i = 0; i < FM * 4; ++i)
+#pragma unroll
+          for (int j = 0; j < FN * 4; ++j) acc[i][j] += a[i / 4][i % 4] * b[j / 4][j % 4];
+        if (more && kk % KA == KA - 1) stage_a(stage ^ 1, kk / KA, a_next);
+        if (more && kk % KB == KB - 1) stage_b(stage ^ 1, kk / KB, b_next);
+      }
+      __syncthreads();  // the other stage is written; this one may be overwritten next step
+      stage ^= 1;
+    }
+  };
+  const bool interior = vec_a && vec_b && m0 + BM <= M && n0 + BN <= N && (k_end - k_begin) % BK == 0;
+  if (interior) k_loop(std::true_type{});
+  else k_loop(std::false_type{});
 
   T* out = partials ? partials + (int64_t)blockIdx.z * M * N : C;
 #pragma unroll
