@@ -198,9 +198,9 @@ def test_cross_entropy_infinite_and_nan_logits_on_each_path(backend, classes):
 
 @pytest.mark.slow
 def test_cross_entropy_rows_past_the_grid(native_backend):
-    """More rows than the row kernel's 264 blocks cover at once (a thread per row: 256 per block):
-    each block takes several rows in turn (grid-stride), the last turn partial."""
-    z, y, w = _cross_entropy_case(264 * 256 * 3 + 3, 2, True, seed=5)
+    """More rows than the row kernel's 2048 blocks cover at once (a thread per row: 256 per block):
+    each block takes several rows in turn (grid-stride)."""
+    z, y, w = _cross_entropy_case(2048 * 256 + 3, 2, True, seed=5)
     args = on(native_backend, z.astype(np.float32), y, w.astype(np.float32))
     loss, grad = ops.softmax_cross_entropy_with_grad(*args, label_smoothing=0.1)
     assert_matches(loss, lambda z, y, w: cross_entropy64(z, y, w, 0.1), [z, y, w], np.float32, what="loss")

@@ -33,7 +33,7 @@
 //     A row is owned by LANES consecutive lanes of a warp, the fewest of 1, 2, 4, ..., 32 that
 //     cover it with 2 chunks each (LANES = 2 for 10 classes: 16 rows per warp), 32 (a warp) up to
 //     4096 classes, and by the whole block beyond. A block owns 256 / LANES rows at a time (one
-//     past 4096 classes) and takes the next ones grid-stride; at most 264 blocks (kMaxRowGrid).
+//     past 4096 classes) and takes the next ones grid-stride; at most 2048 blocks.
 //     A row is cut into chunks of 4 values (a 16-byte load of float, two of double, when every
 //     row is 16-byte aligned; else scalar loads); a thread (lane l of its row's LANES) owns chunks
 //     l, l + LANES, ..., so one chunk index is contiguous over the lanes.
@@ -143,10 +143,8 @@ constexpr int kBlockRow = 0;
 constexpr int kChunk = 4;
 constexpr int64_t kWarpRowMaxClasses = 4096;
 // Row-kernel blocks at most: each writes one partial loss sum, so the mean kernel sums few values.
-// A constant (not the device's SM count), so the summation order depends on N and C only: one
-// wave of a 132-SM GPU (H100/H200) at the 2 blocks per SM the row kernel's registers allow, so a
-// long batch is one persistent wave (2048 blocks took 7.76 waves, the last one 76% full).
-constexpr int64_t kMaxRowGrid = 264;
+// A constant (not the device's SM count), so the summation order depends on N and C only.
+constexpr int64_t kMaxRowGrid = 2048;
 
 // Chunks a thread keeps in registers between reading its values and writing the row's output
 // (further chunks are re-read; they hit L1/L2): a smaller group 2 chunks per lane; a warp or a
