@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_session.sh [results-name]       (run from the repository root)
 #   ONLY=dense,conv (benchmark families; default all), SKIP_MEMCHECK=1, MEMCHECK_TESTS="tests/test_dense.py",
 #   VARIANTS="current no-split-k" (none: skip the step breakdown), GEMM_SWEEP=1 (benchmarks/gpu_gemm_sweep.py),
-#   PROFILE=1 (benchmarks/gpu_profile.py timed, then its kernels under Nsight Compute)
+#   PROFILE=1 (benchmarks/gpu_profile.py timed; with NCU=1 also its kernels under Nsight Compute)
 #
 # Same-card A/B: BASES="DIR=FAMILIES ..." names source trees of predecessors or variants (e.g.
 # `git archive REV | tar -x -C DIR` inside an ignored folder that the device tool carries); each is
@@ -73,10 +73,10 @@ fi
 if [ -n "${PROFILE:-}" ]; then
   stage "cross-entropy by row length, then kernels under Nsight Compute"
   timeout 60 $PY benchmarks/gpu_profile.py 2>&1 | tee "$OUT/profile.log"
-  timeout 150 ncu --clock-control none --kernel-name regex:"softmax_cross_entropy_rows|gemm_kernel|copy" \
+  [ -z "${NCU:-}" ] || timeout 150 ncu --clock-control none --kernel-name regex:"softmax_cross_entropy_rows|gemm_kernel|copy" \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section MemoryWorkloadAnalysis $PY benchmarks/gpu_profile.py --ncu >"$OUT/ncu.log" 2>&1
-  echo "ncu exit $?"; grep -E "^  [a-z_]+.*\(|Duration|Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.log" | head -60
+  [ -z "${NCU:-}" ] || echo "ncu exit $?"; [ -z "${NCU:-}" ] || grep -E "^  [a-z_]+.*\(|Duration|Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.log" | head -60
 fi
 
 # The predecessors last (this tree's results come first if time runs out); the editable install

@@ -9,10 +9,10 @@ from helpers import on
 INT64 = np.iinfo(np.int64)
 
 
-@pytest.mark.parametrize("n", [1, 2, 511, 512, 513, 1025, 16384, 16385, 100_003, (1 << 20) + 1, 1024 * 16384 + 3])
+@pytest.mark.parametrize("n", [1, 2, 511, 512, 513, 1025, 65536, 65537, 100_003, (1 << 20) + 1, 1024 * 16384 + 3])
 def test_range_of_any_length(backend, n):
     # Lengths around the block's 512 threads and its tree, one a thread strides many times, around
-    # one block's slice of 16384 values (then several blocks and a second launch), and past the
+    # the one-block limit of 65536 values (then slices of 16384 and a second launch), and past the
     # 1024-block cap (longer slices).
     a = np.random.default_rng(n).integers(-(10**6), 10**6, n)
     assert value_range(on(backend, a), backend) == (int(a.min()), int(a.max()))
@@ -29,7 +29,7 @@ def test_a_constant_array(backend):
     assert value_range(on(backend, np.full(777, -3, np.int64)), backend) == (-3, -3)
 
 
-@pytest.mark.parametrize("n", [16385, 100_003])
+@pytest.mark.parametrize("n", [65537, 100_003])
 @pytest.mark.parametrize("where", ["first", "last"])
 def test_extremes_in_any_slice(backend, n, where):
     # the extremes in the first or the last block's slice, and the rest of the array between them

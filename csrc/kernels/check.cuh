@@ -11,13 +11,14 @@
 // Decomposition: G = index_range_blocks(n) blocks of kThreads threads; block b takes the b-th of G
 // equal contiguous slices, each thread strides over the slice keeping its min and max, a
 // shared-memory tree combines them, and thread 0 writes the slice's (min, max) as two values. With
-// one block (up to kValuesPerBlock values: a batch of labels) those two values are the answer: one
-// launch. With more, the 2G slice values go to a workspace and the same kernel, one block, takes
-// their min and max: the min of every slice's (min, max) pairs is the least min, since each
-// slice's max is at least its min, and likewise for the max. One SM reads ~50 GB/s (one block
-// over 2 MB of labels took ~40 us on an H200, most of a 262144 x 1000 fused cross-entropy's
-// overhead), so large arrays get up to kMaxBlocks. Min and max do not depend on the order, so the
-// result is exact and the same on every run. Indices are 64-bit.
+// one block (up to kOneBlockValues: a batch of labels, ~10 us of one SM's reading) those two
+// values are the answer: one launch. With more (one per kValuesPerBlock, at most kMaxBlocks), the
+// 2G slice values go to a workspace and the same kernel, one block, takes their min and max: the
+// min of every slice's (min, max) pairs is the least min, since each slice's max is at least its
+// min, and likewise for the max. One SM reads ~50 GB/s: one block over 2 MB of labels took ~40 us
+// on an H200, most of a 262144 x 1000 fused cross-entropy's overhead; a second launch costs the
+// host a few us, which a 65536 x 10 one (~60 us in all) felt. Min and max do not depend on the
+// order, so the result is exact and the same on every run. Indices are 64-bit.
 #pragma once
 
 #include "check.h"
@@ -27,7 +28,8 @@ namespace fc {
 
 namespace index_range_launch {
 constexpr int kThreads = 512;
-constexpr int64_t kValuesPerBlock = 16384;  // 128 KB per block
+constexpr int64_t kOneBlockValues = 65536;  // 512 KB
+constexpr int64_t kValuesPerBlock = 16384;  // 128 KB per block past that
 constexpr int64_t kMaxBlocks = 1024;
 }  // namespace index_range_launch
 
@@ -61,7 +63,8 @@ __global__ void __launch_bounds__(index_range_launch::kThreads)
 
 int64_t index_range_blocks(int64_t n) {
   using namespace index_range_launch;
-  return max64(1, min64((n + kValuesPerBlock - 1) / kValuesPerBlock, kMaxBlocks));
+  if (n <= kOneBlockValues) return 1;
+  return min64((n + kValuesPerBlock - 1) / kValuesPerBlock, kMaxBlocks);
 }
 
 void index_range(const int64_t* a, int64_t n, int64_t* range, int64_t* workspace, void* stream) {
