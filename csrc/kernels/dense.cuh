@@ -327,12 +327,13 @@ int64_t gemm_splits(int64_t M, int64_t N, int64_t K, int tile) {
 
 int gemm_tile(int64_t M, int64_t N, int64_t K) {
   // Measured on an H200 with every tile and slice count forced (benchmarks/gpu_gemm_sweep.py,
-  // 2026-11-26, results/logs/cuda-h200-2026-11-26-session4-gemm-sweep.log), TFLOP/s:
-  //   large (128 x 128, 2 blocks per SM) wherever there are at least 96 of its tiles: 4096^3 40.5
-  //     (wide 39.8, small 33.9), 2048^3 38.3 (wide 37.3), 4096 x 1024 x 1024 36.1 (wide 34.9);
+  // 2026-11-26, results/logs/cuda-h200-2026-11-26-session4-call{1,2}-gemm-sweep.log: call 1 before
+  // the interior-block loop, call 2 with it, on another machine), TFLOP/s:
+  //   large (128 x 128, 2 blocks per SM) wherever there are at least 96 of its tiles: 4096^3 40.5,
+  //     then 44.9 (wide 39.8 / 40.8, small 33.9 / 34.9), 2048^3 38.3 / 41.2 (wide 37.3 / 37.2);
   //   wide (128 x 256, 1 block per SM) when there are fewer, if K is long enough for the slices
-  //     that fill its waves to keep 256 k each: 1024^3 in 4 slices 25.8 (small in 2: 24.0, large
-  //     in 4: 24.2), 1024 x 1024 x 4096 34.4 (small: 28.8);
+  //     that fill its waves to keep 256 k each: 1024^3 in 4 slices 25.8 / 22.2 (small in 2: 24.0 /
+  //     20.7; large in 2: 24.6 / 24.2, a close call), 1024 x 1024 x 4096 34.4 / 34.4 (small 28.8 / 29.1);
   //   small (64 x 64, 4 blocks per SM) for the rest: 768^3 16.3, 512^3 8.2, 128 x 128 x 3136.
   if (gemm_tile_count(M, N, gemm_tile_shape(kGemmLarge)) >= 96) return kGemmLarge;
   const GemmTileShape wide = gemm_tile_shape(kGemmWide);
