@@ -22,9 +22,11 @@ import os
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["align_skip", "should_stream", "stream_map1", "stream_map2", "write_out", "store_fence"]
+__all__ = ["align_skip", "should_stream", "stream_map1", "stream_map2", "write_out", "store_fence", "prefetch",
+           "PREFETCH_AHEAD"]
 
 LINE = 64           # bytes per cache line and per streaming store
 BLOCK = 128         # values computed into the L1 buffer per write_out
@@ -90,6 +92,34 @@ def store_fence(typingctx):
         return context.get_dummy_value()
 
     return types.void(), codegen
+
+
+# How far ahead of a compute-heavy streamed loop its input is prefetched: a loop that computes
+# sigmoid at ~0.4 ns per value while it streams its output stalled on its input reads (1.1 ns per
+# value at 2^28 float32, 0.45 in cache); prefetching 4 KB ahead brought it to 0.42 (38 GB/s, 2
+# threads), 1 KB or 2 KB ahead 0.45, 8 KB 0.78. The hardware prefetcher keeps up by itself with
+# ReLU's light loop.
+PREFETCH_AHEAD = 1024  # values (float32: 4 KB)
+
+
+@intrinsic
+def prefetch(typingctx, src, i):
+    """A hint to bring the line holding src[i] into the caches (x86 prefetcht0): no effect on
+    results, and no fault for any address."""
+    if not isinstance(src, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        address = builder.bitcast(builder.gep(array.data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        read, keep_in_all_levels, data_cache = ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]),
+                                            "llvm.prefetch.p0i8")
+        builder.call(fn, [address, read, keep_in_all_levels, data_cache])
+        return context.get_dummy_value()
+
+    return types.void(src, i), codegen
 
 
 @njit(inline="always")

@@ -1,4 +1,5 @@
-"""exp(x) for x <= 0, log1p(e) for e in [0, 1] and a float max, in forms LLVM vectorizes.
+"""exp(x) for x <= 0, log1p(e) for e in [0, 1] and a float max, in forms LLVM vectorizes; and the
+float32 sigmoid of 16 values at once in AVX-512 instructions, for hosts that have them.
 
 Numba calls libm's scalar exp (PyPI's llvmlite has no SVML), which keeps sigmoid and softmax far
 from memory bandwidth. For float32 this computes exp as 2^k * p(r) (Cody-Waite reduction, the
@@ -7,10 +8,14 @@ so a whole loop of it becomes SIMD code. Every caller needs only x <= 0 (exp(-|v
 exp(z - max) in softmax), which keeps 2^k a normal number; below -87.3 the result is 0.
 float64 inputs use np.exp (they are for gradient checks, not speed).
 """
+import math
+import os
+
+import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
-from numba import types
-from numba.core import cgutils
+from numba import njit, types
+from numba.core import cgutils, config
 from numba.extending import intrinsic, overload
 
 _LOG2E = np.float32(1.44269504088896341)
@@ -103,3 +108,100 @@ def maxnum(typingctx, a, b):
         return builder.call(fn, args)
 
     return a(a, b), codegen
+
+
+# ---- sigmoid of 16 float32 at once in AVX-512 -----------------------------------------------------
+
+def _host_has_avx512():
+    """Whether kernels may use AVX-512F instructions: the host has them, Numba compiles for the
+    host (NUMBA_CPU_NAME unset or "host"), and FASTCONV_AVX512 is not "0"."""
+    if os.environ.get("FASTCONV_AVX512", "").strip() == "0":
+        return False
+    if config.CPU_NAME not in (None, "host"):
+        return False
+    return bool(llvm.get_host_cpu_features().get("avx512f", False))
+
+
+AVX512 = _host_has_avx512()  # read at each call by the ops that have an AVX-512 kernel
+
+_V16 = ir.VectorType(ir.FloatType(), 16)
+_I16, _I32 = ir.IntType(16), ir.IntType(32)
+_LN2 = 0.6931471805599453
+_LN2_HI = float(np.float32(_LN2))
+_LN2_LO = float(np.float32(_LN2 - _LN2_HI))
+_EXP_TAYLOR = [1 / math.factorial(n) for n in range(8)]  # e^r to r^7: 6e-9 relative for |r| <= ln2 / 2
+
+
+def _splat(value):
+    return ir.Constant(_V16, [ir.Constant(ir.FloatType(), float(np.float32(value)))] * 16)
+
+
+def _call(builder, name, *args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [a.type for a in args]), name)
+    return builder.call(fn, list(args))
+
+
+def _sigmoid16_ir(builder, x):
+    """sigmoid(x) of a <16 x float>, in the instructions of the math below (AVX-512F).
+
+    e = exp(-|x|) = 2^k e^r with k = round(-|x| log2 e), r = -|x| - k ln 2 (Cody-Waite, two fused
+    multiply-adds), e^r by its Taylor series to r^7, and 2^k applied by vscalefps (exact, and
+    subnormal results come out right); -|x| is first clamped at -110, where e rounds to 0 anyway.
+    Then 1 / (1 + e) by vrcp14ps and one Newton step (2^-28 before rounding), y = that for x >= 0
+    and e / (1 + e) below; NaN stays NaN. About 2 ulp from float64's sigmoid rounded to float32."""
+    a = _call(builder, "llvm.maxnum.v16f32", builder.fneg(_call(builder, "llvm.fabs.v16f32", x)), _splat(-110.0))
+    k = _call(builder, "llvm.nearbyint.v16f32", builder.fmul(a, _splat(1.4426950408889634)))
+    r = _call(builder, "llvm.fma.v16f32", k, _splat(-_LN2_HI), a)
+    r = _call(builder, "llvm.fma.v16f32", k, _splat(-_LN2_LO), r)
+    p = _splat(_EXP_TAYLOR[-1])
+    for c in reversed(_EXP_TAYLOR[:-1]):
+        p = _call(builder, "llvm.fma.v16f32", p, r, _splat(c))
+    all_lanes, current_rounding = ir.Constant(_I16, -1), ir.Constant(_I32, 4)
+    e = _call(builder, "llvm.x86.avx512.mask.scalef.ps.512", p, k, p, all_lanes, current_rounding)
+    d = builder.fadd(e, _splat(1.0))
+    inv = _call(builder, "llvm.x86.avx512.rcp14.ps.512", d, d, all_lanes)
+    inv = _call(builder, "llvm.fma.v16f32", inv, _call(builder, "llvm.fma.v16f32", builder.fneg(d), inv, _splat(1.0)),
+                inv)
+    y = builder.select(builder.fcmp_ordered("<", x, _splat(0.0)), builder.fmul(e, inv), inv)
+    return builder.select(builder.fcmp_unordered("uno", x, x), x, y)
+
+
+def _sigmoid16_intrinsic(nontemporal):
+    def typer(typingctx, src, i, dst, j):
+        float32_vector = (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.ndim == dst.ndim == 1
+                          and src.dtype == dst.dtype == types.float32 and src.layout == dst.layout == "C")
+        if not float32_vector:
+            return None
+
+        def codegen(context, builder, signature, args):
+            source = context.make_array(signature.args[0])(context, builder, args[0])
+            target = context.make_array(signature.args[2])(context, builder, args[2])
+            x = builder.load(builder.bitcast(builder.gep(source.data, [args[1]]), _V16.as_pointer()), align=4)
+            store = builder.store(_sigmoid16_ir(builder, x),
+                                  builder.bitcast(builder.gep(target.data, [args[3]]), _V16.as_pointer()),
+                                  align=64 if nontemporal else 4)
+            if nontemporal:
+                store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(_I32, 1)]))
+            return context.get_dummy_value()
+
+        return types.void(src, i, dst, j), codegen
+
+    return intrinsic(typer)
+
+
+sigmoid16 = _sigmoid16_intrinsic(False)
+sigmoid16.__doc__ = "dst[j : j + 16] = sigmoid(src[i : i + 16]) for 1-D C-contiguous float32 arrays (AVX-512F)."
+sigmoid16_streamed = _sigmoid16_intrinsic(True)
+sigmoid16_streamed.__doc__ = "sigmoid16 with a non-temporal 64-byte store: dst + j must start a cache line."
+
+
+@njit(inline="always")
+def sigmoid16_part(src, dst, lo, hi):
+    """dst[lo:hi] = sigmoid(src[lo:hi]) for fewer than 16 values, through a padded 16-value buffer, so
+    that every value gets sigmoid16's bits wherever it sits."""
+    padded, out = np.zeros(16, np.float32), np.empty(16, np.float32)
+    for k in range(hi - lo):
+        padded[k] = src[lo + k]
+    sigmoid16(padded, 0, out, 0)
+    for k in range(hi - lo):
+        dst[lo + k] = out[k]
