@@ -406,6 +406,18 @@ class TestBadInput:
             self._ce(backend, w=np.array([1, -1, 1, 1], np.float32))
         with pytest.raises(TypeError, match=r"weight is float64 but the other inputs are float32"):
             self._ce(backend, w=np.ones(4))
+        negative = np.array([1, -1, 1, 1], np.float32)
+        self._ce(backend, w=negative, check_weight=False)  # the caller vouches for them: no check
+
+    def test_bad_labels_are_reported_before_bad_weights(self, backend):
+        # The same order on every backend (the native ones check values after launching the kernel).
+        negative = np.array([1, -1, 1, 1], np.float32)
+        for op in (ops.softmax_cross_entropy_forward, ops.softmax_cross_entropy_with_grad):
+            with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 4\).*got 7 at index 1"):
+                op(*on(backend, np.zeros((3, 4), np.float32), np.array([0, 7, 3]), negative))
+        with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 4\).*got -2 at index 2"):
+            ops.softmax_cross_entropy_backward(*on(backend, np.full((3, 4), 0.25, np.float32), np.array([0, 1, -2]),
+                                                   negative))
 
     def test_label_smoothing(self, backend):
         with pytest.raises(ValueError, match=r"label_smoothing must be <= 1.0, got 1.5"):

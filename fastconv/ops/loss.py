@@ -19,11 +19,8 @@ __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "s
 
 def _class_labels(be, labels, n, classes, op):
     """(labels as contiguous int64 of shape (n,), check): check() raises ValueError unless every
-    value is in [0, classes). On the native backends the range is computed on the device while the
-    op's kernel runs (the kernel writes NaN for a label out of range, never reads outside the
-    logits), and the op calls check() after launching it: the one sync of the call then waits for
-    the op instead of leaving the device idle before it. On the cpu backend the check is done here,
-    before any kernel sees the labels."""
+    value is in [0, classes). The range is computed on the device (value_range_start): on the
+    native backends while the op's kernel runs, see _cross_entropy_inputs."""
     y = _labels(labels, "labels", be, n)
     pending = value_range_start(y, be)
 
@@ -34,21 +31,23 @@ def _class_labels(be, labels, n, classes, op):
             index = int(be.xp.flatnonzero(y == bad)[0])
             raise ValueError(f"{op}: labels must be class indices in [0, {classes}) for {classes} classes, "
                              f"got {bad} at index {index}")
-    if not be.kernels_tolerate_bad_indices:
-        check()
     return y, check
 
 
-def _class_weight(be, weight, classes, dtype, op, check_values):
+def _class_weight(be, weight, classes, dtype, op):
+    """(weight as (classes,) in dtype or None, check): check() raises ValueError unless every
+    weight is >= 0 (and not NaN)."""
     if weight is None:
-        return None
+        return None, lambda: None
     w = tensor(weight, "weight", be, ndim=1, dtype=dtype)
     if w.shape != (classes,):
         raise ValueError(f"{op}: weight is {shape_str(w.shape)} but there are {classes} classes: "
                          f"weight must be ({classes},)")
-    if check_values and not bool((w >= 0).all()):  # a device-to-host read on a GPU
-        raise ValueError(f"{op}: weight must be non-negative (and not NaN), got min {float(w.min())}")
-    return w
+
+    def check():
+        if not bool((w >= 0).all()):  # a device-to-host read on a GPU
+            raise ValueError(f"{op}: weight must be non-negative (and not NaN), got min {float(w.min())}")
+    return w, check
 
 
 def _batch(be, name, x, op):
@@ -63,13 +62,31 @@ def _batch(be, name, x, op):
 
 
 def _cross_entropy_inputs(be, first, first_name, labels, weight, label_smoothing, check_weight, op):
+    """The checked inputs and check_values(), which raises for a label out of range, then for a
+    negative weight (with check_weight). Shapes are checked here. The values are checked here on the
+    cpu backend, before any kernel sees them; on the native backends, whose kernels tolerate bad
+    labels (NaN for a label out of range, never a read outside the logits), the op calls
+    check_values() after launching its kernel, so that the label range's sync waits for the op
+    instead of leaving the device idle before it (with a weight check, a second sync follows)."""
     smoothing = number(label_smoothing, "label_smoothing", low=0.0, high=1.0)
     check_weight = flag(check_weight, "check_weight")
     x = _batch(be, first_name, first, op)
     n, classes = x.shape
     y, check_labels = _class_labels(be, labels, n, classes, op)
-    w = _class_weight(be, weight, classes, x.dtype, op, check_weight)
-    return x, y, w, smoothing, check_labels
+    w, check_weights = _class_weight(be, weight, classes, x.dtype, op)
+
+    def check_values():
+        check_labels()
+        if check_weight:
+            check_weights()
+    if be.kernels_tolerate_bad_indices:
+        return x, y, w, smoothing, check_values
+    check_values()
+    return x, y, w, smoothing, _already_checked
+
+
+def _already_checked():
+    pass
 
 
 def softmax_cross_entropy_forward(logits, labels, weight=None, label_smoothing=0.0, check_weight=True):
@@ -87,10 +104,10 @@ def softmax_cross_entropy_forward(logits, labels, weight=None, label_smoothing=0
     same for the two ops below.
     """
     be = _backend.current()
-    x, y, w, smoothing, check_labels = _cross_entropy_inputs(be, logits, "logits", labels, weight, label_smoothing,
+    x, y, w, smoothing, check_values = _cross_entropy_inputs(be, logits, "logits", labels, weight, label_smoothing,
                                                check_weight, "softmax_cross_entropy_forward")
     result = be.softmax_cross_entropy_forward(x, y, w, smoothing)
-    check_labels()  # (on a GPU: after the launch, see _class_labels)
+    check_values()  # on a native backend: after the launch (see _cross_entropy_inputs)
     return result
 
 
@@ -99,10 +116,10 @@ def softmax_cross_entropy_backward(probs, labels, weight=None, label_smoothing=0
     [p (((1 - e) w[y] + (e/C) sum(w)) - (1 - e) w[y] onehot - (e/C) w] / sum_i w[y_i]
     (= (probs - onehot) / N without weight and smoothing)."""
     be = _backend.current()
-    p, y, w, smoothing, check_labels = _cross_entropy_inputs(be, probs, "probs", labels, weight, label_smoothing,
+    p, y, w, smoothing, check_values = _cross_entropy_inputs(be, probs, "probs", labels, weight, label_smoothing,
                                                check_weight, "softmax_cross_entropy_backward")
     result = be.softmax_cross_entropy_backward(p, y, w, smoothing)
-    check_labels()  # (on a GPU: after the launch, see _class_labels)
+    check_values()  # on a native backend: after the launch (see _cross_entropy_inputs)
     return result
 
 
@@ -111,10 +128,10 @@ def softmax_cross_entropy_with_grad(logits, labels, weight=None, label_smoothing
     gradient in one pass over the logits (read once, the gradient written once; the probs are
     never stored) — what a training step needs. The same values as the two ops."""
     be = _backend.current()
-    x, y, w, smoothing, check_labels = _cross_entropy_inputs(be, logits, "logits", labels, weight, label_smoothing,
+    x, y, w, smoothing, check_values = _cross_entropy_inputs(be, logits, "logits", labels, weight, label_smoothing,
                                                check_weight, "softmax_cross_entropy_with_grad")
     result = be.softmax_cross_entropy_with_grad(x, y, w, smoothing)
-    check_labels()  # (on a GPU: after the launch, see _class_labels)
+    check_values()  # on a native backend: after the launch (see _cross_entropy_inputs)
     return result
 
 
