@@ -75,8 +75,8 @@ if [ -n "${PROFILE:-}" ]; then
   timeout 60 $PY benchmarks/gpu_profile.py 2>&1 | tee "$OUT/profile.log"
   [ -z "${NCU:-}" ] || timeout 150 ncu --clock-control none --kernel-name regex:"softmax_cross_entropy_rows|gemm_kernel|copy" \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    --section MemoryWorkloadAnalysis $PY benchmarks/gpu_profile.py --ncu >"$OUT/ncu.log" 2>&1
-  [ -z "${NCU:-}" ] || echo "ncu exit $?"; [ -z "${NCU:-}" ] || grep -E "^  [a-z_]+.*\(|Duration|Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.log" | head -60
+    --section MemoryWorkloadAnalysis $PY benchmarks/gpu_profile.py --ncu >"$OUT/ncu.log" 2>&1; ncu_rc=$?
+  [ -z "${NCU:-}" ] || echo "ncu exit $ncu_rc"; [ -z "${NCU:-}" ] || grep -E "^  [a-z_]+.*\(|Duration|Throughput|Achieved Occupancy|Registers Per|Stall" "$OUT/ncu.log" | head -60
 fi
 
 # The predecessors last (this tree's results come first if time runs out); the editable install

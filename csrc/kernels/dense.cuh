@@ -307,9 +307,10 @@ int64_t gemm_splits(int64_t M, int64_t N, int64_t K, int tile) {
   // bounds allow (1 wide, 2 large, 4 small). The count is the smallest s whose s x tiles blocks fill
   // at least 80% of the waves they take, else the s that fills them best; each slice keeps at least
   // 128 k values of work, and there are at most 64. Measured on an H200 with every count forced
-  // (benchmarks/gpu_gemm_sweep.py, 2026-11-26): 1536^3 is 144 large tiles, 55% of a wave, and runs
-  // 20.7 TFLOP/s unsplit, 26.7 in 3 slices; 768^3 10.96 -> 15.8 (3); 1024 x 1024 x 4096 25.9 -> 29.8
-  // (2); 2048^3 and 4096^3 fill their waves unsplit and are fastest so.
+  // (benchmarks/gpu_gemm_sweep.py, results/logs/cuda-h200-2026-11-26-session4-call2-gemm-sweep.log):
+  // 1536^3 is 144 large tiles, 55% of a wave: 23.1 TFLOP/s unsplit, 29.8 in 3 slices; 768^3 small
+  // 12.3 -> 14.0 (3); 1024 x 1024 x 4096 wide 10.0 -> 34.4 (4); 2048^3 and 4096^3 fill their
+  // waves unsplit and are fastest so.
   constexpr int64_t kMinKPerSlice = 128, kMaxSplits = 64;
   const GemmTileShape t = gemm_tile_shape(tile);
   const int64_t tiles = gemm_tile_count(M, N, t);
