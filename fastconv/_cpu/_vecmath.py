@@ -126,9 +126,11 @@ AVX512 = _host_has_avx512()  # read at each call by the ops that have an AVX-512
 
 _V16 = ir.VectorType(ir.FloatType(), 16)
 _I16, _I32 = ir.IntType(16), ir.IntType(32)
+# ln 2 split for the FMA reduction (own names: the jitted exp_nonpositive above reads _LN2_HI/_LO
+# from this module's globals when it compiles, and float64 ones here turned its math into float64)
 _LN2 = 0.6931471805599453
-_LN2_HI = float(np.float32(_LN2))
-_LN2_LO = float(np.float32(_LN2 - _LN2_HI))
+_FMA_LN2_HI = float(np.float32(_LN2))
+_FMA_LN2_LO = float(np.float32(_LN2 - _FMA_LN2_HI))
 _EXP_TAYLOR = [1 / math.factorial(n) for n in range(8)]  # e^r to r^7: 6e-9 relative for |r| <= ln2 / 2
 
 
@@ -151,8 +153,8 @@ def _sigmoid16_ir(builder, x):
     and e / (1 + e) below; NaN stays NaN. About 2 ulp from float64's sigmoid rounded to float32."""
     a = _call(builder, "llvm.maxnum.v16f32", builder.fneg(_call(builder, "llvm.fabs.v16f32", x)), _splat(-110.0))
     k = _call(builder, "llvm.nearbyint.v16f32", builder.fmul(a, _splat(1.4426950408889634)))
-    r = _call(builder, "llvm.fma.v16f32", k, _splat(-_LN2_HI), a)
-    r = _call(builder, "llvm.fma.v16f32", k, _splat(-_LN2_LO), r)
+    r = _call(builder, "llvm.fma.v16f32", k, _splat(-_FMA_LN2_HI), a)
+    r = _call(builder, "llvm.fma.v16f32", k, _splat(-_FMA_LN2_LO), r)
     p = _splat(_EXP_TAYLOR[-1])
     for c in reversed(_EXP_TAYLOR[:-1]):
         p = _call(builder, "llvm.fma.v16f32", p, r, _splat(c))
