@@ -7,7 +7,8 @@ from numba import njit, prange
 
 from ._memory import empty_like
 from ._stream import SPAN, align_skip, should_stream, store_fence, write_out
-from ._vecmath import exp_nonpositive, log1p_unit, maxnum
+from . import _vecmath
+from ._vecmath import exp16_shifted, exp16_shifted_part, exp_nonpositive, log1p_unit, maxnum
 
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "softmax_cross_entropy_with_grad",
            "bce_with_logits_forward", "bce_with_logits_backward", "mse_forward", "mse_backward"]
@@ -80,12 +81,12 @@ def _row_weighted_shift(row, m, weight, has_weight):
 
 
 @njit(cache=True)
-def _grad_row(p, g, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum, p_scale=1.0):
+def _grad_row(p, g, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum, consts, p_scale=1.0):
     """g = dloss/dz of one row from its probs p_scale * p: the backward's formula, in the row's
-    dtype (float32 math for float32). g must not be p (see _cross_entropy_rows)."""
+    dtype (float32 math for float32; consts is a scratch array of 2 in that dtype, the caller's, so
+    that no row allocates). g must not be p (see _cross_entropy_rows)."""
     wy = weight[y] if has_weight else 1.0
     true_part = (1.0 - smoothing) * wy
-    consts = np.empty(2, p.dtype)
     consts[0] = p_scale * (true_part + share * class_weight_sum) / label_weight_sum
     consts[1] = share / label_weight_sum
     a, b = consts[0], consts[1]
@@ -98,14 +99,27 @@ def _grad_row(p, g, y, weight, has_weight, smoothing, share, label_weight_sum, c
     g[y] -= true_part / label_weight_sum
 
 
-@njit(parallel=True, cache=True)
-def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
-                        label_weight_sum, class_weight_sum, stream, skip):
+@njit(cache=True)
+def _exp_shift_avx512(row, m, p):
+    """_exp_shift for float32 rows on AVX-512 hosts: 16 values per _vecmath.exp16_shifted, under
+    1 ulp from exp of the float32 difference (the portable loop ~2 ulp), about 3x faster."""
+    n = row.size
+    whole = n // 16 * 16
+    for b in range(0, whole, 16):
+        exp16_shifted(row, b, m, p, b, 16)
+    if whole < n:
+        exp16_shifted_part(row, whole, m, p, whole, n - whole)
+
+
+@njit(inline="always")
+def _cross_entropy_rows_body(exp_shift, z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
+                             label_weight_sum, class_weight_sum, stream, skip):
     """Each row's loss, and probs = softmax(z); with grad, `probs` receives dloss/dz instead (the
     fused forward + backward: the row is still in cache, so the gradient costs no memory pass).
     A row is worked on in buffers of the task's own (two: LLVM vectorizes a loop whose input and
     output are the same array only after a runtime overlap check, which then fails), and written
-    to probs with streaming stores when `stream` (see _stream.py)."""
+    to probs with streaming stores when `stream` (see _stream.py). exp_shift(row, m, p) computes
+    p = exp(row - m)."""
     n, classes = z.shape
     share = smoothing / classes
     w_total = 0.0
@@ -116,18 +130,19 @@ def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_los
     for t in prange((n + rows_per_task - 1) // rows_per_task):
         exps = np.empty(classes, probs.dtype)
         staged = np.empty(classes if stream else 0, probs.dtype)
+        consts = np.empty(2, probs.dtype)
         for i in range(t * rows_per_task, min(n, (t + 1) * rows_per_task)):
             row = z[i]
             out = staged if stream else probs[i]
             m = _row_max(row)
-            _exp_shift(row, m, exps)
+            exp_shift(row, m, exps)
             s = _chunked_sum(exps)
             y = labels[i]
             if grad:  # exps / s are the probs
                 _grad_row(exps, out, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum,
-                          1.0 / s)
+                          consts, 1.0 / s)
             else:
-                _scaled(exps, 1.0 / s, out)
+                _scaled(exps, 1.0 / s, out, consts)
             if stream:
                 write_out(flat, i * classes, staged, classes, skip)
             log_s = np.log(s)
@@ -140,10 +155,24 @@ def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_los
         store_fence()
 
 
+@njit(parallel=True, cache=True)
+def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
+                        label_weight_sum, class_weight_sum, stream, skip):
+    _cross_entropy_rows_body(_exp_shift, z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
+                             label_weight_sum, class_weight_sum, stream, skip)
+
+
+# Compiled only when called, i.e. on AVX-512 hosts (elsewhere LLVM could not emit it).
+@njit(parallel=True, cache=True)
+def _cross_entropy_rows_avx512(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
+                               label_weight_sum, class_weight_sum, stream, skip):
+    _cross_entropy_rows_body(_exp_shift_avx512, z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight,
+                             grad, label_weight_sum, class_weight_sum, stream, skip)
+
+
 @njit(cache=True)
-def _scaled(p, scale, out):
-    """out = p * scale, in p's dtype (float32 rows stay float32 math)."""
-    k = np.empty(1, p.dtype)
+def _scaled(p, scale, out, k):
+    """out = p * scale, in p's dtype (float32 rows stay float32 math; k: the caller's scratch)."""
     k[0] = scale
     for c in range(p.size):
         out[c] = p[c] * k[0]
@@ -151,10 +180,14 @@ def _scaled(p, scale, out):
 
 @njit(parallel=True, cache=True)
 def _cross_entropy_grad(probs, labels, weight, has_weight, smoothing, label_weight_sum, class_weight_sum, out):
+    n = probs.shape[0]
     share = smoothing / probs.shape[1]
-    for i in prange(probs.shape[0]):
-        _grad_row(probs[i], out[i], labels[i], weight, has_weight, smoothing, share, label_weight_sum,
-                  class_weight_sum)
+    rows_per_task = max(1, SPAN // max(1, probs.shape[1]))
+    for t in prange((n + rows_per_task - 1) // rows_per_task):
+        consts = np.empty(2, probs.dtype)
+        for i in range(t * rows_per_task, min(n, (t + 1) * rows_per_task)):
+            _grad_row(probs[i], out[i], labels[i], weight, has_weight, smoothing, share, label_weight_sum,
+                      class_weight_sum, consts)
 
 
 # The elementwise losses compute in the inputs' dtype (constants made in it: a float64 literal
@@ -259,8 +292,9 @@ def _cross_entropy(logits, labels, weight, smoothing, grad):
     row_loss, row_weight = np.empty(n), np.empty(n)
     w, has_weight = _optional(weight, logits.dtype)
     label_weight_sum, class_weight_sum = _weight_sums(w, has_weight, labels, n, classes) if grad else (1.0, 1.0)
-    _cross_entropy_rows(logits, labels, w, has_weight, smoothing, out, row_loss, row_weight, grad,
-                        label_weight_sum, class_weight_sum, should_stream(out), align_skip(out))
+    rows = _cross_entropy_rows_avx512 if logits.dtype == np.float32 and _vecmath.AVX512 else _cross_entropy_rows
+    rows(logits, labels, w, has_weight, smoothing, out, row_loss, row_weight, grad, label_weight_sum,
+         class_weight_sum, should_stream(out), align_skip(out))
     total_weight = _ordered_sum(row_weight) if has_weight else float(n)
     return _scalar(_ordered_sum(row_loss) / total_weight, logits.dtype), out
 
