@@ -193,13 +193,15 @@ def _cross_entropy_grad(probs, labels, weight, has_weight, smoothing, label_weig
 # The elementwise losses compute in the inputs' dtype (constants made in it: a float64 literal
 # would turn float32 math into float64) with error_model="numpy" (the default's ZeroDivisionError
 # check on log1p_unit's and sigmoid's divisions kept the loops scalar: BCE at 0.7 GB/s).
-@njit(inline="always", error_model="numpy")
+# (Plain njit functions, not inline="always": Numba's IR inlining of exp_nonpositive through them
+# warned NumbaIRAssumptionWarning; LLVM inlines them anyway.)
+@njit(error_model="numpy", cache=True)
 def _softplus_neg(x, zero):
     """softplus(-x) = log(1 + exp(-x)), without overflow."""
     return log1p_unit(exp_nonpositive(-abs(x))) + (-x if x < zero else zero)
 
 
-@njit(inline="always", error_model="numpy")
+@njit(error_model="numpy", cache=True)
 def _bce_term(x, t, pw, zero, one):
     """(1 - t) x + (1 + (pw - 1) t) softplus(-x): the BCE with logits of one value, pw its
     pos_weight (torch's formula)."""
@@ -242,7 +244,7 @@ def _elementwise_loss_sum(a, b, pos_weight, has_pos_weight, classes, squared, ch
     return total
 
 
-@njit(inline="always", error_model="numpy")
+@njit(error_model="numpy", cache=True)
 def _bce_grad_value(x, t, pw, scale, zero, one):
     """d/dx of _bce_term times scale (1/n): ((1 - t) - (1 + (pw - 1) t) sigmoid(-x)) / n."""
     e = exp_nonpositive(-abs(x))
