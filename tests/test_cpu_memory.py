@@ -230,7 +230,7 @@ def test_a_failed_allocation_empties_the_cache_and_tries_again(cache, monkeypatc
             raise MemoryError
         return np.empty(shape, dtype)
 
-    shim = types.SimpleNamespace(**{name: getattr(np, name) for name in ("uint8", "asarray", "dtype", "ndim")},
+    shim = types.SimpleNamespace(**{name: getattr(np, name) for name in ("uint8", "asarray", "dtype", "integer")},
                                  empty=empty)
     monkeypatch.setattr(_memory, "np", shim)
     y = _memory.empty((2 * BIG,), np.float32)

@@ -69,7 +69,8 @@ class _Lease:
 def empty(shape, dtype):
     """np.empty(shape, dtype), from the cache when it is MIN_BYTES or more."""
     dtype = np.dtype(dtype)
-    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
+    # (not np.ndim(shape): 1 us of a 10 us small linear layer)
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(map(int, shape))
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < MIN_BYTES or _limit == 0:
         return np.empty(shape, dtype)
