@@ -1,6 +1,7 @@
 """2-D convolution on the CPU: per-sample GEMMs, each Numba thread owning a contiguous block of
 samples and calling single-threaded BLAS itself (_blas.py says why), in per-thread buffers that
-stay in the core's cache.
+stay in the core's cache. For float32 on AVX-512 hosts the stride-1 kernels call our own GEMM
+(_gemm32.py) instead: twice OpenBLAS's AVX2 kernels on these shapes.
 
 Stride 1 (the common case) uses the "wide" layout described above _forward_wide: no im2col for
 layers with >= 8 input channels per group (one accumulating GEMM per kernel tap on shifted slices
@@ -21,7 +22,9 @@ import numpy as np
 from numba import njit, prange
 
 from ..ops._activation import ACTIVATIONS
+from . import _vecmath
 from ._blas import gemm, single_threaded_blas
+from ._gemm32 import gemm32
 from ._memory import empty
 from .dense import _ONE, _ZERO, _sigmoid, relu_backward, sigmoid_backward
 from ..ops.pool import PoolGeometry
@@ -213,10 +216,10 @@ def _copy_taps(xp, kh, kw, dh, dw, wp, col):
                 col[c * taps + tap, q] = xp[c, s + q]
 
 
-@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _forward_wide(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool, xps, cols, yws, y,
-                  pooled, indices):
-    """Stride-1 forward. w2: w as (C_out, R); wt: w as (kh*kw, C_out, C_in/g); per-thread scratch
+@njit(inline="always")
+def _forward_wide_body(gemm, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool, xps,
+                       cols, yws, y, pooled, indices):
+    """Stride-1 forward, its products by `gemm` (see _forward_wide). w2: w as (C_out, R); wt: w as (kh*kw, C_out, C_in/g); per-thread scratch
     xps (threads, cg, Lp), cols (threads, R*L or 0), yws (threads, C_out/g * L).
 
     pool = (kh, kw, sh, sw, ph, pw) of a max pooling applied to each output plane while it is in
@@ -254,10 +257,10 @@ def _forward_wide(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, h
                         _bias_activate(yw[o], y[n, g * cog + o], oh, wp, ow, bias, act)
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def _backward_wide(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, input_grad,
-                   block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
-    """Stride-1 backward: dx (when input_grad); thread t's share of (db, dW^T) in grad_parts[t]
+@njit(inline="always")
+def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow,
+                        input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
+    """Stride-1 backward, its products by `gemm` (see _backward_wide): dx (when input_grad); thread t's share of (db, dW^T) in grad_parts[t]
     (groups, 1 + R, C_out/g): row 0 is db, rows 1.. dW^T.
 
     dy is (N, C_out, OH*OW); or, when from_pool, the gradient at a max pooling of the output,
@@ -331,6 +334,41 @@ def _backward_wide(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh
                         base = (pt + hh) * wp + pl
                         for ww in range(w_in):
                             dx[n, g * cg + cc, hh, ww] = dxp[cc, base + ww]
+
+
+# The wide kernels with OpenBLAS's GEMM (_blas.gemm), and with gemm32 for float32 on AVX-512 hosts
+# (_gemm32.py: 2x OpenBLAS's AVX2 kernels on these products). The AVX-512 ones are compiled only
+# when called, i.e. on hosts that have it.
+@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
+def _forward_wide(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool, xps, cols, yws,
+                  y, pooled, indices):
+    _forward_wide_body(gemm, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool, xps,
+                       cols, yws, y, pooled, indices)
+
+
+@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
+def _forward_wide_avx512(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool, xps,
+                         cols, yws, y, pooled, indices):
+    _forward_wide_body(gemm32, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool,
+                       xps, cols, yws, y, pooled, indices)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _backward_wide(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow,
+                   input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
+    _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh,
+                        ow, input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _backward_wide_avx512(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow,
+                          input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
+    _backward_wide_body(gemm32, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp,
+                        oh, ow, input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx)
+
+
+def _uses_gemm32(x):
+    return x.dtype == np.float32 and _vecmath.AVX512
 
 
 def _geometry(x, w, stride, padding, dilation):
@@ -410,7 +448,8 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
         if stride == (1, 1):
             s = _Wide(x, w, padding, dilation, groups, oh, ow, threads, backward=False)
             window = _NO_POOL if pool is None else (*pool.kernel, *pool.stride, *pool.padding)
-            _forward_wide(x, w2, s.wt, bias, has_bias, act, groups, kh, kw, dilation[0], dilation[1], padding[0],
+            kernel = _forward_wide_avx512 if _uses_gemm32(x) else _forward_wide
+            kernel(x, w2, s.wt, bias, has_bias, act, groups, kh, kw, dilation[0], dilation[1], padding[0],
                           padding[2], s.hp, s.wp, oh, ow, window, s.xps, s.cols, s.outs, y, pooled, indices)
         else:
             _forward(x, w2, bias, has_bias, act, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],
@@ -454,7 +493,8 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
         if stride == (1, 1):
             s = _Wide(x, w, padding, dilation, groups, oh, ow, parts, backward=True)
             grad_parts = np.zeros((parts, groups, 1 + rows, c_out // groups), x.dtype)  # zeros: as dw_parts below
-            _backward_wide(dy3, from_pool, y3, ACTIVATIONS[activation], indices3, x, w2, s.wt, groups, kh, kw,
+            kernel = _backward_wide_avx512 if _uses_gemm32(x) else _backward_wide
+            kernel(dy3, from_pool, y3, ACTIVATIONS[activation], indices3, x, w2, s.wt, groups, kh, kw,
                            dilation[0], dilation[1], padding[0], padding[2], s.hp, s.wp, oh, ow, input_grad, s.block,
                            s.xps, s.dxps, s.cols, s.dcols, s.outs, grad_parts, dx)
             db_parts = grad_parts[:, :, 0].reshape(parts, c_out)

@@ -1,0 +1,82 @@
+"""The cpu backend's AVX-512 float32 GEMM (fastconv/_cpu/_gemm32.py), against float64 NumPy: every
+transpose, beta 0 / 1 / other, sizes around the 8 x 32 tile's edges, strided rows, C's neighbours
+untouched; the same bits for a row wherever it sits; and the convolutions' choice of it. Skipped
+where the host has no AVX-512F (the convolutions then use OpenBLAS: tests/test_conv*.py)."""
+import numpy as np
+import pytest
+
+from fastconv import ops
+from fastconv._cpu import _vecmath, conv
+
+pytestmark = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_AVX512=0)")
+
+if _vecmath.AVX512:
+    from fastconv._cpu._gemm32 import gemm32
+
+EDGES = [1, 7, 8, 9, 31, 32, 33, 65]
+
+
+def _strided(a, extra, fill):
+    """a's values in a wider array: rows at a stride larger than the row."""
+    wide = np.full((a.shape[0], a.shape[1] + extra), fill, a.dtype)
+    wide[:, :a.shape[1]] = a
+    return wide, wide[:, :a.shape[1]]
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
+def test_gemm32_matches_float64_around_the_tile_edges(trans_a, trans_b, beta):
+    rng = np.random.default_rng(int(trans_a) * 4 + int(trans_b) * 2 + int(beta * 2))
+    for m in EDGES:
+        for n in EDGES:
+            k = int(rng.choice([1, 5, 32, 70]))
+            a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+            b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+            c0 = rng.standard_normal((m, n)).astype(np.float32)
+            _, a_view = _strided(a, 3, 0)
+            c_wide, c = _strided(c0, 5, 7.0)
+            gemm32(a_view, b, c, beta, trans_a, trans_b)
+            ref = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b) + beta * c0
+            np.testing.assert_allclose(c, ref, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+            assert (c_wide[:, n:] == 7).all(), "a value beside C was written"
+
+
+def test_gemm32_empty_and_zero_k():
+    c = np.ones((3, 4), np.float32)
+    gemm32(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32), c, 1.0, False, False)
+    assert (c == 1).all()
+    gemm32(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32), c, 0.0, False, False)
+    assert (c == 0).all()
+    gemm32(np.zeros((0, 5), np.float32), np.zeros((5, 4), np.float32), np.zeros((0, 4), np.float32), 0.0, False, False)
+
+
+def test_a_row_gets_the_same_bits_in_a_whole_tile_and_at_the_edge():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((13, 50)).astype(np.float32)
+    b = rng.standard_normal((50, 45)).astype(np.float32)
+    c = np.empty((13, 45), np.float32)
+    gemm32(a, b, c, 0.0, False, False)
+    for r in (0, 8, 12):  # row 0 in a whole tile, 8..12 through the padded edge
+        one = np.empty((1, 45), np.float32)
+        gemm32(a[r:r + 1], b, one, 0.0, False, False)
+        np.testing.assert_array_equal(one[0], c[r])
+
+
+def test_the_stride_1_convolutions_use_gemm32_for_float32_only(monkeypatch):
+    used = []
+    for name in ("_forward_wide", "_forward_wide_avx512", "_backward_wide", "_backward_wide_avx512"):
+        real = getattr(conv, name)
+        monkeypatch.setattr(conv, name, lambda *a, real=real, name=name: used.append(name) or real(*a))
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((3, 9, 7, 6)).astype(np.float32), rng.standard_normal((10, 9, 3, 3)).astype(np.float32)
+    y = ops.conv2d_forward(x, w, padding=1)
+    dx, dw, _ = ops.conv2d_backward(np.ones_like(y), x, w, padding=1)
+    ops.conv2d_forward(x.astype(np.float64), w.astype(np.float64), padding=1)
+    assert used == ["_forward_wide_avx512", "_backward_wide_avx512", "_forward_wide"]
+    monkeypatch.setattr(_vecmath, "AVX512", False)  # OpenBLAS: the same values to rounding
+    np.testing.assert_allclose(ops.conv2d_forward(x, w, padding=1), y, rtol=1e-5, atol=1e-5)
+    dx_blas, dw_blas, _ = ops.conv2d_backward(np.ones_like(y), x, w, padding=1)
+    np.testing.assert_allclose(dx_blas, dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw_blas, dw, rtol=1e-5, atol=1e-4)
+    assert used[-2:] == ["_forward_wide", "_backward_wide"]
