@@ -10,9 +10,11 @@ is first copied into a (K, N) panel. A is read in place through its two strides,
 Edges: columns past the last whole 32 by masked loads and stores, rows past the last whole 8
 through a zero-padded 8-row copy of A and an 8 x 32 tile buffer.
 
-Why: the host's OpenBLAS runs its AVX2 kernels (the environment pins OPENBLAS_CORETYPE=Haswell),
-and even its own choice packs both operands for products this small. Measured on the Zen 5 dev
-host, one thread, conv2's 64 x 288 x 224 product: this 204 GFLOP/s, OpenBLAS 97.5.
+Why: the dev hosts' OpenBLAS runs its AVX2 kernels (their environment pins
+OPENBLAS_CORETYPE=Haswell; OpenBLAS would pick its AVX-512 "SkylakeX" kernels itself, which run a
+large SGEMM about twice as fast there). Measured on the Zen 5 dev host, one thread, conv2's
+64 x 288 x 224 product: this 204 GFLOP/s (~90% of the core's FMA peak), OpenBLAS 97.5. The
+convolution's products are the only users: the dense layers' large GEMMs stay with BLAS.
 
 Each C element's sum runs over k in the same order wherever it sits (tile, edge, thread), so the
 results do not depend on the thread count.

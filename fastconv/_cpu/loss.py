@@ -102,7 +102,8 @@ def _grad_row(p, g, y, weight, has_weight, smoothing, share, label_weight_sum, c
 @njit(cache=True)
 def _exp_shift_avx512(row, m, p):
     """_exp_shift for float32 rows on AVX-512 hosts: 16 values per _vecmath.exp16_shifted, under
-    1 ulp from exp of the float32 difference (the portable loop ~2 ulp), about 3x faster."""
+    1 ulp from exp of the float32 difference (the portable loop ~2 ulp): 0.20 against 0.26 ns per
+    value on a 1000-class row in L1 (Zen 5 host); the whole row 494 -> 405 ns (interleaved A/B)."""
     n = row.size
     whole = n // 16 * 16
     for b in range(0, whole, 16):
