@@ -148,6 +148,13 @@ def test_avx512_is_used_only_when_the_host_and_the_settings_allow(monkeypatch):
     assert not _vecmath._host_has_avx512()
     monkeypatch.setattr(_vecmath.llvm, "get_host_cpu_features", lambda: {"avx512f": True})
     assert _vecmath._host_has_avx512()
+    # NUMBA_CPU_FEATURES replaces the host's list: without +avx512f, LLVM would abort compiling
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,-avx512f")
+    assert not _vecmath._host_has_avx512()
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma")
+    assert not _vecmath._host_has_avx512()
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,+avx512f,+avx512bw")
+    assert _vecmath._host_has_avx512()
 
 
 # ---- exp16_shifted and the cross-entropy rows built on it --------------------------------------

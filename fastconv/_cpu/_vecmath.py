@@ -114,11 +114,15 @@ def maxnum(typingctx, a, b):
 
 def _host_has_avx512():
     """Whether kernels may use AVX-512F instructions: the host has them, Numba compiles for the
-    host (NUMBA_CPU_NAME unset or "host"), and FASTCONV_AVX512 is not "0"."""
+    host (NUMBA_CPU_NAME unset or "host") with them (NUMBA_CPU_FEATURES, when set, replaces the
+    host's feature list: it must enable avx512f, or LLVM aborts the process compiling these
+    kernels), and FASTCONV_AVX512 is not "0"."""
     if os.environ.get("FASTCONV_AVX512", "").strip() == "0":
         return False
     if config.CPU_NAME not in (None, "host"):
         return False
+    if config.CPU_FEATURES is not None:
+        return "+avx512f" in config.CPU_FEATURES.replace(" ", "").split(",")
     return bool(llvm.get_host_cpu_features().get("avx512f", False))
 
 
