@@ -14,6 +14,7 @@ up to FASTCONV_CPU_CACHE_MB in all (default 2048; 0 turns the cache off), the ol
 `fastconv.empty_cache()` hands them all back to the system.
 """
 import math
+import operator
 import os
 import threading
 
@@ -69,8 +70,10 @@ class _Lease:
 def empty(shape, dtype):
     """np.empty(shape, dtype), from the cache when it is MIN_BYTES or more."""
     dtype = np.dtype(dtype)
-    # (not np.ndim(shape): 1 us of a 10 us small linear layer)
-    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(map(int, shape))
+    try:  # (not np.ndim(shape): 1 us of a 10 us small linear layer)
+        shape = (operator.index(shape),)
+    except TypeError:
+        shape = tuple(map(int, shape))
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < MIN_BYTES or _limit == 0:
         return np.empty(shape, dtype)
