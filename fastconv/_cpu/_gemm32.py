@@ -12,9 +12,10 @@ through a zero-padded 8-row copy of A and an 8 x 32 tile buffer.
 
 Why: the dev hosts' OpenBLAS runs its AVX2 kernels (their environment pins
 OPENBLAS_CORETYPE=Haswell; OpenBLAS would pick its AVX-512 "SkylakeX" kernels itself, which run a
-large SGEMM about twice as fast there). Measured on the Zen 5 dev host, one thread, conv2's
-64 x 288 x 224 product: this 204 GFLOP/s (~90% of the core's FMA peak), OpenBLAS 97.5. The
-convolution's products are the only users: the dense layers' large GEMMs stay with BLAS.
+large SGEMM about twice as fast there). Measured on the Zen 5 dev host, one thread: a 64 x 288 x
+224 product (conv2's as one GEMM over copied tap rows) 204 GFLOP/s, ~90% of the core's FMA peak,
+against OpenBLAS's 97.5; conv2's actual nine accumulating 64 x 32 x 224 tap products per sample
+36.6 us (226 GFLOP/s). The convolutions are the only users: the dense layers stay with BLAS.
 
 Each C element's sum runs over k in the same order wherever it sits (tile, edge, thread), so the
 results do not depend on the thread count.

@@ -5,7 +5,8 @@ differ from the fused epilogue's sigmoid by a few ulp).
 
 linear_forward / linear_backward split their GEMMs between the Numba threads (each runs a block
 with single-threaded BLAS, then its share of the epilogue while it is in cache: see _blas.py),
-so OpenBLAS's own threads never wake up and spin against the Numba loops that follow.
+so OpenBLAS's own threads never wake up and spin against the Numba loops that follow. Layers of
+at most _OWN_THREADS_BELOW multiply-adds run as one GEMM on the calling thread instead.
 """
 import numpy as np
 from numba import njit, prange
