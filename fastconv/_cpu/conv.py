@@ -213,10 +213,12 @@ def _copy_taps(xp, kh, kw, dh, dw, wp, col):
     """col[c*kh*kw + tap] = xp[c, shift(tap) : shift(tap) + L]."""
     taps, length = kh * kw, col.shape[1]
     for c in range(xp.shape[0]):
+        src = xp[c]
         for tap in range(taps):
             s = _shift(tap, kw, dh, dw, wp)
-            for q in range(length):
-                col[c * taps + tap, q] = xp[c, s + q]
+            seg, dst = src[s:s + length], col[c * taps + tap]
+            for q in range(length):  # slices from 0: the copy vectorizes (see _pad)
+                dst[q] = seg[q]
 
 
 @njit(inline="always")
@@ -306,9 +308,11 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
                             if 0 <= i < wide.size:  # unchecked indices never write out of bounds
                                 dyw[o, wide[i]] += d
                     else:
+                        src, dst = dy[n, g * cog + o], dyw[o]
                         for a in range(oh):
-                            for bb in range(ow):
-                                dyw[o, a * wp + bb] = dy[n, g * cog + o, a * ow + bb]
+                            row, out = src[a * ow:(a + 1) * ow], dst[a * wp:a * wp + ow]
+                            for bb in range(ow):  # slices from 0, as everywhere here: see _pad
+                                out[bb] = row[bb]
                 _pad(x, n, g * cg, cg, pt, pl, wp, xp)
                 for c0 in range(0, cg, block):
                     c1 = min(cg, c0 + block)
@@ -330,13 +334,16 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
                     for cc in range(cg):
                         for tap in range(taps):
                             s = _shift(tap, kw, dh, dw, wp)
+                            out, src = dxp[cc, s:s + length], dcol[cc * taps + tap]
                             for q in range(length):
-                                dxp[cc, s + q] += dcol[cc * taps + tap, q]
+                                out[q] += src[q]
                 for cc in range(cg):
+                    plane = dx[n, g * cg + cc]
                     for hh in range(h_in):
                         base = (pt + hh) * wp + pl
+                        row, src = plane[hh], dxp[cc, base:base + w_in]
                         for ww in range(w_in):
-                            dx[n, g * cg + cc, hh, ww] = dxp[cc, base + ww]
+                            row[ww] = src[ww]
 
 
 # The wide kernels with OpenBLAS's GEMM (_blas.gemm), and with gemm32 for float32 on AVX-512 hosts
