@@ -53,19 +53,26 @@ def _im2col(x, n, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col):
             for j in range(kw):
                 r = (c * kh + i) * kw + j
                 off, lo, hi = _valid_columns(j, kw, sw, pl, dw, w, ow)
+                dst_row = col[r]
                 for a in range(oh):
                     ih = a * sh - pt + i * dh
-                    q = a * ow
+                    out = dst_row[a * ow:(a + 1) * ow]  # slices from 0: the copies vectorize (see _pad)
                     if 0 <= ih < h:
                         for b in range(lo):
-                            col[r, q + b] = 0
-                        for b in range(lo, hi):
-                            col[r, q + b] = x[n, c0 + c, ih, b * sw + off]
+                            out[b] = 0
+                        if sw == 1:
+                            src = x[n, c0 + c, ih, lo + off:hi + off]
+                            seg = out[lo:hi]
+                            for b in range(hi - lo):
+                                seg[b] = src[b]
+                        else:
+                            for b in range(lo, hi):
+                                out[b] = x[n, c0 + c, ih, b * sw + off]
                         for b in range(hi, ow):
-                            col[r, q + b] = 0
+                            out[b] = 0
                     else:
                         for b in range(ow):
-                            col[r, q + b] = 0
+                            out[b] = 0
 
 
 @njit(nogil=True)
@@ -129,22 +136,39 @@ def _bias_activate(src, dst, rows, stride, width, bias, act):
                 d[q] = s[q] + bias
 
 
-@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _forward(x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
-    """y (N, C_out, P) = act(conv(x, w) + b); w2 is w as (C_out, R); cols (threads, R * P) scratch."""
+@njit(inline="always")
+def _forward_body(gemm, x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
+    """y (N, C_out, P) = act(conv(x, w) + b); w2 is w as (C_out, R), or with b appended as a last
+    column (w2 has cg*kh*kw + 1 columns: the product then adds b, col's last row being ones, and no
+    pass over y follows without an activation); cols (threads, w2's columns * P) scratch; the
+    products by `gemm` (see _forward)."""
     n_img, c = x.shape[0], x.shape[1]
-    c_out, rows = w2.shape
+    c_out, k = w2.shape
     cg, cog, p = c // groups, c_out // groups, oh * ow
+    bias_in_product = k > cg * kh * kw
     threads = cols.shape[0]
     for t in prange(threads):
-        col = cols[t, :rows * p].reshape(rows, p)
+        col = cols[t, :k * p].reshape(k, p)
+        if bias_in_product:
+            col[k - 1] = 1
         for n in range(t * n_img // threads, (t + 1) * n_img // threads):
             for g in range(groups):
                 _im2col(x, n, g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col)
                 gemm(w2[g * cog:(g + 1) * cog], col, y[n, g * cog:(g + 1) * cog], 0.0, False, False)
-            if has_bias or act:
+            if (has_bias and not bias_in_product) or act:
                 for o in range(c_out):
                     _bias_activate(y[n, o], y[n, o], 1, p, p, b[o] if has_bias else _ZERO, act)
+
+
+# With OpenBLAS, and with gemm32 for float32 on AVX-512 hosts (see _forward_wide below).
+@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
+def _forward(x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
+    _forward_body(gemm, x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y)
+
+
+@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
+def _forward_avx512(x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
+    _forward_body(gemm32, x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y)
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -454,16 +478,24 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     pool_shape = (0, 0, 0, 0) if pool is None else pool.out_shape
     pooled, indices = empty(pool_shape, x.dtype), empty(pool_shape, np.int64)
     threads = _threads(n)
+    # With gemm32, few channels per group and no pooling: compact columns, so the product lands in
+    # y itself (the wide grid's copy-out was 7.8 of conv1's 10.7 us per sample; 5.3 us so). gemm32
+    # sums each value in the same k order either way, so this equals the fused conv + pool (the wide
+    # kernel) bit for bit; OpenBLAS's bits would depend on the layout, hence float32 + gemm32 only.
+    wide = stride == (1, 1) and (cg >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS or pool is not None or not _uses_gemm32(x))
     with single_threaded_blas():
-        if stride == (1, 1):
+        if wide:
             s = _Wide(x, w, padding, dilation, groups, oh, ow, threads, backward=False)
             window = _NO_POOL if pool is None else (*pool.kernel, *pool.stride, *pool.padding)
             kernel = _forward_wide_avx512 if _uses_gemm32(x) else _forward_wide
             kernel(x, w2, s.wt, bias, has_bias, act, groups, kh, kw, dilation[0], dilation[1], padding[0],
                           padding[2], s.hp, s.wp, oh, ow, window, s.xps, s.cols, s.outs, y, pooled, indices)
         else:
-            _forward(x, w2, bias, has_bias, act, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],
-                     dilation[0], dilation[1], oh, ow, np.empty((threads, rows * p), x.dtype), y)
+            kernel = _forward_avx512 if _uses_gemm32(x) else _forward
+            # without an activation, b is added by the product (as the last k: the same rounding)
+            w2b = np.concatenate([w2, bias.reshape(c_out, 1)], axis=1) if has_bias and not act else w2
+            kernel(x, w2b, bias, has_bias, act, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],
+                   dilation[0], dilation[1], oh, ow, np.empty((threads, w2b.shape[1] * p), x.dtype), y)
     return y.reshape(n, c_out, oh, ow) if pool is None else (pooled, indices)
 
 
