@@ -26,21 +26,13 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._vecmath import as_i64, broadcast16, lanes_below, masked_load16, masked_store16
+
 __all__ = ["gemm32", "MR", "NR"]
 
 MR, NR = 8, 32  # the register tile: rows of A, columns of B
 _V16 = ir.VectorType(ir.FloatType(), 16)
-_I64, _I32, _I1 = ir.IntType(64), ir.IntType(32), ir.IntType(1)
-_MASK = ir.VectorType(_I1, 16)
-
-
-def _i64(builder, value):
-    return builder.sext(value, _I64) if value.type.width < 64 else value
-
-
-def _splat(builder, scalar):
-    one = builder.insert_element(ir.Constant(_V16, None), scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, ir.Constant(_V16, None), ir.Constant(ir.VectorType(_I32, 16), [0] * 16))
+_I64 = ir.IntType(64)
 
 
 def _tile_intrinsic(masked):
@@ -56,23 +48,12 @@ def _tile_intrinsic(masked):
         def codegen(context, builder, signature, args):
             a_arr, b_arr, c_arr = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 4, 7))
             a_off, a_rs, a_cs, b_off, ldb, c_off, ldc, kk, ncols = (
-                _i64(builder, args[i]) for i in (1, 2, 3, 5, 6, 8, 9, 10, 12))
+                as_i64(builder, args[i]) for i in (1, 2, 3, 5, 6, 8, 9, 10, 12))
             accumulate = args[11]
             masks = [None, None]
-            if masked:
-                lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
-                for h in range(2):
-                    limit = builder.sub(ncols, ir.Constant(_I64, 16 * h))
-                    limit16 = builder.shuffle_vector(
-                        builder.insert_element(ir.Constant(ir.VectorType(_I64, 16), None), limit, ir.Constant(_I32, 0)),
-                        ir.Constant(ir.VectorType(_I64, 16), None), ir.Constant(ir.VectorType(_I32, 16), [0] * 16))
-                    masks[h] = builder.icmp_signed("<", lanes, limit16)
+            if masked:  # the two halves' lanes below ncols and ncols - 16
+                masks = [lanes_below(builder, builder.sub(ncols, ir.Constant(_I64, 16 * h))) for h in range(2)]
             ptr_t = _V16.as_pointer()
-            masked_load = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_V16, [ptr_t, _I32, _MASK, _V16]), "llvm.masked.load.v16f32.p0v16f32")
-            masked_store = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [_V16, ptr_t, _I32, _MASK]),
-                "llvm.masked.store.v16f32.p0v16f32")
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16] * 3), "llvm.fma.v16f32")
             zero = ir.Constant(_V16, [ir.Constant(ir.FloatType(), 0.0)] * 16)
 
@@ -82,7 +63,7 @@ def _tile_intrinsic(masked):
             def load(array, offset, h):
                 if masks[h] is None:
                     return builder.load(vector_at(array, offset), align=4)
-                return builder.call(masked_load, [vector_at(array, offset), ir.Constant(_I32, 4), masks[h], zero])
+                return masked_load16(builder, vector_at(array, offset), masks[h])
 
             def c_offset(r, h):
                 return builder.add(c_off, builder.add(builder.mul(ir.Constant(_I64, r), ldc), ir.Constant(_I64, 16 * h)))
@@ -105,7 +86,7 @@ def _tile_intrinsic(masked):
                 a_col = builder.add(a_off, builder.mul(step, a_cs))
                 for r in range(MR):
                     scalar = builder.load(builder.gep(a_arr.data, [builder.add(a_col, builder.mul(ir.Constant(_I64, r), a_rs))]))
-                    av = _splat(builder, scalar)
+                    av = broadcast16(builder, scalar)
                     for h in range(2):
                         builder.store(builder.call(fma, [av, bv[h], builder.load(accs[r][h])]), accs[r][h])
             for r in range(MR):
@@ -114,7 +95,7 @@ def _tile_intrinsic(masked):
                     if masks[h] is None:
                         builder.store(value, target, align=4)
                     else:
-                        builder.call(masked_store, [value, target, ir.Constant(_I32, 4), masks[h]])
+                        masked_store16(builder, value, target, masks[h])
             return context.get_dummy_value()
 
         return types.void(a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, ncols), codegen

@@ -138,6 +138,10 @@ _FMA_LN2_LO = float(np.float32(_LN2 - _FMA_LN2_HI))
 _EXP_TAYLOR = [1 / math.factorial(n) for n in range(8)]  # e^r to r^7: 6e-9 relative for |r| <= ln2 / 2
 
 
+_I64 = ir.IntType(64)
+_ALL16 = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)  # a shuffle mask that repeats lane 0
+
+
 def _splat(value):
     return ir.Constant(_V16, [ir.Constant(ir.FloatType(), float(np.float32(value)))] * 16)
 
@@ -145,6 +149,39 @@ def _splat(value):
 def _call(builder, name, *args):
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [a.type for a in args]), name)
     return builder.call(fn, list(args))
+
+
+# IR helpers shared with _gemm32.py's tiles.
+def as_i64(builder, value):
+    """An integer IR value widened to 64 bits (sign-extended)."""
+    return builder.sext(value, _I64) if value.type.width < 64 else value
+
+
+def broadcast16(builder, scalar):
+    """A <16 x T> with every lane the IR scalar `scalar`."""
+    vector = ir.VectorType(scalar.type, 16)
+    return builder.shuffle_vector(builder.insert_element(ir.Constant(vector, None), scalar, ir.Constant(_I32, 0)),
+                                  ir.Constant(vector, None), _ALL16)
+
+
+def lanes_below(builder, count):
+    """The <16 x i1> mask of the lanes whose index is below the 64-bit IR integer `count`."""
+    return builder.icmp_signed("<", ir.Constant(ir.VectorType(_I64, 16), list(range(16))), broadcast16(builder, count))
+
+
+def masked_load16(builder, pointer, mask):
+    """The <16 x float> at `pointer` (a <16 x float>*), lanes outside `mask` not read (0)."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [pointer.type, _I32, mask.type, _V16]),
+                                        "llvm.masked.load.v16f32.p0v16f32")
+    return builder.call(fn, [pointer, ir.Constant(_I32, 4), mask, _splat(0.0)])
+
+
+def masked_store16(builder, value, pointer, mask):
+    """Stores the lanes of `value` inside `mask` at `pointer`; the others are not written."""
+    fn = cgutils.get_or_insert_function(builder.module,
+                                        ir.FunctionType(ir.VoidType(), [_V16, pointer.type, _I32, mask.type]),
+                                        "llvm.masked.store.v16f32.p0v16f32")
+    builder.call(fn, [value, pointer, ir.Constant(_I32, 4), mask])
 
 
 def _exp16_nonpositive_ir(builder, a):
@@ -224,24 +261,14 @@ def _exp16_shifted_intrinsic(masked):
             src_ptr = builder.bitcast(builder.gep(source.data, [args[1]]), v16p)
             dst_ptr = builder.bitcast(builder.gep(target.data, [args[4]]), v16p)
             if masked:
-                i64x16 = ir.VectorType(ir.IntType(64), 16)
-                count = args[5] if args[5].type.width == 64 else builder.sext(args[5], ir.IntType(64))
-                count = builder.insert_element(ir.Constant(i64x16, None), count, ir.Constant(_I32, 0))
-                count = builder.shuffle_vector(count, count, ir.Constant(ir.VectorType(_I32, 16), [0] * 16))
-                mask = builder.icmp_signed("<", ir.Constant(i64x16, list(range(16))), count)
-                load = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(_V16, [v16p, _I32, mask.type, _V16]), "llvm.masked.load.v16f32.p0v16f32")
-                x = builder.call(load, [src_ptr, ir.Constant(_I32, 4), mask, _splat(0.0)])
+                mask = lanes_below(builder, as_i64(builder, args[5]))
+                x = masked_load16(builder, src_ptr, mask)
             else:
                 x = builder.load(src_ptr, align=4)
-            m16 = builder.insert_element(ir.Constant(_V16, None), args[2], ir.Constant(_I32, 0))
-            a = builder.fsub(x, builder.shuffle_vector(m16, m16, ir.Constant(ir.VectorType(_I32, 16), [0] * 16)))
+            a = builder.fsub(x, broadcast16(builder, args[2]))
             e = builder.select(builder.fcmp_unordered("uno", a, a), a, _exp16_nonpositive_ir(builder, a))
             if masked:
-                store = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(ir.VoidType(), [_V16, v16p, _I32, mask.type]),
-                    "llvm.masked.store.v16f32.p0v16f32")
-                builder.call(store, [e, dst_ptr, ir.Constant(_I32, 4), mask])
+                masked_store16(builder, e, dst_ptr, mask)
             else:
                 builder.store(e, dst_ptr, align=4)
             return context.get_dummy_value()
