@@ -66,7 +66,8 @@ def _tile_intrinsic(masked):
                 return masked_load16(builder, vector_at(array, offset), masks[h])
 
             def c_offset(r, h):
-                return builder.add(c_off, builder.add(builder.mul(ir.Constant(_I64, r), ldc), ir.Constant(_I64, 16 * h)))
+                row_start = builder.add(c_off, builder.mul(ir.Constant(_I64, r), ldc))
+                return builder.add(row_start, ir.Constant(_I64, 16 * h))
 
             # Accumulators in allocas at the entry: LLVM promotes them to registers.
             accs = [[cgutils.alloca_once(builder, _V16) for _ in range(2)] for _ in range(MR)]
@@ -85,7 +86,8 @@ def _tile_intrinsic(masked):
                 bv = [load(b_arr, builder.add(row, ir.Constant(_I64, 16 * h)), h) for h in range(2)]
                 a_col = builder.add(a_off, builder.mul(step, a_cs))
                 for r in range(MR):
-                    scalar = builder.load(builder.gep(a_arr.data, [builder.add(a_col, builder.mul(ir.Constant(_I64, r), a_rs))]))
+                    a_at = builder.add(a_col, builder.mul(ir.Constant(_I64, r), a_rs))
+                    scalar = builder.load(builder.gep(a_arr.data, [a_at]))
                     av = broadcast16(builder, scalar)
                     for h in range(2):
                         builder.store(builder.call(fma, [av, bv[h], builder.load(accs[r][h])]), accs[r][h])

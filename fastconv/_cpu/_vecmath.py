@@ -283,8 +283,8 @@ exp16_shifted.__doc__ = """dst[j : j + 16] = exp(src[i : i + 16] - m) for 1-D C-
 (a softmax row less its max); a NaN stays NaN; under 1 ulp from exp of the float32 difference.
 AVX-512F. (count is ignored: the signature matches exp16_shifted_part's.)"""
 exp16_shifted_part = _exp16_shifted_intrinsic(True)
-exp16_shifted_part.__doc__ = """exp16_shifted of the first count (< 16) values only: the other lanes are neither read nor
-written (a masked load and store), so a row's tail needs no padding and gets the same bits. Used
+exp16_shifted_part.__doc__ = """exp16_shifted of the first count (< 16) values only: the other lanes are neither read
+nor written (a masked load and store), so a row's tail needs no padding and gets the same bits. Used
 for tails only: a load of what a masked store just wrote waits for the store to reach the cache (no
 store forwarding), which made a row loop of masked stores 60% slower than the portable one."""
 
