@@ -26,7 +26,7 @@ from . import _vecmath
 from ._blas import gemm, single_threaded_blas
 from ._gemm32 import gemm32
 from ._memory import empty
-from .dense import _ONE, _ZERO, _sigmoid, relu_backward, sigmoid_backward
+from .dense import _ONE, _ZERO, _relu, _sigmoid, relu_backward, sigmoid_backward
 from ..ops.pool import PoolGeometry
 from .pool import max_pool2d_backward, max_pool2d_forward, max_pool_plane
 
@@ -126,8 +126,7 @@ def _bias_activate(src, dst, rows, stride, width, bias, act):
         d = dst[r * width:(r + 1) * width]
         if act == _RELU:
             for q in range(width):
-                v = s[q] + bias
-                d[q] = _ZERO if v < _ZERO else v
+                d[q] = _relu(s[q] + bias)
         elif act == _SIGMOID:
             for q in range(width):
                 d[q] = _sigmoid(s[q] + bias)
@@ -248,8 +247,9 @@ def _copy_taps(xp, kh, kw, dh, dw, wp, col):
 @njit(inline="always")
 def _forward_wide_body(gemm, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool, xps,
                        cols, yws, y, pooled, indices):
-    """Stride-1 forward, its products by `gemm` (see _forward_wide). w2: w as (C_out, R); wt: w as (kh*kw, C_out, C_in/g); per-thread scratch
-    xps (threads, cg, Lp), cols (threads, R*L or 0), yws (threads, C_out/g * L).
+    """Stride-1 forward, its products by `gemm` (see _forward_wide). w2: w as (C_out, R); wt: w as
+    (kh*kw, C_out, C_in/g); per-thread scratch xps (threads, cg, Lp), cols (threads, R*L or 0),
+    yws (threads, C_out/g * L).
 
     pool = (kh, kw, sh, sw, ph, pw) of a max pooling applied to each output plane while it is in
     the cache, into pooled / indices (N, C_out, Ho, Wo): y is then never written (pool[0] = 0: no
@@ -289,8 +289,8 @@ def _forward_wide_body(gemm, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw
 @njit(inline="always")
 def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow,
                         input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
-    """Stride-1 backward, its products by `gemm` (see _backward_wide): dx (when input_grad); thread t's share of (db, dW^T) in grad_parts[t]
-    (groups, 1 + R, C_out/g): row 0 is db, rows 1.. dW^T.
+    """Stride-1 backward, its products by `gemm` (see _backward_wide): dx (when input_grad); thread
+    t's share of (db, dW^T) in grad_parts[t] (groups, 1 + R, C_out/g): row 0 is db, rows 1.. dW^T.
 
     dy is (N, C_out, OH*OW); or, when from_pool, the gradient at a max pooling of the output,
     (N, C_out, Ho*Wo), with the pooled output y (for the derivative of the activation act, applied
@@ -482,16 +482,17 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     # y itself (the wide grid's copy-out was 7.8 of conv1's 10.7 us per sample; 5.3 us so). gemm32
     # sums each value in the same k order either way, so this equals the fused conv + pool (the wide
     # kernel) bit for bit; OpenBLAS's bits would depend on the layout, hence float32 + gemm32 only.
-    wide = stride == (1, 1) and (cg >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS or pool is not None or not _uses_gemm32(x))
+    with_gemm32 = _uses_gemm32(x)
+    wide = stride == (1, 1) and (cg >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS or pool is not None or not with_gemm32)
     with single_threaded_blas():
         if wide:
             s = _Wide(x, w, padding, dilation, groups, oh, ow, threads, backward=False)
             window = _NO_POOL if pool is None else (*pool.kernel, *pool.stride, *pool.padding)
-            kernel = _forward_wide_avx512 if _uses_gemm32(x) else _forward_wide
-            kernel(x, w2, s.wt, bias, has_bias, act, groups, kh, kw, dilation[0], dilation[1], padding[0],
-                          padding[2], s.hp, s.wp, oh, ow, window, s.xps, s.cols, s.outs, y, pooled, indices)
+            kernel = _forward_wide_avx512 if with_gemm32 else _forward_wide
+            kernel(x, w2, s.wt, bias, has_bias, act, groups, kh, kw, dilation[0], dilation[1], padding[0], padding[2],
+                   s.hp, s.wp, oh, ow, window, s.xps, s.cols, s.outs, y, pooled, indices)
         else:
-            kernel = _forward_avx512 if _uses_gemm32(x) else _forward
+            kernel = _forward_avx512 if with_gemm32 else _forward
             # without an activation, b is added by the product (as the last k: the same rounding)
             w2b = np.concatenate([w2, bias.reshape(c_out, 1)], axis=1) if has_bias and not act else w2
             kernel(x, w2b, bias, has_bias, act, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],
@@ -536,9 +537,9 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
             s = _Wide(x, w, padding, dilation, groups, oh, ow, parts, backward=True)
             grad_parts = np.zeros((parts, groups, 1 + rows, c_out // groups), x.dtype)  # zeros: as dw_parts below
             kernel = _backward_wide_avx512 if _uses_gemm32(x) else _backward_wide
-            kernel(dy3, from_pool, y3, ACTIVATIONS[activation], indices3, x, w2, s.wt, groups, kh, kw,
-                           dilation[0], dilation[1], padding[0], padding[2], s.hp, s.wp, oh, ow, input_grad, s.block,
-                           s.xps, s.dxps, s.cols, s.dcols, s.outs, grad_parts, dx)
+            kernel(dy3, from_pool, y3, ACTIVATIONS[activation], indices3, x, w2, s.wt, groups, kh, kw, dilation[0],
+                   dilation[1], padding[0], padding[2], s.hp, s.wp, oh, ow, input_grad, s.block, s.xps, s.dxps, s.cols,
+                   s.dcols, s.outs, grad_parts, dx)
             db_parts = grad_parts[:, :, 0].reshape(parts, c_out)
             dw_parts = grad_parts[:, :, 1:].transpose(0, 1, 3, 2)  # (parts, groups, C_out/g, R): dW's own layout
         else:
