@@ -150,6 +150,14 @@ def _epilogue(y, r0, r1, c0, c1, b, has_bias, act):
             y[i, j] = v
 
 
+@njit(inline="always")
+def _add_column_sums(dy, db):
+    """db[j] += sum_i dy[i, j], rows in order (the bias gradient)."""
+    for i in range(dy.shape[0]):
+        for j in range(dy.shape[1]):
+            db[j] += dy[i, j]
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def _linear_forward(x, w, b, has_bias, act, blocks, y):
     """y = act(x @ w.T + b), the rows of y (or its columns, when there are fewer rows than output
@@ -173,7 +181,7 @@ def _linear_backward(dy, x, w, has_bias, input_grad, blocks, dx, dw, db):
     of x's features, every one with the full K (no partial sums to add afterwards), spread over the
     threads; db by column sums. Column blocks, not row blocks: a row block of dx would repack all
     of w."""
-    rows, cols = dy.shape
+    rows = dy.shape[0]
     inner = x.shape[1]
     dx_tasks = blocks if input_grad else 0
     for task in prange(dx_tasks + blocks):
@@ -188,9 +196,7 @@ def _linear_backward(dy, x, w, has_bias, input_grad, blocks, dx, dw, db):
                 gemm(dy, x[:, c0:c1], dw[:, c0:c1], 0.0, True, False)
         if has_bias and task == dx_tasks:
             db[:] = 0
-            for i in range(rows):
-                for j in range(cols):
-                    db[j] += dy[i, j]
+            _add_column_sums(dy, db)
 
 
 @njit(nogil=True, cache=True)
@@ -218,9 +224,7 @@ def _linear_backward_serial(dy, x, w, has_bias, input_grad):
     else:
         gemm(dy, x, dw, 0.0, True, False)
     if has_bias:
-        for i in range(dy.shape[0]):
-            for j in range(dy.shape[1]):
-                db[j] += dy[i, j]
+        _add_column_sums(dy, db)
     return dx, dw, db
 
 
