@@ -38,7 +38,7 @@ def _class_weight(be, weight, classes, dtype, op):
     """(weight as (classes,) in dtype or None, check): check() raises ValueError unless every
     weight is >= 0 (and not NaN)."""
     if weight is None:
-        return None, lambda: None
+        return None, _nothing_to_check
     w = tensor(weight, "weight", be, ndim=1, dtype=dtype)
     if w.shape != (classes,):
         raise ValueError(f"{op}: weight is {shape_str(w.shape)} but there are {classes} classes: "
@@ -82,11 +82,11 @@ def _cross_entropy_inputs(be, first, first_name, labels, weight, label_smoothing
     if be.kernels_tolerate_bad_indices:
         return x, y, w, smoothing, check_values
     check_values()
-    return x, y, w, smoothing, _already_checked
+    return x, y, w, smoothing, _nothing_to_check
 
 
-def _already_checked():
-    pass
+def _nothing_to_check():
+    """check_values when there is nothing (left) to check."""
 
 
 def softmax_cross_entropy_forward(logits, labels, weight=None, label_smoothing=0.0, check_weight=True):
