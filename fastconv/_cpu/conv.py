@@ -25,6 +25,7 @@ from ..ops._activation import ACTIVATIONS
 from . import _vecmath
 from ._blas import gemm, single_threaded_blas
 from ._gemm32 import gemm32
+from ._taps32 import MR, NR, taps_tile
 from ._memory import empty
 from .dense import _ONE, _ZERO, _relu, _sigmoid, relu_backward, sigmoid_backward
 from ..ops.pool import PoolGeometry
@@ -380,13 +381,6 @@ def _forward_wide(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, h
                        cols, yws, y, pooled, indices)
 
 
-@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _forward_wide_avx512(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool, xps,
-                         cols, yws, y, pooled, indices):
-    _forward_wide_body(gemm32, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool,
-                       xps, cols, yws, y, pooled, indices)
-
-
 @njit(parallel=True, nogil=True, cache=True)
 def _backward_wide(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow,
                    input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
@@ -399,6 +393,60 @@ def _backward_wide_avx512(dy, from_pool, y, act, indices, x, w2, wt, groups, kh,
                           input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
     _backward_wide_body(gemm32, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp,
                         oh, ow, input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx)
+
+
+@njit(inline="always")
+def _packed_run(q0, length, wp, ow, wide):
+    """For the 16 wide-grid positions from q0: the bit mask of those stored (those below length and,
+    unless wide, in their row's first ow columns), and where the first of them goes (in y's compact
+    plane; unless wide: then at q0 of the wide plane)."""
+    keep = 0
+    for lane in range(16):
+        q = q0 + lane
+        if q < length and (wide or q % wp < ow):
+            keep |= 1 << lane
+    return keep, q0 if wide else q0 // wp * ow + min(q0 % wp, ow)
+
+
+@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
+def _forward_taps_avx512(x, wt, b, act, groups, pt, pl, wp, oh, ow, pool, xps, shifts, yws, y, pooled, indices):
+    """Stride-1 float32 forward on AVX-512 hosts by _taps32's register tile, which sums every tap in
+    registers and adds b (C_out values, zeros without a bias) and ReLU before its one store: no
+    per-tap products and no pass over y for them. y (N, C_out, OH*OW) gets the compact output; with
+    a pooling (pool as in _forward_wide) each group's wide planes go to the thread's yws, are
+    pooled into pooled / indices, and y is not written. wt: w as (kh*kw, C_out, C_in/g); shifts:
+    each tap's offset along the padded sample; xps as _Wide's (31 floats past each row's last tap)."""
+    n_img = x.shape[0]
+    taps, c_out, cg = wt.shape
+    cog, length, p = c_out // groups, oh * wp, oh * ow
+    wide, relu, w = pool[0] != 0, act == _RELU, wt.reshape(-1)
+    threads = xps.shape[0]
+    for t in prange(threads):
+        xp = xps[t]
+        xp[:] = 0
+        for n in range(t * n_img // threads, (t + 1) * n_img // threads):
+            out = yws[t] if wide else y[n].reshape(-1)
+            for g in range(groups):
+                _pad(x, n, g * cg, cg, pt, pl, wp, xp)
+                y_off, ldy = (0, length) if wide else (g * cog * p, p)
+                for q0 in range(0, length, NR):
+                    keep_lo, dst_lo = _packed_run(q0, length, wp, ow, wide)
+                    keep_hi, dst_hi = _packed_run(q0 + NR // 2, length, wp, ow, wide)
+                    for o0 in range(0, cog, MR):
+                        taps_tile(w, (g * cog + o0) * cg, cg, c_out * cg, cg, xp, xp.shape[1], shifts, q0, out,
+                                  y_off + o0 * ldy, ldy, min(MR, cog - o0), b, g * cog + o0, relu,
+                                  keep_lo, keep_hi, dst_lo, dst_hi)
+                if not wide:
+                    if act == _SIGMOID:
+                        outputs = out[y_off:y_off + cog * p]
+                        _bias_activate(outputs, outputs, 1, outputs.size, outputs.size, _ZERO, act)
+                    continue
+                for o in range(cog):
+                    plane = out[o * length:(o + 1) * length]
+                    if act == _SIGMOID:
+                        _bias_activate(plane, plane, 1, length, length, _ZERO, act)
+                    max_pool_plane(plane.reshape((oh, wp)), oh, ow, pooled[n, g * cog + o], indices[n, g * cog + o],
+                                   pool[0], pool[1], pool[2], pool[3], pool[4], pool[5])
 
 
 def _uses_gemm32(x):
@@ -435,7 +483,8 @@ class _Wide:
         length = oh * self.wp
         rows = cg * kh * kw
         copied = rows * length if cg < _MIN_CHANNELS_FOR_SHIFTED_GEMMS else 0
-        self.xps = np.empty((threads, cg, self.hp * self.wp + (kw - 1) * dilation[1]), x.dtype)
+        # each padded channel with NR floats after its last tap's: _taps32's tile reads 31 past it
+        self.xps = np.empty((threads, cg, self.hp * self.wp + (kw - 1) * dilation[1] + NR), x.dtype)
         self.outs = np.empty((threads, c_out // groups * length), x.dtype)  # y or dy over the wide grid
         if backward:
             # dW's copied tap rows, `block` channels at a time: about _COL_BYTES per thread
@@ -478,21 +527,19 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     pool_shape = (0, 0, 0, 0) if pool is None else pool.out_shape
     pooled, indices = empty(pool_shape, x.dtype), empty(pool_shape, np.int64)
     threads = _threads(n)
-    # With gemm32, few channels per group and no pooling: compact columns, so the product lands in
-    # y itself (the wide grid's copy-out was 7.8 of conv1's 10.7 us per sample; 5.3 us so). gemm32
-    # sums each value in the same k order either way, so this equals the fused conv + pool (the wide
-    # kernel) bit for bit; OpenBLAS's bits would depend on the layout, hence float32 + gemm32 only.
-    with_gemm32 = _uses_gemm32(x)
-    wide = stride == (1, 1) and (cg >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS or pool is not None or not with_gemm32)
+    window = _NO_POOL if pool is None else (*pool.kernel, *pool.stride, *pool.padding)
     with single_threaded_blas():
-        if wide:
+        if stride == (1, 1) and _uses_gemm32(x):
             s = _Wide(x, w, padding, dilation, groups, oh, ow, threads, backward=False)
-            window = _NO_POOL if pool is None else (*pool.kernel, *pool.stride, *pool.padding)
-            kernel = _forward_wide_avx512 if with_gemm32 else _forward_wide
-            kernel(x, w2, s.wt, bias, has_bias, act, groups, kh, kw, dilation[0], dilation[1], padding[0], padding[2],
-                   s.hp, s.wp, oh, ow, window, s.xps, s.cols, s.outs, y, pooled, indices)
+            shifts = np.array([i * dilation[0] * s.wp + j * dilation[1] for i in range(kh) for j in range(kw)], np.int64)
+            _forward_taps_avx512(x, s.wt, np.ascontiguousarray(bias) if has_bias else np.zeros(c_out, x.dtype), act, groups, padding[0],
+                                 padding[2], s.wp, oh, ow, window, s.xps, shifts, s.outs, y, pooled, indices)
+        elif stride == (1, 1):
+            s = _Wide(x, w, padding, dilation, groups, oh, ow, threads, backward=False)
+            _forward_wide(x, w2, s.wt, bias, has_bias, act, groups, kh, kw, dilation[0], dilation[1], padding[0],
+                          padding[2], s.hp, s.wp, oh, ow, window, s.xps, s.cols, s.outs, y, pooled, indices)
         else:
-            kernel = _forward_avx512 if with_gemm32 else _forward
+            kernel = _forward_avx512 if _uses_gemm32(x) else _forward
             # without an activation, b is added by the product (as the last k: the same rounding)
             w2b = np.concatenate([w2, bias.reshape(c_out, 1)], axis=1) if has_bias and not act else w2
             kernel(x, w2b, bias, has_bias, act, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],

@@ -1,0 +1,122 @@
+"""The cpu backend's stride-1 float32 convolution tile in AVX-512 (fastconv/_cpu/_taps32.py): bit for
+bit the per-tap products it replaced (gemm32 per tap, accumulating, then + b and the activation) on
+shapes around its 8 x 32 tile's edges, with few and many channels, groups, dilation, padding and
+every activation; within float32 rounding of float64 NumPy; and the tile's stores confined to the
+outputs. Skipped where the host has no AVX-512F."""
+import numpy as np
+import pytest
+
+from fastconv import ops
+from fastconv._cpu import _vecmath, dense
+
+pytestmark = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_AVX512=0)")
+
+if _vecmath.AVX512:
+    from numba import njit
+
+    from fastconv._cpu._gemm32 import gemm32
+    from fastconv._cpu._taps32 import taps_tile
+
+    @njit
+    def _tile(*args):
+        taps_tile(*args)
+
+
+def _per_tap_reference(x, w, b, padding, dilation, groups, act):
+    """The convolution as the wide kernel computed it: per sample and group, one gemm32 product per
+    tap accumulated over the zero-padded sample's shifted rows, then y = act(sum + b) in float32."""
+    n, c, h, wd = x.shape
+    c_out, cg, kh, kw = w.shape
+    pt, pl = padding
+    pb, pr = padding
+    dh, dw = dilation
+    hp, wp = h + pt + pb, wd + pl + pr
+    oh, ow = hp - dh * (kh - 1), wp - dw * (kw - 1)
+    length, cog = oh * wp, c_out // groups
+    y = np.empty((n, c_out, oh, ow), np.float32)
+    for s in range(n):
+        for g in range(groups):
+            xp = np.zeros((cg, hp * wp + (kw - 1) * dw), np.float32)
+            xp[:, :hp * wp].reshape(cg, hp, wp)[:, pt:pt + h, pl:pl + wd] = x[s, g * cg:(g + 1) * cg]
+            acc = np.empty((cog, length), np.float32)
+            for i in range(kh):
+                for j in range(kw):
+                    shift = i * dh * wp + j * dw
+                    tap = np.ascontiguousarray(w[g * cog:(g + 1) * cog, :, i, j])
+                    gemm32(tap, xp[:, shift:shift + length], acc, 1.0 if i or j else 0.0, False, False)
+            z = acc.reshape(cog, oh, wp)[:, :, :ow] + (b[g * cog:(g + 1) * cog, None, None] if b is not None
+                                                        else np.float32(0))
+            if act == "relu":
+                z = np.where(z < 0, np.float32(0), z)
+            elif act == "sigmoid":
+                out = np.empty(z.size, np.float32)
+                dense._sigmoid_forward(np.ascontiguousarray(z).reshape(-1), out)
+                z = out.reshape(z.shape)
+            y[s, g * cog:(g + 1) * cog] = z
+    return y
+
+
+# x shape, w shape, padding (rows, columns), dilation, groups
+SHAPES = [
+    ((2, 1, 28, 28), (32, 1, 3, 3), (1, 1), (1, 1), 1),    # conv1: few channels, an 840-wide grid
+    ((3, 32, 14, 14), (64, 32, 3, 3), (1, 1), (1, 1), 1),  # conv2: whole 8 x 32 tiles only
+    ((2, 3, 5, 9), (7, 3, 3, 3), (2, 0), (1, 1), 1),       # rows 7 < 8, a tiny grid
+    ((2, 9, 7, 6), (17, 9, 2, 3), (0, 2), (1, 1), 1),      # 17 rows: 8 + 8 + 1; even kernel height
+    ((1, 16, 9, 11), (10, 8, 3, 3), (2, 2), (2, 2), 2),    # dilation, groups of 8 channels
+    ((2, 6, 1, 40), (9, 2, 1, 5), (0, 2), (1, 3), 3),      # one row, 44 wide; 3 groups of 3 rows
+    ((1, 5, 33, 3), (8, 5, 3, 1), (1, 0), (1, 1), 1),      # 3 wide: several rows in one 16-lane half
+]
+
+
+@pytest.mark.parametrize("act", [None, "relu", "sigmoid"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[0] + s[1])))
+def test_the_tile_equals_the_per_tap_products_bit_for_bit(shape, act):
+    xs, ws, padding, dilation, groups = shape
+    rng = np.random.default_rng(sum(xs) + sum(ws))
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    for bias in (b, None):
+        y = ops.conv2d_forward(x, w, bias, padding=padding, dilation=dilation, groups=groups, activation=act)
+        ref = _per_tap_reference(x, w, bias, padding, dilation, groups, act)
+        assert y.tobytes() == ref.tobytes()
+        y64 = ops.conv2d_forward(x.astype(np.float64), w.astype(np.float64),
+                                 None if bias is None else bias.astype(np.float64), padding=padding,
+                                 dilation=dilation, groups=groups, activation=act)
+        np.testing.assert_allclose(y, y64, rtol=1e-4, atol=1e-4 * np.sqrt(np.prod(ws[1:])))
+
+
+def test_nan_and_inf_inputs_reach_the_outputs_they_touch():
+    x = np.ones((1, 8, 6, 6), np.float32)
+    x[0, 3, 2, 2], x[0, 5, 4, 1] = np.nan, np.inf
+    w = np.ones((9, 8, 3, 3), np.float32)
+    y = ops.conv2d_forward(x, w, padding=1, activation="relu")
+    ref = _per_tap_reference(x, w, None, (1, 1), (1, 1), 1, "relu")
+    assert np.array_equal(np.isnan(y), np.isnan(ref)) and np.isnan(y[:, :, 1:4, 1:4]).all()
+    assert np.array_equal(y[np.isfinite(ref)], ref[np.isfinite(ref)])
+
+
+def test_the_tile_writes_only_its_rows_and_kept_lanes():
+    """Direct calls: 5 of 8 rows, every keep pattern's runs at their offsets; the guard values
+    around and between them untouched, the 3 rows past `rows` not written."""
+    rng = np.random.default_rng(7)
+    cg, taps, rows = 4, 2, 5
+    w = rng.standard_normal(taps * 8 * cg).astype(np.float32)
+    xp = rng.standard_normal((cg, 100)).astype(np.float32)
+    shifts = np.array([0, 3], np.int64)
+    bias = rng.standard_normal(8).astype(np.float32)
+    for keep_lo, keep_hi in [(0xFFFF, 0xFFFF), (0x3FFF, 0x0FFF), (0, 0x8001), (0x1, 0)]:
+        y = np.full(8 * 64, 99.0, np.float32)
+        _tile(w, 0, cg, 8 * cg, cg, xp, 100, shifts, 5, y, 0, 64, rows, bias, 0, True, keep_lo, keep_hi, 2, 30)
+        expected = np.full(8 * 64, 99.0, np.float32)
+        for r in range(rows):
+            full = np.zeros(32)
+            for t in range(taps):
+                full += w[t * 8 * cg + r * cg:t * 8 * cg + (r + 1) * cg].astype(np.float64) @ \
+                    xp[:, shifts[t] + 5:shifts[t] + 37].astype(np.float64)
+            full = np.maximum(full + bias[r], 0)
+            for half, (keep, dst) in enumerate(((keep_lo, 2), (keep_hi, 30))):
+                kept = [full[16 * half + lane] for lane in range(16) if keep >> lane & 1]
+                expected[r * 64 + dst:r * 64 + dst + len(kept)] = kept
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+        assert (y[rows * 64:] == 99.0).all()
