@@ -1,13 +1,14 @@
-"""The cpu backend's stride-1 float32 convolution tile in AVX-512 (fastconv/_cpu/_taps32.py): bit for
-bit the per-tap products it replaced (gemm32 per tap, accumulating, then + b and the activation) on
-shapes around its 8 x 32 tile's edges, with few and many channels, groups, dilation, padding and
-every activation; within float32 rounding of float64 NumPy; and the tile's stores confined to the
-outputs. Skipped where the host has no AVX-512F."""
+"""The cpu backend's stride-1 float32 convolution tiles in AVX-512 (fastconv/_cpu/_taps32.py), each
+forced in turn: bit for bit the per-tap products they replaced (gemm32 per tap, accumulating, then
++ b and the activation) on shapes around the tiles' edges (8 x 32 positions, 32 channels x 14), with
+few and many channels, groups, dilation, padding and every activation, alone and fused with a max
+pooling; within float32 rounding of float64 NumPy; and the stores confined to the outputs. Skipped
+where the host has no AVX-512F."""
 import numpy as np
 import pytest
 
 from fastconv import ops
-from fastconv._cpu import _vecmath, dense
+from fastconv._cpu import _vecmath, conv, dense
 
 pytestmark = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_AVX512=0)")
 
@@ -15,11 +16,15 @@ if _vecmath.AVX512:
     from numba import njit
 
     from fastconv._cpu._gemm32 import gemm32
-    from fastconv._cpu._taps32 import taps_tile
+    from fastconv._cpu._taps32 import channels_tile, taps_tile
 
     @njit
     def _tile(*args):
         taps_tile(*args)
+
+    @njit
+    def _channels_tile(*args):
+        channels_tile(*args)
 
 
 def _per_tap_reference(x, w, b, padding, dilation, groups, act):
@@ -68,25 +73,36 @@ SHAPES = [
 ]
 
 
+@pytest.fixture(params=["channels", "positions"])
+def lanes(request, monkeypatch):
+    """Each test below runs with either tile forced (the kernel picks by estimated work)."""
+    monkeypatch.setattr(conv, "_lanes_are_channels", lambda *args: request.param == "channels")
+    return request.param
+
+
 @pytest.mark.parametrize("act", [None, "relu", "sigmoid"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[0] + s[1])))
-def test_the_tile_equals_the_per_tap_products_bit_for_bit(shape, act):
+def test_the_tiles_equal_the_per_tap_products_bit_for_bit(lanes, shape, act):
     xs, ws, padding, dilation, groups = shape
     rng = np.random.default_rng(sum(xs) + sum(ws))
     x = rng.standard_normal(xs).astype(np.float32)
     w = rng.standard_normal(ws).astype(np.float32)
     b = rng.standard_normal(ws[0]).astype(np.float32)
+    geometry = dict(padding=padding, dilation=dilation, groups=groups, activation=act)
     for bias in (b, None):
-        y = ops.conv2d_forward(x, w, bias, padding=padding, dilation=dilation, groups=groups, activation=act)
+        y = ops.conv2d_forward(x, w, bias, **geometry)
         ref = _per_tap_reference(x, w, bias, padding, dilation, groups, act)
         assert y.tobytes() == ref.tobytes()
         y64 = ops.conv2d_forward(x.astype(np.float64), w.astype(np.float64),
-                                 None if bias is None else bias.astype(np.float64), padding=padding,
-                                 dilation=dilation, groups=groups, activation=act)
+                                 None if bias is None else bias.astype(np.float64), **geometry)
         np.testing.assert_allclose(y, y64, rtol=1e-4, atol=1e-4 * np.sqrt(np.prod(ws[1:])))
+        if min(y.shape[2:]) >= 2:  # fused with a 2x2 max pooling: the tile's planes pooled in the cache
+            pooled, indices = ops.conv2d_max_pool2d_forward(x, w, bias, pool_kernel=2, **geometry)
+            pooled_ref, indices_ref = ops.max_pool2d_forward(ref, kernel_size=2)
+            assert pooled.tobytes() == pooled_ref.tobytes() and indices.tobytes() == indices_ref.tobytes()
 
 
-def test_nan_and_inf_inputs_reach_the_outputs_they_touch():
+def test_nan_and_inf_inputs_reach_the_outputs_they_touch(lanes):
     x = np.ones((1, 8, 6, 6), np.float32)
     x[0, 3, 2, 2], x[0, 5, 4, 1] = np.nan, np.inf
     w = np.ones((9, 8, 3, 3), np.float32)
@@ -120,3 +136,25 @@ def test_the_tile_writes_only_its_rows_and_kept_lanes():
                 expected[r * 64 + dst:r * 64 + dst + len(kept)] = kept
         np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
         assert (y[rows * 64:] == 99.0).all()
+
+
+def test_the_channels_tile_writes_only_its_channels_and_positions():
+    """Direct calls: count positions of `channels` channels at y_off with row stride ldy; every other
+    value, the rows past `channels` included, untouched."""
+    rng = np.random.default_rng(8)
+    cg, taps, ldy = 3, 2, 20
+    w = rng.standard_normal(taps * cg * 32).astype(np.float32)
+    xp = rng.standard_normal((cg, 60)).astype(np.float32)
+    shifts = np.array([0, 5], np.int64)
+    bias = rng.standard_normal(32).astype(np.float32)
+    for count, channels in [(14, 32), (9, 17), (1, 1), (14, 5)]:
+        y = np.full(40 * ldy, 99.0, np.float32)
+        _channels_tile(w, 0, cg * 32, 32, cg, xp, 60, shifts, 4, y, 3, ldy, count, channels, bias, 0, False)
+        expected = np.full(40 * ldy, 99.0, np.float32)
+        for lane in range(channels):
+            v = np.zeros(count)
+            for t in range(taps):
+                v += w[t * cg * 32 + lane:(t + 1) * cg * 32:32].astype(np.float64) @ \
+                    xp[:, shifts[t] + 4:shifts[t] + 4 + count].astype(np.float64)
+            expected[3 + lane * ldy:3 + lane * ldy + count] = v + bias[lane]
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)

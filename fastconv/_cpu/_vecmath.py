@@ -299,3 +299,22 @@ def sigmoid16_part(src, dst, lo, hi):
     sigmoid16(padded, 0, out, 0)
     for k in range(hi - lo):
         dst[lo + k] = out[k]
+
+
+@intrinsic
+def copy16(typingctx, src, i, dst, j, count):
+    """dst[j : j + count] = src[i : i + count] for count <= 16 float32 values (1-D C-contiguous
+    arrays): one masked load and one masked store, so a short row (a 14-wide image's) costs one
+    instruction pair, where a loop ran 8 values vectorized and the rest one by one. AVX-512F."""
+    if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (src, dst)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        source, target = (context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 2))
+        mask = lanes_below(builder, as_i64(builder, args[4]))
+        at = [builder.bitcast(builder.gep(array.data, [as_i64(builder, args[k])]), _V16.as_pointer())
+              for array, k in ((source, 1), (target, 3))]
+        masked_store16(builder, masked_load16(builder, at[0], mask), at[1], mask)
+        return context.get_dummy_value()
+
+    return types.void(src, i, dst, j, count), codegen
