@@ -65,7 +65,8 @@ def test_a_row_gets_the_same_bits_in_a_whole_tile_and_at_the_edge():
 
 def test_the_stride_1_convolutions_use_avx512_for_float32_only(monkeypatch):
     used = []
-    for name in ("_forward_wide", "_forward_taps_avx512", "_backward_wide", "_backward_wide_avx512"):
+    for name in ("_forward_wide", "_forward_taps_avx512", "_backward_wide", "_backward_wide_avx512",
+                 "_backward_taps_avx512"):
         real = getattr(conv, name)
         monkeypatch.setattr(conv, name, lambda *a, real=real, name=name: used.append(name) or real(*a))
     rng = np.random.default_rng(4)
@@ -73,7 +74,8 @@ def test_the_stride_1_convolutions_use_avx512_for_float32_only(monkeypatch):
     y = ops.conv2d_forward(x, w, padding=1)
     dx, dw, _ = ops.conv2d_backward(np.ones_like(y), x, w, padding=1)
     ops.conv2d_forward(x.astype(np.float64), w.astype(np.float64), padding=1)
-    assert used == ["_forward_taps_avx512", "_backward_wide_avx512", "_forward_wide"]
+    ops.conv2d_backward(np.ones((3, 4, 7, 6), np.float32), x[:, :3], w[:4, :3], padding=1)  # 3 input channels
+    assert used == ["_forward_taps_avx512", "_backward_taps_avx512", "_forward_wide", "_backward_wide_avx512"]
     monkeypatch.setattr(_vecmath, "AVX512", False)  # OpenBLAS: the same values to rounding
     np.testing.assert_allclose(ops.conv2d_forward(x, w, padding=1), y, rtol=1e-5, atol=1e-5)
     dx_blas, dw_blas, _ = ops.conv2d_backward(np.ones_like(y), x, w, padding=1)

@@ -158,3 +158,40 @@ def test_the_channels_tile_writes_only_its_channels_and_positions():
                     xp[:, shifts[t] + 4:shifts[t] + 4 + count].astype(np.float64)
             expected[3 + lane * ldy:3 + lane * ldy + count] = v + bias[lane]
         np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+BACKWARD_SHAPES = [s for s in SHAPES if s[1][1] >= 8] + [
+    ((2, 40, 5, 31), (3, 40, 3, 3), (1, 1), (1, 1), 1),    # 40 dx channels: blocks of 32 + 8; 3 outputs
+    ((3, 8, 10, 10), (24, 4, 5, 5), (1, 3), (1, 1), 2),    # 4 dx channels per group: the wide kernel, for contrast
+]
+
+
+@pytest.mark.parametrize("shape", BACKWARD_SHAPES, ids=lambda s: "x".join(map(str, s[0] + s[1])))
+def test_the_backward_by_tiles_matches_float64(shape):
+    """dx by channels_tile over the padded output gradient, dW per tap by gemm32 over the sample's
+    shifted rows and dy transposed once, db by column sums: within float32 rounding of float64, and
+    the fused conv + pool backward the unfused ops bit for bit."""
+    xs, ws, padding, dilation, groups = shape
+    rng = np.random.default_rng(sum(xs) * 3 + sum(ws))
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    geometry = dict(padding=padding, dilation=dilation, groups=groups)
+    y = ops.conv2d_forward(x, w, **geometry)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    grads = ops.conv2d_backward(dy, x, w, **geometry)
+    grads64 = ops.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), **geometry)
+    for got, want in zip(grads, grads64):
+        scale = np.sqrt(np.prod(ws)) * (1 + np.abs(want).max())
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * scale)
+    dx_only_dw = ops.conv2d_backward(dy, x, w, input_grad=False, **geometry)[1]
+    assert dx_only_dw.tobytes() == grads[1].tobytes()
+    if min(y.shape[2:]) >= 2:
+        b = rng.standard_normal(ws[0]).astype(np.float32)
+        pooled, indices = ops.conv2d_max_pool2d_forward(x, w, b, activation="relu", pool_kernel=2, **geometry)
+        d_pooled = rng.standard_normal(pooled.shape).astype(np.float32)
+        fused = ops.conv2d_max_pool2d_backward(d_pooled, pooled, indices, x, w, activation="relu", **geometry)
+        z = ops.conv2d_forward(x, w, b, activation="relu", **geometry)
+        d_z = ops.max_pool2d_backward(ops.relu_backward(d_pooled, pooled), indices, tuple(z.shape))
+        unfused = ops.conv2d_backward(d_z, x, w, **geometry)
+        for a, b_ in zip(fused, unfused):
+            assert a.tobytes() == b_.tobytes()

@@ -30,9 +30,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._vecmath import as_i64, broadcast16, lanes_below, masked_store16
+from ._vecmath import as_i64, broadcast16, lanes_below, masked_load16, masked_store16
 
-__all__ = ["taps_tile", "channels_tile", "MR", "NR", "CR", "CW"]
+__all__ = ["taps_tile", "channels_tile", "transpose16_block", "MR", "NR", "CR", "CW"]
 
 MR, NR = 8, 32  # taps_tile: output channels, wide-grid positions (lanes)
 CR, CW = 14, 32  # channels_tile: positions (broadcasts), output channels (lanes)
@@ -196,3 +196,33 @@ def channels_tile(typingctx, w, w_off, w_ts, w_cs, cg, xp, xp_rs, shifts, base, 
     signature = types.void(w, w_off, w_ts, w_cs, cg, xp, xp_rs, shifts, base, y, y_off, ldy, count, channels, bias,
                            bias_off, relu)
     return signature, codegen
+
+
+@intrinsic
+def transpose16_block(typingctx, src, s_off, s_ld, rows, cols, dst, d_off, d_ld):
+    """dst[d_off + j*d_ld + r] = src[s_off + r*s_ld + j] for r < rows, j < cols (both <= 16): one
+    16 x 16 block through the registers (masked loads of each row, _transpose16, masked stores).
+    float32 arrays, addressed from their first element."""
+    if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (src, dst)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        source, target = (context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 5))
+        s_off, s_ld, rows, cols, d_off, d_ld = (as_i64(builder, args[k]) for k in (1, 2, 3, 4, 6, 7))
+        zero = ir.Constant(_V16, [ir.Constant(_F32, 0.0)] * 16)
+        lanes_in_row, lanes_in_column = lanes_below(builder, cols), lanes_below(builder, rows)
+        loaded = []
+        for r in range(16):
+            at = builder.add(s_off, builder.mul(ir.Constant(_I64, r), s_ld))
+            pointer = builder.bitcast(builder.gep(source.data, [at]), _V16.as_pointer())
+            inside = builder.icmp_signed("<", ir.Constant(_I64, r), rows)
+            row_mask = builder.select(inside, lanes_in_row, ir.Constant(_MASK16, [0] * 16))
+            loaded.append(masked_load16(builder, pointer, row_mask))
+        for j, column in enumerate(_transpose16(builder, loaded)):
+            with builder.if_then(builder.icmp_signed("<", ir.Constant(_I64, j), cols)):
+                at = builder.add(d_off, builder.mul(ir.Constant(_I64, j), d_ld))
+                masked_store16(builder, column, builder.bitcast(builder.gep(target.data, [at]), _V16.as_pointer()),
+                               lanes_in_column)
+        return context.get_dummy_value()
+
+    return types.void(src, s_off, s_ld, rows, cols, dst, d_off, d_ld), codegen

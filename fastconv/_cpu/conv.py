@@ -1,8 +1,8 @@
 """2-D convolution on the CPU: per-sample GEMMs, each Numba thread owning a contiguous block of
 samples and calling single-threaded BLAS itself (_blas.py says why), in per-thread buffers that
 stay in the core's cache. For float32 on AVX-512 hosts the stride-1 kernels use our own code
-instead: the forward one register tile per block of outputs over all taps (_taps32.py,
-_forward_taps_avx512), the backward our GEMM (_gemm32.py: twice OpenBLAS's AVX2 kernels here).
+instead (_forward_taps_avx512, _backward_taps_avx512): register tiles over all taps for the
+forward and for dx (_taps32.py), our GEMM for dW (_gemm32.py: twice OpenBLAS's AVX2 kernels here).
 
 Stride 1 (the common case) uses the "wide" layout described above _forward_wide: no im2col for
 layers with >= 8 input channels per group (one accumulating GEMM per kernel tap on shifted slices
@@ -28,7 +28,7 @@ from ._blas import gemm, single_threaded_blas
 from ._gemm32 import gemm32
 from ._memory import empty
 from ._stream import prefetch
-from ._taps32 import CR, CW, MR, NR, channels_tile, taps_tile
+from ._taps32 import CR, CW, MR, NR, channels_tile, taps_tile, transpose16_block
 from ._vecmath import copy16
 from .dense import _ONE, _ZERO, _relu, _sigmoid, relu_backward, sigmoid_backward
 from ..ops.pool import PoolGeometry
@@ -304,6 +304,33 @@ def _forward_wide_body(gemm, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw
 
 
 @njit(inline="always")
+def _gather_output_grad(dy, from_pool, y, act, indices, wide, n, o0, oh, ow, wp, dyw):
+    """dyw (C, L) = the gradient at the outputs o0 .. o0 + C of sample n on the wide grid (its extra
+    columns left as they are: 0). From dy (N, C_out, OH*OW), or when from_pool from the gradient at
+    a max pooling of them, with the pooled outputs y for the activation act's derivative and the
+    pool's indices, scatter-added in output order (as max_pool2d_backward); wide[i] is pooled index
+    i's wide position."""
+    for o in range(dyw.shape[0]):
+        if from_pool:
+            dyw[o] = 0
+            for q in range(dy.shape[2]):
+                d = dy[n, o0 + o, q]
+                if act == _RELU:  # relu_backward / sigmoid_backward of the pooled value
+                    d = d if y[n, o0 + o, q] > _ZERO else _ZERO
+                elif act == _SIGMOID:
+                    d = d * y[n, o0 + o, q] * (_ONE - y[n, o0 + o, q])
+                i = indices[n, o0 + o, q]
+                if 0 <= i < wide.size:  # unchecked indices never write out of bounds
+                    dyw[o, wide[i]] += d
+        else:
+            src, dst = dy[n, o0 + o], dyw[o]
+            for a in range(oh):
+                row, out = src[a * ow:(a + 1) * ow], dst[a * wp:a * wp + ow]
+                for bb in range(ow):  # slices from 0, as everywhere here: see _pad
+                    out[bb] = row[bb]
+
+
+@njit(inline="always")
 def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow,
                         input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
     """Stride-1 backward, its products by `gemm` (see _backward_wide): dx (when input_grad); thread
@@ -336,24 +363,7 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
             wide[q] = (q // ow) * wp + q % ow  # (an integer division per scattered value cost more than the GEMMs)
         for n in range(t * n_img // threads, (t + 1) * n_img // threads):
             for g in range(groups):
-                for o in range(cog):
-                    if from_pool:
-                        dyw[o] = 0
-                        for q in range(dy.shape[2]):
-                            d = dy[n, g * cog + o, q]
-                            if act == _RELU:  # relu_backward / sigmoid_backward of the pooled value
-                                d = d if y[n, g * cog + o, q] > _ZERO else _ZERO
-                            elif act == _SIGMOID:
-                                d = d * y[n, g * cog + o, q] * (_ONE - y[n, g * cog + o, q])
-                            i = indices[n, g * cog + o, q]
-                            if 0 <= i < wide.size:  # unchecked indices never write out of bounds
-                                dyw[o, wide[i]] += d
-                    else:
-                        src, dst = dy[n, g * cog + o], dyw[o]
-                        for a in range(oh):
-                            row, out = src[a * ow:(a + 1) * ow], dst[a * wp:a * wp + ow]
-                            for bb in range(ow):  # slices from 0, as everywhere here: see _pad
-                                out[bb] = row[bb]
+                _gather_output_grad(dy, from_pool, y, act, indices, wide, n, g * cog, oh, ow, wp, dyw)
                 _pad(x, n, g * cg, cg, pt, pl, wp, xp)
                 for c0 in range(0, cg, block):
                     c1 = min(cg, c0 + block)
@@ -489,6 +499,80 @@ def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool
                                    indices[n, g * cog + o], pool[0], pool[1], pool[2], pool[3], pool[4], pool[5])
 
 
+@njit(parallel=True, nogil=True, cache=True)
+def _backward_taps_avx512(dy, from_pool, y, act, indices, x, wd, zeros, groups, pt, pl, wp, oh, ow, margin, shifts,
+                          dx_shifts, input_grad, xps, dyps, dyts, grad_parts, dx):
+    """Stride-1 float32 backward on AVX-512 hosts (layers with >= 8 input channels per group). Per
+    sample and group, in the task's own buffers:
+    - dyw, the output gradient on the wide grid (_gather_output_grad; dy and from_pool as in
+      _backward_wide), sits in dyp (C_out/g, Ld) between zero margins of `margin` (the largest tap
+      shift); dyT (L, C_out/g) is its transpose, in 16 x 16 blocks through the registers;
+    - db += the column sums of dyT; dW_t^T += xp[:, s_t : s_t + L] @ dyT for each tap t: gemm32
+      reads the padded sample's shifted rows in place (no copied tap rows) and dy once transposed
+      (not a panel per product). grad_parts[t] (groups, 1 + taps * C_in/g, C_out/g): row 0 db,
+      row 1 + t * C_in/g + c dW[:, c, t];
+    - dx (input_grad) = _taps32.channels_tile over dyp, dx's channels in the lanes:
+      dx[c, P] = sum_t sum_o W[o, c, t] dyw[o, P - s_t] = ... dyp[o, dx_shifts[t] + P] with
+      dx_shifts[t] = margin - s_t, for P the padded grid's interior positions, stored compact into
+      dx (N, C_in * H * W). wd: W as (groups, blocks, taps, C_out/g, 32), dx's channels in blocks
+      of 32 zero-padded; zeros: 32 zeros (no bias)."""
+    n_img, c, h_in, w_in = x.shape
+    cg, cog, taps = c // groups, grad_parts.shape[3], shifts.size
+    length, plane = oh * wp, h_in * w_in
+    blocks, wd_flat = wd.shape[1], wd.reshape(-1)
+    threads = xps.shape[0]
+    for t in prange(threads):
+        xp, dyp, dyt = xps[t], dyps[t], dyts[t]
+        xp[:] = 0
+        dyp[:] = 0  # margins and the wide grid's extra columns stay 0: they add nothing
+        dyw = dyp[:, margin:margin + length]
+        dyp_flat, dyt_flat = dyp.reshape(-1), dyt.reshape(-1)
+        ld = dyp.shape[1]
+        grad_parts[t] = 0
+        wide = np.empty(oh * ow if from_pool else 0, np.int64)  # a pooled index's wide position
+        for q in range(wide.size):
+            wide[q] = (q // ow) * wp + q % ow
+        for n in range(t * n_img // threads, (t + 1) * n_img // threads):
+            if n + 1 < n_img:  # the next sample's inputs on their way to the cache (with copy16: 48 -> 43 us)
+                for upcoming in (x[n + 1].reshape(-1), dy[n + 1].reshape(-1)):
+                    for i in range(0, upcoming.size, 16):
+                        prefetch(upcoming, i)
+            for g in range(groups):
+                if from_pool:
+                    _gather_output_grad(dy, from_pool, y, act, indices, wide, n, g * cog, oh, ow, wp, dyw)
+                else:  # dy's rows into the wide grid by masked 16-value copies (as _pad_avx512)
+                    for o in range(cog):
+                        src = dy[n, g * cog + o]
+                        for a in range(oh):
+                            for b0 in range(0, ow, 16):
+                                copy16(src, a * ow + b0, dyp_flat, o * ld + margin + a * wp + b0, min(16, ow - b0))
+                for o0 in range(0, cog, 16):
+                    for q0 in range(0, length, 16):
+                        transpose16_block(dyp_flat, o0 * ld + margin + q0, ld, min(16, cog - o0), min(16, length - q0),
+                                          dyt_flat, q0 * cog + o0, cog)
+                db = grad_parts[t, g, 0]
+                for q in range(length):  # db in position order, vectorized over the channels
+                    row = dyt[q]
+                    for o in range(cog):
+                        db[o] += row[o]
+                _pad_avx512(x, n, g * cg, cg, pt, pl, wp, xp)
+                for tap in range(taps):
+                    s = shifts[tap]
+                    gemm32(xp[:, s:s + length], dyt, grad_parts[t, g, 1 + tap * cg:1 + (tap + 1) * cg], 1.0, False,
+                           False)
+                if not input_grad:
+                    continue
+                out = dx[n]
+                for block in range(blocks):
+                    c0 = block * CW
+                    for hh in range(h_in):
+                        for w0 in range(0, w_in, CR):
+                            channels_tile(wd_flat, (g * blocks + block) * taps * cog * CW, cog * CW, CW, cog, dyp, ld,
+                                          dx_shifts, (pt + hh) * wp + pl + w0, out,
+                                          (g * cg + c0) * plane + hh * w_in + w0, plane, min(CR, w_in - w0),
+                                          min(CW, cg - c0), zeros, 0, False)
+
+
 def _lanes_are_channels(cog, oh, ow, wp):
     """Whether channels_tile does less work than taps_tile for this layer: the lanes each computes,
     whole tiles, over the efficiency each tile reached in cache on conv2 (92% and 95% of peak)."""
@@ -605,6 +689,39 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     return y.reshape(n, c_out, oh, ow) if pool is None else (pooled, indices)
 
 
+def _backward_uses_tiles(x, w, stride):
+    """_backward_taps_avx512 for float32 stride-1 layers with >= 8 input channels per group on
+    AVX-512 hosts (fewer: channels_tile's dx would fill a quarter of its lanes or less)."""
+    return stride == (1, 1) and _uses_gemm32(x) and w.shape[1] >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS
+
+
+def _backward_by_tiles(dy3, from_pool, y3, activation, indices3, x, w, padding, dilation, groups, oh, ow, parts,
+                       input_grad, dx):
+    """_backward_taps_avx512's buffers and weight layout; (db_parts, dw_parts) as _conv2d_backward's."""
+    n, c, h_in, w_in = x.shape
+    c_out, cg, kh, kw = w.shape
+    cog, taps = c_out // groups, kh * kw
+    wp = w_in + padding[2] + padding[3]
+    length = oh * wp
+    shifts = np.array([i * dilation[0] * wp + j * dilation[1] for i in range(kh) for j in range(kw)], np.int64)
+    margin = int(shifts.max())
+    # each padded channel with NR floats after its last tap's (_taps32's tiles read past it)
+    xps = np.empty((parts, cg, (x.shape[2] + padding[0] + padding[1]) * wp + (kw - 1) * dilation[1] + NR), x.dtype)
+    dyps = np.empty((parts, cog, 2 * margin + length + NR), x.dtype)
+    dyts = np.empty((parts, length, cog), x.dtype)
+    grad_parts = np.empty((parts, groups, 1 + taps * cg, cog), x.dtype)
+    blocks = -(-cg // CW)
+    padded = np.zeros((groups, cog, blocks * CW, taps), x.dtype)
+    padded[:, :, :cg] = w.reshape(groups, cog, cg, taps)
+    wd = np.ascontiguousarray(padded.reshape(groups, cog, blocks, CW, taps).transpose(0, 2, 4, 1, 3))
+    _backward_taps_avx512(dy3, from_pool, y3, ACTIVATIONS[activation], indices3, x, wd, np.zeros(CW, x.dtype), groups,
+                          padding[0], padding[2], wp, oh, ow, margin, shifts, margin - shifts, input_grad, xps, dyps,
+                          dyts, grad_parts, dx.reshape(dx.shape[0], int(np.prod(dx.shape[1:]))))
+    db_parts = grad_parts[:, :, 0].reshape(parts, c_out)
+    dw_parts = grad_parts[:, :, 1:].reshape(parts, groups, taps, cg, cog).transpose(0, 1, 4, 3, 2)
+    return db_parts, dw_parts.reshape(parts, groups, cog, cg * taps)
+
+
 def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias, input_grad):
     return _conv2d_backward(dy, None, None, None, x, w, stride, padding, dilation, groups, bias, input_grad)
 
@@ -638,7 +755,10 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
     w2 = np.ascontiguousarray(w).reshape(c_out, rows)
     dx = empty(x.shape if input_grad else (0, 0, 0, 0), x.dtype)
     with single_threaded_blas():
-        if stride == (1, 1):
+        if _backward_uses_tiles(x, w, stride):
+            db_parts, dw_parts = _backward_by_tiles(dy3, from_pool, y3, activation, indices3, x, w, padding, dilation,
+                                                    groups, oh, ow, parts, input_grad, dx)
+        elif stride == (1, 1):
             s = _Wide(x, w, padding, dilation, groups, oh, ow, parts, backward=True)
             grad_parts = np.zeros((parts, groups, 1 + rows, c_out // groups), x.dtype)  # zeros: as dw_parts below
             kernel = _backward_wide_avx512 if _uses_gemm32(x) else _backward_wide
