@@ -27,6 +27,7 @@ from . import _vecmath
 from ._blas import gemm, single_threaded_blas
 from ._gemm32 import gemm32
 from ._memory import empty
+from ._pool32 import max_pool_2x2_plane
 from ._stream import prefetch
 from ._taps32 import CR, CW, MR, NR, channels_tile, taps_tile, transpose16_block
 from ._vecmath import copy16
@@ -452,6 +453,7 @@ def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool
     cog, length, p = c_out // groups, oh * wp, oh * ow
     pooling, relu, w, w_lanes, b_lanes = pool[0] != 0, act == _RELU, wt.reshape(-1), wc.reshape(-1), bc.reshape(-1)
     lanes_are_channels = wc.size > 0
+    pool_2x2 = pool[0] == 2 and pool[1] == 2 and pool[2] == 2 and pool[3] == 2 and pool[4] == 0 and pool[5] == 0
     plane_width = ow if lanes_are_channels else wp  # of the planes the tile writes
     plane = oh * plane_width
     threads = xps.shape[0]
@@ -495,8 +497,11 @@ def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool
                     channel = out[o * plane:(o + 1) * plane]
                     if act == _SIGMOID:
                         _bias_activate(channel, channel, 1, plane, plane, _ZERO, act)
-                    max_pool_plane(channel.reshape((oh, plane_width)), oh, ow, pooled[n, g * cog + o],
-                                   indices[n, g * cog + o], pool[0], pool[1], pool[2], pool[3], pool[4], pool[5])
+                    if pool_2x2:  # the same values and indices, in AVX-512 (_pool32.py)
+                        max_pool_2x2_plane(channel, plane_width, ow, pooled[n, g * cog + o], indices[n, g * cog + o])
+                    else:
+                        max_pool_plane(channel.reshape((oh, plane_width)), oh, ow, pooled[n, g * cog + o],
+                                       indices[n, g * cog + o], pool[0], pool[1], pool[2], pool[3], pool[4], pool[5])
 
 
 @njit(parallel=True, nogil=True, cache=True)

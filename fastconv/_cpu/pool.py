@@ -4,7 +4,9 @@ thread, so the backward scatter-adds need no atomics and run in output order, de
 import numpy as np
 from numba import njit, prange
 
+from . import _vecmath
 from ._memory import empty
+from ._pool32 import max_pool_2x2_plane
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
 
@@ -116,10 +118,26 @@ def _planes(a):
     return a.reshape(-1, a.shape[2], a.shape[3])
 
 
+def is_2x2_stride_2(kernel, stride, padding):
+    """Whether a pooling is the 2x2 / stride 2 / unpadded one that _pool32.py does in AVX-512."""
+    return tuple(kernel) == (2, 2) and tuple(stride) == (2, 2) and tuple(padding) == (0, 0)
+
+
+@njit(parallel=True, cache=True)
+def _max_forward_2x2_avx512(x, y, indices):
+    planes, H, W = x.shape
+    for p in prange(planes):
+        max_pool_2x2_plane(x[p].reshape(-1), W, W, y[p], indices[p])
+
+
 def max_pool2d_forward(x, g):
     y = empty(g.out_shape, x.dtype)
     indices = empty(g.out_shape, np.int64)
-    _max_forward(_planes(x), _planes(y), _planes(indices), *g.kernel, *g.stride, *g.padding)
+    if x.dtype == np.float32 and _vecmath.AVX512 and is_2x2_stride_2(g.kernel, g.stride, g.padding):
+        # the same values and indices as _max_forward, ~2.6x faster on conv2's planes (_pool32.py)
+        _max_forward_2x2_avx512(_planes(np.ascontiguousarray(x)), _planes(y), _planes(indices))
+    else:
+        _max_forward(_planes(x), _planes(y), _planes(indices), *g.kernel, *g.stride, *g.padding)
     return y, indices
 
 

@@ -1,0 +1,55 @@
+"""The cpu backend's 2x2 / stride 2 max pooling of float32 planes in AVX-512 (fastconv/_cpu/_pool32.py):
+the same values and indices, bit for bit, as the portable loop (pool.max_pool_plane) on widths
+around its 8-window runs, strided rows, ties, NaN and infinities; and max_pool2d_forward's choice of
+it. Skipped where the host has no AVX-512F."""
+import numpy as np
+import pytest
+
+from fastconv import ops
+from fastconv._cpu import _vecmath
+
+pytestmark = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_AVX512=0)")
+
+if _vecmath.AVX512:
+    from numba import njit
+
+    from fastconv._cpu._pool32 import max_pool_2x2_plane
+    from fastconv._cpu.pool import max_pool_plane
+
+    @njit
+    def _vector(x, ld, width, y, indices):
+        max_pool_2x2_plane(x, ld, width, y, indices)
+
+    @njit
+    def _portable(x2, height, width, y, indices):
+        max_pool_plane(x2, height, width, y, indices, 2, 2, 2, 2, 0, 0)
+
+
+@pytest.mark.parametrize("height, width, ld", [(14, 14, 16), (28, 28, 28), (7, 9, 9), (2, 2, 2), (3, 35, 40),
+                                                (17, 33, 35), (4, 16, 16), (2, 18, 18)])
+def test_the_vector_pooling_is_the_portable_loop_bit_for_bit(height, width, ld):
+    rng = np.random.default_rng(height * 100 + width)
+    x = rng.standard_normal(height * ld).astype(np.float32)
+    x[::7] = 0.0  # ties
+    x[::11] = -0.0
+    x[rng.integers(0, x.size, 4)] = np.nan
+    x[rng.integers(0, x.size, 2)] = np.inf
+    x[rng.integers(0, x.size, 2)] = -np.inf
+    out = (height // 2, width // 2)
+    y = np.full(out, 7.0, np.float32)
+    indices = np.full(out, -1, np.int64)
+    y_ref, indices_ref = np.empty(out, np.float32), np.empty(out, np.int64)
+    guarded = np.concatenate([x, np.full(16, np.nan, np.float32)])  # past the plane: never read
+    _vector(guarded, ld, width, y, indices)
+    _portable(x.reshape(height, ld), height, width, y_ref, indices_ref)
+    assert y.tobytes() == y_ref.tobytes() and np.array_equal(indices, indices_ref)
+
+
+def test_max_pool2d_forward_takes_it_for_float32_2x2_only(monkeypatch):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 5, 10, 13)).astype(np.float32)[:, :, :, :12]  # not contiguous
+    x[0, 0, 0, :4] = np.nan
+    y, indices = ops.max_pool2d_forward(x, kernel_size=2)
+    monkeypatch.setattr(_vecmath, "AVX512", False)
+    y_ref, indices_ref = ops.max_pool2d_forward(x, kernel_size=2)
+    assert y.tobytes() == y_ref.tobytes() and np.array_equal(indices, indices_ref)
