@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._memory import empty_like
-from ._stream import SPAN, align_skip, should_stream, store_fence, write_out
+from ._stream import SPAN
 from . import _vecmath
 from ._vecmath import exp16_shifted, exp16_shifted_part, exp_nonpositive, log1p_unit, maxnum
 
@@ -115,27 +115,27 @@ def _exp_shift_avx512(row, m, p):
 
 @njit(inline="always")
 def _cross_entropy_rows_body(exp_shift, z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
-                             label_weight_sum, class_weight_sum, stream, skip):
+                             label_weight_sum, class_weight_sum):
     """Each row's loss, and probs = softmax(z); with grad, `probs` receives dloss/dz instead (the
     fused forward + backward: the row is still in cache, so the gradient costs no memory pass).
-    A row is worked on in buffers of the task's own (two: LLVM vectorizes a loop whose input and
-    output are the same array only after a runtime overlap check, which then fails), and written
-    to probs with streaming stores when `stream` (see _stream.py). exp_shift(row, m, p) computes
-    p = exp(row - m)."""
+    The row's exps go to a buffer of the task's own (the gradient computed in place, p into p,
+    failed LLVM's runtime overlap check and ran scalar), then straight into probs with plain
+    stores. On the Zen 5 host, 1 GiB of 1000-class rows on two threads, interleaved A/B: staged and
+    written by streaming stores (_stream.write_out, chosen on the Intel host in 3329bfb) 27.7 and
+    26.7 GB/s in two sessions of measurements, plainly 34.3 and 29.3 (one core's streaming stores
+    ran ~13 GB/s here, and a row's stream stalled its next row's compute). exp_shift(row, m, p)
+    computes p = exp(row - m)."""
     n, classes = z.shape
     share = smoothing / classes
     w_total = 0.0
     if smoothing != 0.0:
         w_total = _row_sum(weight) if has_weight else float(classes)
-    flat = probs.reshape(-1)
     rows_per_task = max(1, SPAN // max(1, classes))
     for t in prange((n + rows_per_task - 1) // rows_per_task):
         exps = np.empty(classes, probs.dtype)
-        staged = np.empty(classes if stream else 0, probs.dtype)
         consts = np.empty(2, probs.dtype)
         for i in range(t * rows_per_task, min(n, (t + 1) * rows_per_task)):
-            row = z[i]
-            out = staged if stream else probs[i]
+            row, out = z[i], probs[i]
             m = _row_max(row)
             exp_shift(row, m, exps)
             s = _chunked_sum(exps)
@@ -145,8 +145,6 @@ def _cross_entropy_rows_body(exp_shift, z, labels, weight, has_weight, smoothing
                           consts, 1.0 / s)
             else:
                 _scaled(exps, 1.0 / s, out, consts)
-            if stream:
-                write_out(flat, i * classes, staged, classes, skip)
             log_s = np.log(s)
             wy = weight[y] if has_weight else 1.0
             r = (1.0 - smoothing) * wy * (log_s - (row[y] - m))
@@ -154,22 +152,21 @@ def _cross_entropy_rows_body(exp_shift, z, labels, weight, has_weight, smoothing
                 r += share * (w_total * log_s - _row_weighted_shift(row, m, weight, has_weight))
             row_loss[i] = r
             row_weight[i] = wy
-        store_fence()
 
 
 @njit(parallel=True, cache=True)
 def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
-                        label_weight_sum, class_weight_sum, stream, skip):
+                        label_weight_sum, class_weight_sum):
     _cross_entropy_rows_body(_exp_shift, z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
-                             label_weight_sum, class_weight_sum, stream, skip)
+                             label_weight_sum, class_weight_sum)
 
 
 # Compiled only when called, i.e. on AVX-512 hosts (elsewhere LLVM could not emit it).
 @njit(parallel=True, cache=True)
 def _cross_entropy_rows_avx512(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
-                               label_weight_sum, class_weight_sum, stream, skip):
+                               label_weight_sum, class_weight_sum):
     _cross_entropy_rows_body(_exp_shift_avx512, z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight,
-                             grad, label_weight_sum, class_weight_sum, stream, skip)
+                             grad, label_weight_sum, class_weight_sum)
 
 
 @njit(cache=True)
@@ -299,7 +296,7 @@ def _cross_entropy(logits, labels, weight, smoothing, grad):
     label_weight_sum, class_weight_sum = _weight_sums(w, has_weight, labels, n, classes) if grad else (1.0, 1.0)
     rows = _cross_entropy_rows_avx512 if logits.dtype == np.float32 and _vecmath.AVX512 else _cross_entropy_rows
     rows(logits, labels, w, has_weight, smoothing, out, row_loss, row_weight, grad, label_weight_sum,
-         class_weight_sum, should_stream(out), align_skip(out))
+         class_weight_sum)
     total_weight = _ordered_sum(row_weight) if has_weight else float(n)
     return _scalar(_ordered_sum(row_loss) / total_weight, logits.dtype), out
 
