@@ -506,16 +506,18 @@ def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool
 
 @njit(parallel=True, nogil=True, cache=True)
 def _backward_taps_avx512(dy, from_pool, y, act, indices, x, wd, zeros, groups, pt, pl, wp, oh, ow, margin, shifts,
-                          dx_shifts, input_grad, xps, dyps, dyts, grad_parts, dx):
-    """Stride-1 float32 backward on AVX-512 hosts (layers with >= 8 input channels per group). Per
+                          dx_shifts, input_grad, xps, dyps, dyts, cols, grad_parts, dx):
+    """Stride-1 float32 backward on AVX-512 hosts (for the layers _backward_uses_tiles names). Per
     sample and group, in the task's own buffers:
     - dyw, the output gradient on the wide grid (_gather_output_grad; dy and from_pool as in
       _backward_wide), sits in dyp (C_out/g, Ld) between zero margins of `margin` (the largest tap
       shift); dyT (L, C_out/g) is its transpose, in 16 x 16 blocks through the registers;
     - db += the column sums of dyT; dW_t^T += xp[:, s_t : s_t + L] @ dyT for each tap t: gemm32
       reads the padded sample's shifted rows in place (no copied tap rows) and dy once transposed
-      (not a panel per product). grad_parts[t] (groups, 1 + taps * C_in/g, C_out/g): row 0 db,
-      row 1 + t * C_in/g + c dW[:, c, t];
+      (not a panel per product). With cols (threads, R8, L) not empty (fewer than 8 channels: an
+      8-row tile would be mostly padding) the tap rows are copied into col, R8 = taps * C_in/g
+      rounded up to 8, and one product does all taps. grad_parts[t] (groups, 1 + R8, C_out/g):
+      row 0 db, row 1 + t * C_in/g + c dW[:, c, t];
     - dx (input_grad) = _taps32.channels_tile over dyp, dx's channels in the lanes:
       dx[c, P] = sum_t sum_o W[o, c, t] dyw[o, P - s_t] = ... dyp[o, dx_shifts[t] + P] with
       dx_shifts[t] = margin - s_t, for P the padded grid's interior positions, stored compact into
@@ -526,9 +528,11 @@ def _backward_taps_avx512(dy, from_pool, y, act, indices, x, wd, zeros, groups, 
     length, plane = oh * wp, h_in * w_in
     blocks, wd_flat = wd.shape[1], wd.reshape(-1)
     threads = xps.shape[0]
+    copied = cols.shape[1] > 0
     for t in prange(threads):
-        xp, dyp, dyt = xps[t], dyps[t], dyts[t]
+        xp, dyp, dyt, col = xps[t], dyps[t], dyts[t], cols[t]
         xp[:] = 0
+        col[:] = 0  # the rows past taps * C_in/g stay 0
         dyp[:] = 0  # margins and the wide grid's extra columns stay 0: they add nothing
         dyw = dyp[:, margin:margin + length]
         dyp_flat, dyt_flat = dyp.reshape(-1), dyt.reshape(-1)
@@ -561,10 +565,19 @@ def _backward_taps_avx512(dy, from_pool, y, act, indices, x, wd, zeros, groups, 
                     for o in range(cog):
                         db[o] += row[o]
                 _pad_avx512(x, n, g * cg, cg, pt, pl, wp, xp)
-                for tap in range(taps):
-                    s = shifts[tap]
-                    gemm32(xp[:, s:s + length], dyt, grad_parts[t, g, 1 + tap * cg:1 + (tap + 1) * cg], 1.0, False,
-                           False)
+                if copied:  # few channels: the tap rows copied, one product (M = 8 rows or more)
+                    for tap in range(taps):
+                        s = shifts[tap]
+                        for cc in range(cg):
+                            src, dst = xp[cc, s:s + length], col[tap * cg + cc]
+                            for q in range(length):  # slices from 0: the copy vectorizes (see _pad)
+                                dst[q] = src[q]
+                    gemm32(col, dyt, grad_parts[t, g, 1:1 + col.shape[0]], 1.0, False, False)
+                else:
+                    for tap in range(taps):
+                        s = shifts[tap]
+                        gemm32(xp[:, s:s + length], dyt, grad_parts[t, g, 1 + tap * cg:1 + (tap + 1) * cg], 1.0,
+                               False, False)
                 if not input_grad:
                     continue
                 out = dx[n]
@@ -694,10 +707,11 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     return y.reshape(n, c_out, oh, ow) if pool is None else (pooled, indices)
 
 
-def _backward_uses_tiles(x, w, stride):
-    """_backward_taps_avx512 for float32 stride-1 layers with >= 8 input channels per group on
-    AVX-512 hosts (fewer: channels_tile's dx would fill a quarter of its lanes or less)."""
-    return stride == (1, 1) and _uses_gemm32(x) and w.shape[1] >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS
+def _backward_uses_tiles(x, w, stride, input_grad):
+    """_backward_taps_avx512 for float32 stride-1 layers on AVX-512 hosts, unless dx is wanted with
+    fewer than 8 input channels per group (channels_tile would fill a quarter of its lanes or less)."""
+    return (stride == (1, 1) and _uses_gemm32(x)
+            and (w.shape[1] >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS or not input_grad))
 
 
 def _backward_by_tiles(dy3, from_pool, y3, activation, indices3, x, w, padding, dilation, groups, oh, ow, parts,
@@ -714,16 +728,19 @@ def _backward_by_tiles(dy3, from_pool, y3, activation, indices3, x, w, padding, 
     xps = np.empty((parts, cg, (x.shape[2] + padding[0] + padding[1]) * wp + (kw - 1) * dilation[1] + NR), x.dtype)
     dyps = np.empty((parts, cog, 2 * margin + length + NR), x.dtype)
     dyts = np.empty((parts, length, cog), x.dtype)
-    grad_parts = np.empty((parts, groups, 1 + taps * cg, cog), x.dtype)
+    rows = taps * cg
+    copied = -(-rows // 8) * 8 if cg < _MIN_CHANNELS_FOR_SHIFTED_GEMMS else 0
+    cols = np.empty((parts, copied, length if copied else 0), x.dtype)
+    grad_parts = np.empty((parts, groups, 1 + max(rows, copied), cog), x.dtype)
     blocks = -(-cg // CW)
     padded = np.zeros((groups, cog, blocks * CW, taps), x.dtype)
     padded[:, :, :cg] = w.reshape(groups, cog, cg, taps)
     wd = np.ascontiguousarray(padded.reshape(groups, cog, blocks, CW, taps).transpose(0, 2, 4, 1, 3))
     _backward_taps_avx512(dy3, from_pool, y3, ACTIVATIONS[activation], indices3, x, wd, np.zeros(CW, x.dtype), groups,
                           padding[0], padding[2], wp, oh, ow, margin, shifts, margin - shifts, input_grad, xps, dyps,
-                          dyts, grad_parts, dx.reshape(dx.shape[0], int(np.prod(dx.shape[1:]))))
+                          dyts, cols, grad_parts, dx.reshape(dx.shape[0], int(np.prod(dx.shape[1:]))))
     db_parts = grad_parts[:, :, 0].reshape(parts, c_out)
-    dw_parts = grad_parts[:, :, 1:].reshape(parts, groups, taps, cg, cog).transpose(0, 1, 4, 3, 2)
+    dw_parts = grad_parts[:, :, 1:1 + rows].reshape(parts, groups, taps, cg, cog).transpose(0, 1, 4, 3, 2)
     return db_parts, dw_parts.reshape(parts, groups, cog, cg * taps)
 
 
@@ -760,7 +777,7 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
     w2 = np.ascontiguousarray(w).reshape(c_out, rows)
     dx = empty(x.shape if input_grad else (0, 0, 0, 0), x.dtype)
     with single_threaded_blas():
-        if _backward_uses_tiles(x, w, stride):
+        if _backward_uses_tiles(x, w, stride, input_grad):
             db_parts, dw_parts = _backward_by_tiles(dy3, from_pool, y3, activation, indices3, x, w, padding, dilation,
                                                     groups, oh, ow, parts, input_grad, dx)
         elif stride == (1, 1):
