@@ -53,3 +53,29 @@ def test_max_pool2d_forward_takes_it_for_float32_2x2_only(monkeypatch):
     monkeypatch.setattr(_vecmath, "AVX512", False)
     y_ref, indices_ref = ops.max_pool2d_forward(x, kernel_size=2)
     assert y.tobytes() == y_ref.tobytes() and np.array_equal(indices, indices_ref)
+
+
+@pytest.mark.parametrize("act", [None, "relu", "sigmoid"])
+@pytest.mark.parametrize("channels", [1, 12])
+def test_the_vector_gradient_scatter_is_the_portable_one(act, channels):
+    """conv2d_max_pool2d_backward scatters the pooled gradient 8 windows at a time when every index
+    names a position of its own 2x2 window, else the portable way, plane by plane: here with the
+    pooling's own indices, an index moved into the next window, and -0 gradients; always the
+    unfused ops (max_pool2d_backward, then conv2d_backward of the full gradient) bit for bit."""
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((3, channels, 12, 14)).astype(np.float32)
+    w = rng.standard_normal((5, channels, 3, 3)).astype(np.float32)
+    y, idx = ops.conv2d_max_pool2d_forward(x, w, None, padding=1, activation=act, pool_kernel=2)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dy[0, 0, 0, :3] = -0.0
+    moved = np.array(idx)
+    moved[1, 2, 3, 4] = moved[1, 2, 3, 5]  # another window's position: a collision on one plane
+    for indices in (idx, moved):
+        fused = ops.conv2d_max_pool2d_backward(dy, y, indices, x, w, padding=1, activation=act,
+                                               input_grad=channels >= 8)
+        d = dy if act is None else (ops.relu_backward(dy, y) if act == "relu" else ops.sigmoid_backward(dy, y))
+        full = ops.max_pool2d_backward(d, indices, (3, 5, 12, 14))
+        unfused = ops.conv2d_backward(full, x, w, padding=1, input_grad=channels >= 8)
+        for got, want in zip(fused, unfused):
+            if want is not None:
+                assert got.tobytes() == want.tobytes()

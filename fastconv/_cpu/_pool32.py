@@ -1,5 +1,5 @@
-"""Max pooling with 2x2 windows at stride 2 (no padding) of float32 planes in AVX-512: eight windows
-per instruction sequence.
+"""Max pooling with 2x2 windows at stride 2 (no padding) of float32 planes in AVX-512, and the
+scatter of its gradient: eight windows per instruction sequence.
 
     y[ho, wo] = the first maximum of x[2ho, 2wo], x[2ho, 2wo + 1], x[2ho + 1, 2wo], x[2ho + 1, 2wo + 1]
     (in that order; a NaN wins), indices[ho, wo] = its h * W + w
@@ -15,9 +15,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ..ops._activation import ACTIVATIONS
 from ._vecmath import as_i64, lanes_below
 
-__all__ = ["max_pool_2x2_plane"]
+__all__ = ["max_pool_2x2_plane", "unpool_2x2_run"]
 
 _F32 = ir.FloatType()
 _I64 = ir.IntType(64)
@@ -101,3 +102,64 @@ def max_pool_2x2_plane(x, x_ld, width, y, indices):
         for wo in range(0, out_w, 8):
             _max_pool_2x2_run(x, 2 * ho * x_ld + 2 * wo, x_ld, y_flat, ho * out_w + wo, i_flat, ho * out_w + wo,
                               min(8, out_w - wo), 2 * ho * width + 2 * wo, width)
+
+
+_RELU, _SIGMOID = ACTIVATIONS["relu"], ACTIVATIONS["sigmoid"]
+
+
+@intrinsic
+def unpool_2x2_run(typingctx, dy, y, indices, at, count, act, first_index, out_w, dst, dst_off, dst_ld):
+    """The gradient of eight 2x2 / stride 2 max-pooling windows scattered into their two rows: for
+    k < count (<= 8), d = act'(dy[at + k]) (relu: d if y > 0 else 0; sigmoid: d y (1 - y), y the
+    pooled output at the same place; otherwise d) goes to the window position that indices[at + k]
+    names, 0 to its other three, as 0 + value (the portable scatter's += into zeros, so -0 comes
+    out +0); window k's top-left is first_index + 2k in the convolution output (width out_w) and
+    dst[dst_off + 2k] in the destination (row below: + dst_ld). Returns whether every index named
+    a position of its own window: if not, what was stored is not the scatter, and the caller must
+    redo the plane the portable way (indices come from the caller and are not trusted)."""
+    if not (all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (dy, y, dst))
+            and isinstance(indices, types.Array) and indices.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        dya, ya, ia, da = (context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 1, 2, 8))
+        at, count, act, first_index, out_w, dst_off, dst_ld = (
+            as_i64(builder, args[k]) for k in (3, 4, 5, 6, 7, 9, 10))
+        windows = builder.icmp_signed("<", ir.Constant(_I64x8, list(range(8))), _splat8(builder, count))
+        zero8 = ir.Constant(_V8, [ir.Constant(_F32, 0.0)] * 8)
+
+        def load8(array, vector):
+            pointer = builder.bitcast(builder.gep(array.data, [at]), vector.as_pointer())
+            if vector is _V8:
+                return _masked_load(builder, pointer, windows, _V8)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vector, [pointer.type, _I32, windows.type, vector]),
+                "llvm.masked.load.v8i64.p0v8i64")
+            return builder.call(fn, [pointer, ir.Constant(_I32, 8), windows, ir.Constant(vector, None)])
+
+        d, yv, index = load8(dya, _V8), load8(ya, _V8), load8(ia, _I64x8)
+        relu = builder.select(builder.fcmp_ordered(">", yv, zero8), d, zero8)
+        sigmoid = builder.fmul(builder.fmul(d, yv), builder.fsub(ir.Constant(_V8, [ir.Constant(_F32, 1.0)] * 8), yv))
+        is_act = [_splat8(builder, builder.icmp_signed("==", act, ir.Constant(_I64, code)))
+                  for code in (_RELU, _SIGMOID)]
+        d = builder.select(is_act[0], relu, builder.select(is_act[1], sigmoid, d))
+        start = builder.add(_splat8(builder, first_index), ir.Constant(_I64x8, list(range(0, 16, 2))))
+        width = _splat8(builder, out_w)
+        one = ir.Constant(_I64x8, [1] * 8)
+        slots = [start, builder.add(start, one), builder.add(start, width), builder.add(builder.add(start, width), one)]
+        hits = [builder.and_(builder.icmp_signed("==", index, slot), windows) for slot in slots]
+        found = builder.or_(builder.or_(hits[0], hits[1]), builder.or_(hits[2], hits[3]))
+        every = builder.or_(found, builder.not_(windows))
+        ok = builder.icmp_unsigned("==", builder.bitcast(every, ir.IntType(8)), ir.Constant(ir.IntType(8), 0xFF))
+        values = [builder.select(hit, d, zero8) for hit in hits]
+        interleave = ir.Constant(ir.VectorType(_I32, 16), [v for k in range(8) for v in (k, 8 + k)])
+        zero16 = ir.Constant(_V16, [ir.Constant(_F32, 0.0)] * 16)
+        pairs = lanes_below(builder, builder.add(count, count))
+        for r in range(2):
+            row = builder.fadd(zero16, builder.shuffle_vector(values[2 * r], values[2 * r + 1], interleave))
+            target = builder.add(dst_off, builder.mul(ir.Constant(_I64, r), dst_ld))
+            _masked_store(builder, row, builder.bitcast(builder.gep(da.data, [target]), _V16.as_pointer()), pairs,
+                          "llvm.masked.store.v16f32.p0v16f32")
+        return ok
+
+    return types.boolean(dy, y, indices, at, count, act, first_index, out_w, dst, dst_off, dst_ld), codegen

@@ -27,7 +27,7 @@ from . import _vecmath
 from ._blas import gemm, single_threaded_blas
 from ._gemm32 import gemm32
 from ._memory import empty
-from ._pool32 import max_pool_2x2_plane
+from ._pool32 import max_pool_2x2_plane, unpool_2x2_run
 from ._stream import prefetch
 from ._taps32 import CR, CW, MR, NR, channels_tile, taps_tile, transpose16_block
 from ._vecmath import copy16
@@ -504,9 +504,32 @@ def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool
                                        indices[n, g * cog + o], pool[0], pool[1], pool[2], pool[3], pool[4], pool[5])
 
 
+@njit(inline="always")
+def _unpool_2x2(dy, y, act, indices, n, channel, pooled_w, oh, ow, wp, dst, at, plane):
+    """_gather_output_grad from a pooling for one channel by _pool32.unpool_2x2_run, taking every
+    index to name a position of its own 2x2 / stride 2 window (as a 2x2 / stride 2 pooling's do):
+    the plane (dst[at:], rows wp apart; `plane` the same values as an array; the wide grid's extra
+    columns are left as they are, 0) written whole. False where an index is not so: the plane must
+    then be done the portable way."""
+    pooled = dy.shape[2]
+    if pooled_w == 0 or pooled == 0 or 2 * (pooled // pooled_w) > oh or 2 * pooled_w > ow:
+        plane[:] = 0
+        return pooled == 0
+    if 2 * (pooled // pooled_w) < oh or 2 * pooled_w < ow:  # (otherwise the runs write every output)
+        plane[:] = 0
+    d_row, i_row = dy[n, channel], indices[n, channel]
+    y_row = y[n, channel] if act != 0 else d_row
+    for ho in range(pooled // pooled_w):
+        for wo in range(0, pooled_w, 8):
+            if not unpool_2x2_run(d_row, y_row, i_row, ho * pooled_w + wo, min(8, pooled_w - wo), act,
+                                  2 * ho * ow + 2 * wo, ow, dst, at + 2 * ho * wp + 2 * wo, wp):
+                return False
+    return True
+
+
 @njit(parallel=True, nogil=True, cache=True)
-def _backward_taps_avx512(dy, from_pool, y, act, indices, x, wd, zeros, groups, pt, pl, wp, oh, ow, margin, shifts,
-                          dx_shifts, input_grad, xps, dyps, dyts, cols, grad_parts, dx):
+def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros, groups, pt, pl, wp, oh, ow, margin,
+                          shifts, dx_shifts, input_grad, xps, dyps, dyts, cols, grad_parts, dx):
     """Stride-1 float32 backward on AVX-512 hosts (for the layers _backward_uses_tiles names). Per
     sample and group, in the task's own buffers:
     - dyw, the output gradient on the wide grid (_gather_output_grad; dy and from_pool as in
@@ -548,7 +571,11 @@ def _backward_taps_avx512(dy, from_pool, y, act, indices, x, wd, zeros, groups, 
                         prefetch(upcoming, i)
             for g in range(groups):
                 if from_pool:
-                    _gather_output_grad(dy, from_pool, y, act, indices, wide, n, g * cog, oh, ow, wp, dyw)
+                    for o in range(cog):
+                        if not _unpool_2x2(dy, y, act, indices, n, g * cog + o, pooled_w, oh, ow, wp, dyp_flat,
+                                           o * ld + margin, dyw[o]):
+                            _gather_output_grad(dy, from_pool, y, act, indices, wide, n, g * cog + o, oh, ow, wp,
+                                                dyw[o:o + 1])
                 else:  # dy's rows into the wide grid by masked 16-value copies (as _pad_avx512)
                     for o in range(cog):
                         src = dy[n, g * cog + o]
@@ -714,8 +741,8 @@ def _backward_uses_tiles(x, w, stride, input_grad):
             and (w.shape[1] >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS or not input_grad))
 
 
-def _backward_by_tiles(dy3, from_pool, y3, activation, indices3, x, w, padding, dilation, groups, oh, ow, parts,
-                       input_grad, dx):
+def _backward_by_tiles(dy3, from_pool, pooled_w, y3, activation, indices3, x, w, padding, dilation, groups, oh, ow,
+                       parts, input_grad, dx):
     """_backward_taps_avx512's buffers and weight layout; (db_parts, dw_parts) as _conv2d_backward's."""
     n, c, h_in, w_in = x.shape
     c_out, cg, kh, kw = w.shape
@@ -736,9 +763,9 @@ def _backward_by_tiles(dy3, from_pool, y3, activation, indices3, x, w, padding, 
     padded = np.zeros((groups, cog, blocks * CW, taps), x.dtype)
     padded[:, :, :cg] = w.reshape(groups, cog, cg, taps)
     wd = np.ascontiguousarray(padded.reshape(groups, cog, blocks, CW, taps).transpose(0, 2, 4, 1, 3))
-    _backward_taps_avx512(dy3, from_pool, y3, ACTIVATIONS[activation], indices3, x, wd, np.zeros(CW, x.dtype), groups,
-                          padding[0], padding[2], wp, oh, ow, margin, shifts, margin - shifts, input_grad, xps, dyps,
-                          dyts, cols, grad_parts, dx.reshape(dx.shape[0], int(np.prod(dx.shape[1:]))))
+    _backward_taps_avx512(dy3, from_pool, pooled_w, y3, ACTIVATIONS[activation], indices3, x, wd, np.zeros(CW, x.dtype),
+                          groups, padding[0], padding[2], wp, oh, ow, margin, shifts, margin - shifts, input_grad, xps,
+                          dyps, dyts, cols, grad_parts, dx.reshape(dx.shape[0], int(np.prod(dx.shape[1:]))))
     db_parts = grad_parts[:, :, 0].reshape(parts, c_out)
     dw_parts = grad_parts[:, :, 1:1 + rows].reshape(parts, groups, taps, cg, cog).transpose(0, 1, 4, 3, 2)
     return db_parts, dw_parts.reshape(parts, groups, cog, cg * taps)
@@ -778,8 +805,8 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
     dx = empty(x.shape if input_grad else (0, 0, 0, 0), x.dtype)
     with single_threaded_blas():
         if _backward_uses_tiles(x, w, stride, input_grad):
-            db_parts, dw_parts = _backward_by_tiles(dy3, from_pool, y3, activation, indices3, x, w, padding, dilation,
-                                                    groups, oh, ow, parts, input_grad, dx)
+            db_parts, dw_parts = _backward_by_tiles(dy3, from_pool, dy.shape[3], y3, activation, indices3, x, w, padding,
+                                                    dilation, groups, oh, ow, parts, input_grad, dx)
         elif stride == (1, 1):
             s = _Wide(x, w, padding, dilation, groups, oh, ow, parts, backward=True)
             grad_parts = np.zeros((parts, groups, 1 + rows, c_out // groups), x.dtype)  # zeros: as dw_parts below
