@@ -21,9 +21,10 @@ tile nine times for a 3x3 kernel) and go out once, finished. Two shapes of tile:
   registers before its stores. conv2 (64 channels, 14 x 14) in cache: 244-251 GFLOP/s against
   taps_tile's 221 (per useful output; 253 over its wide grid), one Zen 5 core (265 peak).
 
-Both sum in the order of conv._forward_wide's per-tap products (tap outer, channel inner, one
-rounding per multiply-add), then add b and apply the activation: the same bits as that kernel with
-gemm32 and as each other, whichever tile a layer gets and for any thread count.
+Both sum in the order of per-tap gemm32 products accumulated into one output (tap outer, channel
+inner, one rounding per multiply-add; tests/test_cpu_taps32.py builds that reference), then add b
+and apply the activation: the same bits as each other, whichever tile a layer gets, and for any
+thread count.
 """
 from llvmlite import ir
 from numba import types

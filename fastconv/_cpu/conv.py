@@ -164,7 +164,8 @@ def _forward_body(gemm, x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl,
                     _bias_activate(y[n, o], y[n, o], 1, p, p, b[o] if has_bias else _ZERO, act)
 
 
-# With OpenBLAS, and with gemm32 for float32 on AVX-512 hosts (see _forward_wide below).
+# With OpenBLAS, and with gemm32 for float32 on AVX-512 hosts (strides other than 1 only: stride 1
+# there is _forward_taps_avx512's).
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
 def _forward(x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
     _forward_body(gemm, x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y)
@@ -211,8 +212,9 @@ def _backward(dy, x, w2, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, input_g
 # GEMMs read those slices in place (one GEMM per tap with K = C_in/groups, accumulating: no im2col
 # at all); with few channels the rows are copied into a (R, L) matrix (contiguous copies) for one
 # GEMM with K = R. Backward uses the same shifts: dW from copied rows (see _backward_wide), dx by
-# adding each tap's rows back into a padded dx at its shift. xp has (kw-1)*dw zeros of slack at the end, for the
-# discarded columns' reads.
+# adding each tap's rows back into a padded dx at its shift (float32 on AVX-512 hosts: see
+# _backward_taps_avx512). xp has (kw-1)*dw + NR floats of slack at the end, for the discarded
+# columns' reads and the tiles' reads past them.
 _MIN_CHANNELS_FOR_SHIFTED_GEMMS = 8
 _COL_BYTES = 1 << 20  # backward's copied rows per thread: well inside a core's L2
 
@@ -308,9 +310,9 @@ def _forward_wide_body(gemm, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw
 def _gather_output_grad(dy, from_pool, y, act, indices, wide, n, o0, oh, ow, wp, dyw):
     """dyw (C, L) = the gradient at the outputs o0 .. o0 + C of sample n on the wide grid (its extra
     columns left as they are: 0). From dy (N, C_out, OH*OW), or when from_pool from the gradient at
-    a max pooling of them, with the pooled outputs y for the activation act's derivative and the
-    pool's indices, scatter-added in output order (as max_pool2d_backward); wide[i] is pooled index
-    i's wide position."""
+    a max pooling of them, dy (N, C_out, Ho*Wo), with the pooled outputs y for the activation act's
+    derivative and the pool's indices (conv output positions h * OW + w), scatter-added in output
+    order (as max_pool2d_backward); wide[i] is conv output position i's wide position."""
     for o in range(dyw.shape[0]):
         if from_pool:
             dyw[o] = 0
@@ -398,9 +400,10 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
                             row[ww] = src[ww]
 
 
-# The wide kernels with OpenBLAS's GEMM (_blas.gemm), and with gemm32 for float32 on AVX-512 hosts
-# (_gemm32.py: 2x OpenBLAS's AVX2 kernels on these products). The AVX-512 ones are compiled only
-# when called, i.e. on hosts that have it.
+# The wide kernels with OpenBLAS's GEMM (_blas.gemm), and the backward with gemm32 for float32 on
+# AVX-512 hosts where _backward_taps_avx512 does not serve (dx of layers with < 8 channels per
+# group; _gemm32.py: 2x OpenBLAS's AVX2 kernels). The AVX-512 ones are compiled only when called,
+# i.e. on hosts that have it.
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
 def _forward_wide(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool, xps, cols, yws,
                   y, pooled, indices):
@@ -537,15 +540,18 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
       shift); dyT (L, C_out/g) is its transpose, in 16 x 16 blocks through the registers;
     - db += the column sums of dyT; dW_t^T += xp[:, s_t : s_t + L] @ dyT for each tap t: gemm32
       reads the padded sample's shifted rows in place (no copied tap rows) and dy once transposed
-      (not a panel per product). With cols (threads, R8, L) not empty (fewer than 8 channels: an
-      8-row tile would be mostly padding) the tap rows are copied into col, R8 = taps * C_in/g
-      rounded up to 8, and one product does all taps. grad_parts[t] (groups, 1 + R8, C_out/g):
-      row 0 db, row 1 + t * C_in/g + c dW[:, c, t];
+      (not a panel per product). With cols (tasks, R8, L) not empty (C_in/g not a whole number
+      of gemm32's 8-row tiles) the tap rows are copied into col, R8 = taps * C_in/g rounded up to
+      8, and one product does all taps. grad_parts[task] (groups, 1 + max(taps * C_in/g, R8),
+      C_out/g): row 0 db, row 1 + tap * C_in/g + c dW[:, c, tap];
     - dx (input_grad) = _taps32.channels_tile over dyp, dx's channels in the lanes:
       dx[c, P] = sum_t sum_o W[o, c, t] dyw[o, P - s_t] = ... dyp[o, dx_shifts[t] + P] with
       dx_shifts[t] = margin - s_t, for P the padded grid's interior positions, stored compact into
       dx (N, C_in * H * W). wd: W as (groups, blocks, taps, C_out/g, 32), dx's channels in blocks
-      of 32 zero-padded; zeros: 32 zeros (no bias)."""
+      of 32 zero-padded; zeros: 32 zeros (no bias). The sums run over dyp's zero margins and extra
+      columns too, so an infinite weight makes NaN (inf * 0) in more of dx than the exact sum
+      would (which of dx's values an inf or NaN weight spoils differs between kernels anyway).
+    pooled_w: the pooled gradient's width when from_pool (the 2x2 scatter's runs, _unpool_2x2)."""
     n_img, c, h_in, w_in = x.shape
     cg, cog, taps = c // groups, grad_parts.shape[3], shifts.size
     length, plane = oh * wp, h_in * w_in
@@ -592,7 +598,7 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
                     for o in range(cog):
                         db[o] += row[o]
                 _pad_avx512(x, n, g * cg, cg, pt, pl, wp, xp)
-                if copied:  # few channels: the tap rows copied, one product (M = 8 rows or more)
+                if copied:  # the tap rows copied, one product over whole 8-row tiles
                     for tap in range(taps):
                         s = shifts[tap]
                         for cc in range(cg):
@@ -756,7 +762,7 @@ def _backward_by_tiles(dy3, from_pool, pooled_w, y3, activation, indices3, x, w,
     dyps = np.empty((parts, cog, 2 * margin + length + NR), x.dtype)
     dyts = np.empty((parts, length, cog), x.dtype)
     rows = taps * cg
-    copied = -(-rows // 8) * 8 if cg < _MIN_CHANNELS_FOR_SHIFTED_GEMMS else 0
+    copied = -(-rows // 8) * 8 if cg % 8 else 0  # (gemm32 pads a partial 8-row tile per call)
     cols = np.empty((parts, copied, length if copied else 0), x.dtype)
     grad_parts = np.empty((parts, groups, 1 + max(rows, copied), cog), x.dtype)
     blocks = -(-cg // CW)
