@@ -82,3 +82,30 @@ def test_the_stride_1_convolutions_use_avx512_for_float32_only(monkeypatch):
     np.testing.assert_allclose(dx_blas, dx, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dw_blas, dw, rtol=1e-5, atol=1e-4)
     assert used[-2:] == ["_forward_wide", "_backward_wide"]
+
+
+def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit(monkeypatch):
+    from fastconv._cpu import dense
+
+    used = []
+    for name in ("_linear_forward", "_linear_forward_avx512", "_linear_forward_serial",
+                 "_linear_forward_serial_avx512", "_linear_backward", "_linear_backward_avx512",
+                 "_linear_backward_serial", "_linear_backward_serial_avx512"):
+        real = getattr(dense, name)
+        monkeypatch.setattr(dense, name, lambda *a, real=real, name=name: used.append(name) or real(*a))
+    rng = np.random.default_rng(6)
+    for m, k, n in [(7, 9, 5), (130, 300, 70)]:  # one on the calling thread, one through the threads
+        x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
+        b, dy = rng.standard_normal(n).astype(np.float32), rng.standard_normal((m, n)).astype(np.float32)
+        y = ops.linear_forward(x, w, b, activation="relu")
+        np.testing.assert_allclose(y, np.maximum(x.astype(np.float64) @ w.T + b, 0), rtol=1e-5, atol=1e-4)
+        dx, dw, db = ops.linear_backward(dy, x, w)
+        np.testing.assert_allclose(dx, dy.astype(np.float64) @ w, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(dw, dy.T.astype(np.float64) @ x, rtol=1e-5, atol=1e-4)
+        ops.linear_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
+    assert used == ["_linear_forward_serial_avx512", "_linear_backward_serial_avx512", "_linear_forward_serial",
+                    "_linear_forward_avx512", "_linear_backward_avx512", "_linear_forward"]
+    used.clear()
+    monkeypatch.setattr(dense, "_GEMM32_UP_TO", 130 * 300 * 70 - 1)  # just past the limit: OpenBLAS
+    ops.linear_forward(x, w, b)
+    assert used == ["_linear_forward"]

@@ -26,6 +26,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._taps32 import transpose16_block
 from ._vecmath import as_i64, broadcast16, lanes_below, masked_load16, masked_store16
 
 __all__ = ["gemm32", "MR", "NR"]
@@ -131,11 +132,12 @@ def gemm32(a, b, c, beta, trans_a, trans_b):
     accumulate = beta != 0.0
     lda, ldc = _stride(a), _stride(c)
     a_rs, a_cs = (1, lda) if trans_a else (lda, 1)
-    if trans_b:  # B^T copied into a (k, n) panel: the tiles read B's rows as vectors
-        panel = np.empty((k, n), np.float32)
-        for j in range(n):
-            for kk in range(k):
-                panel[kk, j] = b[j, kk]
+    if trans_b:  # B^T copied into a (k, n) panel, 16 x 16 blocks through the registers: the tiles
+        panel = np.empty((k, n), np.float32)  # read B's rows as vectors (a scalar copy: 1 ns a value)
+        ldb = _stride(b)
+        for j0 in range(0, n, 16):
+            for k0 in range(0, k, 16):
+                transpose16_block(b, j0 * ldb + k0, ldb, min(16, n - j0), min(16, k - k0), panel, k0 * n + j0, n)
         _products(a, trans_a, a_rs, a_cs, panel, n, c, ldc, m, n, k, accumulate)
     else:
         _products(a, trans_a, a_rs, a_cs, b, _stride(b), c, ldc, m, n, k, accumulate)

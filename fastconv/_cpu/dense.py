@@ -1,4 +1,5 @@
-"""Dense path on the CPU: BLAS for the GEMMs, one fused parallel Numba pass for bias + activation,
+"""Dense path on the CPU: BLAS for the GEMMs (for float32 on AVX-512 hosts our gemm32, see
+_linear_forward_avx512), one fused parallel Numba pass for bias + activation,
 and parallel elementwise ReLU / sigmoid (outputs past the last-level cache streamed: _stream.py;
 the float32 sigmoid forward in AVX-512 where the host has it: _vecmath.sigmoid16, whose bits can
 differ from the fused epilogue's sigmoid by a few ulp).
@@ -13,6 +14,7 @@ from numba import njit, prange
 
 from ..ops._activation import ACTIVATIONS
 from ._blas import gemm, single_threaded_blas
+from ._gemm32 import gemm32
 from ._memory import empty, empty_like
 from ._parallel import run
 from . import _vecmath
@@ -158,10 +160,10 @@ def _add_column_sums(dy, db):
             db[j] += dy[i, j]
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def _linear_forward(x, w, b, has_bias, act, blocks, y):
+@njit(inline="always")
+def _linear_forward_body(gemm, x, w, b, has_bias, act, blocks, y):
     """y = act(x @ w.T + b), the rows of y (or its columns, when there are fewer rows than output
-    features) split in `blocks` blocks, each one GEMM plus its epilogue."""
+    features) split in `blocks` blocks, each one GEMM (by `gemm`) plus its epilogue."""
     rows, cols = y.shape
     by_rows = rows >= cols
     for t in prange(blocks):
@@ -175,8 +177,8 @@ def _linear_forward(x, w, b, has_bias, act, blocks, y):
                 _epilogue(y, r0, r1, c0, c1, b, has_bias, act)
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def _linear_backward(dy, x, w, has_bias, input_grad, blocks, dx, dw, db):
+@njit(inline="always")
+def _linear_backward_body(gemm, dy, x, w, has_bias, input_grad, blocks, dx, dw, db):
     """dx = dy @ w (when input_grad) and dw = dy^T @ x, each as `blocks` GEMMs over column blocks
     of x's features, every one with the full K (no partial sums to add afterwards), spread over the
     threads; db by column sums. Column blocks, not row blocks: a row block of dx would repack all
@@ -199,8 +201,8 @@ def _linear_backward(dy, x, w, has_bias, input_grad, blocks, dx, dw, db):
             _add_column_sums(dy, db)
 
 
-@njit(nogil=True, cache=True)
-def _linear_forward_serial(x, w, b, has_bias, act):
+@njit(inline="always")
+def _linear_forward_serial_body(gemm, x, w, b, has_bias, act):
     """_linear_forward as one GEMM on the calling thread, for layers below _OWN_THREADS_BELOW; y is
     allocated here (no _memory cache needed at this size: np.empty in Python cost ~1 us more)."""
     y = np.empty((x.shape[0], w.shape[0]), x.dtype)
@@ -210,8 +212,8 @@ def _linear_forward_serial(x, w, b, has_bias, act):
     return y
 
 
-@njit(nogil=True, cache=True)
-def _linear_backward_serial(dy, x, w, has_bias, input_grad):
+@njit(inline="always")
+def _linear_backward_serial_body(gemm, dy, x, w, has_bias, input_grad):
     """_linear_backward's GEMMs on the calling thread, for layers below _OWN_THREADS_BELOW: (dx, dw,
     db), dx of shape (0, 0) without input_grad."""
     dx = np.empty(x.shape if input_grad else (0, 0), x.dtype)
@@ -226,6 +228,50 @@ def _linear_backward_serial(dy, x, w, has_bias, input_grad):
     if has_bias:
         _add_column_sums(dy, db)
     return dx, dw, db
+
+
+# The linear kernels with OpenBLAS's GEMM (_blas.gemm) and, for float32 on AVX-512 hosts, with
+# gemm32 (_gemm32.py: ~90% of a core's FMA peak where the environment pins OpenBLAS to its AVX2
+# kernels; x @ w.T takes w^T as a panel built in 16 x 16 register transposes). The AVX-512 ones are
+# compiled only when called, i.e. on hosts that have it.
+@njit(parallel=True, nogil=True, cache=True)
+def _linear_forward(x, w, b, has_bias, act, blocks, y):
+    _linear_forward_body(gemm, x, w, b, has_bias, act, blocks, y)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _linear_forward_avx512(x, w, b, has_bias, act, blocks, y):
+    _linear_forward_body(gemm32, x, w, b, has_bias, act, blocks, y)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _linear_backward(dy, x, w, has_bias, input_grad, blocks, dx, dw, db):
+    _linear_backward_body(gemm, dy, x, w, has_bias, input_grad, blocks, dx, dw, db)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _linear_backward_avx512(dy, x, w, has_bias, input_grad, blocks, dx, dw, db):
+    _linear_backward_body(gemm32, dy, x, w, has_bias, input_grad, blocks, dx, dw, db)
+
+
+@njit(nogil=True, cache=True)
+def _linear_forward_serial(x, w, b, has_bias, act):
+    return _linear_forward_serial_body(gemm, x, w, b, has_bias, act)
+
+
+@njit(nogil=True, cache=True)
+def _linear_forward_serial_avx512(x, w, b, has_bias, act):
+    return _linear_forward_serial_body(gemm32, x, w, b, has_bias, act)
+
+
+@njit(nogil=True, cache=True)
+def _linear_backward_serial(dy, x, w, has_bias, input_grad):
+    return _linear_backward_serial_body(gemm, dy, x, w, has_bias, input_grad)
+
+
+@njit(nogil=True, cache=True)
+def _linear_backward_serial_avx512(dy, x, w, has_bias, input_grad):
+    return _linear_backward_serial_body(gemm32, dy, x, w, has_bias, input_grad)
 
 
 # OpenBLAS runs a GEMM of at most 65536 * 4 multiply-adds on one thread whatever its thread count
@@ -251,30 +297,46 @@ def _gemm_work(m, n, k):
     return m * n * k // 100
 
 
+# gemm32 has no cache blocking (it was built for the convolutions' per-sample products): past this
+# many multiply-adds OpenBLAS's blocked GEMM wins. Zen 5 host, two threads, interleaved A/B, GFLOP/s
+# gemm32 vs OpenBLAS (forward; backward dx + dW): 128x3136->128 259 vs 163, 374 vs 186;
+# 512x512->512 260 vs 169, 318 vs 184; 256x2048->512 334 vs 184, 296 vs 200; 1024^3 190 vs 190,
+# 224 vs 204; 4096x1024->1024 241 vs 207, 118 vs 186 (dW streams 2 MB blocks of x per 8-row tile).
+_GEMM32_UP_TO = 1 << 28
+
+
+def _with_gemm32(x, m, n, k):
+    return x.dtype == np.float32 and _vecmath.AVX512 and m * n * k <= _GEMM32_UP_TO
+
+
 def linear_forward(x, w, b, activation):
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     has_bias = b is not None
     bias = b if has_bias else np.empty(0, x.dtype)
+    own = _with_gemm32(x, x.shape[0], w.shape[0], x.shape[1])
     if x.shape[0] * w.shape[0] * x.shape[1] <= _OWN_THREADS_BELOW:
-        return _linear_forward_serial(x, w, bias, has_bias, ACTIVATIONS[activation])
+        kernel = _linear_forward_serial_avx512 if own else _linear_forward_serial
+        return kernel(x, w, bias, has_bias, ACTIVATIONS[activation])
     y = empty((x.shape[0], w.shape[0]), x.dtype)
     with single_threaded_blas():
-        run(_linear_forward, _gemm_work(*y.shape, x.shape[1]), x, w, bias, has_bias, ACTIVATIONS[activation],
-            _blocks(max(y.shape)), y)
+        run(_linear_forward_avx512 if own else _linear_forward, _gemm_work(*y.shape, x.shape[1]), x, w, bias,
+            has_bias, ACTIVATIONS[activation], _blocks(max(y.shape)), y)
     return y
 
 
 def linear_backward(dy, x, w, bias, input_grad):
     dy, x, w = np.ascontiguousarray(dy), np.ascontiguousarray(x), np.ascontiguousarray(w)
+    own = _with_gemm32(x, *dy.shape, x.shape[1])
     if dy.size * x.shape[1] <= _OWN_THREADS_BELOW:
-        dx, dw, db = _linear_backward_serial(dy, x, w, bias, input_grad)
+        kernel = _linear_backward_serial_avx512 if own else _linear_backward_serial
+        dx, dw, db = kernel(dy, x, w, bias, input_grad)
         return dx if input_grad else None, dw, db if bias else None
     dx = empty(x.shape if input_grad else (0, 0), x.dtype)
     dw = empty(w.shape, x.dtype)
     db = np.zeros(w.shape[0], x.dtype)
     with single_threaded_blas():
-        run(_linear_backward, _gemm_work(*dy.shape, x.shape[1]), dy, x, w, bias, input_grad,
-            _blocks(x.shape[1]), dx, dw, db)
+        run(_linear_backward_avx512 if own else _linear_backward, _gemm_work(*dy.shape, x.shape[1]), dy, x, w, bias,
+            input_grad, _blocks(x.shape[1]), dx, dw, db)
     return dx if input_grad else None, dw, db if bias else None
 
 
