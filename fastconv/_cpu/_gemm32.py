@@ -15,7 +15,8 @@ OPENBLAS_CORETYPE=Haswell; OpenBLAS would pick its AVX-512 "SkylakeX" kernels it
 large SGEMM about twice as fast there). Measured on the Zen 5 dev host, one thread: a 64 x 288 x
 224 product (conv2's as one GEMM over copied tap rows) 204 GFLOP/s, ~90% of the core's FMA peak,
 against OpenBLAS's 97.5; conv2's actual nine accumulating 64 x 32 x 224 tap products per sample
-36.6 us (226 GFLOP/s). The convolutions are the only users: the dense layers stay with BLAS.
+36.6 us (226 GFLOP/s). Users: the convolutions' backward (dW, and the wide kernel), and the linear
+layers up to dense._GEMM32_UP_TO multiply-adds (no cache blocking here: past that OpenBLAS wins).
 
 Each C element's sum runs over k in the same order wherever it sits (tile, edge, thread), so the
 results do not depend on the thread count.
