@@ -28,7 +28,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._taps32 import transpose16_block
-from ._vecmath import as_i64, broadcast16, lanes_below, masked_load16, masked_store16
+from ._vecmath import as_i64, broadcast, lanes_below, masked_load, masked_store
 
 __all__ = ["gemm32", "MR", "NR"]
 
@@ -65,7 +65,7 @@ def _tile_intrinsic(masked):
             def load(array, offset, h):
                 if masks[h] is None:
                     return builder.load(vector_at(array, offset), align=4)
-                return masked_load16(builder, vector_at(array, offset), masks[h])
+                return masked_load(builder, vector_at(array, offset), masks[h])
 
             def c_offset(r, h):
                 row_start = builder.add(c_off, builder.mul(ir.Constant(_I64, r), ldc))
@@ -90,7 +90,7 @@ def _tile_intrinsic(masked):
                 for r in range(MR):
                     a_at = builder.add(a_col, builder.mul(ir.Constant(_I64, r), a_rs))
                     scalar = builder.load(builder.gep(a_arr.data, [a_at]))
-                    av = broadcast16(builder, scalar)
+                    av = broadcast(builder, scalar)
                     for h in range(2):
                         builder.store(builder.call(fma, [av, bv[h], builder.load(accs[r][h])]), accs[r][h])
             for r in range(MR):
@@ -99,7 +99,7 @@ def _tile_intrinsic(masked):
                     if masks[h] is None:
                         builder.store(value, target, align=4)
                     else:
-                        masked_store16(builder, value, target, masks[h])
+                        masked_store(builder, value, target, masks[h])
             return context.get_dummy_value()
 
         return types.void(a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, ncols), codegen

@@ -16,7 +16,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..ops._activation import ACTIVATIONS
-from ._vecmath import as_i64, lanes_below
+from ._vecmath import as_i64, broadcast, lanes_below, masked_load, masked_store
 
 __all__ = ["max_pool_2x2_plane", "unpool_2x2_run"]
 
@@ -26,27 +26,6 @@ _V16 = ir.VectorType(_F32, 16)
 _V8 = ir.VectorType(_F32, 8)
 _I64x8 = ir.VectorType(_I64, 8)
 _I32 = ir.IntType(32)
-
-
-def _splat8(builder, scalar):
-    """A <8 x T> with every lane the IR scalar `scalar`."""
-    vector = ir.VectorType(scalar.type, 8)
-    return builder.shuffle_vector(builder.insert_element(ir.Constant(vector, None), scalar, ir.Constant(_I32, 0)),
-                                  ir.Constant(vector, None), ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
-
-
-def _masked_load(builder, pointer, mask, vector):
-    fn = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vector, [pointer.type, _I32, mask.type, vector]),
-        f"llvm.masked.load.v{vector.count}f32.p0v{vector.count}f32")
-    return builder.call(fn, [pointer, ir.Constant(_I32, 4), mask, ir.Constant(vector, None)])
-
-
-def _masked_store(builder, value, pointer, mask, name):
-    fn = cgutils.get_or_insert_function(builder.module,
-                                        ir.FunctionType(ir.VoidType(), [value.type, pointer.type, _I32, mask.type]),
-                                        name)
-    builder.call(fn, [value, pointer, ir.Constant(_I32, 4), mask])
 
 
 @intrinsic
@@ -66,13 +45,12 @@ def _max_pool_2x2_run(typingctx, x, x_off, x_ld, y, y_off, indices, i_off, count
         rows = []
         for r in range(2):
             at = builder.add(x_off, builder.mul(ir.Constant(_I64, r), x_ld))
-            rows.append(_masked_load(builder, builder.bitcast(builder.gep(xa.data, [at]), _V16.as_pointer()), pairs,
-                                     _V16))
+            rows.append(masked_load(builder, builder.bitcast(builder.gep(xa.data, [at]), _V16.as_pointer()), pairs))
         even = ir.Constant(ir.VectorType(_I32, 8), list(range(0, 16, 2)))
         odd = ir.Constant(ir.VectorType(_I32, 8), list(range(1, 16, 2)))
         split = [builder.shuffle_vector(row, row, lanes) for row in rows for lanes in (even, odd)]
-        start = builder.add(_splat8(builder, first_index), ir.Constant(_I64x8, list(range(0, 16, 2))))
-        width_v = _splat8(builder, width)
+        start = builder.add(broadcast(builder, first_index, 8), ir.Constant(_I64x8, list(range(0, 16, 2))))
+        width_v = broadcast(builder, width, 8)
         one = ir.Constant(_I64x8, [1] * 8)
         candidates = [start, builder.add(start, one), builder.add(start, width_v),
                       builder.add(builder.add(start, width_v), one)]
@@ -81,11 +59,9 @@ def _max_pool_2x2_run(typingctx, x, x_off, x_ld, y, y_off, indices, i_off, count
             take = builder.or_(builder.fcmp_ordered(">", value, best), builder.fcmp_unordered("uno", value, value))
             best = builder.select(take, value, best)
             index = builder.select(take, position, index)
-        windows = builder.icmp_signed("<", ir.Constant(_I64x8, list(range(8))), _splat8(builder, count))
-        _masked_store(builder, best, builder.bitcast(builder.gep(ya.data, [y_off]), _V8.as_pointer()), windows,
-                      "llvm.masked.store.v8f32.p0v8f32")
-        _masked_store(builder, index, builder.bitcast(builder.gep(ia.data, [i_off]), _I64x8.as_pointer()), windows,
-                      "llvm.masked.store.v8i64.p0v8i64")
+        windows = lanes_below(builder, count, 8)
+        masked_store(builder, best, builder.bitcast(builder.gep(ya.data, [y_off]), _V8.as_pointer()), windows)
+        masked_store(builder, index, builder.bitcast(builder.gep(ia.data, [i_off]), _I64x8.as_pointer()), windows)
         return context.get_dummy_value()
 
     return types.void(x, x_off, x_ld, y, y_off, indices, i_off, count, first_index, width), codegen
@@ -125,26 +101,20 @@ def unpool_2x2_run(typingctx, dy, y, indices, at, count, act, first_index, out_w
         dya, ya, ia, da = (context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 1, 2, 8))
         at, count, act, first_index, out_w, dst_off, dst_ld = (
             as_i64(builder, args[k]) for k in (3, 4, 5, 6, 7, 9, 10))
-        windows = builder.icmp_signed("<", ir.Constant(_I64x8, list(range(8))), _splat8(builder, count))
+        windows = lanes_below(builder, count, 8)
         zero8 = ir.Constant(_V8, [ir.Constant(_F32, 0.0)] * 8)
 
         def load8(array, vector):
-            pointer = builder.bitcast(builder.gep(array.data, [at]), vector.as_pointer())
-            if vector is _V8:
-                return _masked_load(builder, pointer, windows, _V8)
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vector, [pointer.type, _I32, windows.type, vector]),
-                "llvm.masked.load.v8i64.p0v8i64")
-            return builder.call(fn, [pointer, ir.Constant(_I32, 8), windows, ir.Constant(vector, None)])
+            return masked_load(builder, builder.bitcast(builder.gep(array.data, [at]), vector.as_pointer()), windows)
 
         d, yv, index = load8(dya, _V8), load8(ya, _V8), load8(ia, _I64x8)
         relu = builder.select(builder.fcmp_ordered(">", yv, zero8), d, zero8)
         sigmoid = builder.fmul(builder.fmul(d, yv), builder.fsub(ir.Constant(_V8, [ir.Constant(_F32, 1.0)] * 8), yv))
-        is_act = [_splat8(builder, builder.icmp_signed("==", act, ir.Constant(_I64, code)))
+        is_act = [broadcast(builder, builder.icmp_signed("==", act, ir.Constant(_I64, code)), 8)
                   for code in (_RELU, _SIGMOID)]
         d = builder.select(is_act[0], relu, builder.select(is_act[1], sigmoid, d))
-        start = builder.add(_splat8(builder, first_index), ir.Constant(_I64x8, list(range(0, 16, 2))))
-        width = _splat8(builder, out_w)
+        start = builder.add(broadcast(builder, first_index, 8), ir.Constant(_I64x8, list(range(0, 16, 2))))
+        width = broadcast(builder, out_w, 8)
         one = ir.Constant(_I64x8, [1] * 8)
         slots = [start, builder.add(start, one), builder.add(start, width), builder.add(builder.add(start, width), one)]
         hits = [builder.and_(builder.icmp_signed("==", index, slot), windows) for slot in slots]
@@ -158,8 +128,7 @@ def unpool_2x2_run(typingctx, dy, y, indices, at, count, act, first_index, out_w
         for r in range(2):
             row = builder.fadd(zero16, builder.shuffle_vector(values[2 * r], values[2 * r + 1], interleave))
             target = builder.add(dst_off, builder.mul(ir.Constant(_I64, r), dst_ld))
-            _masked_store(builder, row, builder.bitcast(builder.gep(da.data, [target]), _V16.as_pointer()), pairs,
-                          "llvm.masked.store.v16f32.p0v16f32")
+            masked_store(builder, row, builder.bitcast(builder.gep(da.data, [target]), _V16.as_pointer()), pairs)
         return ok
 
     return types.boolean(dy, y, indices, at, count, act, first_index, out_w, dst, dst_off, dst_ld), codegen

@@ -26,7 +26,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["align_skip", "should_stream", "stream_map1", "stream_map2", "write_out", "store_fence", "prefetch",
-           "PREFETCH_AHEAD"]
+           "prefetch_all", "PREFETCH_AHEAD"]
 
 LINE = 64           # bytes per cache line and per streaming store
 BLOCK = 128         # values computed into the L1 buffer per write_out
@@ -120,6 +120,13 @@ def prefetch(typingctx, src, i):
         return context.get_dummy_value()
 
     return types.void(src, i), codegen
+
+
+@njit(inline="always")
+def prefetch_all(a):
+    """prefetch for every 64-byte line of the 1-D C-contiguous float32 array a."""
+    for i in range(0, a.size, 16):
+        prefetch(a, i)
 
 
 @njit(inline="always")

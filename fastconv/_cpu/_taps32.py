@@ -31,7 +31,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._vecmath import as_i64, broadcast16, lanes_below, masked_load16, masked_store16
+from ._vecmath import as_i64, broadcast, lanes_below, masked_load, masked_store
 
 __all__ = ["taps_tile", "channels_tile", "transpose16_block", "MR", "NR", "CR", "CW"]
 
@@ -92,17 +92,17 @@ def taps_tile(typingctx, w, w_off, w_rs, w_ts, cg, xp, xp_rs, shifts, q0, y, y_o
                                    align=4) for h in range(2)]
                 w_at = builder.add(w_tap, c)
                 for r in range(MR):
-                    av = broadcast16(builder, builder.load(at(w_arr, builder.add(w_rows[r], w_at))))
+                    av = broadcast(builder, builder.load(at(w_arr, builder.add(w_rows[r], w_at))))
                     for h in range(2):
                         builder.store(builder.call(fma, [av, bv[h], builder.load(accs[r][h])]), accs[r][h])
 
         keeps = [builder.bitcast(builder.trunc(k, ir.IntType(16)), _MASK16) for k in (keep_lo, keep_hi)]
         runs = [lanes_below(builder, builder.call(ctpop, [k])) for k in (keep_lo, keep_hi)]
-        relu_lanes = broadcast16(builder, relu)
+        relu_lanes = broadcast(builder, relu)
         for r in range(MR):
             with builder.if_then(builder.icmp_signed("<", const(r), rows)):
                 b_value = builder.load(at(bias_arr, builder.add(bias_off, const(r))))
-                bv = broadcast16(builder, b_value)
+                bv = broadcast(builder, b_value)
                 row_start = builder.add(y_off, builder.mul(const(r), ldy))
                 for h, dst in enumerate((dst_lo, dst_hi)):
                     v = builder.fadd(builder.load(accs[r][h]), bv)
@@ -110,7 +110,7 @@ def taps_tile(typingctx, w, w_off, w_rs, w_ts, cg, xp, xp_rs, shifts, q0, y, y_o
                     v = builder.select(builder.and_(negative, relu_lanes), zero, v)
                     packed = builder.call(compress, [v, zero, keeps[h]])
                     target = builder.bitcast(at(y_arr, builder.add(row_start, dst)), _V16.as_pointer())
-                    masked_store16(builder, packed, target, runs[h])
+                    masked_store(builder, packed, target, runs[h])
         return context.get_dummy_value()
 
     signature = types.void(w, w_off, w_rs, w_ts, cg, xp, xp_rs, shifts, q0, y, y_off, ldy, rows, bias, bias_off,
@@ -175,12 +175,12 @@ def channels_tile(typingctx, w, w_off, w_ts, w_cs, cg, xp, xp_rs, shifts, base, 
                 wv = [builder.load(vector_at(w_arr, builder.add(w_at, const(16 * h))), align=4) for h in range(2)]
                 x_at = builder.add(x_start, builder.mul(c, xp_rs))
                 for p in range(CR):
-                    xv = broadcast16(builder, builder.load(builder.gep(xp_arr.data, [builder.add(x_at, const(p))])))
+                    xv = broadcast(builder, builder.load(builder.gep(xp_arr.data, [builder.add(x_at, const(p))])))
                     for h in range(2):
                         builder.store(builder.call(fma, [xv, wv[h], builder.load(accs[p][h])]), accs[p][h])
 
         run = lanes_below(builder, count)
-        relu_lanes = broadcast16(builder, relu)
+        relu_lanes = broadcast(builder, relu)
         for h in range(2):
             bv = builder.load(vector_at(bias_arr, builder.add(bias_off, const(16 * h))), align=4)
             rows = []
@@ -191,7 +191,7 @@ def channels_tile(typingctx, w, w_off, w_ts, w_cs, cg, xp, xp_rs, shifts, base, 
             for lane, row in enumerate(_transpose16(builder, rows + [zero, zero])):
                 with builder.if_then(builder.icmp_signed("<", const(16 * h + lane), channels)):
                     at = builder.add(y_off, builder.mul(const(16 * h + lane), ldy))
-                    masked_store16(builder, row, vector_at(y_arr, at), run)
+                    masked_store(builder, row, vector_at(y_arr, at), run)
         return context.get_dummy_value()
 
     signature = types.void(w, w_off, w_ts, w_cs, cg, xp, xp_rs, shifts, base, y, y_off, ldy, count, channels, bias,
@@ -218,11 +218,11 @@ def transpose16_block(typingctx, src, s_off, s_ld, rows, cols, dst, d_off, d_ld)
             pointer = builder.bitcast(builder.gep(source.data, [at]), _V16.as_pointer())
             inside = builder.icmp_signed("<", ir.Constant(_I64, r), rows)
             row_mask = builder.select(inside, lanes_in_row, ir.Constant(_MASK16, [0] * 16))
-            loaded.append(masked_load16(builder, pointer, row_mask))
+            loaded.append(masked_load(builder, pointer, row_mask))
         for j, column in enumerate(_transpose16(builder, loaded)):
             with builder.if_then(builder.icmp_signed("<", ir.Constant(_I64, j), cols)):
                 at = builder.add(d_off, builder.mul(ir.Constant(_I64, j), d_ld))
-                masked_store16(builder, column, builder.bitcast(builder.gep(target.data, [at]), _V16.as_pointer()),
+                masked_store(builder, column, builder.bitcast(builder.gep(target.data, [at]), _V16.as_pointer()),
                                lanes_in_column)
         return context.get_dummy_value()
 

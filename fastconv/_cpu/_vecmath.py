@@ -139,7 +139,6 @@ _EXP_TAYLOR = [1 / math.factorial(n) for n in range(8)]  # e^r to r^7: 6e-9 rela
 
 
 _I64 = ir.IntType(64)
-_ALL16 = ir.Constant(ir.VectorType(_I32, 16), [0] * 16)  # a shuffle mask that repeats lane 0
 
 
 def _splat(value):
@@ -157,30 +156,39 @@ def as_i64(builder, value):
     return builder.sext(value, _I64) if value.type.width < 64 else value
 
 
-def broadcast16(builder, scalar):
-    """A <16 x T> with every lane the IR scalar `scalar`."""
-    vector = ir.VectorType(scalar.type, 16)
+def broadcast(builder, scalar, lanes=16):
+    """A <lanes x T> with every lane the IR scalar `scalar`."""
+    vector = ir.VectorType(scalar.type, lanes)
     return builder.shuffle_vector(builder.insert_element(ir.Constant(vector, None), scalar, ir.Constant(_I32, 0)),
-                                  ir.Constant(vector, None), _ALL16)
+                                  ir.Constant(vector, None), ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes))
 
 
-def lanes_below(builder, count):
-    """The <16 x i1> mask of the lanes whose index is below the 64-bit IR integer `count`."""
-    return builder.icmp_signed("<", ir.Constant(ir.VectorType(_I64, 16), list(range(16))), broadcast16(builder, count))
+def lanes_below(builder, count, lanes=16):
+    """The <lanes x i1> mask of the lanes whose index is below the 64-bit IR integer `count`."""
+    return builder.icmp_signed("<", ir.Constant(ir.VectorType(_I64, lanes), list(range(lanes))),
+                               broadcast(builder, count, lanes))
 
 
-def masked_load16(builder, pointer, mask):
-    """The <16 x float> at `pointer` (a <16 x float>*), lanes outside `mask` not read (0)."""
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [pointer.type, _I32, mask.type, _V16]),
-                                        "llvm.masked.load.v16f32.p0v16f32")
-    return builder.call(fn, [pointer, ir.Constant(_I32, 4), mask, _splat(0.0)])
+def _masked_intrinsic(pointer, operation):
+    vector = pointer.type.pointee
+    element = "f32" if isinstance(vector.element, ir.FloatType) else f"i{vector.element.width}"
+    return vector, f"llvm.masked.{operation}.v{vector.count}{element}.p0v{vector.count}{element}"
 
 
-def masked_store16(builder, value, pointer, mask):
+def masked_load(builder, pointer, mask):
+    """The vector at `pointer` (a <n x float or int>*), lanes outside `mask` not read (0)."""
+    vector, name = _masked_intrinsic(pointer, "load")
+    signature = ir.FunctionType(vector, [pointer.type, _I32, mask.type, vector])
+    fn = cgutils.get_or_insert_function(builder.module, signature, name)
+    zeros = ir.Constant(vector, [ir.Constant(vector.element, 0)] * vector.count)
+    return builder.call(fn, [pointer, ir.Constant(_I32, 4), mask, zeros])
+
+
+def masked_store(builder, value, pointer, mask):
     """Stores the lanes of `value` inside `mask` at `pointer`; the others are not written."""
+    vector, name = _masked_intrinsic(pointer, "store")
     fn = cgutils.get_or_insert_function(builder.module,
-                                        ir.FunctionType(ir.VoidType(), [_V16, pointer.type, _I32, mask.type]),
-                                        "llvm.masked.store.v16f32.p0v16f32")
+                                        ir.FunctionType(ir.VoidType(), [vector, pointer.type, _I32, mask.type]), name)
     builder.call(fn, [value, pointer, ir.Constant(_I32, 4), mask])
 
 
@@ -262,13 +270,13 @@ def _exp16_shifted_intrinsic(masked):
             dst_ptr = builder.bitcast(builder.gep(target.data, [args[4]]), v16p)
             if masked:
                 mask = lanes_below(builder, as_i64(builder, args[5]))
-                x = masked_load16(builder, src_ptr, mask)
+                x = masked_load(builder, src_ptr, mask)
             else:
                 x = builder.load(src_ptr, align=4)
-            a = builder.fsub(x, broadcast16(builder, args[2]))
+            a = builder.fsub(x, broadcast(builder, args[2]))
             e = builder.select(builder.fcmp_unordered("uno", a, a), a, _exp16_nonpositive_ir(builder, a))
             if masked:
-                masked_store16(builder, e, dst_ptr, mask)
+                masked_store(builder, e, dst_ptr, mask)
             else:
                 builder.store(e, dst_ptr, align=4)
             return context.get_dummy_value()
@@ -314,7 +322,7 @@ def copy16(typingctx, src, i, dst, j, count):
         mask = lanes_below(builder, as_i64(builder, args[4]))
         at = [builder.bitcast(builder.gep(array.data, [as_i64(builder, args[k])]), _V16.as_pointer())
               for array, k in ((source, 1), (target, 3))]
-        masked_store16(builder, masked_load16(builder, at[0], mask), at[1], mask)
+        masked_store(builder, masked_load(builder, at[0], mask), at[1], mask)
         return context.get_dummy_value()
 
     return types.void(src, i, dst, j, count), codegen

@@ -28,7 +28,7 @@ from ._blas import gemm, single_threaded_blas
 from ._gemm32 import gemm32
 from ._memory import empty
 from ._pool32 import max_pool_2x2_plane, unpool_2x2_run
-from ._stream import prefetch
+from ._stream import prefetch_all
 from ._taps32 import CR, CW, MR, NR, channels_tile, taps_tile, transpose16_block
 from ._vecmath import copy16
 from .dense import _ONE, _ZERO, _relu, _sigmoid, relu_backward, sigmoid_backward
@@ -307,6 +307,16 @@ def _forward_wide_body(gemm, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw
 
 
 @njit(inline="always")
+def _wide_positions(count, ow, wp):
+    """wide[q] = the wide-grid position of output q (row q // ow, column q % ow), q < count: looked up
+    per scattered pooled value (an integer division per value cost more than the GEMMs)."""
+    wide = np.empty(count, np.int64)
+    for q in range(count):
+        wide[q] = (q // ow) * wp + q % ow
+    return wide
+
+
+@njit(inline="always")
 def _gather_output_grad(dy, from_pool, y, act, indices, wide, n, o0, oh, ow, wp, dyw):
     """dyw (C, L) = the gradient at the outputs o0 .. o0 + C of sample n on the wide grid (its extra
     columns left as they are: 0). From dy (N, C_out, OH*OW), or when from_pool from the gradient at
@@ -361,9 +371,7 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
         col, dcol = cols[t].reshape(-1, length), dcols[t].reshape(-1, length)
         col[0] = 1  # the ones row: (col @ dy^T)[0] = db
         grad_parts[t] = 0
-        wide = np.empty(oh * ow if from_pool else 0, np.int64)  # a pooled index's wide position
-        for q in range(wide.size):
-            wide[q] = (q // ow) * wp + q % ow  # (an integer division per scattered value cost more than the GEMMs)
+        wide = _wide_positions(oh * ow if from_pool else 0, ow, wp)
         for n in range(t * n_img // threads, (t + 1) * n_img // threads):
             for g in range(groups):
                 _gather_output_grad(dy, from_pool, y, act, indices, wide, n, g * cog, oh, ow, wp, dyw)
@@ -466,9 +474,7 @@ def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool
         for n in range(t * n_img // threads, (t + 1) * n_img // threads):
             out = yws[t] if pooling else y[n].reshape(-1)
             if n + 1 < n_img:  # the next sample on its way to the cache while this one computes
-                upcoming = x[n + 1].reshape(-1)
-                for i in range(0, upcoming.size, 16):
-                    prefetch(upcoming, i)
+                prefetch_all(x[n + 1].reshape(-1))
             for g in range(groups):
                 _pad_avx512(x, n, g * cg, cg, pt, pl, wp, xp)
                 y_off = 0 if pooling else g * cog * p
@@ -508,12 +514,12 @@ def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool
 
 
 @njit(inline="always")
-def _unpool_2x2(dy, y, act, indices, n, channel, pooled_w, oh, ow, wp, dst, at, plane):
+def _unpool_2x2(dy, y, act, indices, n, channel, pooled_w, oh, ow, wp, dst, at):
     """_gather_output_grad from a pooling for one channel by _pool32.unpool_2x2_run, taking every
     index to name a position of its own 2x2 / stride 2 window (as a 2x2 / stride 2 pooling's do):
-    the plane (dst[at:], rows wp apart; `plane` the same values as an array; the wide grid's extra
-    columns are left as they are, 0) written whole. False where an index is not so: the plane must
-    then be done the portable way."""
+    the plane (dst[at:], oh rows wp apart; the wide grid's extra columns are left as they are, 0)
+    written whole. False where an index is not so: the plane must then be done the portable way."""
+    plane = dst[at:at + oh * wp]
     pooled = dy.shape[2]
     if pooled_w == 0 or pooled == 0 or 2 * (pooled // pooled_w) > oh or 2 * pooled_w > ow:
         plane[:] = 0
@@ -567,19 +573,16 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
         dyp_flat, dyt_flat = dyp.reshape(-1), dyt.reshape(-1)
         ld = dyp.shape[1]
         grad_parts[t] = 0
-        wide = np.empty(oh * ow if from_pool else 0, np.int64)  # a pooled index's wide position
-        for q in range(wide.size):
-            wide[q] = (q // ow) * wp + q % ow
+        wide = _wide_positions(oh * ow if from_pool else 0, ow, wp)
         for n in range(t * n_img // threads, (t + 1) * n_img // threads):
             if n + 1 < n_img:  # the next sample's inputs on their way to the cache (with copy16: 48 -> 43 us)
-                for upcoming in (x[n + 1].reshape(-1), dy[n + 1].reshape(-1)):
-                    for i in range(0, upcoming.size, 16):
-                        prefetch(upcoming, i)
+                prefetch_all(x[n + 1].reshape(-1))
+                prefetch_all(dy[n + 1].reshape(-1))
             for g in range(groups):
                 if from_pool:
                     for o in range(cog):
                         if not _unpool_2x2(dy, y, act, indices, n, g * cog + o, pooled_w, oh, ow, wp, dyp_flat,
-                                           o * ld + margin, dyw[o]):
+                                           o * ld + margin):
                             _gather_output_grad(dy, from_pool, y, act, indices, wide, n, g * cog + o, oh, ow, wp,
                                                 dyw[o:o + 1])
                 else:  # dy's rows into the wide grid by masked 16-value copies (as _pad_avx512)
@@ -714,7 +717,7 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     with single_threaded_blas():
         if stride == (1, 1) and _uses_gemm32(x):
             s = _Wide(x, w, padding, dilation, groups, oh, ow, threads, backward=False)
-            shifts = np.array([i * dilation[0] * s.wp + j * dilation[1] for i in range(kh) for j in range(kw)], np.int64)
+            shifts = _tap_shifts(kh, kw, dilation, s.wp)
             b_flat = np.ascontiguousarray(bias) if has_bias else np.zeros(c_out, x.dtype)
             cog = c_out // groups
             wc, bc = np.empty((0, 0, 0, 0), x.dtype), np.empty((0, 0), x.dtype)
@@ -740,6 +743,11 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     return y.reshape(n, c_out, oh, ow) if pool is None else (pooled, indices)
 
 
+def _tap_shifts(kh, kw, dilation, wp):
+    """Each tap's offset along a padded sample of row length wp (_shift's, as an array for the tiles)."""
+    return np.array([i * dilation[0] * wp + j * dilation[1] for i in range(kh) for j in range(kw)], np.int64)
+
+
 def _backward_uses_tiles(x, w, stride, input_grad):
     """_backward_taps_avx512 for float32 stride-1 layers on AVX-512 hosts, unless dx is wanted with
     fewer than 8 input channels per group (channels_tile would fill a quarter of its lanes or less)."""
@@ -755,7 +763,7 @@ def _backward_by_tiles(dy3, from_pool, pooled_w, y3, activation, indices3, x, w,
     cog, taps = c_out // groups, kh * kw
     wp = w_in + padding[2] + padding[3]
     length = oh * wp
-    shifts = np.array([i * dilation[0] * wp + j * dilation[1] for i in range(kh) for j in range(kw)], np.int64)
+    shifts = _tap_shifts(kh, kw, dilation, wp)
     margin = int(shifts.max())
     # each padded channel with NR floats after its last tap's (_taps32's tiles read past it)
     xps = np.empty((parts, cg, (x.shape[2] + padding[0] + padding[1]) * wp + (kw - 1) * dilation[1] + NR), x.dtype)
