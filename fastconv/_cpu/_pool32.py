@@ -12,7 +12,6 @@ which made pooling conv2's output cost 12 of the fused forward's 45 us per sampl
 """
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..ops._activation import ACTIVATIONS

@@ -210,7 +210,6 @@ def transpose16_block(typingctx, src, s_off, s_ld, rows, cols, dst, d_off, d_ld)
     def codegen(context, builder, signature, args):
         source, target = (context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 5))
         s_off, s_ld, rows, cols, d_off, d_ld = (as_i64(builder, args[k]) for k in (1, 2, 3, 4, 6, 7))
-        zero = ir.Constant(_V16, [ir.Constant(_F32, 0.0)] * 16)
         lanes_in_row, lanes_in_column = lanes_below(builder, cols), lanes_below(builder, rows)
         loaded = []
         for r in range(16):
