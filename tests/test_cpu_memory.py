@@ -12,7 +12,7 @@ import pytest
 
 import fastconv
 import fastconv.ops as ops
-from fastconv._cpu import _memory, _stream, _vecmath, dense
+from fastconv._cpu import _memory, _stream, _vecmath, dense, loss
 
 BIG = _memory.MIN_BYTES // 4  # float32 values in the smallest cached array
 
@@ -173,8 +173,6 @@ def test_the_last_level_cache_size_is_read_from_sysfs(tmp_path):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cross_entropy_rows_write_only_their_rows(classes, dtype):
     """Rows at every alignment: the values around the output untouched, the output the op's."""
-    from fastconv._cpu import loss
-
     n = 300
     rng = np.random.default_rng(classes)
     z = rng.standard_normal((n, classes)).astype(dtype) * 4
@@ -186,22 +184,56 @@ def test_cross_entropy_rows_write_only_their_rows(classes, dtype):
         raw[:] = 7
         probs = raw[lanes:lanes + n * classes].reshape(n, classes)
         row_loss, row_weight = np.empty(n), np.empty(n)
-        kernels = [loss._cross_entropy_rows]
-        if dtype == np.float32 and _vecmath.AVX512:
-            kernels.append(loss._cross_entropy_rows_avx512)
+        args = (z, labels, weight if has_weight else np.empty(0, dtype), has_weight, smoothing, probs, row_loss,
+                row_weight, grad, 123.0, 45.0)
+        kernels = [lambda: loss._cross_entropy_rows(*args)]
+        if dtype == np.float32 and _vecmath.AVX512:  # plain and streamed stores
+            kernels += [lambda stream=stream: loss._cross_entropy_rows_avx512(*args, stream, _stream.align_skip(probs))
+                        for stream in (False, True)]
         results = []
         for kernel in kernels:
             raw[:] = 7
-            kernel(z, labels, weight if has_weight else np.empty(0, dtype), has_weight, smoothing, probs, row_loss,
-                   row_weight, grad, 123.0, 45.0)
+            kernel()
             assert (raw[:lanes] == 7).all() and (raw[lanes + n * classes:] == 7).all()
             results.append(probs.copy())
-        # the AVX-512 exp is within a few ulp of the portable one
+        # the AVX-512 exp is within a few ulp of the portable one; streaming changes no bit
         np.testing.assert_allclose(results[-1], results[0], rtol=1e-5, atol=1e-7)
+        if len(results) == 3:
+            np.testing.assert_array_equal(results[1], results[2])
         zs = z.astype(np.float64) - z.max(axis=1, keepdims=True)
         softmax = np.exp(zs) / np.exp(zs).sum(axis=1, keepdims=True)
         if not grad:
             np.testing.assert_allclose(results[0], softmax, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("classes", [1, 7, 16, 17, 1000])
+def test_cross_entropy_backward_rows_write_only_their_rows(classes):
+    """The backward from probs: portable, AVX-512 plain and streamed, rows at every alignment."""
+    n = 300
+    rng = np.random.default_rng(classes)
+    probs = rng.uniform(0, 1, (n, classes)).astype(np.float32)
+    labels = rng.integers(0, classes, n)
+    weight = rng.uniform(0.5, 2, classes).astype(np.float32)
+    for has_weight, smoothing in [(False, 0.0), (True, 0.0), (False, 0.1), (True, 0.1)]:
+        raw = _offset_view(n * classes + 32, np.float32, 3)
+        out = raw[16:16 + n * classes].reshape(n, classes)
+        args = (probs, labels, weight if has_weight else np.empty(0, np.float32), has_weight, smoothing, 123.0, 45.0,
+                out)
+        kernels = [lambda: loss._cross_entropy_grad(*args)]
+        if _vecmath.AVX512:
+            kernels += [lambda stream=stream: loss._cross_entropy_grad_avx512(*args, stream, _stream.align_skip(out))
+                        for stream in (False, True)]
+        results = []
+        for kernel in kernels:
+            raw[:] = 7
+            kernel()
+            assert (raw[:16] == 7).all() and (raw[16 + n * classes:] == 7).all()
+            results.append(out.copy())
+        scale = np.abs(results[0]).max()
+        for result in results[1:]:  # the label's constant is rounded to float32 first: within an ulp or so
+            np.testing.assert_allclose(result, results[0], rtol=0, atol=2 * np.finfo(np.float32).eps * scale)
+        if len(results) == 3:
+            np.testing.assert_array_equal(results[1], results[2])
 
 
 def test_the_ops_dispatch_to_the_streamed_kernels_past_the_threshold(monkeypatch):
@@ -209,15 +241,19 @@ def test_the_ops_dispatch_to_the_streamed_kernels_past_the_threshold(monkeypatch
     x, dy = rng.standard_normal(1000).astype(np.float32), rng.standard_normal(1000).astype(np.float32)
     z, labels = rng.standard_normal((50, 33)).astype(np.float32), rng.integers(0, 33, 50)
     calls = [lambda: ops.relu_forward(x), lambda: ops.relu_backward(dy, x), lambda: ops.sigmoid_backward(dy, x),
-             lambda: ops.softmax_cross_entropy_with_grad(z, labels)[1], lambda: ops.softmax_cross_entropy_forward(z, labels)[1]]
+             lambda: ops.softmax_cross_entropy_with_grad(z, labels)[1], lambda: ops.softmax_cross_entropy_forward(z, labels)[1],
+             lambda: ops.softmax_cross_entropy_backward(ops.softmax_cross_entropy_forward(z, labels)[1], labels)]
     plain = [call() for call in calls]
     monkeypatch.setattr(_stream, "_STREAM_FROM", 0)
     used = []
     real = _stream.align_skip
-    monkeypatch.setattr(dense, "align_skip", lambda out: used.append(1) or real(out))
+    for module in (dense, loss):
+        monkeypatch.setattr(module, "align_skip", lambda out: used.append(1) or real(out))
     for call, expected in zip(calls, plain):
         np.testing.assert_array_equal(call(), expected)
-    assert len(used) == 3  # the three elementwise ops took the streamed kernels
+    # the three elementwise ops took the streamed kernels, and on AVX-512 hosts the three losses
+    # (the backward's forward too)
+    assert len(used) == 3 + 4 * _vecmath.AVX512
 
 
 def test_an_empty_cache_setting_means_the_default(monkeypatch):

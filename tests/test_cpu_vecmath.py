@@ -16,7 +16,6 @@ from fastconv._cpu import _stream, _vecmath, dense
 from numba import njit
 
 from fastconv._cpu._vecmath import exp_nonpositive, log1p_unit
-from fastconv._cpu.loss import _exp_shift_avx512
 
 avx512 = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_AVX512=0)")
 F32 = np.finfo(np.float32)
@@ -157,67 +156,34 @@ def test_avx512_is_used_only_when_the_host_and_the_settings_allow(monkeypatch):
     assert _vecmath._host_has_avx512()
 
 
-# ---- exp16_shifted and the cross-entropy rows built on it --------------------------------------
-
-def _row_exp(row, m, out):
-    _exp_shift_avx512(row, m, out)
-
-
-@avx512
-@pytest.mark.parametrize("n", [1, 5, 15, 16, 17, 31, 1000, 1003])
-def test_exp16_shifted_is_within_1_ulp_and_touches_only_its_values(n):
-    rng = np.random.default_rng(n)
-    z = (rng.standard_normal(n) * 40).astype(np.float32)
-    z[1::7] = -np.inf  # (not z[0]: a row of one -inf has max -inf, and -inf - -inf is NaN)
-    m = np.float32(z.max())
-    raw = np.full(n + 40, 7.0, np.float32)
-    for offset in (0, 3, 16):
-        out = raw[offset:offset + n]
-        _row_exp(z, m, out)
-        ref = np.exp((z - m).astype(np.float64))  # of the float32 difference, as the op computes it
-        normal = ref > F32.tiny
-        assert _ulps(out[normal], ref[normal]).max(initial=0) <= 1
-        assert np.abs(out[~normal] - ref[~normal]).max(initial=0) <= F32.smallest_subnormal
-        assert (raw[:offset] == 7).all() and (raw[offset + n:] == 7).all()
-        raw[:] = 7
-    # the tail's values get the same bits as in a whole vector
-    if n > 16:
-        whole = np.empty(16, np.float32)
-        _row_exp(z[n - 16:], m, whole)
-        _row_exp(z, m, out)
-        np.testing.assert_array_equal(out[n - 16:], whole)
-
-
-@avx512
-def test_exp16_shifted_keeps_nan():
-    z = np.array([0.0, np.nan, -1.0, -200.0, -88.0, -103.0] + [0.0] * 11, np.float32)
-    out = np.empty_like(z)
-    _row_exp(z, np.float32(0), out)
-    assert np.isnan(out[1]) and out[0] == 1 and out[3] == 0
-    assert np.isnan(_row_exp_nan_max())
-
-
-def _row_exp_nan_max():
-    out = np.empty(3, np.float32)
-    _row_exp(np.zeros(3, np.float32), np.float32(np.nan), out)
-    return out[0]
-
+# ---- the cross-entropy rows (their AVX-512 pieces: test_cpu_softmax32.py) ------------------------
 
 @avx512
 def test_cross_entropy_takes_the_avx512_rows_for_float32_only(monkeypatch):
     from fastconv._cpu import loss
     used = []
-    for name in ("_cross_entropy_rows", "_cross_entropy_rows_avx512"):
+    for name in ("_cross_entropy_rows", "_cross_entropy_rows_avx512", "_cross_entropy_grad",
+                 "_cross_entropy_grad_avx512"):
         real = getattr(loss, name)
         monkeypatch.setattr(loss, name, lambda *a, real=real, name=name: used.append(name) or real(*a))
     rng = np.random.default_rng(2)
     z, y = (rng.standard_normal((37, 53)) * 5).astype(np.float32), rng.integers(0, 53, 37)
-    loss_avx, grad_avx = ops.softmax_cross_entropy_with_grad(z, y)
-    loss64, grad64 = ops.softmax_cross_entropy_with_grad(z.astype(np.float64), y)
+    p64 = np.exp(z.astype(np.float64) - z.max(axis=1, keepdims=True))
+    p64 /= p64.sum(axis=1, keepdims=True)
+
+    def both():
+        return ops.softmax_cross_entropy_with_grad(z, y), ops.softmax_cross_entropy_backward(p64.astype(z.dtype), y)
+
+    (loss_avx, grad_avx), back_avx = both()
+    (loss64, grad64), back64 = ops.softmax_cross_entropy_with_grad(z.astype(np.float64), y), \
+        ops.softmax_cross_entropy_backward(p64, y)
     monkeypatch.setattr(_vecmath, "AVX512", False)
-    loss_portable, grad_portable = ops.softmax_cross_entropy_with_grad(z, y)
-    assert used == ["_cross_entropy_rows_avx512", "_cross_entropy_rows", "_cross_entropy_rows"]
+    (loss_portable, grad_portable), back_portable = both()
+    assert used == ["_cross_entropy_rows_avx512", "_cross_entropy_grad_avx512", "_cross_entropy_rows",
+                    "_cross_entropy_grad", "_cross_entropy_rows", "_cross_entropy_grad"]
     for got in (grad_avx, grad_portable):
         np.testing.assert_allclose(got, grad64, rtol=2e-6, atol=1e-9)
+    for got in (back_avx, back_portable):
+        np.testing.assert_allclose(got, back64, rtol=2e-6, atol=1e-9)
     for got in (loss_avx, loss_portable):
         np.testing.assert_allclose(float(got), float(loss64), rtol=2e-6)

@@ -254,49 +254,6 @@ sigmoid16_streamed = _sigmoid16_intrinsic(True)
 sigmoid16_streamed.__doc__ = "sigmoid16 with a non-temporal 64-byte store: dst + j must start a cache line."
 
 
-def _exp16_shifted_intrinsic(masked):
-    def typer(typingctx, src, i, m, dst, j, count):
-        float32_vector = (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.ndim == dst.ndim == 1
-                          and src.dtype == dst.dtype == types.float32 and src.layout == dst.layout == "C"
-                          and m == types.float32 and isinstance(count, types.Integer))
-        if not float32_vector:
-            return None
-
-        def codegen(context, builder, signature, args):
-            source = context.make_array(signature.args[0])(context, builder, args[0])
-            target = context.make_array(signature.args[3])(context, builder, args[3])
-            v16p = _V16.as_pointer()
-            src_ptr = builder.bitcast(builder.gep(source.data, [args[1]]), v16p)
-            dst_ptr = builder.bitcast(builder.gep(target.data, [args[4]]), v16p)
-            if masked:
-                mask = lanes_below(builder, as_i64(builder, args[5]))
-                x = masked_load(builder, src_ptr, mask)
-            else:
-                x = builder.load(src_ptr, align=4)
-            a = builder.fsub(x, broadcast(builder, args[2]))
-            e = builder.select(builder.fcmp_unordered("uno", a, a), a, _exp16_nonpositive_ir(builder, a))
-            if masked:
-                masked_store(builder, e, dst_ptr, mask)
-            else:
-                builder.store(e, dst_ptr, align=4)
-            return context.get_dummy_value()
-
-        return types.void(src, i, m, dst, j, count), codegen
-
-    return intrinsic(typer)
-
-
-exp16_shifted = _exp16_shifted_intrinsic(False)
-exp16_shifted.__doc__ = """dst[j : j + 16] = exp(src[i : i + 16] - m) for 1-D C-contiguous float32 arrays, src - m <= 0
-(a softmax row less its max); a NaN stays NaN; under 1 ulp from exp of the float32 difference.
-AVX-512F. (count is ignored: the signature matches exp16_shifted_part's.)"""
-exp16_shifted_part = _exp16_shifted_intrinsic(True)
-exp16_shifted_part.__doc__ = """exp16_shifted of the first count (< 16) values only: the other lanes are neither read
-nor written (a masked load and store), so a row's tail needs no padding and gets the same bits. Used
-for tails only: a load of what a masked store just wrote waits for the store to reach the cache (no
-store forwarding), which made a row loop of masked stores 60% slower than the portable one."""
-
-
 @njit(inline="always")
 def sigmoid16_part(src, dst, lo, hi):
     """dst[lo:hi] = sigmoid(src[lo:hi]) for fewer than 16 values, through a padded 16-value buffer, so

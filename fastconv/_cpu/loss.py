@@ -6,9 +6,11 @@ import numpy as np
 from numba import njit, prange
 
 from ._memory import empty_like
-from ._stream import SPAN
+from ._parallel import run
+from ._stream import SPAN, align_skip, should_stream, store_fence
+from ._softmax32 import PREFETCH_AHEAD, row_exp_sum, store_row
 from . import _vecmath
-from ._vecmath import exp16_shifted, exp16_shifted_part, exp_nonpositive, log1p_unit, maxnum
+from ._vecmath import exp_nonpositive, log1p_unit, maxnum
 
 __all__ = ["softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "softmax_cross_entropy_with_grad",
            "bce_with_logits_forward", "bce_with_logits_backward", "mse_forward", "mse_backward"]
@@ -99,33 +101,60 @@ def _grad_row(p, g, y, weight, has_weight, smoothing, share, label_weight_sum, c
     g[y] -= true_part / label_weight_sum
 
 
-@njit(cache=True)
-def _exp_shift_avx512(row, m, p):
-    """_exp_shift for float32 rows on AVX-512 hosts: 16 values per _vecmath.exp16_shifted, under
-    1 ulp from exp of the float32 difference, as the portable loop (which flushes to 0 below
-    -87.3, where this gives subnormals): 0.20 against 0.26 ns per value on a 1000-class row in L1
-    (Zen 5 host); the whole row 494 -> 405 ns (interleaved A/B)."""
-    n = row.size
-    whole = n // 16 * 16
-    for b in range(0, whole, 16):
-        exp16_shifted(row, b, m, p, b, 16)
-    if whole < n:
-        exp16_shifted_part(row, whole, m, p, whole, n - whole)
+@njit(inline="always")
+def _exp_sum_portable(row, m, e, ahead):
+    """e = exp(row - m) and its sum in float64 (ahead: unused, see _softmax32.row_exp_sum)."""
+    _exp_shift(row, m, e)
+    return _chunked_sum(e)
 
 
 @njit(inline="always")
-def _cross_entropy_rows_body(exp_shift, z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
-                             label_weight_sum, class_weight_sum):
+def _write_row_portable(e, out, start, y, grad, inv_s, weight, has_weight, smoothing, share, label_weight_sum,
+                        class_weight_sum, consts, stream, skip):
+    """out[start : start + C] = the row's gradient from its exps e and 1 / sum (or with grad False,
+    its probs e / sum); stream and skip: unused, see _write_row_avx512."""
+    row_out = out[start:start + e.size]
+    if grad:
+        _grad_row(e, row_out, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum, consts,
+                  inv_s)
+    else:
+        _scaled(e, inv_s, row_out, consts)
+
+
+@njit(inline="always")
+def _write_row_avx512(e, out, start, y, grad, inv_s, weight, has_weight, smoothing, share, label_weight_sum,
+                      class_weight_sum, consts, stream, skip):
+    """_write_row_portable by _softmax32.store_row (streamed when `stream`): the same formula, the
+    label's constant rounded to float32 before it is subtracted. A weighted, smoothed gradient
+    (b * w_c per class) goes through _grad_row."""
+    if grad and has_weight and smoothing != 0.0:
+        _write_row_portable(e, out, start, y, grad, inv_s, weight, has_weight, smoothing, share, label_weight_sum,
+                            class_weight_sum, consts, stream, skip)
+        return
+    label = -1
+    if grad:
+        true_part = (1.0 - smoothing) * (weight[y] if has_weight else 1.0)
+        consts[0] = inv_s * (true_part + share * class_weight_sum) / label_weight_sum
+        consts[1] = share / label_weight_sum
+        consts[2] = true_part / label_weight_sum
+        label = y
+    else:
+        consts[0], consts[1], consts[2] = inv_s, 0.0, 0.0
+    store_row(e, e.size, consts[0], consts[1], label, consts[2], out, start, stream, skip)
+
+
+@njit(inline="always")
+def _cross_entropy_rows_body(exp_sum, write_row, z, labels, weight, has_weight, smoothing, probs, row_loss,
+                             row_weight, grad, label_weight_sum, class_weight_sum, stream, skip):
     """Each row's loss, and probs = softmax(z); with grad, `probs` receives dloss/dz instead (the
     fused forward + backward: the row is still in cache, so the gradient costs no memory pass).
     The row's exps go to a buffer of the task's own (the gradient computed in place, p into p,
-    failed LLVM's runtime overlap check and ran scalar), then straight into probs with plain
-    stores. On the Zen 5 host, 1 GiB of 1000-class rows on two threads, interleaved A/B: staged and
-    written by streaming stores (_stream.write_out, chosen on the Intel host in 3329bfb) 27.7 and
-    26.7 GB/s in two sessions of measurements, plainly 34.3 and 29.3 (one core's streaming stores
-    ran ~13 GB/s here, and a row's stream stalled its next row's compute). exp_shift(row, m, p)
-    computes p = exp(row - m)."""
+    failed LLVM's runtime overlap check and ran scalar), then out by write_row.
+    exp_sum(row, m, e, ahead) computes e = exp(row - m) and returns its sum; write_row writes the
+    row's gradient or probs into the flat output (streamed when `stream`, skip =
+    _stream.align_skip of it)."""
     n, classes = z.shape
+    out = probs.reshape(-1)
     share = smoothing / classes
     w_total = 0.0
     if smoothing != 0.0:
@@ -133,18 +162,14 @@ def _cross_entropy_rows_body(exp_shift, z, labels, weight, has_weight, smoothing
     rows_per_task = max(1, SPAN // max(1, classes))
     for t in prange((n + rows_per_task - 1) // rows_per_task):
         exps = np.empty(classes, probs.dtype)
-        consts = np.empty(2, probs.dtype)
+        consts = np.empty(3, probs.dtype)
         for i in range(t * rows_per_task, min(n, (t + 1) * rows_per_task)):
-            row, out = z[i], probs[i]
+            row = z[i]
             m = _row_max(row)
-            exp_shift(row, m, exps)
-            s = _chunked_sum(exps)
+            s = exp_sum(row, m, exps, PREFETCH_AHEAD)
             y = labels[i]
-            if grad:  # exps / s are the probs
-                _grad_row(exps, out, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum,
-                          consts, 1.0 / s)
-            else:
-                _scaled(exps, 1.0 / s, out, consts)
+            write_row(exps, out, i * classes, y, grad, 1.0 / s, weight, has_weight, smoothing, share, label_weight_sum,
+                      class_weight_sum, consts, stream, skip)
             log_s = np.log(s)
             wy = weight[y] if has_weight else 1.0
             r = (1.0 - smoothing) * wy * (log_s - (row[y] - m))
@@ -152,21 +177,25 @@ def _cross_entropy_rows_body(exp_shift, z, labels, weight, has_weight, smoothing
                 r += share * (w_total * log_s - _row_weighted_shift(row, m, weight, has_weight))
             row_loss[i] = r
             row_weight[i] = wy
+        if stream:
+            store_fence()
 
 
 @njit(parallel=True, cache=True)
 def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
                         label_weight_sum, class_weight_sum):
-    _cross_entropy_rows_body(_exp_shift, z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
-                             label_weight_sum, class_weight_sum)
+    _cross_entropy_rows_body(_exp_sum_portable, _write_row_portable, z, labels, weight, has_weight, smoothing, probs,
+                             row_loss, row_weight, grad, label_weight_sum, class_weight_sum, False, 0)
 
 
-# Compiled only when called, i.e. on AVX-512 hosts (elsewhere LLVM could not emit it).
+# Compiled only when called, i.e. on AVX-512 hosts (elsewhere LLVM could not emit it). Outputs
+# past the last-level cache are streamed (1 GiB of 1000-class rows, fused, two threads, in one
+# A/B: 20.1 GB/s before _softmax32, 27.5 streamed, 36.0 streamed with the prefetch; copy 47.1).
 @njit(parallel=True, cache=True)
 def _cross_entropy_rows_avx512(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
-                               label_weight_sum, class_weight_sum):
-    _cross_entropy_rows_body(_exp_shift_avx512, z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight,
-                             grad, label_weight_sum, class_weight_sum)
+                               label_weight_sum, class_weight_sum, stream, skip):
+    _cross_entropy_rows_body(row_exp_sum, _write_row_avx512, z, labels, weight, has_weight, smoothing, probs,
+                             row_loss, row_weight, grad, label_weight_sum, class_weight_sum, stream, skip)
 
 
 @njit(cache=True)
@@ -177,16 +206,34 @@ def _scaled(p, scale, out, k):
         out[c] = p[c] * k[0]
 
 
+@njit(inline="always")
+def _cross_entropy_grad_body(write_row, probs, labels, weight, has_weight, smoothing, label_weight_sum,
+                             class_weight_sum, out, stream, skip):
+    """Each row's gradient from its probs, by write_row (see _cross_entropy_rows_body)."""
+    n, classes = probs.shape
+    flat = out.reshape(-1)
+    share = smoothing / classes
+    rows_per_task = max(1, SPAN // max(1, classes))
+    for t in prange((n + rows_per_task - 1) // rows_per_task):
+        consts = np.empty(3, probs.dtype)
+        for i in range(t * rows_per_task, min(n, (t + 1) * rows_per_task)):
+            write_row(probs[i], flat, i * classes, labels[i], True, 1.0, weight, has_weight, smoothing, share,
+                      label_weight_sum, class_weight_sum, consts, stream, skip)
+        if stream:
+            store_fence()
+
+
 @njit(parallel=True, cache=True)
 def _cross_entropy_grad(probs, labels, weight, has_weight, smoothing, label_weight_sum, class_weight_sum, out):
-    n = probs.shape[0]
-    share = smoothing / probs.shape[1]
-    rows_per_task = max(1, SPAN // max(1, probs.shape[1]))
-    for t in prange((n + rows_per_task - 1) // rows_per_task):
-        consts = np.empty(2, probs.dtype)
-        for i in range(t * rows_per_task, min(n, (t + 1) * rows_per_task)):
-            _grad_row(probs[i], out[i], labels[i], weight, has_weight, smoothing, share, label_weight_sum,
-                      class_weight_sum, consts)
+    _cross_entropy_grad_body(_write_row_portable, probs, labels, weight, has_weight, smoothing, label_weight_sum,
+                             class_weight_sum, out, False, 0)
+
+
+@njit(parallel=True, cache=True)
+def _cross_entropy_grad_avx512(probs, labels, weight, has_weight, smoothing, label_weight_sum, class_weight_sum, out,
+                               stream, skip):
+    _cross_entropy_grad_body(_write_row_avx512, probs, labels, weight, has_weight, smoothing, label_weight_sum,
+                             class_weight_sum, out, stream, skip)
 
 
 # The elementwise losses compute in the inputs' dtype (constants made in it: a float64 literal
@@ -294,9 +341,13 @@ def _cross_entropy(logits, labels, weight, smoothing, grad):
     row_loss, row_weight = np.empty(n), np.empty(n)
     w, has_weight = _optional(weight, logits.dtype)
     label_weight_sum, class_weight_sum = _weight_sums(w, has_weight, labels, n, classes) if grad else (1.0, 1.0)
-    rows = _cross_entropy_rows_avx512 if logits.dtype == np.float32 and _vecmath.AVX512 else _cross_entropy_rows
-    rows(logits, labels, w, has_weight, smoothing, out, row_loss, row_weight, grad, label_weight_sum,
-         class_weight_sum)
+    if logits.dtype == np.float32 and _vecmath.AVX512:
+        stream = should_stream(out)
+        run(_cross_entropy_rows_avx512, out.size, logits, labels, w, has_weight, smoothing, out, row_loss, row_weight,
+            grad, label_weight_sum, class_weight_sum, stream, align_skip(out) if stream else 0)
+    else:
+        run(_cross_entropy_rows, out.size, logits, labels, w, has_weight, smoothing, out, row_loss, row_weight, grad,
+            label_weight_sum, class_weight_sum)
     total_weight = _ordered_sum(row_weight) if has_weight else float(n)
     return _scalar(_ordered_sum(row_loss) / total_weight, logits.dtype), out
 
@@ -314,7 +365,13 @@ def softmax_cross_entropy_backward(probs, labels, weight, smoothing):
     w, has_weight = _optional(weight, probs.dtype)
     label_weight_sum, class_weight_sum = _weight_sums(w, has_weight, labels, n, classes)
     out = empty_like(probs)
-    _cross_entropy_grad(probs, labels, w, has_weight, smoothing, label_weight_sum, class_weight_sum, out)
+    if probs.dtype == np.float32 and _vecmath.AVX512:
+        stream = should_stream(out)
+        run(_cross_entropy_grad_avx512, out.size, probs, labels, w, has_weight, smoothing, label_weight_sum,
+            class_weight_sum, out, stream, align_skip(out) if stream else 0)
+    else:
+        run(_cross_entropy_grad, out.size, probs, labels, w, has_weight, smoothing, label_weight_sum,
+            class_weight_sum, out)
     return out
 
 
@@ -333,24 +390,24 @@ def _last_dim(x):
 def bce_with_logits_forward(logits, targets, pos_weight):
     pw, has_pw = _optional(pos_weight, logits.dtype)
     x, t = logits.reshape(-1), targets.reshape(-1)
-    total = _elementwise_loss_sum(x, t, pw, has_pw, _last_dim(logits), False, _chunks(x.size))
+    total = run(_elementwise_loss_sum, x.size, x, t, pw, has_pw, _last_dim(logits), False, _chunks(x.size))
     return _scalar(total / x.size, logits.dtype)
 
 
 def bce_with_logits_backward(logits, targets, pos_weight):
     pw, has_pw = _optional(pos_weight, logits.dtype)
     out = empty_like(logits)
-    _bce_grad(logits.reshape(-1), targets.reshape(-1), pw, has_pw, _last_dim(logits), out.reshape(-1))
+    run(_bce_grad, out.size, logits.reshape(-1), targets.reshape(-1), pw, has_pw, _last_dim(logits), out.reshape(-1))
     return out
 
 
 def mse_forward(pred, target):
     p, t = pred.reshape(-1), target.reshape(-1)
-    total = _elementwise_loss_sum(p, t, np.empty(0, pred.dtype), False, 1, True, _chunks(p.size))
+    total = run(_elementwise_loss_sum, p.size, p, t, np.empty(0, pred.dtype), False, 1, True, _chunks(p.size))
     return _scalar(total / p.size, pred.dtype)
 
 
 def mse_backward(pred, target):
     out = empty_like(pred)
-    _mse_grad(pred.reshape(-1), target.reshape(-1), out.reshape(-1))
+    run(_mse_grad, out.size, pred.reshape(-1), target.reshape(-1), out.reshape(-1))
     return out

@@ -1,0 +1,104 @@
+"""The AVX-512 softmax row pieces of the cpu backend (fastconv/_cpu/_softmax32.py): exp(z - m)
+within 1 ulp of exp of the float32 difference, NaN kept, only the row's values written; its sum
+against float64 and in a fixed order; and the row store, plain and streamed, the same bits at every
+alignment with the values around it untouched. Skipped where the host has no AVX-512F."""
+import numpy as np
+import pytest
+from numba import njit
+
+from fastconv._cpu import _stream, _vecmath
+
+avx512 = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_AVX512=0)")
+F32 = np.finfo(np.float32)
+pytestmark = avx512
+
+if _vecmath.AVX512:
+    from fastconv._cpu._softmax32 import CHUNK, row_exp_sum, store_row
+
+    @njit
+    def _exp_sum(row, m, out, ahead):
+        return row_exp_sum(row, m, out, ahead)
+
+    @njit
+    def _store(e, classes, a, b, label, t, out, start, stream, skip):
+        store_row(e, classes, a, b, label, t, out, start, stream, skip)
+        _stream.store_fence()
+
+
+def _ulps(actual, reference64):
+    spacing = np.maximum(np.spacing(np.abs(reference64).astype(np.float32)).astype(np.float64), F32.smallest_subnormal)
+    return np.abs(actual.astype(np.float64) - reference64) / spacing
+
+
+@pytest.mark.parametrize("n", [1, 5, 15, 16, 17, 31, 511, 512, 513, 1000, 1003, 1600])
+def test_exp_is_within_1_ulp_and_touches_only_its_values(n):
+    rng = np.random.default_rng(n)
+    z = (rng.standard_normal(n) * 40).astype(np.float32)
+    z[1::7] = -np.inf  # (not z[0]: a row of one -inf has max -inf, and -inf - -inf is NaN)
+    m = np.float32(z.max())
+    raw = np.full(n + 40, 7.0, np.float32)
+    ref = np.exp((z - m).astype(np.float64))  # of the float32 difference, as the op computes it
+    for offset in (0, 3, 16):
+        out = raw[offset:offset + n]
+        for ahead in (0, 2048, -5):  # a prefetch anywhere changes nothing
+            raw[:] = 7
+            s = _exp_sum(z, m, out, ahead)
+            normal = ref > F32.tiny
+            assert _ulps(out[normal], ref[normal]).max(initial=0) <= 1
+            assert np.abs(out[~normal] - ref[~normal]).max(initial=0) <= F32.smallest_subnormal
+            assert (raw[:offset] == 7).all() and (raw[offset + n:] == 7).all()
+            # the sum: of the values written, in float32 chunks of CHUNK added in float64
+            np.testing.assert_allclose(s, out.astype(np.float64).sum(), rtol=2 * F32.eps * np.sqrt(min(n, CHUNK)))
+    # the tail's values get the same bits as in a whole vector
+    if n > 16:
+        whole = np.empty(16, np.float32)
+        _exp_sum(z[n - 16:], m, whole, 0)
+        _exp_sum(z, m, out, 0)
+        np.testing.assert_array_equal(out[n - 16:], whole)
+
+
+def test_the_sum_depends_on_the_values_and_their_order_only():
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal(1000).astype(np.float32)
+    m = np.float32(z.max())
+    sums = {_exp_sum(z, m, np.empty(1000, np.float32), ahead) for ahead in (0, 16, 4096)}
+    assert len(sums) == 1
+    # one chunk's float32 sum: 16 lanes, each a sequential sum, then the lanes in a fixed tree
+    e = np.empty(CHUNK, np.float32)
+    s = _exp_sum(z[:CHUNK], m, e, 0)
+    lanes = np.zeros(16, np.float32)
+    for k in range(0, CHUNK, 16):
+        lanes += e[k:k + 16]
+    while lanes.size > 1:
+        lanes = lanes[:lanes.size // 2] + lanes[lanes.size // 2:]
+    assert s == float(lanes[0])
+
+
+def test_exp_keeps_nan():
+    z = np.array([0.0, np.nan, -1.0, -200.0, -88.0, -103.0] + [0.0] * 11, np.float32)
+    out = np.empty_like(z)
+    assert np.isnan(_exp_sum(z, np.float32(0), out, 0))
+    assert np.isnan(out[1]) and out[0] == 1 and out[3] == 0
+    assert np.isnan(_exp_sum(np.zeros(3, np.float32), np.float32(np.nan), out[:3], 0))
+    assert np.isnan(out[:3]).all()
+
+
+@pytest.mark.parametrize("classes", [1, 7, 15, 16, 17, 33, 100, 1000])
+def test_row_store_plain_and_streamed_agree_at_every_alignment(classes):
+    rng = np.random.default_rng(classes)
+    e = rng.uniform(0, 1, classes).astype(np.float32)
+    a, b, t = np.float32(0.37), np.float32(0.01), np.float32(0.5)
+    for label in (-1, 0, classes // 2, classes - 1):
+        g = e.astype(np.float32) * a - b  # the formula in float32, the label's lane less t
+        if label >= 0:
+            g[label] -= t
+        for first in range(16):  # where the row starts within a 64-byte line
+            results = []
+            for stream in (False, True):
+                raw = np.full(classes + 64 + 16, 7.0, np.float32)
+                start = ((-raw.ctypes.data) % 64 // 4 + first) % 16 + 16  # a guard line before the row
+                _store(e, classes, a, b, label, t, raw, start, stream, _stream.align_skip(raw))
+                assert (raw[:start] == 7).all() and (raw[start + classes:] == 7).all()
+                results.append(raw[start:start + classes].copy())
+            np.testing.assert_array_equal(results[0], g)
+            np.testing.assert_array_equal(results[1], g)
