@@ -11,7 +11,7 @@ from fastconv._cpu import _vecmath, conv
 pytestmark = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_AVX512=0)")
 
 if _vecmath.AVX512:
-    from fastconv._cpu._gemm32 import gemm32
+    from fastconv._cpu._gemm32 import gemm32, gemm32_runs
 
 EDGES = [1, 7, 8, 9, 31, 32, 33, 65]
 
@@ -40,6 +40,30 @@ def test_gemm32_matches_float64_around_the_tile_edges(trans_a, trans_b, beta):
             ref = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b) + beta * c0
             np.testing.assert_allclose(c, ref, rtol=1e-5, atol=1e-5 * np.sqrt(k))
             assert (c_wide[:, n:] == 7).all(), "a value beside C was written"
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
+def test_gemm32_runs_reads_only_the_runs_of_a(beta):
+    """A's columns in runs (a convolution's output positions on its wide grid): against the product
+    of the gathered columns in float64, with NaN in the columns between the runs (never read), at
+    the tile edges; and the same bits as gemm32 over the gathered columns."""
+    rng = np.random.default_rng(int(beta * 2))
+    for m in EDGES:
+        for n in (1, 31, 32, 33, 64):
+            run, a_run, runs = [(14, 16, 14), (1, 3, 5), (7, 7, 3), (28, 30, 2)][(m + n) % 4]
+            a = np.full((m, runs * a_run + 3), np.nan, np.float32)
+            columns = (np.arange(runs)[:, None] * a_run + np.arange(run)).reshape(-1)
+            a[:, columns] = rng.standard_normal((m, columns.size)).astype(np.float32)
+            b = rng.standard_normal((columns.size, n)).astype(np.float32)
+            c0 = rng.standard_normal((m, n)).astype(np.float32)
+            c_wide, c = _strided(c0, 5, 7.0)
+            gemm32_runs(a, b, c, beta, run, a_run)
+            ref = a[:, columns].astype(np.float64) @ b + beta * c0
+            np.testing.assert_allclose(c, ref, rtol=1e-5, atol=1e-5 * np.sqrt(columns.size))
+            assert (c_wide[:, n:] == 7).all(), "a value beside C was written"
+            gathered = c0.copy()
+            gemm32(np.ascontiguousarray(a[:, columns]), b, gathered, beta, False, False)
+            np.testing.assert_array_equal(c, gathered)
 
 
 def test_gemm32_empty_and_zero_k():

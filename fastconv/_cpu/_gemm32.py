@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 from ._taps32 import transpose16_block
 from ._vecmath import as_i64, broadcast, lanes_below, masked_load, masked_store
 
-__all__ = ["gemm32", "MR", "NR"]
+__all__ = ["gemm32", "gemm32_runs", "MR", "NR"]
 
 MR, NR = 8, 32  # the register tile: rows of A, columns of B
 _V16 = ir.VectorType(ir.FloatType(), 16)
@@ -38,10 +38,12 @@ _I64 = ir.IntType(64)
 
 
 def _tile_intrinsic(masked):
-    """tile(a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, ncols):
-    c[c_off + r*ldc + j] (+)= sum_k a[a_off + r*a_rs + k*a_cs] * b[b_off + k*ldb + j] for r < 8 and
-    j < 32 (masked: j < ncols, the other columns neither read nor written)."""
-    def typer(typingctx, a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, ncols):
+    """tile(a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, ncols, run, a_run):
+    c[c_off + r*ldc + j] (+)= sum_k a[a_off + r*a_rs + col(k)*a_cs] * b[b_off + k*ldb + j] for r < 8
+    and j < 32 (masked: j < ncols, the other columns neither read nor written), where A's columns
+    come in runs of `run` every a_run: col(k) = (k // run) * a_run + k % run (run = k, a_run = 0:
+    col(k) = k). k must be a multiple of run."""
+    def typer(typingctx, a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, ncols, run, a_run):
         # Any float32 arrays: offsets count elements from each one's first (its data pointer), so a
         # 2-D array with strided rows is addressed through its row stride.
         if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (a, b, c)):
@@ -49,8 +51,8 @@ def _tile_intrinsic(masked):
 
         def codegen(context, builder, signature, args):
             a_arr, b_arr, c_arr = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 4, 7))
-            a_off, a_rs, a_cs, b_off, ldb, c_off, ldc, kk, ncols = (
-                as_i64(builder, args[i]) for i in (1, 2, 3, 5, 6, 8, 9, 10, 12))
+            a_off, a_rs, a_cs, b_off, ldb, c_off, ldc, kk, ncols, run, a_run = (
+                as_i64(builder, args[i]) for i in (1, 2, 3, 5, 6, 8, 9, 10, 12, 13, 14))
             accumulate = args[11]
             masks = [None, None]
             if masked:  # the two halves' lanes below ncols and ncols - 16
@@ -82,17 +84,20 @@ def _tile_intrinsic(masked):
                     for r in range(MR):
                         for h in range(2):
                             builder.store(zero, accs[r][h])
-            with cgutils.for_range(builder, kk) as loop:
-                step = loop.index
-                row = builder.add(b_off, builder.mul(step, ldb))
-                bv = [load(b_arr, builder.add(row, ir.Constant(_I64, 16 * h)), h) for h in range(2)]
-                a_col = builder.add(a_off, builder.mul(step, a_cs))
-                for r in range(MR):
-                    a_at = builder.add(a_col, builder.mul(ir.Constant(_I64, r), a_rs))
-                    scalar = builder.load(builder.gep(a_arr.data, [a_at]))
-                    av = broadcast(builder, scalar)
-                    for h in range(2):
-                        builder.store(builder.call(fma, [av, bv[h], builder.load(accs[r][h])]), accs[r][h])
+            with cgutils.for_range(builder, builder.sdiv(kk, run)) as runs:
+                first = builder.mul(runs.index, run)  # B's row and A's column where this run starts
+                a_first = builder.add(a_off, builder.mul(builder.mul(runs.index, a_run), a_cs))
+                with cgutils.for_range(builder, run) as loop:
+                    step = loop.index
+                    row = builder.add(b_off, builder.mul(builder.add(first, step), ldb))
+                    bv = [load(b_arr, builder.add(row, ir.Constant(_I64, 16 * h)), h) for h in range(2)]
+                    a_col = builder.add(a_first, builder.mul(step, a_cs))
+                    for r in range(MR):
+                        a_at = builder.add(a_col, builder.mul(ir.Constant(_I64, r), a_rs))
+                        scalar = builder.load(builder.gep(a_arr.data, [a_at]))
+                        av = broadcast(builder, scalar)
+                        for h in range(2):
+                            builder.store(builder.call(fma, [av, bv[h], builder.load(accs[r][h])]), accs[r][h])
             for r in range(MR):
                 for h in range(2):
                     value, target = builder.load(accs[r][h]), vector_at(c_arr, c_offset(r, h))
@@ -102,7 +107,7 @@ def _tile_intrinsic(masked):
                         masked_store(builder, value, target, masks[h])
             return context.get_dummy_value()
 
-        return types.void(a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, ncols), codegen
+        return types.void(a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, ncols, run, a_run), codegen
 
     return intrinsic(typer)
 
@@ -122,15 +127,8 @@ def gemm32(a, b, c, beta, trans_a, trans_b):
     row stride), as _blas.gemm; op transposes when trans_* is True. c must not overlap a or b."""
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    if m == 0 or n == 0:
+    if not _scaled_by_beta(c, beta, k):
         return
-    if beta != 0.0 and beta != 1.0:
-        c *= np.float32(beta)
-    if k == 0:
-        if beta == 0.0:
-            c[:] = 0
-        return
-    accumulate = beta != 0.0
     lda, ldc = _stride(a), _stride(c)
     a_rs, a_cs = (1, lda) if trans_a else (lda, 1)
     if trans_b:  # B^T copied into a (k, n) panel, 16 x 16 blocks through the registers: the tiles
@@ -139,29 +137,57 @@ def gemm32(a, b, c, beta, trans_a, trans_b):
         for j0 in range(0, n, 16):
             for k0 in range(0, k, 16):
                 transpose16_block(b, j0 * ldb + k0, ldb, min(16, n - j0), min(16, k - k0), panel, k0 * n + j0, n)
-        _products(a, trans_a, a_rs, a_cs, panel, n, c, ldc, m, n, k, accumulate)
+        _products(a, trans_a, a_rs, a_cs, panel, n, c, ldc, m, n, k, beta != 0.0, k, 0)
     else:
-        _products(a, trans_a, a_rs, a_cs, b, _stride(b), c, ldc, m, n, k, accumulate)
+        _products(a, trans_a, a_rs, a_cs, b, _stride(b), c, ldc, m, n, k, beta != 0.0, k, 0)
+
+
+@njit(nogil=True, cache=True)
+def gemm32_runs(a, b, c, beta, run, a_run):
+    """c = A @ b + beta * c where A's columns are a's in runs: the K = b.shape[0] columns
+    a[:, r * a_run : r * a_run + run] for r = 0, 1, ... (K a multiple of run). For a product over
+    a convolution's wide grid that skips its extra columns: A the padded image's rows, read in
+    place, run the output's width, a_run the padded width, b the output gradient's compact rows."""
+    m, n = c.shape
+    k = b.shape[0]
+    if not _scaled_by_beta(c, beta, k):
+        return
+    _products(a, False, _stride(a), 1, b, _stride(b), c, _stride(c), m, n, k, beta != 0.0, run, a_run)
 
 
 @njit(inline="always")
-def _products(a, trans_a, a_rs, a_cs, b, ldb, c, ldc, m, n, k, accumulate):
-    """The tiles of gemm32, with B's rows at stride ldb."""
+def _scaled_by_beta(c, beta, k):
+    """c *= beta (c = 0 with no products to add): whether products remain to be added."""
+    if c.shape[0] == 0 or c.shape[1] == 0:
+        return False
+    if beta != 0.0 and beta != 1.0:
+        c *= np.float32(beta)
+    if k == 0:
+        if beta == 0.0:
+            c[:] = 0
+        return False
+    return True
+
+
+@njit(inline="always")
+def _products(a, trans_a, a_rs, a_cs, b, ldb, c, ldc, m, n, k, accumulate, run, a_run):
+    """The tiles of gemm32, with B's rows at stride ldb and A's columns in runs (see _tile)."""
     m_whole = m // MR * MR
     for j0 in range(0, n, NR):
         cols = min(NR, n - j0)
         for i0 in range(0, m_whole, MR):
             if cols == NR:
-                _tile(a, i0 * a_rs, a_rs, a_cs, b, j0, ldb, c, i0 * ldc + j0, ldc, k, accumulate, NR)
+                _tile(a, i0 * a_rs, a_rs, a_cs, b, j0, ldb, c, i0 * ldc + j0, ldc, k, accumulate, NR, run, a_run)
             else:
                 _tile_masked(a, i0 * a_rs, a_rs, a_cs, b, j0, ldb, c, i0 * ldc + j0, ldc, k,
-                             accumulate, cols)
-    if m_whole < m:  # the last rows: A's rows zero-padded to 8, C's through a tile buffer
+                             accumulate, cols, run, a_run)
+    if m_whole < m:  # the last rows: A's rows zero-padded to 8 (and its runs made one), C's through a tile buffer
         rows = m - m_whole
         a_rows = np.zeros((MR, k), np.float32)
         for r in range(rows):
             for kk in range(k):
-                a_rows[r, kk] = a[kk, m_whole + r] if trans_a else a[m_whole + r, kk]
+                col = kk // run * a_run + kk % run
+                a_rows[r, kk] = a[col, m_whole + r] if trans_a else a[m_whole + r, col]
         tile = np.zeros((MR, NR), np.float32)
         for j0 in range(0, n, NR):
             cols = min(NR, n - j0)
@@ -169,7 +195,7 @@ def _products(a, trans_a, a_rs, a_cs, b, ldb, c, ldc, m, n, k, accumulate):
                 for r in range(rows):
                     for j in range(cols):
                         tile[r, j] = c[m_whole + r, j0 + j]
-            _tile_masked(a_rows, 0, k, 1, b, j0, ldb, tile, 0, NR, k, accumulate, cols)
+            _tile_masked(a_rows, 0, k, 1, b, j0, ldb, tile, 0, NR, k, accumulate, cols, k, 0)
             for r in range(rows):
                 for j in range(cols):
                     c[m_whole + r, j0 + j] = tile[r, j]

@@ -25,7 +25,7 @@ from numba import njit, prange
 from ..ops._activation import ACTIVATIONS
 from . import _vecmath
 from ._blas import gemm, single_threaded_blas
-from ._gemm32 import gemm32
+from ._gemm32 import gemm32, gemm32_runs
 from ._memory import empty
 from ._pool32 import max_pool_2x2_plane, unpool_2x2_run
 from ._stream import prefetch_all
@@ -543,11 +543,14 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
     sample and group, in the task's own buffers:
     - dyw, the output gradient on the wide grid (_gather_output_grad; dy and from_pool as in
       _backward_wide), sits in dyp (C_out/g, Ld) between zero margins of `margin` (the largest tap
-      shift); dyT (L, C_out/g) is its transpose, in 16 x 16 blocks through the registers;
-    - db += the column sums of dyT; dW_t^T += xp[:, s_t : s_t + L] @ dyT for each tap t: gemm32
-      reads the padded sample's shifted rows in place (no copied tap rows) and dy once transposed
-      (not a panel per product). With cols (tasks, R8, L) not empty (C_in/g not a whole number
-      of gemm32's 8-row tiles) the tap rows are copied into col, R8 = taps * C_in/g rounded up to
+      shift); dyT (OH * OW, C_out/g) is the transpose of its output positions (not the wide grid's
+      extra columns), in 16 x 16 blocks through the registers;
+    - db += the column sums of dyT; dW_t^T += xp[:, s_t + P] @ dyT for each tap t, P the output
+      positions on the wide grid: gemm32_runs reads the padded sample's shifted rows in place (no
+      copied tap rows), in runs of OW every Wp columns, and dy once transposed (not a panel per
+      product). Over the wide grid instead, conv2's products spent 1/8 of their work on zeros.
+      With cols (tasks, R8, OH * OW) not empty (C_in/g not a whole number of gemm32's 8-row
+      tiles) the tap rows' output positions are copied into col, R8 = taps * C_in/g rounded up to
       8, and one product does all taps. grad_parts[task] (groups, 1 + max(taps * C_in/g, R8),
       C_out/g): row 0 db, row 1 + tap * C_in/g + c dW[:, c, tap];
     - dx (input_grad) = _taps32.channels_tile over dyp, dx's channels in the lanes:
@@ -591,29 +594,31 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
                         for a in range(oh):
                             for b0 in range(0, ow, 16):
                                 copy16(src, a * ow + b0, dyp_flat, o * ld + margin + a * wp + b0, min(16, ow - b0))
-                for o0 in range(0, cog, 16):
-                    for q0 in range(0, length, 16):
-                        transpose16_block(dyp_flat, o0 * ld + margin + q0, ld, min(16, cog - o0), min(16, length - q0),
-                                          dyt_flat, q0 * cog + o0, cog)
+                for o0 in range(0, cog, 16):  # dyT of the output positions only, row by row
+                    for a in range(oh):
+                        for b0 in range(0, ow, 16):
+                            transpose16_block(dyp_flat, o0 * ld + margin + a * wp + b0, ld, min(16, cog - o0),
+                                              min(16, ow - b0), dyt_flat, (a * ow + b0) * cog + o0, cog)
                 db = grad_parts[t, g, 0]
-                for q in range(length):  # db in position order, vectorized over the channels
+                for q in range(oh * ow):  # db in position order, vectorized over the channels
                     row = dyt[q]
                     for o in range(cog):
                         db[o] += row[o]
                 _pad_avx512(x, n, g * cg, cg, pt, pl, wp, xp)
-                if copied:  # the tap rows copied, one product over whole 8-row tiles
+                if copied:  # the tap rows' output positions copied, one product over whole 8-row tiles
                     for tap in range(taps):
                         s = shifts[tap]
                         for cc in range(cg):
-                            src, dst = xp[cc, s:s + length], col[tap * cg + cc]
-                            for q in range(length):  # slices from 0: the copy vectorizes (see _pad)
-                                dst[q] = src[q]
+                            src, dst = xp[cc], col[tap * cg + cc]
+                            for a in range(oh):
+                                for b0 in range(0, ow, 16):
+                                    copy16(src, s + a * wp + b0, dst, a * ow + b0, min(16, ow - b0))
                     gemm32(col, dyt, grad_parts[t, g, 1:1 + col.shape[0]], 1.0, False, False)
-                else:
+                else:  # the tap's rows read in place, the output's runs of ow every wp columns
                     for tap in range(taps):
                         s = shifts[tap]
-                        gemm32(xp[:, s:s + length], dyt, grad_parts[t, g, 1 + tap * cg:1 + (tap + 1) * cg], 1.0,
-                               False, False)
+                        gemm32_runs(xp[:, s:s + length], dyt, grad_parts[t, g, 1 + tap * cg:1 + (tap + 1) * cg], 1.0,
+                                    ow, wp)
                 if not input_grad:
                     continue
                 out = dx[n]
@@ -768,10 +773,10 @@ def _backward_by_tiles(dy3, from_pool, pooled_w, y3, activation, indices3, x, w,
     # each padded channel with NR floats after its last tap's (_taps32's tiles read past it)
     xps = np.empty((parts, cg, (x.shape[2] + padding[0] + padding[1]) * wp + (kw - 1) * dilation[1] + NR), x.dtype)
     dyps = np.empty((parts, cog, 2 * margin + length + NR), x.dtype)
-    dyts = np.empty((parts, length, cog), x.dtype)
+    dyts = np.empty((parts, oh * ow, cog), x.dtype)
     rows = taps * cg
     copied = -(-rows // 8) * 8 if cg % 8 else 0  # (gemm32 pads a partial 8-row tile per call)
-    cols = np.empty((parts, copied, length if copied else 0), x.dtype)
+    cols = np.empty((parts, copied, oh * ow if copied else 0), x.dtype)
     grad_parts = np.empty((parts, groups, 1 + max(rows, copied), cog), x.dtype)
     blocks = -(-cg // CW)
     padded = np.zeros((groups, cog, blocks * CW, taps), x.dtype)
