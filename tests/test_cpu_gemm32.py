@@ -66,6 +66,13 @@ def test_gemm32_runs_reads_only_the_runs_of_a(beta):
             np.testing.assert_array_equal(c, gathered)
 
 
+def test_gemm32_runs_refuses_a_partial_run():
+    a, c = np.zeros((9, 40), np.float32), np.zeros((9, 32), np.float32)
+    for k, run, a_run in [(10, 4, 5), (8, 0, 5), (8, 4, 3)]:
+        with pytest.raises(ValueError, match="whole number of runs"):
+            gemm32_runs(a, np.zeros((k, 32), np.float32), c, 0.0, run, a_run)
+
+
 def test_gemm32_empty_and_zero_k():
     c = np.ones((3, 4), np.float32)
     gemm32(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32), c, 1.0, False, False)

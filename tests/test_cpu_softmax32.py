@@ -13,7 +13,7 @@ F32 = np.finfo(np.float32)
 pytestmark = avx512
 
 if _vecmath.AVX512:
-    from fastconv._cpu._softmax32 import CHUNK, row_exp_sum, store_row
+    from fastconv._cpu._softmax32 import SUM_CHUNK, row_exp_sum, store_row
 
     @njit
     def _exp_sum(row, m, out, ahead):
@@ -47,8 +47,8 @@ def test_exp_is_within_1_ulp_and_touches_only_its_values(n):
             assert _ulps(out[normal], ref[normal]).max(initial=0) <= 1
             assert np.abs(out[~normal] - ref[~normal]).max(initial=0) <= F32.smallest_subnormal
             assert (raw[:offset] == 7).all() and (raw[offset + n:] == 7).all()
-            # the sum: of the values written, in float32 chunks of CHUNK added in float64
-            np.testing.assert_allclose(s, out.astype(np.float64).sum(), rtol=2 * F32.eps * np.sqrt(min(n, CHUNK)))
+            # the sum: of the values written, in float32 chunks of SUM_CHUNK added in float64
+            np.testing.assert_allclose(s, out.astype(np.float64).sum(), rtol=2 * F32.eps * np.sqrt(min(n, SUM_CHUNK)))
     # the tail's values get the same bits as in a whole vector
     if n > 16:
         whole = np.empty(16, np.float32)
@@ -64,10 +64,10 @@ def test_the_sum_depends_on_the_values_and_their_order_only():
     sums = {_exp_sum(z, m, np.empty(1000, np.float32), ahead) for ahead in (0, 16, 4096)}
     assert len(sums) == 1
     # one chunk's float32 sum: 16 lanes, each a sequential sum, then the lanes in a fixed tree
-    e = np.empty(CHUNK, np.float32)
-    s = _exp_sum(z[:CHUNK], m, e, 0)
+    e = np.empty(SUM_CHUNK, np.float32)
+    s = _exp_sum(z[:SUM_CHUNK], m, e, 0)
     lanes = np.zeros(16, np.float32)
-    for k in range(0, CHUNK, 16):
+    for k in range(0, SUM_CHUNK, 16):
         lanes += e[k:k + 16]
     while lanes.size > 1:
         lanes = lanes[:lanes.size // 2] + lanes[lanes.size // 2:]

@@ -150,6 +150,8 @@ def gemm32_runs(a, b, c, beta, run, a_run):
     place, run the output's width, a_run the padded width, b the output gradient's compact rows."""
     m, n = c.shape
     k = b.shape[0]
+    if run <= 0 or k % run != 0 or a_run < run:
+        raise ValueError("gemm32_runs: K (b's rows) must be a whole number of runs, and a run no longer than a_run")
     if not _scaled_by_beta(c, beta, k):
         return
     _products(a, False, _stride(a), 1, b, _stride(b), c, _stride(c), m, n, k, beta != 0.0, run, a_run)

@@ -8,28 +8,27 @@ loops (43% of the copy ceiling) because its compute and its memory traffic took 
 max pass waited on memory, then the exp pass computed with the memory idle, then the stores
 stalled the next row. Here:
 
-- `exp_shift_sum` computes e and its sum in one loop (the separate sum pass was ~10% of a row's
+- `row_exp_sum` computes e and its sum in one loop (the separate sum pass was ~10% of a row's
   compute) and prefetches the input `ahead` values on, one line per 16 values: the rows to come
-  arrive while this one computes (in an A/B the prefetch alone took 27.5 -> 36 GB/s; a prefetch
-  of the whole next row in one burst, before the loop, did not help: it filled the miss buffers);
+  arrive while this one computes (prototype A/B: streamed 27.5, streamed and so prefetched 36.0
+  GB/s; a prefetch of the whole next row in one burst before its loop gained little);
 - `store_row` writes g or p through streaming stores for an output past the last-level cache (the
   line is not read first: 2 memory streams, not 3; see _stream.py), ordinary ones otherwise.
 
-The sum is the chunks' float32 sums (at most CHUNK values each, 16 lanes added in a fixed tree)
-added in float64: the order is fixed by the row length alone. Both need AVX-512F.
+The sum is the chunks' float32 sums (at most SUM_CHUNK values each, 16 lanes added in a fixed
+tree) added in float64: the order is fixed by the row length alone. Both need AVX-512F.
 """
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._stream import LINE
+from ._stream import LINE, prefetch_ir
 from ._vecmath import _V16, _exp16_nonpositive_ir, as_i64, broadcast, lanes_below, masked_load, masked_store
 
-__all__ = ["CHUNK", "PREFETCH_AHEAD", "row_exp_sum", "store_row"]
+__all__ = ["SUM_CHUNK", "ROW_PREFETCH_AHEAD", "row_exp_sum", "store_row"]
 
-CHUNK = 512            # values per float32 partial sum (see loss._chunked_sum on a single float32 sum)
-PREFETCH_AHEAD = 2048  # values (8 KB, two 1000-class rows): 1024 and 3000 measured within noise of it
+SUM_CHUNK = 512            # values per float32 partial sum, here and in loss._chunked_sum
+ROW_PREFETCH_AHEAD = 2048  # values (8 KB, two 1000-class rows): 1024 and 4096 measured within noise
 
 _I32, _I64, _F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
 _ZEROS = ir.Constant(_V16, [ir.Constant(_F32, 0.0)] * 16)
@@ -53,13 +52,6 @@ def _exp_shifted(builder, x, m):
     return builder.select(builder.fcmp_unordered("uno", a, a), a, _exp16_nonpositive_ir(builder, a))
 
 
-def _prefetch(builder, address):
-    fn = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ir.VoidType(), [address.type, _I32, _I32, _I32]), "llvm.prefetch.p0i8")
-    read, all_levels, data = ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)
-    builder.call(fn, [address, read, all_levels, data])
-
-
 def _vector_at(builder, base, index):
     return builder.bitcast(builder.gep(base, [index]), _V16.as_pointer())
 
@@ -70,9 +62,9 @@ def _exp_shift_sum(typingctx, src, i, m, dst, j, count, ahead):
     float32 sum of those values (one vector accumulator, its lanes added by _lane_sum). Whole
     vectors in a loop, the last count % 16 values by masked loads and stores. Each whole vector
     also prefetches src[i + k + ahead] (any address: a prefetch never faults)."""
-    arrays = (src, dst)
+    arrays, indices = (src, dst), (i, j, count, ahead)
     if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32 and a.layout == "C"
-                for a in arrays) and m == types.float32):
+                for a in arrays) and m == types.float32 and all(isinstance(x, types.Integer) for x in indices)):
         return None
 
     def codegen(context, builder, signature, args):
@@ -89,7 +81,7 @@ def _exp_shift_sum(typingctx, src, i, m, dst, j, count, ahead):
         k, acc = builder.phi(_I64), builder.phi(_V16)
         e = _exp_shifted(builder, builder.load(_vector_at(builder, src0, k), align=4), args[2])
         builder.store(e, _vector_at(builder, dst0, k), align=4)
-        _prefetch(builder, builder.bitcast(builder.gep(src0, [builder.add(k, ahead)]), ir.IntType(8).as_pointer()))
+        prefetch_ir(builder, builder.gep(src0, [builder.add(k, ahead)]))
         k_next, acc_next = builder.add(k, ir.Constant(_I64, 16)), builder.fadd(acc, e)
         k.add_incoming(ir.Constant(_I64, 0), entry)
         k.add_incoming(k_next, loop)
@@ -114,16 +106,17 @@ def row_exp_sum(row, m, e, ahead):
     """e[:row.size] = exp(row - m) and returns its sum in float64 (the chunks' float32 sums, in
     order); prefetches the input `ahead` values past each vector."""
     s = 0.0
-    for start in range(0, row.size, CHUNK):
-        s += _exp_shift_sum(row, start, m, e, start, min(CHUNK, row.size - start), ahead)
+    for start in range(0, row.size, SUM_CHUNK):
+        s += _exp_shift_sum(row, start, m, e, start, min(SUM_CHUNK, row.size - start), ahead)
     return s
 
 
 def _store16_intrinsic(mode):
     def typer(typingctx, e, k, a, b, label_lane, t, dst, j, count):
-        arrays = (e, dst)
+        arrays, indices = (e, dst), (k, label_lane, j, count)
         if not (all(isinstance(x, types.Array) and x.ndim == 1 and x.dtype == types.float32 and x.layout == "C"
-                    for x in arrays) and a == b == t == types.float32):
+                    for x in arrays) and a == b == t == types.float32
+                and all(isinstance(x, types.Integer) for x in indices)):
             return None
 
         def codegen(context, builder, signature, args):

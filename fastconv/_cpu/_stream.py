@@ -26,7 +26,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["align_skip", "should_stream", "stream_map1", "stream_map2", "write_out", "store_fence", "prefetch",
-           "prefetch_all", "PREFETCH_AHEAD"]
+           "prefetch_all", "prefetch_ir", "PREFETCH_AHEAD"]
 
 LINE = 64           # bytes per cache line and per streaming store
 BLOCK = 128         # values computed into the L1 buffer per write_out
@@ -102,6 +102,17 @@ def store_fence(typingctx):
 PREFETCH_AHEAD = 1024  # values (float32: 4 KB)
 
 
+def prefetch_ir(builder, address):
+    """IR for prefetcht0 of the line holding `address` (any pointer): a hint with no effect on
+    results, and no fault for any address."""
+    address = builder.bitcast(address, ir.IntType(8).as_pointer())
+    i32 = ir.IntType(32)
+    read, keep_in_all_levels, data_cache = ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]),
+                                        "llvm.prefetch.p0i8")
+    builder.call(fn, [address, read, keep_in_all_levels, data_cache])
+
+
 @intrinsic
 def prefetch(typingctx, src, i):
     """A hint to bring the line holding src[i] into the caches (x86 prefetcht0): no effect on
@@ -111,12 +122,7 @@ def prefetch(typingctx, src, i):
 
     def codegen(context, builder, signature, args):
         array = context.make_array(signature.args[0])(context, builder, args[0])
-        address = builder.bitcast(builder.gep(array.data, [args[1]]), ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        read, keep_in_all_levels, data_cache = ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]),
-                                            "llvm.prefetch.p0i8")
-        builder.call(fn, [address, read, keep_in_all_levels, data_cache])
+        prefetch_ir(builder, builder.gep(array.data, [args[1]]))
         return context.get_dummy_value()
 
     return types.void(src, i), codegen

@@ -8,7 +8,7 @@ from numba import njit, prange
 from ._memory import empty_like
 from ._parallel import run
 from ._stream import SPAN, align_skip, should_stream, store_fence
-from ._softmax32 import PREFETCH_AHEAD, row_exp_sum, store_row
+from ._softmax32 import ROW_PREFETCH_AHEAD, SUM_CHUNK, row_exp_sum, store_row
 from . import _vecmath
 from ._vecmath import exp_nonpositive, log1p_unit, maxnum
 
@@ -40,9 +40,6 @@ def _row_sum(row):
     return s
 
 
-_SUM_CHUNK = 512  # values per float32 partial sum in _chunked_sum
-
-
 @njit(cache=True)
 def _exp_shift(row, m, p):
     """p = exp(row - m), elementwise (no fast-math flags: the scalar and vector forms of this loop,
@@ -53,15 +50,15 @@ def _exp_shift(row, m, p):
 
 @njit(fastmath={"reassoc"}, cache=True)
 def _chunked_sum(p):
-    """sum(p) in float64: each chunk of _SUM_CHUNK values summed in the row's dtype (float32
+    """sum(p) in float64: each chunk of SUM_CHUNK values summed in the row's dtype (float32
     vectors hold twice the lanes), the chunks' sums in float64 (one float32 sum over a row of 10^6
     classes lost ~40x the accuracy of NumPy's). A loop that only reads: a reduction in a loop that
     also writes got LLVM's runtime overlap check, whose scalar fallback sums in another order, and
     whether it was taken depended on where the allocator put the buffers (training runs differed
     by an ulp between processes)."""
     total = 0.0
-    for start in range(0, p.size, _SUM_CHUNK):
-        chunk = p[start:start + _SUM_CHUNK]
+    for start in range(0, p.size, SUM_CHUNK):
+        chunk = p[start:start + SUM_CHUNK]
         s = np.float32(0.0)
         for c in range(chunk.size):
             s += chunk[c]
@@ -166,7 +163,7 @@ def _cross_entropy_rows_body(exp_sum, write_row, z, labels, weight, has_weight, 
         for i in range(t * rows_per_task, min(n, (t + 1) * rows_per_task)):
             row = z[i]
             m = _row_max(row)
-            s = exp_sum(row, m, exps, PREFETCH_AHEAD)
+            s = exp_sum(row, m, exps, ROW_PREFETCH_AHEAD)
             y = labels[i]
             write_row(exps, out, i * classes, y, grad, 1.0 / s, weight, has_weight, smoothing, share, label_weight_sum,
                       class_weight_sum, consts, stream, skip)
@@ -189,8 +186,8 @@ def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_los
 
 
 # Compiled only when called, i.e. on AVX-512 hosts (elsewhere LLVM could not emit it). Outputs
-# past the last-level cache are streamed (1 GiB of 1000-class rows, fused, two threads, in one
-# A/B: 20.1 GB/s before _softmax32, 27.5 streamed, 36.0 streamed with the prefetch; copy 47.1).
+# past the last-level cache are streamed (1 GiB of 1000-class rows, fused, two threads, A/B of
+# the op: 20.0 GB/s before _softmax32, 32.7 after, copy 49.1; see 1fcb512 for the other runs).
 @njit(parallel=True, cache=True)
 def _cross_entropy_rows_avx512(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
                                label_weight_sum, class_weight_sum, stream, skip):
