@@ -169,6 +169,18 @@ def test_the_last_level_cache_size_is_read_from_sysfs(tmp_path):
     assert _stream._last_level_cache_bytes(str(tmp_path / "nothing")) == 32 << 20
 
 
+def _guarded_results(kernels, raw, out, guard):
+    """Each kernel's output `out` (a view of raw after `guard` values), with raw's values before
+    and after it checked untouched."""
+    results = []
+    for kernel in kernels:
+        raw[:] = 7
+        kernel()
+        assert (raw[:guard] == 7).all() and (raw[guard + out.size:] == 7).all()
+        results.append(out.copy())
+    return results
+
+
 @pytest.mark.parametrize("classes", [1, 7, 16, 17, 1000])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cross_entropy_rows_write_only_their_rows(classes, dtype):
@@ -190,12 +202,7 @@ def test_cross_entropy_rows_write_only_their_rows(classes, dtype):
         if dtype == np.float32 and _vecmath.AVX512:  # plain and streamed stores
             kernels += [lambda stream=stream: loss._cross_entropy_rows_avx512(*args, stream, _stream.align_skip(probs))
                         for stream in (False, True)]
-        results = []
-        for kernel in kernels:
-            raw[:] = 7
-            kernel()
-            assert (raw[:lanes] == 7).all() and (raw[lanes + n * classes:] == 7).all()
-            results.append(probs.copy())
+        results = _guarded_results(kernels, raw, probs, lanes)
         # the AVX-512 exp is within a few ulp of the portable one; streaming changes no bit
         np.testing.assert_allclose(results[-1], results[0], rtol=1e-5, atol=1e-7)
         if len(results) == 3:
@@ -223,12 +230,7 @@ def test_cross_entropy_backward_rows_write_only_their_rows(classes):
         if _vecmath.AVX512:
             kernels += [lambda stream=stream: loss._cross_entropy_grad_avx512(*args, stream, _stream.align_skip(out))
                         for stream in (False, True)]
-        results = []
-        for kernel in kernels:
-            raw[:] = 7
-            kernel()
-            assert (raw[:16] == 7).all() and (raw[16 + n * classes:] == 7).all()
-            results.append(out.copy())
+        results = _guarded_results(kernels, raw, out, 16)
         scale = np.abs(results[0]).max()
         for result in results[1:]:  # the label's constant is rounded to float32 first: within an ulp or so
             np.testing.assert_allclose(result, results[0], rtol=0, atol=2 * np.finfo(np.float32).eps * scale)
