@@ -331,3 +331,24 @@ class TestBadInput:
     def test_integer_input(self, backend):
         with pytest.raises(TypeError, match=r"x must be float32 or float64"):
             ops.max_pool2d_forward(on(backend, np.zeros((1, 1, 2, 2), np.int32)), 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hw", [(2, 2), (7, 9), (14, 14), (1, 5), (28, 3)])
+def test_cpu_avg_pool_2x2_takes_the_general_kernels_bits(hw, dtype):
+    """The cpu backend's 2x2 / stride-2 average pooling (its own loops) against its general loops:
+    the same bits, with -0.0, NaN, inf and odd sizes (a last row or column in no window)."""
+    from fastconv._cpu import pool
+    rng = np.random.default_rng(hw[0] * 31 + hw[1])
+    x = rng.standard_normal((6, *hw)).astype(dtype)
+    x.reshape(-1)[::5], x.reshape(-1)[1::11], x.reshape(-1)[2::13] = -0.0, np.nan, np.inf
+    y2, y = (np.empty((6, hw[0] // 2, hw[1] // 2), dtype) for _ in range(2))
+    pool._avg_forward_2x2(x, y2)
+    pool._avg_forward(x, y, 2, 2, 2, 2, 0, 0)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dy.reshape(-1)[::3] = -0.0
+    dx2, dx = np.full_like(x, 7), np.full_like(x, 7)
+    pool._avg_backward_2x2(dy, dx2)
+    pool._avg_backward(dy, dx, 2, 2, 2, 2, 0, 0)
+    for ours, general in ((y2, y), (dx2, dx)):
+        assert ours.tobytes() == general.tobytes()

@@ -114,12 +114,44 @@ def _avg_backward(dy, dx, kh, kw, sh, sw, ph, pw):
                         dx[p, h, w] += share
 
 
+# 2x2 windows at stride 2 without padding (the common pooling): the same sums, in the same order
+# and precision, as _avg_forward / _avg_backward, whose general window bounds kept the loops scalar.
+@njit(parallel=True, cache=True)
+def _avg_forward_2x2(x, y):
+    planes, Ho, Wo = y.shape
+    for p in prange(planes):
+        for ho in range(Ho):
+            top, bottom, out = x[p, 2 * ho], x[p, 2 * ho + 1], y[p, ho]
+            for wo in range(Wo):
+                total = 0.0 + top[2 * wo]  # (0.0 + first: as the general loop, -0.0 sums to +0.0)
+                total += top[2 * wo + 1]
+                total += bottom[2 * wo]
+                total += bottom[2 * wo + 1]
+                out[wo] = total / 4
+
+
+@njit(parallel=True, cache=True)
+def _avg_backward_2x2(dy, dx):
+    planes, Ho, Wo = dy.shape
+    for p in prange(planes):
+        dx[p] = 0  # (a last odd row or column is in no window)
+        for ho in range(Ho):
+            top, bottom, d = dx[p, 2 * ho], dx[p, 2 * ho + 1], dy[p, ho]
+            for wo in range(Wo):
+                share = d[wo] / 4
+                top[2 * wo] += share
+                top[2 * wo + 1] += share
+                bottom[2 * wo] += share
+                bottom[2 * wo + 1] += share
+
+
 def _planes(a):
     return a.reshape(-1, a.shape[2], a.shape[3])
 
 
 def is_2x2_stride_2(kernel, stride, padding):
-    """Whether a pooling is the 2x2 / stride 2 / unpadded one that _pool32.py does in AVX-512."""
+    """Whether a pooling is the 2x2 / stride 2 / unpadded one (max: _pool32.py in AVX-512; average:
+    _avg_*_2x2)."""
     return tuple(kernel) == (2, 2) and tuple(stride) == (2, 2) and tuple(padding) == (0, 0)
 
 
@@ -149,11 +181,17 @@ def max_pool2d_backward(dy, indices, g):
 
 def avg_pool2d_forward(x, g):
     y = empty(g.out_shape, x.dtype)
-    _avg_forward(_planes(x), _planes(y), *g.kernel, *g.stride, *g.padding)
+    if is_2x2_stride_2(g.kernel, g.stride, g.padding):
+        _avg_forward_2x2(_planes(x), _planes(y))
+    else:
+        _avg_forward(_planes(x), _planes(y), *g.kernel, *g.stride, *g.padding)
     return y
 
 
 def avg_pool2d_backward(dy, g):
     dx = empty(g.in_shape, dy.dtype)
-    _avg_backward(_planes(dy), _planes(dx), *g.kernel, *g.stride, *g.padding)
+    if is_2x2_stride_2(g.kernel, g.stride, g.padding):
+        _avg_backward_2x2(_planes(dy), _planes(dx))
+    else:
+        _avg_backward(_planes(dy), _planes(dx), *g.kernel, *g.stride, *g.padding)
     return dx
