@@ -283,3 +283,13 @@ def copy16(typingctx, src, i, dst, j, count):
         return context.get_dummy_value()
 
     return types.void(src, i, dst, j, count), codegen
+
+
+@njit(inline="always")
+def copy_rows16(src, s_off, s_ld, dst, d_off, d_ld, rows, width):
+    """dst[d_off + r * d_ld : ... + width] = src[s_off + r * s_ld : ... + width] for r < rows (1-D
+    float32 arrays): each row in runs of up to 16 by copy16 (the convolutions' padding, and their
+    copies between compact planes and the wide grid)."""
+    for r in range(rows):
+        for j0 in range(0, width, 16):
+            copy16(src, s_off + r * s_ld + j0, dst, d_off + r * d_ld + j0, min(16, width - j0))

@@ -79,15 +79,22 @@ def _row_weighted_shift(row, m, weight, has_weight):
     return s
 
 
+@njit(inline="always")
+def _grad_constants(y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum, consts, p_scale):
+    """The row gradient's g_c = p_c * a - b (b * w_c when weighted and smoothed), less t at the
+    label y: a and b into consts[0] and consts[1] (the row's dtype), t returned in float64."""
+    true_part = (1.0 - smoothing) * (weight[y] if has_weight else 1.0)
+    consts[0] = p_scale * (true_part + share * class_weight_sum) / label_weight_sum
+    consts[1] = share / label_weight_sum
+    return true_part / label_weight_sum
+
+
 @njit(cache=True)
 def _grad_row(p, g, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum, consts, p_scale=1.0):
     """g = dloss/dz of one row from its probs p_scale * p: the backward's formula, in the row's
     dtype (float32 math for float32; consts is a scratch array of 2 in that dtype, the caller's, so
     that no row allocates). g must not be p (see _cross_entropy_rows)."""
-    wy = weight[y] if has_weight else 1.0
-    true_part = (1.0 - smoothing) * wy
-    consts[0] = p_scale * (true_part + share * class_weight_sum) / label_weight_sum
-    consts[1] = share / label_weight_sum
+    t = _grad_constants(y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum, consts, p_scale)
     a, b = consts[0], consts[1]
     if has_weight and smoothing != 0.0:
         for c in range(p.size):
@@ -95,7 +102,7 @@ def _grad_row(p, g, y, weight, has_weight, smoothing, share, label_weight_sum, c
     else:
         for c in range(p.size):
             g[c] = p[c] * a - b
-    g[y] -= true_part / label_weight_sum
+    g[y] -= t
 
 
 @njit(inline="always")
@@ -130,10 +137,8 @@ def _write_row_avx512(e, out, start, y, grad, inv_s, weight, has_weight, smoothi
         return
     label = -1
     if grad:
-        true_part = (1.0 - smoothing) * (weight[y] if has_weight else 1.0)
-        consts[0] = inv_s * (true_part + share * class_weight_sum) / label_weight_sum
-        consts[1] = share / label_weight_sum
-        consts[2] = true_part / label_weight_sum
+        consts[2] = _grad_constants(y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum,
+                                    consts, inv_s)
         label = y
     else:
         consts[0], consts[1], consts[2] = inv_s, 0.0, 0.0
