@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX
 if _vecmath.AVX512:
     from fastconv._cpu._gemm32 import gemm32, gemm32_runs
 
-EDGES = [1, 7, 8, 9, 31, 32, 33, 65]
+EDGES = [1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 65]
 
 
 def _strided(a, extra, fill):
@@ -140,3 +140,23 @@ def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit(monkeypatch):
     monkeypatch.setattr(dense, "_GEMM32_UP_TO", 130 * 300 * 70 - 1)  # just past the limit: OpenBLAS
     ops.linear_forward(x, w, b)
     assert used == ["_linear_forward"]
+
+
+@pytest.mark.parametrize("m,k,n", [(130, 300, 70), (600, 40, 20), (70, 50, 530), (520, 64, 100), (9, 3136, 10)])
+def test_linear_forward_by_packed_strips_gives_the_bits_of_one_gemm32_call_for_any_split(m, k, n):
+    """_linear_forward_avx512 packs w^T in strips of 32 columns once per block: blocks of whole
+    strips where there are enough strips, else blocks of rows each with its own copy. Every split
+    gives the bits of one gemm32 call (plus the bias and ReLU in float32), which match float64."""
+    from fastconv._cpu import dense
+
+    rng = np.random.default_rng(m + n)
+    x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    one = np.full((m, n), np.nan, np.float32)
+    gemm32(x, w, one, 0.0, False, True)
+    ref = np.maximum(one + b, np.float32(0))
+    np.testing.assert_allclose(ref, np.maximum(x.astype(np.float64) @ w.T + b, 0), rtol=1e-5, atol=1e-4)
+    for blocks in (1, 2, 3, 8):
+        y = np.full((m, n), np.nan, np.float32)
+        dense._linear_forward_avx512(x, w, b, True, dense.ACTIVATIONS["relu"], blocks, y)
+        np.testing.assert_array_equal(y, ref, err_msg=f"{blocks} blocks")

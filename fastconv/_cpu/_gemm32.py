@@ -6,9 +6,10 @@ The core is an 8 x 32 register tile (16 zmm accumulators): for each k, two 16-fl
 row k, eight broadcasts of A's column k, sixteen fused multiply-adds; the tile is loaded (beta = 1)
 or zeroed first and stored once at the end. B's rows are read in place (no packing) when B is not
 transposed, which is how the convolution's shifted slices of the padded image come; a transposed B
-is first copied into a (K, N) panel. A is read in place through its two strides, transposed or not.
-Edges: columns past the last whole 32 by masked loads and stores, rows past the last whole 8
-through a zero-padded 8-row copy of A and an 8 x 32 tile buffer.
+is first packed into strips of 32 columns (pack_strip). A is read in place through its two
+strides, transposed or not. Edges: a last strip of 16 or fewer columns by an 8 x 16 tile, columns
+past the last whole 16 or 32 by masked loads and stores, rows past the last whole 8 through a
+zero-padded 8-row copy of A and an 8 x 32 tile buffer.
 
 Why: the dev hosts' OpenBLAS runs its AVX2 kernels (their environment pins
 OPENBLAS_CORETYPE=Haswell; OpenBLAS would pick its AVX-512 "SkylakeX" kernels itself, which run a
@@ -30,19 +31,19 @@ from numba.extending import intrinsic
 from ._taps32 import transpose16_block
 from ._vecmath import as_i64, broadcast, lanes_below, masked_load, masked_store
 
-__all__ = ["gemm32", "gemm32_runs", "MR", "NR"]
+__all__ = ["gemm32", "gemm32_runs", "gemm32_strips", "pack_strip", "strips_shape", "MR", "NR"]
 
 MR, NR = 8, 32  # the register tile: rows of A, columns of B
 _V16 = ir.VectorType(ir.FloatType(), 16)
 _I64 = ir.IntType(64)
 
 
-def _tile_intrinsic(masked):
+def _tile_intrinsic(masked, halves):
     """tile(a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, ncols, run, a_run):
     c[c_off + r*ldc + j] (+)= sum_k a[a_off + r*a_rs + col(k)*a_cs] * b[b_off + k*ldb + j] for r < 8
-    and j < 32 (masked: j < ncols, the other columns neither read nor written), where A's columns
-    come in runs of `run` every a_run: col(k) = (k // run) * a_run + k % run (run = k, a_run = 0:
-    col(k) = k). k must be a multiple of run."""
+    and j < 16 * halves (masked: j < ncols, the other columns neither read nor written), where A's
+    columns come in runs of `run` every a_run: col(k) = (k // run) * a_run + k % run (run = k,
+    a_run = 0: col(k) = k). k must be a multiple of run."""
     def typer(typingctx, a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, ncols, run, a_run):
         # Any float32 arrays: offsets count elements from each one's first (its data pointer), so a
         # 2-D array with strided rows is addressed through its row stride.
@@ -54,9 +55,9 @@ def _tile_intrinsic(masked):
             a_off, a_rs, a_cs, b_off, ldb, c_off, ldc, kk, ncols, run, a_run = (
                 as_i64(builder, args[i]) for i in (1, 2, 3, 5, 6, 8, 9, 10, 12, 13, 14))
             accumulate = args[11]
-            masks = [None, None]
-            if masked:  # the two halves' lanes below ncols and ncols - 16
-                masks = [lanes_below(builder, builder.sub(ncols, ir.Constant(_I64, 16 * h))) for h in range(2)]
+            masks = [None] * halves
+            if masked:  # each half's lanes below ncols, ncols - 16
+                masks = [lanes_below(builder, builder.sub(ncols, ir.Constant(_I64, 16 * h))) for h in range(halves)]
             ptr_t = _V16.as_pointer()
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16] * 3), "llvm.fma.v16f32")
             zero = ir.Constant(_V16, [ir.Constant(ir.FloatType(), 0.0)] * 16)
@@ -74,15 +75,15 @@ def _tile_intrinsic(masked):
                 return builder.add(row_start, ir.Constant(_I64, 16 * h))
 
             # Accumulators in allocas at the entry: LLVM promotes them to registers.
-            accs = [[cgutils.alloca_once(builder, _V16) for _ in range(2)] for _ in range(MR)]
+            accs = [[cgutils.alloca_once(builder, _V16) for _ in range(halves)] for _ in range(MR)]
             with builder.if_else(accumulate) as (then, otherwise):
                 with then:
                     for r in range(MR):
-                        for h in range(2):
+                        for h in range(halves):
                             builder.store(load(c_arr, c_offset(r, h), h), accs[r][h])
                 with otherwise:
                     for r in range(MR):
-                        for h in range(2):
+                        for h in range(halves):
                             builder.store(zero, accs[r][h])
             with cgutils.for_range(builder, builder.sdiv(kk, run)) as runs:
                 first = builder.mul(runs.index, run)  # B's row and A's column where this run starts
@@ -90,16 +91,16 @@ def _tile_intrinsic(masked):
                 with cgutils.for_range(builder, run) as loop:
                     step = loop.index
                     row = builder.add(b_off, builder.mul(builder.add(first, step), ldb))
-                    bv = [load(b_arr, builder.add(row, ir.Constant(_I64, 16 * h)), h) for h in range(2)]
+                    bv = [load(b_arr, builder.add(row, ir.Constant(_I64, 16 * h)), h) for h in range(halves)]
                     a_col = builder.add(a_first, builder.mul(step, a_cs))
                     for r in range(MR):
                         a_at = builder.add(a_col, builder.mul(ir.Constant(_I64, r), a_rs))
                         scalar = builder.load(builder.gep(a_arr.data, [a_at]))
                         av = broadcast(builder, scalar)
-                        for h in range(2):
+                        for h in range(halves):
                             builder.store(builder.call(fma, [av, bv[h], builder.load(accs[r][h])]), accs[r][h])
             for r in range(MR):
-                for h in range(2):
+                for h in range(halves):
                     value, target = builder.load(accs[r][h]), vector_at(c_arr, c_offset(r, h))
                     if masks[h] is None:
                         builder.store(value, target, align=4)
@@ -112,8 +113,13 @@ def _tile_intrinsic(masked):
     return intrinsic(typer)
 
 
-_tile = _tile_intrinsic(False)
-_tile_masked = _tile_intrinsic(True)
+_tile = _tile_intrinsic(False, 2)
+_tile_masked = _tile_intrinsic(True, 2)
+# 8 x 16 tiles for a last strip of at most 16 columns (a 10-class output layer): the 8 x 32 tile
+# there spent over two thirds of its multiply-adds on masked-off lanes. 128x128->10 with bias and
+# ReLU on the calling thread, Zen 4 host: 16 -> 28 GFLOP/s (NumPy 21), the same bits.
+_tile16 = _tile_intrinsic(False, 1)
+_tile16_masked = _tile_intrinsic(True, 1)
 
 
 @njit(inline="always")
@@ -129,17 +135,55 @@ def gemm32(a, b, c, beta, trans_a, trans_b):
     k = a.shape[0] if trans_a else a.shape[1]
     if not _scaled_by_beta(c, beta, k):
         return
-    lda, ldc = _stride(a), _stride(c)
-    a_rs, a_cs = (1, lda) if trans_a else (lda, 1)
-    if trans_b:  # B^T copied into a (k, n) panel, 16 x 16 blocks through the registers: the tiles
-        panel = np.empty((k, n), np.float32)  # read B's rows as vectors (a scalar copy: 1 ns a value)
-        ldb = _stride(b)
-        for j0 in range(0, n, 16):
-            for k0 in range(0, k, 16):
-                transpose16_block(b, j0 * ldb + k0, ldb, min(16, n - j0), min(16, k - k0), panel, k0 * n + j0, n)
-        _products(a, trans_a, a_rs, a_cs, panel, n, c, ldc, m, n, k, beta != 0.0, k, 0)
+    if trans_b:
+        strips = np.empty(strips_shape(n, k), np.float32)
+        for strip in range(strips.shape[0]):
+            pack_strip(b, strip, strips)
+        _gemm32_strips(a, strips, c, trans_a, beta != 0.0)
     else:
-        _products(a, trans_a, a_rs, a_cs, b, _stride(b), c, ldc, m, n, k, beta != 0.0, k, 0)
+        lda = _stride(a)
+        a_rs, a_cs = (1, lda) if trans_a else (lda, 1)
+        _products(a, trans_a, a_rs, a_cs, b, _stride(b), 0, c, _stride(c), m, n, k, beta != 0.0, k, 0)
+
+
+# B = b^T (b of shape (n, k), as a linear layer's weight in x @ w.T) is packed for the tiles as
+# strips: strips[s] is the (k, 32) block of B's columns 32s .. 32s + 31, 16 x 16 blocks through the
+# registers (a scalar copy: 1 ns a value). The tiles then read B's rows as vectors, each strip's
+# rows one after another (the panel as one (k, n) matrix instead, 128x3136->128 on one thread with
+# 64 rows: 75 -> 107 GFLOP/s on the Zen 4 host). gemm32 packs per call; a caller that splits one
+# product over threads packs once and calls gemm32_strips on each part.
+@njit(inline="always")
+def strips_shape(n, k):
+    return (n + NR - 1) // NR, k, NR
+
+
+@njit(nogil=True, cache=True)
+def pack_strip(b, strip, strips):
+    """strips[strip] = the transposed rows b[32 strip : 32 strip + 32] (those that exist)."""
+    n, k = b.shape
+    ldb, at = _stride(b), strip * k * NR
+    for j0 in range(strip * NR, min(n, strip * NR + NR), 16):
+        for k0 in range(0, k, 16):
+            transpose16_block(b, j0 * ldb + k0, ldb, min(16, n - j0), min(16, k - k0), strips,
+                              at + k0 * NR + j0 - strip * NR, NR)
+
+
+@njit(nogil=True, cache=True)
+def gemm32_strips(a, strips, c, beta, trans_a):
+    """c = op(a) @ B + beta * c, B packed by pack_strip (its columns from c's first: c a block of
+    whole strips, or the last ones)."""
+    k = a.shape[0] if trans_a else a.shape[1]
+    if _scaled_by_beta(c, beta, k):
+        _gemm32_strips(a, strips, c, trans_a, beta != 0.0)
+
+
+@njit(inline="always")
+def _gemm32_strips(a, strips, c, trans_a, accumulate):
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    lda = _stride(a)
+    a_rs, a_cs = (1, lda) if trans_a else (lda, 1)
+    _products(a, trans_a, a_rs, a_cs, strips, NR, k * NR, c, _stride(c), m, n, k, accumulate, k, 0)
 
 
 @njit(nogil=True, cache=True)
@@ -154,7 +198,7 @@ def gemm32_runs(a, b, c, beta, run, a_run):
         raise ValueError("gemm32_runs: K (b's rows) must be a whole number of runs, and a run no longer than a_run")
     if not _scaled_by_beta(c, beta, k):
         return
-    _products(a, False, _stride(a), 1, b, _stride(b), c, _stride(c), m, n, k, beta != 0.0, run, a_run)
+    _products(a, False, _stride(a), 1, b, _stride(b), 0, c, _stride(c), m, n, k, beta != 0.0, run, a_run)
 
 
 @njit(inline="always")
@@ -172,17 +216,17 @@ def _scaled_by_beta(c, beta, k):
 
 
 @njit(inline="always")
-def _products(a, trans_a, a_rs, a_cs, b, ldb, c, ldc, m, n, k, accumulate, run, a_run):
-    """The tiles of gemm32, with B's rows at stride ldb and A's columns in runs (see _tile)."""
+def _products(a, trans_a, a_rs, a_cs, b, ldb, b_strip, c, ldc, m, n, k, accumulate, run, a_run):
+    """The tiles of gemm32, with B's rows at stride ldb and A's columns in runs (see _tile). B's
+    columns j0 .. j0 + 31 start at b[j0] (b_strip 0: B in place) or at b[j0 // 32 * b_strip]
+    (packed strips)."""
     m_whole = m // MR * MR
     for j0 in range(0, n, NR):
         cols = min(NR, n - j0)
+        b_at = j0 if b_strip == 0 else j0 // NR * b_strip
         for i0 in range(0, m_whole, MR):
-            if cols == NR:
-                _tile(a, i0 * a_rs, a_rs, a_cs, b, j0, ldb, c, i0 * ldc + j0, ldc, k, accumulate, NR, run, a_run)
-            else:
-                _tile_masked(a, i0 * a_rs, a_rs, a_cs, b, j0, ldb, c, i0 * ldc + j0, ldc, k,
-                             accumulate, cols, run, a_run)
+            _tile_of_width(cols, a, i0 * a_rs, a_rs, a_cs, b, b_at, ldb, c, i0 * ldc + j0, ldc, k, accumulate, run,
+                           a_run)
     if m_whole < m:  # the last rows: A's rows zero-padded to 8 (and its runs made one), C's through a tile buffer
         rows = m - m_whole
         a_rows = np.zeros((MR, k), np.float32)
@@ -197,7 +241,21 @@ def _products(a, trans_a, a_rs, a_cs, b, ldb, c, ldc, m, n, k, accumulate, run, 
                 for r in range(rows):
                     for j in range(cols):
                         tile[r, j] = c[m_whole + r, j0 + j]
-            _tile_masked(a_rows, 0, k, 1, b, j0, ldb, tile, 0, NR, k, accumulate, cols, k, 0)
+            b_at = j0 if b_strip == 0 else j0 // NR * b_strip
+            _tile_of_width(cols, a_rows, 0, k, 1, b, b_at, ldb, tile, 0, NR, k, accumulate, k, 0)
             for r in range(rows):
                 for j in range(cols):
                     c[m_whole + r, j0 + j] = tile[r, j]
+
+
+@njit(inline="always")
+def _tile_of_width(cols, a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, run, a_run):
+    """The tile for `cols` <= 32 columns: 8 x 32, or 8 x 16 for 16 or fewer; masked past cols."""
+    if cols == NR:
+        _tile(a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, cols, run, a_run)
+    elif cols > 16:
+        _tile_masked(a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, cols, run, a_run)
+    elif cols == 16:
+        _tile16(a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, cols, run, a_run)
+    else:
+        _tile16_masked(a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, cols, run, a_run)
