@@ -1,6 +1,6 @@
 """Small work runs on the calling thread alone.
 
-Numba's threads sleep between parallel loops (OMP_WAIT_POLICY=PASSIVE, see __init__.py), and waking
+Numba's threads sleep soon after each parallel loop (see __init__.py), and waking
 them costs tens of microseconds: a ReLU or an SGD step over a 320-element bias took 76 us on two
 threads, 0.9 us on one (3 us with switching the count there and back). So kernels whose work is
 below SERIAL_BELOW elements run with Numba's thread count at 1. Results are the same bits either
