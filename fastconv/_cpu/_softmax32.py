@@ -111,7 +111,7 @@ def row_exp_sum(row, m, e, ahead):
     return s
 
 
-def _store16_intrinsic(mode):
+def _store16_intrinsic(mode, labelled):
     def typer(typingctx, e, k, a, b, label_lane, t, dst, j, count):
         arrays, indices = (e, dst), (k, label_lane, j, count)
         if not (all(isinstance(x, types.Array) and x.ndim == 1 and x.dtype == types.float32 and x.layout == "C"
@@ -127,9 +127,10 @@ def _store16_intrinsic(mode):
             x = masked_load(builder, src, part) if part is not None else builder.load(src, align=4)
             # mul, then sub: two roundings, as _grad_row (no fused multiply-add)
             g = builder.fsub(builder.fmul(x, broadcast(builder, args[2])), broadcast(builder, args[3]))
-            at_label = builder.icmp_signed("==", ir.Constant(ir.VectorType(_I32, 16), list(range(16))),
-                                           broadcast(builder, builder.trunc(as_i64(builder, args[4]), _I32)))
-            g = builder.select(at_label, builder.fsub(g, broadcast(builder, args[5])), g)
+            if labelled:
+                at_label = builder.icmp_signed("==", ir.Constant(ir.VectorType(_I32, 16), list(range(16))),
+                                               broadcast(builder, builder.trunc(as_i64(builder, args[4]), _I32)))
+                g = builder.select(at_label, builder.fsub(g, broadcast(builder, args[5])), g)
             if part is not None:
                 masked_store(builder, g, out, part)
             else:
@@ -143,18 +144,16 @@ def _store16_intrinsic(mode):
     return intrinsic(typer)
 
 
-# dst[j : j + 16] = e[k : k + 16] * a - b, less t in lane label_lane (-1: none); `_streamed` with a
-# non-temporal store (dst + j must start a 64-byte line), `_part` for the first `count` lanes only.
-_store16 = _store16_intrinsic("plain")
-_store16_streamed = _store16_intrinsic("streamed")
-_store16_part = _store16_intrinsic("part")
-
-
-@njit(inline="always")
-def _lane_of(label, k):
-    """The lane of `label` in the vector of classes k .. k + 15, or -1."""
-    d = label - k
-    return d if 0 <= d < 16 else -1
+# dst[j : j + 16] = e[k : k + 16] * a - b, less t in lane label_lane (`_labelled` only: the one
+# vector of a row that holds its label; the others skip the compare, select and subtraction,
+# ~3 of the ~25 vector operations a row spends per 16 classes); `_streamed` with a non-temporal
+# store (dst + j must start a 64-byte line), `_part` for the first `count` lanes only.
+_store16 = _store16_intrinsic("plain", False)
+_store16_streamed = _store16_intrinsic("streamed", False)
+_store16_part = _store16_intrinsic("part", False)
+_store16_labelled = _store16_intrinsic("plain", True)
+_store16_streamed_labelled = _store16_intrinsic("streamed", True)
+_store16_part_labelled = _store16_intrinsic("part", True)
 
 
 @njit(inline="always")
@@ -167,14 +166,29 @@ def store_row(e, classes, a, b, label, t, out, start, stream, skip):
     if stream:
         head = min(classes, (skip - start) % _LANES)
         if head > 0:
-            _store16_part(e, 0, a, b, _lane_of(label, 0), t, out, start, head)
+            _store_part(e, 0, a, b, label, t, out, start, head)
         k = head
         while k + 16 <= classes:
-            _store16_streamed(e, k, a, b, _lane_of(label, k), t, out, start + k, 16)
+            if 0 <= label - k < 16:
+                _store16_streamed_labelled(e, k, a, b, label - k, t, out, start + k, 16)
+            else:
+                _store16_streamed(e, k, a, b, -1, t, out, start + k, 16)
             k += 16
     else:
         while k + 16 <= classes:
-            _store16(e, k, a, b, _lane_of(label, k), t, out, start + k, 16)
+            if 0 <= label - k < 16:
+                _store16_labelled(e, k, a, b, label - k, t, out, start + k, 16)
+            else:
+                _store16(e, k, a, b, -1, t, out, start + k, 16)
             k += 16
     if k < classes:
-        _store16_part(e, k, a, b, _lane_of(label, k), t, out, start + k, classes - k)
+        _store_part(e, k, a, b, label, t, out, start + k, classes - k)
+
+
+@njit(inline="always")
+def _store_part(e, k, a, b, label, t, out, at, count):
+    """The first `count` lanes of the vector of classes k .. k + 15."""
+    if 0 <= label - k < 16:
+        _store16_part_labelled(e, k, a, b, label - k, t, out, at, count)
+    else:
+        _store16_part(e, k, a, b, -1, t, out, at, count)
