@@ -142,7 +142,8 @@ def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit(monkeypatch):
     assert used == ["_linear_forward"]
 
 
-@pytest.mark.parametrize("m,k,n", [(130, 300, 70), (600, 40, 20), (70, 50, 530), (520, 64, 100), (9, 3136, 10)])
+@pytest.mark.parametrize("m,k,n", [(130, 300, 70), (600, 40, 20), (70, 50, 530), (520, 64, 100), (9, 3136, 10),
+                                   (5, 70, 48)])
 def test_linear_forward_by_packed_strips_gives_the_bits_of_one_gemm32_call_for_any_split(m, k, n):
     """_linear_forward_avx512 packs w^T in strips of 32 columns once per block: blocks of whole
     strips where there are enough strips, else blocks of rows each with its own copy. Every split

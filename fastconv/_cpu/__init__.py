@@ -5,7 +5,7 @@ uses np.dot). Exposes the same op functions as the native backends.
 Kernels are compiled on first use and cached on disk (cache=True); Numba falls back to a per-user
 cache directory when the install directory is read-only. Numba checks a cached kernel against its
 own file only: after editing a helper that kernels inline from another module (_stream.py,
-_vecmath.py, _gemm32.py, _taps32.py, _pool32.py), clear fastconv/_cpu/__pycache__ or set
+_vecmath.py, _gemm32.py, _taps32.py, _pool32.py, _softmax32.py), clear fastconv/_cpu/__pycache__ or set
 NUMBA_CACHE_DIR, or the old code runs.
 """
 import os
@@ -14,15 +14,17 @@ import os
 # fused Numba epilogue). With OpenMP's default spin-waiting, each side spins on the cores the other
 # needs: a 128x3136x128 linear forward took 7.4 ms instead of 0.69 ms on 2 cores. Passive waiting
 # must be set before libgomp starts, i.e. before Numba's first parallel call.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # ...but not at once: a worker that sleeps the moment a loop ends must be woken for the next one,
 # and on a virtual machine waking an idle vCPU is slow. A short spin (2000 spins: libgomp's own
 # estimate is 20 us, measured here ~40 us) keeps the workers awake between back-to-back kernels.
 # Zen 4 KVM host, 2 threads: a 1M-value ReLU in a loop 124-149 -> 63-74 us; a 128x3136->128 linear
 # forward after a 0.1 s pause ~1050 -> ~495 us for the next 25 calls. Alternating with NumPy's
 # two-thread SGEMM cost the same as without the spin (20000 spins cost it ~0.4 ms a switch).
-# GOMP_SPINCOUNT overrides OMP_WAIT_POLICY's count.
-os.environ.setdefault("GOMP_SPINCOUNT", "2000")
+# GOMP_SPINCOUNT overrides OMP_WAIT_POLICY's count, so both are set only where the user chose no
+# wait policy.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ.setdefault("GOMP_SPINCOUNT", "2000")
 
 import numpy as np  # noqa: E402
 

@@ -159,8 +159,9 @@ def strips_shape(n, k):
 
 @njit(nogil=True, cache=True)
 def pack_strip(b, strip, strips):
-    """strips[strip] = the transposed rows b[32 strip : 32 strip + 32] (those that exist)."""
-    n, k = b.shape
+    """strips[strip] = the transposed rows b[32 strip : 32 strip + 32] (those that exist), their
+    first strips.shape[1] columns."""
+    n, k = b.shape[0], strips.shape[1]
     ldb, at = _stride(b), strip * k * NR
     for j0 in range(strip * NR, min(n, strip * NR + NR), 16):
         for k0 in range(0, k, 16):

@@ -144,8 +144,9 @@ def _store16_intrinsic(mode, labelled):
     return intrinsic(typer)
 
 
-# dst[j : j + 16] = e[k : k + 16] * a - b, less t in lane label_lane (`_labelled` only: the one
-# vector of a row that holds its label; the others skip the compare, select and subtraction,
+# dst[j : j + 16] = e[k : k + 16] * a - b, less t in lane label_lane (`_labelled` only: the
+# vectors of a row whose classes include its label, one, or two where a streamed row's partial
+# head line and its first whole vector overlap; the others skip the compare, select and subtraction,
 # ~3 of the ~25 vector operations a row spends per 16 classes); `_streamed` with a non-temporal
 # store (dst + j must start a 64-byte line), `_part` for the first `count` lanes only.
 _store16 = _store16_intrinsic("plain", False)

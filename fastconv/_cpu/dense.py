@@ -241,14 +241,14 @@ def _linear_forward(x, w, b, has_bias, act, blocks, y):
 
 @njit(parallel=True, nogil=True, cache=True)
 def _linear_forward_avx512(x, w, b, has_bias, act, blocks, y):
-    """_linear_forward_body with gemm32, each block packing the strips of w^T it reads (pack_strip)
-    in the same parallel loop (one wake-up of the threads): blocks of whole strips of columns where
+    """_linear_forward_body with gemm32, each block packing the strips of w^T it reads (pack_strip) in
+    the same parallel loop (one wake-up of the threads): blocks of whole strips of columns where
     there are at least as many strips as blocks, so that w is packed once in all; else blocks of
-    rows, each packing all of w into its own copy (then w is small beside x). Before, every row
-    block's gemm32 call packed all of w (as one (k, n) panel). Zen 4 host, 2 threads, medians of
-    five interleaved harness measurements, GFLOP/s before -> after (NumPy's
-    np.maximum(x @ w.T + b, 0)): 128x3136->128 161 -> 175 (133); 512x512->512 169 -> 193 (165).
-    Same bits either way (gemm32 sums each value in the same order wherever its tile sits)."""
+    rows, each packing all of w into its own copy (then w is small beside x). Before, every block's
+    gemm32 call packed its columns of w, all of them for a block of rows (as one (k, n) panel). Zen 4
+    host, 2 threads, medians of five interleaved harness measurements, GFLOP/s before -> after
+    (NumPy's np.maximum(x @ w.T + b, 0)): 128x3136->128 161 -> 175 (133); 512x512->512 169 -> 193
+    (165). Same bits either way (gemm32 sums each value in the same order wherever its tile sits)."""
     rows, cols = y.shape
     shape = strips_shape(cols, x.shape[1])
     n_strips = shape[0]
