@@ -127,6 +127,13 @@ def _stride(a):
     return a.strides[0] // a.itemsize
 
 
+@njit(inline="always")
+def _a_steps(a, trans_a):
+    """The steps (in elements) between op(a)'s rows and between its columns."""
+    lda = _stride(a)
+    return (1, lda) if trans_a else (lda, 1)
+
+
 @njit(nogil=True, cache=True)
 def gemm32(a, b, c, beta, trans_a, trans_b):
     """c = op(a) @ op(b) + beta * c for 2-D float32 arrays whose last dimension is contiguous (any
@@ -141,8 +148,7 @@ def gemm32(a, b, c, beta, trans_a, trans_b):
             pack_strip(b, strip, strips)
         _gemm32_strips(a, strips, c, trans_a, beta != 0.0)
     else:
-        lda = _stride(a)
-        a_rs, a_cs = (1, lda) if trans_a else (lda, 1)
+        a_rs, a_cs = _a_steps(a, trans_a)
         _products(a, trans_a, a_rs, a_cs, b, _stride(b), 0, c, _stride(c), m, n, k, beta != 0.0, k, 0)
 
 
@@ -182,8 +188,7 @@ def gemm32_strips(a, strips, c, beta, trans_a):
 def _gemm32_strips(a, strips, c, trans_a, accumulate):
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    lda = _stride(a)
-    a_rs, a_cs = (1, lda) if trans_a else (lda, 1)
+    a_rs, a_cs = _a_steps(a, trans_a)
     _products(a, trans_a, a_rs, a_cs, strips, NR, k * NR, c, _stride(c), m, n, k, accumulate, k, 0)
 
 
@@ -218,13 +223,12 @@ def _scaled_by_beta(c, beta, k):
 
 @njit(inline="always")
 def _products(a, trans_a, a_rs, a_cs, b, ldb, b_strip, c, ldc, m, n, k, accumulate, run, a_run):
-    """The tiles of gemm32, with B's rows at stride ldb and A's columns in runs (see _tile). B's
-    columns j0 .. j0 + 31 start at b[j0] (b_strip 0: B in place) or at b[j0 // 32 * b_strip]
-    (packed strips)."""
+    """The tiles of gemm32, with B's rows at stride ldb and A's columns in runs (see _tile); b_strip
+    0 for B in place, else the elements between packed strips (_b_columns_at)."""
     m_whole = m // MR * MR
     for j0 in range(0, n, NR):
         cols = min(NR, n - j0)
-        b_at = j0 if b_strip == 0 else j0 // NR * b_strip
+        b_at = _b_columns_at(j0, b_strip)
         for i0 in range(0, m_whole, MR):
             _tile_of_width(cols, a, i0 * a_rs, a_rs, a_cs, b, b_at, ldb, c, i0 * ldc + j0, ldc, k, accumulate, run,
                            a_run)
@@ -242,11 +246,17 @@ def _products(a, trans_a, a_rs, a_cs, b, ldb, b_strip, c, ldc, m, n, k, accumula
                 for r in range(rows):
                     for j in range(cols):
                         tile[r, j] = c[m_whole + r, j0 + j]
-            b_at = j0 if b_strip == 0 else j0 // NR * b_strip
-            _tile_of_width(cols, a_rows, 0, k, 1, b, b_at, ldb, tile, 0, NR, k, accumulate, k, 0)
+            _tile_of_width(cols, a_rows, 0, k, 1, b, _b_columns_at(j0, b_strip), ldb, tile, 0, NR, k, accumulate, k, 0)
             for r in range(rows):
                 for j in range(cols):
                     c[m_whole + r, j0 + j] = tile[r, j]
+
+
+@njit(inline="always")
+def _b_columns_at(j0, b_strip):
+    """Where B's columns j0 .. j0 + 31 start: b[j0] in place (b_strip 0), b[j0 // 32 * b_strip]
+    packed."""
+    return j0 if b_strip == 0 else j0 // NR * b_strip
 
 
 @njit(inline="always")

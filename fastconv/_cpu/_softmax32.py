@@ -167,29 +167,32 @@ def store_row(e, classes, a, b, label, t, out, start, stream, skip):
     if stream:
         head = min(classes, (skip - start) % _LANES)
         if head > 0:
-            _store_part(e, 0, a, b, label, t, out, start, head)
+            _store_vector(e, 0, a, b, label, t, out, start, head, False)
         k = head
-        while k + 16 <= classes:
-            if 0 <= label - k < 16:
-                _store16_streamed_labelled(e, k, a, b, label - k, t, out, start + k, 16)
-            else:
-                _store16_streamed(e, k, a, b, -1, t, out, start + k, 16)
-            k += 16
-    else:
-        while k + 16 <= classes:
-            if 0 <= label - k < 16:
-                _store16_labelled(e, k, a, b, label - k, t, out, start + k, 16)
-            else:
-                _store16(e, k, a, b, -1, t, out, start + k, 16)
-            k += 16
+    while k + 16 <= classes:
+        _store_vector(e, k, a, b, label, t, out, start + k, 16, stream)
+        k += 16
     if k < classes:
-        _store_part(e, k, a, b, label, t, out, start + k, classes - k)
+        _store_vector(e, k, a, b, label, t, out, start + k, classes - k, False)
 
 
 @njit(inline="always")
-def _store_part(e, k, a, b, label, t, out, at, count):
-    """The first `count` lanes of the vector of classes k .. k + 15."""
-    if 0 <= label - k < 16:
-        _store16_part_labelled(e, k, a, b, label - k, t, out, at, count)
+def _store_vector(e, k, a, b, label, t, out, at, count, streamed):
+    """out[at : at + count] from the vector of classes k .. k + 15 (count < 16: its first count
+    lanes, by a masked store; else whole, streamed or not), by the labelled form only when the
+    label is among those classes."""
+    lane = label - k
+    if count < 16:
+        if 0 <= lane < 16:
+            _store16_part_labelled(e, k, a, b, lane, t, out, at, count)
+        else:
+            _store16_part(e, k, a, b, -1, t, out, at, count)
+    elif streamed:
+        if 0 <= lane < 16:
+            _store16_streamed_labelled(e, k, a, b, lane, t, out, at, 16)
+        else:
+            _store16_streamed(e, k, a, b, -1, t, out, at, 16)
+    elif 0 <= lane < 16:
+        _store16_labelled(e, k, a, b, lane, t, out, at, 16)
     else:
-        _store16_part(e, k, a, b, -1, t, out, at, count)
+        _store16(e, k, a, b, -1, t, out, at, 16)
