@@ -48,8 +48,7 @@ def _lane_sum(builder, v):
 
 def _exp_shifted(builder, x, m):
     """exp(x - m) of a <16 x float> with x - m <= 0; a NaN lane stays NaN."""
-    a = builder.fsub(x, broadcast(builder, m))
-    return builder.select(builder.fcmp_unordered("uno", a, a), a, _exp16_nonpositive_ir(builder, a))
+    return _exp16_nonpositive_ir(builder, builder.fsub(x, broadcast(builder, m)))
 
 
 def _vector_at(builder, base, index):
