@@ -190,6 +190,44 @@ def test_linear_backward(backend, n, fin, fout, bias, dtype):
         assert db is None
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,fin,fout", [(70, 33, 131), (130, 257, 9), (9, 3, 600), (0, 5, 7), (6, 0, 4)])
+def test_cpu_linear_backward_matches_float64_for_every_split(n, fin, fout, dtype):
+    """The cpu backend's parallel linear backward with OpenBLAS splits dx and dw into blocks of
+    rows or of columns (dense._backward_split picks by shape); every block count and direction
+    gives dx = dy w, dw = dy^T x and db = the column sums, with or without dx, empty blocks
+    included."""
+    from fastconv._cpu import dense
+
+    rng = np.random.default_rng(n + fin + fout)
+    dy, x, w = (rng.standard_normal(s) for s in [(n, fout), (n, fin), (fout, fin)])
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for blocks in (1, 2, 3, 8):
+        for dx_by_rows in (False, True):
+            for dw_by_rows in (False, True):
+                for input_grad in (True, False):
+                    dx = np.full(x.shape if input_grad else (0, 0), np.nan, dtype)
+                    dw, db = np.full(w.shape, np.nan, dtype), np.full(fout, np.nan, dtype)
+                    dense._linear_backward(dy.astype(dtype), x.astype(dtype), w.astype(dtype), True, input_grad,
+                                           (blocks, dx_by_rows, dw_by_rows), dx, dw, db)
+                    case = f"{blocks} blocks, dx by rows {dx_by_rows}, dw by rows {dw_by_rows}, dx {input_grad}"
+                    if input_grad:
+                        np.testing.assert_allclose(dx, dy @ w, **tol, err_msg=case)
+                    np.testing.assert_allclose(dw, dy.T @ x, **tol, err_msg=case)
+                    np.testing.assert_allclose(db, dy.sum(axis=0), **tol, err_msg=case)
+
+
+def test_cpu_linear_backward_split_keeps_blocks_of_256_and_equal_tasks():
+    from fastconv._cpu import dense
+
+    assert dense._backward_split(8192, 256, 512, own=False) == (2, True, False)     # dw: 512 columns of x
+    assert dense._backward_split(4096, 1024, 1024, own=False) == (4, True, False)
+    assert dense._backward_split(2048, 4096, 1024, own=False) == (8, True, True)
+    assert dense._backward_split(1024, 1024, 4096, own=False) == (8, False, False)
+    assert dense._backward_split(100, 10, 20, own=False) == (1, True, False)
+    assert dense._backward_split(128, 128, 3136, own=True) == (8, False, False)     # gemm32: as before
+
+
 @pytest.mark.parametrize("n,fin,fout", [(1, 1, 1), (130, 33, 131), (0, 4, 3), (128, 3136, 128)])
 def test_linear_backward_without_input_grad(backend, n, fin, fout):
     # input_grad=False (a first layer): no dx, and dw / db bit for bit those of the full backward
