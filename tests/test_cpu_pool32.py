@@ -79,3 +79,30 @@ def test_the_vector_gradient_scatter_is_the_portable_one(act, channels):
         for got, want in zip(fused, unfused):
             if want is not None:
                 assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("x_shape", [(3, 5, 12, 14), (2, 3, 15, 13), (1, 2, 2, 2), (2, 4, 28, 28), (1, 1, 3, 50)])
+def test_max_pool2d_backward_scatters_8_windows_at_a_time_bit_for_bit(x_shape, monkeypatch):
+    """max_pool2d_backward with dy of a 2x2 / stride 2 pooling's shape scatters by
+    _pool32.unpool_2x2_plane, redoing a plane the portable way where an index leaves its own 2x2
+    block: the portable kernel's bits with the pooling's indices, an index moved into the next
+    window, a 3x3 / stride 2 pooling's indices, random ones, and -0 / NaN gradients."""
+    rng = np.random.default_rng(sum(x_shape))
+    n, c, h, w = x_shape
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    _, own = ops.max_pool2d_forward(x, kernel_size=2)
+    dy = rng.standard_normal(own.shape).astype(np.float32)
+    dy.reshape(-1)[::5] = -0.0
+    dy.reshape(-1)[3::17] = np.nan
+    moved = np.array(own)
+    moved[0, 0, 0, 0] = moved[0, 0, 0, -1] if own.shape[3] > 1 else 2 * w - 1
+    cases = {"own": own, "moved": moved, "random": rng.integers(0, h * w, own.shape)}
+    if min(h, w) >= 3:
+        _, overlapping = ops.max_pool2d_forward(x, kernel_size=3, stride=2, padding=1)  # ceil(h / 2) rows
+        cases["3x3"] = np.ascontiguousarray(overlapping[:, :, :h // 2, :w // 2])
+    for name, indices in cases.items():
+        got = ops.max_pool2d_backward(dy, indices, x_shape)
+        with monkeypatch.context() as m:
+            m.setattr(_vecmath, "AVX512", False)
+            want = ops.max_pool2d_backward(dy, indices, x_shape)
+        assert got.tobytes() == want.tobytes(), name

@@ -17,7 +17,7 @@ from numba.extending import intrinsic
 from ..ops._activation import ACTIVATIONS
 from ._vecmath import as_i64, broadcast, lanes_below, masked_load, masked_store
 
-__all__ = ["max_pool_2x2_plane", "unpool_2x2_run"]
+__all__ = ["max_pool_2x2_plane", "unpool_2x2_run", "unpool_2x2_plane"]
 
 _F32 = ir.FloatType()
 _I64 = ir.IntType(64)
@@ -131,3 +131,29 @@ def unpool_2x2_run(typingctx, dy, y, indices, at, count, act, first_index, out_w
         return ok
 
     return types.boolean(dy, y, indices, at, count, act, first_index, out_w, dst, dst_off, dst_ld), codegen
+
+
+@njit(inline="always")
+def unpool_2x2_plane(dy, y, act, indices, n, channel, pooled_w, oh, ow, wp, dst, at):
+    """The gradient of a 2x2 / stride 2 max pooling scattered into one channel's plane by
+    unpool_2x2_run (for conv._gather_output_grad and pool.max_pool2d_backward): dy[n, channel] is the
+    pooled gradient, flat, pooled_w to a row (y[n, channel] the pooled output, read only for an
+    activation), indices[n, channel] the pooling's. The plane (dst[at:], oh rows of ow outputs, wp
+    apart; columns from ow on are left as they are) is written whole, taking every index to name a
+    position of its own window (as a 2x2 / stride 2 pooling's do). False where an index is not so:
+    the plane must then be done the portable way."""
+    plane = dst[at:at + oh * wp]
+    pooled = dy.shape[2]
+    if pooled_w == 0 or pooled == 0 or 2 * (pooled // pooled_w) > oh or 2 * pooled_w > ow:
+        plane[:] = 0
+        return pooled == 0
+    if 2 * (pooled // pooled_w) < oh or 2 * pooled_w < ow:  # (otherwise the runs write every output)
+        plane[:] = 0
+    d_row, i_row = dy[n, channel], indices[n, channel]
+    y_row = y[n, channel] if act != 0 else d_row
+    for ho in range(pooled // pooled_w):
+        for wo in range(0, pooled_w, 8):
+            if not unpool_2x2_run(d_row, y_row, i_row, ho * pooled_w + wo, min(8, pooled_w - wo), act,
+                                  2 * ho * ow + 2 * wo, ow, dst, at + 2 * ho * wp + 2 * wo, wp):
+                return False
+    return True

@@ -27,7 +27,7 @@ from . import _vecmath
 from ._blas import gemm, single_threaded_blas
 from ._gemm32 import gemm32, gemm32_runs
 from ._memory import empty
-from ._pool32 import max_pool_2x2_plane, unpool_2x2_run
+from ._pool32 import max_pool_2x2_plane, unpool_2x2_plane
 from ._stream import prefetch_all
 from ._taps32 import CR, CW, MR, NR, channels_tile, taps_tile, transpose16_block
 from ._vecmath import copy_rows16
@@ -509,29 +509,6 @@ def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool
                                        indices[n, g * cog + o], pool[0], pool[1], pool[2], pool[3], pool[4], pool[5])
 
 
-@njit(inline="always")
-def _unpool_2x2(dy, y, act, indices, n, channel, pooled_w, oh, ow, wp, dst, at):
-    """_gather_output_grad from a pooling for one channel by _pool32.unpool_2x2_run, taking every
-    index to name a position of its own 2x2 / stride 2 window (as a 2x2 / stride 2 pooling's do):
-    the plane (dst[at:], oh rows wp apart; the wide grid's extra columns are left as they are, 0)
-    written whole. False where an index is not so: the plane must then be done the portable way."""
-    plane = dst[at:at + oh * wp]
-    pooled = dy.shape[2]
-    if pooled_w == 0 or pooled == 0 or 2 * (pooled // pooled_w) > oh or 2 * pooled_w > ow:
-        plane[:] = 0
-        return pooled == 0
-    if 2 * (pooled // pooled_w) < oh or 2 * pooled_w < ow:  # (otherwise the runs write every output)
-        plane[:] = 0
-    d_row, i_row = dy[n, channel], indices[n, channel]
-    y_row = y[n, channel] if act != 0 else d_row
-    for ho in range(pooled // pooled_w):
-        for wo in range(0, pooled_w, 8):
-            if not unpool_2x2_run(d_row, y_row, i_row, ho * pooled_w + wo, min(8, pooled_w - wo), act,
-                                  2 * ho * ow + 2 * wo, ow, dst, at + 2 * ho * wp + 2 * wo, wp):
-                return False
-    return True
-
-
 @njit(parallel=True, nogil=True, cache=True)
 def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros, groups, pt, pl, wp, oh, ow, margin,
                           shifts, dx_shifts, input_grad, xps, dyps, dyts, cols, grad_parts, dx):
@@ -556,7 +533,7 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
       of 32 zero-padded; zeros: 32 zeros (no bias). The sums run over dyp's zero margins and extra
       columns too, so an infinite weight makes NaN (inf * 0) in more of dx than the exact sum
       would (which of dx's values an inf or NaN weight spoils differs between kernels anyway).
-    pooled_w: the pooled gradient's width when from_pool (the 2x2 scatter's runs, _unpool_2x2)."""
+    pooled_w: the pooled gradient's width when from_pool (the 2x2 scatter's runs, _pool32.unpool_2x2_plane)."""
     n_img, c, h_in, w_in = x.shape
     cg, cog, taps = c // groups, grad_parts.shape[3], shifts.size
     length, plane = oh * wp, h_in * w_in
@@ -580,7 +557,7 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
             for g in range(groups):
                 if from_pool:
                     for o in range(cog):
-                        if not _unpool_2x2(dy, y, act, indices, n, g * cog + o, pooled_w, oh, ow, wp, dyp_flat,
+                        if not unpool_2x2_plane(dy, y, act, indices, n, g * cog + o, pooled_w, oh, ow, wp, dyp_flat,
                                            o * ld + margin):
                             _gather_output_grad(dy, from_pool, y, act, indices, wide, n, g * cog + o, oh, ow, wp,
                                                 dyw[o:o + 1])
