@@ -220,8 +220,7 @@ def _sigmoid16_ir(builder, x):
 
     e = exp(-|x|) by _exp16_nonpositive_ir, then 1 / (1 + e) by vrcp14ps and one Newton step
     (2^-28 before rounding), y = that for x >= 0 and e / (1 + e) below; a NaN runs through all of
-    it and stays NaN. About 2 ulp
-    from float64's sigmoid rounded to float32."""
+    it and stays NaN. About 2 ulp from float64's sigmoid rounded to float32."""
     all_lanes = ir.Constant(_I16, -1)
     e = _exp16_nonpositive_ir(builder, builder.fneg(_call(builder, "llvm.fabs.v16f32", x)))
     d = builder.fadd(e, _splat(1.0))
