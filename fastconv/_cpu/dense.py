@@ -161,6 +161,12 @@ def _add_column_sums(dy, db):
 
 
 @njit(inline="always")
+def _block(t, blocks, size):
+    """(lo, hi): block t of `blocks` near-equal blocks of range(size)."""
+    return t * size // blocks, (t + 1) * size // blocks
+
+
+@njit(inline="always")
 def _linear_forward_body(gemm, x, w, b, has_bias, act, blocks, y):
     """y = act(x @ w.T + b), the rows of y (or its columns, when there are fewer rows than output
     features) split in `blocks` blocks, each one GEMM (by `gemm`) plus its epilogue."""
@@ -168,9 +174,9 @@ def _linear_forward_body(gemm, x, w, b, has_bias, act, blocks, y):
     by_rows = rows >= cols
     for t in prange(blocks):
         if by_rows:
-            r0, r1, c0, c1 = t * rows // blocks, (t + 1) * rows // blocks, 0, cols
+            (r0, r1), c0, c1 = _block(t, blocks, rows), 0, cols
         else:
-            r0, r1, c0, c1 = 0, rows, t * cols // blocks, (t + 1) * cols // blocks
+            r0, r1, (c0, c1) = 0, rows, _block(t, blocks, cols)
         if r1 > r0 and c1 > c0:
             gemm(x[r0:r1], w[c0:c1], y[r0:r1, c0:c1], 0.0, False, True)
             if has_bias or act:
@@ -189,22 +195,22 @@ def _linear_backward_body(gemm, dy, x, w, has_bias, input_grad, split, dx, dw, d
         k = task % blocks
         if task < dx_tasks:
             if dx_by_rows:
-                r0, r1 = k * dx.shape[0] // blocks, (k + 1) * dx.shape[0] // blocks
+                r0, r1 = _block(k, blocks, dx.shape[0])
                 if r1 > r0:
                     gemm(dy[r0:r1], w, dx[r0:r1], 0.0, False, False)
             else:
-                c0, c1 = k * dx.shape[1] // blocks, (k + 1) * dx.shape[1] // blocks
+                c0, c1 = _block(k, blocks, dx.shape[1])
                 if c1 > c0:
                     gemm(dy, w[:, c0:c1], dx[:, c0:c1], 0.0, False, False)
         elif dw_by_rows:
-            r0, r1 = k * dw.shape[0] // blocks, (k + 1) * dw.shape[0] // blocks
+            r0, r1 = _block(k, blocks, dw.shape[0])
             if r1 > r0:
                 if dy.shape[0] == 0:
                     dw[r0:r1] = 0
                 else:
                     gemm(dy[:, r0:r1], x, dw[r0:r1], 0.0, True, False)
         else:
-            c0, c1 = k * dw.shape[1] // blocks, (k + 1) * dw.shape[1] // blocks
+            c0, c1 = _block(k, blocks, dw.shape[1])
             if c1 > c0:
                 if dy.shape[0] == 0:
                     dw[:, c0:c1] = 0
@@ -270,9 +276,9 @@ def _linear_forward_avx512(x, w, b, has_bias, act, blocks, y):
     strips = np.empty((1 if by_columns else blocks, shape[0], shape[1], shape[2]), x.dtype)
     for t in prange(blocks):
         if by_columns:
-            r0, r1, s0, s1, mine = 0, rows, t * n_strips // blocks, (t + 1) * n_strips // blocks, strips[0]
+            r0, r1, (s0, s1), mine = 0, rows, _block(t, blocks, n_strips), strips[0]
         else:
-            r0, r1, s0, s1, mine = t * rows // blocks, (t + 1) * rows // blocks, 0, n_strips, strips[t]
+            (r0, r1), s0, s1, mine = _block(t, blocks, rows), 0, n_strips, strips[t]
         c0, c1 = s0 * NR, min(cols, s1 * NR)
         if r1 > r0 and c1 > c0:
             for strip in range(s0, s1):
