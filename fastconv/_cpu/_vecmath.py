@@ -192,6 +192,13 @@ def masked_store(builder, value, pointer, mask):
     builder.call(fn, [value, pointer, ir.Constant(_I32, 4), mask])
 
 
+def _vmax(builder, a, b):
+    """vmaxps of two <16 x float>: the larger lane, b's lane when either is NaN (one instruction;
+    llvm.maxnum adds a compare and a blend to return the non-NaN one)."""
+    return builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16, _V16, _I32]),
+                                                       "llvm.x86.avx512.max.ps.512"), [a, b, ir.Constant(_I32, 4)])
+
+
 def _exp16_nonpositive_ir(builder, a):
     """exp(a) of a <16 x float> of values <= 0 (AVX-512F); a NaN lane stays NaN.
 
@@ -202,9 +209,7 @@ def _exp16_nonpositive_ir(builder, a):
     NaN, so a NaN runs through to the result, where maxnum would have made it -110 and every
     caller would have spent a compare and a blend putting it back (2 of 17 vector operations per
     16 values in the softmax's exp pass, ~9% of its time on a Zen 4 core)."""
-    a = builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16, _V16, _I32]),
-                                                    "llvm.x86.avx512.max.ps.512"),
-                     [_splat(-110.0), a, ir.Constant(_I32, 4)])
+    a = _vmax(builder, _splat(-110.0), a)
     k = _call(builder, "llvm.nearbyint.v16f32", builder.fmul(a, _splat(1.4426950408889634)))
     r = _call(builder, "llvm.fma.v16f32", k, _splat(-_FMA_LN2_HI), a)
     r = _call(builder, "llvm.fma.v16f32", k, _splat(-_FMA_LN2_LO), r)
@@ -213,6 +218,18 @@ def _exp16_nonpositive_ir(builder, a):
         p = _call(builder, "llvm.fma.v16f32", p, r, _splat(c))
     all_lanes, current_rounding = ir.Constant(_I16, -1), ir.Constant(_I32, 4)
     return _call(builder, "llvm.x86.avx512.mask.scalef.ps.512", p, k, p, all_lanes, current_rounding)
+
+
+def _log1p_unit16_ir(builder, e):
+    """log(1 + e) of a <16 x float> of values in [0, 1] (a NaN lane stays NaN): log1p_unit's math,
+    2 atanh(s) with s = e / (2 + e), by the odd series to s^15, in vector instructions (vdivps
+    itself: vrcp14ps and a Newton step, as in _sigmoid16_ir, measured 9% slower here)."""
+    s = builder.fdiv(e, builder.fadd(e, _splat(2.0)))
+    z = builder.fmul(s, s)
+    p = _splat(_C15)
+    for c in (_C13, _C11, _C9, _C7, _C5, _C3, _ONE):
+        p = _call(builder, "llvm.fma.v16f32", p, z, _splat(c))
+    return builder.fmul(builder.fadd(s, s), p)
 
 
 def _sigmoid16_ir(builder, x):

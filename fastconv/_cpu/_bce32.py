@@ -1,0 +1,91 @@
+"""The float32 binary cross-entropy with logits summed 16 values at once in AVX-512, for loss.py.
+
+Each value's term is torch's formula, as loss._bce_term computes it:
+
+    term(x, t) = (1 - t) x + w softplus(-x),   w = 1 + (pw - 1) t,
+    softplus(-x) = log1p(exp(-|x|)) + max(-x, 0)   (no overflow for any x)
+
+with one pos_weight pw for every value (none: pw = 1). exp by _exp16_nonpositive_ir, log1p by
+_log1p_unit16_ir; a NaN in x or t makes the sum NaN. The portable loop, with a float64
+accumulator, vectorized only 8 wide and ran at 0.87 ns a value on a Zen 4 core (17 GB/s on two
+threads against a 42 GB/s copy); here a chunk of up to SUM_CHUNK values is summed in one float32
+vector, its lanes added in a fixed tree, and the caller adds the chunks in float64 (the order is
+fixed by the input's length alone, as _softmax32's row sums).
+"""
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+from ._softmax32 import SUM_CHUNK, _lane_sum, _vector_at
+from ._vecmath import _V16, _call, _exp16_nonpositive_ir, _log1p_unit16_ir, _splat, _vmax, as_i64, \
+    broadcast, lanes_below, masked_load
+
+__all__ = ["bce_sum"]
+
+_I64, _F32 = ir.IntType(64), ir.FloatType()
+_ZEROS = ir.Constant(_V16, [ir.Constant(_F32, 0.0)] * 16)
+
+
+def _bce16_ir(builder, x, t, pw):
+    """The 16 terms of x and t (<16 x float>), pw the pos_weight broadcast: w and the sum of the
+    two parts by fused multiply-adds."""
+    one = _splat(1.0)
+    e = _exp16_nonpositive_ir(builder, builder.fneg(_call(builder, "llvm.fabs.v16f32", x)))
+    # max(-x, 0) by vmaxps itself (llvm.maxnum adds a NaN fix-up): x's NaN is carried by e already
+    softplus = builder.fadd(_log1p_unit16_ir(builder, e), _vmax(builder, _ZEROS, builder.fneg(x)))
+    w = _call(builder, "llvm.fma.v16f32", builder.fsub(pw, one), t, one)
+    return _call(builder, "llvm.fma.v16f32", w, softplus, builder.fmul(builder.fsub(one, t), x))
+
+
+@intrinsic
+def _bce_sum16(typingctx, x, t, i, count, pw):
+    """The float32 sum of the terms of x[i : i + count] and t[i : i + count] (1-D C-contiguous
+    float32 arrays, pos_weight pw): one vector accumulator over the whole vectors, the last
+    count % 16 values by masked loads, the lanes then added by _lane_sum."""
+    arrays = (x, t)
+    if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32 and a.layout == "C"
+                for a in arrays) and pw == types.float32
+            and all(isinstance(v, types.Integer) for v in (i, count))):
+        return None
+
+    def codegen(context, builder, signature, args):
+        x0, t0 = (builder.gep(context.make_array(signature.args[k])(context, builder, args[k]).data,
+                              [as_i64(builder, args[2])]) for k in (0, 1))
+        count, pw = as_i64(builder, args[3]), broadcast(builder, args[4])
+        whole = builder.and_(count, ir.Constant(_I64, -16))
+        entry = builder.block
+        loop, done = builder.append_basic_block("bce_sum_loop"), builder.append_basic_block("bce_sum_done")
+        builder.cbranch(builder.icmp_signed(">", whole, ir.Constant(_I64, 0)), loop, done)
+
+        builder.position_at_end(loop)
+        k, acc = builder.phi(_I64), builder.phi(_V16)
+        term = _bce16_ir(builder, builder.load(_vector_at(builder, x0, k), align=4),
+                         builder.load(_vector_at(builder, t0, k), align=4), pw)
+        k_next, acc_next = builder.add(k, ir.Constant(_I64, 16)), builder.fadd(acc, term)
+        k.add_incoming(ir.Constant(_I64, 0), entry)
+        k.add_incoming(k_next, loop)
+        acc.add_incoming(_ZEROS, entry)
+        acc.add_incoming(acc_next, loop)
+        builder.cbranch(builder.icmp_signed("<", k_next, whole), loop, done)
+
+        builder.position_at_end(done)
+        total = builder.phi(_V16)
+        total.add_incoming(_ZEROS, entry)
+        total.add_incoming(acc_next, loop)
+        tail = lanes_below(builder, builder.sub(count, whole))  # no lane when count % 16 == 0
+        term = _bce16_ir(builder, masked_load(builder, _vector_at(builder, x0, whole), tail),
+                         masked_load(builder, _vector_at(builder, t0, whole), tail), pw)
+        return _lane_sum(builder, builder.fadd(total, builder.select(tail, term, _ZEROS)))
+
+    return types.float32(x, t, i, count, pw), codegen
+
+
+@njit(inline="always")
+def bce_sum(x, t, start, stop, pw):
+    """The sum of the BCE-with-logits terms of x[start:stop] and t[start:stop] (1-D C-contiguous
+    float32 arrays) with pos_weight pw (float32), in float64: the float32 sums of chunks of
+    SUM_CHUNK values from start, added in order."""
+    s = 0.0
+    for k in range(start, stop, SUM_CHUNK):
+        s += _bce_sum16(x, t, k, min(SUM_CHUNK, stop - k), pw)
+    return s
