@@ -23,11 +23,12 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from ._stream import LINE, prefetch_ir
-from ._vecmath import _V16, _exp16_nonpositive_ir, as_i64, broadcast, lanes_below, masked_load, masked_store
+from ._vecmath import _V16, _exp16_nonpositive_ir, as_i64, broadcast, lane_sum, lanes_below, masked_load, \
+    masked_store, vector_at
 
 __all__ = ["SUM_CHUNK", "ROW_PREFETCH_AHEAD", "row_exp_sum", "store_row"]
 
-SUM_CHUNK = 512            # values per float32 partial sum, here and in loss._chunked_sum
+SUM_CHUNK = 512            # values per float32 partial sum, here, in loss._chunked_sum and in _bce32
 ROW_PREFETCH_AHEAD = 2048  # values (8 KB, two 1000-class rows): 1024 and 4096 measured within noise
 
 _I32, _I64, _F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
@@ -35,30 +36,15 @@ _ZEROS = ir.Constant(_V16, [ir.Constant(_F32, 0.0)] * 16)
 _LANES = LINE // 4
 
 
-def _lane_sum(builder, v):
-    """The 16 lanes of v added in a fixed tree (lanes 0-7 + 8-15, then halves again) to one float."""
-    width = 16
-    while width > 1:
-        half = width // 2
-        low, high = (builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, half), list(range(lo, lo + half))))
-                     for lo in (0, half))
-        v, width = builder.fadd(low, high), half
-    return builder.extract_element(v, ir.Constant(_I32, 0))
-
-
 def _exp_shifted(builder, x, m):
     """exp(x - m) of a <16 x float> with x - m <= 0; a NaN lane stays NaN."""
     return _exp16_nonpositive_ir(builder, builder.fsub(x, broadcast(builder, m)))
 
 
-def _vector_at(builder, base, index):
-    return builder.bitcast(builder.gep(base, [index]), _V16.as_pointer())
-
-
 @intrinsic
 def _exp_shift_sum(typingctx, src, i, m, dst, j, count, ahead):
     """dst[j : j + count] = exp(src[i : i + count] - m) for 1-D C-contiguous float32 arrays; returns the
-    float32 sum of those values (one vector accumulator, its lanes added by _lane_sum). Whole
+    float32 sum of those values (one vector accumulator, its lanes added by lane_sum). Whole
     vectors in a loop, the last count % 16 values by masked loads and stores. Each whole vector
     also prefetches src[i + k + ahead] (any address: a prefetch never faults)."""
     arrays, indices = (src, dst), (i, j, count, ahead)
@@ -78,8 +64,8 @@ def _exp_shift_sum(typingctx, src, i, m, dst, j, count, ahead):
 
         builder.position_at_end(loop)
         k, acc = builder.phi(_I64), builder.phi(_V16)
-        e = _exp_shifted(builder, builder.load(_vector_at(builder, src0, k), align=4), args[2])
-        builder.store(e, _vector_at(builder, dst0, k), align=4)
+        e = _exp_shifted(builder, builder.load(vector_at(builder, src0, k), align=4), args[2])
+        builder.store(e, vector_at(builder, dst0, k), align=4)
         prefetch_ir(builder, builder.gep(src0, [builder.add(k, ahead)]))
         k_next, acc_next = builder.add(k, ir.Constant(_I64, 16)), builder.fadd(acc, e)
         k.add_incoming(ir.Constant(_I64, 0), entry)
@@ -93,9 +79,9 @@ def _exp_shift_sum(typingctx, src, i, m, dst, j, count, ahead):
         total.add_incoming(_ZEROS, entry)
         total.add_incoming(acc_next, loop)
         tail = lanes_below(builder, builder.sub(count, whole))  # no lane when count % 16 == 0
-        e = _exp_shifted(builder, masked_load(builder, _vector_at(builder, src0, whole), tail), args[2])
-        masked_store(builder, e, _vector_at(builder, dst0, whole), tail)
-        return _lane_sum(builder, builder.fadd(total, builder.select(tail, e, _ZEROS)))
+        e = _exp_shifted(builder, masked_load(builder, vector_at(builder, src0, whole), tail), args[2])
+        masked_store(builder, e, vector_at(builder, dst0, whole), tail)
+        return lane_sum(builder, builder.fadd(total, builder.select(tail, e, _ZEROS)))
 
     return types.float32(src, i, m, dst, j, count, ahead), codegen
 
@@ -120,8 +106,8 @@ def _store16_intrinsic(mode, labelled):
 
         def codegen(context, builder, signature, args):
             source, target = (context.make_array(signature.args[n])(context, builder, args[n]) for n in (0, 6))
-            src = _vector_at(builder, source.data, as_i64(builder, args[1]))
-            out = _vector_at(builder, target.data, as_i64(builder, args[7]))
+            src = vector_at(builder, source.data, as_i64(builder, args[1]))
+            out = vector_at(builder, target.data, as_i64(builder, args[7]))
             part = lanes_below(builder, as_i64(builder, args[8])) if mode == "part" else None
             x = masked_load(builder, src, part) if part is not None else builder.load(src, align=4)
             # mul, then sub: two roundings, as _grad_row (no fused multiply-add)

@@ -169,6 +169,22 @@ def lanes_below(builder, count, lanes=16):
                                broadcast(builder, count, lanes))
 
 
+def lane_sum(builder, v):
+    """The 16 lanes of v added in a fixed tree (lanes 0-7 + 8-15, then halves again) to one float."""
+    width = 16
+    while width > 1:
+        half = width // 2
+        low, high = (builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, half), list(range(lo, lo + half))))
+                     for lo in (0, half))
+        v, width = builder.fadd(low, high), half
+    return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
+def vector_at(builder, base, index):
+    """The <16 x float>* at float pointer `base` plus IR integer `index`."""
+    return builder.bitcast(builder.gep(base, [index]), _V16.as_pointer())
+
+
 def _masked_intrinsic(pointer, operation):
     vector = pointer.type.pointee
     element = "f32" if isinstance(vector.element, ir.FloatType) else f"i{vector.element.width}"

@@ -293,15 +293,21 @@ def _elementwise_loss_sum(a, b, pos_weight, has_pos_weight, classes, squared, ch
     return total
 
 
-# Compiled only when called, i.e. on AVX-512 hosts, for float32 with at most one pos_weight: the
-# chunks are _elementwise_loss_sum's (1 GiB of logits and targets, two threads of a Zen 4: 17 GB/s
-# by _chunk_loss_sum, see _bce32.py for this one's).
+# Compiled only when called, i.e. on AVX-512 hosts, for float32 with no pos_weight or one (a (N, 1)
+# output's): the blocks are _elementwise_loss_sum's, each summed by _bce32.bce_sum; a block whose
+# float32 chunk sums overflowed (logits past ~1e36; or a NaN or infinite term, which stays so) is
+# redone by the portable loop's float64 sum.
 @njit(parallel=True, cache=True)
-def _bce_sum_avx512(x, t, pos_weight, chunks):
+def _bce_sum_avx512(x, t, pos_weight, has_pos_weight, chunks):
     n = x.size
+    pw = pos_weight[0] if has_pos_weight else np.float32(1)
     partials = np.zeros(chunks)
     for k in prange(chunks):
-        partials[k] = bce_sum(x, t, k * n // chunks, (k + 1) * n // chunks, pos_weight)
+        lo, hi = k * n // chunks, (k + 1) * n // chunks
+        s = bce_sum(x, t, lo, hi, pw)
+        if not np.isfinite(s):
+            s = _chunk_loss_sum(x, t, pos_weight, has_pos_weight, 1, False, lo, hi)
+        partials[k] = s
     total = 0.0
     for k in range(chunks):
         total += partials[k]
@@ -409,7 +415,7 @@ def bce_with_logits_forward(logits, targets, pos_weight):
     pw, has_pw = _optional(pos_weight, logits.dtype)
     x, t = logits.reshape(-1), targets.reshape(-1)
     if logits.dtype == np.float32 and _vecmath.AVX512 and pw.size <= 1:
-        total = run(_bce_sum_avx512, x.size, x, t, pw[0] if has_pw else np.float32(1), _chunks(x.size))
+        total = run(_bce_sum_avx512, x.size, x, t, pw, has_pw, _chunks(x.size))
     else:
         total = run(_elementwise_loss_sum, x.size, x, t, pw, has_pw, _last_dim(logits), False, _chunks(x.size))
     return _scalar(total / x.size, logits.dtype)
