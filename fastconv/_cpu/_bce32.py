@@ -17,17 +17,15 @@ Zen 4 core, 17 GB/s at best on two threads against a 42 GB/s copy. This runs at 
 one core; on 2^27 values, two threads, 20.2-20.9 GB/s where the portable loop ran at 12.0-13.3 in
 the same runs. Still compute-bound: ~37 vector operations per 16 values.
 """
-from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
 from ._softmax32 import SUM_CHUNK
-from ._vecmath import _V16, _call, _exp16_nonpositive_ir, _log1p_unit16_ir, _splat, _vmax, as_i64, \
-    broadcast, lane_sum, lanes_below, masked_load, vector_at
+from ._vecmath import _call, _exp16_nonpositive_ir, _log1p_unit16_ir, _splat, _vmax, as_i64, broadcast, \
+    masked_load, vector_at, vector_sum_loop
 
 __all__ = ["bce_sum"]
 
-_I64 = ir.IntType(64)
 _ZEROS = _splat(0.0)
 
 
@@ -46,8 +44,8 @@ def _bce16_ir(builder, x, t, pw):
 @intrinsic
 def _bce_sum16(typingctx, x, t, i, count, pw):
     """The float32 sum of the terms of x[i : i + count] and t[i : i + count] (1-D C-contiguous
-    float32 arrays, pos_weight pw): one vector accumulator over the whole vectors, the last
-    count % 16 values by masked loads, the lanes then added by lane_sum."""
+    float32 arrays, pos_weight pw), by vector_sum_loop: the last count % 16 values by masked
+    loads."""
     arrays = (x, t)
     if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32 and a.layout == "C"
                 for a in arrays) and pw == types.float32
@@ -57,31 +55,15 @@ def _bce_sum16(typingctx, x, t, i, count, pw):
     def codegen(context, builder, signature, args):
         x0, t0 = (builder.gep(context.make_array(signature.args[k])(context, builder, args[k]).data,
                               [as_i64(builder, args[2])]) for k in (0, 1))
-        count, pw = as_i64(builder, args[3]), broadcast(builder, args[4])
-        whole = builder.and_(count, ir.Constant(_I64, -16))
-        entry = builder.block
-        loop, done = builder.append_basic_block("bce_sum_loop"), builder.append_basic_block("bce_sum_done")
-        builder.cbranch(builder.icmp_signed(">", whole, ir.Constant(_I64, 0)), loop, done)
+        pw = broadcast(builder, args[4])
 
-        builder.position_at_end(loop)
-        k, acc = builder.phi(_I64), builder.phi(_V16)
-        term = _bce16_ir(builder, builder.load(vector_at(builder, x0, k), align=4),
-                         builder.load(vector_at(builder, t0, k), align=4), pw)
-        k_next, acc_next = builder.add(k, ir.Constant(_I64, 16)), builder.fadd(acc, term)
-        k.add_incoming(ir.Constant(_I64, 0), entry)
-        k.add_incoming(k_next, loop)
-        acc.add_incoming(_ZEROS, entry)
-        acc.add_incoming(acc_next, loop)
-        builder.cbranch(builder.icmp_signed("<", k_next, whole), loop, done)
+        def terms(k, mask):
+            def load(base):
+                at = vector_at(builder, base, k)
+                return builder.load(at, align=4) if mask is None else masked_load(builder, at, mask)
+            return _bce16_ir(builder, load(x0), load(t0), pw)
 
-        builder.position_at_end(done)
-        total = builder.phi(_V16)
-        total.add_incoming(_ZEROS, entry)
-        total.add_incoming(acc_next, loop)
-        tail = lanes_below(builder, builder.sub(count, whole))  # no lane when count % 16 == 0
-        term = _bce16_ir(builder, masked_load(builder, vector_at(builder, x0, whole), tail),
-                         masked_load(builder, vector_at(builder, t0, whole), tail), pw)
-        return lane_sum(builder, builder.fadd(total, builder.select(tail, term, _ZEROS)))
+        return vector_sum_loop(builder, as_i64(builder, args[3]), terms, "bce_sum")
 
     return types.float32(x, t, i, count, pw), codegen
 

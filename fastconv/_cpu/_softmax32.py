@@ -23,16 +23,15 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from ._stream import LINE, prefetch_ir
-from ._vecmath import _V16, _exp16_nonpositive_ir, as_i64, broadcast, lane_sum, lanes_below, masked_load, \
-    masked_store, vector_at
+from ._vecmath import _exp16_nonpositive_ir, as_i64, broadcast, lanes_below, masked_load, masked_store, vector_at, \
+    vector_sum_loop
 
 __all__ = ["SUM_CHUNK", "ROW_PREFETCH_AHEAD", "row_exp_sum", "store_row"]
 
 SUM_CHUNK = 512            # values per float32 partial sum, here, in loss._chunked_sum and in _bce32
 ROW_PREFETCH_AHEAD = 2048  # values (8 KB, two 1000-class rows): 1024 and 4096 measured within noise
 
-_I32, _I64, _F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
-_ZEROS = ir.Constant(_V16, [ir.Constant(_F32, 0.0)] * 16)
+_I32 = ir.IntType(32)
 _LANES = LINE // 4
 
 
@@ -44,9 +43,9 @@ def _exp_shifted(builder, x, m):
 @intrinsic
 def _exp_shift_sum(typingctx, src, i, m, dst, j, count, ahead):
     """dst[j : j + count] = exp(src[i : i + count] - m) for 1-D C-contiguous float32 arrays; returns the
-    float32 sum of those values (one vector accumulator, its lanes added by lane_sum). Whole
-    vectors in a loop, the last count % 16 values by masked loads and stores. Each whole vector
-    also prefetches src[i + k + ahead] (any address: a prefetch never faults)."""
+    float32 sum of those values, by vector_sum_loop: the last count % 16 values by masked loads and
+    stores. Each whole vector also prefetches src[i + k + ahead] (any address: a prefetch never
+    faults)."""
     arrays, indices = (src, dst), (i, j, count, ahead)
     if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32 and a.layout == "C"
                 for a in arrays) and m == types.float32 and all(isinstance(x, types.Integer) for x in indices)):
@@ -56,32 +55,20 @@ def _exp_shift_sum(typingctx, src, i, m, dst, j, count, ahead):
         source, target = (context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 3))
         src0 = builder.gep(source.data, [as_i64(builder, args[1])])
         dst0 = builder.gep(target.data, [as_i64(builder, args[4])])
-        count, ahead = as_i64(builder, args[5]), as_i64(builder, args[6])
-        whole = builder.and_(count, ir.Constant(_I64, -16))
-        entry = builder.block
-        loop, done = builder.append_basic_block("exp_sum_loop"), builder.append_basic_block("exp_sum_done")
-        builder.cbranch(builder.icmp_signed(">", whole, ir.Constant(_I64, 0)), loop, done)
+        ahead = as_i64(builder, args[6])
 
-        builder.position_at_end(loop)
-        k, acc = builder.phi(_I64), builder.phi(_V16)
-        e = _exp_shifted(builder, builder.load(vector_at(builder, src0, k), align=4), args[2])
-        builder.store(e, vector_at(builder, dst0, k), align=4)
-        prefetch_ir(builder, builder.gep(src0, [builder.add(k, ahead)]))
-        k_next, acc_next = builder.add(k, ir.Constant(_I64, 16)), builder.fadd(acc, e)
-        k.add_incoming(ir.Constant(_I64, 0), entry)
-        k.add_incoming(k_next, loop)
-        acc.add_incoming(_ZEROS, entry)
-        acc.add_incoming(acc_next, loop)
-        builder.cbranch(builder.icmp_signed("<", k_next, whole), loop, done)
+        def exps(k, mask):
+            src, dst = vector_at(builder, src0, k), vector_at(builder, dst0, k)
+            if mask is None:
+                e = _exp_shifted(builder, builder.load(src, align=4), args[2])
+                builder.store(e, dst, align=4)
+                prefetch_ir(builder, builder.gep(src0, [builder.add(k, ahead)]))
+            else:
+                e = _exp_shifted(builder, masked_load(builder, src, mask), args[2])
+                masked_store(builder, e, dst, mask)
+            return e
 
-        builder.position_at_end(done)
-        total = builder.phi(_V16)
-        total.add_incoming(_ZEROS, entry)
-        total.add_incoming(acc_next, loop)
-        tail = lanes_below(builder, builder.sub(count, whole))  # no lane when count % 16 == 0
-        e = _exp_shifted(builder, masked_load(builder, vector_at(builder, src0, whole), tail), args[2])
-        masked_store(builder, e, vector_at(builder, dst0, whole), tail)
-        return lane_sum(builder, builder.fadd(total, builder.select(tail, e, _ZEROS)))
+        return vector_sum_loop(builder, as_i64(builder, args[5]), exps, "exp_sum")
 
     return types.float32(src, i, m, dst, j, count, ahead), codegen
 

@@ -185,6 +185,34 @@ def vector_at(builder, base, index):
     return builder.bitcast(builder.gep(base, [index]), _V16.as_pointer())
 
 
+def vector_sum_loop(builder, count, vector_of, name):
+    """The float sum of the <16 x float> vectors that vector_of(k, mask) emits for a 64-bit IR
+    `count` of values: at k = 0, 16, ... for the whole vectors (mask None), in a loop, then once at
+    k = count - count % 16 with `mask` its first count % 16 lanes (no lane when count % 16 == 0;
+    the other lanes are not added). One vector accumulator, its lanes added by lane_sum: the order
+    is fixed by count alone. vector_of emits the IR that computes (and may store) those values."""
+    whole = builder.and_(count, ir.Constant(_I64, -16))
+    entry = builder.block
+    loop, done = builder.append_basic_block(f"{name}_loop"), builder.append_basic_block(f"{name}_done")
+    builder.cbranch(builder.icmp_signed(">", whole, ir.Constant(_I64, 0)), loop, done)
+
+    builder.position_at_end(loop)
+    k, acc = builder.phi(_I64), builder.phi(_V16)
+    k_next, acc_next = builder.add(k, ir.Constant(_I64, 16)), builder.fadd(acc, vector_of(k, None))
+    k.add_incoming(ir.Constant(_I64, 0), entry)
+    k.add_incoming(k_next, loop)
+    acc.add_incoming(_splat(0.0), entry)
+    acc.add_incoming(acc_next, loop)
+    builder.cbranch(builder.icmp_signed("<", k_next, whole), loop, done)
+
+    builder.position_at_end(done)
+    total = builder.phi(_V16)
+    total.add_incoming(_splat(0.0), entry)
+    total.add_incoming(acc_next, loop)
+    tail = lanes_below(builder, builder.sub(count, whole))
+    return lane_sum(builder, builder.fadd(total, builder.select(tail, vector_of(whole, tail), _splat(0.0))))
+
+
 def _masked_intrinsic(pointer, operation):
     vector = pointer.type.pointee
     element = "f32" if isinstance(vector.element, ir.FloatType) else f"i{vector.element.width}"
