@@ -149,11 +149,15 @@ def test_many_blocks_match_float64(n):
     assert float(ops.bce_with_logits_forward(x, t)) == pytest.approx(_terms64(x, t, 1.0).mean(), rel=1e-6)
 
 
-def test_the_same_bits_for_any_thread_count_and_alignment():
+def test_the_same_bits_for_any_thread_count_and_alignment(monkeypatch):
     rng = np.random.default_rng(6)
-    n = 3 * 4096 + 77
+    n = 2**16 + 77  # past _parallel.SERIAL_BELOW: the threads share the blocks
     x, t = (rng.standard_normal(n) * 3).astype(np.float32), rng.uniform(0, 1, n).astype(np.float32)
+    x[5000:5003] = 3e38  # one block through the float64 fallback
     want = ops.bce_with_logits_forward(x, t)
+    seen = []
+    real = loss._bce_sum_avx512
+    monkeypatch.setattr(loss, "_bce_sum_avx512", lambda *a: seen.append(numba.get_num_threads()) or real(*a))
     threads = numba.get_num_threads()
     try:
         for count in range(1, threads + 1):
@@ -161,6 +165,7 @@ def test_the_same_bits_for_any_thread_count_and_alignment():
             assert ops.bce_with_logits_forward(x, t).tobytes() == want.tobytes()
     finally:
         numba.set_num_threads(threads)
+    assert seen == list(range(1, threads + 1))
     for offset in (1, 3, 8, 15):  # in floats from a 64-byte line
         bx, bt = np.empty(n + 16, np.float32), np.empty(n + 16, np.float32)
         skip = (-bx.ctypes.data // 4) % 16 + offset, (-bt.ctypes.data // 4) % 16 + offset

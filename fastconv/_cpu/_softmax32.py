@@ -58,14 +58,14 @@ def _exp_shift_sum(typingctx, src, i, m, dst, j, count, ahead):
         ahead = as_i64(builder, args[6])
 
         def exps(k, mask):
-            src, dst = vector_at(builder, src0, k), vector_at(builder, dst0, k)
+            z_at, e_at = vector_at(builder, src0, k), vector_at(builder, dst0, k)
             if mask is None:
-                e = _exp_shifted(builder, builder.load(src, align=4), args[2])
-                builder.store(e, dst, align=4)
+                e = _exp_shifted(builder, builder.load(z_at, align=4), args[2])
+                builder.store(e, e_at, align=4)
                 prefetch_ir(builder, builder.gep(src0, [builder.add(k, ahead)]))
             else:
-                e = _exp_shifted(builder, masked_load(builder, src, mask), args[2])
-                masked_store(builder, e, dst, mask)
+                e = _exp_shifted(builder, masked_load(builder, z_at, mask), args[2])
+                masked_store(builder, e, e_at, mask)
             return e
 
         return vector_sum_loop(builder, as_i64(builder, args[5]), exps, "exp_sum")

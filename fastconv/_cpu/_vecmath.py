@@ -150,7 +150,7 @@ def _call(builder, name, *args):
     return builder.call(fn, list(args))
 
 
-# IR helpers shared with _gemm32.py's tiles.
+# IR helpers shared with _gemm32.py's and _taps32.py's tiles, _softmax32.py and _bce32.py.
 def as_i64(builder, value):
     """An integer IR value widened to 64 bits (sign-extended)."""
     return builder.sext(value, _I64) if value.type.width < 64 else value
@@ -187,10 +187,12 @@ def vector_at(builder, base, index):
 
 def vector_sum_loop(builder, count, vector_of, name):
     """The float sum of the <16 x float> vectors that vector_of(k, mask) emits for a 64-bit IR
-    `count` of values: at k = 0, 16, ... for the whole vectors (mask None), in a loop, then once at
-    k = count - count % 16 with `mask` its first count % 16 lanes (no lane when count % 16 == 0;
-    the other lanes are not added). One vector accumulator, its lanes added by lane_sum: the order
-    is fixed by count alone. vector_of emits the IR that computes (and may store) those values."""
+    `count` (>= 0) of values: at k = 0, 16, ... for the whole vectors (mask None), in a loop, then
+    once at k = count - count % 16 with `mask` its first count % 16 lanes (no lane when
+    count % 16 == 0; the other lanes are not added). One vector accumulator, its lanes added by
+    lane_sum: the order is fixed by count alone. vector_of emits the IR that computes (and may
+    store) those values, within the current basic block (it must not branch); `name` names the
+    loop's blocks."""
     whole = builder.and_(count, ir.Constant(_I64, -16))
     entry = builder.block
     loop, done = builder.append_basic_block(f"{name}_loop"), builder.append_basic_block(f"{name}_done")
@@ -266,8 +268,8 @@ def _exp16_nonpositive_ir(builder, a):
 
 def _log1p_unit16_ir(builder, e):
     """log(1 + e) of a <16 x float> of values in [0, 1] (a NaN lane stays NaN): log1p_unit's math,
-    2 atanh(s) with s = e / (2 + e), by the odd series to s^15, in vector instructions (vdivps
-    itself: vrcp14ps and a Newton step, as in _sigmoid16_ir, measured 9% slower here)."""
+    2 atanh(s) with s = e / (2 + e), by the odd series to s^15, in vector instructions. The
+    division is vdivps: vrcp14ps and a Newton step (as in _sigmoid16_ir) measured 9% slower here."""
     s = builder.fdiv(e, builder.fadd(e, _splat(2.0)))
     z = builder.fmul(s, s)
     p = _splat(_C15)

@@ -414,7 +414,7 @@ def _last_dim(x):
 def bce_with_logits_forward(logits, targets, pos_weight):
     pw, has_pw = _optional(pos_weight, logits.dtype)
     x, t = logits.reshape(-1), targets.reshape(-1)
-    if logits.dtype == np.float32 and _vecmath.AVX512 and pw.size <= 1:
+    if logits.dtype == np.float32 and _vecmath.AVX512 and (not has_pw or pw.size == 1):
         total = run(_bce_sum_avx512, x.size, x, t, pw, has_pw, _chunks(x.size))
     else:
         total = run(_elementwise_loss_sum, x.size, x, t, pw, has_pw, _last_dim(logits), False, _chunks(x.size))
