@@ -280,38 +280,42 @@ def _chunk_loss_sum(a, b, pos_weight, has_pos_weight, classes, squared, start, s
     return acc
 
 
-@njit(parallel=True, cache=True)
-def _elementwise_loss_sum(a, b, pos_weight, has_pos_weight, classes, squared, chunks):
+@njit(inline="always")
+def _blocks_sum(block_sum, a, b, pos_weight, has_pos_weight, classes, squared, chunks):
+    """The sum of block_sum(a, b, pos_weight, has_pos_weight, classes, squared, lo, hi) over
+    `chunks` near-equal blocks [lo, hi) of a's values, computed in parallel and added in order."""
     n = a.size
     partials = np.zeros(chunks)
     for k in prange(chunks):
-        partials[k] = _chunk_loss_sum(a, b, pos_weight, has_pos_weight, classes, squared, k * n // chunks,
-                                      (k + 1) * n // chunks)
+        partials[k] = block_sum(a, b, pos_weight, has_pos_weight, classes, squared, k * n // chunks,
+                                (k + 1) * n // chunks)
     total = 0.0
     for k in range(chunks):
         total += partials[k]
     return total
+
+
+@njit(parallel=True, cache=True)
+def _elementwise_loss_sum(a, b, pos_weight, has_pos_weight, classes, squared, chunks):
+    return _blocks_sum(_chunk_loss_sum, a, b, pos_weight, has_pos_weight, classes, squared, chunks)
+
+
+@njit(inline="always")
+def _bce_block_sum_avx512(a, b, pos_weight, has_pos_weight, classes, squared, start, stop):
+    """_chunk_loss_sum's BCE sum by _bce32.bce_sum, for at most one pos_weight (classes 1): a block
+    whose float32 chunk sums overflowed (logits past ~1e36; or a NaN or infinite term, which stays
+    so) is redone by _chunk_loss_sum's float64 sum."""
+    s = bce_sum(a, b, start, stop, pos_weight[0] if has_pos_weight else np.float32(1))
+    if not np.isfinite(s):
+        s = _chunk_loss_sum(a, b, pos_weight, has_pos_weight, classes, squared, start, stop)
+    return s
 
 
 # Compiled only when called, i.e. on AVX-512 hosts, for float32 with no pos_weight or one (a (N, 1)
-# output's): the blocks are _elementwise_loss_sum's, each summed by _bce32.bce_sum; a block whose
-# float32 chunk sums overflowed (logits past ~1e36; or a NaN or infinite term, which stays so) is
-# redone by the portable loop's float64 sum.
+# output's): _elementwise_loss_sum's blocks, each by _bce_block_sum_avx512.
 @njit(parallel=True, cache=True)
 def _bce_sum_avx512(x, t, pos_weight, has_pos_weight, chunks):
-    n = x.size
-    pw = pos_weight[0] if has_pos_weight else np.float32(1)
-    partials = np.zeros(chunks)
-    for k in prange(chunks):
-        lo, hi = k * n // chunks, (k + 1) * n // chunks
-        s = bce_sum(x, t, lo, hi, pw)
-        if not np.isfinite(s):
-            s = _chunk_loss_sum(x, t, pos_weight, has_pos_weight, 1, False, lo, hi)
-        partials[k] = s
-    total = 0.0
-    for k in range(chunks):
-        total += partials[k]
-    return total
+    return _blocks_sum(_bce_block_sum_avx512, x, t, pos_weight, has_pos_weight, 1, False, chunks)
 
 
 @njit(error_model="numpy", cache=True)
