@@ -75,8 +75,10 @@ SHAPES = [
 
 @pytest.fixture(params=["channels", "positions"])
 def lanes(request, monkeypatch):
-    """Each test below runs with either tile forced (the kernel picks by estimated work)."""
+    """Each test below runs with either tile forced (the kernel picks by estimated work), and with
+    Winograd's F(2x2, 3x3) (test_cpu_winograd32.py) off, so conv2's shape reaches the tiles."""
     monkeypatch.setattr(conv, "_lanes_are_channels", lambda *args: request.param == "channels")
+    monkeypatch.setattr(conv, "WINOGRAD", False)
     return request.param
 
 

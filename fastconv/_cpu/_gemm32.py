@@ -38,9 +38,9 @@ _V16 = ir.VectorType(ir.FloatType(), 16)
 _I64 = ir.IntType(64)
 
 
-def _tile_intrinsic(masked, halves):
+def _tile_intrinsic(masked, halves, rows=MR):
     """tile(a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, ncols, run, a_run):
-    c[c_off + r*ldc + j] (+)= sum_k a[a_off + r*a_rs + col(k)*a_cs] * b[b_off + k*ldb + j] for r < 8
+    c[c_off + r*ldc + j] (+)= sum_k a[a_off + r*a_rs + col(k)*a_cs] * b[b_off + k*ldb + j] for r < rows
     and j < 16 * halves (masked: j < ncols, the other columns neither read nor written), where A's
     columns come in runs of `run` every a_run: col(k) = (k // run) * a_run + k % run (run = k,
     a_run = 0: col(k) = k). k must be a multiple of run."""
@@ -75,14 +75,14 @@ def _tile_intrinsic(masked, halves):
                 return builder.add(row_start, ir.Constant(_I64, 16 * h))
 
             # Accumulators in allocas at the entry: LLVM promotes them to registers.
-            accs = [[cgutils.alloca_once(builder, _V16) for _ in range(halves)] for _ in range(MR)]
+            accs = [[cgutils.alloca_once(builder, _V16) for _ in range(halves)] for _ in range(rows)]
             with builder.if_else(accumulate) as (then, otherwise):
                 with then:
-                    for r in range(MR):
+                    for r in range(rows):
                         for h in range(halves):
                             builder.store(load(c_arr, c_offset(r, h), h), accs[r][h])
                 with otherwise:
-                    for r in range(MR):
+                    for r in range(rows):
                         for h in range(halves):
                             builder.store(zero, accs[r][h])
             with cgutils.for_range(builder, builder.sdiv(kk, run)) as runs:
@@ -93,13 +93,13 @@ def _tile_intrinsic(masked, halves):
                     row = builder.add(b_off, builder.mul(builder.add(first, step), ldb))
                     bv = [load(b_arr, builder.add(row, ir.Constant(_I64, 16 * h)), h) for h in range(halves)]
                     a_col = builder.add(a_first, builder.mul(step, a_cs))
-                    for r in range(MR):
+                    for r in range(rows):
                         a_at = builder.add(a_col, builder.mul(ir.Constant(_I64, r), a_rs))
                         scalar = builder.load(builder.gep(a_arr.data, [a_at]))
                         av = broadcast(builder, scalar)
                         for h in range(halves):
                             builder.store(builder.call(fma, [av, bv[h], builder.load(accs[r][h])]), accs[r][h])
-            for r in range(MR):
+            for r in range(rows):
                 for h in range(halves):
                     value, target = builder.load(accs[r][h]), vector_at(c_arr, c_offset(r, h))
                     if masks[h] is None:

@@ -2,7 +2,9 @@
 samples and calling single-threaded BLAS itself (_blas.py says why), in per-thread buffers that
 stay in the core's cache. For float32 on AVX-512 hosts the stride-1 kernels use our own code
 instead (_forward_taps_avx512, _backward_taps_avx512): register tiles over all taps for the
-forward and for dx (_taps32.py), our GEMM for dW (_gemm32.py: twice OpenBLAS's AVX2 kernels here).
+forward and for dx (_taps32.py), our GEMM for dW (_gemm32.py: twice OpenBLAS's AVX2 kernels here);
+3x3 layers with 16 or more channels in and out go forward by Winograd's F(2x2, 3x3) instead
+(_forward_winograd_avx512, _winograd32.py: 2.25x fewer multiply-adds).
 
 Stride 1 (the common case) uses the "wide" layout described above _forward_wide: no im2col for
 layers with >= 8 input channels per group (one accumulating GEMM per kernel tap on shifted slices
@@ -18,6 +20,8 @@ conv2 (32->64, 14x14, k3) forward: im2col 6.3 ms + GEMM 7.7 ms; the 9 shifted GE
 For 1 input channel the 9 shifted GEMMs (K = 1) took 2.6 ms against 0.5 ms for one GEMM over
 copied rows, hence the channel threshold. Before/after numbers of each change: this file's git log.
 """
+import os
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -30,6 +34,7 @@ from ._memory import empty
 from ._pool32 import max_pool_2x2_plane, unpool_2x2_plane
 from ._stream import prefetch_all
 from ._taps32 import CR, CW, MR, NR, channels_tile, taps_tile, transpose16_block
+from ._winograd32 import LANES, input_tile16, output_tile16, products, tile_rows, weights_transformed
 from ._vecmath import copy_rows16
 from .dense import _ONE, _ZERO, _relu, _sigmoid, relu_backward, sigmoid_backward
 from ..ops.pool import PoolGeometry
@@ -442,6 +447,30 @@ def _packed_run(q0, length, wp, ow, wide):
     return keep, q0 if wide else q0 // wp * ow + min(q0 % wp, ow)
 
 
+@njit(inline="always")
+def _finish_planes(out, y_off, count, o0, plane_width, oh, ow, act, pool, n, pooled, indices):
+    """The last step of a stride-1 forward for `count` output planes in `out` (channels o0, o0 + 1, ...):
+    with no pooling (pool[0] == 0) the sigmoid, if act asks for it, of out[y_off : y_off + count*oh*ow]
+    (bias and ReLU came with the tile); with one, each plane (oh rows of plane_width, the first ow of
+    them outputs, from out[0]) gets its sigmoid and is pooled into pooled[n, o0 + o] / indices."""
+    if pool[0] == 0:
+        if act == _SIGMOID:
+            outputs = out[y_off:y_off + count * oh * ow]
+            _bias_activate(outputs, outputs, 1, outputs.size, outputs.size, _ZERO, act)
+        return
+    plane = oh * plane_width
+    pool_2x2 = pool[0] == 2 and pool[1] == 2 and pool[2] == 2 and pool[3] == 2 and pool[4] == 0 and pool[5] == 0
+    for o in range(count):
+        channel = out[o * plane:(o + 1) * plane]
+        if act == _SIGMOID:
+            _bias_activate(channel, channel, 1, plane, plane, _ZERO, act)
+        if pool_2x2:  # the same values and indices, in AVX-512 (_pool32.py)
+            max_pool_2x2_plane(channel, plane_width, ow, pooled[n, o0 + o], indices[n, o0 + o])
+        else:
+            max_pool_plane(channel.reshape((oh, plane_width)), oh, ow, pooled[n, o0 + o], indices[n, o0 + o],
+                           pool[0], pool[1], pool[2], pool[3], pool[4], pool[5])
+
+
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
 def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool, xps, shifts, yws, y, pooled,
                          indices):
@@ -460,9 +489,7 @@ def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool
     cog, length, p = c_out // groups, oh * wp, oh * ow
     pooling, relu, w, w_lanes, b_lanes = pool[0] != 0, act == _RELU, wt.reshape(-1), wc.reshape(-1), bc.reshape(-1)
     lanes_are_channels = wc.size > 0
-    pool_2x2 = pool[0] == 2 and pool[1] == 2 and pool[2] == 2 and pool[3] == 2 and pool[4] == 0 and pool[5] == 0
     plane_width = ow if lanes_are_channels else wp  # of the planes the tile writes
-    plane = oh * plane_width
     threads = xps.shape[0]
     for t in prange(threads):
         xp = xps[t]
@@ -493,20 +520,70 @@ def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool
                             taps_tile(w, (g * cog + o0) * cg, cg, c_out * cg, cg, xp, xp.shape[1], shifts, q0, out,
                                       y_off + o0 * ldy, ldy, min(MR, cog - o0), b, g * cog + o0, relu,
                                       keep_lo, keep_hi, dst_lo, dst_hi)
+                _finish_planes(out, y_off, cog, g * cog, plane_width, oh, ow, act, pool, n, pooled, indices)
+
+
+@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
+def _forward_winograd_avx512(x, u, b, act, pt, pl, oh, ow, pool, band, rows, xhs, vs, ms, yhs, yws, y, pooled,
+                             indices, suspect):
+    """The 3x3 stride-1 float32 forward (groups 1) by Winograd's F(2x2, 3x3) on AVX-512 hosts
+    (_winograd32.py has the math). Per sample, in the thread's own buffers:
+    - xh (2*TH + 2, 2*TW + 2, Cp): the zero-padded sample, channels last (16 x 16 blocks through the
+      registers), TH x TW the tiles of 2x2 outputs, Cp and Kp the channel counts rounded up to 16;
+    then per band of `band` tile rows (bands bound the scratch for large images):
+    - v (16, T, Cp): the band's transformed input tiles, T its tile count rounded up to a multiple
+      of `rows`; m[xi] = v[xi] @ u[xi] (_winograd32.products), m (16, T, Kp). Rows past the band's
+      tiles hold zeros or an earlier band's values: their products are computed and not used;
+    - yh (2*band, 2*TW, Kp): the band's outputs, with b (Kp values) and the ReLU, channels last;
+      their part inside OH x OW, transposed, goes to y[n] (N, C_out, OH*OW) or, with a pooling (pool
+      as in _forward_wide), to the thread's plane buffer yws for _finish_planes.
+    suspect[n] = 1 where an output came out inf or NaN: the caller redoes those samples directly."""
+    n_img, c, h, w = x.shape
+    c_out, p = y.shape[1] if pool[0] == 0 else pooled.shape[1], oh * ow
+    cp, kp = u.shape[1], u.shape[2]
+    wx, t_max = xhs.shape[2], vs.shape[2]
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    wy = 2 * tw
+    x_flat, relu, pooling = x.reshape(-1), act == _RELU, pool[0] != 0
+    threads = xhs.shape[0]
+    for t in prange(threads):
+        xh, v, m, yh = xhs[t].reshape(-1), vs[t], ms[t], yhs[t].reshape(-1)
+        xh[:] = 0
+        v[:] = 0
+        v_flat, m_flat = v.reshape(-1), m.reshape(-1)
+        for n in range(t * n_img // threads, (t + 1) * n_img // threads):
+            if n + 1 < n_img:  # the next sample on its way to the cache while this one computes
+                prefetch_all(x[n + 1].reshape(-1))
                 if not pooling:
-                    if act == _SIGMOID:
-                        outputs = out[y_off:y_off + cog * p]
-                        _bias_activate(outputs, outputs, 1, outputs.size, outputs.size, _ZERO, act)
-                    continue
-                for o in range(cog):
-                    channel = out[o * plane:(o + 1) * plane]
-                    if act == _SIGMOID:
-                        _bias_activate(channel, channel, 1, plane, plane, _ZERO, act)
-                    if pool_2x2:  # the same values and indices, in AVX-512 (_pool32.py)
-                        max_pool_2x2_plane(channel, plane_width, ow, pooled[n, g * cog + o], indices[n, g * cog + o])
-                    else:
-                        max_pool_plane(channel.reshape((oh, plane_width)), oh, ow, pooled[n, g * cog + o],
-                                       indices[n, g * cog + o], pool[0], pool[1], pool[2], pool[3], pool[4], pool[5])
+                    prefetch_all(y[n + 1].reshape(-1))
+            for r in range(h):
+                for c0 in range(0, c, LANES):
+                    for w0 in range(0, w, LANES):
+                        transpose16_block(x_flat, ((n * c + c0) * h + r) * w + w0, h * w, min(LANES, c - c0),
+                                          min(LANES, w - w0), xh, ((pt + r) * wx + pl + w0) * cp + c0, cp)
+            out = yws[t] if pooling else y[n].reshape(-1)
+            bad = 0
+            for ty0 in range(0, th, band):
+                ty1 = min(th, ty0 + band)
+                for ty in range(ty0, ty1):
+                    for tx in range(tw):
+                        for c0 in range(0, cp, LANES):
+                            input_tile16(xh, (2 * ty * wx + 2 * tx) * cp + c0, wx * cp, cp, v_flat,
+                                         ((ty - ty0) * tw + tx) * cp + c0, t_max * cp)
+                used = -(-(ty1 - ty0) * tw // rows) * rows
+                products(v[:, :used], u, m[:, :used], rows)
+                for ty in range(ty0, ty1):
+                    for tx in range(tw):
+                        for k0 in range(0, kp, LANES):
+                            bad |= output_tile16(m_flat, ((ty - ty0) * tw + tx) * kp + k0, t_max * kp, b, k0, relu,
+                                                 yh, (2 * (ty - ty0) * wy + 2 * tx) * kp + k0, wy * kp, kp)
+                for a in range(2 * ty0, min(oh, 2 * ty1)):
+                    for k0 in range(0, c_out, LANES):
+                        for w0 in range(0, ow, LANES):
+                            transpose16_block(yh, ((a - 2 * ty0) * wy + w0) * kp + k0, kp, min(LANES, ow - w0),
+                                              min(LANES, c_out - k0), out, k0 * p + a * ow + w0, p)
+            suspect[n] = bad
+            _finish_planes(out, 0, c_out, 0, ow, oh, ow, act, pool, n, pooled, indices)
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -687,21 +764,10 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     threads = _threads(n)
     window = _NO_POOL if pool is None else (*pool.kernel, *pool.stride, *pool.padding)
     with single_threaded_blas():
-        if stride == (1, 1) and _uses_gemm32(x):
-            s = _Wide(x, w, padding, dilation, groups, oh, ow, threads, backward=False)
-            shifts = _tap_shifts(kh, kw, dilation, s.wp)
-            b_flat = np.ascontiguousarray(bias) if has_bias else np.zeros(c_out, x.dtype)
-            cog = c_out // groups
-            wc, bc = np.empty((0, 0, 0, 0), x.dtype), np.empty((0, 0), x.dtype)
-            if _lanes_are_channels(cog, oh, ow, s.wp):
-                blocks = -(-cog // CW)
-                padded = np.zeros((groups, blocks * CW, cg, kh * kw), x.dtype)
-                padded[:, :cog] = w.reshape(groups, cog, cg, kh * kw)
-                wc = np.ascontiguousarray(padded.reshape(groups, blocks, CW, cg, kh * kw).transpose(0, 1, 4, 3, 2))
-                bc = np.zeros((groups, blocks * CW), x.dtype)
-                bc[:, :cog] = b_flat.reshape(groups, cog)
-            _forward_taps_avx512(x, s.wt, b_flat, wc, bc, act, groups, padding[0], padding[2], s.wp, oh, ow, window,
-                                 s.xps, shifts, s.outs, y, pooled, indices)
+        if _uses_winograd(x, w, stride, dilation, groups):
+            _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices)
+        elif stride == (1, 1) and _uses_gemm32(x):
+            _forward_by_taps(x, w, b, padding, dilation, groups, oh, ow, act, window, y, pooled, indices)
         elif stride == (1, 1):
             s = _Wide(x, w, padding, dilation, groups, oh, ow, threads, backward=False)
             _forward_wide(x, w2, s.wt, bias, has_bias, act, groups, kh, kw, dilation[0], dilation[1], padding[0],
@@ -713,6 +779,75 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
             kernel(x, w2b, bias, has_bias, act, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],
                    dilation[0], dilation[1], oh, ow, np.empty((threads, w2b.shape[1] * p), x.dtype), y)
     return y.reshape(n, c_out, oh, ow) if pool is None else (pooled, indices)
+
+
+# Winograd's F(2x2, 3x3) takes the 3x3 stride-1 float32 layers with at least WINOGRAD_MIN_CHANNELS
+# input and output channels (below it the transforms, linear in C + K, outweigh the 2.25x fewer
+# multiply-adds), unless FASTCONV_WINOGRAD=0 keeps them on the direct kernel and its rounding
+# (_winograd32.py compares the two).
+WINOGRAD = os.environ.get("FASTCONV_WINOGRAD", "").strip() != "0"
+WINOGRAD_MIN_CHANNELS = 16
+# Each thread's transformed tiles (v and m) are kept to about this, in cache, by taking the tiles in
+# bands of whole tile rows (at least one): conv2's 7 rows of 7 tiles (301 KiB) in one band; a
+# 224-wide image with 64 channels in and out one row of 112 tiles (896 KiB) at a time.
+_WINOGRAD_BAND_BYTES = 1 << 19
+
+
+def _uses_winograd(x, w, stride, dilation, groups):
+    c_out, cg, kh, kw = w.shape
+    return (WINOGRAD and _uses_gemm32(x) and stride == (1, 1) and dilation == (1, 1) and groups == 1
+            and (kh, kw) == (3, 3) and min(cg, c_out) >= WINOGRAD_MIN_CHANNELS)
+
+
+def _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices):
+    """y, or pooled and indices, by _forward_winograd_avx512; the samples it flags (an output not
+    finite) again by the direct kernel, whose inf and NaN are a direct sum's."""
+    n, c = x.shape[:2]
+    c_out = w.shape[0]
+    cp, kp = -(-c // LANES) * LANES, -(-c_out // LANES) * LANES
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    threads = _threads(n)
+    bias = np.zeros(kp, x.dtype)
+    if b is not None:
+        bias[:c_out] = b
+    band = max(1, min(th, _WINOGRAD_BAND_BYTES // (16 * (cp + kp) * x.itemsize * tw)))  # tile rows
+    rows = tile_rows(band * tw)
+    t_max = -(-band * tw // rows) * rows
+    scratch = lambda *shape: np.empty((threads, *shape), x.dtype)  # noqa: E731
+    suspect = np.zeros(n, np.uint8)
+    _forward_winograd_avx512(x, weights_transformed(w, cp, kp), bias, act, padding[0], padding[2], oh, ow, window,
+                             band, rows, scratch(2 * th + 2, 2 * tw + 2, cp), scratch(16, t_max, cp),
+                             scratch(16, t_max, kp), scratch(2 * band, 2 * tw, kp),
+                             scratch(c_out * oh * ow if window[0] else 0), y, pooled, indices, suspect)
+    redo = np.flatnonzero(suspect)
+    if redo.size:
+        y_redo = np.empty((redo.size, *y.shape[1:]), x.dtype)
+        pooled_redo, indices_redo = np.empty((redo.size, *pooled.shape[1:]), x.dtype), np.empty(
+            (redo.size, *indices.shape[1:]), indices.dtype)
+        _forward_by_taps(x[redo], w, b, padding, (1, 1), 1, oh, ow, act, window, y_redo, pooled_redo, indices_redo)
+        if window[0]:
+            pooled[redo], indices[redo] = pooled_redo, indices_redo
+        else:
+            y[redo] = y_redo
+
+
+def _forward_by_taps(x, w, b, padding, dilation, groups, oh, ow, act, window, y, pooled, indices):
+    """y, or pooled and indices, by _forward_taps_avx512 (stride 1, float32, AVX-512)."""
+    c_out, cg, kh, kw = w.shape
+    s = _Wide(x, w, padding, dilation, groups, oh, ow, _threads(x.shape[0]), backward=False)
+    shifts = _tap_shifts(kh, kw, dilation, s.wp)
+    b_flat = np.ascontiguousarray(b) if b is not None else np.zeros(c_out, x.dtype)
+    cog = c_out // groups
+    wc, bc = np.empty((0, 0, 0, 0), x.dtype), np.empty((0, 0), x.dtype)
+    if _lanes_are_channels(cog, oh, ow, s.wp):
+        blocks = -(-cog // CW)
+        padded = np.zeros((groups, blocks * CW, cg, kh * kw), x.dtype)
+        padded[:, :cog] = w.reshape(groups, cog, cg, kh * kw)
+        wc = np.ascontiguousarray(padded.reshape(groups, blocks, CW, cg, kh * kw).transpose(0, 1, 4, 3, 2))
+        bc = np.zeros((groups, blocks * CW), x.dtype)
+        bc[:, :cog] = b_flat.reshape(groups, cog)
+    _forward_taps_avx512(x, s.wt, b_flat, wc, bc, act, groups, padding[0], padding[2], s.wp, oh, ow, window, s.xps,
+                         shifts, s.outs, y, pooled, indices)
 
 
 def _tap_shifts(kh, kw, dilation, wp):

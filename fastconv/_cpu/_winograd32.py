@@ -1,0 +1,198 @@
+"""Winograd's minimal filtering F(2x2, 3x3) for the stride-1 3x3 convolution in float32 AVX-512:
+the transforms of one tile, 16 channels at a time (channels in the lanes), and of the weights.
+
+Each 2x2 block of outputs Y (at output row 2ty, column 2tx) needs the 4x4 patch d_c of the padded
+input starting there, in every input channel c. With
+
+    B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+    G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]
+
+the correlation of d_c with the 3x3 kernel g_kc of output channel k is A^T [(G g_kc G^T) . (B^T d_c B)] A
+(Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2015; '.' elementwise).
+Summed over c, for each of the 16 positions xi of the 4x4 transformed tile:
+
+    V[xi][p, c] = (B^T d_{p,c} B)[xi]                    input_tile16, per tile p
+    U[xi][c, k] = (G g_kc G^T)[xi]                       weights_transformed, once per call
+    M[xi]       = V[xi] @ U[xi]                          16 GEMMs, (tiles x C) @ (C x K)
+    Y_{p,k}     = A^T M_{p,k} A  (+ bias, activation)    output_tile16, per tile p
+
+4 outputs cost 16 multiply-adds per (c, k) instead of the direct 36: 2.25x fewer, for additions
+in the transforms that are linear in C + K rather than in C * K.
+
+Accuracy. An output still depends only on its own 3x3 window: a patch's first column enters only
+the left outputs (B^T's and A^T's zeros), its last only the right ones. But the weights reach it
+through their transforms (sums like (g0 + g1 + g2) / 2, each rounded once from float64) and the
+16 products are added with signs, so its error scales with its window's inputs times the kernel's
+weights as a whole, where a direct sum's scales with the products it adds. On typical data that is
+no worse: conv2's layer on normal data, max error against float64 1.2e-6 (direct kernel 2.6e-6;
+sums of 32 products per xi against the direct 288). Where one input dominates a window and meets
+a small weight it is: an input of 3e38 among values of 1 gave a relative error of 1.2e-5 in its
+outputs, against the direct kernel's 5e-8. FASTCONV_WINOGRAD=0 turns this path off (conv.py).
+
+Non-finite values do not survive the transforms as they would a direct sum (an inf input gives
+inf - inf = NaN in outputs that the direct sum does not even reach), so output_tile16 reports
+whether any output it computed, before the activation, is not finite; the caller recomputes those
+samples by the direct kernel.
+"""
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+from ._gemm32 import _tile_intrinsic
+from ._vecmath import as_i64, broadcast, vector_at
+
+__all__ = ["input_tile16", "output_tile16", "products", "tile_rows", "weights_transformed", "LANES", "TILE_ROWS"]
+
+LANES = 16  # channels per vector: both transforms run on 16 channels at once
+_F32 = ir.FloatType()
+_V16 = ir.VectorType(_F32, LANES)
+_I64 = ir.IntType(64)
+_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+
+@njit(nogil=True, cache=True)
+def _transform_weights(w, u):
+    """u[4a + b, c, k] = (G w[k, c] G^T)[a, b] in float64, rounded once (u zero past w's C and K)."""
+    u[:] = 0
+    g64 = np.empty((3, 3))
+    gg = np.empty((4, 3))
+    for k in range(w.shape[0]):
+        for c in range(w.shape[1]):
+            for i in range(3):
+                for j in range(3):
+                    g64[i, j] = w[k, c, i, j]
+            for j in range(3):  # G g: rows 0 and 3 copy g's first and last, 1 and 2 half sums
+                gg[0, j], gg[3, j] = g64[0, j], g64[2, j]
+                gg[1, j] = 0.5 * (g64[0, j] + g64[1, j] + g64[2, j])
+                gg[2, j] = 0.5 * (g64[0, j] - g64[1, j] + g64[2, j])
+            for a in range(4):  # (G g) G^T, the same along the other axis
+                u[4 * a, c, k] = gg[a, 0]
+                u[4 * a + 1, c, k] = 0.5 * (gg[a, 0] + gg[a, 1] + gg[a, 2])
+                u[4 * a + 2, c, k] = 0.5 * (gg[a, 0] - gg[a, 1] + gg[a, 2])
+                u[4 * a + 3, c, k] = gg[a, 2]
+
+
+def weights_transformed(w, channels, outputs):
+    """U as (16, channels, outputs) float32 for w (K, C, 3, 3): U[4a + b, c, k] = (G w[k, c] G^T)[a, b],
+    zero past C and K (channels, outputs: C and K rounded up to LANES)."""
+    u = np.empty((16, channels, outputs), np.float32)
+    _transform_weights(np.ascontiguousarray(w), u)
+    return u
+
+
+# The 16 GEMMs M[xi] = V[xi] @ U[xi] by gemm32's register tiles with `rows` rows of V each, rows
+# chosen per layer so that they divide the tile count (which V and M are padded to, the extra rows
+# zero): conv2's 49 tiles took 32.9 us a sample in 8-row tiles (56 rows), 28.5 us in 7-row ones,
+# one Zen 4 core. A last strip of 16 columns (Kp = 16 mod 32) goes to 16-wide tiles.
+TILE_ROWS = (8, 7, 6)
+_tile8, _tile8_16 = _tile_intrinsic(False, 2, 8), _tile_intrinsic(False, 1, 8)
+_tile7, _tile7_16 = _tile_intrinsic(False, 2, 7), _tile_intrinsic(False, 1, 7)
+_tile6, _tile6_16 = _tile_intrinsic(False, 2, 6), _tile_intrinsic(False, 1, 6)
+
+
+def tile_rows(tiles):
+    """The rows per GEMM tile (one of TILE_ROWS) that pad `tiles` the least, the larger on a tie."""
+    return min(TILE_ROWS, key=lambda rows: (-(-tiles // rows) * rows, -rows))
+
+
+@njit(inline="always")
+def products(v, u, m, rows):
+    """m[xi] = v[xi] @ u[xi] for the 16 xi: v (16, T, Cp), u (16, Cp, Kp), m (16, T, Kp), T a
+    multiple of rows (one of TILE_ROWS), Kp of 16. Each sum over c runs in order."""
+    t, cp, kp = v.shape[1], v.shape[2], u.shape[2]
+    for xi in range(16):
+        a, b, c = v[xi], u[xi], m[xi]
+        for j0 in range(0, kp, 32):
+            wide = kp - j0 >= 32
+            for i0 in range(0, t, rows):
+                a_at, c_at = i0 * cp, i0 * kp + j0
+                if rows == 8:
+                    if wide:
+                        _tile8(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 32, cp, 0)
+                    else:
+                        _tile8_16(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 16, cp, 0)
+                elif rows == 7:
+                    if wide:
+                        _tile7(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 32, cp, 0)
+                    else:
+                        _tile7_16(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 16, cp, 0)
+                elif wide:
+                    _tile6(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 32, cp, 0)
+                else:
+                    _tile6_16(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 16, cp, 0)
+
+
+def _rows_transformed(builder, rows):
+    """B^T applied along a list of four vectors (d0, d1, d2, d3)."""
+    d0, d1, d2, d3 = rows
+    return [builder.fsub(d0, d2), builder.fadd(d1, d2), builder.fsub(d2, d1), builder.fsub(d1, d3)]
+
+
+def _outputs_transformed(builder, rows):
+    """A^T applied along a list of four vectors (m0, m1, m2, m3)."""
+    m0, m1, m2, m3 = rows
+    return [builder.fadd(builder.fadd(m0, m1), m2), builder.fsub(builder.fsub(m1, m2), m3)]
+
+
+@intrinsic
+def input_tile16(typingctx, xh, at, row_ld, col_ld, v, v_at, xi_ld):
+    """v[v_at + xi*xi_ld + l] = (B^T d B)[xi] in lane l < 16, where d[i][j] = xh[at + i*row_ld + j*col_ld + l]:
+    one tile's 16 transformed values for 16 channels (xh channels-last, so l is the channel). float32
+    arrays addressed from their first element."""
+    if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (xh, v)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        source, target = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 4))
+        at, row_ld, col_ld, v_at, xi_ld = (as_i64(builder, args[i]) for i in (1, 2, 3, 5, 6))
+        const = lambda value: ir.Constant(_I64, value)  # noqa: E731
+        d = [[builder.load(vector_at(builder, source.data,
+                                     builder.add(at, builder.add(builder.mul(const(i), row_ld),
+                                                                 builder.mul(const(j), col_ld)))), align=4)
+              for j in range(4)] for i in range(4)]
+        columns = [_rows_transformed(builder, [d[i][j] for i in range(4)]) for j in range(4)]  # columns[j][i]
+        for i in range(4):
+            for j, value in enumerate(_rows_transformed(builder, [columns[jj][i] for jj in range(4)])):
+                where = builder.add(v_at, builder.mul(const(4 * i + j), xi_ld))
+                builder.store(value, vector_at(builder, target.data, where), align=4)
+        return context.get_dummy_value()
+
+    return types.void(xh, at, row_ld, col_ld, v, v_at, xi_ld), codegen
+
+
+@intrinsic
+def output_tile16(typingctx, m, at, xi_ld, bias, b_at, relu, y, y_at, row_ld, col_ld):
+    """One tile's 2x2 outputs for 16 output channels (lanes l):
+        o[a][b] = (A^T M A)[a, b] + bias[b_at + l],  M[xi] = m[at + xi*xi_ld + l]
+        o = max(o, 0) if relu (NaN kept)
+    stored at y[y_at + a*row_ld + b*col_ld + l]. Returns 1 if any o (before relu) is inf or NaN, else 0."""
+    if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (m, bias, y)):
+        return None
+    if not isinstance(relu, types.Boolean):
+        return None
+
+    def codegen(context, builder, signature, args):
+        m_arr, b_arr, y_arr = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3, 6))
+        at, xi_ld, b_at, y_at, row_ld, col_ld = (as_i64(builder, args[i]) for i in (1, 2, 4, 7, 8, 9))
+        relu_lanes = broadcast(builder, args[5])
+        const = lambda value: ir.Constant(_I64, value)  # noqa: E731
+        zero = ir.Constant(_V16, [ir.Constant(_F32, 0.0)] * LANES)
+        mv = [[builder.load(vector_at(builder, m_arr.data, builder.add(at, builder.mul(const(4 * i + j), xi_ld))),
+                            align=4) for j in range(4)] for i in range(4)]
+        columns = [_outputs_transformed(builder, [mv[i][j] for i in range(4)]) for j in range(4)]  # columns[j][a]
+        bias_lanes = builder.load(vector_at(builder, b_arr.data, b_at), align=4)
+        poisoned = zero  # 0 * o is 0 for every finite o, NaN for inf and NaN
+        for a in range(2):
+            for b, value in enumerate(_outputs_transformed(builder, [columns[j][a] for j in range(4)])):
+                value = builder.fadd(value, bias_lanes)
+                poisoned = builder.fadd(poisoned, builder.fmul(value, zero))
+                negative = builder.fcmp_ordered("<", value, zero)
+                value = builder.select(builder.and_(negative, relu_lanes), zero, value)
+                where = builder.add(y_at, builder.add(builder.mul(const(a), row_ld), builder.mul(const(b), col_ld)))
+                builder.store(value, vector_at(builder, y_arr.data, where), align=4)
+        nan_lanes = builder.bitcast(builder.fcmp_unordered("uno", poisoned, poisoned), ir.IntType(LANES))
+        return builder.zext(builder.icmp_unsigned("!=", nan_lanes, ir.Constant(ir.IntType(LANES), 0)), _I64)
+
+    return types.int64(m, at, xi_ld, bias, b_at, relu, y, y_at, row_ld, col_ld), codegen

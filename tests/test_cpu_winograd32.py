@@ -1,0 +1,255 @@
+"""The cpu backend's Winograd F(2x2, 3x3) forward for 3x3 stride-1 float32 layers (fastconv/_cpu/
+_winograd32.py, conv._forward_winograd_avx512): which layers take it; its transforms against
+their matrices in float64; the forward, alone and fused with an activation and a max pooling,
+against the float64 reference on shapes around its edges (odd output sizes, padding 0 to 2 and
+uneven, channel counts off the 16 lanes, each GEMM tile height); the same bits for any thread
+count; and non-finite values, for which the samples concerned come from the direct kernel.
+Skipped where the host has no AVX-512F."""
+import os
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+from fastconv import ops
+from fastconv._cpu import _vecmath, conv
+from helpers import assert_matches
+from test_conv import Geometry
+
+pytestmark = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_AVX512=0)")
+
+if _vecmath.AVX512:
+    from numba import njit
+
+    from fastconv._cpu._winograd32 import (TILE_ROWS, input_tile16, output_tile16, products, tile_rows,
+                                           weights_transformed)
+
+    @njit
+    def _input_tile(*args):
+        input_tile16(*args)
+
+    @njit
+    def _output_tile(*args):
+        return output_tile16(*args)
+
+    @njit
+    def _products(v, u, m, rows):
+        products(v, u, m, rows)
+
+BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+
+# x shape, C_out, padding (an int, a pair or "valid"/"same")
+SHAPES = [
+    ((3, 32, 14, 14), 64, 1),      # conv2: 7 x 7 tiles, 7-row GEMM tiles
+    ((2, 17, 9, 7), 20, 1),        # odd output (9 x 7): half-empty edge tiles; C, K off the lanes
+    ((2, 16, 6, 6), 16, "valid"),  # 4 x 4 outputs: 4 tiles, 6-row GEMM tiles (2 rows of padding)
+    ((1, 40, 8, 11), 33, (2, 0)),  # uneven padding, 10 x 9 outputs; K = 33: a last 16-wide strip
+    ((2, 16, 16, 16), 48, 1),      # 64 tiles: 8-row GEMM tiles; K = 48: a 32 and a 16 strip
+    ((1, 16, 3, 3), 16, 2),        # more padding than image
+    ((2, 16, 1, 1), 16, 1),        # one output, one tile
+    ((5, 24, 5, 5), 16, "same"),   # batch past the threads; odd tiles
+]
+
+
+def _case(x_shape, c_out, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape)
+    w = rng.standard_normal((c_out, x_shape[1], 3, 3)) / np.sqrt(9 * x_shape[1])
+    return x, w, rng.standard_normal(c_out)
+
+
+def _direct(monkeypatch):
+    """Turns the Winograd forward off: the direct kernel (_taps32's tiles) for every layer."""
+    monkeypatch.setattr(conv, "WINOGRAD", False)
+
+
+def test_which_layers_take_it():
+    x = np.zeros((2, 32, 14, 14), np.float32)
+    w = np.zeros((64, 32, 3, 3), np.float32)
+    assert conv._uses_winograd(x, w, (1, 1), (1, 1), 1)
+    assert not conv._uses_winograd(x, w, (2, 2), (1, 1), 1)
+    assert not conv._uses_winograd(x, w, (1, 1), (2, 2), 1)
+    assert not conv._uses_winograd(x, np.zeros((64, 16, 3, 3), np.float32), (1, 1), (1, 1), 2)
+    assert not conv._uses_winograd(x, np.zeros((64, 32, 5, 5), np.float32), (1, 1), (1, 1), 1)
+    assert not conv._uses_winograd(x, np.zeros((64, 32, 3, 1), np.float32), (1, 1), (1, 1), 1)
+    assert not conv._uses_winograd(x, np.zeros((8, 32, 3, 3), np.float32), (1, 1), (1, 1), 1)  # too few outputs
+    assert not conv._uses_winograd(x[:, :8], np.zeros((64, 8, 3, 3), np.float32), (1, 1), (1, 1), 1)
+    assert not conv._uses_winograd(x.astype(np.float64), w.astype(np.float64), (1, 1), (1, 1), 1)
+
+
+def test_tile_rows_divide_the_tile_count_when_one_can():
+    assert tile_rows(49) == 7 and tile_rows(196) == 7 and tile_rows(64) == 8 and tile_rows(4) == 6
+    for tiles in range(1, 300):
+        rows = tile_rows(tiles)
+        assert rows in TILE_ROWS
+        assert -(-tiles // rows) * rows == min(-(-tiles // r) * r for r in TILE_ROWS)
+
+
+def test_weights_transform():
+    w = np.random.default_rng(0).standard_normal((20, 17, 3, 3)).astype(np.float32)
+    u = weights_transformed(w, 32, 32)
+    expected = np.einsum("ai,kcij,bj->abck", G, w.astype(np.float64), G).reshape(16, 17, 20)
+    np.testing.assert_array_equal(u[:, :17, :20], expected.astype(np.float32))  # one rounding from float64
+    assert not u[:, 17:].any() and not u[:, :, 20:].any()
+
+
+def test_input_transform():
+    rng = np.random.default_rng(1)
+    xh = rng.standard_normal(4 * 7 * 40 + 16).astype(np.float32)  # 4 rows of 7 positions of 40 channels
+    v = np.full(16 * 24 + 16, np.nan, np.float32)
+    _input_tile(xh, 3, 7 * 40, 40, v, 5, 24)  # channels 3..18 of the patch at position 0
+    d = np.array([[xh[3 + i * 280 + j * 40:19 + i * 280 + j * 40] for j in range(4)] for i in range(4)], np.float64)
+    expected = np.einsum("ai,ijl,bj->abl", BT, d, BT).reshape(16, 16)
+    got = np.array([v[5 + xi * 24:21 + xi * 24] for xi in range(16)])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    written = np.zeros(v.size, bool)
+    for xi in range(16):
+        written[5 + xi * 24:21 + xi * 24] = True
+    assert np.isnan(v[~written]).all()  # nothing else written
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_output_transform(relu):
+    rng = np.random.default_rng(2)
+    m = rng.standard_normal(16 * 20 + 16).astype(np.float32)
+    bias = rng.standard_normal(32).astype(np.float32)
+    y = np.full(2 * 50 + 30 + 16 + 4, np.nan, np.float32)
+    flag = _output_tile(m, 4, 20, bias, 16, relu, y, 4, 50, 30)
+    mv = np.array([m[4 + xi * 20:20 + xi * 20] for xi in range(16)], np.float64).reshape(4, 4, 16)
+    expected = np.einsum("ai,ijl,bj->abl", AT, mv, AT) + bias[16:32]
+    if relu:
+        expected = np.maximum(expected, 0)
+    for a in range(2):
+        for b in range(2):
+            at = 4 + a * 50 + b * 30
+            np.testing.assert_allclose(y[at:at + 16], expected[a, b], rtol=0, atol=1e-5)
+    assert flag == 0
+    assert np.isnan(y[:4]).all() and np.isnan(y[20:34]).all() and np.isnan(y[-4:]).all()
+    m[4 + 5 * 20 + 3] = np.inf  # xi = 5, lane 3
+    assert _output_tile(m, 4, 20, bias, 16, relu, y, 4, 50, 30) == 1
+    m[4 + 5 * 20 + 3] = np.nan
+    assert _output_tile(m, 4, 20, bias, 16, relu, y, 4, 50, 30) == 1
+
+
+@pytest.mark.parametrize("rows", TILE_ROWS)
+@pytest.mark.parametrize("kp", [16, 32, 48])
+def test_products(rows, kp):
+    rng = np.random.default_rng(3)
+    t = 3 * rows
+    v, u = rng.standard_normal((16, t, 32)).astype(np.float32), rng.standard_normal((16, 32, kp)).astype(np.float32)
+    m = np.full((16, t, kp), np.nan, np.float32)
+    _products(v, u, m, rows)
+    np.testing.assert_allclose(m, np.einsum("xtc,xck->xtk", v.astype(np.float64), u.astype(np.float64)), atol=2e-5)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+def test_forward_against_float64(shape, activation):
+    x_shape, c_out, padding = SHAPES[shape]
+    x, w, b = _case(x_shape, c_out, shape)
+    geo = Geometry(x_shape, w.shape, 1, padding, 1, 1)
+    assert conv._uses_winograd(x.astype(np.float32), w.astype(np.float32), (1, 1), (1, 1), 1)
+    act = {None: lambda z: z, "relu": lambda z: np.maximum(z, 0), "sigmoid": lambda z: 1 / (1 + np.exp(-z))}[activation]
+    f32 = [a.astype(np.float32) for a in (x, w, b)]
+    y = ops.conv2d_forward(*f32, padding=padding, activation=activation)
+    assert_matches(y, lambda x, w, b: act(geo.forward(x, w, b)), [x, w, b], np.float32)
+    y = ops.conv2d_forward(*f32[:2], padding=padding, activation=activation)
+    assert_matches(y, lambda x, w: act(geo.forward(x, w)), [x, w], np.float32, what="without bias")
+
+
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+def test_fused_max_pooling(shape):
+    # the pooled values and indices are those of max_pool2d over the unfused forward, bit for bit
+    x_shape, c_out, padding = SHAPES[shape]
+    x, w, b = (a.astype(np.float32) for a in _case(x_shape, c_out, shape))
+    y = ops.conv2d_forward(x, w, b, padding=padding, activation="relu")
+    if min(y.shape[2:]) < 2:
+        return
+    for kernel, stride in [(2, 2), (3, 1)]:
+        pooled, indices = ops.conv2d_max_pool2d_forward(x, w, b, padding=padding, activation="relu",
+                                                        pool_kernel=kernel, pool_stride=stride)
+        want, want_indices = ops.max_pool2d_forward(y, kernel, stride)
+        np.testing.assert_array_equal(pooled, want)
+        np.testing.assert_array_equal(indices, want_indices)
+
+
+@pytest.mark.parametrize("band_rows", [1, 2])
+def test_bands_of_tile_rows_give_the_same_bits(monkeypatch, band_rows):
+    # an image too large for one band of v and m: bands of 1 or 2 of its 5 tile rows (the last one
+    # short), bit for bit the one-band result (each tile's sums are its own)
+    x, w, b = (a.astype(np.float32) for a in _case((2, 16, 9, 10), 33, 12))
+    whole = ops.conv2d_forward(x, w, b, padding=1, activation="relu")
+    pooled = ops.conv2d_max_pool2d_forward(x, w, b, padding=1, activation="relu", pool_kernel=2)
+    cp, kp, tw = 16, 48, 5
+    monkeypatch.setattr(conv, "_WINOGRAD_BAND_BYTES", 16 * (cp + kp) * 4 * tw * band_rows)
+    kernel, bands = conv._forward_winograd_avx512, []
+
+    def spy(*args):
+        bands.append(args[9])  # band
+        return kernel(*args)
+
+    monkeypatch.setattr(conv, "_forward_winograd_avx512", spy)
+    np.testing.assert_array_equal(ops.conv2d_forward(x, w, b, padding=1, activation="relu"), whole)
+    for got, want in zip(ops.conv2d_max_pool2d_forward(x, w, b, padding=1, activation="relu", pool_kernel=2), pooled):
+        np.testing.assert_array_equal(got, want)
+    assert bands == [band_rows, band_rows]
+
+
+def test_same_bits_on_any_thread_count():
+    x, w, b = (a.astype(np.float32) for a in _case((7, 32, 14, 14), 64, 9))
+    pool_args = dict(padding=1, activation="relu", pool_kernel=2)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one, pooled_one = ops.conv2d_forward(x, w, b, padding=1), ops.conv2d_max_pool2d_forward(x, w, b, **pool_args)
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(ops.conv2d_forward(x, w, b, padding=1), one)
+    for got, want in zip(ops.conv2d_max_pool2d_forward(x, w, b, **pool_args), pooled_one):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan, 3e38])
+def test_non_finite_samples_come_from_the_direct_kernel(monkeypatch, value):
+    # an inf in a tile makes inf - inf = NaN of outputs the direct sum gives as inf or finite; two
+    # huge finite inputs in one column of a tile overflow the input transform (d1 + d2), though the
+    # direct sum (small weights) does not
+    x, w, b = (a.astype(np.float32) for a in _case((4, 16, 6, 6), 16, 10))
+    w *= np.float32(1e-3)
+    x[1, 3, 2:4, 4] = value  # padded rows 3, 4: the second and third of tile row 1's patch
+    x[3, 0, 0:2, 0] = value  # padded rows 1, 2 of column 1: tile row 0, the left tile
+    y = ops.conv2d_forward(x, w, b, padding=1)
+    pooled, indices = ops.conv2d_max_pool2d_forward(x, w, b, padding=1, pool_kernel=2)
+    clean = ops.conv2d_forward(x[[0, 2]], w, b, padding=1)
+    _direct(monkeypatch)
+    direct = ops.conv2d_forward(x, w, b, padding=1)
+    np.testing.assert_array_equal(y[[1, 3]], direct[[1, 3]])  # the direct kernel's bits, inf and NaN where it has them
+    np.testing.assert_array_equal(y[[0, 2]], clean)  # the other samples untouched (Winograd's)
+    want, want_indices = ops.max_pool2d_forward(direct, 2, 2)
+    np.testing.assert_array_equal(pooled[[1, 3]], want[[1, 3]])
+    np.testing.assert_array_equal(indices[[1, 3]], want_indices[[1, 3]])
+    if value == 3e38:
+        assert np.isfinite(y).all()
+
+
+def test_off_by_environment():
+    code = "from fastconv._cpu import conv; print(conv.WINOGRAD)"
+    for value, expected in [("0", "False"), ("1", "True"), ("", "True")]:
+        env = dict(os.environ, FASTCONV_WINOGRAD=value)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected, (value, out.stdout, out.stderr)
+
+
+def test_close_to_the_direct_kernel_on_conv2(monkeypatch):
+    # the error against float64, on the benchmark's layer: no more than the direct kernel's two-fold
+    x, w, b = _case((8, 32, 14, 14), 64, 11)
+    ref = Geometry(x.shape, w.shape, 1, 1, 1, 1).forward(x, w, b)
+    f32 = [a.astype(np.float32) for a in (x, w, b)]
+    winograd = np.abs(ops.conv2d_forward(*f32, padding=1) - ref).max()
+    _direct(monkeypatch)
+    direct = np.abs(ops.conv2d_forward(*f32, padding=1) - ref).max()
+    assert winograd <= 2 * direct, (winograd, direct)
