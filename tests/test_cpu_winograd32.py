@@ -67,6 +67,18 @@ def _direct(monkeypatch):
     monkeypatch.setattr(conv, "WINOGRAD", False)
 
 
+def _spy_on_redos(monkeypatch):
+    """The batch sizes the direct kernel is called with from now on (the Winograd path's redos)."""
+    redone, taps = [], conv._forward_by_taps
+
+    def spy(x, *args):
+        redone.append(len(x))
+        return taps(x, *args)
+
+    monkeypatch.setattr(conv, "_forward_by_taps", spy)
+    return redone
+
+
 def test_which_layers_take_it():
     x = np.zeros((2, 32, 14, 14), np.float32)
     w = np.zeros((64, 32, 3, 3), np.float32)
@@ -148,7 +160,8 @@ def test_products(rows, kp):
 
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
 @pytest.mark.parametrize("shape", range(len(SHAPES)))
-def test_forward_against_float64(shape, activation):
+def test_forward_against_float64(monkeypatch, shape, activation):
+    redone = _spy_on_redos(monkeypatch)
     x_shape, c_out, padding = SHAPES[shape]
     x, w, b = _case(x_shape, c_out, shape)
     geo = Geometry(x_shape, w.shape, 1, padding, 1, 1)
@@ -159,28 +172,30 @@ def test_forward_against_float64(shape, activation):
     assert_matches(y, lambda x, w, b: act(geo.forward(x, w, b)), [x, w, b], np.float32)
     y = ops.conv2d_forward(*f32[:2], padding=padding, activation=activation)
     assert_matches(y, lambda x, w: act(geo.forward(x, w)), [x, w], np.float32, what="without bias")
+    assert redone == []  # finite outputs: Winograd's alone
 
 
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
 @pytest.mark.parametrize("shape", range(len(SHAPES)))
-def test_fused_max_pooling(shape):
+def test_fused_max_pooling(shape, activation):
     # the pooled values and indices are those of max_pool2d over the unfused forward, bit for bit
     x_shape, c_out, padding = SHAPES[shape]
     x, w, b = (a.astype(np.float32) for a in _case(x_shape, c_out, shape))
-    y = ops.conv2d_forward(x, w, b, padding=padding, activation="relu")
+    y = ops.conv2d_forward(x, w, b, padding=padding, activation=activation)
     if min(y.shape[2:]) < 2:
-        return
-    for kernel, stride in [(2, 2), (3, 1)]:
-        pooled, indices = ops.conv2d_max_pool2d_forward(x, w, b, padding=padding, activation="relu",
-                                                        pool_kernel=kernel, pool_stride=stride)
-        want, want_indices = ops.max_pool2d_forward(y, kernel, stride)
+        pytest.skip("a 1 x 1 output: no 2 x 2 window")
+    for kernel, stride, pad in [(2, 2, 0), (3, 1, 0), (2, 1, 1), (3, 2, 1), ((2, 1), (1, 2), 0)]:
+        pooled, indices = ops.conv2d_max_pool2d_forward(x, w, b, padding=padding, activation=activation,
+                                                        pool_kernel=kernel, pool_stride=stride, pool_padding=pad)
+        want, want_indices = ops.max_pool2d_forward(y, kernel, stride, pad)
         np.testing.assert_array_equal(pooled, want)
         np.testing.assert_array_equal(indices, want_indices)
 
 
 @pytest.mark.parametrize("band_rows", [1, 2])
 def test_bands_of_tile_rows_give_the_same_bits(monkeypatch, band_rows):
-    # an image too large for one band of v and m: bands of 1 or 2 of its 5 tile rows (the last one
-    # short), bit for bit the one-band result (each tile's sums are its own)
+    # an image too large for one band of v and m: bands of 1 or 2 of its 5 tile rows (with 2, the
+    # last band short), bit for bit the one-band result (each tile's sums are its own)
     x, w, b = (a.astype(np.float32) for a in _case((2, 16, 9, 10), 33, 12))
     whole = ops.conv2d_forward(x, w, b, padding=1, activation="relu")
     pooled = ops.conv2d_max_pool2d_forward(x, w, b, padding=1, activation="relu", pool_kernel=2)
@@ -229,11 +244,33 @@ def test_non_finite_samples_come_from_the_direct_kernel(monkeypatch, value):
     direct = ops.conv2d_forward(x, w, b, padding=1)
     np.testing.assert_array_equal(y[[1, 3]], direct[[1, 3]])  # the direct kernel's bits, inf and NaN where it has them
     np.testing.assert_array_equal(y[[0, 2]], clean)  # the other samples untouched (Winograd's)
+    redone = _spy_on_redos(monkeypatch)
+    monkeypatch.setattr(conv, "WINOGRAD", True)
+    ops.conv2d_forward(x, w, b, padding=1)
+    ops.conv2d_max_pool2d_forward(x, w, b, padding=1, pool_kernel=2)
+    assert redone == [2, 2]  # only the two samples with the value, pooled or not
     want, want_indices = ops.max_pool2d_forward(direct, 2, 2)
     np.testing.assert_array_equal(pooled[[1, 3]], want[[1, 3]])
     np.testing.assert_array_equal(indices[[1, 3]], want_indices[[1, 3]])
     if value == 3e38:
         assert np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("where", ["weight", "bias"])
+def test_non_finite_weights_go_to_the_direct_kernel(monkeypatch, where):
+    # every sample would be flagged: the layer skips the Winograd kernel
+    x, w, b = (a.astype(np.float32) for a in _case((3, 16, 6, 6), 16, 13))
+    if where == "weight":
+        w[2, 5, 1, 1] = np.inf
+    else:
+        b[7] = np.nan
+    called = []
+    kernel = conv._forward_winograd_avx512
+    monkeypatch.setattr(conv, "_forward_winograd_avx512", lambda *args: (called.append(1), kernel(*args))[1])
+    y = ops.conv2d_forward(x, w, b, padding=1)
+    assert called == []
+    _direct(monkeypatch)
+    np.testing.assert_array_equal(y, ops.conv2d_forward(x, w, b, padding=1))
 
 
 def test_off_by_environment():

@@ -122,6 +122,29 @@ def test_conv2d_forward_backward(backend, problem, bias, activation, dtype, seed
         assert db is None
 
 
+@st.composite
+def winograd_problems(draw):
+    """3x3 stride-1 layers with 16-40 channels in and out: on AVX-512 hosts the cpu backend's
+    Winograd forward (fastconv/_cpu/_winograd32.py); every padding up to 2 on each side."""
+    cin, cout = draw(st.integers(16, 40)), draw(st.integers(16, 40))
+    pads = [draw(st.integers(0, 2)) for _ in range(2)]
+    padding = draw(st.sampled_from([tuple(pads), "same", "valid"]))
+    total = (2 * pads[0], 2 * pads[1]) if isinstance(padding, tuple) else (2, 2) if padding == "same" else (0, 0)
+    h = max(1, 3 - total[0]) + draw(st.integers(0, 7))
+    w = max(1, 3 - total[1]) + draw(st.integers(0, 7))
+    return (draw(st.integers(0, 3)), cin, h, w), (cout, cin, 3, 3), dict(padding=padding)
+
+
+@given(problem=winograd_problems(), bias=st.booleans(), activation=activations, seed=seeds)
+def test_conv2d_forward_3x3_many_channels(backend, problem, bias, activation, seed):
+    x_shape, w_shape, hyper = problem
+    geo = Geometry(x_shape, w_shape, stride=1, dilation=1, groups=1, **hyper)
+    x, w, b = normal(seed, x_shape, w_shape, w_shape[0])
+    b = b if bias else None
+    y = ops.conv2d_forward(*cast_on(backend, np.float32, x, w, b), activation=activation, **hyper)
+    assert_matches(y, lambda x, w, b: ACT[activation](geo.forward(x, w, b)), [x, w, b], np.float32, what="y")
+
+
 # ---- pooling --------------------------------------------------------------------------------------
 
 @st.composite

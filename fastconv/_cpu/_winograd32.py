@@ -22,18 +22,22 @@ in the transforms that are linear in C + K rather than in C * K.
 
 Accuracy. An output still depends only on its own 3x3 window: a patch's first column enters only
 the left outputs (B^T's and A^T's zeros), its last only the right ones. But the weights reach it
-through their transforms (sums like (g0 + g1 + g2) / 2, each rounded once from float64) and the
-16 products are added with signs, so its error scales with its window's inputs times the kernel's
-weights as a whole, where a direct sum's scales with the products it adds. On typical data that is
-no worse: conv2's layer on normal data, max error against float64 1.2e-6 (direct kernel 2.6e-6;
-sums of 32 products per xi against the direct 288). Where one input dominates a window and meets
-a small weight it is: an input of 3e38 among values of 1 gave a relative error of 1.2e-5 in its
-outputs, against the direct kernel's 5e-8. FASTCONV_WINOGRAD=0 turns this path off (conv.py).
+through their transforms (sums like (g0 + g1 + g2) / 2, each rounded once from float64), and the
+16 products are added with signs that cancel. So its rounding error is bounded by about
+eps * max |x| over its window * the sum of its kernel's |weights| (times small constants), where a
+direct sum's is eps * sum |x_i w_i| over the products it adds. The two agree when inputs and
+weights are of even size: conv2's layer on normal data, max error against float64 1.2e-6, below
+the direct kernel's 2.6e-6 (sums of 32 products per xi against 288). They part where a large
+input meets a small weight, and then an output's relative error has no useful bound: inputs of 1
+with one of 1e6, weights of 1 with a centre of 1e-6, gave an output of 136 for 144 (5.6%), the
+direct kernel's 144 (3.3e-7 at worst); an input of 3e38 among values of 1 gave 1.2e-5 against 5e-8. Data
+like that wants FASTCONV_WINOGRAD=0 (conv.py), which keeps every layer on the direct kernel.
 
 Non-finite values do not survive the transforms as they would a direct sum (an inf input gives
 inf - inf = NaN in outputs that the direct sum does not even reach), so output_tile16 reports
 whether any output it computed, before the activation, is not finite; the caller recomputes those
-samples by the direct kernel.
+samples by the direct kernel. This runs one way only: finite inputs near the float32 limit whose
+direct sum overflows (2e38 + 2e38 - 2e38 in that order) can come out finite here.
 """
 import numpy as np
 from llvmlite import ir

@@ -3,8 +3,8 @@ samples and calling single-threaded BLAS itself (_blas.py says why), in per-thre
 stay in the core's cache. For float32 on AVX-512 hosts the stride-1 kernels use our own code
 instead (_forward_taps_avx512, _backward_taps_avx512): register tiles over all taps for the
 forward and for dx (_taps32.py), our GEMM for dW (_gemm32.py: twice OpenBLAS's AVX2 kernels here);
-3x3 layers with 16 or more channels in and out go forward by Winograd's F(2x2, 3x3) instead
-(_forward_winograd_avx512, _winograd32.py: 2.25x fewer multiply-adds).
+3x3 layers (dilation 1, groups 1) with 16 or more channels in and out go forward by Winograd's
+F(2x2, 3x3) instead (_forward_winograd_avx512, _winograd32.py: 2.25x fewer multiply-adds).
 
 Stride 1 (the common case) uses the "wide" layout described above _forward_wide: no im2col for
 layers with >= 8 input channels per group (one accumulating GEMM per kernel tap on shifted slices
@@ -537,9 +537,12 @@ def _forward_winograd_avx512(x, u, b, act, pt, pl, oh, ow, pool, band, rows, xhs
     - yh (2*band, 2*TW, Kp): the band's outputs, with b (Kp values) and the ReLU, channels last;
       their part inside OH x OW, transposed, goes to y[n] (N, C_out, OH*OW) or, with a pooling (pool
       as in _forward_wide), to the thread's plane buffer yws for _finish_planes.
-    suspect[n] = 1 where an output came out inf or NaN: the caller redoes those samples directly."""
+    suspect[n] = 1 where any output computed came out inf or NaN (also those then dropped: an odd
+    OH's or OW's extra row or column, the channels past C_out): the caller redoes those samples
+    directly."""
     n_img, c, h, w = x.shape
-    c_out, p = y.shape[1] if pool[0] == 0 else pooled.shape[1], oh * ow
+    c_out = y.shape[1] if pool[0] == 0 else pooled.shape[1]
+    p = oh * ow
     cp, kp = u.shape[1], u.shape[2]
     wx, t_max = xhs.shape[2], vs.shape[2]
     th, tw = (oh + 1) // 2, (ow + 1) // 2
@@ -788,7 +791,7 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
 WINOGRAD = os.environ.get("FASTCONV_WINOGRAD", "").strip() != "0"
 WINOGRAD_MIN_CHANNELS = 16
 # Each thread's transformed tiles (v and m) are kept to about this, in cache, by taking the tiles in
-# bands of whole tile rows (at least one): conv2's 7 rows of 7 tiles (301 KiB) in one band; a
+# bands of whole tile rows (at least one): conv2's 7 rows of 7 tiles (294 KiB) in one band; a
 # 224-wide image with 64 channels in and out one row of 112 tiles (896 KiB) at a time.
 _WINOGRAD_BAND_BYTES = 1 << 19
 
@@ -801,7 +804,11 @@ def _uses_winograd(x, w, stride, dilation, groups):
 
 def _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices):
     """y, or pooled and indices, by _forward_winograd_avx512; the samples it flags (an output not
-    finite) again by the direct kernel, whose inf and NaN are a direct sum's."""
+    finite) again by the direct kernel, whose inf and NaN are a direct sum's. A weight or bias
+    that is not finite would flag every sample: such a layer goes to the direct kernel at once."""
+    if not (np.isfinite(w).all() and (b is None or np.isfinite(b).all())):
+        _forward_by_taps(x, w, b, padding, (1, 1), 1, oh, ow, act, window, y, pooled, indices)
+        return
     n, c = x.shape[:2]
     c_out = w.shape[0]
     cp, kp = -(-c // LANES) * LANES, -(-c_out // LANES) * LANES
