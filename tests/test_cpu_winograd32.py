@@ -23,8 +23,12 @@ pytestmark = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX
 if _vecmath.AVX512:
     from numba import njit
 
-    from fastconv._cpu._winograd32 import (TILE_ROWS, input_tile16, output_tile16, products, tile_rows,
-                                           weights_transformed)
+    from fastconv._cpu._winograd32 import (TILE_ROWS, grad_tile16, input_tile16, output_tile16, products,
+                                           tile_rows, weight_grad_transformed, weights_transformed)
+
+    @njit
+    def _grad_tile(*args):
+        grad_tile16(*args)
 
     @njit
     def _input_tile(*args):
@@ -41,6 +45,7 @@ if _vecmath.AVX512:
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+A = AT.T
 
 # x shape, C_out, padding (an int, a pair or "valid"/"same")
 SHAPES = [
@@ -290,3 +295,126 @@ def test_close_to_the_direct_kernel_on_conv2(monkeypatch):
     _direct(monkeypatch)
     direct = np.abs(ops.conv2d_forward(*f32, padding=1) - ref).max()
     assert winograd <= 2 * direct, (winograd, direct)
+
+
+# ---- the backward: dW and db by the weight-gradient transforms, dx by the forward of dy ----
+
+def test_grad_transform():
+    rng = np.random.default_rng(20)
+    dyh = rng.standard_normal(2 * 50 + 30 + 32).astype(np.float32)
+    z = np.full(16 * 24 + 16, np.nan, np.float32)
+    _grad_tile(dyh, 3, 50, 30, z, 5, 24)
+    dy = np.array([[dyh[3 + a * 50 + b * 30:19 + a * 50 + b * 30] for b in range(2)] for a in range(2)], np.float64)
+    expected = np.einsum("ia,abl,jb->ijl", A, dy, A).reshape(16, 16)
+    np.testing.assert_allclose(np.array([z[5 + xi * 24:21 + xi * 24] for xi in range(16)]), expected, rtol=0, atol=1e-5)
+    written = np.zeros(z.size, bool)
+    for xi in range(16):
+        written[5 + xi * 24:21 + xi * 24] = True
+    assert np.isnan(z[~written]).all()
+
+
+def test_weight_grad_transform():
+    rng = np.random.default_rng(21)
+    du = rng.standard_normal((3, 16, 32, 48)).astype(np.float32)  # 3 parts, Cp 32, Kp 48
+    dw = weight_grad_transformed(du, 17, 40)
+    total = du.astype(np.float64).sum(axis=0).reshape(4, 4, 32, 48)[:, :, :17, :40]
+    expected = np.einsum("ai,abck,bj->kcij", G, total, G)
+    assert dw.dtype == np.float32 and dw.shape == (40, 17, 3, 3)
+    np.testing.assert_array_equal(dw, expected.astype(np.float32))
+
+
+def test_which_backward_layers_take_it():
+    x = np.zeros((2, 32, 14, 14), np.float32)
+    w = np.zeros((64, 32, 3, 3), np.float32)
+    assert conv._backward_uses_winograd(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert conv._backward_uses_winograd(x, w, (1, 1), (2, 0, 2, 1), (1, 1), 1)
+    assert not conv._backward_uses_winograd(x, w, (1, 1), (3, 1, 1, 1), (1, 1), 1)  # dx's padding would be -1
+    assert not conv._backward_uses_winograd(x, w, (2, 2), (1, 1, 1, 1), (1, 1), 1)
+    assert not conv._backward_uses_winograd(x, np.zeros((8, 32, 3, 3), np.float32), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+
+
+def _spy_on_weight_grads(monkeypatch):
+    calls, kernel = [], conv._weight_grad_winograd_avx512
+
+    def spy(*args):
+        calls.append(args[6])  # band
+        return kernel(*args)
+
+    monkeypatch.setattr(conv, "_weight_grad_winograd_avx512", spy)
+    return calls
+
+
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+def test_backward_against_float64(monkeypatch, shape):
+    calls = _spy_on_weight_grads(monkeypatch)
+    redone = _spy_on_redos(monkeypatch)
+    x_shape, c_out, padding = SHAPES[shape]
+    x, w, _ = _case(x_shape, c_out, shape)
+    geo = Geometry(x_shape, w.shape, 1, padding, 1, 1)
+    dy = np.random.default_rng(100 + shape).standard_normal((geo.n, geo.c_out, geo.oh, geo.ow))
+    args = [dy, x, w]
+    dx, dw, db = ops.conv2d_backward(*(a.astype(np.float32) for a in args), padding=padding)
+    assert len(calls) == 1 and redone == []
+    assert_matches(dx, geo.dx, args, np.float32, what="dx")
+    assert_matches(dw, geo.dw, args, np.float32, what="dw")
+    assert_matches(db, lambda dy, x, w: dy.sum(axis=(0, 2, 3)), args, np.float32, what="db")
+    # without dx: dw and db bit for bit
+    none, dw2, db2 = ops.conv2d_backward(*(a.astype(np.float32) for a in args), padding=padding, input_grad=False)
+    assert none is None
+    np.testing.assert_array_equal(dw2, dw)
+    np.testing.assert_array_equal(db2, db)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+@pytest.mark.parametrize("shape", [0, 1, 4])
+def test_fused_pool_backward_is_the_unfused_ops(monkeypatch, shape, activation):
+    # conv2d_max_pool2d_backward = the activation's backward, the unpooling, conv2d_backward (the
+    # Winograd backward, once each): bit for bit
+    x_shape, c_out, padding = SHAPES[shape]
+    x, w, b = (a.astype(np.float32) for a in _case(x_shape, c_out, shape))
+    pooled, indices = ops.conv2d_max_pool2d_forward(x, w, b, padding=padding, activation=activation, pool_kernel=2)
+    dyp = np.random.default_rng(7).standard_normal(pooled.shape).astype(np.float32)
+    calls = _spy_on_weight_grads(monkeypatch)
+    fused = ops.conv2d_max_pool2d_backward(dyp, pooled, indices, x, w, padding=padding, activation=activation)
+    g = dyp if activation is None else (ops.relu_backward(dyp, pooled) if activation == "relu"
+                                        else ops.sigmoid_backward(dyp, pooled))
+    y_shape = ops.conv2d_forward(x, w, b, padding=padding).shape
+    dy = ops.max_pool2d_backward(g, indices, y_shape)
+    unfused = ops.conv2d_backward(dy, x, w, padding=padding)
+    assert len(calls) == 2
+    for got, want in zip(fused, unfused):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("band_rows", [1, 2])
+def test_backward_bands_and_threads_give_the_same_bits(monkeypatch, band_rows):
+    x, w, _ = (a.astype(np.float32) for a in _case((9, 16, 9, 10), 33, 22))
+    dy = np.random.default_rng(23).standard_normal((9, 33, 9, 10)).astype(np.float32)
+    whole = ops.conv2d_backward(dy, x, w, padding=1)
+    monkeypatch.setattr(conv, "_WINOGRAD_BAND_BYTES", 16 * (16 + 48) * 4 * 5 * band_rows)
+    calls = _spy_on_weight_grads(monkeypatch)
+    threads = numba.get_num_threads()
+    try:
+        for count in sorted({1, threads}):
+            numba.set_num_threads(count)
+            for got, want in zip(ops.conv2d_backward(dy, x, w, padding=1), whole):
+                np.testing.assert_array_equal(got, want)
+    finally:
+        numba.set_num_threads(threads)
+    assert calls and all(band == band_rows for band in calls)
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan, 3e38])
+@pytest.mark.parametrize("where", ["x", "dy"])
+def test_non_finite_backward_is_the_direct_kernels(monkeypatch, value, where):
+    # inf - inf in the transforms spreads NaN, and two inputs of 3e38 in one patch column overflow
+    # one: a dW that is not finite sends the whole backward to the direct kernel
+    x, w, _ = (a.astype(np.float32) for a in _case((3, 16, 6, 6), 16, 24))
+    dy = np.random.default_rng(25).standard_normal((3, 16, 6, 6)).astype(np.float32)
+    w *= np.float32(1e-3)
+    (x if where == "x" else dy)[1, 3, 2:4, 3] = value
+    got = ops.conv2d_backward(dy, x, w, padding=1)
+    _direct(monkeypatch)
+    want = ops.conv2d_backward(dy, x, w, padding=1)
+    for g, e in zip(got, want):
+        np.testing.assert_array_equal(g, e)

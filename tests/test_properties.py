@@ -125,7 +125,7 @@ def test_conv2d_forward_backward(backend, problem, bias, activation, dtype, seed
 @st.composite
 def winograd_problems(draw):
     """3x3 stride-1 layers with 16-40 channels in and out: on AVX-512 hosts the cpu backend's
-    Winograd forward (fastconv/_cpu/_winograd32.py); every padding up to 2 on each side."""
+    Winograd forward and backward (fastconv/_cpu/_winograd32.py); every padding up to 2 on each side."""
     cin, cout = draw(st.integers(16, 40)), draw(st.integers(16, 40))
     pads = [draw(st.integers(0, 2)) for _ in range(2)]
     padding = draw(st.sampled_from([tuple(pads), "same", "valid"]))
@@ -136,13 +136,18 @@ def winograd_problems(draw):
 
 
 @given(problem=winograd_problems(), bias=st.booleans(), activation=activations, seed=seeds)
-def test_conv2d_forward_3x3_many_channels(backend, problem, bias, activation, seed):
+def test_conv2d_3x3_many_channels(backend, problem, bias, activation, seed):
     x_shape, w_shape, hyper = problem
     geo = Geometry(x_shape, w_shape, stride=1, dilation=1, groups=1, **hyper)
-    x, w, b = normal(seed, x_shape, w_shape, w_shape[0])
+    x, w, b, dy = normal(seed, x_shape, w_shape, w_shape[0], (geo.n, geo.c_out, geo.oh, geo.ow))
     b = b if bias else None
     y = ops.conv2d_forward(*cast_on(backend, np.float32, x, w, b), activation=activation, **hyper)
     assert_matches(y, lambda x, w, b: ACT[activation](geo.forward(x, w, b)), [x, w, b], np.float32, what="y")
+    dx, dw, db = ops.conv2d_backward(*cast_on(backend, np.float32, dy, x, w), **hyper)
+    args = [dy, x, w]
+    assert_matches(dx, geo.dx, args, np.float32, what="dx")
+    assert_matches(dw, geo.dw, args, np.float32, what="dw")
+    assert_matches(db, lambda dy, x, w: dy.sum(axis=(0, 2, 3)), args, np.float32, what="db")
 
 
 # ---- pooling --------------------------------------------------------------------------------------

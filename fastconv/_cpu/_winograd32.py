@@ -1,5 +1,6 @@
 """Winograd's minimal filtering F(2x2, 3x3) for the stride-1 3x3 convolution in float32 AVX-512:
-the transforms of one tile, 16 channels at a time (channels in the lanes), and of the weights.
+the transforms of one tile, 16 channels at a time (channels in the lanes), and of the weights,
+for the forward and for the weight gradient (below; dx is the forward of the output gradient).
 
 Each 2x2 block of outputs Y (at output row 2ty, column 2tx) needs the 4x4 patch d_c of the padded
 input starting there, in every input channel c. With
@@ -47,7 +48,8 @@ from numba.extending import intrinsic
 from ._gemm32 import _tile_intrinsic
 from ._vecmath import as_i64, broadcast, vector_at
 
-__all__ = ["input_tile16", "output_tile16", "products", "tile_rows", "weights_transformed", "LANES", "TILE_ROWS"]
+__all__ = ["input_tile16", "output_tile16", "grad_tile16", "products", "tile_rows", "weights_transformed",
+           "weight_grad_transformed", "LANES", "TILE_ROWS"]
 
 LANES = 16  # channels per vector: both transforms run on 16 channels at once
 _F32 = ir.FloatType()
@@ -140,30 +142,39 @@ def _outputs_transformed(builder, rows):
     return [builder.fadd(builder.fadd(m0, m1), m2), builder.fsub(builder.fsub(m1, m2), m3)]
 
 
-@intrinsic
-def input_tile16(typingctx, xh, at, row_ld, col_ld, v, v_at, xi_ld):
-    """v[v_at + xi*xi_ld + l] = (B^T d B)[xi] in lane l < 16, where d[i][j] = xh[at + i*row_ld + j*col_ld + l]:
-    one tile's 16 transformed values for 16 channels (xh channels-last, so l is the channel). float32
-    arrays addressed from their first element."""
-    if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (xh, v)):
-        return None
+def _tile_to_16_intrinsic(size, transform, doc):
+    """An intrinsic f(src, at, row_ld, col_ld, dst, d_at, xi_ld): the size x size grid of 16-lane
+    vectors src[at + i*row_ld + j*col_ld + l] (l < 16), `transform` (a list of `size` vectors -> 4)
+    applied down its columns and then along its rows, the 16 results stored at
+    dst[d_at + (4i + j)*xi_ld + l]. float32 arrays addressed from their first element."""
+    def typer(typingctx, src, at, row_ld, col_ld, dst, d_at, xi_ld):
+        if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (src, dst)):
+            return None
 
-    def codegen(context, builder, signature, args):
-        source, target = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 4))
-        at, row_ld, col_ld, v_at, xi_ld = (as_i64(builder, args[i]) for i in (1, 2, 3, 5, 6))
-        const = lambda value: ir.Constant(_I64, value)  # noqa: E731
-        d = [[builder.load(vector_at(builder, source.data,
-                                     builder.add(at, builder.add(builder.mul(const(i), row_ld),
-                                                                 builder.mul(const(j), col_ld)))), align=4)
-              for j in range(4)] for i in range(4)]
-        columns = [_rows_transformed(builder, [d[i][j] for i in range(4)]) for j in range(4)]  # columns[j][i]
-        for i in range(4):
-            for j, value in enumerate(_rows_transformed(builder, [columns[jj][i] for jj in range(4)])):
-                where = builder.add(v_at, builder.mul(const(4 * i + j), xi_ld))
-                builder.store(value, vector_at(builder, target.data, where), align=4)
-        return context.get_dummy_value()
+        def codegen(context, builder, signature, args):
+            source, target = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 4))
+            at, row_ld, col_ld, d_at, xi_ld = (as_i64(builder, args[i]) for i in (1, 2, 3, 5, 6))
+            const = lambda value: ir.Constant(_I64, value)  # noqa: E731
+            grid = [[builder.load(vector_at(builder, source.data,
+                                            builder.add(at, builder.add(builder.mul(const(i), row_ld),
+                                                                        builder.mul(const(j), col_ld)))), align=4)
+                     for j in range(size)] for i in range(size)]
+            columns = [transform(builder, [grid[i][j] for i in range(size)]) for j in range(size)]  # [j][i]
+            for i in range(4):
+                for j, value in enumerate(transform(builder, [columns[jj][i] for jj in range(size)])):
+                    where = builder.add(d_at, builder.mul(const(4 * i + j), xi_ld))
+                    builder.store(value, vector_at(builder, target.data, where), align=4)
+            return context.get_dummy_value()
 
-    return types.void(xh, at, row_ld, col_ld, v, v_at, xi_ld), codegen
+        return types.void(src, at, row_ld, col_ld, dst, d_at, xi_ld), codegen
+
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+input_tile16 = _tile_to_16_intrinsic(4, _rows_transformed, """input_tile16(xh, at, row_ld, col_ld, v, v_at, xi_ld):
+    v[v_at + xi*xi_ld + l] = (B^T d B)[xi] in lane l < 16, d[i][j] = xh[at + i*row_ld + j*col_ld + l]:
+    one tile's 16 transformed values for 16 channels (xh channels-last, so l is the channel).""")
 
 
 @intrinsic
@@ -200,3 +211,31 @@ def output_tile16(typingctx, m, at, xi_ld, bias, b_at, relu, y, y_at, row_ld, co
         return builder.zext(builder.icmp_unsigned("!=", nan_lanes, ir.Constant(ir.IntType(LANES), 0)), _I64)
 
     return types.int64(m, at, xi_ld, bias, b_at, relu, y, y_at, row_ld, col_ld), codegen
+
+
+# The weight gradient by the same transforms. Y = A^T (U . V) A per tile, U = G g G^T, so for a
+# loss L: dL/dU = (A dY A^T) . V, summed over tiles and samples, and dL/dg = G^T (dL/dU) G:
+#
+#    Z[xi][p, k]   = (A dY_{p,k} A^T)[xi]                 grad_tile16: dY the tile's 2x2 output gradient
+#    dU[xi]       += V[xi]^T @ Z[xi]                       (C x tiles) @ (tiles x K), accumulated
+#    dW[k, c]      = G^T dU[:, c, k] G                     weight_grad_transformed, once per call
+#
+# with A = [[1, 0], [1, 1], [1, -1], [0, -1]]: 16 multiply-adds per (c, k) and tile against the
+# direct 36, the same count as the forward's.
+
+def _grads_transformed(builder, pair):
+    """A applied along a pair of vectors (y0, y1): (y0, y0 + y1, y0 - y1, -y1)."""
+    y0, y1 = pair
+    return [y0, builder.fadd(y0, y1), builder.fsub(y0, y1), builder.fneg(y1)]
+
+
+grad_tile16 = _tile_to_16_intrinsic(2, _grads_transformed, """grad_tile16(dyh, at, row_ld, col_ld, z, z_at, xi_ld):
+    z[z_at + xi*xi_ld + l] = (A dY A^T)[xi] in lane l < 16, dY[a][b] = dyh[at + a*row_ld + b*col_ld + l]
+    (a, b < 2): one tile's output gradient transformed, 16 channels at a time.""")
+
+
+def weight_grad_transformed(du_parts, c, k):
+    """dW (k, c, 3, 3) float32 from the parts' dU (parts, 16, Cp, Kp), added in float64 in part
+    order: dW[k, c] = G^T dU[:, c, k] G, rounded once."""
+    du = du_parts[:, :, :c, :k].astype(np.float64).sum(axis=0).reshape(4, 4, c, k).transpose(3, 2, 0, 1)
+    return (_G.T @ du @ _G).astype(np.float32)

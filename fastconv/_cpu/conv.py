@@ -3,8 +3,9 @@ samples and calling single-threaded BLAS itself (_blas.py says why), in per-thre
 stay in the core's cache. For float32 on AVX-512 hosts the stride-1 kernels use our own code
 instead (_forward_taps_avx512, _backward_taps_avx512): register tiles over all taps for the
 forward and for dx (_taps32.py), our GEMM for dW (_gemm32.py: twice OpenBLAS's AVX2 kernels here);
-3x3 layers (dilation 1, groups 1) with 16 or more channels in and out go forward by Winograd's
-F(2x2, 3x3) instead (_forward_winograd_avx512, _winograd32.py: 2.25x fewer multiply-adds).
+3x3 layers (dilation 1, groups 1) with 16 or more channels in and out go by Winograd's F(2x2, 3x3)
+instead (_winograd32.py: 2.25x fewer multiply-adds): forward (_forward_winograd_avx512) and, with
+padding <= 2, backward (dW by _weight_grad_winograd_avx512, dx as the forward of dy with w flipped).
 
 Stride 1 (the common case) uses the "wide" layout described above _forward_wide: no im2col for
 layers with >= 8 input channels per group (one accumulating GEMM per kernel tap on shifted slices
@@ -34,7 +35,8 @@ from ._memory import empty
 from ._pool32 import max_pool_2x2_plane, unpool_2x2_plane
 from ._stream import prefetch_all
 from ._taps32 import CR, CW, MR, NR, channels_tile, taps_tile, transpose16_block
-from ._winograd32 import LANES, input_tile16, output_tile16, products, tile_rows, weights_transformed
+from ._winograd32 import (LANES, grad_tile16, input_tile16, output_tile16, products, tile_rows, weight_grad_transformed,
+                          weights_transformed)
 from ._vecmath import copy_rows16
 from .dense import _ONE, _ZERO, _relu, _sigmoid, relu_backward, sigmoid_backward
 from ..ops.pool import PoolGeometry
@@ -523,6 +525,19 @@ def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool
                 _finish_planes(out, y_off, cog, g * cog, plane_width, oh, ow, act, pool, n, pooled, indices)
 
 
+@njit(inline="always")
+def _channels_last(x, n, pt, pl, wx, cp, xh):
+    """xh[((pt + r) * wx + pl + q) * cp + c] = x[n, c, r, q] (xh flat, rows of wx positions of cp
+    channels; the rest as it was), by 16 x 16 blocks through the registers."""
+    _, c, h, w = x.shape
+    x_flat = x.reshape(-1)
+    for r in range(h):
+        for c0 in range(0, c, LANES):
+            for w0 in range(0, w, LANES):
+                transpose16_block(x_flat, ((n * c + c0) * h + r) * w + w0, h * w, min(LANES, c - c0), min(LANES, w - w0),
+                                  xh, ((pt + r) * wx + pl + w0) * cp + c0, cp)
+
+
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
 def _forward_winograd_avx512(x, u, b, act, pt, pl, oh, ow, pool, band, rows, xhs, vs, ms, yhs, yws, y, pooled,
                              indices, suspect):
@@ -547,7 +562,7 @@ def _forward_winograd_avx512(x, u, b, act, pt, pl, oh, ow, pool, band, rows, xhs
     wx, t_max = xhs.shape[2], vs.shape[2]
     th, tw = (oh + 1) // 2, (ow + 1) // 2
     wy = 2 * tw
-    x_flat, relu, pooling = x.reshape(-1), act == _RELU, pool[0] != 0
+    relu, pooling = act == _RELU, pool[0] != 0
     threads = xhs.shape[0]
     for t in prange(threads):
         xh, v, m, yh = xhs[t].reshape(-1), vs[t], ms[t], yhs[t].reshape(-1)
@@ -559,11 +574,7 @@ def _forward_winograd_avx512(x, u, b, act, pt, pl, oh, ow, pool, band, rows, xhs
                 prefetch_all(x[n + 1].reshape(-1))
                 if not pooling:
                     prefetch_all(y[n + 1].reshape(-1))
-            for r in range(h):
-                for c0 in range(0, c, LANES):
-                    for w0 in range(0, w, LANES):
-                        transpose16_block(x_flat, ((n * c + c0) * h + r) * w + w0, h * w, min(LANES, c - c0),
-                                          min(LANES, w - w0), xh, ((pt + r) * wx + pl + w0) * cp + c0, cp)
+            _channels_last(x, n, pt, pl, wx, cp, xh)
             out = yws[t] if pooling else y[n].reshape(-1)
             bad = 0
             for ty0 in range(0, th, band):
@@ -587,6 +598,62 @@ def _forward_winograd_avx512(x, u, b, act, pt, pl, oh, ow, pool, band, rows, xhs
                                               min(LANES, c_out - k0), out, k0 * p + a * ow + w0, p)
             suspect[n] = bad
             _finish_planes(out, 0, c_out, 0, ow, oh, ow, act, pool, n, pooled, indices)
+
+
+@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
+def _weight_grad_winograd_avx512(x, dy, pt, pl, oh, ow, band, xhs, vs, dyhs, zs, du_parts, db_parts):
+    """dW and db of the 3x3 stride-1 float32 convolution (groups 1) by Winograd's F(2x2, 3x3) on
+    AVX-512 hosts (_winograd32.py has the math), as per-part sums: part j takes the samples
+    [j*N/parts, (j+1)*N/parts) (parts a function of N alone: the same bits on any thread count).
+    Per sample, in the part's own buffers: xh as _forward_winograd_avx512's; then per band of
+    `band` tile rows, v (16, band*TW, Cp) the input tiles transformed (input_tile16), dyh
+    (2*band, 2*TW, Kp) the band's rows of dy (N, C_out, OH*OW) channels-last, zero past OH, OW and
+    C_out, z (16, band*TW, Kp) its tiles transformed (grad_tile16), and du_parts[j][xi] +=
+    v[xi]^T @ z[xi] (gemm32). db_parts[j] (float64) += each dy plane's sum."""
+    n_img, c, h, w = x.shape
+    k, p = dy.shape[1], oh * ow
+    cp, kp = vs.shape[3], zs.shape[3]
+    wx, t_max = xhs.shape[2], vs.shape[2]
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    wy = 2 * tw
+    dy_flat = dy.reshape(-1)
+    parts = du_parts.shape[0]
+    for part in prange(parts):
+        xh, v, dyh, z, du, db = xhs[part].reshape(-1), vs[part], dyhs[part].reshape(-1), zs[part], du_parts[part], \
+            db_parts[part]
+        xh[:] = 0
+        dyh[:] = 0
+        du[:] = 0
+        db[:] = 0
+        v_flat, z_flat = v.reshape(-1), z.reshape(-1)
+        for n in range(part * n_img // parts, (part + 1) * n_img // parts):
+            if n + 1 < n_img:  # the next sample on its way to the cache while this one computes
+                prefetch_all(x[n + 1].reshape(-1))
+                prefetch_all(dy[n + 1].reshape(-1))
+            for o in range(k):
+                db[o] += _sum(dy[n, o])
+            _channels_last(x, n, pt, pl, wx, cp, xh)
+            for ty0 in range(0, th, band):
+                ty1 = min(th, ty0 + band)
+                tiles = (ty1 - ty0) * tw
+                for a in range(2 * ty0, min(oh, 2 * ty1)):
+                    for k0 in range(0, k, LANES):
+                        for w0 in range(0, ow, LANES):
+                            transpose16_block(dy_flat, (n * k + k0) * p + a * ow + w0, p, min(LANES, k - k0),
+                                              min(LANES, ow - w0), dyh, ((a - 2 * ty0) * wy + w0) * kp + k0, kp)
+                for a in range(oh, 2 * ty1):  # an odd OH's extra row (another band's rows before): zero
+                    dyh[(a - 2 * ty0) * wy * kp:(a - 2 * ty0 + 1) * wy * kp] = 0
+                for ty in range(ty0, ty1):
+                    for tx in range(tw):
+                        t = (ty - ty0) * tw + tx
+                        for c0 in range(0, cp, LANES):
+                            input_tile16(xh, (2 * ty * wx + 2 * tx) * cp + c0, wx * cp, cp, v_flat, t * cp + c0,
+                                         t_max * cp)
+                        for k0 in range(0, kp, LANES):
+                            grad_tile16(dyh, (2 * (ty - ty0) * wy + 2 * tx) * kp + k0, wy * kp, kp, z_flat,
+                                        t * kp + k0, t_max * kp)
+                for xi in range(16):
+                    gemm32(v[xi, :tiles], z[xi, :tiles], du[xi], 1.0, True, False)
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -899,6 +966,41 @@ def _backward_by_tiles(dy3, from_pool, pooled_w, y3, activation, indices3, x, w,
     return db_parts, dw_parts.reshape(parts, groups, cog, cg * taps)
 
 
+def _backward_uses_winograd(x, w, stride, padding, dilation, groups):
+    """The layers whose forward goes by Winograd, when dx can too: dx is the stride-1 correlation of
+    the output gradient with w's taps reversed and its channel axes swapped, padded by 2 - padding
+    on each side, which needs each padding <= 2."""
+    return max(padding) <= 2 and _uses_winograd(x, w, stride, dilation, groups)
+
+
+def _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, parts, input_grad, dx):
+    """(dW, db) by _weight_grad_winograd_avx512, and dx (if input_grad) by _forward_by_winograd of
+    the output gradient. With indices, dy is the pooled gradient: the activation's backward and the
+    unpooling run first, as the unfused ops (the same bits; the output gradient is built whole)."""
+    n, c, h, w_in = x.shape
+    c_out = w.shape[0]
+    if indices is not None:
+        if activation is not None:
+            dy = relu_backward(dy, y) if activation == "relu" else sigmoid_backward(dy, y)
+        dy = max_pool2d_backward(dy, indices, PoolGeometry(n, c_out, oh, ow, dy.shape[2], dy.shape[3]))
+    dy = np.ascontiguousarray(dy)
+    cp, kp = -(-c // LANES) * LANES, -(-c_out // LANES) * LANES
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    band = max(1, min(th, _WINOGRAD_BAND_BYTES // (16 * (cp + kp) * x.itemsize * tw)))
+    scratch = lambda *shape: np.empty((parts, *shape), x.dtype)  # noqa: E731
+    du_parts, db_parts = scratch(16, cp, kp), np.empty((parts, c_out))
+    _weight_grad_winograd_avx512(x, dy.reshape(n, c_out, oh * ow), padding[0], padding[2], oh, ow, band,
+                                 scratch(2 * th + 2, 2 * tw + 2, cp), scratch(16, band * tw, cp),
+                                 scratch(2 * band, 2 * tw, kp), scratch(16, band * tw, kp), du_parts, db_parts)
+    if input_grad:
+        flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        _forward_by_winograd(dy, flipped, None, tuple(2 - p for p in padding), h, w_in, ACTIVATIONS[None], _NO_POOL,
+                             dx.reshape(n, c, h * w_in), np.empty((0, 0, 0, 0), x.dtype),
+                             np.empty((0, 0, 0, 0), np.int64))
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN here send the caller to the direct kernel
+        return weight_grad_transformed(du_parts, c, c_out), db_parts.sum(axis=0).astype(x.dtype)
+
+
 def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias, input_grad):
     return _conv2d_backward(dy, None, None, None, x, w, stride, padding, dilation, groups, bias, input_grad)
 
@@ -906,7 +1008,8 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias, input_gra
 def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride, padding, dilation, groups, activation, bias, input_grad):
     """conv2d_backward of max_pool2d_backward(activation's backward(dy, y), indices, <the
     convolution's output shape>), fused for stride 1: the full-size gradient is only ever built one
-    sample at a time, in cache."""
+    sample at a time, in cache (except for the layers the Winograd backward takes, which build it
+    whole by those ops and then run conv2d_backward's own path: its bits)."""
     if stride != (1, 1):  # no fused kernel for this case: the ops one after another
         if activation is not None:
             dy = relu_backward(dy, y) if activation == "relu" else sigmoid_backward(dy, y)
@@ -931,6 +1034,13 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
     y3 = y.reshape(dy3.shape) if y is not None else np.empty((0, 0, 0), x.dtype)
     w2 = np.ascontiguousarray(w).reshape(c_out, rows)
     dx = empty(x.shape if input_grad else (0, 0, 0, 0), x.dtype)
+    if _backward_uses_winograd(x, w, stride, padding, dilation, groups):
+        with single_threaded_blas():
+            dw, db = _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, parts, input_grad, dx)
+        if np.isfinite(dw).all():
+            return dx if input_grad else None, dw, db if bias else None
+        # inf or NaN in dW (inf - inf in the transforms, or an overflow a direct sum avoids): all of
+        # it again by the direct kernel below, whose non-finite values are a direct sum's
     with single_threaded_blas():
         if _backward_uses_tiles(x, w, stride, input_grad):
             db_parts, dw_parts = _backward_by_tiles(dy3, from_pool, dy.shape[3], y3, activation, indices3, x, w, padding,
