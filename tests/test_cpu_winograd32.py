@@ -367,12 +367,15 @@ def test_backward_against_float64(monkeypatch, shape):
 
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
 @pytest.mark.parametrize("shape", [0, 1, 4])
-def test_fused_pool_backward_is_the_unfused_ops(monkeypatch, shape, activation):
+@pytest.mark.parametrize("pool", [(2, 2, 0), (3, 2, 1)])
+def test_fused_pool_backward_is_the_unfused_ops(monkeypatch, shape, activation, pool):
     # conv2d_max_pool2d_backward = the activation's backward, the unpooling, conv2d_backward (the
     # Winograd backward, once each): bit for bit
     x_shape, c_out, padding = SHAPES[shape]
     x, w, b = (a.astype(np.float32) for a in _case(x_shape, c_out, shape))
-    pooled, indices = ops.conv2d_max_pool2d_forward(x, w, b, padding=padding, activation=activation, pool_kernel=2)
+    kernel, stride, pad = pool
+    pooled, indices = ops.conv2d_max_pool2d_forward(x, w, b, padding=padding, activation=activation,
+                                                    pool_kernel=kernel, pool_stride=stride, pool_padding=pad)
     dyp = np.random.default_rng(7).standard_normal(pooled.shape).astype(np.float32)
     calls = _spy_on_weight_grads(monkeypatch)
     fused = ops.conv2d_max_pool2d_backward(dyp, pooled, indices, x, w, padding=padding, activation=activation)
@@ -418,3 +421,35 @@ def test_non_finite_backward_is_the_direct_kernels(monkeypatch, value, where):
     want = ops.conv2d_backward(dy, x, w, padding=1)
     for g, e in zip(got, want):
         np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("n", [0, 9])
+def test_backward_on_empty_and_many_part_batches(monkeypatch, n):
+    # 0 samples (every part empty) and 9 (8 parts, one of two samples) against float64
+    x, w, _ = _case((n, 16, 5, 6), 33, 28)
+    geo = Geometry(x.shape, w.shape, 1, 1, 1, 1)
+    dy = np.random.default_rng(29).standard_normal((n, 33, 5, 6))
+    calls = _spy_on_weight_grads(monkeypatch)
+    dx, dw, db = ops.conv2d_backward(*(a.astype(np.float32) for a in (dy, x, w)), padding=1)
+    assert len(calls) == 1
+    args = [dy, x, w]
+    assert_matches(dx, geo.dx, args, np.float32, what="dx")
+    assert_matches(dw, geo.dw, args, np.float32, what="dw")
+    assert_matches(db, lambda dy, x, w: dy.sum(axis=(0, 2, 3)), args, np.float32, what="db")
+
+
+@pytest.mark.parametrize("value", [np.inf, np.nan])
+def test_non_finite_weights_in_the_backward(monkeypatch, value):
+    # dW does not see w (finite: no redo); dx, the forward of dy with w flipped, goes to the direct
+    # kernel (non-finite weights): inf and NaN where the direct backward has them
+    x, w, _ = (a.astype(np.float32) for a in _case((3, 16, 6, 6), 16, 26))
+    dy = np.random.default_rng(27).standard_normal((3, 16, 6, 6)).astype(np.float32)
+    w[3, 5, 0, 2] = value
+    dx, dw, db = ops.conv2d_backward(dy, x, w, padding=1)
+    _direct(monkeypatch)
+    dx_d, dw_d, db_d = ops.conv2d_backward(dy, x, w, padding=1)
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(dx_d))
+    np.testing.assert_array_equal(np.isposinf(dx), np.isposinf(dx_d))
+    np.testing.assert_array_equal(np.isneginf(dx), np.isneginf(dx_d))
+    assert np.isfinite(dw).all() and np.isfinite(db).all()
+    np.testing.assert_allclose(dw, dw_d, rtol=1e-4, atol=1e-4)

@@ -237,5 +237,8 @@ grad_tile16 = _tile_to_16_intrinsic(2, _grads_transformed, """grad_tile16(dyh, a
 def weight_grad_transformed(du_parts, c, k):
     """dW (k, c, 3, 3) float32 from the parts' dU (parts, 16, Cp, Kp), added in float64 in part
     order: dW[k, c] = G^T dU[:, c, k] G, rounded once."""
-    du = du_parts[:, :, :c, :k].astype(np.float64).sum(axis=0).reshape(4, 4, c, k).transpose(3, 2, 0, 1)
+    du = du_parts[0, :, :c, :k].astype(np.float64)
+    for part in du_parts[1:]:  # in part order, without a float64 copy of every part at once
+        du += part[:, :c, :k]
+    du = du.reshape(4, 4, c, k).transpose(3, 2, 0, 1)
     return (_G.T @ du @ _G).astype(np.float32)

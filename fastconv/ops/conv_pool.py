@@ -6,10 +6,10 @@ Backward: the gradient dz at full size is the pooled gradient dy times act'(y) (
 sigmoid: y (1 - y)), scatter-added to the indexed positions; then conv2d_backward(dz, x, w).
 
 Why an op of its own: in a small CNN the convolution's output is the largest array, and it is
-only there to be pooled. Fused, each output plane is pooled while it is still in cache and the
-backward builds each sample's dz in cache: the full-size z and dz never touch memory (on the cpu
-backend, for stride 1). Backends without a fused kernel run the ops one after another, with the
-same results.
+only there to be pooled. Fused, each output plane is pooled while it is still in cache, so the
+full-size z never touches memory, and the backward builds each sample's dz in cache (on the cpu
+backend, for stride 1; except the 3x3 layers its Winograd backward takes, which build dz whole).
+Backends without a fused kernel run the ops one after another, with the same results.
 """
 from __future__ import annotations
 
