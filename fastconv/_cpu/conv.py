@@ -526,16 +526,17 @@ def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool
 
 
 @njit(inline="always")
-def _channels_last(x, n, pt, pl, wx, cp, xh):
-    """xh[((pt + r) * wx + pl + q) * cp + c] = x[n, c, r, q] (xh flat, rows of wx positions of cp
-    channels; the rest as it was), by 16 x 16 blocks through the registers."""
+def _channels_last(x, n, r0, r1, pt, pl, wx, cp, xh):
+    """xh[((pt + r - r0) * wx + pl + q) * cp + c] = x[n, c, r, q] for the rows r0 <= r < r1 of the
+    4-D x (xh flat, rows of wx positions of cp channels; the rest as it was), by 16 x 16 blocks
+    through the registers."""
     _, c, h, w = x.shape
     x_flat = x.reshape(-1)
-    for r in range(h):
+    for r in range(r0, r1):
         for c0 in range(0, c, LANES):
             for w0 in range(0, w, LANES):
                 transpose16_block(x_flat, ((n * c + c0) * h + r) * w + w0, h * w, min(LANES, c - c0), min(LANES, w - w0),
-                                  xh, ((pt + r) * wx + pl + w0) * cp + c0, cp)
+                                  xh, ((pt + r - r0) * wx + pl + w0) * cp + c0, cp)
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
@@ -555,7 +556,7 @@ def _forward_winograd_avx512(x, u, b, act, pt, pl, oh, ow, pool, band, rows, xhs
     suspect[n] = 1 where any output computed came out inf or NaN (also those then dropped: an odd
     OH's or OW's extra row or column, the channels past C_out): the caller redoes those samples
     directly."""
-    n_img, c, h, w = x.shape
+    n_img = x.shape[0]
     c_out = y.shape[1] if pool[0] == 0 else pooled.shape[1]
     p = oh * ow
     cp, kp = u.shape[1], u.shape[2]
@@ -574,7 +575,7 @@ def _forward_winograd_avx512(x, u, b, act, pt, pl, oh, ow, pool, band, rows, xhs
                 prefetch_all(x[n + 1].reshape(-1))
                 if not pooling:
                     prefetch_all(y[n + 1].reshape(-1))
-            _channels_last(x, n, pt, pl, wx, cp, xh)
+            _channels_last(x, n, 0, x.shape[2], pt, pl, wx, cp, xh)
             out = yws[t] if pooling else y[n].reshape(-1)
             bad = 0
             for ty0 in range(0, th, band):
@@ -607,16 +608,14 @@ def _weight_grad_winograd_avx512(x, dy, pt, pl, oh, ow, band, xhs, vs, dyhs, zs,
     [j*N/parts, (j+1)*N/parts) (parts a function of N alone: the same bits on any thread count).
     Per sample, in the part's own buffers: xh as _forward_winograd_avx512's; then per band of
     `band` tile rows, v (16, band*TW, Cp) the input tiles transformed (input_tile16), dyh
-    (2*band, 2*TW, Kp) the band's rows of dy (N, C_out, OH*OW) channels-last, zero past OH, OW and
+    (2*band, 2*TW, Kp) the band's rows of dy (N, C_out, OH, OW) channels-last, zero past OH, OW and
     C_out, z (16, band*TW, Kp) its tiles transformed (grad_tile16), and du_parts[j][xi] +=
     v[xi]^T @ z[xi] (gemm32). db_parts[j] (float64) += each dy plane's sum."""
-    n_img, c, h, w = x.shape
-    k, p = dy.shape[1], oh * ow
+    n_img, k = x.shape[0], dy.shape[1]
     cp, kp = vs.shape[3], zs.shape[3]
     wx, t_max = xhs.shape[2], vs.shape[2]
     th, tw = (oh + 1) // 2, (ow + 1) // 2
     wy = 2 * tw
-    dy_flat = dy.reshape(-1)
     parts = du_parts.shape[0]
     for part in prange(parts):
         xh, v, dyh, z, du, db = xhs[part].reshape(-1), vs[part], dyhs[part].reshape(-1), zs[part], du_parts[part], \
@@ -631,16 +630,12 @@ def _weight_grad_winograd_avx512(x, dy, pt, pl, oh, ow, band, xhs, vs, dyhs, zs,
                 prefetch_all(x[n + 1].reshape(-1))
                 prefetch_all(dy[n + 1].reshape(-1))
             for o in range(k):
-                db[o] += _sum(dy[n, o])
-            _channels_last(x, n, pt, pl, wx, cp, xh)
+                db[o] += _sum(dy[n, o].reshape(-1))
+            _channels_last(x, n, 0, x.shape[2], pt, pl, wx, cp, xh)
             for ty0 in range(0, th, band):
                 ty1 = min(th, ty0 + band)
                 tiles = (ty1 - ty0) * tw
-                for a in range(2 * ty0, min(oh, 2 * ty1)):
-                    for k0 in range(0, k, LANES):
-                        for w0 in range(0, ow, LANES):
-                            transpose16_block(dy_flat, (n * k + k0) * p + a * ow + w0, p, min(LANES, k - k0),
-                                              min(LANES, ow - w0), dyh, ((a - 2 * ty0) * wy + w0) * kp + k0, kp)
+                _channels_last(dy, n, 2 * ty0, min(oh, 2 * ty1), 0, 0, wy, kp, dyh)
                 for a in range(oh, 2 * ty1):  # an odd OH's extra row (another band's rows before): zero
                     dyh[(a - 2 * ty0) * wy * kp:(a - 2 * ty0 + 1) * wy * kp] = 0
                 for ty in range(ty0, ty1):
@@ -869,6 +864,14 @@ def _uses_winograd(x, w, stride, dilation, groups):
             and (kh, kw) == (3, 3) and min(cg, c_out) >= WINOGRAD_MIN_CHANNELS)
 
 
+def _winograd_blocking(c, c_out, oh, ow, itemsize):
+    """(Cp, Kp, TH, TW, band): the channel counts rounded up to LANES, the tiles of 2x2 outputs, and
+    the tile rows per band (_WINOGRAD_BAND_BYTES)."""
+    cp, kp = -(-c // LANES) * LANES, -(-c_out // LANES) * LANES
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    return cp, kp, th, tw, max(1, min(th, _WINOGRAD_BAND_BYTES // (16 * (cp + kp) * itemsize * tw)))
+
+
 def _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices):
     """y, or pooled and indices, by _forward_winograd_avx512; the samples it flags (an output not
     finite) again by the direct kernel, whose inf and NaN are a direct sum's. A weight or bias
@@ -878,13 +881,11 @@ def _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indic
         return
     n, c = x.shape[:2]
     c_out = w.shape[0]
-    cp, kp = -(-c // LANES) * LANES, -(-c_out // LANES) * LANES
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    cp, kp, th, tw, band = _winograd_blocking(c, c_out, oh, ow, x.itemsize)
     threads = _threads(n)
     bias = np.zeros(kp, x.dtype)
     if b is not None:
         bias[:c_out] = b
-    band = max(1, min(th, _WINOGRAD_BAND_BYTES // (16 * (cp + kp) * x.itemsize * tw)))  # tile rows
     rows = tile_rows(band * tw)
     t_max = -(-band * tw // rows) * rows
     scratch = lambda *shape: np.empty((threads, *shape), x.dtype)  # noqa: E731
@@ -980,16 +981,12 @@ def _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, par
     n, c, h, w_in = x.shape
     c_out = w.shape[0]
     if indices is not None:
-        if activation is not None:
-            dy = relu_backward(dy, y) if activation == "relu" else sigmoid_backward(dy, y)
-        dy = max_pool2d_backward(dy, indices, PoolGeometry(n, c_out, oh, ow, dy.shape[2], dy.shape[3]))
+        dy = _unpooled_gradient(dy, y, activation, indices, n, c_out, oh, ow)
     dy = np.ascontiguousarray(dy)
-    cp, kp = -(-c // LANES) * LANES, -(-c_out // LANES) * LANES
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
-    band = max(1, min(th, _WINOGRAD_BAND_BYTES // (16 * (cp + kp) * x.itemsize * tw)))
+    cp, kp, th, tw, band = _winograd_blocking(c, c_out, oh, ow, x.itemsize)
     scratch = lambda *shape: np.empty((parts, *shape), x.dtype)  # noqa: E731
     du_parts, db_parts = scratch(16, cp, kp), np.empty((parts, c_out))
-    _weight_grad_winograd_avx512(x, dy.reshape(n, c_out, oh * ow), padding[0], padding[2], oh, ow, band,
+    _weight_grad_winograd_avx512(x, dy, padding[0], padding[2], oh, ow, band,
                                  scratch(2 * th + 2, 2 * tw + 2, cp), scratch(16, band * tw, cp),
                                  scratch(2 * band, 2 * tw, kp), scratch(16, band * tw, kp), du_parts, db_parts)
     if input_grad:
@@ -1005,18 +1002,23 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias, input_gra
     return _conv2d_backward(dy, None, None, None, x, w, stride, padding, dilation, groups, bias, input_grad)
 
 
+def _unpooled_gradient(dy, y, activation, indices, n, c_out, oh, ow):
+    """The convolution's output gradient (n, c_out, oh, ow) from the pooled one: the activation's
+    backward at the pooled outputs y, then max_pool2d_backward's scatter (the unfused ops)."""
+    if activation is not None:
+        dy = relu_backward(dy, y) if activation == "relu" else sigmoid_backward(dy, y)
+    return max_pool2d_backward(dy, indices, PoolGeometry(n, c_out, oh, ow, dy.shape[2], dy.shape[3]))
+
+
 def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride, padding, dilation, groups, activation, bias, input_grad):
     """conv2d_backward of max_pool2d_backward(activation's backward(dy, y), indices, <the
     convolution's output shape>), fused for stride 1: the full-size gradient is only ever built one
     sample at a time, in cache (except for the layers the Winograd backward takes, which build it
     whole by those ops and then run conv2d_backward's own path: its bits)."""
     if stride != (1, 1):  # no fused kernel for this case: the ops one after another
-        if activation is not None:
-            dy = relu_backward(dy, y) if activation == "relu" else sigmoid_backward(dy, y)
         oh, ow = _geometry(x, w, stride, padding, dilation)
-        out = PoolGeometry(x.shape[0], w.shape[0], oh, ow, dy.shape[2], dy.shape[3])
-        return conv2d_backward(max_pool2d_backward(dy, indices, out), x, w, stride, padding, dilation, groups, bias,
-                               input_grad)
+        dz = _unpooled_gradient(dy, y, activation, indices, x.shape[0], w.shape[0], oh, ow)
+        return conv2d_backward(dz, x, w, stride, padding, dilation, groups, bias, input_grad)
     return _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation, groups, bias, input_grad)
 
 
