@@ -331,13 +331,19 @@ class Linear(Module):
 
 
 class Conv2d(Module):
-    """2-D cross-correlation over NCHW input; weight (out_channels, in_channels // groups, kh, kw)."""
+    """2-D cross-correlation over NCHW input; weight (out_channels, in_channels // groups, kh, kw).
+
+    algorithm="auto" lets the backend compute it as it finds fastest; "direct" keeps every output a
+    sum of its products (ops.conv.ALGORITHMS: on the cpu backend, no Winograd for this layer, whose
+    error can be larger where a window mixes very large and very small inputs). It changes how, not
+    what: a checkpoint loads into a model that differs from it only there."""
 
     fusable = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, dtype=np.float32, seed=None):
+                 bias=True, *, algorithm="auto", dtype=np.float32, seed=None):
         name = "Conv2d"
+        self.algorithm = ops.conv.check_algorithm(algorithm, name)
         self.in_channels = _positive_int(in_channels, "in_channels", name)
         self.out_channels = _positive_int(out_channels, "out_channels", name)
         self.kernel_size = _pair(kernel_size, "kernel_size", name)
@@ -361,10 +367,12 @@ class Conv2d(Module):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
                 "dilation": list(self.dilation), "groups": self.groups, "bias": self.bias is not None,
-                "dtype": self.dtype.name}
+                "dtype": self.dtype.name, **({} if self.algorithm == "auto" else {"algorithm": self.algorithm})}
 
     def _geometry(self):
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+        """The ops' keyword arguments beside the tensors: the hyperparameters, and how to compute."""
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
+                    algorithm=self.algorithm)
 
     def forward(self, x, activation=None):
         _check_input(self, x, 4, f"(N, {self.in_channels}, H, W)", self.in_channels, dtype=self.dtype)

@@ -31,8 +31,9 @@ weights are of even size: conv2's layer on normal data, max error against float6
 the direct kernel's 2.6e-6 (sums of 32 products per xi against 288). They part where a large
 input meets a small weight, and then an output's relative error has no useful bound: inputs of 1
 with one of 1e6, weights of 1 with a centre of 1e-6, gave an output of 136 for 144 (5.6%), the
-direct kernel's 144 (3.3e-7 at worst); an input of 3e38 among values of 1 gave 1.2e-5 against 5e-8. Data
-like that wants FASTCONV_WINOGRAD=0 (conv.py), which keeps every layer on the direct kernel.
+direct kernel's 144 (3.3e-7 at worst); an input of 3e38 among values of 1 gave 1.2e-5 against 5e-8. A
+layer with data like that wants algorithm="direct" (nn.Conv2d, the conv ops), or a whole process
+FASTCONV_WINOGRAD=0 (conv.py): either keeps the direct kernel.
 
 Non-finite values do not survive the transforms as they would a direct sum (an inf input gives
 inf - inf = NaN in outputs that the direct sum does not even reach), so output_tile16 reports

@@ -801,19 +801,20 @@ class _Wide:
 _NO_POOL = (0, 0, 0, 0, 0, 0)
 
 
-def conv2d_forward(x, w, b, stride, padding, dilation, groups, activation):
-    return _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, None)
+def conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, algorithm):
+    return _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, None, algorithm)
 
 
-def conv2d_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool):
+def conv2d_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool, algorithm):
     """(y, indices) = max pooling (pool: the validated ops.pool.PoolGeometry of the convolution's
     output) of the convolution, fused for stride 1: each output plane is pooled while in cache."""
     if stride != (1, 1):  # no fused kernel for this case: the two ops
-        return max_pool2d_forward(conv2d_forward(x, w, b, stride, padding, dilation, groups, activation), pool)
-    return _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool)
+        return max_pool2d_forward(conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, algorithm),
+                                  pool)
+    return _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool, algorithm)
 
 
-def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool):
+def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool, algorithm):
     n, c, _, _ = x.shape
     c_out, cg, kh, kw = w.shape
     oh, ow = _geometry(x, w, stride, padding, dilation)
@@ -829,7 +830,7 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     threads = _threads(n)
     window = _NO_POOL if pool is None else (*pool.kernel, *pool.stride, *pool.padding)
     with single_threaded_blas():
-        if _uses_winograd(x, w, stride, dilation, groups):
+        if _uses_winograd(x, w, stride, dilation, groups, algorithm):
             _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices)
         elif stride == (1, 1) and _uses_gemm32(x):
             _forward_by_taps(x, w, b, padding, dilation, groups, oh, ow, act, window, y, pooled, indices)
@@ -848,7 +849,8 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
 
 # Winograd's F(2x2, 3x3) takes the 3x3 stride-1 float32 layers with at least WINOGRAD_MIN_CHANNELS
 # input and output channels (below it the transforms, linear in C + K, outweigh the 2.25x fewer
-# multiply-adds), unless FASTCONV_WINOGRAD=0 keeps them on the direct kernel and its rounding
+# multiply-adds), unless the op's algorithm is "direct" (a layer's choice: Conv2d(algorithm=)) or
+# FASTCONV_WINOGRAD=0 (the whole process's) keeps them on the direct kernel and its rounding
 # (_winograd32.py compares the two).
 WINOGRAD = os.environ.get("FASTCONV_WINOGRAD", "").strip() != "0"
 WINOGRAD_MIN_CHANNELS = 16
@@ -858,10 +860,10 @@ WINOGRAD_MIN_CHANNELS = 16
 _WINOGRAD_BAND_BYTES = 1 << 19
 
 
-def _uses_winograd(x, w, stride, dilation, groups):
+def _uses_winograd(x, w, stride, dilation, groups, algorithm="auto"):
     c_out, cg, kh, kw = w.shape
-    return (WINOGRAD and _uses_gemm32(x) and stride == (1, 1) and dilation == (1, 1) and groups == 1
-            and (kh, kw) == (3, 3) and min(cg, c_out) >= WINOGRAD_MIN_CHANNELS)
+    return (WINOGRAD and algorithm == "auto" and _uses_gemm32(x) and stride == (1, 1) and dilation == (1, 1)
+            and groups == 1 and (kh, kw) == (3, 3) and min(cg, c_out) >= WINOGRAD_MIN_CHANNELS)
 
 
 def _winograd_blocking(c, c_out, oh, ow, itemsize):
@@ -967,11 +969,11 @@ def _backward_by_tiles(dy3, from_pool, pooled_w, y3, activation, indices3, x, w,
     return db_parts, dw_parts.reshape(parts, groups, cog, cg * taps)
 
 
-def _backward_uses_winograd(x, w, stride, padding, dilation, groups):
+def _backward_uses_winograd(x, w, stride, padding, dilation, groups, algorithm="auto"):
     """The layers whose forward goes by Winograd, when dx can too: dx is the stride-1 correlation of
     the output gradient with w's taps reversed and its channel axes swapped, padded by 2 - padding
     on each side, which needs each padding <= 2."""
-    return max(padding) <= 2 and _uses_winograd(x, w, stride, dilation, groups)
+    return max(padding) <= 2 and _uses_winograd(x, w, stride, dilation, groups, algorithm)
 
 
 def _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, parts, input_grad, dx):
@@ -998,8 +1000,9 @@ def _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, par
         return weight_grad_transformed(du_parts, c, c_out), db_parts.sum(axis=0).astype(x.dtype)
 
 
-def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias, input_grad):
-    return _conv2d_backward(dy, None, None, None, x, w, stride, padding, dilation, groups, bias, input_grad)
+def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias, input_grad, algorithm):
+    return _conv2d_backward(dy, None, None, None, x, w, stride, padding, dilation, groups, bias, input_grad,
+                            algorithm)
 
 
 def _unpooled_gradient(dy, y, activation, indices, n, c_out, oh, ow):
@@ -1010,7 +1013,8 @@ def _unpooled_gradient(dy, y, activation, indices, n, c_out, oh, ow):
     return max_pool2d_backward(dy, indices, PoolGeometry(n, c_out, oh, ow, dy.shape[2], dy.shape[3]))
 
 
-def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride, padding, dilation, groups, activation, bias, input_grad):
+def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride, padding, dilation, groups, activation, bias, input_grad,
+                               algorithm):
     """conv2d_backward of max_pool2d_backward(activation's backward(dy, y), indices, <the
     convolution's output shape>), fused for stride 1: the full-size gradient is only ever built one
     sample at a time, in cache (except for the layers the Winograd backward takes, which build it
@@ -1018,11 +1022,13 @@ def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride, padding, dilation, 
     if stride != (1, 1):  # no fused kernel for this case: the ops one after another
         oh, ow = _geometry(x, w, stride, padding, dilation)
         dz = _unpooled_gradient(dy, y, activation, indices, x.shape[0], w.shape[0], oh, ow)
-        return conv2d_backward(dz, x, w, stride, padding, dilation, groups, bias, input_grad)
-    return _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation, groups, bias, input_grad)
+        return conv2d_backward(dz, x, w, stride, padding, dilation, groups, bias, input_grad, algorithm)
+    return _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation, groups, bias, input_grad,
+                            algorithm)
 
 
-def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation, groups, bias, input_grad):
+def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation, groups, bias, input_grad,
+                     algorithm):
     """indices None: dy is the convolution's output gradient; else the pooled one (stride 1 only)."""
     n, c, _, _ = x.shape
     c_out, cg, kh, kw = w.shape
@@ -1036,7 +1042,7 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
     y3 = y.reshape(dy3.shape) if y is not None else np.empty((0, 0, 0), x.dtype)
     w2 = np.ascontiguousarray(w).reshape(c_out, rows)
     dx = empty(x.shape if input_grad else (0, 0, 0, 0), x.dtype)
-    if _backward_uses_winograd(x, w, stride, padding, dilation, groups):
+    if _backward_uses_winograd(x, w, stride, padding, dilation, groups, algorithm):
         with single_threaded_blas():
             dw, db = _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, parts, input_grad, dx)
         if np.isfinite(dw).all():

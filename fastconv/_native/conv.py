@@ -1,4 +1,7 @@
-"""2-D convolution on the native backends: the implicit-GEMM kernels of csrc/kernels/conv.cuh."""
+"""2-D convolution on the native backends: the implicit-GEMM kernels of csrc/kernels/conv.cuh.
+
+Those compute every output as a sum of its products, so both of ops.conv.ALGORITHMS ("auto",
+"direct") run them: `algorithm` is accepted and has nothing to choose between."""
 from ..ops._activation import ACTIVATIONS
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
@@ -14,7 +17,7 @@ def _shape(x, w, stride, padding, dilation, groups):
             dilation[1], groups)
 
 
-def conv2d_forward(be, x, w, b, stride, padding, dilation, groups, activation):
+def conv2d_forward(be, x, w, b, stride, padding, dilation, groups, activation, algorithm):
     s = _shape(x, w, stride, padding, dilation, groups)
     y = be.empty((s[0], s[4], s[7], s[8]), x.dtype)
     be.kernel("conv2d_forward", x.dtype)(be.ptr(x), be.ptr(w), be.ptr(b), be.ptr(y), s, ACTIVATIONS[activation],
@@ -22,7 +25,7 @@ def conv2d_forward(be, x, w, b, stride, padding, dilation, groups, activation):
     return y
 
 
-def conv2d_backward(be, dy, x, w, stride, padding, dilation, groups, bias, input_grad):
+def conv2d_backward(be, dy, x, w, stride, padding, dilation, groups, bias, input_grad, algorithm):
     s = _shape(x, w, stride, padding, dilation, groups)
     stream = be.stream()
     dx = None

@@ -12,6 +12,13 @@ from ._check import flag, shape_str, tensor
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
+# How a backend may compute a convolution. "auto": as it finds fastest (the cpu backend takes
+# Winograd's F(2x2, 3x3) for 3x3 stride-1 float32 layers of >= 16 channels on AVX-512 hosts;
+# every output then carries an error that scales with its window's largest input and weights, not
+# with the products it adds, see README). "direct": every output a sum of its products, on every
+# backend (the emu and cuda kernels only have those).
+ALGORITHMS = ("auto", "direct")
+
 
 def _int(value, name):
     if type(value) is int:  # the common case, without the slow abstract-base-class check
@@ -84,6 +91,13 @@ def _geometry(x, w, stride, padding, dilation, groups, op):
     return stride, pad, dilation, groups, (oh, ow)
 
 
+def check_algorithm(algorithm, op):
+    """algorithm, if it is one of ALGORITHMS; else a ValueError naming them."""
+    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
+        raise ValueError(f"{op}: algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}")
+    return algorithm
+
+
 def _inputs(be, x, w):
     x = tensor(x, "x", be, ndim=4)
     w = tensor(w, "w", be, ndim=4, dtype=x.dtype)
@@ -99,27 +113,32 @@ def _bias(be, b, x, w, op):
     return b
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=None):
+def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=None, algorithm="auto"):
     """act(conv2d(x, w) + b), as torch.nn.functional.conv2d followed by the activation.
 
     x (N, C_in, H, W); w (C_out, C_in/groups, kh, kw); b (C_out,) or None; stride, padding,
     dilation an int or a pair; padding also "same" (stride 1 only) or "valid"; activation None,
-    "relu" or "sigmoid", fused into the kernel's epilogue. Returns y (N, C_out, OH, OW).
+    "relu" or "sigmoid", fused into the kernel's epilogue; algorithm "auto" or "direct" (ALGORITHMS).
+    Returns y (N, C_out, OH, OW).
     """
     be = _backend.current()
     check_activation(activation)
+    algorithm = check_algorithm(algorithm, "conv2d")
     x, w = _inputs(be, x, w)
     stride, pad, dilation, groups, _ = _geometry(x, w, stride, padding, dilation, groups, "conv2d")
     b = _bias(be, b, x, w, "conv2d")
-    return be.conv2d_forward(x, w, b, stride, pad, dilation, groups, activation)
+    return be.conv2d_forward(x, w, b, stride, pad, dilation, groups, activation, algorithm)
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, bias=True, input_grad=True):
+def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, bias=True, input_grad=True,
+                    algorithm="auto"):
     """Gradients of z = conv2d(x, w) + b given dy = dL/dz: returns (dx, dw, db); db is None when
     bias=False, dx is None (and not computed) when input_grad=False, e.g. for a network's first layer. When the forward fused an activation, pass dy through relu_backward /
-    sigmoid_backward first. The hyperparameters must be the forward's."""
+    sigmoid_backward first. The hyperparameters must be the forward's; algorithm as in
+    conv2d_forward (it may differ from the forward's)."""
     be = _backend.current()
     bias, input_grad = flag(bias, "bias"), flag(input_grad, "input_grad")
+    algorithm = check_algorithm(algorithm, "conv2d_backward")
     x, w = _inputs(be, x, w)
     stride, pad, dilation, groups, (oh, ow) = _geometry(x, w, stride, padding, dilation, groups, "conv2d_backward")
     dy = tensor(dy, "dy", be, ndim=4, dtype=x.dtype)
@@ -127,4 +146,4 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, bias=Tr
     if dy.shape != expected:
         raise ValueError(f"conv2d_backward: dy is {shape_str(dy.shape)} but the convolution of x "
                          f"{shape_str(x.shape)} with w {shape_str(w.shape)} gives {shape_str(expected)}")
-    return be.conv2d_backward(dy, x, w, stride, pad, dilation, groups, bias, input_grad)
+    return be.conv2d_backward(dy, x, w, stride, pad, dilation, groups, bias, input_grad, algorithm)

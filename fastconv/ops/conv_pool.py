@@ -17,7 +17,7 @@ from .. import backend as _backend
 from ._activation import check_activation
 from ._check import flag, shape_str, tensor
 from .conv import _geometry as _conv_geometry
-from .conv import _bias, _inputs
+from .conv import _bias, _inputs, check_algorithm
 from .pool import _geometry as _pool_geometry
 from .pool import PoolGeometry, _indices
 
@@ -25,25 +25,28 @@ __all__ = ["conv2d_max_pool2d_forward", "conv2d_max_pool2d_backward"]
 
 
 def conv2d_max_pool2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=None, *,
-                              pool_kernel, pool_stride=None, pool_padding=0):
+                              pool_kernel, pool_stride=None, pool_padding=0, algorithm="auto"):
     """max_pool2d_forward(conv2d_forward(x, w, b, stride, padding, dilation, groups, activation),
     pool_kernel, pool_stride, pool_padding), bit for bit: returns (y, indices), both
-    (N, C_out, Ho, Wo); indices are positions in the convolution's (OH, OW) output planes."""
+    (N, C_out, Ho, Wo); indices are positions in the convolution's (OH, OW) output planes. algorithm:
+    as conv2d_forward's."""
     op = "conv2d_max_pool2d_forward"
     be = _backend.current()
     check_activation(activation)
+    algorithm = check_algorithm(algorithm, op)
     x, w = _inputs(be, x, w)
     stride, pad, dilation, groups, (oh, ow) = _conv_geometry(x, w, stride, padding, dilation, groups, op)
     b = _bias(be, b, x, w, op)
     pool = _pool_geometry(op, (x.shape[0], w.shape[0], oh, ow), pool_kernel, pool_stride, pool_padding)
     fused = getattr(be, op, None)
     if fused is not None:
-        return fused(x, w, b, stride, pad, dilation, groups, activation, pool)
-    return be.max_pool2d_forward(be.conv2d_forward(x, w, b, stride, pad, dilation, groups, activation), pool)
+        return fused(x, w, b, stride, pad, dilation, groups, activation, pool, algorithm)
+    return be.max_pool2d_forward(be.conv2d_forward(x, w, b, stride, pad, dilation, groups, activation, algorithm),
+                                 pool)
 
 
 def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride=1, padding=0, dilation=1, groups=1, activation=None,
-                               bias=True, input_grad=True, *, check_indices=True):
+                               bias=True, input_grad=True, *, check_indices=True, algorithm="auto"):
     """Gradients (dx, dw, db) of conv2d_max_pool2d_forward given dy = dL/dy (N, C_out, Ho, Wo), its
     output y and indices (y may be None when activation is None); db is None when bias=False, dx
     when input_grad=False. With relu or no activation the bits are those of the unfused backward
@@ -52,10 +55,11 @@ def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride=1, padding=0, dilati
     overlapping windows round differently, and a NaN output that no window picks contributes 0
     (unfused: NaN). Ho, Wo cannot be checked against the pooling (its parameters are not passed):
     dy, y and indices must come from the forward. check_indices=False skips the indices' range check
-    (a sync on a GPU), as in max_pool2d_backward."""
+    (a sync on a GPU), as in max_pool2d_backward. algorithm: as conv2d_backward's."""
     op = "conv2d_max_pool2d_backward"
     be = _backend.current()
     check_activation(activation)
+    algorithm = check_algorithm(algorithm, op)
     bias, input_grad = flag(bias, "bias"), flag(input_grad, "input_grad")
     x, w = _inputs(be, x, w)
     stride, pad, dilation, groups, (oh, ow) = _conv_geometry(x, w, stride, padding, dilation, groups, op)
@@ -73,8 +77,8 @@ def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride=1, padding=0, dilati
         y = None
     fused = getattr(be, op, None)
     if fused is not None:
-        return fused(dy, y, indices, x, w, stride, pad, dilation, groups, activation, bias, input_grad)
+        return fused(dy, y, indices, x, w, stride, pad, dilation, groups, activation, bias, input_grad, algorithm)
     if activation is not None:  # dy and y are validated above: straight to the backend
         dy = be.relu_backward(dy, y) if activation == "relu" else be.sigmoid_backward(dy, y)
     dz = be.max_pool2d_backward(dy, indices, PoolGeometry(x.shape[0], w.shape[0], oh, ow, dy.shape[2], dy.shape[3]))
-    return be.conv2d_backward(dz, x, w, stride, pad, dilation, groups, bias, input_grad)
+    return be.conv2d_backward(dz, x, w, stride, pad, dilation, groups, bias, input_grad, algorithm)
