@@ -219,15 +219,16 @@ def _optimizer_state(info, tensors):
     return {"type": saved["type"], "hyperparameters": saved["hyperparameters"], "state": state}
 
 
-# Config entries that say how a layer computes, not what: models that differ only there take each
-# other's checkpoints (Conv2d's algorithm, present when not "auto").
-_HOW_NOT_WHAT = frozenset({"algorithm"})
+# Config entries that say how a layer computes, not what, by layer type: models that differ only
+# there take each other's checkpoints (Conv2d's algorithm, present when not "auto").
+_HOW_NOT_WHAT = {"Conv2d": frozenset({"algorithm"})}
 
 
 def _config_difference(a, b, where="model"):
     """A short description of the first difference between two configs, or None."""
     if isinstance(a, dict) and isinstance(b, dict):
-        for key in [k for k in list(a) + [k for k in b if k not in a] if k not in _HOW_NOT_WHAT]:
+        how = _HOW_NOT_WHAT.get(a.get("type"), frozenset()) if a.get("type") == b.get("type") else frozenset()
+        for key in [k for k in list(a) + [k for k in b if k not in a] if k not in how]:
             if key not in a or key not in b:
                 return f"{where}.{key}: present in only one of them"
             diff = _config_difference(a[key], b[key], f"{where}.{key}")

@@ -343,7 +343,7 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, *, algorithm="auto", dtype=np.float32, seed=None):
         name = "Conv2d"
-        self.algorithm = ops.conv.check_algorithm(algorithm, name)
+        self.algorithm = algorithm
         self.in_channels = _positive_int(in_channels, "in_channels", name)
         self.out_channels = _positive_int(out_channels, "out_channels", name)
         self.kernel_size = _pair(kernel_size, "kernel_size", name)
@@ -368,6 +368,15 @@ class Conv2d(Module):
                 "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
                 "dilation": list(self.dilation), "groups": self.groups, "bias": self.bias is not None,
                 "dtype": self.dtype.name, **({} if self.algorithm == "auto" else {"algorithm": self.algorithm})}
+
+    @property
+    def algorithm(self):
+        """"auto" or "direct" (see the class); settable, checked."""
+        return self._algorithm
+
+    @algorithm.setter
+    def algorithm(self, value):
+        self._algorithm = ops.conv.check_algorithm(value, "Conv2d")
 
     def _geometry(self):
         """The ops' keyword arguments beside the tensors: the hyperparameters, and how to compute."""

@@ -42,7 +42,7 @@ CLASSES = {
     "nan": "NaN / Inf (propagated)",
     "range": "out-of-range labels or indices",
     "hyper": "bad hyperparameters",
-    "string": "unknown backend / activation / padding / metric strings",
+    "string": "unknown backend / activation / padding / algorithm / metric strings",
     "layer": "bad layer input",
     "checkpoint": "corrupt or mismatched checkpoints",
 }

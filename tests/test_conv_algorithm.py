@@ -26,7 +26,9 @@ def _layer(seed=0):
 
 
 def _spy_on_winograd(monkeypatch):
-    """Counts the Winograd forward and weight-gradient kernels' calls from now on."""
+    """Counts the Winograd forward and weight-gradient kernels' calls from now on (with Winograd on,
+    whatever FASTCONV_WINOGRAD says)."""
+    monkeypatch.setattr(conv, "WINOGRAD", True)
     calls = []
     for name in ("_forward_winograd_avx512", "_weight_grad_winograd_avx512"):
         kernel = getattr(conv, name)
@@ -72,8 +74,8 @@ def test_auto_takes_winograd_and_rounds_differently(monkeypatch):
     with fastconv.use_backend("cpu") as be:
         calls = _spy_on_winograd(monkeypatch)
         auto = _every_op(be, x, w, b, "auto")
-        # forward, fused forward; the backward's dW and the fused backward's (dx: a forward)
-        assert calls.count("_forward_winograd_avx512") >= 2 and calls.count("_weight_grad_winograd_avx512") == 2
+        # the forward, the backward's dx (a forward of dy), the fused forward, the fused backward's dx
+        assert calls.count("_forward_winograd_avx512") == 4 and calls.count("_weight_grad_winograd_avx512") == 2
         direct = _every_op(be, x, w, b, "direct")
     assert not np.array_equal(auto[0], direct[0])  # two algorithms, or the test above proves nothing
     for u, v in zip(auto, direct):
@@ -108,6 +110,10 @@ def test_config_names_the_algorithm_only_when_not_auto():
     assert nn.from_config(config).algorithm == "direct"
     assert nn.from_config({k: v for k, v in config.items() if k != "algorithm"}).algorithm == "auto"
     assert "algorithm='direct'" in repr(nn.Conv2d(2, 3, 3, algorithm="direct"))
+    layer = nn.Conv2d(2, 3, 3)
+    with pytest.raises(ValueError, match="Conv2d: algorithm must be one of 'auto', 'direct', got 'fast'"):
+        layer.algorithm = "fast"
+    assert layer.algorithm == "auto"
 
 
 @pytest.mark.parametrize("saved, loaded", [("auto", "direct"), ("direct", "auto")])

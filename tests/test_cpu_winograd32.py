@@ -87,15 +87,16 @@ def _spy_on_redos(monkeypatch):
 def test_which_layers_take_it():
     x = np.zeros((2, 32, 14, 14), np.float32)
     w = np.zeros((64, 32, 3, 3), np.float32)
-    assert conv._uses_winograd(x, w, (1, 1), (1, 1), 1)
-    assert not conv._uses_winograd(x, w, (2, 2), (1, 1), 1)
-    assert not conv._uses_winograd(x, w, (1, 1), (2, 2), 1)
-    assert not conv._uses_winograd(x, np.zeros((64, 16, 3, 3), np.float32), (1, 1), (1, 1), 2)
-    assert not conv._uses_winograd(x, np.zeros((64, 32, 5, 5), np.float32), (1, 1), (1, 1), 1)
-    assert not conv._uses_winograd(x, np.zeros((64, 32, 3, 1), np.float32), (1, 1), (1, 1), 1)
-    assert not conv._uses_winograd(x, np.zeros((8, 32, 3, 3), np.float32), (1, 1), (1, 1), 1)  # too few outputs
-    assert not conv._uses_winograd(x[:, :8], np.zeros((64, 8, 3, 3), np.float32), (1, 1), (1, 1), 1)
-    assert not conv._uses_winograd(x.astype(np.float64), w.astype(np.float64), (1, 1), (1, 1), 1)
+    assert conv._uses_winograd(x, w, (1, 1), (1, 1), 1, "auto")
+    assert not conv._uses_winograd(x, w, (2, 2), (1, 1), 1, "auto")
+    assert not conv._uses_winograd(x, w, (1, 1), (2, 2), 1, "auto")
+    assert not conv._uses_winograd(x, np.zeros((64, 16, 3, 3), np.float32), (1, 1), (1, 1), 2, "auto")
+    assert not conv._uses_winograd(x, np.zeros((64, 32, 5, 5), np.float32), (1, 1), (1, 1), 1, "auto")
+    assert not conv._uses_winograd(x, np.zeros((64, 32, 3, 1), np.float32), (1, 1), (1, 1), 1, "auto")
+    assert not conv._uses_winograd(x, np.zeros((8, 32, 3, 3), np.float32), (1, 1), (1, 1), 1, "auto")  # too few outputs
+    assert not conv._uses_winograd(x[:, :8], np.zeros((64, 8, 3, 3), np.float32), (1, 1), (1, 1), 1, "auto")
+    assert not conv._uses_winograd(x.astype(np.float64), w.astype(np.float64), (1, 1), (1, 1), 1, "auto")
+    assert not conv._uses_winograd(x, w, (1, 1), (1, 1), 1, "direct")
 
 
 def test_tile_rows_divide_the_tile_count_when_one_can():
@@ -170,7 +171,7 @@ def test_forward_against_float64(monkeypatch, shape, activation):
     x_shape, c_out, padding = SHAPES[shape]
     x, w, b = _case(x_shape, c_out, shape)
     geo = Geometry(x_shape, w.shape, 1, padding, 1, 1)
-    assert conv._uses_winograd(x.astype(np.float32), w.astype(np.float32), (1, 1), (1, 1), 1)
+    assert conv._uses_winograd(x.astype(np.float32), w.astype(np.float32), (1, 1), (1, 1), 1, "auto")
     act = {None: lambda z: z, "relu": lambda z: np.maximum(z, 0), "sigmoid": lambda z: 1 / (1 + np.exp(-z))}[activation]
     f32 = [a.astype(np.float32) for a in (x, w, b)]
     y = ops.conv2d_forward(*f32, padding=padding, activation=activation)
@@ -326,11 +327,12 @@ def test_weight_grad_transform():
 def test_which_backward_layers_take_it():
     x = np.zeros((2, 32, 14, 14), np.float32)
     w = np.zeros((64, 32, 3, 3), np.float32)
-    assert conv._backward_uses_winograd(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1)
-    assert conv._backward_uses_winograd(x, w, (1, 1), (2, 0, 2, 1), (1, 1), 1)
-    assert not conv._backward_uses_winograd(x, w, (1, 1), (3, 1, 1, 1), (1, 1), 1)  # dx's padding would be -1
-    assert not conv._backward_uses_winograd(x, w, (2, 2), (1, 1, 1, 1), (1, 1), 1)
-    assert not conv._backward_uses_winograd(x, np.zeros((8, 32, 3, 3), np.float32), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert conv._backward_uses_winograd(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1, "auto")
+    assert conv._backward_uses_winograd(x, w, (1, 1), (2, 0, 2, 1), (1, 1), 1, "auto")
+    assert not conv._backward_uses_winograd(x, w, (1, 1), (3, 1, 1, 1), (1, 1), 1, "auto")  # dx's padding would be -1
+    assert not conv._backward_uses_winograd(x, w, (2, 2), (1, 1, 1, 1), (1, 1), 1, "auto")
+    assert not conv._backward_uses_winograd(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1, "direct")
+    assert not conv._backward_uses_winograd(x, np.zeros((8, 32, 3, 3), np.float32), (1, 1), (1, 1, 1, 1), (1, 1), 1, "auto")
 
 
 def _spy_on_weight_grads(monkeypatch):

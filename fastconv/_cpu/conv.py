@@ -5,7 +5,8 @@ instead (_forward_taps_avx512, _backward_taps_avx512): register tiles over all t
 forward and for dx (_taps32.py), our GEMM for dW (_gemm32.py: twice OpenBLAS's AVX2 kernels here);
 3x3 layers (dilation 1, groups 1) with 16 or more channels in and out go by Winograd's F(2x2, 3x3)
 instead (_winograd32.py: 2.25x fewer multiply-adds): forward (_forward_winograd_avx512) and, with
-padding <= 2, backward (dW by _weight_grad_winograd_avx512, dx as the forward of dy with w flipped).
+padding <= 2, backward (dW by _weight_grad_winograd_avx512, dx as the forward of dy with w flipped),
+unless the op's algorithm is "direct".
 
 Stride 1 (the common case) uses the "wide" layout described above _forward_wide: no im2col for
 layers with >= 8 input channels per group (one accumulating GEMM per kernel tap on shifted slices
@@ -860,7 +861,7 @@ WINOGRAD_MIN_CHANNELS = 16
 _WINOGRAD_BAND_BYTES = 1 << 19
 
 
-def _uses_winograd(x, w, stride, dilation, groups, algorithm="auto"):
+def _uses_winograd(x, w, stride, dilation, groups, algorithm):
     c_out, cg, kh, kw = w.shape
     return (WINOGRAD and algorithm == "auto" and _uses_gemm32(x) and stride == (1, 1) and dilation == (1, 1)
             and groups == 1 and (kh, kw) == (3, 3) and min(cg, c_out) >= WINOGRAD_MIN_CHANNELS)
@@ -969,7 +970,7 @@ def _backward_by_tiles(dy3, from_pool, pooled_w, y3, activation, indices3, x, w,
     return db_parts, dw_parts.reshape(parts, groups, cog, cg * taps)
 
 
-def _backward_uses_winograd(x, w, stride, padding, dilation, groups, algorithm="auto"):
+def _backward_uses_winograd(x, w, stride, padding, dilation, groups, algorithm):
     """The layers whose forward goes by Winograd, when dx can too: dx is the stride-1 correlation of
     the output gradient with w's taps reversed and its channel axes swapped, padded by 2 - padding
     on each side, which needs each padding <= 2."""
