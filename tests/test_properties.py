@@ -125,7 +125,8 @@ def test_conv2d_forward_backward(backend, problem, bias, activation, dtype, seed
 @st.composite
 def winograd_problems(draw):
     """3x3 stride-1 layers with 16-40 channels in and out: on AVX-512 hosts the cpu backend's
-    Winograd forward and backward (fastconv/_cpu/_winograd32.py); every padding up to 2 on each side."""
+    Winograd forward and backward (fastconv/_cpu/_winograd32.py) unless algorithm="direct"; every
+    padding up to 2 on each side."""
     cin, cout = draw(st.integers(16, 40)), draw(st.integers(16, 40))
     pads = [draw(st.integers(0, 2)) for _ in range(2)]
     padding = draw(st.sampled_from([tuple(pads), "same", "valid"]))
@@ -135,10 +136,12 @@ def winograd_problems(draw):
     return (draw(st.integers(0, 3)), cin, h, w), (cout, cin, 3, 3), dict(padding=padding)
 
 
-@given(problem=winograd_problems(), bias=st.booleans(), activation=activations, seed=seeds)
-def test_conv2d_3x3_many_channels(backend, problem, bias, activation, seed):
+@given(problem=winograd_problems(), bias=st.booleans(), activation=activations,
+       algorithm=st.sampled_from(["auto", "direct"]), seed=seeds)
+def test_conv2d_3x3_many_channels(backend, problem, bias, activation, algorithm, seed):
     x_shape, w_shape, hyper = problem
-    geo = Geometry(x_shape, w_shape, stride=1, dilation=1, groups=1, **hyper)
+    hyper = dict(hyper, algorithm=algorithm)
+    geo = Geometry(x_shape, w_shape, stride=1, dilation=1, groups=1, padding=hyper["padding"])
     x, w, b, dy = normal(seed, x_shape, w_shape, w_shape[0], (geo.n, geo.c_out, geo.oh, geo.ow))
     b = b if bias else None
     y = ops.conv2d_forward(*cast_on(backend, np.float32, x, w, b), activation=activation, **hyper)
