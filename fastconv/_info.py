@@ -29,6 +29,17 @@ def _extension(name: str) -> str:
     return text
 
 
+def _cpu_code() -> str:
+    """Which of the cpu backend's code paths this process runs, and the switches that chose them."""
+    from ._cpu import _vecmath, conv
+
+    if not _vecmath.AVX512:
+        return "portable Numba loops (no AVX-512F here, or FASTCONV_AVX512=0 / NUMBA_CPU_NAME)"
+    winograd = ("3x3 convolutions of >= 16 channels by Winograd F(2x2, 3x3) unless a layer says "
+                "algorithm='direct'" if conv.WINOGRAD else "every convolution direct (FASTCONV_WINOGRAD=0)")
+    return f"AVX-512 kernels (FASTCONV_AVX512=0: portable loops); {winograd}"
+
+
 def info(file=None) -> str:
     """Prints (and returns) a report of the build and the backend."""
     import numba
@@ -55,6 +66,7 @@ def info(file=None) -> str:
     else:
         device = f"{_cpu_model()}, {os.cpu_count()} logical cores, {numba.get_num_threads()} Numba threads"
     lines.append(f"device:  {device}")
+    lines.append(f"cpu code: {_cpu_code()}")
     text = "\n".join(lines)
     print(text, file=file)
     return text

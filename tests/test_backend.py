@@ -59,6 +59,26 @@ def test_environment_variable_and_info():
     assert "device:" in out
 
 
+@pytest.mark.parametrize("switches, expected", [
+    ({}, None),
+    ({"FASTCONV_WINOGRAD": "0"}, "every convolution direct (FASTCONV_WINOGRAD=0)"),
+    ({"FASTCONV_AVX512": "0"}, "cpu code: portable Numba loops"),
+])
+def test_info_names_the_cpu_code_paths(monkeypatch, switches, expected):
+    from fastconv._cpu import _vecmath
+
+    for name in ("FASTCONV_WINOGRAD", "FASTCONV_AVX512"):
+        monkeypatch.delenv(name, raising=False)
+    avx512 = _vecmath._host_has_avx512()  # with the switches unset, as the subprocess below starts
+    out = subprocess.run([sys.executable, "-m", "fastconv", "info"], env=dict(os.environ, **switches),
+                         capture_output=True, text=True, check=True).stdout
+    if not avx512:
+        expected = "cpu code: portable Numba loops"
+    elif expected is None:  # the defaults
+        expected = "3x3 convolutions of >= 16 channels by Winograd F(2x2, 3x3) unless a layer says algorithm='direct'"
+    assert expected in out
+
+
 def test_bad_environment_variable():
     env = dict(os.environ, FASTCONV_BACKEND="tpu")
     proc = subprocess.run([sys.executable, "-c", "import fastconv; fastconv.get_backend()"], env=env,
