@@ -31,10 +31,13 @@ def _extension(name: str) -> str:
 
 def _cpu_code() -> str:
     """Which of the cpu backend's code paths this process runs, and the switches that chose them."""
-    from ._cpu import _vecmath, conv
-
+    try:
+        from ._cpu import _vecmath, conv
+    except (ImportError, RuntimeError) as exc:  # backends: above already says why; this must not hide it
+        return f"n/a (the cpu backend does not load: {exc})"
     if not _vecmath.AVX512:
-        return "portable Numba loops (no AVX-512F here, or FASTCONV_AVX512=0 / NUMBA_CPU_NAME)"
+        return ("portable Numba loops (no AVX-512F on this host, or FASTCONV_AVX512=0, or NUMBA_CPU_NAME / "
+                "NUMBA_CPU_FEATURES without it)")
     winograd = ("3x3 convolutions of >= 16 channels by Winograd F(2x2, 3x3) unless a layer says "
                 "algorithm='direct'" if conv.WINOGRAD else "every convolution direct (FASTCONV_WINOGRAD=0)")
     return f"AVX-512 kernels (FASTCONV_AVX512=0: portable loops); {winograd}"

@@ -1,4 +1,5 @@
 """Backend selection: names, the context manager, the environment variable, info()."""
+import io
 import os
 import subprocess
 import sys
@@ -67,16 +68,26 @@ def test_environment_variable_and_info():
 def test_info_names_the_cpu_code_paths(monkeypatch, switches, expected):
     from fastconv._cpu import _vecmath
 
-    for name in ("FASTCONV_WINOGRAD", "FASTCONV_AVX512"):
+    for name in ("FASTCONV_WINOGRAD", "FASTCONV_AVX512", "FASTCONV_BACKEND"):
         monkeypatch.delenv(name, raising=False)
     avx512 = _vecmath._host_has_avx512()  # with the switches unset, as the subprocess below starts
+    if not avx512 and switches.get("FASTCONV_WINOGRAD") == "0":
+        pytest.skip("no AVX-512 here: the portable loops run whatever FASTCONV_WINOGRAD says")
     out = subprocess.run([sys.executable, "-m", "fastconv", "info"], env=dict(os.environ, **switches),
                          capture_output=True, text=True, check=True).stdout
     if not avx512:
         expected = "cpu code: portable Numba loops"
     elif expected is None:  # the defaults
-        expected = "3x3 convolutions of >= 16 channels by Winograd F(2x2, 3x3) unless a layer says algorithm='direct'"
+        expected = ("cpu code: AVX-512 kernels (FASTCONV_AVX512=0: portable loops); 3x3 convolutions of >= 16 "
+                    "channels by Winograd F(2x2, 3x3) unless a layer says algorithm='direct'")
     assert expected in out
+
+
+def test_info_reports_a_cpu_backend_that_does_not_load(monkeypatch):
+    import fastconv._info
+
+    monkeypatch.setitem(sys.modules, "fastconv._cpu", None)  # import fastconv._cpu now raises ImportError
+    assert "cpu code: n/a (the cpu backend does not load:" in fastconv._info.info(file=io.StringIO())
 
 
 def test_bad_environment_variable():
