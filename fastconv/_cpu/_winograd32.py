@@ -43,7 +43,7 @@ direct sum overflows (2e38 + 2e38 - 2e38 in that order) can come out finite here
 """
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from ._gemm32 import _tile_intrinsic
@@ -56,29 +56,51 @@ LANES = 16  # channels per vector: both transforms run on 16 channels at once
 _F32 = ir.FloatType()
 _V16 = ir.VectorType(_F32, LANES)
 _I64 = ir.IntType(64)
-_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 
-@njit(nogil=True, cache=True)
+@njit(inline="always")
+def _g_applied(a0, a1, a2):
+    """G applied to a triple (float64): (a0, (a0 + a1 + a2) / 2, (a0 - a1 + a2) / 2, a2)."""
+    return a0, 0.5 * (a0 + a1 + a2), 0.5 * (a0 - a1 + a2), a2
+
+
+@njit(inline="always")
+def _gt_applied(d0, d1, d2, d3):
+    """G^T applied to a quadruple (float64): (d0 + (d1 + d2) / 2, (d1 - d2) / 2, (d1 + d2) / 2 + d3)."""
+    half_sum, half_difference = 0.5 * (d1 + d2), 0.5 * (d1 - d2)
+    return d0 + half_sum, half_difference, half_sum + d3
+
+
+# Both weight transforms run once per call, on all (k, c) pairs: 65536 of them for a 256-channel
+# layer, so their memory order matters. U's 16 planes lie Cp * Kp floats apart (256 KiB there), the
+# same cache set: each thread takes whole input channels c and writes U's rows 16 k at a time, one
+# full line per plane, from a local block; the gradient's float64 sums per c have rows an odd number
+# of lines long. With both, 256 channels: 0.36 ms forward (2.75 before), 0.47 ms gradient (8.86).
+
+@njit(parallel=True, nogil=True, cache=True)
 def _transform_weights(w, u):
     """u[4a + b, c, k] = (G w[k, c] G^T)[a, b] in float64, rounded once (u zero past w's C and K)."""
-    u[:] = 0
-    g64 = np.empty((3, 3))
-    gg = np.empty((4, 3))
-    for k in range(w.shape[0]):
-        for c in range(w.shape[1]):
-            for i in range(3):
-                for j in range(3):
-                    g64[i, j] = w[k, c, i, j]
-            for j in range(3):  # G g: rows 0 and 3 copy g's first and last, 1 and 2 half sums
-                gg[0, j], gg[3, j] = g64[0, j], g64[2, j]
-                gg[1, j] = 0.5 * (g64[0, j] + g64[1, j] + g64[2, j])
-                gg[2, j] = 0.5 * (g64[0, j] - g64[1, j] + g64[2, j])
-            for a in range(4):  # (G g) G^T, the same along the other axis
-                u[4 * a, c, k] = gg[a, 0]
-                u[4 * a + 1, c, k] = 0.5 * (gg[a, 0] + gg[a, 1] + gg[a, 2])
-                u[4 * a + 2, c, k] = 0.5 * (gg[a, 0] - gg[a, 1] + gg[a, 2])
-                u[4 * a + 3, c, k] = gg[a, 2]
+    k_n, c_n = w.shape[0], w.shape[1]
+    for c in prange(u.shape[1]):
+        if c >= c_n:
+            u[:, c, :] = 0
+            continue
+        u[:, c, k_n:] = 0
+        block = np.empty((16, LANES), np.float32)  # block[xi, k - k0]
+        for k0 in range(0, k_n, LANES):
+            k1 = min(k_n, k0 + LANES)
+            for k in range(k0, k1):
+                g = w[k, c]
+                # G g: down each of the kernel's 3 columns
+                col0 = _g_applied(np.float64(g[0, 0]), np.float64(g[1, 0]), np.float64(g[2, 0]))
+                col1 = _g_applied(np.float64(g[0, 1]), np.float64(g[1, 1]), np.float64(g[2, 1]))
+                col2 = _g_applied(np.float64(g[0, 2]), np.float64(g[1, 2]), np.float64(g[2, 2]))
+                for a in range(4):  # (G g) G^T: along each of its 4 rows
+                    row = _g_applied(col0[a], col1[a], col2[a])
+                    for b in range(4):
+                        block[4 * a + b, k - k0] = row[b]
+            for xi in range(16):
+                u[xi, c, k0:k1] = block[xi, :k1 - k0]
 
 
 def weights_transformed(w, channels, outputs):
@@ -235,11 +257,35 @@ grad_tile16 = _tile_to_16_intrinsic(2, _grads_transformed, """grad_tile16(dyh, a
     (a, b < 2): one tile's output gradient transformed, 16 channels at a time.""")
 
 
+@njit(parallel=True, nogil=True, cache=True)
+def _transform_weight_grad(du_parts, dw):
+    """dw[k, c] = G^T dU[:, c, k] G, dU the parts' sum in float64 (in part order), rounded once."""
+    k_n, c_n = dw.shape[0], dw.shape[1]
+    parts = du_parts.shape[0]
+    lines = -(-k_n // 8)  # 64-byte lines in a row of k_n float64, made odd (see above)
+    row = 8 * (lines + 1 - lines % 2)
+    for c in prange(c_n):
+        du = np.empty((16, row))  # the parts' sum for this c: du[xi, k]
+        for xi in range(16):
+            for k in range(k_n):
+                du[xi, k] = du_parts[0, xi, c, k]
+        for part in range(1, parts):
+            for xi in range(16):
+                for k in range(k_n):
+                    du[xi, k] += du_parts[part, xi, c, k]
+        for k in range(k_n):
+            # G^T dU: down each of dU's 4 columns (dU[a, b] = du[4a + b])
+            col0 = _gt_applied(du[0, k], du[4, k], du[8, k], du[12, k])
+            col1 = _gt_applied(du[1, k], du[5, k], du[9, k], du[13, k])
+            col2 = _gt_applied(du[2, k], du[6, k], du[10, k], du[14, k])
+            col3 = _gt_applied(du[3, k], du[7, k], du[11, k], du[15, k])
+            for i in range(3):  # (G^T dU) G: along each of its 3 rows
+                dw[k, c, i, 0], dw[k, c, i, 1], dw[k, c, i, 2] = _gt_applied(col0[i], col1[i], col2[i], col3[i])
+
+
 def weight_grad_transformed(du_parts, c, k):
     """dW (k, c, 3, 3) float32 from the parts' dU (parts, 16, Cp, Kp), added in float64 in part
-    order: dW[k, c] = G^T dU[:, c, k] G, rounded once."""
-    du = du_parts[0, :, :c, :k].astype(np.float64)
-    for part in du_parts[1:]:  # in part order, without a float64 copy of every part at once
-        du += part[:, :c, :k]
-    du = du.reshape(4, 4, c, k).transpose(3, 2, 0, 1)
-    return (_G.T @ du @ _G).astype(np.float32)
+    order: dW[k, c] = G^T dU[:, c, k] G, rounded once (an overflow gives inf, as a cast would)."""
+    dw = np.empty((k, c, 3, 3), np.float32)
+    _transform_weight_grad(du_parts, dw)
+    return dw
