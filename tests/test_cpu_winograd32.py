@@ -220,6 +220,48 @@ def test_bands_of_tile_rows_give_the_same_bits(monkeypatch, band_rows):
     assert bands == [band_rows, band_rows]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_passes_over_several_samples_give_the_same_bits(monkeypatch, threads):
+    # small images: a pass of v and m holds the tiles of 3 samples (groups 3 + 3 + 1 on one thread,
+    # 3 and 3 + 1 on two), bit for bit one sample at a time; a sample with an inf is still redone
+    # alone by the direct kernel, whatever group it was in
+    x, w, b = (a.astype(np.float32) for a in _case((7, 16, 6, 6), 33, 14))
+    x[4, 2, 3, 3] = np.inf
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(threads, previous))
+        monkeypatch.setattr(conv, "_WINOGRAD_BAND_BYTES", 16 * (16 + 48) * 4)  # one tile a pass
+        single = ops.conv2d_forward(x, w, b, padding=1, activation="relu")
+        single_pooled = ops.conv2d_max_pool2d_forward(x, w, b, padding=1, activation="relu", pool_kernel=2)
+        monkeypatch.setattr(conv, "_WINOGRAD_BAND_BYTES", 16 * (16 + 48) * 4 * 9 * 3)  # 3 samples of 9 tiles
+        kernel, groups = conv._forward_winograd_avx512, []
+
+        def spy(*args):
+            groups.append((args[9], args[10]))  # band, group
+            return kernel(*args)
+
+        monkeypatch.setattr(conv, "_forward_winograd_avx512", spy)
+        redone = _spy_on_redos(monkeypatch)
+        np.testing.assert_array_equal(ops.conv2d_forward(x, w, b, padding=1, activation="relu"), single)
+        for got, want in zip(ops.conv2d_max_pool2d_forward(x, w, b, padding=1, activation="relu", pool_kernel=2),
+                             single_pooled):
+            np.testing.assert_array_equal(got, want)
+    finally:
+        numba.set_num_threads(previous)
+    assert groups == [(3, 3), (3, 3)] and redone == [1, 1]
+
+
+def test_large_transformed_weights_take_passes_of_many_tiles():
+    # U past _WINOGRAD_CACHED_U_BYTES: at least _WINOGRAD_PASS_TILES tiles a pass, of several samples
+    # when one band is a whole image; below it, the band budget alone
+    cp, kp, th, tw, band, group = conv._winograd_blocking(512, 512, 7, 7, 4)
+    assert (cp, kp, th, tw, band) == (512, 512, 4, 4, 4) and group * th * tw == conv._WINOGRAD_PASS_TILES
+    assert conv._winograd_blocking(512, 512, 56, 56, 4)[4:] == (conv._WINOGRAD_PASS_TILES // 28, 1)
+    tiles = conv._WINOGRAD_BAND_BYTES // (16 * 512 * 4)
+    assert conv._winograd_blocking(256, 256, 14, 14, 4)[4:] == (tiles // 7, 1)
+    assert conv._winograd_blocking(32, 64, 14, 14, 4)[4:] == (7, 1)  # conv2: one sample, one band
+
+
 def test_same_bits_on_any_thread_count():
     x, w, b = (a.astype(np.float32) for a in _case((7, 32, 14, 14), 64, 9))
     pool_args = dict(padding=1, activation="relu", pool_kernel=2)

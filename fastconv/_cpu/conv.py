@@ -541,22 +541,25 @@ def _channels_last(x, n, r0, r1, pt, pl, wx, cp, xh):
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _forward_winograd_avx512(x, u, b, act, pt, pl, oh, ow, pool, band, rows, xhs, vs, ms, yhs, yws, y, pooled,
+def _forward_winograd_avx512(x, u, b, act, pt, pl, oh, ow, pool, band, group, rows, xhs, vs, ms, yhs, yws, y, pooled,
                              indices, suspect):
     """The 3x3 stride-1 float32 forward (groups 1) by Winograd's F(2x2, 3x3) on AVX-512 hosts
-    (_winograd32.py has the math). Per sample, in the thread's own buffers:
-    - xh (2*TH + 2, 2*TW + 2, Cp): the zero-padded sample, channels last (16 x 16 blocks through the
+    (_winograd32.py has the math). Each thread takes its samples `group` at a time (group > 1 only
+    when band covers a whole image: the GEMMs then take all the group's tiles, so that each u[xi]
+    is read once per group rather than once per sample), in its own buffers:
+    - xh (2*TH + 2, 2*TW + 2, Cp): a zero-padded sample, channels last (16 x 16 blocks through the
       registers), TH x TW the tiles of 2x2 outputs, Cp and Kp the channel counts rounded up to 16;
     then per band of `band` tile rows (bands bound the scratch for large images):
-    - v (16, T, Cp): the band's transformed input tiles, T its tile count rounded up to a multiple
-      of `rows`; m[xi] = v[xi] @ u[xi] (_winograd32.products), m (16, T, Kp). Rows past the band's
-      tiles hold zeros or an earlier band's values: their products are computed and not used;
-    - yh (2*band, 2*TW, Kp): the band's outputs, with b (Kp values) and the ReLU, channels last;
-      their part inside OH x OW, transposed, goes to y[n] (N, C_out, OH*OW) or, with a pooling (pool
-      as in _forward_wide), to the thread's plane buffer yws for _finish_planes.
-    suspect[n] = 1 where any output computed came out inf or NaN (also those then dropped: an odd
-    OH's or OW's extra row or column, the channels past C_out): the caller redoes those samples
-    directly."""
+    - v (16, T, Cp): the band's transformed input tiles, the group's samples one after another, T
+      their tile count rounded up to a multiple of `rows`; m[xi] = v[xi] @ u[xi]
+      (_winograd32.products), m (16, T, Kp). Rows past the tiles hold zeros or earlier values:
+      their products are computed and not used;
+    - yh (2*band, 2*TW, Kp): a sample's band of outputs, with b (Kp values) and the ReLU, channels
+      last; their part inside OH x OW, transposed, goes to y[n] (N, C_out, OH*OW) or, with a pooling
+      (pool as in _forward_wide), to the thread's plane buffer yws for _finish_planes.
+    Each tile's sums are its own: any band and group give the same bits. suspect[n] = 1 where any
+    output computed came out inf or NaN (also those then dropped: an odd OH's or OW's extra row or
+    column, the channels past C_out): the caller redoes those samples directly."""
     n_img = x.shape[0]
     c_out = y.shape[1] if pool[0] == 0 else pooled.shape[1]
     p = oh * ow
@@ -571,35 +574,45 @@ def _forward_winograd_avx512(x, u, b, act, pt, pl, oh, ow, pool, band, rows, xhs
         xh[:] = 0
         v[:] = 0
         v_flat, m_flat = v.reshape(-1), m.reshape(-1)
-        for n in range(t * n_img // threads, (t + 1) * n_img // threads):
-            if n + 1 < n_img:  # the next sample on its way to the cache while this one computes
-                prefetch_all(x[n + 1].reshape(-1))
-                if not pooling:
-                    prefetch_all(y[n + 1].reshape(-1))
-            _channels_last(x, n, 0, x.shape[2], pt, pl, wx, cp, xh)
-            out = yws[t] if pooling else y[n].reshape(-1)
-            bad = 0
+        last = (t + 1) * n_img // threads
+        for g0 in range(t * n_img // threads, last, group):
+            g1 = min(last, g0 + group)
             for ty0 in range(0, th, band):
                 ty1 = min(th, ty0 + band)
-                for ty in range(ty0, ty1):
-                    for tx in range(tw):
-                        for c0 in range(0, cp, LANES):
-                            input_tile16(xh, (2 * ty * wx + 2 * tx) * cp + c0, wx * cp, cp, v_flat,
-                                         ((ty - ty0) * tw + tx) * cp + c0, t_max * cp)
-                used = -(-(ty1 - ty0) * tw // rows) * rows
+                tiles = (ty1 - ty0) * tw
+                for n in range(g0, g1):
+                    if ty0 == 0:
+                        if n + 1 < n_img:  # the next sample on its way to the cache while this one computes
+                            prefetch_all(x[n + 1].reshape(-1))
+                            if not pooling:
+                                prefetch_all(y[n + 1].reshape(-1))
+                        _channels_last(x, n, 0, x.shape[2], pt, pl, wx, cp, xh)
+                    first = (n - g0) * tiles  # the sample's first tile in v and m
+                    for ty in range(ty0, ty1):
+                        for tx in range(tw):
+                            for c0 in range(0, cp, LANES):
+                                input_tile16(xh, (2 * ty * wx + 2 * tx) * cp + c0, wx * cp, cp, v_flat,
+                                             (first + (ty - ty0) * tw + tx) * cp + c0, t_max * cp)
+                used = -(-(g1 - g0) * tiles // rows) * rows
                 products(v[:, :used], u, m[:, :used], rows)
-                for ty in range(ty0, ty1):
-                    for tx in range(tw):
-                        for k0 in range(0, kp, LANES):
-                            bad |= output_tile16(m_flat, ((ty - ty0) * tw + tx) * kp + k0, t_max * kp, b, k0, relu,
-                                                 yh, (2 * (ty - ty0) * wy + 2 * tx) * kp + k0, wy * kp, kp)
-                for a in range(2 * ty0, min(oh, 2 * ty1)):
-                    for k0 in range(0, c_out, LANES):
-                        for w0 in range(0, ow, LANES):
-                            transpose16_block(yh, ((a - 2 * ty0) * wy + w0) * kp + k0, kp, min(LANES, ow - w0),
-                                              min(LANES, c_out - k0), out, k0 * p + a * ow + w0, p)
-            suspect[n] = bad
-            _finish_planes(out, 0, c_out, 0, ow, oh, ow, act, pool, n, pooled, indices)
+                for n in range(g0, g1):
+                    out = yws[t] if pooling else y[n].reshape(-1)
+                    first = (n - g0) * tiles
+                    bad = 0
+                    for ty in range(ty0, ty1):
+                        for tx in range(tw):
+                            for k0 in range(0, kp, LANES):
+                                bad |= output_tile16(m_flat, (first + (ty - ty0) * tw + tx) * kp + k0, t_max * kp, b,
+                                                     k0, relu, yh, (2 * (ty - ty0) * wy + 2 * tx) * kp + k0, wy * kp,
+                                                     kp)
+                    for a in range(2 * ty0, min(oh, 2 * ty1)):
+                        for k0 in range(0, c_out, LANES):
+                            for w0 in range(0, ow, LANES):
+                                transpose16_block(yh, ((a - 2 * ty0) * wy + w0) * kp + k0, kp, min(LANES, ow - w0),
+                                                  min(LANES, c_out - k0), out, k0 * p + a * ow + w0, p)
+                    suspect[n] |= bad
+                    if ty1 == th:
+                        _finish_planes(out, 0, c_out, 0, ow, oh, ow, act, pool, n, pooled, indices)
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
@@ -855,24 +868,37 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
 # (_winograd32.py compares the two).
 WINOGRAD = os.environ.get("FASTCONV_WINOGRAD", "").strip() != "0"
 WINOGRAD_MIN_CHANNELS = 16
-# Each thread's transformed tiles (v and m) are kept to about this, in cache, by taking the tiles in
-# bands of whole tile rows (at least one): conv2's 7 rows of 7 tiles (294 KiB) in one band; a
-# 224-wide image with 64 channels in and out one row of 112 tiles (896 KiB) at a time.
-_WINOGRAD_BAND_BYTES = 1 << 19
-
-
 def _uses_winograd(x, w, stride, dilation, groups, algorithm):
     c_out, cg, kh, kw = w.shape
     return (WINOGRAD and algorithm == "auto" and _uses_gemm32(x) and stride == (1, 1) and dilation == (1, 1)
             and groups == 1 and (kh, kw) == (3, 3) and min(cg, c_out) >= WINOGRAD_MIN_CHANNELS)
 
 
+# Each thread's transformed tiles (v and m) are kept to about this, in cache, by taking the tiles in
+# bands of whole tile rows (at least one): conv2's 7 rows of 7 tiles (294 KiB) in one band; a
+# 224-wide image with 64 channels in and out one row of 112 tiles (896 KiB) at a time.
+_WINOGRAD_BAND_BYTES = 1 << 19
+# Unless U itself (16 * Cp * Kp floats) is larger than _WINOGRAD_CACHED_U_BYTES and so comes from
+# memory on every pass over the tiles: then a pass takes at least _WINOGRAD_PASS_TILES tiles, of
+# several samples when the images are small. Measured in one process, forward, 2 threads: 512
+# channels in and out (U 16 MiB) on 7x7 images, batch 32, 38.6 ms in passes of 8 tiles, 31.6 in
+# passes of 128; on 14x14, batch 8, 51.2 and 24.1. With 256 channels (U 4 MiB, which the last-level
+# cache keeps) passes of 128 tiles were 7-16% slower than the small ones.
+_WINOGRAD_CACHED_U_BYTES = 8 << 20
+_WINOGRAD_PASS_TILES = 128
+
+
 def _winograd_blocking(c, c_out, oh, ow, itemsize):
-    """(Cp, Kp, TH, TW, band): the channel counts rounded up to LANES, the tiles of 2x2 outputs, and
-    the tile rows per band (_WINOGRAD_BAND_BYTES)."""
+    """(Cp, Kp, TH, TW, band, group): the channel counts rounded up to LANES, the tiles of 2x2
+    outputs, the tile rows per band (_WINOGRAD_BAND_BYTES) and the samples per pass (more than one
+    only when a band is a whole image: _WINOGRAD_PASS_TILES)."""
     cp, kp = -(-c // LANES) * LANES, -(-c_out // LANES) * LANES
     th, tw = (oh + 1) // 2, (ow + 1) // 2
-    return cp, kp, th, tw, max(1, min(th, _WINOGRAD_BAND_BYTES // (16 * (cp + kp) * itemsize * tw)))
+    tiles = _WINOGRAD_BAND_BYTES // (16 * (cp + kp) * itemsize)  # per pass
+    if 16 * cp * kp * itemsize > _WINOGRAD_CACHED_U_BYTES:
+        tiles = max(tiles, _WINOGRAD_PASS_TILES)
+    band = max(1, min(th, tiles // tw))
+    return cp, kp, th, tw, band, max(1, tiles // (th * tw)) if band == th else 1
 
 
 def _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices):
@@ -884,17 +910,18 @@ def _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indic
         return
     n, c = x.shape[:2]
     c_out = w.shape[0]
-    cp, kp, th, tw, band = _winograd_blocking(c, c_out, oh, ow, x.itemsize)
+    cp, kp, th, tw, band, group = _winograd_blocking(c, c_out, oh, ow, x.itemsize)
     threads = _threads(n)
+    group = max(1, min(group, -(-n // threads)))  # no larger than a thread's share
     bias = np.zeros(kp, x.dtype)
     if b is not None:
         bias[:c_out] = b
-    rows = tile_rows(band * tw)
-    t_max = -(-band * tw // rows) * rows
+    rows = tile_rows(group * band * tw)
+    t_max = -(-group * band * tw // rows) * rows
     scratch = lambda *shape: np.empty((threads, *shape), x.dtype)  # noqa: E731
     suspect = np.zeros(n, np.uint8)
     _forward_winograd_avx512(x, weights_transformed(w, cp, kp), bias, act, padding[0], padding[2], oh, ow, window,
-                             band, rows, scratch(2 * th + 2, 2 * tw + 2, cp), scratch(16, t_max, cp),
+                             band, group, rows, scratch(2 * th + 2, 2 * tw + 2, cp), scratch(16, t_max, cp),
                              scratch(16, t_max, kp), scratch(2 * band, 2 * tw, kp),
                              scratch(c_out * oh * ow if window[0] else 0), y, pooled, indices, suspect)
     redo = np.flatnonzero(suspect)
@@ -986,7 +1013,7 @@ def _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, par
     if indices is not None:
         dy = _unpooled_gradient(dy, y, activation, indices, n, c_out, oh, ow)
     dy = np.ascontiguousarray(dy)
-    cp, kp, th, tw, band = _winograd_blocking(c, c_out, oh, ow, x.itemsize)
+    cp, kp, th, tw, band, _ = _winograd_blocking(c, c_out, oh, ow, x.itemsize)
     scratch = lambda *shape: np.empty((parts, *shape), x.dtype)  # noqa: E731
     du_parts, db_parts = scratch(16, cp, kp), np.empty((parts, c_out))
     _weight_grad_winograd_avx512(x, dy, padding[0], padding[2], oh, ow, band,
