@@ -451,6 +451,50 @@ def test_backward_bands_and_threads_give_the_same_bits(monkeypatch, band_rows):
     assert calls and all(band == band_rows for band in calls)
 
 
+def test_backward_in_few_parts_of_grouped_samples(monkeypatch):
+    # dU past _WINOGRAD_GRADIENT_BYTES: 2 parts (not 7) of 3 and 4 samples, each part's tiles 3
+    # samples to a GEMM (groups 3, and 3 + 1); against float64, the same bits on one and two threads,
+    # and those of one sample a pass (gemm32 adds each tile's products into dU in order)
+    x, w, _ = _case((7, 16, 6, 6), 33, 30)
+    geo = Geometry(x.shape, w.shape, 1, 1, 1, 1)
+    dy = np.random.default_rng(31).standard_normal((7, 33, 6, 6))
+    args32 = [a.astype(np.float32) for a in (dy, x, w)]
+    monkeypatch.setattr(conv, "_WINOGRAD_GRADIENT_BYTES", 2 * 16 * 16 * 48 * 4)
+    monkeypatch.setattr(conv, "_WINOGRAD_BAND_BYTES", 16 * (16 + 48) * 4)  # one tile a pass
+    single = ops.conv2d_backward(*args32, padding=1)
+    monkeypatch.setattr(conv, "_WINOGRAD_BAND_BYTES", 16 * (16 + 48) * 4 * 9 * 3)  # 3 samples of 9 tiles
+    kernel, calls = conv._weight_grad_winograd_avx512, []
+
+    def spy(*a):
+        calls.append((a[6], a[7], a[-2].shape[0]))  # band, group, parts
+        return kernel(*a)
+
+    monkeypatch.setattr(conv, "_weight_grad_winograd_avx512", spy)
+    previous = numba.get_num_threads()
+    try:
+        results = []
+        for count in sorted({1, min(2, previous)}):
+            numba.set_num_threads(count)
+            results.append(ops.conv2d_backward(*args32, padding=1))
+    finally:
+        numba.set_num_threads(previous)
+    assert set(calls) == {(3, 3, 2)}
+    for result in results:
+        for got, want in zip(result, single):
+            np.testing.assert_array_equal(got, want)
+    dx, dw, db = results[0]
+    assert_matches(dx, geo.dx, [dy, x, w], np.float32, what="dx")
+    assert_matches(dw, geo.dw, [dy, x, w], np.float32, what="dw")
+    assert_matches(db, lambda dy, x, w: dy.sum(axis=(0, 2, 3)), [dy, x, w], np.float32, what="db")
+
+
+def test_weight_gradient_parts_are_bounded_by_bytes():
+    assert conv._winograd_parts(128, 32, 64, 4) == conv._parts(128) == 8  # conv2: 128 KiB a part
+    assert conv._winograd_parts(3, 32, 64, 4) == 3
+    assert conv._winograd_parts(64, 512, 512, 4) == 2  # 16 MiB a part
+    assert conv._winograd_parts(64, 1024, 1024, 4) == 1
+
+
 @pytest.mark.parametrize("value", [np.inf, np.nan, 3e38])
 @pytest.mark.parametrize("where", ["x", "dy"])
 def test_non_finite_backward_is_the_direct_kernels(monkeypatch, value, where):

@@ -616,15 +616,17 @@ def _forward_winograd_avx512(x, u, b, act, pt, pl, oh, ow, pool, band, group, ro
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _weight_grad_winograd_avx512(x, dy, pt, pl, oh, ow, band, xhs, vs, dyhs, zs, du_parts, db_parts):
+def _weight_grad_winograd_avx512(x, dy, pt, pl, oh, ow, band, group, xhs, vs, dyhs, zs, du_parts, db_parts):
     """dW and db of the 3x3 stride-1 float32 convolution (groups 1) by Winograd's F(2x2, 3x3) on
     AVX-512 hosts (_winograd32.py has the math), as per-part sums: part j takes the samples
-    [j*N/parts, (j+1)*N/parts) (parts a function of N alone: the same bits on any thread count).
+    [j*N/parts, (j+1)*N/parts) (parts and group functions of the shapes alone: the same bits on any
+    thread count), `group` at a time (more than one only when band covers a whole image).
     Per sample, in the part's own buffers: xh as _forward_winograd_avx512's; then per band of
-    `band` tile rows, v (16, band*TW, Cp) the input tiles transformed (input_tile16), dyh
-    (2*band, 2*TW, Kp) the band's rows of dy (N, C_out, OH, OW) channels-last, zero past OH, OW and
-    C_out, z (16, band*TW, Kp) its tiles transformed (grad_tile16), and du_parts[j][xi] +=
-    v[xi]^T @ z[xi] (gemm32). db_parts[j] (float64) += each dy plane's sum."""
+    `band` tile rows, the group's samples one after another in v (16, T, Cp), the input tiles
+    transformed (input_tile16), and z (16, T, Kp), the tiles of dyh transformed (grad_tile16):
+    dyh (2*band, 2*TW, Kp) a sample's band of dy (N, C_out, OH, OW) channels-last, zero past OH, OW
+    and C_out. Then du_parts[j][xi] += v[xi]^T @ z[xi] over the group's tiles (gemm32).
+    db_parts[j] (float64) += each dy plane's sum."""
     n_img, k = x.shape[0], dy.shape[1]
     cp, kp = vs.shape[3], zs.shape[3]
     wx, t_max = xhs.shape[2], vs.shape[2]
@@ -639,30 +641,36 @@ def _weight_grad_winograd_avx512(x, dy, pt, pl, oh, ow, band, xhs, vs, dyhs, zs,
         du[:] = 0
         db[:] = 0
         v_flat, z_flat = v.reshape(-1), z.reshape(-1)
-        for n in range(part * n_img // parts, (part + 1) * n_img // parts):
-            if n + 1 < n_img:  # the next sample on its way to the cache while this one computes
-                prefetch_all(x[n + 1].reshape(-1))
-                prefetch_all(dy[n + 1].reshape(-1))
-            for o in range(k):
-                db[o] += _sum(dy[n, o].reshape(-1))
-            _channels_last(x, n, 0, x.shape[2], pt, pl, wx, cp, xh)
+        last = (part + 1) * n_img // parts
+        for g0 in range(part * n_img // parts, last, group):
+            g1 = min(last, g0 + group)
             for ty0 in range(0, th, band):
                 ty1 = min(th, ty0 + band)
                 tiles = (ty1 - ty0) * tw
-                _channels_last(dy, n, 2 * ty0, min(oh, 2 * ty1), 0, 0, wy, kp, dyh)
-                for a in range(oh, 2 * ty1):  # an odd OH's extra row (another band's rows before): zero
-                    dyh[(a - 2 * ty0) * wy * kp:(a - 2 * ty0 + 1) * wy * kp] = 0
-                for ty in range(ty0, ty1):
-                    for tx in range(tw):
-                        t = (ty - ty0) * tw + tx
-                        for c0 in range(0, cp, LANES):
-                            input_tile16(xh, (2 * ty * wx + 2 * tx) * cp + c0, wx * cp, cp, v_flat, t * cp + c0,
-                                         t_max * cp)
-                        for k0 in range(0, kp, LANES):
-                            grad_tile16(dyh, (2 * (ty - ty0) * wy + 2 * tx) * kp + k0, wy * kp, kp, z_flat,
-                                        t * kp + k0, t_max * kp)
+                for n in range(g0, g1):
+                    if ty0 == 0:
+                        if n + 1 < n_img:  # the next sample on its way to the cache while this one computes
+                            prefetch_all(x[n + 1].reshape(-1))
+                            prefetch_all(dy[n + 1].reshape(-1))
+                        for o in range(k):
+                            db[o] += _sum(dy[n, o].reshape(-1))
+                        _channels_last(x, n, 0, x.shape[2], pt, pl, wx, cp, xh)
+                    _channels_last(dy, n, 2 * ty0, min(oh, 2 * ty1), 0, 0, wy, kp, dyh)
+                    for a in range(oh, 2 * ty1):  # an odd OH's extra row (another band's rows before): zero
+                        dyh[(a - 2 * ty0) * wy * kp:(a - 2 * ty0 + 1) * wy * kp] = 0
+                    first = (n - g0) * tiles  # the sample's first tile in v and z
+                    for ty in range(ty0, ty1):
+                        for tx in range(tw):
+                            t = first + (ty - ty0) * tw + tx
+                            for c0 in range(0, cp, LANES):
+                                input_tile16(xh, (2 * ty * wx + 2 * tx) * cp + c0, wx * cp, cp, v_flat, t * cp + c0,
+                                             t_max * cp)
+                            for k0 in range(0, kp, LANES):
+                                grad_tile16(dyh, (2 * (ty - ty0) * wy + 2 * tx) * kp + k0, wy * kp, kp, z_flat,
+                                            t * kp + k0, t_max * kp)
+                used = (g1 - g0) * tiles
                 for xi in range(16):
-                    gemm32(v[xi, :tiles], z[xi, :tiles], du[xi], 1.0, True, False)
+                    gemm32(v[xi, :used], z[xi, :used], du[xi], 1.0, True, False)
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -1004,7 +1012,17 @@ def _backward_uses_winograd(x, w, stride, padding, dilation, groups, algorithm):
     return max(padding) <= 2 and _uses_winograd(x, w, stride, dilation, groups, algorithm)
 
 
-def _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, parts, input_grad, dx):
+# The Winograd weight gradient's per-part dU (16 * Cp * Kp floats each) in all: fewer parts than
+# _parts(N) where they would pass this (4 MiB a part at 256 channels, 16 at 512: 2 parts, not 8).
+_WINOGRAD_GRADIENT_BYTES = 32 << 20
+
+
+def _winograd_parts(n, cp, kp, itemsize):
+    """The weight gradient's parts (a function of the shapes alone, as _parts)."""
+    return max(1, min(_parts(n), _WINOGRAD_GRADIENT_BYTES // (16 * cp * kp * itemsize)))
+
+
+def _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, input_grad, dx):
     """(dW, db) by _weight_grad_winograd_avx512, and dx (if input_grad) by _forward_by_winograd of
     the output gradient. With indices, dy is the pooled gradient: the activation's backward and the
     unpooling run first, as the unfused ops (the same bits; the output gradient is built whole)."""
@@ -1013,12 +1031,14 @@ def _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, par
     if indices is not None:
         dy = _unpooled_gradient(dy, y, activation, indices, n, c_out, oh, ow)
     dy = np.ascontiguousarray(dy)
-    cp, kp, th, tw, band, _ = _winograd_blocking(c, c_out, oh, ow, x.itemsize)
+    cp, kp, th, tw, band, group = _winograd_blocking(c, c_out, oh, ow, x.itemsize)
+    parts = _winograd_parts(n, cp, kp, x.itemsize)
+    group = max(1, min(group, -(-n // parts)))  # no larger than a part (the same groups)
     scratch = lambda *shape: np.empty((parts, *shape), x.dtype)  # noqa: E731
     du_parts, db_parts = scratch(16, cp, kp), np.empty((parts, c_out))
-    _weight_grad_winograd_avx512(x, dy, padding[0], padding[2], oh, ow, band,
-                                 scratch(2 * th + 2, 2 * tw + 2, cp), scratch(16, band * tw, cp),
-                                 scratch(2 * band, 2 * tw, kp), scratch(16, band * tw, kp), du_parts, db_parts)
+    _weight_grad_winograd_avx512(x, dy, padding[0], padding[2], oh, ow, band, group,
+                                 scratch(2 * th + 2, 2 * tw + 2, cp), scratch(16, group * band * tw, cp),
+                                 scratch(2 * band, 2 * tw, kp), scratch(16, group * band * tw, kp), du_parts, db_parts)
     if input_grad:
         flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
         _forward_by_winograd(dy, flipped, None, tuple(2 - p for p in padding), h, w_in, ACTIVATIONS[None], _NO_POOL,
@@ -1072,7 +1092,7 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
     dx = empty(x.shape if input_grad else (0, 0, 0, 0), x.dtype)
     if _backward_uses_winograd(x, w, stride, padding, dilation, groups, algorithm):
         with single_threaded_blas():
-            dw, db = _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, parts, input_grad, dx)
+            dw, db = _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, input_grad, dx)
         if np.isfinite(dw).all():
             return dx if input_grad else None, dw, db if bias else None
         # inf or NaN in dW (inf - inf in the transforms, or an overflow a direct sum avoids): all of
