@@ -1,4 +1,5 @@
-"""2-D convolution forward and both backward passes on the reference network's layers (GFLOP/s).
+"""2-D convolution forward and both backward passes on the reference network's layers, and on wider
+layers of the kind deeper CNNs end with (GFLOP/s).
 
 Peers: PyTorch (CPU: same thread count; GPU: cuDNN with TF32 off). NumPy has no convolution.
 """
@@ -9,10 +10,12 @@ from fastconv import ops
 
 from harness import Row, Timing, measure, torch_peer
 
-# (name, N, C_in, H, W, C_out, k, padding): the LeNet-style reference CNN at batch 128, and a
-# larger layer for the GPU.
+# (name, N, C_in, H, W, C_out, k, padding): the LeNet-style reference CNN at batch 128; on the CPU
+# two wide 3x3 layers at batch 16 (transformed weights of 4 and 16 MiB for Winograd), on the GPU a
+# larger layer.
 LAYERS = {
-    "cpu": [("conv1 1->32 28x28 k3", 128, 1, 28, 28, 32, 3, 1), ("conv2 32->64 14x14 k3", 128, 32, 14, 14, 64, 3, 1)],
+    "cpu": [("conv1 1->32 28x28 k3", 128, 1, 28, 28, 32, 3, 1), ("conv2 32->64 14x14 k3", 128, 32, 14, 14, 64, 3, 1),
+            ("wide 256->256 14x14 k3", 16, 256, 14, 14, 256, 3, 1), ("deep 512->512 7x7 k3", 16, 512, 7, 7, 512, 3, 1)],
     "cuda": [("conv1 1->32 28x28 k3", 128, 1, 28, 28, 32, 3, 1), ("conv2 32->64 14x14 k3", 128, 32, 14, 14, 64, 3, 1),
              ("resnet 64->64 56x56 k3", 64, 64, 56, 56, 64, 3, 1)],
 }
