@@ -887,8 +887,8 @@ def _uses_winograd(x, w, stride, dilation, groups, algorithm):
 # 224-wide image with 64 channels in and out one row of 112 tiles (896 KiB) at a time.
 _WINOGRAD_BAND_BYTES = 1 << 19
 # Unless U itself (16 * Cp * Kp floats) is larger than _WINOGRAD_CACHED_U_BYTES and so comes from
-# memory on every pass over the tiles: then a pass takes at least _WINOGRAD_PASS_TILES tiles, of
-# several samples when the images are small. Measured in one process, forward, 2 threads: 512
+# memory on every pass over the tiles: then a pass may take up to _WINOGRAD_PASS_TILES tiles (whole
+# tile rows, or whole samples when the images are small; at least one row). Measured in one process, forward, 2 threads: 512
 # channels in and out (U 16 MiB) on 7x7 images, batch 32, 38.6 ms in passes of 8 tiles, 31.6 in
 # passes of 128; on 14x14, batch 8, 51.2 and 24.1. With 256 channels (U 4 MiB, which the last-level
 # cache keeps) passes of 128 tiles were 7-16% slower than the small ones.
@@ -898,8 +898,9 @@ _WINOGRAD_PASS_TILES = 128
 
 def _winograd_blocking(c, c_out, oh, ow, itemsize):
     """(Cp, Kp, TH, TW, band, group): the channel counts rounded up to LANES, the tiles of 2x2
-    outputs, the tile rows per band (_WINOGRAD_BAND_BYTES) and the samples per pass (more than one
-    only when a band is a whole image: _WINOGRAD_PASS_TILES)."""
+    outputs, the tile rows per band and the samples per pass (more than one only when a band is a
+    whole image), from the tiles a pass may hold: _WINOGRAD_BAND_BYTES of v and m, or
+    _WINOGRAD_PASS_TILES where U is larger than _WINOGRAD_CACHED_U_BYTES."""
     cp, kp = -(-c // LANES) * LANES, -(-c_out // LANES) * LANES
     th, tw = (oh + 1) // 2, (ow + 1) // 2
     tiles = _WINOGRAD_BAND_BYTES // (16 * (cp + kp) * itemsize)  # per pass
@@ -1014,6 +1015,9 @@ def _backward_uses_winograd(x, w, stride, padding, dilation, groups, algorithm):
 
 # The Winograd weight gradient's per-part dU (16 * Cp * Kp floats each) in all: fewer parts than
 # _parts(N) where they would pass this (4 MiB a part at 256 channels, 16 at 512: 2 parts, not 8).
+# The price: a part is one thread's work, so on a host of more than 2 cores a 512-channel layer's dU
+# runs on 2 of them (1024 channels: on 1). Here, with 2 cores, fewer parts only gain (each part's
+# GEMMs take more samples' tiles).
 _WINOGRAD_GRADIENT_BYTES = 32 << 20
 
 
