@@ -876,6 +876,8 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
 # (_winograd32.py compares the two).
 WINOGRAD = os.environ.get("FASTCONV_WINOGRAD", "").strip() != "0"
 WINOGRAD_MIN_CHANNELS = 16
+
+
 def _uses_winograd(x, w, stride, dilation, groups, algorithm):
     c_out, cg, kh, kw = w.shape
     return (WINOGRAD and algorithm == "auto" and _uses_gemm32(x) and stride == (1, 1) and dilation == (1, 1)
@@ -888,10 +890,11 @@ def _uses_winograd(x, w, stride, dilation, groups, algorithm):
 _WINOGRAD_BAND_BYTES = 1 << 19
 # Unless U itself (16 * Cp * Kp floats) is larger than _WINOGRAD_CACHED_U_BYTES and so comes from
 # memory on every pass over the tiles: then a pass may take up to _WINOGRAD_PASS_TILES tiles (whole
-# tile rows, or whole samples when the images are small; at least one row). Measured in one process, forward, 2 threads: 512
-# channels in and out (U 16 MiB) on 7x7 images, batch 32, 38.6 ms in passes of 8 tiles, 31.6 in
-# passes of 128; on 14x14, batch 8, 51.2 and 24.1. With 256 channels (U 4 MiB, which the last-level
-# cache keeps) passes of 128 tiles were 7-16% slower than the small ones.
+# tile rows, or whole samples when the images are small; at least one row). Measured in one
+# process, forward, 2 threads: 512 channels in and out (U 16 MiB) on 7x7 images, batch 32, 38.6 ms
+# in passes of 8 tiles, 31.6 in passes of 128; on 14x14, batch 8, 51.2 and 24.1. With 256 channels
+# (U 4 MiB, which the last-level cache keeps) passes of 128 tiles were 7-16% slower than the small
+# ones.
 _WINOGRAD_CACHED_U_BYTES = 8 << 20
 _WINOGRAD_PASS_TILES = 128
 
