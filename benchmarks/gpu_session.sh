@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One lease on a lent GPU, in one call: build the _cuda extension for that card, run every test
-# that uses the cuda backend, run the GPU benchmark suite, and a memcheck pass over the kernel
-# tests. Each stage has its own time limit so that a hang in one still leaves the others' results.
+# that uses the cuda backend, train the examples on it, run the GPU benchmark suite, and a memcheck
+# pass over the kernel tests. Each stage has its own time limit so that a hang in one still leaves the others' results.
 # Logs and results go to $OUT (the device tool brings that folder back; default /tmp/gpu-session).
 #
 #   bash benchmarks/gpu_session.sh [results-name]       (run from the repository root)
 #   ONLY=dense,conv (benchmark families; default all), SKIP_MEMCHECK=1, MEMCHECK_TESTS="tests/test_dense.py",
 #   VARIANTS="current no-split-k" (none: skip the step breakdown), GEMM_SWEEP=1 (benchmarks/gpu_gemm_sweep.py),
+#   EXAMPLES="digits_cnn tumour_mlp neuron" (trained on cuda; SKIP_EXAMPLES=1: none),
 #   PROFILE=1 (benchmarks/gpu_profile.py timed; with NCU=1 also its kernels under Nsight Compute)
 #
 # Same-card A/B: BASES="DIR=FAMILIES ..." names source trees of predecessors or variants (e.g.
@@ -47,6 +48,15 @@ if ok: print(b.load('cuda').ext.device_name(0))
 stage "tests on the cuda backend"
 timeout 150 $PY -m pytest -q -m cuda -p no:cacheprovider --timeout 60 -rfE tests >"$OUT/pytest-cuda.log" 2>&1
 echo "pytest exit $?"; grep -E "^(FAILED|ERROR)" "$OUT/pytest-cuda.log" | head -40; tail -3 "$OUT/pytest-cuda.log"
+
+[ -n "${SKIP_EXAMPLES:-}" ] || {
+stage "the examples, trained on the cuda backend (the same layer code as on cpu)"
+for example in ${EXAMPLES:-digits_cnn tumour_mlp neuron}; do
+  (time timeout 120 $PY -m fastconv train "$example" --backend cuda --quiet --out "$OUT/train-$example") \
+    >"$OUT/train-$example.log" 2>&1
+  echo "$example: exit $?"; grep -v "^$" "$OUT/train-$example.log" | tail -14
+done
+}
 
 stage "benchmarks"
 timeout 240 $PY benchmarks/run.py --device cuda --only "${ONLY:-dense,activations,conv,pool,losses,optim,train_step}" \
