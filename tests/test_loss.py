@@ -112,16 +112,20 @@ def test_cross_entropy_with_grad_is_forward_then_backward(backend, n, classes, o
     np.testing.assert_allclose(to_numpy(grad), g2, rtol=0, atol=4 * np.finfo(dtype).eps * np.abs(g2).max())
 
 
-# (N, C) at each boundary of the native row kernel (csrc/kernels/loss.cuh, row_lanes): lanes per
-# row 1 | 2 at C = 8 | 9, 2 | 4 at 16 | 17, 4 | 8 at 32 | 33, 8 | 16 at 64 | 65, 16 | 32 at 128 | 129;
-# a warp's registers full at 1024 floats (512 doubles), re-read past them; a warp | the block at
-# 4096 | 4097; the block's registers full at 8192 floats. C not a multiple of 4 (no 16-byte
-# loads): 9, 17, 33, 65, 129, 1001, 4097. N: one block (which then also writes the mean) or more
-# (the mean kernel after): 256 / 128 / 64 / 32 / 16 / 8 / 1 rows per block; (128, 10) is the
-# reference training step's batch.
-ROW_PATH_SHAPES = [(257, 8), (3, 9), (128, 10), (129, 10), (70, 16), (5, 17), (65, 32), (3, 33), (33, 64),
-                   (17, 65), (16, 128), (9, 129), (9, 512), (3, 513), (2, 1001), (3, 1024), (2, 1025), (2, 4096),
-                   (2, 4097), (1, 8192), (2, 8193)]
+# (N, C) at each boundary of the native row kernel (csrc/kernels/loss.cuh, row_plan): short rows
+# (2 cached chunks per lane) with 1 | 2 lanes at C = 8 | 9, 2 | 4 at 16 | 17, short | long (8
+# chunks per lane) at 32 | 33; long rows with 2 | 4 lanes at 64 | 65, 4 | 8 at 128 | 129, 8 | 16 at
+# 256 | 257, 16 | 32 at 512 | 513; a warp's registers full at 1024 floats (512 doubles), later
+# chunks read in pairs past them (float: 3 later chunks per lane at 1408, an odd count; 24 at
+# 4096, even); a warp | the block at 4096 | 4097; the block's registers full at 8192 floats, pairs
+# past them at 10241. C not a multiple of 4 (no 16-byte loads): 9, 17, 33, 65, 129, 257, 1001, 4097,
+# 10241. N: one block (which then also writes the mean) or more (the mean kernel after) for 256 /
+# 128 / 64 rows per block (short), 128 / 64 / 32 / 16 / 8 / 1 (long); (128, 10) is the reference
+# training step's batch.
+ROW_PATH_SHAPES = [(257, 8), (3, 9), (128, 10), (129, 10), (70, 16), (5, 17), (65, 32), (3, 33), (129, 64),
+                   (17, 65), (65, 100), (16, 128), (65, 129), (9, 256), (33, 257), (9, 512), (3, 513), (17, 600),
+                   (2, 1001), (3, 1024), (2, 1025), (2, 1408), (2, 4096), (2, 4097), (1, 8192), (2, 8193),
+                   (2, 10241)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -29,23 +29,24 @@
 //
 // Decomposition
 //   Softmax cross-entropy, forward and fused forward + backward: one kernel template,
-//   softmax_cross_entropy_rows_kernel<T, LANES, GRAD>, blocks of 256 threads.
+//   softmax_cross_entropy_rows_kernel<T, LANES, SHORT, GRAD>, blocks of 256 threads.
 //     A row is owned by LANES consecutive lanes of a warp, the fewest of 1, 2, 4, ..., 32 that
-//     cover it with 2 chunks each (LANES = 2 for 10 classes: 16 rows per warp), 32 (a warp) up to
-//     4096 classes, and by the whole block beyond. A block owns 256 / LANES rows at a time (one
-//     past 4096 classes) and takes the next ones grid-stride; at most 2048 blocks.
+//     cover it with 2 chunks each up to 32 classes (SHORT; LANES = 2 for 10: 16 rows per warp)
+//     and with 8 each beyond (see cached_chunks; the same lanes for double, which keeps 4), 32 (a
+//     warp) up to 4096 classes, and by the whole block beyond. A block owns 256 / LANES rows at a
+//     time (one past 4096 classes) and takes the next ones grid-stride; at most 2048 blocks.
 //     A row is cut into chunks of 4 values (a 16-byte load of float, two of double, when every
 //     row is 16-byte aligned; else scalar loads); a thread (lane l of its row's LANES) owns chunks
 //     l, l + LANES, ..., so one chunk index is contiguous over the lanes.
-//   Per row, the logits are read once: a thread keeps its first chunks in registers (2 in a group
-//   of up to 16 lanes; 32 floats or 16 doubles per thread of a warp or block: float rows of up to
-//   1024 or 8192 values), all their loads issued first, and folds later chunks online (m, s) as
-//   they arrive. Reduce m over the row's lanes; the registers become exp(z - m) (one exp per
-//   value) and join s; reduce s; each thread writes its columns of p = exp(z - m) / s (forward)
-//   or of dloss/dz (GRAD: the probs never reach memory; the gradient is written once), later
-//   chunks re-read (L1/L2 hits) and exponentiated again. With smoothing, sum_c w_c (z_c - m) and
-//   sum_c w_c come along (two more reductions). Lane 0 of the row adds the row's r_i (and
-//   w_{y_i}) in double to its thread's sum.
+//   Per row, the logits are read once: a thread keeps its first chunks in registers (past 32
+//   classes 32 floats or 16 doubles per thread: float rows of up to 1024 values in a warp, 8192 in
+//   a block), all their loads issued first, and folds later chunks online (m, s), two loads in
+//   flight at a time (float; one for double). Reduce m over the row's lanes; the registers become
+//   exp(z - m) (one exp per value) and join s; reduce s; each thread writes its columns of
+//   p = exp(z - m) / s (forward) or of dloss/dz (GRAD: the probs never reach memory; the gradient
+//   is written once), later chunks re-read (L1/L2 hits, as many at a time) and exponentiated
+//   again. With smoothing, sum_c w_c (z_c - m) and sum_c w_c come along (two more reductions).
+//   Lane 0 of the row adds the row's r_i (and w_{y_i}) in double to its thread's sum.
 //   Reductions over a row's lanes: an xor butterfly of shuffles inside the group (every lane gets
 //   bit-identical results; all 32 lanes of the warp take part, a group past the last row with no
 //   columns); over a block: one value per warp through shared memory, then a warp butterfly.
@@ -142,25 +143,47 @@ constexpr int kRowThreads = 256;
 constexpr int kBlockRow = 0;
 constexpr int kChunk = 4;
 constexpr int64_t kWarpRowMaxClasses = 4096;
+// Chunks past the cached ones are read streamed_chunks per step, their loads issued together: two
+// for float; one for double, whose registers are full already.
+template <typename T>
+constexpr int streamed_chunks() { return sizeof(T) == 4 ? 2 : 1; }
 // Row-kernel blocks at most: each writes one partial loss sum, so the mean kernel sums few values.
 // A constant (not the device's SM count), so the summation order depends on N and C only.
 constexpr int64_t kMaxRowGrid = 2048;
 
 // Chunks a thread keeps in registers between reading its values and writing the row's output
-// (further chunks are re-read; they hit L1/L2): a smaller group 2 chunks per lane; a warp or a
-// block 32 floats or 16 doubles per thread (8 or 4 chunks: float rows of up to 1024 values in a
-// warp's registers, 8192 in a block's; fewer for double, which otherwise spills).
-template <typename T, int LANES>
-constexpr int cached_chunks() { return LANES == 32 || LANES == kBlockRow ? 32 / sizeof(T) : 2; }
+// (further chunks are re-read; they hit L1/L2). What bounds the kernel is the bytes in flight per
+// SM: the loads a lane issues before their first use, times the warps that fit. So a lane's
+// registers are filled, by one of two kernels:
+//   short rows (up to kShortRowClasses values): 2 chunks per lane, 1, 2 or 4 lanes per row; float
+//     40-59 registers (4 blocks per SM);
+//   longer rows: 32 floats or 16 doubles per lane (8 or 4 chunks), 2 to 32 lanes per row (float
+//     rows of up to 1024 values in a warp's registers) or the block (8192); float 120-128
+//     registers (2 blocks per SM). Double, which only has to be right, 128-140.
+// Measured on an H200 (same-card A/Bs, 2026-12-04, the fused op, % of copy): the plan before,
+// 2 chunks per lane in groups of up to 16 lanes and a warp from 129 values, ran rows of 64 / 128 /
+// 256 / 512 floats at 53-55 / 63-64 / 31-33 / 52-53%; 8 chunks per lane in 2 / 4 / 8 / 16 lanes at
+// 67-68 / 68-71 / 73-74 / 76-77%. On short rows 8 chunks cost warps and gain nothing: 16 floats in
+// 2 lanes 31%, and a lane per row of 32 floats (each 16-byte load of a warp in a different line)
+// 31-33%, against 53-54% for both with 2 chunks.
+constexpr int64_t kShortRowClasses = 32;
+template <typename T, bool SHORT>
+constexpr int cached_chunks() { return SHORT ? 2 : 32 / sizeof(T); }
 
-// Lanes per row for C classes: the fewest (a power of two) whose cached chunks cover the row,
-// a warp up to kWarpRowMaxClasses, the block beyond.
-inline int row_lanes(int64_t C) {
-  if (C > kWarpRowMaxClasses) return kBlockRow;
+// The plan for C classes: short rows or not, and the lanes per row, the fewest (a power of two)
+// whose cached float chunks cover the row; a warp up to kWarpRowMaxClasses, the block beyond.
+struct RowPlan {
+  bool short_rows;
+  int lanes;
+};
+inline RowPlan row_plan(int64_t C) {
+  if (C > kWarpRowMaxClasses) return {false, kBlockRow};
+  const bool short_rows = C <= kShortRowClasses;
+  const int per_lane = short_rows ? cached_chunks<float, true>() : cached_chunks<float, false>();
   const int64_t chunks = (C + kChunk - 1) / kChunk;
   int lanes = 1;
-  while (lanes < 32 && lanes * cached_chunks<float, 1>() < chunks) lanes *= 2;
-  return lanes;
+  while (lanes < 32 && lanes * per_lane < chunks) lanes *= 2;
+  return {short_rows, lanes};
 }
 
 // Reduces v over the LANES lanes of a row's group (an xor butterfly within the group: every lane
@@ -266,7 +289,7 @@ static_assert(loss_detail::kMeanThreads == loss_detail::kRowThreads, "W from eit
 // partial_loss[blockIdx.x] (partial_weight), or, when it is the only block and `loss` is given,
 // the mean itself. totals = (W, S) when weighted and GRAD; a single block may be given none and
 // then reduces them itself first. vec: logits, out (and weight) rows are 16-byte aligned.
-template <typename T, int LANES, bool GRAD>
+template <typename T, int LANES, bool SHORT, bool GRAD>
 __global__ void __launch_bounds__(loss_detail::kRowThreads)
     softmax_cross_entropy_rows_kernel(const T* __restrict__ logits, const int64_t* __restrict__ labels,
                                       const T* __restrict__ weight, T smoothing, T* __restrict__ out,
@@ -275,7 +298,7 @@ __global__ void __launch_bounds__(loss_detail::kRowThreads)
                                       bool vec) {
   using namespace loss_detail;
   constexpr bool BLOCK = LANES == kBlockRow;
-  constexpr int CACHED = cached_chunks<T, LANES>();
+  constexpr int CACHED = cached_chunks<T, SHORT>(), STREAMED = streamed_chunks<T>();
   __shared__ T scratch[32];
   __shared__ double dscratch[32];
   const bool smooth = smoothing != T(0);
@@ -321,10 +344,13 @@ __global__ void __launch_bounds__(loss_detail::kRowThreads)
     for (int k = 0; k < CACHED; ++k)
 #pragma unroll
       for (int j = 0; j < kChunk; ++j) m = Max()(m, v[k][j]);
-    for (int64_t c0 = chunk_col(CACHED); c0 < cols; c0 += stride) {
-      T x[kChunk];
-      load_chunk(z, c0, cols, vec, -T(INFINITY), x);
-      fold(m, s, x);
+    // (A short row lies in the cached chunks (row_plan): its kernels compile no loop over later ones.)
+    for (int64_t c0 = chunk_col(CACHED); !SHORT && c0 < cols; c0 += STREAMED * stride) {
+      T x[STREAMED][kChunk];  // both loads in flight before either is folded
+#pragma unroll
+      for (int u = 0; u < STREAMED; ++u) load_chunk(z, c0 + u * stride, cols, vec, -T(INFINITY), x[u]);
+#pragma unroll
+      for (int u = 0; u < STREAMED; ++u) fold(m, s, x[u]);  // a chunk past the row is all -inf: s, m unchanged
     }
     const T row_m = group_reduce<LANES>(m, Max(), -T(INFINITY), scratch);
     s *= dev_exp(m - (row_m == -T(INFINITY) ? T(0) : row_m));  // to the row's max (0 stays 0)
@@ -374,13 +400,17 @@ __global__ void __launch_bounds__(loss_detail::kRowThreads)
 #pragma unroll
     for (int k = 0; k < CACHED; ++k)
       if (chunk_col(k) < cols) write_chunk(v[k], chunk_col(k));
-    for (int64_t c0 = chunk_col(CACHED); c0 < cols; c0 += stride) {
-      T x[kChunk];
-      load_chunk(z, c0, cols, vec, -T(INFINITY), x);
-      if (smooth) smoothing_terms(x, c0);
+    for (int64_t c0 = chunk_col(CACHED); !SHORT && c0 < cols; c0 += STREAMED * stride) {
+      T x[STREAMED][kChunk];
 #pragma unroll
-      for (int j = 0; j < kChunk; ++j) x[j] = dev_exp(x[j] - row_m);
-      write_chunk(x, c0);
+      for (int u = 0; u < STREAMED; ++u) load_chunk(z, c0 + u * stride, cols, vec, -T(INFINITY), x[u]);
+#pragma unroll
+      for (int u = 0; u < STREAMED; ++u) {  // a chunk past the row reads, adds and writes nothing
+        if (smooth) smoothing_terms(x[u], c0 + u * stride);
+#pragma unroll
+        for (int j = 0; j < kChunk; ++j) x[u][j] = dev_exp(x[u][j] - row_m);
+        write_chunk(x[u], c0 + u * stride);
+      }
     }
     if (smooth) {
       w_shift = group_reduce<LANES>(w_shift, Sum(), T(0), scratch);
@@ -413,12 +443,12 @@ __global__ void __launch_bounds__(loss_detail::kRowThreads)
   }
 }
 
-template <typename T, int LANES, bool GRAD>
+template <typename T, int LANES, bool SHORT, bool GRAD>
 void launch_cross_entropy_rows(const char* name, dim3 grid, void* stream, const T* logits, const int64_t* labels,
                                const T* weight, T smoothing, T* out, double* partial_loss, double* partial_weight,
                                const double* totals, T* loss, int64_t N, int64_t C, bool vec) {
-  launch(name, softmax_cross_entropy_rows_kernel<T, LANES, GRAD>, grid, dim3(loss_detail::kRowThreads), 0, stream,
-         logits, labels, weight, smoothing, out, partial_loss, partial_weight, totals, loss, N, C, vec);
+  launch(name, softmax_cross_entropy_rows_kernel<T, LANES, SHORT, GRAD>, grid, dim3(loss_detail::kRowThreads), 0,
+         stream, logits, labels, weight, smoothing, out, partial_loss, partial_weight, totals, loss, N, C, vec);
 }
 
 // The row kernel (and, for more than one block, the weight totals first and the mean after):
@@ -429,8 +459,8 @@ void cross_entropy_rows(const T* logits, const int64_t* labels, const T* weight,
                         double* partial_loss, double* partial_weight, double* totals, T* loss, int64_t N, int64_t C,
                         void* stream) {
   using namespace loss_detail;
-  const int lanes = row_lanes(C);
-  const int64_t rows_per_block = lanes == kBlockRow ? 1 : kRowThreads / lanes;
+  const RowPlan plan = row_plan(C);
+  const int64_t rows_per_block = plan.lanes == kBlockRow ? 1 : kRowThreads / plan.lanes;
   const int64_t blocks = min64((N + rows_per_block - 1) / rows_per_block, kMaxRowGrid);
   const bool one_block = blocks == 1;  // then one launch does it all (the reference step's 128 x 10)
   const bool vec = (C * (int64_t)sizeof(T)) % 16 == 0 && aligned16(logits) && aligned16(out) &&
@@ -442,18 +472,25 @@ void cross_entropy_rows(const T* logits, const int64_t* labels, const T* weight,
   T* row_mean = one_block ? loss : nullptr;
   const dim3 grid((unsigned)blocks);
   const T e = (T)smoothing;
-#define FC_CE_ROWS(L)                                                                                                 \
-  launch_cross_entropy_rows<T, L, GRAD>("softmax_cross_entropy_rows_kernel<" #L " lanes per row>", grid, stream,   \
-                                        logits, labels, weight, e, out, partial_loss, partial_weight, row_totals,     \
-                                        row_mean, N, C, vec)
-  switch (lanes) {
-    case 1: FC_CE_ROWS(1); break;
-    case 2: FC_CE_ROWS(2); break;
-    case 4: FC_CE_ROWS(4); break;
-    case 8: FC_CE_ROWS(8); break;
-    case 16: FC_CE_ROWS(16); break;
-    case 32: FC_CE_ROWS(32); break;
-    default: FC_CE_ROWS(kBlockRow); break;
+#define FC_CE_ROWS(L, SHORT)                                                                                          \
+  launch_cross_entropy_rows<T, L, SHORT, GRAD>("softmax_cross_entropy_rows_kernel<" #L " lanes per row, " #SHORT     \
+                                               " short>", grid, stream, logits, labels, weight, e, out, partial_loss, \
+                                               partial_weight, row_totals, row_mean, N, C, vec)
+  if (plan.short_rows) {
+    switch (plan.lanes) {
+      case 1: FC_CE_ROWS(1, true); break;
+      case 2: FC_CE_ROWS(2, true); break;
+      default: FC_CE_ROWS(4, true); break;
+    }
+  } else {
+    switch (plan.lanes) {
+      case 2: FC_CE_ROWS(2, false); break;
+      case 4: FC_CE_ROWS(4, false); break;
+      case 8: FC_CE_ROWS(8, false); break;
+      case 16: FC_CE_ROWS(16, false); break;
+      case 32: FC_CE_ROWS(32, false); break;
+      default: FC_CE_ROWS(kBlockRow, false); break;
+    }
   }
 #undef FC_CE_ROWS
   if (!one_block) mean<T>(partial_loss, weight ? partial_weight : nullptr, blocks, (double)N, loss, stream);
