@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One lease on a lent GPU, in one call: build the _cuda extension for that card, run every test
 # that uses the cuda backend, train the examples on it, run the GPU benchmark suite, and a memcheck
-# pass over the kernel tests. Each stage has its own time limit so that a hang in one still leaves the others' results.
+# pass over the kernel tests. Each stage has its own time limit so that a hang in one still leaves
+# the others' results.
 # Logs and results go to $OUT (the device tool brings that folder back; default /tmp/gpu-session).
 #
 #   bash benchmarks/gpu_session.sh [results-name]       (run from the repository root)

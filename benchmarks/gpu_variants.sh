@@ -55,7 +55,6 @@ for entry in tree ${VARIANTS:-}; do
     tail -20 "$OUT/build-$name.log"; echo "$name: BUILD FAILED (left out)"
   fi
 done
-cp "$OUT/tree-file" "$FILE"
 [ ${#names[@]} -gt 0 ] || { echo "no variant built"; exit 1; }
 
 stage "timings: ${names[*]} x $ROUNDS rounds"

@@ -346,7 +346,7 @@ __global__ void __launch_bounds__(loss_detail::kRowThreads)
       for (int j = 0; j < kChunk; ++j) m = Max()(m, v[k][j]);
     // (A short row lies in the cached chunks (row_plan): its kernels compile no loop over later ones.)
     for (int64_t c0 = chunk_col(CACHED); !SHORT && c0 < cols; c0 += STREAMED * stride) {
-      T x[STREAMED][kChunk];  // both loads in flight before either is folded
+      T x[STREAMED][kChunk];  // every load in flight before the first fold
 #pragma unroll
       for (int u = 0; u < STREAMED; ++u) load_chunk(z, c0 + u * stride, cols, vec, -T(INFINITY), x[u]);
 #pragma unroll
