@@ -35,12 +35,13 @@ def _cpu_code() -> str:
         from ._cpu import _vecmath, conv
     except (ImportError, RuntimeError) as exc:  # backends: above already says why; this must not hide it
         return f"n/a (the cpu backend does not load: {exc})"
-    if not _vecmath.AVX512:
-        return ("portable Numba loops (no AVX-512F on this host, or FASTCONV_AVX512=0, or NUMBA_CPU_NAME / "
-                "NUMBA_CPU_FEATURES without it)")
+    if not _vecmath.SIMD:
+        return ("portable Numba loops (neither AVX-512F nor AVX2 with FMA on this host, or FASTCONV_SIMD=0, or "
+                "NUMBA_CPU_NAME / NUMBA_CPU_FEATURES without them)")
     winograd = ("3x3 convolutions of >= 16 channels by Winograd F(2x2, 3x3) unless a layer says "
                 "algorithm='direct'" if conv.WINOGRAD else "every convolution direct (FASTCONV_WINOGRAD=0)")
-    return f"AVX-512 kernels (FASTCONV_AVX512=0: portable loops); {winograd}"
+    isa = "AVX-512" if _vecmath.AVX512 else "AVX2"
+    return f"{isa} kernels (FASTCONV_SIMD=0: portable loops); {winograd}"
 
 
 def info(file=None) -> str:

@@ -63,23 +63,23 @@ def test_environment_variable_and_info():
 @pytest.mark.parametrize("switches, expected", [
     ({}, None),
     ({"FASTCONV_WINOGRAD": "0"}, "every convolution direct (FASTCONV_WINOGRAD=0)"),
-    ({"FASTCONV_AVX512": "0"}, "cpu code: portable Numba loops"),
+    ({"FASTCONV_SIMD": "0"}, "cpu code: portable Numba loops"),
 ])
 def test_info_names_the_cpu_code_paths(monkeypatch, switches, expected):
     from fastconv._cpu import _vecmath
 
-    for name in ("FASTCONV_WINOGRAD", "FASTCONV_AVX512", "FASTCONV_BACKEND"):
+    for name in ("FASTCONV_WINOGRAD", "FASTCONV_SIMD", "FASTCONV_BACKEND"):
         monkeypatch.delenv(name, raising=False)
-    avx512 = _vecmath._host_has_avx512()  # with the switches unset, as the subprocess below starts
-    if not avx512 and switches.get("FASTCONV_WINOGRAD") == "0":
-        pytest.skip("no AVX-512 here: the portable loops run whatever FASTCONV_WINOGRAD says")
+    isa = _vecmath._host_isa()  # with the switches unset, as the subprocess below starts
+    if isa is None and switches.get("FASTCONV_WINOGRAD") == "0":
+        pytest.skip("no AVX-512 or AVX2 here: the portable loops run whatever FASTCONV_WINOGRAD says")
     out = subprocess.run([sys.executable, "-m", "fastconv", "info"], env=dict(os.environ, **switches),
                          capture_output=True, text=True, check=True).stdout
-    if not avx512:
+    if isa is None:
         expected = "cpu code: portable Numba loops"
     elif expected is None:  # the defaults
-        expected = ("cpu code: AVX-512 kernels (FASTCONV_AVX512=0: portable loops); 3x3 convolutions of >= 16 "
-                    "channels by Winograd F(2x2, 3x3) unless a layer says algorithm='direct'")
+        expected = (f"cpu code: {'AVX-512' if isa == 'avx512' else 'AVX2'} kernels (FASTCONV_SIMD=0: portable loops); "
+                    "3x3 convolutions of >= 16 channels by Winograd F(2x2, 3x3) unless a layer says algorithm='direct'")
     assert expected in out
 
 

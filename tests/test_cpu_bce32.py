@@ -1,9 +1,9 @@
-"""The AVX-512 float32 BCE-with-logits sum of the cpu backend (fastconv/_cpu/_bce32.py): against
+"""The AVX-512 / AVX2 float32 BCE-with-logits sum of the cpu backend (fastconv/_cpu/_bce32.py): against
 float64 at many lengths and offsets (whole vectors, masked tails, chunk ends, several blocks), the
 values around the range not counted and never read (arrays that end at an unreadable page), the
 same NaN and infinity results as the portable terms in every lane, huge logits whose float32 chunk
 sums overflow, the same bits for any thread count and alignment, and the op's choice of kernel.
-Skipped where the host has no AVX-512F (the portable kernel is then the only one, tested in
+Skipped where the host has neither AVX-512F nor AVX2 (the portable kernel is then the only one, tested in
 test_loss.py)."""
 import ctypes
 import mmap
@@ -16,10 +16,10 @@ from numba import njit
 from fastconv import ops
 from fastconv._cpu import _vecmath, loss
 
-pytestmark = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_AVX512=0)")
+pytestmark = pytest.mark.skipif(not _vecmath.SIMD, reason="the host has neither AVX-512F nor AVX2 with FMA (or FASTCONV_SIMD=0)")
 F32 = np.finfo(np.float32)
 
-if _vecmath.AVX512:
+if _vecmath.SIMD:
     from fastconv._cpu._bce32 import bce_sum
 
     @njit
@@ -156,8 +156,8 @@ def test_the_same_bits_for_any_thread_count_and_alignment(monkeypatch):
     x[5000:5003] = 3e38  # one block through the float64 fallback
     want = ops.bce_with_logits_forward(x, t)
     seen = []
-    real = loss._bce_sum_avx512
-    monkeypatch.setattr(loss, "_bce_sum_avx512", lambda *a: seen.append(numba.get_num_threads()) or real(*a))
+    real = loss._bce_sum_simd
+    monkeypatch.setattr(loss, "_bce_sum_simd", lambda *a: seen.append(numba.get_num_threads()) or real(*a))
     threads = numba.get_num_threads()
     try:
         for count in range(1, threads + 1):
@@ -176,7 +176,7 @@ def test_the_same_bits_for_any_thread_count_and_alignment(monkeypatch):
 
 def test_the_op_takes_the_avx512_sum_for_float32_and_one_pos_weight_only(monkeypatch):
     used = []
-    for name in ("_bce_sum_avx512", "_elementwise_loss_sum"):
+    for name in ("_bce_sum_simd", "_elementwise_loss_sum"):
         real = getattr(loss, name)
         monkeypatch.setattr(loss, name, lambda *a, real=real, name=name: used.append(name) or real(*a))
     rng = np.random.default_rng(4)
@@ -186,9 +186,9 @@ def test_the_op_takes_the_avx512_sum_for_float32_and_one_pos_weight_only(monkeyp
     results = [ops.bce_with_logits_forward(x, t), ops.bce_with_logits_forward(x, t, pw1),
                ops.bce_with_logits_forward(x3, t3, pw3),
                ops.bce_with_logits_forward(x.astype(np.float64), t.astype(np.float64))]
-    assert used == ["_bce_sum_avx512", "_bce_sum_avx512", "_elementwise_loss_sum", "_elementwise_loss_sum"]
+    assert used == ["_bce_sum_simd", "_bce_sum_simd", "_elementwise_loss_sum", "_elementwise_loss_sum"]
     for got, (xx, tt, pw) in zip(results, [(x, t, 1.0), (x, t, pw1), (x3, t3, pw3), (x, t, 1.0)]):
         assert float(got) == pytest.approx(_terms64(xx, tt, pw).mean(), rel=2e-6)
-    monkeypatch.setattr(_vecmath, "AVX512", False)
+    monkeypatch.setattr(_vecmath, "SIMD", False)
     assert float(ops.bce_with_logits_forward(x, t)) == pytest.approx(float(results[0]), rel=2e-6)
     assert used[-1] == "_elementwise_loss_sum"

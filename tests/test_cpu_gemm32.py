@@ -1,19 +1,20 @@
-"""The cpu backend's AVX-512 float32 GEMM (fastconv/_cpu/_gemm32.py), against float64 NumPy: every
-transpose, beta 0 / 1 / other, sizes around the 8 x 32 tile's edges, strided rows, C's neighbours
-untouched; the same bits for a row wherever it sits; and the convolutions' choice of it. Skipped
-where the host has no AVX-512F (the convolutions then use OpenBLAS: tests/test_conv*.py)."""
+"""The cpu backend's float32 GEMM (fastconv/_cpu/_gemm32.py), against float64 NumPy: every
+transpose, beta 0 / 1 / other, sizes around the tile's edges (8 x 32 with AVX-512, 6 x 16 with
+AVX2), strided rows, C's neighbours untouched; the same bits for a row wherever it sits; and the
+convolutions' choice of it. Skipped where the host has neither (the convolutions then use
+OpenBLAS: tests/test_conv*.py)."""
 import numpy as np
 import pytest
 
 from fastconv import ops
 from fastconv._cpu import _vecmath, conv
 
-pytestmark = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_AVX512=0)")
+pytestmark = pytest.mark.skipif(not _vecmath.SIMD, reason="the host has neither AVX-512F nor AVX2 with FMA (or FASTCONV_SIMD=0)")
 
-if _vecmath.AVX512:
+if _vecmath.SIMD:
     from fastconv._cpu._gemm32 import gemm32, gemm32_runs
 
-EDGES = [1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 65]
+EDGES = [1, 5, 6, 7, 8, 9, 13, 15, 16, 17, 31, 32, 33, 48, 65]
 
 
 def _strided(a, extra, fill):
@@ -94,10 +95,10 @@ def test_a_row_gets_the_same_bits_in_a_whole_tile_and_at_the_edge():
         np.testing.assert_array_equal(one[0], c[r])
 
 
-def test_the_stride_1_convolutions_use_avx512_for_float32_only(monkeypatch):
+def test_the_stride_1_convolutions_use_our_kernels_for_float32_only(monkeypatch):
     used = []
-    for name in ("_forward_wide", "_forward_taps_avx512", "_backward_wide", "_backward_wide_avx512",
-                 "_backward_taps_avx512"):
+    for name in ("_forward_wide", "_forward_wide_gemm32", "_forward_taps_avx512", "_backward_wide",
+                 "_backward_wide_gemm32", "_backward_taps_avx512"):
         real = getattr(conv, name)
         monkeypatch.setattr(conv, name, lambda *a, real=real, name=name: used.append(name) or real(*a))
     rng = np.random.default_rng(4)
@@ -106,8 +107,12 @@ def test_the_stride_1_convolutions_use_avx512_for_float32_only(monkeypatch):
     dx, dw, _ = ops.conv2d_backward(np.ones_like(y), x, w, padding=1)
     ops.conv2d_forward(x.astype(np.float64), w.astype(np.float64), padding=1)
     ops.conv2d_backward(np.ones((3, 4, 7, 6), np.float32), x[:, :3], w[:4, :3], padding=1)  # 3 input channels
-    assert used == ["_forward_taps_avx512", "_backward_taps_avx512", "_forward_wide", "_backward_wide_avx512"]
-    monkeypatch.setattr(_vecmath, "AVX512", False)  # OpenBLAS: the same values to rounding
+    if _vecmath.AVX512:  # the register tiles over taps
+        assert used == ["_forward_taps_avx512", "_backward_taps_avx512", "_forward_wide", "_backward_wide_gemm32"]
+    else:  # AVX2: the wide kernels with gemm32
+        assert used == ["_forward_wide_gemm32", "_backward_wide_gemm32", "_forward_wide", "_backward_wide_gemm32"]
+    monkeypatch.setattr(_vecmath, "SIMD", False)  # OpenBLAS: the same values to rounding
+    monkeypatch.setattr(_vecmath, "AVX512", False)
     np.testing.assert_allclose(ops.conv2d_forward(x, w, padding=1), y, rtol=1e-5, atol=1e-5)
     dx_blas, dw_blas, _ = ops.conv2d_backward(np.ones_like(y), x, w, padding=1)
     np.testing.assert_allclose(dx_blas, dx, rtol=1e-5, atol=1e-5)
@@ -119,9 +124,9 @@ def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit(monkeypatch):
     from fastconv._cpu import dense
 
     used = []
-    for name in ("_linear_forward", "_linear_forward_avx512", "_linear_forward_serial",
-                 "_linear_forward_serial_avx512", "_linear_backward", "_linear_backward_avx512",
-                 "_linear_backward_serial", "_linear_backward_serial_avx512"):
+    for name in ("_linear_forward", "_linear_forward_gemm32", "_linear_forward_serial",
+                 "_linear_forward_serial_gemm32", "_linear_backward", "_linear_backward_gemm32",
+                 "_linear_backward_serial", "_linear_backward_serial_gemm32"):
         real = getattr(dense, name)
         monkeypatch.setattr(dense, name, lambda *a, real=real, name=name: used.append(name) or real(*a))
     rng = np.random.default_rng(6)
@@ -134,8 +139,8 @@ def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit(monkeypatch):
         np.testing.assert_allclose(dx, dy.astype(np.float64) @ w, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(dw, dy.T.astype(np.float64) @ x, rtol=1e-5, atol=1e-4)
         ops.linear_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
-    assert used == ["_linear_forward_serial_avx512", "_linear_backward_serial_avx512", "_linear_forward_serial",
-                    "_linear_forward_avx512", "_linear_backward_avx512", "_linear_forward"]
+    assert used == ["_linear_forward_serial_gemm32", "_linear_backward_serial_gemm32", "_linear_forward_serial",
+                    "_linear_forward_gemm32", "_linear_backward_gemm32", "_linear_forward"]
     used.clear()
     monkeypatch.setattr(dense, "_GEMM32_UP_TO", 130 * 300 * 70 - 1)  # just past the limit: OpenBLAS
     ops.linear_forward(x, w, b)
@@ -145,7 +150,7 @@ def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit(monkeypatch):
 @pytest.mark.parametrize("m,k,n", [(130, 300, 70), (600, 40, 20), (70, 50, 530), (520, 64, 100), (9, 3136, 10),
                                    (5, 70, 48)])
 def test_linear_forward_by_packed_strips_gives_the_bits_of_one_gemm32_call_for_any_split(m, k, n):
-    """_linear_forward_avx512 packs w^T in strips of 32 columns once per block: blocks of whole
+    """_linear_forward_gemm32 packs w^T in strips of 32 columns once per block: blocks of whole
     strips where there are enough strips, else blocks of rows each with its own copy. Every split
     gives the bits of one gemm32 call (plus the bias and ReLU in float32), which match float64."""
     from fastconv._cpu import dense
@@ -159,5 +164,5 @@ def test_linear_forward_by_packed_strips_gives_the_bits_of_one_gemm32_call_for_a
     np.testing.assert_allclose(ref, np.maximum(x.astype(np.float64) @ w.T + b, 0), rtol=1e-5, atol=1e-4)
     for blocks in (1, 2, 3, 8):
         y = np.full((m, n), np.nan, np.float32)
-        dense._linear_forward_avx512(x, w, b, True, dense.ACTIVATIONS["relu"], blocks, y)
+        dense._linear_forward_gemm32(x, w, b, True, dense.ACTIVATIONS["relu"], blocks, y)
         np.testing.assert_array_equal(y, ref, err_msg=f"{blocks} blocks")

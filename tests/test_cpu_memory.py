@@ -199,8 +199,8 @@ def test_cross_entropy_rows_write_only_their_rows(classes, dtype):
         args = (z, labels, weight if has_weight else np.empty(0, dtype), has_weight, smoothing, probs, row_loss,
                 row_weight, grad, 123.0, 45.0)
         kernels = [lambda: loss._cross_entropy_rows(*args)]
-        if dtype == np.float32 and _vecmath.AVX512:  # plain and streamed stores
-            kernels += [lambda stream=stream: loss._cross_entropy_rows_avx512(*args, stream, _stream.align_skip(probs))
+        if dtype == np.float32 and _vecmath.SIMD:  # plain and streamed stores
+            kernels += [lambda stream=stream: loss._cross_entropy_rows_simd(*args, stream, _stream.align_skip(probs))
                         for stream in (False, True)]
         results = _guarded_results(kernels, raw, probs, lanes)
         # the AVX-512 exp is within a few ulp of the portable one; streaming changes no bit
@@ -227,8 +227,8 @@ def test_cross_entropy_backward_rows_write_only_their_rows(classes):
         args = (probs, labels, weight if has_weight else np.empty(0, np.float32), has_weight, smoothing, 123.0, 45.0,
                 out)
         kernels = [lambda: loss._cross_entropy_grad(*args)]
-        if _vecmath.AVX512:
-            kernels += [lambda stream=stream: loss._cross_entropy_grad_avx512(*args, stream, _stream.align_skip(out))
+        if _vecmath.SIMD:
+            kernels += [lambda stream=stream: loss._cross_entropy_grad_simd(*args, stream, _stream.align_skip(out))
                         for stream in (False, True)]
         results = _guarded_results(kernels, raw, out, 16)
         scale = np.abs(results[0]).max()
@@ -255,7 +255,7 @@ def test_the_ops_dispatch_to_the_streamed_kernels_past_the_threshold(monkeypatch
         np.testing.assert_array_equal(call(), expected)
     # the three elementwise ops took the streamed kernels, and on AVX-512 hosts the three losses
     # (the backward's forward too)
-    assert len(used) == 3 + 4 * _vecmath.AVX512
+    assert len(used) == 3 + 4 * _vecmath.SIMD
 
 
 def test_an_empty_cache_setting_means_the_default(monkeypatch):

@@ -1,16 +1,16 @@
-"""The cpu backend's 2x2 / stride 2 max pooling of float32 planes in AVX-512 (fastconv/_cpu/_pool32.py):
+"""The cpu backend's 2x2 / stride 2 max pooling of float32 planes in AVX-512 / AVX2 (fastconv/_cpu/_pool32.py):
 the same values and indices, bit for bit, as the portable loop (pool.max_pool_plane) on widths
 around its 8-window runs, strided rows, ties, NaN and infinities; and max_pool2d_forward's choice of
-it. Skipped where the host has no AVX-512F."""
+it. Skipped where the host has neither AVX-512F nor AVX2."""
 import numpy as np
 import pytest
 
 from fastconv import ops
 from fastconv._cpu import _vecmath
 
-pytestmark = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_AVX512=0)")
+pytestmark = pytest.mark.skipif(not _vecmath.SIMD, reason="the host has neither AVX-512F nor AVX2 with FMA (or FASTCONV_SIMD=0)")
 
-if _vecmath.AVX512:
+if _vecmath.SIMD:
     from numba import njit
 
     from fastconv._cpu._pool32 import max_pool_2x2_plane
@@ -50,7 +50,7 @@ def test_max_pool2d_forward_takes_it_for_float32_2x2_only(monkeypatch):
     x = rng.standard_normal((3, 5, 10, 13)).astype(np.float32)[:, :, :, :12]  # not contiguous
     x[0, 0, 0, :4] = np.nan
     y, indices = ops.max_pool2d_forward(x, kernel_size=2)
-    monkeypatch.setattr(_vecmath, "AVX512", False)
+    monkeypatch.setattr(_vecmath, "SIMD", False)
     y_ref, indices_ref = ops.max_pool2d_forward(x, kernel_size=2)
     assert y.tobytes() == y_ref.tobytes() and np.array_equal(indices, indices_ref)
 
@@ -81,6 +81,7 @@ def test_the_vector_gradient_scatter_is_the_portable_one(act, channels):
                 assert got.tobytes() == want.tobytes()
 
 
+@pytest.mark.skipif(not _vecmath.AVX512, reason="AVX-512 only: AVX2 hosts scatter by the portable loop")
 @pytest.mark.parametrize("x_shape", [(3, 5, 12, 14), (2, 3, 15, 13), (1, 2, 2, 2), (2, 4, 28, 28), (1, 1, 3, 50)])
 def test_max_pool2d_backward_scatters_8_windows_at_a_time_bit_for_bit(x_shape, monkeypatch):
     """max_pool2d_backward with dy of a 2x2 / stride 2 pooling's shape scatters by

@@ -1,18 +1,18 @@
-"""The AVX-512 softmax row pieces of the cpu backend (fastconv/_cpu/_softmax32.py): exp(z - m)
+"""The AVX-512 / AVX2 softmax row pieces of the cpu backend (fastconv/_cpu/_softmax32.py): exp(z - m)
 within 1 ulp of exp of the float32 difference, NaN kept, only the row's values written; its sum
 against float64 and in a fixed order; and the row store, plain and streamed, the same bits at every
-alignment with the values around it untouched. Skipped where the host has no AVX-512F."""
+alignment with the values around it untouched. Skipped where the host has neither AVX-512F nor AVX2."""
 import numpy as np
 import pytest
 from numba import njit
 
 from fastconv._cpu import _stream, _vecmath
 
-avx512 = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_AVX512=0)")
+simd = pytest.mark.skipif(not _vecmath.SIMD, reason="the host has neither AVX-512F nor AVX2 with FMA (or FASTCONV_SIMD=0)")
 F32 = np.finfo(np.float32)
-pytestmark = avx512
+pytestmark = simd
 
-if _vecmath.AVX512:
+if _vecmath.SIMD:
     from fastconv._cpu._softmax32 import SUM_CHUNK, row_exp_sum, store_row
 
     @njit

@@ -1,9 +1,9 @@
 """The cpu backend's vector math (fastconv/_cpu/_vecmath.py). The portable float32 exp and log1p
-stay float32 and vectorizable, within a few ulp of float64. The AVX-512 float32 sigmoid (sigmoid16
+stay float32 and vectorizable, within a few ulp of float64. The AVX-512 / AVX2 float32 sigmoid (sigmoid16
 and the kernels of _cpu/dense.py built on it): its accuracy against float64 on ordinary and extreme inputs, the same
 bits wherever a value sits (vector body, padded tail, streamed lines, any alignment), the guard
 values either side untouched, and the op's choice of kernel. Skipped where the host has no
-AVX-512F (the portable kernels are then the only ones, tested in test_dense.py)."""
+AVX-512F or AVX2 (the portable kernels are then the only ones, tested in test_dense.py)."""
 import re
 
 import numpy as np
@@ -17,7 +17,7 @@ from numba import njit
 
 from fastconv._cpu._vecmath import exp_nonpositive, log1p_unit
 
-avx512 = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_AVX512=0)")
+simd = pytest.mark.skipif(not _vecmath.SIMD, reason="the host has neither AVX-512F nor AVX2 with FMA (or FASTCONV_SIMD=0)")
 F32 = np.finfo(np.float32)
 
 
@@ -63,7 +63,7 @@ def test_portable_exp_and_log1p_are_within_a_few_ulps_of_float64():
     assert got.dtype == np.float32
     assert _ulps(got, np.log1p(e.astype(np.float64))).max() <= 3
 
-@avx512
+@simd
 def test_sigmoid16_is_within_4_ulps_of_float64_everywhere():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.standard_normal(1 << 16) * s for s in (0.01, 1, 8, 40)]).astype(np.float32)
@@ -72,7 +72,7 @@ def test_sigmoid16_is_within_4_ulps_of_float64_everywhere():
     assert _ulps(y, _sigmoid64(x)).max() <= 4
 
 
-@avx512
+@simd
 def test_sigmoid16_extremes():
     x = np.array([0, -0.0, 1e-30, -1e-30, 16.6, 17, 88, -87, -88, -100, -103, -104, -110, -1e30, 1e30,
                   np.inf, -np.inf, F32.max, -F32.max, np.nan], np.float32)
@@ -96,7 +96,7 @@ def _offset_view(n, skip):
     return raw, out
 
 
-@avx512
+@simd
 @pytest.mark.parametrize("n", SIZES)
 def test_every_value_gets_the_same_bits_wherever_it_sits(n):
     rng = np.random.default_rng(n)
@@ -104,7 +104,7 @@ def test_every_value_gets_the_same_bits_wherever_it_sits(n):
     # each value alone (the padded path) gives the reference bits
     alone = np.array([dense.sigmoid_forward(x[i:i + 1])[0] for i in range(min(n, 40))], np.float32)
     for skip in (0, 1, 7, 15):
-        for kernel, streamed in [(dense._sigmoid_forward_avx512, False), (dense._sigmoid_forward_avx512_streamed, True)]:
+        for kernel, streamed in [(dense._sigmoid_forward_simd, False), (dense._sigmoid_forward_simd_streamed, True)]:
             raw, out = _offset_view(n, skip)
             kernel(x, out, _stream.align_skip(out)) if streamed else kernel(x, out)
             np.testing.assert_array_equal(out[:len(alone)], alone)
@@ -118,10 +118,10 @@ def test_every_value_gets_the_same_bits_wherever_it_sits(n):
         np.testing.assert_array_equal(streamed_out, plain_out)
 
 
-@avx512
+@simd
 def test_the_op_takes_the_avx512_kernels_for_float32_only(monkeypatch):
     used = []
-    for name in ("_sigmoid_forward_avx512", "_sigmoid_forward_avx512_streamed", "_sigmoid_forward"):
+    for name in ("_sigmoid_forward_simd", "_sigmoid_forward_simd_streamed", "_sigmoid_forward"):
         real = getattr(dense, name)
         monkeypatch.setattr(dense, name, lambda *a, real=real, name=name: used.append(name) or real(*a))
     x = np.random.default_rng(1).standard_normal((30, 50)).astype(np.float32)
@@ -129,41 +129,43 @@ def test_the_op_takes_the_avx512_kernels_for_float32_only(monkeypatch):
     ops.sigmoid_forward(x.astype(np.float64))
     monkeypatch.setattr(_stream, "_STREAM_FROM", 0)
     np.testing.assert_array_equal(ops.sigmoid_forward(x), y)
-    assert used == ["_sigmoid_forward_avx512", "_sigmoid_forward", "_sigmoid_forward_avx512_streamed"]
-    monkeypatch.setattr(_vecmath, "AVX512", False)  # the portable kernel: within a few ulps of the same
+    assert used == ["_sigmoid_forward_simd", "_sigmoid_forward", "_sigmoid_forward_simd_streamed"]
+    monkeypatch.setattr(_vecmath, "SIMD", False)  # the portable kernel: within a few ulps of the same
     portable = ops.sigmoid_forward(x)
     assert used[-1] == "_sigmoid_forward"
     assert _ulps(portable, _sigmoid64(x)).max() <= 4
 
 
-def test_avx512_is_used_only_when_the_host_and_the_settings_allow(monkeypatch):
-    monkeypatch.setenv("FASTCONV_AVX512", "0")
-    assert not _vecmath._host_has_avx512()
-    monkeypatch.delenv("FASTCONV_AVX512")
+def test_the_vector_kernels_are_used_only_when_the_host_and_the_settings_allow(monkeypatch):
+    monkeypatch.setenv("FASTCONV_SIMD", "0")
+    assert _vecmath._host_isa() is None
+    monkeypatch.delenv("FASTCONV_SIMD")
     monkeypatch.setattr(config, "CPU_NAME", "generic")  # Numba compiling for another CPU than this one
-    assert not _vecmath._host_has_avx512()
+    assert _vecmath._host_isa() is None
     monkeypatch.setattr(config, "CPU_NAME", None)
-    monkeypatch.setattr(_vecmath.llvm, "get_host_cpu_features", lambda: {"avx512f": False})
-    assert not _vecmath._host_has_avx512()
-    monkeypatch.setattr(_vecmath.llvm, "get_host_cpu_features", lambda: {"avx512f": True})
-    assert _vecmath._host_has_avx512()
-    # NUMBA_CPU_FEATURES replaces the host's list: without +avx512f, LLVM would abort compiling
+    monkeypatch.setattr(_vecmath.llvm, "get_host_cpu_features", lambda: {"avx512f": False, "avx2": True})
+    assert _vecmath._host_isa() is None  # AVX2 without FMA
+    monkeypatch.setattr(_vecmath.llvm, "get_host_cpu_features", lambda: {"avx2": True, "fma": True})
+    assert _vecmath._host_isa() == "avx2"
+    monkeypatch.setattr(_vecmath.llvm, "get_host_cpu_features", lambda: {"avx512f": True, "avx2": True, "fma": True})
+    assert _vecmath._host_isa() == "avx512"
+    # NUMBA_CPU_FEATURES replaces the host's list: LLVM would abort compiling what it does not enable
     monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,-avx512f")
-    assert not _vecmath._host_has_avx512()
-    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma")
-    assert not _vecmath._host_has_avx512()
+    assert _vecmath._host_isa() == "avx2"
+    monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,-fma")
+    assert _vecmath._host_isa() is None
     monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,+avx512f,+avx512bw")
-    assert _vecmath._host_has_avx512()
+    assert _vecmath._host_isa() == "avx512"
 
 
 # ---- the cross-entropy rows (their AVX-512 pieces: test_cpu_softmax32.py) ------------------------
 
-@avx512
+@simd
 def test_cross_entropy_takes_the_avx512_rows_for_float32_only(monkeypatch):
     from fastconv._cpu import loss
     used = []
-    for name in ("_cross_entropy_rows", "_cross_entropy_rows_avx512", "_cross_entropy_grad",
-                 "_cross_entropy_grad_avx512"):
+    for name in ("_cross_entropy_rows", "_cross_entropy_rows_simd", "_cross_entropy_grad",
+                 "_cross_entropy_grad_simd"):
         real = getattr(loss, name)
         monkeypatch.setattr(loss, name, lambda *a, real=real, name=name: used.append(name) or real(*a))
     rng = np.random.default_rng(2)
@@ -177,9 +179,9 @@ def test_cross_entropy_takes_the_avx512_rows_for_float32_only(monkeypatch):
     (loss_avx, grad_avx), back_avx = both()
     (loss64, grad64), back64 = ops.softmax_cross_entropy_with_grad(z.astype(np.float64), y), \
         ops.softmax_cross_entropy_backward(p64, y)
-    monkeypatch.setattr(_vecmath, "AVX512", False)
+    monkeypatch.setattr(_vecmath, "SIMD", False)
     (loss_portable, grad_portable), back_portable = both()
-    assert used == ["_cross_entropy_rows_avx512", "_cross_entropy_grad_avx512", "_cross_entropy_rows",
+    assert used == ["_cross_entropy_rows_simd", "_cross_entropy_grad_simd", "_cross_entropy_rows",
                     "_cross_entropy_grad", "_cross_entropy_rows", "_cross_entropy_grad"]
     for got in (grad_avx, grad_portable):
         np.testing.assert_allclose(got, grad64, rtol=2e-6, atol=1e-9)

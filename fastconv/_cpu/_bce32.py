@@ -1,4 +1,4 @@
-"""The float32 binary cross-entropy with logits summed 16 values at once in AVX-512, for loss.py.
+"""The float32 binary cross-entropy with logits summed 16 values at once in AVX-512 (or AVX2), for loss.py.
 
 Each value's term is torch's formula, as loss._bce_term computes it:
 
@@ -10,7 +10,7 @@ _log1p_unit16_ir; a NaN in x or t makes the sum NaN. A chunk of up to SUM_CHUNK 
 one float32 vector, its lanes added in a fixed tree, and the chunks in float64 (the order is fixed
 by the input's length alone). Unlike _softmax32's sums of values <= 1, terms grow with |x|: a
 chunk's float32 sum can overflow where the float64 total would not (logits past ~1e36), so the
-caller redoes a block whose sum is not finite (loss._bce_sum_avx512).
+caller redoes a block whose sum is not finite (loss._bce_sum_simd).
 
 Why: the portable loop, with a float64 accumulator, vectorized only 8 wide: 0.87 ns a value on a
 Zen 4 core, 17 GB/s at best on two threads against a 42 GB/s copy. This runs at 0.58 ns a value on

@@ -1,4 +1,4 @@
-"""float32 GEMM in AVX-512 for the convolution's per-sample products, on hosts that have it.
+"""float32 GEMM in AVX-512 (or AVX2) for the convolution's per-sample products, on hosts that have it.
 
     C = op(A) @ op(B) + beta C,   each C[i, j] = sum over k in order of A[i, k] B[k, j]
 
@@ -29,11 +29,14 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._taps32 import transpose16_block
-from ._vecmath import as_i64, broadcast, lanes_below, masked_load, masked_store
+from ._vecmath import AVX512, as_i64, broadcast, lanes_below, masked_load, masked_store
 
 __all__ = ["gemm32", "gemm32_runs", "gemm32_strips", "pack_strip", "strips_shape", "MR", "NR"]
 
-MR, NR = 8, 32  # the register tile: rows of A, columns of B
+# The register tile, rows of A by columns of B: 8 x 32 in 16 of AVX-512's 32 zmm registers; 6 x 16
+# with AVX2, 12 of its 16 ymm registers (a 16-float vector is two ymm halves there; 8 x 32 would
+# need 32 accumulators), the shape of BLIS's and OpenBLAS's Haswell kernels.
+MR, NR = (8, 32) if AVX512 else (6, 16)
 _V16 = ir.VectorType(ir.FloatType(), 16)
 _I64 = ir.IntType(64)
 
@@ -113,8 +116,8 @@ def _tile_intrinsic(masked, halves, rows=MR):
     return intrinsic(typer)
 
 
-_tile = _tile_intrinsic(False, 2)
-_tile_masked = _tile_intrinsic(True, 2)
+_tile = _tile_intrinsic(False, NR // 16)
+_tile_masked = _tile_intrinsic(True, NR // 16)
 # 8 x 16 tiles for a last strip of at most 16 columns (a 10-class output layer): the 8 x 32 tile
 # there spent over two thirds of its multiply-adds on masked-off lanes. 128x128->10 with bias and
 # ReLU on the calling thread, Zen 4 host: 16 -> 28 GFLOP/s (NumPy 21), the same bits.

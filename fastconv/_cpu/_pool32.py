@@ -1,4 +1,4 @@
-"""Max pooling with 2x2 windows at stride 2 (no padding) of float32 planes in AVX-512, and the
+"""Max pooling with 2x2 windows at stride 2 (no padding) of float32 planes in AVX-512 or AVX2, and the
 scatter of its gradient: eight windows per instruction sequence.
 
     y[ho, wo] = the first maximum of x[2ho, 2wo], x[2ho, 2wo + 1], x[2ho + 1, 2wo], x[2ho + 1, 2wo + 1]

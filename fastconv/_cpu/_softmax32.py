@@ -1,4 +1,4 @@
-"""A float32 softmax row in AVX-512 pieces, for the cross-entropy rows of loss.py.
+"""A float32 softmax row in AVX-512 (or AVX2) pieces, for the cross-entropy rows of loss.py.
 
 A row's softmax p = e / s, with e = exp(z - max z) and s = sum e, and its cross-entropy gradient
 g = p * a - b, less t at the label (a, b, t: the loss's constants, _grad_row's formula), are
@@ -16,7 +16,7 @@ stalled the next row. Here:
   line is not read first: 2 memory streams, not 3; see _stream.py), ordinary ones otherwise.
 
 The sum is the chunks' float32 sums (at most SUM_CHUNK values each, 16 lanes added in a fixed
-tree) added in float64: the order is fixed by the row length alone. Both need AVX-512F.
+tree) added in float64: the order is fixed by the row length alone. Both need AVX-512F, or AVX2 with FMA.
 """
 from llvmlite import ir
 from numba import njit, types

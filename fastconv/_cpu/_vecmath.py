@@ -1,5 +1,6 @@
 """exp(x) for x <= 0, log1p(e) for e in [0, 1] and a float max, in forms LLVM vectorizes; and the
-float32 sigmoid of 16 values at once in AVX-512 instructions, for hosts that have them.
+float32 sigmoid of 16 values at once in AVX-512 instructions (two AVX2 halves on hosts with AVX2
+and FMA only), for hosts that have them.
 
 Numba calls libm's scalar exp (PyPI's llvmlite has no SVML), which keeps sigmoid and softmax far
 from memory bandwidth. For float32 this computes exp as 2^k * p(r) (Cody-Waite reduction, the
@@ -110,23 +111,36 @@ def maxnum(typingctx, a, b):
     return a(a, b), codegen
 
 
-# ---- exp and sigmoid of 16 float32 at once in AVX-512 ----------------------------------------------
+# ---- exp and sigmoid of 16 float32 at once: AVX-512, or AVX2 in two halves ---------------------------
 
-def _host_has_avx512():
-    """Whether kernels may use AVX-512F instructions: the host has them, Numba compiles for the
-    host (NUMBA_CPU_NAME unset or "host") with them (NUMBA_CPU_FEATURES, when set, replaces the
-    host's feature list: it must enable avx512f, or LLVM aborts the process compiling these
-    kernels), and FASTCONV_AVX512 is not "0"."""
-    if os.environ.get("FASTCONV_AVX512", "").strip() == "0":
-        return False
+def _host_isa():
+    """The widest vector instruction set the kernels may use: "avx512" (AVX-512F), "avx2" (AVX2 and
+    FMA) or None (portable loops only). It is what Numba compiles for: the host's (NUMBA_CPU_NAME
+    unset or "host"), or NUMBA_CPU_FEATURES when set (it replaces the host's feature list; LLVM
+    aborts the process compiling an instruction it does not enable). A named NUMBA_CPU_NAME, or
+    FASTCONV_SIMD=0, gives None."""
+    if os.environ.get("FASTCONV_SIMD", "").strip() == "0":
+        return None
     if config.CPU_NAME not in (None, "host"):
-        return False
+        return None
     if config.CPU_FEATURES is not None:
-        return "+avx512f" in config.CPU_FEATURES.replace(" ", "").split(",")
-    return bool(llvm.get_host_cpu_features().get("avx512f", False))
+        enabled = set(config.CPU_FEATURES.replace(" ", "").split(","))
+        has = {name: f"+{name}" in enabled for name in ("avx512f", "avx2", "fma")}
+    else:
+        host = llvm.get_host_cpu_features()
+        has = {name: bool(host.get(name, False)) for name in ("avx512f", "avx2", "fma")}
+    if has["avx512f"]:
+        return "avx512"
+    return "avx2" if has["avx2"] and has["fma"] else None
 
 
-AVX512 = _host_has_avx512()  # read at each call by the ops that have an AVX-512 kernel
+# Read at each call by the ops that have vector kernels (tests switch them off to run the portable
+# loops). The kernels are written on <16 x float>: with AVX2, LLVM runs each in two ymm halves,
+# and the few AVX-512-only instructions have AVX2 forms below. SIMD: the 16-lane kernels run;
+# AVX512: also the register-tiled GEMM and convolution kernels, whose tiles fill 32 zmm registers.
+ISA = _host_isa()
+SIMD = ISA is not None
+AVX512 = ISA == "avx512"
 
 _V16 = ir.VectorType(ir.FloatType(), 16)
 _I16, _I32 = ir.IntType(16), ir.IntType(32)
@@ -231,26 +245,76 @@ def masked_load(builder, pointer, mask):
 
 
 def masked_store(builder, value, pointer, mask):
-    """Stores the lanes of `value` inside `mask` at `pointer`; the others are not written."""
+    """Stores the lanes of `value` inside `mask` at `pointer`; the others are not written. Without
+    AVX-512 a full mask takes a plain store: AVX2's vmaskmovps store is microcoded on AMD cores (a
+    2x2 max-pooling backward built on it ran 2-3x slower than the scalar loop on a Zen 3 host)."""
     vector, name = _masked_intrinsic(pointer, "store")
     fn = cgutils.get_or_insert_function(builder.module,
                                         ir.FunctionType(ir.VoidType(), [vector, pointer.type, _I32, mask.type]), name)
-    builder.call(fn, [value, pointer, ir.Constant(_I32, 4), mask])
+    if AVX512:
+        builder.call(fn, [value, pointer, ir.Constant(_I32, 4), mask])
+        return
+    every_lane = ir.IntType(vector.count)
+    full = builder.icmp_unsigned("==", builder.bitcast(mask, every_lane), ir.Constant(every_lane, -1))
+    with builder.if_else(full, likely=True) as (whole, part):
+        with whole:
+            builder.store(value, pointer, align=4)
+        with part:
+            builder.call(fn, [value, pointer, ir.Constant(_I32, 4), mask])
 
 
 def _vmax(builder, a, b):
     """vmaxps of two <16 x float>: the larger lane, b's lane when either is NaN (one instruction;
-    llvm.maxnum adds a compare and a blend to return the non-NaN one)."""
+    llvm.maxnum adds a compare and a blend to return the non-NaN one). Without AVX-512, the select
+    that LLVM matches to vmaxps (its exact semantics: a > b is false when either is NaN)."""
+    if not AVX512:
+        return builder.select(builder.fcmp_ordered(">", a, b), a, b)
     return builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16, _V16, _I32]),
                                                        "llvm.x86.avx512.max.ps.512"), [a, b, ir.Constant(_I32, 4)])
 
 
+_V16I = ir.VectorType(_I32, 16)
+
+
+def _scale_by_power_of_two(builder, p, k):
+    """p * 2^k for a <16 x float> p in [0.5, 2] and integral k in [-160, 0], rounded once (subnormal
+    results too): vscalefps with AVX-512; otherwise two products by powers of two built from their
+    exponent bits, 2^(k - k//2) (normal, so the first product is exact) and 2^(k//2) (which rounds
+    once), the same bits as vscalefps."""
+    if AVX512:
+        all_lanes, current_rounding = ir.Constant(_I16, -1), ir.Constant(_I32, 4)
+        return _call(builder, "llvm.x86.avx512.mask.scalef.ps.512", p, k, p, all_lanes, current_rounding)
+    # k's integer by the bits of k + 1.5 * 2^23, whose low mantissa bits hold it (a NaN k stays
+    # defined bits, where fptosi of a NaN is LLVM poison; p is NaN then, and so is the product)
+    magic = 12582912.0
+    ki = builder.sub(builder.bitcast(builder.fadd(k, _splat(magic)), _V16I),
+                     ir.Constant(_V16I, [0x4B400000] * 16))
+    low = builder.ashr(ki, ir.Constant(_V16I, [1] * 16))
+
+    def power(exponent):
+        biased = builder.add(exponent, ir.Constant(_V16I, [127] * 16))
+        return builder.bitcast(builder.shl(biased, ir.Constant(_V16I, [23] * 16)), _V16)
+
+    return builder.fmul(builder.fmul(p, power(builder.sub(ki, low))), power(low))
+
+
+def _reciprocal(builder, d):
+    """1 / d of a <16 x float> with d in [1, 2]: vrcp14ps and one Newton step (2^-28 before rounding)
+    with AVX-512; the division otherwise (AVX2's vrcpps has 12 bits, and two Newton steps cost
+    about what vdivps does)."""
+    if not AVX512:
+        return builder.fdiv(_splat(1.0), d)
+    inv = _call(builder, "llvm.x86.avx512.rcp14.ps.512", d, d, ir.Constant(_I16, -1))
+    return _call(builder, "llvm.fma.v16f32", inv, _call(builder, "llvm.fma.v16f32", builder.fneg(d), inv, _splat(1.0)),
+                 inv)
+
+
 def _exp16_nonpositive_ir(builder, a):
-    """exp(a) of a <16 x float> of values <= 0 (AVX-512F); a NaN lane stays NaN.
+    """exp(a) of a <16 x float> of values <= 0 (AVX-512F, or AVX2); a NaN lane stays NaN.
 
     exp(a) = 2^k e^r with k = round(a log2 e), r = a - k ln 2 (Cody-Waite, two fused
-    multiply-adds), e^r by its Taylor series to r^7, and 2^k applied by vscalefps (exact, and
-    subnormal results come out right); a is first clamped at -110, where exp rounds to 0 anyway.
+    multiply-adds), e^r by its Taylor series to r^7, and 2^k applied by _scale_by_power_of_two
+    (exact, and subnormal results come out right); a is first clamped at -110, where exp rounds to 0 anyway.
     The clamp is vmaxps itself, not llvm.maxnum: vmaxps returns its second operand when either is
     NaN, so a NaN runs through to the result, where maxnum would have made it -110 and every
     caller would have spent a compare and a blend putting it back (2 of 17 vector operations per
@@ -262,8 +326,7 @@ def _exp16_nonpositive_ir(builder, a):
     p = _splat(_EXP_TAYLOR[-1])
     for c in reversed(_EXP_TAYLOR[:-1]):
         p = _call(builder, "llvm.fma.v16f32", p, r, _splat(c))
-    all_lanes, current_rounding = ir.Constant(_I16, -1), ir.Constant(_I32, 4)
-    return _call(builder, "llvm.x86.avx512.mask.scalef.ps.512", p, k, p, all_lanes, current_rounding)
+    return _scale_by_power_of_two(builder, p, k)
 
 
 def _log1p_unit16_ir(builder, e):
@@ -279,17 +342,13 @@ def _log1p_unit16_ir(builder, e):
 
 
 def _sigmoid16_ir(builder, x):
-    """sigmoid(x) of a <16 x float>, in the instructions of the math below (AVX-512F).
+    """sigmoid(x) of a <16 x float>, in the instructions of the math below (AVX-512F, or AVX2).
 
     e = exp(-|x|) by _exp16_nonpositive_ir, then 1 / (1 + e) by vrcp14ps and one Newton step
     (2^-28 before rounding), y = that for x >= 0 and e / (1 + e) below; a NaN runs through all of
     it and stays NaN. About 2 ulp from float64's sigmoid rounded to float32."""
-    all_lanes = ir.Constant(_I16, -1)
     e = _exp16_nonpositive_ir(builder, builder.fneg(_call(builder, "llvm.fabs.v16f32", x)))
-    d = builder.fadd(e, _splat(1.0))
-    inv = _call(builder, "llvm.x86.avx512.rcp14.ps.512", d, d, all_lanes)
-    inv = _call(builder, "llvm.fma.v16f32", inv, _call(builder, "llvm.fma.v16f32", builder.fneg(d), inv, _splat(1.0)),
-                inv)
+    inv = _reciprocal(builder, builder.fadd(e, _splat(1.0)))
     return builder.select(builder.fcmp_ordered("<", x, _splat(0.0)), builder.fmul(e, inv), inv)
 
 
@@ -317,7 +376,7 @@ def _sigmoid16_intrinsic(nontemporal):
 
 
 sigmoid16 = _sigmoid16_intrinsic(False)
-sigmoid16.__doc__ = "dst[j : j + 16] = sigmoid(src[i : i + 16]) for 1-D C-contiguous float32 arrays (AVX-512F)."
+sigmoid16.__doc__ = "dst[j : j + 16] = sigmoid(src[i : i + 16]) for 1-D C-contiguous float32 arrays (AVX-512F or AVX2)."
 sigmoid16_streamed = _sigmoid16_intrinsic(True)
 sigmoid16_streamed.__doc__ = "sigmoid16 with a non-temporal 64-byte store: dst + j must start a cache line."
 
@@ -338,7 +397,8 @@ def sigmoid16_part(src, dst, lo, hi):
 def copy16(typingctx, src, i, dst, j, count):
     """dst[j : j + count] = src[i : i + count] for count <= 16 float32 values (1-D C-contiguous
     arrays): one masked load and one masked store, so a short row (a 14-wide image's) costs one
-    instruction pair, where a loop ran 8 values vectorized and the rest one by one. AVX-512F."""
+    instruction pair, where a loop ran 8 values vectorized and the rest one by one. AVX-512F (on
+    AVX2 a partial mask is vmaskmovps, slow on AMD cores: the AVX2 convolutions do not use it)."""
     if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (src, dst)):
         return None
 

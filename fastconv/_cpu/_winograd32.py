@@ -1,4 +1,4 @@
-"""Winograd's minimal filtering F(2x2, 3x3) for the stride-1 3x3 convolution in float32 AVX-512:
+"""Winograd's minimal filtering F(2x2, 3x3) for the stride-1 3x3 convolution in float32 (AVX-512 or AVX2):
 the transforms of one tile, 16 channels at a time (channels in the lanes), and of the weights,
 for the forward and for the weight gradient (below; dx is the forward of the output gradient).
 
@@ -47,7 +47,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from ._gemm32 import _tile_intrinsic
-from ._vecmath import as_i64, broadcast, vector_at
+from ._vecmath import AVX512, as_i64, broadcast, vector_at
 
 __all__ = ["input_tile16", "output_tile16", "grad_tile16", "products", "tile_rows", "weights_transformed",
            "weight_grad_transformed", "LANES", "TILE_ROWS"]
@@ -114,16 +114,23 @@ def weights_transformed(w, channels, outputs):
 # The 16 GEMMs M[xi] = V[xi] @ U[xi] by gemm32's register tiles with `rows` rows of V each, rows
 # chosen per layer so that they divide the tile count (which V and M are padded to, the extra rows
 # zero): conv2's 49 tiles took 32.9 us a sample in 8-row tiles (56 rows), 28.5 us in 7-row ones,
-# one Zen 4 core. A last strip of 16 columns (Kp = 16 mod 32) goes to 16-wide tiles.
-TILE_ROWS = (8, 7, 6)
-_tile8, _tile8_16 = _tile_intrinsic(False, 2, 8), _tile_intrinsic(False, 1, 8)
-_tile7, _tile7_16 = _tile_intrinsic(False, 2, 7), _tile_intrinsic(False, 1, 7)
-_tile6, _tile6_16 = _tile_intrinsic(False, 2, 6), _tile_intrinsic(False, 1, 6)
+# one Zen 4 core. With AVX-512 the tiles are 32 columns wide, a last strip of 16 columns (Kp = 16
+# mod 32) going to 16-wide tiles; with AVX2 they are 16 wide and at most 6 rows (12 of its 16 ymm
+# registers accumulate, as gemm32's 6 x 16 tile).
+TILE_ROWS = (8, 7, 6) if AVX512 else (6, 5, 4)
+_WIDTH = 32 if AVX512 else 16
+_tile_a, _tile_a16 = _tile_intrinsic(False, 2, TILE_ROWS[0]), _tile_intrinsic(False, 1, TILE_ROWS[0])
+_tile_b, _tile_b16 = _tile_intrinsic(False, 2, TILE_ROWS[1]), _tile_intrinsic(False, 1, TILE_ROWS[1])
+_tile_c, _tile_c16 = _tile_intrinsic(False, 2, TILE_ROWS[2]), _tile_intrinsic(False, 1, TILE_ROWS[2])
+_ROWS_A, _ROWS_B = TILE_ROWS[0], TILE_ROWS[1]
 
 
 def tile_rows(tiles):
-    """The rows per GEMM tile (one of TILE_ROWS) that pad `tiles` the least, the larger on a tie."""
-    return min(TILE_ROWS, key=lambda rows: (-(-tiles // rows) * rows, -rows))
+    """The rows per GEMM tile (one of TILE_ROWS) for `tiles` rows of V: the least (tiles needed) *
+    (rows + 1), the padded rows weighted by a tile's cost per row (each k step loads B's vectors
+    once and broadcasts one value per row: the fewer rows, the more of that per multiply-add), the
+    larger on a tie. AVX-512: 49 tiles (conv2's) 7 rows, 196 7, 64 8; AVX2: 49 5, 196 6."""
+    return min(TILE_ROWS, key=lambda rows: (-(-tiles // rows) * (rows + 1), -rows))
 
 
 @njit(inline="always")
@@ -133,24 +140,24 @@ def products(v, u, m, rows):
     t, cp, kp = v.shape[1], v.shape[2], u.shape[2]
     for xi in range(16):
         a, b, c = v[xi], u[xi], m[xi]
-        for j0 in range(0, kp, 32):
-            wide = kp - j0 >= 32
+        for j0 in range(0, kp, _WIDTH):
+            wide = _WIDTH == 32 and kp - j0 >= 32
             for i0 in range(0, t, rows):
                 a_at, c_at = i0 * cp, i0 * kp + j0
-                if rows == 8:
+                if rows == _ROWS_A:
                     if wide:
-                        _tile8(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 32, cp, 0)
+                        _tile_a(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 32, cp, 0)
                     else:
-                        _tile8_16(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 16, cp, 0)
-                elif rows == 7:
+                        _tile_a16(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 16, cp, 0)
+                elif rows == _ROWS_B:
                     if wide:
-                        _tile7(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 32, cp, 0)
+                        _tile_b(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 32, cp, 0)
                     else:
-                        _tile7_16(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 16, cp, 0)
+                        _tile_b16(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 16, cp, 0)
                 elif wide:
-                    _tile6(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 32, cp, 0)
+                    _tile_c(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 32, cp, 0)
                 else:
-                    _tile6_16(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 16, cp, 0)
+                    _tile_c16(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 16, cp, 0)
 
 
 def _rows_transformed(builder, rows):

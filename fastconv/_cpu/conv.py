@@ -3,9 +3,10 @@ samples and calling single-threaded BLAS itself (_blas.py says why), in per-thre
 stay in the core's cache. For float32 on AVX-512 hosts the stride-1 kernels use our own code
 instead (_forward_taps_avx512, _backward_taps_avx512): register tiles over all taps for the
 forward and for dx (_taps32.py), our GEMM for dW (_gemm32.py: twice OpenBLAS's AVX2 kernels here);
-3x3 layers (dilation 1, groups 1) with 16 or more channels in and out go by Winograd's F(2x2, 3x3)
-instead (_winograd32.py: 2.25x fewer multiply-adds): forward (_forward_winograd_avx512) and, with
-padding <= 2, backward (dW by _weight_grad_winograd_avx512, dx as the forward of dy with w flipped),
+on AVX2 hosts the wide kernels below with our GEMM (_forward_wide_gemm32, _backward_wide_gemm32).
+On both, 3x3 layers (dilation 1, groups 1) with 16 or more channels in and out go by Winograd's F(2x2, 3x3)
+instead (_winograd32.py: 2.25x fewer multiply-adds): forward (_forward_winograd) and, with
+padding <= 2, backward (dW by _weight_grad_winograd, dx as the forward of dy with w flipped),
 unless the op's algorithm is "direct".
 
 Stride 1 (the common case) uses the "wide" layout described above _forward_wide: no im2col for
@@ -172,15 +173,15 @@ def _forward_body(gemm, x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl,
                     _bias_activate(y[n, o], y[n, o], 1, p, p, b[o] if has_bias else _ZERO, act)
 
 
-# With OpenBLAS, and with gemm32 for float32 on AVX-512 hosts (strides other than 1 only: stride 1
-# there is _forward_taps_avx512's).
+# With OpenBLAS, and with gemm32 for float32 on AVX-512 and AVX2 hosts (strides other than 1 only:
+# stride 1 there is _forward_direct's).
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
 def _forward(x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
     _forward_body(gemm, x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y)
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _forward_avx512(x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
+def _forward_gemm32(x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
     _forward_body(gemm32, x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y)
 
 
@@ -269,15 +270,16 @@ def _copy_taps(xp, kh, kw, dh, dw, wp, col):
 
 
 @njit(inline="always")
-def _forward_wide_body(gemm, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool, xps,
-                       cols, yws, y, pooled, indices):
+def _forward_wide_body(gemm, vector_pool, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh,
+                       ow, pool, xps, cols, yws, y, pooled, indices):
     """Stride-1 forward, its products by `gemm` (see _forward_wide). w2: w as (C_out, R); wt: w as
     (kh*kw, C_out, C_in/g); per-thread scratch xps (threads, cg, Lp), cols (threads, R*L or 0),
     yws (threads, C_out/g * L).
 
     pool = (kh, kw, sh, sw, ph, pw) of a max pooling applied to each output plane while it is in
     the cache, into pooled / indices (N, C_out, Ho, Wo): y is then never written (pool[0] = 0: no
-    pooling, y (N, C_out, OH*OW) is the output)."""
+    pooling, y (N, C_out, OH*OW) is the output); vector_pool: a 2x2 / stride 2 pooling by _pool32
+    (on hosts with AVX-512 or AVX2)."""
     n_img, c = x.shape[0], x.shape[1]
     c_out, rows = w2.shape
     cg, cog, length, taps = c // groups, c_out // groups, oh * wp, kh * kw
@@ -304,8 +306,8 @@ def _forward_wide_body(gemm, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw
                     if pool[0]:  # in place, then pooled
                         plane = yw[o]
                         _bias_activate(plane, plane, 1, length, length, bias, act)
-                        max_pool_plane(plane.reshape((oh, wp)), oh, ow, pooled[n, g * cog + o],
-                                       indices[n, g * cog + o], pool[0], pool[1], pool[2], pool[3], pool[4], pool[5])
+                        _pool_plane(plane, wp, oh, ow, pool, vector_pool, pooled[n, g * cog + o],
+                                    indices[n, g * cog + o])
                     else:
                         _bias_activate(yw[o], y[n, g * cog + o], oh, wp, ow, bias, act)
 
@@ -412,15 +414,17 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
                             row[ww] = src[ww]
 
 
-# The wide kernels with OpenBLAS's GEMM (_blas.gemm), and the backward with gemm32 for float32 on
-# AVX-512 hosts where _backward_taps_avx512 does not serve (dx of layers with < 8 channels per
-# group; _gemm32.py: 2x OpenBLAS's AVX2 kernels). The AVX-512 ones are compiled only when called,
-# i.e. on hosts that have it.
+# The wide kernels with OpenBLAS's GEMM (_blas.gemm), and with gemm32 for float32: on AVX2 hosts
+# forward and backward (there AVX2's 6 x 16 tile took conv2 (32 -> 64, 14x14) from 0.47x PyTorch
+# to 0.68x forward, Winograd then to 1.07x), on AVX-512 hosts the backward where
+# _backward_taps_avx512 does not serve (dx of layers with < 8 channels per group; _gemm32.py: 2x
+# OpenBLAS's AVX2 kernels). The gemm32 ones are compiled only when called, i.e. on hosts that have
+# the instructions.
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
 def _forward_wide(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool, xps, cols, yws,
                   y, pooled, indices):
-    _forward_wide_body(gemm, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool, xps,
-                       cols, yws, y, pooled, indices)
+    _forward_wide_body(gemm, False, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool,
+                       xps, cols, yws, y, pooled, indices)
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -430,8 +434,15 @@ def _backward_wide(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh
                         ow, input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx)
 
 
+@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
+def _forward_wide_gemm32(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool, xps, cols,
+                         yws, y, pooled, indices):
+    _forward_wide_body(gemm32, True, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow, pool,
+                       xps, cols, yws, y, pooled, indices)
+
+
 @njit(parallel=True, nogil=True, cache=True)
-def _backward_wide_avx512(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow,
+def _backward_wide_gemm32(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow,
                           input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
     _backward_wide_body(gemm32, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp,
                         oh, ow, input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx)
@@ -462,16 +473,24 @@ def _finish_planes(out, y_off, count, o0, plane_width, oh, ow, act, pool, n, poo
             _bias_activate(outputs, outputs, 1, outputs.size, outputs.size, _ZERO, act)
         return
     plane = oh * plane_width
-    pool_2x2 = pool[0] == 2 and pool[1] == 2 and pool[2] == 2 and pool[3] == 2 and pool[4] == 0 and pool[5] == 0
     for o in range(count):
         channel = out[o * plane:(o + 1) * plane]
         if act == _SIGMOID:
             _bias_activate(channel, channel, 1, plane, plane, _ZERO, act)
-        if pool_2x2:  # the same values and indices, in AVX-512 (_pool32.py)
-            max_pool_2x2_plane(channel, plane_width, ow, pooled[n, o0 + o], indices[n, o0 + o])
-        else:
-            max_pool_plane(channel.reshape((oh, plane_width)), oh, ow, pooled[n, o0 + o], indices[n, o0 + o],
-                           pool[0], pool[1], pool[2], pool[3], pool[4], pool[5])
+        _pool_plane(channel, plane_width, oh, ow, pool, True, pooled[n, o0 + o], indices[n, o0 + o])
+
+
+@njit(inline="always")
+def _pool_plane(channel, plane_width, oh, ow, pool, vector, pooled, indices):
+    """pooled, indices = the max pooling `pool` of a plane (oh rows of plane_width, the first ow of
+    them outputs): a 2x2 / stride 2 one by _pool32's vector runs where `vector` (the same values
+    and indices as max_pool_plane's; a wide conv1 sample, fused with its ReLU, 14 -> 6 ms on the
+    AVX2 host), else by max_pool_plane."""
+    if vector and pool[0] == 2 and pool[1] == 2 and pool[2] == 2 and pool[3] == 2 and pool[4] == 0 and pool[5] == 0:
+        max_pool_2x2_plane(channel, plane_width, ow, pooled, indices)
+    else:
+        max_pool_plane(channel.reshape((oh, plane_width)), oh, ow, pooled, indices, pool[0], pool[1], pool[2], pool[3],
+                       pool[4], pool[5])
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
@@ -541,9 +560,9 @@ def _channels_last(x, n, r0, r1, pt, pl, wx, cp, xh):
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _forward_winograd_avx512(x, u, b, act, pt, pl, oh, ow, pool, band, group, rows, xhs, vs, ms, yhs, yws, y, pooled,
+def _forward_winograd(x, u, b, act, pt, pl, oh, ow, pool, band, group, rows, xhs, vs, ms, yhs, yws, y, pooled,
                              indices, suspect):
-    """The 3x3 stride-1 float32 forward (groups 1) by Winograd's F(2x2, 3x3) on AVX-512 hosts
+    """The 3x3 stride-1 float32 forward (groups 1) by Winograd's F(2x2, 3x3) on AVX-512 or AVX2 hosts
     (_winograd32.py has the math). Each thread takes its samples `group` at a time (group > 1 only
     when band covers a whole image: the GEMMs then take all the group's tiles, so that each u[xi]
     is read once per group rather than once per sample), in its own buffers:
@@ -616,12 +635,12 @@ def _forward_winograd_avx512(x, u, b, act, pt, pl, oh, ow, pool, band, group, ro
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _weight_grad_winograd_avx512(x, dy, pt, pl, oh, ow, band, group, xhs, vs, dyhs, zs, du_parts, db_parts):
+def _weight_grad_winograd(x, dy, pt, pl, oh, ow, band, group, xhs, vs, dyhs, zs, du_parts, db_parts):
     """dW and db of the 3x3 stride-1 float32 convolution (groups 1) by Winograd's F(2x2, 3x3) on
-    AVX-512 hosts (_winograd32.py has the math), as per-part sums: part j takes the samples
+    AVX-512 or AVX2 hosts (_winograd32.py has the math), as per-part sums: part j takes the samples
     [j*N/parts, (j+1)*N/parts) (parts and group functions of the shapes alone: the same bits on any
     thread count), `group` at a time (more than one only when band covers a whole image).
-    Per sample, in the part's own buffers: xh as _forward_winograd_avx512's; then per band of
+    Per sample, in the part's own buffers: xh as _forward_winograd's; then per band of
     `band` tile rows, the group's samples one after another in v (16, T, Cp), the input tiles
     transformed (input_tile16), and z (16, T, Kp), the tiles of dyh transformed (grad_tile16):
     dyh (2*band, 2*TW, Kp) a sample's band of dy (N, C_out, OH, OW) channels-last, zero past OH, OW
@@ -772,6 +791,13 @@ def _lanes_are_channels(cog, oh, ow, wp):
 
 
 def _uses_gemm32(x):
+    """gemm32 for the GEMMs: float32 on AVX-512 or AVX2 hosts."""
+    return x.dtype == np.float32 and _vecmath.SIMD
+
+
+def _uses_tiles(x):
+    """The register-tiled kernels (_taps32.py, _winograd32.py): float32 on AVX-512 hosts (their
+    tiles fill 32 zmm registers)."""
     return x.dtype == np.float32 and _vecmath.AVX512
 
 
@@ -854,14 +880,10 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     with single_threaded_blas():
         if _uses_winograd(x, w, stride, dilation, groups, algorithm):
             _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices)
-        elif stride == (1, 1) and _uses_gemm32(x):
-            _forward_by_taps(x, w, b, padding, dilation, groups, oh, ow, act, window, y, pooled, indices)
         elif stride == (1, 1):
-            s = _Wide(x, w, padding, dilation, groups, oh, ow, threads, backward=False)
-            _forward_wide(x, w2, s.wt, bias, has_bias, act, groups, kh, kw, dilation[0], dilation[1], padding[0],
-                          padding[2], s.hp, s.wp, oh, ow, window, s.xps, s.cols, s.outs, y, pooled, indices)
+            _forward_direct(x, w, b, padding, dilation, groups, oh, ow, act, window, y, pooled, indices)
         else:
-            kernel = _forward_avx512 if _uses_gemm32(x) else _forward
+            kernel = _forward_gemm32 if _uses_gemm32(x) else _forward
             # without an activation, b is added by the product (as the last k: the same rounding)
             w2b = np.concatenate([w2, bias.reshape(c_out, 1)], axis=1) if has_bias and not act else w2
             kernel(x, w2b, bias, has_bias, act, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],
@@ -914,11 +936,11 @@ def _winograd_blocking(c, c_out, oh, ow, itemsize):
 
 
 def _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices):
-    """y, or pooled and indices, by _forward_winograd_avx512; the samples it flags (an output not
+    """y, or pooled and indices, by _forward_winograd; the samples it flags (an output not
     finite) again by the direct kernel, whose inf and NaN are a direct sum's. A weight or bias
     that is not finite would flag every sample: such a layer goes to the direct kernel at once."""
     if not (np.isfinite(w).all() and (b is None or np.isfinite(b).all())):
-        _forward_by_taps(x, w, b, padding, (1, 1), 1, oh, ow, act, window, y, pooled, indices)
+        _forward_direct(x, w, b, padding, (1, 1), 1, oh, ow, act, window, y, pooled, indices)
         return
     n, c = x.shape[:2]
     c_out = w.shape[0]
@@ -932,7 +954,7 @@ def _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indic
     t_max = -(-group * band * tw // rows) * rows
     scratch = lambda *shape: np.empty((threads, *shape), x.dtype)  # noqa: E731
     suspect = np.zeros(n, np.uint8)
-    _forward_winograd_avx512(x, weights_transformed(w, cp, kp), bias, act, padding[0], padding[2], oh, ow, window,
+    _forward_winograd(x, weights_transformed(w, cp, kp), bias, act, padding[0], padding[2], oh, ow, window,
                              band, group, rows, scratch(2 * th + 2, 2 * tw + 2, cp), scratch(16, t_max, cp),
                              scratch(16, t_max, kp), scratch(2 * band, 2 * tw, kp),
                              scratch(c_out * oh * ow if window[0] else 0), y, pooled, indices, suspect)
@@ -941,11 +963,25 @@ def _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indic
         y_redo = np.empty((redo.size, *y.shape[1:]), x.dtype)
         pooled_redo, indices_redo = np.empty((redo.size, *pooled.shape[1:]), x.dtype), np.empty(
             (redo.size, *indices.shape[1:]), indices.dtype)
-        _forward_by_taps(x[redo], w, b, padding, (1, 1), 1, oh, ow, act, window, y_redo, pooled_redo, indices_redo)
+        _forward_direct(x[redo], w, b, padding, (1, 1), 1, oh, ow, act, window, y_redo, pooled_redo, indices_redo)
         if window[0]:
             pooled[redo], indices[redo] = pooled_redo, indices_redo
         else:
             y[redo] = y_redo
+
+
+def _forward_direct(x, w, b, padding, dilation, groups, oh, ow, act, window, y, pooled, indices):
+    """The stride-1 forward's direct sums into y, or pooled and indices: by _forward_taps_avx512
+    where the host has AVX-512, else the wide kernels (with gemm32 for float32 on AVX2 hosts)."""
+    if _uses_tiles(x):
+        _forward_by_taps(x, w, b, padding, dilation, groups, oh, ow, act, window, y, pooled, indices)
+        return
+    c_out, cg, kh, kw = w.shape
+    s = _Wide(x, w, padding, dilation, groups, oh, ow, _threads(x.shape[0]), backward=False)
+    kernel = _forward_wide_gemm32 if _uses_gemm32(x) else _forward_wide
+    kernel(x, np.ascontiguousarray(w).reshape(c_out, cg * kh * kw), s.wt, b if b is not None else np.empty(0, x.dtype),
+           b is not None, act, groups, kh, kw, dilation[0], dilation[1], padding[0], padding[2], s.hp, s.wp, oh, ow,
+           window, s.xps, s.cols, s.outs, y, pooled, indices)
 
 
 def _forward_by_taps(x, w, b, padding, dilation, groups, oh, ow, act, window, y, pooled, indices):
@@ -975,7 +1011,7 @@ def _tap_shifts(kh, kw, dilation, wp):
 def _backward_uses_tiles(x, w, stride, input_grad):
     """_backward_taps_avx512 for float32 stride-1 layers on AVX-512 hosts, unless dx is wanted with
     fewer than 8 input channels per group (channels_tile would fill a quarter of its lanes or less)."""
-    return (stride == (1, 1) and _uses_gemm32(x)
+    return (stride == (1, 1) and _uses_tiles(x)
             and (w.shape[1] >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS or not input_grad))
 
 
@@ -1030,7 +1066,7 @@ def _winograd_parts(n, cp, kp, itemsize):
 
 
 def _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, input_grad, dx):
-    """(dW, db) by _weight_grad_winograd_avx512, and dx (if input_grad) by _forward_by_winograd of
+    """(dW, db) by _weight_grad_winograd, and dx (if input_grad) by _forward_by_winograd of
     the output gradient. With indices, dy is the pooled gradient: the activation's backward and the
     unpooling run first, as the unfused ops (the same bits; the output gradient is built whole)."""
     n, c, h, w_in = x.shape
@@ -1043,7 +1079,7 @@ def _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, inp
     group = max(1, min(group, -(-n // parts)))  # no larger than a part (the same groups)
     scratch = lambda *shape: np.empty((parts, *shape), x.dtype)  # noqa: E731
     du_parts, db_parts = scratch(16, cp, kp), np.empty((parts, c_out))
-    _weight_grad_winograd_avx512(x, dy, padding[0], padding[2], oh, ow, band, group,
+    _weight_grad_winograd(x, dy, padding[0], padding[2], oh, ow, band, group,
                                  scratch(2 * th + 2, 2 * tw + 2, cp), scratch(16, group * band * tw, cp),
                                  scratch(2 * band, 2 * tw, kp), scratch(16, group * band * tw, kp), du_parts, db_parts)
     if input_grad:
@@ -1111,7 +1147,7 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
         elif stride == (1, 1):
             s = _Wide(x, w, padding, dilation, groups, oh, ow, parts, backward=True)
             grad_parts = np.zeros((parts, groups, 1 + rows, c_out // groups), x.dtype)  # zeros: as dw_parts below
-            kernel = _backward_wide_avx512 if _uses_gemm32(x) else _backward_wide
+            kernel = _backward_wide_gemm32 if _uses_gemm32(x) else _backward_wide
             kernel(dy3, from_pool, y3, ACTIVATIONS[activation], indices3, x, w2, s.wt, groups, kh, kw, dilation[0],
                    dilation[1], padding[0], padding[2], s.hp, s.wp, oh, ow, input_grad, s.block, s.xps, s.dxps, s.cols,
                    s.dcols, s.outs, grad_parts, dx)

@@ -1,7 +1,7 @@
-"""Dense path on the CPU: BLAS for the GEMMs (for float32 on AVX-512 hosts our gemm32, see
-_linear_forward_avx512), one fused parallel Numba pass for bias + activation,
+"""Dense path on the CPU: BLAS for the GEMMs (for float32 on AVX-512 and AVX2 hosts our gemm32, see
+_linear_forward_gemm32), one fused parallel Numba pass for bias + activation,
 and parallel elementwise ReLU / sigmoid (outputs past the last-level cache streamed: _stream.py;
-the float32 sigmoid forward in AVX-512 where the host has it: _vecmath.sigmoid16, whose bits can
+the float32 sigmoid forward in AVX-512 or AVX2 where the host has it: _vecmath.sigmoid16, whose bits can
 differ from the fused epilogue's sigmoid by a few ulp).
 
 linear_forward / linear_backward split their GEMMs between the Numba threads (each runs a block
@@ -99,11 +99,12 @@ def _sigmoid_backward_streamed(dy, y, dx, skip):
     stream_map2(_sigmoid_grad, dy, y, dx, skip)
 
 
-# float32 sigmoid on AVX-512 hosts (_vecmath.AVX512): 16 values per instruction sequence, ~0.4 ns
-# per value on one core against ~0.85 for _sigmoid's loop; every value, wherever it sits, gets
+# float32 sigmoid on AVX-512 and AVX2 hosts (_vecmath.SIMD): 16 values per instruction sequence,
+# ~0.4 ns per value on one Zen 4 core against ~0.85 for _sigmoid's loop (on the Zen 3 AVX2 host the
+# op went from 20% to 42% of the copy ceiling); every value, wherever it sits, gets
 # sigmoid16's bits (the last few through a padded buffer).
 @njit(parallel=True, cache=True)
-def _sigmoid_forward_avx512(x, y):
+def _sigmoid_forward_simd(x, y):
     n = y.size
     for s in prange((n + SPAN - 1) // SPAN):
         lo, hi = s * SPAN, min(n, (s + 1) * SPAN)
@@ -114,8 +115,8 @@ def _sigmoid_forward_avx512(x, y):
 
 
 @njit(parallel=True, cache=True)
-def _sigmoid_forward_avx512_streamed(x, y, skip):
-    """As _sigmoid_forward_avx512 with the whole lines of y written by non-temporal stores, the input
+def _sigmoid_forward_simd_streamed(x, y, skip):
+    """As _sigmoid_forward_simd with the whole lines of y written by non-temporal stores, the input
     prefetched ahead (see _stream.PREFETCH_AHEAD)."""
     n = y.size
     for s in prange((n + SPAN - 1) // SPAN):
@@ -250,17 +251,17 @@ def _linear_backward_serial_body(gemm, dy, x, w, has_bias, input_grad):
     return dx, dw, db
 
 
-# The linear kernels with OpenBLAS's GEMM (_blas.gemm) and, for float32 on AVX-512 hosts, with
-# gemm32 (_gemm32.py: ~90% of a core's FMA peak where the environment pins OpenBLAS to its AVX2
-# kernels; x @ w.T takes w^T packed in strips of 32 columns by 16 x 16 register transposes). The
-# AVX-512 ones are compiled only when called, i.e. on hosts that have it.
+# The linear kernels with OpenBLAS's GEMM (_blas.gemm) and, for float32 on AVX-512 and AVX2 hosts,
+# with gemm32 (_gemm32.py: ~90% of a core's FMA peak where the environment pins OpenBLAS to its AVX2
+# kernels; x @ w.T takes w^T packed in strips of NR columns by 16 x 16 register transposes). The
+# gemm32 ones are compiled only when called, i.e. on hosts that have the instructions.
 @njit(parallel=True, nogil=True, cache=True)
 def _linear_forward(x, w, b, has_bias, act, blocks, y):
     _linear_forward_body(gemm, x, w, b, has_bias, act, blocks, y)
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _linear_forward_avx512(x, w, b, has_bias, act, blocks, y):
+def _linear_forward_gemm32(x, w, b, has_bias, act, blocks, y):
     """_linear_forward_body with gemm32, each block packing the strips of w^T it reads (pack_strip) in
     the same parallel loop (one wake-up of the threads): blocks of whole strips of columns where
     there are at least as many strips as blocks, so that w is packed once in all; else blocks of
@@ -294,7 +295,7 @@ def _linear_backward(dy, x, w, has_bias, input_grad, split, dx, dw, db):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _linear_backward_avx512(dy, x, w, has_bias, input_grad, split, dx, dw, db):
+def _linear_backward_gemm32(dy, x, w, has_bias, input_grad, split, dx, dw, db):
     _linear_backward_body(gemm32, dy, x, w, has_bias, input_grad, split, dx, dw, db)
 
 
@@ -304,7 +305,7 @@ def _linear_forward_serial(x, w, b, has_bias, act):
 
 
 @njit(nogil=True, cache=True)
-def _linear_forward_serial_avx512(x, w, b, has_bias, act):
+def _linear_forward_serial_gemm32(x, w, b, has_bias, act):
     return _linear_forward_serial_body(gemm32, x, w, b, has_bias, act)
 
 
@@ -314,7 +315,7 @@ def _linear_backward_serial(dy, x, w, has_bias, input_grad):
 
 
 @njit(nogil=True, cache=True)
-def _linear_backward_serial_avx512(dy, x, w, has_bias, input_grad):
+def _linear_backward_serial_gemm32(dy, x, w, has_bias, input_grad):
     return _linear_backward_serial_body(gemm32, dy, x, w, has_bias, input_grad)
 
 
@@ -371,7 +372,7 @@ _GEMM32_UP_TO = 1 << 28
 
 
 def _with_gemm32(x, m, n, k):
-    return x.dtype == np.float32 and _vecmath.AVX512 and m * n * k <= _GEMM32_UP_TO
+    return x.dtype == np.float32 and _vecmath.SIMD and m * n * k <= _GEMM32_UP_TO
 
 
 def linear_forward(x, w, b, activation):
@@ -380,11 +381,11 @@ def linear_forward(x, w, b, activation):
     bias = b if has_bias else np.empty(0, x.dtype)
     own = _with_gemm32(x, x.shape[0], w.shape[0], x.shape[1])
     if x.shape[0] * w.shape[0] * x.shape[1] <= _OWN_THREADS_BELOW:
-        kernel = _linear_forward_serial_avx512 if own else _linear_forward_serial
+        kernel = _linear_forward_serial_gemm32 if own else _linear_forward_serial
         return kernel(x, w, bias, has_bias, ACTIVATIONS[activation])
     y = empty((x.shape[0], w.shape[0]), x.dtype)
     with single_threaded_blas():
-        run(_linear_forward_avx512 if own else _linear_forward, _gemm_work(*y.shape, x.shape[1]), x, w, bias,
+        run(_linear_forward_gemm32 if own else _linear_forward, _gemm_work(*y.shape, x.shape[1]), x, w, bias,
             has_bias, ACTIVATIONS[activation], _blocks(max(y.shape)), y)
     return y
 
@@ -393,14 +394,14 @@ def linear_backward(dy, x, w, bias, input_grad):
     dy, x, w = np.ascontiguousarray(dy), np.ascontiguousarray(x), np.ascontiguousarray(w)
     own = _with_gemm32(x, *dy.shape, x.shape[1])
     if dy.size * x.shape[1] <= _OWN_THREADS_BELOW:
-        kernel = _linear_backward_serial_avx512 if own else _linear_backward_serial
+        kernel = _linear_backward_serial_gemm32 if own else _linear_backward_serial
         dx, dw, db = kernel(dy, x, w, bias, input_grad)
         return dx if input_grad else None, dw, db if bias else None
     dx = empty(x.shape if input_grad else (0, 0), x.dtype)
     dw = empty(w.shape, x.dtype)
     db = np.zeros(w.shape[0], x.dtype)
     with single_threaded_blas():
-        run(_linear_backward_avx512 if own else _linear_backward, _gemm_work(*dy.shape, x.shape[1]), dy, x, w, bias,
+        run(_linear_backward_gemm32 if own else _linear_backward, _gemm_work(*dy.shape, x.shape[1]), dy, x, w, bias,
             input_grad, _backward_split(*dy.shape, x.shape[1], own), dx, dw, db)
     return dx if input_grad else None, dw, db if bias else None
 
@@ -424,8 +425,8 @@ def relu_backward(dy, x):
 
 
 def sigmoid_forward(x):
-    if x.dtype == np.float32 and _vecmath.AVX512:
-        return _flat_map(_sigmoid_forward_avx512, _sigmoid_forward_avx512_streamed, x)
+    if x.dtype == np.float32 and _vecmath.SIMD:
+        return _flat_map(_sigmoid_forward_simd, _sigmoid_forward_simd_streamed, x)
     return _flat_map(_sigmoid_forward, None, x)
 
 

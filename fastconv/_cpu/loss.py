@@ -117,7 +117,7 @@ def _exp_sum_portable(row, m, e, ahead):
 def _write_row_portable(e, out, start, y, grad, inv_s, weight, has_weight, smoothing, share, label_weight_sum,
                         class_weight_sum, consts, stream, skip):
     """out[start : start + C] = the row's gradient from its exps e and 1 / sum (or with grad False,
-    its probs e / sum); stream and skip: unused, see _write_row_avx512."""
+    its probs e / sum); stream and skip: unused, see _write_row_simd."""
     row_out = out[start:start + e.size]
     if grad:
         _grad_row(e, row_out, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum, consts,
@@ -127,7 +127,7 @@ def _write_row_portable(e, out, start, y, grad, inv_s, weight, has_weight, smoot
 
 
 @njit(inline="always")
-def _write_row_avx512(e, out, start, y, grad, inv_s, weight, has_weight, smoothing, share, label_weight_sum,
+def _write_row_simd(e, out, start, y, grad, inv_s, weight, has_weight, smoothing, share, label_weight_sum,
                       class_weight_sum, consts, stream, skip):
     """_write_row_portable by _softmax32.store_row (streamed when `stream`): the same formula, the
     label's constant rounded to float32 before it is subtracted. A weighted, smoothed gradient
@@ -191,13 +191,13 @@ def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_los
                              row_loss, row_weight, grad, label_weight_sum, class_weight_sum, False, 0)
 
 
-# Compiled only when called, i.e. on AVX-512 hosts (elsewhere LLVM could not emit it). Outputs
+# Compiled only when called, i.e. on AVX-512 or AVX2 hosts (elsewhere LLVM could not emit it). Outputs
 # past the last-level cache are streamed (1 GiB of 1000-class rows, fused, two threads, A/B of
 # the op: 20.0 GB/s before _softmax32, 32.7 after, copy 49.1; see 1fcb512 for the other runs).
 @njit(parallel=True, cache=True)
-def _cross_entropy_rows_avx512(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
+def _cross_entropy_rows_simd(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
                                label_weight_sum, class_weight_sum, stream, skip):
-    _cross_entropy_rows_body(row_exp_sum, _write_row_avx512, z, labels, weight, has_weight, smoothing, probs,
+    _cross_entropy_rows_body(row_exp_sum, _write_row_simd, z, labels, weight, has_weight, smoothing, probs,
                              row_loss, row_weight, grad, label_weight_sum, class_weight_sum, stream, skip)
 
 
@@ -233,9 +233,9 @@ def _cross_entropy_grad(probs, labels, weight, has_weight, smoothing, label_weig
 
 
 @njit(parallel=True, cache=True)
-def _cross_entropy_grad_avx512(probs, labels, weight, has_weight, smoothing, label_weight_sum, class_weight_sum, out,
+def _cross_entropy_grad_simd(probs, labels, weight, has_weight, smoothing, label_weight_sum, class_weight_sum, out,
                                stream, skip):
-    _cross_entropy_grad_body(_write_row_avx512, probs, labels, weight, has_weight, smoothing, label_weight_sum,
+    _cross_entropy_grad_body(_write_row_simd, probs, labels, weight, has_weight, smoothing, label_weight_sum,
                              class_weight_sum, out, stream, skip)
 
 
@@ -301,7 +301,7 @@ def _elementwise_loss_sum(a, b, pos_weight, has_pos_weight, classes, squared, ch
 
 
 @njit(inline="always")
-def _bce_block_sum_avx512(a, b, pos_weight, has_pos_weight, classes, squared, start, stop):
+def _bce_block_sum_simd(a, b, pos_weight, has_pos_weight, classes, squared, start, stop):
     """_chunk_loss_sum's BCE sum by _bce32.bce_sum, for at most one pos_weight (classes 1): a block
     whose float32 chunk sums overflowed (logits past ~1e36; or a NaN or infinite term, which stays
     so) is redone by _chunk_loss_sum's float64 sum."""
@@ -311,11 +311,11 @@ def _bce_block_sum_avx512(a, b, pos_weight, has_pos_weight, classes, squared, st
     return s
 
 
-# Compiled only when called, i.e. on AVX-512 hosts, for float32 with no pos_weight or one (a (N, 1)
-# output's): _elementwise_loss_sum's blocks, each by _bce_block_sum_avx512.
+# Compiled only when called, i.e. on AVX-512 or AVX2 hosts, for float32 with no pos_weight or one (a (N, 1)
+# output's): _elementwise_loss_sum's blocks, each by _bce_block_sum_simd.
 @njit(parallel=True, cache=True)
-def _bce_sum_avx512(x, t, pos_weight, has_pos_weight, chunks):
-    return _blocks_sum(_bce_block_sum_avx512, x, t, pos_weight, has_pos_weight, 1, False, chunks)
+def _bce_sum_simd(x, t, pos_weight, has_pos_weight, chunks):
+    return _blocks_sum(_bce_block_sum_simd, x, t, pos_weight, has_pos_weight, 1, False, chunks)
 
 
 @njit(error_model="numpy", cache=True)
@@ -369,9 +369,9 @@ def _cross_entropy(logits, labels, weight, smoothing, grad):
     row_loss, row_weight = np.empty(n), np.empty(n)
     w, has_weight = _optional(weight, logits.dtype)
     label_weight_sum, class_weight_sum = _weight_sums(w, has_weight, labels, n, classes) if grad else (1.0, 1.0)
-    if logits.dtype == np.float32 and _vecmath.AVX512:
+    if logits.dtype == np.float32 and _vecmath.SIMD:
         stream = should_stream(out)
-        run(_cross_entropy_rows_avx512, out.size, logits, labels, w, has_weight, smoothing, out, row_loss, row_weight,
+        run(_cross_entropy_rows_simd, out.size, logits, labels, w, has_weight, smoothing, out, row_loss, row_weight,
             grad, label_weight_sum, class_weight_sum, stream, align_skip(out) if stream else 0)
     else:
         run(_cross_entropy_rows, out.size, logits, labels, w, has_weight, smoothing, out, row_loss, row_weight, grad,
@@ -393,9 +393,9 @@ def softmax_cross_entropy_backward(probs, labels, weight, smoothing):
     w, has_weight = _optional(weight, probs.dtype)
     label_weight_sum, class_weight_sum = _weight_sums(w, has_weight, labels, n, classes)
     out = empty_like(probs)
-    if probs.dtype == np.float32 and _vecmath.AVX512:
+    if probs.dtype == np.float32 and _vecmath.SIMD:
         stream = should_stream(out)
-        run(_cross_entropy_grad_avx512, out.size, probs, labels, w, has_weight, smoothing, label_weight_sum,
+        run(_cross_entropy_grad_simd, out.size, probs, labels, w, has_weight, smoothing, label_weight_sum,
             class_weight_sum, out, stream, align_skip(out) if stream else 0)
     else:
         run(_cross_entropy_grad, out.size, probs, labels, w, has_weight, smoothing, label_weight_sum,
@@ -418,8 +418,8 @@ def _last_dim(x):
 def bce_with_logits_forward(logits, targets, pos_weight):
     pw, has_pw = _optional(pos_weight, logits.dtype)
     x, t = logits.reshape(-1), targets.reshape(-1)
-    if logits.dtype == np.float32 and _vecmath.AVX512 and (not has_pw or pw.size == 1):
-        total = run(_bce_sum_avx512, x.size, x, t, pw, has_pw, _chunks(x.size))
+    if logits.dtype == np.float32 and _vecmath.SIMD and (not has_pw or pw.size == 1):
+        total = run(_bce_sum_simd, x.size, x, t, pw, has_pw, _chunks(x.size))
     else:
         total = run(_elementwise_loss_sum, x.size, x, t, pw, has_pw, _last_dim(logits), False, _chunks(x.size))
     return _scalar(total / x.size, logits.dtype)
