@@ -89,7 +89,7 @@ def test_a_row_gets_the_same_bits_in_a_whole_tile_and_at_the_edge():
     b = rng.standard_normal((50, 45)).astype(np.float32)
     c = np.empty((13, 45), np.float32)
     gemm32(a, b, c, 0.0, False, False)
-    for r in (0, 8, 12):  # row 0 in a whole tile, 8..12 through the padded edge
+    for r in (0, 8, 12):  # row 0 in a whole tile, 12 through the padded edge (8: either, by the tile)
         one = np.empty((1, 45), np.float32)
         gemm32(a[r:r + 1], b, one, 0.0, False, False)
         np.testing.assert_array_equal(one[0], c[r])

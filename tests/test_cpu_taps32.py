@@ -10,7 +10,7 @@ import pytest
 from fastconv import ops
 from fastconv._cpu import _vecmath, conv, dense
 
-pytestmark = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_AVX512=0)")
+pytestmark = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_SIMD=0)")
 
 if _vecmath.AVX512:
     from numba import njit

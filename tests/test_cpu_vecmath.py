@@ -140,6 +140,9 @@ def test_the_vector_kernels_are_used_only_when_the_host_and_the_settings_allow(m
     monkeypatch.setenv("FASTCONV_SIMD", "0")
     assert _vecmath._host_isa() is None
     monkeypatch.delenv("FASTCONV_SIMD")
+    monkeypatch.setenv("FASTCONV_AVX512", "0")  # the older name, kept
+    assert _vecmath._host_isa() is None
+    monkeypatch.delenv("FASTCONV_AVX512")
     monkeypatch.setattr(config, "CPU_NAME", "generic")  # Numba compiling for another CPU than this one
     assert _vecmath._host_isa() is None
     monkeypatch.setattr(config, "CPU_NAME", None)

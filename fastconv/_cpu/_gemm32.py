@@ -29,14 +29,14 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._taps32 import transpose16_block
-from ._vecmath import AVX512, as_i64, broadcast, lanes_below, masked_load, masked_store
+from ._vecmath import TARGET_AVX512, as_i64, broadcast, lanes_below, masked_load, masked_store
 
 __all__ = ["gemm32", "gemm32_runs", "gemm32_strips", "pack_strip", "strips_shape", "MR", "NR"]
 
 # The register tile, rows of A by columns of B: 8 x 32 in 16 of AVX-512's 32 zmm registers; 6 x 16
 # with AVX2, 12 of its 16 ymm registers (a 16-float vector is two ymm halves there; 8 x 32 would
 # need 32 accumulators), the shape of BLIS's and OpenBLAS's Haswell kernels.
-MR, NR = (8, 32) if AVX512 else (6, 16)
+MR, NR = (8, 32) if TARGET_AVX512 else (6, 16)
 _V16 = ir.VectorType(ir.FloatType(), 16)
 _I64 = ir.IntType(64)
 

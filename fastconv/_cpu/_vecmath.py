@@ -114,13 +114,18 @@ def maxnum(typingctx, a, b):
 # ---- exp and sigmoid of 16 float32 at once: AVX-512, or AVX2 in two halves ---------------------------
 
 def _host_isa():
-    """The widest vector instruction set the kernels may use: "avx512" (AVX-512F), "avx2" (AVX2 and
-    FMA) or None (portable loops only). It is what Numba compiles for: the host's (NUMBA_CPU_NAME
-    unset or "host"), or NUMBA_CPU_FEATURES when set (it replaces the host's feature list; LLVM
-    aborts the process compiling an instruction it does not enable). A named NUMBA_CPU_NAME, or
-    FASTCONV_SIMD=0, gives None."""
-    if os.environ.get("FASTCONV_SIMD", "").strip() == "0":
+    """The widest vector instruction set the kernels may use: _target_isa(), or None (portable loops
+    only) where FASTCONV_SIMD=0 (or the older FASTCONV_AVX512=0) says so."""
+    if "0" in (os.environ.get("FASTCONV_SIMD", "").strip(), os.environ.get("FASTCONV_AVX512", "").strip()):
         return None
+    return _target_isa()
+
+
+def _target_isa():
+    """What Numba compiles for: "avx512" (AVX-512F), "avx2" (AVX2 and FMA) or None; the host's
+    (NUMBA_CPU_NAME unset or "host"), or NUMBA_CPU_FEATURES when set (it replaces the host's
+    feature list; LLVM aborts the process compiling an instruction it does not enable). A named
+    NUMBA_CPU_NAME gives None."""
     if config.CPU_NAME not in (None, "host"):
         return None
     if config.CPU_FEATURES is not None:
@@ -141,6 +146,11 @@ def _host_isa():
 ISA = _host_isa()
 SIMD = ISA is not None
 AVX512 = ISA == "avx512"
+# What the kernels' code and tile shapes are built for: the compile target alone, never switched
+# (Numba's on-disk cache keys compiled code by the CPU and its features, not by FASTCONV_SIMD or
+# by a test's patch of the flags above, so code built from those could come back under the wrong
+# flags).
+TARGET_AVX512 = _target_isa() == "avx512"
 
 _V16 = ir.VectorType(ir.FloatType(), 16)
 _I16, _I32 = ir.IntType(16), ir.IntType(32)
@@ -205,8 +215,8 @@ def vector_sum_loop(builder, count, vector_of, name):
     once at k = count - count % 16 with `mask` its first count % 16 lanes (no lane when
     count % 16 == 0; the other lanes are not added). One vector accumulator, its lanes added by
     lane_sum: the order is fixed by count alone. vector_of emits the IR that computes (and may
-    store) those values, within the current basic block (it must not branch); `name` names the
-    loop's blocks."""
+    store) those values at the builder's position (it may add blocks: masked_store does without
+    AVX-512); `name` names the loop's blocks."""
     whole = builder.and_(count, ir.Constant(_I64, -16))
     entry = builder.block
     loop, done = builder.append_basic_block(f"{name}_loop"), builder.append_basic_block(f"{name}_done")
@@ -215,16 +225,17 @@ def vector_sum_loop(builder, count, vector_of, name):
     builder.position_at_end(loop)
     k, acc = builder.phi(_I64), builder.phi(_V16)
     k_next, acc_next = builder.add(k, ir.Constant(_I64, 16)), builder.fadd(acc, vector_of(k, None))
+    loop_end = builder.block  # (vector_of may have branched: the block the loop repeats from)
     k.add_incoming(ir.Constant(_I64, 0), entry)
-    k.add_incoming(k_next, loop)
+    k.add_incoming(k_next, loop_end)
     acc.add_incoming(_splat(0.0), entry)
-    acc.add_incoming(acc_next, loop)
+    acc.add_incoming(acc_next, loop_end)
     builder.cbranch(builder.icmp_signed("<", k_next, whole), loop, done)
 
     builder.position_at_end(done)
     total = builder.phi(_V16)
     total.add_incoming(_splat(0.0), entry)
-    total.add_incoming(acc_next, loop)
+    total.add_incoming(acc_next, loop_end)
     tail = lanes_below(builder, builder.sub(count, whole))
     return lane_sum(builder, builder.fadd(total, builder.select(tail, vector_of(whole, tail), _splat(0.0))))
 
@@ -251,7 +262,7 @@ def masked_store(builder, value, pointer, mask):
     vector, name = _masked_intrinsic(pointer, "store")
     fn = cgutils.get_or_insert_function(builder.module,
                                         ir.FunctionType(ir.VoidType(), [vector, pointer.type, _I32, mask.type]), name)
-    if AVX512:
+    if TARGET_AVX512:
         builder.call(fn, [value, pointer, ir.Constant(_I32, 4), mask])
         return
     every_lane = ir.IntType(vector.count)
@@ -267,7 +278,7 @@ def _vmax(builder, a, b):
     """vmaxps of two <16 x float>: the larger lane, b's lane when either is NaN (one instruction;
     llvm.maxnum adds a compare and a blend to return the non-NaN one). Without AVX-512, the select
     that LLVM matches to vmaxps (its exact semantics: a > b is false when either is NaN)."""
-    if not AVX512:
+    if not TARGET_AVX512:
         return builder.select(builder.fcmp_ordered(">", a, b), a, b)
     return builder.call(cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16, _V16, _I32]),
                                                        "llvm.x86.avx512.max.ps.512"), [a, b, ir.Constant(_I32, 4)])
@@ -281,7 +292,7 @@ def _scale_by_power_of_two(builder, p, k):
     results too): vscalefps with AVX-512; otherwise two products by powers of two built from their
     exponent bits, 2^(k - k//2) (normal, so the first product is exact) and 2^(k//2) (which rounds
     once), the same bits as vscalefps."""
-    if AVX512:
+    if TARGET_AVX512:
         all_lanes, current_rounding = ir.Constant(_I16, -1), ir.Constant(_I32, 4)
         return _call(builder, "llvm.x86.avx512.mask.scalef.ps.512", p, k, p, all_lanes, current_rounding)
     # k's integer by the bits of k + 1.5 * 2^23, whose low mantissa bits hold it (a NaN k stays
@@ -302,7 +313,7 @@ def _reciprocal(builder, d):
     """1 / d of a <16 x float> with d in [1, 2]: vrcp14ps and one Newton step (2^-28 before rounding)
     with AVX-512; the division otherwise (AVX2's vrcpps has 12 bits, and two Newton steps cost
     about what vdivps does)."""
-    if not AVX512:
+    if not TARGET_AVX512:
         return builder.fdiv(_splat(1.0), d)
     inv = _call(builder, "llvm.x86.avx512.rcp14.ps.512", d, d, ir.Constant(_I16, -1))
     return _call(builder, "llvm.fma.v16f32", inv, _call(builder, "llvm.fma.v16f32", builder.fneg(d), inv, _splat(1.0)),

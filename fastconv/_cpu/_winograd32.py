@@ -47,7 +47,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from ._gemm32 import _tile_intrinsic
-from ._vecmath import AVX512, as_i64, broadcast, vector_at
+from ._vecmath import TARGET_AVX512, as_i64, broadcast, vector_at
 
 __all__ = ["input_tile16", "output_tile16", "grad_tile16", "products", "tile_rows", "weights_transformed",
            "weight_grad_transformed", "LANES", "TILE_ROWS"]
@@ -117,8 +117,8 @@ def weights_transformed(w, channels, outputs):
 # one Zen 4 core. With AVX-512 the tiles are 32 columns wide, a last strip of 16 columns (Kp = 16
 # mod 32) going to 16-wide tiles; with AVX2 they are 16 wide and at most 6 rows (12 of its 16 ymm
 # registers accumulate, as gemm32's 6 x 16 tile).
-TILE_ROWS = (8, 7, 6) if AVX512 else (6, 5, 4)
-_WIDTH = 32 if AVX512 else 16
+TILE_ROWS = (8, 7, 6) if TARGET_AVX512 else (6, 5, 4)
+_WIDTH = 32 if TARGET_AVX512 else 16
 _tile_a, _tile_a16 = _tile_intrinsic(False, 2, TILE_ROWS[0]), _tile_intrinsic(False, 1, TILE_ROWS[0])
 _tile_b, _tile_b16 = _tile_intrinsic(False, 2, TILE_ROWS[1]), _tile_intrinsic(False, 1, TILE_ROWS[1])
 _tile_c, _tile_c16 = _tile_intrinsic(False, 2, TILE_ROWS[2]), _tile_intrinsic(False, 1, TILE_ROWS[2])
@@ -136,7 +136,9 @@ def tile_rows(tiles):
 @njit(inline="always")
 def products(v, u, m, rows):
     """m[xi] = v[xi] @ u[xi] for the 16 xi: v (16, T, Cp), u (16, Cp, Kp), m (16, T, Kp), T a
-    multiple of rows (one of TILE_ROWS), Kp of 16. Each sum over c runs in order."""
+    multiple of rows (one of TILE_ROWS: any other is taken as the last), Kp of 16. Each sum over c
+    runs in order. (No check that raises here: a raise in the callers' prange loops would make
+    Numba run them serially.)"""
     t, cp, kp = v.shape[1], v.shape[2], u.shape[2]
     for xi in range(16):
         a, b, c = v[xi], u[xi], m[xi]
