@@ -4,9 +4,9 @@ stay in the core's cache. For float32 on AVX-512 hosts the stride-1 kernels use 
 instead (_forward_taps_avx512, _backward_taps_avx512): register tiles over all taps for the
 forward and for dx (_taps32.py), our GEMM for dW (_gemm32.py: twice OpenBLAS's AVX2 kernels here);
 on AVX2 hosts the wide kernels below with our GEMM (_forward_wide_gemm32, _backward_wide_gemm32).
-On both, 3x3 layers (dilation 1, groups 1) with 16 or more channels in and out go by Winograd's F(2x2, 3x3)
-instead (_winograd32.py: 2.25x fewer multiply-adds): forward (_forward_winograd) and, with
-padding <= 2, backward (dW by _weight_grad_winograd, dx as the forward of dy with w flipped),
+On both, 3x3 layers (dilation 1, groups 1) with 16 or more channels in and out go by Winograd's
+F(2x2, 3x3) instead (_winograd32.py: 2.25x fewer multiply-adds): forward (_forward_winograd) and,
+with padding <= 2, backward (dW by _weight_grad_winograd, dx as the forward of dy with w flipped),
 unless the op's algorithm is "direct".
 
 Stride 1 (the common case) uses the "wide" layout described above _forward_wide: no im2col for
@@ -561,7 +561,7 @@ def _channels_last(x, n, r0, r1, pt, pl, wx, cp, xh):
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
 def _forward_winograd(x, u, b, act, pt, pl, oh, ow, pool, band, group, rows, xhs, vs, ms, yhs, yws, y, pooled,
-                             indices, suspect):
+                      indices, suspect):
     """The 3x3 stride-1 float32 forward (groups 1) by Winograd's F(2x2, 3x3) on AVX-512 or AVX2 hosts
     (_winograd32.py has the math). Each thread takes its samples `group` at a time (group > 1 only
     when band covers a whole image: the GEMMs then take all the group's tiles, so that each u[xi]
