@@ -146,6 +146,7 @@ def test_the_vector_kernels_are_used_only_when_the_host_and_the_settings_allow(m
     monkeypatch.setattr(config, "CPU_NAME", "generic")  # Numba compiling for another CPU than this one
     assert _vecmath._host_isa() is None
     monkeypatch.setattr(config, "CPU_NAME", None)
+    monkeypatch.setattr(config, "CPU_FEATURES", None)  # (CI's AVX2 pass sets NUMBA_CPU_FEATURES)
     monkeypatch.setattr(_vecmath.llvm, "get_host_cpu_features", lambda: {"avx512f": False, "avx2": True})
     assert _vecmath._host_isa() is None  # AVX2 without FMA
     monkeypatch.setattr(_vecmath.llvm, "get_host_cpu_features", lambda: {"avx2": True, "fma": True})
@@ -159,6 +160,19 @@ def test_the_vector_kernels_are_used_only_when_the_host_and_the_settings_allow(m
     assert _vecmath._host_isa() is None
     monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,+avx512f,+avx512bw")
     assert _vecmath._host_isa() == "avx512"
+
+
+def test_features_without_avx512_turn_off_only_avx512(monkeypatch):
+    class Host:  # llvmlite's FeatureMap, as far as features_without_avx512 reads it
+        def flatten(self):
+            return "+64bit,+avx,+avx2,+avx512bw,+avx512f,-avx512fp16,+avx512vl,+evex512,+fma,-amx-avx512,+sse4.2,-xop"
+
+    monkeypatch.setattr(_vecmath.llvm, "get_host_cpu_features", Host)
+    features = _vecmath.features_without_avx512()
+    assert features == "+64bit,+avx,+avx2,-avx512bw,-avx512f,-avx512fp16,-avx512vl,-evex512,+fma,-amx-avx512,+sse4.2,-xop"
+    monkeypatch.setattr(config, "CPU_NAME", None)
+    monkeypatch.setattr(config, "CPU_FEATURES", features)
+    assert _vecmath._target_isa() == "avx2"
 
 
 # ---- the cross-entropy rows (their AVX-512 pieces: test_cpu_softmax32.py) ------------------------

@@ -139,6 +139,16 @@ def _target_isa():
     return "avx2" if has["avx2"] and has["fma"] else None
 
 
+def features_without_avx512():
+    """The host's LLVM feature list with every AVX-512 feature (and what builds on it) turned off:
+    NUMBA_CPU_FEATURES for running the AVX2 kernels on an AVX-512 host. CI's AVX2 pass uses it, so
+    both forms of the kernels are tested whichever kind of host CI lands on
+    (`python -c "from fastconv._cpu._vecmath import features_without_avx512 as f; print(f())"`)."""
+    on_avx512 = ("avx512", "amx-avx512", "avx10", "evex512")
+    flags = llvm.get_host_cpu_features().flatten().split(",")
+    return ",".join("-" + f[1:] if f[1:].startswith(on_avx512) else f for f in flags if f)
+
+
 # Read at each call by the ops that have vector kernels (tests switch them off to run the portable
 # loops). The kernels are written on <16 x float>: with AVX2, LLVM runs each in two ymm halves,
 # and the few AVX-512-only instructions have AVX2 forms below. SIMD: the 16-lane kernels run;
