@@ -13,7 +13,8 @@ from numba.core import config
 from fastconv import ops
 from fastconv._cpu import _stream, _vecmath, dense
 
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
 from fastconv._cpu._vecmath import exp_nonpositive, log1p_unit
 
@@ -33,6 +34,43 @@ def _ulps(actual, reference64):
     spacing = np.maximum(np.spacing(np.abs(reference64).astype(np.float32)).astype(np.float64), F32.smallest_subnormal)
     return np.abs(actual.astype(np.float64) - reference64) / spacing
 
+
+
+@intrinsic
+def _scaled16(typingctx, p, k, out, at):
+    """out[at : at + 16] = _scale_by_power_of_two(p[at : at + 16], k[at : at + 16])."""
+    def codegen(context, builder, signature, args):
+        def vector(n):
+            data = context.make_array(signature.args[n])(context, builder, args[n]).data
+            return builder.bitcast(builder.gep(data, [args[3]]), _vecmath._V16.as_pointer())
+
+        result = _vecmath._scale_by_power_of_two(builder, builder.load(vector(0), align=4), builder.load(vector(1), align=4))
+        builder.store(result, vector(2), align=4)
+        return context.get_dummy_value()
+
+    return types.void(p, k, out, at), codegen
+
+
+@njit
+def _scaled(p, k, out):
+    for at in range(0, p.size, 16):
+        _scaled16(p, k, out, at)
+
+
+@simd
+def test_scale_by_a_power_of_two_rounds_once_as_ldexp():
+    # every k the exp can produce, with mantissas across [0.5, 2] (and both ends): subnormal results
+    # round once, to nearest even, as ldexp's exact result rounded to float32
+    rng = np.random.default_rng(0)
+    k = np.repeat(np.arange(-160, 1), 64).astype(np.float32)
+    p = rng.uniform(0.5, 2.0, k.size).astype(np.float32)
+    p[::64], p[1::64], p[2::64] = 0.5, 2.0, np.nextafter(np.float32(1), np.float32(2))
+    out = np.empty_like(p)
+    _scaled(p, k, out)
+    np.testing.assert_array_equal(out, np.ldexp(p.astype(np.float64), k.astype(int)).astype(np.float32))
+    p[:16], k[:16] = np.nan, -3.0  # a NaN p (a NaN input's lanes) stays NaN
+    _scaled(p, k, out)
+    assert np.isnan(out[:16]).all()
 
 
 @njit
