@@ -68,7 +68,7 @@ def test_scale_by_a_power_of_two_rounds_once_as_ldexp():
     out = np.empty_like(p)
     _scaled(p, k, out)
     np.testing.assert_array_equal(out, np.ldexp(p.astype(np.float64), k.astype(int)).astype(np.float32))
-    p[:16], k[:16] = np.nan, -3.0  # a NaN p (a NaN input's lanes) stays NaN
+    p[:16], k[:16] = np.nan, np.nan  # a NaN input's lanes: p and k NaN, the result NaN
     _scaled(p, k, out)
     assert np.isnan(out[:16]).all()
 
@@ -203,14 +203,24 @@ def test_the_vector_kernels_are_used_only_when_the_host_and_the_settings_allow(m
 def test_features_without_avx512_turn_off_only_avx512(monkeypatch):
     class Host:  # llvmlite's FeatureMap, as far as features_without_avx512 reads it
         def flatten(self):
-            return "+64bit,+avx,+avx2,+avx512bw,+avx512f,-avx512fp16,+avx512vl,+evex512,+fma,-amx-avx512,+sse4.2,-xop"
+            return ("+64bit,+amx-avx512,+avx,+avx10.1-512,+avx2,+avx512bw,+avx512f,-avx512fp16,+avx512vl,+evex512,+fma,"
+                    "+sse4.2,-xop")
 
     monkeypatch.setattr(_vecmath.llvm, "get_host_cpu_features", Host)
     features = _vecmath.features_without_avx512()
-    assert features == "+64bit,+avx,+avx2,-avx512bw,-avx512f,-avx512fp16,-avx512vl,-evex512,+fma,-amx-avx512,+sse4.2,-xop"
+    assert features == ("+64bit,-amx-avx512,+avx,-avx10.1-512,+avx2,-avx512bw,-avx512f,-avx512fp16,-avx512vl,-evex512,"
+                        "+fma,+sse4.2,-xop")
     monkeypatch.setattr(config, "CPU_NAME", None)
     monkeypatch.setattr(config, "CPU_FEATURES", features)
     assert _vecmath._target_isa() == "avx2"
+
+
+def test_features_without_avx512_on_this_host():
+    features = _vecmath.features_without_avx512().split(",")
+    assert not [f for f in features if f.startswith(("+avx512", "+avx10", "+evex512", "+amx-avx512"))]
+    host = _vecmath.llvm.get_host_cpu_features()
+    for name in ("avx2", "fma", "sse4.2"):
+        assert (f"+{name}" in features) == bool(host.get(name, False))
 
 
 # ---- the cross-entropy rows (their AVX-512 pieces: test_cpu_softmax32.py) ------------------------

@@ -304,7 +304,10 @@ def _scale_by_power_of_two(builder, p, k):
     comes from the bits of k + 1.5 * 2^23, whose low mantissa bits hold k: (bits + 191) << 23 is
     (k + 191) << 23, the biased exponent, as the magic number's own bits shift out (its low 9 are
     zero). A NaN k gives defined bits (fptosi of a NaN is LLVM poison); p is NaN then, and so is the
-    product. 5 vector operations per half, against 10 for 2^(k - k//2) * 2^(k//2)."""
+    product. k > 63 is outside this form's domain (k = 64 gives inf); the exp's clamp keeps k in
+    [-159, 0]. 5 vector operations per half, against 10 for 2^(k - k//2) * 2^(k//2).
+    The two products must stay two: a caller compiled with fastmath's reassoc could let LLVM fold
+    them into p * (2^(k+64) * 2^-64), which rounds differently at k = -150. No caller has it."""
     if TARGET_AVX512:
         all_lanes, current_rounding = ir.Constant(_I16, -1), ir.Constant(_I32, 4)
         return _call(builder, "llvm.x86.avx512.mask.scalef.ps.512", p, k, p, all_lanes, current_rounding)
