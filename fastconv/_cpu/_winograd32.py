@@ -125,12 +125,19 @@ _tile_c, _tile_c16 = _tile_intrinsic(False, 2, TILE_ROWS[2]), _tile_intrinsic(Fa
 _ROWS_A, _ROWS_B = TILE_ROWS[0], TILE_ROWS[1]
 
 
+# What a tile costs per row beyond its multiply-adds, in rows: each k step loads B's vectors once
+# and broadcasts one value per row, so with AVX2's 4-6 rows the loads weigh on a small tile
+# (tile_rows counts (rows + 1) per tile); AVX-512's 6-8 rows hide them, and padding alone counts.
+# Interleaved A/B on a Zen 4 host, forward, least padding against (rows + 1): AVX-512 6/7 -> 8
+# rows was 1.6-14.5% slower on 7 layers (50-169 tiles a pass); AVX2 4/5 -> 5/6 rows 0.90-1.02x.
+_ROW_OVERHEAD = 0 if TARGET_AVX512 else 1
+
+
 def tile_rows(tiles):
     """The rows per GEMM tile (one of TILE_ROWS) for `tiles` rows of V: the least (tiles needed) *
-    (rows + 1), the padded rows weighted by a tile's cost per row (each k step loads B's vectors
-    once and broadcasts one value per row: the fewer rows, the more of that per multiply-add), the
-    larger on a tie. AVX-512: 49 tiles (conv2's) 7 rows, 196 7, 64 8; AVX2: 49 5, 196 6."""
-    return min(TILE_ROWS, key=lambda rows: (-(-tiles // rows) * (rows + 1), -rows))
+    (rows + _ROW_OVERHEAD), the larger on a tie. AVX-512: 49 tiles (conv2's) 7 rows, 196 7, 64 8,
+    52 6; AVX2: 49 5, 196 6, 52 6."""
+    return min(TILE_ROWS, key=lambda rows: (-(-tiles // rows) * (rows + _ROW_OVERHEAD), -rows))
 
 
 @njit(inline="always")
