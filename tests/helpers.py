@@ -3,8 +3,17 @@ float32 NumPy itself achieves, and finite-difference gradients in float64."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
+from fastconv._cpu import _vecmath
 
 DTYPES = (np.float32, np.float64)
+
+# The cpu backend's vector kernels run where Numba compiles for AVX-512F, or AVX2 with FMA; the
+# register-tiled convolution taps for AVX-512F only.
+needs_simd = pytest.mark.skipif(not _vecmath.SIMD, reason="the host has neither AVX-512F nor AVX2 with FMA "
+                                                          "(or FASTCONV_SIMD=0)")
+needs_avx512 = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_SIMD=0)")
 
 
 def to_numpy(a):

@@ -15,8 +15,9 @@ from numba import njit
 
 from fastconv import ops
 from fastconv._cpu import _vecmath, loss
+from helpers import needs_simd
 
-pytestmark = pytest.mark.skipif(not _vecmath.SIMD, reason="the host has neither AVX-512F nor AVX2 with FMA (or FASTCONV_SIMD=0)")
+pytestmark = needs_simd
 F32 = np.finfo(np.float32)
 
 if _vecmath.SIMD:

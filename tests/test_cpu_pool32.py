@@ -7,8 +7,9 @@ import pytest
 
 from fastconv import ops
 from fastconv._cpu import _vecmath
+from helpers import needs_simd
 
-pytestmark = pytest.mark.skipif(not _vecmath.SIMD, reason="the host has neither AVX-512F nor AVX2 with FMA (or FASTCONV_SIMD=0)")
+pytestmark = needs_simd
 
 if _vecmath.SIMD:
     from numba import njit

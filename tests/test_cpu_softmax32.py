@@ -7,10 +7,10 @@ import pytest
 from numba import njit
 
 from fastconv._cpu import _stream, _vecmath
+from helpers import needs_simd
 
-simd = pytest.mark.skipif(not _vecmath.SIMD, reason="the host has neither AVX-512F nor AVX2 with FMA (or FASTCONV_SIMD=0)")
 F32 = np.finfo(np.float32)
-pytestmark = simd
+pytestmark = needs_simd
 
 if _vecmath.SIMD:
     from fastconv._cpu._softmax32 import SUM_CHUNK, row_exp_sum, store_row

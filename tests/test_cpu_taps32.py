@@ -9,8 +9,9 @@ import pytest
 
 from fastconv import ops
 from fastconv._cpu import _vecmath, conv, dense
+from helpers import needs_avx512
 
-pytestmark = pytest.mark.skipif(not _vecmath.AVX512, reason="the host has no AVX-512F (or FASTCONV_SIMD=0)")
+pytestmark = needs_avx512
 
 if _vecmath.AVX512:
     from numba import njit

@@ -17,8 +17,8 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from fastconv._cpu._vecmath import exp_nonpositive, log1p_unit
+from helpers import needs_simd
 
-simd = pytest.mark.skipif(not _vecmath.SIMD, reason="the host has neither AVX-512F nor AVX2 with FMA (or FASTCONV_SIMD=0)")
 F32 = np.finfo(np.float32)
 
 
@@ -57,7 +57,7 @@ def _scaled(p, k, out):
         _scaled16(p, k, out, at)
 
 
-@simd
+@needs_simd
 def test_scale_by_a_power_of_two_rounds_once_as_ldexp():
     # every k the exp can produce, with mantissas across [0.5, 2] (and both ends): subnormal results
     # round once, to nearest even, as ldexp's exact result rounded to float32
@@ -101,7 +101,7 @@ def test_portable_exp_and_log1p_are_within_a_few_ulps_of_float64():
     assert got.dtype == np.float32
     assert _ulps(got, np.log1p(e.astype(np.float64))).max() <= 3
 
-@simd
+@needs_simd
 def test_sigmoid16_is_within_4_ulps_of_float64_everywhere():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.standard_normal(1 << 16) * s for s in (0.01, 1, 8, 40)]).astype(np.float32)
@@ -110,7 +110,7 @@ def test_sigmoid16_is_within_4_ulps_of_float64_everywhere():
     assert _ulps(y, _sigmoid64(x)).max() <= 4
 
 
-@simd
+@needs_simd
 def test_sigmoid16_extremes():
     x = np.array([0, -0.0, 1e-30, -1e-30, 16.6, 17, 88, -87, -88, -100, -103, -104, -110, -1e30, 1e30,
                   np.inf, -np.inf, F32.max, -F32.max, np.nan], np.float32)
@@ -134,7 +134,7 @@ def _offset_view(n, skip):
     return raw, out
 
 
-@simd
+@needs_simd
 @pytest.mark.parametrize("n", SIZES)
 def test_every_value_gets_the_same_bits_wherever_it_sits(n):
     rng = np.random.default_rng(n)
@@ -156,7 +156,7 @@ def test_every_value_gets_the_same_bits_wherever_it_sits(n):
         np.testing.assert_array_equal(streamed_out, plain_out)
 
 
-@simd
+@needs_simd
 def test_the_op_takes_the_avx512_kernels_for_float32_only(monkeypatch):
     used = []
     for name in ("_sigmoid_forward_simd", "_sigmoid_forward_simd_streamed", "_sigmoid_forward"):
@@ -225,7 +225,7 @@ def test_features_without_avx512_on_this_host():
 
 # ---- the cross-entropy rows (their AVX-512 pieces: test_cpu_softmax32.py) ------------------------
 
-@simd
+@needs_simd
 def test_cross_entropy_takes_the_avx512_rows_for_float32_only(monkeypatch):
     from fastconv._cpu import loss
     used = []

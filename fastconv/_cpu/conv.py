@@ -42,7 +42,7 @@ from ._winograd32 import (LANES, grad_tile16, input_tile16, output_tile16, produ
 from ._vecmath import copy_rows16
 from .dense import _ONE, _ZERO, _relu, _sigmoid, relu_backward, sigmoid_backward
 from ..ops.pool import PoolGeometry
-from .pool import max_pool2d_backward, max_pool2d_forward, max_pool_plane
+from .pool import is_2x2_stride_2_jit, max_pool2d_backward, max_pool2d_forward, max_pool_plane
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_max_pool2d_forward", "conv2d_max_pool2d_backward"]
 
@@ -486,7 +486,7 @@ def _pool_plane(channel, plane_width, oh, ow, pool, vector, pooled, indices):
     them outputs): a 2x2 / stride 2 one by _pool32's vector runs where `vector` (the same values
     and indices as max_pool_plane's; a wide conv1 sample, fused with its ReLU, 14 -> 6 ms on the
     AVX2 host), else by max_pool_plane."""
-    if vector and pool[0] == 2 and pool[1] == 2 and pool[2] == 2 and pool[3] == 2 and pool[4] == 0 and pool[5] == 0:
+    if vector and is_2x2_stride_2_jit(pool):
         max_pool_2x2_plane(channel, plane_width, ow, pooled, indices)
     else:
         max_pool_plane(channel.reshape((oh, plane_width)), oh, ow, pooled, indices, pool[0], pool[1], pool[2], pool[3],

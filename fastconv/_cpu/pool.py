@@ -169,10 +169,19 @@ def _planes(a):
     return a.reshape(-1, a.shape[2], a.shape[3])
 
 
-def is_2x2_stride_2(kernel, stride, padding):
-    """Whether a pooling is the 2x2 / stride 2 / unpadded one (max: _pool32.py in AVX-512 or AVX2; average:
-    _avg_*_2x2)."""
-    return tuple(kernel) == (2, 2) and tuple(stride) == (2, 2) and tuple(padding) == (0, 0)
+def is_2x2_stride_2(window):
+    """Whether a pooling window (kh, kw, sh, sw, ph, pw) is the 2x2 / stride 2 / unpadded one (max:
+    _pool32.py in AVX-512 or AVX2; average: _avg_*_2x2)."""
+    return (window[0] == 2 and window[1] == 2 and window[2] == 2 and window[3] == 2 and window[4] == 0
+            and window[5] == 0)
+
+
+# The same test in jitted code (conv's max pooling fused into the forward)
+is_2x2_stride_2_jit = njit(inline="always")(is_2x2_stride_2)
+
+
+def _window(g):
+    return (*g.kernel, *g.stride, *g.padding)
 
 
 @njit(parallel=True, cache=True)
@@ -185,7 +194,7 @@ def _max_forward_2x2_simd(x, y, indices):
 def max_pool2d_forward(x, g):
     y = empty(g.out_shape, x.dtype)
     indices = empty(g.out_shape, np.int64)
-    if x.dtype == np.float32 and _vecmath.SIMD and is_2x2_stride_2(g.kernel, g.stride, g.padding):
+    if x.dtype == np.float32 and _vecmath.SIMD and is_2x2_stride_2(_window(g)):
         # the same values and indices as _max_forward, ~2.6x faster on conv2's planes (_pool32.py)
         _max_forward_2x2_simd(_planes(np.ascontiguousarray(x)), _planes(y), _planes(indices))
     else:
@@ -208,7 +217,7 @@ def max_pool2d_backward(dy, indices, g):
 
 def avg_pool2d_forward(x, g):
     y = empty(g.out_shape, x.dtype)
-    if is_2x2_stride_2(g.kernel, g.stride, g.padding):
+    if is_2x2_stride_2(_window(g)):
         _avg_forward_2x2(_planes(x), _planes(y))
     else:
         _avg_forward(_planes(x), _planes(y), *g.kernel, *g.stride, *g.padding)
@@ -217,7 +226,7 @@ def avg_pool2d_forward(x, g):
 
 def avg_pool2d_backward(dy, g):
     dx = empty(g.in_shape, dy.dtype)
-    if is_2x2_stride_2(g.kernel, g.stride, g.padding):
+    if is_2x2_stride_2(_window(g)):
         _avg_backward_2x2(_planes(dy), _planes(dx))
     else:
         _avg_backward(_planes(dy), _planes(dx), *g.kernel, *g.stride, *g.padding)
