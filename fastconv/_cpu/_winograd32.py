@@ -129,7 +129,7 @@ _ROWS_A, _ROWS_B = TILE_ROWS[0], TILE_ROWS[1]
 # and broadcasts one value per row, so with AVX2's 4-6 rows the loads weigh on a small tile
 # (tile_rows counts (rows + 1) per tile); AVX-512's 6-8 rows hide them, and padding alone counts.
 # Interleaved A/B on a Zen 4 host, forward, least padding against (rows + 1): AVX-512 6/7 -> 8
-# rows was 1.6-14.5% slower on 7 layers (50-169 tiles a pass); AVX2 4/5 -> 5/6 rows 0.90-1.02x.
+# rows was 1.4-14.5% slower on 7 layers (50-169 tiles a pass); AVX2 4/5 -> 5/6 rows 0.90-1.02x.
 _ROW_OVERHEAD = 0 if TARGET_AVX512 else 1
 
 

@@ -399,7 +399,7 @@ def linear_backward(dy, x, w, bias, input_grad):
         return dx if input_grad else None, dw, db if bias else None
     # Through the threads, gemm32's backward wins with AVX-512 only. AVX2 kernels, interleaved A/B
     # on a Zen 4 host, GFLOP/s gemm32 vs OpenBLAS: 128x3136->128 148 vs 159, 256x1024->512 117 vs
-    # 175, 512^3 156 vs 186 (its forwards 161-203 vs 151-166 stay ours); the Zen 3 AVX2 host's
+    # 175, 512^3 156 vs 186 (its forwards 161-203 vs 143-166 stay ours); the Zen 3 AVX2 host's
     # benchmark runs agree: 128x3136->128 backward 73-86 by gemm32, 126 by OpenBLAS before it.
     own = own and _vecmath.AVX512
     dx = empty(x.shape if input_grad else (0, 0), x.dtype)
