@@ -198,6 +198,8 @@ def test_the_vector_kernels_are_used_only_when_the_host_and_the_settings_allow(m
     assert _vecmath._host_isa() is None
     monkeypatch.setattr(config, "CPU_FEATURES", "+avx2,+fma,+avx512f,+avx512bw")
     assert _vecmath._host_isa() == "avx512"
+    monkeypatch.setattr(config, "CPU_FEATURES", "")  # set but empty: features not known here
+    assert _vecmath._host_isa() is None
 
 
 def test_features_without_avx512_turn_off_only_avx512(monkeypatch):

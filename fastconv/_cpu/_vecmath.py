@@ -124,8 +124,9 @@ def _host_isa():
 def _target_isa():
     """What Numba compiles for: "avx512" (AVX-512F), "avx2" (AVX2 and FMA) or None; the host's
     (NUMBA_CPU_NAME unset or "host"), or NUMBA_CPU_FEATURES when set (it replaces the host's
-    feature list; LLVM aborts the process compiling an instruction it does not enable). A named
-    NUMBA_CPU_NAME gives None."""
+    feature list; LLVM aborts the process compiling an instruction it does not enable). Set but
+    empty, LLVM takes the CPU model's own features, which are not read here: None, the portable
+    loops, the safe side. A named NUMBA_CPU_NAME gives None."""
     if config.CPU_NAME not in (None, "host"):
         return None
     if config.CPU_FEATURES is not None:
