@@ -15,8 +15,7 @@ import pytest
 
 from fastconv import ops
 from fastconv._cpu import _vecmath, conv
-from helpers import needs_simd
-from helpers import assert_matches
+from helpers import assert_matches, needs_simd
 from test_conv import Geometry
 
 pytestmark = needs_simd

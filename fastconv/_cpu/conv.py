@@ -42,7 +42,7 @@ from ._winograd32 import (LANES, grad_tile16, input_tile16, output_tile16, produ
 from ._vecmath import copy_rows16
 from .dense import _ONE, _ZERO, _relu, _sigmoid, relu_backward, sigmoid_backward
 from ..ops.pool import PoolGeometry
-from .pool import is_2x2_stride_2_jit, max_pool2d_backward, max_pool2d_forward, max_pool_plane
+from .pool import is_2x2_stride_2_jit, max_pool2d_backward, max_pool2d_forward, max_pool_plane, window_of
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_max_pool2d_forward", "conv2d_max_pool2d_backward"]
 
@@ -876,7 +876,7 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     pool_shape = (0, 0, 0, 0) if pool is None else pool.out_shape
     pooled, indices = empty(pool_shape, x.dtype), empty(pool_shape, np.int64)
     threads = _threads(n)
-    window = _NO_POOL if pool is None else (*pool.kernel, *pool.stride, *pool.padding)
+    window = _NO_POOL if pool is None else window_of(pool)
     with single_threaded_blas():
         if _uses_winograd(x, w, stride, dilation, groups, algorithm):
             _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices)

@@ -180,7 +180,8 @@ def is_2x2_stride_2(window):
 is_2x2_stride_2_jit = njit(inline="always")(is_2x2_stride_2)
 
 
-def _window(g):
+def window_of(g):
+    """A PoolGeometry's window as is_2x2_stride_2 and the kernels take it: (kh, kw, sh, sw, ph, pw)."""
     return (*g.kernel, *g.stride, *g.padding)
 
 
@@ -194,7 +195,7 @@ def _max_forward_2x2_simd(x, y, indices):
 def max_pool2d_forward(x, g):
     y = empty(g.out_shape, x.dtype)
     indices = empty(g.out_shape, np.int64)
-    if x.dtype == np.float32 and _vecmath.SIMD and is_2x2_stride_2(_window(g)):
+    if x.dtype == np.float32 and _vecmath.SIMD and is_2x2_stride_2(window_of(g)):
         # the same values and indices as _max_forward, ~2.6x faster on conv2's planes (_pool32.py)
         _max_forward_2x2_simd(_planes(np.ascontiguousarray(x)), _planes(y), _planes(indices))
     else:
@@ -217,7 +218,7 @@ def max_pool2d_backward(dy, indices, g):
 
 def avg_pool2d_forward(x, g):
     y = empty(g.out_shape, x.dtype)
-    if is_2x2_stride_2(_window(g)):
+    if is_2x2_stride_2(window_of(g)):
         _avg_forward_2x2(_planes(x), _planes(y))
     else:
         _avg_forward(_planes(x), _planes(y), *g.kernel, *g.stride, *g.padding)
@@ -226,7 +227,7 @@ def avg_pool2d_forward(x, g):
 
 def avg_pool2d_backward(dy, g):
     dx = empty(g.in_shape, dy.dtype)
-    if is_2x2_stride_2(_window(g)):
+    if is_2x2_stride_2(window_of(g)):
         _avg_backward_2x2(_planes(dy), _planes(dx))
     else:
         _avg_backward(_planes(dy), _planes(dx), *g.kernel, *g.stride, *g.padding)
