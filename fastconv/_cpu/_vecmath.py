@@ -9,7 +9,6 @@ so a whole loop of it becomes SIMD code. Every caller needs only x <= 0 (exp(-|v
 exp(z - max) in softmax), which keeps 2^k a normal number; below -87.3 the result is 0.
 float64 inputs use np.exp (they are for gradient checks, not speed).
 """
-import math
 import os
 
 import llvmlite.binding as llvm
@@ -170,7 +169,12 @@ _I16, _I32 = ir.IntType(16), ir.IntType(32)
 _LN2 = 0.6931471805599453
 _FMA_LN2_HI = float(np.float32(_LN2))
 _FMA_LN2_LO = float(np.float32(_LN2 - _FMA_LN2_HI))
-_EXP_TAYLOR = [1 / math.factorial(n) for n in range(8)]  # e^r to r^7: 6e-9 relative for |r| <= ln2 / 2
+# e^r ~ 1 + r + c2 r^2 + ... + c6 r^6 for |r| <= ln2 / 2: minimax in ulps of the float32 result
+# over float32 coefficients (tools/fit_exp_polynomial.py), 0.037 ulp before the evaluation's
+# roundings. It replaced the Taylor series to r^7 (0.087 ulp): one FMA fewer in 12 and more
+# accurate; every float32 input in [-110, 0] checked, max 0.891 ulp against the Taylor's 0.937.
+_EXP_POLYNOMIAL = [1.0, 1.0, 0.49999991059303284, 0.1666652113199234, 0.04166889935731888, 0.00836868491023779,
+                   0.00137886602897197]
 
 
 _I64 = ir.IntType(64)
@@ -334,7 +338,7 @@ def _exp16_nonpositive_ir(builder, a):
     """exp(a) of a <16 x float> of values <= 0 (AVX-512F, or AVX2); a NaN lane stays NaN.
 
     exp(a) = 2^k e^r with k = round(a log2 e), r = a - k ln 2 (Cody-Waite, two fused
-    multiply-adds), e^r by its Taylor series to r^7, and 2^k applied by _scale_by_power_of_two
+    multiply-adds), e^r by the degree-6 polynomial _EXP_POLYNOMIAL, and 2^k applied by _scale_by_power_of_two
     (exact, and subnormal results come out right); a is first clamped at -110, where exp rounds to 0 anyway.
     The clamp is vmaxps itself, not llvm.maxnum: vmaxps returns its second operand when either is
     NaN, so a NaN runs through to the result, where maxnum would have made it -110 and every
@@ -344,8 +348,8 @@ def _exp16_nonpositive_ir(builder, a):
     k = _call(builder, "llvm.nearbyint.v16f32", builder.fmul(a, _splat(1.4426950408889634)))
     r = _call(builder, "llvm.fma.v16f32", k, _splat(-_FMA_LN2_HI), a)
     r = _call(builder, "llvm.fma.v16f32", k, _splat(-_FMA_LN2_LO), r)
-    p = _splat(_EXP_TAYLOR[-1])
-    for c in reversed(_EXP_TAYLOR[:-1]):
+    p = _splat(_EXP_POLYNOMIAL[-1])
+    for c in reversed(_EXP_POLYNOMIAL[:-1]):
         p = _call(builder, "llvm.fma.v16f32", p, r, _splat(c))
     return _scale_by_power_of_two(builder, p, k)
 
