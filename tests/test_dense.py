@@ -217,15 +217,18 @@ def test_cpu_linear_backward_matches_float64_for_every_split(n, fin, fout, dtype
                     np.testing.assert_allclose(db, dy.sum(axis=0), **tol, err_msg=case)
 
 
-def test_cpu_linear_backward_split_keeps_blocks_of_256_and_equal_tasks():
+def test_cpu_linear_backward_split_keeps_blocks_of_512_and_equal_tasks():
     from fastconv._cpu import dense
 
-    assert dense._backward_split(8192, 256, 512, own=False) == (2, True, False)     # dw: 512 columns of x
-    assert dense._backward_split(4096, 1024, 1024, own=False) == (4, True, False)
-    assert dense._backward_split(2048, 4096, 1024, own=False) == (8, True, True)
+    assert dense._OPENBLAS_BLOCK == 512
+    assert dense._backward_split(8192, 256, 512, own=False) == (1, True, False)     # dw: 512 columns of x
+    assert dense._backward_split(8192, 256, 1024, own=False) == (2, True, False)
+    assert dense._backward_split(4096, 1024, 1024, own=False) == (2, True, False)
+    assert dense._backward_split(2048, 4096, 1024, own=False) == (4, True, True)
     assert dense._backward_split(1024, 1024, 4096, own=False) == (8, False, False)
     assert dense._backward_split(100, 10, 20, own=False) == (1, True, False)
     assert dense._backward_split(128, 128, 3136, own=True) == (8, False, False)     # gemm32: as before
+    assert [dense._openblas_blocks(n) for n in (1, 511, 512, 1023, 1024, 2048, 4096, 8192)] == [1, 1, 1, 1, 2, 4, 8, 8]
 
 
 @pytest.mark.parametrize("n,fin,fout", [(1, 1, 1), (130, 33, 131), (0, 4, 3), (128, 3136, 128)])

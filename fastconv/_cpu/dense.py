@@ -328,12 +328,31 @@ _OWN_THREADS_BELOW = 65536 * 4
 
 
 def _blocks(n):
-    """How many blocks a linear layer's GEMMs are split into along a dimension of size n: a function
-    of the size only, never of the thread count. BLAS may round an element differently depending on
+    """How many blocks a linear layer's gemm32 products are split into along a dimension of size n
+    (OpenBLAS's: _openblas_blocks): a function of the size only, never of the thread count. BLAS may round an element differently depending on
     where the block edges fall (OpenBLAS's edge tiles do), so a thread-dependent split would make
     the bits depend on the machine; this split keeps them the same on any machine (up to 8 cores
     busy; blocks of >= 64 rows or columns)."""
     return max(1, min(8, n // 64))
+
+
+# The least of the split dimension per block of the linear layers' OpenBLAS calls (forward and
+# backward). Larger blocks repack less: dw = dy^T x on 8192x512->256 with 8 blocks of 64 columns ran
+# at 47 GFLOP/s on a Zen 4 core, one block of 512 at 72. 256 -> 512 in the backward (thirteenth
+# session; Zen 4, two threads, GFLOP/s of dx + dW + db, three runs each): 4096x1024->1024 176-179
+# -> 186-189, 2048^3 172-175 -> 187-188, 1024^3 172-180 -> 189-190, 8192x512->256 148-155 ->
+# 158-162, 512x4096->4096 and 1024x4096->1024 the same (8 blocks either way); with the AVX2
+# kernels, 256x1024->512 182-183 -> 192-193. The forward's blocks were _blocks' (>= 64): 1024^3
+# 158 -> 191-192, 2048^3 183 -> 195-196, 4096x1024->1024 and 8192x512->256 within noise. 1024
+# gained 1-3% more in the backward but leaves a 1024-wide layer one block per product: two tasks,
+# two cores.
+_OPENBLAS_BLOCK = 512
+
+
+def _openblas_blocks(n):
+    """How many blocks an OpenBLAS product is split into along a dimension of size n (by shape
+    alone, as _blocks): up to 8, of >= _OPENBLAS_BLOCK."""
+    return max(1, min(8, n // _OPENBLAS_BLOCK))
 
 
 def _backward_split(m, n, k, own):
@@ -346,15 +365,13 @@ def _backward_split(m, n, k, own):
     dx's rows repacks w (n k), along its columns dy (m n), so rows when k < m; along dw's rows
     repacks x (m k), along its columns dy (m n), so rows when k < n. A block repacks that operand
     for as many multiply-adds per element as the split dimension has per block, so blocks keep
-    >= 256 of it (dw = dy^T x on 8192x512->256 with 8 blocks of 64 columns ran at 47 GFLOP/s on a
-    Zen 4 core, one block of 512 at 72). dx and dw take the same count (the smaller), so that
-    their tasks are the same size."""
+    >= _OPENBLAS_BLOCK of it. dx and dw take the same count (the smaller), so that their tasks are
+    the same size."""
     if own:
         return _blocks(k), False, False
     dx_by_rows, dw_by_rows = k < m, k < n
-    dx_blocks = max(1, min(8, (m if dx_by_rows else k) // 256))
-    dw_blocks = max(1, min(8, (n if dw_by_rows else k) // 256))
-    return min(dx_blocks, dw_blocks), dx_by_rows, dw_by_rows
+    return min(_openblas_blocks(m if dx_by_rows else k), _openblas_blocks(n if dw_by_rows else k)), dx_by_rows, \
+        dw_by_rows
 
 
 def _gemm_work(m, n, k):
@@ -384,9 +401,10 @@ def linear_forward(x, w, b, activation):
         kernel = _linear_forward_serial_gemm32 if own else _linear_forward_serial
         return kernel(x, w, bias, has_bias, ACTIVATIONS[activation])
     y = empty((x.shape[0], w.shape[0]), x.dtype)
+    blocks = (_blocks if own else _openblas_blocks)(max(y.shape))
     with single_threaded_blas():
         run(_linear_forward_gemm32 if own else _linear_forward, _gemm_work(*y.shape, x.shape[1]), x, w, bias,
-            has_bias, ACTIVATIONS[activation], _blocks(max(y.shape)), y)
+            has_bias, ACTIVATIONS[activation], blocks, y)
     return y
 
 
