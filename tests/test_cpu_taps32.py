@@ -17,11 +17,15 @@ if _vecmath.AVX512:
     from numba import njit
 
     from fastconv._cpu._gemm32 import gemm32
-    from fastconv._cpu._taps32 import channels_tile, taps_tile
+    from fastconv._cpu._taps32 import RR, channels_tile, row_tile, taps_tile
 
     @njit
     def _tile(*args):
         taps_tile(*args)
+
+    @njit
+    def _row_tile(*args):
+        row_tile(*args)
 
     @njit
     def _channels_tile(*args):
@@ -74,11 +78,15 @@ SHAPES = [
 ]
 
 
-@pytest.fixture(params=["channels", "positions"])
+TILES = {"channels": conv._CHANNELS_TILE, "positions": conv._TAPS_TILE, "rows": conv._ROW_TILE}
+
+
+@pytest.fixture(params=sorted(TILES))
 def lanes(request, monkeypatch):
-    """Each test below runs with either tile forced (the kernel picks by estimated work), and with
-    Winograd's F(2x2, 3x3) (test_cpu_winograd32.py) off, so conv2's shape reaches the tiles."""
-    monkeypatch.setattr(conv, "_lanes_are_channels", lambda *args: request.param == "channels")
+    """Each test below runs with each tile forced (the kernel picks by input channels and estimated
+    work), and with Winograd's F(2x2, 3x3) (test_cpu_winograd32.py) off, so conv2's shape reaches
+    the tiles."""
+    monkeypatch.setattr(conv, "_forward_tile", lambda *args: TILES[request.param])
     monkeypatch.setattr(conv, "WINOGRAD", False)
     return request.param
 
@@ -161,6 +169,35 @@ def test_the_channels_tile_writes_only_its_channels_and_positions():
                     xp[:, shifts[t] + 4:shifts[t] + 4 + count].astype(np.float64)
             expected[3 + lane * ldy:3 + lane * ldy + count] = v + bias[lane]
         np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_row_tile_writes_only_its_channels_and_positions():
+    """Direct calls: count positions of `rows` channels at y_off with row stride ldy, from channels
+    w_off.. of a zero-padded block; every other value, the channels past `rows` included, untouched."""
+    rng = np.random.default_rng(9)
+    cg, taps, ldy = 2, 3, 20
+    w = rng.standard_normal(taps * cg * 32).astype(np.float32)
+    xp = rng.standard_normal((cg, 60)).astype(np.float32)
+    shifts = np.array([0, 5, 11], np.int64)
+    bias = rng.standard_normal(32).astype(np.float32)
+    for count, rows, w_off in [(16, RR, 0), (9, 7, 16), (1, 1, 3), (12, RR, 16)]:
+        y = np.full(40 * ldy, 99.0, np.float32)
+        _row_tile(w, w_off, cg * 32, 32, cg, xp, 60, shifts, 4, y, 3, ldy, count, rows, bias, w_off, True)
+        expected = np.full(40 * ldy, 99.0, np.float32)
+        for r in range(rows):
+            v = np.zeros(count)
+            for t in range(taps):
+                v += w[t * cg * 32 + w_off + r:(t + 1) * cg * 32:32].astype(np.float64) @ \
+                    xp[:, shifts[t] + 4:shifts[t] + 4 + count].astype(np.float64)
+            expected[3 + r * ldy:3 + r * ldy + count] = np.maximum(v + bias[w_off + r], 0)
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_each_layer_gets_its_tile():
+    assert conv._forward_tile(1, 32, 28, 28, 30) == conv._ROW_TILE   # conv1
+    assert conv._forward_tile(3, 64, 32, 32, 34) == conv._ROW_TILE   # an RGB input
+    assert conv._forward_tile(32, 64, 14, 14, 16) == conv._CHANNELS_TILE  # conv2 (without Winograd)
+    assert conv._forward_tile(16, 8, 40, 40, 42) == conv._TAPS_TILE  # few output channels
 
 
 BACKWARD_SHAPES = SHAPES + [

@@ -36,7 +36,7 @@ from ._gemm32 import gemm32, gemm32_runs
 from ._memory import empty
 from ._pool32 import max_pool_2x2_plane, unpool_2x2_plane
 from ._stream import prefetch_all
-from ._taps32 import CR, CW, MR, NR, channels_tile, taps_tile, transpose16_block
+from ._taps32 import CR, CW, MR, NR, RR, channels_tile, row_tile, taps_tile, transpose16_block
 from ._winograd32 import (LANES, grad_tile16, input_tile16, output_tile16, products, tile_rows, weight_grad_transformed,
                           weights_transformed)
 from ._vecmath import copy_rows16
@@ -494,15 +494,17 @@ def _pool_plane(channel, plane_width, oh, ow, pool, vector, pooled, indices):
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool, xps, shifts, yws, y, pooled,
+def _forward_taps_avx512(x, wt, b, wc, bc, tile, act, groups, pt, pl, wp, oh, ow, pool, xps, shifts, yws, y, pooled,
                          indices):
     """Stride-1 float32 forward on AVX-512 hosts by one of _taps32's register tiles, which sum every
     tap in registers and add the bias and ReLU before their one store: no per-tap products and no
-    pass over y for them. With wc empty, taps_tile (8 channels x 32 wide-grid positions; wt: w as
-    (kh*kw, C_out, C_in/g), b: C_out values, zeros without a bias); otherwise channels_tile (32
-    channels x 14 positions of a row; wc: w as (groups, blocks, kh*kw, C_in/g, 32), each group's
-    C_out/g channels in blocks of 32, zero-padded, so a block's (tap, channel) rows follow one another
-    (2% faster in cache than rows at C_out's stride); bc: b so padded, as (groups, blocks * 32)). y (N, C_out, OH*OW) gets the output;
+    pass over y for them. `tile` (_forward_tile's choice): _TAPS_TILE, taps_tile (8 channels x 32
+    wide-grid positions; wt: w as (kh*kw, C_out, C_in/g), b: C_out values, zeros without a bias);
+    _CHANNELS_TILE, channels_tile (32 channels x 14 positions of a row; wc: w as (groups, blocks,
+    kh*kw, C_in/g, 32), each group's C_out/g channels in blocks of 32, zero-padded, so a block's
+    (tap, channel) rows follow one another (2% faster in cache than rows at C_out's stride); bc: b so
+    padded, as (groups, blocks * 32)); _ROW_TILE, row_tile (16 channels x 16 positions of a row, wc
+    and bc as channels_tile's). y (N, C_out, OH*OW) gets the output;
     with a pooling (pool as in _forward_wide) each group's planes go to the thread's yws instead
     (wide or compact, as the tile writes them), are pooled into pooled / indices, and y is not
     written. shifts: each tap's offset along the padded sample; xps as _Wide's."""
@@ -510,8 +512,7 @@ def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool
     taps, c_out, cg = wt.shape
     cog, length, p = c_out // groups, oh * wp, oh * ow
     pooling, relu, w, w_lanes, b_lanes = pool[0] != 0, act == _RELU, wt.reshape(-1), wc.reshape(-1), bc.reshape(-1)
-    lanes_are_channels = wc.size > 0
-    plane_width = ow if lanes_are_channels else wp  # of the planes the tile writes
+    plane_width = wp if tile == _TAPS_TILE else ow  # of the planes the tile writes
     threads = xps.shape[0]
     for t in prange(threads):
         xp = xps[t]
@@ -523,7 +524,17 @@ def _forward_taps_avx512(x, wt, b, wc, bc, act, groups, pt, pl, wp, oh, ow, pool
             for g in range(groups):
                 _pad_avx512(x, n, g * cg, cg, pt, pl, wp, xp)
                 y_off = 0 if pooling else g * cog * p
-                if lanes_are_channels:
+                if tile == _ROW_TILE:
+                    blocks = wc.shape[1]
+                    for block in range(blocks):
+                        for o0 in range(block * CW, min(cog, (block + 1) * CW), RR):
+                            for a in range(oh):
+                                for w0 in range(0, ow, 16):
+                                    row_tile(w_lanes, (g * blocks + block) * taps * cg * CW + o0 - block * CW,
+                                             cg * CW, CW, cg, xp, xp.shape[1], shifts, a * wp + w0, out,
+                                             y_off + o0 * p + a * ow + w0, p, min(16, ow - w0), min(RR, cog - o0),
+                                             b_lanes, g * blocks * CW + o0, relu)
+                elif tile == _CHANNELS_TILE:
                     blocks = wc.shape[1]
                     for block in range(blocks):
                         o0 = block * CW
@@ -782,12 +793,23 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
                                           min(CW, cg - c0), zeros, 0, False)
 
 
-def _lanes_are_channels(cog, oh, ow, wp):
-    """Whether channels_tile does less work than taps_tile for this layer: the lanes each computes,
+_TAPS_TILE, _CHANNELS_TILE, _ROW_TILE = 0, 1, 2
+# row_tile for layers with fewer input channels per group than this: their few multiply-adds per
+# output (9 per input channel for 3x3) leave channels_tile's transposes a large share. One Zen 4
+# core, in cache, 28x28 -> 32 channels, GFLOP/s row_tile vs channels_tile (same bits): C_in 1 78-85
+# vs 65-69, 3 100 vs 92-95, 4 100-101 vs 97-101, 8 101-102 vs 106-108.
+_ROW_TILE_BELOW = 4
+
+
+def _forward_tile(cg, cog, oh, ow, wp):
+    """Which of _taps32's tiles the forward takes: row_tile below _ROW_TILE_BELOW input channels per
+    group; otherwise channels_tile where it does less work than taps_tile: the lanes each computes,
     whole tiles, over the efficiency each tile reached in cache on conv2 (92% and 95% of peak)."""
+    if cg < _ROW_TILE_BELOW:
+        return _ROW_TILE
     positions_in_lanes = -(-cog // MR) * MR * -(-(oh * wp) // NR) * NR / 0.95
     channels_in_lanes = -(-cog // CW) * CW * oh * -(-ow // CR) * CR / 0.92
-    return channels_in_lanes < positions_in_lanes
+    return _CHANNELS_TILE if channels_in_lanes < positions_in_lanes else _TAPS_TILE
 
 
 def _uses_gemm32(x):
@@ -992,14 +1014,16 @@ def _forward_by_taps(x, w, b, padding, dilation, groups, oh, ow, act, window, y,
     b_flat = np.ascontiguousarray(b) if b is not None else np.zeros(c_out, x.dtype)
     cog = c_out // groups
     wc, bc = np.empty((0, 0, 0, 0), x.dtype), np.empty((0, 0), x.dtype)
-    if _lanes_are_channels(cog, oh, ow, s.wp):
+    tile = _forward_tile(cg, cog, oh, ow, s.wp)
+    if tile != _TAPS_TILE:
         blocks = -(-cog // CW)
         padded = np.zeros((groups, blocks * CW, cg, kh * kw), x.dtype)
         padded[:, :cog] = w.reshape(groups, cog, cg, kh * kw)
         wc = np.ascontiguousarray(padded.reshape(groups, blocks, CW, cg, kh * kw).transpose(0, 1, 4, 3, 2))
         bc = np.zeros((groups, blocks * CW), x.dtype)
         bc[:, :cog] = b_flat.reshape(groups, cog)
-    _forward_taps_avx512(x, s.wt, b_flat, wc, bc, act, groups, padding[0], padding[2], s.wp, oh, ow, window, s.xps,
+    _forward_taps_avx512(x, s.wt, b_flat, wc, bc, tile, act, groups, padding[0], padding[2], s.wp, oh, ow, window,
+                         s.xps,
                          shifts, s.outs, y, pooled, indices)
 
 
