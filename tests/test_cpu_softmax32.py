@@ -58,8 +58,10 @@ def test_exp_is_within_1_ulp_and_touches_only_its_values(n):
 
 
 def test_exp_is_within_1_ulp_across_the_whole_float32_range_it_serves():
-    """Every 61st float32 in [-110, 0] (18 million, every exponent and a spread of mantissas; the
-    whole range, in tools/fit_exp_polynomial.py --check, gave 0.891 ulp at most)."""
+    """Every 61st float32 in [-110, 0] (18 million, every exponent and a spread of mantissas) within
+    0.9 ulp, subnormal results within 0.9 of the smallest subnormal: the README's bound (the whole
+    range, by tools/fit_exp_polynomial.py --check: 0.891 and 0.858). The Taylor series before it met
+    that bound on this sample too (0.891 against 0.881): test_cpu_vecmath pins the coefficients."""
     first, last = 0x80000000, int(np.float32(-110).view(np.uint32))
     z = np.arange(first, last + 1, 61, dtype=np.uint32).view(np.float32)
     out = np.empty_like(z)
@@ -68,8 +70,8 @@ def test_exp_is_within_1_ulp_across_the_whole_float32_range_it_serves():
         _exp_sum(z[chunk], np.float32(0), out[chunk], 0)
     ref = np.exp(z.astype(np.float64))
     normal = ref > F32.tiny
-    assert _ulps(out[normal], ref[normal]).max() <= 0.95
-    assert np.abs(out[~normal] - ref[~normal]).max() <= F32.smallest_subnormal
+    assert _ulps(out[normal], ref[normal]).max() <= 0.9
+    assert np.abs(out[~normal] - ref[~normal]).max() <= 0.9 * float(F32.smallest_subnormal)
 
 
 def test_the_sum_depends_on_the_values_and_their_order_only():

@@ -1,6 +1,7 @@
 """The cpu backend's stride-1 float32 convolution tiles in AVX-512 (fastconv/_cpu/_taps32.py), each
 forced in turn: bit for bit the per-tap products they replaced (gemm32 per tap, accumulating, then
-+ b and the activation) on shapes around the tiles' edges (8 x 32 positions, 32 channels x 14), with
++ b and the activation) on shapes around the tiles' edges (8 x 32 positions, 32 channels x 14, 16
+channels x 16 positions of a row), with
 few and many channels, groups, dilation, padding and every activation, alone and fused with a max
 pooling; within float32 rounding of float64 NumPy; and the stores confined to the outputs. Skipped
 where the host has no AVX-512F."""
@@ -75,6 +76,7 @@ SHAPES = [
     ((1, 16, 9, 11), (10, 8, 3, 3), (2, 2), (2, 2), 2),    # dilation, groups of 8 channels
     ((2, 6, 1, 40), (9, 2, 1, 5), (0, 2), (1, 3), 3),      # one row, 44 wide; 3 groups of 3 rows
     ((1, 5, 33, 3), (8, 5, 3, 1), (1, 0), (1, 1), 1),      # 3 wide: several rows in one 16-lane half
+    ((1, 4, 5, 17), (40, 2, 3, 3), (1, 1), (1, 1), 2),     # 2 groups of 20: a second 16 in group 1; 17 wide
 ]
 
 
@@ -180,16 +182,18 @@ def test_the_row_tile_writes_only_its_channels_and_positions():
     xp = rng.standard_normal((cg, 60)).astype(np.float32)
     shifts = np.array([0, 5, 11], np.int64)
     bias = rng.standard_normal(32).astype(np.float32)
-    for count, rows, w_off in [(16, RR, 0), (9, 7, 16), (1, 1, 3), (12, RR, 16)]:
+    for count, rows, w_off, bias_off, relu in [(16, RR, 0, 16, True), (9, 7, 16, 0, False), (1, 1, 3, 5, True),
+                                               (12, RR, 16, 16, False)]:
         y = np.full(40 * ldy, 99.0, np.float32)
-        _row_tile(w, w_off, cg * 32, 32, cg, xp, 60, shifts, 4, y, 3, ldy, count, rows, bias, w_off, True)
+        _row_tile(w, w_off, cg * 32, 32, cg, xp, 60, shifts, 4, y, 3, ldy, count, rows, bias, bias_off, relu)
         expected = np.full(40 * ldy, 99.0, np.float32)
         for r in range(rows):
             v = np.zeros(count)
             for t in range(taps):
                 v += w[t * cg * 32 + w_off + r:(t + 1) * cg * 32:32].astype(np.float64) @ \
                     xp[:, shifts[t] + 4:shifts[t] + 4 + count].astype(np.float64)
-            expected[3 + r * ldy:3 + r * ldy + count] = np.maximum(v + bias[w_off + r], 0)
+            v = v + bias[bias_off + r]
+            expected[3 + r * ldy:3 + r * ldy + count] = np.maximum(v, 0) if relu else v
         np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -197,6 +201,8 @@ def test_each_layer_gets_its_tile():
     assert conv._forward_tile(1, 32, 28, 28, 30) == conv._ROW_TILE   # conv1
     assert conv._forward_tile(3, 64, 32, 32, 34) == conv._ROW_TILE   # an RGB input
     assert conv._forward_tile(32, 64, 14, 14, 16) == conv._CHANNELS_TILE  # conv2 (without Winograd)
+    assert conv._forward_tile(1, 1, 56, 56, 58) == conv._ROW_TILE    # depthwise
+    assert conv._forward_tile(3, 8, 28, 28, 30) == conv._TAPS_TILE   # 3 -> 8: taps_tile's 8 rows, not 16
     assert conv._forward_tile(16, 8, 40, 40, 42) == conv._TAPS_TILE  # few output channels
 
 

@@ -220,15 +220,41 @@ def test_cpu_linear_backward_matches_float64_for_every_split(n, fin, fout, dtype
 def test_cpu_linear_backward_split_keeps_blocks_of_512_and_equal_tasks():
     from fastconv._cpu import dense
 
-    assert dense._OPENBLAS_BLOCK == 512
-    assert dense._backward_split(8192, 256, 512, own=False) == (1, True, False)     # dw: 512 columns of x
-    assert dense._backward_split(8192, 256, 1024, own=False) == (2, True, False)
+    assert dense._backward_split(8192, 256, 512, own=False) == (2, True, False)     # dw: 512 columns of x
+    assert dense._backward_split(8192, 256, 2048, own=False) == (4, True, False)
     assert dense._backward_split(4096, 1024, 1024, own=False) == (2, True, False)
     assert dense._backward_split(2048, 4096, 1024, own=False) == (4, True, True)
     assert dense._backward_split(1024, 1024, 4096, own=False) == (8, False, False)
     assert dense._backward_split(100, 10, 20, own=False) == (1, True, False)
     assert dense._backward_split(128, 128, 3136, own=True) == (8, False, False)     # gemm32: as before
-    assert [dense._openblas_blocks(n) for n in (1, 511, 512, 1023, 1024, 2048, 4096, 8192)] == [1, 1, 1, 1, 2, 4, 8, 8]
+    # blocks of >= 512 past two: 128-1023 still split in two (one block would be one core's task)
+    assert [dense._openblas_blocks(n) for n in (1, 127, 128, 511, 1000, 1023, 1024, 2048, 4096, 8192)] == \
+        [1, 1, 2, 2, 2, 2, 2, 4, 8, 8]
+
+
+@pytest.mark.parametrize("m,k,n,float64,rule", [(1000, 1000, 1000, False, "openblas"),  # past gemm32's limit
+                                                (256, 1024, 512, False, "gemm32"), (256, 1024, 512, True, "openblas"),
+                                                (768, 768, 768, True, "openblas")])
+def test_cpu_linear_forward_splits_by_the_rule_of_its_gemm(monkeypatch, m, k, n, float64, rule):
+    """The forward through the threads: gemm32's products in blocks of >= 64 (_blocks), OpenBLAS's
+    in blocks of >= 512 past two (_openblas_blocks): the block count the kernel gets."""
+    from fastconv._cpu import _vecmath, dense
+
+    if rule == "gemm32" and not _vecmath.SIMD:
+        pytest.skip("gemm32 needs AVX-512 or AVX2")
+    calls = []
+    real_run = dense.run
+    def run(kernel, work, *args):  # args[-2]: the block count
+        calls.append(args[-2])
+        return real_run(kernel, work, *args)
+
+    monkeypatch.setattr(dense, "run", run)
+    dtype = np.float64 if float64 else np.float32
+    x, w = np.ones((m, k), dtype), np.ones((n, k), dtype)
+    y = dense.linear_forward(x, w, None, None)
+    assert (y == k).all()
+    expected = dense._blocks(max(m, n)) if rule == "gemm32" else dense._openblas_blocks(max(m, n))
+    assert calls == [expected] and (rule == "gemm32" or expected < dense._blocks(max(m, n)))
 
 
 @pytest.mark.parametrize("n,fin,fout", [(1, 1, 1), (130, 33, 131), (0, 4, 3), (128, 3136, 128)])

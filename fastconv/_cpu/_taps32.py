@@ -21,8 +21,9 @@ tile nine times for a 3x3 kernel) and go out once, finished. Three shapes of til
   registers before its stores. conv2 (64 channels, 14 x 14) in cache: 244-251 GFLOP/s against
   taps_tile's 221 (per useful output; 253 over its wide grid), one Zen 5 core (265 peak).
 - row_tile, positions in the lanes along one output row: 16 channels x 16 positions, for layers
-  with fewer than 4 input channels (conv1), whose 9 multiply-adds per output leave channels_tile's
-  transposes a third of its work: each channel's positions are stored as they are, and each weight
+  with 1-3 input channels per group (conv1), whose 9 multiply-adds per output and input channel
+  leave channels_tile's transposes a third of its work: each channel's positions are stored as they
+  are, and each weight
   comes by an embedded broadcast in its vfmadd. conv1 (1 -> 32, 28 x 28, batch 128) forward, two
   Zen 4 threads: 102-103 GFLOP/s by channels_tile, 121-123 by row_tile.
 

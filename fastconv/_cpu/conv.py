@@ -797,15 +797,19 @@ _TAPS_TILE, _CHANNELS_TILE, _ROW_TILE = 0, 1, 2
 # row_tile for layers with fewer input channels per group than this: their few multiply-adds per
 # output (9 per input channel for 3x3) leave channels_tile's transposes a large share. One Zen 4
 # core, in cache, 28x28 -> 32 channels, GFLOP/s row_tile vs channels_tile (same bits): C_in 1 78-85
-# vs 65-69, 3 100 vs 92-95, 4 100-101 vs 97-101, 8 101-102 vs 106-108.
+# vs 65-69, 3 100 vs 92-95, 4 100-101 vs 97-101, 8 92-102 vs 106-108. Its 16 rows of multiply-adds
+# lose to taps_tile's 8 where a group has few output channels (a review's single-thread probe, ms,
+# taps_tile vs row_tile: 3 -> 4 channels 0.71 vs 1.22, 3 -> 8 0.40 vs 0.51, 16 groups of 2 -> 4 4.71
+# vs 5.27), except with one input channel (depthwise, 16 groups of 1 -> 4: 12.7 vs 10.3).
 _ROW_TILE_BELOW = 4
 
 
 def _forward_tile(cg, cog, oh, ow, wp):
-    """Which of _taps32's tiles the forward takes: row_tile below _ROW_TILE_BELOW input channels per
-    group; otherwise channels_tile where it does less work than taps_tile: the lanes each computes,
-    whole tiles, over the efficiency each tile reached in cache on conv2 (92% and 95% of peak)."""
-    if cg < _ROW_TILE_BELOW:
+    """Which of _taps32's tiles the forward takes: row_tile for one input channel per group, or 2-3
+    with 16 or more output channels per group; otherwise channels_tile where it does less work than
+    taps_tile: the lanes each computes, whole tiles, over the efficiency each tile reached in cache
+    on conv2 (92% and 95% of peak)."""
+    if cg == 1 or (cg < _ROW_TILE_BELOW and cog >= RR):
         return _ROW_TILE
     positions_in_lanes = -(-cog // MR) * MR * -(-(oh * wp) // NR) * NR / 0.95
     channels_in_lanes = -(-cog // CW) * CW * oh * -(-ow // CR) * CR / 0.92
@@ -1023,8 +1027,7 @@ def _forward_by_taps(x, w, b, padding, dilation, groups, oh, ow, act, window, y,
         bc = np.zeros((groups, blocks * CW), x.dtype)
         bc[:, :cog] = b_flat.reshape(groups, cog)
     _forward_taps_avx512(x, s.wt, b_flat, wc, bc, tile, act, groups, padding[0], padding[2], s.wp, oh, ow, window,
-                         s.xps,
-                         shifts, s.outs, y, pooled, indices)
+                         s.xps, shifts, s.outs, y, pooled, indices)
 
 
 def _tap_shifts(kh, kw, dilation, wp):

@@ -329,30 +329,32 @@ _OWN_THREADS_BELOW = 65536 * 4
 
 def _blocks(n):
     """How many blocks a linear layer's gemm32 products are split into along a dimension of size n
-    (OpenBLAS's: _openblas_blocks): a function of the size only, never of the thread count. BLAS may round an element differently depending on
-    where the block edges fall (OpenBLAS's edge tiles do), so a thread-dependent split would make
-    the bits depend on the machine; this split keeps them the same on any machine (up to 8 cores
-    busy; blocks of >= 64 rows or columns)."""
+    (OpenBLAS's: _openblas_blocks): a function of the size only, never of the thread count. BLAS
+    may round an element differently depending on where the block edges fall (OpenBLAS's edge
+    tiles do), so a thread-dependent split would make the bits depend on the machine; this split
+    keeps them the same on any machine (up to 8 cores busy; blocks of >= 64 rows or columns)."""
     return max(1, min(8, n // 64))
 
 
 # The least of the split dimension per block of the linear layers' OpenBLAS calls (forward and
-# backward). Larger blocks repack less: dw = dy^T x on 8192x512->256 with 8 blocks of 64 columns ran
-# at 47 GFLOP/s on a Zen 4 core, one block of 512 at 72. 256 -> 512 in the backward (thirteenth
-# session; Zen 4, two threads, GFLOP/s of dx + dW + db, three runs each): 4096x1024->1024 176-179
-# -> 186-189, 2048^3 172-175 -> 187-188, 1024^3 172-180 -> 189-190, 8192x512->256 148-155 ->
-# 158-162, 512x4096->4096 and 1024x4096->1024 the same (8 blocks either way); with the AVX2
-# kernels, 256x1024->512 182-183 -> 192-193. The forward's blocks were _blocks' (>= 64): 1024^3
-# 158 -> 191-192, 2048^3 183 -> 195-196, 4096x1024->1024 and 8192x512->256 within noise. 1024
-# gained 1-3% more in the backward but leaves a 1024-wide layer one block per product: two tasks,
-# two cores.
+# backward), past the first two blocks. Larger blocks repack less: dw = dy^T x on 8192x512->256 with
+# 8 blocks of 64 columns ran at 47 GFLOP/s on a Zen 4 core, one block of 512 at 72. 256 -> 512 in
+# the backward (thirteenth session; Zen 4, two threads, GFLOP/s of dx + dW + db, three runs each):
+# 4096x1024->1024 176-179 -> 186-189, 2048^3 172-175 -> 187-188, 1024^3 172-180 -> 189-190,
+# 512x4096->4096 and 1024x4096->1024 the same (8 blocks either way); with the AVX2 kernels,
+# 256x1024->512 182-183 -> 190-193. The forward's blocks were _blocks' (>= 64): 1024^3 158 ->
+# 191-192, 2048^3 183 -> 195-196, 4096x1024->1024 and 8192x512->256 within noise. Blocks of 1024
+# gained 1-4% more on two cores, but fewer blocks leave more cores idle on larger hosts.
 _OPENBLAS_BLOCK = 512
 
 
 def _openblas_blocks(n):
     """How many blocks an OpenBLAS product is split into along a dimension of size n (by shape
-    alone, as _blocks): up to 8, of >= _OPENBLAS_BLOCK."""
-    return max(1, min(8, n // _OPENBLAS_BLOCK))
+    alone, as _blocks): up to 8 of >= _OPENBLAS_BLOCK, and never fewer than 2 where n has 64 for
+    each, so that a layer of 128-1023 still keeps two cores busy (one block is one task: a forward
+    on one core; and the backward's split must not depend on whether dx is wanted, or dW's bits
+    would)."""
+    return max(1, min(8, max(n // _OPENBLAS_BLOCK, min(2, n // 64))))
 
 
 def _backward_split(m, n, k, own):
@@ -370,8 +372,8 @@ def _backward_split(m, n, k, own):
     if own:
         return _blocks(k), False, False
     dx_by_rows, dw_by_rows = k < m, k < n
-    return min(_openblas_blocks(m if dx_by_rows else k), _openblas_blocks(n if dw_by_rows else k)), dx_by_rows, \
-        dw_by_rows
+    blocks = min(_openblas_blocks(m if dx_by_rows else k), _openblas_blocks(n if dw_by_rows else k))
+    return blocks, dx_by_rows, dw_by_rows
 
 
 def _gemm_work(m, n, k):
