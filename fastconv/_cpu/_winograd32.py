@@ -79,28 +79,37 @@ def _gt_applied(d0, d1, d2, d3):
 
 @njit(parallel=True, nogil=True, cache=True)
 def _transform_weights(w, u):
-    """u[4a + b, c, k] = (G w[k, c] G^T)[a, b] in float64, rounded once (u zero past w's C and K)."""
+    """u[4a + b, c, k] = (G w[k, c] G^T)[a, b] in float64, rounded once (u zero past w's C and K).
+    16 k at a time: their 9 weights gathered into g (float64, a row per tap), then the transform as
+    one straight-line body over the 16 lanes, which LLVM vectorizes; each value takes the same
+    operations in the same order as one k at a time did, so the same bits."""
     k_n, c_n = w.shape[0], w.shape[1]
+    w_rows = w.reshape(k_n, c_n * 9)
     for c in prange(u.shape[1]):
         if c >= c_n:
             u[:, c, :] = 0
             continue
         u[:, c, k_n:] = 0
+        g = np.zeros((9, LANES))                    # g[3i + j, k - k0] = w[k, c, i, j]
         block = np.empty((16, LANES), np.float32)  # block[xi, k - k0]
         for k0 in range(0, k_n, LANES):
-            k1 = min(k_n, k0 + LANES)
-            for k in range(k0, k1):
-                g = w[k, c]
-                # G g: down each of the kernel's 3 columns
-                col0 = _g_applied(np.float64(g[0, 0]), np.float64(g[1, 0]), np.float64(g[2, 0]))
-                col1 = _g_applied(np.float64(g[0, 1]), np.float64(g[1, 1]), np.float64(g[2, 1]))
-                col2 = _g_applied(np.float64(g[0, 2]), np.float64(g[1, 2]), np.float64(g[2, 2]))
-                for a in range(4):  # (G g) G^T: along each of its 4 rows
-                    row = _g_applied(col0[a], col1[a], col2[a])
-                    for b in range(4):
-                        block[4 * a + b, k - k0] = row[b]
+            kb = min(k_n, k0 + LANES) - k0
+            for lane in range(kb):
+                for tap in range(9):
+                    g[tap, lane] = w_rows[k0 + lane, c * 9 + tap]
+            for lane in range(LANES):
+                # G g: down each of the kernel's 3 columns; then (G g) G^T along each of its 4 rows
+                col0 = _g_applied(g[0, lane], g[3, lane], g[6, lane])
+                col1 = _g_applied(g[1, lane], g[4, lane], g[7, lane])
+                col2 = _g_applied(g[2, lane], g[5, lane], g[8, lane])
+                block[0, lane], block[1, lane], block[2, lane], block[3, lane] = _g_applied(col0[0], col1[0], col2[0])
+                block[4, lane], block[5, lane], block[6, lane], block[7, lane] = _g_applied(col0[1], col1[1], col2[1])
+                block[8, lane], block[9, lane], block[10, lane], block[11, lane] = _g_applied(col0[2], col1[2],
+                                                                                            col2[2])
+                block[12, lane], block[13, lane], block[14, lane], block[15, lane] = _g_applied(col0[3], col1[3],
+                                                                                                col2[3])
             for xi in range(16):
-                u[xi, c, k0:k1] = block[xi, :k1 - k0]
+                u[xi, c, k0:k0 + kb] = block[xi, :kb]
 
 
 def weights_transformed(w, channels, outputs):
