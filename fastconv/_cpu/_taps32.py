@@ -23,9 +23,8 @@ tile nine times for a 3x3 kernel) and go out once, finished. Three shapes of til
 - row_tile, positions in the lanes along one output row: 16 channels x 16 positions, for layers
   with 1-3 input channels per group (conv1), whose 9 multiply-adds per output and input channel
   leave channels_tile's transposes a third of its work: each channel's positions are stored as they
-  are, and each weight
-  comes by an embedded broadcast in its vfmadd. conv1 (1 -> 32, 28 x 28, batch 128) forward, two
-  Zen 4 threads: 102-103 GFLOP/s by channels_tile, 121-123 by row_tile.
+  are, and each weight comes by an embedded broadcast in its vfmadd. conv1 (1 -> 32, 28 x 28, batch
+  128) forward, two Zen 4 threads: 102-103 GFLOP/s by channels_tile, 121-123 by row_tile.
 
 All three sum in the order of per-tap gemm32 products accumulated into one output (tap outer, channel
 inner, one rounding per multiply-add; tests/test_cpu_taps32.py builds that reference), then add b
@@ -48,6 +47,19 @@ _F32 = ir.FloatType()
 _V16 = ir.VectorType(_F32, 16)
 _I64 = ir.IntType(64)
 _MASK16 = ir.VectorType(ir.IntType(1), 16)
+
+
+_ZERO = ir.Constant(_V16, [ir.Constant(_F32, 0.0)] * 16)
+
+
+def _const(value):
+    """A 64-bit IR integer constant (offsets, rows, lanes)."""
+    return ir.Constant(_I64, value)
+
+
+def _fma(builder):
+    """llvm.fma.v16f32, declared in builder's module."""
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16] * 3), "llvm.fma.v16f32")
 
 
 def _typed_as_tile(w, xp, y, bias, shifts, relu):
@@ -84,21 +96,19 @@ def taps_tile(typingctx, w, w_off, w_rs, w_ts, cg, xp, xp_rs, shifts, q0, y, y_o
         w_off, w_rs, w_ts, cg, xp_rs, q0, y_off, ldy, rows, bias_off, keep_lo, keep_hi, dst_lo, dst_hi = (
             as_i64(builder, args[i]) for i in (1, 2, 3, 4, 6, 8, 10, 11, 12, 14, 16, 17, 18, 19))
         relu = args[15]
-        const = lambda v: ir.Constant(_I64, v)  # noqa: E731
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16] * 3), "llvm.fma.v16f32")
+        fma = _fma(builder)
         compress = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16, _V16, _MASK16]),
                                                   "llvm.x86.avx512.mask.compress.v16f32")
         ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64")
-        zero = ir.Constant(_V16, [ir.Constant(_F32, 0.0)] * 16)
 
         def at(array, offset):
             return builder.gep(array.data, [offset])
 
         # row r reads W's row min(r, rows - 1): the rows past `rows` repeat the last one, not stored
-        last = builder.sub(rows, const(1))
-        row_of = [builder.select(builder.icmp_signed("<", const(r), rows), const(r), last) for r in range(MR)]
+        last = builder.sub(rows, _const(1))
+        row_of = [builder.select(builder.icmp_signed("<", _const(r), rows), _const(r), last) for r in range(MR)]
         w_rows = [builder.add(w_off, builder.mul(row_of[r], w_rs)) for r in range(MR)]
-        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(MR)]
+        accs = [[cgutils.alloca_once_value(builder, _ZERO) for _ in range(2)] for _ in range(MR)]
         with cgutils.for_range(builder, shift_arr.nitems) as tap_loop:
             tap = tap_loop.index
             b_start = builder.add(builder.load(at(shift_arr, tap)), q0)
@@ -106,7 +116,7 @@ def taps_tile(typingctx, w, w_off, w_rs, w_ts, cg, xp, xp_rs, shifts, q0, y, y_o
             with cgutils.for_range(builder, cg) as channel_loop:
                 c = channel_loop.index
                 b_at = builder.add(b_start, builder.mul(c, xp_rs))
-                bv = [builder.load(builder.bitcast(at(xp_arr, builder.add(b_at, const(16 * h))), _V16.as_pointer()),
+                bv = [builder.load(builder.bitcast(at(xp_arr, builder.add(b_at, _const(16 * h))), _V16.as_pointer()),
                                    align=4) for h in range(2)]
                 w_at = builder.add(w_tap, c)
                 for r in range(MR):
@@ -118,15 +128,15 @@ def taps_tile(typingctx, w, w_off, w_rs, w_ts, cg, xp, xp_rs, shifts, q0, y, y_o
         runs = [lanes_below(builder, builder.call(ctpop, [k])) for k in (keep_lo, keep_hi)]
         relu_lanes = broadcast(builder, relu)
         for r in range(MR):
-            with builder.if_then(builder.icmp_signed("<", const(r), rows)):
-                b_value = builder.load(at(bias_arr, builder.add(bias_off, const(r))))
+            with builder.if_then(builder.icmp_signed("<", _const(r), rows)):
+                b_value = builder.load(at(bias_arr, builder.add(bias_off, _const(r))))
                 bv = broadcast(builder, b_value)
-                row_start = builder.add(y_off, builder.mul(const(r), ldy))
+                row_start = builder.add(y_off, builder.mul(_const(r), ldy))
                 for h, dst in enumerate((dst_lo, dst_hi)):
                     v = builder.fadd(builder.load(accs[r][h]), bv)
-                    negative = builder.fcmp_ordered("<", v, zero)
-                    v = builder.select(builder.and_(negative, relu_lanes), zero, v)
-                    packed = builder.call(compress, [v, zero, keeps[h]])
+                    negative = builder.fcmp_ordered("<", v, _ZERO)
+                    v = builder.select(builder.and_(negative, relu_lanes), _ZERO, v)
+                    packed = builder.call(compress, [v, _ZERO, keeps[h]])
                     target = builder.bitcast(at(y_arr, builder.add(row_start, dst)), _V16.as_pointer())
                     masked_store(builder, packed, target, runs[h])
         return context.get_dummy_value()
@@ -158,14 +168,12 @@ def row_tile(typingctx, w, w_off, w_ts, w_cs, cg, xp, xp_rs, shifts, base, y, y_
         arrays, offsets, relu = _lane_tile_args(context, builder, signature, args)
         w_arr, xp_arr, shift_arr, y_arr, bias_arr = arrays
         w_off, w_ts, w_cs, cg, xp_rs, base, y_off, ldy, count, rows, bias_off = offsets
-        const = lambda v: ir.Constant(_I64, v)  # noqa: E731
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16] * 3), "llvm.fma.v16f32")
-        zero = ir.Constant(_V16, [ir.Constant(_F32, 0.0)] * 16)
+        fma = _fma(builder)
 
         def at(array, offset):
             return builder.gep(array.data, [offset])
 
-        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(RR)]
+        accs = [cgutils.alloca_once_value(builder, _ZERO) for _ in range(RR)]
         with cgutils.for_range(builder, shift_arr.nitems) as tap_loop:
             tap = tap_loop.index
             x_start = builder.add(builder.load(at(shift_arr, tap)), base)
@@ -176,17 +184,17 @@ def row_tile(typingctx, w, w_off, w_ts, w_cs, cg, xp, xp_rs, shifts, base, y, y_
                                                   _V16.as_pointer()), align=4)
                 w_at = at(w_arr, builder.add(w_tap, builder.mul(c, w_cs)))
                 for r in range(RR):
-                    wv = broadcast(builder, builder.load(builder.gep(w_at, [const(r)])))
+                    wv = broadcast(builder, builder.load(builder.gep(w_at, [_const(r)])))
                     builder.store(builder.call(fma, [wv, xv, builder.load(accs[r])]), accs[r])
 
         run = lanes_below(builder, count)
         relu_lanes = broadcast(builder, relu)
         for r in range(RR):
-            with builder.if_then(builder.icmp_signed("<", const(r), rows)):
+            with builder.if_then(builder.icmp_signed("<", _const(r), rows)):
                 v = builder.fadd(builder.load(accs[r]), broadcast(builder, builder.load(at(bias_arr, builder.add(
-                    bias_off, const(r))))))
-                v = builder.select(builder.and_(builder.fcmp_ordered("<", v, zero), relu_lanes), zero, v)
-                target = builder.bitcast(at(y_arr, builder.add(y_off, builder.mul(const(r), ldy))), _V16.as_pointer())
+                    bias_off, _const(r))))))
+                v = builder.select(builder.and_(builder.fcmp_ordered("<", v, _ZERO), relu_lanes), _ZERO, v)
+                target = builder.bitcast(at(y_arr, builder.add(y_off, builder.mul(_const(r), ldy))), _V16.as_pointer())
                 masked_store(builder, v, target, run)
         return context.get_dummy_value()
 
@@ -230,14 +238,12 @@ def channels_tile(typingctx, w, w_off, w_ts, w_cs, cg, xp, xp_rs, shifts, base, 
         arrays, offsets, relu = _lane_tile_args(context, builder, signature, args)
         w_arr, xp_arr, shift_arr, y_arr, bias_arr = arrays
         w_off, w_ts, w_cs, cg, xp_rs, base, y_off, ldy, count, channels, bias_off = offsets
-        const = lambda v: ir.Constant(_I64, v)  # noqa: E731
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16, [_V16] * 3), "llvm.fma.v16f32")
-        zero = ir.Constant(_V16, [ir.Constant(_F32, 0.0)] * 16)
+        fma = _fma(builder)
 
         def vector_at(array, offset):
             return builder.bitcast(builder.gep(array.data, [offset]), _V16.as_pointer())
 
-        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(CR)]
+        accs = [[cgutils.alloca_once_value(builder, _ZERO) for _ in range(2)] for _ in range(CR)]
         with cgutils.for_range(builder, shift_arr.nitems) as tap_loop:
             tap = tap_loop.index
             x_start = builder.add(builder.load(builder.gep(shift_arr.data, [tap])), base)
@@ -245,25 +251,25 @@ def channels_tile(typingctx, w, w_off, w_ts, w_cs, cg, xp, xp_rs, shifts, base, 
             with cgutils.for_range(builder, cg) as channel_loop:
                 c = channel_loop.index
                 w_at = builder.add(w_start, builder.mul(c, w_cs))
-                wv = [builder.load(vector_at(w_arr, builder.add(w_at, const(16 * h))), align=4) for h in range(2)]
+                wv = [builder.load(vector_at(w_arr, builder.add(w_at, _const(16 * h))), align=4) for h in range(2)]
                 x_at = builder.add(x_start, builder.mul(c, xp_rs))
                 for p in range(CR):
-                    xv = broadcast(builder, builder.load(builder.gep(xp_arr.data, [builder.add(x_at, const(p))])))
+                    xv = broadcast(builder, builder.load(builder.gep(xp_arr.data, [builder.add(x_at, _const(p))])))
                     for h in range(2):
                         builder.store(builder.call(fma, [xv, wv[h], builder.load(accs[p][h])]), accs[p][h])
 
         run = lanes_below(builder, count)
         relu_lanes = broadcast(builder, relu)
         for h in range(2):
-            bv = builder.load(vector_at(bias_arr, builder.add(bias_off, const(16 * h))), align=4)
+            bv = builder.load(vector_at(bias_arr, builder.add(bias_off, _const(16 * h))), align=4)
             rows = []
             for p in range(CR):
                 v = builder.fadd(builder.load(accs[p][h]), bv)
-                v = builder.select(builder.and_(builder.fcmp_ordered("<", v, zero), relu_lanes), zero, v)
+                v = builder.select(builder.and_(builder.fcmp_ordered("<", v, _ZERO), relu_lanes), _ZERO, v)
                 rows.append(v)
-            for lane, row in enumerate(_transpose16(builder, rows + [zero, zero])):
-                with builder.if_then(builder.icmp_signed("<", const(16 * h + lane), channels)):
-                    at = builder.add(y_off, builder.mul(const(16 * h + lane), ldy))
+            for lane, row in enumerate(_transpose16(builder, rows + [_ZERO, _ZERO])):
+                with builder.if_then(builder.icmp_signed("<", _const(16 * h + lane), channels)):
+                    at = builder.add(y_off, builder.mul(_const(16 * h + lane), ldy))
                     masked_store(builder, row, vector_at(y_arr, at), run)
         return context.get_dummy_value()
 

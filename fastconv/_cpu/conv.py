@@ -513,6 +513,7 @@ def _forward_taps_avx512(x, wt, b, wc, bc, tile, act, groups, pt, pl, wp, oh, ow
     cog, length, p = c_out // groups, oh * wp, oh * ow
     pooling, relu, w, w_lanes, b_lanes = pool[0] != 0, act == _RELU, wt.reshape(-1), wc.reshape(-1), bc.reshape(-1)
     plane_width = wp if tile == _TAPS_TILE else ow  # of the planes the tile writes
+    blocks = wc.shape[1]  # of 32 channels in wc (row_tile and channels_tile)
     threads = xps.shape[0]
     for t in prange(threads):
         xp = xps[t]
@@ -525,7 +526,6 @@ def _forward_taps_avx512(x, wt, b, wc, bc, tile, act, groups, pt, pl, wp, oh, ow
                 _pad_avx512(x, n, g * cg, cg, pt, pl, wp, xp)
                 y_off = 0 if pooling else g * cog * p
                 if tile == _ROW_TILE:
-                    blocks = wc.shape[1]
                     for block in range(blocks):
                         for o0 in range(block * CW, min(cog, (block + 1) * CW), RR):
                             for a in range(oh):
@@ -535,7 +535,6 @@ def _forward_taps_avx512(x, wt, b, wc, bc, tile, act, groups, pt, pl, wp, oh, ow
                                              y_off + o0 * p + a * ow + w0, p, min(16, ow - w0), min(RR, cog - o0),
                                              b_lanes, g * blocks * CW + o0, relu)
                 elif tile == _CHANNELS_TILE:
-                    blocks = wc.shape[1]
                     for block in range(blocks):
                         o0 = block * CW
                         for a in range(oh):
