@@ -41,8 +41,9 @@ def format_table(rows, metric):
     lines = [f"{'rank':>4}  {'lr':>7}  {'width':>5}  {'batch':>5}  {'best val ' + metric:>14}  {'epoch':>5}  {'time':>6}"]
     for r in rows:
         s = r["settings"]
+        best = "-" if r["best_metric"] is None else f"{r['best_metric']:.4f}"  # None: never improved (NaN)
         lines.append(f"{r['rank']:>4}  {s['lr']:>7g}  {s['width']:>5}  {s['batch_size']:>5}  "
-                     f"{r['best_metric']:>14.4f}  {r['best_epoch']:>5}  {r['time_s']:>5.1f}s")
+                     f"{best:>14}  {str(r['best_epoch'] or '-'):>5}  {r['time_s']:>5.1f}s")
     return "\n".join(lines)
 
 
@@ -70,6 +71,9 @@ def run(out="runs/search", epochs=None, lrs=None, widths=None, batch_sizes=None,
                           epochs=options["epochs"], seed=seed, patience=10,
                           progress=False, verbose=verbose)  # one line per trial is the progress
     seconds = time.perf_counter() - started
+    if result.best_checkpoint is None:
+        raise RuntimeError(f"no setting reached a finite validation loss (did every one diverge?), so "
+                           f"there is no best model to evaluate; the trials are in {out}/search.csv")
     record = {"example": NAME, "data": {"seed": seed, "subset": subset}, "options": options,
               "best_settings": result.best_settings}
     runs.tag_checkpoint(result.best_checkpoint, record)

@@ -47,8 +47,13 @@ class CheckpointError(ValueError):
 
 
 def _directory(path) -> str:
+    """The checkpoint directory of `path` (the directory or its JSON); CheckpointError for another file."""
     path = os.fspath(path)
-    return os.path.dirname(path) or "." if os.path.basename(path) == INDEX else path
+    directory = os.path.dirname(path) or "." if os.path.basename(path) == INDEX else path
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CheckpointError(f"{directory!r} is a file, not a checkpoint directory (pass the directory or "
+                              f"its {INDEX})")
+    return directory
 
 
 def _fsync_directory(directory):
@@ -85,6 +90,16 @@ def _jsonable(value):
     return value
 
 
+def _json_normal(value, what):
+    """`value` as it reads back from the JSON (keys strings, tuples lists): the checksum is computed on
+    this form, so it still matches after a reload. TypeError naming `what` if JSON cannot hold it."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=True))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"checkpoint {what} must be JSON-serializable (dicts, lists, strings, numbers, "
+                        f"bools, None): {exc}") from None
+
+
 def _split_optimizer(optimizer):
     """(JSON-able optimizer state, {safetensors key: host array})."""
     sd = optimizer.state_dict()
@@ -110,36 +125,39 @@ def _index_digest(info) -> str:
 def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, extra=None) -> str:
     """Writes the checkpoint directory `path` (created if needed); returns the JSON's path.
 
-    extra: any JSON-able dict stored as is (the training loop keeps its own state there).
+    extra: any JSON-able dict (the training loop keeps its own state there), stored in its JSON form:
+    int keys come back as strings. Something JSON cannot hold is a TypeError before any file is written.
     """
     from safetensors.numpy import save as st_save
 
     directory = _directory(path)
-    os.makedirs(directory, exist_ok=True)
-    tensors = {name: np.ascontiguousarray(to_numpy(a)) for name, a in model.state_dict().items()}
-    optim_state = None
-    if optimizer is not None:
-        optim_state, optim_arrays = _split_optimizer(optimizer)
-        tensors.update(optim_arrays)
-    data = st_save(tensors, metadata={"format": FORMAT, "fastconv_version": __version__})
-    weights = f"weights-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.safetensors"
-    _write_atomically(directory, weights, data)
-
+    # Everything the JSON will hold is checked (and put in its JSON form) before any file is written.
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "fastconv_version": __version__,
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "epoch": epoch,
+        "epoch": _json_normal(_jsonable(epoch), "epoch"),
         "metric": None if metric is None else float(metric),
-        "config": model.config(),
+        "config": _json_normal(model.config(), "model config"),
         "parameters": list(model.state_dict().keys()),
-        "module_state": _jsonable(model.extra_state()),
-        "weights": {"file": weights, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
-        "optimizer": optim_state,
-        "scheduler": None if scheduler is None else _jsonable(scheduler.state_dict()),
-        "extra": extra,
+        "module_state": _json_normal(_jsonable(model.extra_state()), "module state"),
+        "weights": None,
+        "optimizer": None,
+        "scheduler": None if scheduler is None else _json_normal(_jsonable(scheduler.state_dict()), "scheduler state"),
+        "extra": _json_normal(extra, "extra"),
     }
+    tensors = {name: np.ascontiguousarray(to_numpy(a)) for name, a in model.state_dict().items()}
+    if optimizer is not None:
+        optim_state, optim_arrays = _split_optimizer(optimizer)
+        info["optimizer"] = _json_normal(optim_state, "optimizer state")
+        tensors.update(optim_arrays)
+
+    os.makedirs(directory, exist_ok=True)
+    data = st_save(tensors, metadata={"format": FORMAT, "fastconv_version": __version__})
+    weights = f"weights-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.safetensors"
+    _write_atomically(directory, weights, data)
+    info["weights"] = {"file": weights, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     info["index_sha256"] = _index_digest(info)
     text = json.dumps(info, indent=1, allow_nan=True).encode()
     _write_atomically(directory, INDEX, text)  # the commit point
@@ -168,12 +186,24 @@ def read_info(path) -> dict:
         raise CheckpointError(f"{index} is not valid JSON ({exc}): the checkpoint is corrupt") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"{index} is not a fastconv checkpoint")
-    if info.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{index} has format version {info['format_version']}; this fastconv "
+    version = info.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{index} has format_version {version!r}, not an integer: the checkpoint is corrupt")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{index} has format version {version}; this fastconv "
                               f"({__version__}) reads up to {FORMAT_VERSION}")
     if info.get("index_sha256") != _index_digest(info):
         raise CheckpointError(f"{index} fails its SHA-256 check (its content does not match the checksum "
                               "written with it): the checkpoint is corrupt")
+    # The fields load() and load_into() rely on (a JSON edited and re-signed by hand may lack them).
+    missing = [k for k in ("epoch", "config", "weights") if k not in info]
+    weights = info.get("weights")
+    if not missing and not (isinstance(weights, dict) and isinstance(weights.get("file"), str)
+                            and isinstance(weights.get("sha256"), str) and isinstance(weights.get("bytes"), int)):
+        missing = ["weights.file, weights.sha256 or weights.bytes"]
+    if missing:
+        raise CheckpointError(f"{index} lacks {', '.join(missing)}: the checkpoint is corrupt or was not "
+                              "written by fastconv.checkpoint.save")
     return info
 
 

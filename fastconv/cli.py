@@ -76,6 +76,16 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
 def positive_float(text):
     try:
         value = float(text)
@@ -176,9 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=positive_float, help="learning rate (default: the example's)")
     train.add_argument("--batch-size", type=positive_int, help="batch size (default: the example's)")
     train.add_argument("--backend", choices=BACKENDS, default="auto", help="where the ops run (default: auto)")
-    train.add_argument("--seed", type=int, default=0, help="seed of the split, the initialization and the batches")
+    train.add_argument("--seed", type=non_negative_int, default=0,
+                       help="seed of the split, the initialization and the batches")
     train.add_argument("--out", metavar="DIR", help="output directory (default: runs/EXAMPLE)")
-    train.add_argument("--subset", type=positive_int, help="train on the first N training rows only (quick checks)")
+    train.add_argument("--subset", type=positive_int,
+                       help="use only the first N rows of each split: train, validation and test (quick checks)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 
@@ -193,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--widths", type=_list_of(positive_int), metavar="W,W,...", help="hidden widths")
     search.add_argument("--batch-sizes", type=_list_of(positive_int), metavar="B,B,...", help="batch sizes")
     search.add_argument("--backend", choices=BACKENDS, default="auto")
-    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--seed", type=non_negative_int, default=0)
     search.add_argument("--out", metavar="DIR", help="output directory (default: runs/search)")
     search.add_argument("--quiet", action="store_true")
     search.set_defaults(run=_search)

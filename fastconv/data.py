@@ -65,6 +65,8 @@ def train_val_test_split(x, y, val=0.15, test=0.15, seed=0, stratify=True):
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
         raise ValueError(f"x and y must have the same number of rows, got shapes {x.shape} and {y.shape}")
+    if len(y) == 0:
+        raise ValueError(f"x and y are empty (shapes {x.shape} and {y.shape}): no rows to split")
     val, test = _check_fraction(val, "val"), _check_fraction(test, "test")
     if val + test >= 1:
         raise ValueError(f"val + test must be below 1 to leave training rows, got {val} + {test}")
@@ -114,6 +116,12 @@ class Standardizer:
             raise ValueError(f"fit needs at least one row, got shape {x.shape}")
         if x.dtype.kind not in "biuf":
             raise TypeError(f"x must be numeric, got dtype {x.dtype}")
+        finite = np.isfinite(x).all(axis=0)
+        if not np.all(finite):  # their mean and std would be NaN, silently
+            bad = np.flatnonzero(~finite).tolist()
+            listed = f"{bad[:10]}{' ...' if len(bad) > 10 else ''}"
+            where = {1: "", 2: f" in column(s) {listed}"}.get(x.ndim, f" in feature(s) {listed} (flattened)")
+            raise ValueError(f"x has NaN or inf values{where}; remove or impute them before standardizing")
         self.mean_ = x.mean(axis=0, dtype=np.float64)
         std = x.std(axis=0, dtype=np.float64)
         self.std_ = np.where(std > 0, std, 1.0)

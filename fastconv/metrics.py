@@ -161,11 +161,16 @@ def accuracy(y_true, y_pred_or_scores):
     """Fraction of correct predictions.
 
     The second argument is either predicted labels (N,) or class scores (N, C), in
-    which case the prediction is the argmax over axis 1.
+    which case the prediction is the argmax over axis 1 (scores must be finite).
     """
     y = _class_labels(y_true, "y_true")
     p = _to_numpy(y_pred_or_scores, "y_pred_or_scores")
     if p.ndim == 2 and p.shape[1] > 1:
+        # argmax would call a row of NaN (a diverged model) class 0, and count it correct for class 0.
+        if p.dtype.kind == "f" and not np.all(np.isfinite(p)):
+            raise ValueError(
+                f"y_pred_or_scores contains NaN or inf ({int(np.sum(~np.isfinite(p)))} values)"
+            )
         p = np.argmax(p, axis=1)
     elif p.ndim == 2:
         # argmax of one column is always 0: almost surely a sigmoid output by mistake.

@@ -101,6 +101,20 @@ def tag_checkpoint(directory, record):
     _checkpoint.save(directory, model, epoch=info["epoch"], metric=info["metric"], extra=extra)
 
 
+def _written_by(best, history) -> bool:
+    """Whether the checkpoint `best` holds this run's best evaluation (train.fit records its history in
+    the checkpoint, up to the evaluation it was saved for), not one left from an earlier run."""
+    if not (best / _checkpoint.INDEX).exists():
+        return False
+    extra = _checkpoint.read_info(best).get("extra")
+    fit = extra.get("fit") if isinstance(extra, dict) else None
+    saved = fit.get("history") if isinstance(fit, dict) else None
+    if not (isinstance(saved, dict) and saved.get("records")):
+        return False
+    key = ("step", "time")  # the time since fit started tells runs apart
+    return [saved["records"][-1].get(k) for k in key] == [history.best[k] for k in key]
+
+
 def finish(example, out, history, *, record, started, verbose=True) -> dict:
     """After train.fit(..., checkpoint_dir=out): tags out/best with the run record, evaluates it on
     the test split, writes history.json, report.json, run.json and the plots, prints the report.
@@ -111,8 +125,12 @@ def finish(example, out, history, *, record, started, verbose=True) -> dict:
     out = Path(out)
     train_seconds = time.perf_counter() - started
     best = out / "best"
-    if not (best / _checkpoint.INDEX).exists():
-        raise RuntimeError(f"training wrote no best checkpoint in {best} (no validation improved?)")
+    if history.best_index is None:
+        raise RuntimeError(f"training wrote no best checkpoint in {best} (no validation improved; "
+                           "were they all NaN, training diverged?)")
+    if not _written_by(best, history):  # never tag or evaluate a checkpoint of another run as this one's
+        raise RuntimeError(f"training wrote no best checkpoint in {best}: the one there is not this run's "
+                           "(left from an earlier run, or fit's checkpoint_dir is not the output directory)")
     tag_checkpoint(best, record)
     files = {"checkpoint": str(best)}
     history.to_json(out / "history.json")

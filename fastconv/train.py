@@ -16,7 +16,15 @@ on the cpu backend.
 
 Metrics: "loss" (minimized), "accuracy", "auc" (maximized), or a callable(y_true, scores) -> float
 (maximized unless mode="min"). Scores are the model's outputs turned into probabilities where the
-loss says how: softmax for CrossEntropyLoss, sigmoid for BCEWithLogitsLoss, raw otherwise.
+loss says how: softmax for CrossEntropyLoss, sigmoid for BCEWithLogitsLoss, raw otherwise. "auc" with
+several classes is the macro average of the one-vs-rest AUCs over the classes present in the
+validation labels (an absent class has no AUC); it needs at least two classes there.
+An evaluation whose outputs are not all finite (a diverged model) or whose loss is NaN scores NaN
+under every metric: it is recorded, never counts as an improvement, and no best is saved from it.
+
+epoch, in History records and in the checkpoints' JSON: the 1-based epoch an evaluation or save
+happened in. At the end of epoch k it is k (k epochs completed); an evaluation partway through epoch
+k (eval_every) says k as well.
 """
 from __future__ import annotations
 
@@ -93,17 +101,40 @@ def _scores(outputs, loss_fn):
 def _accuracy(y, scores):
     if scores.ndim == 2 and scores.shape[1] > 1:
         return _metrics.accuracy(y, scores)
+    if not np.all(np.isfinite(scores)):  # NaN >= 0.5 is False: NaN scores would count as class 0
+        raise ValueError(f"scores contains NaN or inf ({int(np.sum(~np.isfinite(scores)))} values)")
     return _metrics.accuracy(np.asarray(y).reshape(-1).astype(np.int64), (scores.reshape(-1) >= 0.5).astype(np.int64))
 
 
 def _auc(y, scores):
+    """Binary AUC; with several classes the macro one-vs-rest AUC over the classes present in y."""
     y = np.asarray(y)
     if scores.ndim == 1 or scores.shape[1] == 1:
         return _metrics.auc(y.reshape(-1).astype(np.int64), scores.reshape(-1))
     if scores.shape[1] == 2 and y.ndim == 1:
         return _metrics.auc(y.astype(np.int64), scores[:, 1])
     onehot = np.eye(scores.shape[1], dtype=np.int64)[y.astype(np.int64)] if y.ndim == 1 else y
-    return float(np.mean(_metrics.per_class_auc(onehot, scores)))  # macro one-vs-rest
+    present = _two_valued_columns(onehot)  # a class absent from y (or in every row) has no AUC
+    if not present.any():
+        raise ValueError(f"AUC needs labels of at least two classes, got one class in all {len(y)} rows")
+    return float(np.mean(_metrics.per_class_auc(onehot[:, present], scores[:, present])))
+
+
+def _two_valued_columns(labels):
+    """Which columns of (N, C) 0/1 labels hold both values."""
+    return labels.min(axis=0) != labels.max(axis=0)
+
+
+def _check_auc_labels(y):
+    """metric="auc" on validation labels of one class would be undefined at every evaluation."""
+    y = to_numpy(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        ok = bool(_two_valued_columns(y).any())
+    else:
+        ok = np.unique(y).size >= 2
+    if not ok:
+        raise ValueError(f"metric='auc' needs validation labels of at least two classes (AUC ranks positives "
+                         f"against negatives), but val's {len(y)} labels hold one class only")
 
 
 _METRICS = {"accuracy": _accuracy, "auc": _auc}
@@ -127,30 +158,39 @@ def _metric(metric, mode):
 
 
 def _improved(value, best, mode):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or not math.isfinite(value):  # NaN (a diverged model) or inf never is the best
         return False
     return best is None or (value < best if mode == "min" else value > best)
 
 
 def evaluate(model, loss_fn, data, batch_size, metric_fn=None):
-    """(mean loss, metric or None) of the model on (x, y), in eval mode."""
+    """(mean loss, metric or None) of the model on (x, y), in eval mode. The metric is NaN when the
+    outputs are not all finite or the loss is NaN (a diverged model): no metric can score those."""
+    return _evaluate(model, loss_fn, data, batch_size, metric_fn)[:2]
+
+
+def _evaluate(model, loss_fn, data, batch_size, metric_fn=None):
+    """evaluate()'s (loss, metric) and whether the outputs were all finite and the loss not NaN."""
     x, y = data
     xp = _backend.current().xp
     was_training = model.training
     model.eval()
-    total, outs = 0.0, []
+    total, outs, finite = 0.0, [], True
     try:
         for i in range(0, len(x), batch_size):
             out = model(xp.asarray(x[i:i + batch_size]))
             total += float(loss_fn(out, y[i:i + batch_size])) * len(out)
+            finite = finite and bool(xp.isfinite(out).all())
             if metric_fn is not None:
                 outs.append(to_numpy(out))
     finally:
         model.train(was_training)
+    loss = total / len(x)
+    finite = finite and not math.isnan(loss)
     value = None
     if metric_fn is not None:
-        value = float(metric_fn(to_numpy(y), _scores(np.concatenate(outs), loss_fn)))
-    return total / len(x), value
+        value = float(metric_fn(to_numpy(y), _scores(np.concatenate(outs), loss_fn))) if finite else math.nan
+    return loss, value, finite
 
 
 class History:
@@ -227,7 +267,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
 
     train, val: (x, y) NumPy arrays (moved to the device one batch at a time); without val the
     monitored value is the training loss (metric must then be "loss").
-    eval_every: evaluate every that many optimizer steps (default: at the end of each epoch).
+    eval_every: evaluate every that many optimizer steps (default: at the end of each epoch), and at
+        the end of training when the last step was not evaluated (so the final weights are too).
     scheduler: stepped at the end of every epoch.
     resume: continue from <checkpoint_dir>/last when it exists (start fresh otherwise).
     restore_best: at the end, load the best evaluation's weights back into the model.
@@ -244,8 +285,18 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     if val is None and name != "loss":
         raise ValueError(f"metric={name!r} needs validation data (val=(x, y)); without it only 'loss' (the "
                          "training loss) can be monitored")
+    if metric_fn is _auc:
+        _check_auc_labels(val[1])
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
+    last_dir = best_dir = None
+    if checkpoint_dir is not None:  # fail now, not when the first checkpoint is written
+        last_dir, best_dir = os.path.join(checkpoint_dir, "last"), os.path.join(checkpoint_dir, "best")
+        for path in (checkpoint_dir, last_dir, best_dir):
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise ValueError(f"checkpoint_dir: {os.fspath(path)!r} is a file, but fit writes the checkpoint "
+                                 "directories best/ and last/ in checkpoint_dir")
+        os.makedirs(checkpoint_dir, exist_ok=True)
     xp = _backend.current().xp
 
     n = len(x_train)
@@ -255,25 +306,21 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     s = {"epoch": 0, "batch": 0, "step": 0, "epoch_rng": None, "loss_sum": 0.0, "loss_count": 0,
          "evals_since_best": 0, "best": None, "elapsed": 0.0}
     history = History(name, mode)
-    last_dir = best_dir = None
-    if checkpoint_dir is not None:
-        last_dir, best_dir = os.path.join(checkpoint_dir, "last"), os.path.join(checkpoint_dir, "best")
     if resume and os.path.exists(os.path.join(last_dir, _checkpoint.INDEX)):
+        _check_resumable(last_dir, name, mode)  # before load_into changes model and optimizer
         info = _checkpoint.load_into(last_dir, model, optimizer, scheduler)
         saved = info["extra"]["fit"]
         s.update(saved["state"])
         rng.bit_generator.state = saved["rng"]
         history = History.from_dict(saved["history"])
-        if history.metric != name or history.mode != mode:
-            raise ValueError(f"resume: the checkpoint monitored {history.metric} ({history.mode}), this call "
-                             f"{name} ({mode})")
     best_state = None
     if restore_best and s["best"] is not None and os.path.exists(os.path.join(best_dir or "", _checkpoint.INDEX)):
         best_state = {k: xp.array(v, copy=True) for k, v in _checkpoint.load(best_dir)[0].state_dict().items()}
 
     def save(directory, metric_value):
         fit_state = {"state": dict(s), "rng": rng.bit_generator.state, "history": history.to_dict()}
-        _checkpoint.save(directory, model, optimizer=optimizer, scheduler=scheduler, epoch=s["epoch"],
+        epoch = s["epoch"] + (1 if s["batch"] else 0)  # partway through an epoch: that epoch (docstring)
+        _checkpoint.save(directory, model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
                          metric=metric_value, extra={"fit": fit_state})
 
     started = time.perf_counter() - s["elapsed"]
@@ -284,9 +331,9 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         train_loss = float(loss_sum) / max(s["loss_count"], 1) if s["loss_count"] else None
         val_loss = value = None
         if val is not None:
-            val_loss, value = evaluate(model, loss_fn, val, predict_batch_size, metric_fn)
+            val_loss, value, finite = _evaluate(model, loss_fn, val, predict_batch_size, metric_fn)
             if metric_fn is None:
-                value = val_loss
+                value = val_loss if finite else math.nan
         else:
             value = train_loss
         record = {"epoch": s["epoch"] + 1, "step": s["step"], "train_loss": train_loss,
@@ -354,7 +401,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
             if history.stopped_early and s["batch"] < batches_per_epoch:
                 break
             s["epoch_rng"], s["batch"] = None, 0
-            at_eval = eval_every is None
+            # With eval_every, the steps after its last multiple are evaluated at the end of training.
+            at_eval = eval_every is None or (s["epoch"] + 1 == epochs and s["step"] % eval_every != 0)
             improved_value = run_evaluation() if at_eval else None
             if scheduler is not None:
                 scheduler.step()
@@ -369,6 +417,20 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return history
+
+
+def _check_resumable(last_dir, name, mode):
+    """CheckpointError for a `last` that train.fit did not write; ValueError for another metric."""
+    extra = _checkpoint.read_info(last_dir).get("extra")
+    saved = extra.get("fit") if isinstance(extra, dict) else None
+    if not (isinstance(saved, dict) and {"state", "rng", "history"} <= set(saved)):
+        raise _checkpoint.CheckpointError(
+            f"resume: {last_dir} was not written by train.fit (its JSON has no training-loop state in "
+            "extra['fit']); use another checkpoint_dir or resume=False")
+    metric, saved_mode = saved["history"].get("metric"), saved["history"].get("mode")
+    if metric != name or saved_mode != mode:
+        raise ValueError(f"resume: the checkpoint in {last_dir} monitored {metric} ({saved_mode}), this call "
+                         f"{name} ({mode})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,7 +465,7 @@ def _settings(space, method, n_trials, seed):
             if callable(space[k]) or not isinstance(space[k], (list, tuple)) or not space[k]:
                 raise ValueError(f"grid search: space[{k!r}] must be a non-empty list of values")
         grid = [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys))]
-        return grid if n_trials is None else grid[:n_trials]
+        return [_plain(one) for one in (grid if n_trials is None else grid[:n_trials])]
     if method == "random":
         if n_trials is None:
             raise ValueError("random search needs n_trials")
@@ -419,10 +481,22 @@ def _settings(space, method, n_trials, seed):
                     if not isinstance(choice, (list, tuple)) or not choice:
                         raise ValueError(f"random search: space[{k!r}] must be a non-empty list or a callable(rng)")
                     one[k] = choice[int(rng.integers(len(choice)))]
-                one[k] = one[k].item() if isinstance(one[k], np.generic) else one[k]
-            out.append(one)
+            out.append(_plain(one))
         return out
     raise ValueError(f"method must be 'grid' or 'random', got {method!r}")
+
+
+def _plain(setting):
+    """NumPy scalars (from np.arange, say) as Python numbers, and a clear error for values that cannot
+    be saved: settings go into search.json and the best checkpoint's JSON."""
+    setting = {k: v.item() if isinstance(v, np.generic) else v for k, v in setting.items()}
+    for k, v in setting.items():
+        try:
+            json.dumps(v, allow_nan=True)
+        except (TypeError, ValueError):
+            raise ValueError(f"search: setting {k!r} = {v!r} ({type(v).__name__}) is not a JSON value (number, "
+                             "string, bool, None or a list/dict of them); settings are saved as JSON") from None
+    return setting
 
 
 def _write_table(out_dir, rows, keys):
@@ -454,6 +528,7 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
     of the best model (each trial's best evaluation). Returns a SearchResult.
     """
     name, _, mode = _metric(metric, mode)
+    n_trials = _positive_int(n_trials, "n_trials", allow_none=True)
     settings = _settings(space, method, n_trials, seed)
     os.makedirs(out_dir, exist_ok=True)
     work = os.path.join(out_dir, "trial")

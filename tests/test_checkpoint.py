@@ -176,3 +176,55 @@ def test_json_names_checksum_and_parameters(tmp_path):
     assert info["parameters"] == ["0.weight", "0.bias", "3.weight", "3.bias"]
     assert len(info["weights"]["sha256"]) == 64
     assert "2" in info["module_state"]  # the Dropout generator, for exact resume
+
+
+def test_extra_is_saved_in_its_json_form_and_unsavable_values_write_nothing(tmp_path):
+    model, x = model_and_input()
+    # Int keys read back as strings; the checksum is over that form, so the reload passes its check.
+    checkpoint.save(tmp_path / "ck", model, epoch=np.int64(2),
+                    extra={"per_class": {9: 0.5, 10: 0.7}, "mixed": {1: 2, "a": 3}})
+    loaded, info = checkpoint.load(tmp_path / "ck")
+    assert info["extra"] == {"per_class": {"9": 0.5, "10": 0.7}, "mixed": {"1": 2, "a": 3}} and info["epoch"] == 2
+    np.testing.assert_array_equal(outputs(loaded, x), outputs(model, x))
+
+    # Not JSON: an error before any file is written, in a new directory or over an existing checkpoint.
+    with pytest.raises(TypeError, match="extra must be JSON-serializable.*int64"):
+        checkpoint.save(tmp_path / "new", model, epoch=1, extra={"n": np.int64(3)})
+    assert not (tmp_path / "new").exists()
+    before = sorted(os.listdir(tmp_path / "ck"))
+    with pytest.raises(TypeError, match="extra must be JSON-serializable.*object"):
+        checkpoint.save(tmp_path / "ck", model, epoch=3, extra={"model": object()})
+    assert sorted(os.listdir(tmp_path / "ck")) == before and checkpoint.read_info(tmp_path / "ck")["epoch"] == 2
+
+
+def test_a_file_is_not_a_checkpoint_directory(tmp_path):
+    model, _ = model_and_input()
+    (tmp_path / "afile").write_text("hi")
+    for call in (lambda: checkpoint.save(tmp_path / "afile", model, epoch=1),
+                 lambda: checkpoint.load(tmp_path / "afile"),
+                 lambda: checkpoint.load_into(tmp_path / "afile", model),
+                 lambda: checkpoint.read_info(tmp_path / "afile")):
+        with pytest.raises(CheckpointError, match="afile' is a file, not a checkpoint directory"):
+            call()
+    assert (tmp_path / "afile").read_text() == "hi"
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda info: info.pop("weights"), "lacks weights"),
+    (lambda info: info.pop("config"), "lacks config"),
+    (lambda info: info["weights"].pop("sha256"), "lacks weights.file, weights.sha256 or weights.bytes"),
+    (lambda info: info.__setitem__("format_version", "2"), "format_version '2', not an integer"),
+])
+def test_a_re_signed_json_missing_fields_is_a_clear_error(tmp_path, edit, match):
+    # Edited by hand and given a matching checksum: the checksum passes, the content is still unusable.
+    model, _ = model_and_input()
+    checkpoint.save(tmp_path / "ck", model, epoch=1)
+    path = tmp_path / "ck" / "checkpoint.json"
+    info = json.loads(path.read_text())
+    edit(info)
+    info["index_sha256"] = checkpoint._index_digest(info)
+    path.write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match=match):
+        checkpoint.load(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match=match):
+        checkpoint.load_into(tmp_path / "ck", model)

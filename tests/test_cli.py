@@ -37,7 +37,7 @@ def test_missing_examples_directory_is_explained(capsys, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("option, value", [("--lr", "-0.1"), ("--lr", "0"), ("--lr", "fast"), ("--lr", "nan"),
                                            ("--epochs", "0"), ("--epochs", "2.5"), ("--batch-size", "-3"),
-                                           ("--backend", "tpu"), ("--subset", "0")])
+                                           ("--backend", "tpu"), ("--subset", "0"), ("--seed", "-1")])
 def test_bad_option_values_are_usage_errors_naming_the_option(capsys, option, value):
     code, _, err = run_cli(["train", "neuron", option, value], capsys)
     assert code == 2
@@ -47,6 +47,8 @@ def test_bad_option_values_are_usage_errors_naming_the_option(capsys, option, va
 def test_bad_search_lists_are_usage_errors(capsys):
     code, _, err = run_cli(["search", "--lrs", "0.1,-1"], capsys)
     assert code == 2 and "--lrs" in err
+    code, _, err = run_cli(["search", "--seed", "-1"], capsys)
+    assert code == 2 and "--seed" in err
     code, _, err = run_cli(["search", "--widths", ","], capsys)
     assert code == 2 and "--widths" in err
 
@@ -60,6 +62,12 @@ def test_options_reach_the_example(monkeypatch, capsys, tmp_path):
     assert code == 0
     assert seen == {"out": str(tmp_path), "seed": 7, "progress": False, "epochs": 3, "lr": 0.5, "batch_size": 8,
                     "subset": 20}
+
+
+def test_subset_help_says_it_cuts_every_split(capsys):
+    code, out, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0
+    assert "first N rows of each split" in " ".join(out.split())  # validation and test too, not only train
 
 
 def test_no_command_is_a_usage_error(capsys):

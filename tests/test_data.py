@@ -63,6 +63,12 @@ def test_split_rejects_length_mismatch():
         D.train_val_test_split(np.zeros((5, 2)), np.zeros(4))
 
 
+@pytest.mark.parametrize("stratify", [True, False])
+def test_split_rejects_empty_input(stratify):
+    with pytest.raises(ValueError, match=r"empty \(shapes \(0, 2\) and \(0,\)\)"):
+        D.train_val_test_split(np.zeros((0, 2)), np.zeros(0, dtype=np.int64), stratify=stratify)
+
+
 # ---------------------------------------------------------------- standardization
 
 
@@ -86,6 +92,13 @@ def test_standardizer_errors():
         D.Standardizer().transform(np.zeros((2, 2)))
     with pytest.raises(ValueError, match="shape"):
         D.Standardizer().fit(np.zeros((3, 2))).transform(np.zeros((3, 4)))
+    # NaN or inf would make the column's mean and std NaN, and every standardized value with them.
+    x = np.ones((4, 3))
+    x[1, 2], x[3, 0] = np.nan, np.inf
+    with pytest.raises(ValueError, match=r"NaN or inf values in column\(s\) \[0, 2\]"):
+        D.Standardizer().fit(x)
+    with pytest.raises(ValueError, match="NaN or inf values;"):
+        D.Standardizer().fit(np.array([1.0, np.nan]))
 
 
 # ---------------------------------------------------------------- data sets

@@ -226,6 +226,9 @@ def test_coarse_probabilities():
         (lambda: M.accuracy([0, 1], [0.2, 0.7]), ValueError, "integer"),
         (lambda: M.accuracy([0, 1], [[0.2], [0.7]]), ValueError, "one score column"),
         (lambda: M.accuracy([0, 1, 1], [0, 1]), ValueError, "length"),
+        # A NaN row (a diverged model) is not a prediction of class 0.
+        (lambda: M.accuracy([0, 1], [[np.nan, 0.0], [0.0, 1.0]]), ValueError, "NaN or inf"),
+        (lambda: M.accuracy([0, 1], [[np.inf, 0.0], [0.0, 1.0]]), ValueError, "NaN or inf"),
         (lambda: M.confusion_matrix([0, 3], [0, 1], num_classes=2), ValueError, "num_classes"),
         (lambda: M.per_class_auc(np.zeros((3, 2)), np.zeros((3, 3))), ValueError, "shape"),
         (lambda: M.coarse_probabilities(np.ones((2, 3)) / 3, [[0, 1], [1, 2]]), ValueError, "appears"),

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from fastconv import checkpoint, losses, nn, ops, optim, train
+from fastconv import checkpoint, losses, metrics, nn, ops, optim, train
 
 pytestmark = pytest.mark.skipif(
     not all(hasattr(ops, n) for n in ("softmax_cross_entropy_forward", "bce_with_logits_forward", "mse_forward",
@@ -60,7 +60,9 @@ def run(tmp_path, epochs, resume=False, eval_every=None, scheduler=True):
     return model, history
 
 
-@pytest.mark.parametrize("eval_every", [None, 5])
+# eval_every=2: the 2-epoch run (14 steps) ends on an evaluation, as a run killed there would; the
+# 5-epoch run (35 steps) ends with the evaluation of its last step, which the resumed run repeats.
+@pytest.mark.parametrize("eval_every", [None, 2])
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, eval_every):
     full_model, full = run(tmp_path / "full", 5, eval_every=eval_every)
     run(tmp_path / "parts", 2, eval_every=eval_every)  # "killed" after epoch 2
@@ -179,3 +181,134 @@ def test_search_ranks_settings_and_keeps_the_best(tmp_path, capsys):
     rnd = train.search(build, {"lr": lambda rng: float(10 ** rng.uniform(-2, -0.5)), "width": [4, 8]}, (x, y), val,
                        method="random", n_trials=2, out_dir=tmp_path / "rnd", epochs=1, batch_size=16, verbose=False)
     assert len(rnd.table) == 2 and all(0.01 <= r["settings"]["lr"] <= 10 ** -0.5 for r in rnd.table)
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "auc", "loss"])
+def test_diverged_evaluations_score_nan_and_are_never_the_best(tmp_path, metric):
+    # A learning rate of 1e10 on inputs of 1e18: NaN outputs from the first evaluation on. Argmax would
+    # call every NaN row class 0 (accuracy 0.55 here, saved as "best"); AUC would raise mid-training.
+    (x, y), (xv, yv) = blobs(100, seed=0, classes=2), blobs(40, seed=1, classes=2)
+    model = nn.Sequential(nn.Linear(4, 8, seed=0), nn.ReLU(), nn.Linear(8, 2, seed=1))
+    history = train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=1e10), (x * 1e18, y),
+                        (xv * 1e18, yv), epochs=4, batch_size=16, metric=metric, patience=2, checkpoint_dir=tmp_path,
+                        progress=False)
+    assert len(history) == 2 and history.stopped_early  # NaN counts as no improvement, for patience too
+    assert all(np.isnan(v) for v in history.column("val_metric")) and history.best_index is None
+    assert not (tmp_path / "best").exists() and (tmp_path / "last").exists()
+    assert np.isnan(train.evaluate(model, losses.CrossEntropyLoss(), (xv, yv), 64, train._accuracy)[1])
+    # Called directly, the thresholding of one-column (sigmoid) scores rejects NaN as the metrics do.
+    with pytest.raises(ValueError, match="NaN or inf"):
+        train._accuracy(np.array([[0], [1]]), np.array([[np.nan], [0.9]]))
+
+
+def test_auc_of_several_classes_averages_over_the_classes_in_the_validation_labels(tmp_path):
+    (x, y), (xv, yv) = blobs(100, seed=0), blobs(60, seed=1)
+    keep = yv != 2  # class 2 absent from validation: it has no AUC, the other two do
+    model = mlp()
+    history = train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y),
+                        (xv[keep], yv[keep]), epochs=2, batch_size=16, metric="auc", checkpoint_dir=tmp_path,
+                        progress=False, restore_best=True)
+    assert np.all(np.isfinite(history.column("val_metric"))) and (tmp_path / "best").exists()
+    scores = train._scores(train.predict(model, xv[keep]), losses.CrossEntropyLoss())
+    onehot = np.eye(3, dtype=np.int64)[yv[keep]]
+    expected = np.mean([metrics.auc(onehot[:, c], scores[:, c]) for c in (0, 1)])
+    assert history.best_metric == pytest.approx(expected, abs=1e-12)
+    # One class only: undefined at every evaluation, so an error before any training.
+    before = [p.data.copy() for p in model.parameters()]
+    with pytest.raises(ValueError, match="metric='auc' needs validation labels of at least two classes"):
+        train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y),
+                  (xv[yv == 1], yv[yv == 1]), epochs=2, batch_size=16, metric="auc", progress=False)
+    assert all(np.array_equal(b, p.data) for b, p in zip(before, model.parameters()))
+
+
+def test_checkpoint_epoch_is_the_history_epoch_with_eval_every(tmp_path):
+    # 7 batches per epoch, evaluations every 3 steps: most fall partway through an epoch.
+    x, y = blobs(100, seed=0)
+    val = blobs(40, seed=1)
+    model = mlp()
+    history = train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.05), (x, y), val,
+                        epochs=3, batch_size=16, metric="accuracy", eval_every=3, checkpoint_dir=tmp_path,
+                        progress=False)
+    assert [r["epoch"] for r in history] == [1, 1, 2, 2, 3, 3, 3]
+    info = checkpoint.read_info(tmp_path / "best")
+    assert info["epoch"] == history.best_epoch and info["extra"]["fit"]["state"]["step"] == history.best_step
+    assert checkpoint.read_info(tmp_path / "last")["epoch"] == 3
+
+    def build(settings):
+        m = mlp()
+        return m, losses.CrossEntropyLoss(), optim.SGD(m.parameters(), lr=settings["lr"])
+
+    result = train.search(build, {"lr": [0.05]}, (x, y), val, out_dir=tmp_path / "search", metric="accuracy",
+                          epochs=3, batch_size=16, eval_every=3, verbose=False)
+    assert checkpoint.read_info(result.best_checkpoint)["epoch"] == result.best["best_epoch"] == history.best_epoch
+
+
+@pytest.mark.parametrize("eval_every, steps", [(100, [14]), (4, [4, 8, 12, 14])])
+def test_eval_every_also_evaluates_the_last_step(tmp_path, eval_every, steps):
+    # 14 steps: eval_every=100 would never evaluate (no best, nothing to restore); eval_every=4 would
+    # leave the last two steps unevaluated.
+    x, y = blobs(100, seed=1)
+    model = mlp()
+    history = train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.05), (x, y),
+                        blobs(40, seed=2), epochs=2, batch_size=16, eval_every=eval_every, checkpoint_dir=tmp_path,
+                        restore_best=True, progress=False)
+    assert history.column("step") == steps and history.records[-1]["epoch"] == 2
+    assert history.best_index is not None and (tmp_path / "best").exists()
+
+
+def test_resume_checks_the_checkpoint_before_loading_it(tmp_path):
+    x, y = blobs(40, seed=1)
+    val = blobs(20, seed=2)
+    model = mlp()
+    train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), val, epochs=2,
+              batch_size=8, checkpoint_dir=tmp_path / "a", progress=False)
+    other = mlp(seed=5)
+    before = [p.data.copy() for p in other.parameters()]
+    with pytest.raises(ValueError, match="monitored loss .min., this call accuracy .max."):
+        train.fit(other, losses.CrossEntropyLoss(), optim.SGD(other.parameters(), lr=0.1), (x, y), val, epochs=3,
+                  batch_size=8, metric="accuracy", checkpoint_dir=tmp_path / "a", resume=True, progress=False)
+    assert all(np.array_equal(b, p.data) for b, p in zip(before, other.parameters()))  # not loaded
+    # A `last` saved by hand, not by fit: no loop state to resume from.
+    checkpoint.save(tmp_path / "b" / "last", model, optimizer=optim.SGD(model.parameters(), lr=0.1), epoch=1)
+    with pytest.raises(checkpoint.CheckpointError, match="was not written by train.fit"):
+        train.fit(other, losses.CrossEntropyLoss(), optim.SGD(other.parameters(), lr=0.1), (x, y), val, epochs=3,
+                  batch_size=8, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
+
+
+def test_a_file_as_checkpoint_dir_fails_before_training(tmp_path):
+    x, y = blobs(40, seed=1)
+    (tmp_path / "afile").write_text("hi")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "best").write_text("hi")
+    model = mlp()
+    before = [p.data.copy() for p in model.parameters()]
+    for directory in (tmp_path / "afile", tmp_path / "d"):
+        with pytest.raises(ValueError, match="is a file, but fit writes the checkpoint directories"):
+            train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), epochs=1,
+                      batch_size=8, checkpoint_dir=directory, progress=False)
+    assert all(np.array_equal(b, p.data) for b, p in zip(before, model.parameters()))
+
+
+def test_search_settings_from_numpy_and_n_trials_checked(tmp_path):
+    x, y = blobs(60, seed=0)
+    val = blobs(30, seed=1)
+
+    def build(settings):
+        m = mlp()
+        return m, losses.CrossEntropyLoss(), optim.SGD(m.parameters(), lr=settings["lr"])
+
+    # NumPy values (np.array(...).tolist() is not what everyone writes) are saved as plain numbers.
+    result = train.search(build, {"lr": [0.05], "batch_size": list(np.array([16, 32]))}, (x, y), val,
+                          out_dir=tmp_path / "np", epochs=1, verbose=False)
+    assert sorted(r["settings"]["batch_size"] for r in result.table) == [16, 32]
+    assert all(type(r["settings"]["batch_size"]) is int for r in result.table)
+    assert checkpoint.read_info(result.best_checkpoint)["extra"]["settings"] == result.best_settings
+    # A value JSON cannot hold: an error before any trial, and no partial best.
+    with pytest.raises(ValueError, match="setting 'lr' = .* is not a JSON value"):
+        train.search(build, {"lr": [object()]}, (x, y), val, out_dir=tmp_path / "obj", epochs=1, batch_size=16,
+                     verbose=False)
+    assert not (tmp_path / "obj" / "best").exists()
+    for n_trials in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="n_trials must be a positive int"):
+            train.search(build, {"lr": [0.01, 0.05]}, (x, y), val, out_dir=tmp_path / "n", n_trials=n_trials,
+                         epochs=1, batch_size=16, verbose=False)
