@@ -30,7 +30,7 @@ def _spy_on_winograd(monkeypatch):
     whatever FASTCONV_WINOGRAD says)."""
     monkeypatch.setattr(conv, "WINOGRAD", True)
     calls = []
-    for name in ("_forward_winograd", "_weight_grad_winograd"):
+    for name in ("_forward_winograd", "_weight_grad_winograd", "_weight_grad_winograd_planes"):
         kernel = getattr(conv, name)
         monkeypatch.setattr(conv, name, lambda *args, _k=kernel, _n=name: (calls.append(_n), _k(*args))[1])
     return calls

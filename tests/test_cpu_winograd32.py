@@ -462,36 +462,45 @@ def test_backward_bands_and_threads_give_the_same_bits(monkeypatch, band_rows):
     assert calls and all(band == band_rows for band in calls)
 
 
-def test_backward_in_few_parts_of_grouped_samples(monkeypatch):
-    # dU past _WINOGRAD_GRADIENT_BYTES: 2 parts (not 7) of 3 and 4 samples, each part's tiles 3
-    # samples to a GEMM (groups 3, and 3 + 1); against float64, the same bits on one and two threads,
-    # and those of one sample a pass (gemm32 adds each tile's products into dU in order)
-    x, w, _ = _case((7, 16, 6, 6), 33, 30)
-    geo = Geometry(x.shape, w.shape, 1, 1, 1, 1)
-    dy = np.random.default_rng(31).standard_normal((7, 33, 6, 6))
-    args32 = [a.astype(np.float32) for a in (dy, x, w)]
-    monkeypatch.setattr(conv, "_WINOGRAD_GRADIENT_BYTES", 2 * 16 * 16 * 48 * 4)
-    monkeypatch.setattr(conv, "_WINOGRAD_BAND_BYTES", 16 * (16 + 48) * 4)  # one tile a pass
-    single = ops.conv2d_backward(*args32, padding=1)
-    monkeypatch.setattr(conv, "_WINOGRAD_BAND_BYTES", 16 * (16 + 48) * 4 * 9 * 3)  # 3 samples of 9 tiles
-    kernel, calls = conv._weight_grad_winograd, []
-
-    def spy(*a):
-        calls.append((a[6], a[7], a[-2].shape[0]))  # band, group, parts
-        return kernel(*a)
-
-    monkeypatch.setattr(conv, "_weight_grad_winograd", spy)
-    previous = numba.get_num_threads()
+def _backward_on_threads(args, padding):
+    """conv2d_backward on one and on two threads (where there are two)."""
+    previous, results = numba.get_num_threads(), []
     try:
-        results = []
         for count in sorted({1, min(2, previous)}):
             numba.set_num_threads(count)
-            results.append(ops.conv2d_backward(*args32, padding=1))
+            results.append(ops.conv2d_backward(*args, padding=padding))
     finally:
         numba.set_num_threads(previous)
-    assert set(calls) == {(3, 3, 2)}
-    for result in results:
-        for got, want in zip(result, single):
+    return results
+
+
+@pytest.mark.parametrize("x_shape, c_out, padding", [((7, 16, 6, 6), 33, 1), ((3, 17, 9, 7), 40, (2, 0)),
+                                                     ((2, 20, 12, 5), 16, 0)])
+def test_backward_by_planes(monkeypatch, x_shape, c_out, padding):
+    # dU split over its planes (forced here for small layers): against float64, and the same bits
+    # on one and two threads and in any passes -- the whole batch in one, a few pieces each, one
+    # tile row each (gemm32 adds each tile's products into dU in order; db sums samples in order)
+    x, w, _ = _case(x_shape, c_out, sum(x_shape))
+    geo = Geometry(x.shape, w.shape, 1, padding, 1, 1)
+    dy = np.random.default_rng(31).standard_normal((geo.n, geo.c_out, geo.oh, geo.ow))
+    args32 = [a.astype(np.float32) for a in (dy, x, w)]
+    monkeypatch.setattr(conv, "_WINOGRAD_PLANES_DU_BYTES", 1)
+    kernel, calls = conv._weight_grad_winograd_planes, []
+
+    def spy(*a):
+        calls.append(len(a[7]) - 1)  # passes
+        return kernel(*a)
+
+    monkeypatch.setattr(conv, "_weight_grad_winograd_planes", spy)
+    cp, kp = -(-x_shape[1] // 16) * 16, -(-c_out // 16) * 16
+    results = []
+    for tiles_a_pass in (1 << 20, 7, 1):
+        monkeypatch.setattr(conv, "_WINOGRAD_PLANES_PASS_BYTES", tiles_a_pass * 16 * (cp + kp) * 4)
+        results += _backward_on_threads(args32, padding)
+    th = (geo.oh + 1) // 2
+    assert calls[0] == calls[1] == 1 and calls[-1] == calls[-2] == geo.n * th  # one pass; a pass per tile row
+    for result in results[1:]:
+        for got, want in zip(result, results[0]):
             np.testing.assert_array_equal(got, want)
     dx, dw, db = results[0]
     assert_matches(dx, geo.dx, [dy, x, w], np.float32, what="dx")
@@ -499,11 +508,34 @@ def test_backward_in_few_parts_of_grouped_samples(monkeypatch):
     assert_matches(db, lambda dy, x, w: dy.sum(axis=(0, 2, 3)), [dy, x, w], np.float32, what="db")
 
 
-def test_weight_gradient_parts_are_bounded_by_bytes():
-    assert conv._winograd_parts(128, 32, 64, 4) == conv._parts(128) == 8  # conv2: 128 KiB a part
-    assert conv._winograd_parts(3, 32, 64, 4) == 3
-    assert conv._winograd_parts(64, 512, 512, 4) == 2  # 16 MiB a part
-    assert conv._winograd_parts(64, 1024, 1024, 4) == 1
+@pytest.mark.parametrize("n, th, tw, channels", [(16, 4, 4, 512), (8, 28, 28, 256), (3, 5, 4, 16), (0, 4, 4, 512)])
+def test_plane_passes_cover_every_tile_once(n, th, tw, channels):
+    pieces, starts, tiles, band = conv._winograd_gradient_passes(n, th, tw, channels, channels, 4)
+    most = max(tw, conv._WINOGRAD_PLANES_PASS_BYTES // (16 * 2 * channels * 4))
+    assert len(starts) == len(tiles) + 1 and starts[0] == 0 and starts[-1] == len(pieces)
+    assert (tiles <= most).all() and (tiles > 0).all()
+    covered = []
+    for p in range(len(tiles)):
+        offset = 0
+        for sample, ty0, ty1, first in pieces[starts[p]:starts[p + 1]]:
+            assert first == offset and 0 < ty1 - ty0 <= band  # each pass's tiles one after another
+            offset += (ty1 - ty0) * tw
+            covered += [(sample, ty) for ty in range(ty0, ty1)]
+        assert offset == tiles[p]
+    assert covered == [(s, ty) for s in range(n) for ty in range(th)]
+
+
+def test_which_weight_gradients_go_by_planes(monkeypatch):
+    calls = []
+    for name in ("_weight_grad_winograd", "_weight_grad_winograd_planes"):
+        kernel = getattr(conv, name)
+        monkeypatch.setattr(conv, name, lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
+    for c, c_out in ((32, 64), (256, 256)):  # conv2's dU 128 KiB by parts; 256 channels' 4 MiB by planes
+        x, w, _ = _case((2, c, 4, 4), c_out, c)
+        dy = np.random.default_rng(c).standard_normal((2, c_out, 4, 4))
+        _, dw, _ = ops.conv2d_backward(*(a.astype(np.float32) for a in (dy, x, w)), padding=1, input_grad=False)
+        assert_matches(dw, Geometry(x.shape, w.shape, 1, 1, 1, 1).dw, [dy, x, w], np.float32, what="dw")
+    assert calls == ["_weight_grad_winograd", "_weight_grad_winograd_planes"]
 
 
 @pytest.mark.parametrize("value", [np.inf, np.nan, 3e38])

@@ -6,8 +6,8 @@ forward and for dx (_taps32.py), our GEMM for dW (_gemm32.py: twice OpenBLAS's A
 on AVX2 hosts the wide kernels below with our GEMM (_forward_wide_gemm32, _backward_wide_gemm32).
 On both, 3x3 layers (dilation 1, groups 1) with 16 or more channels in and out go by Winograd's
 F(2x2, 3x3) instead (_winograd32.py: 2.25x fewer multiply-adds): forward (_forward_winograd) and,
-with padding <= 2, backward (dW by _weight_grad_winograd, dx as the forward of dy with w flipped),
-unless the op's algorithm is "direct".
+with padding <= 2, backward (dW by _weight_grad_winograd, or _weight_grad_winograd_planes for many
+channels; dx as the forward of dy with w flipped), unless the op's algorithm is "direct".
 
 Stride 1 (the common case) uses the "wide" layout described above _forward_wide: no im2col for
 layers with >= 8 input channels per group (one accumulating GEMM per kernel tap on shifted slices
@@ -702,6 +702,53 @@ def _weight_grad_winograd(x, dy, pt, pl, oh, ow, band, group, xhs, vs, dyhs, zs,
                     gemm32(v[xi, :used], z[xi, :used], du[xi], 1.0, True, False)
 
 
+@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
+def _weight_grad_winograd_planes(x, dy, pt, pl, oh, ow, pieces, starts, tiles, xhs, dyhs, v, z, du, db):
+    """dW and db as _weight_grad_winograd, for layers with many channels: one dU, the threads split
+    over its 16 planes xi rather than over the samples. The work comes in passes, each a run of
+    pieces (pieces[i] = (sample, first tile row, end tile row, first tile in the pass's v and z);
+    pass p the pieces starts[p] .. starts[p + 1] - 1, tiles[p] tiles), in two parallel steps:
+    - each piece in its own slot: xh (2*band + 2, 2*TW + 2, Cp) its rows of the zero-padded sample,
+      dyh (2*band, 2*TW, Kp) its rows of dy, channels last, zero past OH, OW and C_out; their tiles
+      transformed into v (16, T, Cp) and z (16, T, Kp) (input_tile16, grad_tile16);
+    - each plane: du[xi] (+)= v[xi]^T @ z[xi] over the pass's tiles (gemm32, beta 0 on the first).
+    gemm32 adds each tile's products into du in order, so the bits do not depend on the passes or
+    the thread count. db (float64) = each dy plane's sum, added in sample order."""
+    k = dy.shape[1]
+    cp, kp = v.shape[2], z.shape[2]
+    wx, wy, t_max = xhs.shape[2], dyhs.shape[2], v.shape[1]
+    tw = (ow + 1) // 2
+    v_flat, z_flat = v.reshape(-1), z.reshape(-1)
+    for o in prange(k):
+        total = 0.0
+        for n in range(x.shape[0]):
+            total += _sum(dy[n, o].reshape(-1))
+        db[o] = total
+    if starts.size == 1:  # no samples
+        du[:] = 0
+    for p in range(starts.size - 1):
+        first = starts[p]
+        for s in prange(starts[p + 1] - first):
+            n, ty0, ty1, t0 = pieces[first + s, 0], pieces[first + s, 1], pieces[first + s, 2], pieces[first + s, 3]
+            xh, dyh = xhs[s].reshape(-1), dyhs[s].reshape(-1)
+            xh[:] = 0
+            dyh[:] = 0
+            r0, r1 = max(0, 2 * ty0 - pt), min(x.shape[2], 2 * ty1 + 2 - pt)  # x's rows in the piece's xh
+            _channels_last(x, n, r0, r1, r0 - 2 * ty0 + pt, pl, wx, cp, xh)
+            _channels_last(dy, n, 2 * ty0, min(oh, 2 * ty1), 0, 0, wy, kp, dyh)
+            for ty in range(ty0, ty1):
+                for tx in range(tw):
+                    t = t0 + (ty - ty0) * tw + tx
+                    for c0 in range(0, cp, LANES):
+                        input_tile16(xh, (2 * (ty - ty0) * wx + 2 * tx) * cp + c0, wx * cp, cp, v_flat, t * cp + c0,
+                                     t_max * cp)
+                    for k0 in range(0, kp, LANES):
+                        grad_tile16(dyh, (2 * (ty - ty0) * wy + 2 * tx) * kp + k0, wy * kp, kp, z_flat, t * kp + k0,
+                                    t_max * kp)
+        for xi in prange(16):
+            gemm32(v[xi, :tiles[p]], z[xi, :tiles[p]], du[xi], 1.0 if p > 0 else 0.0, True, False)
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros, groups, pt, pl, wp, oh, ow, margin,
                           shifts, dx_shifts, input_grad, xps, dyps, dyts, cols, grad_parts, dx):
@@ -1078,21 +1125,65 @@ def _backward_uses_winograd(x, w, stride, padding, dilation, groups, algorithm):
     return max(padding) <= 2 and _uses_winograd(x, w, stride, dilation, groups, algorithm)
 
 
-# The Winograd weight gradient's per-part dU (16 * Cp * Kp floats each) in all: fewer parts than
-# _parts(N) where they would pass this (4 MiB a part at 256 channels, 16 at 512: 2 parts, not 8).
-# The price: a part is one thread's work, so on a host of more than 2 cores a 512-channel layer's dU
-# runs on 2 of them (1024 channels: on 1). Here, with 2 cores, fewer parts only gain (each part's
-# GEMMs take more samples' tiles).
-_WINOGRAD_GRADIENT_BYTES = 32 << 20
+# The Winograd weight gradient's per-part dU is 16 * Cp * Kp floats (16 MiB at 512 channels): from
+# _WINOGRAD_PLANES_DU_BYTES on, the threads split over dU's planes instead (one dU, no parts to zero,
+# add and transform; the GEMMs take a whole pass's tiles, where a part's took a few samples' or one
+# band's). Passes of up to _WINOGRAD_PLANES_PASS_BYTES of v and z (256 tiles at 512 channels, 512 at
+# 256: 128 to 512 timed the same), in pieces of whole tile rows, at least
+# _WINOGRAD_PLANES_PIECES a pass where the images allow (the transforms' parallelism). On the Zen 4
+# host, 2 threads, batch 16, the whole backward (dx, dW, db), medians of 5 alternating processes:
+# 512 channels on 7x7 44.7 -> 31.6 ms, 256 on 14x14 27.4 -> 23.0. But dW alone of 128 channels on
+# 28x28 (batch 8) went 12 -> 19 ms (CPU time, a busy host): its parts' bands stay in cache.
+_WINOGRAD_PLANES_DU_BYTES = 4 << 20
+_WINOGRAD_PLANES_PASS_BYTES = 16 << 20
+_WINOGRAD_PLANES_PIECES = 8
 
 
-def _winograd_parts(n, cp, kp, itemsize):
-    """The weight gradient's parts (a function of the shapes alone, as _parts)."""
-    return max(1, min(_parts(n), _WINOGRAD_GRADIENT_BYTES // (16 * cp * kp * itemsize)))
+def _winograd_gradient_passes(n, th, tw, cp, kp, itemsize):
+    """(pieces, starts, tiles, band) of _weight_grad_winograd_planes, tiles[p] pass p's tile count:
+    functions of the shapes alone."""
+    most = max(tw, _WINOGRAD_PLANES_PASS_BYTES // (16 * (cp + kp) * itemsize))  # tiles a pass
+    band = max(1, min(th, most // (_WINOGRAD_PLANES_PIECES * tw)))
+    pieces, starts, tiles = [], [], []
+    for sample in range(n):
+        for ty0 in range(0, th, band):
+            size = (min(th, ty0 + band) - ty0) * tw
+            if not tiles or tiles[-1] + size > most:
+                starts.append(len(pieces))
+                tiles.append(0)
+            pieces.append((sample, ty0, min(th, ty0 + band), tiles[-1]))
+            tiles[-1] += size
+    starts.append(len(pieces))
+    return np.array(pieces, np.int64).reshape(-1, 4), np.array(starts, np.int64), np.array(tiles, np.int64), band
+
+
+def _weight_grad_by_planes(x, dy, padding, oh, ow, cp, kp, th, tw):
+    """(dU as (1, 16, Cp, Kp), db in float64) by _weight_grad_winograd_planes."""
+    pieces, starts, tiles, band = _winograd_gradient_passes(x.shape[0], th, tw, cp, kp, x.itemsize)
+    slots, t_max = int(np.diff(starts).max(initial=1)), int(tiles.max(initial=1))
+    du, db = np.empty((1, 16, cp, kp), x.dtype), np.empty(dy.shape[1])
+    _weight_grad_winograd_planes(x, dy, padding[0], padding[2], oh, ow, pieces, starts, tiles,
+                                 np.empty((slots, 2 * band + 2, 2 * tw + 2, cp), x.dtype),
+                                 np.empty((slots, 2 * band, 2 * tw, kp), x.dtype), np.empty((16, t_max, cp), x.dtype),
+                                 np.empty((16, t_max, kp), x.dtype), du[0], db)
+    return du, db
+
+
+def _weight_grad_by_parts(x, dy, padding, oh, ow, cp, kp, th, tw, band, group):
+    """(dU as (parts, 16, Cp, Kp), db (parts, C_out) float64) by _weight_grad_winograd."""
+    n = x.shape[0]
+    parts = _parts(n)
+    group = max(1, min(group, -(-n // parts)))  # no larger than a part (the same groups)
+    scratch = lambda *shape: np.empty((parts, *shape), x.dtype)  # noqa: E731
+    du_parts, db_parts = scratch(16, cp, kp), np.empty((parts, dy.shape[1]))
+    _weight_grad_winograd(x, dy, padding[0], padding[2], oh, ow, band, group, scratch(2 * th + 2, 2 * tw + 2, cp),
+                          scratch(16, group * band * tw, cp), scratch(2 * band, 2 * tw, kp),
+                          scratch(16, group * band * tw, kp), du_parts, db_parts)
+    return du_parts, db_parts
 
 
 def _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, input_grad, dx):
-    """(dW, db) by _weight_grad_winograd, and dx (if input_grad) by _forward_by_winograd of
+    """(dW, db) by _weight_grad_winograd(_planes), and dx (if input_grad) by _forward_by_winograd of
     the output gradient. With indices, dy is the pooled gradient: the activation's backward and the
     unpooling run first, as the unfused ops (the same bits; the output gradient is built whole)."""
     n, c, h, w_in = x.shape
@@ -1101,20 +1192,17 @@ def _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, inp
         dy = _unpooled_gradient(dy, y, activation, indices, n, c_out, oh, ow)
     dy = np.ascontiguousarray(dy)
     cp, kp, th, tw, band, group = _winograd_blocking(c, c_out, oh, ow, x.itemsize)
-    parts = _winograd_parts(n, cp, kp, x.itemsize)
-    group = max(1, min(group, -(-n // parts)))  # no larger than a part (the same groups)
-    scratch = lambda *shape: np.empty((parts, *shape), x.dtype)  # noqa: E731
-    du_parts, db_parts = scratch(16, cp, kp), np.empty((parts, c_out))
-    _weight_grad_winograd(x, dy, padding[0], padding[2], oh, ow, band, group,
-                                 scratch(2 * th + 2, 2 * tw + 2, cp), scratch(16, group * band * tw, cp),
-                                 scratch(2 * band, 2 * tw, kp), scratch(16, group * band * tw, kp), du_parts, db_parts)
+    if 16 * cp * kp * x.itemsize >= _WINOGRAD_PLANES_DU_BYTES:
+        du_parts, db_parts = _weight_grad_by_planes(x, dy, padding, oh, ow, cp, kp, th, tw)
+    else:
+        du_parts, db_parts = _weight_grad_by_parts(x, dy, padding, oh, ow, cp, kp, th, tw, band, group)
     if input_grad:
         flipped = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
         _forward_by_winograd(dy, flipped, None, tuple(2 - p for p in padding), h, w_in, ACTIVATIONS[None], _NO_POOL,
                              dx.reshape(n, c, h * w_in), np.empty((0, 0, 0, 0), x.dtype),
                              np.empty((0, 0, 0, 0), np.int64))
     with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN here send the caller to the direct kernel
-        return weight_grad_transformed(du_parts, c, c_out), db_parts.sum(axis=0).astype(x.dtype)
+        return weight_grad_transformed(du_parts, c, c_out), db_parts.reshape(-1, c_out).sum(axis=0).astype(x.dtype)
 
 
 def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias, input_grad, algorithm):
