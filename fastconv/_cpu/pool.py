@@ -152,17 +152,24 @@ def _avg_forward_2x2(x, y):
 
 @njit(parallel=True, cache=True)
 def _avg_backward_2x2(dy, dx):
+    """Each position of dx written once (the windows do not overlap): no zeroing pass and no read of
+    dx, which made this loop half as fast as a copy."""
     planes, Ho, Wo = dy.shape
+    H, W = dx.shape[1], dx.shape[2]
     for p in prange(planes):
-        dx[p] = 0  # (a last odd row or column is in no window)
         for ho in range(Ho):
             top, bottom, d = dx[p, 2 * ho], dx[p, 2 * ho + 1], dy[p, ho]
             for wo in range(Wo):
-                share = d[wo] / 4
-                top[2 * wo] += share
-                top[2 * wo + 1] += share
-                bottom[2 * wo] += share
-                bottom[2 * wo + 1] += share
+                share = d[wo] / 4 + 0.0  # (+ 0.0: -0.0 gives +0.0, as the general loop's 0 + share)
+                top[2 * wo] = share
+                top[2 * wo + 1] = share
+                bottom[2 * wo] = share
+                bottom[2 * wo + 1] = share
+            if W > 2 * Wo:  # a last odd column is in no window
+                top[W - 1] = 0
+                bottom[W - 1] = 0
+        if H > 2 * Ho:  # nor a last odd row
+            dx[p, H - 1] = 0
 
 
 def _planes(a):
