@@ -151,8 +151,9 @@ class Standardizer:
         std = np.asarray(state["std"], dtype=np.float64)
         if mean.shape != std.shape:
             raise ValueError(f"state mean and std differ in shape: {mean.shape} vs {std.shape}")
-        if np.any(std <= 0):
-            raise ValueError("state std must be positive")
+        if not np.all(std > 0) or not np.all(np.isfinite(std)) or not np.all(np.isfinite(mean)):
+            raise ValueError("state mean must be finite and std finite and positive (NaN would make every "
+                             "standardized value NaN)")
         scaler = cls()
         scaler.mean_, scaler.std_ = mean, std
         return scaler

@@ -301,13 +301,14 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
 
     n = len(x_train)
     batches_per_epoch = -(-n // batch_size)
+    batches = {"batch_size": batch_size, "train_rows": n}  # what the saved batch position counts in
     # Loop state: everything a resumed run needs to continue exactly.
     rng = np.random.default_rng(seed)
     s = {"epoch": 0, "batch": 0, "step": 0, "epoch_rng": None, "loss_sum": 0.0, "loss_count": 0,
          "evals_since_best": 0, "best": None, "elapsed": 0.0}
     history = History(name, mode)
     if resume and os.path.exists(os.path.join(last_dir, _checkpoint.INDEX)):
-        _check_resumable(last_dir, name, mode)  # before load_into changes model and optimizer
+        _check_resumable(last_dir, name, mode, batches)  # before load_into changes model and optimizer
         info = _checkpoint.load_into(last_dir, model, optimizer, scheduler)
         saved = info["extra"]["fit"]
         s.update(saved["state"])
@@ -318,7 +319,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         best_state = {k: xp.array(v, copy=True) for k, v in _checkpoint.load(best_dir)[0].state_dict().items()}
 
     def save(directory, metric_value):
-        fit_state = {"state": dict(s), "rng": rng.bit_generator.state, "history": history.to_dict()}
+        fit_state = {"state": dict(s), "rng": rng.bit_generator.state, "history": history.to_dict(),
+                     "batches": batches}
         epoch = s["epoch"] + (1 if s["batch"] else 0)  # partway through an epoch: that epoch (docstring)
         _checkpoint.save(directory, model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
                          metric=metric_value, extra={"fit": fit_state})
@@ -419,8 +421,10 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     return history
 
 
-def _check_resumable(last_dir, name, mode):
-    """CheckpointError for a `last` that train.fit did not write; ValueError for another metric."""
+def _check_resumable(last_dir, name, mode, batches):
+    """CheckpointError for a `last` that train.fit did not write; ValueError for another metric, or
+    for another batch size or training set (the saved position in the epoch's shuffled order would
+    point elsewhere: rows skipped or repeated)."""
     extra = _checkpoint.read_info(last_dir).get("extra")
     saved = extra.get("fit") if isinstance(extra, dict) else None
     if not (isinstance(saved, dict) and {"state", "rng", "history"} <= set(saved)):
@@ -431,6 +435,12 @@ def _check_resumable(last_dir, name, mode):
     if metric != name or saved_mode != mode:
         raise ValueError(f"resume: the checkpoint in {last_dir} monitored {metric} ({saved_mode}), this call "
                          f"{name} ({mode})")
+    saved_batches = saved.get("batches", batches)  # (checkpoints from before this check: not known)
+    if saved_batches != batches:
+        raise ValueError(f"resume: the checkpoint in {last_dir} was trained with batch_size "
+                         f"{saved_batches.get('batch_size')} on {saved_batches.get('train_rows')} training rows, "
+                         f"this call has batch_size {batches['batch_size']} on {batches['train_rows']}; resume "
+                         "with the same ones (or start afresh with resume=False)")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -99,6 +99,10 @@ def test_standardizer_errors():
         D.Standardizer().fit(x)
     with pytest.raises(ValueError, match="NaN or inf values;"):
         D.Standardizer().fit(np.array([1.0, np.nan]))
+    # A saved state with a NaN std or mean (std <= 0 alone let NaN through) or a zero std.
+    for mean, std in (([0.0], [np.nan]), ([np.nan], [1.0]), ([0.0], [0.0]), ([0.0], [np.inf])):
+        with pytest.raises(ValueError, match="state mean must be finite and std finite and positive"):
+            D.Standardizer.from_state({"mean": mean, "std": std})
 
 
 # ---------------------------------------------------------------- data sets

@@ -268,6 +268,11 @@ def test_resume_checks_the_checkpoint_before_loading_it(tmp_path):
         train.fit(other, losses.CrossEntropyLoss(), optim.SGD(other.parameters(), lr=0.1), (x, y), val, epochs=3,
                   batch_size=8, metric="accuracy", checkpoint_dir=tmp_path / "a", resume=True, progress=False)
     assert all(np.array_equal(b, p.data) for b, p in zip(before, other.parameters()))  # not loaded
+    # Another batch size: the saved position in the epoch's order would point at other rows.
+    with pytest.raises(ValueError, match="trained with batch_size 8 on 40 training rows, this call has batch_size 16"):
+        train.fit(other, losses.CrossEntropyLoss(), optim.SGD(other.parameters(), lr=0.1), (x, y), val, epochs=3,
+                  batch_size=16, checkpoint_dir=tmp_path / "a", resume=True, progress=False)
+    assert all(np.array_equal(b, p.data) for b, p in zip(before, other.parameters()))
     # A `last` saved by hand, not by fit: no loop state to resume from.
     checkpoint.save(tmp_path / "b" / "last", model, optimizer=optim.SGD(model.parameters(), lr=0.1), epoch=1)
     with pytest.raises(checkpoint.CheckpointError, match="was not written by train.fit"):
