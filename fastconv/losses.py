@@ -35,9 +35,17 @@ def _output(name, output, ndim=None):
     return output
 
 
+def _unmasked(name, what, value):
+    """value, unless a numpy.ma.MaskedArray (TypeError, as in the ops): asarray would drop its mask."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name}: {what} is a numpy.ma.MaskedArray; fastconv does not apply masks: pass "
+                        f"{what}.filled(value) or {what}.compressed(), or np.asarray({what}) to use every value")
+    return value
+
+
 def _float_target(name, target, output, what="target"):
     xp = _backend.current().xp
-    target = xp.asarray(target)
+    target = xp.asarray(_unmasked(name, what, target))
     if target.dtype.kind not in "fiub":
         raise TypeError(f"{name}: {what} must be numeric, got dtype {target.dtype}")
     if _shape(target) != _shape(output):
@@ -46,7 +54,9 @@ def _float_target(name, target, output, what="target"):
             hint = f"; reshape it (e.g. target.reshape{_shape(output)})"
         raise ValueError(f"{name}: {what} has shape {_shape(target)} but the output has shape {_shape(output)}; "
                          f"they must be equal{hint}")
-    return xp.ascontiguousarray(target, dtype=output.dtype)
+    target = xp.asarray(target, dtype=output.dtype)
+    # (not ascontiguousarray, which makes a 0-d target 1-D)
+    return target if target.flags.c_contiguous else xp.ascontiguousarray(target)
 
 
 class Loss:
@@ -119,7 +129,7 @@ class CrossEntropyLoss(Loss):
         logits = _output(name, logits, ndim=2)
         n, c = _shape(logits)
         xp = _backend.current().xp
-        labels = xp.asarray(labels)
+        labels = xp.asarray(_unmasked(name, "labels", labels))
         if labels.dtype.kind not in "iu":
             hint = (" (one-hot or probability targets: pass labels.argmax(axis=1); binary targets with one output: "
                     "use BCEWithLogitsLoss)") if labels.dtype.kind == "f" else ""

@@ -23,14 +23,14 @@ from . import ops
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRScheduler", "StepLR", "CosineAnnealingLR"]
 
 
-def _number(value, name, owner, *, low=None, high=None, high_open=False):
+def _number(value, name, owner, *, low=None, high=None, low_open=False, high_open=False):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):  # NaN or inf would only fail later, inside the first step()
         raise ValueError(f"{owner}: {name} must be finite, got {value}")
-    if low is not None and value < low:
-        raise ValueError(f"{owner}: {name} must be >= {low}, got {value}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{owner}: {name} must be {'>' if low_open else '>='} {low}, got {value}")
     if high is not None and (value > high or (high_open and value == high)):
         raise ValueError(f"{owner}: {name} must be {'<' if high_open else '<='} {high}, got {value}")
     return value
@@ -59,6 +59,7 @@ class Optimizer:
     """Base: .params, .lr (schedules change it), .state (per parameter index: buffers and step)."""
 
     _buffers: tuple = ()
+    _counts_steps = False  # whether each parameter's state holds its "step" count
 
     def _buffers_for(self, hyperparameters) -> tuple:
         """Names of the per-parameter buffers a state with these hyperparameters holds."""
@@ -83,6 +84,21 @@ class Optimizer:
                                      f"{tuple(p.data.shape)} but its grad is {tuple(p.grad.shape)}")
                 yield i, p
 
+    def _checked_trainable(self):
+        """[(index, parameter)] of _trainable, each parameter and grad first checked as the step ops
+        check them (ops.optim.check_step_arrays), so that a bad one fails step() before anything
+        changes: no parameter updated, no state created or advanced. For steps of more than one op
+        call (the ops check only their own arrays); it costs ~45 us a step for a 10-tensor model."""
+        trainable = list(self._trainable())
+        names = [f"parameter {i}" + (f" ({p.name!r})" if getattr(p, "name", None) else "") for i, p in trainable]
+        try:
+            ops.optim.check_step_arrays([p.data for _, p in trainable], [p.grad for _, p in trainable], names)
+        except (TypeError, ValueError) as exc:
+            if type(exc) not in (TypeError, ValueError):
+                raise
+            raise type(exc)(f"{type(self).__name__}.step: {exc}") from exc
+        return trainable
+
     def _zeros_like(self, p):
         return _backend.current().xp.zeros(p.data.shape, dtype=p.data.dtype)
 
@@ -100,37 +116,83 @@ class Optimizer:
 
     def check_state_dict(self, state_dict) -> dict:
         """Validates without changing anything; returns the state converted to device arrays."""
+        return self._checked(state_dict)[1]
+
+    def _checked(self, state_dict):
+        """(hyperparameters, state) of a state dict, checked: the hyperparameters by the
+        constructor's own checks, each parameter's state for its keys (the buffers the
+        hyperparameters need, and "step" where counted) and its buffers' shapes and dtypes against
+        the parameter's. The state comes as copies on the device."""
         name = type(self).__name__
         if not isinstance(state_dict, dict) or "state" not in state_dict:
             raise ValueError(f"{name}.load_state_dict: not an optimizer state dict")
         if state_dict.get("type", name) != name:
             raise ValueError(f"{name}.load_state_dict: the state is from a {state_dict['type']} optimizer")
+        hyper = self._checked_hyperparameters(state_dict.get("hyperparameters", {}))
+        if not isinstance(state_dict["state"], dict):
+            raise TypeError(f"{name}.load_state_dict: the state must be a dict {{parameter index: entry}}, got "
+                            f"{type(state_dict['state']).__name__}")
         xp = _backend.current().xp
-        buffers = self._buffers_for(state_dict.get("hyperparameters", {}))
+        buffers = self._buffers_for(hyper)
+        keys = set(buffers) | ({"step"} if self._counts_steps else set())
         state = {}
         for key, entry in state_dict["state"].items():
+            if isinstance(key, (bool, np.bool_)) or not str(key).isdigit():
+                raise ValueError(f"{name}.load_state_dict: the state's keys must be parameter indices, got {key!r}")
             i = int(key)
             if not 0 <= i < len(self.params):
                 raise ValueError(f"{name}.load_state_dict: state for parameter {i}, but the optimizer has "
                                  f"{len(self.params)} parameters")
+            if not isinstance(entry, dict):
+                raise TypeError(f"{name}.load_state_dict: parameter {i}'s state must be a dict, got "
+                                f"{type(entry).__name__}")
+            unknown = sorted(map(str, set(entry) - keys))
+            if unknown:
+                raise ValueError(f"{name}.load_state_dict: parameter {i}'s state has {unknown}, which this "
+                                 f"{name} does not keep (it keeps {sorted(keys)})")
             p = self.params[i]
             new = {}
             for buf in buffers:
                 if buf not in entry:
                     raise KeyError(f"{name}.load_state_dict: parameter {i} lacks its {buf!r} buffer")
                 value = entry[buf]
+                if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+                    raise TypeError(f"{name}.load_state_dict: parameter {i}'s {buf!r} must be an array, got "
+                                    f"{type(value).__name__}")
                 if tuple(value.shape) != tuple(p.data.shape) or np.dtype(value.dtype) != np.dtype(p.data.dtype):
                     raise ValueError(f"{name}.load_state_dict: parameter {i}'s {buf!r} is {tuple(value.shape)} "
                                      f"{value.dtype}, but the parameter is {tuple(p.data.shape)} {p.data.dtype}")
                 new[buf] = xp.array(value, dtype=p.data.dtype, copy=True)
-            if "step" in entry:
-                new["step"] = int(entry["step"])
+            if self._counts_steps:
+                if "step" not in entry:
+                    raise KeyError(f"{name}.load_state_dict: parameter {i} lacks its 'step' count")
+                step = entry["step"]
+                if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral) or step < 1:
+                    raise ValueError(f"{name}.load_state_dict: parameter {i}'s 'step' must be an int >= 1 (the "
+                                     f"steps taken), got {step!r}")
+                new["step"] = int(step)
             state[i] = new
-        return state
+        return hyper, state
+
+    def _checked_hyperparameters(self, hyper) -> dict:
+        """A state dict's hyperparameters over the current ones, checked by the constructor's own
+        checks (an optimizer of this type made from them): the values to set."""
+        name = type(self).__name__
+        current = self.hyperparameters()
+        if not isinstance(hyper, dict):
+            raise TypeError(f"{name}.load_state_dict: the hyperparameters must be a dict, got {type(hyper).__name__}")
+        unknown = sorted(map(str, set(hyper) - set(current)))
+        if unknown:
+            raise ValueError(f"{name}.load_state_dict: unknown hyperparameters {unknown} (a {name} has "
+                             f"{sorted(current)})")
+        try:
+            return type(self)(self.params, **{**current, **hyper}).hyperparameters()
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{name}.load_state_dict: {str(exc).removeprefix(name + ': ')}") from exc
 
     def load_state_dict(self, state_dict) -> None:
-        state = self.check_state_dict(state_dict)
-        hyper = state_dict.get("hyperparameters", {})
+        """Restores a state_dict(); checked first (see _checked): on an error nothing changes."""
+        hyper, state = self._checked(state_dict)
         self.state = state
         for key, value in hyper.items():
             setattr(self, key, tuple(value) if isinstance(value, list) else value)
@@ -164,7 +226,10 @@ class SGD(Optimizer):
         # Every trainable tensor of one dtype in one call (one launch on a GPU, where a small
         # model's step is bound by the host's per-call cost); the same bits as one call each.
         groups, indices = {}, {}  # dtype -> (params, grads, velocities), the optimizer's indices
-        for i, p in self._trainable():
+        trainable = list(self._trainable())
+        if len({p.data.dtype for _, p in trainable}) > 1:  # one call a dtype: all checked before the first
+            trainable = self._checked_trainable()
+        for i, p in trainable:
             velocity = None
             if self.momentum > 0:
                 s = self.state.setdefault(i, {})
@@ -192,6 +257,7 @@ class Adam(Optimizer):
     applied to the parameter: p -= lr * wd * p. Bias-corrected moments, step counts per parameter."""
 
     _buffers = ("exp_avg", "exp_avg_sq")
+    _counts_steps = True
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
@@ -200,7 +266,8 @@ class Adam(Optimizer):
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"{name}: betas must be a pair (beta1, beta2), got {betas!r}")
         self.betas = tuple(_number(b, f"betas[{k}]", name, low=0.0, high=1.0, high_open=True) for k, b in enumerate(betas))
-        self.eps = _number(eps, "eps", name, low=0.0)
+        # eps > 0: with 0 a zero gradient's update is 0 / 0 (torch takes eps=0 and gives NaN there)
+        self.eps = _number(eps, "eps", name, low=0.0, low_open=True)
         self.weight_decay = _number(weight_decay, "weight_decay", name, low=0.0)
 
     def hyperparameters(self):
@@ -208,13 +275,12 @@ class Adam(Optimizer):
 
     def step(self):
         beta1, beta2 = self.betas
-        for i, p in self._trainable():
-            s = self.state.setdefault(i, {})
-            if "exp_avg" not in s:
-                s.update(exp_avg=self._zeros_like(p), exp_avg_sq=self._zeros_like(p), step=0)
-            s["step"] += 1
-            ops.adam_step(p.data, p.grad, s["exp_avg"], s["exp_avg_sq"], s["step"], lr=self.lr, beta1=beta1,
+        for i, p in self._checked_trainable():
+            s = self.state.get(i) or dict(exp_avg=self._zeros_like(p), exp_avg_sq=self._zeros_like(p), step=0)
+            ops.adam_step(p.data, p.grad, s["exp_avg"], s["exp_avg_sq"], s["step"] + 1, lr=self.lr, beta1=beta1,
                           beta2=beta2, eps=self.eps, weight_decay=self.weight_decay, decoupled=self._decoupled)
+            s["step"] += 1  # counted (and a new state kept) once the step has been taken
+            self.state[i] = s
 
 
 class AdamW(Adam):

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np
@@ -39,6 +40,7 @@ CLASSES = {
     "strided": "non-contiguous / negative-stride views",
     "empty": "zero-size dimensions",
     "device": "array on the wrong device",
+    "subclass": "ndarray subclasses (np.matrix, np.ma.MaskedArray)",
     "nan": "NaN / Inf (propagated)",
     "range": "out-of-range labels or indices",
     "hyper": "bad hyperparameters",
@@ -382,6 +384,32 @@ def ck_no_optimizer(be, tmp_path):
     checkpoint.load_into(directory, model, optim.SGD(model.parameters(), lr=0.1))
 
 
+def host_only(be):
+    if be.name == "cuda":
+        pytest.skip("a host array is a device error on cuda")
+
+
+def matrix(rows):
+    with warnings.catch_warnings():  # NumPy's PendingDeprecationWarning for np.matrix
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        return np.matrix(rows)
+
+
+def matrix_relu(be, _):
+    host_only(be)
+    out = ops.relu_forward(matrix([[1.0, -2.0]]))  # a Numba TypingError on cpu
+    assert type(out) is np.ndarray
+    close(out, np.array([[1.0, 0.0]]))
+
+
+def matrix_sgd(be, _):
+    host_only(be)
+    param = matrix([[1.0, 2.0]])
+    ops.sgd_step(param, matrix([[1.0, -1.0]]), lr=0.5)
+    assert type(param) is np.matrix
+    close(param, np.array([[0.5, 2.5]]))
+
+
 # ---- the cases ------------------------------------------------------------------------------------
 
 C = Case
@@ -577,6 +605,14 @@ CASES = [
       ValueError, r"train is empty"),
 
     # wrong device
+    C("subclass", "relu_forward(x np.matrix (1, 2))", matrix_relu,
+      None, "its values as a plain ndarray (cpu and emu): relu, a numpy.ndarray"),
+    C("subclass", "sgd_step(param np.matrix, grad np.matrix)", matrix_sgd,
+      None, "param updated in place, still a np.matrix (cpu and emu)"),
+    C("subclass", "relu_forward(x np.ma.MaskedArray)", lambda be, _: ops.relu_forward(np.ma.masked_array([1.0, -2.0], mask=[0, 1])),
+      TypeError, r"x is a numpy.ma.MaskedArray; fastconv does not apply masks: pass x.filled\(value\)"),
+    C("subclass", "softmax_cross_entropy_forward(logits, labels np.ma.MaskedArray)", lambda be, _: ops.softmax_cross_entropy_forward(rand(be, (2, 3)), np.ma.masked_array([0, 1], mask=[0, 1])),
+      TypeError, r"labels is a numpy.ma.MaskedArray; fastconv does not apply masks"),
     C("device", "relu_forward(x on another device)", lambda be, _: ops.relu_forward(other_device(be)),
       TypeError, r"x is a GPU array \(.*\), but the backend is '(cpu|emu)': copy it to the host|x is a numpy.ndarray in host memory, but the backend is 'cuda'"),
     C("device", "matmul(a, b on another device)", lambda be, _: ops.matmul(rand(be, (3, 3)), other_device(be, (3, 3))),

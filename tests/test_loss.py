@@ -5,6 +5,7 @@ bad inputs the ops must refuse."""
 import numpy as np
 import pytest
 
+import fastconv
 from fastconv import ops
 from helpers import DTYPES, assert_gradient, assert_matches, numerical_gradient, on, to_numpy
 
@@ -258,6 +259,56 @@ def test_cross_entropy_nan_logit_gives_nan_loss(backend):
     assert np.all(np.isnan(probs[1])) and np.allclose(probs[0].sum(), 1)
 
 
+def _no_label_weight_case(dtype):
+    """Logits, labels and class weights whose labels all have weight 0 (sum_i w[y_i] = 0)."""
+    z = np.random.default_rng(5).standard_normal((4, 6)).astype(dtype)
+    return z, np.array([1, 3, 3, 5]), np.array([1.0, 0.0, 2.0, 0.0, 0.5, 0.0], dtype)
+
+
+def _no_label_weight_results(z, y, w, eps):
+    """(forward loss, fused loss, fused gradient, backward's gradient) of the ops, as NumPy."""
+    loss, probs = ops.softmax_cross_entropy_forward(z, y, w, eps)
+    fused_loss, fused = ops.softmax_cross_entropy_with_grad(z, y, w, eps)
+    grad = ops.softmax_cross_entropy_backward(probs, y, w, eps)
+    return [to_numpy(a) for a in (loss, fused_loss, fused, grad)]
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_every_label_weight_zero_divides_by_zero(backend, dtype, eps):
+    """sum_i w[y_i] = 0: the mean and the gradient divide by 0, as the native kernels do: loss
+    0/0 = NaN and a NaN gradient; with smoothing, whose term is not 0, loss +inf and the gradient
+    +-inf by the sign of p S - w_c (the cpu backend raised ZeroDivisionError)."""
+    z, y, w = _no_label_weight_case(dtype)
+    loss, fused_loss, fused, grad = _no_label_weight_results(*on(backend, z, y, w), eps)
+    if eps == 0.0:
+        expected_loss, expected_grad = np.nan, np.full(z.shape, np.nan)
+    else:
+        p = np.exp(log_softmax64(z.astype(np.float64)))
+        expected_loss, expected_grad = np.inf, np.where(p * w.sum() > w, np.inf, -np.inf)
+    for actual in (loss, fused_loss):
+        assert actual.dtype == dtype and actual.shape == ()
+        np.testing.assert_array_equal(actual, expected_loss)
+    for actual in (fused, grad):
+        assert actual.dtype == dtype
+        np.testing.assert_array_equal(actual, expected_grad)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_every_label_weight_zero_same_bits_on_cpu_and_emu(dtype, eps):
+    """The cpu backend's NaN and inf are the native kernels' bits (the NaN of 0/0 and 0 * inf)."""
+    results = {}
+    for name in ("cpu", "emu"):
+        if not fastconv.backend.availability(name)[0]:
+            pytest.skip(f"backend {name} unavailable")
+        with fastconv.use_backend(name):
+            results[name] = _no_label_weight_results(*_no_label_weight_case(dtype), eps)
+    bits = np.uint32 if dtype == np.float32 else np.uint64
+    for cpu, emu in zip(results["cpu"], results["emu"]):
+        np.testing.assert_array_equal(cpu.view(bits), emu.view(bits))
+
+
 def test_cross_entropy_is_deterministic(backend):
     z, y, w = _cross_entropy_case(600, 7, True, seed=2)
     args = on(backend, z.astype(np.float32), y, w.astype(np.float32))
@@ -308,6 +359,17 @@ def test_bce_gradient_by_finite_differences(backend, with_pos_weight):
 
     grad = ops.bce_with_logits_backward(*on(backend, x, t, pw))
     assert_gradient(grad, numerical_gradient(forward, [x], 0, 1.0), "dlogits")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_0d_logits_take_one_pos_weight(backend, dtype):
+    """0-d logits are one value: pos_weight (1,) weighs it, as torch broadcasts it."""
+    x, t, pw = np.array(-1.5), np.array(0.75), np.array([2.5])
+    args = on(backend, x.astype(dtype), t.astype(dtype), pw.astype(dtype))
+    assert_matches(ops.bce_with_logits_forward(*args), bce64, [x, t, 2.5], dtype)
+    assert_matches(ops.bce_with_logits_backward(*args), bce_grad64, [x, t, 2.5], dtype)
+    with pytest.raises(ValueError, match=r"pos_weight is \(2,\) but logits is \(\): expected \(1,\) for 0-d logits"):
+        ops.bce_with_logits_forward(*args[:2], on(backend, np.ones(2, dtype)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -94,3 +94,38 @@ class _SeriesLike:
 def test_weights_with_a_dict_style_get_are_read_as_host_data():
     assert list(losses.CrossEntropyLoss(weight=_SeriesLike([1.0, 2.0])).weight) == [1.0, 2.0]
     assert list(losses.BCEWithLogitsLoss(pos_weight=_SeriesLike([3.0])).pos_weight) == [3.0]
+
+
+def test_a_layer_whose_labels_all_have_weight_zero_gives_nan_not_an_error(backend):
+    """sum_i w[y_i] = 0: 0/0, a NaN loss and gradient, as the op documents (the cpu backend raised)."""
+    loss_fn = losses.CrossEntropyLoss(weight=[1.0, 0.0])
+    for dtype in (np.float32, np.float64):
+        loss = loss_fn(on(backend, np.array([[0.0, 1.0], [0.0, 1.0]], dtype)), np.array([1, 1]))
+        assert np.isnan(float(loss))
+        assert np.isnan(to_numpy(loss_fn.backward())).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mse_and_bce_layers_take_0d_outputs_and_give_0d_gradients(backend, dtype):
+    """A 0-d prediction and target (one value), as the ops take them; a scalar pos_weight too."""
+    pred, target = on(backend, np.array(2.0, dtype)), np.array(1.0)
+    cases = [(losses.MSELoss(), 1.0, 2.0),
+             (losses.BCEWithLogitsLoss(), np.log1p(np.exp(-2.0)), -1 / (1 + np.exp(2.0))),
+             (losses.BCEWithLogitsLoss(pos_weight=2.0), 2 * np.log1p(np.exp(-2.0)), -2 / (1 + np.exp(2.0)))]
+    for loss_fn, expected_loss, expected_grad in cases:
+        loss = loss_fn(pred, target)
+        grad = to_numpy(loss_fn.backward())
+        assert loss.shape == () and grad.shape == () and grad.dtype == dtype, repr(loss_fn)
+        np.testing.assert_allclose(float(loss), expected_loss, rtol=1e-6)
+        np.testing.assert_allclose(float(grad), expected_grad, rtol=1e-6)
+
+
+def test_masked_targets_and_labels_are_refused(backend):
+    """The layers convert targets with asarray, which drops a mask: refused, as the ops refuse one."""
+    masked = np.ma.masked_array([1.0, 0.0], mask=[0, 1])
+    with pytest.raises(TypeError, match=r"MSELoss: target is a numpy.ma.MaskedArray; fastconv does not apply masks"):
+        losses.MSELoss()(on(backend, np.zeros(2)), masked)
+    with pytest.raises(TypeError, match=r"BCEWithLogitsLoss: targets is a numpy.ma.MaskedArray"):
+        losses.BCEWithLogitsLoss()(on(backend, np.zeros(2)), masked)
+    with pytest.raises(TypeError, match=r"CrossEntropyLoss: labels is a numpy.ma.MaskedArray"):
+        losses.CrossEntropyLoss()(on(backend, np.zeros((2, 2))), np.ma.masked_array([0, 1], mask=[0, 1]))

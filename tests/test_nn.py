@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fastconv import nn, ops
+from fastconv._cpu import _vecmath
 from helpers import DTYPES, assert_gradient, assert_matches, numerical_gradient, on, to_numpy
 
 
@@ -139,6 +140,40 @@ def test_fused_linear_relu_matches_separate_layers(backend):
     np.testing.assert_array_equal(dx_fused, dx_separate)
     for g, p in zip(grads, lin.parameters()):
         np.testing.assert_array_equal(g, to_numpy(p.grad))
+
+
+def _ulps(a, b):
+    ints = np.int32 if a.dtype == np.float32 else np.int64
+    return np.abs(a.view(ints).astype(np.int64) - b.view(ints).astype(np.int64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_sigmoid_is_what_the_sequential_docstring_says(backend, dtype):
+    """Linear / Conv2d then Sigmoid, fused, against the layers one by one: bit for bit, except a
+    float32 sigmoid on the cpu backend with AVX-512 / AVX2, whose standalone op is vector code of
+    its own: there up to 3 ulp apart, and the fused output 0 for x < -87.3 (sigmoid < ~1.22e-38)."""
+    rng = np.random.default_rng(4)
+    special = backend.name == "cpu" and dtype == np.float32 and _vecmath.SIMD
+    edge = np.nextafter(np.float32(-87.3), np.float32([-np.inf, np.inf] * 8))  # either side of the cutoff
+    values = np.concatenate([np.linspace(-110, 30, 2048), rng.standard_normal(2048) * 8, edge, edge / 2])
+    cases = [(nn.Linear(16, 16, dtype=dtype, seed=1), values.reshape(-1, 16)),
+             (nn.Conv2d(3, 5, 3, padding=1, dtype=dtype, seed=2), rng.standard_normal((4, 3, 12, 12)) * 6)]
+    for layer, x in cases:
+        if isinstance(layer, nn.Linear):  # the identity: the sigmoid of exactly x, across its range
+            layer.weight.data[...] = on(backend, np.eye(16, dtype=dtype))
+            layer.bias.data[...] = 0
+        x = on(backend, x.astype(dtype))
+        fused = to_numpy(nn.Sequential(layer, nn.Sigmoid())(x))
+        pre = layer(x)
+        alone = to_numpy(nn.Sigmoid()(pre))
+        if not special:
+            np.testing.assert_array_equal(fused.view(np.uint8), alone.view(np.uint8))
+            continue
+        pre = to_numpy(pre)
+        flushed = pre < np.float32(-87.3)
+        assert np.all(fused[flushed] == 0) and np.all(fused[~flushed] > 0)
+        assert np.all(alone[flushed & (pre > -100)] > 0)  # subnormal (the op gives 0 only past x ~ -104)
+        assert _ulps(fused[~flushed], alone[~flushed]).max() <= 3
 
 
 def test_initialization_is_pytorch_default_and_seeded():

@@ -125,7 +125,9 @@ def test_state_dict_errors():
     (lambda p: optim.SGD(p, lr=0.1, nesterov=True), "nesterov=True needs momentum > 0"),
     (lambda p: optim.Adam(p, betas=(0.9, 1.0)), "betas\\[1\\] must be < 1"),
     (lambda p: optim.Adam(p, betas=0.9), "betas must be a pair"),
-    (lambda p: optim.AdamW(p, eps=-1e-8), "eps must be >= 0"),
+    (lambda p: optim.AdamW(p, eps=-1e-8), "eps must be > 0"),
+    (lambda p: optim.Adam(p, eps=0.0), r"Adam: eps must be > 0.0, got 0.0"),  # every step() failed on it
+    (lambda p: optim.AdamW(p, eps=0), r"AdamW: eps must be > 0.0, got 0.0"),
     (lambda p: optim.Adam([], lr=0.1), "empty parameter list"),
     (lambda p: optim.Adam(p, lr="fast"), "lr must be a real number"),
 ])
@@ -168,6 +170,123 @@ def test_sgd_step_names_the_optimizers_parameters():
     a.grad = None  # no gradient: not in the step's call, so the call's params[0] is b
     with pytest.raises(ValueError, match=r"SGD.step: params\[0\] and params\[1\] share memory.*parameter \[1, 2\]\[k\]"):
         optim.SGD([a, b, c], lr=0.1).step()
+
+
+def _params_with_a_bad_grad(cls):
+    """Three parameters, float32 then two float64, after one good step; the second one's grad now
+    float32 (SGD updates the float32 group first, Adam parameter 0 first)."""
+    params = [nn.Parameter(np.ones(2, np.float32), "a"), nn.Parameter(np.ones(3), "b"), nn.Parameter(np.ones(3), "c")]
+    opt = cls(params, lr=0.1, **({"momentum": 0.9} if cls is optim.SGD else {}))
+    for p in params:
+        p.grad = np.full(p.shape, 0.5, p.data.dtype)
+    opt.step()
+    params[1].grad = params[1].grad.astype(np.float32)
+    return params, opt
+
+
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW])
+def test_a_failed_step_changes_nothing(cls):
+    """Every parameter and grad is checked before any is updated: a bad grad at parameter 1 left
+    parameter 0 (and, for SGD, the other dtype's group) updated, and Adam's step counts advanced,
+    so that the retried step had the wrong bias correction."""
+    params, opt = _params_with_a_bad_grad(cls)
+    data = [p.data.copy() for p in params]
+    state = {i: {k: (v.copy() if hasattr(v, "copy") else v) for k, v in s.items()} for i, s in opt.state.items()}
+    with pytest.raises(TypeError, match=rf"{cls.__name__}.step: the grad of parameter 1 \('b'\) is float32 but "
+                                        r"the other inputs are float64"):
+        opt.step()
+    for p, before in zip(params, data):
+        np.testing.assert_array_equal(p.data, before)
+    assert opt.state.keys() == state.keys()
+    for i, s in opt.state.items():
+        assert s.keys() == state[i].keys()
+        for k, v in s.items():
+            np.testing.assert_array_equal(v, state[i][k])
+    # The retried step is the second step, as if the failed one had never been called.
+    params[1].grad = params[1].grad.astype(np.float64)
+    opt.step()
+    twice, reference = _params_with_a_bad_grad(cls)
+    twice[1].grad = twice[1].grad.astype(np.float64)
+    reference.step()
+    for p, q in zip(params, twice):
+        np.testing.assert_array_equal(p.data, q.data)
+    if cls is not optim.SGD:
+        assert [opt.state[i]["step"] for i in range(3)] == [2, 2, 2]
+
+
+def test_a_failed_first_adam_step_creates_no_state():
+    p = nn.Parameter(np.ones(3))
+    opt = optim.Adam([p], lr=0.1)
+    p.grad = np.ones(3, np.float32)
+    with pytest.raises(TypeError, match=r"Adam.step: the grad of parameter 0 is float32"):
+        opt.step()
+    assert opt.state == {} and opt.state_dict()["state"] == {}
+    p.grad = np.ones(3)
+    opt.step()
+    assert opt.state[0]["step"] == 1
+    np.testing.assert_allclose(p.data, 1 - 0.1 / (1 + 1e-8), rtol=0, atol=0)  # a first step: lr * m / (|m| + eps)
+
+
+@pytest.mark.parametrize("cls, state_dict, error, message", [
+    (optim.SGD, {"type": "SGD", "hyperparameters": {"lr": -5.0, "momentum": 2.0}, "state": {}},
+     ValueError, r"SGD.load_state_dict: lr must be >= 0.0, got -5.0"),
+    (optim.SGD, {"type": "SGD", "hyperparameters": {"momentum": 2.0}, "state": {}},
+     ValueError, r"SGD.load_state_dict: momentum must be < 1.0, got 2.0"),
+    (optim.SGD, {"type": "SGD", "hyperparameters": {"lr": "fast"}, "state": {}},
+     TypeError, r"SGD.load_state_dict: lr must be a real number, got 'fast'"),
+    (optim.SGD, {"type": "SGD", "hyperparameters": {"momentum": 0.5, "nesterov": 1}, "state": {}},
+     TypeError, r"SGD.load_state_dict: nesterov must be True or False, got 1"),
+    (optim.SGD, {"type": "SGD", "hyperparameters": {"betas": [0.9, 0.99]}, "state": {}},
+     ValueError, r"SGD.load_state_dict: unknown hyperparameters \['betas'\] \(a SGD has \['lr', 'momentum', "),
+    (optim.Adam, {"type": "Adam", "hyperparameters": {"eps": 0.0}, "state": {}},
+     ValueError, r"Adam.load_state_dict: eps must be > 0.0, got 0.0"),
+    (optim.Adam, {"type": "Adam", "hyperparameters": {"betas": [0.9]}, "state": {}},
+     ValueError, r"Adam.load_state_dict: betas must be a pair"),
+    (optim.Adam, {"type": "Adam", "state": {0: {"exp_avg": np.zeros(3), "exp_avg_sq": np.zeros(3)}}},
+     KeyError, r"Adam.load_state_dict: parameter 0 lacks its 'step' count"),
+    (optim.Adam, {"type": "Adam", "state": {0: {"exp_avg": np.zeros(3), "exp_avg_sq": np.zeros(3), "step": 0}}},
+     ValueError, r"Adam.load_state_dict: parameter 0's 'step' must be an int >= 1 \(the steps taken\), got 0"),
+    (optim.Adam, {"type": "Adam", "state": {0: {"exp_avg": np.zeros(3), "exp_avg_sq": np.zeros(3), "step": 1.5}}},
+     ValueError, r"parameter 0's 'step' must be an int >= 1 \(the steps taken\), got 1.5"),
+    (optim.Adam, {"type": "Adam", "state": {0: {"exp_avg": np.zeros(3), "exp_avg_sq": np.zeros(3, np.float32),
+                                                "step": 1}}},
+     ValueError, r"parameter 0's 'exp_avg_sq' is \(3,\) float32, but the parameter is \(3,\) float64"),
+    (optim.Adam, {"type": "Adam", "state": {0: {"exp_avg": [0.0] * 3, "exp_avg_sq": np.zeros(3), "step": 1}}},
+     TypeError, r"parameter 0's 'exp_avg' must be an array, got list"),
+    (optim.Adam, {"type": "Adam", "state": {0: {"exp_avg": np.zeros(3), "exp_avg_sq": np.zeros(3), "step": 1,
+                                                "momentum_buffer": np.zeros(3)}}},
+     ValueError, r"parameter 0's state has \['momentum_buffer'\], which this Adam does not keep \(it keeps "
+                 r"\['exp_avg', 'exp_avg_sq', 'step'\]\)"),
+    (optim.SGD, {"type": "SGD", "state": {"first": {"momentum_buffer": np.zeros(3)}}},
+     ValueError, r"SGD.load_state_dict: the state's keys must be parameter indices, got 'first'"),
+    (optim.SGD, {"type": "SGD", "state": {0: np.zeros(3)}},
+     TypeError, r"SGD.load_state_dict: parameter 0's state must be a dict, got ndarray"),
+])
+def test_load_state_dict_checks_and_changes_nothing_on_an_error(cls, state_dict, error, message):
+    """Bad hyperparameters and state entries are refused at load time (they loaded, then failed in
+    step()), and the optimizer keeps its hyperparameters and state."""
+    p = nn.Parameter(np.ones(3))
+    opt = cls([p], lr=0.1, **({"momentum": 0.9} if cls is optim.SGD else {}))
+    p.grad = np.ones(3)
+    opt.step()
+    before = opt.state_dict()
+    with pytest.raises(error, match=message):
+        opt.load_state_dict(state_dict)
+    with pytest.raises(error, match=message):
+        opt.check_state_dict(state_dict)
+    after = opt.state_dict()
+    assert after["hyperparameters"] == before["hyperparameters"] and after["state"].keys() == before["state"].keys()
+    for i, s in after["state"].items():
+        assert all(v is before["state"][i][k] for k, v in s.items())
+
+
+def test_load_state_dict_takes_string_indices_and_keeps_the_current_hyperparameters_not_given():
+    p = nn.Parameter(np.ones(3))
+    opt = optim.Adam([p], lr=0.1, eps=1e-6)
+    opt.load_state_dict({"type": "Adam", "hyperparameters": {"betas": [0.8, 0.9]},
+                         "state": {"0": {"exp_avg": np.ones(3), "exp_avg_sq": np.ones(3), "step": np.int64(4)}}})
+    assert (opt.lr, opt.betas, opt.eps) == (0.1, (0.8, 0.9), 1e-6)
+    assert opt.state[0]["step"] == 4 and type(opt.state[0]["step"]) is int
 
 
 def test_step_lr_sequence():

@@ -363,12 +363,38 @@ def _weight_sums(w, has_weight, labels, n, classes):
     return float(n), float(classes)
 
 
+def _mean(total, count):
+    """total / count in float64 as the native kernels divide: a count of 0 (every label's class
+    weight 0) gives 0/0 = NaN, or +-inf (label smoothing's term is not 0), not ZeroDivisionError."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.float64(total) / np.float64(count)
+
+
+def _grad_no_label_weight(probs, labels, w, smoothing, class_weight_sum, out):
+    """out = the gradient when sum_i w[y_i] is 0 (out may be probs), by the native kernels' formula
+    and rounding: [p ((1 - e) w[y] + (e/C) S) - (e/C) w_c - (1 - e) w[y] onehot] * (1 / 0), in the
+    probs' dtype: NaN (0 * inf) without smoothing, +-inf (NaN where the bracket is 0) with it. (The
+    Numba kernels fold 1 / W into their constants, which for W = 0 gives other NaN and inf.)"""
+    dtype = probs.dtype.type
+    share = dtype(smoothing) / dtype(probs.shape[1])
+    true_part = (dtype(1) - dtype(smoothing)) * w[labels]
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.multiply(probs, (true_part + share * dtype(class_weight_sum))[:, None], out=out)
+        out -= share * w
+        out[np.arange(out.shape[0]), labels] -= true_part
+        out *= dtype(np.inf)
+    return out
+
+
 def _cross_entropy(logits, labels, weight, smoothing, grad):
     n, classes = logits.shape
     out = empty_like(logits)
     row_loss, row_weight = np.empty(n), np.empty(n)
     w, has_weight = _optional(weight, logits.dtype)
     label_weight_sum, class_weight_sum = _weight_sums(w, has_weight, labels, n, classes) if grad else (1.0, 1.0)
+    no_label_weight = grad and label_weight_sum == 0.0  # the kernels write the probs; the gradient after
+    if no_label_weight:
+        grad, label_weight_sum = False, 1.0
     if logits.dtype == np.float32 and _vecmath.SIMD:
         stream = should_stream(out)
         run(_cross_entropy_rows_simd, out.size, logits, labels, w, has_weight, smoothing, out, row_loss, row_weight,
@@ -377,7 +403,9 @@ def _cross_entropy(logits, labels, weight, smoothing, grad):
         run(_cross_entropy_rows, out.size, logits, labels, w, has_weight, smoothing, out, row_loss, row_weight, grad,
             label_weight_sum, class_weight_sum)
     total_weight = _ordered_sum(row_weight) if has_weight else float(n)
-    return _scalar(_ordered_sum(row_loss) / total_weight, logits.dtype), out
+    if no_label_weight:
+        _grad_no_label_weight(out, labels, w, smoothing, class_weight_sum, out)
+    return _scalar(_mean(_ordered_sum(row_loss), total_weight), logits.dtype), out
 
 
 def softmax_cross_entropy_forward(logits, labels, weight, smoothing):
@@ -393,6 +421,8 @@ def softmax_cross_entropy_backward(probs, labels, weight, smoothing):
     w, has_weight = _optional(weight, probs.dtype)
     label_weight_sum, class_weight_sum = _weight_sums(w, has_weight, labels, n, classes)
     out = empty_like(probs)
+    if label_weight_sum == 0.0:
+        return _grad_no_label_weight(probs, labels, w, smoothing, class_weight_sum, out)
     if probs.dtype == np.float32 and _vecmath.SIMD:
         stream = should_stream(out)
         run(_cross_entropy_grad_simd, out.size, probs, labels, w, has_weight, smoothing, label_weight_sum,

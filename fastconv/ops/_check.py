@@ -3,7 +3,8 @@
 Rules (docs/bad_inputs.md lists every case and its message):
 - arrays must live where the backend computes: NumPy (or anything np.asarray takes) on "cpu" and
   "emu"; CuPy, __cuda_array_interface__ or CUDA DLPack objects on "cuda". The wrong device is a
-  TypeError naming the argument.
+  TypeError naming the argument. ndarray subclasses are read as plain ndarrays (a view), except a
+  numpy.ma.MaskedArray, a TypeError: its mask would be ignored.
 - floating arrays only, float32 or float64, the same for every array of one call (TypeError);
 - the expected number of dimensions and agreeing shapes (ValueError naming argument and shapes);
 - non-contiguous views (transposes, steps, negative strides) are copied to C order, never read as
@@ -31,7 +32,11 @@ def _is_gpu_array(x) -> bool:
 
 
 def on_backend(x, name: str, be):
-    """The backend's array for x, or TypeError when x lives on another device."""
+    """The backend's array for x (an ndarray subclass as a plain view), or TypeError when x lives on
+    another device or is a masked array."""
+    if isinstance(x, np.ma.MaskedArray):  # on any backend: np.asarray would drop its mask
+        raise TypeError(f"{name} is a numpy.ma.MaskedArray; fastconv does not apply masks: pass "
+                        f"{name}.filled(value) or {name}.compressed(), or np.asarray({name}) to use every value")
     if be.name == "cuda":
         xp = be.xp
         if isinstance(x, xp.ndarray):
@@ -58,8 +63,8 @@ def on_backend(x, name: str, be):
         raise TypeError(
             f"{name} is a GPU array ({type(x).__module__}.{type(x).__name__}), but the backend is "
             f"{be.name!r}: copy it to the host (.get()) or use the 'cuda' backend")
-    if isinstance(x, np.ndarray):
-        return x
+    if isinstance(x, np.ndarray):  # a subclass (np.matrix, ...): a plain view of its data
+        return np.asarray(x)
     try:
         return np.asarray(x)
     except Exception as exc:

@@ -4,8 +4,9 @@
 Each forward returns the loss as a 0-d array on the backend's device in the inputs' dtype
 (float(loss) gives the number). Reductions are deterministic: the same inputs give the same bits
 on every run. Differences from torch: an empty batch is refused (torch returns NaN); a NaN logit
-gives a NaN loss, as in torch; when every label's class weight is 0 the weighted mean is 0/0 = NaN,
-as in torch.
+gives a NaN loss, as in torch; when every label's class weight is 0 the weighted mean divides by
+0: the loss and the gradient are NaN (0/0), as in torch, but with label smoothing, whose term is
+then not 0, the loss is +inf and the gradient +-inf (NaN where p_c sum(w) = w_c; torch: NaN).
 """
 from __future__ import annotations
 
@@ -146,9 +147,9 @@ def _binary_inputs(be, logits, targets, pos_weight, op):
     pw = None
     if pos_weight is not None:
         pw = tensor(pos_weight, "pos_weight", be, ndim=1, dtype=x.dtype)
-        classes = x.shape[-1] if x.ndim else None
+        classes = x.shape[-1] if x.ndim else 1  # 0-d logits: one value, one pos_weight (as torch broadcasts)
         if pw.shape != (classes,):
-            want = f"({classes},), one per entry of logits' last dimension" if classes else "1-D logits or more"
+            want = f"({classes},), one per entry of logits' last dimension" if x.ndim else "(1,) for 0-d logits"
             raise ValueError(f"{op}: pos_weight is {shape_str(pw.shape)} but logits is {shape_str(x.shape)}: "
                              f"expected {want}")
     return x, t, pw
@@ -157,7 +158,8 @@ def _binary_inputs(be, logits, targets, pos_weight, op):
 def bce_with_logits_forward(logits, targets, pos_weight=None):
     """Mean over all elements of binary cross-entropy on logits, as
     torch.nn.functional.binary_cross_entropy_with_logits: targets (same shape) are 0/1 labels or
-    probabilities; pos_weight (C,) weighs the positive term along the last dimension.
+    probabilities; pos_weight (C,) weighs the positive term along the last dimension ((1,) for 0-d
+    logits).
     l = (1 - t) x + (1 + (pw - 1) t) (log1p(exp(-|x|)) + max(-x, 0)), finite for any finite x."""
     be = _backend.current()
     x, t, pw = _binary_inputs(be, logits, targets, pos_weight, "bce_with_logits_forward")

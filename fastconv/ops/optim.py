@@ -35,10 +35,11 @@ def _updatable(a, name: str, be, like=None):
     """An array that can be updated in place, unchanged (no conversion, no copy)."""
     if a is None:
         raise TypeError(f"{name} is required, got None")
-    on_backend(a, name, be)  # the wrong-device errors
+    array = on_backend(a, name, be)  # the wrong-device errors
     if not isinstance(a, be.xp.ndarray):
         raise TypeError(f"{name} must be a {be.xp.__name__}.ndarray to be updated in place on the {be.name!r} "
                         f"backend, got {type(a).__module__}.{type(a).__name__}")
+    a = array  # an ndarray subclass's plain view, updated in place all the same
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
     if like is not None:
@@ -84,6 +85,21 @@ def _disjoint(entries):
                              "separate arrays")
         if end > reach:
             reach, owner = end, (i, written)
+
+
+def check_step_arrays(params, grads, names):
+    """Checks each (params[k], grads[k]) as sgd_step and adam_step check theirs, changing nothing:
+    param an array of the backend, float32 or float64, C-contiguous and writeable; grad of its shape
+    and dtype; no param sharing memory with any other array. names[k] names params[k] in the errors
+    (TypeError / ValueError). An optimizer checks all its parameters so before it updates any: a bad
+    one fails the step with nothing changed."""
+    be = _backend.current()
+    entries = []
+    for param, grad, name in zip(params, grads, names):
+        param = _updatable(param, name, be)
+        grad = _gradient(grad, be, param, f"the grad of {name}", name)
+        entries += [(name, param, True), (f"the grad of {name}", grad, False)]
+    _disjoint(entries)
 
 
 def _sgd_hyperparameters(lr, momentum, weight_decay, nesterov):
