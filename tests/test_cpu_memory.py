@@ -13,6 +13,7 @@ import pytest
 import fastconv
 import fastconv.ops as ops
 from fastconv._cpu import _memory, _stream, _vecmath, dense, loss
+from helpers import needs_simd
 
 BIG = _memory.MIN_BYTES // 4  # float32 values in the smallest cached array
 
@@ -78,8 +79,23 @@ def test_sizes_are_matched_by_their_rounded_size(cache):
     a = _memory.empty((BIG + 1,), np.float32)
     address = a.ctypes.data
     del a
-    assert _memory.empty((BIG + 2,), np.float32).ctypes.data == address  # same 2 MiB granule
+    assert _memory.empty((BIG + 2,), np.float32).ctypes.data == address  # same 64 KiB granule
     assert _memory.empty((2 * BIG,), np.float32).ctypes.data != address
+
+
+@needs_simd
+def test_a_convolution_s_scratch_comes_from_the_cache_and_goes_back(cache):
+    # The Winograd weight gradient of 256 channels: dU alone is 4 MiB. glibc's heap, growing and
+    # trimmed between calls, had the 512-channel layer's calls fault their pages in, at 40-78 ms
+    # against 32-36 with the buffers reused.
+    rng = np.random.default_rng(0)
+    x, dy = (rng.standard_normal((2, 256, 8, 8), dtype=np.float32) for _ in range(2))
+    w = rng.standard_normal((256, 256, 3, 3), dtype=np.float32) / 48
+    ops.conv2d_backward(dy, x, w, padding=1)
+    first = cache.cached_bytes()
+    assert first >= 16 * 256 * 256 * 4
+    ops.conv2d_backward(dy, x, w, padding=1)
+    assert cache.cached_bytes() == first  # the same buffers taken and given back, none new
 
 
 def test_empty_cache_is_public_and_frees_everything(cache):

@@ -1,16 +1,20 @@
-"""Reusing the memory of large dead outputs on the CPU: a caching allocator, as PyTorch's for CUDA.
+"""Reusing the memory of large dead arrays on the CPU: a caching allocator, as PyTorch's for CUDA.
 
-Why: glibc maps every allocation above 32 MiB (its largest mmap threshold) fresh from the kernel
-and unmaps it on free, so each new large array faults in and zeroes its pages on first touch. On
-the dev machine NumPy's copy of a 1 GiB array runs at 6.5 GB/s into new memory and 24 GB/s into
-existing memory; ReLU returning a new 1 GiB array ran at 16.7 GB/s, into existing memory at 26.
-An op called in a loop (a training step on big batches, a benchmark) paid that on every call.
+Why: glibc maps every allocation above its mmap threshold (dynamic, up to 32 MiB) fresh from the
+kernel and unmaps it on free, and below it grows and trims its heap's top as blocks come and go, so
+a new large array faults in and zeroes its pages on first touch. On the dev machine NumPy's copy of
+a 1 GiB array runs at 6.5 GB/s into new memory and 24 GB/s into existing memory; ReLU returning a
+new 1 GiB array ran at 16.7 GB/s, into existing memory at 26. Below 32 MiB the same happens: the
+512-channel 7x7 convolution's backward (16-24 MiB of scratch and outputs) took 40-78 ms a call,
+erratically, in a process that also allocated other sizes, and 34-36 ms with glibc's thresholds
+fixed (GLIBC_TUNABLES) or with its buffers from here. An op called in a loop (a training step, a
+benchmark) paid that on every call.
 
-How: the cpu backend allocates its outputs with `empty` / `empty_like`. Below MIN_BYTES that is
-np.empty (glibc's heap already reuses such blocks). From MIN_BYTES up the array views a cached
-buffer through a small `_Lease` object, its base; when the last array or view of it dies, the
-lease's __del__ puts the buffer back. Buffers are matched by size (rounded up to 2 MiB) and kept
-up to FASTCONV_CPU_CACHE_MB in all (default 2048; 0 turns the cache off), the oldest let go first;
+How: the cpu backend allocates its outputs, and its large scratch, with `empty` / `empty_like`.
+Below MIN_BYTES that is np.empty. From MIN_BYTES up the array views a cached buffer through a small
+`_Lease` object, its base; when the last array or view of it dies, the lease's __del__ puts the
+buffer back. Buffers are matched by size (rounded up to 64 KiB, or 2 MiB from 32 MiB on) and kept up
+to FASTCONV_CPU_CACHE_MB in all (default 2048; 0 turns the cache off), the oldest let go first;
 `fastconv.empty_cache()` hands them all back to the system.
 """
 import math
@@ -22,8 +26,8 @@ import numpy as np
 
 __all__ = ["MIN_BYTES", "empty", "empty_like", "empty_cache", "cached_bytes"]
 
-MIN_BYTES = 32 << 20
-_GRANULE = 2 << 20
+MIN_BYTES = 1 << 20
+_GRANULE, _LARGE_GRANULE, _LARGE_BYTES = 64 << 10, 2 << 20, 32 << 20  # the rounding of sizes
 
 
 def _limit_from_environment():
@@ -77,7 +81,8 @@ def empty(shape, dtype):
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < MIN_BYTES or _limit == 0:
         return np.empty(shape, dtype)
-    size = -(-nbytes // _GRANULE) * _GRANULE
+    granule = _LARGE_GRANULE if nbytes >= _LARGE_BYTES else _GRANULE
+    size = -(-nbytes // granule) * granule
     buffer = _take(size)
     if buffer is None:
         try:

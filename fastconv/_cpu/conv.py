@@ -904,16 +904,16 @@ class _Wide:
         rows = cg * kh * kw
         copied = rows * length if cg < _MIN_CHANNELS_FOR_SHIFTED_GEMMS else 0
         # each padded channel with NR floats after its last tap's: _taps32's tile reads 31 past it
-        self.xps = np.empty((threads, cg, self.hp * self.wp + (kw - 1) * dilation[1] + NR), x.dtype)
-        self.outs = np.empty((threads, c_out // groups * length), x.dtype)  # y or dy over the wide grid
+        self.xps = empty((threads, cg, self.hp * self.wp + (kw - 1) * dilation[1] + NR), x.dtype)
+        self.outs = empty((threads, c_out // groups * length), x.dtype)  # y or dy over the wide grid
         if backward:
             # dW's copied tap rows, `block` channels at a time: about _COL_BYTES per thread
             self.block = max(1, min(cg, _COL_BYTES // max(1, kh * kw * length * x.itemsize)))
-            self.cols = np.empty((threads, (1 + self.block * kh * kw) * length), x.dtype)
-            self.dxps = np.empty_like(self.xps)
-            self.dcols = np.empty((threads, copied), x.dtype)  # dx's copied rows (few channels)
+            self.cols = empty((threads, (1 + self.block * kh * kw) * length), x.dtype)
+            self.dxps = empty(self.xps.shape, x.dtype)
+            self.dcols = empty((threads, copied), x.dtype)  # dx's copied rows (few channels)
         else:
-            self.cols = np.empty((threads, copied), x.dtype)
+            self.cols = empty((threads, copied), x.dtype)
         # w as (kh*kw, C_out, C_in/g): each tap's (C_out/g, C_in/g) block is a plain 2-D slice
         self.wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, c_out, cg)
 
@@ -959,7 +959,7 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
             # without an activation, b is added by the product (as the last k: the same rounding)
             w2b = np.concatenate([w2, bias.reshape(c_out, 1)], axis=1) if has_bias and not act else w2
             kernel(x, w2b, bias, has_bias, act, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],
-                   dilation[0], dilation[1], oh, ow, np.empty((threads, w2b.shape[1] * p), x.dtype), y)
+                   dilation[0], dilation[1], oh, ow, empty((threads, w2b.shape[1] * p), x.dtype), y)
     return y.reshape(n, c_out, oh, ow) if pool is None else (pooled, indices)
 
 
@@ -1024,7 +1024,7 @@ def _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indic
         bias[:c_out] = b
     rows = tile_rows(group * band * tw)
     t_max = -(-group * band * tw // rows) * rows
-    scratch = lambda *shape: np.empty((threads, *shape), x.dtype)  # noqa: E731
+    scratch = lambda *shape: empty((threads, *shape), x.dtype)  # noqa: E731
     suspect = np.zeros(n, np.uint8)
     _forward_winograd(x, weights_transformed(w, cp, kp), bias, act, padding[0], padding[2], oh, ow, window,
                              band, group, rows, scratch(2 * th + 2, 2 * tw + 2, cp), scratch(16, t_max, cp),
@@ -1099,13 +1099,13 @@ def _backward_by_tiles(dy3, from_pool, pooled_w, y3, activation, indices3, x, w,
     shifts = _tap_shifts(kh, kw, dilation, wp)
     margin = int(shifts.max())
     # each padded channel with NR floats after its last tap's (_taps32's tiles read past it)
-    xps = np.empty((parts, cg, (x.shape[2] + padding[0] + padding[1]) * wp + (kw - 1) * dilation[1] + NR), x.dtype)
-    dyps = np.empty((parts, cog, 2 * margin + length + NR), x.dtype)
-    dyts = np.empty((parts, oh * ow, cog), x.dtype)
+    xps = empty((parts, cg, (x.shape[2] + padding[0] + padding[1]) * wp + (kw - 1) * dilation[1] + NR), x.dtype)
+    dyps = empty((parts, cog, 2 * margin + length + NR), x.dtype)
+    dyts = empty((parts, oh * ow, cog), x.dtype)
     rows = taps * cg
     copied = -(-rows // 8) * 8 if cg % 8 else 0  # (gemm32 pads a partial 8-row tile per call)
-    cols = np.empty((parts, copied, oh * ow if copied else 0), x.dtype)
-    grad_parts = np.empty((parts, groups, 1 + max(rows, copied), cog), x.dtype)
+    cols = empty((parts, copied, oh * ow if copied else 0), x.dtype)
+    grad_parts = empty((parts, groups, 1 + max(rows, copied), cog), x.dtype)
     blocks = -(-cg // CW)
     padded = np.zeros((groups, cog, blocks * CW, taps), x.dtype)
     padded[:, :, :cg] = w.reshape(groups, cog, cg, taps)
@@ -1161,11 +1161,11 @@ def _weight_grad_by_planes(x, dy, padding, oh, ow, cp, kp, th, tw):
     """(dU as (1, 16, Cp, Kp), db in float64) by _weight_grad_winograd_planes."""
     pieces, starts, tiles, band = _winograd_gradient_passes(x.shape[0], th, tw, cp, kp, x.itemsize)
     slots, t_max = int(np.diff(starts).max(initial=1)), int(tiles.max(initial=1))
-    du, db = np.empty((1, 16, cp, kp), x.dtype), np.empty(dy.shape[1])
+    du, db = empty((1, 16, cp, kp), x.dtype), np.empty(dy.shape[1])
     _weight_grad_winograd_planes(x, dy, padding[0], padding[2], oh, ow, pieces, starts, tiles,
-                                 np.empty((slots, 2 * band + 2, 2 * tw + 2, cp), x.dtype),
-                                 np.empty((slots, 2 * band, 2 * tw, kp), x.dtype), np.empty((16, t_max, cp), x.dtype),
-                                 np.empty((16, t_max, kp), x.dtype), du[0], db)
+                                 empty((slots, 2 * band + 2, 2 * tw + 2, cp), x.dtype),
+                                 empty((slots, 2 * band, 2 * tw, kp), x.dtype), empty((16, t_max, cp), x.dtype),
+                                 empty((16, t_max, kp), x.dtype), du[0], db)
     return du, db
 
 
@@ -1174,7 +1174,7 @@ def _weight_grad_by_parts(x, dy, padding, oh, ow, cp, kp, th, tw, band, group):
     n = x.shape[0]
     parts = _parts(n)
     group = max(1, min(group, -(-n // parts)))  # no larger than a part (the same groups)
-    scratch = lambda *shape: np.empty((parts, *shape), x.dtype)  # noqa: E731
+    scratch = lambda *shape: empty((parts, *shape), x.dtype)  # noqa: E731
     du_parts, db_parts = scratch(16, cp, kp), np.empty((parts, dy.shape[1]))
     _weight_grad_winograd(x, dy, padding[0], padding[2], oh, ow, band, group, scratch(2 * th + 2, 2 * tw + 2, cp),
                           scratch(16, group * band * tw, cp), scratch(2 * band, 2 * tw, kp),
@@ -1268,11 +1268,11 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
             db_parts = grad_parts[:, :, 0].reshape(parts, c_out)
             dw_parts = grad_parts[:, :, 1:].transpose(0, 1, 3, 2)  # (parts, groups, C_out/g, R): dW's own layout
         else:
-            cols = np.empty((parts, rows * p), x.dtype)
+            cols = empty((parts, rows * p), x.dtype)
             dw_parts = np.zeros((parts, c_out, rows), x.dtype)  # zeros: an empty batch has no samples to write them
             db_parts = np.zeros((parts, c_out), x.dtype)
             _backward(dy3, x, w2, groups, kh, kw, stride[0], stride[1], padding[0], padding[2], dilation[0],
-                      dilation[1], oh, ow, input_grad, cols, np.empty_like(cols), dw_parts, db_parts, dx)
+                      dilation[1], oh, ow, input_grad, cols, empty(cols.shape, x.dtype), dw_parts, db_parts, dx)
     dw = np.ascontiguousarray(dw_parts.sum(axis=0) if parts > 1 else dw_parts[0]).reshape(w.shape)
     db = db_parts.sum(axis=0) if parts > 1 else db_parts[0]
     return dx if input_grad else None, dw, db if bias else None
