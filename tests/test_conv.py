@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fastconv import ops
-from helpers import DTYPES, assert_gradient, assert_matches, numerical_gradient, on, to_numpy
+from helpers import DTYPES, assert_gradient, assert_matches, needs_simd, numerical_gradient, on, to_numpy
 
 
 # ---- float64 reference: one strided view of the padded input per kernel tap ----
@@ -325,3 +325,27 @@ class TestBadInput:
             ops.conv2d_forward(x, w, activation="tanh")
         with pytest.raises(TypeError, match=r"bias must be True or False"):
             ops.conv2d_backward(on(backend, np.ones((2, 6, 3, 3), np.float32)), x, w, bias=1)
+
+
+@needs_simd
+@pytest.mark.parametrize("x_shape, c_out", [((3, 17, 7, 7), 33), ((2, 40, 8, 8), 16), ((5, 16, 1, 5), 20),
+                                            ((2, 24, 5, 13), 18)])
+def test_cpu_pointwise_backward_by_the_linear_layer(monkeypatch, x_shape, c_out):
+    # 1x1, stride 1, no padding, groups 1, at most 64 positions: linear_backward on the channels-last
+    # batch, channels off the 16 lanes; 5 x 13 = 65 positions stay on the tiles
+    from fastconv._cpu import conv
+    calls, pointwise = [], conv._backward_pointwise
+    monkeypatch.setattr(conv, "_backward_pointwise", lambda *a: (calls.append(a[1].shape), pointwise(*a))[1])
+    geo = Geometry(x_shape, (c_out, x_shape[1], 1, 1), 1, 0, 1, 1)
+    rng = np.random.default_rng(sum(x_shape))
+    args = [rng.standard_normal((geo.n, c_out, geo.oh, geo.ow)), rng.standard_normal(x_shape),
+            rng.standard_normal((c_out, x_shape[1], 1, 1))]
+    args32 = [a.astype(np.float32) for a in args]
+    dx, dw, db = ops.conv2d_backward(*args32)
+    assert calls == ([] if geo.oh * geo.ow > 64 else [x_shape])
+    assert_matches(dx, geo.dx, args, np.float32, what="dx")
+    assert_matches(dw, geo.dw, args, np.float32, what="dw")
+    assert_matches(db, lambda dy, x, w: dy.sum(axis=(0, 2, 3)), args, np.float32, what="db")
+    none, dw2, no_db = ops.conv2d_backward(*args32, bias=False, input_grad=False)
+    assert none is None and no_db is None
+    np.testing.assert_array_equal(dw2, dw)
