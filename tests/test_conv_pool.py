@@ -19,6 +19,9 @@ CASES = {
     "strided_conv_unfused_path": ((2, 3, 10, 9), (4, 3, 3, 3), 2, 1, 1, 1, 2, None, 0, "relu"),
     "sigmoid": ((2, 3, 8, 8), (4, 3, 3, 3), 1, 1, 1, 1, 2, None, 0, "sigmoid"),
     "empty_batch": ((0, 3, 8, 8), (4, 3, 3, 3), 1, 1, 1, 1, 2, None, 0, "relu"),
+    # 1x1 on 64 positions: the cpu backward by the linear layer (the fused one must take it too)
+    "pointwise_small_map": ((4, 32, 8, 8), (48, 32, 1, 1), 1, 0, 1, 1, 2, None, 0, "relu"),
+    "pointwise_no_activation": ((3, 17, 6, 7), (20, 17, 1, 1), 1, 0, 1, 1, 2, None, 0, None),
 }
 
 

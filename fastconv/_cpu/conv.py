@@ -1229,9 +1229,9 @@ def _transposed_planes(a, out):
                               (n * s_n + s0) * r_n + r0, r_n)
 
 
-def _backward_is_pointwise(x, w, stride, padding, groups, from_pool):
+def _backward_is_pointwise(x, w, stride, padding, groups):
     return (_uses_gemm32(x) and w.shape[2:] == (1, 1) and stride == (1, 1) and not any(padding) and groups == 1
-            and not from_pool and x.shape[2] * x.shape[3] <= _POINTWISE_POSITIONS)
+            and x.shape[2] * x.shape[3] <= _POINTWISE_POSITIONS)
 
 
 def _backward_pointwise(dy, x, w, bias, input_grad):
@@ -1267,8 +1267,9 @@ def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride, padding, dilation, 
                                algorithm):
     """conv2d_backward of max_pool2d_backward(activation's backward(dy, y), indices, <the
     convolution's output shape>), fused for stride 1: the full-size gradient is only ever built one
-    sample at a time, in cache (except for the layers the Winograd backward takes, which build it
-    whole by those ops and then run conv2d_backward's own path: its bits)."""
+    sample at a time, in cache (except for the layers the Winograd backward or the 1x1 one by the
+    linear layer takes, which build it whole by those ops and then run conv2d_backward's own path:
+    its bits)."""
     if stride != (1, 1):  # no fused kernel for this case: the ops one after another
         oh, ow = _geometry(x, w, stride, padding, dilation)
         dz = _unpooled_gradient(dy, y, activation, indices, x.shape[0], w.shape[0], oh, ow)
@@ -1280,7 +1281,9 @@ def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride, padding, dilation, 
 def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation, groups, bias, input_grad,
                      algorithm):
     """indices None: dy is the convolution's output gradient; else the pooled one (stride 1 only)."""
-    if _backward_is_pointwise(x, w, stride, padding, groups, indices is not None):
+    if _backward_is_pointwise(x, w, stride, padding, groups):
+        if indices is not None:  # the output gradient whole by the unfused ops, then this path: its bits
+            dy = _unpooled_gradient(dy, y, activation, indices, x.shape[0], w.shape[0], x.shape[2], x.shape[3])
         return _backward_pointwise(dy, x, w, bias, input_grad)
     n, c, _, _ = x.shape
     c_out, cg, kh, kw = w.shape
