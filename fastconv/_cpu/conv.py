@@ -1214,6 +1214,7 @@ def _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, inp
 # (batch 8) 88.9 -> 14.1, 64 -> 64 on 8x8 (batch 64) 0.88 -> 0.50; 10x10 a tie, and on 14x14 the
 # tiles stay faster (1024 -> 256: 18.8 against 22.5).
 _POINTWISE_POSITIONS = 64
+_POINTWISE_ROWS = 8192
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -1234,20 +1235,42 @@ def _backward_is_pointwise(x, w, stride, padding, groups):
             and x.shape[2] * x.shape[3] <= _POINTWISE_POSITIONS)
 
 
+@njit(parallel=True, nogil=True, cache=True)
+def _channel_sums(dy, db):
+    """db[o] = the sum of dy[:, o] (N, C, P) in float64, sample after sample (the planes' db)."""
+    for o in prange(dy.shape[1]):
+        total = 0.0
+        for n in range(dy.shape[0]):
+            total += _sum(dy[n, o])
+        db[o] = total
+
+
 def _backward_pointwise(dy, x, w, bias, input_grad):
-    """(dx or None, dW, db or None) of a 1x1 convolution by linear_backward (see above)."""
+    """(dx or None, dW, db or None) of a 1x1 convolution by linear_backward (see above), in chunks of
+    _POINTWISE_ROWS rows: dW's float32 sums no longer than the tiles' parts made them (one product
+    over 4096 x 64 rows missed float32's tolerance), the chunks added in float64; db in float64."""
     n, c, h, w_in = x.shape
     k, p = w.shape[0], h * w_in
+    x3, dy3, w2 = (np.ascontiguousarray(a).reshape(shape) for a, shape in ((x, (n, c, p)), (dy, (n, k, p)),
+                                                                           (w, (k, c))))
     x2, dy2 = empty((n, p, c), x.dtype), empty((n, p, k), x.dtype)
-    _transposed_planes(np.ascontiguousarray(x).reshape(n, c, p), x2)
-    _transposed_planes(np.ascontiguousarray(dy).reshape(n, k, p), dy2)
-    dx2, dw, db = linear_backward(dy2.reshape(n * p, k), x2.reshape(n * p, c), np.ascontiguousarray(w).reshape(k, c),
-                                  bias, input_grad)
-    dx = None
-    if input_grad:
-        dx = empty(x.shape, x.dtype)
-        _transposed_planes(dx2.reshape(n, p, c), dx.reshape(n, c, p))
-    return dx, dw.reshape(w.shape), db
+    _transposed_planes(x3, x2)
+    _transposed_planes(dy3, dy2)
+    dx = empty(x.shape, x.dtype) if input_grad else None
+    dw = np.zeros((k, c))
+    per = max(1, _POINTWISE_ROWS // max(1, p))  # samples a chunk
+    for s0 in range(0, n, per):
+        s1 = min(n, s0 + per)
+        dx2, dw_part, _ = linear_backward(dy2[s0:s1].reshape(-1, k), x2[s0:s1].reshape(-1, c), w2, False, input_grad)
+        dw += dw_part
+        if input_grad:
+            _transposed_planes(dx2.reshape(s1 - s0, p, c), dx[s0:s1].reshape(s1 - s0, c, p))
+    db = None
+    if bias:
+        db = np.empty(k)
+        _channel_sums(dy3, db)
+        db = db.astype(x.dtype)
+    return dx, dw.astype(x.dtype).reshape(w.shape), db
 
 
 def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias, input_grad, algorithm):
@@ -1323,6 +1346,7 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
             db_parts = np.zeros((parts, c_out), x.dtype)
             _backward(dy3, x, w2, groups, kh, kw, stride[0], stride[1], padding[0], padding[2], dilation[0],
                       dilation[1], oh, ow, input_grad, cols, empty(cols.shape, x.dtype), dw_parts, db_parts, dx)
-    dw = np.ascontiguousarray(dw_parts.sum(axis=0) if parts > 1 else dw_parts[0]).reshape(w.shape)
-    db = db_parts.sum(axis=0) if parts > 1 else db_parts[0]
+    # (copies of one part: a view would keep its whole scratch buffer out of the cache)
+    dw = (dw_parts.sum(axis=0) if parts > 1 else np.array(dw_parts[0], order="C")).reshape(w.shape)
+    db = db_parts.sum(axis=0) if parts > 1 else db_parts[0].copy()
     return dx if input_grad else None, dw, db if bias else None
