@@ -423,8 +423,9 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
 
 def _check_resumable(last_dir, name, mode, batches):
     """CheckpointError for a `last` that train.fit did not write; ValueError for another metric, or
-    for another batch size or training set (the saved position in the epoch's shuffled order would
-    point elsewhere: rows skipped or repeated)."""
+    for another batch size or number of training rows (the saved position in the epoch's shuffled
+    order would point elsewhere: rows skipped or repeated). Other training rows of the same count
+    cannot be told apart here."""
     extra = _checkpoint.read_info(last_dir).get("extra")
     saved = extra.get("fit") if isinstance(extra, dict) else None
     if not (isinstance(saved, dict) and {"state", "rng", "history"} <= set(saved)):
@@ -570,6 +571,8 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
         if verbose:
             print(f"trial {trial + 1}/{len(settings)} {setting}: best {name} {history.best_metric} "
                   f"at epoch {history.best_epoch} ({row['time_s']:.1f} s)")
+        del model, optimizer, built
+        _backend.empty_cache()  # the next setting's shapes differ: the buffers kept for these would idle
     shutil.rmtree(work, ignore_errors=True)
     worst = math.inf if mode == "min" else -math.inf
     rows.sort(key=lambda r: (r["best_metric"] if r["best_metric"] is not None and not math.isnan(r["best_metric"])

@@ -67,6 +67,20 @@ def test_the_cache_keeps_at_most_its_limit_oldest_out_first(cache, monkeypatch):
     assert all(b.ctypes.data != first for b in _memory._cached)
 
 
+def test_buffers_below_32_mib_keep_to_their_own_limit(cache, monkeypatch):
+    # many sizes of 1-32 MiB (a search over widths) must not fill the whole cache: the oldest small
+    # ones go first, and a large buffer does not count against the small ones' limit
+    monkeypatch.setattr(_memory, "SMALL_LIMIT", 3 * _memory.MIN_BYTES)
+    large = _memory.empty((32 << 20) // 4, np.float32)
+    small = [_memory.empty((BIG,), np.float32) for _ in range(5)]
+    kept = [b.ctypes.data for b in small[2:]]
+    del large
+    while small:
+        small.pop(0)
+    assert cache.cached_bytes() == (32 << 20) + 3 * _memory.MIN_BYTES
+    assert sorted(b.ctypes.data for b in _memory._cached if b.nbytes < 32 << 20) == sorted(kept)
+
+
 def test_a_zero_limit_turns_the_cache_off(cache, monkeypatch):
     monkeypatch.setattr(_memory, "_limit", 0)
     y = _memory.empty((BIG,), np.float32)
