@@ -229,13 +229,13 @@ class SGD(Optimizer):
         trainable = list(self._trainable())
         if len({p.data.dtype for _, p in trainable}) > 1:  # one call a dtype: all checked before the first
             trainable = self._checked_trainable()
+        created = {}  # new momentum buffers, kept once the step has been taken
         for i, p in trainable:
             velocity = None
             if self.momentum > 0:
-                s = self.state.setdefault(i, {})
-                if "momentum_buffer" not in s:
-                    s["momentum_buffer"] = self._zeros_like(p)
-                velocity = s["momentum_buffer"]
+                velocity = self.state.get(i, {}).get("momentum_buffer")
+                if velocity is None:
+                    velocity = created[i] = self._zeros_like(p)
             group = groups.setdefault(p.data.dtype, ([], [], []))
             for part, array in zip(group, (p.data, p.grad, velocity)):
                 part.append(array)
@@ -250,6 +250,8 @@ class SGD(Optimizer):
                     raise
                 raise type(exc)(f"SGD.step: {exc} (params[k], grads[k] and velocities[k] of this call belong to "
                                 f"the optimizer's parameter {indices[dtype]}[k])") from exc
+        for i, velocity in created.items():
+            self.state.setdefault(i, {})["momentum_buffer"] = velocity
 
 
 class Adam(Optimizer):

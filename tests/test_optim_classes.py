@@ -227,6 +227,21 @@ def test_a_failed_first_adam_step_creates_no_state():
     np.testing.assert_allclose(p.data, 1 - 0.1 / (1 + 1e-8), rtol=0, atol=0)  # a first step: lr * m / (|m| + eps)
 
 
+def test_a_failed_first_sgd_step_creates_no_momentum_buffer():
+    # one dtype: the step is one call, whose own checks refuse the grad; the buffers it was given
+    # are kept only once it has been taken
+    p = nn.Parameter(np.ones(3))
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = np.ones(3, np.float32)
+    with pytest.raises(TypeError, match=r"SGD.step: "):
+        opt.step()
+    assert opt.state == {} and opt.state_dict()["state"] == {}
+    p.grad = np.ones(3)
+    opt.step()
+    np.testing.assert_array_equal(opt.state[0]["momentum_buffer"], np.ones(3))
+    np.testing.assert_allclose(p.data, 0.9, rtol=0, atol=1e-15)
+
+
 @pytest.mark.parametrize("cls, state_dict, error, message", [
     (optim.SGD, {"type": "SGD", "hyperparameters": {"lr": -5.0, "momentum": 2.0}, "state": {}},
      ValueError, r"SGD.load_state_dict: lr must be >= 0.0, got -5.0"),
