@@ -1257,20 +1257,26 @@ def _backward_pointwise(dy, x, w, bias, input_grad):
     _transposed_planes(x3, x2)
     _transposed_planes(dy3, dy2)
     dx = empty(x.shape, x.dtype) if input_grad else None
-    dw = np.zeros((k, c))
+    dw_parts = []
     per = max(1, _POINTWISE_ROWS // max(1, p))  # samples a chunk
     for s0 in range(0, n, per):
         s1 = min(n, s0 + per)
         dx2, dw_part, _ = linear_backward(dy2[s0:s1].reshape(-1, k), x2[s0:s1].reshape(-1, c), w2, False, input_grad)
-        dw += dw_part
+        dw_parts.append(dw_part)
         if input_grad:
             _transposed_planes(dx2.reshape(s1 - s0, p, c), dx[s0:s1].reshape(s1 - s0, c, p))
+    if len(dw_parts) == 1:
+        dw = dw_parts[0]
+    elif dw_parts:
+        dw = np.add.reduce(dw_parts, axis=0, dtype=np.float64).astype(x.dtype)
+    else:  # no samples
+        dw = np.zeros((k, c), x.dtype)
     db = None
     if bias:
         db = np.empty(k)
         _channel_sums(dy3, db)
         db = db.astype(x.dtype)
-    return dx, dw.astype(x.dtype).reshape(w.shape), db
+    return dx, dw.reshape(w.shape), db
 
 
 def conv2d_backward(dy, x, w, stride, padding, dilation, groups, bias, input_grad, algorithm):
