@@ -153,6 +153,7 @@ def test_backward(backend, name, dtype):
     dy = np.random.default_rng(4).standard_normal((geo.n, geo.c_out, geo.oh, geo.ow))
     args = [dy, x, w]
     dx, dw, db = ops.conv2d_backward(*on(backend, *(a.astype(dtype) for a in args)), **hyper)
+    assert all(to_numpy(g).flags.c_contiguous for g in (dx, dw, db))  # as the parameters they update
     assert_matches(dx, geo.dx, args, dtype, what="dx")
     assert_matches(dw, geo.dw, args, dtype, what="dw")
     assert_matches(db, lambda dy, x, w: dy.sum(axis=(0, 2, 3)), args, dtype, what="db")

@@ -1353,6 +1353,6 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
             _backward(dy3, x, w2, groups, kh, kw, stride[0], stride[1], padding[0], padding[2], dilation[0],
                       dilation[1], oh, ow, input_grad, cols, empty(cols.shape, x.dtype), dw_parts, db_parts, dx)
     # (copies of one part: a view would keep its whole scratch buffer out of the cache)
-    dw = (dw_parts.sum(axis=0) if parts > 1 else np.array(dw_parts[0], order="C")).reshape(w.shape)
+    dw = np.array(dw_parts.sum(axis=0) if parts > 1 else dw_parts[0], order="C").reshape(w.shape)
     db = db_parts.sum(axis=0) if parts > 1 else db_parts[0].copy()
     return dx if input_grad else None, dw, db if bias else None
