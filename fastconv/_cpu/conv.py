@@ -703,8 +703,8 @@ def _weight_grad_winograd(x, dy, pt, pl, oh, ow, band, group, xhs, vs, dyhs, zs,
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _weight_grad_winograd_planes(x, dy, pt, pl, oh, ow, pieces, starts, tiles, xhs, dyhs, v, z, du, db):
-    """dW and db as _weight_grad_winograd, for layers with many channels: one dU, the threads split
+def _weight_grad_winograd_planes(x, dy, pt, pl, oh, ow, pieces, starts, tiles, xhs, dyhs, v, z, du):
+    """dW as _weight_grad_winograd, for layers with many channels: one dU, the threads split
     over its 16 planes xi rather than over the samples. The work comes in passes, each a run of
     pieces (pieces[i] = (sample, first tile row, end tile row, first tile in the pass's v and z);
     pass p the pieces starts[p] .. starts[p + 1] - 1, tiles[p] tiles), in two parallel steps:
@@ -713,17 +713,11 @@ def _weight_grad_winograd_planes(x, dy, pt, pl, oh, ow, pieces, starts, tiles, x
       transformed into v (16, T, Cp) and z (16, T, Kp) (input_tile16, grad_tile16);
     - each plane: du[xi] (+)= v[xi]^T @ z[xi] over the pass's tiles (gemm32, beta 0 on the first).
     gemm32 adds each tile's products into du in order, so the bits do not depend on the passes or
-    the thread count. db (float64) = each dy plane's sum, added in sample order."""
-    k = dy.shape[1]
+    the thread count."""
     cp, kp = v.shape[2], z.shape[2]
     wx, wy, t_max = xhs.shape[2], dyhs.shape[2], v.shape[1]
     tw = (ow + 1) // 2
     v_flat, z_flat = v.reshape(-1), z.reshape(-1)
-    for o in prange(k):
-        total = 0.0
-        for n in range(x.shape[0]):
-            total += _sum(dy[n, o].reshape(-1))
-        db[o] = total
     if starts.size == 1:  # no samples
         du[:] = 0
     for p in range(starts.size - 1):
@@ -1158,14 +1152,15 @@ def _winograd_gradient_passes(n, th, tw, cp, kp, itemsize):
 
 
 def _weight_grad_by_planes(x, dy, padding, oh, ow, cp, kp, th, tw):
-    """(dU as (1, 16, Cp, Kp), db in float64) by _weight_grad_winograd_planes."""
+    """(dU as (1, 16, Cp, Kp) by _weight_grad_winograd_planes, db in float64 by _channel_sums)."""
     pieces, starts, tiles, band = _winograd_gradient_passes(x.shape[0], th, tw, cp, kp, x.itemsize)
     slots, t_max = int(np.diff(starts).max(initial=1)), int(tiles.max(initial=1))
     du, db = empty((1, 16, cp, kp), x.dtype), np.empty(dy.shape[1])
     _weight_grad_winograd_planes(x, dy, padding[0], padding[2], oh, ow, pieces, starts, tiles,
                                  empty((slots, 2 * band + 2, 2 * tw + 2, cp), x.dtype),
                                  empty((slots, 2 * band, 2 * tw, kp), x.dtype), empty((16, t_max, cp), x.dtype),
-                                 empty((16, t_max, kp), x.dtype), du[0], db)
+                                 empty((16, t_max, kp), x.dtype), du[0])
+    _channel_sums(dy.reshape(dy.shape[0], dy.shape[1], -1), db)
     return du, db
 
 
@@ -1237,7 +1232,7 @@ def _backward_is_pointwise(x, w, stride, padding, groups):
 
 @njit(parallel=True, nogil=True, cache=True)
 def _channel_sums(dy, db):
-    """db[o] = the sum of dy[:, o] (N, C, P) in float64, sample after sample (the planes' db)."""
+    """db[o] = the sum of dy[:, o] (N, C, P) in float64 (_sum of each plane), sample after sample."""
     for o in prange(dy.shape[1]):
         total = 0.0
         for n in range(dy.shape[0]):
