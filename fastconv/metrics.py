@@ -111,14 +111,18 @@ def _binary_labels(y, name="y_true"):
     return y.astype(np.int64)
 
 
+def _finite(a, name):
+    """a, or ValueError when it holds NaN or inf (a diverged model's outputs)."""
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or inf ({int(np.sum(~np.isfinite(a)))} values)")
+    return a
+
+
 def _scores(s, name="scores"):
     s = _as_vector(s, name)
     if s.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be real numbers, got dtype {s.dtype}")
-    s = s.astype(np.float64)
-    if not np.all(np.isfinite(s)):
-        raise ValueError(f"{name} contains NaN or inf ({np.sum(~np.isfinite(s))} values)")
-    return s
+    return _finite(s.astype(np.float64), name)
 
 
 def _labels_and_scores(y_true, scores, need_both_classes=True):
@@ -167,10 +171,8 @@ def accuracy(y_true, y_pred_or_scores):
     p = _to_numpy(y_pred_or_scores, "y_pred_or_scores")
     if p.ndim == 2 and p.shape[1] > 1:
         # argmax would call a row of NaN (a diverged model) class 0, and count it correct for class 0.
-        if p.dtype.kind == "f" and not np.all(np.isfinite(p)):
-            raise ValueError(
-                f"y_pred_or_scores contains NaN or inf ({int(np.sum(~np.isfinite(p)))} values)"
-            )
+        if p.dtype.kind == "f":
+            _finite(p, "y_pred_or_scores")
         p = np.argmax(p, axis=1)
     elif p.ndim == 2:
         # argmax of one column is always 0: almost surely a sigmoid output by mistake.

@@ -101,8 +101,7 @@ def _scores(outputs, loss_fn):
 def _accuracy(y, scores):
     if scores.ndim == 2 and scores.shape[1] > 1:
         return _metrics.accuracy(y, scores)
-    if not np.all(np.isfinite(scores)):  # NaN >= 0.5 is False: NaN scores would count as class 0
-        raise ValueError(f"scores contains NaN or inf ({int(np.sum(~np.isfinite(scores)))} values)")
+    _metrics._finite(scores, "scores")  # NaN >= 0.5 is False: NaN scores would count as class 0
     return _metrics.accuracy(np.asarray(y).reshape(-1).astype(np.int64), (scores.reshape(-1) >= 0.5).astype(np.int64))
 
 
