@@ -560,15 +560,8 @@ class Sequential(Module):
     in the kernel's epilogue); the activation layer then caches the fused output for its backward.
     A Conv2d followed by MaxPool2d, or by ReLU then MaxPool2d, runs as ops.conv2d_max_pool2d_forward
     (its full-size output never exists; a ReLU in between then caches nothing). Every result is bit
-    for bit that of the layers run one by one, with one exception: a float32 Sigmoid on the cpu
-    backend of a host with AVX-512 or AVX2, whose standalone ops.sigmoid_forward is vector math of
-    its own (_vecmath.sigmoid16) while the epilogue computes the scalar formula (_cpu.dense._sigmoid,
-    which the Conv2d epilogue shares). There the fused outputs differ from the layers' by up to 3 ulp
-    (measured on AVX-512: ~6% of values by 1 ulp, ~0.1% by 2 or 3), and are 0 where sigmoid(x) <
-    ~1.22e-38 (x < -87.3), where the standalone op still gives the value (0 only past x ~ -104);
-    the Sigmoid's backward then uses the fused output. float64 on cpu, float32 on cpu without those
-    instructions (FASTCONV_SIMD=0), and every dtype on emu and cuda (one sigmoid function for the
-    epilogue and the op) are bit for bit.
+    for bit that of the layers run one by one, on every backend and dtype (on cpu the fused float32
+    sigmoid is the standalone op's vector code where the host has it: _cpu.dense.epilogue_activation).
     """
 
     def __init__(self, *layers):

@@ -147,33 +147,47 @@ def _ulps(a, b):
     return np.abs(a.view(ints).astype(np.int64) - b.view(ints).astype(np.int64))
 
 
+@pytest.mark.parametrize("activation, simd", [("sigmoid", True), ("sigmoid", False), ("relu", True)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_fused_sigmoid_is_what_the_sequential_docstring_says(backend, dtype):
-    """Linear / Conv2d then Sigmoid, fused, against the layers one by one: bit for bit, except a
-    float32 sigmoid on the cpu backend with AVX-512 / AVX2, whose standalone op is vector code of
-    its own: there up to 3 ulp apart, and the fused output 0 for x < -87.3 (sigmoid < ~1.22e-38)."""
+def test_fused_activation_is_the_layers_bit_for_bit(monkeypatch, backend, dtype, activation, simd):
+    """Linear / Conv2d then Sigmoid or ReLU, fused, against the layers one by one: the same bits
+    across the sigmoid's whole range (subnormal outputs too), on every kernel path the layers take:
+    Linear by row or column blocks, on the calling thread or the workers; Conv2d with stride 1 (taps,
+    Winograd at 64 channels, 1x1) or 2 (im2col), with and without a max pooling fused. On cpu,
+    float32 with the vector kernels off too (the scalar sigmoid for both)."""
+    Activation = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}[activation]
+    if not simd:
+        if backend.name != "cpu":
+            pytest.skip("the vector kernels are the cpu backend's")
+        monkeypatch.setattr(_vecmath, "SIMD", False)
+    vector = backend.name == "cpu" and dtype == np.float32 and _vecmath.SIMD
     rng = np.random.default_rng(4)
-    special = backend.name == "cpu" and dtype == np.float32 and _vecmath.SIMD
-    edge = np.nextafter(np.float32(-87.3), np.float32([-np.inf, np.inf] * 8))  # either side of the cutoff
+    edge = np.nextafter(np.float32(-87.3), np.float32([-np.inf, np.inf] * 8))  # the old scalar cutoff
     values = np.concatenate([np.linspace(-110, 30, 2048), rng.standard_normal(2048) * 8, edge, edge / 2])
-    cases = [(nn.Linear(16, 16, dtype=dtype, seed=1), values.reshape(-1, 16)),
-             (nn.Conv2d(3, 5, 3, padding=1, dtype=dtype, seed=2), rng.standard_normal((4, 3, 12, 12)) * 6)]
-    for layer, x in cases:
-        if isinstance(layer, nn.Linear):  # the identity: the sigmoid of exactly x, across its range
+    small = backend.name != "cpu"  # the emulator runs every thread of a kernel: keep its sizes small
+    convs = [(3, 5, 3, 1, 12), (3, 5, 3, 2, 12), (4, 6, 1, 1, 9)] + ([] if small else [(64, 64, 3, 1, 14)])
+    cases = [(nn.Linear(16, 16, dtype=dtype, seed=1), values.reshape(-1, 16), True),
+             (nn.Linear(20, 1, dtype=dtype, seed=2), rng.standard_normal((300, 20)) * 4, False),
+             (nn.Linear(20, 37, dtype=dtype, seed=3), rng.standard_normal((3, 20)) * 4, False)]
+    if not small:
+        cases.append((nn.Linear(64, 1000, dtype=dtype, seed=4), rng.standard_normal((5, 64)) * 2, False))
+    for c, c_out, k, stride, size in convs:
+        cases.append((nn.Conv2d(c, c_out, k, stride=stride, padding=k // 2, dtype=dtype, seed=c_out),
+                      rng.standard_normal((2, c, size, size)) * 6, False))
+    for layer, x, identity in cases:
+        if identity:  # the sigmoid of exactly x, across its range
             layer.weight.data[...] = on(backend, np.eye(16, dtype=dtype))
             layer.bias.data[...] = 0
         x = on(backend, x.astype(dtype))
-        fused = to_numpy(nn.Sequential(layer, nn.Sigmoid())(x))
         pre = layer(x)
-        alone = to_numpy(nn.Sigmoid()(pre))
-        if not special:
-            np.testing.assert_array_equal(fused.view(np.uint8), alone.view(np.uint8))
-            continue
-        pre = to_numpy(pre)
-        flushed = pre < np.float32(-87.3)
-        assert np.all(fused[flushed] == 0) and np.all(fused[~flushed] > 0)
-        assert np.all(alone[flushed & (pre > -100)] > 0)  # subnormal (the op gives 0 only past x ~ -104)
-        assert _ulps(fused[~flushed], alone[~flushed]).max() <= 3
+        alone = to_numpy(Activation()(pre))
+        fused = to_numpy(nn.Sequential(layer, Activation())(x))
+        np.testing.assert_array_equal(fused.view(np.uint8), alone.view(np.uint8), err_msg=repr(layer))
+        if isinstance(layer, nn.Conv2d) and layer.stride == (1, 1):
+            pooled = to_numpy(nn.Sequential(layer, Activation(), nn.MaxPool2d(2))(x))
+            np.testing.assert_array_equal(pooled, to_numpy(nn.MaxPool2d(2)(on(backend, alone))), err_msg=repr(layer))
+        if identity and vector and activation == "sigmoid":  # sigmoid16: subnormal down there, 0 only past x ~ -104
+            assert np.all(fused[to_numpy(pre) > -100] > 0)
 
 
 def test_initialization_is_pytorch_default_and_seeded():

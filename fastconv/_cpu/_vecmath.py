@@ -379,17 +379,14 @@ def _sigmoid16_ir(builder, x):
 
 def _sigmoid16_intrinsic(nontemporal):
     def typer(typingctx, src, i, dst, j):
-        float32_vector = (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.ndim == dst.ndim == 1
-                          and src.dtype == dst.dtype == types.float32 and src.layout == dst.layout == "C")
-        if not float32_vector:
+        if not _float32_vectors(src, dst):
             return None
 
         def codegen(context, builder, signature, args):
             source = context.make_array(signature.args[0])(context, builder, args[0])
             target = context.make_array(signature.args[2])(context, builder, args[2])
-            x = builder.load(builder.bitcast(builder.gep(source.data, [args[1]]), _V16.as_pointer()), align=4)
-            store = builder.store(_sigmoid16_ir(builder, x),
-                                  builder.bitcast(builder.gep(target.data, [args[3]]), _V16.as_pointer()),
+            x = builder.load(vector_at(builder, source.data, args[1]), align=4)
+            store = builder.store(_sigmoid16_ir(builder, x), vector_at(builder, target.data, args[3]),
                                   align=64 if nontemporal else 4)
             if nontemporal:
                 store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(_I32, 1)]))
@@ -400,22 +397,51 @@ def _sigmoid16_intrinsic(nontemporal):
     return intrinsic(typer)
 
 
+def _float32_vectors(src, dst):
+    return (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.ndim == dst.ndim == 1
+            and src.dtype == dst.dtype == types.float32 and src.layout == dst.layout == "C")
+
+
 sigmoid16 = _sigmoid16_intrinsic(False)
 sigmoid16.__doc__ = "dst[j : j + 16] = sigmoid(src[i : i + 16]) for 1-D C-contiguous float32 arrays (AVX-512F or AVX2)."
 sigmoid16_streamed = _sigmoid16_intrinsic(True)
 sigmoid16_streamed.__doc__ = "sigmoid16 with a non-temporal 64-byte store: dst + j must start a cache line."
 
 
+@intrinsic
+def sigmoid16_masked(typingctx, src, i, dst, j, count):
+    """dst[j : j + count] = sigmoid(src[i : i + count]) for count <= 16: sigmoid16 on a masked load
+    (the other lanes 0, never read) and a masked store, so every value gets sigmoid16's bits (each
+    lane is computed on its own) wherever it sits, without a padded buffer."""
+    if not _float32_vectors(src, dst):
+        return None
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0])
+        target = context.make_array(signature.args[2])(context, builder, args[2])
+        mask = lanes_below(builder, as_i64(builder, args[4]))
+        x = masked_load(builder, vector_at(builder, source.data, as_i64(builder, args[1])), mask)
+        masked_store(builder, _sigmoid16_ir(builder, x), vector_at(builder, target.data, as_i64(builder, args[3])),
+                     mask)
+        return context.get_dummy_value()
+
+    return types.void(src, i, dst, j, count), codegen
+
+
 @njit(inline="always")
 def sigmoid16_part(src, dst, lo, hi):
-    """dst[lo:hi] = sigmoid(src[lo:hi]) for fewer than 16 values, through a padded 16-value buffer, so
-    that every value gets sigmoid16's bits wherever it sits."""
-    padded, out = np.zeros(16, np.float32), np.empty(16, np.float32)
-    for k in range(hi - lo):
-        padded[k] = src[lo + k]
-    sigmoid16(padded, 0, out, 0)
-    for k in range(hi - lo):
-        dst[lo + k] = out[k]
+    """dst[lo:hi] = sigmoid(src[lo:hi]) for fewer than 16 values (sigmoid16_masked)."""
+    if hi > lo:
+        sigmoid16_masked(src, lo, dst, lo, hi - lo)
+
+
+@njit(inline="always")
+def sigmoid16_in_place(a, lo, hi):
+    """a[lo:hi] = sigmoid(a[lo:hi]) by sigmoid16, 16 values at a time, the rest masked."""
+    whole = lo + (hi - lo) // 16 * 16
+    for b in range(lo, whole, 16):
+        sigmoid16(a, b, a, b)
+    sigmoid16_part(a, a, whole, hi)
 
 
 @intrinsic

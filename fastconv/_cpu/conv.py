@@ -40,7 +40,8 @@ from ._taps32 import CR, CW, MR, NR, RR, channels_tile, row_tile, taps_tile, tra
 from ._winograd32 import (LANES, grad_tile16, input_tile16, output_tile16, products, tile_rows, weight_grad_transformed,
                           weights_transformed)
 from ._vecmath import copy_rows16
-from .dense import _ONE, _ZERO, _relu, _sigmoid, linear_backward, relu_backward, sigmoid_backward
+from .dense import (_ONE, _SIGMOID16, _ZERO, _relu, _sigmoid, epilogue_activation, linear_backward, relu_backward,
+                    sigmoid_backward, sigmoid_in_place)
 from ..ops.pool import PoolGeometry
 from .pool import is_2x2_stride_2_jit, max_pool2d_backward, max_pool2d_forward, max_pool_plane, window_of
 
@@ -130,8 +131,8 @@ def _sum(row):
 @njit(nogil=True, error_model="numpy", cache=True)
 def _bias_activate(src, dst, rows, stride, width, bias, act):
     """dst[r * width + q] = act(src[r * stride + q] + bias) for r < rows, q < width: 1-D src and dst
-    (dst may be src when stride == width). The activation is chosen once, outside the loops, under
-    error_model="numpy": with the choice inside the loop, or the default model's ZeroDivisionError
+    (dst may be src when stride == width); under _SIGMOID16 the bias first, then sigmoid16 over dst.
+    The activation is chosen once, outside the loops, under error_model="numpy": with the choice inside the loop, or the default model's ZeroDivisionError
     check on sigmoid's division, the loop stayed scalar (conv1's epilogue, 32 x 784 values per
     sample, measured 30 us against 8 for its GEMM). Not inline="always": Numba's IR inlining of the
     sigmoid into it warned NumbaIRAssumptionWarning."""
@@ -147,13 +148,15 @@ def _bias_activate(src, dst, rows, stride, width, bias, act):
         else:
             for q in range(width):
                 d[q] = s[q] + bias
+    if act == _SIGMOID16:
+        sigmoid_in_place(dst, 0, rows * width)
 
 
 @njit(inline="always")
 def _forward_body(gemm, x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
     """y (N, C_out, P) = act(conv(x, w) + b); w2 is w as (C_out, R), or with b appended as a last
-    column (w2 has cg*kh*kw + 1 columns: the product then adds b, col's last row being ones, and no
-    pass over y follows without an activation); cols (threads, w2's columns * P) scratch; the
+    column (w2 has cg*kh*kw + 1 columns: the product then adds b, col's last row being ones, and a
+    pass over y follows only for an activation); cols (threads, w2's columns * P) scratch; the
     products by `gemm` (see _forward)."""
     n_img, c = x.shape[0], x.shape[1]
     c_out, k = w2.shape
@@ -170,7 +173,8 @@ def _forward_body(gemm, x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl,
                 gemm(w2[g * cog:(g + 1) * cog], col, y[n, g * cog:(g + 1) * cog], 0.0, False, False)
             if (has_bias and not bias_in_product) or act:
                 for o in range(c_out):
-                    _bias_activate(y[n, o], y[n, o], 1, p, p, b[o] if has_bias else _ZERO, act)
+                    bias = b[o] if has_bias and not bias_in_product else _ZERO
+                    _bias_activate(y[n, o], y[n, o], 1, p, p, bias, act)
 
 
 # With OpenBLAS, and with gemm32 for float32 on AVX-512 and AVX2 hosts (strides other than 1 only:
@@ -468,14 +472,14 @@ def _finish_planes(out, y_off, count, o0, plane_width, oh, ow, act, pool, n, poo
     (bias and ReLU came with the tile); with one, each plane (oh rows of plane_width, the first ow of
     them outputs, from out[0]) gets its sigmoid and is pooled into pooled[n, o0 + o] / indices."""
     if pool[0] == 0:
-        if act == _SIGMOID:
+        if act == _SIGMOID or act == _SIGMOID16:
             outputs = out[y_off:y_off + count * oh * ow]
             _bias_activate(outputs, outputs, 1, outputs.size, outputs.size, _ZERO, act)
         return
     plane = oh * plane_width
     for o in range(count):
         channel = out[o * plane:(o + 1) * plane]
-        if act == _SIGMOID:
+        if act == _SIGMOID or act == _SIGMOID16:
             _bias_activate(channel, channel, 1, plane, plane, _ZERO, act)
         _pool_plane(channel, plane_width, oh, ow, pool, True, pooled[n, o0 + o], indices[n, o0 + o])
 
@@ -937,7 +941,7 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     x = np.ascontiguousarray(x)
     w2 = np.ascontiguousarray(w).reshape(c_out, rows)
     bias = b if has_bias else np.empty(0, x.dtype)
-    act = ACTIVATIONS[activation]
+    act = epilogue_activation(activation, x.dtype)
     y = empty((n, c_out, p) if pool is None else (0, 0, 0), x.dtype)
     pool_shape = (0, 0, 0, 0) if pool is None else pool.out_shape
     pooled, indices = empty(pool_shape, x.dtype), empty(pool_shape, np.int64)
@@ -950,8 +954,8 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
             _forward_direct(x, w, b, padding, dilation, groups, oh, ow, act, window, y, pooled, indices)
         else:
             kernel = _forward_gemm32 if _uses_gemm32(x) else _forward
-            # without an activation, b is added by the product (as the last k: the same rounding)
-            w2b = np.concatenate([w2, bias.reshape(c_out, 1)], axis=1) if has_bias and not act else w2
+            # b is added by the product (as the last k), with an activation or without: the same bits
+            w2b = np.concatenate([w2, bias.reshape(c_out, 1)], axis=1) if has_bias else w2
             kernel(x, w2b, bias, has_bias, act, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],
                    dilation[0], dilation[1], oh, ow, empty((threads, w2b.shape[1] * p), x.dtype), y)
     return y.reshape(n, c_out, oh, ow) if pool is None else (pooled, indices)

@@ -1,8 +1,8 @@
 """Dense path on the CPU: BLAS for the GEMMs (for float32 on AVX-512 and AVX2 hosts our gemm32, see
 _linear_forward_gemm32), one fused parallel Numba pass for bias + activation,
 and parallel elementwise ReLU / sigmoid (outputs past the last-level cache streamed: _stream.py;
-the float32 sigmoid forward in AVX-512 or AVX2 where the host has it: _vecmath.sigmoid16, whose bits can
-differ from the fused epilogue's sigmoid by a few ulp).
+the float32 sigmoid forward in AVX-512 or AVX2 where the host has it: _vecmath.sigmoid16, which the
+fused epilogues then use too: epilogue_activation).
 
 linear_forward / linear_backward split their GEMMs between the Numba threads (each runs a block
 with single-threaded BLAS, then its share of the epilogue while it is in cache: see _blas.py),
@@ -10,7 +10,8 @@ so OpenBLAS's own threads never wake up and spin against the Numba loops that fo
 at most _OWN_THREADS_BELOW multiply-adds run as one GEMM on the calling thread instead.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ..ops._activation import ACTIVATIONS
 from ._blas import gemm, single_threaded_blas
@@ -20,12 +21,24 @@ from ._parallel import run
 from . import _vecmath
 from ._stream import (PREFETCH_AHEAD, SPAN, _span, align_skip, prefetch, should_stream, store_fence, stream_map1,
                       stream_map2)
-from ._vecmath import exp_nonpositive, sigmoid16, sigmoid16_part, sigmoid16_streamed
+from ._vecmath import exp_nonpositive, sigmoid16, sigmoid16_in_place, sigmoid16_part, sigmoid16_streamed
 
 __all__ = ["matmul", "linear_forward", "linear_backward", "relu_forward", "relu_backward",
            "sigmoid_forward", "sigmoid_backward"]
 
 _RELU, _SIGMOID = ACTIVATIONS["relu"], ACTIVATIONS["sigmoid"]
+# The cpu epilogues' own code for a sigmoid by _vecmath.sigmoid16 (float32 where _vecmath.SIMD):
+# what sigmoid_forward computes there, so that a fused layer's outputs are the standalone op's bits.
+_SIGMOID16 = max(ACTIVATIONS.values()) + 1
+
+
+def epilogue_activation(activation, dtype):
+    """The forward epilogue's code for `activation` (None, "relu" or "sigmoid") on arrays of `dtype`:
+    ACTIVATIONS', but _SIGMOID16 for a float32 sigmoid where sigmoid_forward runs sigmoid16. Read at
+    each call, as sigmoid_forward reads _vecmath.SIMD."""
+    if activation == "sigmoid" and dtype == np.float32 and _vecmath.SIMD:
+        return _SIGMOID16
+    return ACTIVATIONS[activation]
 
 
 # Constants are float32 so that float32 math stays float32 (an int literal would promote it to
@@ -39,6 +52,25 @@ def _sigmoid(v):
     e = exp_nonpositive(-abs(v))  # never overflows; vectorizes
     r = _ONE / (_ONE + e)         # one division for either sign
     return r if v >= _ZERO else e * r
+
+
+def sigmoid_in_place(a, lo, hi):
+    """a[lo:hi] = sigmoid(a[lo:hi]) for an epilogue under _SIGMOID16: sigmoid16's bits for 1-D
+    C-contiguous float32 (another float32 layout does not compile); other dtypes, which never get
+    _SIGMOID16 but are compiled with the branch, take _sigmoid."""
+
+
+@overload(sigmoid_in_place, inline="always")
+def _sigmoid_in_place(a, lo, hi):
+    if a.dtype == types.float32:
+        if a.ndim == 1 and a.layout == "C":
+            return lambda a, lo, hi: sigmoid16_in_place(a, lo, hi)
+        return None
+
+    def impl(a, lo, hi):
+        for i in range(lo, hi):
+            a[i] = _sigmoid(a[i])
+    return impl
 
 
 @njit(inline="always")
@@ -102,7 +134,7 @@ def _sigmoid_backward_streamed(dy, y, dx, skip):
 # float32 sigmoid on AVX-512 and AVX2 hosts (_vecmath.SIMD): 16 values per instruction sequence,
 # ~0.4 ns per value on one Zen 4 core against ~0.85 for _sigmoid's loop (on the Zen 3 AVX2 host the
 # op went from 20% to 42% of the copy ceiling); every value, wherever it sits, gets
-# sigmoid16's bits (the last few through a padded buffer).
+# sigmoid16's bits (the last few by a masked sigmoid16).
 @njit(parallel=True, cache=True)
 def _sigmoid_forward_simd(x, y):
     n = y.size
@@ -141,16 +173,25 @@ def matmul(a, b, trans_a, trans_b):
 
 @njit(inline="always")
 def _epilogue(y, r0, r1, c0, c1, b, has_bias, act):
-    for i in range(r0, r1):
-        for j in range(c0, c1):
-            v = y[i, j]
-            if has_bias:
-                v += b[j]
-            if act == _RELU:
-                v = _ZERO if v < _ZERO else v
-            elif act == _SIGMOID:
-                v = _sigmoid(v)
-            y[i, j] = v
+    """y[r0:r1, c0:c1] = act(y + b), y C-contiguous; under _SIGMOID16 the sigmoid is sigmoid16 over
+    the block's rows after the bias (one span when they are whole rows)."""
+    if has_bias or act != _SIGMOID16:
+        for i in range(r0, r1):
+            for j in range(c0, c1):
+                v = y[i, j]
+                if has_bias:
+                    v += b[j]
+                if act == _RELU:
+                    v = _ZERO if v < _ZERO else v
+                elif act == _SIGMOID:
+                    v = _sigmoid(v)
+                y[i, j] = v
+    if act == _SIGMOID16:
+        if c0 == 0 and c1 == y.shape[1]:
+            sigmoid_in_place(y.reshape(-1), r0 * c1, r1 * c1)
+        else:
+            for i in range(r0, r1):
+                sigmoid_in_place(y[i], c0, c1)
 
 
 @njit(inline="always")
@@ -401,12 +442,12 @@ def linear_forward(x, w, b, activation):
     own = _with_gemm32(x, x.shape[0], w.shape[0], x.shape[1])
     if x.shape[0] * w.shape[0] * x.shape[1] <= _OWN_THREADS_BELOW:
         kernel = _linear_forward_serial_gemm32 if own else _linear_forward_serial
-        return kernel(x, w, bias, has_bias, ACTIVATIONS[activation])
+        return kernel(x, w, bias, has_bias, epilogue_activation(activation, x.dtype))
     y = empty((x.shape[0], w.shape[0]), x.dtype)
     blocks = (_blocks if own else _openblas_blocks)(max(y.shape))
     with single_threaded_blas():
         run(_linear_forward_gemm32 if own else _linear_forward, _gemm_work(*y.shape, x.shape[1]), x, w, bias,
-            has_bias, ACTIVATIONS[activation], blocks, y)
+            has_bias, epilogue_activation(activation, x.dtype), blocks, y)
     return y
 
 
