@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 BACKENDS = ("auto", "cpu", "emu", "cuda")
+BACKEND_HELP = "where the ops run (default: $FASTCONV_BACKEND if set, else auto)"
 
 
 # ------------------------------------------------------------------------------------------
@@ -107,9 +108,13 @@ def _list_of(item_type):
 
 
 def _use_backend(name):
+    """The backend block for --backend NAME; without --backend, the process default (FASTCONV_BACKEND,
+    else auto), as for the library: use_backend("auto") would override FASTCONV_BACKEND."""
+    import contextlib
+
     import fastconv
 
-    return fastconv.use_backend(name)
+    return contextlib.nullcontext() if name is None else fastconv.use_backend(name)
 
 
 def _train(args) -> int:
@@ -181,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=positive_int, help="epochs (default: the example's)")
     train.add_argument("--lr", type=positive_float, help="learning rate (default: the example's)")
     train.add_argument("--batch-size", type=positive_int, help="batch size (default: the example's)")
-    train.add_argument("--backend", choices=BACKENDS, default="auto", help="where the ops run (default: auto)")
+    train.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
     train.add_argument("--seed", type=non_negative_int, default=0,
                        help="seed of the split, the initialization and the batches")
     train.add_argument("--out", metavar="DIR", help="output directory (default: runs/EXAMPLE)")
@@ -192,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="evaluate a saved checkpoint on its example's test data")
     evaluate.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by `fastconv train`")
-    evaluate.add_argument("--backend", choices=BACKENDS, default="auto")
+    evaluate.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
     evaluate.set_defaults(run=_evaluate)
 
     search = commands.add_parser("search", help="hyperparameter search on the two-layer tumour network")
@@ -200,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--lrs", type=_list_of(positive_float), metavar="LR,LR,...", help="learning rates")
     search.add_argument("--widths", type=_list_of(positive_int), metavar="W,W,...", help="hidden widths")
     search.add_argument("--batch-sizes", type=_list_of(positive_int), metavar="B,B,...", help="batch sizes")
-    search.add_argument("--backend", choices=BACKENDS, default="auto")
+    search.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
     search.add_argument("--seed", type=non_negative_int, default=0)
     search.add_argument("--out", metavar="DIR", help="output directory (default: runs/search)")
     search.add_argument("--quiet", action="store_true")

@@ -64,6 +64,25 @@ def test_options_reach_the_example(monkeypatch, capsys, tmp_path):
                     "subset": 20}
 
 
+@pytest.mark.parametrize("argv", [["train", "neuron"], ["search"]])
+def test_fastconv_backend_environment_variable_is_the_default(monkeypatch, capsys, argv):
+    # Without --backend the command runs where the library would: FASTCONV_BACKEND (README, "Backends"),
+    # not "auto" (which picks cpu or cuda) over it.
+    import fastconv.backend as backend
+
+    if not backend.availability("emu")[0]:
+        pytest.skip("emu backend unavailable")
+    monkeypatch.setenv("FASTCONV_BACKEND", "emu")
+    monkeypatch.setattr(backend, "_global", {})  # the process default, resolved again from the environment
+    seen = []
+    example = cli.load_example("search" if argv[0] == "search" else argv[1])
+    monkeypatch.setattr(example, "run", lambda **kwargs: seen.append(backend.get_backend()))
+    code, _, _ = run_cli(argv, capsys)
+    assert code == 0 and seen == ["emu"]
+    code, _, _ = run_cli([*argv, "--backend", "cpu"], capsys)  # an explicit --backend still wins
+    assert code == 0 and seen == ["emu", "cpu"]
+
+
 def test_subset_help_says_it_cuts_every_split(capsys):
     code, out, _ = run_cli(["train", "--help"], capsys)
     assert code == 0
