@@ -177,8 +177,10 @@ class BCEWithLogitsLoss(Loss):
     def __init__(self, pos_weight=None):
         if pos_weight is not None:
             host = np.atleast_1d(to_numpy(pos_weight))
-            if host.ndim != 1 or host.dtype.kind not in "fiu" or (host < 0).any():
-                raise ValueError(f"BCEWithLogitsLoss: pos_weight must be a non-negative scalar or 1-D array, got {pos_weight!r}")
+            # not (>= 0): NaN is refused too (a NaN weight makes every loss NaN), as CrossEntropyLoss's weights
+            if host.ndim != 1 or host.dtype.kind not in "fiu" or not (host >= 0).all():
+                raise ValueError(f"BCEWithLogitsLoss: pos_weight must be a non-negative scalar or 1-D array (not NaN), "
+                                 f"got {pos_weight!r}")
             pos_weight = host
         self.pos_weight = pos_weight
 

@@ -91,6 +91,13 @@ class _SeriesLike:
         return self.values if dtype is None else self.values.astype(dtype)
 
 
+@pytest.mark.parametrize("bad", [-0.5, np.nan, [1.0, np.nan]])
+def test_pos_weight_is_checked_at_construction(bad):
+    # NaN passed the `< 0` check and gave a NaN loss at every step, silently (CrossEntropyLoss refuses it)
+    with pytest.raises(ValueError, match=r"pos_weight must be a non-negative scalar or 1-D array"):
+        losses.BCEWithLogitsLoss(pos_weight=bad)
+
+
 def test_weights_with_a_dict_style_get_are_read_as_host_data():
     assert list(losses.CrossEntropyLoss(weight=_SeriesLike([1.0, 2.0])).weight) == [1.0, 2.0]
     assert list(losses.BCEWithLogitsLoss(pos_weight=_SeriesLike([3.0])).pos_weight) == [3.0]
