@@ -177,7 +177,10 @@ def format_report(report) -> str:
         lines.append(f"test accuracy {report['accuracy']:.4f}  ({correct}/{report['n_test']})")
         lines.append("per class:  " + "  ".join(f"{c['class']}:{c['sensitivity']:.2f}" for c in report["per_class"])
                      + "   (sensitivity = recall)")
-        worst = min(report["per_class"], key=lambda c: c["sensitivity"])
+        # A class absent from the test labels has no sensitivity (NaN): min() would name whichever NaN
+        # came first as the weakest. The weakest is the lowest among the classes present.
+        present = [c for c in report["per_class"] if c["sensitivity"] == c["sensitivity"]] or report["per_class"]
+        worst = min(present, key=lambda c: c["sensitivity"])
         lines.append(f"  weakest class {worst['class']}: sensitivity {worst['sensitivity']:.3f}, "
                      f"precision {worst['precision']:.3f}, one-vs-rest AUC {worst['auc']:.4f}")
         for grouping, entry in report["coarse"].items():

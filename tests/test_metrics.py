@@ -255,3 +255,18 @@ def test_objects_with_get_are_copied_to_host():
 
     y, s = tied_data(0)
     assert M.auc(FakeCupy(y), FakeCupy(s)) == M.auc(y, s)
+
+
+def test_report_names_the_weakest_class_among_those_in_the_test_labels():
+    """Class 0 is absent (NaN sensitivity); class 2 is the weakest present (`fastconv train digits_cnn
+    --subset 5` printed "weakest class 0: sensitivity nan")."""
+    import warnings
+
+    from fastconv.evaluate import format_report, multiclass_report
+
+    y = np.array([1, 1, 2, 2])
+    probs = np.array([[0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # class 0's one-vs-rest AUC: one class only
+        text = format_report(multiclass_report(y, probs))
+    assert "weakest class 2: sensitivity 0.500" in text
