@@ -616,6 +616,7 @@ class Sequential(Module):
         """Returns dL/dx, or None with input_grad=False: then the layers in front of the first one
         with a trainable parameter are skipped, and that one computes no dx (as PyTorch does for an
         input that does not require grad: the first conv's dx is a large share of a small CNN's step)."""
+        self._check_no_repeated_layer()
         layers = list(self)
         first = 0
         if not input_grad:
@@ -649,6 +650,20 @@ class Sequential(Module):
                 dy = layer.backward(dy)
                 i -= 1
         return None if not input_grad else dy
+
+
+    def _check_no_repeated_layer(self):
+        """RuntimeError when one layer object sits at two places in the model: it keeps only its most
+        recent forward's input (and mask, indices), so the backward of its earlier place would use the
+        later one's and give wrong weight gradients, silently."""
+        seen = {}
+        for name, module in self._named_modules():
+            if name and seen.setdefault(id(module), name) != name:
+                raise RuntimeError(
+                    f"Sequential.backward: layer {name!r} is layer {seen[id(module)]!r} again (one {type(module).__name__} "
+                    "object at two places); a layer keeps only its latest forward's input, so the gradients would "
+                    "be wrong. Use one instance per place (to tie weights, share the Parameters: "
+                    "second.weight = first.weight)")
 
 
 def _trains(module):

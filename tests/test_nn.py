@@ -391,3 +391,27 @@ def test_layers_of_a_fused_conv_pool_say_what_they_can_do_alone(backend):
     assert tuple(model[2].backward(dy).shape) == (2, 3, 6, 6)
     with pytest.raises(RuntimeError, match="fused with the Conv2d before it"):
         model[1].backward(dy)
+
+
+@pytest.mark.parametrize("shared", ["linear", "relu"])
+def test_backward_refuses_a_layer_object_used_at_two_places(shared):
+    """Each layer caches its latest forward's input: with one object at two places the earlier place's
+    backward used the later one's input (Linear: dW wrong by O(1), silently). Tied weights (shared
+    Parameters, one layer object per place) stay correct."""
+    lin, relu = nn.Linear(4, 4, dtype=np.float64, seed=0), nn.ReLU()
+    model = (nn.Sequential(lin, nn.ReLU(), lin) if shared == "linear"
+             else nn.Sequential(nn.Linear(4, 4, dtype=np.float64), relu, nn.Linear(4, 4, dtype=np.float64), relu))
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    y = model(x)  # the forward is right
+    with pytest.raises(RuntimeError, match=r"layer '2' is layer '0' again|layer '3' is layer '1' again"):
+        model.backward(np.ones_like(y))
+
+    first, second = nn.Linear(4, 4, dtype=np.float64, seed=0), nn.Linear(4, 4, dtype=np.float64, seed=1)
+    second.weight, second.bias = first.weight, first.bias
+    tied = nn.Sequential(first, nn.ReLU(), second)
+    y = tied(x)
+    tied.backward(np.ones_like(y))
+    w, b = first.weight.data, first.bias.data
+    h = np.maximum(x @ w.T + b, 0)
+    dh = (np.ones_like(y) @ w) * (h > 0)
+    np.testing.assert_allclose(first.weight.grad, np.ones_like(y).T @ h + dh.T @ x, rtol=1e-12)
