@@ -651,7 +651,6 @@ class Sequential(Module):
                 i -= 1
         return None if not input_grad else dy
 
-
     def _check_no_repeated_layer(self):
         """RuntimeError when one layer object sits at two places in the model: it keeps only its most
         recent forward's input (and mask, indices), so the backward of its earlier place would use the
