@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from .ops import _check
+
 __all__ = [
     "Dataset",
     "Standardizer",
@@ -313,8 +315,7 @@ def batches(x, y, batch_size, shuffle=True, seed=None, drop_last=False, rng=None
     drop_last: skip a final batch smaller than ``batch_size``.
     """
     # Validate here, not inside the generator, so errors surface at the call.
-    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = _check.integer(batch_size, "batch_size", low=1)
     if len(x) != len(y):
         raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
     if seed is not None and rng is not None:
@@ -324,7 +325,7 @@ def batches(x, y, batch_size, shuffle=True, seed=None, drop_last=False, rng=None
     order = None
     if shuffle:
         order = (rng if rng is not None else np.random.default_rng(seed)).permutation(len(x))
-    return _batch_iterator(x, y, int(batch_size), order, drop_last)
+    return _batch_iterator(x, y, batch_size, order, drop_last)
 
 
 def _batch_iterator(x, y, batch_size, order, drop_last):

@@ -35,6 +35,7 @@ from statistics import NormalDist
 import numpy as np
 
 from ._host import to_numpy
+from .ops import _check
 
 __all__ = [
     "AUCResult",
@@ -327,14 +328,9 @@ def auc_ci(y_true, scores, level=0.95, method="delong", n_bootstrap=2000, seed=0
         half_width = z * np.sqrt(variance)
         low, high = max(0.0, area - half_width), min(1.0, area + half_width)
     elif method == "bootstrap":
-        if (
-            not isinstance(n_bootstrap, numbers.Integral)
-            or isinstance(n_bootstrap, bool)
-            or n_bootstrap < 1
-        ):
-            raise ValueError(f"n_bootstrap must be a positive int, got {n_bootstrap!r}")
+        n_bootstrap = _check.integer(n_bootstrap, "n_bootstrap", low=1)
         rng = np.random.default_rng(seed)
-        aucs = _bootstrap_aucs(pos, neg, int(n_bootstrap), rng)
+        aucs = _bootstrap_aucs(pos, neg, n_bootstrap, rng)
         alpha = 1.0 - level
         low, high = np.quantile(aucs, [alpha / 2.0, 1.0 - alpha / 2.0])
     else:
@@ -467,11 +463,10 @@ def _fine_to_coarse(groups, n_fine):
     )
     if is_mapping:
         mapping = np.asarray(groups)
-        if mapping.ndim != 1 or mapping.dtype.kind not in "iu":
-            raise ValueError(
-                f"groups as a mapping must be a 1-D integer array, got shape "
-                f"{mapping.shape} dtype {mapping.dtype}"
-            )
+        if mapping.ndim != 1:
+            raise ValueError(f"groups as a mapping must be a 1-D integer array, got shape {mapping.shape}")
+        if mapping.dtype.kind not in "iu":
+            raise TypeError(f"groups as a mapping must be a 1-D integer array, got dtype {mapping.dtype}")
         if mapping.size != n_fine:
             raise ValueError(f"groups mapping has length {mapping.size}, probs has {n_fine} columns")
         if mapping.min() < 0:
@@ -489,7 +484,9 @@ def _fine_to_coarse(groups, n_fine):
         if not members:
             raise ValueError(f"groups[{g}] is empty")
         for f in members:
-            if not isinstance(f, numbers.Integral) or not 0 <= f < n_fine:
+            if isinstance(f, (bool, np.bool_)) or not isinstance(f, numbers.Integral):
+                raise TypeError(f"groups[{g}] has {f!r}, not an int fine class index")
+            if not 0 <= f < n_fine:
                 raise ValueError(f"groups[{g}] has {f!r}, not a fine class index in [0, {n_fine})")
             if mapping[f] != -1:
                 raise ValueError(f"fine class {f} appears in groups {mapping[f]} and {g}")

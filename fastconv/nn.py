@@ -23,6 +23,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import ops
+from .ops import _check
 
 __all__ = ["Parameter", "Module", "Linear", "Conv2d", "ReLU", "Sigmoid", "MaxPool2d", "AvgPool2d", "Flatten",
            "Dropout", "Sequential", "manual_seed", "from_config", "register"]
@@ -52,9 +53,7 @@ def _float_dtype(dtype) -> np.dtype:
 
 
 def _positive_int(value, name, layer, low=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{layer}: {name} must be an int >= {low}, got {value!r}")
-    return int(value)
+    return _check.integer(value, f"{layer}: {name}", low=low)
 
 
 def _pair(value, name, layer, low=1):

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import ops
+from .ops import _check
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRScheduler", "StepLR", "CosineAnnealingLR"]
 
@@ -167,10 +168,8 @@ class Optimizer:
                 if "step" not in entry:
                     raise KeyError(f"{name}.load_state_dict: parameter {i} lacks its 'step' count")
                 step = entry["step"]
-                if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral) or step < 1:
-                    raise ValueError(f"{name}.load_state_dict: parameter {i}'s 'step' must be an int >= 1 (the "
-                                     f"steps taken), got {step!r}")
-                new["step"] = int(step)
+                new["step"] = _check.integer(step, f"{name}.load_state_dict: parameter {i}'s 'step' (the steps "
+                                                   "taken)", low=1)
             state[i] = new
         return hyper, state
 
@@ -320,8 +319,9 @@ class LRScheduler:
     def load_state_dict(self, state: dict) -> None:
         if state.get("type", type(self).__name__) != type(self).__name__:
             raise ValueError(f"{type(self).__name__}.load_state_dict: the state is from a {state['type']}")
+        last_epoch = _check.integer(state["last_epoch"], f"{type(self).__name__}.load_state_dict: last_epoch", low=0)
         self.base_lr = float(state["base_lr"])
-        self.last_epoch = int(state["last_epoch"])
+        self.last_epoch = last_epoch
         self.optimizer.lr = self.lr_at(self.last_epoch)
 
 
@@ -330,9 +330,7 @@ class StepLR(LRScheduler):
 
     def __init__(self, optimizer, step_size, gamma=0.1):
         super().__init__(optimizer)
-        if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) or step_size < 1:
-            raise ValueError(f"StepLR: step_size must be an int >= 1, got {step_size!r}")
-        self.step_size = int(step_size)
+        self.step_size = _check.integer(step_size, "StepLR: step_size", low=1)
         self.gamma = _number(gamma, "gamma", "StepLR", low=0.0)
 
     def lr_at(self, epoch):
@@ -344,9 +342,7 @@ class CosineAnnealingLR(LRScheduler):
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
         super().__init__(optimizer)
-        if isinstance(T_max, bool) or not isinstance(T_max, numbers.Integral) or T_max < 1:
-            raise ValueError(f"CosineAnnealingLR: T_max must be an int >= 1, got {T_max!r}")
-        self.T_max = int(T_max)
+        self.T_max = _check.integer(T_max, "CosineAnnealingLR: T_max", low=1)
         self.eta_min = _number(eta_min, "eta_min", "CosineAnnealingLR", low=0.0)
 
     def lr_at(self, epoch):

@@ -33,7 +33,6 @@ import inspect
 import itertools
 import json
 import math
-import numbers
 import os
 import shutil
 import time
@@ -45,6 +44,7 @@ from . import checkpoint as _checkpoint
 from . import losses as _losses
 from . import metrics as _metrics
 from ._host import to_numpy
+from .ops import _check
 
 __all__ = ["History", "fit", "predict", "search", "SearchResult"]
 
@@ -68,9 +68,7 @@ def _pair(data, name):
 def _positive_int(value, name, allow_none=False):
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+    return _check.integer(value, name, low=1)
 
 
 def predict(model, x, batch_size=256):

@@ -179,9 +179,11 @@ def test_batches_seeded_and_rng_driven_orders():
     assert first != second  # one Generator reshuffles every epoch
 
 
-@pytest.mark.parametrize("batch_size", [0, -3, 2.5, True, "8"])
-def test_batches_rejects_bad_batch_size(batch_size):
-    with pytest.raises(ValueError, match="batch_size"):
+@pytest.mark.parametrize("batch_size, error", [(0, ValueError), (-3, ValueError), (2.5, TypeError), (4.0, TypeError),
+                                               (True, TypeError), ("8", TypeError)])
+def test_batches_rejects_bad_batch_size(batch_size, error):
+    """A bad int is a ValueError; a float, bool or string where an int is needed a TypeError (as in the ops)."""
+    with pytest.raises(error, match="batch_size must be an int"):
         D.batches(np.zeros(4), np.zeros(4), batch_size)
 
 

@@ -304,6 +304,18 @@ def test_wrong_input_shapes_name_the_layer(backend):
         nn.Conv2d(3, 4, 3, groups=2)
     with pytest.raises(ValueError, match="in_features must be an int >= 1"):
         nn.Linear(0, 3)
+    with pytest.raises(ValueError, match=r"Conv2d: padding must be an int >= 0, got -1"):
+        nn.Conv2d(1, 2, 3, padding=(1, -1))
+    # A float (even 2.0) or a string where an int is needed is a TypeError, as in the ops.
+    for make, match in [(lambda: nn.Linear(2.5, 3), r"Linear: in_features must be an int, got 2.5"),
+                        (lambda: nn.Linear(3, 2.0), r"Linear: out_features must be an int, got 2.0"),
+                        (lambda: nn.Conv2d(1, 2, 3, stride=1.5), r"Conv2d: stride must be an int, got 1.5"),
+                        (lambda: nn.Conv2d(1, 2, (3, 2.5)), r"Conv2d: kernel_size must be an int, got 2.5"),
+                        (lambda: nn.Conv2d(2, 2, 3, groups="2"), r"Conv2d: groups must be an int, got '2'"),
+                        (lambda: nn.MaxPool2d(2, padding=0.5), r"MaxPool2d: padding must be an int, got 0.5"),
+                        (lambda: nn.AvgPool2d(True), r"AvgPool2d: kernel_size must be an int, got True")]:
+        with pytest.raises(TypeError, match=match):
+            make()
     with pytest.raises(TypeError, match="not a fastconv.nn.Module"):
         nn.Sequential(nn.ReLU(), "relu")
 

@@ -260,9 +260,9 @@ def test_a_failed_first_sgd_step_creates_no_momentum_buffer():
     (optim.Adam, {"type": "Adam", "state": {0: {"exp_avg": np.zeros(3), "exp_avg_sq": np.zeros(3)}}},
      KeyError, r"Adam.load_state_dict: parameter 0 lacks its 'step' count"),
     (optim.Adam, {"type": "Adam", "state": {0: {"exp_avg": np.zeros(3), "exp_avg_sq": np.zeros(3), "step": 0}}},
-     ValueError, r"Adam.load_state_dict: parameter 0's 'step' must be an int >= 1 \(the steps taken\), got 0"),
+     ValueError, r"Adam.load_state_dict: parameter 0's 'step' \(the steps taken\) must be an int >= 1, got 0"),
     (optim.Adam, {"type": "Adam", "state": {0: {"exp_avg": np.zeros(3), "exp_avg_sq": np.zeros(3), "step": 1.5}}},
-     ValueError, r"parameter 0's 'step' must be an int >= 1 \(the steps taken\), got 1.5"),
+     TypeError, r"parameter 0's 'step' \(the steps taken\) must be an int, got 1.5"),
     (optim.Adam, {"type": "Adam", "state": {0: {"exp_avg": np.zeros(3), "exp_avg_sq": np.zeros(3, np.float32),
                                                 "step": 1}}},
      ValueError, r"parameter 0's 'exp_avg_sq' is \(3,\) float32, but the parameter is \(3,\) float64"),
@@ -334,3 +334,15 @@ def test_cosine_lr_sequence_and_state():
         optim.CosineAnnealingLR(opt, T_max=0)
     with pytest.raises(ValueError, match="step_size must be an int >= 1"):
         optim.StepLR(opt, step_size=0)
+    # A float where an int is needed is a TypeError (as in the ops), not a value out of range.
+    with pytest.raises(TypeError, match="CosineAnnealingLR: T_max must be an int, got 5.5"):
+        optim.CosineAnnealingLR(opt, T_max=5.5)
+    with pytest.raises(TypeError, match="StepLR: step_size must be an int, got 1.5"):
+        optim.StepLR(opt, step_size=1.5)
+    # A state's last_epoch is checked too (int() truncated 2.5 to 2), before anything changes.
+    state = {**sched.state_dict(), "last_epoch": 2.5, "base_lr": 1.0}
+    with pytest.raises(TypeError, match="CosineAnnealingLR.load_state_dict: last_epoch must be an int, got 2.5"):
+        sched2.load_state_dict(state)
+    with pytest.raises(ValueError, match="last_epoch must be an int >= 0, got -1"):
+        sched2.load_state_dict({**state, "last_epoch": -1})
+    assert sched2.base_lr == 0.1 and sched2.last_epoch == sched.last_epoch

@@ -132,8 +132,17 @@ def test_fit_input_errors():
         train.fit(model, loss, opt, (x, y), epochs=1, batch_size=8, metric="accuracy", progress=False)
     with pytest.raises(ValueError, match="metric must be"):
         train.fit(model, loss, opt, (x, y), (x, y), epochs=1, batch_size=8, metric="f1", progress=False)
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
         train.fit(model, loss, opt, (x, y), epochs=1, batch_size=0, progress=False)
+    # A float where an int is needed is the wrong kind of value (TypeError), even an integral one.
+    for kw in (dict(epochs=2.5), dict(epochs=2.0), dict(batch_size=8.0), dict(patience=1.5), dict(eval_every="2"),
+               dict(predict_batch_size=64.0)):
+        args = {"epochs": 1, "batch_size": 8, **kw}
+        name = next(iter(kw))
+        with pytest.raises(TypeError, match=f"{name} must be an int, got {kw[name]!r}"):
+            train.fit(model, loss, opt, (x, y), progress=False, **args)
+    with pytest.raises(TypeError, match="batch_size must be an int, got 2.5"):
+        train.predict(model, x, batch_size=2.5)
 
 
 def test_fit_on_every_backend_with_a_tiny_model(backend):
@@ -313,7 +322,7 @@ def test_search_settings_from_numpy_and_n_trials_checked(tmp_path):
         train.search(build, {"lr": [object()]}, (x, y), val, out_dir=tmp_path / "obj", epochs=1, batch_size=16,
                      verbose=False)
     assert not (tmp_path / "obj" / "best").exists()
-    for n_trials in (0, -1, 1.5):
-        with pytest.raises(ValueError, match="n_trials must be a positive int"):
+    for n_trials, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError)):
+        with pytest.raises(error, match="n_trials must be an int"):
             train.search(build, {"lr": [0.01, 0.05]}, (x, y), val, out_dir=tmp_path / "n", n_trials=n_trials,
                          epochs=1, batch_size=16, verbose=False)

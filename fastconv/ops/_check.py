@@ -6,6 +6,8 @@ Rules (docs/bad_inputs.md lists every case and its message):
   TypeError naming the argument. ndarray subclasses are read as plain ndarrays (a view), except a
   numpy.ma.MaskedArray, a TypeError: its mask would be ignored.
 - floating arrays only, float32 or float64, the same for every array of one call (TypeError);
+- an int where one is needed: any other type (a float, even 2.0, a bool, a string) is a TypeError,
+  an int out of range a ValueError (integer(); the layers, optimizers, fit and data use it too);
 - the expected number of dimensions and agreeing shapes (ValueError naming argument and shapes);
 - non-contiguous views (transposes, steps, negative strides) are copied to C order, never read as
   if they were contiguous.
@@ -146,6 +148,16 @@ def number(value, name: str, *, low=None, high=None, low_open=False, high_open=F
     if high is not None and (v > high or (high_open and v == high)):
         raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {v}")
     return v
+
+
+def integer(value, name: str, *, low=None) -> int:
+    """An int (any numbers.Integral but a bool) >= low: TypeError for another type, a float like 2.5
+    or 2.0 included (as range() refuses it, rather than truncating), ValueError for a value below low."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
 
 
 def shape_str(shape) -> str:
