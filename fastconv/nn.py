@@ -534,7 +534,7 @@ class Dropout(Module):
 
     def forward(self, x):
         if not self.training or self.p == 0.0:
-            self._mask = None
+            self._mask = "identity"  # not None: backward then knows a forward ran
             return x
         keep = self._gen.random(tuple(x.shape)) >= self.p
         scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
@@ -542,8 +542,8 @@ class Dropout(Module):
         return x * self._mask
 
     def backward(self, dy):
-        mask = self.__dict__.get("_mask")
-        return dy if mask is None else dy * mask
+        mask = self._cached("_mask")  # a RuntimeError before any forward, as in every layer
+        return dy if isinstance(mask, str) else dy * mask
 
     def _extra_state(self):
         return {"generator": self._gen.bit_generator.state}
@@ -620,7 +620,9 @@ class Sequential(Module):
         first = 0
         if not input_grad:
             first = next((k for k, layer in enumerate(layers) if _trains(layer)), len(layers))
-        pooled_convs = self.__dict__.get("_pooled_convs", {})
+        # Before any forward: a RuntimeError here, not only from a layer's backward (there may be none
+        # to call: an empty model, or no trainable layer with input_grad=False).
+        pooled_convs = self._cached("_pooled_convs")
         i = len(layers) - 1
         while i >= first:
             layer = layers[i]

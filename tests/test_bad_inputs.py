@@ -768,6 +768,8 @@ CASES = [
       TypeError, r"Sequential: layer 1 is a str, not a fastconv.nn.Module"),
     C("layer", "Linear(3, 2).backward(dy) before forward", lambda be, _: nn.Linear(3, 2).backward(rand(be, (1, 2))),
       RuntimeError, r"backward\(\) called before forward\(\)"),
+    C("layer", "Dropout().backward(dy) before forward", lambda be, _: nn.Dropout().backward(rand(be, (1, 2))),
+      RuntimeError, r"Dropout\(p=0.5\): backward\(\) called before forward\(\)"),
     C("layer", "CrossEntropyLoss().backward() before the loss", lambda be, _: fastconv.losses.CrossEntropyLoss().backward(),
       RuntimeError, r"CrossEntropyLoss.backward\(\) called before computing the loss"),
     C("layer", "model.load_state_dict(weights of another shape)", lambda be, _: tiny_model().load_state_dict({**tiny_model().state_dict(), "0.weight": np.zeros((5, 3), F32)}),

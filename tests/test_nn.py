@@ -226,6 +226,35 @@ def test_dropout_train_and_eval(backend):
         nn.Dropout(1.5)
 
 
+def test_dropout_backward_needs_a_forward_even_when_it_is_the_identity(backend):
+    """backward before any forward is a RuntimeError (as for every layer; it returned dy unchanged);
+    after a forward in eval mode or with p = 0, the identity, it passes dy on."""
+    dy = on(backend, np.arange(6, dtype=np.float32).reshape(2, 3))
+    x = on(backend, np.ones((2, 3), np.float32))
+    for drop in (nn.Dropout(0.5), nn.Dropout(0.5).eval(), nn.Dropout(0.0)):
+        with pytest.raises(RuntimeError, match=r"Dropout\(p=.*\): backward\(\) called before forward\(\)"):
+            drop.backward(dy)
+        drop(x)
+        expected = to_numpy(dy) * (to_numpy(drop._mask) if drop.training and drop.p else 1)
+        np.testing.assert_array_equal(to_numpy(drop.backward(dy)), expected)
+    drop = nn.Dropout(0.5, seed=1)
+    drop(x)  # a training forward's mask, then an eval forward: backward follows the latest
+    drop.eval()(x)
+    np.testing.assert_array_equal(to_numpy(drop.backward(dy)), to_numpy(dy))
+
+
+def test_sequential_backward_before_forward_raises_even_with_no_layer_to_call(backend):
+    """An empty model, or one with nothing trainable under input_grad=False, calls no layer's backward;
+    before its forward it raises too, as the layers do."""
+    dy = on(backend, np.ones((2, 3), np.float32))
+    for model, kw in ((nn.Sequential(), {}), (nn.Sequential(nn.ReLU(), nn.Dropout(0.1)), {"input_grad": False})):
+        with pytest.raises(RuntimeError, match=r"backward\(\) called before forward\(\)"):
+            model.backward(dy, **kw)
+        model(on(backend, np.ones((2, 3), np.float32)))
+        out = model.backward(dy, **kw)
+        assert out is None if kw else out is dy
+
+
 def test_state_dict_round_trip_and_names(backend):
     model = dense_model(np.float32, seed=1)
     other = dense_model(np.float32, seed=10)
