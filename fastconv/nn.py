@@ -512,7 +512,8 @@ class Flatten(Module):
         if getattr(x, "ndim", 0) < 1:
             raise ValueError(f"{self!r}: expected input of shape (N, ...), got {tuple(getattr(x, 'shape', ()))}")
         self._x_shape = tuple(x.shape)
-        return x.reshape(x.shape[0], -1)
+        # The size, not -1: NumPy and CuPy cannot infer -1 for an empty batch (N = 0).
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, dy):
         return dy.reshape(self._cached("_x_shape"))

@@ -243,6 +243,24 @@ def test_dropout_backward_needs_a_forward_even_when_it_is_the_identity(backend):
     np.testing.assert_array_equal(to_numpy(drop.backward(dy)), to_numpy(dy))
 
 
+def test_a_cnn_with_flatten_runs_on_an_empty_batch(backend):
+    """N = 0 goes through every layer (the ops accept it); Flatten reshaped to (0, -1), which NumPy and
+    CuPy refuse for a zero-size array."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, seed=0), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.2),
+                          nn.Flatten(), nn.Linear(32, 3, seed=1))
+    x = on(backend, np.zeros((0, 1, 8, 8), np.float32))
+    for mode in (True, False):
+        model.train(mode)
+        model.zero_grad()
+        assert to_numpy(model(x)).shape == (0, 3)
+        assert to_numpy(model.backward(on(backend, np.zeros((0, 3), np.float32)))).shape == (0, 1, 8, 8)
+        for p in model.parameters():
+            np.testing.assert_array_equal(to_numpy(p.grad), np.zeros(p.shape))
+    flatten = nn.Flatten()
+    assert to_numpy(flatten(on(backend, np.zeros((0, 2, 3), np.float32)))).shape == (0, 6)
+    assert to_numpy(flatten.backward(on(backend, np.zeros((0, 6), np.float32)))).shape == (0, 2, 3)
+
+
 def test_sequential_backward_before_forward_raises_even_with_no_layer_to_call(backend):
     """An empty model, or one with nothing trainable under input_grad=False, calls no layer's backward;
     before its forward it raises too, as the layers do."""
