@@ -73,16 +73,29 @@ def _positive_int(value, name, allow_none=False):
 
 def predict(model, x, batch_size=256):
     """The model's outputs for x (host NumPy array in, host NumPy array out), in eval mode, by batches.
-    The model's train/eval mode is restored afterwards."""
+    The model's train/eval mode is restored afterwards. x with no rows gives no rows: the model runs
+    once on the empty batch, which gives the output's other dimensions and dtype."""
     batch_size = _positive_int(batch_size, "batch_size")
     xp = _backend.current().xp
     was_training = model.training
     model.eval()
     try:
+        if len(x) == 0:
+            return _predict_empty(model, xp.asarray(x))
         outs = [to_numpy(model(xp.asarray(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
     return np.concatenate(outs, axis=0)
+
+
+def _predict_empty(model, x):
+    """The model's output for a batch of zero rows; ValueError when the model cannot run on one (the
+    built-in layers can), since then the shape of its output is unknown."""
+    try:
+        return to_numpy(model(x))
+    except Exception as exc:
+        raise ValueError(f"predict: x has no rows (shape {tuple(x.shape)}) and the model did not run on it, so the "
+                         f"shape of its output is unknown: {type(exc).__name__}: {exc}") from exc
 
 
 def _scores(outputs, loss_fn):

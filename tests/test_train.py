@@ -121,6 +121,27 @@ def test_binary_auc_with_bce_and_predict():
     assert model.training  # predict restores the mode
 
 
+def test_predict_on_zero_rows_gives_zero_rows_of_the_output_shape(backend):
+    """predict(model, x[:0]) raised numpy's "need at least one array to concatenate"; it runs the model
+    on the empty batch instead, which gives the output's columns and dtype, in eval mode."""
+    x = np.zeros((5, 1, 8, 8), np.float32)
+    cnn = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, seed=0), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.5),
+                        nn.Flatten(), nn.Linear(32, 3, seed=1))
+    out = train.predict(cnn, x[:0])
+    assert type(out) is np.ndarray and out.shape == (0, 3) and out.dtype == np.float32
+    assert cnn.training  # the mode is restored
+    out = train.predict(mlp(), np.zeros((0, 4), np.float32), batch_size=7)
+    assert out.shape == (0, 3) and out.dtype == np.float32
+
+    class Unsized(nn.Module):  # a model that cannot run on zero rows (as Flatten could not)
+        def forward(self, x):
+            return x.reshape(x.shape[0], -1)
+
+    with pytest.raises(ValueError, match=r"predict: x has no rows \(shape \(0, 2\)\) and the model did not run on "
+                                         r"it, so the shape of its output is unknown: ValueError"):
+        train.predict(Unsized(), np.zeros((0, 2), np.float32))
+
+
 def test_fit_input_errors():
     x, y = blobs(30)
     model = mlp()
