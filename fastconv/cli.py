@@ -1,8 +1,8 @@
 """The `fastconv` command (also `python -m fastconv`).
 
-    fastconv train EXAMPLE [--epochs N --lr LR --batch-size B --backend NAME --seed S --out DIR]
+    fastconv train EXAMPLE [--epochs N --lr LR --batch-size B --backend NAME --seed S --out DIR --subset N --quiet]
     fastconv evaluate CHECKPOINT [--backend NAME]
-    fastconv search [--epochs N --lrs ... --widths ... --batch-sizes ... --out DIR]
+    fastconv search [--epochs N --lrs ... --widths ... --batch-sizes ... --backend NAME --seed S --out DIR --quiet]
     fastconv info
     fastconv bench [ARGS...]
 

@@ -4,9 +4,10 @@ The data ship inside scikit-learn (no download): the Wisconsin breast cancer dat
 (binary classification), the UCI handwritten digits (8x8 images, 10 classes) and the
 diabetes data (one variable against another, for linear regression).
 
-Every loader splits into train / validation / test with a seeded, stratified split,
-and fits any standardization on the training rows only, so that validation and test
-data stay unseen (as they would be in a clinical study).
+Every loader splits into train / validation / test with a seeded split (stratified by
+class for the two classification sets; the regression pair's targets are not classes,
+so its split is not), and fits any standardization on the training rows only, so that
+validation and test data stay unseen (as they would be in a clinical study).
 """
 
 from __future__ import annotations

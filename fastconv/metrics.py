@@ -22,7 +22,8 @@ With m positives x_1..x_m and n negatives y_1..y_n, let
 
 * Sensitivity = TP / (TP + FN), specificity = TN / (TN + FP).
 
-Inputs may be NumPy arrays, lists, or CuPy arrays (anything with ``.get()``).
+Inputs may be NumPy arrays, lists, or CuPy arrays (anything with both ``__cuda_array_interface__``
+and ``.get()``, copied to the host; fastconv._host.to_numpy).
 """
 
 from __future__ import annotations
