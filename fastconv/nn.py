@@ -519,6 +519,9 @@ class Flatten(Module):
         return dy.reshape(self._cached("_x_shape"))
 
 
+_UNMASKED = object()  # Dropout's forward was the identity (eval mode, or p = 0)
+
+
 class Dropout(Module):
     """Inverted dropout: in training, zeroes each element with probability p and scales the rest by
     1 / (1 - p); the identity in eval mode. The mask comes from the layer's own seeded generator
@@ -535,7 +538,7 @@ class Dropout(Module):
 
     def forward(self, x):
         if not self.training or self.p == 0.0:
-            self._mask = "identity"  # not None: backward then knows a forward ran
+            self._mask = _UNMASKED  # not None: backward then knows a forward ran
             return x
         keep = self._gen.random(tuple(x.shape)) >= self.p
         scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
@@ -544,7 +547,7 @@ class Dropout(Module):
 
     def backward(self, dy):
         mask = self._cached("_mask")  # a RuntimeError before any forward, as in every layer
-        return dy if isinstance(mask, str) else dy * mask
+        return dy if mask is _UNMASKED else dy * mask
 
     def _extra_state(self):
         return {"generator": self._gen.bit_generator.state}
