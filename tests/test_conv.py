@@ -104,6 +104,13 @@ CASES = {
     "shifted_same_even_kernel": ((2, 9, 6, 7), (4, 9, 4, 2), 1, "same", 1, 1),
     "shifted_dilated_groups": ((1, 16, 8, 7), (6, 8, 3, 3), 1, 2, 2, 2),
     "shifted_rectangular_padding": ((2, 8, 5, 9), (3, 8, 3, 2), 1, (2, 0), (1, 2), 1),
+    # strides with >= 8 channels per group: the CPU backend's products over the input's phases (no
+    # im2col): an odd padded height, stride 3 with dilation and groups (taps landing in some phases
+    # only), 1x1 (one phase used), a kernel smaller than the stride (phases no tap reads)
+    "phases_3x3_stride_2": ((2, 8, 9, 8), (5, 8, 3, 3), 2, 1, 1, 1),
+    "phases_stride_3_dilated_groups": ((1, 16, 11, 10), (6, 8, 3, 2), (3, 2), (2, 1), (2, 3), 2),
+    "phases_1x1_stride_2": ((2, 9, 7, 6), (4, 9, 1, 1), 2, 0, 1, 1),
+    "phases_kernel_smaller_than_stride": ((1, 8, 10, 9), (3, 8, 2, 2), 3, 0, 1, 1),
     # the GPU kernels' tile boundaries (csrc/kernels/conv.cuh): 32 output channels and 132 pixels (the
     # 128 x 32 tile, past one row tile; dw 28 x 32 with db in the 32 x 32 tile), 33 channels (the
     # 128 x 64 tile; dw 33 x 33 in the 64 x 64 tile), dw 32 rows + db = 33 (64 x 64) or 32 without db
@@ -326,6 +333,30 @@ class TestBadInput:
             ops.conv2d_forward(x, w, activation="tanh")
         with pytest.raises(TypeError, match=r"bias must be True or False"):
             ops.conv2d_backward(on(backend, np.ones((2, 6, 3, 3), np.float32)), x, w, bias=1)
+
+
+@needs_simd
+@pytest.mark.parametrize("name", [name for name in CASES if name.startswith("phases")])
+def test_cpu_strided_layers_by_phases(monkeypatch, name):
+    # float32 strided layers with >= 8 channels a group take _forward_by_phases (test_forward checks
+    # their values); each output sums tap by tap, channels in order: the same bits on one thread, and
+    # with a fused activation those of the activation after the layer
+    import numba
+    from fastconv._cpu import conv
+    calls, by_phases = [], conv._forward_by_phases
+    monkeypatch.setattr(conv, "_forward_by_phases", lambda *a: (calls.append(1), by_phases(*a))[1])
+    x, w, b, hyper, _ = _case(name, 3)
+    x, w, b = (a.astype(np.float32) for a in (x, w, b))
+    y = ops.conv2d_forward(x, w, b, **hyper)
+    assert calls == [1]
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        np.testing.assert_array_equal(ops.conv2d_forward(x, w, b, **hyper), y)
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(ops.conv2d_forward(x, w, b, activation="relu", **hyper), ops.relu_forward(y))
+    np.testing.assert_array_equal(ops.conv2d_forward(x, w, b, activation="sigmoid", **hyper), ops.sigmoid_forward(y))
 
 
 @needs_simd

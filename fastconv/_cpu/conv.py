@@ -132,10 +132,11 @@ def _sum(row):
 def _bias_activate(src, dst, rows, stride, width, bias, act):
     """dst[r * width + q] = act(src[r * stride + q] + bias) for r < rows, q < width: 1-D src and dst
     (dst may be src when stride == width); under _SIGMOID16 the bias first, then sigmoid16 over dst.
-    The activation is chosen once, outside the loops, under error_model="numpy": with the choice inside the loop, or the default model's ZeroDivisionError
-    check on sigmoid's division, the loop stayed scalar (conv1's epilogue, 32 x 784 values per
-    sample, measured 30 us against 8 for its GEMM). Not inline="always": Numba's IR inlining of the
-    sigmoid into it warned NumbaIRAssumptionWarning."""
+    The activation is chosen once, outside the loops, under error_model="numpy": with the choice
+    inside the loop, or the default model's ZeroDivisionError check on sigmoid's division, the loop
+    stayed scalar (conv1's epilogue, 32 x 784 values per sample, measured 30 us against 8 for its
+    GEMM). Not inline="always": Numba's IR inlining of the sigmoid into it warned
+    NumbaIRAssumptionWarning."""
     for r in range(rows):
         s = src[r * stride:r * stride + width]
         d = dst[r * width:(r + 1) * width]
@@ -187,6 +188,60 @@ def _forward(x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
 def _forward_gemm32(x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
     _forward_body(gemm32, x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y)
+
+
+# Strided layers with enough channels (_uses_phases) skip im2col: phase (r, q) of a padded sample
+# holds its rows r, r + sh, ... and columns q, q + sw, ... (_split_phases). Tap (i, j) of output
+# (a, b) reads the padded sample at (a sh + i dh, b sw + j dw), which is phase ((i dh) % sh,
+# (j dw) % sw) at row a + (i dh) // sh, column b + (j dw) // sw: every output's tap at one constant
+# shift of one phase. So the products are the stride-1 layers' shifted GEMMs (see _forward_wide_body),
+# one per tap over a phase's channels, on the phases' wide grid (rows of wq, OW outputs and the rest
+# discarded). im2col wrote and the GEMM read kh*kw / (sh*sw) times the input per sample (9/4 for
+# 3x3 / stride 2); the phases are one copy of it.
+@njit(nogil=True)
+def _split_phases(x, n, c0, cg, pt, pl, sh, sw, wq, slots, xq):
+    """xq[slots[(i % sh) * sw + j % sw], c, (i // sh) * wq + j // sw] = x[n, c0 + c, h, w] at the
+    padded position (i, j) = (pt + h, pl + w), for the phases some tap reads (slots >= 0: xq holds
+    those only); the rest of xq is left as it is (zeros)."""
+    h_in, w_in = x.shape[2], x.shape[3]
+    for c in range(cg):
+        src = x[n, c0 + c]
+        for h in range(h_in):
+            row = src[h]
+            for q in range(sw):
+                slot = slots[(pt + h) % sh * sw + q]
+                w0 = (q - pl) % sw  # the first column of phase column q
+                if slot < 0 or w0 >= w_in:
+                    continue
+                base = (pt + h) // sh * wq + (pl + w0) // sw
+                out = xq[slot, c, base:base + (w_in - w0 + sw - 1) // sw]
+                for m in range(out.size):
+                    out[m] = row[w0 + m * sw]
+
+
+@njit(parallel=True, nogil=True, error_model="numpy", cache=True)
+def _forward_phases(x, wt, b, has_bias, act, groups, kh, kw, sh, sw, dh, dw, pt, pl, wq, oh, ow, slots, xqs, yws, y):
+    """y (N, C_out, OH*OW) = act(conv(x, w) + b) for stride (sh, sw) by gemm32 over the phases (see
+    above): wt is w as (kh*kw, C_out, C_in/g); per-thread scratch xqs (threads, phases read, C_in/g, plane)
+    and yws (threads, C_out/g * OH*wq). Each output sums tap by tap, channels in order within a
+    tap: the same bits with or without an activation, on any number of threads."""
+    n_img, c = x.shape[0], x.shape[1]
+    cg, cog, length = c // groups, wt.shape[1] // groups, oh * wq
+    threads = xqs.shape[0]
+    for t in prange(threads):
+        xq = xqs[t]
+        xq[:] = 0
+        yw = yws[t, :cog * length].reshape(cog, length)
+        for n in range(t * n_img // threads, (t + 1) * n_img // threads):
+            for g in range(groups):
+                _split_phases(x, n, g * cg, cg, pt, pl, sh, sw, wq, slots, xq)
+                for tap in range(kh * kw):
+                    i, j = tap // kw * dh, tap % kw * dw
+                    at = i // sh * wq + j // sw
+                    gemm32(wt[tap, g * cog:(g + 1) * cog], xq[slots[i % sh * sw + j % sw], :, at:at + length], yw,
+                           1.0 if tap else 0.0, False, False)
+                for o in range(cog):
+                    _bias_activate(yw[o], y[n, g * cog + o], oh, wq, ow, b[g * cog + o] if has_bias else _ZERO, act)
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -952,6 +1007,8 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
             _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices)
         elif stride == (1, 1):
             _forward_direct(x, w, b, padding, dilation, groups, oh, ow, act, window, y, pooled, indices)
+        elif _uses_phases(x, w, groups):
+            _forward_by_phases(x, w, b, stride, padding, dilation, groups, oh, ow, act, y)
         else:
             kernel = _forward_gemm32 if _uses_gemm32(x) else _forward
             # b is added by the product (as the last k), with an activation or without: the same bits
@@ -959,6 +1016,28 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
             kernel(x, w2b, bias, has_bias, act, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],
                    dilation[0], dilation[1], oh, ow, empty((threads, w2b.shape[1] * p), x.dtype), y)
     return y.reshape(n, c_out, oh, ow) if pool is None else (pooled, indices)
+
+
+def _uses_phases(x, w, groups):
+    """A strided layer's products by phases (_forward_phases): float32 with gemm32, and at least
+    _MIN_CHANNELS_FOR_SHIFTED_GEMMS input channels a group (each tap's GEMM has that K)."""
+    return _uses_gemm32(x) and w.shape[1] >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS
+
+
+def _forward_by_phases(x, w, b, stride, padding, dilation, groups, oh, ow, act, y):
+    c_out, cg, kh, kw = w.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    hq, wq = -(-(x.shape[2] + padding[0] + padding[1]) // sh), -(-(x.shape[3] + padding[2] + padding[3]) // sw)
+    read = sorted({i * dh % sh * sw + j * dw % sw for i in range(kh) for j in range(kw)})
+    slots = np.full(sh * sw, -1, np.int64)
+    slots[read] = np.arange(len(read))
+    threads = _threads(x.shape[0])
+    # a phase's plane: hq rows of wq, and the last tap's column shift past them (the discarded columns' reads)
+    plane = hq * wq + (kw - 1) * dw // sw
+    wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, c_out, cg)
+    _forward_phases(x, wt, b if b is not None else np.empty(0, x.dtype), b is not None, act, groups, kh, kw, sh, sw,
+                    dh, dw, padding[0], padding[2], wq, oh, ow, slots, empty((threads, len(read), cg, plane), x.dtype),
+                    empty((threads, c_out // groups * oh * wq), x.dtype), y)
 
 
 # Winograd's F(2x2, 3x3) takes the 3x3 stride-1 float32 layers with at least WINOGRAD_MIN_CHANNELS
