@@ -100,6 +100,14 @@ class Optimizer:
             raise type(exc)(f"{type(self).__name__}.step: {exc}") from exc
         return trainable
 
+    def _trainable_in_one_step(self):
+        """_trainable for a step of one foreach call a dtype: a call checks all its arrays before it
+        updates any, so only a step of several calls (several dtypes) checks them all first."""
+        trainable = list(self._trainable())
+        if len({p.data.dtype for _, p in trainable}) > 1:
+            trainable = self._checked_trainable()
+        return trainable
+
     def _zeros_like(self, p):
         return _backend.current().xp.zeros(p.data.shape, dtype=p.data.dtype)
 
@@ -225,9 +233,7 @@ class SGD(Optimizer):
         # Every trainable tensor of one dtype in one call (one launch on a GPU, where a small
         # model's step is bound by the host's per-call cost); the same bits as one call each.
         groups, indices = {}, {}  # dtype -> (params, grads, velocities), the optimizer's indices
-        trainable = list(self._trainable())
-        if len({p.data.dtype for _, p in trainable}) > 1:  # one call a dtype: all checked before the first
-            trainable = self._checked_trainable()
+        trainable = self._trainable_in_one_step()
         created = {}  # new momentum buffers, kept once the step has been taken
         for i, p in trainable:
             velocity = None
@@ -275,13 +281,27 @@ class Adam(Optimizer):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
     def step(self):
+        # As SGD.step: one ops.adam_step_foreach call a dtype, each parameter with its own step count.
         beta1, beta2 = self.betas
-        for i, p in self._checked_trainable():
+        states = {}  # index -> its state after this step, kept once the whole step has been taken
+        groups = {}  # dtype -> the optimizer's indices
+        for i, p in self._trainable_in_one_step():
             s = self.state.get(i) or dict(exp_avg=self._zeros_like(p), exp_avg_sq=self._zeros_like(p), step=0)
-            ops.adam_step(p.data, p.grad, s["exp_avg"], s["exp_avg_sq"], s["step"] + 1, lr=self.lr, beta1=beta1,
-                          beta2=beta2, eps=self.eps, weight_decay=self.weight_decay, decoupled=self._decoupled)
-            s["step"] += 1  # counted (and a new state kept) once the step has been taken
-            self.state[i] = s
+            states[i] = dict(s, step=s["step"] + 1)
+            groups.setdefault(p.data.dtype, []).append(i)
+        for indices in groups.values():
+            params = [self.params[i] for i in indices]
+            try:
+                ops.adam_step_foreach([p.data for p in params], [p.grad for p in params],
+                                      [states[i]["exp_avg"] for i in indices], [states[i]["exp_avg_sq"] for i in indices],
+                                      [states[i]["step"] for i in indices], lr=self.lr, beta1=beta1, beta2=beta2,
+                                      eps=self.eps, weight_decay=self.weight_decay, decoupled=self._decoupled)
+            except (TypeError, ValueError) as exc:  # name the optimizer's parameters, not the call's
+                if type(exc) not in (TypeError, ValueError):
+                    raise
+                raise type(exc)(f"{type(self).__name__}.step: {exc} (params[k], grads[k], ms[k] and vs[k] of this "
+                                f"call belong to the optimizer's parameter {indices}[k])") from exc
+        self.state.update(states)
 
 
 class AdamW(Adam):

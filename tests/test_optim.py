@@ -197,6 +197,50 @@ def test_adam_steps_match_torch(backend, shape, settings, dtype):
             assert_matches(state, ref, [p0, grads], dtype, what=f"{name} after step {k}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("settings", ADAM_SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+@pytest.mark.parametrize("sizes", FOREACH_SIZES, ids=lambda s: f"{len(s)}-tensors")
+def test_adam_foreach_is_adam_step_on_each_tensor_bit_for_bit(backend, sizes, settings, dtype):
+    # each tensor with its own step count (here k + 1, k + 2, ...: every tensor's bias corrections differ)
+    rng = np.random.default_rng(len(sizes))
+    starts = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    states = [[on(backend, a.copy()) for a in (p, np.zeros_like(p), np.zeros_like(p))] for p in starts]
+    singles = [[on(backend, a.copy()) for a in (p, np.zeros_like(p), np.zeros_like(p))] for p in starts]
+    for step in range(1, 4):
+        grads = [on(backend, rng.standard_normal(n).astype(dtype)) for n in sizes]
+        steps = [step + k for k in range(len(sizes))]
+        params, ms, vs = (list(a) for a in zip(*states))
+        assert ops.adam_step_foreach(params, grads, ms, vs, steps, **settings) is None
+        for (p, m, v), g, t in zip(singles, grads, steps):
+            ops.adam_step(p, g, m, v, t, **settings)
+    for k, (got, want) in enumerate(zip(states, singles)):
+        for name, a, b in zip(("params", "ms", "vs"), got, want):
+            assert to_numpy(a).tobytes() == to_numpy(b).tobytes(), f"{name}[{k}]"
+
+
+def test_adam_foreach_checks_every_tensor_before_it_updates_any(backend):
+    ops.adam_step_foreach([], [], [], [], [], lr=0.1)  # nothing to do
+    params = [on(backend, np.zeros(4, np.float32)) for _ in range(3)]
+    grads, ms, vs = ([on(backend, np.ones(4, np.float32)) for _ in range(3)] for _ in range(3))
+    cases = [
+        (dict(steps=[1, 1]), ValueError, r"params, grads, ms, vs and steps must have the same length, got 3, 3, 3, 3 "
+                                         r"and 2"),
+        (dict(steps=[1, 0, 1]), ValueError, r"steps\[1\] must be >= 1"),
+        (dict(steps=[1, 1, 1.0]), TypeError, r"steps\[2\] must be an int"),
+        (dict(vs=vs[:2] + [on(backend, np.ones(5, np.float32))]), ValueError, r"vs\[2\]"),
+        (dict(ms=[ms[0], ms[0], ms[2]]), ValueError, r"ms\[0\] and ms\[1\] share memory"),
+        (dict(ms=[ms[0], vs[1], ms[2]]), ValueError, r"ms\[1\] and vs\[1\] share memory"),
+        (dict(params=params[:2] + [on(backend, np.zeros(4))]), TypeError, r"params\[2\] is float64 but params\[0\]"),
+    ]
+    for change, error, message in cases:
+        call = {**dict(params=params, grads=grads, ms=ms, vs=vs, steps=[1, 1, 1]), **change}
+        with pytest.raises(error, match=message):
+            ops.adam_step_foreach(call["params"], call["grads"], call["ms"], call["vs"], call["steps"], lr=0.1)
+        for a in params + ms + vs:  # nothing was updated
+            assert to_numpy(a).tolist() in ([0.0] * 4, [1.0] * 4)
+    assert all(to_numpy(p).tolist() == [0.0] * 4 for p in params)
+
+
 def test_adam_bias_correction_uses_step(backend):
     # With m, v from a previous step, the update depends on `step` exactly as torch's bias corrections say.
     p0, grads = _problem((5,), 9)

@@ -36,6 +36,28 @@ static void bind_optim_typed(py::module_& m) {
                               nesterov, ptr<void>(stream));
         },
         nogil());
+  m.def(typed<T>("adam_step_foreach").c_str(),
+        [](const std::vector<uintptr_t>& params, const std::vector<uintptr_t>& grads, const std::vector<uintptr_t>& ms,
+           const std::vector<uintptr_t>& vs, const std::vector<int64_t>& sizes, const std::vector<double>& step_sizes,
+           const std::vector<double>& bias_corrections2_sqrt, double beta1, double beta2, double eps,
+           double weight_decay, bool decoupled, double decay, uintptr_t stream) {
+          const size_t count = params.size();
+          if (grads.size() != count || ms.size() != count || vs.size() != count || sizes.size() != count ||
+              step_sizes.size() != count || bias_corrections2_sqrt.size() != count)
+            throw std::invalid_argument("adam_step_foreach: the per-tensor lists differ in length");
+          std::vector<T*> p(count), m1(count), m2(count);
+          std::vector<const T*> g(count);
+          for (size_t k = 0; k < count; ++k) {
+            p[k] = ptr<T>(params[k]);
+            g[k] = ptr<const T>(grads[k]);
+            m1[k] = ptr<T>(ms[k]);
+            m2[k] = ptr<T>(vs[k]);
+          }
+          adam_step_foreach<T>(p.data(), g.data(), m1.data(), m2.data(), sizes.data(), step_sizes.data(),
+                               bias_corrections2_sqrt.data(), (int)count, beta1, beta2, eps, weight_decay, decoupled,
+                               decay, ptr<void>(stream));
+        },
+        nogil());
   m.def(typed<T>("adam_step").c_str(),
         [](uintptr_t param, uintptr_t grad, uintptr_t m_, uintptr_t v, int64_t n, double beta1, double beta2,
            double eps, double weight_decay, bool decoupled, double decay, double step_size,

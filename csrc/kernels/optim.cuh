@@ -24,6 +24,7 @@
 // kSgdForeachTensors per launch); each tensor gets the blocks sgd_step would give it alone, laid
 // end to end in one grid, and a block finds its tensor by scanning the first blocks. A small
 // model's step is bound by the host's launches, not by memory: 8 tensors, 1 launch instead of 8.
+// Adam foreach the same way, each tensor with its own bias corrections (its own step count).
 #pragma once
 
 #include "common.cuh"
@@ -78,12 +79,14 @@ __global__ void sgd_step_foreach_kernel(SgdTensors<T> t, T lr, T momentum, T wei
              t.first_block[k + 1] - t.first_block[k], lr, momentum, weight_decay, nesterov);
 }
 
+// Block `block` of the `blocks` that share one tensor's Adam step (a grid-stride loop over them).
 template <typename T>
-__global__ void adam_step_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ m,
-                                 T* __restrict__ v, int64_t n, T one_minus_beta1, T beta2, T one_minus_beta2, T eps,
-                                 T weight_decay, bool decoupled, T decay, T step_size, T bias_correction2_sqrt) {
+__device__ __forceinline__ void adam_update(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ m,
+                                            T* __restrict__ v, int64_t n, int64_t block, int64_t blocks,
+                                            T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T weight_decay,
+                                            bool decoupled, T decay, T step_size, T bias_correction2_sqrt) {
   const bool small_weight = one_minus_beta1 < T(0.5);
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+  for (int64_t i = block * blockDim.x + threadIdx.x; i < n; i += blocks * blockDim.x) {
     T p = param[i], g = grad[i];
     if (weight_decay != T(0)) {
       if (decoupled) p = p * decay;
@@ -97,6 +100,36 @@ __global__ void adam_step_kernel(T* __restrict__ param, const T* __restrict__ gr
     const T denom = dev_sqrt(vi) / bias_correction2_sqrt + eps;
     param[i] = p - step_size * mi / denom;
   }
+}
+
+template <typename T>
+__global__ void adam_step_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ m,
+                                 T* __restrict__ v, int64_t n, T one_minus_beta1, T beta2, T one_minus_beta2, T eps,
+                                 T weight_decay, bool decoupled, T decay, T step_size, T bias_correction2_sqrt) {
+  adam_update(param, grad, m, v, n, blockIdx.x, gridDim.x, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay,
+              decoupled, decay, step_size, bias_correction2_sqrt);
+}
+
+template <typename T>
+struct AdamTensors {  // one launch's tensors, passed by value in the kernel's arguments (2.3 KiB)
+  T* param[kAdamForeachTensors];
+  const T* grad[kAdamForeachTensors];
+  T* m[kAdamForeachTensors];
+  T* v[kAdamForeachTensors];
+  int64_t n[kAdamForeachTensors];
+  T step_size[kAdamForeachTensors];
+  T bias_correction2_sqrt[kAdamForeachTensors];
+  int64_t first_block[kAdamForeachTensors + 1];  // tensor k owns blocks [first_block[k], first_block[k + 1])
+};
+
+template <typename T>
+__global__ void adam_step_foreach_kernel(AdamTensors<T> t, T one_minus_beta1, T beta2, T one_minus_beta2, T eps,
+                                         T weight_decay, bool decoupled, T decay) {
+  int k = 0;
+  while ((int64_t)blockIdx.x >= t.first_block[k + 1]) ++k;  // at most 32 steps, the same for the whole block
+  adam_update(t.param[k], t.grad[k], t.m[k], t.v[k], t.n[k], blockIdx.x - t.first_block[k],
+              t.first_block[k + 1] - t.first_block[k], one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay,
+              decoupled, decay, t.step_size[k], t.bias_correction2_sqrt[k]);
 }
 
 template <typename T>
@@ -142,12 +175,42 @@ void adam_step(T* param, const T* grad, T* m, T* v, int64_t n, double beta1, dou
          T(step_size), T(bias_correction2_sqrt));
 }
 
+template <typename T>
+void adam_step_foreach(T* const* param, const T* const* grad, T* const* m, T* const* v, const int64_t* n,
+                       const double* step_size, const double* bias_correction2_sqrt, int count, double beta1,
+                       double beta2, double eps, double weight_decay, bool decoupled, double decay, void* stream) {
+  for (int first = 0; first < count; first += kAdamForeachTensors) {
+    const int here = count - first < kAdamForeachTensors ? count - first : kAdamForeachTensors;
+    AdamTensors<T> t{};
+    int64_t blocks = 0;  // each tensor gets the blocks adam_step would launch for it alone
+    for (int k = 0; k < here; ++k) {
+      t.param[k] = param[first + k];
+      t.grad[k] = grad[first + k];
+      t.m[k] = m[first + k];
+      t.v[k] = v[first + k];
+      t.n[k] = n[first + k];
+      t.step_size[k] = T(step_size[first + k]);
+      t.bias_correction2_sqrt[k] = T(bias_correction2_sqrt[first + k]);
+      t.first_block[k] = blocks;
+      blocks += t.n[k] ? (int64_t)optim_launch::grid_for(t.n[k]).x : 0;
+    }
+    for (int k = here; k <= kAdamForeachTensors; ++k) t.first_block[k] = blocks;
+    if (blocks == 0) continue;
+    launch("adam_step_foreach_kernel", adam_step_foreach_kernel<T>, dim3((unsigned)blocks),
+           dim3(optim_launch::kThreads), 0, stream, t, T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(eps),
+           T(weight_decay), decoupled, T(decay));
+  }
+}
+
 #define FC_INSTANTIATE_OPTIM(T)                                                                                  \
   template void sgd_step<T>(T*, const T*, T*, int64_t, double, double, double, bool, void*);                    \
   template void sgd_step_foreach<T>(T* const*, const T* const*, T* const*, const int64_t*, int, double, double,  \
                                     double, bool, void*);                                                         \
   template void adam_step<T>(T*, const T*, T*, T*, int64_t, double, double, double, double, bool, double, double, \
-                             double, void*);
+                             double, void*);                                                                      \
+  template void adam_step_foreach<T>(T* const*, const T* const*, T* const*, T* const*, const int64_t*,             \
+                                     const double*, const double*, int, double, double, double, double, bool,     \
+                                     double, void*);
 FC_INSTANTIATE_OPTIM(float)
 FC_INSTANTIATE_OPTIM(double)
 #undef FC_INSTANTIATE_OPTIM

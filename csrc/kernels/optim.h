@@ -33,4 +33,14 @@ void adam_step(T* param, const T* grad, T* m, T* v, int64_t n, double beta1, dou
                double weight_decay, bool decoupled, double decay, double step_size, double bias_correction2_sqrt,
                void* stream);
 
+// The same Adam step on `count` tensors at once: tensor k has n[k] values at param[k], grad[k],
+// m[k], v[k], and its own step_size[k] and bias_correction2_sqrt[k] (parameters may have taken
+// different numbers of steps). No array overlaps another that is written. One launch per
+// kAdamForeachTensors tensors.
+constexpr int kAdamForeachTensors = 32;
+template <typename T>
+void adam_step_foreach(T* const* param, const T* const* grad, T* const* m, T* const* v, const int64_t* n,
+                       const double* step_size, const double* bias_correction2_sqrt, int count, double beta1,
+                       double beta2, double eps, double weight_decay, bool decoupled, double decay, void* stream);
+
 }  // namespace fc

@@ -7,7 +7,7 @@ from numba import njit, prange
 
 from ._parallel import run
 
-__all__ = ["sgd_step", "sgd_step_foreach", "adam_step"]
+__all__ = ["sgd_step", "sgd_step_foreach", "adam_step", "adam_step_foreach"]
 
 
 @njit(parallel=True, cache=True)
@@ -65,3 +65,12 @@ def adam_step(param, grad, m, v, beta1, beta2, eps, weight_decay, decoupled, dec
     w = t(1.0 - beta1)
     run(_adam, param.size, param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), w, t(1) - w, t(beta2), t(1.0 - beta2),
           t(eps), t(weight_decay), weight_decay != 0, decoupled, t(decay), t(step_size), t(bias_correction2_sqrt))
+
+
+def adam_step_foreach(params, grads, ms, vs, beta1, beta2, eps, weight_decay, decoupled, decay, step_sizes,
+                      bias_corrections2_sqrt):
+    # One Numba pass per tensor, as sgd_step_foreach.
+    for param, grad, m, v, step_size, bias_correction2_sqrt in zip(params, grads, ms, vs, step_sizes,
+                                                                   bias_corrections2_sqrt):
+        adam_step(param, grad, m, v, beta1, beta2, eps, weight_decay, decoupled, decay, step_size,
+                  bias_correction2_sqrt)

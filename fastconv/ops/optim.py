@@ -1,5 +1,5 @@
 """Optimizer steps, in place: torch.optim.SGD (dampening 0) and torch.optim.Adam / AdamW, one fused
-pass per parameter tensor.
+pass per parameter tensor (the foreach forms: one for many tensors).
 
 In-place contract: param and the state buffers (velocity, m, v) must be arrays of the current
 backend (NumPy on "cpu"/"emu", CuPy on "cuda"), float32/float64, C-contiguous and writeable, and must
@@ -21,7 +21,7 @@ import numpy as np
 from .. import backend as _backend
 from ._check import FLOAT_DTYPES, flag, number, on_backend, shape_str, tensor
 
-__all__ = ["sgd_step", "sgd_step_foreach", "adam_step"]
+__all__ = ["sgd_step", "sgd_step_foreach", "adam_step", "adam_step_foreach"]
 
 
 def _hyper(value, name, **bounds) -> float:
@@ -187,25 +187,72 @@ def adam_step(param, grad, m, v, step, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, 
     m and v start as zeros; step is the 1-based number of this step.
     """
     be = _backend.current()
-    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
-        raise TypeError(f"step must be an int (the 1-based step count), got {step!r}")
-    step = int(step)
-    if step < 1:
-        raise ValueError(f"step must be >= 1 (the 1-based step count), got {step}")
-    lr = _hyper(lr, "lr", low=0)
-    beta1 = _hyper(beta1, "beta1", low=0, high=1, high_open=True)
-    beta2 = _hyper(beta2, "beta2", low=0, high=1, high_open=True)
-    eps = _hyper(eps, "eps", low=0, low_open=True)
-    weight_decay = _hyper(weight_decay, "weight_decay", low=0)
-    decoupled = flag(decoupled, "decoupled")
+    step = _step_count(step, "step")
+    lr, beta1, beta2, eps, weight_decay, decoupled = _adam_hyperparameters(lr, beta1, beta2, eps, weight_decay,
+                                                                           decoupled)
     param = _updatable(param, "param", be)
     grad = _gradient(grad, be, param)
     m = _updatable(m, "m", be, like=param)
     v = _updatable(v, "v", be, like=param)
     _disjoint([("param", param, True), ("grad", grad, False), ("m", m, True), ("v", v, True)])
-    # The scalar part of torch's update, in double as torch computes it in Python floats.
-    step_size = lr / (1 - beta1 ** step)
-    bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
-    decay = 1 - lr * weight_decay
-    be.adam_step(param, grad, m, v, beta1, beta2, eps, weight_decay, decoupled, decay, step_size,
+    step_size, bias_correction2_sqrt = _bias_corrections(lr, beta1, beta2, step)
+    be.adam_step(param, grad, m, v, beta1, beta2, eps, weight_decay, decoupled, 1 - lr * weight_decay, step_size,
                  bias_correction2_sqrt)
+
+
+def adam_step_foreach(params, grads, ms, vs, steps, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                      decoupled=False):
+    """adam_step on every (params[k], grads[k], ms[k], vs[k]) at once, each with its own 1-based step
+    count steps[k] (parameters may have taken different numbers of steps): the same result, bit for
+    bit, in one kernel launch per 32 tensors on the native backends, as sgd_step_foreach.
+
+    The sequences have equal lengths; every param has the same dtype. No array that is written (a
+    param, an m or a v) may share memory with any other array of the call; grads may share. Every
+    array is checked before any is updated. Returns None.
+    """
+    be = _backend.current()
+    lr, beta1, beta2, eps, weight_decay, decoupled = _adam_hyperparameters(lr, beta1, beta2, eps, weight_decay,
+                                                                           decoupled)
+    lists = {name: _sequence(value, name) for name, value in
+             (("params", params), ("grads", grads), ("ms", ms), ("vs", vs), ("steps", steps))}
+    if len({len(value) for value in lists.values()}) > 1:
+        *first, last = (str(len(value)) for value in lists.values())
+        raise ValueError(f"params, grads, ms, vs and steps must have the same length, got {', '.join(first)} and {last}")
+    params, grads, ms, vs, steps = lists.values()
+    entries = []
+    for k, p in enumerate(params):
+        p = params[k] = _updatable(p, f"params[{k}]", be)
+        if p.dtype != params[0].dtype:
+            raise TypeError(f"params[{k}] is {p.dtype} but params[0] is {params[0].dtype}: one foreach step takes "
+                            "one dtype (group the parameters by dtype)")
+        grads[k] = _gradient(grads[k], be, p, f"grads[{k}]", f"params[{k}]")
+        ms[k] = _updatable(ms[k], f"ms[{k}]", be, like=p)
+        vs[k] = _updatable(vs[k], f"vs[{k}]", be, like=p)
+        steps[k] = _step_count(steps[k], f"steps[{k}]")
+        entries += [(f"params[{k}]", p, True), (f"grads[{k}]", grads[k], False), (f"ms[{k}]", ms[k], True),
+                    (f"vs[{k}]", vs[k], True)]
+    _disjoint(entries)
+    if params:
+        step_sizes, bias_corrections2_sqrt = zip(*(_bias_corrections(lr, beta1, beta2, t) for t in steps))
+        be.adam_step_foreach(params, grads, ms, vs, beta1, beta2, eps, weight_decay, decoupled, 1 - lr * weight_decay,
+                             list(step_sizes), list(bias_corrections2_sqrt))
+
+
+def _step_count(step, name):
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
+        raise TypeError(f"{name} must be an int (the 1-based step count), got {step!r}")
+    if step < 1:
+        raise ValueError(f"{name} must be >= 1 (the 1-based step count), got {step}")
+    return int(step)
+
+
+def _adam_hyperparameters(lr, beta1, beta2, eps, weight_decay, decoupled):
+    return (_hyper(lr, "lr", low=0), _hyper(beta1, "beta1", low=0, high=1, high_open=True),
+            _hyper(beta2, "beta2", low=0, high=1, high_open=True), _hyper(eps, "eps", low=0, low_open=True),
+            _hyper(weight_decay, "weight_decay", low=0), flag(decoupled, "decoupled"))
+
+
+def _bias_corrections(lr, beta1, beta2, step):
+    """(step_size, bias_correction2_sqrt): the scalar part of torch's update, in double as torch
+    computes it in Python floats."""
+    return lr / (1 - beta1 ** step), math.sqrt(1 - beta2 ** step)
