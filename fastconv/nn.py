@@ -430,6 +430,7 @@ class ReLU(Module):
 
     def forward(self, x):
         self._x = x
+        self._fused_into_pool = False  # (a fused pass before this one left it True)
         return ops.relu_forward(x)
 
     def _absorb(self, y):

@@ -474,3 +474,20 @@ def test_backward_refuses_a_layer_object_used_at_two_places(shared):
     h = np.maximum(x @ w.T + b, 0)
     dh = (np.ones_like(y) @ w) * (h > 0)
     np.testing.assert_allclose(first.weight.grad, np.ones_like(y).T @ h + dh.T @ x, rtol=1e-12)
+
+
+def test_relu_backward_after_an_unfused_forward_that_followed_a_fused_one(backend):
+    """A ReLU that ran fused into a conv + pool, then on its own (the layers one by one, as when
+    inspecting activations), backpropagates from its own input: the earlier fusion leaves no mark."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, seed=0), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(18, 1, seed=1))
+    x = on(backend, np.random.default_rng(5).standard_normal((2, 1, 8, 8)).astype(np.float32))
+    y = model(x)
+    fused_dx = to_numpy(model.backward(on(backend, np.ones(tuple(y.shape), np.float32))))
+    h = x
+    for layer in model:
+        h = layer(h)
+    g = on(backend, np.ones(tuple(h.shape), np.float32))
+    for layer in reversed(list(model)):
+        g = layer.backward(g)
+    assert to_numpy(g).tobytes() == fused_dx.tobytes()
