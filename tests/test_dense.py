@@ -385,3 +385,47 @@ def test_linear_with_an_empty_sum_gives_zeros(backend):
     np.testing.assert_array_equal(to_numpy(db), np.zeros(2))
     np.testing.assert_array_equal(to_numpy(ops.matmul(*on(backend, np.ones((3, 0), f32), np.ones((0, 2), f32)))),
                                   np.zeros((3, 2)))
+
+
+class _RecordedGemm:
+    """A backend's extension whose GEMM launchers only record each call's M (rows of C)."""
+
+    def __init__(self, ext):
+        self._ext, self.rows = ext, []
+
+    def _record(self, a, b, bias, c, m, *args):
+        self.rows.append(m)
+
+    gemm_f32 = gemm_f64 = _record
+
+    def __getattr__(self, name):
+        return getattr(self._ext, name)
+
+
+def test_gemm_of_more_rows_than_the_grid_holds_runs_in_row_blocks(native_backend, monkeypatch):
+    """C's rows are the grid's y dimension, at most 65535 blocks of BM >= 64 rows: a linear layer or
+    matmul of more rows (e.g. per-pixel features, 9M x 1) raised 'gemm: M too large for the grid's y
+    dimension' on emu and cuda. Such products run in row blocks of A and C, each within the grid."""
+    from fastconv._native import dense as native_dense
+    recorded = _RecordedGemm(native_backend.ext)
+    monkeypatch.setattr(native_backend, "ext", recorded)
+    rows = 2 * 65535 * 64 + 5
+    x = native_backend.xp.zeros((rows, 1), np.float32)
+    ops.linear_forward(x, native_backend.xp.zeros((1, 1), np.float32))
+    assert max(recorded.rows) <= 65535 * 64 and sum(recorded.rows) == rows
+    monkeypatch.undo()
+    # the blocks' results, with a small block size: every row once, bias and activation on each block
+    monkeypatch.setattr(native_dense, "GEMM_MAX_ROWS", 48)
+    rng = np.random.default_rng(12)
+    a, b, bias = rng.standard_normal((130, 7)), rng.standard_normal((5, 7)), rng.standard_normal(5)
+    for trans_a in (False, True):
+        a_in = a.T.copy() if trans_a else a
+        out = ops.matmul(*on(native_backend, a_in.astype(np.float32), b.astype(np.float32)), trans_a=trans_a,
+                         trans_b=True)
+        assert_matches(out, lambda a, b: a @ b.T, [a, b], np.float32)
+    out = ops.linear_forward(*on(native_backend, *(t.astype(np.float64) for t in (a, b, bias))), activation="sigmoid")
+    assert_matches(out, lambda x, w, c: _sigmoid64(x @ w.T + c), [a, b, bias], np.float64)
+    dy = rng.standard_normal((130, 5))
+    dx, dw, db = ops.linear_backward(*on(native_backend, *(t.astype(np.float32) for t in (dy, a, b))))
+    assert_matches(dx, lambda dy, w: dy @ w, [dy, b], np.float32)
+    assert_matches(dw, lambda dy, x: dy.T @ x, [dy, a], np.float32)

@@ -5,17 +5,33 @@ __all__ = ["matmul", "linear_forward", "linear_backward", "relu_forward", "relu_
            "sigmoid_forward", "sigmoid_backward"]
 
 
+# The GEMM kernels take C's rows in the grid's y dimension, at most 65535 blocks of BM >= 64 rows
+# (csrc/kernels/dense.cuh, gemm_launch): a product of more rows (a linear layer over 4M+ pixels'
+# features) runs in blocks of this many rows of A and C, one launch each.
+GEMM_MAX_ROWS = 65535 * 64
+
+
 def _gemm(be, a, b, bias, trans_a, trans_b, activation):
     m = a.shape[1] if trans_a else a.shape[0]
     k = a.shape[0] if trans_a else a.shape[1]
     n = b.shape[0] if trans_b else b.shape[1]
     c = be.empty((m, n), a.dtype)
+    for m0 in range(0, m, GEMM_MAX_ROWS):
+        m1 = min(m, m0 + GEMM_MAX_ROWS)
+        # op(A)'s rows m0:m1: A's rows, or (transposed) its columns, copied to a contiguous block
+        rows = a if m1 - m0 == m else (be.xp.ascontiguousarray(a[:, m0:m1]) if trans_a else a[m0:m1])
+        _gemm_rows(be, rows, b, bias, c[m0:m1], trans_a, trans_b, activation)
+    return c
+
+
+def _gemm_rows(be, a, b, bias, c, trans_a, trans_b, activation):
+    """c (m, n), C-contiguous, = act(op(a) @ op(b) + bias), m within the grid (GEMM_MAX_ROWS)."""
+    (m, n), k = c.shape, (a.shape[0] if trans_a else a.shape[1])
     tile = be.ext.gemm_tile(m, n, k)
     splits = be.ext.gemm_splits(m, n, k, tile)  # split-K for few tiles and a long K (see dense.cuh)
     workspace = be.empty((splits, m, n), a.dtype) if splits > 1 else None
     be.kernel("gemm", a.dtype)(be.ptr(a), be.ptr(b), be.ptr(bias), be.ptr(c), m, n, k, trans_a, trans_b,
                                ACTIVATIONS[activation], be.ptr(workspace), tile, splits, be.stream())
-    return c
 
 
 def matmul(be, a, b, trans_a, trans_b):
