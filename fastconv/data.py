@@ -106,7 +106,8 @@ class Standardizer:
     """(x - mean) / std per feature, with mean and std from the training rows.
 
     Statistics run over axis 0 (the rows). A feature that is constant in training
-    gets std 1, so it maps to 0 instead of dividing by zero.
+    (max == min) gets its value as mean and std 1, so it maps to 0 instead of dividing
+    by zero (or by its mean's rounding error).
     """
 
     def __init__(self):
@@ -125,9 +126,12 @@ class Standardizer:
             listed = f"{bad[:10]}{' ...' if len(bad) > 10 else ''}"
             where = {1: "", 2: f" in column(s) {listed}"}.get(x.ndim, f" in feature(s) {listed} (flattened)")
             raise ValueError(f"x has NaN or inf values{where}; remove or impute them before standardizing")
-        self.mean_ = x.mean(axis=0, dtype=np.float64)
+        # Constant means max == min: the float64 mean of a constant column is rounded (0.1 over 1000
+        # rows is 0.1 + 1.4e-17), so its std is ~1e-17, not 0, and would map the column to +-1.
+        constant = x.max(axis=0) == x.min(axis=0)
+        self.mean_ = np.where(constant, x[0], x.mean(axis=0, dtype=np.float64)).astype(np.float64)
         std = x.std(axis=0, dtype=np.float64)
-        self.std_ = np.where(std > 0, std, 1.0)
+        self.std_ = np.where(constant | ~(std > 0), 1.0, std)
         return self
 
     def transform(self, x):

@@ -87,6 +87,20 @@ def test_standardizer_fit_on_train_only_and_state_round_trip():
     np.testing.assert_array_equal(restored.transform(x_val), scaler.transform(x_val))
 
 
+@pytest.mark.parametrize("value,rows", [(0.1, 1000), (3.3, 10**5), (-7.7, 999)])
+def test_standardizer_maps_a_constant_feature_to_zero(value, rows):
+    """A constant column's float64 mean is rounded (0.1 over 1000 rows: 0.1 + 1.4e-17), so its std
+    came out ~1e-17, not 0: the column mapped to -1.0 (or +1.0) everywhere, and a test value off by
+    1e-7 to ~1e10. Constant means max == min in training: std 1, mean the value, 0 after."""
+    x = np.stack([np.full(rows, value), np.arange(rows, dtype=np.float64)], axis=1)
+    scaler = D.Standardizer().fit(x)
+    z = scaler.transform(x)
+    assert np.all(z[:, 0] == 0.0)
+    assert scaler.std_[0] == 1.0
+    assert abs(float(scaler.transform(np.array([[value + 1e-7, 0.0]]))[0, 0])) < 1e-6
+    np.testing.assert_allclose(z[:, 1].std(), 1.0, rtol=1e-12)
+
+
 def test_standardizer_errors():
     with pytest.raises(RuntimeError, match="not fitted"):
         D.Standardizer().transform(np.zeros((2, 2)))
