@@ -175,7 +175,8 @@ def _improved(value, best, mode):
 
 def evaluate(model, loss_fn, data, batch_size, metric_fn=None):
     """(mean loss, metric or None) of the model on (x, y), in eval mode. The metric is NaN when the
-    outputs are not all finite or the loss is NaN (a diverged model): no metric can score those."""
+    outputs are not all finite or the loss is NaN (a diverged model): no metric can score those.
+    The loss is the whole set's, whatever the batch size (with class weights, their weighted mean)."""
     return _evaluate(model, loss_fn, data, batch_size, metric_fn)[:2]
 
 
@@ -183,19 +184,24 @@ def _evaluate(model, loss_fn, data, batch_size, metric_fn=None):
     """evaluate()'s (loss, metric) and whether the outputs were all finite and the loss not NaN."""
     x, y = data
     xp = _backend.current().xp
+    # A class-weighted mean is sum w[y_i] l_i / sum w[y_i] over the set: batch means weighted by their
+    # rows would be another number, and NaN (0/0) for a batch whose labels all weigh 0. Its loss is
+    # taken once, over the outputs of every batch.
+    weighted = isinstance(loss_fn, _losses.CrossEntropyLoss) and loss_fn.weight is not None
     was_training = model.training
     model.eval()
     total, outs, finite = 0.0, [], True
     try:
         for i in range(0, len(x), batch_size):
             out = model(xp.asarray(x[i:i + batch_size]))
-            total += float(loss_fn(out, y[i:i + batch_size])) * len(out)
+            if not weighted:
+                total += float(loss_fn(out, y[i:i + batch_size])) * len(out)
             finite = finite and bool(xp.isfinite(out).all())
-            if metric_fn is not None:
+            if metric_fn is not None or weighted:
                 outs.append(to_numpy(out))
     finally:
         model.train(was_training)
-    loss = total / len(x)
+    loss = float(loss_fn(xp.asarray(np.concatenate(outs)), y)) if weighted else total / len(x)
     finite = finite and not math.isnan(loss)
     value = None
     if metric_fn is not None:

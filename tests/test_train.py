@@ -347,3 +347,19 @@ def test_search_settings_from_numpy_and_n_trials_checked(tmp_path):
         with pytest.raises(error, match="n_trials must be an int"):
             train.search(build, {"lr": [0.01, 0.05]}, (x, y), val, out_dir=tmp_path / "n", n_trials=n_trials,
                          epochs=1, batch_size=16, verbose=False)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_evaluate_with_class_weights_is_the_whole_sets_weighted_mean(label_smoothing):
+    """With class weights the loss is sum w[y_i] l_i / sum w[y_i]: batch means weighted by their rows
+    are another number (it changed with the batch size), and NaN once a batch's labels all weigh 0
+    (0/0), which made a fine model's validation 'diverged' (never the best, early stopping)."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((8, 3)).astype(np.float32)
+    y = np.array([0, 0, 0, 0, 1, 2, 1, 2])
+    model = nn.Sequential(nn.Linear(3, 3, seed=0))
+    loss_fn = losses.CrossEntropyLoss(weight=np.array([0.0, 1.0, 3.0]), label_smoothing=label_smoothing)
+    whole = float(loss_fn(model(x), y))
+    for batch_size in (8, 4, 3, 2):
+        loss, _ = train.evaluate(model, loss_fn, (x, y), batch_size)
+        assert loss == pytest.approx(whole, rel=1e-6), batch_size
