@@ -73,6 +73,15 @@ def on_backend(x, name: str, be):
         raise TypeError(f"{name} must be an array, got {type(x).__name__}") from exc
 
 
+def refuse_byte_order(a, name: str):
+    """TypeError for a float32 / float64 array in non-native byte order (data read from a
+    big-endian file): the kernels read native floats, and its dtype prints as '>f4', not float32."""
+    dtype = a.dtype
+    if dtype.kind == "f" and not dtype.isnative and dtype.newbyteorder("=") in FLOAT_DTYPES:
+        raise TypeError(f"{name} is {dtype.name} in non-native byte order ({dtype.str}): convert it with "
+                        f"{name}.astype(np.{dtype.name})")
+
+
 def tensor(x, name: str, be, ndim=None, dtype=None):
     """Validates one floating input and returns it as a C-contiguous backend array.
 
@@ -82,6 +91,7 @@ def tensor(x, name: str, be, ndim=None, dtype=None):
         raise TypeError(f"{name} is required, got None")
     a = on_backend(x, name, be)
     if a.dtype not in FLOAT_DTYPES:
+        refuse_byte_order(a, name)
         kind = {"i": "integer", "u": "unsigned integer", "b": "boolean", "c": "complex"}.get(a.dtype.kind, str(a.dtype))
         raise TypeError(f"{name} must be float32 or float64, got {kind} dtype {a.dtype}")
     if dtype is not None and a.dtype != dtype:

@@ -19,7 +19,7 @@ import numbers
 import numpy as np
 
 from .. import backend as _backend
-from ._check import FLOAT_DTYPES, flag, number, on_backend, shape_str, tensor
+from ._check import FLOAT_DTYPES, flag, number, on_backend, refuse_byte_order, shape_str, tensor
 
 __all__ = ["sgd_step", "sgd_step_foreach", "adam_step", "adam_step_foreach"]
 
@@ -41,6 +41,7 @@ def _updatable(a, name: str, be, like=None):
                         f"backend, got {type(a).__module__}.{type(a).__name__}")
     a = array  # an ndarray subclass's plain view, updated in place all the same
     if a.dtype not in FLOAT_DTYPES:
+        refuse_byte_order(a, name)
         raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
     if like is not None:
         if a.dtype != like.dtype:
