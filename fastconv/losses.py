@@ -181,7 +181,8 @@ class BCEWithLogitsLoss(Loss):
             if host.ndim != 1 or host.dtype.kind not in "fiu" or not (host >= 0).all():
                 raise ValueError(f"BCEWithLogitsLoss: pos_weight must be a non-negative scalar or 1-D array (not NaN), "
                                  f"got {pos_weight!r}")
-            pos_weight = host
+            pos_weight = np.array(host)  # a copy the caller cannot change behind the check (as
+            pos_weight.flags.writeable = False  # CrossEntropyLoss's weight)
         self.pos_weight = pos_weight
 
     def __call__(self, logits, targets):

@@ -136,3 +136,18 @@ def test_masked_targets_and_labels_are_refused(backend):
         losses.BCEWithLogitsLoss()(on(backend, np.zeros(2)), masked)
     with pytest.raises(TypeError, match=r"CrossEntropyLoss: labels is a numpy.ma.MaskedArray"):
         losses.CrossEntropyLoss()(on(backend, np.zeros((2, 2))), np.ma.masked_array([0, 1], mask=[0, 1]))
+
+
+def test_bce_pos_weight_is_a_read_only_copy():
+    """BCEWithLogitsLoss checks pos_weight once, as CrossEntropyLoss its class weights, so it keeps a
+    copy: the caller's array changed to -5 afterwards made the loss negative, unchecked."""
+    pos_weight = np.array([2.0], np.float32)
+    loss_fn = losses.BCEWithLogitsLoss(pos_weight=pos_weight)
+    pos_weight[0] = -5.0
+    assert float(loss_fn.pos_weight[0]) == 2.0
+    with pytest.raises(ValueError):
+        loss_fn.pos_weight[0] = -5.0
+    logits = np.array([[0.5], [-1.0]], np.float32)
+    targets = np.array([[1.0], [0.0]], np.float32)
+    expected = ops.bce_with_logits_forward(logits, targets, np.array([2.0], np.float32))
+    assert float(loss_fn(logits, targets)) == float(expected) > 0
