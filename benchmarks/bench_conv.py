@@ -13,8 +13,8 @@ from harness import Row, Timing, measure, torch_peer
 
 # (name, N, C_in, H, W, C_out, k, padding[, stride]): the LeNet-style reference CNN at batch 128; on
 # the CPU two wide 3x3 layers at batch 16 (transformed weights of 4 and 16 MiB for Winograd) and two
-# of a ResNet's last stages (neither goes by Winograd or the stride-1 tiles' strengths: im2col and
-# GEMMs for stride 2; 49 positions a sample for the 1x1), on the GPU a larger layer.
+# of a ResNet's last stages (neither goes by Winograd or the stride-1 tiles' strengths: per-tap GEMMs
+# over the input's phases for stride 2; 49 positions a sample for the 1x1), on the GPU a larger layer.
 LAYERS = {
     "cpu": [("conv1 1->32 28x28 k3", 128, 1, 28, 28, 32, 3, 1), ("conv2 32->64 14x14 k3", 128, 32, 14, 14, 64, 3, 1),
             ("wide 256->256 14x14 k3", 16, 256, 14, 14, 256, 3, 1), ("deep 512->512 7x7 k3", 16, 512, 7, 7, 512, 3, 1),
