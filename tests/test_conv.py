@@ -360,6 +360,39 @@ def test_cpu_strided_layers_by_phases(monkeypatch, name):
 
 
 @needs_simd
+@pytest.mark.parametrize("x_shape, c_out", [((3, 17, 7, 7), 33), ((2, 40, 6, 5), 130), ((5, 16, 1, 3), 8),
+                                            ((2, 24, 4, 4), 18)])
+def test_cpu_pointwise_forward_by_the_batch_columns(monkeypatch, x_shape, c_out):
+    # 1x1, stride 1, no padding, groups 1, at most 64 positions not a whole number of gemm32 strips:
+    # one product over the batch's columns (test_forward checks the "1x1" cases' values on every
+    # backend); the same bits on one thread, with a fused activation those of the ops one by one, and
+    # fused with a max pooling, the two ops
+    import numba
+    from fastconv._cpu import _gemm32, conv
+    calls, pointwise = [], conv._forward_by_pointwise
+    monkeypatch.setattr(conv, "_forward_by_pointwise", lambda *a: (calls.append(1), pointwise(*a))[1])
+    rng = np.random.default_rng(sum(x_shape))
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in (x_shape, (c_out, x_shape[1], 1, 1), (c_out,)))
+    geo = Geometry(x_shape, w.shape, 1, 0, 1, 1)
+    y = ops.conv2d_forward(x, w, b)
+    assert calls == ([1] if geo.oh * geo.ow % _gemm32.NR else [])
+    assert_matches(y, geo.forward, [x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)], np.float32)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        np.testing.assert_array_equal(ops.conv2d_forward(x, w, b), y)
+    finally:
+        numba.set_num_threads(threads)
+    for activation, op in (("relu", ops.relu_forward), ("sigmoid", ops.sigmoid_forward)):
+        np.testing.assert_array_equal(ops.conv2d_forward(x, w, b, activation=activation), op(y))
+    if min(y.shape[2:]) >= 2:
+        pooled, indices = ops.conv2d_max_pool2d_forward(x, w, b, activation="relu", pool_kernel=2)
+        want, want_indices = ops.max_pool2d_forward(ops.relu_forward(y), 2)
+        np.testing.assert_array_equal(pooled, want)
+        np.testing.assert_array_equal(indices, want_indices)
+
+
+@needs_simd
 @pytest.mark.parametrize("x_shape, c_out", [((3, 17, 7, 7), 33), ((2, 40, 8, 8), 16), ((5, 16, 1, 5), 20),
                                             ((2, 24, 5, 13), 18), ((4096, 16, 8, 8), 16)])
 def test_cpu_pointwise_backward_by_the_linear_layer(monkeypatch, x_shape, c_out):
