@@ -77,15 +77,31 @@ def predict(model, x, batch_size=256):
     once on the empty batch, which gives the output's other dimensions and dtype."""
     batch_size = _positive_int(batch_size, "batch_size")
     xp = _backend.current().xp
-    was_training = model.training
-    model.eval()
+    modes = _eval_mode(model)
     try:
         if len(x) == 0:
             return _predict_empty(model, xp.asarray(x))
         outs = [to_numpy(model(xp.asarray(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
     finally:
-        model.train(was_training)
+        _restore_modes(model, modes)
     return np.concatenate(outs, axis=0)
+
+
+def _eval_mode(model):
+    """Puts the model in eval mode; returns what _restore_modes needs to put back each submodule's
+    own mode (a model in training with one layer set to eval, or the reverse, keeps that layer's)."""
+    modules = list(model.modules()) if callable(getattr(model, "modules", None)) else [model]
+    modes = model.training, [(m, m.training) for m in modules]
+    model.eval()
+    return modes
+
+
+def _restore_modes(model, modes):
+    was_training, each = modes
+    model.train(was_training)  # (the model's own train(), where a subclass does more there)
+    for m, training in each:
+        if m.training != training:
+            m.training = training
 
 
 def _predict_empty(model, x):
@@ -188,8 +204,7 @@ def _evaluate(model, loss_fn, data, batch_size, metric_fn=None):
     # rows would be another number, and NaN (0/0) for a batch whose labels all weigh 0. Its loss is
     # taken once, over the outputs of every batch.
     weighted = isinstance(loss_fn, _losses.CrossEntropyLoss) and loss_fn.weight is not None
-    was_training = model.training
-    model.eval()
+    modes = _eval_mode(model)
     total, outs, finite = 0.0, [], True
     try:
         for i in range(0, len(x), batch_size):
@@ -200,7 +215,7 @@ def _evaluate(model, loss_fn, data, batch_size, metric_fn=None):
             if metric_fn is not None or weighted:
                 outs.append(to_numpy(out))
     finally:
-        model.train(was_training)
+        _restore_modes(model, modes)
     loss = float(loss_fn(xp.asarray(np.concatenate(outs)), y)) if weighted else total / len(x)
     finite = finite and not math.isnan(loss)
     value = None

@@ -363,3 +363,21 @@ def test_evaluate_with_class_weights_is_the_whole_sets_weighted_mean(label_smoot
     for batch_size in (8, 4, 3, 2):
         loss, _ = train.evaluate(model, loss_fn, (x, y), batch_size)
         assert loss == pytest.approx(whole, rel=1e-6), batch_size
+
+
+def test_predict_and_evaluate_restore_each_layers_own_mode():
+    """A layer set apart from its model (a Dropout switched off in a training model, or on in an
+    eval model) keeps its mode through predict/evaluate: restoring only the model's flag with
+    model.train(flag) overwrote every layer's, so a disabled Dropout came back on, silently."""
+    x, y = blobs(20, seed=5)
+    model = mlp(dropout=0.5)
+    model.train()
+    model[2].eval()
+    train.predict(model, x)
+    train.evaluate(model, losses.CrossEntropyLoss(), (x, y), 8)
+    assert [m.training for m in model.modules()] == [True, True, True, False, True]
+    model.eval()
+    model[2].train()
+    train.predict(model, x)
+    train.evaluate(model, losses.CrossEntropyLoss(), (x, y), 8)
+    assert [m.training for m in model.modules()] == [False, False, False, True, False]
