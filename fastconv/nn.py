@@ -116,6 +116,16 @@ class Module:
                 return
         params = self.__dict__.setdefault("_parameters", OrderedDict())
         modules = self.__dict__.setdefault("_modules", OrderedDict())
+        if not isinstance(value, (Parameter, Module)) and value is not None:
+            # As PyTorch: an array (or anything else) in a parameter's place would silently drop the
+            # parameter from parameters(), state_dict() and checkpoints (untrained, unsaved).
+            if name in params:
+                raise TypeError(f"cannot assign a {type(value).__name__} as parameter {name!r} of "
+                                f"{type(self).__name__} (a fastconv.nn.Parameter or None expected; to change "
+                                f"its values, write into .{name}.data)")
+            if name in modules:
+                raise TypeError(f"cannot assign a {type(value).__name__} as submodule {name!r} of "
+                                f"{type(self).__name__} (a fastconv.nn.Module or None expected)")
         params.pop(name, None)
         modules.pop(name, None)
         if isinstance(value, Parameter):

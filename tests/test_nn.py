@@ -491,3 +491,24 @@ def test_relu_backward_after_an_unfused_forward_that_followed_a_fused_one(backen
     for layer in reversed(list(model)):
         g = layer.backward(g)
     assert to_numpy(g).tobytes() == fused_dx.tobytes()
+
+
+def test_assigning_an_array_to_a_parameter_or_a_submodule_is_refused():
+    """As torch: layer.weight = array silently unregistered the weight (no longer in parameters(),
+    state_dict() or a checkpoint, so never trained nor saved) while forward still used the array."""
+    layer = nn.Linear(3, 2, seed=0)
+    with pytest.raises(TypeError, match="parameter 'weight'"):
+        layer.weight = np.ones((2, 3), np.float32)
+    assert [n for n, _ in layer.named_parameters()] == ["weight", "bias"]
+    model = nn.Sequential(nn.Linear(3, 2, seed=0))
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            self.body = model
+
+    wrapper = Wrapper()
+    with pytest.raises(TypeError, match="submodule 'body'"):
+        wrapper.body = 3
+    assert len(wrapper.parameters()) == 2
+    layer.bias = None  # None stays allowed: a layer without bias
+    assert [n for n, _ in layer.named_parameters()] == ["weight"]
