@@ -126,12 +126,17 @@ class Module:
             if name in modules:
                 raise TypeError(f"cannot assign a {type(value).__name__} as submodule {name!r} of "
                                 f"{type(self).__name__} (a fastconv.nn.Module or None expected)")
-        params.pop(name, None)
-        modules.pop(name, None)
+        # A Parameter (Module) replacing one keeps its place, as in torch: named_parameters(),
+        # state_dict() and an optimizer's parameter indices keep their order.
         if isinstance(value, Parameter):
+            modules.pop(name, None)
             params[name] = value
         elif isinstance(value, Module):
+            params.pop(name, None)
             modules[name] = value
+        else:
+            params.pop(name, None)
+            modules.pop(name, None)
         object.__setattr__(self, name, value)
 
     # --- computation -------------------------------------------------------------------------

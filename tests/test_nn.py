@@ -512,3 +512,15 @@ def test_assigning_an_array_to_a_parameter_or_a_submodule_is_refused():
     assert len(wrapper.parameters()) == 2
     layer.bias = None  # None stays allowed: a layer without bias
     assert [n for n, _ in layer.named_parameters()] == ["weight"]
+
+
+def test_a_replaced_parameter_keeps_its_place():
+    """layer.weight = Parameter(...) (new weights, or tying to another layer's) moved the weight
+    after the bias: named_parameters() and state_dict() came out of torch's order, and an optimizer
+    built afterwards numbered the parameters unlike one built on a fresh model, so its saved state
+    did not load into the same architecture."""
+    first, second = nn.Linear(3, 3, seed=0), nn.Linear(3, 3, seed=1)
+    second.weight = first.weight
+    model = nn.Sequential(first, nn.ReLU(), second)
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert [p.shape for p in model.parameters()] == [(3, 3), (3,), (3,)]
