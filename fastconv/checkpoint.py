@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import time
 import uuid
@@ -100,6 +101,12 @@ def _json_normal(value, what):
                         f"bools, None): {exc}") from None
 
 
+def _host_array(a):
+    """A C-contiguous host copy of a device array, of the same shape: np.ascontiguousarray alone
+    makes a 0-d array (a scalar parameter) 1-d, which then no longer loads into its parameter."""
+    return np.ascontiguousarray(to_numpy(a)).reshape(tuple(a.shape))
+
+
 def _split_optimizer(optimizer):
     """(JSON-able optimizer state, {safetensors key: host array})."""
     sd = optimizer.state_dict()
@@ -107,8 +114,9 @@ def _split_optimizer(optimizer):
     for i, entry in sd["state"].items():
         state[str(i)] = {}
         for key, value in entry.items():
-            if hasattr(value, "shape") and getattr(value, "ndim", 0) > 0:
-                arrays[f"{OPTIM_PREFIX}{i}.{key}"] = np.ascontiguousarray(to_numpy(value))
+            if hasattr(value, "shape") and not isinstance(value, (np.generic, numbers.Number)):
+                # (a 0-d buffer too: the state of a scalar parameter; "step" is a Python int)
+                arrays[f"{OPTIM_PREFIX}{i}.{key}"] = _host_array(value)
             else:
                 state[str(i)][key] = _jsonable(value)
     return {"type": sd["type"], "hyperparameters": _jsonable(sd["hyperparameters"]), "state": state}, arrays
@@ -147,7 +155,7 @@ def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, ext
         "scheduler": None if scheduler is None else _json_normal(_jsonable(scheduler.state_dict()), "scheduler state"),
         "extra": _json_normal(extra, "extra"),
     }
-    tensors = {name: np.ascontiguousarray(to_numpy(a)) for name, a in model.state_dict().items()}
+    tensors = {name: _host_array(a) for name, a in model.state_dict().items()}
     if optimizer is not None:
         optim_state, optim_arrays = _split_optimizer(optimizer)
         info["optimizer"] = _json_normal(optim_state, "optimizer state")

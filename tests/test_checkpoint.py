@@ -228,3 +228,41 @@ def test_a_re_signed_json_missing_fields_is_a_clear_error(tmp_path, edit, match)
         checkpoint.load(tmp_path / "ck")
     with pytest.raises(CheckpointError, match=match):
         checkpoint.load_into(tmp_path / "ck", model)
+
+
+class _Scale(nn.Module):
+    """A layer with a scalar (0-d) parameter, as a learned temperature."""
+
+    def __init__(self):
+        self.t = nn.Parameter(np.array(1.5), "t")
+
+    def _args(self):
+        return {}
+
+    def forward(self, x):
+        self._x = x
+        return x * self.t.data
+
+    def backward(self, dy):
+        self.t.accumulate(np.array((dy * self._x).sum()))
+        return dy * self.t.data
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.Adam(ps, lr=0.1), lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9)])
+def test_a_scalar_parameter_and_its_optimizer_state_round_trip(tmp_path, make):
+    """np.ascontiguousarray made the 0-d weight 1-d on save (the checkpoint then failed to load:
+    shape (1,) vs ()), and its 0-d Adam/momentum buffers went to the JSON (a TypeError on save)."""
+    nn.register(_Scale)
+    model = nn.Sequential(nn.Linear(2, 2, dtype=np.float64, seed=0), _Scale())
+    opt = make(model.parameters())
+    model(np.ones((2, 2)))
+    model.backward(np.ones((2, 2)))
+    opt.step()
+    checkpoint.save(tmp_path, model, optimizer=opt, epoch=1)
+    loaded, _ = checkpoint.load(tmp_path)
+    assert loaded[1].t.shape == () and loaded[1].t.data == model[1].t.data
+    opt2 = make(loaded.parameters())
+    checkpoint.load_into(tmp_path, loaded, opt2)
+    assert opt2.state[2].keys() == opt.state[2].keys()
+    for key, value in opt.state[2].items():
+        np.testing.assert_array_equal(opt2.state[2][key], value)
