@@ -266,3 +266,16 @@ def test_a_scalar_parameter_and_its_optimizer_state_round_trip(tmp_path, make):
     assert opt2.state[2].keys() == opt.state[2].keys()
     for key, value in opt.state[2].items():
         np.testing.assert_array_equal(opt2.state[2][key], value)
+
+
+def test_load_leaves_the_layer_initialization_generator_alone(tmp_path):
+    """load() rebuilds the model from its config, which drew fresh weights and Dropout seeds from the
+    generator nn.manual_seed sets: every model built after a load (train.search's next trial, after
+    an improved one was copied) got other initial weights than without the load."""
+    model, _ = model_and_input()
+    checkpoint.save(tmp_path, model, epoch=0)
+    nn.manual_seed(3)
+    expected = nn.Linear(4, 4).weight.data.copy()
+    nn.manual_seed(3)
+    checkpoint.load(tmp_path)
+    np.testing.assert_array_equal(nn.Linear(4, 4).weight.data, expected)
