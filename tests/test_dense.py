@@ -429,3 +429,24 @@ def test_gemm_of_more_rows_than_the_grid_holds_runs_in_row_blocks(native_backend
     dx, dw, db = ops.linear_backward(*on(native_backend, *(t.astype(np.float32) for t in (dy, a, b))))
     assert_matches(dx, lambda dy, w: dy @ w, [dy, b], np.float32)
     assert_matches(dw, lambda dy, x: dy.T @ x, [dy, a], np.float32)
+
+
+def test_cpu_fused_sigmoid_epilogue_compiles_without_numba_ir_warnings(tmp_path):
+    """The float64 epilogues compile the _SIGMOID16 branch too (sigmoid_in_place's scalar form):
+    inlined at the IR level into _epilogue it warned NumbaIRAssumptionWarning ('... is not in
+    scope', 'please report to Numba') on a fresh cache, in users' first float64 training step. A
+    child process with its own empty cache compiles the linear forwards, serial and threaded,
+    with that warning an error."""
+    import os
+    import subprocess
+    import sys
+    code = ("import warnings, numpy as np, fastconv; from fastconv import ops; from numba.core import errors\n"
+            "warnings.simplefilter('error', errors.NumbaIRAssumptionWarning); fastconv.use_backend('cpu').__enter__()\n"
+            "for dt in (np.float64, np.float32):\n"
+            "    for n, k, m in ((3, 4, 5), (600, 64, 64)):\n"
+            "        ops.linear_forward(np.ones((n, k), dt), np.ones((m, k), dt), np.ones(m, dt), activation='sigmoid')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), PYTHONPATH=root)
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0 and "NumbaIRAssumptionWarning" not in result.stderr, result.stderr[-2000:]

@@ -57,10 +57,12 @@ def _sigmoid(v):
 def sigmoid_in_place(a, lo, hi):
     """a[lo:hi] = sigmoid(a[lo:hi]) for an epilogue under _SIGMOID16: sigmoid16's bits for 1-D
     C-contiguous float32 (another float32 layout does not compile); other dtypes, which never get
-    _SIGMOID16 but are compiled with the branch, take _sigmoid."""
+    _SIGMOID16 but are compiled with the branch, take _sigmoid. Not inline="always": Numba's IR
+    inlining of _sigmoid through it into _epilogue (float64) warned NumbaIRAssumptionWarning; LLVM
+    inlines it anyway."""
 
 
-@overload(sigmoid_in_place, inline="always")
+@overload(sigmoid_in_place)
 def _sigmoid_in_place(a, lo, hi):
     if a.dtype == types.float32:
         if a.ndim == 1 and a.layout == "C":
