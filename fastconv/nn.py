@@ -535,7 +535,18 @@ class Flatten(Module):
         return dy.reshape(self._cached("_x_shape"))
 
 
-_UNMASKED = object()  # Dropout's forward was the identity (eval mode, or p = 0)
+class _Unmasked:
+    """The type of _UNMASKED. Its copies (copy, deepcopy, pickle) are _UNMASKED itself: Dropout
+    tests `mask is _UNMASKED`, which a copied model's plain object() would fail (dy * object())."""
+
+    def __reduce__(self):
+        return "_UNMASKED"
+
+    def __repr__(self):
+        return "_UNMASKED"
+
+
+_UNMASKED = _Unmasked()  # Dropout's forward was the identity (eval mode, or p = 0)
 
 
 class Dropout(Module):

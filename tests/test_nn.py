@@ -243,6 +243,20 @@ def test_dropout_backward_needs_a_forward_even_when_it_is_the_identity(backend):
     np.testing.assert_array_equal(to_numpy(drop.backward(dy)), to_numpy(dy))
 
 
+
+def test_dropout_identity_forward_survives_copy_and_pickle():
+    """After an identity forward (eval mode, or p = 0) a copied or unpickled model's backward passes
+    dy on: the marker must stay the module's own object (an object() sentinel became a new object
+    in the copy, and backward computed dy * object(): TypeError)."""
+    import copy
+    import pickle
+    dy = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for drop in (nn.Dropout(0.5).eval(), nn.Dropout(0.0)):
+        model = nn.Sequential(drop)
+        model(np.ones((2, 3), np.float32))
+        for clone in (copy.copy(drop), copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+            np.testing.assert_array_equal(to_numpy(clone.backward(dy)), dy)
+
 def test_a_cnn_with_flatten_runs_on_an_empty_batch(backend):
     """N = 0 goes through every layer (the ops accept it); Flatten reshaped to (0, -1), which NumPy and
     CuPy refuse for a zero-size array."""
