@@ -245,16 +245,19 @@ class SGD(Optimizer):
             for part, array in zip(group, (p.data, p.grad, velocity)):
                 part.append(array)
             indices.setdefault(p.data.dtype, []).append(i)
+        calls = []  # every dtype's call checked before any runs: a bad array fails the step with nothing changed
         for dtype, (params, grads, velocities) in groups.items():
             try:
-                ops.sgd_step_foreach(params, grads, velocities if self.momentum > 0 else None, lr=self.lr,
-                                     momentum=self.momentum, weight_decay=self.weight_decay,
-                                     nesterov=self.nesterov)
+                calls.append(ops.optim.prepare_sgd_step_foreach(
+                    params, grads, velocities if self.momentum > 0 else None, lr=self.lr, momentum=self.momentum,
+                    weight_decay=self.weight_decay, nesterov=self.nesterov))
             except (TypeError, ValueError) as exc:  # name the optimizer's parameters, not the call's
                 if type(exc) not in (TypeError, ValueError):
                     raise
                 raise type(exc)(f"SGD.step: {exc} (params[k], grads[k] and velocities[k] of this call belong to "
                                 f"the optimizer's parameter {indices[dtype]}[k])") from exc
+        for call in calls:
+            call()
         for i, velocity in created.items():
             self.state.setdefault(i, {})["momentum_buffer"] = velocity
 
@@ -289,18 +292,22 @@ class Adam(Optimizer):
             s = self.state.get(i) or dict(exp_avg=self._zeros_like(p), exp_avg_sq=self._zeros_like(p), step=0)
             states[i] = dict(s, step=s["step"] + 1)
             groups.setdefault(p.data.dtype, []).append(i)
+        calls = []  # every dtype's call checked before any runs: a bad array fails the step with nothing changed
         for indices in groups.values():
             params = [self.params[i] for i in indices]
             try:
-                ops.adam_step_foreach([p.data for p in params], [p.grad for p in params],
-                                      [states[i]["exp_avg"] for i in indices], [states[i]["exp_avg_sq"] for i in indices],
-                                      [states[i]["step"] for i in indices], lr=self.lr, beta1=beta1, beta2=beta2,
-                                      eps=self.eps, weight_decay=self.weight_decay, decoupled=self._decoupled)
+                calls.append(ops.optim.prepare_adam_step_foreach(
+                    [p.data for p in params], [p.grad for p in params], [states[i]["exp_avg"] for i in indices],
+                    [states[i]["exp_avg_sq"] for i in indices], [states[i]["step"] for i in indices], lr=self.lr,
+                    beta1=beta1, beta2=beta2, eps=self.eps, weight_decay=self.weight_decay,
+                    decoupled=self._decoupled))
             except (TypeError, ValueError) as exc:  # name the optimizer's parameters, not the call's
                 if type(exc) not in (TypeError, ValueError):
                     raise
                 raise type(exc)(f"{type(self).__name__}.step: {exc} (params[k], grads[k], ms[k] and vs[k] of this "
                                 f"call belong to the optimizer's parameter {indices}[k])") from exc
+        for call in calls:
+            call()
         self.state.update(states)
 
 

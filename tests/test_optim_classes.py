@@ -214,6 +214,32 @@ def test_a_failed_step_changes_nothing(cls):
         assert [opt.state[i]["step"] for i in range(3)] == [2, 2, 2]
 
 
+
+@pytest.mark.parametrize("cls", [optim.SGD, optim.Adam, optim.AdamW])
+def test_a_step_of_several_dtypes_checks_every_call_before_running_any(cls):
+    """A step of two dtypes is two foreach calls; the pre-check covers params and grads only, so a
+    bad state buffer (here: a parameter replaced by one of the other dtype, its buffers left behind)
+    surfaced in the second call after the first had run: that group's params and buffers updated,
+    and (Adam) its step counts not advanced, so the retried step's bias corrections were wrong."""
+    params = [nn.Parameter(np.ones(3, np.float32), "a"), nn.Parameter(np.ones(2), "b"),
+              nn.Parameter(np.ones(4, np.float32), "c")]
+    opt = cls(params, lr=0.1, **({"momentum": 0.9} if cls is optim.SGD else {}))
+    for p in params:
+        p.grad = np.full(p.shape, 0.5, p.data.dtype)
+    opt.step()
+    params[2].data = params[2].data.astype(np.float64)  # its state buffers stay float32: the float64 call fails
+    for p in params:
+        p.grad = np.full(p.shape, 0.5, p.data.dtype)
+    data = [p.data.copy() for p in params]
+    state = {i: {k: (v.copy() if hasattr(v, "copy") else v) for k, v in s.items()} for i, s in opt.state.items()}
+    with pytest.raises(TypeError, match=rf"{cls.__name__}.step: "):
+        opt.step()
+    for p, before in zip(params, data):
+        np.testing.assert_array_equal(p.data, before)
+    for i, s in opt.state.items():
+        for k, v in s.items():
+            np.testing.assert_array_equal(v, state[i][k])
+
 def test_a_failed_first_adam_step_creates_no_state():
     p = nn.Parameter(np.ones(3))
     opt = optim.Adam([p], lr=0.1)

@@ -13,6 +13,7 @@ start at zero in torch too, and `step` is the 1-based count of steps taken, incl
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -144,6 +145,14 @@ def sgd_step_foreach(params, grads, velocities=None, *, lr, momentum=0.0, weight
     param has the same dtype. No array that is written (a param or a velocity) may share memory with
     any other array of the call; grads may share. Returns None.
     """
+    prepare_sgd_step_foreach(params, grads, velocities, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                             nesterov=nesterov)()
+
+
+def prepare_sgd_step_foreach(params, grads, velocities=None, *, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    """sgd_step_foreach's checks, changing nothing: returns the call (no arguments) that takes the
+    step. An optimizer whose step is several calls (several dtypes) prepares them all before it runs
+    any, so that a bad array in a later call fails the step with nothing changed."""
     be = _backend.current()
     lr, momentum, weight_decay, nesterov = _sgd_hyperparameters(lr, momentum, weight_decay, nesterov)
     params, grads = _sequence(params, "params"), _sequence(grads, "grads")
@@ -167,9 +176,10 @@ def sgd_step_foreach(params, grads, velocities=None, *, lr, momentum=0.0, weight
         if momentum > 0:  # (without momentum the velocities are neither read nor written)
             entries.append((f"velocities[{k}]", v, True))
     _disjoint(entries)
-    if params:
-        be.sgd_step_foreach(params, grads, velocities if momentum > 0 else [None] * len(params), lr, momentum,
-                            weight_decay, nesterov)
+    if not params:
+        return lambda: None
+    return functools.partial(be.sgd_step_foreach, params, grads,
+                             velocities if momentum > 0 else [None] * len(params), lr, momentum, weight_decay, nesterov)
 
 
 def _sequence(value, name):
@@ -211,6 +221,14 @@ def adam_step_foreach(params, grads, ms, vs, steps, *, lr, beta1=0.9, beta2=0.99
     param, an m or a v) may share memory with any other array of the call; grads may share. Every
     array is checked before any is updated. Returns None.
     """
+    prepare_adam_step_foreach(params, grads, ms, vs, steps, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                              weight_decay=weight_decay, decoupled=decoupled)()
+
+
+def prepare_adam_step_foreach(params, grads, ms, vs, steps, *, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                              weight_decay=0.0, decoupled=False):
+    """adam_step_foreach's checks, changing nothing: returns the call (no arguments) that takes the
+    step (see prepare_sgd_step_foreach)."""
     be = _backend.current()
     lr, beta1, beta2, eps, weight_decay, decoupled = _adam_hyperparameters(lr, beta1, beta2, eps, weight_decay,
                                                                            decoupled)
@@ -233,10 +251,11 @@ def adam_step_foreach(params, grads, ms, vs, steps, *, lr, beta1=0.9, beta2=0.99
         entries += [(f"params[{k}]", p, True), (f"grads[{k}]", grads[k], False), (f"ms[{k}]", ms[k], True),
                     (f"vs[{k}]", vs[k], True)]
     _disjoint(entries)
-    if params:
-        step_sizes, bias_corrections2_sqrt = zip(*(_bias_corrections(lr, beta1, beta2, t) for t in steps))
-        be.adam_step_foreach(params, grads, ms, vs, beta1, beta2, eps, weight_decay, decoupled, 1 - lr * weight_decay,
-                             list(step_sizes), list(bias_corrections2_sqrt))
+    if not params:
+        return lambda: None
+    step_sizes, bias_corrections2_sqrt = zip(*(_bias_corrections(lr, beta1, beta2, t) for t in steps))
+    return functools.partial(be.adam_step_foreach, params, grads, ms, vs, beta1, beta2, eps, weight_decay, decoupled,
+                             1 - lr * weight_decay, list(step_sizes), list(bias_corrections2_sqrt))
 
 
 def _step_count(step, name):
