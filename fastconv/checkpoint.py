@@ -342,6 +342,10 @@ def load_into(path, model, optimizer=None, scheduler=None, *, strict=True):
         if info["scheduler"].get("type") != type(scheduler).__name__:
             raise CheckpointError(f"the checkpoint {directory!r} holds a {info['scheduler'].get('type')} state, "
                                   f"not a {type(scheduler).__name__}")
+        try:  # before anything is written: load_state_dict below then cannot fail
+            scheduler.check_state_dict(info["scheduler"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"the scheduler state in {directory!r} does not fit the scheduler: {exc}") from None
 
     xp = _backend.current().xp
     for p, value in pairs:

@@ -343,12 +343,15 @@ class LRScheduler:
     def state_dict(self) -> dict:
         return {"type": type(self).__name__, "base_lr": self.base_lr, "last_epoch": self.last_epoch}
 
-    def load_state_dict(self, state: dict) -> None:
+    def check_state_dict(self, state: dict) -> tuple:
+        """Validates a state_dict() without changing anything: (base_lr, last_epoch)."""
         if state.get("type", type(self).__name__) != type(self).__name__:
             raise ValueError(f"{type(self).__name__}.load_state_dict: the state is from a {state['type']}")
         last_epoch = _check.integer(state["last_epoch"], f"{type(self).__name__}.load_state_dict: last_epoch", low=0)
-        self.base_lr = float(state["base_lr"])
-        self.last_epoch = last_epoch
+        return float(state["base_lr"]), last_epoch
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base_lr, self.last_epoch = self.check_state_dict(state)
         self.optimizer.lr = self.lr_at(self.last_epoch)
 
 

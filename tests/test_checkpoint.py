@@ -279,3 +279,26 @@ def test_load_leaves_the_layer_initialization_generator_alone(tmp_path):
     nn.manual_seed(3)
     checkpoint.load(tmp_path)
     np.testing.assert_array_equal(nn.Linear(4, 4).weight.data, expected)
+
+
+@pytest.mark.parametrize("last_epoch, match", [(2.5, "last_epoch must be an int"), (-1, "last_epoch must be an int >= 0")])
+def test_a_re_signed_bad_scheduler_state_is_a_checkpoint_error_that_changes_nothing(tmp_path, last_epoch, match):
+    # The scheduler's state was loaded last, after the weights and the optimizer: a last_epoch its
+    # load_state_dict refuses (3e79497) raised a TypeError / ValueError with those already written.
+    model, _ = model_and_input()
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    checkpoint.save(tmp_path / "ck", model, optimizer=opt, scheduler=optim.StepLR(opt, 2), epoch=1)
+    path = tmp_path / "ck" / "checkpoint.json"
+    info = json.loads(path.read_text())
+    info["scheduler"]["last_epoch"] = last_epoch
+    info["index_sha256"] = checkpoint._index_digest(info)
+    path.write_text(json.dumps(info))
+    other, _ = model_and_input(seed=3)
+    opt2 = optim.SGD(other.parameters(), lr=0.5, momentum=0.9)
+    scheduler = optim.StepLR(opt2, 2)
+    before = [p.data.copy() for p in other.parameters()]
+    with pytest.raises(CheckpointError, match=match):
+        checkpoint.load_into(tmp_path / "ck", other, opt2, scheduler)
+    for p, b in zip(other.parameters(), before):
+        np.testing.assert_array_equal(p.data, b)
+    assert opt2.state == {} and opt2.lr == 0.5 and scheduler.last_epoch == 0
