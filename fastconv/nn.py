@@ -691,10 +691,10 @@ class Sequential(Module):
         for name, module in self._named_modules():
             if name and seen.setdefault(id(module), name) != name:
                 raise RuntimeError(
-                    f"Sequential.backward: layer {name!r} is layer {seen[id(module)]!r} again (one {type(module).__name__} "
-                    "object at two places); a layer keeps only its latest forward's input, so the gradients would "
-                    "be wrong. Use one instance per place (to tie weights, share the Parameters: "
-                    "second.weight = first.weight)")
+                    f"Sequential.backward: layer {name!r} is layer {seen[id(module)]!r} again (one "
+                    f"{type(module).__name__} object at two places); a layer keeps only its latest forward's "
+                    "input, so the gradients would be wrong. Use one instance per place (to tie weights, share "
+                    "the Parameters: second.weight = first.weight)")
 
 
 def _trains(module):

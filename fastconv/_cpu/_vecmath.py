@@ -410,9 +410,10 @@ sigmoid16_streamed.__doc__ = "sigmoid16 with a non-temporal 64-byte store: dst +
 
 @intrinsic
 def sigmoid16_masked(typingctx, src, i, dst, j, count):
-    """dst[j : j + count] = sigmoid(src[i : i + count]) for count <= 16: sigmoid16 on a masked load
-    (the other lanes 0, never read) and a masked store, so every value gets sigmoid16's bits (each
-    lane is computed on its own) wherever it sits, without a padded buffer."""
+    """dst[j : j + count] = sigmoid(src[i : i + count]) for 0 <= count <= 16 (a larger count does 16,
+    a negative one nothing): sigmoid16 on a masked load (the other lanes 0, never read) and a masked
+    store, so every value gets sigmoid16's bits (each lane is computed on its own) wherever it sits,
+    without a padded buffer."""
     if not _float32_vectors(src, dst):
         return None
 

@@ -11,12 +11,16 @@ channels; dx as the forward of dy with w flipped), unless the op's algorithm is 
 
 Stride 1 (the common case) uses the "wide" layout described above _forward_wide: no im2col for
 layers with >= 8 input channels per group (one accumulating GEMM per kernel tap on shifted slices
-of the padded sample), contiguous copies otherwise. Other strides use per-sample im2col (_forward /
-_backward). In both, per sample n and group g:
+of the padded sample), contiguous copies otherwise. Other strides: the forward of float32 layers
+with >= 8 input channels per group by the same shifted GEMMs over the input's phases
+(_forward_phases), the rest and the backward by per-sample im2col (_forward / _backward). A 1x1
+layer on a few positions a sample runs as a product over the whole batch (_forward_pointwise,
+_backward_pointwise). For im2col, per sample n and group g:
 - forward: y[n, g's channels] = W_g @ col, then bias + activation while y[n] is in cache;
-- backward: dW_g += dy[n, g] @ col^T into the thread's own partial dW (GEMM with beta = 1),
-  dcol = W_g^T @ dy[n, g] scattered back into dx[n]; db from the same dy[n] rows. The threads'
-  partial dW / db are added in thread order: deterministic for a given thread count.
+- backward: dW_g += dy[n, g] @ col^T into a partial dW (GEMM with beta = 1), dcol = W_g^T @ dy[n, g]
+  scattered back into dx[n]; db from the same dy[n] rows. The partial dW / db are over blocks of
+  samples fixed by the batch size (_GRADIENT_PARTS), added in order: the same bits on any thread
+  count.
 
 Measured on this 2-core machine (float32, batch 128, 2 threads, one CPU time per part, one thread):
 conv2 (32->64, 14x14, k3) forward: im2col 6.3 ms + GEMM 7.7 ms; the 9 shifted GEMMs 7.5 ms in all.
@@ -176,11 +180,11 @@ def _activate_in_place(d, width, bias, act):
 
 
 @njit(inline="always")
-def _forward_body(gemm, x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
-    """y (N, C_out, P) = act(conv(x, w) + b); w2 is w as (C_out, R), or with b appended as a last
-    column (w2 has cg*kh*kw + 1 columns: the product then adds b, col's last row being ones, and a
-    pass over y follows only for an activation); cols (threads, w2's columns * P) scratch; the
-    products by `gemm` (see _forward)."""
+def _forward_body(gemm, x, w2, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
+    """y (N, C_out, P) = act(conv(x, w) + b); w2 is w as (C_out, R), with b appended as a last column
+    when the layer has one (w2 then has cg*kh*kw + 1 columns: the product adds b, col's last row
+    being ones; a pass over y follows only for an activation); cols (threads, w2's columns * P)
+    scratch; the products by `gemm` (see _forward)."""
     n_img, c = x.shape[0], x.shape[1]
     c_out, k = w2.shape
     cg, cog, p = c // groups, c_out // groups, oh * ow
@@ -194,22 +198,21 @@ def _forward_body(gemm, x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl,
             for g in range(groups):
                 _im2col(x, n, g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col)
                 gemm(w2[g * cog:(g + 1) * cog], col, y[n, g * cog:(g + 1) * cog], 0.0, False, False)
-            if (has_bias and not bias_in_product) or act:
+            if act:
                 for o in range(c_out):
-                    bias = b[o] if has_bias and not bias_in_product else _ZERO
-                    _bias_activate(y[n, o], y[n, o], 1, p, p, bias, act)
+                    _bias_activate(y[n, o], y[n, o], 1, p, p, _ZERO, act)
 
 
-# With OpenBLAS, and with gemm32 for float32 on AVX-512 and AVX2 hosts (strides other than 1 only:
-# stride 1 there is _forward_direct's).
+# With OpenBLAS, and with gemm32 for float32 on AVX-512 and AVX2 hosts (strides other than 1, fewer
+# than 8 input channels a group: the others go by _forward_phases, and stride 1 by _forward_direct).
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _forward(x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
-    _forward_body(gemm, x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y)
+def _forward(x, w2, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
+    _forward_body(gemm, x, w2, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y)
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _forward_gemm32(x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
-    _forward_body(gemm32, x, w2, b, has_bias, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y)
+def _forward_gemm32(x, w2, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y):
+    _forward_body(gemm32, x, w2, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y)
 
 
 # Strided layers with enough channels (_uses_phases) skip im2col: phase (r, q) of a padded sample
@@ -1037,7 +1040,7 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
             kernel = _forward_gemm32 if _uses_gemm32(x) else _forward
             # b is added by the product (as the last k), with an activation or without: the same bits
             w2b = np.concatenate([w2, bias.reshape(c_out, 1)], axis=1) if has_bias else w2
-            kernel(x, w2b, bias, has_bias, act, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],
+            kernel(x, w2b, act, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],
                    dilation[0], dilation[1], oh, ow, empty((threads, w2b.shape[1] * p), x.dtype), y)
     return y.reshape(n, c_out, oh, ow) if pool is None else (pooled, indices)
 

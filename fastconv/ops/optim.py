@@ -236,7 +236,8 @@ def prepare_adam_step_foreach(params, grads, ms, vs, steps, *, lr, beta1=0.9, be
              (("params", params), ("grads", grads), ("ms", ms), ("vs", vs), ("steps", steps))}
     if len({len(value) for value in lists.values()}) > 1:
         *first, last = (str(len(value)) for value in lists.values())
-        raise ValueError(f"params, grads, ms, vs and steps must have the same length, got {', '.join(first)} and {last}")
+        raise ValueError(f"params, grads, ms, vs and steps must have the same length, got {', '.join(first)} "
+                         f"and {last}")
     params, grads, ms, vs, steps = lists.values()
     entries = []
     for k, p in enumerate(params):
