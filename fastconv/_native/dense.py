@@ -13,7 +13,6 @@ GEMM_MAX_ROWS = 65535 * 64
 
 def _gemm(be, a, b, bias, trans_a, trans_b, activation):
     m = a.shape[1] if trans_a else a.shape[0]
-    k = a.shape[0] if trans_a else a.shape[1]
     n = b.shape[0] if trans_b else b.shape[1]
     c = be.empty((m, n), a.dtype)
     for m0 in range(0, m, GEMM_MAX_ROWS):
