@@ -108,6 +108,17 @@ class Optimizer:
             trainable = self._checked_trainable()
         return trainable
 
+    def _prepared(self, prepare, indices, arrays, *args, **kwargs):
+        """prepare(*args, **kwargs): a foreach step's call, checked; its errors name the optimizer's
+        parameters (`arrays` of the call, k-th of `indices`), not only the call's arguments."""
+        try:
+            return prepare(*args, **kwargs)
+        except (TypeError, ValueError) as exc:
+            if type(exc) not in (TypeError, ValueError):
+                raise
+            raise type(exc)(f"{type(self).__name__}.step: {exc} ({arrays} of this call belong to the optimizer's "
+                            f"parameter {indices}[k])") from exc
+
     def _zeros_like(self, p):
         return _backend.current().xp.zeros(p.data.shape, dtype=p.data.dtype)
 
@@ -247,15 +258,10 @@ class SGD(Optimizer):
             indices.setdefault(p.data.dtype, []).append(i)
         calls = []  # every dtype's call checked before any runs: a bad array fails the step with nothing changed
         for dtype, (params, grads, velocities) in groups.items():
-            try:
-                calls.append(ops.optim.prepare_sgd_step_foreach(
-                    params, grads, velocities if self.momentum > 0 else None, lr=self.lr, momentum=self.momentum,
-                    weight_decay=self.weight_decay, nesterov=self.nesterov))
-            except (TypeError, ValueError) as exc:  # name the optimizer's parameters, not the call's
-                if type(exc) not in (TypeError, ValueError):
-                    raise
-                raise type(exc)(f"SGD.step: {exc} (params[k], grads[k] and velocities[k] of this call belong to "
-                                f"the optimizer's parameter {indices[dtype]}[k])") from exc
+            calls.append(self._prepared(
+                ops.optim.prepare_sgd_step_foreach, indices[dtype], "params[k], grads[k] and velocities[k]", params,
+                grads, velocities if self.momentum > 0 else None, lr=self.lr, momentum=self.momentum,
+                weight_decay=self.weight_decay, nesterov=self.nesterov))
         for call in calls:
             call()
         for i, velocity in created.items():
@@ -295,17 +301,11 @@ class Adam(Optimizer):
         calls = []  # every dtype's call checked before any runs: a bad array fails the step with nothing changed
         for indices in groups.values():
             params = [self.params[i] for i in indices]
-            try:
-                calls.append(ops.optim.prepare_adam_step_foreach(
-                    [p.data for p in params], [p.grad for p in params], [states[i]["exp_avg"] for i in indices],
-                    [states[i]["exp_avg_sq"] for i in indices], [states[i]["step"] for i in indices], lr=self.lr,
-                    beta1=beta1, beta2=beta2, eps=self.eps, weight_decay=self.weight_decay,
-                    decoupled=self._decoupled))
-            except (TypeError, ValueError) as exc:  # name the optimizer's parameters, not the call's
-                if type(exc) not in (TypeError, ValueError):
-                    raise
-                raise type(exc)(f"{type(self).__name__}.step: {exc} (params[k], grads[k], ms[k] and vs[k] of this "
-                                f"call belong to the optimizer's parameter {indices}[k])") from exc
+            calls.append(self._prepared(
+                ops.optim.prepare_adam_step_foreach, indices, "params[k], grads[k], ms[k] and vs[k]",
+                [p.data for p in params], [p.grad for p in params], [states[i]["exp_avg"] for i in indices],
+                [states[i]["exp_avg_sq"] for i in indices], [states[i]["step"] for i in indices], lr=self.lr,
+                beta1=beta1, beta2=beta2, eps=self.eps, weight_decay=self.weight_decay, decoupled=self._decoupled))
         for call in calls:
             call()
         self.state.update(states)

@@ -36,6 +36,20 @@ namespace optim_launch {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 8192;
 inline dim3 grid_for(int64_t n) { return dim3((unsigned)min64(blocks_for(n, kThreads), kMaxBlocks)); }
+
+// A foreach launch's grid: each of the first `here` tensors (n[k] values) gets the blocks its
+// single-tensor launch would have, end to end from first_block[k]; the entries from `here` on
+// hold the total (where the kernel's scan stops). Returns the total.
+template <int kSlots>
+int64_t lay_out_blocks(const int64_t (&n)[kSlots], int here, int64_t (&first_block)[kSlots + 1]) {
+  int64_t blocks = 0;
+  for (int k = 0; k < here; ++k) {
+    first_block[k] = blocks;
+    blocks += n[k] ? (int64_t)grid_for(n[k]).x : 0;
+  }
+  for (int k = here; k <= kSlots; ++k) first_block[k] = blocks;
+  return blocks;
+}
 }  // namespace optim_launch
 
 // Block `block` of the `blocks` that share one tensor's SGD step (a grid-stride loop over them).
@@ -147,7 +161,6 @@ void sgd_step_foreach(T* const* param, const T* const* grad, T* const* velocity,
   for (int first = 0; first < count; first += kSgdForeachTensors) {
     const int here = count - first < kSgdForeachTensors ? count - first : kSgdForeachTensors;
     SgdTensors<T> t{};
-    int64_t blocks = 0;  // each tensor gets the blocks sgd_step would launch for it alone
     for (int k = 0; k < here; ++k) {
       t.param[k] = param[first + k];
       t.grad[k] = grad[first + k];
@@ -155,10 +168,8 @@ void sgd_step_foreach(T* const* param, const T* const* grad, T* const* velocity,
       t.n[k] = n[first + k];
       require(momentum == 0 || t.n[k] == 0 || t.velocity[k] != nullptr,
               "sgd_step_foreach: momentum needs a velocity buffer");
-      t.first_block[k] = blocks;
-      blocks += t.n[k] ? (int64_t)optim_launch::grid_for(t.n[k]).x : 0;
     }
-    for (int k = here; k <= kSgdForeachTensors; ++k) t.first_block[k] = blocks;
+    const int64_t blocks = optim_launch::lay_out_blocks(t.n, here, t.first_block);
     if (blocks == 0) continue;
     launch("sgd_step_foreach_kernel", sgd_step_foreach_kernel<T>, dim3((unsigned)blocks),
            dim3(optim_launch::kThreads), 0, stream, t, T(lr), T(momentum), T(weight_decay), nesterov);
@@ -182,7 +193,6 @@ void adam_step_foreach(T* const* param, const T* const* grad, T* const* m, T* co
   for (int first = 0; first < count; first += kAdamForeachTensors) {
     const int here = count - first < kAdamForeachTensors ? count - first : kAdamForeachTensors;
     AdamTensors<T> t{};
-    int64_t blocks = 0;  // each tensor gets the blocks adam_step would launch for it alone
     for (int k = 0; k < here; ++k) {
       t.param[k] = param[first + k];
       t.grad[k] = grad[first + k];
@@ -191,10 +201,8 @@ void adam_step_foreach(T* const* param, const T* const* grad, T* const* m, T* co
       t.n[k] = n[first + k];
       t.step_size[k] = T(step_size[first + k]);
       t.bias_correction2_sqrt[k] = T(bias_correction2_sqrt[first + k]);
-      t.first_block[k] = blocks;
-      blocks += t.n[k] ? (int64_t)optim_launch::grid_for(t.n[k]).x : 0;
     }
-    for (int k = here; k <= kAdamForeachTensors; ++k) t.first_block[k] = blocks;
+    const int64_t blocks = optim_launch::lay_out_blocks(t.n, here, t.first_block);
     if (blocks == 0) continue;
     launch("adam_step_foreach_kernel", adam_step_foreach_kernel<T>, dim3((unsigned)blocks),
            dim3(optim_launch::kThreads), 0, stream, t, T(1.0 - beta1), T(beta2), T(1.0 - beta2), T(eps),
