@@ -227,6 +227,72 @@ def test_64_bit_index_kernels(native_backend, name):
         np.testing.assert_array_equal(a, b, err_msg=what)
 
 
+class _RecordedConv:
+    """A backend's extension whose convolution launchers only record each launch's ConvShape tuple."""
+
+    def __init__(self, ext):
+        self._ext, self.launches = ext, []
+
+    def _recorder(kind, position):
+        def record(self, *args):
+            self.launches.append((kind, args[position]))
+        return record
+
+    conv2d_forward_f32 = _recorder("forward", 4)
+    conv2d_backward_data_f32 = _recorder("data", 3)
+    conv2d_backward_weight_f32 = _recorder("weight", 6)
+    del _recorder
+
+    def __getattr__(self, name):
+        return getattr(self._ext, name)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, groups", [
+    ((1, 2 * 65535 + 3, 1, 1), (2 * 65535 + 3, 1, 1, 1), 2 * 65535 + 3),  # depthwise: groups past grid z
+    ((1, 1, 1, 1), (65535 * 64 + 5, 1, 1, 1), 1),                        # output channels past grid y
+    ((1, 65535 * 64 + 5, 1, 1), (1, 65535 * 64 + 5, 1, 1), 1),            # input channels (dx) past grid y
+])
+def test_convolution_wider_than_the_grid_runs_in_blocks(native_backend, monkeypatch, x_shape, w_shape, groups):
+    """The implicit GEMM's grid holds at most 65535 groups (z) and 65535 blocks of 64 channels per
+    group (y): past that the forward, data and weight gradients raised '... groups * splits too large
+    for the grid' / 'too many output columns for the grid' on emu and cuda (the cpu backend computes
+    them). They run as several launches over blocks of groups or channels, each within the grid."""
+    recorded = _RecordedConv(native_backend.ext)
+    monkeypatch.setattr(native_backend, "ext", recorded)
+    x, w = on(native_backend, np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32))
+    y = ops.conv2d_forward(x, w, groups=groups)
+    ops.conv2d_backward(y, x, w, groups=groups)
+    covered = {"forward": 0, "data": 0, "weight": 0}
+    for kind, s in recorded.launches:
+        columns = (s[1] if kind == "data" else s[4]) // s[15]
+        assert s[15] <= 65535 and columns <= 65535 * 64, (kind, s)
+        covered[kind] += s[1] if kind == "data" else s[4]
+    assert covered == {"forward": w_shape[0], "data": x_shape[1], "weight": w_shape[0]}
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation, groups", [
+    ((2, 10, 6, 5), (10, 2, 3, 3), 2, 1, 1, 5),     # blocks of 2 groups (2, 2, 1)
+    ((2, 8, 5, 6), (14, 4, 2, 3), 1, (1, 2), 2, 2),  # blocks of one group's 3 channels (3, 3, 1 out; 3, 1 in)
+])
+def test_convolution_blocks_results(native_backend, monkeypatch, x_shape, w_shape, stride, padding, dilation, groups):
+    # The blocks' results, with small grid limits: every channel once, bias and activation on each.
+    from fastconv._native import conv as native_conv
+    monkeypatch.setattr(native_conv, "CONV_MAX_GROUPS", 2)
+    monkeypatch.setattr(native_conv, "CONV_MAX_COLUMNS", 3)
+    rng = np.random.default_rng(21)
+    x, w, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])
+    hyper = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    geo = Geometry(x_shape, w_shape, stride, padding, dilation, groups)
+    dy = rng.standard_normal((geo.n, geo.c_out, geo.oh, geo.ow))
+    for dtype in DTYPES:
+        y = ops.conv2d_forward(*on(native_backend, *(a.astype(dtype) for a in (x, w, b))), activation="relu", **hyper)
+        assert_matches(y, lambda x, w, b: ACT["relu"](geo.forward(x, w, b)), [x, w, b], dtype)
+        dx, dw, db = ops.conv2d_backward(*on(native_backend, *(a.astype(dtype) for a in (dy, x, w))), **hyper)
+        assert_matches(dx, geo.dx, [dy, x, w], dtype, what="dx")
+        assert_matches(dw, geo.dw, [dy, x, w], dtype, what="dw")
+        assert_matches(db, lambda dy: dy.sum(axis=(0, 2, 3)), [dy], dtype, what="db")
+
+
 def test_weight_slices(native_backend):
     # The weight gradient's split-K slice count: a function of the shape alone, 1 for a short
     # reduction, many for the reference CNN's conv1 (dw 9 x 32 over K = 128*28*28)
