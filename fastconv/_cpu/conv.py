@@ -972,6 +972,12 @@ def _parts(n):
     return max(1, min(_GRADIENT_PARTS, n))
 
 
+def _taps_first(w):
+    """w as (kh*kw, C_out, C_in/g): each tap's (C_out/g, C_in/g) block is a plain 2-D slice."""
+    c_out, cg, kh, kw = w.shape
+    return np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, c_out, cg)
+
+
 class _Wide:
     """Stride-1 geometry and per-thread scratch for the wide layout."""
 
@@ -992,8 +998,7 @@ class _Wide:
             self.dcols = empty((threads, copied), x.dtype)  # dx's copied rows (few channels)
         else:
             self.cols = empty((threads, copied), x.dtype)
-        # w as (kh*kw, C_out, C_in/g): each tap's (C_out/g, C_in/g) block is a plain 2-D slice
-        self.wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, c_out, cg)
+        self.wt = _taps_first(w)
 
 
 _NO_POOL = (0, 0, 0, 0, 0, 0)
@@ -1061,10 +1066,10 @@ def _forward_by_phases(x, w, b, stride, padding, dilation, groups, oh, ow, act, 
     threads = _threads(x.shape[0])
     # a phase's plane: hq rows of wq, and the last tap's column shift past them (the discarded columns' reads)
     plane = hq * wq + (kw - 1) * dw // sw
-    wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, c_out, cg)
-    _forward_phases(x, wt, b if b is not None else np.empty(0, x.dtype), b is not None, act, groups, kh, kw, sh, sw,
-                    dh, dw, padding[0], padding[2], wq, oh, ow, slots, empty((threads, len(read), cg, plane), x.dtype),
-                    empty((threads, c_out // groups * oh * wq), x.dtype), y)
+    _forward_phases(x, _taps_first(w), b if b is not None else np.empty(0, x.dtype), b is not None, act, groups, kh,
+                    kw, sh, sw, dh, dw, padding[0], padding[2], wq, oh, ow, slots,
+                    empty((threads, len(read), cg, plane), x.dtype), empty((threads, c_out // groups * oh * wq), x.dtype),
+                    y)
 
 
 # Winograd's F(2x2, 3x3) takes the 3x3 stride-1 float32 layers with at least WINOGRAD_MIN_CHANNELS
