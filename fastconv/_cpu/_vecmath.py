@@ -437,12 +437,13 @@ def sigmoid16_part(src, dst, lo, hi):
 
 
 @njit(inline="always")
-def sigmoid16_in_place(a, lo, hi):
-    """a[lo:hi] = sigmoid(a[lo:hi]) by sigmoid16, 16 values at a time, the rest masked."""
+def sigmoid16_span(src, dst, lo, hi):
+    """dst[lo:hi] = sigmoid(src[lo:hi]) by sigmoid16, 16 values at a time, the rest masked (dst may
+    be src)."""
     whole = lo + (hi - lo) // 16 * 16
     for b in range(lo, whole, 16):
-        sigmoid16(a, b, a, b)
-    sigmoid16_part(a, a, whole, hi)
+        sigmoid16(src, b, dst, b)
+    sigmoid16_part(src, dst, whole, hi)
 
 
 @intrinsic

@@ -21,7 +21,7 @@ from ._parallel import run
 from . import _vecmath
 from ._stream import (PREFETCH_AHEAD, SPAN, _span, align_skip, prefetch, should_stream, store_fence, stream_map1,
                       stream_map2)
-from ._vecmath import exp_nonpositive, sigmoid16, sigmoid16_in_place, sigmoid16_part, sigmoid16_streamed
+from ._vecmath import exp_nonpositive, sigmoid16_part, sigmoid16_span, sigmoid16_streamed
 
 __all__ = ["matmul", "linear_forward", "linear_backward", "relu_forward", "relu_backward",
            "sigmoid_forward", "sigmoid_backward"]
@@ -66,7 +66,7 @@ def sigmoid_in_place(a, lo, hi):
 def _sigmoid_in_place(a, lo, hi):
     if a.dtype == types.float32:
         if a.ndim == 1 and a.layout == "C":
-            return lambda a, lo, hi: sigmoid16_in_place(a, lo, hi)
+            return lambda a, lo, hi: sigmoid16_span(a, a, lo, hi)
         return None
 
     def impl(a, lo, hi):
@@ -141,11 +141,7 @@ def _sigmoid_backward_streamed(dy, y, dx, skip):
 def _sigmoid_forward_simd(x, y):
     n = y.size
     for s in prange((n + SPAN - 1) // SPAN):
-        lo, hi = s * SPAN, min(n, (s + 1) * SPAN)
-        whole = lo + (hi - lo) // 16 * 16
-        for b in range(lo, whole, 16):
-            sigmoid16(x, b, y, b)
-        sigmoid16_part(x, y, whole, hi)
+        sigmoid16_span(x, y, s * SPAN, min(n, (s + 1) * SPAN))
 
 
 @njit(parallel=True, cache=True)
