@@ -28,6 +28,7 @@ k (eval_every) says k as well.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import inspect
 import itertools
@@ -77,31 +78,27 @@ def predict(model, x, batch_size=256):
     once on the empty batch, which gives the output's other dimensions and dtype."""
     batch_size = _positive_int(batch_size, "batch_size")
     xp = _backend.current().xp
-    modes = _eval_mode(model)
-    try:
+    with _in_eval_mode(model):
         if len(x) == 0:
             return _predict_empty(model, xp.asarray(x))
         outs = [to_numpy(model(xp.asarray(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
-    finally:
-        _restore_modes(model, modes)
     return np.concatenate(outs, axis=0)
 
 
-def _eval_mode(model):
-    """Puts the model in eval mode; returns what _restore_modes needs to put back each submodule's
-    own mode (a model in training with one layer set to eval, or the reverse, keeps that layer's)."""
+@contextlib.contextmanager
+def _in_eval_mode(model):
+    """The model in eval mode inside, each submodule's own mode back afterwards (a model in training
+    with one layer set to eval, or the reverse, keeps that layer's)."""
     modules = list(model.modules()) if callable(getattr(model, "modules", None)) else [model]
-    modes = model.training, [(m, m.training) for m in modules]
+    was_training, each = model.training, [(m, m.training) for m in modules]
     model.eval()
-    return modes
-
-
-def _restore_modes(model, modes):
-    was_training, each = modes
-    model.train(was_training)  # (the model's own train(), where a subclass does more there)
-    for m, training in each:
-        if m.training != training:
-            m.training = training
+    try:
+        yield
+    finally:
+        model.train(was_training)  # (the model's own train(), where a subclass does more there)
+        for m, training in each:
+            if m.training != training:
+                m.training = training
 
 
 def _predict_empty(model, x):
@@ -204,9 +201,8 @@ def _evaluate(model, loss_fn, data, batch_size, metric_fn=None):
     # rows would be another number, and NaN (0/0) for a batch whose labels all weigh 0. Its loss is
     # taken once, over the outputs of every batch.
     weighted = isinstance(loss_fn, _losses.CrossEntropyLoss) and loss_fn.weight is not None
-    modes = _eval_mode(model)
     total, outs, finite = 0.0, [], True
-    try:
+    with _in_eval_mode(model):
         for i in range(0, len(x), batch_size):
             out = model(xp.asarray(x[i:i + batch_size]))
             if not weighted:
@@ -214,8 +210,6 @@ def _evaluate(model, loss_fn, data, batch_size, metric_fn=None):
             finite = finite and bool(xp.isfinite(out).all())
             if metric_fn is not None or weighted:
                 outs.append(to_numpy(out))
-    finally:
-        _restore_modes(model, modes)
     loss = float(loss_fn(xp.asarray(np.concatenate(outs)), y)) if weighted else total / len(x)
     finite = finite and not math.isnan(loss)
     value = None
