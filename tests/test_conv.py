@@ -425,6 +425,35 @@ def test_cpu_strided_layers_by_phases(monkeypatch, name):
     np.testing.assert_array_equal(ops.conv2d_forward(x, w, b, activation="sigmoid", **hyper), ops.sigmoid_forward(y))
 
 
+@pytest.mark.parametrize("h, w, pt, pl, sh, sw", [(5, 8, 1, 1, 2, 2), (6, 9, 1, 1, 2, 2), (4, 7, 0, 0, 2, 2),
+                                                 (5, 11, 2, 2, 2, 2), (3, 6, 0, 1, 1, 2), (7, 5, 1, 2, 3, 2),
+                                                 (7, 10, 2, 1, 3, 3), (4, 1, 1, 1, 2, 2)])
+@pytest.mark.parametrize("read", ["all", "even columns", "odd columns"])
+def test_cpu_split_phases_against_slicing(h, w, pt, pl, sh, sw, read):
+    # the phases of a padded sample, by slicing: phase (r, q) = padded[r::sh, q::sw]; xq holds the
+    # phases some tap reads (slots >= 0) and is left as it was (NaN here) elsewhere. Stride 2 along
+    # the width splits both column phases in one pass (_deinterleave): odd and even widths and
+    # paddings, and with one of the two phases unread
+    from fastconv._cpu.conv import _split_phases
+    rng = np.random.default_rng(h * 100 + w)
+    x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
+    hq, wq = -(-(h + pt + 1) // sh), -(-(w + pl + 1) // sw)  # one row and column of padding after
+    padded = np.zeros((2, 3, hq * sh, wq * sw), np.float32)
+    padded[:, :, pt:pt + h, pl:pl + w] = x
+    phases = [(r, q) for r in range(sh) for q in range(sw)
+              if read == "all" or q % 2 == (0 if read == "even columns" else 1)]
+    slots = np.full(sh * sw, -1, np.int64)
+    for slot, (r, q) in enumerate(phases):
+        slots[r * sw + q] = slot
+    xq = np.full((len(phases), 2, hq * wq + 5), np.nan, np.float32)  # channels 1 and 2 of the sample's 3
+    for slot in range(len(phases)):
+        xq[slot, :, :hq * wq] = 0
+    _split_phases(x, 1, 1, 2, pt, pl, sh, sw, wq, slots, xq)
+    for slot, (r, q) in enumerate(phases):
+        np.testing.assert_array_equal(xq[slot, :, :hq * wq].reshape(2, hq, wq), padded[1, 1:, r::sh, q::sw])
+        assert np.isnan(xq[slot, :, hq * wq:]).all()
+
+
 @needs_simd
 @pytest.mark.parametrize("x_shape, c_out", [((3, 17, 7, 7), 33), ((2, 40, 6, 5), 130), ((5, 16, 1, 3), 8),
                                             ((2, 24, 4, 4), 18)])

@@ -223,6 +223,20 @@ def _forward_gemm32(x, w2, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, 
 # one per tap over a phase's channels, on the phases' wide grid (rows of wq, OW outputs and the rest
 # discarded). im2col wrote and the GEMM read kh*kw / (sh*sw) times the input per sample (9/4 for
 # 3x3 / stride 2); the phases are one copy of it.
+@njit(inline="always")
+def _deinterleave(row, even, odd):
+    """even[m] = row[2m], odd[m] = row[2m + 1]: one loop over the pairs, which LLVM vectorizes by
+    permutes of whole vectors. Zen 4 host, one thread, 16 x 128 x 56 x 56: 0.82 ns a value by the
+    strided copies one phase at a time, 0.45 by this loop; an AVX-512 intrinsic that also does the
+    row's last pairs (LLVM leaves 12 of a 56-wide row's 28 to scalar code) 0.38, ~1% of the layer."""
+    half = row.size // 2
+    for m in range(half):
+        even[m] = row[2 * m]
+        odd[m] = row[2 * m + 1]
+    if row.size % 2:
+        even[half] = row[row.size - 1]
+
+
 @njit(nogil=True)
 def _split_phases(x, n, c0, cg, pt, pl, sh, sw, wq, slots, xq):
     """xq[slots[(i % sh) * sw + j % sw], c, (i // sh) * wq + j // sw] = x[n, c0 + c, h, w] at the
@@ -233,6 +247,13 @@ def _split_phases(x, n, c0, cg, pt, pl, sh, sw, wq, slots, xq):
         src = x[n, c0 + c]
         for h in range(h_in):
             row = src[h]
+            if sw == 2:  # the common stride, both column phases from one pass over the row
+                base = (pt + h) // sh * wq
+                even = slots[(pt + h) % sh * 2 + pl % 2]  # columns w = 0, 2, ...: padded pl, pl + 2, ...
+                odd = slots[(pt + h) % sh * 2 + (pl + 1) % 2]
+                if even >= 0 and odd >= 0:
+                    _deinterleave(row, xq[even, c, base + pl // 2:], xq[odd, c, base + (pl + 1) // 2:])
+                    continue
             for q in range(sw):
                 slot = slots[(pt + h) % sh * sw + q]
                 w0 = (q - pl) % sw  # the first column of phase column q
