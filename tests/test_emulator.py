@@ -141,6 +141,14 @@ def test_coordinates_in_3d(native_backend, grid, block):
     np.testing.assert_array_equal(to_numpy(out), want)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vector_copy(native_backend, dtype):
+    x = np.arange(1, 4 * 70 + 1, dtype=dtype)
+    y = on(native_backend, np.zeros_like(x))
+    _call(native_backend, "selftest_vector_copy", dtype, on(native_backend, x), y, 70)
+    np.testing.assert_array_equal(to_numpy(y), x)
+
+
 # ---- errors: the emulator only (on a GPU these kernels hang or give undefined values) -----------
 
 def _emu_still_works(be):
@@ -181,3 +189,17 @@ def test_shuffle_inside_mask(native_backend, mask, src):
     lanes = np.arange(32)
     want = np.where((mask >> lanes) & 1, src, -1)
     np.testing.assert_array_equal(to_numpy(y), want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("side", ["load", "store"])
+def test_misaligned_vector_access_raises(emu, dtype, side):
+    # A 16-byte vector access needs a 16-byte aligned address: a GPU traps (misaligned address) on
+    # one that is not, so the emulator raises where x86 would just read or write.
+    x = np.zeros(4 * 8 + 4, dtype)
+    y = np.zeros(4 * 8 + 4, dtype)
+    assert x.ctypes.data % 16 == 0 and y.ctypes.data % 16 == 0
+    src, dst = (x[1:], y) if side == "load" else (x, y[1:])  # one element (4 or 8 bytes) off
+    with pytest.raises(RuntimeError, match=r"vector_copy_kernel.*thread \(0,0,0\).*misaligned address"):
+        _call(emu, "selftest_vector_copy", dtype, src, dst, 8)
+    _emu_still_works(emu)

@@ -31,6 +31,11 @@ static void bind_selftest_typed(py::module_& m) {
                                 ptr<T>(weights), ptr<int>(maxima), n, nbins, threads, ptr<void>(s));
         },
         nogil());
+  m.def(typed<T>("selftest_vector_copy").c_str(),
+        [](uintptr_t x, uintptr_t y, int64_t groups, uintptr_t s) {
+          selftest_vector_copy<T>(ptr<const T>(x), ptr<T>(y), groups, ptr<void>(s));
+        },
+        nogil());
 }
 
 void bind_selftest(py::module_& m) {

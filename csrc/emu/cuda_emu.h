@@ -39,16 +39,59 @@ struct dim3 {
   unsigned int x, y, z;
   constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
 };
-struct __align__(8) float2 { float x, y; };
-struct __align__(16) float4 { float x, y, z, w; };
-struct __align__(16) double2 { double x, y; };
-struct __align__(8) int2 { int x, y; };
-struct __align__(16) int4 { int x, y, z, w; };
-inline float2 make_float2(float x, float y) { return {x, y}; }
-inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
-inline double2 make_double2(double x, double y) { return {x, y}; }
-inline int2 make_int2(int x, int y) { return {x, y}; }
-inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
+
+// A GPU loads or stores a vector type in one access, which must be aligned to the type's size: one
+// that is not traps ("misaligned address", cudaErrorMisalignedAddress, which also ends the CUDA
+// context), where x86 reads and writes it all the same. So the emulator's vector types check both
+// ends of every copy: a load or store through a cast pointer (*reinterpret_cast<const float4*>(p),
+// reinterpret_cast<double2*>(p)[0] = v) is a copy from or to the object at that address, and an
+// unaligned one raises a kernel error naming the kernel, block and thread.
+namespace emu {
+[[noreturn]] void misaligned(const void* address, size_t bytes, const char* type);
+template <typename V>
+V& vector_copy(V& to, const V& from, const char* type) {
+  if (reinterpret_cast<uintptr_t>(&from) % alignof(V)) misaligned(&from, alignof(V), type);
+  if (reinterpret_cast<uintptr_t>(&to) % alignof(V)) misaligned(&to, alignof(V), type);
+  std::memcpy(static_cast<void*>(&to), static_cast<const void*>(&from), sizeof(V));
+  return to;
+}
+}  // namespace emu
+#define EMU_VECTOR_COPIES(V)                              \
+  V() = default;                                          \
+  V(const V& o) { emu::vector_copy(*this, o, #V); }       \
+  V& operator=(const V& o) { return emu::vector_copy(*this, o, #V); }
+
+struct __align__(8) float2 {
+  float x, y;
+  EMU_VECTOR_COPIES(float2)
+  float2(float x_, float y_) : x(x_), y(y_) {}
+};
+struct __align__(16) float4 {
+  float x, y, z, w;
+  EMU_VECTOR_COPIES(float4)
+  float4(float x_, float y_, float z_, float w_) : x(x_), y(y_), z(z_), w(w_) {}
+};
+struct __align__(16) double2 {
+  double x, y;
+  EMU_VECTOR_COPIES(double2)
+  double2(double x_, double y_) : x(x_), y(y_) {}
+};
+struct __align__(8) int2 {
+  int x, y;
+  EMU_VECTOR_COPIES(int2)
+  int2(int x_, int y_) : x(x_), y(y_) {}
+};
+struct __align__(16) int4 {
+  int x, y, z, w;
+  EMU_VECTOR_COPIES(int4)
+  int4(int x_, int y_, int z_, int w_) : x(x_), y(y_), z(z_), w(w_) {}
+};
+#undef EMU_VECTOR_COPIES
+inline float2 make_float2(float x, float y) { return float2(x, y); }
+inline float4 make_float4(float x, float y, float z, float w) { return float4(x, y, z, w); }
+inline double2 make_double2(double x, double y) { return double2(x, y); }
+inline int2 make_int2(int x, int y) { return int2(x, y); }
+inline int4 make_int4(int x, int y, int z, int w) { return int4(x, y, z, w); }
 
 namespace emu {
 

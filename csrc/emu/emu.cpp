@@ -400,6 +400,13 @@ uint64_t exchange(unsigned mask, uint64_t value, int src_lane) {
   return self->received;
 }
 
+void misaligned(const void* address, size_t bytes, const char* type) {
+  std::ostringstream s;
+  s << "misaligned address: a " << bytes << "-byte " << type << " access at " << address << ", which is not "
+    << bytes << "-byte aligned (a GPU traps: cudaErrorMisalignedAddress)";
+  kernel_error(s.str());
+}
+
 void* dynamic_smem() { return block && !block->smem.empty() ? block->smem.data() : nullptr; }
 
 void kernel_error(const std::string& what) {

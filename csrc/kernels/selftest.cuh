@@ -15,6 +15,8 @@
 //                      reads a lane outside its mask or past the end of the warp.
 //   histogram_kernel   atomicAdd on int and on T, atomicMax on int; a grid-stride loop.
 //   coords_kernel      threadIdx/blockIdx/blockDim/gridDim in 3-D.
+//   vector_copy_kernel 16-byte vector loads and stores (vec_load4 / vec_store4): thread i copies
+//                      values 4i .. 4i + 3; a pointer that is not 16-byte aligned traps.
 //   early_return_kernel, shuffle_kernel: broken or checked on purpose (see selftest.h).
 // Missing barriers are planted by a uniform `use_barrier` flag (uniform across the block, so the
 // kernels stay valid CUDA either way).
@@ -123,6 +125,15 @@ __global__ void coords_kernel(int* out) {
   o[9] = gridDim.x;   o[10] = gridDim.y;  o[11] = gridDim.z;
 }
 
+template <typename T>
+__global__ void vector_copy_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t groups) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= groups) return;
+  T v[4];
+  vec_load4(x + 4 * i, v);
+  vec_store4(y + 4 * i, v);
+}
+
 __global__ void early_return_kernel(float* y, int active) {
   __shared__ float s[selftest::kMaxThreads];
   const int t = threadIdx.x;
@@ -170,6 +181,11 @@ void selftest_histogram(const int* bins_of, const T* w, const int* keys, int* co
   if (n) launch("histogram_kernel", histogram_kernel<T>, grid, dim3(threads), 0, stream, bins_of, w, keys, counts, weights, maxima, n, nbins);
 }
 
+template <typename T>
+void selftest_vector_copy(const T* x, T* y, int64_t groups, void* stream) {
+  if (groups) launch("vector_copy_kernel", vector_copy_kernel<T>, dim3(blocks_for(groups, 64)), dim3(64), 0, stream, x, y, groups);
+}
+
 void selftest_coords(int* out, int gx, int gy, int gz, int bx, int by, int bz, void* stream) {
   launch("coords_kernel", coords_kernel, dim3(gx, gy, gz), dim3(bx, by, bz), 0, stream, out);
 }
@@ -188,7 +204,8 @@ void selftest_shuffle(float* y, unsigned mask, int src_lane, void* stream) {
   template void selftest_reverse<T>(const T*, T*, int64_t, int, bool, void*);                        \
   template void selftest_block_sum<T>(const T*, T*, int64_t, int, bool, void*);                      \
   template void selftest_warp_ops<T>(const T*, T*, T*, T*, T*, int64_t, int, void*);                 \
-  template void selftest_histogram<T>(const int*, const T*, const int*, int*, T*, int*, int64_t, int, int, void*);
+  template void selftest_histogram<T>(const int*, const T*, const int*, int*, T*, int*, int64_t, int, int, void*); \
+  template void selftest_vector_copy<T>(const T*, T*, int64_t, void*);
 FC_INSTANTIATE_SELFTEST(float)
 FC_INSTANTIATE_SELFTEST(double)
 #undef FC_INSTANTIATE_SELFTEST

@@ -34,6 +34,11 @@ template <typename T>
 void selftest_histogram(const int* bins_of, const T* w, const int* keys, int* counts, T* weights, int* maxima,
                         int64_t n, int nbins, int threads, void* stream);
 
+// y[0 .. 4 groups) = x[0 .. 4 groups), thread i copying values 4i .. 4i + 3 with one 16-byte
+// vector load and store (two for double): x and y must be 16-byte aligned (a GPU traps otherwise).
+template <typename T>
+void selftest_vector_copy(const T* x, T* y, int64_t groups, void* stream);
+
 // Each thread writes 12 ints at its global linear index (blocks in x-fastest order, threads in
 // x-fastest order within a block): threadIdx, blockIdx, blockDim, gridDim (x, y, z each).
 void selftest_coords(int* out, int gx, int gy, int gz, int bx, int by, int bz, void* stream);
