@@ -141,6 +141,18 @@ def test_coordinates_in_3d(native_backend, grid, block):
     np.testing.assert_array_equal(to_numpy(out), want)
 
 
+@pytest.mark.parametrize("grid,block", [((2**31, 1, 1), (1, 1, 1)), ((1, 65536, 1), (1, 1, 1)),
+                                        ((1, 1, 65536), (1, 1, 1)), ((1, 1, 1), (1025, 1, 1)),
+                                        ((1, 1, 1), (32, 33, 1)), ((1, 1, 1), (1, 1, 65)), ((1, 1, 1), (0, 1, 1))])
+def test_launch_beyond_the_limits_raises(native_backend, grid, block):
+    # A GPU refuses these launches (cudaErrorInvalidConfiguration): the emulator too, before any
+    # block runs (the output has room for none).
+    out = on(native_backend, np.full(12, -1, np.int32))
+    with pytest.raises(RuntimeError, match=r"coords_kernel"):
+        _call(native_backend, "selftest_coords", None, out, *grid, *block)
+    np.testing.assert_array_equal(to_numpy(out), -1)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_vector_copy(native_backend, dtype):
     x = np.arange(1, 4 * 70 + 1, dtype=dtype)

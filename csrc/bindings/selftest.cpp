@@ -42,7 +42,7 @@ void bind_selftest(py::module_& m) {
   bind_selftest_typed<float>(m);
   bind_selftest_typed<double>(m);
   m.def("selftest_coords",
-        [](uintptr_t out, int gx, int gy, int gz, int bx, int by, int bz, uintptr_t s) {
+        [](uintptr_t out, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, uintptr_t s) {
           selftest_coords(ptr<int>(out), gx, gy, gz, bx, by, bz, ptr<void>(s));
         },
         nogil());

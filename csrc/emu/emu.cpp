@@ -422,8 +422,8 @@ void launch(const char* kernel, dim3 grid, dim3 block_shape, size_t smem_bytes, 
   long nthreads = (long)block_shape.x * block_shape.y * block_shape.z;
   if (nthreads <= 0 || nthreads > 1024 || block_shape.z > 64)
     throw std::runtime_error(std::string("kernel ") + kernel + ": invalid block shape (at most 1024 threads, z <= 64)");
-  if (grid.y > 65535 || grid.z > 65535)
-    throw std::runtime_error(std::string("kernel ") + kernel + ": grid y/z dimension above 65535");
+  if (grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535)
+    throw std::runtime_error(std::string("kernel ") + kernel + ": invalid grid (x at most 2^31 - 1, y and z at most 65535)");
   if (smem_bytes > 227 * 1024)
     throw std::runtime_error(std::string("kernel ") + kernel + ": dynamic shared memory above 227 KiB");
   if ((long)grid.x * grid.y * grid.z == 0) return;

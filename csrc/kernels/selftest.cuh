@@ -186,7 +186,7 @@ void selftest_vector_copy(const T* x, T* y, int64_t groups, void* stream) {
   if (groups) launch("vector_copy_kernel", vector_copy_kernel<T>, dim3(blocks_for(groups, 64)), dim3(64), 0, stream, x, y, groups);
 }
 
-void selftest_coords(int* out, int gx, int gy, int gz, int bx, int by, int bz, void* stream) {
+void selftest_coords(int* out, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, void* stream) {
   launch("coords_kernel", coords_kernel, dim3(gx, gy, gz), dim3(bx, by, bz), 0, stream, out);
 }
 

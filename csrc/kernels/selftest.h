@@ -41,7 +41,7 @@ void selftest_vector_copy(const T* x, T* y, int64_t groups, void* stream);
 
 // Each thread writes 12 ints at its global linear index (blocks in x-fastest order, threads in
 // x-fastest order within a block): threadIdx, blockIdx, blockDim, gridDim (x, y, z each).
-void selftest_coords(int* out, int gx, int gy, int gz, int bx, int by, int bz, void* stream);
+void selftest_coords(int* out, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, void* stream);
 
 // Broken on purpose (the emulator must raise, naming the kernel, instead of hanging):
 // threads with threadIdx.x >= active return before a __syncthreads the others wait at.
