@@ -28,6 +28,28 @@ def on(be, *arrays):
     return out if len(out) > 1 else out[0]
 
 
+def address(a):
+    """Where an array's data starts (NumPy or CuPy)."""
+    return a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
+
+
+def misaligned(be, a, offset=1):
+    """a, on the backend, at an address `offset` bytes past a 16-byte boundary, hence not a multiple
+    of its element size (as a view of bytes at an odd offset is, e.g. np.frombuffer(data, offset=1)).
+    Filled through bytes: an elementwise copy into it would itself load misaligned elements, which
+    faults on a GPU."""
+    a = np.ascontiguousarray(a)
+    buf = be.xp.zeros(a.nbytes + 32, np.uint8)
+    start = (-address(buf)) % 16 + offset
+    buf[start:start + a.nbytes] = be.xp.asarray(a.reshape(-1).view(np.uint8))
+    if be.xp is np:
+        out = np.ndarray(a.shape, a.dtype, buffer=buf, offset=start)
+    else:
+        out = be.xp.ndarray(a.shape, a.dtype, memptr=buf.data + start)
+    assert address(out) % 16 == offset
+    return out
+
+
 def cast(arrays, dtype):
     return [a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in arrays]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastconv.backend
-from helpers import DTYPES, on, to_numpy
+from helpers import DTYPES, misaligned, on, to_numpy
 
 pytestmark = pytest.mark.kernels  # every test here runs kernels: CI's sanitizer pass reruns them all
 
@@ -151,6 +151,16 @@ def test_launch_beyond_the_limits_raises(native_backend, grid, block):
     with pytest.raises(RuntimeError, match=r"coords_kernel"):
         _call(native_backend, "selftest_coords", None, out, *grid, *block)
     np.testing.assert_array_equal(to_numpy(out), -1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + (np.int64,))
+def test_array_not_aligned_to_its_elements_never_reaches_a_kernel(native_backend, dtype):
+    # A GPU loads an element only from a multiple of its size (else: misaligned address, and the
+    # CUDA context is lost); x86 does not care. The backends refuse such an array's address.
+    a = misaligned(native_backend, np.arange(6, dtype=dtype))
+    with pytest.raises(ValueError, match=r"not a multiple of its (4|8)-byte .* elements.*misaligned address"):
+        native_backend.ptr(a)
+    assert native_backend.ptr(misaligned(native_backend, np.arange(6, dtype=dtype), np.dtype(dtype).itemsize)) > 0
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

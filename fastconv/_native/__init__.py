@@ -76,8 +76,18 @@ class NativeBackend:
             pool().free_all_blocks()
 
     def ptr(self, array) -> int:
-        """The address of an array's data, or 0 for None (an absent optional input)."""
-        return 0 if array is None else self.pointer(array)
+        """The address of an array's data, or 0 for None (an absent optional input).
+
+        The kernels load whole elements, which a GPU requires at an address that is a multiple of
+        their size (else "misaligned address", which ends the CUDA context); x86, where the emulator
+        runs, does not. So an array that the ops failed to align is refused here, on both backends."""
+        if array is None:
+            return 0
+        address = self.pointer(array)
+        if address % array.itemsize:
+            raise ValueError(f"an array at address {address:#x}, not a multiple of its {array.itemsize}-byte "
+                             f"{array.dtype} elements, reached a kernel (a GPU would fault: misaligned address)")
+        return address
 
     def __repr__(self):
         return f"<fastconv backend {self.name!r}>"
