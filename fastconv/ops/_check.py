@@ -10,7 +10,8 @@ Rules (docs/bad_inputs.md lists every case and its message):
   an int out of range a ValueError (integer(); the layers, optimizers, fit and data use it too);
 - the expected number of dimensions and agreeing shapes (ValueError naming argument and shapes);
 - non-contiguous views (transposes, steps, negative strides) are copied to C order, never read as
-  if they were contiguous.
+  if they were contiguous; so is an array that does not start at a multiple of its element size (a
+  view of bytes at an odd offset): a GPU kernel faults loading from it (misaligned address).
 """
 from __future__ import annotations
 
@@ -102,8 +103,30 @@ def tensor(x, name: str, be, ndim=None, dtype=None):
         if a.ndim not in accepted:
             want = " or ".join(f"{d}-D" for d in accepted)
             raise ValueError(f"{name} must be {want}, got shape {tuple(a.shape)} ({a.ndim}-D)")
+    return for_kernels(a, be)
+
+
+def address(a) -> int:
+    """Where an array's data starts (NumPy or CuPy)."""
+    data = a.data
+    return data.ptr if hasattr(data, "ptr") else a.__array_interface__["data"][0]
+
+
+def aligned(a) -> bool:
+    """Whether a starts at a multiple of its element size, as a GPU kernel's loads need."""
+    return address(a) % a.itemsize == 0
+
+
+def for_kernels(a, be):
+    """a as the kernels read it: C-contiguous and aligned to its elements; a copy where it is not."""
     if not a.flags.c_contiguous:
-        a = be.xp.ascontiguousarray(a)
+        return be.xp.ascontiguousarray(a)
+    if not aligned(a):
+        # Moved as bytes: an elementwise copy would load the misaligned elements itself (on a GPU:
+        # the fault this copy avoids).
+        out = be.xp.empty(a.shape, a.dtype)
+        out.reshape(-1).view(np.uint8)[...] = a.reshape(-1).view(np.uint8)
+        return out
     return a
 
 
@@ -119,7 +142,7 @@ def labels(x, name: str, be, n: int):
     if a.dtype == np.uint64 and a.size and int(a.max()) > np.iinfo(np.int64).max:
         # Checked before the cast to int64, which would wrap the value to a negative one.
         raise ValueError(f"{name} holds {int(a.max())}, beyond any class index (int64)")
-    return be.xp.ascontiguousarray(a, dtype=be.xp.int64)
+    return for_kernels(be.xp.ascontiguousarray(a, dtype=be.xp.int64), be)
 
 
 def value_range(a, be) -> tuple[int, int]:

@@ -20,7 +20,8 @@ import numbers
 import numpy as np
 
 from .. import backend as _backend
-from ._check import FLOAT_DTYPES, flag, number, on_backend, refuse_byte_order, shape_str, tensor
+from ._check import (FLOAT_DTYPES, address, aligned, flag, number, on_backend, refuse_byte_order, shape_str,
+                     tensor)
 
 __all__ = ["sgd_step", "sgd_step_foreach", "adam_step", "adam_step_foreach"]
 
@@ -53,6 +54,11 @@ def _updatable(a, name: str, be, like=None):
     if not a.flags.c_contiguous:
         raise ValueError(f"{name} {shape_str(a.shape)} is not C-contiguous, so it cannot be updated in place: "
                          "keep parameters and optimizer state in contiguous arrays")
+    if not aligned(a):
+        raise ValueError(f"{name} {shape_str(a.shape)} is not aligned to its {a.itemsize}-byte elements (it starts "
+                         f"{address(a) % a.itemsize} bytes past a multiple of {a.itemsize}), so it cannot be updated "
+                         "in place: keep parameters and optimizer state in arrays of their own, not views of bytes "
+                         "at an odd offset")
     if not getattr(a.flags, "writeable", True):
         raise ValueError(f"{name} is read-only, so it cannot be updated in place")
     return a
@@ -68,8 +74,7 @@ def _gradient(grad, be, param, name="grad", param_name="param"):
 
 def _byte_span(a):
     """[start, end) of a C-contiguous array's bytes."""
-    data = a.data
-    start = data.ptr if hasattr(data, "ptr") else a.__array_interface__["data"][0]
+    start = address(a)
     return start, start + a.nbytes
 
 

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import backend as _backend
-from ._check import flag, on_backend, shape_str, tensor, value_range
+from ._check import flag, for_kernels, on_backend, shape_str, tensor, value_range
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
 
@@ -114,7 +114,7 @@ def _indices(indices, be, dy, plane_size: int, op: str, check_range: bool):
     if a.shape != dy.shape:
         raise ValueError(f"{op}: indices is {shape_str(a.shape)} but dy is {shape_str(dy.shape)}; "
                          "they must have the same shape")
-    a = be.xp.ascontiguousarray(a)
+    a = for_kernels(a, be)
     if check_range and a.size:
         lo, hi = value_range(a, be)
         if lo < 0 or hi >= plane_size:
