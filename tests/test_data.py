@@ -42,6 +42,33 @@ def test_split_is_stratified():
         np.testing.assert_allclose(np.bincount(part, minlength=3) / len(part), overall, atol=0.01)
 
 
+@pytest.mark.parametrize("labels", [
+    np.random.default_rng(1).integers(0, 7, 400),
+    np.random.default_rng(2).integers(0, 2, 50).astype(bool),
+    np.array([0.0, -0.0, 2.0, 1.0, 2.0, 0.0, 1.0]),  # -0.0 and 0.0 are one class, as np.unique says
+    np.random.default_rng(3).integers(0, 5, 100).astype(np.uint8),
+])
+def test_rows_by_class_are_each_class_s_rows_in_order(labels):
+    expected = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    got = D._rows_by_class(labels)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_split_stratifies_many_classes_in_one_sort():
+    # 10^5 rows of 2*10^4 classes: one pass over the rows per class was 2*10^9 comparisons.
+    n, classes = 100_000, 20_000
+    y = np.random.default_rng(0).integers(0, classes, n)
+    x = np.arange(n)[:, None]
+    x_tr, y_tr, x_va, y_va, x_te, y_te = D.train_val_test_split(x, y, val=0.2, test=0.2, seed=0)
+    np.testing.assert_array_equal(np.sort(np.concatenate([x_tr, x_va, x_te])[:, 0]), np.arange(n))
+    for part_x, part_y in ((x_tr, y_tr), (x_va, y_va), (x_te, y_te)):
+        np.testing.assert_array_equal(y[part_x[:, 0]], part_y)
+    counts = np.bincount(y, minlength=classes)
+    np.testing.assert_array_equal(np.bincount(y_te, minlength=classes), np.round(0.2 * counts).astype(int))
+
+
 def test_split_unstratified_for_regression_targets():
     x = np.arange(100.0)[:, None]
     y = x * 2.5 + 0.1
