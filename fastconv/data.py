@@ -113,6 +113,9 @@ def _rows_by_class(labels):
     return np.split(order, np.flatnonzero(sorted_labels[1:] != sorted_labels[:-1]) + 1)
 
 
+_BLOCK_VALUES = 1 << 17  # values per block of Standardizer.transform (1 MiB of float64)
+
+
 class Standardizer:
     """(x - mean) / std per feature, with mean and std from the training rows.
 
@@ -151,8 +154,14 @@ class Standardizer:
         x = np.asarray(x)
         if x.shape[1:] != self.mean_.shape:
             raise ValueError(f"x rows have shape {x.shape[1:]}, the fit saw {self.mean_.shape}")
-        out_dtype = x.dtype if x.dtype.kind == "f" else np.float64
-        return ((x - self.mean_) / self.std_).astype(out_dtype)
+        # By blocks of rows: the float64 arithmetic then needs temporaries of one block, not of all
+        # of x (for float32 data those were three times the size of the result).
+        rows = x if x.ndim else x.reshape(1)  # (a 0-d x of a 1-d fit: one row)
+        out = np.empty(rows.shape, dtype=x.dtype if x.dtype.kind == "f" else np.float64)
+        step = max(1, _BLOCK_VALUES // max(self.mean_.size, 1))
+        for start in range(0, len(rows), step):
+            out[start : start + step] = (rows[start : start + step] - self.mean_) / self.std_
+        return out.reshape(x.shape)
 
     def fit_transform(self, x):
         return self.fit(x).transform(x)

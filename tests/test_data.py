@@ -128,6 +128,35 @@ def test_standardizer_maps_a_constant_feature_to_zero(value, rows):
     np.testing.assert_allclose(z[:, 1].std(), 1.0, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_standardizer_transform_needs_little_more_memory_than_its_result(dtype):
+    """The float64 arithmetic ran on all of x at once: temporaries of three times the result for
+    float32 data. By blocks of rows it needs one block's; the values are the same bit for bit."""
+    import tracemalloc
+
+    x = (np.random.default_rng(0).random((100_000, 20)) * 10).astype(dtype)
+    scaler = D.Standardizer().fit(x[:1000])
+    expected = ((x[:5000] - scaler.mean_) / scaler.std_).astype(x.dtype if x.dtype.kind == "f" else np.float64)
+    tracemalloc.start()
+    try:
+        z = scaler.transform(x)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < z.nbytes + 4 * 2**20
+    np.testing.assert_array_equal(z[:5000], expected)
+    assert z.dtype == expected.dtype and z.shape == x.shape
+
+
+def test_standardizer_transform_of_images_and_of_one_value():
+    x = np.random.default_rng(1).random((30, 2, 3, 3)).astype(np.float32)
+    scaler = D.Standardizer().fit(x)
+    np.testing.assert_array_equal(scaler.transform(x), ((x - scaler.mean_) / scaler.std_).astype(np.float32))
+    scaler = D.Standardizer().fit(np.array([1.0, 2.0, 3.0]))  # one feature: rows are scalars
+    assert scaler.transform(np.float64(2.0)).shape == ()
+    assert float(scaler.transform(np.float64(2.0))) == 0.0
+
+
 def test_standardizer_errors():
     with pytest.raises(RuntimeError, match="not fitted"):
         D.Standardizer().transform(np.zeros((2, 2)))
