@@ -97,12 +97,12 @@ def multiclass_report(y_test, probs, class_names=None, coarse=None):
     coarse class with the largest summed probability (metrics.coarse_probabilities).
     """
     y = to_numpy(y_test).ravel().astype(np.int64)
-    p = to_numpy(probs).astype(np.float64)
+    p = to_numpy(probs).astype(np.float64, copy=False)  # (only read: float64 probs need no copy)
     n_classes = p.shape[1]
     names = list(class_names) if class_names else [str(c) for c in range(n_classes)]
     predicted = np.argmax(p, axis=1)
     matrix = metrics.confusion_matrix(y, predicted, num_classes=n_classes)
-    one_hot = np.eye(n_classes, dtype=np.int64)[y]
+    one_hot = np.eye(n_classes, dtype=bool)[y]  # one byte a cell: (N, C) int64 was as large as p
     class_auc = metrics.per_class_auc(one_hot, p)
     per_class = []
     for c in range(n_classes):

@@ -136,7 +136,7 @@ def _auc(y, scores):
         return _metrics.auc(y.reshape(-1).astype(np.int64), scores.reshape(-1))
     if scores.shape[1] == 2 and y.ndim == 1:
         return _metrics.auc(y.astype(np.int64), scores[:, 1])
-    onehot = np.eye(scores.shape[1], dtype=np.int64)[y.astype(np.int64)] if y.ndim == 1 else y
+    onehot = np.eye(scores.shape[1], dtype=bool)[y.astype(np.int64)] if y.ndim == 1 else y
     present = _two_valued_columns(onehot)  # a class absent from y (or in every row) has no AUC
     if not present.any():
         raise ValueError(f"AUC needs labels of at least two classes, got one class in all {len(y)} rows")
