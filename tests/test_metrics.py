@@ -189,6 +189,22 @@ def test_accuracy_and_confusion_matrix():
     assert M.confusion_matrix([0, 1], [1, 1], num_classes=3).shape == (3, 3)
 
 
+def test_confusion_matrix_of_many_classes_is_not_copied():
+    """The (C, C) counts were copied once more by astype: twice the matrix at 1000s of classes."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    y, pred = rng.integers(0, 2000, 10_000), rng.integers(0, 2000, 10_000)
+    tracemalloc.start()
+    try:
+        cm = M.confusion_matrix(y, pred, num_classes=2000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert cm.dtype == np.int64 and peak < 1.5 * cm.nbytes
+    np.testing.assert_array_equal(cm, skm.confusion_matrix(y, pred, labels=range(2000)))
+
+
 def test_coarse_probabilities():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(20, 6))
