@@ -13,6 +13,7 @@ The numbers come from fastconv.metrics; this module only chooses what to report 
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 
@@ -131,9 +132,19 @@ def multiclass_report(y_test, probs, class_names=None, coarse=None):
         entry = {"classes": {n: list(map(int, m)) for n, m in zip(group_names, members)},
                  "accuracy": metrics.accuracy(coarse_y, coarse_p)}
         if len(members) == 2:  # a binary decision: its AUC, "positive" = the second group
-            entry["auc"] = metrics.auc(coarse_y, coarse_p[:, 1])
+            entry["auc"] = _auc_or_nan(coarse_y, coarse_p[:, 1], f"coarse grouping {grouping!r}")
         report["coarse"][grouping] = entry
     return report
+
+
+def _auc_or_nan(y, scores, what):
+    """The AUC; NaN with a warning when the labels hold one class (as per_class_auc gives a class
+    absent from the test labels), so that a small test set still gets its report."""
+    if 0 < np.sum(y == 1) < y.size:
+        return metrics.auc(y, scores)
+    warnings.warn(f"{what}: the test labels hold one of its two classes only; its AUC is NaN", RuntimeWarning,
+                  stacklevel=3)
+    return float("nan")
 
 
 def regression_report(y_true, y_pred):

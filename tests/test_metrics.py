@@ -317,3 +317,21 @@ def test_multiclass_report_does_not_copy_the_probabilities():
     np.testing.assert_array_equal(report["confusion_matrix"], skm.confusion_matrix(y, probs.argmax(1)))
     aucs = [row["auc"] for row in report["per_class"]]
     np.testing.assert_allclose(aucs, skm.roc_auc_score(np.eye(c)[y], probs, average=None), rtol=0, atol=1e-12)
+
+
+def test_report_of_test_labels_in_one_coarse_class_has_nan_coarse_auc():
+    """Test labels all odd: the parity grouping's AUC is undefined. It raised "y_true contains only
+    class 1", losing the whole report (`fastconv train digits_cnn --subset 1` failed after training);
+    it is NaN with a warning, as the per-class AUC of an absent class is."""
+    from fastconv.evaluate import format_report, multiclass_report
+
+    y = np.array([1, 3, 3])
+    probs = np.full((3, 4), 0.1)
+    probs[[0, 1, 2], [1, 3, 2]] = 0.7
+    parity = {"parity": {"even": [0, 2], "odd": [1, 3]}, "low/high": {"low": [0, 1], "high": [2, 3]}}
+    with pytest.warns(RuntimeWarning) as caught:
+        report = multiclass_report(y, probs, coarse=parity)
+    assert any("coarse grouping 'parity': the test labels hold one of its two" in str(w.message) for w in caught)
+    assert np.isnan(report["coarse"]["parity"]["auc"]) and report["coarse"]["parity"]["accuracy"] == 2 / 3
+    assert report["coarse"]["low/high"]["auc"] == M.auc([0, 1, 1], [0.2, 0.8, 0.8])
+    assert "parity (even / odd, summed probabilities): accuracy 0.6667, AUC nan" in format_report(report)
