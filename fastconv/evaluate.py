@@ -12,6 +12,7 @@ The numbers come from fastconv.metrics; this module only chooses what to report 
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
 import warnings
 
@@ -62,11 +63,13 @@ def binary_report(y_val, val_scores, y_test, test_scores, target_sensitivity=0.9
     """
     y_val, y_test = to_numpy(y_val).ravel(), to_numpy(y_test).ravel()
     val_scores, test_scores = to_numpy(val_scores).ravel(), to_numpy(test_scores).ravel()
-    area = metrics.auc_ci(y_test, test_scores, level=level, method="delong")
+    with _naming("the test AUC (y_test, test_scores)"):
+        area = metrics.auc_ci(y_test, test_scores, level=level, method="delong")
     points = {}
     for name, kwargs in (("screening", {"target_sensitivity": target_sensitivity}),
                          ("high-risk", {"target_specificity": target_specificity})):
-        chosen = metrics.operating_point(y_val, val_scores, **kwargs)
+        with _naming("the operating points, chosen on validation data (y_val, val_scores)"):
+            chosen = metrics.operating_point(y_val, val_scores, **kwargs)
         points[name] = {
             "target": list(chosen.target),
             "threshold": chosen.threshold,
@@ -81,6 +84,15 @@ def binary_report(y_val, val_scores, y_test, test_scores, target_sensitivity=0.9
         "val_auc": metrics.auc(y_val, val_scores),
         "operating_points": points,
     }
+
+
+@contextlib.contextmanager
+def _naming(what):
+    """metrics' errors say y_true and scores: say which of the report's arguments they are about."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"binary_report: {what}: {exc}") from exc
 
 
 def operating_points_on_test(report):

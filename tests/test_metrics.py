@@ -335,3 +335,17 @@ def test_report_of_test_labels_in_one_coarse_class_has_nan_coarse_auc():
     assert np.isnan(report["coarse"]["parity"]["auc"]) and report["coarse"]["parity"]["accuracy"] == 2 / 3
     assert report["coarse"]["low/high"]["auc"] == M.auc([0, 1, 1], [0.2, 0.8, 0.8])
     assert "parity (even / odd, summed probabilities): accuracy 0.6667, AUC nan" in format_report(report)
+
+
+@pytest.mark.parametrize("which", ["val", "test"])
+def test_binary_report_errors_name_the_split(which):
+    """metrics' errors say "y_true": binary_report's say whether y_val or y_test holds one class."""
+    from fastconv.evaluate import binary_report
+
+    y, s = np.array([0, 1, 0, 1, 1, 0]), np.linspace(0, 1, 6)
+    one_class = (np.ones(6, int), s)
+    args = (*one_class, y, s) if which == "val" else (y, s, *one_class)
+    with pytest.raises(ValueError, match=rf"binary_report: .*\(y_{which}, {which}_scores\): y_true contains only class 1"):
+        binary_report(*args)
+    with pytest.raises(ValueError, match=r"binary_report: the test AUC .*: level must be"):
+        binary_report(y, s, y, s, level=2)
