@@ -162,3 +162,47 @@ def test_array_on_another_gpu_is_refused():
     assert on_backend(same, "x", be) is same
     with pytest.raises(TypeError, match=r"x is on GPU 1 but the current device is GPU 0"):
         on_backend(FakeArray(1), "x", be)
+
+
+_FORK_AFTER_KERNELS = """
+import multiprocessing, sys
+import numpy as np
+from fastconv import ops
+
+x = np.arange(-8, 8, dtype=np.float32)
+ops.relu_forward(x)  # the parent runs a kernel: Numba's threading layer starts
+
+
+def child(_):
+    try:
+        return ops.relu_forward(x).tolist()
+    except RuntimeError as exc:
+        return str(exc)
+
+
+with multiprocessing.get_context("fork").Pool(1) as pool:
+    print(pool.map_async(child, [0]).get(timeout=120)[0])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and GNU OpenMP: Linux")
+@pytest.mark.parametrize("layer", ["default", "workqueue"])
+def test_cpu_ops_in_a_process_forked_after_kernels_ran(layer):
+    # With GNU OpenMP (Numba's layer here) the child's first kernel got SIGTERM from Numba, and a
+    # Pool whose worker died so waited for its task forever; now each op raises, saying what to do.
+    # A fork-safe layer chosen as the message says runs the ops in the child.
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTCONV_BACKEND", "NUMBA_THREADING_LAYER")}
+    env["FASTCONV_BACKEND"] = "cpu"
+    if layer == "workqueue":
+        env["NUMBA_THREADING_LAYER"] = "workqueue"
+    run = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", _FORK_AFTER_KERNELS], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    import numba
+    from numba.np.ufunc import omppool
+    if layer == "default" and omppool.openmp_vendor == "GNU":
+        assert run.stdout.startswith("relu_forward: this process was forked from one that had already run "
+                                     "fastconv's cpu kernels"), run.stdout
+        assert "'spawn'" in run.stdout and "NUMBA_THREADING_LAYER=workqueue" in run.stdout
+    else:
+        assert run.stdout.strip() == str([float(max(v, 0)) for v in range(-8, 8)]), run.stdout

@@ -10,6 +10,7 @@ dense.py), clear
 fastconv/_cpu/__pycache__ or set NUMBA_CACHE_DIR, or the old code runs.
 """
 import os
+import sys
 
 # Numba's OpenMP workers and OpenBLAS's threads take turns on the same cores (a BLAS GEMM, then a
 # fused Numba epilogue). With OpenMP's default spin-waiting, each side spins on the cores the other
@@ -42,7 +43,8 @@ class CpuBackend:
     def __init__(self):
         for family in FAMILIES:
             for op in family.__all__:
-                setattr(self, op, getattr(family, op))
+                setattr(self, op, getattr(family, op) if not _forked_after_openmp else _refused_in_fork(op))
+        _instances.append(self)
 
     @staticmethod
     def empty_cache():
@@ -55,3 +57,42 @@ class CpuBackend:
 
 def backend() -> CpuBackend:
     return CpuBackend()
+
+
+# GNU OpenMP, Numba's usual threading layer on Linux, cannot run in a process forked after its
+# threads started: Numba then kills the child with SIGTERM at its first parallel kernel (a
+# multiprocessing.Pool whose worker dies that way waits for its task forever). So in such a child
+# every op raises instead, saying what to do; the parent is untouched. With another layer
+# (NUMBA_THREADING_LAYER=workqueue or tbb), or no kernel run before the fork, nothing changes.
+_instances: list = []
+_forked_after_openmp = False
+
+
+def _refused_in_fork(op):
+    def refused(*args, **kwargs):
+        raise RuntimeError(
+            f"{op}: this process was forked from one that had already run fastconv's cpu kernels on Numba's "
+            "GNU OpenMP threads, which cannot run in a forked child (Numba would kill it). Start worker "
+            "processes with multiprocessing's 'spawn' or 'forkserver' method (multiprocessing.get_context"
+            "('spawn')), or fork before the first op runs, or set NUMBA_THREADING_LAYER=workqueue in the "
+            "environment before importing fastconv")
+    return refused
+
+
+def _after_fork_in_child():
+    global _forked_after_openmp
+    parallel = sys.modules.get("numba.np.ufunc.parallel")
+    if parallel is None or not parallel._is_initialized:
+        return
+    import numba
+    from numba.np.ufunc import omppool
+    if numba.threading_layer() != "omp" or omppool.openmp_vendor != "GNU":
+        return
+    _forked_after_openmp = True
+    for instance in _instances:
+        for family in FAMILIES:
+            for op in family.__all__:
+                setattr(instance, op, _refused_in_fork(op))
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
