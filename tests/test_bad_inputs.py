@@ -239,6 +239,8 @@ def nan_linear(be, _):
 
 def nan_activations(be, _):
     close(ops.relu_forward(on(be, SPECIALS)), np.where(np.isnan(SPECIALS), np.nan, np.maximum(SPECIALS, 0)))
+    dy = np.full(SPECIALS.shape, 3.0, F32)  # torch's where(x <= 0, 0, dy): a NaN x passes dy on
+    close(ops.relu_backward(*on(be, dy, SPECIALS)), np.where(SPECIALS <= 0, 0.0, dy))
     close(ops.sigmoid_forward(on(be, SPECIALS)), _sigmoid64(SPECIALS.astype(F64)))
 
 
@@ -670,7 +672,8 @@ CASES = [
     # NaN / Inf: never an error; propagated as IEEE arithmetic does
     C("nan", "matmul with NaN, +inf, -inf in a", nan_matmul, None, "propagated: equals float64 NumPy (NaN where a NaN or inf - inf enters a sum)"),
     C("nan", "linear_forward(x with NaN/inf, w, activation='relu')", nan_linear, None, "propagated: equals NumPy; relu(NaN) = NaN"),
-    C("nan", "relu_forward / sigmoid_forward of NaN, +inf, -inf", nan_activations, None, "relu: NaN, inf, 0; sigmoid: NaN, 1, 0"),
+    C("nan", "relu_forward / relu_backward / sigmoid_forward of NaN, +inf, -inf", nan_activations, None,
+      "relu: NaN, inf, 0 (gradient: dy, dy, 0, as torch); sigmoid: NaN, 1, 0"),
     C("nan", "conv2d_forward(x with one NaN, w)", nan_conv, None, "propagated: NaN in exactly the outputs whose window covers it"),
     C("nan", "max_pool2d_forward / avg_pool2d_forward with NaN, inf", nan_pool, None, "max: a NaN in the window wins (its index returned), as torch; avg: NaN"),
     C("nan", "softmax_cross_entropy_forward with a NaN / +inf / -inf logit", nan_cross_entropy, None, "NaN / NaN / finite loss (a -inf logit has probability 0), as torch"),

@@ -105,6 +105,24 @@ def test_nan_wins_the_pool_and_relu_keeps_it(backend):
     assert to_numpy(idx).tobytes() == to_numpy(idx_ref).tobytes()
 
 
+@pytest.mark.parametrize("name", ["lenet_conv2_many_channels", "overlapping_padded_pool"])
+def test_relu_passes_the_gradient_of_a_nan_output_as_torch(backend, name):
+    # A NaN bias makes channel 0's outputs all NaN. torch's ReLU backward (where(y <= 0, 0, dy))
+    # passes dy through a NaN output, so that channel's bias gradient is the sum of its dy, as
+    # the unfused ops give; the fused backward gave 0 (its pooled relu' was [y > 0]).
+    x, w, b, conv, pool, act = _case(name)
+    b[0] = np.nan
+    xb, wb, bb = on(backend, x, w, b)
+    y, idx = _fused_forward(xb, wb, bb, conv, pool, act)
+    dy = np.random.default_rng(1).standard_normal(tuple(y.shape)).astype(np.float32)
+    assert np.isnan(to_numpy(y)[:, 0]).all()
+    grads = ops.conv2d_max_pool2d_backward(on(backend, dy), y, idx, xb, wb, activation=act, **conv)
+    _, _, ref = _unfused(backend, xb, wb, bb, conv, pool, act, on(backend, dy))
+    for what, g, r in zip(("dx", "dw", "db"), grads, ref):
+        np.testing.assert_allclose(to_numpy(g), to_numpy(r), rtol=1e-5, atol=1e-5, err_msg=what)
+    np.testing.assert_allclose(to_numpy(grads[2])[0], dy[:, 0].sum(dtype=np.float64), rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["lenet_conv2_many_channels", "overlapping_padded_pool", "strided_conv_unfused_path"])
 def test_gradients_by_finite_differences(backend, name):
     x, w, b, conv, pool, act = _case(name, np.float64, seed=3)

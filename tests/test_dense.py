@@ -318,6 +318,19 @@ def test_sigmoid_extremes_and_nan(backend):
     assert np.isnan(r[-1]) and r[0] == 0 and r[-2] == 1e4
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_backward_passes_the_gradient_at_nan_as_torch(backend, dtype):
+    # torch's ReLU backward is where(x <= 0, 0, dy): 0 only where x is known to be <= 0, so a NaN
+    # input (whose output is NaN too) passes dy on; it got 0 before. The 4099 values take the
+    # cpu backend's parallel loop; x = NaN at both ends of it.
+    x = np.tile(np.array([np.nan, -1.0, 0.0, -0.0, 2.0, np.inf, -np.inf], dtype), 586)[:4099]
+    x[-1] = np.nan
+    dy = np.arange(1, x.size + 1, dtype=dtype)
+    dx = to_numpy(ops.relu_backward(*on(backend, dy, x)))
+    np.testing.assert_array_equal(dx, np.where(x <= 0, 0, dy))
+    assert dx[0] == 1 and dx[-1] == x.size
+
+
 def test_non_contiguous_views_are_read_correctly(backend):
     rng = np.random.default_rng(5)
     big = rng.standard_normal((40, 30)).astype(np.float32)

@@ -3,7 +3,7 @@
 // Math
 //   linear forward   y  = act(x @ W^T + b)          x (N, in), W (out, in), b (out)
 //   linear backward  dx = dz @ W,  dW = dz^T @ x,  db = sum_rows dz      (dz = dy * act'(z))
-//   relu             y = max(x, 0);       dx = dy * [x > 0]
+//   relu             y = max(x, 0);       dx = dy * [x > 0]  (NaN x: dx = dy, as torch)
 //   sigmoid          y = 1 / (1 + e^-x);  dx = dy * y * (1 - y)
 // so the GEMM is C = act(op(A) @ op(B) + bias), op = identity or transpose, and the backward
 // uses the transposed variants: dx = gemm(dz, W), dW = gemm(dz, x, trans_a).
@@ -428,7 +428,7 @@ __global__ void relu_forward_kernel(const T* __restrict__ x, T* __restrict__ y, 
 template <typename T>
 __global__ void relu_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx, int64_t n) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    dx[i] = x[i] > T(0) ? dy[i] : T(0);
+    dx[i] = x[i] <= T(0) ? T(0) : dy[i];  // a NaN x passes dy on, as torch's threshold_backward
 }
 
 template <typename T>

@@ -85,8 +85,8 @@ _RELU, _SIGMOID = ACTIVATIONS["relu"], ACTIVATIONS["sigmoid"]
 @intrinsic
 def unpool_2x2_run(typingctx, dy, y, indices, at, count, act, first_index, out_w, dst, dst_off, dst_ld):
     """The gradient of eight 2x2 / stride 2 max-pooling windows scattered into their two rows: for
-    k < count (<= 8), d = act'(dy[at + k]) (relu: d if y > 0 else 0; sigmoid: d y (1 - y), y the
-    pooled output at the same place; otherwise d) goes to the window position that indices[at + k]
+    k < count (<= 8), d = act'(dy[at + k]) (relu: 0 if y <= 0 else d, NaN y passing d; sigmoid:
+    d y (1 - y), y the pooled output at the same place; otherwise d) goes to the window position that indices[at + k]
     names, 0 to its other three, as 0 + value (the portable scatter's += into zeros, so -0 comes
     out +0); window k's top-left is first_index + 2k in the convolution output (width out_w) and
     dst[dst_off + 2k] in the destination (row below: + dst_ld). Returns whether every index named
@@ -107,7 +107,7 @@ def unpool_2x2_run(typingctx, dy, y, indices, at, count, act, first_index, out_w
             return masked_load(builder, builder.bitcast(builder.gep(array.data, [at]), vector.as_pointer()), windows)
 
         d, yv, index = load8(dya, _V8), load8(ya, _V8), load8(ia, _I64x8)
-        relu = builder.select(builder.fcmp_ordered(">", yv, zero8), d, zero8)
+        relu = builder.select(builder.fcmp_ordered("<=", yv, zero8), zero8, d)  # as dense._relu_grad
         sigmoid = builder.fmul(builder.fmul(d, yv), builder.fsub(ir.Constant(_V8, [ir.Constant(_F32, 1.0)] * 8), yv))
         is_act = [broadcast(builder, builder.icmp_signed("==", act, ir.Constant(_I64, code)), 8)
                   for code in (_RELU, _SIGMOID)]

@@ -195,8 +195,8 @@ def stream_map1(fn, x, y, skip):
 @njit(inline="always")
 def stream_map2(fn, a, c, y, skip):
     """y[i] = fn(a[i], c[i]) for 1-D arrays, in parallel, y streamed (see stream_map1). Each block of
-    a is first copied into the L1 buffer: read straight from memory, ReLU backward's `dy if x > 0
-    else 0` became a masked load of dy (vmovups {k}{z}), which on the Zen 5 host held the loop to
+    a is first copied into the L1 buffer: read straight from memory, ReLU backward's `0 if x <= 0
+    else dy` became a masked load of dy (vmovups {k}{z}), which on the Zen 5 host held the loop to
     29-31 GB/s; with the copy, 46-49 (copy ceiling 48, counted as read + write)."""
     n = y.size
     for s in prange((n + SPAN - 1) // SPAN):

@@ -44,8 +44,8 @@ from ._taps32 import CR, CW, MR, NR, RR, channels_tile, row_tile, taps_tile, tra
 from ._winograd32 import (LANES, grad_tile16, input_tile16, output_tile16, products, tile_rows, weight_grad_transformed,
                           weights_transformed)
 from ._vecmath import copy_rows16
-from .dense import (_ONE, _SIGMOID16, _ZERO, _relu, _sigmoid, epilogue_activation, linear_backward, relu_backward,
-                    sigmoid_backward, sigmoid_in_place)
+from .dense import (_ONE, _SIGMOID16, _ZERO, _relu, _relu_grad, _sigmoid, epilogue_activation, linear_backward,
+                    relu_backward, sigmoid_backward, sigmoid_in_place)
 from ..ops.pool import PoolGeometry
 from .pool import is_2x2_stride_2_jit, max_pool2d_backward, max_pool2d_forward, max_pool_plane, window_of
 
@@ -440,7 +440,7 @@ def _gather_output_grad(dy, from_pool, y, act, indices, wide, n, o0, oh, ow, wp,
             for q in range(dy.shape[2]):
                 d = dy[n, o0 + o, q]
                 if act == _RELU:  # relu_backward / sigmoid_backward of the pooled value
-                    d = d if y[n, o0 + o, q] > _ZERO else _ZERO
+                    d = _relu_grad(d, y[n, o0 + o, q])
                 elif act == _SIGMOID:
                     d = d * y[n, o0 + o, q] * (_ONE - y[n, o0 + o, q])
                 i = indices[n, o0 + o, q]

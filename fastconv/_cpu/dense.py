@@ -82,7 +82,8 @@ def _relu(v):
 
 @njit(inline="always")
 def _relu_grad(dy, x):
-    return dy if x > _ZERO else _ZERO
+    # 0 only where x <= 0: a NaN x passes dy on, as torch's threshold_backward (where(x <= 0, 0, dy))
+    return _ZERO if x <= _ZERO else dy
 
 
 @njit(inline="always")

@@ -2,8 +2,9 @@
 
 Forward: y[n, o, i] = max over window i of act(z[n, o]), z = conv2d(x, w) + b, with the window's
 flat position kept in indices (as max_pool2d_forward).
-Backward: the gradient dz at full size is the pooled gradient dy times act'(y) (relu: y > 0;
-sigmoid: y (1 - y)), scatter-added to the indexed positions; then conv2d_backward(dz, x, w).
+Backward: the gradient dz at full size is the pooled gradient dy times act'(y) (relu: 0 where
+y <= 0, else 1, NaN included, as torch; sigmoid: y (1 - y)), scatter-added to the indexed
+positions; then conv2d_backward(dz, x, w).
 
 Why an op of its own: in a small CNN the convolution's output is the largest array, and it is
 only there to be pooled. Fused, each output plane is pooled while it is still in cache, so the

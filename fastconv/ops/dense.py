@@ -81,7 +81,8 @@ def relu_forward(x):
 
 
 def relu_backward(dy, x):
-    """dy * [x > 0], with x the forward input."""
+    """dy * [x > 0], with x the forward input (or its output: the same mask); 0 where x <= 0, dy
+    elsewhere, so a NaN x passes dy on, as torch's ReLU backward does."""
     be = _backend.current()
     dy, x = _same_shape(be, dy, "dy", x, "x", "relu_backward")
     return be.relu_backward(dy, x)
