@@ -86,8 +86,8 @@ _RELU, _SIGMOID = ACTIVATIONS["relu"], ACTIVATIONS["sigmoid"]
 def unpool_2x2_run(typingctx, dy, y, indices, at, count, act, first_index, out_w, dst, dst_off, dst_ld):
     """The gradient of eight 2x2 / stride 2 max-pooling windows scattered into their two rows: for
     k < count (<= 8), d = act'(dy[at + k]) (relu: 0 if y <= 0 else d, NaN y passing d; sigmoid:
-    d y (1 - y), y the pooled output at the same place; otherwise d) goes to the window position that indices[at + k]
-    names, 0 to its other three, as 0 + value (the portable scatter's += into zeros, so -0 comes
+    d y (1 - y), y the pooled output at the same place; otherwise d) goes to the window position
+    that indices[at + k] names, 0 to its other three, as 0 + value (the portable scatter's += into zeros, so -0 comes
     out +0); window k's top-left is first_index + 2k in the convolution output (width out_w) and
     dst[dst_off + 2k] in the destination (row below: + dst_ld). Returns whether every index named
     a position of its own window: if not, what was stored is not the scatter, and the caller must
