@@ -194,11 +194,16 @@ def _epilogue(y, r0, r1, c0, c1, b, has_bias, act):
 
 
 @njit(inline="always")
-def _add_column_sums(dy, db):
-    """db[j] += sum_i dy[i, j], rows in order (the bias gradient)."""
+def _column_sums(dy, db):
+    """db[j] = sum_i dy[i, j] (the bias gradient), rows in order, summed in float64: a float32
+    running sum over a large batch loses digits (10^6 rows of 1/N each: 0.9% off, where torch's
+    is 2e-7), and the float64 adds cost nothing beside the read of dy."""
+    acc = np.zeros(dy.shape[1])
     for i in range(dy.shape[0]):
         for j in range(dy.shape[1]):
-            db[j] += dy[i, j]
+            acc[j] += dy[i, j]
+    for j in range(dy.shape[1]):
+        db[j] = acc[j]
 
 
 @njit(inline="always")
@@ -258,8 +263,7 @@ def _linear_backward_body(gemm, dy, x, w, has_bias, input_grad, split, dx, dw, d
                 else:
                     gemm(dy, x[:, c0:c1], dw[:, c0:c1], 0.0, True, False)
         if has_bias and task == dx_tasks:
-            db[:] = 0
-            _add_column_sums(dy, db)
+            _column_sums(dy, db)
 
 
 @njit(inline="always")
@@ -287,7 +291,7 @@ def _linear_backward_serial_body(gemm, dy, x, w, has_bias, input_grad):
     else:
         gemm(dy, x, dw, 0.0, True, False)
     if has_bias:
-        _add_column_sums(dy, db)
+        _column_sums(dy, db)
     return dx, dw, db
 
 
