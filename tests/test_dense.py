@@ -238,6 +238,24 @@ def test_linear_bias_gradient_of_a_long_batch_loses_no_digits(backend, n):
     np.testing.assert_array_less(np.abs(to_numpy(db) - exact), tol)
 
 
+@pytest.mark.parametrize("n", [2**17, 2**20])
+def test_linear_weight_gradient_of_a_long_batch_loses_no_digits(backend, n):
+    """dw = dy^T x sums over the batch. With inputs ~1 and a mean loss's gradient (every dy 1/N) a
+    float32 running sum over the rows drifts by up to N u of the sum (u = eps32 / 2): 2^20 rows came
+    out 4e-3 off (torch: 2e-6). Rounding errors that do not drift add up like sqrt(N) u, so the bound
+    is a few ulp times sqrt(N) of sum |dy x|: 4 eps32 sqrt(N), 5e-4 at 2^20."""
+    if backend.name == "emu" and n > 2**17:
+        pytest.skip("the emulator's GEMM of K = 2^20 takes too long")
+    rng = np.random.default_rng(n)
+    f32 = np.float32
+    x = (1 + 0.01 * rng.random((n, 8))).astype(f32)
+    dy, w = np.full((n, 8), 1 / n, f32), np.ones((8, 8), f32)
+    _, dw, _ = ops.linear_backward(*on(backend, dy, x, w), input_grad=False)
+    exact = dy.T.astype(np.float64) @ x
+    tol = 4 * np.finfo(f32).eps * np.sqrt(n) * (np.abs(dy).T.astype(np.float64) @ np.abs(x))
+    np.testing.assert_array_less(np.abs(to_numpy(dw) - exact), tol)
+
+
 def test_cpu_linear_backward_split_keeps_blocks_of_512_and_equal_tasks():
     from fastconv._cpu import dense
 

@@ -206,6 +206,34 @@ def _column_sums(dy, db):
         db[j] = acc[j]
 
 
+# gemm32 sums each value over all of K in one float32 register (no K blocking), and dW = dy^T x's K
+# is the batch: over 2^20 rows of a mean loss's gradient (x ~ 1) dW came out 4e-3 off (torch 2e-6).
+# So the gemm32 kernels sum dW in blocks of _DW_ROWS rows, the blocks' products added in float64: one
+# add per dW value every _DW_ROWS multiply-adds into it, and the same bits as before for a batch
+# of one block. (OpenBLAS blocks K itself: its kernels pass dw_rows 0, one product.)
+_DW_ROWS = 1024
+
+
+@njit(inline="always")
+def _weight_grad(gemm, dw_rows, dy, x, dw):
+    """dw = dy^T @ x for dy (N, out), x (N, in), N >= 1, by `gemm`: one product, or where dw_rows > 0
+    and N > dw_rows, the products of blocks of dw_rows rows added in float64 in order."""
+    n = dy.shape[0]
+    if dw_rows == 0 or n <= dw_rows:
+        gemm(dy, x, dw, 0.0, True, False)
+        return
+    part = np.empty(dw.shape, dw.dtype)
+    total = np.zeros(dw.shape)
+    for r0 in range(0, n, dw_rows):
+        gemm(dy[r0:min(n, r0 + dw_rows)], x[r0:min(n, r0 + dw_rows)], part, 0.0, True, False)
+        for i in range(dw.shape[0]):
+            for j in range(dw.shape[1]):
+                total[i, j] += part[i, j]
+    for i in range(dw.shape[0]):
+        for j in range(dw.shape[1]):
+            dw[i, j] = total[i, j]
+
+
 @njit(inline="always")
 def _block(t, blocks, size):
     """(lo, hi): block t of `blocks` near-equal blocks of range(size)."""
@@ -230,11 +258,12 @@ def _linear_forward_body(gemm, x, w, b, has_bias, act, blocks, y):
 
 
 @njit(inline="always")
-def _linear_backward_body(gemm, dy, x, w, has_bias, input_grad, split, dx, dw, db):
+def _linear_backward_body(gemm, dw_rows, dy, x, w, has_bias, input_grad, split, dx, dw, db):
     """dx = dy @ w (when input_grad) and dw = dy^T @ x, each as `blocks` GEMMs over row or column
-    blocks of its output, every one with the full K (no partial sums to add afterwards), spread
-    over the threads; db by column sums. split = (blocks, dx_by_rows, dw_by_rows), from
-    _backward_split: one block count for both, so that every task has the same work."""
+    blocks of its output, every one with the full K (no partial sums to add afterwards; dw's K in
+    blocks of dw_rows rows, see _weight_grad), spread over the threads; db by column sums.
+    split = (blocks, dx_by_rows, dw_by_rows), from _backward_split: one block count for both, so
+    that every task has the same work."""
     blocks, dx_by_rows, dw_by_rows = split
     dx_tasks = blocks if input_grad else 0
     for task in prange(dx_tasks + blocks):
@@ -254,14 +283,14 @@ def _linear_backward_body(gemm, dy, x, w, has_bias, input_grad, split, dx, dw, d
                 if dy.shape[0] == 0:
                     dw[r0:r1] = 0
                 else:
-                    gemm(dy[:, r0:r1], x, dw[r0:r1], 0.0, True, False)
+                    _weight_grad(gemm, dw_rows, dy[:, r0:r1], x, dw[r0:r1])
         else:
             c0, c1 = _block(k, blocks, dw.shape[1])
             if c1 > c0:
                 if dy.shape[0] == 0:
                     dw[:, c0:c1] = 0
                 else:
-                    gemm(dy, x[:, c0:c1], dw[:, c0:c1], 0.0, True, False)
+                    _weight_grad(gemm, dw_rows, dy, x[:, c0:c1], dw[:, c0:c1])
         if has_bias and task == dx_tasks:
             _column_sums(dy, db)
 
@@ -278,7 +307,7 @@ def _linear_forward_serial_body(gemm, x, w, b, has_bias, act):
 
 
 @njit(inline="always")
-def _linear_backward_serial_body(gemm, dy, x, w, has_bias, input_grad):
+def _linear_backward_serial_body(gemm, dw_rows, dy, x, w, has_bias, input_grad):
     """_linear_backward's GEMMs on the calling thread, for layers below _OWN_THREADS_BELOW: (dx, dw,
     db), dx of shape (0, 0) without input_grad."""
     dx = np.empty(x.shape if input_grad else (0, 0), x.dtype)
@@ -289,7 +318,7 @@ def _linear_backward_serial_body(gemm, dy, x, w, has_bias, input_grad):
     if dy.shape[0] == 0:
         dw[:] = 0
     else:
-        gemm(dy, x, dw, 0.0, True, False)
+        _weight_grad(gemm, dw_rows, dy, x, dw)
     if has_bias:
         _column_sums(dy, db)
     return dx, dw, db
@@ -335,12 +364,12 @@ def _linear_forward_gemm32(x, w, b, has_bias, act, blocks, y):
 
 @njit(parallel=True, nogil=True, cache=True)
 def _linear_backward(dy, x, w, has_bias, input_grad, split, dx, dw, db):
-    _linear_backward_body(gemm, dy, x, w, has_bias, input_grad, split, dx, dw, db)
+    _linear_backward_body(gemm, 0, dy, x, w, has_bias, input_grad, split, dx, dw, db)
 
 
 @njit(parallel=True, nogil=True, cache=True)
 def _linear_backward_gemm32(dy, x, w, has_bias, input_grad, split, dx, dw, db):
-    _linear_backward_body(gemm32, dy, x, w, has_bias, input_grad, split, dx, dw, db)
+    _linear_backward_body(gemm32, _DW_ROWS, dy, x, w, has_bias, input_grad, split, dx, dw, db)
 
 
 @njit(nogil=True, cache=True)
@@ -355,12 +384,12 @@ def _linear_forward_serial_gemm32(x, w, b, has_bias, act):
 
 @njit(nogil=True, cache=True)
 def _linear_backward_serial(dy, x, w, has_bias, input_grad):
-    return _linear_backward_serial_body(gemm, dy, x, w, has_bias, input_grad)
+    return _linear_backward_serial_body(gemm, 0, dy, x, w, has_bias, input_grad)
 
 
 @njit(nogil=True, cache=True)
 def _linear_backward_serial_gemm32(dy, x, w, has_bias, input_grad):
-    return _linear_backward_serial_body(gemm32, dy, x, w, has_bias, input_grad)
+    return _linear_backward_serial_body(gemm32, _DW_ROWS, dy, x, w, has_bias, input_grad)
 
 
 # OpenBLAS runs a GEMM of at most 65536 * 4 multiply-adds on one thread whatever its thread count
