@@ -155,15 +155,20 @@ def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit(monkeypatch):
 def test_linear_forward_by_packed_strips_gives_the_bits_of_one_gemm32_call_for_any_split(m, k, n):
     """_linear_forward_gemm32 packs w^T in strips of 32 columns once per block: blocks of whole
     strips where there are enough strips, else blocks of rows each with its own copy. Every split
-    gives the bits of one gemm32 call (plus the bias and ReLU in float32), which match float64."""
+    gives the bits of one gemm32 call per block of dense._K_BLOCK of K (one call for K up to that;
+    the calls' products added in float64), plus the bias and ReLU in float32, which match float64."""
     from fastconv._cpu import dense
 
     rng = np.random.default_rng(m + n)
     x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
     b = rng.standard_normal(n).astype(np.float32)
-    one = np.full((m, n), np.nan, np.float32)
-    gemm32(x, w, one, 0.0, False, True)
-    ref = np.maximum(one + b, np.float32(0))
+    total = np.zeros((m, n))
+    for k0 in range(0, k, dense._K_BLOCK):
+        one = np.full((m, n), np.nan, np.float32)
+        gemm32(np.ascontiguousarray(x[:, k0:k0 + dense._K_BLOCK]), np.ascontiguousarray(w[:, k0:k0 + dense._K_BLOCK]),
+               one, 0.0, False, True)
+        total += one
+    ref = np.maximum(total.astype(np.float32) + b, np.float32(0))
     np.testing.assert_allclose(ref, np.maximum(x.astype(np.float64) @ w.T + b, 0), rtol=1e-5, atol=1e-4)
     for blocks in (1, 2, 3, 8):
         y = np.full((m, n), np.nan, np.float32)

@@ -256,6 +256,24 @@ def test_linear_weight_gradient_of_a_long_batch_loses_no_digits(backend, n):
     np.testing.assert_array_less(np.abs(to_numpy(dw) - exact), tol)
 
 
+@pytest.mark.parametrize("n,fin,fout", [(16, 2**20, 16), (1, 2**18, 1), (3, 5000, 40)])
+def test_linear_forward_of_many_inputs_loses_no_digits(backend, n, fin, fout):
+    """y = x @ w.T sums over in_features. With inputs ~1 and weights 1/K (an average) a float32
+    running sum over 2^20 inputs drifted to 5.5e-3 off (torch: 2e-6); the bound, as for the weight
+    gradient above: 4 eps32 sqrt(K) of sum |x w|. The shapes take the cpu backend's parallel and
+    serial GEMMs, and a K of several blocks with a partial last one."""
+    if backend.name == "emu" and n * fin * fout > 2**24:
+        pytest.skip("the emulator's GEMM of 2^28 multiply-adds takes too long")
+    rng = np.random.default_rng(fin)
+    f32 = np.float32
+    x, w = (1 + 0.01 * rng.random((n, fin))).astype(f32), np.full((fout, fin), 1 / fin, f32)
+    w[-1] = rng.random(fin) / fin  # one output of uneven weights
+    y = to_numpy(ops.linear_forward(*on(backend, x, w)))
+    exact = x.astype(np.float64) @ w.T.astype(np.float64)
+    tol = 4 * np.finfo(f32).eps * np.sqrt(fin) * (np.abs(x).astype(np.float64) @ np.abs(w).T)
+    np.testing.assert_array_less(np.abs(y - exact), tol)
+
+
 def test_cpu_linear_backward_split_keeps_blocks_of_512_and_equal_tasks():
     from fastconv._cpu import dense
 

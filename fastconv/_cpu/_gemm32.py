@@ -31,7 +31,7 @@ from numba.extending import intrinsic
 from ._taps32 import transpose16_block
 from ._vecmath import TARGET_AVX512, as_i64, broadcast, lanes_below, masked_load, masked_store
 
-__all__ = ["gemm32", "gemm32_runs", "gemm32_strips", "pack_strip", "strips_shape", "MR", "NR"]
+__all__ = ["gemm32", "gemm32_runs", "gemm32_strips", "gemm32_strips_rows", "pack_strip", "strips_shape", "MR", "NR"]
 
 # The register tile, rows of A by columns of B: 8 x 32 in 16 of AVX-512's 32 zmm registers; 6 x 16
 # with AVX2, 12 of its 16 ymm registers (a 16-float vector is two ymm halves there; 8 x 32 would
@@ -185,6 +185,19 @@ def gemm32_strips(a, strips, c, beta, trans_a):
     k = a.shape[0] if trans_a else a.shape[1]
     if _scaled_by_beta(c, beta, k):
         _gemm32_strips(a, strips, c, trans_a, beta != 0.0)
+
+
+@njit(nogil=True, cache=True)
+def gemm32_strips_rows(a, strips, s0, k0, c):
+    """c = a @ B[k0 : k0 + K], K = a.shape[1], for B packed by pack_strip into strips (all of its
+    rows), its columns from strip s0's first: gemm32_strips (beta 0) over a block of B's rows."""
+    m, n = c.shape
+    k, rows = a.shape[1], strips.shape[1]
+    if not _scaled_by_beta(c, 0.0, k):
+        return
+    a_rs, a_cs = _a_steps(a, False)
+    b = strips.reshape(-1)[(s0 * rows + k0) * NR:]  # offsets count from b's first element
+    _products(a, False, a_rs, a_cs, b, NR, rows * NR, c, _stride(c), m, n, k, False, k, 0)
 
 
 @njit(inline="always")

@@ -15,7 +15,7 @@ from numba.extending import overload
 
 from ..ops._activation import ACTIVATIONS
 from ._blas import gemm, single_threaded_blas
-from ._gemm32 import NR, gemm32, gemm32_strips, pack_strip, strips_shape
+from ._gemm32 import NR, gemm32, gemm32_strips, gemm32_strips_rows, pack_strip, strips_shape
 from ._memory import empty, empty_like
 from ._parallel import run
 from . import _vecmath
@@ -207,31 +207,71 @@ def _column_sums(dy, db):
 
 
 # gemm32 sums each value over all of K in one float32 register (no K blocking), and dW = dy^T x's K
-# is the batch: over 2^20 rows of a mean loss's gradient (x ~ 1) dW came out 4e-3 off (torch 2e-6).
-# So the gemm32 kernels sum dW in blocks of _DW_ROWS rows, the blocks' products added in float64: one
-# add per dW value every _DW_ROWS multiply-adds into it, and the same bits as before for a batch
-# of one block. (OpenBLAS blocks K itself: its kernels pass dw_rows 0, one product.)
-_DW_ROWS = 1024
+# is the batch: over 2^20 rows of a mean loss's gradient (x ~ 1) dW came out 4e-3 off (torch 2e-6);
+# the forward's is in_features: 10^6 inputs ~1 by weights 1/K, 5.5e-3 off (torch 2e-6). So the
+# gemm32 kernels sum over K in blocks of _K_BLOCK, the blocks' products added in float64: one add
+# per output value every _K_BLOCK multiply-adds into it, and the same bits as before for a K of
+# one block. (OpenBLAS blocks K itself: its kernels pass dw_rows 0, one product.)
+_K_BLOCK = 1024
+
+
+@njit(inline="always")
+def _add_into(total, part):
+    for i in range(part.shape[0]):
+        for j in range(part.shape[1]):
+            total[i, j] += part[i, j]
+
+
+@njit(inline="always")
+def _copy_into(c, total):
+    for i in range(c.shape[0]):
+        for j in range(c.shape[1]):
+            c[i, j] = total[i, j]
+
+
+@njit(inline="always")
+def _k_slice(a, k_is_rows, k0, k1):
+    """a's rows or columns k0 .. k1 - 1: a product operand's block of K."""
+    return a[k0:k1] if k_is_rows else a[:, k0:k1]
+
+
+@njit(inline="always")
+def _blocked_product(gemm, k_block, a, b, c, trans_a, trans_b):
+    """c = op(a) @ op(b) by `gemm`: one product, or where k_block > 0 and K > k_block, the
+    products of blocks of k_block of K added in float64 in order."""
+    k = a.shape[0] if trans_a else a.shape[1]
+    if k_block == 0 or k <= k_block:
+        gemm(a, b, c, 0.0, trans_a, trans_b)
+        return
+    part = np.empty(c.shape, c.dtype)
+    total = np.zeros(c.shape)
+    for k0 in range(0, k, k_block):
+        k1 = min(k, k0 + k_block)
+        gemm(_k_slice(a, trans_a, k0, k1), _k_slice(b, not trans_b, k0, k1), part, 0.0, trans_a, trans_b)
+        _add_into(total, part)
+    _copy_into(c, total)
 
 
 @njit(inline="always")
 def _weight_grad(gemm, dw_rows, dy, x, dw):
-    """dw = dy^T @ x for dy (N, out), x (N, in), N >= 1, by `gemm`: one product, or where dw_rows > 0
-    and N > dw_rows, the products of blocks of dw_rows rows added in float64 in order."""
-    n = dy.shape[0]
-    if dw_rows == 0 or n <= dw_rows:
-        gemm(dy, x, dw, 0.0, True, False)
+    """dw = dy^T @ x for dy (N, out), x (N, in), N >= 1, in blocks of dw_rows rows (_blocked_product)."""
+    _blocked_product(gemm, dw_rows, dy, x, dw, True, False)
+
+
+@njit(inline="always")
+def _forward_product(x, strips, s0, y):
+    """y = x @ B, B packed in strips (strip s0 holds y's first columns): gemm32_strips for K up to
+    _K_BLOCK, else the products of blocks of _K_BLOCK of K added in float64 in order (see above)."""
+    k = x.shape[1]
+    if k <= _K_BLOCK:
+        gemm32_strips(x, strips[s0:], y, 0.0, False)
         return
-    part = np.empty(dw.shape, dw.dtype)
-    total = np.zeros(dw.shape)
-    for r0 in range(0, n, dw_rows):
-        gemm(dy[r0:min(n, r0 + dw_rows)], x[r0:min(n, r0 + dw_rows)], part, 0.0, True, False)
-        for i in range(dw.shape[0]):
-            for j in range(dw.shape[1]):
-                total[i, j] += part[i, j]
-    for i in range(dw.shape[0]):
-        for j in range(dw.shape[1]):
-            dw[i, j] = total[i, j]
+    part = np.empty(y.shape, y.dtype)
+    total = np.zeros(y.shape)
+    for k0 in range(0, k, _K_BLOCK):
+        gemm32_strips_rows(x[:, k0:min(k, k0 + _K_BLOCK)], strips, s0, k0, part)
+        _add_into(total, part)
+    _copy_into(y, total)
 
 
 @njit(inline="always")
@@ -296,11 +336,12 @@ def _linear_backward_body(gemm, dw_rows, dy, x, w, has_bias, input_grad, split, 
 
 
 @njit(inline="always")
-def _linear_forward_serial_body(gemm, x, w, b, has_bias, act):
-    """_linear_forward as one GEMM on the calling thread, for layers below _OWN_THREADS_BELOW; y is
-    allocated here (no _memory cache needed at this size: np.empty in Python cost ~1 us more)."""
+def _linear_forward_serial_body(gemm, k_block, x, w, b, has_bias, act):
+    """_linear_forward as one GEMM on the calling thread (K in blocks of k_block: _blocked_product),
+    for layers below _OWN_THREADS_BELOW; y is allocated here (no _memory cache needed at this size:
+    np.empty in Python cost ~1 us more)."""
     y = np.empty((x.shape[0], w.shape[0]), x.dtype)
-    gemm(x, w, y, 0.0, False, True)
+    _blocked_product(gemm, k_block, x, w, y, False, True)
     if has_bias or act:
         _epilogue(y, 0, y.shape[0], 0, y.shape[1], b, has_bias, act)
     return y
@@ -357,7 +398,7 @@ def _linear_forward_gemm32(x, w, b, has_bias, act, blocks, y):
         if r1 > r0 and c1 > c0:
             for strip in range(s0, s1):
                 pack_strip(w, strip, mine)
-            gemm32_strips(x[r0:r1], mine[s0:s1], y[r0:r1, c0:c1], 0.0, False)
+            _forward_product(x[r0:r1], mine, s0, y[r0:r1, c0:c1])
             if has_bias or act:
                 _epilogue(y, r0, r1, c0, c1, b, has_bias, act)
 
@@ -369,17 +410,17 @@ def _linear_backward(dy, x, w, has_bias, input_grad, split, dx, dw, db):
 
 @njit(parallel=True, nogil=True, cache=True)
 def _linear_backward_gemm32(dy, x, w, has_bias, input_grad, split, dx, dw, db):
-    _linear_backward_body(gemm32, _DW_ROWS, dy, x, w, has_bias, input_grad, split, dx, dw, db)
+    _linear_backward_body(gemm32, _K_BLOCK, dy, x, w, has_bias, input_grad, split, dx, dw, db)
 
 
 @njit(nogil=True, cache=True)
 def _linear_forward_serial(x, w, b, has_bias, act):
-    return _linear_forward_serial_body(gemm, x, w, b, has_bias, act)
+    return _linear_forward_serial_body(gemm, 0, x, w, b, has_bias, act)
 
 
 @njit(nogil=True, cache=True)
 def _linear_forward_serial_gemm32(x, w, b, has_bias, act):
-    return _linear_forward_serial_body(gemm32, x, w, b, has_bias, act)
+    return _linear_forward_serial_body(gemm32, _K_BLOCK, x, w, b, has_bias, act)
 
 
 @njit(nogil=True, cache=True)
@@ -389,7 +430,7 @@ def _linear_backward_serial(dy, x, w, has_bias, input_grad):
 
 @njit(nogil=True, cache=True)
 def _linear_backward_serial_gemm32(dy, x, w, has_bias, input_grad):
-    return _linear_backward_serial_body(gemm32, _DW_ROWS, dy, x, w, has_bias, input_grad)
+    return _linear_backward_serial_body(gemm32, _K_BLOCK, dy, x, w, has_bias, input_grad)
 
 
 # OpenBLAS runs a GEMM of at most 65536 * 4 multiply-adds on one thread whatever its thread count
