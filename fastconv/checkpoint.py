@@ -291,14 +291,13 @@ def load(path):
     tensors = _read_tensors(directory, info)
     # The rebuilt layers draw their (overwritten) initial weights and Dropout seeds from a generator
     # of their own: the one nn.manual_seed sets is left where it was, so a model built after a load
-    # (a search's next trial, fit after restore_best) gets the weights it would get without it.
-    global_rng, nn._rng = nn._rng, np.random.default_rng(0)
+    # (a search's next trial, fit after restore_best), or in another thread during it, gets the
+    # weights it would get without it.
     try:
-        model = nn.from_config(info["config"])
+        with nn._drawing_from(np.random.default_rng(0)):
+            model = nn.from_config(info["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"cannot rebuild the model from {directory!r}: {exc}") from None
-    finally:
-        nn._rng = global_rng
     try:
         model.load_state_dict(_model_weights(tensors))
     except (KeyError, ValueError, TypeError) as exc:

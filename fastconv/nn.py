@@ -15,6 +15,8 @@ same seed gives the same weights on every backend.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
 from collections import OrderedDict
@@ -29,12 +31,29 @@ __all__ = ["Parameter", "Module", "Linear", "Conv2d", "ReLU", "Sigmoid", "MaxPoo
            "Dropout", "Sequential", "manual_seed", "from_config", "register"]
 
 _rng = np.random.default_rng(0)
+# A generator that stands in for _rng in one thread (async context) only: checkpoint.load's rebuilt
+# layers draw from one of their own there. Swapping _rng itself for the load let layers built in
+# other threads meanwhile draw from the load's generator, and concurrent loads restored each other's,
+# leaving the one manual_seed set replaced for good.
+_local_rng: contextvars.ContextVar = contextvars.ContextVar("fastconv_nn_rng", default=None)
 
 
 def manual_seed(seed: int) -> None:
-    """Reseeds the generator that initializes layers (and seeds Dropout) when no `seed=` is given."""
+    """Reseeds the generator that initializes layers (and seeds Dropout) when no `seed=` is given.
+    It is one generator for the process: layers built in several threads at once draw from it in
+    whatever order the threads run; pass `seed=` to each layer for weights that do not depend on that."""
     global _rng
     _rng = np.random.default_rng(seed)
+
+
+@contextlib.contextmanager
+def _drawing_from(rng):
+    """Layers built inside (in this thread / async context) draw from `rng` instead of the module's."""
+    token = _local_rng.set(rng)
+    try:
+        yield
+    finally:
+        _local_rng.reset(token)
 
 
 def _xp():
@@ -42,7 +61,10 @@ def _xp():
 
 
 def _generator(seed):
-    return _rng if seed is None else np.random.default_rng(seed)
+    if seed is not None:
+        return np.random.default_rng(seed)
+    local = _local_rng.get()
+    return _rng if local is None else local
 
 
 def _float_dtype(dtype) -> np.dtype:
