@@ -179,3 +179,29 @@ def test_optimizer_steps_from_several_threads_at_once(cpu):
 
 def _as_tuple(r):
     return r if isinstance(r, tuple) else (r,)
+
+
+def test_blas_stays_single_threaded_until_the_last_thread_inside_leaves():
+    """single_threaded_blas saved and restored the process-wide BLAS thread counts in each thread on
+    its own: a thread entering while another was inside saved 1, so whichever left first set BLAS
+    back to its threads under the other's kernel, and the one leaving last left it at 1 for good.
+    Two threads' guards in that order, stepped by hand."""
+    from fastconv._cpu import _blas
+
+    libraries = _blas._blas_libraries
+    if not libraries:
+        pytest.skip("no BLAS library found by threadpoolctl")
+    saved = [lib.num_threads for lib in libraries]
+    try:
+        for lib in libraries:
+            lib.set_num_threads(2)
+        first, second = _blas.single_threaded_blas(), _blas.single_threaded_blas()
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert [lib.num_threads for lib in libraries] == [1] * len(libraries)  # the second is inside
+        second.__exit__(None, None, None)
+        assert [lib.num_threads for lib in libraries] == [2] * len(libraries)
+    finally:
+        for lib, count in zip(libraries, saved):
+            lib.set_num_threads(count)

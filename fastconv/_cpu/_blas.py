@@ -12,6 +12,8 @@ to scipy.linalg.cython_blas, i.e. scipy's OpenBLAS): unlike np.dot it takes stri
 leading dimension), transposes and beta, so no operand is copied and C += A @ B needs no temporary.
 """
 import contextlib
+import os
+import threading
 
 import numba.np.linalg
 import numpy as np
@@ -76,15 +78,45 @@ for _dtype in (np.float32, np.float64):
 _blas_libraries = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
 
 
+# BLAS thread counts are process-wide, and several Python threads may run kernels at once: the
+# first to enter saves the counts and sets 1, the last to leave restores them. (Each saving and
+# restoring on its own, a thread entering while another was inside saved 1 and, leaving last, left
+# BLAS at 1 thread for good; one leaving first set it back to 2 under the others' kernels.)
+_guard_lock = threading.Lock()
+_guard_users = 0
+_guard_saved: list = []
+
+
+def _after_fork_in_child():
+    # The threads that were inside are not in the child: it starts with no one inside, its BLAS
+    # back at the counts they saved (a thread of the parent may also have held the lock).
+    global _guard_lock, _guard_users
+    if _guard_users:
+        for lib, count in zip(_blas_libraries, _guard_saved):
+            lib.set_num_threads(count)
+    _guard_lock, _guard_users = threading.Lock(), 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @contextlib.contextmanager
 def single_threaded_blas():
-    """Every loaded BLAS library at 1 thread inside, its previous count restored on exit (a few
-    microseconds). Used around Numba loops that call `gemm` from several threads."""
-    saved = [lib.num_threads for lib in _blas_libraries]
-    for lib in _blas_libraries:
-        lib.set_num_threads(1)
+    """Every loaded BLAS library at 1 thread inside, its previous count restored when the last
+    thread inside leaves (a few microseconds). Used around Numba loops that call `gemm` from
+    several threads."""
+    global _guard_users, _guard_saved
+    with _guard_lock:
+        if _guard_users == 0:
+            _guard_saved = [lib.num_threads for lib in _blas_libraries]
+            for lib in _blas_libraries:
+                lib.set_num_threads(1)
+        _guard_users += 1
     try:
         yield
     finally:
-        for lib, count in zip(_blas_libraries, saved):
-            lib.set_num_threads(count)
+        with _guard_lock:
+            _guard_users -= 1
+            if _guard_users == 0:
+                for lib, count in zip(_blas_libraries, _guard_saved):
+                    lib.set_num_threads(count)
