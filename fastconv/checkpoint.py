@@ -18,6 +18,8 @@ deletes the weights files the new JSON does not name. Until the JSON's os.replac
 names the old weights, which still exist; after it, the new JSON names new, fully written
 weights. A crash at any point therefore leaves a complete, loadable checkpoint (old or new);
 what a crash can leave behind is an unreferenced temp or weights file, removed by the next save.
+Saves to one directory from several threads of a process take turns (the last one's checkpoint
+stays); processes saving to the same directory at once are not supported.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import hashlib
 import json
 import numbers
 import os
+import threading
 import time
 import uuid
 
@@ -78,6 +81,19 @@ def _write_atomically(directory, name, data: bytes):
             os.unlink(tmp)
         raise
     _fsync_directory(directory)
+
+
+# One lock per checkpoint directory (by real path): a save's cleanup deletes every weights and temp
+# file its JSON does not name, so two saves to one directory at once deleted each other's files (the
+# one committed last could name weights the other had deleted: a checkpoint that no longer loads).
+_directory_locks: dict = {}
+_directory_locks_lock = threading.Lock()
+
+
+def _lock_of(directory) -> threading.Lock:
+    key = os.path.realpath(directory)
+    with _directory_locks_lock:
+        return _directory_locks.setdefault(key, threading.Lock())
 
 
 def _jsonable(value):
@@ -164,20 +180,20 @@ def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, ext
     os.makedirs(directory, exist_ok=True)
     data = st_save(tensors, metadata={"format": FORMAT, "fastconv_version": __version__})
     weights = f"weights-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.safetensors"
-    _write_atomically(directory, weights, data)
     info["weights"] = {"file": weights, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     info["index_sha256"] = _index_digest(info)
     text = json.dumps(info, indent=1, allow_nan=True).encode()
-    _write_atomically(directory, INDEX, text)  # the commit point
-
-    for name in os.listdir(directory):
-        stale_weights = name.startswith("weights-") and name.endswith(".safetensors") and name != weights
-        if stale_weights or name.startswith(".tmp-"):
-            try:
-                os.unlink(os.path.join(directory, name))
-            except FileNotFoundError:
-                pass
-    _fsync_directory(directory)
+    with _lock_of(directory):
+        _write_atomically(directory, weights, data)
+        _write_atomically(directory, INDEX, text)  # the commit point
+        for name in os.listdir(directory):
+            stale_weights = name.startswith("weights-") and name.endswith(".safetensors") and name != weights
+            if stale_weights or name.startswith(".tmp-"):
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except FileNotFoundError:
+                    pass
+        _fsync_directory(directory)
     return os.path.join(directory, INDEX)
 
 

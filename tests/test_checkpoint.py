@@ -318,3 +318,38 @@ def test_a_re_signed_bad_scheduler_state_is_a_checkpoint_error_that_changes_noth
     for p, b in zip(other.parameters(), before):
         np.testing.assert_array_equal(p.data, b)
     assert opt2.state == {} and opt2.lr == 0.5 and scheduler.last_epoch == 0
+
+
+def test_saves_to_one_directory_from_two_threads_take_turns(tmp_path, monkeypatch):
+    """Each save deletes the weights and temp files its JSON does not name: a second thread's save
+    run while the first was about to commit deleted the first's new weights, which the first's JSON
+    then named (a checkpoint that no longer loads; from 4 threads, most saves also failed with
+    FileNotFoundError). Here the second save starts at that moment and gets 0.5 s to run."""
+    import threading
+
+    first, _ = model_and_input(0)
+    second, _ = model_and_input(1)
+    write, errors, other = checkpoint._write_atomically, [], []
+
+    def save_second():
+        try:
+            checkpoint.save(tmp_path, second, epoch=2)
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    def commit(directory, name, data):
+        if name == checkpoint.INDEX and not other:
+            other.append(threading.Thread(target=save_second))
+            other[0].start()
+            other[0].join(0.5)  # with the lock it waits for this save, which is holding it
+        write(directory, name, data)
+
+    monkeypatch.setattr(checkpoint, "_write_atomically", commit)
+    checkpoint.save(tmp_path, first, epoch=1)
+    other[0].join()
+    assert not errors
+    loaded, info = checkpoint.load(tmp_path)  # whole: the last committed save's model
+    expected = {1: first, 2: second}[info["epoch"]]
+    for (name, a), b in zip(loaded.state_dict().items(), expected.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert sum(name.startswith("weights-") for name in os.listdir(tmp_path)) == 1
