@@ -203,5 +203,41 @@ def test_blas_stays_single_threaded_until_the_last_thread_inside_leaves():
         second.__exit__(None, None, None)
         assert [lib.num_threads for lib in libraries] == [2] * len(libraries)
     finally:
-        for lib, count in zip(libraries, saved):
-            lib.set_num_threads(count)
+        _restore_blas_threads(libraries, saved)
+
+
+def test_blas_is_single_threaded_inside_kernels_on_any_thread():
+    """threadpoolctl (>= 3.8) lets only the thread that first set OpenBLAS's thread count set it
+    again; single_threaded_blas then did nothing on other threads (the main thread held it after its
+    first kernel, or after a set_num_threads like the one here): OpenBLAS ran on its threads inside
+    Numba's, and a float64 linear layer's bits differed from the main thread's."""
+    from fastconv._cpu import _blas
+
+    libraries = _blas._blas_libraries
+    if not libraries:
+        pytest.skip("no BLAS library found by threadpoolctl")
+    saved = [lib.num_threads for lib in libraries]
+    inside = []
+
+    def probe():
+        with _blas.single_threaded_blas():
+            inside.extend(lib.num_threads for lib in libraries)
+
+    try:
+        for lib in libraries:
+            lib.set_num_threads(2)  # (threadpoolctl >= 3.8: the main thread now holds control)
+        worker = threading.Thread(target=probe)
+        worker.start()
+        worker.join()
+        assert inside == [1] * len(libraries)
+        assert [lib.num_threads for lib in libraries] == [2] * len(libraries)
+    finally:
+        _restore_blas_threads(libraries, saved)
+
+
+def _restore_blas_threads(libraries, counts):
+    for lib, count in zip(libraries, counts):
+        lib.set_num_threads(count)
+        release = getattr(lib, "clear_controlling_thread", None)
+        if release is not None:
+            release()  # (control back to whichever thread sets next)

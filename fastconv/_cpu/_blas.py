@@ -87,13 +87,28 @@ _guard_users = 0
 _guard_saved: list = []
 
 
+def _set_threads(counts):
+    for lib, count in zip(_blas_libraries, counts):
+        # threadpoolctl >= 3.8 lets only one thread set OpenBLAS's (process-wide) count: the first
+        # that did, for as long as it lives (or until it clears that); other threads' calls do
+        # nothing. Held by the thread of the first kernel (the main thread, usually), the guard was
+        # a no-op in every other thread: BLAS on its 2 threads inside Numba's, and other bits than
+        # on the main thread (a float64 linear layer). So the guard takes control for the call
+        # and hands it back at once (its own lock orders the threads that run kernels).
+        release = getattr(lib, "clear_controlling_thread", None)
+        if release is not None:
+            release(force=True)
+        lib.set_num_threads(count)
+        if release is not None:
+            release()
+
+
 def _after_fork_in_child():
     # The threads that were inside are not in the child: it starts with no one inside, its BLAS
     # back at the counts they saved (a thread of the parent may also have held the lock).
     global _guard_lock, _guard_users
     if _guard_users:
-        for lib, count in zip(_blas_libraries, _guard_saved):
-            lib.set_num_threads(count)
+        _set_threads(_guard_saved)
     _guard_lock, _guard_users = threading.Lock(), 0
 
 
@@ -109,8 +124,7 @@ def single_threaded_blas():
     with _guard_lock:
         if _guard_users == 0:
             _guard_saved = [lib.num_threads for lib in _blas_libraries]
-            for lib in _blas_libraries:
-                lib.set_num_threads(1)
+            _set_threads([1] * len(_blas_libraries))
         _guard_users += 1
     try:
         yield
@@ -118,5 +132,4 @@ def single_threaded_blas():
         with _guard_lock:
             _guard_users -= 1
             if _guard_users == 0:
-                for lib, count in zip(_blas_libraries, _guard_saved):
-                    lib.set_num_threads(count)
+                _set_threads(_guard_saved)
