@@ -255,6 +255,24 @@ def _read_tensors(directory, info) -> dict:
         raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
 
 
+def _read_saved(directory, info):
+    """(info, its weights' arrays) of one save, from `info` (read_info's) on. A save that replaced the
+    checkpoint after `info` was read has deleted the weights it names: then the new JSON is read and
+    its weights (again, a few times, while saves keep replacing it)."""
+    for _ in range(_READ_TRIES - 1):
+        try:
+            return info, _read_tensors(directory, info)
+        except CheckpointError:
+            newer = read_info(directory)
+            if newer["weights"] == info["weights"]:
+                raise
+            info = newer
+    return info, _read_tensors(directory, info)
+
+
+_READ_TRIES = 5
+
+
 def _model_weights(tensors):
     return {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
 
@@ -303,8 +321,7 @@ def _config_difference(a, b, where="model"):
 def load(path):
     """(model rebuilt from the checkpoint's config with its weights, info dict)."""
     directory = _directory(path)
-    info = read_info(directory)
-    tensors = _read_tensors(directory, info)
+    info, tensors = _read_saved(directory, read_info(directory))
     # The rebuilt layers draw their (overwritten) initial weights and Dropout seeds from a generator
     # of their own: the one nn.manual_seed sets is left where it was, so a model built after a load
     # (a search's next trial, fit after restore_best), or in another thread during it, gets the
@@ -331,13 +348,18 @@ def load_into(path, model, optimizer=None, scheduler=None, *, strict=True):
     parameters present in both with the same names are loaded (their shapes must agree).
     """
     directory = _directory(path)
-    info = read_info(directory)
-    if strict:
-        diff = _config_difference(info["config"], model.config())
+
+    def check_architecture(info):
+        diff = _config_difference(info["config"], model.config()) if strict else None
         if diff:
             raise CheckpointError(f"the checkpoint {directory!r} holds another architecture than the model "
                                   f"({diff})")
-    tensors = _read_tensors(directory, info)
+
+    first = read_info(directory)
+    check_architecture(first)  # before reading the weights
+    info, tensors = _read_saved(directory, first)
+    if info is not first:  # replaced by a save meanwhile
+        check_architecture(info)
     try:
         pairs, _, _ = model.check_state_dict(_model_weights(tensors), strict=strict)
     except (KeyError, ValueError, TypeError) as exc:

@@ -353,3 +353,30 @@ def test_saves_to_one_directory_from_two_threads_take_turns(tmp_path, monkeypatc
     for (name, a), b in zip(loaded.state_dict().items(), expected.state_dict().values()):
         np.testing.assert_array_equal(a, b, err_msg=name)
     assert sum(name.startswith("weights-") for name in os.listdir(tmp_path)) == 1
+
+
+@pytest.mark.parametrize("into", [False, True])
+def test_a_load_during_a_save_reads_the_new_checkpoint(tmp_path, monkeypatch, into):
+    """A save that replaces the checkpoint between a load's reads of its JSON and of its weights
+    deletes the weights that JSON names: the load raised 'weights file ... is missing' (8,478 failed
+    loads in a thread loading while 4 threads saved; one saving thread is enough). It now reads the
+    new JSON. Here the save runs right after the load's first read of the JSON."""
+    first, x = model_and_input(0)
+    second, _ = model_and_input(1)
+    checkpoint.save(tmp_path, first, epoch=1)
+    read, saved = checkpoint.read_info, []
+
+    def read_then_save(path):
+        info = read(path)
+        if not saved:
+            saved.append(checkpoint.save(tmp_path, second, epoch=2))
+        return info
+
+    monkeypatch.setattr(checkpoint, "read_info", read_then_save)
+    if into:
+        model, _ = model_and_input(3)
+        info = checkpoint.load_into(tmp_path, model)
+    else:
+        model, info = checkpoint.load(tmp_path)
+    assert info["epoch"] == 2
+    np.testing.assert_array_equal(outputs(model, x), outputs(second, x))
