@@ -36,6 +36,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 
 import numpy as np
@@ -75,7 +76,8 @@ def _positive_int(value, name, allow_none=False):
 def predict(model, x, batch_size=256):
     """The model's outputs for x (host NumPy array in, host NumPy array out), in eval mode, by batches.
     The model's train/eval mode is restored afterwards. x with no rows gives no rows: the model runs
-    once on the empty batch, which gives the output's other dimensions and dtype."""
+    once on the empty batch, which gives the output's other dimensions and dtype. Several threads may
+    predict with one model at once; not while another trains it (it is in eval mode meanwhile)."""
     batch_size = _positive_int(batch_size, "batch_size")
     xp = _backend.current().xp
     with _in_eval_mode(model):
@@ -85,20 +87,38 @@ def predict(model, x, batch_size=256):
     return np.concatenate(outs, axis=0)
 
 
+# Models in _in_eval_mode now: id -> [threads inside, the modes to restore].
+_evaluating: dict = {}
+_evaluating_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def _in_eval_mode(model):
     """The model in eval mode inside, each submodule's own mode back afterwards (a model in training
-    with one layer set to eval, or the reverse, keeps that layer's)."""
-    modules = list(model.modules()) if callable(getattr(model, "modules", None)) else [model]
-    was_training, each = model.training, [(m, m.training) for m in modules]
-    model.eval()
+    with one layer set to eval, or the reverse, keeps that layer's). Threads predicting with one model
+    at once share the switch: the first in saves the modes, the last out restores them. (Each on its
+    own, a thread that left first set a model in training back to training under the others' forwards,
+    which then applied Dropout; the last one out, having saved eval, left the model in eval mode.)"""
+    with _evaluating_lock:
+        entry = _evaluating.get(id(model))
+        if entry is None:
+            modules = list(model.modules()) if callable(getattr(model, "modules", None)) else [model]
+            saved = (model.training, [(m, m.training) for m in modules])
+            model.eval()
+            entry = _evaluating[id(model)] = [0, saved]
+        entry[0] += 1
     try:
         yield
     finally:
-        model.train(was_training)  # (the model's own train(), where a subclass does more there)
-        for m, training in each:
-            if m.training != training:
-                m.training = training
+        with _evaluating_lock:
+            entry[0] -= 1
+            if entry[0] == 0:
+                del _evaluating[id(model)]
+                was_training, each = entry[1]
+                model.train(was_training)  # (the model's own train(), where a subclass does more there)
+                for m, training in each:
+                    if m.training != training:
+                        m.training = training
 
 
 def _predict_empty(model, x):

@@ -381,3 +381,22 @@ def test_predict_and_evaluate_restore_each_layers_own_mode():
     train.predict(model, x)
     train.evaluate(model, losses.CrossEntropyLoss(), (x, y), 8)
     assert [m.training for m in model.modules()] == [False, False, False, True, False]
+
+
+def test_predictions_in_several_threads_at_once_share_the_eval_mode():
+    """Each predict/evaluate saved the model's modes and restored them on its own: with two threads
+    predicting on one model in training, the one that finished first switched it back to training
+    under the other's forwards (Dropout then dropped units: 1 of 120 predictions from 4 threads), and
+    the last, having saved eval, left the model in eval mode. Two predictions' switches, stepped by
+    hand in that order."""
+    model = mlp(dropout=0.5)
+    model.train()
+    model[2].eval()
+    modes = [m.training for m in model.modules()]
+    first, second = train._in_eval_mode(model), train._in_eval_mode(model)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not any(m.training for m in model.modules())  # the second is still predicting
+    second.__exit__(None, None, None)
+    assert [m.training for m in model.modules()] == modes
