@@ -97,7 +97,9 @@ def set_backend(name: str) -> str:
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Runs the block on another backend (this thread / async context only)."""
+    """Runs the block on another backend (this thread / async context only: threads started inside,
+    a ThreadPoolExecutor's workers too, run on the process-wide backend unless they enter
+    use_backend themselves)."""
     chosen, _ = _resolve(_check_name(name))
     token = _override.set(chosen)
     try:
