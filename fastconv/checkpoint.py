@@ -322,12 +322,12 @@ def load(path):
     """(model rebuilt from the checkpoint's config with its weights, info dict)."""
     directory = _directory(path)
     info, tensors = _read_saved(directory, read_info(directory))
-    # The rebuilt layers draw their (overwritten) initial weights and Dropout seeds from a generator
-    # of their own: the one nn.manual_seed sets is left where it was, so a model built after a load
-    # (a search's next trial, fit after restore_best), or in another thread during it, gets the
-    # weights it would get without it.
+    # The rebuilt layers draw no initial weights (the file's overwrite them) and take Dropout seeds
+    # from a generator of their own: the one nn.manual_seed sets is left where it was, so a model built
+    # after a load (a search's next trial, fit after restore_best), or in another thread during it, gets
+    # the weights it would get without it.
     try:
-        with nn._drawing_from(np.random.default_rng(0)):
+        with nn._no_init():
             model = nn.from_config(info["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"cannot rebuild the model from {directory!r}: {exc}") from None

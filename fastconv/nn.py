@@ -31,13 +31,6 @@ __all__ = ["Parameter", "Module", "Linear", "Conv2d", "ReLU", "Sigmoid", "MaxPoo
            "Dropout", "Sequential", "manual_seed", "from_config", "register"]
 
 _rng = np.random.default_rng(0)
-# A generator that stands in for _rng in one thread (async context) only: checkpoint.load's rebuilt
-# layers draw from one of their own there. Swapping _rng itself for the load let layers built in
-# other threads meanwhile draw from the load's generator, and concurrent loads restored each other's,
-# leaving the one manual_seed set replaced for good.
-_local_rng: contextvars.ContextVar = contextvars.ContextVar("fastconv_nn_rng", default=None)
-
-
 def manual_seed(seed: int) -> None:
     """Reseeds the generator that initializes layers (and seeds Dropout) when no `seed=` is given.
     It is one generator for the process: layers built in several threads at once draw from it in
@@ -46,25 +39,33 @@ def manual_seed(seed: int) -> None:
     _rng = np.random.default_rng(seed)
 
 
+def _xp():
+    return _backend.current().xp
+
+
+# Set (to a generator of its own) while checkpoint.load rebuilds a model whose parameters it then
+# reads from the file: layers allocate their parameters as zeros instead of drawing values that would
+# be overwritten (the float64 draws were most of a large model's load time, and 3x its size), and draw
+# Dropout seeds from that generator, so the module one is left where it was. A context variable, not a
+# global: a model another thread builds meanwhile is initialized as usual.
+_loading = contextvars.ContextVar("fastconv.nn._loading", default=None)
+
+
 @contextlib.contextmanager
-def _drawing_from(rng):
-    """Layers built inside (in this thread / async context) draw from `rng` instead of the module's."""
-    token = _local_rng.set(rng)
+def _no_init():
+    """Layers built inside it are not initialized (see _loading); for checkpoint.load only."""
+    token = _loading.set(np.random.default_rng(0))
     try:
         yield
     finally:
-        _local_rng.reset(token)
-
-
-def _xp():
-    return _backend.current().xp
+        _loading.reset(token)
 
 
 def _generator(seed):
     if seed is not None:
         return np.random.default_rng(seed)
-    local = _local_rng.get()
-    return _rng if local is None else local
+    loading = _loading.get()
+    return _rng if loading is None else loading
 
 
 def _float_dtype(dtype) -> np.dtype:
@@ -332,6 +333,13 @@ def _uniform(rng, bound, shape, dtype):
     return _xp().asarray(host)
 
 
+def _initial(rng, bound, shape, dtype):
+    """A parameter's initial values on the device: U(-bound, bound), or zeros inside _no_init."""
+    if _loading.get() is not None:
+        return _xp().zeros(shape, dtype)
+    return _uniform(rng, bound, shape, dtype)
+
+
 class Linear(Module):
     """y = x @ weight.T + bias; weight (out_features, in_features), bias (out_features,)."""
 
@@ -343,8 +351,8 @@ class Linear(Module):
         self.dtype = _float_dtype(dtype)
         rng = _generator(seed)
         bound = 1.0 / math.sqrt(self.in_features)
-        self.weight = Parameter(_uniform(rng, bound, (self.out_features, self.in_features), self.dtype), "weight")
-        self.bias = Parameter(_uniform(rng, bound, (self.out_features,), self.dtype), "bias") if bias else None
+        self.weight = Parameter(_initial(rng, bound, (self.out_features, self.in_features), self.dtype), "weight")
+        self.bias = Parameter(_initial(rng, bound, (self.out_features,), self.dtype), "bias") if bias else None
 
     def _args(self):
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
@@ -396,8 +404,8 @@ class Conv2d(Module):
         fan_in = self.in_channels // self.groups * kh * kw
         bound = 1.0 / math.sqrt(fan_in)
         shape = (self.out_channels, self.in_channels // self.groups, kh, kw)
-        self.weight = Parameter(_uniform(rng, bound, shape, self.dtype), "weight")
-        self.bias = Parameter(_uniform(rng, bound, (self.out_channels,), self.dtype), "bias") if bias else None
+        self.weight = Parameter(_initial(rng, bound, shape, self.dtype), "weight")
+        self.bias = Parameter(_initial(rng, bound, (self.out_channels,), self.dtype), "bias") if bias else None
 
     def _args(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,

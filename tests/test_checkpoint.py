@@ -3,6 +3,7 @@ truncated / other-architecture checkpoints are clear errors that change nothing,
 point of a save leaves the previous checkpoint loadable."""
 import json
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -295,6 +296,51 @@ def test_load_never_swaps_the_generator_other_threads_see(tmp_path, monkeypatch)
     assert during and all(during) and nn._rng is shared
     # The rebuilt model's Dropout still gets its seed from the load's own generator, as before.
     assert loaded.extra_state() == checkpoint.load(tmp_path)[0].extra_state()
+
+
+def test_load_draws_no_initial_weights(tmp_path, monkeypatch):
+    """load() rebuilt the model with freshly drawn initial weights and then overwrote them all: float64
+    draws (then cast) that were most of a large model's load time and 3x its size in memory. Now the
+    rebuilt layers draw nothing; a model built after the load, also after a failed one, is initialized."""
+    model, x = model_and_input()
+    checkpoint.save(tmp_path / "ck", model, epoch=0)
+    checkpoint.save(tmp_path / "bad", model, epoch=0)
+    bad = json.loads((tmp_path / "bad" / "checkpoint.json").read_text())
+    bad["config"]["layers"][0]["in_features"] = 0  # re-signed: the config does not rebuild
+    bad["index_sha256"] = checkpoint._index_digest(bad)
+    (tmp_path / "bad" / "checkpoint.json").write_text(json.dumps(bad))
+
+    def no_draws(*args):
+        raise AssertionError("initial weights drawn")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nn, "_uniform", no_draws)
+        loaded, _ = checkpoint.load(tmp_path / "ck")
+        np.testing.assert_array_equal(outputs(loaded, x), outputs(model, x))
+        with pytest.raises(AssertionError, match="initial weights drawn"):
+            nn.Linear(3, 3)
+        with pytest.raises(CheckpointError, match="cannot rebuild the model"):
+            checkpoint.load(tmp_path / "bad")
+        with pytest.raises(AssertionError, match="initial weights drawn"):
+            nn.Linear(3, 3)
+    nn.manual_seed(4)
+    expected = nn.Linear(3, 3).weight.data.copy()
+    nn.manual_seed(4)
+    checkpoint.load(tmp_path / "ck")
+    np.testing.assert_array_equal(nn.Linear(3, 3).weight.data, expected)
+
+
+def test_no_init_is_the_loading_threads_own():
+    """nn._no_init (what load builds the model in) is a context variable: a model another thread
+    builds meanwhile is initialized (a global flag would give it zeros)."""
+    drawn = {}
+    with nn._no_init():
+        thread = threading.Thread(target=lambda: drawn.update(weight=nn.Linear(4, 4, seed=1).weight.data.copy()))
+        thread.start()
+        thread.join()
+        assert not nn.Linear(4, 4, seed=1).weight.data.any()
+    np.testing.assert_array_equal(drawn["weight"], nn.Linear(4, 4, seed=1).weight.data)
+    assert drawn["weight"].all()
 
 
 @pytest.mark.parametrize("last_epoch, match", [(2.5, "last_epoch must be an int"), (-1, "last_epoch must be an int >= 0")])
