@@ -96,6 +96,17 @@ def _lock_of(directory) -> threading.Lock:
         return _directory_locks.setdefault(key, threading.Lock())
 
 
+def _after_fork_in_child():
+    # A lock held by a thread of the parent (one saving while another forked) stays held in the
+    # child, which has no such thread: its own save there would wait forever. No one saves there yet.
+    global _directory_locks, _directory_locks_lock
+    _directory_locks, _directory_locks_lock = {}, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _jsonable(value):
     """Optimizer/scheduler state minus arrays (those go to safetensors)."""
     if isinstance(value, dict):

@@ -426,3 +426,44 @@ def test_a_load_during_a_save_reads_the_new_checkpoint(tmp_path, monkeypatch, in
         model, info = checkpoint.load(tmp_path)
     assert info["epoch"] == 2
     np.testing.assert_array_equal(outputs(model, x), outputs(second, x))
+
+
+_SAVE_IN_A_FORKED_CHILD = """
+import multiprocessing, sys, threading
+from fastconv import checkpoint, nn
+
+directory = sys.argv[1]
+model = nn.Sequential(nn.Linear(6, 5, seed=0), nn.ReLU(), nn.Linear(5, 3, seed=1))
+saving, done = threading.Event(), threading.Event()
+
+
+def save_in_progress():  # a thread of the parent inside a save to the directory, holding its lock
+    with checkpoint._lock_of(directory):
+        saving.set()
+        done.wait()
+
+
+threading.Thread(target=save_in_progress).start()
+saving.wait()
+child = multiprocessing.get_context("fork").Process(target=checkpoint.save, args=(directory, model),
+                                                    kwargs={"epoch": 1})
+child.start()
+child.join(30)
+print("hung" if child.is_alive() else child.exitcode)
+child.kill()
+done.set()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="fork: POSIX")
+def test_a_save_in_a_process_forked_during_a_save_runs(tmp_path):
+    # A process forked while one of its parent's threads was saving to a directory inherited that
+    # directory's lock as held, by a thread the child does not have: its own save there waited forever.
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", _SAVE_IN_A_FORKED_CHILD,
+                          str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "0", run.stdout
+    assert checkpoint.read_info(tmp_path)["epoch"] == 1
