@@ -167,6 +167,16 @@ def misaligned_grad(be, _):
     close(p, 1 - 0.5 * g)
 
 
+def misaligned_empty(be, _):
+    # Nothing is loaded from an empty array: accepted wherever it starts (NumPy calls it aligned).
+    close(ops.relu_forward(misaligned(be, host((0, 5)))), np.zeros((0, 5)))
+    dx, dw, db = ops.linear_backward(misaligned(be, host((0, 2))), misaligned(be, host((0, 3))), rand(be, (2, 3)))
+    close(dx, np.zeros((0, 3)))
+    close(dw, np.zeros((2, 3)))
+    close(db, np.zeros(2))
+    ops.sgd_step(misaligned(be, host(0)), misaligned(be, host(0)), lr=0.5)
+
+
 def empty_matmul_k(be, _):
     out = ops.matmul(rand(be, (3, 0)), rand(be, (0, 4)))
     close(out, np.zeros((3, 4)))
@@ -614,6 +624,8 @@ CASES = [
     C("strided", "softmax_cross_entropy_forward(logits, labels 1 byte past their elements)", misaligned_cross_entropy, None, "accepted: copied, result equals NumPy's"),
     C("strided", "max_pool2d_backward(dy, indices 1 byte past their elements)", misaligned_pool_backward, None, "accepted: copied, bit-identical to aligned inputs"),
     C("strided", "sgd_step(param, grad 1 byte past its elements)", misaligned_grad, None, "accepted: grad is only read, copied"),
+    C("strided", "relu_forward / linear_backward / sgd_step on empty arrays 1 byte past their elements", misaligned_empty,
+      None, "accepted: empty results (nothing is loaded from them)"),
     C("strided", "sgd_step(param 1 byte past its elements, grad)", lambda be, _: sgd(be, param=misaligned(be, host(3))),
       ValueError, r"param \(3,\) is not aligned to its 4-byte elements \(it starts 1 bytes past a multiple of 4\), so it cannot be updated in place"),
     C("strided", "adam_step(param, grad, m, v 1 byte past its elements)", lambda be, _: adam(be, v=misaligned(be, np.zeros(3, F32))),

@@ -80,11 +80,12 @@ class NativeBackend:
 
         The kernels load whole elements, which a GPU requires at an address that is a multiple of
         their size (else "misaligned address", which ends the CUDA context); x86, where the emulator
-        runs, does not. So an array that the ops failed to align is refused here, on both backends."""
+        runs, does not. So an array that the ops failed to align is refused here, on both backends; an
+        empty one is never loaded from (and NumPy's ALIGNED flag, which the ops check, calls it aligned)."""
         if array is None:
             return 0
         address = self.pointer(array)
-        if address % array.itemsize:
+        if address % array.itemsize and array.size:
             raise ValueError(f"an array at address {address:#x}, not a multiple of its {array.itemsize}-byte "
                              f"{array.dtype} elements, reached a kernel (a GPU would fault: misaligned address)")
         return address
