@@ -89,7 +89,7 @@ def predict(model, x, batch_size=256):
 
 # Models in _in_eval_mode now: id -> [threads inside, the modes to restore].
 _evaluating: dict = {}
-_evaluating_lock = threading.Lock()
+_evaluating_lock = threading.RLock()  # (re-entrant: a model whose eval() or train() predicts does not deadlock)
 
 
 @contextlib.contextmanager

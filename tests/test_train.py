@@ -400,3 +400,27 @@ def test_predictions_in_several_threads_at_once_share_the_eval_mode():
     assert not any(m.training for m in model.modules())  # the second is still predicting
     second.__exit__(None, None, None)
     assert [m.training for m in model.modules()] == modes
+
+
+def test_predict_inside_a_models_own_eval_does_not_deadlock():
+    # predict holds a lock while it switches the model to eval mode; a model whose eval() itself
+    # predicts (say, to calibrate) took that lock again on the same thread and waited forever.
+    import threading
+
+    class Calibrating(nn.Sequential):
+        calibrating = False
+
+        def eval(self):
+            if not self.calibrating:
+                self.calibrating = True
+                self.seen = train.predict(self, np.zeros((1, 3), np.float32))
+                self.calibrating = False
+            return super().eval()
+
+    model, result = Calibrating(nn.Linear(3, 2, seed=0)), []
+    worker = threading.Thread(target=lambda: result.append(train.predict(model, np.ones((4, 3), np.float32))),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "predict deadlocked"
+    assert result[0].shape == (4, 2) and model.seen.shape == (1, 2) and model.training
