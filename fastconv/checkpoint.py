@@ -266,6 +266,9 @@ def _read_tensors(directory, info) -> dict:
         raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
 
 
+_READ_TRIES = 5  # reads of a checkpoint that saves keep replacing, before the last error stands
+
+
 def _read_saved(directory, info):
     """(info, its weights' arrays) of one save, from `info` (read_info's) on. A save that replaced the
     checkpoint after `info` was read has deleted the weights it names: then the new JSON is read and
@@ -279,9 +282,6 @@ def _read_saved(directory, info):
                 raise
             info = newer
     return info, _read_tensors(directory, info)
-
-
-_READ_TRIES = 5
 
 
 def _model_weights(tensors):
