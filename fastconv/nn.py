@@ -31,6 +31,8 @@ __all__ = ["Parameter", "Module", "Linear", "Conv2d", "ReLU", "Sigmoid", "MaxPoo
            "Dropout", "Sequential", "manual_seed", "from_config", "register"]
 
 _rng = np.random.default_rng(0)
+
+
 def manual_seed(seed: int) -> None:
     """Reseeds the generator that initializes layers (and seeds Dropout) when no `seed=` is given.
     It is one generator for the process: layers built in several threads at once draw from it in

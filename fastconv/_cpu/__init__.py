@@ -41,9 +41,7 @@ class CpuBackend:
     kernels_tolerate_bad_indices = False  # the Numba kernels index without bounds checks
 
     def __init__(self):
-        for family in FAMILIES:
-            for op in family.__all__:
-                setattr(self, op, getattr(family, op) if not _forked_after_openmp else _refused_in_fork(op))
+        _bind_ops(self)
         _instances.append(self)
 
     @staticmethod
@@ -68,6 +66,14 @@ _instances: list = []
 _forked_after_openmp = False
 
 
+def _bind_ops(instance):
+    """The families' op functions as the instance's attributes; in a child forked after OpenMP ran,
+    functions that raise instead."""
+    for family in FAMILIES:
+        for op in family.__all__:
+            setattr(instance, op, _refused_in_fork(op) if _forked_after_openmp else getattr(family, op))
+
+
 def _refused_in_fork(op):
     def refused(*args, **kwargs):
         raise RuntimeError(
@@ -90,9 +96,7 @@ def _after_fork_in_child():
         return
     _forked_after_openmp = True
     for instance in _instances:
-        for family in FAMILIES:
-            for op in family.__all__:
-                setattr(instance, op, _refused_in_fork(op))
+        _bind_ops(instance)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
