@@ -87,7 +87,7 @@ def predict(model, x, batch_size=256):
     return np.concatenate(outs, axis=0)
 
 
-# Models in _in_eval_mode now: id -> [threads inside, the modes to restore].
+# Models in _in_eval_mode now: id -> [{thread ident: times inside}, the modes to restore].
 _evaluating: dict = {}
 _evaluating_lock = threading.RLock()  # (re-entrant: a model whose eval() or train() predicts does not deadlock)
 
@@ -99,26 +99,51 @@ def _in_eval_mode(model):
     at once share the switch: the first in saves the modes, the last out restores them. (Each on its
     own, a thread that left first set a model in training back to training under the others' forwards,
     which then applied Dropout; the last one out, having saved eval, left the model in eval mode.)"""
+    me = threading.get_ident()
     with _evaluating_lock:
         entry = _evaluating.get(id(model))
         if entry is None:
             modules = list(model.modules()) if callable(getattr(model, "modules", None)) else [model]
-            saved = (model.training, [(m, m.training) for m in modules])
+            saved = (model, model.training, [(m, m.training) for m in modules])
             model.eval()
-            entry = _evaluating[id(model)] = [0, saved]
-        entry[0] += 1
+            entry = _evaluating[id(model)] = [{}, saved]
+        entry[0][me] = entry[0].get(me, 0) + 1
     try:
         yield
     finally:
         with _evaluating_lock:
-            entry[0] -= 1
-            if entry[0] == 0:
-                del _evaluating[id(model)]
-                was_training, each = entry[1]
-                model.train(was_training)  # (the model's own train(), where a subclass does more there)
-                for m, training in each:
-                    if m.training != training:
-                        m.training = training
+            entry[0][me] -= 1
+            if entry[0][me] == 0:
+                del entry[0][me]
+                if not entry[0]:
+                    del _evaluating[id(model)]
+                    _restore_modes(entry[1])
+
+
+def _restore_modes(saved):
+    model, was_training, each = saved
+    model.train(was_training)  # (the model's own train(), where a subclass does more there)
+    for m, training in each:
+        if m.training != training:
+            m.training = training
+
+
+def _after_fork_in_child():
+    # A child forked while other threads were predicting has only the forking thread: the others
+    # will never leave, so their models go back to their modes now (else they stay in eval mode), and
+    # the lock, which one of them may have held at the fork, is a new one.
+    global _evaluating_lock
+    _evaluating_lock = threading.RLock()
+    me = threading.get_ident()
+    for key, entry in list(_evaluating.items()):
+        entry[0] = {t: k for t, k in entry[0].items() if t == me}
+        if not entry[0]:
+            del _evaluating[key]
+            _restore_modes(entry[1])
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _predict_empty(model, x):

@@ -424,3 +424,56 @@ def test_predict_inside_a_models_own_eval_does_not_deadlock():
     worker.join(60)
     assert not worker.is_alive(), "predict deadlocked"
     assert result[0].shape == (4, 2) and model.seen.shape == (1, 2) and model.training
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_child_forked_while_another_thread_predicts_gets_the_model_back_in_its_mode():
+    # The thread predicting at the fork does not exist in the child and never leaves predict: its
+    # model stayed in eval mode there for good (Dropout silently off in the child's training), and a
+    # lock a parent thread held at that moment hung the child's first predict.
+    import signal
+    import threading
+    import time
+
+    inside, release = threading.Event(), threading.Event()
+
+    class Waiting(nn.Module):  # no ops: the child runs no kernels
+        def forward(self, x):
+            inside.set()
+            release.wait(60)
+            return x
+
+    def hold_the_lock():
+        with train._evaluating_lock:
+            locked.set()
+            release.wait(60)
+
+    model, locked = nn.Sequential(Waiting(), nn.Dropout(0.5, seed=0)), threading.Event()
+    model.train()
+    workers = [threading.Thread(target=train.predict, args=(model, np.ones((2, 3), np.float32)), daemon=True),
+               threading.Thread(target=hold_the_lock, daemon=True)]
+    workers[0].start()
+    assert inside.wait(60)
+    workers[1].start()
+    assert locked.wait(60)
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status, never return into pytest
+        code = 1
+        try:
+            modes_back = all(m.training for m in model.modules())
+            train.predict(nn.Sequential(nn.Dropout(0.5, seed=0)), np.ones((2, 3), np.float32))
+            code = 0 if modes_back and not train._evaluating else 2
+        finally:
+            os._exit(code)
+    release.set()
+    for worker in workers:
+        worker.join(60)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's predict hung")
+    assert os.waitstatus_to_exitcode(done[1]) == 0, "the child's model stayed in eval mode"
+    assert all(m.training for m in model.modules())
