@@ -170,3 +170,57 @@ def test_search_shows_diverged_settings_and_fails_clearly_when_all_diverge(tmp_p
     assert code == 0
     last_row = capsys.readouterr().out.split("ranked on validation loss")[1].splitlines()[3].split()
     assert last_row[:2] == ["2", "1e+30"] and last_row[-3:-1] == ["-", "-"]
+
+
+
+def readme_text():
+    from pathlib import Path
+
+    return (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def readme_block(starting):
+    """The lines of README.md's code block whose first line starts with `starting`."""
+    found = [b.strip("\n").splitlines() for b in readme_text().split("```")[1::2] if b.lstrip("\n").startswith(starting)]
+    assert len(found) == 1, f"README.md has {len(found)} code blocks starting {starting!r}"
+    return found[0]
+
+
+def without_time_and_place(lines, out):
+    """Lines printed by `fastconv train`, the wall time and the output directory masked."""
+    import re
+
+    return [re.sub(r"^trained in [0-9.]+ s;", "trained in T s;", line).replace(f"wrote {out}/:", "wrote OUT/:")
+            for line in lines]
+
+
+def _simd():
+    from fastconv._cpu import _vecmath
+
+    return _vecmath.SIMD
+
+
+# The README's run is on an AVX-512 host; AVX2 hosts give the same bits here (checked), a host with
+# neither runs the portable float32 loops, which round otherwise.
+@pytest.mark.skipif(not _simd(), reason="the README's numbers are those of the AVX-512 / AVX2 kernels")
+def test_the_readme_shows_what_the_main_job_prints(tmp_path, capsys, monkeypatch):
+    """README.md's main job prints what its block says (but the time and the directory), and its
+    sentence on FASTCONV_WINOGRAD=0 holds: a change of rounding anywhere in the kernels moves this
+    run, and the README went stale that way once (it showed 0.9703 where the run gave 0.9740)."""
+    import re
+
+    from fastconv._cpu import conv
+
+    shown = without_time_and_place(readme_block("fastconv train digits_cnn: backend cpu"), "runs/digits")
+    train("digits_cnn", tmp_path / "digits")
+    printed = without_time_and_place(capsys.readouterr().out.splitlines(), tmp_path / "digits")
+    assert printed == shown
+
+    sentence = re.search(r"`FASTCONV_WINOGRAD=0` the same command prints test accuracy ([0-9.]+) (\(\d+/\d+\)), "
+                         r"best epoch (\d+)", readme_text())
+    assert sentence, "README.md no longer states the FASTCONV_WINOGRAD=0 run in the form this test reads"
+    monkeypatch.setattr(conv, "WINOGRAD", False)
+    train("digits_cnn", tmp_path / "direct")
+    out = capsys.readouterr().out
+    assert f"test accuracy {sentence[1]}  {sentence[2]}" in out
+    assert f"best epoch {sentence[3]} " in out
