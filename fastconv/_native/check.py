@@ -1,6 +1,6 @@
 """Range checks on the native backends: the min and max of an index array, read back in one transfer."""
 
-__all__ = ["index_range", "index_range_start"]
+__all__ = ["index_range_start"]
 
 
 def index_range_start(be, a):
@@ -22,7 +22,3 @@ def index_range_start(be, a):
         return int(low), int(high)
     return result
 
-
-def index_range(be, a):
-    """(min, max) of a non-empty, contiguous int64 array, as Python ints (one sync on a GPU)."""
-    return index_range_start(be, a)()

@@ -90,6 +90,16 @@ def _nothing_to_check():
     """check_values when there is nothing (left) to check."""
 
 
+def _cross_entropy_op(op, first, first_name, labels, weight, label_smoothing, check_weight):
+    """The backend's `op` on the checked inputs; the values' checks after its launch."""
+    be = _backend.current()
+    x, y, w, smoothing, check_values = _cross_entropy_inputs(be, first, first_name, labels, weight, label_smoothing,
+                                                             check_weight, op)
+    result = getattr(be, op)(x, y, w, smoothing)
+    check_values()  # on a native backend: after the launch (see _cross_entropy_inputs)
+    return result
+
+
 def softmax_cross_entropy_forward(logits, labels, weight=None, label_smoothing=0.0, check_weight=True):
     """(loss, probs) for logits (N, C) and integer labels (N,) in [0, C).
 
@@ -104,36 +114,21 @@ def softmax_cross_entropy_forward(logits, labels, weight=None, label_smoothing=0
     for a caller that has checked them already, as CrossEntropyLoss does once at construction; the
     same for the two ops below.
     """
-    be = _backend.current()
-    x, y, w, smoothing, check_values = _cross_entropy_inputs(be, logits, "logits", labels, weight, label_smoothing,
-                                               check_weight, "softmax_cross_entropy_forward")
-    result = be.softmax_cross_entropy_forward(x, y, w, smoothing)
-    check_values()  # on a native backend: after the launch (see _cross_entropy_inputs)
-    return result
+    return _cross_entropy_op("softmax_cross_entropy_forward", logits, "logits", labels, weight, label_smoothing, check_weight)
 
 
 def softmax_cross_entropy_backward(probs, labels, weight=None, label_smoothing=0.0, check_weight=True):
     """dloss/dlogits (N, C) of softmax_cross_entropy_forward's mean loss, from its probs:
     [p (((1 - e) w[y] + (e/C) sum(w)) - (1 - e) w[y] onehot - (e/C) w] / sum_i w[y_i]
     (= (probs - onehot) / N without weight and smoothing)."""
-    be = _backend.current()
-    p, y, w, smoothing, check_values = _cross_entropy_inputs(be, probs, "probs", labels, weight, label_smoothing,
-                                               check_weight, "softmax_cross_entropy_backward")
-    result = be.softmax_cross_entropy_backward(p, y, w, smoothing)
-    check_values()  # on a native backend: after the launch (see _cross_entropy_inputs)
-    return result
+    return _cross_entropy_op("softmax_cross_entropy_backward", probs, "probs", labels, weight, label_smoothing, check_weight)
 
 
 def softmax_cross_entropy_with_grad(logits, labels, weight=None, label_smoothing=0.0, check_weight=True):
     """(loss, dlogits): softmax_cross_entropy_forward's loss and softmax_cross_entropy_backward's
     gradient in one pass over the logits (read once, the gradient written once; the probs are
     never stored) — what a training step needs. The same values as the two ops."""
-    be = _backend.current()
-    x, y, w, smoothing, check_values = _cross_entropy_inputs(be, logits, "logits", labels, weight, label_smoothing,
-                                               check_weight, "softmax_cross_entropy_with_grad")
-    result = be.softmax_cross_entropy_with_grad(x, y, w, smoothing)
-    check_values()  # on a native backend: after the launch (see _cross_entropy_inputs)
-    return result
+    return _cross_entropy_op("softmax_cross_entropy_with_grad", logits, "logits", labels, weight, label_smoothing, check_weight)
 
 
 def _binary_inputs(be, logits, targets, pos_weight, op):
