@@ -50,6 +50,10 @@ def _problems():
     t01 = rng.uniform(0, 1, (32, 32)).astype(f)
     param, grad, vel = r(1024), r(1024), np.zeros(1024, f)
     m, v = np.zeros(1024, f), np.zeros(1024, f)
+    params, grads = [r(1024), r(3, 7)], [r(1024), r(3, 7)]
+    vels, ms, vs = ([np.zeros_like(p) for p in params] for _ in range(3))
+    fy, fidx = ops.conv2d_max_pool2d_forward(cx, cw, cb, padding=1, activation="relu", pool_kernel=2)
+    fdy = r(*fy.shape)
     return {
         "matmul": lambda: ops.matmul(a, b),
         "matmul_tt": lambda: ops.matmul(b, a, trans_a=True, trans_b=True),
@@ -61,18 +65,25 @@ def _problems():
         "sigmoid_backward": lambda: ops.sigmoid_backward(dy, t01),
         "conv2d_forward": lambda: ops.conv2d_forward(cx, cw, cb, padding=1, activation="sigmoid"),
         "conv2d_backward": lambda: ops.conv2d_backward(cdy, cx, cw, padding=1),
+        "conv2d_max_pool2d_forward": lambda: ops.conv2d_max_pool2d_forward(cx, cw, cb, padding=1, activation="relu",
+                                                                           pool_kernel=2),
+        "conv2d_max_pool2d_backward": lambda: ops.conv2d_max_pool2d_backward(fdy, fy, fidx, cx, cw, padding=1,
+                                                                             activation="relu"),
         "max_pool2d_forward": lambda: ops.max_pool2d_forward(px, 2),
         "max_pool2d_backward": lambda: ops.max_pool2d_backward(pdy, pidx, px.shape),
         "avg_pool2d_forward": lambda: ops.avg_pool2d_forward(px, 3, 1, 1),
         "avg_pool2d_backward": lambda: ops.avg_pool2d_backward(pdy, px.shape, 2),
         "softmax_cross_entropy_forward": lambda: ops.softmax_cross_entropy_forward(logits, labels, label_smoothing=0.1),
         "softmax_cross_entropy_backward": lambda: ops.softmax_cross_entropy_backward(probs, labels),
+        "softmax_cross_entropy_with_grad": lambda: ops.softmax_cross_entropy_with_grad(logits, labels),
         "bce_with_logits_forward": lambda: ops.bce_with_logits_forward(logits, t01),
         "bce_with_logits_backward": lambda: ops.bce_with_logits_backward(logits, t01),
         "mse_forward": lambda: ops.mse_forward(logits, t01),
         "mse_backward": lambda: ops.mse_backward(logits, t01),
         "sgd_step": lambda: ops.sgd_step(param, grad, vel, lr=1e-6, momentum=0.9),
         "adam_step": lambda: ops.adam_step(param, grad, m, v, 1, lr=1e-6),
+        "sgd_step_foreach": lambda: ops.sgd_step_foreach(params, grads, vels, lr=1e-6, momentum=0.9),
+        "adam_step_foreach": lambda: ops.adam_step_foreach(params, grads, ms, vs, [1, 1], lr=1e-6),
     }
 
 
@@ -82,6 +93,10 @@ def cpu():
         pytest.skip("cpu backend unavailable")
     with fastconv.use_backend("cpu") as be:
         yield be
+
+
+def test_the_problems_cover_every_op():
+    assert {name.removesuffix("_tt") for name in _problems()} == set(ops.__all__)
 
 
 def test_repeated_calls_keep_memory_flat(cpu):
@@ -125,7 +140,7 @@ def test_ops_from_several_threads_at_once(cpu):
     """Threads run different ops and shapes concurrently; each result must equal the one the same op
     gave single-threaded (bit for bit: the cpu kernels are deterministic)."""
     problems = _problems()
-    names = [n for n in problems if not n.endswith("_step")]  # the steps update shared buffers in place
+    names = [n for n in problems if "_step" not in n]  # the steps update shared buffers in place
     expected = {n: [to_numpy(a).copy() for a in _as_tuple(problems[n]())] for n in names}
     errors, barrier = [], threading.Barrier(4)
 
