@@ -11,6 +11,13 @@ import fastconv
 from fastconv import ops
 
 
+def test_every_backend_has_every_op(backend):
+    """One function table (design.md): the ops call be.<op> for all but the optional fused ones."""
+    from fastconv.ops.conv_pool import OPTIONAL
+
+    assert [op for op in ops.__all__ if op not in OPTIONAL and not callable(getattr(backend, op, None))] == []
+
+
 def test_default_is_cpu_or_cuda():
     assert fastconv.get_backend() in ("cpu", "cuda")
 

@@ -24,6 +24,10 @@ from .pool import PoolGeometry, _indices
 
 __all__ = ["conv2d_max_pool2d_forward", "conv2d_max_pool2d_backward"]
 
+# The only ops a backend may lack (the ops then run the unfused ones); every other op in
+# fastconv.ops.__all__ is a function of every backend's (tests/test_backend.py checks it).
+OPTIONAL = ("conv2d_max_pool2d_forward", "conv2d_max_pool2d_backward")
+
 
 def conv2d_max_pool2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, activation=None, *,
                               pool_kernel, pool_stride=None, pool_padding=0, algorithm="auto"):
@@ -39,7 +43,7 @@ def conv2d_max_pool2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, gro
     stride, pad, dilation, groups, (oh, ow) = _conv_geometry(x, w, stride, padding, dilation, groups, op)
     b = _bias(be, b, x, w, op)
     pool = _pool_geometry(op, (x.shape[0], w.shape[0], oh, ow), pool_kernel, pool_stride, pool_padding)
-    fused = getattr(be, op, None)
+    fused = getattr(be, op, None)  # (OPTIONAL)
     if fused is not None:
         return fused(x, w, b, stride, pad, dilation, groups, activation, pool, algorithm)
     return be.max_pool2d_forward(be.conv2d_forward(x, w, b, stride, pad, dilation, groups, activation, algorithm),
@@ -76,7 +80,7 @@ def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride=1, padding=0, dilati
                              "they must have the same shape")
     else:
         y = None
-    fused = getattr(be, op, None)
+    fused = getattr(be, op, None)  # (OPTIONAL)
     if fused is not None:
         return fused(dy, y, indices, x, w, stride, pad, dilation, groups, activation, bias, input_grad, algorithm)
     if activation is not None:  # dy and y are validated above: straight to the backend
