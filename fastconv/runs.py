@@ -13,9 +13,11 @@
 record, and prints the same report from the same code path (evaluate_checkpoint), so its numbers
 equal those printed at the end of training.
 
-An example module provides NAME, DEFAULTS, load_data(seed=0, subset=None) -> data.Dataset,
-evaluate(model, dataset) -> report dict, and optionally plots(out, model, dataset, report) -> {name:
-path} and summary(report) -> a line of text printed after the report.
+An example module provides NAME, DEFAULTS, run(out, epochs=None, lr=None, batch_size=None, seed=0,
+subset=None, verbose=True, progress=None) (what `fastconv train NAME` calls: it trains with
+train.fit(..., checkpoint_dir=out) and ends with finish()), load_data(seed=0, subset=None) ->
+data.Dataset, evaluate(model, dataset) -> report dict, and optionally plots(out, model, dataset,
+report) -> {name: path} and summary(report) -> a line of text printed after the report.
 """
 from __future__ import annotations
 

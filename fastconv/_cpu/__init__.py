@@ -4,10 +4,9 @@ uses np.dot). Exposes the same op functions as the native backends.
 
 Kernels are compiled on first use and cached on disk (cache=True); Numba falls back to a per-user
 cache directory when the install directory is read-only. Numba checks a cached kernel against its
-own file only: after editing a helper that kernels inline from another module (_stream.py,
-_vecmath.py, _gemm32.py, _taps32.py, _pool32.py, _softmax32.py, _bce32.py, _winograd32.py, pool.py,
-dense.py), clear
-fastconv/_cpu/__pycache__ or set NUMBA_CACHE_DIR, or the old code runs.
+own file only: after editing a helper that kernels compile in from another module (any module of
+fastconv/_cpu: _blas.py's gemm too), clear fastconv/_cpu/__pycache__ or set NUMBA_CACHE_DIR, or the
+old code runs.
 """
 import os
 import sys

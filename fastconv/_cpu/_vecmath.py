@@ -1,12 +1,17 @@
-"""exp(x) for x <= 0, log1p(e) for e in [0, 1] and a float max, in forms LLVM vectorizes; and the
-float32 sigmoid of 16 values at once in AVX-512 instructions (two AVX2 halves on hosts with AVX2
-and FMA only), for hosts that have them.
+"""exp(x) for x <= 0, log1p(e) for e in [0, 1] and a float max, in forms LLVM vectorizes; the same
+exp and log1p as LLVM IR on 16 floats at once; the float32 sigmoid of 16 values at once in AVX-512
+instructions (two AVX2 halves on hosts with AVX2 and FMA only); and the vector helpers (masked loads
+and stores, broadcasts) the AVX-512 / AVX2 kernels of this package are written with.
 
 Numba calls libm's scalar exp (PyPI's llvmlite has no SVML), which keeps sigmoid and softmax far
-from memory bandwidth. For float32 this computes exp as 2^k * p(r) (Cody-Waite reduction, the
-Cephes expf polynomial, about 2 ulp), building 2^k from its exponent bits with an LLVM bitcast,
-so a whole loop of it becomes SIMD code. Every caller needs only x <= 0 (exp(-|v|) in sigmoid,
-exp(z - max) in softmax), which keeps 2^k a normal number; below -87.3 the result is 0.
+from memory bandwidth. Two float32 exps, both 2^k * p(r) with 2^k built from its exponent bits (an
+LLVM bitcast), for x <= 0 only, which is all the callers need (exp(-|v|) in sigmoid, exp(z - max)
+in softmax):
+- exp_nonpositive, a Numba function (Cody-Waite reduction, the Cephes expf polynomial, about 2 ulp;
+  0 below -87.3, where 2^k would leave the normal numbers) whose loops LLVM vectorizes: the
+  portable loops' (dense._sigmoid, loss.py's cross-entropy and BCE rows);
+- _exp16_nonpositive_ir, 16 lanes in IR (an FMA reduction, a degree-6 minimax polynomial, at most
+  0.891 ulp; subnormal results exact): sigmoid16 and the AVX-512 / AVX2 kernels (_softmax32, _bce32).
 float64 inputs use np.exp (they are for gradient checks, not speed).
 """
 import os

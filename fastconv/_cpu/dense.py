@@ -8,6 +8,7 @@ linear_forward / linear_backward split their GEMMs between the Numba threads (ea
 with single-threaded BLAS, then its share of the epilogue while it is in cache: see _blas.py),
 so OpenBLAS's own threads never wake up and spin against the Numba loops that follow. Layers of
 at most _OWN_THREADS_BELOW multiply-adds run as one GEMM on the calling thread instead.
+Math: csrc/kernels/dense.cuh.
 """
 import numpy as np
 from numba import njit, prange, types

@@ -1,7 +1,7 @@
 """Optimizer steps on the CPU: one Numba pass per parameter tensor (parallel for large ones, see
 _parallel.py), in place, in the parameter's precision (the scalars are rounded to its dtype first,
 as the CUDA kernels do). Arguments were validated (and the bias corrections computed) by
-fastconv.ops.optim."""
+fastconv.ops.optim. Math: csrc/kernels/optim.cuh."""
 import numpy as np
 from numba import njit, prange
 
