@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import inspect
 import math
 import numbers
 from collections import OrderedDict
@@ -698,10 +700,7 @@ class Sequential(Module):
                 i = conv_at - 1
                 continue
             if i == first and not input_grad:
-                if isinstance(layer, (Linear, Conv2d, Sequential)):
-                    layer.backward(dy, input_grad=False)
-                else:
-                    layer.backward(dy)
+                backward_without_input_grad(layer, dy)
                 return None
             if type(layer) is MaxPool2d and i > first and type(layers[i - 1]) is ReLU:
                 # ReLU then max pooling: each pooled value is the ReLU output at the element the
@@ -757,3 +756,18 @@ def from_config(cfg: dict) -> Module:
     if kind not in _REGISTRY:
         raise ValueError(f"unknown layer type {kind!r} in the model config (known: {sorted(_REGISTRY)}, Sequential)")
     return _REGISTRY[kind](**args)
+
+
+def backward_without_input_grad(module, dy):
+    """module.backward(dy) where nobody reads the gradient for the module's input (the first layer's,
+    the model's in training): with input_grad=False where its backward takes that argument, as the
+    built-in layers' do, which then skip computing it; plainly otherwise (a custom layer's)."""
+    if _takes_input_grad(getattr(module.backward, "__func__", module.backward)):
+        module.backward(dy, input_grad=False)
+    else:
+        module.backward(dy)
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_input_grad(backward):
+    return "input_grad" in inspect.signature(backward).parameters  # (~20 us: once per function)

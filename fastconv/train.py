@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import inspect
 import itertools
 import json
 import math
@@ -45,6 +44,7 @@ from . import backend as _backend
 from . import checkpoint as _checkpoint
 from . import losses as _losses
 from . import metrics as _metrics
+from . import nn as _nn
 from ._host import to_numpy
 from .ops import _check
 
@@ -455,7 +455,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
                 out = model(xb)
                 loss = loss_fn(out, yb)
                 optimizer.zero_grad()
-                _backward(model, loss_fn.backward())
+                _nn.backward_without_input_grad(model, loss_fn.backward())
                 optimizer.step()
                 loss_sum += loss.astype(np.float64) * len(rows)
                 s["loss_count"] += len(rows)
@@ -651,12 +651,3 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
         r["rank"] = rank
     _write_table(out_dir, rows, list(space))
     return SearchResult(rows, name, mode, best_dir if best_value is not None else None)
-
-
-def _backward(model, grad):
-    """The model's backward pass without the gradient for the input batch, which nobody reads
-    (where its backward() takes input_grad, as the built-in layers' do; others compute it)."""
-    if "input_grad" in inspect.signature(model.backward).parameters:
-        model.backward(grad, input_grad=False)
-    else:
-        model.backward(grad)

@@ -538,3 +538,28 @@ def test_a_replaced_parameter_keeps_its_place():
     model = nn.Sequential(first, nn.ReLU(), second)
     assert list(model.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert [p.shape for p in model.parameters()] == [(3, 3), (3,), (3,)]
+
+
+def test_a_custom_first_layer_that_takes_input_grad_is_told_nobody_reads_it():
+    # fit told such a layer (as the whole model) input_grad=False by its signature; Sequential, as
+    # its first layer, only the built-in layers: one rule now, for both.
+    seen = []
+
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.s = nn.Parameter(np.ones(1, np.float32))  # trainable: its backward must run
+
+        def forward(self, x):
+            return x * 2
+
+        def backward(self, dy, input_grad=True):
+            seen.append(input_grad)
+            return dy * 2 if input_grad else None
+
+    model = nn.Sequential(Scale(), nn.Linear(3, 2, seed=0))
+    model(np.ones((4, 3), np.float32))
+    model.backward(np.ones((4, 2), np.float32), input_grad=False)
+    model(np.ones((4, 3), np.float32))
+    model.backward(np.ones((4, 2), np.float32))
+    assert seen == [False, True]
