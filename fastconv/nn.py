@@ -27,6 +27,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import ops
+from ._kernel_abi import conv_output_size
 from .ops import _check
 
 __all__ = ["Parameter", "Module", "Linear", "Conv2d", "ReLU", "Sigmoid", "MaxPool2d", "AvgPool2d", "Flatten",
@@ -317,7 +318,7 @@ class Module:
 
 def _conv_output_size(size, kernel, stride, padding, dilation):
     """(OH, OW) of a Conv2d layer (symmetric padding) on an input of spatial size (H, W)."""
-    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(size, kernel, stride, padding, dilation))
+    return tuple(conv_output_size(n, k, s, p, p, d) for n, k, s, p, d in zip(size, kernel, stride, padding, dilation))
 
 
 def _check_input(layer, x, ndim, what, size=None, dim=1, dtype=None):

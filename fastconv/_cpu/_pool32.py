@@ -14,7 +14,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from ..ops._activation import ACTIVATIONS
+from .._kernel_abi import ACTIVATIONS
 from ._vecmath import as_i64, broadcast, lanes_below, masked_load, masked_store
 
 __all__ = ["max_pool_2x2_plane", "unpool_2x2_run", "unpool_2x2_plane"]

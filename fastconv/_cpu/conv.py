@@ -34,7 +34,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..ops._activation import ACTIVATIONS
+from .._kernel_abi import ACTIVATIONS, PoolGeometry, conv_output_size
 from . import _vecmath
 from ._blas import gemm, single_threaded_blas
 from ._gemm32 import NR as GEMM_NR, gemm32, gemm32_runs
@@ -47,7 +47,6 @@ from ._winograd32 import (LANES, grad_tile16, input_tile16, output_tile16, produ
 from ._vecmath import copy_rows16
 from .dense import (_ONE, _SIGMOID16, _ZERO, _relu, _relu_grad, _sigmoid, epilogue_activation, linear_backward,
                     relu_backward, sigmoid_backward, sigmoid_in_place)
-from ..ops.pool import PoolGeometry
 from .pool import is_2x2_stride_2_jit, max_pool2d_backward, max_pool2d_forward, max_pool_plane, window_of
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_max_pool2d_forward", "conv2d_max_pool2d_backward"]
@@ -975,9 +974,8 @@ def _uses_tiles(x):
 
 def _geometry(x, w, stride, padding, dilation):
     kh, kw = w.shape[2:]
-    oh = (x.shape[2] + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (x.shape[3] + padding[2] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    return oh, ow
+    return (conv_output_size(x.shape[2], kh, stride[0], padding[0], padding[1], dilation[0]),
+            conv_output_size(x.shape[3], kw, stride[1], padding[2], padding[3], dilation[1]))
 
 
 def _threads(n):

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ..ops._activation import ACTIVATIONS
+from .._kernel_abi import ACTIVATIONS
 from ._blas import gemm, single_threaded_blas
 from ._gemm32 import NR, gemm32, gemm32_strips, gemm32_strips_rows, pack_strip, strips_shape
 from ._memory import empty, empty_like

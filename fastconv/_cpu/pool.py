@@ -1,6 +1,6 @@
 """2-D pooling on the CPU: Numba, parallel over the N * C planes (each plane's output is owned by one
 thread, so the backward scatter-adds need no atomics and run in output order, deterministically).
-`g` is the validated fastconv.ops.pool.PoolGeometry. Math: csrc/kernels/pool.cuh."""
+`g` is a PoolGeometry (fastconv._kernel_abi) the ops validated. Math: csrc/kernels/pool.cuh."""
 import numpy as np
 from numba import njit, prange
 

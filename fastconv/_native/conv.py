@@ -2,7 +2,7 @@
 
 Those compute every output as a sum of its products, so both of ops.conv.ALGORITHMS ("auto",
 "direct") run them: `algorithm` is accepted and has nothing to choose between."""
-from ..ops._activation import ACTIVATIONS
+from .._kernel_abi import ACTIVATIONS, conv_output_size
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
@@ -21,8 +21,8 @@ def _shape(x_shape, w_shape, stride, padding, dilation, groups):
     """The kernels' ConvShape tuple (see csrc/bindings/conv.cpp)."""
     n, c, h, wd = x_shape
     c_out, _, kh, kw = w_shape
-    oh = (h + padding[0] + padding[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (wd + padding[2] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    oh = conv_output_size(h, kh, stride[0], padding[0], padding[1], dilation[0])
+    ow = conv_output_size(wd, kw, stride[1], padding[2], padding[3], dilation[1])
     return (n, c, h, wd, c_out, kh, kw, oh, ow, stride[0], stride[1], padding[0], padding[2], dilation[0],
             dilation[1], groups)
 

@@ -1,5 +1,5 @@
 """Dense path on the native backends: GEMM with fused bias + activation, column sums, ReLU, sigmoid."""
-from ..ops._activation import ACTIVATIONS
+from .._kernel_abi import ACTIVATIONS
 
 __all__ = ["matmul", "linear_forward", "linear_backward", "relu_forward", "relu_backward",
            "sigmoid_forward", "sigmoid_backward"]

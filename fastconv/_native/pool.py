@@ -1,4 +1,4 @@
-"""2-D pooling on the native backends. `g` is the validated fastconv.ops.pool.PoolGeometry."""
+"""2-D pooling on the native backends. `g` is a PoolGeometry (fastconv._kernel_abi) the ops validated."""
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
 

@@ -1,7 +1,6 @@
 """Names of the activations that GEMM and convolution epilogues fuse, and their kernel codes
-(csrc/kernels/common.h: enum Activation)."""
-
-ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2}
+(csrc/kernels/common.h: enum Activation, in fastconv._kernel_abi)."""
+from .._kernel_abi import ACTIVATIONS
 
 
 def check_activation(activation):

@@ -7,6 +7,7 @@ import numbers
 import numpy as np
 
 from .. import backend as _backend
+from .._kernel_abi import conv_output_size
 from ._activation import check_activation
 from ._check import flag, shape_str, tensor
 
@@ -56,10 +57,6 @@ def _padding(padding, kernel, stride, dilation):
     return (ph, ph, pw, pw)
 
 
-def _output_size(size, kernel, stride, pad_before, pad_after, dilation):
-    return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
-
-
 def _geometry(x, w, stride, padding, dilation, groups, op):
     """Checks x against w and the hyperparameters; returns (stride, padding4, dilation, groups, (OH, OW))."""
     stride = _pair(stride, "stride", 1)
@@ -82,8 +79,8 @@ def _geometry(x, w, stride, padding, dilation, groups, op):
         raise ValueError(f"{op}: x is {shape_str(x.shape)} with C_in={c}, but w is {shape_str(w.shape)}: "
                          f"w.shape[1] * groups = {c_per_group} * {groups} = {c_per_group * groups} != C_in")
     pad = _padding(padding, (kh, kw), stride, dilation)
-    oh = _output_size(h, kh, stride[0], pad[0], pad[1], dilation[0])
-    ow = _output_size(wd, kw, stride[1], pad[2], pad[3], dilation[1])
+    oh = conv_output_size(h, kh, stride[0], pad[0], pad[1], dilation[0])
+    ow = conv_output_size(wd, kw, stride[1], pad[2], pad[3], dilation[1])
     if oh < 1 or ow < 1:
         raise ValueError(f"{op}: no output: x is {shape_str(x.shape)}, w is {shape_str(w.shape)} with padding "
                          f"(top, bottom, left, right) {pad}, dilation {dilation}, stride {stride}: the output "

@@ -15,12 +15,13 @@ Backends without a fused kernel run the ops one after another, with the same res
 from __future__ import annotations
 
 from .. import backend as _backend
+from .._kernel_abi import PoolGeometry
 from ._activation import check_activation
 from ._check import flag, shape_str, tensor
 from .conv import _geometry as _conv_geometry
 from .conv import _bias, _inputs, check_algorithm
 from .pool import _geometry as _pool_geometry
-from .pool import PoolGeometry, _indices
+from .pool import _indices
 
 __all__ = ["conv2d_max_pool2d_forward", "conv2d_max_pool2d_backward"]
 

@@ -3,35 +3,13 @@ ceil_mode=False, dilation 1, count_include_pad=True for the average)."""
 from __future__ import annotations
 
 import numbers
-from typing import NamedTuple
-
 import numpy as np
 
 from .. import backend as _backend
+from .._kernel_abi import PoolGeometry
 from ._check import flag, for_kernels, on_backend, shape_str, tensor, value_range
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
-
-
-class PoolGeometry(NamedTuple):
-    """A validated pooling: input (n, c, h, w) -> output (n, c, out_h, out_w)."""
-    n: int
-    c: int
-    h: int
-    w: int
-    out_h: int
-    out_w: int
-    kernel: tuple = (1, 1)
-    stride: tuple = (1, 1)
-    padding: tuple = (0, 0)
-
-    @property
-    def out_shape(self):
-        return (self.n, self.c, self.out_h, self.out_w)
-
-    @property
-    def in_shape(self):
-        return (self.n, self.c, self.h, self.w)
 
 
 def _is_int(v) -> bool:
