@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import itertools
 import json
 import math
@@ -580,16 +581,32 @@ def _plain(setting):
     return setting
 
 
+def _ranked(rows, mode):
+    """The rows best first, each given its rank; a trial that never improved (best_metric None) ranks
+    last; ties keep the trial order."""
+    worst = math.inf if mode == "min" else -math.inf
+    sign = 1 if mode == "min" else -1
+    ranked = sorted(rows, key=lambda r: sign * (worst if r["best_metric"] is None or math.isnan(r["best_metric"])
+                                                else r["best_metric"]))
+    for rank, r in enumerate(ranked, 1):
+        r["rank"] = rank
+    return ranked
+
+
 def _write_table(out_dir, rows, keys):
-    with open(os.path.join(out_dir, "search.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-    columns = ["rank", "trial", *keys, "best_metric", "best_epoch", "epochs_run", "time_s"]
-    with open(os.path.join(out_dir, "search.csv"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for r in rows:
-            writer.writerow([r["rank"], r["trial"], *(r["settings"][k] for k in keys), r["best_metric"],
-                             r["best_epoch"], r["epochs_run"], round(r["time_s"], 3)])
+    """search.json and search.csv, each through a temp file and a rename: an interrupt leaves the
+    previous table whole."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["rank", "trial", *keys, "best_metric", "best_epoch", "epochs_run", "time_s"])
+    for r in rows:
+        writer.writerow([r["rank"], r["trial"], *(r["settings"][k] for k in keys), r["best_metric"],
+                         r["best_epoch"], r["epochs_run"], round(r["time_s"], 3)])
+    for name, content in (("search.json", json.dumps(rows, indent=1)), ("search.csv", text.getvalue())):
+        tmp = os.path.join(out_dir, f".{name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            f.write(content)
+        os.replace(tmp, os.path.join(out_dir, name))
 
 
 def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, out_dir, metric="loss", mode=None,
@@ -605,8 +622,9 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
     Settings named "epochs" or "batch_size" are passed to fit(); so are fit_kwargs (epochs,
     batch_size, patience, ...) and the overrides build returns.
 
-    Writes out_dir/search.csv and out_dir/search.json (best first) and out_dir/best, the checkpoint
-    of the best model (each trial's best evaluation). Returns a SearchResult.
+    Writes out_dir/search.csv and out_dir/search.json (best first; rewritten after every trial, so an
+    interrupted search leaves the trials it finished) and out_dir/best, the checkpoint of the best model
+    (each trial's best evaluation). Returns a SearchResult.
     """
     name, _, mode = _metric(metric, mode)
     n_trials = _positive_int(n_trials, "n_trials", allow_none=True)
@@ -638,16 +656,12 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
             trial_model, info = _checkpoint.load(os.path.join(work, "best"))
             _checkpoint.save(best_dir, trial_model, epoch=info["epoch"], metric=info["metric"],
                              extra={"settings": setting, "trial": trial})
+        _write_table(out_dir, _ranked(rows, mode), list(space))  # after every trial: an interrupt keeps them
         if verbose:
             print(f"trial {trial + 1}/{len(settings)} {setting}: best {name} {history.best_metric} "
                   f"at epoch {history.best_epoch} ({row['time_s']:.1f} s)")
         del model, optimizer, built
         _backend.empty_cache()  # the next setting's shapes differ: the buffers kept for these would idle
     shutil.rmtree(work, ignore_errors=True)
-    worst = math.inf if mode == "min" else -math.inf
-    rows.sort(key=lambda r: (r["best_metric"] if r["best_metric"] is not None and not math.isnan(r["best_metric"])
-                             else worst) * (1 if mode == "min" else -1))
-    for rank, r in enumerate(rows, 1):
-        r["rank"] = rank
-    _write_table(out_dir, rows, list(space))
+    rows = _ranked(rows, mode)
     return SearchResult(rows, name, mode, best_dir if best_value is not None else None)

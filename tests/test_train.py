@@ -213,6 +213,26 @@ def test_search_ranks_settings_and_keeps_the_best(tmp_path, capsys):
     assert len(rnd.table) == 2 and all(0.01 <= r["settings"]["lr"] <= 10 ** -0.5 for r in rnd.table)
 
 
+def test_an_interrupted_search_keeps_the_table_of_the_trials_it_finished(tmp_path):
+    # The table was written once, at the end: Ctrl-C in the third trial left only best/ (and trial/).
+    x, y = blobs(80, seed=6)
+    val = blobs(40, seed=6)
+
+    def build(settings):
+        if settings["lr"] == 0.3:
+            raise KeyboardInterrupt
+        model = mlp()
+        return model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=settings["lr"])
+
+    with pytest.raises(KeyboardInterrupt):
+        train.search(build, {"lr": [0.0, 0.2, 0.3]}, (x, y), val, out_dir=tmp_path, metric="accuracy", epochs=2,
+                     batch_size=16, verbose=False)
+    table = json.loads((tmp_path / "search.json").read_text())
+    assert [(r["rank"], r["settings"]["lr"]) for r in table] == [(1, 0.2), (2, 0.0)]
+    assert (tmp_path / "search.csv").read_text().count("\n") == 3
+    assert checkpoint.read_info(tmp_path / "best")["extra"]["settings"] == {"lr": 0.2}
+
+
 @pytest.mark.parametrize("metric", ["accuracy", "auc", "loss"])
 def test_diverged_evaluations_score_nan_and_are_never_the_best(tmp_path, metric):
     # A learning rate of 1e10 on inputs of 1e18: NaN outputs from the first evaluation on. Argmax would
