@@ -444,7 +444,9 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     shown_every = max(1, batches_per_epoch // 20)
     model.train()
     try:
-        while s["epoch"] < epochs and not history.stopped_early:
+        # (An early stop at an evaluation on an epoch's last batch still ends that epoch: scheduler step,
+        # epoch count, last/. A resume from that evaluation's checkpoint, s["batch"] at the end, does too.)
+        while s["epoch"] < epochs and (not history.stopped_early or s["batch"] == batches_per_epoch):
             if s["epoch_rng"] is None:
                 s["epoch_rng"] = rng.bit_generator.state
             rng.bit_generator.state = s["epoch_rng"]

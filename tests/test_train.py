@@ -99,6 +99,44 @@ def test_resume_after_a_kill_mid_epoch(tmp_path, monkeypatch):
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in full]
 
 
+def test_resume_after_an_early_stop_on_an_epochs_last_batch_ends_that_epoch(tmp_path, monkeypatch):
+    # 4 batches per epoch, evaluations every 4 steps, lr 0: the evaluation at step 8 (epoch 2's last batch)
+    # stops the run, which still ends epoch 2 (scheduler step, last/ saved). Killed in that last save, the
+    # resumed run found stopped_early in the evaluation's checkpoint and returned: the scheduler and last/
+    # stayed one epoch behind the uninterrupted run's.
+    x, y = blobs(40, seed=1)
+
+    def run(directory, resume=False):
+        model = mlp()
+        opt = optim.SGD(model.parameters(), lr=0.0)
+        sched = optim.StepLR(opt, step_size=1)
+        history = train.fit(model, losses.CrossEntropyLoss(), opt, (x, y), (x, y), epochs=5, batch_size=10,
+                            eval_every=4, patience=1, scheduler=sched, checkpoint_dir=directory, resume=resume,
+                            progress=False)
+        return history, sched
+
+    full, full_sched = run(tmp_path / "full")
+    real_save, saves = checkpoint.save, []
+
+    def dying_save(*args, **kwargs):
+        if len(saves) == 4:  # best and last at step 4, last at epoch 1's end, last at step 8; then epoch 2's end
+            raise KeyboardInterrupt("killed")
+        saves.append(args[0])
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "part")
+    monkeypatch.undo()
+    resumed, sched = run(tmp_path / "part", resume=True)
+    assert full.stopped_early and resumed.stopped_early and len(resumed) == len(full) == 2
+    assert sched.state_dict() == full_sched.state_dict() == {"type": "StepLR", "base_lr": 0.0, "last_epoch": 2}
+    expected, got = (checkpoint.read_info(tmp_path / d / "last") for d in ("full", "part"))
+    assert got["epoch"] == expected["epoch"] == 2 and got["scheduler"] == expected["scheduler"]
+    assert {k: v for k, v in got["extra"]["fit"]["state"].items() if k != "elapsed"} == \
+        {k: v for k, v in expected["extra"]["fit"]["state"].items() if k != "elapsed"}
+
+
 def test_early_stopping(tmp_path):
     x, y = blobs(60, seed=4)
     model = mlp()
