@@ -4,7 +4,8 @@
                        validation metric improved). Its JSON's "extra" also records the run:
                        {"run": {"example": name, "data": loader arguments, "options": ...}}
     DIR/last/          the checkpoint after the last epoch (optimizer state included: resume)
-    DIR/run.json       the same run record, plus backend, wall time and the files written
+    DIR/run.json       the same run record, plus backend, wall time, the files written and the
+                       SHA-256 of the weights of best/ and last/ (the checkpoints it describes)
     DIR/history.json   train.History.to_dict(): one record per validation (losses, metric, lr)
     DIR/report.json    the test report (fastconv.evaluate) of the best checkpoint
     DIR/*.png          loss curves; ROC with the operating points (binary); confusion matrix (digits)
@@ -147,10 +148,12 @@ def finish(example, out, history, *, record, started, verbose=True) -> dict:
     if (out / "last" / _checkpoint.INDEX).exists():
         files["last_checkpoint"] = str(out / "last")
     files["run"] = str(out / "run.json")
+    weights = {name: _checkpoint.read_info(out / name)["weights"]["sha256"] for name in ("best", "last")
+               if (out / name / _checkpoint.INDEX).exists()}  # which checkpoints this record describes (_record)
     save_json({**record, "backend": _backend.get_backend(), "train_seconds": train_seconds,
                "best_epoch": history.best_epoch, "best_val_metric": history.best_metric,
                "val_metric": history.metric, "epochs_run": history.records[-1]["epoch"] if len(history) else 0,
-               "stopped_early": history.stopped_early, "files": files}, out / "run.json")
+               "stopped_early": history.stopped_early, "files": files, "weights_sha256": weights}, out / "run.json")
     if verbose:
         print(f"trained in {train_seconds:.1f} s; best epoch {history.best_epoch} "
               f"(validation {history.metric} {history.best_metric:.4f}), {len(history)} evaluations"
@@ -170,13 +173,27 @@ def _record(path) -> dict:
         directory = directory.parent
     info = _checkpoint.read_info(directory)
     record = (info.get("extra") or {}).get(RECORD_KEY)
-    if record is None and (directory.parent / "run.json").exists():
-        record = json.loads((directory.parent / "run.json").read_text())
+    run_json = directory.parent / "run.json"
+    if record is None and run_json.exists():
+        record = json.loads(run_json.read_text())
+        if not _describes(record, info):
+            raise _checkpoint.CheckpointError(
+                f"{directory} does not record which example and data it was trained on, and {run_json} describes "
+                "other weights (an earlier run's): the run that wrote this checkpoint did not finish (interrupted?)")
     if not isinstance(record, dict) or "example" not in record:
         raise _checkpoint.CheckpointError(
             f"{directory} does not record which example and data it was trained on; `fastconv evaluate` "
             "reads checkpoints written by `fastconv train` (DIR/best)")
     return record
+
+
+def _describes(run, info) -> bool:
+    """Whether a run.json was written for the checkpoint `info` (by its weights' SHA-256). A run that
+    was interrupted leaves its untagged best/ and last/ beside an earlier run's run.json, whose example
+    and data (another seed's split, say) would be taken for theirs. (A run.json from before it recorded
+    the weights is taken at its word.)"""
+    saved = run.get("weights_sha256") if isinstance(run, dict) else None
+    return not isinstance(saved, dict) or info["weights"]["sha256"] in saved.values()
 
 
 def checkpoint_example(path) -> str:

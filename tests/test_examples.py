@@ -157,6 +157,30 @@ def test_a_run_without_a_best_fails_clearly_and_keeps_the_earlier_run(tmp_path, 
     assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
 
 
+def test_evaluate_never_takes_an_earlier_runs_record_for_an_interrupted_runs_checkpoints(tmp_path, capsys,
+                                                                                         monkeypatch):
+    train("tumour_mlp", tmp_path, "--epochs", "2", "--subset", "40", "--seed", "1")
+    assert cli.main(["evaluate", str(tmp_path / "last"), "--backend", "cpu"]) == 0  # untagged: run.json's record
+    # A run with another seed (another split) interrupted after its checkpoints were written: its best/ and
+    # last/ are untagged, and run.json is the seed-1 run's. Its record was taken for theirs: this run's model
+    # evaluated on seed 1's test split, which holds rows it trained on (test AUC 1.0), with no error.
+    from fastconv import train as train_module
+    real_fit = train_module.fit
+
+    def interrupted_fit(*args, **kwargs):
+        real_fit(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["train", "tumour_mlp", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs", "2",
+                  "--subset", "40", "--seed", "2"])
+    capsys.readouterr()
+    for which in ("best", "last"):
+        assert cli.main(["evaluate", str(tmp_path / which), "--backend", "cpu"]) == 1
+        assert "describes other weights (an earlier run's)" in capsys.readouterr().err
+
+
 def test_search_shows_diverged_settings_and_fails_clearly_when_all_diverge(tmp_path, capsys):
     code = cli.main(["search", "--epochs", "1", "--lrs", "1e30", "--widths", "4", "--batch-sizes", "64",
                      "--out", str(tmp_path), "--backend", "cpu", "--quiet"])
