@@ -378,6 +378,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     s = {"epoch": 0, "batch": 0, "step": 0, "epoch_rng": None, "loss_sum": 0.0, "loss_count": 0,
          "evals_since_best": 0, "best": None, "elapsed": 0.0}
     history = History(name, mode)
+    on_disk = {"step": None, "best": None}  # the step last/ holds, the evaluation best/ holds (an interrupt says)
     if resume and os.path.exists(os.path.join(last_dir, _checkpoint.INDEX)):
         _check_resumable(last_dir, name, mode, batches)  # before load_into changes model and optimizer
         info = _checkpoint.load_into(last_dir, model, optimizer, scheduler)
@@ -385,6 +386,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         s.update(saved["state"])
         rng.bit_generator.state = saved["rng"]
         history = History.from_dict(saved["history"])
+        on_disk = {"step": s["step"], "best": history.best}
     best_state = None
     if restore_best and s["best"] is not None and os.path.exists(os.path.join(best_dir or "", _checkpoint.INDEX)):
         best_state = {k: xp.array(v, copy=True) for k, v in _checkpoint.load(best_dir)[0].state_dict().items()}
@@ -437,7 +439,9 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
             return
         if improved:
             save(best_dir, value)
+            on_disk["best"] = history.best
         save(last_dir, value)
+        on_disk["step"] = s["step"]
 
     total_steps = epochs * batches_per_epoch
     bar = _progress_bar(total_steps, progress, min(s["step"], total_steps))
@@ -486,12 +490,32 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
                 checkpoint(*improved_value)
             elif checkpoint_dir is not None:
                 checkpoint(False, None)
+    except KeyboardInterrupt as exc:
+        if hasattr(exc, "add_note"):  # (Python 3.11+) shown under the traceback
+            exc.add_note(_interrupted(s, total_steps, checkpoint_dir, on_disk, history.metric))
+        raise
     finally:
         if bar is not None:
             bar.close()
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return history
+
+
+def _interrupted(s, total_steps, checkpoint_dir, on_disk, metric):
+    """What an interrupted fit says: where it stopped and what its checkpoints hold."""
+    note = f"fit was interrupted in epoch {s['epoch'] + 1}, at step {s['step']} of {total_steps}; "
+    if checkpoint_dir is None:
+        return note + "nothing was saved (no checkpoint_dir)"
+    if on_disk["step"] is None:
+        return note + f"nothing was saved in {checkpoint_dir} yet (the first evaluation or epoch end saves)"
+    note += (f"{os.path.join(checkpoint_dir, 'last')} holds the run after step {on_disk['step']} (fit(..., "
+             "resume=True) continues from there)")
+    best = on_disk["best"]
+    if best is not None:
+        note += f", {os.path.join(checkpoint_dir, 'best')} its best evaluation ({metric} {best['val_metric']:.4g}, " \
+                f"epoch {best['epoch']}, step {best['step']})"
+    return note
 
 
 def _check_resumable(last_dir, name, mode, batches):

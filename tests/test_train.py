@@ -137,6 +137,30 @@ def test_resume_after_an_early_stop_on_an_epochs_last_batch_ends_that_epoch(tmp_
         {k: v for k, v in expected["extra"]["fit"]["state"].items() if k != "elapsed"}
 
 
+@pytest.mark.skipif(not hasattr(KeyboardInterrupt(), "add_note"), reason="exception notes: Python 3.11+")
+def test_an_interrupted_fit_says_where_it_stopped_and_what_is_saved(tmp_path, monkeypatch):
+    x, y = blobs(40, seed=1)
+    real_step, calls = optim.SGD.step, []
+
+    def dying_step(self):
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        calls.append(1)
+        real_step(self)
+
+    monkeypatch.setattr(optim.SGD, "step", dying_step)
+    for directory, says in ((None, "nothing was saved (no checkpoint_dir)"),
+                            (tmp_path, f"{tmp_path / 'last'} holds the run after step 4 (fit(..., resume=True) "
+                                       f"continues from there), {tmp_path / 'best'} its best evaluation (accuracy ")):
+        calls.clear()
+        model = mlp()
+        with pytest.raises(KeyboardInterrupt) as interrupt:
+            train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), (x, y),
+                      epochs=5, batch_size=10, metric="accuracy", checkpoint_dir=directory, progress=False)
+        note = " ".join(interrupt.value.__notes__)
+        assert note.startswith("fit was interrupted in epoch 2, at step 6 of 20; ") and says in note
+
+
 def test_early_stopping(tmp_path):
     x, y = blobs(60, seed=4)
     model = mlp()
