@@ -9,7 +9,8 @@
 The examples are the scripts in examples/ (beside the package in a source checkout; elsewhere set
 FASTCONV_EXAMPLES_DIR). Each defines NAME, DEFAULTS, run(...), load_data(...) and evaluate(...)
 (see fastconv.runs).
-Exit codes: 0 success, 1 a failure while running, 2 a usage error (unknown example, bad option).
+Exit codes: 0 success, 1 a failure while running, 2 a usage error (unknown example, bad option),
+130 interrupted (Ctrl-C: a line saying what was written so far, no traceback).
 """
 from __future__ import annotations
 
@@ -117,9 +118,14 @@ def _use_backend(name):
     return contextlib.nullcontext() if name is None else fastconv.use_backend(name)
 
 
+def _out(args) -> str:
+    """The output directory of `train` and `search`."""
+    return args.out or os.path.join("runs", args.example if args.command == "train" else "search")
+
+
 def _train(args) -> int:
     example = load_example(args.example)
-    out = args.out or os.path.join("runs", args.example)
+    out = _out(args)
     options = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "subset") if getattr(args, k) is not None}
     with _use_backend(args.backend):
         example.run(out=out, seed=args.seed, progress=not args.quiet, **options)
@@ -138,7 +144,7 @@ def _evaluate(args) -> int:
 
 def _search(args) -> int:
     example = load_example("search")
-    out = args.out or os.path.join("runs", "search")
+    out = _out(args)
     grid = {k: getattr(args, k) for k in ("lrs", "widths", "batch_sizes") if getattr(args, k) is not None}
     with _use_backend(args.backend):
         example.run(out=out, seed=args.seed, epochs=args.epochs, progress=not args.quiet, **grid)
@@ -220,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _what_remains(args) -> str:
+    """What an interrupted command leaves, for its message."""
+    if args.command == "train":
+        return f"; {_out(args)} holds the checkpoints written so far (best/, last/), not a finished run (no report)"
+    if args.command == "search":
+        out = _out(args)
+        return f"; the settings that finished are in {out}/search.csv, the best of their models in {out}/best"
+    return ""
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -238,6 +254,11 @@ def main(argv=None) -> int:
             raise
         print(f"fastconv {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: what is on disk, not a traceback
+        if os.environ.get("FASTCONV_DEBUG"):
+            raise
+        print(f"fastconv {args.command}: interrupted{_what_remains(args)}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

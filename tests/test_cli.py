@@ -1,4 +1,5 @@
-"""The `fastconv` command: parsing, usage errors (exit code 2), failures (exit code 1), info, bench."""
+"""The `fastconv` command: parsing, usage errors (exit code 2), failures (exit code 1), Ctrl-C (exit code 130),
+info, bench."""
 import json
 
 import pytest
@@ -62,6 +63,19 @@ def test_options_reach_the_example(monkeypatch, capsys, tmp_path):
     assert code == 0
     assert seen == {"out": str(tmp_path), "seed": 7, "progress": False, "epochs": 3, "lr": 0.5, "batch_size": 8,
                     "subset": 20}
+
+
+@pytest.mark.parametrize("argv, says", [(["train", "neuron"], "holds the checkpoints written so far"),
+                                        (["search"], "the settings that finished are in")])
+def test_ctrl_c_is_exit_code_130_saying_what_remains(monkeypatch, capsys, tmp_path, argv, says):
+    # It was a KeyboardInterrupt traceback.
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.load_example(argv[-1]), "run", interrupted)
+    code, _, err = run_cli([*argv, "--out", str(tmp_path), "--quiet"], capsys)
+    assert code == 130
+    assert err.startswith(f"fastconv {argv[0]}: interrupted; ") and says in err and str(tmp_path) in err
 
 
 @pytest.mark.parametrize("argv", [["train", "neuron"], ["search"]])
