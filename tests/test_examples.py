@@ -180,6 +180,29 @@ def test_evaluate_never_takes_an_earlier_runs_record_for_an_interrupted_runs_che
         assert "describes other weights (an earlier run's)" in capsys.readouterr().err
 
 
+def test_evaluate_never_takes_an_earlier_searchs_record_for_an_interrupted_searchs_best(tmp_path, capsys,
+                                                                                       monkeypatch):
+    argv = ["search", "--epochs", "1", "--lrs", "0.01,0.02", "--widths", "4", "--batch-sizes", "64", "--out",
+            str(tmp_path), "--backend", "cpu", "--quiet"]
+    assert cli.main([*argv, "--seed", "1"]) == 0
+    # Another seed's search, interrupted in its second setting: best/ holds its first one's model, untagged,
+    # beside the seed-1 search's run.json (whose data, the seed-1 split, evaluate took for its own).
+    from fastconv import train as train_module
+    real_fit, fits = train_module.fit, []
+
+    def interrupted_fit(*args, **kwargs):
+        if fits:
+            raise KeyboardInterrupt
+        fits.append(1)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit", interrupted_fit)
+    assert cli.main([*argv, "--seed", "2"]) == 130
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tmp_path / "best"), "--backend", "cpu"]) == 1
+    assert "describes other weights (an earlier run's)" in capsys.readouterr().err
+
+
 def test_search_shows_diverged_settings_and_fails_clearly_when_all_diverge(tmp_path, capsys):
     code = cli.main(["search", "--epochs", "1", "--lrs", "1e30", "--widths", "4", "--batch-sizes", "64",
                      "--out", str(tmp_path), "--backend", "cpu", "--quiet"])
