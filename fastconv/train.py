@@ -20,7 +20,8 @@ loss says how: softmax for CrossEntropyLoss, sigmoid for BCEWithLogitsLoss, raw 
 several classes is the macro average of the one-vs-rest AUCs over the classes present in the
 validation labels (an absent class has no AUC); it needs at least two classes there.
 An evaluation whose outputs are not all finite (a diverged model) or whose loss is NaN scores NaN
-under every metric: it is recorded, never counts as an improvement, and no best is saved from it.
+under every metric: it is recorded, never counts as an improvement, and no best is saved from it; the
+first one in a fit() warns (RuntimeWarning: training diverged), since without patience the run goes on.
 
 epoch, in History records and in the checkpoints' JSON: the 1-based epoch an evaluation or save
 happened in. At the end of epoch k it is k (k epochs completed); an evaluation partway through epoch
@@ -38,6 +39,7 @@ import os
 import shutil
 import threading
 import time
+import warnings
 
 import numpy as np
 
@@ -401,8 +403,10 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     started = time.perf_counter() - s["elapsed"]
     loss_sum = xp.zeros((), dtype=np.float64) + s["loss_sum"]  # summed on the device, read at evaluations
 
+    warned_diverged = False
+
     def run_evaluation():
-        nonlocal loss_sum
+        nonlocal loss_sum, warned_diverged
         train_loss = float(loss_sum) / max(s["loss_count"], 1) if s["loss_count"] else None
         val_loss = value = None
         if val is not None:
@@ -427,6 +431,9 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
             s["evals_since_best"] += 1
         if patience is not None and s["evals_since_best"] >= patience:
             history.stopped_early = True
+        if value is not None and not math.isfinite(value) and not warned_diverged:
+            warned_diverged = True
+            _warn_diverged(record, name, history.best)
         return improved, value
 
     def checkpoint(improved, value):
@@ -500,6 +507,15 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return history
+
+
+def _warn_diverged(record, name, best):
+    """Once per fit: a non-finite evaluation (training diverged) is recorded and never the best, but a
+    run without patience trains on to its last epoch with it."""
+    kept = "no evaluation was the best yet" if best is None else f"the best so far (epoch {best['epoch']}) is kept"
+    warnings.warn(f"fit: training diverged: the evaluation at epoch {record['epoch']}, step {record['step']} has "
+                  f"{name} {record['val_metric']} (outputs or loss not finite); such evaluations never count as the "
+                  f"best, and {kept}. A lower learning rate may help.", RuntimeWarning, stacklevel=4)
 
 
 def _interrupted(s, total_steps, checkpoint_dir, on_disk, metric):

@@ -301,9 +301,11 @@ def test_diverged_evaluations_score_nan_and_are_never_the_best(tmp_path, metric)
     # call every NaN row class 0 (accuracy 0.55 here, saved as "best"); AUC would raise mid-training.
     (x, y), (xv, yv) = blobs(100, seed=0, classes=2), blobs(40, seed=1, classes=2)
     model = nn.Sequential(nn.Linear(4, 8, seed=0), nn.ReLU(), nn.Linear(8, 2, seed=1))
-    history = train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=1e10), (x * 1e18, y),
-                        (xv * 1e18, yv), epochs=4, batch_size=16, metric=metric, patience=2, checkpoint_dir=tmp_path,
-                        progress=False)
+    with pytest.warns(RuntimeWarning, match="training diverged: the evaluation at epoch 1, step 7 has ") as caught:
+        history = train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=1e10), (x * 1e18, y),
+                            (xv * 1e18, yv), epochs=4, batch_size=16, metric=metric, patience=2,
+                            checkpoint_dir=tmp_path, progress=False)
+    assert len(caught) == 1 and caught[0].filename == __file__  # once per fit, at the caller's line
     assert len(history) == 2 and history.stopped_early  # NaN counts as no improvement, for patience too
     assert all(np.isnan(v) for v in history.column("val_metric")) and history.best_index is None
     assert not (tmp_path / "best").exists() and (tmp_path / "last").exists()
