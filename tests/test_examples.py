@@ -143,8 +143,9 @@ def test_a_run_without_a_best_fails_clearly_and_keeps_the_earlier_run(tmp_path, 
     kept = {name: (tmp_path / name).read_bytes() for name in ("run.json", "report.json", "best/checkpoint.json")}
     capsys.readouterr()
     # lr 1e30: every validation loss is NaN, so this run writes no best; the earlier run's is not its own.
-    code = cli.main(["train", "tumour_mlp", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs", "2",
-                     "--subset", "40", "--lr", "1e30"])
+    with pytest.warns(RuntimeWarning, match="training diverged"):
+        code = cli.main(["train", "tumour_mlp", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs",
+                         "2", "--subset", "40", "--lr", "1e30"])
     assert code == 1
     assert "training wrote no best checkpoint" in capsys.readouterr().err
     assert {name: (tmp_path / name).read_bytes() for name in kept} == kept  # not re-tagged, not overwritten
@@ -204,15 +205,17 @@ def test_evaluate_never_takes_an_earlier_searchs_record_for_an_interrupted_searc
 
 
 def test_search_shows_diverged_settings_and_fails_clearly_when_all_diverge(tmp_path, capsys):
-    code = cli.main(["search", "--epochs", "1", "--lrs", "1e30", "--widths", "4", "--batch-sizes", "64",
-                     "--out", str(tmp_path), "--backend", "cpu", "--quiet"])
+    with pytest.warns(RuntimeWarning, match="training diverged"):
+        code = cli.main(["search", "--epochs", "1", "--lrs", "1e30", "--widths", "4", "--batch-sizes", "64",
+                         "--out", str(tmp_path), "--backend", "cpu", "--quiet"])
     assert code == 1
     assert "no setting reached a finite validation loss" in capsys.readouterr().err
     assert not (tmp_path / "best").exists()
     assert json.loads((tmp_path / "search.json").read_text())[0]["best_metric"] is None
     # One setting diverges, the other not: the table shows "-" for the diverged one's best.
-    code = cli.main(["search", "--epochs", "1", "--lrs", "1e30,0.01", "--widths", "4", "--batch-sizes", "64",
-                     "--out", str(tmp_path / "mixed"), "--backend", "cpu", "--quiet"])
+    with pytest.warns(RuntimeWarning, match="training diverged"):
+        code = cli.main(["search", "--epochs", "1", "--lrs", "1e30,0.01", "--widths", "4", "--batch-sizes", "64",
+                         "--out", str(tmp_path / "mixed"), "--backend", "cpu", "--quiet"])
     assert code == 0
     last_row = capsys.readouterr().out.split("ranked on validation loss")[1].splitlines()[3].split()
     assert last_row[:2] == ["2", "1e+30"] and last_row[-3:-1] == ["-", "-"]
