@@ -47,7 +47,9 @@ def softmax(logits, axis=1):
 def _rates(y, scores, threshold):
     """Sensitivity and specificity at a threshold, with the counts behind them."""
     y = np.asarray(y).ravel().astype(np.int64)
-    called = np.asarray(scores).ravel() >= threshold
+    # In float64, as metrics compares: float32 scores against a Python float compare in float32 (NumPy 2),
+    # so a threshold just above a float32 score rounded down onto it and called that score positive.
+    called = np.asarray(scores, dtype=np.float64).ravel() >= threshold
     tp, fn = int(np.sum(called & (y == 1))), int(np.sum(~called & (y == 1)))
     tn, fp = int(np.sum(~called & (y == 0))), int(np.sum(called & (y == 0)))
     return {"sensitivity": tp / max(tp + fn, 1), "specificity": tn / max(tn + fp, 1),

@@ -349,3 +349,21 @@ def test_binary_report_errors_name_the_split(which):
         binary_report(*args)
     with pytest.raises(ValueError, match=r"binary_report: the test AUC .*: level must be"):
         binary_report(y, s, y, s, level=2)
+
+
+def test_binary_report_compares_float32_test_scores_in_float64():
+    """Validation scores float64, test scores float32: a threshold just above a float32 test score was
+    rounded to float32 in the comparison (NumPy 2), so the report called that score positive, while
+    metrics.sensitivity_specificity (float64) did not: test sensitivity 1.0 reported for 0.5."""
+    from fastconv.evaluate import binary_report
+
+    low = float(np.float32(0.1))
+    y_val = np.array([1, 1, 0, 0])
+    s_val = np.array([np.nextafter(low, 1.0), 0.9, 0.0, 0.05])  # screening threshold: just above `low`
+    y_test = np.array([1, 1, 0, 0])
+    s_test = np.array([low, 0.9, 0.0, 0.05], dtype=np.float32)
+    point = binary_report(y_val, s_val, y_test, s_test, target_sensitivity=1.0)["operating_points"]["screening"]
+    assert point["threshold"] > low
+    expected = M.sensitivity_specificity(y_test, s_test, point["threshold"])
+    assert (point["test"]["sensitivity"], point["test"]["specificity"]) == expected == (0.5, 1.0)
+    assert (point["test"]["tp"], point["test"]["fn"]) == (1, 1)
