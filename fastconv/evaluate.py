@@ -111,7 +111,8 @@ def multiclass_report(y_test, probs, class_names=None, coarse=None):
     {"parity": {"even": [0, 2, 4, 6, 8], "odd": [1, 3, 5, 7, 9]}}; the coarse decision is the
     coarse class with the largest summed probability (metrics.coarse_probabilities).
     """
-    y = to_numpy(y_test).ravel().astype(np.int64)
+    # Checked as labels: astype alone truncated 1.5 to class 1 and made NaN a negative class.
+    y = metrics._class_labels(to_numpy(y_test).ravel(), "y_test")
     p = to_numpy(probs).astype(np.float64, copy=False)  # (only read: float64 probs need no copy)
     n_classes = p.shape[1]
     names = list(class_names) if class_names else [str(c) for c in range(n_classes)]

@@ -367,3 +367,14 @@ def test_binary_report_compares_float32_test_scores_in_float64():
     expected = M.sensitivity_specificity(y_test, s_test, point["threshold"])
     assert (point["test"]["sensitivity"], point["test"]["specificity"]) == expected == (0.5, 1.0)
     assert (point["test"]["tp"], point["test"]["fn"]) == (1, 1)
+
+
+@pytest.mark.parametrize("labels", [[0, 1.5, 2], [0, np.nan, 2]])
+def test_multiclass_report_rejects_labels_that_are_not_classes(labels):
+    """Test labels were cast to int64 unchecked: 1.5 became class 1 (accuracy 1.0 reported), NaN a
+    negative number (an error about negative labels)."""
+    from fastconv.evaluate import multiclass_report
+
+    probs = np.full((3, 3), 0.1) + 0.7 * np.eye(3)
+    with pytest.raises(ValueError, match="y_test must hold integer class labels"):
+        multiclass_report(labels, probs)
