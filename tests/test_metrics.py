@@ -79,6 +79,38 @@ def test_delong_wider_at_higher_level_and_clipped():
     assert (perfect.auc, perfect.low, perfect.high) == (1.0, 1.0, 1.0)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_delong_logit_is_the_delong_variance_on_the_logit_scale(seed):
+    y, s = tied_data(seed, n=150)
+    plain, logit = M.auc_ci(y, s, level=0.9), M.auc_ci(y, s, level=0.9, method="delong-logit")
+    assert logit.auc == plain.auc and logit.method == "delong-logit"
+    z = 1.6448536269514722  # the normal 95th percentile
+    se = (plain.high - plain.low) / (2 * z)  # (not clipped: these AUCs are far from 0 and 1)
+    centre, half = np.log(plain.auc / (1 - plain.auc)), z * se / (plain.auc * (1 - plain.auc))
+    assert logit.low == pytest.approx(1 / (1 + np.exp(-(centre - half))), rel=1e-12)
+    assert logit.high == pytest.approx(1 / (1 + np.exp(-(centre + half))), rel=1e-12)
+    assert 0 < logit.low < logit.auc < logit.high < 1
+    perfect = M.auc_ci([0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.3, 0.7, 0.8, 0.9], method="delong-logit")
+    assert (perfect.auc, perfect.low, perfect.high) == (1.0, 1.0, 1.0)
+
+
+def test_delong_intervals_coverage_near_auc_1_as_documented():
+    """auc_ci's docstring: on 32 positives and 54 negatives at a true AUC of 0.98, the plain DeLong
+    interval holds the truth well under 95% of the time, the logit one near 95% (binormal draws)."""
+    from statistics import NormalDist
+
+    truth, rng = 0.98, np.random.default_rng(5)
+    shift = np.sqrt(2) * NormalDist().inv_cdf(truth)
+    y = np.r_[np.ones(32), np.zeros(54)]
+    held = {"delong": 0, "delong-logit": 0}
+    for _ in range(400):
+        s = np.concatenate([rng.normal(shift, 1, 32), rng.normal(0, 1, 54)])
+        for method in held:
+            r = M.auc_ci(y, s, method=method)
+            held[method] += r.low <= truth <= r.high
+    assert held["delong"] / 400 < 0.9 and held["delong-logit"] / 400 > 0.91, held
+
+
 def test_bootstrap_reproducible_and_close_to_delong():
     y, s = tied_data(2, n=300)
     a = M.auc_ci(y, s, method="bootstrap", n_bootstrap=500, seed=7)
