@@ -163,11 +163,17 @@ def _auc_or_nan(y, scores, what):
 
 
 def regression_report(y_true, y_pred):
-    """Mean squared error, its root, and R² = 1 - SS_res / SS_tot."""
+    """Mean squared error, its root, and R² = 1 - SS_res / SS_tot. Predictions that are not finite (a
+    diverged model) give NaN or inf figures; targets must be finite, and there must be some."""
     y = to_numpy(y_true).astype(np.float64).ravel()
     f = to_numpy(y_pred).astype(np.float64).ravel()
     if y.shape != f.shape:
         raise ValueError(f"y_true and y_pred differ in size: {y.shape} vs {f.shape}")
+    if y.size == 0:
+        raise ValueError("regression_report: y_true is empty")
+    if not np.isfinite(y).all():
+        raise ValueError(f"regression_report: y_true holds {int(np.sum(~np.isfinite(y)))} values that are not "
+                         "finite (NaN or inf); the targets must be finite")
     mse = float(np.mean((y - f) ** 2))
     total = float(np.sum((y - y.mean()) ** 2))
     return {"task": "regression", "n_test": int(y.size), "mse": mse, "rmse": mse ** 0.5,

@@ -410,3 +410,19 @@ def test_multiclass_report_rejects_labels_that_are_not_classes(labels):
     probs = np.full((3, 3), 0.1) + 0.7 * np.eye(3)
     with pytest.raises(ValueError, match="y_test must hold integer class labels"):
         multiclass_report(labels, probs)
+
+
+def test_regression_report_matches_sklearn_and_refuses_targets_that_are_not_finite():
+    from fastconv.evaluate import regression_report
+
+    rng = np.random.default_rng(3)
+    y, f = rng.standard_normal(50), rng.standard_normal(50)
+    report = regression_report(y, f)
+    assert report["mse"] == pytest.approx(skm.mean_squared_error(y, f), rel=1e-12)
+    assert report["r2"] == pytest.approx(skm.r2_score(y, f), rel=1e-12)
+    assert np.isnan(regression_report(y, np.full(50, np.nan))["mse"])  # a diverged model: its figures are NaN
+    for bad in (np.r_[y[:-1], np.nan], np.r_[y[:-1], np.inf]):
+        with pytest.raises(ValueError, match="y_true holds 1 values that are not finite"):
+            regression_report(bad, f)  # gave NaN figures, as if the model had diverged
+    with pytest.raises(ValueError, match="y_true is empty"):
+        regression_report([], [])
