@@ -427,7 +427,7 @@ class Conv2d(Module):
     def algorithm(self, value):
         self._algorithm = ops.conv.check_algorithm(value, "Conv2d")
 
-    def _geometry(self):
+    def _op_kwargs(self):
         """The ops' keyword arguments beside the tensors: the hyperparameters, and how to compute."""
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
                     algorithm=self.algorithm)
@@ -436,12 +436,12 @@ class Conv2d(Module):
         _check_input(self, x, 4, f"(N, {self.in_channels}, H, W)", self.in_channels, dtype=self.dtype)
         self._x = x
         return ops.conv2d_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
-                                  activation=activation, **self._geometry())
+                                  activation=activation, **self._op_kwargs())
 
     def backward(self, dy, input_grad=True):
         """input_grad=False skips dx (returns None): what a first layer needs."""
         dx, dw, db = ops.conv2d_backward(dy, self._cached("_x"), self.weight.data, bias=self.bias is not None,
-                                         input_grad=input_grad, **self._geometry())
+                                         input_grad=input_grad, **self._op_kwargs())
         return self._accumulate(dx, dw, db)
 
     def forward_max_pool(self, x, activation, pool):
@@ -451,7 +451,7 @@ class Conv2d(Module):
         self._x = x
         y, indices = ops.conv2d_max_pool2d_forward(
             x, self.weight.data, None if self.bias is None else self.bias.data, activation=activation,
-            pool_kernel=pool.kernel_size, pool_stride=pool.stride, pool_padding=pool.padding, **self._geometry())
+            pool_kernel=pool.kernel_size, pool_stride=pool.stride, pool_padding=pool.padding, **self._op_kwargs())
         n, c_out = x.shape[0], self.out_channels
         pool._y, pool._indices = y, indices
         pool._x_shape = (n, c_out) + _conv_output_size(x.shape[2:], self.kernel_size, self.stride, self.padding,
@@ -462,7 +462,7 @@ class Conv2d(Module):
         dx, dw, db = ops.conv2d_max_pool2d_backward(
             dy, pool._cached("_y"), pool._cached("_indices"), self._cached("_x"), self.weight.data,
             activation=activation, bias=self.bias is not None, input_grad=input_grad, check_indices=False,
-            **self._geometry())
+            **self._op_kwargs())
         return self._accumulate(dx, dw, db)
 
     def _accumulate(self, dx, dw, db):

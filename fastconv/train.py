@@ -49,6 +49,8 @@ from . import losses as _losses
 from . import metrics as _metrics
 from . import nn as _nn
 from ._host import to_numpy
+from .evaluate import sigmoid as _sigmoid
+from .evaluate import softmax as _softmax
 from .ops import _check
 
 __all__ = ["History", "fit", "predict", "search", "SearchResult"]
@@ -58,7 +60,7 @@ __all__ = ["History", "fit", "predict", "search", "SearchResult"]
 # helpers
 
 
-def _pair(data, name):
+def _xy_pair(data, name):
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise TypeError(f"{name} must be a pair (x, y) of arrays, got {type(data).__name__}")
     x, y = data
@@ -159,15 +161,13 @@ def _predict_empty(model, x):
                          f"shape of its output is unknown: {type(exc).__name__}: {exc}") from exc
 
 
-def _scores(outputs, loss_fn):
-    """Probabilities from raw outputs, following the loss (float64, host)."""
-    out = np.asarray(outputs, dtype=np.float64)
+def _probabilities(outputs, loss_fn):
+    """The scores metrics see: probabilities from raw outputs where the loss says how (float64, host)."""
     if isinstance(loss_fn, _losses.CrossEntropyLoss):
-        e = np.exp(out - out.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        return _softmax(outputs)
     if isinstance(loss_fn, _losses.BCEWithLogitsLoss):
-        return 0.5 * (1.0 + np.tanh(0.5 * out))  # sigmoid without overflow
-    return out
+        return _sigmoid(outputs)
+    return np.asarray(outputs, dtype=np.float64)
 
 
 def _accuracy(y, scores):
@@ -262,7 +262,7 @@ def _evaluate(model, loss_fn, data, batch_size, metric_fn=None):
     finite = finite and not math.isnan(loss)
     value = None
     if metric_fn is not None:
-        value = float(metric_fn(to_numpy(y), _scores(np.concatenate(outs), loss_fn))) if finite else math.nan
+        value = float(metric_fn(to_numpy(y), _probabilities(np.concatenate(outs), loss_fn))) if finite else math.nan
     return loss, value, finite
 
 
@@ -346,9 +346,9 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     resume: continue from <checkpoint_dir>/last when it exists (start fresh otherwise).
     restore_best: at the end, load the best evaluation's weights back into the model.
     """
-    x_train, y_train = _pair(train, "train")
+    x_train, y_train = _xy_pair(train, "train")
     if val is not None:
-        val = _pair(val, "val")
+        val = _xy_pair(val, "val")
     epochs = _positive_int(epochs, "epochs")
     batch_size = _positive_int(batch_size, "batch_size")
     eval_every = _positive_int(eval_every, "eval_every", allow_none=True)

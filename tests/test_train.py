@@ -323,7 +323,7 @@ def test_auc_of_several_classes_averages_over_the_classes_in_the_validation_labe
                         (xv[keep], yv[keep]), epochs=2, batch_size=16, metric="auc", checkpoint_dir=tmp_path,
                         progress=False, restore_best=True)
     assert np.all(np.isfinite(history.column("val_metric"))) and (tmp_path / "best").exists()
-    scores = train._scores(train.predict(model, xv[keep]), losses.CrossEntropyLoss())
+    scores = train._probabilities(train.predict(model, xv[keep]), losses.CrossEntropyLoss())
     onehot = np.eye(3, dtype=np.int64)[yv[keep]]
     expected = np.mean([metrics.auc(onehot[:, c], scores[:, c]) for c in (0, 1)])
     assert history.best_metric == pytest.approx(expected, abs=1e-12)
