@@ -12,7 +12,6 @@ restores them for resuming a run.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 
 import numpy as np
@@ -24,17 +23,9 @@ from .ops import _check
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "LRScheduler", "StepLR", "CosineAnnealingLR"]
 
 
-def _number(value, name, owner, *, low=None, high=None, low_open=False, high_open=False):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):  # NaN or inf would only fail later, inside the first step()
-        raise ValueError(f"{owner}: {name} must be finite, got {value}")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{owner}: {name} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ValueError(f"{owner}: {name} must be {'<' if high_open else '<='} {high}, got {value}")
-    return value
+def _number(value, name, owner, **bounds):
+    # finite: NaN or inf would only fail later, inside the first step()
+    return _check.number(value, f"{owner}: {name}", finite=True, **bounds)
 
 
 def _params(params, owner):

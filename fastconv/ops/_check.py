@@ -15,6 +15,7 @@ Rules (docs/bad_inputs.md lists every case and its message):
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -177,14 +178,17 @@ def flag(value, name: str) -> bool:
     return bool(value)
 
 
-def number(value, name: str, *, low=None, high=None, low_open=False, high_open=False) -> float:
-    """A real scalar in [low, high] (open ends where asked); TypeError/ValueError otherwise."""
+def number(value, name: str, *, low=None, high=None, low_open=False, high_open=False, finite=False) -> float:
+    """A real scalar in [low, high] (open ends where asked), finite where asked; TypeError/ValueError
+    otherwise."""
     # A plain float skips the slow abstract-base-class check (optimizers pass several per tensor).
     if type(value) is not float and (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     v = float(value)
     if v != v:
         raise ValueError(f"{name} must not be NaN")
+    if finite and not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
     if low is not None and (v < low or (low_open and v == low)):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {v}")
     if high is not None and (v > high or (high_open and v == high)):

@@ -27,10 +27,7 @@ __all__ = ["sgd_step", "sgd_step_foreach", "adam_step", "adam_step_foreach"]
 
 
 def _hyper(value, name, **bounds) -> float:
-    v = number(value, name, **bounds)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    return v
+    return number(value, name, finite=True, **bounds)
 
 
 def _updatable(a, name: str, be, like=None):
