@@ -389,6 +389,13 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         rng.bit_generator.state = saved["rng"]
         history = History.from_dict(saved["history"])
         on_disk = {"step": s["step"], "best": history.best}
+        if history.stopped_early and (patience is None or s["evals_since_best"] < patience):
+            # This call's patience would have gone on; the run resumed had stopped, and stays stopped.
+            warnings.warn(f"fit: the run in {last_dir} stopped early at epoch {history.records[-1]['epoch']} "
+                          f"({s['evals_since_best']} evaluations without improvement), so resume=True trains it no "
+                          f"further, whatever patience ({patience}) this call gives; to train on, load its weights "
+                          "(checkpoint.load_into) and fit afresh in another checkpoint_dir", RuntimeWarning,
+                          stacklevel=2)
     best_state = None
     if restore_best and s["best"] is not None and os.path.exists(os.path.join(best_dir or "", _checkpoint.INDEX)):
         best_state = {k: xp.array(v, copy=True) for k, v in _checkpoint.load(best_dir)[0].state_dict().items()}

@@ -561,3 +561,26 @@ def test_a_child_forked_while_another_thread_predicts_gets_the_model_back_in_its
         pytest.fail("the forked child's predict hung")
     assert os.waitstatus_to_exitcode(done[1]) == 0, "the child's model stayed in eval mode"
     assert all(m.training for m in model.modules())
+
+
+def test_resuming_an_early_stopped_run_with_more_patience_says_it_trains_no_further(tmp_path):
+    # It returned the stopped run at once, silently: a user who raised patience to train on got nothing.
+    x, y = blobs(40, seed=1)
+
+    def run(patience, epochs):
+        model = mlp()
+        return train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.0), (x, y), (x, y),
+                         epochs=epochs, batch_size=10, patience=patience, checkpoint_dir=tmp_path, resume=True,
+                         progress=False)
+
+    stopped = run(1, 5)
+    assert stopped.stopped_early and len(stopped) == 2
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(run(1, 5)) == 2  # the same call again: nothing to say
+    with pytest.warns(RuntimeWarning, match=r"stopped early at epoch 2 \(1 evaluations without improvement\), so "
+                                            r"resume=True trains it no further, whatever patience \(5\)"):
+        again = run(5, 8)
+    assert len(again) == 2 and again.stopped_early
