@@ -677,6 +677,10 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
     """
     name, _, mode = _metric(metric, mode)
     n_trials = _positive_int(n_trials, "n_trials", allow_none=True)
+    for own in ("checkpoint_dir", "resume"):  # (search's own: a TypeError from fit's call would not say why)
+        if own in fit_kwargs:
+            raise ValueError(f"search: {own} is not an option here: each trial trains in out_dir/trial, afresh, "
+                             "and the best model is kept in out_dir/best")
     settings = _settings(space, method, n_trials, seed)
     os.makedirs(out_dir, exist_ok=True)
     work = os.path.join(out_dir, "trial")

@@ -806,6 +806,8 @@ CASES = [
       ValueError, r"mode must be 'min', 'max' or None, got 'up'"),
     C("string", "train.search(..., method='bayes')", lambda be, tmp: train.search(lambda s: None, {"lr": [0.1]}, (host((4, 3)), host(4)), None, method="bayes", out_dir=str(tmp / "s")),
       ValueError, r"method must be 'grid' or 'random', got 'bayes'"),
+    C("string", "train.search(..., checkpoint_dir=D)", lambda be, tmp: train.search(lambda s: None, {"lr": [0.1]}, (host((4, 3)), host(4)), None, out_dir=str(tmp / "s"), checkpoint_dir=str(tmp / "c")),
+      ValueError, r"search: checkpoint_dir is not an option here: each trial trains in out_dir/trial, afresh"),
     C("string", "nn.from_config({'type': 'LSTM'})", lambda be, _: nn.from_config({"type": "LSTM"}),
       ValueError, r"unknown layer type 'LSTM' in the model config"),
 
