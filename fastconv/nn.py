@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import inspect
 import math
 import numbers
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -769,6 +769,16 @@ def backward_without_input_grad(module, dy):
         module.backward(dy)
 
 
-@functools.lru_cache(maxsize=None)
+# backward function -> whether it takes input_grad (inspect.signature: ~20 us, so once per function).
+# Weak keys: a backward made per module (a closure over it) must not keep that module alive.
+_TAKES_INPUT_GRAD = weakref.WeakKeyDictionary()
+
+
 def _takes_input_grad(backward):
-    return "input_grad" in inspect.signature(backward).parameters  # (~20 us: once per function)
+    try:
+        return _TAKES_INPUT_GRAD[backward]
+    except KeyError:
+        takes = _TAKES_INPUT_GRAD[backward] = "input_grad" in inspect.signature(backward).parameters
+        return takes
+    except TypeError:  # a callable object that is not hashable or takes no weak reference: not cached
+        return "input_grad" in inspect.signature(backward).parameters

@@ -563,3 +563,42 @@ def test_a_custom_first_layer_that_takes_input_grad_is_told_nobody_reads_it():
     model(np.ones((4, 3), np.float32))
     model.backward(np.ones((4, 2), np.float32))
     assert seen == [False, True]
+
+
+def test_backward_without_input_grad_keeps_no_module_alive_and_takes_any_callable():
+    # Its signature cache (functools.lru_cache) held every backward function it saw for good: a
+    # backward made per module, a closure over it, kept that module (its parameters, its cached
+    # input) alive after the last reference to it; and a backward that is a callable object
+    # without a hash raised TypeError (unhashable type).
+    import gc
+    import weakref
+
+    class PerModuleBackward(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(3, 2, seed=0)
+            self.backward = lambda dy, input_grad=True: self.inner.backward(dy, input_grad=input_grad)
+
+        def forward(self, x):
+            return self.inner(x)
+
+    module = PerModuleBackward()
+    module(np.ones((4, 3), np.float32))
+    nn.backward_without_input_grad(module, np.ones((4, 2), np.float32))
+    assert module.inner.weight.grad is not None
+    gone = weakref.ref(module)
+    del module
+    gc.collect()
+    assert gone() is None, "the module outlived its last reference"
+
+    class Unhashable:
+        __hash__ = None
+        seen = []
+
+        def __call__(self, dy, input_grad=True):
+            self.seen.append(input_grad)
+
+    custom = nn.Module()
+    custom.backward = Unhashable()
+    nn.backward_without_input_grad(custom, None)
+    assert Unhashable.seen == [False]
