@@ -389,8 +389,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         rng.bit_generator.state = saved["rng"]
         history = History.from_dict(saved["history"])
         on_disk = {"step": s["step"], "best": history.best}
-        if history.stopped_early and (patience is None or s["evals_since_best"] < patience):
-            # This call's patience would have gone on; the run resumed had stopped, and stays stopped.
+        if history.stopped_early and s["epoch"] < epochs and (patience is None or s["evals_since_best"] < patience):
+            # This call's patience and epochs would have gone on; the run resumed had stopped, and stays stopped.
             warnings.warn(f"fit: the run in {last_dir} stopped early at epoch {history.records[-1]['epoch']} "
                           f"({s['evals_since_best']} evaluations without improvement), so resume=True trains it no "
                           f"further, whatever patience ({patience}) this call gives; to train on, load its weights "

@@ -584,3 +584,6 @@ def test_resuming_an_early_stopped_run_with_more_patience_says_it_trains_no_furt
                                             r"resume=True trains it no further, whatever patience \(5\)"):
         again = run(5, 8)
     assert len(again) == 2 and again.stopped_early
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # it warned: stopped at its last epoch, more patience trains no further
+        assert len(run(5, 2)) == 2
