@@ -232,6 +232,8 @@ def _what_remains(args) -> str:
         return f"; {_out(args)} holds the checkpoints written so far (best/, last/), not a finished run (no report)"
     if args.command == "search":
         out = _out(args)
+        if not os.path.exists(os.path.join(out, "search.csv")):  # (written after each setting's training)
+            return f"; no setting had finished, so {out} holds no table and no best model"
         return f"; the settings that finished are in {out}/search.csv, the best of their models in {out}/best"
     return ""
 

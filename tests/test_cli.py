@@ -65,11 +65,16 @@ def test_options_reach_the_example(monkeypatch, capsys, tmp_path):
                     "subset": 20}
 
 
-@pytest.mark.parametrize("argv, says", [(["train", "neuron"], "holds the checkpoints written so far"),
-                                        (["search"], "the settings that finished are in")])
-def test_ctrl_c_is_exit_code_130_saying_what_remains(monkeypatch, capsys, tmp_path, argv, says):
+@pytest.mark.parametrize("argv, wrote, says", [
+    (["train", "neuron"], None, "holds the checkpoints written so far"),
+    (["search"], "search.csv", "the settings that finished are in"),
+    (["search"], None, "no setting had finished, so"),  # (it pointed at a search.csv that did not exist)
+])
+def test_ctrl_c_is_exit_code_130_saying_what_remains(monkeypatch, capsys, tmp_path, argv, wrote, says):
     # It was a KeyboardInterrupt traceback.
     def interrupted(**kwargs):
+        if wrote:
+            (tmp_path / wrote).write_text("")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli.load_example(argv[-1]), "run", interrupted)
