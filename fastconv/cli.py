@@ -229,7 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _what_remains(args) -> str:
     """What an interrupted command leaves, for its message."""
     if args.command == "train":
-        return f"; {_out(args)} holds the checkpoints written so far (best/, last/), not a finished run (no report)"
+        out = _out(args)
+        written = [name for name in ("best", "last") if os.path.isdir(os.path.join(out, name))]
+        if not written:
+            return f"; no checkpoint was written in {out} yet"
+        return f"; {out} holds the checkpoints written so far ({', '.join(written)}), not a finished run (no report)"
     if args.command == "search":
         out = _out(args)
         if not os.path.exists(os.path.join(out, "search.csv")):  # (written after each setting's training)
@@ -256,10 +260,12 @@ def main(argv=None) -> int:
             raise
         print(f"fastconv {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C: what is on disk, not a traceback
+    except KeyboardInterrupt as exc:  # Ctrl-C: what is on disk, not a traceback
         if os.environ.get("FASTCONV_DEBUG"):
             raise
         print(f"fastconv {args.command}: interrupted{_what_remains(args)}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", []):  # fit's: where it stopped, what last/ and best/ hold
+            print(f"  {note}", file=sys.stderr)
         return 130
 
 

@@ -115,6 +115,9 @@ def multiclass_report(y_test, probs, class_names=None, coarse=None):
     y = metrics._class_labels(to_numpy(y_test).ravel(), "y_test")
     p = to_numpy(probs).astype(np.float64, copy=False)  # (only read: float64 probs need no copy)
     n_classes = p.shape[1]
+    if y.size and y.max() >= n_classes:
+        raise ValueError(f"multiclass_report: y_test has class {int(y.max())}, but probs has {n_classes} columns "
+                         f"(classes 0 to {n_classes - 1})")
     names = list(class_names) if class_names else [str(c) for c in range(n_classes)]
     predicted = np.argmax(p, axis=1)
     matrix = metrics.confusion_matrix(y, predicted, num_classes=n_classes)

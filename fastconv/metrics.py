@@ -151,10 +151,9 @@ def _class_labels(y, name):
         raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise ValueError(
-                f"{name} must hold integer class labels, got non-integer values; "
-                "for scores pass a 2-D (N, C) array, for probabilities threshold them first"
-            )
+            hint = ("; for scores pass a 2-D (N, C) array, for probabilities threshold them first"
+                    if name == "y_pred_or_scores" else "")
+            raise ValueError(f"{name} must hold integer class labels, got non-integer values{hint}")
     if y.size and y.min() < 0:
         raise ValueError(f"{name} has negative class labels (min {y.min()})")
     return y.astype(np.int64)

@@ -343,7 +343,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     eval_every: evaluate every that many optimizer steps (default: at the end of each epoch), and at
         the end of training when the last step was not evaluated (so the final weights are too).
     scheduler: stepped at the end of every epoch.
-    resume: continue from <checkpoint_dir>/last when it exists (start fresh otherwise).
+    resume: continue from <checkpoint_dir>/last when it exists (start fresh otherwise); a run that had
+        stopped early stays stopped (warned where this call's patience would have gone on).
     restore_best: at the end, load the best evaluation's weights back into the model.
     """
     x_train, y_train = _xy_pair(train, "train")
@@ -392,7 +393,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         if history.stopped_early and s["epoch"] < epochs and (patience is None or s["evals_since_best"] < patience):
             # This call's patience and epochs would have gone on; the run resumed had stopped, and stays stopped.
             warnings.warn(f"fit: the run in {last_dir} stopped early at epoch {history.records[-1]['epoch']} "
-                          f"({s['evals_since_best']} evaluations without improvement), so resume=True trains it no "
+                          f"({s['evals_since_best']} evaluation(s) without improvement), so resume=True trains it no "
                           f"further, whatever patience ({patience}) this call gives; to train on, load its weights "
                           "(checkpoint.load_into) and fit afresh in another checkpoint_dir", RuntimeWarning,
                           stacklevel=2)

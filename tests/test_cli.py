@@ -66,14 +66,17 @@ def test_options_reach_the_example(monkeypatch, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv, wrote, says", [
-    (["train", "neuron"], None, "holds the checkpoints written so far"),
+    (["train", "neuron"], "last", "holds the checkpoints written so far (last)"),
+    (["train", "neuron"], None, "no checkpoint was written in"),  # (it claimed best/ and last/)
     (["search"], "search.csv", "the settings that finished are in"),
     (["search"], None, "no setting had finished, so"),  # (it pointed at a search.csv that did not exist)
 ])
 def test_ctrl_c_is_exit_code_130_saying_what_remains(monkeypatch, capsys, tmp_path, argv, wrote, says):
     # It was a KeyboardInterrupt traceback.
     def interrupted(**kwargs):
-        if wrote:
+        if wrote == "last":
+            (tmp_path / "last").mkdir()
+        elif wrote:
             (tmp_path / wrote).write_text("")
         raise KeyboardInterrupt
 
@@ -163,3 +166,17 @@ def test_bench_runs_the_suite_with_its_arguments(capsys, monkeypatch, tmp_path):
     assert code == 0
     assert len(calls) == 1 and calls[0][1:] == [str(tmp_path / "run.py"), "--only", "dense"]
     json.dumps(calls)  # plain strings
+
+
+@pytest.mark.skipif(not hasattr(BaseException, "add_note"), reason="exception notes: Python 3.11+")
+def test_ctrl_c_in_training_passes_on_fits_note(monkeypatch, capsys, tmp_path):
+    # fit's note (where it stopped, what last/ and best/ hold) was dropped with the traceback.
+    def interrupted(**kwargs):
+        exc = KeyboardInterrupt()
+        exc.add_note("fit was interrupted in epoch 2, at step 6 of 20")
+        raise exc
+
+    monkeypatch.setattr(cli.load_example("neuron"), "run", interrupted)
+    code, _, err = run_cli(["train", "neuron", "--out", str(tmp_path), "--quiet"], capsys)
+    assert code == 130 and err.splitlines()[-1] == "  fit was interrupted in epoch 2, at step 6 of 20"
+

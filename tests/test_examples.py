@@ -261,6 +261,7 @@ def test_the_readme_shows_what_the_main_job_prints(tmp_path, capsys, monkeypatch
     from fastconv._cpu import conv
 
     shown = without_time_and_place(readme_block("fastconv train digits_cnn: backend cpu"), "runs/digits")
+    monkeypatch.setattr(conv, "WINOGRAD", True)  # the README's run, whatever FASTCONV_WINOGRAD says here
     train("digits_cnn", tmp_path / "digits")
     printed = without_time_and_place(capsys.readouterr().out.splitlines(), tmp_path / "digits")
     assert printed == shown

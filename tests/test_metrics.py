@@ -426,3 +426,15 @@ def test_regression_report_matches_sklearn_and_refuses_targets_that_are_not_fini
             regression_report(bad, f)  # gave NaN figures, as if the model had diverged
     with pytest.raises(ValueError, match="y_true is empty"):
         regression_report([], [])
+
+
+def test_multiclass_report_names_a_label_past_the_probabilities_columns():
+    from fastconv.evaluate import multiclass_report
+
+    probs = np.full((3, 3), 1 / 3)
+    with pytest.raises(ValueError, match=r"multiclass_report: y_test has class 3, but probs has 3 columns "
+                                         r"\(classes 0 to 2\)"):
+        multiclass_report([0, 1, 3], probs)  # said "num_classes=3 but labels go up to 3", an argument never passed
+    with pytest.raises(ValueError, match=r"y_test must hold integer class labels, got non-integer values$"):
+        multiclass_report([0, 1.5, 2], probs)  # (without the hint about scores, which is for predictions)
+

@@ -580,7 +580,7 @@ def test_resuming_an_early_stopped_run_with_more_patience_says_it_trains_no_furt
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(run(1, 5)) == 2  # the same call again: nothing to say
-    with pytest.warns(RuntimeWarning, match=r"stopped early at epoch 2 \(1 evaluations without improvement\), so "
+    with pytest.warns(RuntimeWarning, match=r"stopped early at epoch 2 \(1 evaluation\(s\) without improvement\), so "
                                             r"resume=True trains it no further, whatever patience \(5\)"):
         again = run(5, 8)
     assert len(again) == 2 and again.stopped_early
