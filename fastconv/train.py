@@ -133,10 +133,20 @@ def _restore_modes(saved):
             m.training = training
 
 
+def _before_fork():
+    # A fork waits for a switch in progress (under the lock), so that a child never gets a model half
+    # switched to eval mode with no entry to switch it back.
+    _evaluating_lock.acquire()
+
+
+def _after_fork_in_parent():
+    _evaluating_lock.release()
+
+
 def _after_fork_in_child():
-    # A child forked while other threads were predicting has only the forking thread: the others
-    # will never leave, so their models go back to their modes now (else they stay in eval mode), and
-    # the lock, which one of them may have held at the fork, is a new one.
+    # Only the forking thread exists in the child: the others that were predicting will never leave,
+    # so their models go back to their modes now (else they stay in eval mode), and the lock, held by
+    # the fork itself, is a new one.
     global _evaluating_lock
     _evaluating_lock = threading.RLock()
     me = threading.get_ident()
@@ -148,7 +158,8 @@ def _after_fork_in_child():
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
 
 
 def _predict_empty(model, x):

@@ -511,15 +511,17 @@ def test_predict_inside_a_models_own_eval_does_not_deadlock():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
-def test_a_child_forked_while_another_thread_predicts_gets_the_model_back_in_its_mode():
-    # The thread predicting at the fork does not exist in the child and never leaves predict: its
-    # model stayed in eval mode there for good (Dropout silently off in the child's training), and a
-    # lock a parent thread held at that moment hung the child's first predict.
+def test_a_child_forked_while_other_threads_predict_gets_the_models_back_in_their_modes():
+    # A thread predicting at the fork does not exist in the child and never leaves predict: its model
+    # stayed in eval mode there for good (Dropout silently off in the child's training). A fork during
+    # another thread's switch to eval mode left that model half switched, with nothing to switch it
+    # back; the fork now waits for the switch. The child also gets a lock of its own (the old one is
+    # the fork's).
     import signal
     import threading
     import time
 
-    inside, release = threading.Event(), threading.Event()
+    inside, switching, release = threading.Event(), threading.Event(), threading.Event()
 
     class Waiting(nn.Module):  # no ops: the child runs no kernels
         def forward(self, x):
@@ -527,25 +529,27 @@ def test_a_child_forked_while_another_thread_predicts_gets_the_model_back_in_its
             release.wait(60)
             return x
 
-    def hold_the_lock():
-        with train._evaluating_lock:
-            locked.set()
-            release.wait(60)
+    class SlowToSwitch(nn.Sequential):
+        def eval(self):
+            self[0].training = False
+            switching.set()
+            time.sleep(0.3)  # the fork comes now
+            return super().eval()
 
-    model, locked = nn.Sequential(Waiting(), nn.Dropout(0.5, seed=0)), threading.Event()
-    model.train()
-    workers = [threading.Thread(target=train.predict, args=(model, np.ones((2, 3), np.float32)), daemon=True),
-               threading.Thread(target=hold_the_lock, daemon=True)]
+    waiting = nn.Sequential(Waiting(), nn.Dropout(0.5, seed=0))
+    slow = SlowToSwitch(nn.Dropout(0.5, seed=1), nn.Dropout(0.5, seed=2))
+    x = np.ones((2, 3), np.float32)
+    workers = [threading.Thread(target=train.predict, args=(model, x), daemon=True) for model in (waiting, slow)]
     workers[0].start()
     assert inside.wait(60)
     workers[1].start()
-    assert locked.wait(60)
+    assert switching.wait(60)
     pid = os.fork()
     if pid == 0:  # the child: report through the exit status, never return into pytest
         code = 1
         try:
-            modes_back = all(m.training for m in model.modules())
-            train.predict(nn.Sequential(nn.Dropout(0.5, seed=0)), np.ones((2, 3), np.float32))
+            modes_back = all(m.training for model in (waiting, slow) for m in model.modules())
+            train.predict(nn.Sequential(nn.Dropout(0.5, seed=0)), x)  # the lock is usable
             code = 0 if modes_back and not train._evaluating else 2
         finally:
             os._exit(code)
@@ -559,8 +563,8 @@ def test_a_child_forked_while_another_thread_predicts_gets_the_model_back_in_its
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         pytest.fail("the forked child's predict hung")
-    assert os.waitstatus_to_exitcode(done[1]) == 0, "the child's model stayed in eval mode"
-    assert all(m.training for m in model.modules())
+    assert os.waitstatus_to_exitcode(done[1]) == 0, "a model stayed (half) in eval mode in the child"
+    assert all(m.training for model in (waiting, slow) for m in model.modules())
 
 
 def test_resuming_an_early_stopped_run_with_more_patience_says_it_trains_no_further(tmp_path):
