@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -387,6 +388,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     n = len(x_train)
     batches_per_epoch = -(-n // batch_size)
     batches = {"batch_size": batch_size, "train_rows": n}  # what the saved batch position counts in
+    if checkpoint_dir is not None:  # and the rows it counts (a resume checks them: _check_resumable)
+        batches["train_data"] = _digest(x_train, y_train)
     # Loop state: everything a resumed run needs to continue exactly.
     rng = np.random.default_rng(seed)
     s = {"epoch": 0, "batch": 0, "step": 0, "epoch_rng": None, "loss_sum": 0.0, "loss_count": 0,
@@ -556,8 +559,7 @@ def _interrupted(s, total_steps, checkpoint_dir, on_disk, metric):
 def _check_resumable(last_dir, name, mode, batches):
     """CheckpointError for a `last` that train.fit did not write; ValueError for another metric, or
     for another batch size or number of training rows (the saved position in the epoch's shuffled
-    order would point elsewhere: rows skipped or repeated). Other training rows of the same count
-    cannot be told apart here."""
+    order would point elsewhere: rows skipped or repeated), or other training data (by its digest)."""
     extra = _checkpoint.read_info(last_dir).get("extra")
     saved = extra.get("fit") if isinstance(extra, dict) else None
     if not (isinstance(saved, dict) and {"state", "rng", "history"} <= set(saved)):
@@ -569,11 +571,24 @@ def _check_resumable(last_dir, name, mode, batches):
         raise ValueError(f"resume: the checkpoint in {last_dir} monitored {metric} ({saved_mode}), this call "
                          f"{name} ({mode})")
     saved_batches = saved.get("batches", batches)  # (checkpoints from before this check: not known)
-    if saved_batches != batches:
+    if any(saved_batches.get(k) != batches[k] for k in ("batch_size", "train_rows")):
         raise ValueError(f"resume: the checkpoint in {last_dir} was trained with batch_size "
                          f"{saved_batches.get('batch_size')} on {saved_batches.get('train_rows')} training rows, "
                          f"this call has batch_size {batches['batch_size']} on {batches['train_rows']}; resume "
                          "with the same ones (or start afresh with resume=False)")
+    if saved_batches.get("train_data", batches["train_data"]) != batches["train_data"]:  # (older: not recorded)
+        raise ValueError(f"resume: the checkpoint in {last_dir} was trained on other training data (as many rows, "
+                         "other values or order: another split or seed?); resume with the same (x, y), or start "
+                         "afresh with resume=False")
+
+
+def _digest(x, y) -> str:
+    """A fingerprint of the training data (shapes, dtypes, values, order): 128-bit BLAKE2b, ~1 GB/s."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in (to_numpy(x), to_numpy(y)):
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -387,6 +387,12 @@ def test_resume_checks_the_checkpoint_before_loading_it(tmp_path):
         train.fit(other, losses.CrossEntropyLoss(), optim.SGD(other.parameters(), lr=0.1), (x, y), val, epochs=3,
                   batch_size=16, checkpoint_dir=tmp_path / "a", resume=True, progress=False)
     assert all(np.array_equal(b, p.data) for b, p in zip(before, other.parameters()))
+    # Other rows of the same count (another split, say): the run went on on them, silently.
+    for x2, y2 in ((blobs(40, seed=9)[0], y), (x, y[::-1].copy()), (x[::-1].copy(), y[::-1].copy())):
+        with pytest.raises(ValueError, match="was trained on other training data .as many rows, other values or order"):
+            train.fit(other, losses.CrossEntropyLoss(), optim.SGD(other.parameters(), lr=0.1), (x2, y2), val,
+                      epochs=3, batch_size=8, checkpoint_dir=tmp_path / "a", resume=True, progress=False)
+    assert all(np.array_equal(b, p.data) for b, p in zip(before, other.parameters()))
     # A `last` saved by hand, not by fit: no loop state to resume from.
     checkpoint.save(tmp_path / "b" / "last", model, optimizer=optim.SGD(model.parameters(), lr=0.1), epoch=1)
     with pytest.raises(checkpoint.CheckpointError, match="was not written by train.fit"):
