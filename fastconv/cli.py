@@ -1,6 +1,7 @@
 """The `fastconv` command (also `python -m fastconv`).
 
-    fastconv train EXAMPLE [--epochs N --lr LR --batch-size B --backend NAME --seed S --out DIR --subset N --quiet]
+    fastconv train EXAMPLE [--epochs N --lr LR --batch-size B --backend NAME --seed S --out DIR --subset N --quiet
+                            --resume]
     fastconv evaluate CHECKPOINT [--backend NAME]
     fastconv search [--epochs N --lrs ... --widths ... --batch-sizes ... --backend NAME --seed S --out DIR --quiet]
     fastconv info
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import os
 import subprocess
 import sys
@@ -127,6 +129,10 @@ def _train(args) -> int:
     example = load_example(args.example)
     out = _out(args)
     options = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "subset") if getattr(args, k) is not None}
+    if args.resume:
+        if "resume" not in inspect.signature(example.run).parameters:
+            raise ValueError(f"example {args.example!r} cannot resume (its run() takes no resume)")
+        options["resume"] = True
     with _use_backend(args.backend):
         example.run(out=out, seed=args.seed, progress=not args.quiet, **options)
     return 0
@@ -199,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--subset", type=positive_int,
                        help="use only the first N rows of each split: train, validation and test (quick checks)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last checkpoint (same seed, subset and batch size; "
+                            "a larger --epochs trains on)")
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a saved checkpoint on its example's test data")
@@ -233,7 +242,8 @@ def _what_remains(args) -> str:
         written = [name for name in ("best", "last") if os.path.isdir(os.path.join(out, name))]
         if not written:
             return f"; no checkpoint was written in {out} yet"
-        return f"; {out} holds the checkpoints written so far ({', '.join(written)}), not a finished run (no report)"
+        return (f"; {out} holds the checkpoints written so far ({', '.join(written)}), not a finished run (no "
+                "report)" + ("; the same command with --resume continues it" if "last" in written else ""))
     if args.command == "search":
         out = _out(args)
         if not os.path.exists(os.path.join(out, "search.csv")):  # (written after each setting's training)

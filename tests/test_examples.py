@@ -105,6 +105,24 @@ def test_the_same_seed_gives_the_same_run(tmp_path):
     assert same_report(a, b)
 
 
+def test_train_resume_continues_a_run_as_if_it_had_not_stopped(tmp_path, capsys):
+    # `fastconv train` had no way to continue a run (an interrupted one, or one given more epochs).
+    train("tumour_mlp", tmp_path / "whole", "--epochs", "6")
+    train("tumour_mlp", tmp_path / "parts", "--epochs", "3")
+    train("tumour_mlp", tmp_path / "parts", "--epochs", "6", "--resume")
+    whole, parts = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("whole", "parts"))
+    drop_time = [{k: v for k, v in r.items() if k != "time"} for r in whole["records"]]
+    assert [{k: v for k, v in r.items() if k != "time"} for r in parts["records"]] == drop_time
+    assert same_report(*(json.loads((tmp_path / d / "report.json").read_text()) for d in ("whole", "parts")))
+    capsys.readouterr()
+    # Another seed splits the data otherwise: the saved position in the batches would mean other rows.
+    code = cli.main(["train", "tumour_mlp", "--out", str(tmp_path / "parts"), "--quiet", "--backend", "cpu",
+                     "--epochs", "8", "--seed", "1", "--resume"])
+    assert code == 1 and "was trained on other training data" in capsys.readouterr().err
+    code = cli.main(["train", "search", "--out", str(tmp_path / "s"), "--quiet", "--resume"])
+    assert code == 1 and "example 'search' cannot resume" in capsys.readouterr().err
+
+
 def test_search_ranks_the_grid_and_keeps_the_best_model(tmp_path, capsys):
     code = cli.main(["search", "--epochs", "2", "--lrs", "0.01,0.001", "--widths", "4", "--batch-sizes", "64",
                      "--out", str(tmp_path), "--backend", "cpu"])
