@@ -351,6 +351,16 @@ def test_bce_with_logits_many_partials(backend):
 
 
 @pytest.mark.parametrize("with_pos_weight", [False, True])
+def test_bce_float64_mean_of_a_whole_chunk(backend, with_pos_weight):
+    # 4096 values, one chunk of the cpu backend's sum: one running float64 sum over it erred up to
+    # ~50 ulps of the mean, here 1.4x (1.8x with pos_weight) the float64 tolerance.
+    rng = np.random.default_rng(27)
+    x, t = rng.standard_normal((64, 64)) * 4, rng.uniform(0, 1, (64, 64))
+    pw = rng.uniform(0.5, 3.0, 64) if with_pos_weight else None
+    assert_matches(ops.bce_with_logits_forward(*on(backend, x, t, pw)), bce64, [x, t, pw], np.float64, what="loss")
+
+
+@pytest.mark.parametrize("with_pos_weight", [False, True])
 def test_bce_gradient_by_finite_differences(backend, with_pos_weight):
     x, t, pw = _bce_case((3, 4), with_pos_weight, True, seed=3)
 
