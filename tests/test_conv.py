@@ -310,6 +310,30 @@ def test_non_contiguous_inputs(backend):
     assert_matches(ops.conv2d_forward(*on(backend, x, w), padding=1), geo.forward, [x, w], np.float64)
 
 
+@pytest.mark.parametrize("input_grad", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, padding", [((1, 1, 3, 3), (1, 1, 1, 2), 0), ((2, 3, 5, 6), (4, 3, 3, 3), 1)])
+def test_weight_gradient_of_inputs_with_inf_and_nan(backend, x_shape, w_shape, padding, dtype, input_grad):
+    # inf and NaN in x's last column: dW is inf or NaN exactly where a direct sum has them. The cpu
+    # backend's stride-1 backward over the padded rows (float64; float32 with dx of < 8 channels a
+    # group, or on AVX2 hosts) also multiplied them by the zero gradient of the rows' discarded
+    # columns: NaN in the taps that never read that column (the 1x2 kernel's first: 6, not NaN).
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    x[0, 0, 0, -1], x[-1, -1, -1, -1] = np.inf, np.nan
+    geo = Geometry(x_shape, w_shape, 1, padding, 1, 1)
+    dy = np.ones((geo.n, geo.c_out, geo.oh, geo.ow))
+    _, dw, _ = ops.conv2d_backward(*on(backend, *(a.astype(dtype) for a in (dy, x, w))), padding=padding,
+                                   input_grad=input_grad)
+    with np.errstate(invalid="ignore"):
+        expected = geo.dw(dy, x, w)
+    dw = to_numpy(dw).astype(np.float64)
+    np.testing.assert_array_equal(np.isnan(dw), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(dw), np.isinf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(dw[finite], expected[finite], rtol=1e-5)
+
+
 class TestBadInput:
     @staticmethod
     def arrays(backend, x_shape=(2, 4, 5, 5), w_shape=(6, 4, 3, 3), dtype=np.float32):

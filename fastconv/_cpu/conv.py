@@ -374,6 +374,24 @@ def _copy_taps(xp, kh, kw, dh, dw, wp, col):
                 dst[q] = seg[q]
 
 
+@njit(nogil=True)
+def _copy_tap_outputs(xp, kh, kw, dh, dw, wp, ow, col):
+    """_copy_taps for dW: of each row of wp columns only the first ow, the outputs' (the rest of col
+    is left as it is: zeros). Over the wide grid's discarded columns dy is 0, but the x there may
+    be inf or NaN (a padded row's last columns), and 0 * inf made NaN in dW values that a direct
+    sum keeps finite."""
+    taps, oh = kh * kw, col.shape[1] // wp
+    for c in range(xp.shape[0]):
+        src = xp[c]
+        for tap in range(taps):
+            s = _shift(tap, kw, dh, dw, wp)
+            dst = col[c * taps + tap]
+            for a in range(oh):
+                seg, out = src[s + a * wp:s + a * wp + ow], dst[a * wp:a * wp + ow]
+                for q in range(ow):  # slices from 0: the copy vectorizes (see _pad)
+                    out[q] = seg[q]
+
+
 @njit(inline="always")
 def _forward_wide_body(gemm, vector_pool, x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh,
                        ow, pool, xps, cols, yws, y, pooled, indices):
@@ -480,6 +498,7 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
         dyw = dyws[t, :cog * length].reshape(cog, length)
         dyw[:] = 0  # the discarded columns stay 0, so they add nothing to dW, db or dx
         col, dcol = cols[t].reshape(-1, length), dcols[t].reshape(-1, length)
+        col[:] = 0  # the discarded columns stay 0 (_copy_tap_outputs)
         col[0] = 1  # the ones row: (col @ dy^T)[0] = db
         grad_parts[t] = 0
         wide = _wide_positions(oh * ow if from_pool else 0, ow, wp)
@@ -489,7 +508,7 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
                 _pad(x, n, g * cg, cg, pt, pl, wp, xp)
                 for c0 in range(0, cg, block):
                     c1 = min(cg, c0 + block)
-                    _copy_taps(xp[c0:c1], kh, kw, dh, dw, wp, col[1:1 + (c1 - c0) * taps])
+                    _copy_tap_outputs(xp[c0:c1], kh, kw, dh, dw, wp, ow, col[1:1 + (c1 - c0) * taps])
                     if c0 == 0:  # with the ones row
                         gemm(col[:1 + c1 * taps], dyw, grad_parts[t, g, :1 + c1 * taps], 1.0, False, True)
                     else:
