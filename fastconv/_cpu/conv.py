@@ -375,21 +375,16 @@ def _copy_taps(xp, kh, kw, dh, dw, wp, col):
 
 
 @njit(nogil=True)
-def _copy_tap_outputs(xp, kh, kw, dh, dw, wp, ow, col):
-    """_copy_taps for dW: of each row of wp columns only the first ow, the outputs' (the rest of col
-    is left as it is: zeros). Over the wide grid's discarded columns dy is 0, but the x there may
-    be inf or NaN (a padded row's last columns), and 0 * inf made NaN in dW values that a direct
-    sum keeps finite."""
-    taps, oh = kh * kw, col.shape[1] // wp
-    for c in range(xp.shape[0]):
-        src = xp[c]
-        for tap in range(taps):
-            s = _shift(tap, kw, dh, dw, wp)
-            dst = col[c * taps + tap]
-            for a in range(oh):
-                seg, out = src[s + a * wp:s + a * wp + ow], dst[a * wp:a * wp + ow]
-                for q in range(ow):  # slices from 0: the copy vectorizes (see _pad)
-                    out[q] = seg[q]
+def _zero_discarded(xp, kh, kw, wp, ow, col):
+    """Zeroes the wide grid's discarded columns (each row's last wp - ow) of _copy_taps' rows, for
+    dW where x is not all finite: dy is 0 there, but the x copied there may be inf or NaN (a padded
+    row's last columns), and 0 * inf made NaN in dW values a direct sum keeps finite."""
+    oh = col.shape[1] // wp
+    for r in range(xp.shape[0] * kh * kw):
+        row = col[r]
+        for a in range(oh):
+            for q in range(a * wp + ow, (a + 1) * wp):
+                row[q] = 0
 
 
 @njit(inline="always")
@@ -474,7 +469,7 @@ def _gather_output_grad(dy, from_pool, y, act, indices, wide, n, o0, oh, ow, wp,
 
 @njit(inline="always")
 def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow,
-                        input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
+                        input_grad, exact_nonfinite, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
     """Stride-1 backward, its products by `gemm` (see _backward_wide): dx (when input_grad); thread
     t's share of (db, dW^T) in grad_parts[t] (groups, 1 + R, C_out/g): row 0 is db, rows 1.. dW^T.
 
@@ -498,7 +493,6 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
         dyw = dyws[t, :cog * length].reshape(cog, length)
         dyw[:] = 0  # the discarded columns stay 0, so they add nothing to dW, db or dx
         col, dcol = cols[t].reshape(-1, length), dcols[t].reshape(-1, length)
-        col[:] = 0  # the discarded columns stay 0 (_copy_tap_outputs)
         col[0] = 1  # the ones row: (col @ dy^T)[0] = db
         grad_parts[t] = 0
         wide = _wide_positions(oh * ow if from_pool else 0, ow, wp)
@@ -508,7 +502,9 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
                 _pad(x, n, g * cg, cg, pt, pl, wp, xp)
                 for c0 in range(0, cg, block):
                     c1 = min(cg, c0 + block)
-                    _copy_tap_outputs(xp[c0:c1], kh, kw, dh, dw, wp, ow, col[1:1 + (c1 - c0) * taps])
+                    _copy_taps(xp[c0:c1], kh, kw, dh, dw, wp, col[1:1 + (c1 - c0) * taps])
+                    if exact_nonfinite:
+                        _zero_discarded(xp[c0:c1], kh, kw, wp, ow, col[1:1 + (c1 - c0) * taps])
                     if c0 == 0:  # with the ones row
                         gemm(col[:1 + c1 * taps], dyw, grad_parts[t, g, :1 + c1 * taps], 1.0, False, True)
                     else:
@@ -553,9 +549,9 @@ def _forward_wide(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, h
 
 @njit(parallel=True, nogil=True, cache=True)
 def _backward_wide(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow,
-                   input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
+                   input_grad, exact_nonfinite, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
     _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh,
-                        ow, input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx)
+                        ow, input_grad, exact_nonfinite, block, xps, dxps, cols, dcols, dyws, grad_parts, dx)
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
@@ -567,9 +563,9 @@ def _forward_wide_gemm32(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt
 
 @njit(parallel=True, nogil=True, cache=True)
 def _backward_wide_gemm32(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow,
-                          input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
+                          input_grad, exact_nonfinite, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
     _backward_wide_body(gemm32, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp,
-                        oh, ow, input_grad, block, xps, dxps, cols, dcols, dyws, grad_parts, dx)
+                        oh, ow, input_grad, exact_nonfinite, block, xps, dxps, cols, dcols, dyws, grad_parts, dx)
 
 
 @njit(inline="always")
@@ -1534,9 +1530,14 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
             s = _Wide(x, w, padding, dilation, groups, oh, ow, parts, backward=True)
             grad_parts = np.zeros((parts, groups, 1 + rows, c_out // groups), x.dtype)  # zeros: as dw_parts below
             kernel = _backward_wide_gemm32 if _uses_gemm32(x) else _backward_wide
-            kernel(dy3, from_pool, y3, ACTIVATIONS[activation], indices3, x, w2, s.wt, groups, kh, kw, dilation[0],
-                   dilation[1], padding[0], padding[2], s.hp, s.wp, oh, ow, input_grad, s.block, s.xps, s.dxps, s.cols,
-                   s.dcols, s.outs, grad_parts, dx)
+            for exact_nonfinite in (False, True):
+                kernel(dy3, from_pool, y3, ACTIVATIONS[activation], indices3, x, w2, s.wt, groups, kh, kw, dilation[0],
+                       dilation[1], padding[0], padding[2], s.hp, s.wp, oh, ow, input_grad, exact_nonfinite, s.block,
+                       s.xps, s.dxps, s.cols, s.dcols, s.outs, grad_parts, dx)
+                # inf or NaN in dW: again with the discarded columns zeroed (_zero_discarded), whose
+                # non-finite values are then a direct sum's; the common case pays one finiteness check
+                if exact_nonfinite or np.isfinite(grad_parts).all():
+                    break
             db_parts = grad_parts[:, :, 0].reshape(parts, c_out)
             dw_parts = grad_parts[:, :, 1:].transpose(0, 1, 3, 2)  # (parts, groups, C_out/g, R): dW's own layout
         else:
