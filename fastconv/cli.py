@@ -1,9 +1,10 @@
 """The `fastconv` command (also `python -m fastconv`).
 
     fastconv train EXAMPLE [--epochs N --lr LR --batch-size B --backend NAME --seed S --out DIR --subset N --quiet
-                            --resume]
+                            --resume --overwrite]
     fastconv evaluate CHECKPOINT [--backend NAME]
-    fastconv search [--epochs N --lrs ... --widths ... --batch-sizes ... --backend NAME --seed S --out DIR --quiet]
+    fastconv search [--epochs N --lrs ... --widths ... --batch-sizes ... --backend NAME --seed S --out DIR --quiet
+                     --overwrite]
     fastconv info
     fastconv bench [ARGS...]
 
@@ -125,9 +126,19 @@ def _out(args) -> str:
     return args.out or os.path.join("runs", args.example if args.command == "train" else "search")
 
 
+def _keep_earlier_run(out, holds, ways):
+    """ValueError when `out` holds an earlier run's files (any of `holds`): a new run would replace
+    its best model at the first evaluation, and nothing a user saved may be lost by accident."""
+    held = [name for name in holds if os.path.exists(os.path.join(out, name))]
+    if held:
+        raise ValueError(f"{out} holds an earlier run ({', '.join(held)}): {ways}, or give another --out")
+
+
 def _train(args) -> int:
     example = load_example(args.example)
     out = _out(args)
+    if not (args.resume or args.overwrite):
+        _keep_earlier_run(out, ("best", "last"), "--resume continues it, --overwrite replaces it")
     options = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "subset") if getattr(args, k) is not None}
     if args.resume:
         if "resume" not in inspect.signature(example.run).parameters:
@@ -151,6 +162,8 @@ def _evaluate(args) -> int:
 def _search(args) -> int:
     example = load_example("search")
     out = _out(args)
+    if not args.overwrite:
+        _keep_earlier_run(out, ("best", "search.csv"), "--overwrite replaces it")
     grid = {k: getattr(args, k) for k in ("lrs", "widths", "batch_sizes") if getattr(args, k) is not None}
     with _use_backend(args.backend):
         example.run(out=out, seed=args.seed, epochs=args.epochs, progress=not args.quiet, **grid)
@@ -208,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its last checkpoint (same seed, subset and batch size; "
                             "a larger --epochs trains on)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run --out holds (without it, or --resume, such an --out is refused)")
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a saved checkpoint on its example's test data")
@@ -224,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seed", type=non_negative_int, default=0)
     search.add_argument("--out", metavar="DIR", help="output directory (default: runs/search)")
     search.add_argument("--quiet", action="store_true")
+    search.add_argument("--overwrite", action="store_true",
+                        help="replace the search --out holds (without it such an --out is refused)")
     search.set_defaults(run=_search)
 
     commands.add_parser("info", help="version, extension modules, backend and device").set_defaults(run=_info)

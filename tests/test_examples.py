@@ -163,7 +163,7 @@ def test_a_run_without_a_best_fails_clearly_and_keeps_the_earlier_run(tmp_path, 
     # lr 1e30: every validation loss is NaN, so this run writes no best; the earlier run's is not its own.
     with pytest.warns(RuntimeWarning, match="training diverged"):
         code = cli.main(["train", "tumour_mlp", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs",
-                         "2", "--subset", "40", "--lr", "1e30"])
+                         "2", "--subset", "40", "--lr", "1e30", "--overwrite"])
     assert code == 1
     assert "training wrote no best checkpoint" in capsys.readouterr().err
     assert {name: (tmp_path / name).read_bytes() for name in kept} == kept  # not re-tagged, not overwritten
@@ -174,6 +174,23 @@ def test_a_run_without_a_best_fails_clearly_and_keeps_the_earlier_run(tmp_path, 
     with pytest.raises(RuntimeError, match="the one there is not this run's"):
         runs.finish(example, tmp_path, other["history"], record={"example": "tumour_mlp"}, started=0.0)
     assert {name: (tmp_path / name).read_bytes() for name in kept} == kept
+
+
+@pytest.mark.parametrize("argv, holds", [
+    (["train", "tumour_mlp", "--epochs", "1", "--subset", "40"], "best, last): --resume continues it, --overwrite"),
+    (["search", "--epochs", "1", "--lrs", "0.01", "--widths", "4", "--batch-sizes", "64"],
+     "best, search.csv): --overwrite replaces it"),
+])
+def test_a_second_run_into_the_same_out_keeps_the_first(tmp_path, capsys, argv, holds):
+    # It replaced the first run's best model at its first evaluation, without a word.
+    argv = [*argv, "--out", str(tmp_path), "--backend", "cpu", "--quiet"]
+    assert cli.main(argv) == 0
+    first = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert cli.main(argv) == 1
+    assert f"{tmp_path} holds an earlier run ({holds}" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == first
+    assert cli.main([*argv, "--overwrite"]) == 0
 
 
 def test_evaluate_never_takes_an_earlier_runs_record_for_an_interrupted_runs_checkpoints(tmp_path, capsys,
@@ -192,7 +209,7 @@ def test_evaluate_never_takes_an_earlier_runs_record_for_an_interrupted_runs_che
 
     monkeypatch.setattr(train_module, "fit", interrupted_fit)
     assert cli.main(["train", "tumour_mlp", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs", "2",
-                     "--subset", "40", "--seed", "2"]) == 130
+                     "--subset", "40", "--seed", "2", "--overwrite"]) == 130
     assert "fastconv train: interrupted; " in capsys.readouterr().err
     for which in ("best", "last"):
         assert cli.main(["evaluate", str(tmp_path / which), "--backend", "cpu"]) == 1
@@ -216,7 +233,7 @@ def test_evaluate_never_takes_an_earlier_searchs_record_for_an_interrupted_searc
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "fit", interrupted_fit)
-    assert cli.main([*argv, "--seed", "2"]) == 130
+    assert cli.main([*argv, "--seed", "2", "--overwrite"]) == 130
     capsys.readouterr()
     assert cli.main(["evaluate", str(tmp_path / "best"), "--backend", "cpu"]) == 1
     assert "describes other weights (an earlier run's)" in capsys.readouterr().err
