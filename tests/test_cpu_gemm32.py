@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fastconv import ops
+from fastconv._kernel_abi import ACTIVATIONS
 from fastconv._cpu import _vecmath, conv
 from helpers import needs_simd
 
@@ -172,5 +173,5 @@ def test_linear_forward_by_packed_strips_gives_the_bits_of_one_gemm32_call_for_a
     np.testing.assert_allclose(ref, np.maximum(x.astype(np.float64) @ w.T + b, 0), rtol=1e-5, atol=1e-4)
     for blocks in (1, 2, 3, 8):
         y = np.full((m, n), np.nan, np.float32)
-        dense._linear_forward_gemm32(x, w, b, True, dense.ACTIVATIONS["relu"], blocks, y)
+        dense._linear_forward_gemm32(x, w, b, True, ACTIVATIONS["relu"], blocks, y)
         np.testing.assert_array_equal(y, ref, err_msg=f"{blocks} blocks")

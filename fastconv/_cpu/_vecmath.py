@@ -9,7 +9,7 @@ LLVM bitcast), for x <= 0 only, which is all the callers need (exp(-|v|) in sigm
 in softmax):
 - exp_nonpositive, a Numba function (Cody-Waite reduction, the Cephes expf polynomial, about 2 ulp;
   0 below -87.3, where 2^k would leave the normal numbers) whose loops LLVM vectorizes: the
-  portable loops' (dense._sigmoid, loss.py's cross-entropy and BCE rows);
+  portable loops' (_activation.sigmoid, loss.py's cross-entropy and BCE rows);
 - _exp16_nonpositive_ir, 16 lanes in IR (an FMA reduction, a degree-6 minimax polynomial, at most
   0.891 ulp; subnormal results exact): sigmoid16 and the AVX-512 / AVX2 kernels (_softmax32, _bce32).
 float64 inputs use np.exp (they are for gradient checks, not speed).

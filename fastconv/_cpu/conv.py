@@ -45,13 +45,14 @@ from ._taps32 import CR, CW, MR, NR, RR, channels_tile, row_tile, taps_tile, tra
 from ._winograd32 import (LANES, grad_tile16, input_tile16, output_tile16, products, tile_rows, weight_grad_transformed,
                           weights_transformed)
 from ._vecmath import copy_rows16
-from .dense import (_ONE, _SIGMOID16, _ZERO, _relu, _relu_grad, _sigmoid, epilogue_activation, linear_backward,
-                    relu_backward, sigmoid_backward, sigmoid_in_place)
+from ._activation import (ONE as _ONE, RELU as _RELU, SIGMOID as _SIGMOID, SIGMOID16 as _SIGMOID16, ZERO as _ZERO,
+                          epilogue_activation, relu as _relu, relu_grad as _relu_grad, sigmoid as _sigmoid,
+                          sigmoid_in_place)
+from .dense import linear_backward, relu_backward, sigmoid_backward
 from .pool import is_2x2_stride_2_jit, max_pool2d_backward, max_pool2d_forward, max_pool_plane, window_of
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_max_pool2d_forward", "conv2d_max_pool2d_backward"]
 
-_RELU, _SIGMOID = ACTIVATIONS["relu"], ACTIVATIONS["sigmoid"]
 
 
 @njit(inline="always")
@@ -987,7 +988,7 @@ def _uses_tiles(x):
     return x.dtype == np.float32 and _vecmath.AVX512
 
 
-def _geometry(x, w, stride, padding, dilation):
+def _output_size(x, w, stride, padding, dilation):
     kh, kw = w.shape[2:]
     return (conv_output_size(x.shape[2], kh, stride[0], padding[0], padding[1], dilation[0]),
             conv_output_size(x.shape[3], kw, stride[1], padding[2], padding[3], dilation[1]))
@@ -1055,7 +1056,7 @@ def conv2d_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, activa
 def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool, algorithm):
     n, c, _, _ = x.shape
     c_out, cg, kh, kw = w.shape
-    oh, ow = _geometry(x, w, stride, padding, dilation)
+    oh, ow = _output_size(x, w, stride, padding, dilation)
     rows, p = cg * kh * kw, oh * ow
     has_bias = b is not None
     x = np.ascontiguousarray(x)
@@ -1489,7 +1490,7 @@ def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride, padding, dilation, 
     linear layer takes, which build it whole by those ops and then run conv2d_backward's own path:
     its bits)."""
     if stride != (1, 1):  # no fused kernel for this case: the ops one after another
-        oh, ow = _geometry(x, w, stride, padding, dilation)
+        oh, ow = _output_size(x, w, stride, padding, dilation)
         dz = _unpooled_gradient(dy, y, activation, indices, x.shape[0], w.shape[0], oh, ow)
         return conv2d_backward(dz, x, w, stride, padding, dilation, groups, bias, input_grad, algorithm)
     return _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation, groups, bias, input_grad,
@@ -1505,7 +1506,7 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
         return _backward_pointwise(dy, x, w, bias, input_grad)
     n, c, _, _ = x.shape
     c_out, cg, kh, kw = w.shape
-    oh, ow = _geometry(x, w, stride, padding, dilation)
+    oh, ow = _output_size(x, w, stride, padding, dilation)
     rows, p = cg * kh * kw, oh * ow
     parts = _parts(n)
     x = np.ascontiguousarray(x)

@@ -11,10 +11,8 @@ at most _OWN_THREADS_BELOW multiply-adds run as one GEMM on the calling thread i
 Math: csrc/kernels/dense.cuh.
 """
 import numpy as np
-from numba import njit, prange, types
-from numba.extending import overload
+from numba import njit, prange
 
-from .._kernel_abi import ACTIVATIONS
 from ._blas import gemm, single_threaded_blas
 from ._gemm32 import NR, gemm32, gemm32_strips, gemm32_strips_rows, pack_strip, strips_shape
 from ._memory import empty, empty_like
@@ -22,75 +20,13 @@ from ._parallel import run
 from . import _vecmath
 from ._stream import (PREFETCH_AHEAD, SPAN, _span, align_skip, prefetch, should_stream, store_fence, stream_map1,
                       stream_map2)
-from ._vecmath import exp_nonpositive, sigmoid16_part, sigmoid16_span, sigmoid16_streamed
+from ._activation import (RELU as _RELU, SIGMOID as _SIGMOID, SIGMOID16 as _SIGMOID16, ZERO as _ZERO,
+                          epilogue_activation, relu as _relu, relu_grad as _relu_grad, sigmoid as _sigmoid,
+                          sigmoid_grad as _sigmoid_grad, sigmoid_in_place)
+from ._vecmath import sigmoid16_part, sigmoid16_span, sigmoid16_streamed
 
 __all__ = ["matmul", "linear_forward", "linear_backward", "relu_forward", "relu_backward",
            "sigmoid_forward", "sigmoid_backward"]
-
-_RELU, _SIGMOID = ACTIVATIONS["relu"], ACTIVATIONS["sigmoid"]
-# The cpu epilogues' own code for a sigmoid by _vecmath.sigmoid16 (float32 where _vecmath.SIMD):
-# what sigmoid_forward computes there, so that a fused layer's outputs are the standalone op's bits.
-_SIGMOID16 = max(ACTIVATIONS.values()) + 1
-
-
-def epilogue_activation(activation, dtype):
-    """The forward epilogue's code for `activation` (None, "relu" or "sigmoid") on arrays of `dtype`:
-    ACTIVATIONS', but _SIGMOID16 for a float32 sigmoid where sigmoid_forward runs sigmoid16. Read at
-    each call, as sigmoid_forward reads _vecmath.SIMD."""
-    if activation == "sigmoid" and dtype == np.float32 and _vecmath.SIMD:
-        return _SIGMOID16
-    return ACTIVATIONS[activation]
-
-
-# Constants are float32 so that float32 math stays float32 (an int literal would promote it to
-# float64, halving the vector width); with float64 inputs they promote exactly.
-_ONE = np.float32(1)
-_ZERO = np.float32(0)
-
-
-@njit(inline="always")
-def _sigmoid(v):
-    e = exp_nonpositive(-abs(v))  # never overflows; vectorizes
-    r = _ONE / (_ONE + e)         # one division for either sign
-    return r if v >= _ZERO else e * r
-
-
-def sigmoid_in_place(a, lo, hi):
-    """a[lo:hi] = sigmoid(a[lo:hi]) for an epilogue under _SIGMOID16: sigmoid16's bits for 1-D
-    C-contiguous float32 (another float32 layout does not compile); other dtypes, which never get
-    _SIGMOID16 but are compiled with the branch, take _sigmoid. Not inline="always": Numba's IR
-    inlining of _sigmoid through it into _epilogue (float64) warned NumbaIRAssumptionWarning; LLVM
-    inlines it anyway."""
-
-
-@overload(sigmoid_in_place)
-def _sigmoid_in_place(a, lo, hi):
-    if a.dtype == types.float32:
-        if a.ndim == 1 and a.layout == "C":
-            return lambda a, lo, hi: sigmoid16_span(a, a, lo, hi)
-        return None
-
-    def impl(a, lo, hi):
-        for i in range(lo, hi):
-            a[i] = _sigmoid(a[i])
-    return impl
-
-
-@njit(inline="always")
-def _relu(v):
-    return _ZERO if v < _ZERO else v
-
-
-@njit(inline="always")
-def _relu_grad(dy, x):
-    # 0 only where x <= 0: a NaN x passes dy on, as torch's threshold_backward (where(x <= 0, 0, dy))
-    return _ZERO if x <= _ZERO else dy
-
-
-@njit(inline="always")
-def _sigmoid_grad(dy, y):
-    return dy * y * (_ONE - y)
-
 
 @njit(parallel=True, cache=True)
 def _relu_forward(x, y):
