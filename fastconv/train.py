@@ -398,7 +398,9 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     on_disk = {"step": None, "best": None}  # the step last/ holds, the evaluation best/ holds (an interrupt says)
     if resume and os.path.exists(os.path.join(last_dir, _checkpoint.INDEX)):
         _check_resumable(last_dir, name, mode, batches)  # before load_into changes model and optimizer
+        given = optimizer.hyperparameters()
         info = _checkpoint.load_into(last_dir, model, optimizer, scheduler)
+        _warn_replaced_hyperparameters(last_dir, given, optimizer.hyperparameters(), scheduler is not None)
         saved = info["extra"]["fit"]
         s.update(saved["state"])
         rng.bit_generator.state = saved["rng"]
@@ -529,6 +531,18 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return history
+
+
+def _warn_replaced_hyperparameters(last_dir, given, saved, scheduled):
+    """Resume takes the optimizer's hyperparameters from the checkpoint (as torch's load_state_dict
+    does): a warning where this call's optimizer had others, which it would otherwise drop unsaid.
+    (Not lr under a scheduler: the saved one is the schedule's by then.)"""
+    changed = {k: (given[k], saved[k]) for k in given
+               if k in saved and given[k] != saved[k] and not (k == "lr" and scheduled)}
+    if changed:
+        replaced = ", ".join(f"{k} {old!r} (not {new!r})" for k, (new, old) in changed.items())
+        warnings.warn(f"fit: resume continues with the optimizer's hyperparameters saved in {os.fspath(last_dir)}, "
+                      f"not this call's: {replaced}", RuntimeWarning, stacklevel=3)
 
 
 def _warn_diverged(record, name, best):

@@ -597,3 +597,28 @@ def test_resuming_an_early_stopped_run_with_more_patience_says_it_trains_no_furt
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # it warned: stopped at its last epoch, more patience trains no further
         assert len(run(5, 2)) == 2
+
+
+def test_resume_with_other_optimizer_settings_says_the_saved_ones_win(tmp_path):
+    # They were replaced by the checkpoint's without a word (as torch's load_state_dict does).
+    import warnings
+
+    x, y = blobs(40, seed=1)
+
+    def run(lr, momentum, epochs, scheduler=False):
+        model = mlp()
+        opt = optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+        sched = optim.StepLR(opt, step_size=1, gamma=0.5) if scheduler else None
+        train.fit(model, losses.CrossEntropyLoss(), opt, (x, y), epochs=epochs, batch_size=10, scheduler=sched,
+                  checkpoint_dir=tmp_path / ("s" if scheduler else "p"), resume=True, progress=False)
+        return opt
+
+    run(0.1, 0.0, 1)
+    with pytest.warns(RuntimeWarning, match=r"hyperparameters saved in .*, not this call's: lr 0.1 \(not 0.5\), "
+                                            r"momentum 0.0 \(not 0.9\)"):
+        opt = run(0.5, 0.9, 2)
+    assert opt.hyperparameters()["lr"] == 0.1
+    run(0.1, 0.0, 1, scheduler=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(0.1, 0.0, 2, scheduler=True)  # the saved lr is the schedule's (0.05): not a change of this call's
