@@ -218,11 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--subset", type=positive_int,
                        help="use only the first N rows of each split: train, validation and test (quick checks)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its last checkpoint (same seed, subset and batch size; "
-                            "a larger --epochs trains on)")
-    train.add_argument("--overwrite", action="store_true",
-                       help="replace the run --out holds (without it, or --resume, such an --out is refused)")
+    earlier_run = train.add_mutually_exclusive_group()  # (what to do with a run --out holds)
+    earlier_run.add_argument("--resume", action="store_true",
+                             help="continue the run in --out from its last checkpoint (same seed, subset and batch "
+                                  "size; a larger --epochs trains on)")
+    earlier_run.add_argument("--overwrite", action="store_true",
+                             help="replace the run --out holds (without it, or --resume, such an --out is refused)")
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a saved checkpoint on its example's test data")

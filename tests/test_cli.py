@@ -180,3 +180,9 @@ def test_ctrl_c_in_training_passes_on_fits_note(monkeypatch, capsys, tmp_path):
     code, _, err = run_cli(["train", "neuron", "--out", str(tmp_path), "--quiet"], capsys)
     assert code == 130 and err.splitlines()[-1] == "  fit was interrupted in epoch 2, at step 6 of 20"
 
+
+def test_resume_and_overwrite_together_are_a_usage_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "neuron", "--out", str(tmp_path), "--resume", "--overwrite"])
+    assert exit_.value.code == 2 and "not allowed with argument --resume" in capsys.readouterr().err
+
