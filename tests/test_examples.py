@@ -265,7 +265,8 @@ def readme_text():
 
 def readme_block(starting):
     """The lines of README.md's code block whose first line starts with `starting`."""
-    found = [b.strip("\n").splitlines() for b in readme_text().split("```")[1::2] if b.lstrip("\n").startswith(starting)]
+    blocks = readme_text().split("```")[1::2]
+    found = [b.strip("\n").splitlines() for b in blocks if b.lstrip("\n").startswith(starting)]
     assert len(found) == 1, f"README.md has {len(found)} code blocks starting {starting!r}"
     return found[0]
 

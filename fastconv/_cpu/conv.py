@@ -54,7 +54,6 @@ from .pool import is_2x2_stride_2_jit, max_pool2d_backward, max_pool2d_forward, 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_max_pool2d_forward", "conv2d_max_pool2d_backward"]
 
 
-
 @njit(inline="always")
 def _valid_columns(j, kw_, sw, pl, dw, w, ow):
     """The output columns b whose input column b*sw - pl + j*dw lies inside [0, w): [lo, hi)."""

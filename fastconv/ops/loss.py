@@ -114,21 +114,24 @@ def softmax_cross_entropy_forward(logits, labels, weight=None, label_smoothing=0
     for a caller that has checked them already, as CrossEntropyLoss does once at construction; the
     same for the two ops below.
     """
-    return _cross_entropy_op("softmax_cross_entropy_forward", logits, "logits", labels, weight, label_smoothing, check_weight)
+    return _cross_entropy_op("softmax_cross_entropy_forward", logits, "logits", labels, weight, label_smoothing,
+                             check_weight)
 
 
 def softmax_cross_entropy_backward(probs, labels, weight=None, label_smoothing=0.0, check_weight=True):
     """dloss/dlogits (N, C) of softmax_cross_entropy_forward's mean loss, from its probs:
     [p (((1 - e) w[y] + (e/C) sum(w)) - (1 - e) w[y] onehot - (e/C) w] / sum_i w[y_i]
     (= (probs - onehot) / N without weight and smoothing)."""
-    return _cross_entropy_op("softmax_cross_entropy_backward", probs, "probs", labels, weight, label_smoothing, check_weight)
+    return _cross_entropy_op("softmax_cross_entropy_backward", probs, "probs", labels, weight, label_smoothing,
+                             check_weight)
 
 
 def softmax_cross_entropy_with_grad(logits, labels, weight=None, label_smoothing=0.0, check_weight=True):
     """(loss, dlogits): softmax_cross_entropy_forward's loss and softmax_cross_entropy_backward's
     gradient in one pass over the logits (read once, the gradient written once; the probs are
     never stored) — what a training step needs. The same values as the two ops."""
-    return _cross_entropy_op("softmax_cross_entropy_with_grad", logits, "logits", labels, weight, label_smoothing, check_weight)
+    return _cross_entropy_op("softmax_cross_entropy_with_grad", logits, "logits", labels, weight, label_smoothing,
+                             check_weight)
 
 
 def _binary_inputs(be, logits, targets, pos_weight, op):
