@@ -12,7 +12,7 @@ test data must not take part in it.
 import sys
 import time
 
-from fastconv import checkpoint, losses, optim, runs, train
+from fastconv import losses, optim, runs, train
 from fastconv.evaluate import format_report
 
 NAME = "search"
@@ -81,8 +81,8 @@ def run(out="runs/search", epochs=None, lrs=None, widths=None, batch_sizes=None,
     files = {"checkpoint": result.best_checkpoint, "table_csv": f"{out}/search.csv", "table_json": f"{out}/search.json",
              **plots(out, model, dataset, report)}
     files["report"] = runs.save_json(report, f"{out}/report.json")
-    weights = {"best": checkpoint.read_info(result.best_checkpoint)["weights"]["sha256"]}  # (runs._describes)
-    runs.save_json({**record, "search_seconds": seconds, "files": files, "weights_sha256": weights}, f"{out}/run.json")
+    runs.save_json({**record, "search_seconds": seconds, "files": files,
+                    "weights_sha256": runs.weights_sha256(out, ("best",))}, f"{out}/run.json")
     if verbose:
         print(f"\nranked on validation loss ({seconds:.1f} s in all):")
         print(format_table(result.table, "loss"))

@@ -69,6 +69,7 @@ def _fsync_directory(directory):
 
 
 def _write_atomically(directory, name, data: bytes):
+    """directory/name = data, whole or not at all: a temp file, fsync, rename, fsync of the directory."""
     tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}")
     try:
         with open(tmp, "wb") as f:

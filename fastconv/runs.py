@@ -36,7 +36,7 @@ from .evaluate import format_report, history_dict, jsonable
 from .plots import plot_history
 
 __all__ = ["settings", "take_subset", "describe", "finish", "tag_checkpoint", "evaluate_saved", "evaluate_checkpoint",
-           "checkpoint_example", "save_json"]
+           "checkpoint_example", "save_json", "weights_sha256"]
 
 RECORD_KEY = "run"
 
@@ -148,12 +148,11 @@ def finish(example, out, history, *, record, started, verbose=True) -> dict:
     if (out / "last" / _checkpoint.INDEX).exists():
         files["last_checkpoint"] = str(out / "last")
     files["run"] = str(out / "run.json")
-    weights = {name: _checkpoint.read_info(out / name)["weights"]["sha256"] for name in ("best", "last")
-               if (out / name / _checkpoint.INDEX).exists()}  # which checkpoints this record describes (_record)
     save_json({**record, "backend": _backend.get_backend(), "train_seconds": train_seconds,
                "best_epoch": history.best_epoch, "best_val_metric": history.best_metric,
                "val_metric": history.metric, "epochs_run": history.records[-1]["epoch"] if len(history) else 0,
-               "stopped_early": history.stopped_early, "files": files, "weights_sha256": weights}, out / "run.json")
+               "stopped_early": history.stopped_early, "files": files, "weights_sha256": weights_sha256(out)},
+              out / "run.json")
     if verbose:
         print(f"trained in {train_seconds:.1f} s; best epoch {history.best_epoch} "
               f"(validation {history.metric} {history.best_metric:.4f}), {len(history)} evaluations"
@@ -185,6 +184,14 @@ def _record(path) -> dict:
             f"{directory} does not record which example and data it was trained on; `fastconv evaluate` "
             "reads checkpoints written by `fastconv train` (DIR/best)")
     return record
+
+
+def weights_sha256(out, names=("best", "last")) -> dict:
+    """{name: the SHA-256 of its weights} for the checkpoints out/name that exist: what a run.json
+    records, so that _describes can tell its own checkpoints from another run's."""
+    out = Path(out)
+    return {name: _checkpoint.read_info(out / name)["weights"]["sha256"] for name in names
+            if (out / name / _checkpoint.INDEX).exists()}
 
 
 def _describes(run, info) -> bool:

@@ -692,11 +692,8 @@ def _write_table(out_dir, rows, keys):
     for r in rows:
         writer.writerow([r["rank"], r["trial"], *(r["settings"][k] for k in keys), r["best_metric"],
                          r["best_epoch"], r["epochs_run"], round(r["time_s"], 3)])
-    for name, content in (("search.json", json.dumps(rows, indent=1)), ("search.csv", text.getvalue())):
-        tmp = os.path.join(out_dir, f".{name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            f.write(content)
-        os.replace(tmp, os.path.join(out_dir, name))
+    _checkpoint._write_atomically(out_dir, "search.json", json.dumps(rows, indent=1).encode())
+    _checkpoint._write_atomically(out_dir, "search.csv", text.getvalue().encode())
 
 
 def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, out_dir, metric="loss", mode=None,

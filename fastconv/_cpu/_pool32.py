@@ -14,7 +14,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .._kernel_abi import ACTIVATIONS
+from ._activation import RELU as _RELU, SIGMOID as _SIGMOID
 from ._vecmath import as_i64, broadcast, lanes_below, masked_load, masked_store
 
 __all__ = ["max_pool_2x2_plane", "unpool_2x2_run", "unpool_2x2_plane"]
@@ -77,9 +77,6 @@ def max_pool_2x2_plane(x, x_ld, width, y, indices):
         for wo in range(0, out_w, 8):
             _max_pool_2x2_run(x, 2 * ho * x_ld + 2 * wo, x_ld, y_flat, ho * out_w + wo, i_flat, ho * out_w + wo,
                               min(8, out_w - wo), 2 * ho * width + 2 * wo, width)
-
-
-_RELU, _SIGMOID = ACTIVATIONS["relu"], ACTIVATIONS["sigmoid"]
 
 
 @intrinsic
