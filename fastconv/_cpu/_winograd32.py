@@ -1,6 +1,7 @@
-"""Winograd's minimal filtering F(2x2, 3x3) for the stride-1 3x3 convolution in float32 (AVX-512 or AVX2):
-the transforms of one tile, 16 channels at a time (channels in the lanes), and of the weights,
-for the forward and for the weight gradient (below; dx is the forward of the output gradient).
+"""Winograd's minimal filtering F(2x2, 3x3) and F(4x4, 3x3) for the stride-1 3x3 convolution in float32
+(AVX-512 or AVX2): the transforms of one tile, 16 channels at a time (channels in the lanes), and of
+the weights, for the forward and, F(2x2) only, for the weight gradient (below; dx is the forward of
+the output gradient).
 
 Each 2x2 block of outputs Y (at output row 2ty, column 2tx) needs the 4x4 patch d_c of the padded
 input starting there, in every input channel c. With
@@ -21,6 +22,21 @@ Summed over c, for each of the 16 positions xi of the 4x4 transformed tile:
 4 outputs cost 16 multiply-adds per (c, k) instead of the direct 36: 2.25x fewer, for additions
 in the transforms that are linear in C + K rather than in C * K.
 
+F(4x4, 3x3) is the same with 4x4 output blocks from 6x6 patches: 36 positions xi (input_tile36,
+36 GEMMs, output_tile36), 16 outputs for 36 multiply-adds per (c, k), 4x fewer than direct. Its
+matrices come from the interpolation points 0, 1, -1, 1/2, -2 and infinity (Toom-Cook):
+
+    B^T = [[1, -3/2, -2, 3/2, 1, 0], [0, -1, 1/2, 5/2, 1, 0], [0, 1, -5/2, 1/2, 1, 0],
+           [0, -2, -1, 2, 1, 0], [0, 1/2, -1, -1/2, 1, 0], [0, 1, -3/2, -2, 3/2, 1]]
+    G   = [[1, 0, 0], [1/3, 1/3, 1/3], [-1/3, 1/3, -1/3], [-16/15, -8/15, -4/15], [1/15, -2/15, 4/15],
+           [0, 0, 1]]
+    A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 1/2, -2, 0], [0, 1, 1, 1/4, 4, 0], [0, 1, -1, 1/8, -8, 1]]
+
+Lavin's points 0, +-1, +-2 put 4 and 5 in B^T; mixing 2 with 1/2 keeps B^T's entries at 5/2 and
+below, and halved the float32 error (below): 512 channels on 7x7, max error against float64 9.6e-6
+-> 4.6e-6 of the output scale (a NumPy model of the layer: 1.3e-5 -> 4.6e-6; 0, +-1, +-1/2 was no
+better than Lavin's there). conv._winograd_side takes F(4x4) where its tiles need fewer products than F(2x2)'s.
+
 Accuracy. An output still depends only on its own 3x3 window: a patch's first column enters only
 the left outputs (B^T's and A^T's zeros), its last only the right ones. But the weights reach it
 through their transforms (sums like (g0 + g1 + g2) / 2, each rounded once from float64), and the
@@ -28,12 +44,15 @@ through their transforms (sums like (g0 + g1 + g2) / 2, each rounded once from f
 eps * max |x| over its window * the sum of its kernel's |weights| (times small constants), where a
 direct sum's is eps * sum |x_i w_i| over the products it adds. The two agree when inputs and
 weights are of even size: conv2's layer on normal data, max error against float64 1.2e-6, below
-the direct kernel's 2.6e-6 (sums of 32 products per xi against 288). They part where a large
-input meets a small weight, and then an output's relative error has no useful bound: inputs of 1
-with one of 1e6, weights of 1 with a centre of 1e-6, gave an output of 136 for 144 (5.6%), the
-direct kernel's 144 (3.3e-7 at worst); an input of 3e38 among values of 1 gave 1.2e-5 against 5e-8. A
-layer with data like that wants algorithm="direct" (nn.Conv2d, the conv ops), or a whole process
-FASTCONV_WINOGRAD=0 (conv.py): either keeps the direct kernel.
+the direct kernel's 2.6e-6 (sums of 32 products per xi against 288). F(4x4)'s larger transform
+entries cost more: on normal data 2-4x the direct kernel's error (512 channels on 7x7: 4.6e-6 of
+the output scale, direct 2.1e-6, F(2x2) 0.7e-6; conv2's layer 2.5x), within the tests' float32
+tolerance. They part where a large input meets a small weight, and then an output's relative error
+has no useful bound: inputs of 1 with one of 1e6, weights of 1 with a centre of 1e-6, gave an
+output of 136 for 144 (5.6%), the direct kernel's 144 (3.3e-7 at worst); with 16 channels on 8x8
+and the 1e6 moved over every position, F(4x4) was up to 2.1% off; an input of 3e38 among values of
+1 gave 1.2e-5 against 5e-8. A layer with data like that wants algorithm="direct" (nn.Conv2d, the
+conv ops), or a whole process FASTCONV_WINOGRAD=0 (conv.py): either keeps the direct kernel.
 
 Non-finite values do not survive the transforms as they would a direct sum (an inf input gives
 inf - inf = NaN in outputs that the direct sum does not even reach), so output_tile16 reports
@@ -47,10 +66,11 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from ._gemm32 import _tile_intrinsic
+from ._memory import empty
 from ._vecmath import TARGET_AVX512, as_i64, broadcast, vector_at
 
-__all__ = ["input_tile16", "output_tile16", "grad_tile16", "products", "tile_rows", "weights_transformed",
-           "weight_grad_transformed", "LANES", "TILE_ROWS"]
+__all__ = ["input_tile16", "output_tile16", "input_tile36", "output_tile36", "grad_tile16", "products", "tile_rows",
+           "weights_transformed", "weight_grad_transformed", "unpacked", "LANES", "TILE_ROWS"]
 
 LANES = 16  # channels per vector: both transforms run on 16 channels at once
 _F32 = ir.FloatType()
@@ -71,52 +91,143 @@ def _gt_applied(d0, d1, d2, d3):
     return d0 + half_sum, half_difference, half_sum + d3
 
 
-# Both weight transforms run once per call, on all (k, c) pairs: 65536 of them for a 256-channel
-# layer, so their memory order matters. U's 16 planes lie Cp * Kp floats apart (256 KiB there), the
-# same cache set: each thread takes whole input channels c and writes U's rows 16 k at a time, one
-# full line per plane, from a local block; the gradient's float64 sums per c have rows an odd number
-# of lines long. With both, 256 channels: 0.36 ms forward (2.75 before), 0.37 ms gradient (8.86).
+# U's layout: the GEMMs M[xi] = V[xi] @ U[xi] (products, below) take U's columns in strips of
+# _WIDTH (their register tile's width; the last strip 16 wide where Kp is not a multiple of it) and
+# read a strip's Cp rows in turn. So each plane U[xi] stores its strips one after another, each
+# strip's rows contiguous: U[xi][c, k] at j0 * Cp + c * width + (k - j0), j0 the strip's first
+# column and width its width. A strip is then one stream through memory, which the hardware
+# prefetches: U of 512 channels (16 or 36 MiB) comes from memory on every pass, and with rows Kp
+# floats apart the GEMMs ran at half the rate on 32-tile passes (Zen 4, 2 threads, products of 36
+# planes of 32 x 512 x 512: 24.5 -> 12.0 ms; 16 planes of 128 tiles 26.0 -> 20.1 ms; a busy host).
+#
+# Both weight transforms run once per call, on all (k, c) pairs: 262144 of them for a 512-channel
+# layer, so their memory order matters. A thread takes a strip's rows for a run of _RUN_CHANNELS
+# input channels c, one c after another and 16 k at a time (the weights gathered into a local
+# block): each plane is then written as one stream. The gradient's float64 sums per c have rows an
+# odd number of lines long. 256 channels: 0.36 ms forward (2.75 before), 0.37 ms gradient (8.86).
+
+_WIDTH = 32 if TARGET_AVX512 else 16
+_RUN_CHANNELS = 64
+
+
+@njit(inline="always")
+def _packed_at(c, k, cp, kp):
+    """Where U[xi][c, k] lies in its plane (see above)."""
+    j0 = k - k % _WIDTH
+    return j0 * cp + c * min(_WIDTH, kp - j0) + (k - j0)
+
+
+def unpacked(u, cp, kp):
+    """U as (planes, Cp, Kp) from its packed planes (for tests and inspection)."""
+    out = np.empty((u.shape[0], cp, kp), u.dtype)
+    for j0 in range(0, kp, _WIDTH):
+        width = min(_WIDTH, kp - j0)
+        out[:, :, j0:j0 + width] = u[:, j0 * cp:(j0 + width) * cp].reshape(-1, cp, width)
+    return out
+
+
+@njit(inline="always")
+def _run(i, cp):
+    """Work item i of a weight transform: (first k, first c, last c) of its run of a strip's rows."""
+    runs = -(-cp // _RUN_CHANNELS)
+    c0 = (i % runs) * _RUN_CHANNELS
+    return (i // runs) * _WIDTH, c0, min(cp, c0 + _RUN_CHANNELS)
+
+
+@njit(inline="always")
+def _gathered(w_rows, c, k0, g):
+    """g[3i + j, lane] = w[k0 + lane, c, i, j] in float64, 0 past w's C or K."""
+    kb = min(max(w_rows.shape[0] - k0, 0), LANES) if c * 9 < w_rows.shape[1] else 0
+    for lane in range(kb):
+        for tap in range(9):
+            g[tap, lane] = w_rows[k0 + lane, c * 9 + tap]
+    g[:, kb:] = 0.0
+
+
+@njit(inline="always")
+def _store_block(block, u, c, k0, cp, kp):
+    at = _packed_at(c, k0, cp, kp)
+    for xi in range(block.shape[0]):
+        u[xi, at:at + LANES] = block[xi]
+
 
 @njit(parallel=True, nogil=True, cache=True)
-def _transform_weights(w, u):
-    """u[4a + b, c, k] = (G w[k, c] G^T)[a, b] in float64, rounded once (u zero past w's C and K).
-    16 k at a time: their 9 weights gathered into g (float64, a row per tap), then the transform as
-    one straight-line body over the 16 lanes, which LLVM vectorizes; each value takes the same
-    operations in the same order as one k at a time did, so the same bits."""
-    k_n, c_n = w.shape[0], w.shape[1]
-    w_rows = w.reshape(k_n, c_n * 9)
-    for c in prange(u.shape[1]):
-        if c >= c_n:
-            u[:, c, :] = 0
-            continue
-        u[:, c, k_n:] = 0
-        g = np.zeros((9, LANES))                    # g[3i + j, k - k0] = w[k, c, i, j]
+def _transform_weights(w, u, cp, kp):
+    """u[4a + b][c, k] = (G w[k, c] G^T)[a, b] in float64, rounded once (u zero past w's C and K), u's
+    planes packed (see above). 16 k at a time: their 9 weights gathered into g (float64, a row per
+    tap), then the transform as one straight-line body over the 16 lanes, which LLVM vectorizes; each
+    value takes the same operations in the same order as one k at a time did, so the same bits."""
+    w_rows = w.reshape(w.shape[0], -1)
+    for i in prange(-(-kp // _WIDTH) * -(-cp // _RUN_CHANNELS)):
+        j0, c0, c1 = _run(i, cp)
+        g = np.empty((9, LANES))                    # g[3i + j, k - k0] = w[k, c, i, j]
         block = np.empty((16, LANES), np.float32)  # block[xi, k - k0]
-        for k0 in range(0, k_n, LANES):
-            kb = min(k_n, k0 + LANES) - k0
-            for lane in range(kb):
-                for tap in range(9):
-                    g[tap, lane] = w_rows[k0 + lane, c * 9 + tap]
-            for lane in range(LANES):
-                # G g: down each of the kernel's 3 columns; then (G g) G^T along each of its 4 rows
-                col0 = _g_applied(g[0, lane], g[3, lane], g[6, lane])
-                col1 = _g_applied(g[1, lane], g[4, lane], g[7, lane])
-                col2 = _g_applied(g[2, lane], g[5, lane], g[8, lane])
-                block[0, lane], block[1, lane], block[2, lane], block[3, lane] = _g_applied(col0[0], col1[0], col2[0])
-                block[4, lane], block[5, lane], block[6, lane], block[7, lane] = _g_applied(col0[1], col1[1], col2[1])
-                block[8, lane], block[9, lane], block[10, lane], block[11, lane] = _g_applied(col0[2], col1[2],
-                                                                                            col2[2])
-                block[12, lane], block[13, lane], block[14, lane], block[15, lane] = _g_applied(col0[3], col1[3],
-                                                                                                col2[3])
-            for xi in range(16):
-                u[xi, c, k0:k0 + kb] = block[xi, :kb]
+        for c in range(c0, c1):
+            for k0 in range(j0, min(kp, j0 + _WIDTH), LANES):
+                _gathered(w_rows, c, k0, g)
+                for lane in range(LANES):
+                    # G g: down each of the kernel's 3 columns; then (G g) G^T along each of its 4 rows
+                    col0 = _g_applied(g[0, lane], g[3, lane], g[6, lane])
+                    col1 = _g_applied(g[1, lane], g[4, lane], g[7, lane])
+                    col2 = _g_applied(g[2, lane], g[5, lane], g[8, lane])
+                    block[0, lane], block[1, lane], block[2, lane], block[3, lane] = _g_applied(col0[0], col1[0],
+                                                                                                col2[0])
+                    block[4, lane], block[5, lane], block[6, lane], block[7, lane] = _g_applied(col0[1], col1[1],
+                                                                                                col2[1])
+                    block[8, lane], block[9, lane], block[10, lane], block[11, lane] = _g_applied(col0[2], col1[2],
+                                                                                                col2[2])
+                    block[12, lane], block[13, lane], block[14, lane], block[15, lane] = _g_applied(col0[3], col1[3],
+                                                                                                    col2[3])
+                _store_block(block, u, c, k0, cp, kp)
 
 
-def weights_transformed(w, channels, outputs):
-    """U as (16, channels, outputs) float32 for w (K, C, 3, 3): U[4a + b, c, k] = (G w[k, c] G^T)[a, b],
-    zero past C and K (channels, outputs: C and K rounded up to LANES)."""
-    u = np.empty((16, channels, outputs), np.float32)
-    _transform_weights(np.ascontiguousarray(w), u)
+@njit(inline="always")
+def _g4_applied(a0, a1, a2):
+    """F(4x4, 3x3)'s G applied to a triple (float64): (a0, (a0 + a1 + a2) / 3, -(a0 - a1 + a2) / 3,
+    -(16 a0 + 8 a1 + 4 a2) / 15, (a0 - 2 a1 + 4 a2) / 15, a2), by multiplications."""
+    outer = a0 + a2
+    return (a0, (outer + a1) * (1.0 / 3.0), (outer - a1) * (-1.0 / 3.0),
+            (16.0 * a0 + 8.0 * a1 + 4.0 * a2) * (-1.0 / 15.0), (a0 - 2.0 * a1 + 4.0 * a2) * (1.0 / 15.0), a2)
+
+
+@njit(inline="always")
+def _g4_row(block, at, lane, a0, a1, a2):
+    """block[at .. at + 5, lane] = G (a0, a1, a2), rounded to float32."""
+    r = _g4_applied(a0, a1, a2)
+    block[at, lane], block[at + 1, lane], block[at + 2, lane] = r[0], r[1], r[2]
+    block[at + 3, lane], block[at + 4, lane], block[at + 5, lane] = r[3], r[4], r[5]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _transform_weights4(w, u, cp, kp):
+    """u[6a + b][c, k] = (G w[k, c] G^T)[a, b] of F(4x4, 3x3), as _transform_weights."""
+    w_rows = w.reshape(w.shape[0], -1)
+    for i in prange(-(-kp // _WIDTH) * -(-cp // _RUN_CHANNELS)):
+        j0, c0, c1 = _run(i, cp)
+        g = np.empty((9, LANES))
+        block = np.empty((36, LANES), np.float32)
+        for c in range(c0, c1):
+            for k0 in range(j0, min(kp, j0 + _WIDTH), LANES):
+                _gathered(w_rows, c, k0, g)
+                for lane in range(LANES):
+                    col0 = _g4_applied(g[0, lane], g[3, lane], g[6, lane])
+                    col1 = _g4_applied(g[1, lane], g[4, lane], g[7, lane])
+                    col2 = _g4_applied(g[2, lane], g[5, lane], g[8, lane])
+                    _g4_row(block, 0, lane, col0[0], col1[0], col2[0])  # written out: a loop over the tuples
+                    _g4_row(block, 6, lane, col0[1], col1[1], col2[1])  # would index them at run time
+                    _g4_row(block, 12, lane, col0[2], col1[2], col2[2])
+                    _g4_row(block, 18, lane, col0[3], col1[3], col2[3])
+                    _g4_row(block, 24, lane, col0[4], col1[4], col2[4])
+                    _g4_row(block, 30, lane, col0[5], col1[5], col2[5])
+                _store_block(block, u, c, k0, cp, kp)
+
+
+def weights_transformed(w, channels, outputs, side=2):
+    """U for w (K, C, 3, 3) as (planes, channels * outputs) float32, its planes packed (see above):
+    U[4a + b][c, k] = (G w[k, c] G^T)[a, b], zero past C and K (channels, outputs: C and K rounded up
+    to LANES). side=4: F(4x4, 3x3)'s U, 36 planes U[6a + b]."""
+    u = empty(((side + 2) ** 2, channels * outputs), np.float32)  # 16-36 MiB at 512 channels: reused memory
+    (_transform_weights if side == 2 else _transform_weights4)(np.ascontiguousarray(w), u, channels, outputs)
     return u
 
 
@@ -127,7 +238,6 @@ def weights_transformed(w, channels, outputs):
 # mod 32) going to 16-wide tiles; with AVX2 they are 16 wide and at most 6 rows (12 of its 16 ymm
 # registers accumulate, as gemm32's 6 x 16 tile).
 TILE_ROWS = (8, 7, 6) if TARGET_AVX512 else (6, 5, 4)
-_WIDTH = 32 if TARGET_AVX512 else 16
 _tile_a, _tile_a16 = _tile_intrinsic(False, 2, TILE_ROWS[0]), _tile_intrinsic(False, 1, TILE_ROWS[0])
 _tile_b, _tile_b16 = _tile_intrinsic(False, 2, TILE_ROWS[1]), _tile_intrinsic(False, 1, TILE_ROWS[1])
 _tile_c, _tile_c16 = _tile_intrinsic(False, 2, TILE_ROWS[2]), _tile_intrinsic(False, 1, TILE_ROWS[2])
@@ -151,31 +261,32 @@ def tile_rows(tiles):
 
 @njit(inline="always")
 def products(v, u, m, rows):
-    """m[xi] = v[xi] @ u[xi] for the 16 xi: v (16, T, Cp), u (16, Cp, Kp), m (16, T, Kp), T a
-    multiple of rows (one of TILE_ROWS: any other is taken as the last), Kp of 16. Each sum over c
-    runs in order. (No check that raises here: a raise in the callers' prange loops would make
-    Numba run them serially.)"""
-    t, cp, kp = v.shape[1], v.shape[2], u.shape[2]
-    for xi in range(16):
+    """m[xi] = v[xi] @ u[xi] for the 16 (or 36) xi: v (16, T, Cp), u (16, Cp * Kp) packed (see above),
+    m (16, T, Kp), T a multiple of rows (one of TILE_ROWS: any other is taken as the last), Kp of 16.
+    Each sum over c runs in order. (No check that raises here: a raise in the callers' prange loops
+    would make Numba run them serially.)"""
+    t, cp, kp = v.shape[1], v.shape[2], m.shape[2]
+    for xi in range(v.shape[0]):
         a, b, c = v[xi], u[xi], m[xi]
         for j0 in range(0, kp, _WIDTH):
             wide = _WIDTH == 32 and kp - j0 >= 32
+            b_at, ldb = j0 * cp, min(_WIDTH, kp - j0)  # the strip, its rows ldb floats apart
             for i0 in range(0, t, rows):
                 a_at, c_at = i0 * cp, i0 * kp + j0
                 if rows == _ROWS_A:
                     if wide:
-                        _tile_a(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 32, cp, 0)
+                        _tile_a(a, a_at, cp, 1, b, b_at, ldb, c, c_at, kp, cp, False, 32, cp, 0)
                     else:
-                        _tile_a16(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 16, cp, 0)
+                        _tile_a16(a, a_at, cp, 1, b, b_at, ldb, c, c_at, kp, cp, False, 16, cp, 0)
                 elif rows == _ROWS_B:
                     if wide:
-                        _tile_b(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 32, cp, 0)
+                        _tile_b(a, a_at, cp, 1, b, b_at, ldb, c, c_at, kp, cp, False, 32, cp, 0)
                     else:
-                        _tile_b16(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 16, cp, 0)
+                        _tile_b16(a, a_at, cp, 1, b, b_at, ldb, c, c_at, kp, cp, False, 16, cp, 0)
                 elif wide:
-                    _tile_c(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 32, cp, 0)
+                    _tile_c(a, a_at, cp, 1, b, b_at, ldb, c, c_at, kp, cp, False, 32, cp, 0)
                 else:
-                    _tile_c16(a, a_at, cp, 1, b, j0, kp, c, c_at, kp, cp, False, 16, cp, 0)
+                    _tile_c16(a, a_at, cp, 1, b, b_at, ldb, c, c_at, kp, cp, False, 16, cp, 0)
 
 
 def _rows_transformed(builder, rows):
@@ -190,11 +301,41 @@ def _outputs_transformed(builder, rows):
     return [builder.fadd(builder.fadd(m0, m1), m2), builder.fsub(builder.fsub(m1, m2), m3)]
 
 
-def _tile_to_16_intrinsic(size, transform, doc):
+def _splat(value):
+    return ir.Constant(_V16, [ir.Constant(_F32, value)] * LANES)
+
+
+def _rows_transformed4(builder, rows):
+    """F(4x4, 3x3)'s B^T applied along a list of six vectors (d0 .. d5):
+    (d0 - 2d2 + d4 + 3/2 (d3 - d1), -d1 + d2/2 + 5/2 d3 + d4, d1 - 5/2 d2 + d3/2 + d4, d4 - d2 + 2 (d3 - d1),
+    d4 - d2 - (d3 - d1)/2, d1 - 2d3 + d5 + 3/2 (d4 - d2))."""
+    d0, d1, d2, d3, d4, d5 = rows
+    add, sub, mul = builder.fadd, builder.fsub, builder.fmul
+    half, two, three_halves, five_halves = _splat(0.5), _splat(2.0), _splat(1.5), _splat(2.5)
+    t31, t42 = sub(d3, d1), sub(d4, d2)
+    return [add(add(sub(d0, d2), t42), mul(three_halves, t31)),
+            add(add(sub(d4, d1), mul(half, d2)), mul(five_halves, d3)),
+            add(sub(add(d4, d1), mul(five_halves, d2)), mul(half, d3)),
+            add(t42, mul(two, t31)), sub(t42, mul(half, t31)),
+            add(add(sub(d1, d3), sub(d5, d3)), mul(three_halves, t42))]
+
+
+def _outputs_transformed4(builder, rows):
+    """F(4x4, 3x3)'s A^T applied along a list of six vectors (m0 .. m5):
+    (m0 + m1 + m2 + m3 + m4, m1 - m2 + m3/2 - 2m4, m1 + m2 + m3/4 + 4m4, m1 - m2 + m3/8 - 8m4 + m5)."""
+    m0, m1, m2, m3, m4, m5 = rows
+    add, sub, mul = builder.fadd, builder.fsub, builder.fmul
+    s12, d12 = add(m1, m2), sub(m1, m2)
+    return [add(add(m0, s12), add(m3, m4)), add(d12, sub(mul(_splat(0.5), m3), mul(_splat(2.0), m4))),
+            add(s12, add(mul(_splat(0.25), m3), mul(_splat(4.0), m4))),
+            add(add(d12, sub(mul(_splat(0.125), m3), mul(_splat(8.0), m4))), m5)]
+
+
+def _tile_transform_intrinsic(size, transform, doc):
     """An intrinsic f(src, at, row_ld, col_ld, dst, d_at, xi_ld): the size x size grid of 16-lane
-    vectors src[at + i*row_ld + j*col_ld + l] (l < 16), `transform` (a list of `size` vectors -> 4)
-    applied down its columns and then along its rows, the 16 results stored at
-    dst[d_at + (4i + j)*xi_ld + l]. float32 arrays addressed from their first element."""
+    vectors src[at + i*row_ld + j*col_ld + l] (l < 16), `transform` (a list of `size` vectors -> r)
+    applied down its columns and then along its rows, the r x r results stored at
+    dst[d_at + (r*i + j)*xi_ld + l]. float32 arrays addressed from their first element."""
     def typer(typingctx, src, at, row_ld, col_ld, dst, d_at, xi_ld):
         if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (src, dst)):
             return None
@@ -208,9 +349,10 @@ def _tile_to_16_intrinsic(size, transform, doc):
                                                                         builder.mul(const(j), col_ld)))), align=4)
                      for j in range(size)] for i in range(size)]
             columns = [transform(builder, [grid[i][j] for i in range(size)]) for j in range(size)]  # [j][i]
-            for i in range(4):
+            r = len(columns[0])
+            for i in range(r):
                 for j, value in enumerate(transform(builder, [columns[jj][i] for jj in range(size)])):
-                    where = builder.add(d_at, builder.mul(const(4 * i + j), xi_ld))
+                    where = builder.add(d_at, builder.mul(const(r * i + j), xi_ld))
                     builder.store(value, vector_at(builder, target.data, where), align=4)
             return context.get_dummy_value()
 
@@ -220,45 +362,63 @@ def _tile_to_16_intrinsic(size, transform, doc):
     return intrinsic(typer)
 
 
-input_tile16 = _tile_to_16_intrinsic(4, _rows_transformed, """input_tile16(xh, at, row_ld, col_ld, v, v_at, xi_ld):
+input_tile16 = _tile_transform_intrinsic(4, _rows_transformed, """input_tile16(xh, at, row_ld, col_ld, v, v_at, xi_ld):
     v[v_at + xi*xi_ld + l] = (B^T d B)[xi] in lane l < 16, d[i][j] = xh[at + i*row_ld + j*col_ld + l]:
     one tile's 16 transformed values for 16 channels (xh channels-last, so l is the channel).""")
 
 
-@intrinsic
-def output_tile16(typingctx, m, at, xi_ld, bias, b_at, relu, y, y_at, row_ld, col_ld):
-    """One tile's 2x2 outputs for 16 output channels (lanes l):
-        o[a][b] = (A^T M A)[a, b] + bias[b_at + l],  M[xi] = m[at + xi*xi_ld + l]
+def _output_tile_intrinsic(alpha, transform, doc):
+    """An intrinsic f(m, at, xi_ld, bias, b_at, relu, y, y_at, row_ld, col_ld): one tile's r x r outputs
+    for 16 output channels (lanes l), `transform` (a list of `alpha` vectors -> r) applied down the
+    columns and then along the rows of the alpha x alpha grid M[xi] = m[at + xi*xi_ld + l]:
+        o[a][b] = (A^T M A)[a, b] + bias[b_at + l]
         o = max(o, 0) if relu (NaN kept)
     stored at y[y_at + a*row_ld + b*col_ld + l]. Returns 1 if any o (before relu) is inf or NaN, else 0."""
-    if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (m, bias, y)):
-        return None
-    if not isinstance(relu, types.Boolean):
-        return None
+    def typer(typingctx, m, at, xi_ld, bias, b_at, relu, y, y_at, row_ld, col_ld):
+        if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (m, bias, y)):
+            return None
+        if not isinstance(relu, types.Boolean):
+            return None
 
-    def codegen(context, builder, signature, args):
-        m_arr, b_arr, y_arr = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3, 6))
-        at, xi_ld, b_at, y_at, row_ld, col_ld = (as_i64(builder, args[i]) for i in (1, 2, 4, 7, 8, 9))
-        relu_lanes = broadcast(builder, args[5])
-        const = lambda value: ir.Constant(_I64, value)  # noqa: E731
-        zero = ir.Constant(_V16, [ir.Constant(_F32, 0.0)] * LANES)
-        mv = [[builder.load(vector_at(builder, m_arr.data, builder.add(at, builder.mul(const(4 * i + j), xi_ld))),
-                            align=4) for j in range(4)] for i in range(4)]
-        columns = [_outputs_transformed(builder, [mv[i][j] for i in range(4)]) for j in range(4)]  # columns[j][a]
-        bias_lanes = builder.load(vector_at(builder, b_arr.data, b_at), align=4)
-        poisoned = zero  # 0 * o is 0 for every finite o, NaN for inf and NaN
-        for a in range(2):
-            for b, value in enumerate(_outputs_transformed(builder, [columns[j][a] for j in range(4)])):
-                value = builder.fadd(value, bias_lanes)
-                poisoned = builder.fadd(poisoned, builder.fmul(value, zero))
-                negative = builder.fcmp_ordered("<", value, zero)
-                value = builder.select(builder.and_(negative, relu_lanes), zero, value)
-                where = builder.add(y_at, builder.add(builder.mul(const(a), row_ld), builder.mul(const(b), col_ld)))
-                builder.store(value, vector_at(builder, y_arr.data, where), align=4)
-        nan_lanes = builder.bitcast(builder.fcmp_unordered("uno", poisoned, poisoned), ir.IntType(LANES))
-        return builder.zext(builder.icmp_unsigned("!=", nan_lanes, ir.Constant(ir.IntType(LANES), 0)), _I64)
+        def codegen(context, builder, signature, args):
+            m_arr, b_arr, y_arr = (context.make_array(signature.args[i])(context, builder, args[i])
+                                   for i in (0, 3, 6))
+            at, xi_ld, b_at, y_at, row_ld, col_ld = (as_i64(builder, args[i]) for i in (1, 2, 4, 7, 8, 9))
+            relu_lanes = broadcast(builder, args[5])
+            const = lambda value: ir.Constant(_I64, value)  # noqa: E731
+            zero = ir.Constant(_V16, [ir.Constant(_F32, 0.0)] * LANES)
+            mv = [[builder.load(vector_at(builder, m_arr.data,
+                                          builder.add(at, builder.mul(const(alpha * i + j), xi_ld))), align=4)
+                   for j in range(alpha)] for i in range(alpha)]
+            columns = [transform(builder, [mv[i][j] for i in range(alpha)]) for j in range(alpha)]  # [j][a]
+            bias_lanes = builder.load(vector_at(builder, b_arr.data, b_at), align=4)
+            poisoned = zero  # 0 * o is 0 for every finite o, NaN for inf and NaN
+            for a in range(len(columns[0])):
+                for b, value in enumerate(transform(builder, [columns[j][a] for j in range(alpha)])):
+                    value = builder.fadd(value, bias_lanes)
+                    poisoned = builder.fadd(poisoned, builder.fmul(value, zero))
+                    negative = builder.fcmp_ordered("<", value, zero)
+                    value = builder.select(builder.and_(negative, relu_lanes), zero, value)
+                    where = builder.add(y_at, builder.add(builder.mul(const(a), row_ld), builder.mul(const(b), col_ld)))
+                    builder.store(value, vector_at(builder, y_arr.data, where), align=4)
+            nan_lanes = builder.bitcast(builder.fcmp_unordered("uno", poisoned, poisoned), ir.IntType(LANES))
+            return builder.zext(builder.icmp_unsigned("!=", nan_lanes, ir.Constant(ir.IntType(LANES), 0)), _I64)
 
-    return types.int64(m, at, xi_ld, bias, b_at, relu, y, y_at, row_ld, col_ld), codegen
+        return types.int64(m, at, xi_ld, bias, b_at, relu, y, y_at, row_ld, col_ld), codegen
+
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+output_tile16 = _output_tile_intrinsic(4, _outputs_transformed, """output_tile16(m, at, xi_ld, bias, b_at, relu, y,
+    y_at, row_ld, col_ld): one tile's 2x2 outputs for 16 output channels from its 16 products M[xi]
+    (_output_tile_intrinsic has the layout).""")
+
+
+input_tile36 = _tile_transform_intrinsic(6, _rows_transformed4, """input_tile36(xh, at, row_ld, col_ld, v, v_at, xi_ld):
+    input_tile16 for F(4x4, 3x3): a 6x6 patch's 36 transformed values, v[v_at + xi*xi_ld + l].""")
+output_tile36 = _output_tile_intrinsic(6, _outputs_transformed4, """output_tile36(m, at, xi_ld, bias, b_at, relu, y,
+    y_at, row_ld, col_ld): output_tile16 for F(4x4, 3x3): a tile's 4x4 outputs from its 36 products.""")
 
 
 # The weight gradient by the same transforms. Y = A^T (U . V) A per tile, U = G g G^T, so for a
@@ -277,7 +437,7 @@ def _grads_transformed(builder, pair):
     return [y0, builder.fadd(y0, y1), builder.fsub(y0, y1), builder.fneg(y1)]
 
 
-grad_tile16 = _tile_to_16_intrinsic(2, _grads_transformed, """grad_tile16(dyh, at, row_ld, col_ld, z, z_at, xi_ld):
+grad_tile16 = _tile_transform_intrinsic(2, _grads_transformed, """grad_tile16(dyh, at, row_ld, col_ld, z, z_at, xi_ld):
     z[z_at + xi*xi_ld + l] = (A dY A^T)[xi] in lane l < 16, dY[a][b] = dyh[at + a*row_ld + b*col_ld + l]
     (a, b < 2): one tile's output gradient transformed, 16 channels at a time.""")
 

@@ -5,8 +5,9 @@ instead (_forward_taps_avx512, _backward_taps_avx512): register tiles over all t
 forward and for dx (_taps32.py), our GEMM for dW (_gemm32.py: twice OpenBLAS's AVX2 kernels here);
 on AVX2 hosts the wide kernels below with our GEMM (_forward_wide_gemm32, _backward_wide_gemm32).
 On both, 3x3 layers (dilation 1, groups 1) with 16 or more channels in and out go by Winograd's
-F(2x2, 3x3) instead (_winograd32.py: 2.25x fewer multiply-adds): forward (_forward_winograd) and,
-with padding <= 2, backward (dW by _weight_grad_winograd, or _weight_grad_winograd_planes for many
+algorithm instead (_winograd32.py): the forward (_forward_winograd) by F(4x4, 3x3) where its tiles
+fit the output (4x fewer multiply-adds), else F(2x2, 3x3) (2.25x fewer); with padding <= 2 the
+backward too (dW by F(2x2): _weight_grad_winograd, or _weight_grad_winograd_planes for many
 channels; dx as the forward of dy with w flipped), unless the op's algorithm is "direct".
 
 Stride 1 (the common case) uses the "wide" layout described above _forward_wide: no im2col for
@@ -42,8 +43,8 @@ from ._memory import empty
 from ._pool32 import max_pool_2x2_plane, unpool_2x2_plane
 from ._stream import prefetch_all
 from ._taps32 import CR, CW, MR, NR, RR, channels_tile, row_tile, taps_tile, transpose16_block
-from ._winograd32 import (LANES, grad_tile16, input_tile16, output_tile16, products, tile_rows, weight_grad_transformed,
-                          weights_transformed)
+from ._winograd32 import (LANES, grad_tile16, input_tile16, input_tile36, output_tile16, output_tile36, products,
+                          tile_rows, weight_grad_transformed, weights_transformed)
 from ._vecmath import copy_rows16
 from ._activation import (ONE as _ONE, RELU as _RELU, SIGMOID as _SIGMOID, SIGMOID16 as _SIGMOID16, ZERO as _ZERO,
                           epilogue_activation, relu as _relu, relu_grad as _relu_grad, sigmoid as _sigmoid,
@@ -690,32 +691,33 @@ def _channels_last(x, n, r0, r1, pt, pl, wx, cp, xh):
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _forward_winograd(x, u, b, act, pt, pl, oh, ow, pool, band, group, rows, xhs, vs, ms, yhs, yws, y, pooled,
+def _forward_winograd(x, u, b, act, pt, pl, oh, ow, pool, side, band, group, rows, xhs, vs, ms, yhs, yws, y, pooled,
                       indices, suspect):
-    """The 3x3 stride-1 float32 forward (groups 1) by Winograd's F(2x2, 3x3) on AVX-512 or AVX2 hosts
-    (_winograd32.py has the math). Each thread takes its samples `group` at a time (group > 1 only
-    when band covers a whole image: the GEMMs then take all the group's tiles, so that each u[xi]
-    is read once per group rather than once per sample), in its own buffers:
-    - xh (2*TH + 2, 2*TW + 2, Cp): a zero-padded sample, channels last (16 x 16 blocks through the
-      registers), TH x TW the tiles of 2x2 outputs, Cp and Kp the channel counts rounded up to 16;
+    """The 3x3 stride-1 float32 forward (groups 1) by Winograd's F(s x s, 3x3), s = side (2 or 4), on
+    AVX-512 or AVX2 hosts (_winograd32.py has the math; P = (s + 2)^2 positions xi: 16 or 36). Each
+    thread takes its samples `group` at a time (group > 1 only when band covers a whole image: the
+    GEMMs then take all the group's tiles, so that each u[xi] is read once per group rather than
+    once per sample), in its own buffers:
+    - xh (s*TH + 2, s*TW + 2, Cp): a zero-padded sample, channels last (16 x 16 blocks through the
+      registers), TH x TW the tiles of s x s outputs, Cp and Kp the channel counts rounded up to 16;
     then per band of `band` tile rows (bands bound the scratch for large images):
-    - v (16, T, Cp): the band's transformed input tiles, the group's samples one after another, T
+    - v (P, T, Cp): the band's transformed input tiles, the group's samples one after another, T
       their tile count rounded up to a multiple of `rows`; m[xi] = v[xi] @ u[xi]
-      (_winograd32.products), m (16, T, Kp). Rows past the tiles hold zeros or earlier values:
-      their products are computed and not used;
-    - yh (2*band, 2*TW, Kp): a sample's band of outputs, with b (Kp values) and the ReLU, channels
+      (_winograd32.products, u packed), m (P, T, Kp). Rows past the tiles hold zeros or earlier
+      values: their products are computed and not used;
+    - yh (s*band, s*TW, Kp): a sample's band of outputs, with b (Kp values) and the ReLU, channels
       last; their part inside OH x OW, transposed, goes to y[n] (N, C_out, OH*OW) or, with a pooling
       (pool as in _forward_wide), to the thread's plane buffer yws for _finish_planes.
     Each tile's sums are its own: any band and group give the same bits. suspect[n] = 1 where any
-    output computed came out inf or NaN (also those then dropped: an odd OH's or OW's extra row or
-    column, the channels past C_out): the caller redoes those samples directly."""
+    output computed came out inf or NaN (also those then dropped: the rows and columns past OH and
+    OW, the channels past C_out): the caller redoes those samples directly."""
     n_img = x.shape[0]
     c_out = y.shape[1] if pool[0] == 0 else pooled.shape[1]
     p = oh * ow
-    cp, kp = u.shape[1], u.shape[2]
+    cp, kp = vs.shape[3], ms.shape[3]
     wx, t_max = xhs.shape[2], vs.shape[2]
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
-    wy = 2 * tw
+    th, tw = -(-oh // side), -(-ow // side)
+    wy = side * tw
     relu, pooling = act == _RELU, pool[0] != 0
     threads = xhs.shape[0]
     for t in prange(threads):
@@ -740,8 +742,12 @@ def _forward_winograd(x, u, b, act, pt, pl, oh, ow, pool, band, group, rows, xhs
                     for ty in range(ty0, ty1):
                         for tx in range(tw):
                             for c0 in range(0, cp, LANES):
-                                input_tile16(xh, (2 * ty * wx + 2 * tx) * cp + c0, wx * cp, cp, v_flat,
-                                             (first + (ty - ty0) * tw + tx) * cp + c0, t_max * cp)
+                                at = side * (ty * wx + tx) * cp + c0
+                                v_at = (first + (ty - ty0) * tw + tx) * cp + c0
+                                if side == 2:
+                                    input_tile16(xh, at, wx * cp, cp, v_flat, v_at, t_max * cp)
+                                else:
+                                    input_tile36(xh, at, wx * cp, cp, v_flat, v_at, t_max * cp)
                 used = -(-(g1 - g0) * tiles // rows) * rows
                 products(v[:, :used], u, m[:, :used], rows)
                 for n in range(g0, g1):
@@ -751,13 +757,16 @@ def _forward_winograd(x, u, b, act, pt, pl, oh, ow, pool, band, group, rows, xhs
                     for ty in range(ty0, ty1):
                         for tx in range(tw):
                             for k0 in range(0, kp, LANES):
-                                bad |= output_tile16(m_flat, (first + (ty - ty0) * tw + tx) * kp + k0, t_max * kp, b,
-                                                     k0, relu, yh, (2 * (ty - ty0) * wy + 2 * tx) * kp + k0, wy * kp,
-                                                     kp)
-                    for a in range(2 * ty0, min(oh, 2 * ty1)):
+                                at = (first + (ty - ty0) * tw + tx) * kp + k0
+                                y_at = side * ((ty - ty0) * wy + tx) * kp + k0
+                                if side == 2:
+                                    bad |= output_tile16(m_flat, at, t_max * kp, b, k0, relu, yh, y_at, wy * kp, kp)
+                                else:
+                                    bad |= output_tile36(m_flat, at, t_max * kp, b, k0, relu, yh, y_at, wy * kp, kp)
+                    for a in range(side * ty0, min(oh, side * ty1)):
                         for k0 in range(0, c_out, LANES):
                             for w0 in range(0, ow, LANES):
-                                transpose16_block(yh, ((a - 2 * ty0) * wy + w0) * kp + k0, kp, min(LANES, ow - w0),
+                                transpose16_block(yh, ((a - side * ty0) * wy + w0) * kp + k0, kp, min(LANES, ow - w0),
                                                   min(LANES, c_out - k0), out, k0 * p + a * ow + w0, p)
                     suspect[n] |= bad
                     if ty1 == th:
@@ -1137,18 +1146,39 @@ _WINOGRAD_CACHED_U_BYTES = 8 << 20
 _WINOGRAD_PASS_TILES = 128
 
 
-def _winograd_blocking(c, c_out, oh, ow, itemsize):
-    """(Cp, Kp, TH, TW, band, group): the channel counts rounded up to LANES, the tiles of 2x2
+def _winograd_blocking(c, c_out, oh, ow, itemsize, side=2):
+    """(Cp, Kp, TH, TW, band, group): the channel counts rounded up to LANES, the tiles of side x side
     outputs, the tile rows per band and the samples per pass (more than one only when a band is a
     whole image), from the tiles a pass may hold: _WINOGRAD_BAND_BYTES of v and m, or
     _WINOGRAD_PASS_TILES where U is larger than _WINOGRAD_CACHED_U_BYTES."""
     cp, kp = -(-c // LANES) * LANES, -(-c_out // LANES) * LANES
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
-    tiles = _WINOGRAD_BAND_BYTES // (16 * (cp + kp) * itemsize)  # per pass
-    if 16 * cp * kp * itemsize > _WINOGRAD_CACHED_U_BYTES:
+    th, tw = -(-oh // side), -(-ow // side)
+    planes = (side + 2) ** 2
+    tiles = _WINOGRAD_BAND_BYTES // (planes * (cp + kp) * itemsize)  # per pass
+    if planes * cp * kp * itemsize > _WINOGRAD_CACHED_U_BYTES:
         tiles = max(tiles, _WINOGRAD_PASS_TILES)
     band = max(1, min(th, tiles // tw))
     return cp, kp, th, tw, band, max(1, tiles // (th * tw)) if band == th else 1
+
+
+# F(4x4, 3x3) takes 36 products (per channel pair) for a tile of 16 outputs, F(2x2, 3x3) 16 for 4:
+# 1.78x fewer, where the output's sides are multiples of 4. Elsewhere F(4x4) computes up to 3 rows
+# and columns past them, and its tiles, 4x fewer, make shorter GEMMs. Zen 4, 2 threads, F(2x2)'s
+# time over F(4x4)'s, forward / backward (dx by the same forward, dW by F(2x2) in both), medians of
+# 7 alternating rounds: 28x28 outputs (32 to 128 channels) 1.30-1.39 / 1.10-1.13; 56x56 (64) 1.48 /
+# 1.17; 7x7 (32 to 512 channels, batch 16 to 64) 1.04-1.28 / 1.05-1.12; 14x14 (32 to 256) 0.87-1.06
+# / 0.93-1.07; 4x4 (256, batch 32: one tile a sample) 0.75 / 0.98. So F(4x4) where its products are
+# at most _WINOGRAD4_PRODUCTS of F(2x2)'s (28x28 and 7x7: 0.56, 14x14: 0.73) over at least
+# _WINOGRAD4_TILES tiles in the batch. A function of the shapes alone, as the bits depend on it.
+_WINOGRAD4_PRODUCTS = 0.6
+_WINOGRAD4_TILES = 64
+
+
+def _winograd_side(n, oh, ow):
+    """Outputs per tile side for the forward of n samples: 4 (F(4x4, 3x3)) or 2 (F(2x2, 3x3))."""
+    tiles = lambda side: -(-oh // side) * -(-ow // side)  # noqa: E731
+    fewer = tiles(4) * 36 <= _WINOGRAD4_PRODUCTS * tiles(2) * 16
+    return 4 if fewer and n * tiles(4) >= _WINOGRAD4_TILES else 2
 
 
 def _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices):
@@ -1160,7 +1190,8 @@ def _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indic
         return
     n, c = x.shape[:2]
     c_out = w.shape[0]
-    cp, kp, th, tw, band, group = _winograd_blocking(c, c_out, oh, ow, x.itemsize)
+    side = _winograd_side(n, oh, ow)
+    cp, kp, th, tw, band, group = _winograd_blocking(c, c_out, oh, ow, x.itemsize, side)
     threads = _threads(n)
     group = max(1, min(group, -(-n // threads)))  # no larger than a thread's share
     bias = np.zeros(kp, x.dtype)
@@ -1170,10 +1201,11 @@ def _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indic
     t_max = -(-group * band * tw // rows) * rows
     scratch = lambda *shape: empty((threads, *shape), x.dtype)  # noqa: E731
     suspect = np.zeros(n, np.uint8)
-    _forward_winograd(x, weights_transformed(w, cp, kp), bias, act, padding[0], padding[2], oh, ow, window,
-                             band, group, rows, scratch(2 * th + 2, 2 * tw + 2, cp), scratch(16, t_max, cp),
-                             scratch(16, t_max, kp), scratch(2 * band, 2 * tw, kp),
-                             scratch(c_out * oh * ow if window[0] else 0), y, pooled, indices, suspect)
+    planes = (side + 2) ** 2
+    _forward_winograd(x, weights_transformed(w, cp, kp, side), bias, act, padding[0], padding[2], oh, ow, window,
+                      side, band, group, rows, scratch(side * th + 2, side * tw + 2, cp), scratch(planes, t_max, cp),
+                      scratch(planes, t_max, kp), scratch(side * band, side * tw, kp),
+                      scratch(c_out * oh * ow if window[0] else 0), y, pooled, indices, suspect)
     redo = np.flatnonzero(suspect)
     if redo.size:
         y_redo = np.empty((redo.size, *y.shape[1:]), x.dtype)

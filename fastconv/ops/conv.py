@@ -14,9 +14,9 @@ from ._check import flag, shape_str, tensor
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
 # How a backend may compute a convolution. "auto": as it finds fastest (the cpu backend takes
-# Winograd's F(2x2, 3x3) for 3x3 stride-1 float32 layers of >= 16 channels on AVX-512 and AVX2 hosts;
-# every output then carries an error that scales with its window's largest input and weights, not
-# with the products it adds, see README). "direct": every output a sum of its products, on every
+# Winograd's F(4x4, 3x3) or F(2x2, 3x3) for 3x3 stride-1 float32 layers of >= 16 channels on AVX-512
+# and AVX2 hosts; every output then carries an error that scales with its window's largest input and
+# weights, not with the products it adds, see README). "direct": every output a sum of its products, on every
 # backend (the emu and cuda kernels only have those).
 ALGORITHMS = ("auto", "direct")
 
