@@ -123,6 +123,18 @@ def test_bootstrap_reproducible_and_close_to_delong():
     assert abs(a.low - d.low) < 0.03 and abs(a.high - d.high) < 0.03
 
 
+@pytest.mark.parametrize("level, enough", [(0.95, 400), (0.9, 200), (0.99, 2000), (0.5, 40)])
+def test_bootstrap_needs_ten_resamples_in_each_tail(level, enough):
+    # n_bootstrap=1 gave a "95% interval" of zero width: the one resample's AUC as both bounds.
+    y, s = tied_data(2, n=60)
+    M.auc_ci(y, s, level=level, method="bootstrap", n_bootstrap=enough)
+    for too_few in (1, enough - 1):
+        with pytest.raises(ValueError, match=rf"auc_ci: n_bootstrap={too_few} leaves .* resamples in each tail of a "
+                                             rf"{level * 100:g}% percentile interval; it needs at least 10 there: "
+                                             rf"n_bootstrap >= {enough} at level {level:g}"):
+            M.auc_ci(y, s, level=level, method="bootstrap", n_bootstrap=too_few)
+
+
 def test_bootstrap_aucs_match_direct_resampling():
     # The counting shortcut must equal computing AUC on each explicit resample.
     y, s = tied_data(3, n=60)
