@@ -22,6 +22,10 @@ With m positives x_1..x_m and n negatives y_1..y_n, let
 
 * Sensitivity = TP / (TP + FN), specificity = TN / (TN + FP).
 
+Scores are ranked and thresholded as float64: integer scores beyond 2**53 in magnitude (and long
+doubles), which float64 cannot all tell apart, are refused (ValueError) rather than tied; pass
+their ranks (``np.unique(scores, return_inverse=True)[1]``), which give the same ROC and AUC.
+
 Inputs may be NumPy arrays, lists, or CuPy arrays (anything with both ``__cuda_array_interface__``
 and ``.get()``, copied to the host; fastconv._host.to_numpy).
 """
@@ -125,7 +129,29 @@ def _scores(s, name="scores"):
     s = _as_vector(s, name)
     if s.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be real numbers, got dtype {s.dtype}")
-    return _finite(s.astype(np.float64), name)
+    return _finite(_exactly_float64(s, name), name)
+
+
+_EXACT_INT = 2**53  # float64 holds every integer up to this magnitude, and not every one beyond
+
+
+def _exactly_float64(s, name):
+    """s as float64, or ValueError where that would merge distinct scores: integers beyond 2**53 (int64 risk
+    scores, uint64 hashes) or long doubles round to the same float64, which every ranking here (ROC, AUC,
+    CIs) and every threshold (a float) would then take for a tie. Ranks keep the order exactly."""
+    if s.dtype.kind in "iu" and s.size and (s.min() < -_EXACT_INT or s.max() > _EXACT_INT):
+        raise ValueError(
+            f"{name} holds integers beyond 2**53 in magnitude (dtype {s.dtype}, min {s.min()}, max {s.max()}), "
+            "which float64 cannot all tell apart: distinct scores would tie; pass their ranks instead (the ROC "
+            f"and AUC depend on the order only), e.g. np.unique({name}, return_inverse=True)[1]"
+        )
+    exact = s.astype(np.float64)
+    if s.dtype.kind == "f" and s.dtype.itemsize > 8 and not np.array_equal(exact, s, equal_nan=True):
+        raise ValueError(
+            f"{name} has dtype {s.dtype}, whose values do not all convert to float64 exactly: distinct scores "
+            f"would tie; pass their ranks instead, e.g. np.unique({name}, return_inverse=True)[1]"
+        )
+    return exact
 
 
 def _labels_and_scores(y_true, scores, need_both_classes=True):
@@ -402,7 +428,12 @@ def per_class_auc(Y_true, scores):
 def sensitivity_specificity(y_true, scores, threshold):
     """(sensitivity, specificity) when ``score >= threshold`` means positive."""
     y, s = _labels_and_scores(y_true, scores)
-    if not isinstance(threshold, numbers.Real) or np.isnan(threshold):
+    if not isinstance(threshold, numbers.Real):
+        raise ValueError(f"threshold must be a real number, got {threshold!r}")
+    if isinstance(threshold, numbers.Integral) and abs(int(threshold)) > _EXACT_INT:  # (float64 compares it rounded)
+        raise ValueError(f"threshold {threshold} is an integer beyond 2**53 in magnitude, which float64 (the scores' "
+                         "type here) cannot hold exactly: it would be compared rounded; pass a float")
+    if np.isnan(threshold):
         raise ValueError(f"threshold must be a real number, got {threshold!r}")
     called_positive = s >= threshold
     sensitivity = np.mean(called_positive[y == 1])

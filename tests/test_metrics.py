@@ -249,6 +249,54 @@ def test_confusion_matrix_of_many_classes_is_not_copied():
     np.testing.assert_array_equal(cm, skm.confusion_matrix(y, pred, labels=range(2000)))
 
 
+BIG_SCORES = [np.array([2**53, 2**53 + 1, 2**53 + 2, 2**53 + 3, 1, 0], np.int64),  # float64: 2**53, 2**53, ...
+              np.array([2**64 - 1, 2**64 - 2, 2**64 - 3, 2**64 - 4, 1, 0], np.uint64),  # hashes
+              np.array([-2**53 - 1, 0, 1, 2, 3, 4], np.int64)]
+BIG_CALLS = {
+    "roc_curve": lambda y, s: M.roc_curve(y, s),
+    "auc": lambda y, s: M.auc(y, s),
+    "auc_ci delong": lambda y, s: M.auc_ci(y, s),
+    "auc_ci delong-logit": lambda y, s: M.auc_ci(y, s, method="delong-logit"),
+    "auc_ci bootstrap": lambda y, s: M.auc_ci(y, s, method="bootstrap", n_bootstrap=400),
+    "per_class_auc": lambda y, s: M.per_class_auc(np.asarray(y)[:, None], s[:, None]),
+    "sensitivity_specificity": lambda y, s: M.sensitivity_specificity(y, s, 0.5),
+    "operating_point": lambda y, s: M.operating_point(y, s, target_sensitivity=0.9),
+    "evaluate_operating_point": lambda y, s: M.evaluate_operating_point(M.OperatingPoint(0.5, 1, 1, ("x", 1)), y, s),
+}
+
+
+@pytest.mark.parametrize("call", BIG_CALLS)
+@pytest.mark.parametrize("scores", range(len(BIG_SCORES)))
+def test_integer_scores_float64_cannot_tell_apart_are_refused(call, scores):
+    # They were converted to float64, where 2**53 + 1 == 2**53: distinct scores tied, and the AUC of
+    # [0, 1, 0, 1] on 2**53 + [0, 1, 2, 3] came out 0.625, not 0.75.
+    y = [0, 1, 0, 1, 1, 0]
+    with pytest.raises(ValueError, match=r"scores holds integers beyond 2\*\*53 in magnitude \(dtype u?int64, .*"
+                                         r"pass their ranks instead .*np.unique\(scores, return_inverse=True\)\[1\]"):
+        BIG_CALLS[call](y, BIG_SCORES[scores])
+
+
+def test_integer_scores_up_to_2_53_and_ranks_of_larger_ones_are_exact():
+    def exact_auc(y, s):  # Mann-Whitney on Python ints
+        pos, neg = s[y == 1].tolist(), s[y == 0].tolist()
+        return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+
+    y = np.array([0, 1, 0, 1, 1, 0])
+    big = np.array([2**53, 2**53 - 1, 2**53 - 2, 2**53 - 3, -2**53, 0], np.int64)
+    assert M.auc(y, big) == pytest.approx(exact_auc(y, big), abs=1e-15) and exact_auc(y, big) == 1 / 3
+    for hashes in BIG_SCORES:
+        ranks = np.unique(hashes, return_inverse=True)[1]
+        assert M.auc(y, ranks) == pytest.approx(exact_auc(y, hashes), abs=1e-15)
+    # A threshold beyond 2**53 was compared rounded: 2**53 >= 2**53 + 1 counted as positive.
+    with pytest.raises(ValueError, match=r"threshold 9007199254740993 is an integer beyond 2\*\*53"):
+        M.sensitivity_specificity(y, big, 2**53 + 1)
+    with pytest.raises(ValueError, match=r"threshold \d+ is an integer beyond 2\*\*53"):  # (was a TypeError of isnan)
+        M.sensitivity_specificity(y, big, 2**70)
+    assert M.sensitivity_specificity(y, big, 2**53) == (0.0, 2 / 3)
+    with pytest.raises(ValueError, match=r"dtype float128, whose values do not all convert to float64 exactly"):
+        M.auc(y, np.array([1, 1 + np.finfo(np.longdouble).eps, 3, 4, 5, 6], np.longdouble))
+
+
 def test_coarse_probabilities():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(20, 6))
