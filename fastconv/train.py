@@ -711,7 +711,8 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
 
     Writes out_dir/search.csv and out_dir/search.json (best first; rewritten after every trial, so an
     interrupted search leaves the trials it finished) and out_dir/best, the checkpoint of the best model
-    (each trial's best evaluation). Returns a SearchResult.
+    (each trial's best evaluation). Each trial trains in out_dir/trial, removed on the way out (an
+    interrupt included). Returns a SearchResult.
     """
     name, _, mode = _metric(metric, mode)
     n_trials = _positive_int(n_trials, "n_trials", allow_none=True)
@@ -724,35 +725,38 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
     work = os.path.join(out_dir, "trial")
     best_dir = os.path.join(out_dir, "best")
     rows, best_value = [], None
-    for trial, setting in enumerate(settings):
-        built = build(dict(setting))
-        if not isinstance(built, tuple) or len(built) not in (3, 4):
-            raise TypeError("build(settings) must return (model, loss_fn, optimizer) or "
-                            "(model, loss_fn, optimizer, fit_overrides)")
-        model, loss_fn, optimizer = built[:3]
-        kwargs = {"seed": seed, "progress": progress, **fit_kwargs,
-                  **{k: setting[k] for k in ("epochs", "batch_size") if k in setting},
-                  **(built[3] if len(built) == 4 else {})}
+    try:  # out_dir/trial goes on the way out, an interrupt (Ctrl-C) included; best/ and the table stay
+        for trial, setting in enumerate(settings):
+            built = build(dict(setting))
+            if not isinstance(built, tuple) or len(built) not in (3, 4):
+                raise TypeError("build(settings) must return (model, loss_fn, optimizer) or "
+                                "(model, loss_fn, optimizer, fit_overrides)")
+            model, loss_fn, optimizer = built[:3]
+            kwargs = {"seed": seed, "progress": progress, **fit_kwargs,
+                      **{k: setting[k] for k in ("epochs", "batch_size") if k in setting},
+                      **(built[3] if len(built) == 4 else {})}
+            shutil.rmtree(work, ignore_errors=True)
+            t0 = time.perf_counter()
+            history = fit(model, loss_fn, optimizer, train, val, metric=metric, mode=mode, checkpoint_dir=work,
+                          **kwargs)
+            row = {"trial": trial, "settings": setting, "best_metric": history.best_metric,
+                   "best_epoch": history.best_epoch,
+                   "epochs_run": history.records[-1]["epoch"] if history.records else 0,
+                   "time_s": time.perf_counter() - t0}
+            rows.append(row)
+            if _improved(history.best_metric, best_value, mode):
+                best_value = history.best_metric
+                # Copy the trial's best checkpoint (atomically, through save) to out_dir/best.
+                trial_model, info = _checkpoint.load(os.path.join(work, "best"))
+                _checkpoint.save(best_dir, trial_model, epoch=info["epoch"], metric=info["metric"],
+                                 extra={"settings": setting, "trial": trial})
+            _write_table(out_dir, _ranked(rows, mode), list(space))  # after every trial: an interrupt keeps them
+            if verbose:
+                print(f"trial {trial + 1}/{len(settings)} {setting}: best {name} {history.best_metric} "
+                      f"at epoch {history.best_epoch} ({row['time_s']:.1f} s)")
+            del model, optimizer, built
+            _backend.empty_cache()  # the next setting's shapes differ: the buffers kept for these would idle
+    finally:
         shutil.rmtree(work, ignore_errors=True)
-        t0 = time.perf_counter()
-        history = fit(model, loss_fn, optimizer, train, val, metric=metric, mode=mode, checkpoint_dir=work,
-                      **kwargs)
-        row = {"trial": trial, "settings": setting, "best_metric": history.best_metric,
-               "best_epoch": history.best_epoch, "epochs_run": history.records[-1]["epoch"] if history.records else 0,
-               "time_s": time.perf_counter() - t0}
-        rows.append(row)
-        if _improved(history.best_metric, best_value, mode):
-            best_value = history.best_metric
-            # Copy the trial's best checkpoint (atomically, through save) to out_dir/best.
-            trial_model, info = _checkpoint.load(os.path.join(work, "best"))
-            _checkpoint.save(best_dir, trial_model, epoch=info["epoch"], metric=info["metric"],
-                             extra={"settings": setting, "trial": trial})
-        _write_table(out_dir, _ranked(rows, mode), list(space))  # after every trial: an interrupt keeps them
-        if verbose:
-            print(f"trial {trial + 1}/{len(settings)} {setting}: best {name} {history.best_metric} "
-                  f"at epoch {history.best_epoch} ({row['time_s']:.1f} s)")
-        del model, optimizer, built
-        _backend.empty_cache()  # the next setting's shapes differ: the buffers kept for these would idle
-    shutil.rmtree(work, ignore_errors=True)
     rows = _ranked(rows, mode)
     return SearchResult(rows, name, mode, best_dir if best_value is not None else None)

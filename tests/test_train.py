@@ -295,6 +295,33 @@ def test_an_interrupted_search_keeps_the_table_of_the_trials_it_finished(tmp_pat
     assert checkpoint.read_info(tmp_path / "best")["extra"]["settings"] == {"lr": 0.2}
 
 
+def test_an_interrupted_search_removes_its_trial_directory_and_keeps_best_and_table(tmp_path, monkeypatch):
+    # Ctrl-C during a trial's training left out_dir/trial/ (that trial's checkpoints) behind.
+    x, y = blobs(80, seed=6)
+    val = blobs(40, seed=6)
+
+    def build(settings):
+        model = mlp()
+        return model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=settings["lr"])
+
+    real_step, steps = optim.SGD.step, {"n": 0}
+
+    def dying_step(self):  # in the third trial's second epoch, after its first checkpoints
+        steps["n"] += 1
+        if steps["n"] == 2 * 2 * 5 + 5 + 2:  # two trials of 2 epochs of 5 batches, then an epoch and 2 steps
+            raise KeyboardInterrupt
+        real_step(self)
+
+    monkeypatch.setattr(optim.SGD, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train.search(build, {"lr": [0.0, 0.2, 0.3]}, (x, y), val, out_dir=tmp_path, metric="accuracy", epochs=2,
+                     batch_size=16, verbose=False)
+    assert sorted(os.listdir(tmp_path)) == ["best", "search.csv", "search.json"]
+    assert [r["settings"]["lr"] for r in json.loads((tmp_path / "search.json").read_text())] == [0.2, 0.0]
+    assert checkpoint.read_info(tmp_path / "best")["extra"]["settings"] == {"lr": 0.2}
+    checkpoint.load(tmp_path / "best")  # whole: its weights match their checksum
+
+
 @pytest.mark.parametrize("metric", ["accuracy", "auc", "loss"])
 def test_diverged_evaluations_score_nan_and_are_never_the_best(tmp_path, metric):
     # A learning rate of 1e10 on inputs of 1e18: NaN outputs from the first evaluation on. Argmax would
