@@ -347,7 +347,7 @@ def _progress_bar(total, enabled, initial):
 
 def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metric="loss", mode=None,
         eval_every=None, checkpoint_dir=None, patience=None, scheduler=None, seed=0, resume=False,
-        progress=True, predict_batch_size=None, restore_best=False):
+        progress=True, predict_batch_size=None, restore_best=False, _train_digest=None):
     """Trains `model` and returns its History (see the module docstring).
 
     train, val: (x, y) NumPy arrays (moved to the device one batch at a time); without val the
@@ -358,6 +358,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     resume: continue from <checkpoint_dir>/last when it exists (start fresh otherwise); a run that had
         stopped early stays stopped (warned where this call's patience would have gone on).
     restore_best: at the end, load the best evaluation's weights back into the model.
+    (_train_digest: search's, train's _digest computed once for all its trials.)
     """
     x_train, y_train = _xy_pair(train, "train")
     if val is not None:
@@ -389,7 +390,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     batches_per_epoch = -(-n // batch_size)
     batches = {"batch_size": batch_size, "train_rows": n}  # what the saved batch position counts in
     if checkpoint_dir is not None:  # and the rows it counts (a resume checks them: _check_resumable)
-        batches["train_data"] = _digest(x_train, y_train)
+        batches["train_data"] = _train_digest or _digest(x_train, y_train)
     # Loop state: everything a resumed run needs to continue exactly.
     rng = np.random.default_rng(seed)
     s = {"epoch": 0, "batch": 0, "step": 0, "epoch_rng": None, "loss_sum": 0.0, "loss_count": 0,
@@ -721,6 +722,8 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
             raise ValueError(f"search: {own} is not an option here: each trial trains in out_dir/trial, afresh, "
                              "and the best model is kept in out_dir/best")
     settings = _settings(space, method, n_trials, seed)
+    train = _xy_pair(train, "train")
+    digest = _digest(*train)  # what each trial's fit would hash again, with its checkpoint_dir
     os.makedirs(out_dir, exist_ok=True)
     work = os.path.join(out_dir, "trial")
     best_dir = os.path.join(out_dir, "best")
@@ -738,7 +741,7 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
             shutil.rmtree(work, ignore_errors=True)
             t0 = time.perf_counter()
             history = fit(model, loss_fn, optimizer, train, val, metric=metric, mode=mode, checkpoint_dir=work,
-                          **kwargs)
+                          _train_digest=digest, **kwargs)
             row = {"trial": trial, "settings": setting, "best_metric": history.best_metric,
                    "best_epoch": history.best_epoch,
                    "epochs_run": history.records[-1]["epoch"] if history.records else 0,

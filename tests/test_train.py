@@ -322,6 +322,27 @@ def test_an_interrupted_search_removes_its_trial_directory_and_keeps_best_and_ta
     checkpoint.load(tmp_path / "best")  # whole: its weights match their checksum
 
 
+def test_search_hashes_the_training_data_once(tmp_path, monkeypatch):
+    # Each trial's fit (with its checkpoint_dir) hashed all of train again for its resume check.
+    x, y = blobs(80, seed=6)
+    real_digest, digests = train._digest, []
+    monkeypatch.setattr(train, "_digest", lambda *xy: digests.append(real_digest(*xy)) or digests[-1])
+
+    def build(settings):
+        model = mlp()
+        return model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=settings["lr"])
+
+    train.search(build, {"lr": [0.0, 0.1, 0.2]}, (x, y), blobs(40, seed=6), out_dir=tmp_path, epochs=1,
+                 batch_size=16, verbose=False)
+    assert len(digests) == 1
+    model = mlp()  # fit on its own still hashes train, to the same digest
+    train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), epochs=1,
+              batch_size=16, checkpoint_dir=tmp_path / "fit", progress=False)
+    assert len(digests) == 2 and digests[0] == digests[1]
+    saved = checkpoint.read_info(tmp_path / "fit" / "last")["extra"]["fit"]["batches"]["train_data"]
+    assert saved == digests[0]
+
+
 @pytest.mark.parametrize("metric", ["accuracy", "auc", "loss"])
 def test_diverged_evaluations_score_nan_and_are_never_the_best(tmp_path, metric):
     # A learning rate of 1e10 on inputs of 1e18: NaN outputs from the first evaluation on. Argmax would
