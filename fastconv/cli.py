@@ -134,6 +134,26 @@ def _keep_earlier_run(out, holds, ways):
         raise ValueError(f"{out} holds an earlier run ({', '.join(held)}): {ways}, or give another --out")
 
 
+def _check_resumed_lr(example, out, lr):
+    """ValueError where --resume would train with another learning rate than this call's (--lr, else the
+    example's default): fit continues with the optimizer's hyperparameters saved in OUT/last (and warns),
+    while the header and run.json would name this call's lr, one that was never used."""
+    last = os.path.join(out, "last")
+    if "lr" not in getattr(example, "DEFAULTS", {}) or not os.path.isdir(last):
+        return
+    from . import checkpoint
+
+    if not os.path.exists(os.path.join(last, checkpoint.INDEX)):
+        return  # (nothing to resume: fit starts afresh, with this call's lr)
+    info = checkpoint.read_info(last)
+    saved = ((info.get("optimizer") or {}).get("hyperparameters") or {}).get("lr")
+    given = example.DEFAULTS["lr"] if lr is None else lr
+    if info.get("scheduler") is None and saved is not None and saved != given:  # (a scheduler's lr is its own)
+        raise ValueError(f"{out} holds a run trained with lr {saved!r}; --resume continues it with that lr (the "
+                         f"optimizer's state is saved in {last}), not this call's lr {given!r}"
+                         + (" (the example's default)" if lr is None else "") + f": give --lr {saved!r}")
+
+
 def _train(args) -> int:
     example = load_example(args.example)
     out = _out(args)
@@ -144,6 +164,7 @@ def _train(args) -> int:
         if "resume" not in inspect.signature(example.run).parameters:
             raise ValueError(f"example {args.example!r} cannot resume (its run() takes no resume)")
         options["resume"] = True
+        _check_resumed_lr(example, out, args.lr)
     with _use_backend(args.backend):
         example.run(out=out, seed=args.seed, progress=not args.quiet, **options)
     return 0
@@ -220,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     earlier_run = train.add_mutually_exclusive_group()  # (what to do with a run --out holds)
     earlier_run.add_argument("--resume", action="store_true",
-                             help="continue the run in --out from its last checkpoint (same seed, subset and batch "
-                                  "size; a larger --epochs trains on)")
+                             help="continue the run in --out from its last checkpoint (same seed, subset, batch "
+                                  "size and lr; a larger --epochs trains on)")
     earlier_run.add_argument("--overwrite", action="store_true",
                              help="replace the run --out holds (without it, or --resume, such an --out is refused)")
     train.set_defaults(run=_train)

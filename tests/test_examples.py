@@ -156,6 +156,23 @@ def test_neuron_trains_on_the_emulator(tmp_path):
     assert same_report(again, report)
 
 
+def test_resume_with_another_lr_is_refused_before_training(tmp_path, capsys):
+    # Resume continued with the saved lr (fit warned), but the header and run.json named this call's.
+    train("neuron", tmp_path, "--epochs", "2", "--subset", "40", "--lr", "0.01")
+    kept = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    for other, says in ((["--lr", "0.5"], "not this call's lr 0.5: give --lr 0.01"),
+                        ([], "not this call's lr 0.05 (the example's default): give --lr 0.01")):
+        code = cli.main(["train", "neuron", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs", "3",
+                         "--subset", "40", "--resume", *other])
+        out, err = capsys.readouterr()
+        assert code == 1 and out == ""  # refused before the header
+        assert f"{tmp_path} holds a run trained with lr 0.01; --resume continues it with that lr" in err and says in err
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == kept
+    train("neuron", tmp_path, "--epochs", "3", "--subset", "40", "--lr", "1e-2", "--resume")
+    assert json.loads((tmp_path / "run.json").read_text())["options"]["lr"] == 0.01
+
+
 def test_a_run_without_a_best_fails_clearly_and_keeps_the_earlier_run(tmp_path, capsys):
     train("tumour_mlp", tmp_path, "--epochs", "2", "--subset", "40")
     kept = {name: (tmp_path / name).read_bytes() for name in ("run.json", "report.json", "best/checkpoint.json")}
