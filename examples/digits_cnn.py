@@ -56,7 +56,7 @@ def plots(out, model, dataset, report):
 
 
 def run(out="runs/digits_cnn", epochs=None, lr=None, batch_size=None, seed=0, subset=None, verbose=True,
-        progress=None, resume=False):
+        progress=None, resume=False, overwrite=False):
     options = runs.settings(DEFAULTS, epochs=epochs, lr=lr, batch_size=batch_size)
     dataset = load_data(seed, subset)
     model = build_model(seed)
@@ -67,7 +67,7 @@ def run(out="runs/digits_cnn", epochs=None, lr=None, batch_size=None, seed=0, su
         model, losses.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=options["lr"]),
         train=(dataset.x_train, dataset.y_train), val=(dataset.x_val, dataset.y_val),
         epochs=options["epochs"], batch_size=options["batch_size"], metric="accuracy", checkpoint_dir=out,
-        seed=seed, resume=resume, progress=verbose if progress is None else progress)
+        seed=seed, resume=resume, overwrite=overwrite, progress=verbose if progress is None else progress)
     record = {"example": NAME, "data": {"seed": seed, "subset": subset}, "options": options}
     return runs.finish(sys.modules[__name__], out, history, record=record, started=started, verbose=verbose)
 

@@ -53,7 +53,7 @@ def plots(out, model, dataset, report):
 
 
 def run(out="runs/tumour_mlp", epochs=None, lr=None, batch_size=None, width=None, seed=0, subset=None,
-        verbose=True, progress=None, resume=False):
+        verbose=True, progress=None, resume=False, overwrite=False):
     options = runs.settings(DEFAULTS, epochs=epochs, lr=lr, batch_size=batch_size, width=width)
     dataset = load_data(seed, subset)
     model = build_model(options["width"], seed)
@@ -64,7 +64,8 @@ def run(out="runs/tumour_mlp", epochs=None, lr=None, batch_size=None, width=None
         model, losses.BCEWithLogitsLoss(), optim.Adam(model.parameters(), lr=options["lr"]),
         train=(dataset.x_train, targets(dataset.y_train)), val=(dataset.x_val, targets(dataset.y_val)),
         epochs=options["epochs"], batch_size=options["batch_size"], metric="loss", patience=15,
-        checkpoint_dir=out, seed=seed, resume=resume, progress=verbose if progress is None else progress)
+        checkpoint_dir=out, seed=seed, resume=resume, overwrite=overwrite,
+        progress=verbose if progress is None else progress)
     record = {"example": NAME, "data": {"seed": seed, "subset": subset}, "options": options}
     return runs.finish(sys.modules[__name__], out, history, record=record, started=started, verbose=verbose)
 

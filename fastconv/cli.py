@@ -165,6 +165,8 @@ def _train(args) -> int:
             raise ValueError(f"example {args.example!r} cannot resume (its run() takes no resume)")
         options["resume"] = True
         _check_resumed_lr(example, out, args.lr)
+    if args.overwrite and "overwrite" in inspect.signature(example.run).parameters:  # (fit refuses such an out too)
+        options["overwrite"] = True
     with _use_backend(args.backend):
         example.run(out=out, seed=args.seed, progress=not args.quiet, **options)
     return 0

@@ -347,7 +347,7 @@ def _progress_bar(total, enabled, initial):
 
 def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metric="loss", mode=None,
         eval_every=None, checkpoint_dir=None, patience=None, scheduler=None, seed=0, resume=False,
-        progress=True, predict_batch_size=None, restore_best=False, _train_digest=None):
+        overwrite=False, progress=True, predict_batch_size=None, restore_best=False, _train_digest=None):
     """Trains `model` and returns its History (see the module docstring).
 
     train, val: (x, y) NumPy arrays (moved to the device one batch at a time); without val the
@@ -357,6 +357,10 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     scheduler: stepped at the end of every epoch.
     resume: continue from <checkpoint_dir>/last when it exists (start fresh otherwise); a run that had
         stopped early stays stopped (warned where this call's patience would have gone on).
+    overwrite: start afresh in a checkpoint_dir that holds an earlier run's best/ or last/, replacing each
+        when this run first writes it. Without it (or resume) such a checkpoint_dir is refused (ValueError),
+        so that a run never replaces another's saved model unasked (`fastconv train` refuses the same --out
+        unless --resume or --overwrite).
     restore_best: at the end, load the best evaluation's weights back into the model.
     (_train_digest: search's, train's _digest computed once for all its trials.)
     """
@@ -376,6 +380,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         _check_auc_labels(val[1])
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
+    if resume and overwrite:
+        raise ValueError("resume=True continues the run in checkpoint_dir, overwrite=True replaces it: give one")
     last_dir = best_dir = None
     if checkpoint_dir is not None:  # fail now, not when the first checkpoint is written
         last_dir, best_dir = os.path.join(checkpoint_dir, "last"), os.path.join(checkpoint_dir, "best")
@@ -383,6 +389,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
             if os.path.exists(path) and not os.path.isdir(path):
                 raise ValueError(f"checkpoint_dir: {os.fspath(path)!r} is a file, but fit writes the checkpoint "
                                  "directories best/ and last/ in checkpoint_dir")
+        if not (resume or overwrite):
+            _keep_earlier_run(checkpoint_dir, last_dir, best_dir)
         os.makedirs(checkpoint_dir, exist_ok=True)
     xp = _backend.current().xp
 
@@ -571,6 +579,16 @@ def _interrupted(s, total_steps, checkpoint_dir, on_disk, metric):
     return note
 
 
+def _keep_earlier_run(checkpoint_dir, last_dir, best_dir):
+    """ValueError when checkpoint_dir holds checkpoints (another run's, or this one's before a restart): a
+    fresh run would replace its best at the first evaluation, and nothing a user saved may be lost unasked."""
+    held = [os.path.basename(d) for d in (best_dir, last_dir) if os.path.exists(os.path.join(d, _checkpoint.INDEX))]
+    if held:
+        raise ValueError(f"fit: checkpoint_dir {os.fspath(checkpoint_dir)!r} holds an earlier run's checkpoints "
+                         f"({', '.join(held)}): resume=True continues it, overwrite=True replaces it, or give another "
+                         "checkpoint_dir")
+
+
 def _check_resumable(last_dir, name, mode, batches):
     """CheckpointError for a `last` that train.fit did not write; ValueError for another metric, or
     for another batch size or number of training rows (the saved position in the epoch's shuffled
@@ -580,7 +598,7 @@ def _check_resumable(last_dir, name, mode, batches):
     if not (isinstance(saved, dict) and {"state", "rng", "history"} <= set(saved)):
         raise _checkpoint.CheckpointError(
             f"resume: {last_dir} was not written by train.fit (its JSON has no training-loop state in "
-            "extra['fit']); use another checkpoint_dir or resume=False")
+            "extra['fit']); use another checkpoint_dir, or overwrite=True to replace it")
     metric, saved_mode = saved["history"].get("metric"), saved["history"].get("mode")
     if metric != name or saved_mode != mode:
         raise ValueError(f"resume: the checkpoint in {last_dir} monitored {metric} ({saved_mode}), this call "
@@ -590,11 +608,11 @@ def _check_resumable(last_dir, name, mode, batches):
         raise ValueError(f"resume: the checkpoint in {last_dir} was trained with batch_size "
                          f"{saved_batches.get('batch_size')} on {saved_batches.get('train_rows')} training rows, "
                          f"this call has batch_size {batches['batch_size']} on {batches['train_rows']}; resume "
-                         "with the same ones (or start afresh with resume=False)")
+                         "with the same ones (or start afresh with overwrite=True)")
     if saved_batches.get("train_data", batches["train_data"]) != batches["train_data"]:  # (older: not recorded)
         raise ValueError(f"resume: the checkpoint in {last_dir} was trained on other training data (as many rows, "
                          "other values or order: another split or seed?); resume with the same (x, y), or start "
-                         "afresh with resume=False")
+                         "afresh with overwrite=True")
 
 
 def _digest(x, y) -> str:

@@ -342,6 +342,12 @@ def fit(be, **kw):
                      (x, y), **args)
 
 
+def fit_twice(be, tmp_path):
+    """A second fit into the checkpoint_dir of a first: it would replace the first's best/ at its first evaluation."""
+    fit(be, checkpoint_dir=tmp_path / "run")
+    fit(be, checkpoint_dir=tmp_path / "run")
+
+
 def saved(tmp_path):
     """A checkpoint of tiny_model() in tmp_path/ck; returns (directory, its info, its weights file)."""
     directory = tmp_path / "ck"
@@ -753,6 +759,9 @@ CASES = [
     C("hyper", "fit(..., patience=0)", lambda be, _: fit(be, patience=0), ValueError, r"patience must be an int >= 1, got 0"),
     C("hyper", "fit(..., resume=True) without checkpoint_dir", lambda be, _: fit(be, resume=True),
       ValueError, r"resume=True needs checkpoint_dir"),
+    C("hyper", "fit(..., checkpoint_dir=D, resume=True, overwrite=True)",
+      lambda be, tmp: fit(be, checkpoint_dir=tmp / "run", resume=True, overwrite=True),
+      ValueError, r"resume=True continues the run in checkpoint_dir, overwrite=True replaces it: give one"),
     C("hyper", "data.batches(x, y, batch_size=0)", lambda be, _: fdata.batches(host((4, 2)), host(4), 0),
       ValueError, r"batch_size must be an int >= 1, got 0"),
     C("hyper", "data.batches(x, y, batch_size=2.5)", lambda be, _: fdata.batches(host((4, 2)), host(4), 2.5),
@@ -856,6 +865,9 @@ CASES = [
       CheckpointError, r"holds another architecture than the model \(model.layers\[0\].out_features: 4 in the checkpoint, 5"),
     C("checkpoint", "load_into(dir, model, optimizer): saved without optimizer", ck_no_optimizer,
       CheckpointError, r"has no optimizer state"),
+    C("checkpoint", "fit(..., checkpoint_dir=D) where D holds an earlier run (no resume, no overwrite)", fit_twice,
+      ValueError, r"fit: checkpoint_dir '.*run' holds an earlier run's checkpoints \(best, last\): resume=True "
+      r"continues it, overwrite=True replaces it, or give another checkpoint_dir"),
 ]
 
 

@@ -2,6 +2,7 @@
 runs on emu; predict; search ranks settings and keeps the best model."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -446,6 +447,32 @@ def test_resume_checks_the_checkpoint_before_loading_it(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="was not written by train.fit"):
         train.fit(other, losses.CrossEntropyLoss(), optim.SGD(other.parameters(), lr=0.1), (x, y), val, epochs=3,
                   batch_size=8, checkpoint_dir=tmp_path / "b", resume=True, progress=False)
+
+
+def test_fit_keeps_an_earlier_runs_checkpoints_unless_resume_or_overwrite(tmp_path):
+    # A second fit into the same checkpoint_dir replaced the first's best/ at its first evaluation, unsaid.
+    x, y = blobs(40, seed=1)
+    val = blobs(20, seed=2)
+
+    def run(lr, **kw):
+        model = mlp()
+        return train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=lr), (x, y), val,
+                         epochs=1, batch_size=10, metric="accuracy", checkpoint_dir=tmp_path, progress=False, **kw)
+
+    run(0.1)
+    first = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"fit: checkpoint_dir '.*' holds an earlier run's checkpoints \(best, "
+                                         r"last\): resume=True continues it, overwrite=True replaces it"):
+        run(0.5)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == first
+    with pytest.raises(ValueError, match="give one"):
+        run(0.5, resume=True, overwrite=True)
+    assert len(run(0.1, resume=True)) == 1  # the run was complete: resume trains it no further
+    assert len(run(0.5, overwrite=True)) == 1
+    assert checkpoint.read_info(tmp_path / "last")["optimizer"]["hyperparameters"]["lr"] == 0.5  # replaced
+    shutil.rmtree(tmp_path / "best")  # last/ alone is an earlier run too
+    with pytest.raises(ValueError, match=r"holds an earlier run's checkpoints \(last\)"):
+        run(0.5)
 
 
 def test_a_file_as_checkpoint_dir_fails_before_training(tmp_path):
