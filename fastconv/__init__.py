@@ -12,3 +12,15 @@ from .backend import empty_cache, get_backend, set_backend, use_backend
 from ._info import info
 
 __all__ = ["__version__", "ops", "get_backend", "set_backend", "use_backend", "empty_cache", "info"]
+
+# The layers and the loop, imported on first use (fastconv.nn.Linear after a plain `import fastconv`):
+# importing them up front would cost every user of the ops alone their imports (tqdm, the checkpoint's).
+_SUBMODULES = ("nn", "losses", "optim", "train", "metrics", "data", "checkpoint", "evaluate")
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -213,3 +213,20 @@ def test_cpu_ops_in_a_process_forked_after_kernels_ran(layer):
         assert "'spawn'" in run.stdout and "NUMBA_THREADING_LAYER=workqueue" in run.stdout
     else:
         assert run.stdout.strip() == str([float(max(v, 0)) for v in range(-8, 8)]), run.stdout
+
+
+def test_package_exposes_its_modules_after_a_plain_import():
+    """design.md: fastconv's surface holds nn, losses, optim, train, metrics, data besides the ops; a
+    user's `import fastconv` then `fastconv.nn.Linear(...)` (a fresh process: here they are imported)."""
+    code = ("import fastconv\n"
+            "for name in ('nn', 'losses', 'optim', 'train', 'metrics', 'data', 'checkpoint', 'evaluate'):\n"
+            "    assert getattr(fastconv, name).__name__ == 'fastconv.' + name, name\n"
+            "assert fastconv.nn.Linear(3, 2).weight.data.shape == (2, 3)\n"
+            "try:\n"
+            "    fastconv.nope\n"
+            "except AttributeError as exc:\n"
+            "    assert \"has no attribute 'nope'\" in str(exc)\n"
+            "else:\n"
+            "    raise AssertionError('fastconv.nope did not raise')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
