@@ -1,6 +1,10 @@
 """The `fastconv` command: parsing, usage errors (exit code 2), failures (exit code 1), Ctrl-C (exit code 130),
 info, bench."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +190,15 @@ def test_resume_and_overwrite_together_are_a_usage_error(capsys, tmp_path):
         cli.main(["train", "neuron", "--out", str(tmp_path), "--resume", "--overwrite"])
     assert exit_.value.code == 2 and "not allowed with argument --resume" in capsys.readouterr().err
 
+
+@pytest.mark.parametrize("script", ["benchmarks/bench_first_call.py", "tools/fit_exp_polynomial.py",
+                                    "tools/tumour_split_baselines.py"])
+def test_scripts_the_docs_name_answer_help_without_running(script):
+    """--help prints the usage and runs nothing (bench_first_call.py ran its minute of compiling, the
+    exp fit its linear program)."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / script), "--help"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(root)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage:") and "import + first call" not in proc.stdout
+    assert "coefficients" not in proc.stdout
