@@ -202,3 +202,11 @@ def test_scripts_the_docs_name_answer_help_without_running(script):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage:") and "import + first call" not in proc.stdout
     assert "coefficients" not in proc.stdout
+
+
+def test_tumour_baselines_help_says_what_it_prints():
+    """Its description is the docstring's first paragraph, not the first line cut mid-sentence."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "tools/tumour_split_baselines.py"), "--help"], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(root)))
+    assert "validation and test AUC of each" in " ".join(proc.stdout.split())

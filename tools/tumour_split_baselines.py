@@ -19,7 +19,7 @@ from fastconv import data
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="the split's seed (the example's --seed)")
     seed = parser.parse_args().seed
     d = data.load_breast_cancer(seed=seed, dtype=np.float64)
