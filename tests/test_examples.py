@@ -327,3 +327,28 @@ def test_the_readme_shows_what_the_main_job_prints(tmp_path, capsys, monkeypatch
     out = capsys.readouterr().out
     assert f"test accuracy {sentence[1]}  {sentence[2]}" in out
     assert f"best epoch {sentence[3]} " in out
+
+
+def _paragraph_of(text, phrase):
+    """The README paragraph that holds `phrase`, its lines joined."""
+    found = [p for p in text.split("\n\n") if phrase in " ".join(p.split())]
+    assert len(found) == 1, f"README.md has {len(found)} paragraphs holding {phrase!r}"
+    return " ".join(found[0].split())
+
+
+@pytest.mark.parametrize("command, phrase", [("train", "Options: `--epochs`"), ("search", "whose options are")])
+def test_the_readme_names_every_option_of_train_and_search(command, phrase):
+    """README.md's option lists of `fastconv train` and `fastconv search` are the parser's (train's with
+    the backends it takes)."""
+    import argparse
+
+    from fastconv import cli
+
+    subparsers = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    paragraph = _paragraph_of(readme_text(), phrase)
+    for action in subparsers.choices[command]._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and option != "--help":
+                assert f"`{option}" in paragraph, f"README.md's options of fastconv {command} leave out {option}"
+        if command == "train" and action.choices and action.option_strings:
+            assert f"`{action.option_strings[0]} {'|'.join(action.choices)}`" in paragraph
