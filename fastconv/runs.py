@@ -17,10 +17,11 @@ equal those printed at the end of training.
 An example module provides NAME, DEFAULTS, run(out, epochs=None, lr=None, batch_size=None, seed=0,
 subset=None, verbose=True, progress=None, resume=False, overwrite=False) (what `fastconv train NAME`
 calls: it trains with train.fit(..., checkpoint_dir=out, resume=resume, overwrite=overwrite), which
-refuses an out holding an earlier run unless one of them is given, and ends with finish()),
-load_data(seed=0, subset=None) -> data.Dataset, evaluate(model, dataset) -> report dict, and
-optionally plots(out, model, dataset, report) -> {name: path} and summary(report) -> a line of text
-printed after the report.
+refuses an out holding an earlier run unless one of them is given, and ends with finish(); an
+example whose run takes no resume cannot be resumed, and `--resume` says so), load_data(seed=0,
+subset=None) -> data.Dataset, evaluate(model, dataset) -> report dict, and optionally plots(out,
+model, dataset, report) -> {name: path} and summary(report) -> a line of text printed after the
+report.
 """
 from __future__ import annotations
 

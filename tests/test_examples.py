@@ -352,3 +352,28 @@ def test_the_readme_names_every_option_of_train_and_search(command, phrase):
                 assert f"`{option}" in paragraph, f"README.md's options of fastconv {command} leave out {option}"
         if command == "train" and action.choices and action.option_strings:
             assert f"`{action.option_strings[0]} {'|'.join(action.choices)}`" in paragraph
+
+
+def test_runs_documents_every_argument_fastconv_train_passes(monkeypatch, tmp_path):
+    """fastconv.runs' docstring is the examples' contract: run() as documented there takes every
+    argument `fastconv train` passes (resume included, with --resume)."""
+    import functools
+    import inspect
+    import re
+
+    from fastconv import cli, runs
+
+    documented = re.search(r"run\((.*?)\) \(what `fastconv train NAME` calls", " ".join(runs.__doc__.split()))
+    assert documented, "fastconv.runs no longer documents run(...) in the form this test reads"
+    names = {part.split("=")[0].strip() for part in documented[1].split(",")}
+    passed = {}
+    example = cli.load_example("neuron")
+
+    @functools.wraps(example.run)  # (its signature: the command checks that it takes resume)
+    def spy(**kwargs):
+        passed.update(kwargs)
+    monkeypatch.setattr(example, "run", spy)
+    assert cli.main(["train", "neuron", "--out", str(tmp_path / "n"), "--epochs", "1", "--lr", "0.1", "--batch-size",
+                     "8", "--subset", "20", "--quiet", "--resume"]) == 0
+    assert passed and set(passed) - names == set()
+    assert names <= set(inspect.signature(cli.load_example("digits_cnn").run).parameters)
