@@ -49,7 +49,8 @@ def format_table(rows, metric):
 
 def run(out="runs/search", epochs=None, lrs=None, widths=None, batch_sizes=None, lr=None, batch_size=None,
         seed=0, subset=None, verbose=True, progress=None):
-    """`lr` and `batch_size` (from `fastconv train search --lr ...`) fix that setting to one value."""
+    """`lr` and `batch_size` (from `fastconv train search --lr ...`) fix that setting to one value.
+    progress=False (--quiet) leaves out the line per setting; verbose=False prints nothing."""
     options = runs.settings(DEFAULTS, epochs=epochs, lrs=[lr] if lr else lrs, widths=widths,
                             batch_sizes=[batch_size] if batch_size else batch_sizes)
     mlp = _mlp()
@@ -69,7 +70,7 @@ def run(out="runs/search", epochs=None, lrs=None, widths=None, batch_sizes=None,
     result = train.search(build, space, (dataset.x_train, mlp.targets(dataset.y_train)),
                           (dataset.x_val, mlp.targets(dataset.y_val)), out_dir=out, metric="loss",
                           epochs=options["epochs"], seed=seed, patience=10,
-                          progress=False, verbose=verbose)  # one line per trial is the progress
+                          progress=False, verbose=verbose and progress is not False)  # a line per trial: the progress
     seconds = time.perf_counter() - started
     if result.best_checkpoint is None:
         raise RuntimeError(f"no setting reached a finite validation loss (did every one diverge?), so "

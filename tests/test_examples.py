@@ -377,3 +377,17 @@ def test_runs_documents_every_argument_fastconv_train_passes(monkeypatch, tmp_pa
                      "8", "--subset", "20", "--quiet", "--resume"]) == 0
     assert passed and set(passed) - names == set()
     assert names <= set(inspect.signature(cli.load_example("digits_cnn").run).parameters)
+
+
+@pytest.mark.parametrize("argv", [["search"], ["train", "search", "--subset", "40"]])
+def test_search_quiet_leaves_out_the_line_per_setting(tmp_path, capsys, argv):
+    """`fastconv search --quiet` (and `fastconv train search --quiet`) print no line per setting, only
+    the table and the report: the flag reached the example as progress=False, which it ignored."""
+    from fastconv import cli
+
+    grid = ["--lrs", "0.01", "--widths", "4"] if argv == ["search"] else ["--lr", "0.01"]
+    assert cli.main([*argv, *grid, "--batch-sizes" if argv == ["search"] else "--batch-size", "16", "--epochs", "1",
+                     "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "trial 1/" not in out
+    assert "ranked on validation loss" in out and "test AUC" in out
