@@ -255,14 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_evaluate)
 
     search = commands.add_parser("search", help="hyperparameter search on the two-layer tumour network")
-    search.add_argument("--epochs", type=positive_int, help="epochs per setting")
-    search.add_argument("--lrs", type=_list_of(positive_float), metavar="LR,LR,...", help="learning rates")
-    search.add_argument("--widths", type=_list_of(positive_int), metavar="W,W,...", help="hidden widths")
-    search.add_argument("--batch-sizes", type=_list_of(positive_int), metavar="B,B,...", help="batch sizes")
+    search.add_argument("--epochs", type=positive_int, help="epochs per setting (default: the search example's)")
+    search.add_argument("--lrs", type=_list_of(positive_float), metavar="LR,LR,...",
+                        help="learning rates (default: the search example's)")
+    search.add_argument("--widths", type=_list_of(positive_int), metavar="W,W,...",
+                        help="hidden widths (default: the search example's)")
+    search.add_argument("--batch-sizes", type=_list_of(positive_int), metavar="B,B,...",
+                        help="batch sizes (default: the search example's)")
     search.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
-    search.add_argument("--seed", type=non_negative_int, default=0)
+    search.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the split, the initializations and the batches")
     search.add_argument("--out", metavar="DIR", help="output directory (default: runs/search)")
-    search.add_argument("--quiet", action="store_true")
+    search.add_argument("--quiet", action="store_true",
+                        help="no line per setting as it finishes (the table and the report still print)")
     search.add_argument("--overwrite", action="store_true",
                         help="replace the search --out holds (without it such an --out is refused)")
     search.set_defaults(run=_search)

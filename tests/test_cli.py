@@ -210,3 +210,14 @@ def test_tumour_baselines_help_says_what_it_prints():
     proc = subprocess.run([sys.executable, str(root / "tools/tumour_split_baselines.py"), "--help"], capture_output=True,
                           text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(root)))
     assert "validation and test AUC of each" in " ".join(proc.stdout.split())
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    """`fastconv COMMAND --help` explains each option (search's --seed and --quiet had no help)."""
+    import argparse
+
+    subparsers = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in subparsers.choices.items():
+        for action in parser._actions:
+            if action.option_strings and action.option_strings != ["-h", "--help"]:
+                assert action.help, f"fastconv {name} {action.option_strings[0]} has no help"
