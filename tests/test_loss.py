@@ -251,6 +251,19 @@ def test_cross_entropy_extreme_logits(backend, dtype):
         assert float(loss) == pytest.approx(cross_entropy64(z, y, w, eps), rel=1e-6)
 
 
+def test_cross_entropy_row_loss_past_the_dtype_is_inf_as_documented(backend):
+    # Finite logits, but a row's loss (6e38) past float32's maximum: +inf, as torch gives; the
+    # probs and the gradient stay finite. The docstring claimed a finite loss for any finite logits.
+    z, y = np.array([[3e38, -3e38, 0.0]]), np.array([1])
+    for dtype, expected in [(np.float32, np.inf), (np.float64, 6e38)]:
+        loss, probs = ops.softmax_cross_entropy_forward(*on(backend, z.astype(dtype), y))
+        fused, grad = ops.softmax_cross_entropy_with_grad(*on(backend, z.astype(dtype), y))
+        assert float(loss) == float(fused) == pytest.approx(expected)
+        assert np.all(np.isfinite(to_numpy(probs))) and np.all(np.isfinite(to_numpy(grad)))
+    doc = ops.softmax_cross_entropy_forward.__doc__
+    assert "any finite logits" not in doc and "overflows the dtype" in doc
+
+
 def test_cross_entropy_nan_logit_gives_nan_loss(backend):
     z = np.array([[0.0, 1.0, 2.0], [0.5, np.nan, 0.0]], dtype=np.float32)
     loss, probs = ops.softmax_cross_entropy_forward(*on(backend, z, np.array([0, 2])))
@@ -393,6 +406,16 @@ def test_bce_extreme_logits(backend, dtype):
     assert np.isfinite(loss) and np.all(np.isfinite(grad))
     assert loss == pytest.approx(bce64(x, t, pw), rel=1e-6)
     np.testing.assert_allclose(grad, bce_grad64(x, t, pw), rtol=1e-5, atol=1e-7)
+
+
+def test_bce_term_past_the_dtype_is_inf_as_documented(backend):
+    # pos_weight 10 takes the term of x = -3e38, t = 1 to 3e39: +inf in float32 (torch too).
+    x, t, pw = np.array([-3e38]), np.array([1.0]), np.array([10.0])
+    for dtype, expected in [(np.float32, np.inf), (np.float64, 3e39)]:
+        args = on(backend, x.astype(dtype), t.astype(dtype), pw.astype(dtype))
+        assert float(ops.bce_with_logits_forward(*args)) == pytest.approx(expected)
+        assert np.all(np.isfinite(to_numpy(ops.bce_with_logits_backward(*args))))
+    assert "finite for any finite x" not in ops.bce_with_logits_forward.__doc__
 
 
 # ---- MSE ----------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 //   softmax cross-entropy, logits z (N, C), labels y (N), class weights w (C) (all 1 if absent),
 //   smoothing e in [0, 1]:
 //     m_i = max_c z_ic,  s_i = sum_c exp(z_ic - m_i),  log p_ic = (z_ic - m_i) - log s_i
-//     (finite for any finite logits: every exponent is <= 0 and s_i >= 1)
+//     (no exp overflows: every exponent is <= 0 and s_i >= 1; but z_ic - m_i, hence -log p_ic
+//     and the row's loss, is +-inf where a row's logits span more than the type's maximum)
 //     r_i = (1 - e) w_{y_i} (-log p_{i,y_i})  +  (e / C) sum_c w_c (-log p_ic)
 //     loss = sum_i r_i / W,   W = sum_i w_{y_i}          (W = N without weights)
 //   This is torch's definition: target distribution (1 - e) onehot + e/C, and with weights the
@@ -23,7 +24,8 @@
 //   BCE with logits, x and t of n elements, pos_weight pw over the last dimension (1 if absent):
 //     l = (1 - t) x + (1 + (pw - 1) t) softplus(-x),   softplus(-x) = log1p(exp(-|x|)) + max(-x, 0)
 //     loss = sum l / n;   dloss/dx = [ (1 - t) - (1 + (pw - 1) t) sigmoid(-x) ] / n
-//   exp(-|x|) <= 1, so both are finite for any finite x.
+//   exp(-|x|) <= 1, so both are finite for any finite x and t in [0, 1], but for l's products
+//   with pw > 1, which overflow past the type's maximum as torch's do.
 //
 //   MSE: loss = sum (p - t)^2 / n;  dloss/dp = 2 (p - t) / n.
 //

@@ -107,7 +107,11 @@ def softmax_cross_entropy_forward(logits, labels, weight=None, label_smoothing=0
     torch.nn.functional.cross_entropy: with weight (C,) the weighted mean
     sum_i w[y_i] l_i / sum_i w[y_i]; with label_smoothing e the target is (1 - e) onehot + e/C,
     the smoothing term weighted per class and normalized by the same sum_i w[y_i] (torch's rule).
-    probs = softmax(logits) (N, C), what the backward takes. Finite for any finite logits; a NaN
+    probs = softmax(logits) (N, C), what the backward takes. For finite logits the probs and the
+    gradient are finite, and so is the loss unless a row's loss overflows the dtype: where -log p
+    of a row's label (its gap below the row's largest logit; with label_smoothing, of any class)
+    passes the dtype's maximum (~3.4e38 for float32), the loss is +inf, as in torch (float32
+    logits [3e38, -3e38, 0] with label 1: 6e38); a class weight > 1 may take it there too. A NaN
     logit makes the loss NaN.
 
     check_weight=False skips the check that every weight is >= 0 (a device-to-host read on a GPU)
@@ -158,7 +162,9 @@ def bce_with_logits_forward(logits, targets, pos_weight=None):
     torch.nn.functional.binary_cross_entropy_with_logits: targets (same shape) are 0/1 labels or
     probabilities; pos_weight (C,) weighs the positive term along the last dimension ((1,) for 0-d
     logits).
-    l = (1 - t) x + (1 + (pw - 1) t) (log1p(exp(-|x|)) + max(-x, 0)), finite for any finite x."""
+    l = (1 - t) x + (1 + (pw - 1) t) (log1p(exp(-|x|)) + max(-x, 0)): for finite x and targets in
+    [0, 1], finite unless pos_weight > 1 takes a term past the dtype's maximum (float32 x = -3e38,
+    t = 1, pos_weight 10: 3e39, +inf; torch too); the gradient is finite."""
     be = _backend.current()
     x, t, pw = _binary_inputs(be, logits, targets, pos_weight, "bce_with_logits_forward")
     return be.bce_with_logits_forward(x, t, pw)
