@@ -75,7 +75,7 @@ def run(out="runs/digits_cnn", epochs=None, lr=None, batch_size=None, seed=0, su
 def main(argv=None):
     from fastconv import cli
 
-    return cli.main(["train", NAME, *(sys.argv[1:] if argv is None else argv)])
+    return cli.example_main(NAME, argv)
 
 
 if __name__ == "__main__":

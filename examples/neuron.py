@@ -102,7 +102,7 @@ def summary(report):
 def main(argv=None):
     from fastconv import cli
 
-    return cli.main(["train", NAME, *(sys.argv[1:] if argv is None else argv)])
+    return cli.example_main(NAME, argv)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def run(out="runs/search", epochs=None, lrs=None, widths=None, batch_sizes=None,
 def main(argv=None):
     from fastconv import cli
 
-    return cli.main(["search", *(sys.argv[1:] if argv is None else argv)])
+    return cli.example_main(NAME, argv)
 
 
 if __name__ == "__main__":

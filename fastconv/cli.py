@@ -10,7 +10,8 @@
 
 The examples are the scripts in examples/ (beside the package in a source checkout; elsewhere set
 FASTCONV_EXAMPLES_DIR). Each defines NAME, DEFAULTS, run(...), load_data(...) and evaluate(...)
-(see fastconv.runs).
+(see fastconv.runs). `python examples/NAME.py ARGS` is `fastconv train NAME ARGS` (search's:
+`fastconv search ARGS`) with the script's own usage (example_main).
 Exit codes: 0 success, 1 a failure while running, 2 a usage error (unknown example, bad option),
 130 interrupted (Ctrl-C: a line saying what was written so far, no traceback).
 """
@@ -222,6 +223,47 @@ def _bench(args) -> int:
 # ------------------------------------------------------------------------------------------
 
 
+def _train_options(parser, example="EXAMPLE"):
+    """The options of `fastconv train EXAMPLE` (and of an example's script)."""
+    parser.add_argument("--epochs", type=positive_int, help="epochs (default: the example's)")
+    parser.add_argument("--lr", type=positive_float, help="learning rate (default: the example's)")
+    parser.add_argument("--batch-size", type=positive_int, help="batch size (default: the example's)")
+    parser.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the split, the initialization and the batches")
+    parser.add_argument("--out", metavar="DIR", help=f"output directory (default: runs/{example})")
+    parser.add_argument("--subset", type=positive_int,
+                        help="use only the first N rows of each split: train, validation and test (quick checks)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    earlier_run = parser.add_mutually_exclusive_group()  # (what to do with a run --out holds)
+    earlier_run.add_argument("--resume", action="store_true",
+                             help="continue the run in --out from its last checkpoint (same seed, subset, batch "
+                                  "size and lr; a larger --epochs trains on)")
+    earlier_run.add_argument("--overwrite", action="store_true",
+                             help="replace the run --out holds (without it, or --resume, such an --out is refused)")
+    parser.set_defaults(command="train", run=_train)
+
+
+def _search_options(parser):
+    """The options of `fastconv search` (and of examples/search.py)."""
+    parser.add_argument("--epochs", type=positive_int, help="epochs per setting (default: the search example's)")
+    parser.add_argument("--lrs", type=_list_of(positive_float), metavar="LR,LR,...",
+                        help="learning rates (default: the search example's)")
+    parser.add_argument("--widths", type=_list_of(positive_int), metavar="W,W,...",
+                        help="hidden widths (default: the search example's)")
+    parser.add_argument("--batch-sizes", type=_list_of(positive_int), metavar="B,B,...",
+                        help="batch sizes (default: the search example's)")
+    parser.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the split, the initializations and the batches")
+    parser.add_argument("--out", metavar="DIR", help="output directory (default: runs/search)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no line per setting as it finishes (the table and the report still print)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the search --out holds (without it such an --out is refused)")
+    parser.set_defaults(command="search", run=_search)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastconv", description="fastconv: kernels, training and evaluation")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -231,46 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 description=f"Train one of the examples: {known}. Writes the best checkpoint, "
                                             "history.json, report.json and PNG plots to --out.")
     train.add_argument("example", metavar="EXAMPLE", help=f"one of: {known}")
-    train.add_argument("--epochs", type=positive_int, help="epochs (default: the example's)")
-    train.add_argument("--lr", type=positive_float, help="learning rate (default: the example's)")
-    train.add_argument("--batch-size", type=positive_int, help="batch size (default: the example's)")
-    train.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
-    train.add_argument("--seed", type=non_negative_int, default=0,
-                       help="seed of the split, the initialization and the batches")
-    train.add_argument("--out", metavar="DIR", help="output directory (default: runs/EXAMPLE)")
-    train.add_argument("--subset", type=positive_int,
-                       help="use only the first N rows of each split: train, validation and test (quick checks)")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    earlier_run = train.add_mutually_exclusive_group()  # (what to do with a run --out holds)
-    earlier_run.add_argument("--resume", action="store_true",
-                             help="continue the run in --out from its last checkpoint (same seed, subset, batch "
-                                  "size and lr; a larger --epochs trains on)")
-    earlier_run.add_argument("--overwrite", action="store_true",
-                             help="replace the run --out holds (without it, or --resume, such an --out is refused)")
-    train.set_defaults(run=_train)
+    _train_options(train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a saved checkpoint on its example's test data")
     evaluate.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint written by `fastconv train`")
     evaluate.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
     evaluate.set_defaults(run=_evaluate)
 
-    search = commands.add_parser("search", help="hyperparameter search on the two-layer tumour network")
-    search.add_argument("--epochs", type=positive_int, help="epochs per setting (default: the search example's)")
-    search.add_argument("--lrs", type=_list_of(positive_float), metavar="LR,LR,...",
-                        help="learning rates (default: the search example's)")
-    search.add_argument("--widths", type=_list_of(positive_int), metavar="W,W,...",
-                        help="hidden widths (default: the search example's)")
-    search.add_argument("--batch-sizes", type=_list_of(positive_int), metavar="B,B,...",
-                        help="batch sizes (default: the search example's)")
-    search.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
-    search.add_argument("--seed", type=non_negative_int, default=0,
-                        help="seed of the split, the initializations and the batches")
-    search.add_argument("--out", metavar="DIR", help="output directory (default: runs/search)")
-    search.add_argument("--quiet", action="store_true",
-                        help="no line per setting as it finishes (the table and the report still print)")
-    search.add_argument("--overwrite", action="store_true",
-                        help="replace the search --out holds (without it such an --out is refused)")
-    search.set_defaults(run=_search)
+    _search_options(commands.add_parser("search", help="hyperparameter search on the two-layer tumour network"))
 
     commands.add_parser("info", help="version, extension modules, backend and device").set_defaults(run=_info)
 
@@ -278,6 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS",
                        help="passed on to benchmarks/run.py (e.g. --device cuda --only dense,conv)")
     bench.set_defaults(run=_bench)
+    return parser
+
+
+def example_parser(name) -> argparse.ArgumentParser:
+    """The parser of `python examples/NAME.py`: `fastconv train NAME`'s options (search: `fastconv
+    search`'s) under the script's own name, the example already given."""
+    command = "fastconv search" if name == "search" else f"fastconv train {name}"
+    parser = argparse.ArgumentParser(prog=f"{name}.py", description=f"The {name} example: the same as `{command}`.")
+    if name == "search":
+        _search_options(parser)
+    else:
+        _train_options(parser, name)
+        parser.set_defaults(example=name)
     return parser
 
 
@@ -309,17 +332,29 @@ def main(argv=None) -> int:
             load_example(args.example)
         except ValueError as exc:
             parser.error(str(exc))  # exit code 2
+    return _run(args, f"fastconv {args.command}")
+
+
+def example_main(name, argv=None) -> int:
+    """What `python examples/NAME.py ARGS` runs: `fastconv train NAME ARGS` (search: `fastconv search
+    ARGS`), its --help and usage errors under the script's name."""
+    args = example_parser(name).parse_args(argv)
+    return _run(args, f"{name}.py")
+
+
+def _run(args, prog) -> int:
+    """The command's exit code: a failure is one line on stderr (1), Ctrl-C what remains (130)."""
     try:
         return args.run(args)
     except (ValueError, RuntimeError, OSError) as exc:
         if os.environ.get("FASTCONV_DEBUG"):
             raise
-        print(f"fastconv {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # Ctrl-C: what is on disk, not a traceback
         if os.environ.get("FASTCONV_DEBUG"):
             raise
-        print(f"fastconv {args.command}: interrupted{_what_remains(args)}", file=sys.stderr)
+        print(f"{prog}: interrupted{_what_remains(args)}", file=sys.stderr)
         for note in getattr(exc, "__notes__", []):  # fit's: where it stopped, what last/ and best/ hold
             print(f"  {note}", file=sys.stderr)
         return 130

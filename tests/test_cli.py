@@ -204,6 +204,26 @@ def test_scripts_the_docs_name_answer_help_without_running(script):
     assert "coefficients" not in proc.stdout
 
 
+@pytest.mark.parametrize("name", cli.known_examples())
+def test_an_example_scripts_help_is_its_own(name, capsys):
+    """`python examples/NAME.py --help` showed `fastconv train`'s usage, with an EXAMPLE to give that
+    the script gives itself (and then refused); search's script runs `fastconv search`."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.load_example(name).main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.startswith(f"usage: {name}.py ") and "EXAMPLE" not in out
+    assert ("--lrs" in out) == (name == "search") and ("--resume" in out) == (name != "search")
+
+
+def test_an_example_script_run_as_a_script_shows_its_usage():
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "examples/neuron.py"), "--help"], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PYTHONPATH=str(root)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: neuron.py ") and "EXAMPLE" not in proc.stdout
+    assert "runs/neuron" in proc.stdout  # --out's default
+
+
 def test_tumour_baselines_help_says_what_it_prints():
     """Its description is the docstring's first paragraph, not the first line cut mid-sentence."""
     root = Path(__file__).resolve().parent.parent
