@@ -18,6 +18,7 @@ Exit codes: 0 success, 1 a failure while running, 2 a usage error (unknown examp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import inspect
 import os
@@ -115,8 +116,6 @@ def _list_of(item_type):
 def _use_backend(name):
     """The backend block for --backend NAME; without --backend, the process default (FASTCONV_BACKEND,
     else auto), as for the library: use_backend("auto") would override FASTCONV_BACKEND."""
-    import contextlib
-
     import fastconv
 
     return contextlib.nullcontext() if name is None else fastconv.use_backend(name)
@@ -161,16 +160,33 @@ def _train(args) -> int:
     if not (args.resume or args.overwrite):
         _keep_earlier_run(out, ("best", "last"), "--resume continues it, --overwrite replaces it")
     options = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "subset") if getattr(args, k) is not None}
-    if args.resume:
-        if "resume" not in inspect.signature(example.run).parameters:
-            raise ValueError(f"example {args.example!r} cannot resume (its run() takes no resume)")
-        options["resume"] = True
-        _check_resumed_lr(example, out, args.lr)
+    if args.resume and "resume" not in inspect.signature(example.run).parameters:
+        raise ValueError(f"example {args.example!r} cannot resume (its run() takes no resume)")
     if args.overwrite and "overwrite" in inspect.signature(example.run).parameters:  # (fit refuses such an out too)
         options["overwrite"] = True
-    with _use_backend(args.backend):
-        example.run(out=out, seed=args.seed, progress=not args.quiet, **options)
+    with _resume_refusals_name_the_flags(args.resume, out):
+        if args.resume:
+            options["resume"] = True
+            _check_resumed_lr(example, out, args.lr)
+        with _use_backend(args.backend):
+            example.run(out=out, seed=args.seed, progress=not args.quiet, **options)
     return 0
+
+
+@contextlib.contextmanager
+def _resume_refusals_name_the_flags(resume, out):
+    """With --resume, fit's refusal to continue the run in `out` (its message names fit's keywords:
+    overwrite=True, another checkpoint_dir) gets a line naming the command line's flags."""
+    from .checkpoint import CheckpointError
+    from .train import ResumeError
+
+    try:
+        yield
+    except (ResumeError, CheckpointError) as exc:
+        if not resume:
+            raise
+        raise ValueError(f"{exc}\n  --resume cannot continue the run in {out}: --overwrite starts afresh "
+                         "(replacing it), or give another --out") from exc
 
 
 def _evaluate(args) -> int:

@@ -54,7 +54,13 @@ from .evaluate import sigmoid as _sigmoid
 from .evaluate import softmax as _softmax
 from .ops import _check
 
-__all__ = ["History", "fit", "predict", "search", "SearchResult"]
+__all__ = ["History", "fit", "predict", "search", "SearchResult", "ResumeError"]
+
+
+class ResumeError(ValueError):
+    """fit(..., resume=True) refused: <checkpoint_dir>/last holds a run this call cannot continue (another
+    metric, batch size, number of training rows, or training data). (A `last` that fit did not write is
+    a checkpoint.CheckpointError.)"""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,7 +362,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         the end of training when the last step was not evaluated (so the final weights are too).
     scheduler: stepped at the end of every epoch.
     resume: continue from <checkpoint_dir>/last when it exists (start fresh otherwise); a run that had
-        stopped early stays stopped (warned where this call's patience would have gone on).
+        stopped early stays stopped (warned where this call's patience would have gone on). A `last`
+        this call cannot continue is refused: ResumeError (CheckpointError for one fit did not write).
     overwrite: start afresh in a checkpoint_dir that holds an earlier run's best/ or last/, replacing each
         when this run first writes it. Without it (or resume) such a checkpoint_dir is refused (ValueError),
         so that a run never replaces another's saved model unasked (`fastconv train` refuses the same --out
@@ -590,7 +597,7 @@ def _keep_earlier_run(checkpoint_dir, last_dir, best_dir):
 
 
 def _check_resumable(last_dir, name, mode, batches):
-    """CheckpointError for a `last` that train.fit did not write; ValueError for another metric, or
+    """CheckpointError for a `last` that train.fit did not write; ResumeError for another metric, or
     for another batch size or number of training rows (the saved position in the epoch's shuffled
     order would point elsewhere: rows skipped or repeated), or other training data (by its digest)."""
     extra = _checkpoint.read_info(last_dir).get("extra")
@@ -601,18 +608,18 @@ def _check_resumable(last_dir, name, mode, batches):
             "extra['fit']); use another checkpoint_dir, or overwrite=True to replace it")
     metric, saved_mode = saved["history"].get("metric"), saved["history"].get("mode")
     if metric != name or saved_mode != mode:
-        raise ValueError(f"resume: the checkpoint in {last_dir} monitored {metric} ({saved_mode}), this call "
-                         f"{name} ({mode})")
+        raise ResumeError(f"resume: the checkpoint in {last_dir} monitored {metric} ({saved_mode}), this call "
+                          f"{name} ({mode})")
     saved_batches = saved.get("batches", batches)  # (checkpoints from before this check: not known)
     if any(saved_batches.get(k) != batches[k] for k in ("batch_size", "train_rows")):
-        raise ValueError(f"resume: the checkpoint in {last_dir} was trained with batch_size "
-                         f"{saved_batches.get('batch_size')} on {saved_batches.get('train_rows')} training rows, "
-                         f"this call has batch_size {batches['batch_size']} on {batches['train_rows']}; resume "
-                         "with the same ones (or start afresh with overwrite=True)")
+        raise ResumeError(f"resume: the checkpoint in {last_dir} was trained with batch_size "
+                          f"{saved_batches.get('batch_size')} on {saved_batches.get('train_rows')} training rows, "
+                          f"this call has batch_size {batches['batch_size']} on {batches['train_rows']}; resume "
+                          "with the same ones (or start afresh with overwrite=True)")
     if saved_batches.get("train_data", batches["train_data"]) != batches["train_data"]:  # (older: not recorded)
-        raise ValueError(f"resume: the checkpoint in {last_dir} was trained on other training data (as many rows, "
-                         "other values or order: another split or seed?); resume with the same (x, y), or start "
-                         "afresh with overwrite=True")
+        raise ResumeError(f"resume: the checkpoint in {last_dir} was trained on other training data (as many rows, "
+                          "other values or order: another split or seed?); resume with the same (x, y), or start "
+                          "afresh with overwrite=True")
 
 
 def _digest(x, y) -> str:

@@ -173,6 +173,36 @@ def test_resume_with_another_lr_is_refused_before_training(tmp_path, capsys):
     assert json.loads((tmp_path / "run.json").read_text())["options"]["lr"] == 0.01
 
 
+def test_resume_refused_by_fit_names_the_flags(tmp_path, capsys):
+    # fit's refusals name its keywords (overwrite=True, checkpoint_dir): the command adds its flags.
+    train("neuron", tmp_path, "--epochs", "1", "--subset", "40")
+    kept = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    for other, says in ((["--batch-size", "8"], "was trained with batch_size 32 on 40 training rows"),
+                        (["--seed", "1"], "was trained on other training data")):
+        code = cli.main(["train", "neuron", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs", "2",
+                         "--subset", "40", "--resume", *other])
+        err = capsys.readouterr().err
+        assert code == 1 and says in err
+        assert err.splitlines()[-1] == (f"  --resume cannot continue the run in {tmp_path}: --overwrite starts afresh "
+                                        "(replacing it), or give another --out")
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == kept
+    weights, = (tmp_path / "last").glob("*.safetensors")
+    weights.write_bytes(weights.read_bytes()[:-4])  # a last/ fit cannot load: a CheckpointError
+    code = cli.main(["train", "neuron", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs", "2",
+                     "--subset", "40", "--resume"])
+    assert code == 1 and "--overwrite starts afresh" in capsys.readouterr().err
+
+
+def test_fit_refuses_a_resume_with_a_resume_error_naming_its_keywords(tmp_path):
+    from fastconv import train as train_module
+
+    example = cli.load_example("neuron")
+    example.run(out=str(tmp_path), epochs=1, subset=40, verbose=False, progress=False)
+    with pytest.raises(train_module.ResumeError, match=r"start afresh with overwrite=True\)$"):
+        example.run(out=str(tmp_path), epochs=2, subset=40, batch_size=8, verbose=False, progress=False, resume=True)
+
+
 def test_a_run_without_a_best_fails_clearly_and_keeps_the_earlier_run(tmp_path, capsys):
     train("tumour_mlp", tmp_path, "--epochs", "2", "--subset", "40")
     kept = {name: (tmp_path / name).read_bytes() for name in ("run.json", "report.json", "best/checkpoint.json")}
