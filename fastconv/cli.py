@@ -13,7 +13,8 @@ FASTCONV_EXAMPLES_DIR). Each defines NAME, DEFAULTS, run(...), load_data(...) an
 (see fastconv.runs). `python examples/NAME.py ARGS` is `fastconv train NAME ARGS` (search's:
 `fastconv search ARGS`) with the script's own usage (example_main).
 Exit codes: 0 success, 1 a failure while running, 2 a usage error (unknown example, bad option),
-130 interrupted (Ctrl-C: a line saying what was written so far, no traceback).
+130 interrupted (Ctrl-C: a line saying what was written so far, no traceback); 1 with no message
+when the reader of stdout has gone (`fastconv info | head -1`).
 """
 from __future__ import annotations
 
@@ -338,10 +339,14 @@ def _what_remains(args) -> str:
 
 
 def main(argv=None) -> int:
+    return _unless_stdout_closes(_main, argv)
+
+
+def _main(argv) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to the suite (its --help too)
-        return _bench(argparse.Namespace(command="bench", bench_args=argv[1:]))
+        return _run(argparse.Namespace(command="bench", bench_args=argv[1:], run=_bench), "fastconv bench")
     args = parser.parse_args(argv)
     if args.command == "train" and args.example not in known_examples():
         try:
@@ -354,14 +359,31 @@ def main(argv=None) -> int:
 def example_main(name, argv=None) -> int:
     """What `python examples/NAME.py ARGS` runs: `fastconv train NAME ARGS` (search: `fastconv search
     ARGS`), its --help and usage errors under the script's name."""
-    args = example_parser(name).parse_args(argv)
-    return _run(args, f"{name}.py")
+    return _unless_stdout_closes(lambda argv: _run(example_parser(name).parse_args(argv), f"{name}.py"), argv)
+
+
+def _unless_stdout_closes(command, argv) -> int:
+    """command(argv)'s exit code, or 1, with no message, when the reader of stdout has gone (`fastconv
+    info | head -1`): Python's documentation's way (the signal module's "Note on SIGPIPE"), stdout
+    pointed at devnull so that the flush at exit does not fail again. A run stops there; whatever it
+    saved is whole (every file is written to a temp file and renamed)."""
+    try:
+        try:
+            return command(argv)
+        finally:  # (a SystemExit's too, argparse's --help): here, not at exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 def _run(args, prog) -> int:
     """The command's exit code: a failure is one line on stderr (1), Ctrl-C what remains (130)."""
     try:
         return args.run(args)
+    except BrokenPipeError:  # (an OSError) stdout closed: _unless_stdout_closes
+        raise
     except (ValueError, RuntimeError, OSError) as exc:
         if os.environ.get("FASTCONV_DEBUG"):
             raise

@@ -232,6 +232,27 @@ def test_tumour_baselines_help_says_what_it_prints():
     assert "validation and test AUC of each" in " ".join(proc.stdout.split())
 
 
+@pytest.mark.parametrize("argv", [["info"], ["bench", "--help"]])
+def test_a_closed_stdout_exits_quietly_with_status_1(argv, tmp_path):
+    """`fastconv info | head -1` printed "fastconv info: error: [Errno 32] Broken pipe": Python's
+    documentation's way for a reader that has gone is exit status 1 and not a word. (--help: argparse
+    ignores a failed write and exits 0.)"""
+    root = Path(__file__).resolve().parent.parent
+    bench = tmp_path / "benchmarks"  # (for bench: a suite that prints its arguments)
+    bench.mkdir()
+    (bench / "run.py").write_text("import sys\nprint(sys.argv)\n")
+    read, write = os.pipe()
+    os.close(read)  # every write to stdout fails (EPIPE)
+    try:
+        proc = subprocess.run([sys.executable, "-c", f"import sys; from fastconv import cli; cli.benchmarks_dir = "
+                               f"lambda: cli.Path({str(bench)!r}); sys.exit(cli.main({argv!r}))"],
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=str(root)))
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (1, "")
+
+
 def test_every_option_of_every_command_says_what_it_does():
     """`fastconv COMMAND --help` explains each option (search's --seed and --quiet had no help)."""
     import argparse

@@ -1,6 +1,10 @@
 """Each example end to end with tiny settings: `fastconv train` writes its checkpoint, history and
 plots; `fastconv evaluate` of the saved checkpoint gives the numbers printed after training."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,6 +205,26 @@ def test_fit_refuses_a_resume_with_a_resume_error_naming_its_keywords(tmp_path):
     example.run(out=str(tmp_path), epochs=1, subset=40, verbose=False, progress=False)
     with pytest.raises(train_module.ResumeError, match=r"start afresh with overwrite=True\)$"):
         example.run(out=str(tmp_path), epochs=2, subset=40, batch_size=8, verbose=False, progress=False, resume=True)
+
+
+def test_a_run_whose_stdout_closes_mid_training_stops_quietly_keeping_what_it_saved(tmp_path, capsys):
+    # `fastconv train neuron | head -1`: the reader goes after the header; the report's print failed
+    # with "fastconv train: error: [Errno 32] Broken pipe".
+    root = Path(cli.__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "fastconv", "train", "neuron", "--out", str(tmp_path), "--epochs", "2",
+                             "--subset", "40", "--backend", "cpu", "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(root),
+                                                                        PYTHONUNBUFFERED="1"))
+    assert proc.stdout.readline().startswith("fastconv train neuron: backend cpu")
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert (proc.wait(timeout=300), err) == (1, "")
+    assert not [p for p in tmp_path.rglob(".*")]  # no temp file left
+    for name in ("best", "last"):
+        checkpoint.load(tmp_path / name)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert json.loads((tmp_path / "run.json").read_text())["weights_sha256"] == runs.weights_sha256(tmp_path)
+    assert same_report(runs.evaluate_checkpoint(cli.load_example("neuron"), tmp_path / "best", verbose=False), report)
 
 
 def test_a_run_without_a_best_fails_clearly_and_keeps_the_earlier_run(tmp_path, capsys):
