@@ -40,7 +40,7 @@ CLASSES = {
     "strided": "non-contiguous / negative-stride / misaligned views",
     "empty": "zero-size dimensions",
     "device": "array on the wrong device",
-    "subclass": "ndarray subclasses (np.matrix, np.ma.MaskedArray)",
+    "subclass": "ndarray subclasses and other array types (np.matrix, np.ma.MaskedArray, torch tensors)",
     "nan": "NaN / Inf (propagated)",
     "range": "out-of-range labels or indices",
     "hyper": "bad hyperparameters",
@@ -70,6 +70,17 @@ class _ForeignGpuArray:
     """Looks like a GPU array to fastconv (it has __cuda_array_interface__); on cpu/emu it must be refused."""
     shape, dtype, ndim = (3,), np.dtype(F32), 1
     __cuda_array_interface__ = {"shape": (3,), "typestr": "<f4", "data": (0, False), "version": 3}
+
+
+class _TensorThatRequiresGrad:
+    """What fastconv sees of a torch.Tensor with requires_grad=True (without torch): a type of module
+    torch whose __array__ raises torch's RuntimeError."""
+    __module__ = "torch"
+    requires_grad = True
+    shape, dtype, ndim = (2, 3), "torch.float32", 2
+
+    def __array__(self, dtype=None, copy=None):
+        raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
 
 
 def other_device(be, shape=(3,), dtype=F32):
@@ -676,6 +687,10 @@ CASES = [
       TypeError, r"x is a numpy.ma.MaskedArray; fastconv does not apply masks: pass x.filled\(value\)"),
     C("subclass", "softmax_cross_entropy_forward(logits, labels np.ma.MaskedArray)", lambda be, _: ops.softmax_cross_entropy_forward(rand(be, (2, 3)), np.ma.masked_array([0, 1], mask=[0, 1])),
       TypeError, r"labels is a numpy.ma.MaskedArray; fastconv does not apply masks"),
+    C("subclass", "relu_forward(x torch tensor that requires grad)", lambda be, _: ops.relu_forward(_TensorThatRequiresGrad()),
+      TypeError, r"x must be an array, got a torch Tensor that requires grad: pass x.detach\(\).numpy\(\), or x.detach\(\) on the backend's device"),
+    C("subclass", "softmax_cross_entropy_forward(logits torch tensor that requires grad, labels)", lambda be, _: ops.softmax_cross_entropy_forward(_TensorThatRequiresGrad(), on(be, np.array([0, 1]))),
+      TypeError, r"logits must be an array, got a torch Tensor that requires grad: pass logits.detach\(\).numpy\(\)"),
     C("device", "relu_forward(x on another device)", lambda be, _: ops.relu_forward(other_device(be)),
       TypeError, r"x is a GPU array \(.*\), but the backend is '(cpu|emu)': copy it to the host|x is a numpy.ndarray in host memory, but the backend is 'cuda'"),
     C("device", "matmul(a, b on another device)", lambda be, _: ops.matmul(rand(be, (3, 3)), other_device(be, (3, 3))),

@@ -35,9 +35,18 @@ def _is_gpu_array(x) -> bool:
     return False
 
 
+def _refuse_tensor_that_requires_grad(x, name: str):
+    """TypeError for a torch tensor that requires grad (a Parameter too): it refuses to be read as an
+    array (its __array__ and __cuda_array_interface__ raise RuntimeError) until detached. Told by its
+    type's module, without importing torch."""
+    if type(x).__module__.partition(".")[0] == "torch" and getattr(x, "requires_grad", False) is True:
+        raise TypeError(f"{name} must be an array, got a torch Tensor that requires grad: pass "
+                        f"{name}.detach().numpy(), or {name}.detach() on the backend's device")
+
+
 def on_backend(x, name: str, be):
     """The backend's array for x (an ndarray subclass as a plain view), or TypeError when x lives on
-    another device or is a masked array."""
+    another device, is a masked array or a torch tensor that requires grad."""
     if isinstance(x, np.ma.MaskedArray):  # on any backend: np.asarray would drop its mask
         raise TypeError(f"{name} is a numpy.ma.MaskedArray; fastconv does not apply masks: pass "
                         f"{name}.filled(value) or {name}.compressed(), or np.asarray({name}) to use every value")
@@ -45,12 +54,14 @@ def on_backend(x, name: str, be):
         xp = be.xp
         if isinstance(x, xp.ndarray):
             array = x
-        elif hasattr(x, "__cuda_array_interface__"):
-            array = xp.asarray(x)
-        elif _is_gpu_array(x):
-            array = xp.from_dlpack(x)
         else:
-            array = None
+            _refuse_tensor_that_requires_grad(x, name)  # (before hasattr: its interface raises RuntimeError)
+            if hasattr(x, "__cuda_array_interface__"):
+                array = xp.asarray(x)
+            elif _is_gpu_array(x):
+                array = xp.from_dlpack(x)
+            else:
+                array = None
         if array is not None:
             # Kernels run on the current device: a pointer into another GPU's memory would fault.
             current = xp.cuda.runtime.getDevice()
@@ -63,6 +74,7 @@ def on_backend(x, name: str, be):
             "'cuda': pass a CuPy array (cupy.asarray(...)) or switch backend")
     if type(x) is np.ndarray:  # the common case, never a GPU array
         return x
+    _refuse_tensor_that_requires_grad(x, name)  # (before _is_gpu_array: a CUDA one's interface raises)
     if _is_gpu_array(x):
         raise TypeError(
             f"{name} is a GPU array ({type(x).__module__}.{type(x).__name__}), but the backend is "
