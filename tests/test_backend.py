@@ -230,3 +230,16 @@ def test_package_exposes_its_modules_after_a_plain_import():
             "    raise AssertionError('fastconv.nope did not raise')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_pyproject_installs_every_package():
+    """pyproject.toml names fastconv's packages one by one, and setuptools installs those alone: every
+    folder of fastconv with an __init__.py is there (fastconv/_cpu/conv/ left out, a regular install
+    would have no cpu backend)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        listed = tomllib.load(f)["tool"]["setuptools"]["packages"]
+    found = [os.path.relpath(folder, root).replace(os.sep, ".")
+             for folder, _, files in os.walk(os.path.join(root, "fastconv")) if "__init__.py" in files]
+    assert sorted(found) == sorted(listed)

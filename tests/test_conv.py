@@ -458,7 +458,7 @@ def test_cpu_split_phases_against_slicing(h, w, pt, pl, sh, sw, read):
     # phases some tap reads (slots >= 0) and is left as it was (NaN here) elsewhere. Stride 2 along
     # the width splits both column phases in one pass (_deinterleave): odd and even widths and
     # paddings, and with one of the two phases unread
-    from fastconv._cpu.conv import _split_phases
+    from fastconv._cpu.conv._phases import _split_phases
     rng = np.random.default_rng(h * 100 + w)
     x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
     hq, wq = -(-(h + pt + 1) // sh), -(-(w + pl + 1) // sw)  # one row and column of padding after

@@ -11,6 +11,7 @@ import pytest
 import fastconv
 from fastconv import checkpoint, nn, ops
 from fastconv._cpu import _vecmath, conv
+from fastconv._cpu.conv import _winograd
 from helpers import on, to_numpy
 
 needs_winograd = pytest.mark.skipif(not _vecmath.SIMD, reason="Winograd needs AVX-512F or AVX2 with FMA (or FASTCONV_SIMD=0)")
@@ -31,8 +32,8 @@ def _spy_on_winograd(monkeypatch):
     monkeypatch.setattr(conv, "WINOGRAD", True)
     calls = []
     for name in ("_forward_winograd", "_weight_grad_winograd", "_weight_grad_winograd_planes"):
-        kernel = getattr(conv, name)
-        monkeypatch.setattr(conv, name, lambda *args, _k=kernel, _n=name: (calls.append(_n), _k(*args))[1])
+        kernel = getattr(_winograd, name)
+        monkeypatch.setattr(_winograd, name, lambda *args, _k=kernel, _n=name: (calls.append(_n), _k(*args))[1])
     return calls
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from fastconv import ops
 from fastconv._kernel_abi import ACTIVATIONS
-from fastconv._cpu import _vecmath, conv
+from fastconv._cpu import _vecmath
+from fastconv._cpu.conv import _taps, _wide
 from helpers import needs_simd
 
 pytestmark = needs_simd
@@ -99,10 +100,10 @@ def test_a_row_gets_the_same_bits_in_a_whole_tile_and_at_the_edge():
 
 def test_the_stride_1_convolutions_use_our_kernels_for_float32_only(monkeypatch):
     used = []
-    for name in ("_forward_wide", "_forward_wide_gemm32", "_forward_taps_avx512", "_backward_wide",
-                 "_backward_wide_gemm32", "_backward_taps_avx512"):
-        real = getattr(conv, name)
-        monkeypatch.setattr(conv, name, lambda *a, real=real, name=name: used.append(name) or real(*a))
+    for module, name in ((_wide, "_forward_wide"), (_wide, "_forward_wide_gemm32"), (_taps, "_forward_taps_avx512"),
+                         (_wide, "_backward_wide"), (_wide, "_backward_wide_gemm32"), (_taps, "_backward_taps_avx512")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real, name=name: used.append(name) or real(*a))
     rng = np.random.default_rng(4)
     x, w = rng.standard_normal((3, 9, 7, 6)).astype(np.float32), rng.standard_normal((10, 9, 3, 3)).astype(np.float32)
     y = ops.conv2d_forward(x, w, padding=1)

@@ -10,6 +10,7 @@ import pytest
 
 from fastconv import ops
 from fastconv._cpu import _vecmath, conv, dense
+from fastconv._cpu.conv import _taps
 from helpers import needs_avx512
 
 pytestmark = needs_avx512
@@ -78,7 +79,7 @@ SHAPES = [
 ]
 
 
-TILES = {"channels": conv._CHANNELS_TILE, "positions": conv._TAPS_TILE, "rows": conv._ROW_TILE}
+TILES = {"channels": _taps._CHANNELS_TILE, "positions": _taps._TAPS_TILE, "rows": _taps._ROW_TILE}
 
 
 @pytest.fixture(params=sorted(TILES))
@@ -86,7 +87,7 @@ def lanes(request, monkeypatch):
     """Each test below runs with each tile forced (the kernel picks by input channels and estimated
     work), and with Winograd's F(2x2, 3x3) (test_cpu_winograd32.py) off, so conv2's shape reaches
     the tiles."""
-    monkeypatch.setattr(conv, "_forward_tile", lambda *args: TILES[request.param])
+    monkeypatch.setattr(_taps, "_forward_tile", lambda *args: TILES[request.param])
     monkeypatch.setattr(conv, "WINOGRAD", False)
     return request.param
 
@@ -196,12 +197,12 @@ def test_the_row_tile_writes_only_its_channels_and_positions():
 
 
 def test_each_layer_gets_its_tile():
-    assert conv._forward_tile(1, 32, 28, 28, 30) == conv._ROW_TILE   # conv1
-    assert conv._forward_tile(3, 64, 32, 32, 34) == conv._ROW_TILE   # an RGB input
-    assert conv._forward_tile(32, 64, 14, 14, 16) == conv._CHANNELS_TILE  # conv2 (without Winograd)
-    assert conv._forward_tile(1, 1, 56, 56, 58) == conv._ROW_TILE    # depthwise
-    assert conv._forward_tile(3, 8, 28, 28, 30) == conv._TAPS_TILE   # 3 -> 8: taps_tile's 8 rows, not 16
-    assert conv._forward_tile(16, 8, 40, 40, 42) == conv._TAPS_TILE  # few output channels
+    assert _taps._forward_tile(1, 32, 28, 28, 30) == _taps._ROW_TILE   # conv1
+    assert _taps._forward_tile(3, 64, 32, 32, 34) == _taps._ROW_TILE   # an RGB input
+    assert _taps._forward_tile(32, 64, 14, 14, 16) == _taps._CHANNELS_TILE  # conv2 (without Winograd)
+    assert _taps._forward_tile(1, 1, 56, 56, 58) == _taps._ROW_TILE    # depthwise
+    assert _taps._forward_tile(3, 8, 28, 28, 30) == _taps._TAPS_TILE   # 3 -> 8: taps_tile's 8 rows, not 16
+    assert _taps._forward_tile(16, 8, 40, 40, 42) == _taps._TAPS_TILE  # few output channels
 
 
 BACKWARD_SHAPES = SHAPES + [

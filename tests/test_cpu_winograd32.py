@@ -1,5 +1,5 @@
 """The cpu backend's Winograd F(2x2, 3x3) and F(4x4, 3x3) forward for 3x3 stride-1 float32 layers
-(fastconv/_cpu/_winograd32.py, conv._forward_winograd): which layers take it and which tile size;
+(fastconv/_cpu/_winograd32.py, _winograd._forward_winograd): which layers take it and which tile size;
 its transforms against their matrices in float64; the forward by each, alone and fused with an
 activation and a max pooling, against the float64 reference on shapes around its edges (odd output
 sizes, padding 0 to 2 and uneven, channel counts off the 16 lanes, each GEMM tile height); the same
@@ -16,6 +16,7 @@ import pytest
 
 from fastconv import ops
 from fastconv._cpu import _vecmath, conv
+from fastconv._cpu.conv import _winograd
 from helpers import assert_matches, needs_simd
 from test_conv import Geometry
 
@@ -77,7 +78,7 @@ def test_the_f4_matrices_compute_the_correlation():
 @pytest.fixture(params=[2, 4], ids=["F2x2", "F4x4"])
 def side(request, monkeypatch):
     """The tile side the forward takes, forced: F(2x2, 3x3) or F(4x4, 3x3) whatever the output size."""
-    monkeypatch.setattr(conv, "_winograd_side", lambda n, oh, ow: request.param)
+    monkeypatch.setattr(_winograd, "_winograd_side", lambda n, oh, ow: request.param)
     return request.param
 
 
@@ -117,14 +118,16 @@ def _direct(monkeypatch):
 
 
 def _spy_on_redos(monkeypatch):
-    """The batch sizes the direct kernel is called with from now on (the Winograd path's redos)."""
+    """The batch sizes the direct kernel is called with from now on (the Winograd path's redos), by
+    the dispatch (conv/__init__.py) or the Winograd path (conv/_winograd.py): each reads its own name."""
     redone, direct = [], conv._forward_direct
 
     def spy(x, *args):
         redone.append(len(x))
         return direct(x, *args)
 
-    monkeypatch.setattr(conv, "_forward_direct", spy)
+    for module in (conv, _winograd):
+        monkeypatch.setattr(module, "_forward_direct", spy)
     return redone
 
 
@@ -292,14 +295,14 @@ def test_bands_of_tile_rows_give_the_same_bits(monkeypatch, band_rows, side):
     whole = ops.conv2d_forward(x, w, b, padding=1, activation="relu")
     pooled = ops.conv2d_max_pool2d_forward(x, w, b, padding=1, activation="relu", pool_kernel=2)
     cp, kp, tw = 16, 48, -(-10 // side)
-    monkeypatch.setattr(conv, "_WINOGRAD_BAND_BYTES", (side + 2) ** 2 * (cp + kp) * 4 * tw * band_rows)
-    kernel, bands = conv._forward_winograd, []
+    monkeypatch.setattr(_winograd, "_WINOGRAD_BAND_BYTES", (side + 2) ** 2 * (cp + kp) * 4 * tw * band_rows)
+    kernel, bands = _winograd._forward_winograd, []
 
     def spy(*args):
         bands.append(args[10])  # band
         return kernel(*args)
 
-    monkeypatch.setattr(conv, "_forward_winograd", spy)
+    monkeypatch.setattr(_winograd, "_forward_winograd", spy)
     np.testing.assert_array_equal(ops.conv2d_forward(x, w, b, padding=1, activation="relu"), whole)
     for got, want in zip(ops.conv2d_max_pool2d_forward(x, w, b, padding=1, activation="relu", pool_kernel=2), pooled):
         np.testing.assert_array_equal(got, want)
@@ -316,17 +319,17 @@ def test_passes_over_several_samples_give_the_same_bits(monkeypatch, threads):
     previous = numba.get_num_threads()
     try:
         numba.set_num_threads(min(threads, previous))
-        monkeypatch.setattr(conv, "_WINOGRAD_BAND_BYTES", 16 * (16 + 48) * 4)  # one tile a pass
+        monkeypatch.setattr(_winograd, "_WINOGRAD_BAND_BYTES", 16 * (16 + 48) * 4)  # one tile a pass
         single = ops.conv2d_forward(x, w, b, padding=1, activation="relu")
         single_pooled = ops.conv2d_max_pool2d_forward(x, w, b, padding=1, activation="relu", pool_kernel=2)
-        monkeypatch.setattr(conv, "_WINOGRAD_BAND_BYTES", 16 * (16 + 48) * 4 * 9 * 3)  # 3 samples of 9 tiles
-        kernel, groups = conv._forward_winograd, []
+        monkeypatch.setattr(_winograd, "_WINOGRAD_BAND_BYTES", 16 * (16 + 48) * 4 * 9 * 3)  # 3 samples of 9 tiles
+        kernel, groups = _winograd._forward_winograd, []
 
         def spy(*args):
             groups.append((args[10], args[11]))  # band, group
             return kernel(*args)
 
-        monkeypatch.setattr(conv, "_forward_winograd", spy)
+        monkeypatch.setattr(_winograd, "_forward_winograd", spy)
         redone = _spy_on_redos(monkeypatch)
         np.testing.assert_array_equal(ops.conv2d_forward(x, w, b, padding=1, activation="relu"), single)
         for got, want in zip(ops.conv2d_max_pool2d_forward(x, w, b, padding=1, activation="relu", pool_kernel=2),
@@ -340,12 +343,12 @@ def test_passes_over_several_samples_give_the_same_bits(monkeypatch, threads):
 def test_large_transformed_weights_take_passes_of_many_tiles():
     # U past _WINOGRAD_CACHED_U_BYTES: at least _WINOGRAD_PASS_TILES tiles a pass, of several samples
     # when one band is a whole image; below it, the band budget alone
-    cp, kp, th, tw, band, group = conv._winograd_blocking(512, 512, 7, 7, 4)
-    assert (cp, kp, th, tw, band) == (512, 512, 4, 4, 4) and group * th * tw == conv._WINOGRAD_PASS_TILES
-    assert conv._winograd_blocking(512, 512, 56, 56, 4)[4:] == (conv._WINOGRAD_PASS_TILES // 28, 1)
-    tiles = conv._WINOGRAD_BAND_BYTES // (16 * 512 * 4)
-    assert conv._winograd_blocking(256, 256, 14, 14, 4)[4:] == (tiles // 7, 1)
-    assert conv._winograd_blocking(32, 64, 14, 14, 4)[4:] == (7, 1)  # conv2: one sample, one band
+    cp, kp, th, tw, band, group = _winograd._winograd_blocking(512, 512, 7, 7, 4)
+    assert (cp, kp, th, tw, band) == (512, 512, 4, 4, 4) and group * th * tw == _winograd._WINOGRAD_PASS_TILES
+    assert _winograd._winograd_blocking(512, 512, 56, 56, 4)[4:] == (_winograd._WINOGRAD_PASS_TILES // 28, 1)
+    tiles = _winograd._WINOGRAD_BAND_BYTES // (16 * 512 * 4)
+    assert _winograd._winograd_blocking(256, 256, 14, 14, 4)[4:] == (tiles // 7, 1)
+    assert _winograd._winograd_blocking(32, 64, 14, 14, 4)[4:] == (7, 1)  # conv2: one sample, one band
 
 
 def test_same_bits_on_any_thread_count(side):
@@ -399,8 +402,8 @@ def test_non_finite_weights_go_to_the_direct_kernel(monkeypatch, where):
     else:
         b[7] = np.nan
     called = []
-    kernel = conv._forward_winograd
-    monkeypatch.setattr(conv, "_forward_winograd", lambda *args: (called.append(1), kernel(*args))[1])
+    kernel = _winograd._forward_winograd
+    monkeypatch.setattr(_winograd, "_forward_winograd", lambda *args: (called.append(1), kernel(*args))[1])
     y = ops.conv2d_forward(x, w, b, padding=1)
     assert called == []
     _direct(monkeypatch)
@@ -465,13 +468,13 @@ def test_which_backward_layers_take_it():
 
 
 def _spy_on_weight_grads(monkeypatch):
-    calls, kernel = [], conv._weight_grad_winograd
+    calls, kernel = [], _winograd._weight_grad_winograd
 
     def spy(*args):
         calls.append(args[6])  # band
         return kernel(*args)
 
-    monkeypatch.setattr(conv, "_weight_grad_winograd", spy)
+    monkeypatch.setattr(_winograd, "_weight_grad_winograd", spy)
     return calls
 
 
@@ -525,7 +528,7 @@ def test_backward_bands_and_threads_give_the_same_bits(monkeypatch, band_rows):
     x, w, _ = (a.astype(np.float32) for a in _case((9, 16, 9, 10), 33, 22))
     dy = np.random.default_rng(23).standard_normal((9, 33, 9, 10)).astype(np.float32)
     whole = ops.conv2d_backward(dy, x, w, padding=1)
-    monkeypatch.setattr(conv, "_WINOGRAD_BAND_BYTES", 16 * (16 + 48) * 4 * 5 * band_rows)
+    monkeypatch.setattr(_winograd, "_WINOGRAD_BAND_BYTES", 16 * (16 + 48) * 4 * 5 * band_rows)
     calls = _spy_on_weight_grads(monkeypatch)
     threads = numba.get_num_threads()
     try:
@@ -560,18 +563,18 @@ def test_backward_by_planes(monkeypatch, x_shape, c_out, padding):
     geo = Geometry(x.shape, w.shape, 1, padding, 1, 1)
     dy = np.random.default_rng(31).standard_normal((geo.n, geo.c_out, geo.oh, geo.ow))
     args32 = [a.astype(np.float32) for a in (dy, x, w)]
-    monkeypatch.setattr(conv, "_WINOGRAD_PLANES_DU_BYTES", 1)
-    kernel, calls = conv._weight_grad_winograd_planes, []
+    monkeypatch.setattr(_winograd, "_WINOGRAD_PLANES_DU_BYTES", 1)
+    kernel, calls = _winograd._weight_grad_winograd_planes, []
 
     def spy(*a):
         calls.append(len(a[7]) - 1)  # passes
         return kernel(*a)
 
-    monkeypatch.setattr(conv, "_weight_grad_winograd_planes", spy)
+    monkeypatch.setattr(_winograd, "_weight_grad_winograd_planes", spy)
     cp, kp = -(-x_shape[1] // 16) * 16, -(-c_out // 16) * 16
     results = []
     for tiles_a_pass in (1 << 20, 7, 1):
-        monkeypatch.setattr(conv, "_WINOGRAD_PLANES_PASS_BYTES", tiles_a_pass * 16 * (cp + kp) * 4)
+        monkeypatch.setattr(_winograd, "_WINOGRAD_PLANES_PASS_BYTES", tiles_a_pass * 16 * (cp + kp) * 4)
         results += _backward_on_threads(args32, padding)
     th = (geo.oh + 1) // 2
     assert calls[0] == calls[1] == 1 and calls[-1] == calls[-2] == geo.n * th  # one pass; a pass per tile row
@@ -586,8 +589,8 @@ def test_backward_by_planes(monkeypatch, x_shape, c_out, padding):
 
 @pytest.mark.parametrize("n, th, tw, channels", [(16, 4, 4, 512), (8, 28, 28, 256), (3, 5, 4, 16), (0, 4, 4, 512)])
 def test_plane_passes_cover_every_tile_once(n, th, tw, channels):
-    pieces, starts, tiles, band = conv._winograd_gradient_passes(n, th, tw, channels, channels, 4)
-    most = max(tw, conv._WINOGRAD_PLANES_PASS_BYTES // (16 * 2 * channels * 4))
+    pieces, starts, tiles, band = _winograd._winograd_gradient_passes(n, th, tw, channels, channels, 4)
+    most = max(tw, _winograd._WINOGRAD_PLANES_PASS_BYTES // (16 * 2 * channels * 4))
     assert len(starts) == len(tiles) + 1 and starts[0] == 0 and starts[-1] == len(pieces)
     assert (tiles <= most).all() and (tiles > 0).all()
     covered = []
@@ -604,8 +607,8 @@ def test_plane_passes_cover_every_tile_once(n, th, tw, channels):
 def test_which_weight_gradients_go_by_planes(monkeypatch):
     calls = []
     for name in ("_weight_grad_winograd", "_weight_grad_winograd_planes"):
-        kernel = getattr(conv, name)
-        monkeypatch.setattr(conv, name, lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
+        kernel = getattr(_winograd, name)
+        monkeypatch.setattr(_winograd, name, lambda *a, _k=kernel, _n=name: (calls.append(_n), _k(*a))[1])
     for c, c_out in ((32, 64), (256, 256)):  # conv2's dU 128 KiB by parts; 256 channels' 4 MiB by planes
         x, w, _ = _case((2, c, 4, 4), c_out, c)
         dy = np.random.default_rng(c).standard_normal((2, c_out, 4, 4))
@@ -667,8 +670,8 @@ def test_non_finite_weights_in_the_backward(monkeypatch, value):
 def test_the_forward_takes_f4_where_its_tiles_fit():
     # F(4x4) where its products are at most 0.6 of F(2x2)'s (output sides near multiples of 4) over
     # at least 64 tiles in the batch; the shapes alone decide
-    sides = {size: conv._winograd_side(64, size, size) for size in range(1, 17)}
+    sides = {size: _winograd._winograd_side(64, size, size) for size in range(1, 17)}
     assert [size for size, side in sides.items() if side == 4] == [3, 4, 7, 8, 11, 12, 15, 16]
-    assert conv._winograd_side(16, 7, 7) == 4 and conv._winograd_side(15, 7, 7) == 2  # 4 tiles a sample
-    assert conv._winograd_side(1, 28, 28) == 2 and conv._winograd_side(2, 28, 28) == 4  # 49 tiles a sample
-    assert conv._winograd_side(64, 8, 28) == 4 and conv._winograd_side(64, 6, 28) == 2
+    assert _winograd._winograd_side(16, 7, 7) == 4 and _winograd._winograd_side(15, 7, 7) == 2  # 4 tiles a sample
+    assert _winograd._winograd_side(1, 28, 28) == 2 and _winograd._winograd_side(2, 28, 28) == 4  # 49 tiles a sample
+    assert _winograd._winograd_side(64, 8, 28) == 4 and _winograd._winograd_side(64, 6, 28) == 2
