@@ -133,7 +133,7 @@ def unpool_2x2_run(typingctx, dy, y, indices, at, count, act, first_index, out_w
 @njit(inline="always")
 def unpool_2x2_plane(dy, y, act, indices, n, channel, pooled_w, oh, ow, wp, dst, at):
     """The gradient of a 2x2 / stride 2 max pooling scattered into one channel's plane by
-    unpool_2x2_run (for conv._gather_output_grad and pool.max_pool2d_backward): dy[n, channel] is the
+    unpool_2x2_run (for conv._wide._gather_output_grad and pool.max_pool2d_backward): dy[n, channel] is the
     pooled gradient, flat, pooled_w to a row (y[n, channel] the pooled output, read only for an
     activation), indices[n, channel] the pooling's. The plane (dst[at:], oh rows of ow outputs, wp
     apart; columns from ow on are left as they are) is written whole, taking every index to name a

@@ -4,7 +4,7 @@ registers, bias and ReLU applied to the tile, the outputs stored once.
     y[o, q] = act(b[o] + sum over taps t in order (sum over c in order of W[t, o, c] xp[c, q + shift_t]))
 
 q runs over the "wide" grid of the zero-padded sample xp (oh rows of wp columns, as in
-conv._forward_wide): the input value that output q needs from channel c under tap t lies at
+conv._wide._forward_wide): the input value that output q needs from channel c under tap t lies at
 q + shift_t in xp's row c, so consecutive outputs take consecutive floats of that row. Per
 (tap, channel) a tile loads a few vectors and broadcasts a few scalars, then multiply-adds them into
 16-28 zmm accumulators that stay in registers across all taps (gemm32 per tap loads and stores its

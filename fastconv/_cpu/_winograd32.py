@@ -35,7 +35,8 @@ matrices come from the interpolation points 0, 1, -1, 1/2, -2 and infinity (Toom
 Lavin's points 0, +-1, +-2 put 4 and 5 in B^T; mixing 2 with 1/2 keeps B^T's entries at 5/2 and
 below, and halved the float32 error (below): 512 channels on 7x7, max error against float64 9.6e-6
 -> 4.6e-6 of the output scale (a NumPy model of the layer: 1.3e-5 -> 4.6e-6; 0, +-1, +-1/2 was no
-better than Lavin's there). conv._winograd_side takes F(4x4) where its tiles need fewer products than F(2x2)'s.
+better than Lavin's there). conv._winograd._winograd_side takes F(4x4) where its tiles need fewer products than
+F(2x2)'s.
 
 Accuracy. An output still depends only on its own 3x3 window: a patch's first column enters only
 the left outputs (B^T's and A^T's zeros), its last only the right ones. But the weights reach it
@@ -52,7 +53,7 @@ has no useful bound: inputs of 1 with one of 1e6, weights of 1 with a centre of 
 output of 136 for 144 (5.6%), the direct kernel's 144 (3.3e-7 at worst); with 16 channels on 8x8
 and the 1e6 moved over every position, F(4x4) was up to 2.1% off; an input of 3e38 among values of
 1 gave 1.2e-5 against 5e-8. A layer with data like that wants algorithm="direct" (nn.Conv2d, the
-conv ops), or a whole process FASTCONV_WINOGRAD=0 (conv.py): either keeps the direct kernel.
+conv ops), or a whole process FASTCONV_WINOGRAD=0 (conv/__init__.py): either keeps the direct kernel.
 
 Non-finite values do not survive the transforms as they would a direct sum (an inf input gives
 inf - inf = NaN in outputs that the direct sum does not even reach), so output_tile16 reports
