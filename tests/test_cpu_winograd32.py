@@ -50,8 +50,8 @@ if _vecmath.SIMD:
         return output_tile36(*args)
 
     @njit
-    def _products(v, u, m, rows):
-        products(v, u, m, rows)
+    def _products(v, u, m, rows, block):
+        products(v, u, m, v.shape[1], rows, block)
 else:
     TILE_ROWS = ()  # every test here is skipped (pytestmark), but a parametrize below reads it at import
 
@@ -247,10 +247,12 @@ def test_output_transform36(relu):
 def test_products(rows, kp):
     rng = np.random.default_rng(3)
     t = 3 * rows
-    v, u = rng.standard_normal((16, t, 32)).astype(np.float32), rng.standard_normal((16, 32, kp)).astype(np.float32)
-    m = np.full((16, t, kp), np.nan, np.float32)
-    _products(v, _packed(u), m, rows)
-    np.testing.assert_allclose(m, np.einsum("xtc,xck->xtk", v.astype(np.float64), u.astype(np.float64)), atol=2e-5)
+    v, u = rng.standard_normal((16, t, 48)).astype(np.float32), rng.standard_normal((16, 48, kp)).astype(np.float32)
+    want = np.einsum("xtc,xck->xtk", v.astype(np.float64), u.astype(np.float64))
+    for block in (48, 16, 32):  # one sum; three blocks; a block of 32 and a last one of 16
+        m = np.full((16, t, kp), np.nan, np.float32)
+        _products(v, _packed(u), m, rows, block)
+        np.testing.assert_allclose(m, want, atol=2e-5)
 
 
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
@@ -416,6 +418,15 @@ def test_off_by_environment():
         env = dict(os.environ, FASTCONV_WINOGRAD=value)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == expected, (value, out.stdout, out.stderr)
+
+
+def test_many_channels_within_the_tolerance(side):
+    # 512 -> 512 channels on 7x7 (F(4x4) by default): one float32 sum over 512 channels per xi, its
+    # error multiplied by A^T's entries (up to 8, so 64 in 2-D), went past the suite's tolerance
+    # (1.11-1.35 of it); F(4x4)'s sums in blocks of 64 channels come to ~0.3 of it
+    x, w, b = _case((16, 512, 7, 7), 512, 4)
+    y = ops.conv2d_forward(x.astype(np.float32), w.astype(np.float32), padding=1)
+    assert_matches(y, Geometry(x.shape, w.shape, 1, 1, 1, 1).forward, [x, w], np.float32)
 
 
 def test_close_to_the_direct_kernel_on_conv2(monkeypatch, side):
@@ -668,10 +679,10 @@ def test_non_finite_weights_in_the_backward(monkeypatch, value):
 
 
 def test_the_forward_takes_f4_where_its_tiles_fit():
-    # F(4x4) where its products are at most 0.6 of F(2x2)'s (output sides near multiples of 4) over
-    # at least 64 tiles in the batch; the shapes alone decide
-    sides = {size: _winograd._winograd_side(64, size, size) for size in range(1, 17)}
-    assert [size for size, side in sides.items() if side == 4] == [3, 4, 7, 8, 11, 12, 15, 16]
-    assert _winograd._winograd_side(16, 7, 7) == 4 and _winograd._winograd_side(15, 7, 7) == 2  # 4 tiles a sample
-    assert _winograd._winograd_side(1, 28, 28) == 2 and _winograd._winograd_side(2, 28, 28) == 4  # 49 tiles a sample
-    assert _winograd._winograd_side(64, 8, 28) == 4 and _winograd._winograd_side(64, 6, 28) == 2
+    # F(4x4) on outputs of 16 x 16 and larger whose products are at most 0.6 of F(2x2)'s (sides near
+    # multiples of 4) over at least 64 tiles in the batch; the shapes alone decide
+    sides = {size: conv._winograd._winograd_side(64, size, size) for size in range(1, 33)}
+    assert [size for size, side in sides.items() if side == 4] == [16, 19, 20, 23, 24, 27, 28, 31, 32]
+    assert conv._winograd._winograd_side(1, 28, 28) == 2 and conv._winograd._winograd_side(2, 28, 28) == 4
+    assert conv._winograd._winograd_side(64, 16, 28) == 4 and conv._winograd._winograd_side(64, 14, 28) == 2
+    assert conv._winograd._winograd_side(64, 7, 7) == 2 and conv._winograd._winograd_side(64, 8, 8) == 2

@@ -209,15 +209,16 @@ def test_fit_refuses_a_resume_with_a_resume_error_naming_its_keywords(tmp_path):
 
 def test_a_run_whose_stdout_closes_mid_training_stops_quietly_keeping_what_it_saved(tmp_path, capsys):
     # `fastconv train neuron | head -1`: the reader goes after the header; the report's print failed
-    # with "fastconv train: error: [Errno 32] Broken pipe". 200 epochs (about a second) so that the
-    # reader has closed the pipe before the report, even on a busy host: a run that ends first has
-    # nothing left to print into the closed pipe (its output fits the pipe's buffer).
+    # with "fastconv train: error: [Errno 32] Broken pipe". The reader closes the pipe once the lines
+    # printed before training are read, and 200 epochs (about a second) let it do so before the
+    # report, even on a busy host: a run that ended first would print into the pipe's buffer.
     root = Path(cli.__file__).resolve().parent.parent
     proc = subprocess.Popen([sys.executable, "-m", "fastconv", "train", "neuron", "--out", str(tmp_path),
                              "--epochs", "200", "--subset", "40", "--backend", "cpu", "--quiet"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(root),
                                                                         PYTHONUNBUFFERED="1"))
     assert proc.stdout.readline().startswith("fastconv train neuron: backend cpu")
+    assert [proc.stdout.readline()[:6] for _ in range(2)] == ["data: ", "model:"]  # the lines before training
     proc.stdout.close()
     err = proc.stderr.read()
     assert (proc.wait(timeout=300), err) == (1, "")

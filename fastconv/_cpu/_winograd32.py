@@ -35,8 +35,7 @@ matrices come from the interpolation points 0, 1, -1, 1/2, -2 and infinity (Toom
 Lavin's points 0, +-1, +-2 put 4 and 5 in B^T; mixing 2 with 1/2 keeps B^T's entries at 5/2 and
 below, and halved the float32 error (below): 512 channels on 7x7, max error against float64 9.6e-6
 -> 4.6e-6 of the output scale (a NumPy model of the layer: 1.3e-5 -> 4.6e-6; 0, +-1, +-1/2 was no
-better than Lavin's there). conv._winograd._winograd_side takes F(4x4) where its tiles need fewer products than
-F(2x2)'s.
+better than Lavin's there). conv/_winograd.py's _winograd_side says where the forward takes F(4x4).
 
 Accuracy. An output still depends only on its own 3x3 window: a patch's first column enters only
 the left outputs (B^T's and A^T's zeros), its last only the right ones. But the weights reach it
@@ -46,9 +45,11 @@ eps * max |x| over its window * the sum of its kernel's |weights| (times small c
 direct sum's is eps * sum |x_i w_i| over the products it adds. The two agree when inputs and
 weights are of even size: conv2's layer on normal data, max error against float64 1.2e-6, below
 the direct kernel's 2.6e-6 (sums of 32 products per xi against 288). F(4x4)'s larger transform
-entries cost more: on normal data 2-4x the direct kernel's error (512 channels on 7x7: 4.6e-6 of
-the output scale, direct 2.1e-6, F(2x2) 0.7e-6; conv2's layer 2.5x), within the tests' float32
-tolerance. They part where a large input meets a small weight, and then an output's relative error
+entries cost more: on normal data 2-4x the direct kernel's error with one sum over the channels
+(512 channels on 7x7: 4.6e-6 of the output scale, direct 2.1e-6, F(2x2) 0.7e-6; conv2's layer
+2.5x), past the tests' tolerance on some layers; so its products sum in blocks of 32 channels
+(products' `block`), which brings it back within (conv/_winograd.py, F4_CHANNEL_BLOCK). They part
+where a large input meets a small weight, and then an output's relative error
 has no useful bound: inputs of 1 with one of 1e6, weights of 1 with a centre of 1e-6, gave an
 output of 136 for 144 (5.6%), the direct kernel's 144 (3.3e-7 at worst); with 16 channels on 8x8
 and the 1e6 moved over every position, F(4x4) was up to 2.1% off; an input of 3e38 among values of
@@ -261,33 +262,50 @@ def tile_rows(tiles):
 
 
 @njit(inline="always")
-def products(v, u, m, rows):
-    """m[xi] = v[xi] @ u[xi] for the 16 (or 36) xi: v (16, T, Cp), u (16, Cp * Kp) packed (see above),
-    m (16, T, Kp), T a multiple of rows (one of TILE_ROWS: any other is taken as the last), Kp of 16.
-    Each sum over c runs in order. (No check that raises here: a raise in the callers' prange loops
-    would make Numba run them serially.)"""
-    t, cp, kp = v.shape[1], v.shape[2], m.shape[2]
+def _tile(rows, wide, a, a_at, cp, b, b_at, ldb, c, c_at, ldc, k):
+    """c[c_at + r*ldc + j] = sum over k of a[a_at + r*cp + k] * b[b_at + k*ldb + j], r < rows, j < 32 (wide)
+    or 16, by the register tile of that height."""
+    if rows == _ROWS_A:
+        if wide:
+            _tile_a(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 32, k, 0)
+        else:
+            _tile_a16(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 16, k, 0)
+    elif rows == _ROWS_B:
+        if wide:
+            _tile_b(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 32, k, 0)
+        else:
+            _tile_b16(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 16, k, 0)
+    elif wide:
+        _tile_c(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 32, k, 0)
+    else:
+        _tile_c16(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 16, k, 0)
+
+
+@njit(inline="always")
+def products(v, u, m, t, rows, block):
+    """m[xi][:t] = v[xi][:t] @ u[xi] for the 16 (or 36) xi: v (16, T, Cp), u (16, Cp * Kp) packed (see
+    above), m (16, T, Kp) C-contiguous (so that the blocks' sums are added by vector code), t <= T a
+    multiple of rows (one of TILE_ROWS: any other is taken as the last), Kp of 16. Each sum over c
+    runs in order, in blocks of `block` channels (a multiple of 16) whose sums are added in order
+    (block >= Cp: one sum). (No check that raises here: a raise in the callers' prange loops would
+    make Numba run them serially.)"""
+    cp, kp = v.shape[2], m.shape[2]
+    part = np.empty(_ROWS_A * _WIDTH, np.float32)  # a tile's sums over a later block
     for xi in range(v.shape[0]):
         a, b, c = v[xi], u[xi], m[xi]
         for j0 in range(0, kp, _WIDTH):
-            wide = _WIDTH == 32 and kp - j0 >= 32
-            b_at, ldb = j0 * cp, min(_WIDTH, kp - j0)  # the strip, its rows ldb floats apart
+            width = min(_WIDTH, kp - j0)
+            wide = width == 32
+            b_at = j0 * cp  # the strip, its rows `width` floats apart
             for i0 in range(0, t, rows):
                 a_at, c_at = i0 * cp, i0 * kp + j0
-                if rows == _ROWS_A:
-                    if wide:
-                        _tile_a(a, a_at, cp, 1, b, b_at, ldb, c, c_at, kp, cp, False, 32, cp, 0)
-                    else:
-                        _tile_a16(a, a_at, cp, 1, b, b_at, ldb, c, c_at, kp, cp, False, 16, cp, 0)
-                elif rows == _ROWS_B:
-                    if wide:
-                        _tile_b(a, a_at, cp, 1, b, b_at, ldb, c, c_at, kp, cp, False, 32, cp, 0)
-                    else:
-                        _tile_b16(a, a_at, cp, 1, b, b_at, ldb, c, c_at, kp, cp, False, 16, cp, 0)
-                elif wide:
-                    _tile_c(a, a_at, cp, 1, b, b_at, ldb, c, c_at, kp, cp, False, 32, cp, 0)
-                else:
-                    _tile_c16(a, a_at, cp, 1, b, b_at, ldb, c, c_at, kp, cp, False, 16, cp, 0)
+                _tile(rows, wide, a, a_at, cp, b, b_at, width, c, c_at, kp, min(block, cp))
+                for c0 in range(block, cp, block):
+                    _tile(rows, wide, a, a_at + c0, cp, b, b_at + c0 * width, width, part, 0, width,
+                          min(block, cp - c0))
+                    for r in range(rows):
+                        for j in range(width):
+                            c[i0 + r, j0 + j] += part[r * width + j]
 
 
 def _rows_transformed(builder, rows):

@@ -33,6 +33,14 @@ def _channels_last(x, n, r0, r1, pt, pl, wx, cp, xh):
                                   xh, ((pt + r - r0) * wx + pl + w0) * cp + c0, cp)
 
 
+# F(4x4)'s GEMMs sum over the input channels in blocks of this many, the blocks' sums added in order.
+# One float32 sum over all C, its error multiplied by A^T's entries (up to 8, so 64 in 2-D), went past
+# the tests' tolerance on ordinary data: 512 -> 512 channels on 7x7 at 1.11-1.35 of it, and 116 of
+# 2091 random layers of 16 to 256 channels (a helper's fuzz). In blocks of 64: 1 of 2252 at 1.01 (48
+# and 64 channels); of 32: none of 1296, the worst 0.81 (32 channels, one block).
+F4_CHANNEL_BLOCK = 32
+
+
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
 def _forward_winograd(x, u, b, act, pt, pl, oh, ow, pool, side, band, group, rows, xhs, vs, ms, yhs, yws, y, pooled,
                       indices, suspect):
@@ -92,7 +100,7 @@ def _forward_winograd(x, u, b, act, pt, pl, oh, ow, pool, side, band, group, row
                                 else:
                                     input_tile36(xh, at, wx * cp, cp, v_flat, v_at, t_max * cp)
                 used = -(-(g1 - g0) * tiles // rows) * rows
-                products(v[:, :used], u, m[:, :used], rows)
+                products(v, u, m, used, rows, cp if side == 2 else F4_CHANNEL_BLOCK)
                 for n in range(g0, g1):
                     out = yws[t] if pooling else y[n].reshape(-1)
                     first = (n - g0) * tiles
@@ -247,22 +255,26 @@ def _winograd_blocking(c, c_out, oh, ow, itemsize, side=2):
 
 # F(4x4, 3x3) takes 36 products (per channel pair) for a tile of 16 outputs, F(2x2, 3x3) 16 for 4:
 # 1.78x fewer, where the output's sides are multiples of 4. Elsewhere F(4x4) computes up to 3 rows
-# and columns past them, and its tiles, 4x fewer, make shorter GEMMs. Zen 4, 2 threads, F(2x2)'s
-# time over F(4x4)'s, forward / backward (dx by the same forward, dW by F(2x2) in both), medians of
-# 7 alternating rounds: 28x28 outputs (32 to 128 channels) 1.30-1.39 / 1.10-1.13; 56x56 (64) 1.48 /
-# 1.17; 7x7 (32 to 512 channels, batch 16 to 64) 1.04-1.28 / 1.05-1.12; 14x14 (32 to 256) 0.87-1.06
-# / 0.93-1.07; 4x4 (256, batch 32: one tile a sample) 0.75 / 0.98. So F(4x4) where its products are
-# at most _WINOGRAD4_PRODUCTS of F(2x2)'s (28x28 and 7x7: 0.56, 14x14: 0.73) over at least
-# _WINOGRAD4_TILES tiles in the batch. A function of the shapes alone, as the bits depend on it.
+# and columns past them, and its tiles, 4x fewer, make shorter GEMMs; its 36 planes of U cost twice
+# F(2x2)'s to transform, and its sums in blocks of F4_CHANNEL_BLOCK channels (for accuracy) an add per
+# block. Zen 4, 2 threads, F(2x2)'s time over F(4x4)'s (blocks of 32), forward / backward (dx by the
+# same forward, dW by F(2x2) in both), medians of 7 alternating rounds in one process: 64 -> 64
+# channels on 56x56 1.24 / 1.12; 512 on 7x7 0.95 / 0.99; 256 on 14x14 0.78 / 0.87; 16 -> 32 on 8x8
+# (batch 32) 1.12 / 1.01. Before the blocks (too inaccurate, see _forward_winograd): 28x28 (32 to 128
+# channels) 1.30-1.39 / 1.10-1.13, 56x56 1.48 / 1.17, 7x7 1.04-1.28, 14x14 0.87-1.06, 4x4 (one tile a
+# sample, batch 32) 0.75. So F(4x4) for outputs of at least _WINOGRAD4_MIN_SIDE on each side whose
+# products are at most _WINOGRAD4_PRODUCTS of F(2x2)'s (28x28 and 56x56: 0.56, 14x14: 0.73), over at
+# least _WINOGRAD4_TILES tiles in the batch. A function of the shapes alone, as the bits depend on it.
 _WINOGRAD4_PRODUCTS = 0.6
 _WINOGRAD4_TILES = 64
+_WINOGRAD4_MIN_SIDE = 16
 
 
 def _winograd_side(n, oh, ow):
     """Outputs per tile side for the forward of n samples: 4 (F(4x4, 3x3)) or 2 (F(2x2, 3x3))."""
     tiles = lambda side: -(-oh // side) * -(-ow // side)  # noqa: E731
     fewer = tiles(4) * 36 <= _WINOGRAD4_PRODUCTS * tiles(2) * 16
-    return 4 if fewer and n * tiles(4) >= _WINOGRAD4_TILES else 2
+    return 4 if fewer and min(oh, ow) >= _WINOGRAD4_MIN_SIDE and n * tiles(4) >= _WINOGRAD4_TILES else 2
 
 
 def _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices):
