@@ -9,6 +9,7 @@ Skipped where the host has neither AVX-512F nor AVX2."""
 import os
 import subprocess
 import sys
+import threading
 
 import numba
 import numpy as np
@@ -365,6 +366,46 @@ def test_same_bits_on_any_thread_count(side):
     np.testing.assert_array_equal(ops.conv2d_forward(x, w, b, padding=1), one)
     for got, want in zip(ops.conv2d_max_pool2d_forward(x, w, b, **pool_args), pooled_one):
         np.testing.assert_array_equal(got, want)
+
+
+def test_layers_in_two_python_threads_at_once_give_the_serial_bits():
+    # U and the scratch come from the caching allocator (1 MiB and up): two threads running the
+    # forward and backward of the same layers with different weights at once (F(4x4) and F(2x2), the
+    # GIL released) must neither share a buffer in use nor change a bit
+    layers = [(16, 96, 7, 7), (4, 128, 14, 14), (8, 48, 12, 12)]
+    assert [conv._winograd_side(n, h, w) for n, _, h, w in layers] == [4, 2, 4]
+    problems = []  # [thread][layer]
+    for k in range(2):
+        problems.append([])
+        for i, x_shape in enumerate(layers):
+            x, w, b = (a.astype(np.float32) for a in _case(x_shape, x_shape[1], 30 + 3 * k + i))
+            dy = np.random.default_rng(k + 3 * i).standard_normal(x.shape).astype(np.float32)
+            problems[k].append((x, w, b, dy))
+
+    def run(x, w, b, dy):
+        return [ops.conv2d_forward(x, w, b, padding=1, activation="relu"),
+                *ops.conv2d_max_pool2d_forward(x, w, b, padding=1, pool_kernel=2),
+                *ops.conv2d_backward(dy, x, w, padding=1)]
+
+    serial = [[run(*p) for p in mine] for mine in problems]
+    differ, barrier = [], threading.Barrier(2)
+
+    def worker(k):
+        barrier.wait()
+        for i in range(12):
+            try:
+                got = run(*problems[k][i % len(layers)])
+                if not all(np.array_equal(g, e) for g, e in zip(got, serial[k][i % len(layers)])):
+                    differ.append((k, i))
+            except Exception as e:  # noqa: BLE001 (a thread's exception would be lost)
+                differ.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert differ == []
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan, 3e38])
