@@ -372,8 +372,8 @@ def test_layers_in_two_python_threads_at_once_give_the_serial_bits():
     # U and the scratch come from the caching allocator (1 MiB and up): two threads running the
     # forward and backward of the same layers with different weights at once (F(4x4) and F(2x2), the
     # GIL released) must neither share a buffer in use nor change a bit
-    layers = [(16, 96, 7, 7), (4, 128, 14, 14), (8, 48, 12, 12)]
-    assert [conv._winograd_side(n, h, w) for n, _, h, w in layers] == [4, 2, 4]
+    layers = [(4, 96, 16, 16), (4, 128, 14, 14), (2, 48, 28, 28)]
+    assert [conv._winograd._winograd_side(n, h, w) for n, _, h, w in layers] == [4, 2, 4]
     problems = []  # [thread][layer]
     for k in range(2):
         problems.append([])
