@@ -87,8 +87,9 @@ def _packed(u):
     """U (planes, Cp, Kp) packed as weights_transformed gives it (unpacked's inverse)."""
     cp, kp = u.shape[1:]
     packed = np.empty((u.shape[0], cp * kp), u.dtype)
-    for j0 in range(0, kp, 32 if _vecmath.TARGET_AVX512 else 16):
-        width = min(32 if _vecmath.TARGET_AVX512 else 16, kp - j0)
+    strip = 32 if _vecmath.TARGET_AVX512 else 16  # the GEMM tile's width
+    for j0 in range(0, kp, strip):
+        width = min(strip, kp - j0)
         packed[:, j0 * cp:(j0 + width) * cp] = u[:, :, j0:j0 + width].reshape(u.shape[0], -1)
     return packed
 

@@ -153,34 +153,21 @@ def _store_block(block, u, c, k0, cp, kp):
         u[xi, at:at + LANES] = block[xi]
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def _transform_weights(w, u, cp, kp):
-    """u[4a + b][c, k] = (G w[k, c] G^T)[a, b] in float64, rounded once (u zero past w's C and K), u's
-    planes packed (see above). 16 k at a time: their 9 weights gathered into g (float64, a row per
-    tap), then the transform as one straight-line body over the 16 lanes, which LLVM vectorizes; each
-    value takes the same operations in the same order as one k at a time did, so the same bits."""
-    w_rows = w.reshape(w.shape[0], -1)
-    for i in prange(-(-kp // _WIDTH) * -(-cp // _RUN_CHANNELS)):
-        j0, c0, c1 = _run(i, cp)
-        g = np.empty((9, LANES))                    # g[3i + j, k - k0] = w[k, c, i, j]
-        block = np.empty((16, LANES), np.float32)  # block[xi, k - k0]
-        for c in range(c0, c1):
-            for k0 in range(j0, min(kp, j0 + _WIDTH), LANES):
-                _gathered(w_rows, c, k0, g)
-                for lane in range(LANES):
-                    # G g: down each of the kernel's 3 columns; then (G g) G^T along each of its 4 rows
-                    col0 = _g_applied(g[0, lane], g[3, lane], g[6, lane])
-                    col1 = _g_applied(g[1, lane], g[4, lane], g[7, lane])
-                    col2 = _g_applied(g[2, lane], g[5, lane], g[8, lane])
-                    block[0, lane], block[1, lane], block[2, lane], block[3, lane] = _g_applied(col0[0], col1[0],
-                                                                                                col2[0])
-                    block[4, lane], block[5, lane], block[6, lane], block[7, lane] = _g_applied(col0[1], col1[1],
-                                                                                                col2[1])
-                    block[8, lane], block[9, lane], block[10, lane], block[11, lane] = _g_applied(col0[2], col1[2],
-                                                                                                col2[2])
-                    block[12, lane], block[13, lane], block[14, lane], block[15, lane] = _g_applied(col0[3], col1[3],
-                                                                                                    col2[3])
-                _store_block(block, u, c, k0, cp, kp)
+@njit(inline="always")
+def _g_block(g, block):
+    """block[4a + b, lane] = (G g_lane G^T)[a, b] of F(2x2, 3x3), g_lane the 3x3 kernel g[:, lane]
+    (float64, a row per tap), rounded once to float32. One straight-line body over the 16 lanes,
+    which LLVM vectorizes; each value takes the same operations in the same order as one k at a
+    time did, so the same bits."""
+    for lane in range(LANES):
+        # G g: down each of the kernel's 3 columns; then (G g) G^T along each of its 4 rows
+        col0 = _g_applied(g[0, lane], g[3, lane], g[6, lane])
+        col1 = _g_applied(g[1, lane], g[4, lane], g[7, lane])
+        col2 = _g_applied(g[2, lane], g[5, lane], g[8, lane])
+        block[0, lane], block[1, lane], block[2, lane], block[3, lane] = _g_applied(col0[0], col1[0], col2[0])
+        block[4, lane], block[5, lane], block[6, lane], block[7, lane] = _g_applied(col0[1], col1[1], col2[1])
+        block[8, lane], block[9, lane], block[10, lane], block[11, lane] = _g_applied(col0[2], col1[2], col2[2])
+        block[12, lane], block[13, lane], block[14, lane], block[15, lane] = _g_applied(col0[3], col1[3], col2[3])
 
 
 @njit(inline="always")
@@ -200,27 +187,39 @@ def _g4_row(block, at, lane, a0, a1, a2):
     block[at + 3, lane], block[at + 4, lane], block[at + 5, lane] = r[3], r[4], r[5]
 
 
+@njit(inline="always")
+def _g4_block(g, block):
+    """block[6a + b, lane] = (G g_lane G^T)[a, b] of F(4x4, 3x3), as _g_block."""
+    for lane in range(LANES):
+        col0 = _g4_applied(g[0, lane], g[3, lane], g[6, lane])
+        col1 = _g4_applied(g[1, lane], g[4, lane], g[7, lane])
+        col2 = _g4_applied(g[2, lane], g[5, lane], g[8, lane])
+        _g4_row(block, 0, lane, col0[0], col1[0], col2[0])  # written out: a loop over the tuples
+        _g4_row(block, 6, lane, col0[1], col1[1], col2[1])  # would index them at run time
+        _g4_row(block, 12, lane, col0[2], col1[2], col2[2])
+        _g4_row(block, 18, lane, col0[3], col1[3], col2[3])
+        _g4_row(block, 24, lane, col0[4], col1[4], col2[4])
+        _g4_row(block, 30, lane, col0[5], col1[5], col2[5])
+
+
 @njit(parallel=True, nogil=True, cache=True)
-def _transform_weights4(w, u, cp, kp):
-    """u[6a + b][c, k] = (G w[k, c] G^T)[a, b] of F(4x4, 3x3), as _transform_weights."""
+def _transform_weights(w, u, cp, kp):
+    """u[P a + b][c, k] = (G w[k, c] G^T)[a, b] in float64, rounded once (u zero past w's C and K), u's
+    planes packed (see above); P = 4 (u of 16 planes: F(2x2, 3x3)) or 6 (36: F(4x4, 3x3)). 16 k at a
+    time: their 9 weights gathered into g (float64, a row per tap), then transformed by _g_block or
+    _g4_block."""
     w_rows = w.reshape(w.shape[0], -1)
     for i in prange(-(-kp // _WIDTH) * -(-cp // _RUN_CHANNELS)):
         j0, c0, c1 = _run(i, cp)
-        g = np.empty((9, LANES))
-        block = np.empty((36, LANES), np.float32)
+        g = np.empty((9, LANES))                            # g[3i + j, k - k0] = w[k, c, i, j]
+        block = np.empty((u.shape[0], LANES), np.float32)  # block[xi, k - k0]
         for c in range(c0, c1):
             for k0 in range(j0, min(kp, j0 + _WIDTH), LANES):
                 _gathered(w_rows, c, k0, g)
-                for lane in range(LANES):
-                    col0 = _g4_applied(g[0, lane], g[3, lane], g[6, lane])
-                    col1 = _g4_applied(g[1, lane], g[4, lane], g[7, lane])
-                    col2 = _g4_applied(g[2, lane], g[5, lane], g[8, lane])
-                    _g4_row(block, 0, lane, col0[0], col1[0], col2[0])  # written out: a loop over the tuples
-                    _g4_row(block, 6, lane, col0[1], col1[1], col2[1])  # would index them at run time
-                    _g4_row(block, 12, lane, col0[2], col1[2], col2[2])
-                    _g4_row(block, 18, lane, col0[3], col1[3], col2[3])
-                    _g4_row(block, 24, lane, col0[4], col1[4], col2[4])
-                    _g4_row(block, 30, lane, col0[5], col1[5], col2[5])
+                if u.shape[0] == 16:
+                    _g_block(g, block)
+                else:
+                    _g4_block(g, block)
                 _store_block(block, u, c, k0, cp, kp)
 
 
@@ -229,7 +228,7 @@ def weights_transformed(w, channels, outputs, side=2):
     U[4a + b][c, k] = (G w[k, c] G^T)[a, b], zero past C and K (channels, outputs: C and K rounded up
     to LANES). side=4: F(4x4, 3x3)'s U, 36 planes U[6a + b]."""
     u = empty(((side + 2) ** 2, channels * outputs), np.float32)  # 16-36 MiB at 512 channels: reused memory
-    (_transform_weights if side == 2 else _transform_weights4)(np.ascontiguousarray(w), u, channels, outputs)
+    _transform_weights(np.ascontiguousarray(w), u, channels, outputs)
     return u
 
 
@@ -290,7 +289,7 @@ def products(v, u, m, t, rows, block):
     (block >= Cp: one sum). (No check that raises here: a raise in the callers' prange loops would
     make Numba run them serially.)"""
     cp, kp = v.shape[2], m.shape[2]
-    part = np.empty(_ROWS_A * _WIDTH, np.float32)  # a tile's sums over a later block
+    part = np.empty(_ROWS_A * _WIDTH if block < cp else 0, np.float32)  # a tile's sums over a later block
     for xi in range(v.shape[0]):
         a, b, c = v[xi], u[xi], m[xi]
         for j0 in range(0, kp, _WIDTH):
