@@ -255,6 +255,13 @@ def test_products(rows, kp):
         m = np.full((16, t, kp), np.nan, np.float32)
         _products(v, _packed(u), m, rows, block)
         np.testing.assert_allclose(m, want, atol=2e-5)
+        # each block's float32 sum, added to the earlier blocks' in order, rounded once per block
+        summed = None
+        for c0 in range(0, 48, block):
+            part = np.full((16, t, kp), np.nan, np.float32)
+            _products(np.ascontiguousarray(v[:, :, c0:c0 + block]), _packed(u[:, c0:c0 + block]), part, rows, 48)
+            summed = part if summed is None else summed + part
+        np.testing.assert_array_equal(m, summed)
 
 
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])

@@ -242,6 +242,12 @@ TILE_ROWS = (8, 7, 6) if TARGET_AVX512 else (6, 5, 4)
 _tile_a, _tile_a16 = _tile_intrinsic(False, 2, TILE_ROWS[0]), _tile_intrinsic(False, 1, TILE_ROWS[0])
 _tile_b, _tile_b16 = _tile_intrinsic(False, 2, TILE_ROWS[1]), _tile_intrinsic(False, 1, TILE_ROWS[1])
 _tile_c, _tile_c16 = _tile_intrinsic(False, 2, TILE_ROWS[2]), _tile_intrinsic(False, 1, TILE_ROWS[2])
+# The same tiles adding their sums to M's values as they store them: the later channel blocks of
+# F(4x4)'s products (a separate pass adding each block's sums from a scratch tile, as Numba loops,
+# cost F(4x4) most of its gain on the 512-channel 7x7 layer).
+_tile_a_add, _tile_a16_add = (_tile_intrinsic(False, h, TILE_ROWS[0], add_at_store=True) for h in (2, 1))
+_tile_b_add, _tile_b16_add = (_tile_intrinsic(False, h, TILE_ROWS[1], add_at_store=True) for h in (2, 1))
+_tile_c_add, _tile_c16_add = (_tile_intrinsic(False, h, TILE_ROWS[2], add_at_store=True) for h in (2, 1))
 _ROWS_A, _ROWS_B = TILE_ROWS[0], TILE_ROWS[1]
 
 
@@ -261,10 +267,12 @@ def tile_rows(tiles):
 
 
 @njit(inline="always")
-def _tile(rows, wide, a, a_at, cp, b, b_at, ldb, c, c_at, ldc, k):
+def _tile(rows, wide, add, a, a_at, cp, b, b_at, ldb, c, c_at, ldc, k):
     """c[c_at + r*ldc + j] = sum over k of a[a_at + r*cp + k] * b[b_at + k*ldb + j], r < rows, j < 32 (wide)
-    or 16, by the register tile of that height."""
-    if rows == _ROWS_A:
+    or 16, by the register tile of that height; with `add`, c's values plus that sum (rounded once)."""
+    if add:
+        _tile_adding(rows, wide, a, a_at, cp, b, b_at, ldb, c, c_at, ldc, k)
+    elif rows == _ROWS_A:
         if wide:
             _tile_a(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 32, k, 0)
         else:
@@ -281,15 +289,32 @@ def _tile(rows, wide, a, a_at, cp, b, b_at, ldb, c, c_at, ldc, k):
 
 
 @njit(inline="always")
+def _tile_adding(rows, wide, a, a_at, cp, b, b_at, ldb, c, c_at, ldc, k):
+    """_tile with `add`."""
+    if rows == _ROWS_A:
+        if wide:
+            _tile_a_add(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 32, k, 0)
+        else:
+            _tile_a16_add(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 16, k, 0)
+    elif rows == _ROWS_B:
+        if wide:
+            _tile_b_add(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 32, k, 0)
+        else:
+            _tile_b16_add(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 16, k, 0)
+    elif wide:
+        _tile_c_add(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 32, k, 0)
+    else:
+        _tile_c16_add(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 16, k, 0)
+
+
+@njit(inline="always")
 def products(v, u, m, t, rows, block):
     """m[xi][:t] = v[xi][:t] @ u[xi] for the 16 (or 36) xi: v (16, T, Cp), u (16, Cp * Kp) packed (see
-    above), m (16, T, Kp) C-contiguous (so that the blocks' sums are added by vector code), t <= T a
-    multiple of rows (one of TILE_ROWS: any other is taken as the last), Kp of 16. Each sum over c
-    runs in order, in blocks of `block` channels (a multiple of 16) whose sums are added in order
-    (block >= Cp: one sum). (No check that raises here: a raise in the callers' prange loops would
-    make Numba run them serially.)"""
+    above), m (16, T, Kp), t <= T a multiple of rows (one of TILE_ROWS: any other is taken as the
+    last), Kp of 16. Each sum over c runs in order, in blocks of `block` channels (a multiple of 16),
+    each block's sum added to the earlier blocks' total in order (block >= Cp: one sum). (No check
+    that raises here: a raise in the callers' prange loops would make Numba run them serially.)"""
     cp, kp = v.shape[2], m.shape[2]
-    part = np.empty(_ROWS_A * _WIDTH if block < cp else 0, np.float32)  # a tile's sums over a later block
     for xi in range(v.shape[0]):
         a, b, c = v[xi], u[xi], m[xi]
         for j0 in range(0, kp, _WIDTH):
@@ -298,13 +323,10 @@ def products(v, u, m, t, rows, block):
             b_at = j0 * cp  # the strip, its rows `width` floats apart
             for i0 in range(0, t, rows):
                 a_at, c_at = i0 * cp, i0 * kp + j0
-                _tile(rows, wide, a, a_at, cp, b, b_at, width, c, c_at, kp, min(block, cp))
+                _tile(rows, wide, False, a, a_at, cp, b, b_at, width, c, c_at, kp, min(block, cp))
                 for c0 in range(block, cp, block):
-                    _tile(rows, wide, a, a_at + c0, cp, b, b_at + c0 * width, width, part, 0, width,
+                    _tile(rows, wide, True, a, a_at + c0, cp, b, b_at + c0 * width, width, c, c_at, kp,
                           min(block, cp - c0))
-                    for r in range(rows):
-                        for j in range(width):
-                            c[i0 + r, j0 + j] += part[r * width + j]
 
 
 def _rows_transformed(builder, rows):

@@ -265,6 +265,10 @@ def _winograd_blocking(c, c_out, oh, ow, itemsize, side=2):
 # sample, batch 32) 0.75. So F(4x4) for outputs of at least _WINOGRAD4_MIN_SIDE on each side whose
 # products are at most _WINOGRAD4_PRODUCTS of F(2x2)'s (28x28 and 56x56: 0.56, 14x14: 0.73), over at
 # least _WINOGRAD4_TILES tiles in the batch. A function of the shapes alone, as the bits depend on it.
+# Since then the later blocks' sums are added by the GEMM tiles as they store (products 1.4-1.65x
+# faster, one thread, same bits); alternating rounds then put F(4x4) ahead on 7x7 (1.17 / 1.07) and
+# on conv2's 14x14 in one run (1.44 / 0.98) but behind it in the next (0.86 / 0.94), so the rule
+# was left as it is until a quieter host can settle it.
 _WINOGRAD4_PRODUCTS = 0.6
 _WINOGRAD4_TILES = 64
 _WINOGRAD4_MIN_SIDE = 16
