@@ -728,10 +728,11 @@ def test_non_finite_weights_in_the_backward(monkeypatch, value):
 
 
 def test_the_forward_takes_f4_where_its_tiles_fit():
-    # F(4x4) on outputs of 16 x 16 and larger whose products are at most 0.6 of F(2x2)'s (sides near
-    # multiples of 4) over at least 64 tiles in the batch; the shapes alone decide
+    # F(4x4) on outputs whose products are at most 0.6 of F(2x2)'s (sides that are multiples of 4 or
+    # one short of one) over at least 64 tiles in the batch; the shapes alone decide
     sides = {size: conv._winograd._winograd_side(64, size, size) for size in range(1, 33)}
-    assert [size for size, side in sides.items() if side == 4] == [16, 19, 20, 23, 24, 27, 28, 31, 32]
+    assert [size for size, side in sides.items() if side == 4] == [3, 4, 7, 8, 11, 12, 15, 16, 19, 20, 23, 24, 27,
+                                                                    28, 31, 32]
     assert conv._winograd._winograd_side(1, 28, 28) == 2 and conv._winograd._winograd_side(2, 28, 28) == 4
     assert conv._winograd._winograd_side(64, 16, 28) == 4 and conv._winograd._winograd_side(64, 14, 28) == 2
-    assert conv._winograd._winograd_side(64, 7, 7) == 2 and conv._winograd._winograd_side(64, 8, 8) == 2
+    assert conv._winograd._winograd_side(16, 8, 8) == 4 and conv._winograd._winograd_side(15, 8, 8) == 2

@@ -257,28 +257,25 @@ def _winograd_blocking(c, c_out, oh, ow, itemsize, side=2):
 # 1.78x fewer, where the output's sides are multiples of 4. Elsewhere F(4x4) computes up to 3 rows
 # and columns past them, and its tiles, 4x fewer, make shorter GEMMs; its 36 planes of U cost twice
 # F(2x2)'s to transform, and its sums in blocks of F4_CHANNEL_BLOCK channels (for accuracy) an add per
-# block. Zen 4, 2 threads, F(2x2)'s time over F(4x4)'s (blocks of 32), forward / backward (dx by the
-# same forward, dW by F(2x2) in both), medians of 7 alternating rounds in one process: 64 -> 64
-# channels on 56x56 1.24 / 1.12; 512 on 7x7 0.95 / 0.99; 256 on 14x14 0.78 / 0.87; 16 -> 32 on 8x8
-# (batch 32) 1.12 / 1.01. Before the blocks (too inaccurate, see _forward_winograd): 28x28 (32 to 128
-# channels) 1.30-1.39 / 1.10-1.13, 56x56 1.48 / 1.17, 7x7 1.04-1.28, 14x14 0.87-1.06, 4x4 (one tile a
-# sample, batch 32) 0.75. So F(4x4) for outputs of at least _WINOGRAD4_MIN_SIDE on each side whose
-# products are at most _WINOGRAD4_PRODUCTS of F(2x2)'s (28x28 and 56x56: 0.56, 14x14: 0.73), over at
-# least _WINOGRAD4_TILES tiles in the batch. A function of the shapes alone, as the bits depend on it.
-# Since then the later blocks' sums are added by the GEMM tiles as they store (products 1.4-1.65x
-# faster, one thread, same bits); alternating rounds then put F(4x4) ahead on 7x7 (1.17 / 1.07) and
-# on conv2's 14x14 in one run (1.44 / 0.98) but behind it in the next (0.86 / 0.94), so the rule
-# was left as it is until a quieter host can settle it.
+# block (added by the GEMM tiles as they store: _winograd32.products). Zen 4, 2 threads, F(2x2)'s
+# time over F(4x4)'s, forward / backward (dx by the same forward, dW by F(2x2) in both), medians of 21
+# paired calls in one process (quartiles within +-0.05): 512 -> 512 channels on 7x7 1.16 / 1.07; 64 on
+# 7x7 1.50 / 1.15; 256 on 8x8 1.12 / 1.06; 16 -> 32 on 8x8 (batch 32) 1.03 / 1.05; 64 on 4x4 (batch
+# 128) 1.30 / 1.12; on 3x3 1.21 / 1.01; 32 on 28x28 1.38 / 1.13; 128 on 11x11 0.99 / 0.98; 256 on
+# 14x14 1.03 / 1.01; conv2's 32 -> 64 on 14x14 0.87 / 0.99. So F(4x4) where its products are at most
+# _WINOGRAD4_PRODUCTS of F(2x2)'s (sides that are multiples of 4 or one short of one: 0.56; 14x14:
+# 0.73, 5x5 and 6x6: 1), over at least _WINOGRAD4_TILES tiles in the batch (a one-tile sample in a
+# batch of 32 was 0.75 before the blocks' adds moved into the tiles). A function of the shapes alone,
+# as the bits depend on it.
 _WINOGRAD4_PRODUCTS = 0.6
 _WINOGRAD4_TILES = 64
-_WINOGRAD4_MIN_SIDE = 16
 
 
 def _winograd_side(n, oh, ow):
     """Outputs per tile side for the forward of n samples: 4 (F(4x4, 3x3)) or 2 (F(2x2, 3x3))."""
     tiles = lambda side: -(-oh // side) * -(-ow // side)  # noqa: E731
     fewer = tiles(4) * 36 <= _WINOGRAD4_PRODUCTS * tiles(2) * 16
-    return 4 if fewer and min(oh, ow) >= _WINOGRAD4_MIN_SIDE and n * tiles(4) >= _WINOGRAD4_TILES else 2
+    return 4 if fewer and n * tiles(4) >= _WINOGRAD4_TILES else 2
 
 
 def _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices):
