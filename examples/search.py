@@ -48,9 +48,10 @@ def format_table(rows, metric):
 
 
 def run(out="runs/search", epochs=None, lrs=None, widths=None, batch_sizes=None, lr=None, batch_size=None,
-        seed=0, subset=None, verbose=True, progress=None):
+        seed=0, subset=None, verbose=True, progress=None, overwrite=False):
     """`lr` and `batch_size` (from `fastconv train search --lr ...`) fix that setting to one value.
-    progress=False (--quiet) leaves out the line per setting; verbose=False prints nothing."""
+    progress=False (--quiet) leaves out the line per setting; verbose=False prints nothing.
+    overwrite=True (--overwrite) replaces the search `out` holds (train.search refuses such an out without it)."""
     options = runs.settings(DEFAULTS, epochs=epochs, lrs=[lr] if lr else lrs, widths=widths,
                             batch_sizes=[batch_size] if batch_size else batch_sizes)
     mlp = _mlp()
@@ -68,7 +69,7 @@ def run(out="runs/search", epochs=None, lrs=None, widths=None, batch_sizes=None,
               f"(lr {space['lr']}, width {space['width']}, batch size {space['batch_size']})")
     started = time.perf_counter()
     result = train.search(build, space, (dataset.x_train, mlp.targets(dataset.y_train)),
-                          (dataset.x_val, mlp.targets(dataset.y_val)), out_dir=out, metric="loss",
+                          (dataset.x_val, mlp.targets(dataset.y_val)), out_dir=out, overwrite=overwrite, metric="loss",
                           epochs=options["epochs"], seed=seed, patience=10,
                           progress=False, verbose=verbose and progress is not False)  # a line per trial: the progress
     seconds = time.perf_counter() - started

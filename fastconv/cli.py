@@ -203,12 +203,20 @@ def _evaluate(args) -> int:
 def _search(args) -> int:
     example = load_example("search")
     out = _out(args)
-    if not args.overwrite:
-        _keep_earlier_run(out, ("best", "search.csv"), "--overwrite replaces it")
+    if not args.overwrite:  # (train.search refuses it too, after loading the data and printing the header)
+        _keep_earlier_run(out, _search_files(), "--overwrite replaces it")
     grid = {k: getattr(args, k) for k in ("lrs", "widths", "batch_sizes") if getattr(args, k) is not None}
     with _use_backend(args.backend):
-        example.run(out=out, seed=args.seed, epochs=args.epochs, progress=not args.quiet, **grid)
+        example.run(out=out, seed=args.seed, epochs=args.epochs, progress=not args.quiet, overwrite=args.overwrite,
+                    **grid)
     return 0
+
+
+def _search_files():
+    """What train.search writes in its out_dir (and refuses to replace unless overwrite=True)."""
+    from .train import _SEARCH_FILES
+
+    return _SEARCH_FILES
 
 
 def _info(args) -> int:

@@ -722,8 +722,31 @@ def _write_table(out_dir, rows, keys):
     _checkpoint._write_atomically(out_dir, "search.csv", text.getvalue().encode())
 
 
+# What search writes in out_dir: the best model, the table, and trial/, where each setting trains (deleted
+# as search goes).
+_SEARCH_FILES = ("best", "search.csv", "search.json", "trial")
+
+
+def _keep_earlier_search(out_dir):
+    """ValueError when out_dir holds any of _SEARCH_FILES (an earlier search's, or the user's): search would
+    replace them, and delete a trial/ it did not create, and nothing a user saved may be lost unasked."""
+    held = [name for name in _SEARCH_FILES if os.path.exists(os.path.join(out_dir, name))]
+    if held:
+        raise ValueError(f"search: out_dir {os.fspath(out_dir)!r} holds an earlier search ({', '.join(held)}; search "
+                         "writes best/, search.csv and search.json there and trains each setting in trial/, which "
+                         "it deletes): overwrite=True replaces it, or give another out_dir")
+
+
+def _remove(path):
+    """Deletes the file or directory tree at path, if any."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
 def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, out_dir, metric="loss", mode=None,
-           progress=False, verbose=True, **fit_kwargs):
+           overwrite=False, progress=False, verbose=True, **fit_kwargs):
     """Hyperparameter search: runs fit() once per setting and ranks the settings on the best validation
     metric each reached.
 
@@ -739,6 +762,10 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
     interrupted search leaves the trials it finished) and out_dir/best, the checkpoint of the best model
     (each trial's best evaluation). Each trial trains in out_dir/trial, removed on the way out (an
     interrupt included). Returns a SearchResult.
+    overwrite: an out_dir that holds any of best, search.csv, search.json or trial (an earlier search) is
+        refused (ValueError) unless overwrite=True: then trial is deleted before the first trial, and the
+        others are replaced when this search first writes them (as fit's overwrite; `fastconv search`
+        refuses the same --out unless --overwrite).
     """
     name, _, mode = _metric(metric, mode)
     n_trials = _positive_int(n_trials, "n_trials", allow_none=True)
@@ -748,10 +775,16 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
                              "and the best model is kept in out_dir/best")
     settings = _settings(space, method, n_trials, seed)
     train = _xy_pair(train, "train")
-    digest = _digest(*train)  # what each trial's fit would hash again, with its checkpoint_dir
-    os.makedirs(out_dir, exist_ok=True)
     work = os.path.join(out_dir, "trial")
     best_dir = os.path.join(out_dir, "best")
+    if not overwrite:
+        _keep_earlier_search(out_dir)
+    if os.path.exists(best_dir) and not os.path.isdir(best_dir):  # fail now, not after the first trial
+        raise ValueError(f"search: {os.fspath(best_dir)!r} is a file, but search saves the best model there "
+                         "as a checkpoint directory")
+    _remove(work)  # (overwrite=True: from here on, trial/ is this call's own)
+    digest = _digest(*train)  # what each trial's fit would hash again, with its checkpoint_dir
+    os.makedirs(out_dir, exist_ok=True)
     rows, best_value = [], None
     try:  # out_dir/trial goes on the way out, an interrupt (Ctrl-C) included; best/ and the table stay
         for trial, setting in enumerate(settings):
@@ -763,7 +796,7 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
             kwargs = {"seed": seed, "progress": progress, **fit_kwargs,
                       **{k: setting[k] for k in ("epochs", "batch_size") if k in setting},
                       **(built[3] if len(built) == 4 else {})}
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)  # the previous trial's
             t0 = time.perf_counter()
             history = fit(model, loss_fn, optimizer, train, val, metric=metric, mode=mode, checkpoint_dir=work,
                           _train_digest=digest, **kwargs)

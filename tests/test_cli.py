@@ -185,6 +185,16 @@ def test_ctrl_c_in_training_passes_on_fits_note(monkeypatch, capsys, tmp_path):
     assert code == 130 and err.splitlines()[-1] == "  fit was interrupted in epoch 2, at step 6 of 20"
 
 
+@pytest.mark.parametrize("argv", [["search"]])
+def test_search_refuses_an_out_holding_a_trial_directory_and_keeps_it(capsys, tmp_path, argv):
+    # train.search deleted OUT/trial before each setting, whoever had put it there.
+    (tmp_path / "trial").mkdir()
+    (tmp_path / "trial" / "mine.txt").write_text("a user's file")
+    code, _, err = run_cli([*argv, "--out", str(tmp_path), "--quiet", "--epochs", "1"], capsys)
+    assert code == 1 and "trial" in err and "--overwrite" in err
+    assert (tmp_path / "trial" / "mine.txt").read_text() == "a user's file"
+
+
 def test_resume_and_overwrite_together_are_a_usage_error(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["train", "neuron", "--out", str(tmp_path), "--resume", "--overwrite"])

@@ -253,7 +253,7 @@ def test_a_run_without_a_best_fails_clearly_and_keeps_the_earlier_run(tmp_path, 
 @pytest.mark.parametrize("argv, holds", [
     (["train", "tumour_mlp", "--epochs", "1", "--subset", "40"], "best, last): --resume continues it, --overwrite"),
     (["search", "--epochs", "1", "--lrs", "0.01", "--widths", "4", "--batch-sizes", "64"],
-     "best, search.csv): --overwrite replaces it"),
+     "best, search.csv, search.json): --overwrite replaces it"),
 ])
 def test_a_second_run_into_the_same_out_keeps_the_first(tmp_path, capsys, argv, holds):
     # It replaced the first run's best model at its first evaluation, without a word.

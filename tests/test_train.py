@@ -323,6 +323,63 @@ def test_an_interrupted_search_removes_its_trial_directory_and_keeps_best_and_ta
     checkpoint.load(tmp_path / "best")  # whole: its weights match their checksum
 
 
+def _search_build(settings):
+    model = mlp()
+    return model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=settings["lr"])
+
+
+def _files(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_search_keeps_an_earlier_search_unless_overwrite(tmp_path):
+    # A second search into the same out_dir replaced the first's best/ and table without a word (fit and
+    # `fastconv search` refuse theirs).
+    x, y = blobs(40, seed=1)
+    val = blobs(20, seed=2)
+
+    def run(lrs, **kw):
+        return train.search(_search_build, {"lr": lrs}, (x, y), val, out_dir=tmp_path, metric="accuracy", epochs=1,
+                            batch_size=10, verbose=False, **kw)
+
+    run([0.1])
+    first = _files(tmp_path)
+    with pytest.raises(ValueError, match=r"search: out_dir '.*' holds an earlier search \(best, search.csv, "
+                                         r"search.json; .*\): overwrite=True replaces it, or give another out_dir"):
+        run([0.5, 0.2])
+    assert _files(tmp_path) == first
+    result = run([0.5, 0.2], overwrite=True)
+    assert len(result.table) == 2 and len(json.loads((tmp_path / "search.json").read_text())) == 2
+    assert checkpoint.read_info(tmp_path / "best")["extra"]["settings"] == result.best_settings
+    assert sorted(os.listdir(tmp_path)) == ["best", "search.csv", "search.json"]
+
+
+@pytest.mark.parametrize("name", ["best", "search.csv", "search.json", "trial"])
+def test_search_never_replaces_or_deletes_what_out_dir_holds_unasked(tmp_path, name):
+    # out_dir/trial was deleted before each trial, whoever had put it there.
+    x, y = blobs(40, seed=1)
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "mine.txt").write_text("a user's file")
+    kept = _files(tmp_path)
+    with pytest.raises(ValueError, match=rf"holds an earlier search \({name};"):
+        train.search(_search_build, {"lr": [0.1]}, (x, y), blobs(20, seed=2), out_dir=tmp_path, epochs=1,
+                     batch_size=10, verbose=False)
+    assert _files(tmp_path) == kept
+
+
+def test_search_with_overwrite_deletes_a_trial_directory_it_finds(tmp_path):
+    x, y = blobs(40, seed=1)
+    (tmp_path / "trial" / "last").mkdir(parents=True)  # an interrupted search's, say (or a file named trial)
+    (tmp_path / "trial" / "last" / "stale.safetensors").write_bytes(b"old")
+    result = train.search(_search_build, {"lr": [0.1]}, (x, y), blobs(20, seed=2), out_dir=tmp_path, epochs=1,
+                          batch_size=10, verbose=False, overwrite=True)
+    assert result.best_checkpoint is not None and not (tmp_path / "trial").exists()
+    (tmp_path / "trial").write_text("a file")
+    train.search(_search_build, {"lr": [0.1]}, (x, y), blobs(20, seed=2), out_dir=tmp_path, epochs=1,
+                 batch_size=10, verbose=False, overwrite=True)
+    assert not (tmp_path / "trial").exists()
+
+
 def test_search_hashes_the_training_data_once(tmp_path, monkeypatch):
     # Each trial's fit (with its checkpoint_dir) hashed all of train again for its resume check.
     x, y = blobs(80, seed=6)
