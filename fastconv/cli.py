@@ -165,7 +165,7 @@ def _train(args) -> int:
         raise ValueError(f"example {args.example!r} cannot resume (its run() takes no resume)")
     if args.overwrite and "overwrite" in inspect.signature(example.run).parameters:  # (fit refuses such an out too)
         options["overwrite"] = True
-    with _resume_refusals_name_the_flags(args.resume, out):
+    with _resume_refusals_name_the_flags(args.resume, out), _flags_in_messages():
         if args.resume:
             options["resume"] = True
             _check_resumed_lr(example, out, args.lr)
@@ -174,10 +174,18 @@ def _train(args) -> int:
     return 0
 
 
+def _flags_in_messages():
+    """fit's and search's messages (errors, warnings, the note on Ctrl-C) inside name this command's flags
+    (--resume, --overwrite, --out), not the keywords the examples pass them on as."""
+    from .train import _command_line_words
+
+    return _command_line_words()
+
+
 @contextlib.contextmanager
 def _resume_refusals_name_the_flags(resume, out):
-    """With --resume, fit's refusal to continue the run in `out` (its message names fit's keywords:
-    overwrite=True, another checkpoint_dir) gets a line naming the command line's flags."""
+    """With --resume, fit's refusal to continue the run in `out` gets a line naming the command line's ways
+    out (its message says why, and may not say what to do: a last/ that cannot be loaded)."""
     from .checkpoint import CheckpointError
     from .train import ResumeError
 
@@ -201,22 +209,18 @@ def _evaluate(args) -> int:
 
 
 def _search(args) -> int:
+    from .train import _keep_earlier_search
+
     example = load_example("search")
     out = _out(args)
-    if not args.overwrite:  # (train.search refuses it too, after loading the data and printing the header)
-        _keep_earlier_run(out, _search_files(), "--overwrite replaces it")
     grid = {k: getattr(args, k) for k in ("lrs", "widths", "batch_sizes") if getattr(args, k) is not None}
-    with _use_backend(args.backend):
-        example.run(out=out, seed=args.seed, epochs=args.epochs, progress=not args.quiet, overwrite=args.overwrite,
-                    **grid)
+    with _flags_in_messages():
+        if not args.overwrite:  # now: train.search refuses it only after loading the data and printing the header
+            _keep_earlier_search(out)
+        with _use_backend(args.backend):
+            example.run(out=out, seed=args.seed, epochs=args.epochs, progress=not args.quiet,
+                        overwrite=args.overwrite, **grid)
     return 0
-
-
-def _search_files():
-    """What train.search writes in its out_dir (and refuses to replace unless overwrite=True)."""
-    from .train import _SEARCH_FILES
-
-    return _SEARCH_FILES
 
 
 def _info(args) -> int:

@@ -30,6 +30,7 @@ k (eval_every) says k as well.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import csv
 import hashlib
 import io
@@ -61,6 +62,37 @@ class ResumeError(ValueError):
     """fit(..., resume=True) refused: <checkpoint_dir>/last holds a run this call cannot continue (another
     metric, batch size, number of training rows, or training data). (A `last` that fit did not write is
     a checkpoint.CheckpointError.)"""
+
+
+# ----------------------------------------------------------------------------------------------
+# the words of the messages
+
+# fit's and search's messages name what gets a user past them: their keywords, or, while the `fastconv`
+# command runs an example, the command's flags (its user has no resume=True to pass).
+_KEYWORDS = {"resume": "resume=True", "overwrite": "overwrite=True", "checkpoint_dir": "checkpoint_dir",
+             "out_dir": "out_dir", "this call": "this call", "resume it": "fit(..., resume=True)",
+             "train on": "to train on, load its weights (checkpoint.load_into) and fit afresh in another "
+                         "checkpoint_dir"}
+_FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "checkpoint_dir": "--out", "out_dir": "--out",
+          "this call": "this command", "resume it": "the same command with --resume",
+          "train on": "--overwrite (or another --out) trains a new run instead"}
+_words = contextvars.ContextVar("fastconv.train._words", default=_KEYWORDS)
+
+
+def _say(key):
+    """How this run's messages name `key` (one of _KEYWORDS): the keyword, or the command line's flag."""
+    return _words.get()[key]
+
+
+@contextlib.contextmanager
+def _command_line_words():
+    """Inside, fit's and search's errors, warnings and interrupt notes name the `fastconv` command's flags
+    (--resume, --overwrite, --out) where they would name keywords: cli runs the examples in it."""
+    token = _words.set(_FLAGS)
+    try:
+        yield
+    finally:
+        _words.reset(token)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -394,8 +426,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         last_dir, best_dir = os.path.join(checkpoint_dir, "last"), os.path.join(checkpoint_dir, "best")
         for path in (checkpoint_dir, last_dir, best_dir):
             if os.path.exists(path) and not os.path.isdir(path):
-                raise ValueError(f"checkpoint_dir: {os.fspath(path)!r} is a file, but fit writes the checkpoint "
-                                 "directories best/ and last/ in checkpoint_dir")
+                raise ValueError(f"{_say('checkpoint_dir')}: {os.fspath(path)!r} is a file, but fit writes the "
+                                 f"checkpoint directories best/ and last/ in {_say('checkpoint_dir')}")
         if not (resume or overwrite):
             _keep_earlier_run(checkpoint_dir, last_dir, best_dir)
         os.makedirs(checkpoint_dir, exist_ok=True)
@@ -425,10 +457,9 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         if history.stopped_early and s["epoch"] < epochs and (patience is None or s["evals_since_best"] < patience):
             # This call's patience and epochs would have gone on; the run resumed had stopped, and stays stopped.
             warnings.warn(f"fit: the run in {last_dir} stopped early at epoch {history.records[-1]['epoch']} "
-                          f"({s['evals_since_best']} evaluation(s) without improvement), so resume=True trains it no "
-                          f"further, whatever patience ({patience}) this call gives; to train on, load its weights "
-                          "(checkpoint.load_into) and fit afresh in another checkpoint_dir", RuntimeWarning,
-                          stacklevel=2)
+                          f"({s['evals_since_best']} evaluation(s) without improvement), so {_say('resume')} trains it "
+                          f"no further, whatever patience ({patience}) {_say('this call')} gives; {_say('train on')}",
+                          RuntimeWarning, stacklevel=2)
     best_state = None
     if restore_best and s["best"] is not None and os.path.exists(os.path.join(best_dir or "", _checkpoint.INDEX)):
         best_state = {k: xp.array(v, copy=True) for k, v in _checkpoint.load(best_dir)[0].state_dict().items()}
@@ -558,7 +589,7 @@ def _warn_replaced_hyperparameters(last_dir, given, saved, scheduled):
     if changed:
         replaced = ", ".join(f"{k} {old!r} (not {new!r})" for k, (new, old) in changed.items())
         warnings.warn(f"fit: resume continues with the optimizer's hyperparameters saved in {os.fspath(last_dir)}, "
-                      f"not this call's: {replaced}", RuntimeWarning, stacklevel=3)
+                      f"not {_say('this call')}'s: {replaced}", RuntimeWarning, stacklevel=3)
 
 
 def _warn_diverged(record, name, best):
@@ -577,8 +608,8 @@ def _interrupted(s, total_steps, checkpoint_dir, on_disk, metric):
         return note + "nothing was saved (no checkpoint_dir)"
     if on_disk["step"] is None:
         return note + f"nothing was saved in {checkpoint_dir} yet (the first evaluation or epoch end saves)"
-    note += (f"{os.path.join(checkpoint_dir, 'last')} holds the run after step {on_disk['step']} (fit(..., "
-             "resume=True) continues from there)")
+    note += (f"{os.path.join(checkpoint_dir, 'last')} holds the run after step {on_disk['step']} "
+             f"({_say('resume it')} continues from there)")
     best = on_disk["best"]
     if best is not None:
         note += f", {os.path.join(checkpoint_dir, 'best')} its best evaluation ({metric} {best['val_metric']:.4g}, " \
@@ -591,9 +622,9 @@ def _keep_earlier_run(checkpoint_dir, last_dir, best_dir):
     fresh run would replace its best at the first evaluation, and nothing a user saved may be lost unasked."""
     held = [os.path.basename(d) for d in (best_dir, last_dir) if os.path.exists(os.path.join(d, _checkpoint.INDEX))]
     if held:
-        raise ValueError(f"fit: checkpoint_dir {os.fspath(checkpoint_dir)!r} holds an earlier run's checkpoints "
-                         f"({', '.join(held)}): resume=True continues it, overwrite=True replaces it, or give another "
-                         "checkpoint_dir")
+        raise ValueError(f"fit: {_say('checkpoint_dir')} {os.fspath(checkpoint_dir)!r} holds an earlier run's "
+                         f"checkpoints ({', '.join(held)}): {_say('resume')} continues it, {_say('overwrite')} "
+                         f"replaces it, or give another {_say('checkpoint_dir')}")
 
 
 def _check_resumable(last_dir, name, mode, batches):
@@ -605,21 +636,21 @@ def _check_resumable(last_dir, name, mode, batches):
     if not (isinstance(saved, dict) and {"state", "rng", "history"} <= set(saved)):
         raise _checkpoint.CheckpointError(
             f"resume: {last_dir} was not written by train.fit (its JSON has no training-loop state in "
-            "extra['fit']); use another checkpoint_dir, or overwrite=True to replace it")
+            f"extra['fit']); use another {_say('checkpoint_dir')}, or {_say('overwrite')} to replace it")
     metric, saved_mode = saved["history"].get("metric"), saved["history"].get("mode")
     if metric != name or saved_mode != mode:
-        raise ResumeError(f"resume: the checkpoint in {last_dir} monitored {metric} ({saved_mode}), this call "
-                          f"{name} ({mode})")
+        raise ResumeError(f"resume: the checkpoint in {last_dir} monitored {metric} ({saved_mode}), "
+                          f"{_say('this call')} {name} ({mode})")
     saved_batches = saved.get("batches", batches)  # (checkpoints from before this check: not known)
     if any(saved_batches.get(k) != batches[k] for k in ("batch_size", "train_rows")):
         raise ResumeError(f"resume: the checkpoint in {last_dir} was trained with batch_size "
                           f"{saved_batches.get('batch_size')} on {saved_batches.get('train_rows')} training rows, "
-                          f"this call has batch_size {batches['batch_size']} on {batches['train_rows']}; resume "
-                          "with the same ones (or start afresh with overwrite=True)")
+                          f"{_say('this call')} has batch_size {batches['batch_size']} on {batches['train_rows']}; "
+                          f"resume with the same ones (or start afresh with {_say('overwrite')})")
     if saved_batches.get("train_data", batches["train_data"]) != batches["train_data"]:  # (older: not recorded)
         raise ResumeError(f"resume: the checkpoint in {last_dir} was trained on other training data (as many rows, "
                           "other values or order: another split or seed?); resume with the same (x, y), or start "
-                          "afresh with overwrite=True")
+                          f"afresh with {_say('overwrite')}")
 
 
 def _digest(x, y) -> str:
@@ -732,9 +763,10 @@ def _keep_earlier_search(out_dir):
     replace them, and delete a trial/ it did not create, and nothing a user saved may be lost unasked."""
     held = [name for name in _SEARCH_FILES if os.path.exists(os.path.join(out_dir, name))]
     if held:
-        raise ValueError(f"search: out_dir {os.fspath(out_dir)!r} holds an earlier search ({', '.join(held)}; search "
-                         "writes best/, search.csv and search.json there and trains each setting in trial/, which "
-                         "it deletes): overwrite=True replaces it, or give another out_dir")
+        raise ValueError(f"search: {_say('out_dir')} {os.fspath(out_dir)!r} holds an earlier search "
+                         f"({', '.join(held)}; search writes best/, search.csv and search.json there and trains each "
+                         f"setting in trial/, which it deletes): {_say('overwrite')} replaces it, or give another "
+                         f"{_say('out_dir')}")
 
 
 def _remove(path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fastconv import checkpoint, cli, nn
+from fastconv import checkpoint, cli, nn, optim, train
 
 
 def run_cli(argv, capsys):
@@ -185,13 +185,15 @@ def test_ctrl_c_in_training_passes_on_fits_note(monkeypatch, capsys, tmp_path):
     assert code == 130 and err.splitlines()[-1] == "  fit was interrupted in epoch 2, at step 6 of 20"
 
 
-@pytest.mark.parametrize("argv", [["search"]])
+@pytest.mark.parametrize("argv", [["search"], ["train", "search"]])
 def test_search_refuses_an_out_holding_a_trial_directory_and_keeps_it(capsys, tmp_path, argv):
-    # train.search deleted OUT/trial before each setting, whoever had put it there.
+    # train.search deleted OUT/trial before each setting, whoever had put it there. (`fastconv train search`
+    # got train.search's refusal in its keywords: overwrite=True, out_dir.)
     (tmp_path / "trial").mkdir()
     (tmp_path / "trial" / "mine.txt").write_text("a user's file")
     code, _, err = run_cli([*argv, "--out", str(tmp_path), "--quiet", "--epochs", "1"], capsys)
-    assert code == 1 and "trial" in err and "--overwrite" in err
+    assert code == 1 and "holds an earlier search (trial;" in err
+    assert "--overwrite replaces it, or give another --out" in err and "=True" not in err and "out_dir" not in err
     assert (tmp_path / "trial" / "mine.txt").read_text() == "a user's file"
 
 
@@ -272,3 +274,82 @@ def test_every_option_of_every_command_says_what_it_does():
         for action in parser._actions:
             if action.option_strings and action.option_strings != ["-h", "--help"]:
                 assert action.help, f"fastconv {name} {action.option_strings[0]} has no help"
+
+
+# An example of a few steps whose patience grows with its epochs, as a user's own example's may: its run
+# stops early at epoch 2 of 2 (lr 0: no evaluation improves on the first), and a --resume with more epochs
+# has more patience.
+TINY_EXAMPLE = """
+import numpy as np
+from fastconv import losses, nn, optim, train
+
+NAME = "tiny"
+DEFAULTS = {"epochs": 2, "batch_size": 10}
+
+
+def run(out, epochs=None, lr=None, batch_size=None, seed=0, subset=None, verbose=True, progress=None, resume=False,
+        overwrite=False):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((40, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    model = nn.Sequential(nn.Linear(4, 2, seed=0))
+    epochs = epochs or DEFAULTS["epochs"]
+    return train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.0), (x, y), (x, y),
+                     epochs=epochs, batch_size=batch_size or 10, patience=1 if epochs <= 2 else 5,
+                     checkpoint_dir=out, resume=resume, overwrite=overwrite, progress=False)
+"""
+
+KEYWORD_WORDING = ("=True", "fit(", "checkpoint_dir", "out_dir", "load_into", "this call")
+
+
+@pytest.fixture
+def tiny(monkeypatch, tmp_path):
+    """`fastconv train tiny`'s argv, its --out in tmp_path/run."""
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "tiny.py").write_text(TINY_EXAMPLE)
+    monkeypatch.setenv("FASTCONV_EXAMPLES_DIR", str(tmp_path / "examples"))
+    monkeypatch.delitem(sys.modules, "fastconv_examples.tiny", raising=False)
+    yield ["train", "tiny", "--out", str(tmp_path / "run"), "--quiet", "--backend", "cpu"]
+    sys.modules.pop("fastconv_examples.tiny", None)
+
+
+def test_fits_early_stopping_warning_names_the_flags_under_the_command(tiny, capsys):
+    # It told a `fastconv train` user that resume=True trains no further, and to fit afresh in another
+    # checkpoint_dir after checkpoint.load_into.
+    assert run_cli(tiny, capsys)[0] == 0
+    with pytest.warns(RuntimeWarning, match="stopped early") as warned:
+        assert run_cli([*tiny, "--epochs", "5", "--resume"], capsys)[0] == 0
+    message, = [str(w.message) for w in warned]
+    assert "so --resume trains it no further, whatever patience (5) this command gives; --overwrite (or another " \
+           "--out) trains a new run instead" in message
+    assert not any(words in message for words in KEYWORD_WORDING)
+    assert train._say("resume") == "resume=True"  # the library's words again after the command
+
+
+def test_fits_note_on_ctrl_c_names_the_flags_under_the_command(tiny, capsys, monkeypatch, tmp_path):
+    # It said "fit(..., resume=True) continues from there" to a `fastconv train` user.
+    real_step, steps = optim.SGD.step, []
+
+    def dying_step(self):  # in epoch 2, after epoch 1's checkpoints (4 steps)
+        if len(steps) == 6:
+            raise KeyboardInterrupt
+        steps.append(1)
+        real_step(self)
+
+    monkeypatch.setattr(optim.SGD, "step", dying_step)
+    code, _, err = run_cli(tiny, capsys)
+    assert code == 130
+    assert f"{tmp_path / 'run' / 'last'} holds the run after step 4 (the same command with --resume continues " \
+           "from there)" in err
+    assert not any(words in err for words in KEYWORD_WORDING)
+
+
+def test_fits_refusal_to_resume_names_the_flags_under_the_command(tiny, capsys):
+    # fit's ResumeError said "start afresh with overwrite=True" (and "this call") above the command's own line.
+    assert run_cli(tiny, capsys)[0] == 0
+    code, _, err = run_cli([*tiny, "--batch-size", "8", "--resume"], capsys)
+    assert code == 1
+    assert "this command has batch_size 8 on 40; resume with the same ones (or start afresh with --overwrite)" in err
+    assert not any(words in err for words in KEYWORD_WORDING)
+    with pytest.raises(train.ResumeError, match=r"this call has batch_size 8 .* start afresh with overwrite=True\)$"):
+        cli.load_example("tiny").run(out=tiny[3], batch_size=8, resume=True)  # the library's own words
