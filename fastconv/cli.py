@@ -158,10 +158,12 @@ def _check_resumed_lr(example, out, lr):
 def _train(args) -> int:
     example = load_example(args.example)
     out = _out(args)
+    resumable = "resume" in inspect.signature(example.run).parameters
     if not (args.resume or args.overwrite):
-        _keep_earlier_run(out, ("best", "last"), "--resume continues it, --overwrite replaces it")
+        ways = "--resume continues it, --overwrite replaces it" if resumable else "--overwrite replaces it"
+        _keep_earlier_run(out, ("best", "last"), ways)
     options = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "subset") if getattr(args, k) is not None}
-    if args.resume and "resume" not in inspect.signature(example.run).parameters:
+    if args.resume and not resumable:
         raise ValueError(f"example {args.example!r} cannot resume (its run() takes no resume)")
     if args.overwrite and "overwrite" in inspect.signature(example.run).parameters:  # (fit refuses such an out too)
         options["overwrite"] = True

@@ -197,6 +197,15 @@ def test_search_refuses_an_out_holding_a_trial_directory_and_keeps_it(capsys, tm
     assert (tmp_path / "trial" / "mine.txt").read_text() == "a user's file"
 
 
+def test_an_earlier_run_refused_for_an_example_that_cannot_resume_offers_no_resume(capsys, tmp_path):
+    # `fastconv train search` into an earlier search's --out said "--resume continues it", and --resume then
+    # said "example 'search' cannot resume".
+    (tmp_path / "best").mkdir()
+    code, _, err = run_cli(["train", "search", "--out", str(tmp_path), "--quiet"], capsys)
+    assert code == 1 and f"{tmp_path} holds an earlier run (best): --overwrite replaces it, or give another --out" in err
+    assert "--resume" not in err
+
+
 def test_resume_and_overwrite_together_are_a_usage_error(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["train", "neuron", "--out", str(tmp_path), "--resume", "--overwrite"])
