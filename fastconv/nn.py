@@ -322,15 +322,22 @@ def _conv_output_size(size, kernel, stride, padding, dilation):
 
 
 def _check_input(layer, x, ndim, what, size=None, dim=1, dtype=None):
-    """ValueError naming the layer, the expected and the received shape."""
+    """The input as the backend's array, as the ops take it (a torch tensor or an ndarray subclass read as
+    an ndarray); ValueError naming the layer, the expected and the received shape, TypeError naming the
+    layer and the ops' reason for an array of another device or kind, or of another dtype."""
     shape = getattr(x, "shape", None)
     if shape is None:
         raise TypeError(f"{layer!r}: input must be an array on the backend's device, got {type(x).__name__}")
+    try:  # (before the dtype: a torch tensor's is torch.float32, never a NumPy dtype)
+        x = _check.on_backend(x, "x", _backend.current())
+    except TypeError as exc:  # e.g. a torch tensor that requires grad: pass x.detach().numpy()
+        raise TypeError(f"{layer!r}: {exc}") from None
     if len(shape) != ndim or (size is not None and shape[dim] != size):
         raise ValueError(f"{layer!r}: expected input of shape {what}, got {tuple(shape)}")
     if dtype is not None and x.dtype != dtype:
         raise TypeError(f"{layer!r}: input is {x.dtype} but the layer's parameters are {dtype}; "
                         f"cast the input (x.astype({np.dtype(dtype).name}))")
+    return x
 
 
 def _uniform(rng, bound, shape, dtype):
@@ -365,7 +372,7 @@ class Linear(Module):
 
     def forward(self, x, activation=None):
         """activation ("relu"/"sigmoid") is fused into the GEMM epilogue; Sequential uses it."""
-        _check_input(self, x, 2, f"(N, {self.in_features})", self.in_features, dtype=self.dtype)
+        x = _check_input(self, x, 2, f"(N, {self.in_features})", self.in_features, dtype=self.dtype)
         self._x = x
         return ops.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data, activation)
 
@@ -433,7 +440,7 @@ class Conv2d(Module):
                     algorithm=self.algorithm)
 
     def forward(self, x, activation=None):
-        _check_input(self, x, 4, f"(N, {self.in_channels}, H, W)", self.in_channels, dtype=self.dtype)
+        x = _check_input(self, x, 4, f"(N, {self.in_channels}, H, W)", self.in_channels, dtype=self.dtype)
         self._x = x
         return ops.conv2d_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
                                   activation=activation, **self._op_kwargs())
@@ -447,7 +454,7 @@ class Conv2d(Module):
     def forward_max_pool(self, x, activation, pool):
         """pool(activation(self(x))) as one op (ops.conv2d_max_pool2d_forward); pool is a MaxPool2d,
         left ready for backward_max_pool. Sequential uses it."""
-        _check_input(self, x, 4, f"(N, {self.in_channels}, H, W)", self.in_channels, dtype=self.dtype)
+        x = _check_input(self, x, 4, f"(N, {self.in_channels}, H, W)", self.in_channels, dtype=self.dtype)
         self._x = x
         y, indices = ops.conv2d_max_pool2d_forward(
             x, self.weight.data, None if self.bias is None else self.bias.data, activation=activation,
@@ -527,12 +534,12 @@ class _Pool2d(Module):
         return {"kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding)}
 
     def _check(self, x):
-        _check_input(self, x, 4, "(N, C, H, W)")
+        return _check_input(self, x, 4, "(N, C, H, W)")
 
 
 class MaxPool2d(_Pool2d):
     def forward(self, x):
-        self._check(x)
+        x = self._check(x)
         y, self._indices = ops.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
         self._x_shape = tuple(x.shape)
         self._y = y  # for Sequential's ReLU + MaxPool2d backward
@@ -545,7 +552,7 @@ class MaxPool2d(_Pool2d):
 
 class AvgPool2d(_Pool2d):
     def forward(self, x):
-        self._check(x)
+        x = self._check(x)
         self._x_shape = tuple(x.shape)
         return ops.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
 

@@ -689,6 +689,8 @@ CASES = [
       TypeError, r"labels is a numpy.ma.MaskedArray; fastconv does not apply masks"),
     C("subclass", "relu_forward(x torch tensor that requires grad)", lambda be, _: ops.relu_forward(_TensorThatRequiresGrad()),
       TypeError, r"x must be an array, got a torch Tensor that requires grad: pass x.detach\(\).numpy\(\), or x.detach\(\) on the backend's device"),
+    C("subclass", "Linear(3, 2)(x torch tensor that requires grad)", lambda be, _: nn.Linear(3, 2)(_TensorThatRequiresGrad()),
+      TypeError, r"Linear\(in_features=3, .*\): x must be an array, got a torch Tensor that requires grad: pass x.detach\(\).numpy\(\)"),
     C("subclass", "softmax_cross_entropy_forward(logits torch tensor that requires grad, labels)", lambda be, _: ops.softmax_cross_entropy_forward(_TensorThatRequiresGrad(), on(be, np.array([0, 1]))),
       TypeError, r"logits must be an array, got a torch Tensor that requires grad: pass logits.detach\(\).numpy\(\)"),
     C("device", "relu_forward(x on another device)", lambda be, _: ops.relu_forward(other_device(be)),

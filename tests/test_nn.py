@@ -3,6 +3,7 @@ whole small Sequential, on every backend; state dicts, freezing, configs, input 
 import numpy as np
 import pytest
 
+import fastconv
 from fastconv import nn, ops
 from fastconv._cpu import _vecmath
 from helpers import DTYPES, assert_gradient, assert_matches, numerical_gradient, on, to_numpy
@@ -398,6 +399,28 @@ def test_relu_then_max_pool_backward_is_the_unfused_result_bit_for_bit(backend):
         _, idx = ops.max_pool2d_forward(r, kernel, stride, padding)
         unfused = to_numpy(ops.relu_backward(ops.max_pool2d_backward(dy, idx, tuple(x.shape)), xb))
         assert fused.tobytes() == unfused.tobytes()
+
+
+def test_a_torch_tensor_in_a_layer_is_taken_as_the_ops_take_it():
+    # The layers compared its dtype (torch.float32) with theirs: "input is torch.float32 but the layer's
+    # parameters are float32", where the ops read it as an array, or say how to pass one that requires grad.
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal((4, 3, 6, 6)).astype(np.float32)
+    with fastconv.use_backend("cpu"):  # (a host backend: on cuda a CPU tensor is refused as host memory)
+        for layer, sample, named in ((nn.Linear(3, 2, seed=0), x[:, :, 0, 0].copy(), "Linear"),
+                                     (nn.Conv2d(3, 2, 3, seed=0), x, "Conv2d"), (nn.MaxPool2d(2), x, "MaxPool2d"),
+                                     (nn.Sequential(nn.Conv2d(3, 2, 3, seed=0), nn.ReLU(), nn.MaxPool2d(2)), x, "Conv2d")):
+            expected = layer(sample)
+            got = layer(torch.from_numpy(sample))
+            assert type(got) is np.ndarray and np.array_equal(got, expected)
+            if layer.parameters():
+                dx = layer.backward(np.ones_like(got))  # from the input the forward read
+                assert type(dx) is np.ndarray and dx.shape == sample.shape
+            with pytest.raises(TypeError, match=rf"^{named}\(.*: x must be an array, got a torch Tensor that "
+                                                r"requires grad: pass x.detach\(\).numpy\(\)"):
+                layer(torch.from_numpy(sample).requires_grad_())
+        with pytest.raises(TypeError, match=r"Linear\(.*\): input is float64 but the layer's parameters are float32"):
+            nn.Linear(3, 2)(torch.zeros(4, 3, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("freeze_first", [False, True])
