@@ -264,6 +264,25 @@ def test_cross_entropy_row_loss_past_the_dtype_is_inf_as_documented(backend):
     assert "any finite logits" not in doc and "overflows the dtype" in doc
 
 
+@pytest.mark.parametrize("z, y, w, eps, loss32, loss64", [
+    ([[2e38, 0, 0]], [1], [1, 2, 1], 0.0, np.inf, 2e38),                    # w[y] l = 4e38
+    ([[2e38, 0, 0], [0, 1, 2]], [1, 0], [10, 10, 10], 0.0, np.inf, 1e38),  # 10 l = 2e39
+    ([[2e38, 0, 0]], [1], None, 0.1, np.inf, 0.9 * 2e38 + 0.1 / 3 * 4e38), # sum_c -log p_c = 4e38
+    ([[2e38, 0, 0]], [1], [0.5, 0.5, 0.5], 0.0, 2e38, 2e38)])              # w[y] l = 1e38: finite
+def test_cross_entropy_weighted_row_loss_past_the_dtype_is_inf(backend, z, y, w, eps, loss32, loss64):
+    # A row's weighted loss w[y] (-log p_y), or its smoothing sum sum_c w_c (-log p_c), past
+    # float32's maximum is +inf, as torch's float32 cross_entropy gives (loss32: torch's values);
+    # below it the row stays finite. The cpu backend weighed the rows in float64 and gave a
+    # finite loss where the native kernels and torch give inf.
+    z, y = np.array(z), np.array(y)
+    for dtype, expected in [(np.float32, loss32), (np.float64, loss64)]:
+        args = on(backend, z.astype(dtype), y, None if w is None else np.array(w, dtype))
+        loss, probs = ops.softmax_cross_entropy_forward(*args, label_smoothing=eps)
+        fused, grad = ops.softmax_cross_entropy_with_grad(*args, label_smoothing=eps)
+        assert float(loss) == float(fused) == pytest.approx(expected, rel=1e-6)
+        assert np.all(np.isfinite(to_numpy(probs))) and np.all(np.isfinite(to_numpy(grad)))
+
+
 def test_cross_entropy_nan_logit_gives_nan_loss(backend):
     z = np.array([[0.0, 1.0, 2.0], [0.5, np.nan, 0.0]], dtype=np.float32)
     loss, probs = ops.softmax_cross_entropy_forward(*on(backend, z, np.array([0, 2])))

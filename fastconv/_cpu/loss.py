@@ -82,6 +82,16 @@ def _row_weighted_shift(row, m, weight, has_weight):
 
 
 @njit(inline="always")
+def _in_range(v, big):
+    """v, or +-inf where it is past big (the row dtype's largest value): the native kernels compute
+    a row's loss and its smoothing sum in the logits' dtype, as torch does, where these overflow;
+    here they are computed in float64."""
+    if abs(v) > big:
+        return np.copysign(np.inf, v)
+    return v
+
+
+@njit(inline="always")
 def _grad_constants(y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum, consts, p_scale):
     """The row gradient's g_c = p_c * a - b (b * w_c when weighted and smoothed), less t at the
     label y: a and b into consts[0] and consts[1] (the row's dtype), t returned in float64."""
@@ -160,9 +170,10 @@ def _cross_entropy_rows_body(exp_sum, write_row, z, labels, weight, has_weight, 
     n, classes = z.shape
     out = probs.reshape(-1)
     share = smoothing / classes
+    big = np.finfo(z.dtype).max
     w_total = 0.0
     if smoothing != 0.0:
-        w_total = _row_sum(weight) if has_weight else float(classes)
+        w_total = _in_range(_row_sum(weight), big) if has_weight else float(classes)
     rows_per_task = max(1, SPAN // max(1, classes))
     for t in prange((n + rows_per_task - 1) // rows_per_task):
         exps = np.empty(classes, probs.dtype)
@@ -177,9 +188,9 @@ def _cross_entropy_rows_body(exp_sum, write_row, z, labels, weight, has_weight, 
             log_s = np.log(s)
             wy = weight[y] if has_weight else 1.0
             r = (1.0 - smoothing) * wy * (log_s - (row[y] - m))
-            if smoothing != 0.0:
-                r += share * (w_total * log_s - _row_weighted_shift(row, m, weight, has_weight))
-            row_loss[i] = r
+            if smoothing != 0.0:  # (sum_c w_c (-log p_c): nonnegative terms, past big iff the dtype's sum is)
+                r += share * _in_range(w_total * log_s - _row_weighted_shift(row, m, weight, has_weight), big)
+            row_loss[i] = _in_range(r, big)  # (both terms >= 0: past big iff one of them or their sum is)
             row_weight[i] = wy
         if stream:
             store_fence()

@@ -108,11 +108,15 @@ def softmax_cross_entropy_forward(logits, labels, weight=None, label_smoothing=0
     sum_i w[y_i] l_i / sum_i w[y_i]; with label_smoothing e the target is (1 - e) onehot + e/C,
     the smoothing term weighted per class and normalized by the same sum_i w[y_i] (torch's rule).
     probs = softmax(logits) (N, C), what the backward takes. For finite logits the probs and the
-    gradient are finite, and so is the loss unless a row's loss overflows the dtype: where -log p
-    of a row's label (its gap below the row's largest logit; with label_smoothing, of any class)
-    passes the dtype's maximum (~3.4e38 for float32), the loss is +inf, as in torch (float32
-    logits [3e38, -3e38, 0] with label 1: 6e38); a class weight > 1 may take it there too. A NaN
-    logit makes the loss NaN.
+    gradient are finite, and so is the loss unless a row's loss overflows the dtype: a row's
+    w[y] (-log p_y) (-log p: a class's gap below the row's largest logit) and, with
+    label_smoothing, its sum_c w_c (-log p_c) are computed in the dtype, as torch computes them;
+    where one passes the dtype's maximum (~3.4e38 for float32) the loss is +inf, as in torch
+    (float32 logits [3e38, -3e38, 0] with label 1: 6e38; [2e38, 0, 0] with label 1 and that
+    class's weight 2, or with label_smoothing (2e38 + 2e38): 4e38). The mean over the rows is
+    accumulated in float64 on every backend: rows that each stay below the maximum give a finite
+    mean (torch sums them in the dtype: +inf once their sum passes it). A NaN logit makes the loss
+    NaN.
 
     check_weight=False skips the check that every weight is >= 0 (a device-to-host read on a GPU)
     for a caller that has checked them already, as CrossEntropyLoss does once at construction; the
