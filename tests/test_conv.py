@@ -334,6 +334,36 @@ def test_weight_gradient_of_inputs_with_inf_and_nan(backend, x_shape, w_shape, p
     np.testing.assert_allclose(dw[finite], expected[finite], rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding", [
+    ((2, 1, 5, 5), (2, 1, 3, 3), 1, 1), ((2, 9, 6, 6), (4, 9, 3, 3), 1, 1), ((2, 16, 6, 6), (16, 16, 3, 3), 1, 1),
+    ((2, 3, 7, 7), (2, 3, 5, 5), 1, 2), ((2, 9, 8, 8), (4, 9, 3, 3), 2, 1), ((2, 4, 6, 6), (3, 4, 4, 4), 2, 1),
+    ((2, 4, 5, 5), (3, 4, 1, 1), 2, 1)])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_output_gradient_at_the_border(backend, x_shape, w_shape, stride, padding, dtype, value):
+    # dy non-finite at an output whose window overlaps the padding (the corner; an edge): dx is
+    # non-finite exactly where a direct sum over the real taps has it; dW is NaN also at the taps
+    # that read the padding there (its zeros times dy: the padded reference's, as torch's im2col
+    # kernels give; docs/reliability.md). The same on every path of the cpu backend (im2col,
+    # shifted GEMMs, register tiles, Winograd, 1x1) and on the native kernels.
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    geo = Geometry(x_shape, w_shape, stride, padding, 1, 1)
+    dy = rng.standard_normal((geo.n, geo.c_out, geo.oh, geo.ow))
+    dy[0, 1, 0, 0], dy[1, 0, 0, geo.ow // 2] = value, -value
+    dx, dw, _ = ops.conv2d_backward(*on(backend, *(a.astype(dtype) for a in (dy, x, w))), stride=stride,
+                                    padding=padding)
+    with np.errstate(invalid="ignore"):
+        expected = {"dx": geo.dx(dy, x, w), "dw": geo.dw(dy, x, w)}
+    for name, got in (("dx", dx), ("dw", dw)):
+        got = to_numpy(got).astype(np.float64)
+        for kind in (np.isnan, np.isposinf, np.isneginf):
+            np.testing.assert_array_equal(kind(got), kind(expected[name]), err_msg=f"{name} {kind.__name__}")
+        finite = np.isfinite(expected[name])
+        tol = 1e-4 if dtype == np.float32 else 1e-10
+        np.testing.assert_allclose(got[finite], expected[name][finite], rtol=tol, atol=tol, err_msg=name)
+
+
 class TestBadInput:
     @staticmethod
     def arrays(backend, x_shape=(2, 4, 5, 5), w_shape=(6, 4, 3, 3), dtype=np.float32):

@@ -132,7 +132,16 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, bias=Tr
     """Gradients of z = conv2d(x, w) + b given dy = dL/dz: returns (dx, dw, db); db is None when
     bias=False, dx is None (and not computed) when input_grad=False, e.g. for a network's first layer. When the forward fused an activation, pass dy through relu_backward /
     sigmoid_backward first. The hyperparameters must be the forward's; algorithm as in
-    conv2d_forward (it may differ from the forward's)."""
+    conv2d_forward (it may differ from the forward's).
+
+    NaN and inf propagate as in a direct sum over the real taps for dx (a NaN or inf in dy reaches
+    the dx entries those outputs' windows cover, and no others) and for a NaN or inf in x (the dW
+    entries whose tap reads it). dW, like the forward, multiplies the zero padding too, as im2col
+    does (torch's native kernels): a NaN or inf in dy at an output whose window overlaps the
+    padding is also NaN at the taps that read the padding there (0 * NaN, 0 * inf), where a direct sum over
+    the real taps leaves them finite. The same places on every backend and algorithm (Winograd's
+    non-finite results are recomputed by the direct kernels); docs/reliability.md has the details
+    and the one known difference (a NaN or inf weight's dx on the native kernels)."""
     be = _backend.current()
     bias, input_grad = flag(bias, "bias"), flag(input_grad, "input_grad")
     algorithm = check_algorithm(algorithm, "conv2d_backward")
