@@ -92,11 +92,11 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     return y.reshape(n, c_out, oh, ow) if pool is None else (pooled, indices)
 
 
-# Winograd's F(2x2, 3x3) takes the 3x3 stride-1 float32 layers with at least WINOGRAD_MIN_CHANNELS
-# input and output channels (below it the transforms, linear in C + K, outweigh the 2.25x fewer
-# multiply-adds), unless the op's algorithm is "direct" (a layer's choice: Conv2d(algorithm=)) or
-# FASTCONV_WINOGRAD=0 (the whole process's) keeps them on the direct kernel and its rounding
-# (_winograd32.py compares the two).
+# Winograd's algorithm (F(4x4, 3x3) or F(2x2, 3x3) for the forward: _winograd._winograd_side) takes the
+# 3x3 stride-1 float32 layers with at least WINOGRAD_MIN_CHANNELS input and output channels (below it
+# the transforms, linear in C + K, outweigh F(2x2)'s 2.25x fewer multiply-adds), unless the op's
+# algorithm is "direct" (a layer's choice: Conv2d(algorithm=)) or FASTCONV_WINOGRAD=0 (the whole
+# process's) keeps them on the direct kernel and its rounding (_winograd32.py compares the two).
 WINOGRAD = os.environ.get("FASTCONV_WINOGRAD", "").strip() != "0"
 WINOGRAD_MIN_CHANNELS = 16
 
