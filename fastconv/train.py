@@ -365,8 +365,11 @@ class History:
         return cls(d["metric"], d["mode"], d["records"], d["best_index"], d.get("stopped_early", False))
 
     def to_json(self, path):
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
+        """Writes to_dict() to path, whole or not at all (a temp file, then a rename: _write_atomically).
+        json.dump straight into the file wrote it as it went, so a value JSON cannot hold (or an
+        interrupt) left an earlier run's history.json half overwritten."""
+        directory, name = os.path.split(os.path.abspath(os.fspath(path)))
+        _checkpoint._write_atomically(directory, name, json.dumps(self.to_dict(), indent=1).encode())
 
     def __repr__(self):
         return (f"History({len(self)} evaluations, best {self.metric}={self.best_metric} at epoch "

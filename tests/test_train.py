@@ -49,6 +49,16 @@ def test_fit_learns_and_saves_the_best_checkpoint(tmp_path):
     assert saved["best_epoch"] == history.best_epoch and len(saved["records"]) == 6
 
 
+def test_history_to_json_replaces_the_file_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "history.json"
+    train.History("loss", "min", [{"epoch": 1, "val_metric": 0.5}], 0).to_json(path)
+    before = path.read_text()
+    bad = train.History("loss", "min", [{"epoch": 1, "val_metric": 0.5}, {"epoch": 2, "val_metric": object()}], 0)
+    with pytest.raises(TypeError):  # (json.dump had written the first record into the file by then)
+        bad.to_json(path)
+    assert path.read_text() == before and os.listdir(tmp_path) == ["history.json"]
+
+
 def run(tmp_path, epochs, resume=False, eval_every=None, scheduler=True):
     x, y = blobs(100, seed=1)
     val = blobs(40, seed=2)
