@@ -91,9 +91,10 @@ def test_ctrl_c_is_exit_code_130_saying_what_remains(monkeypatch, capsys, tmp_pa
 
 
 @pytest.mark.parametrize("argv", [["train", "neuron"], ["search"]])
-def test_fastconv_backend_environment_variable_is_the_default(monkeypatch, capsys, argv):
+def test_fastconv_backend_environment_variable_is_the_default(monkeypatch, capsys, tmp_path, argv):
     # Without --backend the command runs where the library would: FASTCONV_BACKEND (README, "Backends"),
-    # not "auto" (which picks cpu or cuda) over it.
+    # not "auto" (which picks cpu or cuda) over it. (--out: the default runs/NAME in the working
+    # directory holds a run wherever the README's commands were tried, and is then refused.)
     import fastconv.backend as backend
 
     if not backend.availability("emu")[0]:
@@ -103,6 +104,7 @@ def test_fastconv_backend_environment_variable_is_the_default(monkeypatch, capsy
     seen = []
     example = cli.load_example("search" if argv[0] == "search" else argv[1])
     monkeypatch.setattr(example, "run", lambda **kwargs: seen.append(backend.get_backend()))
+    argv = [*argv, "--out", str(tmp_path)]
     code, _, _ = run_cli(argv, capsys)
     assert code == 0 and seen == ["emu"]
     code, _, _ = run_cli([*argv, "--backend", "cpu"], capsys)  # an explicit --backend still wins
