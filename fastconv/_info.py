@@ -38,7 +38,7 @@ def _cpu_code() -> str:
     if not _vecmath.SIMD:
         return ("portable Numba loops (neither AVX-512F nor AVX2 with FMA on this host, or FASTCONV_SIMD=0, or "
                 "NUMBA_CPU_NAME / NUMBA_CPU_FEATURES without them)")
-    winograd = ("3x3 convolutions of >= 16 channels by Winograd (forward F(4x4, 3x3) on outputs of 16x16 and up, "
+    winograd = ("3x3 convolutions of >= 16 channels by Winograd (forward F(4x4, 3x3) where its tiles fit the output, "
                 "else F(2x2, 3x3)) unless a layer says algorithm='direct'" if conv.WINOGRAD
                 else "every convolution direct (FASTCONV_WINOGRAD=0)")
     isa = "AVX-512" if _vecmath.AVX512 else "AVX2"

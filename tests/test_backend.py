@@ -86,7 +86,7 @@ def test_info_names_the_cpu_code_paths(monkeypatch, switches, expected):
         expected = "cpu code: portable Numba loops"
     elif expected is None:  # the defaults
         expected = (f"cpu code: {'AVX-512' if isa == 'avx512' else 'AVX2'} kernels (FASTCONV_SIMD=0: portable loops); "
-                    "3x3 convolutions of >= 16 channels by Winograd (forward F(4x4, 3x3) on outputs of 16x16 and up, "
+                    "3x3 convolutions of >= 16 channels by Winograd (forward F(4x4, 3x3) where its tiles fit the output, "
                     "else F(2x2, 3x3)) unless a layer says algorithm='direct'")
     assert expected in out
 
