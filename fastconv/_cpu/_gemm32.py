@@ -47,9 +47,9 @@ def _tile_intrinsic(masked, halves, rows=MR, add_at_store=False):
     and j < 16 * halves (masked: j < ncols, the other columns neither read nor written), where A's
     columns come in runs of `run` every a_run: col(k) = (k // run) * a_run + k % run (run = k,
     a_run = 0: col(k) = k). k must be a multiple of run. With `accumulate` the multiply-adds
-    continue from c's values (one chain); `add_at_store` makes a tile that sums from zero and adds
-    its sum to c's values as it stores them (a sum in blocks: _winograd32.products; `accumulate`
-    is then ignored)."""
+    continue from c's values (one chain); in a tile made with `add_at_store`, `accumulate` instead
+    sums from zero and adds the sum to c's values as it stores them (a sum in blocks of k, each
+    block's rounded once: _winograd32.products)."""
     def typer(typingctx, a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, ncols, run, a_run):
         # Any float32 arrays: offsets count elements from each one's first (its data pointer), so a
         # 2-D array with strided rows is addressed through its row stride.
@@ -82,9 +82,8 @@ def _tile_intrinsic(masked, halves, rows=MR, add_at_store=False):
 
             # Accumulators in allocas at the entry: LLVM promotes them to registers.
             accs = [[cgutils.alloca_once(builder, _V16) for _ in range(halves)] for _ in range(rows)]
-            if add_at_store:
-                accumulate = ir.Constant(ir.IntType(1), 0)
-            with builder.if_else(accumulate) as (then, otherwise):
+            chained = ir.Constant(ir.IntType(1), 0) if add_at_store else accumulate
+            with builder.if_else(chained) as (then, otherwise):
                 with then:
                     for r in range(rows):
                         for h in range(halves):
@@ -107,15 +106,25 @@ def _tile_intrinsic(masked, halves, rows=MR, add_at_store=False):
                         av = broadcast(builder, scalar)
                         for h in range(halves):
                             builder.store(builder.call(fma, [av, bv[h], builder.load(accs[r][h])]), accs[r][h])
-            for r in range(rows):
-                for h in range(halves):
-                    value, target = builder.load(accs[r][h]), vector_at(c_arr, c_offset(r, h))
-                    if add_at_store:
-                        value = builder.fadd(load(c_arr, c_offset(r, h), h), value)
-                    if masks[h] is None:
-                        builder.store(value, target, align=4)
-                    else:
-                        masked_store(builder, value, target, masks[h])
+            def store_tile(added):
+                for r in range(rows):
+                    for h in range(halves):
+                        value, target = builder.load(accs[r][h]), vector_at(c_arr, c_offset(r, h))
+                        if added:
+                            value = builder.fadd(load(c_arr, c_offset(r, h), h), value)
+                        if masks[h] is None:
+                            builder.store(value, target, align=4)
+                        else:
+                            masked_store(builder, value, target, masks[h])
+
+            if add_at_store:
+                with builder.if_else(accumulate) as (then, otherwise):
+                    with then:
+                        store_tile(True)
+                    with otherwise:
+                        store_tile(False)
+            else:
+                store_tile(False)
             return context.get_dummy_value()
 
         return types.void(a, a_off, a_rs, a_cs, b, b_off, ldb, c, c_off, ldc, k, accumulate, ncols, run, a_run), codegen

@@ -239,15 +239,12 @@ def weights_transformed(w, channels, outputs, side=2):
 # mod 32) going to 16-wide tiles; with AVX2 they are 16 wide and at most 6 rows (12 of its 16 ymm
 # registers accumulate, as gemm32's 6 x 16 tile).
 TILE_ROWS = (8, 7, 6) if TARGET_AVX512 else (6, 5, 4)
-_tile_a, _tile_a16 = _tile_intrinsic(False, 2, TILE_ROWS[0]), _tile_intrinsic(False, 1, TILE_ROWS[0])
-_tile_b, _tile_b16 = _tile_intrinsic(False, 2, TILE_ROWS[1]), _tile_intrinsic(False, 1, TILE_ROWS[1])
-_tile_c, _tile_c16 = _tile_intrinsic(False, 2, TILE_ROWS[2]), _tile_intrinsic(False, 1, TILE_ROWS[2])
-# The same tiles adding their sums to M's values as they store them: the later channel blocks of
-# F(4x4)'s products (a separate pass adding each block's sums from a scratch tile, as Numba loops,
-# cost F(4x4) most of its gain on the 512-channel 7x7 layer).
-_tile_a_add, _tile_a16_add = (_tile_intrinsic(False, h, TILE_ROWS[0], add_at_store=True) for h in (2, 1))
-_tile_b_add, _tile_b16_add = (_tile_intrinsic(False, h, TILE_ROWS[1], add_at_store=True) for h in (2, 1))
-_tile_c_add, _tile_c16_add = (_tile_intrinsic(False, h, TILE_ROWS[2], add_at_store=True) for h in (2, 1))
+# (made with add_at_store: their `accumulate` adds a block's sums to M's values as they store them,
+# for the later channel blocks of F(4x4)'s products; a separate pass adding each block's sums from a
+# scratch tile, as Numba loops, cost F(4x4) most of its gain on the 512-channel 7x7 layer)
+_tile_a, _tile_a16 = (_tile_intrinsic(False, h, TILE_ROWS[0], add_at_store=True) for h in (2, 1))
+_tile_b, _tile_b16 = (_tile_intrinsic(False, h, TILE_ROWS[1], add_at_store=True) for h in (2, 1))
+_tile_c, _tile_c16 = (_tile_intrinsic(False, h, TILE_ROWS[2], add_at_store=True) for h in (2, 1))
 _ROWS_A, _ROWS_B = TILE_ROWS[0], TILE_ROWS[1]
 
 
@@ -270,41 +267,20 @@ def tile_rows(tiles):
 def _tile(rows, wide, add, a, a_at, cp, b, b_at, ldb, c, c_at, ldc, k):
     """c[c_at + r*ldc + j] = sum over k of a[a_at + r*cp + k] * b[b_at + k*ldb + j], r < rows, j < 32 (wide)
     or 16, by the register tile of that height; with `add`, c's values plus that sum (rounded once)."""
-    if add:
-        _tile_adding(rows, wide, a, a_at, cp, b, b_at, ldb, c, c_at, ldc, k)
-    elif rows == _ROWS_A:
-        if wide:
-            _tile_a(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 32, k, 0)
-        else:
-            _tile_a16(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 16, k, 0)
-    elif rows == _ROWS_B:
-        if wide:
-            _tile_b(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 32, k, 0)
-        else:
-            _tile_b16(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 16, k, 0)
-    elif wide:
-        _tile_c(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 32, k, 0)
-    else:
-        _tile_c16(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 16, k, 0)
-
-
-@njit(inline="always")
-def _tile_adding(rows, wide, a, a_at, cp, b, b_at, ldb, c, c_at, ldc, k):
-    """_tile with `add`."""
     if rows == _ROWS_A:
         if wide:
-            _tile_a_add(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 32, k, 0)
+            _tile_a(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, add, 32, k, 0)
         else:
-            _tile_a16_add(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 16, k, 0)
+            _tile_a16(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, add, 16, k, 0)
     elif rows == _ROWS_B:
         if wide:
-            _tile_b_add(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 32, k, 0)
+            _tile_b(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, add, 32, k, 0)
         else:
-            _tile_b16_add(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 16, k, 0)
+            _tile_b16(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, add, 16, k, 0)
     elif wide:
-        _tile_c_add(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 32, k, 0)
+        _tile_c(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, add, 32, k, 0)
     else:
-        _tile_c16_add(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, False, 16, k, 0)
+        _tile_c16(a, a_at, cp, 1, b, b_at, ldb, c, c_at, ldc, k, add, 16, k, 0)
 
 
 @njit(inline="always")
