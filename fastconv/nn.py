@@ -316,9 +316,16 @@ class Module:
         return f"{type(self).__name__}({args})"
 
 
-def _conv_output_size(size, kernel, stride, padding, dilation):
-    """(OH, OW) of a Conv2d layer (symmetric padding) on an input of spatial size (H, W)."""
-    return tuple(conv_output_size(n, k, s, p, p, d) for n, k, s, p, d in zip(size, kernel, stride, padding, dilation))
+def _conv_padding(padding, stride, layer):
+    """A Conv2d's padding as ops.conv2d_forward takes it: "same" (stride 1 only, as torch) or "valid" kept
+    as given (so config() and repr show it), else a pair of ints >= 0."""
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"{layer}: padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
+        if padding == "same" and stride != (1, 1):
+            raise ValueError(f"{layer}: padding='same' needs stride 1, got stride {stride}")
+        return padding
+    return _pair(padding, "padding", layer, low=0)
 
 
 def _check_input(layer, x, ndim, what, size=None, dim=1, dtype=None):
@@ -389,6 +396,9 @@ class Linear(Module):
 class Conv2d(Module):
     """2-D cross-correlation over NCHW input; weight (out_channels, in_channels // groups, kh, kw).
 
+    padding: an int, a pair, "valid" or "same" (stride 1 only; an even kernel's odd extra row and
+    column go to the bottom and right), as torch and ops.conv2d_forward take them.
+
     algorithm="auto" lets the backend compute it as it finds fastest; "direct" keeps every output a
     sum of its products (ops.conv.ALGORITHMS: on the cpu backend, no Winograd for this layer, whose
     error can be larger where a window mixes very large and very small inputs). It changes how, not
@@ -404,7 +414,7 @@ class Conv2d(Module):
         self.out_channels = _positive_int(out_channels, "out_channels", name)
         self.kernel_size = _pair(kernel_size, "kernel_size", name)
         self.stride = _pair(stride, "stride", name)
-        self.padding = _pair(padding, "padding", name, low=0)
+        self.padding = _conv_padding(padding, self.stride, name)
         self.dilation = _pair(dilation, "dilation", name)
         self.groups = _positive_int(groups, "groups", name)
         if self.in_channels % self.groups or self.out_channels % self.groups:
@@ -421,7 +431,8 @@ class Conv2d(Module):
 
     def _args(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
                 "dilation": list(self.dilation), "groups": self.groups, "bias": self.bias is not None,
                 "dtype": self.dtype.name, **({} if self.algorithm == "auto" else {"algorithm": self.algorithm})}
 
@@ -461,9 +472,15 @@ class Conv2d(Module):
             pool_kernel=pool.kernel_size, pool_stride=pool.stride, pool_padding=pool.padding, **self._op_kwargs())
         n, c_out = x.shape[0], self.out_channels
         pool._y, pool._indices = y, indices
-        pool._x_shape = (n, c_out) + _conv_output_size(x.shape[2:], self.kernel_size, self.stride, self.padding,
-                                                       self.dilation)
+        pool._x_shape = (n, c_out) + self._output_size(x.shape[2:])
         return y
+
+    def _output_size(self, size):
+        """(OH, OW) on an input of spatial size (H, W), padding as the op applies it ("same": the odd
+        extra row / column at the bottom / right)."""
+        top, bottom, left, right = ops.conv._padding(self.padding, self.kernel_size, self.stride, self.dilation)
+        return tuple(conv_output_size(n, k, s, lo, hi, d) for n, k, s, lo, hi, d in
+                     zip(size, self.kernel_size, self.stride, (top, left), (bottom, right), self.dilation))
 
     def backward_max_pool(self, dy, activation, pool, input_grad=True):
         dx, dw, db = ops.conv2d_max_pool2d_backward(

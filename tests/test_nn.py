@@ -382,6 +382,32 @@ def test_wrong_input_shapes_name_the_layer(backend):
         nn.Sequential(nn.ReLU(), "relu")
 
 
+@pytest.mark.parametrize("kernel, dilation", [(3, 1), (4, 1), (3, 2), ((2, 3), (1, 2))])
+def test_conv2d_takes_same_and_valid_padding_as_the_op_does(backend, kernel, dilation, tmp_path):
+    """padding="same" / "valid", as ops.conv2d_forward and torch take them: the op's output (an even
+    kernel's extra row and column at the bottom / right), alone and fused with max pooling, kept as
+    given in repr and config, and rebuilt from a checkpoint."""
+    from fastconv import checkpoint
+    rng = np.random.default_rng(0)
+    x = on(backend, rng.standard_normal((2, 2, 7, 8)).astype(np.float32))
+    for padding in ("same", "valid"):
+        conv = nn.Conv2d(2, 3, kernel, padding=padding, dilation=dilation, seed=1)
+        want = to_numpy(ops.conv2d_forward(x, conv.weight.data, conv.bias.data, padding=padding, dilation=dilation))
+        assert padding == "valid" or want.shape[2:] == (7, 8)
+        np.testing.assert_array_equal(to_numpy(conv(x)), want)
+        model = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2))
+        y = model(x)
+        np.testing.assert_array_equal(to_numpy(y), to_numpy(ops.max_pool2d_forward(on(backend, relu(want)), 2)[0]))
+        model.backward(backend.xp.ones_like(y))  # the fused backward's shapes agree with the forward's
+        assert f"padding={padding!r}" in repr(conv) and conv.config()["padding"] == padding
+        checkpoint.save(tmp_path / padding, model, epoch=0)
+        assert checkpoint.load(tmp_path / padding)[0].config() == model.config()
+    with pytest.raises(ValueError, match=r"Conv2d: padding='same' needs stride 1, got stride \(2, 2\)"):
+        nn.Conv2d(1, 1, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match=r"Conv2d: padding must be an int, a pair of ints, 'same' or 'valid', got 'full'"):
+        nn.Conv2d(1, 1, 3, padding="full")
+
+
 def test_relu_then_max_pool_backward_is_the_unfused_result_bit_for_bit(backend):
     """Sequential applies ReLU's mask to the pooled gradient (pooled > 0) instead of running
     relu_backward on the full-size input: same bits, including ties, overlap, padding and NaN."""
