@@ -55,7 +55,7 @@ from .evaluate import sigmoid as _sigmoid
 from .evaluate import softmax as _softmax
 from .ops import _check
 
-__all__ = ["History", "fit", "predict", "search", "SearchResult", "ResumeError"]
+__all__ = ["History", "fit", "predict", "evaluate", "search", "SearchResult", "ResumeError"]
 
 
 class ResumeError(ValueError):
@@ -261,8 +261,8 @@ def _check_auc_labels(y):
 _METRICS = {"accuracy": _accuracy, "auc": _auc}
 
 
-def _metric(metric, mode):
-    """(name, function or None for loss, mode)."""
+def _metric(metric, mode, argument="metric"):
+    """(name, function or None for loss, mode); argument: the caller's name for metric, for its error."""
     if callable(metric):
         name, fn = getattr(metric, "__name__", "metric"), metric
     elif metric == "loss":
@@ -270,7 +270,7 @@ def _metric(metric, mode):
     elif metric in _METRICS:
         name, fn = metric, _METRICS[metric]
     else:
-        raise ValueError(f"metric must be 'loss', 'accuracy', 'auc' or a callable(y_true, scores), got {metric!r}")
+        raise ValueError(f"{argument} must be 'loss', 'accuracy', 'auc' or a callable(y_true, scores), got {metric!r}")
     if mode is None:
         mode = "min" if name == "loss" else "max"
     if mode not in ("min", "max"):
@@ -284,11 +284,23 @@ def _improved(value, best, mode):
     return best is None or (value < best if mode == "min" else value > best)
 
 
-def evaluate(model, loss_fn, data, batch_size, metric_fn=None):
-    """(mean loss, metric or None) of the model on (x, y), in eval mode. The metric is NaN when the
-    outputs are not all finite or the loss is NaN (a diverged model): no metric can score those.
-    The loss is the whole set's, whatever the batch size (with class weights, their weighted mean)."""
-    return _evaluate(model, loss_fn, data, batch_size, metric_fn)[:2]
+def evaluate(model, loss_fn, data, batch_size=256, metric_fn=None):
+    """(mean loss, metric or None) of the model on data = (x, y), in eval mode, by batches (as predict).
+    The loss is the whole set's, whatever the batch size (with class weights, their weighted mean).
+
+    metric_fn: None (no metric), one of the names fit's metric takes ("loss": the mean loss again,
+    "accuracy", "auc"), or a callable(y_true, scores) -> float. It receives y as a host NumPy array and
+    the model's outputs as float64 probabilities where the loss says how (softmax for CrossEntropyLoss,
+    sigmoid for BCEWithLogitsLoss), the raw outputs otherwise (e.g. MSELoss), as fit's metric does.
+    The metric is NaN when the outputs are not all finite or the loss is NaN (a diverged model): no
+    metric can score those."""
+    data = _xy_pair(data, "data")
+    batch_size = _positive_int(batch_size, "batch_size")
+    fn = None if metric_fn is None else _metric(metric_fn, None, "metric_fn")[1]
+    loss, value, finite = _evaluate(model, loss_fn, data, batch_size, fn)
+    if metric_fn is not None and fn is None:  # "loss", as fit monitors it
+        value = loss if finite else math.nan
+    return loss, value
 
 
 def _evaluate(model, loss_fn, data, batch_size, metric_fn=None):

@@ -597,6 +597,26 @@ def test_evaluate_with_class_weights_is_the_whole_sets_weighted_mean(label_smoot
         assert loss == pytest.approx(whole, rel=1e-6), batch_size
 
 
+def test_evaluate_takes_fits_metric_names_and_predicts_batch_size_default():
+    """evaluate(metric_fn="accuracy") failed ('str' object is not callable) where fit takes the name;
+    batch_size was required where predict defaults to 256; evaluate was missing from train.__all__."""
+    (x, y), val = blobs(seed=0), blobs(60, seed=1)
+    model = mlp()
+    loss_fn = losses.CrossEntropyLoss()
+    history = train.fit(model, loss_fn, optim.SGD(model.parameters(), lr=0.1, momentum=0.9), (x, y), val,
+                        epochs=2, batch_size=16, metric="accuracy", progress=False)
+    loss, accuracy = train.evaluate(model, loss_fn, val, metric_fn="accuracy")
+    assert accuracy == history.records[-1]["val_accuracy"] and loss == history.records[-1]["val_loss"]
+    assert train.evaluate(model, loss_fn, val, metric_fn="loss") == (loss, loss)
+    assert train.evaluate(model, loss_fn, val, 7, "auc")[1] == train.evaluate(model, loss_fn, val, 64, train._auc)[1]
+    with pytest.raises(ValueError, match=r"metric_fn must be 'loss', 'accuracy', 'auc' or a callable\(y_true, "
+                                         r"scores\), got 'f1'"):
+        train.evaluate(model, loss_fn, val, metric_fn="f1")
+    with pytest.raises(ValueError, match=r"batch_size must be an int >= 1, got 0"):
+        train.evaluate(model, loss_fn, val, 0)
+    assert "evaluate" in train.__all__
+
+
 def test_predict_and_evaluate_restore_each_layers_own_mode():
     """A layer set apart from its model (a Dropout switched off in a training model, or on in an
     eval model) keeps its mode through predict/evaluate: restoring only the model's flag with
