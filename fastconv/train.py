@@ -404,7 +404,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     """Trains `model` and returns its History (see the module docstring).
 
     train, val: (x, y) NumPy arrays (moved to the device one batch at a time); without val the
-    monitored value is the training loss (metric must then be "loss").
+    monitored value is the training loss (metric must then be "loss"). A model whose parameters are
+    all frozen gets a RuntimeWarning (the optimizer skips frozen parameters: nothing would train).
     eval_every: evaluate every that many optimizer steps (default: at the end of each epoch), and at
         the end of training when the last step was not evaluated (so the final weights are too).
     scheduler: stepped at the end of every epoch.
@@ -432,6 +433,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
                          "training loss) can be monitored")
     if metric_fn is _auc:
         _check_auc_labels(val[1])
+    _warn_frozen(model)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     if resume and overwrite:
@@ -593,6 +595,16 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return history
+
+
+def _warn_frozen(model):
+    """A RuntimeWarning when every parameter of the model is frozen: the optimizer skips frozen
+    parameters, so fit would run every epoch and change nothing, silently."""
+    params = list(model.parameters())
+    if params and not any(p.requires_grad for p in params):
+        warnings.warn(f"fit: every parameter of the model ({type(model).__name__}, {len(params)} parameters) is "
+                      "frozen (requires_grad=False), so training changes nothing: call model.unfreeze(), or "
+                      "unfreeze() the layers to train, before fit (freeze() froze them)", RuntimeWarning, stacklevel=3)
 
 
 def _warn_replaced_hyperparameters(last_dir, given, saved, scheduled):

@@ -3,6 +3,7 @@ runs on emu; predict; search ranks settings and keeps the best model."""
 import json
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -615,6 +616,24 @@ def test_evaluate_takes_fits_metric_names_and_predicts_batch_size_default():
     with pytest.raises(ValueError, match=r"batch_size must be an int >= 1, got 0"):
         train.evaluate(model, loss_fn, val, 0)
     assert "evaluate" in train.__all__
+
+
+def test_fit_warns_when_every_parameter_is_frozen():
+    """A model whose parameters were all frozen trained nothing (optimizers skip frozen parameters),
+    silently, for every epoch."""
+    (x, y), val = blobs(seed=0), blobs(60, seed=1)
+    model = mlp().freeze()
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.warns(RuntimeWarning, match=r"fit: every parameter of the model \(Sequential, 4 parameters\) is "
+                                            r"frozen .* call model.unfreeze\(\)"):
+        train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), val,
+                  epochs=1, batch_size=16, progress=False)
+    assert all(np.array_equal(v, model.state_dict()[k]) for k, v in before.items())
+    model[0].unfreeze()  # some layer trains: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), val,
+                  epochs=1, batch_size=16, progress=False)
 
 
 def test_predict_and_evaluate_restore_each_layers_own_mode():
