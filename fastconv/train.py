@@ -440,6 +440,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         raise ValueError("resume=True continues the run in checkpoint_dir, overwrite=True replaces it: give one")
     last_dir = best_dir = None
     if checkpoint_dir is not None:  # fail now, not when the first checkpoint is written
+        _check_describable(model)
         last_dir, best_dir = os.path.join(checkpoint_dir, "last"), os.path.join(checkpoint_dir, "best")
         for path in (checkpoint_dir, last_dir, best_dir):
             if os.path.exists(path) and not os.path.isdir(path):
@@ -595,6 +596,16 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return history
+
+
+def _check_describable(model):
+    """A checkpoint holds the model's architecture (model.config(), JSON): a model that cannot give it
+    (a custom layer without _args()) is refused before training, not at the first save, an epoch in."""
+    try:
+        _checkpoint._json_normal(model.config(), "model config")
+    except (NotImplementedError, TypeError) as exc:
+        raise type(exc)(f"fit: {_say('checkpoint_dir')} needs the model's architecture for its checkpoints "
+                        f"(model.config()), which this model cannot give: {exc}") from None
 
 
 def _warn_frozen(model):

@@ -636,6 +636,27 @@ def test_fit_warns_when_every_parameter_is_frozen():
                   epochs=1, batch_size=16, progress=False)
 
 
+def test_fit_with_checkpoints_refuses_a_model_without_a_config_before_training(tmp_path):
+    """A custom layer without _args() failed only at the first save (NotImplementedError), after an epoch
+    of training; it is now refused up front, and nothing is written."""
+    class Scale(nn.Module):
+        def forward(self, x):
+            return x
+
+        def backward(self, dy):
+            return dy
+
+    (x, y), val = blobs(seed=0), blobs(60, seed=1)
+    model = nn.Sequential(*mlp(), Scale())
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.raises(NotImplementedError, match=r"^fit: checkpoint_dir needs the model's architecture for its "
+                                                  r"checkpoints \(model.config\(\)\), .*Scale does not describe"):
+        train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), val,
+                  epochs=1, batch_size=16, checkpoint_dir=tmp_path / "run", progress=False)
+    assert all(np.array_equal(v, model.state_dict()[k]) for k, v in before.items())  # not trained
+    assert not (tmp_path / "run").exists()
+
+
 def test_predict_and_evaluate_restore_each_layers_own_mode():
     """A layer set apart from its model (a Dropout switched off in a training model, or on in an
     eval model) keeps its mode through predict/evaluate: restoring only the model's flag with
