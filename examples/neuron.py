@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from fastconv import data, losses, nn, optim, runs, train
-from fastconv.evaluate import binary_report, operating_points_on_test, sigmoid
+from fastconv.evaluate import binary_report, check_binary_labels, operating_points_on_test, sigmoid
 from fastconv.plots import plot_roc
 
 NAME = "neuron"
@@ -77,6 +77,7 @@ def run(out="runs/neuron", epochs=None, lr=None, batch_size=None, seed=0, subset
         resume=False, overwrite=False):
     options = runs.settings(DEFAULTS, epochs=epochs, lr=lr, batch_size=batch_size)
     dataset = load_data(seed, subset)
+    runs.check_subset(subset, check_binary_labels, dataset.y_val, dataset.y_test)  # before training, not after
     model = build_model(seed)
     if verbose:
         print(runs.describe(NAME, dataset, model, seed=seed, options=options))

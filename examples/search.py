@@ -13,7 +13,7 @@ import sys
 import time
 
 from fastconv import losses, optim, runs, train
-from fastconv.evaluate import format_report
+from fastconv.evaluate import check_binary_labels, format_report
 
 NAME = "search"
 DEFAULTS = {"epochs": 30, "lrs": [0.001, 0.01, 0.05], "widths": [4, 16, 64], "batch_sizes": [16, 64]}
@@ -56,6 +56,7 @@ def run(out="runs/search", epochs=None, lrs=None, widths=None, batch_sizes=None,
                             batch_sizes=[batch_size] if batch_size else batch_sizes)
     mlp = _mlp()
     dataset = load_data(seed, subset)
+    runs.check_subset(subset, check_binary_labels, dataset.y_val, dataset.y_test)  # before the trials, not after
     n_features = dataset.x_train.shape[1]
     space = {"lr": options["lrs"], "width": options["widths"], "batch_size": options["batch_sizes"]}
 

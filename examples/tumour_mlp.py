@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from fastconv import data, losses, nn, optim, runs, train
-from fastconv.evaluate import binary_report, operating_points_on_test, sigmoid
+from fastconv.evaluate import binary_report, check_binary_labels, operating_points_on_test, sigmoid
 from fastconv.metrics import AUCResult
 from fastconv.plots import plot_roc
 
@@ -56,6 +56,7 @@ def run(out="runs/tumour_mlp", epochs=None, lr=None, batch_size=None, width=None
         verbose=True, progress=None, resume=False, overwrite=False):
     options = runs.settings(DEFAULTS, epochs=epochs, lr=lr, batch_size=batch_size, width=width)
     dataset = load_data(seed, subset)
+    runs.check_subset(subset, check_binary_labels, dataset.y_val, dataset.y_test)  # before training, not after
     model = build_model(options["width"], seed)
     if verbose:
         print(runs.describe(NAME, dataset, model, seed=seed, options=options))

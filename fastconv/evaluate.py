@@ -21,7 +21,8 @@ import numpy as np
 from . import metrics
 from ._host import to_numpy
 
-__all__ = ["to_numpy", "sigmoid", "softmax", "binary_report", "multiclass_report", "regression_report",
+__all__ = ["to_numpy", "sigmoid", "softmax", "binary_report", "check_binary_labels", "multiclass_report",
+           "regression_report",
            "format_report", "history_dict", "jsonable"]
 
 
@@ -86,6 +87,21 @@ def binary_report(y_val, val_scores, y_test, test_scores, target_sensitivity=0.9
         "val_auc": metrics.auc(y_val, val_scores),
         "operating_points": points,
     }
+
+
+def check_binary_labels(y_val, y_test):
+    """ValueError unless binary_report can be computed on these 0/1 labels, whatever the scores: its
+    test AUC's DeLong interval needs at least 2 positives and 2 negatives in y_test, its operating
+    points (and validation AUC) both classes in y_val. Labels only: checkable before training."""
+    counts = {}
+    for name, y in (("y_val", y_val), ("y_test", y_test)):
+        y = to_numpy(y).ravel()
+        counts[name] = (int(np.sum(y == 1)), int(np.sum(y == 0)))
+    (val_pos, val_neg), (test_pos, test_neg) = counts["y_val"], counts["y_test"]
+    if min(test_pos, test_neg) < 2 or min(val_pos, val_neg) < 1:
+        raise ValueError(f"binary_report needs at least 2 positives and 2 negatives in the test labels (the AUC's "
+                         f"DeLong interval) and both classes in the validation labels (the operating points), got "
+                         f"{test_pos} and {test_neg} in test, {val_pos} and {val_neg} in validation")
 
 
 @contextlib.contextmanager

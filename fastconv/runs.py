@@ -17,7 +17,8 @@ equal those printed at the end of training.
 An example module provides NAME, DEFAULTS, run(out, epochs=None, lr=None, batch_size=None, seed=0,
 subset=None, verbose=True, progress=None, resume=False, overwrite=False) (what `fastconv train NAME`
 calls: it trains with train.fit(..., checkpoint_dir=out, resume=resume, overwrite=overwrite), which
-refuses an out holding an earlier run unless one of them is given, and ends with finish(); an
+refuses an out holding an earlier run unless one of them is given, and ends with finish(); before
+training it checks that the data (a --subset) holds what its report needs (check_subset); an
 example whose run takes no resume cannot be resumed, and `--resume` says so), load_data(seed=0,
 subset=None) -> data.Dataset, evaluate(model, dataset) -> report dict, and optionally plots(out,
 model, dataset, report) -> {name: path} and summary(report) -> a line of text printed after the
@@ -38,8 +39,8 @@ from . import checkpoint as _checkpoint
 from .evaluate import format_report, history_dict, jsonable
 from .plots import plot_history
 
-__all__ = ["settings", "take_subset", "describe", "finish", "tag_checkpoint", "evaluate_saved", "evaluate_checkpoint",
-           "checkpoint_example", "save_json", "weights_sha256"]
+__all__ = ["settings", "take_subset", "check_subset", "describe", "finish", "tag_checkpoint", "evaluate_saved",
+           "evaluate_checkpoint", "checkpoint_example", "save_json", "weights_sha256"]
 
 RECORD_KEY = "run"
 
@@ -50,6 +51,19 @@ def take_subset(dataset, n):
         return dataset
     return replace(dataset, **{f"{part}_{split}": getattr(dataset, f"{part}_{split}")[:n]
                                for part in ("x", "y") for split in ("train", "val", "test")})
+
+
+def check_subset(subset, check, *labels):
+    """check(*labels) (what the example's report needs of the data, e.g. evaluate.check_binary_labels),
+    run before training: a --subset too small for the report is refused before anything is written, not
+    after training has left best/, last/ and history.json without run.json and report.json."""
+    try:
+        check(*labels)
+    except ValueError as exc:
+        if subset is None:
+            raise
+        raise ValueError(f"--subset {subset} keeps too few rows for the test report: {exc}; give a larger "
+                         "--subset") from None
 
 
 def settings(defaults, **given) -> dict:

@@ -231,6 +231,19 @@ def test_a_run_whose_stdout_closes_mid_training_stops_quietly_keeping_what_it_sa
     assert same_report(runs.evaluate_checkpoint(cli.load_example("neuron"), tmp_path / "best", verbose=False), report)
 
 
+@pytest.mark.parametrize("name", ["neuron", "tumour_mlp", "search"])
+def test_a_subset_too_small_for_the_report_is_refused_before_training(name, tmp_path, capsys):
+    """--subset 5 trained, then the binary report failed (DeLong needs 2 positives and 2 negatives),
+    leaving best/, last/, history.json and loss.png without run.json and report.json."""
+    out = tmp_path / "run"
+    assert cli.main(["train", name, "--out", str(out), "--quiet", "--backend", "cpu", "--epochs", "1",
+                     "--subset", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "--subset 5 keeps too few rows for the test report: binary_report needs at least 2 positives and " \
+           "2 negatives in the test labels" in err and "got 4 and 1 in test" in err
+    assert not out.exists()  # nothing half-done
+
+
 def test_a_run_without_a_best_fails_clearly_and_keeps_the_earlier_run(tmp_path, capsys):
     train("tumour_mlp", tmp_path, "--epochs", "2", "--subset", "40")
     kept = {name: (tmp_path / name).read_bytes() for name in ("run.json", "report.json", "best/checkpoint.json")}

@@ -443,6 +443,22 @@ def test_binary_report_errors_name_the_split(which):
         binary_report(y, s, y, s, level=2)
 
 
+def test_check_binary_labels_is_what_binary_report_needs():
+    """check_binary_labels (the examples' check before training) passes exactly where binary_report can
+    run: at the smallest label sets it allows, and not one label fewer."""
+    from fastconv.evaluate import binary_report, check_binary_labels
+
+    val, test = np.array([0, 1]), np.array([0, 1, 0, 1])
+    check_binary_labels(val, test)
+    binary_report(val, [0.2, 0.7], test, [0.1, 0.9, 0.6, 0.4])
+    for v, t in ((val, test[1:]), (val, test[:3]), (val[1:], test), (val[:1], test)):
+        with pytest.raises(ValueError, match=r"binary_report needs at least 2 positives and 2 negatives in the test "
+                                             r"labels .* got \d and \d in test, \d and \d in validation"):
+            check_binary_labels(v, t)
+        with pytest.raises(ValueError):
+            binary_report(v, np.linspace(0, 1, len(v)), t, np.linspace(0, 1, len(t)))
+
+
 def test_binary_report_compares_float32_test_scores_in_float64():
     """Validation scores float64, test scores float32: a threshold just above a float32 test score was
     rounded to float32 in the comparison (NumPy 2), so the report called that score positive, while
