@@ -102,10 +102,10 @@ def positive_float(text):
 
 def _list_of(item_type):
     def parse(text):
-        values = [item_type(t) for t in text.split(",") if t.strip()]
-        if not values:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-        return values
+        items = text.split(",")
+        if not all(t.strip() for t in items):  # "0.1,,0.2" is a typo, not the list 0.1, 0.2
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list without empty items, got {text!r}")
+        return [item_type(t) for t in items]
     parse.__name__ = f"list of {item_type.__name__}"
     return parse
 

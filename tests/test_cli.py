@@ -56,6 +56,11 @@ def test_bad_search_lists_are_usage_errors(capsys):
     assert code == 2 and "--seed" in err
     code, _, err = run_cli(["search", "--widths", ","], capsys)
     assert code == 2 and "--widths" in err
+    # An empty item was dropped silently: "0.1,,0.2" searched 0.1 and 0.2.
+    for option, value in (("--lrs", "0.1,,0.2"), ("--batch-sizes", "16,"), ("--widths", " ,8")):
+        code, _, err = run_cli(["search", option, value], capsys)
+        assert code == 2 and f"argument {option}: expected a comma-separated list without empty items, got " \
+                             f"{value!r}" in err
 
 
 def test_options_reach_the_example(monkeypatch, capsys, tmp_path):
