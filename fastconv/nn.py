@@ -169,9 +169,13 @@ class Module:
 
     # --- computation -------------------------------------------------------------------------
     def forward(self, x):
+        """The layer's output for x (on the backend's device); caches what backward() needs. A subclass
+        implements it; calling the module (module(x)) calls it."""
         raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
 
     def backward(self, dy):
+        """dL/dx given dy = dL/d(output) of the most recent forward(); accumulates the parameters'
+        gradients into their .grad. A subclass implements it."""
         raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
 
     def __call__(self, x):
@@ -301,6 +305,7 @@ class Module:
 
     # --- architecture ------------------------------------------------------------------------
     def _args(self) -> dict:
+        """The constructor's arguments, JSON-able (config() and repr show them); a subclass implements it."""
         raise NotImplementedError(f"{type(self).__name__} does not describe its architecture: implement _args() "
                                   "and decorate the class with @fastconv.nn.register")
 

@@ -651,3 +651,13 @@ def test_backward_without_input_grad_keeps_no_module_alive_and_takes_any_callabl
     custom.backward = Unhashable()
     nn.backward_without_input_grad(custom, None)
     assert Unhashable.seen == [False]
+
+
+def test_help_on_module_methods_shows_a_docstring_not_a_section_comment():
+    """help(nn.Module.forward) showed the "# --- computation ---" comment above it (pydoc shows the
+    comments before a function without a docstring)."""
+    import pydoc
+
+    for method in (nn.Module.forward, nn.Module.backward, nn.Module._args):
+        text = pydoc.render_doc(method, renderer=pydoc.plaintext)
+        assert "# ---" not in text and method.__doc__, text
