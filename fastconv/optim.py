@@ -207,7 +207,8 @@ class Optimizer:
             setattr(self, key, tuple(value) if isinstance(value, list) else value)
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v}" for k, v in self.hyperparameters().items())
+        # hyperparameters() holds pairs as JSON's lists: shown as the tuples the optimizer holds (betas).
+        args = ", ".join(f"{k}={tuple(v) if isinstance(v, list) else v}" for k, v in self.hyperparameters().items())
         return f"{type(self).__name__}({args})"
 
 

@@ -330,6 +330,14 @@ def test_load_state_dict_takes_string_indices_and_keeps_the_current_hyperparamet
     assert opt.state[0]["step"] == 4 and type(opt.state[0]["step"]) is int
 
 
+def test_optimizer_repr_shows_betas_as_the_tuple_it_holds():
+    """betas showed as a list (hyperparameters() is JSON's form), where the optimizer (and torch) hold a tuple."""
+    opt = optim.AdamW([nn.Parameter(np.zeros(1, np.float32))], lr=0.01, betas=[0.8, 0.99])
+    assert repr(opt) == "AdamW(lr=0.01, betas=(0.8, 0.99), eps=1e-08, weight_decay=0.01)" and opt.betas == (0.8, 0.99)
+    assert repr(optim.SGD(opt.params, lr=0.1, momentum=0.9)) == \
+        "SGD(lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False)"
+
+
 def test_step_lr_sequence():
     opt = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.5)
     sched = optim.StepLR(opt, step_size=3, gamma=0.5)
