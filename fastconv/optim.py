@@ -346,9 +346,18 @@ class LRScheduler:
         self.base_lr, self.last_epoch = self.check_state_dict(state)
         self.optimizer.lr = self.lr_at(self.last_epoch)
 
+    _hyperparameters: tuple = ()  # the subclass's constructor arguments, for repr
+
+    def __repr__(self):
+        args = [f"{k}={getattr(self, k)!r}" for k in self._hyperparameters]
+        state = f"base_lr={self.base_lr!r}, last_epoch={self.last_epoch}, lr={self.optimizer.lr!r}"
+        return f"{type(self).__name__}({', '.join(args + [state])})"
+
 
 class StepLR(LRScheduler):
     """lr = base_lr * gamma ** (epoch // step_size)."""
+
+    _hyperparameters = ("step_size", "gamma")
 
     def __init__(self, optimizer, step_size, gamma=0.1):
         super().__init__(optimizer)
@@ -361,6 +370,8 @@ class StepLR(LRScheduler):
 
 class CosineAnnealingLR(LRScheduler):
     """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2 (PyTorch's closed form)."""
+
+    _hyperparameters = ("T_max", "eta_min")
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
         super().__init__(optimizer)

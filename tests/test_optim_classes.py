@@ -338,6 +338,17 @@ def test_optimizer_repr_shows_betas_as_the_tuple_it_holds():
         "SGD(lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False)"
 
 
+def test_schedulers_repr_shows_their_settings_and_where_they_are():
+    """StepLR and CosineAnnealingLR had the default repr (<fastconv.optim.StepLR object at 0x...>)."""
+    opt = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.5)
+    sched = optim.StepLR(opt, step_size=3, gamma=0.5)
+    for _ in range(3):
+        sched.step()
+    assert repr(sched) == "StepLR(step_size=3, gamma=0.5, base_lr=0.5, last_epoch=3, lr=0.25)"
+    assert repr(optim.CosineAnnealingLR(opt, T_max=5)) == \
+        "CosineAnnealingLR(T_max=5, eta_min=0.0, base_lr=0.25, last_epoch=0, lr=0.25)"
+
+
 def test_step_lr_sequence():
     opt = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.5)
     sched = optim.StepLR(opt, step_size=3, gamma=0.5)
