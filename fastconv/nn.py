@@ -340,6 +340,7 @@ def _check_input(layer, x, ndim, what, size=None, dim=1, dtype=None):
     shape = getattr(x, "shape", None)
     if shape is None:
         raise TypeError(f"{layer!r}: input must be an array on the backend's device, got {type(x).__name__}")
+    given = x
     try:  # (before the dtype: a torch tensor's is torch.float32, never a NumPy dtype)
         x = _check.on_backend(x, "x", _backend.current())
     except TypeError as exc:  # e.g. a torch tensor that requires grad: pass x.detach().numpy()
@@ -348,8 +349,17 @@ def _check_input(layer, x, ndim, what, size=None, dim=1, dtype=None):
         raise ValueError(f"{layer!r}: expected input of shape {what}, got {tuple(shape)}")
     if dtype is not None and x.dtype != dtype:
         raise TypeError(f"{layer!r}: input is {x.dtype} but the layer's parameters are {dtype}; "
-                        f"cast the input (x.astype({np.dtype(dtype).name}))")
+                        f"cast the input ({_cast_advice(given, np.dtype(dtype).name)})")
     return x
+
+
+def _cast_advice(x, name):
+    """How to cast x to the dtype `name`, for x's kind of array: a torch tensor has no astype."""
+    if type(x).__module__.partition(".")[0] == "torch":
+        return f"x.to(torch.{name})"
+    if hasattr(x, "astype"):  # NumPy, CuPy
+        return f"x.astype(np.{name})"
+    return f"np.asarray(x, dtype=np.{name})"
 
 
 def _uniform(rng, bound, shape, dtype):

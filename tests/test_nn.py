@@ -1,5 +1,7 @@
 """fastconv.nn: layers' forward against float64 NumPy, backward against finite differences through a
 whole small Sequential, on every backend; state dicts, freezing, configs, input checks."""
+import re
+
 import numpy as np
 import pytest
 
@@ -661,3 +663,17 @@ def test_help_on_module_methods_shows_a_docstring_not_a_section_comment():
     for method in (nn.Module.forward, nn.Module.backward, nn.Module._args):
         text = pydoc.render_doc(method, renderer=pydoc.plaintext)
         assert "# ---" not in text and method.__doc__, text
+
+
+def test_the_dtype_message_says_how_to_cast_this_kind_of_input():
+    """The advice was x.astype(float32) for every input: a torch tensor has no astype."""
+    torch = pytest.importorskip("torch")
+    x = np.zeros((2, 4))  # float64, for a float32 layer
+    with fastconv.use_backend("cpu"):  # (a host backend: on cuda a CPU tensor is refused as host memory)
+        for given, advice in ((torch.from_numpy(x), "x.to(torch.float32)"), (x, "x.astype(np.float32)"),
+                              (memoryview(x), "np.asarray(x, dtype=np.float32)")):
+            with pytest.raises(TypeError, match=r"input is float64 but the layer's parameters are float32; cast the "
+                                                rf"input \({re.escape(advice)}\)$"):
+                nn.Linear(4, 3)(given)
+        with pytest.raises(TypeError, match=re.escape("cast the input (x.to(torch.float64))")):
+            nn.Linear(4, 3, dtype=np.float64)(torch.zeros(2, 4))
