@@ -47,7 +47,7 @@ weights are of even size: conv2's layer on normal data, max error against float6
 the direct kernel's 2.6e-6 (sums of 32 products per xi against 288). F(4x4)'s larger transform
 entries cost more: on normal data 2-4x the direct kernel's error with one sum over the channels
 (512 channels on 7x7: 4.6e-6 of the output scale, direct 2.1e-6, F(2x2) 0.7e-6; conv2's layer
-2.5x), past the tests' tolerance on some layers; so its products sum in blocks of 32 channels
+2.5x), past the tests' tolerance on some layers; so its products sum in blocks of 16 channels
 (products' `block`), which brings it back within (conv/_winograd.py, F4_CHANNEL_BLOCK). They part
 where a large input meets a small weight, and then an output's relative error
 has no useful bound: inputs of 1 with one of 1e6, weights of 1 with a centre of 1e-6, gave an
