@@ -608,6 +608,26 @@ def _check_describable(model):
                         f"(model.config()), which this model cannot give: {exc}") from None
 
 
+def _check_rebuildable(model):
+    """search keeps each setting's best model by rebuilding it (checkpoint.load: nn.from_config), which
+    needs every layer type in the model's config registered (nn.register): refused before a trial
+    trains, not after it."""
+    def types(cfg):
+        if isinstance(cfg, dict):
+            yield from ([cfg["type"]] if isinstance(cfg.get("type"), str) else [])
+            for value in cfg.values():
+                yield from types(value)
+        elif isinstance(cfg, list):
+            for value in cfg:
+                yield from types(value)
+
+    unknown = sorted({t for t in types(model.config()) if t != "Sequential" and t not in _nn._REGISTRY})
+    if unknown:
+        raise ValueError(f"search: keeps each setting's best model by rebuilding it from its config "
+                         f"(checkpoint.load), which needs every layer type registered: {', '.join(unknown)} "
+                         "is not (decorate its class with fastconv.nn.register)")
+
+
 def _warn_frozen(model):
     """A RuntimeWarning when every parameter of the model is frozen: the optimizer skips frozen
     parameters, so fit would run every epoch and change nothing, silently."""
@@ -835,7 +855,10 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
     overwrite: an out_dir that holds any of best, search.csv, search.json or trial (an earlier search) is
         refused (ValueError) unless overwrite=True: then trial is deleted before the first trial, and the
         others are replaced when this search first writes them (as fit's overwrite; `fastconv search`
-        refuses the same --out unless --overwrite).
+        refuses the same --out unless --overwrite); an earlier best goes with the first table written
+        while no setting has reached a best of its own.
+    Each setting's best model is kept by rebuilding it from its config (checkpoint.load), so a model
+    with a custom layer needs that layer registered (nn.register): refused before its trial trains.
     """
     name, _, mode = _metric(metric, mode)
     n_trials = _positive_int(n_trials, "n_trials", allow_none=True)
@@ -863,6 +886,7 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
                 raise TypeError("build(settings) must return (model, loss_fn, optimizer) or "
                                 "(model, loss_fn, optimizer, fit_overrides)")
             model, loss_fn, optimizer = built[:3]
+            _check_rebuildable(model)
             kwargs = {"seed": seed, "progress": progress, **fit_kwargs,
                       **{k: setting[k] for k in ("epochs", "batch_size") if k in setting},
                       **(built[3] if len(built) == 4 else {})}
@@ -881,6 +905,8 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
                 trial_model, info = _checkpoint.load(os.path.join(work, "best"))
                 _checkpoint.save(best_dir, trial_model, epoch=info["epoch"], metric=info["metric"],
                                  extra={"settings": setting, "trial": trial})
+            if best_value is None:  # (overwrite=True: an earlier search's best/ does not go with this table)
+                _remove(best_dir)
             _write_table(out_dir, _ranked(rows, mode), list(space))  # after every trial: an interrupt keeps them
             if verbose:
                 print(f"trial {trial + 1}/{len(settings)} {setting}: best {name} {history.best_metric} "

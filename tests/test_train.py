@@ -378,6 +378,21 @@ def test_search_never_replaces_or_deletes_what_out_dir_holds_unasked(tmp_path, n
     assert _files(tmp_path) == kept
 
 
+def test_search_with_overwrite_leaves_no_earlier_best_beside_its_own_table(tmp_path):
+    # Every setting of the second search diverged: the first search's best/ stayed beside the new table
+    # (whose best_checkpoint was None), as if it were this search's best model.
+    x, y = blobs(40, seed=1)
+    val = blobs(20, seed=2)
+    first = train.search(_search_build, {"lr": [0.1]}, (x, y), val, out_dir=tmp_path, epochs=1, batch_size=10,
+                         verbose=False)
+    assert first.best_checkpoint is not None and (tmp_path / "best").exists()
+    with pytest.warns(RuntimeWarning):
+        second = train.search(_search_build, {"lr": [1e30]}, (x, y), val, out_dir=tmp_path, epochs=1, batch_size=10,
+                              verbose=False, overwrite=True)
+    assert second.best_checkpoint is None and not (tmp_path / "best").exists()
+    assert len(json.loads((tmp_path / "search.json").read_text())) == 1
+
+
 def test_search_with_overwrite_deletes_a_trial_directory_it_finds(tmp_path):
     x, y = blobs(40, seed=1)
     (tmp_path / "trial" / "last").mkdir(parents=True)  # an interrupted search's, say (or a file named trial)
@@ -655,6 +670,37 @@ def test_fit_with_checkpoints_refuses_a_model_without_a_config_before_training(t
                   epochs=1, batch_size=16, checkpoint_dir=tmp_path / "run", progress=False)
     assert all(np.array_equal(v, model.state_dict()[k]) for k, v in before.items())  # not trained
     assert not (tmp_path / "run").exists()
+
+
+def test_search_refuses_an_unregistered_layer_before_a_trial_trains(tmp_path):
+    """search rebuilds each setting's best model from its config (checkpoint.load): a layer with _args()
+    but not registered trained the whole first trial, then failed (CheckpointError: unknown layer type)."""
+    class Twice(nn.Module):
+        def _args(self):
+            return {}
+
+        def forward(self, x):
+            return 2 * x
+
+        def backward(self, dy):
+            return 2 * dy
+
+    x, y = blobs(40, seed=1)
+    trained = []
+
+    def build(settings):
+        model = nn.Sequential(nn.Linear(4, 3, seed=0), Twice())
+        optimizer = optim.SGD(model.parameters(), lr=settings["lr"])
+        trained.append(model)
+        return model, losses.CrossEntropyLoss(), optimizer
+
+    with pytest.raises(ValueError, match=r"^search: .*needs every layer type registered: Twice is not \(decorate "
+                                         r"its class with fastconv.nn.register\)"):
+        train.search(build, {"lr": [0.1, 0.2]}, (x, y), blobs(20, seed=2), out_dir=tmp_path, epochs=1,
+                     batch_size=10, verbose=False)
+    assert len(trained) == 1 and not (tmp_path / "search.csv").exists() and not (tmp_path / "best").exists()
+    fresh = nn.Sequential(nn.Linear(4, 3, seed=0), Twice())
+    assert all(np.array_equal(v, fresh.state_dict()[k]) for k, v in trained[0].state_dict().items())
 
 
 def test_predict_and_evaluate_restore_each_layers_own_mode():
