@@ -25,6 +25,7 @@ import inspect
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 BACKENDS = ("auto", "cpu", "emu", "cuda")
@@ -395,7 +396,8 @@ def _unless_stdout_closes(command, argv) -> int:
 def _run(args, prog) -> int:
     """The command's exit code: a failure is one line on stderr (1), Ctrl-C what remains (130)."""
     try:
-        return args.run(args)
+        with _warnings_as_lines(prog):
+            return args.run(args)
     except BrokenPipeError:  # (an OSError) stdout closed: _unless_stdout_closes
         raise
     except (ValueError, RuntimeError, OSError) as exc:
@@ -410,6 +412,19 @@ def _run(args, prog) -> int:
         for note in getattr(exc, "__notes__", []):  # fit's: where it stopped, what last/ and best/ hold
             print(f"  {note}", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(prog):
+    """Inside, a warning that Python prints shows as `prog: warning: message`, as the command's errors do,
+    not as the library's file, line and category. (Its formatting only: filters, and recording by
+    warnings.catch_warnings(record=True) as pytest does, are as they were.)"""
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, filename, lineno, line=None: f"{prog}: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":

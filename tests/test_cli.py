@@ -342,6 +342,19 @@ def test_fits_early_stopping_warning_names_the_flags_under_the_command(tiny, cap
     assert train._say("resume") == "resume=True"  # the library's words again after the command
 
 
+def test_warnings_under_the_command_are_lines_of_its_own(tiny, capsys):
+    # They printed as Python's default: ".../fastconv/train.py:457: RuntimeWarning: fit: the run ...", the
+    # library's file and line, beside the command's own "fastconv train: error: ..." lines.
+    assert run_cli(tiny, capsys)[0] == 0
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    proc = subprocess.run([sys.executable, "-m", "fastconv.cli", *tiny, "--epochs", "5", "--resume"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "stopped early" in line]
+    assert len(warned) == 1 and warned[0].startswith("fastconv train: warning: fit: the run in "), proc.stderr
+    assert "RuntimeWarning" not in proc.stderr and "train.py:" not in proc.stderr
+
+
 def test_fits_note_on_ctrl_c_names_the_flags_under_the_command(tiny, capsys, monkeypatch, tmp_path):
     # It said "fit(..., resume=True) continues from there" to a `fastconv train` user.
     real_step, steps = optim.SGD.step, []
