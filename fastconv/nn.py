@@ -785,6 +785,15 @@ for _cls in (Linear, Conv2d, ReLU, Sigmoid, MaxPool2d, AvgPool2d, Flatten, Dropo
     register(_cls)
 
 
+def _unregistered_types(cfg: dict) -> list:
+    """The layer types of a Module.config() that from_config() cannot rebuild (not registered), found
+    the way from_config walks it."""
+    kind = cfg.get("type")
+    if kind == "Sequential":
+        return sorted({t for layer in cfg.get("layers", []) for t in _unregistered_types(layer)})
+    return [] if kind in _REGISTRY else [kind]
+
+
 def from_config(cfg: dict) -> Module:
     """Rebuilds a model from Module.config() (fresh weights; load a state dict for trained ones)."""
     if not isinstance(cfg, dict) or "type" not in cfg:

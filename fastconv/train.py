@@ -612,16 +612,7 @@ def _check_rebuildable(model):
     """search keeps each setting's best model by rebuilding it (checkpoint.load: nn.from_config), which
     needs every layer type in the model's config registered (nn.register): refused before a trial
     trains, not after it."""
-    def types(cfg):
-        if isinstance(cfg, dict):
-            yield from ([cfg["type"]] if isinstance(cfg.get("type"), str) else [])
-            for value in cfg.values():
-                yield from types(value)
-        elif isinstance(cfg, list):
-            for value in cfg:
-                yield from types(value)
-
-    unknown = sorted({t for t in types(model.config()) if t != "Sequential" and t not in _nn._REGISTRY})
+    unknown = _nn._unregistered_types(model.config())
     if unknown:
         raise ValueError(f"search: keeps each setting's best model by rebuilding it from its config "
                          f"(checkpoint.load), which needs every layer type registered: {', '.join(unknown)} "
