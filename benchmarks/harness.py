@@ -45,6 +45,15 @@ def _sync(device: str):
         cupy.cuda.get_current_stream().synchronize()
 
 
+# A case of a few microseconds was timed over 150 calls (1.5 ms) right after quiesce()'s pause and 3
+# warm-up calls: the core had not reached a steady state, and the figure moved by 20-30% between runs
+# (the 128x128->10 linear: 27-32 GFLOP/s in the suite, 39 in a loop of 2000 calls; NumPy's 9.6 us
+# call suffered less). So warm-up lasts WARMUP_SECONDS too, and the timed calls go on for
+# min_seconds, up to MAX_SAMPLES: steady state for the fast cases, the same `repeats` for slow ones.
+WARMUP_SECONDS = 0.05
+MAX_SAMPLES = 5000
+
+
 def measure(fn, *, device="cpu", warmup=3, repeats=15, min_seconds=0.2) -> Timing:
     """Times fn() (which runs one case); returns first-call and steady-state statistics."""
     quiesce()
@@ -53,8 +62,10 @@ def measure(fn, *, device="cpu", warmup=3, repeats=15, min_seconds=0.2) -> Timin
     fn()
     _sync(device)
     first = time.perf_counter() - t0
-    for _ in range(warmup):
+    warm_until, calls = time.perf_counter() + WARMUP_SECONDS, 0
+    while calls < warmup or (time.perf_counter() < warm_until and calls < MAX_SAMPLES):
         fn()
+        calls += 1
     _sync(device)
     samples = []
     if device == "cuda":
@@ -62,7 +73,7 @@ def measure(fn, *, device="cpu", warmup=3, repeats=15, min_seconds=0.2) -> Timin
 
         start, end = cupy.cuda.Event(), cupy.cuda.Event()
     deadline = time.perf_counter() + min_seconds
-    while len(samples) < repeats or (time.perf_counter() < deadline and len(samples) < 10 * repeats):
+    while len(samples) < repeats or (time.perf_counter() < deadline and len(samples) < MAX_SAMPLES):
         if device == "cuda":
             start.record()
             fn()
