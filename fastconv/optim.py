@@ -329,8 +329,10 @@ class LRScheduler:
         self.last_epoch += 1
         self.optimizer.lr = self.lr_at(self.last_epoch)
 
-    def get_last_lr(self) -> float:
-        return self.optimizer.lr
+    def get_last_lr(self) -> list:
+        """[the learning rate the last step() set]: a list, as torch's (one entry per parameter
+        group; a fastconv optimizer has one), so that `scheduler.get_last_lr()[0]` ports as is."""
+        return [self.optimizer.lr]
 
     def state_dict(self) -> dict:
         return {"type": type(self).__name__, "base_lr": self.base_lr, "last_epoch": self.last_epoch}

@@ -366,7 +366,9 @@ def test_cosine_lr_sequence_and_state():
     lrs = [opt.lr]
     for _ in range(5):
         sched.step()
-        lrs.append(sched.get_last_lr())
+        last = sched.get_last_lr()
+        assert isinstance(last, list) and len(last) == 1  # torch's form: one entry per parameter group
+        lrs.append(last[0])
     expected = [0.01 + 0.09 * (1 + math.cos(math.pi * e / 5)) / 2 for e in range(6)]
     np.testing.assert_allclose(lrs, expected, rtol=1e-14)
     assert lrs[-1] == pytest.approx(0.01) and lrs[0] == 0.1
