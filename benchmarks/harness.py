@@ -65,8 +65,8 @@ def measure(fn, *, device="cpu", warmup=3, repeats=15, min_seconds=0.2) -> Timin
     warm_until, calls = time.perf_counter() + WARMUP_SECONDS, 0
     while calls < warmup or (time.perf_counter() < warm_until and calls < MAX_SAMPLES):
         fn()
+        _sync(device)  # (on the GPU: else the host would queue up to MAX_SAMPLES launches unawaited)
         calls += 1
-    _sync(device)
     samples = []
     if device == "cuda":
         import cupy
