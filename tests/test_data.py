@@ -78,10 +78,14 @@ def test_split_unstratified_for_regression_targets():
         D.train_val_test_split(x, y, stratify=True)
 
 
-@pytest.mark.parametrize("kwargs", [dict(val=0.5, test=0.5), dict(val=-0.1), dict(test=1.2)])
-def test_split_rejects_bad_fractions(kwargs):
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(val=0.5, test=0.5), r"val \+ test must be below 1 .*got 0.5 \+ 0.5"),
+    (dict(val=-0.1), r"val must be a fraction in \[0, 1\), got -0.1"),
+    # (test=1.2 also makes val + test >= 1: the match checks that test's own range check refused it)
+    (dict(test=1.2), r"test must be a fraction in \[0, 1\), got 1.2")])
+def test_split_rejects_bad_fractions(kwargs, message):
     x, y = labelled_rows()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         D.train_val_test_split(x, y, **kwargs)
 
 
