@@ -241,6 +241,17 @@ def test_cross_entropy_rows_write_only_their_rows(classes, dtype):
         softmax = np.exp(zs) / np.exp(zs).sum(axis=1, keepdims=True)
         if not grad:
             np.testing.assert_allclose(results[0], softmax, rtol=1e-5, atol=1e-7)
+        else:
+            # The fused gradient in float64 (test_loss's formula), with the sums passed in (123: the
+            # labels' weights, 45: the classes'): the kernels above only agree with each other (float64
+            # has one; float32's weighted, smoothed rows all go through the same _grad_row).
+            w = weight.astype(np.float64) if has_weight else np.ones(classes)
+            wy, onehot = w[labels][:, None], np.eye(classes)[labels]
+            expected = (softmax * ((1 - smoothing) * wy + smoothing / classes * 45.0) - (1 - smoothing) * wy * onehot
+                        - smoothing / classes * w) / 123.0
+            # (of the terms' scale: with one class the gradient is 0, the kernel's rounding noise)
+            tol = 8 * np.finfo(dtype).eps * max(np.abs(expected).max(), w.max() / 123.0)
+            np.testing.assert_allclose(results[0], expected, rtol=0, atol=tol, err_msg=f"smoothing {smoothing}")
 
 
 @pytest.mark.parametrize("classes", [1, 7, 16, 17, 1000])
