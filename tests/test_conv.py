@@ -294,11 +294,12 @@ def test_convolution_blocks_results(native_backend, monkeypatch, x_shape, w_shap
 
 
 def test_weight_slices(native_backend):
-    # The weight gradient's split-K slice count: a function of the shape alone, 1 for a short
-    # reduction, many for the reference CNN's conv1 (dw 9 x 32 over K = 128*28*28)
+    # The weight gradient's split-K slice count: 1 for a short reduction, many for the reference
+    # CNN's conv1 (dw 9 x 32 over K = 128*28*28). (It is a function of the shape alone, the same on
+    # every device; one backend in one process cannot show that.)
     slices = native_backend.ext.conv2d_backward_weight_slices
     conv1 = (128, 1, 28, 28, 32, 3, 3, 28, 28, 1, 1, 1, 1, 1, 1, 1)
-    assert slices(conv1, True) == slices(conv1, True) > 32
+    assert slices(conv1, True) > 32
     assert slices((1, 3, 5, 5, 4, 3, 3, 5, 5, 1, 1, 1, 1, 1, 1, 1), True) == 1
 
 
