@@ -25,10 +25,12 @@ FAMILIES = ("dense", "activations", "conv", "pool", "losses", "optim", "train_st
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--only", default=",".join(FAMILIES), help="comma-separated families")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the cases run (default: cpu)")
+    parser.add_argument("--only", default=",".join(FAMILIES),
+                        help=f"comma-separated families (default: all: {','.join(FAMILIES)})")
     parser.add_argument("--name", default=None, help="results file name (default: <device>-<date>)")
-    parser.add_argument("--out", default=str(harness.RESULTS))
+    parser.add_argument("--out", default=str(harness.RESULTS), metavar="DIR",
+                        help="where the .json, .md and .png go (default: benchmarks/results)")
     args = parser.parse_args(argv)
     families = [f.strip() for f in args.only.split(",") if f.strip()]
     unknown = sorted(set(families) - set(FAMILIES))
