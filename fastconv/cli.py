@@ -302,8 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     known = ", ".join(known_examples()) or "none found"
     train = commands.add_parser("train", help=f"train an example ({known})",
-                                description=f"Train one of the examples: {known}. Writes the best checkpoint, "
-                                            "history.json, report.json and PNG plots to --out.")
+                                description=f"Train one of the examples: {known}. Writes to --out the best "
+                                            "checkpoint (best/), the last (last/, for --resume), history.json, "
+                                            "report.json, run.json and PNG plots (search: the table instead of "
+                                            "the history and no last/, as `fastconv search`).")
     train.add_argument("example", metavar="EXAMPLE", help=f"one of: {known}")
     _train_options(train)
 
