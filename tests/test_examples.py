@@ -409,7 +409,7 @@ def _paragraph_of(text, phrase):
     return " ".join(found[0].split())
 
 
-@pytest.mark.parametrize("command, phrase", [("train", "Options: `--epochs`"), ("search", "whose options are")])
+@pytest.mark.parametrize("command, phrase", [("train", "options of `fastconv train`: `--epochs`"), ("search", "whose options are")])
 def test_the_readme_names_every_option_of_train_and_search(command, phrase):
     """README.md's option lists of `fastconv train` and `fastconv search` are the parser's (train's with
     the backends it takes)."""
