@@ -314,7 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
     evaluate.set_defaults(run=_evaluate)
 
-    _search_options(commands.add_parser("search", help="hyperparameter search on the two-layer tumour network"))
+    _search_options(commands.add_parser(
+        "search", help="hyperparameter search on the two-layer tumour network",
+        description="Grid search over learning rate x hidden width x batch size for the two-layer tumour network "
+                    "(examples/search.py), ranked on validation loss; only the best model is evaluated on the test "
+                    "data. Writes best/, search.csv, search.json, report.json, roc.png and run.json to --out."))
 
     commands.add_parser("info", help="version, extension modules, backend and device").set_defaults(run=_info)
 
