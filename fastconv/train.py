@@ -650,6 +650,15 @@ def _warn_diverged(record, name, best):
                   f"best, and {kept}. A lower learning rate may help.", RuntimeWarning, stacklevel=4)
 
 
+def _search_interrupted(finished, settings, out_dir):
+    """What an interrupted search says: which setting it stopped in and what out_dir keeps."""
+    kept = (f"{os.fspath(out_dir)}/search.csv and search.json rank the {finished} that finished"
+            if finished else "no setting had finished")
+    return (f"search was interrupted in setting {finished + 1} of {len(settings)} ({settings[finished]}); {kept}; "
+            f"the interrupted setting's run is not kept ({os.fspath(out_dir)}/trial is removed), and a search does "
+            "not resume: run the settings that are left as a search of their own")
+
+
 def _interrupted(s, total_steps, checkpoint_dir, on_disk, metric):
     """What an interrupted fit says: where it stopped and what its checkpoints hold."""
     note = f"fit was interrupted in epoch {s['epoch'] + 1}, at step {s['step']} of {total_steps}; "
@@ -904,6 +913,10 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
                       f"at epoch {history.best_epoch} ({row['time_s']:.1f} s)")
             del model, optimizer, built
             _backend.empty_cache()  # the next setting's shapes differ: the buffers kept for these would idle
+    except KeyboardInterrupt as exc:
+        if hasattr(exc, "add_note"):  # fit's note would point at trial/'s checkpoints, which go below
+            exc.__notes__ = [_search_interrupted(len(rows), settings, out_dir)]
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = _ranked(rows, mode)

@@ -325,9 +325,14 @@ def test_an_interrupted_search_removes_its_trial_directory_and_keeps_best_and_ta
         real_step(self)
 
     monkeypatch.setattr(optim.SGD, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as interrupt:
         train.search(build, {"lr": [0.0, 0.2, 0.3]}, (x, y), val, out_dir=tmp_path, metric="accuracy", epochs=2,
                      batch_size=16, verbose=False)
+    if hasattr(interrupt.value, "add_note"):  # (Python 3.11+) search's note, not fit's: that named trial/last
+        assert interrupt.value.__notes__ == [
+            f"search was interrupted in setting 3 of 3 ({{'lr': 0.3}}); {tmp_path}/search.csv and search.json rank "
+            f"the 2 that finished; the interrupted setting's run is not kept ({tmp_path}/trial is removed), and a "
+            "search does not resume: run the settings that are left as a search of their own"]
     assert sorted(os.listdir(tmp_path)) == ["best", "search.csv", "search.json"]
     assert [r["settings"]["lr"] for r in json.loads((tmp_path / "search.json").read_text())] == [0.2, 0.0]
     assert checkpoint.read_info(tmp_path / "best")["extra"]["settings"] == {"lr": 0.2}
