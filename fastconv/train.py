@@ -651,12 +651,15 @@ def _warn_diverged(record, name, best):
 
 
 def _search_interrupted(finished, settings, out_dir):
-    """What an interrupted search says: which setting it stopped in and what out_dir keeps."""
-    kept = (f"{os.fspath(out_dir)}/search.csv and search.json rank the {finished} that finished"
-            if finished else "no setting had finished")
-    return (f"search was interrupted in setting {finished + 1} of {len(settings)} ({settings[finished]}); {kept}; "
-            f"the interrupted setting's run is not kept ({os.fspath(out_dir)}/trial is removed), and a search does "
-            "not resume: run the settings that are left as a search of their own")
+    """What an interrupted search says: which setting it stopped in and what out_dir keeps (finished:
+    the settings whose training had returned; the last of them may have been saving)."""
+    where = (f"in setting {finished + 1} of {len(settings)} ({settings[finished]})" if finished < len(settings)
+             else f"after its last setting's training ({finished} of {finished})")
+    kept = (f"{os.fspath(out_dir)}/search.csv and search.json rank the settings that finished" if finished
+            else "no setting had finished")
+    return (f"search was interrupted {where}; {kept}; the interrupted setting's run is not kept "
+            f"({os.fspath(out_dir)}/trial is removed), and a search does not resume: run the settings that are "
+            "left as a search of their own")
 
 
 def _interrupted(s, total_steps, checkpoint_dir, on_disk, metric):

@@ -331,12 +331,28 @@ def test_an_interrupted_search_removes_its_trial_directory_and_keeps_best_and_ta
     if hasattr(interrupt.value, "add_note"):  # (Python 3.11+) search's note, not fit's: that named trial/last
         assert interrupt.value.__notes__ == [
             f"search was interrupted in setting 3 of 3 ({{'lr': 0.3}}); {tmp_path}/search.csv and search.json rank "
-            f"the 2 that finished; the interrupted setting's run is not kept ({tmp_path}/trial is removed), and a "
-            "search does not resume: run the settings that are left as a search of their own"]
+            f"the settings that finished; the interrupted setting's run is not kept ({tmp_path}/trial is removed), "
+            "and a search does not resume: run the settings that are left as a search of their own"]
     assert sorted(os.listdir(tmp_path)) == ["best", "search.csv", "search.json"]
     assert [r["settings"]["lr"] for r in json.loads((tmp_path / "search.json").read_text())] == [0.2, 0.0]
     assert checkpoint.read_info(tmp_path / "best")["extra"]["settings"] == {"lr": 0.2}
     checkpoint.load(tmp_path / "best")  # whole: its weights match their checksum
+
+
+@pytest.mark.skipif(not hasattr(KeyboardInterrupt(), "add_note"), reason="exception notes: Python 3.11+")
+def test_a_search_interrupted_after_its_last_training_still_says_so(tmp_path, monkeypatch):
+    # (the note indexed the settings by the count of finished ones: past the last, an IndexError
+    # would have replaced the KeyboardInterrupt)
+    x, y = blobs(40, seed=6)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_write_table", interrupted)  # after the only setting's training
+    with pytest.raises(KeyboardInterrupt) as interrupt:
+        train.search(_search_build, {"lr": [0.1]}, (x, y), (x, y), out_dir=tmp_path, metric="accuracy", epochs=1,
+                     batch_size=20, verbose=False)
+    assert interrupt.value.__notes__[0].startswith("search was interrupted after its last setting's training (1 of 1)")
 
 
 def _search_build(settings):
