@@ -119,14 +119,14 @@ def test_config_names_the_algorithm_only_when_not_auto():
 
 @pytest.mark.parametrize("saved, loaded", [("auto", "direct"), ("direct", "auto")])
 def test_checkpoints_load_across_algorithms(tmp_path, saved, loaded):
-    def model(algorithm):
-        return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, algorithm=algorithm, seed=5), nn.ReLU(),
-                             nn.Conv2d(16, 16, 3, padding=1, algorithm=algorithm, seed=6), nn.Flatten(),
-                             nn.Linear(16 * 4 * 4, 2, seed=7))
+    def model(algorithm, seed):
+        return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, algorithm=algorithm, seed=seed), nn.ReLU(),
+                             nn.Conv2d(16, 16, 3, padding=1, algorithm=algorithm, seed=seed + 1), nn.Flatten(),
+                             nn.Linear(16 * 4 * 4, 2, seed=seed + 2))
 
-    source = model(saved)
+    source = model(saved, 5)
     checkpoint.save(tmp_path / "ck", source, epoch=1)
-    target = model(loaded)
+    target = model(loaded, 8)  # other weights: equal after the load only if it brought the source's
     checkpoint.load_into(tmp_path / "ck", target)
     for p, q in zip(source.parameters(), target.parameters()):
         assert np.array_equal(p.data, q.data)
