@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastconv import ops
-from fastconv._cpu import _vecmath
+from fastconv._cpu import _vecmath, pool
 from helpers import needs_simd
 
 pytestmark = needs_simd
@@ -50,10 +50,16 @@ def test_max_pool2d_forward_takes_it_for_float32_2x2_only(monkeypatch):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 5, 10, 13)).astype(np.float32)[:, :, :, :12]  # not contiguous
     x[0, 0, 0, :4] = np.nan
+    taken, kernel = [], pool._max_forward_2x2_simd
+    monkeypatch.setattr(pool, "_max_forward_2x2_simd", lambda *a: taken.append(a[0].dtype) or kernel(*a))
     y, indices = ops.max_pool2d_forward(x, kernel_size=2)
+    ops.max_pool2d_forward(x.astype(np.float64), kernel_size=2)
+    ops.max_pool2d_forward(x, kernel_size=3, stride=2)
+    assert taken == [np.float32]  # (the comparison below proves nothing unless the first call took it)
     monkeypatch.setattr(_vecmath, "SIMD", False)
     y_ref, indices_ref = ops.max_pool2d_forward(x, kernel_size=2)
     assert y.tobytes() == y_ref.tobytes() and np.array_equal(indices, indices_ref)
+    assert taken == [np.float32]
 
 
 @pytest.mark.skipif(not _vecmath.AVX512, reason="AVX-512 only: on AVX2 hosts the fused backward scatters by the "
@@ -104,9 +110,12 @@ def test_max_pool2d_backward_scatters_8_windows_at_a_time_bit_for_bit(x_shape, m
     if min(h, w) >= 3:
         _, overlapping = ops.max_pool2d_forward(x, kernel_size=3, stride=2, padding=1)  # ceil(h / 2) rows
         cases["3x3"] = np.ascontiguousarray(overlapping[:, :, :h // 2, :w // 2])
+    taken, kernel = [], pool._max_backward_2x2_avx512
+    monkeypatch.setattr(pool, "_max_backward_2x2_avx512", lambda *a: taken.append(1) or kernel(*a))
     for name, indices in cases.items():
         got = ops.max_pool2d_backward(dy, indices, x_shape)
         with monkeypatch.context() as m:
             m.setattr(_vecmath, "AVX512", False)
             want = ops.max_pool2d_backward(dy, indices, x_shape)
         assert got.tobytes() == want.tobytes(), name
+    assert len(taken) == len(cases)  # each `got` by the 8-window scatter, each `want` not
