@@ -72,13 +72,23 @@ def run(tmp_path, epochs, resume=False, eval_every=None, scheduler=True):
     return model, history
 
 
+def count_steps(monkeypatch, optimizer_class):
+    """The optimizer steps taken from now on: a resume must take only those after its checkpoint (a run
+    that ignored the checkpoint and started afresh would end with the same bits, seeded as it is)."""
+    real, steps = optimizer_class.step, []
+    monkeypatch.setattr(optimizer_class, "step", lambda self: steps.append(1) or real(self))
+    return steps
+
+
 # eval_every=2: the 2-epoch run (14 steps) ends on an evaluation, as a run killed there would; the
 # 5-epoch run (35 steps) ends with the evaluation of its last step, which the resumed run repeats.
 @pytest.mark.parametrize("eval_every", [None, 2])
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, eval_every):
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, eval_every, monkeypatch):
     full_model, full = run(tmp_path / "full", 5, eval_every=eval_every)
     run(tmp_path / "parts", 2, eval_every=eval_every)  # "killed" after epoch 2
+    steps = count_steps(monkeypatch, optim.Adam)
     model, resumed = run(tmp_path / "parts", 5, resume=True, eval_every=eval_every)
+    assert len(steps) == 35 - 14
     for a, b in zip(model.parameters(), full_model.parameters()):
         np.testing.assert_array_equal(a.data, b.data)
     keys = ("epoch", "step", "train_loss", "val_loss", "lr")
@@ -104,7 +114,9 @@ def test_resume_after_a_kill_mid_epoch(tmp_path, monkeypatch):
     monkeypatch.undo()
     state = checkpoint.read_info(tmp_path / "part" / "last")["extra"]["fit"]["state"]
     assert (state["step"], state["epoch"], state["batch"]) == (9, 1, 2)
+    steps = count_steps(monkeypatch, optim.Adam)
     model, resumed = run(tmp_path / "part", 3, resume=True, eval_every=3)
+    assert len(steps) == 21 - 9
     for a, b in zip(model.parameters(), full_model.parameters()):
         np.testing.assert_array_equal(a.data, b.data)
     keys = ("epoch", "step", "train_loss", "val_loss", "lr")
@@ -140,7 +152,9 @@ def test_resume_after_an_early_stop_on_an_epochs_last_batch_ends_that_epoch(tmp_
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "part")
     monkeypatch.undo()
+    steps = count_steps(monkeypatch, optim.SGD)
     resumed, sched = run(tmp_path / "part", resume=True)
+    assert steps == []  # the step-8 evaluation's checkpoint: the run had stopped, only epoch 2's end was left
     assert full.stopped_early and resumed.stopped_early and len(resumed) == len(full) == 2
     assert sched.state_dict() == full_sched.state_dict() == {"type": "StepLR", "base_lr": 0.0, "last_epoch": 2}
     expected, got = (checkpoint.read_info(tmp_path / d / "last") for d in ("full", "part"))
