@@ -1,6 +1,6 @@
 """The fused convolution + activation + max pooling (ops.conv2d_max_pool2d_*) on every backend: bit for
 bit the unfused ops (conv2d, max_pool2d, relu) on the shapes that stress the fused cpu kernel, finite
-differences in float64, and the bad inputs it must refuse."""
+differences in float64, unchecked indices and NaN. (The bad inputs it must refuse: tests/test_bad_inputs.py.)"""
 import numpy as np
 import pytest
 
