@@ -455,7 +455,8 @@ def test_check_binary_labels_is_what_binary_report_needs():
         with pytest.raises(ValueError, match=r"binary_report needs at least 2 positives and 2 negatives in the test "
                                              r"labels .* got \d and \d in test, \d and \d in validation"):
             check_binary_labels(v, t)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"^binary_report: the (test AUC .*DeLong needs at least 2 positives and 2 "
+                                             r"negatives|operating points, .*contains only class)"):
             binary_report(v, np.linspace(0, 1, len(v)), t, np.linspace(0, 1, len(t)))
 
 
