@@ -321,14 +321,14 @@ class Module:
         return f"{type(self).__name__}({args})"
 
 
-def _conv_padding(padding, stride, layer):
+def _conv_padding(padding, kernel, stride, dilation, layer):
     """A Conv2d's padding as ops.conv2d_forward takes it: "same" (stride 1 only, as torch) or "valid" kept
-    as given (so config() and repr show it), else a pair of ints >= 0."""
+    as given (so config() and repr show it), checked by the op's own rule; else a pair of ints >= 0."""
     if isinstance(padding, str):
-        if padding not in ("same", "valid"):
-            raise ValueError(f"{layer}: padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
-        if padding == "same" and stride != (1, 1):
-            raise ValueError(f"{layer}: padding='same' needs stride 1, got stride {stride}")
+        try:
+            ops.conv._padding(padding, kernel, stride, dilation)
+        except ValueError as exc:
+            raise ValueError(f"{layer}: {exc}") from None
         return padding
     return _pair(padding, "padding", layer, low=0)
 
@@ -429,8 +429,8 @@ class Conv2d(Module):
         self.out_channels = _positive_int(out_channels, "out_channels", name)
         self.kernel_size = _pair(kernel_size, "kernel_size", name)
         self.stride = _pair(stride, "stride", name)
-        self.padding = _conv_padding(padding, self.stride, name)
         self.dilation = _pair(dilation, "dilation", name)
+        self.padding = _conv_padding(padding, self.kernel_size, self.stride, self.dilation, name)
         self.groups = _positive_int(groups, "groups", name)
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"Conv2d: in_channels ({self.in_channels}) and out_channels ({self.out_channels}) "
