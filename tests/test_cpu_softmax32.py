@@ -13,7 +13,7 @@ F32 = np.finfo(np.float32)
 pytestmark = needs_simd
 
 if _vecmath.SIMD:
-    from fastconv._cpu._softmax32 import SUM_CHUNK, row_exp_sum, store_row
+    from fastconv._cpu._softmax32 import LINE_SCRATCH, SUM_CHUNK, flush_line, row_exp_sum, store_row
 
     @njit
     def _exp_sum(row, m, out, ahead):
@@ -21,7 +21,21 @@ if _vecmath.SIMD:
 
     @njit
     def _store(e, classes, a, b, label, t, out, start, stream, skip):
-        store_row(e, classes, a, b, label, t, out, start, stream, skip)
+        """One row, as a task of its own."""
+        line = np.empty(LINE_SCRATCH, np.float32)
+        store_row(e, classes, a, b, label, t, out, start, stream, skip, line, start)
+        if stream:
+            flush_line(line, out, start + classes, start, skip)
+            _stream.store_fence()
+
+    @njit
+    def _store_task(es, labels, a, b, t, out, first, end, skip):
+        """Rows first .. end - 1 (each es[i] of es.shape[1] classes), streamed, as the rows of one task."""
+        classes = es.shape[1]
+        line = np.full(LINE_SCRATCH, np.float32(np.nan))
+        for i in range(first, end):
+            store_row(es[i], classes, a, b, labels[i], t, out, i * classes, True, skip, line, first * classes)
+        flush_line(line, out, end * classes, first * classes, skip)
         _stream.store_fence()
 
 
@@ -119,3 +133,27 @@ def test_row_store_plain_and_streamed_agree_at_every_alignment(classes):
                 results.append(raw[start:start + classes].copy())
             np.testing.assert_array_equal(results[0], g)
             np.testing.assert_array_equal(results[1], g)
+
+
+@pytest.mark.parametrize("classes", [1, 3, 7, 15, 16, 17, 33, 100, 1000])
+def test_streamed_rows_share_their_lines_across_rows_and_tasks(classes):
+    """Consecutive rows of tasks that split the output anywhere, streamed: every value the formula's
+    bits, the lines that rows (and tasks) share assembled whole, nothing outside the rows written."""
+    rng = np.random.default_rng(classes)
+    n = 40
+    es = rng.uniform(0, 1, (n, classes)).astype(np.float32)
+    labels = rng.integers(-1, classes, n)
+    a, b, t = np.float32(0.37), np.float32(0.01), np.float32(0.5)
+    g = es * a - b
+    g[labels >= 0, labels[labels >= 0]] -= t
+    for first_lane in (0, 1, 9, 15):  # where the output starts within a 64-byte line
+        raw = np.full(n * classes + 64, 7.0, np.float32)
+        begin = ((-raw.ctypes.data) % 64 // 4 + first_lane) % 16 + 16  # a guard line before the rows
+        for cuts in ([0, n], [0, 1, n], [0, 3, 4, 17, n], list(range(n + 1))):  # the tasks' rows
+            out = raw[begin:begin + n * classes]
+            raw[:] = 7
+            # the tasks in reverse order, as another thread might finish first
+            for first, end in reversed(list(zip(cuts[:-1], cuts[1:]))):
+                _store_task(es, labels, a, b, t, out, first, end, _stream.align_skip(out))
+            np.testing.assert_array_equal(out.reshape(n, classes), g)
+            assert (raw[:begin] == 7).all() and (raw[begin + n * classes:] == 7).all()

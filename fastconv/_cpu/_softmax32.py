@@ -13,7 +13,13 @@ stalled the next row. Here:
   arrive while this one computes (prototype A/B: streamed 27.5, streamed and so prefetched 36.0
   GB/s; a prefetch of the whole next row in one burst before its loop gained little);
 - `store_row` writes g or p through streaming stores for an output past the last-level cache (the
-  line is not read first: 2 memory streams, not 3; see _stream.py), ordinary ones otherwise.
+  line is not read first: 2 memory streams, not 3; see _stream.py), ordinary ones otherwise. A
+  1000-class row (4000 bytes) does not fill whole lines: it shares one with each neighbour. Those
+  lines are assembled in L1 from the two rows' values and streamed whole; only a task's first and
+  last lines take ordinary stores. Written by ordinary masked stores at each row's ends instead,
+  every row fetched a line from memory in the middle of its stream (a read for ownership), and the
+  row's later stores waited behind it: the fused op at 1 GiB ran at 27.6 GB/s on the Intel Xeon
+  host, 32.3 assembled (copy 48.5; a scratch kernel that skipped those lines: 38-39).
 
 The sum is the chunks' float32 sums (at most SUM_CHUNK values each, 16 lanes added in a fixed
 tree) added in float64: the order is fixed by the row length alone. Both need AVX-512F, or AVX2 with FMA.
@@ -22,17 +28,18 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from ._stream import LINE, prefetch_ir
+from ._stream import LINE, _stream_line, prefetch_ir
 from ._vecmath import _exp16_nonpositive_ir, as_i64, broadcast, lanes_below, masked_load, masked_store, vector_at, \
     vector_sum_loop
 
-__all__ = ["SUM_CHUNK", "ROW_PREFETCH_AHEAD", "row_exp_sum", "store_row"]
+__all__ = ["SUM_CHUNK", "ROW_PREFETCH_AHEAD", "LINE_SCRATCH", "row_exp_sum", "store_row", "flush_line"]
 
 SUM_CHUNK = 512            # values per float32 partial sum, here, in loss._chunked_sum and in _bce32
 ROW_PREFETCH_AHEAD = 2048  # values (8 KB, two 1000-class rows): 1024 and 4096 measured within noise
 
 _I32 = ir.IntType(32)
 _LANES = LINE // 4
+LINE_SCRATCH = 2 * _LANES  # store_row's line: a masked vector store at any of its 16 lanes stays inside
 
 
 def _exp_shifted(builder, x, m):
@@ -154,22 +161,55 @@ _store16_part_labelled = _store16_intrinsic("part", True)
 
 
 @njit(inline="always")
-def store_row(e, classes, a, b, label, t, out, start, stream, skip):
+def store_row(e, classes, a, b, label, t, out, start, stream, skip, line, task_start):
     """out[start : start + classes] = e[:classes] * a - b, less t at class `label` (-1: none), for a
-    1-D C-contiguous float32 `out`. With `stream` (skip = _stream.align_skip(out)), the row's whole
-    64-byte lines go out by streaming stores and the partial lines at its ends by masked ordinary
-    ones; the caller ends its task with _stream.store_fence()."""
-    k = 0
-    if stream:
-        head = min(classes, (skip - start) % _LANES)
-        if head > 0:
-            _store_vector(e, 0, a, b, label, t, out, start, head, False)
-        k = head
+    1-D C-contiguous float32 `out`. With `stream` (skip = _stream.align_skip(out)) the row is one of
+    a task's consecutive rows, from flat index task_start on: its whole 64-byte lines go out by
+    streaming stores, and its values in a line it shares with the rows before or after it go to
+    `line` (the task's scratch of LINE_SCRATCH float32), the line being assembled, which goes out
+    when a row completes it. The caller ends its task with flush_line, then _stream.store_fence()."""
+    if not stream:
+        k = 0
+        while k + 16 <= classes:
+            _store_vector(e, k, a, b, label, t, out, start + k, 16, False)
+            k += 16
+        if k < classes:
+            _store_vector(e, k, a, b, label, t, out, start + k, classes - k, False)
+        return
+    lane = (start - skip) % _LANES  # where the row starts in its line
+    head = min(classes, (_LANES - lane) % _LANES)
+    if head > 0:
+        _store_vector(e, 0, a, b, label, t, line, lane, head, False)
+        if lane + head == _LANES:
+            _put_line(line, out, start - lane, task_start)
+    k = head
     while k + 16 <= classes:
-        _store_vector(e, k, a, b, label, t, out, start + k, 16, stream)
+        _store_vector(e, k, a, b, label, t, out, start + k, 16, True)
         k += 16
     if k < classes:
-        _store_vector(e, k, a, b, label, t, out, start + k, classes - k, False)
+        _store_vector(e, k, a, b, label, t, line, 0, classes - k, False)
+
+
+@njit(inline="always")
+def flush_line(line, out, end, task_start, skip):
+    """Writes what store_row left in `line` of a task's rows that end at flat index `end`: the
+    values of a last line that no row completed."""
+    lane = (end - skip) % _LANES
+    if lane > 0:
+        base = end - lane
+        for c in range(max(0, task_start - base), lane):
+            out[base + c] = line[c]
+
+
+@njit(inline="always")
+def _put_line(line, out, base, task_start):
+    """out's line from flat index `base` = line[:16], by one streaming store; a task's first line
+    (which began before task_start, in another task's rows) by ordinary stores of this task's values."""
+    if base >= task_start:
+        _stream_line(out, base, line, 0)
+    else:
+        for c in range(task_start - base, _LANES):
+            out[base + c] = line[c]
 
 
 @njit(inline="always")

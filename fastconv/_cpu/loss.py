@@ -9,7 +9,7 @@ from ._bce32 import bce_sum
 from ._memory import empty_like
 from ._parallel import run
 from ._stream import SPAN, align_skip, should_stream, store_fence
-from ._softmax32 import ROW_PREFETCH_AHEAD, SUM_CHUNK, row_exp_sum, store_row
+from ._softmax32 import LINE_SCRATCH, ROW_PREFETCH_AHEAD, SUM_CHUNK, flush_line, row_exp_sum, store_row
 from . import _vecmath
 from ._vecmath import exp_nonpositive, log1p_unit, maxnum
 
@@ -126,9 +126,9 @@ def _exp_sum_portable(row, m, e, ahead):
 
 @njit(inline="always")
 def _write_row_portable(e, out, start, y, grad, inv_s, weight, has_weight, smoothing, share, label_weight_sum,
-                        class_weight_sum, consts, stream, skip):
+                        class_weight_sum, consts, stream, skip, line, task_start):
     """out[start : start + C] = the row's gradient from its exps e and 1 / sum (or with grad False,
-    its probs e / sum); stream and skip: unused, see _write_row_simd."""
+    its probs e / sum); stream, skip, line and task_start: unused, see _write_row_simd."""
     row_out = out[start:start + e.size]
     if grad:
         _grad_row(e, row_out, y, weight, has_weight, smoothing, share, label_weight_sum, class_weight_sum, consts,
@@ -139,13 +139,14 @@ def _write_row_portable(e, out, start, y, grad, inv_s, weight, has_weight, smoot
 
 @njit(inline="always")
 def _write_row_simd(e, out, start, y, grad, inv_s, weight, has_weight, smoothing, share, label_weight_sum,
-                      class_weight_sum, consts, stream, skip):
-    """_write_row_portable by _softmax32.store_row (streamed when `stream`): the same formula, the
-    label's constant rounded to float32 before it is subtracted. A weighted, smoothed gradient
-    (b * w_c per class) goes through _grad_row."""
+                      class_weight_sum, consts, stream, skip, line, task_start):
+    """_write_row_portable by _softmax32.store_row (streamed when `stream`; line and task_start:
+    store_row's): the same formula, the label's constant rounded to float32 before it is
+    subtracted. A weighted, smoothed gradient (b * w_c per class) goes through _grad_row, never
+    streamed (see _streamed_rows)."""
     if grad and has_weight and smoothing != 0.0:
         _write_row_portable(e, out, start, y, grad, inv_s, weight, has_weight, smoothing, share, label_weight_sum,
-                            class_weight_sum, consts, stream, skip)
+                            class_weight_sum, consts, stream, skip, line, task_start)
         return
     label = -1
     if grad:
@@ -154,7 +155,14 @@ def _write_row_simd(e, out, start, y, grad, inv_s, weight, has_weight, smoothing
         label = y
     else:
         consts[0], consts[1], consts[2] = inv_s, 0.0, 0.0
-    store_row(e, e.size, consts[0], consts[1], label, consts[2], out, start, stream, skip)
+    store_row(e, e.size, consts[0], consts[1], label, consts[2], out, start, stream, skip, line, task_start)
+
+
+@njit(inline="always")
+def _streamed_rows(stream, grad, has_weight, smoothing):
+    """Whether write_row streams the rows: as asked, but a weighted, smoothed gradient goes through
+    _grad_row's ordinary stores, which leave store_row's line (and so flush_line) unused."""
+    return stream and not (grad and has_weight and smoothing != 0.0)
 
 
 @njit(inline="always")
@@ -175,16 +183,19 @@ def _cross_entropy_rows_body(exp_sum, write_row, z, labels, weight, has_weight, 
     if smoothing != 0.0:
         w_total = _in_range(_row_sum(weight), big) if has_weight else float(classes)
     rows_per_task = max(1, SPAN // max(1, classes))
+    stream = _streamed_rows(stream, grad, has_weight, smoothing)
     for t in prange((n + rows_per_task - 1) // rows_per_task):
         exps = np.empty(classes, probs.dtype)
         consts = np.empty(3, probs.dtype)
-        for i in range(t * rows_per_task, min(n, (t + 1) * rows_per_task)):
+        line = np.empty(LINE_SCRATCH, probs.dtype)
+        first, end = t * rows_per_task, min(n, (t + 1) * rows_per_task)
+        for i in range(first, end):
             row = z[i]
             m = _row_max(row)
             s = exp_sum(row, m, exps, ROW_PREFETCH_AHEAD)
             y = labels[i]
             write_row(exps, out, i * classes, y, grad, 1.0 / s, weight, has_weight, smoothing, share, label_weight_sum,
-                      class_weight_sum, consts, stream, skip)
+                      class_weight_sum, consts, stream, skip, line, first * classes)
             log_s = np.log(s)
             wy = weight[y] if has_weight else 1.0
             r = (1.0 - smoothing) * wy * (log_s - (row[y] - m))
@@ -193,6 +204,7 @@ def _cross_entropy_rows_body(exp_sum, write_row, z, labels, weight, has_weight, 
             row_loss[i] = _in_range(r, big)  # (both terms >= 0: past big iff one of them or their sum is)
             row_weight[i] = wy
         if stream:
+            flush_line(line, out, end * classes, first * classes, skip)
             store_fence()
 
 
@@ -205,7 +217,8 @@ def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_los
 
 # Compiled only when called, i.e. on AVX-512 or AVX2 hosts (elsewhere LLVM could not emit it). Outputs
 # past the last-level cache are streamed (1 GiB of 1000-class rows, fused, two threads, A/B of
-# the op: 20.0 GB/s before _softmax32, 32.7 after, copy 49.1; see 1fcb512 for the other runs).
+# the op: 20.0 GB/s before _softmax32, 32.7 after, copy 49.1; see 1fcb512 for the other runs; the
+# lines that rows share, assembled whole by store_row: 27.6 -> 32.3 on the Intel host).
 @njit(parallel=True, cache=True)
 def _cross_entropy_rows_simd(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
                                label_weight_sum, class_weight_sum, stream, skip):
@@ -229,12 +242,16 @@ def _cross_entropy_grad_body(write_row, probs, labels, weight, has_weight, smoot
     flat = out.reshape(-1)
     share = smoothing / classes
     rows_per_task = max(1, SPAN // max(1, classes))
+    stream = _streamed_rows(stream, True, has_weight, smoothing)
     for t in prange((n + rows_per_task - 1) // rows_per_task):
         consts = np.empty(3, probs.dtype)
-        for i in range(t * rows_per_task, min(n, (t + 1) * rows_per_task)):
+        line = np.empty(LINE_SCRATCH, probs.dtype)
+        first, end = t * rows_per_task, min(n, (t + 1) * rows_per_task)
+        for i in range(first, end):
             write_row(probs[i], flat, i * classes, labels[i], True, 1.0, weight, has_weight, smoothing, share,
-                      label_weight_sum, class_weight_sum, consts, stream, skip)
+                      label_weight_sum, class_weight_sum, consts, stream, skip, line, first * classes)
         if stream:
+            flush_line(line, flat, end * classes, first * classes, skip)
             store_fence()
 
 
