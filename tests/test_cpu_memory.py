@@ -254,6 +254,36 @@ def test_cross_entropy_rows_write_only_their_rows(classes, dtype):
             np.testing.assert_allclose(results[0], expected, rtol=0, atol=tol, err_msg=f"smoothing {smoothing}")
 
 
+@needs_simd
+@pytest.mark.parametrize("classes", [7, 1000])
+def test_streamed_cross_entropy_rows_over_several_tasks(classes):
+    """Streamed rows in tasks of STREAMED_SPAN values, the last one partial, the output starting
+    anywhere in a line: the same bits as the plain stores, nothing around the output written, for
+    the fused rows and for the backward from probs."""
+    rows_per_task = loss.STREAMED_SPAN // classes
+    n = 2 * rows_per_task + rows_per_task // 3
+    rng = np.random.default_rng(classes)
+    z = rng.standard_normal((n, classes)).astype(np.float32)
+    labels = rng.integers(0, classes, n)
+    no_weight = np.empty(0, np.float32)
+    for skip in (0, 5):
+        raw = _offset_view(n * classes + 32, np.float32, (skip + 16) % 16)
+        out = raw[16:16 + n * classes].reshape(n, classes)
+        assert _stream.align_skip(out) == skip
+        row_loss, row_weight = np.empty(n), np.empty(n)
+        fused = [lambda stream=stream: loss._cross_entropy_rows_simd(
+            z, labels, no_weight, False, 0.0, out, row_loss, row_weight, True, float(n), 1.0, stream,
+            _stream.align_skip(out)) for stream in (False, True)]
+        plain, streamed = _guarded_results(fused, raw, out, 16)
+        np.testing.assert_array_equal(streamed, plain)
+        probs = np.ascontiguousarray(plain)
+        backward = [lambda stream=stream: loss._cross_entropy_grad_simd(
+            probs, labels, no_weight, False, 0.0, float(n), 1.0, out, stream, _stream.align_skip(out))
+            for stream in (False, True)]
+        plain, streamed = _guarded_results(backward, raw, out, 16)
+        np.testing.assert_array_equal(streamed, plain)
+
+
 @pytest.mark.parametrize("classes", [1, 7, 16, 17, 1000])
 def test_cross_entropy_backward_rows_write_only_their_rows(classes):
     """The backward from probs: portable, AVX-512 plain and streamed, rows at every alignment."""
