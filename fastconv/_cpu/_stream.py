@@ -25,11 +25,11 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["align_skip", "should_stream", "stream_map1", "stream_map2", "write_out", "store_fence", "prefetch",
+__all__ = ["align_skip", "should_stream", "stream_map1", "stream_map2", "store_fence", "prefetch",
            "prefetch_all", "prefetch_ir", "PREFETCH_AHEAD"]
 
 LINE = 64           # bytes per cache line and per streaming store
-BLOCK = 128         # values computed into the L1 buffer per write_out
+BLOCK = 128         # values computed into the L1 buffer per streamed block
 SPAN = 1 << 16      # values per parallel task: a multiple of every dtype's values per line
 
 
@@ -133,22 +133,6 @@ def prefetch_all(a):
     """prefetch for every 64-byte line of the 1-D C-contiguous float32 array a."""
     for i in range(0, a.size, 16):
         prefetch(a, i)
-
-
-@njit(inline="always")
-def write_out(dst, lo, buf, count, skip):
-    """dst[lo : lo + count] = buf[:count] for a 1-D C-contiguous dst with skip = align_skip(dst):
-    its whole lines streamed, the partial lines at either end by ordinary stores."""
-    lanes = LINE // dst.itemsize
-    head = min(count, (skip - lo) % lanes)
-    lines_end = head + (count - head) // lanes * lanes
-    out = dst[lo:lo + count]
-    for k in range(head):
-        out[k] = buf[k]
-    for k in range(head, lines_end, lanes):
-        _stream_line(dst, lo + k, buf, k)
-    for k in range(lines_end, count):
-        out[k] = buf[k]
 
 
 @njit(inline="always")
