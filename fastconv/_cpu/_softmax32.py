@@ -168,26 +168,22 @@ def store_row(e, classes, a, b, label, t, out, start, stream, skip, line, task_s
     streaming stores, and its values in a line it shares with the rows before or after it go to
     `line` (the task's scratch of LINE_SCRATCH float32), the line being assembled, which goes out
     when a row completes it. The caller ends its task with flush_line, then _stream.store_fence()."""
-    if not stream:
-        k = 0
-        while k + 16 <= classes:
-            _store_vector(e, k, a, b, label, t, out, start + k, 16, False)
-            k += 16
-        if k < classes:
-            _store_vector(e, k, a, b, label, t, out, start + k, classes - k, False)
-        return
-    lane = (start - skip) % _LANES  # where the row starts in its line
-    head = min(classes, (_LANES - lane) % _LANES)
-    if head > 0:
-        _store_vector(e, 0, a, b, label, t, line, lane, head, False)
-        if lane + head == _LANES:
-            _put_line(line, out, start - lane, task_start)
-    k = head
+    k = 0
+    if stream:
+        lane = (start - skip) % _LANES  # where the row starts in its line
+        k = min(classes, (_LANES - lane) % _LANES)
+        if k > 0:
+            _store_vector(e, 0, a, b, label, t, line, lane, k, False)
+            if lane + k == _LANES:
+                _put_line(line, out, start - lane, task_start)
     while k + 16 <= classes:
-        _store_vector(e, k, a, b, label, t, out, start + k, 16, True)
+        _store_vector(e, k, a, b, label, t, out, start + k, 16, stream)
         k += 16
     if k < classes:
-        _store_vector(e, k, a, b, label, t, line, 0, classes - k, False)
+        if stream:
+            _store_vector(e, k, a, b, label, t, line, 0, classes - k, False)
+        else:
+            _store_vector(e, k, a, b, label, t, out, start + k, classes - k, False)
 
 
 @njit(inline="always")
@@ -197,8 +193,7 @@ def flush_line(line, out, end, task_start, skip):
     lane = (end - skip) % _LANES
     if lane > 0:
         base = end - lane
-        for c in range(max(0, task_start - base), lane):
-            out[base + c] = line[c]
+        _put_lanes(line, out, base, max(0, task_start - base), lane)
 
 
 @njit(inline="always")
@@ -208,8 +203,14 @@ def _put_line(line, out, base, task_start):
     if base >= task_start:
         _stream_line(out, base, line, 0)
     else:
-        for c in range(task_start - base, _LANES):
-            out[base + c] = line[c]
+        _put_lanes(line, out, base, task_start - base, _LANES)
+
+
+@njit(inline="always")
+def _put_lanes(line, out, base, lo, hi):
+    """out[base + lo : base + hi] = line[lo:hi], by ordinary stores."""
+    for c in range(lo, hi):
+        out[base + c] = line[c]
 
 
 @njit(inline="always")
