@@ -6,7 +6,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._bce32 import bce_sum
-from ._memory import empty_like
+from ._memory import empty, empty_like
 from ._parallel import run
 from ._stream import SPAN, align_skip, should_stream, store_fence
 from ._softmax32 import LINE_SCRATCH, ROW_PREFETCH_AHEAD, SUM_CHUNK, flush_line, row_exp_sum, store_row
@@ -441,7 +441,9 @@ def _grad_no_label_weight(probs, labels, w, smoothing, class_weight_sum, out):
 def _cross_entropy(logits, labels, weight, smoothing, grad):
     n, classes = logits.shape
     out = empty_like(logits)
-    row_loss, row_weight = np.empty(n), np.empty(n)
+    # from the cache, as `out` (see _memory: new ones fault in their pages on every call): at 1 GiB of
+    # 1000-class rows these are 2 MiB each, and the fused op ran 4% faster (A/B in one process)
+    row_loss, row_weight = empty(n, np.float64), empty(n, np.float64)
     w, has_weight = _optional(weight, logits.dtype)
     label_weight_sum, class_weight_sum = _weight_sums(w, has_weight, labels, n, classes) if grad else (1.0, 1.0)
     no_label_weight = grad and label_weight_sum == 0.0  # the kernels write the probs; the gradient after
