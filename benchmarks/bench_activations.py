@@ -4,7 +4,7 @@ import numpy as np
 import fastconv
 from fastconv import ops
 
-from harness import Row, measure, torch_peer
+from harness import CopyReference, Row, measure, measure_beside_copy, torch_peer
 
 # 1 GiB of float32 per array: well past the last-level cache (480 MiB on the 2-core dev machine)
 SIZES = {"cpu": 2**28, "cuda": 2**28}
@@ -23,6 +23,7 @@ def cases(device: str, ceilings: dict) -> list:
         if torch is not None:
             tx, tdy, ty = (torch.as_tensor(t, device=tdev) for t in (x, dy, y))
         timer = lambda f: measure(f, device=device, repeats=7)  # noqa: E731
+        copy = CopyReference(device)
         cases_ = [
             ("relu fwd", 2, lambda: ops.relu_forward(x), lambda: xp.maximum(x, 0),
              lambda: torch.relu(tx)),
@@ -37,6 +38,7 @@ def cases(device: str, ceilings: dict) -> list:
             peers = {("numpy" if device == "cpu" else "cupy"): timer(array_peer)}
             if torch is not None:
                 peers["torch"] = tmeasure(torch_case)
-            rows.append(Row("activations", f"{name} {n} f32", "GB/s", arrays * 4 * n, timer(ours), peers,
-                            ceilings["copy_gbs"]))
+            timing, beside = measure_beside_copy(ours, copy, device=device)
+            rows.append(Row("activations", f"{name} {n} f32", "GB/s", arrays * 4 * n, timing, peers,
+                            ceilings["copy_gbs"], beside))
     return rows

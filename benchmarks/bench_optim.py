@@ -4,7 +4,7 @@ import numpy as np
 import fastconv
 from fastconv import ops
 
-from harness import Row, measure, torch_peer
+from harness import CopyReference, Row, measure_beside_copy, torch_peer
 
 
 def cases(device: str, ceilings: dict) -> list:
@@ -17,6 +17,7 @@ def cases(device: str, ceilings: dict) -> list:
         p = xp.asarray(rng.standard_normal(n, dtype=np.float32))
         g = xp.asarray(rng.standard_normal(n, dtype=np.float32))
         vel, m, v = xp.zeros_like(p), xp.zeros_like(p), xp.zeros_like(p)
+        copy = CopyReference(device)
         peers = {}
         if torch is not None:
             tp = torch.as_tensor(p, device=tdev).clone()
@@ -24,9 +25,9 @@ def cases(device: str, ceilings: dict) -> list:
             sgd = torch.optim.SGD([tp], lr=1e-3, momentum=0.9, foreach=False)
             peers["torch"] = tmeasure(sgd.step)
         # SGD with momentum: read p, g, velocity; write p, velocity.
-        rows.append(Row("optim", f"sgd momentum {n}", "GB/s", 5 * 4 * n,
-                        measure(lambda: ops.sgd_step(p, g, vel, lr=1e-3, momentum=0.9), device=device), peers,
-                        ceilings["copy_gbs"]))
+        timing, beside = measure_beside_copy(lambda: ops.sgd_step(p, g, vel, lr=1e-3, momentum=0.9), copy,
+                                             device=device, repeats=15)
+        rows.append(Row("optim", f"sgd momentum {n}", "GB/s", 5 * 4 * n, timing, peers, ceilings["copy_gbs"], beside))
         peers = {}
         if torch is not None:
             tp2 = torch.as_tensor(p, device=tdev).clone()
@@ -40,6 +41,6 @@ def cases(device: str, ceilings: dict) -> list:
             ops.adam_step(p, g, m, v, step[0], lr=1e-3)
 
         # Adam: read p, g, m, v; write p, m, v.
-        rows.append(Row("optim", f"adam {n}", "GB/s", 7 * 4 * n, measure(ours, device=device), peers,
-                        ceilings["copy_gbs"]))
+        timing, beside = measure_beside_copy(ours, copy, device=device, repeats=15)
+        rows.append(Row("optim", f"adam {n}", "GB/s", 7 * 4 * n, timing, peers, ceilings["copy_gbs"], beside))
     return rows

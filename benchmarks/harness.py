@@ -4,7 +4,9 @@ Every case: the first call is timed on its own (JIT compilation, first-call cost
 calls, then `repeats` timed calls; the median is reported with the 10th-90th percentile spread.
 On the GPU, calls are timed with CUDA events on CuPy's current stream (torch.cuda events for
 PyTorch). Throughput is GFLOP/s for compute-bound ops and GB/s for memory-bound ones, each also
-as a percentage of the machine's ceiling measured by this script (a large SGEMM, a large copy).
+as a percentage of the machine's ceiling measured by this script (a large SGEMM, a large copy);
+the memory-bound cases past the last-level cache also against a copy timed just before each of
+their rounds (measure_beside_copy).
 """
 from __future__ import annotations
 
@@ -54,8 +56,9 @@ WARMUP_SECONDS = 0.05
 MAX_SAMPLES = 5000
 
 
-def measure(fn, *, device="cpu", warmup=3, repeats=15, min_seconds=0.2) -> Timing:
-    """Times fn() (which runs one case); returns first-call and steady-state statistics."""
+def measure(fn, *, device="cpu", warmup=3, repeats=15, min_seconds=0.2, _samples=None) -> Timing:
+    """Times fn() (which runs one case); returns first-call and steady-state statistics (and adds
+    the timed samples to the list _samples, when given)."""
     quiesce()
     _sync(device)
     t0 = time.perf_counter()
@@ -84,6 +87,8 @@ def measure(fn, *, device="cpu", warmup=3, repeats=15, min_seconds=0.2) -> Timin
             t = time.perf_counter()
             fn()
             samples.append(time.perf_counter() - t)
+    if _samples is not None:
+        _samples.extend(samples)
     q = np.percentile(samples, [10, 90])
     return Timing(first, statistics.median(samples), float(q[0]), float(q[1]), len(samples))
 
@@ -145,6 +150,9 @@ def cupy_or_none():
 
 # ---- ceilings ---------------------------------------------------------------------------------
 
+COPY_BYTES = 2**30  # 1 GiB: past the last-level cache
+
+
 def _parallel_copy():
     from numba import njit, prange
 
@@ -153,21 +161,64 @@ def _parallel_copy():
         for i in prange(src.size):
             dst[i] = src[i]
 
-    return copy
+    return lambda src, dst: copy(src.reshape(-1), dst.reshape(-1))
+
+
+class CopyReference:
+    """A copy of COPY_BYTES, the bandwidth ceiling's measurement, as a callable: on the CPU the
+    faster of NumPy's single-threaded copy and a copy on all Numba threads (timed once here), on
+    the GPU CuPy's. `bytes` counts read + write."""
+
+    def __init__(self, device: str):
+        xp = np
+        if device == "cuda":
+            import cupy as xp
+        self.device = device
+        self.src = xp.ones(COPY_BYTES // 4, xp.float32)
+        self.dst = xp.empty_like(self.src)
+        self.bytes = 2 * COPY_BYTES
+        self._copy = lambda: xp.copyto(self.dst, self.src)
+        if device == "cpu":
+            threaded = _parallel_copy()
+            numpy_s = measure(self._copy, repeats=10).median_s
+            if measure(lambda: threaded(self.src, self.dst), repeats=10).median_s < numpy_s:
+                self._copy = lambda: threaded(self.src, self.dst)
+
+    def __call__(self):
+        self._copy()
 
 
 def cpu_ceilings() -> dict:
-    """Peak SGEMM GFLOP/s (NumPy's BLAS, 2048^3) and copy bandwidth GB/s (1 GiB, read + write; the
-    faster of NumPy's single-threaded copy and a copy on all Numba threads)."""
+    """Peak SGEMM GFLOP/s (NumPy's BLAS, 2048^3) and copy bandwidth GB/s (CopyReference)."""
     n = 2048
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     c = np.empty_like(a)
     t = measure(lambda: np.dot(a, a, out=c), repeats=5)
-    src = np.ones(2**28, np.float32)  # 1 GiB: past the last-level cache
-    dst = np.empty_like(src)
-    copy = _parallel_copy()
-    tc = min(measure(lambda: np.copyto(dst, src), repeats=10).median_s, measure(lambda: copy(src, dst), repeats=10).median_s)
-    return {"sgemm_gflops": 2 * n**3 / t.median_s / 1e9, "copy_gbs": 2 * src.nbytes / tc / 1e9}
+    copy = CopyReference("cpu")
+    tc = measure(copy, repeats=10)
+    return {"sgemm_gflops": 2 * n**3 / t.median_s / 1e9, "copy_gbs": copy.bytes / tc.median_s / 1e9}
+
+
+# A shared host's memory bandwidth drifts, in phases of seconds to minutes: on the twenty-third
+# session's Zen 4 host one float32 sum over 1 GiB ran at 31 and then 53 GB/s in the same process,
+# and the copy ceiling, measured once at the start of a run, put the same fused cross-entropy at
+# 62-96% of it over sessions 19-22. So a memory-bound case past the last-level cache is also
+# measured against a copy timed just before it, in BESIDE_ROUNDS rounds: its "% of the copy beside
+# it" is the median of the rounds' ratios, which a phase moves much less than either rate.
+BESIDE_ROUNDS = 5
+
+
+def measure_beside_copy(fn, copy: CopyReference, *, device="cpu", repeats=7):
+    """(fn's Timing over all rounds' samples, [(fn's median seconds, the copy's GB/s) per round]),
+    each round the copy measured, then fn. The Timing's first call is the first round's."""
+    rounds, samples, first = [], [], None
+    for _ in range(BESIDE_ROUNDS):
+        copy_s = measure(copy, device=device, repeats=5, min_seconds=0.1).median_s
+        t = measure(fn, device=device, repeats=repeats, min_seconds=0.1, _samples=samples)
+        first = t.first_s if first is None else first
+        rounds.append((t.median_s, copy.bytes / copy_s / 1e9))
+    q = np.percentile(samples, [10, 90])
+    return Timing(first, statistics.median(samples), float(q[0]), float(q[1]), len(samples)), rounds
 
 
 def gpu_ceilings() -> dict:
@@ -176,10 +227,9 @@ def gpu_ceilings() -> dict:
     n = 8192
     a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
     t = measure(lambda: a @ a, device="cuda", repeats=5)
-    src = cupy.ones(256 * 2**20, cupy.float32)
-    dst = cupy.empty_like(src)
-    tc = measure(lambda: cupy.copyto(dst, src), device="cuda", repeats=10)
-    return {"sgemm_gflops": 2 * n**3 / t.median_s / 1e9, "copy_gbs": 2 * src.nbytes / tc.median_s / 1e9}
+    copy = CopyReference("cuda")
+    tc = measure(copy, device="cuda", repeats=10)
+    return {"sgemm_gflops": 2 * n**3 / t.median_s / 1e9, "copy_gbs": copy.bytes / tc.median_s / 1e9}
 
 
 # ---- results ----------------------------------------------------------------------------------
@@ -193,10 +243,15 @@ class Row:
     fastconv: Timing
     peers: dict                # name -> Timing
     ceiling: float | None = None  # in `unit`, for the % column
+    beside: list | None = None    # measure_beside_copy's rounds: [(fastconv's seconds, copy GB/s)]
 
     def rate(self, t: Timing) -> float:
         scale = 1.0 if self.unit == "images/s" else 1e9
         return self.work / t.median_s / scale
+
+    def percents_beside(self) -> list[float]:
+        """Per round, fastconv's rate as a percentage of the copy measured just before it."""
+        return [100 * self.work / seconds / 1e9 / copy_gbs for seconds, copy_gbs in self.beside or []]
 
     def as_dict(self) -> dict:
         d = {"family": self.family, "case": self.case, "unit": self.unit, "work": self.work,
@@ -206,6 +261,10 @@ class Row:
              "ratios": {k: v.median_s / self.fastconv.median_s for k, v in self.peers.items()}}
         if self.ceiling:
             d["percent_of_ceiling"] = 100 * self.rate(self.fastconv) / self.ceiling
+        if self.beside:
+            pct = self.percents_beside()
+            d["copy_beside"] = {"rounds": [list(r) for r in self.beside], "percent": statistics.median(pct),
+                                "percent_range": [min(pct), max(pct)]}
         return d
 
     def line(self) -> str:
@@ -216,6 +275,9 @@ class Row:
             text += f"  {name} {self.rate(t):8.2f} (x{t.median_s / self.fastconv.median_s:5.2f})"
         if self.ceiling:
             text += f"  {100 * self.rate(self.fastconv) / self.ceiling:5.1f}% of ceiling"
+        if self.beside:
+            pct = self.percents_beside()
+            text += f" ({statistics.median(pct):.1f}% of the copy beside it, [{min(pct):.0f}-{max(pct):.0f}])"
         text += f"  first call {self.fastconv.first_s * 1e3:.1f} ms"
         return text
 
@@ -262,7 +324,9 @@ def markdown(data: dict) -> str:
              + (f", torch {m['torch']}" if "torch" in m else "") + (f", cupy {m['cupy']}" if "cupy" in m else "")
              + f"; {m['threads']} threads. Ceilings measured in the same run: SGEMM {c['sgemm_gflops']:.1f} GFLOP/s, "
              f"copy {c['copy_gbs']:.1f} GB/s. Ratio = peer time / fastconv time (> 1: fastconv faster); "
-             "median of the timed calls, [p10–p90 of fastconv's rate].", "",
+             "median of the timed calls, [p10–p90 of fastconv's rate]."
+             + (" Beside: the median [range], over the rounds of measure_beside_copy, of fastconv's rate as a "
+                "% of a copy timed just before it." if any("copy_beside" in r for r in data["rows"]) else ""), "",
              "| family | case | fastconv | spread | % ceiling | peers (rate, ratio) | first call |",
              "|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
@@ -271,6 +335,9 @@ def markdown(data: dict) -> str:
         spread = f"{r['work'] / f['p90_s'] / scale:.3g}–{r['work'] / f['p10_s'] / scale:.3g}"
         peers = "; ".join(f"{k} {r['peer_rates'][k]:.3g} (×{r['ratios'][k]:.2f})" for k in r["peers"])
         pct = f"{r['percent_of_ceiling']:.0f}%" if "percent_of_ceiling" in r else ""
+        if "copy_beside" in r:
+            lo, hi = r["copy_beside"]["percent_range"]
+            pct += f" (beside: {r['copy_beside']['percent']:.0f}% [{lo:.0f}–{hi:.0f}])"
         lines.append(f"| {r['family']} | {r['case']} | {r['fastconv_rate']:.3g} {r['unit']} | {spread} | {pct} | "
                      f"{peers} | {f['first_s'] * 1e3:.0f} ms |")
     return "\n".join(lines) + "\n"
