@@ -4,7 +4,7 @@ import numpy as np
 import fastconv
 from fastconv import ops
 
-from harness import CopyReference, Row, measure, measure_beside_copy, torch_peer
+from harness import Row, copy_reference, measure, measure_beside_copy, torch_peer
 
 # 1 GiB of float32 per array: well past the last-level cache (480 MiB on the 2-core dev machine)
 SIZES = {"cpu": 2**28, "cuda": 2**28}
@@ -23,7 +23,7 @@ def cases(device: str, ceilings: dict) -> list:
         if torch is not None:
             tx, tdy, ty = (torch.as_tensor(t, device=tdev) for t in (x, dy, y))
         timer = lambda f: measure(f, device=device, repeats=7)  # noqa: E731
-        copy = CopyReference(device)
+        copy = copy_reference(device)
         cases_ = [
             ("relu fwd", 2, lambda: ops.relu_forward(x), lambda: xp.maximum(x, 0),
              lambda: torch.relu(tx)),

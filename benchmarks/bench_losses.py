@@ -5,7 +5,7 @@ import numpy as np
 import fastconv
 from fastconv import ops
 
-from harness import CopyReference, Row, measure, measure_beside_copy, torch_peer
+from harness import Row, copy_reference, measure, measure_beside_copy, torch_peer
 
 # (rows, classes): 1 GiB of logits, well past the last-level cache, and the course's 10-class case.
 CE_SHAPES = {"cpu": [(262144, 1000), (4096, 10)], "cuda": [(262144, 1000), (65536, 10)]}
@@ -36,7 +36,7 @@ def cases(device: str, ceilings: dict) -> list:
     with fastconv.use_backend(device) as be:
         xp = be.xp
         rng = np.random.default_rng(0)
-        copy = CopyReference(device)
+        copy = copy_reference(device)
         for n, c in CE_SHAPES[device]:
             logits = xp.asarray(rng.standard_normal((n, c), dtype=np.float32))
             labels = xp.asarray(rng.integers(0, c, n))

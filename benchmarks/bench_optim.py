@@ -4,7 +4,7 @@ import numpy as np
 import fastconv
 from fastconv import ops
 
-from harness import CopyReference, Row, measure_beside_copy, torch_peer
+from harness import Row, copy_reference, measure_beside_copy, torch_peer
 
 
 def cases(device: str, ceilings: dict) -> list:
@@ -17,7 +17,7 @@ def cases(device: str, ceilings: dict) -> list:
         p = xp.asarray(rng.standard_normal(n, dtype=np.float32))
         g = xp.asarray(rng.standard_normal(n, dtype=np.float32))
         vel, m, v = xp.zeros_like(p), xp.zeros_like(p), xp.zeros_like(p)
-        copy = CopyReference(device)
+        copy = copy_reference(device)
         peers = {}
         if torch is not None:
             tp = torch.as_tensor(p, device=tdev).clone()

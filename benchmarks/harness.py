@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import platform
 import statistics
@@ -153,8 +154,14 @@ def cupy_or_none():
 COPY_BYTES = 2**30  # 1 GiB: past the last-level cache
 
 
-def _parallel_copy():
-    """A copy on all Numba threads, with ordinary stores."""
+def _check_copy_operands(src, dst):
+    if not (src.shape == dst.shape and src.dtype == dst.dtype and src.flags.c_contiguous and dst.flags.c_contiguous
+            and dst.ctypes.data % dst.itemsize == 0):
+        raise ValueError("a copy takes two aligned C-contiguous arrays of the same shape and dtype")
+
+
+def _ordinary_copy():
+    """A copy on all Numba threads with ordinary stores (each of which reads its line first)."""
     from numba import njit, prange
 
     @njit(parallel=True)
@@ -162,15 +169,19 @@ def _parallel_copy():
         for i in prange(src.size):
             dst[i] = src[i]
 
-    return lambda src, dst: copy(src.reshape(-1), dst.reshape(-1))
+    def run(src, dst):
+        _check_copy_operands(src, dst)
+        copy(src.reshape(-1), dst.reshape(-1))
+
+    return run
 
 
 def _streamed_copy():
     """A copy on all Numba threads whose stores stream past the caches (fastconv's own _stream.py,
-    as its elementwise ops write outputs past the last-level cache). An ordinary store reads its line
-    first, so the copies above move three streams where this one moves two: on the twenty-third
-    session's Zen 4 host they ran at 44-48 GB/s and this one at 50-73 (ReLU's forward, which
-    streams, at 50-76: up to 166% of the old ceiling)."""
+    as its elementwise ops write outputs past the last-level cache): two streams through memory
+    where the ordinary stores' copy moves three. On the twenty-third session's Zen 4 host the
+    ordinary copy ran at 44-48 GB/s and this one at 50-73 (ReLU's forward, which streams, at 50-76:
+    up to 166% of the ceiling before this copy was one of its candidates)."""
     from numba import njit
 
     from fastconv._cpu._stream import align_skip, stream_map1
@@ -183,41 +194,77 @@ def _streamed_copy():
     def copy(src, dst, skip):
         stream_map1(same, src, dst, skip)
 
-    return lambda src, dst: copy(src.reshape(-1), dst.reshape(-1), align_skip(dst))
+    def run(src, dst):
+        _check_copy_operands(src, dst)
+        flat = dst.reshape(-1)  # (a view: dst is C-contiguous)
+        copy(src.reshape(-1), flat, align_skip(flat))
+
+    return run
+
+
+# The ceiling's candidates on the CPU: NumPy's copy runs on one thread (25-27 GB/s on that host).
+COPY_CANDIDATES = {"numpy": lambda: np.copyto, "ordinary": _ordinary_copy, "streamed": _streamed_copy}
+CHOICE_ROUNDS = 3
 
 
 class CopyReference:
-    """A copy of COPY_BYTES, the bandwidth ceiling's measurement, as a callable: on the CPU the
-    fastest of NumPy's single-threaded copy and the two copies on all Numba threads above (timed
-    once here), on the GPU CuPy's. `bytes` counts read + write."""
+    """A copy of COPY_BYTES, the bandwidth ceiling's measurement, as a callable; `bytes` counts read +
+    write. On the GPU CuPy's copy; on the CPU the fastest of COPY_CANDIDATES, chosen by the median of
+    CHOICE_ROUNDS rounds that alternate them (`kind` names it, `candidates_gbs` has each one's rate).
+    One per device and run: copy_reference()."""
 
     def __init__(self, device: str):
         xp = np
         if device == "cuda":
             import cupy as xp
-        self.device = device
-        self.src = xp.ones(COPY_BYTES // 4, xp.float32)
-        self.dst = xp.empty_like(self.src)
-        self.bytes = 2 * COPY_BYTES
-        self._copy = lambda: xp.copyto(self.dst, self.src)
-        if device == "cpu":
-            candidates = [self._copy] + [lambda copy=copy: copy(self.src, self.dst)
-                                         for copy in (_parallel_copy(), _streamed_copy())]
-            self._copy = min(candidates, key=lambda copy: measure(copy, repeats=10).median_s)
+        src = xp.ones(COPY_BYTES // 4, xp.float32)
+        dst = xp.empty_like(src)
+        self.device, self.bytes = device, 2 * COPY_BYTES
+        if device == "cuda":
+            self.kind, self.candidates_gbs = "cupy", {}
+            self._copy = functools.partial(xp.copyto, dst, src)
+            return
+        # (partials of the arrays, not lambdas of self: those would make a cycle that keeps 2 GiB
+        # alive until the garbage collector's next full pass)
+        copies = {name: functools.partial(make(), dst, src) if name == "numpy" else functools.partial(make(), src, dst)
+                  for name, make in COPY_CANDIDATES.items()}
+        seconds = {name: [] for name in copies}
+        for _ in range(CHOICE_ROUNDS):
+            for name, copy in copies.items():
+                seconds[name].append(measure(copy, repeats=5, min_seconds=0.1).median_s)
+        self.candidates_gbs = {name: self.bytes / statistics.median(s) / 1e9 for name, s in seconds.items()}
+        self.kind = max(self.candidates_gbs, key=self.candidates_gbs.get)
+        self._copy = copies[self.kind]
 
     def __call__(self):
         self._copy()
 
 
+_copy_references: dict = {}
+
+
+def copy_reference(device: str) -> CopyReference:
+    """The run's CopyReference for `device`: the ceiling's copy, and the one each memory-bound case is
+    timed beside (measure_beside_copy), chosen once."""
+    if device not in _copy_references:
+        _copy_references[device] = CopyReference(device)
+    return _copy_references[device]
+
+
+def _copy_ceiling(device: str) -> dict:
+    copy = copy_reference(device)
+    t = measure(copy, device=device, repeats=10)
+    return {"copy_gbs": copy.bytes / t.median_s / 1e9, "copy": copy.kind,
+            "copy_candidates_gbs": copy.candidates_gbs}
+
+
 def cpu_ceilings() -> dict:
-    """Peak SGEMM GFLOP/s (NumPy's BLAS, 2048^3) and copy bandwidth GB/s (CopyReference)."""
+    """Peak SGEMM GFLOP/s (NumPy's BLAS, 2048^3) and copy bandwidth GB/s (copy_reference)."""
     n = 2048
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     c = np.empty_like(a)
     t = measure(lambda: np.dot(a, a, out=c), repeats=5)
-    copy = CopyReference("cpu")
-    tc = measure(copy, repeats=10)
-    return {"sgemm_gflops": 2 * n**3 / t.median_s / 1e9, "copy_gbs": copy.bytes / tc.median_s / 1e9}
+    return {"sgemm_gflops": 2 * n**3 / t.median_s / 1e9, **_copy_ceiling("cpu")}
 
 
 # A shared host's memory bandwidth drifts, in phases of seconds to minutes: on the twenty-third
@@ -248,9 +295,7 @@ def gpu_ceilings() -> dict:
     n = 8192
     a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
     t = measure(lambda: a @ a, device="cuda", repeats=5)
-    copy = CopyReference("cuda")
-    tc = measure(copy, device="cuda", repeats=10)
-    return {"sgemm_gflops": 2 * n**3 / t.median_s / 1e9, "copy_gbs": copy.bytes / tc.median_s / 1e9}
+    return {"sgemm_gflops": 2 * n**3 / t.median_s / 1e9, **_copy_ceiling("cuda")}
 
 
 # ---- results ----------------------------------------------------------------------------------
@@ -344,10 +389,12 @@ def markdown(data: dict) -> str:
              f"fastconv {m['fastconv']}, numpy {m['numpy']}, numba {m['numba']}"
              + (f", torch {m['torch']}" if "torch" in m else "") + (f", cupy {m['cupy']}" if "cupy" in m else "")
              + f"; {m['threads']} threads. Ceilings measured in the same run: SGEMM {c['sgemm_gflops']:.1f} GFLOP/s, "
-             f"copy {c['copy_gbs']:.1f} GB/s. Ratio = peer time / fastconv time (> 1: fastconv faster); "
+             f"copy {c['copy_gbs']:.1f} GB/s" + (f" ({c['copy']} copy)" if "copy" in c else "")
+             + ". Ratio = peer time / fastconv time (> 1: fastconv faster); "
              "median of the timed calls, [p10–p90 of fastconv's rate]."
              + (" Beside: the median [range], over the rounds of measure_beside_copy, of fastconv's rate as a "
-                "% of a copy timed just before it." if any("copy_beside" in r for r in data["rows"]) else ""), "",
+                "% of the copy timed just before it (those rows' spread pools all the rounds' calls)."
+                if any("copy_beside" in r for r in data["rows"]) else ""), "",
              "| family | case | fastconv | spread | % ceiling | peers (rate, ratio) | first call |",
              "|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
