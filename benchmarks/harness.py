@@ -90,6 +90,10 @@ def measure(fn, *, device="cpu", warmup=3, repeats=15, min_seconds=0.2, _samples
             samples.append(time.perf_counter() - t)
     if _samples is not None:
         _samples.extend(samples)
+    return _timing(first, samples)
+
+
+def _timing(first: float, samples: list) -> Timing:
     q = np.percentile(samples, [10, 90])
     return Timing(first, statistics.median(samples), float(q[0]), float(q[1]), len(samples))
 
@@ -113,8 +117,7 @@ def measure_torch_cuda(fn, warmup=3, repeats=15) -> Timing:
         end.record()
         end.synchronize()
         samples.append(start.elapsed_time(end) / 1e3)
-    q = np.percentile(samples, [10, 90])
-    return Timing(first, statistics.median(samples), float(q[0]), float(q[1]), len(samples))
+    return _timing(first, samples)
 
 
 def torch_or_none():
@@ -202,16 +205,28 @@ def _streamed_copy():
     return run
 
 
-# The ceiling's candidates on the CPU: NumPy's copy runs on one thread (25-27 GB/s on that host).
-COPY_CANDIDATES = {"numpy": lambda: np.copyto, "ordinary": _ordinary_copy, "streamed": _streamed_copy}
+def _numpy_copy():
+    return lambda src, dst: np.copyto(dst, src)
+
+
+def _cupy_copy():
+    import cupy
+
+    return lambda src, dst: cupy.copyto(dst, src)
+
+
+# The ceiling's candidates per device, each made by copy(src, dst). NumPy's copy runs on one thread
+# (25-27 GB/s on that host).
+COPY_CANDIDATES = {"cpu": {"numpy": _numpy_copy, "ordinary": _ordinary_copy, "streamed": _streamed_copy},
+                   "cuda": {"cupy": _cupy_copy}}
 CHOICE_ROUNDS = 3
 
 
 class CopyReference:
     """A copy of COPY_BYTES, the bandwidth ceiling's measurement, as a callable; `bytes` counts read +
-    write. On the GPU CuPy's copy; on the CPU the fastest of COPY_CANDIDATES, chosen by the median of
-    CHOICE_ROUNDS rounds that alternate them (`kind` names it, `candidates_gbs` has each one's rate).
-    One per device and run: copy_reference()."""
+    write. The fastest of the device's COPY_CANDIDATES, by the median of CHOICE_ROUNDS rounds that
+    alternate them: `kind` names it, `candidates_gbs` has each one's rate. One per device and run:
+    copy_reference()."""
 
     def __init__(self, device: str):
         xp = np
@@ -219,19 +234,14 @@ class CopyReference:
             import cupy as xp
         src = xp.ones(COPY_BYTES // 4, xp.float32)
         dst = xp.empty_like(src)
-        self.device, self.bytes = device, 2 * COPY_BYTES
-        if device == "cuda":
-            self.kind, self.candidates_gbs = "cupy", {}
-            self._copy = functools.partial(xp.copyto, dst, src)
-            return
+        self.bytes = 2 * COPY_BYTES
         # (partials of the arrays, not lambdas of self: those would make a cycle that keeps 2 GiB
         # alive until the garbage collector's next full pass)
-        copies = {name: functools.partial(make(), dst, src) if name == "numpy" else functools.partial(make(), src, dst)
-                  for name, make in COPY_CANDIDATES.items()}
+        copies = {name: functools.partial(make(), src, dst) for name, make in COPY_CANDIDATES[device].items()}
         seconds = {name: [] for name in copies}
         for _ in range(CHOICE_ROUNDS):
             for name, copy in copies.items():
-                seconds[name].append(measure(copy, repeats=5, min_seconds=0.1).median_s)
+                seconds[name].append(measure(copy, device=device, repeats=5, min_seconds=0.1).median_s)
         self.candidates_gbs = {name: self.bytes / statistics.median(s) / 1e9 for name, s in seconds.items()}
         self.kind = max(self.candidates_gbs, key=self.candidates_gbs.get)
         self._copy = copies[self.kind]
@@ -252,10 +262,9 @@ def copy_reference(device: str) -> CopyReference:
 
 
 def _copy_ceiling(device: str) -> dict:
+    """The copy ceiling: the chosen copy's rate over its rounds."""
     copy = copy_reference(device)
-    t = measure(copy, device=device, repeats=10)
-    return {"copy_gbs": copy.bytes / t.median_s / 1e9, "copy": copy.kind,
-            "copy_candidates_gbs": copy.candidates_gbs}
+    return {"copy_gbs": copy.candidates_gbs[copy.kind], "copy": copy.kind, "copy_candidates_gbs": copy.candidates_gbs}
 
 
 def cpu_ceilings() -> dict:
@@ -285,8 +294,7 @@ def measure_beside_copy(fn, copy: CopyReference, *, device="cpu", repeats=7):
         t = measure(fn, device=device, repeats=repeats, min_seconds=0.1, _samples=samples)
         first = t.first_s if first is None else first
         rounds.append((t.median_s, copy.bytes / copy_s / 1e9))
-    q = np.percentile(samples, [10, 90])
-    return Timing(first, statistics.median(samples), float(q[0]), float(q[1]), len(samples)), rounds
+    return _timing(first, samples), rounds
 
 
 def gpu_ceilings() -> dict:
