@@ -71,11 +71,15 @@ def test_exp_is_within_1_ulp_and_touches_only_its_values(n):
         np.testing.assert_array_equal(out[n - 16:], whole)
 
 
-def test_exp_is_within_0_9_ulp_across_the_whole_float32_range_it_serves():
+def test_exp_is_within_its_bound_across_the_whole_float32_range_it_serves():
     """Every 61st float32 in [-110, 0] (18 million, every exponent and a spread of mantissas) within
-    0.9 ulp, subnormal results within 0.9 of the smallest subnormal: the README's bound (the whole
-    range, by tools/fit_exp_polynomial.py --check: 0.891 and 0.858). The Taylor series before it met
-    that bound on this sample too (0.891 against 0.881): test_cpu_vecmath pins the coefficients."""
+    the bound of the host's form: the table form (AVX-512) 0.57 ulp, the polynomial form (AVX2) 0.9;
+    subnormal results within 0.9 of the smallest subnormal. The README's bounds (the whole range, by
+    tools/fit_exp_polynomial.py --check: 0.568 and 0.762; 0.891 and 0.858). The Taylor series the
+    polynomial form had before met its bound on this sample too (0.891 against 0.881):
+    test_cpu_vecmath pins the coefficients."""
+    from fastconv._cpu._vecmath import TARGET_AVX512
+
     first, last = 0x80000000, int(np.float32(-110).view(np.uint32))
     z = np.arange(first, last + 1, 61, dtype=np.uint32).view(np.float32)
     out = np.empty_like(z)
@@ -84,7 +88,7 @@ def test_exp_is_within_0_9_ulp_across_the_whole_float32_range_it_serves():
         _exp_sum(z[chunk], np.float32(0), out[chunk], 0)
     ref = np.exp(z.astype(np.float64))
     normal = ref > F32.tiny
-    assert _ulps(out[normal], ref[normal]).max() <= 0.9
+    assert _ulps(out[normal], ref[normal]).max() <= (0.57 if TARGET_AVX512 else 0.9)
     assert np.abs(out[~normal] - ref[~normal]).max() <= 0.9 * float(F32.smallest_subnormal)
 
 

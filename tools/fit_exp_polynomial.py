@@ -1,6 +1,8 @@
-"""Fits the polynomial of the vector exp (fastconv/_cpu/_vecmath.py, _EXP_POLYNOMIAL) and checks it.
+"""Fits the polynomials of the vector exp (fastconv/_cpu/_vecmath.py: _EXP_POLYNOMIAL of the
+polynomial form, _EXP_TABLE_POLYNOMIAL of the table form) and checks the exp.
 
     python tools/fit_exp_polynomial.py            # the fit: prints the coefficients and their error
+    python tools/fit_exp_polynomial.py --table    # the table form's degree-3 fit
     python tools/fit_exp_polynomial.py --check    # every float32 z in [-110, 0] through the kernel
 
 The fit: e^r ~ 1 + r + c2 r^2 + ... + c6 r^6 on |r| <= ln2/2 (plus a margin for k's rounding),
@@ -10,6 +12,10 @@ to float32 one at a time, c2 first, the others refitted after each rounding (fpm
 heuristic). 1 and 1 stay exact: they carry most of the value, and Horner's last two steps then
 round as the Taylor series' did. Fitting with real coefficients and rounding them afterwards, or
 weighting the error by value rather than by ulp, gives a polynomial past 1 ulp.
+
+The table form's polynomial: e^r - 1 ~ r + c2 r^2 + c3 r^3 on |r| <= ln2/32 (plus the same kind of
+margin), minimax in relative error (the result is 2^(j/16) e^r, so every part of the interval
+weighs alike), in units of 2^-24, by the same greedy rounding.
 
 The check runs the real kernel (row_exp_sum with m = 0, the host's AVX-512 or AVX2 form) on
 every float32 in [-110, 0] and prints the largest error in ulps of the float64 exp (normal
@@ -52,6 +58,35 @@ def fit(degree=DEGREE):
     return [1.0, 1.0] + [fixed[j] for j in range(2, degree + 1)], float(np.max(np.abs(p - exact) / ulp))
 
 
+TABLE_HALF_WIDTH = 0.02166 + 1e-5  # ln2/32 (0.021661), and y's rounding lets r pass it by ~3e-6
+
+
+def fit_table():
+    """(c2, c3) of the table form and their largest relative error in units of 2^-24."""
+    from scipy.optimize import linprog
+
+    r = np.linspace(-TABLE_HALF_WIDTH, TABLE_HALF_WIDTH, 20001)
+    unit = np.exp(r) * 2.0**-24
+    residual = (np.expm1(r) - r) / unit
+
+    def minimax(fixed):
+        free = [j for j in (2, 3) if j not in fixed]
+        scale = np.array([1 / np.prod(np.arange(1, j + 1)) for j in free])
+        rest = residual - sum(c * r**j for j, c in fixed.items()) / unit
+        columns = np.stack([s * r**j / unit for s, j in zip(scale, free)], 1)
+        ones = np.ones((r.size, 1))
+        a_ub = np.vstack([np.hstack([columns, -ones]), np.hstack([-columns, -ones])])
+        sol = linprog(np.r_[np.zeros(len(free)), 1], A_ub=a_ub, b_ub=np.concatenate([rest, -rest]),
+                      bounds=[(None, None)] * (len(free) + 1), method="highs")
+        return dict(zip(free, sol.x[:-1] * scale))
+
+    fixed = {}
+    for j in (2, 3):
+        fixed[j] = float(np.float32(minimax(fixed)[j]))
+    c2, c3 = fixed[2], fixed[3]
+    return [c2, c3], float(np.max(np.abs(r + c2 * r**2 + c3 * r**3 - np.expm1(r)) / unit))
+
+
 def check():
     from numba import njit, prange
 
@@ -87,8 +122,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="every float32 z in [-110, 0] through the kernel "
                                                              "instead of the fit (~20 s)")
-    if parser.parse_args().check:
+    parser.add_argument("--table", action="store_true", help="the table form's degree-3 fit")
+    args = parser.parse_args()
+    if args.check:
         check()
+    elif args.table:
+        coefficients, error = fit_table()
+        print(f"coefficients {coefficients!r}\npolynomial error {error:.4f} x 2^-24 (relative, before the roundings)")
     else:
         coefficients, error = fit()
         print(f"coefficients {coefficients!r}\npolynomial error {error:.4f} ulp (before the evaluation's roundings)")
