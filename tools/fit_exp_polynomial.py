@@ -30,32 +30,38 @@ DEGREE = 6
 HALF_WIDTH = 0.3466 + 2e-4  # ln2/2, and k = round(fl(a log2 e)) lets r pass it by ~1e-5
 
 
-def fit(degree=DEGREE):
+def _greedy_minimax(r, target, unit, degrees):
+    """Float32 c_j (j in degrees) minimizing max |sum c_j r^j - target| / unit over the grid r: each
+    round a linear program over the free coefficients (solved for c_j * j!), then the lowest free
+    one rounded to float32 and fixed; returns them and that maximum for the rounded ones."""
     from scipy.optimize import linprog
 
-    r = np.linspace(-HALF_WIDTH, HALF_WIDTH, 20001)
-    exact = np.exp(r)
-    ulp = np.where(exact < 1, 2.0**-24, 2.0**-23)
-
     def minimax(fixed):
-        """The free coefficients minimizing max |p(r) - e^r| / ulp, and that maximum."""
-        free = [j for j in range(2, degree + 1) if j not in fixed]
-        scale = np.array([1 / np.prod(np.arange(1, j + 1)) for j in free])  # solve for c_j * j!
-        residual = (exact - 1 - r - sum(c * r**j for j, c in fixed.items())) / ulp
-        columns = np.stack([s * r**j / ulp for s, j in zip(scale, free)], 1)
+        free = [j for j in degrees if j not in fixed]
+        scale = np.array([1 / np.prod(np.arange(1, j + 1)) for j in free])
+        residual = (target - sum(c * r**j for j, c in fixed.items())) / unit
+        columns = np.stack([s * r**j / unit for s, j in zip(scale, free)], 1)
         ones = np.ones((r.size, 1))
         a_ub = np.vstack([np.hstack([columns, -ones]), np.hstack([-columns, -ones])])
         b_ub = np.concatenate([residual, -residual])
         cost = np.zeros(len(free) + 1)
         cost[-1] = 1
         sol = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=[(None, None)] * cost.size, method="highs")
-        return dict(zip(free, sol.x[:-1] * scale)), sol.x[-1]
+        return dict(zip(free, sol.x[:-1] * scale))
 
     fixed = {}
-    for j in range(2, degree + 1):
-        fixed[j] = float(np.float32(minimax(fixed)[0][j]))
-    p = 1 + r + sum(c * r**j for j, c in fixed.items())
-    return [1.0, 1.0] + [fixed[j] for j in range(2, degree + 1)], float(np.max(np.abs(p - exact) / ulp))
+    for j in degrees:
+        fixed[j] = float(np.float32(minimax(fixed)[j]))
+    return [fixed[j] for j in degrees], float(np.max(np.abs(sum(c * r**j for j, c in fixed.items()) - target) / unit))
+
+
+def fit(degree=DEGREE):
+    """The polynomial form's [1, 1, c2, ..., c_degree] and its largest error in ulps."""
+    r = np.linspace(-HALF_WIDTH, HALF_WIDTH, 20001)
+    exact = np.exp(r)
+    ulp = np.where(exact < 1, 2.0**-24, 2.0**-23)
+    coefficients, error = _greedy_minimax(r, exact - 1 - r, ulp, range(2, degree + 1))
+    return [1.0, 1.0] + coefficients, error
 
 
 TABLE_HALF_WIDTH = 0.02166 + 1e-5  # ln2/32 (0.021661); float32 log2 e's error lets r pass it by ~1.5e-6
@@ -63,28 +69,8 @@ TABLE_HALF_WIDTH = 0.02166 + 1e-5  # ln2/32 (0.021661); float32 log2 e's error l
 
 def fit_table():
     """(c2, c3) of the table form and their largest relative error in units of 2^-24."""
-    from scipy.optimize import linprog
-
     r = np.linspace(-TABLE_HALF_WIDTH, TABLE_HALF_WIDTH, 20001)
-    unit = np.exp(r) * 2.0**-24
-    residual = (np.expm1(r) - r) / unit
-
-    def minimax(fixed):
-        free = [j for j in (2, 3) if j not in fixed]
-        scale = np.array([1 / np.prod(np.arange(1, j + 1)) for j in free])
-        rest = residual - sum(c * r**j for j, c in fixed.items()) / unit
-        columns = np.stack([s * r**j / unit for s, j in zip(scale, free)], 1)
-        ones = np.ones((r.size, 1))
-        a_ub = np.vstack([np.hstack([columns, -ones]), np.hstack([-columns, -ones])])
-        sol = linprog(np.r_[np.zeros(len(free)), 1], A_ub=a_ub, b_ub=np.concatenate([rest, -rest]),
-                      bounds=[(None, None)] * (len(free) + 1), method="highs")
-        return dict(zip(free, sol.x[:-1] * scale))
-
-    fixed = {}
-    for j in (2, 3):
-        fixed[j] = float(np.float32(minimax(fixed)[j]))
-    c2, c3 = fixed[2], fixed[3]
-    return [c2, c3], float(np.max(np.abs(r + c2 * r**2 + c3 * r**3 - np.expm1(r)) / unit))
+    return _greedy_minimax(r, np.expm1(r) - r, np.exp(r) * 2.0**-24, (2, 3))
 
 
 def check():
