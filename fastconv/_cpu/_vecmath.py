@@ -187,7 +187,7 @@ _EXP_POLYNOMIAL = [1.0, 1.0, 0.49999991059303284, 0.1666652113199234, 0.04166889
 # e^r - 1 ~ r + c2 r^2 + c3 r^3 for |r| <= ln2/32 (minimax in relative error over float32
 # coefficients: tools/fit_exp_polynomial.py --table).
 _EXP2_SIXTEENTHS = [float(np.float32(2.0 ** (j / 16))) for j in range(16)]
-_EXP2_SIXTEENTHS_LO = [float(np.float32(2.0 ** (j / 16) - float(np.float32(2.0 ** (j / 16))))) for j in range(16)]
+_EXP2_SIXTEENTHS_LO = [float(np.float32(2.0 ** (j / 16) - t)) for j, t in enumerate(_EXP2_SIXTEENTHS)]
 _EXP_TABLE_POLYNOMIAL = [0.5000161528587341, 0.1666671633720398]
 _SIXTEENTHS_MAGIC = 1.5 * 2.0 ** 19  # float32 spacing 1/16 in [2^19, 2^20)
 
@@ -317,6 +317,13 @@ def _vmax(builder, a, b):
 _V16I = ir.VectorType(_I32, 16)
 
 
+def _vscalef(builder, p, k):
+    """vscalefps (AVX-512F): p * 2^floor(k) for <16 x float> p and k, rounded once (subnormal
+    results too), in the current rounding mode, every lane."""
+    all_lanes, current_rounding = ir.Constant(_I16, -1), ir.Constant(_I32, 4)
+    return _call(builder, "llvm.x86.avx512.mask.scalef.ps.512", p, k, p, all_lanes, current_rounding)
+
+
 def _scale_by_power_of_two(builder, p, k):
     """p * 2^k for a <16 x float> p in [0.5, 2] and integral k in [-160, 0], rounded once (subnormal
     results too): vscalefps with AVX-512. Otherwise two products: p * 2^(k + 64), exact (a normal
@@ -329,8 +336,7 @@ def _scale_by_power_of_two(builder, p, k):
     The two products must stay two: a caller compiled with fastmath's reassoc could let LLVM fold
     them into p * (2^(k+64) * 2^-64), which rounds differently at k = -150. No caller has it."""
     if TARGET_AVX512:
-        all_lanes, current_rounding = ir.Constant(_I16, -1), ir.Constant(_I32, 4)
-        return _call(builder, "llvm.x86.avx512.mask.scalef.ps.512", p, k, p, all_lanes, current_rounding)
+        return _vscalef(builder, p, k)
     magic, bias = 12582912.0, 127 + 64
     bits = builder.bitcast(builder.fadd(k, _splat(magic)), _V16I)
     power = builder.bitcast(builder.shl(builder.add(bits, ir.Constant(_V16I, [bias] * 16)),
@@ -415,8 +421,7 @@ def _exp16_table_ir(builder, a):
               _call(builder, "llvm.fma.v16f32", _splat(c3), r, _splat(c2)), r)
     t = table(_EXP2_SIXTEENTHS)
     p = builder.fadd(t, _call(builder, "llvm.fma.v16f32", t, s, table(_EXP2_SIXTEENTHS_LO)))
-    all_lanes, current_rounding = ir.Constant(_I16, -1), ir.Constant(_I32, 4)
-    return _call(builder, "llvm.x86.avx512.mask.scalef.ps.512", p, q, p, all_lanes, current_rounding)
+    return _vscalef(builder, p, q)
 
 
 def _log1p_unit16_ir(builder, e):
