@@ -123,7 +123,7 @@ def test_the_stride_1_convolutions_use_our_kernels_for_float32_only(monkeypatch)
     assert used[-2:] == ["_forward_wide", "_backward_wide"]
 
 
-def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit(monkeypatch):
+def test_linear_layers_use_gemm32_for_float32_the_backward_up_to_its_size_limit(monkeypatch):
     from fastconv._cpu import dense
 
     used = []
@@ -147,9 +147,10 @@ def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit(monkeypatch):
     assert used == ["_linear_forward_serial_gemm32", "_linear_backward_serial_gemm32", "_linear_forward_serial",
                     "_linear_forward_gemm32", backward, "_linear_forward"]
     used.clear()
-    monkeypatch.setattr(dense, "_GEMM32_UP_TO", 130 * 300 * 70 - 1)  # just past the limit: OpenBLAS
+    monkeypatch.setattr(dense, "_GEMM32_UP_TO", 130 * 300 * 70 - 1)  # just past the limit: OpenBLAS's backward
     ops.linear_forward(x, w, b)
-    assert used == ["_linear_forward"]
+    ops.linear_backward(dy, x, w)
+    assert used == ["_linear_forward_gemm32", "_linear_backward"]
 
 
 @pytest.mark.parametrize("m,k,n", [(130, 300, 70), (600, 40, 20), (70, 50, 530), (520, 64, 100), (9, 3136, 10),
@@ -174,5 +175,63 @@ def test_linear_forward_by_packed_strips_gives_the_bits_of_one_gemm32_call_for_a
     np.testing.assert_allclose(ref, np.maximum(x.astype(np.float64) @ w.T + b, 0), rtol=1e-5, atol=1e-4)
     for blocks in (1, 2, 3, 8):
         y = np.full((m, n), np.nan, np.float32)
-        dense._linear_forward_gemm32(x, w, b, True, ACTIVATIONS["relu"], blocks, y)
+        dense._linear_forward_gemm32(x, False, w, True, b, True, ACTIVATIONS["relu"], blocks, y)
         np.testing.assert_array_equal(y, ref, err_msg=f"{blocks} blocks")
+
+
+def _one_gemm32_per_k_block(a, b, trans_a, trans_b, k_block):
+    """op(a) @ op(b) as gemm32 calls over blocks of k_block of K, their products added in float64:
+    the bits _forward_product promises."""
+    opa, opb = (a.T if trans_a else a), (b.T if trans_b else b)
+    total = np.zeros((opa.shape[0], opb.shape[1]))
+    for k0 in range(0, max(1, opa.shape[1]), k_block):
+        one = np.full(total.shape, np.nan, np.float32)
+        gemm32(np.ascontiguousarray(opa[:, k0:k0 + k_block]), np.ascontiguousarray(opb[k0:k0 + k_block]), one, 0.0,
+               False, False)
+        total += one
+    return total.astype(np.float32)
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("m,n,k", [(130, 300, 70), (600, 40, 20), (70, 50, 530), (9, 33, 4100), (1, 65, 3),
+                                   (17, 1, 9), (64, 96, 8), (0, 5, 7), (6, 0, 7), (6, 5, 0)])
+def test_matmul_by_packed_strips_matches_float64_and_gives_one_gemm32_calls_bits_for_any_split(
+        monkeypatch, m, n, k, trans_a, trans_b):
+    """matmul's float32 path packs B's strips (copy_strip for b itself, pack_strip for b^T) once per
+    block, blocks of columns or of rows: every split gives the bits of gemm32 over each K block of
+    dense._K_BLOCK, which match float64; through ops.matmul (its size limit lifted) as well."""
+    from fastconv._cpu import dense
+
+    rng = np.random.default_rng(m * 7 + n * 3 + k + 2 * trans_a + trans_b)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    ref = _one_gemm32_per_k_block(a, b, trans_a, trans_b, dense._K_BLOCK)
+    exact = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+    np.testing.assert_allclose(ref, exact, rtol=1e-5, atol=1e-5 * np.sqrt(max(k, 1)))
+    for blocks in (1, 2, 3, 8):
+        y = np.full((m, n), np.nan, np.float32)
+        dense._linear_forward_gemm32(a, trans_a, b, trans_b, dense._NO_BIAS, False, dense._NO_ACTIVATION, blocks, y)
+        np.testing.assert_array_equal(y, ref, err_msg=f"{blocks} blocks")
+    monkeypatch.setattr(dense, "_by_gemm32", lambda m, n, k: True)
+    np.testing.assert_array_equal(ops.matmul(a, b, trans_a=trans_a, trans_b=trans_b), ref)
+
+
+def test_matmul_uses_gemm32_for_float32_from_its_size_on(monkeypatch):
+    from fastconv._cpu import dense
+
+    calls = []
+    real = dense._linear_forward_gemm32
+    monkeypatch.setattr(dense, "_linear_forward_gemm32", lambda *a: calls.append(a[-1].shape) or real(*a))
+    rng = np.random.default_rng(8)
+    small = 64  # 64^3 multiply-adds: np.dot's
+    big = 128   # 128^3 = 2^21: ours
+    assert not dense._by_gemm32(small, small, small) and dense._by_gemm32(big, big, big)
+    assert not dense._by_gemm32(1, 4096, 4096) and not dense._by_gemm32(4096, 1, 4096)  # a vector's side
+    assert not dense._by_gemm32(256, 4096, 4096) and dense._by_gemm32(1024, 4096, 4096)  # B past the caches
+    for size in (small, big):
+        a, b = rng.standard_normal((size, size)), rng.standard_normal((size, size))
+        for dtype in (np.float32, np.float64):
+            y = ops.matmul(a.astype(dtype), b.astype(dtype))
+            np.testing.assert_allclose(y, a @ b, rtol=1e-5, atol=1e-4)
+    assert calls == [(big, big)]

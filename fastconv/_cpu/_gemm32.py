@@ -16,8 +16,9 @@ OPENBLAS_CORETYPE=Haswell; OpenBLAS would pick its AVX-512 "SkylakeX" kernels it
 large SGEMM about twice as fast there). Measured on the Zen 5 dev host, one thread: a 64 x 288 x
 224 product (conv2's as one GEMM over copied tap rows) 204 GFLOP/s, ~90% of the core's FMA peak,
 against OpenBLAS's 97.5; conv2's actual nine accumulating 64 x 32 x 224 tap products per sample
-36.6 us (226 GFLOP/s). Users: the convolutions' backward (dW, and the wide kernel), and the linear
-layers up to dense._GEMM32_UP_TO multiply-adds (no cache blocking here: past that OpenBLAS wins).
+36.6 us (226 GFLOP/s). Users: the convolutions' backward (dW, and the wide kernel), the linear
+layers up to dense._GEMM32_UP_TO multiply-adds (past that OpenBLAS's backward wins), and matmul
+(dense.matmul: B packed in strips, so that the tiles read it in order; no further cache blocking).
 
 Each C element's sum runs over k in the same order wherever it sits (tile, edge, thread), so the
 results do not depend on the thread count.
@@ -29,9 +30,10 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._taps32 import transpose16_block
-from ._vecmath import TARGET_AVX512, as_i64, broadcast, lanes_below, masked_load, masked_store
+from ._vecmath import TARGET_AVX512, as_i64, broadcast, copy_rows16, lanes_below, masked_load, masked_store
 
-__all__ = ["gemm32", "gemm32_runs", "gemm32_strips", "gemm32_strips_rows", "pack_strip", "strips_shape", "MR", "NR"]
+__all__ = ["gemm32", "gemm32_runs", "gemm32_strips", "gemm32_strips_rows", "pack_strip", "copy_strip", "strips_shape",
+           "MR", "NR"]
 
 # The register tile, rows of A by columns of B: 8 x 32 in 16 of AVX-512's 32 zmm registers; 6 x 16
 # with AVX2, 12 of its 16 ymm registers (a 16-float vector is two ymm halves there; 8 x 32 would
@@ -184,7 +186,7 @@ def strips_shape(n, k):
 
 @njit(nogil=True, cache=True)
 def pack_strip(b, strip, strips):
-    """strips[strip] = the transposed rows b[32 strip : 32 strip + 32] (those that exist), their
+    """strips[strip] = the transposed rows b[NR strip : NR strip + NR] (those that exist), their
     first strips.shape[1] columns."""
     n, k = b.shape[0], strips.shape[1]
     ldb, at = _stride(b), strip * k * NR
@@ -194,26 +196,39 @@ def pack_strip(b, strip, strips):
                               at + k0 * NR + j0 - strip * NR, NR)
 
 
+# B itself (k, n), not transposed, is read in place by gemm32, but a caller whose B's rows are long
+# packs it too: B's rows at a stride of a multiple of 4 KB (a 1024- or 2048-wide matrix) put a
+# strip's rows in the same few L1 sets, and a 2048^3 product by gemm32 in place ran at ~110 GFLOP/s
+# on the Zen 4 host (two threads) where the packed strips ran at ~200.
+@njit(nogil=True, cache=True)
+def copy_strip(b, strip, strips):
+    """strips[strip] = b[:strips.shape[1], NR strip : NR strip + NR] (the columns that exist), for a
+    C-contiguous b: B's strip for gemm32_strips when B is b itself."""
+    n, k = b.shape[1], strips.shape[1]
+    copy_rows16(b.reshape(-1), strip * NR, n, strips.reshape(-1), strip * k * NR, NR, k, min(NR, n - strip * NR))
+
+
 @njit(nogil=True, cache=True)
 def gemm32_strips(a, strips, c, beta, trans_a):
-    """c = op(a) @ B + beta * c, B packed by pack_strip (its columns from c's first: c a block of
-    whole strips, or the last ones)."""
+    """c = op(a) @ B + beta * c, B packed by pack_strip or copy_strip (its columns from c's first: c
+    a block of whole strips, or the last ones)."""
     k = a.shape[0] if trans_a else a.shape[1]
     if _scaled_by_beta(c, beta, k):
         _gemm32_strips(a, strips, c, trans_a, beta != 0.0)
 
 
 @njit(nogil=True, cache=True)
-def gemm32_strips_rows(a, strips, s0, k0, c):
-    """c = a @ B[k0 : k0 + K], K = a.shape[1], for B packed by pack_strip into strips (all of its
-    rows), its columns from strip s0's first: gemm32_strips (beta 0) over a block of B's rows."""
+def gemm32_strips_rows(a, strips, s0, k0, c, trans_a):
+    """c = op(a) @ B[k0 : k0 + K], K = op(a).shape[1], for B packed by pack_strip or copy_strip into
+    strips (all of its rows), its columns from strip s0's first: gemm32_strips (beta 0) over a block
+    of B's rows."""
     m, n = c.shape
-    k, rows = a.shape[1], strips.shape[1]
+    k, rows = a.shape[0] if trans_a else a.shape[1], strips.shape[1]
     if not _scaled_by_beta(c, 0.0, k):
         return
-    a_rs, a_cs = _a_steps(a, False)
+    a_rs, a_cs = _a_steps(a, trans_a)
     b = strips.reshape(-1)[(s0 * rows + k0) * NR:]  # offsets count from b's first element
-    _products(a, False, a_rs, a_cs, b, NR, rows * NR, c, _stride(c), m, n, k, False, k, 0)
+    _products(a, trans_a, a_rs, a_cs, b, NR, rows * NR, c, _stride(c), m, n, k, False, k, 0)
 
 
 @njit(inline="always")

@@ -10,11 +10,12 @@ so OpenBLAS's own threads never wake up and spin against the Numba loops that fo
 at most _OWN_THREADS_BELOW multiply-adds run as one GEMM on the calling thread instead.
 Math: csrc/kernels/dense.cuh.
 """
+import numba
 import numpy as np
 from numba import njit, prange
 
 from ._blas import gemm, single_threaded_blas
-from ._gemm32 import NR, gemm32, gemm32_strips, gemm32_strips_rows, pack_strip, strips_shape
+from ._gemm32 import NR, copy_strip, gemm32, gemm32_strips, gemm32_strips_rows, pack_strip, strips_shape
 from ._memory import empty, empty_like
 from ._parallel import run
 from . import _vecmath
@@ -104,7 +105,44 @@ def _op(a, trans):
 
 
 def matmul(a, b, trans_a, trans_b):
-    return np.dot(_op(a, trans_a), _op(b, trans_b))
+    """op(a) @ op(b): by gemm32 with B packed in strips (_linear_forward_gemm32 without bias or
+    activation) for float32 on AVX-512 and AVX2 hosts where _by_gemm32 says so; else np.dot."""
+    m, k = a.shape[::-1] if trans_a else a.shape
+    n = b.shape[0] if trans_b else b.shape[1]
+    if not (a.dtype == np.float32 and _vecmath.SIMD and _by_gemm32(m, n, k)):
+        return np.dot(_op(a, trans_a), _op(b, trans_b))
+    y = empty((m, n), a.dtype)
+    _linear_forward_gemm32(a, trans_a, b, trans_b, _NO_BIAS, False, _NO_ACTIVATION,
+                           _matmul_blocks(m, n, numba.get_num_threads()), y)
+    return y
+
+
+def _by_gemm32(m, n, k):
+    """Whether matmul's product is gemm32's: from 2^20 multiply-adds, at least 32 rows and 16
+    columns, and a B of at most 2^20 values unless there are 1024 rows or more. Each call copies B
+    into strips, which pays where each of B's values serves many rows, and less where B is past
+    the caches. Zen 4 host, two threads, each library in processes of its own, GFLOP/s ours vs
+    np.dot (m x n x k): 128^3 122-134 vs 68-121; 256^3 199-204 vs 121-174; 1024^3, 2048^3, 4096^3
+    211-217 vs 197-206; 32x1024x1024 170-178 vs 95-116; 1024x1024x32 183-198 vs 39-50; 64x4096x64
+    174-179 vs 90-98. Left to np.dot: 100^3 77 vs 95; 16x4096x4096 16 vs 82; 4096x1x4096 11 vs 20;
+    64x2048x2048 124-130 vs 131-146; 256x4096x4096 124-126 vs 172-189."""
+    return m * n * k >= 1 << 20 and m >= 32 and n >= 16 and (k * n <= 1 << 20 or m >= 1024)
+
+
+def _matmul_blocks(m, n, threads):
+    """matmul's blocks: one per thread (an uneven split left a thread idle long enough to fall
+    asleep), of whole strips of columns where there are enough of them; else of rows, each block
+    with its own copy of all of B, where those copies are small beside A (threads n <= m); else as
+    many blocks as strips. gemm32 sums each value in the same order wherever its tile sits, so the
+    split does not change the bits."""
+    strips = -(-n // NR)
+    if strips >= threads or threads * n <= m:
+        return threads
+    return strips
+
+
+_NO_BIAS = np.empty(0, np.float32)
+_NO_ACTIVATION = epilogue_activation(None, np.float32)
 
 
 @njit(inline="always")
@@ -198,19 +236,35 @@ def _weight_grad(gemm, dw_rows, dy, x, dw):
 
 
 @njit(inline="always")
-def _forward_product(x, strips, s0, y):
-    """y = x @ B, B packed in strips (strip s0 holds y's first columns): gemm32_strips for K up to
-    _K_BLOCK, else the products of blocks of _K_BLOCK of K added in float64 in order (see above)."""
-    k = x.shape[1]
+def _forward_product(x, trans_x, strips, s0, y):
+    """y = op(x) @ B, B packed in strips (strip s0 holds y's first columns): gemm32_strips for K up
+    to _K_BLOCK, else the products of blocks of _K_BLOCK of K added in float64 in order (see above)."""
+    k = x.shape[0] if trans_x else x.shape[1]
     if k <= _K_BLOCK:
-        gemm32_strips(x, strips[s0:], y, 0.0, False)
+        gemm32_strips(x, strips[s0:], y, 0.0, trans_x)
         return
     part = np.empty(y.shape, y.dtype)
     total = np.zeros(y.shape)
     for k0 in range(0, k, _K_BLOCK):
-        gemm32_strips_rows(x[:, k0:min(k, k0 + _K_BLOCK)], strips, s0, k0, part)
+        gemm32_strips_rows(_k_slice(x, trans_x, k0, min(k, k0 + _K_BLOCK)), strips, s0, k0, part, trans_x)
         _add_into(total, part)
     _copy_into(y, total)
+
+
+@njit(inline="always")
+def _rows_of(x, trans_x, r0, r1):
+    """op(x)'s rows r0 .. r1 - 1, as the operand of a product with trans_x."""
+    return x[:, r0:r1] if trans_x else x[r0:r1]
+
+
+@njit(inline="always")
+def _pack(w, w_is_weight, strip, strips):
+    """strips[strip] = B's columns NR strip .. NR strip + NR - 1, B = w^T for a layer's weight w
+    (n, k) (pack_strip, by register transposes), or B = w itself, (k, n), for matmul (copy_strip)."""
+    if w_is_weight:
+        pack_strip(w, strip, strips)
+    else:
+        copy_strip(w, strip, strips)
 
 
 @njit(inline="always")
@@ -314,17 +368,19 @@ def _linear_forward(x, w, b, has_bias, act, blocks, y):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _linear_forward_gemm32(x, w, b, has_bias, act, blocks, y):
-    """_linear_forward_body with gemm32, each block packing the strips of w^T it reads (pack_strip) in
+def _linear_forward_gemm32(x, trans_x, w, w_is_weight, b, has_bias, act, blocks, y):
+    """y = act(op(x) @ B + b), B = w^T for a layer's weight w (w_is_weight), else w itself (matmul).
+    _linear_forward_body with gemm32, each block packing the strips of B it reads (_pack) in
     the same parallel loop (one wake-up of the threads): blocks of whole strips of columns where
     there are at least as many strips as blocks, so that w is packed once in all; else blocks of
-    rows, each packing all of w into its own copy (then w is small beside x). Before, every block's
-    gemm32 call packed its columns of w, all of them for a block of rows (as one (k, n) panel). Zen 4
+    rows, each packing all of w into its own copy (the callers keep those copies small beside x).
+    Before, every block's gemm32 call packed its columns of w, all of them for a block of rows (as
+    one (k, n) panel). Zen 4
     host, 2 threads, medians of five interleaved harness measurements, GFLOP/s before -> after
     (NumPy's np.maximum(x @ w.T + b, 0)): 128x3136->128 161 -> 175 (133); 512x512->512 169 -> 193
     (165). Same bits either way (gemm32 sums each value in the same order wherever its tile sits)."""
     rows, cols = y.shape
-    shape = strips_shape(cols, x.shape[1])
+    shape = strips_shape(cols, x.shape[0] if trans_x else x.shape[1])
     n_strips = shape[0]
     by_columns = n_strips >= blocks
     strips = np.empty((1 if by_columns else blocks, shape[0], shape[1], shape[2]), x.dtype)
@@ -336,8 +392,8 @@ def _linear_forward_gemm32(x, w, b, has_bias, act, blocks, y):
         c0, c1 = s0 * NR, min(cols, s1 * NR)
         if r1 > r0 and c1 > c0:
             for strip in range(s0, s1):
-                pack_strip(w, strip, mine)
-            _forward_product(x[r0:r1], mine, s0, y[r0:r1, c0:c1])
+                _pack(w, w_is_weight, strip, mine)
+            _forward_product(_rows_of(x, trans_x, r0, r1), trans_x, mine, s0, y[r0:r1, c0:c1])
             if has_bias or act:
                 _epilogue(y, r0, r1, c0, c1, b, has_bias, act)
 
@@ -447,19 +503,30 @@ def _with_gemm32(x, m, n, k):
     return x.dtype == np.float32 and _vecmath.SIMD and m * n * k <= _GEMM32_UP_TO
 
 
+def _forward_with_gemm32(x):
+    """Whether linear_forward's product is gemm32's: every float32 one, as matmul's (B packed in
+    strips; _GEMM32_UP_TO limits the backward's). Zen 4 host, two threads, benchmark runs,
+    4096x1024->1024 with bias and ReLU: 187-191 GFLOP/s by OpenBLAS, 194-197 by gemm32."""
+    return x.dtype == np.float32 and _vecmath.SIMD
+
+
 def linear_forward(x, w, b, activation):
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     has_bias = b is not None
     bias = b if has_bias else np.empty(0, x.dtype)
-    own = _with_gemm32(x, x.shape[0], w.shape[0], x.shape[1])
+    own = _forward_with_gemm32(x)
     if x.shape[0] * w.shape[0] * x.shape[1] <= _OWN_THREADS_BELOW:
         kernel = _linear_forward_serial_gemm32 if own else _linear_forward_serial
         return kernel(x, w, bias, has_bias, epilogue_activation(activation, x.dtype))
     y = empty((x.shape[0], w.shape[0]), x.dtype)
     blocks = (_blocks if own else _openblas_blocks)(max(y.shape))
     with single_threaded_blas():
-        run(_linear_forward_gemm32 if own else _linear_forward, _gemm_work(*y.shape, x.shape[1]), x, w, bias,
-            has_bias, epilogue_activation(activation, x.dtype), blocks, y)
+        act = epilogue_activation(activation, x.dtype)
+        if own:
+            run(_linear_forward_gemm32, _gemm_work(*y.shape, x.shape[1]), x, False, w, True, bias, has_bias, act,
+                blocks, y)
+        else:
+            run(_linear_forward, _gemm_work(*y.shape, x.shape[1]), x, w, bias, has_bias, act, blocks, y)
     return y
 
 
