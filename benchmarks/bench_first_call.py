@@ -27,6 +27,7 @@ def _every_op():
 
     x, w, b = r(4, 6), r(5, 6), r(5)
     ops.matmul(x, w, trans_b=True)
+    ops.matmul(r(128, 128), r(128, 128))  # past dense._by_gemm32: gemm32 through the threads
     y = ops.linear_forward(x, w, b, activation="relu")
     ops.linear_backward(y, x, w)
     ops.relu_backward(ops.relu_forward(x), x)
