@@ -5,7 +5,7 @@ import numpy as np
 import fastconv
 from fastconv import ops
 
-from harness import Row, copy_reference, measure, measure_beside_copy, torch_peer
+from harness import Row, copy_reference, last_level_cache_bytes, measure, measure_beside_copy, torch_peer
 
 # (rows, classes): 1 GiB of logits, well past the last-level cache, and the course's 10-class case.
 CE_SHAPES = {"cpu": [(262144, 1000), (4096, 10)], "cuda": [(262144, 1000), (65536, 10)]}
@@ -57,7 +57,7 @@ def cases(device: str, ceilings: dict) -> list:
                     return torch.autograd.grad(loss, tl)
 
                 peers["torch"] = tmeasure(torch_ce)
-            past_cache = 4 * n * c >= 2**29  # the 1 GiB case, not the course's 10 classes
+            past_cache = 4 * n * c > 2 * last_level_cache_bytes(device)  # the 1 GiB case, not the course's 10 classes
             rows.append(_row(f"softmax CE fwd+bwd {n}x{c}", nbytes, ours, peers, ceilings, copy if past_cache else None,
                              device))
             # The fused op (what CrossEntropyLoss runs): the least traffic is reading the logits and

@@ -157,6 +157,18 @@ def cupy_or_none():
 COPY_BYTES = 2**30  # 1 GiB: past the last-level cache
 
 
+def last_level_cache_bytes(device: str) -> int:
+    """The largest cache in front of `device`'s memory: the GPU's L2 (CuPy's device properties), or
+    the host's last-level cache as the cpu backend reads it (Linux sysfs; 32 MiB where unknown)."""
+    if device == "cuda":
+        cupy = cupy_or_none()
+        if cupy is not None:
+            return int(cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["l2CacheSize"])
+    from fastconv._cpu._stream import _last_level_cache_bytes
+
+    return _last_level_cache_bytes()
+
+
 def _check_copy_operands(src, dst):
     if not (src.shape == dst.shape and src.dtype == dst.dtype and src.flags.c_contiguous and dst.flags.c_contiguous
             and dst.ctypes.data % dst.itemsize == 0):
