@@ -158,12 +158,14 @@ COPY_BYTES = 2**30  # 1 GiB: past the last-level cache
 
 
 def last_level_cache_bytes(device: str) -> int:
-    """The largest cache in front of `device`'s memory: the GPU's L2 (CuPy's device properties), or
+    """The largest cache in front of `device`'s memory: the GPU's L2 (CuPy's device properties), else
     the host's last-level cache as the cpu backend reads it (Linux sysfs; 32 MiB where unknown)."""
     if device == "cuda":
         cupy = cupy_or_none()
         if cupy is not None:
-            return int(cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["l2CacheSize"])
+            size = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id).get("l2CacheSize")
+            if size:
+                return int(size)
     from fastconv._cpu._stream import _last_level_cache_bytes
 
     return _last_level_cache_bytes()
