@@ -118,15 +118,17 @@ def matmul(a, b, trans_a, trans_b):
 
 
 def _by_gemm32(m, n, k):
-    """Whether matmul's product is gemm32's: from 2^20 multiply-adds, at least 32 rows and 16
-    columns, and a B of at most 2^20 values unless there are 1024 rows or more. Each call copies B
-    into strips, which pays where each of B's values serves many rows, and less where B is past
-    the caches. Zen 4 host, two threads, each library in processes of its own, GFLOP/s ours vs
-    np.dot (m x n x k): 128^3 122-134 vs 68-121; 256^3 199-204 vs 121-174; 1024^3, 2048^3, 4096^3
-    211-217 vs 197-206; 32x1024x1024 170-178 vs 95-116; 1024x1024x32 183-198 vs 39-50; 64x4096x64
-    174-179 vs 90-98. Left to np.dot: 100^3 77 vs 95; 16x4096x4096 16 vs 82; 4096x1x4096 11 vs 20;
-    64x2048x2048 124-130 vs 131-146; 256x4096x4096 124-126 vs 172-189."""
-    return m * n * k >= 1 << 20 and m >= 32 and n >= 16 and (k * n <= 1 << 20 or m >= 1024)
+    """Whether matmul's product is gemm32's: from 2^20 multiply-adds, with at least 32 rows and 16
+    columns, and a B (k n values) of at most 2^20 values or 8192 per row. Each call copies B into
+    strips, which pays where each of B's values serves many rows; a large B also leaves its strips
+    less of the caches. Zen 4 host, two threads, each library in processes of its own, GFLOP/s ours
+    vs np.dot (m x n x k): 128^3 122-134 vs 68-121; 256^3 199-204 vs 121-174; 1024^3, 2048^3, 4096^3
+    211-218 vs 164-207; 32x1024x1024 170-178 vs 95-116; 1024x1024x32 183-198 vs 39-50; 64x4096x64
+    174-179 vs 90-98; 512x2048x2048 207-208 vs 194-200; 1024x1024x4096 212-214 vs 195-207. Left to
+    np.dot: 100^3 77 vs 95; 16x4096x4096 16 vs 82; 4096x1x4096 11 vs 20; 64x2048x2048 124-130 vs
+    131-146; 256x4096x4096 124-126 vs 172-189; 1024x4096x4096 184-187 vs 202-207 (2048x4096x4096, at
+    the limit: 199-200 vs 200-203)."""
+    return m * n * k >= 1 << 20 and m >= 32 and n >= 16 and k * n <= max(1 << 20, 8192 * m)
 
 
 def _matmul_blocks(m, n, threads):
@@ -503,18 +505,11 @@ def _with_gemm32(x, m, n, k):
     return x.dtype == np.float32 and _vecmath.SIMD and m * n * k <= _GEMM32_UP_TO
 
 
-def _forward_with_gemm32(x):
-    """Whether linear_forward's product is gemm32's: every float32 one, as matmul's (B packed in
-    strips; _GEMM32_UP_TO limits the backward's). Zen 4 host, two threads, benchmark runs,
-    4096x1024->1024 with bias and ReLU: 187-191 GFLOP/s by OpenBLAS, 194-197 by gemm32."""
-    return x.dtype == np.float32 and _vecmath.SIMD
-
-
 def linear_forward(x, w, b, activation):
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     has_bias = b is not None
     bias = b if has_bias else np.empty(0, x.dtype)
-    own = _forward_with_gemm32(x)
+    own = _with_gemm32(x, x.shape[0], w.shape[0], x.shape[1])
     if x.shape[0] * w.shape[0] * x.shape[1] <= _OWN_THREADS_BELOW:
         kernel = _linear_forward_serial_gemm32 if own else _linear_forward_serial
         return kernel(x, w, bias, has_bias, epilogue_activation(activation, x.dtype))
