@@ -122,3 +122,29 @@ def test_linear_bits_do_not_depend_on_threads_or_input_grad(rows, out_features, 
     assert all(r[:3] == results[0][:3] for r in results)
     assert all(r[3] == results[0][3] for r in results if len(r) == 4)
     np.testing.assert_allclose(dw, dy.T.astype(np.float64) @ x, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("m,n,k", [(130, 300, 70), (600, 20, 100), (64, 100, 4200), (257, 33, 129)])  # (600, 20): by rows
+def test_matmul_bits_do_not_depend_on_threads(m, n, k, trans_a, trans_b):
+    # float32 matmul by gemm32 splits its blocks by the thread count (dense._matmul_blocks, by rows or by
+    # columns), which must not change a bit: every value sums over K in the same order wherever it sits.
+    import numba
+
+    from fastconv._cpu import _vecmath, dense
+
+    assert dense._by_gemm32(m, n, k) or not _vecmath.SIMD, "the shape no longer takes gemm32; pick another"
+    rng = np.random.default_rng(m + n + k)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    results = []
+    saved = numba.get_num_threads()
+    try:
+        for threads in sorted({1, 2, saved}):
+            if threads <= numba.config.NUMBA_NUM_THREADS:
+                numba.set_num_threads(threads)
+                results.append(dense.matmul(a, b, trans_a, trans_b).tobytes())
+    finally:
+        numba.set_num_threads(saved)
+    assert len(results) >= 2 or numba.config.NUMBA_NUM_THREADS == 1
+    assert all(r == results[0] for r in results)
