@@ -228,7 +228,7 @@ def test_matmul_uses_gemm32_for_float32_from_its_size_on(monkeypatch):
     big = 128   # 128^3 = 2^21: ours
     assert not dense._by_gemm32(small, small, small) and dense._by_gemm32(big, big, big)
     assert not dense._by_gemm32(1, 4096, 4096) and not dense._by_gemm32(4096, 1, 4096)  # a vector's side
-    assert not dense._by_gemm32(1024, 4096, 4096) and dense._by_gemm32(2048, 4096, 4096)  # B: 8192 values a row
+    assert not dense._by_gemm32(1024, 4096, 4096) and dense._by_gemm32(2048, 4096, 4096)  # B: 8192 values a row of A
     for size in (small, big):
         a, b = rng.standard_normal((size, size)), rng.standard_normal((size, size))
         for dtype in (np.float32, np.float64):

@@ -6,7 +6,7 @@ The core is an 8 x 32 register tile (16 zmm accumulators): for each k, two 16-fl
 row k, eight broadcasts of A's column k, sixteen fused multiply-adds; the tile is loaded (beta = 1)
 or zeroed first and stored once at the end. B's rows are read in place (no packing) when B is not
 transposed, which is how the convolution's shifted slices of the padded image come; a transposed B
-is first packed into strips of 32 columns (pack_strip). A is read in place through its two
+is first packed into strips of NR (32) columns (pack_strip). A is read in place through its two
 strides, transposed or not. Edges: a last strip of 16 or fewer columns by an 8 x 16 tile, columns
 past the last whole 16 or 32 by masked loads and stores, rows past the last whole 8 through a
 zero-padded 8-row copy of A and an 8 x 32 tile buffer.
@@ -17,7 +17,8 @@ large SGEMM about twice as fast there). Measured on the Zen 5 dev host, one thre
 224 product (conv2's as one GEMM over copied tap rows) 204 GFLOP/s, ~90% of the core's FMA peak,
 against OpenBLAS's 97.5; conv2's actual nine accumulating 64 x 32 x 224 tap products per sample
 36.6 us (226 GFLOP/s). Users: the convolutions' backward (dW, and the wide kernel), the linear
-layers up to dense._GEMM32_UP_TO multiply-adds (past that OpenBLAS's backward wins), and matmul
+layers up to dense._GEMM32_UP_TO multiply-adds (past that OpenBLAS wins: the backward, and forwards
+with a large weight), and matmul
 (dense.matmul: B packed in strips, so that the tiles read it in order; no further cache blocking).
 
 Each C element's sum runs over k in the same order wherever it sits (tile, edge, thread), so the
@@ -174,7 +175,7 @@ def gemm32(a, b, c, beta, trans_a, trans_b):
 
 
 # B = b^T (b of shape (n, k), as a linear layer's weight in x @ w.T) is packed for the tiles as
-# strips: strips[s] is the (k, 32) block of B's columns 32s .. 32s + 31, 16 x 16 blocks through the
+# strips: strips[s] is the (k, NR) block of B's columns NR s .. NR s + NR - 1, 16 x 16 blocks through the
 # registers (a scalar copy: 1 ns a value). The tiles then read B's rows as vectors, each strip's
 # rows one after another (the panel as one (k, n) matrix instead, 128x3136->128 on one thread with
 # 64 rows: 75 -> 107 GFLOP/s on the Zen 4 host). gemm32 packs per call; a caller that splits one

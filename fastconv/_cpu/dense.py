@@ -109,8 +109,9 @@ def matmul(a, b, trans_a, trans_b):
     activation) for float32 on AVX-512 and AVX2 hosts where _by_gemm32 says so; else np.dot."""
     m, k = a.shape[::-1] if trans_a else a.shape
     n = b.shape[0] if trans_b else b.shape[1]
-    if not (a.dtype == np.float32 and _vecmath.SIMD and _by_gemm32(m, n, k)):
+    if not (a.dtype == b.dtype == np.float32 and _vecmath.SIMD and _by_gemm32(m, n, k)):
         return np.dot(_op(a, trans_a), _op(b, trans_b))
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)  # (ops.matmul's already are)
     y = empty((m, n), a.dtype)
     _linear_forward_gemm32(a, trans_a, b, trans_b, _NO_BIAS, False, _NO_ACTIVATION,
                            _matmul_blocks(m, n, numba.get_num_threads()), y)
@@ -119,11 +120,11 @@ def matmul(a, b, trans_a, trans_b):
 
 def _by_gemm32(m, n, k):
     """Whether matmul's product is gemm32's: from 2^20 multiply-adds, with at least 32 rows and 16
-    columns, and a B (k n values) of at most 2^20 values or 8192 per row. Each call copies B into
+    columns, and a B (k n values) of at most 2^20 values or 8192 per row of A. Each call copies B into
     strips, which pays where each of B's values serves many rows; a large B also leaves its strips
     less of the caches. Zen 4 host, two threads, each library in processes of its own, GFLOP/s ours
-    vs np.dot (m x n x k): 128^3 122-134 vs 68-121; 256^3 199-204 vs 121-174; 1024^3, 2048^3, 4096^3
-    211-218 vs 164-207; 32x1024x1024 170-178 vs 95-116; 1024x1024x32 183-198 vs 39-50; 64x4096x64
+    vs np.dot (m x n x k): 128^3 122-134 vs 68-121; 256^3 199-204 vs 121-174; 1024^3, 2048^3
+    211-218 vs 164-207; 4096^3 207-210 vs 201; 32x1024x1024 170-178 vs 95-116; 1024x1024x32 183-198 vs 39-50; 64x4096x64
     174-179 vs 90-98; 512x2048x2048 207-208 vs 194-200; 1024x1024x4096 212-214 vs 195-207. Left to
     np.dot: 100^3 77 vs 95; 16x4096x4096 16 vs 82; 4096x1x4096 11 vs 20; 64x2048x2048 124-130 vs
     131-146; 256x4096x4096 124-126 vs 172-189; 1024x4096x4096 184-187 vs 202-207 (2048x4096x4096, at
@@ -134,13 +135,13 @@ def _by_gemm32(m, n, k):
 def _matmul_blocks(m, n, threads):
     """matmul's blocks: one per thread (an uneven split left a thread idle long enough to fall
     asleep), of whole strips of columns where there are enough of them; else of rows, each block
-    with its own copy of all of B, where those copies are small beside A (threads n <= m); else as
-    many blocks as strips. gemm32 sums each value in the same order wherever its tile sits, so the
-    split does not change the bits."""
+    with its own copy of all of B (NR-padded), as many as keep those copies within A's size (k m
+    values) and no fewer blocks than strips. gemm32 sums each value in the same order wherever its
+    tile sits, so the split does not change the bits."""
     strips = -(-n // NR)
-    if strips >= threads or threads * n <= m:
+    if strips >= threads:
         return threads
-    return strips
+    return max(1, strips, min(threads, m // max(1, strips * NR)))
 
 
 _NO_BIAS = np.empty(0, np.float32)
@@ -375,10 +376,10 @@ def _linear_forward_gemm32(x, trans_x, w, w_is_weight, b, has_bias, act, blocks,
     _linear_forward_body with gemm32, each block packing the strips of B it reads (_pack) in
     the same parallel loop (one wake-up of the threads): blocks of whole strips of columns where
     there are at least as many strips as blocks, so that w is packed once in all; else blocks of
-    rows, each packing all of w into its own copy (the callers keep those copies small beside x).
+    rows, each packing all of w into its own copy (matmul keeps those copies within A's size,
+    _matmul_blocks; a layer's w then has fewer than `blocks` strips, at most 8 NR columns).
     Before, every block's gemm32 call packed its columns of w, all of them for a block of rows (as
-    one (k, n) panel). Zen 4
-    host, 2 threads, medians of five interleaved harness measurements, GFLOP/s before -> after
+    one (k, n) panel). Zen 4 host, 2 threads, medians of five interleaved harness measurements, GFLOP/s before -> after
     (NumPy's np.maximum(x @ w.T + b, 0)): 128x3136->128 161 -> 175 (133); 512x512->512 169 -> 193
     (165). Same bits either way (gemm32 sums each value in the same order wherever its tile sits)."""
     rows, cols = y.shape
