@@ -1,8 +1,8 @@
 """The "cpu" backend: Numba kernels (parallel over the machine's cores) on NumPy arrays. The GEMMs:
 our float32 gemm32 (_gemm32.py) on AVX-512 and AVX2 hosts for most of them, and BLAS for the rest,
 called single-threaded from inside the Numba threads (see _blas.py), but for matmul's small,
-narrow, large-B and float64 products, which are np.dot's (dense._by_gemm32). Exposes the same op functions
-as the native backends.
+narrow, large-B and float64 products, which are np.dot's (dense._by_gemm32). Exposes the same op
+functions as the native backends.
 
 Kernels are compiled on first use and cached on disk (cache=True); Numba falls back to a per-user
 cache directory when the install directory is read-only. Numba checks a cached kernel against its

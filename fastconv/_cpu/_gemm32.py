@@ -18,8 +18,8 @@ large SGEMM about twice as fast there). Measured on the Zen 5 dev host, one thre
 against OpenBLAS's 97.5; conv2's actual nine accumulating 64 x 32 x 224 tap products per sample
 36.6 us (226 GFLOP/s). Users: the convolutions' backward (dW, and the wide kernel), the linear
 layers up to dense._GEMM32_UP_TO multiply-adds (past that OpenBLAS wins: the backward, and forwards
-with a large weight), and matmul
-(dense.matmul: B packed in strips, so that the tiles read it in order; no further cache blocking).
+with a large weight), and matmul (dense.matmul: B packed in strips, so that the tiles read it in
+order; no further cache blocking).
 
 Each C element's sum runs over k in the same order wherever it sits (tile, edge, thread), so the
 results do not depend on the thread count.

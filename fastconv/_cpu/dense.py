@@ -124,8 +124,8 @@ def _by_gemm32(m, n, k):
     strips, which pays where each of B's values serves many rows; a large B also leaves its strips
     less of the caches. Zen 4 host, two threads, each library in processes of its own, GFLOP/s ours
     vs np.dot (m x n x k): 128^3 122-134 vs 68-121; 256^3 199-204 vs 121-174; 1024^3, 2048^3
-    211-218 vs 164-207; 4096^3 207-210 vs 201; 32x1024x1024 170-178 vs 95-116; 1024x1024x32 183-198 vs 39-50; 64x4096x64
-    174-179 vs 90-98; 512x2048x2048 207-208 vs 194-200; 1024x1024x4096 212-214 vs 195-207. Left to
+    211-218 vs 164-207; 4096^3 207-210 vs 201; 32x1024x1024 170-178 vs 95-116; 1024x1024x32
+    183-198 vs 39-50; 64x4096x64 174-179 vs 90-98; 512x2048x2048 207-208 vs 194-200; 1024x1024x4096 212-214 vs 195-207. Left to
     np.dot: 100^3 77 vs 95; 16x4096x4096 16 vs 82; 4096x1x4096 11 vs 20; 64x2048x2048 124-130 vs
     131-146; 256x4096x4096 124-126 vs 172-189; 1024x4096x4096 184-187 vs 202-207 (2048x4096x4096, at
     the limit: 199-200 vs 200-203)."""
@@ -210,9 +210,10 @@ def _copy_into(c, total):
 
 
 @njit(inline="always")
-def _k_slice(a, k_is_rows, k0, k1):
-    """a's rows or columns k0 .. k1 - 1: a product operand's block of K."""
-    return a[k0:k1] if k_is_rows else a[:, k0:k1]
+def _slice(a, along_rows, lo, hi):
+    """a's rows (along_rows) or columns lo .. hi - 1: a product operand's block of K, or op(x)'s
+    rows (x's columns when transposed)."""
+    return a[lo:hi] if along_rows else a[:, lo:hi]
 
 
 @njit(inline="always")
@@ -227,7 +228,7 @@ def _blocked_product(gemm, k_block, a, b, c, trans_a, trans_b):
     total = np.zeros(c.shape)
     for k0 in range(0, k, k_block):
         k1 = min(k, k0 + k_block)
-        gemm(_k_slice(a, trans_a, k0, k1), _k_slice(b, not trans_b, k0, k1), part, 0.0, trans_a, trans_b)
+        gemm(_slice(a, trans_a, k0, k1), _slice(b, not trans_b, k0, k1), part, 0.0, trans_a, trans_b)
         _add_into(total, part)
     _copy_into(c, total)
 
@@ -249,15 +250,9 @@ def _forward_product(x, trans_x, strips, s0, y):
     part = np.empty(y.shape, y.dtype)
     total = np.zeros(y.shape)
     for k0 in range(0, k, _K_BLOCK):
-        gemm32_strips_rows(_k_slice(x, trans_x, k0, min(k, k0 + _K_BLOCK)), strips, s0, k0, part, trans_x)
+        gemm32_strips_rows(_slice(x, trans_x, k0, min(k, k0 + _K_BLOCK)), strips, s0, k0, part, trans_x)
         _add_into(total, part)
     _copy_into(y, total)
-
-
-@njit(inline="always")
-def _rows_of(x, trans_x, r0, r1):
-    """op(x)'s rows r0 .. r1 - 1, as the operand of a product with trans_x."""
-    return x[:, r0:r1] if trans_x else x[r0:r1]
 
 
 @njit(inline="always")
@@ -379,8 +374,8 @@ def _linear_forward_gemm32(x, trans_x, w, w_is_weight, b, has_bias, act, blocks,
     rows, each packing all of w into its own copy (matmul keeps those copies within A's size,
     _matmul_blocks; a layer's w then has fewer than `blocks` strips, at most 8 NR columns).
     Before, every block's gemm32 call packed its columns of w, all of them for a block of rows (as
-    one (k, n) panel). Zen 4 host, 2 threads, medians of five interleaved harness measurements, GFLOP/s before -> after
-    (NumPy's np.maximum(x @ w.T + b, 0)): 128x3136->128 161 -> 175 (133); 512x512->512 169 -> 193
+    one (k, n) panel). Zen 4 host, 2 threads, medians of five interleaved harness measurements,
+    GFLOP/s before -> after (NumPy's np.maximum(x @ w.T + b, 0)): 128x3136->128 161 -> 175 (133); 512x512->512 169 -> 193
     (165). Same bits either way (gemm32 sums each value in the same order wherever its tile sits)."""
     rows, cols = y.shape
     shape = strips_shape(cols, x.shape[0] if trans_x else x.shape[1])
@@ -396,7 +391,7 @@ def _linear_forward_gemm32(x, trans_x, w, w_is_weight, b, has_bias, act, blocks,
         if r1 > r0 and c1 > c0:
             for strip in range(s0, s1):
                 _pack(w, w_is_weight, strip, mine)
-            _forward_product(_rows_of(x, trans_x, r0, r1), trans_x, mine, s0, y[r0:r1, c0:c1])
+            _forward_product(_slice(x, not trans_x, r0, r1), trans_x, mine, s0, y[r0:r1, c0:c1])
             if has_bias or act:
                 _epilogue(y, r0, r1, c0, c1, b, has_bias, act)
 
@@ -517,12 +512,11 @@ def linear_forward(x, w, b, activation):
     y = empty((x.shape[0], w.shape[0]), x.dtype)
     blocks = (_blocks if own else _openblas_blocks)(max(y.shape))
     with single_threaded_blas():
-        act = epilogue_activation(activation, x.dtype)
+        work, act = _gemm_work(*y.shape, x.shape[1]), epilogue_activation(activation, x.dtype)
         if own:
-            run(_linear_forward_gemm32, _gemm_work(*y.shape, x.shape[1]), x, False, w, True, bias, has_bias, act,
-                blocks, y)
+            run(_linear_forward_gemm32, work, x, False, w, True, bias, has_bias, act, blocks, y)
         else:
-            run(_linear_forward, _gemm_work(*y.shape, x.shape[1]), x, w, bias, has_bias, act, blocks, y)
+            run(_linear_forward, work, x, w, bias, has_bias, act, blocks, y)
     return y
 
 
