@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fastconv import ops
-from fastconv._cpu import _vecmath, conv
+from fastconv._cpu import _stream, _vecmath, conv
 from fastconv._cpu.conv import _winograd
 from helpers import assert_matches, needs_simd
 from test_conv import Geometry
@@ -164,11 +164,13 @@ def test_tile_rows_pad_the_tile_count_the_least_per_cost():
         assert cost(tiles, rows) == min(cost(tiles, r) for r in TILE_ROWS)
 
 
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("kp", [32, 48])
-def test_weights_transform(kp):
+def test_weights_transform(kp, stream):
+    # stream: U written by streaming stores, as for a U larger than the last-level cache
     w = np.random.default_rng(0).standard_normal((20, 17, 3, 3)).astype(np.float32)
     for side, g in ((2, G), (4, G4)):
-        u = weights_transformed(w, 32, kp, side)
+        u = weights_transformed(w, 32, kp, side, stream)
         assert u.shape == ((side + 2) ** 2, 32 * kp)
         np.testing.assert_array_equal(_packed(unpacked(u, 32, kp)), u)
         u = unpacked(u, 32, kp)
@@ -296,6 +298,28 @@ def test_fused_max_pooling(shape, activation, side):
         want, want_indices = ops.max_pool2d_forward(y, kernel, stride, pad)
         np.testing.assert_array_equal(pooled, want)
         np.testing.assert_array_equal(indices, want_indices)
+
+
+def test_streamed_weights_give_the_same_bits(monkeypatch, side):
+    # U larger than the last-level cache is written by streaming stores: the same layer, forward and
+    # backward (dx by the forward with w flipped), with every U streamed gives the same bits
+    x, w, b = (a.astype(np.float32) for a in _case((2, 17, 9, 10), 33, 13))
+    dy = np.random.default_rng(14).standard_normal((2, 33, 9, 10)).astype(np.float32)
+    ordinary = ops.conv2d_forward(x, w, b, padding=1, activation="relu"), ops.conv2d_backward(dy, x, w, padding=1)
+    from fastconv._cpu import _winograd32
+    monkeypatch.setattr(_stream, "_STREAM_FROM", 0)
+    kernel, flags = _winograd32._transform_weights, []
+
+    def spy(*args):
+        flags.append(args[-1])  # stream
+        return kernel(*args)
+
+    monkeypatch.setattr(_winograd32, "_transform_weights", spy)
+    streamed = ops.conv2d_forward(x, w, b, padding=1, activation="relu"), ops.conv2d_backward(dy, x, w, padding=1)
+    assert flags == [True, True]  # the forward's U and dx's
+    np.testing.assert_array_equal(streamed[0], ordinary[0])
+    for got, want in zip(streamed[1], ordinary[1]):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("band_rows", [1, 2])

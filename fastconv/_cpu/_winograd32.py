@@ -69,6 +69,7 @@ from numba.extending import intrinsic
 
 from ._gemm32 import _tile_intrinsic
 from ._memory import empty
+from ._stream import _stream_line, align_skip, should_stream, store_fence
 from ._vecmath import TARGET_AVX512, as_i64, broadcast, vector_at
 
 __all__ = ["input_tile16", "output_tile16", "input_tile36", "output_tile36", "grad_tile16", "products", "tile_rows",
@@ -147,10 +148,16 @@ def _gathered(w_rows, c, k0, g):
 
 
 @njit(inline="always")
-def _store_block(block, u, c, k0, cp, kp):
+def _store_block(block, u, c, k0, cp, kp, stream):
+    """u[xi][c, k0 : k0 + LANES] = block[xi] for each plane xi; with `stream` by one non-temporal
+    store a plane (u's planes must then start 64-byte lines: each block is one whole line)."""
     at = _packed_at(c, k0, cp, kp)
-    for xi in range(block.shape[0]):
-        u[xi, at:at + LANES] = block[xi]
+    if stream:
+        for xi in range(block.shape[0]):
+            _stream_line(u[xi], at, block[xi], 0)
+    else:
+        for xi in range(block.shape[0]):
+            u[xi, at:at + LANES] = block[xi]
 
 
 @njit(inline="always")
@@ -203,7 +210,7 @@ def _g4_block(g, block):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _transform_weights(w, u, cp, kp):
+def _transform_weights(w, u, cp, kp, stream):
     """u[P a + b][c, k] = (G w[k, c] G^T)[a, b] in float64, rounded once (u zero past w's C and K), u's
     planes packed (see above); P = 4 (u of 16 planes: F(2x2, 3x3)) or 6 (36: F(4x4, 3x3)). 16 k at a
     time: their 9 weights gathered into g (float64, a row per tap), then transformed by _g_block or
@@ -220,15 +227,30 @@ def _transform_weights(w, u, cp, kp):
                     _g_block(g, block)
                 else:
                     _g4_block(g, block)
-                _store_block(block, u, c, k0, cp, kp)
+                _store_block(block, u, c, k0, cp, kp, stream)
+        if stream:
+            store_fence()
 
 
-def weights_transformed(w, channels, outputs, side=2):
+def weights_transformed(w, channels, outputs, side=2, stream=None):
     """U for w (K, C, 3, 3) as (planes, channels * outputs) float32, its planes packed (see above):
     U[4a + b][c, k] = (G w[k, c] G^T)[a, b], zero past C and K (channels, outputs: C and K rounded up
-    to LANES). side=4: F(4x4, 3x3)'s U, 36 planes U[6a + b]."""
-    u = empty(((side + 2) ** 2, channels * outputs), np.float32)  # 16-36 MiB at 512 channels: reused memory
-    _transform_weights(np.ascontiguousarray(w), u, channels, outputs)
+    to LANES). side=4: F(4x4, 3x3)'s U, 36 planes U[6a + b].
+
+    U larger than the last-level cache (stream=None; True or False to choose) is written by
+    streaming stores. Its 36 (or 16) planes are each written as a stream of their own, 64 bytes at a
+    time, too many streams for the prefetchers: with ordinary stores each line was first read from
+    memory (read for ownership), and the transform, not its arithmetic, took 30% of the 512-channel
+    7x7 layer's forward (Zen 4, 2 threads: 4.4-5.0 ms of 15; streamed 2.6-2.8 ms; its arithmetic
+    alone 0.6). A U that fits the cache stays there for the products that read it next."""
+    planes, size = (side + 2) ** 2, channels * outputs
+    # 16-36 MiB at 512 channels: reused memory; each plane starts a line (size: a multiple of LANES^2)
+    flat = empty(planes * size + LANES, np.float32)
+    skip = align_skip(flat)
+    u = flat[skip:skip + planes * size].reshape(planes, size)
+    if stream is None:
+        stream = should_stream(u)
+    _transform_weights(np.ascontiguousarray(w), u, channels, outputs, stream)
     return u
 
 
