@@ -111,6 +111,12 @@ CASES = {
     "phases_stride_3_dilated_groups": ((1, 16, 11, 10), (6, 8, 3, 2), (3, 2), (2, 1), (2, 3), 2),
     "phases_1x1_stride_2": ((2, 9, 7, 6), (4, 9, 1, 1), 2, 0, 1, 1),
     "phases_kernel_smaller_than_stride": ((1, 8, 10, 9), (3, 8, 2, 2), 3, 0, 1, 1),
+    # ... past the AVX-512 tiles' edges: 40 output channels (32 + 8), 15 outputs a row (14 + 1), a
+    # 16-wide phase grid of 256 positions (8 strips of 32)
+    "phases_tile_edges": ((2, 8, 31, 30), (40, 8, 3, 3), 2, 1, 1, 1),
+    # strided with 1 and 3 input channels and 16 or more outputs: _taps32's row tile with AVX-512
+    "strided_one_channel_many_outputs": ((2, 1, 13, 12), (17, 1, 3, 3), 2, 1, 1, 1),
+    "strided_three_channels_5x5": ((1, 3, 20, 21), (16, 3, 5, 5), 2, 2, 1, 1),
     # the GPU kernels' tile boundaries (csrc/kernels/conv.cuh): 32 output channels and 132 pixels (the
     # 128 x 32 tile, past one row tile; dw 28 x 32 with db in the 32 x 32 tile), 33 channels (the
     # 128 x 64 tile; dw 33 x 33 in the 64 x 64 tile), dw 32 rows + db = 33 (64 x 64) or 32 without db
@@ -457,19 +463,37 @@ class TestBadInput:
 
 
 @needs_simd
-@pytest.mark.parametrize("name", [name for name in CASES if name.startswith("phases")])
+@pytest.mark.parametrize("name", [name for name in CASES if CASES[name][2] != 1])
 def test_cpu_strided_layers_by_phases(monkeypatch, name):
-    # float32 strided layers with >= 8 channels a group take _forward_by_phases (test_forward checks
-    # their values); each output sums tap by tap, channels in order: the same bits on one thread, and
-    # with a fused activation those of the activation after the layer
+    # float32 strided layers go over the input's phases: with AVX-512 all of them by _taps32's
+    # register tiles (_forward_by_taps), else those with >= 8 channels a group by gemm32 products
+    # (_forward_by_phases), the rest by im2col; test_forward checks their values. The phases' sums
+    # run tap by tap, channels in order: the same bits by either kernel and any tile, on one thread,
+    # and with a fused activation those of the activation after the layer
     import numba
-    from fastconv._cpu import conv
-    calls, by_phases = [], conv._forward_by_phases
-    monkeypatch.setattr(conv, "_forward_by_phases", lambda *a: (calls.append(1), by_phases(*a))[1])
+    from fastconv._cpu import _vecmath, conv
+    from fastconv._cpu.conv import _taps
+    calls = []
+    for fn in ("_forward_by_phases", "_forward_by_taps", "_forward_by_im2col"):
+        kernel = getattr(conv, fn)
+        monkeypatch.setattr(conv, fn, lambda *a, kernel=kernel, fn=fn: (calls.append(fn), kernel(*a))[1])
     x, w, b, hyper, _ = _case(name, 3)
     x, w, b = (a.astype(np.float32) for a in (x, w, b))
     y = ops.conv2d_forward(x, w, b, **hyper)
-    assert calls == [1]
+    by_phases = w.shape[1] >= 8
+    assert calls == ["_forward_by_taps" if _vecmath.AVX512 else
+                     "_forward_by_phases" if by_phases else "_forward_by_im2col"]
+    if _vecmath.AVX512:
+        choose = _taps._forward_tile
+        for tile in (_taps._TAPS_TILE, _taps._CHANNELS_TILE, _taps._ROW_TILE):
+            monkeypatch.setattr(_taps, "_forward_tile", lambda *a, tile=tile: tile)
+            np.testing.assert_array_equal(ops.conv2d_forward(x, w, b, **hyper), y)
+        monkeypatch.setattr(_taps, "_forward_tile", choose)
+        if by_phases:
+            monkeypatch.setattr(conv, "_uses_tiles", lambda x: False)  # the gemm32 products, as on AVX2 hosts
+            np.testing.assert_array_equal(ops.conv2d_forward(x, w, b, **hyper), y)
+            assert calls[-1] == "_forward_by_phases"
+        monkeypatch.undo()
     threads = numba.get_num_threads()
     try:
         numba.set_num_threads(1)

@@ -13,8 +13,10 @@ channels; dx as the forward of dy with w flipped), unless the op's algorithm is 
 Stride 1 (the common case) uses the "wide" layout described in _wide.py: no im2col for
 layers with >= 8 input channels per group (one accumulating GEMM per kernel tap on shifted slices
 of the padded sample), contiguous copies otherwise. Other strides: the forward of float32 layers
-with >= 8 input channels per group by the same shifted GEMMs over the input's phases
-(_forward_phases), the rest and the backward by per-sample im2col (_forward / _backward). A 1x1
+over the input's phases (_phases.py), where every tap reads one phase at a constant shift: on
+AVX-512 hosts every such layer by the stride-1 forward's register tiles (_forward_by_taps with a
+stride), elsewhere those with >= 8 input channels per group by the same shifted GEMMs
+(_forward_phases); the rest and the backward by per-sample im2col (_forward / _backward). A 1x1
 layer on a few positions a sample runs as a product over the whole batch (_forward_pointwise,
 _backward_pointwise). For im2col, per sample n and group g:
 - forward: y[n, g's channels] = W_g @ col, then bias + activation while y[n] is in cache;
@@ -48,8 +50,8 @@ from ._direct import _forward_direct
 from ._im2col import _backward_by_im2col, _forward_by_im2col
 from ._phases import _forward_by_phases, _uses_phases
 from ._pointwise import _backward_is_pointwise, _backward_pointwise, _forward_by_pointwise, _forward_is_pointwise
-from ._shared import _NO_POOL, _output_size, _parts, _unpooled_gradient, _uses_gemm32
-from ._taps import _backward_by_tiles, _backward_uses_tiles
+from ._shared import _NO_POOL, _output_size, _parts, _unpooled_gradient, _uses_gemm32, _uses_tiles
+from ._taps import _backward_by_tiles, _backward_uses_tiles, _forward_by_taps
 from ._wide import _backward_by_wide
 from ._winograd import _backward_by_winograd, _forward_by_winograd
 
@@ -85,6 +87,8 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
             _forward_by_pointwise(x, w, b, act, y)
         elif stride == (1, 1):
             _forward_direct(x, w, b, padding, dilation, groups, oh, ow, act, window, y, pooled, indices)
+        elif _uses_tiles(x):
+            _forward_by_taps(x, w, b, padding, dilation, groups, oh, ow, act, window, y, pooled, indices, stride)
         elif _uses_phases(x, w, groups):
             _forward_by_phases(x, w, b, stride, padding, dilation, groups, oh, ow, act, y)
         else:

@@ -1,5 +1,7 @@
-"""The forward of strided float32 layers with 8 or more input channels a group: one gemm32 product
-per tap over the input's phases (see below), no im2col."""
+"""The forward of strided float32 layers over the input's phases (see below), no im2col: their
+geometry (_Phases), used by the AVX-512 register tiles too (_taps._forward_by_taps), and on other
+hosts, for layers with 8 or more input channels a group, one gemm32 product per tap
+(_forward_phases)."""
 import numpy as np
 from numba import njit, prange
 
@@ -87,22 +89,40 @@ def _forward_phases(x, wt, b, has_bias, act, groups, kh, kw, sh, sw, dh, dw, pt,
 
 
 def _uses_phases(x, w, groups):
-    """A strided layer's products by phases (_forward_phases): float32 with gemm32, and at least
-    _MIN_CHANNELS_FOR_SHIFTED_GEMMS input channels a group (each tap's GEMM has that K)."""
+    """A strided layer's products by phases (_forward_phases; on hosts without AVX-512, which take
+    _forward_by_taps): float32 with gemm32, and at least _MIN_CHANNELS_FOR_SHIFTED_GEMMS input
+    channels a group (each tap's GEMM has that K)."""
     return _uses_gemm32(x) and w.shape[1] >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS
+
+
+class _Phases:
+    """A strided layer's phase geometry and per-thread scratch: wq, the phases' row length (the wide
+    grid's); slots[phase] = where phase (r, q) = r * sw + q sits in a thread's buffer, -1 for those no
+    tap reads; xps (threads, phases read, C_in/g, row), a row being a phase's plane (hq rows of wq,
+    and the last tap's column shift past them: the discarded columns' reads) and `pad` floats more;
+    shifts[tap] = where a tap's reads start in a thread's buffer as (phases read * C_in/g) rows: its
+    phase's first row plus its shift in the phase."""
+
+    def __init__(self, x, w, stride, padding, dilation, threads, pad=0):
+        c_out, cg, kh, kw = w.shape
+        (sh, sw), (dh, dw) = stride, dilation
+        hq = -(-(x.shape[2] + padding[0] + padding[1]) // sh)
+        self.wq = -(-(x.shape[3] + padding[2] + padding[3]) // sw)
+        read = sorted({i * dh % sh * sw + j * dw % sw for i in range(kh) for j in range(kw)})
+        self.slots = np.full(sh * sw, -1, np.int64)
+        self.slots[read] = np.arange(len(read))
+        row = hq * self.wq + (kw - 1) * dw // sw + pad
+        self.xps = empty((threads, len(read), cg, row), x.dtype)
+        self.shifts = np.array([self.slots[i * dh % sh * sw + j * dw % sw] * cg * row
+                                + i * dh // sh * self.wq + j * dw // sw for i in range(kh) for j in range(kw)],
+                               np.int64)
 
 
 def _forward_by_phases(x, w, b, stride, padding, dilation, groups, oh, ow, act, y):
     c_out, cg, kh, kw = w.shape
     (sh, sw), (dh, dw) = stride, dilation
-    hq, wq = -(-(x.shape[2] + padding[0] + padding[1]) // sh), -(-(x.shape[3] + padding[2] + padding[3]) // sw)
-    read = sorted({i * dh % sh * sw + j * dw % sw for i in range(kh) for j in range(kw)})
-    slots = np.full(sh * sw, -1, np.int64)
-    slots[read] = np.arange(len(read))
     threads = _threads(x.shape[0])
-    # a phase's plane: hq rows of wq, and the last tap's column shift past them (the discarded columns' reads)
-    plane = hq * wq + (kw - 1) * dw // sw
+    s = _Phases(x, w, stride, padding, dilation, threads)
     _forward_phases(x, _taps_first(w), b if b is not None else np.empty(0, x.dtype), b is not None, act, groups, kh,
-                    kw, sh, sw, dh, dw, padding[0], padding[2], wq, oh, ow, slots,
-                    empty((threads, len(read), cg, plane), x.dtype), empty((threads, c_out // groups * oh * wq), x.dtype),
-                    y)
+                    kw, sh, sw, dh, dw, padding[0], padding[2], s.wq, oh, ow, s.slots, s.xps,
+                    empty((threads, c_out // groups * oh * s.wq), x.dtype), y)

@@ -1,6 +1,15 @@
-"""Stride-1 float32 layers on AVX-512 hosts by _taps32's register tiles, which sum every tap in
-registers: the forward (_forward_taps_avx512, its tile chosen by _forward_tile) and the backward
-(_backward_taps_avx512: dW by gemm32 over the padded sample's shifted rows, dx by channels_tile)."""
+"""float32 layers on AVX-512 hosts by _taps32's register tiles, which sum every tap in registers:
+the forward (_forward_taps_avx512, its tile chosen by _forward_tile; stride 1 on the padded sample,
+other strides on its phases, _phases.py) and the stride-1 backward (_backward_taps_avx512: dW by
+gemm32 over the padded sample's shifted rows, dx by channels_tile).
+
+A strided layer's tap (i, j) reads one phase of the padded sample at a constant shift (see
+_phases.py), so with the phases one after another in a thread's buffer each tap is again one shift
+along it, and the tiles run unchanged on the phases' wide grid. Against the gemm32 product per tap
+(the same sums, the same bits), Zen 4, 2 threads, alternating process pairs: 128 -> 128 on 56x56,
+stride 2 (batch 16) 139-156 -> 171-179 GFLOP/s; in one process, 64 -> 128 on 28x28 (batch 32)
+114 -> 148, 256 -> 256 on 28x28 151 -> 179. With few input channels (im2col before): a 7x7 stem, 3
+-> 64 on 224x224 (batch 8) 89 -> 204 (PyTorch 69), 4 -> 32 3x3 on 64x64 (batch 32) 61 -> 108."""
 import numpy as np
 from numba import njit, prange
 
@@ -13,7 +22,8 @@ from .._taps32 import CR, CW, MR, NR, RR, channels_tile, row_tile, taps_tile, tr
 from .._vecmath import copy_rows16
 from .._activation import RELU as _RELU
 from ._epilogue import _finish_planes
-from ._shared import _threads, _uses_tiles
+from ._phases import _Phases, _split_phases
+from ._shared import _taps_first, _threads, _uses_tiles
 from ._wide import _MIN_CHANNELS_FOR_SHIFTED_GEMMS, _Wide, _gather_output_grad, _pad_avx512, _wide_positions
 
 
@@ -31,12 +41,13 @@ def _packed_run(q0, length, wp, ow, wide):
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _forward_taps_avx512(x, wt, b, wc, bc, tile, act, groups, pt, pl, wp, oh, ow, pool, xps, shifts, yws, y, pooled,
-                         indices):
-    """Stride-1 float32 forward on AVX-512 hosts by one of _taps32's register tiles, which sum every
-    tap in registers and add the bias and ReLU before their one store: no per-tap products and no
-    pass over y for them. `tile` (_forward_tile's choice): _TAPS_TILE, taps_tile (8 channels x 32
-    wide-grid positions; wt: w as (kh*kw, C_out, C_in/g), b: C_out values, zeros without a bias);
+def _forward_taps_avx512(x, wt, b, wc, bc, tile, act, groups, pt, pl, wp, sh, sw, slots, oh, ow, pool, xps, shifts, yws,
+                         y, pooled, indices):
+    """float32 forward on AVX-512 hosts by one of _taps32's register tiles, which sum every tap in
+    registers and add the bias and ReLU before their one store: no per-tap products and no pass over
+    y for them. Stride 1 (sh = sw = 1) on the padded sample; else on its phases (slots, and wp the
+    phases' wq, as _phases._Phases's; no pooling). `tile` (_forward_tile's choice): _TAPS_TILE,
+    taps_tile (8 channels x 32 wide-grid positions; wt: w as (kh*kw, C_out, C_in/g), b: C_out values, zeros without a bias);
     _CHANNELS_TILE, channels_tile (32 channels x 14 positions of a row; wc: w as (groups, blocks,
     kh*kw, C_in/g, 32), each group's C_out/g channels in blocks of 32, zero-padded, so a block's
     (tap, channel) rows follow one another (2% faster in cache than rows at C_out's stride); bc: b so
@@ -44,7 +55,8 @@ def _forward_taps_avx512(x, wt, b, wc, bc, tile, act, groups, pt, pl, wp, oh, ow
     and bc as channels_tile's). y (N, C_out, OH*OW) gets the output;
     with a pooling (pool as in _forward_wide) each group's planes go to the thread's yws instead
     (wide or compact, as the tile writes them), are pooled into pooled / indices, and y is not
-    written. shifts: each tap's offset along the padded sample; xps as _Wide's."""
+    written. shifts: each tap's offset along the padded sample (or its phases); xps as _Wide's (or
+    _Phases's, its rows the phases' channels one after another)."""
     n_img = x.shape[0]
     taps, c_out, cg = wt.shape
     cog, length, p = c_out // groups, oh * wp, oh * ow
@@ -60,7 +72,10 @@ def _forward_taps_avx512(x, wt, b, wc, bc, tile, act, groups, pt, pl, wp, oh, ow
             if n + 1 < n_img:  # the next sample on its way to the cache while this one computes
                 prefetch_all(x[n + 1].reshape(-1))
             for g in range(groups):
-                _pad_avx512(x, n, g * cg, cg, pt, pl, wp, xp)
+                if sh == 1 and sw == 1:
+                    _pad_avx512(x, n, g * cg, cg, pt, pl, wp, xp)
+                else:  # the sample's phases, one after another (_phases._Phases)
+                    _split_phases(x, n, g * cg, cg, pt, pl, sh, sw, wp, slots, xp.reshape(-1, cg, xp.shape[1]))
                 y_off = 0 if pooling else g * cog * p
                 if tile == _ROW_TILE:
                     for block in range(blocks):
@@ -205,15 +220,21 @@ def _forward_tile(cg, cog, oh, ow, wp):
     return _CHANNELS_TILE if channels_in_lanes < positions_in_lanes else _TAPS_TILE
 
 
-def _forward_by_taps(x, w, b, padding, dilation, groups, oh, ow, act, window, y, pooled, indices):
-    """y, or pooled and indices, by _forward_taps_avx512 (stride 1, float32, AVX-512)."""
+def _forward_by_taps(x, w, b, padding, dilation, groups, oh, ow, act, window, y, pooled, indices, stride=(1, 1)):
+    """y, or pooled and indices (stride 1 only), by _forward_taps_avx512 (float32, AVX-512)."""
     c_out, cg, kh, kw = w.shape
-    s = _Wide(x, w, padding, dilation, groups, oh, ow, _threads(x.shape[0]), backward=False)
-    shifts = _tap_shifts(kh, kw, dilation, s.wp)
+    threads = _threads(x.shape[0])
+    if stride == (1, 1):
+        s = _Wide(x, w, padding, dilation, groups, oh, ow, threads, backward=False)
+        wp, slots, xps, shifts, yws = s.wp, np.zeros(1, np.int64), s.xps, _tap_shifts(kh, kw, dilation, s.wp), s.outs
+    else:  # the same sums over the input's phases (_phases.py): the wide grid is theirs, each tap at its shift
+        s = _Phases(x, w, stride, padding, dilation, threads, pad=NR)  # the tiles read up to NR - 1 past a row
+        wp, slots, xps, shifts = s.wq, s.slots, s.xps.reshape(threads, -1, s.xps.shape[3]), s.shifts
+        yws = np.empty((threads, 0), x.dtype)  # (no pooling)
     b_flat = np.ascontiguousarray(b) if b is not None else np.zeros(c_out, x.dtype)
     cog = c_out // groups
     wc, bc = np.empty((0, 0, 0, 0), x.dtype), np.empty((0, 0), x.dtype)
-    tile = _forward_tile(cg, cog, oh, ow, s.wp)
+    tile = _forward_tile(cg, cog, oh, ow, wp)
     if tile != _TAPS_TILE:
         blocks = -(-cog // CW)
         padded = np.zeros((groups, blocks * CW, cg, kh * kw), x.dtype)
@@ -221,8 +242,8 @@ def _forward_by_taps(x, w, b, padding, dilation, groups, oh, ow, act, window, y,
         wc = np.ascontiguousarray(padded.reshape(groups, blocks, CW, cg, kh * kw).transpose(0, 1, 4, 3, 2))
         bc = np.zeros((groups, blocks * CW), x.dtype)
         bc[:, :cog] = b_flat.reshape(groups, cog)
-    _forward_taps_avx512(x, s.wt, b_flat, wc, bc, tile, act, groups, padding[0], padding[2], s.wp, oh, ow, window,
-                         s.xps, shifts, s.outs, y, pooled, indices)
+    _forward_taps_avx512(x, _taps_first(w) if stride != (1, 1) else s.wt, b_flat, wc, bc, tile, act, groups, padding[0], padding[2], wp, stride[0],
+                         stride[1], slots, oh, ow, window, xps, shifts, yws, y, pooled, indices)
 
 
 def _tap_shifts(kh, kw, dilation, wp):
