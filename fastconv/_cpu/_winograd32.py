@@ -241,7 +241,7 @@ def weights_transformed(w, channels, outputs, side=2, stream=None):
     streaming stores. Its 36 (or 16) planes are each written as a stream of their own, 64 bytes at a
     time, too many streams for the prefetchers: with ordinary stores each line was first read from
     memory (read for ownership), and the transform, not its arithmetic, took 30% of the 512-channel
-    7x7 layer's forward (Zen 4, 2 threads: 4.4-5.0 ms of 15; streamed 2.6-2.8 ms; its arithmetic
+    7x7 layer's forward (Zen 4, 2 threads: 4.4-5.0 ms of 15; streamed 2.3-3.2 ms; its arithmetic
     alone 0.6). A U that fits the cache stays there for the products that read it next."""
     planes, size = (side + 2) ** 2, channels * outputs
     # 16-36 MiB at 512 channels: reused memory; each plane starts a line (size: a multiple of LANES^2)

@@ -47,15 +47,15 @@ def _forward_taps_avx512(x, wt, b, wc, bc, tile, act, groups, pt, pl, wp, sh, sw
     registers and add the bias and ReLU before their one store: no per-tap products and no pass over
     y for them. Stride 1 (sh = sw = 1) on the padded sample; else on its phases (slots, and wp the
     phases' wq, as _phases._Phases's; no pooling). `tile` (_forward_tile's choice): _TAPS_TILE,
-    taps_tile (8 channels x 32 wide-grid positions; wt: w as (kh*kw, C_out, C_in/g), b: C_out values, zeros without a bias);
-    _CHANNELS_TILE, channels_tile (32 channels x 14 positions of a row; wc: w as (groups, blocks,
-    kh*kw, C_in/g, 32), each group's C_out/g channels in blocks of 32, zero-padded, so a block's
-    (tap, channel) rows follow one another (2% faster in cache than rows at C_out's stride); bc: b so
-    padded, as (groups, blocks * 32)); _ROW_TILE, row_tile (16 channels x 16 positions of a row, wc
-    and bc as channels_tile's). y (N, C_out, OH*OW) gets the output;
-    with a pooling (pool as in _forward_wide) each group's planes go to the thread's yws instead
-    (wide or compact, as the tile writes them), are pooled into pooled / indices, and y is not
-    written. shifts: each tap's offset along the padded sample (or its phases); xps as _Wide's (or
+    taps_tile (8 channels x 32 wide-grid positions; wt: w as (kh*kw, C_out, C_in/g), b: C_out
+    values, zeros without a bias); _CHANNELS_TILE, channels_tile (32 channels x 14 positions of a
+    row; wc: w as (groups, blocks, kh*kw, C_in/g, 32), each group's C_out/g channels in blocks of
+    32, zero-padded, so a block's (tap, channel) rows follow one another (2% faster in cache than
+    rows at C_out's stride); bc: b so padded, as (groups, blocks * 32)); _ROW_TILE, row_tile (16
+    channels x 16 positions of a row, wc and bc as channels_tile's). y (N, C_out, OH*OW) gets the
+    output; with a pooling (pool as in _forward_wide) each group's planes go to the thread's yws
+    instead (wide or compact, as the tile writes them), are pooled into pooled / indices, and y is
+    not written. shifts: each tap's offset along the padded sample (or its phases); xps as _Wide's (or
     _Phases's, its rows the phases' channels one after another)."""
     n_img = x.shape[0]
     taps, c_out, cg = wt.shape
@@ -227,10 +227,12 @@ def _forward_by_taps(x, w, b, padding, dilation, groups, oh, ow, act, window, y,
     if stride == (1, 1):
         s = _Wide(x, w, padding, dilation, groups, oh, ow, threads, backward=False)
         wp, slots, xps, shifts, yws = s.wp, np.zeros(1, np.int64), s.xps, _tap_shifts(kh, kw, dilation, s.wp), s.outs
+        wt = s.wt
     else:  # the same sums over the input's phases (_phases.py): the wide grid is theirs, each tap at its shift
         s = _Phases(x, w, stride, padding, dilation, threads, pad=NR)  # the tiles read up to NR - 1 past a row
         wp, slots, xps, shifts = s.wq, s.slots, s.xps.reshape(threads, -1, s.xps.shape[3]), s.shifts
         yws = np.empty((threads, 0), x.dtype)  # (no pooling)
+        wt = _taps_first(w)
     b_flat = np.ascontiguousarray(b) if b is not None else np.zeros(c_out, x.dtype)
     cog = c_out // groups
     wc, bc = np.empty((0, 0, 0, 0), x.dtype), np.empty((0, 0), x.dtype)
@@ -242,8 +244,8 @@ def _forward_by_taps(x, w, b, padding, dilation, groups, oh, ow, act, window, y,
         wc = np.ascontiguousarray(padded.reshape(groups, blocks, CW, cg, kh * kw).transpose(0, 1, 4, 3, 2))
         bc = np.zeros((groups, blocks * CW), x.dtype)
         bc[:, :cog] = b_flat.reshape(groups, cog)
-    _forward_taps_avx512(x, _taps_first(w) if stride != (1, 1) else s.wt, b_flat, wc, bc, tile, act, groups, padding[0], padding[2], wp, stride[0],
-                         stride[1], slots, oh, ow, window, xps, shifts, yws, y, pooled, indices)
+    _forward_taps_avx512(x, wt, b_flat, wc, bc, tile, act, groups, padding[0], padding[2], wp, stride[0], stride[1],
+                         slots, oh, ow, window, xps, shifts, yws, y, pooled, indices)
 
 
 def _tap_shifts(kh, kw, dilation, wp):
