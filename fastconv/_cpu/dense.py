@@ -125,10 +125,10 @@ def _by_gemm32(m, n, k):
     less of the caches. Zen 4 host, two threads, each library in processes of its own, GFLOP/s ours
     vs np.dot (m x n x k): 128^3 122-134 vs 68-121; 256^3 199-204 vs 121-174; 1024^3, 2048^3
     211-218 vs 164-207; 4096^3 207-210 vs 201; 32x1024x1024 170-178 vs 95-116; 1024x1024x32
-    183-198 vs 39-50; 64x4096x64 174-179 vs 90-98; 512x2048x2048 207-208 vs 194-200; 1024x1024x4096 212-214 vs 195-207. Left to
-    np.dot: 100^3 77 vs 95; 16x4096x4096 16 vs 82; 4096x1x4096 11 vs 20; 64x2048x2048 124-130 vs
-    131-146; 256x4096x4096 124-126 vs 172-189; 1024x4096x4096 184-187 vs 202-207 (2048x4096x4096, at
-    the limit: 199-200 vs 200-203)."""
+    183-198 vs 39-50; 64x4096x64 174-179 vs 90-98; 512x2048x2048 207-208 vs 194-200;
+    1024x1024x4096 212-214 vs 195-207. Left to np.dot: 100^3 77 vs 95; 16x4096x4096 16 vs 82;
+    4096x1x4096 11 vs 20; 64x2048x2048 124-130 vs 131-146; 256x4096x4096 124-126 vs 172-189;
+    1024x4096x4096 184-187 vs 202-207 (2048x4096x4096, at the limit: 199-200 vs 200-203)."""
     return m * n * k >= 1 << 20 and m >= 32 and n >= 16 and k * n <= max(1 << 20, 8192 * m)
 
 
@@ -375,8 +375,9 @@ def _linear_forward_gemm32(x, trans_x, w, w_is_weight, b, has_bias, act, blocks,
     _matmul_blocks; a layer's w then has fewer than `blocks` strips, at most 8 NR columns).
     Before, every block's gemm32 call packed its columns of w, all of them for a block of rows (as
     one (k, n) panel). Zen 4 host, 2 threads, medians of five interleaved harness measurements,
-    GFLOP/s before -> after (NumPy's np.maximum(x @ w.T + b, 0)): 128x3136->128 161 -> 175 (133); 512x512->512 169 -> 193
-    (165). Same bits either way (gemm32 sums each value in the same order wherever its tile sits)."""
+    GFLOP/s before -> after (NumPy's np.maximum(x @ w.T + b, 0)): 128x3136->128 161 -> 175 (133);
+    512x512->512 169 -> 193 (165). Same bits either way (gemm32 sums each value in the same order
+    wherever its tile sits)."""
     rows, cols = y.shape
     shape = strips_shape(cols, x.shape[0] if trans_x else x.shape[1])
     n_strips = shape[0]

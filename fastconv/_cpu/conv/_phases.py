@@ -89,9 +89,9 @@ def _forward_phases(x, wt, b, has_bias, act, groups, kh, kw, sh, sw, dh, dw, pt,
 
 
 def _uses_phases(x, w, groups):
-    """A strided layer's products by phases (_forward_phases; on hosts without AVX-512, which take
-    _forward_by_taps): float32 with gemm32, and at least _MIN_CHANNELS_FOR_SHIFTED_GEMMS input
-    channels a group (each tap's GEMM has that K)."""
+    """A strided layer's products by phases (_forward_phases, on hosts without AVX-512: with it,
+    every strided float32 forward takes _forward_by_taps): float32 with gemm32, and at least
+    _MIN_CHANNELS_FOR_SHIFTED_GEMMS input channels a group (each tap's GEMM has that K)."""
     return _uses_gemm32(x) and w.shape[1] >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS
 
 
@@ -108,14 +108,15 @@ class _Phases:
         (sh, sw), (dh, dw) = stride, dilation
         hq = -(-(x.shape[2] + padding[0] + padding[1]) // sh)
         self.wq = -(-(x.shape[3] + padding[2] + padding[3]) // sw)
-        read = sorted({i * dh % sh * sw + j * dw % sw for i in range(kh) for j in range(kw)})
+        taps = [(i * dh, j * dw) for i in range(kh) for j in range(kw)]  # each tap's offset in the padded sample
+        phase = [i % sh * sw + j % sw for i, j in taps]
+        read = sorted(set(phase))
         self.slots = np.full(sh * sw, -1, np.int64)
         self.slots[read] = np.arange(len(read))
         row = hq * self.wq + (kw - 1) * dw // sw + pad
         self.xps = empty((threads, len(read), cg, row), x.dtype)
-        self.shifts = np.array([self.slots[i * dh % sh * sw + j * dw % sw] * cg * row
-                                + i * dh // sh * self.wq + j * dw // sw for i in range(kh) for j in range(kw)],
-                               np.int64)
+        self.shifts = np.array([self.slots[p] * cg * row + i // sh * self.wq + j // sw
+                                for p, (i, j) in zip(phase, taps)], np.int64)
 
 
 def _forward_by_phases(x, w, b, stride, padding, dilation, groups, oh, ow, act, y):
