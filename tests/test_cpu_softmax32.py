@@ -92,6 +92,26 @@ def test_exp_is_within_its_bound_across_the_whole_float32_range_it_serves():
     assert np.abs(out[~normal] - ref[~normal]).max() <= 0.9 * float(F32.smallest_subnormal)
 
 
+def test_exp_of_a_positive_shift():
+    """With AVX-512, loss.py may shift a row by less than its max (its label's logit, SURE_ROWS), so
+    x - m > 0: every 61st float32 in [0, 100] within the table form's 0.57 ulp up to exp's
+    overflow, and inf past it."""
+    from fastconv._cpu._vecmath import TARGET_AVX512
+
+    if not TARGET_AVX512:
+        pytest.skip("the AVX2 rows shift by the row's max: x - m <= 0")
+    z = np.arange(0, int(np.float32(100).view(np.uint32)) + 1, 61, dtype=np.uint32).view(np.float32)
+    out = np.empty_like(z)
+    for start in range(0, z.size, 1 << 20):
+        chunk = slice(start, start + (1 << 20))
+        _exp_sum(z[chunk], np.float32(0), out[chunk], 0)
+    with np.errstate(over="ignore"):
+        ref = np.exp(z.astype(np.float64))
+    finite = ref <= F32.max
+    assert _ulps(out[finite], ref[finite]).max() <= 0.57
+    assert np.isposinf(out[~finite]).all() and (~finite).sum() > 0
+
+
 def test_the_sum_depends_on_the_values_and_their_order_only():
     rng = np.random.default_rng(3)
     z = rng.standard_normal(1000).astype(np.float32)

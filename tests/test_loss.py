@@ -201,6 +201,48 @@ def test_cross_entropy_infinite_and_nan_logits_on_each_path(backend, classes):
             assert np.all(np.isnan(out[2])) and np.all(np.isfinite(out[:2]))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("classes", [5, 1000])
+def test_cross_entropy_rows_whose_label_logit_is_far_below_their_max(backend, classes, dtype):
+    """The cpu's AVX-512 rows shift each row by its label's logit when the row's exps allow it, else
+    by its max (loss.SURE_ROWS): rows whose largest logit is 0 to 1e30 past the label's, across where
+    that shift is given up (41.6, and the float32 exp's overflow at 88.7), alone and in runs longer
+    than the rows shifted by their max after a miss; and a label's logit of -inf (loss inf, the
+    gradient finite). Every backend, against float64, each probability above 1e-30 also to a
+    relative 1e-4 (the absolute tolerance alone would pass a wrong small one)."""
+    gaps = np.array([41.0, 41.7, 42.0, 43.0, 43.5, 44.0, 60.0, 88.0, 88.8, 89.0, 200.0, 1e30])
+    rng = np.random.default_rng(classes)
+    n = 80
+    gap = rng.uniform(0, 10, n)                 # rows 0-19, 40-79: the label's shift holds
+    gap[20:40] = rng.choice(gaps, 20)           # a run of misses, longer than SURE_ROWS
+    gap[[45, 63, 64, 79]] = gaps[[3, 11, 0, 9]]  # lone misses, one after a guessed row's window
+    z = rng.standard_normal((n, classes)) * 2
+    y = rng.integers(0, classes, n)
+    z[np.arange(n), y] = z.max(axis=1) - gap
+    if classes > 1:
+        z[np.arange(n), (y + 1) % classes] = z.max(axis=1)  # the max elsewhere than the label
+    z = z.astype(dtype).astype(np.float64)
+    args = on(backend, z.astype(dtype), y)
+    loss, grad = ops.softmax_cross_entropy_with_grad(*args)
+    loss2, probs = ops.softmax_cross_entropy_forward(*args)
+    assert to_numpy(loss) == to_numpy(loss2)
+    p64 = np.exp(log_softmax64(z))
+    assert_matches(loss, lambda z, y: cross_entropy64(z, y, None, 0.0), [z, y], dtype, what="loss")
+    assert_matches(probs, lambda z: np.exp(log_softmax64(z)), [z], dtype, what="probs")
+    assert_matches(grad, lambda z, y: cross_entropy_grad64(np.exp(log_softmax64(z)), y, None, 0.0), [z, y], dtype,
+                   what="dlogits")
+    above = p64 > 1e-30
+    np.testing.assert_allclose(to_numpy(probs)[above], p64[above], rtol=1e-4)
+    n_grad = cross_entropy_grad64(p64, y, None, 0.0) * n  # the per-row gradient p - onehot
+    np.testing.assert_allclose(to_numpy(grad)[above] * n, n_grad[above], rtol=1e-4, atol=1e-6)
+
+    z[7, y[7]] = -np.inf
+    loss, grad = ops.softmax_cross_entropy_with_grad(*on(backend, z.astype(dtype), y))
+    assert float(loss) == np.inf
+    p64 = np.exp(log_softmax64(z))
+    assert_matches(grad, lambda z, y: cross_entropy_grad64(p64, y, None, 0.0), [z, y], dtype, what="dlogits")
+
+
 @pytest.mark.slow
 def test_cross_entropy_rows_past_the_grid(native_backend):
     """More rows than the row kernel's 2048 blocks cover at once (a thread per row: 256 per block):

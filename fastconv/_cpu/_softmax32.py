@@ -1,12 +1,12 @@
 """A float32 softmax row in AVX-512 (or AVX2) pieces, for the cross-entropy rows of loss.py.
 
-A row's softmax p = e / s, with e = exp(z - max z) and s = sum e, and its cross-entropy gradient
-g = p * a - b, less t at the label (a, b, t: the loss's constants, _grad_row's formula), are
-computed from a buffer of e that stays in L1. Two passes over memory remain: reading z, writing
-g (or p). On a 1 GiB batch of 1000-class rows the fused op ran at 20 GB/s with vectorized Numba
-loops (43% of the copy ceiling) because its compute and its memory traffic took turns: the row's
-max pass waited on memory, then the exp pass computed with the memory idle, then the stores
-stalled the next row. Here:
+A row's softmax p = e / s, with e = exp(z - m) and s = sum e (m: the row's shift, its label's logit
+or its max, loss.SURE_ROWS), and its cross-entropy gradient g = p * a - b, less t at the label (a, b,
+t: the loss's constants, _grad_row's formula), are computed from a buffer of e that stays in L1.
+Two passes over memory remain: reading z, writing g (or p). On a 1 GiB batch of 1000-class rows
+the fused op ran at 20 GB/s with vectorized Numba loops (43% of the copy ceiling) because its
+compute and its memory traffic took turns: the row's max pass waited on memory, then the exp pass
+computed with the memory idle, then the stores stalled the next row. Here:
 
 - `row_exp_sum` computes e and its sum in one loop (the separate sum pass was ~10% of a row's
   compute) and prefetches the input `ahead` values on, one line per 16 values: the rows to come
@@ -32,7 +32,8 @@ from ._stream import LINE, _stream_line, prefetch_ir
 from ._vecmath import _exp16_nonpositive_ir, as_i64, broadcast, lanes_below, masked_load, masked_store, vector_at, \
     vector_sum_loop
 
-__all__ = ["SUM_CHUNK", "ROW_PREFETCH_AHEAD", "LINE_SCRATCH", "row_exp_sum", "store_row", "flush_line"]
+__all__ = ["SUM_CHUNK", "ROW_PREFETCH_AHEAD", "GUESSED_SUM_HIGH", "LINE_SCRATCH", "row_exp_sum", "store_row",
+           "flush_line"]
 
 SUM_CHUNK = 512            # values per float32 partial sum, here, in loss._chunked_sum and in _bce32
 ROW_PREFETCH_AHEAD = 2048  # values (8 KB, two 1000-class rows): 1024 and 4096 measured within noise
@@ -42,8 +43,15 @@ _LANES = LINE // 4
 LINE_SCRATCH = 2 * _LANES  # store_row's line: a masked vector store at any of its 16 lanes stays inside
 
 
+# With AVX-512, exp(x - m) may be taken at x - m > 0: loss.py shifts a row by its label's logit, a
+# guess it keeps only when the row's sum of exps is at most GUESSED_SUM_HIGH. The table exp is as
+# exact there (0.57 ulp) and gives inf past 88.7. (The AVX2 form's 2^k holds for x - m < 43.7 only;
+# the AVX2 rows shift by the max: a clamp and the guess measured level against the max pass there.)
+GUESSED_SUM_HIGH = 2.0 ** 60
+
+
 def _exp_shifted(builder, x, m):
-    """exp(x - m) of a <16 x float> with x - m <= 0; a NaN lane stays NaN."""
+    """exp(x - m) of a <16 x float> (x - m <= 0, or as above); a NaN lane stays NaN."""
     return _exp16_nonpositive_ir(builder, builder.fsub(x, broadcast(builder, m)))
 
 

@@ -5,8 +5,8 @@ and stores, broadcasts) the AVX-512 / AVX2 kernels of this package are written w
 
 Numba calls libm's scalar exp (PyPI's llvmlite has no SVML), which keeps sigmoid and softmax far
 from memory bandwidth. Two float32 exps, both 2^k * p(r) with 2^k built from its exponent bits (an
-LLVM bitcast), for x <= 0 only, which is all the callers need (exp(-|v|) in sigmoid, exp(z - max)
-in softmax):
+LLVM bitcast), for x <= 0, which is what the callers need (exp(-|v|) in sigmoid, exp(z - max) in
+softmax; _softmax32's rows also take x > 0 with the AVX-512 form, where it is as exact):
 - exp_nonpositive, a Numba function (Cody-Waite reduction, the Cephes expf polynomial, about 2 ulp;
   0 below -87.3, where 2^k would leave the normal numbers) whose loops LLVM vectorizes: the
   portable loops' (_activation.sigmoid, loss.py's cross-entropy and BCE rows);

@@ -1,4 +1,4 @@
-"""Losses on the CPU: one fused parallel Numba pass per cross-entropy row (max, sum of exp, probs,
+"""Losses on the CPU: one fused parallel Numba pass per cross-entropy row (shift, sum of exp, probs,
 the row's loss), parallel chunked sums for BCE and MSE, then the mean in float64 in a fixed order
 (the chunking depends on the input size only, not on the thread count, so results are
 reproducible). Math: csrc/kernels/loss.cuh."""
@@ -9,7 +9,8 @@ from ._bce32 import bce_sum
 from ._memory import empty, empty_like
 from ._parallel import run
 from ._stream import SPAN, align_skip, should_stream, store_fence
-from ._softmax32 import LINE_SCRATCH, ROW_PREFETCH_AHEAD, SUM_CHUNK, flush_line, row_exp_sum, store_row
+from ._softmax32 import GUESSED_SUM_HIGH, LINE_SCRATCH, ROW_PREFETCH_AHEAD, SUM_CHUNK, flush_line, row_exp_sum, \
+    store_row
 from . import _vecmath
 from ._vecmath import exp_nonpositive, log1p_unit, maxnum
 
@@ -180,16 +181,44 @@ def _streamed_rows(stream, grad, has_weight, smoothing):
     return stream and not (grad and has_weight and smoothing != 0.0)
 
 
+# A row's shift m need not be its max: softmax(z) = softmax(z - m) for any m, as long as the exps
+# stay finite and their sum s stays where 1 / s is a normal float32. The SIMD rows first try the
+# label's logit z_y, one load, where the max costs a pass over the row (1 GiB of 1000-class rows,
+# fused, two threads, the Zen 4 host, three process pairs: 38.8-40.1 -> 43.8-44.7 GB/s). Where z_y
+# is the row's max (a confident, right row) every bit is the max shift's; otherwise the loss is at
+# least log 2, so computing it as log s, without the max, costs it no relative accuracy. (The max of
+# the row's first 16 logits, tried in session 24, lost that accuracy on confident rows.) The guess
+# holds when 1/2 <= s <= GUESSED_SUM_HIGH (s >= 1 up to rounding, as exp(z_y - z_y) is 1): then
+# z - z_y < 41.6 everywhere. Otherwise (a row whose largest logit is 41.6 past its label's, inf or
+# NaN) the row is redone from its max, and so are the task's next SURE_ROWS rows: a batch of such
+# rows pays one pass in SURE_ROWS + 1 extra, not one in each row. AVX-512 only (_softmax32's
+# GUESSED_SUM_HIGH); with AVX2 it measured level (30.1-30.5 against 30.6-31.4 GB/s).
+SURE_ROWS = 16
+
+
+@njit(inline="always")
+def _shift_and_exp_sum(exp_sum, row, y, e, guess):
+    """(m, s, missed): the row's shift m, e = exp(row - m) and s = sum e in float64. With `guess`, m
+    is row[y] if that shift holds (see above), else max(row) and `missed` is True."""
+    if guess:
+        m = row[y]
+        s = exp_sum(row, m, e, ROW_PREFETCH_AHEAD)
+        if 0.5 <= s <= GUESSED_SUM_HIGH:
+            return m, s, False
+    m = _row_max(row)
+    return m, exp_sum(row, m, e, ROW_PREFETCH_AHEAD), guess
+
+
 @njit(inline="always")
 def _cross_entropy_rows_body(exp_sum, write_row, z, labels, weight, has_weight, smoothing, probs, row_loss,
-                             row_weight, grad, label_weight_sum, class_weight_sum, stream, skip):
+                             row_weight, grad, label_weight_sum, class_weight_sum, stream, skip, guess_shift):
     """Each row's loss, and probs = softmax(z); with grad, `probs` receives dloss/dz instead (the
     fused forward + backward: the row is still in cache, so the gradient costs no memory pass).
     The row's exps go to a buffer of the task's own (the gradient computed in place, p into p,
     failed LLVM's runtime overlap check and ran scalar), then out by write_row.
-    exp_sum(row, m, e, ahead) computes e = exp(row - m) and returns its sum; write_row writes the
-    row's gradient or probs into the flat output (streamed when `stream`, skip =
-    _stream.align_skip of it)."""
+    exp_sum(row, m, e, ahead) computes e = exp(row - m) and returns its sum (with guess_shift, also
+    where row - m > 0: see SURE_ROWS); write_row writes the row's gradient or probs into the flat
+    output (streamed when `stream`, skip = _stream.align_skip of it)."""
     n, classes = z.shape
     out = probs.reshape(-1)
     share = smoothing / classes
@@ -204,16 +233,18 @@ def _cross_entropy_rows_body(exp_sum, write_row, z, labels, weight, has_weight, 
         consts = np.empty(3, probs.dtype)
         line = np.empty(LINE_SCRATCH, probs.dtype)
         first, end = t * rows_per_task, min(n, (t + 1) * rows_per_task)
+        sure_until = first  # rows before it are shifted by their max
         for i in range(first, end):
             row = z[i]
-            m = _row_max(row)
-            s = exp_sum(row, m, exps, ROW_PREFETCH_AHEAD)
             y = labels[i]
+            m, s, missed = _shift_and_exp_sum(exp_sum, row, y, exps, guess_shift and i >= sure_until)
+            if missed:
+                sure_until = i + SURE_ROWS
             write_row(exps, out, i * classes, y, grad, 1.0 / s, weight, has_weight, smoothing, share, label_weight_sum,
                       class_weight_sum, consts, stream, skip, line, first * classes)
             log_s = np.log(s)
             wy = weight[y] if has_weight else 1.0
-            r = (1.0 - smoothing) * wy * (log_s - (row[y] - m))
+            r = (1.0 - smoothing) * wy * (log_s - (np.float64(row[y]) - m))
             if smoothing != 0.0:  # (sum_c w_c (-log p_c): nonnegative terms, past big iff the dtype's sum is)
                 r += share * _in_range(w_total * log_s - _row_weighted_shift(row, m, weight, has_weight), big)
             row_loss[i] = _in_range(r, big)  # (both terms >= 0: past big iff one of them or their sum is)
@@ -227,7 +258,7 @@ def _cross_entropy_rows_body(exp_sum, write_row, z, labels, weight, has_weight, 
 def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
                         label_weight_sum, class_weight_sum):
     _cross_entropy_rows_body(_exp_sum_portable, _write_row_portable, z, labels, weight, has_weight, smoothing, probs,
-                             row_loss, row_weight, grad, label_weight_sum, class_weight_sum, False, 0)
+                             row_loss, row_weight, grad, label_weight_sum, class_weight_sum, False, 0, False)
 
 
 # Compiled only when called, i.e. on AVX-512 or AVX2 hosts (elsewhere LLVM could not emit it). Outputs
@@ -238,7 +269,8 @@ def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_los
 def _cross_entropy_rows_simd(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
                                label_weight_sum, class_weight_sum, stream, skip):
     _cross_entropy_rows_body(row_exp_sum, _write_row_simd, z, labels, weight, has_weight, smoothing, probs,
-                             row_loss, row_weight, grad, label_weight_sum, class_weight_sum, stream, skip)
+                             row_loss, row_weight, grad, label_weight_sum, class_weight_sum, stream, skip,
+                             _vecmath.TARGET_AVX512)
 
 
 @njit(cache=True)
