@@ -3,7 +3,8 @@ polynomial form, _EXP_TABLE_POLYNOMIAL of the table form) and checks the exp.
 
     python tools/fit_exp_polynomial.py            # the fit: prints the coefficients and their error
     python tools/fit_exp_polynomial.py --table    # the table form's degree-3 fit
-    python tools/fit_exp_polynomial.py --check    # every float32 z in [-110, 0] through the kernel
+    python tools/fit_exp_polynomial.py --check    # every float32 z in [-110, 0] (AVX-512: and
+                                                  # [0, 88.7]) through the kernel
 
 The fit: e^r ~ 1 + r + c2 r^2 + ... + c6 r^6 on |r| <= ln2/2 (plus a margin for k's rounding),
 minimax in ulps of the float32 result (an ulp is 2^-24 below 1 and 2^-23 above, so the error
@@ -19,7 +20,9 @@ weighs alike), in units of 2^-24, by the same greedy rounding.
 
 The check runs the real kernel (row_exp_sum with m = 0, the host's AVX-512 or AVX2 form) on
 every float32 in [-110, 0] and prints the largest error in ulps of the float64 exp (normal
-results) and in smallest subnormals (the others). About 20 s on two Zen 4 cores.
+results) and in smallest subnormals (the others); with AVX-512 also on every float32 from 0 to the
+last whose exp is finite (88.72: the cross-entropy rows shifted by the label's logit take z > 0),
+and checks inf past it to 100. About 20 + 20 s on two Zen 4 cores.
 """
 import argparse
 import time
@@ -86,27 +89,46 @@ def check():
         for i in prange(z.size // 4096):
             row_exp_sum(z[i * 4096:(i + 1) * 4096], np.float32(0), out[i * 4096:(i + 1) * 4096], 0)
 
-    first, last = 0x80000000, int(np.float32(-110).view(np.uint32))
-    worst, worst_at, worst_subnormal, t0 = 0.0, None, 0.0, time.time()
-    for start in range(first, last + 1, 1 << 24):
-        bits = np.arange(start, min(start + (1 << 24), last + 1), dtype=np.uint32)
-        z = np.concatenate([bits, np.full(-bits.size % 4096, first, np.uint32)]).view(np.float32)
-        out = np.empty_like(z)
-        kernel_exp(z, out)
-        ref = np.exp(z.astype(np.float64))
-        normal = ref > tiny
-        ulps = np.abs(out[normal] - ref[normal]) / np.spacing(ref[normal].astype(np.float32))
-        if ulps.size and ulps.max() > worst:
-            worst, worst_at = float(ulps.max()), float(z[normal][ulps.argmax()])
-        if (~normal).any():
-            worst_subnormal = max(worst_subnormal, float(np.abs(out[~normal] - ref[~normal]).max() / subnormal))
-    print(f"{_vecmath.ISA}: max {worst:.4f} ulp (at z = {worst_at!r}); subnormal results within "
-          f"{worst_subnormal:.3f} x the smallest subnormal; {time.time() - t0:.0f} s")
+    def run(first, last):
+        """exp of every float32 whose bits lie in [first, last]: (worst ulps, where, worst subnormal)."""
+        worst, worst_at, worst_subnormal = 0.0, None, 0.0
+        for start in range(first, last + 1, 1 << 24):
+            bits = np.arange(start, min(start + (1 << 24), last + 1), dtype=np.uint32)
+            z = np.concatenate([bits, np.full(-bits.size % 4096, first, np.uint32)]).view(np.float32)
+            out = np.empty_like(z)
+            kernel_exp(z, out)
+            ref = np.exp(z.astype(np.float64))
+            normal = ref > tiny
+            ulps = np.abs(out[normal] - ref[normal]) / np.spacing(ref[normal].astype(np.float32))
+            if ulps.size and ulps.max() > worst:
+                worst, worst_at = float(ulps.max()), float(z[normal][ulps.argmax()])
+            if (~normal).any():
+                worst_subnormal = max(worst_subnormal, float(np.abs(out[~normal] - ref[~normal]).max() / subnormal))
+        return worst, worst_at, worst_subnormal
+
+    t0 = time.time()
+    worst, worst_at, worst_subnormal = run(0x80000000, int(np.float32(-110).view(np.uint32)))
+    print(f"{_vecmath.ISA}, z in [-110, 0]: max {worst:.4f} ulp (at z = {worst_at!r}); subnormal results "
+          f"within {worst_subnormal:.3f} x the smallest subnormal; {time.time() - t0:.0f} s")
+    if _vecmath.TARGET_AVX512:  # loss.py's rows shifted by the label's logit take z > 0 (_softmax32)
+        t0 = time.time()
+        largest = np.float32(np.log(np.finfo(np.float32).max))  # the last z whose exp is finite, or near it
+        with np.errstate(over="ignore"):
+            while np.isinf(np.exp(np.float64(largest)).astype(np.float32)):
+                largest = np.nextafter(largest, np.float32(0))
+        worst, worst_at, _ = run(0, int(largest.view(np.uint32)))
+        past = np.arange(int(largest.view(np.uint32)) + 1, int(np.float32(100).view(np.uint32)) + 1, dtype=np.uint32)
+        past = np.concatenate([past, np.full(-past.size % 4096, past[-1], np.uint32)]).view(np.float32)
+        out = np.empty_like(past)
+        kernel_exp(past, out)
+        infinite = bool(np.isposinf(out).all())
+        print(f"{_vecmath.ISA}, z in [0, {largest!r}]: max {worst:.4f} ulp (at z = {worst_at!r}); "
+              f"inf past it to 100: {infinite}; {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="every float32 z in [-110, 0] through the kernel "
+    parser.add_argument("--check", action="store_true", help="every float32 z in [-110, 0] (and [0, 88.7]) through the kernel "
                                                              "instead of the fit (~20 s)")
     parser.add_argument("--table", action="store_true", help="the table form's degree-3 fit")
     args = parser.parse_args()
