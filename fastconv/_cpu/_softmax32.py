@@ -56,24 +56,23 @@ def _exp_shifted(builder, x, m):
 
 
 @intrinsic
-def _exp_shift_sum(typingctx, src, i, m, dst, j, count, ahead):
-    """dst[j : j + count] = exp(src[i : i + count] - m) for 1-D C-contiguous float32 arrays; returns the
-    float32 sum of those values, by vector_sum_loop: the last count % 16 values by masked loads and
-    stores. Each whole vector also prefetches src[i + k + ahead] (any address: a prefetch never
-    faults)."""
-    arrays, indices = (src, dst), (i, j, count, ahead)
+def _exp_shift_sum(typingctx, src, m, dst, count, ahead):
+    """dst[:count] = exp(src[:count] - m) for 1-D C-contiguous float32 arrays; returns their sum in
+    float64: the float32 sums of SUM_CHUNK values at a time (vector_sum_loop's, the last count % 16
+    values of a chunk by masked loads and stores) added in order. Each whole vector also prefetches
+    src[k + ahead] (any address: a prefetch never faults)."""
     if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32 and a.layout == "C"
-                for a in arrays) and m == types.float32 and all(isinstance(x, types.Integer) for x in indices)):
+                for a in (src, dst)) and m == types.float32
+            and all(isinstance(x, types.Integer) for x in (count, ahead))):
         return None
 
     def codegen(context, builder, signature, args):
-        source, target = (context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 3))
-        src0 = builder.gep(source.data, [as_i64(builder, args[1])])
-        dst0 = builder.gep(target.data, [as_i64(builder, args[4])])
+        source, target = (context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 2))
         loop = _exp_shift_sum_function(builder.module)
-        return builder.call(loop, [src0, args[2], dst0, as_i64(builder, args[5]), as_i64(builder, args[6])])
+        return builder.call(loop, [source.data, args[1], target.data, as_i64(builder, args[3]),
+                                   as_i64(builder, args[4])])
 
-    return types.float32(src, i, m, dst, j, count, ahead), codegen
+    return types.float64(src, m, dst, count, ahead), codegen
 
 
 def _exp_shift_sum_function(module):
@@ -82,33 +81,58 @@ def _exp_shift_sum_function(module):
     store_row, the loss's scalars, ...) then cannot push the exp's constants out of registers.
     Inlined into the fused cross-entropy kernel, its loop reloaded 7 of them from memory on every
     vector (broadcast operands). A/B of the fused op on 1 GiB of 1000-class rows, old and new in
-    alternating processes: 30.1, 33.3, 34.6 against 34.3, 36.4, 37.0 GB/s; the bits are the same."""
+    alternating processes: 30.1, 33.3, 34.6 against 34.3, 36.4, 37.0 GB/s; the bits are the same.
+    A row's chunks loop inside it: one call a row, not one a chunk."""
     name = "fastconv_exp_shift_sum"
     try:
         return module.get_global(name)
     except KeyError:
         pass
-    f32, pointer = ir.FloatType(), ir.FloatType().as_pointer()
+    f32, f64, pointer = ir.FloatType(), ir.DoubleType(), ir.FloatType().as_pointer()
     i64 = ir.IntType(64)
-    fn = ir.Function(module, ir.FunctionType(f32, [pointer, f32, pointer, i64, i64]), name)
+    fn = ir.Function(module, ir.FunctionType(f64, [pointer, f32, pointer, i64, i64]), name)
     fn.linkage = "internal"
     fn.attributes.add("noinline")
     fn.attributes.add("nounwind")
     src0, m, dst0, count, ahead = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    entry = builder.block
+    chunks, done = fn.append_basic_block("chunks"), fn.append_basic_block("done")
+    zero = ir.Constant(f64, 0.0)
+    builder.cbranch(builder.icmp_signed(">", count, ir.Constant(i64, 0)), chunks, done)
+
+    builder.position_at_end(chunks)
+    start, total = builder.phi(i64), builder.phi(f64)
+    left = builder.sub(count, start)
+    size = builder.select(builder.icmp_signed("<", left, ir.Constant(i64, SUM_CHUNK)), left,
+                          ir.Constant(i64, SUM_CHUNK))
+    src, dst = builder.gep(src0, [start]), builder.gep(dst0, [start])
 
     def exps(k, mask):
-        z_at, e_at = vector_at(builder, src0, k), vector_at(builder, dst0, k)
+        z_at, e_at = vector_at(builder, src, k), vector_at(builder, dst, k)
         if mask is None:
             e = _exp_shifted(builder, builder.load(z_at, align=4), m)
             builder.store(e, e_at, align=4)
-            prefetch_ir(builder, builder.gep(src0, [builder.add(k, ahead)]))
+            prefetch_ir(builder, builder.gep(src, [builder.add(k, ahead)]))
         else:
             e = _exp_shifted(builder, masked_load(builder, z_at, mask), m)
             masked_store(builder, e, e_at, mask)
         return e
 
-    builder.ret(vector_sum_loop(builder, count, exps, "exp_sum"))
+    total_next = builder.fadd(total, builder.fpext(vector_sum_loop(builder, size, exps, "exp_sum"), f64))
+    start_next = builder.add(start, ir.Constant(i64, SUM_CHUNK))
+    chunk_end = builder.block  # (vector_sum_loop added blocks: the one the chunk loop repeats from)
+    start.add_incoming(ir.Constant(i64, 0), entry)
+    start.add_incoming(start_next, chunk_end)
+    total.add_incoming(zero, entry)
+    total.add_incoming(total_next, chunk_end)
+    builder.cbranch(builder.icmp_signed("<", start_next, count), chunks, done)
+
+    builder.position_at_end(done)
+    result = builder.phi(f64)
+    result.add_incoming(zero, entry)
+    result.add_incoming(total_next, chunk_end)
+    builder.ret(result)
     return fn
 
 
@@ -116,10 +140,7 @@ def _exp_shift_sum_function(module):
 def row_exp_sum(row, m, e, ahead):
     """e[:row.size] = exp(row - m) and returns its sum in float64 (the chunks' float32 sums, in
     order); prefetches the input `ahead` values past each vector."""
-    s = 0.0
-    for start in range(0, row.size, SUM_CHUNK):
-        s += _exp_shift_sum(row, start, m, e, start, min(SUM_CHUNK, row.size - start), ahead)
-    return s
+    return _exp_shift_sum(row, m, e, row.size, ahead)
 
 
 def _store16_intrinsic(mode, labelled):
