@@ -92,24 +92,33 @@ def test_exp_is_within_its_bound_across_the_whole_float32_range_it_serves():
     assert np.abs(out[~normal] - ref[~normal]).max() <= 0.9 * float(F32.smallest_subnormal)
 
 
-def test_exp_of_a_positive_shift():
+def test_the_guessed_exp_of_any_positive_shift():
     """With AVX-512, loss.py may shift a row by less than its max (its label's logit, SURE_ROWS), so
-    x - m > 0: every 61st float32 in [0, 100] within the table form's 0.57 ulp up to exp's
-    overflow, and inf past it."""
+    x - m > 0, by row_exp_sum_guessed: every 61st float32 from 0 to inf within the table form's
+    0.57 ulp up to exp's overflow and inf past it (the table's rounding trick alone gave 0 at
+    66735172 and -inf from ~4.6e7 on); the same bits as row_exp_sum below the overflow; a NaN
+    lane NaN or inf (either fails the guess)."""
+    from fastconv._cpu._softmax32 import row_exp_sum_guessed
     from fastconv._cpu._vecmath import TARGET_AVX512
 
     if not TARGET_AVX512:
         pytest.skip("the AVX2 rows shift by the row's max: x - m <= 0")
-    z = np.arange(0, int(np.float32(100).view(np.uint32)) + 1, 61, dtype=np.uint32).view(np.float32)
-    out = np.empty_like(z)
-    for start in range(0, z.size, 1 << 20):
-        chunk = slice(start, start + (1 << 20))
-        _exp_sum(z[chunk], np.float32(0), out[chunk], 0)
+    guessed = njit(lambda row, m, out: row_exp_sum_guessed(row, m, out, 0))
+    z = np.arange(0, int(np.float32(np.inf).view(np.uint32)) + 1, 61, dtype=np.uint32).view(np.float32)
+    z = np.concatenate([z, np.float32([66735172.0, np.inf, np.nan, -np.nan, -1.0, -200.0])])
+    out, exact = np.empty_like(z), np.empty_like(z)
+    for start in range(0, z.size, 1 << 22):
+        chunk = slice(start, start + (1 << 22))
+        guessed(z[chunk], np.float32(0), out[chunk])
+        _exp_sum(z[chunk], np.float32(0), exact[chunk], 0)
     with np.errstate(over="ignore"):
         ref = np.exp(z.astype(np.float64))
-    finite = ref <= F32.max
+    finite = ref <= F32.max  # (False for the NaNs)
     assert _ulps(out[finite], ref[finite]).max() <= 0.57
-    assert np.isposinf(out[~finite]).all() and (~finite).sum() > 0
+    np.testing.assert_array_equal(out[finite], exact[finite])
+    assert np.isposinf(out[~finite & ~np.isnan(z)]).all() and (~finite).sum() > 1000
+    assert all(np.isnan(v) or np.isposinf(v) for v in out[np.isnan(z)])
+    assert np.isnan(exact[np.isnan(z)]).all()
 
 
 def test_the_sum_depends_on_the_values_and_their_order_only():

@@ -205,17 +205,19 @@ def test_cross_entropy_infinite_and_nan_logits_on_each_path(backend, classes):
 @pytest.mark.parametrize("classes", [5, 1000])
 def test_cross_entropy_rows_whose_label_logit_is_far_below_their_max(backend, classes, dtype):
     """The cpu's AVX-512 rows shift each row by its label's logit when the row's exps allow it, else
-    by its max (loss.SURE_ROWS): rows whose largest logit is 0 to 1e30 past the label's, across where
-    that shift is given up (41.6, and the float32 exp's overflow at 88.7), alone and in runs longer
-    than the rows shifted by their max after a miss; and a label's logit of -inf (loss inf, the
-    gradient finite). Every backend, against float64, each probability above 1e-30 also to a
-    relative 1e-4 (the absolute tolerance alone would pass a wrong small one)."""
-    gaps = np.array([41.0, 41.7, 42.0, 43.0, 43.5, 44.0, 60.0, 88.0, 88.8, 89.0, 200.0, 1e30])
+    by its max (loss.SURE_ROWS): rows whose largest logit (two classes tie there) is 0 to 1e30 past
+    the label's, across where that shift is given up (~15.2 with the tie; 41.6, the bound it first
+    had; the float32 exp's overflow at 88.7; 66735172, where the table exp alone gave 0), alone and in
+    runs longer than the rows shifted by their max after a miss; and a label's logit of -inf (loss
+    inf, the gradient finite). Every backend, against float64; each probability above 1e-30 also to a
+    relative 1e-4 (the absolute tolerance alone would pass a wrong small one), those above 0.01 to
+    1e-6 (with the 2^60 bound, the float32 rounding of z_c - z_y put 2e-6 on them)."""
+    gaps = np.array([8.0, 14.9, 15.2, 15.5, 20.0, 35.0, 41.0, 41.7, 60.0, 88.8, 89.0, 200.0, 66735172.0, 1e30])
     rng = np.random.default_rng(classes)
     n = 80
-    gap = rng.uniform(0, 10, n)                 # rows 0-19, 40-79: the label's shift holds
+    gap = rng.uniform(0, 8, n)                  # rows 0-19, 40-79: the label's shift holds
     gap[20:40] = rng.choice(gaps, 20)           # a run of misses, longer than SURE_ROWS
-    gap[[45, 63, 64, 79]] = gaps[[3, 11, 0, 9]]  # lone misses, one after a guessed row's window
+    gap[[45, 62, 63, 79]] = gaps[[3, 12, 5, 13]]  # lone misses, one in the rows after a miss
     z = rng.standard_normal((n, classes)) * 2
     y = rng.integers(0, classes, n)
     z[np.arange(n), y] = z.max(axis=1) - gap
@@ -233,6 +235,8 @@ def test_cross_entropy_rows_whose_label_logit_is_far_below_their_max(backend, cl
                    what="dlogits")
     above = p64 > 1e-30
     np.testing.assert_allclose(to_numpy(probs)[above], p64[above], rtol=1e-4)
+    large = p64 > 0.01
+    np.testing.assert_allclose(to_numpy(probs)[large], p64[large], rtol=1e-6)
     n_grad = cross_entropy_grad64(p64, y, None, 0.0) * n  # the per-row gradient p - onehot
     np.testing.assert_allclose(to_numpy(grad)[above] * n, n_grad[above], rtol=1e-4, atol=1e-6)
 
@@ -241,6 +245,17 @@ def test_cross_entropy_rows_whose_label_logit_is_far_below_their_max(backend, cl
     assert float(loss) == np.inf
     p64 = np.exp(log_softmax64(z))
     assert_matches(grad, lambda z, y: cross_entropy_grad64(p64, y, None, 0.0), [z, y], dtype, what="dlogits")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_of_a_logit_far_past_the_labels(backend, dtype):
+    """A review's case: a logit 66735172 past the label's, where the table exp (without the guessed
+    rows' clamp) gave exp 0, so the label's shift held and the loss came out 0."""
+    z = np.array([[0.0, 66735172.0], [1.0, 66735172.0], [0.5, 66735172.0]])
+    y = np.array([0, 0, 1])
+    loss, probs = ops.softmax_cross_entropy_forward(*on(backend, z.astype(dtype), y))
+    assert float(loss) == pytest.approx((66735172.0 + 66735171.0) / 3, rel=1e-6)
+    np.testing.assert_array_equal(to_numpy(probs), [[0, 1], [0, 1], [0, 1]])
 
 
 @pytest.mark.slow

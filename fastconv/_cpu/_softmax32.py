@@ -24,6 +24,7 @@ computed with the memory idle, then the stores stalled the next row. Here:
 The sum is the chunks' float32 sums (at most SUM_CHUNK values each, 16 lanes added in a fixed
 tree) added in float64: the order is fixed by the row length alone. Both need AVX-512F, or AVX2 with FMA.
 """
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
@@ -32,50 +33,67 @@ from ._stream import LINE, _stream_line, prefetch_ir
 from ._vecmath import _exp16_nonpositive_ir, as_i64, broadcast, lanes_below, masked_load, masked_store, vector_at, \
     vector_sum_loop
 
-__all__ = ["SUM_CHUNK", "ROW_PREFETCH_AHEAD", "GUESSED_SUM_HIGH", "LINE_SCRATCH", "row_exp_sum", "store_row",
-           "flush_line"]
+__all__ = ["SUM_CHUNK", "ROW_PREFETCH_AHEAD", "GUESSED_SUM_HIGH", "LINE_SCRATCH", "row_exp_sum",
+           "row_exp_sum_guessed", "store_row", "flush_line"]
 
 SUM_CHUNK = 512            # values per float32 partial sum, here, in loss._chunked_sum and in _bce32
 ROW_PREFETCH_AHEAD = 2048  # values (8 KB, two 1000-class rows): 1024 and 4096 measured within noise
 
 _I32 = ir.IntType(32)
+_V16I = ir.VectorType(_I32, 16)
 _LANES = LINE // 4
 LINE_SCRATCH = 2 * _LANES  # store_row's line: a masked vector store at any of its 16 lanes stays inside
 
 
-# With AVX-512, exp(x - m) may be taken at x - m > 0: loss.py shifts a row by its label's logit, a
-# guess it keeps only when the row's sum of exps is at most GUESSED_SUM_HIGH. The table exp is as
-# exact there (0.57 ulp) and gives inf past 88.7. (The AVX2 form's 2^k holds for x - m < 43.7 only;
-# the AVX2 rows shift by the max: a clamp and the guess measured level against the max pass there.)
-GUESSED_SUM_HIGH = 2.0 ** 60
+# With AVX-512, loss.py shifts a row by its label's logit when the row's sum of exps s is at most
+# GUESSED_SUM_HIGH, so x - m may be > 0: the table exp is as exact there (0.57 ulp). Its rounding
+# trick fails far past exp's overflow (x - m = 66735172 gave 0, others -inf), so the guessed rows'
+# loop (row_exp_sum_guessed) first takes x - m past 89 to 89 (exp: inf, failing the guess), by
+# vpminsd on the bits: a positive float orders as its int32 bits, a negative one's are negative,
+# and a NaN becomes 89 or stays NaN, either way failing the guess. (The AVX2 form's 2^k holds for
+# x - m < 43.7 only; the AVX2 rows shift by the max: the guess measured level against the max pass.)
+GUESSED_SUM_HIGH = 2.0 ** 23
+_OVERFLOW_BITS = int(np.float32(89.0).view(np.int32))
 
 
-def _exp_shifted(builder, x, m):
-    """exp(x - m) of a <16 x float> (x - m <= 0, or as above); a NaN lane stays NaN."""
-    return _exp16_nonpositive_ir(builder, builder.fsub(x, broadcast(builder, m)))
+def _exp_shifted(builder, x, m, guessed):
+    """exp(x - m) of a <16 x float>: x - m <= 0 or NaN (a NaN lane stays NaN), or with `guessed`
+    any x - m as above."""
+    a = builder.fsub(x, broadcast(builder, m))
+    if guessed:
+        bits = builder.bitcast(a, _V16I)
+        limit = ir.Constant(_V16I, [_OVERFLOW_BITS] * 16)
+        a = builder.bitcast(builder.select(builder.icmp_signed("<", bits, limit), bits, limit), a.type)
+    return _exp16_nonpositive_ir(builder, a)
 
 
-@intrinsic
-def _exp_shift_sum(typingctx, src, m, dst, count, ahead):
-    """dst[:count] = exp(src[:count] - m) for 1-D C-contiguous float32 arrays; returns their sum in
-    float64: the float32 sums of SUM_CHUNK values at a time (vector_sum_loop's, the last count % 16
-    values of a chunk by masked loads and stores) added in order. Each whole vector also prefetches
-    src[k + ahead] (any address: a prefetch never faults)."""
-    if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32 and a.layout == "C"
-                for a in (src, dst)) and m == types.float32
-            and all(isinstance(x, types.Integer) for x in (count, ahead))):
-        return None
+def _exp_shift_sum_intrinsic(guessed):
+    def typer(typingctx, src, m, dst, count, ahead):
+        if not (all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32 and a.layout == "C"
+                    for a in (src, dst)) and m == types.float32
+                and all(isinstance(x, types.Integer) for x in (count, ahead))):
+            return None
 
-    def codegen(context, builder, signature, args):
-        source, target = (context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 2))
-        loop = _exp_shift_sum_function(builder.module)
-        return builder.call(loop, [source.data, args[1], target.data, as_i64(builder, args[3]),
-                                   as_i64(builder, args[4])])
+        def codegen(context, builder, signature, args):
+            source, target = (context.make_array(signature.args[k])(context, builder, args[k]) for k in (0, 2))
+            loop = _exp_shift_sum_function(builder.module, guessed)
+            return builder.call(loop, [source.data, args[1], target.data, as_i64(builder, args[3]),
+                                       as_i64(builder, args[4])])
 
-    return types.float64(src, m, dst, count, ahead), codegen
+        return types.float64(src, m, dst, count, ahead), codegen
+
+    return intrinsic(typer)
 
 
-def _exp_shift_sum_function(module):
+# dst[:count] = exp(src[:count] - m) for 1-D C-contiguous float32 arrays; returns their sum in
+# float64: the float32 sums of SUM_CHUNK values at a time (vector_sum_loop's, the last count % 16
+# values of a chunk by masked loads and stores) added in order. Each whole vector also prefetches
+# src[k + ahead] (any address: a prefetch never faults). `_guessed`: x - m past 89 taken as 89.
+_exp_shift_sum = _exp_shift_sum_intrinsic(False)
+_exp_shift_sum_guessed = _exp_shift_sum_intrinsic(True)
+
+
+def _exp_shift_sum_function(module, guessed):
     """The loop of _exp_shift_sum as a function of its own in `module` (defined once per module),
     never inlined: its caller's other live values (a row kernel keeps the store constants of
     store_row, the loss's scalars, ...) then cannot push the exp's constants out of registers.
@@ -83,7 +101,7 @@ def _exp_shift_sum_function(module):
     vector (broadcast operands). A/B of the fused op on 1 GiB of 1000-class rows, old and new in
     alternating processes: 30.1, 33.3, 34.6 against 34.3, 36.4, 37.0 GB/s; the bits are the same.
     A row's chunks loop inside it: one call a row, not one a chunk."""
-    name = "fastconv_exp_shift_sum"
+    name = "fastconv_exp_shift_sum_guessed" if guessed else "fastconv_exp_shift_sum"
     try:
         return module.get_global(name)
     except KeyError:
@@ -111,11 +129,11 @@ def _exp_shift_sum_function(module):
     def exps(k, mask):
         z_at, e_at = vector_at(builder, src, k), vector_at(builder, dst, k)
         if mask is None:
-            e = _exp_shifted(builder, builder.load(z_at, align=4), m)
+            e = _exp_shifted(builder, builder.load(z_at, align=4), m, guessed)
             builder.store(e, e_at, align=4)
             prefetch_ir(builder, builder.gep(src, [builder.add(k, ahead)]))
         else:
-            e = _exp_shifted(builder, masked_load(builder, z_at, mask), m)
+            e = _exp_shifted(builder, masked_load(builder, z_at, mask), m, guessed)
             masked_store(builder, e, e_at, mask)
         return e
 
@@ -141,6 +159,13 @@ def row_exp_sum(row, m, e, ahead):
     """e[:row.size] = exp(row - m) and returns its sum in float64 (the chunks' float32 sums, in
     order); prefetches the input `ahead` values past each vector."""
     return _exp_shift_sum(row, m, e, row.size, ahead)
+
+
+@njit(inline="always")
+def row_exp_sum_guessed(row, m, e, ahead):
+    """row_exp_sum for a shift m that may be below the row's max (GUESSED_SUM_HIGH): the same bits
+    where row - m <= 89, inf past it (a NaN lane: NaN or inf)."""
+    return _exp_shift_sum_guessed(row, m, e, row.size, ahead)
 
 
 def _store16_intrinsic(mode, labelled):

@@ -10,7 +10,7 @@ from ._memory import empty, empty_like
 from ._parallel import run
 from ._stream import SPAN, align_skip, should_stream, store_fence
 from ._softmax32 import GUESSED_SUM_HIGH, LINE_SCRATCH, ROW_PREFETCH_AHEAD, SUM_CHUNK, flush_line, row_exp_sum, \
-    store_row
+    row_exp_sum_guessed, store_row
 from . import _vecmath
 from ._vecmath import exp_nonpositive, log1p_unit, maxnum
 
@@ -182,27 +182,32 @@ def _streamed_rows(stream, grad, has_weight, smoothing):
 
 
 # A row's shift m need not be its max: softmax(z) = softmax(z - m) for any m, as long as the exps
-# stay finite and their sum s stays where 1 / s is a normal float32. The SIMD rows first try the
-# label's logit z_y, one load, where the max costs a pass over the row (1 GiB of 1000-class rows,
-# fused, two threads, the Zen 4 host, three process pairs: 38.8-40.1 -> 43.8-44.7 GB/s). Where z_y
-# is the row's max (a confident, right row) every bit is the max shift's; otherwise the loss is at
-# least log 2, so computing it as log s, without the max, costs it no relative accuracy. (The max of
-# the row's first 16 logits, tried in session 24, lost that accuracy on confident rows.) The guess
-# holds when 1/2 <= s <= GUESSED_SUM_HIGH (s >= 1 up to rounding, as exp(z_y - z_y) is 1): then
-# z - z_y < 41.6 everywhere. Otherwise (a row whose largest logit is 41.6 past its label's, inf or
-# NaN) the row is redone from its max, and so are the task's next SURE_ROWS rows: a batch of such
-# rows pays one pass in SURE_ROWS + 1 extra, not one in each row. AVX-512 only (_softmax32's
-# GUESSED_SUM_HIGH); with AVX2 it measured level (30.1-30.5 against 30.6-31.4 GB/s).
+# stay finite and their sum s stays where 1 / s is a normal float32. The AVX-512 rows first try the
+# label's logit z_y, one load, where the max costs a pass over the row. Where z_y is the row's max
+# (a confident, right row) every bit is the max shift's; otherwise the loss is at least log 2, so
+# computing it as log s, without the max, costs it no relative accuracy. (The max of the row's first
+# 16 logits, tried in session 24, lost that accuracy on confident rows.) The guess holds when
+# 1/2 <= s <= GUESSED_SUM_HIGH = 2^23 (s >= 1 up to rounding, as exp(z_y - z_y) is 1). The bound is
+# for accuracy: each exp's argument z_c - m is rounded to float32, by up to half an ulp of
+# |z_c - m|, and a class above the label has z_c - z_y <= log s < 16, so its probability's error
+# from that is at most 2^-21 relative; a class below it, no more than with the max shift. (A first
+# bound of 2^60 let classes near the max bear up to 2^-19, as a review found.) A row past the bound
+# (a logit 16 past its label's, or fewer where many are near; inf; NaN) is redone from its max, and
+# so are the task's next SURE_ROWS rows: a batch of such rows pays one pass in SURE_ROWS + 1 extra,
+# not one in each row. 1000-class rows, fused, 2 threads, the Zen 4 host, three process pairs, at
+# 1 GiB: 38.8-40.1 -> 43.8-44.7 GB/s with the first bound and no clamp (_softmax32); with both, in
+# L3 on one thread, 21.7-22.0 -> 20.1-20.4 cycles per 16 values. With AVX2 the guess measured level
+# (30.1-30.5 against 30.6-31.4 GB/s): the max there.
 SURE_ROWS = 16
 
 
 @njit(inline="always")
-def _shift_and_exp_sum(exp_sum, row, y, e, guess):
+def _shift_and_exp_sum(exp_sum, guessed_exp_sum, row, y, e, guess):
     """(m, s, missed): the row's shift m, e = exp(row - m) and s = sum e in float64. With `guess`, m
     is row[y] if that shift holds (see above), else max(row) and `missed` is True."""
     if guess:
         m = row[y]
-        s = exp_sum(row, m, e, ROW_PREFETCH_AHEAD)
+        s = guessed_exp_sum(row, m, e, ROW_PREFETCH_AHEAD)
         if 0.5 <= s <= GUESSED_SUM_HIGH:
             return m, s, False
     m = _row_max(row)
@@ -210,15 +215,16 @@ def _shift_and_exp_sum(exp_sum, row, y, e, guess):
 
 
 @njit(inline="always")
-def _cross_entropy_rows_body(exp_sum, write_row, z, labels, weight, has_weight, smoothing, probs, row_loss,
-                             row_weight, grad, label_weight_sum, class_weight_sum, stream, skip, guess_shift):
+def _cross_entropy_rows_body(exp_sum, guessed_exp_sum, write_row, z, labels, weight, has_weight, smoothing, probs,
+                             row_loss, row_weight, grad, label_weight_sum, class_weight_sum, stream, skip,
+                             guess_shift):
     """Each row's loss, and probs = softmax(z); with grad, `probs` receives dloss/dz instead (the
     fused forward + backward: the row is still in cache, so the gradient costs no memory pass).
     The row's exps go to a buffer of the task's own (the gradient computed in place, p into p,
     failed LLVM's runtime overlap check and ran scalar), then out by write_row.
-    exp_sum(row, m, e, ahead) computes e = exp(row - m) and returns its sum (with guess_shift, also
-    where row - m > 0: see SURE_ROWS); write_row writes the row's gradient or probs into the flat
-    output (streamed when `stream`, skip = _stream.align_skip of it)."""
+    exp_sum(row, m, e, ahead) computes e = exp(row - m) and returns its sum, guessed_exp_sum the
+    same for a guessed shift (guess_shift: see SURE_ROWS); write_row writes the row's gradient or
+    probs into the flat output (streamed when `stream`, skip = _stream.align_skip of it)."""
     n, classes = z.shape
     out = probs.reshape(-1)
     share = smoothing / classes
@@ -237,9 +243,9 @@ def _cross_entropy_rows_body(exp_sum, write_row, z, labels, weight, has_weight, 
         for i in range(first, end):
             row = z[i]
             y = labels[i]
-            m, s, missed = _shift_and_exp_sum(exp_sum, row, y, exps, guess_shift and i >= sure_until)
+            m, s, missed = _shift_and_exp_sum(exp_sum, guessed_exp_sum, row, y, exps, guess_shift and i >= sure_until)
             if missed:
-                sure_until = i + SURE_ROWS
+                sure_until = i + 1 + SURE_ROWS
             write_row(exps, out, i * classes, y, grad, 1.0 / s, weight, has_weight, smoothing, share, label_weight_sum,
                       class_weight_sum, consts, stream, skip, line, first * classes)
             log_s = np.log(s)
@@ -257,8 +263,9 @@ def _cross_entropy_rows_body(exp_sum, write_row, z, labels, weight, has_weight, 
 @njit(parallel=True, cache=True)
 def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
                         label_weight_sum, class_weight_sum):
-    _cross_entropy_rows_body(_exp_sum_portable, _write_row_portable, z, labels, weight, has_weight, smoothing, probs,
-                             row_loss, row_weight, grad, label_weight_sum, class_weight_sum, False, 0, False)
+    _cross_entropy_rows_body(_exp_sum_portable, _exp_sum_portable, _write_row_portable, z, labels, weight, has_weight,
+                             smoothing, probs, row_loss, row_weight, grad, label_weight_sum, class_weight_sum, False,
+                             0, False)
 
 
 # Compiled only when called, i.e. on AVX-512 or AVX2 hosts (elsewhere LLVM could not emit it). Outputs
@@ -268,9 +275,9 @@ def _cross_entropy_rows(z, labels, weight, has_weight, smoothing, probs, row_los
 @njit(parallel=True, cache=True)
 def _cross_entropy_rows_simd(z, labels, weight, has_weight, smoothing, probs, row_loss, row_weight, grad,
                                label_weight_sum, class_weight_sum, stream, skip):
-    _cross_entropy_rows_body(row_exp_sum, _write_row_simd, z, labels, weight, has_weight, smoothing, probs,
-                             row_loss, row_weight, grad, label_weight_sum, class_weight_sum, stream, skip,
-                             _vecmath.TARGET_AVX512)
+    _cross_entropy_rows_body(row_exp_sum, row_exp_sum_guessed, _write_row_simd, z, labels, weight, has_weight,
+                             smoothing, probs, row_loss, row_weight, grad, label_weight_sum, class_weight_sum, stream,
+                             skip, _vecmath.TARGET_AVX512)
 
 
 @njit(cache=True)
