@@ -93,7 +93,7 @@ def test_exp_is_within_its_bound_across_the_whole_float32_range_it_serves():
 
 
 def test_the_guessed_exp_of_any_positive_shift():
-    """With AVX-512, loss.py may shift a row by less than its max (its label's logit, SURE_ROWS), so
+    """With AVX-512, loss.py may shift a row by less than its max (its label's logit, GUESS_BLOCK), so
     x - m > 0, by row_exp_sum_guessed: every 61st float32 from 0 to inf within the table form's
     0.57 ulp up to exp's overflow and inf past it (the table's rounding trick alone gave 0 at
     66735172 and -inf from ~4.6e7 on); the same bits as row_exp_sum below the overflow; a NaN
@@ -119,6 +119,31 @@ def test_the_guessed_exp_of_any_positive_shift():
     assert np.isposinf(out[~finite & ~np.isnan(z)]).all() and (~finite).sum() > 1000
     assert all(np.isnan(v) or np.isposinf(v) for v in out[np.isnan(z)])
     assert np.isnan(exact[np.isnan(z)]).all()
+
+
+def test_forward_and_fused_losses_agree_where_only_the_forward_streams():
+    """A review's case: with a class weight and label smoothing the fused op does not stream its
+    output and splits the rows into smaller tasks than the forward, which streams (an output past
+    the last-level cache). A miss at row 62 then made the forward take row 65's max (its task's
+    next rows after a miss) and the fused op its label's logit (a new task's first row): losses 1 ulp
+    apart. With loss.GUESS_BLOCK's aligned blocks every row's shift is the same in both."""
+    import fastconv
+    from fastconv import ops
+
+    classes = 1000
+    n = max(8400, _stream._STREAM_FROM // (4 * classes) + 16)  # the forward's output is streamed
+    z = np.full((n, classes), -200.0, np.float32)
+    y = np.zeros(n, np.int64)
+    z[:, 0] = 0.0                   # the label's logit: loss ~0 on every row
+    z[62, 1] = 20.0                 # a miss (s = e^20 > 2^23)
+    z[65] = np.random.default_rng(5).standard_normal(classes).astype(np.float32)
+    z[65, 0] = -4.0
+    z[100, 1] = np.float32(-2.9097745)  # the review's value: the two means on either side of a rounding
+    w = np.ones(classes, np.float32)
+    with fastconv.use_backend("cpu"):
+        forward, _ = ops.softmax_cross_entropy_forward(z, y, w, 1e-30)
+        fused, _ = ops.softmax_cross_entropy_with_grad(z, y, w, 1e-30)
+    assert float(forward) == float(fused)
 
 
 def test_the_sum_depends_on_the_values_and_their_order_only():

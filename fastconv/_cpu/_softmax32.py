@@ -1,7 +1,7 @@
 """A float32 softmax row in AVX-512 (or AVX2) pieces, for the cross-entropy rows of loss.py.
 
 A row's softmax p = e / s, with e = exp(z - m) and s = sum e (m: the row's shift, its label's logit
-or its max, loss.SURE_ROWS), and its cross-entropy gradient g = p * a - b, less t at the label (a, b,
+or its max, loss.GUESS_BLOCK), and its cross-entropy gradient g = p * a - b, less t at the label (a, b,
 t: the loss's constants, _grad_row's formula), are computed from a buffer of e that stays in L1.
 Two passes over memory remain: reading z, writing g (or p). On a 1 GiB batch of 1000-class rows
 the fused op ran at 20 GB/s with vectorized Numba loops (43% of the copy ceiling) because its

@@ -186,19 +186,26 @@ def _streamed_rows(stream, grad, has_weight, smoothing):
 # label's logit z_y, one load, where the max costs a pass over the row. Where z_y is the row's max
 # (a confident, right row) every bit is the max shift's; otherwise the loss is at least log 2, so
 # computing it as log s, without the max, costs it no relative accuracy. (The max of the row's first
-# 16 logits, tried in session 24, lost that accuracy on confident rows.) The guess holds when
-# 1/2 <= s <= GUESSED_SUM_HIGH = 2^23 (s >= 1 up to rounding, as exp(z_y - z_y) is 1). The bound is
-# for accuracy: each exp's argument z_c - m is rounded to float32, by up to half an ulp of
-# |z_c - m|, and a class above the label has z_c - z_y <= log s < 16, so its probability's error
-# from that is at most 2^-21 relative; a class below it, no more than with the max shift. (A first
-# bound of 2^60 let classes near the max bear up to 2^-19, as a review found.) A row past the bound
-# (a logit 16 past its label's, or fewer where many are near; inf; NaN) is redone from its max, and
-# so are the task's next SURE_ROWS rows: a batch of such rows pays one pass in SURE_ROWS + 1 extra,
-# not one in each row. 1000-class rows, fused, 2 threads, the Zen 4 host, three process pairs, at
-# 1 GiB: 38.8-40.1 -> 43.8-44.7 GB/s with the first bound and no clamp (_softmax32); with both, in
-# L3 on one thread, 21.7-22.0 -> 20.1-20.4 cycles per 16 values. With AVX2 the guess measured level
-# (30.1-30.5 against 30.6-31.4 GB/s): the max there.
-SURE_ROWS = 16
+# 16 logits, tried in session 24, lost that accuracy on confident rows.) The guess holds when 1/2 <=
+# s <= GUESSED_SUM_HIGH = 2^23 (s >= 1 up to rounding, as exp(z_y - z_y) is 1). The bound is for
+# accuracy: each exp's argument z_c - m is rounded to float32, by up to half an ulp of |z_c - m|,
+# and a class above the label has z_c - z_y <= log s < 16, so its probability's error from that is
+# at most 2^-21 relative; a class below it, no more than with the max shift. (A first bound of 2^60
+# let classes near the max bear up to 2^-19, as a review found.) A row past the bound (a logit 16
+# past its label's, or fewer where many are near; inf; NaN) is redone from its max, and so are the
+# rest of its block: the rows i // GUESS_BLOCK names, each block in one task (a batch of such rows
+# pays one pass in GUESS_BLOCK extra, not one in each row). Blocks, not "the next rows", because the
+# forward and the fused op split the rows into tasks differently where only one of them streams (a
+# weighted, smoothed gradient), and each row's shift must be the same in both: their losses are the
+# same bits (a review found them 1 ulp apart with a per-task window). 1000-class rows, fused, 2
+# threads, the Zen 4 host, three process pairs, at 1 GiB: 38.8-40.1 -> 43.8-44.7 GB/s with the first
+# bound and no clamp (_softmax32); with both, in L3 on one thread, 21.7-22.0 -> 20.1-20.4 cycles per
+# 16 values. With AVX2 the guess measured level (30.1-30.5 against 30.6-31.4 GB/s): the max there.
+# The accuracy this costs, measured by a review over 400k rows with the label 8-15.5 below the top:
+# probabilities above 0.01 within 1.15e-6 relative of float64, against 4.4e-7 with the max shift
+# (each p = e_c / s carries the rounding of its own and the largest class's argument, up to 2^-21
+# each); over all probabilities the worst is the max shift's (2.0e-6 both).
+GUESS_BLOCK = 16
 
 
 @njit(inline="always")
@@ -223,7 +230,7 @@ def _cross_entropy_rows_body(exp_sum, guessed_exp_sum, write_row, z, labels, wei
     The row's exps go to a buffer of the task's own (the gradient computed in place, p into p,
     failed LLVM's runtime overlap check and ran scalar), then out by write_row.
     exp_sum(row, m, e, ahead) computes e = exp(row - m) and returns its sum, guessed_exp_sum the
-    same for a guessed shift (guess_shift: see SURE_ROWS); write_row writes the row's gradient or
+    same for a guessed shift (guess_shift: see GUESS_BLOCK); write_row writes the row's gradient or
     probs into the flat output (streamed when `stream`, skip = _stream.align_skip of it)."""
     n, classes = z.shape
     out = probs.reshape(-1)
@@ -233,19 +240,20 @@ def _cross_entropy_rows_body(exp_sum, guessed_exp_sum, write_row, z, labels, wei
     if smoothing != 0.0:
         w_total = _in_range(_row_sum(weight), big) if has_weight else float(classes)
     stream = _streamed_rows(stream, grad, has_weight, smoothing)
-    rows_per_task = _rows_per_task(classes, stream)
+    rows_per_task = -(-_rows_per_task(classes, stream) // GUESS_BLOCK) * GUESS_BLOCK  # whole blocks
     for t in prange((n + rows_per_task - 1) // rows_per_task):
         exps = np.empty(classes, probs.dtype)
         consts = np.empty(3, probs.dtype)
         line = np.empty(LINE_SCRATCH, probs.dtype)
         first, end = t * rows_per_task, min(n, (t + 1) * rows_per_task)
-        sure_until = first  # rows before it are shifted by their max
+        block_missed = False
         for i in range(first, end):
             row = z[i]
             y = labels[i]
-            m, s, missed = _shift_and_exp_sum(exp_sum, guessed_exp_sum, row, y, exps, guess_shift and i >= sure_until)
-            if missed:
-                sure_until = i + 1 + SURE_ROWS
+            if i % GUESS_BLOCK == 0:
+                block_missed = False
+            m, s, missed = _shift_and_exp_sum(exp_sum, guessed_exp_sum, row, y, exps, guess_shift and not block_missed)
+            block_missed = block_missed or missed
             write_row(exps, out, i * classes, y, grad, 1.0 / s, weight, has_weight, smoothing, share, label_weight_sum,
                       class_weight_sum, consts, stream, skip, line, first * classes)
             log_s = np.log(s)
