@@ -212,7 +212,7 @@ def test_cross_entropy_rows_whose_label_logit_is_far_below_their_max(backend, cl
     inf, the gradient finite). Every backend, against float64; each probability above 1e-30 also to a
     relative 1e-4 (the absolute tolerance alone would pass a wrong small one), those above 0.01 to
     1.5e-6 (the bound loss.py states; with the 2^60 bound the float32 rounding of z_c - z_y put up
-    to 3.7e-6 on them), two of the review's worst rows among them."""
+    to 3.7e-6 on them: rows built to show it), two of the review's worst rows among them."""
     gaps = np.array([8.0, 14.9, 15.2, 15.5, 20.0, 35.0, 41.0, 41.7, 60.0, 88.8, 89.0, 200.0, 66735172.0, 1e30])
     rng = np.random.default_rng(classes)
     n = 80
@@ -224,11 +224,23 @@ def test_cross_entropy_rows_whose_label_logit_is_far_below_their_max(backend, cl
     z[np.arange(n), y] = z.max(axis=1) - gap
     if classes > 1:
         z[np.arange(n), (y + 1) % classes] = z.max(axis=1)  # the max elsewhere than the label
-    if classes == 5:  # a review's rows with the largest error on a probability above 0.01 (~1.1e-6)
+    if classes == 5:
+        # a review's rows with the largest error on a probability above 0.01 (~1.1e-6)
         worst = [[-2.4003491, 12.6532135, 8.622743], [-3.723701, 9.840259, 5.7423544, 5.5537453]]
         for row, values in zip((2, 3), worst):
             z[row] = -300.0
             z[row, :len(values)], y[row] = values, 0
+        # rows 48-51 (before block 3's misses): two top classes and the label 33-40 below, where the
+        # float32 rounding of z_c - z_y alone puts > 2e-6 on a probability above 0.01 (the shift the
+        # 2^60 bound let through; 2^23 sends them to the max)
+        picked = 48
+        while picked < 52:
+            top = rng.uniform(-1, 1)
+            row = np.float32([top, top - rng.uniform(0.2, 1.5), top - rng.uniform(33, 40), -300, -300])
+            d = (row - row[2]).astype(np.float64)  # the float32 differences, then exact math
+            p_shift, p_exact = np.exp(d) / np.exp(d).sum(), np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+            if np.max(np.abs(p_shift - p_exact)[:2] / p_exact[:2]) > 2e-6:
+                z[picked], y[picked], picked = row, 2, picked + 1
     z = z.astype(dtype).astype(np.float64)
     args = on(backend, z.astype(dtype), y)
     loss, grad = ops.softmax_cross_entropy_with_grad(*args)
