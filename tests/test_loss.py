@@ -202,7 +202,7 @@ def test_cross_entropy_infinite_and_nan_logits_on_each_path(backend, classes):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("classes", [5, 1000])
+@pytest.mark.parametrize("classes", [5, 1000, 5000])  # (5000: past SPAN / GUESS_BLOCK, blocks of one row)
 def test_cross_entropy_rows_whose_label_logit_is_far_below_their_max(backend, classes, dtype):
     """The cpu's AVX-512 rows shift each row by its label's logit when the row's exps allow it, else
     by its max (loss.GUESS_BLOCK): rows whose largest logit (two classes tie there) is 0 to 1e30 past

@@ -209,6 +209,15 @@ GUESS_BLOCK = 16
 
 
 @njit(inline="always")
+def _guess_block(classes):
+    """Rows a block (above): GUESS_BLOCK, or 1 for rows of more than SPAN / GUESS_BLOCK values, whose
+    tasks (SPAN values' worth) would otherwise grow to GUESS_BLOCK rows and leave threads idle on a
+    small batch of long rows (16 rows of 50,000 classes: one task). By the row length alone, so the
+    same for every split."""
+    return GUESS_BLOCK if classes <= SPAN // GUESS_BLOCK else 1
+
+
+@njit(inline="always")
 def _shift_and_exp_sum(exp_sum, guessed_exp_sum, row, y, e, guess):
     """(m, s, missed): the row's shift m, e = exp(row - m) and s = sum e in float64. With `guess`, m
     is row[y] if that shift holds (see above), else max(row) and `missed` is True."""
@@ -240,7 +249,8 @@ def _cross_entropy_rows_body(exp_sum, guessed_exp_sum, write_row, z, labels, wei
     if smoothing != 0.0:
         w_total = _in_range(_row_sum(weight), big) if has_weight else float(classes)
     stream = _streamed_rows(stream, grad, has_weight, smoothing)
-    rows_per_task = -(-_rows_per_task(classes, stream) // GUESS_BLOCK) * GUESS_BLOCK  # whole blocks
+    block = _guess_block(classes)
+    rows_per_task = -(-_rows_per_task(classes, stream) // block) * block  # whole blocks
     for t in prange((n + rows_per_task - 1) // rows_per_task):
         exps = np.empty(classes, probs.dtype)
         consts = np.empty(3, probs.dtype)
@@ -250,7 +260,7 @@ def _cross_entropy_rows_body(exp_sum, guessed_exp_sum, write_row, z, labels, wei
         for i in range(first, end):
             row = z[i]
             y = labels[i]
-            if i % GUESS_BLOCK == 0:
+            if i % block == 0:
                 block_missed = False
             m, s, missed = _shift_and_exp_sum(exp_sum, guessed_exp_sum, row, y, exps, guess_shift and not block_missed)
             block_missed = block_missed or missed
