@@ -30,8 +30,8 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from ._stream import LINE, _stream_line, prefetch_ir
-from ._vecmath import _exp16_nonpositive_ir, as_i64, broadcast, lanes_below, masked_load, masked_store, vector_at, \
-    vector_sum_loop
+from ._vecmath import _V16I, _exp16_nonpositive_ir, as_i64, broadcast, lanes_below, masked_load, masked_store, \
+    vector_at, vector_sum_loop
 
 __all__ = ["SUM_CHUNK", "ROW_PREFETCH_AHEAD", "GUESSED_SUM_HIGH", "LINE_SCRATCH", "row_exp_sum",
            "row_exp_sum_guessed", "store_row", "flush_line"]
@@ -40,7 +40,6 @@ SUM_CHUNK = 512            # values per float32 partial sum, here, in loss._chun
 ROW_PREFETCH_AHEAD = 2048  # values (8 KB, two 1000-class rows): 1024 and 4096 measured within noise
 
 _I32 = ir.IntType(32)
-_V16I = ir.VectorType(_I32, 16)
 _LANES = LINE // 4
 LINE_SCRATCH = 2 * _LANES  # store_row's line: a masked vector store at any of its 16 lanes stays inside
 
