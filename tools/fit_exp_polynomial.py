@@ -20,9 +20,9 @@ weighs alike), in units of 2^-24, by the same greedy rounding.
 
 The check runs the real kernel (row_exp_sum with m = 0, the host's AVX-512 or AVX2 form) on
 every float32 in [-110, 0] and prints the largest error in ulps of the float64 exp (normal
-results) and in smallest subnormals (the others); with AVX-512 also on every float32 from 0 to the
-last whose exp is finite (88.72: the cross-entropy rows shifted by the label's logit take z > 0),
-and checks inf past it to 100. About 20 + 20 s on two Zen 4 cores.
+results) and in smallest subnormals (the others); with AVX-512 also, through row_exp_sum_guessed
+(the loop of the cross-entropy rows shifted by the label's logit, which take z > 0), every float32
+from 0 to the last whose exp is finite (88.72), and checks inf past it to 100. About 20 + 20 s on two Zen 4 cores.
 """
 import argparse
 import time
@@ -80,23 +80,24 @@ def check():
     from numba import njit, prange
 
     from fastconv._cpu import _vecmath
-    from fastconv._cpu._softmax32 import row_exp_sum
+    from fastconv._cpu._softmax32 import row_exp_sum, row_exp_sum_guessed
 
     tiny, subnormal = np.finfo(np.float32).tiny, np.finfo(np.float32).smallest_subnormal
 
     @njit(parallel=True)
-    def kernel_exp(z, out):
+    def kernel_exp(exp_sum, z, out):
         for i in prange(z.size // 4096):
-            row_exp_sum(z[i * 4096:(i + 1) * 4096], np.float32(0), out[i * 4096:(i + 1) * 4096], 0)
+            exp_sum(z[i * 4096:(i + 1) * 4096], np.float32(0), out[i * 4096:(i + 1) * 4096], 0)
 
-    def run(first, last):
-        """exp of every float32 whose bits lie in [first, last]: (worst ulps, where, worst subnormal)."""
+    def run(first, last, exp_sum=row_exp_sum):
+        """exp of every float32 whose bits lie in [first, last] by `exp_sum`'s loop: (worst ulps,
+        where, worst subnormal)."""
         worst, worst_at, worst_subnormal = 0.0, None, 0.0
         for start in range(first, last + 1, 1 << 24):
             bits = np.arange(start, min(start + (1 << 24), last + 1), dtype=np.uint32)
             z = np.concatenate([bits, np.full(-bits.size % 4096, first, np.uint32)]).view(np.float32)
             out = np.empty_like(z)
-            kernel_exp(z, out)
+            kernel_exp(exp_sum, z, out)
             ref = np.exp(z.astype(np.float64))
             normal = ref > tiny
             ulps = np.abs(out[normal] - ref[normal]) / np.spacing(ref[normal].astype(np.float32))
@@ -110,17 +111,17 @@ def check():
     worst, worst_at, worst_subnormal = run(0x80000000, int(np.float32(-110).view(np.uint32)))
     print(f"{_vecmath.ISA}, z in [-110, 0]: max {worst:.4f} ulp (at z = {worst_at!r}); subnormal results "
           f"within {worst_subnormal:.3f} x the smallest subnormal; {time.time() - t0:.0f} s")
-    if _vecmath.TARGET_AVX512:  # loss.py's rows shifted by the label's logit take z > 0 (_softmax32)
+    if _vecmath.TARGET_AVX512:  # loss.py's rows shifted by the label's logit take z > 0, by their own loop
         t0 = time.time()
         largest = np.float32(np.log(np.finfo(np.float32).max))  # the last z whose exp is finite, or near it
         with np.errstate(over="ignore"):
             while np.isinf(np.exp(np.float64(largest)).astype(np.float32)):
                 largest = np.nextafter(largest, np.float32(0))
-        worst, worst_at, _ = run(0, int(largest.view(np.uint32)))
+        worst, worst_at, _ = run(0, int(largest.view(np.uint32)), row_exp_sum_guessed)
         past = np.arange(int(largest.view(np.uint32)) + 1, int(np.float32(100).view(np.uint32)) + 1, dtype=np.uint32)
         past = np.concatenate([past, np.full(-past.size % 4096, past[-1], np.uint32)]).view(np.float32)
         out = np.empty_like(past)
-        kernel_exp(past, out)
+        kernel_exp(row_exp_sum_guessed, past, out)
         infinite = bool(np.isposinf(out).all())
         print(f"{_vecmath.ISA}, z in [0, {largest!r}]: max {worst:.4f} ulp (at z = {worst_at!r}); "
               f"inf past it to 100: {infinite}; {time.time() - t0:.0f} s")
@@ -128,8 +129,8 @@ def check():
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="every float32 z in [-110, 0] (and [0, 88.7]) through the kernel "
-                                                             "instead of the fit (~20 s)")
+    parser.add_argument("--check", action="store_true", help="every float32 z in [-110, 0] (and [0, 88.7]) through "
+                                                             "the kernel instead of the fit (~20 s each)")
     parser.add_argument("--table", action="store_true", help="the table form's degree-3 fit")
     args = parser.parse_args()
     if args.check:
