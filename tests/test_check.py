@@ -9,11 +9,13 @@ from helpers import on
 INT64 = np.iinfo(np.int64)
 
 
-@pytest.mark.parametrize("n", [1, 2, 511, 512, 513, 1025, 65536, 65537, 100_003, (1 << 20) + 1, 1024 * 16384 + 3])
+@pytest.mark.parametrize("n", [1, 2, 511, 512, 513, 1025, 65536, 65537, 100_003, (1 << 18) - 1, 1 << 18,
+                               (1 << 20) + 1, 1024 * 16384 + 3])
 def test_range_of_any_length(backend, n):
     # Lengths around the block's 512 threads and its tree, one a thread strides many times, around
     # the one-block limit of 65536 values (then slices of 16384 and a second launch), and past the
-    # 1024-block cap (longer slices).
+    # 1024-block cap (longer slices); on cpu, around the length from which tasks of 65536 values
+    # run on the threads (check.PARALLEL_FROM = 2^18), a last task of one value among them.
     a = np.random.default_rng(n).integers(-(10**6), 10**6, n)
     assert value_range(on(backend, a), backend) == (int(a.min()), int(a.max()))
 
@@ -29,10 +31,10 @@ def test_a_constant_array(backend):
     assert value_range(on(backend, np.full(777, -3, np.int64)), backend) == (-3, -3)
 
 
-@pytest.mark.parametrize("n", [65537, 100_003])
+@pytest.mark.parametrize("n", [65537, 100_003, (1 << 18) + 1])
 @pytest.mark.parametrize("where", ["first", "last"])
 def test_extremes_in_any_slice(backend, n, where):
-    # the extremes in the first or the last block's slice, and the rest of the array between them
+    # the extremes in the first or the last block's slice (cpu: task), and the rest between them
     a = np.random.default_rng(n).integers(-5, 5, n)
     at = slice(0, 2) if where == "first" else slice(n - 2, n)
     a[at] = [INT64.max, INT64.min]
