@@ -181,30 +181,22 @@ def _streamed_rows(stream, grad, has_weight, smoothing):
     return stream and not (grad and has_weight and smoothing != 0.0)
 
 
-# A row's shift m need not be its max: softmax(z) = softmax(z - m) for any m, as long as the exps
-# stay finite and their sum s stays where 1 / s is a normal float32. The AVX-512 rows first try the
-# label's logit z_y, one load, where the max costs a pass over the row. Where z_y is the row's max
-# (a confident, right row) every bit is the max shift's; otherwise the loss is at least log 2, so
-# computing it as log s, without the max, costs it no relative accuracy. (The max of the row's first
-# 16 logits, tried in session 24, lost that accuracy on confident rows.) The guess holds when 1/2 <=
-# s <= GUESSED_SUM_HIGH = 2^23 (s >= 1 up to rounding, as exp(z_y - z_y) is 1). The bound is for
-# accuracy: each exp's argument z_c - m is rounded to float32, by up to half an ulp of |z_c - m|,
-# and a class above the label has z_c - z_y <= log s < 16, so its probability's error from that is
-# at most 2^-21 relative; a class below it, no more than with the max shift. (A first bound of 2^60
-# let classes near the max bear up to 2^-19, as a review found.) A row past the bound (a logit 16
-# past its label's, or fewer where many are near; inf; NaN) is redone from its max, and so are the
-# rest of its block: the rows i // GUESS_BLOCK names, each block in one task (a batch of such rows
-# pays one pass in GUESS_BLOCK extra, not one in each row). Blocks, not "the next rows", because the
-# forward and the fused op split the rows into tasks differently where only one of them streams (a
-# weighted, smoothed gradient), and each row's shift must be the same in both: their losses are the
-# same bits (a review found them 1 ulp apart with a per-task window). 1000-class rows, fused, 2
-# threads, the Zen 4 host, three process pairs, at 1 GiB: 38.8-40.1 -> 43.8-44.7 GB/s with the first
-# bound and no clamp (_softmax32); with both, in L3 on one thread, 21.7-22.0 -> 20.1-20.4 cycles per
-# 16 values. With AVX2 the guess measured level (30.1-30.5 against 30.6-31.4 GB/s): the max there.
-# The accuracy this costs, measured by a review over 400k rows with the label 8-15.5 below the top:
-# probabilities above 0.01 within 1.15e-6 relative of float64, against 4.4e-7 with the max shift
-# (each p = e_c / s carries the rounding of its own and the largest class's argument, up to 2^-21
-# each); over all probabilities the worst is the max shift's (2.0e-6 both).
+# The shift. softmax(z) = softmax(z - m) for any m that keeps the exps finite and 1 / s a normal
+# float32 (s = sum exp(z - m)). The AVX-512 rows first try m = z_y, the label's logit (one load),
+# instead of the max (a pass over the row):
+# - where z_y is the max (a confident, right row), every bit is the max shift's;
+# - otherwise the loss is at least log 2, and log s keeps its relative accuracy.
+# The guess holds when 1/2 <= s <= GUESSED_SUM_HIGH = 2^23. That bound is for accuracy: z_c - m is
+# rounded to float32, and a class above the label has z_c - z_y <= log s < 16, so its probability
+# errs by at most 2^-21 relative from that (probabilities above 0.01 measured within 1.15e-6 of
+# float64, 4.4e-7 with the max shift). A row that misses (a logit ~16 past its label's, inf, NaN) is
+# redone from its max, and so is the rest of its block of rows (i // GUESS_BLOCK; tasks hold whole
+# blocks): a batch of such rows pays one extra pass in GUESS_BLOCK. Blocks, not "the rows after a
+# miss": a row's shift must not depend on how the rows are split into tasks, which differs between
+# the forward and the fused op where only one of them streams, and their losses must be the same
+# bits. AVX2 keeps the max (the guess measured level there). The measurements and the two reviews
+# behind each choice: benchmarks/HISTORY.md, twenty-seventh session (1 GiB of 1000-class rows,
+# fused, 2 threads: 38.8-40.1 -> 43.8-44.7 GB/s).
 GUESS_BLOCK = 16
 
 
