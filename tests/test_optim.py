@@ -218,6 +218,37 @@ def test_adam_foreach_is_adam_step_on_each_tensor_bit_for_bit(backend, sizes, se
             assert to_numpy(a).tobytes() == to_numpy(b).tobytes(), f"{name}[{k}]"
 
 
+# Sizes the cpu backend runs in calls of their own (from 2^16 values: 65536, 70000) among small ones it
+# groups 8 to a call (16 of them: two groups and a part), some of several of its tasks of 2^14 values.
+MIXED_SIZES = [70000, 3, 16385, 0, 65535, 65536, 1] + [2] * 9
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_foreach_of_large_and_small_tensors_against_the_reference(backend, dtype):
+    # every value updated by its own tensor's step, wherever the backend runs it
+    rng = np.random.default_rng(11)
+    starts = [rng.standard_normal(n) for n in MIXED_SIZES]
+    grads = [rng.standard_normal((2, n)) for n in MIXED_SIZES]
+    adam = dict(lr=0.02, beta1=0.3, weight_decay=0.05, decoupled=True)
+    sgd = dict(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)
+    params, ms, vs, sgd_params, velocities = ([on(backend, a.astype(dtype)) for a in arrays] for arrays in (
+        starts, [np.zeros(n) for n in MIXED_SIZES], [np.zeros(n) for n in MIXED_SIZES], starts,
+        [np.zeros(n) for n in MIXED_SIZES]))
+    for step in (1, 2):
+        g = [on(backend, a[step - 1].astype(dtype)) for a in grads]
+        ops.adam_step_foreach(params, g, ms, vs, [step] * len(g), **adam)
+        ops.sgd_step_foreach(sgd_params, g, velocities, **sgd)
+    full_adam = {"beta2": 0.999, "eps": 1e-8, **adam}
+    full_sgd = {**sgd}
+    for k, n in enumerate(MIXED_SIZES):
+        for i, (name, state) in enumerate([("param", params[k]), ("m", ms[k]), ("v", vs[k])]):
+            assert_matches(state, lambda p0, gs: torch_adam(p0, gs, **full_adam)[i], [starts[k], grads[k]], dtype,
+                           what=f"Adam's {name} of tensor {k} ({n} values)")
+        for i, (name, state) in enumerate([("param", sgd_params[k]), ("velocity", velocities[k])]):
+            assert_matches(state, lambda p0, gs: torch_sgd(p0, gs, **full_sgd)[i], [starts[k], grads[k]], dtype,
+                           what=f"SGD's {name} of tensor {k} ({n} values)")
+
+
 def test_adam_foreach_checks_every_tensor_before_it_updates_any(backend):
     ops.adam_step_foreach([], [], [], [], [], lr=0.1)  # nothing to do
     params = [on(backend, np.zeros(4, np.float32)) for _ in range(3)]
