@@ -5,12 +5,12 @@ by fastconv.ops.optim. Math: csrc/kernels/optim.cuh.
 A foreach step takes the small tensors FOREACH at a time, in one Numba call each, not one call per
 tensor: a call costs ~12 us (dispatch, and the threads' count set and restored around small work,
 _parallel.py), more than a small tensor's update (the digits CNN's Adam step, 8 tensors of 38k
-values in all: 88-98 us in calls of one tensor, 32-33 now; Optimizer.step 213-231 -> 175-178 us). Such a call takes a tuple of FOREACH arrays
-(padded with empty ones: one compiled signature for every group). A tensor of OWN_CALL_FROM values
-or more has a call of its own, whose loop runs ~8% faster than over an array picked from a tuple
-by a variable (1M values: 410 against 445 us). Both cut the tensors into tasks of _TASK values that
-the threads share; each value's update is the same arithmetic wherever it runs, so the bits do not
-depend on the grouping or the thread count.
+values in all: 88-98 us in calls of one tensor, 32-33 now; Optimizer.step 213-231 -> 175-178 us).
+Such a call takes a tuple of FOREACH arrays (padded with empty ones: one compiled signature for
+every group). A tensor of OWN_CALL_FROM values or more has a call of its own, whose loop runs ~8%
+faster than over an array picked from a tuple by a variable (1M values: 410 against 445 us). Both
+cut the tensors into tasks of _TASK values that the threads share; each value's update is the
+same arithmetic wherever it runs, so the bits do not depend on the grouping or the thread count.
 """
 import numpy as np
 from numba import njit, prange
