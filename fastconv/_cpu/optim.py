@@ -7,12 +7,15 @@ tensor: a call costs ~12 us (dispatch, and the threads' count set and restored a
 _parallel.py), more than a small tensor's update (the digits CNN's Adam step, 8 tensors of 38k
 values in all: 88-98 us in calls of one tensor, 32-33 now; Optimizer.step 213-231 -> 175-178 us).
 Such a call takes a tuple of FOREACH arrays (padded with empty ones: one compiled signature for
-every group). A tensor of OWN_CALL_FROM values or more has a call of its own, whose loop runs ~8%
-faster than over an array picked from a tuple by a variable (1M values: 410 against 445 us). Both
-cut the tensors into tasks of _TASK values that the threads share; each value's update is the
-same arithmetic wherever it runs, so the bits do not depend on the grouping or the thread count.
+every group), its tensors cut into tasks of _TASK values that the threads share. Building those
+tuples costs more than a call of one tensor, so fewer than GROUP_FROM small tensors, and every
+tensor of OWN_CALL_FROM values or more, take calls of their own: near-equal blocks of the tensor,
+one a thread (its loop also runs ~8% faster than over an array picked from a tuple by a variable:
+1M values, 410 against 445 us). Each value's update is the same arithmetic wherever it runs, so the
+bits do not depend on the grouping or the thread count.
 """
 import numpy as np
+import numba
 from numba import njit, prange
 
 from ._parallel import run
@@ -20,8 +23,9 @@ from ._parallel import run
 __all__ = ["sgd_step", "sgd_step_foreach", "adam_step", "adam_step_foreach"]
 
 FOREACH = 8
+GROUP_FROM = 3
 OWN_CALL_FROM = 1 << 16
-_TASK = 1 << 14
+_TASK = 1 << 12
 
 
 @njit(inline="always")
@@ -71,10 +75,16 @@ def _sgd_foreach(params, grads, velocities, lr, momentum, weight_decay, use_mome
                     weight_decay, use_momentum, use_decay, nesterov)
 
 
+@njit(inline="always")
+def _block(t, blocks, size):
+    """(lo, hi): block t of `blocks` near-equal blocks of range(size)."""
+    return t * size // blocks, (t + 1) * size // blocks
+
+
 @njit(parallel=True, error_model="numpy", cache=True)
-def _sgd(param, grad, velocity, lr, momentum, weight_decay, use_momentum, use_decay, nesterov):
-    for t in prange((param.size + _TASK - 1) // _TASK):
-        lo, hi = t * _TASK, (t + 1) * _TASK
+def _sgd(param, grad, velocity, lr, momentum, weight_decay, use_momentum, use_decay, nesterov, blocks):
+    for t in prange(blocks):
+        lo, hi = _block(t, blocks, param.size)
         _sgd_values(param[lo:hi], grad[lo:hi], velocity[lo:hi], lr, momentum, weight_decay, use_momentum, use_decay,
                     nesterov)
 
@@ -102,9 +112,9 @@ def _adam_values(param, grad, m, v, one_minus_beta1, beta1_complement, beta2, on
 
 @njit(parallel=True, error_model="numpy", cache=True)
 def _adam(param, grad, m, v, one_minus_beta1, beta1_complement, beta2, one_minus_beta2, eps, weight_decay, use_decay,
-          decoupled, decay, step_size, bias_correction2_sqrt):
-    for t in prange((param.size + _TASK - 1) // _TASK):
-        lo, hi = t * _TASK, (t + 1) * _TASK
+          decoupled, decay, step_size, bias_correction2_sqrt, blocks):
+    for t in prange(blocks):
+        lo, hi = _block(t, blocks, param.size)
         _adam_values(param[lo:hi], grad[lo:hi], m[lo:hi], v[lo:hi], one_minus_beta1, beta1_complement, beta2,
                      one_minus_beta2, eps, weight_decay, use_decay, decoupled, decay, step_size, bias_correction2_sqrt)
 
@@ -120,16 +130,24 @@ def _adam_foreach(params, grads, ms, vs, one_minus_beta1, beta1_complement, beta
                      bias_corrections2_sqrt[k])
 
 
+_EMPTY = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0, np.float64)}
+
+
 def _flat(a, dtype):
     """a as a 1-D view (None: an empty array, for a buffer the step does not use)."""
-    return np.empty(0, dtype) if a is None else a.reshape(-1)
+    if a is None:
+        return _EMPTY[dtype]
+    return a if a.ndim == 1 else a.reshape(-1)
 
 
 def _by_calls(params):
     """(own, groups): the indices of the tensors that take a call of their own, and the others'
-    in groups of up to FOREACH."""
+    in groups of up to FOREACH. Fewer than GROUP_FROM small tensors take calls of their own too: a
+    group's call costs more than one tensor's (its tuples: ~13 us, against ~5)."""
     own = [k for k, p in enumerate(params) if p.size >= OWN_CALL_FROM]
     small = [k for k, p in enumerate(params) if p.size < OWN_CALL_FROM]
+    if len(small) < GROUP_FROM:
+        return own + small, []
     return own, [small[i:i + FOREACH] for i in range(0, len(small), FOREACH)]
 
 
@@ -137,7 +155,8 @@ def _tuple(arrays, group, dtype):
     """The group's arrays as a tuple of FOREACH 1-D views, padded with empty arrays. Read-only views
     all of them where one is read-only (a caller's grad): Numba types a read-only array apart, and
     cannot index a tuple that mixes both kinds by a variable."""
-    views = [_flat(arrays[k], dtype) for k in group] + [np.empty(0, dtype) for _ in range(FOREACH - len(group))]
+    views = [_flat(arrays[k], dtype) for k in group]
+    views += [_EMPTY[dtype]] * (FOREACH - len(views))
     if not all(v.flags.writeable for v in views):
         views = [v.view() for v in views]
         for v in views:
@@ -151,20 +170,25 @@ def _per_tensor(values, group, dtype):
 
 
 def sgd_step_foreach(params, grads, velocities, lr, momentum, weight_decay, nesterov):
-    t = params[0].dtype.type
+    if not params:
+        return
+    dtype = params[0].dtype
+    t = dtype.type
     shared = t(lr), t(momentum), t(weight_decay), momentum != 0, weight_decay != 0, nesterov
     own, groups = _by_calls(params)
     for k in own:
-        run(_sgd, params[k].size, _flat(params[k], t), _flat(grads[k], t), _flat(velocities[k], t), *shared)
+        run(_sgd, params[k].size, _flat(params[k], dtype), _flat(grads[k], dtype), _flat(velocities[k], dtype),
+            *shared, numba.get_num_threads())
     for group in groups:
-        run(_sgd_foreach, sum(params[k].size for k in group), _tuple(params, group, t), _tuple(grads, group, t),
-            _tuple(velocities, group, t), *shared)
+        run(_sgd_foreach, sum(params[k].size for k in group), _tuple(params, group, dtype),
+            _tuple(grads, group, dtype), _tuple(velocities, group, dtype), *shared)
 
 
 def sgd_step(param, grad, velocity, lr, momentum, weight_decay, nesterov):
-    t = param.dtype.type
-    run(_sgd, param.size, _flat(param, t), _flat(grad, t), _flat(velocity, t), t(lr), t(momentum), t(weight_decay),
-        momentum != 0, weight_decay != 0, nesterov)
+    dtype = param.dtype
+    t = dtype.type
+    run(_sgd, param.size, _flat(param, dtype), _flat(grad, dtype), _flat(velocity, dtype), t(lr), t(momentum),
+        t(weight_decay), momentum != 0, weight_decay != 0, nesterov, numba.get_num_threads())
 
 
 def _adam_scalars(dtype, beta1, beta2, eps, weight_decay, decoupled, decay):
@@ -176,22 +200,25 @@ def _adam_scalars(dtype, beta1, beta2, eps, weight_decay, decoupled, decay):
 
 def adam_step_foreach(params, grads, ms, vs, beta1, beta2, eps, weight_decay, decoupled, decay, step_sizes,
                       bias_corrections2_sqrt):
+    if not params:
+        return
     dtype = params[0].dtype
     t = dtype.type
     shared = _adam_scalars(dtype, beta1, beta2, eps, weight_decay, decoupled, decay)
     own, groups = _by_calls(params)
     for k in own:
-        run(_adam, params[k].size, _flat(params[k], t), _flat(grads[k], t), _flat(ms[k], t), _flat(vs[k], t), *shared,
-            t(step_sizes[k]), t(bias_corrections2_sqrt[k]))
+        run(_adam, params[k].size, _flat(params[k], dtype), _flat(grads[k], dtype), _flat(ms[k], dtype),
+            _flat(vs[k], dtype), *shared, t(step_sizes[k]), t(bias_corrections2_sqrt[k]), numba.get_num_threads())
     for group in groups:
-        run(_adam_foreach, sum(params[k].size for k in group), _tuple(params, group, t), _tuple(grads, group, t),
-            _tuple(ms, group, t), _tuple(vs, group, t), *shared, _per_tensor(step_sizes, group, t),
-            _per_tensor(bias_corrections2_sqrt, group, t))
+        run(_adam_foreach, sum(params[k].size for k in group), _tuple(params, group, dtype),
+            _tuple(grads, group, dtype), _tuple(ms, group, dtype), _tuple(vs, group, dtype), *shared,
+            _per_tensor(step_sizes, group, t), _per_tensor(bias_corrections2_sqrt, group, t))
 
 
 def adam_step(param, grad, m, v, beta1, beta2, eps, weight_decay, decoupled, decay, step_size,
               bias_correction2_sqrt):
-    t = param.dtype.type
-    run(_adam, param.size, _flat(param, t), _flat(grad, t), _flat(m, t), _flat(v, t),
-        *_adam_scalars(param.dtype, beta1, beta2, eps, weight_decay, decoupled, decay), t(step_size),
-        t(bias_correction2_sqrt))
+    dtype = param.dtype
+    t = dtype.type
+    run(_adam, param.size, _flat(param, dtype), _flat(grad, dtype), _flat(m, dtype), _flat(v, dtype),
+        *_adam_scalars(dtype, beta1, beta2, eps, weight_decay, decoupled, decay), t(step_size),
+        t(bias_correction2_sqrt), numba.get_num_threads())
