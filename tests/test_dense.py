@@ -291,18 +291,22 @@ def test_cpu_linear_backward_split_keeps_blocks_of_512_and_equal_tasks():
 
 @pytest.mark.parametrize("m,k,n,float64,rule", [(1000, 1000, 1000, False, "openblas"),  # past gemm32's limit
                                                 (256, 1024, 512, False, "gemm32"), (256, 1024, 512, True, "openblas"),
-                                                (768, 768, 768, True, "openblas")])
+                                                (768, 768, 768, True, "openblas"),
+                                                (1024, 2048, 256, False, "gemm32-long-k"),  # past it, a long K
+                                                (4200, 2048, 64, False, "openblas")])  # ... on too many rows
 def test_cpu_linear_forward_splits_by_the_rule_of_its_gemm(monkeypatch, m, k, n, float64, rule):
     """The forward through the threads: gemm32's products in blocks of >= 64 (_blocks), OpenBLAS's
-    in blocks of >= 512 past two (_openblas_blocks): the block count the kernel gets."""
+    in blocks of >= 512 past two (_openblas_blocks): the kernel and the block count it gets."""
     from fastconv._cpu import _vecmath, dense
 
     if rule == "gemm32" and not _vecmath.SIMD:
         pytest.skip("gemm32 needs AVX-512 or AVX2")
+    if rule == "gemm32-long-k":
+        rule = "gemm32" if _vecmath.AVX512 else "openblas"
     calls = []
     real_run = dense.run
     def run(kernel, work, *args):  # args[-2]: the block count
-        calls.append(args[-2])
+        calls.append((kernel, args[-2]))
         return real_run(kernel, work, *args)
 
     monkeypatch.setattr(dense, "run", run)
@@ -310,8 +314,24 @@ def test_cpu_linear_forward_splits_by_the_rule_of_its_gemm(monkeypatch, m, k, n,
     x, w = np.ones((m, k), dtype), np.ones((n, k), dtype)
     y = dense.linear_forward(x, w, None, None)
     assert (y == k).all()
-    expected = dense._blocks(max(m, n)) if rule == "gemm32" else dense._openblas_blocks(max(m, n))
-    assert calls == [expected] and (rule == "gemm32" or expected < dense._blocks(max(m, n)))
+    if rule == "gemm32":
+        expected = (dense._linear_forward_gemm32, dense._blocks(max(m, n)))
+    else:
+        expected = (dense._linear_forward, dense._openblas_blocks(max(m, n)))
+    assert calls == [expected]
+
+
+@pytest.mark.parametrize("m,k,n", [(300, 8192, 120), (2100, 2048, 70)])
+def test_cpu_linear_forward_with_a_long_k_past_gemm32s_limit(m, k, n):
+    # past 2^28 multiply-adds a long K stays gemm32's (AVX-512): K in blocks of 4096 added in
+    # float64 (8192: two), or one product (2048); bias and ReLU after, against float64
+    from fastconv._cpu import dense
+
+    rng = np.random.default_rng(k)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in [(m, k), (n, k), (n,)])
+    assert m * n * k > dense._GEMM32_UP_TO
+    y = dense.linear_forward(x, w, b, "relu")
+    assert_matches(y, lambda x, w, b: np.maximum(x @ w.T + b, 0), [x, w, b], np.float32)
 
 
 @pytest.mark.parametrize("n,fin,fout", [(1, 1, 1), (130, 33, 131), (0, 4, 3), (128, 3136, 128)])

@@ -502,11 +502,26 @@ def _with_gemm32(x, m, n, k):
     return x.dtype == np.float32 and _vecmath.SIMD and m * n * k <= _GEMM32_UP_TO
 
 
+# Past that limit a forward with a long K (in_features >= 2048) on up to 4096 rows stays gemm32's
+# with AVX-512, where OpenBLAS's blocks fell behind NumPy's own threads. Zen 4, 2 threads, GFLOP/s
+# gemm32 vs OpenBLAS blocks (NumPy's np.maximum(x @ w.T + b, 0)), 17 such shapes: ahead on 16, e.g.
+# 1024x2048->512 190 vs 179 (174), 3000x2048->2048 197 vs 159 (187), 3000x8192->256 210 vs 158 (190),
+# 4096x4096->1024 197-209 vs 171-191 (182-199); behind on 4096x2048->512, 180 vs 190 (190). With
+# more rows (8192, 16384) or a shorter K it tied or lost (8192x512->512 119 vs 166), so those stay
+# OpenBLAS's (results/logs/cpu-2026-12-06-session28-dense-reruns.log).
+_LONG_K, _LONG_K_ROWS = 2048, 4096
+
+
+def _forward_with_gemm32(x, m, n, k):
+    return _with_gemm32(x, m, n, k) or (x.dtype == np.float32 and _vecmath.AVX512 and k >= _LONG_K
+                                        and m <= _LONG_K_ROWS)
+
+
 def linear_forward(x, w, b, activation):
     x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
     has_bias = b is not None
     bias = b if has_bias else np.empty(0, x.dtype)
-    own = _with_gemm32(x, x.shape[0], w.shape[0], x.shape[1])
+    own = _forward_with_gemm32(x, x.shape[0], w.shape[0], x.shape[1])
     if x.shape[0] * w.shape[0] * x.shape[1] <= _OWN_THREADS_BELOW:
         kernel = _linear_forward_serial_gemm32 if own else _linear_forward_serial
         return kernel(x, w, bias, has_bias, epilogue_activation(activation, x.dtype))
