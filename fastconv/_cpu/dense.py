@@ -17,7 +17,7 @@ from numba import njit, prange
 from ._blas import gemm, single_threaded_blas
 from ._gemm32 import NR, copy_strip, gemm32, gemm32_strips, gemm32_strips_rows, pack_strip, strips_shape
 from ._memory import empty, empty_like
-from ._parallel import run
+from ._parallel import block, run
 from . import _vecmath
 from ._stream import (PREFETCH_AHEAD, SPAN, _span, align_skip, prefetch, should_stream, store_fence, stream_map1,
                       stream_map2)
@@ -266,12 +266,6 @@ def _pack(w, w_is_weight, strip, strips):
 
 
 @njit(inline="always")
-def _block(t, blocks, size):
-    """(lo, hi): block t of `blocks` near-equal blocks of range(size)."""
-    return t * size // blocks, (t + 1) * size // blocks
-
-
-@njit(inline="always")
 def _linear_forward_body(gemm, x, w, b, has_bias, act, blocks, y):
     """y = act(x @ w.T + b), the rows of y (or its columns, when there are fewer rows than output
     features) split in `blocks` blocks, each one GEMM (by `gemm`) plus its epilogue."""
@@ -279,9 +273,9 @@ def _linear_forward_body(gemm, x, w, b, has_bias, act, blocks, y):
     by_rows = rows >= cols
     for t in prange(blocks):
         if by_rows:
-            (r0, r1), c0, c1 = _block(t, blocks, rows), 0, cols
+            (r0, r1), c0, c1 = block(t, blocks, rows), 0, cols
         else:
-            r0, r1, (c0, c1) = 0, rows, _block(t, blocks, cols)
+            r0, r1, (c0, c1) = 0, rows, block(t, blocks, cols)
         if r1 > r0 and c1 > c0:
             gemm(x[r0:r1], w[c0:c1], y[r0:r1, c0:c1], 0.0, False, True)
             if has_bias or act:
@@ -301,22 +295,22 @@ def _linear_backward_body(gemm, dw_rows, dy, x, w, has_bias, input_grad, split, 
         k = task % blocks
         if task < dx_tasks:
             if dx_by_rows:
-                r0, r1 = _block(k, blocks, dx.shape[0])
+                r0, r1 = block(k, blocks, dx.shape[0])
                 if r1 > r0:
                     gemm(dy[r0:r1], w, dx[r0:r1], 0.0, False, False)
             else:
-                c0, c1 = _block(k, blocks, dx.shape[1])
+                c0, c1 = block(k, blocks, dx.shape[1])
                 if c1 > c0:
                     gemm(dy, w[:, c0:c1], dx[:, c0:c1], 0.0, False, False)
         elif dw_by_rows:
-            r0, r1 = _block(k, blocks, dw.shape[0])
+            r0, r1 = block(k, blocks, dw.shape[0])
             if r1 > r0:
                 if dy.shape[0] == 0:
                     dw[r0:r1] = 0
                 else:
                     _weight_grad(gemm, dw_rows, dy[:, r0:r1], x, dw[r0:r1])
         else:
-            c0, c1 = _block(k, blocks, dw.shape[1])
+            c0, c1 = block(k, blocks, dw.shape[1])
             if c1 > c0:
                 if dy.shape[0] == 0:
                     dw[:, c0:c1] = 0
@@ -385,9 +379,9 @@ def _linear_forward_gemm32(x, trans_x, w, w_is_weight, b, has_bias, act, blocks,
     strips = np.empty((1 if by_columns else blocks, shape[0], shape[1], shape[2]), x.dtype)
     for t in prange(blocks):
         if by_columns:
-            r0, r1, (s0, s1), mine = 0, rows, _block(t, blocks, n_strips), strips[0]
+            r0, r1, (s0, s1), mine = 0, rows, block(t, blocks, n_strips), strips[0]
         else:
-            (r0, r1), s0, s1, mine = _block(t, blocks, rows), 0, n_strips, strips[t]
+            (r0, r1), s0, s1, mine = block(t, blocks, rows), 0, n_strips, strips[t]
         c0, c1 = s0 * NR, min(cols, s1 * NR)
         if r1 > r0 and c1 > c0:
             for strip in range(s0, s1):

@@ -18,7 +18,7 @@ import numpy as np
 import numba
 from numba import njit, prange
 
-from ._parallel import run
+from ._parallel import block, run
 
 __all__ = ["sgd_step", "sgd_step_foreach", "adam_step", "adam_step_foreach"]
 
@@ -75,16 +75,10 @@ def _sgd_foreach(params, grads, velocities, lr, momentum, weight_decay, use_mome
                     weight_decay, use_momentum, use_decay, nesterov)
 
 
-@njit(inline="always")
-def _block(t, blocks, size):
-    """(lo, hi): block t of `blocks` near-equal blocks of range(size)."""
-    return t * size // blocks, (t + 1) * size // blocks
-
-
 @njit(parallel=True, error_model="numpy", cache=True)
 def _sgd(param, grad, velocity, lr, momentum, weight_decay, use_momentum, use_decay, nesterov, blocks):
     for t in prange(blocks):
-        lo, hi = _block(t, blocks, param.size)
+        lo, hi = block(t, blocks, param.size)
         _sgd_values(param[lo:hi], grad[lo:hi], velocity[lo:hi], lr, momentum, weight_decay, use_momentum, use_decay,
                     nesterov)
 
@@ -114,7 +108,7 @@ def _adam_values(param, grad, m, v, one_minus_beta1, beta1_complement, beta2, on
 def _adam(param, grad, m, v, one_minus_beta1, beta1_complement, beta2, one_minus_beta2, eps, weight_decay, use_decay,
           decoupled, decay, step_size, bias_correction2_sqrt, blocks):
     for t in prange(blocks):
-        lo, hi = _block(t, blocks, param.size)
+        lo, hi = block(t, blocks, param.size)
         _adam_values(param[lo:hi], grad[lo:hi], m[lo:hi], v[lo:hi], one_minus_beta1, beta1_complement, beta2,
                      one_minus_beta2, eps, weight_decay, use_decay, decoupled, decay, step_size, bias_correction2_sqrt)
 
@@ -169,26 +163,34 @@ def _per_tensor(values, group, dtype):
     return np.array([values[k] for k in group] + [0.0] * (FOREACH - len(group)), dtype=dtype)
 
 
+def _sgd_scalars(dtype, lr, momentum, weight_decay, nesterov):
+    """The scalars every tensor's SGD step shares, rounded to the dtype."""
+    t = dtype.type
+    return t(lr), t(momentum), t(weight_decay), momentum != 0, weight_decay != 0, nesterov
+
+
+def _sgd_own_call(param, grad, velocity, shared):
+    """One tensor's SGD step in a call of its own (shared: _sgd_scalars)."""
+    dtype = param.dtype
+    run(_sgd, param.size, _flat(param, dtype), _flat(grad, dtype), _flat(velocity, dtype), *shared,
+        numba.get_num_threads())
+
+
 def sgd_step_foreach(params, grads, velocities, lr, momentum, weight_decay, nesterov):
     if not params:
         return
     dtype = params[0].dtype
-    t = dtype.type
-    shared = t(lr), t(momentum), t(weight_decay), momentum != 0, weight_decay != 0, nesterov
+    shared = _sgd_scalars(dtype, lr, momentum, weight_decay, nesterov)
     own, groups = _by_calls(params)
     for k in own:
-        run(_sgd, params[k].size, _flat(params[k], dtype), _flat(grads[k], dtype), _flat(velocities[k], dtype),
-            *shared, numba.get_num_threads())
+        _sgd_own_call(params[k], grads[k], velocities[k], shared)
     for group in groups:
         run(_sgd_foreach, sum(params[k].size for k in group), _tuple(params, group, dtype),
             _tuple(grads, group, dtype), _tuple(velocities, group, dtype), *shared)
 
 
 def sgd_step(param, grad, velocity, lr, momentum, weight_decay, nesterov):
-    dtype = param.dtype
-    t = dtype.type
-    run(_sgd, param.size, _flat(param, dtype), _flat(grad, dtype), _flat(velocity, dtype), t(lr), t(momentum),
-        t(weight_decay), momentum != 0, weight_decay != 0, nesterov, numba.get_num_threads())
+    _sgd_own_call(param, grad, velocity, _sgd_scalars(param.dtype, lr, momentum, weight_decay, nesterov))
 
 
 def _adam_scalars(dtype, beta1, beta2, eps, weight_decay, decoupled, decay):
@@ -196,6 +198,14 @@ def _adam_scalars(dtype, beta1, beta2, eps, weight_decay, decoupled, decay):
     t = dtype.type
     w = t(1.0 - beta1)
     return w, t(1) - w, t(beta2), t(1.0 - beta2), t(eps), t(weight_decay), weight_decay != 0, decoupled, t(decay)
+
+
+def _adam_own_call(param, grad, m, v, shared, step_size, bias_correction2_sqrt):
+    """One tensor's Adam step in a call of its own (shared: _adam_scalars)."""
+    dtype = param.dtype
+    t = dtype.type
+    run(_adam, param.size, _flat(param, dtype), _flat(grad, dtype), _flat(m, dtype), _flat(v, dtype), *shared,
+        t(step_size), t(bias_correction2_sqrt), numba.get_num_threads())
 
 
 def adam_step_foreach(params, grads, ms, vs, beta1, beta2, eps, weight_decay, decoupled, decay, step_sizes,
@@ -207,8 +217,7 @@ def adam_step_foreach(params, grads, ms, vs, beta1, beta2, eps, weight_decay, de
     shared = _adam_scalars(dtype, beta1, beta2, eps, weight_decay, decoupled, decay)
     own, groups = _by_calls(params)
     for k in own:
-        run(_adam, params[k].size, _flat(params[k], dtype), _flat(grads[k], dtype), _flat(ms[k], dtype),
-            _flat(vs[k], dtype), *shared, t(step_sizes[k]), t(bias_corrections2_sqrt[k]), numba.get_num_threads())
+        _adam_own_call(params[k], grads[k], ms[k], vs[k], shared, step_sizes[k], bias_corrections2_sqrt[k])
     for group in groups:
         run(_adam_foreach, sum(params[k].size for k in group), _tuple(params, group, dtype),
             _tuple(grads, group, dtype), _tuple(ms, group, dtype), _tuple(vs, group, dtype), *shared,
@@ -217,8 +226,5 @@ def adam_step_foreach(params, grads, ms, vs, beta1, beta2, eps, weight_decay, de
 
 def adam_step(param, grad, m, v, beta1, beta2, eps, weight_decay, decoupled, decay, step_size,
               bias_correction2_sqrt):
-    dtype = param.dtype
-    t = dtype.type
-    run(_adam, param.size, _flat(param, dtype), _flat(grad, dtype), _flat(m, dtype), _flat(v, dtype),
-        *_adam_scalars(dtype, beta1, beta2, eps, weight_decay, decoupled, decay), t(step_size),
-        t(bias_correction2_sqrt), numba.get_num_threads())
+    _adam_own_call(param, grad, m, v, _adam_scalars(param.dtype, beta1, beta2, eps, weight_decay, decoupled, decay),
+                   step_size, bias_correction2_sqrt)
