@@ -1,10 +1,12 @@
 """The index range every op checks labels and pooling indices against (value_range: one kernel and
-one transfer on the native backends), on every backend, against NumPy's min and max."""
+one transfer on the native backends), on every backend, against NumPy's min and max; and the
+address the in-place ops' overlap check reads, for every kind of NumPy array."""
 import numpy as np
 import pytest
 
-from fastconv.ops._check import value_range
-from helpers import on
+from fastconv.backend import load
+from fastconv.ops._check import address, value_range
+from helpers import misaligned, on
 
 INT64 = np.iinfo(np.int64)
 
@@ -39,3 +41,25 @@ def test_extremes_in_any_slice(backend, n, where):
     at = slice(0, 2) if where == "first" else slice(n - 2, n)
     a[at] = [INT64.max, INT64.min]
     assert value_range(on(backend, a), backend) == (INT64.min, INT64.max)
+
+
+def _read_only(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.arange(12.0).reshape(3, 4),                          # the buffer protocol's case
+    lambda: np.arange(12.0).reshape(3, 4)[1:],                      # a view at an offset
+    lambda: np.arange(12.0).reshape(3, 4)[:, 1:],                   # not contiguous
+    lambda: np.arange(12.0).reshape(3, 4).T,                        # Fortran order
+    lambda: _read_only(np.arange(5, dtype=np.float32)),
+    lambda: np.zeros((0, 3)),                                       # empty
+    lambda: np.float32(2.0) * np.ones((), np.float32),              # 0-d
+    lambda: np.arange(6.0).view(np.recarray),                       # a subclass
+    lambda: misaligned(load("cpu"), np.arange(7, dtype=np.float32)),
+], ids=["c-order", "offset", "strided", "fortran", "read-only", "empty", "0-d", "subclass", "misaligned"])
+def test_address_is_where_the_data_starts(make):
+    a = make()
+    assert address(a) == a.__array_interface__["data"][0]

@@ -15,6 +15,7 @@ Rules (docs/bad_inputs.md lists every case and its message):
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import numbers
 
@@ -124,7 +125,12 @@ def tensor(x, name: str, be, ndim=None, dtype=None):
 
 
 def address(a) -> int:
-    """Where an array's data starts (NumPy or CuPy)."""
+    """Where an array's data starts (NumPy or CuPy). A NumPy array's through the buffer protocol
+    where it can export one (C-contiguous, aligned, writeable, not empty): 0.4 us, where
+    __array_interface__ (which builds a dict and a descr list) cost 1.3-2 us, on each of the 4 arrays
+    a parameter's Adam step checks for overlaps."""
+    if type(a) is np.ndarray and a.flags.carray and a.nbytes:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
     data = a.data
     return data.ptr if hasattr(data, "ptr") else a.__array_interface__["data"][0]
 

@@ -69,18 +69,17 @@ def _gradient(grad, be, param, name="grad", param_name="param"):
     return g
 
 
-def _byte_span(a):
-    """[start, end) of a C-contiguous array's bytes."""
-    start = address(a)
-    return start, start + a.nbytes
-
-
 def _disjoint(entries):
     """entries: (name, array, written). An array that is written may not share a byte with any other
-    (arrays only read may share). One sweep over the byte ranges sorted by start, O(k log k): the
-    range reaching furthest so far overlaps every later range that starts before its end."""
-    spans = sorted((*_byte_span(a), i, written) for i, (_, a, written) in enumerate(entries)
-                   if a is not None and a.size)
+    (arrays only read may share). One sweep over the byte ranges [start, end) sorted by start,
+    O(k log k): the range reaching furthest so far overlaps every later range that starts before its
+    end."""
+    spans = []
+    for i, (_, a, written) in enumerate(entries):
+        if a is not None and a.size:
+            start = address(a)  # (C-contiguous: its bytes are [start, start + nbytes))
+            spans.append((start, start + a.nbytes, i, written))
+    spans.sort()
     reach, owner = -1, None
     for start, end, i, written in spans:
         if owner is not None and start < reach and (written or owner[1]):
@@ -262,6 +261,8 @@ def prepare_adam_step_foreach(params, grads, ms, vs, steps, *, lr, beta1=0.9, be
 
 
 def _step_count(step, name):
+    if type(step) is int and step >= 1:  # the common case, without the ABC check below (0.4 us)
+        return step
     if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
         raise TypeError(f"{name} must be an int (the 1-based step count), got {step!r}")
     if step < 1:
