@@ -256,3 +256,46 @@ def _restore_blas_threads(libraries, counts):
         release = getattr(lib, "clear_controlling_thread", None)
         if release is not None:
             release()  # (control back to whichever thread sets next)
+
+
+def _guarded(monkeypatch, call):
+    """How many times `call` entered single_threaded_blas (counted through the module's global, which
+    blas_guard looks up on each call)."""
+    from fastconv._cpu import _blas
+
+    entered = []
+    real = _blas.single_threaded_blas
+
+    def counting():
+        entered.append(1)
+        return real()
+
+    monkeypatch.setattr(_blas, "single_threaded_blas", counting)
+    call()
+    return len(entered)
+
+
+def test_the_blas_guard_is_held_around_blas_kernels_only(cpu, monkeypatch):
+    """The kernels that call BLAS's GEMM (OpenBLAS linear layers, float64, the strided backward by
+    im2col) run inside single_threaded_blas; gemm32's (float32 on AVX-512 or AVX2 hosts) skip its
+    ~5 us of thread-count reads and writes."""
+    from fastconv._cpu import _vecmath
+
+    rng = np.random.default_rng(0)
+
+    def r(*shape, dtype=np.float32):
+        return rng.standard_normal(shape).astype(dtype)
+
+    for dtype in (np.float32, np.float64):
+        gemm32 = dtype == np.float32 and _vecmath.SIMD
+        x, w, b = r(256, 64, dtype=dtype), r(128, 64, dtype=dtype), r(128, dtype=dtype)  # past the serial size
+        assert _guarded(monkeypatch, lambda: ops.linear_forward(x, w, b)) == (not gemm32)
+        assert _guarded(monkeypatch, lambda: ops.linear_backward(r(256, 128, dtype=dtype), x, w)) == \
+            (not (gemm32 and _vecmath.AVX512))  # (the backward's gemm32 path: AVX-512 only)
+        xc, wc = r(4, 16, 10, 10, dtype=dtype), r(16, 16, 3, 3, dtype=dtype)
+        for stride in (1, 2):
+            y = ops.conv2d_forward(xc, wc, stride=stride, padding=1)
+            assert _guarded(monkeypatch, lambda: ops.conv2d_forward(xc, wc, stride=stride, padding=1)) == (not gemm32)
+            # strided backward: im2col's BLAS products wherever the register tiles do not take it
+            assert _guarded(monkeypatch, lambda: ops.conv2d_backward(np.ones_like(y), xc, wc, stride=stride,
+                                                                      padding=1)) == (stride == 2 or not gemm32)

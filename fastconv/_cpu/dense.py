@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._blas import gemm, single_threaded_blas
+from ._blas import blas_guard, gemm
 from ._gemm32 import NR, copy_strip, gemm32, gemm32_strips, gemm32_strips_rows, pack_strip, strips_shape
 from ._memory import empty, empty_like
 from ._parallel import block, run
@@ -521,7 +521,7 @@ def linear_forward(x, w, b, activation):
         return kernel(x, w, bias, has_bias, epilogue_activation(activation, x.dtype))
     y = empty((x.shape[0], w.shape[0]), x.dtype)
     blocks = (_blocks if own else _openblas_blocks)(max(y.shape))
-    with single_threaded_blas():
+    with blas_guard(not own):
         work, act = _gemm_work(*y.shape, x.shape[1]), epilogue_activation(activation, x.dtype)
         if own:
             run(_linear_forward_gemm32, work, x, False, w, True, bias, has_bias, act, blocks, y)
@@ -545,7 +545,7 @@ def linear_backward(dy, x, w, bias, input_grad):
     dx = empty(x.shape if input_grad else (0, 0), x.dtype)
     dw = empty(w.shape, x.dtype)
     db = np.zeros(w.shape[0], x.dtype)
-    with single_threaded_blas():
+    with blas_guard(not own):
         run(_linear_backward_gemm32 if own else _linear_backward, _gemm_work(*dy.shape, x.shape[1]), dy, x, w, bias,
             input_grad, _backward_split(*dy.shape, x.shape[1], own), dx, dw, db)
     return dx if input_grad else None, dw, db if bias else None

@@ -42,7 +42,7 @@ import os
 
 import numpy as np
 
-from .._blas import single_threaded_blas
+from .._blas import blas_guard
 from .._memory import empty
 from .._activation import epilogue_activation
 from ..pool import max_pool2d_forward, window_of
@@ -80,7 +80,7 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     pool_shape = (0, 0, 0, 0) if pool is None else pool.out_shape
     pooled, indices = empty(pool_shape, x.dtype), empty(pool_shape, np.int64)
     window = _NO_POOL if pool is None else window_of(pool)
-    with single_threaded_blas():
+    with blas_guard(not _uses_gemm32(x)):  # (every forward path's products are gemm32's where it can)
         if _uses_winograd(x, w, stride, dilation, groups, algorithm):
             _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices)
         elif pool is None and _forward_is_pointwise(x, w, stride, padding, groups):
@@ -158,14 +158,15 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
     w2 = np.ascontiguousarray(w).reshape(c_out, rows)
     dx = empty(x.shape if input_grad else (0, 0, 0, 0), x.dtype)
     if _backward_uses_winograd(x, w, stride, padding, dilation, groups, algorithm):
-        with single_threaded_blas():
-            dw, db = _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, input_grad, dx)
+        dw, db = _backward_by_winograd(dy, y, activation, indices, x, w, padding, oh, ow, input_grad, dx)  # (gemm32)
         if np.isfinite(dw).all():
             return dx if input_grad else None, dw, db if bias else None
         # inf or NaN in dW (inf - inf in the transforms, or an overflow a direct sum avoids): all of
         # it again by the direct kernel below, whose non-finite values are a direct sum's
-    with single_threaded_blas():
-        if _backward_uses_tiles(x, w, stride, input_grad):
+    tiles = _backward_uses_tiles(x, w, stride, input_grad)
+    # BLAS's products: the wide kernels' without gemm32, im2col's always
+    with blas_guard(not tiles and (stride != (1, 1) or not _uses_gemm32(x))):
+        if tiles:
             db_parts, dw_parts = _backward_by_tiles(dy3, from_pool, dy.shape[3], y3, activation, indices3, x, w, padding,
                                                     dilation, groups, oh, ow, parts, input_grad, dx)
         elif stride == (1, 1):
