@@ -50,8 +50,9 @@ def _float_target(name, target, output, what="target"):
         raise TypeError(f"{name}: {what} must be numeric, got dtype {target.dtype}")
     if _shape(target) != _shape(output):
         hint = ""
-        if target.size == output.size:
-            hint = f"; reshape it (e.g. target.reshape{_shape(output)})"
+        if target.size == output.size:  # (-1 first: the same call fits a whole dataset's targets, not only a batch's)
+            shape = ", ".join(["-1", *map(str, _shape(output)[1:])]) if output.ndim else "()"
+            hint = f"; reshape it (e.g. target.reshape({shape}))"
         raise ValueError(f"{name}: {what} has shape {_shape(target)} but the output has shape {_shape(output)}; "
                          f"they must be equal{hint}")
     target = xp.asarray(target, dtype=output.dtype)

@@ -187,6 +187,10 @@ def _record(path) -> dict:
     directory = Path(path)
     if directory.name == _checkpoint.INDEX:
         directory = directory.parent
+    if not (directory / _checkpoint.INDEX).exists() and (directory / "best" / _checkpoint.INDEX).exists():
+        raise _checkpoint.CheckpointError(
+            f"{directory} is a run directory, not a checkpoint: evaluate its best checkpoint, {directory / 'best'} "
+            f"(or the last one, {directory / 'last'})")
     info = _checkpoint.read_info(directory)
     record = (info.get("extra") or {}).get(RECORD_KEY)
     run_json = directory.parent / "run.json"

@@ -139,6 +139,14 @@ def test_evaluate_of_a_missing_checkpoint_fails_clearly(capsys, tmp_path):
     assert "no checkpoint" in err
 
 
+def test_evaluate_of_a_run_directory_names_its_checkpoints(capsys, tmp_path):
+    checkpoint.save(tmp_path / "run" / "best", nn.Sequential(nn.Linear(2, 1)), epoch=0)
+    code, _, err = run_cli(["evaluate", str(tmp_path / "run")], capsys)
+    assert code == 1
+    assert f"{tmp_path / 'run'} is a run directory, not a checkpoint: evaluate its best checkpoint, " \
+           f"{tmp_path / 'run' / 'best'}" in " ".join(err.split())
+
+
 def test_evaluate_of_a_corrupt_checkpoint_fails_clearly(capsys, tmp_path):
     (tmp_path / "checkpoint.json").write_text("{not json")
     code, _, err = run_cli(["evaluate", str(tmp_path)], capsys)
