@@ -177,6 +177,7 @@ def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, ext
         "metric": None if metric is None else float(metric),
         "config": _json_normal(model.config(), "model config"),
         "parameters": list(model.state_dict().keys()),
+        "tied": _tied(model),
         "module_state": _json_normal(_jsonable(model.extra_state()), "module state"),
         "weights": None,
         "optimizer": None,
@@ -330,6 +331,31 @@ def _config_difference(a, b, where="model"):
     return None if a == b else f"{where}: {a!r} in the checkpoint, {b!r} in the model"
 
 
+def _tied(model) -> list:
+    """The groups of parameter names that share one Parameter (weights tied by assigning one layer's
+    Parameter to another: b.weight = a.weight), each in named_parameters' order. config() describes
+    the layers, not this: load() ties the rebuilt model's parameters again from it."""
+    names = {}
+    for name, p in model.named_parameters():
+        names.setdefault(id(p), []).append(name)
+    return [group for group in names.values() if len(group) > 1]
+
+
+def _tie(model, groups, directory):
+    """Ties the rebuilt model's parameters as the saved model's were (groups: _tied's, from the JSON)."""
+    params, modules = dict(model.named_parameters()), dict(model._named_modules())
+    if not isinstance(groups, list):
+        raise CheckpointError(f"the checkpoint {directory!r} lists its tied parameters as {groups!r}, not a list")
+    for group in groups:
+        if not (isinstance(group, list) and len(group) > 1 and all(isinstance(n, str) and n in params for n in group)
+                and len({(params[n].shape, params[n].dtype) for n in group}) == 1):
+            raise CheckpointError(f"the checkpoint {directory!r} ties {group!r}, which are not parameters of one "
+                                  "shape and dtype in its model")
+        for name in group[1:]:
+            owner, _, attribute = name.rpartition(".")
+            setattr(modules[owner], attribute, params[group[0]])
+
+
 def load(path):
     """(model rebuilt from the checkpoint's config with its weights, info dict)."""
     directory = _directory(path)
@@ -343,6 +369,7 @@ def load(path):
             model = nn.from_config(info["config"])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"cannot rebuild the model from {directory!r}: {exc}") from None
+    _tie(model, info.get("tied", []), directory)  # (checkpoints from before ties were saved: none)
     try:
         model.load_state_dict(_model_weights(tensors))
     except (KeyError, ValueError, TypeError) as exc:
@@ -363,6 +390,8 @@ def load_into(path, model, optimizer=None, scheduler=None, *, strict=True):
 
     def check_architecture(info):
         diff = _config_difference(info["config"], model.config()) if strict else None
+        if strict and not diff and "tied" in info and info["tied"] != _tied(model):
+            diff = f"tied parameters: {info['tied']!r} in the checkpoint, {_tied(model)!r} in the model"
         if diff:
             raise CheckpointError(f"the checkpoint {directory!r} holds another architecture than the model "
                                   f"({diff})")

@@ -231,6 +231,52 @@ def test_a_re_signed_json_missing_fields_is_a_clear_error(tmp_path, edit, match)
         checkpoint.load_into(tmp_path / "ck", model)
 
 
+def tied_model():
+    """Linear layers whose weights are one Parameter (tied by assignment), with a head of their own."""
+    first, second = nn.Linear(4, 4, seed=0), nn.Linear(4, 4, seed=1)
+    second.weight = first.weight
+    return nn.Sequential(first, nn.ReLU(), second, nn.ReLU(), nn.Linear(4, 2, seed=2))
+
+
+@pytest.mark.skipif(not hasattr(ops, "adam_step"), reason="ops not merged yet: adam_step")
+def test_tied_weights_stay_tied_through_a_checkpoint(tmp_path):
+    model = tied_model()
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    opt = optim.Adam(model.parameters(), lr=0.1)
+    for p in model.parameters():
+        p.grad = np.ones(p.shape, np.float32)
+    opt.step()
+    checkpoint.save(tmp_path / "ck", model, optimizer=opt, epoch=1)
+    loaded, info = checkpoint.load(tmp_path / "ck")
+    assert info["tied"] == [["0.weight", "2.weight"]]
+    params = dict(loaded.named_parameters())
+    assert params["0.weight"] is params["2.weight"] and len(loaded.parameters()) == len(model.parameters()) == 5
+    np.testing.assert_array_equal(outputs(loaded, x), outputs(model, x))
+    opt2 = optim.Adam(loaded.parameters(), lr=0.1)  # the saved state fits: one buffer set per tied weight
+    checkpoint.load_into(tmp_path / "ck", loaded, opt2)
+    # The tie is part of the architecture: an untied model of the same layers is another one.
+    untied = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    before = [to_numpy(p.data).copy() for p in untied.parameters()]
+    with pytest.raises(CheckpointError, match=r"another architecture.*tied parameters: \[\['0.weight', '2.weight'\]\] "
+                                              r"in the checkpoint, \[\] in the model"):
+        checkpoint.load_into(tmp_path / "ck", untied)
+    assert all(np.array_equal(to_numpy(p.data), b) for p, b in zip(untied.parameters(), before))
+    checkpoint.load_into(tmp_path / "ck", untied, strict=False)  # fine-tuning's loose load takes the values
+    np.testing.assert_array_equal(outputs(untied, x), outputs(model, x))
+
+
+@pytest.mark.parametrize("tied", ["0.weight", [["0.weight", "9.weight"]], [["0.weight", "4.weight"]], [["0.weight"]]])
+def test_a_re_signed_bad_tie_is_a_clear_error(tmp_path, tied):
+    checkpoint.save(tmp_path / "ck", tied_model(), epoch=1)
+    path = tmp_path / "ck" / "checkpoint.json"
+    info = json.loads(path.read_text())
+    info["tied"] = tied  # not a list; a name the model lacks; another shape (4x4 and 2x4); a group of one
+    info["index_sha256"] = checkpoint._index_digest(info)
+    path.write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="tie"):
+        checkpoint.load(tmp_path / "ck")
+
+
 class _Scale(nn.Module):
     """A layer with a scalar (0-d) parameter, as a learned temperature."""
 
