@@ -12,7 +12,10 @@ after `patience` evaluations without improvement.
 Resume is exact: "last" holds the weights, the optimizer and scheduler state, Dropout generators,
 the data generator's state at the start of the current epoch and the position in it, the loss sum
 since the last evaluation and the history; a resumed run repeats the uninterrupted one bit for bit
-on the cpu backend.
+on the cpu backend. One exception: a run that trained to its end between eval_every's evaluations
+was evaluated at its last step; resumed for more epochs it keeps that evaluation (record, best
+checkpoint, patience count), which the longer run from the start would not have made (a
+RuntimeWarning says so).
 
 Metrics: "loss" (minimized), "accuracy", "auc" (maximized), or a callable(y_true, scores) -> float
 (maximized unless mode="min"). Scores are the model's outputs turned into probabilities where the
@@ -472,6 +475,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         rng.bit_generator.state = saved["rng"]
         history = History.from_dict(saved["history"])
         on_disk = {"step": s["step"], "best": history.best}
+        _warn_final_evaluation_kept(last_dir, history, s, epochs, eval_every)
         if history.stopped_early and s["epoch"] < epochs and (patience is None or s["evals_since_best"] < patience):
             # This call's patience and epochs would have gone on; the run resumed had stopped, and stays stopped.
             warnings.warn(f"fit: the run in {last_dir} stopped early at epoch {history.records[-1]['epoch']} "
@@ -641,6 +645,23 @@ def _warn_replaced_hyperparameters(last_dir, given, saved, scheduled):
                       f"not {_say('this call')}'s: {replaced}", RuntimeWarning, stacklevel=3)
 
 
+def _warn_final_evaluation_kept(last_dir, history, s, epochs, eval_every):
+    """A run that trained to its last epoch between eval_every's evaluations was evaluated at its end
+    (so that its final weights were too). Resumed for more epochs, it keeps that evaluation: its
+    record, a best checkpoint saved from it, its count towards patience, the training loss averaged
+    up to it. A run of those epochs from the start makes no evaluation there: the histories differ
+    from then on, and so may the best checkpoint and an early stop (the weights trained do not)."""
+    last = history.records[-1] if history.records else None
+    if (eval_every is None or last is None or s["epoch"] >= epochs or s["batch"] != 0 or last.get("step") != s["step"]
+            or s["step"] % eval_every == 0):
+        return
+    warnings.warn(f"fit: the run in {os.fspath(last_dir)} ended at step {s['step']}, between evaluations every "
+                  f"{eval_every} steps, and was evaluated there, at the end of its training; resumed for more "
+                  "epochs it keeps that evaluation (its history record, a best checkpoint saved from it, its count "
+                  f"towards patience), which a run of {epochs} epochs from the start would not have made",
+                  RuntimeWarning, stacklevel=3)
+
+
 def _warn_diverged(record, name, best):
     """Once per fit: a non-finite evaluation (training diverged) is recorded and never the best, but a
     run without patience trains on to its last epoch with it."""
@@ -750,10 +771,12 @@ def _settings(space, method, n_trials, seed):
         raise ValueError("space must be a non-empty dict: setting name -> list of values (or, for random "
                          "search, a callable(rng) -> value)")
     keys = list(space)
+    space = {k: _values(v) for k, v in space.items()}
     if method == "grid":
         for k in keys:
             if callable(space[k]) or not isinstance(space[k], (list, tuple)) or not space[k]:
-                raise ValueError(f"grid search: space[{k!r}] must be a non-empty list of values")
+                raise ValueError(f"grid search: space[{k!r}] must be a non-empty list of values (or tuple, or 1-D "
+                                 f"NumPy array), got {_described(space[k])}")
         grid = [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys))]
         return [_plain(one) for one in (grid if n_trials is None else grid[:n_trials])]
     if method == "random":
@@ -769,11 +792,25 @@ def _settings(space, method, n_trials, seed):
                     one[k] = choice(rng)
                 else:
                     if not isinstance(choice, (list, tuple)) or not choice:
-                        raise ValueError(f"random search: space[{k!r}] must be a non-empty list or a callable(rng)")
+                        raise ValueError(f"random search: space[{k!r}] must be a non-empty list (or tuple, or 1-D "
+                                         f"NumPy array) or a callable(rng), got {_described(choice)}")
                     one[k] = choice[int(rng.integers(len(choice)))]
             out.append(_plain(one))
         return out
     raise ValueError(f"method must be 'grid' or 'random', got {method!r}")
+
+
+def _values(choices):
+    """A 1-D NumPy array of choices (np.logspace(-4, -1, 4), say) as a list; anything else as it is."""
+    return list(choices) if isinstance(choices, np.ndarray) and choices.ndim == 1 and choices.size else choices
+
+
+def _described(choices):
+    if isinstance(choices, np.ndarray):
+        return f"a {choices.ndim}-D array of shape {choices.shape}"
+    if isinstance(choices, (list, tuple)) and not choices:
+        return f"an empty {type(choices).__name__}"
+    return f"{type(choices).__name__} {choices!r}"[:120]
 
 
 def _plain(setting):
@@ -845,7 +882,8 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
 
     build(settings) -> (model, loss_fn, optimizer) or (model, loss_fn, optimizer, fit_overrides):
         makes a fresh model and optimizer for one setting (a dict: name -> value).
-    space: name -> list of values; for method="random" a value may also be a callable(rng) -> value
+    space: name -> list of values (a tuple or 1-D NumPy array too: np.logspace(-4, -1, 4)); for
+        method="random" a value may also be a callable(rng) -> value
         (e.g. lambda rng: 10 ** rng.uniform(-4, -1)). Grid search tries every combination (the first
         n_trials of them when given); random search draws n_trials settings with `seed`.
     Settings named "epochs" or "batch_size" are passed to fit(); so are fit_kwargs (epochs,

@@ -95,6 +95,25 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, eval_every, monkeypatc
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in full]
 
 
+def test_resume_of_a_run_that_ended_between_evaluations_says_it_keeps_its_last_one(tmp_path):
+    # eval_every=3: the 2-epoch run's 14 steps end between evaluations (12, 15), so it was evaluated
+    # at step 14, which the 5-epoch run from the start is not: the resumed run keeps that record (and
+    # says so); the weights trained are the same. With eval_every=2 (14 on the grid) no warning.
+    full_model, full = run(tmp_path / "full", 5, eval_every=3)
+    run(tmp_path / "parts", 2, eval_every=3)
+    with pytest.warns(RuntimeWarning, match=r"ended at step 14, between evaluations every 3 steps.*keeps that "
+                                            r"evaluation.*a run of 5 epochs from the start would not have made"):
+        model, resumed = run(tmp_path / "parts", 5, resume=True, eval_every=3)
+    assert [r["step"] for r in full] == list(range(3, 35, 3)) + [35]
+    assert [r["step"] for r in resumed] == [3, 6, 9, 12, 14] + list(range(15, 35, 3)) + [35]
+    for a, b in zip(model.parameters(), full_model.parameters()):
+        np.testing.assert_array_equal(a.data, b.data)
+    run(tmp_path / "grid", 2, eval_every=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(tmp_path / "grid", 5, resume=True, eval_every=2)
+
+
 def test_resume_after_a_kill_mid_epoch(tmp_path, monkeypatch):
     # 7 batches per epoch, evaluations every 3 steps: "last" is written mid-epoch at step 9; the run is
     # killed at step 11 and resumed from there.
@@ -615,11 +634,21 @@ def test_search_settings_from_numpy_and_n_trials_checked(tmp_path):
         m = mlp()
         return m, losses.CrossEntropyLoss(), optim.SGD(m.parameters(), lr=settings["lr"])
 
-    # NumPy values (np.array(...).tolist() is not what everyone writes) are saved as plain numbers.
-    result = train.search(build, {"lr": [0.05], "batch_size": list(np.array([16, 32]))}, (x, y), val,
+    # NumPy values (np.array(...).tolist() is not what everyone writes), and 1-D arrays of them as the
+    # choices (np.logspace, say), are saved as plain numbers.
+    result = train.search(build, {"lr": np.array([0.05]), "batch_size": list(np.array([16, 32]))}, (x, y), val,
                           out_dir=tmp_path / "np", epochs=1, verbose=False)
     assert sorted(r["settings"]["batch_size"] for r in result.table) == [16, 32]
-    assert all(type(r["settings"]["batch_size"]) is int for r in result.table)
+    assert all(type(r["settings"]["batch_size"]) is int and type(r["settings"]["lr"]) is float for r in result.table)
+    random = train.search(build, {"lr": np.array([0.05, 0.1]), "batch_size": (16,)}, (x, y), val, method="random",
+                          n_trials=2, out_dir=tmp_path / "np-random", epochs=1, verbose=False)
+    assert {r["settings"]["lr"] for r in random.table} <= {0.05, 0.1}
+    for method, choices, got in (("grid", np.zeros((2, 2)), "a 2-D array of shape \\(2, 2\\)"),
+                                 ("grid", np.array([]), "a 1-D array of shape \\(0,\\)"),
+                                 ("random", [], "an empty list"), ("grid", 0.1, "float 0.1")):
+        with pytest.raises(ValueError, match=f"{method} search: space\\['lr'\\] must be a non-empty list .*got {got}"):
+            train.search(build, {"lr": choices}, (x, y), val, method=method, n_trials=2, out_dir=tmp_path / "bad",
+                         epochs=1, batch_size=16, verbose=False)
     assert checkpoint.read_info(result.best_checkpoint)["extra"]["settings"] == result.best_settings
     # A value JSON cannot hold: an error before any trial, and no partial best.
     with pytest.raises(ValueError, match="setting 'lr' = .* is not a JSON value"):
