@@ -8,7 +8,8 @@ state, the weights file's SHA-256).
 
 Layout of a checkpoint directory:
     checkpoint.json                       names the weights file and its checksum; carries its own
-                                          checksum (index_sha256, over its canonical content)
+                                          checksum (index_sha256, over its canonical content); the
+                                          model's config, which parameters are tied and frozen
     weights-<unique>.safetensors          model parameters ("0.weight", ...) and optimizer buffers
                                           ("optim.<param index>.<buffer>")
 
@@ -178,6 +179,7 @@ def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, ext
         "config": _json_normal(model.config(), "model config"),
         "parameters": list(model.state_dict().keys()),
         "tied": _tied(model),
+        "frozen": frozen_names(model),
         "module_state": _json_normal(_jsonable(model.extra_state()), "module state"),
         "weights": None,
         "optimizer": None,
@@ -341,6 +343,21 @@ def _tied(model) -> list:
     return [group for group in names.values() if len(group) > 1]
 
 
+def frozen_names(model) -> list:
+    """The names of the model's frozen parameters (requires_grad False), in named_parameters' order."""
+    return [name for name, p in model.named_parameters() if not p.requires_grad]
+
+
+def _freeze(model, names, directory):
+    """Freezes the rebuilt model's parameters the saved model had frozen."""
+    params = dict(model.named_parameters())
+    if not (isinstance(names, list) and all(isinstance(n, str) and n in params for n in names)):
+        raise CheckpointError(f"the checkpoint {directory!r} lists {names!r} as its frozen parameters, which are not "
+                              "parameters of its model")
+    for name in names:
+        params[name].requires_grad = False
+
+
 def _tie(model, groups, directory):
     """Ties the rebuilt model's parameters as the saved model's were (groups: _tied's, from the JSON)."""
     params, modules = dict(model.named_parameters()), dict(model._named_modules())
@@ -357,7 +374,8 @@ def _tie(model, groups, directory):
 
 
 def load(path):
-    """(model rebuilt from the checkpoint's config with its weights, info dict)."""
+    """(model rebuilt from the checkpoint's config with its weights, its tied and frozen parameters as
+    saved, info dict)."""
     directory = _directory(path)
     info, tensors = _read_saved(directory, read_info(directory))
     # The rebuilt layers draw no initial weights (the file's overwrite them) and take Dropout seeds
@@ -370,6 +388,7 @@ def load(path):
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"cannot rebuild the model from {directory!r}: {exc}") from None
     _tie(model, info.get("tied", []), directory)  # (checkpoints from before ties were saved: none)
+    _freeze(model, info.get("frozen", []), directory)  # (nor frozen parameters)
     try:
         model.load_state_dict(_model_weights(tensors))
     except (KeyError, ValueError, TypeError) as exc:

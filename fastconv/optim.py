@@ -334,18 +334,34 @@ class LRScheduler:
         group; a fastconv optimizer has one), so that `scheduler.get_last_lr()[0]` ports as is."""
         return [self.optimizer.lr]
 
+    def hyperparameters(self) -> dict:
+        """The schedule's constructor arguments (step_size and gamma, T_max and eta_min)."""
+        return {k: getattr(self, k) for k in self._hyperparameters}
+
     def state_dict(self) -> dict:
-        return {"type": type(self).__name__, "base_lr": self.base_lr, "last_epoch": self.last_epoch}
+        return {"type": type(self).__name__, "base_lr": self.base_lr, "last_epoch": self.last_epoch,
+                "hyperparameters": self.hyperparameters()}
 
     def check_state_dict(self, state: dict) -> tuple:
-        """Validates a state_dict() without changing anything: (base_lr, last_epoch)."""
-        if state.get("type", type(self).__name__) != type(self).__name__:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: the state is from a {state['type']}")
-        last_epoch = _check.integer(state["last_epoch"], f"{type(self).__name__}.load_state_dict: last_epoch", low=0)
-        return float(state["base_lr"]), last_epoch
+        """Validates a state_dict() without changing anything: (base_lr, last_epoch, hyperparameters).
+        A state saved before the schedule's hyperparameters were keeps this scheduler's."""
+        name = type(self).__name__
+        if state.get("type", name) != name:
+            raise ValueError(f"{name}.load_state_dict: the state is from a {state['type']}")
+        last_epoch = _check.integer(state["last_epoch"], f"{name}.load_state_dict: last_epoch", low=0)
+        hyper = state.get("hyperparameters", self.hyperparameters())
+        if not isinstance(hyper, dict) or set(hyper) != set(self._hyperparameters):
+            raise ValueError(f"{name}.load_state_dict: hyperparameters must be a dict of "
+                             f"{', '.join(self._hyperparameters)}, got {hyper!r}")
+        checked = type(self)(self.optimizer, **hyper)  # (the constructor's checks; it changes nothing)
+        return float(state["base_lr"]), last_epoch, checked.hyperparameters()
 
     def load_state_dict(self, state: dict) -> None:
-        self.base_lr, self.last_epoch = self.check_state_dict(state)
+        """Takes the saved schedule: base_lr, the step count and its hyperparameters (as torch's
+        load_state_dict, which loads the scheduler's whole state), and sets the optimizer's lr."""
+        self.base_lr, self.last_epoch, hyper = self.check_state_dict(state)
+        for k, v in hyper.items():
+            setattr(self, k, v)
         self.optimizer.lr = self.lr_at(self.last_epoch)
 
     _hyperparameters: tuple = ()  # the subclass's constructor arguments, for repr

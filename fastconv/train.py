@@ -42,6 +42,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import threading
 import time
 import warnings
@@ -102,16 +103,39 @@ def _command_line_words():
 # helpers
 
 
-def _xy_pair(data, name):
+def _xy_pair(data, name, model=None):
+    """(x, y) as arrays of rows. x given as a list (no dtype of its own) takes the model's parameters'
+    dtype (np.asarray's float64 would be refused by a float32 model), y NumPy's."""
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise TypeError(f"{name} must be a pair (x, y) of arrays, got {type(data).__name__}")
-    x, y = data
-    x, y = np.asarray(x) if not hasattr(x, "shape") else x, np.asarray(y) if not hasattr(y, "shape") else y
+    x, y = (_rows(a, f"{name}: {what}", _model_dtype(model) if what == "x" else None)
+            for what, a in zip("xy", data))
     if len(x) != len(y):
         raise ValueError(f"{name}: x has {len(x)} rows but y has {len(y)}")
     if len(x) == 0:
         raise ValueError(f"{name} is empty")
     return x, y
+
+
+def _rows(a, name, dtype=None):
+    """a as an array of rows: itself when it has a shape, else np.asarray of it (in dtype, if given)."""
+    if hasattr(a, "shape") and len(a.shape):
+        return a
+    if a is None or isinstance(a, (dict, str, bytes)) or not hasattr(a, "__len__"):
+        raise TypeError(f"{name} must be an array (or a list) with a row per example, got {type(a).__name__}")
+    try:
+        array = np.asarray(a, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be an array (or a list) with a row per example: {exc}") from None
+    if array.ndim == 0:
+        raise TypeError(f"{name} must be an array (or a list) with a row per example, got {type(a).__name__}")
+    return array
+
+
+def _model_dtype(model):
+    """The dtype of the model's parameters (None for a model without any)."""
+    params = model.parameters() if model is not None else []
+    return params[0].dtype if params else None
 
 
 def _positive_int(value, name, allow_none=False):
@@ -126,6 +150,7 @@ def predict(model, x, batch_size=256):
     once on the empty batch, which gives the output's other dimensions and dtype. Several threads may
     predict with one model at once; not while another trains it (it is in eval mode meanwhile)."""
     batch_size = _positive_int(batch_size, "batch_size")
+    x = _rows(x, "predict: x", _model_dtype(model))
     xp = _backend.current().xp
     with _in_eval_mode(model):
         if len(x) == 0:
@@ -297,7 +322,7 @@ def evaluate(model, loss_fn, data, batch_size=256, metric_fn=None):
     sigmoid for BCEWithLogitsLoss), the raw outputs otherwise (e.g. MSELoss), as fit's metric does.
     The metric is NaN when the outputs are not all finite or the loss is NaN (a diverged model): no
     metric can score those."""
-    data = _xy_pair(data, "data")
+    data = _xy_pair(data, "data", model)
     batch_size = _positive_int(batch_size, "batch_size")
     fn = None if metric_fn is None else _metric(metric_fn, None, "metric_fn")[1]
     loss, value, finite = _evaluate(model, loss_fn, data, batch_size, fn)
@@ -420,11 +445,15 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         so that a run never replaces another's saved model unasked (`fastconv train` refuses the same --out
         unless --resume or --overwrite).
     restore_best: at the end, load the best evaluation's weights back into the model.
+    Before the first step, every training and validation target passes the loss's checks (labels in
+    range, shapes), and the checkpoint_dir's directories are written to once. fit puts the whole model
+    in training mode (model.train(): every layer, as torch's loops do) and leaves it so; evaluations
+    run in eval mode and restore the layers' modes.
     (_train_digest: search's, train's _digest computed once for all its trials.)
     """
-    x_train, y_train = _xy_pair(train, "train")
+    x_train, y_train = _xy_pair(train, "train", model)
     if val is not None:
-        val = _xy_pair(val, "val")
+        val = _xy_pair(val, "val", model)
     epochs = _positive_int(epochs, "epochs")
     batch_size = _positive_int(batch_size, "batch_size")
     eval_every = _positive_int(eval_every, "eval_every", allow_none=True)
@@ -434,6 +463,13 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     if val is None and name != "loss":
         raise ValueError(f"metric={name!r} needs validation data (val=(x, y)); without it only 'loss' (the "
                          "training loss) can be monitored")
+    if scheduler is not None and getattr(scheduler, "optimizer", None) is not optimizer:
+        raise ValueError("fit: the scheduler was made for another optimizer than the one fit steps: it would "
+                         "set that one's lr, and this one's would never change (make it with "
+                         "StepLR(optimizer, ...) / CosineAnnealingLR(optimizer, ...) of this optimizer)")
+    for data, which in (((x_train, y_train), "training"), (val, "validation")):
+        if data is not None:
+            _check_targets(model, loss_fn, data, which)
     if metric_fn is _auc:
         _check_auc_labels(val[1])
     _warn_frozen(model)
@@ -452,6 +488,9 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         if not (resume or overwrite):
             _keep_earlier_run(checkpoint_dir, last_dir, best_dir)
         os.makedirs(checkpoint_dir, exist_ok=True)
+        for path in (checkpoint_dir, last_dir, best_dir):
+            if os.path.isdir(path):
+                _check_writable(path)
     xp = _backend.current().xp
 
     n = len(x_train)
@@ -466,10 +505,13 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     history = History(name, mode)
     on_disk = {"step": None, "best": None}  # the step last/ holds, the evaluation best/ holds (an interrupt says)
     if resume and os.path.exists(os.path.join(last_dir, _checkpoint.INDEX)):
-        _check_resumable(last_dir, name, mode, batches)  # before load_into changes model and optimizer
+        _check_resumable(last_dir, name, mode, batches, model)  # before load_into changes model and optimizer
         given = optimizer.hyperparameters()
+        given_schedule = scheduler.hyperparameters() if scheduler is not None else None
         info = _checkpoint.load_into(last_dir, model, optimizer, scheduler)
         _warn_replaced_hyperparameters(last_dir, given, optimizer.hyperparameters(), scheduler is not None)
+        if scheduler is not None:
+            _warn_replaced_hyperparameters(last_dir, given_schedule, scheduler.hyperparameters(), False, "scheduler")
         saved = info["extra"]["fit"]
         s.update(saved["state"])
         rng.bit_generator.state = saved["rng"]
@@ -633,15 +675,15 @@ def _warn_frozen(model):
                       "unfreeze() the layers to train, before fit (freeze() froze them)", RuntimeWarning, stacklevel=3)
 
 
-def _warn_replaced_hyperparameters(last_dir, given, saved, scheduled):
-    """Resume takes the optimizer's hyperparameters from the checkpoint (as torch's load_state_dict
-    does): a warning where this call's optimizer had others, which it would otherwise drop unsaid.
-    (Not lr under a scheduler: the saved one is the schedule's by then.)"""
+def _warn_replaced_hyperparameters(last_dir, given, saved, scheduled, owner="optimizer"):
+    """Resume takes the optimizer's (and scheduler's) hyperparameters from the checkpoint (as torch's
+    load_state_dict does): a warning where this call's had others, which it would otherwise drop
+    unsaid. (Not the optimizer's lr under a scheduler: the saved one is the schedule's by then.)"""
     changed = {k: (given[k], saved[k]) for k in given
                if k in saved and given[k] != saved[k] and not (k == "lr" and scheduled)}
     if changed:
         replaced = ", ".join(f"{k} {old!r} (not {new!r})" for k, (new, old) in changed.items())
-        warnings.warn(f"fit: resume continues with the optimizer's hyperparameters saved in {os.fspath(last_dir)}, "
+        warnings.warn(f"fit: resume continues with the {owner}'s hyperparameters saved in {os.fspath(last_dir)}, "
                       f"not {_say('this call')}'s: {replaced}", RuntimeWarning, stacklevel=3)
 
 
@@ -709,11 +751,48 @@ def _keep_earlier_run(checkpoint_dir, last_dir, best_dir):
                          f"replaces it, or give another {_say('checkpoint_dir')}")
 
 
-def _check_resumable(last_dir, name, mode, batches):
+_TARGET_CHUNK = 8192  # rows a call of the loss takes in _check_targets
+
+
+def _check_targets(model, loss_fn, data, name):
+    """The loss's own checks of every target (a label's range, a target's shape against the output's),
+    before training: on zero outputs of the model's output shape (one row through the model, in eval
+    mode, which draws nothing from a Dropout's generator). A bad label in the validation set failed only
+    at the first evaluation, an epoch of training later, and one in the training set at its batch;
+    neither said which set."""
+    x, y = data
+    xp = _backend.current().xp
+    with _in_eval_mode(model):
+        out = model(xp.asarray(x[:1]))
+    for start in range(0, len(y), _TARGET_CHUNK):
+        part = y[start:start + _TARGET_CHUNK]
+        try:
+            loss_fn(xp.zeros((len(part), *out.shape[1:]), out.dtype), part)
+        except (TypeError, ValueError) as exc:
+            if type(exc) not in (TypeError, ValueError):
+                raise
+            raise type(exc)(f"fit: the {name} targets (rows {start} to {start + len(part) - 1}): {exc}") from None
+
+
+def _check_writable(directory):
+    """An OSError (PermissionError for a read-only directory) now, not at the first checkpoint an epoch
+    later: a file created in `directory` and removed."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tmp-writable-", dir=directory)
+    except OSError as exc:
+        raise type(exc)(f"fit: cannot write in {os.fspath(directory)!r} ({exc.strerror or exc}), where fit saves its "
+                        f"checkpoints: give a {_say('checkpoint_dir')} it can write") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_resumable(last_dir, name, mode, batches, model):
     """CheckpointError for a `last` that train.fit did not write; ResumeError for another metric, or
     for another batch size or number of training rows (the saved position in the epoch's shuffled
-    order would point elsewhere: rows skipped or repeated), or other training data (by its digest)."""
-    extra = _checkpoint.read_info(last_dir).get("extra")
+    order would point elsewhere: rows skipped or repeated), other training data (by its digest), or
+    other parameters frozen (other parameters would train)."""
+    info = _checkpoint.read_info(last_dir)
+    extra = info.get("extra")
     saved = extra.get("fit") if isinstance(extra, dict) else None
     if not (isinstance(saved, dict) and {"state", "rng", "history"} <= set(saved)):
         raise _checkpoint.CheckpointError(
@@ -733,6 +812,11 @@ def _check_resumable(last_dir, name, mode, batches):
         raise ResumeError(f"resume: the checkpoint in {last_dir} was trained on other training data (as many rows, "
                           "other values or order: another split or seed?); resume with the same (x, y), or start "
                           f"afresh with {_say('overwrite')}")
+    frozen = _checkpoint.frozen_names(model)
+    if "frozen" in info and info["frozen"] != frozen:  # (checkpoints from before it was saved: not known)
+        raise ResumeError(f"resume: the run in {last_dir} trained with {info['frozen'] or 'no'} parameters frozen, "
+                          f"{_say('this call')}'s model has {frozen or 'none'} frozen: freeze() the same layers "
+                          f"to continue it (or start afresh with {_say('overwrite')})")
 
 
 def _digest(x, y) -> str:

@@ -353,6 +353,13 @@ def fit(be, **kw):
                      (x, y), **args)
 
 
+def fit_bad_val_label(be, _):
+    x, y = host((8, 3)), np.arange(8) % 2
+    model = tiny_model()
+    train.fit(model, fastconv.losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y),
+              (x, np.where(np.arange(8) == 5, 7, y)), epochs=1, batch_size=4, progress=False)
+
+
 def fit_twice(be, tmp_path):
     """A second fit into the checkpoint_dir of a first: it would replace the first's best/ at its first evaluation."""
     fit(be, checkpoint_dir=tmp_path / "run")
@@ -783,6 +790,8 @@ CASES = [
       ValueError, r"StepLR: step_size must be an int >= 1, got 0"),
     C("hyper", "StepLR(opt, step_size=1.5)", lambda be, _: optim.StepLR(optim.SGD(tiny_model().parameters(), lr=0.1), step_size=1.5),
       TypeError, r"StepLR: step_size must be an int, got 1.5"),
+    C("range", "fit(..., val=(x, labels with a 7 for 2 classes))", fit_bad_val_label, ValueError,
+      r"fit: the validation targets \(rows 0 to 7\): .*labels must be class indices in \[0, 2\) .*got 7 at index 5"),
     C("hyper", "fit(..., batch_size=0)", lambda be, _: fit(be, batch_size=0), ValueError, r"batch_size must be an int >= 1, got 0"),
     C("hyper", "fit(..., epochs=0)", lambda be, _: fit(be, epochs=0), ValueError, r"epochs must be an int >= 1, got 0"),
     C("hyper", "fit(..., epochs=2.5)", lambda be, _: fit(be, epochs=2.5), TypeError, r"epochs must be an int, got 2.5"),

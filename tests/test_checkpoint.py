@@ -265,6 +265,22 @@ def test_tied_weights_stay_tied_through_a_checkpoint(tmp_path):
     np.testing.assert_array_equal(outputs(untied, x), outputs(model, x))
 
 
+def test_frozen_parameters_stay_frozen_through_a_checkpoint(tmp_path):
+    model, x = model_and_input()
+    model[0].freeze()
+    checkpoint.save(tmp_path / "ck", model, epoch=1)
+    loaded, info = checkpoint.load(tmp_path / "ck")
+    assert info["frozen"] == ["0.weight", "0.bias"]
+    assert [p.frozen for p in loaded.parameters()] == [p.frozen for p in model.parameters()] == [True, True, False, False]
+    np.testing.assert_array_equal(outputs(loaded, x), outputs(model, x))
+    info = json.loads((tmp_path / "ck" / "checkpoint.json").read_text())
+    info["frozen"] = ["0.weight", "7.bias"]  # a name the model lacks, re-signed
+    info["index_sha256"] = checkpoint._index_digest(info)
+    (tmp_path / "ck" / "checkpoint.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match=r"lists \['0.weight', '7.bias'\] as its frozen parameters"):
+        checkpoint.load(tmp_path / "ck")
+
+
 @pytest.mark.parametrize("tied", ["0.weight", [["0.weight", "9.weight"]], [["0.weight", "4.weight"]], [["0.weight"]]])
 def test_a_re_signed_bad_tie_is_a_clear_error(tmp_path, tied):
     checkpoint.save(tmp_path / "ck", tied_model(), epoch=1)

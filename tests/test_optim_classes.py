@@ -393,3 +393,42 @@ def test_cosine_lr_sequence_and_state():
     with pytest.raises(ValueError, match="last_epoch must be an int >= 0, got -1"):
         sched2.load_state_dict({**state, "last_epoch": -1})
     assert sched2.base_lr == 0.1 and sched2.last_epoch == sched.last_epoch
+
+
+@pytest.mark.parametrize("make, other", [(lambda o: optim.StepLR(o, step_size=2, gamma=0.5), dict(step_size=3, gamma=0.9)),
+                                         (lambda o: optim.CosineAnnealingLR(o, T_max=6, eta_min=0.01),
+                                          dict(T_max=10, eta_min=0.0))])
+def test_a_schedulers_state_holds_its_hyperparameters_and_loading_takes_them(make, other):
+    """The state held base_lr and the step count only: a scheduler of another gamma (or T_max) took
+    it and continued another schedule, the lr jumping mid-run. Now the saved schedule is taken whole
+    (as torch's load_state_dict does), and an older state without them keeps the scheduler's own."""
+    opt = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.1)
+    sched = make(opt)
+    for _ in range(3):
+        sched.step()
+    state = sched.state_dict()
+    assert state["hyperparameters"] == sched.hyperparameters()
+    opt2 = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.1)
+    sched2 = type(sched)(opt2, **other)
+    sched2.load_state_dict(state)
+    assert sched2.hyperparameters() == sched.hyperparameters() and opt2.lr == opt.lr
+    for _ in range(4):
+        sched.step()
+        sched2.step()
+        assert opt2.lr == opt.lr
+    sched3 = type(sched)(optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.1), **other)
+    sched3.load_state_dict({k: v for k, v in state.items() if k != "hyperparameters"})
+    assert sched3.hyperparameters() == other and sched3.last_epoch == 3
+
+
+def test_a_schedulers_saved_hyperparameters_are_checked_before_anything_changes():
+    opt = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.1)
+    sched = optim.StepLR(opt, step_size=2, gamma=0.5)
+    state = sched.state_dict()
+    for hyper, error, match in ((dict(step_size=0, gamma=0.5), ValueError, "StepLR: step_size must be an int >= 1"),
+                                (dict(step_size=2.5, gamma=0.5), TypeError, "StepLR: step_size must be an int"),
+                                (dict(step_size=2), ValueError, r"hyperparameters must be a dict of step_size, gamma"),
+                                ([2, 0.5], ValueError, "hyperparameters must be a dict")):
+        with pytest.raises(error, match=match):
+            sched.load_state_dict({**state, "last_epoch": 5, "hyperparameters": hyper})
+        assert sched.hyperparameters() == dict(step_size=2, gamma=0.5) and sched.last_epoch == 0 and opt.lr == 0.1

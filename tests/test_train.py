@@ -114,6 +114,116 @@ def test_resume_of_a_run_that_ended_between_evaluations_says_it_keeps_its_last_o
         run(tmp_path / "grid", 5, resume=True, eval_every=2)
 
 
+def test_resume_with_another_schedule_continues_the_saved_one_and_says_so(tmp_path):
+    # The scheduler's state held base_lr and the step count only: a resumed run with StepLR(gamma=0.9)
+    # continued the 0.5 run's lr at 0.9's rate (0.1, 0.05, then 0.081: up, mid-run), unsaid.
+    def go(directory, epochs, gamma, resume=False):
+        x, y = blobs(60, seed=1)
+        model = mlp(seed=3)
+        opt = optim.SGD(model.parameters(), lr=0.1)
+        return train.fit(model, losses.CrossEntropyLoss(), opt, (x, y), blobs(20, seed=2), epochs=epochs,
+                         batch_size=16, scheduler=optim.StepLR(opt, step_size=1, gamma=gamma), checkpoint_dir=directory,
+                         resume=resume, progress=False)
+
+    full = go(tmp_path / "full", 4, 0.5)
+    go(tmp_path / "parts", 2, 0.5)
+    with pytest.warns(RuntimeWarning, match=r"resume continues with the scheduler's hyperparameters saved in .*: "
+                                            r"gamma 0.5 \(not 0.9\)"):
+        resumed = go(tmp_path / "parts", 4, 0.9, resume=True)
+    assert [r["lr"] for r in resumed] == [r["lr"] for r in full] == [0.1, 0.05, 0.025, 0.0125]
+
+
+def test_a_checkpoint_dir_fit_cannot_write_fails_before_training(tmp_path, monkeypatch):
+    # A read-only checkpoint_dir failed at the first save, after an epoch of training. (Simulated: a
+    # root user, as CI's, writes into a chmod 555 directory.)
+    import tempfile as tempfile_module
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile_module, "mkstemp", refuse)
+    x, y = blobs(40, seed=1)
+    model = mlp(seed=3)
+    steps = count_steps(monkeypatch, optim.SGD)
+    with pytest.raises(PermissionError, match=r"fit: cannot write in '.*ro' \(Permission denied\), where fit saves "
+                                              r"its checkpoints: give a checkpoint_dir it can write"):
+        train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), epochs=1,
+                  batch_size=8, checkpoint_dir=tmp_path / "ro", progress=False)
+    assert not steps
+
+
+def test_bad_targets_fail_before_training_and_name_their_set(monkeypatch):
+    # A validation label outside the model's classes failed at the first evaluation, an epoch of
+    # training later, naming neither the set nor the row.
+    x, y = blobs(40, seed=1)
+    model = mlp(seed=3)  # 3 classes
+    before = [p.data.copy() for p in model.parameters()]
+    bad = y.copy()
+    bad[37] = 3
+    for tr, val, which in (((x, y), (x, bad), "validation"), ((x, bad), (x, y), "training")):
+        steps = count_steps(monkeypatch, optim.SGD)
+        with pytest.raises(ValueError, match=rf"fit: the {which} targets \(rows 0 to 39\): .*labels must be class indices "
+                                             r"in \[0, 3\).*got 3 at index 37"):
+            train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), tr, val, epochs=1,
+                      batch_size=8, progress=False)
+        assert not steps
+    assert all(np.array_equal(b, p.data) for b, p in zip(before, model.parameters()))
+    # A target shape the loss refuses, too (BCE's (N,) against the (N, 1) output), with its hint.
+    one = nn.Sequential(nn.Linear(4, 1, seed=0))
+    with pytest.raises(ValueError, match=r"fit: the training targets .*reshape\(-1, 1\)"):
+        train.fit(one, losses.BCEWithLogitsLoss(), optim.SGD(one.parameters(), lr=0.1), (x, (y > 0).astype(np.float32)),
+                  epochs=1, batch_size=8, progress=False)
+
+
+def test_fit_and_predict_take_lists_and_refuse_what_is_not_rows():
+    x, y = blobs(24, seed=1)
+    model = mlp(seed=3)
+    ref = mlp(seed=3)
+    train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x.tolist(), y.tolist()),
+              epochs=1, batch_size=8, progress=False)
+    train.fit(ref, losses.CrossEntropyLoss(), optim.SGD(ref.parameters(), lr=0.1), (x, y), epochs=1, batch_size=8,
+              progress=False)
+    np.testing.assert_array_equal(train.predict(model, x.tolist()), train.predict(ref, x))  # lists as the model's dtype
+    for data, match in (((x, None), "train: y must be an array .* got NoneType"), (({"a": 1}, y), "got dict"),
+                        (((r for r in x), y), "got generator"), ((x[0, 0], y), "got float32")):
+        with pytest.raises(TypeError, match=match):
+            train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), data, epochs=1,
+                      batch_size=8, progress=False)
+    with pytest.raises(TypeError, match="predict: x must be an array .* got NoneType"):
+        train.predict(model, None)
+
+
+def test_fit_refuses_a_scheduler_of_another_optimizer():
+    x, y = blobs(20, seed=1)
+    model = mlp(seed=3)
+    opt, other = optim.SGD(model.parameters(), lr=0.1), optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="the scheduler was made for another optimizer than the one fit steps"):
+        train.fit(model, losses.CrossEntropyLoss(), opt, (x, y), epochs=1, batch_size=8,
+                  scheduler=optim.StepLR(other, step_size=1), progress=False)
+
+
+def test_resume_refuses_a_model_with_other_parameters_frozen(tmp_path):
+    x, y = blobs(40, seed=1)
+
+    def go(freeze, resume=False, epochs=1):
+        model = mlp(seed=3)
+        if freeze:
+            model[0].freeze()
+        return model, train.fit(model, losses.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=0.01), (x, y),
+                                epochs=epochs, batch_size=8, checkpoint_dir=tmp_path, resume=resume, progress=False)
+
+    go(freeze=True)
+    model = mlp(seed=3)
+    before = [p.data.copy() for p in model.parameters()]
+    with pytest.raises(train.ResumeError, match=r"trained with \['0.weight', '0.bias'\] parameters frozen, this call's "
+                                                r"model has none frozen: freeze\(\) the same layers"):
+        train.fit(model, losses.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=0.01), (x, y), epochs=2,
+                  batch_size=8, checkpoint_dir=tmp_path, resume=True, progress=False)
+    assert all(np.array_equal(b, p.data) for b, p in zip(before, model.parameters()))
+    resumed, history = go(freeze=True, resume=True, epochs=2)  # the same layers frozen: it continues
+    assert len(history) == 2 and resumed[0].weight.frozen
+
+
 def test_resume_after_a_kill_mid_epoch(tmp_path, monkeypatch):
     # 7 batches per epoch, evaluations every 3 steps: "last" is written mid-epoch at step 9; the run is
     # killed at step 11 and resumed from there.
@@ -175,7 +285,8 @@ def test_resume_after_an_early_stop_on_an_epochs_last_batch_ends_that_epoch(tmp_
     resumed, sched = run(tmp_path / "part", resume=True)
     assert steps == []  # the step-8 evaluation's checkpoint: the run had stopped, only epoch 2's end was left
     assert full.stopped_early and resumed.stopped_early and len(resumed) == len(full) == 2
-    assert sched.state_dict() == full_sched.state_dict() == {"type": "StepLR", "base_lr": 0.0, "last_epoch": 2}
+    assert sched.state_dict() == full_sched.state_dict() == {"type": "StepLR", "base_lr": 0.0, "last_epoch": 2,
+                                                                "hyperparameters": {"step_size": 1, "gamma": 0.1}}
     expected, got = (checkpoint.read_info(tmp_path / d / "last") for d in ("full", "part"))
     assert got["epoch"] == expected["epoch"] == 2 and got["scheduler"] == expected["scheduler"]
     assert {k: v for k, v in got["extra"]["fit"]["state"].items() if k != "elapsed"} == \
