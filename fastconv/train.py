@@ -42,6 +42,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -922,6 +923,28 @@ def _ranked(rows, mode):
     return ranked
 
 
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Ctrl-C (SIGINT) inside the block is raised when the block is done, on the main thread (where
+    Python handles signals; elsewhere nothing changes). For a search's bookkeeping after a trial: an
+    interrupt between copying the trial's model to best/ and rewriting the table left best/ holding
+    a trial the table did not list."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, received[0])
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+
 def _write_table(out_dir, rows, keys):
     """search.json and search.csv, each through a temp file and a rename: an interrupt leaves the
     previous table whole."""
@@ -1023,16 +1046,17 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
                    "best_epoch": history.best_epoch,
                    "epochs_run": history.records[-1]["epoch"] if history.records else 0,
                    "time_s": time.perf_counter() - t0}
-            rows.append(row)
-            if _improved(history.best_metric, best_value, mode):
-                best_value = history.best_metric
-                # Copy the trial's best checkpoint (atomically, through save) to out_dir/best.
-                trial_model, info = _checkpoint.load(os.path.join(work, "best"))
-                _checkpoint.save(best_dir, trial_model, epoch=info["epoch"], metric=info["metric"],
-                                 extra={"settings": setting, "trial": trial})
-            if best_value is None:  # (overwrite=True: an earlier search's best/ does not go with this table)
-                _remove(best_dir)
-            _write_table(out_dir, _ranked(rows, mode), list(space))  # after every trial: an interrupt keeps them
+            with _interrupts_deferred():  # best/ and the table agree on which trials finished
+                rows.append(row)
+                if _improved(history.best_metric, best_value, mode):
+                    best_value = history.best_metric
+                    # Copy the trial's best checkpoint (atomically, through save) to out_dir/best.
+                    trial_model, info = _checkpoint.load(os.path.join(work, "best"))
+                    _checkpoint.save(best_dir, trial_model, epoch=info["epoch"], metric=info["metric"],
+                                     extra={"settings": setting, "trial": trial})
+                if best_value is None:  # (overwrite=True: an earlier search's best/ does not go with this table)
+                    _remove(best_dir)
+                _write_table(out_dir, _ranked(rows, mode), list(space))  # after every trial: an interrupt keeps them
             if verbose:
                 print(f"trial {trial + 1}/{len(settings)} {setting}: best {name} {history.best_metric} "
                       f"at epoch {history.best_epoch} ({row['time_s']:.1f} s)")

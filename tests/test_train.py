@@ -293,6 +293,38 @@ def test_resume_after_an_early_stop_on_an_epochs_last_batch_ends_that_epoch(tmp_
         {k: v for k, v in expected["extra"]["fit"]["state"].items() if k != "elapsed"}
 
 
+def test_ctrl_c_while_a_search_saves_a_trial_keeps_best_and_table_in_agreement(tmp_path, monkeypatch):
+    # A SIGINT between copying the second trial's model to best/ and rewriting the table left best/
+    # holding trial 1 while search.json listed trial 0 alone. The bookkeeping now finishes first.
+    import signal as signal_module
+
+    x, y = blobs(80, seed=6)
+    val = blobs(40, seed=6)
+
+    def build(settings):
+        model = mlp()
+        return model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=settings["lr"])
+
+    real_save, saves = checkpoint.save, []
+
+    def save_then_ctrl_c(path, *args, **kwargs):
+        result = real_save(path, *args, **kwargs)
+        if os.path.basename(os.fspath(path)) == "best" and os.path.basename(os.path.dirname(os.fspath(path))) != "trial":
+            saves.append(path)
+            if len(saves) == 2:  # the second trial's copy to out_dir/best, before its table
+                os.kill(os.getpid(), signal_module.SIGINT)
+        return result
+
+    monkeypatch.setattr(checkpoint, "save", save_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train.search(build, {"lr": [0.0, 0.2, 0.3]}, (x, y), val, out_dir=tmp_path, metric="accuracy", epochs=2,
+                     batch_size=16, verbose=False)
+    assert len(saves) == 2
+    table = json.loads((tmp_path / "search.json").read_text())
+    assert sorted(r["trial"] for r in table) == [0, 1]
+    assert checkpoint.read_info(tmp_path / "best")["extra"]["trial"] == table[0]["trial"] == 1
+
+
 @pytest.mark.skipif(not hasattr(KeyboardInterrupt(), "add_note"), reason="exception notes: Python 3.11+")
 def test_an_interrupted_fit_says_where_it_stopped_and_what_is_saved(tmp_path, monkeypatch):
     x, y = blobs(40, seed=1)
