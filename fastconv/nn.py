@@ -258,7 +258,10 @@ class Module:
             if name not in state_dict:
                 continue
             value = state_dict[name]
-            shape = tuple(getattr(value, "shape", ()))
+            if not hasattr(value, "shape"):
+                raise TypeError(f"load_state_dict: {name} is a {type(value).__name__} in the state dict, not an "
+                                f"array (the model's parameter is an array of shape {p.shape})")
+            shape = tuple(value.shape)
             if shape != p.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {shape} in the state dict, "
                                  f"but the model's parameter is {p.shape}")

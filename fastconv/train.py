@@ -486,6 +486,10 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
             if os.path.exists(path) and not os.path.isdir(path):
                 raise ValueError(f"{_say('checkpoint_dir')}: {os.fspath(path)!r} is a file, but fit writes the "
                                  f"checkpoint directories best/ and last/ in {_say('checkpoint_dir')}")
+            if os.path.islink(path) and not os.path.exists(path):  # (os.makedirs: a bare FileExistsError)
+                raise ValueError(f"{_say('checkpoint_dir')}: {os.fspath(path)!r} is a symbolic link to "
+                                 f"{os.readlink(path)!r}, which does not exist: create it, or give another "
+                                 f"{_say('checkpoint_dir')}")
         if not (resume or overwrite):
             _keep_earlier_run(checkpoint_dir, last_dir, best_dir)
         os.makedirs(checkpoint_dir, exist_ok=True)

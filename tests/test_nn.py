@@ -308,6 +308,8 @@ def test_load_state_dict_errors_leave_model_untouched():
         ({**good, "9.weight": np.zeros(3, np.float32)}, KeyError, "unexpected keys \\['9.weight'\\]"),
         ({**good, "4.weight": np.zeros((2, 4), np.float32)}, ValueError, "4.weight has shape \\(2, 4\\)"),
         ({**good, "4.bias": np.zeros(2, np.float64)}, TypeError, "4.bias is float64"),
+        ({**good, "4.bias": [0.0, 0.0]}, TypeError, r"4.bias is a list in the state dict, not an array \(the model's "
+                                                    r"parameter is an array of shape \(2,\)\)"),
     ]
     for sd, error, message in cases:
         with pytest.raises(error, match=message):

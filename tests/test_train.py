@@ -193,6 +193,16 @@ def test_fit_and_predict_take_lists_and_refuse_what_is_not_rows():
         train.predict(model, None)
 
 
+def test_a_checkpoint_dir_that_links_nowhere_is_a_clear_error(tmp_path):
+    os.symlink(tmp_path / "missing", tmp_path / "link")
+    x, y = blobs(20, seed=1)
+    model = mlp(seed=3)
+    with pytest.raises(ValueError, match=r"checkpoint_dir: '.*link' is a symbolic link to '.*missing', which does not "
+                                         r"exist: create it, or give another checkpoint_dir"):
+        train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), epochs=1,
+                  batch_size=8, checkpoint_dir=tmp_path / "link", progress=False)
+
+
 def test_fit_refuses_a_scheduler_of_another_optimizer():
     x, y = blobs(20, seed=1)
     model = mlp(seed=3)
