@@ -353,8 +353,9 @@ class LRScheduler:
         if not isinstance(hyper, dict) or set(hyper) != set(self._hyperparameters):
             raise ValueError(f"{name}.load_state_dict: hyperparameters must be a dict of "
                              f"{', '.join(self._hyperparameters)}, got {hyper!r}")
-        checked = type(self)(self.optimizer, **hyper)  # (the constructor's checks; it changes nothing)
-        return float(state["base_lr"]), last_epoch, checked.hyperparameters()
+        if hyper:  # (the constructor's checks; constructing changes nothing)
+            hyper = type(self)(self.optimizer, **hyper).hyperparameters()
+        return float(state["base_lr"]), last_epoch, hyper
 
     def load_state_dict(self, state: dict) -> None:
         """Takes the saved schedule: base_lr, the step count and its hyperparameters (as torch's

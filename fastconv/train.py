@@ -933,11 +933,12 @@ def _interrupts_deferred():
     Python handles signals; elsewhere nothing changes). For a search's bookkeeping after a trial: an
     interrupt between copying the trial's model to best/ and rewriting the table left best/ holding
     a trial the table did not list."""
-    if threading.current_thread() is not threading.main_thread():
+    previous = signal.getsignal(signal.SIGINT)  # (None: a handler not set from Python, which cannot be restored)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
         yield
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
     try:
         yield
     finally:
