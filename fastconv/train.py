@@ -109,8 +109,7 @@ def _xy_pair(data, name, model=None):
     dtype (np.asarray's float64 would be refused by a float32 model), y NumPy's."""
     if not (isinstance(data, (tuple, list)) and len(data) == 2):
         raise TypeError(f"{name} must be a pair (x, y) of arrays, got {type(data).__name__}")
-    x, y = (_rows(a, f"{name}: {what}", _model_dtype(model) if what == "x" else None)
-            for what, a in zip("xy", data))
+    x, y = _rows(data[0], f"{name}: x", _model_dtype(model)), _rows(data[1], f"{name}: y")
     if len(x) != len(y):
         raise ValueError(f"{name}: x has {len(x)} rows but y has {len(y)}")
     if len(x) == 0:

@@ -31,6 +31,12 @@ def mlp(seed=0, dropout=0.0):
     return nn.Sequential(*layers, nn.Linear(8, 3, seed=seed + 1))
 
 
+def build_mlp(settings):
+    """search's build: mlp() trained by SGD at settings["lr"]."""
+    model = mlp()
+    return model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=settings["lr"])
+
+
 def test_fit_learns_and_saves_the_best_checkpoint(tmp_path):
     (x, y), val = blobs(seed=0), blobs(60, seed=1)
     model = mlp()
@@ -311,15 +317,11 @@ def test_ctrl_c_while_a_search_saves_a_trial_keeps_best_and_table_in_agreement(t
     x, y = blobs(80, seed=6)
     val = blobs(40, seed=6)
 
-    def build(settings):
-        model = mlp()
-        return model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=settings["lr"])
-
     real_save, saves = checkpoint.save, []
 
     def save_then_ctrl_c(path, *args, **kwargs):
         result = real_save(path, *args, **kwargs)
-        if os.path.basename(os.fspath(path)) == "best" and os.path.basename(os.path.dirname(os.fspath(path))) != "trial":
+        if os.fspath(path) == os.path.join(tmp_path, "best"):  # (not fit's trial/best)
             saves.append(path)
             if len(saves) == 2:  # the second trial's copy to out_dir/best, before its table
                 os.kill(os.getpid(), signal_module.SIGINT)
@@ -327,7 +329,7 @@ def test_ctrl_c_while_a_search_saves_a_trial_keeps_best_and_table_in_agreement(t
 
     monkeypatch.setattr(checkpoint, "save", save_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        train.search(build, {"lr": [0.0, 0.2, 0.3]}, (x, y), val, out_dir=tmp_path, metric="accuracy", epochs=2,
+        train.search(build_mlp, {"lr": [0.0, 0.2, 0.3]}, (x, y), val, out_dir=tmp_path, metric="accuracy", epochs=2,
                      batch_size=16, verbose=False)
     assert len(saves) == 2
     table = json.loads((tmp_path / "search.json").read_text())
@@ -498,10 +500,6 @@ def test_an_interrupted_search_removes_its_trial_directory_and_keeps_best_and_ta
     x, y = blobs(80, seed=6)
     val = blobs(40, seed=6)
 
-    def build(settings):
-        model = mlp()
-        return model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=settings["lr"])
-
     real_step, steps = optim.SGD.step, {"n": 0}
 
     def dying_step(self):  # in the third trial's second epoch, after its first checkpoints
@@ -512,7 +510,7 @@ def test_an_interrupted_search_removes_its_trial_directory_and_keeps_best_and_ta
 
     monkeypatch.setattr(optim.SGD, "step", dying_step)
     with pytest.raises(KeyboardInterrupt) as interrupt:
-        train.search(build, {"lr": [0.0, 0.2, 0.3]}, (x, y), val, out_dir=tmp_path, metric="accuracy", epochs=2,
+        train.search(build_mlp, {"lr": [0.0, 0.2, 0.3]}, (x, y), val, out_dir=tmp_path, metric="accuracy", epochs=2,
                      batch_size=16, verbose=False)
     if hasattr(interrupt.value, "add_note"):  # (Python 3.11+) search's note, not fit's: that named trial/last
         assert interrupt.value.__notes__ == [
@@ -619,11 +617,7 @@ def test_search_hashes_the_training_data_once(tmp_path, monkeypatch):
     real_digest, digests = train._digest, []
     monkeypatch.setattr(train, "_digest", lambda *xy: digests.append(real_digest(*xy)) or digests[-1])
 
-    def build(settings):
-        model = mlp()
-        return model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=settings["lr"])
-
-    train.search(build, {"lr": [0.0, 0.1, 0.2]}, (x, y), blobs(40, seed=6), out_dir=tmp_path, epochs=1,
+    train.search(build_mlp, {"lr": [0.0, 0.1, 0.2]}, (x, y), blobs(40, seed=6), out_dir=tmp_path, epochs=1,
                  batch_size=16, verbose=False)
     assert len(digests) == 1
     model = mlp()  # fit on its own still hashes train, to the same digest
@@ -687,11 +681,7 @@ def test_checkpoint_epoch_is_the_history_epoch_with_eval_every(tmp_path):
     assert info["epoch"] == history.best_epoch and info["extra"]["fit"]["state"]["step"] == history.best_step
     assert checkpoint.read_info(tmp_path / "last")["epoch"] == 3
 
-    def build(settings):
-        m = mlp()
-        return m, losses.CrossEntropyLoss(), optim.SGD(m.parameters(), lr=settings["lr"])
-
-    result = train.search(build, {"lr": [0.05]}, (x, y), val, out_dir=tmp_path / "search", metric="accuracy",
+    result = train.search(build_mlp, {"lr": [0.05]}, (x, y), val, out_dir=tmp_path / "search", metric="accuracy",
                           epochs=3, batch_size=16, eval_every=3, verbose=False)
     assert checkpoint.read_info(result.best_checkpoint)["epoch"] == result.best["best_epoch"] == history.best_epoch
 
@@ -783,34 +773,30 @@ def test_search_settings_from_numpy_and_n_trials_checked(tmp_path):
     x, y = blobs(60, seed=0)
     val = blobs(30, seed=1)
 
-    def build(settings):
-        m = mlp()
-        return m, losses.CrossEntropyLoss(), optim.SGD(m.parameters(), lr=settings["lr"])
-
     # NumPy values (np.array(...).tolist() is not what everyone writes), and 1-D arrays of them as the
     # choices (np.logspace, say), are saved as plain numbers.
-    result = train.search(build, {"lr": np.array([0.05]), "batch_size": list(np.array([16, 32]))}, (x, y), val,
+    result = train.search(build_mlp, {"lr": np.array([0.05]), "batch_size": list(np.array([16, 32]))}, (x, y), val,
                           out_dir=tmp_path / "np", epochs=1, verbose=False)
     assert sorted(r["settings"]["batch_size"] for r in result.table) == [16, 32]
     assert all(type(r["settings"]["batch_size"]) is int and type(r["settings"]["lr"]) is float for r in result.table)
-    random = train.search(build, {"lr": np.array([0.05, 0.1]), "batch_size": (16,)}, (x, y), val, method="random",
+    random = train.search(build_mlp, {"lr": np.array([0.05, 0.1]), "batch_size": (16,)}, (x, y), val, method="random",
                           n_trials=2, out_dir=tmp_path / "np-random", epochs=1, verbose=False)
     assert {r["settings"]["lr"] for r in random.table} <= {0.05, 0.1}
     for method, choices, got in (("grid", np.zeros((2, 2)), "a 2-D array of shape \\(2, 2\\)"),
                                  ("grid", np.array([]), "a 1-D array of shape \\(0,\\)"),
                                  ("random", [], "an empty list"), ("grid", 0.1, "float 0.1")):
         with pytest.raises(ValueError, match=f"{method} search: space\\['lr'\\] must be a non-empty list .*got {got}"):
-            train.search(build, {"lr": choices}, (x, y), val, method=method, n_trials=2, out_dir=tmp_path / "bad",
+            train.search(build_mlp, {"lr": choices}, (x, y), val, method=method, n_trials=2, out_dir=tmp_path / "bad",
                          epochs=1, batch_size=16, verbose=False)
     assert checkpoint.read_info(result.best_checkpoint)["extra"]["settings"] == result.best_settings
     # A value JSON cannot hold: an error before any trial, and no partial best.
     with pytest.raises(ValueError, match="setting 'lr' = .* is not a JSON value"):
-        train.search(build, {"lr": [object()]}, (x, y), val, out_dir=tmp_path / "obj", epochs=1, batch_size=16,
+        train.search(build_mlp, {"lr": [object()]}, (x, y), val, out_dir=tmp_path / "obj", epochs=1, batch_size=16,
                      verbose=False)
     assert not (tmp_path / "obj" / "best").exists()
     for n_trials, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError)):
         with pytest.raises(error, match="n_trials must be an int"):
-            train.search(build, {"lr": [0.01, 0.05]}, (x, y), val, out_dir=tmp_path / "n", n_trials=n_trials,
+            train.search(build_mlp, {"lr": [0.01, 0.05]}, (x, y), val, out_dir=tmp_path / "n", n_trials=n_trials,
                          epochs=1, batch_size=16, verbose=False)
 
 
