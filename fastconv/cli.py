@@ -180,7 +180,7 @@ def _train(args) -> int:
 def _flags_in_messages():
     """fit's and search's messages (errors, warnings, the note on Ctrl-C) inside name this command's flags
     (--resume, --overwrite, --out), not the keywords the examples pass them on as."""
-    from .train import _command_line_words
+    from .train._words import _command_line_words
 
     return _command_line_words()
 
@@ -212,7 +212,7 @@ def _evaluate(args) -> int:
 
 
 def _search(args) -> int:
-    from .train import _keep_earlier_search
+    from .train._search import _keep_earlier_search
 
     example = load_example("search")
     out = _out(args)

@@ -322,7 +322,7 @@ def test_evaluate_never_takes_an_earlier_searchs_record_for_an_interrupted_searc
         fits.append(1)
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "fit", interrupted_fit)
+    monkeypatch.setattr(train_module._search, "fit", interrupted_fit)  # (search's own calls of fit)
     assert cli.main([*argv, "--seed", "2", "--overwrite"]) == 130
     capsys.readouterr()
     assert cli.main(["evaluate", str(tmp_path / "best"), "--backend", "cpu"]) == 1

@@ -532,7 +532,7 @@ def test_a_search_interrupted_after_its_last_training_still_says_so(tmp_path, mo
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "_write_table", interrupted)  # after the only setting's training
+    monkeypatch.setattr(train._search, "_write_table", interrupted)  # after the only setting's training
     with pytest.raises(KeyboardInterrupt) as interrupt:
         train.search(_search_build, {"lr": [0.1]}, (x, y), (x, y), out_dir=tmp_path, metric="accuracy", epochs=1,
                      batch_size=20, verbose=False)
@@ -614,8 +614,9 @@ def test_search_with_overwrite_deletes_a_trial_directory_it_finds(tmp_path):
 def test_search_hashes_the_training_data_once(tmp_path, monkeypatch):
     # Each trial's fit (with its checkpoint_dir) hashed all of train again for its resume check.
     x, y = blobs(80, seed=6)
-    real_digest, digests = train._digest, []
-    monkeypatch.setattr(train, "_digest", lambda *xy: digests.append(real_digest(*xy)) or digests[-1])
+    real_digest, digests = train._data._digest, []
+    for module in (train._fit, train._search):  # (search's own hash, and each trial's fit's)
+        monkeypatch.setattr(module, "_digest", lambda *xy: digests.append(real_digest(*xy)) or digests[-1])
 
     train.search(build_mlp, {"lr": [0.0, 0.1, 0.2]}, (x, y), blobs(40, seed=6), out_dir=tmp_path, epochs=1,
                  batch_size=16, verbose=False)
@@ -642,10 +643,10 @@ def test_diverged_evaluations_score_nan_and_are_never_the_best(tmp_path, metric)
     assert len(history) == 2 and history.stopped_early  # NaN counts as no improvement, for patience too
     assert all(np.isnan(v) for v in history.column("val_metric")) and history.best_index is None
     assert not (tmp_path / "best").exists() and (tmp_path / "last").exists()
-    assert np.isnan(train.evaluate(model, losses.CrossEntropyLoss(), (xv, yv), 64, train._accuracy)[1])
+    assert np.isnan(train.evaluate(model, losses.CrossEntropyLoss(), (xv, yv), 64, train._evaluation._accuracy)[1])
     # Called directly, the thresholding of one-column (sigmoid) scores rejects NaN as the metrics do.
     with pytest.raises(ValueError, match="NaN or inf"):
-        train._accuracy(np.array([[0], [1]]), np.array([[np.nan], [0.9]]))
+        train._evaluation._accuracy(np.array([[0], [1]]), np.array([[np.nan], [0.9]]))
 
 
 def test_auc_of_several_classes_averages_over_the_classes_in_the_validation_labels(tmp_path):
@@ -656,7 +657,7 @@ def test_auc_of_several_classes_averages_over_the_classes_in_the_validation_labe
                         (xv[keep], yv[keep]), epochs=2, batch_size=16, metric="auc", checkpoint_dir=tmp_path,
                         progress=False, restore_best=True)
     assert np.all(np.isfinite(history.column("val_metric"))) and (tmp_path / "best").exists()
-    scores = train._probabilities(train.predict(model, xv[keep]), losses.CrossEntropyLoss())
+    scores = train._evaluation._probabilities(train.predict(model, xv[keep]), losses.CrossEntropyLoss())
     onehot = np.eye(3, dtype=np.int64)[yv[keep]]
     expected = np.mean([metrics.auc(onehot[:, c], scores[:, c]) for c in (0, 1)])
     assert history.best_metric == pytest.approx(expected, abs=1e-12)
@@ -827,7 +828,7 @@ def test_evaluate_takes_fits_metric_names_and_predicts_batch_size_default():
     loss, accuracy = train.evaluate(model, loss_fn, val, metric_fn="accuracy")
     assert accuracy == history.records[-1]["val_accuracy"] and loss == history.records[-1]["val_loss"]
     assert train.evaluate(model, loss_fn, val, metric_fn="loss") == (loss, loss)
-    assert train.evaluate(model, loss_fn, val, 7, "auc")[1] == train.evaluate(model, loss_fn, val, 64, train._auc)[1]
+    assert train.evaluate(model, loss_fn, val, 7, "auc")[1] == train.evaluate(model, loss_fn, val, 64, train._evaluation._auc)[1]
     with pytest.raises(ValueError, match=r"metric_fn must be 'loss', 'accuracy', 'auc' or a callable\(y_true, "
                                          r"scores\), got 'f1'"):
         train.evaluate(model, loss_fn, val, metric_fn="f1")
@@ -934,7 +935,7 @@ def test_predictions_in_several_threads_at_once_share_the_eval_mode():
     model.train()
     model[2].eval()
     modes = [m.training for m in model.modules()]
-    first, second = train._in_eval_mode(model), train._in_eval_mode(model)
+    first, second = train._predict._in_eval_mode(model), train._predict._in_eval_mode(model)
     first.__enter__()
     second.__enter__()
     first.__exit__(None, None, None)
@@ -1007,7 +1008,7 @@ def test_a_child_forked_while_other_threads_predict_gets_the_models_back_in_thei
         try:
             modes_back = all(m.training for model in (waiting, slow) for m in model.modules())
             train.predict(nn.Sequential(nn.Dropout(0.5, seed=0)), x)  # the lock is usable
-            code = 0 if modes_back and not train._evaluating else 2
+            code = 0 if modes_back and not train._predict._evaluating else 2
         finally:
             os._exit(code)
     release.set()

@@ -1,0 +1,167 @@
+"""What fit checks before it trains or resumes, what it warns of, and what an interrupted fit says."""
+import os
+import tempfile
+import warnings
+
+from .. import backend as _backend
+from .. import checkpoint as _checkpoint
+from ._predict import _in_eval_mode
+from ._words import _say
+
+
+class ResumeError(ValueError):
+    """fit(..., resume=True) refused: <checkpoint_dir>/last holds a run this call cannot continue (another
+    metric, batch size, number of training rows, or training data). (A `last` that fit did not write is
+    a checkpoint.CheckpointError.)"""
+
+
+def _check_describable(model):
+    """A checkpoint holds the model's architecture (model.config(), JSON): a model that cannot give it
+    (a custom layer without _args()) is refused before training, not at the first save, an epoch in."""
+    try:
+        _checkpoint._json_normal(model.config(), "model config")
+    except (NotImplementedError, TypeError) as exc:
+        raise type(exc)(f"fit: {_say('checkpoint_dir')} needs the model's architecture for its checkpoints "
+                        f"(model.config()), which this model cannot give: {exc}") from None
+
+
+def _warn_frozen(model):
+    """A RuntimeWarning when every parameter of the model is frozen: the optimizer skips frozen
+    parameters, so fit would run every epoch and change nothing, silently."""
+    params = list(model.parameters())
+    if params and not any(p.requires_grad for p in params):
+        warnings.warn(f"fit: every parameter of the model ({type(model).__name__}, {len(params)} parameters) is "
+                      "frozen (requires_grad=False), so training changes nothing: call model.unfreeze(), or "
+                      "unfreeze() the layers to train, before fit (freeze() froze them)", RuntimeWarning, stacklevel=3)
+
+
+def _warn_replaced_hyperparameters(last_dir, given, saved, scheduled, owner="optimizer"):
+    """Resume takes the optimizer's (and scheduler's) hyperparameters from the checkpoint (as torch's
+    load_state_dict does): a warning where this call's had others, which it would otherwise drop
+    unsaid. (Not the optimizer's lr under a scheduler: the saved one is the schedule's by then.)"""
+    changed = {k: (given[k], saved[k]) for k in given
+               if k in saved and given[k] != saved[k] and not (k == "lr" and scheduled)}
+    if changed:
+        replaced = ", ".join(f"{k} {old!r} (not {new!r})" for k, (new, old) in changed.items())
+        warnings.warn(f"fit: resume continues with the {owner}'s hyperparameters saved in {os.fspath(last_dir)}, "
+                      f"not {_say('this call')}'s: {replaced}", RuntimeWarning, stacklevel=3)
+
+
+def _warn_final_evaluation_kept(last_dir, history, s, epochs, eval_every):
+    """A run that trained to its last epoch between eval_every's evaluations was evaluated at its end
+    (so that its final weights were too). Resumed for more epochs, it keeps that evaluation: its
+    record, a best checkpoint saved from it, its count towards patience, the training loss averaged
+    up to it. A run of those epochs from the start makes no evaluation there: the histories differ
+    from then on, and so may the best checkpoint and an early stop (the weights trained do not)."""
+    last = history.records[-1] if history.records else None
+    if (eval_every is None or last is None or s["epoch"] >= epochs or s["batch"] != 0 or last.get("step") != s["step"]
+            or s["step"] % eval_every == 0):
+        return
+    warnings.warn(f"fit: the run in {os.fspath(last_dir)} ended at step {s['step']}, between evaluations every "
+                  f"{eval_every} steps, and was evaluated there, at the end of its training; resumed for more "
+                  "epochs it keeps that evaluation (its history record, a best checkpoint saved from it, its count "
+                  f"towards patience), which a run of {epochs} epochs from the start would not have made",
+                  RuntimeWarning, stacklevel=3)
+
+
+def _warn_diverged(record, name, best):
+    """Once per fit: a non-finite evaluation (training diverged) is recorded and never the best, but a
+    run without patience trains on to its last epoch with it."""
+    kept = "no evaluation was the best yet" if best is None else f"the best so far (epoch {best['epoch']}) is kept"
+    warnings.warn(f"fit: training diverged: the evaluation at epoch {record['epoch']}, step {record['step']} has "
+                  f"{name} {record['val_metric']} (outputs or loss not finite); such evaluations never count as the "
+                  f"best, and {kept}. A lower learning rate may help.", RuntimeWarning, stacklevel=4)
+
+
+def _interrupted(s, total_steps, checkpoint_dir, on_disk, metric):
+    """What an interrupted fit says: where it stopped and what its checkpoints hold."""
+    note = f"fit was interrupted in epoch {s['epoch'] + 1}, at step {s['step']} of {total_steps}; "
+    if checkpoint_dir is None:
+        return note + "nothing was saved (no checkpoint_dir)"
+    if on_disk["step"] is None:
+        return note + f"nothing was saved in {checkpoint_dir} yet (the first evaluation or epoch end saves)"
+    note += (f"{os.path.join(checkpoint_dir, 'last')} holds the run after step {on_disk['step']} "
+             f"({_say('resume it')} continues from there)")
+    best = on_disk["best"]
+    if best is not None:
+        note += f", {os.path.join(checkpoint_dir, 'best')} its best evaluation ({metric} {best['val_metric']:.4g}, " \
+                f"epoch {best['epoch']}, step {best['step']})"
+    return note
+
+
+def _keep_earlier_run(checkpoint_dir, last_dir, best_dir):
+    """ValueError when checkpoint_dir holds checkpoints (another run's, or this one's before a restart): a
+    fresh run would replace its best at the first evaluation, and nothing a user saved may be lost unasked."""
+    held = [os.path.basename(d) for d in (best_dir, last_dir) if os.path.exists(os.path.join(d, _checkpoint.INDEX))]
+    if held:
+        raise ValueError(f"fit: {_say('checkpoint_dir')} {os.fspath(checkpoint_dir)!r} holds an earlier run's "
+                         f"checkpoints ({', '.join(held)}): {_say('resume')} continues it, {_say('overwrite')} "
+                         f"replaces it, or give another {_say('checkpoint_dir')}")
+
+
+_TARGET_CHUNK = 8192  # rows a call of the loss takes in _check_targets
+
+
+def _check_targets(model, loss_fn, data, name):
+    """The loss's own checks of every target (a label's range, a target's shape against the output's),
+    before training: on zero outputs of the model's output shape (one row through the model, in eval
+    mode, which draws nothing from a Dropout's generator). A bad label in the validation set failed only
+    at the first evaluation, an epoch of training later, and one in the training set at its batch;
+    neither said which set."""
+    x, y = data
+    xp = _backend.current().xp
+    with _in_eval_mode(model):
+        out = model(xp.asarray(x[:1]))
+    for start in range(0, len(y), _TARGET_CHUNK):
+        part = y[start:start + _TARGET_CHUNK]
+        try:
+            loss_fn(xp.zeros((len(part), *out.shape[1:]), out.dtype), part)
+        except (TypeError, ValueError) as exc:
+            if type(exc) not in (TypeError, ValueError):
+                raise
+            raise type(exc)(f"fit: the {name} targets (rows {start} to {start + len(part) - 1}): {exc}") from None
+
+
+def _check_writable(directory):
+    """An OSError (PermissionError for a read-only directory) now, not at the first checkpoint an epoch
+    later: a file created in `directory` and removed."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tmp-writable-", dir=directory)
+    except OSError as exc:
+        raise type(exc)(f"fit: cannot write in {os.fspath(directory)!r} ({exc.strerror or exc}), where fit saves its "
+                        f"checkpoints: give a {_say('checkpoint_dir')} it can write") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_resumable(last_dir, name, mode, batches, model):
+    """CheckpointError for a `last` that train.fit did not write; ResumeError for another metric, or
+    for another batch size or number of training rows (the saved position in the epoch's shuffled
+    order would point elsewhere: rows skipped or repeated), other training data (by its digest), or
+    other parameters frozen (other parameters would train)."""
+    info = _checkpoint.read_info(last_dir)
+    extra = info.get("extra")
+    saved = extra.get("fit") if isinstance(extra, dict) else None
+    if not (isinstance(saved, dict) and {"state", "rng", "history"} <= set(saved)):
+        raise _checkpoint.CheckpointError(
+            f"resume: {last_dir} was not written by train.fit (its JSON has no training-loop state in "
+            f"extra['fit']); use another {_say('checkpoint_dir')}, or {_say('overwrite')} to replace it")
+    metric, saved_mode = saved["history"].get("metric"), saved["history"].get("mode")
+    if metric != name or saved_mode != mode:
+        raise ResumeError(f"resume: the checkpoint in {last_dir} monitored {metric} ({saved_mode}), "
+                          f"{_say('this call')} {name} ({mode})")
+    saved_batches = saved.get("batches", batches)  # (checkpoints from before this check: not known)
+    if any(saved_batches.get(k) != batches[k] for k in ("batch_size", "train_rows")):
+        raise ResumeError(f"resume: the checkpoint in {last_dir} was trained with batch_size "
+                          f"{saved_batches.get('batch_size')} on {saved_batches.get('train_rows')} training rows, "
+                          f"{_say('this call')} has batch_size {batches['batch_size']} on {batches['train_rows']}; "
+                          f"resume with the same ones (or start afresh with {_say('overwrite')})")
+    if saved_batches.get("train_data", batches["train_data"]) != batches["train_data"]:  # (older: not recorded)
+        raise ResumeError(f"resume: the checkpoint in {last_dir} was trained on other training data (as many rows, "
+                          "other values or order: another split or seed?); resume with the same (x, y), or start "
+                          f"afresh with {_say('overwrite')}")
+    frozen = _checkpoint.frozen_names(model)
+    if "frozen" in info and info["frozen"] != frozen:  # (checkpoints from before it was saved: not known)
+        raise ResumeError(f"resume: the run in {last_dir} trained with {info['frozen'] or 'no'} parameters frozen, "
+                          f"{_say('this call')}'s model has {frozen or 'none'} frozen: freeze() the same layers "
+                          f"to continue it (or start afresh with {_say('overwrite')})")
