@@ -9,7 +9,8 @@ state, the weights file's SHA-256).
 Layout of a checkpoint directory:
     checkpoint.json                       names the weights file and its checksum; carries its own
                                           checksum (index_sha256, over its canonical content); the
-                                          model's config, which parameters are tied and frozen
+                                          model's config, which parameters are tied and frozen,
+                                          which modules were in eval mode
     weights-<unique>.safetensors          model parameters ("0.weight", ...) and optimizer buffers
                                           ("optim.<param index>.<buffer>")
 
@@ -180,6 +181,7 @@ def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, ext
         "parameters": list(model.state_dict().keys()),
         "tied": _tied(model),
         "frozen": frozen_names(model),
+        "eval_modules": eval_module_names(model),
         "module_state": _json_normal(_jsonable(model.extra_state()), "module state"),
         "weights": None,
         "optimizer": None,
@@ -348,6 +350,23 @@ def frozen_names(model) -> list:
     return [name for name, p in model.named_parameters() if not p.requires_grad]
 
 
+def eval_module_names(model) -> list:
+    """The names of the model's modules in eval mode ("" for the model itself), depth first."""
+    return [name for name, m in model._named_modules() if not m.training]
+
+
+def _set_eval_modules(model, names, directory):
+    """Puts the rebuilt model's modules the saved model had in eval mode back in it (the others train,
+    as a newly built model does), so that a model saved after eval() computes the same outputs when
+    loaded: its Dropout layers, say, pass their input through."""
+    modules = dict(model._named_modules())
+    if not (isinstance(names, list) and all(isinstance(n, str) and n in modules for n in names)):
+        raise CheckpointError(f"the checkpoint {directory!r} lists {names!r} as its modules in eval mode, which are "
+                              "not modules of its model")
+    for name in names:
+        modules[name].training = False
+
+
 def _freeze(model, names, directory):
     """Freezes the rebuilt model's parameters the saved model had frozen."""
     params = dict(model.named_parameters())
@@ -374,8 +393,9 @@ def _tie(model, groups, directory):
 
 
 def load(path):
-    """(model rebuilt from the checkpoint's config with its weights, its tied and frozen parameters as
-    saved, info dict)."""
+    """(model rebuilt from the checkpoint's config with its weights, its tied and frozen parameters and
+    each module's train/eval mode as saved, info dict). (load_into leaves the model's modes as they are,
+    as torch's load_state_dict does.)"""
     directory = _directory(path)
     info, tensors = _read_saved(directory, read_info(directory))
     # The rebuilt layers draw no initial weights (the file's overwrite them) and take Dropout seeds
@@ -389,6 +409,7 @@ def load(path):
         raise CheckpointError(f"cannot rebuild the model from {directory!r}: {exc}") from None
     _tie(model, info.get("tied", []), directory)  # (checkpoints from before ties were saved: none)
     _freeze(model, info.get("frozen", []), directory)  # (nor frozen parameters)
+    _set_eval_modules(model, info.get("eval_modules", []), directory)  # (nor modes: all training)
     try:
         model.load_state_dict(_model_weights(tensors))
     except (KeyError, ValueError, TypeError) as exc:

@@ -281,6 +281,40 @@ def test_frozen_parameters_stay_frozen_through_a_checkpoint(tmp_path):
         checkpoint.load(tmp_path / "ck")
 
 
+def test_a_model_saved_in_eval_mode_loads_in_eval_mode(tmp_path):
+    # load rebuilt every layer in training mode: a model saved after eval() and called directly once
+    # loaded (not through train.predict) ran its Dropout, and its outputs differed from the saved one's.
+    model, x = model_and_input()
+    model.eval()
+    checkpoint.save(tmp_path / "ck", model, epoch=1)
+    loaded, info = checkpoint.load(tmp_path / "ck")
+    assert info["eval_modules"] == ["", "0", "1", "2", "3"]
+    assert not any(m.training for m in loaded.modules())
+    np.testing.assert_array_equal(to_numpy(loaded(x)), to_numpy(model(x)))
+
+    model.train()
+    model[2].eval()  # one layer's own mode, the rest training: each comes back as it was
+    checkpoint.save(tmp_path / "ck", model, epoch=2)
+    loaded, info = checkpoint.load(tmp_path / "ck")
+    assert info["eval_modules"] == ["2"]
+    assert [m.training for m in loaded.modules()] == [m.training for m in model.modules()] == [True, True, True, False,
+                                                                                               True]
+    checkpoint.load_into(tmp_path / "ck", model.train())  # load_into leaves the modes alone (torch's load_state_dict)
+    assert all(m.training for m in model.modules())
+
+    info = json.loads((tmp_path / "ck" / "checkpoint.json").read_text())
+    for bad in (["4"], "2", [2]):  # a module the model lacks, not a list, not names; re-signed
+        info["eval_modules"] = bad
+        info["index_sha256"] = checkpoint._index_digest(info)
+        (tmp_path / "ck" / "checkpoint.json").write_text(json.dumps(info))
+        with pytest.raises(CheckpointError, match=r"as its modules in eval mode, which are not modules of its model"):
+            checkpoint.load(tmp_path / "ck")
+    del info["eval_modules"]  # a checkpoint from before modes were saved: every module training, as then
+    info["index_sha256"] = checkpoint._index_digest(info)
+    (tmp_path / "ck" / "checkpoint.json").write_text(json.dumps(info))
+    assert all(m.training for m in checkpoint.load(tmp_path / "ck")[0].modules())
+
+
 @pytest.mark.parametrize("tied", ["0.weight", [["0.weight", "9.weight"]], [["0.weight", "4.weight"]], [["0.weight"]]])
 def test_a_re_signed_bad_tie_is_a_clear_error(tmp_path, tied):
     checkpoint.save(tmp_path / "ck", tied_model(), epoch=1)

@@ -1,4 +1,4 @@
-"""fit: the training loop."""
+"""fit: the training loop (what it does, and what resume keeps exact: fastconv.train's docstring)."""
 import math
 import os
 import time
@@ -28,7 +28,7 @@ def _progress_bar(total, enabled, initial):
 def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metric="loss", mode=None,
         eval_every=None, checkpoint_dir=None, patience=None, scheduler=None, seed=0, resume=False,
         overwrite=False, progress=True, predict_batch_size=None, restore_best=False, _train_digest=None):
-    """Trains `model` and returns its History (see the module docstring).
+    """Trains `model` and returns its History (see fastconv.train's docstring).
 
     train, val: (x, y) NumPy arrays (moved to the device one batch at a time); without val the
     monitored value is the training loss (metric must then be "loss"). A model whose parameters are
