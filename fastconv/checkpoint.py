@@ -351,7 +351,8 @@ def frozen_names(model) -> list:
 
 
 def eval_module_names(model) -> list:
-    """The names of the model's modules in eval mode ("" for the model itself), depth first."""
+    """The names of the model's modules in eval mode ("" for the model itself), depth first. (Saved
+    while another thread predicts with the model, they are the eval modes predict switched to.)"""
     return [name for name, m in model._named_modules() if not m.training]
 
 
@@ -363,8 +364,10 @@ def _set_eval_modules(model, names, directory):
     if not (isinstance(names, list) and all(isinstance(n, str) and n in modules for n in names)):
         raise CheckpointError(f"the checkpoint {directory!r} lists {names!r} as its modules in eval mode, which are "
                               "not modules of its model")
-    for name in names:
-        modules[name].training = False
+    model.train("" not in names)  # (the model's own train(), where a subclass does more there)
+    for name, m in modules.items():
+        if m.training != (name not in names):
+            m.training = name not in names
 
 
 def _freeze(model, names, directory):

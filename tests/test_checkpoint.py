@@ -315,6 +315,34 @@ def test_a_model_saved_in_eval_mode_loads_in_eval_mode(tmp_path):
     assert all(m.training for m in checkpoint.load(tmp_path / "ck")[0].modules())
 
 
+class _ModeAware(nn.Module):
+    """A layer whose train() does more than set the flag (a subclass's own mode switch)."""
+
+    def __init__(self):
+        self.fast = False
+
+    def _args(self):
+        return {}
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy):
+        return dy
+
+    def train(self, mode=True):
+        self.fast = not mode
+        return super().train(mode)
+
+
+def test_load_switches_a_model_to_eval_mode_through_its_own_train(tmp_path):
+    # (load set the flags alone: the loaded model had training False but fast False)
+    nn.register(_ModeAware)
+    checkpoint.save(tmp_path / "ck", _ModeAware().eval(), epoch=1)
+    loaded, _ = checkpoint.load(tmp_path / "ck")
+    assert not loaded.training and loaded.fast
+
+
 @pytest.mark.parametrize("tied", ["0.weight", [["0.weight", "9.weight"]], [["0.weight", "4.weight"]], [["0.weight"]]])
 def test_a_re_signed_bad_tie_is_a_clear_error(tmp_path, tied):
     checkpoint.save(tmp_path / "ck", tied_model(), epoch=1)

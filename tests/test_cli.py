@@ -352,7 +352,7 @@ def test_fits_early_stopping_warning_names_the_flags_under_the_command(tiny, cap
 
 
 def test_warnings_under_the_command_are_lines_of_its_own(tiny, capsys):
-    # They printed as Python's default: ".../fastconv/train/_fit.py:457: RuntimeWarning: fit: the run ...", the
+    # They printed as Python's default: ".../fastconv/train.py:457: RuntimeWarning: fit: the run ...", the
     # library's file and line, beside the command's own "fastconv train: error: ..." lines.
     assert run_cli(tiny, capsys)[0] == 0
     env = {**os.environ, "PYTHONWARNINGS": "default"}

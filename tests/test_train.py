@@ -837,6 +837,16 @@ def test_evaluate_takes_fits_metric_names_and_predicts_batch_size_default():
     assert "evaluate" in train.__all__
 
 
+def test_the_public_names_are_fastconv_trains():
+    # Each is defined in a private module of the package; tracebacks, help() and pickles name it as
+    # fastconv.train's (a History pickled by name comes back from there).
+    import pickle
+
+    assert {train.__dict__[name].__module__ for name in train.__all__} == {"fastconv.train"}
+    history = pickle.loads(pickle.dumps(train.History("accuracy", "max", [{"epoch": 1}], 0)))
+    assert type(history) is train.History and history.best == {"epoch": 1}
+
+
 def test_fit_warns_when_every_parameter_is_frozen():
     """A model whose parameters were all frozen trained nothing (optimizers skip frozen parameters),
     silently, for every epoch."""

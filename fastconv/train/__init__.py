@@ -38,3 +38,9 @@ from ._predict import predict
 from ._search import SearchResult, search
 
 __all__ = ["History", "fit", "predict", "evaluate", "search", "SearchResult", "ResumeError"]
+
+# The public names as fastconv.train's (tracebacks, help() and pickles name them so, not the private
+# module each is defined in).
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

@@ -48,7 +48,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     range, shapes), and the checkpoint_dir's directories are written to once. fit puts the whole model
     in training mode (model.train(): every layer, as torch's loops do) and leaves it so; evaluations
     run in eval mode and restore the layers' modes.
-    (_train_digest: search's, train's _digest computed once for all its trials.)
+    (_train_digest: search's, the training data's _digest computed once for all its trials.)
     """
     x_train, y_train = _xy_pair(train, "train", model)
     if val is not None:
