@@ -235,3 +235,32 @@ def test_matmul_uses_gemm32_for_float32_from_its_size_on(monkeypatch):
             y = ops.matmul(a.astype(dtype), b.astype(dtype))
             np.testing.assert_allclose(y, a @ b, rtol=1e-5, atol=1e-4)
     assert calls == [(big, big)]
+
+
+def test_gemm32_is_compiled_once_whatever_the_layouts_and_constant_flags():
+    # Called from jitted code with C-contiguous and sliced arrays (layouts C and A) and constant
+    # flags, gemm32 was compiled for every combination (nine times, 2.4-2.6 s each, in a first run
+    # of the digits example).
+    from numba import njit, types
+
+    from fastconv._cpu import _gemm32
+
+    @njit
+    def products(a, at, b, bt, wide, c):
+        gemm32(a, b, c, 0.0, False, False)
+        gemm32(at, b, c, 1.0, True, False)
+        gemm32(a, bt, c, 1, False, True)
+        gemm32(wide[:, :5], bt[:, :], c[:, :], 0.5, False, True)  # rows at a stride of 8: layout A
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((4, 5)).astype(np.float32)
+    b = rng.standard_normal((5, 6)).astype(np.float32)
+    wide = np.zeros((4, 8), np.float32)
+    wide[:, :5] = a
+    c = np.zeros((4, 6), np.float32)
+    products(a, np.ascontiguousarray(a.T), b, np.ascontiguousarray(b.T), wide, c)
+    np.testing.assert_allclose(c, 2.5 * (a @ b), rtol=1e-5, atol=1e-5)  # ab, 2ab, 3ab, then ab + 0.5 * 3ab
+    writable = [s for s in _gemm32._gemm32_any.signatures if s[0].mutable]
+    assert len(writable) == 1, writable
+    assert [t.layout for t in writable[0][:3]] == ["A", "A", "A"]
+    assert writable[0][4] == writable[0][5] == types.boolean
