@@ -364,10 +364,7 @@ def _set_eval_modules(model, names, directory):
     if not (isinstance(names, list) and all(isinstance(n, str) and n in modules for n in names)):
         raise CheckpointError(f"the checkpoint {directory!r} lists {names!r} as its modules in eval mode, which are "
                               "not modules of its model")
-    model.train("" not in names)  # (the model's own train(), where a subclass does more there)
-    for name, m in modules.items():
-        if m.training != (name not in names):
-            m.training = name not in names
+    nn._set_modes(model, "" not in names, [(m, name not in names) for name, m in modules.items()])
 
 
 def _freeze(model, names, directory):

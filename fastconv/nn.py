@@ -775,6 +775,16 @@ def _trains(module):
     return any(p.requires_grad for p in module.parameters())
 
 
+def _set_modes(model, training, each):
+    """model.train(training), the model's own (a subclass may do more there than set flags), then
+    each (module, training) pair's flag as given: how a model's saved modes are put back (train's
+    predict after its eval mode, checkpoint.load after a rebuild)."""
+    model.train(training)
+    for m, mode in each:
+        if m.training != mode:
+            m.training = mode
+
+
 _REGISTRY = {}
 
 

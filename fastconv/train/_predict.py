@@ -6,6 +6,7 @@ import threading
 import numpy as np
 
 from .. import backend as _backend
+from .. import nn as _nn
 from .._host import to_numpy
 from ._data import _model_dtype, _positive_int, _rows
 
@@ -25,7 +26,7 @@ def predict(model, x, batch_size=256):
     return np.concatenate(outs, axis=0)
 
 
-# Models in _in_eval_mode now: id -> [{thread ident: times inside}, the modes to restore].
+# Models in _in_eval_mode now: id -> [{thread ident: times inside}, the modes to restore (nn._set_modes' arguments)].
 _evaluating: dict = {}
 _evaluating_lock = threading.RLock()  # (re-entrant: a model whose eval() or train() predicts does not deadlock)
 
@@ -55,15 +56,7 @@ def _in_eval_mode(model):
                 del entry[0][me]
                 if not entry[0]:
                     del _evaluating[id(model)]
-                    _restore_modes(entry[1])
-
-
-def _restore_modes(saved):
-    model, was_training, each = saved
-    model.train(was_training)  # (the model's own train(), where a subclass does more there)
-    for m, training in each:
-        if m.training != training:
-            m.training = training
+                    _nn._set_modes(*entry[1])
 
 
 def _before_fork():
@@ -87,7 +80,7 @@ def _after_fork_in_child():
         entry[0] = {t: k for t, k in entry[0].items() if t == me}
         if not entry[0]:
             del _evaluating[key]
-            _restore_modes(entry[1])
+            _nn._set_modes(*entry[1])
 
 
 if hasattr(os, "register_at_fork"):
