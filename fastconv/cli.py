@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import importlib.util
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -156,6 +157,30 @@ def _check_resumed_lr(example, out, lr):
                          + (" (the example's default)" if lr is None else "") + f": give --lr {saved!r}")
 
 
+def _check_resumed_data(out, data):
+    """ValueError where --resume is given another split (--seed, --subset) than the run in `out` was trained
+    on, as its run.json records: fit would refuse it too (by the training rows' digest), but only after the
+    data were loaded and the header printed. (A run.json that describes other weights than OUT/last, an
+    interrupted run's, is left to fit.)"""
+    from . import checkpoint, runs
+
+    last, run_json = os.path.join(out, "last"), os.path.join(out, "run.json")
+    if not (os.path.exists(os.path.join(last, checkpoint.INDEX)) and os.path.exists(run_json)):
+        return
+    try:
+        record = json.loads(Path(run_json).read_text())
+        described = runs._describes(record, checkpoint.read_info(last)) and isinstance(record.get("data"), dict)
+    except (OSError, ValueError, checkpoint.CheckpointError):
+        return  # (fit says what is wrong with them)
+    if not described:
+        return
+    saved = {k: record["data"].get(k) for k in data}
+    if saved != data:
+        flags = " and ".join(f"--{k} {v}" if v is not None else f"no --{k}" for k, v in saved.items())
+        raise ValueError(f"{out} holds a run trained on another split, with {flags}; --resume continues it on "
+                         f"that split: give {flags}")
+
+
 def _train(args) -> int:
     example = load_example(args.example)
     out = _out(args)
@@ -171,6 +196,7 @@ def _train(args) -> int:
     with _resume_refusals_name_the_flags(args.resume, out), _flags_in_messages():
         if args.resume:
             options["resume"] = True
+            _check_resumed_data(out, {"seed": args.seed, "subset": args.subset})
             _check_resumed_lr(example, out, args.lr)
         with _use_backend(args.backend):
             example.run(out=out, seed=args.seed, progress=not args.quiet, **options)

@@ -122,7 +122,7 @@ def test_train_resume_continues_a_run_as_if_it_had_not_stopped(tmp_path, capsys)
     # Another seed splits the data otherwise: the saved position in the batches would mean other rows.
     code = cli.main(["train", "tumour_mlp", "--out", str(tmp_path / "parts"), "--quiet", "--backend", "cpu",
                      "--epochs", "8", "--seed", "1", "--resume"])
-    assert code == 1 and "was trained on other training data" in capsys.readouterr().err
+    assert code == 1 and "holds a run trained on another split, with --seed 0" in capsys.readouterr().err
     code = cli.main(["train", "search", "--out", str(tmp_path / "s"), "--quiet", "--resume"])
     assert code == 1 and "example 'search' cannot resume" in capsys.readouterr().err
 
@@ -183,20 +183,41 @@ def test_resume_refused_by_fit_names_the_flags(tmp_path, capsys):
     train("neuron", tmp_path, "--epochs", "1", "--subset", "40")
     kept = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     capsys.readouterr()
-    for other, says in ((["--batch-size", "8"], "was trained with batch_size 32 on 40 training rows"),
-                        (["--seed", "1"], "was trained on other training data")):
+    run_json = tmp_path / "run.json"
+    for other, says, interrupted in ((["--batch-size", "8"], "was trained with batch_size 32 on 40 training rows", False),
+                                     (["--seed", "1"], "was trained on other training data", True)):
+        if interrupted:  # (no run.json for last/: the command cannot tell the split, fit can)
+            run_json.unlink()
         code = cli.main(["train", "neuron", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs", "2",
                          "--subset", "40", "--resume", *other])
         err = capsys.readouterr().err
         assert code == 1 and says in err and "overwrite=True" not in err
         assert err.splitlines()[-1] == (f"  --resume cannot continue the run in {tmp_path}: --overwrite starts afresh "
                                         "(replacing it), or give another --out")
-        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == kept
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == {
+            p: b for p, b in kept.items() if p != run_json or not interrupted}
     weights, = (tmp_path / "last").glob("*.safetensors")
     weights.write_bytes(weights.read_bytes()[:-4])  # a last/ fit cannot load: a CheckpointError
     code = cli.main(["train", "neuron", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs", "2",
                      "--subset", "40", "--resume"])
     assert code == 1 and "--overwrite starts afresh" in capsys.readouterr().err
+
+
+def test_resume_on_another_split_is_refused_before_the_header(tmp_path, capsys):
+    # fit refused it too, by the training rows' digest, but after loading the data and printing the header.
+    train("neuron", tmp_path, "--epochs", "1", "--subset", "40", "--seed", "2")
+    kept = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    for other in (["--subset", "40"], ["--seed", "2"], ["--seed", "2", "--subset", "41"]):
+        code = cli.main(["train", "neuron", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs", "2",
+                         "--resume", *other])
+        out, err = capsys.readouterr()
+        assert code == 1 and out == ""
+        assert err.strip() == (f"fastconv train: error: {tmp_path} holds a run trained on another split, with --seed 2 "
+                               "and --subset 40; --resume continues it on that split: give --seed 2 and --subset 40")
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == kept
+    train("neuron", tmp_path, "--epochs", "2", "--subset", "40", "--seed", "2", "--resume")
+    assert json.loads((tmp_path / "run.json").read_text())["options"]["epochs"] == 2
 
 
 def test_fit_refuses_a_resume_with_a_resume_error_naming_its_keywords(tmp_path):
