@@ -29,6 +29,7 @@ import hashlib
 import json
 import numbers
 import os
+import re
 import threading
 import time
 import uuid
@@ -45,6 +46,9 @@ __all__ = ["CheckpointError", "save", "load", "load_into", "read_info"]
 FORMAT = "fastconv-checkpoint"
 FORMAT_VERSION = 1
 INDEX = "checkpoint.json"
+# The names save() writes, and so the only ones its cleanup deletes: a user's own files beside a
+# checkpoint (weights-pretrained.safetensors, say) are not its to remove.
+_OWN_FILE = re.compile(r"weights-\d{8}T\d{6}-[0-9a-f]{8}\.safetensors|\.tmp-[0-9a-f]{32}")
 OPTIM_PREFIX = "optim."
 
 
@@ -195,6 +199,7 @@ def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, ext
         tensors.update(optim_arrays)
 
     os.makedirs(directory, exist_ok=True)
+    _refuse_a_foreign_index(directory)
     data = st_save(tensors, metadata={"format": FORMAT, "fastconv_version": __version__})
     weights = f"weights-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.safetensors"
     info["weights"] = {"file": weights, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
@@ -204,14 +209,26 @@ def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, ext
         _write_atomically(directory, weights, data)
         _write_atomically(directory, INDEX, text)  # the commit point
         for name in os.listdir(directory):
-            stale_weights = name.startswith("weights-") and name.endswith(".safetensors") and name != weights
-            if stale_weights or name.startswith(".tmp-"):
+            if _OWN_FILE.fullmatch(name) and name != weights:  # earlier saves' weights, interrupted ones' files
                 try:
                     os.unlink(os.path.join(directory, name))
                 except FileNotFoundError:
                     pass
         _fsync_directory(directory)
     return os.path.join(directory, INDEX)
+
+
+def _refuse_a_foreign_index(directory):
+    """CheckpointError where directory/checkpoint.json is a JSON file of something else (a user's own
+    file of that name): save would replace it."""
+    try:
+        with open(os.path.join(directory, INDEX), "rb") as f:
+            found = json.loads(f.read())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return  # none, or not JSON (a corrupt checkpoint's: a new save replaces it)
+    if not (isinstance(found, dict) and found.get("format") == FORMAT):
+        raise CheckpointError(f"{os.path.join(directory, INDEX)} is not a fastconv checkpoint's JSON; save would "
+                              "replace it: save the checkpoint to another directory")
 
 
 def read_info(path) -> dict:
@@ -223,8 +240,11 @@ def read_info(path) -> dict:
             info = json.loads(f.read())
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {directory!r} ({INDEX} not found)") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{index} is not valid JSON ({exc}): the checkpoint is corrupt") from None
+    except OSError as exc:  # a directory of that name, no permission to read it
+        raise CheckpointError(f"cannot read {index}: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (RecursionError: JSON nested too deep)
+        raise CheckpointError(f"{index} is not valid JSON ({type(exc).__name__}: {exc}): the checkpoint is "
+                              "corrupt") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"{index} is not a fastconv checkpoint")
     version = info.get("format_version", 0)

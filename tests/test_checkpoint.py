@@ -591,3 +591,44 @@ def test_a_save_in_a_process_forked_during_a_save_runs(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "0", run.stdout
     assert checkpoint.read_info(tmp_path)["epoch"] == 1
+
+
+def test_save_removes_only_its_own_earlier_files(tmp_path):
+    # The cleanup deleted every weights-*.safetensors and .tmp-* in the directory: a user's own
+    # pre-trained weights beside the checkpoint were lost at the first save.
+    model, x = model_and_input()
+    mine = {"weights-pretrained.safetensors": b"precious", ".tmp-notes": b"mine", "weights-1.safetensors": b"too"}
+    for name, data in mine.items():
+        (tmp_path / name).write_bytes(data)
+    stale = tmp_path / "weights-20260101T000000-0123abcd.safetensors"  # an interrupted save's (our name)
+    stale.write_bytes(b"stale")
+    (tmp_path / (".tmp-" + "ab" * 16)).write_bytes(b"half-written")
+    for epoch in (1, 2):
+        checkpoint.save(tmp_path, model, epoch=epoch)
+    left = set(os.listdir(tmp_path))
+    assert {name: (tmp_path / name).read_bytes() for name in mine} == mine
+    ours = [name for name in left if name not in mine and name != checkpoint.INDEX]
+    assert len(ours) == 1 and ours[0] == checkpoint.read_info(tmp_path)["weights"]["file"]
+    np.testing.assert_array_equal(outputs(checkpoint.load(tmp_path)[0], x), outputs(model, x))
+
+
+def test_save_refuses_to_replace_a_json_of_something_else(tmp_path):
+    model, _ = model_and_input()
+    (tmp_path / checkpoint.INDEX).write_text('{"my": "settings"}')
+    with pytest.raises(CheckpointError, match="is not a fastconv checkpoint's JSON; save would replace it"):
+        checkpoint.save(tmp_path, model, epoch=0)
+    assert (tmp_path / checkpoint.INDEX).read_text() == '{"my": "settings"}'
+    assert os.listdir(tmp_path) == [checkpoint.INDEX]
+    (tmp_path / checkpoint.INDEX).write_text("{not json")  # a corrupt checkpoint's: replaced
+    checkpoint.save(tmp_path, model, epoch=0)
+    assert checkpoint.read_info(tmp_path)["epoch"] == 0
+
+
+def test_an_unreadable_or_too_deep_json_is_a_checkpoint_error(tmp_path):
+    (tmp_path / "a" / checkpoint.INDEX).mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="cannot read .*checkpoint.json"):
+        checkpoint.read_info(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / checkpoint.INDEX).write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(CheckpointError, match="not valid JSON .*the checkpoint is corrupt"):
+        checkpoint.read_info(tmp_path / "b")
