@@ -383,6 +383,36 @@ def test_binary_auc_with_bce_and_predict():
     assert model.training  # predict restores the mode
 
 
+def test_binary_metrics_refuse_soft_targets_instead_of_cutting_them_to_zero():
+    # BCE takes probabilities as targets; the metrics' astype(int64) turned 0.9 into 0: a validation AUC
+    # of ~0.5 for a model that ranks well, and the best checkpoint chosen on it.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((120, 4)).astype(np.float32)
+    hard = (x[:, :1] > 0).astype(np.float32)
+    soft = np.where(hard > 0, 0.9, 0.1).astype(np.float32)
+    model = nn.Sequential(nn.Linear(4, 1, seed=0))
+    before = [p.data.copy() for p in model.parameters()]
+    for metric in ("auc", "accuracy"):
+        with pytest.raises(ValueError, match=rf"metric='{metric}' counts or ranks labels of 0 and 1, but the labels "
+                                             r"hold 0\.1, 0\.9: soft targets have no class"):
+            train.fit(model, losses.BCEWithLogitsLoss(), optim.SGD(model.parameters(), lr=0.1), (x, soft), (x, soft),
+                      epochs=1, batch_size=32, metric=metric, progress=False)
+        with pytest.raises(ValueError, match=rf"metric='{metric}' counts or ranks labels of 0 and 1"):
+            train.evaluate(model, losses.BCEWithLogitsLoss(), (x, soft), metric_fn=metric)
+    assert all(np.array_equal(b, p.data) for b, p in zip(before, model.parameters()))  # refused before training
+    # soft training targets with hard validation labels are fine, and the metric is the true one
+    history = train.fit(model, losses.BCEWithLogitsLoss(), optim.SGD(model.parameters(), lr=0.5), (x, soft),
+                        (x, hard), epochs=3, batch_size=32, metric="auc", progress=False, restore_best=True)
+    scores = train.predict(model, x)[:, 0]
+    assert history.best_metric == pytest.approx(metrics.auc(hard[:, 0].astype(np.int64), scores), abs=1e-12)
+    assert history.best_metric > 0.9
+    # several binary outputs: accuracy is refused before training (it failed after the first epoch)
+    two = nn.Sequential(nn.Linear(4, 2, seed=0))
+    with pytest.raises(ValueError, match=r"metric='accuracy' scores one label per row .* shape \(120, 2\)"):
+        train.fit(two, losses.BCEWithLogitsLoss(), optim.SGD(two.parameters(), lr=0.1), (x, np.hstack([hard, hard])),
+                  (x, np.hstack([hard, hard])), epochs=1, batch_size=32, metric="accuracy", progress=False)
+
+
 def test_predict_on_zero_rows_gives_zero_rows_of_the_output_shape(backend):
     """predict(model, x[:0]) raised numpy's "need at least one array to concatenate"; it runs the model
     on the empty batch instead, which gives the output's columns and dtype, in eval mode."""

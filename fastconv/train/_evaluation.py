@@ -22,21 +22,36 @@ def _probabilities(outputs, loss_fn):
     return np.asarray(outputs, dtype=np.float64)
 
 
+def _zero_one(y, metric):
+    """y as int64 labels of 0 and 1, for the binary (and multi-label) accuracy and AUC; a ValueError for
+    other values. Soft targets (0.9, say: BCEWithLogitsLoss takes probabilities) had been cut to 0 by
+    astype: an AUC of 0.5 where the model ranked well, and the best checkpoint chosen on it."""
+    y = np.asarray(y)
+    values = np.unique(y)
+    other = values[~np.isin(values, (0, 1))]
+    if other.size:
+        raise ValueError(f"metric={metric!r} counts or ranks labels of 0 and 1, but the labels hold "
+                         f"{', '.join(f'{v:g}' for v in other[:3])}{', ...' if other.size > 3 else ''}: soft targets "
+                         "have no class; monitor 'loss', or give a metric callable(y_true, scores) that says what "
+                         "they mean")
+    return y.astype(np.int64)
+
+
 def _accuracy(y, scores):
     if scores.ndim == 2 and scores.shape[1] > 1:
         return _metrics.accuracy(y, scores)
     _metrics._finite(scores, "scores")  # NaN >= 0.5 is False: NaN scores would count as class 0
-    return _metrics.accuracy(np.asarray(y).reshape(-1).astype(np.int64), (scores.reshape(-1) >= 0.5).astype(np.int64))
+    return _metrics.accuracy(_zero_one(y, "accuracy").reshape(-1), (scores.reshape(-1) >= 0.5).astype(np.int64))
 
 
 def _auc(y, scores):
     """Binary AUC; with several classes the macro one-vs-rest AUC over the classes present in y."""
     y = np.asarray(y)
     if scores.ndim == 1 or scores.shape[1] == 1:
-        return _metrics.auc(y.reshape(-1).astype(np.int64), scores.reshape(-1))
+        return _metrics.auc(_zero_one(y, "auc").reshape(-1), scores.reshape(-1))
     if scores.shape[1] == 2 and y.ndim == 1:
-        return _metrics.auc(y.astype(np.int64), scores[:, 1])
-    onehot = np.eye(scores.shape[1], dtype=bool)[y.astype(np.int64)] if y.ndim == 1 else y
+        return _metrics.auc(_zero_one(y, "auc"), scores[:, 1])
+    onehot = np.eye(scores.shape[1], dtype=bool)[y.astype(np.int64)] if y.ndim == 1 else _zero_one(y, "auc")
     present = _two_valued_columns(onehot)  # a class absent from y (or in every row) has no AUC
     if not present.any():
         raise ValueError(f"AUC needs labels of at least two classes, got one class in all {len(y)} rows")
@@ -46,6 +61,21 @@ def _auc(y, scores):
 def _two_valued_columns(labels):
     """Which columns of (N, C) 0/1 labels hold both values."""
     return labels.min(axis=0) != labels.max(axis=0)
+
+
+def _check_metric_labels(name, loss_fn, y):
+    """The validation labels fit's metric will score, checked before training (else an error after the
+    first epoch): several outputs' labels for the accuracy, soft targets for the binary accuracy or AUC
+    (_zero_one), labels of one class for the AUC (undefined at every evaluation)."""
+    labels = to_numpy(y)
+    if name == "accuracy" and labels.ndim == 2 and labels.shape[1] > 1:
+        raise ValueError(f"metric='accuracy' scores one label per row (a class index, or 0/1 for one output), but "
+                         f"the validation labels have shape {labels.shape} (several binary outputs): monitor 'auc' "
+                         "(their mean AUC), 'loss', or give a metric callable(y_true, scores)")
+    if name in ("accuracy", "auc") and isinstance(loss_fn, _losses.BCEWithLogitsLoss):
+        _zero_one(labels, name)
+    if name == "auc":
+        _check_auc_labels(y)
 
 
 def _check_auc_labels(y):

@@ -10,7 +10,7 @@ from .. import backend as _backend
 from .. import checkpoint as _checkpoint
 from .. import nn as _nn
 from ._data import _digest, _positive_int, _xy_pair
-from ._evaluation import _auc, _check_auc_labels, _evaluate, _improved, _metric
+from ._evaluation import _check_metric_labels, _evaluate, _improved, _metric
 from ._fit_checks import (_check_describable, _check_resumable, _check_targets, _check_writable, _interrupted,
                           _keep_earlier_run, _warn_diverged, _warn_final_evaluation_kept, _warn_frozen,
                           _warn_replaced_hyperparameters)
@@ -69,8 +69,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     for data, which in (((x_train, y_train), "training"), (val, "validation")):
         if data is not None:
             _check_targets(model, loss_fn, data, which)
-    if metric_fn is _auc:
-        _check_auc_labels(val[1])
+    if val is not None and not callable(metric):
+        _check_metric_labels(name, loss_fn, val[1])
     _warn_frozen(model)
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
