@@ -196,6 +196,9 @@ def _train(args) -> int:
     with _resume_refusals_name_the_flags(args.resume, out), _flags_in_messages():
         if args.resume:
             options["resume"] = True
+            from .train._fit_checks import _keep_best_without_last
+
+            _keep_best_without_last(out, *(os.path.join(out, d) for d in ("last", "best")))  # (as fit, before the header)
             _check_resumed_data(out, {"seed": args.seed, "subset": args.subset})
             _check_resumed_lr(example, out, args.lr)
         with _use_backend(args.backend):

@@ -2,6 +2,7 @@
 plots; `fastconv evaluate` of the saved checkpoint gives the numbers printed after training."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -218,6 +219,20 @@ def test_resume_on_another_split_is_refused_before_the_header(tmp_path, capsys):
         assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == kept
     train("neuron", tmp_path, "--epochs", "2", "--subset", "40", "--seed", "2", "--resume")
     assert json.loads((tmp_path / "run.json").read_text())["options"]["epochs"] == 2
+
+
+def test_resume_of_a_best_without_last_is_refused_before_the_header(tmp_path, capsys):
+    # fit started afresh (nothing to resume) and replaced best/ at its first evaluation
+    train("neuron", tmp_path, "--epochs", "1", "--subset", "40")
+    shutil.rmtree(tmp_path / "last")
+    kept = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    code = cli.main(["train", "neuron", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs", "2",
+                     "--subset", "40", "--resume"])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert f"'{tmp_path}' holds a best checkpoint (best/) but no last/ for --resume to continue: --overwrite " in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == kept
 
 
 def test_fit_refuses_a_resume_with_a_resume_error_naming_its_keywords(tmp_path):

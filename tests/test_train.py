@@ -784,6 +784,16 @@ def test_fit_keeps_an_earlier_runs_checkpoints_unless_resume_or_overwrite(tmp_pa
     shutil.rmtree(tmp_path / "best")  # last/ alone is an earlier run too
     with pytest.raises(ValueError, match=r"holds an earlier run's checkpoints \(last\)"):
         run(0.5)
+    # best/ without last/ (a search's output): resume had nothing to continue, started afresh and replaced it
+    run(0.1, overwrite=True)
+    shutil.rmtree(tmp_path / "last")
+    kept = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"fit: checkpoint_dir '.*' holds a best checkpoint \(best/\) but no last/ "
+                                         r"for resume=True to continue: overwrite=True starts afresh"):
+        run(0.5, resume=True)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == kept
+    shutil.rmtree(tmp_path / "best")
+    assert len(run(0.5, resume=True)) == 1  # an empty checkpoint_dir: resume starts afresh
 
 
 def test_a_file_as_checkpoint_dir_fails_before_training(tmp_path):

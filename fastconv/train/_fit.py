@@ -12,7 +12,7 @@ from .. import nn as _nn
 from ._data import _digest, _positive_int, _xy_pair
 from ._evaluation import _check_metric_labels, _evaluate, _improved, _metric
 from ._fit_checks import (_check_describable, _check_resumable, _check_targets, _check_writable, _interrupted,
-                          _keep_earlier_run, _warn_diverged, _warn_final_evaluation_kept, _warn_frozen,
+                          _keep_best_without_last, _keep_earlier_run, _warn_diverged, _warn_final_evaluation_kept, _warn_frozen,
                           _warn_replaced_hyperparameters)
 from ._history import History
 from ._words import _say
@@ -36,7 +36,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     eval_every: evaluate every that many optimizer steps (default: at the end of each epoch), and at
         the end of training when the last step was not evaluated (so the final weights are too).
     scheduler: stepped at the end of every epoch.
-    resume: continue from <checkpoint_dir>/last when it exists (start fresh otherwise); a run that had
+    resume: continue from <checkpoint_dir>/last when it exists (start fresh otherwise, unless a best/
+        without a last/ is there: refused, as without resume); a run that had
         stopped early stays stopped (warned where this call's patience would have gone on). A `last`
         this call cannot continue is refused: ResumeError (CheckpointError for one fit did not write).
     overwrite: start afresh in a checkpoint_dir that holds an earlier run's best/ or last/, replacing each
@@ -90,6 +91,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
                                  f"{_say('checkpoint_dir')}")
         if not (resume or overwrite):
             _keep_earlier_run(checkpoint_dir, last_dir, best_dir)
+        elif resume:
+            _keep_best_without_last(checkpoint_dir, last_dir, best_dir)
         os.makedirs(checkpoint_dir, exist_ok=True)
         for path in (checkpoint_dir, last_dir, best_dir):
             if os.path.isdir(path):

@@ -99,6 +99,17 @@ def _keep_earlier_run(checkpoint_dir, last_dir, best_dir):
                          f"replaces it, or give another {_say('checkpoint_dir')}")
 
 
+def _keep_best_without_last(checkpoint_dir, last_dir, best_dir):
+    """ValueError when resume has no last/ to continue but a best/ is there (a search's output, a run
+    interrupted between the two saves): starting afresh, as resume does without a last/, would replace
+    that best model at the first evaluation."""
+    index = _checkpoint.INDEX
+    if os.path.exists(os.path.join(best_dir, index)) and not os.path.exists(os.path.join(last_dir, index)):
+        raise ValueError(f"fit: {_say('checkpoint_dir')} {os.fspath(checkpoint_dir)!r} holds a best checkpoint "
+                         f"(best/) but no last/ for {_say('resume')} to continue: {_say('overwrite')} starts afresh, "
+                         f"replacing it, or give another {_say('checkpoint_dir')}")
+
+
 _TARGET_CHUNK = 8192  # rows a call of the loss takes in _check_targets
 
 
