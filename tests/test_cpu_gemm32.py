@@ -15,7 +15,7 @@ from helpers import needs_simd
 pytestmark = needs_simd
 
 if _vecmath.SIMD:
-    from fastconv._cpu._gemm32 import gemm32, gemm32_runs
+    from fastconv._cpu._gemm32 import KC, MC, MR, gemm32, gemm32_blocked, gemm32_runs
 
 EDGES = [1, 5, 6, 7, 8, 9, 13, 15, 16, 17, 31, 32, 33, 48, 65]
 
@@ -86,6 +86,37 @@ def test_gemm32_empty_and_zero_k():
     gemm32(np.zeros((0, 5), np.float32), np.zeros((5, 4), np.float32), np.zeros((0, 4), np.float32), 0.0, False, False)
 
 
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_gemm32_blocked_matches_float64_across_its_blocks_and_panels(trans_a):
+    """K around multiples of KC (B's packed blocks), rows around multiples of MC (A's panels) and of
+    the tile, columns around the strips; strided rows everywhere; C's neighbours untouched. Each
+    block's sums are added to C in order: the bits of gemm32 with beta 1 block after block."""
+    rng = np.random.default_rng(11 + trans_a)
+    for m, n, k in [(1, 1, 1), (MR + 1, 33, KC), (MC + 3, 17, KC + 1), (MC, 32, 2 * KC - 1), (2 * MC + MR - 1, 65, 3),
+                    (5, 48, 3 * KC + 7), (MC - 1, 16, 2 * KC)]:
+        a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        _, a_view = _strided(a, 3, np.nan)
+        _, b_view = _strided(b, 5, np.nan)
+        c_wide, c = _strided(np.full((m, n), np.nan, np.float32), 5, 7.0)
+        gemm32_blocked(a_view, b_view, c, trans_a)
+        ref = (a.T if trans_a else a).astype(np.float64) @ b
+        np.testing.assert_allclose(c, ref, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+        assert (c_wide[:, n:] == 7).all(), "a value beside C was written"
+        by_blocks = np.zeros((m, n), np.float32)
+        for k0 in range(0, k, KC):
+            gemm32(a[k0:k0 + KC] if trans_a else a[:, k0:k0 + KC], b[k0:k0 + KC], by_blocks, 1.0, trans_a, False)
+        np.testing.assert_array_equal(c, by_blocks)
+
+
+def test_gemm32_blocked_empty_and_zero_k():
+    c = np.ones((3, 4), np.float32)
+    gemm32_blocked(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32), c, False)
+    assert (c == 0).all()
+    gemm32_blocked(np.zeros((5, 0), np.float32), np.zeros((5, 4), np.float32), np.zeros((0, 4), np.float32), True)
+    gemm32_blocked(np.zeros((3, 5), np.float32), np.zeros((5, 0), np.float32), np.zeros((3, 0), np.float32), False)
+
+
 def test_a_row_gets_the_same_bits_in_a_whole_tile_and_at_the_edge():
     rng = np.random.default_rng(3)
     a = rng.standard_normal((13, 50)).astype(np.float32)
@@ -147,10 +178,10 @@ def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit(monkeypatch):
     assert used == ["_linear_forward_serial_gemm32", "_linear_backward_serial_gemm32", "_linear_forward_serial",
                     "_linear_forward_gemm32", backward, "_linear_forward"]
     used.clear()
-    monkeypatch.setattr(dense, "_GEMM32_UP_TO", 130 * 300 * 70 - 1)  # just past the limit: OpenBLAS
+    monkeypatch.setattr(dense, "_GEMM32_UP_TO", 130 * 300 * 70 - 1)  # just past the forward's limit: OpenBLAS
     ops.linear_forward(x, w, b)
-    ops.linear_backward(dy, x, w)
-    assert used == ["_linear_forward", "_linear_backward"]
+    ops.linear_backward(dy, x, w)  # (gemm32_blocked's at any size with AVX-512)
+    assert used == ["_linear_forward", backward]
 
 
 @pytest.mark.parametrize("m,k,n", [(130, 300, 70), (600, 40, 20), (70, 50, 530), (520, 64, 100), (9, 3136, 10),
@@ -190,6 +221,32 @@ def _one_gemm32_per_k_block(a, b, trans_a, trans_b, k_block):
                False, False)
         total += one
     return total.astype(np.float32)
+
+
+@pytest.mark.skipif(not _vecmath.AVX512, reason="the backward goes by gemm32 through the threads with AVX-512 only")
+@pytest.mark.parametrize("m,k,n", [(600, 300, 270), (1100, 40, 20), (9000, 8, 33), (40, 700, 300), (300, 1, 1)])
+def test_linear_backward_by_gemm32_blocked_matches_float64_and_one_call_per_k_block(m, k, n):
+    """dx = dy @ w and dw = dy^T x by gemm32_blocked (K in blocks of KC, C accumulating them), dw's
+    K, the batch, in blocks of dense._K_BLOCK added in float64: against float64, and the bits of one
+    gemm32_blocked call per such block whatever the split over the threads. Shapes: K of dx and of dW
+    past KC, a dW of fewer rows than the packed path takes (B in place), a batch past _K_BLOCK."""
+    from fastconv._cpu import dense
+
+    rng = np.random.default_rng(m + k + n)
+    dy, x, w = (rng.standard_normal(s).astype(np.float32) for s in [(m, n), (m, k), (n, k)])
+    dx, dw, db = ops.linear_backward(dy, x, w)
+    np.testing.assert_allclose(dx, dy.astype(np.float64) @ w, rtol=1e-5, atol=2e-6 * np.sqrt(n) * 4)
+    np.testing.assert_allclose(dw, dy.T.astype(np.float64) @ x, rtol=1e-5, atol=2e-6 * np.sqrt(m) * 4)
+    np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-5 * np.sqrt(m))
+    one = np.empty(dx.shape, np.float32)
+    gemm32_blocked(dy, w, one, False)
+    np.testing.assert_array_equal(dx, one)
+    total = np.zeros(dw.shape)
+    for k0 in range(0, m, dense._K_BLOCK):
+        part = np.empty(dw.shape, np.float32)
+        gemm32_blocked(dy[k0:k0 + dense._K_BLOCK], x[k0:k0 + dense._K_BLOCK], part, True)
+        total += part
+    np.testing.assert_array_equal(dw, total.astype(np.float32))
 
 
 @pytest.mark.parametrize("trans_a", [False, True])

@@ -17,9 +17,9 @@ large SGEMM about twice as fast there). Measured on the Zen 5 dev host, one thre
 224 product (conv2's as one GEMM over copied tap rows) 204 GFLOP/s, ~90% of the core's FMA peak,
 against OpenBLAS's 97.5; conv2's actual nine accumulating 64 x 32 x 224 tap products per sample
 36.6 us (226 GFLOP/s). Users: the convolutions' backward (dW, and the wide kernel), the linear
-layers up to dense._GEMM32_UP_TO multiply-adds (past that OpenBLAS wins: the backward, and forwards
-with a large weight), and matmul (dense.matmul: B packed in strips, so that the tiles read it in
-order; no further cache blocking).
+layers' forwards up to dense._GEMM32_UP_TO multiply-adds (past that OpenBLAS wins, but for a long K),
+the linear layers' backward by gemm32_blocked (below: blocked for the caches), and matmul
+(dense.matmul: B packed in strips, so that the tiles read it in order; no further cache blocking).
 
 Each C element's sum runs over k in the same order wherever it sits (tile, edge, thread), so the
 results do not depend on the thread count.
@@ -33,7 +33,7 @@ from numba.extending import intrinsic
 from ._taps32 import transpose16_block
 from ._vecmath import TARGET_AVX512, as_i64, broadcast, copy_rows16, lanes_below, masked_load, masked_store
 
-__all__ = ["gemm32", "gemm32_runs", "gemm32_strips", "gemm32_strips_rows", "pack_strip", "copy_strip", "strips_shape",
+__all__ = ["gemm32", "gemm32_blocked", "gemm32_runs", "gemm32_strips", "gemm32_strips_rows", "pack_strip", "copy_strip", "strips_shape",
            "MR", "NR"]
 
 # The register tile, rows of A by columns of B: 8 x 32 in 16 of AVX-512's 32 zmm registers; 6 x 16
@@ -248,6 +248,52 @@ def _gemm32_strips(a, strips, c, trans_a, accumulate):
     k = a.shape[0] if trans_a else a.shape[1]
     a_rs, a_cs = _a_steps(a, trans_a)
     _products(a, trans_a, a_rs, a_cs, strips, NR, k * NR, c, _stride(c), m, n, k, accumulate, k, 0)
+
+
+# A product with a long K whose B is read in place (a linear layer's dW = dy^T x over a large batch,
+# dx = dy @ w over many output features) went at a third of the tiles' speed: every row tile of A read
+# its strip of B over all of K (512 KB for K = 4096), so B came from L3 once per 8 rows of C, through
+# rows at a stride of 4 KB (see copy_strip). gemm32_blocked is gemm32 blocked for the caches: K in
+# blocks of KC, each block of B copied into strips (KC x NR: 32 KB, L1), and A in panels of MC rows
+# (MC x KC: 192 KB, L2); C accumulates the blocks' sums (each C value: a float32 chain per block,
+# the blocks added in float32 in order, the same order wherever it sits). With few rows of C (or one
+# block and under 128 rows) B's blocks are read in place, a copy serving too few tiles to pay for
+# itself: the same bits either way. Zen 5 host, one thread, GFLOP/s in place -> blocked: dW of
+# 4096 rows, 1024 x 128 60 -> 192; dx 2048 x 2048 -> 256 columns 39 -> 93 (linear_backward: dense.py).
+KC, MC = 256, 24 * MR
+_PACKED_FROM_ROWS = 16 * MR
+
+
+@njit(nogil=True, cache=True)
+def gemm32_blocked(a, b, c, trans_a):
+    """c = op(a) @ b for 2-D float32 arrays whose last dimension is contiguous (any row stride), by
+    blocks of KC of K (B's block packed into strips) and panels of MC rows of C. c must not overlap
+    a or b."""
+    m, n = c.shape
+    k = b.shape[0]
+    if not _scaled_by_beta(c, 0.0, k):
+        return
+    if m < 4 * MR or (k <= KC and m < _PACKED_FROM_ROWS):  # B read in place: a copy would serve too few tiles
+        for k0 in range(0, k, KC):
+            k1 = min(k, k0 + KC)
+            block = a[k0:k1] if trans_a else a[:, k0:k1]
+            a_rs, a_cs = _a_steps(block, trans_a)
+            _products(block, trans_a, a_rs, a_cs, b[k0:k1], _stride(b), 0, c, _stride(c), m, n, k1 - k0, k0 > 0,
+                      k1 - k0, 0)
+        return
+    strips = np.empty(strips_shape(n, min(k, KC)), np.float32)
+    b_strip = strips.shape[1] * NR
+    for k0 in range(0, k, KC):
+        k1 = min(k, k0 + KC)
+        for strip in range(strips.shape[0]):
+            j0 = strip * NR
+            copy_rows16(b[k0:], j0, _stride(b), strips[strip], 0, NR, k1 - k0, min(NR, n - j0))
+        for i0 in range(0, m, MC):
+            i1 = min(m, i0 + MC)
+            panel = a[k0:k1, i0:i1] if trans_a else a[i0:i1, k0:k1]
+            a_rs, a_cs = _a_steps(panel, trans_a)
+            _products(panel, trans_a, a_rs, a_cs, strips, NR, b_strip, c[i0:i1], _stride(c), i1 - i0, n, k1 - k0,
+                      k0 > 0, k1 - k0, 0)
 
 
 @njit(nogil=True, cache=True)

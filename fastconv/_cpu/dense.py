@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._blas import blas_guard, gemm
-from ._gemm32 import NR, copy_strip, gemm32, gemm32_strips, gemm32_strips_rows, pack_strip, strips_shape
+from ._gemm32 import NR, copy_strip, gemm32, gemm32_blocked, gemm32_strips, gemm32_strips_rows, pack_strip, strips_shape
 from ._memory import empty, empty_like
 from ._parallel import block, run
 from . import _vecmath
@@ -391,6 +391,13 @@ def _linear_forward_gemm32(x, trans_x, w, w_is_weight, b, has_bias, act, blocks,
                 _epilogue(y, r0, r1, c0, c1, b, has_bias, act)
 
 
+@njit(inline="always")
+def _gemm32_in_blocks(a, b, c, beta, trans_a, trans_b):
+    """The backward's products (beta 0, B not transposed: dx = dy @ w, dw = dy^T @ x) by gemm32_blocked,
+    which blocks their long K for the caches (_gemm32.py); the arguments as gemm32's shim passes them."""
+    gemm32_blocked(a[::1, ::1], b[::1, ::1], c[::1, ::1], bool(trans_a))
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def _linear_backward(dy, x, w, has_bias, input_grad, split, dx, dw, db):
     _linear_backward_body(gemm, 0, dy, x, w, has_bias, input_grad, split, dx, dw, db)
@@ -398,7 +405,7 @@ def _linear_backward(dy, x, w, has_bias, input_grad, split, dx, dw, db):
 
 @njit(parallel=True, nogil=True, cache=True)
 def _linear_backward_gemm32(dy, x, w, has_bias, input_grad, split, dx, dw, db):
-    _linear_backward_body(gemm32, _K_BLOCK, dy, x, w, has_bias, input_grad, split, dx, dw, db)
+    _linear_backward_body(_gemm32_in_blocks, _K_BLOCK, dy, x, w, has_bias, input_grad, split, dx, dw, db)
 
 
 @njit(nogil=True, cache=True)
@@ -418,7 +425,7 @@ def _linear_backward_serial(dy, x, w, has_bias, input_grad):
 
 @njit(nogil=True, cache=True)
 def _linear_backward_serial_gemm32(dy, x, w, has_bias, input_grad):
-    return _linear_backward_serial_body(gemm32, _K_BLOCK, dy, x, w, has_bias, input_grad)
+    return _linear_backward_serial_body(_gemm32_in_blocks, _K_BLOCK, dy, x, w, has_bias, input_grad)
 
 
 # OpenBLAS runs a GEMM of at most 65536 * 4 multiply-adds on one thread whatever its thread count
@@ -484,11 +491,11 @@ def _gemm_work(m, n, k):
     return m * n * k // 100
 
 
-# gemm32 has no cache blocking (it was built for the convolutions' per-sample products): past this
-# many multiply-adds OpenBLAS's blocked GEMM wins. Zen 5 host, two threads, interleaved A/B, GFLOP/s
-# gemm32 vs OpenBLAS (forward; backward dx + dW): 128x3136->128 259 vs 163, 374 vs 186;
-# 512x512->512 260 vs 169, 318 vs 184; 256x2048->512 334 vs 184, 296 vs 200; 1024^3 190 vs 190,
-# 224 vs 204; 4096x1024->1024 241 vs 207, 118 vs 186 (dW streams 2 MB blocks of x per 8-row tile).
+# The forward's gemm32 products have no cache blocking (gemm32 was built for the convolutions'
+# per-sample products): past this many multiply-adds OpenBLAS's blocked GEMM wins. Zen 5 host, two
+# threads, interleaved A/B, GFLOP/s gemm32 vs OpenBLAS (forward): 128x3136->128 259 vs 163;
+# 512x512->512 260 vs 169; 256x2048->512 334 vs 184; 1024^3 190 vs 190; 4096x1024->1024 241 vs 207.
+# The backward's products are gemm32_blocked's (_gemm32.py), at any size with AVX-512: see linear_backward.
 _GEMM32_UP_TO = 1 << 28
 
 
@@ -532,7 +539,7 @@ def linear_forward(x, w, b, activation):
 
 def linear_backward(dy, x, w, bias, input_grad):
     dy, x, w = np.ascontiguousarray(dy), np.ascontiguousarray(x), np.ascontiguousarray(w)
-    own = _with_gemm32(x, *dy.shape, x.shape[1])
+    own = x.dtype == np.float32 and _vecmath.SIMD
     if dy.size * x.shape[1] <= _OWN_THREADS_BELOW:
         kernel = _linear_backward_serial_gemm32 if own else _linear_backward_serial
         dx, dw, db = kernel(dy, x, w, bias, input_grad)
@@ -541,6 +548,12 @@ def linear_backward(dy, x, w, bias, input_grad):
     # on a Zen 4 host, GFLOP/s gemm32 vs OpenBLAS: 128x3136->128 148 vs 159, 256x1024->512 117 vs
     # 175, 512^3 156 vs 186 (its forwards 161-203 vs 143-166 stay ours); the Zen 3 AVX2 host's
     # benchmark runs agree: 128x3136->128 backward 73-86 by gemm32, 126 by OpenBLAS before it.
+    # With AVX-512 at any size since its products went by gemm32_blocked (dx + dW, batch x in -> out;
+    # Zen 5 host, two threads, medians of 7 interleaved, GFLOP/s gemm32 in place -> gemm32_blocked,
+    # OpenBLAS): 128x3136->128 306 -> 311 (157); 512^3 297 -> 292 (183); 1024^3 237 -> 357 (205);
+    # 4096x1024->1024 115 -> 334 (210); 2048^3 133 -> 365 (219); 784x512->2048 288 -> 347 (210);
+    # 8192x512->256 165 -> 327 (193); 128x4096->4096 160 -> 221 (162). (Past _GEMM32_UP_TO these had
+    # been OpenBLAS's.) Zen 4 (double-pumped AVX-512) unmeasured.
     own = own and _vecmath.AVX512
     dx = empty(x.shape if input_grad else (0, 0), x.dtype)
     dw = empty(w.shape, x.dtype)
