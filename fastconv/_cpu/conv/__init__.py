@@ -176,6 +176,7 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
             db_parts, dw_parts = _backward_by_im2col(dy3, x, w, w2, stride, padding, dilation, groups, oh, ow, parts,
                                                      input_grad, dx)
     # (copies of one part: a view would keep its whole scratch buffer out of the cache)
-    dw = np.array(dw_parts.sum(axis=0) if parts > 1 else dw_parts[0], order="C").reshape(w.shape)
-    db = db_parts.sum(axis=0) if parts > 1 else db_parts[0].copy()
+    # (the parts' sums are float64 where the kernel keeps totals: _shared._flush_into)
+    dw = np.array(dw_parts.sum(axis=0) if parts > 1 else dw_parts[0], dtype=x.dtype, order="C").reshape(w.shape)
+    db = np.array(db_parts.sum(axis=0) if parts > 1 else db_parts[0], dtype=x.dtype)
     return dx if input_grad else None, dw, db if bias else None

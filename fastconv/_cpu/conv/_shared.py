@@ -32,6 +32,27 @@ def _sum(row):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
+# The stride-1 backward's products accumulate a task's dW and db in float32 (gemm32 with beta 1, sample
+# after sample): one chain of N/8 * OH * OW terms per value, 1.6e-4 off float64 for 4 images of
+# 1024 x 1024 (OpenBLAS, which blocks K, 5e-7). So the products go over at most this many output
+# positions at a time (a sample's rows in blocks), and after every this many the task's float32 sums
+# are added into its float64 totals and restarted (_flush_into): chains of < 2 * 4096 terms, as the
+# linear layers' K blocks (dense._K_BLOCK).
+_FLUSH_POSITIONS = 4096
+
+
+@njit(inline="always")
+def _flush_into(part, total):
+    """total += part, then part = 0, for 3-D (groups, rows, C_out/g) float32 partial sums of a task
+    and its float64 totals."""
+    for g in range(part.shape[0]):
+        for i in range(part.shape[1]):
+            p, q = part[g, i], total[g, i]
+            for j in range(p.size):
+                q[j] += p[j]
+                p[j] = 0
+
+
 def _uses_gemm32(x):
     """gemm32 for the GEMMs: float32 on AVX-512 or AVX2 hosts."""
     return x.dtype == np.float32 and _vecmath.SIMD

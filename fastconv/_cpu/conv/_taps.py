@@ -23,7 +23,7 @@ from .._vecmath import copy_rows16
 from .._activation import RELU as _RELU
 from ._epilogue import _finish_planes
 from ._phases import _Phases, _split_phases
-from ._shared import _taps_first, _threads, _uses_tiles
+from ._shared import _FLUSH_POSITIONS, _flush_into, _taps_first, _threads, _uses_tiles
 from ._wide import _MIN_CHANNELS_FOR_SHIFTED_GEMMS, _Wide, _gather_output_grad, _pad_avx512, _wide_positions
 
 
@@ -109,7 +109,7 @@ def _forward_taps_avx512(x, wt, b, wc, bc, tile, act, groups, pt, pl, wp, sh, sw
 
 @njit(parallel=True, nogil=True, cache=True)
 def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros, groups, pt, pl, wp, oh, ow, margin,
-                          shifts, dx_shifts, input_grad, xps, dyps, dyts, cols, grad_parts, dx):
+                          shifts, dx_shifts, input_grad, xps, dyps, dyts, cols, grad_parts, totals, dx):
     """Stride-1 float32 backward on AVX-512 hosts (for the layers _backward_uses_tiles names). Per
     sample and group, in the task's own buffers:
     - dyw, the output gradient on the wide grid (_gather_output_grad; dy and from_pool as in
@@ -123,7 +123,9 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
       With cols (tasks, R8, OH * OW) not empty (C_in/g not a whole number of gemm32's 8-row
       tiles) the tap rows' output positions are copied into col, R8 = taps * C_in/g rounded up to
       8, and one product does all taps. grad_parts[task] (groups, 1 + max(taps * C_in/g, R8),
-      C_out/g): row 0 db, row 1 + tap * C_in/g + c dW[:, c, tap];
+      C_out/g): row 0 db, row 1 + tap * C_in/g + c dW[:, c, tap], float32 sums flushed into the
+      task's float64 totals[task] every _FLUSH_POSITIONS output positions (a large sample's rows in
+      blocks of that many: _shared.py says why);
     - dx (input_grad) = _taps32.channels_tile over dyp, dx's channels in the lanes:
       dx[c, P] = sum_t sum_o W[o, c, t] dyw[o, P - s_t] = ... dyp[o, dx_shifts[t] + P] with
       dx_shifts[t] = margin - s_t, for P the padded grid's interior positions, stored compact into
@@ -138,6 +140,7 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
     blocks, wd_flat = wd.shape[1], wd.reshape(-1)
     threads = xps.shape[0]
     copied = cols.shape[1] > 0
+    block_rows = max(1, _FLUSH_POSITIONS // ow) if ow > 0 else 1
     for t in prange(threads):
         xp, dyp, dyt, col = xps[t], dyps[t], dyts[t], cols[t]
         xp[:] = 0
@@ -147,8 +150,14 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
         dyp_flat, dyt_flat = dyp.reshape(-1), dyt.reshape(-1)
         ld = dyp.shape[1]
         grad_parts[t] = 0
+        totals[t] = 0
+        since = 0  # output positions in grad_parts[t]'s sums since they were last flushed into totals[t]
         wide = _wide_positions(oh * ow if from_pool else 0, ow, wp)
         for n in range(t * n_img // threads, (t + 1) * n_img // threads):
+            since += oh * ow
+            if since > _FLUSH_POSITIONS and block_rows >= oh:
+                _flush_into(grad_parts[t], totals[t])
+                since = oh * ow
             if n + 1 < n_img:  # the next sample's inputs on their way to the cache (with copy16: 48 -> 43 us)
                 prefetch_all(x[n + 1].reshape(-1))
                 prefetch_all(dy[n + 1].reshape(-1))
@@ -168,22 +177,28 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
                             transpose16_block(dyp_flat, o0 * ld + margin + a * wp + b0, ld, min(16, cog - o0),
                                               min(16, ow - b0), dyt_flat, (a * ow + b0) * cog + o0, cog)
                 db = grad_parts[t, g, 0]
-                for q in range(oh * ow):  # db in position order, vectorized over the channels
-                    row = dyt[q]
-                    for o in range(cog):
-                        db[o] += row[o]
                 _pad_avx512(x, n, g * cg, cg, pt, pl, wp, xp)
                 if copied:  # the tap rows' output positions copied, one product over whole 8-row tiles
                     for tap in range(taps):
                         s = shifts[tap]
                         for cc in range(cg):
                             copy_rows16(xp[cc], s, wp, col[tap * cg + cc], 0, ow, oh, ow)
-                    gemm32(col, dyt, grad_parts[t, g, 1:1 + col.shape[0]], 1.0, False, False)
-                else:  # the tap's rows read in place, the output's runs of ow every wp columns
-                    for tap in range(taps):
-                        s = shifts[tap]
-                        gemm32_runs(xp[:, s:s + length], dyt, grad_parts[t, g, 1 + tap * cg:1 + (tap + 1) * cg], 1.0,
-                                    ow, wp)
+                for a0 in range(0, oh, block_rows):  # the output's rows in blocks of <= _FLUSH_POSITIONS
+                    a1 = min(oh, a0 + block_rows)
+                    q0, q1 = a0 * ow, a1 * ow
+                    for q in range(q0, q1):  # db in position order, vectorized over the channels
+                        row = dyt[q]
+                        for o in range(cog):
+                            db[o] += row[o]
+                    if copied:
+                        gemm32(col[:, q0:q1], dyt[q0:q1], grad_parts[t, g, 1:1 + col.shape[0]], 1.0, False, False)
+                    else:  # the tap's rows read in place, the output's runs of ow every wp columns
+                        for tap in range(taps):
+                            s = shifts[tap] + a0 * wp
+                            gemm32_runs(xp[:, s:s + (a1 - a0) * wp], dyt[q0:q1],
+                                        grad_parts[t, g, 1 + tap * cg:1 + (tap + 1) * cg], 1.0, ow, wp)
+                    if block_rows < oh:
+                        _flush_into(grad_parts[t], totals[t])
                 if not input_grad:
                     continue
                 out = dx[n]
@@ -195,6 +210,7 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
                                           dx_shifts, (pt + hh) * wp + pl + w0, out,
                                           (g * cg + c0) * plane + hh * w_in + w0, plane, min(CR, w_in - w0),
                                           min(CW, cg - c0), zeros, 0, False)
+        _flush_into(grad_parts[t], totals[t])
 
 
 _TAPS_TILE, _CHANNELS_TILE, _ROW_TILE = 0, 1, 2
@@ -278,13 +294,14 @@ def _backward_by_tiles(dy3, from_pool, pooled_w, y3, activation, indices3, x, w,
     copied = -(-rows // 8) * 8 if cg % 8 else 0  # (gemm32 pads a partial 8-row tile per call)
     cols = empty((parts, copied, oh * ow if copied else 0), x.dtype)
     grad_parts = empty((parts, groups, 1 + max(rows, copied), cog), x.dtype)
+    totals = empty(grad_parts.shape, np.float64)
     blocks = -(-cg // CW)
     padded = np.zeros((groups, cog, blocks * CW, taps), x.dtype)
     padded[:, :, :cg] = w.reshape(groups, cog, cg, taps)
     wd = np.ascontiguousarray(padded.reshape(groups, cog, blocks, CW, taps).transpose(0, 2, 4, 1, 3))
     _backward_taps_avx512(dy3, from_pool, pooled_w, y3, ACTIVATIONS[activation], indices3, x, wd, np.zeros(CW, x.dtype),
                           groups, padding[0], padding[2], wp, oh, ow, margin, shifts, margin - shifts, input_grad, xps,
-                          dyps, dyts, cols, grad_parts, dx.reshape(dx.shape[0], int(np.prod(dx.shape[1:]))))
-    db_parts = grad_parts[:, :, 0].reshape(parts, c_out)
-    dw_parts = grad_parts[:, :, 1:1 + rows].reshape(parts, groups, taps, cg, cog).transpose(0, 1, 4, 3, 2)
+                          dyps, dyts, cols, grad_parts, totals, dx.reshape(dx.shape[0], int(np.prod(dx.shape[1:]))))
+    db_parts = totals[:, :, 0].reshape(parts, c_out)
+    dw_parts = totals[:, :, 1:1 + rows].reshape(parts, groups, taps, cg, cog).transpose(0, 1, 4, 3, 2)
     return db_parts, dw_parts.reshape(parts, groups, cog, cg * taps)

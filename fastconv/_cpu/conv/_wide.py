@@ -12,7 +12,7 @@ from .._taps32 import NR
 from .._vecmath import copy_rows16
 from .._activation import ONE as _ONE, RELU as _RELU, SIGMOID as _SIGMOID, ZERO as _ZERO, relu_grad as _relu_grad
 from ._epilogue import _bias_activate, _pool_plane
-from ._shared import _taps_first, _threads, _uses_gemm32
+from ._shared import _FLUSH_POSITIONS, _flush_into, _taps_first, _threads, _uses_gemm32
 
 
 # ---- stride 1: the "wide" layout -------------------------------------------------------------
@@ -166,10 +166,13 @@ def _gather_output_grad(dy, from_pool, y, act, indices, wide, n, o0, oh, ow, wp,
 
 
 @njit(inline="always")
-def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow,
-                        input_grad, exact_nonfinite, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
+def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, wp, oh, ow,
+                        input_grad, exact_nonfinite, block, xps, dxps, cols, dcols, dyws, grad_parts, totals,
+                        dx):
     """Stride-1 backward, its products by `gemm` (see _backward_wide): dx (when input_grad); thread
-    t's share of (db, dW^T) in grad_parts[t] (groups, 1 + R, C_out/g): row 0 is db, rows 1.. dW^T.
+    t's share of (db, dW^T) in totals[t] (groups, 1 + R, C_out/g; float64): row 0 is db, rows 1.. dW^T,
+    its float32 sums in grad_parts[t] flushed there every _FLUSH_POSITIONS output positions (a large
+    sample's rows in blocks of that many: _shared.py says why).
 
     dy is (N, C_out, OH*OW); or, when from_pool, the gradient at a max pooling of the output,
     (N, C_out, Ho*Wo), with the pooled output y (for the derivative of the activation act, applied
@@ -185,6 +188,7 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
     cg, cog, length, taps = c // groups, w2.shape[0] // groups, oh * wp, kh * kw
     shifted = cg >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS
     threads = xps.shape[0]
+    block_rows = max(1, _FLUSH_POSITIONS // ow) if ow > 0 else 1  # (as _backward_taps_avx512's: the same bits)
     for t in prange(threads):
         xp, dxp = xps[t], dxps[t]
         xp[:] = 0
@@ -193,8 +197,14 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
         col, dcol = cols[t].reshape(-1, length), dcols[t].reshape(-1, length)
         col[0] = 1  # the ones row: (col @ dy^T)[0] = db
         grad_parts[t] = 0
+        totals[t] = 0
+        since = 0  # output positions in grad_parts[t]'s sums since they were last flushed into totals[t]
         wide = _wide_positions(oh * ow if from_pool else 0, ow, wp)
         for n in range(t * n_img // threads, (t + 1) * n_img // threads):
+            since += oh * ow
+            if since > _FLUSH_POSITIONS and block_rows >= oh:
+                _flush_into(grad_parts[t], totals[t])
+                since = oh * ow
             for g in range(groups):
                 _gather_output_grad(dy, from_pool, y, act, indices, wide, n, g * cog, oh, ow, wp, dyw)
                 _pad(x, n, g * cg, cg, pt, pl, wp, xp)
@@ -203,11 +213,13 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
                     _copy_taps(xp[c0:c1], kh, kw, dh, dw, wp, col[1:1 + (c1 - c0) * taps])
                     if exact_nonfinite:
                         _zero_discarded(xp[c0:c1], kh, kw, wp, ow, col[1:1 + (c1 - c0) * taps])
-                    if c0 == 0:  # with the ones row
-                        gemm(col[:1 + c1 * taps], dyw, grad_parts[t, g, :1 + c1 * taps], 1.0, False, True)
-                    else:
-                        gemm(col[1:1 + (c1 - c0) * taps], dyw, grad_parts[t, g, 1 + c0 * taps:1 + c1 * taps], 1.0,
-                             False, True)
+                    lo = 0 if c0 == 0 else 1 + c0 * taps  # (the first block with the ones row)
+                    for a0 in range(0, oh, block_rows):  # the output's rows in blocks of <= _FLUSH_POSITIONS
+                        k0, k1 = a0 * wp, min(oh, a0 + block_rows) * wp
+                        gemm(col[lo - c0 * taps:1 + (c1 - c0) * taps, k0:k1], dyw[:, k0:k1],
+                             grad_parts[t, g, lo:1 + c1 * taps], 1.0, False, True)
+                        if block_rows < oh:
+                            _flush_into(grad_parts[t, g:g + 1, lo:1 + c1 * taps], totals[t, g:g + 1, lo:1 + c1 * taps])
                 if not input_grad:
                     continue
                 dxp[:] = 0
@@ -230,6 +242,7 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
                         row, src = plane[hh], dxp[cc, base:base + w_in]
                         for ww in range(w_in):
                             row[ww] = src[ww]
+        _flush_into(grad_parts[t], totals[t])
 
 
 # The wide kernels with OpenBLAS's GEMM (_blas.gemm), and with gemm32 for float32: on AVX2 hosts
@@ -246,10 +259,10 @@ def _forward_wide(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt, pl, h
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _backward_wide(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow,
-                   input_grad, exact_nonfinite, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
-    _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh,
-                        ow, input_grad, exact_nonfinite, block, xps, dxps, cols, dcols, dyws, grad_parts, dx)
+def _backward_wide(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, wp, oh, ow,
+                   input_grad, exact_nonfinite, block, xps, dxps, cols, dcols, dyws, grad_parts, totals, dx):
+    _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, wp, oh,
+                        ow, input_grad, exact_nonfinite, block, xps, dxps, cols, dcols, dyws, grad_parts, totals, dx)
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
@@ -260,10 +273,11 @@ def _forward_wide_gemm32(x, w2, wt, b, has_bias, act, groups, kh, kw, dh, dw, pt
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _backward_wide_gemm32(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp, oh, ow,
-                          input_grad, exact_nonfinite, block, xps, dxps, cols, dcols, dyws, grad_parts, dx):
-    _backward_wide_body(gemm32, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, hp, wp,
-                        oh, ow, input_grad, exact_nonfinite, block, xps, dxps, cols, dcols, dyws, grad_parts, dx)
+def _backward_wide_gemm32(dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, wp, oh, ow,
+                          input_grad, exact_nonfinite, block, xps, dxps, cols, dcols, dyws, grad_parts, totals, dx):
+    _backward_wide_body(gemm32, dy, from_pool, y, act, indices, x, w2, wt, groups, kh, kw, dh, dw, pt, pl, wp,
+                        oh, ow, input_grad, exact_nonfinite, block, xps, dxps, cols, dcols, dyws, grad_parts, totals,
+                        dx)
 
 
 class _Wide:
@@ -308,15 +322,16 @@ def _backward_by_wide(dy3, from_pool, y3, activation, indices3, x, w, w2, paddin
     s = _Wide(x, w, padding, dilation, groups, oh, ow, parts, backward=True)
     # zeros: as _backward_by_im2col's dw_parts
     grad_parts = np.zeros((parts, groups, 1 + rows, c_out // groups), x.dtype)
+    totals = np.zeros(grad_parts.shape)
     kernel = _backward_wide_gemm32 if _uses_gemm32(x) else _backward_wide
     for exact_nonfinite in (False, True):
         kernel(dy3, from_pool, y3, ACTIVATIONS[activation], indices3, x, w2, s.wt, groups, kh, kw, dilation[0],
-               dilation[1], padding[0], padding[2], s.hp, s.wp, oh, ow, input_grad, exact_nonfinite, s.block,
-               s.xps, s.dxps, s.cols, s.dcols, s.outs, grad_parts, dx)
+               dilation[1], padding[0], padding[2], s.wp, oh, ow, input_grad, exact_nonfinite, s.block,
+               s.xps, s.dxps, s.cols, s.dcols, s.outs, grad_parts, totals, dx)
         # inf or NaN in dW: again with the discarded columns zeroed (_zero_discarded), whose
         # non-finite values are then a direct sum's; the common case pays one finiteness check
-        if exact_nonfinite or np.isfinite(grad_parts).all():
+        if exact_nonfinite or np.isfinite(totals).all():
             break
-    db_parts = grad_parts[:, :, 0].reshape(parts, c_out)
-    dw_parts = grad_parts[:, :, 1:].transpose(0, 1, 3, 2)  # (parts, groups, C_out/g, R): dW's own layout
+    db_parts = totals[:, :, 0].reshape(parts, c_out)
+    dw_parts = totals[:, :, 1:].transpose(0, 1, 3, 2)  # (parts, groups, C_out/g, R): dW's own layout
     return db_parts, dw_parts
