@@ -196,6 +196,10 @@ def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, ext
     if optimizer is not None:
         optim_state, optim_arrays = _split_optimizer(optimizer)
         info["optimizer"] = _json_normal(optim_state, "optimizer state")
+        clash = sorted(set(optim_arrays) & set(tensors))
+        if clash:
+            raise ValueError(f"checkpoint.save: the model's state names {clash[:3]} are also the names the optimizer's "
+                             f"state is saved under ({OPTIM_PREFIX}<parameter index>.<buffer>): rename that submodule")
         tensors.update(optim_arrays)
 
     os.makedirs(directory, exist_ok=True)
@@ -310,8 +314,14 @@ def _read_saved(directory, info):
     return info, _read_tensors(directory, info)
 
 
-def _model_weights(tensors):
-    return {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
+def _model_weights(info, tensors):
+    """The model's tensors: those the JSON lists as its parameters (a model of its own may name a
+    submodule "optim", whose tensors a test of the prefix took for the optimizer's); checkpoints
+    without that list, by the prefix."""
+    names = info.get("parameters")
+    if not isinstance(names, list):
+        return {k: v for k, v in tensors.items() if not k.startswith(OPTIM_PREFIX)}
+    return {k: tensors[k] for k in names if k in tensors}
 
 
 def _optimizer_state(info, tensors):
@@ -321,8 +331,9 @@ def _optimizer_state(info, tensors):
     state = {}
     for i, entry in saved["state"].items():
         state[int(i)] = dict(entry)
+    model_names = set(info.get("parameters") or ())
     for key, value in tensors.items():
-        if key.startswith(OPTIM_PREFIX):
+        if key.startswith(OPTIM_PREFIX) and key not in model_names:
             i, buf = key[len(OPTIM_PREFIX):].split(".", 1)
             state.setdefault(int(i), {})[buf] = value
     return {"type": saved["type"], "hyperparameters": saved["hyperparameters"], "state": state}
@@ -431,7 +442,7 @@ def load(path):
     _freeze(model, info.get("frozen", []), directory)  # (nor frozen parameters)
     _set_eval_modules(model, info.get("eval_modules", []), directory)  # (nor modes: all training)
     try:
-        model.load_state_dict(_model_weights(tensors))
+        model.load_state_dict(_model_weights(info, tensors))
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"the weights in {directory!r} do not fit its own config: {exc}") from None
     model.load_extra_state(info.get("module_state") or {})
@@ -462,7 +473,7 @@ def load_into(path, model, optimizer=None, scheduler=None, *, strict=True):
     if info is not first:  # replaced by a save meanwhile
         check_architecture(info)
     try:
-        pairs, _, _ = model.check_state_dict(_model_weights(tensors), strict=strict)
+        pairs, _, _ = model.check_state_dict(_model_weights(info, tensors), strict=strict)
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"the checkpoint {directory!r} does not fit the model: {exc}") from None
     optim_state = None

@@ -632,3 +632,70 @@ def test_an_unreadable_or_too_deep_json_is_a_checkpoint_error(tmp_path):
     (tmp_path / "b" / checkpoint.INDEX).write_text("[" * 100000 + "]" * 100000)
     with pytest.raises(CheckpointError, match="not valid JSON .*the checkpoint is corrupt"):
         checkpoint.read_info(tmp_path / "b")
+
+
+class _OptimNamed(nn.Module):
+    """A model whose submodule is named "optim", as the optimizer's tensors' prefix."""
+
+    def __init__(self, inner=None):
+        self.optim = inner if inner is not None else nn.Linear(3, 2, seed=0)
+
+    def _args(self):
+        return {}
+
+    def forward(self, x):
+        return self.optim(x)
+
+    def backward(self, dy):
+        return self.optim.backward(dy)
+
+
+class _Buffered(nn.Module):
+    """A layer whose parameter is named as an optimizer's buffer."""
+
+    def __init__(self):
+        self.momentum_buffer = nn.Parameter(np.ones(3, np.float32), "momentum_buffer")
+
+    def _args(self):
+        return {}
+
+    def forward(self, x):
+        self._x = x
+        return x * self.momentum_buffer.data
+
+    def backward(self, dy):
+        self.momentum_buffer.accumulate((dy * self._x).sum(axis=0))
+        return dy * self.momentum_buffer.data
+
+
+def test_a_submodule_named_optim_saves_and_loads_with_an_optimizer(tmp_path):
+    # load kept the model's tensors by the optimizer's prefix, "optim.": a model with a submodule of
+    # that name saved checkpoints that never loaded ("missing keys ['optim.weight', ...]").
+    nn.register(_OptimNamed)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+    def trained(model):
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model.zero_grad()
+        model.backward(np.ones_like(to_numpy(model(x))))
+        opt.step()
+        return opt
+
+    model = _OptimNamed()
+    opt = trained(model)
+    checkpoint.save(tmp_path, model, optimizer=opt, epoch=1)
+    target = _OptimNamed()
+    target.optim.weight.data[:] = 0
+    target_opt = optim.SGD(target.parameters(), lr=0.1, momentum=0.9)
+    checkpoint.load_into(tmp_path, target, optimizer=target_opt)
+    np.testing.assert_array_equal(to_numpy(target(x)), to_numpy(model(x)))
+    np.testing.assert_array_equal(to_numpy(checkpoint.load(tmp_path)[0](x)), to_numpy(model(x)))
+    assert target_opt.state.keys() == opt.state.keys()
+    for i in opt.state:
+        np.testing.assert_array_equal(to_numpy(target_opt.state[i]["momentum_buffer"]),
+                                      to_numpy(opt.state[i]["momentum_buffer"]))
+    # a model tensor named as the optimizer's own ("optim.0.momentum_buffer"): refused, not overwritten
+    clash = _OptimNamed(nn.Sequential(_Buffered()))
+    with pytest.raises(ValueError, match=r"the model's state names \['optim.0.momentum_buffer'\] are also the "):
+        checkpoint.save(tmp_path / "clash", clash, optimizer=trained(clash), epoch=1)
+    assert not (tmp_path / "clash").exists()
