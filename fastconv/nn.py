@@ -336,6 +336,15 @@ def _conv_padding(padding, kernel, stride, dilation, layer):
     return _pair(padding, "padding", layer, low=0)
 
 
+def _check_output_grad(layer, dy, shape):
+    """ValueError unless dy has `shape`, the layer's last forward output's: a layer that only reshapes
+    or scales dy would otherwise take another shape (broadcast, or reshaped) and pass on a wrong one."""
+    got = getattr(dy, "shape", None)
+    if got is None or tuple(got) != tuple(shape):
+        raise ValueError(f"{layer!r}.backward: dy must have the shape of the last forward's output, {tuple(shape)}; "
+                         f"got {type(dy).__name__ if got is None else tuple(got)}")
+
+
 def _check_input(layer, x, ndim, what, size=None, dim=1, dtype=None):
     """The input as the backend's array, as the ops take it (a torch tensor or an ndarray subclass read as
     an ndarray); ValueError naming the layer, the expected and the received shape, TypeError naming the
@@ -609,7 +618,9 @@ class Flatten(Module):
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, dy):
-        return dy.reshape(self._cached("_x_shape"))
+        shape = self._cached("_x_shape")
+        _check_output_grad(self, dy, (shape[0], math.prod(shape[1:])))
+        return dy.reshape(shape)
 
 
 class _Unmasked:
@@ -643,7 +654,9 @@ class Dropout(Module):
     def forward(self, x):
         if not self.training or self.p == 0.0:
             self._mask = _UNMASKED  # not None: backward then knows a forward ran
+            self._x_shape = tuple(getattr(x, "shape", ()))
             return x
+        self._x_shape = tuple(x.shape)
         keep = self._gen.random(tuple(x.shape)) >= self.p
         scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
         self._mask = _xp().asarray((keep * scale).astype(x.dtype))
@@ -651,6 +664,7 @@ class Dropout(Module):
 
     def backward(self, dy):
         mask = self._cached("_mask")  # a RuntimeError before any forward, as in every layer
+        _check_output_grad(self, dy, self._x_shape)  # (dy * mask broadcast a dy of another shape)
         return dy if mask is _UNMASKED else dy * mask
 
     def _extra_state(self):

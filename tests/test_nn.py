@@ -679,3 +679,25 @@ def test_the_dtype_message_says_how_to_cast_this_kind_of_input():
                 nn.Linear(4, 3)(given)
         with pytest.raises(TypeError, match=re.escape("cast the input (x.to(torch.float64))")):
             nn.Linear(4, 3, dtype=np.float64)(torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_dropout_and_flatten_backward_refuse_a_dy_of_another_shape(training):
+    # Dropout's dy * mask broadcast a (1, 3) or (5, 4, 3) dy to a wrong gradient; Flatten reshaped any dy
+    # of the right size (a flat one) and gave NumPy's error for others.
+    x = np.ones((4, 3), np.float32)
+    drop = nn.Dropout(0.5, seed=0)
+    drop.train(training)
+    drop(x)
+    for bad in (np.ones((1, 3), np.float32), np.ones((5, 4, 3), np.float32), np.ones(3, np.float32), [1.0]):
+        with pytest.raises(ValueError, match=r"Dropout\(p=0\.5\)\.backward: dy must have the shape of the last "
+                                             r"forward's output, \(4, 3\); got "):
+            drop.backward(bad)
+    assert drop.backward(np.ones((4, 3), np.float32)).shape == (4, 3)
+    flat = nn.Flatten()
+    flat(np.ones((2, 3, 4), np.float32))
+    for bad in (np.ones(24, np.float32), np.ones((2, 13), np.float32), np.ones((3, 8), np.float32)):
+        with pytest.raises(ValueError, match=r"Flatten\(\)\.backward: dy must have the shape of the last forward's "
+                                             r"output, \(2, 12\); got \("):
+            flat.backward(bad)
+    assert flat.backward(np.ones((2, 12), np.float32)).shape == (2, 3, 4)
