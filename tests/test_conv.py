@@ -613,3 +613,25 @@ def test_cpu_weight_and_bias_gradients_stay_accurate_over_many_positions(shape, 
     ref_db = dy.astype(np.float64).sum(axis=(0, 2, 3))
     assert np.abs(dw - ref_dw).max() <= 1e-6 * np.abs(ref_dw).max()
     assert np.abs(db - ref_db).max() <= 1e-6 * np.abs(ref_db).max()
+
+
+@pytest.mark.parametrize("stride", [(10**4, 1), (1, 10**4), 10**6, 2**70])
+def test_a_stride_past_the_last_window_is_the_least_such_stride(backend, stride):
+    # One output along that axis either way; the cpu's strided kernel kept stride^2 phase slots (763 MB,
+    # 2.7 s for 10^4 on a 4 x 4 image; 10^6 would need terabytes) and the native kernels refused 2^70.
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((4, 3, 3, 2))
+    pair = stride if isinstance(stride, tuple) else (stride, stride)
+    # padded 7 x 6, kernel 3 x 2: stride 1 gives 5 x 5; any stride >= 5 one position (5: the least such)
+    least = tuple(1 if s == 1 else 5 for s in pair)
+    dy_shape = (2, 4) + tuple(5 if s == 1 else 1 for s in pair)
+    dy = rng.standard_normal(dy_shape)
+    for dtype in (np.float32, np.float64):
+        dy_, x_, w_ = on(backend, *(a.astype(dtype) for a in (dy, x, w)))
+        y = ops.conv2d_forward(x_, w_, stride=stride, padding=1)
+        assert y.shape == dy_shape
+        np.testing.assert_array_equal(to_numpy(y), to_numpy(ops.conv2d_forward(x_, w_, stride=least, padding=1)))
+        grads = ops.conv2d_backward(dy_, x_, w_, stride=stride, padding=1)
+        expected = ops.conv2d_backward(dy_, x_, w_, stride=least, padding=1)
+        for got, want in zip(grads, expected):
+            np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
