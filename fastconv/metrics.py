@@ -216,6 +216,9 @@ def accuracy(y_true, y_pred_or_scores):
     return float(np.mean(y == p))
 
 
+_MAX_INFERRED_CLASSES = 10_000  # (a 10^4 x 10^4 matrix: 800 MB)
+
+
 def confusion_matrix(y_true, y_pred, num_classes=None):
     """Counts (C, C), int64: entry [i, j] = samples of true class i predicted as j."""
     y = _class_labels(y_true, "y_true")
@@ -224,6 +227,10 @@ def confusion_matrix(y_true, y_pred, num_classes=None):
         raise ValueError(f"y_true and y_pred differ in length: {y.shape} vs {p.shape}")
     seen = int(max(y.max(initial=-1), p.max(initial=-1))) + 1
     if num_classes is None:
+        if seen > _MAX_INFERRED_CLASSES:  # (a stray label of 10^6 asked for a matrix of 7 TiB)
+            raise ValueError(f"confusion_matrix: the labels go up to {seen - 1}, which asks for a {seen} x {seen} "
+                             f"matrix (rows and columns are the labels 0 .. C-1); pass num_classes={seen} if that "
+                             "is meant, or number the classes 0 .. C-1 (np.unique(labels, return_inverse=True))")
         num_classes = seen
     elif not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool):
         raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
@@ -532,8 +539,14 @@ def _fine_to_coarse(groups, n_fine):
             raise TypeError(f"groups as a mapping must be a 1-D integer array, got dtype {mapping.dtype}")
         if mapping.size != n_fine:
             raise ValueError(f"groups mapping has length {mapping.size}, probs has {n_fine} columns")
+        if mapping.size == 0:
+            raise ValueError("probs has no columns: there are no fine classes to group")
         if mapping.min() < 0:
             raise ValueError("groups mapping has negative coarse indices")
+        if mapping.max() >= mapping.size:  # (and np.arange below would be that large)
+            raise ValueError(f"groups mapping has coarse index {int(mapping.max())}, but {mapping.size} fine classes "
+                             f"can fill coarse classes 0 .. {mapping.size - 1} at most: each coarse class needs a "
+                             "fine one")
         empty = np.setdiff1d(np.arange(mapping.max() + 1), mapping)
         if empty.size:
             raise ValueError(f"coarse classes {empty.tolist()} receive no fine class")

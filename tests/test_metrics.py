@@ -515,3 +515,20 @@ def test_multiclass_report_names_a_label_past_the_probabilities_columns():
     with pytest.raises(ValueError, match=r"y_test must hold integer class labels, got non-integer values$"):
         multiclass_report([0, 1.5, 2], probs)  # (without the hint about scores, which is for predictions)
 
+
+
+def test_confusion_matrix_refuses_a_label_that_would_size_a_huge_matrix():
+    # a stray label of 10^6 asked for a 10^6 x 10^6 matrix (7 TiB): MemoryError, or swapping
+    with pytest.raises(ValueError, match=r"the labels go up to 1000000, which asks for a 1000001 x 1000001 matrix"):
+        M.confusion_matrix([0, 1, 1_000_000], [0, 1, 1])
+    assert M.confusion_matrix([0, 9999], [9999, 0]).shape == (10_000, 10_000)  # the largest inferred
+    assert M.confusion_matrix([0, 1], [1, 0], num_classes=3).tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 0]]
+
+
+def test_coarse_probabilities_refuses_an_impossible_coarse_index_and_no_columns():
+    probs = np.full((2, 3), 1 / 3)
+    with pytest.raises(ValueError, match=r"coarse index 1000000000000, but 3 fine classes can fill coarse classes "
+                                         r"0 \.\. 2 at most"):
+        M.coarse_probabilities(probs, np.array([0, 1, 10**12]))
+    with pytest.raises(ValueError, match="probs has no columns"):
+        M.coarse_probabilities(np.zeros((2, 0)), np.zeros(0, np.int64))
