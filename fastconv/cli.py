@@ -131,7 +131,8 @@ def _out(args) -> str:
 
 def _keep_earlier_run(out, holds, ways):
     """ValueError when `out` holds an earlier run's files (any of `holds`): a new run would replace
-    its best model at the first evaluation, and nothing a user saved may be lost by accident."""
+    its best model at the first evaluation, and its report, history and plots (or a user's own files of
+    those names) at the end, and nothing a user saved may be lost by accident."""
     held = [name for name in holds if os.path.exists(os.path.join(out, name))]
     if held:
         raise ValueError(f"{out} holds an earlier run ({', '.join(held)}): {ways}, or give another --out")
@@ -185,9 +186,13 @@ def _train(args) -> int:
     example = load_example(args.example)
     out = _out(args)
     resumable = "resume" in inspect.signature(example.run).parameters
-    if not (args.resume or args.overwrite):
-        ways = "--resume continues it, --overwrite replaces it" if resumable else "--overwrite replaces it"
-        _keep_earlier_run(out, ("best", "last"), ways)
+    from .checkpoint import INDEX
+    from .runs import RUN_FILES
+
+    can_resume = resumable and os.path.exists(os.path.join(out, "last", INDEX))
+    if not (args.overwrite or (args.resume and can_resume)):  # (--resume without a last/ would start afresh)
+        ways = "--resume continues it, --overwrite replaces it" if can_resume else "--overwrite replaces it"
+        _keep_earlier_run(out, RUN_FILES, ways)
     options = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "subset") if getattr(args, k) is not None}
     if args.resume and not resumable:
         raise ValueError(f"example {args.example!r} cannot resume (its run() takes no resume)")
@@ -196,9 +201,6 @@ def _train(args) -> int:
     with _resume_refusals_name_the_flags(args.resume, out), _flags_in_messages():
         if args.resume:
             options["resume"] = True
-            from .train._fit_checks import _keep_best_without_last
-
-            _keep_best_without_last(out, *(os.path.join(out, d) for d in ("last", "best")))  # (as fit, before the header)
             _check_resumed_data(out, {"seed": args.seed, "subset": args.subset})
             _check_resumed_lr(example, out, args.lr)
         with _use_backend(args.backend):

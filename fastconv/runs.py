@@ -43,6 +43,10 @@ __all__ = ["settings", "take_subset", "check_subset", "describe", "finish", "tag
            "evaluate_checkpoint", "checkpoint_example", "save_json", "weights_sha256"]
 
 RECORD_KEY = "run"
+# What `fastconv train` writes in --out, for any example: a directory holding one of them is an earlier
+# run's (or holds a file of the user's that the run would replace), refused without --resume/--overwrite.
+RUN_FILES = ("best", "last", "history.json", "report.json", "run.json", "loss.png", "roc.png", "confusion.png",
+             "fit.png", "search.csv", "search.json")
 
 
 def take_subset(dataset, n):

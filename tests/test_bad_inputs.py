@@ -360,6 +360,12 @@ def fit_bad_val_label(be, _):
               (x, np.where(np.arange(8) == 5, 7, y)), epochs=1, batch_size=4, progress=False)
 
 
+def dropout_dy_of_another_shape(be, _):
+    drop = nn.Dropout(0.5, seed=0)
+    drop(rand(be, (4, 3)))
+    return drop.backward(rand(be, (1, 3)))
+
+
 def fit_twice(be, tmp_path):
     """A second fit into the checkpoint_dir of a first: it would replace the first's best/ at its first evaluation."""
     fit(be, checkpoint_dir=tmp_path / "run")
@@ -882,6 +888,8 @@ CASES = [
       RuntimeError, r"backward\(\) called before forward\(\)"),
     C("layer", "Dropout().backward(dy) before forward", lambda be, _: nn.Dropout().backward(rand(be, (1, 2))),
       RuntimeError, r"Dropout\(p=0.5\): backward\(\) called before forward\(\)"),
+    C("layer", "Dropout().backward(dy (1, 3)) after a forward on (4, 3)", dropout_dy_of_another_shape,
+      ValueError, r"Dropout\(p=0.5\)\.backward: dy must have the shape of the last forward's output, \(4, 3\); got \(1, 3\)"),
     C("layer", "CrossEntropyLoss().backward() before the loss", lambda be, _: fastconv.losses.CrossEntropyLoss().backward(),
       RuntimeError, r"CrossEntropyLoss.backward\(\) called before computing the loss"),
     C("layer", "model.load_state_dict(weights of another shape)", lambda be, _: tiny_model().load_state_dict({**tiny_model().state_dict(), "0.weight": np.zeros((5, 3), F32)}),

@@ -222,6 +222,19 @@ def test_an_earlier_run_refused_for_an_example_that_cannot_resume_offers_no_resu
     assert "--resume" not in err
 
 
+@pytest.mark.parametrize("name", ["report.json", "history.json", "loss.png", "fit.png", "run.json"])
+def test_train_refuses_an_out_holding_a_file_it_would_replace(capsys, tmp_path, name):
+    # Only best/ and last/ were looked for: a user's report.json, history.json or plots in --out were
+    # replaced without a word.
+    (tmp_path / name).write_text("a user's file")
+    code, _, err = run_cli(["train", "regression", "--out", str(tmp_path), "--quiet", "--epochs", "1"], capsys)
+    assert code == 1 and f"{tmp_path} holds an earlier run ({name}): --overwrite replaces it" in err
+    assert [p.name for p in tmp_path.iterdir()] == [name] and (tmp_path / name).read_text() == "a user's file"
+    code, _, _ = run_cli(["train", "regression", "--out", str(tmp_path), "--quiet", "--epochs", "1", "--overwrite"],
+                         capsys)
+    assert code == 0 and (tmp_path / "run.json").exists()
+
+
 def test_resume_and_overwrite_together_are_a_usage_error(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["train", "neuron", "--out", str(tmp_path), "--resume", "--overwrite"])

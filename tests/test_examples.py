@@ -231,7 +231,8 @@ def test_resume_of_a_best_without_last_is_refused_before_the_header(tmp_path, ca
                      "--subset", "40", "--resume"])
     out, err = capsys.readouterr()
     assert code == 1 and out == ""
-    assert f"'{tmp_path}' holds a best checkpoint (best/) but no last/ for --resume to continue: --overwrite " in err
+    assert f"{tmp_path} holds an earlier run (best, history.json, report.json, run.json, loss.png, roc.png): " \
+           "--overwrite replaces it, or give another --out" in err
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == kept
 
 
@@ -302,7 +303,8 @@ def test_a_run_without_a_best_fails_clearly_and_keeps_the_earlier_run(tmp_path, 
 
 @pytest.mark.parametrize("argv, says", [
     (["train", "tumour_mlp", "--epochs", "1", "--subset", "40"],
-     "{out} holds an earlier run (best, last): --resume continues it, --overwrite"),
+     "{out} holds an earlier run (best, last, history.json, report.json, run.json, loss.png, roc.png): --resume "
+     "continues it, --overwrite"),
     (["search", "--epochs", "1", "--lrs", "0.01", "--widths", "4", "--batch-sizes", "64"],
      "search: --out '{out}' holds an earlier search (best, search.csv, search.json; "),
 ])
