@@ -4,6 +4,7 @@ function writes one file and returns its path."""
 from __future__ import annotations
 
 import os
+import uuid
 
 import numpy as np
 
@@ -20,11 +21,20 @@ def _pyplot():
 
 
 def _save(fig, path):
+    """Writes the figure whole or not at all (a temp file beside it, then a rename: a run stopped while
+    it draws leaves the earlier plot, not half of one), and closes it."""
     plt = _pyplot()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=110, format=os.path.splitext(str(path))[1].lstrip(".") or "png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        plt.close(fig)
     return str(path)
 
 
