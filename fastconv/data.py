@@ -74,7 +74,7 @@ def train_val_test_split(x, y, val=0.15, test=0.15, seed=0, stratify=True):
     if val + test >= 1:
         raise ValueError(f"val + test must be below 1 to leave training rows, got {val} + {test}")
 
-    rng = np.random.default_rng(seed)
+    rng = _check.generator(seed)
     if stratify:
         labels = y.ravel() if y.ndim == 2 and y.shape[1] == 1 else y
         if labels.ndim != 1 or labels.dtype.kind not in "biuf" or (
@@ -349,7 +349,7 @@ def batches(x, y, batch_size, shuffle=True, seed=None, drop_last=False, rng=None
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     order = None
     if shuffle:
-        order = (rng if rng is not None else np.random.default_rng(seed)).permutation(len(x))
+        order = (rng if rng is not None else _check.generator(seed)).permutation(len(x))
     return _batch_iterator(x, y, batch_size, order, drop_last)
 
 

@@ -380,7 +380,7 @@ def auc_ci(y_true, scores, level=0.95, method="delong", n_bootstrap=2000, seed=0
     elif method == "bootstrap":
         n_bootstrap = _check.integer(n_bootstrap, "n_bootstrap", low=1)
         _check_tails(n_bootstrap, level)
-        rng = np.random.default_rng(seed)
+        rng = _check.generator(seed)
         aucs = _bootstrap_aucs(pos, neg, n_bootstrap, rng)
         alpha = 1.0 - level
         low, high = np.quantile(aucs, [alpha / 2.0, 1.0 - alpha / 2.0])

@@ -41,7 +41,7 @@ def manual_seed(seed: int) -> None:
     It is one generator for the process: layers built in several threads at once draw from it in
     whatever order the threads run; pass `seed=` to each layer for weights that do not depend on that."""
     global _rng
-    _rng = np.random.default_rng(seed)
+    _rng = _check.generator(seed)
 
 
 def _xp():
@@ -68,7 +68,7 @@ def _no_init():
 
 def _generator(seed):
     if seed is not None:
-        return np.random.default_rng(seed)
+        return _check.generator(seed)
     loading = _loading.get()
     return _rng if loading is None else loading
 
@@ -646,7 +646,7 @@ class Dropout(Module):
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)
-        self._gen = np.random.default_rng(_generator(seed).integers(2**63) if seed is None else seed)
+        self._gen = _check.generator(_generator(seed).integers(2**63) if seed is None else seed)
 
     def _args(self):
         return {"p": self.p}

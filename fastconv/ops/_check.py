@@ -224,5 +224,15 @@ def integer(value, name: str, *, low=None) -> int:
     return int(value)
 
 
+def generator(seed, name: str = "seed") -> np.random.Generator:
+    """np.random.default_rng(seed), a seed being what NumPy takes (None, an int >= 0, a SeedSequence or a
+    generator...); NumPy's refusal ("SeedSequence expects int or sequence of ints...") named no argument:
+    this one says which, and what it got."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name} must be None or an int >= 0, got {seed!r} ({exc})") from None
+
+
 def shape_str(shape) -> str:
     return str(tuple(int(s) for s in shape))

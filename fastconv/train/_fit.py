@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import backend as _backend
 from .. import checkpoint as _checkpoint
+from ..ops import _check
 from .. import nn as _nn
 from ._data import _digest, _positive_int, _xy_pair
 from ._evaluation import _check_metric_labels, _evaluate, _improved, _metric
@@ -105,7 +106,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     if checkpoint_dir is not None:  # and the rows it counts (a resume checks them: _check_resumable)
         batches["train_data"] = _train_digest or _digest(x_train, y_train)
     # Loop state: everything a resumed run needs to continue exactly.
-    rng = np.random.default_rng(seed)
+    rng = _check.generator(seed)
     s = {"epoch": 0, "batch": 0, "step": 0, "epoch_rng": None, "loss_sum": 0.0, "loss_count": 0,
          "evals_since_best": 0, "best": None, "elapsed": 0.0}
     history = History(name, mode)

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import backend as _backend
 from .. import checkpoint as _checkpoint
+from ..ops import _check
 from .. import nn as _nn
 from ._data import _digest, _positive_int, _xy_pair
 from ._evaluation import _improved, _metric
@@ -80,7 +81,7 @@ def _settings(space, method, n_trials, seed):
     if method == "random":
         if n_trials is None:
             raise ValueError("random search needs n_trials")
-        rng = np.random.default_rng(seed)
+        rng = _check.generator(seed)
         out = []
         for _ in range(n_trials):
             one = {}
