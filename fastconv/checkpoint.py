@@ -164,6 +164,16 @@ def _index_digest(info) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, allow_nan=True).encode()).hexdigest()
 
 
+def _metric_value(metric):
+    """save's metric as a float (None stays None); a TypeError naming it for anything else (float()'s own
+    said "could not convert string to float" and no more)."""
+    if metric is None:
+        return None
+    if isinstance(metric, (bool, np.bool_)) or not isinstance(metric, numbers.Real):
+        raise TypeError(f"checkpoint.save: metric must be a number or None, got {metric!r}")
+    return float(metric)
+
+
 def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, extra=None) -> str:
     """Writes the checkpoint directory `path` (created if needed); returns the JSON's path.
 
@@ -180,7 +190,7 @@ def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, ext
         "fastconv_version": __version__,
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "epoch": _json_normal(_jsonable(epoch), "epoch"),
-        "metric": None if metric is None else float(metric),
+        "metric": _metric_value(metric),
         "config": _json_normal(model.config(), "model config"),
         "parameters": list(model.state_dict().keys()),
         "tied": _tied(model),

@@ -22,6 +22,7 @@ import math
 import numbers
 import weakref
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -243,6 +244,9 @@ class Module:
     def check_state_dict(self, state_dict, strict=True):
         """Validates a state dict against this model without changing it; returns
         (pairs to copy, missing keys, unexpected keys). Raises KeyError/ValueError/TypeError."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"load_state_dict: state_dict must be a mapping of parameter names to arrays (as "
+                            f"state_dict() returns), got {type(state_dict).__name__}")
         own = OrderedDict(self.named_parameters())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]

@@ -31,7 +31,14 @@ def _number(value, name, owner, **bounds):
 def _params(params, owner):
     if hasattr(params, "parameters") and callable(params.parameters):
         params = params.parameters()
-    params = list(params)
+    if hasattr(params, "data") and hasattr(params, "grad"):  # one Parameter ('Parameter' object is not iterable)
+        raise TypeError(f"{owner}: params must be an iterable of Parameters (model.parameters(), or [p] for one), "
+                        f"got one {type(params).__name__}")
+    try:
+        params = list(params)
+    except TypeError:
+        raise TypeError(f"{owner}: params must be an iterable of Parameters (model.parameters()), got "
+                        f"{type(params).__name__}") from None
     if not params:
         raise ValueError(f"{owner}: got an empty parameter list")
     for i, p in enumerate(params):

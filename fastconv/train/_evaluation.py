@@ -116,6 +116,21 @@ def _improved(value, best, mode):
     return best is None or (value < best if mode == "min" else value > best)
 
 
+def _number(value, metric_fn):
+    """A metric's value as a float; a TypeError naming the metric for a value that is not one number (a
+    string, None, an array of several) where float() said only "could not convert"."""
+    try:
+        if isinstance(value, (str, bytes)) or value is None:
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        name = getattr(metric_fn, "__name__", repr(metric_fn))
+        shape = getattr(value, "shape", None)
+        got = f"an array of shape {tuple(shape)}" if shape is not None else repr(value)[:60]
+        raise TypeError(f"the metric {name} returned {got}, not a number: a metric callable(y_true, scores) "
+                        "returns one float") from None
+
+
 def evaluate(model, loss_fn, data, batch_size=256, metric_fn=None):
     """(mean loss, metric or None) of the model on data = (x, y), in eval mode, by batches (as predict).
     The loss is the whole set's, whatever the batch size (with class weights, their weighted mean).
@@ -156,5 +171,6 @@ def _evaluate(model, loss_fn, data, batch_size, metric_fn=None):
     finite = finite and not math.isnan(loss)
     value = None
     if metric_fn is not None:
-        value = float(metric_fn(to_numpy(y), _probabilities(np.concatenate(outs), loss_fn))) if finite else math.nan
+        value = _number(metric_fn(to_numpy(y), _probabilities(np.concatenate(outs), loss_fn)), metric_fn) if finite \
+            else math.nan
     return loss, value, finite
