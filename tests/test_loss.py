@@ -48,9 +48,9 @@ def bce64(x, t, pw):
 
 def bce_grad64(x, t, pw):
     pw = 1 if pw is None else pw
-    e = np.exp(-np.abs(x))  # sigmoid(-x) without overflow
-    sigmoid_neg = np.where(x >= 0, e / (1 + e), 1 / (1 + e))
-    return ((1 - t) - (1 + (pw - 1) * t) * sigmoid_neg) / x.size
+    e = np.exp(-np.abs(x))  # sigmoid(x) and sigmoid(-x) without overflow, each to its last bit
+    sigmoid_pos, sigmoid_neg = np.where(x >= 0, 1 / (1 + e), e / (1 + e)), np.where(x >= 0, e / (1 + e), 1 / (1 + e))
+    return ((1 - t) * sigmoid_pos - pw * t * sigmoid_neg) / x.size
 
 
 def mse64(p, t):
@@ -500,6 +500,22 @@ def test_bce_extreme_logits(backend, dtype):
     assert np.isfinite(loss) and np.all(np.isfinite(grad))
     assert loss == pytest.approx(bce64(x, t, pw), rel=1e-6)
     np.testing.assert_allclose(grad, bce_grad64(x, t, pw), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_gradient_of_a_hard_target_is_exact_far_from_it(backend, dtype):
+    # (1 - t) - (1 + (pw - 1) t) sigmoid(-x) cancelled to 0 for t = 0 and x < ~-17 in float32 (~-37 in
+    # float64), where the gradient is e^x / n; the form (1 - t) sigmoid(x) - pw t sigmoid(-x) is exact at
+    # t = 0 and at t = 1 (the mirrored case, t = 1 and a large x, was exact either way).
+    x = np.array([-20.0, -40.0, -80.0, 20.0, 40.0, 80.0, -30.0, 30.0]).reshape(-1, 1)
+    t = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0]).reshape(-1, 1)
+    pw = np.array([2.0])  # (one output: its positive class weighed twice)
+    for weights in (None, pw):
+        args = on(backend, x.astype(dtype), t.astype(dtype), *(() if weights is None else (weights.astype(dtype),)))
+        grad = to_numpy(ops.bce_with_logits_backward(*args)).astype(np.float64)
+        expected = bce_grad64(x, t, np.ones(1) if weights is None else weights)
+        assert np.all(expected != 0)
+        np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=0)
 
 
 def test_bce_term_past_the_dtype_is_inf_as_documented(backend):

@@ -23,9 +23,11 @@
 //
 //   BCE with logits, x and t of n elements, pos_weight pw over the last dimension (1 if absent):
 //     l = (1 - t) x + (1 + (pw - 1) t) softplus(-x),   softplus(-x) = log1p(exp(-|x|)) + max(-x, 0)
-//     loss = sum l / n;   dloss/dx = [ (1 - t) - (1 + (pw - 1) t) sigmoid(-x) ] / n
+//     loss = sum l / n;   dloss/dx = [ (1 - t) sigmoid(x) - pw t sigmoid(-x) ] / n
 //   exp(-|x|) <= 1, so both are finite for any finite x and t in [0, 1], but for l's products
-//   with pw > 1, which overflow past the type's maximum as torch's do.
+//   with pw > 1, which overflow past the type's maximum as torch's do. The gradient's two terms are
+//   each exact for a hard target (t = 0 or 1); the equal form (1 - t) - (1 + (pw - 1) t) sigmoid(-x)
+//   cancelled to 0 for t = 0 and x below ~-17 in float (sigmoid(-x) rounds to 1), where it is e^x.
 //
 //   MSE: loss = sum (p - t)^2 / n;  dloss/dp = 2 (p - t) / n.
 //
@@ -624,7 +626,7 @@ __global__ void bce_with_logits_backward_kernel(const T* __restrict__ x, const T
   const T count = (T)n;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const T pw = pos_weight ? pos_weight[i % C] : T(1);
-    dx[i] = ((T(1) - t[i]) - (T(1) + (pw - T(1)) * t[i]) * sigmoid(-x[i])) / count;
+    dx[i] = ((T(1) - t[i]) * sigmoid(x[i]) - pw * t[i] * sigmoid(-x[i])) / count;
   }
 }
 

@@ -421,11 +421,14 @@ def _bce_sum_simd(x, t, pos_weight, has_pos_weight, chunks):
 
 @njit(error_model="numpy", cache=True)
 def _bce_grad_value(x, t, pw, n, zero, one):
-    """d/dx of _bce_term over the mean's n: ((1 - t) - (1 + (pw - 1) t) sigmoid(-x)) / n (a
-    division, as the native kernels do, not a multiplication by 1/n: the same rounding)."""
+    """d/dx of _bce_term over the mean's n: ((1 - t) sigmoid(x) - pw t sigmoid(-x)) / n (a division,
+    as the native kernels do, not a multiplication by 1/n: the same rounding). Each term is exact for
+    a hard target; the equal (1 - t) - (1 + (pw - 1) t) sigmoid(-x) gave 0 for t = 0 and x below ~-17
+    in float32, where the gradient is e^x / n."""
     e = exp_nonpositive(-abs(x))
-    sig_neg = e / (one + e) if x >= zero else one / (one + e)  # sigmoid(-x) without overflow
-    return ((one - t) - (one + (pw - one) * t) * sig_neg) / n
+    big, small = one / (one + e), e / (one + e)  # sigmoid(|x|), sigmoid(-|x|), without overflow
+    sig, sig_neg = (big, small) if x >= zero else (small, big)
+    return ((one - t) * sig - pw * t * sig_neg) / n
 
 
 @njit(parallel=True, error_model="numpy", cache=True)

@@ -175,7 +175,7 @@ def bce_with_logits_forward(logits, targets, pos_weight=None):
 
 
 def bce_with_logits_backward(logits, targets, pos_weight=None):
-    """dloss/dlogits of bce_with_logits_forward's mean: [(1 - t) - (1 + (pw - 1) t) sigmoid(-x)] / n."""
+    """dloss/dlogits of bce_with_logits_forward's mean: [(1 - t) sigmoid(x) - pw t sigmoid(-x)] / n."""
     be = _backend.current()
     x, t, pw = _binary_inputs(be, logits, targets, pos_weight, "bce_with_logits_backward")
     return be.bce_with_logits_backward(x, t, pw)
