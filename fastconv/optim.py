@@ -333,8 +333,9 @@ class LRScheduler:
         raise NotImplementedError
 
     def step(self) -> None:
+        lr = self.lr_at(self.last_epoch + 1)  # (first: a refusal leaves the schedule where it was)
         self.last_epoch += 1
-        self.optimizer.lr = self.lr_at(self.last_epoch)
+        self.optimizer.lr = lr
 
     def get_last_lr(self) -> list:
         """[the learning rate the last step() set]: a list, as torch's (one entry per parameter
@@ -353,16 +354,24 @@ class LRScheduler:
         """Validates a state_dict() without changing anything: (base_lr, last_epoch, hyperparameters).
         A state saved before the schedule's hyperparameters were keeps this scheduler's."""
         name = type(self).__name__
+        if not isinstance(state, dict):
+            raise TypeError(f"{name}.load_state_dict: the state must be a dict, as state_dict() returns, got "
+                            f"{type(state).__name__}")
+        missing = [k for k in ("base_lr", "last_epoch") if k not in state]
+        if missing:
+            raise ValueError(f"{name}.load_state_dict: the state lacks {', '.join(missing)} (it has "
+                             f"{', '.join(map(str, state)) or 'nothing'})")
         if state.get("type", name) != name:
             raise ValueError(f"{name}.load_state_dict: the state is from a {state['type']}")
         last_epoch = _check.integer(state["last_epoch"], f"{name}.load_state_dict: last_epoch", low=0)
+        base_lr = _number(state["base_lr"], "base_lr", f"{name}.load_state_dict", low=0.0)  # (NaN: every lr NaN)
         hyper = state.get("hyperparameters", self.hyperparameters())
         if not isinstance(hyper, dict) or set(hyper) != set(self._hyperparameters):
             raise ValueError(f"{name}.load_state_dict: hyperparameters must be a dict of "
                              f"{', '.join(self._hyperparameters)}, got {hyper!r}")
         if hyper:  # (the constructor's checks; constructing changes nothing)
             hyper = type(self)(self.optimizer, **hyper).hyperparameters()
-        return float(state["base_lr"]), last_epoch, hyper
+        return base_lr, last_epoch, hyper
 
     def load_state_dict(self, state: dict) -> None:
         """Takes the saved schedule: base_lr, the step count and its hyperparameters (as torch's
@@ -391,7 +400,11 @@ class StepLR(LRScheduler):
         self.gamma = _number(gamma, "gamma", "StepLR", low=0.0)
 
     def lr_at(self, epoch):
-        return self.base_lr * self.gamma ** (epoch // self.step_size)
+        try:
+            return self.base_lr * self.gamma ** (epoch // self.step_size)
+        except OverflowError:  # (a bare "Numerical result out of range" from float's **)
+            raise ValueError(f"StepLR: the lr at epoch {epoch}, base_lr * gamma ** {epoch // self.step_size} with "
+                             f"gamma {self.gamma!r}, is past the largest float") from None
 
 
 class CosineAnnealingLR(LRScheduler):

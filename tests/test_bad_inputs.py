@@ -360,6 +360,16 @@ def fit_bad_val_label(be, _):
               (x, np.where(np.arange(8) == 5, 7, y)), epochs=1, batch_size=4, progress=False)
 
 
+def steplr_past_the_largest_float(be, _):
+    schedule = fastconv.optim.StepLR(fastconv.optim.SGD(tiny_model().parameters(), lr=0.1), 1, gamma=1e10)
+    for _ in range(31):
+        try:
+            schedule.step()
+        except ValueError:
+            assert schedule.last_epoch == 30  # (the refused step left the schedule where it was)
+            raise
+
+
 def dropout_dy_of_another_shape(be, _):
     drop = nn.Dropout(0.5, seed=0)
     drop(rand(be, (4, 3)))
@@ -854,6 +864,15 @@ CASES = [
       lambda be, _: fastconv.train.evaluate(tiny_model(), fastconv.losses.CrossEntropyLoss(),
                                             (np.zeros((4, 3), F32), np.zeros(4, np.int64)), metric_fn=lambda y, s: "great"),
       TypeError, r"the metric <lambda> returned 'great', not a number: a metric callable\(y_true, scores\) returns one"),
+    C("hyper", "StepLR(opt, 1, gamma=1e10): 31 steps", steplr_past_the_largest_float,
+      ValueError, r"StepLR: the lr at epoch 31, base_lr \* gamma \*\* 31 with gamma 10000000000.0, is past the largest float"),
+    C("hyper", "StepLR.load_state_dict({'base_lr': nan, 'last_epoch': 1})",
+      lambda be, _: fastconv.optim.StepLR(fastconv.optim.SGD(tiny_model().parameters(), lr=0.1), 1).load_state_dict(
+          {"base_lr": float("nan"), "last_epoch": 1}),
+      ValueError, r"StepLR.load_state_dict: base_lr must not be NaN"),
+    C("hyper", "StepLR.load_state_dict({})",
+      lambda be, _: fastconv.optim.StepLR(fastconv.optim.SGD(tiny_model().parameters(), lr=0.1), 1).load_state_dict({}),
+      ValueError, r"StepLR.load_state_dict: the state lacks base_lr, last_epoch \(it has nothing\)"),
     C("hyper", "nn.Dropout(p=1.5)", lambda be, _: nn.Dropout(1.5), ValueError, r"Dropout: p must be a probability in \[0, 1\], got 1.5"),
     C("hyper", "nn.MaxPool2d(2, padding=2)", lambda be, _: nn.MaxPool2d(2, padding=2),
       ValueError, r"MaxPool2d: padding \(2, 2\) must be at most half of kernel_size \(2, 2\)"),
