@@ -75,10 +75,19 @@ def _generator(seed):
 
 
 def _float_dtype(dtype) -> np.dtype:
+    if dtype is None:  # (np.dtype(None) is float64: a layer of the other dtype, unasked)
+        raise TypeError("dtype must be float32 or float64, got None")
     dt = np.dtype(dtype)
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return dt
+
+
+def _flag(value, name, layer) -> bool:
+    """A bool (NumPy's too); a TypeError for anything else: bias="no" was true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{layer}: {name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def _positive_int(value, name, layer, low=1):
@@ -402,7 +411,8 @@ class Linear(Module):
         rng = _generator(seed)
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(_initial(rng, bound, (self.out_features, self.in_features), self.dtype), "weight")
-        self.bias = Parameter(_initial(rng, bound, (self.out_features,), self.dtype), "bias") if bias else None
+        self.bias = (Parameter(_initial(rng, bound, (self.out_features,), self.dtype), "bias")
+                     if _flag(bias, "bias", "Linear") else None)
 
     def _args(self):
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
@@ -458,7 +468,8 @@ class Conv2d(Module):
         bound = 1.0 / math.sqrt(fan_in)
         shape = (self.out_channels, self.in_channels // self.groups, kh, kw)
         self.weight = Parameter(_initial(rng, bound, shape, self.dtype), "weight")
-        self.bias = Parameter(_initial(rng, bound, (self.out_channels,), self.dtype), "bias") if bias else None
+        self.bias = (Parameter(_initial(rng, bound, (self.out_channels,), self.dtype), "bias")
+                     if _flag(bias, "bias", "Conv2d") else None)
 
     def _args(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
@@ -615,8 +626,10 @@ class Flatten(Module):
         return {}
 
     def forward(self, x):
-        if getattr(x, "ndim", 0) < 1:
-            raise ValueError(f"{self!r}: expected input of shape (N, ...), got {tuple(getattr(x, 'shape', ()))}")
+        if getattr(x, "shape", None) is None:  # (a list: "got ()")
+            raise TypeError(f"{self!r}: expected an array of shape (N, ...), got {type(x).__name__}")
+        if x.ndim < 1:
+            raise ValueError(f"{self!r}: expected input of shape (N, ...), got {tuple(x.shape)}")
         self._x_shape = tuple(x.shape)
         # The size, not -1: NumPy and CuPy cannot infer -1 for an empty batch (N = 0).
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))
@@ -656,6 +669,8 @@ class Dropout(Module):
         return {"p": self.p}
 
     def forward(self, x):
+        if getattr(x, "shape", None) is None:  # (a list: an AttributeError inside)
+            raise TypeError(f"{self!r}: expected an array, got {type(x).__name__}")
         if not self.training or self.p == 0.0:
             self._mask = _UNMASKED  # not None: backward then knows a forward ran
             self._x_shape = tuple(getattr(x, "shape", ()))
