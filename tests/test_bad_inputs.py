@@ -370,6 +370,12 @@ def steplr_past_the_largest_float(be, _):
             raise
 
 
+def fit_into_an_empty_path(be, _):
+    model = tiny_model()
+    train.fit(model, fastconv.losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1),
+              (np.zeros((4, 3), F32), np.zeros(4, np.int64)), epochs=1, batch_size=2, checkpoint_dir="", progress=False)
+
+
 def dropout_dy_of_another_shape(be, _):
     drop = nn.Dropout(0.5, seed=0)
     drop(rand(be, (4, 3)))
@@ -879,6 +885,8 @@ CASES = [
       TypeError, r"dtype must be float32 or float64, got None"),
     C("layer", "Dropout()([1.0, 2.0])", lambda be, _: nn.Dropout()([1.0, 2.0]),
       TypeError, r"Dropout\(p=0.5\): expected an array, got list"),
+    C("hyper", "fit(..., checkpoint_dir='')", fit_into_an_empty_path,
+      ValueError, r"checkpoint_dir is an empty path: give a directory \(or None for no checkpoints\)"),
     C("hyper", "nn.Dropout(p=1.5)", lambda be, _: nn.Dropout(1.5), ValueError, r"Dropout: p must be a probability in \[0, 1\], got 1.5"),
     C("hyper", "nn.MaxPool2d(2, padding=2)", lambda be, _: nn.MaxPool2d(2, padding=2),
       ValueError, r"MaxPool2d: padding \(2, 2\) must be at most half of kernel_size \(2, 2\)"),

@@ -266,3 +266,12 @@ def test_batches_rejects_length_mismatch_and_seed_with_rng():
         D.batches(np.zeros(4), np.zeros(5), 2)
     with pytest.raises(ValueError, match="not both"):
         D.batches(np.zeros(4), np.zeros(4), 2, seed=0, rng=np.random.default_rng())
+
+
+def test_batches_of_lists_shuffle_as_arrays():
+    # a list's rows cannot be taken by the shuffled order (an index array): NumPy's "only integer scalar
+    # arrays can be converted..." at the first batch
+    got = list(D.batches([[1.0], [2.0], [3.0]], [0, 1, 2], 2, seed=0))
+    rows = np.concatenate([xb[:, 0] for xb, _ in got])
+    assert sorted(rows.tolist()) == [1.0, 2.0, 3.0] and [len(yb) for _, yb in got] == [2, 1]
+    assert all(np.array_equal(xb[:, 0] - 1, yb) for xb, yb in got)

@@ -79,6 +79,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     if resume and overwrite:
         raise ValueError("resume=True continues the run in checkpoint_dir, overwrite=True replaces it: give one")
     last_dir = best_dir = None
+    if checkpoint_dir is not None and not os.fspath(checkpoint_dir):  # (os.makedirs: FileNotFoundError: '')
+        raise ValueError(f"{_say('checkpoint_dir')} is an empty path: give a directory (or None for no checkpoints)")
     if checkpoint_dir is not None:  # fail now, not when the first checkpoint is written
         _check_describable(model)
         last_dir, best_dir = os.path.join(checkpoint_dir, "last"), os.path.join(checkpoint_dir, "best")
