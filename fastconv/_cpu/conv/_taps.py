@@ -197,8 +197,8 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
                             s = shifts[tap] + a0 * wp
                             gemm32_runs(xp[:, s:s + (a1 - a0) * wp], dyt[q0:q1],
                                         grad_parts[t, g, 1 + tap * cg:1 + (tap + 1) * cg], 1.0, ow, wp)
-                    if block_rows < oh:
-                        _flush_into(grad_parts[t], totals[t])
+                    if block_rows < oh:  # (this group's rows: the others' are flushed after their own blocks)
+                        _flush_into(grad_parts[t, g:g + 1], totals[t, g:g + 1])
                 if not input_grad:
                     continue
                 out = dx[n]

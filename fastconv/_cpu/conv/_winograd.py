@@ -16,7 +16,7 @@ from .._winograd32 import (LANES, grad_tile16, input_tile16, input_tile36, outpu
 from .._activation import RELU as _RELU
 from ._direct import _forward_direct
 from ._epilogue import _finish_planes
-from ._shared import _NO_POOL, _channel_sums, _parts, _sum, _threads, _unpooled_gradient
+from ._shared import _FLUSH_POSITIONS, _NO_POOL, _channel_sums, _parts, _sum, _threads, _unpooled_gradient
 
 
 @njit(inline="always")
@@ -131,7 +131,7 @@ def _forward_winograd(x, u, b, act, pt, pl, oh, ow, pool, side, band, group, row
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _weight_grad_winograd(x, dy, pt, pl, oh, ow, band, group, xhs, vs, dyhs, zs, du_parts, db_parts):
+def _weight_grad_winograd(x, dy, pt, pl, oh, ow, band, group, xhs, vs, dyhs, zs, du_parts, du_totals, db_parts):
     """dW and db of the 3x3 stride-1 float32 convolution (groups 1) by Winograd's F(2x2, 3x3) on
     AVX-512 or AVX2 hosts (_winograd32.py has the math), as per-part sums: part j takes the samples
     [j*N/parts, (j+1)*N/parts) (parts and group functions of the shapes alone: the same bits on any
@@ -140,8 +140,10 @@ def _weight_grad_winograd(x, dy, pt, pl, oh, ow, band, group, xhs, vs, dyhs, zs,
     `band` tile rows, the group's samples one after another in v (16, T, Cp), the input tiles
     transformed (input_tile16), and z (16, T, Kp), the tiles of dyh transformed (grad_tile16):
     dyh (2*band, 2*TW, Kp) a sample's band of dy (N, C_out, OH, OW) channels-last, zero past OH, OW
-    and C_out. Then du_parts[j][xi] += v[xi]^T @ z[xi] over the group's tiles (gemm32).
-    db_parts[j] (float64) += each dy plane's sum."""
+    and C_out. Then du_parts[j][xi] += v[xi]^T @ z[xi] over the group's tiles (gemm32): a float32 chain
+    over the part's tiles, flushed into du_totals[j] (float64, zeros) every _FLUSH_TILES tiles, and
+    du_parts[j] = its total rounded once at the end where one was (_shared.py: why; up to then the bits
+    of one chain). db_parts[j] (float64) += each dy plane's sum."""
     n_img, k = x.shape[0], dy.shape[1]
     cp, kp = vs.shape[3], zs.shape[3]
     wx, t_max = xhs.shape[2], vs.shape[2]
@@ -156,6 +158,8 @@ def _weight_grad_winograd(x, dy, pt, pl, oh, ow, band, group, xhs, vs, dyhs, zs,
         du[:] = 0
         db[:] = 0
         v_flat, z_flat = v.reshape(-1), z.reshape(-1)
+        du_flat, total = du.reshape(-1), du_totals[part].reshape(-1)
+        since, flushed = 0, False  # tiles in du's sums since the last flush; whether total holds any
         last = (part + 1) * n_img // parts
         for g0 in range(part * n_img // parts, last, group):
             g1 = min(last, g0 + group)
@@ -186,10 +190,19 @@ def _weight_grad_winograd(x, dy, pt, pl, oh, ow, band, group, xhs, vs, dyhs, zs,
                 used = (g1 - g0) * tiles
                 for xi in range(16):
                     gemm32(v[xi, :used], z[xi, :used], du[xi], 1.0, True, False)
+                since += used
+                if since >= _FLUSH_TILES:
+                    for i in range(du_flat.size):
+                        total[i] += du_flat[i]
+                        du_flat[i] = 0
+                    since, flushed = 0, True
+        if flushed:
+            for i in range(du_flat.size):
+                du_flat[i] = total[i] + du_flat[i]
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _weight_grad_winograd_planes(x, dy, pt, pl, oh, ow, pieces, starts, tiles, xhs, dyhs, v, z, du):
+def _weight_grad_winograd_planes(x, dy, pt, pl, oh, ow, pieces, starts, tiles, xhs, dyhs, v, z, du, du_total):
     """dW as _weight_grad_winograd, for layers with many channels: one dU, the threads split
     over its 16 planes xi rather than over the samples. The work comes in passes, each a run of
     pieces (pieces[i] = (sample, first tile row, end tile row, first tile in the pass's v and z);
@@ -199,13 +212,16 @@ def _weight_grad_winograd_planes(x, dy, pt, pl, oh, ow, pieces, starts, tiles, x
       transformed into v (16, T, Cp) and z (16, T, Kp) (input_tile16, grad_tile16);
     - each plane: du[xi] (+)= v[xi]^T @ z[xi] over the pass's tiles (gemm32, beta 0 on the first).
     gemm32 adds each tile's products into du in order, so the bits do not depend on the passes or
-    the thread count."""
+    the thread count; but for du_total (float64, du's shape, or empty where the caller spared its
+    memory): after every _FLUSH_TILES tiles (at a pass's end) du goes into it, and du is its total
+    rounded once at the end (_shared.py: why), the flushes at passes fixed by the shapes alone."""
     cp, kp = v.shape[2], z.shape[2]
     wx, wy, t_max = xhs.shape[2], dyhs.shape[2], v.shape[1]
     tw = (ow + 1) // 2
     v_flat, z_flat = v.reshape(-1), z.reshape(-1)
     if starts.size == 1:  # no samples
         du[:] = 0
+    since, flushed = 0, False  # tiles in du's sums since the last flush; whether du_total holds any
     for p in range(starts.size - 1):
         first = starts[p]
         for s in prange(starts[p + 1] - first):
@@ -225,8 +241,27 @@ def _weight_grad_winograd_planes(x, dy, pt, pl, oh, ow, pieces, starts, tiles, x
                     for k0 in range(0, kp, LANES):
                         grad_tile16(dyh, (2 * (ty - ty0) * wy + 2 * tx) * kp + k0, wy * kp, kp, z_flat, t * kp + k0,
                                     t_max * kp)
+        since += tiles[p]
+        flush = du_total.size > 0 and since >= _FLUSH_TILES
         for xi in prange(16):
             gemm32(v[xi, :tiles[p]], z[xi, :tiles[p]], du[xi], 1.0 if p > 0 else 0.0, True, False)
+            if flush:
+                plane, total = du[xi].reshape(-1), du_total[xi].reshape(-1)
+                for i in range(plane.size):
+                    total[i] += plane[i]
+                    plane[i] = 0
+        if flush:
+            since, flushed = 0, True
+    if flushed:
+        for xi in prange(16):
+            plane, total = du[xi].reshape(-1), du_total[xi].reshape(-1)
+            for i in range(plane.size):
+                plane[i] = total[i] + plane[i]
+
+
+# A part's dU sums go into float64 after this many tiles (4 output positions each: _shared._FLUSH_POSITIONS).
+_FLUSH_TILES = _FLUSH_POSITIONS // 4
+_PLANES_TOTAL_BYTES = 64 << 20
 
 
 # Each thread's transformed tiles (v and m) are kept to about this, in cache, by taking the tiles in
@@ -358,10 +393,14 @@ def _weight_grad_by_planes(x, dy, padding, oh, ow, cp, kp, th, tw):
     pieces, starts, tiles, band = _winograd_gradient_passes(x.shape[0], th, tw, cp, kp, x.itemsize)
     slots, t_max = int(np.diff(starts).max(initial=1)), int(tiles.max(initial=1))
     du, db = empty((1, 16, cp, kp), x.dtype), np.empty(dy.shape[1])
+    # float64 totals where the sums run past _FLUSH_TILES tiles, unless they would take more than
+    # _PLANES_TOTAL_BYTES (2048 channels: 512 MiB; those layers' images are small, their chains short)
+    spared = tiles.sum() <= _FLUSH_TILES or 16 * cp * kp * 8 > _PLANES_TOTAL_BYTES
+    du_total = np.zeros((0, 0, 0) if spared else (16, cp, kp))
     _weight_grad_winograd_planes(x, dy, padding[0], padding[2], oh, ow, pieces, starts, tiles,
                                  empty((slots, 2 * band + 2, 2 * tw + 2, cp), x.dtype),
                                  empty((slots, 2 * band, 2 * tw, kp), x.dtype), empty((16, t_max, cp), x.dtype),
-                                 empty((16, t_max, kp), x.dtype), du[0])
+                                 empty((16, t_max, kp), x.dtype), du[0], du_total)
     _channel_sums(dy.reshape(dy.shape[0], dy.shape[1], -1), db)
     return du, db
 
@@ -373,9 +412,10 @@ def _weight_grad_by_parts(x, dy, padding, oh, ow, cp, kp, th, tw, band, group):
     group = max(1, min(group, -(-n // parts)))  # no larger than a part (the same groups)
     scratch = lambda *shape: empty((parts, *shape), x.dtype)  # noqa: E731
     du_parts, db_parts = scratch(16, cp, kp), np.empty((parts, dy.shape[1]))
+    du_totals = np.zeros(du_parts.shape)  # (calloc's: pages touched only by a part that flushes)
     _weight_grad_winograd(x, dy, padding[0], padding[2], oh, ow, band, group, scratch(2 * th + 2, 2 * tw + 2, cp),
                           scratch(16, group * band * tw, cp), scratch(2 * band, 2 * tw, kp),
-                          scratch(16, group * band * tw, kp), du_parts, db_parts)
+                          scratch(16, group * band * tw, kp), du_parts, du_totals, db_parts)
     return du_parts, db_parts
 
 
