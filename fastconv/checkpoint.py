@@ -169,9 +169,13 @@ def _metric_value(metric):
     said "could not convert string to float" and no more)."""
     if metric is None:
         return None
-    if isinstance(metric, (bool, np.bool_)) or not isinstance(metric, numbers.Real):
-        raise TypeError(f"checkpoint.save: metric must be a number or None, got {metric!r}")
-    return float(metric)
+    # (a 0-d array, as a loss op returns, is a number; a string or a bool is not)
+    if not isinstance(metric, (str, bytes, bool, np.bool_)) and np.ndim(metric) == 0:
+        try:
+            return float(metric)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"checkpoint.save: metric must be a number or None, got {metric!r:.60}")
 
 
 def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, extra=None) -> str:

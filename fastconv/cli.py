@@ -175,8 +175,8 @@ def _check_resumed_data(out, data):
         return  # (fit says what is wrong with them)
     if not described:
         return
-    saved = {k: record["data"].get(k) for k in data}
-    if saved != data:
+    saved = {k: record["data"][k] for k in data if k in record["data"]}  # (an example's own may record less)
+    if saved != {k: data[k] for k in saved}:
         flags = " and ".join(f"--{k} {v}" if v is not None else f"no --{k}" for k, v in saved.items())
         raise ValueError(f"{out} holds a run trained on another split, with {flags}; --resume continues it on "
                          f"that split: give {flags}")
@@ -189,13 +189,13 @@ def _train(args) -> int:
     from .checkpoint import INDEX
     from .runs import RUN_FILES
 
+    if args.resume and not resumable:
+        raise ValueError(f"example {args.example!r} cannot resume (its run() takes no resume)")
     can_resume = resumable and os.path.exists(os.path.join(out, "last", INDEX))
     if not (args.overwrite or (args.resume and can_resume)):  # (--resume without a last/ would start afresh)
         ways = "--resume continues it, --overwrite replaces it" if can_resume else "--overwrite replaces it"
         _keep_earlier_run(out, RUN_FILES, ways)
     options = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "subset") if getattr(args, k) is not None}
-    if args.resume and not resumable:
-        raise ValueError(f"example {args.example!r} cannot resume (its run() takes no resume)")
     if args.overwrite and "overwrite" in inspect.signature(example.run).parameters:  # (fit refuses such an out too)
         options["overwrite"] = True
     with _resume_refusals_name_the_flags(args.resume, out), _flags_in_messages():

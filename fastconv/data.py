@@ -341,11 +341,11 @@ def batches(x, y, batch_size, shuffle=True, seed=None, drop_last=False, rng=None
     """
     # Validate here, not inside the generator, so errors surface at the call.
     batch_size = _check.integer(batch_size, "batch_size", low=1)
-    # A list becomes an array: its rows cannot be taken by an index array (the shuffled order), which
-    # failed with NumPy's "only integer scalar arrays..." at the first batch.
-    x, y = (a if getattr(a, "shape", None) is not None else np.asarray(a) for a in (x, y))
+    if shuffle:  # A list becomes an array: its rows cannot be taken by an index array (the shuffled order),
+        # which failed with NumPy's "only integer scalar arrays..." at the first batch. (Unshuffled, slices.)
+        x, y = (a if getattr(a, "shape", None) is not None else np.asarray(a) for a in (x, y))
     for name, a in (("x", x), ("y", y)):
-        if len(a.shape) == 0:
+        if getattr(a, "shape", None) is not None and len(a.shape) == 0:
             raise ValueError(f"batches: {name} must have rows, got a 0-d array")
     if len(x) != len(y):
         raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")

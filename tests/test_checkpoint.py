@@ -699,3 +699,14 @@ def test_a_submodule_named_optim_saves_and_loads_with_an_optimizer(tmp_path):
     with pytest.raises(ValueError, match=r"the model's state names \['optim.0.momentum_buffer'\] are also the "):
         checkpoint.save(tmp_path / "clash", clash, optimizer=trained(clash), epoch=1)
     assert not (tmp_path / "clash").exists()
+
+
+def test_save_takes_a_0d_array_as_the_metric(tmp_path):
+    # a loss op's value is a 0-d array; the metric check had refused it (numbers.Real)
+    model, _ = model_and_input()
+    for metric in (np.array(0.25), np.float32(0.25), 0.25, 1):
+        checkpoint.save(tmp_path, model, epoch=1, metric=metric)
+        assert checkpoint.read_info(tmp_path)["metric"] == float(metric)
+    for bad in ("good", True, np.array([0.25, 0.5]), None.__class__):
+        with pytest.raises(TypeError, match="checkpoint.save: metric must be a number or None"):
+            checkpoint.save(tmp_path, model, epoch=1, metric=bad)

@@ -220,6 +220,8 @@ def test_an_earlier_run_refused_for_an_example_that_cannot_resume_offers_no_resu
     code, _, err = run_cli(["train", "search", "--out", str(tmp_path), "--quiet"], capsys)
     assert code == 1 and f"{tmp_path} holds an earlier run (best): --overwrite replaces it, or give another --out" in err
     assert "--resume" not in err
+    code, _, err = run_cli(["train", "search", "--out", str(tmp_path), "--quiet", "--resume"], capsys)
+    assert code == 1 and "example 'search' cannot resume" in err  # (not the earlier run's refusal)
 
 
 @pytest.mark.parametrize("name", ["report.json", "history.json", "loss.png", "fit.png", "run.json"])

@@ -107,6 +107,9 @@ def test_gemm32_blocked_matches_float64_across_its_blocks_and_panels(trans_a):
         for k0 in range(0, k, KC):
             gemm32(a[k0:k0 + KC] if trans_a else a[:, k0:k0 + KC], b[k0:k0 + KC], by_blocks, 1.0, trans_a, False)
         np.testing.assert_array_equal(c, by_blocks)
+        one = np.empty((m, n), np.float32)  # (C carries the chain from block to block: gemm32's own bits)
+        gemm32(a, b, one, 0.0, trans_a, False)
+        np.testing.assert_array_equal(c, one)
 
 
 def test_gemm32_blocked_empty_and_zero_k():

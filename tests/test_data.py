@@ -275,3 +275,6 @@ def test_batches_of_lists_shuffle_as_arrays():
     rows = np.concatenate([xb[:, 0] for xb, _ in got])
     assert sorted(rows.tolist()) == [1.0, 2.0, 3.0] and [len(yb) for _, yb in got] == [2, 1]
     assert all(np.array_equal(xb[:, 0] - 1, yb) for xb, yb in got)
+    # unshuffled, a list is sliced as before (a ragged one too)
+    ragged = [[1.0], [2.0, 3.0], [4.0]]
+    assert [xb for xb, _ in D.batches(ragged, [0, 1, 2], 2, shuffle=False)] == [ragged[:2], ragged[2:]]

@@ -406,6 +406,10 @@ def test_binary_metrics_refuse_soft_targets_instead_of_cutting_them_to_zero():
     scores = train.predict(model, x)[:, 0]
     assert history.best_metric == pytest.approx(metrics.auc(hard[:, 0].astype(np.int64), scores), abs=1e-12)
     assert history.best_metric > 0.9
+    # MSE's targets too (any loss but cross-entropy, whose labels are class indices)
+    with pytest.raises(ValueError, match=r"metric='auc' counts or ranks labels of 0 and 1, but the labels hold 0\.1"):
+        train.fit(model, losses.MSELoss(), optim.SGD(model.parameters(), lr=0.1), (x, soft), (x, soft), epochs=1,
+                  batch_size=32, metric="auc", progress=False)
     # several binary outputs: accuracy is refused before training (it failed after the first epoch)
     two = nn.Sequential(nn.Linear(4, 2, seed=0))
     with pytest.raises(ValueError, match=r"metric='accuracy' scores one label per row .* shape \(120, 2\)"):

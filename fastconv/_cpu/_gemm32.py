@@ -255,11 +255,11 @@ def _gemm32_strips(a, strips, c, trans_a, accumulate):
 # its strip of B over all of K (512 KB for K = 4096), so B came from L3 once per 8 rows of C, through
 # rows at a stride of 4 KB (see copy_strip). gemm32_blocked is gemm32 blocked for the caches: K in
 # blocks of KC, each block of B copied into strips (KC x NR: 32 KB, L1), and A in panels of MC rows
-# (MC x KC: 192 KB, L2); C accumulates the blocks' sums (each C value: a float32 chain per block,
-# the blocks added in float32 in order, the same order wherever it sits). With few rows of C (or one
-# block and under 128 rows) B's blocks are read in place, a copy serving too few tiles to pay for
-# itself: the same bits either way. Zen 5 host, one thread, GFLOP/s in place -> blocked: dW of
-# 4096 rows, 1024 x 128 60 -> 192; dx 2048 x 2048 -> 256 columns 39 -> 93 (linear_backward: dense.py).
+# (MC x KC: 192 KB, L2). C carries each value's float32 sum from block to block (a tile loads it back
+# into its accumulators): one chain over K in order, gemm32's very bits, wherever the value sits. With
+# few rows of C (or one block and under 128 rows) B's blocks are read in place, a copy serving too few
+# tiles to pay for itself. Zen 5 host, one thread, GFLOP/s in place -> blocked: dW of 4096 rows,
+# 1024 x 128 60 -> 192; dx 2048 x 2048 -> 256 columns 39 -> 93 (linear_backward: dense.py).
 KC, MC = 256, 24 * MR
 _PACKED_FROM_ROWS = 16 * MR
 

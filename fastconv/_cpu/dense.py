@@ -395,6 +395,8 @@ def _linear_forward_gemm32(x, trans_x, w, w_is_weight, b, has_bias, act, blocks,
 def _gemm32_in_blocks(a, b, c, beta, trans_a, trans_b):
     """The backward's products (beta 0, B not transposed: dx = dy @ w, dw = dy^T @ x) by gemm32_blocked,
     which blocks their long K for the caches (_gemm32.py); the arguments as gemm32's shim passes them."""
+    if beta != 0.0 or trans_b:
+        raise ValueError("_gemm32_in_blocks: beta 0 and B not transposed only")
     gemm32_blocked(a[::1, ::1], b[::1, ::1], c[::1, ::1], bool(trans_a))
 
 

@@ -72,7 +72,7 @@ def _check_metric_labels(name, loss_fn, y):
         raise ValueError(f"metric='accuracy' scores one label per row (a class index, or 0/1 for one output), but "
                          f"the validation labels have shape {labels.shape} (several binary outputs): monitor 'auc' "
                          "(their mean AUC), 'loss', or give a metric callable(y_true, scores)")
-    if name in ("accuracy", "auc") and isinstance(loss_fn, _losses.BCEWithLogitsLoss):
+    if name in ("accuracy", "auc") and not isinstance(loss_fn, _losses.CrossEntropyLoss):  # (CE's: class indices)
         _zero_one(labels, name)
     if name == "auc":
         _check_auc_labels(y)
