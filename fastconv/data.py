@@ -75,6 +75,8 @@ def train_val_test_split(x, y, val=0.15, test=0.15, seed=0, stratify=True):
         raise ValueError(f"val + test must be below 1 to leave training rows, got {val} + {test}")
 
     rng = _check.generator(seed)
+    if not isinstance(stratify, (bool, np.bool_)):  # (stratify="no" was true)
+        raise TypeError(f"stratify must be True or False, got {stratify!r}")
     if stratify:
         labels = y.ravel() if y.ndim == 2 and y.shape[1] == 1 else y
         if labels.ndim != 1 or labels.dtype.kind not in "biuf" or (
@@ -152,6 +154,8 @@ class Standardizer:
         if self.mean_ is None:
             raise RuntimeError("Standardizer is not fitted; call fit(x_train) first")
         x = np.asarray(x)
+        if x.dtype.kind not in "biuf":  # (as fit: strings gave NumPy's UFuncTypeError)
+            raise TypeError(f"x must be numeric, got dtype {x.dtype}")
         if x.shape[1:] != self.mean_.shape:
             raise ValueError(f"x rows have shape {x.shape[1:]}, the fit saw {self.mean_.shape}")
         # By blocks of rows: the float64 arithmetic then needs temporaries of one block, not of all

@@ -181,6 +181,9 @@ class Optimizer:
                     raise ValueError(f"{name}.load_state_dict: parameter {i}'s {buf!r} is {tuple(value.shape)} "
                                      f"{value.dtype}, but the parameter is {tuple(p.data.shape)} {p.data.dtype}")
                 new[buf] = xp.array(value, dtype=p.data.dtype, copy=True)
+                if buf == "exp_avg_sq" and bool((new[buf] < 0).any()):  # (its square root: NaN at the next step)
+                    raise ValueError(f"{name}.load_state_dict: parameter {i}'s 'exp_avg_sq' has negative values; a "
+                                     "mean of squares cannot: the state is corrupt")
             if self._counts_steps:
                 if "step" not in entry:
                     raise KeyError(f"{name}.load_state_dict: parameter {i} lacks its 'step' count")

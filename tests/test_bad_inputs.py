@@ -376,6 +376,21 @@ def fit_into_an_empty_path(be, _):
               (np.zeros((4, 3), F32), np.zeros(4, np.int64)), epochs=1, batch_size=2, checkpoint_dir="", progress=False)
 
 
+def fit_with_progress_no(be, _):
+    model = tiny_model()
+    train.fit(model, fastconv.losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1),
+              (np.zeros((4, 3), F32), np.zeros(4, np.int64)), epochs=1, batch_size=2, progress="no")
+
+
+def adam_negative_second_moment(be, _):
+    model = tiny_model()
+    opt = optim.Adam(model.parameters(), lr=0.1)
+    state = opt.state_dict()
+    state["state"] = {i: {"exp_avg": np.zeros_like(p.data), "exp_avg_sq": np.full_like(p.data, -1.0), "step": 1}
+                      for i, p in enumerate(model.parameters())}
+    optim.Adam(model.parameters(), lr=0.1).load_state_dict(state)
+
+
 def dropout_dy_of_another_shape(be, _):
     drop = nn.Dropout(0.5, seed=0)
     drop(rand(be, (4, 3)))
@@ -887,6 +902,16 @@ CASES = [
       TypeError, r"Dropout\(p=0.5\): expected an array, got list"),
     C("hyper", "fit(..., checkpoint_dir='')", fit_into_an_empty_path,
       ValueError, r"checkpoint_dir is an empty path: give a directory \(or None for no checkpoints\)"),
+    C("hyper", "Adam.load_state_dict(a state with a negative exp_avg_sq)", adam_negative_second_moment,
+      ValueError, r"Adam.load_state_dict: parameter 0's 'exp_avg_sq' has negative values; a mean of squares cannot"),
+    C("hyper", "train_val_test_split(x, y, stratify='no')",
+      lambda be, _: fastconv.data.train_val_test_split(np.zeros((10, 2)), np.zeros(10), stratify="no"),
+      TypeError, r"stratify must be True or False, got 'no'"),
+    C("hyper", "Standardizer().fit(x).transform(strings)",
+      lambda be, _: fastconv.data.Standardizer().fit(np.ones((3, 2))).transform(np.array([["a", "b"]])),
+      TypeError, r"x must be numeric, got dtype <U1"),
+    C("hyper", "fit(..., progress='no')", fit_with_progress_no,
+      TypeError, r"fit: progress must be True or False, got 'no'"),
     C("hyper", "nn.Dropout(p=1.5)", lambda be, _: nn.Dropout(1.5), ValueError, r"Dropout: p must be a probability in \[0, 1\], got 1.5"),
     C("hyper", "nn.MaxPool2d(2, padding=2)", lambda be, _: nn.MaxPool2d(2, padding=2),
       ValueError, r"MaxPool2d: padding \(2, 2\) must be at most half of kernel_size \(2, 2\)"),
