@@ -525,6 +525,7 @@ class Conv2d(Module):
                      zip(size, self.kernel_size, self.stride, (top, left), (bottom, right), self.dilation))
 
     def backward_max_pool(self, dy, activation, pool, input_grad=True):
+        _check_output_grad(pool, dy, pool._cached("_y").shape)  # (else the fused op's words: "indices is ...")
         dx, dw, db = ops.conv2d_max_pool2d_backward(
             dy, pool._cached("_y"), pool._cached("_indices"), self._cached("_x"), self.weight.data,
             activation=activation, bias=self.bias is not None, input_grad=input_grad, check_indices=False,

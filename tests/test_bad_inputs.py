@@ -391,6 +391,13 @@ def adam_negative_second_moment(be, _):
     optim.Adam(model.parameters(), lr=0.1).load_state_dict(state)
 
 
+def fused_pool_dy_of_another_shape(be, _):
+    # (the layers run as one fused op, whose message named it and its "indices")
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, seed=0), nn.MaxPool2d(2))
+    model(rand(be, (1, 1, 4, 4)))
+    return model.backward(rand(be, (1, 2, 3, 3)))
+
+
 def dropout_dy_of_another_shape(be, _):
     drop = nn.Dropout(0.5, seed=0)
     drop(rand(be, (4, 3)))
@@ -967,6 +974,9 @@ CASES = [
       RuntimeError, r"Dropout\(p=0.5\): backward\(\) called before forward\(\)"),
     C("layer", "Dropout().backward(dy (1, 3)) after a forward on (4, 3)", dropout_dy_of_another_shape,
       ValueError, r"Dropout\(p=0.5\)\.backward: dy must have the shape of the last forward's output, \(4, 3\); got \(1, 3\)"),
+    C("layer", "Sequential(Conv2d, MaxPool2d).backward(dy (1, 2, 3, 3)) after a forward giving (1, 2, 2, 2)",
+      fused_pool_dy_of_another_shape, ValueError,
+      r"MaxPool2d\(.*\)\.backward: dy must have the shape of the last forward's output, \(1, 2, 2, 2\); got \(1, 2, 3, 3\)"),
     C("layer", "CrossEntropyLoss().backward() before the loss", lambda be, _: fastconv.losses.CrossEntropyLoss().backward(),
       RuntimeError, r"CrossEntropyLoss.backward\(\) called before computing the loss"),
     C("layer", "model.load_state_dict(weights of another shape)", lambda be, _: tiny_model().load_state_dict({**tiny_model().state_dict(), "0.weight": np.zeros((5, 3), F32)}),
