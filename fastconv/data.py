@@ -75,9 +75,7 @@ def train_val_test_split(x, y, val=0.15, test=0.15, seed=0, stratify=True):
         raise ValueError(f"val + test must be below 1 to leave training rows, got {val} + {test}")
 
     rng = _check.generator(seed)
-    if not isinstance(stratify, (bool, np.bool_)):  # (stratify="no" was true)
-        raise TypeError(f"stratify must be True or False, got {stratify!r}")
-    if stratify:
+    if _check.flag(stratify, "stratify"):  # (stratify="no" was true)
         labels = y.ravel() if y.ndim == 2 and y.shape[1] == 1 else y
         if labels.ndim != 1 or labels.dtype.kind not in "biuf" or (
             labels.dtype.kind == "f" and not np.all(labels == np.round(labels))

@@ -83,13 +83,6 @@ def _float_dtype(dtype) -> np.dtype:
     return dt
 
 
-def _flag(value, name, layer) -> bool:
-    """A bool (NumPy's too); a TypeError for anything else: bias="no" was true."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{layer}: {name} must be True or False, got {value!r}")
-    return bool(value)
-
-
 def _positive_int(value, name, layer, low=1):
     return _check.integer(value, f"{layer}: {name}", low=low)
 
@@ -412,7 +405,7 @@ class Linear(Module):
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(_initial(rng, bound, (self.out_features, self.in_features), self.dtype), "weight")
         self.bias = (Parameter(_initial(rng, bound, (self.out_features,), self.dtype), "bias")
-                     if _flag(bias, "bias", "Linear") else None)
+                     if _check.flag(bias, "Linear: bias") else None)  # (bias="no" was true)
 
     def _args(self):
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
@@ -469,7 +462,7 @@ class Conv2d(Module):
         shape = (self.out_channels, self.in_channels // self.groups, kh, kw)
         self.weight = Parameter(_initial(rng, bound, shape, self.dtype), "weight")
         self.bias = (Parameter(_initial(rng, bound, (self.out_channels,), self.dtype), "bias")
-                     if _flag(bias, "bias", "Conv2d") else None)
+                     if _check.flag(bias, "Conv2d: bias") else None)
 
     def _args(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
@@ -672,11 +665,10 @@ class Dropout(Module):
     def forward(self, x):
         if getattr(x, "shape", None) is None:  # (a list: an AttributeError inside)
             raise TypeError(f"{self!r}: expected an array, got {type(x).__name__}")
+        self._x_shape = tuple(x.shape)
         if not self.training or self.p == 0.0:
             self._mask = _UNMASKED  # not None: backward then knows a forward ran
-            self._x_shape = tuple(getattr(x, "shape", ()))
             return x
-        self._x_shape = tuple(x.shape)
         keep = self._gen.random(tuple(x.shape)) >= self.p
         scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
         self._mask = _xp().asarray((keep * scale).astype(x.dtype))

@@ -108,8 +108,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     if checkpoint_dir is not None:  # and the rows it counts (a resume checks them: _check_resumable)
         batches["train_data"] = _train_digest or _digest(x_train, y_train)
     # Loop state: everything a resumed run needs to continue exactly.
-    if not isinstance(progress, (bool, np.bool_)):  # (progress="no" drew a bar)
-        raise TypeError(f"fit: progress must be True or False, got {progress!r}")
+    _check.flag(progress, "fit: progress")  # (progress="no" drew a bar)
     rng = _check.generator(seed)
     s = {"epoch": 0, "batch": 0, "step": 0, "epoch_rng": None, "loss_sum": 0.0, "loss_count": 0,
          "evals_since_best": 0, "best": None, "elapsed": 0.0}
