@@ -43,14 +43,43 @@ _FLUSH_POSITIONS = 4096
 
 @njit(inline="always")
 def _flush_into(part, total):
-    """total += part, then part = 0, for 3-D (groups, rows, C_out/g) float32 partial sums of a task
-    and its float64 totals."""
+    """total += part, then part = 0, for 3-D float32 partial sums of a task (groups, rows, C_out/g; or
+    Winograd's dU planes) and its float64 totals."""
     for g in range(part.shape[0]):
         for i in range(part.shape[1]):
             p, q = part[g, i], total[g, i]
             for j in range(p.size):
                 q[j] += p[j]
                 p[j] = 0
+
+
+@njit(inline="always")
+def _settle(part, total):
+    """part = total + part, rounded once: the flushed sums and those since, for _flush_into's arrays."""
+    for g in range(part.shape[0]):
+        for i in range(part.shape[1]):
+            p, q = part[g, i], total[g, i]
+            for j in range(p.size):
+                p[j] = q[j] + p[j]
+
+
+@njit(inline="always")
+def _block_rows(ow):
+    """How many output rows the stride-1 backward's products take at a time: <= _FLUSH_POSITIONS
+    positions, one row at least (the register tiles' and the wide kernel's alike: their bits agree)."""
+    return max(1, _FLUSH_POSITIONS // ow) if ow > 0 else 1
+
+
+@njit(inline="always")
+def _flush_before_sample(part, total, since, positions, blocked):
+    """A task's positions in part's sums once the next sample's are in: part flushed into total first
+    where they would pass _FLUSH_POSITIONS (unless blocked: a sample in blocks of rows flushes after
+    each block itself)."""
+    since += positions
+    if since > _FLUSH_POSITIONS and not blocked:
+        _flush_into(part, total)
+        since = positions
+    return since
 
 
 def _uses_gemm32(x):

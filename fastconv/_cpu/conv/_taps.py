@@ -23,7 +23,7 @@ from .._vecmath import copy_rows16
 from .._activation import RELU as _RELU
 from ._epilogue import _finish_planes
 from ._phases import _Phases, _split_phases
-from ._shared import _FLUSH_POSITIONS, _flush_into, _taps_first, _threads, _uses_tiles
+from ._shared import _block_rows, _flush_before_sample, _flush_into, _taps_first, _threads, _uses_tiles
 from ._wide import _MIN_CHANNELS_FOR_SHIFTED_GEMMS, _Wide, _gather_output_grad, _pad_avx512, _wide_positions
 
 
@@ -140,7 +140,7 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
     blocks, wd_flat = wd.shape[1], wd.reshape(-1)
     threads = xps.shape[0]
     copied = cols.shape[1] > 0
-    block_rows = max(1, _FLUSH_POSITIONS // ow) if ow > 0 else 1
+    block_rows = _block_rows(ow)
     for t in prange(threads):
         xp, dyp, dyt, col = xps[t], dyps[t], dyts[t], cols[t]
         xp[:] = 0
@@ -154,10 +154,7 @@ def _backward_taps_avx512(dy, from_pool, pooled_w, y, act, indices, x, wd, zeros
         since = 0  # output positions in grad_parts[t]'s sums since they were last flushed into totals[t]
         wide = _wide_positions(oh * ow if from_pool else 0, ow, wp)
         for n in range(t * n_img // threads, (t + 1) * n_img // threads):
-            since += oh * ow
-            if since > _FLUSH_POSITIONS and block_rows >= oh:
-                _flush_into(grad_parts[t], totals[t])
-                since = oh * ow
+            since = _flush_before_sample(grad_parts[t], totals[t], since, oh * ow, block_rows < oh)
             if n + 1 < n_img:  # the next sample's inputs on their way to the cache (with copy16: 48 -> 43 us)
                 prefetch_all(x[n + 1].reshape(-1))
                 prefetch_all(dy[n + 1].reshape(-1))

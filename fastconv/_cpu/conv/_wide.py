@@ -12,7 +12,7 @@ from .._taps32 import NR
 from .._vecmath import copy_rows16
 from .._activation import ONE as _ONE, RELU as _RELU, SIGMOID as _SIGMOID, ZERO as _ZERO, relu_grad as _relu_grad
 from ._epilogue import _bias_activate, _pool_plane
-from ._shared import _FLUSH_POSITIONS, _flush_into, _taps_first, _threads, _uses_gemm32
+from ._shared import _block_rows, _flush_before_sample, _flush_into, _taps_first, _threads, _uses_gemm32
 
 
 # ---- stride 1: the "wide" layout -------------------------------------------------------------
@@ -188,7 +188,7 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
     cg, cog, length, taps = c // groups, w2.shape[0] // groups, oh * wp, kh * kw
     shifted = cg >= _MIN_CHANNELS_FOR_SHIFTED_GEMMS
     threads = xps.shape[0]
-    block_rows = max(1, _FLUSH_POSITIONS // ow) if ow > 0 else 1  # (as _backward_taps_avx512's: the same bits)
+    block_rows = _block_rows(ow)
     for t in prange(threads):
         xp, dxp = xps[t], dxps[t]
         xp[:] = 0
@@ -201,10 +201,7 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
         since = 0  # output positions in grad_parts[t]'s sums since they were last flushed into totals[t]
         wide = _wide_positions(oh * ow if from_pool else 0, ow, wp)
         for n in range(t * n_img // threads, (t + 1) * n_img // threads):
-            since += oh * ow
-            if since > _FLUSH_POSITIONS and block_rows >= oh:
-                _flush_into(grad_parts[t], totals[t])
-                since = oh * ow
+            since = _flush_before_sample(grad_parts[t], totals[t], since, oh * ow, block_rows < oh)
             for g in range(groups):
                 _gather_output_grad(dy, from_pool, y, act, indices, wide, n, g * cog, oh, ow, wp, dyw)
                 _pad(x, n, g * cg, cg, pt, pl, wp, xp)
@@ -219,7 +216,8 @@ def _backward_wide_body(gemm, dy, from_pool, y, act, indices, x, w2, wt, groups,
                         gemm(col[lo - c0 * taps:1 + (c1 - c0) * taps, k0:k1], dyw[:, k0:k1],
                              grad_parts[t, g, lo:1 + c1 * taps], 1.0, False, True)
                         if block_rows < oh:
-                            _flush_into(grad_parts[t, g:g + 1, lo:1 + c1 * taps], totals[t, g:g + 1, lo:1 + c1 * taps])
+                            rows = slice(lo, 1 + c1 * taps)
+                            _flush_into(grad_parts[t, g:g + 1, rows], totals[t, g:g + 1, rows])
                 if not input_grad:
                     continue
                 dxp[:] = 0

@@ -16,7 +16,8 @@ from .._winograd32 import (LANES, grad_tile16, input_tile16, input_tile36, outpu
 from .._activation import RELU as _RELU
 from ._direct import _forward_direct
 from ._epilogue import _finish_planes
-from ._shared import _FLUSH_POSITIONS, _NO_POOL, _channel_sums, _parts, _sum, _threads, _unpooled_gradient
+from ._shared import (_FLUSH_POSITIONS, _NO_POOL, _channel_sums, _flush_into, _parts, _settle, _sum, _threads,
+                      _unpooled_gradient)
 
 
 @njit(inline="always")
@@ -158,7 +159,6 @@ def _weight_grad_winograd(x, dy, pt, pl, oh, ow, band, group, xhs, vs, dyhs, zs,
         du[:] = 0
         db[:] = 0
         v_flat, z_flat = v.reshape(-1), z.reshape(-1)
-        du_flat, total = du.reshape(-1), du_totals[part].reshape(-1)
         since, flushed = 0, False  # tiles in du's sums since the last flush; whether total holds any
         last = (part + 1) * n_img // parts
         for g0 in range(part * n_img // parts, last, group):
@@ -192,13 +192,10 @@ def _weight_grad_winograd(x, dy, pt, pl, oh, ow, band, group, xhs, vs, dyhs, zs,
                     gemm32(v[xi, :used], z[xi, :used], du[xi], 1.0, True, False)
                 since += used
                 if since >= _FLUSH_TILES:
-                    for i in range(du_flat.size):
-                        total[i] += du_flat[i]
-                        du_flat[i] = 0
+                    _flush_into(du, du_totals[part])
                     since, flushed = 0, True
         if flushed:
-            for i in range(du_flat.size):
-                du_flat[i] = total[i] + du_flat[i]
+            _settle(du, du_totals[part])
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
@@ -246,17 +243,12 @@ def _weight_grad_winograd_planes(x, dy, pt, pl, oh, ow, pieces, starts, tiles, x
         for xi in prange(16):
             gemm32(v[xi, :tiles[p]], z[xi, :tiles[p]], du[xi], 1.0 if p > 0 else 0.0, True, False)
             if flush:
-                plane, total = du[xi].reshape(-1), du_total[xi].reshape(-1)
-                for i in range(plane.size):
-                    total[i] += plane[i]
-                    plane[i] = 0
+                _flush_into(du[xi:xi + 1], du_total[xi:xi + 1])
         if flush:
             since, flushed = 0, True
     if flushed:
         for xi in prange(16):
-            plane, total = du[xi].reshape(-1), du_total[xi].reshape(-1)
-            for i in range(plane.size):
-                plane[i] = total[i] + plane[i]
+            _settle(du[xi:xi + 1], du_total[xi:xi + 1])
 
 
 # A part's dU sums go into float64 after this many tiles (4 output positions each: _shared._FLUSH_POSITIONS).
