@@ -33,8 +33,8 @@ from numba.extending import intrinsic
 from ._taps32 import transpose16_block
 from ._vecmath import TARGET_AVX512, as_i64, broadcast, copy_rows16, lanes_below, masked_load, masked_store
 
-__all__ = ["gemm32", "gemm32_blocked", "gemm32_runs", "gemm32_strips", "gemm32_strips_rows", "pack_strip", "copy_strip", "strips_shape",
-           "MR", "NR"]
+__all__ = ["gemm32", "gemm32_blocked", "gemm32_runs", "gemm32_strips", "gemm32_strips_rows", "pack_strip", "copy_strip",
+           "strips_shape", "MR", "NR"]
 
 # The register tile, rows of A by columns of B: 8 x 32 in 16 of AVX-512's 32 zmm registers; 6 x 16
 # with AVX2, 12 of its 16 ymm registers (a 16-float vector is two ymm halves there; 8 x 32 would

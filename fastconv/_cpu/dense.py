@@ -15,7 +15,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._blas import blas_guard, gemm
-from ._gemm32 import NR, copy_strip, gemm32, gemm32_blocked, gemm32_strips, gemm32_strips_rows, pack_strip, strips_shape
+from ._gemm32 import (NR, copy_strip, gemm32, gemm32_blocked, gemm32_strips, gemm32_strips_rows, pack_strip,
+                      strips_shape)
 from ._memory import empty, empty_like
 from ._parallel import block, run
 from . import _vecmath

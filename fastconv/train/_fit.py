@@ -13,8 +13,8 @@ from .. import nn as _nn
 from ._data import _digest, _positive_int, _xy_pair
 from ._evaluation import _check_metric_labels, _evaluate, _improved, _metric
 from ._fit_checks import (_check_describable, _check_resumable, _check_targets, _check_writable, _interrupted,
-                          _keep_best_without_last, _keep_earlier_run, _warn_diverged, _warn_final_evaluation_kept, _warn_frozen,
-                          _warn_replaced_hyperparameters)
+                          _keep_best_without_last, _keep_earlier_run, _warn_diverged, _warn_final_evaluation_kept,
+                          _warn_frozen, _warn_replaced_hyperparameters)
 from ._history import History
 from ._words import _say
 
