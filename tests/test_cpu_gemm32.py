@@ -86,38 +86,46 @@ def test_gemm32_empty_and_zero_k():
     gemm32(np.zeros((0, 5), np.float32), np.zeros((5, 4), np.float32), np.zeros((0, 4), np.float32), 0.0, False, False)
 
 
+@pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("trans_a", [False, True])
-def test_gemm32_blocked_matches_float64_across_its_blocks_and_panels(trans_a):
+def test_gemm32_blocked_matches_float64_across_its_blocks_and_panels(trans_a, trans_b):
     """K around multiples of KC (B's packed blocks), rows around multiples of MC (A's panels) and of
     the tile, columns around the strips; strided rows everywhere; C's neighbours untouched. Each
-    block's sums are added to C in order: the bits of gemm32 with beta 1 block after block."""
-    rng = np.random.default_rng(11 + trans_a)
+    block's sums are added to C in order: the bits of gemm32 with beta 1 block after block. A
+    transposed B (a layer's weight) is packed by transposes, block by block."""
+    rng = np.random.default_rng(11 + trans_a + 2 * trans_b)
     for m, n, k in [(1, 1, 1), (MR + 1, 33, KC), (MC + 3, 17, KC + 1), (MC, 32, 2 * KC - 1), (2 * MC + MR - 1, 65, 3),
                     (5, 48, 3 * KC + 7), (MC - 1, 16, 2 * KC)]:
         a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
-        b = rng.standard_normal((k, n)).astype(np.float32)
+        b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
         _, a_view = _strided(a, 3, np.nan)
         _, b_view = _strided(b, 5, np.nan)
         c_wide, c = _strided(np.full((m, n), np.nan, np.float32), 5, 7.0)
-        gemm32_blocked(a_view, b_view, c, trans_a)
-        ref = (a.T if trans_a else a).astype(np.float64) @ b
+        gemm32_blocked(a_view, b_view, c, trans_a, trans_b)
+        op_b = b.T if trans_b else b
+        ref = (a.T if trans_a else a).astype(np.float64) @ op_b
         np.testing.assert_allclose(c, ref, rtol=1e-5, atol=1e-5 * np.sqrt(k))
         assert (c_wide[:, n:] == 7).all(), "a value beside C was written"
         by_blocks = np.zeros((m, n), np.float32)
         for k0 in range(0, k, KC):
-            gemm32(a[k0:k0 + KC] if trans_a else a[:, k0:k0 + KC], b[k0:k0 + KC], by_blocks, 1.0, trans_a, False)
+            gemm32(a[k0:k0 + KC] if trans_a else a[:, k0:k0 + KC], np.ascontiguousarray(op_b[k0:k0 + KC]), by_blocks,
+                   1.0, trans_a, False)
         np.testing.assert_array_equal(c, by_blocks)
         one = np.empty((m, n), np.float32)  # (C carries the chain from block to block: gemm32's own bits)
-        gemm32(a, b, one, 0.0, trans_a, False)
+        gemm32(a, b, one, 0.0, trans_a, trans_b)
         np.testing.assert_array_equal(c, one)
 
 
 def test_gemm32_blocked_empty_and_zero_k():
-    c = np.ones((3, 4), np.float32)
-    gemm32_blocked(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32), c, False)
-    assert (c == 0).all()
-    gemm32_blocked(np.zeros((5, 0), np.float32), np.zeros((5, 4), np.float32), np.zeros((0, 4), np.float32), True)
-    gemm32_blocked(np.zeros((3, 5), np.float32), np.zeros((5, 0), np.float32), np.zeros((3, 0), np.float32), False)
+    for trans_b in (False, True):
+        c = np.ones((3, 4), np.float32)
+        gemm32_blocked(np.zeros((3, 0), np.float32), np.zeros((4, 0) if trans_b else (0, 4), np.float32), c, False,
+                       trans_b)
+        assert (c == 0).all()
+        gemm32_blocked(np.zeros((5, 0), np.float32), np.zeros((4, 5) if trans_b else (5, 4), np.float32),
+                       np.zeros((0, 4), np.float32), True, trans_b)
+        gemm32_blocked(np.zeros((3, 5), np.float32), np.zeros((0, 5) if trans_b else (5, 0), np.float32),
+                       np.zeros((3, 0), np.float32), False, trans_b)
 
 
 def test_a_row_gets_the_same_bits_in_a_whole_tile_and_at_the_edge():
@@ -157,7 +165,7 @@ def test_the_stride_1_convolutions_use_our_kernels_for_float32_only(monkeypatch)
     assert used[-2:] == ["_forward_wide", "_backward_wide"]
 
 
-def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit(monkeypatch):
+def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit_with_avx2(monkeypatch):
     from fastconv._cpu import dense
 
     used = []
@@ -181,19 +189,20 @@ def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit(monkeypatch):
     assert used == ["_linear_forward_serial_gemm32", "_linear_backward_serial_gemm32", "_linear_forward_serial",
                     "_linear_forward_gemm32", backward, "_linear_forward"]
     used.clear()
-    monkeypatch.setattr(dense, "_GEMM32_UP_TO", 130 * 300 * 70 - 1)  # just past the forward's limit: OpenBLAS
+    monkeypatch.setattr(dense, "_GEMM32_UP_TO", 130 * 300 * 70 - 1)  # just past the AVX2 forward's limit: OpenBLAS
     ops.linear_forward(x, w, b)
-    ops.linear_backward(dy, x, w)  # (gemm32_blocked's at any size with AVX-512)
-    assert used == ["_linear_forward", backward]
+    ops.linear_backward(dy, x, w)  # (with AVX-512 both are gemm32_blocked's at any size)
+    assert used == ["_linear_forward_gemm32" if _vecmath.AVX512 else "_linear_forward", backward]
 
 
 @pytest.mark.parametrize("m,k,n", [(130, 300, 70), (600, 40, 20), (70, 50, 530), (520, 64, 100), (9, 3136, 10),
-                                   (5, 70, 48)])
-def test_linear_forward_by_packed_strips_gives_the_bits_of_one_gemm32_call_for_any_split(m, k, n):
-    """_linear_forward_gemm32 packs w^T in strips of 32 columns once per block: blocks of whole
-    strips where there are enough strips, else blocks of rows each with its own copy. Every split
-    gives the bits of one gemm32 call per block of dense._K_BLOCK of K (one call for K up to that;
-    the calls' products added in float64), plus the bias and ReLU in float32, which match float64."""
+                                   (5, 70, 48), (410, 600, 70)])
+def test_linear_forward_by_gemm32_blocked_gives_the_bits_of_one_gemm32_call_for_any_split(m, k, n):
+    """_linear_forward_gemm32 splits y in blocks of whole strips of 32 columns where there are enough
+    strips, else in blocks of rows, each one gemm32_blocked product per block of dense._K_BLOCK of K
+    (w^T packed block by block of KC, x in panels of MC rows). Every split gives the bits of one
+    gemm32 call per block of dense._K_BLOCK of K (one call for K up to that; the calls' products
+    added in float64), plus the bias and ReLU in float32, which match float64."""
     from fastconv._cpu import dense
 
     rng = np.random.default_rng(m + n)
@@ -242,12 +251,12 @@ def test_linear_backward_by_gemm32_blocked_matches_float64_and_one_call_per_k_bl
     np.testing.assert_allclose(dw, dy.T.astype(np.float64) @ x, rtol=1e-5, atol=2e-6 * np.sqrt(m) * 4)
     np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-5 * np.sqrt(m))
     one = np.empty(dx.shape, np.float32)
-    gemm32_blocked(dy, w, one, False)
+    gemm32_blocked(dy, w, one, False, False)
     np.testing.assert_array_equal(dx, one)
     total = np.zeros(dw.shape)
     for k0 in range(0, m, dense._K_BLOCK):
         part = np.empty(dw.shape, np.float32)
-        gemm32_blocked(dy[k0:k0 + dense._K_BLOCK], x[k0:k0 + dense._K_BLOCK], part, True)
+        gemm32_blocked(dy[k0:k0 + dense._K_BLOCK], x[k0:k0 + dense._K_BLOCK], part, True, False)
         total += part
     np.testing.assert_array_equal(dw, total.astype(np.float32))
 
@@ -255,12 +264,13 @@ def test_linear_backward_by_gemm32_blocked_matches_float64_and_one_call_per_k_bl
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("m,n,k", [(130, 300, 70), (600, 40, 20), (70, 50, 530), (9, 33, 4100), (1, 65, 3),
-                                   (17, 1, 9), (64, 96, 8), (0, 5, 7), (6, 0, 7), (6, 5, 0)])
+                                   (17, 1, 9), (64, 96, 8), (0, 5, 7), (6, 0, 7), (6, 5, 0), (410, 70, 600)])
 def test_matmul_by_packed_strips_matches_float64_and_gives_one_gemm32_calls_bits_for_any_split(
         monkeypatch, m, n, k, trans_a, trans_b):
-    """matmul's float32 path packs B's strips (copy_strip for b itself, pack_strip for b^T) once per
-    block, blocks of columns or of rows: every split gives the bits of gemm32 over each K block of
-    dense._K_BLOCK, which match float64; through ops.matmul (its size limit lifted) as well."""
+    """matmul's float32 path is the linear forward's (gemm32_blocked in blocks of columns or of rows:
+    B copied into strips, or b^T packed by transposes): every split gives the bits of gemm32 over
+    each K block of dense._K_BLOCK, which match float64; through ops.matmul (its size limit lifted)
+    as well."""
     from fastconv._cpu import dense
 
     rng = np.random.default_rng(m * 7 + n * 3 + k + 2 * trans_a + trans_b)
@@ -288,7 +298,9 @@ def test_matmul_uses_gemm32_for_float32_from_its_size_on(monkeypatch):
     big = 128   # 128^3 = 2^21: ours
     assert not dense._by_gemm32(small, small, small) and dense._by_gemm32(big, big, big)
     assert not dense._by_gemm32(1, 4096, 4096) and not dense._by_gemm32(4096, 1, 4096)  # a vector's side
-    assert not dense._by_gemm32(1024, 4096, 4096) and dense._by_gemm32(2048, 4096, 4096)  # B: 8192 values a row of A
+    assert dense._by_gemm32(2048, 4096, 4096)  # B: 8192 values a row of A
+    assert dense._by_gemm32(1024, 4096, 4096) == _vecmath.AVX512  # past that, from 128 rows with AVX-512
+    assert not dense._by_gemm32(64, 4096, 4096)
     for size in (small, big):
         a, b = rng.standard_normal((size, size)), rng.standard_normal((size, size))
         for dtype in (np.float32, np.float64):

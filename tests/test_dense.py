@@ -289,19 +289,22 @@ def test_cpu_linear_backward_split_keeps_blocks_of_512_and_equal_tasks():
         [1, 1, 2, 2, 2, 2, 2, 4, 8, 8]
 
 
-@pytest.mark.parametrize("m,k,n,float64,rule", [(1000, 1000, 1000, False, "openblas"),  # past gemm32's limit
+@pytest.mark.parametrize("m,k,n,float64,rule", [(1000, 1000, 1000, False, "gemm32-avx512"),  # past the AVX2 limit
                                                 (256, 1024, 512, False, "gemm32"), (256, 1024, 512, True, "openblas"),
                                                 (768, 768, 768, True, "openblas"),
-                                                (1024, 2048, 256, False, "gemm32-long-k"),  # past it, a long K
-                                                (4200, 2048, 64, False, "openblas")])  # ... on too many rows
+                                                (1024, 2048, 256, False, "gemm32-avx512"),
+                                                (4200, 2048, 64, False, "gemm32-avx512")])
 def test_cpu_linear_forward_splits_by_the_rule_of_its_gemm(monkeypatch, m, k, n, float64, rule):
-    """The forward through the threads: gemm32's products in blocks of >= 64 (_blocks), OpenBLAS's
-    in blocks of >= 512 past two (_openblas_blocks): the kernel and the block count it gets."""
+    """The forward through the threads: gemm32's products in a block a thread (_gemm32_blocks), OpenBLAS's
+    in blocks of >= 512 past two (_openblas_blocks): the kernel and the block count it gets. Past
+    _GEMM32_UP_TO multiply-adds gemm32's with AVX-512 only."""
+    import numba
+
     from fastconv._cpu import _vecmath, dense
 
     if rule == "gemm32" and not _vecmath.SIMD:
         pytest.skip("gemm32 needs AVX-512 or AVX2")
-    if rule == "gemm32-long-k":
+    if rule == "gemm32-avx512":
         rule = "gemm32" if _vecmath.AVX512 else "openblas"
     calls = []
     real_run = dense.run
@@ -315,16 +318,16 @@ def test_cpu_linear_forward_splits_by_the_rule_of_its_gemm(monkeypatch, m, k, n,
     y = dense.linear_forward(x, w, None, None)
     assert (y == k).all()
     if rule == "gemm32":
-        expected = (dense._linear_forward_gemm32, dense._blocks(max(m, n)))
+        expected = (dense._linear_forward_gemm32, dense._gemm32_blocks(m, n, numba.get_num_threads()))
     else:
         expected = (dense._linear_forward, dense._openblas_blocks(max(m, n)))
     assert calls == [expected]
 
 
-@pytest.mark.parametrize("m,k,n", [(300, 8192, 120), (2100, 2048, 70)])
-def test_cpu_linear_forward_with_a_long_k_past_gemm32s_limit(m, k, n):
-    # past 2^28 multiply-adds a long K stays gemm32's (AVX-512): K in blocks of 4096 added in
-    # float64 (8192: two), or one product (2048); bias and ReLU after, against float64
+@pytest.mark.parametrize("m,k,n", [(300, 8192, 120), (2100, 2048, 70), (4200, 300, 260)])
+def test_cpu_linear_forward_past_the_avx2_limit(m, k, n):
+    # past 2^28 multiply-adds, gemm32_blocked's with AVX-512 (OpenBLAS's with AVX2): K in blocks of
+    # 4096 added in float64 (8192: two), or one product; bias and ReLU after, against float64
     from fastconv._cpu import dense
 
     rng = np.random.default_rng(k)

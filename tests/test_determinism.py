@@ -127,7 +127,7 @@ def test_linear_bits_do_not_depend_on_threads_or_input_grad(rows, out_features, 
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("m,n,k", [(130, 300, 70), (600, 16, 200), (64, 100, 4200), (257, 33, 129)])  # (600, 16): by rows
 def test_matmul_bits_do_not_depend_on_threads(m, n, k, trans_a, trans_b):
-    # float32 matmul by gemm32 splits its blocks by the thread count (dense._matmul_blocks, by rows or by
+    # float32 matmul by gemm32 splits its blocks by the thread count (dense._gemm32_blocks, by rows or by
     # columns), which must not change a bit: every value sums over K in the same order wherever it sits.
     import numba
 

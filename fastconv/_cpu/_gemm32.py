@@ -16,10 +16,9 @@ OPENBLAS_CORETYPE=Haswell; OpenBLAS would pick its AVX-512 "SkylakeX" kernels it
 large SGEMM about twice as fast there). Measured on the Zen 5 dev host, one thread: a 64 x 288 x
 224 product (conv2's as one GEMM over copied tap rows) 204 GFLOP/s, ~90% of the core's FMA peak,
 against OpenBLAS's 97.5; conv2's actual nine accumulating 64 x 32 x 224 tap products per sample
-36.6 us (226 GFLOP/s). Users: the convolutions' backward (dW, and the wide kernel), the linear
-layers' forwards up to dense._GEMM32_UP_TO multiply-adds (past that OpenBLAS wins, but for a long K),
-the linear layers' backward by gemm32_blocked (below: blocked for the caches), and matmul
-(dense.matmul: B packed in strips, so that the tiles read it in order; no further cache blocking).
+36.6 us (226 GFLOP/s). Users: the convolutions' backward (dW, and the wide kernel), the 1x1
+layers' forward (_pointwise.py), the linear layers on the calling thread (one gemm32 call), and through the threads gemm32_blocked (below:
+blocked for the caches): the linear layers' forward and backward, and matmul.
 
 Each C element's sum runs over k in the same order wherever it sits (tile, edge, thread), so the
 results do not depend on the thread count.
@@ -33,8 +32,7 @@ from numba.extending import intrinsic
 from ._taps32 import transpose16_block
 from ._vecmath import TARGET_AVX512, as_i64, broadcast, copy_rows16, lanes_below, masked_load, masked_store
 
-__all__ = ["gemm32", "gemm32_blocked", "gemm32_runs", "gemm32_strips", "gemm32_strips_rows", "pack_strip", "copy_strip",
-           "strips_shape", "MR", "NR"]
+__all__ = ["gemm32", "gemm32_blocked", "gemm32_runs", "pack_strip", "strips_shape", "MR", "NR"]
 
 # The register tile, rows of A by columns of B: 8 x 32 in 16 of AVX-512's 32 zmm registers; 6 x 16
 # with AVX2, 12 of its 16 ymm registers (a 16-float vector is two ymm halves there; 8 x 32 would
@@ -178,7 +176,8 @@ def _gemm32_any(a, b, c, beta, trans_a, trans_b):
         strips = np.empty(strips_shape(n, k), np.float32)
         for strip in range(strips.shape[0]):
             pack_strip(b, strip, strips)
-        _gemm32_strips(a, strips, c, trans_a, beta != 0.0)
+        a_rs, a_cs = _a_steps(a, trans_a)
+        _products(a, trans_a, a_rs, a_cs, strips, NR, k * NR, c, _stride(c), m, n, k, beta != 0.0, k, 0)
     else:
         a_rs, a_cs = _a_steps(a, trans_a)
         _products(a, trans_a, a_rs, a_cs, b, _stride(b), 0, c, _stride(c), m, n, k, beta != 0.0, k, 0)
@@ -188,8 +187,8 @@ def _gemm32_any(a, b, c, beta, trans_a, trans_b):
 # strips: strips[s] is the (k, NR) block of B's columns NR s .. NR s + NR - 1, 16 x 16 blocks through the
 # registers (a scalar copy: 1 ns a value). The tiles then read B's rows as vectors, each strip's
 # rows one after another (the panel as one (k, n) matrix instead, 128x3136->128 on one thread with
-# 64 rows: 75 -> 107 GFLOP/s on the Zen 4 host). gemm32 packs per call; a caller that splits one
-# product over threads packs once and calls gemm32_strips on each part.
+# 64 rows: 75 -> 107 GFLOP/s on the Zen 4 host). gemm32 packs all of B per call, gemm32_blocked
+# block by block of K.
 @njit(inline="always")
 def strips_shape(n, k):
     return (n + NR - 1) // NR, k, NR
@@ -207,73 +206,32 @@ def pack_strip(b, strip, strips):
                               at + k0 * NR + j0 - strip * NR, NR)
 
 
-# B itself (k, n), not transposed, is read in place by gemm32, but a caller whose B's rows are long
-# packs it too: B's rows at a stride of a multiple of 4 KB (a 1024- or 2048-wide matrix) put a
-# strip's rows in the same few L1 sets, and a 2048^3 product by gemm32 in place ran at ~110 GFLOP/s
-# on the Zen 4 host (two threads) where the packed strips ran at ~200.
-@njit(nogil=True, cache=True)
-def copy_strip(b, strip, strips):
-    """strips[strip] = b[:strips.shape[1], NR strip : NR strip + NR] (the columns that exist), for a
-    C-contiguous b: B's strip for gemm32_strips when B is b itself."""
-    n, k = b.shape[1], strips.shape[1]
-    copy_rows16(b.reshape(-1), strip * NR, n, strips.reshape(-1), strip * k * NR, NR, k, min(NR, n - strip * NR))
-
-
-@njit(nogil=True, cache=True)
-def gemm32_strips(a, strips, c, beta, trans_a):
-    """c = op(a) @ B + beta * c, B packed by pack_strip or copy_strip (its columns from c's first: c
-    a block of whole strips, or the last ones)."""
-    k = a.shape[0] if trans_a else a.shape[1]
-    if _scaled_by_beta(c, beta, k):
-        _gemm32_strips(a, strips, c, trans_a, beta != 0.0)
-
-
-@njit(nogil=True, cache=True)
-def gemm32_strips_rows(a, strips, s0, k0, c, trans_a):
-    """c = op(a) @ B[k0 : k0 + K], K = op(a).shape[1], for B packed by pack_strip or copy_strip into
-    strips (all of its rows), its columns from strip s0's first: gemm32_strips (beta 0) over a block
-    of B's rows."""
-    m, n = c.shape
-    k, rows = a.shape[0] if trans_a else a.shape[1], strips.shape[1]
-    if not _scaled_by_beta(c, 0.0, k):
-        return
-    a_rs, a_cs = _a_steps(a, trans_a)
-    b = strips.reshape(-1)[(s0 * rows + k0) * NR:]  # offsets count from b's first element
-    _products(a, trans_a, a_rs, a_cs, b, NR, rows * NR, c, _stride(c), m, n, k, False, k, 0)
-
-
-@njit(inline="always")
-def _gemm32_strips(a, strips, c, trans_a, accumulate):
-    m, n = c.shape
-    k = a.shape[0] if trans_a else a.shape[1]
-    a_rs, a_cs = _a_steps(a, trans_a)
-    _products(a, trans_a, a_rs, a_cs, strips, NR, k * NR, c, _stride(c), m, n, k, accumulate, k, 0)
-
-
 # A product with a long K whose B is read in place (a linear layer's dW = dy^T x over a large batch,
 # dx = dy @ w over many output features) went at a third of the tiles' speed: every row tile of A read
 # its strip of B over all of K (512 KB for K = 4096), so B came from L3 once per 8 rows of C, through
-# rows at a stride of 4 KB (see copy_strip). gemm32_blocked is gemm32 blocked for the caches: K in
+# rows at a stride of 4 KB (a 1024- or 2048-wide B puts a strip's rows in the same few L1 sets).
+# gemm32_blocked is gemm32 blocked for the caches: K in
 # blocks of KC, each block of B copied into strips (KC x NR: 32 KB, L1), and A in panels of MC rows
 # (MC x KC: 192 KB, L2). C carries each value's float32 sum from block to block (a tile loads it back
 # into its accumulators): one chain over K in order, gemm32's very bits, wherever the value sits. With
 # few rows of C (or one block and under 128 rows) B's blocks are read in place, a copy serving too few
-# tiles to pay for itself. Zen 5 host, one thread, GFLOP/s in place -> blocked: dW of 4096 rows,
+# tiles to pay for itself; a transposed B (trans_b: a layer's weight w in x @ w^T) is always packed,
+# by pack_strip. Zen 5 host, one thread, GFLOP/s in place -> blocked: dW of 4096 rows,
 # 1024 x 128 60 -> 192; dx 2048 x 2048 -> 256 columns 39 -> 93 (linear_backward: dense.py).
 KC, MC = 256, 24 * MR
 _PACKED_FROM_ROWS = 16 * MR
 
 
 @njit(nogil=True, cache=True)
-def gemm32_blocked(a, b, c, trans_a):
-    """c = op(a) @ b for 2-D float32 arrays whose last dimension is contiguous (any row stride), by
-    blocks of KC of K (B's block packed into strips) and panels of MC rows of C. c must not overlap
-    a or b."""
+def gemm32_blocked(a, b, c, trans_a, trans_b):
+    """c = op(a) @ op(b) for 2-D float32 arrays whose last dimension is contiguous (any row stride), by
+    blocks of KC of K (B's block packed into strips: copied, or transposed from a layer's weight
+    when trans_b) and panels of MC rows of C. c must not overlap a or b."""
     m, n = c.shape
-    k = b.shape[0]
+    k = b.shape[1] if trans_b else b.shape[0]
     if not _scaled_by_beta(c, 0.0, k):
         return
-    if m < 4 * MR or (k <= KC and m < _PACKED_FROM_ROWS):  # B read in place: a copy would serve too few tiles
+    if not trans_b and (m < 4 * MR or (k <= KC and m < _PACKED_FROM_ROWS)):  # B in place (see above)
         for k0 in range(0, k, KC):
             k1 = min(k, k0 + KC)
             block = a[k0:k1] if trans_a else a[:, k0:k1]
@@ -281,19 +239,23 @@ def gemm32_blocked(a, b, c, trans_a):
             _products(block, trans_a, a_rs, a_cs, b[k0:k1], _stride(b), 0, c, _stride(c), m, n, k1 - k0, k0 > 0,
                       k1 - k0, 0)
         return
-    strips = np.empty(strips_shape(n, min(k, KC)), np.float32)
-    b_strip = strips.shape[1] * NR
+    n_strips = strips_shape(n, 1)[0]
+    buffer = np.empty(n_strips * min(k, KC) * NR, np.float32)
     for k0 in range(0, k, KC):
         k1 = min(k, k0 + KC)
-        for strip in range(strips.shape[0]):
-            j0 = strip * NR
-            copy_rows16(b[k0:], j0, _stride(b), strips[strip], 0, NR, k1 - k0, min(NR, n - j0))
+        strips = buffer[:n_strips * (k1 - k0) * NR].reshape(n_strips, k1 - k0, NR)
+        for strip in range(n_strips):
+            if trans_b:
+                pack_strip(b[:, k0:k1], strip, strips)
+            else:
+                j0 = strip * NR
+                copy_rows16(b[k0:], j0, _stride(b), strips[strip], 0, NR, k1 - k0, min(NR, n - j0))
         for i0 in range(0, m, MC):
             i1 = min(m, i0 + MC)
             panel = a[k0:k1, i0:i1] if trans_a else a[i0:i1, k0:k1]
             a_rs, a_cs = _a_steps(panel, trans_a)
-            _products(panel, trans_a, a_rs, a_cs, strips, NR, b_strip, c[i0:i1], _stride(c), i1 - i0, n, k1 - k0,
-                      k0 > 0, k1 - k0, 0)
+            _products(panel, trans_a, a_rs, a_cs, strips, NR, (k1 - k0) * NR, c[i0:i1], _stride(c), i1 - i0, n,
+                      k1 - k0, k0 > 0, k1 - k0, 0)
 
 
 @njit(nogil=True, cache=True)

@@ -15,8 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._blas import blas_guard, gemm
-from ._gemm32 import (NR, copy_strip, gemm32, gemm32_blocked, gemm32_strips, gemm32_strips_rows, pack_strip,
-                      strips_shape)
+from ._gemm32 import NR, gemm32, gemm32_blocked
 from ._memory import empty, empty_like
 from ._parallel import block, run
 from . import _vecmath
@@ -115,30 +114,38 @@ def matmul(a, b, trans_a, trans_b):
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)  # (ops.matmul's already are)
     y = empty((m, n), a.dtype)
     _linear_forward_gemm32(a, trans_a, b, trans_b, _NO_BIAS, False, _NO_ACTIVATION,
-                           _matmul_blocks(m, n, numba.get_num_threads()), y)
+                           _gemm32_blocks(m, n, numba.get_num_threads()), y)
     return y
 
 
 def _by_gemm32(m, n, k):
     """Whether matmul's product is gemm32's: from 2^20 multiply-adds, with at least 32 rows and 16
-    columns, and a B (k n values) of at most 2^20 values or 8192 per row of A. Each call copies B into
-    strips, which pays where each of B's values serves many rows; a large B also leaves its strips
-    less of the caches. Zen 4 host, two threads, each library in processes of its own, GFLOP/s ours
-    vs np.dot (m x n x k): 128^3 122-134 vs 68-121; 256^3 199-204 vs 121-174; 1024^3, 2048^3
+    columns, and a B (k n values) of at most 2^20 values or 8192 per row of A, or with AVX-512 any B
+    from 128 rows. Each call copies B into strips, which pays where each of B's values serves many
+    rows. Zen 4 host, two threads, each library in processes of its own, GFLOP/s ours (unblocked
+    then) vs np.dot (m x n x k): 128^3 122-134 vs 68-121; 256^3 199-204 vs 121-174; 1024^3, 2048^3
     211-218 vs 164-207; 4096^3 207-210 vs 201; 32x1024x1024 170-178 vs 95-116; 1024x1024x32
     183-198 vs 39-50; 64x4096x64 174-179 vs 90-98; 512x2048x2048 207-208 vs 194-200;
     1024x1024x4096 212-214 vs 195-207. Left to np.dot: 100^3 77 vs 95; 16x4096x4096 16 vs 82;
-    4096x1x4096 11 vs 20; 64x2048x2048 124-130 vs 131-146; 256x4096x4096 124-126 vs 172-189;
-    1024x4096x4096 184-187 vs 202-207 (2048x4096x4096, at the limit: 199-200 vs 200-203)."""
-    return m * n * k >= 1 << 20 and m >= 32 and n >= 16 and k * n <= max(1 << 20, 8192 * m)
+    4096x1x4096 11 vs 20; 64x2048x2048 124-130 vs 131-146. With the cache blocking (thirty-second
+    session), Zen 5 host, two threads: 128 x 2048 x 2048 285 vs 220, 128 x 8192 x 1024 249 vs 201,
+    256 x 4096 x 4096 341 vs 234, 1024 x 4096 x 4096 375 vs 245 (unblocked 198 and 326), where 64
+    rows still lose (64 x 2048 x 2048 168 vs 183, 64 x 4096 x 4096 155 vs 175): B read once from
+    memory, copied, for few multiply-adds a value."""
+    return m * n * k >= 1 << 20 and m >= 32 and n >= 16 and (k * n <= max(1 << 20, 8192 * m)
+                                                            or (_vecmath.AVX512 and m >= 128))
 
 
-def _matmul_blocks(m, n, threads):
-    """matmul's blocks: one per thread (an uneven split left a thread idle long enough to fall
-    asleep), of whole strips of columns where there are enough of them; else of rows, each block
-    with its own copy of all of B (NR-padded), as many as keep those copies within A's size (k m
-    values) and no fewer blocks than strips. gemm32 sums each value in the same order wherever its
-    tile sits, so the split does not change the bits."""
+def _gemm32_blocks(m, n, threads):
+    """The blocks of matmul's and the linear forward's gemm32 products (_linear_forward_gemm32): one
+    per thread (an uneven split left a thread idle long enough to fall asleep), of whole strips of
+    columns where there are enough of them; else of rows, each block with its own copy of all of B
+    (NR-padded), as many as keep those copies within A's size (k m values) and no fewer blocks than
+    strips. gemm32 sums each value in the same order wherever its tile sits, so the split does not
+    change the bits. The forward's blocks had been _blocks' (8 for 512 rows or more): Zen 5 host,
+    two threads, GFLOP/s 8 -> 2 blocks, three interleaved runs: 16384x256->256 147-156 -> 260-275,
+    8192x512->512 258-309 -> 303-362, 4096x1024->1024 283-310 -> 305-343; 1024^3, 2048^3, 512^3
+    and 3000x8192->256 within their noise."""
     strips = -(-n // NR)
     if strips >= threads:
         return threads
@@ -241,32 +248,6 @@ def _weight_grad(gemm, dw_rows, dy, x, dw):
 
 
 @njit(inline="always")
-def _forward_product(x, trans_x, strips, s0, y):
-    """y = op(x) @ B, B packed in strips (strip s0 holds y's first columns): gemm32_strips for K up
-    to _K_BLOCK, else the products of blocks of _K_BLOCK of K added in float64 in order (see above)."""
-    k = x.shape[0] if trans_x else x.shape[1]
-    if k <= _K_BLOCK:
-        gemm32_strips(x, strips[s0:], y, 0.0, trans_x)
-        return
-    part = np.empty(y.shape, y.dtype)
-    total = np.zeros(y.shape)
-    for k0 in range(0, k, _K_BLOCK):
-        gemm32_strips_rows(_slice(x, trans_x, k0, min(k, k0 + _K_BLOCK)), strips, s0, k0, part, trans_x)
-        _add_into(total, part)
-    _copy_into(y, total)
-
-
-@njit(inline="always")
-def _pack(w, w_is_weight, strip, strips):
-    """strips[strip] = B's columns NR strip .. NR strip + NR - 1, B = w^T for a layer's weight w
-    (n, k) (pack_strip, by register transposes), or B = w itself, (k, n), for matmul (copy_strip)."""
-    if w_is_weight:
-        pack_strip(w, strip, strips)
-    else:
-        copy_strip(w, strip, strips)
-
-
-@njit(inline="always")
 def _linear_forward_body(gemm, x, w, b, has_bias, act, blocks, y):
     """y = act(x @ w.T + b), the rows of y (or its columns, when there are fewer rows than output
     features) split in `blocks` blocks, each one GEMM (by `gemm`) plus its epilogue."""
@@ -362,43 +343,44 @@ def _linear_forward(x, w, b, has_bias, act, blocks, y):
 
 @njit(parallel=True, nogil=True, cache=True)
 def _linear_forward_gemm32(x, trans_x, w, w_is_weight, b, has_bias, act, blocks, y):
-    """y = act(op(x) @ B + b), B = w^T for a layer's weight w (w_is_weight), else w itself (matmul).
-    _linear_forward_body with gemm32, each block packing the strips of B it reads (_pack) in
-    the same parallel loop (one wake-up of the threads): blocks of whole strips of columns where
-    there are at least as many strips as blocks, so that w is packed once in all; else blocks of
-    rows, each packing all of w into its own copy (matmul keeps those copies within A's size,
-    _matmul_blocks; a layer's w then has fewer than `blocks` strips, at most 8 NR columns).
-    Before, every block's gemm32 call packed its columns of w, all of them for a block of rows (as
-    one (k, n) panel). Zen 4 host, 2 threads, medians of five interleaved harness measurements,
-    GFLOP/s before -> after (NumPy's np.maximum(x @ w.T + b, 0)): 128x3136->128 161 -> 175 (133);
-    512x512->512 169 -> 193 (165). Same bits either way (gemm32 sums each value in the same order
-    wherever its tile sits)."""
+    """y = act(op(x) @ B + b), B = w^T for a layer's weight w (w_is_weight), else w itself (matmul),
+    in `blocks` blocks over the threads: of whole strips of NR columns where there are at least as
+    many strips as blocks, else of rows. Each block is one gemm32_blocked product per _K_BLOCK of K
+    (_blocked_product), which packs its columns of B block by block of KC (transposing a layer's
+    weight) and runs A in panels of MC rows, then its epilogue while the block is in cache.
+    gemm32 sums each value in the same order wherever its tile sits, so neither the split nor the
+    blocking changes the bits.
+
+    Until the thirty-second session each block packed its strips over all of K and ran every row of
+    x past each strip in turn (no cache blocking), and past _GEMM32_UP_TO multiply-adds the forward
+    was OpenBLAS's. Zen 5 host, two threads, GFLOP/s with bias and ReLU, OpenBLAS or unblocked ->
+    blocked: 4096x1024->1024 223 -> 428; 1024^3 220 -> 427; 8192x512->512 218 -> 402; 8192x512->256
+    212 -> 393; 3000x8192->256 (unblocked: a long K) 360 -> 433-463; 2048^3 (unblocked) 348 -> 420-447;
+    128x3136->128, 512^3, 256x2048->512 the same (~415-450)."""
     rows, cols = y.shape
-    shape = strips_shape(cols, x.shape[0] if trans_x else x.shape[1])
-    n_strips = shape[0]
+    n_strips = -(-cols // NR)
     by_columns = n_strips >= blocks
-    strips = np.empty((1 if by_columns else blocks, shape[0], shape[1], shape[2]), x.dtype)
     for t in prange(blocks):
         if by_columns:
-            r0, r1, (s0, s1), mine = 0, rows, block(t, blocks, n_strips), strips[0]
+            r0, r1, (s0, s1) = 0, rows, block(t, blocks, n_strips)
         else:
-            (r0, r1), s0, s1, mine = block(t, blocks, rows), 0, n_strips, strips[t]
+            (r0, r1), s0, s1 = block(t, blocks, rows), 0, n_strips
         c0, c1 = s0 * NR, min(cols, s1 * NR)
         if r1 > r0 and c1 > c0:
-            for strip in range(s0, s1):
-                _pack(w, w_is_weight, strip, mine)
-            _forward_product(_slice(x, not trans_x, r0, r1), trans_x, mine, s0, y[r0:r1, c0:c1])
+            _blocked_product(_gemm32_in_blocks, _K_BLOCK, _slice(x, not trans_x, r0, r1),
+                             _slice(w, w_is_weight, c0, c1), y[r0:r1, c0:c1], trans_x, w_is_weight)
             if has_bias or act:
                 _epilogue(y, r0, r1, c0, c1, b, has_bias, act)
 
 
 @njit(inline="always")
 def _gemm32_in_blocks(a, b, c, beta, trans_a, trans_b):
-    """The backward's products (beta 0, B not transposed: dx = dy @ w, dw = dy^T @ x) by gemm32_blocked,
-    which blocks their long K for the caches (_gemm32.py); the arguments as gemm32's shim passes them."""
-    if beta != 0.0 or trans_b:
-        raise ValueError("_gemm32_in_blocks: beta 0 and B not transposed only")
-    gemm32_blocked(a[::1, ::1], b[::1, ::1], c[::1, ::1], bool(trans_a))
+    """The threaded products (beta 0) by gemm32_blocked, which blocks K and the rows of C for the
+    caches (_gemm32.py): the forward's op(x) @ w^T and matmul's, the backward's dx = dy @ w and
+    dw = dy^T @ x; the arguments as gemm32's shim passes them."""
+    if beta != 0.0:
+        raise ValueError("_gemm32_in_blocks: beta 0 only")
+    gemm32_blocked(a[::1, ::1], b[::1, ::1], c[::1, ::1], bool(trans_a), bool(trans_b))
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -440,8 +422,8 @@ _OWN_THREADS_BELOW = 65536 * 4
 
 
 def _blocks(n):
-    """How many blocks a linear layer's gemm32 products are split into along a dimension of size n
-    (OpenBLAS's: _openblas_blocks): a function of the size only, never of the thread count. BLAS
+    """How many blocks the linear backward's gemm32 products are split into along a dimension of
+    size n (OpenBLAS's: _openblas_blocks): a function of the size only, never of the thread count. BLAS
     may round an element differently depending on where the block edges fall (OpenBLAS's edge
     tiles do), so a thread-dependent split would make the bits depend on the machine; this split
     keeps them the same on any machine (up to 8 cores busy; blocks of >= 64 rows or columns)."""
@@ -494,31 +476,18 @@ def _gemm_work(m, n, k):
     return m * n * k // 100
 
 
-# The forward's gemm32 products have no cache blocking (gemm32 was built for the convolutions'
-# per-sample products): past this many multiply-adds OpenBLAS's blocked GEMM wins. Zen 5 host, two
-# threads, interleaved A/B, GFLOP/s gemm32 vs OpenBLAS (forward): 128x3136->128 259 vs 163;
-# 512x512->512 260 vs 169; 256x2048->512 334 vs 184; 1024^3 190 vs 190; 4096x1024->1024 241 vs 207.
-# The backward's products are gemm32_blocked's (_gemm32.py), at any size with AVX-512: see linear_backward.
+# With AVX2 (6 x 16 tiles) the forward stays gemm32's up to this many multiply-adds and is
+# OpenBLAS's past it (its AVX2 kernels, as ours); with AVX-512 it is gemm32's at any size, blocked
+# for the caches since the thirty-second session (_linear_forward_gemm32). Before that blocking,
+# gemm32 lost past this size on the Zen 4 host (8192x512->512 119 vs OpenBLAS 166 GFLOP/s; session
+# 28, results/logs/cpu-2026-12-06-session28-dense-reruns.log) and tied on the Zen 5 (1024^3 190 vs
+# 190), where blocked it runs ~2x OpenBLAS at every size measured (see _linear_forward_gemm32).
+# Zen 4 (double-pumped AVX-512) with the blocking: unmeasured.
 _GEMM32_UP_TO = 1 << 28
 
 
-def _with_gemm32(x, m, n, k):
-    return x.dtype == np.float32 and _vecmath.SIMD and m * n * k <= _GEMM32_UP_TO
-
-
-# Past that limit a forward with a long K (in_features >= 2048) on up to 4096 rows stays gemm32's
-# with AVX-512, where OpenBLAS's blocks fell behind NumPy's own threads. Zen 4, 2 threads, GFLOP/s
-# gemm32 vs OpenBLAS blocks (NumPy's np.maximum(x @ w.T + b, 0)), 17 such shapes: ahead on 16, e.g.
-# 1024x2048->512 190 vs 179 (174), 3000x2048->2048 197 vs 159 (187), 3000x8192->256 210 vs 158 (190),
-# 4096x4096->1024 197-209 vs 171-191 (182-199); behind on 4096x2048->512, 180 vs 190 (190). With
-# more rows (8192, 16384) or a shorter K it tied or lost (8192x512->512 119 vs 166), so those stay
-# OpenBLAS's (results/logs/cpu-2026-12-06-session28-dense-reruns.log).
-_LONG_K, _LONG_K_ROWS = 2048, 4096
-
-
 def _forward_with_gemm32(x, m, n, k):
-    return _with_gemm32(x, m, n, k) or (x.dtype == np.float32 and _vecmath.AVX512 and k >= _LONG_K
-                                        and m <= _LONG_K_ROWS)
+    return x.dtype == np.float32 and _vecmath.SIMD and (_vecmath.AVX512 or m * n * k <= _GEMM32_UP_TO)
 
 
 def linear_forward(x, w, b, activation):
@@ -530,7 +499,7 @@ def linear_forward(x, w, b, activation):
         kernel = _linear_forward_serial_gemm32 if own else _linear_forward_serial
         return kernel(x, w, bias, has_bias, epilogue_activation(activation, x.dtype))
     y = empty((x.shape[0], w.shape[0]), x.dtype)
-    blocks = (_blocks if own else _openblas_blocks)(max(y.shape))
+    blocks = _gemm32_blocks(*y.shape, numba.get_num_threads()) if own else _openblas_blocks(max(y.shape))
     with blas_guard(not own):
         work, act = _gemm_work(*y.shape, x.shape[1]), epilogue_activation(activation, x.dtype)
         if own:
