@@ -17,8 +17,8 @@ large SGEMM about twice as fast there). Measured on the Zen 5 dev host, one thre
 224 product (conv2's as one GEMM over copied tap rows) 204 GFLOP/s, ~90% of the core's FMA peak,
 against OpenBLAS's 97.5; conv2's actual nine accumulating 64 x 32 x 224 tap products per sample
 36.6 us (226 GFLOP/s). Users: the convolutions' backward (dW, and the wide kernel), the 1x1
-layers' forward (_pointwise.py), the linear layers on the calling thread (one gemm32 call), and through the threads gemm32_blocked (below:
-blocked for the caches): the linear layers' forward and backward, and matmul.
+layers' forward (_pointwise.py), the linear forward on the calling thread; and gemm32_blocked
+(below: blocked for the caches) the linear layers' other products and matmul.
 
 Each C element's sum runs over k in the same order wherever it sits (tile, edge, thread), so the
 results do not depend on the thread count.

@@ -105,8 +105,8 @@ def _op(a, trans):
 
 
 def matmul(a, b, trans_a, trans_b):
-    """op(a) @ op(b): by gemm32 with B packed in strips (_linear_forward_gemm32 without bias or
-    activation) for float32 on AVX-512 and AVX2 hosts where _by_gemm32 says so; else np.dot."""
+    """op(a) @ op(b): by gemm32_blocked (_linear_forward_gemm32 without bias or activation) for
+    float32 on AVX-512 and AVX2 hosts where _by_gemm32 says so; else np.dot."""
     m, k = a.shape[::-1] if trans_a else a.shape
     n = b.shape[0] if trans_b else b.shape[1]
     if not (a.dtype == b.dtype == np.float32 and _vecmath.SIMD and _by_gemm32(m, n, k)):
@@ -139,10 +139,11 @@ def _by_gemm32(m, n, k):
 def _gemm32_blocks(m, n, threads):
     """The blocks of matmul's and the linear forward's gemm32 products (_linear_forward_gemm32): one
     per thread (an uneven split left a thread idle long enough to fall asleep), of whole strips of
-    columns where there are enough of them; else of rows, each block with its own copy of all of B
-    (NR-padded), as many as keep those copies within A's size (k m values) and no fewer blocks than
-    strips. gemm32 sums each value in the same order wherever its tile sits, so the split does not
-    change the bits. The forward's blocks had been _blocks' (8 for 512 rows or more): Zen 5 host,
+    columns where there are enough of them; else of rows, each block packing all of B's columns
+    itself, so no more blocks than leave each as many rows as B has columns (NR-padded: the packing
+    then costs a block no more than reading its rows of A) and no fewer than strips. gemm32 sums
+    each value in the same order wherever its tile sits, so the split does not change the bits.
+    The forward's blocks had been _blocks' (8 for 512 rows or more): Zen 5 host,
     two threads, GFLOP/s 8 -> 2 blocks, three interleaved runs: 16384x256->256 147-156 -> 260-275,
     8192x512->512 258-309 -> 303-362, 4096x1024->1024 283-310 -> 305-343; 1024^3, 2048^3, 512^3
     and 3000x8192->256 within their noise."""
@@ -224,21 +225,33 @@ def _slice(a, along_rows, lo, hi):
     return a[lo:hi] if along_rows else a[:, lo:hi]
 
 
+# _blocked_product's float32 part and float64 total hold this many rows of C at a time: whole, they
+# came to three times C (a 4200x4100->2048 forward grew its process by 69 MiB for a 33 MiB output).
+_PART_ROWS = 512
+
+
 @njit(inline="always")
 def _blocked_product(gemm, k_block, a, b, c, trans_a, trans_b):
     """c = op(a) @ op(b) by `gemm`: one product, or where k_block > 0 and K > k_block, the
-    products of blocks of k_block of K added in float64 in order."""
+    products of blocks of k_block of K added in float64 in order (for _PART_ROWS rows of c at a
+    time: the same bits, as every gemm here sums each value alike wherever its row sits)."""
     k = a.shape[0] if trans_a else a.shape[1]
     if k_block == 0 or k <= k_block:
         gemm(a, b, c, 0.0, trans_a, trans_b)
         return
-    part = np.empty(c.shape, c.dtype)
-    total = np.zeros(c.shape)
-    for k0 in range(0, k, k_block):
-        k1 = min(k, k0 + k_block)
-        gemm(_slice(a, trans_a, k0, k1), _slice(b, not trans_b, k0, k1), part, 0.0, trans_a, trans_b)
-        _add_into(total, part)
-    _copy_into(c, total)
+    rows = min(c.shape[0], _PART_ROWS)
+    part = np.empty((rows, c.shape[1]), c.dtype)
+    total = np.empty((rows, c.shape[1]))
+    for r0 in range(0, c.shape[0], rows):
+        r1 = min(c.shape[0], r0 + rows)
+        a_rows = _slice(a, not trans_a, r0, r1)
+        total[:] = 0.0
+        for k0 in range(0, k, k_block):
+            k1 = min(k, k0 + k_block)
+            gemm(_slice(a_rows, trans_a, k0, k1), _slice(b, not trans_b, k0, k1), part[:r1 - r0], 0.0, trans_a,
+                 trans_b)
+            _add_into(total, part[:r1 - r0])
+        _copy_into(c[r0:r1], total)
 
 
 @njit(inline="always")
