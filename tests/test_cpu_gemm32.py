@@ -175,7 +175,9 @@ def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit_with_avx2(mon
         real = getattr(dense, name)
         monkeypatch.setattr(dense, name, lambda *a, real=real, name=name: used.append(name) or real(*a))
     rng = np.random.default_rng(6)
-    for m, k, n in [(7, 9, 5), (130, 300, 70)]:  # one on the calling thread, one through the threads
+    # on the calling thread; there for gemm32's kernels only (below _parallel.SERIAL_BELOW's work);
+    # through the threads
+    for m, k, n in [(7, 9, 5), (64, 512, 64), (130, 300, 100)]:
         x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
         b, dy = rng.standard_normal(n).astype(np.float32), rng.standard_normal((m, n)).astype(np.float32)
         y = ops.linear_forward(x, w, b, activation="relu")
@@ -184,12 +186,15 @@ def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit_with_avx2(mon
         np.testing.assert_allclose(dx, dy.astype(np.float64) @ w, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(dw, dy.T.astype(np.float64) @ x, rtol=1e-5, atol=1e-4)
         ops.linear_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
-    # (through the threads, the backward by gemm32 with AVX-512 only; OpenBLAS's is faster on AVX2)
+    # (through the threads, the backward by gemm32 with AVX-512 only; OpenBLAS's is faster on AVX2,
+    # so there the middle layer's backward stays OpenBLAS's, in the threaded kernel)
     backward = "_linear_backward_gemm32" if _vecmath.AVX512 else "_linear_backward"
+    middle_backward = "_linear_backward_serial_gemm32" if _vecmath.AVX512 else "_linear_backward"
     assert used == ["_linear_forward_serial_gemm32", "_linear_backward_serial_gemm32", "_linear_forward_serial",
+                    "_linear_forward_serial_gemm32", middle_backward, "_linear_forward",
                     "_linear_forward_gemm32", backward, "_linear_forward"]
     used.clear()
-    monkeypatch.setattr(dense, "_GEMM32_UP_TO", 130 * 300 * 70 - 1)  # just past the AVX2 forward's limit: OpenBLAS
+    monkeypatch.setattr(dense, "_GEMM32_UP_TO", m * k * n - 1)  # just past the AVX2 forward's limit: OpenBLAS
     ops.linear_forward(x, w, b)
     ops.linear_backward(dy, x, w)  # (with AVX-512 both are gemm32_blocked's at any size)
     assert used == ["_linear_forward_gemm32" if _vecmath.AVX512 else "_linear_forward", backward]

@@ -6,8 +6,8 @@ fused epilogues then use too: epilogue_activation).
 
 linear_forward / linear_backward split their GEMMs between the Numba threads (each runs a block
 with single-threaded BLAS, then its share of the epilogue while it is in cache: see _blas.py),
-so OpenBLAS's own threads never wake up and spin against the Numba loops that follow. Layers of
-at most _OWN_THREADS_BELOW multiply-adds run as one GEMM on the calling thread instead.
+so OpenBLAS's own threads never wake up and spin against the Numba loops that follow. Small layers
+run as one GEMM on the calling thread instead (_on_calling_thread).
 Math: csrc/kernels/dense.cuh.
 """
 import numba
@@ -17,7 +17,7 @@ from numba import njit, prange
 from ._blas import blas_guard, gemm
 from ._gemm32 import NR, gemm32, gemm32_blocked
 from ._memory import empty, empty_like
-from ._parallel import block, run
+from ._parallel import SERIAL_BELOW, block, run
 from . import _vecmath
 from ._stream import (PREFETCH_AHEAD, SPAN, _span, align_skip, prefetch, should_stream, store_fence, stream_map1,
                       stream_map2)
@@ -318,7 +318,7 @@ def _linear_backward_body(gemm, dw_rows, dy, x, w, has_bias, input_grad, split, 
 @njit(inline="always")
 def _linear_forward_serial_body(gemm, k_block, x, w, b, has_bias, act):
     """_linear_forward as one GEMM on the calling thread (K in blocks of k_block: _blocked_product),
-    for layers below _OWN_THREADS_BELOW; y is allocated here (no _memory cache needed at this size:
+    for small layers (_on_calling_thread); y is allocated here (no _memory cache needed at this size:
     np.empty in Python cost ~1 us more)."""
     y = np.empty((x.shape[0], w.shape[0]), x.dtype)
     _blocked_product(gemm, k_block, x, w, y, False, True)
@@ -329,7 +329,7 @@ def _linear_forward_serial_body(gemm, k_block, x, w, b, has_bias, act):
 
 @njit(inline="always")
 def _linear_backward_serial_body(gemm, dw_rows, dy, x, w, has_bias, input_grad):
-    """_linear_backward's GEMMs on the calling thread, for layers below _OWN_THREADS_BELOW: (dx, dw,
+    """_linear_backward's GEMMs on the calling thread, for small layers (_on_calling_thread): (dx, dw,
     db), dx of shape (0, 0) without input_grad."""
     dx = np.empty(x.shape if input_grad else (0, 0), x.dtype)
     dw = np.empty(w.shape, x.dtype)
@@ -434,6 +434,20 @@ def _linear_backward_serial_gemm32(dy, x, w, has_bias, input_grad):
 _OWN_THREADS_BELOW = 65536 * 4
 
 
+def _on_calling_thread(m, n, k, own):
+    """Whether a linear layer's m x n x k products go by the _serial kernels: up to _OWN_THREADS_BELOW
+    multiply-adds, or for gemm32's kernels (own) wherever _parallel.run would run the threaded kernel
+    on one thread anyway (its work below SERIAL_BELOW: 3.3 M multiply-adds), which only added the
+    thread count's switch and the parallel loop's set-up. Zen 5 host, us threaded kernel on one
+    thread -> serial kernel, forward / backward: 32x512->64 (the digits CNN's first dense layer at
+    its batch of 32) 20.0 -> 13.3 / 27.7 -> 20.8; 96x512->64 38.3 -> 29.9 / 68.0 -> 55.0; 16x784->256
+    52.3 -> 55.9 / 86.4 -> 65.7. (From 3.3 M the two threads run: 128x512->64 28 / 47 against the
+    serial kernels' 39 / 78.) Large outputs too, though the serial kernels allocate theirs with
+    np.empty rather than the _memory cache: 2048x1->1500 1450 -> 300 / 1672 -> 1614; 1024x3->1024
+    852 -> 350 / 636 -> 622."""
+    return m * n * k <= _OWN_THREADS_BELOW or (own and _gemm_work(m, n, k) < SERIAL_BELOW)
+
+
 def _blocks(n):
     """How many blocks the linear backward's gemm32 products are split into along a dimension of
     size n (OpenBLAS's: _openblas_blocks): a function of the size only, never of the thread count. BLAS
@@ -508,7 +522,7 @@ def linear_forward(x, w, b, activation):
     has_bias = b is not None
     bias = b if has_bias else np.empty(0, x.dtype)
     own = _forward_with_gemm32(x, x.shape[0], w.shape[0], x.shape[1])
-    if x.shape[0] * w.shape[0] * x.shape[1] <= _OWN_THREADS_BELOW:
+    if _on_calling_thread(x.shape[0], w.shape[0], x.shape[1], own):
         kernel = _linear_forward_serial_gemm32 if own else _linear_forward_serial
         return kernel(x, w, bias, has_bias, epilogue_activation(activation, x.dtype))
     y = empty((x.shape[0], w.shape[0]), x.dtype)
@@ -525,7 +539,8 @@ def linear_forward(x, w, b, activation):
 def linear_backward(dy, x, w, bias, input_grad):
     dy, x, w = np.ascontiguousarray(dy), np.ascontiguousarray(x), np.ascontiguousarray(w)
     own = x.dtype == np.float32 and _vecmath.SIMD
-    if dy.size * x.shape[1] <= _OWN_THREADS_BELOW:
+    # (gemm32's serial kernel past _OWN_THREADS_BELOW only where its threaded one would be gemm32's)
+    if _on_calling_thread(*dy.shape, x.shape[1], own and _vecmath.AVX512):
         kernel = _linear_backward_serial_gemm32 if own else _linear_backward_serial
         dx, dw, db = kernel(dy, x, w, bias, input_grad)
         return dx if input_grad else None, dw, db if bias else None
