@@ -47,7 +47,7 @@ from .._memory import empty
 from .._activation import epilogue_activation
 from ..pool import max_pool2d_forward, window_of
 from ._direct import _forward_direct
-from ._im2col import _backward_by_im2col, _forward_by_im2col
+from ._im2col import _backward_by_im2col, _backward_uses_gemm32, _forward_by_im2col
 from ._phases import _forward_by_phases, _uses_phases
 from ._pointwise import _backward_is_pointwise, _backward_pointwise, _forward_by_pointwise, _forward_is_pointwise
 from ._shared import _NO_POOL, _output_size, _parts, _unpooled_gradient, _uses_gemm32, _uses_tiles
@@ -164,8 +164,8 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
         # inf or NaN in dW (inf - inf in the transforms, or an overflow a direct sum avoids): all of
         # it again by the direct kernel below, whose non-finite values are a direct sum's
     tiles = _backward_uses_tiles(x, w, stride, input_grad)
-    # BLAS's products: the wide kernels' without gemm32, im2col's always
-    with blas_guard(not tiles and (stride != (1, 1) or not _uses_gemm32(x))):
+    # BLAS's products: the wide kernels' without gemm32, im2col's without AVX-512
+    with blas_guard(not tiles and (not _uses_gemm32(x) or (stride != (1, 1) and not _backward_uses_gemm32(x)))):
         if tiles:
             db_parts, dw_parts = _backward_by_tiles(dy3, from_pool, dy.shape[3], y3, activation, indices3, x, w, padding,
                                                     dilation, groups, oh, ow, parts, input_grad, dx)

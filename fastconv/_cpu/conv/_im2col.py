@@ -6,10 +6,11 @@ from numba import njit, prange
 
 from .._blas import gemm
 from .._gemm32 import gemm32
+from ..dense import _gemm32_in_blocks
 from .._memory import empty
 from .._activation import ZERO as _ZERO
 from ._epilogue import _bias_activate
-from ._shared import _sum, _threads, _uses_gemm32
+from ._shared import _FLUSH_POSITIONS, _sum, _threads, _uses_gemm32, _uses_tiles
 
 
 @njit(inline="always")
@@ -106,10 +107,12 @@ def _forward_gemm32(x, w2, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, 
     _forward_body(gemm32, x, w2, act, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, y)
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def _backward(dy, x, w2, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, input_grad, cols, dcols, dw_parts, db_parts,
-              dx):
-    """dx (when input_grad); dw_parts[t] / db_parts[t] = thread t's share of dW (C_out, R) / db (C_out,)."""
+@njit(inline="always")
+def _backward_body(weight_grad, input_grad_columns, dy, x, w2, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow,
+                   input_grad, cols, dcols, dw_parts, db_parts, scratch, dx):
+    """dx (when input_grad); dw_parts[t] / db_parts[t] = thread t's share of dW (C_out, R) / db (C_out,).
+    Per sample and group: weight_grad(dy_g, col, dw_g, scratch_t) adds dy_g @ col^T into dw_g, and
+    input_grad_columns(w_g, dy_g, dcol) sets dcol = w_g^T @ dy_g, which _col2im scatters into dx."""
     n_img, c = x.shape[0], x.shape[1]
     c_out, rows = w2.shape
     cg, cog, p = c // groups, c_out // groups, oh * ow
@@ -125,12 +128,55 @@ def _backward(dy, x, w2, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, input_g
                 db_t[o] += _sum(dy[n, o])
             for g in range(groups):
                 dy_g = dy[n, g * cog:(g + 1) * cog]
-                w_g = w2[g * cog:(g + 1) * cog]
                 _im2col(x, n, g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col)
-                gemm(dy_g, col, dw_t[g * cog:(g + 1) * cog], 1.0, False, True)
+                weight_grad(dy_g, col, dw_t[g * cog:(g + 1) * cog], scratch[t])
                 if input_grad:
-                    gemm(w_g, dy_g, dcol, 0.0, True, False)
+                    input_grad_columns(w2[g * cog:(g + 1) * cog], dy_g, dcol)
                     _col2im(dcol, n, g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, dx)
+
+
+@njit(inline="always")
+def _weight_grad_blas(dy_g, col, dw_g, scratch):
+    gemm(dy_g, col, dw_g, 1.0, False, True)  # (OpenBLAS blocks K, the positions, itself)
+
+
+@njit(inline="always")
+def _input_grad_columns_blas(w_g, dy_g, dcol):
+    gemm(w_g, dy_g, dcol, 0.0, True, False)
+
+
+@njit(inline="always")
+def _weight_grad_gemm32(dy_g, col, dw_g, scratch):
+    """dw_g += dy_g @ col^T by gemm32_blocked, over at most _FLUSH_POSITIONS positions a product (one
+    float32 chain each), each product added into dw_g, the part's float64 totals (as the stride-1
+    kernels' flushes: _shared.py)."""
+    p = col.shape[1]
+    part = scratch[:dw_g.shape[0], :dw_g.shape[1]]
+    for p0 in range(0, p, _FLUSH_POSITIONS):
+        p1 = min(p, p0 + _FLUSH_POSITIONS)
+        _gemm32_in_blocks(dy_g[:, p0:p1], col[:, p0:p1], part, 0.0, False, True)
+        for i in range(dw_g.shape[0]):
+            for j in range(dw_g.shape[1]):
+                dw_g[i, j] += part[i, j]
+
+
+@njit(inline="always")
+def _input_grad_columns_gemm32(w_g, dy_g, dcol):
+    _gemm32_in_blocks(w_g, dy_g, dcol, 0.0, True, False)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _backward(dy, x, w2, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, input_grad, cols, dcols, dw_parts, db_parts,
+              scratch, dx):
+    _backward_body(_weight_grad_blas, _input_grad_columns_blas, dy, x, w2, groups, kh, kw, sh, sw, pt, pl, dh, dw,
+                   oh, ow, input_grad, cols, dcols, dw_parts, db_parts, scratch, dx)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _backward_gemm32(dy, x, w2, groups, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, input_grad, cols, dcols, dw_parts,
+                     db_parts, scratch, dx):
+    _backward_body(_weight_grad_gemm32, _input_grad_columns_gemm32, dy, x, w2, groups, kh, kw, sh, sw, pt, pl, dh,
+                   dw, oh, ow, input_grad, cols, dcols, dw_parts, db_parts, scratch, dx)
 
 
 def _forward_by_im2col(x, w, b, stride, padding, dilation, groups, oh, ow, act, y):
@@ -145,12 +191,23 @@ def _forward_by_im2col(x, w, b, stride, padding, dilation, groups, oh, ow, act, 
 
 
 def _backward_by_im2col(dy3, x, w, w2, stride, padding, dilation, groups, oh, ow, parts, input_grad, dx):
-    """_backward's buffers; (db_parts, dw_parts) as _conv2d_backward's."""
+    """_backward's buffers (_backward_gemm32's where _backward_uses_gemm32); (db_parts, dw_parts) as
+    _conv2d_backward's."""
     c_out, cg, kh, kw = w.shape
     rows, p = cg * kh * kw, oh * ow
     cols = empty((parts, rows * p), x.dtype)
-    dw_parts = np.zeros((parts, c_out, rows), x.dtype)  # zeros: an empty batch has no samples to write them
-    db_parts = np.zeros((parts, c_out), x.dtype)
-    _backward(dy3, x, w2, groups, kh, kw, stride[0], stride[1], padding[0], padding[2], dilation[0],
-              dilation[1], oh, ow, input_grad, cols, empty(cols.shape, x.dtype), dw_parts, db_parts, dx)
+    own = _backward_uses_gemm32(x)
+    sums = np.float64 if own else x.dtype  # (OpenBLAS's: each sample's product added in float32)
+    dw_parts = np.zeros((parts, c_out, rows), sums)  # zeros: an empty batch has no samples to write them
+    db_parts = np.zeros((parts, c_out), sums)
+    scratch = empty((parts, c_out // groups, rows) if own else (parts, 0, 0), x.dtype)
+    (_backward_gemm32 if own else _backward)(dy3, x, w2, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],
+                                             dilation[0], dilation[1], oh, ow, input_grad, cols,
+                                             empty(cols.shape, x.dtype), dw_parts, db_parts, scratch, dx)
     return db_parts, dw_parts
+
+
+def _backward_uses_gemm32(x):
+    """The products by gemm32_blocked: float32 on AVX-512 hosts (the register tiles' hosts; OpenBLAS's
+    AVX2 kernels elsewhere)."""
+    return _uses_tiles(x)
