@@ -165,7 +165,8 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
         # it again by the direct kernel below, whose non-finite values are a direct sum's
     tiles = _backward_uses_tiles(x, w, stride, input_grad)
     # BLAS's products: the wide kernels' without gemm32, im2col's without AVX-512
-    with blas_guard(not tiles and (not _uses_gemm32(x) or (stride != (1, 1) and not _backward_uses_gemm32(x)))):
+    with blas_guard(not tiles and (not _uses_gemm32(x)
+                                   or (stride != (1, 1) and not _backward_uses_gemm32(x, w, groups, oh * ow)))):
         if tiles:
             db_parts, dw_parts = _backward_by_tiles(dy3, from_pool, dy.shape[3], y3, activation, indices3, x, w, padding,
                                                     dilation, groups, oh, ow, parts, input_grad, dx)

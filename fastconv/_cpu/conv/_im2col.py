@@ -196,7 +196,7 @@ def _backward_by_im2col(dy3, x, w, w2, stride, padding, dilation, groups, oh, ow
     c_out, cg, kh, kw = w.shape
     rows, p = cg * kh * kw, oh * ow
     cols = empty((parts, rows * p), x.dtype)
-    own = _backward_uses_gemm32(x)
+    own = _backward_uses_gemm32(x, w, groups, p)
     sums = np.float64 if own else x.dtype  # (OpenBLAS's: each sample's product added in float32)
     dw_parts = np.zeros((parts, c_out, rows), sums)  # zeros: an empty batch has no samples to write them
     db_parts = np.zeros((parts, c_out), sums)
@@ -207,7 +207,12 @@ def _backward_by_im2col(dy3, x, w, w2, stride, padding, dilation, groups, oh, ow
     return db_parts, dw_parts
 
 
-def _backward_uses_gemm32(x):
+def _backward_uses_gemm32(x, w, groups, positions):
     """The products by gemm32_blocked: float32 on AVX-512 hosts (the register tiles' hosts; OpenBLAS's
-    AVX2 kernels elsewhere)."""
-    return _uses_tiles(x)
+    AVX2 kernels elsewhere), for groups of at least a register tile's rows of output channels (8) and
+    products of at least 2^16 multiply-adds: gemm32_blocked's packing and edge buffers cost more than
+    OpenBLAS's calls on tiny ones (Zen 5, ms, OpenBLAS -> gemm32_blocked: a depthwise 512-channel 14x14
+    layer 3.7 -> 4.1, 4x16->16 9x9 stride 3 0.04 -> 0.06; a 16x128->128 56x56 layer 15 -> 10)."""
+    c_out, cg, kh, kw = w.shape
+    cog = c_out // groups
+    return _uses_tiles(x) and cog >= 8 and cog * cg * kh * kw * positions >= 1 << 16
