@@ -6,6 +6,7 @@ about 4 KiB per result, so a leak of one result per call (40 MB over 10,000 call
 slack; the slack absorbs allocator noise.
 """
 import gc
+import itertools
 import os
 import threading
 
@@ -280,6 +281,7 @@ def test_the_blas_guard_is_held_around_blas_kernels_only(cpu, monkeypatch):
     im2col without AVX-512) run inside single_threaded_blas; gemm32's (float32 on AVX-512 or AVX2
     hosts) skip its ~5 us of thread-count reads and writes."""
     from fastconv._cpu import _vecmath
+    from fastconv._cpu.conv._im2col import _backward_uses_gemm32
 
     rng = np.random.default_rng(0)
 
@@ -292,11 +294,14 @@ def test_the_blas_guard_is_held_around_blas_kernels_only(cpu, monkeypatch):
         assert _guarded(monkeypatch, lambda: ops.linear_forward(x, w, b)) == (not gemm32)
         assert _guarded(monkeypatch, lambda: ops.linear_backward(r(256, 128, dtype=dtype), x, w)) == \
             (not (gemm32 and _vecmath.AVX512))  # (the backward's gemm32 path: AVX-512 only)
-        xc, wc = r(4, 16, 10, 10, dtype=dtype), r(16, 16, 3, 3, dtype=dtype)
-        for stride in (1, 2):
+        layers = [(r(4, 16, 10, 10, dtype=dtype), r(16, 16, 3, 3, dtype=dtype), False),  # strided: 57,600 a product
+                  (r(2, 16, 20, 20, dtype=dtype), r(16, 16, 3, 3, dtype=dtype), True)]  # 230,400
+        for (xc, wc, big), stride in itertools.product(layers, (1, 2)):
             y = ops.conv2d_forward(xc, wc, stride=stride, padding=1)
             assert _guarded(monkeypatch, lambda: ops.conv2d_forward(xc, wc, stride=stride, padding=1)) == (not gemm32)
-            # strided backward: im2col's products, gemm32_blocked's with AVX-512, else BLAS's
+            # strided backward: im2col's products, gemm32_blocked's with AVX-512 on products of >= 2^16
+            # multiply-adds, else BLAS's
+            blas = stride == 2 and not _backward_uses_gemm32(xc, wc, 1, y.shape[2] * y.shape[3])
+            assert blas == (stride == 2 and not (_vecmath.AVX512 and dtype == np.float32 and big))
             assert _guarded(monkeypatch, lambda: ops.conv2d_backward(np.ones_like(y), xc, wc, stride=stride,
-                                                                      padding=1)) == \
-                (not gemm32 or (stride == 2 and not _vecmath.AVX512))
+                                                                      padding=1)) == (not gemm32 or blas)
