@@ -388,9 +388,10 @@ def _linear_forward_gemm32(x, trans_x, w, w_is_weight, b, has_bias, act, blocks,
 
 @njit(inline="always")
 def _gemm32_in_blocks(a, b, c, beta, trans_a, trans_b):
-    """The threaded products (beta 0) by gemm32_blocked, which blocks K and the rows of C for the
-    caches (_gemm32.py): the forward's op(x) @ w^T and matmul's, the backward's dx = dy @ w and
-    dw = dy^T @ x; the arguments as gemm32's shim passes them."""
+    """Products (beta 0) by gemm32_blocked, which blocks K and the rows of C for the caches
+    (_gemm32.py): the linear forward's op(x) @ w^T and matmul's, the linear backward's dx = dy @ w
+    and dw = dy^T @ x, the strided convolutions' backward (conv/_im2col.py); the arguments as
+    gemm32's shim passes them."""
     if beta != 0.0:
         raise ValueError("_gemm32_in_blocks: beta 0 only")
     gemm32_blocked(a[::1, ::1], b[::1, ::1], c[::1, ::1], bool(trans_a), bool(trans_b))

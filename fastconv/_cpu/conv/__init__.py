@@ -20,8 +20,10 @@ stride), elsewhere those with >= 8 input channels per group by the same shifted 
 layer on a few positions a sample runs as a product over the whole batch (_forward_pointwise,
 _backward_pointwise). For im2col, per sample n and group g:
 - forward: y[n, g's channels] = W_g @ col, then bias + activation while y[n] is in cache;
-- backward: dW_g += dy[n, g] @ col^T into a partial dW (GEMM with beta = 1), dcol = W_g^T @ dy[n, g]
-  scattered back into dx[n]; db from the same dy[n] rows. The partial dW / db are over blocks of
+- backward: dW_g += dy[n, g] @ col^T into a partial dW (OpenBLAS with beta = 1; with AVX-512,
+  gemm32_blocked over blocks of positions and output channels, each block's product added in:
+  _im2col._weight_grad_gemm32), dcol = W_g^T @ dy[n, g] scattered back into dx[n]; db from the same
+  dy[n] rows. The partial dW / db are over blocks of
   samples fixed by the batch size (_GRADIENT_PARTS), added in order: the same bits on any thread
   count.
 
@@ -164,7 +166,7 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
         # inf or NaN in dW (inf - inf in the transforms, or an overflow a direct sum avoids): all of
         # it again by the direct kernel below, whose non-finite values are a direct sum's
     tiles = _backward_uses_tiles(x, w, stride, input_grad)
-    # BLAS's products: the wide kernels' without gemm32, im2col's without AVX-512
+    # BLAS's products: the wide kernels' without gemm32, im2col's where not _backward_uses_gemm32
     with blas_guard(not tiles and (not _uses_gemm32(x)
                                    or (stride != (1, 1) and not _backward_uses_gemm32(x, w, groups, oh * ow)))):
         if tiles:

@@ -147,17 +147,24 @@ def _input_grad_columns_blas(w_g, dy_g, dcol):
 
 @njit(inline="always")
 def _weight_grad_gemm32(dy_g, col, dw_g, scratch):
-    """dw_g += dy_g @ col^T by gemm32_blocked, over at most _FLUSH_POSITIONS positions a product (one
-    float32 chain each), each product added into dw_g, the part's float64 totals (as the stride-1
-    kernels' flushes: _shared.py)."""
-    p = col.shape[1]
-    part = scratch[:dw_g.shape[0], :dw_g.shape[1]]
-    for p0 in range(0, p, _FLUSH_POSITIONS):
-        p1 = min(p, p0 + _FLUSH_POSITIONS)
-        _gemm32_in_blocks(dy_g[:, p0:p1], col[:, p0:p1], part, 0.0, False, True)
-        for i in range(dw_g.shape[0]):
-            for j in range(dw_g.shape[1]):
-                dw_g[i, j] += part[i, j]
+    """dw_g += dy_g @ col^T by gemm32_blocked: products over at most _FLUSH_POSITIONS positions (one
+    float32 chain each) and scratch's rows of dw_g (_SCRATCH_ROWS) at a time, each added into dw_g
+    in float32, as OpenBLAS adds its blocks of K."""
+    p, rows = col.shape[1], scratch.shape[0]
+    for r0 in range(0, dw_g.shape[0], rows):
+        r1 = min(dw_g.shape[0], r0 + rows)
+        part = scratch[:r1 - r0, :dw_g.shape[1]]
+        for p0 in range(0, p, _FLUSH_POSITIONS):
+            p1 = min(p, p0 + _FLUSH_POSITIONS)
+            _gemm32_in_blocks(dy_g[r0:r1, p0:p1], col[:, p0:p1], part, 0.0, False, True)
+            for i in range(r1 - r0):
+                for j in range(dw_g.shape[1]):
+                    dw_g[r0 + i, j] += part[i, j]
+
+
+# _weight_grad_gemm32's scratch rows: a part's products for at most this many output channels at a
+# time (whole groups up to 128 channels; a 512-channel layer's scratch a quarter of its dW part).
+_SCRATCH_ROWS = 128
 
 
 @njit(inline="always")
@@ -196,11 +203,10 @@ def _backward_by_im2col(dy3, x, w, w2, stride, padding, dilation, groups, oh, ow
     c_out, cg, kh, kw = w.shape
     rows, p = cg * kh * kw, oh * ow
     cols = empty((parts, rows * p), x.dtype)
+    dw_parts = np.zeros((parts, c_out, rows), x.dtype)  # zeros: an empty batch has no samples to write them
+    db_parts = np.zeros((parts, c_out), x.dtype)
     own = _backward_uses_gemm32(x, w, groups, p)
-    sums = np.float64 if own else x.dtype  # (OpenBLAS's: each sample's product added in float32)
-    dw_parts = np.zeros((parts, c_out, rows), sums)  # zeros: an empty batch has no samples to write them
-    db_parts = np.zeros((parts, c_out), sums)
-    scratch = empty((parts, c_out // groups, rows) if own else (parts, 0, 0), x.dtype)
+    scratch = empty((parts, min(c_out // groups, _SCRATCH_ROWS), rows) if own else (parts, 0, 0), x.dtype)
     (_backward_gemm32 if own else _backward)(dy3, x, w2, groups, kh, kw, stride[0], stride[1], padding[0], padding[2],
                                              dilation[0], dilation[1], oh, ow, input_grad, cols,
                                              empty(cols.shape, x.dtype), dw_parts, db_parts, scratch, dx)

@@ -37,7 +37,8 @@ def _sum(row):
 # 1024 x 1024 (OpenBLAS, which blocks K, 5e-7). So the products go over at most this many output
 # positions at a time (a sample's rows in blocks), and after every this many the task's float32 sums
 # are added into its float64 totals and restarted (_flush_into): chains of < 2 * 4096 terms, as the
-# linear layers' K blocks (dense._K_BLOCK).
+# linear layers' K blocks (dense._K_BLOCK). (The strided backward's products by gemm32 also take at
+# most this many positions each: _im2col._weight_grad_gemm32.)
 _FLUSH_POSITIONS = 4096
 
 
