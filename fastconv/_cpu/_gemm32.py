@@ -32,7 +32,7 @@ from numba.extending import intrinsic
 from ._taps32 import transpose16_block
 from ._vecmath import TARGET_AVX512, as_i64, broadcast, copy_rows16, lanes_below, masked_load, masked_store
 
-__all__ = ["gemm32", "gemm32_blocked", "gemm32_runs", "pack_strip", "strips_shape", "MR", "NR"]
+__all__ = ["gemm32", "gemm32_blocked", "gemm32_in_blocks", "gemm32_runs", "pack_strip", "strips_shape", "MR", "NR"]
 
 # The register tile, rows of A by columns of B: 8 x 32 in 16 of AVX-512's 32 zmm registers; 6 x 16
 # with AVX2, 12 of its 16 ymm registers (a 16-float vector is two ymm halves there; 8 x 32 would
@@ -256,6 +256,17 @@ def gemm32_blocked(a, b, c, trans_a, trans_b):
             a_rs, a_cs = _a_steps(panel, trans_a)
             _products(panel, trans_a, a_rs, a_cs, strips, NR, (k1 - k0) * NR, c[i0:i1], _stride(c), i1 - i0, n,
                       k1 - k0, k0 > 0, k1 - k0, 0)
+
+
+@njit(inline="always")
+def gemm32_in_blocks(a, b, c, beta, trans_a, trans_b):
+    """gemm32_blocked with gemm32's arguments (beta 0 only), for the kernels that take a GEMM as an
+    argument: the linear layers' threaded products and their backward (dense.py), the strided
+    convolutions' backward (conv/_im2col.py). The arrays go on as views of layout "A" and the flags
+    as plain bools, as gemm32's do: one compiled gemm32_blocked for every caller."""
+    if beta != 0.0:
+        raise ValueError("gemm32_in_blocks: beta 0 only")
+    gemm32_blocked(a[::1, ::1], b[::1, ::1], c[::1, ::1], bool(trans_a), bool(trans_b))
 
 
 @njit(nogil=True, cache=True)

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._blas import blas_guard, gemm
-from ._gemm32 import NR, gemm32, gemm32_blocked
+from ._gemm32 import NR, gemm32, gemm32_in_blocks
 from ._memory import empty, empty_like
 from ._parallel import SERIAL_BELOW, block, run
 from . import _vecmath
@@ -380,21 +380,10 @@ def _linear_forward_gemm32(x, trans_x, w, w_is_weight, b, has_bias, act, blocks,
             (r0, r1), s0, s1 = block(t, blocks, rows), 0, n_strips
         c0, c1 = s0 * NR, min(cols, s1 * NR)
         if r1 > r0 and c1 > c0:
-            _blocked_product(_gemm32_in_blocks, _K_BLOCK, _slice(x, not trans_x, r0, r1),
+            _blocked_product(gemm32_in_blocks, _K_BLOCK, _slice(x, not trans_x, r0, r1),
                              _slice(w, w_is_weight, c0, c1), y[r0:r1, c0:c1], trans_x, w_is_weight)
             if has_bias or act:
                 _epilogue(y, r0, r1, c0, c1, b, has_bias, act)
-
-
-@njit(inline="always")
-def _gemm32_in_blocks(a, b, c, beta, trans_a, trans_b):
-    """Products (beta 0) by gemm32_blocked, which blocks K and the rows of C for the caches
-    (_gemm32.py): the linear forward's op(x) @ w^T and matmul's, the linear backward's dx = dy @ w
-    and dw = dy^T @ x, the strided convolutions' backward (conv/_im2col.py); the arguments as
-    gemm32's shim passes them."""
-    if beta != 0.0:
-        raise ValueError("_gemm32_in_blocks: beta 0 only")
-    gemm32_blocked(a[::1, ::1], b[::1, ::1], c[::1, ::1], bool(trans_a), bool(trans_b))
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -404,7 +393,7 @@ def _linear_backward(dy, x, w, has_bias, input_grad, split, dx, dw, db):
 
 @njit(parallel=True, nogil=True, cache=True)
 def _linear_backward_gemm32(dy, x, w, has_bias, input_grad, split, dx, dw, db):
-    _linear_backward_body(_gemm32_in_blocks, _K_BLOCK, dy, x, w, has_bias, input_grad, split, dx, dw, db)
+    _linear_backward_body(gemm32_in_blocks, _K_BLOCK, dy, x, w, has_bias, input_grad, split, dx, dw, db)
 
 
 @njit(nogil=True, cache=True)
@@ -424,7 +413,7 @@ def _linear_backward_serial(dy, x, w, has_bias, input_grad):
 
 @njit(nogil=True, cache=True)
 def _linear_backward_serial_gemm32(dy, x, w, has_bias, input_grad):
-    return _linear_backward_serial_body(_gemm32_in_blocks, _K_BLOCK, dy, x, w, has_bias, input_grad)
+    return _linear_backward_serial_body(gemm32_in_blocks, _K_BLOCK, dy, x, w, has_bias, input_grad)
 
 
 # OpenBLAS runs a GEMM of at most 65536 * 4 multiply-adds on one thread whatever its thread count

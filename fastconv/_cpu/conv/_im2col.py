@@ -5,8 +5,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._blas import gemm
-from .._gemm32 import gemm32
-from ..dense import _gemm32_in_blocks
+from .._gemm32 import gemm32, gemm32_in_blocks
 from .._memory import empty
 from .._activation import ZERO as _ZERO
 from ._epilogue import _bias_activate
@@ -156,7 +155,7 @@ def _weight_grad_gemm32(dy_g, col, dw_g, scratch):
         part = scratch[:r1 - r0, :dw_g.shape[1]]
         for p0 in range(0, p, _FLUSH_POSITIONS):
             p1 = min(p, p0 + _FLUSH_POSITIONS)
-            _gemm32_in_blocks(dy_g[r0:r1, p0:p1], col[:, p0:p1], part, 0.0, False, True)
+            gemm32_in_blocks(dy_g[r0:r1, p0:p1], col[:, p0:p1], part, 0.0, False, True)
             for i in range(r1 - r0):
                 for j in range(dw_g.shape[1]):
                     dw_g[r0 + i, j] += part[i, j]
@@ -169,7 +168,7 @@ _SCRATCH_ROWS = 128
 
 @njit(inline="always")
 def _input_grad_columns_gemm32(w_g, dy_g, dcol):
-    _gemm32_in_blocks(w_g, dy_g, dcol, 0.0, True, False)
+    gemm32_in_blocks(w_g, dy_g, dcol, 0.0, True, False)
 
 
 @njit(parallel=True, nogil=True, cache=True)
