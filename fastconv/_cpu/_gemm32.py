@@ -172,14 +172,13 @@ def _gemm32_any(a, b, c, beta, trans_a, trans_b):
     k = a.shape[0] if trans_a else a.shape[1]
     if not _scaled_by_beta(c, beta, k):
         return
+    a_rs, a_cs = _a_steps(a, trans_a)
     if trans_b:
         strips = np.empty(strips_shape(n, k), np.float32)
         for strip in range(strips.shape[0]):
             pack_strip(b, strip, strips)
-        a_rs, a_cs = _a_steps(a, trans_a)
         _products(a, trans_a, a_rs, a_cs, strips, NR, k * NR, c, _stride(c), m, n, k, beta != 0.0, k, 0)
     else:
-        a_rs, a_cs = _a_steps(a, trans_a)
         _products(a, trans_a, a_rs, a_cs, b, _stride(b), 0, c, _stride(c), m, n, k, beta != 0.0, k, 0)
 
 

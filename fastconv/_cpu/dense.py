@@ -529,11 +529,6 @@ def linear_forward(x, w, b, activation):
 def linear_backward(dy, x, w, bias, input_grad):
     dy, x, w = np.ascontiguousarray(dy), np.ascontiguousarray(x), np.ascontiguousarray(w)
     own = x.dtype == np.float32 and _vecmath.SIMD
-    # (gemm32's serial kernel past _OWN_THREADS_BELOW only where its threaded one would be gemm32's)
-    if _on_calling_thread(*dy.shape, x.shape[1], own and _vecmath.AVX512):
-        kernel = _linear_backward_serial_gemm32 if own else _linear_backward_serial
-        dx, dw, db = kernel(dy, x, w, bias, input_grad)
-        return dx if input_grad else None, dw, db if bias else None
     # Through the threads, gemm32's backward wins with AVX-512 only. AVX2 kernels, interleaved A/B
     # on a Zen 4 host, GFLOP/s gemm32 vs OpenBLAS: 128x3136->128 148 vs 159, 256x1024->512 117 vs
     # 175, 512^3 156 vs 186 (its forwards 161-203 vs 143-166 stay ours); the Zen 3 AVX2 host's
@@ -544,13 +539,18 @@ def linear_backward(dy, x, w, bias, input_grad):
     # 4096x1024->1024 115 -> 334 (210); 2048^3 133 -> 365 (219); 784x512->2048 288 -> 347 (210);
     # 8192x512->256 165 -> 327 (193); 128x4096->4096 160 -> 221 (162). (Past _GEMM32_UP_TO these had
     # been OpenBLAS's.) Zen 4 (double-pumped AVX-512) unmeasured.
-    own = own and _vecmath.AVX512
+    threaded_own = own and _vecmath.AVX512
+    # (gemm32's serial kernel past _OWN_THREADS_BELOW only where the threaded one would be gemm32's)
+    if _on_calling_thread(*dy.shape, x.shape[1], threaded_own):
+        kernel = _linear_backward_serial_gemm32 if own else _linear_backward_serial
+        dx, dw, db = kernel(dy, x, w, bias, input_grad)
+        return dx if input_grad else None, dw, db if bias else None
     dx = empty(x.shape if input_grad else (0, 0), x.dtype)
     dw = empty(w.shape, x.dtype)
     db = np.zeros(w.shape[0], x.dtype)
-    with blas_guard(not own):
-        run(_linear_backward_gemm32 if own else _linear_backward, _gemm_work(*dy.shape, x.shape[1]), dy, x, w, bias,
-            input_grad, _backward_split(*dy.shape, x.shape[1], own), dx, dw, db)
+    with blas_guard(not threaded_own):
+        run(_linear_backward_gemm32 if threaded_own else _linear_backward, _gemm_work(*dy.shape, x.shape[1]), dy, x,
+            w, bias, input_grad, _backward_split(*dy.shape, x.shape[1], threaded_own), dx, dw, db)
     return dx if input_grad else None, dw, db if bias else None
 
 
