@@ -5,7 +5,8 @@ narrow, large-B and float64 products, which are np.dot's (dense._by_gemm32). Exp
 functions as the native backends.
 
 Kernels are compiled on first use and cached on disk (cache=True); Numba falls back to a per-user
-cache directory when the install directory is read-only. Numba checks a cached kernel against its
+cache directory when the install directory is read-only. A cached entry is loaded only for the
+signature it was compiled for (_numba_cache.py: concurrent compiles can cross them). Numba checks a cached kernel against its
 own file only: after editing a helper that kernels compile in from another module (any module of
 fastconv/_cpu: _blas.py's gemm too, and between the modules of the conv package, e.g. conv/_epilogue.py's
 _bias_activate), clear fastconv/_cpu/__pycache__ and fastconv/_cpu/conv/__pycache__ or set
@@ -33,6 +34,10 @@ if "OMP_WAIT_POLICY" not in os.environ:
 import numpy as np  # noqa: E402
 
 from . import _memory, check, conv, dense, loss, optim, pool
+from ._numba_cache import check_signatures
+
+# Before any kernel loads from Numba's disk cache (_blas.py checks its own, which run on import).
+check_signatures(module for name, module in list(sys.modules.items()) if name.startswith(__name__ + "."))
 
 FAMILIES = (dense, conv, pool, loss, optim, check)
 

@@ -13,12 +13,15 @@ leading dimension), transposes and beta, so no operand is copied and C += A @ B 
 """
 import contextlib
 import os
+import sys
 import threading
 
 import numba.np.linalg
 import numpy as np
 from numba import njit, types
 from threadpoolctl import ThreadpoolController
+
+from ._numba_cache import check_signatures
 
 __all__ = ["gemm", "single_threaded_blas", "blas_guard"]
 
@@ -70,6 +73,7 @@ def _first_call(a):
     gemm(a, a, c, 0.0, False, False)
 
 
+check_signatures([sys.modules[__name__]])  # (before the first call loads them: _numba_cache.py)
 for _dtype in (np.float32, np.float64):
     _first_call(np.ones((1, 1), _dtype))
 
