@@ -18,6 +18,8 @@ import fastconv._cpu  # the backend: applies the checked cache to its kernels
 from fastconv._cpu.check import _range_of
 for dtype in (np.int32, np.int64):
     print(dtype.__name__, *_range_of(np.array([5, -3, 7, 1, 9, -8, 2, 4], dtype)))
+stats = _range_of.stats
+print("loaded", sum(stats.cache_hits.values()), "compiled", sum(stats.cache_misses.values()))
 """
 EXPECTED = "int32 -8 9\nint64 -8 9\n"
 
@@ -44,9 +46,31 @@ def _swap_data_files(index_path):
 
 
 def test_a_kernel_cached_under_another_signature_is_compiled_afresh(tmp_path):
-    assert _run_child(tmp_path) == EXPECTED  # compiles both, and caches them
+    assert _run_child(tmp_path) == EXPECTED + "loaded 0 compiled 2\n"  # and caches both
     indexes = glob.glob(str(tmp_path / "**" / "check._range_of-*.nbi"), recursive=True)
     assert len(indexes) == 1, indexes
     _swap_data_files(indexes[0])
-    assert _run_child(tmp_path) == EXPECTED  # each loads the other's code: dropped, compiled again
-    assert _run_child(tmp_path) == EXPECTED  # and saved over the bad entries
+    # each finds the other's code: dropped, compiled again and saved over the bad entry ...
+    assert _run_child(tmp_path) == EXPECTED + "loaded 0 compiled 2\n"
+    # ... so that the next process loads both (a check that refused good entries would compile them)
+    assert _run_child(tmp_path) == EXPECTED + "loaded 2 compiled 0\n"
+
+
+def test_every_cached_cpu_kernel_has_the_checked_cache():
+    """A kernel module imported later than the backend's check (or one that runs a kernel on import
+    before it, as _blas.py does) would load unchecked: every fastconv dispatcher with a disk cache,
+    anywhere in memory, must have the checked one."""
+    import gc
+
+    import fastconv._cpu  # noqa: F401 (the backend, and its check)
+    from numba.core.caching import FunctionCache
+    from numba.core.dispatcher import Dispatcher
+
+    from fastconv._cpu._numba_cache import _SignatureCheckedCache
+
+    cached = [d for d in gc.get_objects() if isinstance(d, Dispatcher)
+              and d.py_func.__module__.startswith("fastconv") and isinstance(getattr(d, "_cache", None), FunctionCache)]
+    assert len(cached) > 50
+    unchecked = [f"{d.py_func.__module__}.{d.py_func.__qualname__}" for d in cached
+                 if type(d._cache) is not _SignatureCheckedCache]
+    assert not unchecked, unchecked

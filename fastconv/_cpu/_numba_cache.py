@@ -10,7 +10,9 @@ gufuncs' two files). From then on every process would load that code for it:
 a call fails to unbox its arguments (a TypeError, at every call, until the cache is deleted), or,
 for array layouts that unbox alike, runs the wrong code on them. Numba loads a cached
 entry without comparing its signature with the one asked for; here a loaded entry whose signature
-differs is dropped, and the kernel is compiled afresh (and saved over the bad entry).
+differs is dropped, and the kernel is compiled afresh (and saved over the bad entry). Only the
+arguments are compared: an entry crossed between two CPUs' keys (one cache shared by different
+machines, and the same race) would still load.
 
 check_signatures(modules) applies this to the kernels (Numba dispatchers with cache=True) defined
 in those modules; the cpu backend calls it for its own modules before any kernel runs.
