@@ -7,6 +7,10 @@ import pytest
 
 import fastconv.backend
 
+# fit's compile-ahead helper process (fastconv/train/_compile_ahead.py) stays off in the tests, and in
+# the processes they start, unless a test turns it on: the suite's timings and processes stay its own.
+os.environ["FASTCONV_COMPILE_AHEAD"] = "0"
+
 ALL_BACKENDS = ("cpu", "emu", "cuda")
 
 
