@@ -13,7 +13,9 @@ validation's batches. What it compiles lands in Numba's disk cache, where fit's 
 when it gets there; a kernel that both reach first is compiled twice, no worse than before. The
 kernels are the same either way (same code, flags and CPU): the results are bit for bit those of a
 run without it. `fastconv train digits_cnn` on an empty cache, Zen 5 host, 2 cores, alternating:
-84.3 and 81.5 s wall without, 58.2 and 55.1 s with; warm runs (no compile, no helper) level.
+99.5 and 87.1 s wall without, 66.5 and 66.5 s with (in a faster hour, with the first version, which
+skipped the last batch's sizes: 84.3 and 81.5 against 58.2 and 55.1); warm runs (no compile, no
+helper) level.
 
 Only on the cpu backend, for an nn.Sequential of fastconv's own layers (the helper rebuilds it from
 config()), and where a core is free: two or more usable, and a load average over the last minute at
