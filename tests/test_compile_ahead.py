@@ -72,7 +72,7 @@ def test_the_helper_compiles_all_that_training_and_validation_need_but_the_loss_
         model = _model()
         model[0].freeze()
         spec = _compile_ahead._spec(model, np.zeros((70, 6), np.float32), 16, 256, 26)
-    assert spec["batches"] == [16, 6] and spec["predict_batches"] == [26] and spec["frozen"] == [0]
+    assert spec["batches"] == [16, 6] and spec["predict_batches"] == [26] and spec["frozen"] == ["0.weight", "0.bias"]
     _python(HELPER, tmp_path, "0", stdin=json.dumps(spec))
     _, compiled, started = _python(["-c", FIT], tmp_path, "0")
     left = [name for name in eval(compiled) if not name.startswith(("fastconv._cpu.loss.", "fastconv._cpu.optim.",

@@ -76,7 +76,7 @@ def helping(model, x, batch_size, predict_batch_size, predict_rows):
 
 def _spec(model, x, batch_size, predict_batch_size, predict_rows):
     """The helper's instructions as a JSON-able dict, or None where it cannot help."""
-    from .. import backend, nn
+    from .. import backend, checkpoint, nn
     if backend.current().name != "cpu" or type(model) is not nn.Sequential:
         return None
     if not all(type(m).__module__.startswith("fastconv.") for m in model.modules()):
@@ -85,7 +85,7 @@ def _spec(model, x, batch_size, predict_batch_size, predict_rows):
     rows = len(x)
     return {"model": model.config(), "sample": list(x.shape[1:]), "dtype": np.asarray(x[:1]).dtype.str,
             "batches": _sizes(batch_size, rows), "predict_batches": _sizes(predict_batch_size, predict_rows),
-            "frozen": [i for i, layer in enumerate(model) if layer.parameters() and not nn._trains(layer)],
+            "frozen": checkpoint.frozen_names(model),
             "threads": numba.get_num_threads()}
 
 
@@ -140,12 +140,11 @@ def main():
     training batch size, the whole model at the others, forwards at the prediction batch sizes,
     all on zeros."""
     spec = json.loads(sys.stdin.read())
-    from .. import nn
+    from .. import checkpoint, nn
     with nn._no_init():  # (zeros: the values do not matter)
         model = nn.from_config(spec["model"])
+    checkpoint._freeze(model, spec["frozen"], "compile-ahead's spec")  # as a checkpoint's model is rebuilt
     layers = list(model)
-    for i in spec["frozen"]:
-        layers[i].freeze()
     trains = [i for i, layer in enumerate(layers) if nn._trains(layer)]
     dtype = np.dtype(spec["dtype"])
     model.train()
