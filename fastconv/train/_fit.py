@@ -51,9 +51,10 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     range, shapes), and the checkpoint_dir's directories are written to once. fit puts the whole model
     in training mode (model.train(): every layer, as torch's loops do) and leaves it so; evaluations
     run in eval mode and restore the layers' modes.
-    On the cpu backend, when the targets' check (a row forward) compiles kernels (an empty Numba cache), a helper process
-    compiles the backward's and the validation's meanwhile (fastconv/train/_compile_ahead.py: a first
-    run ~30% shorter; the same results); FASTCONV_COMPILE_AHEAD=0 turns it off.
+    On the cpu backend, when the targets' check (a row forward) compiles kernels (an empty Numba
+    cache), a helper process compiles the backward's and the validation's meanwhile
+    (fastconv/train/_compile_ahead.py: a first run ~30% shorter; the same results);
+    FASTCONV_COMPILE_AHEAD=0 turns it off.
     (_train_digest: search's, the training data's _digest computed once for all its trials.)
     """
     x_train, y_train = _xy_pair(train, "train", model)
