@@ -22,8 +22,8 @@ config()), and where a core is free: two or more usable, and a load average over
 least one below their count (on a busy machine two processes compiling the same kernels side by side took
 longer than one). FASTCONV_COMPILE_AHEAD=0 turns it off, =force drops the free-core condition,
 =verbose shows the helper's errors (otherwise ignored: it only warms a cache). Numba's cache takes no
-lock: entries two processes save at once can cross (fastconv/_cpu/_numba_cache.py drops a crossed
-one and compiles afresh) or go missing (compiled again by a later process).
+lock: of the entries two processes save at once, one can go missing (compiled again by a later
+process); they cannot cross (fastconv/_cpu/_numba_cache.py).
 """
 import atexit
 import contextlib
