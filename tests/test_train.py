@@ -328,9 +328,15 @@ def test_ctrl_c_while_a_search_saves_a_trial_keeps_best_and_table_in_agreement(t
         return result
 
     monkeypatch.setattr(checkpoint, "save", save_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        train.search(build_mlp, {"lr": [0.0, 0.2, 0.3]}, (x, y), val, out_dir=tmp_path, metric="accuracy", epochs=2,
-                     batch_size=16, verbose=False)
+    # Python's own Ctrl-C handler, whatever this process inherited: started in the background by a
+    # non-interactive shell, it ignores SIGINT (and then so does search, rightly).
+    inherited = signal_module.signal(signal_module.SIGINT, signal_module.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.search(build_mlp, {"lr": [0.0, 0.2, 0.3]}, (x, y), val, out_dir=tmp_path, metric="accuracy",
+                         epochs=2, batch_size=16, verbose=False)
+    finally:
+        signal_module.signal(signal_module.SIGINT, inherited)
     assert len(saves) == 2
     table = json.loads((tmp_path / "search.json").read_text())
     assert sorted(r["trial"] for r in table) == [0, 1]
