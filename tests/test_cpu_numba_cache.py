@@ -64,82 +64,111 @@ def test_every_cached_cpu_kernel_has_the_checked_cache():
     import gc
 
     import fastconv._cpu  # noqa: F401 (the backend, and its check)
-    from numba.core.caching import FunctionCache
+    from numba.core.caching import FunctionCache, IndexDataCacheFile
     from numba.core.dispatcher import Dispatcher
 
-    from fastconv._cpu._numba_cache import _DataFilesNamedByKey, _SignatureCheckedCache
+    from fastconv._cpu._numba_cache import NAMES_BY_KEY, _DataFilesNamedByKey, _SignatureCheckedCache
 
+    files = _DataFilesNamedByKey if NAMES_BY_KEY else IndexDataCacheFile  # (a Numba whose save changed: its own)
     # (type(), not isinstance: the heap holds weak proxies, dead ones raise when asked their class)
     cached = [d for d in gc.get_objects() if issubclass(type(d), Dispatcher)
               and d.py_func.__module__.startswith("fastconv") and isinstance(getattr(d, "_cache", None), FunctionCache)]
     assert len(cached) > 50
     unchecked = [f"{d.py_func.__module__}.{d.py_func.__qualname__}" for d in cached
-                 if (type(d._cache), type(d._cache._cache_file)) != (_SignatureCheckedCache, _DataFilesNamedByKey)]
+                 if (type(d._cache), type(d._cache._cache_file)) != (_SignatureCheckedCache, files)]
     assert not unchecked, unchecked
 
 
-def _race(cls, tmp_path):
-    """Two processes saving two keys of one kernel at once, replayed in one: A's save runs B's whole
-    save between its own two file writes, and B's first read of the index is from before A wrote
-    anything (empty). What each key then loads: its own data, or None (an entry lost: compiled again
-    later); Numba's numbering gives key b key a's data."""
-    tmp_path.mkdir()
+BASE = "kernel-12.py311"  # a kernel's cache files: BASE.nbi, its index, and BASE.<name>.nbc, its data
 
-    def cache_file(hook=None, stale_first_read=False):
-        class Replayed(cls):
-            reads = writes = 0
 
-            def _load_index(self):
-                self.reads += 1
-                return {} if stale_first_read and self.reads == 1 else super()._load_index()
+def _replay(cls, path, b_during_write):
+    """Two processes saving keys a and b of one kernel at once, replayed in one: B's whole save runs
+    as A opens its `b_during_write`-th file for writing. Before every write and at the end, each
+    entry of the index must load its own key's data (what a reader relies on). Returns what a and b
+    then load (None: an entry lost, compiled again later) and the entries that broke that."""
+    path.mkdir(parents=True)
+    broken = []
 
-            def _open_for_write(self, path):
-                self.writes += 1
-                if hook is not None and self.writes == 2:
-                    hook()
-                return super()._open_for_write(path)
-        return Replayed(str(tmp_path), "kernel-12.py311", "stamp")
+    def check():
+        reader = cls(str(path), BASE, "stamp")
+        for key, name in reader._load_index().items():
+            try:
+                loaded = reader._load_data(name)
+            except OSError:
+                loaded = None
+            if loaded != f"data of {key}":
+                broken.append((key, loaded))
 
-    b = cache_file(stale_first_read=True)
-    a = cache_file(hook=lambda: b.save("key b", "data of b"))
-    a.save("key a", "data of a")
-    reader = cls(str(tmp_path), "kernel-12.py311", "stamp")
-    return reader, reader.load("key a"), reader.load("key b")
+    class Replayed(cls):
+        writes, during = 0, None
+
+        def _open_for_write(self, file):
+            check()
+            self.writes += 1
+            if self.during is not None and self.writes == b_during_write:
+                self.during()
+            return super()._open_for_write(file)
+
+    a, b = Replayed(str(path), BASE, "stamp"), Replayed(str(path), BASE, "stamp")
+    a.during = lambda: b.save("key b", "data of key b")
+    a.save("key a", "data of key a")
+    check()
+    reader = cls(str(path), BASE, "stamp")
+    return reader.load("key a"), reader.load("key b"), broken
+
+
+def _named_by_key_variants():
+    from fastconv._cpu._numba_cache import _DataFilesNamedByKey
+
+    class IndexFirst(_DataFilesNamedByKey):  # Numba's order: the index written before the data
+        def _save_data(self, name, data):
+            self.pending = name, data
+
+        def _save_index(self, overloads):
+            super()._save_index(overloads)
+            super()._save_data(*self.pending)
+
+    class ReadOnce(_DataFilesNamedByKey):  # the index not read again before it is written
+        def _load_index(self):
+            self.__dict__.setdefault("first", super()._load_index())
+            return dict(self.first)
+
+    return _DataFilesNamedByKey, IndexFirst, ReadOnce
+
+
+def _keeps_both(cls, tmp_path):
+    """The replays' verdict: B during A's first write (both entries kept) and during its second
+    (then A had read the index before B wrote it: b's entry may be lost), never a broken entry."""
+    first, second = _replay(cls, tmp_path / "first", 1), _replay(cls, tmp_path / "second", 2)
+    return first == ("data of key a", "data of key b", []) and second[0] == "data of key a" and \
+        second[1] in ("data of key b", None) and second[2] == []
 
 
 def test_two_keys_saved_at_once_never_share_a_data_file(tmp_path):
-    from numba.core.caching import IndexDataCacheFile
+    ours, index_first, read_once = _named_by_key_variants()
+    assert _keeps_both(ours, tmp_path / "ours")
+    # the replays catch each property's absence (index before data; one read of the index)
+    assert not _keeps_both(index_first, tmp_path / "index_first")
+    assert not _keeps_both(read_once, tmp_path / "read_once")
 
+
+def test_a_kernel_s_data_files_are_named_by_key_and_stamp_and_an_older_source_s_are_removed(tmp_path):
     from fastconv._cpu._numba_cache import _DataFilesNamedByKey
 
-    assert _race(IndexDataCacheFile, tmp_path / "numba")[1:] == (None, "data of a")  # crossed: the failure
-    reader, loaded_a, loaded_b = _race(_DataFilesNamedByKey, tmp_path / "ours")
-    assert loaded_a in ("data of a", None) and loaded_b in ("data of b", None)
-    # each in its own file (here b's index entry is lost: A read the index before B wrote it)
-    assert [reader._load_data(f"kernel-12.py311.{_key_hash(key)}.nbc") for key in ("key a", "key b")] == [
-        "data of a", "data of b"]
-
-
-def test_a_kernel_s_data_files_are_named_by_key_and_an_older_source_s_are_removed(tmp_path):
-    from fastconv._cpu._numba_cache import _DataFilesNamedByKey
-
-    old = _DataFilesNamedByKey(str(tmp_path), "kernel-12.py311", "old stamp")
+    old = _DataFilesNamedByKey(str(tmp_path), BASE, "old stamp")
     old.save("key a", "old data")
-    (tmp_path / "kernel-12.py311.1.nbc").write_bytes(b"Numba's numbering")
+    (tmp_path / f"{BASE}.1.nbc").write_bytes(b"Numba's numbering")
     (tmp_path / "kernel-123.py311.1.nbc").write_bytes(b"another kernel's")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([
-        "kernel-12.py311.nbi", "kernel-12.py311.1.nbc", "kernel-123.py311.1.nbc",
-        f"kernel-12.py311.{_key_hash('key a')}.nbc"])
-    new = _DataFilesNamedByKey(str(tmp_path), "kernel-12.py311", "new stamp")  # the source edited
+    new = _DataFilesNamedByKey(str(tmp_path), BASE, "new stamp")  # the source edited
+    names = {key: new._data_name_of(key) for key in ("key a", "key b")}
+    assert names["key a"] != names["key b"] and names["key a"] != old._data_name_of("key a")
     assert new.load("key a") is None
     new.save("key b", "new data")
     new.save("key a", "new data of a")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([
-        "kernel-12.py311.nbi", "kernel-123.py311.1.nbc",
-        f"kernel-12.py311.{_key_hash('key a')}.nbc", f"kernel-12.py311.{_key_hash('key b')}.nbc"])
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([f"{BASE}.nbi", "kernel-123.py311.1.nbc", *names.values()])
     assert (new.load("key a"), new.load("key b")) == ("new data of a", "new data")
-
-
-def _key_hash(key):
-    import hashlib
-    return hashlib.sha256(repr(key).encode()).hexdigest()[:20]
+    # the same name in another process (from the key's repr, not an object's identity)
+    again = _DataFilesNamedByKey(str(tmp_path), BASE, "new stamp")
+    assert again._data_name_of("key a") == names["key a"] and again.load("key a") == "new data of a"

@@ -12,18 +12,19 @@ would load that code for it: a call fails to unbox its arguments (a TypeError, a
 the cache is deleted), runs the wrong code on arrays of a layout that unboxes alike, or, crossed
 between two CPUs' keys, runs instructions the host lacks.
 
-Here each data file is named by a hash of its key instead (_DataFilesNamedByKey), so no two keys
-ever share one, and it is written before the index points at it; the race can then only lose an
-index entry (that kernel is compiled again by a later process). Numba's numbering reused an older
-source's files; here they are removed when an index of an older source is replaced. And a loaded
-entry whose signature differs from the one asked for is dropped and compiled afresh
-(_SignatureCheckedCache): what an index written with Numba's numbering (an older fastconv's) may
-still hold.
+Here each data file is named by a hash of its key, the source file's stamp and Numba's version
+instead (_DataFilesNamedByKey), so no two keys ever share one, and it is written before the index
+points at it; the race can then only lose an index entry (that kernel is compiled again by a later
+process). Numba's numbering reused an older source's files; here they are removed when an index of
+an older source is replaced. And a loaded entry whose signature differs from the one asked for is
+dropped and compiled afresh (_SignatureCheckedCache): what an index written with Numba's numbering
+(an older fastconv's) may still hold.
 
 check_signatures(modules) applies both to the kernels (Numba dispatchers with cache=True) defined
 in those modules; the cpu backend calls it for its own modules before any kernel runs.
 """
 import hashlib
+import inspect
 import os
 
 from numba.core import sigutils
@@ -45,29 +46,43 @@ class _SignatureCheckedCache(FunctionCache):
 
 class _DataFilesNamedByKey(IndexDataCacheFile):
     def save(self, key, data):
-        base = self._index_name[:-len(".nbi")]
         existed = os.path.exists(self._index_path)  # (asked first: one another process writes meanwhile is fresh)
         overloads = self._load_index()
         if existed and not overloads:  # an older source's index: its data files go (Numba reused their numbers)
-            self._remove_data_files(base)
-        name = f"{base}.{hashlib.sha256(repr(key).encode()).hexdigest()[:20]}.nbc"
+            self._remove_data_files()
+        name = self._data_name_of(key)
         self._save_data(name, data)
         if overloads.get(key) != name:
             overloads = self._load_index()  # (again, just before writing: what another process added)
             overloads[key] = name
             self._save_index(overloads)
 
-    def _remove_data_files(self, base):
+    def _data_name_of(self, key):
+        """The key's data file. The key holds the function's own code but not what it inlines from
+        elsewhere in its file: Numba's version and the file's stamp go into the name too, so a process
+        still running an older source (or another Numba) never writes the file a newer one reads."""
+        digest = hashlib.sha256(repr((self._version, self._source_stamp, key)).encode()).hexdigest()
+        return f"{self._base()}.{digest[:20]}.nbc"
+
+    def _base(self):
+        return self._index_name[:-len(".nbi")]
+
+    def _remove_data_files(self):
         try:
             names = os.listdir(self._cache_path)
         except OSError:
             return
         for name in names:
-            if name.startswith(base + ".") and name.endswith(".nbc"):
+            if name.startswith(self._base() + ".") and name.endswith(".nbc"):
                 try:
                     os.remove(os.path.join(self._cache_path, name))
                 except OSError:
                     pass
+
+
+# Numba's IndexDataCacheFile.save as this module overrides it (a Numba that changed it keeps its own
+# naming, and the signature check).
+NAMES_BY_KEY = list(inspect.signature(IndexDataCacheFile.save).parameters) == ["self", "key", "data"]
 
 
 def check_signatures(modules):
@@ -77,4 +92,5 @@ def check_signatures(modules):
         for value in vars(module).values():
             if isinstance(value, Dispatcher) and type(getattr(value, "_cache", None)) is FunctionCache:
                 value._cache.__class__ = _SignatureCheckedCache
-                value._cache._cache_file.__class__ = _DataFilesNamedByKey
+                if NAMES_BY_KEY and type(value._cache._cache_file) is IndexDataCacheFile:
+                    value._cache._cache_file.__class__ = _DataFilesNamedByKey
