@@ -169,6 +169,6 @@ def test_a_kernel_s_data_files_are_named_by_key_and_stamp_and_an_older_source_s_
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted([f"{BASE}.nbi", "kernel-123.py311.1.nbc", *names.values()])
     assert (new.load("key a"), new.load("key b")) == ("new data of a", "new data")
-    # the same name in another process (from the key's repr, not an object's identity)
+    # a fresh instance, as another process makes one, names and finds it alike
     again = _DataFilesNamedByKey(str(tmp_path), BASE, "new stamp")
     assert again._data_name_of("key a") == names["key a"] and again.load("key a") == "new data of a"
