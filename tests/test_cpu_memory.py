@@ -396,3 +396,32 @@ def test_repeated_large_calls_reuse_one_buffer_instead_of_growing(cache):
         del y
     assert len(addresses) == 1
     assert resident() - before < _memory.MIN_BYTES  # 20 fresh outputs would have been 640 MiB of traffic
+
+
+def test_an_allocation_while_this_thread_holds_the_cache_s_lock_does_not_wait(cache):
+    """A finalizer or signal handler that runs an op while this thread is inside _take or _give_back
+    (a garbage collection there) hung on the lock: now it misses the cache, and a buffer it frees is
+    simply let go. Run in a thread that gives up on it, so that a regression fails instead of hanging."""
+    import copy
+
+    kept = _memory.empty((BIG,), np.float32)
+    del kept  # one buffer cached
+    outcome = []
+
+    def inside_the_lock():
+        with _memory._lock:
+            y = _memory.empty((BIG,), np.float32)  # a miss, though a buffer of its size is cached
+            outcome.append(_memory.cached_bytes())
+            del y  # given back while the lock is held: freed
+            _memory.empty_cache()  # waits a second at most, then leaves the cache as it is
+            outcome.append(_memory.cached_bytes())
+
+    worker = threading.Thread(target=inside_the_lock, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "an allocation waited for the lock its own thread holds"
+    assert outcome == [_memory.MIN_BYTES] * 2
+    y = _memory.empty((BIG,), np.float32)  # the cached buffer is still there, and taken
+    assert _memory.cached_bytes() == 0
+    with pytest.raises(TypeError, match="cannot be copied"):  # a copy would give its buffer back twice
+        copy.copy(y.base)

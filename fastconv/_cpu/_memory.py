@@ -55,6 +55,7 @@ def _after_fork_in_child():
     # A thread of the parent may have held the lock at the fork: the child starts afresh.
     global _lock, _cached
     _lock, _cached = threading.Lock(), []
+    _totals[0] = _totals[1] = 0
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -68,6 +69,9 @@ class _Lease:
         self.buffer = buffer
         self.__array_interface__ = {"shape": shape, "typestr": dtype.str, "descr": dtype.descr,
                                     "data": (buffer.ctypes.data, False), "version": 3}
+
+    def __reduce__(self):  # a copy would give the same buffer back twice, to two later arrays
+        raise TypeError("a cached buffer's lease cannot be copied or pickled (copy the array instead)")
 
     def __del__(self):
         try:
@@ -102,43 +106,65 @@ def empty_like(a):
     return empty(a.shape, a.dtype)
 
 
+# Nothing here waits for the lock: its holder may be this very thread (a garbage collection, a
+# finalizer or a signal handler that allocates or frees an array while _take or _give_back runs), and
+# waiting would hang it. A miss then allocates afresh, a buffer given back is simply freed. Nor is
+# anything the collector tracks allocated while the lock is held (the totals are kept, not summed by
+# generators), so no collection starts inside it.
+_totals = [0, 0]  # the bytes in _cached: all of them, those below _LARGE_BYTES
+
+
+def _count(nbytes, sign):
+    _totals[0] += sign * nbytes
+    if nbytes < _LARGE_BYTES:
+        _totals[1] += sign * nbytes
+
+
 def _take(size):
-    with _lock:
+    if not _lock.acquire(blocking=False):
+        return None
+    try:
         for k in range(len(_cached) - 1, -1, -1):  # the most recently freed first: its pages are warmest
             if _cached[k].nbytes == size:
+                _count(size, -1)
                 return _cached.pop(k)
-    return None
+        return None
+    finally:
+        _lock.release()
 
 
 def _give_back(buffer):
-    # Not blocking: a garbage collection inside _take on this same thread would otherwise deadlock;
-    # a buffer that finds the lock taken is simply freed.
     if not _lock.acquire(blocking=False):
         return
     try:
         if buffer.nbytes > _limit:
             return
         _cached.append(buffer)
-        total = sum(b.nbytes for b in _cached)
-        small = sum(b.nbytes for b in _cached if b.nbytes < _LARGE_BYTES)
-        while small > min(_limit, SMALL_LIMIT):  # the oldest of the small ones first
-            k = next(k for k, b in enumerate(_cached) if b.nbytes < _LARGE_BYTES)
-            small -= _cached[k].nbytes
-            total -= _cached.pop(k).nbytes
-        while total > _limit:
-            total -= _cached.pop(0).nbytes
+        _count(buffer.nbytes, 1)
+        k = 0
+        while _totals[1] > min(_limit, SMALL_LIMIT):  # the oldest of the small ones first
+            if _cached[k].nbytes < _LARGE_BYTES:
+                _count(_cached.pop(k).nbytes, -1)
+            else:
+                k += 1
+        while _totals[0] > _limit:
+            _count(_cached.pop(0).nbytes, -1)
     finally:
         _lock.release()
 
 
 def empty_cache():
     """Hands every cached buffer back to the system (arrays in use keep theirs)."""
-    with _lock:
+    if not _lock.acquire(timeout=1.0):  # (another thread holds it for microseconds; this one: never released)
+        return
+    try:
         freed = _cached[:]
         _cached.clear()
+        _totals[0] = _totals[1] = 0
+    finally:
+        _lock.release()
     del freed  # unmapped outside the lock
 
 
 def cached_bytes():
-    with _lock:
-        return sum(b.nbytes for b in _cached)
+    return _totals[0]
