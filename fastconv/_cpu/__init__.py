@@ -5,11 +5,12 @@ narrow, large-B and float64 products, which are np.dot's (dense._by_gemm32). Exp
 functions as the native backends.
 
 Kernels are compiled on first use and cached on disk (cache=True); Numba falls back to a per-user
-cache directory when the install directory is read-only. A cached entry is loaded only for the
-signature it was compiled for (_numba_cache.py: concurrent compiles can cross them). Numba checks
-a cached kernel against its own file only: after editing a helper that kernels compile in from
-another module (any module of fastconv/_cpu: _blas.py's gemm too, and between the modules of the
-conv package, e.g. conv/_epilogue.py's _bias_activate), clear fastconv/_cpu/__pycache__ and
+cache directory when the install directory is read-only. Its data files are named by key and a
+cached entry is loaded only for the signature it was compiled for (_numba_cache.py: under Numba's
+own naming, concurrent compiles could cross them). Numba checks a cached kernel against its own
+file only: after editing a helper that kernels compile in from another module (any module of
+fastconv/_cpu: _blas.py's gemm too, and between the modules of the conv package, e.g.
+conv/_epilogue.py's _bias_activate), clear fastconv/_cpu/__pycache__ and
 fastconv/_cpu/conv/__pycache__ or set NUMBA_CACHE_DIR, or the old code runs.
 """
 import os

@@ -72,8 +72,9 @@ class _DataFilesNamedByKey(IndexDataCacheFile):
             names = os.listdir(self._cache_path)
         except OSError:
             return
+        prefix = self._base() + "."
         for name in names:
-            if name.startswith(self._base() + ".") and name.endswith(".nbc"):
+            if name.startswith(prefix) and name.endswith(".nbc"):
                 try:
                     os.remove(os.path.join(self._cache_path, name))
                 except OSError:
