@@ -15,7 +15,7 @@ from helpers import needs_simd
 pytestmark = needs_simd
 
 if _vecmath.SIMD:
-    from fastconv._cpu._gemm32 import KC, MC, MR, gemm32, gemm32_blocked, gemm32_runs
+    from fastconv._cpu._gemm32 import KC, MC, MR, gemm32, gemm32_blocked, gemm32_narrow, gemm32_runs
 
 EDGES = [1, 5, 6, 7, 8, 9, 13, 15, 16, 17, 31, 32, 33, 48, 65]
 
@@ -68,6 +68,32 @@ def test_gemm32_runs_reads_only_the_runs_of_a(beta):
             gathered = c0.copy()
             gemm32(np.ascontiguousarray(a[:, columns]), b, gathered, beta, False, False)
             np.testing.assert_array_equal(c, gathered)
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_gemm32_narrow_gives_gemm32s_bits(trans_a, trans_b):
+    """gemm32_narrow runs one tile shape, gemm32 several, each value the same chain over K: equal
+    bits for every size around both's tile edges (and past the narrow layers it is chosen for),
+    strided rows, with C's neighbours untouched; zeros for K = 0, nothing for an empty C."""
+    rng = np.random.default_rng(10 + 2 * trans_a + trans_b)
+    for m in EDGES:
+        for n in EDGES:
+            k = int(rng.choice([0, 1, 5, 32, 70]))
+            a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+            b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+            _, a_view = _strided(a, 3, 0)
+            _, b_view = _strided(b, 2, 0)
+            c_wide, c = _strided(np.full((m, n), np.nan, np.float32), 5, 7.0)
+            gemm32_narrow(a_view, b_view, c, 0.0, trans_a, trans_b)
+            ref = np.full((m, n), np.nan, np.float32)
+            gemm32(a, b, ref, 0.0, trans_a, trans_b)
+            np.testing.assert_array_equal(c, ref, err_msg=f"{m} x {n} x {k}")
+            assert (c_wide[:, n:] == 7).all(), "a value beside C was written"
+    gemm32_narrow(np.zeros((0, 3), np.float32), np.zeros((3, 4), np.float32), np.zeros((0, 4), np.float32), 0.0,
+                  False, False)
+    with pytest.raises(ValueError, match="beta 0 only"):
+        gemm32_narrow(a, b, ref, 1.0, trans_a, trans_b)
 
 
 def test_gemm32_runs_refuses_a_partial_run():
@@ -170,13 +196,14 @@ def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit_with_avx2(mon
 
     used = []
     for name in ("_linear_forward", "_linear_forward_gemm32", "_linear_forward_serial",
-                 "_linear_forward_serial_gemm32", "_linear_backward", "_linear_backward_gemm32",
-                 "_linear_backward_serial", "_linear_backward_serial_gemm32"):
+                 "_linear_forward_serial_gemm32", "_linear_forward_narrow", "_linear_backward",
+                 "_linear_backward_gemm32", "_linear_backward_serial", "_linear_backward_serial_gemm32",
+                 "_linear_backward_narrow"):
         real = getattr(dense, name)
         monkeypatch.setattr(dense, name, lambda *a, real=real, name=name: used.append(name) or real(*a))
     rng = np.random.default_rng(6)
-    # on the calling thread; there for gemm32's kernels only (below _parallel.SERIAL_BELOW's work);
-    # through the threads
+    # on the calling thread (a narrow layer's by gemm32_narrow); there for gemm32's kernels only
+    # (below _parallel.SERIAL_BELOW's work); through the threads
     for m, k, n in [(7, 9, 5), (64, 512, 64), (130, 300, 100)]:
         x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
         b, dy = rng.standard_normal(n).astype(np.float32), rng.standard_normal((m, n)).astype(np.float32)
@@ -190,7 +217,7 @@ def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit_with_avx2(mon
     # so there the middle layer's backward stays OpenBLAS's, in the threaded kernel)
     backward = "_linear_backward_gemm32" if _vecmath.AVX512 else "_linear_backward"
     middle_backward = "_linear_backward_serial_gemm32" if _vecmath.AVX512 else "_linear_backward"
-    assert used == ["_linear_forward_serial_gemm32", "_linear_backward_serial_gemm32", "_linear_forward_serial",
+    assert used == ["_linear_forward_narrow", "_linear_backward_narrow", "_linear_forward_serial",
                     "_linear_forward_serial_gemm32", middle_backward, "_linear_forward",
                     "_linear_forward_gemm32", backward, "_linear_forward"]
     used.clear()
@@ -198,6 +225,41 @@ def test_linear_layers_use_gemm32_for_float32_up_to_its_size_limit_with_avx2(mon
     ops.linear_forward(x, w, b)
     ops.linear_backward(dy, x, w)  # (with AVX-512 both are gemm32_blocked's at any size)
     assert used == ["_linear_forward_gemm32" if _vecmath.AVX512 else "_linear_forward", backward]
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (33, 30, 16), (455, 16, 1), (9, 32, 32), (4200, 3, 2), (0, 5, 3),
+                                   (6, 0, 3), (17, 32, 17)])
+def test_narrow_layers_kernels_give_the_bits_of_gemm32s(m, k, n):
+    """A narrow layer's kernels on the calling thread (by gemm32_narrow) give what gemm32's serial
+    kernels give, bit for bit: every epilogue, with and without the bias and dx; dW over a batch past
+    dense._K_BLOCK (its blocks' sums added in float64). And a row of a narrow layer's output has the
+    same bits whether its batch runs on the calling thread or through the threads (gemm32_blocked)."""
+    from fastconv._cpu import dense
+
+    assert dense._narrow(n, k)
+    rng = np.random.default_rng(m + 3 * k + 7 * n)
+    x, w, dy = (rng.standard_normal(s).astype(np.float32) for s in [(m, k), (n, k), (m, n)])
+    b = rng.standard_normal(n).astype(np.float32)
+    for act in (None, "relu", "sigmoid"):
+        code = dense.epilogue_activation(act, np.float32)
+        for bias in (b, dense._NO_BIAS):
+            args = (x, w, bias, bias.size > 0, code)
+            np.testing.assert_array_equal(dense._linear_forward_narrow(*args), dense._linear_forward_serial_gemm32(*args))
+    for has_bias in (True, False):
+        for input_grad in (True, False):
+            narrow = dense._linear_backward_narrow(dy, x, w, has_bias, input_grad)
+            for ours, theirs in zip(narrow, dense._linear_backward_serial_gemm32(dy, x, w, has_bias, input_grad)):
+                np.testing.assert_array_equal(ours, theirs)
+    dx, dw, db = dense._linear_backward_narrow(dy, x, w, True, True)
+    np.testing.assert_allclose(dx, dy.astype(np.float64) @ w, rtol=1e-5, atol=1e-5 * np.sqrt(max(n, 1)))
+    np.testing.assert_allclose(dw, dy.T.astype(np.float64) @ x, rtol=1e-5, atol=1e-5 * np.sqrt(max(m, 1)))
+    np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-5 * np.sqrt(max(m, 1)))
+    if n * k == 0:
+        return
+    many = np.concatenate([x, rng.standard_normal((100 * dense.SERIAL_BELOW // (n * k) + 1, k)).astype(np.float32)])
+    assert not dense._on_calling_thread(len(many), n, k, True)
+    np.testing.assert_array_equal(ops.linear_forward(many, w, b, activation="relu")[:m],
+                                  ops.linear_forward(x, w, b, activation="relu"))
 
 
 @pytest.mark.parametrize("m,k,n", [(130, 300, 70), (600, 40, 20), (70, 50, 530), (520, 64, 100), (9, 3136, 10),

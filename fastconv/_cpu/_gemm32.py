@@ -17,8 +17,9 @@ large SGEMM about twice as fast there). Measured on the Zen 5 dev host, one thre
 224 product (conv2's as one GEMM over copied tap rows) 204 GFLOP/s, ~90% of the core's FMA peak,
 against OpenBLAS's 97.5; conv2's actual nine accumulating 64 x 32 x 224 tap products per sample
 36.6 us (226 GFLOP/s). Users: the convolutions' backward (dW, and the wide kernel), the 1x1
-layers' forward (_pointwise.py), the linear forward on the calling thread; and gemm32_blocked
-(below: blocked for the caches) the linear layers' other products and matmul.
+layers' forward (_pointwise.py), the linear forward on the calling thread; gemm32_blocked
+(below: blocked for the caches) the linear layers' other products and matmul; and gemm32_narrow
+(below: one tile shape, quick to compile) the products of narrow linear layers.
 
 Each C element's sum runs over k in the same order wherever it sits (tile, edge, thread), so the
 results do not depend on the thread count.
@@ -32,7 +33,8 @@ from numba.extending import intrinsic
 from ._taps32 import transpose16_block
 from ._vecmath import TARGET_AVX512, as_i64, broadcast, copy_rows16, lanes_below, masked_load, masked_store
 
-__all__ = ["gemm32", "gemm32_blocked", "gemm32_in_blocks", "gemm32_runs", "pack_strip", "strips_shape", "MR", "NR"]
+__all__ = ["gemm32", "gemm32_blocked", "gemm32_in_blocks", "gemm32_narrow", "gemm32_runs", "pack_strip", "strips_shape",
+           "MR", "NR"]
 
 # The register tile, rows of A by columns of B: 8 x 32 in 16 of AVX-512's 32 zmm registers; 6 x 16
 # with AVX2, 12 of its 16 ymm registers (a 16-float vector is two ymm halves there; 8 x 32 would
@@ -266,6 +268,55 @@ def gemm32_in_blocks(a, b, c, beta, trans_a, trans_b):
     if beta != 0.0:
         raise ValueError("gemm32_in_blocks: beta 0 only")
     gemm32_blocked(a[::1, ::1], b[::1, ::1], c[::1, ::1], bool(trans_a), bool(trans_b))
+
+
+# A narrow linear layer (a few inputs and outputs: the course's one neuron, its small networks) needs
+# none of gemm32's larger tiles or packing, yet compiling gemm32 into its kernels took 2.7-3.1 s of
+# each first call's ~5-7 s (Zen 5 host, empty cache). gemm32_narrow computes every value as the same
+# chain by the MR x 16 masked tile alone (a transposed B copied once as it stands: a narrow B is
+# small), so it gives gemm32's bits and compiles in about a second; on narrow products it runs as
+# fast (its tiles are the ones gemm32 runs for 16 columns or fewer).
+@njit(inline="always")
+def gemm32_narrow(a, b, c, beta, trans_a, trans_b):
+    """gemm32's c = op(a) @ op(b), gemm32's bits (beta 0 only), by one tile shape: for the narrow
+    linear layers' kernels (dense.py). Arrays and flags go on as gemm32's do (compiled once)."""
+    if beta != 0.0:
+        raise ValueError("gemm32_narrow: beta 0 only")
+    _gemm32_narrow_any(a[::1, ::1], b[::1, ::1], c[::1, ::1], bool(trans_a), bool(trans_b))
+
+
+@njit(nogil=True, cache=True)
+def _gemm32_narrow_any(a, b, c, trans_a, trans_b):
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    if not _scaled_by_beta(c, 0.0, k):
+        return
+    if trans_b:  # B = b^T, copied into rows of B
+        b_rows = np.empty((k, n), np.float32)
+        for j in range(n):
+            for kk in range(k):
+                b_rows[kk, j] = b[j, kk]
+        b = b_rows[::1, ::1]
+    a_rs, a_cs = _a_steps(a, trans_a)
+    ldb, ldc = _stride(b), _stride(c)
+    m_whole = m // MR * MR
+    for j0 in range(0, n, 16):
+        cols = min(16, n - j0)
+        for i0 in range(0, m_whole, MR):
+            _tile16_masked(a, i0 * a_rs, a_rs, a_cs, b, j0, ldb, c, i0 * ldc + j0, ldc, k, False, cols, k, 0)
+    if m_whole < m:  # the last rows as gemm32's: A's zero-padded to MR, C's through a tile buffer
+        rows = m - m_whole
+        a_rows = np.zeros((MR, k), np.float32)
+        for r in range(rows):
+            for kk in range(k):
+                a_rows[r, kk] = a[kk, m_whole + r] if trans_a else a[m_whole + r, kk]
+        tile = np.empty((MR, 16), np.float32)
+        for j0 in range(0, n, 16):
+            cols = min(16, n - j0)
+            _tile16_masked(a_rows, 0, k, 1, b, j0, ldb, tile, 0, 16, k, False, cols, k, 0)
+            for r in range(rows):
+                for j in range(cols):
+                    c[m_whole + r, j0 + j] = tile[r, j]
 
 
 @njit(nogil=True, cache=True)

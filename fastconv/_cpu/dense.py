@@ -7,7 +7,8 @@ fused epilogues then use too: epilogue_activation).
 linear_forward / linear_backward split their GEMMs between the Numba threads (each runs a block
 with single-threaded BLAS, then its share of the epilogue while it is in cache: see _blas.py),
 so OpenBLAS's own threads never wake up and spin against the Numba loops that follow. Small layers
-run as one GEMM on the calling thread instead (_on_calling_thread).
+run as one GEMM on the calling thread instead (_on_calling_thread); narrow ones (_narrow) there by
+gemm32_narrow, gemm32's bits from a kernel quick to compile.
 Math: csrc/kernels/dense.cuh.
 """
 import numba
@@ -15,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._blas import blas_guard, gemm
-from ._gemm32 import NR, gemm32, gemm32_in_blocks
+from ._gemm32 import NR, gemm32, gemm32_in_blocks, gemm32_narrow
 from ._memory import empty, empty_like
 from ._parallel import SERIAL_BELOW, block, run
 from . import _vecmath
@@ -416,6 +417,29 @@ def _linear_backward_serial_gemm32(dy, x, w, has_bias, input_grad):
     return _linear_backward_serial_body(gemm32_in_blocks, _K_BLOCK, dy, x, w, has_bias, input_grad)
 
 
+# The same on the calling thread for narrow layers (_narrow) by gemm32_narrow: gemm32's bits from one
+# tile shape, so a first call compiles in about a second, not gemm32's ~5-7 s (_gemm32.py).
+@njit(nogil=True, cache=True)
+def _linear_forward_narrow(x, w, b, has_bias, act):
+    return _linear_forward_serial_body(gemm32_narrow, _K_BLOCK, x, w, b, has_bias, act)
+
+
+@njit(nogil=True, cache=True)
+def _linear_backward_narrow(dy, x, w, has_bias, input_grad):
+    return _linear_backward_serial_body(gemm32_narrow, _K_BLOCK, dy, x, w, has_bias, input_grad)
+
+
+_NARROW_UP_TO = 32
+
+
+def _narrow(out_features, in_features):
+    """Whether a layer's products on the calling thread go by gemm32_narrow (_linear_forward_narrow):
+    at most _NARROW_UP_TO inputs and outputs, each product's result then one or two 16-wide tiles
+    across, where gemm32 would run the same tiles or its 32-wide ones, masked. gemm32's bits either
+    way: the choice changes only the speed and the first call's compile."""
+    return out_features <= _NARROW_UP_TO and in_features <= _NARROW_UP_TO
+
+
 # OpenBLAS runs a GEMM of at most 65536 * 4 multiply-adds on one thread whatever its thread count
 # (SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD in its interface/gemm.c), so a layer that small
 # needs neither the Numba threads (waking them: tens of us) nor single_threaded_blas. The choice
@@ -513,7 +537,10 @@ def linear_forward(x, w, b, activation):
     bias = b if has_bias else np.empty(0, x.dtype)
     own = _forward_with_gemm32(x, x.shape[0], w.shape[0], x.shape[1])
     if _on_calling_thread(x.shape[0], w.shape[0], x.shape[1], own):
-        kernel = _linear_forward_serial_gemm32 if own else _linear_forward_serial
+        if own:
+            kernel = _linear_forward_narrow if _narrow(*w.shape) else _linear_forward_serial_gemm32
+        else:
+            kernel = _linear_forward_serial
         return kernel(x, w, bias, has_bias, epilogue_activation(activation, x.dtype))
     y = empty((x.shape[0], w.shape[0]), x.dtype)
     blocks = _gemm32_blocks(*y.shape, numba.get_num_threads()) if own else _openblas_blocks(max(y.shape))
@@ -542,7 +569,10 @@ def linear_backward(dy, x, w, bias, input_grad):
     threaded_own = own and _vecmath.AVX512
     # (gemm32's serial kernel past _OWN_THREADS_BELOW only where the threaded one would be gemm32's)
     if _on_calling_thread(*dy.shape, x.shape[1], threaded_own):
-        kernel = _linear_backward_serial_gemm32 if own else _linear_backward_serial
+        if own:
+            kernel = _linear_backward_narrow if _narrow(*w.shape) else _linear_backward_serial_gemm32
+        else:
+            kernel = _linear_backward_serial
         dx, dw, db = kernel(dy, x, w, bias, input_grad)
         return dx if input_grad else None, dw, db if bias else None
     dx = empty(x.shape if input_grad else (0, 0), x.dtype)
