@@ -61,9 +61,13 @@ def _check_fraction(value, name):
 def train_val_test_split(x, y, val=0.15, test=0.15, seed=0, stratify=True):
     """Split rows into (x_train, y_train, x_val, y_val, x_test, y_test).
 
-    Deterministic for a given seed (``np.random.default_rng(seed)``). With
-    ``stratify=True`` (y must hold class labels) each class is split in the same
-    proportions, rounded per class. Rows keep their original order inside each part.
+    Deterministic for a given seed (``np.random.default_rng(seed)``). The validation
+    and test parts hold round(val * n) and round(test * n) of the n rows. With
+    ``stratify=True`` (y must hold class labels) those rows are shared out among the
+    classes in proportion to their sizes (each class its share rounded down, then one
+    more row each to the classes with the largest remainders), every class keeping at
+    least one training row. A part asked for (val or test above 0) that would come out
+    empty is refused. Rows keep their original order inside each part.
     """
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
@@ -75,7 +79,8 @@ def train_val_test_split(x, y, val=0.15, test=0.15, seed=0, stratify=True):
         raise ValueError(f"val + test must be below 1 to leave training rows, got {val} + {test}")
 
     rng = _check.generator(seed)
-    if _check.flag(stratify, "stratify"):  # (stratify="no" was true)
+    stratify = _check.flag(stratify, "stratify")  # (stratify="no" was true)
+    if stratify:
         labels = y.ravel() if y.ndim == 2 and y.shape[1] == 1 else y
         if labels.ndim != 1 or labels.dtype.kind not in "biuf" or (
             labels.dtype.kind == "f" and not np.all(labels == np.round(labels))
@@ -88,18 +93,46 @@ def train_val_test_split(x, y, val=0.15, test=0.15, seed=0, stratify=True):
     else:
         groups = [np.arange(len(y))]
 
+    # Each part's rows shared out among the groups; a class keeps a training row (unstratified, too
+    # few rows left for training is refused below).
+    sizes = np.array([rows.size for rows in groups])
+    capacity = sizes - 1 if stratify else sizes
+    n_test = _shares(round(test * len(y)), test * sizes, capacity)
+    n_val = _shares(round(val * len(y)), val * sizes, capacity - n_test)
+    for fraction, counts, name in ((val, n_val, "val"), (test, n_test, "test")):
+        if fraction > 0 and counts.sum() == 0:
+            raise ValueError(f"{name}={fraction} of {len(y)} rows leaves the {name} part empty"
+                             + (f" (stratified: {len(groups)} classes, each keeping a training row)" if stratify else "")
+                             + f": give a larger fraction, or {name}=0")
     parts = {"train": [], "val": [], "test": []}
-    for rows in groups:
+    for rows, t, v in zip(groups, n_test, n_val):
         rows = rng.permutation(rows)
-        n_test = int(round(test * rows.size))
-        n_val = int(round(val * rows.size))
-        parts["test"].append(rows[:n_test])
-        parts["val"].append(rows[n_test : n_test + n_val])
-        parts["train"].append(rows[n_test + n_val :])
+        parts["test"].append(rows[:t])
+        parts["val"].append(rows[t : t + v])
+        parts["train"].append(rows[t + v :])
     train, val_rows, test_rows = (np.sort(np.concatenate(parts[k])) for k in ("train", "val", "test"))
     if train.size == 0:
         raise ValueError(f"no rows left for training out of {len(y)}")
     return x[train], y[train], x[val_rows], y[val_rows], x[test_rows], y[test_rows]
+
+
+def _shares(total, quotas, capacity):
+    """Row counts per group summing to `total` (fewer only where `capacity` runs out), each at most
+    its capacity, in proportion to `quotas` (largest remainders: each quota rounded down, then one
+    more to the groups with the largest fractional parts, ties to the earlier group). Rounding each
+    quota on its own left a part empty when every class was small (100 classes of 3 rows at 15%:
+    0 each) and off by many rows with many classes."""
+    whole = np.floor(quotas).astype(np.int64)
+    counts = np.minimum(whole, capacity)
+    by_remainder = np.argsort(-(quotas - whole), kind="stable")
+    left = int(total) - int(counts.sum())
+    while left > 0:
+        room = by_remainder[counts[by_remainder] < capacity[by_remainder]][:left]
+        if room.size == 0:
+            break
+        counts[room] += 1
+        left -= room.size
+    return counts
 
 
 def _rows_by_class(labels):

@@ -66,7 +66,46 @@ def test_split_stratifies_many_classes_in_one_sort():
     for part_x, part_y in ((x_tr, y_tr), (x_va, y_va), (x_te, y_te)):
         np.testing.assert_array_equal(y[part_x[:, 0]], part_y)
     counts = np.bincount(y, minlength=classes)
-    np.testing.assert_array_equal(np.bincount(y_te, minlength=classes), np.round(0.2 * counts).astype(int))
+    for part_y in (y_va, y_te):  # round(0.2 n) rows, each class its share rounded down or up
+        assert len(part_y) == round(0.2 * n)
+        got = np.bincount(part_y, minlength=classes)
+        assert np.all(got >= np.minimum(np.floor(0.2 * counts), counts - 1)) and np.all(got <= np.ceil(0.2 * counts))
+    assert np.all(np.bincount(y_tr, minlength=classes) >= np.minimum(counts, 1))
+
+
+@pytest.mark.parametrize("class_sizes, val, test", [([5] * 10, 0.0, 0.1), ([3] * 100, 0.15, 0.15), ([10, 2], 0.3, 0.3),
+                                                    ([1, 1, 40], 0.2, 0.2), ([7, 3, 1, 12], 0.25, 0.25),
+                                                    ([212, 357], 0.15, 0.15)])
+def test_stratified_parts_are_the_unstratified_sizes_shared_out_by_largest_remainders(class_sizes, val, test):
+    """Rounding each class's share on its own left the parts empty where every class is small (100
+    classes of 3 rows at 15%: 0 each) or a class without a training row (2 rows at 30% + 30%). The
+    parts hold round(fraction n) rows, as unstratified; each class its share rounded down, then one
+    more to the largest remainders (ties to the earlier class); every class keeps a training row."""
+    y = np.repeat(np.arange(len(class_sizes)), class_sizes)
+    x = np.arange(len(y))[:, None]
+    sizes = np.array(class_sizes)
+    x_tr, y_tr, x_va, y_va, x_te, y_te = D.train_val_test_split(x, y, val=val, test=test, seed=1)
+    unstratified = D.train_val_test_split(x, y, val=val, test=test, seed=1, stratify=False)
+    assert (len(y_va), len(y_te)) == (len(unstratified[3]), len(unstratified[5])) == (round(val * len(y)),
+                                                                                        round(test * len(y)))
+    np.testing.assert_array_equal(np.bincount(y_tr, minlength=len(sizes)) > 0, True)
+    test_counts = np.bincount(y_te, minlength=len(sizes))
+    capacity = sizes - 1
+    quotas = test * sizes
+    assert np.all(test_counts <= np.minimum(np.ceil(quotas), capacity))
+    assert np.all(test_counts >= np.minimum(np.floor(quotas), capacity))
+    remainders = quotas - np.floor(quotas)
+    raised = test_counts > np.floor(quotas)  # the classes given one more: no class left out had a larger remainder
+    if raised.any() and (~raised & (capacity > np.floor(quotas))).any():
+        assert remainders[raised].min() >= remainders[~raised & (capacity > np.floor(quotas))].max()
+
+
+@pytest.mark.parametrize("stratify", [True, False])
+def test_split_refuses_a_part_asked_for_that_comes_out_empty(stratify):
+    x, y = np.arange(10.0)[:, None], np.repeat([0, 1], 5)
+    with pytest.raises(ValueError, match=r"val=0.04 of 10 rows leaves the val part empty.*give a larger fraction, or val=0"):
+        D.train_val_test_split(x, y, val=0.04, test=0.2, stratify=stratify)
+    assert len(D.train_val_test_split(x, y, val=0.0, test=0.2, stratify=stratify)[3]) == 0  # (none asked for)
 
 
 def test_split_unstratified_for_regression_targets():
@@ -278,3 +317,4 @@ def test_batches_of_lists_shuffle_as_arrays():
     # unshuffled, a list is sliced as before (a ragged one too)
     ragged = [[1.0], [2.0, 3.0], [4.0]]
     assert [xb for xb, _ in D.batches(ragged, [0, 1, 2], 2, shuffle=False)] == [ragged[:2], ragged[2:]]
+
