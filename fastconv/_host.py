@@ -1,7 +1,7 @@
 """Arrays to host NumPy: the one place that knows how a device array is copied off its GPU."""
 import numpy as np
 
-__all__ = ["to_numpy"]
+__all__ = ["refuse_masked", "to_numpy"]
 
 
 def to_numpy(a):
@@ -11,3 +11,11 @@ def to_numpy(a):
     if not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__") and callable(getattr(a, "get", None)):
         a = a.get()
     return np.asarray(a)
+
+
+def refuse_masked(a, name):
+    """TypeError for a numpy.ma.MaskedArray, named `name`: np.asarray would drop its mask, and the values
+    under it (fill values, "missing" data) would be used as data."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a numpy.ma.MaskedArray; fastconv does not apply masks: pass "
+                        f"{name}.filled(value) or {name}.compressed(), or np.asarray({name}) to use every value")

@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from ._host import refuse_masked
 from .ops import _check
 
 __all__ = [
@@ -53,7 +54,9 @@ class Dataset:
 
 
 def _check_fraction(value, name):
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value < 1:
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a fraction in [0, 1), got {value!r}")
+    if not 0 <= value < 1:
         raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
     return float(value)
 
@@ -69,6 +72,7 @@ def train_val_test_split(x, y, val=0.15, test=0.15, seed=0, stratify=True):
     least one training row. A part asked for (val or test above 0) that would come out
     empty is refused. Rows keep their original order inside each part.
     """
+    refuse_masked(x, "x"), refuse_masked(y, "y")
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
         raise ValueError(f"x and y must have the same number of rows, got shapes {x.shape} and {y.shape}")
@@ -162,6 +166,7 @@ class Standardizer:
         self.std_ = None
 
     def fit(self, x):
+        refuse_masked(x, "x")
         x = np.asarray(x)
         if x.ndim < 1 or x.shape[0] == 0:
             raise ValueError(f"fit needs at least one row, got shape {x.shape}")
@@ -184,6 +189,7 @@ class Standardizer:
     def transform(self, x):
         if self.mean_ is None:
             raise RuntimeError("Standardizer is not fitted; call fit(x_train) first")
+        refuse_masked(x, "x")
         x = np.asarray(x)
         if x.dtype.kind not in "biuf":  # (as fit: strings gave NumPy's UFuncTypeError)
             raise TypeError(f"x must be numeric, got dtype {x.dtype}")
@@ -376,6 +382,9 @@ def batches(x, y, batch_size, shuffle=True, seed=None, drop_last=False, rng=None
     """
     # Validate here, not inside the generator, so errors surface at the call.
     batch_size = _check.integer(batch_size, "batch_size", low=1)
+    shuffle = _check.flag(shuffle, "batches: shuffle")  # (shuffle="no" shuffled)
+    drop_last = _check.flag(drop_last, "batches: drop_last")
+    refuse_masked(x, "x"), refuse_masked(y, "y")
     if shuffle:  # A list becomes an array: its rows cannot be taken by an index array (the shuffled order),
         # which failed with NumPy's "only integer scalar arrays..." at the first batch. (Unshuffled, slices.)
         x, y = (a if getattr(a, "shape", None) is not None else np.asarray(a) for a in (x, y))

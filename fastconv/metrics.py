@@ -40,7 +40,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from ._host import to_numpy
+from ._host import refuse_masked, to_numpy
 from .ops import _check
 
 __all__ = [
@@ -89,7 +89,9 @@ class OperatingPoint:
 
 
 def _to_numpy(x, name):
-    """A host array (CuPy copied off the device), or TypeError naming the argument."""
+    """A host array (CuPy copied off the device), or TypeError naming the argument (a masked array
+    too: its mask would be dropped)."""
+    refuse_masked(x, name)
     try:
         return to_numpy(x)
     except Exception as exc:  # ragged lists and the like
@@ -182,6 +184,9 @@ def _class_labels(y, name):
             raise ValueError(f"{name} must hold integer class labels, got non-integer values{hint}")
     if y.size and y.min() < 0:
         raise ValueError(f"{name} has negative class labels (min {y.min()})")
+    if y.size and y.max() > _EXACT_INT:  # (beyond int64, astype wrapped them: 1e20 became class -2**63)
+        raise ValueError(f"{name} has class labels beyond 2**53 (max {y.max()}); class labels are the indices "
+                         f"0 .. C-1: number the classes, e.g. np.unique({name}, return_inverse=True)[1]")
     return y.astype(np.int64)
 
 
@@ -234,6 +239,8 @@ def confusion_matrix(y_true, y_pred, num_classes=None):
         num_classes = seen
     elif not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool):
         raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    elif num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     elif num_classes < seen:
         raise ValueError(f"num_classes={num_classes} but labels go up to {seen - 1}")
     c = int(num_classes)
@@ -338,9 +345,9 @@ def _row_bincount(indices, size):
 def auc_ci(y_true, scores, level=0.95, method="delong", n_bootstrap=2000, seed=0):
     """AUC with a confidence interval.
 
+    Every method needs at least 2 positives and 2 negatives.
     method="delong": normal interval from the DeLong variance (fast midrank
-    algorithm), clipped to [0, 1], as pROC's default. Needs at least 2 positives and
-    2 negatives. Near AUC 1 on small sets it covers less than its level: simulated
+    algorithm), clipped to [0, 1], as pROC's default. Near AUC 1 on small sets it covers less than its level: simulated
     binormal data with 32 positives, 54 negatives and a true AUC of 0.98 (the tumour
     example's test set) gave a "95%" interval that held the true AUC in 82-85% of
     1000 draws (91-92% at AUC 0.90; 94-96% from 100 + 100 cases at AUC 0.86).
@@ -356,17 +363,17 @@ def auc_ci(y_true, scores, level=0.95, method="delong", n_bootstrap=2000, seed=0
     "interval").
     """
     y, s = _labels_and_scores(y_true, scores)
-    if not isinstance(level, numbers.Real) or not 0.0 < level < 1.0:
-        raise ValueError(f"level must be a number in (0, 1), got {level!r}")
+    level = _check.number(level, "level", low=0.0, high=1.0, low_open=True, high_open=True)
     pos, neg = s[y == 1], s[y == 0]
     area = _auc_from_ranks(y, s)
+    if method not in ("delong", "delong-logit", "bootstrap"):
+        raise ValueError(f"method must be 'delong', 'delong-logit' or 'bootstrap', got {method!r}")
+    if pos.size < 2 or neg.size < 2:  # (a lone case's variation is unseen: resamples redraw it every time)
+        raise ValueError(
+            f"auc_ci needs at least 2 positives and 2 negatives, got {pos.size} and {neg.size}"
+        )
 
     if method in ("delong", "delong-logit"):
-        if pos.size < 2 or neg.size < 2:
-            raise ValueError(
-                f"DeLong needs at least 2 positives and 2 negatives, "
-                f"got {pos.size} and {neg.size}"
-            )
         v10, v01 = _delong_components(pos, neg)
         se = np.sqrt(v10.var(ddof=1) / pos.size + v01.var(ddof=1) / neg.size)
         z = NormalDist().inv_cdf(0.5 + level / 2.0)
@@ -377,15 +384,13 @@ def auc_ci(y_true, scores, level=0.95, method="delong", n_bootstrap=2000, seed=0
             low, high = (1.0 / (1.0 + math.exp(-(logit + sign * z * logit_se))) for sign in (-1, 1))
         else:
             low = high = area
-    elif method == "bootstrap":
+    else:  # bootstrap
         n_bootstrap = _check.integer(n_bootstrap, "n_bootstrap", low=1)
         _check_tails(n_bootstrap, level)
         rng = _check.generator(seed)
         aucs = _bootstrap_aucs(pos, neg, n_bootstrap, rng)
         alpha = 1.0 - level
         low, high = np.quantile(aucs, [alpha / 2.0, 1.0 - alpha / 2.0])
-    else:
-        raise ValueError(f"method must be 'delong', 'delong-logit' or 'bootstrap', got {method!r}")
     return AUCResult(float(area), float(low), float(high), method, float(level))
 
 
@@ -435,13 +440,11 @@ def per_class_auc(Y_true, scores):
 def sensitivity_specificity(y_true, scores, threshold):
     """(sensitivity, specificity) when ``score >= threshold`` means positive."""
     y, s = _labels_and_scores(y_true, scores)
-    if not isinstance(threshold, numbers.Real):
-        raise ValueError(f"threshold must be a real number, got {threshold!r}")
-    if isinstance(threshold, numbers.Integral) and abs(int(threshold)) > _EXACT_INT:  # (float64 compares it rounded)
+    if isinstance(threshold, numbers.Integral) and not isinstance(threshold, (bool, np.bool_)) \
+            and abs(int(threshold)) > _EXACT_INT:  # (float64 compares it rounded)
         raise ValueError(f"threshold {threshold} is an integer beyond 2**53 in magnitude, which float64 (the scores' "
                          "type here) cannot hold exactly: it would be compared rounded; pass a float")
-    if np.isnan(threshold):
-        raise ValueError(f"threshold must be a real number, got {threshold!r}")
+    threshold = _check.number(threshold, "threshold")  # (+-inf allowed: everything, or nothing, positive)
     called_positive = s >= threshold
     sensitivity = np.mean(called_positive[y == 1])
     specificity = np.mean(~called_positive[y == 0])
@@ -467,8 +470,7 @@ def operating_point(y_true, scores, target_sensitivity=None, target_specificity=
         if target_specificity is None
         else ("specificity", target_specificity)
     )
-    if not isinstance(target, numbers.Real) or not 0.0 <= target <= 1.0:
-        raise ValueError(f"target_{name} must be a number in [0, 1], got {target!r}")
+    target = _check.number(target, f"target_{name}", low=0.0, high=1.0)
 
     y, s = _labels_and_scores(y_true, scores)
     fps, tps, thresholds = _roc_counts(y, s)

@@ -300,6 +300,13 @@ def test_batches_rejects_bad_batch_size(batch_size, error):
         D.batches(np.zeros(4), np.zeros(4), batch_size)
 
 
+@pytest.mark.parametrize("flag", ["shuffle", "drop_last"])
+def test_batches_refuses_flags_that_are_not_bools(flag):
+    # shuffle="no" shuffled, drop_last="no" dropped
+    with pytest.raises(TypeError, match=f"batches: {flag} must be True or False, got 'no'"):
+        D.batches(np.zeros((10, 2)), np.zeros(10), 4, **{flag: "no"})
+
+
 def test_batches_rejects_length_mismatch_and_seed_with_rng():
     with pytest.raises(ValueError, match="same length"):
         D.batches(np.zeros(4), np.zeros(5), 2)
@@ -318,3 +325,16 @@ def test_batches_of_lists_shuffle_as_arrays():
     ragged = [[1.0], [2.0, 3.0], [4.0]]
     assert [xb for xb, _ in D.batches(ragged, [0, 1, 2], 2, shuffle=False)] == [ragged[:2], ragged[2:]]
 
+
+def test_masked_arrays_and_bools_for_numbers_are_refused():
+    # np.asarray dropped a mask: the masked ("missing") values were standardized and split as data.
+    x = np.ma.masked_array(np.arange(12.0).reshape(6, 2), mask=np.zeros((6, 2), bool))
+    y = np.repeat([0, 1], 3)
+    for call in (lambda: D.train_val_test_split(x, y, val=0.0, test=0.4), lambda: D.Standardizer().fit(x),
+                 lambda: D.Standardizer().fit(np.zeros((3, 2))).transform(x), lambda: D.batches(x, y, 2)):
+        with pytest.raises(TypeError, match=r"x is a numpy.ma.MaskedArray; fastconv does not apply masks"):
+            call()
+    with pytest.raises(TypeError, match=r"seed must be None or an int >= 0, got True"):
+        D.train_val_test_split(np.zeros((10, 2)), np.repeat([0, 1], 5), seed=True)
+    with pytest.raises(TypeError, match=r"val must be a fraction in \[0, 1\), got '0.1'"):
+        D.train_val_test_split(np.zeros((10, 2)), np.repeat([0, 1], 5), val="0.1")

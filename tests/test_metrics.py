@@ -335,7 +335,19 @@ def test_coarse_probabilities():
         (lambda: M.coarse_probabilities(np.ones((2, 3)) / 3, np.zeros((3, 1), int)), ValueError, "shape \\(3, 1\\)"),
         (lambda: M.operating_point([0, 1], [0.1, 0.2]), ValueError, "exactly one"),
         (lambda: M.operating_point([0, 1], [0.1, 0.2], 0.9, 0.9), ValueError, "exactly one"),
-        (lambda: M.operating_point([0, 1], [0.1, 0.2], target_sensitivity=1.5), ValueError, "\\[0, 1\\]"),
+        (lambda: M.operating_point([0, 1], [0.1, 0.2], target_sensitivity=1.5), ValueError,
+         "target_sensitivity must be <= 1.0, got 1.5"),
+        (lambda: M.operating_point([0, 1], [0.1, 0.2], target_specificity="0.9"), TypeError,
+         "target_specificity must be a real number"),
+        (lambda: M.sensitivity_specificity([0, 1], [0.1, 0.2], True), TypeError, "threshold must be a real number"),
+        (lambda: M.auc_ci([0, 1, 1, 0], [1, 2, 3, 4], level="0.95"), TypeError, "level must be a real number"),
+        (lambda: M.auc_ci([0, 1, 0, 0], [1, 2, 3, 4], method="bootstrap"), ValueError,
+         "auc_ci needs at least 2 positives and 2 negatives, got 1 and 3"),
+        (lambda: M.accuracy([1e20, 3e20], [2e20, 4e20]), ValueError, "class labels beyond 2\\*\\*53"),
+        (lambda: M.confusion_matrix([0, np.uint64(2**63)], [0, 1]), ValueError, "class labels beyond 2\\*\\*53"),
+        (lambda: M.confusion_matrix([], [], num_classes=-1), ValueError, "num_classes must be at least 1, got -1"),
+        (lambda: M.auc(np.ma.masked_array([0, 1, 1], [0, 0, 1]), [0.1, 0.2, 0.3]), TypeError,
+         "y_true is a numpy.ma.MaskedArray"),
         (lambda: M.evaluate_operating_point(0.5, [0, 1], [0.1, 0.2]), TypeError, "OperatingPoint"),
         (lambda: M.accuracy([0, 1], [0.2, 0.7]), ValueError, "integer"),
         (lambda: M.accuracy([0, 1], [[0.2], [0.7]]), ValueError, "one score column"),
@@ -455,7 +467,7 @@ def test_check_binary_labels_is_what_binary_report_needs():
         with pytest.raises(ValueError, match=r"binary_report needs at least 2 positives and 2 negatives in the test "
                                              r"labels .* got \d and \d in test, \d and \d in validation"):
             check_binary_labels(v, t)
-        with pytest.raises(ValueError, match=r"^binary_report: the (test AUC .*DeLong needs at least 2 positives and 2 "
+        with pytest.raises(ValueError, match=r"^binary_report: the (test AUC .*auc_ci needs at least 2 positives and 2 "
                                              r"negatives|operating points, .*contains only class)"):
             binary_report(v, np.linspace(0, 1, len(v)), t, np.linspace(0, 1, len(t)))
 

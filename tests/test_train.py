@@ -638,6 +638,50 @@ def test_search_with_overwrite_leaves_no_earlier_best_beside_its_own_table(tmp_p
     assert len(json.loads((tmp_path / "search.json").read_text())) == 1
 
 
+def test_search_refuses_flags_that_are_not_bools_and_overrides_of_its_own_arguments(tmp_path):
+    # overwrite="no" was true (an earlier search replaced); build's overrides of checkpoint_dir, metric
+    # or mode failed in fit's call ("got multiple values"), and resume=True was taken.
+    x, y = blobs(40, seed=1)
+    val = blobs(20, seed=2)
+    train.search(_search_build, {"lr": [0.1]}, (x, y), val, out_dir=tmp_path, epochs=1, batch_size=10, verbose=False)
+    kept = _files(tmp_path)
+    for flag in ("overwrite", "verbose"):
+        with pytest.raises(TypeError, match=f"search: {flag} must be True or False, got 'no'"):
+            train.search(_search_build, {"lr": [0.1]}, (x, y), val, out_dir=tmp_path, epochs=1, batch_size=10,
+                         **{"verbose": False, flag: "no"})
+    assert _files(tmp_path) == kept
+    for key, value in (("checkpoint_dir", str(tmp_path / "x")), ("resume", True), ("metric", "accuracy"),
+                       ("mode", "max")):
+        def build(settings, key=key, value=value):
+            return (*_search_build(settings), {key: value})
+        with pytest.raises(ValueError, match=f"search: {key} is not an override build may return"):
+            train.search(build, {"lr": [0.1]}, (x, y), val, out_dir=tmp_path / key, epochs=1, batch_size=10,
+                         verbose=False)
+    with pytest.raises(TypeError, match="fit_overrides must be a dict of fit's options, got list"):
+        train.search(lambda s: (*_search_build(s), [("epochs", 1)]), {"lr": [0.1]}, (x, y), val,
+                     out_dir=tmp_path / "list", epochs=1, batch_size=10, verbose=False)
+
+
+def test_search_writes_strict_json(tmp_path):
+    # A NaN setting went into search.json as a bare NaN token, which strict readers (jq, JavaScript's
+    # JSON.parse) refuse.
+    x, y = blobs(40, seed=1)
+    val = blobs(20, seed=2)
+    with pytest.raises(ValueError, match="setting 'lr' = nan .* is not a JSON value"):
+        train.search(_search_build, {"lr": [float("nan")]}, (x, y), val, out_dir=tmp_path / "a", epochs=1,
+                     batch_size=10, verbose=False)
+    with pytest.warns(RuntimeWarning):
+        result = train.search(_search_build, {"lr": [0.1, 1e30]}, (x, y), val, out_dir=tmp_path, epochs=1,
+                              batch_size=10, verbose=False)
+    assert result.table[-1]["best_metric"] is None  # (never improved)
+
+    def refuse(token):
+        raise AssertionError(f"search.json holds {token}")
+    table = json.loads((tmp_path / "search.json").read_text(), parse_constant=refuse)
+    assert [r["settings"]["lr"] for r in table] == [0.1, 1e30] and table[1]["best_metric"] is None
+    assert table[0]["best_metric"] == result.table[0]["best_metric"]
+
+
 def test_search_with_overwrite_deletes_a_trial_directory_it_finds(tmp_path):
     x, y = blobs(40, seed=1)
     (tmp_path / "trial" / "last").mkdir(parents=True)  # an interrupted search's, say (or a file named trial)

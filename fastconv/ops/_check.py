@@ -21,6 +21,8 @@ import numbers
 
 import numpy as np
 
+from .._host import refuse_masked
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -48,9 +50,7 @@ def _refuse_tensor_that_requires_grad(x, name: str):
 def on_backend(x, name: str, be):
     """The backend's array for x (an ndarray subclass as a plain view), or TypeError when x lives on
     another device, is a masked array or a torch tensor that requires grad."""
-    if isinstance(x, np.ma.MaskedArray):  # on any backend: np.asarray would drop its mask
-        raise TypeError(f"{name} is a numpy.ma.MaskedArray; fastconv does not apply masks: pass "
-                        f"{name}.filled(value) or {name}.compressed(), or np.asarray({name}) to use every value")
+    refuse_masked(x, name)  # on any backend
     if be.name == "cuda":
         xp = be.xp
         if isinstance(x, xp.ndarray):
@@ -227,7 +227,9 @@ def integer(value, name: str, *, low=None) -> int:
 def generator(seed, name: str = "seed") -> np.random.Generator:
     """np.random.default_rng(seed), a seed being what NumPy takes (None, an int >= 0, a SeedSequence or a
     generator...); NumPy's refusal ("SeedSequence expects int or sequence of ints...") named no argument:
-    this one says which, and what it got."""
+    this one says which, and what it got. A bool is refused (seed=True was seed 1)."""
+    if isinstance(seed, (bool, np.bool_)):
+        raise TypeError(f"{name} must be None or an int >= 0, got {seed!r}")
     try:
         return np.random.default_rng(seed)
     except (TypeError, ValueError) as exc:

@@ -118,10 +118,10 @@ def _plain(setting):
     setting = {k: v.item() if isinstance(v, np.generic) else v for k, v in setting.items()}
     for k, v in setting.items():
         try:
-            json.dumps(v, allow_nan=True)
+            json.dumps(v, allow_nan=False)
         except (TypeError, ValueError):
-            raise ValueError(f"search: setting {k!r} = {v!r} ({type(v).__name__}) is not a JSON value (number, "
-                             "string, bool, None or a list/dict of them); settings are saved as JSON") from None
+            raise ValueError(f"search: setting {k!r} = {v!r} ({type(v).__name__}) is not a JSON value (a finite "
+                             "number, string, bool, None or a list/dict of them); settings are saved as JSON") from None
     return setting
 
 
@@ -160,6 +160,10 @@ def _interrupts_deferred():
             raise KeyboardInterrupt
 
 
+def _finite(value):
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _write_table(out_dir, rows, keys):
     """search.json and search.csv, each through a temp file and a rename: an interrupt leaves the
     previous table whole."""
@@ -169,7 +173,9 @@ def _write_table(out_dir, rows, keys):
     for r in rows:
         writer.writerow([r["rank"], r["trial"], *(r["settings"][k] for k in keys), r["best_metric"],
                          r["best_epoch"], r["epochs_run"], round(r["time_s"], 3)])
-    _checkpoint._write_atomically(out_dir, "search.json", json.dumps(rows, indent=1).encode())
+    # (strict JSON, which jq and JavaScript read: a diverged trial's NaN metric as null)
+    plain = [{**r, "best_metric": r["best_metric"] if _finite(r["best_metric"]) else None} for r in rows]
+    _checkpoint._write_atomically(out_dir, "search.json", json.dumps(plain, indent=1, allow_nan=False).encode())
     _checkpoint._write_atomically(out_dir, "search.csv", text.getvalue().encode())
 
 
@@ -195,6 +201,16 @@ def _remove(path):
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.unlink(path)
+
+
+def _own_arguments(options, what):
+    """search's own arguments to fit, refused among fit's options (a TypeError from fit's call, "got
+    multiple values for keyword argument", would not say why)."""
+    for own in ("checkpoint_dir", "resume", "metric", "mode"):
+        if own in options:
+            why = ("search's own metric and mode rank the trials: give them to search" if own in ("metric", "mode")
+                   else "each trial trains in out_dir/trial, afresh, and the best model is kept in out_dir/best")
+            raise ValueError(f"search: {own} is not {what}: {why}")
 
 
 def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, out_dir, metric="loss", mode=None,
@@ -225,10 +241,9 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
     """
     name, _, mode = _metric(metric, mode)
     n_trials = _positive_int(n_trials, "n_trials", allow_none=True)
-    for own in ("checkpoint_dir", "resume"):  # (search's own: a TypeError from fit's call would not say why)
-        if own in fit_kwargs:
-            raise ValueError(f"search: {own} is not an option here: each trial trains in out_dir/trial, afresh, "
-                             "and the best model is kept in out_dir/best")
+    overwrite = _check.flag(overwrite, "search: overwrite")  # (overwrite="no" replaced an earlier search)
+    verbose = _check.flag(verbose, "search: verbose")
+    _own_arguments(fit_kwargs, "an option here")
     settings = _settings(space, method, n_trials, seed)
     train = _xy_pair(train, "train")
     work = os.path.join(out_dir, "trial")
@@ -249,10 +264,14 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
                 raise TypeError("build(settings) must return (model, loss_fn, optimizer) or "
                                 "(model, loss_fn, optimizer, fit_overrides)")
             model, loss_fn, optimizer = built[:3]
+            overrides = built[3] if len(built) == 4 else {}
+            if not isinstance(overrides, dict):
+                raise TypeError(f"build(settings)'s fit_overrides must be a dict of fit's options, got "
+                                f"{type(overrides).__name__}")
+            _own_arguments(overrides, "an override build may return")
             _check_rebuildable(model)
             kwargs = {"seed": seed, "progress": progress, **fit_kwargs,
-                      **{k: setting[k] for k in ("epochs", "batch_size") if k in setting},
-                      **(built[3] if len(built) == 4 else {})}
+                      **{k: setting[k] for k in ("epochs", "batch_size") if k in setting}, **overrides}
             shutil.rmtree(work, ignore_errors=True)  # the previous trial's
             t0 = time.perf_counter()
             history = fit(model, loss_fn, optimizer, train, val, metric=metric, mode=mode, checkpoint_dir=work,
