@@ -86,12 +86,12 @@ def train_val_test_split(x, y, val=0.15, test=0.15, seed=0, stratify=True):
     stratify = _check.flag(stratify, "stratify")  # (stratify="no" was true)
     if stratify:
         labels = y.ravel() if y.ndim == 2 and y.shape[1] == 1 else y
-        if labels.ndim != 1 or labels.dtype.kind not in "biuf" or (
+        if labels.ndim != 1 or labels.dtype.kind not in "biufUS" or (
             labels.dtype.kind == "f" and not np.all(labels == np.round(labels))
         ):
             raise ValueError(
-                f"stratify=True needs 1-D class labels, got y of shape {y.shape} dtype {y.dtype}; "
-                "pass stratify=False for regression targets"
+                f"stratify=True needs 1-D class labels (integers or strings), got y of shape {y.shape} dtype "
+                f"{y.dtype}; pass stratify=False for regression targets"
             )
         groups = _rows_by_class(labels)
     else:
@@ -106,7 +106,8 @@ def train_val_test_split(x, y, val=0.15, test=0.15, seed=0, stratify=True):
     for fraction, counts, name in ((val, n_val, "val"), (test, n_test, "test")):
         if fraction > 0 and counts.sum() == 0:
             raise ValueError(f"{name}={fraction} of {len(y)} rows leaves the {name} part empty"
-                             + (f" (stratified: {len(groups)} classes, each keeping a training row)" if stratify else "")
+                             + (f" (stratified: {len(groups)} classes, each keeping a training row)"
+                                if stratify else "")
                              + f": give a larger fraction, or {name}=0")
     parts = {"train": [], "val": [], "test": []}
     for rows, t, v in zip(groups, n_test, n_val):

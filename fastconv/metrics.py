@@ -156,9 +156,9 @@ def _exactly_float64(s, name):
     return exact
 
 
-def _labels_and_scores(y_true, scores, need_both_classes=True):
-    y = _binary_labels(y_true, "y_true")
-    s = _scores(scores, "scores")
+def _labels_and_scores(y_true, scores, need_both_classes=True, names=("y_true", "scores")):
+    y = _binary_labels(y_true, names[0])
+    s = _scores(scores, names[1])
     if y.shape != s.shape:
         raise ValueError(f"y_true and scores differ in length: {y.shape} vs {s.shape}")
     if need_both_classes:
@@ -197,8 +197,9 @@ def _class_labels(y, name):
 def accuracy(y_true, y_pred_or_scores):
     """Fraction of correct predictions.
 
-    The second argument is either predicted labels (N,) or class scores (N, C), in
-    which case the prediction is the argmax over axis 1 (scores must be finite).
+    The second argument is either predicted labels (N,), or (N, 1) of an integer or
+    bool dtype, or class scores (N, C), in which case the prediction is the argmax
+    over axis 1 (scores must be finite).
     """
     y = _class_labels(y_true, "y_true")
     p = _to_numpy(y_pred_or_scores, "y_pred_or_scores")
@@ -207,8 +208,10 @@ def accuracy(y_true, y_pred_or_scores):
         if p.dtype.kind == "f":
             _finite(p, "y_pred_or_scores")
         p = np.argmax(p, axis=1)
+    elif p.ndim == 2 and p.dtype.kind in "biu":  # a column of predicted labels, as y_true may be
+        p = p[:, 0]
     elif p.ndim == 2:
-        # argmax of one column is always 0: almost surely a sigmoid output by mistake.
+        # argmax of one float column is always 0: almost surely a sigmoid output by mistake.
         raise ValueError(
             f"y_pred_or_scores has shape {p.shape}: one score column, so argmax is always 0; "
             "pass predicted labels instead, e.g. (probs >= 0.5)"
@@ -421,7 +424,8 @@ def per_class_auc(Y_true, scores):
         raise ValueError(f"Y_true and scores differ in shape: {Y.shape} vs {S.shape}")
     out = np.full(Y.shape[1], np.nan)
     for c in range(Y.shape[1]):
-        y, s = _labels_and_scores(Y[:, c], S[:, c], need_both_classes=False)
+        y, s = _labels_and_scores(Y[:, c], S[:, c], need_both_classes=False,
+                                  names=(f"Y_true[:, {c}]", f"scores[:, {c}]"))
         if 0 < y.sum() < y.size:
             out[c] = _auc_from_ranks(y, s)
         else:

@@ -100,10 +100,20 @@ def test_stratified_parts_are_the_unstratified_sizes_shared_out_by_largest_remai
         assert remainders[raised].min() >= remainders[~raised & (capacity > np.floor(quotas))].max()
 
 
+def test_split_stratifies_string_labels():
+    names = np.array(["benign", "malignant", "unknown"])
+    x, y = labelled_rows(n=1000)
+    parts = D.train_val_test_split(x, names[y], val=0.2, test=0.1, seed=0)
+    as_ints = D.train_val_test_split(x, y, val=0.2, test=0.1, seed=0)  # (the classes sort alike)
+    for part, same in zip(parts[0::2], as_ints[0::2]):
+        np.testing.assert_array_equal(part, same)
+
+
 @pytest.mark.parametrize("stratify", [True, False])
 def test_split_refuses_a_part_asked_for_that_comes_out_empty(stratify):
     x, y = np.arange(10.0)[:, None], np.repeat([0, 1], 5)
-    with pytest.raises(ValueError, match=r"val=0.04 of 10 rows leaves the val part empty.*give a larger fraction, or val=0"):
+    with pytest.raises(ValueError,
+                       match=r"val=0.04 of 10 rows leaves the val part empty.*give a larger fraction, or val=0"):
         D.train_val_test_split(x, y, val=0.04, test=0.2, stratify=stratify)
     assert len(D.train_val_test_split(x, y, val=0.0, test=0.2, stratify=stratify)[3]) == 0  # (none asked for)
 

@@ -227,6 +227,8 @@ def test_accuracy_and_confusion_matrix():
     scores = rng.normal(size=(50, 4))
     pred = scores.argmax(axis=1)
     assert M.accuracy(y, scores) == M.accuracy(y, pred) == skm.accuracy_score(y, pred)
+    assert M.accuracy(y, pred[:, None]) == M.accuracy(y[:, None], pred)  # a column of labels, either side
+    assert M.accuracy([0, 1, 1], np.array([[False], [True], [False]])) == 2 / 3
     cm = M.confusion_matrix(y, pred)
     assert cm.dtype == np.int64
     np.testing.assert_array_equal(cm, skm.confusion_matrix(y, pred, labels=range(4)))
@@ -271,8 +273,10 @@ def test_integer_scores_float64_cannot_tell_apart_are_refused(call, scores):
     # They were converted to float64, where 2**53 + 1 == 2**53: distinct scores tied, and the AUC of
     # [0, 1, 0, 1] on 2**53 + [0, 1, 2, 3] came out 0.625, not 0.75.
     y = [0, 1, 0, 1, 1, 0]
-    with pytest.raises(ValueError, match=r"scores holds integers beyond 2\*\*53 in magnitude \(dtype u?int64, .*"
-                                         r"pass their ranks instead .*np.unique\(scores, return_inverse=True\)\[1\]"):
+    column = r"(\[:, 0\])?"  # (per_class_auc names the column)
+    with pytest.raises(ValueError, match=rf"scores{column} holds integers beyond 2\*\*53 in magnitude "
+                                         rf"\(dtype u?int64, .*pass their ranks instead "
+                                         rf".*np.unique\(scores{column}, return_inverse=True\)\[1\]"):
         BIG_CALLS[call](y, BIG_SCORES[scores])
 
 
@@ -349,6 +353,10 @@ def test_coarse_probabilities():
         (lambda: M.auc(np.ma.masked_array([0, 1, 1], [0, 0, 1]), [0.1, 0.2, 0.3]), TypeError,
          "y_true is a numpy.ma.MaskedArray"),
         (lambda: M.evaluate_operating_point(0.5, [0, 1], [0.1, 0.2]), TypeError, "OperatingPoint"),
+        (lambda: M.per_class_auc([[0, 1], [1, 2]], [[0.1, 0.2], [0.3, 0.4]]), ValueError,
+         r"Y_true\[:, 1\] must contain only 0 and 1"),
+        (lambda: M.per_class_auc([[0, 1], [1, 0]], [[0.1, np.nan], [0.3, 0.4]]), ValueError,
+         r"scores\[:, 1\] contains NaN or inf"),
         (lambda: M.accuracy([0, 1], [0.2, 0.7]), ValueError, "integer"),
         (lambda: M.accuracy([0, 1], [[0.2], [0.7]]), ValueError, "one score column"),
         (lambda: M.accuracy([0, 1, 1], [0, 1]), ValueError, "length"),
