@@ -69,7 +69,7 @@ def train_val_test_split(x, y, val=0.15, test=0.15, seed=0, stratify=True):
     ``stratify=True`` (y must hold class labels) those rows are shared out among the
     classes in proportion to their sizes (each class its share rounded down, then one
     more row each to the classes with the largest remainders), every class keeping at
-    least one training row. A part asked for (val or test above 0) that would come out
+    least one training row (rows a class cannot take go to the others). A part asked for (val or test above 0) that would come out
     empty is refused. Rows keep their original order inside each part.
     """
     refuse_masked(x, "x"), refuse_masked(y, "y")
