@@ -241,9 +241,17 @@ def _refuse_a_foreign_index(directory):
     file of that name): save would replace it."""
     try:
         with open(os.path.join(directory, INDEX), "rb") as f:
-            found = json.loads(f.read())
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
-        return  # none, or not JSON (a corrupt checkpoint's: a new save replaces it)
+            text = f.read()
+    except OSError:
+        return  # none
+    try:
+        found = json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # Not JSON: a corrupt checkpoint's where a weights file of save's own lies beside it (a new save
+        # replaces it); else a user's own file of that name (notes), which save would destroy.
+        if any(name.startswith("weights-") and _OWN_FILE.fullmatch(name) for name in os.listdir(directory)):
+            return
+        found = None
     if not (isinstance(found, dict) and found.get("format") == FORMAT):
         raise CheckpointError(f"{os.path.join(directory, INDEX)} is not a fastconv checkpoint's JSON; save would "
                               "replace it: save the checkpoint to another directory")
@@ -469,7 +477,11 @@ def load_into(path, model, optimizer=None, scheduler=None, *, strict=True):
     another architecture raises CheckpointError and leaves model, optimizer and scheduler untouched.
 
     strict=False (fine-tuning into a changed model): the architectures need not match; the
-    parameters present in both with the same names are loaded (their shapes must agree).
+    parameters present in both with the same names are loaded (their shapes must agree), and the
+    returned dict says which were not: "missing_keys" (the model's, left as they were) and
+    "unexpected_keys" (the checkpoint's, not loaded), as torch's load_state_dict returns them. No
+    name in common is a CheckpointError; so is an optimizer whose model's parameters are not the
+    checkpoint's (its state goes by parameter position).
     """
     directory = _directory(path)
 
@@ -486,11 +498,20 @@ def load_into(path, model, optimizer=None, scheduler=None, *, strict=True):
     info, tensors = _read_saved(directory, first)
     if info is not first:  # replaced by a save meanwhile
         check_architecture(info)
+    weights = _model_weights(info, tensors)
     try:
-        pairs, _, _ = model.check_state_dict(_model_weights(info, tensors), strict=strict)
+        pairs, missing, unexpected = model.check_state_dict(weights, strict=strict)
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"the checkpoint {directory!r} does not fit the model: {exc}") from None
+    names = f"the model's {[name for name, _ in model.named_parameters()]}, the checkpoint's {list(weights)}"
+    if not pairs and (missing or unexpected):  # (strict=False: a fine-tune that matched nothing "succeeded")
+        raise CheckpointError(f"no parameter of the checkpoint {directory!r} has the name of one of the model's "
+                              f"({names}): nothing to load")
     optim_state = None
+    if optimizer is not None and (missing or unexpected):  # (its state is per parameter position)
+        raise CheckpointError(f"the optimizer state in {directory!r} is kept by parameter position, and the "
+                              f"model's parameters are not the checkpoint's ({names}): load the weights alone "
+                              "(load_into without the optimizer) and start the optimizer afresh")
     if optimizer is not None:
         saved = _optimizer_state(info, tensors)
         if saved is None:
@@ -521,4 +542,4 @@ def load_into(path, model, optimizer=None, scheduler=None, *, strict=True):
             setattr(optimizer, key, tuple(value) if isinstance(value, list) else value)
     if scheduler is not None:
         scheduler.load_state_dict(info["scheduler"])
-    return info
+    return dict(info, missing_keys=missing, unexpected_keys=unexpected)

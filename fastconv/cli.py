@@ -126,6 +126,8 @@ def _use_backend(name):
 
 def _out(args) -> str:
     """The output directory of `train` and `search`."""
+    if args.out is not None and not args.out:  # (--out "$UNSET" took runs/NAME: with --overwrite, replaced it)
+        raise ValueError("--out is an empty path: give a directory (without --out: runs/NAME)")
     return args.out or os.path.join("runs", args.example if args.command == "train" else "search")
 
 
@@ -156,6 +158,30 @@ def _check_resumed_lr(example, out, lr):
         raise ValueError(f"{out} holds a run trained with lr {saved!r}; --resume continues it with that lr (the "
                          f"optimizer's state is saved in {last}), not this call's lr {given!r}"
                          + (" (the example's default)" if lr is None else "") + f": give --lr {saved!r}")
+
+
+def _check_resumed_run(out, example, epochs):
+    """ValueError where --resume would continue a run of another example (fit then blamed the lr, the
+    batch size or the data) or one already trained past this call's epochs (it trained nothing, and
+    run.json then named those epochs for the longer run)."""
+    from . import checkpoint, runs
+
+    last = os.path.join(out, "last")
+    if not os.path.exists(os.path.join(last, checkpoint.INDEX)):
+        return
+    try:
+        record = runs._record(last)
+        state = checkpoint.read_info(last)["extra"]["fit"]["state"]
+    except (OSError, ValueError, KeyError, TypeError, checkpoint.CheckpointError):
+        return  # (fit says what is wrong with them)
+    if record["example"] != example.NAME:
+        raise ValueError(f"{out} holds a run of example {record['example']!r}, not {example.NAME!r}: --resume "
+                         "continues a run of the same example")
+    epochs = example.DEFAULTS.get("epochs") if epochs is None else epochs
+    if isinstance(state, dict) and isinstance(state.get("epoch"), int) and epochs is not None \
+            and state["epoch"] > epochs:
+        raise ValueError(f"{out} holds a run that has trained {state['epoch']} epochs, more than --epochs {epochs}: "
+                         f"--resume has nothing to train; give --epochs above {state['epoch']} to train it further")
 
 
 def _check_resumed_data(out, data):
@@ -201,6 +227,7 @@ def _train(args) -> int:
     with _resume_refusals_name_the_flags(args.resume, out), _flags_in_messages():
         if args.resume:
             options["resume"] = True
+            _check_resumed_run(out, example, args.epochs)
             _check_resumed_data(out, {"seed": args.seed, "subset": args.subset})
             _check_resumed_lr(example, out, args.lr)
         with _use_backend(args.backend):

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import ops
+from ._host import refuse_masked
 from ._kernel_abi import conv_output_size
 from .ops import _check
 
@@ -264,6 +265,7 @@ class Module:
             if name not in state_dict:
                 continue
             value = state_dict[name]
+            refuse_masked(value, f"state_dict[{name!r}]")
             if not hasattr(value, "shape"):
                 raise TypeError(f"load_state_dict: {name} is a {type(value).__name__} in the state dict, not an "
                                 f"array (the model's parameter is an array of shape {p.shape})")
@@ -272,9 +274,18 @@ class Module:
                 raise ValueError(f"load_state_dict: {name} has shape {shape} in the state dict, "
                                  f"but the model's parameter is {p.shape}")
             dtype = getattr(value, "dtype", None)
-            if dtype is None or np.dtype(dtype) != np.dtype(p.dtype):
+            try:
+                dtype = np.dtype(dtype) if dtype is not None else None
+            except TypeError:  # (a torch tensor's torch.float32)
+                raise TypeError(f"load_state_dict: {name} has dtype {dtype}, not a NumPy dtype: pass arrays (a torch "
+                                "state dict sd as {k: v.detach().cpu().numpy() for k, v in sd.items()})") from None
+            if dtype is None or dtype != np.dtype(p.dtype):
                 raise TypeError(f"load_state_dict: {name} is {dtype} in the state dict, but the model's "
                                 f"parameter is {p.dtype}")
+            flags = getattr(p.data, "flags", None)
+            if flags is not None and not flags.writeable:  # (it failed half-way through the copies)
+                raise ValueError(f"load_state_dict: the model's parameter {name} is read-only (its .data does not "
+                                 "own writable memory): nothing was loaded")
             pairs.append((p, value))
         return pairs, missing, unexpected
 

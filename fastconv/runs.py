@@ -196,15 +196,20 @@ def _record(path) -> dict:
             f"{directory} is a run directory, not a checkpoint: evaluate its best checkpoint, {directory / 'best'} "
             f"(or the last one, {directory / 'last'})")
     info = _checkpoint.read_info(directory)
-    record = (info.get("extra") or {}).get(RECORD_KEY)
+    extra = info.get("extra") or {}
+    record = extra.get(RECORD_KEY) if isinstance(extra, dict) else None  # (save takes any JSON extra)
     run_json = directory.parent / "run.json"
     if record is None and run_json.exists():
-        record = json.loads(run_json.read_text())
-        if not _describes(record, info):
+        try:
+            record = json.loads(run_json.read_text())
+        except ValueError as exc:
+            raise _checkpoint.CheckpointError(f"{run_json} is not JSON ({exc})") from None
+        if isinstance(record, dict) and not _describes(record, info):
             raise _checkpoint.CheckpointError(
                 f"{directory} does not record which example and data it was trained on, and {run_json} describes "
                 "other weights (an earlier run's): the run that wrote this checkpoint did not finish (interrupted?)")
-    if not isinstance(record, dict) or "example" not in record:
+    if not (isinstance(record, dict) and isinstance(record.get("example"), str)
+            and isinstance(record.get("data"), dict)):
         raise _checkpoint.CheckpointError(
             f"{directory} does not record which example and data it was trained on; `fastconv evaluate` "
             "reads checkpoints written by `fastconv train` (DIR/best)")
@@ -239,7 +244,11 @@ def evaluate_saved(example, path):
     if record["example"] != example.NAME:
         raise ValueError(f"{path} was trained by example {record['example']!r}, not {example.NAME!r}")
     model, _ = _checkpoint.load(path)
-    dataset = example.load_data(**record["data"])
+    try:
+        dataset = example.load_data(**record["data"])
+    except TypeError as exc:  # (a run record edited by hand: options load_data does not take)
+        raise _checkpoint.CheckpointError(f"{path}'s run record gives the data options {record['data']}, which "
+                                          f"example {example.NAME!r} does not take ({exc})") from None
     return example.evaluate(model, dataset), model, dataset
 
 

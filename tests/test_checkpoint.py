@@ -117,10 +117,40 @@ def test_fine_tuning_loads_matching_layers_into_a_new_head(tmp_path):
     checkpoint.save(tmp_path / "ck", model, epoch=1)
     new = nn.Sequential(nn.Linear(6, 5, seed=3), nn.ReLU(), nn.Dropout(0.2), nn.Linear(5, 3, seed=4),
                         nn.ReLU(), nn.Linear(3, 2))
-    checkpoint.load_into(tmp_path / "ck", new, strict=False)
+    info = checkpoint.load_into(tmp_path / "ck", new, strict=False)
     np.testing.assert_array_equal(to_numpy(new[0].weight.data), to_numpy(model[0].weight.data))
+    assert info["missing_keys"] == ["5.weight", "5.bias"] and info["unexpected_keys"] == []
+    assert info["epoch"] == 1
     new[0].freeze()
     assert new[0].weight.frozen and not new[5].weight.frozen
+
+
+def test_a_loose_load_that_matches_no_name_or_moves_the_optimizer_state_is_refused(tmp_path):
+    # strict=False into the same layers behind a Flatten (names 1.*, 4.* for 0.*, 3.*) loaded no weight
+    # and said nothing, and put the optimizer's state on parameters by position.
+    model, x = model_and_input()
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.zero_grad()
+    model.backward(np.ones_like(model(x)))
+    opt.step()
+    checkpoint.save(tmp_path / "ck", model, optimizer=opt, epoch=1)
+    shifted = nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.ReLU(), nn.Dropout(0.2), nn.Linear(5, 3))
+    before = [to_numpy(p.data).copy() for p in shifted.parameters()]
+    with pytest.raises(CheckpointError, match=r"no parameter of the checkpoint .* has the name of one of the "
+                                              r"model's \(the model's \['1.weight', .*nothing to load"):
+        checkpoint.load_into(tmp_path / "ck", shifted, strict=False)
+    headed = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Dropout(0.2), nn.Linear(5, 3), nn.ReLU(),
+                           nn.Linear(3, 2))  # a new head
+    new_opt = optim.SGD(headed.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(CheckpointError, match=r"optimizer state in .* is kept by parameter position"):
+        checkpoint.load_into(tmp_path / "ck", headed, new_opt, strict=False)
+    for b, p in zip(before, shifted.parameters()):
+        np.testing.assert_array_equal(to_numpy(p.data), b)
+    assert new_opt.state == {}
+    same = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Dropout(0.2), nn.Linear(5, 3))
+    same_opt = optim.SGD(same.parameters(), lr=0.1, momentum=0.9)
+    info = checkpoint.load_into(tmp_path / "ck", same, same_opt, strict=False)  # (all names: the state goes)
+    assert info["missing_keys"] == info["unexpected_keys"] == [] and sorted(same_opt.state) == [0, 1, 2, 3]
 
 
 def stages():
@@ -619,9 +649,16 @@ def test_save_refuses_to_replace_a_json_of_something_else(tmp_path):
         checkpoint.save(tmp_path, model, epoch=0)
     assert (tmp_path / checkpoint.INDEX).read_text() == '{"my": "settings"}'
     assert os.listdir(tmp_path) == [checkpoint.INDEX]
-    (tmp_path / checkpoint.INDEX).write_text("{not json")  # a corrupt checkpoint's: replaced
-    checkpoint.save(tmp_path, model, epoch=0)
-    assert checkpoint.read_info(tmp_path)["epoch"] == 0
+    # A file that is not JSON: a user's own (notes) was replaced as if a corrupt checkpoint's; it is
+    # one only beside a weights file of save's own.
+    (tmp_path / checkpoint.INDEX).write_text("lr=0.1 worked best")
+    with pytest.raises(CheckpointError, match="is not a fastconv checkpoint's JSON; save would replace it"):
+        checkpoint.save(tmp_path, model, epoch=0)
+    assert os.listdir(tmp_path) == [checkpoint.INDEX]
+    checkpoint.save(tmp_path / "ck", model, epoch=1)
+    (tmp_path / "ck" / checkpoint.INDEX).write_text("{not json")  # a corrupt checkpoint's: replaced
+    checkpoint.save(tmp_path / "ck", model, epoch=0)
+    assert checkpoint.read_info(tmp_path / "ck")["epoch"] == 0
 
 
 def test_an_unreadable_or_too_deep_json_is_a_checkpoint_error(tmp_path):

@@ -162,6 +162,37 @@ def test_evaluate_needs_a_checkpoint_written_by_train(capsys, tmp_path):
     assert "does not record which example" in err
 
 
+@pytest.mark.parametrize("extra", [[1, 2], {"run": {"example": "neuron"}}, {"run": {"example": "neuron", "data": []}},
+                                   {"run": {"example": "neuron", "data": {"colour": "red"}}}])
+def test_evaluate_of_an_odd_record_is_one_line(capsys, tmp_path, extra):
+    # A list extra (save takes any JSON), a record without data, or with options load_data does not
+    # take ended in a traceback (AttributeError, KeyError, TypeError).
+    checkpoint.save(tmp_path / "ckpt", nn.Sequential(nn.Linear(1, 1)), epoch=0, extra=extra)
+    code, _, err = run_cli(["evaluate", str(tmp_path / "ckpt")], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "does not record which example and data" in err or "which example 'neuron' does not take" in err
+
+
+def test_train_refuses_an_empty_out(capsys, tmp_path, monkeypatch):
+    # --out "" (an unset variable) trained into runs/NAME, and with --overwrite replaced the run there.
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["train", "neuron", "--epochs", "1", "--out", "", "--quiet"], capsys)
+    assert code == 1 and "--out is an empty path" in err and not (tmp_path / "runs").exists()
+
+
+def test_resume_refuses_another_examples_run_and_fewer_epochs_than_trained(capsys, tmp_path):
+    # fit blamed the lr or the data for another example's run, and --epochs 1 on a run of 2 trained
+    # nothing while run.json recorded epochs 1.
+    out = str(tmp_path / "run")
+    assert run_cli(["train", "neuron", "--epochs", "2", "--out", out, "--quiet"], capsys)[0] == 0
+    kept = (tmp_path / "run" / "run.json").read_bytes()
+    code, _, err = run_cli(["train", "regression", "--epochs", "3", "--out", out, "--resume", "--quiet"], capsys)
+    assert code == 1 and f"{out} holds a run of example 'neuron', not 'regression'" in err
+    code, _, err = run_cli(["train", "neuron", "--epochs", "1", "--out", out, "--resume", "--quiet"], capsys)
+    assert code == 1 and "has trained 2 epochs, more than --epochs 1: --resume has nothing to train" in err
+    assert (tmp_path / "run" / "run.json").read_bytes() == kept
+
+
 def test_evaluate_of_a_record_naming_an_unknown_example(capsys, tmp_path):
     checkpoint.save(tmp_path / "ckpt", nn.Sequential(nn.Linear(2, 1)), epoch=0,
                     extra={"run": {"example": "gone", "data": {}}})

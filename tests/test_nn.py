@@ -299,6 +299,17 @@ def test_state_dict_round_trip_and_names(backend):
     np.testing.assert_array_equal(to_numpy(other(x)), to_numpy(model(x)))
 
 
+class ForeignTensor:
+    """An array of another library (as a torch tensor): a shape, and a dtype NumPy cannot read."""
+    shape = (2,)
+
+    class dtype:
+        def __repr__(self):
+            return "foreign.float32"
+
+    dtype = dtype()
+
+
 def test_load_state_dict_errors_leave_model_untouched():
     model = dense_model(np.float32)
     before = {k: to_numpy(v).copy() for k, v in model.state_dict().items()}
@@ -310,12 +321,24 @@ def test_load_state_dict_errors_leave_model_untouched():
         ({**good, "4.bias": np.zeros(2, np.float64)}, TypeError, "4.bias is float64"),
         ({**good, "4.bias": [0.0, 0.0]}, TypeError, r"4.bias is a list in the state dict, not an array \(the model's "
                                                     r"parameter is an array of shape \(2,\)\)"),
+        # (a torch state dict: "Cannot interpret 'torch.float32' as a data type", naming no key)
+        ({**good, "4.bias": ForeignTensor()}, TypeError, r"4.bias has dtype foreign.float32, not a NumPy dtype: pass "
+                                                        r"arrays \(a torch state dict sd as"),
+        # (a masked array's mask was ignored)
+        ({**good, "4.bias": np.ma.masked_array(np.zeros(2, np.float32), [True, False])}, TypeError,
+         r"state_dict\['4.bias'\] is a numpy.ma.MaskedArray"),
     ]
     for sd, error, message in cases:
         with pytest.raises(error, match=message):
             model.load_state_dict(sd)
         for k, v in model.state_dict().items():
             np.testing.assert_array_equal(to_numpy(v), before[k])
+    model[4].bias.data.flags.writeable = False  # (the copies before it were made, then NumPy's error)
+    with pytest.raises(ValueError, match=r"the model's parameter 4.bias is read-only .*: nothing was loaded"):
+        model.load_state_dict(good)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(to_numpy(v), before[k])
+    model[4].bias.data.flags.writeable = True
     missing, unexpected = model.load_state_dict({"0.bias": np.ones(4, np.float32), "x": np.ones(1)}, strict=False)
     assert "0.weight" in missing and unexpected == ["x"]
     np.testing.assert_array_equal(to_numpy(model[0].bias.data), np.ones(4))

@@ -78,6 +78,15 @@ def run(tmp_path, epochs, resume=False, eval_every=None, scheduler=True):
     return model, history
 
 
+def test_resume_with_fewer_epochs_than_trained_says_it_trains_nothing(tmp_path):
+    # It returned the longer run's history without a word.
+    _, trained = run(tmp_path, 3)
+    with pytest.warns(RuntimeWarning, match=r"has trained 3 epochs, more than epochs=1: resume=True trains it no "
+                                            r"further"):
+        _, resumed = run(tmp_path, 1, resume=True)
+    assert [r["epoch"] for r in resumed.records] == [r["epoch"] for r in trained.records] == [1, 2, 3]
+
+
 def count_steps(monkeypatch, optimizer_class):
     """The optimizer steps taken from now on: a resume must take only those after its checkpoint (a run
     that ignored the checkpoint and started afresh would end with the same bits, seeded as it is)."""

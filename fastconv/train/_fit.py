@@ -135,6 +135,9 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         history = History.from_dict(saved["history"])
         on_disk = {"step": s["step"], "best": history.best}
         _warn_final_evaluation_kept(last_dir, history, s, epochs, eval_every)
+        if s["epoch"] > epochs:  # (it returned as if done, the history of the longer run)
+            warnings.warn(f"fit: the run in {last_dir} has trained {s['epoch']} epochs, more than epochs={epochs}: "
+                          f"{_say('resume')} trains it no further", RuntimeWarning, stacklevel=2)
         if history.stopped_early and s["epoch"] < epochs and (patience is None or s["evals_since_best"] < patience):
             # This call's patience and epochs would have gone on; the run resumed had stopped, and stays stopped.
             warnings.warn(f"fit: the run in {last_dir} stopped early at epoch {history.records[-1]['epoch']} "
