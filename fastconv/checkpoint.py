@@ -467,7 +467,10 @@ def load(path):
         model.load_state_dict(_model_weights(info, tensors))
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"the weights in {directory!r} do not fit its own config: {exc}") from None
-    model.load_extra_state(info.get("module_state") or {})
+    try:
+        model.load_extra_state(info.get("module_state") or {})
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"the module state in {directory!r} does not fit its own config: {exc}") from None
     return model, info
 
 
@@ -507,13 +510,21 @@ def load_into(path, model, optimizer=None, scheduler=None, *, strict=True):
     if not pairs and (missing or unexpected):  # (strict=False: a fine-tune that matched nothing "succeeded")
         raise CheckpointError(f"no parameter of the checkpoint {directory!r} has the name of one of the model's "
                               f"({names}): nothing to load")
+    try:
+        extra_loads = model.check_extra_state(info.get("module_state") or {}) if strict else []
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"the module state in {directory!r} does not fit the model: {exc}") from None
     optim_state = None
     if optimizer is not None and (missing or unexpected):  # (its state is per parameter position)
         raise CheckpointError(f"the optimizer state in {directory!r} is kept by parameter position, and the "
                               f"model's parameters are not the checkpoint's ({names}): load the weights alone "
                               "(load_into without the optimizer) and start the optimizer afresh")
     if optimizer is not None:
-        saved = _optimizer_state(info, tensors)
+        try:  # (a JSON edited and re-signed by hand: a list where a dict was, a key gone)
+            saved = _optimizer_state(info, tensors)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"the optimizer state in {directory!r} is malformed ({type(exc).__name__}: "
+                                  f"{exc})") from None
         if saved is None:
             raise CheckpointError(f"the checkpoint {directory!r} has no optimizer state")
         try:
@@ -523,6 +534,9 @@ def load_into(path, model, optimizer=None, scheduler=None, *, strict=True):
     if scheduler is not None:
         if info.get("scheduler") is None:
             raise CheckpointError(f"the checkpoint {directory!r} has no scheduler state")
+        if not isinstance(info["scheduler"], dict):
+            raise CheckpointError(f"the scheduler state in {directory!r} is a {type(info['scheduler']).__name__}, "
+                                  "not the dict state_dict() gives")
         if info["scheduler"].get("type") != type(scheduler).__name__:
             raise CheckpointError(f"the checkpoint {directory!r} holds a {info['scheduler'].get('type')} state, "
                                   f"not a {type(scheduler).__name__}")
@@ -534,8 +548,8 @@ def load_into(path, model, optimizer=None, scheduler=None, *, strict=True):
     xp = _backend.current().xp
     for p, value in pairs:
         p.data[...] = xp.asarray(value)
-    if strict:
-        model.load_extra_state(info.get("module_state") or {})
+    for load in extra_loads:
+        load()
     if optimizer is not None:
         optimizer.state = optim_state
         for key, value in saved["hyperparameters"].items():

@@ -307,10 +307,17 @@ class Module:
                 out[name] = s
         return out
 
+    def check_extra_state(self, state: dict) -> list:
+        """Validates an extra_state() dict without changing anything: the loads that apply it
+        (ValueError/TypeError for a state that does not fit)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"the module state must be a dict by module path, as extra_state() returns, got "
+                            f"{type(state).__name__}")
+        return [m._extra_state_loader(name, state[name]) for name, m in self._named_modules() if name in state]
+
     def load_extra_state(self, state: dict) -> None:
-        for name, m in self._named_modules():
-            if name in state:
-                m._load_extra_state(state[name])
+        for load in self.check_extra_state(state):  # (all checked first: none half-loaded)
+            load()
 
     def _named_modules(self, prefix=""):
         yield prefix.rstrip("."), self
@@ -320,8 +327,9 @@ class Module:
     def _extra_state(self):
         return None
 
-    def _load_extra_state(self, state):
-        pass
+    def _extra_state_loader(self, name, state):
+        """A check of this module's part of extra_state(), then the function that loads it."""
+        return lambda: None
 
     # --- architecture ------------------------------------------------------------------------
     def _args(self) -> dict:
@@ -693,8 +701,14 @@ class Dropout(Module):
     def _extra_state(self):
         return {"generator": self._gen.bit_generator.state}
 
-    def _load_extra_state(self, state):
-        self._gen.bit_generator.state = state["generator"]
+    def _extra_state_loader(self, name, state):
+        probe = type(self._gen.bit_generator)()
+        try:
+            probe.state = state["generator"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"module {name!r} ({type(self).__name__}): its saved state must hold its generator's "
+                             f"state, as extra_state() gives it ({type(exc).__name__}: {exc})") from None
+        return lambda: setattr(self._gen.bit_generator, "state", probe.state)
 
 
 class Sequential(Module):

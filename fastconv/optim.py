@@ -354,8 +354,8 @@ class LRScheduler:
                 "hyperparameters": self.hyperparameters()}
 
     def check_state_dict(self, state: dict) -> tuple:
-        """Validates a state_dict() without changing anything: (base_lr, last_epoch, hyperparameters).
-        A state saved before the schedule's hyperparameters were keeps this scheduler's."""
+        """Validates a state_dict() without changing anything: (base_lr, last_epoch, hyperparameters, the
+        lr it sets). A state saved before the schedule's hyperparameters were keeps this scheduler's."""
         name = type(self).__name__
         if not isinstance(state, dict):
             raise TypeError(f"{name}.load_state_dict: the state must be a dict, as state_dict() returns, got "
@@ -372,17 +372,25 @@ class LRScheduler:
         if not isinstance(hyper, dict) or set(hyper) != set(self._hyperparameters):
             raise ValueError(f"{name}.load_state_dict: hyperparameters must be a dict of "
                              f"{', '.join(self._hyperparameters)}, got {hyper!r}")
-        if hyper:  # (the constructor's checks; constructing changes nothing)
-            hyper = type(self)(self.optimizer, **hyper).hyperparameters()
-        return base_lr, last_epoch, hyper
+        # The constructor's checks, and the lr the state sets, on a schedule of its own (constructing
+        # changes nothing): load_state_dict then cannot fail half-way, nor load_into after the weights.
+        probe = type(self)(self.optimizer, **hyper)
+        probe.base_lr = base_lr
+        try:
+            lr = probe.lr_at(last_epoch)
+        except OverflowError:  # (CosineAnnealingLR's epoch / T_max of a huge int)
+            lr = math.inf
+        if not math.isfinite(lr):
+            raise ValueError(f"{name}.load_state_dict: the lr at epoch {last_epoch} of this state is not finite")
+        return base_lr, last_epoch, probe.hyperparameters(), lr
 
     def load_state_dict(self, state: dict) -> None:
         """Takes the saved schedule: base_lr, the step count and its hyperparameters (as torch's
         load_state_dict, which loads the scheduler's whole state), and sets the optimizer's lr."""
-        self.base_lr, self.last_epoch, hyper = self.check_state_dict(state)
+        self.base_lr, self.last_epoch, hyper, lr = self.check_state_dict(state)
         for k, v in hyper.items():
             setattr(self, k, v)
-        self.optimizer.lr = self.lr_at(self.last_epoch)
+        self.optimizer.lr = lr
 
     _hyperparameters: tuple = ()  # the subclass's constructor arguments, for repr
 

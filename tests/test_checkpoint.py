@@ -747,3 +747,33 @@ def test_save_takes_a_0d_array_as_the_metric(tmp_path):
     for bad in ("good", True, np.array([0.25, 0.5]), None.__class__):
         with pytest.raises(TypeError, match="checkpoint.save: metric must be a number or None"):
             checkpoint.save(tmp_path, model, epoch=1, metric=bad)
+
+
+@pytest.mark.parametrize("edit", [lambda i: i["module_state"].update({"2": {}}),
+                                  lambda i: i["optimizer"].update(state=[1]),
+                                  lambda i: i["optimizer"].pop("type"),
+                                  lambda i: i.update(scheduler=[1])])
+def test_a_json_edited_and_re_signed_is_a_checkpoint_error_before_anything_changes(tmp_path, edit):
+    # A Dropout state without its generator failed (KeyError) after load_into had copied the weights;
+    # an optimizer or scheduler state of the wrong shape was an AttributeError or KeyError.
+    model, x = model_and_input()
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.zero_grad()
+    model.backward(np.ones_like(model(x)))
+    opt.step()
+    checkpoint.save(tmp_path / "ck", model, optimizer=opt, scheduler=optim.StepLR(opt, 1), epoch=1)
+    index = tmp_path / "ck" / checkpoint.INDEX
+    info = json.loads(index.read_text())
+    edit(info)
+    info["index_sha256"] = checkpoint._index_digest(info)
+    index.write_text(json.dumps(info))
+    other, _ = model_and_input(seed=5)
+    other_opt = optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
+    before = [to_numpy(p.data).copy() for p in other.parameters()]
+    generator = other[2]._gen.bit_generator.state
+    with pytest.raises(CheckpointError,
+                       match=r"(module|optimizer|scheduler) state in .* (does not fit|is malformed|is a list)"):
+        checkpoint.load_into(tmp_path / "ck", other, other_opt, optim.StepLR(other_opt, 1))
+    for b, p in zip(before, other.parameters()):
+        np.testing.assert_array_equal(to_numpy(p.data), b)
+    assert other_opt.state == {} and other[2]._gen.bit_generator.state == generator

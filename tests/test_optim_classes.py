@@ -421,6 +421,21 @@ def test_a_schedulers_state_holds_its_hyperparameters_and_loading_takes_them(mak
     assert sched3.hyperparameters() == other and sched3.last_epoch == 3
 
 
+def test_a_schedulers_state_whose_lr_cannot_be_computed_is_refused_before_anything_changes():
+    # StepLR's overflow was found only after base_lr and last_epoch were set (and, in load_into, after
+    # the weights were copied); CosineAnnealingLR's huge epoch was a bare OverflowError.
+    opt = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.1)
+    step = optim.StepLR(opt, step_size=1, gamma=10.0)
+    with pytest.raises(ValueError, match=r"StepLR: the lr at epoch 400, .* is past the largest float"):
+        step.load_state_dict({**step.state_dict(), "base_lr": 0.5, "last_epoch": 400})
+    assert (step.base_lr, step.last_epoch, opt.lr) == (0.1, 0, 0.1)
+    cosine = optim.CosineAnnealingLR(opt, T_max=10)
+    with pytest.raises(ValueError, match=r"CosineAnnealingLR.load_state_dict: the lr at epoch 1000\d+ of this state "
+                                         r"is not finite"):
+        cosine.load_state_dict({**cosine.state_dict(), "last_epoch": 10 ** 400})
+    assert (cosine.last_epoch, opt.lr) == (0, 0.1)
+
+
 def test_a_schedulers_saved_hyperparameters_are_checked_before_anything_changes():
     opt = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.1)
     sched = optim.StepLR(opt, step_size=2, gamma=0.5)
