@@ -39,6 +39,7 @@ import numpy as np
 from . import __version__
 from . import backend as _backend
 from . import nn
+from .ops import _check
 from ._host import to_numpy
 
 __all__ = ["CheckpointError", "save", "load", "load_into", "read_info"]
@@ -59,7 +60,12 @@ class CheckpointError(ValueError):
 def _directory(path) -> str:
     """The checkpoint directory of `path` (the directory or its JSON); CheckpointError for another file."""
     path = os.fspath(path)
+    if not path:
+        raise CheckpointError("the checkpoint path is empty: give a directory")
     directory = os.path.dirname(path) or "." if os.path.basename(path) == INDEX else path
+    if os.path.islink(directory) and not os.path.exists(directory):  # (os.makedirs: a bare FileExistsError)
+        raise CheckpointError(f"{directory!r} is a symbolic link to {os.readlink(directory)!r}, which does not "
+                              "exist: create its target, or give another directory")
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise CheckpointError(f"{directory!r} is a file, not a checkpoint directory (pass the directory or "
                               f"its {INDEX})")
@@ -175,6 +181,8 @@ def _metric_value(metric):
             return float(metric)
         except (TypeError, ValueError):
             pass
+        except OverflowError:  # (an int past the largest float: 10**400)
+            raise ValueError(f"checkpoint.save: metric {metric!r:.60} is past the largest float") from None
     raise TypeError(f"checkpoint.save: metric must be a number or None, got {metric!r:.60}")
 
 
@@ -193,7 +201,7 @@ def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, ext
         "format_version": FORMAT_VERSION,
         "fastconv_version": __version__,
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "epoch": _json_normal(_jsonable(epoch), "epoch"),
+        "epoch": _check.integer(epoch, "checkpoint.save: epoch", low=0),
         "metric": _metric_value(metric),
         "config": _json_normal(model.config(), "model config"),
         "parameters": list(model.state_dict().keys()),

@@ -145,7 +145,7 @@ class Optimizer:
         if not isinstance(state_dict, dict) or "state" not in state_dict:
             raise ValueError(f"{name}.load_state_dict: not an optimizer state dict")
         if state_dict.get("type", name) != name:
-            raise ValueError(f"{name}.load_state_dict: the state is from a {state_dict['type']} optimizer")
+            raise ValueError(f"{name}.load_state_dict: the state is from an optimizer {state_dict['type']}")
         hyper = self._checked_hyperparameters(state_dict.get("hyperparameters", {}))
         if not isinstance(state_dict["state"], dict):
             raise TypeError(f"{name}.load_state_dict: the state must be a dict {{parameter index: entry}}, got "
@@ -155,7 +155,7 @@ class Optimizer:
         keys = set(buffers) | ({"step"} if self._counts_steps else set())
         state = {}
         for key, entry in state_dict["state"].items():
-            if isinstance(key, (bool, np.bool_)) or not str(key).isdigit():
+            if isinstance(key, (bool, np.bool_)) or not (str(key).isascii() and str(key).isdigit()):  # ("²": a digit)
                 raise ValueError(f"{name}.load_state_dict: the state's keys must be parameter indices, got {key!r}")
             i = int(key)
             if not 0 <= i < len(self.params):

@@ -777,3 +777,19 @@ def test_a_json_edited_and_re_signed_is_a_checkpoint_error_before_anything_chang
     for b, p in zip(before, other.parameters()):
         np.testing.assert_array_equal(to_numpy(p.data), b)
     assert other_opt.state == {} and other[2]._gen.bit_generator.state == generator
+
+
+def test_save_refuses_an_empty_path_a_dangling_link_a_bad_epoch_or_a_metric_past_float(tmp_path):
+    # FileNotFoundError: '', a bare FileExistsError, epoch='three' saved, a bare OverflowError
+    model, _ = model_and_input()
+    with pytest.raises(CheckpointError, match="the checkpoint path is empty"):
+        checkpoint.save("", model, epoch=1)
+    os.symlink(tmp_path / "nowhere", tmp_path / "link")
+    with pytest.raises(CheckpointError, match=r"'.*link' is a symbolic link to '.*nowhere', which does not exist"):
+        checkpoint.save(tmp_path / "link", model, epoch=1)
+    for epoch, error in (("three", TypeError), (2.0, TypeError), (-1, ValueError)):
+        with pytest.raises(error, match="checkpoint.save: epoch must be an int"):
+            checkpoint.save(tmp_path / "ck", model, epoch=epoch)
+    with pytest.raises(ValueError, match=r"checkpoint.save: metric 1000\d+ is past the largest float"):
+        checkpoint.save(tmp_path / "ck", model, epoch=1, metric=10 ** 400)
+    assert sorted(os.listdir(tmp_path)) == ["link"]

@@ -108,7 +108,7 @@ def test_state_dict_resumes_exactly(backend, cls, kwargs):
 def test_state_dict_errors():
     p = nn.Parameter(np.zeros(3, np.float32))
     opt = optim.SGD([p], lr=0.1, momentum=0.9)
-    with pytest.raises(ValueError, match="from a Adam optimizer"):
+    with pytest.raises(ValueError, match="from an optimizer Adam"):
         opt.load_state_dict({"type": "Adam", "state": {}})
     with pytest.raises(ValueError, match="'momentum_buffer' is \\(4,\\)"):
         opt.load_state_dict({"type": "SGD", "state": {0: {"momentum_buffer": np.zeros(4, np.float32)}}})
@@ -447,3 +447,11 @@ def test_a_schedulers_saved_hyperparameters_are_checked_before_anything_changes(
         with pytest.raises(error, match=match):
             sched.load_state_dict({**state, "last_epoch": 5, "hyperparameters": hyper})
         assert sched.hyperparameters() == dict(step_size=2, gamma=0.5) and sched.last_epoch == 0 and opt.lr == 0.1
+
+
+def test_an_optimizer_state_keyed_by_a_digit_that_is_not_an_index_is_refused():
+    # "²" passed str.isdigit() and then failed in int()
+    opt = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.1, momentum=0.9)
+    state = opt.state_dict()
+    with pytest.raises(ValueError, match="the state's keys must be parameter indices, got '²'"):
+        opt.load_state_dict({**state, "state": {"²": {"momentum_buffer": np.zeros(1, np.float32)}}})
