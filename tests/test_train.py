@@ -66,7 +66,7 @@ def test_history_to_json_replaces_the_file_whole_or_not_at_all(tmp_path):
     assert path.read_text() == before and os.listdir(tmp_path) == ["history.json"]
 
 
-def run(tmp_path, epochs, resume=False, eval_every=None, scheduler=True):
+def run(tmp_path, epochs, resume=False, eval_every=None, scheduler=True, overwrite=False):
     x, y = blobs(100, seed=1)
     val = blobs(40, seed=2)
     model = mlp(seed=3, dropout=0.2)
@@ -74,8 +74,18 @@ def run(tmp_path, epochs, resume=False, eval_every=None, scheduler=True):
     sched = optim.StepLR(opt, step_size=2, gamma=0.5) if scheduler else None
     history = train.fit(model, losses.CrossEntropyLoss(), opt, (x, y), val, epochs=epochs, batch_size=16,
                         checkpoint_dir=tmp_path, resume=resume, scheduler=sched, eval_every=eval_every, seed=7,
-                        progress=False)
+                        progress=False, overwrite=overwrite)
     return model, history
+
+
+def test_a_foreign_checkpoint_json_in_last_or_best_is_refused_before_training(tmp_path):
+    # With overwrite=True fit trained, wrote best/, and only then failed to save last/ over it.
+    (tmp_path / "last").mkdir()
+    (tmp_path / "last" / "checkpoint.json").write_text('{"mine": 1}')
+    with pytest.raises(ValueError, match=r"checkpoint_dir: .*last/checkpoint.json is not a fastconv checkpoint's "
+                                         r"JSON; save would replace it"):
+        run(tmp_path, 1, resume=False, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["last"] and os.listdir(tmp_path / "last") == ["checkpoint.json"]
 
 
 def test_resume_with_fewer_epochs_than_trained_says_it_trains_nothing(tmp_path):

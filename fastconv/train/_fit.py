@@ -107,6 +107,12 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         for path in (checkpoint_dir, last_dir, best_dir):
             if os.path.isdir(path):
                 _check_writable(path)
+        for path in (last_dir, best_dir):  # (a user's checkpoint.json there: save refused it after an epoch)
+            if os.path.isdir(path):
+                try:
+                    _checkpoint._refuse_a_foreign_index(path)
+                except _checkpoint.CheckpointError as exc:
+                    raise ValueError(f"{_say('checkpoint_dir')}: {exc}") from None
     xp = _backend.current().xp
 
     n = len(x_train)
