@@ -681,6 +681,14 @@ def test_search_refuses_flags_that_are_not_bools_and_overrides_of_its_own_argume
                      out_dir=tmp_path / "list", epochs=1, batch_size=10, verbose=False)
 
 
+def test_search_refuses_an_out_dir_that_is_a_file(tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(ValueError, match=r"search: out_dir '.*afile' is a file, but search writes its table"):
+        train.search(_search_build, {"lr": [0.1]}, blobs(40, seed=1), blobs(20, seed=2), out_dir=tmp_path / "afile",
+                     epochs=1, batch_size=10, verbose=False)
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_search_writes_strict_json(tmp_path):
     # A NaN setting went into search.json as a bare NaN token, which strict readers (jq, JavaScript's
     # JSON.parse) refuse.

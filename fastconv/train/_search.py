@@ -248,6 +248,9 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
     train = _xy_pair(train, "train")
     work = os.path.join(out_dir, "trial")
     best_dir = os.path.join(out_dir, "best")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):  # (os.makedirs: a bare "[Errno 17] File exists")
+        raise ValueError(f"search: {_say('out_dir')} {os.fspath(out_dir)!r} is a file, but search writes its table "
+                         f"and best model in a directory there: give another {_say('out_dir')}")
     if not overwrite:
         _keep_earlier_search(out_dir)
     if os.path.exists(best_dir) and not os.path.isdir(best_dir):  # fail now, not after the first trial
