@@ -257,7 +257,11 @@ def _refuse_a_foreign_index(directory):
     except (ValueError, UnicodeDecodeError, RecursionError):
         # Not JSON: a corrupt checkpoint's where a weights file of save's own lies beside it (a new save
         # replaces it); else a user's own file of that name (notes), which save would destroy.
-        if any(name.startswith("weights-") and _OWN_FILE.fullmatch(name) for name in os.listdir(directory)):
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            names = []
+        if any(name.startswith("weights-") and _OWN_FILE.fullmatch(name) for name in names):
             return
         found = None
     if not (isinstance(found, dict) and found.get("format") == FORMAT):
@@ -509,8 +513,8 @@ def load_into(path, model, optimizer=None, scheduler=None, *, strict=True):
     info, tensors = _read_saved(directory, first)
     if info is not first:  # replaced by a save meanwhile
         check_architecture(info)
-    weights = _model_weights(info, tensors)
     try:
+        weights = _model_weights(info, tensors)
         pairs, missing, unexpected = model.check_state_dict(weights, strict=strict)
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"the checkpoint {directory!r} does not fit the model: {exc}") from None

@@ -104,11 +104,16 @@ def train_val_test_split(x, y, val=0.15, test=0.15, seed=0, stratify=True):
     n_test = _shares(round(test * len(y)), test * sizes, capacity)
     n_val = _shares(round(val * len(y)), val * sizes, capacity - n_test)
     for fraction, counts, name in ((val, n_val, "val"), (test, n_test, "test")):
-        if fraction > 0 and counts.sum() == 0:
-            raise ValueError(f"{name}={fraction} of {len(y)} rows leaves the {name} part empty"
-                             + (f" (stratified: {len(groups)} classes, each keeping a training row)"
-                                if stratify else "")
-                             + f": give a larger fraction, or {name}=0")
+        if fraction > 0 and counts.sum() == 0:  # (before, silently: stratified or not, from 3 rows down)
+            if stratify and capacity.sum() == 0:
+                why, ways = (f"every one of its {len(groups)} classes has a single row, which it keeps for training",
+                             "stratify=False")
+            else:
+                why = (f"stratified: {len(groups)} classes, each keeping a training row" if stratify
+                       else f"round({fraction} * {len(y)}) = 0")
+                ways = "a larger fraction"
+            raise ValueError(f"{name}={fraction} of {len(y)} rows leaves the {name} part empty ({why}): give "
+                             f"{ways}, or {name}=0")
     parts = {"train": [], "val": [], "test": []}
     for rows, t, v in zip(groups, n_test, n_val):
         rows = rng.permutation(rows)

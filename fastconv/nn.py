@@ -282,8 +282,8 @@ class Module:
             if dtype is None or dtype != np.dtype(p.dtype):
                 raise TypeError(f"load_state_dict: {name} is {dtype} in the state dict, but the model's "
                                 f"parameter is {p.dtype}")
-            flags = getattr(p.data, "flags", None)
-            if flags is not None and not flags.writeable:  # (it failed half-way through the copies)
+            # (it failed half-way through the copies; CuPy's flags have no writeable: its arrays always are)
+            if not getattr(getattr(p.data, "flags", None), "writeable", True):
                 raise ValueError(f"load_state_dict: the model's parameter {name} is read-only (its .data does not "
                                  "own writable memory): nothing was loaded")
             pairs.append((p, value))
@@ -328,8 +328,12 @@ class Module:
         return None
 
     def _extra_state_loader(self, name, state):
-        """A check of this module's part of extra_state(), then the function that loads it."""
-        return lambda: None
+        """A check of this module's part of extra_state(), then the function that loads it (by default
+        _load_extra_state, unchecked: the hook of before, which a subclass may override)."""
+        return lambda: self._load_extra_state(state)
+
+    def _load_extra_state(self, state):
+        pass
 
     # --- architecture ------------------------------------------------------------------------
     def _args(self) -> dict:

@@ -11,6 +11,7 @@ restores them for resuming a run.
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -372,17 +373,21 @@ class LRScheduler:
         if not isinstance(hyper, dict) or set(hyper) != set(self._hyperparameters):
             raise ValueError(f"{name}.load_state_dict: hyperparameters must be a dict of "
                              f"{', '.join(self._hyperparameters)}, got {hyper!r}")
-        # The constructor's checks, and the lr the state sets, on a schedule of its own (constructing
-        # changes nothing): load_state_dict then cannot fail half-way, nor load_into after the weights.
-        probe = type(self)(self.optimizer, **hyper)
+        if hyper:  # (the constructor's checks; constructing changes nothing)
+            hyper = type(self)(self.optimizer, **hyper).hyperparameters()
+        # The lr the state sets, on a copy (no constructor runs): load_state_dict then cannot fail
+        # half-way, nor load_into after the weights.
+        probe = copy.copy(self)
         probe.base_lr = base_lr
+        for k, v in hyper.items():
+            setattr(probe, k, v)
         try:
             lr = probe.lr_at(last_epoch)
         except OverflowError:  # (CosineAnnealingLR's epoch / T_max of a huge int)
             lr = math.inf
         if not math.isfinite(lr):
             raise ValueError(f"{name}.load_state_dict: the lr at epoch {last_epoch} of this state is not finite")
-        return base_lr, last_epoch, probe.hyperparameters(), lr
+        return base_lr, last_epoch, hyper, lr
 
     def load_state_dict(self, state: dict) -> None:
         """Takes the saved schedule: base_lr, the step count and its hyperparameters (as torch's

@@ -26,6 +26,7 @@ report.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -244,11 +245,12 @@ def evaluate_saved(example, path):
     if record["example"] != example.NAME:
         raise ValueError(f"{path} was trained by example {record['example']!r}, not {example.NAME!r}")
     model, _ = _checkpoint.load(path)
-    try:
-        dataset = example.load_data(**record["data"])
-    except TypeError as exc:  # (a run record edited by hand: options load_data does not take)
-        raise _checkpoint.CheckpointError(f"{path}'s run record gives the data options {record['data']}, which "
-                                          f"example {example.NAME!r} does not take ({exc})") from None
+    taken = inspect.signature(example.load_data).parameters
+    unknown = sorted(set(record["data"]) - set(taken))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in taken.values()):  # (a run record edited by hand)
+        raise _checkpoint.CheckpointError(f"{path}'s run record gives the data options {unknown}, which example "
+                                          f"{example.NAME!r} does not take (it takes {list(taken)})")
+    dataset = example.load_data(**record["data"])
     return example.evaluate(model, dataset), model, dataset
 
 

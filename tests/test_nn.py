@@ -724,3 +724,22 @@ def test_dropout_and_flatten_backward_refuse_a_dy_of_another_shape(training):
                                              r"output, \(2, 12\); got \("):
             flat.backward(bad)
     assert flat.backward(np.ones((2, 12), np.float32)).shape == (2, 3, 4)
+
+
+def test_load_state_dict_takes_arrays_whose_flags_say_nothing_of_writeable():
+    # CuPy's ndarray.flags has c_contiguous, f_contiguous and owndata only: the read-only check
+    # (flags.writeable) was an AttributeError on every load on the cuda backend.
+    class Flags:
+        c_contiguous, f_contiguous, owndata = True, False, True
+
+    class CupyLike(np.ndarray):
+        @property
+        def flags(self):
+            return Flags()
+
+    model = nn.Linear(3, 2)
+    for _, p in model.named_parameters():
+        p.data = p.data.view(CupyLike)
+    state = {k: np.full(np.shape(v), 0.5, np.float32) for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    np.testing.assert_array_equal(np.asarray(model.weight.data), 0.5)

@@ -455,3 +455,22 @@ def test_an_optimizer_state_keyed_by_a_digit_that_is_not_an_index_is_refused():
     state = opt.state_dict()
     with pytest.raises(ValueError, match="the state's keys must be parameter indices, got '²'"):
         opt.load_state_dict({**state, "state": {"²": {"momentum_buffer": np.zeros(1, np.float32)}}})
+
+
+def test_a_schedule_of_the_users_without_hyperparameters_loads_its_state():
+    # The state check built a probe schedule by calling the constructor with the saved
+    # hyperparameters: one with a required argument of its own and none declared could not load.
+    class Warmup(optim.LRScheduler):
+        def __init__(self, optimizer, warmup):
+            super().__init__(optimizer)
+            self.warmup = warmup
+
+        def lr_at(self, epoch):
+            return self.base_lr * min(1.0, (epoch + 1) / self.warmup)
+
+    opt = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.1)
+    sched = Warmup(opt, 5)
+    sched.step()
+    other = Warmup(optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.1), 5)
+    other.load_state_dict(sched.state_dict())
+    assert other.last_epoch == 1 and other.optimizer.lr == opt.lr
