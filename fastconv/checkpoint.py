@@ -518,10 +518,12 @@ def load_into(path, model, optimizer=None, scheduler=None, *, strict=True):
         pairs, missing, unexpected = model.check_state_dict(weights, strict=strict)
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"the checkpoint {directory!r} does not fit the model: {exc}") from None
-    names = f"the model's {[name for name, _ in model.named_parameters()]}, the checkpoint's {list(weights)}"
+    def names():  # (for the refusals below only)
+        return f"the model's {[name for name, _ in model.named_parameters()]}, the checkpoint's {list(weights)}"
+
     if not pairs and (missing or unexpected):  # (strict=False: a fine-tune that matched nothing "succeeded")
         raise CheckpointError(f"no parameter of the checkpoint {directory!r} has the name of one of the model's "
-                              f"({names}): nothing to load")
+                              f"({names()}): nothing to load")
     try:
         extra_loads = model.check_extra_state(info.get("module_state") or {}) if strict else []
     except (ValueError, TypeError) as exc:
@@ -529,7 +531,7 @@ def load_into(path, model, optimizer=None, scheduler=None, *, strict=True):
     optim_state = None
     if optimizer is not None and (missing or unexpected):  # (its state is per parameter position)
         raise CheckpointError(f"the optimizer state in {directory!r} is kept by parameter position, and the "
-                              f"model's parameters are not the checkpoint's ({names}): load the weights alone "
+                              f"model's parameters are not the checkpoint's ({names()}): load the weights alone "
                               "(load_into without the optimizer) and start the optimizer afresh")
     if optimizer is not None:
         try:  # (a JSON edited and re-signed by hand: a list where a dict was, a key gone)

@@ -69,10 +69,12 @@ def train_val_test_split(x, y, val=0.15, test=0.15, seed=0, stratify=True):
     ``stratify=True`` (y must hold class labels) those rows are shared out among the
     classes in proportion to their sizes (each class its share rounded down, then one
     more row each to the classes with the largest remainders), every class keeping at
-    least one training row (rows a class cannot take go to the others). A part asked for (val or test above 0) that would come out
-    empty is refused. Rows keep their original order inside each part.
+    least one training row (rows a class cannot take go to the others). A part asked for
+    (val or test above 0) that would come out empty is refused. Rows keep their original
+    order inside each part.
     """
-    refuse_masked(x, "x"), refuse_masked(y, "y")
+    refuse_masked(x, "x")
+    refuse_masked(y, "y")
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
         raise ValueError(f"x and y must have the same number of rows, got shapes {x.shape} and {y.shape}")
@@ -390,7 +392,8 @@ def batches(x, y, batch_size, shuffle=True, seed=None, drop_last=False, rng=None
     batch_size = _check.integer(batch_size, "batch_size", low=1)
     shuffle = _check.flag(shuffle, "batches: shuffle")  # (shuffle="no" shuffled)
     drop_last = _check.flag(drop_last, "batches: drop_last")
-    refuse_masked(x, "x"), refuse_masked(y, "y")
+    refuse_masked(x, "x")
+    refuse_masked(y, "y")
     if shuffle:  # A list becomes an array: its rows cannot be taken by an index array (the shuffled order),
         # which failed with NumPy's "only integer scalar arrays..." at the first batch. (Unshuffled, slices.)
         x, y = (a if getattr(a, "shape", None) is not None else np.asarray(a) for a in (x, y))

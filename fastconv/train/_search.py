@@ -160,10 +160,6 @@ def _interrupts_deferred():
             raise KeyboardInterrupt
 
 
-def _finite(value):
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def _write_table(out_dir, rows, keys):
     """search.json and search.csv, each through a temp file and a rename: an interrupt leaves the
     previous table whole."""
@@ -173,9 +169,9 @@ def _write_table(out_dir, rows, keys):
     for r in rows:
         writer.writerow([r["rank"], r["trial"], *(r["settings"][k] for k in keys), r["best_metric"],
                          r["best_epoch"], r["epochs_run"], round(r["time_s"], 3)])
-    # (strict JSON, which jq and JavaScript read: a diverged trial's NaN metric as null)
-    plain = [{**r, "best_metric": r["best_metric"] if _finite(r["best_metric"]) else None} for r in rows]
-    _checkpoint._write_atomically(out_dir, "search.json", json.dumps(plain, indent=1, allow_nan=False).encode())
+    # (strict JSON, which jq and JavaScript read: settings are finite, and a trial that never improved,
+    # a diverged one too, has best_metric None: _improved takes no NaN)
+    _checkpoint._write_atomically(out_dir, "search.json", json.dumps(rows, indent=1, allow_nan=False).encode())
     _checkpoint._write_atomically(out_dir, "search.csv", text.getvalue().encode())
 
 
