@@ -474,3 +474,51 @@ def test_a_schedule_of_the_users_without_hyperparameters_loads_its_state():
     other = Warmup(optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.1), 5)
     other.load_state_dict(sched.state_dict())
     assert other.last_epoch == 1 and other.optimizer.lr == opt.lr
+
+
+def test_checking_a_schedules_state_leaves_the_optimizers_lr():
+    # A schedule that sets the optimizer's lr in its constructor (as torch's do) was constructed
+    # with the saved hyperparameters to check them: check_state_dict changed the lr it promises
+    # to leave alone.
+    class Warmup(optim.LRScheduler):
+        _hyperparameters = ("warmup",)
+
+        def __init__(self, optimizer, warmup):
+            super().__init__(optimizer)
+            self.warmup = warmup
+            optimizer.lr = self.lr_at(0)
+
+        def lr_at(self, epoch):
+            return self.base_lr * min(1.0, (epoch + 1) / self.warmup)
+
+    opt = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.1)
+    sched = Warmup(opt, 4)
+    for _ in range(2):
+        sched.step()
+    state = sched.state_dict()
+    other_opt = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=0.1)
+    other = Warmup(other_opt, 10)
+    before = other_opt.lr
+    assert other.check_state_dict(state)[3] == pytest.approx(0.075)
+    assert other_opt.lr == before
+    other.load_state_dict(state)
+    assert other.warmup == 4 and other_opt.lr == pytest.approx(0.075)
+
+
+@pytest.mark.parametrize("make, buffers", [
+    (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), ("momentum_buffer",)),
+    (lambda ps: optim.Adam(ps, lr=0.1), ("exp_avg", "exp_avg_sq")),
+])
+def test_an_optimizer_state_with_nan_is_refused(make, buffers):
+    # NaN < 0 is false: an all-NaN exp_avg_sq passed the negative-values check, and the next
+    # step made the parameter NaN.
+    params = [nn.Parameter(np.ones(3, np.float32))]
+    opt = make(params)
+    for buf in buffers:
+        entry = {b: np.zeros(3, np.float32) for b in buffers}
+        entry[buf][1] = np.nan
+        state = {**opt.state_dict(), "state": {0: {**entry, **({"step": 1} if opt._counts_steps else {})}}}
+        with pytest.raises(ValueError, match=f"parameter 0's '{buf}' has NaN values: a step would make the "
+                                             "parameter NaN"):
+            opt.load_state_dict(state)
+        assert opt.state == {}
