@@ -62,13 +62,14 @@ def run(out="runs/digits_cnn", epochs=None, lr=None, batch_size=None, seed=0, su
     model = build_model(seed)
     if verbose:
         print(runs.describe(NAME, dataset, model, seed=seed, options=options))
+    record = runs.run_record(NAME, dataset, {"seed": seed, "subset": subset}, options)
     started = time.perf_counter()
     history = train.fit(
         model, losses.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=options["lr"]),
         train=(dataset.x_train, dataset.y_train), val=(dataset.x_val, dataset.y_val),
         epochs=options["epochs"], batch_size=options["batch_size"], metric="accuracy", checkpoint_dir=out,
-        seed=seed, resume=resume, overwrite=overwrite, progress=verbose if progress is None else progress)
-    record = {"example": NAME, "data": {"seed": seed, "subset": subset}, "options": options}
+        seed=seed, resume=resume, overwrite=overwrite, progress=verbose if progress is None else progress,
+        checkpoint_extra={runs.RECORD_KEY: record})
     return runs.finish(sys.modules[__name__], out, history, record=record, started=started, verbose=verbose)
 
 

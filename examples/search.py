@@ -68,17 +68,18 @@ def run(out="runs/search", epochs=None, lrs=None, widths=None, batch_sizes=None,
         n = len(space["lr"]) * len(space["width"]) * len(space["batch_size"])
         print(f"fastconv search: {n} settings of the two-layer tumour network, {options['epochs']} epochs each "
               f"(lr {space['lr']}, width {space['width']}, batch size {space['batch_size']})")
+    data = {"seed": seed, "subset": subset}
     started = time.perf_counter()
     result = train.search(build, space, (dataset.x_train, mlp.targets(dataset.y_train)),
                           (dataset.x_val, mlp.targets(dataset.y_val)), out_dir=out, overwrite=overwrite, metric="loss",
                           epochs=options["epochs"], seed=seed, patience=10,
-                          progress=False, verbose=verbose and progress is not False)  # a line per trial: the progress
+                          progress=False, verbose=verbose and progress is not False,  # a line per trial: the progress
+                          checkpoint_extra={runs.RECORD_KEY: runs.run_record(NAME, dataset, data, options)})
     seconds = time.perf_counter() - started
     if result.best_checkpoint is None:
         raise RuntimeError(f"no setting reached a finite validation loss (did every one diverge?), so "
                            f"there is no best model to evaluate; the trials are in {out}/search.csv")
-    record = {"example": NAME, "data": {"seed": seed, "subset": subset}, "options": options,
-              "best_settings": result.best_settings}
+    record = runs.run_record(NAME, dataset, data, options, best_settings=result.best_settings)
     runs.tag_checkpoint(result.best_checkpoint, record)
     report, model, dataset = runs.evaluate_saved(sys.modules[__name__], result.best_checkpoint)
     files = {"checkpoint": result.best_checkpoint, "table_csv": f"{out}/search.csv", "table_json": f"{out}/search.json",

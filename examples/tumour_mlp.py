@@ -60,14 +60,14 @@ def run(out="runs/tumour_mlp", epochs=None, lr=None, batch_size=None, width=None
     model = build_model(options["width"], seed)
     if verbose:
         print(runs.describe(NAME, dataset, model, seed=seed, options=options))
+    record = runs.run_record(NAME, dataset, {"seed": seed, "subset": subset}, options)
     started = time.perf_counter()
     history = train.fit(
         model, losses.BCEWithLogitsLoss(), optim.Adam(model.parameters(), lr=options["lr"]),
         train=(dataset.x_train, targets(dataset.y_train)), val=(dataset.x_val, targets(dataset.y_val)),
         epochs=options["epochs"], batch_size=options["batch_size"], metric="loss", patience=15,
         checkpoint_dir=out, seed=seed, resume=resume, overwrite=overwrite,
-        progress=verbose if progress is None else progress)
-    record = {"example": NAME, "data": {"seed": seed, "subset": subset}, "options": options}
+        progress=verbose if progress is None else progress, checkpoint_extra={runs.RECORD_KEY: record})
     return runs.finish(sys.modules[__name__], out, history, record=record, started=started, verbose=verbose)
 
 

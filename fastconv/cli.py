@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import importlib.util
 import inspect
-import json
 import os
 import subprocess
 import sys
@@ -164,19 +163,14 @@ def _check_resumed_run(out, example, epochs):
     """ValueError where --resume would continue a run of another example (fit then blamed the lr, the
     batch size or the data) or one already trained past this call's epochs (it trained nothing, and
     run.json then named those epochs for the longer run)."""
-    from . import checkpoint, runs
-
-    last = os.path.join(out, "last")
-    if not os.path.exists(os.path.join(last, checkpoint.INDEX)):
-        return
-    try:
-        record = runs._record(last)
-        state = checkpoint.read_info(last)["extra"]["fit"]["state"]
-    except (OSError, ValueError, KeyError, TypeError, checkpoint.CheckpointError):
-        return  # (fit says what is wrong with them)
-    if record["example"] != example.NAME:
-        raise ValueError(f"{out} holds a run of example {record['example']!r}, not {example.NAME!r}: --resume "
+    record, info = _resumed_record(out)
+    if record is not None and record.get("example") != example.NAME:
+        raise ValueError(f"{out} holds a run of example {record.get('example')!r}, not {example.NAME!r}: --resume "
                          "continues a run of the same example")
+    try:
+        state = info["extra"]["fit"]["state"]
+    except (TypeError, KeyError):
+        return  # (fit says what is wrong with it)
     epochs = example.DEFAULTS.get("epochs") if epochs is None else epochs
     if isinstance(state, dict) and isinstance(state.get("epoch"), int) and epochs is not None \
             and state["epoch"] > epochs:
@@ -186,26 +180,35 @@ def _check_resumed_run(out, example, epochs):
 
 def _check_resumed_data(out, data):
     """ValueError where --resume is given another split (--seed, --subset) than the run in `out` was trained
-    on, as its run.json records: fit would refuse it too (by the training rows' digest), but only after the
-    data were loaded and the header printed. (A run.json that describes other weights than OUT/last, an
-    interrupted run's, is left to fit.)"""
-    from . import checkpoint, runs
-
-    last, run_json = os.path.join(out, "last"), os.path.join(out, "run.json")
-    if not (os.path.exists(os.path.join(last, checkpoint.INDEX)) and os.path.exists(run_json)):
-        return
-    try:
-        record = json.loads(Path(run_json).read_text())
-        described = runs._describes(record, checkpoint.read_info(last)) and isinstance(record.get("data"), dict)
-    except (OSError, ValueError, checkpoint.CheckpointError):
-        return  # (fit says what is wrong with them)
-    if not described:
+    on, as its record says: fit would refuse it too (by the training rows' digest), but only after the
+    data were loaded and the header printed."""
+    record, _ = _resumed_record(out)
+    if record is None or not isinstance(record.get("data"), dict):
         return
     saved = {k: record["data"][k] for k in data if k in record["data"]}  # (an example's own may record less)
     if saved != {k: data[k] for k in saved}:
         flags = " and ".join(f"--{k} {v}" if v is not None else f"no --{k}" for k, v in saved.items())
         raise ValueError(f"{out} holds a run trained on another split, with {flags}; --resume continues it on "
                          f"that split: give {flags}")
+
+
+def _resumed_record(out):
+    """(the run record, the checkpoint info) of OUT/last, the run --resume continues: the record from its
+    JSON (every checkpoint of `fastconv train` holds it, an interrupted run's too), else from a run.json that
+    describes it; None for what cannot be read (fit says what is wrong with it)."""
+    from . import checkpoint, runs
+
+    last = os.path.join(out, "last")
+    if not os.path.exists(os.path.join(last, checkpoint.INDEX)):
+        return None, None
+    try:
+        info = checkpoint.read_info(last)
+    except (OSError, ValueError, checkpoint.CheckpointError):
+        return None, None
+    try:
+        return runs._record(last), info
+    except (OSError, ValueError, KeyError, TypeError, checkpoint.CheckpointError):
+        return None, info
 
 
 def _train(args) -> int:

@@ -1,9 +1,10 @@
 """What `fastconv train EXAMPLE --out DIR` leaves in DIR, and the steps every example shares.
 
     DIR/best/          the best checkpoint (fastconv.checkpoint; written by train.fit whenever the
-                       validation metric improved). Its JSON's "extra" also records the run:
-                       {"run": {"example": name, "data": loader arguments, "options": ...}}
-    DIR/last/          the checkpoint after the last epoch (optimizer state included: resume)
+                       validation metric improved). Its JSON's "extra" also records the run (run_record):
+                       {"run": {"example": name, "data": loader arguments, "data_sha256": ..., "options": ...}}
+    DIR/last/          the checkpoint after the last epoch (optimizer state included: resume), with the
+                       same record (so an interrupted run's checkpoints say what they are too)
     DIR/run.json       the same run record, plus backend, wall time, the files written and the
                        SHA-256 of the weights of best/ and last/ (the checkpoints it describes)
     DIR/history.json   train.History.to_dict(): one record per validation (losses, metric, lr)
@@ -16,8 +17,9 @@ equal those printed at the end of training.
 
 An example module provides NAME, DEFAULTS, run(out, epochs=None, lr=None, batch_size=None, seed=0,
 subset=None, verbose=True, progress=None, resume=False, overwrite=False) (what `fastconv train NAME`
-calls: it trains with train.fit(..., checkpoint_dir=out, resume=resume, overwrite=overwrite), which
-refuses an out holding an earlier run unless one of them is given, and ends with finish(); before
+calls: it trains with train.fit(..., checkpoint_dir=out, resume=resume, overwrite=overwrite,
+checkpoint_extra={RECORD_KEY: run_record(...)}), which refuses an out holding an earlier run unless one
+of them is given, and ends with finish(); before
 training it checks that the data (a --subset) holds what its report needs (check_subset); an
 example whose run takes no resume cannot be resumed, and `--resume` says so), load_data(seed=0,
 subset=None) -> data.Dataset, evaluate(model, dataset) -> report dict, and optionally plots(out,
@@ -26,6 +28,7 @@ report.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
@@ -40,14 +43,38 @@ from . import checkpoint as _checkpoint
 from .evaluate import format_report, history_dict, jsonable
 from .plots import plot_history
 
-__all__ = ["settings", "take_subset", "check_subset", "describe", "finish", "tag_checkpoint", "evaluate_saved",
-           "evaluate_checkpoint", "checkpoint_example", "save_json", "weights_sha256"]
+__all__ = ["settings", "run_record", "data_fingerprint", "take_subset", "check_subset", "describe", "finish",
+           "tag_checkpoint", "evaluate_saved", "evaluate_checkpoint", "checkpoint_example", "save_json",
+           "weights_sha256"]
 
 RECORD_KEY = "run"
 # What `fastconv train` writes in --out, for any example: a directory holding one of them is an earlier
 # run's (or holds a file of the user's that the run would replace), refused without --resume/--overwrite.
 RUN_FILES = ("best", "last", "history.json", "report.json", "run.json", "loss.png", "roc.png", "confusion.png",
              "fit.png", "search.csv", "search.json")
+
+
+def data_fingerprint(dataset) -> str:
+    """SHA-256 of what tells one split of an example's data from another: every part's labels, in order,
+    and every array's shape and dtype. A checkpoint's record keeps it, so that a checkpoint is never
+    evaluated on another split than it was trained on (a release that changed the split or the bundled
+    data: the test part could hold its training rows). Not the inputs' values: standardized, their last
+    bits may differ between hosts (NumPy's sums), and a split moves the labels with its rows."""
+    digest = hashlib.sha256()
+    for part in ("train", "val", "test"):
+        x, y = (np.asarray(getattr(dataset, f"{name}_{part}")) for name in ("x", "y"))
+        digest.update(repr((part, x.shape, x.dtype.str, y.shape, y.dtype.str)).encode())
+        digest.update(np.ascontiguousarray(y).tobytes())
+    return digest.hexdigest()
+
+
+def run_record(name, dataset, data, options, **more) -> dict:
+    """What a run is: {"example": name, "data": the arguments of its load_data, "data_sha256":
+    data_fingerprint(dataset), "options": its training settings, **more}. Examples give it to
+    train.fit as checkpoint_extra={RECORD_KEY: record}, so that every checkpoint of the run holds it
+    (an interrupted run's too), and to finish."""
+    return {"example": name, "data": dict(data), "data_sha256": data_fingerprint(dataset), "options": options,
+            **more}
 
 
 def take_subset(dataset, n):
@@ -118,8 +145,13 @@ def save_json(obj, path) -> str:
 
 
 def tag_checkpoint(directory, record):
-    """Re-saves the checkpoint with the run record added to its JSON's extra (weights unchanged;
-    train.fit writes `best` without an optimizer-independent place for our own fields)."""
+    """Re-saves the checkpoint with the run record in its JSON's extra (weights unchanged), unless it
+    holds that record already (train.fit's checkpoint_extra put it there; search's best gets its best
+    settings here)."""
+    record = _checkpoint._json_normal(jsonable(record), "run record")
+    extra = _checkpoint.read_info(directory).get("extra")
+    if isinstance(extra, dict) and extra.get(RECORD_KEY) == record:
+        return
     model, info = _checkpoint.load(directory)
     extra = dict(info.get("extra") or {})
     extra[RECORD_KEY] = record
@@ -244,13 +276,21 @@ def evaluate_saved(example, path):
     record = _record(path)
     if record["example"] != example.NAME:
         raise ValueError(f"{path} was trained by example {record['example']!r}, not {example.NAME!r}")
-    model, _ = _checkpoint.load(path)
+    model, info = _checkpoint.load(path)
     taken = inspect.signature(example.load_data).parameters
     unknown = sorted(set(record["data"]) - set(taken))
     if unknown and not any(p.kind is p.VAR_KEYWORD for p in taken.values()):  # (a run record edited by hand)
         raise _checkpoint.CheckpointError(f"{path}'s run record gives the data options {unknown}, which example "
                                           f"{example.NAME!r} does not take (it takes {list(taken)})")
     dataset = example.load_data(**record["data"])
+    saved = record.get("data_sha256")  # (a record from before it was kept: taken at its word)
+    if saved is not None and saved != data_fingerprint(dataset):
+        arguments = ", ".join(f"{k}={v!r}" for k, v in record["data"].items())
+        raise _checkpoint.CheckpointError(
+            f"{path} was trained on another split than example {example.NAME!r}'s load_data({arguments}) gives now "
+            f"(its labels or sizes differ): the split or the bundled data changed since fastconv "
+            f"{info.get('fastconv_version', '?')} saved it, and a report on these data could count its training "
+            "rows as test rows")
     return example.evaluate(model, dataset), model, dataset
 
 

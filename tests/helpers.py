@@ -111,3 +111,18 @@ def assert_gradient(analytic, numeric, what="gradient"):
     scale = max(1.0, float(np.max(np.abs(numeric), initial=0.0)))
     err = float(np.max(np.abs(analytic - numeric), initial=0.0))
     assert err <= 1e-6 * scale, f"{what}: analytic and finite-difference gradients differ by {err:.3g} (scale {scale:.3g})"
+
+
+def strip_run_record(directory):
+    """Takes the run record out of a checkpoint's JSON (as earlier releases wrote last/, and best/ until the
+    end of the run), its checksum made again."""
+    import json
+    from pathlib import Path
+
+    from fastconv import checkpoint, runs
+
+    index = Path(directory) / checkpoint.INDEX
+    info = json.loads(index.read_text())
+    del info["extra"][runs.RECORD_KEY]
+    info["index_sha256"] = checkpoint._index_digest(info)
+    index.write_text(json.dumps(info))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fastconv import checkpoint, cli, nn, optim, train
+from helpers import strip_run_record
 
 
 def run_cli(argv, capsys):
@@ -191,6 +192,14 @@ def test_resume_refuses_another_examples_run_and_fewer_epochs_than_trained(capsy
     code, _, err = run_cli(["train", "neuron", "--epochs", "1", "--out", out, "--resume", "--quiet"], capsys)
     assert code == 1 and "has trained 2 epochs, more than --epochs 1: --resume has nothing to train" in err
     assert (tmp_path / "run" / "run.json").read_bytes() == kept
+    # An interrupted run has no run.json: last/'s own record says the example (the checks read run.json alone,
+    # and let both through to fit); the epochs come from fit's state, with or without a record.
+    (tmp_path / "run" / "run.json").unlink()
+    code, _, err = run_cli(["train", "regression", "--epochs", "3", "--out", out, "--resume", "--quiet"], capsys)
+    assert code == 1 and f"{out} holds a run of example 'neuron', not 'regression'" in err
+    strip_run_record(tmp_path / "run" / "last")
+    code, _, err = run_cli(["train", "neuron", "--epochs", "1", "--out", out, "--resume", "--quiet"], capsys)
+    assert code == 1 and "has trained 2 epochs, more than --epochs 1: --resume has nothing to train" in err
 
 
 def test_evaluate_of_a_record_naming_an_unknown_example(capsys, tmp_path):

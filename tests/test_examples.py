@@ -13,6 +13,7 @@ import pytest
 import fastconv
 from fastconv import checkpoint, cli, ops, runs
 from fastconv.evaluate import jsonable
+from helpers import strip_run_record
 
 # The examples need the loss, conv, pool and optimizer ops (each merged from its own branch).
 NEEDED_OPS = ("bce_with_logits_forward", "softmax_cross_entropy_forward", "mse_forward", "conv2d_forward",
@@ -185,10 +186,12 @@ def test_resume_refused_by_fit_names_the_flags(tmp_path, capsys):
     kept = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     capsys.readouterr()
     run_json = tmp_path / "run.json"
-    for other, says, interrupted in ((["--batch-size", "8"], "was trained with batch_size 32 on 40 training rows", False),
-                                     (["--seed", "1"], "was trained on other training data", True)):
-        if interrupted:  # (no run.json for last/: the command cannot tell the split, fit can)
+    for other, says, unrecorded in ((["--batch-size", "8"], "was trained with batch_size 32 on 40 training rows", False),
+                                    (["--seed", "1"], "was trained on other training data", True)):
+        if unrecorded:  # (a last/ without its record, and no run.json: the command cannot tell the split, fit can)
             run_json.unlink()
+            strip_run_record(tmp_path / "last")
+            kept[tmp_path / "last" / checkpoint.INDEX] = (tmp_path / "last" / checkpoint.INDEX).read_bytes()
         code = cli.main(["train", "neuron", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs", "2",
                          "--subset", "40", "--resume", *other])
         err = capsys.readouterr().err
@@ -196,7 +199,7 @@ def test_resume_refused_by_fit_names_the_flags(tmp_path, capsys):
         assert err.splitlines()[-1] == (f"  --resume cannot continue the run in {tmp_path}: --overwrite starts afresh "
                                         "(replacing it), or give another --out")
         assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == {
-            p: b for p, b in kept.items() if p != run_json or not interrupted}
+            p: b for p, b in kept.items() if p != run_json or not unrecorded}
     weights, = (tmp_path / "last").glob("*.safetensors")
     weights.write_bytes(weights.read_bytes()[:-4])  # a last/ fit cannot load: a CheckpointError
     code = cli.main(["train", "neuron", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs", "2",
@@ -217,6 +220,12 @@ def test_resume_on_another_split_is_refused_before_the_header(tmp_path, capsys):
         assert err.strip() == (f"fastconv train: error: {tmp_path} holds a run trained on another split, with --seed 2 "
                                "and --subset 40; --resume continues it on that split: give --seed 2 and --subset 40")
         assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == kept
+    # An interrupted run (no run.json): last/'s own record says its split.
+    (tmp_path / "run.json").unlink()
+    code = cli.main(["train", "neuron", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs", "2",
+                     "--resume", "--seed", "2"])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == "" and "holds a run trained on another split, with --seed 2 and --subset 40" in err
     train("neuron", tmp_path, "--epochs", "2", "--subset", "40", "--seed", "2", "--resume")
     assert json.loads((tmp_path / "run.json").read_text())["options"]["epochs"] == 2
 
@@ -321,50 +330,87 @@ def test_a_second_run_into_the_same_out_keeps_the_first(tmp_path, capsys, argv, 
     assert cli.main([*argv, "--overwrite"]) == 0
 
 
-def test_evaluate_never_takes_an_earlier_runs_record_for_an_interrupted_runs_checkpoints(tmp_path, capsys,
-                                                                                         monkeypatch):
-    train("tumour_mlp", tmp_path, "--epochs", "2", "--subset", "40", "--seed", "1")
-    assert cli.main(["evaluate", str(tmp_path / "last"), "--backend", "cpu"]) == 0  # untagged: run.json's record
-    # A run with another seed (another split) interrupted after its checkpoints were written: its best/ and
-    # last/ are untagged, and run.json is the seed-1 run's. Its record was taken for theirs: this run's model
-    # evaluated on seed 1's test split, which holds rows it trained on (test AUC 1.0), with no error.
-    from fastconv import train as train_module
-    real_fit = train_module.fit
+def _interrupted_after_fit(monkeypatch, where, finished=0):
+    """where.fit returns normally `finished` times, then trains once more (checkpoints written) and raises
+    KeyboardInterrupt."""
+    real_fit, calls = where.fit, []
 
     def interrupted_fit(*args, **kwargs):
-        real_fit(*args, **kwargs)
-        raise KeyboardInterrupt
+        history = real_fit(*args, **kwargs)
+        calls.append(1)
+        if len(calls) > finished:
+            raise KeyboardInterrupt
+        return history
 
-    monkeypatch.setattr(train_module, "fit", interrupted_fit)
+    monkeypatch.setattr(where, "fit", interrupted_fit)
+
+
+def test_an_interrupted_runs_checkpoints_are_evaluated_on_their_own_split(tmp_path, capsys, monkeypatch):
+    from fastconv import train as train_module
+
+    tumour_mlp = cli.load_example("tumour_mlp")
+    train("tumour_mlp", tmp_path, "--epochs", "2", "--subset", "40", "--seed", "1")
+    # A run with another seed (another split) interrupted after its checkpoints were written, before
+    # run.json: run.json is the seed-1 run's. Its record was once taken for theirs (this run's model
+    # evaluated on seed 1's test split, which holds rows it trained on: test AUC 1.0, no error); now
+    # best/ and last/ hold their own record from the first save.
+    _interrupted_after_fit(monkeypatch, train_module)
     assert cli.main(["train", "tumour_mlp", "--out", str(tmp_path), "--quiet", "--backend", "cpu", "--epochs", "2",
                      "--subset", "40", "--seed", "2", "--overwrite"]) == 130
     assert "fastconv train: interrupted; " in capsys.readouterr().err
+    assert json.loads((tmp_path / "run.json").read_text())["data"]["seed"] == 1
+    own_split = tumour_mlp.load_data(seed=2, subset=40)
     for which in ("best", "last"):
+        assert checkpoint.read_info(tmp_path / which)["extra"][runs.RECORD_KEY]["data"] == {"seed": 2, "subset": 40}
+        report = runs.evaluate_checkpoint(tumour_mlp, tmp_path / which, verbose=False)
+        model, _ = checkpoint.load(tmp_path / which)
+        assert same_report(report, tumour_mlp.evaluate(model, own_split))
+        assert cli.main(["evaluate", str(tmp_path / which), "--backend", "cpu"]) == 0
+        capsys.readouterr()
+    # Checkpoints without their record (an earlier fastconv's) beside a run.json of other weights: refused.
+    for which in ("best", "last"):
+        strip_run_record(tmp_path / which)
         assert cli.main(["evaluate", str(tmp_path / which), "--backend", "cpu"]) == 1
         assert "describes other weights (an earlier run's)" in capsys.readouterr().err
 
 
-def test_evaluate_never_takes_an_earlier_searchs_record_for_an_interrupted_searchs_best(tmp_path, capsys,
-                                                                                       monkeypatch):
+def test_an_interrupted_searchs_best_is_evaluated_on_its_own_split(tmp_path, capsys, monkeypatch):
+    from fastconv import train as train_module
+
+    search = cli.load_example("search")
     argv = ["search", "--epochs", "1", "--lrs", "0.01,0.02", "--widths", "4", "--batch-sizes", "64", "--out",
             str(tmp_path), "--backend", "cpu", "--quiet"]
     assert cli.main([*argv, "--seed", "1"]) == 0
-    # Another seed's search, interrupted in its second setting: best/ holds its first one's model, untagged,
-    # beside the seed-1 search's run.json (whose data, the seed-1 split, evaluate took for its own).
-    from fastconv import train as train_module
-    real_fit, fits = train_module.fit, []
-
-    def interrupted_fit(*args, **kwargs):
-        if fits:
-            raise KeyboardInterrupt
-        fits.append(1)
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(train_module._search, "fit", interrupted_fit)  # (search's own calls of fit)
+    # Another seed's search, interrupted in its second setting: best/ holds its first one's model, beside the
+    # seed-1 search's run.json (whose data, the seed-1 split, evaluate once took for best/'s own).
+    _interrupted_after_fit(monkeypatch, train_module._search, finished=1)  # (search's own calls of fit)
     assert cli.main([*argv, "--seed", "2", "--overwrite"]) == 130
     capsys.readouterr()
+    record = checkpoint.read_info(tmp_path / "best")["extra"][runs.RECORD_KEY]
+    assert record["data"] == {"seed": 2, "subset": None} and "best_settings" not in record
+    model, _ = checkpoint.load(tmp_path / "best")
+    assert same_report(runs.evaluate_checkpoint(search, tmp_path / "best", verbose=False),
+                       search.evaluate(model, search.load_data(seed=2)))
+    strip_run_record(tmp_path / "best")
     assert cli.main(["evaluate", str(tmp_path / "best"), "--backend", "cpu"]) == 1
     assert "describes other weights (an earlier run's)" in capsys.readouterr().err
+
+
+def test_a_checkpoint_is_never_evaluated_on_another_split_than_it_was_trained_on(tmp_path, monkeypatch):
+    # A release that changes the split (as the stratified split's sizes did) or the bundled data: the
+    # record's loader arguments then give another test part, which can hold the model's training rows.
+    tumour_mlp = cli.load_example("tumour_mlp")
+    train("tumour_mlp", tmp_path, "--epochs", "1", "--subset", "60")
+    runs.evaluate_checkpoint(tumour_mlp, tmp_path / "best", verbose=False)  # its own split: evaluated
+    real_load = tumour_mlp.load_data
+    for changed in (lambda seed=0, subset=None: real_load(seed + 1, subset),  # the rows shuffled otherwise
+                    lambda seed=0, subset=None: real_load(seed, subset and subset - 1)):  # one row fewer
+        monkeypatch.setattr(tumour_mlp, "load_data", changed)
+        for which in ("best", "last"):
+            with pytest.raises(checkpoint.CheckpointError, match=r"was trained on another split than example "
+                               r"'tumour_mlp''s load_data\(seed=0, subset=60\) gives now \(its labels or sizes "
+                               r"differ\): the split or the bundled data changed since fastconv"):
+                runs.evaluate_checkpoint(tumour_mlp, tmp_path / which, verbose=False)
 
 
 def test_search_shows_diverged_settings_and_fails_clearly_when_all_diverge(tmp_path, capsys):
@@ -503,3 +549,4 @@ def test_search_quiet_leaves_out_the_line_per_setting(tmp_path, capsys, argv):
     out = capsys.readouterr().out
     assert "trial 1/" not in out
     assert "ranked on validation loss" in out and "test AUC" in out
+

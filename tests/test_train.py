@@ -1205,3 +1205,40 @@ def test_resume_with_other_optimizer_settings_says_the_saved_ones_win(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run(0.1, 0.0, 2, scheduler=True)  # the saved lr is the schedule's (0.05): not a change of this call's
+
+
+def test_checkpoint_extra_is_in_every_checkpoint_and_refused_before_training_when_bad(tmp_path):
+    (x, y), val = blobs(40, seed=0), blobs(20, seed=1)
+
+    def fit(directory, extra, **kwargs):
+        model = mlp()
+        return train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), val,
+                         epochs=2, batch_size=16, checkpoint_dir=directory, progress=False, checkpoint_extra=extra,
+                         **kwargs)
+
+    fit(tmp_path / "run", {"run": {"example": "blobs", "seed": (1, 2)}})
+    for which in ("best", "last"):
+        extra = checkpoint.read_info(tmp_path / "run" / which)["extra"]
+        assert extra["run"] == {"example": "blobs", "seed": [1, 2]} and "fit" in extra  # (its JSON form)
+    fit(tmp_path / "run", {"run": "resumed"}, resume=True)  # (nothing left to train: the checkpoints stay)
+    fit(tmp_path / "run", {"run": "again"}, overwrite=True)
+    assert checkpoint.read_info(tmp_path / "run" / "last")["extra"]["run"] == "again"
+    for extra, error, says in ((["run"], TypeError, "fit: checkpoint_extra must be a dict .* got list"),
+                               ({"fit": 1}, ValueError, "must not have the key 'fit': fit keeps its own state there"),
+                               ({"run": object()}, TypeError, "fit: checkpoint_extra: checkpoint extra must be "
+                                                              "JSON-serializable")):
+        with pytest.raises(error, match=says):
+            fit(tmp_path / "bad", extra)
+        assert not (tmp_path / "bad").exists()
+
+
+def test_search_keeps_fits_checkpoint_extra_in_its_best(tmp_path):
+    (x, y), val = blobs(40, seed=0), blobs(20, seed=1)
+    result = train.search(build_mlp, {"lr": [0.05, 0.1]}, (x, y), val, out_dir=tmp_path / "s", epochs=1,
+                          batch_size=16, verbose=False, checkpoint_extra={"run": {"example": "blobs"}})
+    extra = checkpoint.read_info(result.best_checkpoint)["extra"]
+    assert extra["run"] == {"example": "blobs"} and extra["settings"] == result.best_settings
+    with pytest.raises(ValueError, match=r"search: checkpoint_extra must not have the keys \['trial'\]"):
+        train.search(build_mlp, {"lr": [0.1]}, (x, y), val, out_dir=tmp_path / "t", epochs=1, batch_size=16,
+                     verbose=False, checkpoint_extra={"trial": "mine"})
+    assert not (tmp_path / "t" / "best").exists()

@@ -13,7 +13,7 @@ from .. import nn as _nn
 from . import _compile_ahead
 from ._data import _digest, _positive_int, _xy_pair
 from ._evaluation import _check_metric_labels, _evaluate, _improved, _metric
-from ._fit_checks import (_check_describable, _check_resumable, _check_targets, _check_writable, _interrupted,
+from ._fit_checks import (_check_checkpoint_extra, _check_describable, _check_resumable, _check_targets, _check_writable, _interrupted,
                           _keep_best_without_last, _keep_earlier_run, _warn_diverged, _warn_final_evaluation_kept,
                           _warn_frozen, _warn_replaced_hyperparameters)
 from ._history import History
@@ -29,7 +29,8 @@ def _progress_bar(total, enabled, initial):
 
 def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metric="loss", mode=None,
         eval_every=None, checkpoint_dir=None, patience=None, scheduler=None, seed=0, resume=False,
-        overwrite=False, progress=True, predict_batch_size=None, restore_best=False, _train_digest=None):
+        overwrite=False, progress=True, predict_batch_size=None, restore_best=False, checkpoint_extra=None,
+        _train_digest=None):
     """Trains `model` and returns its History (see fastconv.train's docstring).
 
     train, val: (x, y) NumPy arrays (moved to the device one batch at a time); without val the
@@ -47,6 +48,9 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         so that a run never replaces another's saved model unasked (`fastconv train` refuses the same --out
         unless --resume or --overwrite).
     restore_best: at the end, load the best evaluation's weights back into the model.
+    checkpoint_extra: a JSON-able dict stored in every checkpoint's extra beside fit's own "fit" (what
+        the run is, e.g. `fastconv train`'s run record: then even an interrupted run's best/ and last/
+        say it).
     Before the first step, every training and validation target passes the loss's checks (labels in
     range, shapes), and the checkpoint_dir's directories are written to once. fit puts the whole model
     in training mode (model.train(): every layer, as torch's loops do) and leaves it so; evaluations
@@ -88,6 +92,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     last_dir = best_dir = None
     if checkpoint_dir is not None and not os.fspath(checkpoint_dir):  # (os.makedirs: FileNotFoundError: '')
         raise ValueError(f"{_say('checkpoint_dir')} is an empty path: give a directory (or None for no checkpoints)")
+    checkpoint_extra = _check_checkpoint_extra(checkpoint_extra)
     if checkpoint_dir is not None:  # fail now, not when the first checkpoint is written
         _check_describable(model)
         last_dir, best_dir = os.path.join(checkpoint_dir, "last"), os.path.join(checkpoint_dir, "best")
@@ -159,7 +164,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
                      "batches": batches}
         epoch = s["epoch"] + (1 if s["batch"] else 0)  # partway through an epoch: that epoch (docstring)
         _checkpoint.save(directory, model, optimizer=optimizer, scheduler=scheduler, epoch=epoch,
-                         metric=metric_value, extra={"fit": fit_state})
+                         metric=metric_value, extra={**checkpoint_extra, "fit": fit_state})
 
     started = time.perf_counter() - s["elapsed"]
     loss_sum = xp.zeros((), dtype=np.float64) + s["loss_sum"]  # summed on the device, read at evaluations

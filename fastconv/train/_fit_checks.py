@@ -25,6 +25,21 @@ def _check_describable(model):
                         f"(model.config()), which this model cannot give: {exc}") from None
 
 
+def _check_checkpoint_extra(extra) -> dict:
+    """fit's checkpoint_extra as the checkpoints will hold it ({} for None), checked before training."""
+    if extra is None:
+        return {}
+    if not isinstance(extra, dict):
+        raise TypeError(f"fit: checkpoint_extra must be a dict (stored in each checkpoint's extra), got "
+                        f"{type(extra).__name__}")
+    if "fit" in extra:
+        raise ValueError("fit: checkpoint_extra must not have the key 'fit': fit keeps its own state there")
+    try:
+        return _checkpoint._json_normal(extra, "extra")
+    except TypeError as exc:
+        raise TypeError(f"fit: checkpoint_extra: {exc}") from None
+
+
 def _warn_frozen(model):
     """A RuntimeWarning when every parameter of the model is frozen: the optimizer skips frozen
     parameters, so fit would run every epoch and change nothing, silently."""

@@ -199,6 +199,17 @@ def _remove(path):
         os.unlink(path)
 
 
+def _best_extra(checkpoint_extra):
+    """fit's checkpoint_extra (given to every trial) as best/ holds it too, beside the best setting and trial."""
+    if not isinstance(checkpoint_extra, dict):
+        return {}  # (None; fit refuses what is not a dict, at the first trial)
+    taken = sorted({"settings", "trial"} & set(checkpoint_extra))
+    if taken:
+        raise ValueError(f"search: checkpoint_extra must not have the keys {taken}: search records the best "
+                         "setting there in best/")
+    return checkpoint_extra
+
+
 def _own_arguments(options, what):
     """search's own arguments to fit, refused among fit's options (a TypeError from fit's call, "got
     multiple values for keyword argument", would not say why)."""
@@ -225,7 +236,7 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
 
     Writes out_dir/search.csv and out_dir/search.json (best first; rewritten after every trial, so an
     interrupted search leaves the trials it finished) and out_dir/best, the checkpoint of the best model
-    (each trial's best evaluation). Each trial trains in out_dir/trial, removed on the way out (an
+    (each trial's best evaluation; its extra: fit's checkpoint_extra, "settings" and "trial"). Each trial trains in out_dir/trial, removed on the way out (an
     interrupt included). Returns a SearchResult.
     overwrite: an out_dir that holds any of best, search.csv, search.json or trial (an earlier search) is
         refused (ValueError) unless overwrite=True: then trial is deleted before the first trial, and the
@@ -271,6 +282,7 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
             _check_rebuildable(model)
             kwargs = {"seed": seed, "progress": progress, **fit_kwargs,
                       **{k: setting[k] for k in ("epochs", "batch_size") if k in setting}, **overrides}
+            _best_extra(kwargs.get("checkpoint_extra"))  # (refused before the trial, not after it)
             shutil.rmtree(work, ignore_errors=True)  # the previous trial's
             t0 = time.perf_counter()
             history = fit(model, loss_fn, optimizer, train, val, metric=metric, mode=mode, checkpoint_dir=work,
@@ -286,7 +298,8 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
                     # Copy the trial's best checkpoint (atomically, through save) to out_dir/best.
                     trial_model, info = _checkpoint.load(os.path.join(work, "best"))
                     _checkpoint.save(best_dir, trial_model, epoch=info["epoch"], metric=info["metric"],
-                                     extra={"settings": setting, "trial": trial})
+                                     extra={**_best_extra(kwargs.get("checkpoint_extra")), "settings": setting,
+                                            "trial": trial})
                 if best_value is None:  # (overwrite=True: an earlier search's best/ does not go with this table)
                     _remove(best_dir)
                 _write_table(out_dir, _ranked(rows, mode), list(space))  # after every trial: an interrupt keeps them
