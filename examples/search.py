@@ -85,6 +85,7 @@ def run(out="runs/search", epochs=None, lrs=None, widths=None, batch_sizes=None,
     files = {"checkpoint": result.best_checkpoint, "table_csv": f"{out}/search.csv", "table_json": f"{out}/search.json",
              **plots(out, model, dataset, report)}
     files["report"] = runs.save_json(report, f"{out}/report.json")
+    files["run"] = f"{out}/run.json"
     runs.save_json({**record, "search_seconds": seconds, "files": files,
                     "weights_sha256": runs.weights_sha256(out, ("best",))}, f"{out}/run.json")
     if verbose:

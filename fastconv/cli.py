@@ -216,7 +216,7 @@ def _train(args) -> int:
     out = _out(args)
     resumable = "resume" in inspect.signature(example.run).parameters
     from .checkpoint import INDEX
-    from .runs import RUN_FILES
+    from .runs import RUN_FILES, earlier_run_files
 
     if args.resume and not resumable:
         raise ValueError(f"example {args.example!r} cannot resume (its run() takes no resume)")
@@ -233,9 +233,22 @@ def _train(args) -> int:
             _check_resumed_run(out, example, args.epochs)
             _check_resumed_data(out, {"seed": args.seed, "subset": args.subset})
             _check_resumed_lr(example, out, args.lr)
+        earlier = earlier_run_files(out) if args.overwrite else []
         with _use_backend(args.backend):
-            example.run(out=out, seed=args.seed, progress=not args.quiet, **options)
+            result = example.run(out=out, seed=args.seed, progress=not args.quiet, **options)
+    _remove_left_over(out, earlier, result)
     return 0
+
+
+def _remove_left_over(out, earlier, result):
+    """--overwrite: what the replaced run left in `out` and this one did not write again goes (said)."""
+    from .runs import remove_left_over
+
+    files = result.get("files") if isinstance(result, dict) else None
+    if earlier and isinstance(files, dict):
+        removed = remove_left_over(out, earlier, [str(p) for p in files.values()])
+        if removed:
+            print(f"removed what the replaced run left in {out}/: {', '.join(removed)}")
 
 
 def _flags_in_messages():
@@ -273,6 +286,7 @@ def _evaluate(args) -> int:
 
 
 def _search(args) -> int:
+    from .runs import earlier_run_files
     from .train._search import _keep_earlier_search
 
     example = load_example("search")
@@ -281,9 +295,11 @@ def _search(args) -> int:
     with _flags_in_messages():
         if not args.overwrite:  # now: train.search refuses it only after loading the data and printing the header
             _keep_earlier_search(out)
+        earlier = earlier_run_files(out) if args.overwrite else []
         with _use_backend(args.backend):
-            example.run(out=out, seed=args.seed, epochs=args.epochs, progress=not args.quiet,
-                        overwrite=args.overwrite, **grid)
+            result = example.run(out=out, seed=args.seed, epochs=args.epochs, progress=not args.quiet,
+                                 overwrite=args.overwrite, **grid)
+    _remove_left_over(out, earlier, result)
     return 0
 
 

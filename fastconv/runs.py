@@ -45,7 +45,7 @@ from .plots import plot_history
 
 __all__ = ["settings", "run_record", "data_fingerprint", "take_subset", "check_subset", "describe", "finish",
            "tag_checkpoint", "evaluate_saved", "evaluate_checkpoint", "checkpoint_example", "save_json",
-           "weights_sha256"]
+           "weights_sha256", "earlier_run_files", "remove_left_over"]
 
 RECORD_KEY = "run"
 # What `fastconv train` writes in --out, for any example: a directory holding one of them is an earlier
@@ -75,6 +75,35 @@ def run_record(name, dataset, data, options, **more) -> dict:
     (an interrupted run's too), and to finish."""
     return {"example": name, "data": dict(data), "data_sha256": data_fingerprint(dataset), "options": options,
             **more}
+
+
+def earlier_run_files(out) -> list:
+    """The names of RUN_FILES that `out` holds (what an earlier run there left)."""
+    return [name for name in RUN_FILES if os.path.lexists(os.path.join(out, name))]
+
+
+def remove_left_over(out, earlier, files) -> list:
+    """After a run that replaced the one in `out` (--overwrite): removes what that run left (`earlier`, from
+    earlier_run_files) and this one did not write again (`files`, the paths it returns), e.g. another
+    example's fit.png, a search's table beside a training run, a training run's last/ beside a search's
+    best/: they would be taken for this run's. A directory goes only if it is a checkpoint. Returns the
+    names removed."""
+    import shutil
+
+    written = {Path(os.path.relpath(path, out)).parts[0] for path in files}
+    removed = []
+    for name in earlier:
+        path = os.path.join(out, name)
+        if name in written or not os.path.lexists(path):
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            if not os.path.exists(os.path.join(path, _checkpoint.INDEX)):
+                continue  # (not a checkpoint: not ours to remove)
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+        removed.append(name)
+    return removed
 
 
 def take_subset(dataset, n):

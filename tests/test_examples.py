@@ -550,3 +550,31 @@ def test_search_quiet_leaves_out_the_line_per_setting(tmp_path, capsys, argv):
     assert "trial 1/" not in out
     assert "ranked on validation loss" in out and "test AUC" in out
 
+
+def test_overwrite_removes_what_the_replaced_run_left(tmp_path, capsys):
+    # --overwrite replaced the earlier run's files that this run writes, and left the others: another
+    # example's fit.png, or a search's table, sat beside the new run as if they were its own.
+    out = tmp_path / "run"
+    train("regression", out, "--epochs", "1")
+    assert (out / "fit.png").exists()
+    capsys.readouterr()
+    train("neuron", out, "--epochs", "1", "--subset", "60", "--overwrite")
+    assert "removed what the replaced run left in" in capsys.readouterr().out
+    assert not (out / "fit.png").exists() and (out / "roc.png").exists()
+    search_argv = ["search", "--epochs", "1", "--lrs", "0.01", "--widths", "4", "--batch-sizes", "64", "--out",
+                   str(out), "--backend", "cpu", "--quiet", "--overwrite"]
+    assert cli.main(search_argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (f"removed what the replaced run left in {out}/: last, "
+                                                       "history.json, loss.png")
+    assert sorted(p.name for p in out.iterdir()) == ["best", "report.json", "roc.png", "run.json", "search.csv",
+                                                     "search.json"]
+    assert cli.main(["evaluate", str(out / "best"), "--backend", "cpu"]) == 0
+    train("digits_cnn", out, "--epochs", "1", "--subset", "200", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["best", "confusion.png", "history.json", "last", "loss.png",
+                                                     "report.json", "run.json"]
+    # A directory that is not a checkpoint is not the replaced run's: it stays.
+    (out / "last").rename(tmp_path / "moved")
+    (out / "last").mkdir()
+    (out / "last" / "notes.txt").write_text("mine")
+    assert runs.remove_left_over(out, ["last", "loss.png"], [str(out / "best")]) == ["loss.png"]
+    assert (out / "last" / "notes.txt").read_text() == "mine"
