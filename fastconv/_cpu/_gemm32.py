@@ -306,17 +306,12 @@ def _gemm32_narrow_any(a, b, c, trans_a, trans_b):
             _tile16_masked(a, i0 * a_rs, a_rs, a_cs, b, j0, ldb, c, i0 * ldc + j0, ldc, k, False, cols, k, 0)
     if m_whole < m:  # the last rows as gemm32's: A's zero-padded to MR, C's through a tile buffer
         rows = m - m_whole
-        a_rows = np.zeros((MR, k), np.float32)
-        for r in range(rows):
-            for kk in range(k):
-                a_rows[r, kk] = a[kk, m_whole + r] if trans_a else a[m_whole + r, kk]
+        a_rows = _last_rows_padded(a, trans_a, m_whole, rows, k, k, 0)
         tile = np.empty((MR, 16), np.float32)
         for j0 in range(0, n, 16):
             cols = min(16, n - j0)
             _tile16_masked(a_rows, 0, k, 1, b, j0, ldb, tile, 0, 16, k, False, cols, k, 0)
-            for r in range(rows):
-                for j in range(cols):
-                    c[m_whole + r, j0 + j] = tile[r, j]
+            _store_tile_rows(tile, c, m_whole, rows, j0, cols)
 
 
 @njit(nogil=True, cache=True)
@@ -359,13 +354,9 @@ def _products(a, trans_a, a_rs, a_cs, b, ldb, b_strip, c, ldc, m, n, k, accumula
         for i0 in range(0, m_whole, MR):
             _tile_of_width(cols, a, i0 * a_rs, a_rs, a_cs, b, b_at, ldb, c, i0 * ldc + j0, ldc, k, accumulate, run,
                            a_run)
-    if m_whole < m:  # the last rows: A's rows zero-padded to 8 (and its runs made one), C's through a tile buffer
+    if m_whole < m:  # the last rows: A's rows zero-padded to MR (and its runs made one), C's through a tile buffer
         rows = m - m_whole
-        a_rows = np.zeros((MR, k), np.float32)
-        for r in range(rows):
-            for kk in range(k):
-                col = kk // run * a_run + kk % run
-                a_rows[r, kk] = a[col, m_whole + r] if trans_a else a[m_whole + r, col]
+        a_rows = _last_rows_padded(a, trans_a, m_whole, rows, k, run, a_run)
         tile = np.zeros((MR, NR), np.float32)
         for j0 in range(0, n, NR):
             cols = min(NR, n - j0)
@@ -374,9 +365,27 @@ def _products(a, trans_a, a_rs, a_cs, b, ldb, b_strip, c, ldc, m, n, k, accumula
                     for j in range(cols):
                         tile[r, j] = c[m_whole + r, j0 + j]
             _tile_of_width(cols, a_rows, 0, k, 1, b, _b_columns_at(j0, b_strip), ldb, tile, 0, NR, k, accumulate, k, 0)
-            for r in range(rows):
-                for j in range(cols):
-                    c[m_whole + r, j0 + j] = tile[r, j]
+            _store_tile_rows(tile, c, m_whole, rows, j0, cols)
+
+
+@njit(inline="always")
+def _last_rows_padded(a, trans_a, row0, rows, k, run, a_run):
+    """op(A)'s rows row0 .. row0 + rows - 1 (A's columns in runs, see _tile) as the first rows of an
+    MR x k buffer, zeros below: a tile reads MR rows of A, and the last rows of C are fewer."""
+    a_rows = np.zeros((MR, k), np.float32)
+    for r in range(rows):
+        for kk in range(k):
+            col = kk // run * a_run + kk % run
+            a_rows[r, kk] = a[col, row0 + r] if trans_a else a[row0 + r, col]
+    return a_rows
+
+
+@njit(inline="always")
+def _store_tile_rows(tile, c, row0, rows, j0, cols):
+    """C's last rows from the tile buffer they were computed in."""
+    for r in range(rows):
+        for j in range(cols):
+            c[row0 + r, j0 + j] = tile[r, j]
 
 
 @njit(inline="always")
