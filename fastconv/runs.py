@@ -32,6 +32,7 @@ import hashlib
 import inspect
 import json
 import os
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -88,8 +89,6 @@ def remove_left_over(out, earlier, files) -> list:
     example's fit.png, a search's table beside a training run, a training run's last/ beside a search's
     best/: they would be taken for this run's. A directory goes only if it is a checkpoint. Returns the
     names removed."""
-    import shutil
-
     written = {Path(os.path.relpath(path, out)).parts[0] for path in files}
     removed = []
     for name in earlier:
