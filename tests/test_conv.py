@@ -667,3 +667,16 @@ def test_a_stride_past_the_last_window_is_the_least_such_stride(backend, stride)
         expected = ops.conv2d_backward(dy_, x_, w_, stride=least, padding=1)
         for got, want in zip(grads, expected):
             np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
+
+
+@pytest.mark.parametrize("padding, dilation", [((2 ** 61, 0), 1), ((0, 0), (1, 2 ** 62))])
+def test_a_padded_input_or_dilated_kernel_past_2_to_the_40_is_refused(backend, padding, dilation):
+    # emu's int64 index arithmetic took padding 2**61 (stride 2**61) and gave [12, 12, 12] for [0, 12, 0];
+    # the cpu raised NumPy's "Maximum allowed dimension exceeded", naming no argument.
+    x = on(backend, np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5))
+    w = on(backend, np.ones((1, 1, 2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"must be at most 2\*\*40 along each axis"):
+        ops.conv2d_forward(x, w, padding=padding, dilation=dilation, stride=(2 ** 61, 4))
+    with pytest.raises(ValueError, match=r"must be at most 2\*\*40 along each axis"):
+        ops.conv2d_backward(on(backend, np.ones((1, 1, 3, 1), np.float32)), x, w, padding=padding, dilation=dilation,
+                            stride=(2 ** 61, 4))

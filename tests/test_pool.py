@@ -352,3 +352,26 @@ def test_cpu_avg_pool_2x2_takes_the_general_kernels_bits(hw, dtype):
     pool._avg_backward(dy, dx, 2, 2, 2, 2, 0, 0)
     for ours, general in ((y2, y), (dx2, dx)):
         assert ours.tobytes() == general.tobytes()
+
+
+
+@pytest.mark.parametrize("stride, least", [((2 ** 40, 3), (4, 3)), ((2 ** 63, 2 ** 70), (4, 6))],
+                         ids=["2^40", "2^63-2^70"])
+def test_a_stride_past_the_last_window_gives_the_least_such_strides_result(backend, stride, least):
+    # Past 2**63 the kernels' int64 refused it (emu: pybind's "incompatible function arguments"; cpu: a
+    # Numba TypingError or OverflowError). Any stride past the last window gives one output along its
+    # axis, as the least such stride does (here 4 down a 5-row image, 6 across 7 columns, kernel 2).
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    results = []
+    for s in (stride, least):
+        y, idx = ops.max_pool2d_forward(on(backend, x), 2, s)
+        avg = ops.avg_pool2d_forward(on(backend, x), 2, s)
+        dy = on(backend, rng.standard_normal(to_numpy(y).shape).astype(np.float32))
+        results.append([to_numpy(a) for a in (y, idx, avg, ops.max_pool2d_backward(dy, idx, x.shape),
+                                              ops.avg_pool2d_backward(dy, x.shape, 2, s))])
+        rng = np.random.default_rng(5)
+        rng.standard_normal(x.shape)  # (the same dy for both)
+    assert results[0][0].shape[2] == 1
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

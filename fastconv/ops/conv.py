@@ -57,6 +57,9 @@ def _padding(padding, kernel, stride, dilation):
     return (ph, ph, pw, pw)
 
 
+MAX_EXTENT = 2 ** 40  # a padded input's or a dilated kernel's length, at most (far past any memory's image)
+
+
 def _geometry(x, w, stride, padding, dilation, groups, op):
     """Checks x against w and the hyperparameters; returns (stride, padding4, dilation, groups, (OH, OW))."""
     stride = _pair(stride, "stride", 1)
@@ -79,6 +82,13 @@ def _geometry(x, w, stride, padding, dilation, groups, op):
         raise ValueError(f"{op}: x is {shape_str(x.shape)} with C_in={c}, but w is {shape_str(w.shape)}: "
                          f"w.shape[1] * groups = {c_per_group} * {groups} = {c_per_group * groups} != C_in")
     pad = _padding(padding, (kh, kw), stride, dilation)
+    padded = (h + pad[0] + pad[1], wd + pad[2] + pad[3])
+    extent = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
+    if max(padded + extent) > MAX_EXTENT:  # (emu's int64 arithmetic took padding 2**61 and gave wrong numbers)
+        raise ValueError(f"{op}: the padded input {padded[0]} x {padded[1]} (x {shape_str(x.shape)}, padding "
+                         f"(top, bottom, left, right) {pad}) and the dilated kernel {extent[0]} x {extent[1]} "
+                         f"(dilation {dilation}) must be at most 2**40 along each axis, which the kernels' int64 "
+                         "index arithmetic holds")
     oh = conv_output_size(h, kh, stride[0], pad[0], pad[1], dilation[0])
     ow = conv_output_size(wd, kw, stride[1], pad[2], pad[3], dilation[1])
     if oh < 1 or ow < 1:

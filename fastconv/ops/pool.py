@@ -58,6 +58,9 @@ def _geometry(op: str, in_shape, kernel_size, stride, padding) -> PoolGeometry:
         raise ValueError(f"{op}: kernel_size {(kh, kw)} is larger than the padded input {(h + 2 * ph, w + 2 * pw)} "
                          f"(input {shape_str(in_shape)}, padding {(ph, pw)}): the output would be empty")
     out_h, out_w = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    # A stride past the last window gives one output along its axis, as the least such stride does: that
+    # one goes on, as the convolution's (past 2**63 the kernels' int64 refused it, with no argument named).
+    sh, sw = min(sh, h + 2 * ph - kh + 1), min(sw, w + 2 * pw - kw + 1)
     return PoolGeometry(n, c, h, w, out_h, out_w, (kh, kw), (sh, sw), (ph, pw))
 
 
