@@ -153,15 +153,16 @@ class CrossEntropyLoss(Loss):
         # at construction: check_weight=False spares a second read.
         loss, dlogits = ops.softmax_cross_entropy_with_grad(logits, labels, weight, self.label_smoothing,
                                                             check_weight=False)
-        self._ctx = (dlogits,)
+        self._ctx = (dlogits, logits, labels, weight)
         self._handed_out = False
         return loss
 
     def backward(self):
-        (dlogits,) = self._saved()
-        if self._handed_out:  # a second call gets its own array: the caller may have changed the first
-            return dlogits.copy()
-        self._handed_out = True
+        dlogits, logits, labels, weight = self._saved()
+        if self._handed_out:  # the caller may have changed the first one in place: computed again
+            return ops.softmax_cross_entropy_with_grad(logits, labels, weight, self.label_smoothing,
+                                                       check_weight=False)[1]
+        self._handed_out = True  # the first call gets the fused op's array itself (no copy in a training step)
         return dlogits
 
     def config(self):
@@ -176,6 +177,16 @@ class BCEWithLogitsLoss(Loss):
     """
 
     def __init__(self, pos_weight=None):
+        self.pos_weight = pos_weight
+
+    @property
+    def pos_weight(self):
+        """The positive term's weights (a read-only 1-D host copy), or None."""
+        return self._pos_weight
+
+    @pos_weight.setter
+    def pos_weight(self, pos_weight):
+        # Checked when set, as CrossEntropyLoss's weight (a plain attribute took -3.0, and a loss below 0)
         if pos_weight is not None:
             host = np.atleast_1d(to_numpy(pos_weight))
             # not (>= 0): NaN is refused too (a NaN weight makes every loss NaN), as CrossEntropyLoss's weights
@@ -184,7 +195,14 @@ class BCEWithLogitsLoss(Loss):
                                  f"got {pos_weight!r}")
             pos_weight = np.array(host)  # a copy the caller cannot change behind the check (as
             pos_weight.flags.writeable = False  # CrossEntropyLoss's weight)
-        self.pos_weight = pos_weight
+        self._pos_weight = pos_weight
+
+    def __getstate__(self):  # pickle / deepcopy: the checked weights, not the last call's arrays
+        return {"pos_weight": self._pos_weight}
+
+    def __setstate__(self, state):
+        self._ctx = None
+        self.pos_weight = state["pos_weight"]  # checked again, read-only again
 
     def __call__(self, logits, targets):
         name = "BCEWithLogitsLoss"

@@ -394,6 +394,18 @@ def _check_input(layer, x, ndim, what, size=None, dim=1, dtype=None):
     return x
 
 
+@contextlib.contextmanager
+def _named_errors(layer):
+    """The ops' TypeErrors and ValueErrors (which name the op's argument: "x must be float32 or float64")
+    name the layer too."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        if type(exc) not in (TypeError, ValueError):  # (a subclass may take other arguments: as it is)
+            raise
+        raise type(exc)(f"{layer!r}: {exc}") from None
+
+
 def _cast_advice(x, name):
     """How to cast x to the dtype `name`, for x's kind of array: a torch tensor has no astype."""
     if type(x).__module__.partition(".")[0] == "torch":
@@ -510,9 +522,11 @@ class Conv2d(Module):
 
     def forward(self, x, activation=None):
         x = _check_input(self, x, 4, f"(N, {self.in_channels}, H, W)", self.in_channels, dtype=self.dtype)
+        with _named_errors(self):  # (e.g. no output: the op's message, naming the layer)
+            y = ops.conv2d_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
+                                   activation=activation, **self._op_kwargs())
         self._x = x
-        return ops.conv2d_forward(x, self.weight.data, None if self.bias is None else self.bias.data,
-                                  activation=activation, **self._op_kwargs())
+        return y
 
     def backward(self, dy, input_grad=True):
         """input_grad=False skips dx (returns None): what a first layer needs."""
@@ -524,10 +538,16 @@ class Conv2d(Module):
         """pool(activation(self(x))) as one op (ops.conv2d_max_pool2d_forward); pool is a MaxPool2d,
         left ready for backward_max_pool. Sequential uses it."""
         x = _check_input(self, x, 4, f"(N, {self.in_channels}, H, W)", self.in_channels, dtype=self.dtype)
+        conv_out = (x.shape[0], self.out_channels) + self._output_size(x.shape[2:])
+        if min(conv_out[2:]) >= 1:  # the pooling's refusal names the MaxPool2d and its input, as unfused
+            with _named_errors(pool):
+                ops.pool._geometry("max_pool2d_forward", conv_out, pool.kernel_size, pool.stride, pool.padding)
+        with _named_errors(self):
+            y, indices = ops.conv2d_max_pool2d_forward(
+                x, self.weight.data, None if self.bias is None else self.bias.data, activation=activation,
+                pool_kernel=pool.kernel_size, pool_stride=pool.stride, pool_padding=pool.padding,
+                **self._op_kwargs())
         self._x = x
-        y, indices = ops.conv2d_max_pool2d_forward(
-            x, self.weight.data, None if self.bias is None else self.bias.data, activation=activation,
-            pool_kernel=pool.kernel_size, pool_stride=pool.stride, pool_padding=pool.padding, **self._op_kwargs())
         n, c_out = x.shape[0], self.out_channels
         pool._y, pool._indices = y, indices
         pool._x_shape = (n, c_out) + self._output_size(x.shape[2:])
@@ -562,9 +582,11 @@ class ReLU(Module):
         return {}
 
     def forward(self, x):
+        with _named_errors(self):
+            y = ops.relu_forward(x)
         self._x = x
         self._fused_into_pool = False  # (a fused pass before this one left it True)
-        return ops.relu_forward(x)
+        return y
 
     def _absorb(self, y):
         # After a fused Linear/Conv2d + ReLU the cached input is the output: y > 0 exactly where the
@@ -577,7 +599,9 @@ class ReLU(Module):
         if self.__dict__.get("_fused_into_pool"):
             raise RuntimeError(f"{self!r} ran fused with the Conv2d before it and the MaxPool2d after it "
                                "(its full-size output was never stored): call the Sequential's backward()")
-        return ops.relu_backward(dy, self._cached("_x"))
+        x = self._cached("_x")
+        with _named_errors(self):
+            return ops.relu_backward(dy, x)
 
 
 class Sigmoid(Module):
@@ -587,14 +611,17 @@ class Sigmoid(Module):
         return {}
 
     def forward(self, x):
-        self._y = ops.sigmoid_forward(x)
+        with _named_errors(self):
+            self._y = ops.sigmoid_forward(x)
         return self._y
 
     def _absorb(self, y):
         self._y = y
 
     def backward(self, dy):
-        return ops.sigmoid_backward(dy, self._cached("_y"))
+        y = self._cached("_y")
+        with _named_errors(self):
+            return ops.sigmoid_backward(dy, y)
 
 
 class _Pool2d(Module):
@@ -616,24 +643,31 @@ class _Pool2d(Module):
 class MaxPool2d(_Pool2d):
     def forward(self, x):
         x = self._check(x)
-        y, self._indices = ops.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        with _named_errors(self):
+            y, self._indices = ops.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
         self._x_shape = tuple(x.shape)
         self._y = y  # for Sequential's ReLU + MaxPool2d backward
         return y
 
     def backward(self, dy):
         # The indices are this layer's own forward's: no range check (a sync per step on a GPU).
-        return ops.max_pool2d_backward(dy, self._cached("_indices"), self._cached("_x_shape"), check_indices=False)
+        indices, x_shape = self._cached("_indices"), self._cached("_x_shape")
+        with _named_errors(self):
+            return ops.max_pool2d_backward(dy, indices, x_shape, check_indices=False)
 
 
 class AvgPool2d(_Pool2d):
     def forward(self, x):
         x = self._check(x)
+        with _named_errors(self):
+            y = ops.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
         self._x_shape = tuple(x.shape)
-        return ops.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        return y
 
     def backward(self, dy):
-        return ops.avg_pool2d_backward(dy, self._cached("_x_shape"), self.kernel_size, self.stride, self.padding)
+        x_shape = self._cached("_x_shape")
+        with _named_errors(self):
+            return ops.avg_pool2d_backward(dy, x_shape, self.kernel_size, self.stride, self.padding)
 
 
 class Flatten(Module):
@@ -645,8 +679,9 @@ class Flatten(Module):
     def forward(self, x):
         if getattr(x, "shape", None) is None:  # (a list: "got ()")
             raise TypeError(f"{self!r}: expected an array of shape (N, ...), got {type(x).__name__}")
-        if x.ndim < 1:
-            raise ValueError(f"{self!r}: expected input of shape (N, ...), got {tuple(x.shape)}")
+        if x.ndim < 2:  # ((64,) came out (64, 1): one sample without its batch axis, taken for 64 samples)
+            raise ValueError(f"{self!r}: expected input of shape (N, d1, ...), a row per sample, got "
+                             f"{tuple(x.shape)}" + (" (one sample? give it a batch axis: x[None])" if x.ndim else ""))
         self._x_shape = tuple(x.shape)
         # The size, not -1: NumPy and CuPy cannot infer -1 for an empty batch (N = 0).
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))
@@ -688,6 +723,10 @@ class Dropout(Module):
     def forward(self, x):
         if getattr(x, "shape", None) is None:  # (a list: an AttributeError inside)
             raise TypeError(f"{self!r}: expected an array, got {type(x).__name__}")
+        with _named_errors(self):
+            x = _check.on_backend(x, "x", _backend.current())
+        if x.dtype not in _check.FLOAT_DTYPES:  # (the mask in an integer dtype lost its scale 1 / (1 - p))
+            raise TypeError(f"{self!r}: x must be float32 or float64, got dtype {x.dtype}")
         self._x_shape = tuple(x.shape)
         if not self.training or self.p == 0.0:
             self._mask = _UNMASKED  # not None: backward then knows a forward ran

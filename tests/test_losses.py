@@ -151,3 +151,37 @@ def test_bce_pos_weight_is_a_read_only_copy():
     targets = np.array([[1.0], [0.0]], np.float32)
     expected = ops.bce_with_logits_forward(logits, targets, np.array([2.0], np.float32))
     assert float(loss_fn(logits, targets)) == float(expected) > 0
+
+
+def test_a_second_cross_entropy_backward_is_the_gradient_whatever_the_first_became(backend):
+    # The first call hands out the fused op's own array; later calls copied that array, which the caller
+    # may have changed in place (g *= 0 made every later gradient zero).
+    rng = np.random.default_rng(3)
+    z, y = on(backend, rng.standard_normal((4, 3)).astype(np.float32)), np.array([0, 1, 2, 1])
+    for loss_fn in (losses.CrossEntropyLoss(), losses.CrossEntropyLoss(weight=np.array([1.0, 2.0, 0.5]),
+                                                                       label_smoothing=0.1)):
+        loss_fn(z, y)
+        first = loss_fn.backward()
+        expected = to_numpy(first).copy()
+        first *= 0
+        again = loss_fn.backward()
+        np.testing.assert_array_equal(to_numpy(again), expected)
+        again *= 0
+        np.testing.assert_array_equal(to_numpy(loss_fn.backward()), expected)
+
+
+def test_bce_pos_weight_set_later_is_checked_too():
+    # A plain attribute took -3.0 (a loss below 0) and 2.0 (an AttributeError at the next call).
+    loss_fn = losses.BCEWithLogitsLoss()
+    with pytest.raises(ValueError, match="pos_weight must be a non-negative scalar or 1-D array"):
+        loss_fn.pos_weight = np.array([-3.0])
+    assert loss_fn.pos_weight is None
+    loss_fn.pos_weight = 2.0
+    assert loss_fn.pos_weight.tolist() == [2.0] and not loss_fn.pos_weight.flags.writeable
+    z, t = np.array([[0.5], [-1.0]], np.float32), np.array([[1.0], [0.0]], np.float32)
+    expected = np.mean([2 * np.log1p(np.exp(-0.5)), np.log1p(np.exp(-1.0))])
+    assert float(loss_fn(z, t)) == pytest.approx(expected, rel=1e-6)
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(loss_fn))
+    assert copy.pos_weight.tolist() == [2.0] and not copy.pos_weight.flags.writeable

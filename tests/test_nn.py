@@ -743,3 +743,51 @@ def test_load_state_dict_takes_arrays_whose_flags_say_nothing_of_writeable():
     state = {k: np.full(np.shape(v), 0.5, np.float32) for k, v in model.state_dict().items()}
     model.load_state_dict(state)
     np.testing.assert_array_equal(np.asarray(model.weight.data), 0.5)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.bool_, np.float16])
+def test_dropout_refuses_what_is_not_float32_or_float64(dtype):
+    # An integer input took the mask in its own dtype: the scale 1 / (1 - p) became 1 (values {0, 4}
+    # where float gives {0, 5.33}); bool gave bool. Every other layer refuses these dtypes.
+    layer = nn.Dropout(0.25, seed=0)
+    for mode in (layer.train, layer.eval):
+        mode()
+        with pytest.raises(TypeError, match=rf"Dropout\(p=0.25\): x must be float32 or float64, got dtype "
+                                            rf"{np.dtype(dtype)}"):
+            layer(np.ones(8, dtype))
+
+
+def test_flatten_refuses_an_input_without_its_batch_axis():
+    # (64,) came out (64, 1): one sample taken for 64 samples of one feature.
+    with pytest.raises(ValueError, match=r"Flatten\(\): expected input of shape \(N, d1, \.\.\.\), a row per sample, "
+                                         r"got \(64,\) \(one sample\? give it a batch axis: x\[None\]\)"):
+        nn.Flatten()(np.zeros(64, np.float32))
+    with pytest.raises(ValueError, match=r"got \(\)$"):
+        nn.Flatten()(np.zeros((), np.float32))
+    assert nn.Flatten()(np.zeros((3, 2, 2), np.float32)).shape == (3, 4)
+
+
+@pytest.mark.parametrize("layer", [nn.ReLU(), nn.Sigmoid(), nn.MaxPool2d(2), nn.AvgPool2d(2)], ids=repr)
+def test_an_activations_or_poolings_refusals_name_the_layer(layer):
+    # The ops' messages ("x must be float32 or float64") named no layer; Linear and Conv2d's did.
+    name = re.escape(repr(layer))
+    with pytest.raises(TypeError, match=rf"^{name}: x must be float32 or float64, got integer dtype int32"):
+        layer(np.zeros((1, 1, 4, 4), np.int32))
+    layer(np.zeros((1, 1, 4, 4), np.float32))
+    with pytest.raises(TypeError, match=rf"^{name}: .*float16"):
+        layer.backward(np.zeros((1, 1, 2, 2) if "Pool" in repr(layer) else (1, 1, 4, 4), np.float16))
+
+
+def test_a_fused_conv_and_pool_refusal_names_the_layer_at_fault():
+    # The fused op's message named conv2d_max_pool2d_forward and the convolution's output as "input".
+    x = np.zeros((1, 1, 3, 3), np.float32)
+    for activation in ([], [nn.ReLU()]):
+        pool = nn.MaxPool2d(2)
+        with pytest.raises(ValueError, match=rf"^{re.escape(repr(pool))}: max_pool2d_forward: kernel_size \(2, 2\) is "
+                                             r"larger than the padded input \(1, 1\) \(input \(1, 1, 1, 1\)"):
+            nn.Sequential(nn.Conv2d(1, 1, 3), *activation, pool)(x)
+    conv = nn.Conv2d(1, 1, 5)
+    with pytest.raises(ValueError, match=rf"^{re.escape(repr(conv))}: conv2d_max_pool2d_forward: no output"):
+        nn.Sequential(conv, nn.MaxPool2d(2))(x)
+    with pytest.raises(ValueError, match=rf"^{re.escape(repr(conv))}: conv2d: no output"):
+        conv(x)

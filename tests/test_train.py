@@ -1242,3 +1242,21 @@ def test_search_keeps_fits_checkpoint_extra_in_its_best(tmp_path):
         train.search(build_mlp, {"lr": [0.1]}, (x, y), val, out_dir=tmp_path / "t", epochs=1, batch_size=16,
                      verbose=False, checkpoint_extra={"trial": "mine"})
     assert not (tmp_path / "t" / "best").exists()
+
+
+def test_fit_evaluate_and_predict_refuse_what_is_not_a_model_or_a_loss():
+    # "'NoneType' object is not callable", "MSELoss() takes no arguments", "... has no attribute 'parameters'"
+    model, data = mlp(), blobs(8)
+    for call, error in (
+            (lambda: train.evaluate(model, None, data), "evaluate: loss_fn must be a loss object .* got NoneType"),
+            (lambda: train.evaluate(model, losses.CrossEntropyLoss, data),
+             r"evaluate: loss_fn must be a loss object, got the class CrossEntropyLoss: pass CrossEntropyLoss\(\)"),
+            (lambda: train.predict(lambda x: x, data[0]), "predict: model must be a fastconv.nn.Module, got function"),
+            (lambda: train.fit(model, lambda out, y: 0.0, optim.SGD(model.parameters(), lr=0.1), data, epochs=1,
+                               batch_size=4, progress=False),
+             r"fit: loss_fn must be a loss object \(fastconv.losses: loss_fn\(output, target\), loss_fn.backward\(\)\), "
+             "got function"),
+            (lambda: train.fit(None, losses.CrossEntropyLoss(), None, data, epochs=1, batch_size=4),
+             "fit: model must be a fastconv.nn.Module, got NoneType")):
+        with pytest.raises(TypeError, match=error):
+            call()

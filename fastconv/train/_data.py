@@ -20,6 +20,26 @@ def _xy_pair(data, name, model=None):
     return x, y
 
 
+def _check_model(model, who):
+    """TypeError unless model is a fastconv.nn.Module (fit, evaluate and predict use its parameters and
+    modes: anything else failed inside, with an AttributeError)."""
+    from .. import nn
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{who}: model must be a fastconv.nn.Module, got {type(model).__name__}")
+
+
+def _check_loss(loss_fn, who, backward=True):
+    """TypeError unless loss_fn is a loss object: called as loss_fn(output, target), and with backward()
+    where it trains (a class given for its object said "MSELoss() takes no arguments")."""
+    if isinstance(loss_fn, type):
+        raise TypeError(f"{who}: loss_fn must be a loss object, got the class {loss_fn.__name__}: pass "
+                        f"{loss_fn.__name__}()")
+    if not callable(loss_fn) or (backward and not callable(getattr(loss_fn, "backward", None))):
+        raise TypeError(f"{who}: loss_fn must be a loss object (fastconv.losses: loss_fn(output, target)"
+                        + (", loss_fn.backward()" if backward else "") + f"), got {type(loss_fn).__name__}")
+
+
 def _rows(a, name, dtype=None):
     """a as an array of rows: itself when it has a shape, else np.asarray of it (in dtype, if given)."""
     if hasattr(a, "shape") and len(a.shape):

@@ -9,7 +9,7 @@ from .. import metrics as _metrics
 from .._host import to_numpy
 from ..evaluate import sigmoid as _sigmoid
 from ..evaluate import softmax as _softmax
-from ._data import _positive_int, _xy_pair
+from ._data import _check_loss, _check_model, _positive_int, _xy_pair
 from ._predict import _in_eval_mode
 
 
@@ -141,6 +141,8 @@ def evaluate(model, loss_fn, data, batch_size=256, metric_fn=None):
     sigmoid for BCEWithLogitsLoss), the raw outputs otherwise (e.g. MSELoss), as fit's metric does.
     The metric is NaN when the outputs are not all finite or the loss is NaN (a diverged model): no
     metric can score those."""
+    _check_model(model, "evaluate")
+    _check_loss(loss_fn, "evaluate", backward=False)
     data = _xy_pair(data, "data", model)
     batch_size = _positive_int(batch_size, "batch_size")
     fn = None if metric_fn is None else _metric(metric_fn, None, "metric_fn")[1]

@@ -11,7 +11,7 @@ from .. import checkpoint as _checkpoint
 from ..ops import _check
 from .. import nn as _nn
 from . import _compile_ahead
-from ._data import _digest, _positive_int, _xy_pair
+from ._data import _check_loss, _check_model, _digest, _positive_int, _xy_pair
 from ._evaluation import _check_metric_labels, _evaluate, _improved, _metric
 from ._fit_checks import (_check_checkpoint_extra, _check_describable, _check_resumable, _check_targets, _check_writable, _interrupted,
                           _keep_best_without_last, _keep_earlier_run, _warn_diverged, _warn_final_evaluation_kept,
@@ -61,6 +61,8 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     FASTCONV_COMPILE_AHEAD=0 turns it off.
     (_train_digest: search's, the training data's _digest computed once for all its trials.)
     """
+    _check_model(model, "fit")
+    _check_loss(loss_fn, "fit")
     x_train, y_train = _xy_pair(train, "train", model)
     if val is not None:
         val = _xy_pair(val, "val", model)

@@ -8,7 +8,7 @@ import numpy as np
 from .. import backend as _backend
 from .. import nn as _nn
 from .._host import to_numpy
-from ._data import _model_dtype, _positive_int, _rows
+from ._data import _check_model, _model_dtype, _positive_int, _rows
 
 
 def predict(model, x, batch_size=256):
@@ -16,6 +16,7 @@ def predict(model, x, batch_size=256):
     The model's train/eval mode is restored afterwards. x with no rows gives no rows: the model runs
     once on the empty batch, which gives the output's other dimensions and dtype. Several threads may
     predict with one model at once; not while another trains it (it is in eval mode meanwhile)."""
+    _check_model(model, "predict")
     batch_size = _positive_int(batch_size, "batch_size")
     x = _rows(x, "predict: x", _model_dtype(model))
     xp = _backend.current().xp
