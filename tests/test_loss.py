@@ -550,6 +550,13 @@ def test_mse_gradient_by_finite_differences(backend):
     assert_gradient(ops.mse_backward(*on(backend, p, t)), numerical_gradient(forward, [p], 0, 1.0), "dpred")
 
 
+def test_mse_gradient_past_half_the_largest_float32(backend):
+    # The kernel computed 2 (p - t) first: inf past FLT_MAX / 2 where the gradient itself is finite.
+    p = np.array([2e38, -2e38, 1.0, 3e38], np.float32)
+    dp = to_numpy(ops.mse_backward(*on(backend, p, np.zeros(4, np.float32))))
+    np.testing.assert_array_equal(dp, (p.astype(np.float64) / 2).astype(np.float32))
+
+
 # ---- bad inputs ---------------------------------------------------------------------------------
 
 

@@ -634,7 +634,7 @@ template <typename T>
 __global__ void mse_backward_kernel(const T* __restrict__ p, const T* __restrict__ t, T* __restrict__ dp, int64_t n) {
   const T count = (T)n;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    dp[i] = T(2) * (p[i] - t[i]) / count;
+    dp[i] = T(2) * ((p[i] - t[i]) / count);  // (the same bits as 2 (p - t) / n, which overflowed past FLT_MAX / 2)
 }
 
 inline dim3 loss_elementwise_grid(int64_t n) {
