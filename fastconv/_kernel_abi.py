@@ -1,5 +1,5 @@
 """What the ops hand the backends besides arrays: the fused activations' kernel codes, a validated
-pooling's geometry, and the convolution's output size. It sits below both: the ops (which
+pooling's geometry, the convolution's output size, and the longest axes the kernels take. It sits below both: the ops (which
 validate) and every backend (which runs) import it, and it imports nothing of fastconv, so data
 still flows one way, ops -> backend -> kernel."""
 from __future__ import annotations
@@ -8,6 +8,12 @@ from typing import NamedTuple
 
 # csrc/kernels/common.h: enum Activation
 ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2}
+
+# The longest padded input or (dilated) kernel along an axis the ops hand the kernels: their int64 index
+# arithmetic holds products of such lengths and the strides clamped to them (and a pooling window's area,
+# at most MAX_WINDOW_AREA); far past any image that fits in memory.
+MAX_EXTENT = 2 ** 40
+MAX_WINDOW_AREA = 2 ** 62
 
 
 class PoolGeometry(NamedTuple):

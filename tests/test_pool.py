@@ -375,3 +375,17 @@ def test_a_stride_past_the_last_window_gives_the_least_such_strides_result(backe
     assert results[0][0].shape[2] == 1
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kernel, padding", [(2 ** 32, 2 ** 31), (2 ** 63, 2 ** 62)])
+def test_a_window_or_padded_input_past_what_the_kernels_index_is_refused(backend, kernel, padding):
+    # A 2**32 x 2**32 average window's int64 divisor overflowed (inf for 2**-64); past 2**63 emu refused the
+    # arguments without naming one.
+    x = on(backend, np.ones((1, 1, 1, 1), np.float32))
+    for call in (lambda: ops.avg_pool2d_forward(x, kernel, None, padding),
+                 lambda: ops.max_pool2d_forward(x, kernel, None, padding),
+                 lambda: ops.avg_pool2d_backward(x, (1, 1, 1, 1), kernel, None, padding)):
+        with pytest.raises(ValueError, match=r"must be at most 2\*\*40 along each axis and the window"):
+            call()
+    y = ops.avg_pool2d_forward(x, 2 ** 20, None, 2 ** 19)  # (a window of 2**40 elements: 2**-40 each)
+    assert to_numpy(y).ravel().tolist() == [2.0 ** -40]

@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 
 from .. import backend as _backend
-from .._kernel_abi import conv_output_size
+from .._kernel_abi import MAX_EXTENT, conv_output_size
 from ._activation import check_activation
 from ._check import flag, shape_str, tensor
 
@@ -55,9 +55,6 @@ def _padding(padding, kernel, stride, dilation):
         raise ValueError(f"padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
     ph, pw = _pair(padding, "padding", 0)
     return (ph, ph, pw, pw)
-
-
-MAX_EXTENT = 2 ** 40  # a padded input's or a dilated kernel's length, at most (far past any memory's image)
 
 
 def _geometry(x, w, stride, padding, dilation, groups, op):

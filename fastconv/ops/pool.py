@@ -6,7 +6,7 @@ import numbers
 import numpy as np
 
 from .. import backend as _backend
-from .._kernel_abi import PoolGeometry
+from .._kernel_abi import MAX_EXTENT, MAX_WINDOW_AREA, PoolGeometry
 from ._check import flag, for_kernels, on_backend, shape_str, tensor, value_range
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
@@ -54,6 +54,11 @@ def _geometry(op: str, in_shape, kernel_size, stride, padding) -> PoolGeometry:
         raise ValueError(f"{op}: padding {(ph, pw)} must be at most half the kernel size {(kh, kw)} "
                          f"(at most {(kh // 2, kw // 2)})")
     n, c, h, w = in_shape
+    if max(h + 2 * ph, w + 2 * pw) > MAX_EXTENT or kh * kw > MAX_WINDOW_AREA:  # (an average's int64 divisor kh * kw
+        # overflowed: inf for a 2**32 window; emu's arguments past 2**63 were refused without a name)
+        raise ValueError(f"{op}: the padded input {h + 2 * ph} x {w + 2 * pw} (input {shape_str(in_shape)}, padding "
+                         f"{(ph, pw)}) must be at most 2**40 along each axis and the window {kh} x {kw} at most 2**62 "
+                         "elements, which the kernels' int64 index arithmetic holds")
     if h + 2 * ph < kh or w + 2 * pw < kw:
         raise ValueError(f"{op}: kernel_size {(kh, kw)} is larger than the padded input {(h + 2 * ph, w + 2 * pw)} "
                          f"(input {shape_str(in_shape)}, padding {(ph, pw)}): the output would be empty")
