@@ -69,6 +69,16 @@ class Loss:
     def backward(self):
         raise NotImplementedError
 
+    # What a pickle or deep copy leaves out: the last call's arrays (and a subclass's device caches).
+    _TRANSIENT = ("_ctx",)
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in self._TRANSIENT}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._ctx = None
+
     def _saved(self):
         saved = getattr(self, "_ctx", None)
         if saved is None:
@@ -117,13 +127,12 @@ class CrossEntropyLoss(Loss):
         self._weight = weight
         self._weight_on_device = {}  # (array library, device, dtype) -> the weights there, copied once
 
-    def __getstate__(self):  # pickle / deepcopy: the checked weights, not the device copies
-        return {"label_smoothing": self.label_smoothing, "weight": self._weight}
+    _TRANSIENT = ("_ctx", "_handed_out", "_weight_on_device")
 
     def __setstate__(self, state):
-        self.__dict__.update(_ctx=None, _handed_out=False)
-        self.label_smoothing = state["label_smoothing"]
-        self.weight = state["weight"]  # checked again, read-only again
+        super().__setstate__(state)
+        self._handed_out = False
+        self.weight = state.get("_weight")  # checked again, read-only again; the device copies made again
 
     def __call__(self, logits, labels):
         name = "CrossEntropyLoss"
@@ -197,12 +206,9 @@ class BCEWithLogitsLoss(Loss):
             pos_weight.flags.writeable = False  # CrossEntropyLoss's weight)
         self._pos_weight = pos_weight
 
-    def __getstate__(self):  # pickle / deepcopy: the checked weights, not the last call's arrays
-        return {"pos_weight": self._pos_weight}
-
     def __setstate__(self, state):
-        self._ctx = None
-        self.pos_weight = state["pos_weight"]  # checked again, read-only again
+        super().__setstate__(state)
+        self.pos_weight = state.get("_pos_weight")  # checked again, read-only again
 
     def __call__(self, logits, targets):
         name = "BCEWithLogitsLoss"

@@ -182,9 +182,13 @@ class Optimizer:
                     raise ValueError(f"{name}.load_state_dict: parameter {i}'s {buf!r} is {tuple(value.shape)} "
                                      f"{value.dtype}, but the parameter is {tuple(p.data.shape)} {p.data.dtype}")
                 new[buf] = xp.array(value, dtype=p.data.dtype, copy=True)
-                if bool(xp.isnan(new[buf]).any()):  # (the next step would make the parameter NaN)
-                    raise ValueError(f"{name}.load_state_dict: parameter {i}'s {buf!r} has NaN values: a step would "
-                                     "make the parameter NaN (the state of a run that diverged, or corrupt)")
+                # The next step would make the parameter NaN or infinite: a NaN anywhere, an infinity in a
+                # momentum or first moment (the second's square root divides: an infinity there stops a step).
+                if bool(xp.isnan(new[buf]).any()) or (buf != "exp_avg_sq" and not bool(xp.isfinite(new[buf]).all())):
+                    raise ValueError(f"{name}.load_state_dict: parameter {i}'s {buf!r} has "
+                                     f"{'NaN' if bool(xp.isnan(new[buf]).any()) else 'infinite'} values: a step "
+                                     "would make the parameter non-finite (the state of a run that diverged, or "
+                                     "corrupt)")
                 if buf == "exp_avg_sq" and bool((new[buf] < 0).any()):  # (its square root: NaN at the next step)
                     raise ValueError(f"{name}.load_state_dict: parameter {i}'s 'exp_avg_sq' has negative values; a "
                                      "mean of squares cannot: the state is corrupt")
@@ -376,12 +380,8 @@ class LRScheduler:
         if not isinstance(hyper, dict) or set(hyper) != set(self._hyperparameters):
             raise ValueError(f"{name}.load_state_dict: hyperparameters must be a dict of "
                              f"{', '.join(self._hyperparameters)}, got {hyper!r}")
-        if hyper:  # (the constructor's checks; a user's schedule may set the optimizer's lr: put back)
-            lr_before = self.optimizer.lr
-            try:
-                hyper = type(self)(self.optimizer, **hyper).hyperparameters()
-            finally:
-                self.optimizer.lr = lr_before
+        if hyper:  # (the constructor's checks, on a copy: a user's schedule may set the optimizer's lr)
+            hyper = type(self)(copy.copy(self.optimizer), **hyper).hyperparameters()
         # The lr the state sets, on a copy (no constructor runs): load_state_dict then cannot fail
         # half-way, nor load_into after the weights.
         probe = copy.copy(self)

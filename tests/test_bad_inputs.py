@@ -1024,6 +1024,32 @@ CASES = [
     C("checkpoint", "fit(..., checkpoint_dir=D) where D holds an earlier run (no resume, no overwrite)", fit_twice,
       ValueError, r"fit: checkpoint_dir '.*run' holds an earlier run's checkpoints \(best, last\): resume=True "
       r"continues it, overwrite=True replaces it, or give another checkpoint_dir"),
+    C("dtype", "nn.Dropout(0.25)(int64 x)", lambda be, _: nn.Dropout(0.25, seed=0)(on(be, np.full((2, 3), 4, np.int64))),
+      TypeError, r"Dropout\(p=0.25\): x must be float32 or float64, got dtype int64"),
+    C("ndim", "nn.Flatten()(x of shape (64,))", lambda be, _: nn.Flatten()(rand(be, (64,))),
+      ValueError, r"Flatten\(\): expected input of shape \(N, d1, \.\.\.\), a row per sample, got \(64,\) \(one "
+      r"sample\? give it a batch axis: x\[None\]\)"),
+    C("hyper", "conv2d_forward(x, w, padding=(2**61, 0), stride=(2**61, 4))",
+      lambda be, _: ops.conv2d_forward(rand(be, (1, 1, 5, 5)), rand(be, (1, 1, 2, 2)), padding=(2 ** 61, 0),
+                                       stride=(2 ** 61, 4)),
+      ValueError, r"conv2d: the padded input 4611686018427387909 x 5 .* must be at most 2\*\*40 along each axis"),
+    C("hyper", "avg_pool2d_forward(x (1, 1, 1, 1), kernel_size=2**32, padding=2**31)",
+      lambda be, _: ops.avg_pool2d_forward(rand(be, (1, 1, 1, 1)), 2 ** 32, None, 2 ** 31),
+      ValueError, r"avg_pool2d_forward: the padded input 4294967297 x 4294967297 .* must be at most 2\*\*40 along each "
+      r"axis and the window 4294967296 x 4294967296 at most 2\*\*62 elements"),
+    C("hyper", "train.evaluate(model, MSELoss (the class), data)",
+      lambda be, _: fastconv.train.evaluate(tiny_model(), fastconv.losses.MSELoss, (np.zeros((4, 3), F32),
+                                                                                     np.zeros((4, 2), F32))),
+      TypeError, r"evaluate: loss_fn must be a loss object, got the class MSELoss: pass MSELoss\(\)"),
+    C("hyper", "train.predict(a function, x)", lambda be, _: fastconv.train.predict(lambda x: x, np.zeros((4, 3), F32)),
+      TypeError, r"predict: model must be a fastconv.nn.Module \(or a model with parameters\(\), train\(\) and eval\(\)\), "
+      r"got function"),
+    C("hyper", "fit(..., checkpoint_extra=['run'])",
+      lambda be, tmp: fastconv.train.fit(tiny_model(), fastconv.losses.CrossEntropyLoss(),
+                                         optim.SGD(tiny_model().parameters(), lr=0.1),
+                                         (np.zeros((4, 3), F32), np.zeros(4, np.int64)), epochs=1, batch_size=2,
+                                         checkpoint_dir=tmp / "ck", progress=False, checkpoint_extra=["run"]),
+      TypeError, r"fit: checkpoint_extra must be a dict \(stored in each checkpoint's extra\), got list"),
 ]
 
 

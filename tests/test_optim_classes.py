@@ -519,6 +519,15 @@ def test_an_optimizer_state_with_nan_is_refused(make, buffers):
         entry[buf][1] = np.nan
         state = {**opt.state_dict(), "state": {0: {**entry, **({"step": 1} if opt._counts_steps else {})}}}
         with pytest.raises(ValueError, match=f"parameter 0's '{buf}' has NaN values: a step would make the "
-                                             "parameter NaN"):
+                                             "parameter non-finite"):
+            opt.load_state_dict(state)
+        assert opt.state == {}
+        entry[buf][1] = np.inf  # an infinite momentum or first moment too; the second's stops the step
+        state = {**opt.state_dict(), "state": {0: {**entry, **({"step": 1} if opt._counts_steps else {})}}}
+        if buf == "exp_avg_sq":
+            opt.load_state_dict(state)
+            opt.state = {}
+            continue
+        with pytest.raises(ValueError, match=f"parameter 0's '{buf}' has infinite values"):
             opt.load_state_dict(state)
         assert opt.state == {}

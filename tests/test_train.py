@@ -1221,6 +1221,7 @@ def test_checkpoint_extra_is_in_every_checkpoint_and_refused_before_training_whe
         extra = checkpoint.read_info(tmp_path / "run" / which)["extra"]
         assert extra["run"] == {"example": "blobs", "seed": [1, 2]} and "fit" in extra  # (its JSON form)
     fit(tmp_path / "run", {"run": "resumed"}, resume=True)  # (nothing left to train: the checkpoints stay)
+    assert checkpoint.read_info(tmp_path / "run" / "last")["extra"]["run"]["example"] == "blobs"
     fit(tmp_path / "run", {"run": "again"}, overwrite=True)
     assert checkpoint.read_info(tmp_path / "run" / "last")["extra"]["run"] == "again"
     for extra, error, says in ((["run"], TypeError, "fit: checkpoint_extra must be a dict .* got list"),
@@ -1232,16 +1233,18 @@ def test_checkpoint_extra_is_in_every_checkpoint_and_refused_before_training_whe
         assert not (tmp_path / "bad").exists()
 
 
-def test_search_keeps_fits_checkpoint_extra_in_its_best(tmp_path):
+def test_search_keeps_fits_checkpoint_extra_in_its_best(tmp_path, monkeypatch):
     (x, y), val = blobs(40, seed=0), blobs(20, seed=1)
     result = train.search(build_mlp, {"lr": [0.05, 0.1]}, (x, y), val, out_dir=tmp_path / "s", epochs=1,
                           batch_size=16, verbose=False, checkpoint_extra={"run": {"example": "blobs"}})
     extra = checkpoint.read_info(result.best_checkpoint)["extra"]
     assert extra["run"] == {"example": "blobs"} and extra["settings"] == result.best_settings
+    fits = []
+    monkeypatch.setattr(train._search, "fit", lambda *args, **kwargs: fits.append(1))
     with pytest.raises(ValueError, match=r"search: checkpoint_extra must not have the keys \['trial'\]"):
         train.search(build_mlp, {"lr": [0.1]}, (x, y), val, out_dir=tmp_path / "t", epochs=1, batch_size=16,
                      verbose=False, checkpoint_extra={"trial": "mine"})
-    assert not (tmp_path / "t" / "best").exists()
+    assert fits == [] and not (tmp_path / "t" / "best").exists()  # refused before the first trial trained
 
 
 def test_fit_evaluate_and_predict_refuse_what_is_not_a_model_or_a_loss():
@@ -1251,12 +1254,28 @@ def test_fit_evaluate_and_predict_refuse_what_is_not_a_model_or_a_loss():
             (lambda: train.evaluate(model, None, data), "evaluate: loss_fn must be a loss object .* got NoneType"),
             (lambda: train.evaluate(model, losses.CrossEntropyLoss, data),
              r"evaluate: loss_fn must be a loss object, got the class CrossEntropyLoss: pass CrossEntropyLoss\(\)"),
-            (lambda: train.predict(lambda x: x, data[0]), "predict: model must be a fastconv.nn.Module, got function"),
+            (lambda: train.predict(lambda x: x, data[0]), r"predict: model must be a fastconv.nn.Module \(or a model "
+             r"with parameters\(\), train\(\) and eval\(\)\), got function \(it has no parameters, train, eval\)"),
             (lambda: train.fit(model, lambda out, y: 0.0, optim.SGD(model.parameters(), lr=0.1), data, epochs=1,
                                batch_size=4, progress=False),
              r"fit: loss_fn must be a loss object \(fastconv.losses: loss_fn\(output, target\), loss_fn.backward\(\)\), "
              "got function"),
             (lambda: train.fit(None, losses.CrossEntropyLoss(), None, data, epochs=1, batch_size=4),
-             "fit: model must be a fastconv.nn.Module, got NoneType")):
+             r"fit: model must be a fastconv.nn.Module \(or .*\), got NoneType")):
         with pytest.raises(TypeError, match=error):
             call()
+
+    class Wrapper:  # a model that wraps a Module and forwards to it: taken, as before the checks
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, x):
+            return self.inner(x)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    wrapped = Wrapper(model)
+    np.testing.assert_array_equal(train.predict(wrapped, data[0]), train.predict(model, data[0]))
+    assert train.evaluate(wrapped, losses.CrossEntropyLoss(), data) == train.evaluate(model, losses.CrossEntropyLoss(),
+                                                                                      data)

@@ -21,12 +21,13 @@ def _xy_pair(data, name, model=None):
 
 
 def _check_model(model, who):
-    """TypeError unless model is a fastconv.nn.Module (fit, evaluate and predict use its parameters and
-    modes: anything else failed inside, with an AttributeError)."""
-    from .. import nn
-
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{who}: model must be a fastconv.nn.Module, got {type(model).__name__}")
+    """TypeError unless model can be called and has parameters(), train() and eval(), as a fastconv.nn.Module
+    (or a wrapper of one) has: fit, evaluate and predict use them, and anything else failed inside them
+    with an AttributeError."""
+    lacks = [name for name in ("parameters", "train", "eval") if not callable(getattr(model, name, None))]
+    if not callable(model) or lacks:
+        raise TypeError(f"{who}: model must be a fastconv.nn.Module (or a model with parameters(), train() and "
+                        f"eval()), got {type(model).__name__}" + (f" (it has no {', '.join(lacks)})" if lacks else ""))
 
 
 def _check_loss(loss_fn, who, backward=True):

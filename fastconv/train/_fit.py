@@ -13,9 +13,9 @@ from .. import nn as _nn
 from . import _compile_ahead
 from ._data import _check_loss, _check_model, _digest, _positive_int, _xy_pair
 from ._evaluation import _check_metric_labels, _evaluate, _improved, _metric
-from ._fit_checks import (_check_checkpoint_extra, _check_describable, _check_resumable, _check_targets, _check_writable, _interrupted,
-                          _keep_best_without_last, _keep_earlier_run, _warn_diverged, _warn_final_evaluation_kept,
-                          _warn_frozen, _warn_replaced_hyperparameters)
+from ._fit_checks import (_check_checkpoint_extra, _check_describable, _check_resumable, _check_targets,
+                          _check_writable, _interrupted, _keep_best_without_last, _keep_earlier_run, _warn_diverged,
+                          _warn_final_evaluation_kept, _warn_frozen, _warn_replaced_hyperparameters)
 from ._history import History
 from ._words import _say
 

@@ -236,8 +236,8 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
 
     Writes out_dir/search.csv and out_dir/search.json (best first; rewritten after every trial, so an
     interrupted search leaves the trials it finished) and out_dir/best, the checkpoint of the best model
-    (each trial's best evaluation; its extra: fit's checkpoint_extra, "settings" and "trial"). Each trial trains in out_dir/trial, removed on the way out (an
-    interrupt included). Returns a SearchResult.
+    (each trial's best evaluation; its extra: fit's checkpoint_extra, "settings" and "trial"). Each trial
+    trains in out_dir/trial, removed on the way out (an interrupt included). Returns a SearchResult.
     overwrite: an out_dir that holds any of best, search.csv, search.json or trial (an earlier search) is
         refused (ValueError) unless overwrite=True: then trial is deleted before the first trial, and the
         others are replaced when this search first writes them (as fit's overwrite; `fastconv search`
