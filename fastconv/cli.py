@@ -233,7 +233,7 @@ def _train(args) -> int:
             _check_resumed_run(out, example, args.epochs)
             _check_resumed_data(out, {"seed": args.seed, "subset": args.subset})
             _check_resumed_lr(example, out, args.lr)
-        earlier = earlier_run_files(out) if args.overwrite else []
+        earlier = earlier_run_files(out) if args.overwrite else {}
         with _use_backend(args.backend):
             result = example.run(out=out, seed=args.seed, progress=not args.quiet, **options)
     _remove_left_over(out, earlier, result)
@@ -295,7 +295,7 @@ def _search(args) -> int:
     with _flags_in_messages():
         if not args.overwrite:  # now: train.search refuses it only after loading the data and printing the header
             _keep_earlier_search(out)
-        earlier = earlier_run_files(out) if args.overwrite else []
+        earlier = earlier_run_files(out) if args.overwrite else {}
         with _use_backend(args.backend):
             result = example.run(out=out, seed=args.seed, epochs=args.epochs, progress=not args.quiet,
                                  overwrite=args.overwrite, **grid)

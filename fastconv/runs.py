@@ -56,44 +56,68 @@ RUN_FILES = ("best", "last", "history.json", "report.json", "run.json", "loss.pn
 
 
 def data_fingerprint(dataset) -> str:
-    """SHA-256 of what tells one split of an example's data from another: every part's labels, in order,
-    and every array's shape and dtype. A checkpoint's record keeps it, so that a checkpoint is never
-    evaluated on another split than it was trained on (a release that changed the split or the bundled
-    data: the test part could hold its training rows). Not the inputs' values: standardized, their last
-    bits may differ between hosts (NumPy's sums), and a split moves the labels with its rows."""
+    """SHA-256 of what tells one split of an example's data from another: every part's labels, in order (as
+    int64 or float64 values, whatever their dtype on this host), and every array's shape. A checkpoint's
+    record keeps it, so that a checkpoint is never evaluated on another split than it was trained on (a
+    release that changed the split or the bundled data: the test part could hold its training rows). Not
+    the inputs' values: standardized, their last bits may differ between hosts (NumPy's sums), and a split
+    moves the labels with its rows."""
     digest = hashlib.sha256()
     for part in ("train", "val", "test"):
-        x, y = (np.asarray(getattr(dataset, f"{name}_{part}")) for name in ("x", "y"))
-        digest.update(repr((part, x.shape, x.dtype.str, y.shape, y.dtype.str)).encode())
-        digest.update(np.ascontiguousarray(y).tobytes())
+        x, y = getattr(dataset, f"x_{part}"), np.asarray(getattr(dataset, f"y_{part}"))
+        digest.update(repr((part, tuple(x.shape), y.shape, y.dtype.kind)).encode())
+        if y.dtype.kind in "biu":
+            digest.update(y.astype("<i8").tobytes())
+        elif y.dtype.kind == "f":
+            digest.update(y.astype("<f8").tobytes())
+        else:  # (strings, objects)
+            digest.update(repr(y.tolist()).encode())
     return digest.hexdigest()
 
 
 def run_record(name, dataset, data, options, **more) -> dict:
     """What a run is: {"example": name, "data": the arguments of its load_data, "data_sha256":
-    data_fingerprint(dataset), "options": its training settings, **more}. Examples give it to
-    train.fit as checkpoint_extra={RECORD_KEY: record}, so that every checkpoint of the run holds it
-    (an interrupted run's too), and to finish."""
+    data_fingerprint(dataset), "options": its training settings, **more}, where dataset is what
+    load_data(**data) gave (evaluate_saved loads it again and compares). Examples give it to train.fit as
+    checkpoint_extra={RECORD_KEY: record}, so that every checkpoint of the run holds it (an interrupted
+    run's too), and to finish."""
     return {"example": name, "data": dict(data), "data_sha256": data_fingerprint(dataset), "options": options,
             **more}
 
 
-def earlier_run_files(out) -> list:
-    """The names of RUN_FILES that `out` holds (what an earlier run there left)."""
-    return [name for name in RUN_FILES if os.path.lexists(os.path.join(out, name))]
+def earlier_run_files(out) -> dict:
+    """{name: its identity and modification time} of the RUN_FILES that `out` holds (an earlier run's)."""
+    held = {}
+    for name in RUN_FILES:
+        try:
+            st = os.lstat(os.path.join(out, name))
+        except OSError:
+            continue
+        held[name] = (st.st_dev, st.st_ino, st.st_mtime_ns)
+    return held
 
 
 def remove_left_over(out, earlier, files) -> list:
     """After a run that replaced the one in `out` (--overwrite): removes what that run left (`earlier`, from
-    earlier_run_files) and this one did not write again (`files`, the paths it returns), e.g. another
-    example's fit.png, a search's table beside a training run, a training run's last/ beside a search's
-    best/: they would be taken for this run's. A directory goes only if it is a checkpoint. Returns the
-    names removed."""
-    written = {Path(os.path.relpath(path, out)).parts[0] for path in files}
+    earlier_run_files before the new run) and the new run did not write again, e.g. another example's
+    fit.png, a search's table beside a training run, a training run's last/ beside a search's best/: they
+    would be taken for the new run's. An entry goes only if the new run's `files` (the paths it returns)
+    do not name it, however spelled, and it is the same file, unchanged since, and a directory only if it
+    is a checkpoint. Returns the names removed."""
+    written = set()
+    for path in files:
+        for rel in (os.path.relpath(path, out), os.path.relpath(os.path.realpath(path), os.path.realpath(out))):
+            parts = Path(rel).parts
+            if parts and parts[0] not in (".", ".."):
+                written.add(parts[0])
     removed = []
-    for name in earlier:
+    for name, identity in earlier.items():
         path = os.path.join(out, name)
-        if name in written or not os.path.lexists(path):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if name in written or (st.st_dev, st.st_ino, st.st_mtime_ns) != identity:
             continue
         if os.path.isdir(path) and not os.path.islink(path):
             if not os.path.exists(os.path.join(path, _checkpoint.INDEX)):
@@ -204,7 +228,8 @@ def finish(example, out, history, *, record, started, verbose=True) -> dict:
     """After train.fit(..., checkpoint_dir=out): tags out/best with the run record, evaluates it on
     the test split, writes history.json, report.json, run.json and the plots, prints the report.
 
-    record: {"example": name, "data": load_data arguments, "options": training settings}.
+    record: run_record(...), the one fit's checkpoint_extra gave best/ (a record without "data_sha256",
+    {"example": name, "data": load_data arguments, "options": training settings}, is taken too).
     Returns {"report", "history", "files", "checkpoint", "train_seconds"}.
     """
     out = Path(out)
@@ -316,9 +341,9 @@ def evaluate_saved(example, path):
         arguments = ", ".join(f"{k}={v!r}" for k, v in record["data"].items())
         raise _checkpoint.CheckpointError(
             f"{path} was trained on another split than example {example.NAME!r}'s load_data({arguments}) gives now "
-            f"(its labels or sizes differ): the split or the bundled data changed since fastconv "
-            f"{info.get('fastconv_version', '?')} saved it, and a report on these data could count its training "
-            "rows as test rows")
+            f"(its labels or sizes differ; fastconv {info.get('fastconv_version', '?')} saved it): a report on these "
+            "data could count its training rows as test rows (did the split or the data change, or does load_data "
+            "not give the same split every time?)")
     return example.evaluate(model, dataset), model, dataset
 
 

@@ -396,6 +396,26 @@ def test_an_interrupted_searchs_best_is_evaluated_on_its_own_split(tmp_path, cap
     assert "describes other weights (an earlier run's)" in capsys.readouterr().err
 
 
+def test_the_data_fingerprint_is_the_labels_values_not_their_dtype():
+    # int32 labels (NumPy 1's default int on Windows), big-endian ones, or float32 targets read as float64
+    # are the same split; another order, another size or another value is not.
+    from fastconv.data import Dataset
+
+    def split(y, x_rows=None):
+        y = np.asarray(y)
+        x = np.zeros((x_rows or len(y), 2), np.float32)
+        return Dataset(x, y, x, y, x, y, [], [], "")
+
+    base = runs.data_fingerprint(split(np.array([0, 1, 1, 0], np.int64)))
+    for same in (np.array([0, 1, 1, 0], np.int32), np.array([0, 1, 1, 0], ">i8"), [0, 1, 1, 0]):
+        assert runs.data_fingerprint(split(same)) == base
+    for other in ([1, 0, 1, 0], [0, 1, 1], [0, 1, 1, 2]):
+        assert runs.data_fingerprint(split(other)) != base
+    assert runs.data_fingerprint(split([0, 1, 1, 0], x_rows=5)) != base
+    assert runs.data_fingerprint(split(np.array([0.5, 2.25], np.float32))) == runs.data_fingerprint(
+        split(np.array([0.5, 2.25], np.float64)))
+
+
 def test_a_checkpoint_is_never_evaluated_on_another_split_than_it_was_trained_on(tmp_path, monkeypatch):
     # A release that changes the split (as the stratified split's sizes did) or the bundled data: the
     # record's loader arguments then give another test part, which can hold the model's training rows.
@@ -409,7 +429,7 @@ def test_a_checkpoint_is_never_evaluated_on_another_split_than_it_was_trained_on
         for which in ("best", "last"):
             with pytest.raises(checkpoint.CheckpointError, match=r"was trained on another split than example "
                                r"'tumour_mlp''s load_data\(seed=0, subset=60\) gives now \(its labels or sizes "
-                               r"differ\): the split or the bundled data changed since fastconv"):
+                               r"differ; fastconv .* saved it\): a report on these data could count its training"):
                 runs.evaluate_checkpoint(tumour_mlp, tmp_path / which, verbose=False)
 
 
@@ -572,9 +592,16 @@ def test_overwrite_removes_what_the_replaced_run_left(tmp_path, capsys):
     train("digits_cnn", out, "--epochs", "1", "--subset", "200", "--overwrite")
     assert sorted(p.name for p in out.iterdir()) == ["best", "confusion.png", "history.json", "last", "loss.png",
                                                      "report.json", "run.json"]
-    # A directory that is not a checkpoint is not the replaced run's: it stays.
+    # A directory that is not a checkpoint is not the replaced run's: it stays. What the new run names, however
+    # spelled (through a link to out), and what changed since (written by the new run) stay too.
     (out / "last").rename(tmp_path / "moved")
     (out / "last").mkdir()
     (out / "last" / "notes.txt").write_text("mine")
-    assert runs.remove_left_over(out, ["last", "loss.png"], [str(out / "best")]) == ["loss.png"]
+    (tmp_path / "link").symlink_to(out)
+    earlier = runs.earlier_run_files(out)
+    (out / "history.json").write_text("{}")
+    os.utime(out / "history.json", ns=(0, 0))
+    assert runs.remove_left_over(tmp_path / "link", earlier, [str(out / "best"), str(out / "run.json"), str(out)]) \
+        == ["report.json", "loss.png", "confusion.png"]
     assert (out / "last" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["best", "history.json", "last", "run.json"]
