@@ -130,9 +130,11 @@ class CrossEntropyLoss(Loss):
     _TRANSIENT = ("_ctx", "_handed_out", "_weight_on_device")
 
     def __setstate__(self, state):
+        state = dict(state)
+        weight = state.pop("weight", state.get("_weight"))  # ("weight": a pickle of before 01c9c87)
         super().__setstate__(state)
         self._handed_out = False
-        self.weight = state.get("_weight")  # checked again, read-only again; the device copies made again
+        self.weight = weight  # checked again, read-only again; the device copies made again
 
     def __call__(self, logits, labels):
         name = "CrossEntropyLoss"
@@ -207,8 +209,10 @@ class BCEWithLogitsLoss(Loss):
         self._pos_weight = pos_weight
 
     def __setstate__(self, state):
+        state = dict(state)
+        pos_weight = state.pop("pos_weight", state.get("_pos_weight"))  # ("pos_weight": a pickle of before f417898)
         super().__setstate__(state)
-        self.pos_weight = state.get("_pos_weight")  # checked again, read-only again
+        self.pos_weight = pos_weight  # checked again, read-only again
 
     def __call__(self, logits, targets):
         name = "BCEWithLogitsLoss"

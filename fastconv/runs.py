@@ -2,7 +2,7 @@
 
     DIR/best/          the best checkpoint (fastconv.checkpoint; written by train.fit whenever the
                        validation metric improved). Its JSON's "extra" also records the run (run_record):
-                       {"run": {"example": name, "data": loader arguments, "data_sha256": ..., "options": ...}}
+                       {"run": {"example": name, "data": loader arguments, "split_sha256": ..., "options": ...}}
     DIR/last/          the checkpoint after the last epoch (optimizer state included: resume), with the
                        same record (so an interrupted run's checkpoints say what they are too)
     DIR/run.json       the same run record, plus backend, wall time, the files written and the
@@ -65,7 +65,7 @@ def data_fingerprint(dataset) -> str:
     digest = hashlib.sha256()
     for part in ("train", "val", "test"):
         x, y = getattr(dataset, f"x_{part}"), np.asarray(getattr(dataset, f"y_{part}"))
-        digest.update(repr((part, tuple(x.shape), y.shape, y.dtype.kind)).encode())
+        digest.update(repr((part, tuple(np.shape(x)), y.shape, y.dtype.kind)).encode())
         if y.dtype.kind in "biu":
             digest.update(y.astype("<i8").tobytes())
         elif y.dtype.kind == "f":
@@ -76,12 +76,12 @@ def data_fingerprint(dataset) -> str:
 
 
 def run_record(name, dataset, data, options, **more) -> dict:
-    """What a run is: {"example": name, "data": the arguments of its load_data, "data_sha256":
+    """What a run is: {"example": name, "data": the arguments of its load_data, "split_sha256":
     data_fingerprint(dataset), "options": its training settings, **more}, where dataset is what
     load_data(**data) gave (evaluate_saved loads it again and compares). Examples give it to train.fit as
     checkpoint_extra={RECORD_KEY: record}, so that every checkpoint of the run holds it (an interrupted
     run's too), and to finish."""
-    return {"example": name, "data": dict(data), "data_sha256": data_fingerprint(dataset), "options": options,
+    return {"example": name, "data": dict(data), "split_sha256": data_fingerprint(dataset), "options": options,
             **more}
 
 
@@ -228,7 +228,7 @@ def finish(example, out, history, *, record, started, verbose=True) -> dict:
     """After train.fit(..., checkpoint_dir=out): tags out/best with the run record, evaluates it on
     the test split, writes history.json, report.json, run.json and the plots, prints the report.
 
-    record: run_record(...), the one fit's checkpoint_extra gave best/ (a record without "data_sha256",
+    record: run_record(...), the one fit's checkpoint_extra gave best/ (a record without "split_sha256",
     {"example": name, "data": load_data arguments, "options": training settings}, is taken too).
     Returns {"report", "history", "files", "checkpoint", "train_seconds"}.
     """
@@ -336,7 +336,9 @@ def evaluate_saved(example, path):
         raise _checkpoint.CheckpointError(f"{path}'s run record gives the data options {unknown}, which example "
                                           f"{example.NAME!r} does not take (it takes {list(taken)})")
     dataset = example.load_data(**record["data"])
-    saved = record.get("data_sha256")  # (a record from before it was kept: taken at its word)
+    saved = record.get("split_sha256")  # (a record from before it was kept: taken at its word)
+    # (Under this name since it hashes the labels' values: the records of c3807dc..28fb15f hashed their
+    # dtypes' bytes under "data_sha256", and are taken at their word too.)
     if saved is not None and saved != data_fingerprint(dataset):
         arguments = ", ".join(f"{k}={v!r}" for k, v in record["data"].items())
         raise _checkpoint.CheckpointError(

@@ -414,6 +414,9 @@ def test_the_data_fingerprint_is_the_labels_values_not_their_dtype():
     assert runs.data_fingerprint(split([0, 1, 1, 0], x_rows=5)) != base
     assert runs.data_fingerprint(split(np.array([0.5, 2.25], np.float32))) == runs.data_fingerprint(
         split(np.array([0.5, 2.25], np.float64)))
+    listed = split([0, 1, 1, 0])
+    listed.x_train = listed.x_train.tolist()  # (inputs as lists: their shape, as an array's)
+    assert runs.data_fingerprint(listed) == base
 
 
 def test_a_checkpoint_is_never_evaluated_on_another_split_than_it_was_trained_on(tmp_path, monkeypatch):

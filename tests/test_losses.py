@@ -185,3 +185,16 @@ def test_bce_pos_weight_set_later_is_checked_too():
 
     copy = pickle.loads(pickle.dumps(loss_fn))
     assert copy.pos_weight.tolist() == [2.0] and not copy.pos_weight.flags.writeable
+
+
+def test_a_loss_pickled_before_its_weights_became_properties_keeps_them():
+    # The state of before: {"label_smoothing", "weight"} and {"pos_weight"}; read as the new one it lost them.
+    ce = losses.CrossEntropyLoss.__new__(losses.CrossEntropyLoss)
+    ce.__setstate__({"label_smoothing": 0.1, "weight": np.array([1.0, 2.0, 3.0])})
+    assert ce.weight.tolist() == [1.0, 2.0, 3.0] and not ce.weight.flags.writeable and "weight" not in ce.__dict__
+    assert ce.label_smoothing == 0.1
+    bce = losses.BCEWithLogitsLoss.__new__(losses.BCEWithLogitsLoss)
+    bce.__setstate__({"pos_weight": np.array([2.0])})
+    assert bce.pos_weight.tolist() == [2.0] and "pos_weight" not in bce.__dict__
+    with pytest.raises(ValueError, match="pos_weight must be a non-negative"):
+        losses.BCEWithLogitsLoss.__new__(losses.BCEWithLogitsLoss).__setstate__({"pos_weight": np.array([-1.0])})

@@ -1254,6 +1254,8 @@ def test_fit_evaluate_and_predict_refuse_what_is_not_a_model_or_a_loss():
             (lambda: train.evaluate(model, None, data), "evaluate: loss_fn must be a loss object .* got NoneType"),
             (lambda: train.evaluate(model, losses.CrossEntropyLoss, data),
              r"evaluate: loss_fn must be a loss object, got the class CrossEntropyLoss: pass CrossEntropyLoss\(\)"),
+            (lambda: train.predict(nn.Linear, data[0]), r"predict: model must be a model, got the class Linear: pass an "
+             r"instance, Linear\(\.\.\.\)"),
             (lambda: train.predict(lambda x: x, data[0]), r"predict: model must be a fastconv.nn.Module \(or a model "
              r"with parameters\(\), train\(\) and eval\(\)\), got function \(it has no parameters, train, eval\)"),
             (lambda: train.fit(model, lambda out, y: 0.0, optim.SGD(model.parameters(), lr=0.1), data, epochs=1,

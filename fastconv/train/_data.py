@@ -24,6 +24,9 @@ def _check_model(model, who):
     """TypeError unless model can be called and has parameters(), train() and eval(), as a fastconv.nn.Module
     (or a wrapper of one) has: fit, evaluate and predict use them, and anything else failed inside them
     with an AttributeError."""
+    if isinstance(model, type):  # (its methods are callable too, and then failed for want of self)
+        raise TypeError(f"{who}: model must be a model, got the class {model.__name__}: pass an instance, "
+                        f"{model.__name__}(...)")
     lacks = [name for name in ("parameters", "train", "eval") if not callable(getattr(model, name, None))]
     if not callable(model) or lacks:
         raise TypeError(f"{who}: model must be a fastconv.nn.Module (or a model with parameters(), train() and "
