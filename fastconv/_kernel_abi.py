@@ -1,7 +1,7 @@
 """What the ops hand the backends besides arrays: the fused activations' kernel codes, a validated
-pooling's geometry, the convolution's output size, and the longest axes the kernels take. It sits below both: the ops (which
-validate) and every backend (which runs) import it, and it imports nothing of fastconv, so data
-still flows one way, ops -> backend -> kernel."""
+pooling's geometry, the convolution's output size, and the longest axes the kernels take. It sits
+below both: the ops (which validate) and every backend (which runs) import it, and it imports nothing
+of fastconv, so data still flows one way, ops -> backend -> kernel."""
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -60,6 +60,14 @@ def _float_target(name, target, output, what="target"):
     return target if target.flags.c_contiguous else xp.ascontiguousarray(target)
 
 
+def _read_only_copy(host):
+    """A copy of checked weights the caller cannot change behind the check: a view of a read-only base
+    (the view cannot be made writeable again; a read-only array that owns its data can)."""
+    base = np.array(host)
+    base.flags.writeable = False
+    return base[...]
+
+
 class Loss:
     """Base: __call__(output, target) -> loss and stores what backward() needs."""
 
@@ -121,9 +129,7 @@ class CrossEntropyLoss(Loss):
                                  f"{host.shape} dtype {host.dtype}")
             if not (host >= 0).all():
                 raise ValueError("CrossEntropyLoss: class weights must be >= 0 (and not NaN)")
-            base = np.array(host)  # a copy the caller cannot change behind the check: a view of a
-            base.flags.writeable = False  # read-only base cannot be made writeable again
-            weight = base[...]
+            weight = _read_only_copy(host)
         self._weight = weight
         self._weight_on_device = {}  # (array library, device, dtype) -> the weights there, copied once
 
@@ -204,8 +210,7 @@ class BCEWithLogitsLoss(Loss):
             if host.ndim != 1 or host.dtype.kind not in "fiu" or not (host >= 0).all():
                 raise ValueError(f"BCEWithLogitsLoss: pos_weight must be a non-negative scalar or 1-D array (not NaN), "
                                  f"got {pos_weight!r}")
-            pos_weight = np.array(host)  # a copy the caller cannot change behind the check (as
-            pos_weight.flags.writeable = False  # CrossEntropyLoss's weight)
+            pos_weight = _read_only_copy(host)
         self._pos_weight = pos_weight
 
     def __setstate__(self, state):

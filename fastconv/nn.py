@@ -748,9 +748,7 @@ class Dropout(Module):
             raise TypeError(f"{self!r}: expected an array, got {type(x).__name__}")
         with _named_errors(self):
             x = _check.on_backend(x, "x", _backend.current())
-            if x.dtype not in _check.FLOAT_DTYPES:  # (the mask in an integer dtype lost its scale 1 / (1 - p))
-                _check.refuse_byte_order(x, "x")
-                raise TypeError(f"x must be float32 or float64, got dtype {x.dtype}")
+            _check.refuse_non_float(x, "x")  # (the mask in an integer dtype lost its scale 1 / (1 - p))
         self._x_shape = tuple(x.shape)
         if not self.training or self.p == 0.0:
             self._mask = _UNMASKED  # not None: backward then knows a forward ran

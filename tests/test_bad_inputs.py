@@ -1025,7 +1025,7 @@ CASES = [
       ValueError, r"fit: checkpoint_dir '.*run' holds an earlier run's checkpoints \(best, last\): resume=True "
       r"continues it, overwrite=True replaces it, or give another checkpoint_dir"),
     C("dtype", "nn.Dropout(0.25)(int64 x)", lambda be, _: nn.Dropout(0.25, seed=0)(on(be, np.full((2, 3), 4, np.int64))),
-      TypeError, r"Dropout\(p=0.25\): x must be float32 or float64, got dtype int64"),
+      TypeError, r"Dropout\(p=0.25\): x must be float32 or float64, got integer dtype int64"),
     C("ndim", "nn.Flatten()(x of shape (64,))", lambda be, _: nn.Flatten()(rand(be, (64,))),
       ValueError, r"Flatten\(\): expected input of shape \(N, d1, \.\.\.\), a row per sample, got \(64,\) \(one "
       r"sample\? give it a batch axis: x\[None\]\)"),

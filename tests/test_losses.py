@@ -147,6 +147,8 @@ def test_bce_pos_weight_is_a_read_only_copy():
     assert float(loss_fn.pos_weight[0]) == 2.0
     with pytest.raises(ValueError):
         loss_fn.pos_weight[0] = -5.0
+    with pytest.raises(ValueError):  # (a view of a read-only base, as CrossEntropyLoss's: not made writeable again)
+        loss_fn.pos_weight.flags.writeable = True
     logits = np.array([[0.5], [-1.0]], np.float32)
     targets = np.array([[1.0], [0.0]], np.float32)
     expected = ops.bce_with_logits_forward(logits, targets, np.array([2.0], np.float32))

@@ -97,6 +97,14 @@ def refuse_byte_order(a, name: str):
                         f"{name}.astype(np.{dtype.name})")
 
 
+def refuse_non_float(a, name: str):
+    """TypeError unless the backend array a is float32 or float64 in native byte order."""
+    if a.dtype not in FLOAT_DTYPES:
+        refuse_byte_order(a, name)
+        kind = {"i": "integer", "u": "unsigned integer", "b": "boolean", "c": "complex"}.get(a.dtype.kind, str(a.dtype))
+        raise TypeError(f"{name} must be float32 or float64, got {kind} dtype {a.dtype}")
+
+
 def tensor(x, name: str, be, ndim=None, dtype=None):
     """Validates one floating input and returns it as a C-contiguous backend array.
 
@@ -105,10 +113,7 @@ def tensor(x, name: str, be, ndim=None, dtype=None):
     if x is None:
         raise TypeError(f"{name} is required, got None")
     a = on_backend(x, name, be)
-    if a.dtype not in FLOAT_DTYPES:
-        refuse_byte_order(a, name)
-        kind = {"i": "integer", "u": "unsigned integer", "b": "boolean", "c": "complex"}.get(a.dtype.kind, str(a.dtype))
-        raise TypeError(f"{name} must be float32 or float64, got {kind} dtype {a.dtype}")
+    refuse_non_float(a, name)
     if dtype is not None and a.dtype != dtype:
         raise TypeError(f"{name} is {a.dtype} but the other inputs are {np.dtype(dtype)}: "
                         "mixed dtypes are not converted implicitly; cast one of them")
