@@ -1,8 +1,10 @@
 """Bundled real data sets and batching (pure NumPy).
 
-The data ship inside scikit-learn (no download): the Wisconsin breast cancer data
-(binary classification), the UCI handwritten digits (8x8 images, 10 classes) and the
-diabetes data (one variable against another, for linear regression).
+The data ship inside scikit-learn (no download): the Wisconsin breast cancer data (binary
+classification), the UCI handwritten digits (8x8 images, 10 classes) and the diabetes data (one
+variable against another, for linear regression). After the first load they are read from a cache
+of NumPy arrays, without importing scikit-learn (which takes longer than training on them):
+`_datasets`.
 
 Every loader splits into train / validation / test with a seeded split (stratified by
 class for the two classification sets; the regression pair's targets are not classes,
@@ -19,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import _datasets
 from ._host import refuse_masked
 from .ops import _check
 
@@ -299,11 +302,9 @@ def load_breast_cancer(features=None, standardize=True, seed=0, dtype=np.float32
     features: None for all 30, or a list of names (e.g. ``["mean radius"]``) or
     column indices. x is (N, F) ``dtype``; y is int64 (N,).
     """
-    from sklearn import datasets
-
     dtype = _float_dtype(dtype)
-    raw = datasets.load_breast_cancer()
-    names = [str(n) for n in raw.feature_names]
+    raw = _datasets.load("breast_cancer")
+    names = raw.feature_names
     columns = _select_features(features, names)
     x = raw.data[:, columns].astype(np.float64)
     y = (raw.target == 0).astype(np.int64)  # flip: sklearn has 0 = malignant
@@ -328,10 +329,8 @@ def load_digits(seed=0, dtype=np.float32, as_images=True, standardize=False, *, 
     values 0..16 divided by 16 into [0, 1]; or, with ``standardize=True``, each pixel
     standardized with training statistics.
     """
-    from sklearn import datasets
-
     dtype = _float_dtype(dtype)
-    raw = datasets.load_digits()
+    raw = _datasets.load("digits")
     x = raw.data.astype(np.float64) / 16.0
     if as_images:
         x = x.reshape(-1, 1, 8, 8)
@@ -341,7 +340,7 @@ def load_digits(seed=0, dtype=np.float32, as_images=True, standardize=False, *, 
     )
     return Dataset(
         **parts,
-        feature_names=[str(n) for n in raw.feature_names],
+        feature_names=raw.feature_names,
         class_names=[str(d) for d in range(10)],
         description="UCI optical recognition of handwritten digits (via scikit-learn): 8x8 images, 10 classes.",
     )
@@ -355,11 +354,9 @@ def load_regression_pair(seed=0, dtype=np.float32, standardize=True, *, val=0.15
     y = a quantitative measure of disease progression one year after baseline,
     left in its own units. Both are (N, 1) ``dtype``. The split is not stratified.
     """
-    from sklearn import datasets
-
     dtype = _float_dtype(dtype)
-    raw = datasets.load_diabetes(scaled=False)  # raw BMI in kg/m², not sklearn's rescaling
-    bmi = list(raw.feature_names).index("bmi")
+    raw = _datasets.load("diabetes_unscaled")  # raw BMI in kg/m², not sklearn's rescaling
+    bmi = raw.feature_names.index("bmi")
     x = raw.data[:, [bmi]].astype(np.float64)
     y = raw.target.reshape(-1, 1).astype(dtype)
     parts = _split_and_scale(

@@ -1,7 +1,10 @@
 """Every op test runs on each backend present: the `backend` fixture yields the backend object
 inside `fastconv.use_backend(name)`. FASTCONV_TEST_BACKENDS (e.g. "emu") restricts the set; CI's
 sanitizer pass uses it."""
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -10,6 +13,12 @@ import fastconv.backend
 # fit's compile-ahead helper process (fastconv/train/_compile_ahead.py) stays off in the tests, and in
 # the processes they start, unless a test turns it on: the suite's timings and processes stay its own.
 os.environ["FASTCONV_COMPILE_AHEAD"] = "0"
+
+# The data sets' cache (fastconv/_datasets.py) goes to a directory of this process's own, shared by the
+# processes the tests start, and removed at exit: the tests never read or write the user's cache.
+_DATASET_CACHE = tempfile.mkdtemp(prefix="fastconv-test-cache-")
+os.environ["FASTCONV_CACHE_DIR"] = _DATASET_CACHE
+atexit.register(shutil.rmtree, _DATASET_CACHE, ignore_errors=True)
 
 ALL_BACKENDS = ("cpu", "emu", "cuda")
 
