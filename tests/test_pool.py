@@ -176,6 +176,37 @@ def test_max_pool_nan_and_infinity(backend):
     assert np.isnan(avg[0, 0, 0, 0]) and np.isnan(avg[0, 0, 1, 1]) and avg[0, 0, 0, 1] == 0
 
 
+@pytest.mark.parametrize("kernel_size, stride, padding", [(2, 2, 0), (3, 1, 1), ((4, 6), None, (2, 3))])
+def test_avg_pool_of_float32_values_near_the_maximum_is_finite(backend, kernel_size, stride, padding):
+    """Windows of values near FLT_MAX: their average is finite, and so must the result be (a float32
+    window sum overflowed to inf on emu and cuda, where cpu summed in float64)."""
+    rng = np.random.default_rng(5)
+    x = rng.choice([3.0e38, 3.2e38, -1.0e38], size=(2, 2, 4, 6)).astype(np.float32)
+    y = to_numpy(ops.avg_pool2d_forward(on(backend, x), kernel_size, stride, padding))
+    reference = avg_pool_reference(x.astype(np.float64), kernel_size, stride, padding)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, reference, rtol=1e-6)
+
+    dy = np.full(y.shape, 3.3e38, np.float32)
+    dx = to_numpy(ops.avg_pool2d_backward(on(backend, dy), x.shape, kernel_size, stride, padding))
+    assert np.isfinite(dx).all()
+    np.testing.assert_allclose(dx, avg_pool_backward_reference(dy.astype(np.float64), x.shape, kernel_size, stride,
+                                                               padding), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,kernel_size,stride,padding", CASES, ids=IDS)
+def test_avg_pool_forward_gives_the_cpu_backends_bits(native_backend, shape, kernel_size, stride, padding, dtype):
+    """The CUDA kernel sums each window in double in the cpu loops' order and rounds once, as they do."""
+    import fastconv
+    rng = np.random.default_rng(sum(shape) + 2)
+    x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-3, 4, shape)).astype(dtype)
+    ours = to_numpy(ops.avg_pool2d_forward(on(native_backend, x), kernel_size, stride, padding))
+    with fastconv.use_backend("cpu"):
+        cpus = to_numpy(ops.avg_pool2d_forward(x, kernel_size, stride, padding))
+    assert ours.dtype == cpus.dtype == dtype and ours.tobytes() == cpus.tobytes()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_max_backward_takes_any_valid_indices(backend, dtype):
     # Indices need not come from a pooling with a known window: every in-range index is honoured.

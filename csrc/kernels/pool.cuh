@@ -16,6 +16,9 @@
 //   avg backward  dx[h, w] = (sum of dy[ho, wo] over the windows covering (h, w)) / (kh * kw);
 //                 the covering windows of padded row hp = h + ph are
 //                 ho in [hp < kh ? 0 : (hp - kh) / sh + 1, min(hp / sh, Ho - 1)], same for columns.
+//   Both average sums run in double and are divided before the one rounding to T: as the cpu
+//   backend's forward, so float32 windows near FLT_MAX (whose float32 sum overflowed) give the same
+//   finite average there; a few double adds per element, against a memory-bound kernel.
 //
 // Decomposition: one thread per output element (forward) or per input element (backward), flat
 // 64-bit index over (plane, row, col), grid-stride loops. No atomics anywhere: every result is
@@ -243,33 +246,33 @@ __global__ void __launch_bounds__(pool_launch::kThreads)
 template <typename T>
 __global__ void avg_pool2d_forward_kernel(const T* __restrict__ x, T* __restrict__ y, PoolGeometry g) {
   const int64_t total = g.planes * g.Ho * g.Wo;
-  const T divisor = T(g.kh * g.kw);
+  const double divisor = double(g.kh * g.kw);
   FC_GRID_STRIDE(i, total) {
     const int64_t wo = i % g.Wo, ho = (i / g.Wo) % g.Ho, plane = i / (g.Wo * g.Ho);
     const int64_t h_first = ho * g.sh - g.ph, w_first = wo * g.sw - g.pw;
     const int64_t h_end = min64(h_first + g.kh, g.H), w_end = min64(w_first + g.kw, g.W);
     const T* plane_x = x + plane * g.H * g.W;
-    T sum = T(0);
+    double sum = 0.0;
     for (int64_t h = max64(h_first, 0); h < h_end; ++h)
       for (int64_t w = max64(w_first, 0); w < w_end; ++w) sum += plane_x[h * g.W + w];
-    y[i] = sum / divisor;
+    y[i] = T(sum / divisor);
   }
 }
 
 template <typename T>
 __global__ void avg_pool2d_backward_kernel(const T* __restrict__ dy, T* __restrict__ dx, PoolGeometry g) {
   const int64_t total = g.planes * g.H * g.W;
-  const T divisor = T(g.kh * g.kw);
+  const double divisor = double(g.kh * g.kw);
   FC_GRID_STRIDE(i, total) {
     const int64_t w = i % g.W, h = (i / g.W) % g.H, plane = i / (g.W * g.H);
     const int64_t hp = h + g.ph, wp = w + g.pw;  // position in the padded plane
     const int64_t ho0 = hp < g.kh ? 0 : (hp - g.kh) / g.sh + 1, ho1 = min64(hp / g.sh, g.Ho - 1);
     const int64_t wo0 = wp < g.kw ? 0 : (wp - g.kw) / g.sw + 1, wo1 = min64(wp / g.sw, g.Wo - 1);
     const T* plane_dy = dy + plane * g.Ho * g.Wo;
-    T sum = T(0);
+    double sum = 0.0;
     for (int64_t ho = ho0; ho <= ho1; ++ho)
       for (int64_t wo = wo0; wo <= wo1; ++wo) sum += plane_dy[ho * g.Wo + wo];
-    dx[i] = sum / divisor;
+    dx[i] = T(sum / divisor);
   }
 }
 
