@@ -45,6 +45,16 @@ def _cpu_code() -> str:
     return f"{isa} kernels (FASTCONV_SIMD=0: portable loops); {winograd}"
 
 
+def _data_cache() -> str:
+    from . import _datasets
+
+    directory = _datasets.cache_directory()
+    if directory is None:
+        return "off (FASTCONV_CACHE_DIR is empty)"
+    held = sorted(f for f in os.listdir(directory) if f.endswith(".npz")) if os.path.isdir(directory) else []
+    return f"{directory} ({len(held)} file{'s' * (len(held) != 1)}; FASTCONV_CACHE_DIR chooses another, empty: off)"
+
+
 def info(file=None) -> str:
     """Prints (and returns) a report of the build and the backend."""
     import numba
@@ -72,6 +82,7 @@ def info(file=None) -> str:
         device = f"{_cpu_model()}, {os.cpu_count()} logical cores, {numba.get_num_threads()} Numba threads"
     lines.append(f"device:  {device}")
     lines.append(f"cpu code: {_cpu_code()}")
+    lines.append(f"data cache: {_data_cache()}")
     text = "\n".join(lines)
     print(text, file=file)
     return text

@@ -135,6 +135,17 @@ def test_info_reports_the_backends(capsys):
     assert "backend:" in out and "cpu" in out
 
 
+def test_info_reports_the_data_cache(capsys, tmp_path, monkeypatch):
+    from fastconv import data
+
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
+    data.load_regression_pair()
+    out = run_cli(["info"], capsys)[1]
+    assert f"data cache: {tmp_path / 'datasets'} (1 file;" in out
+    monkeypatch.setenv("FASTCONV_CACHE_DIR", "")
+    assert "data cache: off" in run_cli(["info"], capsys)[1]
+
+
 def test_evaluate_of_a_missing_checkpoint_fails_clearly(capsys, tmp_path):
     code, _, err = run_cli(["evaluate", str(tmp_path / "missing")], capsys)
     assert code == 1
