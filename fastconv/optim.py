@@ -6,8 +6,8 @@ so do the state buffers (momentum, Adam's moments).
     loss_fn(model(x), y); opt.zero_grad(); model.backward(loss_fn.backward()); opt.step()
 
 `step()` skips frozen parameters and parameters without a gradient. `state_dict()` holds the
-hyperparameters, the per-parameter buffers (device arrays) and step counts; `load_state_dict()`
-restores them for resuming a run.
+hyperparameters, copies of the per-parameter buffers (device arrays) and step counts: a snapshot;
+`load_state_dict()` restores them for resuming a run.
 """
 from __future__ import annotations
 
@@ -62,7 +62,12 @@ class Optimizer:
     _counts_steps = False  # whether each parameter's state holds its "step" count
 
     def _buffers_for(self, hyperparameters) -> tuple:
-        """Names of the per-parameter buffers a state with these hyperparameters holds."""
+        """Names of the per-parameter buffers a state with these hyperparameters needs."""
+        return self._buffers
+
+    def _buffers_kept(self) -> tuple:
+        """Names of every buffer a state may hold, needed or not (SGD keeps its momentum buffers when its
+        momentum is set to 0, as torch's does, and they are used again if momentum is raised again)."""
         return self._buffers
 
     def __init__(self, params, lr):
@@ -79,6 +84,9 @@ class Optimizer:
         """(index, parameter) for each parameter step() updates now."""
         for i, p in enumerate(self.params):
             if getattr(p, "requires_grad", True) and p.grad is not None:
+                if not hasattr(p.grad, "shape"):
+                    raise TypeError(f"{type(self).__name__}: parameter {i} ({getattr(p, 'name', '')}) has a grad of "
+                                    f"type {type(p.grad).__name__}, not an array")
                 if tuple(p.grad.shape) != tuple(p.data.shape):
                     raise ValueError(f"{type(self).__name__}: parameter {i} ({getattr(p, 'name', '')}) has shape "
                                      f"{tuple(p.data.shape)} but its grad is {tuple(p.grad.shape)}")
@@ -129,9 +137,13 @@ class Optimizer:
 
     # --- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """{"type", "hyperparameters", "state": {index: {buffer name: device array, "step": int}}}."""
+        """{"type", "hyperparameters", "state": {index: {buffer name: device array, "step": int}}}: a
+        snapshot, the buffers copied (later steps change the optimizer's own in place; with them and
+        the step counts as of now, a state dict kept to roll back to would mix two points of training)."""
+        xp = _backend.current().xp
         return {"type": type(self).__name__, "hyperparameters": self.hyperparameters(),
-                "state": {i: dict(s) for i, s in self.state.items()}}
+                "state": {i: {k: xp.array(v, copy=True) if hasattr(v, "shape") else v for k, v in s.items()}
+                          for i, s in self.state.items()}}
 
     def check_state_dict(self, state_dict) -> dict:
         """Validates without changing anything; returns the state converted to device arrays."""
@@ -152,8 +164,8 @@ class Optimizer:
             raise TypeError(f"{name}.load_state_dict: the state must be a dict {{parameter index: entry}}, got "
                             f"{type(state_dict['state']).__name__}")
         xp = _backend.current().xp
-        buffers = self._buffers_for(hyper)
-        keys = set(buffers) | ({"step"} if self._counts_steps else set())
+        buffers, kept = self._buffers_for(hyper), self._buffers_kept()
+        keys = set(kept) | ({"step"} if self._counts_steps else set())
         state = {}
         for key, entry in state_dict["state"].items():
             if isinstance(key, (bool, np.bool_)) or not (str(key).isascii() and str(key).isdigit()):  # ("²": a digit)
@@ -171,8 +183,10 @@ class Optimizer:
                                  f"{name} does not keep (it keeps {sorted(keys)})")
             p = self.params[i]
             new = {}
-            for buf in buffers:
+            for buf in kept:
                 if buf not in entry:
+                    if buf not in buffers:
+                        continue
                     raise KeyError(f"{name}.load_state_dict: parameter {i} lacks its {buf!r} buffer")
                 value = entry[buf]
                 if not (hasattr(value, "shape") and hasattr(value, "dtype")):
@@ -246,6 +260,9 @@ class SGD(Optimizer):
 
     def _buffers_for(self, hyperparameters):
         return ("momentum_buffer",) if hyperparameters.get("momentum", self.momentum) > 0 else ()
+
+    def _buffers_kept(self):
+        return ("momentum_buffer",)
 
     def hyperparameters(self):
         return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay, "nesterov": self.nesterov}

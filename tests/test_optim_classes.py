@@ -310,15 +310,14 @@ def test_load_state_dict_checks_and_changes_nothing_on_an_error(cls, state_dict,
     opt = cls([p], lr=0.1, **({"momentum": 0.9} if cls is optim.SGD else {}))
     p.grad = np.ones(3)
     opt.step()
-    before = opt.state_dict()
+    hyperparameters, state = opt.hyperparameters(), {i: dict(s) for i, s in opt.state.items()}
     with pytest.raises(error, match=message):
         opt.load_state_dict(state_dict)
     with pytest.raises(error, match=message):
         opt.check_state_dict(state_dict)
-    after = opt.state_dict()
-    assert after["hyperparameters"] == before["hyperparameters"] and after["state"].keys() == before["state"].keys()
-    for i, s in after["state"].items():
-        assert all(v is before["state"][i][k] for k, v in s.items())
+    assert opt.hyperparameters() == hyperparameters and opt.state.keys() == state.keys()
+    for i, s in opt.state.items():
+        assert s.keys() == state[i].keys() and all(v is state[i][k] for k, v in s.items())
 
 
 def test_load_state_dict_takes_string_indices_and_keeps_the_current_hyperparameters_not_given():
@@ -531,3 +530,83 @@ def test_an_optimizer_state_with_nan_is_refused(make, buffers):
         with pytest.raises(ValueError, match=f"parameter 0's '{buf}' has infinite values"):
             opt.load_state_dict(state)
         assert opt.state == {}
+
+
+def test_an_sgd_whose_momentum_was_set_to_0_loads_its_own_state_and_keeps_its_buffers(tmp_path):
+    """A schedule may take momentum to 0 after some steps: the buffers stay in the state (as torch's),
+    and that state loads back, into this optimizer and through a checkpoint; raised again, momentum
+    goes on from them, as torch's does."""
+    from fastconv import checkpoint
+
+    def steps(reload):
+        model = nn.Linear(1, 3, bias=False, dtype=np.float64)
+        (p,) = model.parameters()
+        p.data[...] = 1.0
+        opt = optim.SGD([p], lr=0.1, momentum=0.9)
+        for g in (1.0, 2.0):
+            p.grad = np.full((3, 1), g)
+            opt.step()
+        opt.momentum = 0.0
+        p.grad = np.full((3, 1), 3.0)
+        opt.step()
+        reload(model, opt)
+        opt.momentum = 0.9
+        p.grad = np.full((3, 1), 4.0)
+        opt.step()
+        return p.data
+
+    def through_state_dict(model, opt):
+        opt.load_state_dict(opt.state_dict())
+
+    def through_a_checkpoint(model, opt):
+        checkpoint.save(tmp_path / "c", model, optimizer=opt, epoch=1)
+        checkpoint.load_into(tmp_path / "c", model, opt)
+
+    def unchanged(model, opt):
+        pass
+
+    expected = steps(unchanged)
+    # torch: v = 1; v = 0.9 + 2 = 2.9; (momentum 0: p -= lr * 3, v kept); v = 0.9 * 2.9 + 4 = 6.61
+    np.testing.assert_allclose(expected, 1 - 0.1 * (1 + 2.9 + 3 + 6.61))
+    for how in (through_state_dict, through_a_checkpoint):
+        np.testing.assert_array_equal(steps(how), expected)
+
+
+def test_a_state_without_the_buffers_momentum_needs_is_still_refused():
+    p = nn.Parameter(np.ones(3))
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    with pytest.raises(KeyError, match="lacks its 'momentum_buffer'"):
+        opt.load_state_dict({"type": "SGD", "hyperparameters": {}, "state": {0: {}}})
+    with pytest.raises(ValueError, match=r"has \['velocity'\], which this SGD does not keep"):
+        opt.load_state_dict({"type": "SGD", "hyperparameters": {}, "state": {0: {"velocity": np.zeros(3)}}})
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), lambda ps: optim.Adam(ps, lr=0.1),
+                                  lambda ps: optim.AdamW(ps, lr=0.1)], ids=["SGD", "Adam", "AdamW"])
+def test_a_state_dict_is_a_snapshot_that_later_steps_leave_as_it_was(backend, make):
+    """state_dict() copies the buffers: kept to roll back to, it holds one point of training (the
+    buffers were the live arrays and the step counts copies: a mix of two points)."""
+    p = nn.Parameter(on(backend, np.ones(3)))
+    opt = make([p])
+    p.grad = on(backend, np.ones(3))
+    opt.step()
+    sd = opt.state_dict()
+    held = {k: to_numpy(v).copy() for k, v in sd["state"][0].items() if k != "step"}
+    after_one = to_numpy(p.data).copy()
+    p.grad = on(backend, np.full(3, 5.0))
+    opt.step()
+    for k, v in held.items():
+        np.testing.assert_array_equal(to_numpy(sd["state"][0][k]), v)
+    once_more = to_numpy(p.data).copy()
+    p.data[...] = on(backend, after_one)
+    opt.load_state_dict(sd)
+    opt.step()
+    np.testing.assert_array_equal(to_numpy(p.data), once_more)
+
+
+def test_a_grad_that_is_not_an_array_is_a_type_error():
+    p = nn.Parameter(np.ones(3))
+    p.grad = [1.0, 2.0, 3.0]
+    for opt in (optim.SGD([p], lr=0.1), optim.Adam([p])):
+        with pytest.raises(TypeError, match="parameter 0 .* has a grad of type list, not an array"):
+            opt.step()
