@@ -353,6 +353,29 @@ def fit(be, **kw):
                      (x, y), **args)
 
 
+def metric_named_loss(y_true, scores):
+    return 0.5
+
+
+metric_named_loss.__name__ = "loss"
+
+
+class LossOfRows:
+    """A user's loss that returns each row's loss, not their mean."""
+
+    def __call__(self, out, y):
+        return np.zeros(len(y))
+
+    def backward(self):
+        return None
+
+
+def fit_with_a_loss_of_rows(be):
+    model = tiny_model()
+    train.fit(model, LossOfRows(), optim.SGD(model.parameters(), lr=0.1), (host((8, 3)), np.arange(8) % 2),
+              epochs=1, batch_size=4, progress=False)
+
+
 def fit_bad_val_label(be, _):
     x, y = host((8, 3)), np.arange(8) % 2
     model = tiny_model()
@@ -937,6 +960,8 @@ CASES = [
     C("hyper", "nn.Dropout(p=1.5)", lambda be, _: nn.Dropout(1.5), ValueError, r"Dropout: p must be a probability in \[0, 1\], got 1.5"),
     C("hyper", "nn.MaxPool2d(2, padding=2)", lambda be, _: nn.MaxPool2d(2, padding=2),
       ValueError, r"MaxPool2d: padding \(2, 2\) must be at most half of kernel_size \(2, 2\)"),
+    C("hyper", "fit(...) with a loss returning an array per row", lambda be, _: fit_with_a_loss_of_rows(be),
+      TypeError, r"fit: the loss LossOfRows returned an array of shape \(8,\) dtype float64, not one number"),
 
     # unknown strings
     C("string", "fastconv.set_backend('tpu')", lambda be, _: fastconv.set_backend("tpu"),
@@ -959,6 +984,8 @@ CASES = [
       ValueError, r"Conv2d: padding must be an int, a pair of ints, 'same' or 'valid', got 'full'"),
     C("string", "fit(..., metric='f1')", lambda be, _: fit(be, metric="f1"),
       ValueError, r"metric must be 'loss', 'accuracy', 'auc' or a callable\(y_true, scores\), got 'f1'"),
+    C("string", "fit(..., metric=loss), a callable named loss", lambda be, _: fit(be, metric=metric_named_loss),
+      ValueError, r"metric: a callable named 'loss' would be taken for the loss, which is monitored by that name"),
     C("string", "fit(..., metric='accuracy', mode='up')", lambda be, _: fit(be, metric="accuracy", mode="up"),
       ValueError, r"mode must be 'min', 'max' or None, got 'up'"),
     C("string", "train.search(..., method='bayes')", lambda be, tmp: train.search(lambda s: None, {"lr": [0.1]}, (host((4, 3)), host(4)), None, method="bayes", out_dir=str(tmp / "s")),

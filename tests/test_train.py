@@ -1281,3 +1281,75 @@ def test_fit_evaluate_and_predict_refuse_what_is_not_a_model_or_a_loss():
     np.testing.assert_array_equal(train.predict(wrapped, data[0]), train.predict(model, data[0]))
     assert train.evaluate(wrapped, losses.CrossEntropyLoss(), data) == train.evaluate(model, losses.CrossEntropyLoss(),
                                                                                       data)
+
+
+def test_a_metric_callable_named_loss_is_refused_not_taken_for_the_loss():
+    """A callable named "loss" was taken for the built-in loss: minimized (its best checkpoint the
+    worst accuracy), and accepted without validation data, where it was never called."""
+    def loss(y_true, scores):
+        return float((scores.argmax(1) == y_true).mean())
+
+    x, y = blobs(40)
+    for val in ((x, y), None):
+        model = mlp()
+        with pytest.raises(ValueError, match="metric: a callable named 'loss' would be taken for the loss"):
+            train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), val,
+                      epochs=1, batch_size=8, metric=loss, progress=False)
+
+
+def test_a_metric_callable_is_maximized_by_default_and_needs_validation_data():
+    def accuracy_of(y_true, scores):
+        return float((scores.argmax(1) == y_true).mean())
+
+    x, y = blobs(60)
+    model = mlp()
+    history = train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.2), (x, y), (x, y),
+                        epochs=4, batch_size=8, metric=accuracy_of, progress=False)
+    values = [r["val_accuracy_of"] for r in history.records]
+    assert history.mode == "max" and history.best_metric == max(values)
+    with pytest.raises(ValueError, match="metric='accuracy_of' needs validation data"):
+        train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.2), (x, y), None,
+                  epochs=1, batch_size=8, metric=accuracy_of, progress=False)
+
+
+@pytest.mark.parametrize("smoothing, scale", [(0.0, 1.0), (0.2, 1.0), (0.0, 1e-3)])
+def test_train_loss_with_class_weights_is_the_epochs_weighted_mean(smoothing, scale):
+    """With lr = 0 the epoch's train_loss is the loss of one model over the training rows: with class
+    weights, their weighted mean, as evaluate() gives it (batch means weighted by their rows were
+    another number)."""
+    x, y = blobs(30, classes=3)
+    weight = np.array([0.1, 1.0, 3.0], np.float32) * np.float32(scale)  # (1e-3: the weights sum below 1)
+    model = mlp()
+    loss_fn = losses.CrossEntropyLoss(weight=weight, label_smoothing=smoothing)
+    history = train.fit(model, loss_fn, optim.SGD(model.parameters(), lr=0.0), (x, y), (x, y), epochs=2,
+                        batch_size=3, progress=False)
+    whole = train.evaluate(model, loss_fn, (x, y))[0]
+    for record in history.records:
+        assert record["train_loss"] == pytest.approx(whole, rel=1e-6) and record["val_loss"] == pytest.approx(whole)
+
+
+def test_a_loss_returning_a_python_float_trains_and_one_returning_an_array_is_refused_before_a_step():
+    class MeanSquares:
+        def __init__(self, as_array_of_rows=False):
+            self.rows = as_array_of_rows
+
+        def __call__(self, out, target):
+            self.diff = out - target
+            squares = (self.diff ** 2).mean(axis=1)
+            return squares if self.rows else float(squares.mean())
+
+        def backward(self):
+            return (2 * self.diff / self.diff.size).astype(np.float32)
+
+    x, _ = blobs(24)
+    target = x[:, :1] * 2
+    model = nn.Sequential(nn.Linear(4, 1, seed=0))
+    history = train.fit(model, MeanSquares(), optim.SGD(model.parameters(), lr=0.005), (x, target), None, epochs=3,
+                        batch_size=4, progress=False)
+    assert history.records[-1]["train_loss"] < history.records[0]["train_loss"]
+    before = [p.data.copy() for p in model.parameters()]
+    with pytest.raises(TypeError, match=r"fit: the loss MeanSquares returned an array of shape \(\d+,\) dtype "
+                                        r"float32, not one number"):
+        train.fit(model, MeanSquares(True), optim.SGD(model.parameters(), lr=0.05), (x, target), None, epochs=1,
+                  batch_size=4, progress=False)
+    assert all((p.data == b).all() for p, b in zip(model.parameters(), before))

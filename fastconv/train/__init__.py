@@ -18,7 +18,9 @@ checkpoint, patience count), which the longer run from the start would not have 
 RuntimeWarning says so).
 
 Metrics: "loss" (minimized), "accuracy", "auc" (maximized), or a callable(y_true, scores) -> float
-(maximized unless mode="min"). Scores are the model's outputs turned into probabilities where the
+(maximized unless mode="min"; recorded as val_<its __name__>, which must not be "loss"). The
+training loss in the history is the mean over the rows trained on since the last evaluation (with a
+class-weighted CrossEntropyLoss, their weighted mean, as evaluate gives it). Scores are the model's outputs turned into probabilities where the
 loss says how: softmax for CrossEntropyLoss, sigmoid for BCEWithLogitsLoss, raw otherwise. "auc" with
 several classes is the macro average of the one-vs-rest AUCs over the classes present in the
 validation labels (an absent class has no AUC); it needs at least two classes there.

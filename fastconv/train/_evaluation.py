@@ -97,6 +97,9 @@ def _metric(metric, mode, argument="metric"):
     """(name, function or None for loss, mode); argument: the caller's name for metric, for its error."""
     if callable(metric):
         name, fn = getattr(metric, "__name__", "metric"), metric
+        if name == "loss":  # (history's val_loss, the mode "min", no validation needed: all the loss's)
+            raise ValueError(f"{argument}: a callable named 'loss' would be taken for the loss, which is monitored by "
+                             "that name (minimized; the history's val_loss): give the function another name")
     elif metric == "loss":
         name, fn = "loss", None
     elif metric in _METRICS:
@@ -104,7 +107,7 @@ def _metric(metric, mode, argument="metric"):
     else:
         raise ValueError(f"{argument} must be 'loss', 'accuracy', 'auc' or a callable(y_true, scores), got {metric!r}")
     if mode is None:
-        mode = "min" if name == "loss" else "max"
+        mode = "min" if fn is None else "max"
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min', 'max' or None, got {mode!r}")
     return name, fn, mode

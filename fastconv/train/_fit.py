@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import backend as _backend
 from .. import checkpoint as _checkpoint
+from .. import losses as _losses
 from ..ops import _check
 from .. import nn as _nn
 from . import _compile_ahead
@@ -25,6 +26,15 @@ def _progress_bar(total, enabled, initial):
         return None
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, unit="batch", dynamic_ncols=True, leave=True)
+
+
+def _rows_weight(loss_fn, labels):
+    """What a batch's mean loss is a mean over: its rows, or for a class-weighted CrossEntropyLoss the
+    sum of its labels' weights (its loss is sum w[y_i] l_i / sum w[y_i]), so that the epoch's train_loss
+    is the mean over the epoch's rows that evaluate() gives for a whole set."""
+    if isinstance(loss_fn, _losses.CrossEntropyLoss) and loss_fn.weight is not None:
+        return float(loss_fn.weight[labels].sum(dtype=np.float64))
+    return len(labels)
 
 
 def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metric="loss", mode=None,
@@ -72,7 +82,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     patience = _positive_int(patience, "patience", allow_none=True)
     predict_batch_size = _positive_int(predict_batch_size, "predict_batch_size", allow_none=True) or max(batch_size, 256)
     name, metric_fn, mode = _metric(metric, mode)
-    if val is None and name != "loss":
+    if val is None and metric_fn is not None:
         raise ValueError(f"metric={name!r} needs validation data (val=(x, y)); without it only 'loss' (the "
                          "training loss) can be monitored")
     if scheduler is not None and getattr(scheduler, "optimizer", None) is not optimizer:
@@ -175,7 +185,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
 
     def run_evaluation():
         nonlocal loss_sum, warned_diverged
-        train_loss = float(loss_sum) / max(s["loss_count"], 1) if s["loss_count"] else None
+        train_loss = float(loss_sum) / s["loss_count"] if s["loss_count"] else None
         val_loss = value = None
         if val is not None:
             val_loss, value, finite = _evaluate(model, loss_fn, val, predict_batch_size, metric_fn)
@@ -186,7 +196,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         record = {"epoch": s["epoch"] + 1, "step": s["step"], "train_loss": train_loss,
                   "val_loss": val_loss, "val_metric": value, "lr": optimizer.lr,
                   "time": time.perf_counter() - started}
-        if name != "loss":
+        if metric_fn is not None:
             record[f"val_{name}"] = value
         history.records.append(record)
         loss_sum = xp.zeros((), dtype=np.float64)
@@ -239,8 +249,9 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
                 optimizer.zero_grad()
                 _nn.backward_without_input_grad(model, loss_fn.backward())
                 optimizer.step()
-                loss_sum += loss.astype(np.float64) * len(rows)
-                s["loss_count"] += len(rows)
+                weight = _rows_weight(loss_fn, yb)
+                loss_sum += xp.asarray(loss, dtype=np.float64) * weight
+                s["loss_count"] += weight
                 s["batch"] += 1
                 s["step"] += 1
                 window_examples += len(rows)

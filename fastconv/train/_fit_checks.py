@@ -141,11 +141,24 @@ def _check_targets(model, loss_fn, data, name):
     for start in range(0, len(y), _TARGET_CHUNK):
         part = y[start:start + _TARGET_CHUNK]
         try:
-            loss_fn(xp.zeros((len(part), *out.shape[1:]), out.dtype), part)
+            value = loss_fn(xp.zeros((len(part), *out.shape[1:]), out.dtype), part)
         except (TypeError, ValueError) as exc:
             if type(exc) not in (TypeError, ValueError):
                 raise
             raise type(exc)(f"fit: the {name} targets (rows {start} to {start + len(part) - 1}): {exc}") from None
+        _check_loss_value(loss_fn, value)
+
+
+def _check_loss_value(loss_fn, value):
+    """fit sums the losses it is given: each must be one real number (a Python or NumPy number, or a
+    0-d array); a TypeError before the first step, not after it."""
+    shape, kind = getattr(value, "shape", None), getattr(getattr(value, "dtype", None), "kind", None)
+    real = isinstance(value, (int, float)) or (shape == () and kind is not None and kind in "fiu")
+    if isinstance(value, bool) or not real:
+        got = (f"an array of shape {tuple(shape)} dtype {getattr(value, 'dtype', None)}" if shape is not None
+               else type(value).__name__)
+        raise TypeError(f"fit: the loss {type(loss_fn).__name__} returned {got}, not one number (a float, or a "
+                        "0-d array of the mean loss)")
 
 
 def _check_writable(directory):
