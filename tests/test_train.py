@@ -259,6 +259,28 @@ def test_resume_refuses_a_model_with_other_parameters_frozen(tmp_path):
     assert len(history) == 2 and resumed[0].weight.frozen
 
 
+@pytest.mark.parametrize("first_val, then_val, says", [
+    ("val", "other", "was evaluated on other validation data"),
+    ("val", None, "was evaluated on validation data, and this call gives none"),
+    (None, "val", "was trained without validation data, and this call gives some"),
+])
+def test_resume_refuses_other_validation_data(tmp_path, first_val, then_val, says):
+    """The best so far was measured on the saved run's validation data: resumed on another set (or with
+    none, or some where there was none), its later evaluations would be compared with it."""
+    x, y = blobs(40, seed=1)
+    sets = {"val": blobs(20, seed=2), "other": blobs(20, seed=3), None: None}
+
+    def go(val, epochs):
+        model = mlp(seed=3)
+        return train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.05), (x, y),
+                         sets[val], epochs=epochs, batch_size=8, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+    go(first_val, 1)
+    with pytest.raises(train.ResumeError, match=says):
+        go(then_val, 2)
+    assert len(go(first_val, 2)) == 2  # the same val: it continues
+
+
 def test_resume_after_a_kill_mid_epoch(tmp_path, monkeypatch):
     # 7 batches per epoch, evaluations every 3 steps: "last" is written mid-epoch at step 9; the run is
     # killed at step 11 and resumed from there.

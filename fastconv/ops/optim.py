@@ -203,6 +203,7 @@ def adam_step(param, grad, m, v, step, *, lr, beta1=0.9, beta2=0.999, eps=1e-8, 
     lr, beta1, beta2, eps, weight_decay, decoupled = _adam_hyperparameters(lr, beta1, beta2, eps, weight_decay,
                                                                            decoupled)
     param = _updatable(param, "param", be)
+    _eps_representable(eps, param.dtype, "param")
     grad = _gradient(grad, be, param)
     m = _updatable(m, "m", be, like=param)
     v = _updatable(v, "v", be, like=param)
@@ -255,6 +256,7 @@ def prepare_adam_step_foreach(params, grads, ms, vs, steps, *, lr, beta1=0.9, be
     _disjoint(entries)
     if not params:
         return lambda: None
+    _eps_representable(eps, params[0].dtype, "params")
     step_sizes, bias_corrections2_sqrt = zip(*(_bias_corrections(lr, beta1, beta2, t) for t in steps))
     return functools.partial(be.adam_step_foreach, params, grads, ms, vs, beta1, beta2, eps, weight_decay, decoupled,
                              1 - lr * weight_decay, list(step_sizes), list(bias_corrections2_sqrt))
@@ -274,6 +276,14 @@ def _adam_hyperparameters(lr, beta1, beta2, eps, weight_decay, decoupled):
     return (_hyper(lr, "lr", low=0), _hyper(beta1, "beta1", low=0, high=1, high_open=True),
             _hyper(beta2, "beta2", low=0, high=1, high_open=True), _hyper(eps, "eps", low=0, low_open=True),
             _hyper(weight_decay, "weight_decay", low=0), flag(decoupled, "decoupled"))
+
+
+def _eps_representable(eps, dtype, name):
+    """The kernels add eps in the parameters' dtype: one that rounds to 0 there (1e-300 in float32)
+    makes a zero gradient's update 0 / 0, the parameter NaN."""
+    if np.dtype(dtype).type(eps) == 0:
+        raise ValueError(f"eps={eps!r} is 0 in {np.dtype(dtype)} (the dtype of {name}), where a zero gradient's update "
+                         f"would be 0 / 0: give eps >= {np.finfo(dtype).smallest_subnormal} (or parameters in float64)")
 
 
 def _bias_corrections(lr, beta1, beta2, step):

@@ -137,6 +137,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     batches = {"batch_size": batch_size, "train_rows": n}  # what the saved batch position counts in
     if checkpoint_dir is not None:  # and the rows it counts (a resume checks them: _check_resumable)
         batches["train_data"] = _train_digest or _digest(x_train, y_train)
+        batches["val_data"] = None if val is None else _digest(*val)  # what the best so far was measured on
     # Loop state: everything a resumed run needs to continue exactly.
     _check.flag(progress, "fit: progress")  # (progress="no" drew a bar)
     rng = _check.generator(seed)

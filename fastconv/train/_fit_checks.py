@@ -176,8 +176,9 @@ def _check_writable(directory):
 def _check_resumable(last_dir, name, mode, batches, model):
     """CheckpointError for a `last` that train.fit did not write; ResumeError for another metric, or
     for another batch size or number of training rows (the saved position in the epoch's shuffled
-    order would point elsewhere: rows skipped or repeated), other training data (by its digest), or
-    other parameters frozen (other parameters would train)."""
+    order would point elsewhere: rows skipped or repeated), other training data (by its digest), other
+    validation data (the best so far was measured on the saved run's), or other parameters frozen
+    (other parameters would train)."""
     info = _checkpoint.read_info(last_dir)
     extra = info.get("extra")
     saved = extra.get("fit") if isinstance(extra, dict) else None
@@ -199,6 +200,14 @@ def _check_resumable(last_dir, name, mode, batches, model):
         raise ResumeError(f"resume: the checkpoint in {last_dir} was trained on other training data (as many rows, "
                           "other values or order: another split or seed?); resume with the same (x, y), or start "
                           f"afresh with {_say('overwrite')}")
+    if saved_batches.get("val_data", batches["val_data"]) != batches["val_data"]:  # (older: not recorded)
+        saved_val, given_val = saved_batches["val_data"], batches["val_data"]
+        differs = ("was trained without validation data, and this call gives some" if saved_val is None else
+                   "was evaluated on validation data, and this call gives none" if given_val is None else
+                   "was evaluated on other validation data (other values, order or size) than this call's")
+        raise ResumeError(f"resume: the run in {last_dir} {differs.replace('this call', _say('this call'))}: its "
+                          "best so far would be compared with evaluations of another kind; resume with the same val, "
+                          f"or start afresh with {_say('overwrite')}")
     frozen = _checkpoint.frozen_names(model)
     if "frozen" in info and info["frozen"] != frozen:  # (checkpoints from before it was saved: not known)
         raise ResumeError(f"resume: the run in {last_dir} trained with {info['frozen'] or 'no'} parameters frozen, "
