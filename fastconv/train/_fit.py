@@ -11,7 +11,7 @@ from .. import checkpoint as _checkpoint
 from .. import losses as _losses
 from ..ops import _check
 from .. import nn as _nn
-from . import _compile_ahead
+from . import _compile_ahead, _compile_notice
 from ._data import _check_loss, _check_model, _digest, _positive_int, _xy_pair
 from ._evaluation import _check_metric_labels, _evaluate, _improved, _metric
 from ._fit_checks import (_check_checkpoint_extra, _check_describable, _check_resumable, _check_targets,
@@ -37,6 +37,7 @@ def _rows_weight(loss_fn, labels):
     return len(labels)
 
 
+@_compile_notice.noted
 def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metric="loss", mode=None,
         eval_every=None, checkpoint_dir=None, patience=None, scheduler=None, seed=0, resume=False,
         overwrite=False, progress=True, predict_batch_size=None, restore_best=False, checkpoint_extra=None,
