@@ -353,6 +353,25 @@ def fit(be, **kw):
                      (x, y), **args)
 
 
+def big_endian_indices(be):
+    if be.name == "cuda":
+        pytest.skip("CuPy holds native byte order only")
+    ops.max_pool2d_backward(rand(be, (1, 1, 1, 1)), np.zeros((1, 1, 1, 1), ">i8"), (1, 1, 2, 2))
+
+
+class Unreadable:
+    """An array-like that NumPy cannot read (as a bfloat16 torch tensor)."""
+
+    def __array__(self, dtype=None, copy=None):
+        raise RuntimeError("no bfloat16 here")
+
+
+def relu_of_unreadable(be):
+    if be.name == "cuda":
+        pytest.skip("on cuda a host object is refused as such, before NumPy reads it")
+    ops.relu_forward(Unreadable())
+
+
 def adam_with_eps_below_float32(be):
     model = tiny_model()
     opt = optim.Adam(model.parameters(), eps=1e-50)
@@ -663,7 +682,7 @@ CASES = [
     C("dtype", "linear_forward(x bool, w)", lambda be, _: ops.linear_forward(on(be, np.ones((2, 2), bool)), rand(be, (2, 2))),
       TypeError, r"x must be float32 or float64, got boolean dtype bool"),
     C("dtype", "conv2d_forward(x float16, w)", lambda be, _: ops.conv2d_forward(on(be, np.ones((1, 1, 3, 3), np.float16)), rand(be, (1, 1, 1, 1))),
-      TypeError, r"x must be float32 or float64, got float16"),
+      TypeError, r"x must be float32 or float64, got float16$"),
     C("dtype", "sigmoid_forward(x uint8)", lambda be, _: ops.sigmoid_forward(on(be, np.ones(3, np.uint8))),
       TypeError, r"x must be float32 or float64, got unsigned integer dtype uint8"),
     C("dtype", "relu_forward(x strings)", lambda be, _: ops.relu_forward(np.array(["a", "b"])) if be.name != "cuda" else pytest.skip("host strings are a device error on cuda"),
@@ -680,6 +699,9 @@ CASES = [
       TypeError, r"targets must be float32 or float64, got integer dtype int64"),
     C("dtype", "max_pool2d_backward(dy, indices int32, x_shape)", lambda be, _: ops.max_pool2d_backward(rand(be, (1, 1, 1, 1)), on(be, np.zeros((1, 1, 1, 1), np.int32)), (1, 1, 2, 2)),
       TypeError, r"indices must be int64 \(as max_pool2d_forward returns\), got int32"),
+    C("dtype", "max_pool2d_backward(dy, indices >i8 (big-endian), x_shape)", lambda be, _: big_endian_indices(be),
+      TypeError, r"indices must be int64 \(as max_pool2d_forward returns\), got >i8 in non-native byte order \(convert it "
+                 r"with indices.astype\(np.int64\)\)"),
     C("dtype", "sgd_step(param int64, grad)", lambda be, _: sgd(be, param=on(be, np.zeros(3, np.int64))),
       TypeError, r"param must be float32 or float64, got dtype int64"),
     C("dtype", "sgd_step(param list, grad)", lambda be, _: sgd(be, param=[0.0, 1.0, 2.0]),
@@ -778,6 +800,9 @@ CASES = [
       None, "its values as a plain ndarray (cpu and emu): relu, a numpy.ndarray"),
     C("subclass", "sgd_step(param np.matrix, grad np.matrix)", matrix_sgd,
       None, "param updated in place, still a np.matrix (cpu and emu)"),
+    C("subclass", "relu_forward(an object whose __array__ raises)", lambda be, _: relu_of_unreadable(be),
+      TypeError, r"x must be an array, got Unreadable, which NumPy cannot read as one \(RuntimeError: no bfloat16 "
+                 r"here\)"),
     C("subclass", "relu_forward(x np.ma.MaskedArray)", lambda be, _: ops.relu_forward(np.ma.masked_array([1.0, -2.0], mask=[0, 1])),
       TypeError, r"x is a numpy.ma.MaskedArray; fastconv does not apply masks: pass x.filled\(value\)"),
     C("subclass", "softmax_cross_entropy_forward(logits, labels np.ma.MaskedArray)", lambda be, _: ops.softmax_cross_entropy_forward(rand(be, (2, 3)), np.ma.masked_array([0, 1], mask=[0, 1])),

@@ -2,6 +2,7 @@
 compile of one of fastconv's kernels, and only with a progress bar."""
 import numba
 import numpy as np
+import pytest
 
 from fastconv import losses, nn, optim, train
 from fastconv.train import _compile_notice
@@ -17,7 +18,7 @@ def fresh_kernel(module):
 
 
 def test_the_first_compile_of_a_fastconv_kernel_is_noted_once(capsys):
-    with _compile_notice.noting_compiles(True):
+    with _compile_notice.CompileNotice(True):
         fresh_kernel("someone_elses.module")(1)
         assert capsys.readouterr().err == ""
         fresh_kernel("fastconv._cpu.some_kernel")(1)
@@ -26,7 +27,7 @@ def test_the_first_compile_of_a_fastconv_kernel_is_noted_once(capsys):
 
 
 def test_no_note_without_a_progress_bar_or_outside_fit(capsys):
-    with _compile_notice.noting_compiles(False):
+    with _compile_notice.CompileNotice(False):
         fresh_kernel("fastconv._cpu.some_kernel")(1)
     fresh_kernel("fastconv._cpu.some_kernel")(2)
     assert capsys.readouterr().err == ""
@@ -45,3 +46,10 @@ def test_a_fit_that_compiles_nothing_says_nothing(capsys):
     capsys.readouterr()
     run(True)
     assert _compile_notice.NOTICE not in capsys.readouterr().err
+    fresh_kernel("fastconv._cpu.after_fit")(1)  # fit's listener is gone with it
+    with pytest.raises(ValueError, match="metric='auc' needs validation labels of at least two classes"):
+        model = nn.Sequential(nn.Linear(3, 2, seed=0))
+        train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), (x, y * 0),
+                  epochs=1, batch_size=4, metric="auc")
+    fresh_kernel("fastconv._cpu.after_a_refused_fit")(1)  # and with one that raised
+    assert capsys.readouterr().err == ""

@@ -425,3 +425,27 @@ def test_an_allocation_while_this_thread_holds_the_cache_s_lock_does_not_wait(ca
     assert _memory.cached_bytes() == 0
     with pytest.raises(TypeError, match="cannot be copied"):  # a copy would give its buffer back twice
         copy.copy(y.base)
+
+
+@pytest.mark.parametrize("kernel, stride, fused", [(3, 1, False), (3, 1, True), (5, 2, False), (1, 1, False)])
+def test_an_empty_batch_takes_no_sample_s_scratch(cache, kernel, stride, fused):
+    """A batch of 0 images of 2048^2 (h101): every path sized its scratch for one sample at least, 260 MB
+    for 16 channels by Winograd; the (empty) result needs none."""
+    import tracemalloc
+
+    x = np.zeros((0, 16, 2048, 2048), np.float32)
+    w = np.ones((16, 16, kernel, kernel), np.float32)
+    with fastconv.use_backend("cpu"):
+        ops.conv2d_forward(x[:, :, :8, :8], w, stride=stride, padding=kernel // 2)  # (compiled before the count)
+        tracemalloc.start()
+        try:
+            if fused:
+                y, indices = ops.conv2d_max_pool2d_forward(x, w, padding=1, pool_kernel=2)
+                assert indices.shape == y.shape == (0, 16, 1024, 1024)
+            else:
+                y = ops.conv2d_forward(x, w, stride=stride, padding=kernel // 2)
+                assert y.shape == (0, 16, 2048 // stride, 2048 // stride)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 1 << 20

@@ -745,14 +745,14 @@ def test_load_state_dict_takes_arrays_whose_flags_say_nothing_of_writeable():
     np.testing.assert_array_equal(np.asarray(model.weight.data), 0.5)
 
 
-@pytest.mark.parametrize("dtype, kind", [(np.int64, "integer"), (np.bool_, "boolean"), (np.float16, "float16")])
+@pytest.mark.parametrize("dtype, kind", [(np.int64, "integer dtype "), (np.bool_, "boolean dtype "), (np.float16, "")])
 def test_dropout_refuses_what_is_not_float32_or_float64(dtype, kind):
     # An integer input took the mask in its own dtype: the scale 1 / (1 - p) became 1 (values {0, 4}
     # where float gives {0, 5.33}); bool gave bool. Every other layer refuses these dtypes.
     layer = nn.Dropout(0.25, seed=0)
     for mode in (layer.train, layer.eval):
         mode()
-        with pytest.raises(TypeError, match=rf"Dropout\(p=0.25\): x must be float32 or float64, got {kind} dtype "
+        with pytest.raises(TypeError, match=rf"Dropout\(p=0.25\): x must be float32 or float64, got {kind}"
                                             rf"{np.dtype(dtype)}$"):
             layer(np.ones(8, dtype))
 

@@ -403,6 +403,10 @@ class TestBadInput:
             ops.adam_step(param, grad, m, m, 1, lr=0.1)
         with pytest.raises(ValueError, match=r"param and velocity share memory"):
             ops.sgd_step(param, grad, param, lr=0.1, momentum=0.9)
+        # without momentum the velocity is neither read nor written (as sgd_step_foreach): no overlap
+        expected = to_numpy(param) - 0.1 * to_numpy(grad)
+        ops.sgd_step(param, grad, param, lr=0.1)
+        np.testing.assert_allclose(to_numpy(param), expected, rtol=1e-6)
         flat = on(backend, np.zeros(12, np.float32))
         with pytest.raises(ValueError, match=r"param and grad share memory"):
             ops.sgd_step(flat[:6].reshape(2, 3), flat[3:9].reshape(2, 3), lr=0.1)

@@ -744,8 +744,8 @@ def test_search_with_overwrite_deletes_a_trial_directory_it_finds(tmp_path):
     assert not (tmp_path / "trial").exists()
 
 
-def test_search_hashes_the_training_data_once(tmp_path, monkeypatch):
-    # Each trial's fit (with its checkpoint_dir) hashed all of train again for its resume check.
+def test_search_hashes_the_training_and_validation_data_once(tmp_path, monkeypatch):
+    # Each trial's fit (with its checkpoint_dir) hashed all of train (and val) again for its resume check.
     x, y = blobs(80, seed=6)
     real_digest, digests = train._data._digest, []
     for module in (train._fit, train._search):  # (search's own hash, and each trial's fit's)
@@ -753,13 +753,13 @@ def test_search_hashes_the_training_data_once(tmp_path, monkeypatch):
 
     train.search(build_mlp, {"lr": [0.0, 0.1, 0.2]}, (x, y), blobs(40, seed=6), out_dir=tmp_path, epochs=1,
                  batch_size=16, verbose=False)
-    assert len(digests) == 1
+    assert len(digests) == 2  # train's and val's
     model = mlp()  # fit on its own still hashes train, to the same digest
     train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), epochs=1,
               batch_size=16, checkpoint_dir=tmp_path / "fit", progress=False)
-    assert len(digests) == 2 and digests[0] == digests[1]
-    saved = checkpoint.read_info(tmp_path / "fit" / "last")["extra"]["fit"]["batches"]["train_data"]
-    assert saved == digests[0]
+    assert len(digests) == 3 and digests[0] == digests[2]
+    saved = checkpoint.read_info(tmp_path / "fit" / "last")["extra"]["fit"]["batches"]
+    assert saved["train_data"] == digests[0] and saved["val_data"] is None
 
 
 @pytest.mark.parametrize("metric", ["accuracy", "auc", "loss"])

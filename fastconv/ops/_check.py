@@ -85,7 +85,8 @@ def on_backend(x, name: str, be):
     try:
         return np.asarray(x)
     except Exception as exc:
-        raise TypeError(f"{name} must be an array, got {type(x).__name__}") from exc
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}, which NumPy cannot read as one "
+                        f"({type(exc).__name__}: {exc})") from exc
 
 
 def refuse_byte_order(a, name: str):
@@ -101,8 +102,8 @@ def refuse_non_float(a, name: str):
     """TypeError unless the backend array a is float32 or float64 in native byte order."""
     if a.dtype not in FLOAT_DTYPES:
         refuse_byte_order(a, name)
-        kind = {"i": "integer", "u": "unsigned integer", "b": "boolean", "c": "complex"}.get(a.dtype.kind, str(a.dtype))
-        raise TypeError(f"{name} must be float32 or float64, got {kind} dtype {a.dtype}")
+        kind = {"i": "integer", "u": "unsigned integer", "b": "boolean", "c": "complex"}.get(a.dtype.kind)
+        raise TypeError(f"{name} must be float32 or float64, got {f'{kind} dtype ' if kind else ''}{a.dtype}")
 
 
 def tensor(x, name: str, be, ndim=None, dtype=None):

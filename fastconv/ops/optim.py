@@ -133,7 +133,8 @@ def sgd_step(param, grad, velocity=None, *, lr, momentum=0.0, weight_decay=0.0, 
     grad = _gradient(grad, be, param)
     if velocity is not None:
         velocity = _updatable(velocity, "velocity", be, like=param)
-    _disjoint([("param", param, True), ("grad", grad, False), ("velocity", velocity, True)])
+    # (without momentum the velocity is neither read nor written: as sgd_step_foreach, no overlap check)
+    _disjoint([("param", param, True), ("grad", grad, False)] + [("velocity", velocity, True)] * (momentum > 0))
     be.sgd_step(param, grad, velocity if momentum > 0 else None, lr, momentum, weight_decay, nesterov)
 
 

@@ -96,7 +96,9 @@ def _indices(indices, be, dy, plane_size: int, op: str, check_range: bool):
         raise TypeError("indices is required, got None")
     a = on_backend(indices, "indices", be)
     if a.dtype != np.int64:
-        raise TypeError(f"{op}: indices must be int64 (as max_pool2d_forward returns), got {a.dtype}")
+        got = (f"{a.dtype.str} in non-native byte order (convert it with indices.astype(np.int64))"
+               if a.dtype.newbyteorder("=") == np.int64 else str(a.dtype))
+        raise TypeError(f"{op}: indices must be int64 (as max_pool2d_forward returns), got {got}")
     if a.shape != dy.shape:
         raise ValueError(f"{op}: indices is {shape_str(a.shape)} but dy is {shape_str(dy.shape)}; "
                          "they must have the same shape")

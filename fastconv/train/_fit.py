@@ -37,11 +37,10 @@ def _rows_weight(loss_fn, labels):
     return len(labels)
 
 
-@_compile_notice.noted
 def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metric="loss", mode=None,
         eval_every=None, checkpoint_dir=None, patience=None, scheduler=None, seed=0, resume=False,
         overwrite=False, progress=True, predict_batch_size=None, restore_best=False, checkpoint_extra=None,
-        _train_digest=None):
+        _digests=None):
     """Trains `model` and returns its History (see fastconv.train's docstring).
 
     train, val: (x, y) NumPy arrays (moved to the device one batch at a time); without val the
@@ -70,7 +69,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     cache), a helper process compiles the backward's and the validation's meanwhile
     (fastconv/train/_compile_ahead.py: a first run ~30% shorter; the same results);
     FASTCONV_COMPILE_AHEAD=0 turns it off.
-    (_train_digest: search's, the training data's _digest computed once for all its trials.)
+    (_digests: search's, the training and validation data's _digest computed once for all its trials.)
     """
     _check_model(model, "fit")
     _check_loss(loss_fn, "fit")
@@ -91,7 +90,9 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
                          "set that one's lr, and this one's would never change (make it with "
                          "StepLR(optimizer, ...) / CosineAnnealingLR(optimizer, ...) of this optimizer)")
     # The first forward: on a cold Numba cache, a helper process compiles the backward's kernels meanwhile.
-    with _compile_ahead.helping(model, x_train, batch_size, predict_batch_size, len(val[0]) if val is not None else 0):
+    notice = _compile_notice.CompileNotice(isinstance(progress, (bool, np.bool_)) and bool(progress))
+    helper = _compile_ahead.helping(model, x_train, batch_size, predict_batch_size, len(val[0]) if val is not None else 0)
+    with helper, notice:  # (notice: a line on stderr when kernels compile, here and in the loop below)
         for data, which in (((x_train, y_train), "training"), (val, "validation")):
             if data is not None:
                 _check_targets(model, loss_fn, data, which)
@@ -137,8 +138,9 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     batches_per_epoch = -(-n // batch_size)
     batches = {"batch_size": batch_size, "train_rows": n}  # what the saved batch position counts in
     if checkpoint_dir is not None:  # and the rows it counts (a resume checks them: _check_resumable)
-        batches["train_data"] = _train_digest or _digest(x_train, y_train)
-        batches["val_data"] = None if val is None else _digest(*val)  # what the best so far was measured on
+        train_digest, val_digest = _digests or (_digest(x_train, y_train), None if val is None else _digest(*val))
+        batches["train_data"] = train_digest
+        batches["val_data"] = val_digest  # what the best so far was measured on
     # Loop state: everything a resumed run needs to continue exactly.
     _check.flag(progress, "fit: progress")  # (progress="no" drew a bar)
     rng = _check.generator(seed)
@@ -234,6 +236,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     bar = _progress_bar(total_steps, progress, min(s["step"], total_steps))
     shown_every = max(1, batches_per_epoch // 20)
     model.train()
+    notice.start()
     try:
         # (An early stop at an evaluation on an epoch's last batch still ends that epoch: scheduler step,
         # epoch count, last/. A resume from that evaluation's checkpoint, s["batch"] at the end, does too.)
@@ -283,6 +286,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
             exc.add_note(_interrupted(s, total_steps, checkpoint_dir, on_disk, history.metric))
         raise
     finally:
+        notice.stop()
         if bar is not None:
             bar.close()
     if restore_best and best_state is not None:

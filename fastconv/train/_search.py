@@ -264,7 +264,7 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
         raise ValueError(f"search: {os.fspath(best_dir)!r} is a file, but search saves the best model there "
                          "as a checkpoint directory")
     _remove(work)  # (overwrite=True: from here on, trial/ is this call's own)
-    digest = _digest(*train)  # what each trial's fit would hash again, with its checkpoint_dir
+    digests = _digest(*train), None if val is None else _digest(*val)  # what each trial's fit would hash again
     os.makedirs(out_dir, exist_ok=True)
     rows, best_value = [], None
     try:  # out_dir/trial goes on the way out, an interrupt (Ctrl-C) included; best/ and the table stay
@@ -286,7 +286,7 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
             shutil.rmtree(work, ignore_errors=True)  # the previous trial's
             t0 = time.perf_counter()
             history = fit(model, loss_fn, optimizer, train, val, metric=metric, mode=mode, checkpoint_dir=work,
-                          _train_digest=digest, **kwargs)
+                          _digests=digests, **kwargs)
             row = {"trial": trial, "settings": setting, "best_metric": history.best_metric,
                    "best_epoch": history.best_epoch,
                    "epochs_run": history.records[-1]["epoch"] if history.records else 0,

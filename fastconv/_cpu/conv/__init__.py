@@ -82,6 +82,8 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     pool_shape = (0, 0, 0, 0) if pool is None else pool.out_shape
     pooled, indices = empty(pool_shape, x.dtype), empty(pool_shape, np.int64)
     window = _NO_POOL if pool is None else window_of(pool)
+    if n == 0:  # (every path sizes its scratch for at least one sample: 260 MB for 16 channels of 2048^2)
+        return y.reshape(n, c_out, oh, ow) if pool is None else (pooled, indices)
     with blas_guard(not _uses_gemm32(x)):  # (every forward path's products are gemm32's where it can)
         if _uses_winograd(x, w, stride, dilation, groups, algorithm):
             _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices)
