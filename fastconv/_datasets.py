@@ -5,11 +5,13 @@ for data of a few hundred kB. So the first load of each set stores its arrays in
 cache directory, named by scikit-learn's version (read from the package metadata, without importing
 it); later loads read that file and never import scikit-learn.
 
-The cache directory: FASTCONV_CACHE_DIR if set (empty: no cache), else $XDG_CACHE_HOME/fastconv, else
-~/.cache/fastconv; the files go in its `datasets/`. The cache can only cost a load, never change one:
-a file that does not read back whole (zip CRCs), or whose arrays are not what the loader gave, is
-loaded again from scikit-learn and replaced; a file is written whole or not at all (a temp file, then
-a rename); a directory that cannot be written is left alone.
+The directory: FASTCONV_DATA_CACHE if set (empty: no cache), else $XDG_CACHE_HOME/fastconv/datasets
+(an absolute XDG_CACHE_HOME, as the XDG spec has it), else ~/.cache/fastconv/datasets. A damaged file
+costs a load: one that does not read back whole (the zip's CRCs), or whose arrays have other dtypes
+or shapes than the loader gives, is loaded again from scikit-learn and replaced. A file is written
+whole or not at all (a hidden temp file, then a rename); a directory that cannot be written is left
+alone. The names carry FORMAT, to be raised when what a file holds changes, so that no later fastconv
+reads an earlier one's files as its own.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from importlib import metadata
 
 import numpy as np
+
+FORMAT = 1  # of the files' content: data, target, feature_names as _from_sklearn gives them
 
 # each set: scikit-learn's loader and its keyword arguments
 _LOADERS = {
@@ -50,12 +54,19 @@ def load(name: str) -> Raw:
 
 
 def cache_directory() -> str | None:
-    """Where the sets are kept; None when FASTCONV_CACHE_DIR is set empty."""
-    root = os.environ.get("FASTCONV_CACHE_DIR")
-    if root is None:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        root = os.path.join(base, "fastconv")
-    return os.path.join(root, "datasets") if root else None
+    """Where the sets are kept; None when FASTCONV_DATA_CACHE is set empty."""
+    chosen = os.environ.get("FASTCONV_DATA_CACHE")
+    if chosen is not None:
+        return os.path.expanduser(chosen) if chosen else None
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fastconv", "datasets")
+
+
+def cached_files(directory) -> list:
+    """The names of the sets' files in `directory` (not the temp files of a write in progress)."""
+    return sorted(f for f in os.listdir(directory) if f.endswith(".npz") and not f.startswith("."))
 
 
 def _cache_file(name):
@@ -64,7 +75,7 @@ def _cache_file(name):
         version = metadata.version("scikit-learn")
     except metadata.PackageNotFoundError:
         return None  # _from_sklearn's import says what is missing
-    return os.path.join(directory, f"{name}-scikit-learn-{version}.npz") if directory else None
+    return os.path.join(directory, f"{name}-v{FORMAT}-scikit-learn-{version}.npz") if directory else None
 
 
 def _from_sklearn(name):
@@ -91,7 +102,7 @@ def _read(path):
 
 def _write(path, raw):
     """path = raw, whole or not at all; nothing when the directory cannot be written."""
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp.npz"
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp.npz")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         np.savez_compressed(tmp, data=raw.data, target=raw.target, feature_names=np.array(raw.feature_names, dtype=str))

@@ -50,13 +50,18 @@ def _data_cache() -> str:
 
     directory = _datasets.cache_directory()
     if directory is None:
-        return "off (FASTCONV_CACHE_DIR is empty)"
-    held = sorted(f for f in os.listdir(directory) if f.endswith(".npz")) if os.path.isdir(directory) else []
-    return f"{directory} ({len(held)} file{'s' * (len(held) != 1)}; FASTCONV_CACHE_DIR chooses another, empty: off)"
+        return "off (FASTCONV_DATA_CACHE is empty)"
+    try:
+        held = len(_datasets.cached_files(directory)) if os.path.isdir(directory) else 0
+    except OSError as exc:
+        held = f"unreadable: {exc.strerror or exc}"
+    else:
+        held = f"{held} file{'s' * (held != 1)}"
+    return f"{directory} ({held}; FASTCONV_DATA_CACHE chooses another, empty: off)"
 
 
 def info(file=None) -> str:
-    """Prints (and returns) a report of the build and the backend."""
+    """Prints (and returns) a report of the build, the backend and the data sets' cache."""
     import numba
     import numpy
 

@@ -140,9 +140,8 @@ class Optimizer:
         """{"type", "hyperparameters", "state": {index: {buffer name: device array, "step": int}}}: a
         snapshot, the buffers copied (later steps change the optimizer's own in place; with them and
         the step counts as of now, a state dict kept to roll back to would mix two points of training)."""
-        xp = _backend.current().xp
         return {"type": type(self).__name__, "hyperparameters": self.hyperparameters(),
-                "state": {i: {k: xp.array(v, copy=True) if hasattr(v, "shape") else v for k, v in s.items()}
+                "state": {i: {k: v.copy() if hasattr(v, "shape") else v for k, v in s.items()}  # (where each is)
                           for i, s in self.state.items()}}
 
     def check_state_dict(self, state_dict) -> dict:

@@ -17,7 +17,7 @@ os.environ["FASTCONV_COMPILE_AHEAD"] = "0"
 # The data sets' cache (fastconv/_datasets.py) goes to a directory of this process's own, shared by the
 # processes the tests start, and removed at exit: the tests never read or write the user's cache.
 _DATASET_CACHE = tempfile.mkdtemp(prefix="fastconv-test-cache-")
-os.environ["FASTCONV_CACHE_DIR"] = _DATASET_CACHE
+os.environ["FASTCONV_DATA_CACHE"] = _DATASET_CACHE
 atexit.register(shutil.rmtree, _DATASET_CACHE, ignore_errors=True)
 
 ALL_BACKENDS = ("cpu", "emu", "cuda")

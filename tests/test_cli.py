@@ -138,11 +138,12 @@ def test_info_reports_the_backends(capsys):
 def test_info_reports_the_data_cache(capsys, tmp_path, monkeypatch):
     from fastconv import data
 
-    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("FASTCONV_DATA_CACHE", str(tmp_path))
     data.load_regression_pair()
+    (tmp_path / ".digits-v1-scikit-learn-1.0.npz.0123abcd.tmp.npz").write_bytes(b"a write cut short")
     out = run_cli(["info"], capsys)[1]
-    assert f"data cache: {tmp_path / 'datasets'} (1 file;" in out
-    monkeypatch.setenv("FASTCONV_CACHE_DIR", "")
+    assert f"data cache: {tmp_path} (1 file;" in out
+    monkeypatch.setenv("FASTCONV_DATA_CACHE", "")
     assert "data cache: off" in run_cli(["info"], capsys)[1]
 
 

@@ -53,3 +53,50 @@ def test_a_fit_that_compiles_nothing_says_nothing(capsys):
                   epochs=1, batch_size=4, metric="auc")
     fresh_kernel("fastconv._cpu.after_a_refused_fit")(1)  # and with one that raised
     assert capsys.readouterr().err == ""
+
+
+class CompilesInTraining(nn.Module):
+    """An identity layer whose forward number `at` (3: a training step's, after fit's first forward on
+    a row; 1: that first forward) compiles a kernel of fastconv's no process has, as a cold cache's
+    would; with `raises`, its fifth forward raises."""
+
+    def __init__(self, module, raises=False, at=3):
+        super().__init__()
+        self.module, self.raises, self.at, self.calls = module, raises, at, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.at:
+            fresh_kernel(self.module)(1)
+        if self.raises and self.calls == 5:
+            raise RuntimeError("a step that fails")
+        return x
+
+    def backward(self, dy):
+        return dy
+
+
+def _fit_with(layer, progress=True):
+    x = np.random.default_rng(0).standard_normal((16, 3)).astype(np.float32)
+    y = np.arange(16) % 2
+    model = nn.Sequential(nn.Linear(3, 2, seed=0), layer)
+    return train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1), (x, y), None,
+                     epochs=2, batch_size=4, progress=progress)
+
+
+def test_fit_notes_a_compile_in_its_first_forward_or_its_training_loop(capsys):
+    _fit_with(CompilesInTraining("fastconv._cpu.probe_in_training"))
+    assert capsys.readouterr().err.count(_compile_notice.NOTICE) == 1
+    _fit_with(CompilesInTraining("fastconv._cpu.probe_in_the_first_forward", at=1))
+    assert capsys.readouterr().err.count(_compile_notice.NOTICE) == 1
+    _fit_with(CompilesInTraining("fastconv._cpu.probe_without_a_bar"), progress=False)
+    assert _compile_notice.NOTICE not in capsys.readouterr().err
+
+
+def test_fit_that_raises_in_its_loop_leaves_no_listener(capsys):
+    layer = CompilesInTraining("someone_elses.probe", raises=True)  # (compiles, but not one of fastconv's)
+    with pytest.raises(RuntimeError, match="a step that fails"):
+        _fit_with(layer)
+    assert layer.calls == 5
+    fresh_kernel("fastconv._cpu.after_a_failed_step")(1)
+    assert _compile_notice.NOTICE not in capsys.readouterr().err

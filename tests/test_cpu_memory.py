@@ -429,8 +429,9 @@ def test_an_allocation_while_this_thread_holds_the_cache_s_lock_does_not_wait(ca
 
 @pytest.mark.parametrize("kernel, stride, fused", [(3, 1, False), (3, 1, True), (5, 2, False), (1, 1, False)])
 def test_an_empty_batch_takes_no_sample_s_scratch(cache, kernel, stride, fused):
-    """A batch of 0 images of 2048^2 (h101): every path sized its scratch for one sample at least, 260 MB
-    for 16 channels by Winograd; the (empty) result needs none."""
+    """A batch of 0 images of 2048^2 (h101, h102): every path, forward and backward, sized its scratch for
+    one sample at least, 260 MB for 16 channels by Winograd's forward; the results (empty, or zero
+    gradients) need none."""
     import tracemalloc
 
     x = np.zeros((0, 16, 2048, 2048), np.float32)
@@ -445,7 +446,15 @@ def test_an_empty_batch_takes_no_sample_s_scratch(cache, kernel, stride, fused):
             else:
                 y = ops.conv2d_forward(x, w, stride=stride, padding=kernel // 2)
                 assert y.shape == (0, 16, 2048 // stride, 2048 // stride)
-            peak = tracemalloc.get_traced_memory()[1]
+            forward_peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            dy = np.zeros(y.shape, np.float32)
+            if fused:
+                dx, dw, db = ops.conv2d_max_pool2d_backward(dy, y, indices, x, w, padding=1, bias=True)
+            else:
+                dx, dw, db = ops.conv2d_backward(dy, x, w, stride=stride, padding=kernel // 2, bias=True)
+            backward_peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-    assert peak < 1 << 20
+    assert forward_peak < 1 << 20 and backward_peak < 1 << 20
+    assert dx.shape == x.shape and not dw.any() and dw.shape == w.shape and not db.any() and db.shape == (16,)

@@ -15,7 +15,7 @@ NAMES = sorted(_datasets._LOADERS)
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("FASTCONV_DATA_CACHE", str(tmp_path / "datasets"))
     return tmp_path / "datasets"
 
 
@@ -39,7 +39,7 @@ def test_a_cached_load_is_scikit_learns_arrays(cache, monkeypatch, name):
     first = _datasets.load(name)
     _same(first, fresh)
     (path,) = cache.iterdir()
-    assert path.name.startswith(f"{name}-scikit-learn-") and path.suffix == ".npz"
+    assert path.name.startswith(f"{name}-v{_datasets.FORMAT}-scikit-learn-") and path.suffix == ".npz"
     _cache_only(monkeypatch)
     _same(_datasets.load(name), fresh)
 
@@ -59,7 +59,7 @@ def test_a_cached_load_does_not_import_scikit_learn(cache):
     code = ("import sys; from fastconv import data; d = data.load_digits(); "
             "assert d.x_train.shape[1:] == (1, 8, 8); print('sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=dict(os.environ, FASTCONV_CACHE_DIR=str(cache.parent)))
+                         env=dict(os.environ, FASTCONV_DATA_CACHE=str(cache)))
     assert out.stdout.strip() == "False"
 
 
@@ -101,10 +101,24 @@ def test_a_cache_file_of_other_arrays_is_loaded_again(cache, tamper):
         arrays = dict(f)
     np.savez(path, **tamper(arrays))
     _same(_datasets.load("breast_cancer"), fresh)
+    _same(_datasets._read(str(path)), fresh)  # replaced
 
 
-def test_an_empty_cache_dir_setting_turns_the_cache_off(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTCONV_CACHE_DIR", "")
+def test_a_write_cut_short_leaves_no_file_and_no_temp_file(cache, monkeypatch):
+    """A file is written whole or not at all: a write that fails halfway (a full disk) leaves neither
+    a half file under the set's name nor its temp file, and the load still gives the set."""
+    def half_then_full(path, **arrays):
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 half of a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_datasets.np, "savez_compressed", half_then_full)
+    _same(_datasets.load("digits"), _datasets._from_sklearn("digits"))
+    assert list(cache.iterdir()) == []
+
+
+def test_an_empty_setting_turns_the_cache_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTCONV_DATA_CACHE", "")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("HOME", str(tmp_path))
     assert _datasets.cache_directory() is None
@@ -113,18 +127,23 @@ def test_an_empty_cache_dir_setting_turns_the_cache_off(tmp_path, monkeypatch):
 
 
 def test_without_a_setting_the_cache_is_under_xdg_cache_home_or_home(tmp_path, monkeypatch):
-    monkeypatch.delenv("FASTCONV_CACHE_DIR")
+    monkeypatch.delenv("FASTCONV_DATA_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert _datasets.cache_directory() == str(tmp_path / "xdg" / "fastconv" / "datasets")
+    for ignored in ("relative/xdg", ""):  # (the XDG spec: a relative path is to be ignored)
+        monkeypatch.setenv("XDG_CACHE_HOME", ignored)
+        assert _datasets.cache_directory() == str(tmp_path / ".cache" / "fastconv" / "datasets")
     monkeypatch.delenv("XDG_CACHE_HOME")
-    monkeypatch.setenv("HOME", str(tmp_path))
     assert _datasets.cache_directory() == str(tmp_path / ".cache" / "fastconv" / "datasets")
+    monkeypatch.setenv("FASTCONV_DATA_CACHE", "~/sets")
+    assert _datasets.cache_directory() == str(tmp_path / "sets")
 
 
 def test_a_cache_that_cannot_be_written_costs_only_the_load(tmp_path, monkeypatch):
     blocker = tmp_path / "a file"
     blocker.write_text("in the cache directory's place")
-    monkeypatch.setenv("FASTCONV_CACHE_DIR", str(blocker))
+    monkeypatch.setenv("FASTCONV_DATA_CACHE", str(blocker / "datasets"))
     _same(_datasets.load("digits"), _datasets._from_sklearn("digits"))
     assert blocker.read_text() == "in the cache directory's place"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a file"]  # no temp file left
@@ -135,5 +154,5 @@ def test_a_cache_file_is_named_by_scikit_learns_version(cache, monkeypatch):
     _datasets.load("digits")
     monkeypatch.setattr(_datasets.metadata, "version", lambda package: "0.0-another")
     _datasets.load("digits")
-    assert sorted(p.name for p in cache.iterdir()) == sorted(
-        [f"digits-scikit-learn-{installed}.npz", "digits-scikit-learn-0.0-another.npz"])
+    tag = f"digits-v{_datasets.FORMAT}-scikit-learn"
+    assert sorted(p.name for p in cache.iterdir()) == sorted([f"{tag}-{installed}.npz", f"{tag}-0.0-another.npz"])

@@ -281,6 +281,24 @@ def test_resume_refuses_other_validation_data(tmp_path, first_val, then_val, say
     assert len(go(first_val, 2)) == 2  # the same val: it continues
 
 
+def test_a_checkpoint_written_before_the_validation_digest_resumes(tmp_path):
+    """last/ of a release that saved no digest of val (before 2026-12-07) is taken as it is."""
+    x, y = blobs(40, seed=1)
+
+    def go(epochs, val):
+        model = mlp(seed=3)
+        return train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.05), (x, y), val,
+                         epochs=epochs, batch_size=8, checkpoint_dir=tmp_path, resume=True, progress=False)
+
+    go(1, blobs(20, seed=2))
+    index = tmp_path / "last" / checkpoint.INDEX
+    info = json.loads(index.read_text())
+    del info["extra"]["fit"]["batches"]["val_data"]
+    info["index_sha256"] = checkpoint._index_digest(info)
+    index.write_text(json.dumps(info))
+    assert len(go(2, blobs(20, seed=3))) == 2  # (not known: another val is not refused)
+
+
 def test_resume_after_a_kill_mid_epoch(tmp_path, monkeypatch):
     # 7 batches per epoch, evaluations every 3 steps: "last" is written mid-epoch at step 9; the run is
     # killed at step 11 and resumed from there.
@@ -1319,6 +1337,17 @@ def test_a_metric_callable_named_loss_is_refused_not_taken_for_the_loss():
                       epochs=1, batch_size=8, metric=loss, progress=False)
 
 
+def test_evaluate_takes_a_metric_callable_named_loss():
+    """evaluate records nothing by the metric's name: a function named loss is any other function there."""
+    def loss(y_true, scores):
+        return float((scores.argmax(1) == y_true).mean())
+
+    x, y = blobs(40)
+    model = mlp()
+    mean_loss, value = train.evaluate(model, losses.CrossEntropyLoss(), (x, y), metric_fn=loss)
+    assert value == pytest.approx(loss(y, train.predict(model, x))) and value != mean_loss
+
+
 def test_a_metric_callable_is_maximized_by_default_and_needs_validation_data():
     def accuracy_of(y_true, scores):
         return float((scores.argmax(1) == y_true).mean())
@@ -1375,3 +1404,16 @@ def test_a_loss_returning_a_python_float_trains_and_one_returning_an_array_is_re
         train.fit(model, MeanSquares(True), optim.SGD(model.parameters(), lr=0.05), (x, target), None, epochs=1,
                   batch_size=4, progress=False)
     assert all((p.data == b).all() for p, b in zip(model.parameters(), before))
+
+
+def test_search_takes_lists_as_fit_does_and_refuses_a_val_that_is_not_a_pair(tmp_path):
+    """x as a list takes the model's dtype in fit; search had converted it to float64 first, which a
+    float32 model refused. A val that is not an (x, y) pair got a bare TypeError from its digest."""
+    x, y = blobs(40)
+    result = train.search(build_mlp, {"lr": [0.1]}, (x.tolist(), y), (x.tolist(), y.tolist()), out_dir=tmp_path / "s",
+                          epochs=1, batch_size=8, verbose=False)
+    assert len(result.table) == 1 and np.isfinite(result.best["best_metric"])
+    for val in ((x, y, y), x, {"x": x, "y": y}):
+        with pytest.raises(TypeError, match=r"^val must be a pair \(x, y\) of arrays, got"):
+            train.search(build_mlp, {"lr": [0.1]}, (x, y), val, out_dir=tmp_path / "t", epochs=1, batch_size=8,
+                         verbose=False)

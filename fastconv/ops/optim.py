@@ -134,7 +134,10 @@ def sgd_step(param, grad, velocity=None, *, lr, momentum=0.0, weight_decay=0.0, 
     if velocity is not None:
         velocity = _updatable(velocity, "velocity", be, like=param)
     # (without momentum the velocity is neither read nor written: as sgd_step_foreach, no overlap check)
-    _disjoint([("param", param, True), ("grad", grad, False)] + [("velocity", velocity, True)] * (momentum > 0))
+    arrays = [("param", param, True), ("grad", grad, False)]
+    if momentum > 0:
+        arrays.append(("velocity", velocity, True))
+    _disjoint(arrays)
     be.sgd_step(param, grad, velocity if momentum > 0 else None, lr, momentum, weight_decay, nesterov)
 
 
@@ -284,7 +287,9 @@ def _eps_representable(eps, dtype, name):
     makes a zero gradient's update 0 / 0, the parameter NaN."""
     if np.dtype(dtype).type(eps) == 0:
         raise ValueError(f"eps={eps!r} is 0 in {np.dtype(dtype)} (the dtype of {name}), where a zero gradient's update "
-                         f"would be 0 / 0: give eps >= {np.finfo(dtype).smallest_subnormal} (or parameters in float64)")
+                         f"would be 0 / 0: give a normal eps (the default 1e-8; anything below "
+                         f"{np.finfo(dtype).smallest_subnormal} is 0 there, and one near it lets a tiny gradient's "
+                         "update blow up)")
 
 
 def _bias_corrections(lr, beta1, beta2, step):

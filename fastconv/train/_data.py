@@ -72,7 +72,8 @@ def _positive_int(value, name, allow_none=False):
 
 
 def _digest(x, y) -> str:
-    """A fingerprint of the training data (shapes, dtypes, values, order): 128-bit BLAKE2b, ~1 GB/s."""
+    """A fingerprint of (x, y), the training or the validation data (shapes, dtypes, values, order):
+    128-bit BLAKE2b, ~1 GB/s."""
     h = hashlib.blake2b(digest_size=16)
     for a in (to_numpy(x), to_numpy(y)):
         h.update(f"{a.dtype.str}{a.shape}".encode())

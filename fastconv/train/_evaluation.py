@@ -93,11 +93,12 @@ def _check_auc_labels(y):
 _METRICS = {"accuracy": _accuracy, "auc": _auc}
 
 
-def _metric(metric, mode, argument="metric"):
-    """(name, function or None for loss, mode); argument: the caller's name for metric, for its error."""
+def _metric(metric, mode, argument="metric", monitored=True):
+    """(name, function or None for loss, mode); argument: the caller's name for metric, for its error;
+    monitored: fit's and search's, which record and rank it by its name."""
     if callable(metric):
         name, fn = getattr(metric, "__name__", "metric"), metric
-        if name == "loss":  # (history's val_loss, the mode "min", no validation needed: all the loss's)
+        if name == "loss" and monitored:  # (history's val_loss, the mode "min", no validation needed: the loss's)
             raise ValueError(f"{argument}: a callable named 'loss' would be taken for the loss, which is monitored by "
                              "that name (minimized; the history's val_loss): give the function another name")
     elif metric == "loss":
@@ -148,11 +149,17 @@ def evaluate(model, loss_fn, data, batch_size=256, metric_fn=None):
     _check_loss(loss_fn, "evaluate", backward=False)
     data = _xy_pair(data, "data", model)
     batch_size = _positive_int(batch_size, "batch_size")
-    fn = None if metric_fn is None else _metric(metric_fn, None, "metric_fn")[1]
+    fn = None if metric_fn is None else _metric(metric_fn, None, "metric_fn", monitored=False)[1]
     loss, value, finite = _evaluate(model, loss_fn, data, batch_size, fn)
     if metric_fn is not None and fn is None:  # "loss", as fit monitors it
         value = loss if finite else math.nan
     return loss, value
+
+
+def _class_weighted(loss_fn):
+    """Whether loss_fn's mean is weighted by its labels' class weights (sum w[y_i] l_i / sum w[y_i]): a
+    CrossEntropyLoss with weights. Means over several batches then add up by those weights, not rows."""
+    return isinstance(loss_fn, _losses.CrossEntropyLoss) and loss_fn.weight is not None
 
 
 def _evaluate(model, loss_fn, data, batch_size, metric_fn=None):
@@ -162,7 +169,7 @@ def _evaluate(model, loss_fn, data, batch_size, metric_fn=None):
     # A class-weighted mean is sum w[y_i] l_i / sum w[y_i] over the set: batch means weighted by their
     # rows would be another number, and NaN (0/0) for a batch whose labels all weigh 0. Its loss is
     # taken once, over the outputs of every batch.
-    weighted = isinstance(loss_fn, _losses.CrossEntropyLoss) and loss_fn.weight is not None
+    weighted = _class_weighted(loss_fn)
     total, outs, finite = 0.0, [], True
     with _in_eval_mode(model):
         for i in range(0, len(x), batch_size):

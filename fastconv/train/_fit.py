@@ -8,12 +8,11 @@ import numpy as np
 
 from .. import backend as _backend
 from .. import checkpoint as _checkpoint
-from .. import losses as _losses
 from ..ops import _check
 from .. import nn as _nn
 from . import _compile_ahead, _compile_notice
 from ._data import _check_loss, _check_model, _digest, _positive_int, _xy_pair
-from ._evaluation import _check_metric_labels, _evaluate, _improved, _metric
+from ._evaluation import _check_metric_labels, _class_weighted, _evaluate, _improved, _metric
 from ._fit_checks import (_check_checkpoint_extra, _check_describable, _check_resumable, _check_targets,
                           _check_writable, _interrupted, _keep_best_without_last, _keep_earlier_run, _warn_diverged,
                           _warn_final_evaluation_kept, _warn_frozen, _warn_replaced_hyperparameters)
@@ -32,7 +31,7 @@ def _rows_weight(loss_fn, labels):
     """What a batch's mean loss is a mean over: its rows, or for a class-weighted CrossEntropyLoss the
     sum of its labels' weights (its loss is sum w[y_i] l_i / sum w[y_i]), so that the epoch's train_loss
     is the mean over the epoch's rows that evaluate() gives for a whole set."""
-    if isinstance(loss_fn, _losses.CrossEntropyLoss) and loss_fn.weight is not None:
+    if _class_weighted(loss_fn):
         return float(loss_fn.weight[labels].sum(dtype=np.float64))
     return len(labels)
 

@@ -201,13 +201,13 @@ def _check_resumable(last_dir, name, mode, batches, model):
                           "other values or order: another split or seed?); resume with the same (x, y), or start "
                           f"afresh with {_say('overwrite')}")
     if saved_batches.get("val_data", batches["val_data"]) != batches["val_data"]:  # (older: not recorded)
-        saved_val, given_val = saved_batches["val_data"], batches["val_data"]
-        differs = ("was trained without validation data, and this call gives some" if saved_val is None else
-                   "was evaluated on validation data, and this call gives none" if given_val is None else
-                   "was evaluated on other validation data (other values, order or size) than this call's")
-        raise ResumeError(f"resume: the run in {last_dir} {differs.replace('this call', _say('this call'))}: its "
-                          "best so far would be compared with evaluations of another kind; resume with the same val, "
-                          f"or start afresh with {_say('overwrite')}")
+        saved_val, given_val, this_call = saved_batches["val_data"], batches["val_data"], _say("this call")
+        differs = (f"was trained without validation data, and {this_call} gives some" if saved_val is None else
+                   f"was evaluated on validation data, and {this_call} gives none" if given_val is None else
+                   f"was evaluated on other validation data (other values, order or size) than {this_call}'s")
+        raise ResumeError(f"resume: the run in {last_dir} {differs}: its best so far would be compared with "
+                          f"evaluations of another kind; resume with the same val, or start afresh with "
+                          f"{_say('overwrite')}")
     frozen = _checkpoint.frozen_names(model)
     if "frozen" in info and info["frozen"] != frozen:  # (checkpoints from before it was saved: not known)
         raise ResumeError(f"resume: the run in {last_dir} trained with {info['frozen'] or 'no'} parameters frozen, "

@@ -145,6 +145,9 @@ def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride, padding, dilation, 
 def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation, groups, bias, input_grad,
                      algorithm):
     """indices None: dy is the convolution's output gradient; else the pooled one (stride 1 only)."""
+    if x.shape[0] == 0:  # (as the forward: no sample's scratch for an empty batch)
+        dx = empty(x.shape, x.dtype) if input_grad else None
+        return dx, np.zeros(w.shape, x.dtype), np.zeros(w.shape[0], x.dtype) if bias else None
     if _backward_is_pointwise(x, w, stride, padding, groups):
         if indices is not None:  # the output gradient whole by the unfused ops, then this path: its bits
             dy = _unpooled_gradient(dy, y, activation, indices, x.shape[0], w.shape[0], x.shape[2], x.shape[3])
