@@ -719,13 +719,13 @@ def test_non_finite_backward_is_the_direct_kernels(monkeypatch, value, where):
 
 @pytest.mark.parametrize("n", [0, 9])
 def test_backward_on_empty_and_many_part_batches(monkeypatch, n):
-    # 0 samples (every part empty) and 9 (8 parts, one of two samples) against float64
+    # 0 samples (returned before any path: zero dW and db) and 9 (8 parts, one of two samples) against float64
     x, w, _ = _case((n, 16, 5, 6), 33, 28)
     geo = Geometry(x.shape, w.shape, 1, 1, 1, 1)
     dy = np.random.default_rng(29).standard_normal((n, 33, 5, 6))
     calls = _spy_on_weight_grads(monkeypatch)
     dx, dw, db = ops.conv2d_backward(*(a.astype(np.float32) for a in (dy, x, w)), padding=1)
-    assert len(calls) == 1
+    assert len(calls) == (1 if n else 0)
     args = [dy, x, w]
     assert_matches(dx, geo.dx, args, np.float32, what="dx")
     assert_matches(dw, geo.dw, args, np.float32, what="dw")
