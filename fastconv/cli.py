@@ -277,9 +277,10 @@ def _resume_refusals_name_the_flags(resume, out):
 
 def _evaluate(args) -> int:
     from . import runs
+    from .train._compile_notice import CompileNotice
 
     path = Path(args.checkpoint)
-    with _use_backend(args.backend):
+    with _use_backend(args.backend), CompileNotice(True):  # (a cold cache: the forward's kernels compile)
         name = runs.checkpoint_example(path)
         runs.evaluate_checkpoint(load_example(name), path)
     return 0

@@ -147,6 +147,23 @@ def test_info_reports_the_data_cache(capsys, tmp_path, monkeypatch):
     assert "data cache: off" in run_cli(["info"], capsys)[1]
 
 
+def test_evaluate_says_when_it_compiles(capsys, monkeypatch):
+    """fastconv evaluate on a cold Numba cache compiles the forward's kernels: it says so, as fit does."""
+    import numba
+
+    from fastconv import runs
+    from fastconv.train._compile_notice import NOTICE
+
+    def a_kernel_no_process_has(x):
+        return x - 1
+
+    a_kernel_no_process_has.__module__ = "fastconv._cpu.probe_of_evaluate"
+    monkeypatch.setattr(runs, "checkpoint_example", lambda path: "regression")
+    monkeypatch.setattr(runs, "evaluate_checkpoint", lambda example, path: numba.njit(a_kernel_no_process_has)(1))
+    code, _, err = run_cli(["evaluate", "runs/regression/best"], capsys)
+    assert code == 0 and err.count(NOTICE) == 1
+
+
 def test_evaluate_of_a_missing_checkpoint_fails_clearly(capsys, tmp_path):
     code, _, err = run_cli(["evaluate", str(tmp_path / "missing")], capsys)
     assert code == 1
