@@ -65,8 +65,10 @@ def cache_directory() -> str | None:
 
 
 def cached_files(directory) -> list:
-    """The names of the sets' files in `directory` (not the temp files of a write in progress)."""
-    return sorted(f for f in os.listdir(directory) if f.endswith(".npz") and not f.startswith("."))
+    """The names of this format's files in `directory` (not the temp files of a write in progress, nor
+    files of another format, which no load reads)."""
+    return sorted(f for f in os.listdir(directory)
+                  if f.endswith(".npz") and not f.startswith(".") and f"-v{FORMAT}-scikit-learn-" in f)
 
 
 def _cache_file(name):

@@ -52,12 +52,12 @@ def _data_cache() -> str:
     if directory is None:
         return "off (FASTCONV_DATA_CACHE is empty)"
     try:
-        held = len(_datasets.cached_files(directory)) if os.path.isdir(directory) else 0
-    except OSError as exc:
-        held = f"unreadable: {exc.strerror or exc}"
+        held = len(_datasets.cached_files(directory)) if os.path.exists(directory) else 0
+    except OSError as exc:  # (not a directory, unreadable)
+        held = f"unusable: {exc.strerror or exc}"
     else:
         held = f"{held} file{'s' * (held != 1)}"
-    return f"{directory} ({held}; FASTCONV_DATA_CACHE chooses another, empty: off)"
+    return f"{os.path.abspath(directory)} ({held}; FASTCONV_DATA_CACHE chooses another, empty: off)"
 
 
 def info(file=None) -> str:

@@ -994,7 +994,7 @@ CASES = [
     C("hyper", "nn.MaxPool2d(2, padding=2)", lambda be, _: nn.MaxPool2d(2, padding=2),
       ValueError, r"MaxPool2d: padding \(2, 2\) must be at most half of kernel_size \(2, 2\)"),
     C("hyper", "adam_step(float32 arrays, eps=1e-300)", lambda be, _: ops.adam_step(*(rand(be, 3) for _ in range(4)), 1, lr=0.1, eps=1e-300),
-      ValueError, r"eps=1e-300 is 0 in float32 \(the dtype of param\), where a zero gradient's update would be 0 / 0: give a normal eps \(the default 1e-8; anything below 1.4"),
+      ValueError, r"eps=1e-300 is 0 in float32 \(the dtype of param\), where a zero gradient's update would be 0 / 0: give a normal eps \(the default 1e-8; below about half of 1.4"),
     C("hyper", "Adam(float32 parameters, eps=1e-50).step()", lambda be, _: adam_with_eps_below_float32(be),
       ValueError, r"Adam.step: eps=1e-50 is 0 in float32 \(the dtype of params\)"),
     C("hyper", "fit(...) with a loss returning an array per row", lambda be, _: fit_with_a_loss_of_rows(be),

@@ -141,10 +141,13 @@ def test_info_reports_the_data_cache(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("FASTCONV_DATA_CACHE", str(tmp_path))
     data.load_regression_pair()
     (tmp_path / ".digits-v1-scikit-learn-1.0.npz.0123abcd.tmp.npz").write_bytes(b"a write cut short")
+    (tmp_path / "digits-scikit-learn-1.0.npz").write_bytes(b"an earlier format's file, never read")
     out = run_cli(["info"], capsys)[1]
     assert f"data cache: {tmp_path} (1 file;" in out
     monkeypatch.setenv("FASTCONV_DATA_CACHE", "")
     assert "data cache: off" in run_cli(["info"], capsys)[1]
+    monkeypatch.setenv("FASTCONV_DATA_CACHE", str(tmp_path / "digits-scikit-learn-1.0.npz"))
+    assert "(unusable: Not a directory;" in run_cli(["info"], capsys)[1]
 
 
 def test_evaluate_says_when_it_compiles(capsys, monkeypatch):

@@ -287,9 +287,9 @@ def _eps_representable(eps, dtype, name):
     makes a zero gradient's update 0 / 0, the parameter NaN."""
     if np.dtype(dtype).type(eps) == 0:
         raise ValueError(f"eps={eps!r} is 0 in {np.dtype(dtype)} (the dtype of {name}), where a zero gradient's update "
-                         f"would be 0 / 0: give a normal eps (the default 1e-8; anything below "
-                         f"{np.finfo(dtype).smallest_subnormal} is 0 there, and one near it lets a tiny gradient's "
-                         "update blow up)")
+                         f"would be 0 / 0: give a normal eps (the default 1e-8; below about half of "
+                         f"{np.finfo(dtype).smallest_subnormal} it rounds to 0 there, and one near that lets a tiny "
+                         "gradient's update blow up)")
 
 
 def _bias_corrections(lr, beta1, beta2, step):

@@ -1,9 +1,9 @@
-"""A line on stderr when fit's first use of a cpu kernel compiles it (an empty Numba cache).
+"""A line on stderr when a run's first use of a cpu kernel compiles it (an empty Numba cache).
 
 The first run on a machine spends about a minute compiling the kernels it uses (the digits CNN on two
 cores), before and during its first training steps: without a word, its progress bar sat at 0%. fit
-with a progress bar says once, at the first compile of one of fastconv's kernels, what is happening
-and that it happens once. A warm cache compiles nothing and prints nothing.
+with a progress bar (and `fastconv evaluate`) says once, at the first compile of one of fastconv's
+kernels, what is happening and that it happens once. A warm cache compiles nothing and prints nothing.
 """
 import sys
 

@@ -252,9 +252,8 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
     verbose = _check.flag(verbose, "search: verbose")
     _own_arguments(fit_kwargs, "an option here")
     settings = _settings(space, method, n_trials, seed)
-    # Checked here, and hashed once for every trial's fit (its resume check would hash them again); each fit
-    # takes them as given, so that x as a list takes its model's dtype, as in fit.
-    digests = _digest(*_xy_pair(train, "train")), None if val is None else _digest(*_xy_pair(val, "val"))
+    # Checked here; each fit takes them as given (x as a list takes its model's dtype there, as in fit).
+    checked = _xy_pair(train, "train"), None if val is None else _xy_pair(val, "val")
     work = os.path.join(out_dir, "trial")
     best_dir = os.path.join(out_dir, "best")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):  # (os.makedirs: a bare "[Errno 17] File exists")
@@ -266,6 +265,9 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
         raise ValueError(f"search: {os.fspath(best_dir)!r} is a file, but search saves the best model there "
                          "as a checkpoint directory")
     _remove(work)  # (overwrite=True: from here on, trial/ is this call's own)
+    # The checkpoints' labels of the data, which each trial's fit would compute again (they only label
+    # trial/'s checkpoints, which no search resumes: not the converted arrays a fit of a list trains on)
+    digests = tuple(None if pair is None else _digest(*pair) for pair in checked)
     os.makedirs(out_dir, exist_ok=True)
     rows, best_value = [], None
     try:  # out_dir/trial goes on the way out, an interrupt (Ctrl-C) included; best/ and the table stay
