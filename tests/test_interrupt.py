@@ -11,6 +11,7 @@ Default: 20 kills. @slow: 200. FASTCONV_KILLS overrides the default count.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,11 +129,16 @@ def kill_many(tmp_path, reference, kills, seed):
                 assert not (last_dir / checkpoint.INDEX).exists(), "a last checkpoint without a best one"
                 continue
             _, info = weights(best_dir)  # the last best checkpoint loads, its checksum verified
-            # fit writes best before last: a kill between the two first saves leaves no last yet (the
-            # restart then begins again from scratch, and must still end exactly as the reference).
-            if (last_dir / checkpoint.INDEX).exists():
-                _, last = weights(last_dir)
-                steps_at_kill.append(last["extra"]["fit"]["state"]["step"])
+            # fit writes best before last: a kill between the two first saves leaves no last yet, and a
+            # resume refuses such a directory (a best it could not continue: _keep_best_without_last),
+            # so the restart begins from scratch, as overwrite=True would, and must still end exactly
+            # as the reference.
+            if not (last_dir / checkpoint.INDEX).exists():
+                shutil.rmtree(ckpt)
+                best_seen = None
+                continue
+            _, last = weights(last_dir)
+            steps_at_kill.append(last["extra"]["fit"]["state"]["step"])
             if best_seen is not None:
                 assert info["metric"] <= best_seen, "the best checkpoint went backwards"
             best_seen = info["metric"]
