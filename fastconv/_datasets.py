@@ -73,11 +73,13 @@ def cached_files(directory) -> list:
 
 def _cache_file(name):
     directory = cache_directory()
+    if directory is None:
+        return None
     try:
         version = metadata.version("scikit-learn")
     except metadata.PackageNotFoundError:
         return None  # _from_sklearn's import says what is missing
-    return os.path.join(directory, f"{name}-v{FORMAT}-scikit-learn-{version}.npz") if directory else None
+    return os.path.join(directory, f"{name}-v{FORMAT}-scikit-learn-{version}.npz")
 
 
 def _from_sklearn(name):

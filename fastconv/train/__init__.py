@@ -20,10 +20,11 @@ RuntimeWarning says so).
 Metrics: "loss" (minimized), "accuracy", "auc" (maximized), or a callable(y_true, scores) -> float
 (maximized unless mode="min"; recorded as val_<its __name__>, which must not be "loss"). The
 training loss in the history is the mean over the rows trained on since the last evaluation (with a
-class-weighted CrossEntropyLoss, their weighted mean, as evaluate gives it). Scores are the model's outputs turned into probabilities where the
-loss says how: softmax for CrossEntropyLoss, sigmoid for BCEWithLogitsLoss, raw otherwise. "auc" with
-several classes is the macro average of the one-vs-rest AUCs over the classes present in the
-validation labels (an absent class has no AUC); it needs at least two classes there.
+class-weighted CrossEntropyLoss, their weighted mean, as evaluate gives it). Scores are the model's
+outputs turned into probabilities where the loss says how: softmax for CrossEntropyLoss, sigmoid for
+BCEWithLogitsLoss, raw otherwise. "auc" with several classes is the macro average of the one-vs-rest
+AUCs over the classes present in the validation labels (an absent class has no AUC); it needs at
+least two classes there.
 An evaluation whose outputs are not all finite (a diverged model) or whose loss is NaN scores NaN
 under every metric: it is recorded, never counts as an improvement, and no best is saved from it; the
 first one in a fit() warns (RuntimeWarning: training diverged), since without patience the run goes on.

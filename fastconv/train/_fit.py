@@ -80,6 +80,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     eval_every = _positive_int(eval_every, "eval_every", allow_none=True)
     patience = _positive_int(patience, "patience", allow_none=True)
     predict_batch_size = _positive_int(predict_batch_size, "predict_batch_size", allow_none=True) or max(batch_size, 256)
+    progress = _check.flag(progress, "fit: progress")  # (progress="no" drew a bar)
     name, metric_fn, mode = _metric(metric, mode)
     if val is None and metric_fn is not None:
         raise ValueError(f"metric={name!r} needs validation data (val=(x, y)); without it only 'loss' (the "
@@ -89,7 +90,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
                          "set that one's lr, and this one's would never change (make it with "
                          "StepLR(optimizer, ...) / CosineAnnealingLR(optimizer, ...) of this optimizer)")
     # The first forward: on a cold Numba cache, a helper process compiles the backward's kernels meanwhile.
-    notice = _compile_notice.CompileNotice(isinstance(progress, (bool, np.bool_)) and bool(progress))
+    notice = _compile_notice.CompileNotice(progress)
     helper = _compile_ahead.helping(model, x_train, batch_size, predict_batch_size, len(val[0]) if val is not None else 0)
     with helper, notice:  # (notice: a line on stderr when kernels compile, here and in the loop below)
         for data, which in (((x_train, y_train), "training"), (val, "validation")):
@@ -141,7 +142,6 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         batches["train_data"] = train_digest
         batches["val_data"] = val_digest  # what the best so far was measured on
     # Loop state: everything a resumed run needs to continue exactly.
-    _check.flag(progress, "fit: progress")  # (progress="no" drew a bar)
     rng = _check.generator(seed)
     s = {"epoch": 0, "batch": 0, "step": 0, "epoch_rng": None, "loss_sum": 0.0, "loss_count": 0,
          "evals_since_best": 0, "best": None, "elapsed": 0.0}
