@@ -156,11 +156,19 @@ def multiclass_report(y_test, probs, class_names=None, coarse=None):
         "per_class": per_class,
         "coarse": {},
     }
+    if coarse is not None and not isinstance(coarse, dict):
+        raise TypeError(f"coarse must be a dict {{grouping name: {{coarse class name: [fine class indices]}}}}, got "
+                        f"{type(coarse).__name__}")
     for grouping, groups in (coarse or {}).items():
+        if not isinstance(groups, dict) or not groups:
+            raise TypeError(f"coarse[{grouping!r}] must be a non-empty dict {{coarse class name: [fine class "
+                            f"indices]}}, got {groups!r}"[:200])
         group_names, members = list(groups), list(groups.values())
-        mapping = np.empty(n_classes, dtype=np.int64)
-        for g, fine in enumerate(members):
-            mapping[list(fine)] = g
+        bare = [n for n, fine in groups.items() if metrics._is_scalar(fine)]
+        if bare:  # (all ints would read as a mapping fine -> coarse: another meaning)
+            raise TypeError(f"coarse[{grouping!r}][{bare[0]!r}] must be a list of fine class indices, got "
+                            f"{groups[bare[0]]!r}")
+        mapping = metrics._fine_to_coarse(members, n_classes)  # (validated before it indexes anything)
         coarse_p = metrics.coarse_probabilities(p, members)
         coarse_y = mapping[y]
         entry = {"classes": {n: list(map(int, m)) for n, m in zip(group_names, members)},

@@ -208,6 +208,8 @@ def accuracy(y_true, y_pred_or_scores):
         if p.dtype.kind == "f":
             _finite(p, "y_pred_or_scores")
         p = np.argmax(p, axis=1)
+    elif p.ndim == 2 and p.shape[1] == 0:
+        raise ValueError(f"y_pred_or_scores has shape {p.shape}: no score columns")
     elif p.ndim == 2 and p.dtype.kind in "biu":  # a column of predicted labels, as y_true may be
         p = p[:, 0]
     elif p.ndim == 2:
@@ -271,7 +273,7 @@ def _roc_counts(y, s):
     # Stable sort, descending; the last index of each run of equal scores is a cut.
     order = np.argsort(s, kind="mergesort")[::-1]
     s_sorted, y_sorted = s[order], y[order]
-    cut = np.r_[np.flatnonzero(np.diff(s_sorted)), s.size - 1]
+    cut = np.r_[np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), s.size - 1]  # (np.diff overflows past 1.8e308)
     tps = np.cumsum(y_sorted)[cut]
     fps = cut + 1 - tps
     tps = np.r_[0, tps].astype(np.float64)
@@ -322,7 +324,9 @@ def _bootstrap_aucs(pos, neg, n_bootstrap, rng):
     cumulative count read at x's insertion points (left: start of ties, right: end).
     """
     m, n = pos.size, neg.size
-    neg = np.sort(neg)  # resampling indices of a sorted copy is still uniform
+    # Resampling indices of a sorted copy is still uniform; sorting both makes the interval a function
+    # of the scores, not of the rows' order (unsorted positives drew other resamples when shuffled).
+    pos, neg = np.sort(pos), np.sort(neg)
     below = np.searchsorted(neg, pos, side="left")  # negatives < x
     below_or_tied = np.searchsorted(neg, pos, side="right")  # negatives <= x
     # Chunks bound memory at a few million counts per array.
@@ -356,7 +360,7 @@ def auc_ci(y_true, scores, level=0.95, method="delong", n_bootstrap=2000, seed=0
     1000 draws (91-92% at AUC 0.90; 94-96% from 100 + 100 cases at AUC 0.86).
     method="delong-logit": the same variance carried to logit(AUC) by the delta
     method, the normal interval there mapped back; it stays inside (0, 1) and covers
-    better near 1 (92-94% in that simulation). Zero width where the AUC is 0 or 1.
+    better near 1 (92-94% in that simulation).
     method="bootstrap": percentile interval of ``n_bootstrap`` stratified resamples
     (positives and negatives resampled separately, so each keeps its count), drawn
     from ``np.random.default_rng(seed)`` (87% in that simulation). Each tail beyond the
@@ -364,6 +368,14 @@ def auc_ci(y_true, scores, level=0.95, method="delong", n_bootstrap=2000, seed=0
     at level 0.95, 2000 (the default) at 0.99; fewer are refused (ValueError), since the
     bounds would be the few most extreme resamples (one resample gives a zero-width
     "interval").
+
+    Every method gives a zero-width interval where the scores separate the classes
+    perfectly (AUC 0 or 1) or all tie (AUC 0.5): the DeLong variance is then 0, and every
+    resample has the same AUC. That is no certainty: on few cases, report the counts too
+    (AUC 1 from 3 + 3 cases reads "1.00 (1.00-1.00)").
+    As sklearn's roc_auc_score, and unlike pROC's default direction="auto", an AUC below
+    0.5 stays as it is (scores that rank the negatives higher are not flipped).
+    ``n_bootstrap`` and ``seed`` are checked whatever the method, used by the bootstrap only.
     """
     y, s = _labels_and_scores(y_true, scores)
     level = _check.number(level, "level", low=0.0, high=1.0, low_open=True, high_open=True)
@@ -375,6 +387,8 @@ def auc_ci(y_true, scores, level=0.95, method="delong", n_bootstrap=2000, seed=0
         raise ValueError(
             f"auc_ci needs at least 2 positives and 2 negatives, got {pos.size} and {neg.size}"
         )
+    n_bootstrap = _check.integer(n_bootstrap, "n_bootstrap", low=1)  # (a typo is an error with any method)
+    rng = _check.generator(seed)
 
     if method in ("delong", "delong-logit"):
         v10, v01 = _delong_components(pos, neg)
@@ -388,9 +402,7 @@ def auc_ci(y_true, scores, level=0.95, method="delong", n_bootstrap=2000, seed=0
         else:
             low = high = area
     else:  # bootstrap
-        n_bootstrap = _check.integer(n_bootstrap, "n_bootstrap", low=1)
         _check_tails(n_bootstrap, level)
-        rng = _check.generator(seed)
         aucs = _bootstrap_aucs(pos, neg, n_bootstrap, rng)
         alpha = 1.0 - level
         low, high = np.quantile(aucs, [alpha / 2.0, 1.0 - alpha / 2.0])
@@ -448,6 +460,9 @@ def sensitivity_specificity(y_true, scores, threshold):
             and abs(int(threshold)) > _EXACT_INT:  # (float64 compares it rounded)
         raise ValueError(f"threshold {threshold} is an integer beyond 2**53 in magnitude, which float64 (the scores' "
                          "type here) cannot hold exactly: it would be compared rounded; pass a float")
+    if isinstance(threshold, np.floating) and threshold.dtype.itemsize > 8 and float(threshold) != threshold:
+        raise ValueError(f"threshold {threshold!r} is a {threshold.dtype} that float64 (the scores' type here) "
+                         f"cannot hold exactly: it would be compared as {float(threshold)!r}; pass a float")
     threshold = _check.number(threshold, "threshold")  # (+-inf allowed: everything, or nothing, positive)
     called_positive = s >= threshold
     sensitivity = np.mean(called_positive[y == 1])
@@ -509,6 +524,11 @@ def coarse_probabilities(probs, groups):
 
     groups: a list of G lists of fine class indices (each of 0..F-1 exactly once),
     or a length-F integer array mapping fine class -> coarse class 0..G-1.
+
+    Each row must be a distribution over the fine classes (a softmax's row: non-negative,
+    summing to 1 within 1e-3, 1e-2 in float16): a coarse class's probability is its fine
+    classes' sum only when they exclude each other. Independent outputs (sigmoids, one per
+    label) are refused: for them P(A or B) is not P(A) + P(B).
     """
     p = _to_numpy(probs, "probs")
     if p.ndim != 2:
@@ -521,6 +541,15 @@ def coarse_probabilities(probs, groups):
         raise ValueError("probs has negative values; pass probabilities (softmax), not logits")
     n_fine = p.shape[1]
     mapping = _fine_to_coarse(groups, n_fine)
+    row_sums = p.sum(axis=1, dtype=np.float64)
+    tolerance = 1e-2 if p.dtype == np.float16 else 1e-3  # (a float32 softmax's rows sum to 1 within ~1e-6)
+    off = np.flatnonzero(np.abs(row_sums - 1.0) > tolerance)
+    if off.size:
+        i = int(off[0])
+        raise ValueError(f"probs row {i} sums to {row_sums[i]:.6g} ({off.size} of {p.shape[0]} rows do not sum to 1): "
+                         "coarse probabilities are sums of fine ones only where the fine classes exclude each other, "
+                         "as a softmax's do; normalize scores that are not probabilities, and do not pass independent "
+                         "(sigmoid) outputs, whose union is not their sum")
     n_coarse = int(mapping.max()) + 1
     dtype = p.dtype if p.dtype.kind == "f" else np.float64
     one_hot = np.zeros((n_fine, n_coarse), dtype=dtype)
@@ -560,20 +589,37 @@ def _fine_to_coarse(groups, n_fine):
 
     if not isinstance(groups, (list, tuple)) or len(groups) == 0:
         raise TypeError("groups must be a non-empty list of lists of fine class indices")
+    bare = [g for g, members in enumerate(groups) if _is_scalar(members)]
+    if bare and len(bare) == len(groups):
+        raise TypeError(f"groups as a mapping must hold ints (fine class -> coarse class), got "
+                        f"{groups[0]!r} ({type(groups[0]).__name__}) at [0]; as groups, each must be a list")
+    if bare:  # [0, [1, 2]]: a mapping's entry, or a group of one? Neither form says.
+        raise TypeError(f"groups[{bare[0]}] is {groups[bare[0]]!r} among lists: give each group as a list of fine "
+                        f"class indices ([{groups[bare[0]]!r}]), or a mapping of ints only")
     mapping = np.full(n_fine, -1, dtype=np.int64)
     for g, members in enumerate(groups):
         members = list(np.atleast_1d(_to_numpy(members, f"groups[{g}]")))
         if not members:
             raise ValueError(f"groups[{g}] is empty")
         for f in members:
+            f = f.item() if isinstance(f, np.generic) else f  # (shown as 5, not np.int64(5))
             if isinstance(f, (bool, np.bool_)) or not isinstance(f, numbers.Integral):
                 raise TypeError(f"groups[{g}] has {f!r}, not an int fine class index")
             if not 0 <= f < n_fine:
                 raise ValueError(f"groups[{g}] has {f!r}, not a fine class index in [0, {n_fine})")
+            if mapping[f] == g:
+                raise ValueError(f"fine class {f} is listed twice in groups[{g}]")
             if mapping[f] != -1:
-                raise ValueError(f"fine class {f} appears in groups {mapping[f]} and {g}")
+                raise ValueError(f"fine class {f} appears in groups[{mapping[f]}] and groups[{g}]")
             mapping[f] = g
     missing = np.flatnonzero(mapping == -1)
     if missing.size:
         raise ValueError(f"fine classes {missing.tolist()} are in no group")
     return mapping
+
+
+def _is_scalar(value):
+    try:
+        return np.ndim(value) == 0
+    except ValueError:  # (a ragged list: not a scalar; converting it says what is wrong)
+        return False

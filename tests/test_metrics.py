@@ -1,5 +1,6 @@
 """fastconv.metrics against scikit-learn and direct (slow, obvious) implementations."""
 
+import warnings
 from statistics import NormalDist
 
 import numpy as np
@@ -146,8 +147,16 @@ def test_bootstrap_aucs_match_direct_resampling():
     neg_draws = rng.integers(0, neg.size, (50, neg.size))
     labels = np.r_[np.ones(pos.size), np.zeros(neg.size)]
     for value, i, j in zip(fast, pos_draws, neg_draws):
-        resample = np.r_[pos[i], np.sort(neg)[j]]
+        resample = np.r_[np.sort(pos)[i], np.sort(neg)[j]]
         assert value == pytest.approx(skm.roc_auc_score(labels, resample), abs=1e-12)
+
+
+def test_bootstrap_interval_does_not_depend_on_the_rows_order():
+    # The same cases in another order are the same test set: the same seed must give the same interval.
+    y, s = tied_data(5, n=80)
+    first = M.auc_ci(y, s, method="bootstrap", n_bootstrap=400, seed=3)
+    order = np.random.default_rng(1).permutation(y.size)
+    assert M.auc_ci(y[order], s[order], method="bootstrap", n_bootstrap=400, seed=3) == first
 
 
 def test_per_class_auc():
@@ -370,6 +379,29 @@ def test_coarse_probabilities():
         (lambda: M.coarse_probabilities(np.ones((2, 3)) / 3, [0, 2, 2]), ValueError, "no fine"),
         (lambda: M.coarse_probabilities(np.ones((2, 3)) / 3, [0, 1]), ValueError, "length"),
         (lambda: M.coarse_probabilities(-np.ones((2, 3)), [0, 1, 1]), ValueError, "logits"),
+        # Rows that are no distribution (independent sigmoids, unnormalized scores): their sums mean nothing.
+        (lambda: M.coarse_probabilities(np.full((3, 3), 0.6), [0, 1, 1]), ValueError,
+         r"probs row 0 sums to 1\.8 \(3 of 3 rows do not sum to 1\)"),
+        (lambda: M.coarse_probabilities(np.full((2, 3), 1 / 3) * [[1], [1.01]], [0, 1, 1]), ValueError,
+         r"probs row 1 sums to 1\.01 \(1 of 2"),
+        (lambda: M.coarse_probabilities(np.ones((2, 3)) / 3, [[0, 0, 2], [1]]), ValueError,
+         r"fine class 0 is listed twice in groups\[0\]"),
+        (lambda: M.coarse_probabilities(np.ones((2, 3)) / 3, [[0, 2], [1, 2]]), ValueError,
+         r"fine class 2 appears in groups\[0\] and groups\[1\]"),
+        (lambda: M.coarse_probabilities(np.ones((2, 3)) / 3, [0.0, 1.0, 0.0]), TypeError,
+         r"groups as a mapping must hold ints \(fine class -> coarse class\), got 0\.0 \(float\)"),
+        (lambda: M.coarse_probabilities(np.ones((2, 3)) / 3, [0, [1, 2]]), TypeError,
+         r"groups\[0\] is 0 among lists: give each group as a list"),
+        (lambda: M.coarse_probabilities(np.ones((2, 3)) / 3, [[0, 1], [7]]), ValueError,
+         r"groups\[1\] has 7, not a fine class index in \[0, 3\)"),
+        (lambda: M.sensitivity_specificity([0, 1, 0, 1], [0.1, 0.5, 0.2, 0.9],
+                                           np.longdouble(0.5) + np.finfo(np.longdouble).eps), ValueError,
+         r"threshold .* is a float128 that float64 .* cannot hold exactly: it would be compared as 0\.5"),
+        # seed and n_bootstrap are checked whatever the method (a typo is not silently ignored).
+        (lambda: M.auc_ci([0, 1, 1, 0], [1, 2, 3, 4], seed="junk"), TypeError, "seed must be None or an int"),
+        (lambda: M.auc_ci([0, 1, 1, 0], [1, 2, 3, 4], method="delong-logit", n_bootstrap=-5), ValueError,
+         "n_bootstrap must be an int >= 1, got -5"),
+        (lambda: M.accuracy([], np.zeros((0, 0))), ValueError, r"shape \(0, 0\): no score columns"),
     ],
 )
 def test_bad_inputs_raise(call, error, match):
@@ -509,6 +541,25 @@ def test_multiclass_report_rejects_labels_that_are_not_classes(labels):
         multiclass_report(labels, probs)
 
 
+@pytest.mark.parametrize("coarse, error, match", [
+    # Checked before they index anything: fine class 5 of 4 had been a bare IndexError.
+    ({"g": {"a": [0, 1], "b": [2, 5]}}, ValueError, r"groups\[1\] has 5, not a fine class index in \[0, 4\)"),
+    ({"g": {"a": [0, 1.0], "b": [2, 3]}}, TypeError, r"groups\[0\] has 0\.0, not an int fine class index"),
+    # Ints, not lists, would read as a mapping fine -> coarse: {"a": 1, "b": 0} put fine 0 in "b".
+    ({"g": {"a": 1, "b": 0}}, TypeError, r"coarse\['g'\]\['a'\] must be a list of fine class indices, got 1"),
+    ({"g": [[0, 1], [2, 3]]}, TypeError, r"coarse\['g'\] must be a non-empty dict"),
+    ([("g", {"a": [0, 1], "b": [2, 3]})], TypeError, "coarse must be a dict"),
+])
+def test_multiclass_report_checks_the_coarse_groupings(coarse, error, match):
+    from fastconv.evaluate import multiclass_report
+
+    probs = np.full((4, 4), 0.1) + 0.6 * np.eye(4)
+    with pytest.raises(error, match=match):
+        multiclass_report([0, 1, 2, 3], probs, coarse=coarse)
+    report = multiclass_report([0, 1, 2, 3], probs, coarse={"g": {"a": [0, 3], "b": [1, 2]}})
+    assert report["coarse"]["g"]["classes"] == {"a": [0, 3], "b": [1, 2]} and report["coarse"]["g"]["accuracy"] == 1
+
+
 def test_regression_report_matches_sklearn_and_refuses_targets_that_are_not_finite():
     from fastconv.evaluate import regression_report
 
@@ -543,6 +594,25 @@ def test_confusion_matrix_refuses_a_label_that_would_size_a_huge_matrix():
         M.confusion_matrix([0, 1, 1_000_000], [0, 1, 1])
     assert M.confusion_matrix([0, 9999], [9999, 0]).shape == (10_000, 10_000)  # the largest inferred
     assert M.confusion_matrix([0, 1], [1, 0], num_classes=3).tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 0]]
+
+
+def test_coarse_probabilities_takes_rows_that_sum_to_one_in_their_precision():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 1000)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert M.coarse_probabilities(probs, np.arange(1000) % 2).shape == (50, 2)
+    half = np.exp(logits[:, :10]).astype(np.float16)
+    half = (half / half.sum(axis=1, keepdims=True)).astype(np.float16)
+    assert M.coarse_probabilities(half, np.arange(10) % 3).dtype == np.float16
+    assert M.coarse_probabilities(np.eye(3, dtype=np.int64), [[0], [1, 2]]).tolist() == [[1, 0], [0, 1], [0, 1]]
+
+
+def test_roc_curve_of_scores_spanning_more_than_the_float64_range_warns_of_nothing():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (np.diff of the sorted scores overflowed)
+        fpr, tpr, thresholds = M.roc_curve([0, 1, 0, 1], [-1.7e308, 1.7e308, 1e308, -1e308])
+    assert thresholds.tolist() == [np.inf, 1.7e308, 1e308, -1e308, -1.7e308]
+    assert tpr.tolist() == [0, 0.5, 0.5, 1, 1] and fpr.tolist() == [0, 0, 0.5, 0.5, 1]
 
 
 def test_coarse_probabilities_refuses_an_impossible_coarse_index_and_no_columns():

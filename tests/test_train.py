@@ -820,6 +820,19 @@ def test_auc_of_several_classes_averages_over_the_classes_in_the_validation_labe
     assert all(np.array_equal(b, p.data) for b, p in zip(before, model.parameters()))
 
 
+@pytest.mark.parametrize("labels, match", [
+    ([0, 1.5, 2, 1], "y must hold integer class labels"),  # (astype had made 1.5 class 1)
+    ([0, -1, 2, 1], r"y has negative class labels \(min -1\)"),  # (and -1 the last class)
+    ([0, 3, 2, 1], r"the labels go up to class 3, but the scores have 3 columns"),
+])
+def test_auc_of_several_classes_refuses_labels_that_are_not_its_classes(labels, match):
+    scores = np.random.default_rng(0).random((4, 3))
+    with pytest.raises(ValueError, match=match):
+        train._evaluation._auc(np.array(labels), scores)
+    assert train._evaluation._auc(np.array([0, 1, 2, 1]), scores) == pytest.approx(np.mean(
+        [metrics.auc(np.array([0, 1, 2, 1]) == c, scores[:, c]) for c in range(3)]), abs=1e-15)
+
+
 def test_checkpoint_epoch_is_the_history_epoch_with_eval_every(tmp_path):
     # 7 batches per epoch, evaluations every 3 steps: most fall partway through an epoch.
     x, y = blobs(100, seed=0)

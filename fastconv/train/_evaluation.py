@@ -51,11 +51,20 @@ def _auc(y, scores):
         return _metrics.auc(_zero_one(y, "auc").reshape(-1), scores.reshape(-1))
     if scores.shape[1] == 2 and y.ndim == 1:
         return _metrics.auc(_zero_one(y, "auc"), scores[:, 1])
-    onehot = np.eye(scores.shape[1], dtype=bool)[y.astype(np.int64)] if y.ndim == 1 else _zero_one(y, "auc")
+    onehot = _one_hot(y, scores.shape[1]) if y.ndim == 1 else _zero_one(y, "auc")
     present = _two_valued_columns(onehot)  # a class absent from y (or in every row) has no AUC
     if not present.any():
         raise ValueError(f"AUC needs labels of at least two classes, got one class in all {len(y)} rows")
     return float(np.mean(_metrics.per_class_auc(onehot[:, present], scores[:, present])))
+
+
+def _one_hot(y, n_classes):
+    """(N, C) bool of class labels 0 .. C-1; astype alone had made 1.5 class 1 and -1 the last class."""
+    y = _metrics._class_labels(y, "y")
+    if y.size and y.max() >= n_classes:
+        raise ValueError(f"AUC: the labels go up to class {int(y.max())}, but the scores have {n_classes} columns "
+                         f"(classes 0 to {n_classes - 1})")
+    return np.eye(n_classes, dtype=bool)[y]
 
 
 def _two_valued_columns(labels):
