@@ -16,6 +16,7 @@ import numpy as np
 from . import backend as _backend
 from . import ops
 from ._host import to_numpy
+from .ops import _check
 
 __all__ = ["Loss", "CrossEntropyLoss", "BCEWithLogitsLoss", "MSELoss"]
 
@@ -28,6 +29,10 @@ def _output(name, output, ndim=None):
     shape = getattr(output, "shape", None)
     if shape is None:
         raise TypeError(f"{name}: the output must be an array on the backend's device, got {type(output).__name__}")
+    try:  # (before the dtype: a torch tensor's is torch.float32, which has no .kind)
+        output = _check.on_backend(output, "the output", _backend.current())
+    except TypeError as exc:  # another device's array, a tensor that requires grad: the ops' reason
+        raise TypeError(f"{name}: {exc}") from None
     if ndim is not None and len(shape) != ndim:
         raise ValueError(f"{name}: expected the output to be {ndim}-D, got shape {tuple(shape)}")
     if output.dtype.kind != "f":
@@ -105,6 +110,9 @@ class CrossEntropyLoss(Loss):
 
     weight: per-class weights (C,) (the mean is then weighted, as in PyTorch);
     label_smoothing: in [0, 1], mixes the one-hot target with the uniform distribution.
+    A batch whose labels all have class weight 0 divides by 0: a NaN loss and gradient, as in
+    PyTorch; with label smoothing the loss is +inf and the gradient +-inf (PyTorch: NaN).
+    No reduction or ignore_index: the mean over the batch, every label a class in [0, C).
     """
 
     def __init__(self, weight=None, label_smoothing=0.0):
@@ -149,8 +157,11 @@ class CrossEntropyLoss(Loss):
         xp = _backend.current().xp
         labels = xp.asarray(_unmasked(name, "labels", labels))
         if labels.dtype.kind not in "iu":
-            hint = (" (one-hot or probability targets: pass labels.argmax(axis=1); binary targets with one output: "
-                    "use BCEWithLogitsLoss)") if labels.dtype.kind == "f" else ""
+            hint = ""
+            if labels.dtype.kind == "f":
+                hint = (" (class indices held as floats: pass labels.astype(np.int64)" if labels.ndim == 1 else
+                        " (one-hot targets: pass labels.argmax(axis=1); probability (soft) targets are not supported")
+                hint += "; binary targets with one output: use BCEWithLogitsLoss)"
             raise TypeError(f"{name}: labels must be integer class indices, got dtype {labels.dtype}{hint}")
         if labels.ndim != 1 or labels.shape[0] != n:
             raise ValueError(f"{name}: labels must have shape ({n},) for logits of shape {(n, c)}, "
@@ -190,10 +201,12 @@ class CrossEntropyLoss(Loss):
 class BCEWithLogitsLoss(Loss):
     """Binary cross-entropy of sigmoid(logits) against targets in [0, 1] of the output's shape.
 
-    pos_weight: weight of the positive term, a scalar or one value per output column.
+    pos_weight: weight of the positive term, a scalar or one value per output column. A keyword
+    only: torch's first positional argument is `weight` (each element's loss scaled), which this
+    loss does not have, nor `reduction` (the mean over every element).
     """
 
-    def __init__(self, pos_weight=None):
+    def __init__(self, *, pos_weight=None):
         self.pos_weight = pos_weight
 
     @property

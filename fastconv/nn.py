@@ -5,7 +5,10 @@
     dx = model.backward(dout)      # gradients ACCUMULATE into each parameter's .grad
 
 Each layer caches what its backward needs during forward (the input, the output, pooling indices);
-backward() uses the cache of the most recent forward. Parameters live on the current backend's
+backward() uses the cache of the most recent forward. It keeps references, not copies: change a
+layer's input, or the output it returned, in place before backward() (`out -= 0.5`) and the
+gradients are computed from the changed values, silently (torch raises: its tensors count their
+versions; NumPy arrays do not). Change a copy instead (`out = out - 0.5`). Parameters live on the current backend's
 device (fastconv.backend.current().xp: NumPy or CuPy). Initialization is PyTorch's default,
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, drawn from a NumPy Generator on the host:
 `seed=` on a layer, or the module-level generator set by `manual_seed(s)` (seed 0 at import), so the
@@ -75,12 +78,16 @@ def _generator(seed):
     return _rng if loading is None else loading
 
 
-def _float_dtype(dtype) -> np.dtype:
+def _float_dtype(dtype, layer) -> np.dtype:
     if dtype is None:  # (np.dtype(None) is float64: a layer of the other dtype, unasked)
-        raise TypeError("dtype must be float32 or float64, got None")
-    dt = np.dtype(dtype)
+        raise TypeError(f"{layer}: dtype must be float32 or float64, got None")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:  # (NumPy's "Cannot interpret 'torch.float32' as a data type")
+        raise TypeError(f"{layer}: dtype must be float32 or float64 (np.float32, np.float64 or their names), got "
+                        f"{dtype!r}") from None
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+        raise TypeError(f"{layer}: dtype must be float32 or float64, got {dt}")
     return dt
 
 
@@ -448,7 +455,7 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32, seed=None):
         self.in_features = _positive_int(in_features, "in_features", "Linear")
         self.out_features = _positive_int(out_features, "out_features", "Linear")
-        self.dtype = _float_dtype(dtype)
+        self.dtype = _float_dtype(dtype, "Linear")
         rng = _generator(seed)
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight = Parameter(_initial(rng, bound, (self.out_features, self.in_features), self.dtype), "weight")
@@ -502,7 +509,7 @@ class Conv2d(Module):
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"Conv2d: in_channels ({self.in_channels}) and out_channels ({self.out_channels}) "
                              f"must both be divisible by groups ({self.groups})")
-        self.dtype = _float_dtype(dtype)
+        self.dtype = _float_dtype(dtype, name)
         rng = _generator(seed)
         kh, kw = self.kernel_size
         fan_in = self.in_channels // self.groups * kh * kw
@@ -648,8 +655,24 @@ class Sigmoid(Module):
 
 
 class _Pool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0):
+    """torch.nn's pooling options other than kernel_size, stride and padding are taken in their
+    default form only (ops.pool: floor windows, dilation 1, padding counted in the average), so that
+    torch code passing them explicitly runs; another value is a ValueError saying what holds here."""
+
+    _FIXED = {  # option: (torch's default, what fastconv does instead of other values)
+        "dilation": (1, "windows of adjacent elements"),
+        "return_indices": (False, "the layer keeps its indices for backward; ops.max_pool2d_forward returns them"),
+        "ceil_mode": (False, "windows that would start past the input's end are dropped (floor)"),
+        "count_include_pad": (True, "padded zeros count in the average's divisor"),
+        "divisor_override": (None, "the divisor is the window's size"),
+    }
+
+    def __init__(self, kernel_size, stride=None, padding=0, **torch_options):
         name = type(self).__name__
+        for option, value in torch_options.items():
+            default, instead = self._FIXED[option]
+            if not _is_default(value, default):
+                raise ValueError(f"{name}: {option}={value!r} is not supported, only {option}={default!r}: {instead}")
         self.kernel_size = _pair(kernel_size, "kernel_size", name)
         self.stride = self.kernel_size if stride is None else _pair(stride, "stride", name)
         self.padding = _pair(padding, "padding", name, low=0)
@@ -663,7 +686,26 @@ class _Pool2d(Module):
         return _check_input(self, x, 4, "(N, C, H, W)")
 
 
+def _is_default(value, default):
+    if default is None or isinstance(default, bool):
+        return value is default or (isinstance(value, np.bool_) and bool(value) is default)
+    values = value if isinstance(value, (tuple, list)) and len(value) == 2 else (value,)
+    return all(_is_int_like(v) and v == default for v in values)
+
+
+def _is_int_like(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
 class MaxPool2d(_Pool2d):
+    """The maximum of each kernel_size window, windows stride apart (default: kernel_size), over the
+    input padded with -inf by padding (at most half the window) on each side; torch.nn.MaxPool2d's
+    semantics with dilation=1, ceil_mode=False (accepted in that form only: _Pool2d)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
+        super().__init__(kernel_size, stride, padding, dilation=dilation, return_indices=return_indices,
+                         ceil_mode=ceil_mode)
+
     def forward(self, x):
         x = self._check(x)
         with _named_errors(self):
@@ -680,6 +722,16 @@ class MaxPool2d(_Pool2d):
 
 
 class AvgPool2d(_Pool2d):
+    """The mean of each kernel_size window, windows stride apart (default: kernel_size), over the input
+    zero-padded by padding (at most half the window) on each side, every window divided by its full
+    size; torch.nn.AvgPool2d's semantics with ceil_mode=False, count_include_pad=True and no
+    divisor_override (accepted in that form only: _Pool2d)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
+        super().__init__(kernel_size, stride, padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                         divisor_override=divisor_override)
+
     def forward(self, x):
         x = self._check(x)
         with _named_errors(self):
@@ -702,6 +754,10 @@ class Flatten(Module):
     def forward(self, x):
         if getattr(x, "shape", None) is None:  # (a list: "got ()")
             raise TypeError(f"{self!r}: expected an array of shape (N, ...), got {type(x).__name__}")
+        try:  # (as every layer: a torch tensor read as the backend's array, one that requires grad refused)
+            x = _check.on_backend(x, "x", _backend.current())
+        except TypeError as exc:
+            raise TypeError(f"{self!r}: {exc}") from None
         if x.ndim < 2:  # ((64,) came out (64, 1): one sample without its batch axis taken for 64; as torch)
             raise ValueError(f"{self!r}: expected input of shape (N, d1, ...), a row per sample, got "
                              f"{tuple(x.shape)}" + (" (one sample? give it a batch axis: x[None])" if x.ndim else ""))

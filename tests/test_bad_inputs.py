@@ -83,6 +83,13 @@ class _TensorThatRequiresGrad:
         raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
 
 
+class _TorchDtype:
+    """What NumPy sees of torch.float32 passed as a dtype (without torch): something it cannot interpret."""
+
+    def __repr__(self):
+        return "torch.float32"
+
+
 def other_device(be, shape=(3,), dtype=F32):
     """An array on a device the backend does not compute on."""
     if be.name == "cuda":
@@ -720,7 +727,9 @@ CASES = [
     C("dtype", "conv2d_max_pool2d_backward(..., y=None, activation='relu')", lambda be, _: ops.conv2d_max_pool2d_backward(rand(be, (1, 1, 1, 1)), None, on(be, np.zeros((1, 1, 1, 1), np.int64)), rand(be, (1, 1, 4, 4)), rand(be, (1, 1, 3, 3)), activation="relu"),
       TypeError, r"y is required, got None"),
     C("dtype", "nn.Linear(3, 2, dtype=int32)", lambda be, _: nn.Linear(3, 2, dtype=np.int32),
-      TypeError, r"dtype must be float32 or float64, got int32"),
+      TypeError, r"Linear: dtype must be float32 or float64, got int32"),
+    C("dtype", "nn.Conv2d(1, 1, 3, dtype='torch.float32' as torch's dtype)", lambda be, _: nn.Conv2d(1, 1, 3, dtype=_TorchDtype()),
+      TypeError, r"Conv2d: dtype must be float32 or float64 \(np.float32, np.float64 or their names\), got torch.float32"),
 
     # mixed dtypes
     C("mixed", "matmul(a float32, b float64)", lambda be, _: ops.matmul(rand(be, (2, 2)), rand(be, (2, 2), F64)),
@@ -813,6 +822,12 @@ CASES = [
       TypeError, r"Linear\(in_features=3, .*\): x must be an array, got a torch Tensor that requires grad: pass x.detach\(\).numpy\(\)"),
     C("subclass", "softmax_cross_entropy_forward(logits torch tensor that requires grad, labels)", lambda be, _: ops.softmax_cross_entropy_forward(_TensorThatRequiresGrad(), on(be, np.array([0, 1]))),
       TypeError, r"logits must be an array, got a torch Tensor that requires grad: pass logits.detach\(\).numpy\(\)"),
+    C("subclass", "CrossEntropyLoss()(logits torch tensor that requires grad, labels)", lambda be, _: fastconv.losses.CrossEntropyLoss()(_TensorThatRequiresGrad(), np.array([0, 1])),
+      TypeError, r"CrossEntropyLoss: the output must be an array, got a torch Tensor that requires grad: pass the output.detach\(\).numpy\(\)"),
+    C("subclass", "Flatten()(x torch tensor that requires grad)", lambda be, _: nn.Flatten()(_TensorThatRequiresGrad()),
+      TypeError, r"Flatten\(\): x must be an array, got a torch Tensor that requires grad"),
+    C("device", "MSELoss()(output on another device, target)", lambda be, _: fastconv.losses.MSELoss()(other_device(be), np.zeros(3, np.float32)),
+      TypeError, r"MSELoss: the output is a .*(GPU array|in host memory)"),
     C("device", "relu_forward(x on another device)", lambda be, _: ops.relu_forward(other_device(be)),
       TypeError, r"x is a GPU array \(.*\), but the backend is '(cpu|emu)': copy it to the host|x is a numpy.ndarray in host memory, but the backend is 'cuda'"),
     C("device", "matmul(a, b on another device)", lambda be, _: ops.matmul(rand(be, (3, 3)), other_device(be, (3, 3))),
@@ -960,7 +975,15 @@ CASES = [
     C("hyper", "nn.Linear(2, 2, bias='no')", lambda be, _: nn.Linear(2, 2, bias="no"),
       TypeError, r"Linear: bias must be True or False, got 'no'"),
     C("hyper", "nn.Linear(2, 2, dtype=None)", lambda be, _: nn.Linear(2, 2, dtype=None),
-      TypeError, r"dtype must be float32 or float64, got None"),
+      TypeError, r"Linear: dtype must be float32 or float64, got None"),
+    C("hyper", "nn.MaxPool2d(2, dilation=2)", lambda be, _: nn.MaxPool2d(2, dilation=2),
+      ValueError, r"MaxPool2d: dilation=2 is not supported, only dilation=1: windows of adjacent elements"),
+    C("hyper", "nn.AvgPool2d(2, ceil_mode=True)", lambda be, _: nn.AvgPool2d(2, ceil_mode=True),
+      ValueError, r"AvgPool2d: ceil_mode=True is not supported, only ceil_mode=False"),
+    C("hyper", "nn.AvgPool2d(2, count_include_pad=False)", lambda be, _: nn.AvgPool2d(2, count_include_pad=False),
+      ValueError, r"AvgPool2d: count_include_pad=False is not supported, only count_include_pad=True"),
+    C("hyper", "losses.BCEWithLogitsLoss(w) (torch's positional weight)", lambda be, _: fastconv.losses.BCEWithLogitsLoss(np.ones(3)),
+      TypeError, r"takes 1 positional argument but 2 were given"),
     C("layer", "Dropout()([1.0, 2.0])", lambda be, _: nn.Dropout()([1.0, 2.0]),
       TypeError, r"Dropout\(p=0.5\): expected an array, got list"),
     C("hyper", "fit(..., checkpoint_dir='')", fit_into_an_empty_path,

@@ -189,6 +189,24 @@ def test_bce_pos_weight_set_later_is_checked_too():
     assert copy.pos_weight.tolist() == [2.0] and not copy.pos_weight.flags.writeable
 
 
+def test_float_labels_get_advice_that_fits_their_shape():
+    logits = np.zeros((2, 3), np.float32)
+    with pytest.raises(TypeError, match=r"got dtype float64 \(class indices held as floats: pass "
+                                        r"labels.astype\(np.int64\); binary"):
+        losses.CrossEntropyLoss()(logits, np.array([0.0, 2.0]))
+    with pytest.raises(TypeError, match=r"got dtype float32 \(one-hot targets: pass labels.argmax\(axis=1\); "
+                                        r"probability \(soft\) targets are not supported"):
+        losses.CrossEntropyLoss()(logits, np.eye(3, dtype=np.float32)[:2])
+
+
+def test_bce_pos_weight_is_a_keyword():
+    # torch's first positional argument is weight (each element's loss scaled): taken here as pos_weight, a
+    # port of torch code computed another loss, silently.
+    with pytest.raises(TypeError, match="positional"):
+        losses.BCEWithLogitsLoss(np.ones(3))
+    assert list(losses.BCEWithLogitsLoss(pos_weight=np.ones(3)).pos_weight) == [1, 1, 1]
+
+
 def test_a_loss_pickled_before_its_weights_became_properties_keeps_them():
     # The state of before: {"label_smoothing", "weight"} and {"pos_weight"}; read as the new one it lost them.
     ce = losses.CrossEntropyLoss.__new__(losses.CrossEntropyLoss)

@@ -474,6 +474,40 @@ def test_a_torch_tensor_in_a_layer_is_taken_as_the_ops_take_it():
                 layer(torch.from_numpy(sample).requires_grad_())
         with pytest.raises(TypeError, match=r"Linear\(.*\): input is float64 but the layer's parameters are float32"):
             nn.Linear(3, 2)(torch.zeros(4, 3, dtype=torch.float64))
+        # Flatten had returned the tensor itself (the only layer not to read it as an array)
+        flat = nn.Flatten()(torch.from_numpy(x))
+        assert type(flat) is np.ndarray and np.array_equal(flat, x.reshape(4, -1))
+        # The losses had failed on its dtype: "'torch.dtype' object has no attribute 'kind'"
+        logits, labels = torch.from_numpy(x[:, :, 0, 0].copy()), np.array([0, 1, 2, 1])
+        ce = fastconv.losses.CrossEntropyLoss()
+        assert float(ce(logits, labels)) == float(ce(logits.numpy(), labels))
+        mse = fastconv.losses.MSELoss()
+        assert float(mse(logits, np.zeros((4, 3), np.float32))) == pytest.approx(float(np.mean(logits.numpy() ** 2)))
+        with pytest.raises(TypeError, match=r"^BCEWithLogitsLoss: the output must be an array, got a torch Tensor "
+                                            r"that requires grad: pass the output.detach\(\).numpy\(\)"):
+            fastconv.losses.BCEWithLogitsLoss()(logits.requires_grad_(), np.zeros((4, 3), np.float32))
+
+
+def test_pooling_layers_take_torchs_other_options_in_their_default_form_only():
+    # torch code passes them explicitly (MaxPool2d(3, 2, 1, dilation=1, ceil_mode=False)): the same layer
+    # here, where they had been a TypeError naming _Pool2d.__init__; other values say what holds here.
+    x = np.random.default_rng(0).standard_normal((2, 3, 7, 7)).astype(np.float32)
+    same = [(nn.MaxPool2d(3, 2, 1, dilation=1, return_indices=False, ceil_mode=False), nn.MaxPool2d(3, 2, 1)),
+            (nn.MaxPool2d(3, 2, 1, (1, 1)), nn.MaxPool2d(3, 2, 1)),
+            (nn.AvgPool2d(3, 1, 1, False, True, None), nn.AvgPool2d(3, 1, 1)),
+            (nn.AvgPool2d(2, count_include_pad=True, divisor_override=None), nn.AvgPool2d(2))]
+    for explicit, plain in same:
+        assert explicit.config() == plain.config() and np.array_equal(explicit(x), plain(x))
+    for make, match in ((lambda: nn.MaxPool2d(2, dilation=(1, 2)), r"MaxPool2d: dilation=\(1, 2\) is not supported"),
+                        (lambda: nn.MaxPool2d(2, dilation=True), r"MaxPool2d: dilation=True is not supported"),
+                        (lambda: nn.MaxPool2d(2, return_indices=True), r"return_indices=True is not supported, only "
+                         r"return_indices=False: the layer keeps its indices for backward"),
+                        (lambda: nn.MaxPool2d(2, ceil_mode=1), r"ceil_mode=1 is not supported"),
+                        (lambda: nn.AvgPool2d(2, divisor_override=4), r"AvgPool2d: divisor_override=4 is not supported")):
+        with pytest.raises(ValueError, match=match):
+            make()
+    with pytest.raises(TypeError, match=r"MaxPool2d.__init__\(\) got an unexpected keyword argument 'count_include_pad'"):
+        nn.MaxPool2d(2, count_include_pad=True)  # (an average's option: torch's MaxPool2d has none either)
 
 
 @pytest.mark.parametrize("freeze_first", [False, True])

@@ -153,7 +153,7 @@ def _binary_inputs(be, logits, targets, pos_weight, op):
     pw = None
     if pos_weight is not None:
         pw = tensor(pos_weight, "pos_weight", be, ndim=1, dtype=x.dtype)
-        classes = x.shape[-1] if x.ndim else 1  # 0-d logits: one value, one pos_weight (as torch broadcasts)
+        classes = x.shape[-1] if x.ndim else 1  # 0-d logits: one value, one pos_weight (torch 2.13 refuses (1,))
         if pw.shape != (classes,):
             want = f"({classes},), one per entry of logits' last dimension" if x.ndim else "(1,) for 0-d logits"
             raise ValueError(f"{op}: pos_weight is {shape_str(pw.shape)} but logits is {shape_str(x.shape)}: "
