@@ -355,7 +355,7 @@ def auc_ci(y_true, scores, level=0.95, method="delong", n_bootstrap=2000, seed=0
     Every method needs at least 2 positives and 2 negatives.
     method="delong": normal interval from the DeLong variance (fast midrank
     algorithm), clipped to [0, 1], as pROC's default. Near AUC 1 on small sets it covers less than its level: simulated
-    binormal data with 32 positives, 54 negatives and a true AUC of 0.98 (the tumour
+    binormal data with 32 positives, 54 negatives and a true AUC of 0.98 (about the tumour
     example's test set) gave a "95%" interval that held the true AUC in 82-85% of
     1000 draws (91-92% at AUC 0.90; 94-96% from 100 + 100 cases at AUC 0.86).
     method="delong-logit": the same variance carried to logit(AUC) by the delta

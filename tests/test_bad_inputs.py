@@ -1181,10 +1181,26 @@ def _doc_table(text):
     return text[start:stop].strip()
 
 
+# docs/reliability.md counts the cases in two places (its counts had stayed at 215 while the list grew).
+RELIABILITY = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "reliability.md")
+_COUNTS = (re.compile(r"\((\d+) cases in (\d+) classes"), re.compile(r"\| bad-input cases \| (\d+) \((\d+) runs"))
+
+
+def _counted(text):
+    """reliability.md with its counts of the cases made those of CASES."""
+    classes = len({c.cls for c in CASES})
+    text = _COUNTS[0].sub(f"({len(CASES)} cases in {classes} classes", text)
+    return _COUNTS[1].sub(f"| bad-input cases | {len(CASES)} ({2 * len(CASES)} runs", text)
+
+
 def test_the_doc_lists_exactly_these_cases():
     with open(DOC) as f:
         text = f.read()
     assert _doc_table(text) == render_table(), "docs/bad_inputs.md is out of date: run python tests/test_bad_inputs.py --write"
+    with open(RELIABILITY) as f:
+        text = f.read()
+    assert all(pattern.search(text) for pattern in _COUNTS)
+    assert _counted(text) == text, "docs/reliability.md's counts are out of date: run python tests/test_bad_inputs.py --write"
 
 
 if __name__ == "__main__":
@@ -1194,6 +1210,10 @@ if __name__ == "__main__":
         start, stop = text.index(BEGIN) + len(BEGIN), text.index(END)
         with open(DOC, "w") as f:
             f.write(text[:start] + "\n" + render_table() + "\n" + text[stop:])
-        print(f"wrote {len(CASES)} cases to {os.path.normpath(DOC)}")
+        with open(RELIABILITY) as f:
+            text = f.read()
+        with open(RELIABILITY, "w") as f:
+            f.write(_counted(text))
+        print(f"wrote {len(CASES)} cases to {os.path.normpath(DOC)} and their counts to {os.path.normpath(RELIABILITY)}")
     else:
         print(render_table())
