@@ -226,7 +226,9 @@ def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, ext
 
     os.makedirs(directory, exist_ok=True)
     _refuse_a_foreign_index(directory)
-    data = st_save(tensors, metadata={"format": FORMAT, "fastconv_version": __version__})
+    # One metadata key: safetensors keeps them in a Rust HashMap, whose order changes from save to save,
+    # so two keys gave the same weights two files (and two sha256s) by chance. The version is in the JSON.
+    data = st_save(tensors, metadata={"format": FORMAT})
     weights = f"weights-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.safetensors"
     info["weights"] = {"file": weights, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     info["index_sha256"] = _index_digest(info)
