@@ -172,10 +172,19 @@ def _check_resumed_run(out, example, epochs):
     except (TypeError, KeyError):
         return  # (fit says what is wrong with it)
     epochs = example.DEFAULTS.get("epochs") if epochs is None else epochs
-    if isinstance(state, dict) and isinstance(state.get("epoch"), int) and epochs is not None \
-            and state["epoch"] > epochs:
+    if not (isinstance(state, dict) and isinstance(state.get("epoch"), int) and epochs is not None):
+        return
+    if state["epoch"] > epochs:
         raise ValueError(f"{out} holds a run that has trained {state['epoch']} epochs, more than --epochs {epochs}: "
                          f"--resume has nothing to train; give --epochs above {state['epoch']} to train it further")
+    # Not refused: a run killed after its training, before its report, is finished this way.
+    history = info["extra"]["fit"].get("history")
+    if isinstance(history, dict) and history.get("stopped_early") is True:
+        print(f"--resume: the run in {out} stopped early at epoch {state['epoch']} (no improvement within its "
+              "patience): nothing more to train; its best checkpoint is evaluated", file=sys.stderr)
+    elif state["epoch"] == epochs:
+        print(f"--resume: the run in {out} has trained all {epochs} epochs: nothing more to train (give --epochs "
+              "above it to train further); its best checkpoint is evaluated", file=sys.stderr)
 
 
 def _check_resumed_data(out, data):
@@ -219,11 +228,15 @@ def _train(args) -> int:
     from .runs import RUN_FILES, earlier_run_files
 
     if args.resume and not resumable:
-        raise ValueError(f"example {args.example!r} cannot resume (its run() takes no resume)")
+        raise ValueError(f"example {args.example!r} cannot resume: it starts afresh each time (give --overwrite or "
+                         "another --out)")
     can_resume = resumable and os.path.exists(os.path.join(out, "last", INDEX))
     if not (args.overwrite or (args.resume and can_resume)):  # (--resume without a last/ would start afresh)
         ways = "--resume continues it, --overwrite replaces it" if can_resume else "--overwrite replaces it"
         _keep_earlier_run(out, RUN_FILES, ways)
+    if args.resume and not can_resume:
+        # (a mistyped --out trained from scratch without a word; a run that always passes --resume still starts)
+        print(f"--resume: {out} holds no run to continue (no last/): starting a new one", file=sys.stderr)
     options = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "subset") if getattr(args, k) is not None}
     if args.overwrite and "overwrite" in inspect.signature(example.run).parameters:  # (fit refuses such an out too)
         options["overwrite"] = True

@@ -234,6 +234,25 @@ def test_resume_refuses_another_examples_run_and_fewer_epochs_than_trained(capsy
     assert code == 1 and "has trained 2 epochs, more than --epochs 1: --resume has nothing to train" in err
 
 
+def test_resume_says_when_there_is_nothing_to_continue_or_nothing_to_train(capsys, tmp_path, monkeypatch):
+    # A mistyped --out started a new run, and a run that had stopped early or trained all its epochs was
+    # "resumed" in 0.0 s, without a word. Neither is refused: a script may always pass --resume, and a run
+    # killed after its training, before its report, is finished this way.
+    out = str(tmp_path / "run")
+    code, _, err = run_cli(["train", "neuron", "--epochs", "2", "--out", out, "--resume", "--quiet"], capsys)
+    assert code == 0 and f"--resume: {out} holds no run to continue (no last/): starting a new one" in err
+    code, _, err = run_cli(["train", "neuron", "--epochs", "2", "--out", out, "--resume", "--quiet"], capsys)
+    assert code == 0 and f"--resume: the run in {out} has trained all 2 epochs: nothing more to train" in err
+    code, _, err = run_cli(["train", "neuron", "--epochs", "3", "--out", out, "--resume", "--quiet"], capsys)
+    assert code == 0 and "--resume:" not in err
+    stopped = {"extra": {"fit": {"state": {"epoch": 3}, "history": {"stopped_early": True}}}}
+    monkeypatch.setattr(cli, "_resumed_record", lambda out: (None, stopped))
+    monkeypatch.setattr(cli.load_example("neuron"), "run", lambda *, resume=False, **kwargs: {})
+    code, _, err = run_cli(["train", "neuron", "--epochs", "9", "--out", out, "--resume", "--quiet"], capsys)
+    assert code == 0 and f"--resume: the run in {out} stopped early at epoch 3 (no improvement within its " \
+                         "patience): nothing more to train" in err
+
+
 def test_evaluate_of_a_record_naming_an_unknown_example(capsys, tmp_path):
     checkpoint.save(tmp_path / "ckpt", nn.Sequential(nn.Linear(2, 1)), epoch=0,
                     extra={"run": {"example": "gone", "data": {}}})
@@ -293,7 +312,7 @@ def test_an_earlier_run_refused_for_an_example_that_cannot_resume_offers_no_resu
     assert code == 1 and f"{tmp_path} holds an earlier run (best): --overwrite replaces it, or give another --out" in err
     assert "--resume" not in err
     code, _, err = run_cli(["train", "search", "--out", str(tmp_path), "--quiet", "--resume"], capsys)
-    assert code == 1 and "example 'search' cannot resume" in err  # (not the earlier run's refusal)
+    assert code == 1 and "example 'search' cannot resume: it starts afresh each time (give --overwrite" in err
 
 
 @pytest.mark.parametrize("name", ["report.json", "history.json", "loss.png", "fit.png", "run.json"])

@@ -2,7 +2,9 @@
 runs on emu; predict; search ranks settings and keeps the best model."""
 import json
 import os
+import re
 import shutil
+import time
 import warnings
 
 import numpy as np
@@ -831,6 +833,27 @@ def test_auc_of_several_classes_refuses_labels_that_are_not_its_classes(labels, 
         train._evaluation._auc(np.array(labels), scores)
     assert train._evaluation._auc(np.array([0, 1, 2, 1]), scores) == pytest.approx(np.mean(
         [metrics.auc(np.array([0, 1, 2, 1]) == c, scores[:, c]) for c in range(3)]), abs=1e-15)
+
+
+def test_the_progress_bars_clock_leaves_out_the_first_step(capfd):
+    # A first run compiles the kernels in its first step (a minute): the bar showed 1/600 at 67 s/batch and
+    # an ETA of 11 hours. That step's time is left out of the bar's clock, so rate and ETA are the steps'.
+    class SlowFirstStep(optim.SGD):
+        slept = False
+
+        def step(self):
+            if not self.slept:
+                time.sleep(3.0)
+                self.slept = True
+            super().step()
+
+    model = mlp()
+    train.fit(model, losses.CrossEntropyLoss(), SlowFirstStep(model.parameters(), lr=0.1), blobs(64), blobs(32, seed=1),
+              epochs=2, batch_size=16, progress=True)
+    last = capfd.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    elapsed = re.search(r"8/8 \[(\d+):(\d+)<", last)
+    assert elapsed, last
+    assert int(elapsed[1]) * 60 + int(elapsed[2]) < 3, last  # (with the first step: 00:03 at least)
 
 
 def test_checkpoint_epoch_is_the_history_epoch_with_eval_every(tmp_path):

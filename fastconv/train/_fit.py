@@ -234,6 +234,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     total_steps = epochs * batches_per_epoch
     bar = _progress_bar(total_steps, progress, min(s["step"], total_steps))
     shown_every = max(1, batches_per_epoch // 20)
+    first_step = True
     model.train()
     notice.start()
     try:
@@ -260,6 +261,9 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
                 s["step"] += 1
                 window_examples += len(rows)
                 if bar is not None:
+                    if first_step:  # its time (a first run's compile: a minute) left out of the rate and ETA,
+                        bar.unpause()  # which had been 11 hours at 1/600 steps
+                        first_step = False
                     bar.update(1)
                     if s["step"] % shown_every == 0:
                         now = time.perf_counter()
