@@ -300,7 +300,7 @@ def _evaluate(args) -> int:
 
 
 def _search(args) -> int:
-    from .runs import earlier_run_files
+    from .runs import RUN_FILES, earlier_run_files
     from .train._search import _keep_earlier_search
 
     example = load_example("search")
@@ -308,7 +308,12 @@ def _search(args) -> int:
     grid = {k: getattr(args, k) for k in ("lrs", "widths", "batch_sizes") if getattr(args, k) is not None}
     with _flags_in_messages():
         if not args.overwrite:  # now: train.search refuses it only after loading the data and printing the header
-            _keep_earlier_search(out)
+            # An earlier search's out is refused as such; any other run's files too (the search example writes
+            # report.json, run.json and roc.png beside train.search's best/ and tables: a training run's were
+            # replaced unasked, or refused as "an earlier search")
+            if any(os.path.exists(os.path.join(out, name)) for name in ("search.csv", "search.json", "trial")):
+                _keep_earlier_search(out)
+            _keep_earlier_run(out, RUN_FILES, "--overwrite replaces it")
         earlier = earlier_run_files(out) if args.overwrite else {}
         with _use_backend(args.backend):
             result = example.run(out=out, seed=args.seed, epochs=args.epochs, progress=not args.quiet,

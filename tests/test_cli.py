@@ -304,6 +304,16 @@ def test_search_refuses_an_out_holding_a_trial_directory_and_keeps_it(capsys, tm
     assert (tmp_path / "trial" / "mine.txt").read_text() == "a user's file"
 
 
+@pytest.mark.parametrize("name", ["last", "report.json", "run.json", "roc.png", "history.json"])
+def test_search_refuses_an_out_holding_a_training_runs_files(capsys, tmp_path, name):
+    # The search example writes report.json, run.json and roc.png beside train.search's files: a training
+    # run's were replaced unasked (fastconv search checked only best/, the tables and trial/).
+    (tmp_path / name).mkdir() if "." not in name else (tmp_path / name).write_text("kept")
+    code, _, err = run_cli(["search", "--out", str(tmp_path), "--quiet", "--epochs", "1"], capsys)
+    assert code == 1 and f"holds an earlier run ({name}): --overwrite replaces it, or give another --out" in err
+    assert sorted(os.listdir(tmp_path)) == [name]
+
+
 def test_an_earlier_run_refused_for_an_example_that_cannot_resume_offers_no_resume(capsys, tmp_path):
     # `fastconv train search` into an earlier search's --out said "--resume continues it", and --resume then
     # said "example 'search' cannot resume".

@@ -400,8 +400,8 @@ def test_ctrl_c_while_a_search_saves_a_trial_keeps_best_and_table_in_agreement(t
         signal_module.signal(signal_module.SIGINT, inherited)
     assert len(saves) == 2
     table = json.loads((tmp_path / "search.json").read_text())
-    assert sorted(r["trial"] for r in table) == [0, 1]
-    assert checkpoint.read_info(tmp_path / "best")["extra"]["trial"] == table[0]["trial"] == 1
+    assert sorted(r["trial"] for r in table) == [1, 2]  # (numbered from 1, as the lines printed: trial 1/3)
+    assert checkpoint.read_info(tmp_path / "best")["extra"]["trial"] == table[0]["trial"] == 2
 
 
 @pytest.mark.skipif(not hasattr(KeyboardInterrupt(), "add_note"), reason="exception notes: Python 3.11+")
@@ -570,6 +570,12 @@ def test_search_ranks_settings_and_keeps_the_best(tmp_path, capsys):
     assert csv_lines[0].startswith("rank,trial,lr,width,best_metric") and len(csv_lines) == 5
     assert len(json.loads((tmp_path / "search.json").read_text())) == 4
     assert not os.path.exists(tmp_path / "trial")
+    # The lines printed and the table number the trials alike (the table had counted from 0), and the lines
+    # round the metric as a table would (it was printed with all 17 digits).
+    printed = re.findall(r"^trial (\d)/4 .*: best accuracy (\S+) at epoch", capsys.readouterr().out, re.M)
+    assert [int(t) for t, _ in printed] == [1, 2, 3, 4] == sorted(r["trial"] for r in result.table)
+    by_trial = {r["trial"]: r["best_metric"] for r in result.table}
+    assert all(value == f"{by_trial[int(t)]:.6g}" for t, value in printed)
 
     rnd = train.search(build, {"lr": lambda rng: float(10 ** rng.uniform(-2, -0.5)), "width": [4, 8]}, (x, y), val,
                        method="random", n_trials=2, out_dir=tmp_path / "rnd", epochs=1, batch_size=16, verbose=False)

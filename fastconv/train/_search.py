@@ -47,7 +47,8 @@ def _search_interrupted(finished, settings, out_dir):
 
 
 class SearchResult:
-    """table: one row per trial, best first (settings, best_metric, best_epoch, epochs_run, time_s);
+    """table: one row per trial, best first (rank, trial: the setting's number 1 .. n in the order tried, as
+    the lines printed say; settings, best_metric, best_epoch, epochs_run, time_s);
     best: the best row; best_checkpoint: the directory of its saved model."""
 
     def __init__(self, table, metric, mode, best_checkpoint):
@@ -271,7 +272,7 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
     os.makedirs(out_dir, exist_ok=True)
     rows, best_value = [], None
     try:  # out_dir/trial goes on the way out, an interrupt (Ctrl-C) included; best/ and the table stay
-        for trial, setting in enumerate(settings):
+        for trial, setting in enumerate(settings, start=1):
             built = build(dict(setting))
             if not isinstance(built, tuple) or len(built) not in (3, 4):
                 raise TypeError("build(settings) must return (model, loss_fn, optimizer) or "
@@ -307,8 +308,9 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
                     _remove(best_dir)
                 _write_table(out_dir, _ranked(rows, mode), list(space))  # after every trial: an interrupt keeps them
             if verbose:
-                print(f"trial {trial + 1}/{len(settings)} {setting}: best {name} {history.best_metric} "
-                      f"at epoch {history.best_epoch} ({row['time_s']:.1f} s)")
+                best = "none" if history.best_metric is None else f"{history.best_metric:.6g}"  # (None: never finite)
+                print(f"trial {trial}/{len(settings)} {setting}: best {name} {best} at epoch {history.best_epoch} "
+                      f"({row['time_s']:.1f} s)")
             del model, optimizer, built
             _backend.empty_cache()  # the next setting's shapes differ: the buffers kept for these would idle
     except KeyboardInterrupt as exc:
