@@ -35,9 +35,14 @@ def _cpu_code() -> str:
         from ._cpu import _vecmath, conv
     except (ImportError, RuntimeError) as exc:  # backends: above already says why; this must not hide it
         return f"n/a (the cpu backend does not load: {exc})"
-    if not _vecmath.SIMD:
-        return ("portable Numba loops (neither AVX-512F nor AVX2 with FMA on this host, or FASTCONV_SIMD=0, or "
-                "NUMBA_CPU_NAME / NUMBA_CPU_FEATURES without them)")
+    if not _vecmath.SIMD:  # (the reason that holds, not the list of those that could)
+        if _vecmath._target_isa() is not None:  # (the host or NUMBA_CPU_FEATURES has them: switched off)
+            why = "FASTCONV_SIMD=0" if os.environ.get("FASTCONV_SIMD", "").strip() == "0" else "FASTCONV_AVX512=0"
+        elif os.environ.get("NUMBA_CPU_NAME") not in (None, "", "host") or "NUMBA_CPU_FEATURES" in os.environ:
+            why = "NUMBA_CPU_NAME / NUMBA_CPU_FEATURES name no AVX-512F, nor AVX2 with FMA"
+        else:
+            why = "this host has neither AVX-512F nor AVX2 with FMA"
+        return f"portable Numba loops ({why})"
     winograd = ("3x3 convolutions of >= 16 channels by Winograd (forward F(4x4, 3x3) where its tiles fit the output, "
                 "else F(2x2, 3x3)) unless a layer says algorithm='direct'" if conv.WINOGRAD
                 else "every convolution direct (FASTCONV_WINOGRAD=0)")

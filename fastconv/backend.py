@@ -66,7 +66,10 @@ def _resolve(requested: str) -> tuple[str, str]:
 
 def _default() -> tuple[str, str]:
     if not _global:
-        requested = _check_name(os.environ.get("FASTCONV_BACKEND", "auto") or "auto")
+        try:
+            requested = _check_name(os.environ.get("FASTCONV_BACKEND", "auto") or "auto")
+        except ValueError as exc:  # (it named no variable: the user had passed no backend)
+            raise ValueError(f"FASTCONV_BACKEND: {exc}") from None
         name, why = _resolve(requested)
         if requested != "auto":
             why = f"FASTCONV_BACKEND={requested}"
