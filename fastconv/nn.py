@@ -8,11 +8,12 @@ Each layer caches what its backward needs during forward (the input, the output,
 backward() uses the cache of the most recent forward. It keeps references, not copies: change a
 layer's input, or the output it returned, in place before backward() (`out -= 0.5`) and the
 gradients are computed from the changed values, silently (torch raises: its tensors count their
-versions; NumPy arrays do not). Change a copy instead (`out = out - 0.5`). Parameters live on the current backend's
-device (fastconv.backend.current().xp: NumPy or CuPy). Initialization is PyTorch's default,
-U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, drawn from a NumPy Generator on the host:
-`seed=` on a layer, or the module-level generator set by `manual_seed(s)` (seed 0 at import), so the
-same seed gives the same weights on every backend.
+versions; NumPy arrays do not). Change a copy instead (`out = out - 0.5`).
+
+Parameters live on the current backend's device (fastconv.backend.current().xp: NumPy or CuPy).
+Initialization is PyTorch's default, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases,
+drawn from a NumPy Generator on the host: `seed=` on a layer, or the module-level generator set by
+`manual_seed(s)` (seed 0 at import), so the same seed gives the same weights on every backend.
 
 `model.config()` is a JSON-able description of the architecture; `from_config(cfg)` rebuilds it.
 """
