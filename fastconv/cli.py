@@ -179,7 +179,9 @@ def _check_resumed_run(out, example, epochs):
                          f"--resume has nothing to train; give --epochs above {state['epoch']} to train it further")
     # Not refused: a run killed after its training, before its report, is finished this way.
     history = info["extra"]["fit"].get("history")
-    if isinstance(history, dict) and history.get("stopped_early") is True:
+    # (a run with an example's record: fit warns itself where this call's patience differs, which a command
+    # cannot make it; without a record, as a hand-made example's, fit's warning is the one word)
+    if record is not None and isinstance(history, dict) and history.get("stopped_early") is True:
         print(f"--resume: the run in {out} stopped early at epoch {state['epoch']} (no improvement within its "
               "patience): nothing more to train; its best checkpoint is evaluated", file=sys.stderr)
     elif state["epoch"] == epochs:

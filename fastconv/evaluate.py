@@ -13,6 +13,8 @@ The numbers come from fastconv.metrics; this module only chooses what to report 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import numbers
 import warnings
 
@@ -292,4 +294,22 @@ def jsonable(obj):
         return int(obj)
     if isinstance(obj, numbers.Real):
         return float(obj)
+    return obj
+
+
+def json_text(obj) -> str:
+    """obj (made jsonable) as strict JSON (RFC 8259), which jq, JavaScript and other strict parsers read
+    (Python's json writes NaN and Infinity, which they refuse): a number that is not finite (a diverged
+    evaluation's NaN, the AUC of a class absent from the test set) is null. fastconv's output files
+    (history.json, report.json, run.json, search.json) hold this."""
+    return json.dumps(_finite_or_null(jsonable(obj)), indent=1, allow_nan=False)
+
+
+def _finite_or_null(obj):
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_null(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
     return obj

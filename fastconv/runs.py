@@ -11,6 +11,9 @@
     DIR/report.json    the test report (fastconv.evaluate) of the best checkpoint
     DIR/*.png          loss curves; ROC with the operating points (binary); confusion matrix (digits)
 
+The .json files are strict JSON (evaluate.json_text): a number that is not finite (a diverged
+evaluation's loss, the AUC of a class absent from the test set) is null, as jq and JavaScript need.
+
 `fastconv evaluate DIR/best` reloads the checkpoint, finds the example and its data in the
 record, and prints the same report from the same code path (evaluate_checkpoint), so its numbers
 equal those printed at the end of training.
@@ -41,7 +44,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import checkpoint as _checkpoint
-from .evaluate import format_report, history_dict, jsonable
+from .evaluate import format_report, history_dict, json_text, jsonable
 from .plots import plot_history
 
 __all__ = ["settings", "run_record", "data_fingerprint", "take_subset", "check_subset", "describe", "finish",
@@ -188,11 +191,9 @@ def _layer_names(model):
 
 
 def save_json(obj, path) -> str:
-    """Writes JSON atomically (temp file, then rename)."""
+    """Writes obj as strict JSON (evaluate.json_text: NaN and inf as null), whole or not at all."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(jsonable(obj), indent=1, allow_nan=True))
-    os.replace(tmp, path)
+    _checkpoint._write_atomically(str(path.parent), path.name, json_text(obj).encode())
     return str(path)
 
 

@@ -246,7 +246,7 @@ def test_resume_says_when_there_is_nothing_to_continue_or_nothing_to_train(capsy
     code, _, err = run_cli(["train", "neuron", "--epochs", "3", "--out", out, "--resume", "--quiet"], capsys)
     assert code == 0 and "--resume:" not in err
     stopped = {"extra": {"fit": {"state": {"epoch": 3}, "history": {"stopped_early": True}}}}
-    monkeypatch.setattr(cli, "_resumed_record", lambda out: (None, stopped))
+    monkeypatch.setattr(cli, "_resumed_record", lambda out: ({"example": "neuron"}, stopped))
     monkeypatch.setattr(cli.load_example("neuron"), "run", lambda *, resume=False, **kwargs: {})
     code, _, err = run_cli(["train", "neuron", "--epochs", "9", "--out", out, "--resume", "--quiet"], capsys)
     assert code == 0 and f"--resume: the run in {out} stopped early at epoch 3 (no improvement within its " \

@@ -12,7 +12,7 @@ import pytest
 
 import fastconv
 from fastconv import checkpoint, cli, ops, runs
-from fastconv.evaluate import jsonable
+from fastconv.evaluate import json_text
 from helpers import strip_run_record
 
 # The examples need the loss, conv, pool and optimizer ops (each merged from its own branch).
@@ -41,8 +41,19 @@ def assert_valid_png(path):
 
 
 def same_report(a, b):
-    """Equal as written to report.json (NaN, e.g. the precision of a class never predicted, equals NaN)."""
-    return json.dumps(jsonable(a), sort_keys=True) == json.dumps(jsonable(b), sort_keys=True)
+    """Equal as written to report.json (strict JSON: NaN, e.g. the precision of a class never predicted, is
+    null there, and equals NaN)."""
+    return json.loads(json_text(a)) == json.loads(json_text(b))
+
+
+def test_output_files_are_strict_json(tmp_path):
+    # Python's json wrote NaN and Infinity, which jq, JavaScript and other strict parsers refuse.
+    report = {"auc": float("nan"), "per_class": [{"precision": np.float32("inf")}, {"precision": -np.inf}],
+              "n": np.int64(3), "ok": np.array([0.5, np.nan])}
+    path = runs.save_json(report, tmp_path / "report.json")
+    saved = json.loads(Path(path).read_text(), parse_constant=lambda token: pytest.fail(token))
+    assert saved == {"auc": None, "per_class": [{"precision": None}, {"precision": None}], "n": 3, "ok": [0.5, None]}
+    assert os.listdir(tmp_path) == ["report.json"]
 
 
 def train(name, out, *options, backend="cpu"):

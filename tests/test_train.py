@@ -803,6 +803,10 @@ def test_diverged_evaluations_score_nan_and_are_never_the_best(tmp_path, metric)
     assert all(np.isnan(v) for v in history.column("val_metric")) and history.best_index is None
     assert not (tmp_path / "best").exists() and (tmp_path / "last").exists()
     assert np.isnan(train.evaluate(model, losses.CrossEntropyLoss(), (xv, yv), 64, train._evaluation._accuracy)[1])
+    # history.json is strict JSON (jq and JavaScript refuse Python's NaN token): NaN is null there.
+    history.to_json(tmp_path / "history.json")
+    saved = json.loads((tmp_path / "history.json").read_text(), parse_constant=lambda token: pytest.fail(token))
+    assert [r["val_metric"] for r in saved["records"]] == [None, None] and saved["best_metric"] is None
     # Called directly, the thresholding of one-column (sigmoid) scores rejects NaN as the metrics do.
     with pytest.raises(ValueError, match="NaN or inf"):
         train._evaluation._accuracy(np.array([[0], [1]]), np.array([[np.nan], [0.9]]))

@@ -1,8 +1,8 @@
 """History: fit's record of its evaluations."""
-import json
 import os
 
 from .. import checkpoint as _checkpoint
+from ..evaluate import json_text
 
 
 class History:
@@ -56,9 +56,10 @@ class History:
     def to_json(self, path):
         """Writes to_dict() to path, whole or not at all (a temp file, then a rename: _write_atomically).
         json.dump straight into the file wrote it as it went, so a value JSON cannot hold (or an
-        interrupt) left an earlier run's history.json half overwritten."""
+        interrupt) left an earlier run's history.json half overwritten. Strict JSON: a diverged
+        evaluation's NaN is null there (evaluate.json_text), as strict parsers (jq, JavaScript) need."""
         directory, name = os.path.split(os.path.abspath(os.fspath(path)))
-        _checkpoint._write_atomically(directory, name, json.dumps(self.to_dict(), indent=1).encode())
+        _checkpoint._write_atomically(directory, name, json_text(self.to_dict()).encode())
 
     def __repr__(self):
         return (f"History({len(self)} evaluations, best {self.metric}={self.best_metric} at epoch "
