@@ -25,6 +25,7 @@ stays); processes saving to the same directory at once are not supported.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import numbers
@@ -186,6 +187,37 @@ def _metric_value(metric):
     raise TypeError(f"checkpoint.save: metric must be a number or None, got {metric!r:.60}")
 
 
+def _refuse_a_config_that_does_not_fit(model, config, who="checkpoint.save"):
+    """ValueError where the model its config rebuilds has other parameter shapes or dtypes than `model`
+    (a layer replaced after the model was built, its _args() still the old one's): such a checkpoint was
+    written, and failed only at load. A config that cannot be rebuilt here (an unregistered layer) is
+    let through: load says so, and load_into needs no config."""
+    layout = tuple((name, tuple(int(n) for n in a.shape), str(a.dtype)) for name, a in model.state_dict().items())
+    registry = tuple(sorted((name, id(cls)) for name, cls in nn._REGISTRY.items()))  # (what rebuilds it)
+    misfit = _config_misfit(json.dumps(config, sort_keys=True), layout, registry)
+    if misfit:
+        raise ValueError(f"{who}: model.config() does not describe this model: {misfit}; a checkpoint of it would "
+                         "not load (a layer replaced after the model was built? the module's _args() must give "
+                         "what rebuilds it as it is now)")
+
+
+@functools.lru_cache(maxsize=64)  # (a check per model layout, not per save: it builds the model again)
+def _config_misfit(config_text, layout, registry):
+    try:
+        with nn._no_init():
+            rebuilt = dict(nn.from_config(json.loads(config_text)).named_parameters())
+    except Exception:  # noqa: BLE001 (a layer's own constructor may raise anything; not ours to judge here)
+        return None
+    for name, shape, dtype in layout:
+        if name not in rebuilt:
+            return f"its parameter {name} is not in the model the config rebuilds"
+        p = rebuilt[name]
+        if (tuple(p.shape), str(p.dtype)) != (shape, dtype):
+            return (f"its parameter {name} is {shape} {dtype}, but {tuple(p.shape)} {p.dtype} in the model the "
+                    "config rebuilds")
+    return None
+
+
 def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, extra=None) -> str:
     """Writes the checkpoint directory `path` (created if needed); returns the JSON's path.
 
@@ -223,6 +255,7 @@ def save(path, model, *, optimizer=None, scheduler=None, epoch, metric=None, ext
             raise ValueError(f"checkpoint.save: the model's state names {clash[:3]} are also the names the optimizer's "
                              f"state is saved under ({OPTIM_PREFIX}<parameter index>.<buffer>): rename that submodule")
         tensors.update(optim_arrays)
+    _refuse_a_config_that_does_not_fit(model, info["config"])
 
     os.makedirs(directory, exist_ok=True)
     _refuse_a_foreign_index(directory)

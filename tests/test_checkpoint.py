@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from fastconv import checkpoint, nn, ops, optim
+from fastconv import checkpoint, losses, nn, ops, optim, train
 from fastconv.checkpoint import CheckpointError
 from helpers import on, to_numpy
 
@@ -40,6 +40,47 @@ def test_save_load_gives_identical_outputs(backend, tmp_path):
     from safetensors.numpy import load_file
     tensors = load_file(str(tmp_path / "best" / info["weights"]["file"]))
     np.testing.assert_array_equal(tensors["3.weight"], to_numpy(model[3].weight.data))
+
+
+def test_a_model_whose_config_no_longer_describes_it_is_refused_before_writing(tmp_path):
+    # A registered custom model whose head was replaced after construction (fine-tuning) saved fine and then
+    # never loaded ("the weights do not fit its own config"); fit's best/ and last/ likewise.
+    @nn.register
+    class HeadNet(nn.Module):
+        def __init__(self, classes=3):
+            self.body, self.head = nn.Linear(4, 6, seed=0), nn.Linear(6, classes, seed=1)
+
+        def _args(self):
+            return {"classes": self.head.weight.data.shape[0]}  # (what rebuilds it as it is now)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+        def backward(self, dy):
+            return self.body.backward(self.head.backward(dy))
+
+    class StaleHeadNet(HeadNet):
+        def _args(self):
+            return {"classes": 3}  # (the class count it was built with, whatever the head is now)
+
+    nn.register(StaleHeadNet)
+    stale = StaleHeadNet()
+    checkpoint.save(tmp_path / "ok", stale, epoch=0)
+    stale.head = nn.Linear(6, 2, seed=2)
+    with pytest.raises(ValueError, match=r"checkpoint.save: model.config\(\) does not describe this model: its parameter "
+                                         r"head.weight is \(2, 6\) float32, but \(3, 6\) float32 in the model the "
+                                         r"config rebuilds; a checkpoint of it would not load"):
+        checkpoint.save(tmp_path / "stale", stale, epoch=0)
+    assert not (tmp_path / "stale").exists()
+    with pytest.raises(ValueError, match=r"^fit: checkpoint_dir: model.config\(\) does not describe this model"):
+        train.fit(stale, losses.CrossEntropyLoss(), optim.SGD(stale.parameters(), lr=0.1),
+                  (np.zeros((4, 4), np.float32), np.zeros(4, np.int64)), epochs=1, batch_size=2,
+                  checkpoint_dir=tmp_path / "fit", progress=False)
+    fresh = HeadNet()  # a config that follows the head: saved, and loads
+    fresh.head = nn.Linear(6, 2, seed=2)
+    checkpoint.save(tmp_path / "fresh", fresh, epoch=0)
+    loaded, _ = checkpoint.load(tmp_path / "fresh")
+    assert loaded.head.weight.data.shape == (2, 6)
 
 
 def test_the_same_model_saves_the_same_weights_file(tmp_path):

@@ -866,6 +866,56 @@ def test_the_progress_bars_clock_leaves_out_the_first_step(capfd):
     assert int(elapsed[1]) * 60 + int(elapsed[2]) < 3, last  # (with the first step: 00:03 at least)
 
 
+def test_an_optimizer_of_another_model_is_refused(tmp_path):
+    # A notebook cell that rebuilt the model and not its optimizer: fit stepped parameters that never got a
+    # gradient and trained nothing, silently (val_loss the same at every evaluation).
+    x, y = blobs(32)
+    model, other = mlp(seed=0), mlp(seed=0)
+    before = [p.data.copy() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"fit: 4 of the optimizer's 4 parameters \(the first: optimizer.params\[0\], "
+                                         r"shape \(8, 4\)\) are not the model's: it was made for another model"):
+        train.fit(model, losses.CrossEntropyLoss(), optim.Adam(other.parameters()), (x, y), epochs=1, batch_size=8,
+                  progress=False)
+    assert all(np.array_equal(b, p.data) for b, p in zip(before, model.parameters()))
+    # Some of the model's parameters only (the head, as in torch): the others stay as they are.
+    train.fit(model, losses.CrossEntropyLoss(), optim.SGD(model[2].parameters(), lr=0.5), (x, y), epochs=1,
+              batch_size=8, progress=False)
+    assert np.array_equal(before[0], model[0].weight.data) and not np.array_equal(before[2], model[2].weight.data)
+
+
+def test_resume_refuses_a_scheduler_the_run_did_not_have_or_its_absence_and_warns_of_another_base_lr(tmp_path):
+    # Without its StepLR a resumed run went on at the lr the schedule had left, silently; a new Adam(lr=...)
+    # under a scheduler was replaced by the saved base_lr without a word.
+    x, y = blobs(32)
+
+    def run(epochs, lr=0.01, scheduled=True):
+        model = mlp()
+        opt = optim.Adam(model.parameters(), lr=lr)
+        return train.fit(model, losses.CrossEntropyLoss(), opt, (x, y), (x, y), epochs=epochs, batch_size=8,
+                         scheduler=optim.StepLR(opt, 3, 0.5) if scheduled else None, checkpoint_dir=tmp_path,
+                         resume=True, progress=False)
+
+    run(4)
+    with pytest.raises(train.ResumeError, match=r"was trained with a StepLR, this call gives none: its learning rate "
+                                                r"would go on another way; give the run's StepLR"):
+        run(8, scheduled=False)
+    with pytest.warns(RuntimeWarning, match=r"the scheduler's hyperparameters saved in .*: base_lr 0.01 \(not 0.5\)"):
+        history = run(8, lr=0.5)
+    assert [r["lr"] for r in history.records] == [0.01] * 3 + [0.005] * 3 + [0.0025] * 2
+    (tmp_path / "plain").mkdir()
+
+    def plain(epochs, scheduled):
+        model = mlp()
+        opt = optim.Adam(model.parameters(), lr=0.01)
+        return train.fit(model, losses.CrossEntropyLoss(), opt, (x, y), epochs=epochs, batch_size=8,
+                         scheduler=optim.StepLR(opt, 3, 0.5) if scheduled else None,
+                         checkpoint_dir=tmp_path / "plain", resume=True, progress=False)
+
+    plain(2, False)
+    with pytest.raises(train.ResumeError, match=r"was trained with no scheduler, this call gives a StepLR: .* give none"):
+        plain(4, True)
+
+
 def test_checkpoint_epoch_is_the_history_epoch_with_eval_every(tmp_path):
     # 7 batches per epoch, evaluations every 3 steps: most fall partway through an epoch.
     x, y = blobs(100, seed=0)

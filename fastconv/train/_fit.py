@@ -13,11 +13,17 @@ from .. import nn as _nn
 from . import _compile_ahead, _compile_notice
 from ._data import _check_loss, _check_model, _digest, _positive_int, _xy_pair
 from ._evaluation import _check_metric_labels, _class_weighted, _evaluate, _improved, _metric
-from ._fit_checks import (_check_checkpoint_extra, _check_describable, _check_resumable, _check_targets,
-                          _check_writable, _interrupted, _keep_best_without_last, _keep_earlier_run, _warn_diverged,
-                          _warn_final_evaluation_kept, _warn_frozen, _warn_replaced_hyperparameters)
+from ._fit_checks import (_check_checkpoint_extra, _check_describable, _check_optimizer_of, _check_resumable,
+                          _check_targets, _check_writable, _interrupted, _keep_best_without_last, _keep_earlier_run,
+                          _warn_diverged, _warn_final_evaluation_kept, _warn_frozen, _warn_replaced_hyperparameters)
 from ._history import History
 from ._words import _say
+
+
+def _schedule(scheduler):
+    """A scheduler's hyperparameters and the lr it starts from (base_lr: under a scheduler the optimizer's lr
+    is the schedule's, so a resume with another Adam(lr=...) would otherwise go unsaid)."""
+    return None if scheduler is None else {**scheduler.hyperparameters(), "base_lr": scheduler.base_lr}
 
 
 def _progress_bar(total, enabled, initial):
@@ -89,6 +95,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
         raise ValueError("fit: the scheduler was made for another optimizer than the one fit steps: it would "
                          "set that one's lr, and this one's would never change (make it with "
                          "StepLR(optimizer, ...) / CosineAnnealingLR(optimizer, ...) of this optimizer)")
+    _check_optimizer_of(model, optimizer)
     # The first forward: on a cold Numba cache, a helper process compiles the backward's kernels meanwhile.
     notice = _compile_notice.CompileNotice(progress)
     helper = _compile_ahead.helping(model, x_train, batch_size, predict_batch_size, len(val[0]) if val is not None else 0)
@@ -148,13 +155,13 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     history = History(name, mode)
     on_disk = {"step": None, "best": None}  # the step last/ holds, the evaluation best/ holds (an interrupt says)
     if resume and os.path.exists(os.path.join(last_dir, _checkpoint.INDEX)):
-        _check_resumable(last_dir, name, mode, batches, model)  # before load_into changes model and optimizer
+        _check_resumable(last_dir, name, mode, batches, model, scheduler)  # before load_into changes model and optimizer
         given = optimizer.hyperparameters()
-        given_schedule = scheduler.hyperparameters() if scheduler is not None else None
+        given_schedule = _schedule(scheduler)
         info = _checkpoint.load_into(last_dir, model, optimizer, scheduler)
         _warn_replaced_hyperparameters(last_dir, given, optimizer.hyperparameters(), scheduler is not None)
         if scheduler is not None:
-            _warn_replaced_hyperparameters(last_dir, given_schedule, scheduler.hyperparameters(), False, "scheduler")
+            _warn_replaced_hyperparameters(last_dir, given_schedule, _schedule(scheduler), False, "scheduler")
         saved = info["extra"]["fit"]
         s.update(saved["state"])
         rng.bit_generator.state = saved["rng"]

@@ -19,10 +19,11 @@ def _check_describable(model):
     """A checkpoint holds the model's architecture (model.config(), JSON): a model that cannot give it
     (a custom layer without _args()) is refused before training, not at the first save, an epoch in."""
     try:
-        _checkpoint._json_normal(model.config(), "model config")
+        config = _checkpoint._json_normal(model.config(), "model config")
     except (NotImplementedError, TypeError) as exc:
         raise type(exc)(f"fit: {_say('checkpoint_dir')} needs the model's architecture for its checkpoints "
                         f"(model.config()), which this model cannot give: {exc}") from None
+    _checkpoint._refuse_a_config_that_does_not_fit(model, config, who=f"fit: {_say('checkpoint_dir')}")
 
 
 def _check_checkpoint_extra(extra) -> dict:
@@ -38,6 +39,23 @@ def _check_checkpoint_extra(extra) -> dict:
         return _checkpoint._json_normal(extra, "extra")
     except TypeError as exc:
         raise TypeError(f"fit: checkpoint_extra: {exc}") from None
+
+
+def _check_optimizer_of(model, optimizer):
+    """ValueError when the optimizer steps a parameter the model does not hold: made for another model
+    (a notebook cell that rebuilt the model and not its optimizer), it stepped parameters that never got a
+    gradient, and fit trained nothing, silently. (An optimizer of some of the model's parameters is
+    fine: the others stay as they are, as in torch.)"""
+    params = getattr(optimizer, "params", None)
+    if not isinstance(params, list):
+        return  # (not one of fastconv's optimizers: fit steps it as given)
+    held = {id(p) for p in model.parameters()}
+    foreign = [i for i, p in enumerate(params) if id(p) not in held]
+    if foreign:
+        raise ValueError(f"fit: {len(foreign)} of the optimizer's {len(params)} parameters (the first: "
+                         f"optimizer.params[{foreign[0]}], shape {tuple(params[foreign[0]].data.shape)}) are not the "
+                         "model's: it was made for another model (one built again?), and its steps would change "
+                         "nothing fit trains; make it from this model: optim.Adam(model.parameters(), ...)")
 
 
 def _warn_frozen(model):
@@ -173,8 +191,9 @@ def _check_writable(directory):
     os.unlink(probe)
 
 
-def _check_resumable(last_dir, name, mode, batches, model):
-    """CheckpointError for a `last` that train.fit did not write; ResumeError for another metric, or
+def _check_resumable(last_dir, name, mode, batches, model, scheduler):
+    """CheckpointError for a `last` that train.fit did not write; ResumeError for another metric, a
+    scheduler where the run had none or none where it had one (the lr would go another way), or
     for another batch size or number of training rows (the saved position in the epoch's shuffled
     order would point elsewhere: rows skipped or repeated), other training data (by its digest), other
     validation data (the best so far was measured on the saved run's), or other parameters frozen
@@ -207,6 +226,15 @@ def _check_resumable(last_dir, name, mode, batches, model):
                    f"was evaluated on other validation data (other values, order or size) than {this_call}'s")
         raise ResumeError(f"resume: the run in {last_dir} {differs}: its best so far would be compared with "
                           f"evaluations of another kind; resume with the same val, or start afresh with "
+                          f"{_say('overwrite')}")
+    saved_scheduler = info.get("scheduler")
+    if (saved_scheduler is None) != (scheduler is None):  # (without: the lr stayed where the schedule had left it)
+        kind = saved_scheduler.get("type", "scheduler") if isinstance(saved_scheduler, dict) else "scheduler"
+        had, fix = ((f"a {kind}", f"give the run's {kind} (of this optimizer)") if saved_scheduler is not None
+                    else ("no scheduler", "give none"))
+        given = "none" if scheduler is None else f"a {type(scheduler).__name__}"
+        raise ResumeError(f"resume: the run in {last_dir} was trained with {had}, {_say('this call')} gives {given}: "
+                          f"its learning rate would go on another way; {fix} to continue it, or start afresh with "
                           f"{_say('overwrite')}")
     frozen = _checkpoint.frozen_names(model)
     if "frozen" in info and info["frozen"] != frozen:  # (checkpoints from before it was saved: not known)
