@@ -567,7 +567,7 @@ def test_search_ranks_settings_and_keeps_the_best(tmp_path, capsys):
     best, info = checkpoint.load(result.best_checkpoint)
     assert info["metric"] == result.best["best_metric"] and info["extra"]["settings"] == result.best_settings
     csv_lines = (tmp_path / "search.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("rank,trial,lr,width,best_metric") and len(csv_lines) == 5
+    assert csv_lines[0].startswith("rank,trial,lr,width,best_metric,best_val_loss") and len(csv_lines) == 5
     assert len(json.loads((tmp_path / "search.json").read_text())) == 4
     assert not os.path.exists(tmp_path / "trial")
     # The lines printed and the table number the trials alike (the table had counted from 0), and the lines
@@ -580,6 +580,31 @@ def test_search_ranks_settings_and_keeps_the_best(tmp_path, capsys):
     rnd = train.search(build, {"lr": lambda rng: float(10 ** rng.uniform(-2, -0.5)), "width": [4, 8]}, (x, y), val,
                        method="random", n_trials=2, out_dir=tmp_path / "rnd", epochs=1, batch_size=16, verbose=False)
     assert len(rnd.table) == 2 and all(0.01 <= r["settings"]["lr"] <= 10 ** -0.5 for r in rnd.table)
+
+
+def test_search_orders_equal_metrics_by_their_validation_loss_and_keeps_that_model(tmp_path):
+    # Many settings reach a validation accuracy (or AUC) of 1 on a small set: they were ranked in grid order,
+    # and best/ kept the first, whatever its loss; search.csv had no loss to tell them apart.
+    x, y = blobs(80, seed=6)
+    val = blobs(40, seed=6)
+
+    def build(settings):
+        model = nn.Sequential(nn.Linear(4, 8, seed=0), nn.ReLU(), nn.Linear(8, 3, seed=1))
+        return model, losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=settings["lr"])
+
+    result = train.search(build, {"lr": [0.05, 0.1, 0.2, 0.5]}, (x, y), val, out_dir=tmp_path, metric="accuracy",
+                          epochs=4, batch_size=16, verbose=False)
+    metrics_ranked = [r["best_metric"] for r in result.table]
+    assert len(set(metrics_ranked)) == 2 and metrics_ranked == sorted(metrics_ranked, reverse=True)  # two pairs tie
+    for tied in set(metrics_ranked):
+        losses_tied = [r["best_val_loss"] for r in result.table if r["best_metric"] == tied]
+        assert losses_tied == sorted(losses_tied) and len(set(losses_tied)) == 2
+    assert [r["trial"] for r in result.table] == [4, 3, 2, 1]  # (by loss within each tie: not the trial order)
+    losses_ranked = [r["best_val_loss"] for r in result.table]
+    kept = checkpoint.read_info(tmp_path / "best")["extra"]
+    assert kept["trial"] == result.best["trial"] and kept["settings"] == result.best_settings
+    saved = json.loads((tmp_path / "search.json").read_text())
+    assert [r["best_val_loss"] for r in saved] == losses_ranked
 
 
 def test_an_interrupted_search_keeps_the_table_of_the_trials_it_finished(tmp_path):

@@ -18,7 +18,7 @@ from .. import checkpoint as _checkpoint
 from ..ops import _check
 from .. import nn as _nn
 from ._data import _digest, _positive_int, _xy_pair
-from ._evaluation import _improved, _metric
+from ._evaluation import _metric
 from ._fit import fit
 from ._words import _say
 
@@ -48,7 +48,8 @@ def _search_interrupted(finished, settings, out_dir):
 
 class SearchResult:
     """table: one row per trial, best first (rank, trial: the setting's number 1 .. n in the order tried, as
-    the lines printed say; settings, best_metric, best_epoch, epochs_run, time_s);
+    the lines printed say; settings, best_metric, best_val_loss (the validation loss at that evaluation,
+    which orders equal metrics), best_epoch, epochs_run, time_s);
     best: the best row; best_checkpoint: the directory of its saved model."""
 
     def __init__(self, table, metric, mode, best_checkpoint):
@@ -126,16 +127,26 @@ def _plain(setting):
     return setting
 
 
+def _order(row, mode):
+    """A row's sort key, best first: its best metric, then, between equal ones (a validation AUC of 1 on a
+    small set is reached by many settings), the validation loss at that evaluation; then the trial order
+    (sorted is stable). A trial that never improved (best_metric None) goes last."""
+    metric, loss = row["best_metric"], row["best_val_loss"]
+    if metric is None or math.isnan(metric):
+        return (1, 0.0, 0.0)
+    return (0, metric if mode == "min" else -metric, math.inf if loss is None else loss)
+
+
 def _ranked(rows, mode):
-    """The rows best first, each given its rank; a trial that never improved (best_metric None) ranks
-    last; ties keep the trial order."""
-    worst = math.inf if mode == "min" else -math.inf
-    sign = 1 if mode == "min" else -1
-    ranked = sorted(rows, key=lambda r: sign * (worst if r["best_metric"] is None or math.isnan(r["best_metric"])
-                                                else r["best_metric"]))
+    """The rows best first (_order), each given its rank."""
+    ranked = sorted(rows, key=lambda r: _order(r, mode))
     for rank, r in enumerate(ranked, 1):
         r["rank"] = rank
     return ranked
+
+
+def _finite_or_none(value):
+    return value if value is not None and math.isfinite(value) else None
 
 
 @contextlib.contextmanager
@@ -166,12 +177,12 @@ def _write_table(out_dir, rows, keys):
     previous table whole."""
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(["rank", "trial", *keys, "best_metric", "best_epoch", "epochs_run", "time_s"])
+    writer.writerow(["rank", "trial", *keys, "best_metric", "best_val_loss", "best_epoch", "epochs_run", "time_s"])
     for r in rows:
         writer.writerow([r["rank"], r["trial"], *(r["settings"][k] for k in keys), r["best_metric"],
-                         r["best_epoch"], r["epochs_run"], round(r["time_s"], 3)])
+                         r["best_val_loss"], r["best_epoch"], r["epochs_run"], round(r["time_s"], 3)])
     # (strict JSON, which jq and JavaScript read: settings are finite, and a trial that never improved,
-    # a diverged one too, has best_metric None: _improved takes no NaN)
+    # a diverged one too, has best_metric None: fit's best is finite; best_val_loss likewise)
     _checkpoint._write_atomically(out_dir, "search.json", json.dumps(rows, indent=1, allow_nan=False).encode())
     _checkpoint._write_atomically(out_dir, "search.csv", text.getvalue().encode())
 
@@ -224,7 +235,8 @@ def _own_arguments(options, what):
 def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, out_dir, metric="loss", mode=None,
            overwrite=False, progress=False, verbose=True, **fit_kwargs):
     """Hyperparameter search: runs fit() once per setting and ranks the settings on the best validation
-    metric each reached.
+    metric each reached; equal ones (many settings reach a validation AUC of 1 on a small set) by the
+    validation loss at that evaluation, then in the order tried.
 
     build(settings) -> (model, loss_fn, optimizer) or (model, loss_fn, optimizer, fit_overrides):
         makes a fresh model and optimizer for one setting (a dict: name -> value).
@@ -270,7 +282,7 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
     # trial/'s checkpoints, which no search resumes: not the converted arrays a fit of a list trains on)
     digests = tuple(None if pair is None else _digest(*pair) for pair in checked)
     os.makedirs(out_dir, exist_ok=True)
-    rows, best_value = [], None
+    rows, best_row = [], None
     try:  # out_dir/trial goes on the way out, an interrupt (Ctrl-C) included; best/ and the table stay
         for trial, setting in enumerate(settings, start=1):
             built = build(dict(setting))
@@ -292,19 +304,20 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
             history = fit(model, loss_fn, optimizer, train, val, metric=metric, mode=mode, checkpoint_dir=work,
                           _digests=digests, **kwargs)
             row = {"trial": trial, "settings": setting, "best_metric": history.best_metric,
+                   "best_val_loss": _finite_or_none(history.best["val_loss"]) if history.best else None,
                    "best_epoch": history.best_epoch,
                    "epochs_run": history.records[-1]["epoch"] if history.records else 0,
                    "time_s": time.perf_counter() - t0}
             with _interrupts_deferred():  # best/ and the table agree on which trials finished
                 rows.append(row)
-                if _improved(history.best_metric, best_value, mode):
-                    best_value = history.best_metric
+                if history.best_metric is not None and (best_row is None or _order(row, mode) < _order(best_row, mode)):
+                    best_row = row
                     # Copy the trial's best checkpoint (atomically, through save) to out_dir/best.
                     trial_model, info = _checkpoint.load(os.path.join(work, "best"))
                     _checkpoint.save(best_dir, trial_model, epoch=info["epoch"], metric=info["metric"],
                                      extra={**_best_extra(kwargs.get("checkpoint_extra")), "settings": setting,
                                             "trial": trial})
-                if best_value is None:  # (overwrite=True: an earlier search's best/ does not go with this table)
+                if best_row is None:  # (overwrite=True: an earlier search's best/ does not go with this table)
                     _remove(best_dir)
                 _write_table(out_dir, _ranked(rows, mode), list(space))  # after every trial: an interrupt keeps them
             if verbose:
@@ -320,4 +333,4 @@ def search(build, space, train, val, *, method="grid", n_trials=None, seed=0, ou
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = _ranked(rows, mode)
-    return SearchResult(rows, name, mode, best_dir if best_value is not None else None)
+    return SearchResult(rows, name, mode, best_dir if best_row is not None else None)
