@@ -104,7 +104,9 @@ def _as_vector(x, name):
     if a.ndim == 2 and a.shape[1] == 1:
         a = a[:, 0]
     if a.ndim != 1:
-        raise ValueError(f"{name} must be 1-D (or an (N, 1) column), got shape {a.shape}")
+        hint = (f" (two columns of class probabilities? the positive class's is {name}[:, 1])"
+                if a.ndim == 2 and a.shape[1] == 2 and name.startswith("scores") else "")
+        raise ValueError(f"{name} must be 1-D (or an (N, 1) column), got shape {a.shape}{hint}")
     return a
 
 
@@ -489,6 +491,9 @@ def operating_point(y_true, scores, target_sensitivity=None, target_specificity=
         if target_specificity is None
         else ("specificity", target_specificity)
     )
+    if isinstance(target, numbers.Real) and not isinstance(target, bool) and 1 < target <= 100:
+        raise ValueError(f"target_{name} must be a fraction in [0, 1], got {target!r} (a percentage? "
+                         f"{target / 100:g} for {target:g}%)")
     target = _check.number(target, f"target_{name}", low=0.0, high=1.0)
 
     y, s = _labels_and_scores(y_true, scores)

@@ -395,7 +395,10 @@ def _check_input(layer, x, ndim, what, size=None, dim=1, dtype=None):
     except TypeError as exc:  # e.g. a torch tensor that requires grad: pass x.detach().numpy()
         raise TypeError(f"{layer!r}: {exc}") from None
     if len(shape) != ndim or (size is not None and shape[dim] != size):
-        raise ValueError(f"{layer!r}: expected input of shape {what}, got {tuple(shape)}")
+        hint = ""
+        if ndim == 4 and len(shape) == 4 and dim == 1 and shape[3] == size:  # (images as NumPy and PIL hold them)
+            hint = " (channels last? the layers take (N, C, H, W): x.transpose(0, 3, 1, 2))"
+        raise ValueError(f"{layer!r}: expected input of shape {what}, got {tuple(shape)}{hint}")
     if dtype is not None and x.dtype != dtype:
         raise TypeError(f"{layer!r}: input is {x.dtype} but the layer's parameters are {dtype}; "
                         f"cast the input ({_cast_advice(given, np.dtype(dtype).name)})")
@@ -853,6 +856,17 @@ class Sequential(Module):
     def __getitem__(self, index):
         layers = list(self)
         return Sequential(*layers[index]) if isinstance(index, slice) else layers[index]
+
+    def __setitem__(self, index, layer):
+        """model[i] = layer: a layer replaced in place (a new head for fine-tuning), as in torch."""
+        n = len(self)
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, numbers.Integral):
+            raise TypeError(f"Sequential: an index must be an int, got {type(index).__name__}")
+        if not -n <= index < n:
+            raise IndexError(f"Sequential: index {index} is out of range for {n} layers")
+        if not isinstance(layer, Module):
+            raise TypeError(f"Sequential: layer {index} would be a {type(layer).__name__}, not a fastconv.nn.Module")
+        self.__dict__["_modules"][str(index % n)] = layer
 
     def __len__(self):
         return len(self.__dict__.get("_modules", {}))

@@ -1064,6 +1064,8 @@ CASES = [
       TypeError, r"input must be an array on the backend's device, got list"),
     C("layer", "Conv2d(3, 4, 3)(x (2, 1, 8, 8))", lambda be, _: nn.Conv2d(3, 4, 3)(rand(be, (2, 1, 8, 8))),
       ValueError, r"Conv2d\(.*\): expected input of shape \(N, 3, H, W\), got \(2, 1, 8, 8\)"),
+    C("layer", "Conv2d(3, 4, 3)(x (2, 8, 8, 3): channels last)", lambda be, _: nn.Conv2d(3, 4, 3)(rand(be, (2, 8, 8, 3))),
+      ValueError, r"got \(2, 8, 8, 3\) \(channels last\? the layers take \(N, C, H, W\): x.transpose\(0, 3, 1, 2\)\)"),
     C("layer", "Conv2d(1, 4, 3)(x (1, 8, 8))", lambda be, _: nn.Conv2d(1, 4, 3)(rand(be, (1, 8, 8))),
       ValueError, r"expected input of shape \(N, 1, H, W\), got \(1, 8, 8\)"),
     C("layer", "MaxPool2d(2)(x (8, 8))", lambda be, _: nn.MaxPool2d(2)(rand(be, (8, 8))),

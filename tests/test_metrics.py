@@ -402,6 +402,10 @@ def test_coarse_probabilities():
         (lambda: M.auc_ci([0, 1, 1, 0], [1, 2, 3, 4], method="delong-logit", n_bootstrap=-5), ValueError,
          "n_bootstrap must be an int >= 1, got -5"),
         (lambda: M.accuracy([], np.zeros((0, 0))), ValueError, r"shape \(0, 0\): no score columns"),
+        (lambda: M.operating_point([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], target_sensitivity=95), ValueError,
+         r"target_sensitivity must be a fraction in \[0, 1\], got 95 \(a percentage\? 0.95 for 95%\)"),
+        (lambda: M.auc([0, 1, 0, 1], np.zeros((4, 2))), ValueError,
+         r"scores must be 1-D .*\(two columns of class probabilities\? the positive class's is scores\[:, 1\]\)"),
     ],
 )
 def test_bad_inputs_raise(call, error, match):

@@ -488,6 +488,20 @@ def test_a_torch_tensor_in_a_layer_is_taken_as_the_ops_take_it():
             fastconv.losses.BCEWithLogitsLoss()(logits.requires_grad_(), np.zeros((4, 3), np.float32))
 
 
+def test_a_sequentials_layer_is_replaced_by_item_assignment():
+    # Fine-tuning's new head: model[-1] = Linear(...) was a TypeError (no item assignment).
+    model = nn.Sequential(nn.Linear(4, 8, seed=0), nn.ReLU(), nn.Linear(8, 3, seed=1))
+    body = model[0]
+    model[-1] = nn.Linear(8, 2, seed=2)
+    assert model(np.zeros((5, 4), np.float32)).shape == (5, 2) and model[0] is body
+    assert [name for name, _ in model.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert model.config()["layers"][2]["out_features"] == 2
+    for index, layer, error in ((3, nn.ReLU(), IndexError), (-4, nn.ReLU(), IndexError), ("2", nn.ReLU(), TypeError),
+                                (1, "relu", TypeError)):
+        with pytest.raises(error, match="Sequential: "):
+            model[index] = layer
+
+
 def test_pooling_layers_take_torchs_other_options_in_their_default_form_only():
     # torch code passes them explicitly (MaxPool2d(3, 2, 1, dilation=1, ceil_mode=False)): the same layer
     # here, where they had been a TypeError naming _Pool2d.__init__; other values say what holds here.

@@ -15,7 +15,10 @@ def predict(model, x, batch_size=256):
     """The model's outputs for x (host NumPy array in, host NumPy array out), in eval mode, by batches.
     The model's train/eval mode is restored afterwards. x with no rows gives no rows: the model runs
     once on the empty batch, which gives the output's other dimensions and dtype. Several threads may
-    predict with one model at once; not while another trains it (it is in eval mode meanwhile)."""
+    predict with one model at once; not while another trains it (it is in eval mode meanwhile).
+    The outputs are the model's own (logits, for a model trained with CrossEntropyLoss or
+    BCEWithLogitsLoss); probabilities: fastconv.evaluate.softmax(out) or fastconv.evaluate.sigmoid(out)
+    (float64, stable for any logit)."""
     _check_model(model, "predict")
     batch_size = _positive_int(batch_size, "batch_size")
     x = _rows(x, "predict: x", _model_dtype(model))
