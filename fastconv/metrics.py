@@ -491,7 +491,7 @@ def operating_point(y_true, scores, target_sensitivity=None, target_specificity=
         if target_specificity is None
         else ("specificity", target_specificity)
     )
-    if isinstance(target, numbers.Real) and not isinstance(target, bool) and 1 < target <= 100:
+    if isinstance(target, numbers.Real) and not isinstance(target, bool) and 50 <= target <= 100:
         raise ValueError(f"target_{name} must be a fraction in [0, 1], got {target!r} (a percentage? "
                          f"{target / 100:g} for {target:g}%)")
     target = _check.number(target, f"target_{name}", low=0.0, high=1.0)
