@@ -87,6 +87,11 @@ CASES = {
     "7x7_stride_2": ((1, 2, 13, 12), (3, 2, 7, 7), 2, 3, 1, 1),
     "rectangular": ((2, 3, 5, 11), (2, 3, 2, 5), (1, 2), (1, 0), (1, 2), 1),
     "depthwise": ((2, 4, 7, 6), (8, 1, 3, 3), 1, 1, 1, 4),
+    # depthwise layers' own path on cpu (_depthwise.py): strided, dilated, rectangular and uneven padding,
+    # one output channel a group, and enough rows a channel for dW's float32 sums to flush into float64
+    "depthwise_strided_dilated": ((2, 6, 11, 10), (6, 1, 3, 2), (2, 3), (2, 1), (2, 1), 6),
+    "depthwise_same_even_kernel": ((1, 5, 6, 7), (10, 1, 4, 2), 1, "same", 1, 5),
+    "depthwise_many_rows": ((3, 2, 150, 40), (2, 1, 3, 3), 1, 1, 1, 2),
     "groups_2_of_4": ((2, 4, 6, 6), (6, 2, 3, 3), 1, 1, 1, 2),
     "batch_1_one_channel": ((1, 1, 5, 5), (1, 1, 3, 3), 1, 0, 1, 1),
     "odd_sizes": ((3, 3, 9, 7), (5, 3, 3, 3), 2, 1, 1, 1),
@@ -319,19 +324,22 @@ def test_non_contiguous_inputs(backend):
 
 @pytest.mark.parametrize("input_grad", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("x_shape, w_shape, padding", [((1, 1, 3, 3), (1, 1, 1, 2), 0), ((2, 3, 5, 6), (4, 3, 3, 3), 1)])
-def test_weight_gradient_of_inputs_with_inf_and_nan(backend, x_shape, w_shape, padding, dtype, input_grad):
+@pytest.mark.parametrize("x_shape, w_shape, padding, groups", [
+    ((1, 1, 3, 3), (1, 1, 1, 2), 0, 1), ((2, 3, 5, 6), (4, 3, 3, 3), 1, 1),
+    ((1, 3, 3, 3), (3, 1, 1, 2), 0, 3), ((2, 3, 5, 6), (6, 1, 3, 3), 1, 3)])  # (depthwise: _depthwise.py on cpu)
+def test_weight_gradient_of_inputs_with_inf_and_nan(backend, x_shape, w_shape, padding, groups, dtype, input_grad):
     # inf and NaN in x's last column: dW is inf or NaN exactly where a direct sum has them. The cpu
     # backend's stride-1 backward over the padded rows (float64; float32 with dx of < 8 channels a
-    # group, or on AVX2 hosts) also multiplied them by the zero gradient of the rows' discarded
-    # columns: NaN in the taps that never read that column (the 1x2 kernel's first: 6, not NaN).
+    # group, or on AVX2 hosts; depthwise layers' sums per lane) also multiplied them by the zero
+    # gradient of the rows' discarded columns: NaN in the taps that never read that column (the 1x2
+    # kernel's first: 6, not NaN).
     rng = np.random.default_rng(7)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     x[0, 0, 0, -1], x[-1, -1, -1, -1] = np.inf, np.nan
-    geo = Geometry(x_shape, w_shape, 1, padding, 1, 1)
+    geo = Geometry(x_shape, w_shape, 1, padding, 1, groups)
     dy = np.ones((geo.n, geo.c_out, geo.oh, geo.ow))
     _, dw, _ = ops.conv2d_backward(*on(backend, *(a.astype(dtype) for a in (dy, x, w))), padding=padding,
-                                   input_grad=input_grad)
+                                   groups=groups, input_grad=input_grad)
     with np.errstate(invalid="ignore"):
         expected = geo.dw(dy, x, w)
     dw = to_numpy(dw).astype(np.float64)
@@ -462,8 +470,13 @@ class TestBadInput:
             ops.conv2d_backward(on(backend, np.ones((2, 6, 3, 3), np.float32)), x, w, bias=1)
 
 
+def _is_depthwise(name):
+    x_shape, w_shape, *_, groups = CASES[name]
+    return groups > 1 and w_shape[1] == 1 and x_shape[1] == groups
+
+
 @needs_simd
-@pytest.mark.parametrize("name", [name for name in CASES if CASES[name][2] != 1])
+@pytest.mark.parametrize("name", [name for name in CASES if CASES[name][2] != 1 and not _is_depthwise(name)])
 def test_cpu_strided_layers_by_phases(monkeypatch, name):
     # float32 strided layers go over the input's phases: with AVX-512 all of them by _taps32's
     # register tiles (_forward_by_taps), else those with >= 8 channels a group by gemm32 products
@@ -680,3 +693,40 @@ def test_a_padded_input_or_dilated_kernel_past_2_to_the_40_is_refused(backend, p
     with pytest.raises(ValueError, match=r"must be at most 2\*\*40 along each axis"):
         ops.conv2d_backward(on(backend, np.ones((1, 1, 3, 1), np.float32)), x, w, padding=padding, dilation=dilation,
                             stride=(2 ** 61, 4))
+
+
+@pytest.mark.parametrize("name", [name for name in CASES if _is_depthwise(name) and CASES[name][2] == 1])
+def test_cpu_depthwise_layers_by_their_own_kernels(monkeypatch, name):
+    # One input channel a group went by per-sample GEMMs that filled one of 16 lanes a product (0.1-0.3x
+    # torch): stride-1 ones go plane by plane (_depthwise.py). test_forward / test_backward check the
+    # values (strided ones too, on the other paths); here the path, the same bits on 1 and 2 threads,
+    # float32 and float64, and the fused op's bits those of the two ops one after the other.
+    import numba
+    from fastconv._cpu import conv
+    calls = []
+    for fn in ("_forward_by_depthwise", "_backward_by_depthwise"):
+        kernel = getattr(conv, fn)
+        monkeypatch.setattr(conv, fn, lambda *a, kernel=kernel, fn=fn: (calls.append(fn), kernel(*a))[1])
+    for dtype in (np.float32, np.float64):
+        x, w, b, hyper, geo = _case(name, 5)
+        x, w, b = (a.astype(dtype) for a in (x, w, b))
+        dy = np.random.default_rng(6).standard_normal((geo.n, geo.c_out, geo.oh, geo.ow)).astype(dtype)
+        results, threads = [], numba.get_num_threads()
+        try:
+            for count in (1, threads):
+                numba.set_num_threads(count)
+                results.append([ops.conv2d_forward(x, w, b, activation="relu", **hyper),
+                                *ops.conv2d_backward(dy, x, w, bias=True, **hyper)])
+        finally:
+            numba.set_num_threads(threads)
+        for one, two in zip(*results):
+            np.testing.assert_array_equal(one, two)
+        assert calls[-2:] == ["_forward_by_depthwise", "_backward_by_depthwise"]
+        y = ops.conv2d_forward(x, w, b, **hyper)
+        np.testing.assert_array_equal(results[0][0], ops.relu_forward(y))
+        np.testing.assert_array_equal(ops.conv2d_forward(x, w, b, activation="sigmoid", **hyper),
+                                      ops.sigmoid_forward(y))
+    if min(geo.oh, geo.ow) >= 2:
+        pooled, _ = ops.conv2d_max_pool2d_forward(x, w, b, activation="relu", pool_kernel=2, **hyper)
+        y = ops.conv2d_forward(x, w, b, activation="relu", **hyper)
+        np.testing.assert_array_equal(pooled, ops.max_pool2d_forward(y, 2)[0])

@@ -18,7 +18,8 @@ AVX-512 hosts every such layer by the stride-1 forward's register tiles (_forwar
 stride), elsewhere those with >= 8 input channels per group by the same shifted GEMMs
 (_forward_phases); the rest and the backward by per-sample im2col (_forward / _backward). A 1x1
 layer on a few positions a sample runs as a product over the whole batch (_forward_pointwise,
-_backward_pointwise). For im2col, per sample n and group g:
+_backward_pointwise), and a stride-1 depthwise layer (one input channel a group) plane by plane in
+vector registers (_depthwise.py), fused pooling as the two ops. For im2col, per sample n and group g:
 - forward: y[n, g's channels] = W_g @ col, then bias + activation while y[n] is in cache;
 - backward: dW_g += dy[n, g] @ col^T into a partial dW (OpenBLAS with beta = 1; with AVX-512,
   gemm32_blocked over blocks of positions and output channels, each block's product added in:
@@ -36,7 +37,7 @@ csrc/kernels/conv.cuh.
 
 This module: the op functions and which algorithm a layer takes (_conv2d_forward, _conv2d_backward,
 _uses_winograd); one module per algorithm: _im2col.py, _phases.py, _wide.py, _taps.py (AVX-512),
-_winograd.py, _pointwise.py; _direct.py the stride-1 forward's choice between _taps and _wide;
+_winograd.py, _pointwise.py, _depthwise.py; _direct.py the stride-1 forward's choice between _taps and _wide;
 _epilogue.py (bias, activation, pooling of a finished plane) and _shared.py (sizes, thread and
 part counts, host checks, sums) what they share.
 """
@@ -48,6 +49,7 @@ from .._blas import blas_guard
 from .._memory import empty
 from .._activation import epilogue_activation
 from ..pool import max_pool2d_forward, window_of
+from ._depthwise import _backward_by_depthwise, _forward_by_depthwise, _is_depthwise
 from ._direct import _forward_direct
 from ._im2col import _backward_by_im2col, _backward_uses_gemm32, _forward_by_im2col
 from ._phases import _forward_by_phases, _uses_phases
@@ -67,7 +69,8 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, algor
 def conv2d_max_pool2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool, algorithm):
     """(y, indices) = max pooling (pool: the validated ops.pool.PoolGeometry of the convolution's
     output) of the convolution, fused for stride 1: each output plane is pooled while in cache."""
-    if stride != (1, 1) or _forward_is_pointwise(x, w, stride, padding, groups):  # no fused kernel: the two ops
+    if stride != (1, 1) or _forward_is_pointwise(x, w, stride, padding, groups) or _is_depthwise(x, w, stride, groups):
+        # no fused kernel: the two ops
         return max_pool2d_forward(conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, algorithm),
                                   pool)
     return _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool, algorithm)
@@ -85,7 +88,9 @@ def _conv2d_forward(x, w, b, stride, padding, dilation, groups, activation, pool
     if n == 0:  # (every path sizes its scratch for at least one sample: 260 MB for 16 channels of 2048^2)
         return y.reshape(n, c_out, oh, ow) if pool is None else (pooled, indices)
     with blas_guard(not _uses_gemm32(x)):  # (every forward path's products are gemm32's where it can)
-        if _uses_winograd(x, w, stride, dilation, groups, algorithm):
+        if _is_depthwise(x, w, stride, groups):
+            _forward_by_depthwise(x, w, b, padding, dilation, oh, ow, act, y)
+        elif _uses_winograd(x, w, stride, dilation, groups, algorithm):
             _forward_by_winograd(x, w, b, padding, oh, ow, act, window, y, pooled, indices)
         elif pool is None and _forward_is_pointwise(x, w, stride, padding, groups):
             _forward_by_pointwise(x, w, b, act, y)
@@ -134,7 +139,7 @@ def conv2d_max_pool2d_backward(dy, y, indices, x, w, stride, padding, dilation, 
     sample at a time, in cache (except for the layers the Winograd backward or the 1x1 one by the
     linear layer takes, which build it whole by those ops and then run conv2d_backward's own path:
     its bits)."""
-    if stride != (1, 1):  # no fused kernel for this case: the ops one after another
+    if stride != (1, 1) or _is_depthwise(x, w, stride, groups):  # no fused kernel for these: the ops one by one
         oh, ow = _output_size(x, w, stride, padding, dilation)
         dz = _unpooled_gradient(dy, y, activation, indices, x.shape[0], w.shape[0], oh, ow)
         return conv2d_backward(dz, x, w, stride, padding, dilation, groups, bias, input_grad, algorithm)
@@ -148,6 +153,8 @@ def _conv2d_backward(dy, y, activation, indices, x, w, stride, padding, dilation
     if x.shape[0] == 0:  # (as the forward: no sample's scratch for an empty batch)
         dx = empty(x.shape, x.dtype) if input_grad else None
         return dx, np.zeros(w.shape, x.dtype), np.zeros(w.shape[0], x.dtype) if bias else None
+    if _is_depthwise(x, w, stride, groups):
+        return _backward_by_depthwise(dy, np.ascontiguousarray(x), w, padding, dilation, bias, input_grad)
     if _backward_is_pointwise(x, w, stride, padding, groups):
         if indices is not None:  # the output gradient whole by the unfused ops, then this path: its bits
             dy = _unpooled_gradient(dy, y, activation, indices, x.shape[0], w.shape[0], x.shape[2], x.shape[3])

@@ -14,21 +14,28 @@ from ..pool import max_pool2d_backward
 
 @njit(inline="always")
 def _sum(row):
-    """The sum of a 1-D array in float64, as 8 interleaved partial sums added in a fixed order (the
-    same bits on every run): a single running sum waits on each add's latency."""
+    """The sum of a 1-D array in float64 (_sum_of)."""
+    return _sum_of(row, 0, row.size)
+
+
+@njit(inline="always")
+def _sum_of(a, lo, hi):
+    """The sum of a[lo:hi] in float64, as 8 interleaved partial sums added in a fixed order (the same
+    bits on every run): a single running sum waits on each add's latency. (By offsets: a view of a
+    plane costs a reference count on an array the threads share.)"""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
-    n = row.size // 8 * 8
-    for i in range(0, n, 8):
-        s0 += row[i]
-        s1 += row[i + 1]
-        s2 += row[i + 2]
-        s3 += row[i + 3]
-        s4 += row[i + 4]
-        s5 += row[i + 5]
-        s6 += row[i + 6]
-        s7 += row[i + 7]
-    for i in range(n, row.size):
-        s0 += row[i]
+    end = lo + (hi - lo) // 8 * 8
+    for i in range(lo, end, 8):
+        s0 += a[i]
+        s1 += a[i + 1]
+        s2 += a[i + 2]
+        s3 += a[i + 3]
+        s4 += a[i + 4]
+        s5 += a[i + 5]
+        s6 += a[i + 6]
+        s7 += a[i + 7]
+    for i in range(end, hi):
+        s0 += a[i]
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
