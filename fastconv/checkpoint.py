@@ -194,7 +194,10 @@ def _refuse_a_config_that_does_not_fit(model, config, who="checkpoint.save"):
     let through: load says so, and load_into needs no config."""
     layout = tuple((name, tuple(int(n) for n in a.shape), str(a.dtype)) for name, a in model.state_dict().items())
     registry = tuple(sorted((name, id(cls)) for name, cls in nn._REGISTRY.items()))  # (what rebuilds it)
-    misfit = _config_misfit(json.dumps(config, sort_keys=True), layout, registry)
+    try:
+        misfit = _config_misfit(json.dumps(config, sort_keys=True), layout, registry)
+    except Exception:  # noqa: BLE001 (not rebuildable here: an unregistered layer, a constructor's own error, no
+        return  # memory for the copy on a GPU; load says so, and load_into needs no config. Not cached.)
     if misfit:
         raise ValueError(f"{who}: model.config() does not describe this model: {misfit}; a checkpoint of it would "
                          "not load (a layer replaced after the model was built? the module's _args() must give "
@@ -203,11 +206,11 @@ def _refuse_a_config_that_does_not_fit(model, config, who="checkpoint.save"):
 
 @functools.lru_cache(maxsize=64)  # (a check per model layout, not per save: it builds the model again)
 def _config_misfit(config_text, layout, registry):
-    try:
-        with nn._no_init():
-            rebuilt = dict(nn.from_config(json.loads(config_text)).named_parameters())
-    except Exception:  # noqa: BLE001 (a layer's own constructor may raise anything; not ours to judge here)
-        return None
+    with nn._no_init():
+        rebuilt = dict(nn.from_config(json.loads(config_text)).named_parameters())
+    extra = sorted(set(rebuilt) - {name for name, _, _ in layout})
+    if extra:
+        return f"the model the config rebuilds has parameters {extra[:3]} which this model lacks"
     for name, shape, dtype in layout:
         if name not in rebuilt:
             return f"its parameter {name} is not in the model the config rebuilds"

@@ -691,8 +691,10 @@ class _Pool2d(Module):
 
 
 def _is_default(value, default):
-    if default is None or isinstance(default, bool):
-        return value is default or (isinstance(value, np.bool_) and bool(value) is default)
+    if default is None:
+        return value is None
+    if isinstance(default, bool):  # (a bool or 0/1, as torch takes them)
+        return isinstance(value, (bool, np.bool_, numbers.Integral)) and value in (0, 1) and bool(value) is default
     values = value if isinstance(value, (tuple, list)) and len(value) == 2 else (value,)
     return all(_is_int_like(v) and v == default for v in values)
 

@@ -76,6 +76,12 @@ def test_a_model_whose_config_no_longer_describes_it_is_refused_before_writing(t
         train.fit(stale, losses.CrossEntropyLoss(), optim.SGD(stale.parameters(), lr=0.1),
                   (np.zeros((4, 4), np.float32), np.zeros(4, np.int64)), epochs=1, batch_size=2,
                   checkpoint_dir=tmp_path / "fit", progress=False)
+    # and the other way: a parameter the config's model has and this one lacks (a bias deleted behind the layer)
+    lacking = nn.Sequential(nn.Conv2d(2, 4, 3))
+    del lacking[0]._parameters["bias"]
+    with pytest.raises(ValueError, match=r"the model the config rebuilds has parameters \['0.bias'\] which this model "
+                                         r"lacks"):
+        checkpoint.save(tmp_path / "lacking", lacking, epoch=0)
     fresh = HeadNet()  # a config that follows the head: saved, and loads
     fresh.head = nn.Linear(6, 2, seed=2)
     checkpoint.save(tmp_path / "fresh", fresh, epoch=0)

@@ -509,7 +509,8 @@ def test_pooling_layers_take_torchs_other_options_in_their_default_form_only():
     same = [(nn.MaxPool2d(3, 2, 1, dilation=1, return_indices=False, ceil_mode=False), nn.MaxPool2d(3, 2, 1)),
             (nn.MaxPool2d(3, 2, 1, (1, 1)), nn.MaxPool2d(3, 2, 1)),
             (nn.AvgPool2d(3, 1, 1, False, True, None), nn.AvgPool2d(3, 1, 1)),
-            (nn.AvgPool2d(2, count_include_pad=True, divisor_override=None), nn.AvgPool2d(2))]
+            (nn.AvgPool2d(2, count_include_pad=True, divisor_override=None), nn.AvgPool2d(2)),
+            (nn.AvgPool2d(2, ceil_mode=0, count_include_pad=1), nn.AvgPool2d(2))]  # (0/1 for bools, as torch takes)
     for explicit, plain in same:
         assert explicit.config() == plain.config() and np.array_equal(explicit(x), plain(x))
     for make, match in ((lambda: nn.MaxPool2d(2, dilation=(1, 2)), r"MaxPool2d: dilation=\(1, 2\) is not supported"),

@@ -898,7 +898,9 @@ def test_an_optimizer_of_another_model_is_refused(tmp_path):
     model, other = mlp(seed=0), mlp(seed=0)
     before = [p.data.copy() for p in model.parameters()]
     with pytest.raises(ValueError, match=r"fit: 4 of the optimizer's 4 parameters \(the first: optimizer.params\[0\], "
-                                         r"shape \(8, 4\)\) are not the model's: it was made for another model"):
+                                         r"shape \(8, 4\)\) are not among model.parameters\(\): the optimizer was "
+                                         r"made for another model \(one built again\?\), or the model keeps those "
+                                         r"layers where parameters\(\) does not find them \(a plain list"):
         train.fit(model, losses.CrossEntropyLoss(), optim.Adam(other.parameters()), (x, y), epochs=1, batch_size=8,
                   progress=False)
     assert all(np.array_equal(b, p.data) for b, p in zip(before, model.parameters()))

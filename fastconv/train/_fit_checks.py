@@ -53,9 +53,11 @@ def _check_optimizer_of(model, optimizer):
     foreign = [i for i, p in enumerate(params) if id(p) not in held]
     if foreign:
         raise ValueError(f"fit: {len(foreign)} of the optimizer's {len(params)} parameters (the first: "
-                         f"optimizer.params[{foreign[0]}], shape {tuple(params[foreign[0]].data.shape)}) are not the "
-                         "model's: it was made for another model (one built again?), and its steps would change "
-                         "nothing fit trains; make it from this model: optim.Adam(model.parameters(), ...)")
+                         f"optimizer.params[{foreign[0]}], shape {tuple(params[foreign[0]].data.shape)}) are not "
+                         "among model.parameters(): the optimizer was made for another model (one built again?), "
+                         "or the model keeps those layers where parameters() does not find them (a plain list: "
+                         "make them attributes, or an nn.Sequential), so that they would not be saved or frozen "
+                         "either; make the optimizer from this model: optim.Adam(model.parameters(), ...)")
 
 
 def _warn_frozen(model):
@@ -235,7 +237,8 @@ def _check_resumable(last_dir, name, mode, batches, model, scheduler):
         given = "none" if scheduler is None else f"a {type(scheduler).__name__}"
         raise ResumeError(f"resume: the run in {last_dir} was trained with {had}, {_say('this call')} gives {given}: "
                           f"its learning rate would go on another way; {fix} to continue it, or start afresh with "
-                          f"{_say('overwrite')}")
+                          f"{_say('overwrite')} (from its weights: checkpoint.load_into, then fit in another "
+                          f"{_say('checkpoint_dir')})")
     frozen = _checkpoint.frozen_names(model)
     if "frozen" in info and info["frozen"] != frozen:  # (checkpoints from before it was saved: not known)
         raise ResumeError(f"resume: the run in {last_dir} trained with {info['frozen'] or 'no'} parameters frozen, "

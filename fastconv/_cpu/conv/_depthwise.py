@@ -32,6 +32,7 @@ from .._vecmath import as_i64, broadcast, lanes_below, masked_load, masked_store
 from ._shared import _sum_of, _threads
 
 _SAMPLES_A_FLUSH = 64  # (each lane of dW's float32 sums adds one term a sample: chains of <= 64 terms)
+_BLOCK_LANES = 4096  # dW's output rows a block (its sums per tap and lane: 12 bytes each, a thread's, per tap)
 
 # The kernels index flat arrays by offsets: a view a plane (x[i, g], y[i, o]) costs reference counts
 # on the array's one shared header, which the threads took turns at: 400 ns a 7x7 plane, 8x its sums.
@@ -136,7 +137,8 @@ def _copy_rows(dst, d0, d_ld, src, s0, s_ld, rows, width, relu):
 
 @overload(_copy_rows)
 def _copy_rows_impl(dst, d0, d_ld, src, s0, s_ld, rows, width, relu):
-    if dst.dtype == src.dtype == types.float32 and _vecmath.AVX512:  # (AVX2's partial masks: slow on AMD)
+    # TARGET_AVX512, not AVX512: what Numba's on-disk cache is keyed by (FASTCONV_SIMD or a test's patch is not)
+    if dst.dtype == src.dtype == types.float32 and _vecmath.TARGET_AVX512:  # (AVX2's partial masks: slow on AMD)
         def by_vectors(dst, d0, d_ld, src, s0, s_ld, rows, width, relu):
             for r in range(rows):
                 for q in range(0, width, 16):
@@ -245,45 +247,59 @@ def _input_grad_depthwise(dy, w, back, margin, padding, oh, ow, dx, shape, dxps,
 
 
 @njit(parallel=True, nogil=True, error_model="numpy", cache=True)
-def _weight_grad_depthwise(dy, x, shape, shifts, padding, kh, kw, oh, ow, dw_out, db, xps, dyws, parts, totals):
+def _weight_grad_depthwise(dy, x, shape, shifts, padding, kh, kw, oh, ow, block_rows, dw_out, db, xps, dyws, parts,
+                           totals):
     """dw_out (C_out, KH*KW) and db (C_out,) in float64, from dy (flat N, C_out, OH, OW) and x (flat N, C,
     H, W: shape); xps, dyws, parts (float32 sums per tap and lane) and totals (their float64 sums):
-    scratch. On the wide grid: a lane a position, the taps' sums kept per lane, so no loop reduces."""
+    scratch. On the wide grid, in blocks of block_rows output rows (the scratch a block's, whatever the
+    image's size): a lane a position, the taps' sums kept per lane (no loop reduces) over the samples,
+    then a block's valid lanes added into dw_out in order."""
     n, c, h, wd = shape
     c_out = dw_out.shape[0]
     taps = kh * kw
     per = c_out // c
     wp = wd + padding[2] + padding[3]
-    lanes = _run(oh, wp)
+    halo = shifts[taps - 1] // wp  # (the padded rows a block's taps read below its own: (KH-1)*dh)
     threads = xps.shape[0]
     for t in prange(threads):
         xp, dyw, part, total = xps[t], dyws[t], parts[t], totals[t]
-        _zero(xp)
-        _zero(dyw)  # (its other columns stay 0: each plane writes only its valid values)
         for o in range(t * c_out // threads, (t + 1) * c_out // threads):
             g = o // per
-            for q in range(taps * lanes):
-                part[q] = 0
-                total[q] = 0
-            bias_total, counted = 0.0, 0
-            for i in range(n):
-                _pad_into(x, (i * c + g) * h * wd, h, wd, xp, wp, padding[0], padding[2])
-                base = (i * c_out + o) * oh * ow
-                _copy_rows(dyw, 0, wp, dy, base, ow, oh, ow, False)
-                for k in range(taps):
-                    for q in range(0, lanes, 16):
-                        _madd16_pairs(part, k * lanes + q, dyw, q, xp, shifts[k] + q)
-                counted += 1
-                if counted == _SAMPLES_A_FLUSH:
-                    _flush(part, total, taps * lanes)
-                    counted = 0
-                bias_total += _sum_of(dy, base, base + oh * ow)
-            for k in range(taps):  # (the wide grid's other columns held 0 * x: NaN where x is inf, not added)
-                s = 0.0
-                for r in range(oh):
-                    for q in range(r * wp, r * wp + ow):
-                        s += total[k * lanes + q] + part[k * lanes + q]
-                dw_out[o, k] = s
+            for k in range(taps):
+                dw_out[o, k] = 0.0
+            bias_total = 0.0
+            for r0 in range(0, oh, block_rows):
+                rows = min(block_rows, oh - r0)
+                lanes = _run(rows, wp)
+                for q in range(taps * lanes):
+                    part[q] = 0
+                    total[q] = 0
+                _zero(dyw)  # (its other columns stay 0: each sample writes only its valid values)
+                counted = 0
+                for i in range(n):
+                    # x's rows r0 .. r0 + rows + halo of the padded plane (zeros where they are padding)
+                    _zero(xp)
+                    first, last = max(r0, padding[0]), min(r0 + rows + halo, padding[0] + h)
+                    if last > first:
+                        _copy_rows(xp, (first - r0) * wp + padding[2], wp, x,
+                                   ((i * c + g) * h + first - padding[0]) * wd, wd, last - first, wd, False)
+                    base = (i * c_out + o) * oh * ow
+                    _copy_rows(dyw, 0, wp, dy, base + r0 * ow, ow, rows, ow, False)
+                    for k in range(taps):
+                        for q in range(0, lanes, 16):
+                            _madd16_pairs(part, k * lanes + q, dyw, q, xp, shifts[k] + q)
+                    counted += 1
+                    if counted == _SAMPLES_A_FLUSH:
+                        _flush(part, total, taps * lanes)
+                        counted = 0
+                    if r0 == 0:
+                        bias_total += _sum_of(dy, base, base + oh * ow)
+                for k in range(taps):  # (the wide grid's other columns held 0 * x: NaN where x is inf, not added)
+                    s = 0.0
+                    for r in range(rows):
+                        for q in range(r * wp, r * wp + ow):
+                            s += total[k * lanes + q] + part[k * lanes + q]
+                    dw_out[o, k] += s
             db[o] = bias_total
 
 
@@ -334,7 +350,6 @@ def _backward_by_depthwise(dy, x, w, padding, dilation, bias, input_grad):
     oh, ow = dy.shape[2:]
     dy = np.ascontiguousarray(dy).reshape(-1)
     wp, shifts, last = _geometry(x, w, padding, dilation)
-    padded = (h + padding[0] + padding[1]) * wp
     dx = None
     if input_grad:
         dx = empty(x.shape, x.dtype)
@@ -344,10 +359,10 @@ def _backward_by_depthwise(dy, x, w, padding, dilation, bias, input_grad):
                               dx.reshape(-1), x.shape, _scratch(threads, hp_run, x.dtype),
                               _scratch(threads, last + hp_run + 16, x.dtype))
     threads = _threads(c_out)
-    lanes = _run(oh, wp)
+    block_rows = max(1, min(oh, _BLOCK_LANES // wp))
+    lanes = _run(block_rows, wp)
     dw, db = np.empty((c_out, kh * kw)), np.empty(c_out)
-    _weight_grad_depthwise(dy, x.reshape(-1), x.shape, shifts, padding, kh, kw, oh, ow, dw, db,
-                           _scratch(threads, max(padded, last + lanes) + 16, x.dtype),
-                           _scratch(threads, lanes, x.dtype),
+    _weight_grad_depthwise(dy, x.reshape(-1), x.shape, shifts, padding, kh, kw, oh, ow, block_rows, dw, db,
+                           _scratch(threads, last + lanes + 16, x.dtype), _scratch(threads, lanes, x.dtype),
                            _scratch(threads, kh * kw * lanes, x.dtype), _scratch(threads, kh * kw * lanes, np.float64))
     return dx, dw.astype(x.dtype).reshape(w.shape), db.astype(x.dtype) if bias else None
