@@ -155,7 +155,7 @@ def fit(model, loss_fn, optimizer, train, val=None, *, epochs, batch_size, metri
     history = History(name, mode)
     on_disk = {"step": None, "best": None}  # the step last/ holds, the evaluation best/ holds (an interrupt says)
     if resume and os.path.exists(os.path.join(last_dir, _checkpoint.INDEX)):
-        _check_resumable(last_dir, name, mode, batches, model, scheduler)  # before load_into changes model and optimizer
+        _check_resumable(last_dir, name, mode, batches, model, scheduler)  # before load_into changes the model
         given = optimizer.hyperparameters()
         given_schedule = _schedule(scheduler)
         info = _checkpoint.load_into(last_dir, model, optimizer, scheduler)
