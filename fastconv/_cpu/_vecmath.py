@@ -512,11 +512,12 @@ def sigmoid16_span(src, dst, lo, hi):
 
 
 @intrinsic
-def copy16(typingctx, src, i, dst, j, count):
+def copy16(typingctx, src, i, dst, j, count, relu):
     """dst[j : j + count] = src[i : i + count] for count <= 16 float32 values (1-D C-contiguous
-    arrays): one masked load and one masked store, so a short row (a 14-wide image's) costs one
-    instruction pair, where a loop ran 8 values vectorized and the rest one by one. AVX-512F (on
-    AVX2 a partial mask is vmaskmovps, slow on AMD cores: the AVX2 convolutions do not use it)."""
+    arrays), with relu negative values as 0 (NaN stays NaN, as _activation.relu): one masked load and
+    one masked store, so a short row (a 14-wide image's) costs one instruction pair, where a loop ran
+    8 values vectorized and the rest one by one. AVX-512F (on AVX2 a partial mask is vmaskmovps, slow
+    on AMD cores: the AVX2 convolutions do not use it)."""
     if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (src, dst)):
         return None
 
@@ -525,17 +526,20 @@ def copy16(typingctx, src, i, dst, j, count):
         mask = lanes_below(builder, as_i64(builder, args[4]))
         at = [builder.bitcast(builder.gep(array.data, [as_i64(builder, args[k])]), _V16.as_pointer())
               for array, k in ((source, 1), (target, 3))]
-        masked_store(builder, masked_load(builder, at[0], mask), at[1], mask)
+        value = masked_load(builder, at[0], mask)
+        clipped = builder.select(builder.fcmp_ordered("<", value, _splat(0.0)), _splat(0.0), value)
+        masked_store(builder, builder.select(args[5], clipped, value), at[1], mask)
         return context.get_dummy_value()
 
-    return types.void(src, i, dst, j, count), codegen
+    return types.void(src, i, dst, j, count, relu), codegen
 
 
 @njit(inline="always")
-def copy_rows16(src, s_off, s_ld, dst, d_off, d_ld, rows, width):
+def copy_rows16(src, s_off, s_ld, dst, d_off, d_ld, rows, width, relu=False):
     """dst[d_off + r * d_ld : ... + width] = src[s_off + r * s_ld : ... + width] for r < rows (1-D
-    float32 arrays): each row in runs of up to 16 by copy16 (the convolutions' padding, and their
-    copies between compact planes and the wide grid)."""
+    float32 arrays), with relu negative values as 0: each row in runs of up to 16 by copy16 (the
+    convolutions' padding, their copies between compact planes and the wide grid, and the depthwise
+    layers' outputs)."""
     for r in range(rows):
         for j0 in range(0, width, 16):
-            copy16(src, s_off + r * s_ld + j0, dst, d_off + r * d_ld + j0, min(16, width - j0))
+            copy16(src, s_off + r * s_ld + j0, dst, d_off + r * d_ld + j0, min(16, width - j0), relu)

@@ -28,7 +28,7 @@ from .._activation import (RELU as _RELU, SIGMOID as _SIGMOID, SIGMOID16 as _SIG
                            relu as _relu, sigmoid as _sigmoid, sigmoid_in_place)
 from .._memory import empty
 from .. import _vecmath
-from .._vecmath import as_i64, broadcast, lanes_below, masked_load, masked_store
+from .._vecmath import as_i64, broadcast, copy_rows16
 from ._shared import _sum_of, _threads
 
 _SAMPLES_A_FLUSH = 64  # (each lane of dW's float32 sums adds one term a sample: chains of <= 64 terms)
@@ -110,27 +110,6 @@ def _taps16(typingctx, out, j, src, i, offsets, weights, w0, taps, accumulate, b
     return types.void(out, j, src, i, offsets, weights, w0, taps, accumulate, bias), codegen
 
 
-@intrinsic
-def _move16(typingctx, dst, j, src, i, count, relu):
-    """dst[j : j+count] = src[i : i+count] (relu: negative values as 0) for count <= 16 float32 values:
-    one masked load and store (AVX-512F), where a loop over a 7-wide row ran one value at a time."""
-    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
-            and dst.dtype == src.dtype == types.float32):
-        return None
-
-    def codegen(context, builder, signature, args):
-        target, element = _vector_at(context, builder, signature, args, 0, 1)
-        source, _ = _vector_at(context, builder, signature, args, 2, 3)
-        mask = lanes_below(builder, as_i64(builder, args[4]))
-        value = masked_load(builder, source, mask)
-        zero = ir.Constant(value.type, [ir.Constant(element, 0)] * 16)
-        clipped = builder.select(builder.fcmp_ordered("<", value, zero), zero, value)  # (NaN stays NaN)
-        masked_store(builder, builder.select(args[5], clipped, value), target, mask)
-        return context.get_dummy_value()
-
-    return types.void(dst, j, src, i, count, relu), codegen
-
-
 def _copy_rows(dst, d0, d_ld, src, s0, s_ld, rows, width, relu):
     """dst[d0 + r*d_ld + q] = src[s0 + r*s_ld + q] (relu: negative as 0) for r < rows, q < width."""
 
@@ -140,9 +119,7 @@ def _copy_rows_impl(dst, d0, d_ld, src, s0, s_ld, rows, width, relu):
     # TARGET_AVX512, not AVX512: what Numba's on-disk cache is keyed by (FASTCONV_SIMD or a test's patch is not)
     if dst.dtype == src.dtype == types.float32 and _vecmath.TARGET_AVX512:  # (AVX2's partial masks: slow on AMD)
         def by_vectors(dst, d0, d_ld, src, s0, s_ld, rows, width, relu):
-            for r in range(rows):
-                for q in range(0, width, 16):
-                    _move16(dst, d0 + r * d_ld + q, src, s0 + r * s_ld + q, min(16, width - q), relu)
+            copy_rows16(src, s0, s_ld, dst, d0, d_ld, rows, width, relu)  # (masked: a 7-wide row one pair)
         return by_vectors
 
     def by_values(dst, d0, d_ld, src, s0, s_ld, rows, width, relu):
